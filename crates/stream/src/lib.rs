@@ -1,0 +1,352 @@
+//! Named, sharded, durable streams with the semantics of Amazon Kinesis Data Streams.
+//!
+//! A stream is a set of shards whose hash-key ranges cover `0..=2^128-1`. A record's
+//! partition key is hashed with MD5 to a 128-bit integer (or an explicit hash key is given),
+//! and the record goes to the shard whose range holds it. Within a shard, records get
+//! strictly increasing sequence numbers, written as decimal strings. Readers take a shard
+//! iterator (TRIM_HORIZON, LATEST, AT/AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP) and page through
+//! with `get_records`.
+//!
+//! [`Stream`] is the boundary; [`embedded::EmbeddedStream`] is the embedded backend.
+//! This crate knows nothing about HTTP or AWS wire formats.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod embedded;
+mod iterator;
+
+/// Default retention (hours), as Kinesis.
+pub const DEFAULT_RETENTION_HOURS: u32 = 24;
+/// Largest record (partition key + data) by default, as Kinesis.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Most records one `get_records` call returns.
+pub const MAX_GET_RECORDS: usize = 10_000;
+/// Most bytes of data one `get_records` call returns.
+pub const MAX_GET_BYTES: usize = 10 * 1024 * 1024;
+/// Most records in one `put_records` call.
+pub const MAX_PUT_RECORDS: usize = 500;
+/// Shard iterators expire this long after they were issued.
+pub const ITERATOR_TTL_MS: i64 = 5 * 60 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("{0}")]
+    ResourceNotFound(String),
+    #[error("{0}")]
+    ResourceInUse(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    ExpiredIterator(String),
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("stream backend failure: {0}")]
+    Backend(String),
+}
+
+impl From<sluice_db::DbError> for StreamError {
+    fn from(e: sluice_db::DbError) -> Self {
+        StreamError::Backend(e.to_string())
+    }
+}
+
+impl From<sluice_db::rusqlite::Error> for StreamError {
+    fn from(e: sluice_db::rusqlite::Error) -> Self {
+        StreamError::Backend(e.to_string())
+    }
+}
+
+/// One record to append.
+#[derive(Debug, Clone)]
+pub struct PutRecord {
+    pub partition_key: String,
+    /// Decimal 128-bit hash key that overrides the partition key's hash.
+    pub explicit_hash_key: Option<String>,
+    pub data: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutResult {
+    pub shard_id: String,
+    pub sequence_number: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub sequence_number: String,
+    pub partition_key: String,
+    pub data: Bytes,
+    /// Milliseconds since the Unix epoch at which the record was committed.
+    pub approximate_arrival_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IteratorSpec {
+    TrimHorizon,
+    Latest,
+    AtSequenceNumber(String),
+    AfterSequenceNumber(String),
+    /// Milliseconds since the Unix epoch.
+    AtTimestamp(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct GetRecordsOutput {
+    pub records: Vec<Record>,
+    /// `None` once a closed shard has been read to its end.
+    pub next_iterator: Option<String>,
+    pub millis_behind_latest: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardDesc {
+    pub shard_id: String,
+    pub parent_shard_id: Option<String>,
+    pub adjacent_parent_shard_id: Option<String>,
+    pub starting_hash_key: u128,
+    pub ending_hash_key: u128,
+    pub starting_sequence_number: String,
+    /// Set once the shard is closed (split or merged).
+    pub ending_sequence_number: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StreamDesc {
+    pub name: String,
+    pub status: &'static str,
+    pub shards: Vec<ShardDesc>,
+    pub retention_hours: u32,
+    pub created_ms: i64,
+}
+
+/// A durable stream engine.
+///
+/// Every method that appends returns only after the record is durable in the backend.
+#[async_trait]
+pub trait Stream: Send + Sync + 'static {
+    /// Creates a stream with `shard_count` shards. `ResourceInUse` if it exists.
+    async fn create_stream(&self, name: &str, shard_count: u32) -> Result<(), StreamError>;
+    /// Creates the stream unless it exists already (whatever its shard count).
+    async fn ensure_stream(&self, name: &str, shard_count: u32) -> Result<(), StreamError>;
+    async fn describe_stream(&self, name: &str) -> Result<StreamDesc, StreamError>;
+    async fn list_streams(&self) -> Result<Vec<String>, StreamError>;
+    /// Deletes a stream and its records. `ResourceNotFound` if absent.
+    async fn delete_stream(&self, name: &str) -> Result<(), StreamError>;
+    async fn put_record(&self, stream: &str, record: PutRecord) -> Result<PutResult, StreamError>;
+    /// Appends up to [`MAX_PUT_RECORDS`] records; each gets its own result (a record can
+    /// fail while its neighbours succeed).
+    async fn put_records(
+        &self,
+        stream: &str,
+        records: Vec<PutRecord>,
+    ) -> Result<Vec<Result<PutResult, StreamError>>, StreamError>;
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        spec: IteratorSpec,
+    ) -> Result<String, StreamError>;
+    async fn get_records(
+        &self,
+        iterator: &str,
+        limit: usize,
+    ) -> Result<GetRecordsOutput, StreamError>;
+    /// A counter that changes after every commit that appended to `stream`: a reader at the
+    /// tail waits on it instead of polling.
+    fn watch(&self, stream: &str) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// The 128-bit hash of a partition key: its MD5 digest read as a big-endian integer.
+pub fn partition_hash(partition_key: &str) -> u128 {
+    use md5::{Digest, Md5};
+    let digest = Md5::digest(partition_key.as_bytes());
+    u128::from_be_bytes(digest.into())
+}
+
+/// Hash-key ranges of `n` shards that split the key space evenly, as Kinesis does.
+pub fn even_ranges(n: u32) -> Vec<(u128, u128)> {
+    let n = n.max(1) as u128;
+    if n == 1 {
+        return vec![(0, u128::MAX)];
+    }
+    // floor(2^128 / n), computed without overflowing u128.
+    let step = u128::MAX / n + u128::from(u128::MAX % n == n - 1);
+    (0..n)
+        .map(|i| {
+            let start = i * step;
+            let end = if i == n - 1 {
+                u128::MAX
+            } else {
+                (i + 1) * step - 1
+            };
+            (start, end)
+        })
+        .collect()
+}
+
+/// Kinesis' shard id for the shard with index `idx`.
+pub fn shard_id(idx: u64) -> String {
+    format!("shardId-{idx:012}")
+}
+
+/// Parses `shardId-000000000003` (or the bare `3`, as Kinesis also accepts) into 3.
+pub fn parse_shard_id(id: &str) -> Option<u64> {
+    let digits = id.strip_prefix("shardId-").unwrap_or(id);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Sequence numbers: `2^120 | shard << 64 | counter`, as a 37-digit decimal. The high bit
+/// keeps every number the same width, so comparing the strings compares the numbers, and
+/// the shard index makes numbers unique across a stream.
+pub fn sequence_number(shard_idx: u64, counter: u64) -> String {
+    let v = (1u128 << 120) | (u128::from(shard_idx) << 64) | u128::from(counter);
+    v.to_string()
+}
+
+/// Splits a sequence number into (shard index, counter).
+pub fn parse_sequence_number(s: &str) -> Option<(u64, u64)> {
+    if s.is_empty() || s.len() > 40 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let v: u128 = s.parse().ok()?;
+    if v >> 120 != 1 {
+        return None;
+    }
+    let shard = ((v >> 64) & ((1u128 << 56) - 1)) as u64;
+    let counter = (v & u128::from(u64::MAX)) as u64;
+    Some((shard, counter))
+}
+
+/// Checks a record against Kinesis' rules before it is appended.
+pub fn validate_record(record: &PutRecord, max_record_bytes: usize) -> Result<u128, StreamError> {
+    let chars = record.partition_key.chars().count();
+    if !(1..=256).contains(&chars) {
+        return Err(StreamError::InvalidArgument(format!(
+            "partition key must be 1 to 256 characters long, got {chars}"
+        )));
+    }
+    let size = record.partition_key.len() + record.data.len();
+    if size > max_record_bytes {
+        return Err(StreamError::InvalidArgument(format!(
+            "record of {size} bytes (partition key and data) exceeds the limit of {max_record_bytes} bytes"
+        )));
+    }
+    match &record.explicit_hash_key {
+        Some(k) => parse_hash_key(k),
+        None => Ok(partition_hash(&record.partition_key)),
+    }
+}
+
+/// Parses a decimal 128-bit hash key.
+pub fn parse_hash_key(k: &str) -> Result<u128, StreamError> {
+    if k.is_empty() || k.len() > 39 || !k.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(StreamError::InvalidArgument(format!(
+            "explicit hash key {k:?} is not a decimal integer in 0..=2^128-1"
+        )));
+    }
+    k.parse::<u128>().map_err(|_| {
+        StreamError::InvalidArgument(format!(
+            "explicit hash key {k:?} is not a decimal integer in 0..=2^128-1"
+        ))
+    })
+}
+
+/// Stream names as Kinesis allows them: 1–128 of `[a-zA-Z0-9_.-]`.
+pub fn validate_stream_name(name: &str) -> Result<(), StreamError> {
+    let ok = (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StreamError::InvalidArgument(format!(
+            "stream name {name:?} must be 1 to 128 characters of a-z, A-Z, 0-9, '_', '.', '-'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn even_ranges_match_kinesis() {
+        let r = even_ranges(4);
+        assert_eq!(r[0], (0, 85070591730234615865843651857942052863));
+        assert_eq!(r[1].0, 85070591730234615865843651857942052864);
+        assert_eq!(r[3].1, u128::MAX);
+        let r3 = even_ranges(3);
+        assert_eq!(r3[1].0, 113427455640312821154458202477256070485);
+        assert_eq!(r3[0].1, 113427455640312821154458202477256070484);
+        assert_eq!(even_ranges(1), vec![(0, u128::MAX)]);
+        for n in 1..=20 {
+            let r = even_ranges(n);
+            assert_eq!(r.len(), n as usize);
+            assert_eq!(r[0].0, 0);
+            assert_eq!(r.last().map(|x| x.1), Some(u128::MAX));
+            for w in r.windows(2) {
+                assert_eq!(w[0].1 + 1, w[1].0, "ranges must be contiguous");
+            }
+        }
+    }
+
+    #[test]
+    fn partition_hash_is_md5_big_endian() {
+        // md5("a") = 0cc175b9c0f1b6a831c399e269772661
+        assert_eq!(
+            partition_hash("a"),
+            u128::from_str_radix("0cc175b9c0f1b6a831c399e269772661", 16).expect("hex")
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_round_trip_and_order_as_strings() {
+        let a = sequence_number(0, 1);
+        let b = sequence_number(0, 2);
+        let c = sequence_number(3, 0);
+        assert_eq!(a.len(), 37);
+        assert_eq!(c.len(), 37);
+        assert!(a < b && b < c);
+        assert_eq!(parse_sequence_number(&b), Some((0, 2)));
+        assert_eq!(parse_sequence_number(&c), Some((3, 0)));
+        assert_eq!(
+            parse_sequence_number(&sequence_number(7, u64::MAX)),
+            Some((7, u64::MAX))
+        );
+        assert_eq!(parse_sequence_number("12"), None);
+        assert_eq!(parse_sequence_number("abc"), None);
+        assert_eq!(parse_sequence_number(""), None);
+    }
+
+    #[test]
+    fn shard_ids() {
+        assert_eq!(shard_id(3), "shardId-000000000003");
+        assert_eq!(parse_shard_id("shardId-000000000003"), Some(3));
+        assert_eq!(parse_shard_id("3"), Some(3));
+        assert_eq!(parse_shard_id("shardId-x"), None);
+    }
+
+    #[test]
+    fn record_validation() {
+        let rec = |pk: &str, n: usize| PutRecord {
+            partition_key: pk.into(),
+            explicit_hash_key: None,
+            data: Bytes::from(vec![0u8; n]),
+        };
+        assert!(validate_record(&rec("", 1), 100).is_err());
+        assert!(validate_record(&rec(&"k".repeat(257), 1), 1000).is_err());
+        assert!(validate_record(&rec(&"é".repeat(256), 1), 1000).is_ok());
+        assert!(validate_record(&rec("k", 100), 100).is_err());
+        assert!(validate_record(&rec("k", 99), 100).is_ok());
+        let mut r = rec("k", 1);
+        r.explicit_hash_key = Some("340282366920938463463374607431768211456".into());
+        assert!(validate_record(&r, 100).is_err(), "2^128 is out of range");
+        r.explicit_hash_key = Some("340282366920938463463374607431768211455".into());
+        assert_eq!(validate_record(&r, 100).ok(), Some(u128::MAX));
+    }
+}
