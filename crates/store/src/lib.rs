@@ -1,1 +1,139 @@
-//! placeholder
+//! Objects in buckets: bytes plus metadata (size, ETag, SHA-256, content type, owner).
+//!
+//! [`ObjectStore`] is the boundary; [`embedded::EmbeddedStore`] keeps objects under the data
+//! directory. This crate knows nothing about HTTP or S3's wire format.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub mod embedded;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("bucket {0} does not exist")]
+    NoSuchBucket(String),
+    #[error("object {bucket}/{key} does not exist")]
+    NoSuchKey { bucket: String, key: String },
+    #[error("object {bucket}/{key} belongs to another user")]
+    OwnedByOther { bucket: String, key: String },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("storage i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("storage backend failure: {0}")]
+    Backend(String),
+}
+
+impl From<sluice_db::DbError> for StoreError {
+    fn from(e: sluice_db::DbError) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+impl From<sluice_db::rusqlite::Error> for StoreError {
+    fn from(e: sluice_db::rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    /// MD5 of the bytes in hex, as S3 computes the ETag of a single-part upload (unquoted).
+    pub etag: String,
+    /// SHA-256 of the bytes in hex.
+    pub sha256: String,
+    pub content_type: String,
+    pub last_modified_ms: i64,
+    /// The user (`sub`) that wrote the object, if written on a user's behalf.
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub info: ObjectInfo,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Defaults to `application/octet-stream`.
+    pub content_type: Option<String>,
+    /// Records the writer. When set, a put over an object of a *different* owner fails
+    /// with [`StoreError::OwnedByOther`]; objects without an owner may be overwritten.
+    pub owner: Option<String>,
+}
+
+/// A durable object store.
+///
+/// `put` returns only after the object is durable. Writes of one key are atomic: a reader
+/// sees the old object or the new one, never a mix.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Creates a bucket unless it exists.
+    async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError>;
+    async fn put(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        opts: PutOptions,
+    ) -> Result<ObjectInfo, StoreError>;
+    async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError>;
+    async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError>;
+    /// Deletes an object. `Ok` if it did not exist.
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError>;
+    /// Objects whose key starts with `prefix`, in key order, after `start_after`.
+    async fn list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectInfo>, StoreError>;
+}
+
+/// Bucket names as S3 allows them (3–63 of lower-case letters, digits, '.', '-', starting
+/// and ending with a letter or digit).
+pub fn validate_bucket_name(name: &str) -> Result<(), StoreError> {
+    let b = name.as_bytes();
+    let ok = (3..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+        && b.first().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.last().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidArgument(format!(
+            "invalid bucket name {name:?}"
+        )))
+    }
+}
+
+/// Object keys: 1–1024 bytes of UTF-8, as S3.
+pub fn validate_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() || key.len() > 1024 {
+        return Err(StoreError::InvalidArgument(format!(
+            "object key must be 1 to 1024 bytes, got {}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names() {
+        assert!(validate_bucket_name("sluice").is_ok());
+        assert!(validate_bucket_name("my.bucket-1").is_ok());
+        assert!(validate_bucket_name("ab").is_err());
+        assert!(validate_bucket_name("Upper").is_err());
+        assert!(validate_bucket_name("-dash").is_err());
+    }
+}
