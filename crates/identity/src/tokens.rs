@@ -1,0 +1,371 @@
+//! Tokens as Cognito issues them, and their verification as API Gateway's JWT authorizer
+//! does it.
+
+use std::collections::{HashMap, HashSet};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{Jwks, SigningKey};
+
+/// The scope Cognito puts on access tokens from the user-password flows.
+pub const ADMIN_SCOPE: &str = "aws.cognito.signin.user.admin";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdClaims {
+    pub sub: String,
+    pub email_verified: bool,
+    pub iss: String,
+    #[serde(rename = "cognito:username")]
+    pub cognito_username: String,
+    pub origin_jti: String,
+    pub aud: String,
+    pub event_id: String,
+    pub token_use: String,
+    pub auth_time: i64,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessClaims {
+    pub sub: String,
+    pub iss: String,
+    pub client_id: String,
+    pub origin_jti: String,
+    pub event_id: String,
+    pub token_use: String,
+    pub scope: String,
+    pub auth_time: i64,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub username: String,
+}
+
+/// What one sign-in is about.
+pub struct Subject<'a> {
+    pub sub: &'a str,
+    pub username: &'a str,
+    pub email: &'a str,
+    pub client_id: &'a str,
+    pub issuer: &'a str,
+    pub auth_time: i64,
+    pub origin_jti: &'a str,
+}
+
+/// Signs an IdToken and an AccessToken for `subject`, valid `id_secs` / `access_secs` from `now`.
+pub fn issue_pair(
+    key: &SigningKey,
+    s: &Subject<'_>,
+    now: i64,
+    id_secs: i64,
+    access_secs: i64,
+) -> Result<(String, String), jsonwebtoken::errors::Error> {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(key.kid.clone());
+    let event_id = uuid::Uuid::new_v4().to_string();
+    let id = IdClaims {
+        sub: s.sub.into(),
+        email_verified: true,
+        iss: s.issuer.into(),
+        cognito_username: s.username.into(),
+        origin_jti: s.origin_jti.into(),
+        aud: s.client_id.into(),
+        event_id: event_id.clone(),
+        token_use: "id".into(),
+        auth_time: s.auth_time,
+        exp: now + id_secs,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        email: s.email.into(),
+    };
+    let access = AccessClaims {
+        sub: s.sub.into(),
+        iss: s.issuer.into(),
+        client_id: s.client_id.into(),
+        origin_jti: s.origin_jti.into(),
+        event_id,
+        token_use: "access".into(),
+        scope: ADMIN_SCOPE.into(),
+        auth_time: s.auth_time,
+        exp: now + access_secs,
+        iat: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        username: s.username.into(),
+    };
+    Ok((
+        jsonwebtoken::encode(&header, &id, &key.encoding)?,
+        jsonwebtoken::encode(&header, &access, &key.encoding)?,
+    ))
+}
+
+/// Why a token was refused. Each variant is one step of the authorizer, in order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's algorithm {0} is not accepted (RS256 only)")]
+    Algorithm(String),
+    #[error("the token's key id is not in the JWKS")]
+    UnknownKid,
+    #[error("the token's signature is invalid")]
+    Signature,
+    #[error("the token's issuer is not accepted")]
+    Issuer,
+    #[error("the token's audience (aud or client_id) is not accepted")]
+    Audience,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token_use claim is not accepted")]
+    TokenUse,
+}
+
+/// What a verified token says about its bearer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedClaims {
+    pub sub: String,
+    pub username: Option<String>,
+    pub email: Option<String>,
+    pub token_use: String,
+    /// `aud` of an IdToken or `client_id` of an AccessToken.
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub issuer: String,
+    pub exp: i64,
+}
+
+/// Verifies bearer tokens against one issuer's key set, in the order of API Gateway's JWT
+/// authorizer: key id, signature, `iss`, `aud` (or `client_id` when there is no `aud`),
+/// `exp` / `nbf` / `iat` with a leeway, then `token_use`. RS256 only.
+#[derive(Clone)]
+pub struct Verifier {
+    issuer: String,
+    audiences: HashSet<String>,
+    keys: HashMap<String, DecodingKey>,
+    leeway_secs: i64,
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    sub: Option<String>,
+    iss: Option<String>,
+    aud: Option<serde_json::Value>,
+    client_id: Option<String>,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+    iat: Option<i64>,
+    token_use: Option<String>,
+    scope: Option<String>,
+    email: Option<String>,
+    #[serde(rename = "cognito:username")]
+    cognito_username: Option<String>,
+    username: Option<String>,
+}
+
+impl Verifier {
+    pub fn new(
+        issuer: &str,
+        jwks: &Jwks,
+        audiences: impl IntoIterator<Item = String>,
+        leeway_secs: i64,
+    ) -> Result<Verifier, TokenError> {
+        let mut keys = HashMap::new();
+        for k in &jwks.keys {
+            if k.kty == "RSA" {
+                let dk = DecodingKey::from_rsa_components(&k.n, &k.e)
+                    .map_err(|_| TokenError::Malformed)?;
+                keys.insert(k.kid.clone(), dk);
+            }
+        }
+        Ok(Verifier {
+            issuer: issuer.to_owned(),
+            audiences: audiences.into_iter().collect(),
+            keys,
+            leeway_secs,
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn verify(&self, token: &str, now: i64) -> Result<VerifiedClaims, TokenError> {
+        if token.split('.').count() != 3 {
+            return Err(TokenError::Malformed);
+        }
+        // Read the header ourselves: `alg: none` and unknown algorithms must be refused with
+        // a clear reason, not a parse error.
+        let header_b64 = token.split('.').next().ok_or(TokenError::Malformed)?;
+        let header: serde_json::Value = URL_SAFE_NO_PAD
+            .decode(header_b64.trim_end_matches('='))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(TokenError::Malformed)?;
+        let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
+        if alg != "RS256" {
+            return Err(TokenError::Algorithm(alg.chars().take(16).collect()));
+        }
+        let kid = header.get("kid").and_then(|k| k.as_str()).unwrap_or("");
+        let key = self.keys.get(kid).ok_or(TokenError::UnknownKid)?;
+
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims = HashSet::new();
+        let data = jsonwebtoken::decode::<RawClaims>(token, key, &validation).map_err(|e| {
+            match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::Signature,
+                _ => TokenError::Malformed,
+            }
+        })?;
+        let c = data.claims;
+
+        if c.iss.as_deref() != Some(self.issuer.as_str()) {
+            return Err(TokenError::Issuer);
+        }
+        let aud = match &c.aud {
+            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let client_id = if c.aud.is_some() {
+            aud.into_iter().find(|a| self.audiences.contains(a))
+        } else {
+            c.client_id.clone().filter(|id| self.audiences.contains(id))
+        }
+        .ok_or(TokenError::Audience)?;
+        let exp = c.exp.ok_or(TokenError::Expired)?;
+        if now > exp + self.leeway_secs {
+            return Err(TokenError::Expired);
+        }
+        if let Some(nbf) = c.nbf
+            && now + self.leeway_secs < nbf
+        {
+            return Err(TokenError::NotYetValid);
+        }
+        if let Some(iat) = c.iat
+            && now + self.leeway_secs < iat
+        {
+            return Err(TokenError::NotYetValid);
+        }
+        let token_use = c.token_use.clone().unwrap_or_default();
+        if token_use != "id" && token_use != "access" {
+            return Err(TokenError::TokenUse);
+        }
+        let sub = c.sub.ok_or(TokenError::Malformed)?;
+        Ok(VerifiedClaims {
+            sub,
+            username: c.cognito_username.or(c.username),
+            email: c.email,
+            token_use,
+            client_id,
+            scopes: c
+                .scope
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default(),
+            issuer: self.issuer.clone(),
+            exp,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        static PEM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let pem = PEM.get_or_init(|| {
+            use rsa::pkcs8::EncodePrivateKey;
+            let k = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("rsa");
+            k.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+                .expect("pem")
+                .to_string()
+        });
+        SigningKey::from_pem(pem).expect("key")
+    }
+
+    fn subject() -> Subject<'static> {
+        Subject {
+            sub: "sub-1",
+            username: "sub-1",
+            email: "me@example.com",
+            client_id: "client-1",
+            issuer: "http://iss/pool",
+            auth_time: 1000,
+            origin_jti: "o",
+        }
+    }
+
+    fn decode_payload(t: &str) -> serde_json::Value {
+        let p = t.split('.').nth(1).expect("payload");
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).expect("b64")).expect("json")
+    }
+
+    #[test]
+    fn claims_are_cognitos() {
+        let k = key();
+        let (id, access) = issue_pair(&k, &subject(), 1000, 3600, 3600).expect("issue");
+        let idc = decode_payload(&id);
+        assert_eq!(idc["token_use"], "id");
+        assert_eq!(idc["aud"], "client-1");
+        assert_eq!(idc["cognito:username"], "sub-1");
+        assert_eq!(idc["email"], "me@example.com");
+        assert_eq!(idc["exp"], 4600);
+        for c in ["sub", "iss", "auth_time", "iat", "jti"] {
+            assert!(idc.get(c).is_some(), "{c}");
+        }
+        let ac = decode_payload(&access);
+        assert_eq!(ac["token_use"], "access");
+        assert_eq!(ac["client_id"], "client-1");
+        assert_eq!(ac["scope"], ADMIN_SCOPE);
+        assert!(ac.get("aud").is_none());
+    }
+
+    #[test]
+    fn verification_order_and_outcomes() {
+        let k = key();
+        let jwks = Jwks { keys: vec![k.jwk()] };
+        let v = Verifier::new("http://iss/pool", &jwks, ["client-1".to_string()], 60)
+            .expect("verifier");
+        let (id, access) = issue_pair(&k, &subject(), 1000, 3600, 3600).expect("issue");
+        let claims = v.verify(&id, 1000).expect("id token");
+        assert_eq!(claims.sub, "sub-1");
+        assert_eq!(claims.token_use, "id");
+        assert_eq!(v.verify(&access, 1000).expect("access").client_id, "client-1");
+        assert_eq!(v.verify(&id, 4600 + 60).map(|_| ()), Ok(()));
+        assert_eq!(v.verify(&id, 4600 + 61), Err(TokenError::Expired));
+        assert_eq!(v.verify(&id, 1000 - 61), Err(TokenError::NotYetValid));
+
+        let other_iss = Verifier::new("http://other", &jwks, ["client-1".to_string()], 60)
+            .expect("verifier");
+        assert_eq!(other_iss.verify(&id, 1000), Err(TokenError::Issuer));
+        let other_aud = Verifier::new("http://iss/pool", &jwks, ["x".to_string()], 60)
+            .expect("verifier");
+        assert_eq!(other_aud.verify(&id, 1000), Err(TokenError::Audience));
+        assert_eq!(other_aud.verify(&access, 1000), Err(TokenError::Audience));
+
+        let no_keys = Verifier::new("http://iss/pool", &Jwks { keys: vec![] }, [], 60)
+            .expect("verifier");
+        assert_eq!(no_keys.verify(&id, 1000), Err(TokenError::UnknownKid));
+
+        assert_eq!(v.verify("abc", 1000), Err(TokenError::Malformed));
+        let mut parts: Vec<String> = id.split('.').map(str::to_owned).collect();
+        parts[2] = URL_SAFE_NO_PAD.encode([0u8; 256]);
+        assert_eq!(v.verify(&parts.join("."), 1000), Err(TokenError::Signature));
+        let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"x"}"#);
+        let forged = format!("{none_header}.{}.", id.split('.').nth(1).expect("payload"));
+        assert!(matches!(v.verify(&forged, 1000), Err(TokenError::Algorithm(_))));
+    }
+}
