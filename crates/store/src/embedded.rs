@@ -75,6 +75,13 @@ impl Prepared {
     pub fn size(&self) -> u64 {
         self.size
     }
+    /// The blob file holding a large object's bytes (`None` for inline objects).
+    pub fn blob_name(&self) -> Option<&str> {
+        match &self.body {
+            PreparedBody::Blob(n) => Some(n),
+            PreparedBody::Inline(_) => None,
+        }
+    }
 }
 
 impl EmbeddedStore {

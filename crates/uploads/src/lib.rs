@@ -1,1 +1,173 @@
-//! placeholder
+//! Upload bookkeeping: the stream record an upload produces, the upload's status row, and
+//! the commit that makes an upload's object, record and row durable together.
+//!
+//! [`UploadSink`] commits uploads; [`UploadLedger`] reads and advances their status. The
+//! embedded implementation ([`embedded::EmbeddedUploads`]) writes all three in one
+//! transaction of the shared database: an upload is entirely there or not at all.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub mod embedded;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("{bucket}/{key} belongs to another user")]
+    Conflict { bucket: String, key: String },
+    #[error("upload {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] sluice_store::StoreError),
+    #[error(transparent)]
+    Stream(#[from] sluice_stream::StreamError),
+    #[error("upload bookkeeping failed: {0}")]
+    Backend(String),
+}
+
+impl From<sluice_db::DbError> for UploadError {
+    fn from(e: sluice_db::DbError) -> Self {
+        UploadError::Backend(e.to_string())
+    }
+}
+
+impl From<sluice_db::rusqlite::Error> for UploadError {
+    fn from(e: sluice_db::rusqlite::Error) -> Self {
+        UploadError::Backend(e.to_string())
+    }
+}
+
+/// The stream record of an upload: the seed's `{bucket,key,uploadedAt,requestId,userSub}`
+/// plus what a processor may want without reading the object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadRecord {
+    pub bucket: String,
+    pub key: String,
+    /// RFC 3339, UTC, milliseconds.
+    pub uploaded_at: String,
+    pub request_id: String,
+    pub user_sub: String,
+    pub upload_id: String,
+    pub size: u64,
+    pub sha256: String,
+    pub content_type: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadStatus {
+    Queued,
+    Processing,
+    Processed,
+    Failed,
+}
+
+impl UploadStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadStatus::Queued => "queued",
+            UploadStatus::Processing => "processing",
+            UploadStatus::Processed => "processed",
+            UploadStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> UploadStatus {
+        match s {
+            "processing" => UploadStatus::Processing,
+            "processed" => UploadStatus::Processed,
+            "failed" => UploadStatus::Failed,
+            _ => UploadStatus::Queued,
+        }
+    }
+}
+
+/// An upload and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub id: String,
+    pub user_sub: String,
+    pub bucket: String,
+    pub key: String,
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
+    pub content_type: String,
+    pub request_id: String,
+    pub stream: String,
+    pub shard_id: String,
+    pub sequence_number: String,
+    pub status: UploadStatus,
+    /// How many times a processor started on it.
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub processed_bucket: Option<String>,
+    pub processed_key: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub processed_ms: Option<i64>,
+}
+
+/// An upload to commit.
+#[derive(Debug, Clone)]
+pub struct NewUpload {
+    pub user_sub: String,
+    pub bucket: String,
+    pub key: String,
+    pub filename: String,
+    pub body: Bytes,
+    pub content_type: String,
+    pub request_id: String,
+    pub stream: String,
+    pub partition_key: String,
+}
+
+/// Commits uploads: object, stream record and status row, all durable, or none visible.
+#[async_trait]
+pub trait UploadSink: Send + Sync + 'static {
+    async fn commit(&self, upload: NewUpload) -> Result<Upload, UploadError>;
+}
+
+/// Upload status, read by the API and advanced by processors.
+#[async_trait]
+pub trait UploadLedger: Send + Sync + 'static {
+    async fn get(&self, id: &str) -> Result<Upload, UploadError>;
+    /// A processor started on the upload; counts an attempt.
+    async fn mark_processing(&self, id: &str) -> Result<(), UploadError>;
+    async fn mark_processed(&self, id: &str, bucket: &str, key: &str) -> Result<(), UploadError>;
+    async fn mark_failed(&self, id: &str, error: &str) -> Result<(), UploadError>;
+}
+
+/// RFC 3339 in UTC with milliseconds, as JavaScript's `Date.toISOString()` (the seed's
+/// `uploadedAt`).
+pub fn iso8601_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_uses_the_seeds_field_names() {
+        let r = UploadRecord {
+            bucket: "b".into(),
+            key: "uploads/a.txt".into(),
+            uploaded_at: iso8601_ms(0),
+            request_id: "r".into(),
+            user_sub: "u".into(),
+            upload_id: "i".into(),
+            size: 1,
+            sha256: "s".into(),
+            content_type: "text/plain".into(),
+        };
+        let v = serde_json::to_value(&r).expect("json");
+        for f in ["bucket", "key", "uploadedAt", "requestId", "userSub", "uploadId"] {
+            assert!(v.get(f).is_some(), "{f}");
+        }
+        assert_eq!(v["uploadedAt"], "1970-01-01T00:00:00.000Z");
+    }
+}

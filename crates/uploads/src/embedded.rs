@@ -1,0 +1,253 @@
+//! Uploads over the embedded store and stream: one transaction per upload, group-committed
+//! with every other write waiting at the same moment.
+
+use async_trait::async_trait;
+use sluice_db::rusqlite::{OptionalExtension, params};
+use sluice_db::{Db, Migration, now_ms};
+use sluice_store::PutOptions;
+use sluice_store::embedded::{EmbeddedStore, put_in_tx};
+use sluice_stream::PutRecord;
+use sluice_stream::embedded::{EmbeddedStream, append_in_tx};
+
+use crate::{
+    NewUpload, Upload, UploadError, UploadLedger, UploadRecord, UploadSink, UploadStatus,
+    iso8601_ms,
+};
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    name: "uploads-0001",
+    sql: "
+CREATE TABLE uploads (
+    id TEXT PRIMARY KEY,
+    user_sub TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    shard_id TEXT NOT NULL,
+    sequence_number TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    processed_bucket TEXT,
+    processed_key TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    processed_ms INTEGER
+);
+CREATE INDEX uploads_user ON uploads (user_sub, created_ms);
+",
+}];
+
+#[derive(Clone)]
+pub struct EmbeddedUploads {
+    db: Db,
+    store: EmbeddedStore,
+    stream: EmbeddedStream,
+}
+
+impl EmbeddedUploads {
+    /// `store` and `stream` must live in the same database as `db`.
+    pub fn new(db: Db, store: EmbeddedStore, stream: EmbeddedStream) -> Self {
+        EmbeddedUploads { db, store, stream }
+    }
+}
+
+#[async_trait]
+impl UploadSink for EmbeddedUploads {
+    async fn commit(&self, u: NewUpload) -> Result<Upload, UploadError> {
+        let prepared = self.store.prepare(u.body.clone()).await?;
+        let blob = prepared.blob_name().map(str::to_owned);
+        let id = uuid::Uuid::new_v4().to_string();
+        let stream_name = u.stream.clone();
+        let committed = self
+            .db
+            .write(move |c| {
+                let now = now_ms();
+                let opts = PutOptions {
+                    content_type: Some(u.content_type.clone()),
+                    owner: Some(u.user_sub.clone()),
+                };
+                let (info, replaced) = put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now)
+                    .map_err(|e| match e {
+                        sluice_store::StoreError::OwnedByOther { bucket, key } => {
+                            UploadError::Conflict { bucket, key }
+                        }
+                        other => UploadError::Store(other),
+                    })?;
+                let record = UploadRecord {
+                    bucket: u.bucket.clone(),
+                    key: u.key.clone(),
+                    uploaded_at: iso8601_ms(now),
+                    request_id: u.request_id.clone(),
+                    user_sub: u.user_sub.clone(),
+                    upload_id: id.clone(),
+                    size: info.size,
+                    sha256: info.sha256.clone(),
+                    content_type: info.content_type.clone(),
+                };
+                let data = serde_json::to_vec(&record)
+                    .map_err(|e| UploadError::Backend(format!("cannot encode record: {e}")))?;
+                let put = append_in_tx(
+                    c,
+                    &u.stream,
+                    &PutRecord {
+                        partition_key: u.partition_key.clone(),
+                        explicit_hash_key: None,
+                        data: data.into(),
+                    },
+                    now,
+                )?;
+                c.prepare_cached(
+                    "INSERT INTO uploads (id, user_sub, bucket, key, filename, size, sha256,
+                         content_type, request_id, stream, shard_id, sequence_number, status,
+                         created_ms, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?13, ?13)",
+                )?
+                .execute(params![
+                    id,
+                    u.user_sub,
+                    u.bucket,
+                    u.key,
+                    u.filename,
+                    info.size as i64,
+                    info.sha256,
+                    info.content_type,
+                    u.request_id,
+                    u.stream,
+                    put.shard_id,
+                    put.sequence_number,
+                    now
+                ])?;
+                Ok::<_, UploadError>((
+                    Upload {
+                        id,
+                        user_sub: u.user_sub,
+                        bucket: u.bucket,
+                        key: u.key,
+                        filename: u.filename,
+                        size: info.size,
+                        sha256: info.sha256,
+                        content_type: info.content_type,
+                        request_id: u.request_id,
+                        stream: u.stream,
+                        shard_id: put.shard_id,
+                        sequence_number: put.sequence_number,
+                        status: UploadStatus::Queued,
+                        attempts: 0,
+                        error: None,
+                        processed_bucket: None,
+                        processed_key: None,
+                        created_ms: now,
+                        updated_ms: now,
+                        processed_ms: None,
+                    },
+                    replaced,
+                ))
+            })
+            .await;
+        match committed {
+            Ok((upload, replaced)) => {
+                self.stream.notify(&stream_name);
+                self.store.discard_blobs(replaced.into_iter().collect());
+                Ok(upload)
+            }
+            Err(e) => {
+                // The object's blob file (if any) is referenced by no row: remove it now
+                // rather than at the next start.
+                self.store.discard_blobs(blob.into_iter().collect());
+                Err(e)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl UploadLedger for EmbeddedUploads {
+    async fn get(&self, id: &str) -> Result<Upload, UploadError> {
+        let id = id.to_owned();
+        self.db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT id, user_sub, bucket, key, filename, size, sha256, content_type,
+                            request_id, stream, shard_id, sequence_number, status, attempts,
+                            error, processed_bucket, processed_key, created_ms, updated_ms,
+                            processed_ms
+                     FROM uploads WHERE id = ?1",
+                )?
+                .query_row([&id], |r| {
+                    Ok(Upload {
+                        id: r.get(0)?,
+                        user_sub: r.get(1)?,
+                        bucket: r.get(2)?,
+                        key: r.get(3)?,
+                        filename: r.get(4)?,
+                        size: r.get::<_, i64>(5)? as u64,
+                        sha256: r.get(6)?,
+                        content_type: r.get(7)?,
+                        request_id: r.get(8)?,
+                        stream: r.get(9)?,
+                        shard_id: r.get(10)?,
+                        sequence_number: r.get(11)?,
+                        status: UploadStatus::parse(&r.get::<_, String>(12)?),
+                        attempts: r.get::<_, i64>(13)? as u32,
+                        error: r.get(14)?,
+                        processed_bucket: r.get(15)?,
+                        processed_key: r.get(16)?,
+                        created_ms: r.get(17)?,
+                        updated_ms: r.get(18)?,
+                        processed_ms: r.get(19)?,
+                    })
+                })
+                .optional()?
+                .ok_or(UploadError::NotFound(id.clone()))
+            })
+            .await
+    }
+
+    async fn mark_processing(&self, id: &str) -> Result<(), UploadError> {
+        let id = id.to_owned();
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE uploads SET status = 'processing', attempts = attempts + 1,
+                         updated_ms = ?2 WHERE id = ?1",
+                    params![id, now_ms()],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn mark_processed(&self, id: &str, bucket: &str, key: &str) -> Result<(), UploadError> {
+        let (id, b, k) = (id.to_owned(), bucket.to_owned(), key.to_owned());
+        self.db
+            .write(move |c| {
+                let now = now_ms();
+                c.execute(
+                    "UPDATE uploads SET status = 'processed', error = NULL, processed_bucket = ?2,
+                         processed_key = ?3, processed_ms = ?4, updated_ms = ?4 WHERE id = ?1",
+                    params![id, b, k, now],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn mark_failed(&self, id: &str, error: &str) -> Result<(), UploadError> {
+        let (id, e) = (id.to_owned(), error.to_owned());
+        self.db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE uploads SET status = 'failed', error = ?2, updated_ms = ?3 WHERE id = ?1",
+                    params![id, e, now_ms()],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}
