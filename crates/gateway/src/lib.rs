@@ -1,1 +1,344 @@
-//! placeholder
+//! The upload API — what API Gateway, its JWT authorizer and the seed's upload Lambda are in
+//! the AWS version: `POST /uploads`, upload status and contents, `GET /healthz`.
+//!
+//! Handlers only run for requests that carry a valid bearer token: they take an
+//! [`Authenticated`] argument, which only the authorizer can build. This crate knows HTTP
+//! but no AWS wire format.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header, request::Parts};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use sluice_identity::{TokenError, VerifiedClaims, Verifier};
+use sluice_store::ObjectStore;
+use sluice_uploads::{NewUpload, Upload, UploadError, UploadLedger, UploadSink, UploadStatus};
+
+mod error;
+pub use error::GatewayError;
+
+/// Default largest request body: 10 MiB, API Gateway's payload limit.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// Checks bearer tokens. [`Verifier`] is the implementation for a Cognito-style issuer.
+pub trait Authorizer: Send + Sync + 'static {
+    fn authorize(&self, token: &str) -> Result<VerifiedClaims, TokenError>;
+}
+
+impl Authorizer for Verifier {
+    fn authorize(&self, token: &str) -> Result<VerifiedClaims, TokenError> {
+        self.verify(token, now_secs())
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Everything the API needs.
+#[derive(Clone)]
+pub struct Gateway {
+    pub authorizer: Arc<dyn Authorizer>,
+    pub sink: Arc<dyn UploadSink>,
+    pub ledger: Arc<dyn UploadLedger>,
+    pub store: Arc<dyn ObjectStore>,
+    /// Bucket uploads go to.
+    pub bucket: String,
+    /// Stream upload records go to.
+    pub stream: String,
+    pub max_body_bytes: usize,
+}
+
+/// The request id of the request being served: in every response's `x-request-id`, and
+/// the `requestId` of the stream record an upload produces.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Proof that the request carried a valid token. Only the authorizer builds it.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    claims: VerifiedClaims,
+}
+
+impl Authenticated {
+    pub fn sub(&self) -> &str {
+        &self.claims.sub
+    }
+    pub fn claims(&self) -> &VerifiedClaims {
+        &self.claims
+    }
+}
+
+impl FromRequestParts<Gateway> for Authenticated {
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(GatewayError::Unauthorized("missing Authorization header"))?;
+        let value = header
+            .to_str()
+            .map_err(|_| GatewayError::Unauthorized("Authorization header is not ASCII"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(GatewayError::Unauthorized(
+                "Authorization header is not 'Bearer <token>'",
+            ))?;
+        let claims = gw
+            .authorizer
+            .authorize(token)
+            .map_err(GatewayError::InvalidToken)?;
+        Ok(Authenticated { claims })
+    }
+}
+
+pub fn router(gw: Gateway) -> Router {
+    let limit = gw.max_body_bytes;
+    Router::new()
+        .route("/uploads", post(create_upload))
+        .route("/uploads/{id}", get(get_upload))
+        .route("/uploads/{id}/content", get(get_content))
+        .route("/uploads/{id}/processed", get(get_processed))
+        .route("/healthz", get(healthz))
+        .fallback(|| async { GatewayError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(gw)
+        .layer(middleware::from_fn(request_id))
+}
+
+/// Gives every request an id, returns it in `x-request-id`, and logs the request.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status();
+    let micros = started.elapsed().as_micros() as u64;
+    if status.is_server_error() {
+        tracing::warn!(request_id = %id, %method, %path, status = status.as_u16(), micros, "request failed");
+    } else {
+        tracing::debug!(request_id = %id, %method, %path, status = status.as_u16(), micros, "request");
+    }
+    resp
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadBody {
+    filename: Option<String>,
+    content: Option<String>,
+}
+
+async fn create_upload(
+    State(gw): State<Gateway>,
+    auth: Authenticated,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, GatewayError> {
+    // Checked in this order: token (above, before any byte of the body is read), media
+    // type, size, then the body itself.
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        return Err(GatewayError::UnsupportedMediaType(format!(
+            "expected Content-Type: application/json, got {:?}",
+            content_type
+        )));
+    }
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > gw.max_body_bytes as u64
+    {
+        return Err(GatewayError::TooLarge(gw.max_body_bytes));
+    }
+    let bytes = axum::body::to_bytes(body, gw.max_body_bytes)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                GatewayError::TooLarge(gw.max_body_bytes)
+            } else {
+                GatewayError::BadRequest(format!("cannot read request body: {e}"))
+            }
+        })?;
+    let parsed: UploadBody = serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::BadRequest(format!("malformed JSON body: {e}")))?;
+    // The seed's defaults: `file-<ms>.txt` and "empty" (its `content || "empty"` also
+    // turns an empty string into "empty").
+    let filename = match parsed.filename {
+        Some(f) => f,
+        None => format!("file-{}.txt", now_ms()),
+    };
+    validate_filename(&filename)?;
+    let content = match parsed.content {
+        Some(c) if !c.is_empty() => c,
+        _ => "empty".to_owned(),
+    };
+    let key = format!("uploads/{filename}");
+    let upload = gw
+        .sink
+        .commit(NewUpload {
+            user_sub: auth.sub().to_owned(),
+            bucket: gw.bucket.clone(),
+            key: key.clone(),
+            filename,
+            body: content.into(),
+            content_type: "text/plain".into(),
+            request_id: request_id.clone(),
+            stream: gw.stream.clone(),
+            partition_key: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .map_err(GatewayError::from)?;
+    Ok(axum::Json(json!({
+        "message": "Uploaded and queued for processing",
+        "s3": {"bucket": upload.bucket, "key": upload.key},
+        "uploadId": upload.id,
+        "requestId": request_id,
+    }))
+    .into_response())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A file name that is safe as the last part of an object key: 1–255 bytes, no path
+/// separators, no `..`, no NUL or other control characters.
+pub fn validate_filename(name: &str) -> Result<(), GatewayError> {
+    let reason = if name.is_empty() {
+        Some("filename must not be empty")
+    } else if name.len() > 255 {
+        Some("filename must be at most 255 bytes")
+    } else if name.contains('/') || name.contains('\\') {
+        Some("filename must not contain '/' or '\\'")
+    } else if name.contains("..") || name == "." {
+        Some("filename must not contain '..' or be '.'")
+    } else if name.chars().any(char::is_control) {
+        Some("filename must not contain NUL or control characters")
+    } else {
+        None
+    };
+    match reason {
+        Some(r) => Err(GatewayError::BadRequest(r.into())),
+        None => Ok(()),
+    }
+}
+
+async fn owned_upload(gw: &Gateway, auth: &Authenticated, id: &str) -> Result<Upload, GatewayError> {
+    match gw.ledger.get(id).await {
+        Ok(u) if u.user_sub == auth.sub() => Ok(u),
+        // Another user's upload is indistinguishable from a missing one.
+        Ok(_) | Err(UploadError::NotFound(_)) => {
+            Err(GatewayError::NotFound(format!("upload {id} not found")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn ms_to_iso(ms: i64) -> String {
+    sluice_uploads::iso8601_ms(ms)
+}
+
+async fn get_upload(
+    State(gw): State<Gateway>,
+    auth: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Response, GatewayError> {
+    let u = owned_upload(&gw, &auth, &id).await?;
+    let processed = match (&u.processed_bucket, &u.processed_key) {
+        (Some(b), Some(k)) if u.status == UploadStatus::Processed => {
+            json!({"bucket": b, "key": k})
+        }
+        _ => serde_json::Value::Null,
+    };
+    Ok(axum::Json(json!({
+        "uploadId": u.id,
+        "status": u.status.as_str(),
+        "s3": {"bucket": u.bucket, "key": u.key},
+        "filename": u.filename,
+        "size": u.size,
+        "sha256": u.sha256,
+        "contentType": u.content_type,
+        "requestId": u.request_id,
+        "stream": u.stream,
+        "shardId": u.shard_id,
+        "sequenceNumber": u.sequence_number,
+        "attempts": u.attempts,
+        "error": u.error,
+        "processed": processed,
+        "createdAt": ms_to_iso(u.created_ms),
+        "updatedAt": ms_to_iso(u.updated_ms),
+        "processedAt": u.processed_ms.map(ms_to_iso),
+    }))
+    .into_response())
+}
+
+async fn object_response(gw: &Gateway, bucket: &str, key: &str) -> Result<Response, GatewayError> {
+    let obj = gw.store.get(bucket, key).await?;
+    let mut resp = Response::new(Body::from(obj.body));
+    if let Ok(v) = HeaderValue::from_str(&obj.info.content_type) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", obj.info.etag)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+async fn get_content(
+    State(gw): State<Gateway>,
+    auth: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Response, GatewayError> {
+    let u = owned_upload(&gw, &auth, &id).await?;
+    object_response(&gw, &u.bucket, &u.key).await
+}
+
+async fn get_processed(
+    State(gw): State<Gateway>,
+    auth: Authenticated,
+    Path(id): Path<String>,
+) -> Result<Response, GatewayError> {
+    let u = owned_upload(&gw, &auth, &id).await?;
+    match (&u.processed_bucket, &u.processed_key, u.status) {
+        (Some(b), Some(k), UploadStatus::Processed) => object_response(&gw, b, k).await,
+        _ => Err(GatewayError::NotFound(format!(
+            "upload {id} has no processed output (status: {})",
+            u.status.as_str()
+        ))),
+    }
+}

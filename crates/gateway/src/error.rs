@@ -1,0 +1,107 @@
+//! The API's errors and the one place where they become HTTP responses.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use sluice_identity::TokenError;
+use sluice_store::StoreError;
+use sluice_uploads::UploadError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    #[error("unauthorized: {0}")]
+    InvalidToken(TokenError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("request body exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::Unauthorized(_) | GatewayError::InvalidToken(_) => {
+                StatusCode::UNAUTHORIZED
+            }
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::Conflict(_) => StatusCode::CONFLICT,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            GatewayError::Unauthorized(_) | GatewayError::InvalidToken(_) => "invalid_token",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
+            GatewayError::TooLarge(_) => "payload_too_large",
+            GatewayError::NotFound(_) => "not_found",
+            GatewayError::Conflict(_) => "conflict",
+            GatewayError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl From<UploadError> for GatewayError {
+    fn from(e: UploadError) -> Self {
+        match e {
+            UploadError::Conflict { bucket, key } => GatewayError::Conflict(format!(
+                "{bucket}/{key} was uploaded by another user"
+            )),
+            UploadError::NotFound(id) => GatewayError::NotFound(format!("upload {id} not found")),
+            other => GatewayError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for GatewayError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoSuchKey { bucket, key } => {
+                GatewayError::NotFound(format!("object {bucket}/{key} not found"))
+            }
+            other => GatewayError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            // API Gateway's body for a refused token, plus the reason.
+            GatewayError::Unauthorized(_) | GatewayError::InvalidToken(_) => json!({
+                "message": "Unauthorized",
+                "error": self.code(),
+                "error_description": self.to_string(),
+            }),
+            // Internal details go to the log, not to the client.
+            GatewayError::Internal(detail) => {
+                tracing::error!(error = %detail, "request failed");
+                json!({"message": "Internal server error", "error": self.code()})
+            }
+            _ => json!({"message": self.to_string(), "error": self.code()}),
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        resp
+    }
+}
