@@ -1,1 +1,114 @@
-fn main() {}
+//! `sluice`: one binary for the whole pipeline. This crate parses configuration and wires
+//! the parts together; the parts live in their own crates.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+mod config;
+mod serve;
+mod wiring;
+
+use config::{CommonArgs, Settings};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A self-hosted event-driven upload pipeline: sign-in, upload API, storage, stream and processors in one binary")]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline: sign-in, upload API, storage, stream and processors.
+    Serve,
+    /// Manage users of the default user pool.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Show the pool id, app client id, issuer and URLs clients need.
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user that signs in with its email address.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password: String,
+        /// The password is temporary: the first sign-in must choose a new one
+        /// (NEW_PASSWORD_REQUIRED), as with Cognito's AdminCreateUser.
+        #[arg(long)]
+        temporary: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let settings = Settings::resolve(&cli.common)?;
+    match cli.command {
+        Command::Serve => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(serve::serve(settings))
+        }
+        Command::User(UserCommand::Create {
+            email,
+            password,
+            temporary,
+        }) => {
+            let identity = wiring::open_identity(&settings)?;
+            let pool = identity.bootstrap(&settings.region, settings.lifetimes)?;
+            let user = identity.create_user(&pool.pool_id, &email, &password, temporary)?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "sub": user.sub,
+                    "email": user.email,
+                    "status": user.status,
+                    "poolId": pool.pool_id,
+                })
+            );
+            Ok(())
+        }
+        Command::Info { json } => {
+            let info = wiring::info(&settings)?;
+            if json {
+                println!("{}", serde_json::to_string(&info)?);
+            } else {
+                println!("{}", wiring::describe(&info));
+            }
+            Ok(())
+        }
+    }
+}

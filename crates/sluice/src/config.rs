@@ -1,0 +1,270 @@
+//! Settings, from four sources in order of precedence: command-line flags, `SLUICE_*`
+//! environment variables, `sluice.toml`, defaults.
+//!
+//! Flags and environment variables are read by clap (each flag names its variable); the
+//! file fills in whatever neither gave; defaults fill in the rest.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Deserialize;
+
+/// Settings every command takes (the client commands find the server's data through them).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct CommonArgs {
+    /// Configuration file [default: ./sluice.toml if it exists]
+    #[arg(long, env = "SLUICE_CONFIG", global = true)]
+    pub(crate) config: Option<PathBuf>,
+    /// Folder holding all of sluice's data [default: ./sluice-data]
+    #[arg(long, env = "SLUICE_DATA_DIR", global = true)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address of the upload API [default: 127.0.0.1:8080]
+    #[arg(long, env = "SLUICE_LISTEN", global = true)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Address of the AWS-compatible edge (Cognito, JWKS) [default: 127.0.0.1:4566]
+    #[arg(long, env = "SLUICE_EDGE_LISTEN", global = true)]
+    pub(crate) edge_listen: Option<SocketAddr>,
+    /// AWS region of the user pool and ARNs [default: us-east-2]
+    #[arg(long, env = "SLUICE_REGION", global = true)]
+    pub(crate) region: Option<String>,
+}
+
+/// `sluice.toml`. Every key is optional; unknown keys are an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    /// Folder holding all of sluice's data.
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address of the upload API.
+    pub(crate) listen: Option<SocketAddr>,
+    /// Address of the AWS-compatible edge.
+    pub(crate) edge_listen: Option<SocketAddr>,
+    /// URL clients use to reach the edge; the token issuer is `<edge_url>/<pool id>`.
+    /// Defaults to `http://<edge_listen>` (with 127.0.0.1 for an unspecified address).
+    pub(crate) edge_url: Option<String>,
+    /// URL clients use to reach the upload API (shown by `sluice info`).
+    pub(crate) api_url: Option<String>,
+    pub(crate) region: Option<String>,
+    /// Bucket uploads go to.
+    pub(crate) bucket: Option<String>,
+    /// Bucket processed output goes to (default: the upload bucket).
+    pub(crate) processed_bucket: Option<String>,
+    /// Stream upload records go to.
+    pub(crate) stream: Option<String>,
+    /// Shards of the upload stream when it is created.
+    pub(crate) shards: Option<u32>,
+    /// Largest accepted upload request body, in bytes.
+    pub(crate) max_body_bytes: Option<usize>,
+    pub(crate) id_token_validity_secs: Option<i64>,
+    pub(crate) access_token_validity_secs: Option<i64>,
+    pub(crate) refresh_token_validity_secs: Option<i64>,
+    /// Records per batch of the built-in mapping (the seed uses 10).
+    pub(crate) batch_size: Option<usize>,
+    /// Attempts per record before the built-in mapping reports it failed.
+    pub(crate) max_attempts: Option<u32>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) listen: SocketAddr,
+    pub(crate) edge_listen: SocketAddr,
+    pub(crate) edge_url: Option<String>,
+    pub(crate) api_url: Option<String>,
+    pub(crate) region: String,
+    pub(crate) bucket: String,
+    pub(crate) processed_bucket: Option<String>,
+    pub(crate) stream: String,
+    pub(crate) shards: u32,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) lifetimes: sluice_identity::Lifetimes,
+    pub(crate) batch_size: usize,
+    pub(crate) max_attempts: u32,
+}
+
+impl Settings {
+    pub(crate) fn resolve(args: &CommonArgs) -> Result<Settings> {
+        let file = load_file(args.config.as_deref())?;
+        let defaults = sluice_identity::Lifetimes::default();
+        let s = Settings {
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("sluice-data")),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            edge_listen: args
+                .edge_listen
+                .or(file.edge_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4566))),
+            edge_url: env_or("SLUICE_EDGE_URL", file.edge_url),
+            api_url: env_or("SLUICE_API_URL", file.api_url),
+            region: args
+                .region
+                .clone()
+                .or(file.region)
+                .unwrap_or_else(|| "us-east-2".into()),
+            bucket: env_or("SLUICE_BUCKET", file.bucket).unwrap_or_else(|| "sluice".into()),
+            processed_bucket: env_or("SLUICE_PROCESSED_BUCKET", file.processed_bucket),
+            stream: env_or("SLUICE_STREAM", file.stream)
+                .unwrap_or_else(|| "uploads-stream".into()),
+            shards: env_parse("SLUICE_SHARDS")?.or(file.shards).unwrap_or(4),
+            max_body_bytes: env_parse("SLUICE_MAX_BODY_BYTES")?
+                .or(file.max_body_bytes)
+                .unwrap_or(sluice_gateway::DEFAULT_MAX_BODY_BYTES),
+            lifetimes: sluice_identity::Lifetimes {
+                id_secs: env_parse("SLUICE_ID_TOKEN_VALIDITY_SECS")?
+                    .or(file.id_token_validity_secs)
+                    .unwrap_or(defaults.id_secs),
+                access_secs: env_parse("SLUICE_ACCESS_TOKEN_VALIDITY_SECS")?
+                    .or(file.access_token_validity_secs)
+                    .unwrap_or(defaults.access_secs),
+                refresh_secs: env_parse("SLUICE_REFRESH_TOKEN_VALIDITY_SECS")?
+                    .or(file.refresh_token_validity_secs)
+                    .unwrap_or(defaults.refresh_secs),
+            },
+            batch_size: env_parse("SLUICE_BATCH_SIZE")?
+                .or(file.batch_size)
+                .unwrap_or(10),
+            max_attempts: env_parse("SLUICE_MAX_ATTEMPTS")?
+                .or(file.max_attempts)
+                .unwrap_or(3),
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(1..=500).contains(&self.shards) {
+            bail!("shards must be between 1 and 500, got {}", self.shards);
+        }
+        if self.max_body_bytes == 0 {
+            bail!("max_body_bytes must be positive");
+        }
+        for (name, v) in [
+            ("id_token_validity_secs", self.lifetimes.id_secs),
+            ("access_token_validity_secs", self.lifetimes.access_secs),
+            ("refresh_token_validity_secs", self.lifetimes.refresh_secs),
+        ] {
+            if v <= 0 {
+                bail!("{name} must be positive, got {v}");
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn db_path(&self) -> PathBuf {
+        self.data_dir.join("sluice.db")
+    }
+
+    pub(crate) fn key_dir(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
+    pub(crate) fn run_file(&self) -> PathBuf {
+        self.data_dir.join("run.json")
+    }
+
+    /// The edge URL for a listener bound to `addr`.
+    pub(crate) fn edge_url_for(&self, addr: SocketAddr) -> String {
+        self.edge_url
+            .clone()
+            .unwrap_or_else(|| url_for(addr))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    pub(crate) fn api_url_for(&self, addr: SocketAddr) -> String {
+        self.api_url
+            .clone()
+            .unwrap_or_else(|| url_for(addr))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+fn url_for(addr: SocketAddr) -> String {
+    let mut a = addr;
+    if a.ip().is_unspecified() {
+        a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{a}")
+}
+
+fn env_or(var: &str, file: Option<String>) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty()).or(file)
+}
+
+fn env_parse<T: std::str::FromStr>(var: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{var}={v:?} is not valid: {e}")),
+        _ => Ok(None),
+    }
+}
+
+fn load_file(explicit: Option<&Path>) -> Result<FileConfig> {
+    let path = match explicit {
+        Some(p) => p.to_owned(),
+        None => {
+            let p = PathBuf::from("sluice.toml");
+            if !p.exists() {
+                return Ok(FileConfig::default());
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid configuration file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = std::env::temp_dir().join(format!("sluice-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("sluice.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/from-file\"\nlisten = \"127.0.0.1:9000\"\nshards = 2\n",
+        )
+        .expect("write");
+        let args = CommonArgs {
+            config: Some(file.clone()),
+            listen: Some("127.0.0.1:9100".parse().expect("addr")),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args).expect("resolve");
+        assert_eq!(s.listen.port(), 9100, "flag wins over file");
+        assert_eq!(s.data_dir, PathBuf::from("/from-file"), "file wins over default");
+        assert_eq!(s.shards, 2);
+        assert_eq!(s.edge_listen.port(), 4566, "default");
+        assert_eq!(s.region, "us-east-2");
+
+        std::fs::write(&file, "bogus_key = 1\n").expect("write");
+        assert!(Settings::resolve(&args).is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn unspecified_addresses_become_loopback_urls() {
+        assert_eq!(
+            url_for("0.0.0.0:4566".parse().expect("addr")),
+            "http://127.0.0.1:4566"
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! `sluice serve`: every part on embedded backends, in one process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use sluice_gateway::Gateway;
+use sluice_identity::Identity;
+use sluice_processor::embedded::EmbeddedCheckpoints;
+use sluice_processor::{MappingConfig, Processor, StartingPosition};
+use sluice_store::ObjectStore;
+use sluice_store::embedded::EmbeddedStore;
+use sluice_stream::Stream;
+use sluice_stream::embedded::EmbeddedStream;
+use sluice_uploads::embedded::EmbeddedUploads;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::wiring::{self, LedgerObserver, RunInfo};
+
+/// Name of the built-in mapping from the upload stream to `uppercase`.
+const BUILTIN_MAPPING: &str = "builtin-uppercase";
+
+pub(crate) async fn serve(settings: Settings) -> Result<()> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!("cannot create the data directory {}", settings.data_dir.display())
+    })?;
+    // One server per data directory: the lock is held for the life of the process and
+    // released by the kernel however it ends.
+    let lock_path = settings.data_dir.join("serve.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another `sluice serve` is using the data directory {}",
+            settings.data_dir.display()
+        );
+    }
+
+    let api_listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (API)", settings.listen))?;
+    let edge_listener = TcpListener::bind(settings.edge_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (edge)", settings.edge_listen))?;
+    let api_url = settings.api_url_for(api_listener.local_addr()?);
+    let edge_url = settings.edge_url_for(edge_listener.local_addr()?);
+
+    let db = wiring::open_db(&settings)?;
+
+    let identity = Identity::new(db.clone(), &settings.key_dir(), &edge_url);
+    let pool = {
+        let (id, region, lifetimes) = (identity.clone(), settings.region.clone(), settings.lifetimes);
+        tokio::task::spawn_blocking(move || id.bootstrap(&region, lifetimes)).await??
+    };
+    let verifier = identity.verifier(&pool.pool_id, 60)?;
+
+    let store = EmbeddedStore::open(db.clone(), &settings.data_dir.join("blobs"))?;
+    {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.sweep()).await??;
+    }
+    store.ensure_bucket(&settings.bucket).await?;
+    if let Some(b) = &settings.processed_bucket {
+        store.ensure_bucket(b).await?;
+    }
+    let stream = EmbeddedStream::open(db.clone())?;
+    stream.ensure_stream(&settings.stream, settings.shards).await?;
+    let retention = stream.spawn_retention(Duration::from_secs(60));
+
+    let uploads = EmbeddedUploads::new(db.clone(), store.clone(), stream.clone());
+    let ledger: Arc<dyn sluice_uploads::UploadLedger> = Arc::new(uploads.clone());
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let processor = Processor::new(
+        Arc::new(stream.clone()),
+        Arc::new(store.clone()),
+        Arc::new(EmbeddedCheckpoints::new(db.clone())),
+        Arc::new(LedgerObserver(ledger.clone())),
+    );
+    let workers = processor
+        .start(
+            MappingConfig {
+                name: BUILTIN_MAPPING.into(),
+                stream: settings.stream.clone(),
+                batch_size: settings.batch_size,
+                starting_position: StartingPosition::Latest,
+                max_attempts: settings.max_attempts,
+                output_bucket: settings.processed_bucket.clone(),
+                output_prefix: "processed/".into(),
+            },
+            Arc::new(sluice_processor::functions::Uppercase),
+            shutdown_rx.clone(),
+        )
+        .await?;
+
+    let api = sluice_gateway::router(Gateway {
+        authorizer: Arc::new(verifier),
+        sink: Arc::new(uploads.clone()),
+        ledger,
+        store: Arc::new(store.clone()),
+        bucket: settings.bucket.clone(),
+        stream: settings.stream.clone(),
+        max_body_bytes: settings.max_body_bytes,
+    });
+    let edge = sluice_compat::router(sluice_compat::Edge {
+        identity: identity.clone(),
+    });
+
+    let info = wiring::make_info(&settings, &identity, pool, api_url.clone(), edge_url.clone());
+    let run = RunInfo {
+        pid: std::process::id(),
+        api_url,
+        edge_url,
+    };
+    write_run_file(&settings, &run)?;
+
+    println!("sluice is ready\n{}", wiring::describe(&info));
+    println!("Data dir:      {}", settings.data_dir.display());
+    tracing::info!(api = %run.api_url, edge = %run.edge_url, pool = %info.pool_id, "serving");
+
+    let mut api_shutdown = shutdown_rx.clone();
+    let mut edge_shutdown = shutdown_rx.clone();
+    let api_server = tokio::spawn(async move {
+        axum::serve(api_listener, api)
+            .with_graceful_shutdown(async move {
+                let _ = api_shutdown.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let edge_server = tokio::spawn(async move {
+        axum::serve(edge_listener, edge)
+            .with_graceful_shutdown(async move {
+                let _ = edge_shutdown.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = api_server.await;
+    let _ = edge_server.await;
+    for w in workers {
+        let _ = w.await;
+    }
+    retention.abort();
+    db.close();
+    let _ = std::fs::remove_file(settings.run_file());
+    drop(lock);
+    Ok(())
+}
+
+fn write_run_file(settings: &Settings, run: &RunInfo) -> Result<()> {
+    let path = settings.run_file();
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(run)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

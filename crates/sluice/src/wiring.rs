@@ -1,0 +1,156 @@
+//! Opening the embedded parts on a data directory, shared by `serve` and the client commands.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sluice_db::{Db, Migration};
+use sluice_identity::Identity;
+use sluice_uploads::UploadLedger;
+
+use crate::config::Settings;
+
+/// Every part's tables, in one database file.
+fn migrations() -> Vec<Migration> {
+    let mut all = Vec::new();
+    for part in [
+        sluice_identity::MIGRATIONS,
+        sluice_store::embedded::MIGRATIONS,
+        sluice_stream::embedded::MIGRATIONS,
+        sluice_uploads::embedded::MIGRATIONS,
+        sluice_processor::embedded::MIGRATIONS,
+    ] {
+        for m in part {
+            all.push(Migration {
+                name: m.name,
+                sql: m.sql,
+            });
+        }
+    }
+    all
+}
+
+pub(crate) fn open_db(settings: &Settings) -> Result<Db> {
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
+    Ok(Db::open(&settings.db_path(), &migrations())?)
+}
+
+/// The identity part as a client command sees it (the issuer base comes from the running
+/// server when there is one).
+pub(crate) fn open_identity(settings: &Settings) -> Result<Identity> {
+    let db = open_db(settings)?;
+    let edge_url = running(settings)
+        .map(|r| r.edge_url)
+        .unwrap_or_else(|| settings.edge_url_for(settings.edge_listen));
+    Ok(Identity::new(db, &settings.key_dir(), &edge_url))
+}
+
+/// What `sluice serve` writes to `<data>/run.json` once it is ready, and removes at exit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RunInfo {
+    pub(crate) pid: u32,
+    pub(crate) api_url: String,
+    pub(crate) edge_url: String,
+}
+
+/// The running server's addresses, if a live server wrote them.
+pub(crate) fn running(settings: &Settings) -> Option<RunInfo> {
+    let text = std::fs::read_to_string(settings.run_file()).ok()?;
+    let info: RunInfo = serde_json::from_str(&text).ok()?;
+    // A run file left behind by a killed server names a dead process.
+    std::path::Path::new(&format!("/proc/{}", info.pid))
+        .exists()
+        .then_some(info)
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Info {
+    pub(crate) pool_id: String,
+    pub(crate) client_id: String,
+    pub(crate) issuer: String,
+    pub(crate) jwks_url: String,
+    pub(crate) api_url: String,
+    pub(crate) edge_url: String,
+    pub(crate) region: String,
+    pub(crate) bucket: String,
+    pub(crate) stream: String,
+}
+
+pub(crate) fn info(settings: &Settings) -> Result<Info> {
+    let identity = open_identity(settings)?;
+    let pool = identity.bootstrap(&settings.region, settings.lifetimes)?;
+    let (api_url, edge_url) = match running(settings) {
+        Some(r) => (r.api_url, r.edge_url),
+        None => (
+            settings.api_url_for(settings.listen),
+            settings.edge_url_for(settings.edge_listen),
+        ),
+    };
+    Ok(make_info(settings, &identity, pool, api_url, edge_url))
+}
+
+pub(crate) fn make_info(
+    settings: &Settings,
+    identity: &Identity,
+    pool: sluice_identity::PoolInfo,
+    api_url: String,
+    edge_url: String,
+) -> Info {
+    let issuer = identity.issuer(&pool.pool_id);
+    Info {
+        jwks_url: format!("{issuer}/.well-known/jwks.json"),
+        issuer,
+        pool_id: pool.pool_id,
+        client_id: pool.client_id,
+        api_url,
+        edge_url,
+        region: settings.region.clone(),
+        bucket: settings.bucket.clone(),
+        stream: settings.stream.clone(),
+    }
+}
+
+pub(crate) fn describe(i: &Info) -> String {
+    format!(
+        "API URL:       {}\nEdge URL:      {}\nRegion:        {}\nUser pool id:  {}\nApp client id: {}\nIssuer:        {}\nJWKS URL:      {}\nBucket:        {}\nStream:        {}",
+        i.api_url,
+        i.edge_url,
+        i.region,
+        i.pool_id,
+        i.client_id,
+        i.issuer,
+        i.jwks_url,
+        i.bucket,
+        i.stream
+    )
+}
+
+/// Upload status follows the records the processor handles.
+pub(crate) struct LedgerObserver(pub Arc<dyn UploadLedger>);
+
+#[async_trait]
+impl sluice_processor::Observer for LedgerObserver {
+    async fn started(&self, upload_id: &str) {
+        if let Err(e) = self.0.mark_processing(upload_id).await {
+            tracing::warn!(upload = upload_id, error = %e, "cannot record upload status");
+        }
+    }
+    async fn succeeded(&self, upload_id: &str, bucket: &str, key: &str) {
+        if let Err(e) = self.0.mark_processed(upload_id, bucket, key).await {
+            tracing::warn!(upload = upload_id, error = %e, "cannot record upload status");
+        }
+    }
+    async fn failed(&self, upload_id: &str, error: &str) {
+        if let Err(e) = self.0.mark_failed(upload_id, error).await {
+            tracing::warn!(upload = upload_id, error = %e, "cannot record upload status");
+        }
+    }
+}
