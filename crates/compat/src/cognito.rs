@@ -43,7 +43,11 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
 }
 
 fn invalid(message: &str) -> Response {
-    json_error(StatusCode::BAD_REQUEST, "InvalidParameterException", message)
+    json_error(
+        StatusCode::BAD_REQUEST,
+        "InvalidParameterException",
+        message,
+    )
 }
 
 /// Maps identity errors to Cognito's exception names, in one place.
@@ -52,9 +56,7 @@ pub fn error_response(e: IdentityError) -> Response {
         IdentityError::NotAuthorized(_) => (StatusCode::BAD_REQUEST, "NotAuthorizedException"),
         IdentityError::UserNotFound(_) => (StatusCode::BAD_REQUEST, "UserNotFoundException"),
         IdentityError::UsernameExists(_) => (StatusCode::BAD_REQUEST, "UsernameExistsException"),
-        IdentityError::InvalidPassword(_) => {
-            (StatusCode::BAD_REQUEST, "InvalidPasswordException")
-        }
+        IdentityError::InvalidPassword(_) => (StatusCode::BAD_REQUEST, "InvalidPasswordException"),
         IdentityError::InvalidParameter(_) => {
             (StatusCode::BAD_REQUEST, "InvalidParameterException")
         }

@@ -410,9 +410,7 @@ mod tests {
         let db = Db::open(&path, M).expect("second open must not re-run the step");
         let n: i64 = db
             .read_blocking(|c| {
-                Ok::<_, DbError>(c.query_row("SELECT COUNT(*) FROM _migrations", [], |r| {
-                    r.get(0)
-                })?)
+                Ok::<_, DbError>(c.query_row("SELECT COUNT(*) FROM _migrations", [], |r| r.get(0))?)
             })
             .expect("count");
         assert_eq!(n, 1);

@@ -58,9 +58,9 @@ impl GatewayError {
 impl From<UploadError> for GatewayError {
     fn from(e: UploadError) -> Self {
         match e {
-            UploadError::Conflict { bucket, key } => GatewayError::Conflict(format!(
-                "{bucket}/{key} was uploaded by another user"
-            )),
+            UploadError::Conflict { bucket, key } => {
+                GatewayError::Conflict(format!("{bucket}/{key} was uploaded by another user"))
+            }
             UploadError::NotFound(id) => GatewayError::NotFound(format!("upload {id} not found")),
             other => GatewayError::Internal(other.to_string()),
         }

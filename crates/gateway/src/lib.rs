@@ -151,10 +151,17 @@ struct UploadBody {
     content: Option<String>,
 }
 
+/// `?filename=` of a raw-body upload.
+#[derive(Deserialize)]
+struct RawUploadParams {
+    filename: Option<String>,
+}
+
 async fn create_upload(
     State(gw): State<Gateway>,
     auth: Authenticated,
     axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    axum::extract::Query(params): axum::extract::Query<RawUploadParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
@@ -164,13 +171,22 @@ async fn create_upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if !media.eq_ignore_ascii_case("application/json") {
-        return Err(GatewayError::UnsupportedMediaType(format!(
-            "expected Content-Type: application/json, got {:?}",
-            content_type
-        )));
-    }
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let raw = match media.as_str() {
+        "application/json" => false,
+        "application/octet-stream" => true,
+        _ => {
+            return Err(GatewayError::UnsupportedMediaType(format!(
+                "expected Content-Type application/json (the seed's {{\"filename\",\"content\"}}) \
+                 or application/octet-stream (raw bytes, ?filename=), got {content_type:?}"
+            )));
+        }
+    };
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -191,19 +207,26 @@ async fn create_upload(
                 GatewayError::BadRequest(format!("cannot read request body: {e}"))
             }
         })?;
-    let parsed: UploadBody = serde_json::from_slice(&bytes)
-        .map_err(|e| GatewayError::BadRequest(format!("malformed JSON body: {e}")))?;
-    // The seed's defaults: `file-<ms>.txt` and "empty" (its `content || "empty"` also
-    // turns an empty string into "empty").
-    let filename = match parsed.filename {
-        Some(f) => f,
-        None => format!("file-{}.txt", now_ms()),
+    let (filename, content, object_type) = if raw {
+        let filename = params
+            .filename
+            .unwrap_or_else(|| format!("file-{}.bin", now_ms()));
+        (filename, bytes, "application/octet-stream")
+    } else {
+        let parsed: UploadBody = serde_json::from_slice(&bytes)
+            .map_err(|e| GatewayError::BadRequest(format!("malformed JSON body: {e}")))?;
+        // The seed's defaults: `file-<ms>.txt` and "empty" (its `content || "empty"` also
+        // turns an empty string into "empty").
+        let filename = parsed
+            .filename
+            .unwrap_or_else(|| format!("file-{}.txt", now_ms()));
+        let content = match parsed.content {
+            Some(c) if !c.is_empty() => c,
+            _ => "empty".to_owned(),
+        };
+        (filename, bytes::Bytes::from(content), "text/plain")
     };
     validate_filename(&filename)?;
-    let content = match parsed.content {
-        Some(c) if !c.is_empty() => c,
-        _ => "empty".to_owned(),
-    };
     let key = format!("uploads/{filename}");
     let upload = gw
         .sink
@@ -212,8 +235,8 @@ async fn create_upload(
             bucket: gw.bucket.clone(),
             key: key.clone(),
             filename,
-            body: content.into(),
-            content_type: "text/plain".into(),
+            body: content,
+            content_type: object_type.into(),
             request_id: request_id.clone(),
             stream: gw.stream.clone(),
             partition_key: uuid::Uuid::new_v4().to_string(),
@@ -258,7 +281,11 @@ pub fn validate_filename(name: &str) -> Result<(), GatewayError> {
     }
 }
 
-async fn owned_upload(gw: &Gateway, auth: &Authenticated, id: &str) -> Result<Upload, GatewayError> {
+async fn owned_upload(
+    gw: &Gateway,
+    auth: &Authenticated,
+    id: &str,
+) -> Result<Upload, GatewayError> {
     match gw.ledger.get(id).await {
         Ok(u) if u.user_sub == auth.sub() => Ok(u),
         // Another user's upload is indistinguishable from a missing one.

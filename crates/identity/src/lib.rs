@@ -261,7 +261,9 @@ impl Identity {
     pub fn default_pool(&self) -> Result<Option<PoolInfo>, IdentityError> {
         self.db.read_blocking(|c| {
             let pool: Option<String> = c
-                .query_row("SELECT id FROM pools WHERE is_default = 1", [], |r| r.get(0))
+                .query_row("SELECT id FROM pools WHERE is_default = 1", [], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             let Some(pool) = pool else { return Ok(None) };
             let client: String = c.query_row(
@@ -482,16 +484,16 @@ impl Identity {
                         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()?;
-                let invalid = || IdentityError::NotAuthorized("Invalid session for the user.".into());
+                let invalid =
+                    || IdentityError::NotAuthorized("Invalid session for the user.".into());
                 let (s_client, sub, expires) = row.ok_or_else(invalid)?;
                 if s_client != cid || expires < now_ms() {
                     return Err(invalid());
                 }
-                let email: String = c.query_row(
-                    "SELECT email FROM users WHERE sub = ?1",
-                    [&sub],
-                    |r| r.get(0),
-                )?;
+                let email: String =
+                    c.query_row("SELECT email FROM users WHERE sub = ?1", [&sub], |r| {
+                        r.get(0)
+                    })?;
                 if uname != sub && uname != email {
                     return Err(invalid());
                 }
@@ -542,8 +544,7 @@ impl Identity {
             })
             .await?;
         let invalid = || IdentityError::NotAuthorized("Invalid Refresh Token".into());
-        let (rt_client, sub, origin_jti, auth_time, expires, revoked) =
-            row.ok_or_else(invalid)?;
+        let (rt_client, sub, origin_jti, auth_time, expires, revoked) = row.ok_or_else(invalid)?;
         if rt_client != client_id || revoked || expires < now_ms() {
             return Err(invalid());
         }
@@ -554,8 +555,14 @@ impl Identity {
         if !user.enabled {
             return Err(IdentityError::NotAuthorized("User is disabled.".into()));
         }
-        self.issue(client_id, &client, &user, false, Some((origin_jti, auth_time)))
-            .await
+        self.issue(
+            client_id,
+            &client,
+            &user,
+            false,
+            Some((origin_jti, auth_time)),
+        )
+        .await
     }
 
     async fn issue(
@@ -651,11 +658,13 @@ impl Identity {
         })
     }
 
-    async fn user_by_email(&self, pool: &str, email: &str) -> Result<Option<UserRow>, IdentityError> {
+    async fn user_by_email(
+        &self,
+        pool: &str,
+        email: &str,
+    ) -> Result<Option<UserRow>, IdentityError> {
         let (p, e) = (pool.to_owned(), email.to_owned());
-        self.db
-            .read(move |c| user_where(c, "email", &p, &e))
-            .await
+        self.db.read(move |c| user_where(c, "email", &p, &e)).await
     }
 
     async fn user_by_sub(&self, pool: &str, sub: &str) -> Result<Option<UserRow>, IdentityError> {
@@ -665,7 +674,9 @@ impl Identity {
 
     pub fn get_user(&self, pool: &str, email: &str) -> Result<Option<User>, IdentityError> {
         let (p, e) = (pool.to_owned(), normalize_email(email)?);
-        let row = self.db.read_blocking(move |c| user_where(c, "email", &p, &e))?;
+        let row = self
+            .db
+            .read_blocking(move |c| user_where(c, "email", &p, &e))?;
         Ok(row.map(|u| User {
             sub: u.sub,
             email: u.email,
@@ -772,7 +783,9 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let db = Db::open(&dir.join("i.db"), MIGRATIONS).expect("db");
         let id = Identity::new(db, &dir.join("keys"), "http://127.0.0.1:4566");
-        let info = id.bootstrap("us-east-2", Lifetimes::default()).expect("bootstrap");
+        let info = id
+            .bootstrap("us-east-2", Lifetimes::default())
+            .expect("bootstrap");
         (id, info)
     }
 
@@ -783,7 +796,8 @@ mod tests {
         assert!(info.pool_id.starts_with("us-east-2_"));
         assert_eq!(info.client_id.len(), 26);
         assert_eq!(
-            id.bootstrap("us-east-2", Lifetimes::default()).expect("again"),
+            id.bootstrap("us-east-2", Lifetimes::default())
+                .expect("again"),
             info,
             "bootstrap is idempotent"
         );
@@ -809,15 +823,20 @@ mod tests {
         let claims = v.verify(&t.id_token, now_ms() / 1000).expect("valid");
         assert_eq!(claims.email.as_deref(), Some("me@example.com"));
         assert!(matches!(
-            id.initiate_user_password(&info.client_id, "me@example.com", "wrong").await,
+            id.initiate_user_password(&info.client_id, "me@example.com", "wrong")
+                .await,
             Err(IdentityError::NotAuthorized(_))
         ));
         assert!(matches!(
-            id.initiate_user_password(&info.client_id, "nobody@example.com", "Passw0rd!").await,
+            id.initiate_user_password(&info.client_id, "nobody@example.com", "Passw0rd!")
+                .await,
             Err(IdentityError::NotAuthorized(_))
         ));
         let rt = t.refresh_token.expect("refresh token");
-        let refreshed = id.initiate_refresh(&info.client_id, &rt).await.expect("refresh");
+        let refreshed = id
+            .initiate_refresh(&info.client_id, &rt)
+            .await
+            .expect("refresh");
         assert!(refreshed.refresh_token.is_none());
         assert!(id.initiate_refresh(&info.client_id, "bogus").await.is_err());
 
@@ -831,16 +850,27 @@ mod tests {
             panic!("expected challenge");
         };
         assert!(matches!(
-            id.respond_new_password(&info.client_id, &session, "temp@example.com", "weak").await,
+            id.respond_new_password(&info.client_id, &session, "temp@example.com", "weak")
+                .await,
             Err(IdentityError::InvalidPassword(_))
         ));
-        id.respond_new_password(&info.client_id, &session, "temp@example.com", "N3w-Passw0rd")
-            .await
-            .expect("new password");
+        id.respond_new_password(
+            &info.client_id,
+            &session,
+            "temp@example.com",
+            "N3w-Passw0rd",
+        )
+        .await
+        .expect("new password");
         assert!(
-            id.respond_new_password(&info.client_id, &session, "temp@example.com", "N3w-Passw0rd")
-                .await
-                .is_err(),
+            id.respond_new_password(
+                &info.client_id,
+                &session,
+                "temp@example.com",
+                "N3w-Passw0rd"
+            )
+            .await
+            .is_err(),
             "a session is used once"
         );
         assert!(matches!(

@@ -1,8 +1,8 @@
 //! Passwords: Cognito's default policy, and argon2id hashes.
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 
 use crate::IdentityError;
 

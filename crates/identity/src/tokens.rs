@@ -220,12 +220,13 @@ impl Verifier {
         validation.validate_nbf = false;
         validation.validate_aud = false;
         validation.required_spec_claims = HashSet::new();
-        let data = jsonwebtoken::decode::<RawClaims>(token, key, &validation).map_err(|e| {
-            match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::Signature,
-                _ => TokenError::Malformed,
-            }
-        })?;
+        let data =
+            jsonwebtoken::decode::<RawClaims>(token, key, &validation).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::Signature,
+                    _ => TokenError::Malformed,
+                }
+            })?;
         let c = data.claims;
 
         if c.iss.as_deref() != Some(self.issuer.as_str()) {
@@ -336,28 +337,33 @@ mod tests {
     #[test]
     fn verification_order_and_outcomes() {
         let k = key();
-        let jwks = Jwks { keys: vec![k.jwk()] };
+        let jwks = Jwks {
+            keys: vec![k.jwk()],
+        };
         let v = Verifier::new("http://iss/pool", &jwks, ["client-1".to_string()], 60)
             .expect("verifier");
         let (id, access) = issue_pair(&k, &subject(), 1000, 3600, 3600).expect("issue");
         let claims = v.verify(&id, 1000).expect("id token");
         assert_eq!(claims.sub, "sub-1");
         assert_eq!(claims.token_use, "id");
-        assert_eq!(v.verify(&access, 1000).expect("access").client_id, "client-1");
+        assert_eq!(
+            v.verify(&access, 1000).expect("access").client_id,
+            "client-1"
+        );
         assert_eq!(v.verify(&id, 4600 + 60).map(|_| ()), Ok(()));
         assert_eq!(v.verify(&id, 4600 + 61), Err(TokenError::Expired));
         assert_eq!(v.verify(&id, 1000 - 61), Err(TokenError::NotYetValid));
 
-        let other_iss = Verifier::new("http://other", &jwks, ["client-1".to_string()], 60)
-            .expect("verifier");
+        let other_iss =
+            Verifier::new("http://other", &jwks, ["client-1".to_string()], 60).expect("verifier");
         assert_eq!(other_iss.verify(&id, 1000), Err(TokenError::Issuer));
-        let other_aud = Verifier::new("http://iss/pool", &jwks, ["x".to_string()], 60)
-            .expect("verifier");
+        let other_aud =
+            Verifier::new("http://iss/pool", &jwks, ["x".to_string()], 60).expect("verifier");
         assert_eq!(other_aud.verify(&id, 1000), Err(TokenError::Audience));
         assert_eq!(other_aud.verify(&access, 1000), Err(TokenError::Audience));
 
-        let no_keys = Verifier::new("http://iss/pool", &Jwks { keys: vec![] }, [], 60)
-            .expect("verifier");
+        let no_keys =
+            Verifier::new("http://iss/pool", &Jwks { keys: vec![] }, [], 60).expect("verifier");
         assert_eq!(no_keys.verify(&id, 1000), Err(TokenError::UnknownKid));
 
         assert_eq!(v.verify("abc", 1000), Err(TokenError::Malformed));
@@ -366,6 +372,9 @@ mod tests {
         assert_eq!(v.verify(&parts.join("."), 1000), Err(TokenError::Signature));
         let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"x"}"#);
         let forged = format!("{none_header}.{}.", id.split('.').nth(1).expect("payload"));
-        assert!(matches!(v.verify(&forged, 1000), Err(TokenError::Algorithm(_))));
+        assert!(matches!(
+            v.verify(&forged, 1000),
+            Err(TokenError::Algorithm(_))
+        ));
     }
 }

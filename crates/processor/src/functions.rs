@@ -69,6 +69,11 @@ mod tests {
             .await
             .expect("utf-8");
         assert_eq!(out, Bytes::from("HELLO KINESIS, STRASSE É"));
-        assert!(Uppercase.call(Bytes::from_static(&[0xff, 0xfe]), &info()).await.is_err());
+        assert!(
+            Uppercase
+                .call(Bytes::from_static(&[0xff, 0xfe]), &info())
+                .await
+                .is_err()
+        );
     }
 }

@@ -240,8 +240,13 @@ impl ShardWorker {
                     Ok(it) => it,
                     Err(e) => {
                         failures += 1;
-                        self.pause_after_error("cannot get a shard iterator", &e, failures, &mut shutdown)
-                            .await;
+                        self.pause_after_error(
+                            "cannot get a shard iterator",
+                            &e,
+                            failures,
+                            &mut shutdown,
+                        )
+                        .await;
                         continue;
                     }
                 },
@@ -365,7 +370,10 @@ impl ShardWorker {
         if let Some(id) = &rec.upload_id {
             self.p.observer.started(id).await;
         }
-        let out_bucket = m.output_bucket.clone().unwrap_or_else(|| rec.bucket.clone());
+        let out_bucket = m
+            .output_bucket
+            .clone()
+            .unwrap_or_else(|| rec.bucket.clone());
         let out_key = output_key(&rec.key, &m.output_prefix);
         let mut last_err = String::new();
         for attempt in 1..=m.max_attempts {
@@ -396,7 +404,12 @@ impl ShardWorker {
         });
     }
 
-    async fn attempt(&self, rec: &RecordRef, out_bucket: &str, out_key: &str) -> Result<(), String> {
+    async fn attempt(
+        &self,
+        rec: &RecordRef,
+        out_bucket: &str,
+        out_key: &str,
+    ) -> Result<(), String> {
         let obj = self
             .p
             .store
@@ -439,7 +452,13 @@ mod tests {
 
     #[test]
     fn output_keys() {
-        assert_eq!(output_key("uploads/demo.txt", "processed/"), "processed/demo.txt");
-        assert_eq!(output_key("x/demo.txt", "processed/"), "processed/x/demo.txt");
+        assert_eq!(
+            output_key("uploads/demo.txt", "processed/"),
+            "processed/demo.txt"
+        );
+        assert_eq!(
+            output_key("x/demo.txt", "processed/"),
+            "processed/x/demo.txt"
+        );
     }
 }

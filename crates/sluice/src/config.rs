@@ -112,8 +112,7 @@ impl Settings {
                 .unwrap_or_else(|| "us-east-2".into()),
             bucket: env_or("SLUICE_BUCKET", file.bucket).unwrap_or_else(|| "sluice".into()),
             processed_bucket: env_or("SLUICE_PROCESSED_BUCKET", file.processed_bucket),
-            stream: env_or("SLUICE_STREAM", file.stream)
-                .unwrap_or_else(|| "uploads-stream".into()),
+            stream: env_or("SLUICE_STREAM", file.stream).unwrap_or_else(|| "uploads-stream".into()),
             shards: env_parse("SLUICE_SHARDS")?.or(file.shards).unwrap_or(4),
             max_body_bytes: env_parse("SLUICE_MAX_BODY_BYTES")?
                 .or(file.max_body_bytes)
@@ -251,13 +250,20 @@ mod tests {
         };
         let s = Settings::resolve(&args).expect("resolve");
         assert_eq!(s.listen.port(), 9100, "flag wins over file");
-        assert_eq!(s.data_dir, PathBuf::from("/from-file"), "file wins over default");
+        assert_eq!(
+            s.data_dir,
+            PathBuf::from("/from-file"),
+            "file wins over default"
+        );
         assert_eq!(s.shards, 2);
         assert_eq!(s.edge_listen.port(), 4566, "default");
         assert_eq!(s.region, "us-east-2");
 
         std::fs::write(&file, "bogus_key = 1\n").expect("write");
-        assert!(Settings::resolve(&args).is_err(), "unknown keys are refused");
+        assert!(
+            Settings::resolve(&args).is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

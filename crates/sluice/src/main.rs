@@ -11,7 +11,11 @@ mod wiring;
 use config::{CommonArgs, Settings};
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A self-hosted event-driven upload pipeline: sign-in, upload API, storage, stream and processors in one binary")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A self-hosted event-driven upload pipeline: sign-in, upload API, storage, stream and processors in one binary"
+)]
 struct Cli {
     #[command(flatten)]
     common: CommonArgs,

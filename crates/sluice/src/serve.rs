@@ -24,7 +24,10 @@ const BUILTIN_MAPPING: &str = "builtin-uppercase";
 
 pub(crate) async fn serve(settings: Settings) -> Result<()> {
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!("cannot create the data directory {}", settings.data_dir.display())
+        format!(
+            "cannot create the data directory {}",
+            settings.data_dir.display()
+        )
     })?;
     // One server per data directory: the lock is held for the life of the process and
     // released by the kernel however it ends.
@@ -55,7 +58,11 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
 
     let identity = Identity::new(db.clone(), &settings.key_dir(), &edge_url);
     let pool = {
-        let (id, region, lifetimes) = (identity.clone(), settings.region.clone(), settings.lifetimes);
+        let (id, region, lifetimes) = (
+            identity.clone(),
+            settings.region.clone(),
+            settings.lifetimes,
+        );
         tokio::task::spawn_blocking(move || id.bootstrap(&region, lifetimes)).await??
     };
     let verifier = identity.verifier(&pool.pool_id, 60)?;
@@ -70,7 +77,9 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         store.ensure_bucket(b).await?;
     }
     let stream = EmbeddedStream::open(db.clone())?;
-    stream.ensure_stream(&settings.stream, settings.shards).await?;
+    stream
+        .ensure_stream(&settings.stream, settings.shards)
+        .await?;
     let retention = stream.spawn_retention(Duration::from_secs(60));
 
     let uploads = EmbeddedUploads::new(db.clone(), store.clone(), stream.clone());
@@ -112,7 +121,13 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         identity: identity.clone(),
     });
 
-    let info = wiring::make_info(&settings, &identity, pool, api_url.clone(), edge_url.clone());
+    let info = wiring::make_info(
+        &settings,
+        &identity,
+        pool,
+        api_url.clone(),
+        edge_url.clone(),
+    );
     let run = RunInfo {
         pid: std::process::id(),
         api_url,

@@ -361,7 +361,8 @@ impl ObjectStore for EmbeddedStore {
         let (b, k) = (bucket.to_owned(), key.to_owned());
         self.db
             .read(move |c| {
-                let sql = format!("SELECT {INFO_COLUMNS} FROM objects WHERE bucket = ?1 AND key = ?2");
+                let sql =
+                    format!("SELECT {INFO_COLUMNS} FROM objects WHERE bucket = ?1 AND key = ?2");
                 c.prepare_cached(&sql)?
                     .query_row(params![b, k], info_from_row)
                     .optional()?
@@ -494,9 +495,7 @@ mod tests {
         // An orphan, as a crash between blob write and commit would leave it.
         let orphan = s.prepare(big).await.expect("prepare");
         assert!(matches!(orphan.body, PreparedBody::Blob(_)));
-        let count = || {
-            walk(&dir.join("blobs"))
-        };
+        let count = || walk(&dir.join("blobs"));
         assert_eq!(count(), 2);
         assert_eq!(s.sweep().expect("sweep"), 1);
         assert_eq!(count(), 1);
@@ -506,7 +505,9 @@ mod tests {
             s.get("b-1", "big").await,
             Err(StoreError::NoSuchKey { .. })
         ));
-        s.delete("b-1", "big").await.expect("deleting a missing key is ok");
+        s.delete("b-1", "big")
+            .await
+            .expect("deleting a missing key is ok");
     }
 
     fn walk(dir: &Path) -> usize {
@@ -529,7 +530,8 @@ mod tests {
     async fn missing_bucket() {
         let (s, _d) = open().await;
         assert!(matches!(
-            s.put("nope", "k", Bytes::from("x"), PutOptions::default()).await,
+            s.put("nope", "k", Bytes::from("x"), PutOptions::default())
+                .await,
             Err(StoreError::NoSuchBucket(_))
         ));
     }

@@ -539,12 +539,8 @@ impl Stream for EmbeddedStream {
                      WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3
                      ORDER BY counter LIMIT ?4",
                 )?;
-                let mut rows = st.query(params![
-                    stream_id,
-                    pos.h as i64,
-                    pos.p as i64,
-                    limit as i64
-                ])?;
+                let mut rows =
+                    st.query(params![stream_id, pos.h as i64, pos.p as i64, limit as i64])?;
                 let mut records = Vec::new();
                 let mut bytes = 0usize;
                 let mut next = pos.p;
@@ -646,7 +642,10 @@ mod tests {
         let mut per_shard: HashMap<String, Vec<String>> = HashMap::new();
         for i in 0..40 {
             let pk = format!("key-{i}");
-            let r = s.put_record("s", rec(&pk, &i.to_string())).await.expect("put");
+            let r = s
+                .put_record("s", rec(&pk, &i.to_string()))
+                .await
+                .expect("put");
             let h = crate::partition_hash(&pk);
             let owner = desc
                 .shards
@@ -654,7 +653,10 @@ mod tests {
                 .find(|sh| (sh.starting_hash_key..=sh.ending_hash_key).contains(&h))
                 .expect("covering shard");
             assert_eq!(r.shard_id, owner.shard_id);
-            per_shard.entry(r.shard_id).or_default().push(r.sequence_number);
+            per_shard
+                .entry(r.shard_id)
+                .or_default()
+                .push(r.sequence_number);
         }
         for (shard, seqs) in per_shard {
             let it = s
@@ -662,7 +664,11 @@ mod tests {
                 .await
                 .expect("iterator");
             let out = s.get_records(&it, 1000).await.expect("get");
-            let got: Vec<_> = out.records.iter().map(|r| r.sequence_number.clone()).collect();
+            let got: Vec<_> = out
+                .records
+                .iter()
+                .map(|r| r.sequence_number.clone())
+                .collect();
             assert_eq!(got, seqs);
             assert!(got.windows(2).all(|w| w[0] < w[1]));
             assert_eq!(out.millis_behind_latest, 0);
@@ -688,7 +694,11 @@ mod tests {
             );
         }
         let from_latest = s.get_records(&latest, 100).await.expect("get");
-        assert_eq!(from_latest.records.len(), 5, "LATEST sees records put after it");
+        assert_eq!(
+            from_latest.records.len(),
+            5,
+            "LATEST sees records put after it"
+        );
         let at = s
             .get_shard_iterator("s", &shard, IteratorSpec::AtSequenceNumber(seqs[2].clone()))
             .await
@@ -708,7 +718,13 @@ mod tests {
             )
             .await
             .expect("after");
-        assert!(s.get_records(&after, 10).await.expect("get").records.is_empty());
+        assert!(
+            s.get_records(&after, 10)
+                .await
+                .expect("get")
+                .records
+                .is_empty()
+        );
         let ts = s
             .get_shard_iterator("s", &shard, IteratorSpec::AtTimestamp(0))
             .await

@@ -165,7 +165,14 @@ mod tests {
             content_type: "text/plain".into(),
         };
         let v = serde_json::to_value(&r).expect("json");
-        for f in ["bucket", "key", "uploadedAt", "requestId", "userSub", "uploadId"] {
+        for f in [
+            "bucket",
+            "key",
+            "uploadedAt",
+            "requestId",
+            "userSub",
+            "uploadId",
+        ] {
             assert!(v.get(f).is_some(), "{f}");
         }
         assert_eq!(v["uploadedAt"], "1970-01-01T00:00:00.000Z");

@@ -1,0 +1,272 @@
+//! Black-box harness: starts the real `sluice` binary on free ports with a temporary data
+//! directory and talks to it over HTTP, as a user would.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const PASSWORD: &str = "Passw0rd!";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+/// A temporary data directory, removed on drop.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn new(tag: &str) -> DataDir {
+        let p = std::env::temp_dir().join(format!(
+            "sluice-it-{tag}-{}-{}",
+            std::process::id(),
+            uuid_like()
+        ));
+        std::fs::create_dir_all(&p).expect("create data dir");
+        DataDir(p)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn uuid_like() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+pub struct Server {
+    child: Child,
+    pub data_dir: PathBuf,
+    pub api: String,
+    pub edge: String,
+    pub http: reqwest::blocking::Client,
+}
+
+impl Server {
+    /// Starts a server on fresh ports.
+    pub fn start(data_dir: &Path) -> Server {
+        Self::start_on(data_dir, "127.0.0.1:0", "127.0.0.1:0", &[])
+    }
+
+    /// Starts a server again on the ports of a previous run, so that tokens (whose issuer
+    /// is the edge URL) stay valid.
+    pub fn restart(data_dir: &Path, api: &str, edge: &str) -> Server {
+        let strip = |u: &str| u.trim_start_matches("http://").to_owned();
+        Self::start_on(data_dir, &strip(api), &strip(edge), &[])
+    }
+
+    pub fn start_on(data_dir: &Path, listen: &str, edge: &str, env: &[(&str, &str)]) -> Server {
+        let run_file = data_dir.join("run.json");
+        let _ = std::fs::remove_file(&run_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("server.log"))
+            .expect("log file");
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(listen)
+            .arg("--edge-listen")
+            .arg(edge)
+            .env("SLUICE_LOG", "info")
+            .env_remove("SLUICE_CONFIG")
+            .current_dir(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start sluice serve");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let run: Value = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "sluice serve exited early with {status}; log:\n{}",
+                    std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default()
+                );
+            }
+            if let Ok(text) = std::fs::read_to_string(&run_file)
+                && let Ok(v) = serde_json::from_str::<Value>(&text)
+                && v["pid"].as_u64() == Some(u64::from(child.id()))
+            {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "server did not become ready");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        let server = Server {
+            child,
+            data_dir: data_dir.to_owned(),
+            api: run["apiUrl"].as_str().expect("apiUrl").to_owned(),
+            edge: run["edgeUrl"].as_str().expect("edgeUrl").to_owned(),
+            http,
+        };
+        let health = server
+            .http
+            .get(format!("{}/healthz", server.api))
+            .send()
+            .expect("healthz");
+        assert_eq!(health.status(), 200);
+        server
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "sluice serve exited with {status}");
+    }
+
+    /// Runs a client command against this server's data directory.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(&self.data_dir, args)
+    }
+
+    pub fn info(&self) -> Value {
+        serde_json::from_str(&self.cli(&["info", "--json"])).expect("info json")
+    }
+
+    pub fn create_user(&self, email: &str) {
+        self.cli(&["user", "create", "--email", email, "--password", PASSWORD]);
+    }
+
+    /// InitiateAuth over Cognito's JSON 1.1 protocol with a plain HTTP client.
+    pub fn cognito(&self, op: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/", self.edge))
+            .header(
+                "X-Amz-Target",
+                format!("AWSCognitoIdentityProviderService.{op}"),
+            )
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .body(body.to_string())
+            .send()
+            .expect("cognito request");
+        let status = resp.status().as_u16();
+        (status, resp.json().expect("cognito json"))
+    }
+
+    pub fn sign_in(&self, email: &str, password: &str) -> Value {
+        let client_id = self.info()["clientId"]
+            .as_str()
+            .expect("clientId")
+            .to_owned();
+        let (status, body) = self.cognito(
+            "InitiateAuth",
+            json!({
+                "AuthFlow": "USER_PASSWORD_AUTH",
+                "ClientId": client_id,
+                "AuthParameters": {"USERNAME": email, "PASSWORD": password},
+            }),
+        );
+        assert_eq!(status, 200, "sign-in failed: {body}");
+        body
+    }
+
+    pub fn id_token(&self, email: &str) -> String {
+        self.sign_in(email, PASSWORD)["AuthenticationResult"]["IdToken"]
+            .as_str()
+            .expect("IdToken")
+            .to_owned()
+    }
+
+    pub fn upload(
+        &self,
+        token: &str,
+        filename: &str,
+        content: &str,
+    ) -> reqwest::blocking::Response {
+        self.http
+            .post(format!("{}/uploads", self.api))
+            .bearer_auth(token)
+            .header("Content-Type", "application/json")
+            .body(json!({"filename": filename, "content": content}).to_string())
+            .send()
+            .expect("upload request")
+    }
+
+    pub fn status(&self, token: &str, id: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!("{}/uploads/{id}", self.api))
+            .bearer_auth(token)
+            .send()
+            .expect("status request");
+        let code = resp.status().as_u16();
+        (code, resp.json().unwrap_or(Value::Null))
+    }
+
+    /// Polls an upload until its status is final (processed or failed).
+    pub fn wait_final(&self, token: &str, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, v) = self.status(token, id);
+            assert_eq!(code, 200, "status of {id}: {v}");
+            if v["status"] == "processed" || v["status"] == "failed" {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "upload {id} never finished: {v}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn get_bytes(&self, token: &str, path: &str) -> (u16, Vec<u8>) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(token)
+            .send()
+            .expect("get");
+        let code = resp.status().as_u16();
+        (code, resp.bytes().expect("body").to_vec())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn cli(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("SLUICE_CONFIG")
+        .current_dir(data_dir)
+        .output()
+        .expect("run sluice");
+    assert!(
+        out.status.success(),
+        "sluice {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
