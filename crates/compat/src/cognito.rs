@@ -26,32 +26,51 @@ pub async fn handle(identity: &Identity, op: &str, body: &[u8]) -> Response {
     };
     match result {
         Ok(v) => json_ok(v),
-        Err(e) => e,
+        Err(e) => json_error(e.status, e.kind, &e.message),
     }
 }
 
-type OpResult = Result<serde_json::Value, Response>;
+/// A Cognito error: HTTP status, exception name (`__type`) and message.
+#[derive(Debug)]
+pub struct CognitoError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
 
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
+impl CognitoError {
+    fn bad_request(kind: &'static str, message: String) -> Self {
+        CognitoError {
+            status: StatusCode::BAD_REQUEST,
+            kind,
+            message,
+        }
+    }
+}
+
+type OpResult = Result<serde_json::Value, CognitoError>;
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CognitoError> {
     serde_json::from_slice(body).map_err(|e| {
-        json_error(
-            StatusCode::BAD_REQUEST,
+        CognitoError::bad_request(
             "SerializationException",
-            &format!("cannot parse request: {e}"),
+            format!("cannot parse request: {e}"),
         )
     })
 }
 
-fn invalid(message: &str) -> Response {
-    json_error(
-        StatusCode::BAD_REQUEST,
-        "InvalidParameterException",
-        message,
-    )
+fn invalid(message: &str) -> CognitoError {
+    CognitoError::bad_request("InvalidParameterException", message.to_owned())
+}
+
+/// Identity errors as a Cognito error response.
+pub fn error_response(e: IdentityError) -> Response {
+    let e = cognito_error(e);
+    json_error(e.status, e.kind, &e.message)
 }
 
 /// Maps identity errors to Cognito's exception names, in one place.
-pub fn error_response(e: IdentityError) -> Response {
+fn cognito_error(e: IdentityError) -> CognitoError {
     let (status, kind) = match &e {
         IdentityError::NotAuthorized(_) => (StatusCode::BAD_REQUEST, "NotAuthorizedException"),
         IdentityError::UserNotFound(_) => (StatusCode::BAD_REQUEST, "UserNotFoundException"),
@@ -65,14 +84,18 @@ pub fn error_response(e: IdentityError) -> Response {
         }
         IdentityError::Backend(detail) => {
             tracing::error!(error = %detail, "cognito request failed");
-            return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalErrorException",
-                "internal error",
-            );
+            return CognitoError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "InternalErrorException",
+                message: "internal error".into(),
+            };
         }
     };
-    json_error(status, kind, &e.to_string())
+    CognitoError {
+        status,
+        kind,
+        message: e.to_string(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -84,13 +107,13 @@ struct InitiateAuthRequest {
     auth_parameters: HashMap<String, String>,
 }
 
-fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, Response> {
+fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, CognitoError> {
     v.as_deref()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| invalid(&format!("1 validation error detected: Value at '{name}' failed to satisfy constraint: Member must not be null")))
 }
 
-fn auth_param<'a>(p: &'a HashMap<String, String>, name: &str) -> Result<&'a str, Response> {
+fn auth_param<'a>(p: &'a HashMap<String, String>, name: &str) -> Result<&'a str, CognitoError> {
     p.get(name)
         .map(String::as_str)
         .filter(|s| !s.is_empty())
@@ -121,7 +144,7 @@ async fn initiate_auth(identity: &Identity, body: &[u8]) -> OpResult {
             match identity
                 .initiate_user_password(client_id, username, password)
                 .await
-                .map_err(error_response)?
+                .map_err(cognito_error)?
             {
                 AuthOutcome::Tokens(t) => Ok(tokens_json(t)),
                 AuthOutcome::NewPasswordRequired {
@@ -144,7 +167,7 @@ async fn initiate_auth(identity: &Identity, body: &[u8]) -> OpResult {
             let t = identity
                 .initiate_refresh(client_id, rt)
                 .await
-                .map_err(error_response)?;
+                .map_err(cognito_error)?;
             Ok(tokens_json(t))
         }
         "USER_SRP_AUTH" | "CUSTOM_AUTH" | "USER_AUTH" => Err(invalid(&format!(
@@ -181,6 +204,6 @@ async fn respond_to_auth_challenge(identity: &Identity, body: &[u8]) -> OpResult
     let t = identity
         .respond_new_password(client_id, session, username, new_password)
         .await
-        .map_err(error_response)?;
+        .map_err(cognito_error)?;
     Ok(tokens_json(t))
 }
