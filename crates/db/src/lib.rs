@@ -215,12 +215,17 @@ where
     F: FnOnce(&Connection) -> Result<T, E>,
     E: From<DbError>,
 {
-    conn.execute_batch("SAVEPOINT job")
-        .map_err(|e| E::from(DbError::from(e)))?;
+    // Cached statements: a job's bookkeeping must cost far less than the job.
+    let exec = |sql: &str| -> Result<(), E> {
+        conn.prepare_cached(sql)
+            .and_then(|mut st| st.execute([]))
+            .map(|_| ())
+            .map_err(|e| E::from(DbError::from(e)))
+    };
+    exec("SAVEPOINT job")?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE job")
-                .map_err(|e| E::from(DbError::from(e)))?;
+            exec("RELEASE job")?;
             Ok(v)
         }
         Err(e) => {

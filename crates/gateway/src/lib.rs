@@ -20,7 +20,9 @@ use sluice_identity::{TokenError, VerifiedClaims, Verifier};
 use sluice_store::ObjectStore;
 use sluice_uploads::{NewUpload, Upload, UploadError, UploadLedger, UploadSink, UploadStatus};
 
+mod cache;
 mod error;
+pub use cache::CachingAuthorizer;
 pub use error::GatewayError;
 
 /// Default largest request body: 10 MiB, API Gateway's payload limit.
@@ -37,7 +39,7 @@ impl Authorizer for Verifier {
     }
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -21,6 +21,8 @@ use crate::wiring::{self, LedgerObserver, RunInfo};
 
 /// Name of the built-in mapping from the upload stream to `uppercase`.
 const BUILTIN_MAPPING: &str = "builtin-uppercase";
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+const TOKEN_LEEWAY_SECS: i64 = 60;
 
 pub(crate) async fn serve(settings: Settings) -> Result<()> {
     std::fs::create_dir_all(&settings.data_dir).with_context(|| {
@@ -65,7 +67,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         );
         tokio::task::spawn_blocking(move || id.bootstrap(&region, lifetimes)).await??
     };
-    let verifier = identity.verifier(&pool.pool_id, 60)?;
+    let verifier = identity.verifier(&pool.pool_id, TOKEN_LEEWAY_SECS)?;
 
     let store = EmbeddedStore::open(db.clone(), &settings.data_dir.join("blobs"))?;
     {
@@ -109,7 +111,10 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         .await?;
 
     let api = sluice_gateway::router(Gateway {
-        authorizer: Arc::new(verifier),
+        authorizer: Arc::new(sluice_gateway::CachingAuthorizer::new(
+            Arc::new(verifier),
+            TOKEN_LEEWAY_SECS,
+        )),
         sink: Arc::new(uploads.clone()),
         ledger,
         store: Arc::new(store.clone()),

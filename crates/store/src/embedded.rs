@@ -102,6 +102,10 @@ impl EmbeddedStore {
     /// Runs on the blocking pool.
     pub async fn prepare(&self, body: Bytes) -> Result<Prepared, StoreError> {
         let dir = self.blob_dir.clone();
+        // Hashing a small object takes microseconds: not worth a trip to the blocking pool.
+        if body.len() <= INLINE_MAX {
+            return prepare_blocking(&dir, body);
+        }
         tokio::task::spawn_blocking(move || prepare_blocking(&dir, body))
             .await
             .map_err(|e| StoreError::Backend(format!("prepare task failed: {e}")))?

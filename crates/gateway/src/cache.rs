@@ -1,0 +1,115 @@
+//! Verified tokens, remembered until they expire: verifying an RS256 signature costs tens of
+//! microseconds, a lookup by the token's SHA-256 well under one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use sluice_identity::{TokenError, VerifiedClaims};
+
+use crate::Authorizer;
+
+/// Entries kept at most; the cache is emptied when full (tokens are re-verified, never
+/// wrongly accepted).
+const MAX_ENTRIES: usize = 10_000;
+
+/// An [`Authorizer`] that remembers successful verifications.
+///
+/// Invariant: a cached token is accepted only while `now <= exp + leeway`, exactly as the
+/// inner authorizer would; failures are never cached.
+pub struct CachingAuthorizer {
+    inner: Arc<dyn Authorizer>,
+    leeway_secs: i64,
+    now: fn() -> i64,
+    cache: Mutex<HashMap<[u8; 32], VerifiedClaims>>,
+}
+
+impl CachingAuthorizer {
+    pub fn new(inner: Arc<dyn Authorizer>, leeway_secs: i64) -> Self {
+        Self::with_clock(inner, leeway_secs, crate::now_secs)
+    }
+
+    fn with_clock(inner: Arc<dyn Authorizer>, leeway_secs: i64, now: fn() -> i64) -> Self {
+        CachingAuthorizer {
+            inner,
+            leeway_secs,
+            now,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Authorizer for CachingAuthorizer {
+    fn authorize(&self, token: &str) -> Result<VerifiedClaims, TokenError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = (self.now)();
+        if let Ok(cache) = self.cache.lock()
+            && let Some(c) = cache.get(&key)
+            && now <= c.exp + self.leeway_secs
+        {
+            return Ok(c.clone());
+        }
+        let claims = self.inner.authorize(token)?;
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= MAX_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(key, claims.clone());
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+
+    static NOW: AtomicI64 = AtomicI64::new(1000);
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    struct Counting;
+    impl Authorizer for Counting {
+        fn authorize(&self, token: &str) -> Result<VerifiedClaims, TokenError> {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+            if token == "bad" {
+                return Err(TokenError::Signature);
+            }
+            if NOW.load(Ordering::SeqCst) > 2000 + 60 {
+                return Err(TokenError::Expired);
+            }
+            Ok(VerifiedClaims {
+                sub: "s".into(),
+                username: None,
+                email: None,
+                token_use: "id".into(),
+                client_id: "c".into(),
+                scopes: vec![],
+                issuer: "i".into(),
+                exp: 2000,
+            })
+        }
+    }
+
+    #[test]
+    fn caches_until_expiry_and_never_caches_failures() {
+        let a =
+            CachingAuthorizer::with_clock(Arc::new(Counting), 60, || NOW.load(Ordering::SeqCst));
+        assert!(a.authorize("good").is_ok());
+        assert!(a.authorize("good").is_ok());
+        assert_eq!(
+            CALLS.load(Ordering::SeqCst),
+            1,
+            "second call served from the cache"
+        );
+        assert!(a.authorize("bad").is_err());
+        assert!(a.authorize("bad").is_err());
+        assert_eq!(
+            CALLS.load(Ordering::SeqCst),
+            3,
+            "failures are verified every time"
+        );
+        NOW.store(2061, Ordering::SeqCst);
+        assert_eq!(a.authorize("good"), Err(TokenError::Expired));
+    }
+}
