@@ -7,18 +7,27 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use sluice_identity::Identity;
+use sluice_identity::access_keys::AccessKeys;
 
 pub mod cognito;
+pub mod kinesis;
+pub mod sigv4;
+
+pub use kinesis::KinesisContext;
 
 /// What the edge serves.
 #[derive(Clone)]
 pub struct Edge {
     pub identity: Identity,
+    /// Access keys accepted in SigV4 signatures.
+    pub keys: AccessKeys,
+    pub kinesis: KinesisContext,
 }
 
 pub fn router(edge: Edge) -> Router {
@@ -37,7 +46,13 @@ pub fn router(edge: Edge) -> Router {
 }
 
 /// Routes a JSON 1.1 request by its `X-Amz-Target` (`<service>.<operation>`).
-async fn dispatch(State(edge): State<Edge>, headers: HeaderMap, body: Bytes) -> Response {
+async fn dispatch(
+    State(edge): State<Edge>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
@@ -45,6 +60,12 @@ async fn dispatch(State(edge): State<Edge>, headers: HeaderMap, body: Bytes) -> 
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut resp = match target.split_once('.') {
         Some((cognito::SERVICE, op)) => cognito::handle(&edge.identity, op, &body).await,
+        Some((kinesis::SERVICE, op)) => {
+            match authenticate(&edge.keys, &method, &uri, &headers, &body).await {
+                Ok(_access_key) => kinesis::handle(&edge.kinesis, op, &body).await,
+                Err(e) => e,
+            }
+        }
         _ => json_error(
             StatusCode::BAD_REQUEST,
             "UnknownOperationException",
@@ -55,6 +76,73 @@ async fn dispatch(State(edge): State<Edge>, headers: HeaderMap, body: Bytes) -> 
         resp.headers_mut().insert("x-amzn-requestid", v);
     }
     resp
+}
+
+/// Verifies a request's SigV4 signature; returns the access key id that signed it, or the
+/// error response AWS gives for the failure.
+pub async fn authenticate(
+    keys: &AccessKeys,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<String, Response> {
+    let refuse = |e: sigv4::SigError| {
+        let kind = match e {
+            sigv4::SigError::Missing => "MissingAuthenticationTokenException",
+            sigv4::SigError::UnknownKey => "UnrecognizedClientException",
+            sigv4::SigError::Malformed(_) => "IncompleteSignatureException",
+            sigv4::SigError::Expired(_) | sigv4::SigError::Mismatch => "InvalidSignatureException",
+        };
+        json_error(StatusCode::BAD_REQUEST, kind, &e.to_string())
+    };
+    let value = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| refuse(sigv4::SigError::Missing))?;
+    let auth = sigv4::parse_authorization(value).map_err(refuse)?;
+    let secret = keys
+        .secret(&auth.access_key_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read access keys");
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalFailure",
+                "internal failure",
+            )
+        })?
+        .ok_or_else(|| refuse(sigv4::SigError::UnknownKey))?;
+    let mut pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    // HTTP/2 carries the host in the :authority pseudo-header, which hyper puts in the URI.
+    if !pairs.iter().any(|(n, _)| n == "host")
+        && let Some(a) = uri.authority()
+    {
+        pairs.push(("host".into(), a.as_str().to_owned()));
+    }
+    let payload_hash = match headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(h) => h.to_owned(),
+        None => hex::encode(Sha256::digest(body)),
+    };
+    let req = sigv4::SignedRequest {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or(""),
+        headers: &pairs,
+        payload_hash: &payload_hash,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    sigv4::verify(&auth, &req, &secret, now).map_err(refuse)?;
+    Ok(auth.access_key_id)
 }
 
 /// An error in the JSON 1.1 protocols' shape: `{"__type","message"}` and the

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use sluice_db::rusqlite::{Connection, OptionalExtension, params};
 use sluice_db::{Db, Migration, now_ms};
 
+pub mod access_keys;
 pub mod keys;
 pub mod password;
 pub mod tokens;

@@ -47,6 +47,8 @@ pub(crate) struct FileConfig {
     /// URL clients use to reach the upload API (shown by `sluice info`).
     pub(crate) api_url: Option<String>,
     pub(crate) region: Option<String>,
+    /// Account id in ARNs (`arn:aws:kinesis:<region>:<account>:stream/<name>`).
+    pub(crate) account_id: Option<String>,
     /// Bucket uploads go to.
     pub(crate) bucket: Option<String>,
     /// Bucket processed output goes to (default: the upload bucket).
@@ -75,6 +77,7 @@ pub(crate) struct Settings {
     pub(crate) edge_url: Option<String>,
     pub(crate) api_url: Option<String>,
     pub(crate) region: String,
+    pub(crate) account_id: String,
     pub(crate) bucket: String,
     pub(crate) processed_bucket: Option<String>,
     pub(crate) stream: String,
@@ -110,6 +113,8 @@ impl Settings {
                 .clone()
                 .or(file.region)
                 .unwrap_or_else(|| "us-east-2".into()),
+            account_id: env_or("SLUICE_ACCOUNT_ID", file.account_id)
+                .unwrap_or_else(|| "000000000000".into()),
             bucket: env_or("SLUICE_BUCKET", file.bucket).unwrap_or_else(|| "sluice".into()),
             processed_bucket: env_or("SLUICE_PROCESSED_BUCKET", file.processed_bucket),
             stream: env_or("SLUICE_STREAM", file.stream).unwrap_or_else(|| "uploads-stream".into()),
@@ -140,6 +145,9 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<()> {
+        if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            bail!("account_id must be 12 digits, got {:?}", self.account_id);
+        }
         if !(1..=500).contains(&self.shards) {
             bail!("shards must be between 1 and 500, got {}", self.shards);
         }

@@ -30,12 +30,29 @@ enum Command {
     /// Manage users of the default user pool.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage the access keys AWS clients sign requests with (SigV4).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Show the pool id, app client id, issuer and URLs clients need.
     Info {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an access key; its secret is printed once.
+    Create {
+        /// What the key is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List access key ids (not their secrets).
+    List,
+    /// Delete an access key.
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +120,25 @@ fn run(cli: Cli) -> Result<()> {
                     "poolId": pool.pool_id,
                 })
             );
+            Ok(())
+        }
+        Command::Keys(cmd) => {
+            let keys = sluice_identity::access_keys::AccessKeys::new(wiring::open_db(&settings)?);
+            match cmd {
+                KeysCommand::Create { description } => {
+                    let k = keys.create(&description)?;
+                    println!(
+                        "{}",
+                        serde_json::json!({"accessKeyId": k.id, "secretAccessKey": k.secret})
+                    );
+                }
+                KeysCommand::List => {
+                    for k in keys.list()? {
+                        println!("{}\t{}", k.id, k.description);
+                    }
+                }
+                KeysCommand::Delete { id } => keys.delete(&id)?,
+            }
             Ok(())
         }
         Command::Info { json } => {

@@ -122,8 +122,19 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         stream: settings.stream.clone(),
         max_body_bytes: settings.max_body_bytes,
     });
+    let keys = sluice_identity::access_keys::AccessKeys::new(db.clone());
+    let new_key = {
+        let k = keys.clone();
+        tokio::task::spawn_blocking(move || k.ensure_initial()).await??
+    };
     let edge = sluice_compat::router(sluice_compat::Edge {
         identity: identity.clone(),
+        keys,
+        kinesis: sluice_compat::KinesisContext {
+            stream: Arc::new(stream.clone()),
+            region: settings.region.clone(),
+            account_id: settings.account_id.clone(),
+        },
     });
 
     let info = wiring::make_info(
@@ -142,6 +153,13 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
 
     println!("sluice is ready\n{}", wiring::describe(&info));
     println!("Data dir:      {}", settings.data_dir.display());
+    if let Some(k) = new_key {
+        // Shown once, at first start; `sluice keys create` makes more.
+        println!(
+            "Access key:    {} (secret {}) — created at first start, shown only now",
+            k.id, k.secret
+        );
+    }
     tracing::info!(api = %run.api_url, edge = %run.edge_url, pool = %info.pool_id, "serving");
 
     let mut api_shutdown = shutdown_rx.clone();

@@ -16,6 +16,7 @@ fn migrations() -> Vec<Migration> {
     let mut all = Vec::new();
     for part in [
         sluice_identity::MIGRATIONS,
+        sluice_identity::access_keys::MIGRATIONS,
         sluice_store::embedded::MIGRATIONS,
         sluice_stream::embedded::MIGRATIONS,
         sluice_uploads::embedded::MIGRATIONS,
@@ -32,13 +33,23 @@ fn migrations() -> Vec<Migration> {
 }
 
 pub(crate) fn open_db(settings: &Settings) -> Result<Db> {
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
+    create_data_dir(settings)?;
     Ok(Db::open(&settings.db_path(), &migrations())?)
+}
+
+/// Creates the data directory, readable by its owner only (it holds signing keys and
+/// access-key secrets).
+pub(crate) fn create_data_dir(settings: &Settings) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = &settings.data_dir;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// The identity part as a client command sees it (the issuer base comes from the running

@@ -6,44 +6,9 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 
-use common::{DataDir, PASSWORD, Server};
+use common::{DataDir, PASSWORD, Server, aws};
 use serde_json::{Value, json};
-
-/// The aws CLI: `$SLUICE_AWS_CLI`, or `aws` on PATH (`scripts/test` installs it).
-fn aws_cli() -> String {
-    if let Ok(p) = std::env::var("SLUICE_AWS_CLI") {
-        return p;
-    }
-    let found = Command::new("aws")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "the aws CLI is needed for this test: run scripts/test (it installs it) or set SLUICE_AWS_CLI"
-    );
-    "aws".into()
-}
-
-fn aws(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(aws_cli())
-        .args(args)
-        // No credentials are needed for the unauthenticated Cognito operations; dummy ones
-        // keep botocore from looking for a profile or an instance role.
-        .env("AWS_ACCESS_KEY_ID", "sluice-test")
-        .env("AWS_SECRET_ACCESS_KEY", "sluice-test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_PAGER", "")
-        .output()
-        .expect("run aws");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn seed_walkthrough_survives_restart() {

@@ -270,3 +270,45 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
+
+/// The aws CLI: `$SLUICE_AWS_CLI`, or `aws` on PATH (`scripts/test` installs it).
+pub fn aws_cli() -> String {
+    if let Ok(p) = std::env::var("SLUICE_AWS_CLI") {
+        return p;
+    }
+    let found = Command::new("aws")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "the aws CLI is needed for this test: run scripts/test (it installs it) or set SLUICE_AWS_CLI"
+    );
+    "aws".into()
+}
+
+/// Runs the aws CLI with dummy credentials (enough for Cognito's unauthenticated
+/// operations); returns (success, stdout, stderr).
+pub fn aws(args: &[&str]) -> (bool, String, String) {
+    aws_as(("sluice-test", "sluice-test"), args)
+}
+
+/// Runs the aws CLI signing with the given access key.
+pub fn aws_as(key: (&str, &str), args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(aws_cli())
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", key.0)
+        .env("AWS_SECRET_ACCESS_KEY", key.1)
+        .env("AWS_DEFAULT_REGION", "us-east-2")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_PAGER", "")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .output()
+        .expect("run aws");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
