@@ -193,22 +193,12 @@ async fn create_upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        && len > gw.max_body_bytes as u64
+        && len > (gw.max_body_bytes + DRAIN_MAX_BYTES) as u64
     {
+        // Far too large to be worth reading: answer now and let the connection close.
         return Err(GatewayError::TooLarge(gw.max_body_bytes));
     }
-    let bytes = axum::body::to_bytes(body, gw.max_body_bytes)
-        .await
-        .map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if too_large {
-                GatewayError::TooLarge(gw.max_body_bytes)
-            } else {
-                GatewayError::BadRequest(format!("cannot read request body: {e}"))
-            }
-        })?;
+    let bytes = read_limited(body, gw.max_body_bytes).await?;
     let (filename, content, object_type) = if raw {
         let filename = params
             .filename
@@ -252,6 +242,38 @@ async fn create_upload(
         "requestId": request_id,
     }))
     .into_response())
+}
+
+/// How much of an oversized body is read (and thrown away) before answering 413, so that a
+/// client that sends its whole body before reading the answer gets the 413 instead of a
+/// reset connection. Past this the connection is closed.
+const DRAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes.
+async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, GatewayError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| GatewayError::BadRequest(format!("cannot read request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > limit {
+            if seen > limit + DRAIN_MAX_BYTES {
+                break;
+            }
+            continue;
+        }
+        buf.extend_from_slice(&data);
+    }
+    if seen > limit {
+        return Err(GatewayError::TooLarge(limit));
+    }
+    Ok(buf.freeze())
 }
 
 fn now_ms() -> i64 {

@@ -59,6 +59,7 @@ mod tests {
             content_type: "text/plain".into(),
             last_modified_ms: 0,
             owner: None,
+            ..Default::default()
         }
     }
 

@@ -430,6 +430,7 @@ impl ShardWorker {
                 PutOptions {
                     content_type: Some(obj.info.content_type.clone()),
                     owner: None,
+                    ..Default::default()
                 },
             )
             .await

@@ -19,15 +19,17 @@ use sluice_db::rusqlite::{Connection, OptionalExtension, params};
 use sluice_db::{Db, Migration, now_ms, sync_dir};
 
 use crate::{
-    Object, ObjectInfo, ObjectStore, PutOptions, StoreError, validate_bucket_name, validate_key,
+    BucketInfo, MIN_PART_BYTES, MultipartInfo, Object, ObjectInfo, ObjectStore, PartInfo,
+    PutOptions, StoreError, validate_bucket_name, validate_key,
 };
 
 /// Objects up to this size are stored inline in the database.
 pub const INLINE_MAX: usize = 64 * 1024;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "store-0001",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "store-0001",
+        sql: "
 CREATE TABLE buckets (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
 CREATE TABLE objects (
     bucket TEXT NOT NULL,
@@ -44,7 +46,34 @@ CREATE TABLE objects (
 ) WITHOUT ROWID;
 CREATE INDEX objects_blob ON objects (blob) WHERE blob IS NOT NULL;
 ",
-}];
+    },
+    Migration {
+        name: "store-0002",
+        sql: "
+ALTER TABLE objects ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE multipart_uploads (
+    upload_id TEXT PRIMARY KEY,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    content_type TEXT,
+    owner TEXT,
+    metadata TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE multipart_parts (
+    upload_id TEXT NOT NULL,
+    part_number INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    modified_ms INTEGER NOT NULL,
+    inline BLOB,
+    blob TEXT,
+    PRIMARY KEY (upload_id, part_number)
+) WITHOUT ROWID;
+CREATE INDEX multipart_parts_blob ON multipart_parts (blob) WHERE blob IS NOT NULL;
+",
+    },
+];
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -129,7 +158,8 @@ impl EmbeddedStore {
                 let name = f.file_name().to_string_lossy().into_owned();
                 let referenced: bool = self.db.read_blocking(|c| {
                     Ok::<_, StoreError>(c.query_row(
-                        "SELECT EXISTS(SELECT 1 FROM objects WHERE blob = ?1)",
+                        "SELECT EXISTS(SELECT 1 FROM objects WHERE blob = ?1)
+                             OR EXISTS(SELECT 1 FROM multipart_parts WHERE blob = ?1)",
                         [&name],
                         |r| r.get(0),
                     )?)
@@ -197,6 +227,80 @@ fn prepare_blocking(dir: &Path, body: Bytes) -> Result<Prepared, StoreError> {
     })
 }
 
+/// Concatenates parts into one prepared object with S3's multipart ETag
+/// (`hex(md5(md5(part1) ‖ … ‖ md5(partN)))-N`). Large results are written straight to a new
+/// blob file (fsynced) rather than held in memory.
+fn assemble(
+    dir: &Path,
+    parts: &[(u32, u64, String, Option<Vec<u8>>, Option<String>)],
+) -> Result<Prepared, StoreError> {
+    use std::io::{Read, Write};
+    let total: u64 = parts.iter().map(|p| p.1).sum();
+    let mut md5s = Vec::with_capacity(parts.len() * 16);
+    for p in parts {
+        md5s.extend(hex::decode(&p.2).map_err(|_| StoreError::Backend("bad part etag".into()))?);
+    }
+    let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), parts.len());
+    let mut sha = Sha256::new();
+    let large = total as usize > INLINE_MAX;
+    let name = uuid::Uuid::new_v4().simple().to_string();
+    let path = blob_path(dir, &name);
+    let mut inline = Vec::new();
+    let mut file = if large {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        Some(std::io::BufWriter::new(std::fs::File::create(&path)?))
+    } else {
+        None
+    };
+    let mut emit = |bytes: &[u8]| -> std::io::Result<()> {
+        sha.update(bytes);
+        match file.as_mut() {
+            Some(f) => f.write_all(bytes),
+            None => {
+                inline.extend_from_slice(bytes);
+                Ok(())
+            }
+        }
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    for p in parts {
+        match (&p.3, &p.4) {
+            (Some(bytes), _) => emit(bytes)?,
+            (None, Some(blob)) => {
+                let mut f = std::fs::File::open(blob_path(dir, blob))?;
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    emit(&buf[..n])?;
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    let sha256 = hex::encode(sha.finalize());
+    let body = match file {
+        Some(w) => {
+            let f = w.into_inner().map_err(|e| StoreError::Io(e.into_error()))?;
+            f.sync_all()?;
+            if let Some(parent) = path.parent() {
+                sync_dir(parent)?;
+            }
+            PreparedBody::Blob(name)
+        }
+        None => PreparedBody::Inline(Bytes::from(inline)),
+    };
+    Ok(Prepared {
+        size: total,
+        etag,
+        sha256,
+        body,
+    })
+}
+
 /// Ensures a bucket exists, inside a transaction of the shared database.
 pub fn ensure_bucket_in_tx(conn: &Connection, bucket: &str) -> Result<(), StoreError> {
     validate_bucket_name(bucket)?;
@@ -251,8 +355,9 @@ pub fn put_in_tx(
     };
     conn.prepare_cached(
         "INSERT OR REPLACE INTO objects
-             (bucket, key, size, etag, sha256, content_type, modified_ms, owner, inline, blob)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             (bucket, key, size, etag, sha256, content_type, modified_ms, owner, inline, blob,
+              metadata)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         bucket,
@@ -264,7 +369,8 @@ pub fn put_in_tx(
         now,
         opts.owner,
         inline,
-        blob
+        blob,
+        metadata_json(&opts.metadata)
     ])?;
     Ok((
         ObjectInfo {
@@ -276,12 +382,22 @@ pub fn put_in_tx(
             content_type,
             last_modified_ms: now,
             owner: opts.owner.clone(),
+            metadata: opts.metadata.clone(),
         },
         replaced,
     ))
 }
 
-const INFO_COLUMNS: &str = "bucket, key, size, etag, sha256, content_type, modified_ms, owner";
+fn metadata_json(m: &std::collections::BTreeMap<String, String>) -> String {
+    serde_json::to_string(m).unwrap_or_else(|_| "{}".into())
+}
+
+fn metadata_from(s: &str) -> std::collections::BTreeMap<String, String> {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+const INFO_COLUMNS: &str =
+    "bucket, key, size, etag, sha256, content_type, modified_ms, owner, metadata";
 
 fn info_from_row(r: &sluice_db::rusqlite::Row<'_>) -> sluice_db::rusqlite::Result<ObjectInfo> {
     Ok(ObjectInfo {
@@ -293,6 +409,7 @@ fn info_from_row(r: &sluice_db::rusqlite::Row<'_>) -> sluice_db::rusqlite::Resul
         content_type: r.get(5)?,
         last_modified_ms: r.get(6)?,
         owner: r.get(7)?,
+        metadata: metadata_from(&r.get::<_, String>(8)?),
     })
 }
 
@@ -303,6 +420,374 @@ impl ObjectStore for EmbeddedStore {
         self.db
             .write(move |c| ensure_bucket_in_tx(c, &bucket))
             .await
+    }
+
+    async fn create_bucket(&self, bucket: &str) -> Result<(), StoreError> {
+        validate_bucket_name(bucket)?;
+        let bucket = bucket.to_owned();
+        self.db
+            .write(move |c| {
+                let n = c.execute(
+                    "INSERT OR IGNORE INTO buckets (name, created_ms) VALUES (?1, ?2)",
+                    params![bucket, now_ms()],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::BucketExists(bucket.clone()));
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn head_bucket(&self, bucket: &str) -> Result<BucketInfo, StoreError> {
+        let bucket = bucket.to_owned();
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT name, created_ms FROM buckets WHERE name = ?1",
+                    [&bucket],
+                    |r| {
+                        Ok(BucketInfo {
+                            name: r.get(0)?,
+                            created_ms: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()?
+                .ok_or(StoreError::NoSuchBucket(bucket.clone()))
+            })
+            .await
+    }
+
+    async fn list_buckets(&self) -> Result<Vec<BucketInfo>, StoreError> {
+        self.db
+            .read(|c| {
+                let mut st =
+                    c.prepare_cached("SELECT name, created_ms FROM buckets ORDER BY name")?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok(BucketInfo {
+                            name: r.get(0)?,
+                            created_ms: r.get(1)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await
+    }
+
+    async fn delete_bucket(&self, bucket: &str) -> Result<(), StoreError> {
+        let bucket = bucket.to_owned();
+        self.db
+            .write(move |c| {
+                let exists: bool = c.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM buckets WHERE name = ?1)",
+                    [&bucket],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Err(StoreError::NoSuchBucket(bucket.clone()));
+                }
+                let used: bool = c.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM objects WHERE bucket = ?1)
+                         OR EXISTS(SELECT 1 FROM multipart_uploads WHERE bucket = ?1)",
+                    [&bucket],
+                    |r| r.get(0),
+                )?;
+                if used {
+                    return Err(StoreError::BucketNotEmpty(bucket.clone()));
+                }
+                c.execute("DELETE FROM buckets WHERE name = ?1", [&bucket])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn create_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        opts: PutOptions,
+    ) -> Result<String, StoreError> {
+        validate_key(key)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (b, k, upload_id) = (bucket.to_owned(), key.to_owned(), id.clone());
+        self.db
+            .write(move |c| {
+                let exists: bool = c.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM buckets WHERE name = ?1)",
+                    [&b],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Err(StoreError::NoSuchBucket(b.clone()));
+                }
+                c.execute(
+                    "INSERT INTO multipart_uploads
+                         (upload_id, bucket, key, content_type, owner, metadata, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        upload_id,
+                        b,
+                        k,
+                        opts.content_type,
+                        opts.owner,
+                        metadata_json(&opts.metadata),
+                        now_ms()
+                    ],
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(id)
+    }
+
+    async fn upload_part(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, StoreError> {
+        if !(1..=10_000).contains(&part_number) {
+            return Err(StoreError::InvalidArgument(format!(
+                "part number must be between 1 and 10000, got {part_number}"
+            )));
+        }
+        self.multipart(upload_id).await?;
+        let prepared = self.prepare(body).await?;
+        let blob = prepared.blob_name().map(str::to_owned);
+        let etag = prepared.etag.clone();
+        let id = upload_id.to_owned();
+        let committed = self
+            .db
+            .write(move |c| {
+                let exists: bool = c.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM multipart_uploads WHERE upload_id = ?1)",
+                    [&id],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Err(StoreError::NoSuchUpload(id.clone()));
+                }
+                let replaced: Option<Option<String>> = c
+                    .query_row(
+                        "SELECT blob FROM multipart_parts WHERE upload_id = ?1 AND part_number = ?2",
+                        params![id, part_number],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let (inline, blob): (Option<&[u8]>, Option<&str>) = match &prepared.body {
+                    PreparedBody::Inline(b) => (Some(b.as_ref()), None),
+                    PreparedBody::Blob(n) => (None, Some(n.as_str())),
+                };
+                c.execute(
+                    "INSERT OR REPLACE INTO multipart_parts
+                         (upload_id, part_number, size, etag, modified_ms, inline, blob)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        id,
+                        part_number,
+                        prepared.size as i64,
+                        prepared.etag,
+                        now_ms(),
+                        inline,
+                        blob
+                    ],
+                )?;
+                Ok(replaced.flatten())
+            })
+            .await;
+        match committed {
+            Ok(replaced) => {
+                self.discard_blobs(replaced.into_iter().collect());
+                Ok(etag)
+            }
+            Err(e) => {
+                self.discard_blobs(blob.into_iter().collect());
+                Err(e)
+            }
+        }
+    }
+
+    async fn multipart(&self, upload_id: &str) -> Result<MultipartInfo, StoreError> {
+        let id = upload_id.to_owned();
+        self.db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT upload_id, bucket, key, created_ms FROM multipart_uploads
+                     WHERE upload_id = ?1",
+                    [&id],
+                    |r| {
+                        Ok(MultipartInfo {
+                            upload_id: r.get(0)?,
+                            bucket: r.get(1)?,
+                            key: r.get(2)?,
+                            created_ms: r.get(3)?,
+                        })
+                    },
+                )
+                .optional()?
+                .ok_or(StoreError::NoSuchUpload(id.clone()))
+            })
+            .await
+    }
+
+    async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, StoreError> {
+        self.multipart(upload_id).await?;
+        let id = upload_id.to_owned();
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT part_number, size, etag, modified_ms FROM multipart_parts
+                     WHERE upload_id = ?1 ORDER BY part_number",
+                )?;
+                let parts = st
+                    .query_map([&id], |r| {
+                        Ok(PartInfo {
+                            part_number: r.get(0)?,
+                            size: r.get::<_, i64>(1)? as u64,
+                            etag: r.get(2)?,
+                            last_modified_ms: r.get(3)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(parts)
+            })
+            .await
+    }
+
+    async fn complete_multipart(
+        &self,
+        upload_id: &str,
+        parts: Vec<(u32, String)>,
+    ) -> Result<ObjectInfo, StoreError> {
+        let upload = self.multipart(upload_id).await?;
+        if parts.is_empty() {
+            return Err(StoreError::InvalidPart(
+                "a multipart upload needs at least one part".into(),
+            ));
+        }
+        if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(StoreError::InvalidPartOrder);
+        }
+        // Where each listed part's bytes are, checked against what was uploaded.
+        let id = upload_id.to_owned();
+        let stored: Vec<(u32, u64, String, Option<Vec<u8>>, Option<String>)> = self
+            .db
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT part_number, size, etag, inline, blob FROM multipart_parts
+                     WHERE upload_id = ?1 ORDER BY part_number",
+                )?;
+                let rows = st
+                    .query_map([&id], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get::<_, i64>(1)? as u64,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, StoreError>(rows)
+            })
+            .await?;
+        let mut chosen = Vec::with_capacity(parts.len());
+        for (i, (n, etag)) in parts.iter().enumerate() {
+            let want = etag.trim_matches('"');
+            let part = stored
+                .iter()
+                .find(|p| p.0 == *n && p.2 == want)
+                .ok_or_else(|| {
+                    StoreError::InvalidPart(format!("part {n} with ETag {etag} was not uploaded"))
+                })?;
+            if i + 1 < parts.len() && part.1 < MIN_PART_BYTES {
+                return Err(StoreError::EntityTooSmall {
+                    part: *n,
+                    size: part.1,
+                    min: MIN_PART_BYTES,
+                });
+            }
+            chosen.push(part.clone());
+        }
+        let dir = self.blob_dir.clone();
+        let assembled = tokio::task::spawn_blocking(move || assemble(&dir, &chosen))
+            .await
+            .map_err(|e| StoreError::Backend(format!("assembly task failed: {e}")))??;
+        let new_blob = assembled.blob_name().map(str::to_owned);
+        let (b, k, id) = (
+            upload.bucket.clone(),
+            upload.key.clone(),
+            upload_id.to_owned(),
+        );
+        let committed = self
+            .db
+            .write(move |c| {
+                let row: Option<(Option<String>, Option<String>, String)> = c
+                    .query_row(
+                        "SELECT content_type, owner, metadata FROM multipart_uploads
+                         WHERE upload_id = ?1",
+                        [&id],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                let (content_type, owner, metadata) =
+                    row.ok_or_else(|| StoreError::NoSuchUpload(id.clone()))?;
+                let opts = PutOptions {
+                    content_type,
+                    owner,
+                    metadata: metadata_from(&metadata),
+                };
+                let (info, replaced) = put_in_tx(c, &b, &k, &assembled, &opts, now_ms())?;
+                let mut garbage: Vec<String> = replaced.into_iter().collect();
+                let mut st = c.prepare_cached(
+                    "SELECT blob FROM multipart_parts WHERE upload_id = ?1 AND blob IS NOT NULL",
+                )?;
+                for blob in st.query_map([&id], |r| r.get::<_, String>(0))? {
+                    garbage.push(blob?);
+                }
+                c.execute("DELETE FROM multipart_parts WHERE upload_id = ?1", [&id])?;
+                c.execute("DELETE FROM multipart_uploads WHERE upload_id = ?1", [&id])?;
+                Ok::<_, StoreError>((info, garbage))
+            })
+            .await;
+        match committed {
+            Ok((info, garbage)) => {
+                self.discard_blobs(garbage);
+                Ok(info)
+            }
+            Err(e) => {
+                self.discard_blobs(new_blob.into_iter().collect());
+                Err(e)
+            }
+        }
+    }
+
+    async fn abort_multipart(&self, upload_id: &str) -> Result<(), StoreError> {
+        let id = upload_id.to_owned();
+        let garbage = self
+            .db
+            .write(move |c| {
+                let n = c.execute("DELETE FROM multipart_uploads WHERE upload_id = ?1", [&id])?;
+                if n == 0 {
+                    return Err(StoreError::NoSuchUpload(id.clone()));
+                }
+                let mut blobs = Vec::new();
+                let mut st = c.prepare_cached(
+                    "DELETE FROM multipart_parts WHERE upload_id = ?1 RETURNING blob",
+                )?;
+                for b in st.query_map([&id], |r| r.get::<_, Option<String>>(0))? {
+                    if let Some(b) = b? {
+                        blobs.push(b);
+                    }
+                }
+                Ok(blobs)
+            })
+            .await?;
+        self.discard_blobs(garbage);
+        Ok(())
     }
 
     async fn put(
@@ -341,8 +826,8 @@ impl ObjectStore for EmbeddedStore {
                     .query_row(params![b, k], |r| {
                         Ok((
                             info_from_row(r)?,
-                            r.get::<_, Option<Vec<u8>>>(8)?,
-                            r.get::<_, Option<String>>(9)?,
+                            r.get::<_, Option<Vec<u8>>>(9)?,
+                            r.get::<_, Option<String>>(10)?,
                         ))
                     })
                     .optional()?;
@@ -474,6 +959,7 @@ mod tests {
         let as_user = |u: &str| PutOptions {
             content_type: None,
             owner: Some(u.into()),
+            ..Default::default()
         };
         s.put("b-1", "k", Bytes::from("a"), as_user("alice"))
             .await
@@ -528,6 +1014,90 @@ mod tests {
                     .sum()
             })
             .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn multipart_uploads_assemble_with_s3_etags() {
+        let (s, _d) = open().await;
+        let id = s
+            .create_multipart("b-1", "mp", PutOptions::default())
+            .await
+            .expect("create");
+        let p1 = Bytes::from(vec![1u8; MIN_PART_BYTES as usize]);
+        let p2 = Bytes::from_static(b"tail");
+        let e1 = s.upload_part(&id, 1, p1.clone()).await.expect("part 1");
+        let e2 = s.upload_part(&id, 2, p2.clone()).await.expect("part 2");
+        assert_eq!(s.list_parts(&id).await.expect("parts").len(), 2);
+        assert!(matches!(
+            s.complete_multipart(&id, vec![(2, e2.clone()), (1, e1.clone())])
+                .await,
+            Err(StoreError::InvalidPartOrder)
+        ));
+        assert!(matches!(
+            s.complete_multipart(&id, vec![(1, "0".repeat(32))]).await,
+            Err(StoreError::InvalidPart(_))
+        ));
+        let info = s
+            .complete_multipart(&id, vec![(1, e1.clone()), (2, format!("\"{e2}\""))])
+            .await
+            .expect("complete");
+        let mut md5s = hex::decode(&e1).expect("hex");
+        md5s.extend(hex::decode(&e2).expect("hex"));
+        assert_eq!(info.etag, format!("{}-2", hex::encode(Md5::digest(&md5s))));
+        let got = s.get("b-1", "mp").await.expect("get");
+        assert_eq!(got.body.len(), p1.len() + p2.len());
+        assert_eq!(&got.body[p1.len()..], b"tail");
+        assert!(matches!(
+            s.list_parts(&id).await,
+            Err(StoreError::NoSuchUpload(_))
+        ));
+
+        // Too-small parts and aborts.
+        let id = s
+            .create_multipart("b-1", "small", PutOptions::default())
+            .await
+            .expect("create");
+        let a = s
+            .upload_part(&id, 1, Bytes::from_static(b"a"))
+            .await
+            .expect("part");
+        let b = s
+            .upload_part(&id, 2, Bytes::from_static(b"b"))
+            .await
+            .expect("part");
+        assert!(matches!(
+            s.complete_multipart(&id, vec![(1, a), (2, b)]).await,
+            Err(StoreError::EntityTooSmall { .. })
+        ));
+        s.abort_multipart(&id).await.expect("abort");
+        assert!(matches!(
+            s.abort_multipart(&id).await,
+            Err(StoreError::NoSuchUpload(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn buckets() {
+        let (s, _d) = open().await;
+        s.create_bucket("b-2").await.expect("create");
+        assert!(matches!(
+            s.create_bucket("b-2").await,
+            Err(StoreError::BucketExists(_))
+        ));
+        assert_eq!(s.list_buckets().await.expect("list").len(), 2);
+        s.put("b-2", "k", Bytes::from("x"), PutOptions::default())
+            .await
+            .expect("put");
+        assert!(matches!(
+            s.delete_bucket("b-2").await,
+            Err(StoreError::BucketNotEmpty(_))
+        ));
+        s.delete("b-2", "k").await.expect("delete");
+        s.delete_bucket("b-2").await.expect("delete bucket");
+        assert!(matches!(
+            s.head_bucket("b-2").await,
+            Err(StoreError::NoSuchBucket(_))
+        ));
     }
 
     #[tokio::test]

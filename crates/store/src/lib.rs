@@ -16,6 +16,18 @@ pub enum StoreError {
     NoSuchKey { bucket: String, key: String },
     #[error("object {bucket}/{key} belongs to another user")]
     OwnedByOther { bucket: String, key: String },
+    #[error("bucket {0} already exists")]
+    BucketExists(String),
+    #[error("bucket {0} is not empty")]
+    BucketNotEmpty(String),
+    #[error("multipart upload {0} does not exist")]
+    NoSuchUpload(String),
+    #[error("{0}")]
+    InvalidPart(String),
+    #[error("parts must be listed in ascending order of part number")]
+    InvalidPartOrder,
+    #[error("part {part} is {size} bytes; every part but the last must be at least {min} bytes")]
+    EntityTooSmall { part: u32, size: u64, min: u64 },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("storage i/o failed: {0}")]
@@ -36,7 +48,7 @@ impl From<sluice_db::rusqlite::Error> for StoreError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectInfo {
     pub bucket: String,
     pub key: String,
@@ -49,7 +61,37 @@ pub struct ObjectInfo {
     pub last_modified_ms: i64,
     /// The user (`sub`) that wrote the object, if written on a user's behalf.
     pub owner: Option<String>,
+    /// User metadata (S3's `x-amz-meta-*`), names lower-case.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketInfo {
+    pub name: String,
+    pub created_ms: i64,
+}
+
+/// A part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartInfo {
+    pub part_number: u32,
+    pub size: u64,
+    /// MD5 of the part in hex (unquoted).
+    pub etag: String,
+    pub last_modified_ms: i64,
+}
+
+/// A multipart upload in progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultipartInfo {
+    pub upload_id: String,
+    pub bucket: String,
+    pub key: String,
+    pub created_ms: i64,
+}
+
+/// Smallest size of every part of a multipart upload but the last, as S3 (5 MiB).
+pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Object {
@@ -64,6 +106,8 @@ pub struct PutOptions {
     /// Records the writer. When set, a put over an object of a *different* owner fails
     /// with [`StoreError::OwnedByOther`]; objects without an owner may be overwritten.
     pub owner: Option<String>,
+    /// User metadata to store with the object.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// A durable object store.
@@ -74,6 +118,13 @@ pub struct PutOptions {
 pub trait ObjectStore: Send + Sync + 'static {
     /// Creates a bucket unless it exists.
     async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError>;
+    /// Creates a bucket; `BucketExists` if it exists.
+    async fn create_bucket(&self, bucket: &str) -> Result<(), StoreError>;
+    /// `NoSuchBucket` if the bucket does not exist.
+    async fn head_bucket(&self, bucket: &str) -> Result<BucketInfo, StoreError>;
+    async fn list_buckets(&self) -> Result<Vec<BucketInfo>, StoreError>;
+    /// Deletes an empty bucket (`BucketNotEmpty` otherwise).
+    async fn delete_bucket(&self, bucket: &str) -> Result<(), StoreError>;
     async fn put(
         &self,
         bucket: &str,
@@ -93,6 +144,34 @@ pub trait ObjectStore: Send + Sync + 'static {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ObjectInfo>, StoreError>;
+
+    /// Starts a multipart upload of `bucket/key`; returns its upload id.
+    async fn create_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        opts: PutOptions,
+    ) -> Result<String, StoreError>;
+    /// Stores a part (1–10,000); a part uploaded again replaces the previous one. Returns
+    /// the part's ETag (MD5 hex). Durable when it returns.
+    async fn upload_part(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<String, StoreError>;
+    async fn multipart(&self, upload_id: &str) -> Result<MultipartInfo, StoreError>;
+    async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, StoreError>;
+    /// Assembles the listed parts (ascending part numbers, ETags as returned by
+    /// `upload_part`) into the object, with S3's multipart ETag (`md5(md5s)-N`), and ends
+    /// the upload.
+    async fn complete_multipart(
+        &self,
+        upload_id: &str,
+        parts: Vec<(u32, String)>,
+    ) -> Result<ObjectInfo, StoreError>;
+    /// Ends the upload and discards its parts. `NoSuchUpload` if it does not exist.
+    async fn abort_multipart(&self, upload_id: &str) -> Result<(), StoreError>;
 }
 
 /// Bucket names as S3 allows them (3–63 of lower-case letters, digits, '.', '-', starting
