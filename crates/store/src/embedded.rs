@@ -230,15 +230,22 @@ fn prepare_blocking(dir: &Path, body: Bytes) -> Result<Prepared, StoreError> {
 /// Concatenates parts into one prepared object with S3's multipart ETag
 /// (`hex(md5(md5(part1) ‖ … ‖ md5(partN)))-N`). Large results are written straight to a new
 /// blob file (fsynced) rather than held in memory.
-fn assemble(
-    dir: &Path,
-    parts: &[(u32, u64, String, Option<Vec<u8>>, Option<String>)],
-) -> Result<Prepared, StoreError> {
+/// A stored part of a multipart upload: number, size, ETag and where its bytes are.
+#[derive(Clone)]
+struct StoredPart {
+    number: u32,
+    size: u64,
+    etag: String,
+    inline: Option<Vec<u8>>,
+    blob: Option<String>,
+}
+
+fn assemble(dir: &Path, parts: &[StoredPart]) -> Result<Prepared, StoreError> {
     use std::io::{Read, Write};
-    let total: u64 = parts.iter().map(|p| p.1).sum();
+    let total: u64 = parts.iter().map(|p| p.size).sum();
     let mut md5s = Vec::with_capacity(parts.len() * 16);
     for p in parts {
-        md5s.extend(hex::decode(&p.2).map_err(|_| StoreError::Backend("bad part etag".into()))?);
+        md5s.extend(hex::decode(&p.etag).map_err(|_| StoreError::Backend("bad part etag".into()))?);
     }
     let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), parts.len());
     let mut sha = Sha256::new();
@@ -266,7 +273,7 @@ fn assemble(
     };
     let mut buf = vec![0u8; 1 << 20];
     for p in parts {
-        match (&p.3, &p.4) {
+        match (&p.inline, &p.blob) {
             (Some(bytes), _) => emit(bytes)?,
             (None, Some(blob)) => {
                 let mut f = std::fs::File::open(blob_path(dir, blob))?;
@@ -673,7 +680,7 @@ impl ObjectStore for EmbeddedStore {
         }
         // Where each listed part's bytes are, checked against what was uploaded.
         let id = upload_id.to_owned();
-        let stored: Vec<(u32, u64, String, Option<Vec<u8>>, Option<String>)> = self
+        let stored: Vec<StoredPart> = self
             .db
             .read(move |c| {
                 let mut st = c.prepare_cached(
@@ -682,13 +689,13 @@ impl ObjectStore for EmbeddedStore {
                 )?;
                 let rows = st
                     .query_map([&id], |r| {
-                        Ok((
-                            r.get(0)?,
-                            r.get::<_, i64>(1)? as u64,
-                            r.get(2)?,
-                            r.get(3)?,
-                            r.get(4)?,
-                        ))
+                        Ok(StoredPart {
+                            number: r.get(0)?,
+                            size: r.get::<_, i64>(1)? as u64,
+                            etag: r.get(2)?,
+                            inline: r.get(3)?,
+                            blob: r.get(4)?,
+                        })
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, StoreError>(rows)
@@ -699,14 +706,14 @@ impl ObjectStore for EmbeddedStore {
             let want = etag.trim_matches('"');
             let part = stored
                 .iter()
-                .find(|p| p.0 == *n && p.2 == want)
+                .find(|p| p.number == *n && p.etag == want)
                 .ok_or_else(|| {
                     StoreError::InvalidPart(format!("part {n} with ETag {etag} was not uploaded"))
                 })?;
-            if i + 1 < parts.len() && part.1 < MIN_PART_BYTES {
+            if i + 1 < parts.len() && part.size < MIN_PART_BYTES {
                 return Err(StoreError::EntityTooSmall {
                     part: *n,
-                    size: part.1,
+                    size: part.size,
                     min: MIN_PART_BYTES,
                 });
             }
