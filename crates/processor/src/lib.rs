@@ -28,7 +28,7 @@ use tokio::sync::watch;
 pub mod destination;
 pub mod embedded;
 pub mod event;
-// pub mod exec;
+pub mod exec;
 pub mod functions;
 // pub mod lambda;
 pub mod logs;

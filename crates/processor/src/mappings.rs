@@ -172,8 +172,10 @@ pub struct FunctionSettings {
     /// Longest an invocation may run (Lambda's `Timeout`, 1–900 s).
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
-    /// Memory limit in MiB (Lambda's `MemorySize`, 128–10,240): the V8 heap limit for
-    /// Node.js, the address-space limit for Python and `exec` programs.
+    /// Memory in MiB (Lambda's `MemorySize`, 128–10,240), given to handlers as
+    /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` and enforced for Lambda runtimes: the V8 heap limit
+    /// for Node.js, an address-space limit (plus interpreter headroom) for Python. `exec`
+    /// programs are not limited.
     #[serde(default = "default_memory")]
     pub memory_mb: u32,
 }
