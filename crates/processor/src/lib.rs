@@ -30,7 +30,7 @@ pub mod embedded;
 pub mod event;
 pub mod exec;
 pub mod functions;
-// pub mod lambda;
+pub mod lambda;
 pub mod logs;
 pub mod mappings;
 mod worker;
@@ -450,6 +450,74 @@ impl Processor {
             created_ms,
         };
         Ok(vec![tokio::spawn(sup.run(shutdown))])
+    }
+
+    /// Starts a persisted mapping: builds its function from the definition (built-ins and
+    /// `exec` run as object functions, `lambda` as a batch function with warm workers) and
+    /// runs it as [`Processor::start_batch`] does. A disabled mapping is refused.
+    pub async fn start_definition(
+        &self,
+        def: &MappingDefinition,
+        lambda_env: &lambda::LambdaEnvironment,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, ProcessorError> {
+        def.validate()?;
+        if def.state != MappingState::Enabled {
+            return Err(ProcessorError::InvalidConfig(format!(
+                "mapping {} is disabled",
+                def.name()
+            )));
+        }
+        let function = self.build_function(def, lambda_env)?;
+        self.start_batch(def.config.clone(), function, shutdown)
+            .await
+    }
+
+    /// The function a definition names.
+    pub fn build_function(
+        &self,
+        def: &MappingDefinition,
+        lambda_env: &lambda::LambdaEnvironment,
+    ) -> Result<Arc<dyn BatchFunction>, ProcessorError> {
+        let object = |f: Arc<dyn Function>| -> Arc<dyn BatchFunction> {
+            Arc::new(ObjectFunction::new(
+                f,
+                self.store.clone(),
+                def.config.output_bucket.clone(),
+                def.config.output_prefix.clone(),
+            ))
+        };
+        let failed = |e: FunctionError| ProcessorError::Function(e.to_string());
+        Ok(match &def.function {
+            FunctionSpec::Builtin { name } => {
+                object(functions::builtin(name).ok_or_else(|| {
+                    ProcessorError::InvalidConfig(format!("unknown built-in function {name:?}"))
+                })?)
+            }
+            FunctionSpec::Exec { argv } => object(Arc::new(
+                exec::Exec::new(
+                    argv.clone(),
+                    def.settings.environment.clone(),
+                    std::time::Duration::from_secs(def.settings.timeout_secs),
+                )
+                .map_err(failed)?,
+            )),
+            FunctionSpec::Lambda {
+                runtime,
+                code_dir,
+                handler,
+            } => Arc::new(
+                lambda::LambdaFunction::new(
+                    def.name(),
+                    *runtime,
+                    code_dir,
+                    handler.clone(),
+                    def.settings.clone(),
+                    lambda_env.clone(),
+                )
+                .map_err(failed)?,
+            ),
+        })
     }
 
     pub(crate) fn update_stats(&self, mapping: &str, f: impl FnOnce(&mut MappingStats)) {

@@ -853,3 +853,93 @@ async fn object_functions_write_outputs_and_report_upload_status() {
     );
     e.stop(handles).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persisted_lambda_mapping_with_partial_failures_bisect_and_logs() {
+    use sluice_processor::embedded::EmbeddedMappings;
+    use sluice_processor::lambda::LambdaEnvironment;
+    use sluice_processor::logs::EmbeddedLogs;
+    use sluice_processor::{FunctionSpec, MappingDefinition, MappingStore};
+
+    let e = env();
+    e.stream.create_stream("s", 1).await.expect("create");
+    let code = e._dir.path().join("processor");
+    std::fs::create_dir_all(&code).expect("mkdir");
+    std::fs::write(
+        code.join("index.mjs"),
+        r#"
+export const handler = async (event, context) => {
+  const batchItemFailures = [];
+  for (const r of event.Records) {
+    const text = Buffer.from(r.kinesis.data, 'base64').toString();
+    console.log('record', text, 'for', process.env.PROCESSED_BUCKET);
+    if (text === 'bad') batchItemFailures.push({ itemIdentifier: r.kinesis.sequenceNumber });
+  }
+  return { batchItemFailures };
+};
+"#,
+    )
+    .expect("handler");
+    let seqs = e.put_all("s", &["ok1", "bad", "ok2"]).await;
+
+    let mut cfg = MappingConfig::new("m", "s");
+    cfg.starting_position = StartingPosition::TrimHorizon;
+    cfg.function_response_types = vec!["ReportBatchItemFailures".into()];
+    cfg.bisect_batch_on_function_error = true;
+    cfg.set_maximum_retry_attempts(0).expect("retries");
+    cfg.on_failure = Some(DestinationSpec::parse("s3://sluice/failed/").expect("dest"));
+    let spec = FunctionSpec::parse(
+        &format!("lambda:nodejs:{}/index.handler", code.display()),
+        &[],
+    )
+    .expect("spec");
+    let mut def = MappingDefinition::new(cfg, spec);
+    def.settings
+        .environment
+        .insert("PROCESSED_BUCKET".into(), "sluice".into());
+    let mappings = EmbeddedMappings::new(e.db.clone());
+    mappings.create(def).await.expect("create mapping");
+    let def = mappings.get("m").await.expect("get mapping");
+
+    let logs = EmbeddedLogs::new(e.db.clone());
+    let p = e.processor().with_logs(Arc::new(logs.clone()));
+    let handles = p
+        .start_definition(
+            &def,
+            &LambdaEnvironment::new(e._dir.path().join("runtime")),
+            e.shutdown.subscribe(),
+        )
+        .await
+        .expect("start");
+    eventually_async("checkpoint at the last record", || async {
+        e.checkpoint("m", SHARD0).await.as_deref() == Some(seqs[2].as_str())
+    })
+    .await;
+    let failures = failure_objects(&e, "sluice", "failed/").await;
+    assert_eq!(failures.len(), 1, "only the bad record is given up on");
+    assert_eq!(
+        failures[0]["KinesisBatchInfo"]["startSequenceNumber"],
+        seqs[1].as_str()
+    );
+    assert_eq!(failures[0]["KinesisBatchInfo"]["batchSize"], 1);
+    let stats = p.stats()["m"].clone();
+    assert_eq!((stats.succeeded, stats.failed), (2, 1));
+    assert_eq!(stats.state, "Enabled");
+
+    let lines = logs.tail("m", 100).await.expect("tail");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.line.starts_with("START RequestId: "))
+    );
+    let rec = lines
+        .iter()
+        .find(|l| l.stream == "stdout" && l.line.ends_with("\tINFO\trecord ok1 for sluice"))
+        .expect("handler output in the log");
+    assert!(
+        rec.line.contains(&rec.request_id),
+        "lines carry their request id"
+    );
+    e.stop(handles).await;
+    assert_eq!(p.stats()["m"].state, "Disabled");
+}
