@@ -33,6 +33,7 @@ pub mod functions;
 pub mod lambda;
 pub mod logs;
 pub mod mappings;
+pub mod runner;
 mod worker;
 
 pub use destination::{DestinationSpec, FailureDestination, OnFailureRecord};

@@ -943,3 +943,74 @@ export const handler = async (event, context) => {
     e.stop(handles).await;
     assert_eq!(p.stats()["m"].state, "Disabled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_follows_create_disable_update_delete() {
+    use sluice_processor::embedded::EmbeddedMappings;
+    use sluice_processor::lambda::LambdaEnvironment;
+    use sluice_processor::runner::MappingRunner;
+    use sluice_processor::{FunctionSpec, MappingDefinition, MappingStore};
+
+    let e = env();
+    e.stream.create_stream("s", 1).await.expect("create");
+    e.store.ensure_bucket("sluice").await.expect("bucket");
+    e.store
+        .put(
+            "sluice",
+            "uploads/a.txt",
+            Bytes::from("abc"),
+            Default::default(),
+        )
+        .await
+        .expect("put");
+    let store = Arc::new(EmbeddedMappings::new(e.db.clone()));
+    let p = e.processor();
+    let runner = MappingRunner::new(
+        p.clone(),
+        store.clone(),
+        LambdaEnvironment::new(e._dir.path().join("runtime")),
+    );
+    let mut cfg = MappingConfig::new("copy", "s");
+    cfg.starting_position = StartingPosition::TrimHorizon;
+    store
+        .create(MappingDefinition::new(
+            cfg,
+            FunctionSpec::parse("builtin:copy", &[]).expect("spec"),
+        ))
+        .await
+        .expect("create");
+    let r = runner.sync().await.expect("sync");
+    assert_eq!(r.started, ["copy"]);
+    e.put("s", "k", r#"{"bucket":"sluice","key":"uploads/a.txt"}"#)
+        .await;
+    eventually_async("copied", || async {
+        e.store.get("sluice", "processed/a.txt").await.is_ok()
+    })
+    .await;
+
+    store.disable("copy").await.expect("disable");
+    let r = runner.sync().await.expect("sync");
+    assert_eq!(r.stopped, ["copy"]);
+    assert!(runner.running().await.is_empty());
+    assert_eq!(p.stats()["copy"].state, "Disabled");
+
+    let mut def = store.enable("copy").await.expect("enable");
+    def.function = FunctionSpec::parse("builtin:manifest", &[]).expect("spec");
+    store.update(def).await.expect("update");
+    let r = runner.sync().await.expect("sync");
+    assert_eq!(r.started, ["copy"]);
+    e.put("s", "k", r#"{"bucket":"sluice","key":"uploads/a.txt"}"#)
+        .await;
+    eventually_async("manifest written", || async {
+        e.store
+            .get("sluice", "processed/a.txt.manifest.json")
+            .await
+            .is_ok()
+    })
+    .await;
+
+    store.delete("copy").await.expect("delete");
+    let r = runner.sync().await.expect("sync");
+    assert_eq!(r.stopped, ["copy"]);
+    runner.stop_all().await;
+}
