@@ -1,8 +1,25 @@
-//! Processing functions: bytes of an object in, bytes of the output out.
+//! Processing functions.
+//!
+//! Two interfaces:
+//! - [`BatchFunction`]: what Lambda is. It receives a batch of stream records (one
+//!   invocation per batch) and returns a value; with `ReportBatchItemFailures` the value can
+//!   name the records that failed. Lambda handlers ([`crate::lambda`]) are batch functions.
+//! - [`Function`]: an object function, bytes of the object a record points at in, bytes of
+//!   the output out (the seed's `uppercase`, `copy`, `manifest`, [`crate::exec`]).
+//!   [`ObjectFunction`] runs one over a batch: records in order, each output written
+//!   durably before the next record, stopping at the first failure — which the worker treats
+//!   exactly like a partial batch response naming that record.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sluice_store::ObjectInfo;
+use sha2::{Digest, Sha256};
+use sluice_store::{ObjectInfo, ObjectStore, PutOptions};
+use sluice_stream::Record;
+
+use crate::logs::{LogLine, LogSink};
+use crate::{RecordRef, output_key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionError {
@@ -10,10 +27,219 @@ pub enum FunctionError {
     Failed(String),
 }
 
+/// What a function invocation knows about its surroundings.
+#[derive(Clone)]
+pub struct CallContext {
+    pub mapping: String,
+    /// Lambda's `awsRequestId`: one per invocation (per batch, or per record of an object
+    /// function run over a batch).
+    pub request_id: String,
+    /// Where the function's log lines go.
+    pub logs: Option<Arc<dyn LogSink>>,
+}
+
+impl CallContext {
+    pub fn new(mapping: impl Into<String>) -> Self {
+        CallContext {
+            mapping: mapping.into(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            logs: None,
+        }
+    }
+
+    /// Appends lines of one output stream (`stdout`, `stderr`, `platform`) to the log.
+    pub async fn log_lines(&self, stream: &str, lines: impl IntoIterator<Item = String>) {
+        let Some(sink) = &self.logs else { return };
+        let now = sluice_db::now_ms();
+        let lines: Vec<LogLine> = lines
+            .into_iter()
+            .map(|line| LogLine {
+                id: 0,
+                mapping: self.mapping.clone(),
+                ts_ms: now,
+                request_id: self.request_id.clone(),
+                stream: stream.to_owned(),
+                line,
+            })
+            .collect();
+        if !lines.is_empty() {
+            sink.append(lines).await;
+        }
+    }
+}
+
+/// An object function.
 #[async_trait]
 pub trait Function: Send + Sync + 'static {
     fn name(&self) -> &str;
     async fn call(&self, input: Bytes, info: &ObjectInfo) -> Result<Bytes, FunctionError>;
+
+    /// [`Function::call`] with the invocation's context (request id, log). Functions that
+    /// log override this.
+    async fn call_in(
+        &self,
+        input: Bytes,
+        info: &ObjectInfo,
+        _ctx: &CallContext,
+    ) -> Result<Bytes, FunctionError> {
+        self.call(input, info).await
+    }
+
+    /// The output key, given the one the mapping derived from the input key.
+    fn output_key(&self, key: &str) -> String {
+        key.to_owned()
+    }
+
+    /// The output's content type; by default the input's.
+    fn output_content_type(&self, input: &ObjectInfo) -> String {
+        input.content_type.clone()
+    }
+}
+
+/// One invocation's input: the records of a batch, all from one shard, in sequence order.
+#[derive(Debug, Clone)]
+pub struct BatchInput {
+    pub stream: String,
+    pub stream_arn: String,
+    pub shard_id: String,
+    pub region: String,
+    /// The role the mapping invokes with (the event's `invokeIdentityArn`).
+    pub invoke_identity_arn: String,
+    pub records: Vec<Record>,
+}
+
+/// What a batch function returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchResponse {
+    /// A handler's return value (`null` when it returned nothing). Read as a partial batch
+    /// response (`{"batchItemFailures":[…]}`) only when the mapping enables
+    /// `ReportBatchItemFailures`, as Lambda does; otherwise any return is success.
+    Returned(serde_json::Value),
+    /// Records processed in order: the first `outputs.len()` succeeded (with where their
+    /// output went); when `failure` is set, the next record failed with that error and the
+    /// rest were not tried. Always honoured.
+    Items {
+        outputs: Vec<OutputRef>,
+        failure: Option<String>,
+    },
+}
+
+/// Where an object function wrote a record's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRef {
+    pub bucket: String,
+    pub key: String,
+}
+
+/// A batch function.
+#[async_trait]
+pub trait BatchFunction: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// Returns only once the function's outputs are durable: the worker checkpoints right
+    /// after. An `Err` is a function error (the whole batch failed).
+    async fn invoke(
+        &self,
+        input: &BatchInput,
+        ctx: &CallContext,
+    ) -> Result<BatchResponse, FunctionError>;
+}
+
+/// Runs an object function over a batch: for each record in order, read the object it
+/// points at, call the function, write the output durably (`<output_bucket or the input
+/// bucket>/<output_key(key, prefix)>`). Stops at the first record that fails.
+pub struct ObjectFunction {
+    function: Arc<dyn Function>,
+    store: Arc<dyn ObjectStore>,
+    output_bucket: Option<String>,
+    output_prefix: String,
+}
+
+impl ObjectFunction {
+    pub fn new(
+        function: Arc<dyn Function>,
+        store: Arc<dyn ObjectStore>,
+        output_bucket: Option<String>,
+        output_prefix: String,
+    ) -> Self {
+        ObjectFunction {
+            function,
+            store,
+            output_bucket,
+            output_prefix,
+        }
+    }
+
+    async fn one(&self, record: &Record, ctx: &CallContext) -> Result<OutputRef, String> {
+        let rec: RecordRef = serde_json::from_slice(&record.data).map_err(|e| {
+            format!("record is not an object reference ({{\"bucket\",\"key\"}}): {e}")
+        })?;
+        let obj = self
+            .store
+            .get(&rec.bucket, &rec.key)
+            .await
+            .map_err(|e| format!("cannot read input: {e}"))?;
+        let output = self
+            .function
+            .call_in(obj.body, &obj.info, ctx)
+            .await
+            .map_err(|e| e.to_string())?;
+        let bucket = self
+            .output_bucket
+            .clone()
+            .unwrap_or_else(|| rec.bucket.clone());
+        let key = self
+            .function
+            .output_key(&output_key(&rec.key, &self.output_prefix));
+        self.store
+            .put(
+                &bucket,
+                &key,
+                output,
+                PutOptions {
+                    content_type: Some(self.function.output_content_type(&obj.info)),
+                    owner: None,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("cannot write output: {e}"))?;
+        Ok(OutputRef { bucket, key })
+    }
+}
+
+#[async_trait]
+impl BatchFunction for ObjectFunction {
+    fn name(&self) -> &str {
+        self.function.name()
+    }
+
+    async fn invoke(
+        &self,
+        input: &BatchInput,
+        ctx: &CallContext,
+    ) -> Result<BatchResponse, FunctionError> {
+        let mut outputs = Vec::with_capacity(input.records.len());
+        for record in &input.records {
+            match self.one(record, ctx).await {
+                Ok(out) => outputs.push(out),
+                Err(e) => {
+                    ctx.log_lines(
+                        "stderr",
+                        [format!("record {} failed: {e}", record.sequence_number)],
+                    )
+                    .await;
+                    return Ok(BatchResponse::Items {
+                        outputs,
+                        failure: Some(e),
+                    });
+                }
+            }
+        }
+        Ok(BatchResponse::Items {
+            outputs,
+            failure: None,
+        })
+    }
 }
 
 /// The seed's processing: UTF-8 text upper-cased with Unicode's full case mapping
@@ -37,13 +263,119 @@ impl Function for Uppercase {
     }
 }
 
-/// Looks a built-in function up by name.
-pub fn builtin(name: &str) -> Option<std::sync::Arc<dyn Function>> {
+/// Copies the object unchanged.
+pub struct Copy;
+
+#[async_trait]
+impl Function for Copy {
+    fn name(&self) -> &str {
+        "copy"
+    }
+
+    async fn call(&self, input: Bytes, _info: &ObjectInfo) -> Result<Bytes, FunctionError> {
+        Ok(input)
+    }
+}
+
+/// Writes `<output key>.manifest.json`: the object's bucket, key, size, SHA-256 (computed
+/// from the bytes read, not trusted from metadata), ETag, declared content type and the
+/// content type detected from the bytes.
+pub struct Manifest;
+
+#[async_trait]
+impl Function for Manifest {
+    fn name(&self) -> &str {
+        "manifest"
+    }
+
+    async fn call(&self, input: Bytes, info: &ObjectInfo) -> Result<Bytes, FunctionError> {
+        let sha256 = hex::encode(Sha256::digest(&input));
+        let manifest = serde_json::json!({
+            "bucket": info.bucket,
+            "key": info.key,
+            "size": input.len(),
+            "sha256": sha256,
+            "etag": info.etag,
+            "declaredContentType": info.content_type,
+            "contentType": detect_content_type(&input),
+            "lastModified": chrono::DateTime::from_timestamp_millis(info.last_modified_ms)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        });
+        serde_json::to_vec_pretty(&manifest)
+            .map(Bytes::from)
+            .map_err(|e| FunctionError::Failed(format!("cannot encode manifest: {e}")))
+    }
+
+    fn output_key(&self, key: &str) -> String {
+        format!("{key}.manifest.json")
+    }
+
+    fn output_content_type(&self, _input: &ObjectInfo) -> String {
+        "application/json".into()
+    }
+}
+
+/// Content type from the first bytes (magic numbers), then UTF-8 text / JSON, else
+/// `application/octet-stream`.
+pub fn detect_content_type(b: &[u8]) -> &'static str {
+    const MAGIC: &[(&[u8], &str)] = &[
+        (b"\x89PNG\r\n\x1a\n", "image/png"),
+        (b"\xff\xd8\xff", "image/jpeg"),
+        (b"GIF87a", "image/gif"),
+        (b"GIF89a", "image/gif"),
+        (b"%PDF-", "application/pdf"),
+        (b"PK\x03\x04", "application/zip"),
+        (b"\x1f\x8b", "application/gzip"),
+        (b"BZh", "application/x-bzip2"),
+        (b"\xfd7zXZ\x00", "application/x-xz"),
+        (b"\x28\xb5\x2f\xfd", "application/zstd"),
+        (b"\x7fELF", "application/x-elf"),
+        (b"OggS", "audio/ogg"),
+        (b"ID3", "audio/mpeg"),
+        (b"\x00asm", "application/wasm"),
+    ];
+    for (magic, ct) in MAGIC {
+        if b.starts_with(magic) {
+            return ct;
+        }
+    }
+    if b.len() >= 12 && &b[0..4] == b"RIFF" && &b[8..12] == b"WEBP" {
+        return "image/webp";
+    }
+    if b.len() >= 12 && &b[4..8] == b"ftyp" {
+        return "video/mp4";
+    }
+    match std::str::from_utf8(b) {
+        Ok(text) => {
+            let t = text.trim_start();
+            if (t.starts_with('{') || t.starts_with('['))
+                && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+            {
+                "application/json"
+            } else if t.starts_with("<!DOCTYPE html") || t.starts_with("<html") {
+                "text/html"
+            } else if t.starts_with("<?xml") {
+                "application/xml"
+            } else {
+                "text/plain; charset=utf-8"
+            }
+        }
+        Err(_) => "application/octet-stream",
+    }
+}
+
+/// Looks a built-in function up by name: `uppercase`, `copy`, `manifest`.
+pub fn builtin(name: &str) -> Option<Arc<dyn Function>> {
     match name {
-        "uppercase" => Some(std::sync::Arc::new(Uppercase)),
+        "uppercase" => Some(Arc::new(Uppercase)),
+        "copy" => Some(Arc::new(Copy)),
+        "manifest" => Some(Arc::new(Manifest)),
         _ => None,
     }
 }
+
+/// Names accepted by [`builtin`].
+pub const BUILTINS: &[&str] = &["uppercase", "copy", "manifest"];
 
 #[cfg(test)]
 mod tests {
@@ -76,5 +408,39 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn copy_and_manifest() {
+        let body = Bytes::from_static(b"\x89PNG\r\n\x1a\nrest");
+        assert_eq!(Copy.call(body.clone(), &info()).await.expect("copy"), body);
+        let out = Manifest
+            .call(body.clone(), &info())
+            .await
+            .expect("manifest");
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(v["size"], 12);
+        assert_eq!(v["contentType"], "image/png");
+        assert_eq!(v["sha256"], hex::encode(Sha256::digest(&body)));
+        assert_eq!(
+            Manifest.output_key("processed/a.png"),
+            "processed/a.png.manifest.json"
+        );
+    }
+
+    #[test]
+    fn content_type_detection() {
+        assert_eq!(detect_content_type(b"%PDF-1.7"), "application/pdf");
+        assert_eq!(detect_content_type(b" {\"a\":1}"), "application/json");
+        assert_eq!(
+            detect_content_type(b"{not json"),
+            "text/plain; charset=utf-8"
+        );
+        assert_eq!(detect_content_type(b"hello"), "text/plain; charset=utf-8");
+        assert_eq!(
+            detect_content_type(&[0xff, 0x00, 0x01]),
+            "application/octet-stream"
+        );
+        assert_eq!(detect_content_type(b"\x1f\x8b\x08"), "application/gzip");
     }
 }

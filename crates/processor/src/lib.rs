@@ -1,29 +1,46 @@
-//! Event-source mappings: read a stream shard by shard, hand each record's object to a
-//! processing function, write the function's output, then checkpoint.
+//! Event-source mappings: read a stream shard by shard, hand batches of records to a
+//! function, write what the function produced, then checkpoint — with the delivery
+//! semantics of AWS Lambda's Kinesis event-source mapping.
 //!
-//! A record needs only `{"bucket","key"}` (any producer can feed the pipeline); when it also
-//! carries an `uploadId`, the [`Observer`] is told how processing went, which is how upload
-//! status follows the record.
+//! A record needs only `{"bucket","key"}` for the built-in object functions (any producer can
+//! feed the pipeline); when it also carries an `uploadId`, the [`Observer`] is told how
+//! processing went, which is how upload status follows the record. Batch functions (Lambda
+//! handlers, [`BatchFunction`]) get the records themselves, as the Kinesis event Lambda sends.
 //!
-//! Delivery is at-least-once and ordered per shard: a shard's records are processed one
-//! after the other, and a checkpoint is written only after the outputs of every record
-//! before it are durable. After a restart, reading resumes right after the checkpoint.
+//! Invariants (see [`worker`] for how each is kept):
+//! - Delivery is at-least-once and ordered per partition key (per shard when the
+//!   parallelization factor is 1). A checkpoint is written only after every record up to it
+//!   either succeeded (its outputs durable) or was handed, durably, to the on-failure
+//!   destination (or bypassed when the mapping has none). After a restart, reading resumes
+//!   right after the checkpoint: records of an interrupted batch are delivered again, none is
+//!   skipped.
+//! - A closed parent shard is read to its end before its children are read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_store::{ObjectStore, PutOptions};
-use sluice_stream::{IteratorSpec, Stream, StreamError};
+use sluice_store::ObjectStore;
+use sluice_stream::{Stream, StreamError};
 use tokio::sync::watch;
 
+pub mod destination;
 pub mod embedded;
+pub mod event;
+pub mod exec;
 pub mod functions;
+pub mod lambda;
+pub mod logs;
+pub mod mappings;
+pub mod runner;
+mod worker;
 
-pub use functions::{Function, FunctionError};
+pub use destination::{DestinationSpec, FailureDestination, OnFailureRecord};
+pub use functions::{
+    BatchFunction, BatchInput, BatchResponse, CallContext, Function, FunctionError, ObjectFunction,
+};
+pub use mappings::{FunctionSpec, MappingDefinition, MappingState, MappingStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
@@ -33,6 +50,12 @@ pub enum ProcessorError {
     Checkpoint(String),
     #[error("{0}")]
     InvalidConfig(String),
+    #[error("mapping {0} not found")]
+    NotFound(String),
+    #[error("mapping {0} already exists")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Function(String),
 }
 
 impl From<sluice_db::DbError> for ProcessorError {
@@ -47,11 +70,16 @@ impl From<sluice_db::rusqlite::Error> for ProcessorError {
     }
 }
 
-/// Where a mapping starts reading a shard it has no checkpoint for.
+/// Where a mapping starts reading a shard it has no checkpoint for (Lambda's
+/// `StartingPosition`). A child shard of a closed parent is always read from its start
+/// (TRIM_HORIZON) once the parent is done, whatever this says, so nothing between parent and
+/// child is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StartingPosition {
-    /// Records that arrive from the mapping's creation on.
+    /// Records that arrive from the mapping's creation on. Pinned to the creation time, so a
+    /// mapping that starts late (or restarts before its first checkpoint) still sees every
+    /// record that arrived after it was created.
     Latest,
     /// The oldest record still retained.
     TrimHorizon,
@@ -59,35 +87,162 @@ pub enum StartingPosition {
     AtTimestamp(i64),
 }
 
-/// One event-source mapping: a stream, a function, and how to deliver.
-#[derive(Debug, Clone)]
+/// Lambda's only function response type: the function reports which records failed.
+pub const REPORT_BATCH_ITEM_FAILURES: &str = "ReportBatchItemFailures";
+
+/// One event-source mapping: a stream, a function, and how to deliver. Field names and
+/// ranges follow Lambda's `CreateEventSourceMapping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MappingConfig {
     pub name: String,
     pub stream: String,
-    /// Records per function batch (the seed's mapping uses 10).
+    /// Records per function batch, 1–10,000 (`BatchSize`; Lambda's default is 100, the
+    /// seed's mapping uses 10).
     pub batch_size: usize,
     pub starting_position: StartingPosition,
-    /// Attempts per record before it is reported failed and the shard moves on.
+    /// Invocations of a failing batch before its records go to the on-failure destination:
+    /// `MaximumRetryAttempts + 1`. `0` retries until the records expire (Lambda's `-1`, its
+    /// default). See [`MappingConfig::maximum_retry_attempts`].
     pub max_attempts: u32,
-    /// Bucket for outputs; `None` writes beside the input.
+    /// Bucket for the outputs of object functions; `None` writes beside the input.
     pub output_bucket: Option<String>,
     /// Output key: the input key with its `uploads/` prefix replaced by this (or this
     /// prefixed to the whole key when the input is not under `uploads/`).
     pub output_prefix: String,
+    /// How long to gather records before invoking, 0–300 s
+    /// (`MaximumBatchingWindowInSeconds`). With 0 a batch is invoked as soon as records
+    /// are there.
+    #[serde(default)]
+    pub maximum_batching_window_secs: u32,
+    /// Concurrent batches per shard, 1–10 (`ParallelizationFactor`). Records with the same
+    /// partition key always go to the same batch lane, so their order is kept.
+    #[serde(default = "one")]
+    pub parallelization_factor: u32,
+    /// Records older than this are not sent to the function but to the on-failure
+    /// destination: `-1` (default) = until the stream's retention drops them, else 60–604,800
+    /// (`MaximumRecordAgeInSeconds`).
+    #[serde(default = "minus_one")]
+    pub maximum_record_age_secs: i64,
+    /// On a function error, split the batch in two and retry each half; splitting does not
+    /// use up retries (`BisectBatchOnFunctionError`).
+    #[serde(default)]
+    pub bisect_batch_on_function_error: bool,
+    /// `["ReportBatchItemFailures"]` to honour partial batch responses
+    /// (`FunctionResponseTypes`).
+    #[serde(default)]
+    pub function_response_types: Vec<String>,
+    /// Where records that could not be processed are described (`DestinationConfig.OnFailure`).
+    #[serde(default)]
+    pub on_failure: Option<DestinationSpec>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn minus_one() -> i64 {
+    -1
 }
 
 impl MappingConfig {
-    pub fn validate(&self) -> Result<(), ProcessorError> {
-        if !(1..=10_000).contains(&self.batch_size) {
+    /// A mapping with Lambda's defaults: batch size 100, LATEST, no batching window,
+    /// parallelization 1, retries and record age unlimited (-1), no bisect, no partial batch
+    /// responses, no destination; object outputs under `processed/` beside the input.
+    pub fn new(name: impl Into<String>, stream: impl Into<String>) -> Self {
+        MappingConfig {
+            name: name.into(),
+            stream: stream.into(),
+            batch_size: 100,
+            starting_position: StartingPosition::Latest,
+            max_attempts: 0,
+            output_bucket: None,
+            output_prefix: "processed/".into(),
+            maximum_batching_window_secs: 0,
+            parallelization_factor: 1,
+            maximum_record_age_secs: -1,
+            bisect_batch_on_function_error: false,
+            function_response_types: Vec::new(),
+            on_failure: None,
+        }
+    }
+
+    /// Lambda's `MaximumRetryAttempts`: -1 for unlimited, else 0–10,000.
+    pub fn maximum_retry_attempts(&self) -> i64 {
+        if self.max_attempts == 0 {
+            -1
+        } else {
+            i64::from(self.max_attempts) - 1
+        }
+    }
+
+    /// Sets [`MappingConfig::max_attempts`] from Lambda's `MaximumRetryAttempts`.
+    pub fn set_maximum_retry_attempts(&mut self, retries: i64) -> Result<(), ProcessorError> {
+        if retries == -1 {
+            self.max_attempts = 0;
+            return Ok(());
+        }
+        if !(0..=10_000).contains(&retries) {
             return Err(ProcessorError::InvalidConfig(format!(
-                "batch size must be between 1 and 10000, got {}",
-                self.batch_size
+                "maximum retry attempts must be -1 or between 0 and 10000, got {retries}"
             )));
         }
-        if self.max_attempts == 0 {
-            return Err(ProcessorError::InvalidConfig(
-                "max attempts must be at least 1".into(),
+        self.max_attempts = retries as u32 + 1;
+        Ok(())
+    }
+
+    pub fn reports_batch_item_failures(&self) -> bool {
+        self.function_response_types
+            .iter()
+            .any(|t| t == REPORT_BATCH_ITEM_FAILURES)
+    }
+
+    pub fn validate(&self) -> Result<(), ProcessorError> {
+        let bad = |m: String| Err(ProcessorError::InvalidConfig(m));
+        if self.name.is_empty() || self.name.len() > 140 {
+            return bad(format!(
+                "mapping name must be 1 to 140 characters, got {:?}",
+                self.name
             ));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return bad(format!(
+                "batch size must be between 1 and 10000, got {}",
+                self.batch_size
+            ));
+        }
+        if self.max_attempts > 10_001 {
+            return bad(format!(
+                "max attempts must be at most 10001 (10000 retries), got {}",
+                self.max_attempts
+            ));
+        }
+        if self.maximum_batching_window_secs > 300 {
+            return bad(format!(
+                "maximum batching window must be between 0 and 300 seconds, got {}",
+                self.maximum_batching_window_secs
+            ));
+        }
+        if !(1..=10).contains(&self.parallelization_factor) {
+            return bad(format!(
+                "parallelization factor must be between 1 and 10, got {}",
+                self.parallelization_factor
+            ));
+        }
+        let age = self.maximum_record_age_secs;
+        if age != -1 && !(60..=604_800).contains(&age) {
+            return bad(format!(
+                "maximum record age must be -1 or between 60 and 604800 seconds, got {age}"
+            ));
+        }
+        for t in &self.function_response_types {
+            if t != REPORT_BATCH_ITEM_FAILURES {
+                return bad(format!(
+                    "unknown function response type {t:?} (only {REPORT_BATCH_ITEM_FAILURES} exists)"
+                ));
+            }
+        }
+        if let Some(d) = &self.on_failure {
+            d.validate()?;
         }
         Ok(())
     }
@@ -136,27 +291,76 @@ impl Observer for NoObserver {
     async fn failed(&self, _: &str, _: &str) {}
 }
 
-/// Counters of a mapping.
+/// What a mapping is doing and how it went, as Lambda's `GetEventSourceMapping`
+/// (`State`, `LastProcessingResult`) and its CloudWatch metrics (`IteratorAge`, …) report.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct MappingStats {
+    /// `Enabled` while workers run, `Disabled` once they stopped.
+    pub state: String,
+    /// `OK`, `PROBLEM: Function call failed`, or empty before the first batch.
+    pub last_processing_result: String,
+    /// Records read from the stream.
     pub records_in: u64,
+    /// Records the function processed successfully.
     pub succeeded: u64,
+    /// Records given up on (sent to the on-failure destination or bypassed).
     pub failed: u64,
+    /// Function invocations.
     pub batches: u64,
+    /// Invocations that failed (each retry counts).
+    pub function_errors: u64,
+    /// Duration of the last invocation.
     pub last_batch_ms: u64,
+    /// Iterator age (`MillisBehindLatest`) of the last read, the largest over shards.
     pub millis_behind_latest: i64,
+    /// Iterator age of each shard's last read.
+    pub millis_behind_latest_by_shard: std::collections::BTreeMap<String, i64>,
     pub last_error: Option<String>,
+}
+
+/// Account and region used to build the ARNs in events and failure records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsIdentity {
+    pub region: String,
+    pub account_id: String,
+}
+
+impl Default for AwsIdentity {
+    fn default() -> Self {
+        AwsIdentity {
+            region: "us-east-2".into(),
+            account_id: "000000000000".into(),
+        }
+    }
+}
+
+impl AwsIdentity {
+    pub fn stream_arn(&self, stream: &str) -> String {
+        format!(
+            "arn:aws:kinesis:{}:{}:stream/{stream}",
+            self.region, self.account_id
+        )
+    }
+
+    pub fn function_arn(&self, function: &str) -> String {
+        format!(
+            "arn:aws:lambda:{}:{}:function:{function}",
+            self.region, self.account_id
+        )
+    }
 }
 
 /// Runs mappings.
 #[derive(Clone)]
 pub struct Processor {
-    stream: Arc<dyn Stream>,
-    store: Arc<dyn ObjectStore>,
-    checkpoints: Arc<dyn Checkpoints>,
-    observer: Arc<dyn Observer>,
-    stats: Arc<Mutex<HashMap<String, MappingStats>>>,
+    pub(crate) stream: Arc<dyn Stream>,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) checkpoints: Arc<dyn Checkpoints>,
+    pub(crate) observer: Arc<dyn Observer>,
+    pub(crate) stats: Arc<Mutex<HashMap<String, MappingStats>>>,
+    pub(crate) aws: AwsIdentity,
+    pub(crate) logs: Option<Arc<dyn logs::LogSink>>,
 }
 
 impl Processor {
@@ -172,19 +376,62 @@ impl Processor {
             checkpoints,
             observer,
             stats: Arc::new(Mutex::new(HashMap::new())),
+            aws: AwsIdentity::default(),
+            logs: None,
         }
+    }
+
+    /// Sends functions' log lines (and Lambda's START/END/REPORT lines) to `logs`.
+    pub fn with_logs(mut self, logs: Arc<dyn logs::LogSink>) -> Self {
+        self.logs = Some(logs);
+        self
+    }
+
+    /// Sets the region and account used in ARNs (default `us-east-2`, `000000000000`).
+    pub fn with_aws_identity(mut self, aws: AwsIdentity) -> Self {
+        self.aws = aws;
+        self
+    }
+
+    pub fn aws_identity(&self) -> &AwsIdentity {
+        &self.aws
     }
 
     pub fn stats(&self) -> HashMap<String, MappingStats> {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Starts one worker per shard of the mapping's stream and returns; workers stop when
-    /// `shutdown` turns true.
+    /// Builds the destination a spec names, on this processor's stream and store.
+    pub fn destination(&self, spec: &DestinationSpec) -> Arc<dyn FailureDestination> {
+        spec.build(self.stream.clone(), self.store.clone())
+    }
+
+    /// Runs an object function (bytes of the object in, bytes of the output out) for every
+    /// record of the mapping; see [`ObjectFunction`] for how outputs and failures map onto
+    /// the batch semantics. Returns the mapping's supervisor task: it starts a worker per
+    /// shard (and for shards that appear later), and ends once `shutdown` turned true and
+    /// every worker stopped.
     pub async fn start(
         &self,
         mapping: MappingConfig,
         function: Arc<dyn Function>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, ProcessorError> {
+        let f = ObjectFunction::new(
+            function,
+            self.store.clone(),
+            mapping.output_bucket.clone(),
+            mapping.output_prefix.clone(),
+        );
+        self.start_batch(mapping, Arc::new(f), shutdown).await
+    }
+
+    /// Runs a batch function (it receives the records of a batch, as a Lambda function
+    /// receives a Kinesis event) for the mapping.
+    pub async fn start_batch(
+        &self,
+        mapping: MappingConfig,
+        function: Arc<dyn BatchFunction>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Vec<tokio::task::JoinHandle<()>>, ProcessorError> {
         mapping.validate()?;
@@ -192,250 +439,92 @@ impl Processor {
             .checkpoints
             .register(&mapping.name, &mapping.stream)
             .await?;
-        let desc = self.stream.describe_stream(&mapping.stream).await?;
-        let mapping = Arc::new(mapping);
-        let mut handles = Vec::new();
-        for shard in desc.shards {
-            let worker = ShardWorker {
-                p: self.clone(),
-                mapping: mapping.clone(),
-                function: function.clone(),
-                shard_id: shard.shard_id,
-                created_ms,
-            };
-            let sd = shutdown.clone();
-            handles.push(tokio::spawn(async move { worker.run(sd).await }));
-        }
-        Ok(handles)
+        // Fail early on a missing stream instead of inside the workers.
+        self.stream.describe_stream(&mapping.stream).await?;
+        let destination = mapping.on_failure.as_ref().map(|d| self.destination(d));
+        self.update_stats(&mapping.name, |s| s.state = "Enabled".into());
+        let sup = worker::Supervisor {
+            p: self.clone(),
+            mapping: Arc::new(mapping),
+            function,
+            destination,
+            created_ms,
+        };
+        Ok(vec![tokio::spawn(sup.run(shutdown))])
     }
 
-    fn update_stats(&self, mapping: &str, f: impl FnOnce(&mut MappingStats)) {
+    /// Starts a persisted mapping: builds its function from the definition (built-ins and
+    /// `exec` run as object functions, `lambda` as a batch function with warm workers) and
+    /// runs it as [`Processor::start_batch`] does. A disabled mapping is refused.
+    pub async fn start_definition(
+        &self,
+        def: &MappingDefinition,
+        lambda_env: &lambda::LambdaEnvironment,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, ProcessorError> {
+        def.validate()?;
+        if def.state != MappingState::Enabled {
+            return Err(ProcessorError::InvalidConfig(format!(
+                "mapping {} is disabled",
+                def.name()
+            )));
+        }
+        let function = self.build_function(def, lambda_env)?;
+        self.start_batch(def.config.clone(), function, shutdown)
+            .await
+    }
+
+    /// The function a definition names.
+    pub fn build_function(
+        &self,
+        def: &MappingDefinition,
+        lambda_env: &lambda::LambdaEnvironment,
+    ) -> Result<Arc<dyn BatchFunction>, ProcessorError> {
+        let object = |f: Arc<dyn Function>| -> Arc<dyn BatchFunction> {
+            Arc::new(ObjectFunction::new(
+                f,
+                self.store.clone(),
+                def.config.output_bucket.clone(),
+                def.config.output_prefix.clone(),
+            ))
+        };
+        let failed = |e: FunctionError| ProcessorError::Function(e.to_string());
+        Ok(match &def.function {
+            FunctionSpec::Builtin { name } => {
+                object(functions::builtin(name).ok_or_else(|| {
+                    ProcessorError::InvalidConfig(format!("unknown built-in function {name:?}"))
+                })?)
+            }
+            FunctionSpec::Exec { argv } => object(Arc::new(
+                exec::Exec::new(
+                    argv.clone(),
+                    def.settings.environment.clone(),
+                    std::time::Duration::from_secs(def.settings.timeout_secs),
+                )
+                .map_err(failed)?,
+            )),
+            FunctionSpec::Lambda {
+                runtime,
+                code_dir,
+                handler,
+            } => Arc::new(
+                lambda::LambdaFunction::new(
+                    def.name(),
+                    *runtime,
+                    code_dir,
+                    handler.clone(),
+                    def.settings.clone(),
+                    lambda_env.clone(),
+                )
+                .map_err(failed)?,
+            ),
+        })
+    }
+
+    pub(crate) fn update_stats(&self, mapping: &str, f: impl FnOnce(&mut MappingStats)) {
         if let Ok(mut s) = self.stats.lock() {
             f(s.entry(mapping.to_owned()).or_default());
         }
-    }
-}
-
-struct ShardWorker {
-    p: Processor,
-    mapping: Arc<MappingConfig>,
-    function: Arc<dyn Function>,
-    shard_id: String,
-    created_ms: i64,
-}
-
-/// How long a worker at the tail waits for a wake-up before looking again anyway.
-const IDLE_WAIT: Duration = Duration::from_secs(1);
-
-impl ShardWorker {
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let m = &self.mapping;
-        let mut changes = self.p.stream.watch(&m.stream);
-        let mut iterator: Option<String> = None;
-        let mut failures = 0u32;
-        while !*shutdown.borrow() {
-            let it = match iterator.take() {
-                Some(it) => it,
-                None => match self.fresh_iterator().await {
-                    Ok(it) => it,
-                    Err(e) => {
-                        failures += 1;
-                        self.pause_after_error(
-                            "cannot get a shard iterator",
-                            &e,
-                            failures,
-                            &mut shutdown,
-                        )
-                        .await;
-                        continue;
-                    }
-                },
-            };
-            // Mark before reading: a commit between this read and the wait below still wakes us.
-            changes.borrow_and_update();
-            let out = match self.p.stream.get_records(&it, m.batch_size).await {
-                Ok(out) => out,
-                Err(StreamError::ExpiredIterator(_)) => continue,
-                Err(e) => {
-                    failures += 1;
-                    self.pause_after_error("cannot read records", &e, failures, &mut shutdown)
-                        .await;
-                    continue;
-                }
-            };
-            failures = 0;
-            self.p.update_stats(&m.name, |s| {
-                s.millis_behind_latest = out.millis_behind_latest;
-            });
-            if out.records.is_empty() {
-                let Some(next) = out.next_iterator else {
-                    tracing::info!(mapping = %m.name, shard = %self.shard_id, "shard closed and drained");
-                    return;
-                };
-                iterator = Some(next);
-                tokio::select! {
-                    _ = changes.changed() => {}
-                    _ = tokio::time::sleep(IDLE_WAIT) => {}
-                    _ = shutdown.changed() => {}
-                }
-                continue;
-            }
-            let started = std::time::Instant::now();
-            let last_seq = out
-                .records
-                .last()
-                .map(|r| r.sequence_number.clone())
-                .unwrap_or_default();
-            for record in &out.records {
-                if *shutdown.borrow() {
-                    // Stop before the batch is done: nothing after the checkpoint is
-                    // lost, the rest is delivered again at next start.
-                    return;
-                }
-                self.process(&record.data, &record.sequence_number).await;
-            }
-            if let Err(e) = self
-                .p
-                .checkpoints
-                .save(&m.name, &self.shard_id, &last_seq)
-                .await
-            {
-                // Without the checkpoint the batch will be delivered again; that is the
-                // at-least-once contract, so carry on from a fresh iterator.
-                tracing::warn!(mapping = %m.name, shard = %self.shard_id, error = %e, "checkpoint failed");
-                continue;
-            }
-            let n = out.records.len() as u64;
-            self.p.update_stats(&m.name, |s| {
-                s.batches += 1;
-                s.records_in += n;
-                s.last_batch_ms = started.elapsed().as_millis() as u64;
-            });
-            iterator = out.next_iterator;
-            if iterator.is_none() {
-                tracing::info!(mapping = %m.name, shard = %self.shard_id, "shard closed and drained");
-                return;
-            }
-        }
-    }
-
-    async fn fresh_iterator(&self) -> Result<String, ProcessorError> {
-        let m = &self.mapping;
-        let spec = match self.p.checkpoints.load(&m.name, &self.shard_id).await? {
-            Some(seq) => IteratorSpec::AfterSequenceNumber(seq),
-            None => match m.starting_position {
-                StartingPosition::Latest => IteratorSpec::AtTimestamp(self.created_ms),
-                StartingPosition::TrimHorizon => IteratorSpec::TrimHorizon,
-                StartingPosition::AtTimestamp(t) => IteratorSpec::AtTimestamp(t),
-            },
-        };
-        Ok(self
-            .p
-            .stream
-            .get_shard_iterator(&m.stream, &self.shard_id, spec)
-            .await?)
-    }
-
-    async fn pause_after_error(
-        &self,
-        what: &str,
-        e: &(dyn std::fmt::Display + Sync),
-        failures: u32,
-        shutdown: &mut watch::Receiver<bool>,
-    ) {
-        tracing::warn!(mapping = %self.mapping.name, shard = %self.shard_id, error = %e, "{what}");
-        let wait = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => {}
-        }
-    }
-
-    /// Processes one record, retrying up to the mapping's attempts. Never fails: a record
-    /// that cannot be processed is reported and skipped, so it cannot block its shard.
-    async fn process(&self, data: &Bytes, seq: &str) {
-        let m = &self.mapping;
-        let rec: RecordRef = match serde_json::from_slice(data) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(mapping = %m.name, shard = %self.shard_id, sequence = seq, error = %e,
-                    "record is not an object reference ({{\"bucket\",\"key\"}}); skipped");
-                self.p.update_stats(&m.name, |s| {
-                    s.failed += 1;
-                    s.last_error = Some(format!("record {seq}: {e}"));
-                });
-                return;
-            }
-        };
-        if let Some(id) = &rec.upload_id {
-            self.p.observer.started(id).await;
-        }
-        let out_bucket = m
-            .output_bucket
-            .clone()
-            .unwrap_or_else(|| rec.bucket.clone());
-        let out_key = output_key(&rec.key, &m.output_prefix);
-        let mut last_err = String::new();
-        for attempt in 1..=m.max_attempts {
-            match self.attempt(&rec, &out_bucket, &out_key).await {
-                Ok(()) => {
-                    if let Some(id) = &rec.upload_id {
-                        self.p.observer.succeeded(id, &out_bucket, &out_key).await;
-                    }
-                    self.p.update_stats(&m.name, |s| s.succeeded += 1);
-                    return;
-                }
-                Err(e) => {
-                    last_err = e;
-                    tracing::warn!(mapping = %m.name, key = %rec.key, attempt, error = %last_err,
-                        "processing failed");
-                    if attempt < m.max_attempts {
-                        tokio::time::sleep(Duration::from_millis(50 * 2u64.pow(attempt))).await;
-                    }
-                }
-            }
-        }
-        if let Some(id) = &rec.upload_id {
-            self.p.observer.failed(id, &last_err).await;
-        }
-        self.p.update_stats(&m.name, |s| {
-            s.failed += 1;
-            s.last_error = Some(last_err.clone());
-        });
-    }
-
-    async fn attempt(
-        &self,
-        rec: &RecordRef,
-        out_bucket: &str,
-        out_key: &str,
-    ) -> Result<(), String> {
-        let obj = self
-            .p
-            .store
-            .get(&rec.bucket, &rec.key)
-            .await
-            .map_err(|e| format!("cannot read input: {e}"))?;
-        let output = self
-            .function
-            .call(obj.body, &obj.info)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.p
-            .store
-            .put(
-                out_bucket,
-                out_key,
-                output,
-                PutOptions {
-                    content_type: Some(obj.info.content_type.clone()),
-                    owner: None,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| format!("cannot write output: {e}"))?;
-        Ok(())
     }
 }
 
@@ -461,5 +550,33 @@ mod tests {
             output_key("x/demo.txt", "processed/"),
             "processed/x/demo.txt"
         );
+    }
+
+    #[test]
+    fn config_validation_follows_lambda_ranges() {
+        let ok = MappingConfig::new("m", "s");
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.maximum_retry_attempts(), -1);
+        let mut c = ok.clone();
+        c.batch_size = 10_001;
+        assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.parallelization_factor = 11;
+        assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.maximum_record_age_secs = 59;
+        assert!(c.validate().is_err());
+        c.maximum_record_age_secs = 60;
+        assert!(c.validate().is_ok());
+        let mut c = ok.clone();
+        c.maximum_batching_window_secs = 301;
+        assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.function_response_types = vec!["Other".into()];
+        assert!(c.validate().is_err());
+        let mut c = ok;
+        c.set_maximum_retry_attempts(2).expect("in range");
+        assert_eq!((c.max_attempts, c.maximum_retry_attempts()), (3, 2));
+        assert!(c.set_maximum_retry_attempts(-2).is_err());
     }
 }

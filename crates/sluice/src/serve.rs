@@ -104,6 +104,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
                 max_attempts: settings.max_attempts,
                 output_bucket: settings.processed_bucket.clone(),
                 output_prefix: "processed/".into(),
+                ..MappingConfig::new(BUILTIN_MAPPING, settings.stream.clone())
             },
             Arc::new(sluice_processor::functions::Uppercase),
             shutdown_rx.clone(),

@@ -1,0 +1,232 @@
+//! Function logs: what functions write to stdout and stderr, line by line, tagged with the
+//! invocation's request id (as CloudWatch Logs keeps a Lambda function's output), plus the
+//! `START` / `END` / `REPORT` platform lines Lambda writes around each invocation.
+//!
+//! [`EmbeddedLogs`] keeps them per mapping in the shared database, newest
+//! [`EmbeddedLogs::DEFAULT_KEEP`] lines per mapping, and lets readers tail and follow them.
+//! Ids grow strictly, so "everything after id N" is how a follower resumes.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sluice_db::Db;
+use sluice_db::rusqlite::params;
+use tokio::sync::watch;
+
+use crate::ProcessorError;
+
+/// One line of a function's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
+    /// Position in the log; 0 until stored.
+    pub id: i64,
+    pub mapping: String,
+    pub ts_ms: i64,
+    pub request_id: String,
+    /// `stdout`, `stderr` or `platform`.
+    pub stream: String,
+    pub line: String,
+}
+
+/// Where functions' log lines go. Appending never fails the invocation: a sink that cannot
+/// store lines reports that itself.
+#[async_trait]
+pub trait LogSink: Send + Sync + 'static {
+    async fn append(&self, lines: Vec<LogLine>);
+}
+
+/// Function logs in the shared embedded database (table `function_logs`, created by the
+/// `processor-0002` migration).
+#[derive(Clone)]
+pub struct EmbeddedLogs {
+    db: Db,
+    keep: i64,
+    changed: std::sync::Arc<watch::Sender<u64>>,
+}
+
+impl EmbeddedLogs {
+    /// Lines kept per mapping; older ones are dropped as new ones arrive.
+    pub const DEFAULT_KEEP: i64 = 10_000;
+
+    pub fn new(db: Db) -> Self {
+        EmbeddedLogs {
+            db,
+            keep: Self::DEFAULT_KEEP,
+            changed: std::sync::Arc::new(watch::channel(0).0),
+        }
+    }
+
+    pub fn with_keep(mut self, keep: i64) -> Self {
+        self.keep = keep.max(1);
+        self
+    }
+
+    /// Stores lines; returns them with their ids.
+    pub async fn store(&self, lines: Vec<LogLine>) -> Result<Vec<LogLine>, ProcessorError> {
+        let keep = self.keep;
+        let stored = self
+            .db
+            .write(move |c| {
+                let mut out = Vec::with_capacity(lines.len());
+                let mut st = c.prepare_cached(
+                    "INSERT INTO function_logs (mapping, ts_ms, request_id, stream, line)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                let mut mappings = std::collections::BTreeSet::new();
+                for mut l in lines {
+                    st.execute(params![l.mapping, l.ts_ms, l.request_id, l.stream, l.line])?;
+                    l.id = c.last_insert_rowid();
+                    mappings.insert(l.mapping.clone());
+                    out.push(l);
+                }
+                for m in mappings {
+                    c.execute(
+                        "DELETE FROM function_logs WHERE mapping = ?1 AND id <=
+                         (SELECT MAX(id) FROM function_logs WHERE mapping = ?1) - ?2",
+                        params![m, keep],
+                    )?;
+                }
+                Ok::<_, ProcessorError>(out)
+            })
+            .await?;
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        Ok(stored)
+    }
+
+    /// The last `n` lines of a mapping, oldest first.
+    pub async fn tail(&self, mapping: &str, n: usize) -> Result<Vec<LogLine>, ProcessorError> {
+        let m = mapping.to_owned();
+        let mut lines = self
+            .db
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT id, mapping, ts_ms, request_id, stream, line FROM function_logs
+                     WHERE mapping = ?1 ORDER BY id DESC LIMIT ?2",
+                )?;
+                let rows = st
+                    .query_map(params![m, n as i64], row_to_line)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, ProcessorError>(rows)
+            })
+            .await?;
+        lines.reverse();
+        Ok(lines)
+    }
+
+    /// Lines of a mapping with an id greater than `after_id`, oldest first, at most `limit`.
+    pub async fn after(
+        &self,
+        mapping: &str,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, ProcessorError> {
+        let m = mapping.to_owned();
+        self.db
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT id, mapping, ts_ms, request_id, stream, line FROM function_logs
+                     WHERE mapping = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                )?;
+                let rows = st
+                    .query_map(params![m, after_id, limit as i64], row_to_line)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, ProcessorError>(rows)
+            })
+            .await
+    }
+
+    /// Follows a log: waits up to `wait` for lines after `after_id` and returns them (empty
+    /// when none came). Call again with the last id returned to keep following.
+    pub async fn follow(
+        &self,
+        mapping: &str,
+        after_id: i64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<LogLine>, ProcessorError> {
+        let mut changes = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            changes.borrow_and_update();
+            let lines = self.after(mapping, after_id, limit).await?;
+            if !lines.is_empty() {
+                return Ok(lines);
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
+        }
+    }
+}
+
+fn row_to_line(r: &sluice_db::rusqlite::Row<'_>) -> sluice_db::rusqlite::Result<LogLine> {
+    Ok(LogLine {
+        id: r.get(0)?,
+        mapping: r.get(1)?,
+        ts_ms: r.get(2)?,
+        request_id: r.get(3)?,
+        stream: r.get(4)?,
+        line: r.get(5)?,
+    })
+}
+
+#[async_trait]
+impl LogSink for EmbeddedLogs {
+    async fn append(&self, lines: Vec<LogLine>) {
+        if let Err(e) = self.store(lines).await {
+            tracing::warn!(error = %e, "cannot store function log lines");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(m: &str, l: &str) -> LogLine {
+        LogLine {
+            id: 0,
+            mapping: m.into(),
+            ts_ms: 1,
+            request_id: "r".into(),
+            stream: "stdout".into(),
+            line: l.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn tail_follow_and_trim() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("l.db"), crate::embedded::MIGRATIONS).expect("db");
+        let logs = EmbeddedLogs::new(db).with_keep(3);
+        logs.store((0..5).map(|i| line("a", &format!("l{i}"))).collect())
+            .await
+            .expect("store");
+        logs.store(vec![line("b", "other")]).await.expect("store");
+        let tail = logs.tail("a", 10).await.expect("tail");
+        let texts: Vec<_> = tail.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["l2", "l3", "l4"],
+            "only the newest 3 are kept, oldest first"
+        );
+        let last = tail.last().map(|l| l.id).unwrap_or_default();
+        assert!(
+            logs.follow("a", last, 10, Duration::from_millis(10))
+                .await
+                .expect("f")
+                .is_empty()
+        );
+        let follower = {
+            let logs = logs.clone();
+            tokio::spawn(async move { logs.follow("a", last, 10, Duration::from_secs(30)).await })
+        };
+        logs.store(vec![line("a", "new")]).await.expect("store");
+        let got = follower.await.expect("join").expect("follow");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].line, "new");
+    }
+}
