@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod embedded;
 mod iterator;
 
@@ -429,6 +431,11 @@ pub fn check_tag(key: &str, value: &str) -> Result<(), StreamError> {
         )));
     }
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch, by the clock the embedded backend stamps records with.
+pub fn embedded_now_ms() -> i64 {
+    sluice_db::now_ms()
 }
 
 /// The 128-bit hash of a partition key: its MD5 digest read as a big-endian integer.
