@@ -1,4 +1,5 @@
 use super::*;
+use crate::ListShardsInput;
 
 fn open() -> (EmbeddedStream, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -164,4 +165,99 @@ async fn sequence_numbers_survive_reopen_and_trimming() {
     let s2 = EmbeddedStream::open(db).expect("stream");
     let second = s2.put_record("s", rec("k", "b")).await.expect("put");
     assert!(second.sequence_number > first.sequence_number);
+}
+
+const HOUR: i64 = 3_600_000;
+
+#[tokio::test]
+async fn retention_trims_records_and_expired_shards_and_honours_changes() {
+    let (s, _d) = open();
+    s.create_stream("r", 1).await.expect("create");
+    let first = s.put_record("r", rec("k", "old")).await.expect("put");
+    s.increase_retention("r", 48).await.expect("increase");
+    let now = now_ms();
+    assert_eq!(
+        s.trim_expired(now + 25 * HOUR).await.expect("trim"),
+        TrimReport::default(),
+        "48 h retention keeps a record 25 h old"
+    );
+    s.decrease_retention("r", 24).await.expect("decrease");
+    s.split_shard("r", &shard_id(0), 1 << 100)
+        .await
+        .expect("split");
+    let report = s.trim_expired(now + 25 * HOUR).await.expect("trim");
+    assert_eq!(
+        report,
+        TrimReport {
+            records: 1,
+            shards: 1
+        }
+    );
+    // The closed parent is gone everywhere; TRIM_HORIZON of the children starts after it.
+    assert!(matches!(
+        s.get_shard_iterator("r", &shard_id(0), IteratorSpec::TrimHorizon)
+            .await,
+        Err(StreamError::ResourceNotFound(_))
+    ));
+    let listed = s
+        .list_shards(ListShardsInput {
+            stream: Some("r".into()),
+            ..ListShardsInput::default()
+        })
+        .await
+        .expect("list");
+    let ids: Vec<_> = listed.shards.iter().map(|x| x.shard_id.clone()).collect();
+    assert_eq!(ids, vec![shard_id(1), shard_id(2)]);
+    let next = s.put_record("r", rec("k", "new")).await.expect("put");
+    assert!(next.sequence_number > first.sequence_number);
+    // A record trimmed from an open shard is gone for every iterator type.
+    s.trim_expired(now_ms() + 25 * HOUR).await.expect("trim");
+    for spec in [
+        IteratorSpec::TrimHorizon,
+        IteratorSpec::AtTimestamp(0),
+        IteratorSpec::AtSequenceNumber(next.sequence_number.clone()),
+    ] {
+        let it = s
+            .get_shard_iterator("r", &next.shard_id, spec)
+            .await
+            .expect("iterator");
+        assert!(
+            s.get_records(&it, 10)
+                .await
+                .expect("get")
+                .records
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_reports_a_clean_database() {
+    let (s, _d) = open();
+    s.create_stream("c", 2).await.expect("create");
+    for i in 0..20 {
+        s.put_record("c", rec(&format!("k{i}"), "v"))
+            .await
+            .expect("put");
+    }
+    let report = s.check().await.expect("check");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.records_checked, 20);
+}
+
+#[test]
+fn appends_work_on_a_current_thread_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.db"), MIGRATIONS).expect("db");
+    let s = EmbeddedStream::open(db).expect("stream");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        s.create_stream("x", 1).await.expect("create");
+        let a = s.put_record("x", rec("k", "a")).await.expect("put");
+        let b = s.put_record("x", rec("k", "b")).await.expect("put");
+        assert!(a.sequence_number < b.sequence_number);
+    });
 }
