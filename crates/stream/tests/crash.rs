@@ -184,7 +184,10 @@ fn kill_9_during_concurrent_appends_loses_no_acknowledged_record() {
         high = verify(&path, &acked);
     }
     assert!(acked.len() >= ROUNDS as usize * 20);
-    eprintln!("{} acknowledged records checked over {ROUNDS} kill -9 rounds", acked.len());
+    eprintln!(
+        "{} acknowledged records checked over {ROUNDS} kill -9 rounds",
+        acked.len()
+    );
 }
 
 /// Reopens the database and checks every acknowledged record. Returns the highest number
