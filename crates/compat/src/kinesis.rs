@@ -70,6 +70,9 @@ impl From<StreamError> for KinesisError {
             StreamError::InvalidArgument(m) => err("InvalidArgumentException", m),
             StreamError::ExpiredIterator(m) => err("ExpiredIteratorException", m),
             StreamError::LimitExceeded(m) => err("LimitExceededException", m),
+            StreamError::ProvisionedThroughputExceeded(m) => {
+                err("ProvisionedThroughputExceededException", m)
+            }
             StreamError::Backend(detail) => {
                 tracing::error!(error = %detail, "kinesis request failed");
                 KinesisError {
@@ -417,7 +420,9 @@ async fn put_records(ctx: &KinesisContext, req: &Value) -> OpResult {
             Err(e) => {
                 failed += 1;
                 let code = match e {
-                    StreamError::LimitExceeded(_) => "ProvisionedThroughputExceededException",
+                    StreamError::ProvisionedThroughputExceeded(_) => {
+                        "ProvisionedThroughputExceededException"
+                    }
                     _ => "InternalFailure",
                 };
                 json!({"ErrorCode": code, "ErrorMessage": e.to_string()})

@@ -1,65 +1,50 @@
 //! The embedded stream backend: records in the shared SQLite database ([`sluice_db::Db`]),
 //! appended through its group-commit writer.
 //!
-//! Each shard keeps its own `next_counter`, advanced in the same transaction as the insert,
-//! so sequence numbers never repeat or go backwards — not after a crash, not after every
-//! record has been trimmed. Arrival timestamps are kept non-decreasing per shard so that
-//! AT_TIMESTAMP positions and retention trimming agree with sequence order.
+//! Invariants:
+//! - Each shard keeps its own `next_counter`, advanced in the same transaction as the
+//!   insert, so sequence numbers never repeat or go backwards — not after a crash, not after
+//!   every record has been trimmed. Shard indexes come from the stream's `next_shard_idx`,
+//!   which only grows, so a shard id is never reused either.
+//! - Arrival timestamps are non-decreasing per shard, so AT_TIMESTAMP positions and
+//!   retention trimming agree with sequence order (trimming removes a prefix).
+//! - A closed shard never receives another record; its children have higher indexes, so
+//!   their sequence numbers are higher than any of the parent's.
+//! - Every record carries a checksum ([`crate::record_checksum`]) that every read verifies:
+//!   a damaged record is reported as an error, never skipped or returned.
+//! - An append is acknowledged only after the group commit holding it was fsynced.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use sluice_db::rusqlite::{Connection, OptionalExtension, params};
-use sluice_db::{Db, Migration, now_ms};
+use sluice_db::{Db, now_ms};
 use tokio::sync::watch;
+
+mod append;
+mod reshard;
+mod schema;
+
+pub use append::append_in_tx;
+pub use schema::MIGRATIONS;
 
 use crate::iterator::{self, Position};
 use crate::{
-    DEFAULT_MAX_RECORD_BYTES, DEFAULT_RETENTION_HOURS, GetRecordsOutput, IteratorSpec,
-    MAX_GET_BYTES, MAX_GET_RECORDS, MAX_PUT_RECORDS, PutRecord, PutResult, Record, ShardDesc,
-    Stream, StreamDesc, StreamError, even_ranges, parse_sequence_number, parse_shard_id,
-    sequence_number, shard_id, validate_record, validate_stream_name,
+    ChildShard, CreateStreamOptions, DEFAULT_LIST_SHARDS, DEFAULT_LIST_STREAMS,
+    DEFAULT_MAX_RECORD_BYTES, DEFAULT_ON_DEMAND_SHARDS, DEFAULT_RETENTION_HOURS, GetRecordsOutput,
+    IteratorSpec, ListShardsInput, ListShardsOutput, ListStreamsInput, ListStreamsOutput,
+    MAX_GET_BYTES, MAX_GET_RECORDS, MAX_LIST_SHARDS, MAX_LIST_STREAMS, MAX_MAX_RECORD_BYTES,
+    MAX_PUT_RECORDS, MAX_PUT_RECORDS_BYTES, MAX_SHARDS, MAX_TAGS, NEXT_TOKEN_TTL_MS, PutRecord,
+    PutResult, Record, ShardDesc, ShardFilter, Stream, StreamDesc, StreamError, StreamSummary,
+    TagsPage, UpdateShardCountOutput, check_retention_hours, check_tag, even_ranges,
+    parse_sequence_number, parse_shard_id, record_checksum, sequence_number, shard_id,
+    validate_stream_name,
 };
-
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "stream-0001",
-    sql: "
-CREATE TABLE stream_meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
-CREATE TABLE streams (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created_ms INTEGER NOT NULL,
-    retention_hours INTEGER NOT NULL,
-    max_record_bytes INTEGER NOT NULL
-);
-CREATE TABLE shards (
-    stream_id INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    start_hash TEXT NOT NULL,
-    end_hash TEXT NOT NULL,
-    parent INTEGER,
-    adjacent_parent INTEGER,
-    start_counter INTEGER NOT NULL,
-    next_counter INTEGER NOT NULL,
-    closed_counter INTEGER,
-    last_arrival_ms INTEGER NOT NULL,
-    PRIMARY KEY (stream_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE records (
-    stream_id INTEGER NOT NULL,
-    shard_idx INTEGER NOT NULL,
-    counter INTEGER NOT NULL,
-    arrival_ms INTEGER NOT NULL,
-    partition_key TEXT NOT NULL,
-    data BLOB NOT NULL,
-    PRIMARY KEY (stream_id, shard_idx, counter)
-) WITHOUT ROWID;
-CREATE INDEX records_arrival ON records (stream_id, shard_idx, arrival_ms);
-",
-}];
+use schema::{ShardRow, StreamRow, load_stream, not_found, shard_row, shard_rows};
 
 /// Streams stored in the shared embedded database.
 #[derive(Clone)]
@@ -67,6 +52,29 @@ pub struct EmbeddedStream {
     db: Db,
     iterator_key: Arc<Vec<u8>>,
     watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    batcher: append::SharedBatcher,
+}
+
+/// What [`EmbeddedStream::check`] found. Empty `problems` means the database passed
+/// SQLite's integrity check and every record matched its checksum.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub problems: Vec<String>,
+    pub records_checked: u64,
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// What one retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrimReport {
+    pub records: u64,
+    /// Closed shards whose whole life lies before the trim horizon.
+    pub shards: u64,
 }
 
 impl EmbeddedStream {
@@ -91,6 +99,7 @@ impl EmbeddedStream {
             db,
             iterator_key: Arc::new(key),
             watchers: Arc::new(Mutex::new(HashMap::new())),
+            batcher: Arc::default(),
         })
     }
 
@@ -110,188 +119,308 @@ impl EmbeddedStream {
 
     /// Deletes records older than each stream's retention period, every `every`.
     pub fn spawn_retention(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let db = self.db.clone();
+        let this = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let res = db
-                    .write(|c| {
-                        let n = c.execute(
-                            "DELETE FROM records WHERE EXISTS (
-                                 SELECT 1 FROM streams s WHERE s.id = records.stream_id
-                                 AND records.arrival_ms < ?1 - s.retention_hours * 3600000)",
-                            [now_ms()],
-                        )?;
-                        Ok::<_, StreamError>(n)
-                    })
-                    .await;
-                match res {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(records = n, "trimmed records past retention"),
+                match this.trim_expired(now_ms()).await {
+                    Ok(r) if r == TrimReport::default() => {}
+                    Ok(r) => tracing::info!(
+                        records = r.records,
+                        shards = r.shards,
+                        "trimmed records and shards past retention"
+                    ),
                     Err(e) => tracing::warn!(error = %e, "retention trimming failed"),
                 }
             }
         })
     }
+
+    /// One retention pass as of `now` (ms): deletes every record that arrived before
+    /// `now - retention` and every closed shard closed before then. Trimming removes a
+    /// prefix of each shard, so TRIM_HORIZON moves forward for every reader.
+    pub async fn trim_expired(&self, now: i64) -> Result<TrimReport, StreamError> {
+        self.db
+            .write(move |c| {
+                let streams: Vec<(i64, i64)> = c
+                    .prepare_cached("SELECT id, retention_hours FROM streams")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let mut report = TrimReport::default();
+                for (id, hours) in streams {
+                    let horizon = now - hours * 3_600_000;
+                    let shards: Vec<i64> = c
+                        .prepare_cached("SELECT idx FROM shards WHERE stream_id = ?1")?
+                        .query_map([id], |r| r.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    for idx in shards {
+                        report.records +=
+                            c.prepare_cached(
+                                "DELETE FROM records
+                                 WHERE stream_id = ?1 AND shard_idx = ?2 AND arrival_ms < ?3",
+                            )?
+                            .execute(params![id, idx, horizon])? as u64;
+                    }
+                    report.shards += c
+                        .prepare_cached(
+                            "DELETE FROM shards WHERE stream_id = ?1
+                             AND closed_counter IS NOT NULL AND closed_ms < ?2",
+                        )?
+                        .execute(params![id, horizon])? as u64;
+                }
+                Ok::<_, StreamError>(report)
+            })
+            .await
+    }
+
+    /// Checks the database: SQLite's `PRAGMA integrity_check` (page structure, indexes),
+    /// then every record against its checksum and every shard's counters. Problems are
+    /// returned (and logged as errors), never repaired or skipped silently.
+    pub async fn check(&self) -> Result<CheckReport, StreamError> {
+        let report = self.db.read(check_db).await?;
+        for p in &report.problems {
+            tracing::error!(problem = %p, "stream database check failed");
+        }
+        Ok(report)
+    }
+
+    async fn append(
+        &self,
+        stream: &str,
+        records: Vec<(PutRecord, Option<String>)>,
+    ) -> Result<Vec<Result<PutResult, StreamError>>, StreamError> {
+        self.batcher.append(self, stream, records).await
+    }
 }
 
-/// Appends one record inside a transaction of the shared database. Used by the stream
-/// itself and by callers that must commit a record together with other rows (the upload
-/// path). The caller must call [`EmbeddedStream::notify`] after the commit.
-pub fn append_in_tx(
-    conn: &Connection,
-    stream: &str,
-    record: &PutRecord,
-    now: i64,
-) -> Result<PutResult, StreamError> {
-    let (stream_id, max_bytes) = stream_row(conn, stream)?;
-    let hash = validate_record(record, max_bytes)?;
-    let mut shards = conn.prepare_cached(
-        "SELECT idx, start_hash, end_hash FROM shards
-         WHERE stream_id = ?1 AND closed_counter IS NULL",
+/// Stream name, shard index, next counter, closed counter, highest stored counter.
+type CounterRow = (String, i64, i64, Option<i64>, Option<i64>);
+/// Shard index, parent, adjacent parent, start and end hash key.
+type LineageRow = (i64, Option<i64>, Option<i64>, String, String);
+
+fn check_db(c: &Connection) -> Result<CheckReport, StreamError> {
+    let mut report = CheckReport::default();
+    let mut st = c.prepare("PRAGMA integrity_check")?;
+    let lines = st
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
+    match lines {
+        Ok(lines) => report.problems.extend(
+            lines
+                .into_iter()
+                .filter(|l| l != "ok")
+                .map(|l| format!("sqlite: {l}")),
+        ),
+        Err(e) => {
+            report
+                .problems
+                .push(format!("sqlite integrity check failed: {e}"));
+            return Ok(report);
+        }
+    }
+    let mut st = c.prepare(
+        "SELECT s.name, r.shard_idx, r.counter, r.partition_key, r.data, r.checksum
+         FROM records r JOIN streams s ON s.id = r.stream_id",
     )?;
-    let mut target = None;
-    let mut rows = shards.query([stream_id])?;
-    while let Some(r) = rows.next()? {
-        let start = parse_u128(&r.get::<_, String>(1)?);
-        let end = parse_u128(&r.get::<_, String>(2)?);
-        if (start..=end).contains(&hash) {
-            target = Some(r.get::<_, i64>(0)?);
-            break;
+    let mut rows = st.query([])?;
+    loop {
+        let row = match rows.next() {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                report.problems.push(format!("cannot read records: {e}"));
+                break;
+            }
+        };
+        report.records_checked += 1;
+        let (name, idx, counter): (String, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        let pk: Result<String, _> = row.get(3);
+        let data: Vec<u8> = row.get(4)?;
+        let sum: Option<i64> = row.get(5)?;
+        let ok = match (pk, sum) {
+            (Ok(pk), Some(sum)) => record_checksum(counter as u64, &pk, &data) == sum as u64,
+            (Ok(_), None) => true,
+            (Err(_), _) => false,
+        };
+        if !ok {
+            report.problems.push(format!(
+                "record {} of stream {name} fails its checksum",
+                sequence_number(idx as u64, counter as u64)
+            ));
         }
     }
     drop(rows);
-    let idx = target.ok_or_else(|| {
-        StreamError::Backend(format!("no open shard of {stream} covers hash key {hash}"))
-    })?;
-    let (counter, arrival): (i64, i64) = conn
-        .prepare_cached(
-            "UPDATE shards SET next_counter = next_counter + 1,
-                 last_arrival_ms = max(last_arrival_ms, ?3)
-             WHERE stream_id = ?1 AND idx = ?2
-             RETURNING next_counter - 1, last_arrival_ms",
-        )?
-        .query_row(params![stream_id, idx, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    conn.prepare_cached(
-        "INSERT INTO records (stream_id, shard_idx, counter, arrival_ms, partition_key, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        stream_id,
-        idx,
-        counter,
-        arrival,
-        record.partition_key,
-        record.data.as_ref()
-    ])?;
-    Ok(PutResult {
-        shard_id: shard_id(idx as u64),
-        sequence_number: sequence_number(idx as u64, counter as u64),
-    })
-}
-
-fn parse_u128(s: &str) -> u128 {
-    s.parse().unwrap_or(0)
-}
-
-fn stream_row(conn: &Connection, stream: &str) -> Result<(i64, usize), StreamError> {
-    conn.prepare_cached("SELECT id, max_record_bytes FROM streams WHERE name = ?1")?
-        .query_row([stream], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
-        .optional()?
-        .map(|(id, max)| (id, max as usize))
-        .ok_or_else(|| not_found(stream))
-}
-
-fn not_found(stream: &str) -> StreamError {
-    StreamError::ResourceNotFound(format!("stream {stream} not found"))
-}
-
-struct ShardRow {
-    idx: u64,
-    start_hash: u128,
-    end_hash: u128,
-    parent: Option<u64>,
-    adjacent_parent: Option<u64>,
-    start_counter: u64,
-    next_counter: u64,
-    closed_counter: Option<u64>,
-}
-
-fn shard_rows(conn: &Connection, stream_id: i64) -> Result<Vec<ShardRow>, StreamError> {
-    let mut st = conn.prepare_cached(
-        "SELECT idx, start_hash, end_hash, parent, adjacent_parent, start_counter,
-                next_counter, closed_counter
-         FROM shards WHERE stream_id = ?1 ORDER BY idx",
+    let mut st = c.prepare(
+        "SELECT s.name, sh.idx, sh.next_counter, sh.closed_counter,
+                (SELECT MAX(counter) FROM records r
+                 WHERE r.stream_id = sh.stream_id AND r.shard_idx = sh.idx)
+         FROM shards sh JOIN streams s ON s.id = sh.stream_id",
     )?;
-    let rows = st.query_map([stream_id], |r| {
-        Ok(ShardRow {
-            idx: r.get::<_, i64>(0)? as u64,
-            start_hash: parse_u128(&r.get::<_, String>(1)?),
-            end_hash: parse_u128(&r.get::<_, String>(2)?),
-            parent: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-            adjacent_parent: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-            start_counter: r.get::<_, i64>(5)? as u64,
-            next_counter: r.get::<_, i64>(6)? as u64,
-            closed_counter: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-        })
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    let shards: Vec<CounterRow> = st
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    for (name, idx, next, closed, max) in shards {
+        if max.is_some_and(|m| m >= next) || closed.is_some_and(|cc| cc != next) {
+            report.problems.push(format!(
+                "shard {} of stream {name} has inconsistent counters (next {next}, closed {closed:?}, highest record {max:?})",
+                shard_id(idx as u64)
+            ));
+        }
+    }
+    Ok(report)
 }
 
-fn create_in_tx(conn: &Connection, name: &str, shard_count: u32) -> Result<(), StreamError> {
+fn create_in_tx(
+    conn: &Connection,
+    name: &str,
+    options: &CreateStreamOptions,
+) -> Result<(), StreamError> {
     let now = now_ms();
+    let shard_count = options.shard_count.unwrap_or(DEFAULT_ON_DEMAND_SHARDS);
     conn.execute(
-        "INSERT INTO streams (name, created_ms, retention_hours, max_record_bytes)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO streams (name, created_ms, retention_hours, max_record_bytes,
+                              next_shard_idx, on_demand)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             name,
             now,
             DEFAULT_RETENTION_HOURS,
-            DEFAULT_MAX_RECORD_BYTES as i64
+            options.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES) as i64,
+            i64::from(shard_count),
+            options.shard_count.is_none()
         ],
     )?;
     let id = conn.last_insert_rowid();
     for (i, (start, end)) in even_ranges(shard_count).into_iter().enumerate() {
         conn.execute(
             "INSERT INTO shards (stream_id, idx, start_hash, end_hash, start_counter,
-                                 next_counter, last_arrival_ms)
-             VALUES (?1, ?2, ?3, ?4, 0, 0, 0)",
-            params![id, i as i64, start.to_string(), end.to_string()],
+                                 next_counter, last_arrival_ms, created_ms)
+             VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5)",
+            params![id, i as i64, start.to_string(), end.to_string(), now],
+        )?;
+    }
+    for (k, v) in &options.tags {
+        conn.execute(
+            "INSERT INTO stream_tags (stream_id, key, value) VALUES (?1, ?2, ?3)",
+            params![id, k, v],
         )?;
     }
     Ok(())
 }
 
 fn check_shard_count(shard_count: u32) -> Result<(), StreamError> {
-    if !(1..=10_000).contains(&shard_count) {
+    if !(1..=MAX_SHARDS).contains(&shard_count) {
         return Err(StreamError::InvalidArgument(format!(
-            "shard count must be between 1 and 10000, got {shard_count}"
+            "shard count must be between 1 and {MAX_SHARDS}, got {shard_count}"
         )));
     }
     Ok(())
 }
 
+fn check_create_options(options: &CreateStreamOptions) -> Result<(), StreamError> {
+    if let Some(n) = options.shard_count {
+        check_shard_count(n)?;
+    }
+    if let Some(b) = options.max_record_bytes {
+        check_max_record_bytes(b)?;
+    }
+    check_tags(&options.tags)?;
+    if options.tags.len() > MAX_TAGS {
+        return Err(StreamError::LimitExceeded(format!(
+            "a stream can carry at most {MAX_TAGS} tags, got {}",
+            options.tags.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_max_record_bytes(b: usize) -> Result<(), StreamError> {
+    if !(DEFAULT_MAX_RECORD_BYTES..=MAX_MAX_RECORD_BYTES).contains(&b) {
+        return Err(StreamError::InvalidArgument(format!(
+            "max record size must be between {DEFAULT_MAX_RECORD_BYTES} and {MAX_MAX_RECORD_BYTES} bytes, got {b}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), StreamError> {
+    tags.iter().try_for_each(|(k, v)| check_tag(k, v))
+}
+
+fn shard_desc(s: &ShardRow) -> ShardDesc {
+    ShardDesc {
+        shard_id: shard_id(s.idx),
+        parent_shard_id: s.parent.map(shard_id),
+        adjacent_parent_shard_id: s.adjacent_parent.map(shard_id),
+        starting_hash_key: s.start_hash,
+        ending_hash_key: s.end_hash,
+        starting_sequence_number: sequence_number(s.idx, s.start_counter),
+        ending_sequence_number: s
+            .closed_counter
+            .map(|c| sequence_number(s.idx, c.saturating_sub(1))),
+    }
+}
+
+fn parse_shard(shard: &str) -> Result<u64, StreamError> {
+    parse_shard_id(shard)
+        .ok_or_else(|| StreamError::InvalidArgument(format!("invalid shard id {shard:?}")))
+}
+
+/// The sealed content of a ListShards NextToken.
+#[derive(Serialize, Deserialize)]
+struct ListShardsToken {
+    s: String,
+    g: i64,
+    /// Last shard index returned.
+    a: u64,
+    /// Filter: kind, shard index, timestamp.
+    f: (u8, Option<u64>, Option<i64>),
+    t: i64,
+}
+
+fn filter_to_token(f: &ShardFilter) -> Result<(u8, Option<u64>, Option<i64>), StreamError> {
+    Ok(match f {
+        ShardFilter::AfterShardId(id) => (0, Some(parse_shard(id)?), None),
+        ShardFilter::AtTrimHorizon => (1, None, None),
+        ShardFilter::FromTrimHorizon => (2, None, None),
+        ShardFilter::AtLatest => (3, None, None),
+        ShardFilter::AtTimestamp(t) => (4, None, Some(*t)),
+        ShardFilter::FromTimestamp(t) => (5, None, Some(*t)),
+    })
+}
+
+fn filter_from_token(f: (u8, Option<u64>, Option<i64>)) -> Option<ShardFilter> {
+    Some(match f {
+        (0, Some(idx), None) => ShardFilter::AfterShardId(shard_id(idx)),
+        (1, None, None) => ShardFilter::AtTrimHorizon,
+        (2, None, None) => ShardFilter::FromTrimHorizon,
+        (3, None, None) => ShardFilter::AtLatest,
+        (4, None, Some(t)) => ShardFilter::AtTimestamp(t),
+        (5, None, Some(t)) => ShardFilter::FromTimestamp(t),
+        _ => return None,
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+struct ListStreamsToken {
+    /// Last name returned.
+    a: String,
+}
+
 #[async_trait]
 impl Stream for EmbeddedStream {
     async fn create_stream(&self, name: &str, shard_count: u32) -> Result<(), StreamError> {
-        validate_stream_name(name)?;
         check_shard_count(shard_count)?;
-        let name = name.to_owned();
-        self.db
-            .write(move |c| {
-                let exists: bool = c.query_row(
-                    "SELECT EXISTS(SELECT 1 FROM streams WHERE name = ?1)",
-                    [&name],
-                    |r| r.get(0),
-                )?;
-                if exists {
-                    return Err(StreamError::ResourceInUse(format!(
-                        "stream {name} already exists"
-                    )));
-                }
-                create_in_tx(c, &name, shard_count)
-            })
-            .await
+        self.create_stream_with(
+            name,
+            CreateStreamOptions {
+                shard_count: Some(shard_count),
+                ..CreateStreamOptions::default()
+            },
+        )
+        .await
     }
 
     async fn ensure_stream(&self, name: &str, shard_count: u32) -> Result<(), StreamError> {
@@ -308,8 +437,37 @@ impl Stream for EmbeddedStream {
                 if exists {
                     Ok(())
                 } else {
-                    create_in_tx(c, &name, shard_count)
+                    let options = CreateStreamOptions {
+                        shard_count: Some(shard_count),
+                        ..CreateStreamOptions::default()
+                    };
+                    create_in_tx(c, &name, &options)
                 }
+            })
+            .await
+    }
+
+    async fn create_stream_with(
+        &self,
+        name: &str,
+        options: CreateStreamOptions,
+    ) -> Result<(), StreamError> {
+        validate_stream_name(name)?;
+        check_create_options(&options)?;
+        let name = name.to_owned();
+        self.db
+            .write(move |c| {
+                let exists: bool = c.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM streams WHERE name = ?1)",
+                    [&name],
+                    |r| r.get(0),
+                )?;
+                if exists {
+                    return Err(StreamError::ResourceInUse(format!(
+                        "stream {name} already exists"
+                    )));
+                }
+                create_in_tx(c, &name, &options)
             })
             .await
     }
@@ -318,34 +476,38 @@ impl Stream for EmbeddedStream {
         let name = name.to_owned();
         self.db
             .read(move |c| {
-                let (id, created_ms, retention): (i64, i64, i64) = c
-                    .query_row(
-                        "SELECT id, created_ms, retention_hours FROM streams WHERE name = ?1",
-                        [&name],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?
-                    .ok_or_else(|| not_found(&name))?;
-                let shards = shard_rows(c, id)?
-                    .into_iter()
-                    .map(|s| ShardDesc {
-                        shard_id: shard_id(s.idx),
-                        parent_shard_id: s.parent.map(shard_id),
-                        adjacent_parent_shard_id: s.adjacent_parent.map(shard_id),
-                        starting_hash_key: s.start_hash,
-                        ending_hash_key: s.end_hash,
-                        starting_sequence_number: sequence_number(s.idx, s.start_counter),
-                        ending_sequence_number: s
-                            .closed_counter
-                            .map(|c| sequence_number(s.idx, c.saturating_sub(1))),
-                    })
-                    .collect();
+                let row = load_stream(c, &name)?;
+                let shards = shard_rows(c, row.id)?.iter().map(shard_desc).collect();
                 Ok(StreamDesc {
-                    name: name.clone(),
+                    name: row.name,
                     status: "ACTIVE",
                     shards,
-                    retention_hours: retention as u32,
-                    created_ms,
+                    retention_hours: row.retention_hours,
+                    created_ms: row.created_ms,
+                })
+            })
+            .await
+    }
+
+    async fn describe_stream_summary(&self, name: &str) -> Result<StreamSummary, StreamError> {
+        let name = name.to_owned();
+        self.db
+            .read(move |c| {
+                let row = load_stream(c, &name)?;
+                let open: i64 = c.query_row(
+                    "SELECT COUNT(*) FROM shards WHERE stream_id = ?1 AND closed_counter IS NULL",
+                    [row.id],
+                    |r| r.get(0),
+                )?;
+                Ok(StreamSummary {
+                    name: row.name,
+                    status: "ACTIVE",
+                    mode: row.mode,
+                    retention_hours: row.retention_hours,
+                    created_ms: row.created_ms,
+                    open_shard_count: open as u32,
+                    max_record_bytes: row.max_record_bytes,
+                    consumer_count: 0,
                 })
             })
             .await
@@ -363,27 +525,183 @@ impl Stream for EmbeddedStream {
             .await
     }
 
+    async fn list_streams_page(
+        &self,
+        input: ListStreamsInput,
+    ) -> Result<ListStreamsOutput, StreamError> {
+        let limit = input.limit.unwrap_or(DEFAULT_LIST_STREAMS);
+        if !(1..=MAX_LIST_STREAMS).contains(&limit) {
+            return Err(StreamError::InvalidArgument(format!(
+                "limit must be between 1 and {MAX_LIST_STREAMS}, got {limit}"
+            )));
+        }
+        let after = match (input.exclusive_start_stream_name, input.next_token) {
+            (Some(_), Some(_)) => {
+                return Err(StreamError::InvalidArgument(
+                    "give either an exclusive start stream name or a next token, not both".into(),
+                ));
+            }
+            (Some(name), None) => name,
+            (None, Some(token)) => {
+                iterator::open::<ListStreamsToken>(
+                    &self.iterator_key,
+                    iterator::LIST_STREAMS_DOMAIN,
+                    &token,
+                )
+                .ok_or_else(|| StreamError::InvalidArgument("invalid next token".into()))?
+                .a
+            }
+            (None, None) => String::new(),
+        };
+        let key = self.iterator_key.clone();
+        self.db
+            .read(move |c| {
+                let mut names = c
+                    .prepare_cached(
+                        "SELECT name FROM streams WHERE name > ?1 ORDER BY name LIMIT ?2",
+                    )?
+                    .query_map(params![after, i64::from(limit) + 1], |r| {
+                        r.get::<_, String>(0)
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let has_more = names.len() > limit as usize;
+                names.truncate(limit as usize);
+                let next_token = match (has_more, names.last()) {
+                    (true, Some(last)) => Some(iterator::seal(
+                        &key,
+                        iterator::LIST_STREAMS_DOMAIN,
+                        &ListStreamsToken { a: last.clone() },
+                    )),
+                    _ => None,
+                };
+                Ok(ListStreamsOutput {
+                    names,
+                    has_more,
+                    next_token,
+                })
+            })
+            .await
+    }
+
+    async fn list_shards(&self, input: ListShardsInput) -> Result<ListShardsOutput, StreamError> {
+        let max = input.max_results.unwrap_or(DEFAULT_LIST_SHARDS);
+        if !(1..=MAX_LIST_SHARDS).contains(&max) {
+            return Err(StreamError::InvalidArgument(format!(
+                "max results must be between 1 and {MAX_LIST_SHARDS}, got {max}"
+            )));
+        }
+        let now = now_ms();
+        let (name, generation, after, filter) = match (input.stream, input.next_token) {
+            (Some(_), Some(_)) => {
+                return Err(StreamError::InvalidArgument(
+                    "give either a stream name or a next token, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(StreamError::InvalidArgument(
+                    "a stream name or a next token is required".into(),
+                ));
+            }
+            (Some(name), None) => {
+                let after = input
+                    .exclusive_start_shard_id
+                    .as_deref()
+                    .map(parse_shard)
+                    .transpose()?;
+                let filter = input.filter.unwrap_or(ShardFilter::FromTrimHorizon);
+                let after = match &filter {
+                    ShardFilter::AfterShardId(id) => Some(parse_shard(id)?.max(after.unwrap_or(0))),
+                    _ => after,
+                };
+                (name, None, after, filter)
+            }
+            (None, Some(token)) => {
+                if input.exclusive_start_shard_id.is_some() || input.filter.is_some() {
+                    return Err(StreamError::InvalidArgument(
+                        "a next token cannot be combined with an exclusive start shard id or a shard filter".into(),
+                    ));
+                }
+                let t: ListShardsToken =
+                    iterator::open(&self.iterator_key, iterator::LIST_SHARDS_DOMAIN, &token)
+                        .ok_or_else(|| StreamError::InvalidArgument("invalid next token".into()))?;
+                if now - t.t > NEXT_TOKEN_TTL_MS {
+                    return Err(StreamError::InvalidArgument(format!(
+                        "next token expired: issued {} ms ago, tokens are valid for {NEXT_TOKEN_TTL_MS} ms",
+                        now - t.t
+                    )));
+                }
+                let filter = filter_from_token(t.f)
+                    .ok_or_else(|| StreamError::InvalidArgument("invalid next token".into()))?;
+                (t.s, Some(t.g), Some(t.a), filter)
+            }
+        };
+        let key = self.iterator_key.clone();
+        self.db
+            .read(move |c| {
+                let row = load_stream(c, &name)?;
+                if generation.is_some_and(|g| g != row.created_ms) {
+                    return Err(StreamError::ResourceNotFound(format!(
+                        "stream {name} was deleted since the next token was issued"
+                    )));
+                }
+                let mut shards: Vec<ShardRow> = shard_rows(c, row.id)?
+                    .into_iter()
+                    .filter(|s| after.is_none_or(|a| s.idx > a))
+                    .filter(|s| reshard::keep(s, &filter, &row, now))
+                    .collect();
+                let more = shards.len() > max as usize;
+                shards.truncate(max as usize);
+                let next_token = match (more, shards.last()) {
+                    (true, Some(last)) => Some(iterator::seal(
+                        &key,
+                        iterator::LIST_SHARDS_DOMAIN,
+                        &ListShardsToken {
+                            s: row.name.clone(),
+                            g: row.created_ms,
+                            a: last.idx,
+                            f: filter_to_token(&filter)?,
+                            t: now,
+                        },
+                    )),
+                    _ => None,
+                };
+                Ok(ListShardsOutput {
+                    shards: shards.iter().map(shard_desc).collect(),
+                    next_token,
+                })
+            })
+            .await
+    }
+
     async fn delete_stream(&self, name: &str) -> Result<(), StreamError> {
         let name = name.to_owned();
         self.db
             .write(move |c| {
-                let (id, _) = stream_row(c, &name)?;
-                c.execute("DELETE FROM records WHERE stream_id = ?1", [id])?;
-                c.execute("DELETE FROM shards WHERE stream_id = ?1", [id])?;
-                c.execute("DELETE FROM streams WHERE id = ?1", [id])?;
+                let row = load_stream(c, &name)?;
+                c.execute("DELETE FROM records WHERE stream_id = ?1", [row.id])?;
+                c.execute("DELETE FROM shards WHERE stream_id = ?1", [row.id])?;
+                c.execute("DELETE FROM stream_tags WHERE stream_id = ?1", [row.id])?;
+                c.execute("DELETE FROM streams WHERE id = ?1", [row.id])?;
                 Ok(())
             })
             .await
     }
 
     async fn put_record(&self, stream: &str, record: PutRecord) -> Result<PutResult, StreamError> {
-        let name = stream.to_owned();
-        let res = self
-            .db
-            .write(move |c| append_in_tx(c, &name, &record, now_ms()))
-            .await?;
-        self.notify(stream);
-        Ok(res)
+        self.put_record_ordered(stream, record, None).await
+    }
+
+    async fn put_record_ordered(
+        &self,
+        stream: &str,
+        record: PutRecord,
+        sequence_number_for_ordering: Option<String>,
+    ) -> Result<PutResult, StreamError> {
+        self.append(stream, vec![(record, sequence_number_for_ordering)])
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(StreamError::Backend("the append returned no result".into())))
     }
 
     async fn put_records(
@@ -397,31 +715,25 @@ impl Stream for EmbeddedStream {
                 records.len()
             )));
         }
-        let name = stream.to_owned();
-        let results = self
-            .db
-            .write(move |c| {
-                stream_row(c, &name)?;
-                let now = now_ms();
-                let mut out = Vec::with_capacity(records.len());
-                for r in &records {
-                    // Each record in its own savepoint: one bad record fails alone.
-                    c.execute_batch("SAVEPOINT rec")?;
-                    let res = append_in_tx(c, &name, r, now);
-                    if res.is_ok() {
-                        c.execute_batch("RELEASE rec")?;
-                    } else {
-                        c.execute_batch("ROLLBACK TO rec; RELEASE rec")?;
-                    }
-                    out.push(res);
-                }
-                Ok::<_, StreamError>(out)
-            })
-            .await?;
-        if results.iter().any(|r| r.is_ok()) {
-            self.notify(stream);
+        let total: usize = records
+            .iter()
+            .map(|r| r.partition_key.len() + r.data.len())
+            .sum();
+        if total > MAX_PUT_RECORDS_BYTES {
+            // Over 5 MiB is allowed only for a single record within the stream's own limit.
+            let name = stream.to_owned();
+            let max = self
+                .db
+                .read(move |c| Ok::<_, StreamError>(load_stream(c, &name)?.max_record_bytes))
+                .await?;
+            if records.len() > 1 || total > max {
+                return Err(StreamError::InvalidArgument(format!(
+                    "a put_records call carries at most {MAX_PUT_RECORDS_BYTES} bytes, got {total}"
+                )));
+            }
         }
-        Ok(results)
+        self.append(stream, records.into_iter().map(|r| (r, None)).collect())
+            .await
     }
 
     async fn get_shard_iterator(
@@ -435,26 +747,9 @@ impl Stream for EmbeddedStream {
         let key = self.iterator_key.clone();
         self.db
             .read(move |c| {
-                let idx = parse_shard_id(&shard).ok_or_else(|| {
-                    StreamError::InvalidArgument(format!("invalid shard id {shard:?}"))
-                })?;
-                let (stream_id, created_ms): (i64, i64) = c
-                    .query_row(
-                        "SELECT id, created_ms FROM streams WHERE name = ?1",
-                        [&name],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?
-                    .ok_or_else(|| not_found(&name))?;
-                let row = shard_rows(c, stream_id)?
-                    .into_iter()
-                    .find(|s| s.idx == idx)
-                    .ok_or_else(|| {
-                        StreamError::ResourceNotFound(format!(
-                            "shard {} in stream {name} not found",
-                            shard_id(idx)
-                        ))
-                    })?;
+                let idx = parse_shard(&shard)?;
+                let stream = load_stream(c, &name)?;
+                let row = shard_row(c, &stream, idx)?;
                 let seq_counter = |s: &str| -> Result<u64, StreamError> {
                     match parse_sequence_number(s) {
                         Some((sidx, counter)) if sidx == idx && counter < row.next_counter => {
@@ -476,7 +771,7 @@ impl Stream for EmbeddedStream {
                             "SELECT counter FROM records
                              WHERE stream_id = ?1 AND shard_idx = ?2 AND arrival_ms >= ?3
                              ORDER BY counter LIMIT 1",
-                            params![stream_id, idx as i64, ts],
+                            params![stream.id, idx as i64, ts],
                             |r| r.get::<_, i64>(0),
                         )
                         .optional()?
@@ -487,7 +782,7 @@ impl Stream for EmbeddedStream {
                     &key,
                     &Position {
                         s: name.clone(),
-                        g: created_ms,
+                        g: stream.created_ms,
                         h: idx,
                         p,
                         t: now_ms(),
@@ -510,87 +805,7 @@ impl Stream for EmbeddedStream {
         let pos = iterator::decode(&self.iterator_key, iterator, now_ms())?;
         let key = self.iterator_key.clone();
         self.db
-            .read(move |c| {
-                let stream_id: i64 = c
-                    .query_row(
-                        "SELECT id FROM streams WHERE name = ?1 AND created_ms = ?2",
-                        params![pos.s, pos.g],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-                    .ok_or_else(|| not_found(&pos.s))?;
-                let (next_counter, closed): (i64, Option<i64>) = c
-                    .query_row(
-                        "SELECT next_counter, closed_counter FROM shards
-                         WHERE stream_id = ?1 AND idx = ?2",
-                        params![stream_id, pos.h as i64],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?
-                    .ok_or_else(|| {
-                        StreamError::ResourceNotFound(format!(
-                            "shard {} of stream {} not found",
-                            shard_id(pos.h),
-                            pos.s
-                        ))
-                    })?;
-                let mut st = c.prepare_cached(
-                    "SELECT counter, arrival_ms, partition_key, data FROM records
-                     WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3
-                     ORDER BY counter LIMIT ?4",
-                )?;
-                let mut rows =
-                    st.query(params![stream_id, pos.h as i64, pos.p as i64, limit as i64])?;
-                let mut records = Vec::new();
-                let mut bytes = 0usize;
-                let mut next = pos.p;
-                while let Some(r) = rows.next()? {
-                    let data: Vec<u8> = r.get(3)?;
-                    if !records.is_empty() && bytes + data.len() > MAX_GET_BYTES {
-                        break;
-                    }
-                    bytes += data.len();
-                    let counter = r.get::<_, i64>(0)? as u64;
-                    records.push(Record {
-                        sequence_number: sequence_number(pos.h, counter),
-                        approximate_arrival_ms: r.get(1)?,
-                        partition_key: r.get(2)?,
-                        data: Bytes::from(data),
-                    });
-                    next = counter + 1;
-                }
-                drop(rows);
-                let millis_behind_latest = if (next as i64) < next_counter {
-                    c.query_row(
-                        "SELECT arrival_ms FROM records
-                         WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3
-                         ORDER BY counter LIMIT 1",
-                        params![stream_id, pos.h as i64, next as i64],
-                        |r| r.get::<_, i64>(0),
-                    )
-                    .optional()?
-                    .map(|a| (now_ms() - a).max(0))
-                    .unwrap_or(0)
-                } else {
-                    0
-                };
-                let drained = closed.is_some_and(|cc| next as i64 >= cc);
-                let next_iterator = (!drained).then(|| {
-                    iterator::encode(
-                        &key,
-                        &Position {
-                            p: next,
-                            t: now_ms(),
-                            ..pos.clone()
-                        },
-                    )
-                });
-                Ok(GetRecordsOutput {
-                    records,
-                    next_iterator,
-                    millis_behind_latest,
-                })
-            })
+            .read(move |c| read_records(c, &key, pos, limit))
             .await
     }
 
@@ -604,185 +819,348 @@ impl Stream for EmbeddedStream {
             Err(_) => watch::channel(0).1,
         }
     }
+
+    async fn split_shard(
+        &self,
+        stream: &str,
+        shard: &str,
+        new_starting_hash_key: u128,
+    ) -> Result<(), StreamError> {
+        let name = stream.to_owned();
+        let idx = parse_shard(shard)?;
+        self.db
+            .write(move |c| {
+                let mut row = load_stream(c, &name)?;
+                let parent = shard_row(c, &row, idx)?;
+                reshard::split(c, &mut row, &parent, new_starting_hash_key, now_ms())?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn merge_shards(
+        &self,
+        stream: &str,
+        shard: &str,
+        adjacent_shard: &str,
+    ) -> Result<(), StreamError> {
+        let name = stream.to_owned();
+        let a = parse_shard(shard)?;
+        let b = parse_shard(adjacent_shard)?;
+        self.db
+            .write(move |c| {
+                let mut row = load_stream(c, &name)?;
+                let a = shard_row(c, &row, a)?;
+                let b = shard_row(c, &row, b)?;
+                reshard::merge(c, &mut row, &a, &b, now_ms())?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn update_shard_count(
+        &self,
+        stream: &str,
+        target: u32,
+    ) -> Result<UpdateShardCountOutput, StreamError> {
+        check_shard_count(target)?;
+        let name = stream.to_owned();
+        self.db
+            .write(move |c| {
+                let mut row = load_stream(c, &name)?;
+                let current = reshard::uniform(c, &mut row, target, now_ms())?;
+                Ok(UpdateShardCountOutput {
+                    current_shard_count: current,
+                    target_shard_count: target,
+                })
+            })
+            .await
+    }
+
+    async fn increase_retention(&self, stream: &str, hours: u32) -> Result<(), StreamError> {
+        self.set_retention(stream, hours, true).await
+    }
+
+    async fn decrease_retention(&self, stream: &str, hours: u32) -> Result<(), StreamError> {
+        self.set_retention(stream, hours, false).await
+    }
+
+    async fn update_max_record_size(&self, stream: &str, kib: u32) -> Result<(), StreamError> {
+        let bytes = kib as usize * 1024;
+        check_max_record_bytes(bytes)?;
+        let name = stream.to_owned();
+        self.db
+            .write(move |c| {
+                let row = load_stream(c, &name)?;
+                c.execute(
+                    "UPDATE streams SET max_record_bytes = ?2 WHERE id = ?1",
+                    params![row.id, bytes as i64],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn add_tags(
+        &self,
+        stream: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), StreamError> {
+        if tags.is_empty() || tags.len() > MAX_TAGS {
+            return Err(StreamError::InvalidArgument(format!(
+                "add 1 to {MAX_TAGS} tags at a time, got {}",
+                tags.len()
+            )));
+        }
+        check_tags(&tags)?;
+        let name = stream.to_owned();
+        self.db
+            .write(move |c| {
+                let row = load_stream(c, &name)?;
+                let existing: Vec<String> = c
+                    .prepare_cached("SELECT key FROM stream_tags WHERE stream_id = ?1")?
+                    .query_map([row.id], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let new = tags.keys().filter(|k| !existing.contains(k)).count();
+                if existing.len() + new > MAX_TAGS {
+                    return Err(StreamError::LimitExceeded(format!(
+                        "stream {name} would carry {} tags; the limit is {MAX_TAGS}",
+                        existing.len() + new
+                    )));
+                }
+                for (k, v) in &tags {
+                    c.prepare_cached(
+                        "INSERT INTO stream_tags (stream_id, key, value) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (stream_id, key) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute(params![row.id, k, v])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn remove_tags(&self, stream: &str, keys: Vec<String>) -> Result<(), StreamError> {
+        if keys.is_empty() || keys.len() > MAX_TAGS {
+            return Err(StreamError::InvalidArgument(format!(
+                "remove 1 to {MAX_TAGS} tags at a time, got {}",
+                keys.len()
+            )));
+        }
+        keys.iter().try_for_each(|k| check_tag(k, ""))?;
+        let name = stream.to_owned();
+        self.db
+            .write(move |c| {
+                let row = load_stream(c, &name)?;
+                for k in &keys {
+                    c.prepare_cached("DELETE FROM stream_tags WHERE stream_id = ?1 AND key = ?2")?
+                        .execute(params![row.id, k])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list_tags(
+        &self,
+        stream: &str,
+        exclusive_start_key: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<TagsPage, StreamError> {
+        let limit = limit.unwrap_or(MAX_TAGS as u32);
+        if !(1..=MAX_TAGS as u32).contains(&limit) {
+            return Err(StreamError::InvalidArgument(format!(
+                "limit must be between 1 and {MAX_TAGS}, got {limit}"
+            )));
+        }
+        let name = stream.to_owned();
+        self.db
+            .read(move |c| {
+                let row = load_stream(c, &name)?;
+                let mut tags: Vec<(String, String)> = c
+                    .prepare_cached(
+                        "SELECT key, value FROM stream_tags WHERE stream_id = ?1 AND key > ?2
+                         ORDER BY key LIMIT ?3",
+                    )?
+                    .query_map(
+                        params![
+                            row.id,
+                            exclusive_start_key.unwrap_or_default(),
+                            i64::from(limit) + 1
+                        ],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?
+                    .collect::<Result<_, _>>()?;
+                let has_more = tags.len() > limit as usize;
+                tags.truncate(limit as usize);
+                Ok(TagsPage { tags, has_more })
+            })
+            .await
+    }
+}
+
+impl EmbeddedStream {
+    async fn set_retention(
+        &self,
+        stream: &str,
+        hours: u32,
+        increase: bool,
+    ) -> Result<(), StreamError> {
+        check_retention_hours(hours)?;
+        let name = stream.to_owned();
+        self.db
+            .write(move |c| {
+                let row: StreamRow = load_stream(c, &name)?;
+                if increase && hours < row.retention_hours {
+                    return Err(StreamError::InvalidArgument(format!(
+                        "retention of {hours} hours is below the current {} hours; decrease it instead",
+                        row.retention_hours
+                    )));
+                }
+                if !increase && hours > row.retention_hours {
+                    return Err(StreamError::InvalidArgument(format!(
+                        "retention of {hours} hours is above the current {} hours; increase it instead",
+                        row.retention_hours
+                    )));
+                }
+                c.execute(
+                    "UPDATE streams SET retention_hours = ?2 WHERE id = ?1",
+                    params![row.id, hours],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+fn read_records(
+    c: &Connection,
+    key: &[u8],
+    pos: Position,
+    limit: usize,
+) -> Result<GetRecordsOutput, StreamError> {
+    let stream_id: i64 = c
+        .prepare_cached("SELECT id FROM streams WHERE name = ?1 AND created_ms = ?2")?
+        .query_row(params![pos.s, pos.g], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| not_found(&pos.s))?;
+    let (next_counter, closed): (i64, Option<i64>) = c
+        .prepare_cached(
+            "SELECT next_counter, closed_counter FROM shards WHERE stream_id = ?1 AND idx = ?2",
+        )?
+        .query_row(params![stream_id, pos.h as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?
+        .ok_or_else(|| {
+            StreamError::ResourceNotFound(format!(
+                "shard {} of stream {} not found",
+                shard_id(pos.h),
+                pos.s
+            ))
+        })?;
+    let mut st = c.prepare_cached(
+        "SELECT counter, arrival_ms, partition_key, data, checksum FROM records
+         WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3
+         ORDER BY counter LIMIT ?4",
+    )?;
+    let mut rows = st.query(params![stream_id, pos.h as i64, pos.p as i64, limit as i64])?;
+    let mut records = Vec::new();
+    let mut bytes = 0usize;
+    let mut next = pos.p;
+    while let Some(r) = rows.next()? {
+        let data: Vec<u8> = r.get(3)?;
+        if !records.is_empty() && bytes + data.len() > MAX_GET_BYTES {
+            break;
+        }
+        bytes += data.len();
+        let counter = r.get::<_, i64>(0)? as u64;
+        let seq = sequence_number(pos.h, counter);
+        let partition_key: String = r.get(2).map_err(|_| corrupt(&pos.s, &seq))?;
+        let sum: Option<i64> = r.get(4)?;
+        if sum.is_some_and(|s| s as u64 != record_checksum(counter, &partition_key, &data)) {
+            return Err(corrupt(&pos.s, &seq));
+        }
+        records.push(Record {
+            sequence_number: seq,
+            approximate_arrival_ms: r.get(1)?,
+            partition_key,
+            data: Bytes::from(data),
+        });
+        next = counter + 1;
+    }
+    drop(rows);
+    let millis_behind_latest = if (next as i64) < next_counter {
+        c.prepare_cached(
+            "SELECT arrival_ms FROM records
+             WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3
+             ORDER BY counter LIMIT 1",
+        )?
+        .query_row(params![stream_id, pos.h as i64, next as i64], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()?
+        .map(|a| (now_ms() - a).max(0))
+        .unwrap_or(0)
+    } else {
+        0
+    };
+    let drained = closed.is_some_and(|cc| next as i64 >= cc);
+    let child_shards = if drained {
+        children(c, stream_id, pos.h)?
+    } else {
+        Vec::new()
+    };
+    let next_iterator = (!drained).then(|| {
+        iterator::encode(
+            key,
+            &Position {
+                p: next,
+                t: now_ms(),
+                ..pos.clone()
+            },
+        )
+    });
+    Ok(GetRecordsOutput {
+        records,
+        next_iterator,
+        millis_behind_latest,
+        child_shards,
+    })
+}
+
+fn corrupt(stream: &str, seq: &str) -> StreamError {
+    tracing::error!(%stream, sequence_number = %seq, "record fails its checksum: the stream database is corrupt");
+    StreamError::Backend(format!(
+        "record {seq} of stream {stream} fails its checksum: the database is corrupt"
+    ))
+}
+
+fn children(c: &Connection, stream_id: i64, idx: u64) -> Result<Vec<ChildShard>, StreamError> {
+    let mut st = c.prepare_cached(
+        "SELECT idx, parent, adjacent_parent, start_hash, end_hash FROM shards
+         WHERE stream_id = ?1 AND (parent = ?2 OR adjacent_parent = ?2) ORDER BY idx",
+    )?;
+    let rows: Vec<LineageRow> = st
+        .query_map(params![stream_id, idx as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(idx, parent, adjacent, start, end)| {
+            Ok(ChildShard {
+                shard_id: shard_id(idx as u64),
+                parent_shards: parent
+                    .into_iter()
+                    .chain(adjacent)
+                    .map(|p| shard_id(p as u64))
+                    .collect(),
+                starting_hash_key: schema::parse_u128(&start)?,
+                ending_hash_key: schema::parse_u128(&end)?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open() -> (EmbeddedStream, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "sluice-stream-{}-{}",
-            std::process::id(),
-            uuid_like()
-        ));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let db = Db::open(&dir.join("s.db"), MIGRATIONS).expect("db");
-        (EmbeddedStream::open(db).expect("stream"), dir)
-    }
-
-    fn uuid_like() -> u64 {
-        use std::hash::{BuildHasher, RandomState};
-        RandomState::new().hash_one(std::time::Instant::now())
-    }
-
-    fn rec(pk: &str, data: &str) -> PutRecord {
-        PutRecord {
-            partition_key: pk.into(),
-            explicit_hash_key: None,
-            data: Bytes::from(data.to_owned()),
-        }
-    }
-
-    #[tokio::test]
-    async fn records_land_on_the_shard_of_their_hash_and_read_back_in_order() {
-        let (s, _d) = open();
-        s.create_stream("s", 4).await.expect("create");
-        let desc = s.describe_stream("s").await.expect("describe");
-        let mut per_shard: HashMap<String, Vec<String>> = HashMap::new();
-        for i in 0..40 {
-            let pk = format!("key-{i}");
-            let r = s
-                .put_record("s", rec(&pk, &i.to_string()))
-                .await
-                .expect("put");
-            let h = crate::partition_hash(&pk);
-            let owner = desc
-                .shards
-                .iter()
-                .find(|sh| (sh.starting_hash_key..=sh.ending_hash_key).contains(&h))
-                .expect("covering shard");
-            assert_eq!(r.shard_id, owner.shard_id);
-            per_shard
-                .entry(r.shard_id)
-                .or_default()
-                .push(r.sequence_number);
-        }
-        for (shard, seqs) in per_shard {
-            let it = s
-                .get_shard_iterator("s", &shard, IteratorSpec::TrimHorizon)
-                .await
-                .expect("iterator");
-            let out = s.get_records(&it, 1000).await.expect("get");
-            let got: Vec<_> = out
-                .records
-                .iter()
-                .map(|r| r.sequence_number.clone())
-                .collect();
-            assert_eq!(got, seqs);
-            assert!(got.windows(2).all(|w| w[0] < w[1]));
-            assert_eq!(out.millis_behind_latest, 0);
-        }
-    }
-
-    #[tokio::test]
-    async fn iterator_types() {
-        let (s, _d) = open();
-        s.create_stream("s", 1).await.expect("create");
-        let shard = shard_id(0);
-        let latest = s
-            .get_shard_iterator("s", &shard, IteratorSpec::Latest)
-            .await
-            .expect("latest");
-        let mut seqs = Vec::new();
-        for i in 0..5 {
-            seqs.push(
-                s.put_record("s", rec("k", &format!("r{i}")))
-                    .await
-                    .expect("put")
-                    .sequence_number,
-            );
-        }
-        let from_latest = s.get_records(&latest, 100).await.expect("get");
-        assert_eq!(
-            from_latest.records.len(),
-            5,
-            "LATEST sees records put after it"
-        );
-        let at = s
-            .get_shard_iterator("s", &shard, IteratorSpec::AtSequenceNumber(seqs[2].clone()))
-            .await
-            .expect("at");
-        let got = s.get_records(&at, 2).await.expect("get");
-        assert_eq!(got.records[0].sequence_number, seqs[2]);
-        assert_eq!(got.records.len(), 2);
-        assert!(got.millis_behind_latest >= 0);
-        let next = got.next_iterator.expect("open shard has a next iterator");
-        let rest = s.get_records(&next, 100).await.expect("get");
-        assert_eq!(rest.records[0].sequence_number, seqs[4]);
-        let after = s
-            .get_shard_iterator(
-                "s",
-                &shard,
-                IteratorSpec::AfterSequenceNumber(seqs[4].clone()),
-            )
-            .await
-            .expect("after");
-        assert!(
-            s.get_records(&after, 10)
-                .await
-                .expect("get")
-                .records
-                .is_empty()
-        );
-        let ts = s
-            .get_shard_iterator("s", &shard, IteratorSpec::AtTimestamp(0))
-            .await
-            .expect("ts");
-        assert_eq!(s.get_records(&ts, 10).await.expect("get").records.len(), 5);
-        let bad = s
-            .get_shard_iterator(
-                "s",
-                &shard,
-                IteratorSpec::AtSequenceNumber(sequence_number(0, 99)),
-            )
-            .await;
-        assert!(matches!(bad, Err(StreamError::InvalidArgument(_))));
-    }
-
-    #[tokio::test]
-    async fn errors() {
-        let (s, _d) = open();
-        assert!(matches!(
-            s.put_record("nope", rec("k", "x")).await,
-            Err(StreamError::ResourceNotFound(_))
-        ));
-        s.create_stream("s", 2).await.expect("create");
-        assert!(matches!(
-            s.create_stream("s", 2).await,
-            Err(StreamError::ResourceInUse(_))
-        ));
-        assert!(matches!(
-            s.create_stream("bad name", 2).await,
-            Err(StreamError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            s.get_records("forged.iterator", 10).await,
-            Err(StreamError::InvalidArgument(_))
-        ));
-        let results = s
-            .put_records("s", vec![rec("a", "1"), rec("", "2"), rec("c", "3")])
-            .await
-            .expect("put_records");
-        assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
-    }
-
-    #[tokio::test]
-    async fn sequence_numbers_survive_reopen_and_trimming() {
-        let (s, dir) = open();
-        s.create_stream("s", 1).await.expect("create");
-        let first = s.put_record("s", rec("k", "a")).await.expect("put");
-        s.db()
-            .write(|c| {
-                c.execute("DELETE FROM records", [])?;
-                Ok::<_, StreamError>(())
-            })
-            .await
-            .expect("trim");
-        s.db().close();
-        let db = Db::open(&dir.join("s.db"), MIGRATIONS).expect("reopen");
-        let s2 = EmbeddedStream::open(db).expect("stream");
-        let second = s2.put_record("s", rec("k", "b")).await.expect("put");
-        assert!(second.sequence_number > first.sequence_number);
-    }
-}
+mod tests;

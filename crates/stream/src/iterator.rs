@@ -4,6 +4,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -24,27 +25,15 @@ pub(crate) struct Position {
 }
 
 pub(crate) fn encode(key: &[u8], pos: &Position) -> String {
-    let payload = serde_json::to_vec(pos).unwrap_or_default();
-    let tag = mac(key, &payload);
-    format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(&payload),
-        URL_SAFE_NO_PAD.encode(tag)
-    )
+    seal(key, ITERATOR_DOMAIN, pos)
 }
 
 pub(crate) fn decode(key: &[u8], iterator: &str, now_ms: i64) -> Result<Position, StreamError> {
     let invalid = || StreamError::InvalidArgument("invalid shard iterator".into());
-    if iterator.is_empty() || iterator.len() > 512 {
+    if iterator.len() > 512 {
         return Err(invalid());
     }
-    let (payload_b64, tag_b64) = iterator.split_once('.').ok_or_else(invalid)?;
-    let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| invalid())?;
-    let tag = URL_SAFE_NO_PAD.decode(tag_b64).map_err(|_| invalid())?;
-    let mut m = new_mac(key);
-    m.update(&payload);
-    m.verify_slice(&tag).map_err(|_| invalid())?;
-    let pos: Position = serde_json::from_slice(&payload).map_err(|_| invalid())?;
+    let pos: Position = open(key, ITERATOR_DOMAIN, iterator).ok_or_else(invalid)?;
     if now_ms - pos.t > ITERATOR_TTL_MS {
         return Err(StreamError::ExpiredIterator(format!(
             "iterator expired: issued {} ms ago, iterators are valid for {} ms",
@@ -55,13 +44,46 @@ pub(crate) fn decode(key: &[u8], iterator: &str, now_ms: i64) -> Result<Position
     Ok(pos)
 }
 
+const ITERATOR_DOMAIN: &[u8] = b"sluice-shard-iterator\0";
+pub(crate) const LIST_SHARDS_DOMAIN: &[u8] = b"sluice-list-shards\0";
+pub(crate) const LIST_STREAMS_DOMAIN: &[u8] = b"sluice-list-streams\0";
+
+/// Serializes `value` and appends an HMAC over `domain` and the payload. The domain keeps a
+/// token of one kind from being accepted as another.
+pub(crate) fn seal<T: Serialize>(key: &[u8], domain: &[u8], value: &T) -> String {
+    let payload = serde_json::to_vec(value).unwrap_or_default();
+    let tag = mac(key, domain, &payload);
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(&payload),
+        URL_SAFE_NO_PAD.encode(tag)
+    )
+}
+
+/// The value sealed in `token`, or `None` if the token is malformed or was not sealed by
+/// [`seal`] under the same key and domain.
+pub(crate) fn open<T: DeserializeOwned>(key: &[u8], domain: &[u8], token: &str) -> Option<T> {
+    if token.is_empty() || token.len() > 1024 {
+        return None;
+    }
+    let (payload_b64, tag_b64) = token.split_once('.')?;
+    let payload = URL_SAFE_NO_PAD.decode(payload_b64).ok()?;
+    let tag = URL_SAFE_NO_PAD.decode(tag_b64).ok()?;
+    let mut m = new_mac(key);
+    m.update(domain);
+    m.update(&payload);
+    m.verify_slice(&tag).ok()?;
+    serde_json::from_slice(&payload).ok()
+}
+
 fn new_mac(key: &[u8]) -> Hmac<Sha256> {
     // HMAC accepts keys of any length; this cannot fail.
     <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!())
 }
 
-fn mac(key: &[u8], payload: &[u8]) -> Vec<u8> {
+fn mac(key: &[u8], domain: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut m = new_mac(key);
+    m.update(domain);
     m.update(payload);
     m.finalize().into_bytes().to_vec()
 }
@@ -102,6 +124,11 @@ mod tests {
         ));
         assert!(decode(b"other-key", &it, 1_000).is_err());
         assert!(decode(b"k", "garbage", 1_000).is_err());
+        let other_kind = seal(b"k", LIST_SHARDS_DOMAIN, &pos());
+        assert!(
+            decode(b"k", &other_kind, 1_000).is_err(),
+            "domains are separate"
+        );
     }
 
     #[test]

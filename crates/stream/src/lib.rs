@@ -10,9 +10,13 @@
 //! [`Stream`] is the boundary; [`embedded::EmbeddedStream`] is the embedded backend.
 //! This crate knows nothing about HTTP or AWS wire formats.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
+#[doc(hidden)]
+pub mod conformance;
 pub mod embedded;
 mod iterator;
 
@@ -28,6 +32,28 @@ pub const MAX_GET_BYTES: usize = 10 * 1024 * 1024;
 pub const MAX_PUT_RECORDS: usize = 500;
 /// Shard iterators expire this long after they were issued.
 pub const ITERATOR_TTL_MS: i64 = 5 * 60 * 1000;
+/// Shortest and longest retention a stream may have (hours).
+pub const MIN_RETENTION_HOURS: u32 = 24;
+pub const MAX_RETENTION_HOURS: u32 = 8_760;
+/// Largest record size a stream may be configured with (partition key + data).
+pub const MAX_MAX_RECORD_BYTES: usize = 10 * 1024 * 1024;
+/// Most bytes (partition keys + data) in one `put_records` call, unless the stream's record
+/// size limit is larger: then one record of the maximum size still fits.
+pub const MAX_PUT_RECORDS_BYTES: usize = 5 * 1024 * 1024;
+/// Shards a stream created in on-demand mode starts with.
+pub const DEFAULT_ON_DEMAND_SHARDS: u32 = 4;
+/// Most shards, open or closed, a stream can hold.
+pub const MAX_SHARDS: u32 = 10_000;
+/// Most tags a stream can carry.
+pub const MAX_TAGS: usize = 50;
+/// Default and largest page of `list_shards`.
+pub const DEFAULT_LIST_SHARDS: u32 = 1_000;
+pub const MAX_LIST_SHARDS: u32 = 10_000;
+/// Default and largest page of `list_streams_page`.
+pub const DEFAULT_LIST_STREAMS: u32 = 100;
+pub const MAX_LIST_STREAMS: u32 = 10_000;
+/// Pagination tokens of `list_shards` expire this long after they were issued.
+pub const NEXT_TOKEN_TTL_MS: i64 = 5 * 60 * 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -41,6 +67,9 @@ pub enum StreamError {
     ExpiredIterator(String),
     #[error("{0}")]
     LimitExceeded(String),
+    /// The optional per-shard throughput limits were exceeded; retry later.
+    #[error("{0}")]
+    ProvisionedThroughputExceeded(String),
     #[error("stream backend failure: {0}")]
     Backend(String),
 }
@@ -97,6 +126,128 @@ pub struct GetRecordsOutput {
     /// `None` once a closed shard has been read to its end.
     pub next_iterator: Option<String>,
     pub millis_behind_latest: i64,
+    /// The shards that took over a closed shard's hash-key range; filled exactly when
+    /// `next_iterator` is `None` (the closed shard is drained), empty otherwise.
+    pub child_shards: Vec<ChildShard>,
+}
+
+/// A shard that continues (part of) the hash-key range of a closed parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildShard {
+    pub shard_id: String,
+    /// One parent for a split, two (parent, adjacent parent) for a merge.
+    pub parent_shards: Vec<String>,
+    pub starting_hash_key: u128,
+    pub ending_hash_key: u128,
+}
+
+/// How a stream's capacity is managed. Both modes behave the same in sluice; on-demand only
+/// chooses the initial shard count ([`DEFAULT_ON_DEMAND_SHARDS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamMode {
+    Provisioned,
+    OnDemand,
+}
+
+impl StreamMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamMode::Provisioned => "PROVISIONED",
+            StreamMode::OnDemand => "ON_DEMAND",
+        }
+    }
+}
+
+/// Options of [`Stream::create_stream_with`].
+#[derive(Debug, Clone, Default)]
+pub struct CreateStreamOptions {
+    /// `None` creates the stream in on-demand mode with [`DEFAULT_ON_DEMAND_SHARDS`] shards.
+    pub shard_count: Option<u32>,
+    /// Largest record (partition key + data), 1 MiB to 10 MiB; `None` is 1 MiB.
+    pub max_record_bytes: Option<usize>,
+    /// Tags set at creation, under the same rules as [`Stream::add_tags`].
+    pub tags: BTreeMap<String, String>,
+}
+
+/// What DescribeStreamSummary reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSummary {
+    pub name: String,
+    pub status: &'static str,
+    pub mode: StreamMode,
+    pub retention_hours: u32,
+    pub created_ms: i64,
+    pub open_shard_count: u32,
+    pub max_record_bytes: usize,
+    pub consumer_count: u32,
+}
+
+/// Which shards `list_shards` returns (Kinesis' ShardFilter). Timestamps are milliseconds
+/// since the Unix epoch; one earlier than the trim horizon is read as the trim horizon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardFilter {
+    /// Shards whose id follows this one.
+    AfterShardId(String),
+    /// Shards that were open at the trim horizon.
+    AtTrimHorizon,
+    /// Every shard within the retention period (the default).
+    FromTrimHorizon,
+    /// Only the open shards.
+    AtLatest,
+    /// Shards open at the instant: created at or before it, closed at or after it or open.
+    AtTimestamp(i64),
+    /// Shards closed at or after the instant, and every open shard.
+    FromTimestamp(i64),
+}
+
+/// ListShards' request. Exactly one of `stream` and `next_token` is given; a token carries
+/// the stream, the filter and the position, so it is not combined with them.
+#[derive(Debug, Clone, Default)]
+pub struct ListShardsInput {
+    pub stream: Option<String>,
+    pub next_token: Option<String>,
+    pub exclusive_start_shard_id: Option<String>,
+    /// 1 to [`MAX_LIST_SHARDS`]; `None` is [`DEFAULT_LIST_SHARDS`].
+    pub max_results: Option<u32>,
+    pub filter: Option<ShardFilter>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListShardsOutput {
+    pub shards: Vec<ShardDesc>,
+    /// Set when more shards follow; valid for [`NEXT_TOKEN_TTL_MS`].
+    pub next_token: Option<String>,
+}
+
+/// ListStreams' request: streams are listed in name order, after
+/// `exclusive_start_stream_name` or where `next_token` left off (not both).
+#[derive(Debug, Clone, Default)]
+pub struct ListStreamsInput {
+    pub exclusive_start_stream_name: Option<String>,
+    pub next_token: Option<String>,
+    /// 1 to [`MAX_LIST_STREAMS`]; `None` is [`DEFAULT_LIST_STREAMS`].
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListStreamsOutput {
+    pub names: Vec<String>,
+    pub has_more: bool,
+    /// Set exactly when `has_more`.
+    pub next_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagsPage {
+    /// In key order.
+    pub tags: Vec<(String, String)>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateShardCountOutput {
+    pub current_shard_count: u32,
+    pub target_shard_count: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +306,136 @@ pub trait Stream: Send + Sync + 'static {
     /// A counter that changes after every commit that appended to `stream`: a reader at the
     /// tail waits on it instead of polling.
     fn watch(&self, stream: &str) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Creates a stream with options (mode, record size limit, tags). `ResourceInUse` if it
+    /// exists.
+    async fn create_stream_with(
+        &self,
+        name: &str,
+        options: CreateStreamOptions,
+    ) -> Result<(), StreamError>;
+    async fn describe_stream_summary(&self, name: &str) -> Result<StreamSummary, StreamError>;
+    /// One page of stream names in name order.
+    async fn list_streams_page(
+        &self,
+        input: ListStreamsInput,
+    ) -> Result<ListStreamsOutput, StreamError>;
+    /// Shards in shard-id order, filtered and paginated as Kinesis' ListShards.
+    async fn list_shards(&self, input: ListShardsInput) -> Result<ListShardsOutput, StreamError>;
+    /// [`Stream::put_record`] with SequenceNumberForOrdering: the record's sequence number is
+    /// strictly greater than `sequence_number_for_ordering` (a sequence number this stream
+    /// returned earlier for the same partition key), or the put fails with `InvalidArgument`.
+    async fn put_record_ordered(
+        &self,
+        stream: &str,
+        record: PutRecord,
+        sequence_number_for_ordering: Option<String>,
+    ) -> Result<PutResult, StreamError>;
+    /// Closes the open shard `shard` and creates two children covering
+    /// `start..new_starting_hash_key` and `new_starting_hash_key..=end` (parent = `shard`).
+    async fn split_shard(
+        &self,
+        stream: &str,
+        shard: &str,
+        new_starting_hash_key: u128,
+    ) -> Result<(), StreamError>;
+    /// Closes two open shards with adjacent hash-key ranges and creates one child covering
+    /// both (parent = `shard`, adjacent parent = `adjacent_shard`).
+    async fn merge_shards(
+        &self,
+        stream: &str,
+        shard: &str,
+        adjacent_shard: &str,
+    ) -> Result<(), StreamError>;
+    /// Reshards to `target` open shards with even hash-key ranges (UNIFORM_SCALING) by
+    /// splits and merges, so every new shard has proper lineage. The target is limited to
+    /// between half and double the current open shard count.
+    async fn update_shard_count(
+        &self,
+        stream: &str,
+        target: u32,
+    ) -> Result<UpdateShardCountOutput, StreamError>;
+    /// Raises retention to `hours` (at most [`MAX_RETENTION_HOURS`], at least the current).
+    async fn increase_retention(&self, stream: &str, hours: u32) -> Result<(), StreamError>;
+    /// Lowers retention to `hours` (at least [`MIN_RETENTION_HOURS`], at most the current).
+    async fn decrease_retention(&self, stream: &str, hours: u32) -> Result<(), StreamError>;
+    /// Sets the largest record (partition key + data) to `kib` KiB, 1024 to 10240.
+    async fn update_max_record_size(&self, stream: &str, kib: u32) -> Result<(), StreamError>;
+    /// Adds or overwrites tags (key 1–128 chars, value 0–256 chars); a stream holds at most
+    /// [`MAX_TAGS`] tags, more is `LimitExceeded` and changes nothing.
+    async fn add_tags(
+        &self,
+        stream: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), StreamError>;
+    /// Removes tags by key; absent keys are ignored.
+    async fn remove_tags(&self, stream: &str, keys: Vec<String>) -> Result<(), StreamError>;
+    /// Tags in key order, after `exclusive_start_key`, at most `limit` (default and max 50).
+    async fn list_tags(
+        &self,
+        stream: &str,
+        exclusive_start_key: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<TagsPage, StreamError>;
+}
+
+/// A 64-bit checksum of a record's identity and content, stored with every record and
+/// verified on every read. Not cryptographic: it detects bit flips and misplaced data, fast
+/// enough (8 bytes per step) not to slow reads down.
+pub fn record_checksum(counter: u64, partition_key: &str, data: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = 0xCBF2_9CE4_8422_2325u64 ^ counter.wrapping_mul(K);
+    let mut mix = |bytes: &[u8]| {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
+        }
+        let mut tail = [0u8; 8];
+        let rest = chunks.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        h = (h ^ u64::from_le_bytes(tail) ^ (bytes.len() as u64).rotate_left(56))
+            .wrapping_mul(K)
+            .rotate_left(29);
+    };
+    mix(partition_key.as_bytes());
+    mix(data);
+    h ^= h >> 32;
+    h = h.wrapping_mul(K);
+    h ^ (h >> 29)
+}
+
+/// Checks a retention period against Kinesis' range.
+pub fn check_retention_hours(hours: u32) -> Result<(), StreamError> {
+    if !(MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&hours) {
+        return Err(StreamError::InvalidArgument(format!(
+            "retention must be between {MIN_RETENTION_HOURS} and {MAX_RETENTION_HOURS} hours, got {hours}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a tag against Kinesis' rules.
+pub fn check_tag(key: &str, value: &str) -> Result<(), StreamError> {
+    let k = key.chars().count();
+    if !(1..=128).contains(&k) {
+        return Err(StreamError::InvalidArgument(format!(
+            "tag key must be 1 to 128 characters long, got {k}"
+        )));
+    }
+    let v = value.chars().count();
+    if v > 256 {
+        return Err(StreamError::InvalidArgument(format!(
+            "tag value must be at most 256 characters long, got {v}"
+        )));
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, by the clock the embedded backend stamps records with.
+pub fn embedded_now_ms() -> i64 {
+    sluice_db::now_ms()
 }
 
 /// The 128-bit hash of a partition key: its MD5 digest read as a big-endian integer.

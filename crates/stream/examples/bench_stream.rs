@@ -1,0 +1,287 @@
+//! Benchmark of the embedded stream backend on this machine's disk.
+//!
+//! Measures, in one run and on one directory: the raw fsync rate (write 4 KiB + fdatasync
+//! in a loop), durable 1 KiB appends/s at 1, 8, 64 and 256 concurrent producers
+//! (`put_record`, each acknowledged only after its group commit was fsynced), single-
+//! producer append latency p50/p99, read throughput from TRIM_HORIZON, and commit-to-visible
+//! latency for a reader waiting at the tail.
+//!
+//! Usage: `cargo run --release -p sluice-stream --example bench_stream -- [--dir DIR] [--seconds N]`
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_db::Db;
+use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS};
+use sluice_stream::{IteratorSpec, PutRecord, Stream, shard_id};
+
+const RECORD: usize = 1024;
+const SHARDS: u32 = 4;
+
+struct Args {
+    dir: PathBuf,
+    seconds: f64,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        dir: std::env::temp_dir(),
+        seconds: 3.0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--dir" => a.dir = PathBuf::from(value),
+            "--seconds" => {
+                a.seconds = value
+                    .parse()
+                    .map_err(|_| format!("--seconds takes a number, got {value:?}"))?
+            }
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = args()?;
+    let work = tempfile::Builder::new()
+        .prefix("bench-stream-")
+        .tempdir_in(&args.dir)?;
+    let phase = Duration::from_secs_f64(args.seconds);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    println!("directory: {}", args.dir.display());
+    let growing = raw_fsync_rate(work.path(), phase, false)?;
+    println!(
+        "raw fsync, appending 4 KiB + fdatasync (file grows): {growing:.0}/s ({:.3} ms each)",
+        1000.0 / growing
+    );
+    let fsyncs = raw_fsync_rate(work.path(), phase, true)?;
+    println!(
+        "raw fsync, overwriting 4 KiB in place + fdatasync (as a reused WAL): {fsyncs:.0}/s ({:.3} ms each)",
+        1000.0 / fsyncs
+    );
+    rt.block_on(async {
+        println!("\n| producers | durable 1 KiB appends/s | appends per in-place fsync time |");
+        println!("|---:|---:|---:|");
+        let mut single = Vec::new();
+        for (i, producers) in [1usize, 8, 64, 256].into_iter().enumerate() {
+            let path = work.path().join(format!("append-{i}.db"));
+            let (rate, lat) = appends(&path, producers, phase).await?;
+            println!("| {producers} | {rate:.0} | {:.1} |", rate / fsyncs);
+            if producers == 1 {
+                single = lat;
+            }
+        }
+        single.sort_unstable();
+        println!(
+            "\nsingle-producer append latency: p50 {:.3} ms, p99 {:.3} ms ({} appends)",
+            pct(&single, 0.50),
+            pct(&single, 0.99),
+            single.len()
+        );
+        let path = work.path().join("read.db");
+        let (n, rate) = read_throughput(&path).await?;
+        println!("read from TRIM_HORIZON: {rate:.0} records/s ({n} records of 1 KiB, 10,000 per get_records)");
+        let path = work.path().join("tail.db");
+        let mut vis = commit_to_visible(&path).await?;
+        vis.sort_unstable();
+        println!(
+            "commit-to-visible for a tailing reader (watch + get_records): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} records)",
+            pct(&vis, 0.50),
+            pct(&vis, 0.99),
+            vis.last().copied().unwrap_or(0) as f64 / 1e6,
+            vis.len()
+        );
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    Ok(())
+}
+
+/// Percentile of sorted nanosecond samples, in milliseconds.
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1e6
+}
+
+/// Single-threaded write + fdatasync loop; `in_place` rewrites one preallocated block
+/// instead of growing the file (no metadata to flush).
+fn raw_fsync_rate(dir: &Path, phase: Duration, in_place: bool) -> std::io::Result<f64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::create(dir.join(format!("fsync-{in_place}.bin")))?;
+    let block = vec![0x5Au8; 4096];
+    if in_place {
+        f.write_all(&block)?;
+        f.sync_all()?;
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < phase {
+        if in_place {
+            f.seek(SeekFrom::Start(0))?;
+        }
+        f.write_all(&block)?;
+        f.sync_data()?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn open(path: &Path) -> Result<EmbeddedStream, Box<dyn std::error::Error>> {
+    Ok(EmbeddedStream::open(Db::open(path, MIGRATIONS)?)?)
+}
+
+fn record(i: u64) -> PutRecord {
+    PutRecord {
+        partition_key: format!("pk-{i}"),
+        explicit_hash_key: None,
+        data: Bytes::from(vec![(i % 251) as u8; RECORD]),
+    }
+}
+
+/// Appends/s with `producers` tasks each awaiting one `put_record` at a time, and the
+/// latency of every append (ns).
+async fn appends(
+    path: &Path,
+    producers: usize,
+    phase: Duration,
+) -> Result<(f64, Vec<u64>), Box<dyn std::error::Error>> {
+    let s = Arc::new(open(path)?);
+    s.create_stream("b", SHARDS).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let (s, stop, count) = (s.clone(), stop.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = p as u64 * 1_000_000_000;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                s.put_record("b", record(i)).await?;
+                lat.push(t.elapsed().as_nanos() as u64);
+                count.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            Ok::<_, sluice_stream::StreamError>(lat)
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(phase).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = count.load(Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    s.db().close();
+    Ok((n as f64 / elapsed, lat))
+}
+
+async fn read_throughput(path: &Path) -> Result<(usize, f64), Box<dyn std::error::Error>> {
+    let s = open(path)?;
+    s.create_stream("r", SHARDS).await?;
+    let total = 200_000u64;
+    for chunk in 0..total / 500 {
+        let batch = (0..500).map(|i| record(chunk * 500 + i)).collect();
+        for r in s.put_records("r", batch).await? {
+            r?;
+        }
+    }
+    let start = Instant::now();
+    let mut n = 0usize;
+    for shard in 0..u64::from(SHARDS) {
+        let mut it = s
+            .get_shard_iterator("r", &shard_id(shard), IteratorSpec::TrimHorizon)
+            .await?;
+        loop {
+            let page = s.get_records(&it, 10_000).await?;
+            if page.records.is_empty() {
+                break;
+            }
+            n += page.records.len();
+            match page.next_iterator {
+                Some(next) => it = next,
+                None => break,
+            }
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    s.db().close();
+    Ok((n, rate))
+}
+
+/// A reader waits at the tail (watch + get_records); a writer appends one record at a time.
+/// Returns, per record, the time from the writer's acknowledgement to the reader having it
+/// (0 when the reader had it first).
+async fn commit_to_visible(path: &Path) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
+    let s = Arc::new(open(path)?);
+    s.create_stream("t", 1).await?;
+    let n = 2_000usize;
+    let base = Instant::now();
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+    let reader = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut changes = s.watch("t");
+            let mut it = s
+                .get_shard_iterator("t", &shard_id(0), IteratorSpec::Latest)
+                .await?;
+            let mut seen = vec![0u64; n];
+            let mut got = 0usize;
+            while got < n {
+                changes.borrow_and_update();
+                let page = s.get_records(&it, 10_000).await?;
+                let now = base.elapsed().as_nanos() as u64;
+                for r in &page.records {
+                    let mut idx = [0u8; 8];
+                    idx.copy_from_slice(&r.data[..8]);
+                    seen[u64::from_le_bytes(idx) as usize] = now;
+                    got += 1;
+                }
+                if let Some(next) = page.next_iterator {
+                    it = next;
+                }
+                if page.records.is_empty() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+                }
+            }
+            Ok::<_, sluice_stream::StreamError>(seen)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..n {
+        let mut data = (i as u64).to_le_bytes().to_vec();
+        data.resize(RECORD, 0);
+        s.put_record(
+            "t",
+            PutRecord {
+                partition_key: "tail".into(),
+                explicit_hash_key: None,
+                data: Bytes::from(data),
+            },
+        )
+        .await?;
+        acked[i].store(base.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let seen = reader.await??;
+    s.db().close();
+    Ok(seen
+        .iter()
+        .zip(acked.iter())
+        .map(|(s, a)| s.saturating_sub(a.load(Ordering::Relaxed)))
+        .collect())
+}

@@ -1,0 +1,368 @@
+//! Appending: the per-transaction append context and the batching appender that coalesces
+//! concurrent `put_record`/`put_records` calls into one database job.
+//!
+//! Why batch before the database: the shared writer already shares one fsync among every
+//! job of a group, but each job still pays its own savepoint, stream lookup and shard-map
+//! load. The batcher hands the writer one job per round holding every append that arrived
+//! while the previous round was being committed, so those costs are paid once per round
+//! and per stream, and each shard's counter row is written once per round.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use sluice_db::now_ms;
+use sluice_db::rusqlite::{Connection, params};
+use tokio::sync::oneshot;
+
+use super::EmbeddedStream;
+use super::schema::{load_stream, open_shards};
+use crate::{
+    PutRecord, PutResult, StreamError, parse_sequence_number, record_checksum, sequence_number,
+    shard_id, validate_record,
+};
+
+/// An open shard as the append path sees it.
+struct Target {
+    idx: u64,
+    start: u128,
+    end: u128,
+    next_counter: u64,
+    last_arrival_ms: i64,
+    dirty: bool,
+}
+
+/// The state of one stream during one transaction: its open shards (in hash-key order) with
+/// their counters held in memory and written back by [`AppendCtx::flush`].
+///
+/// Invariant: between `load` and `flush` nothing else writes the stream's shard rows — the
+/// context lives inside one job on the single writer thread.
+pub(crate) struct AppendCtx {
+    stream_id: i64,
+    stream: String,
+    max_record_bytes: usize,
+    shards: Vec<Target>,
+}
+
+impl AppendCtx {
+    pub(crate) fn load(conn: &Connection, stream: &str) -> Result<Self, StreamError> {
+        let row = load_stream(conn, stream)?;
+        let shards = open_shards(conn, row.id)?
+            .into_iter()
+            .map(|s| Target {
+                idx: s.idx,
+                start: s.start_hash,
+                end: s.end_hash,
+                next_counter: s.next_counter,
+                last_arrival_ms: s.last_arrival_ms,
+                dirty: false,
+            })
+            .collect();
+        Ok(AppendCtx {
+            stream_id: row.id,
+            stream: row.name,
+            max_record_bytes: row.max_record_bytes,
+            shards,
+        })
+    }
+
+    /// Validates and inserts one record. Counters advance only once the insert succeeded;
+    /// a validation error writes nothing.
+    pub(crate) fn append(
+        &mut self,
+        conn: &Connection,
+        record: &PutRecord,
+        ordering: Option<&str>,
+        now: i64,
+    ) -> Result<PutResult, StreamError> {
+        let hash = validate_record(record, self.max_record_bytes)?;
+        let pos = self.shards.partition_point(|s| s.start <= hash);
+        let shard = pos
+            .checked_sub(1)
+            .and_then(|i| self.shards.get_mut(i))
+            .filter(|s| hash <= s.end)
+            .ok_or_else(|| {
+                StreamError::Backend(format!(
+                    "no open shard of {} covers hash key {hash}",
+                    self.stream
+                ))
+            })?;
+        let counter = shard.next_counter;
+        let seq = sequence_number(shard.idx, counter);
+        if let Some(ordering) = ordering {
+            check_ordering(ordering, &seq)?;
+        }
+        let arrival = shard.last_arrival_ms.max(now);
+        let checksum = record_checksum(counter, &record.partition_key, &record.data);
+        conn.prepare_cached(
+            "INSERT INTO records
+                 (stream_id, shard_idx, counter, arrival_ms, partition_key, data, checksum)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            self.stream_id,
+            shard.idx as i64,
+            counter as i64,
+            arrival,
+            record.partition_key,
+            record.data.as_ref(),
+            checksum as i64
+        ])?;
+        shard.next_counter = counter + 1;
+        shard.last_arrival_ms = arrival;
+        shard.dirty = true;
+        Ok(PutResult {
+            shard_id: shard_id(shard.idx),
+            sequence_number: seq,
+        })
+    }
+
+    /// Writes the counters of every shard appended to since `load`.
+    pub(crate) fn flush(&mut self, conn: &Connection) -> Result<(), StreamError> {
+        for s in self.shards.iter_mut().filter(|s| s.dirty) {
+            conn.prepare_cached(
+                "UPDATE shards SET next_counter = ?3, last_arrival_ms = ?4
+                 WHERE stream_id = ?1 AND idx = ?2",
+            )?
+            .execute(params![
+                self.stream_id,
+                s.idx as i64,
+                s.next_counter as i64,
+                s.last_arrival_ms
+            ])?;
+            s.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+/// SequenceNumberForOrdering: the new number must exceed the given one. Numbers of one
+/// stream compare as integers, and a partition key only ever moves to shards with higher
+/// indexes (children of its old shard), so a number this stream returned earlier for the
+/// same key is always exceeded; anything else that is not is refused.
+fn check_ordering(ordering: &str, seq: &str) -> Result<(), StreamError> {
+    if parse_sequence_number(ordering).is_none() {
+        return Err(StreamError::InvalidArgument(format!(
+            "sequence number for ordering {ordering:?} is not a sequence number of this stream"
+        )));
+    }
+    // Same width (37 digits) for every valid number: string order is numeric order.
+    if seq <= ordering {
+        return Err(StreamError::InvalidArgument(format!(
+            "sequence number for ordering {ordering} is not below the next sequence number \
+             of the record's shard; pass a sequence number returned for the same partition key"
+        )));
+    }
+    Ok(())
+}
+
+/// Appends one record inside a transaction of the shared database. Used by callers that
+/// must commit a record together with other rows (the upload path). The caller must call
+/// [`EmbeddedStream::notify`] after the commit.
+pub fn append_in_tx(
+    conn: &Connection,
+    stream: &str,
+    record: &PutRecord,
+    now: i64,
+) -> Result<PutResult, StreamError> {
+    let mut ctx = AppendCtx::load(conn, stream)?;
+    let res = ctx.append(conn, record, None, now)?;
+    ctx.flush(conn)?;
+    Ok(res)
+}
+
+type Outcome = Result<Vec<Result<PutResult, StreamError>>, StreamError>;
+
+/// One caller's appends: a `put_record` (one record) or a `put_records` call.
+struct Work {
+    stream: String,
+    records: Vec<(PutRecord, Option<String>)>,
+}
+
+struct Pending {
+    work: Work,
+    bytes: usize,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// Most records and bytes handed to the writer in one job.
+const MAX_BATCH_RECORDS: usize = 4_096;
+const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Pending>,
+    /// True while a flush task runs; it takes every queued append before it stops.
+    flushing: bool,
+}
+
+/// Coalesces concurrent appends. At most one batch is in the writer at a time; appends that
+/// arrive meanwhile queue up and form the next batch, so batches grow with load.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    state: Mutex<State>,
+}
+
+impl Batcher {
+    /// Queues `records` for `stream` and returns their results once they are durable (or
+    /// failed). Dropping the returned future does not withdraw the records.
+    pub(crate) async fn append(
+        &self,
+        owner: &EmbeddedStream,
+        stream: &str,
+        records: Vec<(PutRecord, Option<String>)>,
+    ) -> Outcome {
+        let work = Work {
+            stream: stream.to_owned(),
+            records,
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            // No runtime to run a flush task on: write directly.
+            let results = owner
+                .db
+                .write(move |c| Ok::<_, StreamError>(run_batch(c, std::slice::from_ref(&work))))
+                .await?;
+            let out = results.into_iter().next().unwrap_or_else(|| {
+                Err(StreamError::Backend("the batch returned no result".into()))
+            });
+            owner.notify(stream);
+            return out;
+        };
+        let bytes = work
+            .records
+            .iter()
+            .map(|(r, _)| r.data.len() + r.partition_key.len())
+            .sum();
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut st = self
+                .state
+                .lock()
+                .map_err(|_| StreamError::Backend("the append queue is poisoned".into()))?;
+            st.queue.push_back(Pending {
+                work,
+                bytes,
+                reply: tx,
+            });
+            !std::mem::replace(&mut st.flushing, true)
+        };
+        if start {
+            let owner = owner.clone();
+            handle.spawn(async move { flush_loop(owner).await });
+        }
+        rx.await
+            .map_err(|_| StreamError::Backend("the appender stopped before replying".into()))?
+    }
+
+    /// The next batch, or `None` (and the flushing flag cleared) when the queue is empty.
+    fn next_batch(&self) -> Option<Vec<Pending>> {
+        let mut st = self.state.lock().ok()?;
+        if st.queue.is_empty() {
+            st.flushing = false;
+            return None;
+        }
+        let mut batch = Vec::new();
+        let (mut n, mut bytes) = (0usize, 0usize);
+        while let Some(p) = st.queue.front() {
+            let k = p.work.records.len();
+            if !batch.is_empty() && (n + k > MAX_BATCH_RECORDS || bytes + p.bytes > MAX_BATCH_BYTES)
+            {
+                break;
+            }
+            n += k;
+            bytes += p.bytes;
+            batch.extend(st.queue.pop_front());
+        }
+        Some(batch)
+    }
+}
+
+async fn flush_loop(owner: EmbeddedStream) {
+    while let Some(batch) = owner.batcher.next_batch() {
+        let (works, replies): (Vec<Work>, Vec<oneshot::Sender<Outcome>>) =
+            batch.into_iter().map(|p| (p.work, p.reply)).unzip();
+        let names: Vec<String> = works.iter().map(|w| w.stream.clone()).collect();
+        let res = owner
+            .db
+            .write(move |c| Ok::<_, StreamError>(run_batch(c, &works)))
+            .await;
+        match res {
+            Ok(outcomes) => {
+                let mut touched: Vec<&str> = Vec::new();
+                for ((reply, outcome), name) in replies.into_iter().zip(outcomes).zip(&names) {
+                    if matches!(&outcome, Ok(rs) if rs.iter().any(|r| r.is_ok())) {
+                        touched.push(name);
+                    }
+                    let _ = reply.send(outcome);
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                for name in touched {
+                    owner.notify(name);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a batch of appends failed");
+                for reply in replies {
+                    let _ = reply.send(Err(StreamError::Backend(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Runs a batch inside one job. A database error undoes the whole batch: it is returned for
+/// every caller (the closure fails, so the job's savepoint is rolled back).
+fn run_batch(conn: &Connection, works: &[Work]) -> Vec<Outcome> {
+    match try_batch(conn, works) {
+        Ok(v) => v,
+        Err(e) => {
+            let msg = e.to_string();
+            // Undo whatever the batch wrote; the savepoint of the job is released empty.
+            let _ = conn.execute_batch("ROLLBACK TO batch; RELEASE batch");
+            works
+                .iter()
+                .map(|_| Err(StreamError::Backend(msg.clone())))
+                .collect()
+        }
+    }
+}
+
+fn try_batch(conn: &Connection, works: &[Work]) -> Result<Vec<Outcome>, StreamError> {
+    conn.execute_batch("SAVEPOINT batch")?;
+    let now = now_ms();
+    let mut ctxs: HashMap<&str, Option<AppendCtx>> = HashMap::new();
+    let mut out = Vec::with_capacity(works.len());
+    for w in works {
+        let ctx = match ctxs.get_mut(w.stream.as_str()) {
+            Some(c) => c,
+            None => {
+                let loaded = match AppendCtx::load(conn, &w.stream) {
+                    Ok(c) => Some(c),
+                    Err(StreamError::ResourceNotFound(_)) => None,
+                    Err(e) => return Err(e),
+                };
+                ctxs.entry(w.stream.as_str()).or_insert(loaded)
+            }
+        };
+        let Some(ctx) = ctx.as_mut() else {
+            out.push(Err(super::schema::not_found(&w.stream)));
+            continue;
+        };
+        let mut results = Vec::with_capacity(w.records.len());
+        for (record, ordering) in &w.records {
+            match ctx.append(conn, record, ordering.as_deref(), now) {
+                Err(StreamError::Backend(e)) => return Err(StreamError::Backend(e)),
+                r => results.push(r),
+            }
+        }
+        out.push(Ok(results));
+    }
+    for ctx in ctxs.values_mut().flatten() {
+        ctx.flush(conn)?;
+    }
+    conn.execute_batch("RELEASE batch")?;
+    Ok(out)
+}
+
+/// Shares one `Batcher` between clones of an [`EmbeddedStream`].
+pub(crate) type SharedBatcher = Arc<Batcher>;

@@ -1,0 +1,263 @@
+use super::*;
+use crate::ListShardsInput;
+
+fn open() -> (EmbeddedStream, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.db"), MIGRATIONS).expect("db");
+    (EmbeddedStream::open(db).expect("stream"), dir)
+}
+
+fn rec(pk: &str, data: &str) -> PutRecord {
+    PutRecord {
+        partition_key: pk.into(),
+        explicit_hash_key: None,
+        data: Bytes::from(data.to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn records_land_on_the_shard_of_their_hash_and_read_back_in_order() {
+    let (s, _d) = open();
+    s.create_stream("s", 4).await.expect("create");
+    let desc = s.describe_stream("s").await.expect("describe");
+    let mut per_shard: HashMap<String, Vec<String>> = HashMap::new();
+    for i in 0..40 {
+        let pk = format!("key-{i}");
+        let r = s
+            .put_record("s", rec(&pk, &i.to_string()))
+            .await
+            .expect("put");
+        let h = crate::partition_hash(&pk);
+        let owner = desc
+            .shards
+            .iter()
+            .find(|sh| (sh.starting_hash_key..=sh.ending_hash_key).contains(&h))
+            .expect("covering shard");
+        assert_eq!(r.shard_id, owner.shard_id);
+        per_shard
+            .entry(r.shard_id)
+            .or_default()
+            .push(r.sequence_number);
+    }
+    for (shard, seqs) in per_shard {
+        let it = s
+            .get_shard_iterator("s", &shard, IteratorSpec::TrimHorizon)
+            .await
+            .expect("iterator");
+        let out = s.get_records(&it, 1000).await.expect("get");
+        let got: Vec<_> = out
+            .records
+            .iter()
+            .map(|r| r.sequence_number.clone())
+            .collect();
+        assert_eq!(got, seqs);
+        assert!(got.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(out.millis_behind_latest, 0);
+    }
+}
+
+#[tokio::test]
+async fn iterator_types() {
+    let (s, _d) = open();
+    s.create_stream("s", 1).await.expect("create");
+    let shard = shard_id(0);
+    let latest = s
+        .get_shard_iterator("s", &shard, IteratorSpec::Latest)
+        .await
+        .expect("latest");
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        seqs.push(
+            s.put_record("s", rec("k", &format!("r{i}")))
+                .await
+                .expect("put")
+                .sequence_number,
+        );
+    }
+    let from_latest = s.get_records(&latest, 100).await.expect("get");
+    assert_eq!(
+        from_latest.records.len(),
+        5,
+        "LATEST sees records put after it"
+    );
+    let at = s
+        .get_shard_iterator("s", &shard, IteratorSpec::AtSequenceNumber(seqs[2].clone()))
+        .await
+        .expect("at");
+    let got = s.get_records(&at, 2).await.expect("get");
+    assert_eq!(got.records[0].sequence_number, seqs[2]);
+    assert_eq!(got.records.len(), 2);
+    assert!(got.millis_behind_latest >= 0);
+    let next = got.next_iterator.expect("open shard has a next iterator");
+    let rest = s.get_records(&next, 100).await.expect("get");
+    assert_eq!(rest.records[0].sequence_number, seqs[4]);
+    let after = s
+        .get_shard_iterator(
+            "s",
+            &shard,
+            IteratorSpec::AfterSequenceNumber(seqs[4].clone()),
+        )
+        .await
+        .expect("after");
+    assert!(
+        s.get_records(&after, 10)
+            .await
+            .expect("get")
+            .records
+            .is_empty()
+    );
+    let ts = s
+        .get_shard_iterator("s", &shard, IteratorSpec::AtTimestamp(0))
+        .await
+        .expect("ts");
+    assert_eq!(s.get_records(&ts, 10).await.expect("get").records.len(), 5);
+    let bad = s
+        .get_shard_iterator(
+            "s",
+            &shard,
+            IteratorSpec::AtSequenceNumber(sequence_number(0, 99)),
+        )
+        .await;
+    assert!(matches!(bad, Err(StreamError::InvalidArgument(_))));
+}
+
+#[tokio::test]
+async fn errors() {
+    let (s, _d) = open();
+    assert!(matches!(
+        s.put_record("nope", rec("k", "x")).await,
+        Err(StreamError::ResourceNotFound(_))
+    ));
+    s.create_stream("s", 2).await.expect("create");
+    assert!(matches!(
+        s.create_stream("s", 2).await,
+        Err(StreamError::ResourceInUse(_))
+    ));
+    assert!(matches!(
+        s.create_stream("bad name", 2).await,
+        Err(StreamError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        s.get_records("forged.iterator", 10).await,
+        Err(StreamError::InvalidArgument(_))
+    ));
+    let results = s
+        .put_records("s", vec![rec("a", "1"), rec("", "2"), rec("c", "3")])
+        .await
+        .expect("put_records");
+    assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
+}
+
+#[tokio::test]
+async fn sequence_numbers_survive_reopen_and_trimming() {
+    let (s, dir) = open();
+    s.create_stream("s", 1).await.expect("create");
+    let first = s.put_record("s", rec("k", "a")).await.expect("put");
+    s.db()
+        .write(|c| {
+            c.execute("DELETE FROM records", [])?;
+            Ok::<_, StreamError>(())
+        })
+        .await
+        .expect("trim");
+    s.db().close();
+    let db = Db::open(&dir.path().join("s.db"), MIGRATIONS).expect("reopen");
+    let s2 = EmbeddedStream::open(db).expect("stream");
+    let second = s2.put_record("s", rec("k", "b")).await.expect("put");
+    assert!(second.sequence_number > first.sequence_number);
+}
+
+const HOUR: i64 = 3_600_000;
+
+#[tokio::test]
+async fn retention_trims_records_and_expired_shards_and_honours_changes() {
+    let (s, _d) = open();
+    s.create_stream("r", 1).await.expect("create");
+    let first = s.put_record("r", rec("k", "old")).await.expect("put");
+    s.increase_retention("r", 48).await.expect("increase");
+    let now = now_ms();
+    assert_eq!(
+        s.trim_expired(now + 25 * HOUR).await.expect("trim"),
+        TrimReport::default(),
+        "48 h retention keeps a record 25 h old"
+    );
+    s.decrease_retention("r", 24).await.expect("decrease");
+    s.split_shard("r", &shard_id(0), 1 << 100)
+        .await
+        .expect("split");
+    let report = s.trim_expired(now + 25 * HOUR).await.expect("trim");
+    assert_eq!(
+        report,
+        TrimReport {
+            records: 1,
+            shards: 1
+        }
+    );
+    // The closed parent is gone everywhere; TRIM_HORIZON of the children starts after it.
+    assert!(matches!(
+        s.get_shard_iterator("r", &shard_id(0), IteratorSpec::TrimHorizon)
+            .await,
+        Err(StreamError::ResourceNotFound(_))
+    ));
+    let listed = s
+        .list_shards(ListShardsInput {
+            stream: Some("r".into()),
+            ..ListShardsInput::default()
+        })
+        .await
+        .expect("list");
+    let ids: Vec<_> = listed.shards.iter().map(|x| x.shard_id.clone()).collect();
+    assert_eq!(ids, vec![shard_id(1), shard_id(2)]);
+    let next = s.put_record("r", rec("k", "new")).await.expect("put");
+    assert!(next.sequence_number > first.sequence_number);
+    // A record trimmed from an open shard is gone for every iterator type.
+    s.trim_expired(now_ms() + 25 * HOUR).await.expect("trim");
+    for spec in [
+        IteratorSpec::TrimHorizon,
+        IteratorSpec::AtTimestamp(0),
+        IteratorSpec::AtSequenceNumber(next.sequence_number.clone()),
+    ] {
+        let it = s
+            .get_shard_iterator("r", &next.shard_id, spec)
+            .await
+            .expect("iterator");
+        assert!(
+            s.get_records(&it, 10)
+                .await
+                .expect("get")
+                .records
+                .is_empty()
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_reports_a_clean_database() {
+    let (s, _d) = open();
+    s.create_stream("c", 2).await.expect("create");
+    for i in 0..20 {
+        s.put_record("c", rec(&format!("k{i}"), "v"))
+            .await
+            .expect("put");
+    }
+    let report = s.check().await.expect("check");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.records_checked, 20);
+}
+
+#[test]
+fn appends_work_on_a_current_thread_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("s.db"), MIGRATIONS).expect("db");
+    let s = EmbeddedStream::open(db).expect("stream");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        s.create_stream("x", 1).await.expect("create");
+        let a = s.put_record("x", rec("k", "a")).await.expect("put");
+        let b = s.put_record("x", rec("k", "b")).await.expect("put");
+        assert!(a.sequence_number < b.sequence_number);
+    });
+}
