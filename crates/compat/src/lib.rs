@@ -17,6 +17,7 @@ use sluice_identity::access_keys::AccessKeys;
 
 pub mod cognito;
 pub mod kinesis;
+pub mod s3;
 pub mod sigv4;
 
 pub use kinesis::KinesisContext;
@@ -28,21 +29,34 @@ pub struct Edge {
     /// Access keys accepted in SigV4 signatures.
     pub keys: AccessKeys,
     pub kinesis: KinesisContext,
+    pub s3: s3::S3Adapter,
+    /// Base domain for virtual-host-style S3 requests (`<bucket>.<domain>`); path style
+    /// only when `None`.
+    pub s3_base_domain: Option<String>,
 }
 
-pub fn router(edge: Edge) -> Router {
-    Router::new()
-        .route("/", post(dispatch))
+/// The edge's routes: JSON 1.1 protocols on `POST /` (by `X-Amz-Target`), OpenID documents
+/// under each pool's issuer path, and everything else is S3's REST protocol. A pool id
+/// (`<region>_<id>`) is never a valid bucket name, so the issuer paths cannot shadow a bucket.
+pub fn router(edge: Edge) -> Result<Router, String> {
+    let mut builder = s3s::service::S3ServiceBuilder::new(edge.s3.clone());
+    builder.set_auth(s3::KeyAuth(edge.keys.clone()));
+    if let Some(domain) = &edge.s3_base_domain {
+        let host = s3s::host::SingleDomain::new(domain)
+            .map_err(|e| format!("invalid S3 base domain {domain:?}: {e}"))?;
+        builder.set_host(host);
+    }
+    let s3_service = builder.build();
+    let s3 = axum::error_handling::HandleError::new(s3_service, |e: s3s::HttpError| async move {
+        tracing::error!(error = ?e, "s3 request failed");
+        (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    });
+    Ok(Router::new()
+        .route("/", post(dispatch).fallback_service(s3.clone()))
         .route("/{pool}/.well-known/jwks.json", get(jwks))
         .route("/{pool}/.well-known/openid-configuration", get(discovery))
-        .fallback(|| async {
-            json_error(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFoundException",
-                "no such resource on the sluice edge",
-            )
-        })
-        .with_state(edge)
+        .fallback_service(s3)
+        .with_state(edge))
 }
 
 /// Routes a JSON 1.1 request by its `X-Amz-Target` (`<service>.<operation>`).

@@ -229,6 +229,7 @@ async fn create_upload(
             filename,
             body: content,
             content_type: object_type.into(),
+            metadata: Default::default(),
             request_id: request_id.clone(),
             stream: gw.stream.clone(),
             partition_key: uuid::Uuid::new_v4().to_string(),

@@ -62,6 +62,14 @@ pub(crate) struct FileConfig {
     pub(crate) id_token_validity_secs: Option<i64>,
     pub(crate) access_token_validity_secs: Option<i64>,
     pub(crate) refresh_token_validity_secs: Option<i64>,
+    /// Largest object one S3 PutObject or UploadPart may carry, in bytes (larger objects
+    /// go in multipart uploads).
+    pub(crate) s3_max_object_bytes: Option<usize>,
+    /// Objects written through S3 into `<bucket>/uploads/` become uploads (a stream record,
+    /// processed) like `POST /uploads`.
+    pub(crate) s3_uploads_enqueue: Option<bool>,
+    /// Base domain for virtual-host-style S3 addressing (`<bucket>.<domain>`).
+    pub(crate) s3_base_domain: Option<String>,
     /// Records per batch of the built-in mapping (the seed uses 10).
     pub(crate) batch_size: Option<usize>,
     /// Attempts per record before the built-in mapping reports it failed.
@@ -83,6 +91,9 @@ pub(crate) struct Settings {
     pub(crate) stream: String,
     pub(crate) shards: u32,
     pub(crate) max_body_bytes: usize,
+    pub(crate) s3_max_object_bytes: usize,
+    pub(crate) s3_uploads_enqueue: bool,
+    pub(crate) s3_base_domain: Option<String>,
     pub(crate) lifetimes: sluice_identity::Lifetimes,
     pub(crate) batch_size: usize,
     pub(crate) max_attempts: u32,
@@ -122,6 +133,13 @@ impl Settings {
             max_body_bytes: env_parse("SLUICE_MAX_BODY_BYTES")?
                 .or(file.max_body_bytes)
                 .unwrap_or(sluice_gateway::DEFAULT_MAX_BODY_BYTES),
+            s3_max_object_bytes: env_parse("SLUICE_S3_MAX_OBJECT_BYTES")?
+                .or(file.s3_max_object_bytes)
+                .unwrap_or(512 * 1024 * 1024),
+            s3_uploads_enqueue: env_parse("SLUICE_S3_UPLOADS_ENQUEUE")?
+                .or(file.s3_uploads_enqueue)
+                .unwrap_or(true),
+            s3_base_domain: env_or("SLUICE_S3_BASE_DOMAIN", file.s3_base_domain),
             lifetimes: sluice_identity::Lifetimes {
                 id_secs: env_parse("SLUICE_ID_TOKEN_VALIDITY_SECS")?
                     .or(file.id_token_validity_secs)

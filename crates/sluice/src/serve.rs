@@ -136,7 +136,21 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             region: settings.region.clone(),
             account_id: settings.account_id.clone(),
         },
-    });
+        s3: sluice_compat::s3::S3Adapter {
+            store: Arc::new(store.clone()),
+            region: settings.region.clone(),
+            max_object_bytes: settings.s3_max_object_bytes,
+            uploads: settings
+                .s3_uploads_enqueue
+                .then(|| sluice_compat::s3::UploadHook {
+                    sink: Arc::new(uploads.clone()),
+                    bucket: settings.bucket.clone(),
+                    stream: settings.stream.clone(),
+                }),
+        },
+        s3_base_domain: settings.s3_base_domain.clone(),
+    })
+    .map_err(anyhow::Error::msg)?;
 
     let info = wiring::make_info(
         &settings,

@@ -71,7 +71,7 @@ impl UploadSink for EmbeddedUploads {
                 let opts = PutOptions {
                     content_type: Some(u.content_type.clone()),
                     owner: Some(u.user_sub.clone()),
-                    ..Default::default()
+                    metadata: u.metadata.clone(),
                 };
                 let (info, replaced) = put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now)
                     .map_err(|e| match e {

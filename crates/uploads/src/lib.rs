@@ -118,6 +118,8 @@ pub struct NewUpload {
     pub filename: String,
     pub body: Bytes,
     pub content_type: String,
+    /// User metadata stored with the object (S3's `x-amz-meta-*`).
+    pub metadata: std::collections::BTreeMap<String, String>,
     pub request_id: String,
     pub stream: String,
     pub partition_key: String,

@@ -1,0 +1,859 @@
+//! S3's REST protocol over the `store` part, built on the `s3s` crate (which parses and
+//! serialises S3's wire format and verifies SigV4, headers and presigned URLs alike).
+//!
+//! An object written into `<upload bucket>/uploads/` is an upload like any other when
+//! `enqueue_uploads` is on: it goes through the [`UploadSink`], so it gets a stream record
+//! and is processed, exactly as a `POST /uploads` would be.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use md5::{Digest, Md5};
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
+use sluice_identity::access_keys::AccessKeys;
+use sluice_store::{ObjectInfo, ObjectStore, PutOptions, StoreError};
+use sluice_uploads::{NewUpload, UploadError, UploadSink};
+
+/// How S3 writes become uploads.
+#[derive(Clone)]
+pub struct UploadHook {
+    pub sink: Arc<dyn UploadSink>,
+    /// The bucket whose `uploads/` prefix feeds the pipeline.
+    pub bucket: String,
+    pub stream: String,
+}
+
+#[derive(Clone)]
+pub struct S3Adapter {
+    pub store: Arc<dyn ObjectStore>,
+    pub region: String,
+    /// Largest object a single PutObject or UploadPart may carry (bodies are buffered).
+    pub max_object_bytes: usize,
+    /// `None` when S3 writes into the uploads prefix are plain objects.
+    pub uploads: Option<UploadHook>,
+}
+
+/// Access keys as s3s wants them.
+pub struct KeyAuth(pub AccessKeys);
+
+#[async_trait]
+impl s3s::auth::S3Auth for KeyAuth {
+    async fn get_secret_key(&self, access_key: &str) -> S3Result<s3s::auth::SecretKey> {
+        match self.0.secret(access_key).await {
+            Ok(Some(secret)) => Ok(s3s::auth::SecretKey::from(secret)),
+            Ok(None) => Err(s3_error!(InvalidAccessKeyId)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read access keys");
+                Err(s3_error!(InternalError))
+            }
+        }
+    }
+}
+
+/// Store errors as S3 error codes, in one place.
+fn s3_err(e: StoreError) -> S3Error {
+    let code = match &e {
+        StoreError::NoSuchBucket(_) => S3ErrorCode::NoSuchBucket,
+        StoreError::NoSuchKey { .. } => S3ErrorCode::NoSuchKey,
+        StoreError::OwnedByOther { .. } => S3ErrorCode::AccessDenied,
+        StoreError::BucketExists(_) => S3ErrorCode::BucketAlreadyOwnedByYou,
+        StoreError::BucketNotEmpty(_) => S3ErrorCode::BucketNotEmpty,
+        StoreError::NoSuchUpload(_) => S3ErrorCode::NoSuchUpload,
+        StoreError::InvalidPart(_) => S3ErrorCode::InvalidPart,
+        StoreError::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
+        StoreError::EntityTooSmall { .. } => S3ErrorCode::EntityTooSmall,
+        StoreError::InvalidArgument(_) => S3ErrorCode::InvalidArgument,
+        StoreError::Io(_) | StoreError::Backend(_) => {
+            tracing::error!(error = %e, "s3 request failed");
+            return s3_error!(InternalError);
+        }
+    };
+    S3Error::with_message(code, e.to_string())
+}
+
+fn upload_err(e: UploadError) -> S3Error {
+    match e {
+        UploadError::Conflict { bucket, key } => S3Error::with_message(
+            S3ErrorCode::AccessDenied,
+            format!("{bucket}/{key} was uploaded by another user"),
+        ),
+        UploadError::Store(e) => s3_err(e),
+        other => {
+            tracing::error!(error = %other, "s3 upload failed");
+            s3_error!(InternalError)
+        }
+    }
+}
+
+fn timestamp(ms: i64) -> Timestamp {
+    Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+fn etag(e: &str) -> ETag {
+    ETag::Strong(e.to_owned())
+}
+
+fn metadata_in(m: Option<Metadata>) -> BTreeMap<String, String> {
+    m.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect()
+}
+
+fn metadata_out(m: &BTreeMap<String, String>) -> Option<Metadata> {
+    (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+async fn collect(body: Option<StreamingBlob>, max: usize) -> S3Result<Bytes> {
+    let Some(mut body) = body else {
+        return Ok(Bytes::new());
+    };
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            S3Error::with_message(
+                S3ErrorCode::IncompleteBody,
+                format!("cannot read the request body: {e}"),
+            )
+        })?;
+        if buf.len() + chunk.len() > max {
+            return Err(S3Error::with_message(
+                S3ErrorCode::EntityTooLarge,
+                format!("objects of more than {max} bytes must be uploaded in parts"),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn access_key<T>(req: &S3Request<T>) -> String {
+    req.credentials
+        .as_ref()
+        .map(|c| c.access_key.clone())
+        .unwrap_or_else(|| "anonymous".into())
+}
+
+/// Evaluates S3's conditional request headers against an object.
+fn check_conditions(
+    info: &ObjectInfo,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+) -> S3Result<()> {
+    let matches = |c: &ETagCondition| match c {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == info.etag,
+    };
+    let modified = timestamp(info.last_modified_ms / 1000 * 1000);
+    let secs = |t: &Timestamp| -> Option<i64> {
+        let mut out = Vec::new();
+        t.format(TimestampFormat::EpochSeconds, &mut out).ok()?;
+        String::from_utf8(out).ok()?.split('.').next()?.parse().ok()
+    };
+    let modified_secs = secs(&modified).unwrap_or(0);
+    if let Some(c) = if_match
+        && !matches(c)
+    {
+        return Err(s3_error!(PreconditionFailed));
+    }
+    if if_match.is_none()
+        && let Some(t) = if_unmodified_since
+        && secs(t).is_some_and(|t| modified_secs > t)
+    {
+        return Err(s3_error!(PreconditionFailed));
+    }
+    if let Some(c) = if_none_match
+        && matches(c)
+    {
+        return Err(s3_error!(NotModified));
+    }
+    if if_none_match.is_none()
+        && let Some(t) = if_modified_since
+        && secs(t).is_some_and(|t| modified_secs <= t)
+    {
+        return Err(s3_error!(NotModified));
+    }
+    Ok(())
+}
+
+impl S3Adapter {
+    fn enqueue_target(&self, bucket: &str, key: &str) -> Option<&UploadHook> {
+        self.uploads
+            .as_ref()
+            .filter(|h| h.bucket == bucket && key.starts_with("uploads/") && key.len() > 8)
+    }
+
+    /// Writes an object, as an upload when it lands in the uploads prefix.
+    async fn write(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Bytes,
+        content_type: Option<String>,
+        metadata: BTreeMap<String, String>,
+        who: String,
+    ) -> S3Result<ObjectInfo> {
+        if let Some(hook) = self.enqueue_target(bucket, key) {
+            let md5 = hex::encode(Md5::digest(&body));
+            let upload = hook
+                .sink
+                .commit(NewUpload {
+                    user_sub: format!("aws:{who}"),
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    filename: key.trim_start_matches("uploads/").to_owned(),
+                    body,
+                    content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),
+                    metadata,
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    stream: hook.stream.clone(),
+                    partition_key: uuid::Uuid::new_v4().to_string(),
+                })
+                .await
+                .map_err(upload_err)?;
+            return Ok(ObjectInfo {
+                bucket: upload.bucket,
+                key: upload.key,
+                size: upload.size,
+                etag: md5,
+                sha256: upload.sha256,
+                content_type: upload.content_type,
+                last_modified_ms: upload.created_ms,
+                owner: Some(upload.user_sub),
+                metadata: BTreeMap::new(),
+            });
+        }
+        self.store
+            .put(
+                bucket,
+                key,
+                body,
+                PutOptions {
+                    content_type,
+                    owner: None,
+                    metadata,
+                },
+            )
+            .await
+            .map_err(s3_err)
+    }
+}
+
+#[async_trait]
+impl S3 for S3Adapter {
+    async fn list_buckets(
+        &self,
+        _req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let buckets = self.store.list_buckets().await.map_err(s3_err)?;
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(
+                buckets
+                    .into_iter()
+                    .map(|b| Bucket {
+                        name: Some(b.name),
+                        creation_date: Some(timestamp(b.created_ms)),
+                        bucket_region: Some(self.region.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            owner: Some(Owner {
+                display_name: Some("sluice".into()),
+                id: Some("sluice".into()),
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let bucket = req.input.bucket;
+        self.store.create_bucket(&bucket).await.map_err(s3_err)?;
+        Ok(S3Response::new(CreateBucketOutput {
+            location: Some(format!("/{bucket}")),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.store
+            .head_bucket(&req.input.bucket)
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(HeadBucketOutput {
+            bucket_region: Some(self.region.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.store
+            .head_bucket(&req.input.bucket)
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(GetBucketLocationOutput {
+            location_constraint: Some(BucketLocationConstraint::from(self.region.clone())),
+        }))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.store
+            .delete_bucket(&req.input.bucket)
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(DeleteBucketOutput::default()))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let who = access_key(&req);
+        let input = req.input;
+        let body = collect(input.body, self.max_object_bytes).await?;
+        let info = self
+            .write(
+                &input.bucket,
+                &input.key,
+                body,
+                input.content_type,
+                metadata_in(input.metadata),
+                who,
+            )
+            .await?;
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(etag(&info.etag)),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        let obj = self
+            .store
+            .get(&input.bucket, &input.key)
+            .await
+            .map_err(s3_err)?;
+        check_conditions(
+            &obj.info,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        let total = obj.body.len() as u64;
+        let (body, content_range) = match input.range {
+            Some(r) => {
+                let range = r.check(total).map_err(|_| s3_error!(InvalidRange))?;
+                let slice = obj.body.slice(range.start as usize..range.end as usize);
+                (
+                    slice,
+                    Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)),
+                )
+            }
+            None => (obj.body, None),
+        };
+        let partial = content_range.is_some();
+        let output = GetObjectOutput {
+            content_length: Some(body.len() as i64),
+            body: Some(StreamingBlob::from(s3s::Body::from(body))),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            content_type: Some(obj.info.content_type.clone()),
+            e_tag: Some(etag(&obj.info.etag)),
+            last_modified: Some(timestamp(obj.info.last_modified_ms)),
+            metadata: metadata_out(&obj.info.metadata),
+            ..Default::default()
+        };
+        Ok(if partial {
+            S3Response::with_status(output, http::StatusCode::PARTIAL_CONTENT)
+        } else {
+            S3Response::new(output)
+        })
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        let info = self
+            .store
+            .head(&input.bucket, &input.key)
+            .await
+            .map_err(s3_err)?;
+        check_conditions(
+            &info,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(info.size as i64),
+            accept_ranges: Some("bytes".into()),
+            content_type: Some(info.content_type.clone()),
+            e_tag: Some(etag(&info.etag)),
+            last_modified: Some(timestamp(info.last_modified_ms)),
+            metadata: metadata_out(&info.metadata),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.store
+            .head_bucket(&req.input.bucket)
+            .await
+            .map_err(s3_err)?;
+        self.store
+            .delete(&req.input.bucket, &req.input.key)
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::with_status(
+            DeleteObjectOutput::default(),
+            http::StatusCode::NO_CONTENT,
+        ))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let bucket = req.input.bucket;
+        self.store.head_bucket(&bucket).await.map_err(s3_err)?;
+        let quiet = req.input.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for o in req.input.delete.objects {
+            match self.store.delete(&bucket, &o.key).await {
+                Ok(()) => {
+                    if !quiet {
+                        deleted.push(DeletedObject {
+                            key: Some(o.key),
+                            ..Default::default()
+                        });
+                    }
+                }
+                Err(e) => errors.push(Error {
+                    key: Some(o.key),
+                    code: Some("InternalError".into()),
+                    message: Some(e.to_string()),
+                    ..Default::default()
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: (!errors.is_empty()).then_some(errors),
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let who = access_key(&req);
+        let input = req.input;
+        let (src_bucket, src_key) = match &input.copy_source {
+            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
+            _ => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::NotImplemented,
+                    "copying from access points and outposts is not supported",
+                ));
+            }
+        };
+        let src = self
+            .store
+            .get(&src_bucket, &src_key)
+            .await
+            .map_err(s3_err)?;
+        check_conditions(
+            &src.info,
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since.as_ref(),
+            input.copy_source_if_unmodified_since.as_ref(),
+        )
+        .map_err(|e| match e.code() {
+            S3ErrorCode::NotModified => s3_error!(PreconditionFailed),
+            _ => e,
+        })?;
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let (content_type, metadata) = if replace {
+            (input.content_type, metadata_in(input.metadata))
+        } else {
+            (
+                Some(src.info.content_type.clone()),
+                src.info.metadata.clone(),
+            )
+        };
+        let info = self
+            .write(
+                &input.bucket,
+                &input.key,
+                src.body,
+                content_type,
+                metadata,
+                who,
+            )
+            .await?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(etag(&info.etag)),
+                last_modified: Some(timestamp(info.last_modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        let after = match &input.continuation_token {
+            Some(t) => Some(decode_token(t)?),
+            None => input.start_after.clone(),
+        };
+        let page = self
+            .list_page(
+                &input.bucket,
+                input.prefix.as_deref().unwrap_or(""),
+                input.delimiter.as_deref(),
+                after,
+                input.max_keys,
+            )
+            .await?;
+        Ok(S3Response::new(ListObjectsV2Output {
+            key_count: Some((page.contents.len() + page.prefixes.len()) as i32),
+            next_continuation_token: page.next.as_deref().map(encode_token),
+            is_truncated: Some(page.next.is_some()),
+            contents: Some(page.contents),
+            common_prefixes: Some(page.prefixes),
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            max_keys: Some(page.max_keys),
+            continuation_token: input.continuation_token,
+            start_after: input.start_after,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let input = req.input;
+        let page = self
+            .list_page(
+                &input.bucket,
+                input.prefix.as_deref().unwrap_or(""),
+                input.delimiter.as_deref(),
+                input.marker.clone(),
+                input.max_keys,
+            )
+            .await?;
+        let next_marker = page.next.clone().filter(|_| input.delimiter.is_some());
+        Ok(S3Response::new(ListObjectsOutput {
+            is_truncated: Some(page.next.is_some()),
+            next_marker,
+            contents: Some(page.contents),
+            common_prefixes: Some(page.prefixes),
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            marker: input.marker,
+            max_keys: Some(page.max_keys),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        let id = self
+            .store
+            .create_multipart(
+                &input.bucket,
+                &input.key,
+                PutOptions {
+                    content_type: input.content_type,
+                    owner: None,
+                    metadata: metadata_in(input.metadata),
+                },
+            )
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        self.check_upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        let part = u32::try_from(input.part_number).map_err(|_| {
+            S3Error::with_message(S3ErrorCode::InvalidArgument, "invalid part number")
+        })?;
+        let body = collect(input.body, self.max_object_bytes).await?;
+        let e = self
+            .store
+            .upload_part(&input.upload_id, part, body)
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(etag(&e)),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let input = req.input;
+        self.check_upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        let marker = input
+            .part_number_marker
+            .and_then(|m| u32::try_from(m).ok())
+            .unwrap_or(0);
+        let max = input.max_parts.unwrap_or(1000).clamp(0, 1000) as usize;
+        let all: Vec<_> = self
+            .store
+            .list_parts(&input.upload_id)
+            .await
+            .map_err(s3_err)?
+            .into_iter()
+            .filter(|p| p.part_number > marker)
+            .collect();
+        let truncated = all.len() > max;
+        let page: Vec<_> = all.into_iter().take(max).collect();
+        let next = if truncated {
+            page.last().map(|p| p.part_number as i32)
+        } else {
+            None
+        };
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(input.upload_id),
+            is_truncated: Some(truncated),
+            next_part_number_marker: next,
+            max_parts: Some(max as i32),
+            parts: Some(
+                page.into_iter()
+                    .map(|p| Part {
+                        part_number: Some(p.part_number as i32),
+                        size: Some(p.size as i64),
+                        e_tag: Some(etag(&p.etag)),
+                        last_modified: Some(timestamp(p.last_modified_ms)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        self.check_upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        let parts = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                let n = p
+                    .part_number
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| s3_error!(InvalidPart, "a part has no part number"))?;
+                let e = p
+                    .e_tag
+                    .map(ETag::into_value)
+                    .ok_or_else(|| s3_error!(InvalidPart, "a part has no ETag"))?;
+                Ok((n, e))
+            })
+            .collect::<S3Result<Vec<_>>>()?;
+        let info = self
+            .store
+            .complete_multipart(&input.upload_id, parts)
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(info.bucket.clone()),
+            key: Some(info.key.clone()),
+            e_tag: Some(etag(&info.etag)),
+            location: Some(format!("/{}/{}", info.bucket, info.key)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        self.check_upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        self.store
+            .abort_multipart(&input.upload_id)
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::with_status(
+            AbortMultipartUploadOutput::default(),
+            http::StatusCode::NO_CONTENT,
+        ))
+    }
+}
+
+struct ListPage {
+    contents: Vec<Object>,
+    prefixes: Vec<CommonPrefix>,
+    /// Where the next page starts (exclusive), when there is one.
+    next: Option<String>,
+    max_keys: i32,
+}
+
+impl S3Adapter {
+    /// One page of a listing: keys under `prefix` after `after`, with keys that share a
+    /// delimited part after the prefix folded into common prefixes.
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        after: Option<String>,
+        max_keys: Option<i32>,
+    ) -> S3Result<ListPage> {
+        let max_keys = max_keys.unwrap_or(1000).clamp(0, 1000);
+        let want = max_keys as usize;
+        let mut contents = Vec::new();
+        let mut prefixes: Vec<CommonPrefix> = Vec::new();
+        let mut cursor = after;
+        let mut next = None;
+        self.store.head_bucket(bucket).await.map_err(s3_err)?;
+        'pages: loop {
+            let batch = self
+                .store
+                .list(bucket, prefix, cursor.as_deref(), 1000)
+                .await
+                .map_err(s3_err)?;
+            if batch.is_empty() {
+                break;
+            }
+            for obj in batch {
+                let folded = delimiter.filter(|d| !d.is_empty()).and_then(|d| {
+                    obj.key[prefix.len()..]
+                        .find(d)
+                        .map(|i| obj.key[..prefix.len() + i + d.len()].to_owned())
+                });
+                if contents.len() + prefixes.len() == want {
+                    next = cursor.clone();
+                    break 'pages;
+                }
+                match folded {
+                    Some(cp) => {
+                        // Skip every key under this common prefix.
+                        cursor = Some(format!("{cp}\u{10FFFF}"));
+                        prefixes.push(CommonPrefix { prefix: Some(cp) });
+                        continue 'pages;
+                    }
+                    None => {
+                        cursor = Some(obj.key.clone());
+                        contents.push(Object {
+                            key: Some(obj.key.clone()),
+                            size: Some(obj.size as i64),
+                            e_tag: Some(etag(&obj.etag)),
+                            last_modified: Some(timestamp(obj.last_modified_ms)),
+                            storage_class: Some(ObjectStorageClass::from_static(
+                                ObjectStorageClass::STANDARD,
+                            )),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+        }
+        Ok(ListPage {
+            contents,
+            prefixes,
+            next,
+            max_keys,
+        })
+    }
+
+    /// A multipart request must name the bucket and key its upload was created for.
+    async fn check_upload(&self, upload_id: &str, bucket: &str, key: &str) -> S3Result<()> {
+        let m = self.store.multipart(upload_id).await.map_err(s3_err)?;
+        if m.bucket != bucket || m.key != key {
+            return Err(S3Error::with_message(
+                S3ErrorCode::NoSuchUpload,
+                format!("upload {upload_id} is not an upload of {bucket}/{key}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn encode_token(after: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(after.as_bytes())
+}
+
+fn decode_token(t: &str) -> S3Result<String> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(t.as_bytes())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            S3Error::with_message(S3ErrorCode::InvalidArgument, "invalid continuation token")
+        })
+}

@@ -1,0 +1,325 @@
+//! The S3 endpoint on the edge, driven by the aws CLI (s3 and s3api commands).
+
+mod common;
+
+use common::{DataDir, Server, aws_as};
+use serde_json::Value;
+
+struct Cli<'a> {
+    edge: &'a str,
+    key: (String, String),
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let mut all = vec!["--endpoint-url", self.edge];
+        all.extend_from_slice(args);
+        aws_as((self.key.0.as_str(), self.key.1.as_str()), &all)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "aws {args:?} failed: {err}");
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).expect("aws output is JSON")
+    }
+}
+
+fn key(server: &Server) -> (String, String) {
+    let v: Value = serde_json::from_str(&server.cli(&["keys", "create"])).expect("json");
+    (
+        v["accessKeyId"].as_str().expect("id").to_owned(),
+        v["secretAccessKey"].as_str().expect("secret").to_owned(),
+    )
+}
+
+#[test]
+fn aws_cli_s3_session() {
+    let dir = DataDir::new("s3");
+    let server = Server::start(&dir.0);
+    let cli = Cli {
+        edge: &server.edge,
+        key: key(&server),
+    };
+    let work = dir.0.join("files");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let small = work.join("small.txt");
+    std::fs::write(&small, b"hello s3").expect("write");
+    // Large enough for the CLI to use a multipart upload (its threshold is 8 MiB).
+    let big = work.join("big.bin");
+    let big_bytes: Vec<u8> = (0..20_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&big, &big_bytes).expect("write");
+
+    cli.ok(&["s3", "mb", "s3://bucket-one"]);
+    let (ok, _, err) = cli.run(&["s3", "mb", "s3://bucket-one"]);
+    assert!(!ok && err.contains("BucketAlreadyOwnedByYou"), "{err}");
+    let buckets = cli.json(&["s3api", "list-buckets"]);
+    let names: Vec<&str> = buckets["Buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .filter_map(|b| b["Name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"bucket-one") && names.contains(&"sluice"),
+        "{names:?}"
+    );
+
+    let q = ["--only-show-errors"];
+    cli.ok(&[
+        &[
+            "s3",
+            "cp",
+            small.to_str().expect("path"),
+            "s3://bucket-one/dir/small.txt",
+        ][..],
+        &q,
+    ]
+    .concat());
+    cli.ok(&[
+        &[
+            "s3",
+            "cp",
+            big.to_str().expect("path"),
+            "s3://bucket-one/big.bin",
+        ][..],
+        &q,
+    ]
+    .concat());
+    let head = cli.json(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "big.bin",
+    ]);
+    assert_eq!(head["ContentLength"], 20_000_000);
+    assert!(
+        head["ETag"].as_str().is_some_and(|e| e.ends_with("-3\"")),
+        "a multipart ETag: {head}"
+    );
+    let back = work.join("back.bin");
+    cli.ok(&[
+        &[
+            "s3",
+            "cp",
+            "s3://bucket-one/big.bin",
+            back.to_str().expect("path"),
+        ][..],
+        &q,
+    ]
+    .concat());
+    assert!(
+        std::fs::read(&back).expect("read") == big_bytes,
+        "round trip"
+    );
+
+    // Listing with a delimiter folds keys into common prefixes.
+    let listed = cli.json(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "bucket-one",
+        "--delimiter",
+        "/",
+    ]);
+    assert_eq!(listed["Contents"][0]["Key"], "big.bin");
+    assert_eq!(listed["CommonPrefixes"][0]["Prefix"], "dir/");
+    // Paging.
+    for i in 0..5 {
+        cli.ok(&[
+            &[
+                "s3",
+                "cp",
+                small.to_str().expect("path"),
+                &format!("s3://bucket-one/page/{i}"),
+            ][..],
+            &q,
+        ]
+        .concat());
+    }
+    let page = cli.json(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "bucket-one",
+        "--prefix",
+        "page/",
+        "--max-keys",
+        "2",
+        "--no-paginate",
+    ]);
+    assert_eq!(page["KeyCount"], 2);
+    assert_eq!(page["IsTruncated"], true);
+    let token = page["NextContinuationToken"].as_str().expect("token");
+    let rest = cli.json(&[
+        "s3api",
+        "list-objects-v2",
+        "--bucket",
+        "bucket-one",
+        "--prefix",
+        "page/",
+        "--continuation-token",
+        token,
+        "--no-paginate",
+    ]);
+    assert_eq!(rest["KeyCount"], 3);
+    assert_eq!(rest["Contents"][0]["Key"], "page/2");
+
+    // Range and conditional reads, metadata, copy.
+    let part = work.join("part.bin");
+    let got = cli.json(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "dir/small.txt",
+        "--range",
+        "bytes=0-4",
+        part.to_str().expect("path"),
+    ]);
+    assert_eq!(got["ContentRange"], "bytes 0-4/8");
+    assert_eq!(std::fs::read(&part).expect("read"), b"hello");
+    let (ok, _, err) = cli.run(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "dir/small.txt",
+        "--if-match",
+        "\"nope\"",
+        part.to_str().expect("path"),
+    ]);
+    assert!(!ok && err.contains("PreconditionFailed"), "{err}");
+    cli.ok(&[
+        "s3api",
+        "put-object",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "meta.txt",
+        "--body",
+        small.to_str().expect("path"),
+        "--content-type",
+        "text/plain",
+        "--metadata",
+        "color=blue",
+    ]);
+    cli.ok(&[
+        "s3api",
+        "copy-object",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "copy.txt",
+        "--copy-source",
+        "bucket-one/meta.txt",
+    ]);
+    let head = cli.json(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "copy.txt",
+    ]);
+    assert_eq!(head["Metadata"]["color"], "blue");
+    assert_eq!(head["ContentType"], "text/plain");
+
+    // A presigned URL works without credentials; a plain anonymous GET does not.
+    let url = cli.ok(&[
+        "s3",
+        "presign",
+        "s3://bucket-one/meta.txt",
+        "--expires-in",
+        "300",
+    ]);
+    let resp = server.http.get(url.trim()).send().expect("presigned get");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().expect("body").as_ref(), b"hello s3");
+    let anon = server
+        .http
+        .get(format!("{}/bucket-one/meta.txt", server.edge))
+        .send()
+        .expect("anonymous get");
+    assert_eq!(anon.status(), 403);
+    assert!(anon.text().expect("body").contains("AccessDenied"));
+
+    // Errors in S3's shape.
+    let (ok, _, err) = cli.run(&["s3api", "head-bucket", "--bucket", "no-such-bucket"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, _, err) = cli.run(&[
+        "s3api",
+        "get-object",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "missing",
+        part.to_str().expect("path"),
+    ]);
+    assert!(!ok && err.contains("NoSuchKey"), "{err}");
+    let (ok, _, err) = cli.run(&["s3", "rb", "s3://bucket-one"]);
+    assert!(!ok && err.contains("BucketNotEmpty"), "{err}");
+    let bad = Cli {
+        edge: &server.edge,
+        key: (cli.key.0.clone(), "wrong-secret".into()),
+    };
+    let (ok, _, err) = bad.run(&["s3", "ls"]);
+    assert!(!ok && err.contains("SignatureDoesNotMatch"), "{err}");
+
+    cli.ok(&[
+        "s3",
+        "rm",
+        "--recursive",
+        "--only-show-errors",
+        "s3://bucket-one",
+    ]);
+    cli.ok(&["s3", "rb", "s3://bucket-one"]);
+    server.stop();
+}
+
+#[test]
+fn an_object_written_into_uploads_is_processed() {
+    let dir = DataDir::new("s3-upload");
+    let server = Server::start(&dir.0);
+    let cli = Cli {
+        edge: &server.edge,
+        key: key(&server),
+    };
+    let f = dir.0.join("note.txt");
+    std::fs::write(&f, "written through s3").expect("write");
+    cli.ok(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        f.to_str().expect("path"),
+        "s3://sluice/uploads/note.txt",
+    ]);
+    let out = dir.0.join("out.txt");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (ok, _, _) = cli.run(&[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            "s3://sluice/processed/note.txt",
+            out.to_str().expect("path"),
+        ]);
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never processed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("read"),
+        "WRITTEN THROUGH S3"
+    );
+    server.stop();
+}
