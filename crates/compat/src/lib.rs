@@ -44,7 +44,15 @@ async fn dispatch(State(edge): State<Edge>, headers: HeaderMap, body: Bytes) -> 
         .unwrap_or("");
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut resp = match target.split_once('.') {
-        Some((cognito::SERVICE, op)) => cognito::handle(&edge.identity, op, &body).await,
+        Some((cognito::SERVICE, op)) => {
+            cognito::handle(
+                &edge.identity,
+                op,
+                &body,
+                cognito::Caller::claimed(&headers),
+            )
+            .await
+        }
         _ => json_error(
             StatusCode::BAD_REQUEST,
             "UnknownOperationException",
