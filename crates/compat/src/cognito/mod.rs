@@ -250,3 +250,45 @@ fn delivery_json(d: &sluice_identity::CodeDelivery) -> serde_json::Value {
         "AttributeName": d.attribute,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_is_signed_only_with_a_sigv4_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(Caller::claimed(&h), Caller::Anonymous);
+        h.insert("authorization", "Bearer abc".parse().expect("header"));
+        assert_eq!(Caller::claimed(&h), Caller::Anonymous);
+        h.insert(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=k/20240101/us-east-2/cognito-idp/aws4_request, SignedHeaders=host, Signature=0"
+                .parse()
+                .expect("header"),
+        );
+        assert_eq!(Caller::claimed(&h), Caller::Signed);
+    }
+
+    #[test]
+    fn identity_errors_map_to_cognito_exceptions() {
+        let e = cognito_error(IdentityError::CodeMismatch("m".into()));
+        assert_eq!(
+            (e.status, e.kind),
+            (StatusCode::BAD_REQUEST, "CodeMismatchException")
+        );
+        let e = cognito_error(IdentityError::Backend("disk on fire".into()));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            e.message, "internal error",
+            "backend details stay in the log"
+        );
+        for (op, signed_only) in [
+            ("AdminGetUser", true),
+            ("ListUsers", true),
+            ("SignUp", false),
+        ] {
+            assert_eq!(SIGNED_ONLY.contains(&op), signed_only, "{op}");
+        }
+    }
+}
