@@ -73,7 +73,23 @@ async fn dispatch(
         .unwrap_or("");
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut resp = match target.split_once('.') {
-        Some((cognito::SERVICE, op)) => cognito::handle(&edge.identity, op, &body).await,
+        Some((cognito::SERVICE, op)) => {
+            // Cognito's public operations (InitiateAuth, SignUp, …) are unsigned; its
+            // admin and management operations need a valid signature. A signature that is
+            // present is always verified.
+            let caller = if headers.contains_key("authorization") {
+                match authenticate(&edge.keys, &method, &uri, &headers, &body).await {
+                    Ok(_) => Ok(cognito::Caller::Signed),
+                    Err(e) => Err(e),
+                }
+            } else {
+                Ok(cognito::Caller::Anonymous)
+            };
+            match caller {
+                Ok(caller) => cognito::handle(&edge.identity, op, &body, caller).await,
+                Err(e) => e,
+            }
+        }
         Some((kinesis::SERVICE, op)) => {
             match authenticate(&edge.keys, &method, &uri, &headers, &body).await {
                 Ok(_access_key) => kinesis::handle(&edge.kinesis, op, &body).await,

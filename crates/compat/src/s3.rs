@@ -261,7 +261,6 @@ impl S3 for S3Adapter {
                         name: Some(b.name),
                         creation_date: Some(timestamp(b.created_ms)),
                         bucket_region: Some(self.region.clone()),
-                        ..Default::default()
                     })
                     .collect(),
             ),
@@ -269,7 +268,8 @@ impl S3 for S3Adapter {
                 display_name: Some("sluice".into()),
                 id: Some("sluice".into()),
             }),
-            ..Default::default()
+            continuation_token: None,
+            prefix: None,
         }))
     }
 
@@ -281,7 +281,6 @@ impl S3 for S3Adapter {
         self.store.create_bucket(&bucket).await.map_err(s3_err)?;
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{bucket}")),
-            ..Default::default()
         }))
     }
 

@@ -5,30 +5,45 @@
 //! Users sign in by email. As in a Cognito pool whose sign-in option is email, a user's
 //! `cognito:username` is its `sub` (a UUID), and email addresses are case-insensitive.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 use sha2::{Digest, Sha256};
-use sluice_db::rusqlite::{Connection, OptionalExtension, params};
+use sluice_db::rusqlite::{OptionalExtension, params};
 use sluice_db::{Db, Migration, now_ms};
 
+use crate::throttle::Throttle;
+
 pub mod access_keys;
+mod auth;
 pub mod keys;
 pub mod password;
+mod pools;
+pub mod srp;
+mod throttle;
 pub mod tokens;
+mod users;
 
+pub use auth::{AccessSession, SrpChallenge, secret_hash};
 pub use keys::{Jwk, Jwks, SigningKey};
+pub use password::PasswordPolicy;
+pub use pools::{
+    AdminCreateUserConfig, Client, ClientSettings, ClientSpec, Policies, Pool, PoolSettings,
+    PoolUpdate, TokenValidityUnits, UsernameConfiguration,
+};
 pub use tokens::{TokenError, VerifiedClaims, Verifier};
+pub use users::{CodeDelivery, ListUsersPage, NewUser, OutboxMessage, UserRecord};
 
 /// How long the session of an auth challenge stays valid, as Cognito (3 minutes).
-const SESSION_TTL_MS: i64 = 3 * 60 * 1000;
+pub(crate) const SESSION_TTL_MS: i64 = 3 * 60 * 1000;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "identity-0001",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "identity-0001",
+        sql: "
 CREATE TABLE pools (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -76,7 +91,75 @@ CREATE TABLE auth_sessions (
     expires_ms INTEGER NOT NULL
 );
 ",
-}];
+    },
+    Migration {
+        name: "identity-0002",
+        sql: MIGRATION_0002,
+    },
+];
+
+/// Pools and clients get their settings (Cognito's shapes, as JSON), clients a secret; users
+/// get a username distinct from their email, attributes, an SRP verifier and a temporary
+/// password expiry; confirmation codes (hashed) and the outbox of messages appear. Rows from
+/// 0001 keep their behaviour: the default pool signs in by email, its client allows the
+/// password flows, and its users are named by their `sub`.
+const MIGRATION_0002: &str = r#"
+ALTER TABLE pools ADD COLUMN settings TEXT NOT NULL DEFAULT '{"UsernameAttributes":["email"],"AutoVerifiedAttributes":["email"],"UsernameConfiguration":{"CaseSensitive":false}}';
+ALTER TABLE pools ADD COLUMN updated_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE pools SET updated_ms = created_ms;
+ALTER TABLE clients ADD COLUMN secret TEXT;
+ALTER TABLE clients ADD COLUMN settings TEXT NOT NULL DEFAULT '{"ExplicitAuthFlows":["ALLOW_USER_PASSWORD_AUTH","ALLOW_USER_SRP_AUTH","ALLOW_ADMIN_USER_PASSWORD_AUTH","ALLOW_REFRESH_TOKEN_AUTH"],"TokenValidityUnits":{"AccessToken":"seconds","IdToken":"seconds","RefreshToken":"seconds"}}';
+ALTER TABLE clients ADD COLUMN updated_ms INTEGER NOT NULL DEFAULT 0;
+UPDATE clients SET updated_ms = created_ms;
+CREATE INDEX clients_pool ON clients(pool_id);
+CREATE TABLE users_v2 (
+    pool_id TEXT NOT NULL REFERENCES pools(id),
+    sub TEXT NOT NULL,
+    username TEXT NOT NULL,
+    username_key TEXT NOT NULL,
+    email TEXT,
+    password_hash TEXT NOT NULL,
+    srp_salt TEXT,
+    srp_verifier TEXT,
+    temp_expires_ms INTEGER,
+    status TEXT NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, sub),
+    UNIQUE (pool_id, username_key)
+);
+INSERT INTO users_v2 (pool_id, sub, username, username_key, email, password_hash, status,
+    enabled, attributes, created_ms, updated_ms)
+SELECT pool_id, sub, sub, sub, email, password_hash, status, enabled,
+    json_object('email', email, 'email_verified', 'true'), created_ms, updated_ms
+FROM users;
+DROP TABLE users;
+ALTER TABLE users_v2 RENAME TO users;
+CREATE INDEX users_email ON users(pool_id, email);
+ALTER TABLE auth_sessions ADD COLUMN data TEXT;
+CREATE INDEX refresh_tokens_user ON refresh_tokens(pool_id, sub);
+CREATE INDEX refresh_tokens_origin ON refresh_tokens(origin_jti);
+CREATE TABLE codes (
+    pool_id TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    code_hash TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (pool_id, sub, purpose)
+);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pool_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    code TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX outbox_pool ON outbox(pool_id, id);
+"#;
 
 /// Failures, named after the Cognito exceptions they become on the wire.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +176,22 @@ pub enum IdentityError {
     InvalidParameter(String),
     #[error("{0}")]
     ResourceNotFound(String),
+    #[error("{0}")]
+    CodeMismatch(String),
+    #[error("{0}")]
+    ExpiredCode(String),
+    #[error("{0}")]
+    UserNotConfirmed(String),
+    #[error("{0}")]
+    PasswordResetRequired(String),
+    #[error("{0}")]
+    LimitExceeded(String),
+    #[error("{0}")]
+    UnsupportedUserState(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    UnsupportedTokenType(String),
     #[error("identity backend failure: {0}")]
     Backend(String),
 }
@@ -106,6 +205,12 @@ impl From<sluice_db::DbError> for IdentityError {
 impl From<sluice_db::rusqlite::Error> for IdentityError {
     fn from(e: sluice_db::rusqlite::Error) -> Self {
         IdentityError::Backend(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for IdentityError {
+    fn from(e: serde_json::Error) -> Self {
+        IdentityError::Backend(format!("stored json: {e}"))
     }
 }
 
@@ -134,6 +239,7 @@ pub struct PoolInfo {
     pub client_id: String,
 }
 
+/// A user as the command-line tools see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     pub sub: String,
@@ -158,23 +264,39 @@ pub enum AuthOutcome {
     /// The user holds a temporary password and must choose a new one.
     NewPasswordRequired {
         session: String,
+        /// `USER_ID_FOR_SRP`: the user's username.
         username: String,
-        email: String,
+        /// The user's attributes, for the challenge's `userAttributes`.
+        attributes: BTreeMap<String, String>,
     },
 }
 
-struct ClientRow {
-    pool_id: String,
-    lifetimes: Lifetimes,
-    prevent_user_existence_errors: bool,
+/// An app client as the sign-in flows need it.
+pub(crate) struct ClientRow {
+    pub(crate) id: String,
+    pub(crate) pool_id: String,
+    pub(crate) lifetimes: Lifetimes,
+    pub(crate) prevent_user_existence_errors: bool,
+    pub(crate) secret: Option<String>,
+    pub(crate) settings: ClientSettings,
 }
 
-struct UserRow {
-    sub: String,
-    email: String,
-    hash: String,
-    status: String,
-    enabled: bool,
+/// A user row. Invariant: `email` is the lower-cased `email` attribute (or `None`), and
+/// `username_key` is `username` as the pool compares it (lower-cased unless the pool is
+/// case sensitive).
+#[derive(Debug, Clone)]
+pub(crate) struct UserRow {
+    pub(crate) sub: String,
+    pub(crate) username: String,
+    pub(crate) email: Option<String>,
+    pub(crate) hash: String,
+    pub(crate) srp: Option<(String, String)>,
+    pub(crate) temp_expires_ms: Option<i64>,
+    pub(crate) status: String,
+    pub(crate) enabled: bool,
+    pub(crate) attributes: BTreeMap<String, String>,
+    pub(crate) created_ms: i64,
+    pub(crate) updated_ms: i64,
 }
 
 /// The identity service over the embedded database.
@@ -185,6 +307,7 @@ pub struct Identity {
     /// `<edge-url>`; a pool's issuer is `<base>/<pool id>`.
     issuer_base: String,
     keys: Arc<RwLock<HashMap<String, Arc<SigningKey>>>>,
+    throttle: Arc<Throttle>,
 }
 
 impl Identity {
@@ -194,6 +317,7 @@ impl Identity {
             key_dir: key_dir.to_owned(),
             issuer_base: issuer_base.trim_end_matches('/').to_owned(),
             keys: Arc::new(RwLock::new(HashMap::new())),
+            throttle: Arc::new(Throttle::default()),
         }
     }
 
@@ -202,40 +326,49 @@ impl Identity {
     }
 
     /// Creates the default pool, its app client and its signing key unless they exist, and
-    /// sets the client's token lifetimes. Safe to run from several processes at once.
+    /// sets the client's token lifetimes. Safe to run from several processes at once. The
+    /// default pool signs users in by email (their username is their `sub`); its client
+    /// allows the password, SRP, admin and refresh flows and has no secret.
     pub fn bootstrap(&self, region: &str, lifetimes: Lifetimes) -> Result<PoolInfo, IdentityError> {
         let pool_id = format!("{region}_{}", random_alnum(9));
         let client_id = random_lower_alnum(26);
+        let pool_settings = serde_json::to_string(&PoolSettings::default_pool())?;
+        let client_settings = serde_json::to_string(&ClientSettings::default_client())?;
         let info = self.db.write_blocking(move |c| {
             let existing: Option<String> = c
-                .query_row("SELECT id FROM pools WHERE is_default = 1", [], |r| r.get(0))
+                .query_row("SELECT id FROM pools WHERE is_default = 1", [], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             let now = now_ms();
             let pool = match existing {
                 Some(p) => p,
                 None => {
                     c.execute(
-                        "INSERT INTO pools (id, name, is_default, created_ms) VALUES (?1, 'sluice', 1, ?2)",
-                        params![pool_id, now],
+                        "INSERT INTO pools (id, name, is_default, created_ms, settings, updated_ms)
+                         VALUES (?1, 'sluice', 1, ?2, ?3, ?2)",
+                        params![pool_id, now, pool_settings],
                     )?;
                     c.execute(
                         "INSERT INTO clients (id, pool_id, name, id_validity_secs,
-                             access_validity_secs, refresh_validity_secs, created_ms)
-                         VALUES (?1, ?2, 'sluice-app', ?3, ?4, ?5, ?6)",
+                             access_validity_secs, refresh_validity_secs, created_ms, settings,
+                             updated_ms)
+                         VALUES (?1, ?2, 'sluice-app', ?3, ?4, ?5, ?6, ?7, ?6)",
                         params![
                             client_id,
                             pool_id,
                             lifetimes.id_secs,
                             lifetimes.access_secs,
                             lifetimes.refresh_secs,
-                            now
+                            now,
+                            client_settings
                         ],
                     )?;
                     pool_id.clone()
                 }
             };
             let client: String = c.query_row(
-                "SELECT id FROM clients WHERE pool_id = ?1 ORDER BY created_ms LIMIT 1",
+                "SELECT id FROM clients WHERE pool_id = ?1 ORDER BY created_ms, id LIMIT 1",
                 [&pool],
                 |r| r.get(0),
             )?;
@@ -268,7 +401,7 @@ impl Identity {
                 .optional()?;
             let Some(pool) = pool else { return Ok(None) };
             let client: String = c.query_row(
-                "SELECT id FROM clients WHERE pool_id = ?1 ORDER BY created_ms LIMIT 1",
+                "SELECT id FROM clients WHERE pool_id = ?1 ORDER BY created_ms, id LIMIT 1",
                 [&pool],
                 |r| r.get(0),
             )?;
@@ -314,13 +447,15 @@ impl Identity {
                 "User pool {pool_id} does not exist."
             )));
         }
-        let key = Arc::new(SigningKey::load_or_generate(
-            &self.key_dir.join(format!("{pool_id}.pem")),
-        )?);
+        let key = Arc::new(SigningKey::load_or_generate(&self.key_path(pool_id))?);
         if let Ok(mut keys) = self.keys.write() {
             keys.insert(pool_id.to_owned(), key.clone());
         }
         Ok(key)
+    }
+
+    fn key_path(&self, pool_id: &str) -> PathBuf {
+        self.key_dir.join(format!("{pool_id}.pem"))
     }
 
     pub fn jwks(&self, pool_id: &str) -> Result<Jwks, IdentityError> {
@@ -329,7 +464,8 @@ impl Identity {
         })
     }
 
-    /// A verifier for tokens of `pool_id` issued to any of its app clients.
+    /// A verifier for tokens of `pool_id` issued to any of its app clients (as they are
+    /// now: clients created later are not in it).
     pub fn verifier(&self, pool_id: &str, leeway_secs: i64) -> Result<Verifier, IdentityError> {
         Verifier::new(
             &self.issuer(pool_id),
@@ -340,8 +476,9 @@ impl Identity {
         .map_err(|e| IdentityError::Backend(e.to_string()))
     }
 
-    /// Creates a user. With `temporary`, the user must choose a new password at first
-    /// sign-in (FORCE_CHANGE_PASSWORD); otherwise it is CONFIRMED.
+    /// Creates a user of the default-style pool `pool_id` named by its email, with its email
+    /// verified (the `sluice user create` command). With `temporary`, the user must choose a
+    /// new password at first sign-in (FORCE_CHANGE_PASSWORD); otherwise it is CONFIRMED.
     pub fn create_user(
         &self,
         pool_id: &str,
@@ -350,368 +487,45 @@ impl Identity {
         temporary: bool,
     ) -> Result<User, IdentityError> {
         let email = normalize_email(email)?;
-        password::check_policy(password)?;
-        let hash = password::hash(password)?;
-        let sub = uuid::Uuid::new_v4().to_string();
-        let status = if temporary {
-            "FORCE_CHANGE_PASSWORD"
-        } else {
-            "CONFIRMED"
-        };
-        let pool = pool_id.to_owned();
-        let user = User {
-            sub: sub.clone(),
-            email: email.clone(),
-            status: status.to_owned(),
-            enabled: true,
-        };
-        self.db.write_blocking(move |c| {
-            let exists: bool = c.query_row(
-                "SELECT EXISTS(SELECT 1 FROM pools WHERE id = ?1)",
-                [&pool],
-                |r| r.get(0),
-            )?;
-            if !exists {
-                return Err(IdentityError::ResourceNotFound(format!(
-                    "User pool {pool} does not exist."
-                )));
-            }
-            let now = now_ms();
-            let inserted = c.execute(
-                "INSERT OR IGNORE INTO users (pool_id, sub, email, password_hash, status,
-                     enabled, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?6)",
-                params![pool, sub, email, hash, status, now],
-            )?;
-            if inserted == 0 {
-                return Err(IdentityError::UsernameExists(
-                    "An account with the given email already exists.".into(),
-                ));
-            }
-            Ok(())
+        let rec = self.insert_user_blocking(NewUser {
+            pool_id: pool_id.to_owned(),
+            username: email.clone(),
+            attributes: BTreeMap::from([
+                ("email".to_owned(), email),
+                ("email_verified".to_owned(), "true".to_owned()),
+            ]),
+            password: Some(password.to_owned()),
+            temporary,
+            admin: true,
         })?;
-        Ok(user)
-    }
-
-    /// USER_PASSWORD_AUTH.
-    pub async fn initiate_user_password(
-        &self,
-        client_id: &str,
-        username: &str,
-        password: &str,
-    ) -> Result<AuthOutcome, IdentityError> {
-        let client = self.client(client_id).await?;
-        let email = normalize_email(username).ok();
-        let user = match email {
-            Some(e) => self.user_by_email(&client.pool_id, &e).await?,
-            None => None,
-        };
-        let pw = password.to_owned();
-        let hash = user
-            .as_ref()
-            .map(|u| u.hash.clone())
-            .unwrap_or_else(|| password::decoy_hash().to_owned());
-        let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
-            .await
-            .map_err(|e| IdentityError::Backend(e.to_string()))?;
-        let Some(user) = user else {
-            return Err(if client.prevent_user_existence_errors {
-                incorrect()
-            } else {
-                IdentityError::UserNotFound("User does not exist.".into())
-            });
-        };
-        if !ok {
-            return Err(incorrect());
-        }
-        if !user.enabled {
-            return Err(IdentityError::NotAuthorized("User is disabled.".into()));
-        }
-        if user.status == "FORCE_CHANGE_PASSWORD" {
-            let session = random_token();
-            let (h, pool, cid, sub) = (
-                token_hash(&session),
-                client.pool_id.clone(),
-                client_id.to_owned(),
-                user.sub.clone(),
-            );
-            self.db
-                .write(move |c| {
-                    c.execute(
-                        "INSERT INTO auth_sessions (hash, pool_id, client_id, sub, challenge, expires_ms)
-                         VALUES (?1, ?2, ?3, ?4, 'NEW_PASSWORD_REQUIRED', ?5)",
-                        params![h, pool, cid, sub, now_ms() + SESSION_TTL_MS],
-                    )?;
-                    Ok::<_, IdentityError>(())
-                })
-                .await?;
-            return Ok(AuthOutcome::NewPasswordRequired {
-                session,
-                username: user.sub,
-                email: user.email,
-            });
-        }
-        let tokens = self.issue(client_id, &client, &user, true, None).await?;
-        Ok(AuthOutcome::Tokens(tokens))
-    }
-
-    /// RespondToAuthChallenge for NEW_PASSWORD_REQUIRED.
-    pub async fn respond_new_password(
-        &self,
-        client_id: &str,
-        session: &str,
-        username: &str,
-        new_password: &str,
-    ) -> Result<AuthTokens, IdentityError> {
-        let client = self.client(client_id).await?;
-        password::check_policy(new_password)?;
-        let pw = new_password.to_owned();
-        let new_hash = tokio::task::spawn_blocking(move || password::hash(&pw))
-            .await
-            .map_err(|e| IdentityError::Backend(e.to_string()))??;
-        let (h, cid, uname) = (
-            token_hash(session),
-            client_id.to_owned(),
-            username.to_lowercase(),
-        );
-        let sub: String = self
-            .db
-            .write(move |c| {
-                let row: Option<(String, String, i64)> = c
-                    .query_row(
-                        "DELETE FROM auth_sessions WHERE hash = ?1
-                         RETURNING client_id, sub, expires_ms",
-                        [&h],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?;
-                let invalid =
-                    || IdentityError::NotAuthorized("Invalid session for the user.".into());
-                let (s_client, sub, expires) = row.ok_or_else(invalid)?;
-                if s_client != cid || expires < now_ms() {
-                    return Err(invalid());
-                }
-                let email: String =
-                    c.query_row("SELECT email FROM users WHERE sub = ?1", [&sub], |r| {
-                        r.get(0)
-                    })?;
-                if uname != sub && uname != email {
-                    return Err(invalid());
-                }
-                c.execute(
-                    "UPDATE users SET password_hash = ?2, status = 'CONFIRMED', updated_ms = ?3
-                     WHERE sub = ?1",
-                    params![sub, new_hash, now_ms()],
-                )?;
-                Ok(sub)
-            })
-            .await?;
-        let user = self
-            .user_by_sub(&client.pool_id, &sub)
-            .await?
-            .ok_or_else(|| IdentityError::UserNotFound("User does not exist.".into()))?;
-        self.issue(client_id, &client, &user, true, None).await
-    }
-
-    /// REFRESH_TOKEN_AUTH: new id and access tokens for a valid refresh token.
-    pub async fn initiate_refresh(
-        &self,
-        client_id: &str,
-        refresh_token: &str,
-    ) -> Result<AuthTokens, IdentityError> {
-        let client = self.client(client_id).await?;
-        let h = token_hash(refresh_token);
-        let row: Option<(String, String, String, i64, i64, bool)> = self
-            .db
-            .read(move |c| {
-                Ok::<_, IdentityError>(
-                    c.query_row(
-                        "SELECT client_id, sub, origin_jti, auth_time, expires_ms, revoked
-                         FROM refresh_tokens WHERE hash = ?1",
-                        [&h],
-                        |r| {
-                            Ok((
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                            ))
-                        },
-                    )
-                    .optional()?,
-                )
-            })
-            .await?;
-        let invalid = || IdentityError::NotAuthorized("Invalid Refresh Token".into());
-        let (rt_client, sub, origin_jti, auth_time, expires, revoked) = row.ok_or_else(invalid)?;
-        if rt_client != client_id || revoked || expires < now_ms() {
-            return Err(invalid());
-        }
-        let user = self
-            .user_by_sub(&client.pool_id, &sub)
-            .await?
-            .ok_or_else(invalid)?;
-        if !user.enabled {
-            return Err(IdentityError::NotAuthorized("User is disabled.".into()));
-        }
-        self.issue(
-            client_id,
-            &client,
-            &user,
-            false,
-            Some((origin_jti, auth_time)),
-        )
-        .await
-    }
-
-    async fn issue(
-        &self,
-        client_id: &str,
-        client: &ClientRow,
-        user: &UserRow,
-        with_refresh: bool,
-        origin: Option<(String, i64)>,
-    ) -> Result<AuthTokens, IdentityError> {
-        let key = self.signing_key(&client.pool_id)?;
-        let now = now_ms() / 1000;
-        let (origin_jti, auth_time) =
-            origin.unwrap_or_else(|| (uuid::Uuid::new_v4().to_string(), now));
-        let issuer = self.issuer(&client.pool_id);
-        let (id_token, access_token) = tokens::issue_pair(
-            &key,
-            &tokens::Subject {
-                sub: &user.sub,
-                username: &user.sub,
-                email: &user.email,
-                client_id,
-                issuer: &issuer,
-                auth_time,
-                origin_jti: &origin_jti,
-            },
-            now,
-            client.lifetimes.id_secs,
-            client.lifetimes.access_secs,
-        )
-        .map_err(|e| IdentityError::Backend(format!("cannot sign token: {e}")))?;
-        let refresh_token = if with_refresh {
-            let rt = random_token();
-            let (h, pool, cid, sub, oj) = (
-                token_hash(&rt),
-                client.pool_id.clone(),
-                client_id.to_owned(),
-                user.sub.clone(),
-                origin_jti.clone(),
-            );
-            let expires = now_ms() + client.lifetimes.refresh_secs * 1000;
-            self.db
-                .write(move |c| {
-                    c.execute(
-                        "INSERT INTO refresh_tokens (hash, pool_id, client_id, sub, origin_jti,
-                             auth_time, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![h, pool, cid, sub, oj, auth_time, expires],
-                    )?;
-                    Ok::<_, IdentityError>(())
-                })
-                .await?;
-            Some(rt)
-        } else {
-            None
-        };
-        Ok(AuthTokens {
-            id_token,
-            access_token,
-            refresh_token,
-            expires_in: client.lifetimes.access_secs,
+        Ok(User {
+            sub: rec.sub,
+            email: rec.attributes.get("email").cloned().unwrap_or_default(),
+            status: rec.status,
+            enabled: rec.enabled,
         })
-    }
-
-    async fn client(&self, client_id: &str) -> Result<ClientRow, IdentityError> {
-        let id = client_id.to_owned();
-        let row = self
-            .db
-            .read(move |c| {
-                Ok::<_, IdentityError>(
-                    c.query_row(
-                        "SELECT pool_id, id_validity_secs, access_validity_secs,
-                                refresh_validity_secs, prevent_user_existence_errors
-                         FROM clients WHERE id = ?1",
-                        [&id],
-                        |r| {
-                            Ok(ClientRow {
-                                pool_id: r.get(0)?,
-                                lifetimes: Lifetimes {
-                                    id_secs: r.get(1)?,
-                                    access_secs: r.get(2)?,
-                                    refresh_secs: r.get(3)?,
-                                },
-                                prevent_user_existence_errors: r.get(4)?,
-                            })
-                        },
-                    )
-                    .optional()?,
-                )
-            })
-            .await?;
-        row.ok_or_else(|| {
-            IdentityError::ResourceNotFound(format!("User pool client {client_id} does not exist."))
-        })
-    }
-
-    async fn user_by_email(
-        &self,
-        pool: &str,
-        email: &str,
-    ) -> Result<Option<UserRow>, IdentityError> {
-        let (p, e) = (pool.to_owned(), email.to_owned());
-        self.db.read(move |c| user_where(c, "email", &p, &e)).await
-    }
-
-    async fn user_by_sub(&self, pool: &str, sub: &str) -> Result<Option<UserRow>, IdentityError> {
-        let (p, s) = (pool.to_owned(), sub.to_owned());
-        self.db.read(move |c| user_where(c, "sub", &p, &s)).await
     }
 
     pub fn get_user(&self, pool: &str, email: &str) -> Result<Option<User>, IdentityError> {
         let (p, e) = (pool.to_owned(), normalize_email(email)?);
         let row = self
             .db
-            .read_blocking(move |c| user_where(c, "email", &p, &e))?;
+            .read_blocking(move |c| users::user_where(c, "email", &p, &e))?;
         Ok(row.map(|u| User {
             sub: u.sub,
-            email: u.email,
+            email: u.email.unwrap_or_default(),
             status: u.status,
             enabled: u.enabled,
         }))
     }
 }
 
-fn user_where(
-    c: &Connection,
-    column: &str,
-    pool: &str,
-    value: &str,
-) -> Result<Option<UserRow>, IdentityError> {
-    let sql = format!(
-        "SELECT sub, email, password_hash, status, enabled FROM users
-         WHERE pool_id = ?1 AND {column} = ?2"
-    );
-    Ok(c.prepare_cached(&sql)?
-        .query_row(params![pool, value], |r| {
-            Ok(UserRow {
-                sub: r.get(0)?,
-                email: r.get(1)?,
-                hash: r.get(2)?,
-                status: r.get(3)?,
-                enabled: r.get(4)?,
-            })
-        })
-        .optional()?)
+pub(crate) fn incorrect() -> IdentityError {
+    IdentityError::NotAuthorized("Incorrect username or password.".into())
 }
 
-fn incorrect() -> IdentityError {
-    IdentityError::NotAuthorized("Incorrect username or password.".into())
+pub(crate) fn user_not_found() -> IdentityError {
+    IdentityError::UserNotFound("User does not exist.".into())
 }
 
 /// Lower-cases and minimally checks an email address used as a username.
@@ -746,7 +560,7 @@ pub fn valid_pool_id(id: &str) -> bool {
     }
 }
 
-fn random_alnum(n: usize) -> String {
+pub(crate) fn random_alnum(n: usize) -> String {
     rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(n)
@@ -754,7 +568,7 @@ fn random_alnum(n: usize) -> String {
         .collect()
 }
 
-fn random_lower_alnum(n: usize) -> String {
+pub(crate) fn random_lower_alnum(n: usize) -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
     (0..n)
@@ -763,7 +577,7 @@ fn random_lower_alnum(n: usize) -> String {
 }
 
 /// An opaque secret (refresh token, challenge session): 48 random bytes, base64url.
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use base64::Engine as _;
     let mut bytes = [0u8; 48];
     rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
@@ -771,15 +585,19 @@ fn random_token() -> String {
 }
 
 /// Secrets are stored only as their SHA-256.
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+pub(crate) fn blocking_err(e: tokio::task::JoinError) -> IdentityError {
+    IdentityError::Backend(e.to_string())
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
-    fn identity() -> (Identity, PoolInfo) {
+    pub(crate) fn identity() -> (Identity, PoolInfo) {
         let dir = std::env::temp_dir().join(format!("sluice-id-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let db = Db::open(&dir.join("i.db"), MIGRATIONS).expect("db");
@@ -789,6 +607,12 @@ mod tests {
             .expect("bootstrap");
         (id, info)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::identity;
+    use super::*;
 
     #[test]
     fn ids_look_like_cognitos() {
@@ -805,79 +629,56 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sign_in_refresh_and_new_password_challenge() {
-        let (id, info) = identity();
-        id.create_user(&info.pool_id, "Me@Example.com", "Passw0rd!", false)
-            .expect("create");
-        assert!(matches!(
-            id.create_user(&info.pool_id, "me@example.com", "Passw0rd!", false),
-            Err(IdentityError::UsernameExists(_))
-        ));
-        let AuthOutcome::Tokens(t) = id
-            .initiate_user_password(&info.client_id, "me@example.com", "Passw0rd!")
+    async fn migration_0002_keeps_0001_users() {
+        let dir = std::env::temp_dir().join(format!("sluice-id-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("i.db");
+        {
+            let db = Db::open(&path, &MIGRATIONS[..1]).expect("db 0001");
+            db.write_blocking(|c| {
+                c.execute_batch(
+                    "INSERT INTO pools (id, name, is_default, created_ms)
+                         VALUES ('us-east-2_AAAAAAAAA', 'sluice', 1, 1);
+                     INSERT INTO clients (id, pool_id, name, id_validity_secs,
+                         access_validity_secs, refresh_validity_secs, created_ms)
+                         VALUES ('c1', 'us-east-2_AAAAAAAAA', 'sluice-app', 3600, 3600, 86400, 1);
+                     INSERT INTO users (pool_id, sub, email, password_hash, status, enabled,
+                         created_ms, updated_ms)
+                         VALUES ('us-east-2_AAAAAAAAA', 's1', 'old@example.com', 'x',
+                             'CONFIRMED', 1, 1, 1);",
+                )?;
+                Ok::<_, IdentityError>(())
+            })
+            .expect("seed");
+            db.close();
+        }
+        let db = Db::open(&path, MIGRATIONS).expect("db 0002");
+        let id = Identity::new(db, &dir.join("keys"), "http://127.0.0.1:4566");
+        let u = id
+            .get_user("us-east-2_AAAAAAAAA", "old@example.com")
+            .expect("get")
+            .expect("kept");
+        assert_eq!(u.sub, "s1");
+        let rec = id
+            .admin_get_user("us-east-2_AAAAAAAAA", "old@example.com")
             .await
-            .expect("sign in")
-        else {
-            panic!("expected tokens");
-        };
-        let v = id.verifier(&info.pool_id, 60).expect("verifier");
-        let claims = v.verify(&t.id_token, now_ms() / 1000).expect("valid");
-        assert_eq!(claims.email.as_deref(), Some("me@example.com"));
-        assert!(matches!(
-            id.initiate_user_password(&info.client_id, "me@example.com", "wrong")
-                .await,
-            Err(IdentityError::NotAuthorized(_))
-        ));
-        assert!(matches!(
-            id.initiate_user_password(&info.client_id, "nobody@example.com", "Passw0rd!")
-                .await,
-            Err(IdentityError::NotAuthorized(_))
-        ));
-        let rt = t.refresh_token.expect("refresh token");
-        let refreshed = id
-            .initiate_refresh(&info.client_id, &rt)
-            .await
-            .expect("refresh");
-        assert!(refreshed.refresh_token.is_none());
-        assert!(id.initiate_refresh(&info.client_id, "bogus").await.is_err());
-
-        id.create_user(&info.pool_id, "temp@example.com", "Temp0rary!", true)
-            .expect("create temp");
-        let AuthOutcome::NewPasswordRequired { session, .. } = id
-            .initiate_user_password(&info.client_id, "temp@example.com", "Temp0rary!")
-            .await
-            .expect("challenge")
-        else {
-            panic!("expected challenge");
-        };
-        assert!(matches!(
-            id.respond_new_password(&info.client_id, &session, "temp@example.com", "weak")
-                .await,
-            Err(IdentityError::InvalidPassword(_))
-        ));
-        id.respond_new_password(
-            &info.client_id,
-            &session,
-            "temp@example.com",
-            "N3w-Passw0rd",
-        )
-        .await
-        .expect("new password");
-        assert!(
-            id.respond_new_password(
-                &info.client_id,
-                &session,
-                "temp@example.com",
-                "N3w-Passw0rd"
-            )
-            .await
-            .is_err(),
-            "a session is used once"
+            .expect("admin get");
+        assert_eq!(rec.username, "s1");
+        assert_eq!(
+            rec.attributes.get("email_verified").map(String::as_str),
+            Some("true")
         );
-        assert!(matches!(
-            id.initiate_user_password(&info.client_id, "temp@example.com", "N3w-Passw0rd")
-                .await,
-            Ok(AuthOutcome::Tokens(_))
-        ));
+        let client = id
+            .describe_client("us-east-2_AAAAAAAAA", "c1")
+            .await
+            .expect("client");
+        assert!(
+            client
+                .settings
+                .explicit_auth_flows
+                .iter()
+                .any(|f| f == "ALLOW_USER_PASSWORD_AUTH")
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,7 +1,7 @@
 //! Tokens as Cognito issues them, and their verification as API Gateway's JWT authorizer
 //! does it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -16,7 +16,8 @@ pub const ADMIN_SCOPE: &str = "aws.cognito.signin.user.admin";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IdClaims {
     pub sub: String,
-    pub email_verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
     pub iss: String,
     #[serde(rename = "cognito:username")]
     pub cognito_username: String,
@@ -28,7 +29,12 @@ pub struct IdClaims {
     pub exp: i64,
     pub iat: i64,
     pub jti: String,
-    pub email: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The user's other attributes (`name`, `phone_number`, `custom:…`), as Cognito puts
+    /// them in IdTokens.
+    #[serde(flatten)]
+    pub attributes: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,7 +57,9 @@ pub struct AccessClaims {
 pub struct Subject<'a> {
     pub sub: &'a str,
     pub username: &'a str,
-    pub email: &'a str,
+    /// User attributes; `sub` in here is ignored, `email_verified` and
+    /// `phone_number_verified` become booleans.
+    pub attributes: &'a BTreeMap<String, String>,
     pub client_id: &'a str,
     pub issuer: &'a str,
     pub auth_time: i64,
@@ -69,9 +77,21 @@ pub fn issue_pair(
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(key.kid.clone());
     let event_id = uuid::Uuid::new_v4().to_string();
+    let mut attributes = BTreeMap::new();
+    for (k, v) in s.attributes {
+        match k.as_str() {
+            "sub" | "email" | "email_verified" => {}
+            "phone_number_verified" => {
+                attributes.insert(k.clone(), serde_json::Value::Bool(v == "true"));
+            }
+            _ => {
+                attributes.insert(k.clone(), serde_json::Value::String(v.clone()));
+            }
+        }
+    }
     let id = IdClaims {
         sub: s.sub.into(),
-        email_verified: true,
+        email_verified: s.attributes.get("email_verified").map(|v| v == "true"),
         iss: s.issuer.into(),
         cognito_username: s.username.into(),
         origin_jti: s.origin_jti.into(),
@@ -82,7 +102,8 @@ pub fn issue_pair(
         exp: now + id_secs,
         iat: now,
         jti: uuid::Uuid::new_v4().to_string(),
-        email: s.email.into(),
+        email: s.attributes.get("email").cloned(),
+        attributes,
     };
     let access = AccessClaims {
         sub: s.sub.into(),
@@ -102,6 +123,14 @@ pub fn issue_pair(
         jsonwebtoken::encode(&header, &id, &key.encoding)?,
         jsonwebtoken::encode(&header, &access, &key.encoding)?,
     ))
+}
+
+/// The claims of a token's payload, read without any verification: only for tokens that
+/// a [`Verifier`] accepted already, or to find which verifier applies.
+pub fn unverified_payload(token: &str) -> Option<serde_json::Value> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Why a token was refused. Each variant is one step of the authorizer, in order.
@@ -298,10 +327,17 @@ mod tests {
     }
 
     fn subject() -> Subject<'static> {
+        static ATTRS: std::sync::OnceLock<BTreeMap<String, String>> = std::sync::OnceLock::new();
         Subject {
             sub: "sub-1",
             username: "sub-1",
-            email: "me@example.com",
+            attributes: ATTRS.get_or_init(|| {
+                BTreeMap::from([
+                    ("email".to_string(), "me@example.com".to_string()),
+                    ("email_verified".to_string(), "true".to_string()),
+                    ("name".to_string(), "Me".to_string()),
+                ])
+            }),
             client_id: "client-1",
             issuer: "http://iss/pool",
             auth_time: 1000,
@@ -323,6 +359,8 @@ mod tests {
         assert_eq!(idc["aud"], "client-1");
         assert_eq!(idc["cognito:username"], "sub-1");
         assert_eq!(idc["email"], "me@example.com");
+        assert_eq!(idc["email_verified"], true);
+        assert_eq!(idc["name"], "Me");
         assert_eq!(idc["exp"], 4600);
         for c in ["sub", "iss", "auth_time", "iat", "jti"] {
             assert!(idc.get(c).is_some(), "{c}");

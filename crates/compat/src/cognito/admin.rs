@@ -1,0 +1,413 @@
+//! Operations that need IAM credentials: pools, app clients and `Admin*` user operations.
+
+use serde::Deserialize;
+use serde_json::json;
+use sluice_identity::{
+    Client, ClientSpec, Identity, NewUser, Pool, PoolSettings, PoolUpdate, UserRecord,
+};
+
+use super::{
+    AttributeType, OpResult, attribute_list, attribute_map, epoch, invalid, parse, required,
+};
+
+/// The region new pools are created in: the default pool's.
+fn region(identity: &Identity) -> String {
+    identity
+        .default_pool()
+        .ok()
+        .flatten()
+        .and_then(|p| p.pool_id.split_once('_').map(|(r, _)| r.to_owned()))
+        .unwrap_or_else(|| "us-east-2".into())
+}
+
+fn pool_json(p: &Pool) -> serde_json::Value {
+    let mut v = serde_json::to_value(&p.settings).unwrap_or_else(|_| json!({}));
+    let region = p.id.split_once('_').map_or("us-east-2", |(r, _)| r);
+    v["Id"] = json!(p.id);
+    v["Name"] = json!(p.name);
+    v["Arn"] = json!(format!(
+        "arn:aws:cognito-idp:{region}:000000000000:userpool/{}",
+        p.id
+    ));
+    v["CreationDate"] = epoch(p.created_ms);
+    v["LastModifiedDate"] = epoch(p.updated_ms);
+    v["EstimatedNumberOfUsers"] = json!(p.estimated_users);
+    v["LambdaConfig"] = json!({});
+    v
+}
+
+fn client_json(c: &Client) -> serde_json::Value {
+    let (access, access_unit) = c.validity("access");
+    let (id, id_unit) = c.validity("id");
+    let (refresh, refresh_unit) = c.validity("refresh");
+    let mut v = json!({
+        "UserPoolId": c.pool_id,
+        "ClientName": c.name,
+        "ClientId": c.id,
+        "CreationDate": epoch(c.created_ms),
+        "LastModifiedDate": epoch(c.updated_ms),
+        "RefreshTokenValidity": refresh,
+        "AccessTokenValidity": access,
+        "IdTokenValidity": id,
+        "TokenValidityUnits": {
+            "AccessToken": access_unit,
+            "IdToken": id_unit,
+            "RefreshToken": refresh_unit,
+        },
+        "ExplicitAuthFlows": c.settings.explicit_auth_flows,
+        "PreventUserExistenceErrors": c.prevent_user_existence_errors,
+        "EnableTokenRevocation": c.settings.enable_token_revocation,
+        "AuthSessionValidity": c.settings.auth_session_validity,
+        "AllowedOAuthFlowsUserPoolClient": false,
+    });
+    if let Some(s) = &c.secret {
+        v["ClientSecret"] = json!(s);
+    }
+    if !c.settings.read_attributes.is_empty() {
+        v["ReadAttributes"] = json!(c.settings.read_attributes);
+    }
+    if !c.settings.write_attributes.is_empty() {
+        v["WriteAttributes"] = json!(c.settings.write_attributes);
+    }
+    v
+}
+
+fn user_json(u: &UserRecord, attributes_key: &str) -> serde_json::Value {
+    json!({
+        "Username": u.username,
+        attributes_key: attribute_list(&u.sub, &u.attributes),
+        "UserCreateDate": epoch(u.created_ms),
+        "UserLastModifiedDate": epoch(u.updated_ms),
+        "Enabled": u.enabled,
+        "UserStatus": u.status,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreatePoolRequest {
+    pool_name: Option<String>,
+    #[serde(flatten)]
+    settings: PoolSettings,
+}
+
+pub(super) async fn create_user_pool(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: CreatePoolRequest = parse(body)?;
+    let name = required(&req.pool_name, "poolName")?;
+    let pool = identity
+        .create_pool(&region(identity), name, req.settings)
+        .await?;
+    Ok(json!({"UserPool": pool_json(&pool)}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PoolRequest {
+    user_pool_id: Option<String>,
+    max_results: Option<i64>,
+    next_token: Option<String>,
+    client_id: Option<String>,
+    username: Option<String>,
+}
+
+pub(super) async fn describe_user_pool(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: PoolRequest = parse(body)?;
+    let pool = identity
+        .describe_pool(required(&req.user_pool_id, "userPoolId")?)
+        .await?;
+    Ok(json!({"UserPool": pool_json(&pool)}))
+}
+
+pub(super) async fn list_user_pools(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: PoolRequest = parse(body)?;
+    let max = req.max_results.ok_or_else(|| {
+        invalid("1 validation error detected: Value null at 'maxResults' failed to satisfy constraint: Member must not be null")
+    })?;
+    let (pools, next) = identity.list_pools(max, req.next_token.as_deref()).await?;
+    let list: Vec<_> = pools
+        .iter()
+        .map(|p| {
+            json!({
+                "Id": p.id,
+                "Name": p.name,
+                "LambdaConfig": {},
+                "CreationDate": epoch(p.created_ms),
+                "LastModifiedDate": epoch(p.updated_ms),
+            })
+        })
+        .collect();
+    let mut out = json!({"UserPools": list});
+    if let Some(n) = next {
+        out["NextToken"] = json!(n);
+    }
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UpdatePoolRequest {
+    user_pool_id: Option<String>,
+    #[serde(flatten)]
+    update: PoolUpdate,
+}
+
+pub(super) async fn update_user_pool(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: UpdatePoolRequest = parse(body)?;
+    identity
+        .update_pool(required(&req.user_pool_id, "userPoolId")?, req.update)
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn delete_user_pool(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: PoolRequest = parse(body)?;
+    identity
+        .delete_pool(required(&req.user_pool_id, "userPoolId")?)
+        .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ClientRequest {
+    user_pool_id: Option<String>,
+    client_id: Option<String>,
+    #[serde(flatten)]
+    spec: ClientSpec,
+}
+
+pub(super) async fn create_user_pool_client(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ClientRequest = parse(body)?;
+    required(&req.spec.client_name, "clientName")?;
+    let c = identity
+        .create_client(required(&req.user_pool_id, "userPoolId")?, req.spec)
+        .await?;
+    Ok(json!({"UserPoolClient": client_json(&c)}))
+}
+
+pub(super) async fn describe_user_pool_client(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: PoolRequest = parse(body)?;
+    let c = identity
+        .describe_client(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.client_id, "clientId")?,
+        )
+        .await?;
+    Ok(json!({"UserPoolClient": client_json(&c)}))
+}
+
+pub(super) async fn list_user_pool_clients(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: PoolRequest = parse(body)?;
+    let (clients, next) = identity
+        .list_clients(
+            required(&req.user_pool_id, "userPoolId")?,
+            req.max_results.unwrap_or(60),
+            req.next_token.as_deref(),
+        )
+        .await?;
+    let list: Vec<_> = clients
+        .iter()
+        .map(|c| json!({"ClientId": c.id, "UserPoolId": c.pool_id, "ClientName": c.name}))
+        .collect();
+    let mut out = json!({"UserPoolClients": list});
+    if let Some(n) = next {
+        out["NextToken"] = json!(n);
+    }
+    Ok(out)
+}
+
+pub(super) async fn update_user_pool_client(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ClientRequest = parse(body)?;
+    if req.spec.generate_secret {
+        return Err(invalid(
+            "GenerateSecret cannot be changed by UpdateUserPoolClient",
+        ));
+    }
+    let c = identity
+        .update_client(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.client_id, "clientId")?,
+            req.spec,
+        )
+        .await?;
+    Ok(json!({"UserPoolClient": client_json(&c)}))
+}
+
+pub(super) async fn delete_user_pool_client(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: PoolRequest = parse(body)?;
+    identity
+        .delete_client(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.client_id, "clientId")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AdminUserRequest {
+    user_pool_id: Option<String>,
+    username: Option<String>,
+    temporary_password: Option<String>,
+    password: Option<String>,
+    #[serde(default)]
+    permanent: bool,
+    message_action: Option<String>,
+    #[serde(default)]
+    user_attributes: Vec<AttributeType>,
+}
+
+pub(super) async fn admin_create_user(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: AdminUserRequest = parse(body)?;
+    let (suppress, resend) = match req.message_action.as_deref() {
+        None => (false, false),
+        Some("SUPPRESS") => (true, false),
+        Some("RESEND") => (false, true),
+        Some(other) => {
+            return Err(invalid(&format!(
+                "1 validation error detected: Value '{other}' at 'messageAction' failed to satisfy constraint: Member must satisfy enum value set: [RESEND, SUPPRESS]"
+            )));
+        }
+    };
+    let rec = identity
+        .admin_create_user(
+            NewUser {
+                pool_id: required(&req.user_pool_id, "userPoolId")?.to_owned(),
+                username: required(&req.username, "username")?.to_owned(),
+                attributes: attribute_map(req.user_attributes),
+                password: req.temporary_password.filter(|p| !p.is_empty()),
+                temporary: true,
+                admin: true,
+            },
+            suppress,
+            resend,
+        )
+        .await?;
+    Ok(json!({"User": user_json(&rec, "Attributes")}))
+}
+
+pub(super) async fn admin_set_user_password(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: AdminUserRequest = parse(body)?;
+    identity
+        .admin_set_password(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+            required(&req.password, "password")?,
+            req.permanent,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn admin_get_user(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: PoolRequest = parse(body)?;
+    let u = identity
+        .admin_get_user(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+        )
+        .await?;
+    Ok(user_json(&u, "UserAttributes"))
+}
+
+pub(super) async fn admin_delete_user(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: PoolRequest = parse(body)?;
+    identity
+        .admin_delete_user(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn admin_set_enabled(identity: &Identity, body: &[u8], enabled: bool) -> OpResult {
+    let req: PoolRequest = parse(body)?;
+    identity
+        .admin_set_enabled(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+            enabled,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn admin_update_user_attributes(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: AdminUserRequest = parse(body)?;
+    identity
+        .admin_update_attributes(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+            attribute_map(req.user_attributes),
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn admin_confirm_sign_up(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: PoolRequest = parse(body)?;
+    identity
+        .admin_confirm_sign_up(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn admin_user_global_sign_out(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: PoolRequest = parse(body)?;
+    identity
+        .admin_global_sign_out(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListUsersRequest {
+    user_pool_id: Option<String>,
+    filter: Option<String>,
+    limit: Option<i64>,
+    pagination_token: Option<String>,
+    attributes_to_get: Option<Vec<String>>,
+}
+
+pub(super) async fn list_users(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ListUsersRequest = parse(body)?;
+    let page = identity
+        .list_users(
+            required(&req.user_pool_id, "userPoolId")?,
+            req.filter.as_deref(),
+            req.limit,
+            req.pagination_token.as_deref(),
+        )
+        .await?;
+    let users: Vec<_> = page
+        .users
+        .iter()
+        .map(|u| {
+            let mut v = user_json(u, "Attributes");
+            if let Some(wanted) = &req.attributes_to_get
+                && let Some(list) = v["Attributes"].as_array_mut()
+            {
+                list.retain(|a| {
+                    a["Name"]
+                        .as_str()
+                        .is_some_and(|n| wanted.iter().any(|w| w == n))
+                });
+            }
+            v
+        })
+        .collect();
+    let mut out = json!({"Users": users});
+    if let Some(t) = page.next_token {
+        out["PaginationToken"] = json!(t);
+    }
+    Ok(out)
+}

@@ -1,0 +1,402 @@
+//! Public operations: sign-in flows and their challenges, sign-up, codes, and what an
+//! access token lets its bearer do.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Deserialize;
+use serde_json::json;
+use sluice_identity::{AuthOutcome, AuthTokens, Identity, SrpChallenge};
+
+use super::{
+    AttributeType, OpResult, attribute_list, attribute_map, delivery_json, invalid, param, parse,
+    required,
+};
+
+fn tokens_json(t: AuthTokens) -> serde_json::Value {
+    let mut result = json!({
+        "AccessToken": t.access_token,
+        "ExpiresIn": t.expires_in,
+        "IdToken": t.id_token,
+        "TokenType": "Bearer",
+    });
+    if let Some(rt) = t.refresh_token {
+        result["RefreshToken"] = json!(rt);
+    }
+    json!({"AuthenticationResult": result, "ChallengeParameters": {}})
+}
+
+fn outcome_json(o: AuthOutcome) -> serde_json::Value {
+    match o {
+        AuthOutcome::Tokens(t) => tokens_json(t),
+        AuthOutcome::NewPasswordRequired {
+            session,
+            username,
+            attributes,
+        } => {
+            let visible: BTreeMap<&String, &String> = attributes
+                .iter()
+                .filter(|(k, _)| !k.ends_with("_verified"))
+                .collect();
+            json!({
+                "ChallengeName": "NEW_PASSWORD_REQUIRED",
+                "Session": session,
+                "ChallengeParameters": {
+                    "USER_ID_FOR_SRP": username,
+                    "requiredAttributes": "[]",
+                    "userAttributes": json!(visible).to_string(),
+                },
+            })
+        }
+    }
+}
+
+fn srp_json(c: SrpChallenge) -> serde_json::Value {
+    json!({
+        "ChallengeName": "PASSWORD_VERIFIER",
+        "ChallengeParameters": {
+            "SALT": c.salt,
+            "SRP_B": c.srp_b,
+            "SECRET_BLOCK": c.secret_block,
+            "USER_ID_FOR_SRP": c.user_id_for_srp,
+            "USERNAME": c.username,
+        },
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct InitiateAuthRequest {
+    auth_flow: Option<String>,
+    client_id: Option<String>,
+    user_pool_id: Option<String>,
+    #[serde(default)]
+    auth_parameters: HashMap<String, String>,
+}
+
+fn bad_flow(flow: &str) -> super::CognitoError {
+    invalid(&format!(
+        "1 validation error detected: Value '{flow}' at 'authFlow' failed to satisfy constraint: Member must satisfy enum value set"
+    ))
+}
+
+pub(super) async fn initiate_auth(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: InitiateAuthRequest = parse(body)?;
+    let flow = required(&req.auth_flow, "authFlow")?;
+    let client_id = required(&req.client_id, "clientId")?;
+    let p = &req.auth_parameters;
+    let secret_hash = p.get("SECRET_HASH").map(String::as_str);
+    match flow {
+        "USER_PASSWORD_AUTH" => {
+            let o = identity
+                .initiate_user_password(
+                    client_id,
+                    param(p, "USERNAME")?,
+                    param(p, "PASSWORD")?,
+                    secret_hash,
+                )
+                .await?;
+            Ok(outcome_json(o))
+        }
+        "REFRESH_TOKEN_AUTH" | "REFRESH_TOKEN" => {
+            let t = identity
+                .initiate_refresh(client_id, param(p, "REFRESH_TOKEN")?, secret_hash)
+                .await?;
+            Ok(tokens_json(t))
+        }
+        "USER_SRP_AUTH" => {
+            let c = identity
+                .initiate_srp(
+                    client_id,
+                    param(p, "USERNAME")?,
+                    param(p, "SRP_A")?,
+                    secret_hash,
+                )
+                .await?;
+            Ok(srp_json(c))
+        }
+        "CUSTOM_AUTH" | "USER_AUTH" => Err(invalid(&format!(
+            "auth flow {flow} is not supported by this sluice version"
+        ))),
+        "ADMIN_USER_PASSWORD_AUTH" | "ADMIN_NO_SRP_AUTH" => Err(invalid(&format!(
+            "Initiate Auth method not supported: {flow} is only accepted by AdminInitiateAuth"
+        ))),
+        _ => Err(bad_flow(flow)),
+    }
+}
+
+pub(super) async fn admin_initiate_auth(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: InitiateAuthRequest = parse(body)?;
+    let pool = required(&req.user_pool_id, "userPoolId")?;
+    let flow = required(&req.auth_flow, "authFlow")?;
+    let client_id = required(&req.client_id, "clientId")?;
+    let p = &req.auth_parameters;
+    let secret_hash = p.get("SECRET_HASH").map(String::as_str);
+    match flow {
+        "ADMIN_USER_PASSWORD_AUTH" | "ADMIN_NO_SRP_AUTH" => {
+            let o = identity
+                .admin_initiate_user_password(
+                    pool,
+                    client_id,
+                    param(p, "USERNAME")?,
+                    param(p, "PASSWORD")?,
+                    secret_hash,
+                )
+                .await?;
+            Ok(outcome_json(o))
+        }
+        "REFRESH_TOKEN_AUTH" | "REFRESH_TOKEN" => {
+            let t = identity
+                .admin_initiate_refresh(pool, client_id, param(p, "REFRESH_TOKEN")?, secret_hash)
+                .await?;
+            Ok(tokens_json(t))
+        }
+        "USER_SRP_AUTH" | "USER_PASSWORD_AUTH" | "CUSTOM_AUTH" | "USER_AUTH" => {
+            Err(invalid(&format!(
+                "auth flow {flow} is not supported by AdminInitiateAuth in this sluice version"
+            )))
+        }
+        _ => Err(bad_flow(flow)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct RespondRequest {
+    challenge_name: Option<String>,
+    client_id: Option<String>,
+    user_pool_id: Option<String>,
+    session: Option<String>,
+    #[serde(default)]
+    challenge_responses: HashMap<String, String>,
+}
+
+/// `userAttributes.<name>` responses of NEW_PASSWORD_REQUIRED.
+fn challenge_attributes(r: &HashMap<String, String>) -> BTreeMap<String, String> {
+    r.iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("userAttributes.")
+                .map(|n| (n.to_owned(), v.clone()))
+        })
+        .collect()
+}
+
+pub(super) async fn respond_to_auth_challenge(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: RespondRequest = parse(body)?;
+    let challenge = required(&req.challenge_name, "challengeName")?;
+    let client_id = required(&req.client_id, "clientId")?;
+    let r = &req.challenge_responses;
+    let secret_hash = r.get("SECRET_HASH").map(String::as_str);
+    match challenge {
+        "NEW_PASSWORD_REQUIRED" => {
+            let session = required(&req.session, "session")?;
+            let t = identity
+                .respond_new_password(
+                    client_id,
+                    session,
+                    param(r, "USERNAME")?,
+                    param(r, "NEW_PASSWORD")?,
+                    challenge_attributes(r),
+                    secret_hash,
+                )
+                .await?;
+            Ok(tokens_json(t))
+        }
+        "PASSWORD_VERIFIER" => {
+            let o = identity
+                .respond_password_verifier(
+                    client_id,
+                    param(r, "USERNAME")?,
+                    param(r, "PASSWORD_CLAIM_SECRET_BLOCK")?,
+                    param(r, "TIMESTAMP")?,
+                    param(r, "PASSWORD_CLAIM_SIGNATURE")?,
+                    secret_hash,
+                )
+                .await?;
+            Ok(outcome_json(o))
+        }
+        _ => Err(invalid(&format!(
+            "challenge {challenge} is not supported by this sluice version"
+        ))),
+    }
+}
+
+pub(super) async fn admin_respond_to_auth_challenge(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: RespondRequest = parse(body)?;
+    let pool = required(&req.user_pool_id, "userPoolId")?;
+    let challenge = required(&req.challenge_name, "challengeName")?;
+    let client_id = required(&req.client_id, "clientId")?;
+    let r = &req.challenge_responses;
+    if challenge != "NEW_PASSWORD_REQUIRED" {
+        return Err(invalid(&format!(
+            "challenge {challenge} is not supported by AdminRespondToAuthChallenge in this sluice version"
+        )));
+    }
+    let session = required(&req.session, "session")?;
+    let t = identity
+        .admin_respond_new_password(
+            pool,
+            client_id,
+            session,
+            param(r, "USERNAME")?,
+            param(r, "NEW_PASSWORD")?,
+            challenge_attributes(r),
+            r.get("SECRET_HASH").map(String::as_str),
+        )
+        .await?;
+    Ok(tokens_json(t))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct SignUpRequest {
+    client_id: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    secret_hash: Option<String>,
+    confirmation_code: Option<String>,
+    #[serde(default)]
+    user_attributes: Vec<AttributeType>,
+}
+
+pub(super) async fn sign_up(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: SignUpRequest = parse(body)?;
+    let (rec, delivery) = identity
+        .sign_up(
+            required(&req.client_id, "clientId")?,
+            required(&req.username, "username")?,
+            required(&req.password, "password")?,
+            attribute_map(req.user_attributes),
+            req.secret_hash.as_deref(),
+        )
+        .await?;
+    let mut out = json!({"UserConfirmed": rec.status == "CONFIRMED", "UserSub": rec.sub});
+    if let Some(d) = delivery {
+        out["CodeDeliveryDetails"] = delivery_json(&d);
+    }
+    Ok(out)
+}
+
+pub(super) async fn confirm_sign_up(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: SignUpRequest = parse(body)?;
+    identity
+        .confirm_sign_up(
+            required(&req.client_id, "clientId")?,
+            required(&req.username, "username")?,
+            required(&req.confirmation_code, "confirmationCode")?,
+            req.secret_hash.as_deref(),
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn resend_confirmation_code(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: SignUpRequest = parse(body)?;
+    let d = identity
+        .resend_confirmation_code(
+            required(&req.client_id, "clientId")?,
+            required(&req.username, "username")?,
+            req.secret_hash.as_deref(),
+        )
+        .await?;
+    Ok(json!({"CodeDeliveryDetails": delivery_json(&d)}))
+}
+
+pub(super) async fn forgot_password(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: SignUpRequest = parse(body)?;
+    let d = identity
+        .forgot_password(
+            required(&req.client_id, "clientId")?,
+            required(&req.username, "username")?,
+            req.secret_hash.as_deref(),
+        )
+        .await?;
+    Ok(json!({"CodeDeliveryDetails": delivery_json(&d)}))
+}
+
+pub(super) async fn confirm_forgot_password(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: SignUpRequest = parse(body)?;
+    identity
+        .confirm_forgot_password(
+            required(&req.client_id, "clientId")?,
+            required(&req.username, "username")?,
+            required(&req.confirmation_code, "confirmationCode")?,
+            required(&req.password, "password")?,
+            req.secret_hash.as_deref(),
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct TokenRequest {
+    access_token: Option<String>,
+    previous_password: Option<String>,
+    proposed_password: Option<String>,
+    #[serde(default)]
+    user_attributes: Vec<AttributeType>,
+}
+
+pub(super) async fn change_password(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: TokenRequest = parse(body)?;
+    identity
+        .change_password(
+            required(&req.access_token, "accessToken")?,
+            required(&req.previous_password, "previousPassword")?,
+            required(&req.proposed_password, "proposedPassword")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn get_user(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: TokenRequest = parse(body)?;
+    let u = identity
+        .get_user_by_token(required(&req.access_token, "accessToken")?)
+        .await?;
+    Ok(json!({
+        "Username": u.username,
+        "UserAttributes": attribute_list(&u.sub, &u.attributes),
+    }))
+}
+
+pub(super) async fn update_user_attributes(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: TokenRequest = parse(body)?;
+    let deliveries = identity
+        .update_attributes_by_token(
+            required(&req.access_token, "accessToken")?,
+            attribute_map(req.user_attributes),
+        )
+        .await?;
+    Ok(json!({
+        "CodeDeliveryDetailsList": deliveries.iter().map(delivery_json).collect::<Vec<_>>(),
+    }))
+}
+
+pub(super) async fn global_sign_out(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: TokenRequest = parse(body)?;
+    identity
+        .global_sign_out(required(&req.access_token, "accessToken")?)
+        .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct RevokeRequest {
+    token: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+pub(super) async fn revoke_token(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: RevokeRequest = parse(body)?;
+    identity
+        .revoke_token(
+            required(&req.client_id, "clientId")?,
+            req.client_secret.as_deref(),
+            required(&req.token, "token")?,
+        )
+        .await?;
+    Ok(json!({}))
+}

@@ -1,0 +1,1499 @@
+//! Users: creation by an administrator or by sign-up, attributes, confirmation and reset
+//! codes, listing with Cognito's filters, and the outbox of messages users would receive.
+//!
+//! Codes are 6 digits, stored only as a hash, valid 24 hours (sign-up) or 1 hour (password
+//! reset), and die after 5 wrong guesses. The message carrying a code is written to the
+//! `outbox` table, which only an operator reads ([`Identity::outbox`]); codes never go to
+//! logs.
+
+use std::collections::BTreeMap;
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use sluice_db::now_ms;
+use sluice_db::rusqlite::{Connection, OptionalExtension, params};
+
+use crate::pools::{PoolSettings, encode_token, page_token, pool_settings};
+use crate::{Identity, IdentityError, UserRow, blocking_err, password, srp, user_not_found};
+
+const SIGNUP_CODE_TTL_MS: i64 = 24 * 3600 * 1000;
+const RESET_CODE_TTL_MS: i64 = 3600 * 1000;
+const MAX_CODE_FAILURES: i64 = 5;
+
+/// Standard attributes a user may hold (besides `custom:*`).
+const STANDARD: &[&str] = &[
+    "name",
+    "given_name",
+    "family_name",
+    "middle_name",
+    "nickname",
+    "preferred_username",
+    "profile",
+    "picture",
+    "website",
+    "email",
+    "email_verified",
+    "gender",
+    "birthdate",
+    "zoneinfo",
+    "locale",
+    "phone_number",
+    "phone_number_verified",
+    "address",
+    "updated_at",
+];
+
+/// A user as the admin operations show it. `attributes` never holds `sub`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub username: String,
+    pub sub: String,
+    pub status: String,
+    pub enabled: bool,
+    pub attributes: BTreeMap<String, String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl From<UserRow> for UserRecord {
+    fn from(u: UserRow) -> Self {
+        UserRecord {
+            username: u.username,
+            sub: u.sub,
+            status: u.status,
+            enabled: u.enabled,
+            attributes: u.attributes,
+            created_ms: u.created_ms,
+            updated_ms: u.updated_ms,
+        }
+    }
+}
+
+/// A user to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub pool_id: String,
+    /// What the caller calls the user: the username, or the email / phone number in pools
+    /// whose `UsernameAttributes` name them (the username is then the `sub`).
+    pub username: String,
+    pub attributes: BTreeMap<String, String>,
+    /// `None`: generate a temporary password.
+    pub password: Option<String>,
+    /// FORCE_CHANGE_PASSWORD (admin-created with a temporary password).
+    pub temporary: bool,
+    /// Created by an administrator (may set `*_verified`).
+    pub admin: bool,
+}
+
+/// Where a code went, masked as Cognito shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeDelivery {
+    pub destination: String,
+    /// `EMAIL` or `SMS`.
+    pub medium: String,
+    pub attribute: String,
+}
+
+/// A message the pool "sent": a confirmation or reset code, or an invitation carrying a
+/// temporary password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub to: String,
+    /// `signup`, `reset` or `invitation`.
+    pub kind: String,
+    pub code: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListUsersPage {
+    pub users: Vec<UserRecord>,
+    pub next_token: Option<String>,
+}
+
+const USER_COLUMNS: &str = "sub, username, email, password_hash, srp_salt, srp_verifier,
+    temp_expires_ms, status, enabled, attributes, created_ms, updated_ms";
+
+fn user_from_row(r: &sluice_db::rusqlite::Row<'_>) -> sluice_db::rusqlite::Result<UserRow> {
+    let salt: Option<String> = r.get(4)?;
+    let verifier: Option<String> = r.get(5)?;
+    let attrs: String = r.get(9)?;
+    Ok(UserRow {
+        sub: r.get(0)?,
+        username: r.get(1)?,
+        email: r.get(2)?,
+        hash: r.get(3)?,
+        srp: salt.zip(verifier),
+        temp_expires_ms: r.get(6)?,
+        status: r.get(7)?,
+        enabled: r.get(8)?,
+        attributes: serde_json::from_str(&attrs).unwrap_or_default(),
+        created_ms: r.get(10)?,
+        updated_ms: r.get(11)?,
+    })
+}
+
+pub(crate) fn user_where(
+    c: &Connection,
+    column: &str,
+    pool: &str,
+    value: &str,
+) -> Result<Option<UserRow>, IdentityError> {
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE pool_id = ?1 AND {column} = ?2");
+    Ok(c.prepare_cached(&sql)?
+        .query_row(params![pool, value], user_from_row)
+        .optional()?)
+}
+
+pub(crate) fn username_key(settings: &PoolSettings, username: &str) -> String {
+    if settings.username_configuration.case_sensitive {
+        username.to_owned()
+    } else {
+        username.to_lowercase()
+    }
+}
+
+/// The user `given` names: by username, then by email or phone number where those sign
+/// in, then by `sub` in pools whose username is the `sub`.
+pub(crate) fn find_user(
+    c: &Connection,
+    pool: &str,
+    settings: &PoolSettings,
+    given: &str,
+) -> Result<Option<UserRow>, IdentityError> {
+    if let Some(u) = user_where(c, "username_key", pool, &username_key(settings, given))? {
+        return Ok(Some(u));
+    }
+    if settings.email_signs_in() && given.contains('@') {
+        let by_email = user_where(c, "email", pool, &given.trim().to_lowercase())?;
+        let alias_only = settings.username_attributes.is_empty();
+        if let Some(u) = by_email
+            && (!alias_only
+                || u.attributes.get("email_verified").map(String::as_str) == Some("true"))
+        {
+            return Ok(Some(u));
+        }
+    }
+    let phone_signs_in = settings
+        .username_attributes
+        .iter()
+        .any(|a| a == "phone_number")
+        || settings
+            .alias_attributes
+            .iter()
+            .any(|a| a == "phone_number");
+    if phone_signs_in && given.starts_with('+') {
+        let mut st = c.prepare_cached(&format!(
+            "SELECT {USER_COLUMNS} FROM users
+             WHERE pool_id = ?1 AND json_extract(attributes, '$.phone_number') = ?2"
+        ))?;
+        if let Some(u) = st
+            .query_row(params![pool, given], user_from_row)
+            .optional()?
+        {
+            return Ok(Some(u));
+        }
+    }
+    if !settings.username_attributes.is_empty() {
+        return user_where(c, "sub", pool, given);
+    }
+    Ok(None)
+}
+
+/// Checks attribute names and values. Non-admin callers may not set `*_verified`.
+pub(crate) fn validate_attributes(
+    attrs: &BTreeMap<String, String>,
+    admin: bool,
+) -> Result<(), IdentityError> {
+    for (k, v) in attrs {
+        let known = STANDARD.contains(&k.as_str())
+            || (k.starts_with("custom:") && k.len() > 7 && k.len() <= 32);
+        if !known {
+            return Err(IdentityError::InvalidParameter(format!(
+                "Attributes did not conform to the schema: {k}: Attribute does not exist in the schema."
+            )));
+        }
+        if v.chars().count() > 2048 {
+            return Err(IdentityError::InvalidParameter(format!(
+                "Attributes did not conform to the schema: {k}: String must be no longer than 2048 characters"
+            )));
+        }
+        if k.ends_with("_verified") {
+            if !admin {
+                return Err(IdentityError::NotAuthorized(format!(
+                    "A client attempted to write unauthorized attribute {k}"
+                )));
+            }
+            if v != "true" && v != "false" {
+                return Err(IdentityError::InvalidParameter(format!(
+                    "Attributes did not conform to the schema: {k}: must be true or false"
+                )));
+            }
+        }
+        if k == "email" {
+            crate::normalize_email(v)?;
+        }
+        if k == "phone_number"
+            && !(v.starts_with('+') && v.len() > 4 && v[1..].bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(IdentityError::InvalidParameter(
+                "Invalid phone number format.".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn valid_username(u: &str) -> bool {
+    let n = u.chars().count();
+    (1..=128).contains(&n) && !u.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+fn mask(value: &str) -> String {
+    match value.split_once('@') {
+        Some((local, domain)) => format!(
+            "{}***@{}***",
+            local.chars().next().unwrap_or('*'),
+            domain.chars().next().unwrap_or('*')
+        ),
+        None => {
+            let tail: String = value
+                .chars()
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            format!("+*******{tail}")
+        }
+    }
+}
+
+fn code_hash(pool: &str, sub: &str, purpose: &str, code: &str) -> String {
+    hex::encode(Sha256::digest(
+        format!("{pool}\0{sub}\0{purpose}\0{code}").as_bytes(),
+    ))
+}
+
+/// Where a user's messages go: their email, else their phone number; with `verified`,
+/// only a verified one.
+fn destination(u: &UserRow, verified: bool) -> Option<(String, &'static str, &'static str)> {
+    let attr = |k: &str| u.attributes.get(k).filter(|v| !v.is_empty());
+    let ok = |k: &str| !verified || attr(k).map(String::as_str) == Some("true");
+    if let Some(e) = attr("email")
+        && ok("email_verified")
+    {
+        return Some((e.clone(), "EMAIL", "email"));
+    }
+    if let Some(p) = attr("phone_number")
+        && ok("phone_number_verified")
+    {
+        return Some((p.clone(), "SMS", "phone_number"));
+    }
+    None
+}
+
+fn outbox_insert(
+    c: &Connection,
+    pool: &str,
+    to: &str,
+    kind: &str,
+    code: &str,
+) -> Result<(), IdentityError> {
+    c.execute(
+        "INSERT INTO outbox (pool_id, destination, kind, code, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![pool, to, kind, code, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Issues a fresh code for `purpose` (replacing any earlier one) and puts the message in
+/// the outbox. `None` when the user has no (verified, if asked) destination.
+fn issue_code(
+    c: &Connection,
+    pool: &str,
+    u: &UserRow,
+    purpose: &str,
+    verified_only: bool,
+) -> Result<Option<CodeDelivery>, IdentityError> {
+    let Some((to, medium, attribute)) = destination(u, verified_only) else {
+        return Ok(None);
+    };
+    let code = format!("{:06}", rand::thread_rng().gen_range(0..1_000_000u32));
+    let ttl = if purpose == "reset" {
+        RESET_CODE_TTL_MS
+    } else {
+        SIGNUP_CODE_TTL_MS
+    };
+    c.execute(
+        "INSERT OR REPLACE INTO codes (pool_id, sub, purpose, code_hash, expires_ms, failures)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+        params![
+            pool,
+            u.sub,
+            purpose,
+            code_hash(pool, &u.sub, purpose, &code),
+            now_ms() + ttl
+        ],
+    )?;
+    outbox_insert(c, pool, &to, purpose, &code)?;
+    Ok(Some(CodeDelivery {
+        destination: mask(&to),
+        medium: medium.into(),
+        attribute: attribute.into(),
+    }))
+}
+
+/// Checks a code. `Ok(Err(e))` is a refusal whose bookkeeping (a counted failure) must be
+/// committed; `Ok(Ok(()))` consumed the code.
+fn check_code(
+    c: &Connection,
+    pool: &str,
+    sub: &str,
+    purpose: &str,
+    code: &str,
+) -> Result<Result<(), IdentityError>, IdentityError> {
+    let row: Option<(String, i64, i64)> = c
+        .query_row(
+            "SELECT code_hash, expires_ms, failures FROM codes
+             WHERE pool_id = ?1 AND sub = ?2 AND purpose = ?3",
+            params![pool, sub, purpose],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let expired =
+        || IdentityError::ExpiredCode("Invalid code provided, please request a code again.".into());
+    let Some((hash, expires, failures)) = row else {
+        return Ok(Err(expired()));
+    };
+    if failures >= MAX_CODE_FAILURES {
+        return Ok(Err(IdentityError::LimitExceeded(
+            "Attempt limit exceeded, please try after some time.".into(),
+        )));
+    }
+    if expires < now_ms() {
+        return Ok(Err(expired()));
+    }
+    if hash != code_hash(pool, sub, purpose, code) {
+        c.execute(
+            "UPDATE codes SET failures = failures + 1
+             WHERE pool_id = ?1 AND sub = ?2 AND purpose = ?3",
+            params![pool, sub, purpose],
+        )?;
+        return Ok(Err(IdentityError::CodeMismatch(
+            "Invalid verification code provided, please try again.".into(),
+        )));
+    }
+    c.execute(
+        "DELETE FROM codes WHERE pool_id = ?1 AND sub = ?2 AND purpose = ?3",
+        params![pool, sub, purpose],
+    )?;
+    Ok(Ok(()))
+}
+
+/// A password's argon2id hash and SRP verifier, computed off the async threads.
+pub(crate) struct PasswordSecrets {
+    pub(crate) hash: String,
+    pub(crate) salt: String,
+    pub(crate) verifier: String,
+}
+
+pub(crate) async fn password_secrets(
+    pool: &str,
+    username: &str,
+    password: &str,
+) -> Result<PasswordSecrets, IdentityError> {
+    let (p, u, pw) = (pool.to_owned(), username.to_owned(), password.to_owned());
+    tokio::task::spawn_blocking(move || password_secrets_blocking(&p, &u, &pw))
+        .await
+        .map_err(blocking_err)?
+}
+
+pub(crate) fn password_secrets_blocking(
+    pool: &str,
+    username: &str,
+    password: &str,
+) -> Result<PasswordSecrets, IdentityError> {
+    let hash = password::hash(password)?;
+    let (salt, verifier) = srp::make_verifier(pool, username, password);
+    Ok(PasswordSecrets {
+        hash,
+        salt,
+        verifier,
+    })
+}
+
+/// Stores a new password of a user and its status.
+pub(crate) fn store_password(
+    c: &Connection,
+    pool: &str,
+    sub: &str,
+    s: &PasswordSecrets,
+    status: &str,
+    temp_expires_ms: Option<i64>,
+) -> Result<(), IdentityError> {
+    c.execute(
+        "UPDATE users SET password_hash = ?3, srp_salt = ?4, srp_verifier = ?5, status = ?6,
+             temp_expires_ms = ?7, updated_ms = ?8
+         WHERE pool_id = ?1 AND sub = ?2",
+        params![
+            pool,
+            sub,
+            s.hash,
+            s.salt,
+            s.verifier,
+            status,
+            temp_expires_ms,
+            now_ms()
+        ],
+    )?;
+    Ok(())
+}
+
+fn save_attributes(c: &Connection, pool: &str, u: &UserRow) -> Result<(), IdentityError> {
+    c.execute(
+        "UPDATE users SET attributes = ?3, email = ?4, updated_ms = ?5
+         WHERE pool_id = ?1 AND sub = ?2",
+        params![
+            pool,
+            u.sub,
+            serde_json::to_string(&u.attributes)?,
+            u.attributes.get("email").map(|e| e.to_lowercase()),
+            now_ms()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Refuses an email that another user of the pool signs in with.
+fn check_email_free(
+    c: &Connection,
+    pool: &str,
+    settings: &PoolSettings,
+    email: Option<&String>,
+    sub: &str,
+) -> Result<(), IdentityError> {
+    let Some(email) = email else { return Ok(()) };
+    if !settings.email_signs_in() {
+        return Ok(());
+    }
+    if let Some(other) = user_where(c, "email", pool, &email.to_lowercase())?
+        && other.sub != sub
+    {
+        return Err(IdentityError::UsernameExists(
+            "An account with the given email already exists.".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn revoke_all(c: &Connection, pool: &str, sub: &str) -> Result<(), IdentityError> {
+    c.execute(
+        "UPDATE refresh_tokens SET revoked = 1 WHERE pool_id = ?1 AND sub = ?2",
+        params![pool, sub],
+    )?;
+    Ok(())
+}
+
+fn read_user(
+    c: &Connection,
+    pool: &str,
+    username: &str,
+) -> Result<(PoolSettings, UserRow), IdentityError> {
+    let settings = pool_settings(c, pool)?;
+    let u = find_user(c, pool, &settings, username)?.ok_or_else(user_not_found)?;
+    Ok((settings, u))
+}
+
+impl Identity {
+    /// Creates a user; see [`NewUser`]. Used by `create_user` and AdminCreateUser.
+    pub(crate) fn insert_user_blocking(&self, new: NewUser) -> Result<UserRecord, IdentityError> {
+        let settings = {
+            let p = new.pool_id.clone();
+            self.db.read_blocking(move |c| pool_settings(c, &p))?
+        };
+        let (prepared, password) = prepare_user(&settings, new)?;
+        let secrets = password_secrets_blocking(&prepared.pool_id, &prepared.username, &password)?;
+        self.db
+            .write_blocking(move |c| insert_prepared(c, &prepared, &secrets))
+    }
+
+    /// AdminCreateUser. Without a password a temporary one is generated; unless
+    /// `suppress`, an invitation with the temporary password goes to the outbox. With
+    /// `resend`, an existing FORCE_CHANGE_PASSWORD user gets a new temporary password and
+    /// invitation.
+    pub async fn admin_create_user(
+        &self,
+        new: NewUser,
+        suppress: bool,
+        resend: bool,
+    ) -> Result<UserRecord, IdentityError> {
+        let pool = new.pool_id.clone();
+        let settings = {
+            let p = pool.clone();
+            self.db.read(move |c| pool_settings(c, &p)).await?
+        };
+        if resend {
+            let (p, name) = (pool.clone(), new.username.clone());
+            let (_, u) = self.db.read(move |c| read_user(c, &p, &name)).await?;
+            if u.status != "FORCE_CHANGE_PASSWORD" {
+                return Err(IdentityError::UnsupportedUserState(format!(
+                    "Resend not possible. {} status is not FORCE_CHANGE_PASSWORD",
+                    u.username
+                )));
+            }
+            let policy = &settings.policies.password_policy;
+            let password = match new.password {
+                Some(p) => {
+                    password::check_policy(&p, policy)?;
+                    p
+                }
+                None => password::generate_temporary(policy),
+            };
+            let secrets = password_secrets(&pool, &u.username, &password).await?;
+            let expires = temp_expiry(&settings);
+            let p = pool.clone();
+            return self
+                .db
+                .write(move |c| {
+                    store_password(
+                        c,
+                        &p,
+                        &u.sub,
+                        &secrets,
+                        "FORCE_CHANGE_PASSWORD",
+                        Some(expires),
+                    )?;
+                    if !suppress && let Some((to, _, _)) = destination(&u, false) {
+                        outbox_insert(c, &p, &to, "invitation", &password)?;
+                    }
+                    let u = user_where(c, "sub", &p, &u.sub)?.ok_or_else(user_not_found)?;
+                    Ok(u.into())
+                })
+                .await;
+        }
+        let (prepared, password) = prepare_user(&settings, new)?;
+        let secrets = password_secrets(&pool, &prepared.username, &password).await?;
+        self.db
+            .write(move |c| {
+                let rec = insert_prepared(c, &prepared, &secrets)?;
+                if !suppress
+                    && let Some(to) = rec
+                        .attributes
+                        .get("email")
+                        .or_else(|| rec.attributes.get("phone_number"))
+                {
+                    outbox_insert(c, &prepared.pool_id, to, "invitation", &password)?;
+                }
+                Ok(rec)
+            })
+            .await
+    }
+
+    pub async fn admin_get_user(
+        &self,
+        pool_id: &str,
+        username: &str,
+    ) -> Result<UserRecord, IdentityError> {
+        let (p, n) = (pool_id.to_owned(), username.to_owned());
+        let (_, u) = self.db.read(move |c| read_user(c, &p, &n)).await?;
+        Ok(u.into())
+    }
+
+    /// AdminSetUserPassword: permanent → CONFIRMED; otherwise FORCE_CHANGE_PASSWORD.
+    pub async fn admin_set_password(
+        &self,
+        pool_id: &str,
+        username: &str,
+        new_password: &str,
+        permanent: bool,
+    ) -> Result<(), IdentityError> {
+        let (p, n) = (pool_id.to_owned(), username.to_owned());
+        let (settings, u) = self.db.read(move |c| read_user(c, &p, &n)).await?;
+        password::check_policy(new_password, &settings.policies.password_policy)?;
+        let secrets = password_secrets(pool_id, &u.username, new_password).await?;
+        let (status, expires) = if permanent {
+            ("CONFIRMED", None)
+        } else {
+            ("FORCE_CHANGE_PASSWORD", Some(temp_expiry(&settings)))
+        };
+        let p = pool_id.to_owned();
+        self.db
+            .write(move |c| store_password(c, &p, &u.sub, &secrets, status, expires))
+            .await
+    }
+
+    /// AdminDeleteUser: the user, its tokens and codes.
+    pub async fn admin_delete_user(
+        &self,
+        pool_id: &str,
+        username: &str,
+    ) -> Result<(), IdentityError> {
+        let (p, n) = (pool_id.to_owned(), username.to_owned());
+        self.db
+            .write(move |c| {
+                let (_, u) = read_user(c, &p, &n)?;
+                for t in ["refresh_tokens", "auth_sessions", "codes"] {
+                    c.execute(
+                        &format!("DELETE FROM {t} WHERE pool_id = ?1 AND sub = ?2"),
+                        params![p, u.sub],
+                    )?;
+                }
+                c.execute(
+                    "DELETE FROM users WHERE pool_id = ?1 AND sub = ?2",
+                    params![p, u.sub],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// AdminDisableUser / AdminEnableUser. Disabling revokes the user's tokens.
+    pub async fn admin_set_enabled(
+        &self,
+        pool_id: &str,
+        username: &str,
+        enabled: bool,
+    ) -> Result<(), IdentityError> {
+        let (p, n) = (pool_id.to_owned(), username.to_owned());
+        self.db
+            .write(move |c| {
+                let (_, u) = read_user(c, &p, &n)?;
+                c.execute(
+                    "UPDATE users SET enabled = ?3, updated_ms = ?4 WHERE pool_id = ?1 AND sub = ?2",
+                    params![p, u.sub, enabled, now_ms()],
+                )?;
+                if !enabled {
+                    revoke_all(c, &p, &u.sub)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// AdminUpdateUserAttributes / UpdateUserAttributes. A changed email becomes
+    /// unverified unless an administrator sets `email_verified` in the same call; when the
+    /// pool verifies emails, a verification code is sent (and returned as delivered).
+    pub(crate) async fn update_attributes(
+        &self,
+        pool_id: &str,
+        username: &str,
+        attrs: BTreeMap<String, String>,
+        admin: bool,
+    ) -> Result<Vec<CodeDelivery>, IdentityError> {
+        validate_attributes(&attrs, admin)?;
+        let (p, n) = (pool_id.to_owned(), username.to_owned());
+        self.db
+            .write(move |c| {
+                let (settings, mut u) = read_user(c, &p, &n)?;
+                let old_email = u.attributes.get("email").cloned();
+                for (k, v) in &attrs {
+                    let v = if k == "email" {
+                        v.to_lowercase()
+                    } else {
+                        v.clone()
+                    };
+                    if v.is_empty() {
+                        u.attributes.remove(k);
+                    } else {
+                        u.attributes.insert(k.clone(), v);
+                    }
+                }
+                let new_email = u.attributes.get("email").cloned();
+                check_email_free(c, &p, &settings, new_email.as_ref(), &u.sub)?;
+                let mut deliveries = Vec::new();
+                if new_email != old_email && !attrs.contains_key("email_verified") {
+                    u.attributes.insert("email_verified".into(), "false".into());
+                }
+                save_attributes(c, &p, &u)?;
+                if new_email != old_email
+                    && new_email.is_some()
+                    && u.attributes.get("email_verified").map(String::as_str) != Some("true")
+                    && settings
+                        .auto_verified_attributes
+                        .iter()
+                        .any(|a| a == "email")
+                    && let Some(d) = issue_code(c, &p, &u, "verify_email", false)?
+                {
+                    deliveries.push(d);
+                }
+                Ok(deliveries)
+            })
+            .await
+    }
+
+    pub async fn admin_update_attributes(
+        &self,
+        pool_id: &str,
+        username: &str,
+        attrs: BTreeMap<String, String>,
+    ) -> Result<(), IdentityError> {
+        self.update_attributes(pool_id, username, attrs, true)
+            .await
+            .map(|_| ())
+    }
+
+    /// ListUsers: users by username, filtered by `attribute = "value"` or
+    /// `attribute ^= "value"`, `limit` (1–60, default 60) at a time.
+    pub async fn list_users(
+        &self,
+        pool_id: &str,
+        filter: Option<&str>,
+        limit: Option<i64>,
+        token: Option<&str>,
+    ) -> Result<ListUsersPage, IdentityError> {
+        let limit = limit.unwrap_or(60);
+        if !(1..=60).contains(&limit) {
+            return Err(IdentityError::InvalidParameter(format!(
+                "1 validation error detected: Value '{limit}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 60"
+            )));
+        }
+        let filter = match filter.map(str::trim).filter(|f| !f.is_empty()) {
+            Some(f) => Some(parse_filter(f)?),
+            None => None,
+        };
+        let after = page_token(token)?;
+        let p = pool_id.to_owned();
+        self.db
+            .read(move |c| {
+                pool_settings(c, &p)?;
+                let (cond, value) = match &filter {
+                    Some(f) => {
+                        let column = match f.attribute.as_str() {
+                            "username" => "username".to_owned(),
+                            "sub" => "sub".to_owned(),
+                            "cognito:user_status" => "status".to_owned(),
+                            "status" => {
+                                "CASE enabled WHEN 1 THEN 'Enabled' ELSE 'Disabled' END".to_owned()
+                            }
+                            name => format!("json_extract(attributes, '$.{name}')"),
+                        };
+                        let cond = if f.prefix {
+                            format!("AND substr({column}, 1, length(?4)) = ?4")
+                        } else {
+                            format!("AND {column} = ?4")
+                        };
+                        (cond, f.value.clone())
+                    }
+                    None => ("AND ?4 = ?4".to_owned(), String::new()),
+                };
+                let sql = format!(
+                    "SELECT {USER_COLUMNS}, username_key FROM users
+                     WHERE pool_id = ?1 AND username_key > ?2 {cond}
+                     ORDER BY username_key LIMIT ?3"
+                );
+                let mut st = c.prepare(&sql)?;
+                let rows = st
+                    .query_map(params![p, after, limit + 1, value], |r| {
+                        Ok((user_from_row(r)?, r.get::<_, String>(12)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let more = rows.len() as i64 > limit;
+                let next_token = if more {
+                    rows.get(limit as usize - 1).map(|(_, k)| encode_token(k))
+                } else {
+                    None
+                };
+                let users = rows
+                    .into_iter()
+                    .take(limit as usize)
+                    .map(|(u, _)| u.into())
+                    .collect();
+                Ok(ListUsersPage { users, next_token })
+            })
+            .await
+    }
+
+    /// SignUp: an UNCONFIRMED user; a confirmation code goes out when the pool verifies
+    /// the user's email or phone number. Returns the user and where the code went.
+    pub async fn sign_up(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+        attributes: BTreeMap<String, String>,
+        secret_hash: Option<&str>,
+    ) -> Result<(UserRecord, Option<CodeDelivery>), IdentityError> {
+        let client = self.client(client_id).await?;
+        crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
+        let pool = client.pool_id.clone();
+        let settings = {
+            let p = pool.clone();
+            self.db.read(move |c| pool_settings(c, &p)).await?
+        };
+        if settings
+            .admin_create_user_config
+            .allow_admin_create_user_only
+        {
+            return Err(IdentityError::NotAuthorized(
+                "SignUp is not permitted for this user pool".into(),
+            ));
+        }
+        let (mut prepared, _) = prepare_user(
+            &settings,
+            NewUser {
+                pool_id: pool.clone(),
+                username: username.to_owned(),
+                attributes,
+                password: Some(password.to_owned()),
+                temporary: false,
+                admin: false,
+            },
+        )?;
+        prepared.status = "UNCONFIRMED".into();
+        let secrets = password_secrets(&pool, &prepared.username, password).await?;
+        let verify = settings.auto_verified_attributes.clone();
+        self.db
+            .write(move |c| {
+                let rec = insert_prepared(c, &prepared, &secrets).map_err(|e| match e {
+                    IdentityError::UsernameExists(m) if m.starts_with("User account") => {
+                        IdentityError::UsernameExists("User already exists".into())
+                    }
+                    e => e,
+                })?;
+                let row = user_where(c, "sub", &prepared.pool_id, &rec.sub)?
+                    .ok_or_else(user_not_found)?;
+                let delivery = if verify.is_empty() {
+                    None
+                } else {
+                    issue_code(c, &prepared.pool_id, &row, "signup", false)?
+                };
+                Ok((rec, delivery))
+            })
+            .await
+    }
+
+    /// ConfirmSignUp: checks the code, confirms the user and verifies the attribute the
+    /// code went to.
+    pub async fn confirm_sign_up(
+        &self,
+        client_id: &str,
+        username: &str,
+        code: &str,
+        secret_hash: Option<&str>,
+    ) -> Result<(), IdentityError> {
+        let client = self.client(client_id).await?;
+        crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
+        let (p, n, code) = (client.pool_id.clone(), username.to_owned(), code.to_owned());
+        let prevent = client.prevent_user_existence_errors;
+        self.db
+            .write(
+                move |c| -> Result<Result<(), IdentityError>, IdentityError> {
+                    let settings = pool_settings(c, &p)?;
+                    let Some(mut u) = find_user(c, &p, &settings, &n)? else {
+                        return Ok(Err(if prevent {
+                            IdentityError::CodeMismatch(
+                                "Invalid verification code provided, please try again.".into(),
+                            )
+                        } else {
+                            user_not_found()
+                        }));
+                    };
+                    if u.status != "UNCONFIRMED" {
+                        return Ok(Err(IdentityError::NotAuthorized(format!(
+                            "User cannot be confirmed. Current status is {}",
+                            u.status
+                        ))));
+                    }
+                    if let Err(e) = check_code(c, &p, &u.sub, "signup", &code)? {
+                        return Ok(Err(e));
+                    }
+                    c.execute(
+                        "UPDATE users SET status = 'CONFIRMED', updated_ms = ?3
+                     WHERE pool_id = ?1 AND sub = ?2",
+                        params![p, u.sub, now_ms()],
+                    )?;
+                    if let Some((_, _, attr)) = destination(&u, false) {
+                        u.attributes
+                            .insert(format!("{attr}_verified"), "true".into());
+                        save_attributes(c, &p, &u)?;
+                    }
+                    Ok(Ok(()))
+                },
+            )
+            .await?
+    }
+
+    /// AdminConfirmSignUp: UNCONFIRMED → CONFIRMED, without a code.
+    pub async fn admin_confirm_sign_up(
+        &self,
+        pool_id: &str,
+        username: &str,
+    ) -> Result<(), IdentityError> {
+        let (p, n) = (pool_id.to_owned(), username.to_owned());
+        self.db
+            .write(move |c| {
+                let (_, u) = read_user(c, &p, &n)?;
+                if u.status != "UNCONFIRMED" {
+                    return Err(IdentityError::NotAuthorized(format!(
+                        "User cannot be confirmed. Current status is {}",
+                        u.status
+                    )));
+                }
+                c.execute(
+                    "UPDATE users SET status = 'CONFIRMED', updated_ms = ?3
+                     WHERE pool_id = ?1 AND sub = ?2",
+                    params![p, u.sub, now_ms()],
+                )?;
+                c.execute(
+                    "DELETE FROM codes WHERE pool_id = ?1 AND sub = ?2 AND purpose = 'signup'",
+                    params![p, u.sub],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// ResendConfirmationCode: a new sign-up code for an UNCONFIRMED user.
+    pub async fn resend_confirmation_code(
+        &self,
+        client_id: &str,
+        username: &str,
+        secret_hash: Option<&str>,
+    ) -> Result<CodeDelivery, IdentityError> {
+        let client = self.client(client_id).await?;
+        crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
+        let (p, n) = (client.pool_id.clone(), username.to_owned());
+        let prevent = client.prevent_user_existence_errors;
+        self.db
+            .write(move |c| {
+                let settings = pool_settings(c, &p)?;
+                let Some(u) = find_user(c, &p, &settings, &n)? else {
+                    return if prevent {
+                        Ok(simulated_delivery(&n))
+                    } else {
+                        Err(user_not_found())
+                    };
+                };
+                if u.status != "UNCONFIRMED" {
+                    return Err(IdentityError::InvalidParameter(
+                        "User is already confirmed.".into(),
+                    ));
+                }
+                issue_code(c, &p, &u, "signup", false)?.ok_or_else(|| {
+                    IdentityError::InvalidParameter(
+                        "Cannot resend codes. Auto verification not turned on.".into(),
+                    )
+                })
+            })
+            .await
+    }
+
+    /// ForgotPassword: a reset code to the user's verified email or phone number.
+    pub async fn forgot_password(
+        &self,
+        client_id: &str,
+        username: &str,
+        secret_hash: Option<&str>,
+    ) -> Result<CodeDelivery, IdentityError> {
+        let client = self.client(client_id).await?;
+        crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
+        let (p, n) = (client.pool_id.clone(), username.to_owned());
+        let prevent = client.prevent_user_existence_errors;
+        self.db
+            .write(move |c| {
+                let settings = pool_settings(c, &p)?;
+                let Some(u) = find_user(c, &p, &settings, &n)? else {
+                    return if prevent {
+                        Ok(simulated_delivery(&n))
+                    } else {
+                        Err(user_not_found())
+                    };
+                };
+                if !u.enabled {
+                    return Err(IdentityError::NotAuthorized("User is disabled.".into()));
+                }
+                issue_code(c, &p, &u, "reset", true)?.ok_or_else(|| {
+                    IdentityError::InvalidParameter(
+                        "Cannot reset password for the user as there is no registered/verified email or phone_number"
+                            .into(),
+                    )
+                })
+            })
+            .await
+    }
+
+    /// ConfirmForgotPassword: checks the reset code and sets the new password (the user
+    /// becomes CONFIRMED if it had to reset or change its password).
+    pub async fn confirm_forgot_password(
+        &self,
+        client_id: &str,
+        username: &str,
+        code: &str,
+        new_password: &str,
+        secret_hash: Option<&str>,
+    ) -> Result<(), IdentityError> {
+        let client = self.client(client_id).await?;
+        crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
+        let (p, n) = (client.pool_id.clone(), username.to_owned());
+        let found = self
+            .db
+            .read(move |c| {
+                let settings = pool_settings(c, &p)?;
+                Ok::<_, IdentityError>((find_user(c, &p, &settings, &n)?, settings))
+            })
+            .await?;
+        let (Some(u), settings) = found else {
+            return Err(if client.prevent_user_existence_errors {
+                IdentityError::CodeMismatch(
+                    "Invalid verification code provided, please try again.".into(),
+                )
+            } else {
+                user_not_found()
+            });
+        };
+        password::check_policy(new_password, &settings.policies.password_policy)?;
+        let secrets = password_secrets(&client.pool_id, &u.username, new_password).await?;
+        let (p, code) = (client.pool_id.clone(), code.to_owned());
+        self.db
+            .write(
+                move |c| -> Result<Result<(), IdentityError>, IdentityError> {
+                    if let Err(e) = check_code(c, &p, &u.sub, "reset", &code)? {
+                        return Ok(Err(e));
+                    }
+                    let status = match u.status.as_str() {
+                        "RESET_REQUIRED" | "FORCE_CHANGE_PASSWORD" => "CONFIRMED",
+                        s => s,
+                    };
+                    store_password(c, &p, &u.sub, &secrets, status, None)?;
+                    Ok(Ok(()))
+                },
+            )
+            .await?
+    }
+
+    /// The latest `limit` messages of a pool, newest first: what an operator reads to
+    /// hand users their codes.
+    pub fn outbox(&self, pool_id: &str, limit: usize) -> Result<Vec<OutboxMessage>, IdentityError> {
+        let p = pool_id.to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db.read_blocking(move |c| {
+            let mut st = c.prepare(
+                "SELECT destination, kind, code, created_ms FROM outbox
+                 WHERE pool_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = st
+                .query_map(params![p, limit], |r| {
+                    Ok(OutboxMessage {
+                        to: r.get(0)?,
+                        kind: r.get(1)?,
+                        code: r.get(2)?,
+                        created_ms: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+}
+
+/// What PreventUserExistenceErrors answers for an unknown user: a plausible delivery.
+fn simulated_delivery(username: &str) -> CodeDelivery {
+    let email = username.contains('@');
+    CodeDelivery {
+        destination: mask(if email { username } else { "x@x" }),
+        medium: "EMAIL".into(),
+        attribute: "email".into(),
+    }
+}
+
+fn temp_expiry(settings: &PoolSettings) -> i64 {
+    now_ms()
+        + i64::from(
+            settings
+                .policies
+                .password_policy
+                .temporary_password_validity_days,
+        ) * 86_400_000
+}
+
+/// A user ready to insert (everything but its password's secrets).
+struct PreparedUser {
+    pool_id: String,
+    sub: String,
+    username: String,
+    username_key: String,
+    attributes: BTreeMap<String, String>,
+    status: String,
+    temp_expires_ms: Option<i64>,
+    settings: PoolSettings,
+}
+
+/// Validates a new user against its pool and returns it with the password to set.
+fn prepare_user(
+    settings: &PoolSettings,
+    new: NewUser,
+) -> Result<(PreparedUser, String), IdentityError> {
+    let mut attributes = new.attributes;
+    validate_attributes(&attributes, new.admin)?;
+    if attributes.contains_key("sub") {
+        return Err(IdentityError::InvalidParameter(
+            "Attributes did not conform to the schema: sub: Attribute cannot be updated.".into(),
+        ));
+    }
+    let sub = uuid::Uuid::new_v4().to_string();
+    let username = if settings.username_attributes.is_empty() {
+        if !valid_username(&new.username) {
+            return Err(IdentityError::InvalidParameter(format!(
+                "1 validation error detected: Value at 'username' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\p{{L}}\\p{{M}}\\p{{S}}\\p{{N}}\\p{{P}}]+ ({:?})",
+                new.username
+            )));
+        }
+        new.username.clone()
+    } else {
+        let given = new.username.trim();
+        if given.contains('@') && settings.username_attributes.iter().any(|a| a == "email") {
+            let email = crate::normalize_email(given)?;
+            attributes.insert("email".into(), email);
+        } else if given.starts_with('+')
+            && settings
+                .username_attributes
+                .iter()
+                .any(|a| a == "phone_number")
+        {
+            attributes.insert("phone_number".into(), given.to_owned());
+            validate_attributes(&attributes, true)?;
+        } else {
+            let what = if settings.username_attributes.iter().any(|a| a == "email") {
+                "email"
+            } else {
+                "phone number"
+            };
+            return Err(IdentityError::InvalidParameter(format!(
+                "Username should be either an {what}."
+            )));
+        };
+        sub.clone()
+    };
+    if let Some(e) = attributes.get_mut("email") {
+        *e = e.to_lowercase();
+    }
+    let policy = &settings.policies.password_policy;
+    let password = match new.password {
+        Some(p) => {
+            password::check_policy(&p, policy)?;
+            p
+        }
+        None => password::generate_temporary(policy),
+    };
+    let (status, temp_expires_ms) = if new.temporary {
+        ("FORCE_CHANGE_PASSWORD", Some(temp_expiry(settings)))
+    } else {
+        ("CONFIRMED", None)
+    };
+    Ok((
+        PreparedUser {
+            pool_id: new.pool_id,
+            username_key: username_key(settings, &username),
+            sub,
+            username,
+            attributes,
+            status: status.into(),
+            temp_expires_ms,
+            settings: settings.clone(),
+        },
+        password,
+    ))
+}
+
+fn insert_prepared(
+    c: &Connection,
+    u: &PreparedUser,
+    s: &PasswordSecrets,
+) -> Result<UserRecord, IdentityError> {
+    // Re-read inside the write: the pool may have gone since the settings were read.
+    pool_settings(c, &u.pool_id)?;
+    check_email_free(
+        c,
+        &u.pool_id,
+        &u.settings,
+        u.attributes.get("email"),
+        &u.sub,
+    )?;
+    let now = now_ms();
+    let inserted = c.execute(
+        "INSERT OR IGNORE INTO users (pool_id, sub, username, username_key, email, password_hash,
+             srp_salt, srp_verifier, temp_expires_ms, status, enabled, attributes, created_ms,
+             updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?12, ?12)",
+        params![
+            u.pool_id,
+            u.sub,
+            u.username,
+            u.username_key,
+            u.attributes.get("email"),
+            s.hash,
+            s.salt,
+            s.verifier,
+            u.temp_expires_ms,
+            u.status,
+            serde_json::to_string(&u.attributes)?,
+            now
+        ],
+    )?;
+    if inserted == 0 {
+        return Err(IdentityError::UsernameExists(
+            "User account already exists".into(),
+        ));
+    }
+    Ok(UserRecord {
+        username: u.username.clone(),
+        sub: u.sub.clone(),
+        status: u.status.clone(),
+        enabled: true,
+        attributes: u.attributes.clone(),
+        created_ms: now,
+        updated_ms: now,
+    })
+}
+
+/// A parsed ListUsers filter.
+#[derive(Debug, PartialEq, Eq)]
+struct Filter {
+    attribute: String,
+    prefix: bool,
+    value: String,
+}
+
+/// `name = "value"` or `name ^= "value"`; `\"` escapes a quote in the value.
+fn parse_filter(f: &str) -> Result<Filter, IdentityError> {
+    const FILTERABLE: &[&str] = &[
+        "username",
+        "email",
+        "phone_number",
+        "name",
+        "given_name",
+        "family_name",
+        "preferred_username",
+        "cognito:user_status",
+        "status",
+        "sub",
+    ];
+    let bad = || IdentityError::InvalidParameter("Error while parsing filter.".into());
+    let (attribute, rest, prefix) = if let Some((a, r)) = f.split_once("^=") {
+        (a.trim(), r.trim(), true)
+    } else if let Some((a, r)) = f.split_once('=') {
+        (a.trim(), r.trim(), false)
+    } else {
+        return Err(bad());
+    };
+    if !FILTERABLE.contains(&attribute) {
+        return Err(IdentityError::InvalidParameter(format!(
+            "Invalid search attribute: {attribute}"
+        )));
+    }
+    let inner = rest
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .ok_or_else(bad)?;
+    let value = inner.replace("\\\"", "\"");
+    let value = if attribute == "email" {
+        value.to_lowercase()
+    } else {
+        value
+    };
+    Ok(Filter {
+        attribute: attribute.to_owned(),
+        prefix,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::identity;
+
+    #[test]
+    fn filters_parse() {
+        assert_eq!(
+            parse_filter(r#"email = "A@x.com""#).expect("eq"),
+            Filter {
+                attribute: "email".into(),
+                prefix: false,
+                value: "a@x.com".into()
+            }
+        );
+        assert!(
+            parse_filter(r#"given_name ^= "Jo""#)
+                .expect("prefix")
+                .prefix
+        );
+        assert_eq!(
+            parse_filter(r#"name = "say \"hi\"""#)
+                .expect("escaped")
+                .value,
+            "say \"hi\""
+        );
+        assert!(parse_filter("email").is_err());
+        assert!(parse_filter(r#"custom:x = "1""#).is_err());
+        assert!(parse_filter(r#"email = x"#).is_err());
+    }
+
+    #[test]
+    fn masks_like_cognito() {
+        assert_eq!(mask("me@example.com"), "m***@e***");
+        assert_eq!(mask("+15551234567"), "+*******4567");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sign_up_confirm_list_and_reset() {
+        let (id, info) = identity();
+        let (rec, delivery) = id
+            .sign_up(
+                &info.client_id,
+                "New@Example.com",
+                "Passw0rd!",
+                BTreeMap::from([("name".to_string(), "New".to_string())]),
+                None,
+            )
+            .await
+            .expect("sign up");
+        assert_eq!(rec.status, "UNCONFIRMED");
+        assert_eq!(rec.username, rec.sub, "email pools name users by sub");
+        let delivery = delivery.expect("code sent");
+        assert_eq!(delivery.destination, "n***@e***");
+        let out = id.outbox(&info.pool_id, 10).expect("outbox");
+        assert_eq!(out[0].to, "new@example.com");
+        assert_eq!(out[0].kind, "signup");
+        let code = out[0].code.clone();
+        assert_eq!(code.len(), 6);
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        assert!(matches!(
+            id.confirm_sign_up(&info.client_id, "new@example.com", wrong, None)
+                .await,
+            Err(IdentityError::CodeMismatch(_))
+        ));
+        id.confirm_sign_up(&info.client_id, "new@example.com", &code, None)
+            .await
+            .expect("confirm");
+        let u = id
+            .admin_get_user(&info.pool_id, "new@example.com")
+            .await
+            .expect("get");
+        assert_eq!(u.status, "CONFIRMED");
+        assert_eq!(u.attributes["email_verified"], "true");
+        assert!(matches!(
+            id.confirm_sign_up(&info.client_id, "new@example.com", &code, None)
+                .await,
+            Err(IdentityError::NotAuthorized(_))
+        ));
+        assert!(matches!(
+            id.sign_up(
+                &info.client_id,
+                "new@example.com",
+                "Passw0rd!",
+                BTreeMap::new(),
+                None
+            )
+            .await,
+            Err(IdentityError::UsernameExists(_))
+        ));
+
+        for i in 0..3 {
+            id.create_user(
+                &info.pool_id,
+                &format!("list{i}@example.com"),
+                "Passw0rd!",
+                false,
+            )
+            .expect("create");
+        }
+        let page = id
+            .list_users(&info.pool_id, Some(r#"email ^= "list""#), Some(2), None)
+            .await
+            .expect("list");
+        assert_eq!(page.users.len(), 2);
+        let rest = id
+            .list_users(
+                &info.pool_id,
+                Some(r#"email ^= "list""#),
+                Some(2),
+                page.next_token.as_deref(),
+            )
+            .await
+            .expect("list 2");
+        assert_eq!(rest.users.len(), 1);
+        assert!(rest.next_token.is_none());
+        let exact = id
+            .list_users(
+                &info.pool_id,
+                Some(r#"email = "list1@example.com""#),
+                None,
+                None,
+            )
+            .await
+            .expect("exact");
+        assert_eq!(exact.users.len(), 1);
+
+        id.forgot_password(&info.client_id, "list1@example.com", None)
+            .await
+            .expect("forgot");
+        let reset = id.outbox(&info.pool_id, 1).expect("outbox")[0].clone();
+        assert_eq!(reset.kind, "reset");
+        assert!(matches!(
+            id.confirm_forgot_password(
+                &info.client_id,
+                "list1@example.com",
+                &reset.code,
+                "weak",
+                None
+            )
+            .await,
+            Err(IdentityError::InvalidPassword(_))
+        ));
+        id.confirm_forgot_password(
+            &info.client_id,
+            "list1@example.com",
+            &reset.code,
+            "N3w-Passw0rd",
+            None,
+        )
+        .await
+        .expect("reset");
+        assert!(
+            matches!(
+                id.confirm_forgot_password(
+                    &info.client_id,
+                    "list1@example.com",
+                    &reset.code,
+                    "N3w-Passw0rd",
+                    None
+                )
+                .await,
+                Err(IdentityError::ExpiredCode(_))
+            ),
+            "a code is used once"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn code_guesses_are_limited() {
+        let (id, info) = identity();
+        id.sign_up(
+            &info.client_id,
+            "g@example.com",
+            "Passw0rd!",
+            BTreeMap::new(),
+            None,
+        )
+        .await
+        .expect("sign up");
+        let code = id.outbox(&info.pool_id, 1).expect("outbox")[0].code.clone();
+        let wrong = if code == "000000" { "111111" } else { "000000" };
+        for _ in 0..MAX_CODE_FAILURES {
+            assert!(matches!(
+                id.confirm_sign_up(&info.client_id, "g@example.com", wrong, None)
+                    .await,
+                Err(IdentityError::CodeMismatch(_))
+            ));
+        }
+        assert!(matches!(
+            id.confirm_sign_up(&info.client_id, "g@example.com", &code, None)
+                .await,
+            Err(IdentityError::LimitExceeded(_))
+        ));
+    }
+}

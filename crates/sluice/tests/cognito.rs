@@ -1,0 +1,401 @@
+//! Cognito user-pool operations against the real binary: over plain HTTP (JSON 1.1), and
+//! with independent clients — boto3 for the wire shapes and pycognito for USER_SRP_AUTH —
+//! installed into a virtualenv under `$HOME/.cache/sluice/pyenv` on first use.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{DataDir, Server};
+use serde_json::{Value, json};
+
+/// An access key of the server (created once per server through the CLI).
+fn access_key(server: &Server) -> (String, String) {
+    let path = server.data_dir.join("test-key.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(_) => {
+            let t = server.cli(&["keys", "create", "--description", "cognito tests"]);
+            std::fs::write(&path, &t).expect("remember key");
+            t
+        }
+    };
+    let v: Value = serde_json::from_str(&text).expect("key json");
+    (
+        v["accessKeyId"].as_str().expect("id").to_owned(),
+        v["secretAccessKey"].as_str().expect("secret").to_owned(),
+    )
+}
+
+/// A SigV4-signed Cognito request.
+fn signed(server: &Server, op: &str, body: Value) -> (u16, Value) {
+    let (id, secret) = access_key(server);
+    let body = body.to_string();
+    let host = server.edge.trim_start_matches("http://").to_owned();
+    let date = chrono_like_now();
+    let target = format!("AWSCognitoIdentityProviderService.{op}");
+    let headers = vec![
+        (
+            "content-type".to_owned(),
+            "application/x-amz-json-1.1".to_owned(),
+        ),
+        ("host".to_owned(), host),
+        ("x-amz-date".to_owned(), date.clone()),
+        ("x-amz-target".to_owned(), target.clone()),
+    ];
+    let payload_hash = sha256_hex(body.as_bytes());
+    let auth = sluice_compat::sigv4::authorization_header(
+        &sluice_compat::sigv4::SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            payload_hash: &payload_hash,
+        },
+        &id,
+        &secret,
+        "us-east-2",
+        "cognito-idp",
+    )
+    .expect("sign");
+    let resp = server
+        .http
+        .post(format!("{}/", server.edge))
+        .header("X-Amz-Target", target)
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header("X-Amz-Date", date)
+        .header("Authorization", auth)
+        .body(body)
+        .send()
+        .expect("cognito request");
+    let status = resp.status().as_u16();
+    (status, resp.json().expect("cognito json"))
+}
+
+#[test]
+fn admin_operations_need_a_signature_and_default_pool_keeps_working() {
+    let dir = DataDir::new("cognito-http");
+    let server = Server::start(&dir.0);
+    let info = server.info();
+    let pool = info["poolId"].as_str().expect("poolId").to_owned();
+    let client = info["clientId"].as_str().expect("clientId").to_owned();
+
+    let (status, body) = server.cognito(
+        "AdminGetUser",
+        json!({"UserPoolId": pool, "Username": "x@example.com"}),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["__type"], "MissingAuthenticationTokenException");
+
+    // The default pool, as before: users by email, sign-in by password.
+    server.create_user("me@example.com");
+    let tokens = server.sign_in("me@example.com", common::PASSWORD);
+    let access = tokens["AuthenticationResult"]["AccessToken"]
+        .as_str()
+        .expect("AccessToken");
+    let (status, me) = server.cognito("GetUser", json!({"AccessToken": access}));
+    assert_eq!(status, 200, "{me}");
+    assert!(
+        me["UserAttributes"]
+            .as_array()
+            .expect("attributes")
+            .iter()
+            .any(|a| a["Name"] == "email" && a["Value"] == "me@example.com")
+    );
+    let (status, got) = signed(
+        &server,
+        "AdminGetUser",
+        json!({"UserPoolId": pool, "Username": "ME@example.com"}),
+    );
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["UserStatus"], "CONFIRMED");
+    assert_eq!(got["Username"], me["Username"]);
+
+    // Self-service sign-up with the code from the outbox table.
+    let (status, up) = server.cognito(
+        "SignUp",
+        json!({"ClientId": client, "Username": "new@example.com", "Password": "Passw0rd!"}),
+    );
+    assert_eq!(status, 200, "{up}");
+    assert_eq!(up["UserConfirmed"], false);
+    assert_eq!(up["CodeDeliveryDetails"]["DeliveryMedium"], "EMAIL");
+    let (status, err) = server.cognito(
+        "InitiateAuth",
+        json!({"AuthFlow": "USER_PASSWORD_AUTH", "ClientId": client,
+               "AuthParameters": {"USERNAME": "new@example.com", "PASSWORD": "Passw0rd!"}}),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(err["__type"], "UserNotConfirmedException");
+    let (status, err) = server.cognito(
+        "ConfirmSignUp",
+        json!({"ClientId": client, "Username": "new@example.com", "ConfirmationCode": "not-it"}),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(err["__type"], "CodeMismatchException", "{err}");
+
+    let (status, _) = server.cognito("GlobalSignOut", json!({"AccessToken": access}));
+    assert_eq!(status, 200);
+    let (status, err) = server.cognito("GetUser", json!({"AccessToken": access}));
+    assert_eq!(status, 400);
+    assert_eq!(err["__type"], "NotAuthorizedException");
+    assert_eq!(err["message"], "Access Token has been revoked");
+
+    let (status, err) = server.cognito("AdminTeleportUser", json!({}));
+    assert_eq!(status, 400);
+    assert_eq!(err["__type"], "UnknownOperationException");
+}
+
+fn python() -> PathBuf {
+    let home = std::env::var("HOME").expect("HOME is needed to find $HOME/.cache/sluice");
+    let env = PathBuf::from(home).join(".cache/sluice/pyenv");
+    let py = env.join("bin/python");
+    let ready = |py: &PathBuf| {
+        Command::new(py)
+            .args(["-c", "import boto3, pycognito"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !ready(&py) {
+        if !py.exists() {
+            let out = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&env)
+                .output()
+                .expect("python3 is needed for the boto3/pycognito tests");
+            assert!(
+                out.status.success(),
+                "cannot create a virtualenv at {}: {}",
+                env.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = Command::new(env.join("bin/pip"))
+            .args(["install", "-q", "boto3", "pycognito"])
+            .output()
+            .expect("run pip");
+        assert!(
+            out.status.success(),
+            "cannot install boto3 and pycognito into {}: {}",
+            env.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(ready(&py), "boto3 / pycognito still not importable");
+    }
+    py
+}
+
+const SCRIPT: &str = r#"
+import base64, hashlib, hmac, os, sqlite3, sys
+import boto3, botocore
+from botocore.config import Config
+from pycognito.aws_srp import AWSSRP
+
+edge, db = os.environ["EDGE"], os.environ["DB"]
+kw = dict(endpoint_url=edge, region_name="us-east-2",
+          aws_access_key_id=os.environ["KEY_ID"], aws_secret_access_key=os.environ["KEY_SECRET"])
+idp = boto3.client("cognito-idp", **kw)
+anon = boto3.client("cognito-idp", config=Config(signature_version=botocore.UNSIGNED), **kw)
+
+def code(kind):
+    con = sqlite3.connect(db)
+    try:
+        row = con.execute("SELECT code FROM outbox WHERE kind = ? ORDER BY id DESC LIMIT 1", (kind,)).fetchone()
+    finally:
+        con.close()
+    assert row, f"no {kind} message in the outbox"
+    return row[0]
+
+def fails(exc, fn, **args):
+    try:
+        fn(**args)
+    except botocore.exceptions.ClientError as e:
+        got = e.response["Error"]["Code"]
+        assert got == exc, f"{fn.__name__}: expected {exc}, got {got}: {e}"
+        return e.response["Error"]["Message"]
+    raise AssertionError(f"{fn.__name__} should fail with {exc}")
+
+def secret_hash(username, client_id, secret):
+    mac = hmac.new(secret.encode(), (username + client_id).encode(), hashlib.sha256)
+    return base64.b64encode(mac.digest()).decode()
+
+# Pools and clients.
+pool = idp.create_user_pool(
+    PoolName="people",
+    Policies={"PasswordPolicy": {"MinimumLength": 10, "RequireUppercase": True,
+              "RequireLowercase": True, "RequireNumbers": True, "RequireSymbols": False}},
+    AutoVerifiedAttributes=["email"],
+    UsernameConfiguration={"CaseSensitive": False},
+)["UserPool"]
+pid = pool["Id"]
+assert pid.startswith("us-east-2_") and pool["Policies"]["PasswordPolicy"]["MinimumLength"] == 10
+assert idp.describe_user_pool(UserPoolId=pid)["UserPool"]["Name"] == "people"
+ids = [p["Id"] for p in idp.list_user_pools(MaxResults=60)["UserPools"]]
+assert pid in ids and len(ids) == 2, ids
+fails("MissingAuthenticationTokenException", anon.describe_user_pool, UserPoolId=pid)
+fails("ResourceNotFoundException", idp.describe_user_pool, UserPoolId="us-east-2_nothere00")
+
+cl = idp.create_user_pool_client(
+    UserPoolId=pid, ClientName="web", GenerateSecret=True,
+    ExplicitAuthFlows=["ALLOW_USER_SRP_AUTH", "ALLOW_USER_PASSWORD_AUTH",
+                       "ALLOW_ADMIN_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+    AccessTokenValidity=15, IdTokenValidity=15,
+    TokenValidityUnits={"AccessToken": "minutes", "IdToken": "minutes", "RefreshToken": "days"},
+    PreventUserExistenceErrors="ENABLED",
+)["UserPoolClient"]
+cid, secret = cl["ClientId"], cl["ClientSecret"]
+d = idp.describe_user_pool_client(UserPoolId=pid, ClientId=cid)["UserPoolClient"]
+assert d["AccessTokenValidity"] == 15 and d["TokenValidityUnits"]["AccessToken"] == "minutes", d
+assert d["ClientSecret"] == secret
+plain = idp.create_user_pool_client(UserPoolId=pid, ClientName="cli")["UserPoolClient"]["ClientId"]
+assert {c["ClientId"] for c in idp.list_user_pool_clients(UserPoolId=pid)["UserPoolClients"]} == {cid, plain}
+fails("InvalidParameterException", idp.initiate_auth, AuthFlow="USER_PASSWORD_AUTH", ClientId=plain,
+      AuthParameters={"USERNAME": "x", "PASSWORD": "y"})
+
+# Admin-created user: temporary password, new-password challenge.
+u = idp.admin_create_user(UserPoolId=pid, Username="Alice", TemporaryPassword="Temp0rary-pw",
+                          MessageAction="SUPPRESS",
+                          UserAttributes=[{"Name": "email", "Value": "alice@example.com"},
+                                          {"Name": "email_verified", "Value": "true"}])["User"]
+assert u["UserStatus"] == "FORCE_CHANGE_PASSWORD" and u["Username"] == "Alice", u
+fails("UsernameExistsException", idp.admin_create_user, UserPoolId=pid, Username="alice",
+      MessageAction="SUPPRESS")
+fails("NotAuthorizedException", idp.initiate_auth, AuthFlow="USER_PASSWORD_AUTH", ClientId=cid,
+      AuthParameters={"USERNAME": "alice", "PASSWORD": "Temp0rary-pw"})
+r = idp.admin_initiate_auth(UserPoolId=pid, ClientId=cid, AuthFlow="ADMIN_USER_PASSWORD_AUTH",
+        AuthParameters={"USERNAME": "alice", "PASSWORD": "Temp0rary-pw",
+                        "SECRET_HASH": secret_hash("alice", cid, secret)})
+assert r["ChallengeName"] == "NEW_PASSWORD_REQUIRED", r
+fails("InvalidPasswordException", idp.admin_respond_to_auth_challenge, UserPoolId=pid, ClientId=cid,
+      ChallengeName="NEW_PASSWORD_REQUIRED", Session=r["Session"],
+      ChallengeResponses={"USERNAME": "alice", "NEW_PASSWORD": "short",
+                          "SECRET_HASH": secret_hash("alice", cid, secret)})
+r = idp.initiate_auth(AuthFlow="USER_PASSWORD_AUTH", ClientId=cid,
+        AuthParameters={"USERNAME": "alice", "PASSWORD": "Temp0rary-pw",
+                        "SECRET_HASH": secret_hash("alice", cid, secret)})
+t = idp.respond_to_auth_challenge(ClientId=cid, ChallengeName="NEW_PASSWORD_REQUIRED",
+        Session=r["Session"],
+        ChallengeResponses={"USERNAME": "alice", "NEW_PASSWORD": "Alice-Passw0rd",
+                            "SECRET_HASH": secret_hash("alice", cid, secret)})["AuthenticationResult"]
+assert idp.admin_get_user(UserPoolId=pid, Username="ALICE")["UserStatus"] == "CONFIRMED"
+
+# USER_SRP_AUTH with pycognito, an independent implementation of Cognito's SRP.
+srp = AWSSRP(username="alice", password="Alice-Passw0rd", pool_id=pid, client_id=cid,
+             client_secret=secret, client=idp)
+tokens = srp.authenticate_user()["AuthenticationResult"]
+assert tokens["TokenType"] == "Bearer" and "RefreshToken" in tokens
+bad = AWSSRP(username="alice", password="Wrong-Passw0rd", pool_id=pid, client_id=cid,
+             client_secret=secret, client=idp)
+try:
+    bad.authenticate_user()
+    raise AssertionError("SRP with a wrong password must fail")
+except botocore.exceptions.ClientError as e:
+    assert e.response["Error"]["Code"] == "NotAuthorizedException", e
+
+# Access-token operations and revocation.
+me = idp.get_user(AccessToken=tokens["AccessToken"])
+assert me["Username"] == "Alice"
+idp.update_user_attributes(AccessToken=tokens["AccessToken"],
+                           UserAttributes=[{"Name": "name", "Value": "Alice A."}])
+idp.change_password(AccessToken=tokens["AccessToken"], PreviousPassword="Alice-Passw0rd",
+                    ProposedPassword="Alice-Passw0rd2")
+fails("NotAuthorizedException", idp.change_password, AccessToken=tokens["AccessToken"],
+      PreviousPassword="nope-nope-1A", ProposedPassword="Alice-Passw0rd3")
+idp.revoke_token(Token=tokens["RefreshToken"], ClientId=cid, ClientSecret=secret)
+msg = fails("NotAuthorizedException", idp.get_user, AccessToken=tokens["AccessToken"])
+assert msg == "Access Token has been revoked", msg
+fails("NotAuthorizedException", idp.initiate_auth, AuthFlow="REFRESH_TOKEN_AUTH", ClientId=cid,
+      AuthParameters={"REFRESH_TOKEN": tokens["RefreshToken"],
+                      "SECRET_HASH": secret_hash("Alice", cid, secret)})
+
+# Sign-up, confirmation and password reset by code.
+idp.sign_up(ClientId=plain, Username="bob", Password="Bob-Passw0rd",
+            UserAttributes=[{"Name": "email", "Value": "bob@example.com"}])
+fails("UserNotConfirmedException", idp.initiate_auth, AuthFlow="USER_PASSWORD_AUTH", ClientId=cid,
+      AuthParameters={"USERNAME": "bob", "PASSWORD": "Bob-Passw0rd",
+                      "SECRET_HASH": secret_hash("bob", cid, secret)})
+fails("CodeMismatchException", idp.confirm_sign_up, ClientId=plain, Username="bob",
+      ConfirmationCode="000000" if code("signup") != "000000" else "111111")
+idp.confirm_sign_up(ClientId=plain, Username="bob", ConfirmationCode=code("signup"))
+attrs = {a["Name"]: a["Value"] for a in idp.admin_get_user(UserPoolId=pid, Username="bob")["UserAttributes"]}
+assert attrs["email_verified"] == "true", attrs
+delivery = idp.forgot_password(ClientId=plain, Username="bob")["CodeDeliveryDetails"]
+assert delivery["DeliveryMedium"] == "EMAIL" and delivery["Destination"] == "b***@e***", delivery
+idp.confirm_forgot_password(ClientId=plain, Username="bob", ConfirmationCode=code("reset"),
+                            Password="Bob-Passw0rd2")
+srp = AWSSRP(username="bob", password="Bob-Passw0rd2", pool_id=pid, client_id=plain, client=idp)
+assert "IdToken" in srp.authenticate_user()["AuthenticationResult"]
+
+# Listing, disabling, deleting.
+found = idp.list_users(UserPoolId=pid, Filter='email ^= "bob"')["Users"]
+assert [x["Username"] for x in found] == ["bob"], found
+page = idp.list_users(UserPoolId=pid, Limit=1)
+assert len(page["Users"]) == 1 and "PaginationToken" in page
+rest = idp.list_users(UserPoolId=pid, Limit=1, PaginationToken=page["PaginationToken"])
+assert rest["Users"][0]["Username"] != page["Users"][0]["Username"]
+idp.admin_disable_user(UserPoolId=pid, Username="bob")
+disabled = AWSSRP(username="bob", password="Bob-Passw0rd2", pool_id=pid, client_id=plain, client=idp)
+try:
+    disabled.authenticate_user()
+    raise AssertionError("a disabled user must not sign in")
+except botocore.exceptions.ClientError as e:
+    assert e.response["Error"]["Code"] == "NotAuthorizedException", e
+    assert e.response["Error"]["Message"] == "User is disabled.", e
+idp.admin_enable_user(UserPoolId=pid, Username="bob")
+idp.admin_set_user_password(UserPoolId=pid, Username="bob", Password="Bob-Passw0rd3", Permanent=True)
+idp.admin_delete_user(UserPoolId=pid, Username="bob")
+fails("UserNotFoundException", idp.admin_get_user, UserPoolId=pid, Username="bob")
+
+# Failed sign-ins lock the user out.
+for _ in range(5):
+    fails("NotAuthorizedException", idp.admin_initiate_auth, UserPoolId=pid, ClientId=cid,
+          AuthFlow="ADMIN_NO_SRP_AUTH",
+          AuthParameters={"USERNAME": "alice", "PASSWORD": "Wrong-Passw0rd",
+                          "SECRET_HASH": secret_hash("alice", cid, secret)})
+msg = fails("NotAuthorizedException", idp.admin_initiate_auth, UserPoolId=pid, ClientId=cid,
+            AuthFlow="ADMIN_NO_SRP_AUTH",
+            AuthParameters={"USERNAME": "alice", "PASSWORD": "Alice-Passw0rd2",
+                            "SECRET_HASH": secret_hash("alice", cid, secret)})
+assert msg == "Password attempts exceeded", msg
+
+idp.delete_user_pool_client(UserPoolId=pid, ClientId=plain)
+idp.delete_user_pool(UserPoolId=pid)
+fails("ResourceNotFoundException", idp.describe_user_pool, UserPoolId=pid)
+print("ok")
+"#;
+
+#[test]
+fn boto3_and_pycognito_drive_pools_users_and_srp() {
+    let py = python();
+    let dir = DataDir::new("cognito-py");
+    let server = Server::start(&dir.0);
+    let script = dir.0.join("cognito_test.py");
+    std::fs::write(&script, SCRIPT).expect("write script");
+    let out = Command::new(py)
+        .arg(&script)
+        .env("EDGE", &server.edge)
+        .env("KEY_ID", access_key(&server).0)
+        .env("KEY_SECRET", access_key(&server).1)
+        .env("DB", dir.0.join("sluice.db"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "python client test failed:\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+/// `YYYYMMDD'T'HHMMSS'Z'`, now, in UTC.
+fn chrono_like_now() -> String {
+    chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
