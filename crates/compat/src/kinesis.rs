@@ -8,8 +8,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
 use sluice_stream::{
-    IteratorSpec, MAX_PUT_RECORDS, PutRecord, ShardDesc, Stream, StreamDesc, StreamError,
+    CreateStreamOptions, IteratorSpec, ListShardsInput, ListStreamsInput, MAX_PUT_RECORDS,
+    PutRecord, ShardDesc, ShardFilter, Stream, StreamError, StreamMode,
 };
 
 use crate::{json_error, json_ok};
@@ -109,6 +112,15 @@ pub async fn handle(ctx: &KinesisContext, op: &str, body: &[u8]) -> Response {
         "PutRecords" => put_records(ctx, &req).await,
         "GetShardIterator" => get_shard_iterator(ctx, &req).await,
         "GetRecords" => get_records(ctx, &req).await,
+        "SplitShard" => split_shard(ctx, &req).await,
+        "MergeShards" => merge_shards(ctx, &req).await,
+        "UpdateShardCount" => update_shard_count(ctx, &req).await,
+        "IncreaseStreamRetentionPeriod" => retention(ctx, &req, true).await,
+        "DecreaseStreamRetentionPeriod" => retention(ctx, &req, false).await,
+        "UpdateMaxRecordSize" => update_max_record_size(ctx, &req).await,
+        "AddTagsToStream" => add_tags(ctx, &req).await,
+        "RemoveTagsFromStream" => remove_tags(ctx, &req).await,
+        "ListTagsForStream" => list_tags(ctx, &req).await,
         "DescribeLimits" => Ok(json!({
             "ShardLimit": 10000,
             "OpenShardCount": 0,
@@ -185,35 +197,57 @@ fn shard_json(s: &ShardDesc) -> Value {
     v
 }
 
-fn open_shards(d: &StreamDesc) -> usize {
-    d.shards
-        .iter()
-        .filter(|s| s.ending_sequence_number.is_none())
-        .count()
-}
-
 async fn create_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = str_field(req, "StreamName").ok_or_else(|| validation("streamName"))?;
     let on_demand = req
         .pointer("/StreamModeDetails/StreamMode")
         .and_then(Value::as_str)
         == Some("ON_DEMAND");
-    let shards = match req.get("ShardCount").and_then(Value::as_u64) {
-        Some(n) if n >= 1 => n,
+    let shard_count = match req.get("ShardCount").and_then(Value::as_u64) {
+        Some(n) if n >= 1 => Some(
+            u32::try_from(n)
+                .map_err(|_| err("LimitExceededException", "shard count exceeds the limit"))?,
+        ),
         Some(_) => {
             return Err(err(
                 "ValidationException",
                 "1 validation error detected: Value at 'shardCount' failed to satisfy constraint: Member must have value greater than or equal to 1",
             ));
         }
-        // On-demand streams start with 4 shards, as AWS's do.
-        None if on_demand => 4,
+        None if on_demand => None,
         None => return Err(validation("shardCount")),
     };
-    let shards = u32::try_from(shards)
-        .map_err(|_| err("LimitExceededException", "shard count exceeds the limit"))?;
-    ctx.stream.create_stream(name, shards).await?;
+    let max_record_bytes = req
+        .get("MaxRecordSizeInKiB")
+        .and_then(Value::as_u64)
+        .map(|k| k as usize * 1024);
+    ctx.stream
+        .create_stream_with(
+            name,
+            CreateStreamOptions {
+                shard_count,
+                max_record_bytes,
+                tags: tags_in(req.get("Tags"))?,
+            },
+        )
+        .await?;
     Ok(json!({}))
+}
+
+fn tags_in(v: Option<&Value>) -> Result<BTreeMap<String, String>, KinesisError> {
+    let Some(v) = v else {
+        return Ok(BTreeMap::new());
+    };
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err("ValidationException", "Tags must be a map of strings"))?;
+    obj.iter()
+        .map(|(k, v)| {
+            v.as_str()
+                .map(|s| (k.clone(), s.to_owned()))
+                .ok_or_else(|| err("ValidationException", "tag values must be strings"))
+        })
+        .collect()
 }
 
 async fn delete_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
@@ -253,93 +287,267 @@ async fn describe_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
 
 async fn describe_stream_summary(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
-    let d = ctx.stream.describe_stream(&name).await?;
+    let d = ctx.stream.describe_stream_summary(&name).await?;
     Ok(json!({"StreamDescriptionSummary": {
         "StreamName": d.name,
         "StreamARN": ctx.arn(&d.name),
         "StreamStatus": d.status,
-        "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+        "StreamModeDetails": {"StreamMode": mode_name(d.mode)},
         "RetentionPeriodHours": d.retention_hours,
         "StreamCreationTimestamp": epoch_secs(d.created_ms),
         "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
         "EncryptionType": "NONE",
-        "OpenShardCount": open_shards(&d),
-        "ConsumerCount": 0,
+        "OpenShardCount": d.open_shard_count,
+        "ConsumerCount": d.consumer_count,
+        "MaxRecordSizeInKiB": d.max_record_bytes / 1024,
     }}))
 }
 
+fn mode_name(m: StreamMode) -> &'static str {
+    match m {
+        StreamMode::Provisioned => "PROVISIONED",
+        StreamMode::OnDemand => "ON_DEMAND",
+    }
+}
+
 async fn list_streams(ctx: &KinesisContext, req: &Value) -> OpResult {
-    let names = ctx.stream.list_streams().await?;
-    let limit = req
-        .get("Limit")
-        .and_then(Value::as_u64)
-        .unwrap_or(100)
-        .clamp(1, 10_000) as usize;
-    let start = str_field(req, "ExclusiveStartStreamName")
-        .or_else(|| str_field(req, "NextToken"))
-        .map(str::to_owned);
-    let after: Vec<String> = names
-        .into_iter()
-        .filter(|n| start.as_deref().is_none_or(|s| n.as_str() > s))
-        .collect();
-    let page: Vec<&String> = after.iter().take(limit).collect();
-    let has_more = after.len() > limit;
+    let page = ctx
+        .stream
+        .list_streams_page(ListStreamsInput {
+            exclusive_start_stream_name: str_field(req, "ExclusiveStartStreamName")
+                .map(str::to_owned),
+            next_token: str_field(req, "NextToken").map(str::to_owned),
+            limit: req
+                .get("Limit")
+                .and_then(Value::as_u64)
+                .map(|l| l.min(u64::from(u32::MAX)) as u32),
+        })
+        .await?;
     let mut summaries = Vec::new();
-    for n in &page {
-        if let Ok(d) = ctx.stream.describe_stream(n).await {
+    for n in &page.names {
+        if let Ok(d) = ctx.stream.describe_stream_summary(n).await {
             summaries.push(json!({
                 "StreamName": d.name,
                 "StreamARN": ctx.arn(&d.name),
                 "StreamStatus": d.status,
-                "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+                "StreamModeDetails": {"StreamMode": mode_name(d.mode)},
                 "StreamCreationTimestamp": epoch_secs(d.created_ms),
             }));
         }
     }
     let mut out = json!({
-        "StreamNames": page,
-        "HasMoreStreams": has_more,
+        "StreamNames": page.names,
+        "HasMoreStreams": page.has_more,
         "StreamSummaries": summaries,
     });
-    if has_more && let Some(last) = page.last() {
-        out["NextToken"] = json!(last);
+    if let Some(t) = page.next_token {
+        out["NextToken"] = json!(t);
     }
     Ok(out)
 }
 
 async fn list_shards(ctx: &KinesisContext, req: &Value) -> OpResult {
-    // NextToken carries "<stream>/<last shard id>" so that it alone identifies the page.
-    let (name, start) = match str_field(req, "NextToken") {
-        Some(token) => {
-            let (n, s) = token
-                .rsplit_once('/')
-                .ok_or_else(|| err("InvalidArgumentException", "invalid NextToken"))?;
-            (n.to_owned(), Some(s.to_owned()))
+    let next_token = str_field(req, "NextToken").map(str::to_owned);
+    let stream = if next_token.is_some() {
+        if req.get("StreamName").is_some() || req.get("StreamARN").is_some() {
+            return Err(err(
+                "InvalidArgumentException",
+                "NextToken and StreamName/StreamARN cannot be provided together",
+            ));
         }
-        None => (
-            stream_name(ctx, req)?,
-            str_field(req, "ExclusiveStartShardId").map(str::to_owned),
-        ),
+        None
+    } else {
+        Some(stream_name(ctx, req)?)
     };
-    let d = ctx.stream.describe_stream(&name).await?;
-    let limit = req
-        .get("MaxResults")
-        .and_then(Value::as_u64)
-        .unwrap_or(1000)
-        .clamp(1, 10_000) as usize;
-    let shards: Vec<&ShardDesc> = d
-        .shards
-        .iter()
-        .filter(|s| start.as_deref().is_none_or(|st| s.shard_id.as_str() > st))
-        .collect();
-    let page: Vec<&&ShardDesc> = shards.iter().take(limit).collect();
-    let mut out = json!({"Shards": page.iter().map(|s| shard_json(s)).collect::<Vec<_>>()});
-    if shards.len() > limit
-        && let Some(last) = page.last()
-    {
-        out["NextToken"] = json!(format!("{name}/{}", last.shard_id));
+    let filter = match req.get("ShardFilter") {
+        None | Some(Value::Null) => None,
+        Some(f) => Some(shard_filter(f)?),
+    };
+    let out = ctx
+        .stream
+        .list_shards(ListShardsInput {
+            stream,
+            next_token,
+            exclusive_start_shard_id: str_field(req, "ExclusiveStartShardId").map(str::to_owned),
+            max_results: req
+                .get("MaxResults")
+                .and_then(Value::as_u64)
+                .map(|m| m.min(u64::from(u32::MAX)) as u32),
+            filter,
+        })
+        .await?;
+    let mut v = json!({"Shards": out.shards.iter().map(shard_json).collect::<Vec<_>>()});
+    if let Some(t) = out.next_token {
+        v["NextToken"] = json!(t);
     }
-    Ok(out)
+    Ok(v)
+}
+
+fn shard_filter(f: &Value) -> Result<ShardFilter, KinesisError> {
+    let kind = f
+        .get("Type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| validation("shardFilter.type"))?;
+    let ts = || {
+        f.get("Timestamp")
+            .and_then(Value::as_f64)
+            .map(|t| (t * 1000.0) as i64)
+            .ok_or_else(|| {
+                err(
+                    "InvalidArgumentException",
+                    format!("ShardFilter {kind} needs a Timestamp"),
+                )
+            })
+    };
+    Ok(match kind {
+        "AFTER_SHARD_ID" => ShardFilter::AfterShardId(
+            f.get("ShardId")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    err(
+                        "InvalidArgumentException",
+                        "ShardFilter AFTER_SHARD_ID needs a ShardId",
+                    )
+                })?,
+        ),
+        "AT_TRIM_HORIZON" => ShardFilter::AtTrimHorizon,
+        "FROM_TRIM_HORIZON" => ShardFilter::FromTrimHorizon,
+        "AT_LATEST" => ShardFilter::AtLatest,
+        "AT_TIMESTAMP" => ShardFilter::AtTimestamp(ts()?),
+        "FROM_TIMESTAMP" => ShardFilter::FromTimestamp(ts()?),
+        other => {
+            return Err(err(
+                "ValidationException",
+                format!(
+                    "1 validation error detected: Value '{other}' at 'shardFilter.type' failed to satisfy constraint: Member must satisfy enum value set"
+                ),
+            ));
+        }
+    })
+}
+
+async fn split_shard(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let name = stream_name(ctx, req)?;
+    let shard = str_field(req, "ShardToSplit").ok_or_else(|| validation("shardToSplit"))?;
+    let key =
+        str_field(req, "NewStartingHashKey").ok_or_else(|| validation("newStartingHashKey"))?;
+    let key = sluice_stream::parse_hash_key(key)?;
+    ctx.stream.split_shard(&name, shard, key).await?;
+    Ok(json!({}))
+}
+
+async fn merge_shards(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let name = stream_name(ctx, req)?;
+    let shard = str_field(req, "ShardToMerge").ok_or_else(|| validation("shardToMerge"))?;
+    let adjacent =
+        str_field(req, "AdjacentShardToMerge").ok_or_else(|| validation("adjacentShardToMerge"))?;
+    ctx.stream.merge_shards(&name, shard, adjacent).await?;
+    Ok(json!({}))
+}
+
+async fn update_shard_count(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let name = stream_name(ctx, req)?;
+    let target = req
+        .get("TargetShardCount")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| validation("targetShardCount"))?;
+    match str_field(req, "ScalingType") {
+        Some("UNIFORM_SCALING") => {}
+        Some(other) => {
+            return Err(err(
+                "ValidationException",
+                format!("ScalingType {other} is not supported (UNIFORM_SCALING only)"),
+            ));
+        }
+        None => return Err(validation("scalingType")),
+    }
+    let target = u32::try_from(target).map_err(|_| {
+        err(
+            "LimitExceededException",
+            "target shard count exceeds the limit",
+        )
+    })?;
+    let out = ctx.stream.update_shard_count(&name, target).await?;
+    Ok(json!({
+        "StreamName": name,
+        "StreamARN": ctx.arn(&name),
+        "CurrentShardCount": out.current_shard_count,
+        "TargetShardCount": out.target_shard_count,
+    }))
+}
+
+async fn retention(ctx: &KinesisContext, req: &Value, increase: bool) -> OpResult {
+    let name = stream_name(ctx, req)?;
+    let hours = req
+        .get("RetentionPeriodHours")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| validation("retentionPeriodHours"))?;
+    let hours = u32::try_from(hours)
+        .map_err(|_| err("InvalidArgumentException", "retention period out of range"))?;
+    if increase {
+        ctx.stream.increase_retention(&name, hours).await?;
+    } else {
+        ctx.stream.decrease_retention(&name, hours).await?;
+    }
+    Ok(json!({}))
+}
+
+async fn update_max_record_size(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let name = stream_name(ctx, req)?;
+    let kib = req
+        .get("MaxRecordSizeInKiB")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| validation("maxRecordSizeInKiB"))?;
+    let kib = u32::try_from(kib)
+        .map_err(|_| err("InvalidArgumentException", "record size out of range"))?;
+    ctx.stream.update_max_record_size(&name, kib).await?;
+    Ok(json!({}))
+}
+
+async fn add_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let name = stream_name(ctx, req)?;
+    let tags = tags_in(req.get("Tags"))?;
+    if tags.is_empty() {
+        return Err(validation("tags"));
+    }
+    ctx.stream.add_tags(&name, tags).await?;
+    Ok(json!({}))
+}
+
+async fn remove_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let name = stream_name(ctx, req)?;
+    let keys = req
+        .get("TagKeys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| validation("tagKeys"))?
+        .iter()
+        .map(|k| {
+            k.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| err("ValidationException", "tag keys must be strings"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    ctx.stream.remove_tags(&name, keys).await?;
+    Ok(json!({}))
+}
+
+async fn list_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let name = stream_name(ctx, req)?;
+    let page = ctx
+        .stream
+        .list_tags(
+            &name,
+            str_field(req, "ExclusiveStartTagKey").map(str::to_owned),
+            req.get("Limit")
+                .and_then(Value::as_u64)
+                .map(|l| l.min(u64::from(u32::MAX)) as u32),
+        )
+        .await?;
+    Ok(json!({
+        "Tags": page.tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
+        "HasMoreTags": page.has_more,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -367,7 +575,15 @@ async fn put_record(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let rec: RecordIn = serde_json::from_value(req.clone())
         .map_err(|e| err("SerializationException", e.to_string()))?;
-    let put = ctx.stream.put_record(&name, record_in(rec)?).await?;
+    let ordering = str_field(req, "SequenceNumberForOrdering").map(str::to_owned);
+    let put = match ordering {
+        Some(o) => {
+            ctx.stream
+                .put_record_ordered(&name, record_in(rec)?, Some(o))
+                .await?
+        }
+        None => ctx.stream.put_record(&name, record_in(rec)?).await?,
+    };
     Ok(json!({
         "ShardId": put.shard_id,
         "SequenceNumber": put.sequence_number,
@@ -507,6 +723,21 @@ async fn get_records(ctx: &KinesisContext, req: &Value) -> OpResult {
     let mut v = json!({"Records": records, "MillisBehindLatest": out.millis_behind_latest});
     if let Some(next) = out.next_iterator {
         v["NextShardIterator"] = json!(next);
+    }
+    if !out.child_shards.is_empty() {
+        v["ChildShards"] = json!(
+            out.child_shards
+                .iter()
+                .map(|c| json!({
+                    "ShardId": c.shard_id,
+                    "ParentShards": c.parent_shards,
+                    "HashKeyRange": {
+                        "StartingHashKey": c.starting_hash_key.to_string(),
+                        "EndingHashKey": c.ending_hash_key.to_string(),
+                    },
+                }))
+                .collect::<Vec<_>>()
+        );
     }
     Ok(v)
 }

@@ -157,6 +157,114 @@ fn aws_cli_round_trip_and_errors() {
         "MissingAuthenticationTokenException"
     );
 
+    // Resharding, retention, tags, record size.
+    let (ok, out, err) = run(&["kinesis", "list-shards", "--stream-name", "cli"]);
+    assert!(ok, "{err}");
+    let shards: Value = serde_json::from_str(&out).expect("json");
+    let first = shards["Shards"][0].clone();
+    let start: u128 = first["HashKeyRange"]["StartingHashKey"]
+        .as_str()
+        .expect("start")
+        .parse()
+        .expect("u128");
+    let end: u128 = first["HashKeyRange"]["EndingHashKey"]
+        .as_str()
+        .expect("end")
+        .parse()
+        .expect("u128");
+    let mid = (start + (end - start) / 2).to_string();
+    let first_id = first["ShardId"].as_str().expect("id").to_owned();
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "split-shard",
+        "--stream-name",
+        "cli",
+        "--shard-to-split",
+        &first_id,
+        "--new-starting-hash-key",
+        &mid,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&[
+        "kinesis",
+        "list-shards",
+        "--stream-name",
+        "cli",
+        "--shard-filter",
+        "Type=AT_LATEST",
+    ]);
+    assert!(ok, "{err}");
+    let open: Value = serde_json::from_str(&out).expect("json");
+    let open = open["Shards"].as_array().expect("shards").clone();
+    assert_eq!(open.len(), 4, "the parent closed, two children opened");
+    let children: Vec<&Value> = open
+        .iter()
+        .filter(|s| s["ParentShardId"] == first_id.as_str())
+        .collect();
+    assert_eq!(children.len(), 2);
+    let (a, b) = (
+        children[0]["ShardId"].as_str().expect("id"),
+        children[1]["ShardId"].as_str().expect("id"),
+    );
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "merge-shards",
+        "--stream-name",
+        "cli",
+        "--shard-to-merge",
+        a,
+        "--adjacent-shard-to-merge",
+        b,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&["kinesis", "describe-stream-summary", "--stream-name", "cli"]);
+    assert!(ok, "{err}");
+    let summary: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(summary["StreamDescriptionSummary"]["OpenShardCount"], 3);
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "increase-stream-retention-period",
+        "--stream-name",
+        "cli",
+        "--retention-period-hours",
+        "48",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "decrease-stream-retention-period",
+        "--stream-name",
+        "cli",
+        "--retention-period-hours",
+        "12",
+    ]);
+    assert!(
+        !ok && err.contains("InvalidArgumentException"),
+        "below 24 h: {err}"
+    );
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "add-tags-to-stream",
+        "--stream-name",
+        "cli",
+        "--tags",
+        "team=data,env=test",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&["kinesis", "list-tags-for-stream", "--stream-name", "cli"]);
+    assert!(ok, "{err}");
+    let tags: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(tags["Tags"].as_array().map(Vec::len), Some(2));
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "remove-tags-from-stream",
+        "--stream-name",
+        "cli",
+        "--tag-keys",
+        "env",
+    ]);
+    assert!(ok, "{err}");
+
     let (ok, _, err) = run(&["kinesis", "delete-stream", "--stream-name", "cli"]);
     assert!(ok, "{err}");
     server.stop();
