@@ -39,6 +39,12 @@ impl Authorizer for Verifier {
     }
 }
 
+impl Authorizer for sluice_identity::PoolVerifier {
+    fn authorize(&self, token: &str) -> Result<VerifiedClaims, TokenError> {
+        self.verify(token, now_secs())
+    }
+}
+
 pub(crate) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -21,6 +21,7 @@ pub mod access_keys;
 mod auth;
 pub mod keys;
 pub mod password;
+mod pool_verifier;
 mod pools;
 pub mod srp;
 mod throttle;
@@ -30,6 +31,7 @@ mod users;
 pub use auth::{AccessSession, SrpChallenge, secret_hash};
 pub use keys::{Jwk, Jwks, SigningKey};
 pub use password::PasswordPolicy;
+pub use pool_verifier::PoolVerifier;
 pub use pools::{
     AdminCreateUserConfig, Client, ClientSettings, ClientSpec, Policies, Pool, PoolSettings,
     PoolUpdate, TokenValidityUnits, UsernameConfiguration,

@@ -33,6 +33,19 @@ enum Command {
     /// Manage the access keys AWS clients sign requests with (SigV4).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Show the confirmation and password-reset codes Cognito operations sent (newest
+    /// first): where sluice delivers them instead of email or SMS.
+    Outbox {
+        /// User pool [default: the default pool]
+        #[arg(long)]
+        pool: Option<String>,
+        /// Messages to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the pool id, app client id, issuer and URLs clients need.
     Info {
         /// Print JSON.
@@ -138,6 +151,31 @@ fn run(cli: Cli) -> Result<()> {
                     }
                 }
                 KeysCommand::Delete { id } => keys.delete(&id)?,
+            }
+            Ok(())
+        }
+        Command::Outbox { pool, limit, json } => {
+            let identity = wiring::open_identity(&settings)?;
+            let pool = match pool {
+                Some(p) => p,
+                None => {
+                    identity
+                        .bootstrap(&settings.region, settings.lifetimes)?
+                        .pool_id
+                }
+            };
+            for m in identity.outbox(&pool, limit)? {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "to": m.to, "kind": m.kind, "code": m.code,
+                            "createdMs": m.created_ms,
+                        })
+                    );
+                } else {
+                    println!("{}\t{}\t{}\t{}", m.created_ms, m.kind, m.to, m.code);
+                }
             }
             Ok(())
         }

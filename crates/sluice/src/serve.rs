@@ -67,7 +67,8 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         );
         tokio::task::spawn_blocking(move || id.bootstrap(&region, lifetimes)).await??
     };
-    let verifier = identity.verifier(&pool.pool_id, TOKEN_LEEWAY_SECS)?;
+    let verifier =
+        sluice_identity::PoolVerifier::new(identity.clone(), &pool.pool_id, TOKEN_LEEWAY_SECS)?;
 
     let store = EmbeddedStore::open(db.clone(), &settings.data_dir.join("blobs"))?;
     {

@@ -133,6 +133,56 @@ fn admin_operations_need_a_signature_and_default_pool_keeps_working() {
     );
     assert_eq!(status, 400);
     assert_eq!(err["__type"], "CodeMismatchException", "{err}");
+    // The operator reads the code with `sluice outbox`, and the user confirms with it.
+    let outbox = server.cli(&["outbox", "--json"]);
+    let message: Value = outbox
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|m| m["to"] == "new@example.com" && m["kind"] == "signup")
+        .expect("a sign-up code in the outbox");
+    let (status, confirmed) = server.cognito(
+        "ConfirmSignUp",
+        json!({"ClientId": client, "Username": "new@example.com",
+               "ConfirmationCode": message["code"]}),
+    );
+    assert_eq!(status, 200, "{confirmed}");
+    server.sign_in("new@example.com", "Passw0rd!");
+
+    // An app client created while the server runs is accepted by the upload API's
+    // authorizer without a restart.
+    let (status, created) = signed(
+        &server,
+        "CreateUserPoolClient",
+        json!({"UserPoolId": pool, "ClientName": "late",
+               "ExplicitAuthFlows": ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]}),
+    );
+    assert_eq!(status, 200, "{created}");
+    let late = created["UserPoolClient"]["ClientId"]
+        .as_str()
+        .expect("ClientId");
+    let (status, auth) = server.cognito(
+        "InitiateAuth",
+        json!({"AuthFlow": "USER_PASSWORD_AUTH", "ClientId": late,
+               "AuthParameters": {"USERNAME": "new@example.com", "PASSWORD": "Passw0rd!"}}),
+    );
+    assert_eq!(status, 200, "{auth}");
+    let token = auth["AuthenticationResult"]["IdToken"]
+        .as_str()
+        .expect("IdToken");
+    // The verifier reloads the pool's clients at most every two seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = server.upload(token, "late.txt", "x").status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 401);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new client never accepted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 
     let (status, _) = server.cognito("GlobalSignOut", json!({"AccessToken": access}));
     assert_eq!(status, 200);

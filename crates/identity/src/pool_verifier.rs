@@ -1,0 +1,63 @@
+//! A verifier that follows its pool: app clients created (or deleted) while the server runs
+//! are picked up without a restart.
+
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use crate::{Identity, IdentityError, TokenError, VerifiedClaims, Verifier};
+
+/// How often at most the pool's clients and keys are reloaded after a refusal that a reload
+/// could change (unknown audience or key id). Bounds the cost of a stream of bad tokens.
+const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Verifies tokens of one pool against its current app clients.
+///
+/// Invariant: a token is accepted only by a [`Verifier`] built from the pool's clients and
+/// keys as stored; a reload never widens what one verification accepts beyond that.
+pub struct PoolVerifier {
+    identity: Identity,
+    pool_id: String,
+    leeway_secs: i64,
+    current: RwLock<(Verifier, Instant)>,
+}
+
+impl PoolVerifier {
+    pub fn new(
+        identity: Identity,
+        pool_id: &str,
+        leeway_secs: i64,
+    ) -> Result<PoolVerifier, IdentityError> {
+        let v = identity.verifier(pool_id, leeway_secs)?;
+        Ok(PoolVerifier {
+            identity,
+            pool_id: pool_id.to_owned(),
+            leeway_secs,
+            current: RwLock::new((v, Instant::now())),
+        })
+    }
+
+    pub fn verify(&self, token: &str, now: i64) -> Result<VerifiedClaims, TokenError> {
+        let (first, stale) = match self.current.read() {
+            Ok(g) => (g.0.verify(token, now), g.1.elapsed() >= RELOAD_EVERY),
+            Err(_) => return Err(TokenError::Malformed),
+        };
+        match first {
+            Err(TokenError::Audience | TokenError::UnknownKid) if stale => {
+                match self.identity.verifier(&self.pool_id, self.leeway_secs) {
+                    Ok(fresh) => {
+                        let result = fresh.verify(token, now);
+                        if let Ok(mut g) = self.current.write() {
+                            *g = (fresh, Instant::now());
+                        }
+                        result
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reload the pool's clients");
+                        first
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+}
