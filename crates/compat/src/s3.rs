@@ -350,11 +350,10 @@ impl S3 for S3Adapter {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let obj = self
-            .store
-            .get(&input.bucket, &input.key)
-            .await
-            .map_err(s3_err)?;
+        let obj = match self.store.get(&input.bucket, &input.key).await {
+            Ok(o) => o,
+            Err(e) => return Err(self.not_found(&input.bucket, e).await),
+        };
         check_conditions(
             &obj.info,
             input.if_match.as_ref(),
@@ -398,11 +397,10 @@ impl S3 for S3Adapter {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let info = self
-            .store
-            .head(&input.bucket, &input.key)
-            .await
-            .map_err(s3_err)?;
+        let info = match self.store.head(&input.bucket, &input.key).await {
+            Ok(i) => i,
+            Err(e) => return Err(self.not_found(&input.bucket, e).await),
+        };
         check_conditions(
             &info,
             input.if_match.as_ref(),
@@ -488,11 +486,10 @@ impl S3 for S3Adapter {
                 ));
             }
         };
-        let src = self
-            .store
-            .get(&src_bucket, &src_key)
-            .await
-            .map_err(s3_err)?;
+        let src = match self.store.get(&src_bucket, &src_key).await {
+            Ok(o) => o,
+            Err(e) => return Err(self.not_found(&src_bucket, e).await),
+        };
         check_conditions(
             &src.info,
             input.copy_source_if_match.as_ref(),
@@ -826,6 +823,16 @@ impl S3Adapter {
             next,
             max_keys,
         })
+    }
+
+    /// A missing object in a missing bucket is `NoSuchBucket`, as S3 answers.
+    async fn not_found(&self, bucket: &str, e: StoreError) -> S3Error {
+        if matches!(e, StoreError::NoSuchKey { .. })
+            && let Err(b @ StoreError::NoSuchBucket(_)) = self.store.head_bucket(bucket).await
+        {
+            return s3_err(b);
+        }
+        s3_err(e)
     }
 
     /// A multipart request must name the bucket and key its upload was created for.

@@ -1,0 +1,251 @@
+//! Snapshots of each protocol's error responses, byte for byte: what a client's error
+//! parser sees. The edge runs in-process on the embedded parts in a temporary directory.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use sluice_compat::{Edge, KinesisContext, s3::S3Adapter};
+use sluice_identity::access_keys::AccessKeys;
+use sluice_identity::{Identity, Lifetimes};
+use tower::ServiceExt;
+
+struct Fixture {
+    router: axum::Router,
+    key: (String, String),
+    client_id: String,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fixture() -> Fixture {
+    let dir = std::env::temp_dir().join(format!("sluice-shapes-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mut migrations = Vec::new();
+    for part in [
+        sluice_identity::MIGRATIONS,
+        sluice_identity::access_keys::MIGRATIONS,
+        sluice_store::embedded::MIGRATIONS,
+        sluice_stream::embedded::MIGRATIONS,
+    ] {
+        for m in part {
+            migrations.push(sluice_db::Migration {
+                name: m.name,
+                sql: m.sql,
+            });
+        }
+    }
+    let db = sluice_db::Db::open(&dir.join("t.db"), &migrations).expect("db");
+    let identity = Identity::new(db.clone(), &dir.join("keys"), "http://edge.test");
+    let pool = identity
+        .bootstrap("us-east-2", Lifetimes::default())
+        .expect("bootstrap");
+    identity
+        .create_user(&pool.pool_id, "me@example.com", "Passw0rd!", false)
+        .expect("user");
+    let keys = AccessKeys::new(db.clone());
+    let key = keys.create("test").expect("key");
+    let store =
+        sluice_store::embedded::EmbeddedStore::open(db.clone(), &dir.join("blobs")).expect("store");
+    let stream = sluice_stream::embedded::EmbeddedStream::open(db).expect("stream");
+    let router = sluice_compat::router(Edge {
+        identity,
+        keys,
+        kinesis: KinesisContext {
+            stream: Arc::new(stream),
+            region: "us-east-2".into(),
+            account_id: "000000000000".into(),
+        },
+        s3: S3Adapter {
+            store: Arc::new(store),
+            region: "us-east-2".into(),
+            max_object_bytes: 1 << 20,
+            uploads: None,
+        },
+        s3_base_domain: None,
+    })
+    .expect("router");
+    Fixture {
+        router,
+        key: (key.id, key.secret),
+        client_id: pool.client_id,
+        _dir: TempDir(dir),
+    }
+}
+
+async fn send(f: &Fixture, req: Request<Body>) -> (u16, Vec<(String, String)>, String) {
+    let resp: Response<Body> = f.router.clone().oneshot(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .filter(|(n, _)| n.as_str() == "x-amzn-errortype" || n.as_str() == "content-type")
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn json_req(target: &str, body: &str) -> Request<Body> {
+    Request::post("/")
+        .header("host", "edge.test")
+        .header("x-amz-target", target)
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(Body::from(body.to_owned()))
+        .expect("request")
+}
+
+/// A request signed with `key`, as an SDK would.
+fn signed(
+    f: &Fixture,
+    method: &str,
+    path: &str,
+    target: Option<&str>,
+    body: &str,
+    service: &str,
+) -> Request<Body> {
+    use sha2::Digest;
+    let date = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let mut headers = vec![
+        ("host".to_owned(), "edge.test".to_owned()),
+        ("x-amz-date".to_owned(), date.clone()),
+    ];
+    let payload_hash = hex::encode(sha2::Sha256::digest(body.as_bytes()));
+    if service == "s3" {
+        headers.push(("x-amz-content-sha256".to_owned(), payload_hash.clone()));
+    }
+    if let Some(t) = target {
+        headers.push(("x-amz-target".to_owned(), t.to_owned()));
+    }
+    let auth = sluice_compat::sigv4::authorization_header(
+        &sluice_compat::sigv4::SignedRequest {
+            method,
+            path,
+            query: "",
+            headers: &headers,
+            payload_hash: &payload_hash,
+        },
+        &f.key.0,
+        &f.key.1,
+        "us-east-2",
+        service,
+    )
+    .expect("sign");
+    let mut b = Request::builder().method(method).uri(path);
+    for (n, v) in &headers {
+        b = b.header(n, v);
+    }
+    b.header("authorization", auth)
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(Body::from(body.to_owned()))
+        .expect("request")
+}
+
+const JSON11: &str = "application/x-amz-json-1.1";
+
+fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cognito_errors() {
+    let f = fixture();
+    let body = format!(
+        r#"{{"AuthFlow":"USER_PASSWORD_AUTH","ClientId":"{}","AuthParameters":{{"USERNAME":"me@example.com","PASSWORD":"Wr0ng-password"}}}}"#,
+        f.client_id
+    );
+    let got = send(
+        &f,
+        json_req("AWSCognitoIdentityProviderService.InitiateAuth", &body),
+    )
+    .await;
+    assert_eq!(
+        got,
+        (
+            400,
+            h(&[
+                ("content-type", JSON11),
+                ("x-amzn-errortype", "NotAuthorizedException:")
+            ]),
+            r#"{"__type":"NotAuthorizedException","message":"Incorrect username or password."}"#
+                .to_owned()
+        )
+    );
+    let got = send(&f, json_req("AWSCognitoIdentityProviderService.Nope", "{}")).await;
+    assert_eq!(got.0, 400);
+    assert!(
+        got.2
+            .starts_with(r#"{"__type":"UnknownOperationException","message":"#),
+        "{}",
+        got.2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinesis_errors() {
+    let f = fixture();
+    let got = send(&f, json_req("Kinesis_20131202.ListStreams", "{}")).await;
+    assert_eq!(
+        got,
+        (
+            400,
+            h(&[("content-type", JSON11), ("x-amzn-errortype", "MissingAuthenticationTokenException:")]),
+            r#"{"__type":"MissingAuthenticationTokenException","message":"missing authentication token"}"#.to_owned()
+        )
+    );
+    let req = signed(
+        &f,
+        "POST",
+        "/",
+        Some("Kinesis_20131202.DescribeStream"),
+        r#"{"StreamName":"nope"}"#,
+        "kinesis",
+    );
+    let got = send(&f, req).await;
+    assert_eq!(
+        got,
+        (
+            400,
+            h(&[
+                ("content-type", JSON11),
+                ("x-amzn-errortype", "ResourceNotFoundException:")
+            ]),
+            r#"{"__type":"ResourceNotFoundException","message":"stream nope not found"}"#
+                .to_owned()
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_errors() {
+    let f = fixture();
+    let req = signed(&f, "GET", "/no-such-bucket/key", None, "", "s3");
+    let (status, _, body) = send(&f, req).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>NoSuchBucket</Code><Message>bucket no-such-bucket does not exist</Message></Error>"#
+    );
+    let req = signed(&f, "GET", "/sluice-missing/key", None, "", "s3");
+    let (status, _, _) = send(&f, req).await;
+    assert_eq!(status, 404);
+    let anon = Request::get("/sluice/key")
+        .header("host", "edge.test")
+        .body(Body::empty())
+        .expect("request");
+    let (status, _, body) = send(&f, anon).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("<Code>AccessDenied</Code>"), "{body}");
+}
