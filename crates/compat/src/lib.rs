@@ -4,6 +4,8 @@
 //! Requests are routed by `X-Amz-Target` (the JSON 1.1 protocols); OpenID discovery and
 //! JWKS documents are served under each pool's issuer path.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -19,6 +21,7 @@ pub mod cognito;
 pub mod kinesis;
 pub mod s3;
 pub mod sigv4;
+pub mod source_throttle;
 
 pub use kinesis::KinesisContext;
 
@@ -33,7 +36,21 @@ pub struct Edge {
     /// Base domain for virtual-host-style S3 requests (`<bucket>.<domain>`); path style
     /// only when `None`.
     pub s3_base_domain: Option<String>,
+    /// Failed sign-ins per source address.
+    pub sign_in_sources: Arc<source_throttle::SourceThrottle>,
 }
+
+/// Largest JSON 1.1 request body: a PutRecords of 5 MiB, or a PutRecord of a 10 MiB record,
+/// base64-encoded, with room for the JSON around it.
+const MAX_JSON_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Cognito operations whose failures count as failed sign-ins.
+const SIGN_IN_OPS: &[&str] = &[
+    "InitiateAuth",
+    "AdminInitiateAuth",
+    "RespondToAuthChallenge",
+    "AdminRespondToAuthChallenge",
+];
 
 /// The edge's routes: JSON 1.1 protocols on `POST /` (by `X-Amz-Target`), OpenID documents
 /// under each pool's issuer path, and everything else is S3's REST protocol. A pool id
@@ -52,7 +69,12 @@ pub fn router(edge: Edge) -> Result<Router, String> {
         (StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     });
     Ok(Router::new()
-        .route("/", post(dispatch).fallback_service(s3.clone()))
+        .route(
+            "/",
+            post(dispatch)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
+                .fallback_service(s3.clone()),
+        )
         .route("/{pool}/.well-known/jwks.json", get(jwks))
         .route("/{pool}/.well-known/openid-configuration", get(discovery))
         .fallback_service(s3)
@@ -62,6 +84,7 @@ pub fn router(edge: Edge) -> Result<Router, String> {
 /// Routes a JSON 1.1 request by its `X-Amz-Target` (`<service>.<operation>`).
 async fn dispatch(
     State(edge): State<Edge>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -85,9 +108,32 @@ async fn dispatch(
             } else {
                 Ok(cognito::Caller::Anonymous)
             };
-            match caller {
-                Ok(caller) => cognito::handle(&edge.identity, op, &body, caller).await,
-                Err(e) => e,
+            let source = peer.map(|p| p.0.0.ip());
+            let now = now_ms();
+            let signs_in = SIGN_IN_OPS.contains(&op);
+            match (caller, source) {
+                (Err(e), _) => e,
+                (Ok(_), Some(ip)) if signs_in && edge.sign_in_sources.locked(ip, now) => {
+                    json_error(
+                        StatusCode::BAD_REQUEST,
+                        "NotAuthorizedException",
+                        "Password attempts exceeded",
+                    )
+                }
+                (Ok(caller), source) => {
+                    let resp = cognito::handle(&edge.identity, op, &body, caller).await;
+                    let refused = resp
+                        .headers()
+                        .get("x-amzn-errortype")
+                        .is_some_and(|v| v.as_bytes().starts_with(b"NotAuthorizedException"));
+                    if signs_in
+                        && refused
+                        && let Some(ip) = source
+                    {
+                        edge.sign_in_sources.failure(ip, now);
+                    }
+                    resp
+                }
             }
         }
         Some((kinesis::SERVICE, op)) => {
@@ -106,6 +152,13 @@ async fn dispatch(
         resp.headers_mut().insert("x-amzn-requestid", v);
     }
     resp
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Verifies a request's SigV4 signature; returns the access key id that signed it, or the

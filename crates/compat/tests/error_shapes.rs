@@ -70,6 +70,7 @@ fn fixture() -> Fixture {
             uploads: None,
         },
         s3_base_domain: None,
+        sign_in_sources: Arc::default(),
     })
     .expect("router");
     Fixture {

@@ -150,6 +150,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
                 }),
         },
         s3_base_domain: settings.s3_base_domain.clone(),
+        sign_in_sources: Arc::default(),
     })
     .map_err(anyhow::Error::msg)?;
 
@@ -188,11 +189,14 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             .await
     });
     let edge_server = tokio::spawn(async move {
-        axum::serve(edge_listener, edge)
-            .with_graceful_shutdown(async move {
-                let _ = edge_shutdown.wait_for(|s| *s).await;
-            })
-            .await
+        axum::serve(
+            edge_listener,
+            edge.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = edge_shutdown.wait_for(|s| *s).await;
+        })
+        .await
     });
 
     wait_for_signal().await;

@@ -309,3 +309,29 @@ fn cognito_errors_have_cognitos_shape() {
     assert_eq!(jwks["keys"][0]["kty"], "RSA");
     server.stop();
 }
+
+#[test]
+fn failed_sign_ins_are_throttled_per_source() {
+    let dir = DataDir::new("source-throttle");
+    let server = Server::start(&dir.0);
+    server.create_user("me@example.com");
+    let client_id = server.info()["clientId"].as_str().expect("id").to_owned();
+    let attempt = |user: &str, password: &str| {
+        server.cognito(
+            "InitiateAuth",
+            json!({"AuthFlow": "USER_PASSWORD_AUTH", "ClientId": client_id,
+                   "AuthParameters": {"USERNAME": user, "PASSWORD": password}}),
+        )
+    };
+    // Each guess names another user, so no single user is locked out; the source is.
+    for i in 0..20 {
+        let (status, err) = attempt(&format!("guess-{i}@example.com"), "Wrong-passw0rd");
+        assert_eq!(status, 400);
+        assert_eq!(err["message"], "Incorrect username or password.", "{err}");
+    }
+    let (status, err) = attempt("me@example.com", PASSWORD);
+    assert_eq!(status, 400);
+    assert_eq!(err["__type"], "NotAuthorizedException");
+    assert_eq!(err["message"], "Password attempts exceeded");
+    server.stop();
+}
