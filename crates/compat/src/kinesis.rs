@@ -90,54 +90,77 @@ impl From<StreamError> for KinesisError {
 
 type OpResult = Result<Value, KinesisError>;
 
-pub async fn handle(ctx: &KinesisContext, op: &str, body: &[u8]) -> Response {
-    let req: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) | Err(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "SerializationException",
-                "request body is not a JSON object",
-            );
+/// The Kinesis protocol's two encodings: JSON 1.1 (most SDKs) and CBOR 1.1 (the Java SDK
+/// v2 and the KCL by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Cbor,
+}
+
+impl Encoding {
+    pub fn of(content_type: Option<&str>) -> Encoding {
+        match content_type {
+            Some(ct) if ct.starts_with("application/x-amz-cbor") => Encoding::Cbor,
+            _ => Encoding::Json,
         }
+    }
+}
+
+pub async fn handle(ctx: &KinesisContext, op: &str, body: &[u8], enc: Encoding) -> Response {
+    let req = match enc {
+        Encoding::Json => serde_json::from_slice::<Value>(body).ok(),
+        Encoding::Cbor => crate::cbor::decode(body),
     };
-    let result = match op {
-        "CreateStream" => create_stream(ctx, &req).await,
-        "DeleteStream" => delete_stream(ctx, &req).await,
-        "DescribeStream" => describe_stream(ctx, &req).await,
-        "DescribeStreamSummary" => describe_stream_summary(ctx, &req).await,
-        "ListStreams" => list_streams(ctx, &req).await,
-        "ListShards" => list_shards(ctx, &req).await,
-        "PutRecord" => put_record(ctx, &req).await,
-        "PutRecords" => put_records(ctx, &req).await,
-        "GetShardIterator" => get_shard_iterator(ctx, &req).await,
-        "GetRecords" => get_records(ctx, &req).await,
-        "SplitShard" => split_shard(ctx, &req).await,
-        "MergeShards" => merge_shards(ctx, &req).await,
-        "UpdateShardCount" => update_shard_count(ctx, &req).await,
-        "IncreaseStreamRetentionPeriod" => retention(ctx, &req, true).await,
-        "DecreaseStreamRetentionPeriod" => retention(ctx, &req, false).await,
-        "UpdateMaxRecordSize" => update_max_record_size(ctx, &req).await,
-        "AddTagsToStream" => add_tags(ctx, &req).await,
-        "RemoveTagsFromStream" => remove_tags(ctx, &req).await,
-        "ListTagsForStream" => list_tags(ctx, &req).await,
+    let result = match req {
+        Some(req @ Value::Object(_)) => call(ctx, op, &req).await,
+        _ => Err(err(
+            "SerializationException",
+            "request body is not a JSON or CBOR map",
+        )),
+    };
+    match (result, enc) {
+        (Ok(v), Encoding::Json) => json_ok(v),
+        (Err(e), Encoding::Json) => json_error(e.status, e.kind, &e.message),
+        (Ok(v), Encoding::Cbor) => crate::cbor::response(StatusCode::OK, &v),
+        (Err(e), Encoding::Cbor) => {
+            crate::cbor::response(e.status, &json!({"__type": e.kind, "message": e.message}))
+        }
+    }
+}
+
+/// One Kinesis operation on a decoded request.
+async fn call(ctx: &KinesisContext, op: &str, req: &Value) -> OpResult {
+    match op {
+        "CreateStream" => create_stream(ctx, req).await,
+        "DeleteStream" => delete_stream(ctx, req).await,
+        "DescribeStream" => describe_stream(ctx, req).await,
+        "DescribeStreamSummary" => describe_stream_summary(ctx, req).await,
+        "ListStreams" => list_streams(ctx, req).await,
+        "ListShards" => list_shards(ctx, req).await,
+        "PutRecord" => put_record(ctx, req).await,
+        "PutRecords" => put_records(ctx, req).await,
+        "GetShardIterator" => get_shard_iterator(ctx, req).await,
+        "GetRecords" => get_records(ctx, req).await,
+        "SplitShard" => split_shard(ctx, req).await,
+        "MergeShards" => merge_shards(ctx, req).await,
+        "UpdateShardCount" => update_shard_count(ctx, req).await,
+        "IncreaseStreamRetentionPeriod" => retention(ctx, req, true).await,
+        "DecreaseStreamRetentionPeriod" => retention(ctx, req, false).await,
+        "UpdateMaxRecordSize" => update_max_record_size(ctx, req).await,
+        "AddTagsToStream" => add_tags(ctx, req).await,
+        "RemoveTagsFromStream" => remove_tags(ctx, req).await,
+        "ListTagsForStream" => list_tags(ctx, req).await,
         "DescribeLimits" => Ok(json!({
             "ShardLimit": 10000,
             "OpenShardCount": 0,
             "OnDemandStreamCount": 0,
             "OnDemandStreamCountLimit": 50,
         })),
-        _ => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "UnknownOperationException",
-                &format!("operation {op} is not supported by sluice's Kinesis endpoint"),
-            );
-        }
-    };
-    match result {
-        Ok(v) => json_ok(v),
-        Err(e) => json_error(e.status, e.kind, &e.message),
+        _ => Err(err(
+            "UnknownOperationException",
+            format!("operation {op} is not supported by sluice's Kinesis endpoint"),
+        )),
     }
 }
 

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use sluice_identity::Identity;
 use sluice_identity::access_keys::AccessKeys;
 
+mod cbor;
 pub mod cognito;
 pub mod kinesis;
 pub mod s3;
@@ -138,7 +139,12 @@ async fn dispatch(
         }
         Some((kinesis::SERVICE, op)) => {
             match authenticate(&edge.keys, &method, &uri, &headers, &body).await {
-                Ok(_access_key) => kinesis::handle(&edge.kinesis, op, &body).await,
+                Ok(_access_key) => {
+                    let enc = kinesis::Encoding::of(
+                        headers.get("content-type").and_then(|v| v.to_str().ok()),
+                    );
+                    kinesis::handle(&edge.kinesis, op, &body, enc).await
+                }
                 Err(e) => e,
             }
         }
