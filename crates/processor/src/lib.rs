@@ -328,6 +328,9 @@ pub struct MappingStats {
     /// Iterator age of each shard's last read.
     pub millis_behind_latest_by_shard: std::collections::BTreeMap<String, i64>,
     pub last_error: Option<String>,
+    /// `updated_ms` of the persisted definition the workers run (0 for a mapping not
+    /// started from a definition): tells a reader whether a change was applied yet.
+    pub definition_updated_ms: i64,
 }
 
 /// Account and region used to build the ARNs in events and failure records.

@@ -131,6 +131,9 @@ impl MappingRunner {
                 .await
             {
                 Ok(handles) => {
+                    let updated = def.updated_ms;
+                    self.processor
+                        .update_stats(&name, |s| s.definition_updated_ms = updated);
                     running.insert(
                         name.clone(),
                         Running {

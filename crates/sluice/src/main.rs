@@ -5,6 +5,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod config;
+mod mapping_cmd;
+mod mapping_server;
 mod serve;
 mod wiring;
 
@@ -33,6 +35,23 @@ enum Command {
     /// Manage the access keys AWS clients sign requests with (SigV4).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage event-source mappings (stream → function) of the running server.
+    #[command(subcommand)]
+    Mapping(mapping_cmd::MappingCommand),
+    /// Show a mapping's function logs (stdout/stderr lines with request ids).
+    Logs {
+        /// The mapping
+        mapping: String,
+        /// Keep printing new lines as they arrive
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to show first
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// Print one JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the pool id, app client id, issuer and URLs clients need.
     Info {
         /// Print JSON.
@@ -77,7 +96,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<mapping_cmd::UsageError>().is_some() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -141,6 +164,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Mapping(cmd) => mapping_cmd::run(&settings, cmd),
+        Command::Logs {
+            mapping,
+            follow,
+            lines,
+            json,
+        } => mapping_cmd::logs(&settings, &mapping, follow, lines, json),
         Command::Info { json } => {
             let info = wiring::info(&settings)?;
             if json {
