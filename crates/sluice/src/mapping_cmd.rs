@@ -55,7 +55,7 @@ fn from_processor(e: ProcessorError) -> anyhow::Error {
 pub(crate) enum MappingCommand {
     /// Create an event-source mapping (stream → function); a running server starts it
     /// within a second.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List mappings with their state and statistics.
     List {
         /// Print JSON.
@@ -65,7 +65,7 @@ pub(crate) enum MappingCommand {
     /// Show a mapping's configuration, state and statistics (JSON).
     Get { name: String },
     /// Change a mapping (only the options given); the stream cannot change.
-    Update(UpdateArgs),
+    Update(Box<UpdateArgs>),
     /// Start a disabled mapping again; it resumes after its checkpoint.
     Enable { name: String },
     /// Stop a mapping; its checkpoint is kept.
@@ -711,7 +711,10 @@ pub(crate) fn logs(
             last = l.id;
             print_line(&l, json_out)?;
         }
-        while follow {
+        if !follow {
+            return Ok(());
+        }
+        loop {
             let new = logs.after(mapping, last, 1000).await?;
             if new.is_empty() {
                 tokio::select! {
