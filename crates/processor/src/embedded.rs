@@ -5,7 +5,7 @@ use sluice_db::rusqlite::{Connection, OptionalExtension, params};
 use sluice_db::{Db, Migration, now_ms};
 
 use crate::mappings::{MappingDefinition, MappingState, MappingStore};
-use crate::{Checkpoints, ProcessorError};
+use crate::{Checkpoints, MappingStats, ProcessorError};
 
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -46,6 +46,16 @@ CREATE TABLE function_logs (
 CREATE INDEX function_logs_by_mapping ON function_logs (mapping, id);
 ",
     },
+    Migration {
+        name: "processor-0003",
+        sql: "
+CREATE TABLE mapping_stats (
+    name TEXT PRIMARY KEY,
+    stats TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+",
+    },
 ];
 
 #[derive(Clone)]
@@ -62,12 +72,21 @@ impl EmbeddedCheckpoints {
 #[async_trait]
 impl Checkpoints for EmbeddedCheckpoints {
     async fn register(&self, mapping: &str, stream: &str) -> Result<i64, ProcessorError> {
+        self.register_at(mapping, stream, now_ms()).await
+    }
+
+    async fn register_at(
+        &self,
+        mapping: &str,
+        stream: &str,
+        created_ms: i64,
+    ) -> Result<i64, ProcessorError> {
         let (m, s) = (mapping.to_owned(), stream.to_owned());
         self.db
             .write(move |c| {
                 c.execute(
                     "INSERT OR IGNORE INTO mappings (name, stream, created_ms) VALUES (?1, ?2, ?3)",
-                    params![m, s, now_ms()],
+                    params![m, s, created_ms],
                 )?;
                 Ok(c.query_row(
                     "SELECT created_ms FROM mappings WHERE name = ?1",
@@ -96,9 +115,12 @@ impl Checkpoints for EmbeddedCheckpoints {
         let (m, s, q) = (mapping.to_owned(), shard_id.to_owned(), seq.to_owned());
         self.db
             .write(move |c| {
+                // Only for a registered mapping: a worker of a mapping deleted a moment ago
+                // (still running until the runner stops it) must not leave a checkpoint a
+                // new mapping of the same name would resume from.
                 c.execute(
                     "INSERT INTO checkpoints (mapping, shard_id, sequence_number, updated_ms)
-                     VALUES (?1, ?2, ?3, ?4)
+                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM mappings WHERE name = ?1)
                      ON CONFLICT (mapping, shard_id) DO UPDATE
                      SET sequence_number = excluded.sequence_number, updated_ms = excluded.updated_ms",
                     params![m, s, q, now_ms()],
@@ -250,7 +272,103 @@ impl MappingStore for EmbeddedMappings {
                 c.execute("DELETE FROM checkpoints WHERE mapping = ?1", [&n])?;
                 c.execute("DELETE FROM mappings WHERE name = ?1", [&n])?;
                 c.execute("DELETE FROM function_logs WHERE mapping = ?1", [&n])?;
+                c.execute("DELETE FROM mapping_stats WHERE name = ?1", [&n])?;
                 Ok(())
+            })
+            .await
+    }
+}
+
+/// Statistics of the running mappings ([`crate::MappingStats`]), as the server last saved
+/// them, for the command-line tools (table `mapping_stats`). The server saves them with
+/// [`EmbeddedStats::save`] a few times a second while they change.
+#[derive(Clone)]
+pub struct EmbeddedStats {
+    db: Db,
+}
+
+/// A mapping's statistics and when they were saved (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedStats {
+    pub stats: MappingStats,
+    pub saved_ms: i64,
+}
+
+impl EmbeddedStats {
+    pub fn new(db: Db) -> Self {
+        EmbeddedStats { db }
+    }
+
+    /// Saves statistics, for registered mappings only (a mapping deleted meanwhile keeps
+    /// none).
+    pub async fn save(&self, stats: Vec<(String, MappingStats)>) -> Result<(), ProcessorError> {
+        let rows = stats
+            .into_iter()
+            .map(|(n, s)| {
+                serde_json::to_string(&s)
+                    .map(|j| (n, j))
+                    .map_err(|e| ProcessorError::Checkpoint(format!("cannot encode stats: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .write(move |c| {
+                let now = now_ms();
+                let mut st = c.prepare_cached(
+                    "INSERT INTO mapping_stats (name, stats, updated_ms)
+                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM mappings WHERE name = ?1)
+                         OR EXISTS (SELECT 1 FROM mapping_definitions WHERE name = ?1)
+                     ON CONFLICT (name) DO UPDATE
+                     SET stats = excluded.stats, updated_ms = excluded.updated_ms",
+                )?;
+                for (n, j) in rows {
+                    st.execute(params![n, j, now])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Marks every saved mapping as not running (the server does this as it stops).
+    pub async fn mark_all_stopped(&self) -> Result<(), ProcessorError> {
+        let all = self.load_all().await?;
+        let stopped = all
+            .into_iter()
+            .map(|(n, mut s)| {
+                s.stats.state = "Disabled".into();
+                (n, s.stats)
+            })
+            .collect();
+        self.save(stopped).await
+    }
+
+    /// Every mapping's saved statistics, by name.
+    pub async fn load_all(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, SavedStats>, ProcessorError> {
+        self.db
+            .read(|c| {
+                let mut st =
+                    c.prepare_cached("SELECT name, stats, updated_ms FROM mapping_stats")?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows.into_iter()
+                    .map(|(n, j, t)| {
+                        let stats = serde_json::from_str(&j).map_err(|e| {
+                            ProcessorError::Checkpoint(format!("stored stats are unreadable: {e}"))
+                        })?;
+                        Ok((n, SavedStats { stats, saved_ms: t }))
+                    })
+                    .collect()
             })
             .await
     }
@@ -260,7 +378,7 @@ impl MappingStore for EmbeddedMappings {
 mod tests {
     use super::*;
     use crate::mappings::FunctionSpec;
-    use crate::{Checkpoints, MappingConfig};
+    use crate::{Checkpoints, MappingConfig, MappingStats};
 
     #[tokio::test]
     async fn mapping_lifecycle() {
@@ -323,7 +441,41 @@ mod tests {
         cps.save("seed-processor", "shardId-000000000000", "1")
             .await
             .expect("save");
+        let stats = EmbeddedStats::new(db.clone());
+        let s = MappingStats {
+            state: "Enabled".into(),
+            records_in: 7,
+            ..Default::default()
+        };
+        stats
+            .save(vec![
+                ("seed-processor".into(), s.clone()),
+                ("never-registered".into(), s.clone()),
+            ])
+            .await
+            .expect("save stats");
+        let saved = stats.load_all().await.expect("load stats");
+        assert_eq!(saved.len(), 1, "only known mappings keep stats");
+        assert_eq!(saved["seed-processor"].stats, s);
+        stats.mark_all_stopped().await.expect("mark");
+        assert_eq!(
+            stats.load_all().await.expect("load")["seed-processor"]
+                .stats
+                .state,
+            "Disabled"
+        );
         store.delete("seed-processor").await.expect("delete");
+        assert!(stats.load_all().await.expect("load").is_empty());
+        cps.save("seed-processor", "shardId-000000000000", "2")
+            .await
+            .expect("a late save is ignored");
+        assert_eq!(
+            cps.load("seed-processor", "shardId-000000000000")
+                .await
+                .expect("load"),
+            None,
+            "no checkpoint is left for a deleted mapping"
+        );
         assert!(matches!(
             store.get("seed-processor").await,
             Err(ProcessorError::NotFound(_))

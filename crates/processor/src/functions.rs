@@ -374,8 +374,31 @@ pub fn builtin(name: &str) -> Option<Arc<dyn Function>> {
     }
 }
 
-/// Names accepted by [`builtin`].
-pub const BUILTINS: &[&str] = &["uppercase", "copy", "manifest"];
+/// Names of the built-in functions: the object functions [`builtin`] returns, and
+/// [`NOOP`].
+pub const BUILTINS: &[&str] = &["uppercase", "copy", "manifest", NOOP];
+
+/// The built-in batch function that does nothing: every record succeeds, nothing is read or
+/// written. It measures the mapping machinery itself (reads, batching, checkpoints).
+pub const NOOP: &str = "noop";
+
+/// See [`NOOP`].
+pub struct Noop;
+
+#[async_trait]
+impl BatchFunction for Noop {
+    fn name(&self) -> &str {
+        NOOP
+    }
+
+    async fn invoke(
+        &self,
+        _input: &BatchInput,
+        _ctx: &CallContext,
+    ) -> Result<BatchResponse, FunctionError> {
+        Ok(BatchResponse::Returned(serde_json::Value::Null))
+    }
+}
 
 #[cfg(test)]
 mod tests {

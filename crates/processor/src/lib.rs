@@ -254,6 +254,17 @@ pub trait Checkpoints: Send + Sync + 'static {
     /// Registers the mapping on first run and returns its creation time (ms); later runs
     /// get the time of the first.
     async fn register(&self, mapping: &str, stream: &str) -> Result<i64, ProcessorError>;
+    /// [`Checkpoints::register`] with the creation time to record on first run (a persisted
+    /// mapping's `created_ms`, so that LATEST means "since the user created it", even when
+    /// the server started it later). Stores that keep no time ignore it.
+    async fn register_at(
+        &self,
+        mapping: &str,
+        stream: &str,
+        _created_ms: i64,
+    ) -> Result<i64, ProcessorError> {
+        self.register(mapping, stream).await
+    }
     async fn load(&self, mapping: &str, shard_id: &str) -> Result<Option<String>, ProcessorError>;
     async fn save(
         &self,
@@ -293,8 +304,8 @@ impl Observer for NoObserver {
 
 /// What a mapping is doing and how it went, as Lambda's `GetEventSourceMapping`
 /// (`State`, `LastProcessingResult`) and its CloudWatch metrics (`IteratorAge`, …) report.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
 pub struct MappingStats {
     /// `Enabled` while workers run, `Disabled` once they stopped.
     pub state: String,
@@ -317,6 +328,9 @@ pub struct MappingStats {
     /// Iterator age of each shard's last read.
     pub millis_behind_latest_by_shard: std::collections::BTreeMap<String, i64>,
     pub last_error: Option<String>,
+    /// `updated_ms` of the persisted definition the workers run (0 for a mapping not
+    /// started from a definition): tells a reader whether a change was applied yet.
+    pub definition_updated_ms: i64,
 }
 
 /// Account and region used to build the ARNs in events and failure records.
@@ -401,6 +415,22 @@ impl Processor {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Drops a mapping's statistics (after it was deleted, so that a new mapping of the same
+    /// name starts from zero).
+    pub fn forget_stats(&self, mapping: &str) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.remove(mapping);
+        }
+    }
+
+    /// The same processor (same stream, store, checkpoints, logs and statistics) telling
+    /// another observer how records went: e.g. upload status follows only the built-in
+    /// mapping, not every mapping that reads the upload stream.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
     /// Builds the destination a spec names, on this processor's stream and store.
     pub fn destination(&self, spec: &DestinationSpec) -> Arc<dyn FailureDestination> {
         spec.build(self.stream.clone(), self.store.clone())
@@ -434,11 +464,30 @@ impl Processor {
         function: Arc<dyn BatchFunction>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Vec<tokio::task::JoinHandle<()>>, ProcessorError> {
+        self.start_batch_created(mapping, function, shutdown, None)
+            .await
+    }
+
+    async fn start_batch_created(
+        &self,
+        mapping: MappingConfig,
+        function: Arc<dyn BatchFunction>,
+        shutdown: watch::Receiver<bool>,
+        created_ms: Option<i64>,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, ProcessorError> {
         mapping.validate()?;
-        let created_ms = self
-            .checkpoints
-            .register(&mapping.name, &mapping.stream)
-            .await?;
+        let created_ms = match created_ms {
+            Some(t) => {
+                self.checkpoints
+                    .register_at(&mapping.name, &mapping.stream, t)
+                    .await?
+            }
+            None => {
+                self.checkpoints
+                    .register(&mapping.name, &mapping.stream)
+                    .await?
+            }
+        };
         // Fail early on a missing stream instead of inside the workers.
         self.stream.describe_stream(&mapping.stream).await?;
         let destination = mapping.on_failure.as_ref().map(|d| self.destination(d));
@@ -470,7 +519,8 @@ impl Processor {
             )));
         }
         let function = self.build_function(def, lambda_env)?;
-        self.start_batch(def.config.clone(), function, shutdown)
+        let created = (def.created_ms > 0).then_some(def.created_ms);
+        self.start_batch_created(def.config.clone(), function, shutdown, created)
             .await
     }
 
@@ -490,6 +540,7 @@ impl Processor {
         };
         let failed = |e: FunctionError| ProcessorError::Function(e.to_string());
         Ok(match &def.function {
+            FunctionSpec::Builtin { name } if name == functions::NOOP => Arc::new(functions::Noop),
             FunctionSpec::Builtin { name } => {
                 object(functions::builtin(name).ok_or_else(|| {
                     ProcessorError::InvalidConfig(format!("unknown built-in function {name:?}"))

@@ -182,6 +182,68 @@ impl LogSink for EmbeddedLogs {
     }
 }
 
+/// A [`LogSink`] that never makes the function wait for the database: lines go through a
+/// bounded queue to one task that stores everything queued in one write (one commit for
+/// many invocations' lines). Order is kept. When the queue is full, appending waits (the
+/// writer fell behind; nothing is dropped).
+#[derive(Clone)]
+pub struct BufferedLogs {
+    tx: tokio::sync::mpsc::Sender<LogMessage>,
+}
+
+enum LogMessage {
+    Lines(Vec<LogLine>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl BufferedLogs {
+    /// Queued appends before appending waits.
+    pub const QUEUE: usize = 4096;
+
+    /// Starts the writer task (on the current tokio runtime).
+    pub fn start(logs: EmbeddedLogs) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<LogMessage>(Self::QUEUE);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut lines = Vec::new();
+                let mut flushes = Vec::new();
+                let mut next = Some(first);
+                while let Some(m) = next {
+                    match m {
+                        LogMessage::Lines(l) => lines.extend(l),
+                        LogMessage::Flush(done) => flushes.push(done),
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if !lines.is_empty() {
+                    logs.append(lines).await;
+                }
+                for done in flushes {
+                    let _ = done.send(());
+                }
+            }
+        });
+        BufferedLogs { tx }
+    }
+
+    /// Waits until every line appended before this call is stored.
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(LogMessage::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+#[async_trait]
+impl LogSink for BufferedLogs {
+    async fn append(&self, lines: Vec<LogLine>) {
+        if self.tx.send(LogMessage::Lines(lines)).await.is_err() {
+            tracing::warn!("the function log writer has stopped; lines dropped");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +290,16 @@ mod tests {
         let got = follower.await.expect("join").expect("follow");
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].line, "new");
+
+        let logs = logs.with_keep(EmbeddedLogs::DEFAULT_KEEP);
+        let buffered = BufferedLogs::start(logs.clone());
+        for i in 0..50 {
+            buffered.append(vec![line("c", &format!("b{i}"))]).await;
+        }
+        buffered.flush().await;
+        let all = logs.tail("c", 100).await.expect("tail");
+        let texts: Vec<String> = all.into_iter().map(|l| l.line).collect();
+        let want: Vec<String> = (0..50).map(|i| format!("b{i}")).collect();
+        assert_eq!(texts, want, "buffered lines are all stored, in order");
     }
 }

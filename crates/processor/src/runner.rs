@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -25,7 +26,14 @@ pub struct MappingRunner {
     store: Arc<dyn MappingStore>,
     lambda_env: LambdaEnvironment,
     running: tokio::sync::Mutex<HashMap<String, Running>>,
+    /// Definitions that could not start, with when to try again: a broken mapping (e.g. its
+    /// stream does not exist yet) is retried every [`RETRY_FAILED`], or at once when its
+    /// definition changes, not at every sync.
+    failed: tokio::sync::Mutex<HashMap<String, (MappingDefinition, Instant)>>,
 }
+
+/// How long a mapping that could not start waits before the next attempt.
+pub const RETRY_FAILED: Duration = Duration::from_secs(5);
 
 /// What one [`MappingRunner::sync`] did.
 #[derive(Debug, Default)]
@@ -47,7 +55,28 @@ impl MappingRunner {
             store,
             lambda_env,
             running: tokio::sync::Mutex::new(HashMap::new()),
+            failed: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Syncs now, then every `every` until `shutdown` turns true; then stops every mapping.
+    /// This is how changes made by another process (the command line writing the shared
+    /// database) reach a running server.
+    pub async fn run(
+        self: Arc<Self>,
+        every: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            if let Err(e) = self.sync().await {
+                tracing::warn!(error = %e, "cannot read the mapping definitions");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+        self.stop_all().await;
     }
 
     /// Names of the mappings running now.
@@ -58,15 +87,17 @@ impl MappingRunner {
     }
 
     pub async fn sync(&self) -> Result<SyncReport, ProcessorError> {
-        let wanted: HashMap<String, MappingDefinition> = self
-            .store
-            .list()
-            .await?
+        let all = self.store.list().await?;
+        let exists: std::collections::HashSet<String> =
+            all.iter().map(|d| d.config.name.clone()).collect();
+        let wanted: HashMap<String, MappingDefinition> = all
             .into_iter()
             .filter(|d| d.state == MappingState::Enabled)
             .map(|d| (d.config.name.clone(), d))
             .collect();
         let mut running = self.running.lock().await;
+        let mut failed = self.failed.lock().await;
+        failed.retain(|name, (def, _)| wanted.get(name) == Some(&*def));
         let mut report = SyncReport::default();
         let stale: Vec<String> = running
             .iter()
@@ -76,11 +107,21 @@ impl MappingRunner {
         for name in stale {
             if let Some(r) = running.remove(&name) {
                 stop(r).await;
+                if !exists.contains(&name) {
+                    self.processor.forget_stats(&name);
+                }
+                tracing::info!(mapping = %name, "stopped mapping");
                 report.stopped.push(name);
             }
         }
         for (name, def) in wanted {
             if running.contains_key(&name) {
+                continue;
+            }
+            if failed
+                .get(&name)
+                .is_some_and(|(_, at)| at.elapsed() < RETRY_FAILED)
+            {
                 continue;
             }
             let (tx, rx) = watch::channel(false);
@@ -90,6 +131,9 @@ impl MappingRunner {
                 .await
             {
                 Ok(handles) => {
+                    let updated = def.updated_ms;
+                    self.processor
+                        .update_stats(&name, |s| s.definition_updated_ms = updated);
                     running.insert(
                         name.clone(),
                         Running {
@@ -98,10 +142,18 @@ impl MappingRunner {
                             handles,
                         },
                     );
+                    failed.remove(&name);
+                    tracing::info!(mapping = %name, "started mapping");
                     report.started.push(name);
                 }
                 Err(e) => {
                     tracing::warn!(mapping = %name, error = %e, "cannot start mapping");
+                    self.processor.update_stats(&name, |s| {
+                        s.state = "Disabled".into();
+                        s.last_processing_result = format!("PROBLEM: {e}");
+                        s.last_error = Some(e.to_string());
+                    });
+                    failed.insert(name.clone(), (def, Instant::now()));
                     report.failed.push((name, e));
                 }
             }

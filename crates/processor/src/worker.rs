@@ -45,6 +45,9 @@ const SHARD_DISCOVERY: Duration = Duration::from_secs(5);
 const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024;
 /// Longest pause between retries of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Reads a lane may have waiting (each at most a batch): the reader stays ahead of the
+/// function by this much.
+const LANE_CHUNKS: usize = 2;
 
 /// Shards whose records are all done (closed and drained), so their children may start.
 #[derive(Default)]
@@ -262,7 +265,10 @@ impl ShardWorker {
         let mut senders = Vec::with_capacity(lanes);
         let mut lane_tasks = Vec::with_capacity(lanes);
         for _ in 0..lanes {
-            let (tx, rx) = mpsc::channel::<Record>(m.batch_size.max(1));
+            // Chunks of one read each (at most `batch_size` records): a lane sees a read's
+            // records all at once, so its batches are not cut short by the race between the
+            // reader handing records over one by one and the lane taking them.
+            let (tx, rx) = mpsc::channel::<Vec<Record>>(LANE_CHUNKS);
             senders.push(tx);
             let w = self.clone();
             let sd = shutdown.clone();
@@ -284,7 +290,7 @@ impl ShardWorker {
     /// Reads the shard into the lanes. Returns true once a closed shard was read to its end.
     async fn read(
         &self,
-        lanes: &[mpsc::Sender<Record>],
+        lanes: &[mpsc::Sender<Vec<Record>>],
         shutdown: &mut watch::Receiver<bool>,
     ) -> bool {
         let m = &self.mapping;
@@ -333,17 +339,27 @@ impl ShardWorker {
                     .unwrap_or(0);
             });
             let empty = out.records.is_empty();
-            for record in out.records {
-                self.tracker.lock().await.add(&record.sequence_number);
-                last_read = Some(record.sequence_number.clone());
-                let lane = if lanes.len() == 1 {
-                    0
-                } else {
-                    (sluice_stream::partition_hash(&record.partition_key) % lanes.len() as u128)
-                        as usize
-                };
+            let mut chunks: Vec<Vec<Record>> = vec![Vec::new(); lanes.len()];
+            {
+                let mut tracker = self.tracker.lock().await;
+                for record in out.records {
+                    tracker.add(&record.sequence_number);
+                    last_read = Some(record.sequence_number.clone());
+                    let lane = if lanes.len() == 1 {
+                        0
+                    } else {
+                        (sluice_stream::partition_hash(&record.partition_key) % lanes.len() as u128)
+                            as usize
+                    };
+                    chunks[lane].push(record);
+                }
+            }
+            for (lane, chunk) in chunks.into_iter().enumerate() {
+                if chunk.is_empty() {
+                    continue;
+                }
                 tokio::select! {
-                    r = lanes[lane].send(record) => if r.is_err() { return false },
+                    r = lanes[lane].send(chunk) => if r.is_err() { return false },
                     _ = stopped(shutdown) => return false,
                 }
             }
@@ -402,38 +418,50 @@ impl ShardWorker {
     }
 
     /// One lane: gathers batches from its channel and resolves them, in order.
-    async fn lane(&self, mut rx: mpsc::Receiver<Record>, mut shutdown: watch::Receiver<bool>) {
+    async fn lane(&self, mut rx: mpsc::Receiver<Vec<Record>>, mut shutdown: watch::Receiver<bool>) {
         let m = &self.mapping;
         let window = Duration::from_secs(u64::from(m.maximum_batching_window_secs));
+        // Records handed over and not yet in a batch, in order.
+        let mut buf: VecDeque<Record> = VecDeque::new();
         loop {
-            let first = tokio::select! {
-                r = rx.recv() => match r { Some(r) => r, None => return },
-                _ = stopped(&mut shutdown) => return,
+            let first = match buf.pop_front() {
+                Some(r) => r,
+                None => {
+                    let chunk = tokio::select! {
+                        r = rx.recv() => match r { Some(c) => c, None => return },
+                        _ = stopped(&mut shutdown) => return,
+                    };
+                    buf.extend(chunk);
+                    continue;
+                }
             };
             let mut bytes = first.data.len();
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + window;
             while batch.len() < m.batch_size && bytes < MAX_BATCH_BYTES {
-                let next = match rx.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                    Err(mpsc::error::TryRecvError::Empty) if window.is_zero() => None,
-                    Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
-                        r = rx.recv() => r,
-                        _ = tokio::time::sleep_until(deadline) => None,
-                        _ = stopped(&mut shutdown) => return,
-                    },
-                };
-                let Some(r) = next else { break };
-                if bytes + r.data.len() > MAX_BATCH_BYTES {
-                    // Too big to join: it starts the next batch. Put it back by resolving
-                    // this batch first, then handling it alone.
-                    if self.resolve(batch, &mut shutdown).await.is_err() {
-                        return;
+                let Some(r) = buf.pop_front() else {
+                    let next = match rx.try_recv() {
+                        Ok(c) => Some(c),
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        Err(mpsc::error::TryRecvError::Empty) if window.is_zero() => None,
+                        Err(mpsc::error::TryRecvError::Empty) => tokio::select! {
+                            r = rx.recv() => r,
+                            _ = tokio::time::sleep_until(deadline) => None,
+                            _ = stopped(&mut shutdown) => return,
+                        },
+                    };
+                    match next {
+                        Some(c) => {
+                            buf.extend(c);
+                            continue;
+                        }
+                        None => break,
                     }
-                    bytes = r.data.len();
-                    batch = vec![r];
-                    continue;
+                };
+                if bytes + r.data.len() > MAX_BATCH_BYTES {
+                    // Too big to join: it starts the next batch.
+                    buf.push_front(r);
+                    break;
                 }
                 bytes += r.data.len();
                 batch.push(r);
@@ -460,11 +488,14 @@ impl ShardWorker {
                     .map(|rr| (r.sequence_number.clone(), rr))
             })
             .collect();
-        for rr in refs.values() {
-            if let Some(id) = &rr.upload_id {
-                self.p.observer.started(id).await;
-            }
+        // Told concurrently: each may be a durable write, and the group commit takes them
+        // all at once instead of one after another.
+        let mut told = tokio::task::JoinSet::new();
+        for id in refs.values().filter_map(|rr| rr.upload_id.clone()) {
+            let o = self.p.observer.clone();
+            told.spawn(async move { o.started(&id).await });
         }
+        while told.join_next().await.is_some() {}
         let mut queue = VecDeque::from([Pending {
             records: batch,
             failures: 0,
@@ -670,11 +701,14 @@ impl ShardWorker {
             return;
         }
         let m = &self.mapping;
+        let mut told = tokio::task::JoinSet::new();
         for (i, r) in records.iter().enumerate() {
             let Some(rr) = refs.get(&r.sequence_number) else {
                 continue;
             };
-            let Some(id) = &rr.upload_id else { continue };
+            let Some(id) = rr.upload_id.clone() else {
+                continue;
+            };
             let (bucket, key) = match outputs.get(i).cloned().flatten() {
                 Some(o) => (o.bucket, o.key),
                 None => (
@@ -682,8 +716,10 @@ impl ShardWorker {
                     output_key(&rr.key, &m.output_prefix),
                 ),
             };
-            self.p.observer.succeeded(id, &bucket, &key).await;
+            let o = self.p.observer.clone();
+            told.spawn(async move { o.succeeded(&id, &bucket, &key).await });
         }
+        while told.join_next().await.is_some() {}
         let n = records.len() as u64;
         self.p.update_stats(&m.name, |s| s.succeeded += n);
         self.done(records).await;

@@ -656,10 +656,16 @@ async fn restart_in_the_middle_of_a_batch_is_at_least_once_without_gap() {
         .await
         .expect("reached r3");
     e.stop(handles).await;
-    assert_eq!(*first.1.lock().expect("lock"), ["r0", "r1"]);
+    // Batches are cut from what the reader handed over so far, so r2 may have made a batch
+    // of its own before r3 arrived: what succeeded is r0, r1 and perhaps r2.
+    let done = first.1.lock().expect("lock").clone();
+    assert!(
+        done == ["r0", "r1"] || done == ["r0", "r1", "r2"],
+        "{done:?}"
+    );
     assert_eq!(
         e.checkpoint("m", SHARD0).await.as_deref(),
-        Some(seqs[1].as_str())
+        Some(seqs[done.len() - 1].as_str())
     );
 
     // Restart: a new processor on the same database.
@@ -674,9 +680,10 @@ async fn restart_in_the_middle_of_a_batch_is_at_least_once_without_gap() {
         e.checkpoint("m", SHARD0).await.as_deref() == Some(seqs[5].as_str())
     })
     .await;
+    let expected: Vec<&str> = ["r0", "r1", "r2", "r3", "r4", "r5"][done.len()..].to_vec();
     assert_eq!(
         second.delivered(),
-        ["r2", "r3", "r4", "r5"],
+        expected,
         "the interrupted batch is delivered again, nothing after the checkpoint is skipped"
     );
     e.stop(handles).await;

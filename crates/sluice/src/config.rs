@@ -74,6 +74,9 @@ pub(crate) struct FileConfig {
     pub(crate) batch_size: Option<usize>,
     /// Attempts per record before the built-in mapping reports it failed.
     pub(crate) max_attempts: Option<u32>,
+    /// `[[mapping]]`: mappings `serve` creates at start (or updates when changed here).
+    #[serde(default)]
+    pub(crate) mapping: Vec<crate::mapping_cmd::MappingEntry>,
 }
 
 /// Resolved settings.
@@ -97,11 +100,16 @@ pub(crate) struct Settings {
     pub(crate) lifetimes: sluice_identity::Lifetimes,
     pub(crate) batch_size: usize,
     pub(crate) max_attempts: u32,
+    /// The `[[mapping]]` entries of the configuration file.
+    pub(crate) mappings: Vec<crate::mapping_cmd::MappingEntry>,
+    /// Directory of the configuration file (the current directory without one): relative
+    /// paths of `[[mapping]]` functions are resolved against it.
+    pub(crate) config_dir: PathBuf,
 }
 
 impl Settings {
     pub(crate) fn resolve(args: &CommonArgs) -> Result<Settings> {
-        let file = load_file(args.config.as_deref())?;
+        let (file, config_dir) = load_file(args.config.as_deref())?;
         let defaults = sluice_identity::Lifetimes::default();
         let s = Settings {
             data_dir: args
@@ -157,6 +165,8 @@ impl Settings {
             max_attempts: env_parse("SLUICE_MAX_ATTEMPTS")?
                 .or(file.max_attempts)
                 .unwrap_or(3),
+            mappings: file.mapping,
+            config_dir,
         };
         s.validate()?;
         Ok(s)
@@ -171,6 +181,12 @@ impl Settings {
         }
         if self.max_body_bytes == 0 {
             bail!("max_body_bytes must be positive");
+        }
+        let mut names = std::collections::HashSet::new();
+        for m in &self.mappings {
+            if !names.insert(m.name.as_str()) {
+                bail!("mapping {} appears twice in the configuration", m.name);
+            }
         }
         for (name, v) in [
             ("id_token_validity_secs", self.lifetimes.id_secs),
@@ -239,20 +255,25 @@ where
     }
 }
 
-fn load_file(explicit: Option<&Path>) -> Result<FileConfig> {
+/// The configuration file's content and the directory it is in (absolute).
+fn load_file(explicit: Option<&Path>) -> Result<(FileConfig, PathBuf)> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let path = match explicit {
         Some(p) => p.to_owned(),
         None => {
             let p = PathBuf::from("sluice.toml");
             if !p.exists() {
-                return Ok(FileConfig::default());
+                return Ok((FileConfig::default(), cwd));
             }
             p
         }
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("invalid configuration file {}", path.display()))
+    let file = toml::from_str(&text)
+        .with_context(|| format!("invalid configuration file {}", path.display()))?;
+    let dir = cwd.join(path.parent().unwrap_or(Path::new("")));
+    Ok((file, dir))
 }
 
 #[cfg(test)]

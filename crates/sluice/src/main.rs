@@ -5,6 +5,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod config;
+mod mapping_cmd;
+mod mapping_server;
 mod serve;
 mod wiring;
 
@@ -43,6 +45,23 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage event-source mappings (stream → function) of the running server.
+    #[command(subcommand)]
+    Mapping(mapping_cmd::MappingCommand),
+    /// Show a mapping's function logs (stdout/stderr lines with request ids).
+    Logs {
+        /// The mapping
+        mapping: String,
+        /// Keep printing new lines as they arrive
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to show first
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// Print one JSON object per line
         #[arg(long)]
         json: bool,
     },
@@ -90,7 +109,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<mapping_cmd::UsageError>().is_some() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -179,6 +202,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Mapping(cmd) => mapping_cmd::run(&settings, cmd),
+        Command::Logs {
+            mapping,
+            follow,
+            lines,
+            json,
+        } => mapping_cmd::logs(&settings, &mapping, follow, lines, json),
         Command::Info { json } => {
             let info = wiring::info(&settings)?;
             if json {

@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::wiring::{self, LedgerObserver, RunInfo};
 
 /// Name of the built-in mapping from the upload stream to `uppercase`.
-const BUILTIN_MAPPING: &str = "builtin-uppercase";
+pub(crate) const BUILTIN_MAPPING: &str = "builtin-uppercase";
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const TOKEN_LEEWAY_SECS: i64 = 60;
 
@@ -89,12 +89,20 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let ledger: Arc<dyn sluice_uploads::UploadLedger> = Arc::new(uploads.clone());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let function_logs = sluice_processor::logs::BufferedLogs::start(
+        sluice_processor::logs::EmbeddedLogs::new(db.clone()),
+    );
     let processor = Processor::new(
         Arc::new(stream.clone()),
         Arc::new(store.clone()),
         Arc::new(EmbeddedCheckpoints::new(db.clone())),
         Arc::new(LedgerObserver(ledger.clone())),
-    );
+    )
+    .with_logs(Arc::new(function_logs.clone()))
+    .with_aws_identity(sluice_processor::AwsIdentity {
+        region: settings.region.clone(),
+        account_id: settings.account_id.clone(),
+    });
     let workers = processor
         .start(
             MappingConfig {
@@ -129,6 +137,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         let k = keys.clone();
         tokio::task::spawn_blocking(move || k.ensure_initial()).await??
     };
+    let keys_for_mappings = keys.clone();
     let edge = sluice_compat::router(sluice_compat::Edge {
         identity: identity.clone(),
         keys,
@@ -153,6 +162,18 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         sign_in_sources: Arc::default(),
     })
     .map_err(anyhow::Error::msg)?;
+
+    // User mappings (`sluice mapping …`, `[[mapping]]`); after the first-start key above.
+    let mappings = crate::mapping_server::start(
+        &settings,
+        &db,
+        &processor,
+        function_logs,
+        &keys_for_mappings,
+        &edge_url,
+        shutdown_rx.clone(),
+    )
+    .await?;
 
     let info = wiring::make_info(
         &settings,
@@ -207,6 +228,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     for w in workers {
         let _ = w.await;
     }
+    mappings.finish().await;
     retention.abort();
     db.close();
     let _ = std::fs::remove_file(settings.run_file());
