@@ -113,14 +113,14 @@ fn target(dir: &DataDir) -> Target {
             .to_owned()
     };
     let env = vec![
-        ("SLUICE_EDGE_URL", server.edge.clone()),
-        ("SLUICE_API_URL", server.api.clone()),
-        ("SLUICE_POOL_ID", field(&info, "poolId")),
-        ("SLUICE_CLIENT_ID", field(&info, "clientId")),
-        ("SLUICE_BUCKET", field(&info, "bucket")),
-        ("SLUICE_STREAM", field(&info, "stream")),
-        ("SLUICE_USER_EMAIL", USER_EMAIL.to_owned()),
-        ("SLUICE_USER_PASSWORD", PASSWORD.to_owned()),
+        ("SLUICE_TEST_EDGE_URL", server.edge.clone()),
+        ("SLUICE_TEST_API_URL", server.api.clone()),
+        ("SLUICE_TEST_POOL_ID", field(&info, "poolId")),
+        ("SLUICE_TEST_CLIENT_ID", field(&info, "clientId")),
+        ("SLUICE_TEST_BUCKET", field(&info, "bucket")),
+        ("SLUICE_TEST_STREAM", field(&info, "stream")),
+        ("SLUICE_TEST_USER_EMAIL", USER_EMAIL.to_owned()),
+        ("SLUICE_TEST_USER_PASSWORD", PASSWORD.to_owned()),
         ("AWS_ACCESS_KEY_ID", field(&key, "accessKeyId")),
         ("AWS_SECRET_ACCESS_KEY", field(&key, "secretAccessKey")),
         ("AWS_REGION", field(&info, "region")),

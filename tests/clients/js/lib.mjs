@@ -10,7 +10,7 @@ export function env(name) {
   return value;
 }
 
-export const edge = () => env("SLUICE_EDGE_URL");
+export const edge = () => env("SLUICE_TEST_EDGE_URL");
 export const region = () => process.env.AWS_REGION || "us-east-2";
 
 /** Client options with the endpoint given in code (the seed's handlers use none). */

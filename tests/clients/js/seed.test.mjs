@@ -29,8 +29,8 @@ import { CognitoIdentityProviderClient, InitiateAuthCommand } from "@aws-sdk/cli
 import { clientConfig, edge, env, eventually, region, signHostOverH2, signHostOverH2ForEvery, unique } from "./lib.mjs";
 
 const ACCOUNT_ID = "000000000000";
-const UPLOAD_BUCKET = process.env.SLUICE_BUCKET || "sluice";
-const STREAM_NAME = process.env.SLUICE_STREAM || "uploads-stream";
+const UPLOAD_BUCKET = process.env.SLUICE_TEST_BUCKET || "sluice";
+const STREAM_NAME = process.env.SLUICE_TEST_STREAM || "uploads-stream";
 const PROCESSED_BUCKET = unique("js-processed");
 
 const s3 = new S3Client(clientConfig({ forcePathStyle: true }));
@@ -75,8 +75,8 @@ async function signIn() {
     const out = await idp.send(
       new InitiateAuthCommand({
         AuthFlow: "USER_PASSWORD_AUTH",
-        ClientId: env("SLUICE_CLIENT_ID"),
-        AuthParameters: { USERNAME: env("SLUICE_USER_EMAIL"), PASSWORD: env("SLUICE_USER_PASSWORD") },
+        ClientId: env("SLUICE_TEST_CLIENT_ID"),
+        AuthParameters: { USERNAME: env("SLUICE_TEST_USER_EMAIL"), PASSWORD: env("SLUICE_TEST_USER_PASSWORD") },
       }),
     );
     const token = out.AuthenticationResult.IdToken;

@@ -3,9 +3,9 @@
 crates/sluice/tests/clients.rs starts the server, creates an access key and a user of the
 default pool, and runs this suite with:
 
-    SLUICE_EDGE_URL, SLUICE_API_URL        the AWS edge and the upload API
-    SLUICE_POOL_ID, SLUICE_CLIENT_ID       the default user pool and its app client
-    SLUICE_USER_EMAIL, SLUICE_USER_PASSWORD a CONFIRMED user of that pool
+    SLUICE_TEST_EDGE_URL, SLUICE_TEST_API_URL        the AWS edge and the upload API
+    SLUICE_TEST_POOL_ID, SLUICE_TEST_CLIENT_ID       the default user pool and its app client
+    SLUICE_TEST_USER_EMAIL, SLUICE_TEST_USER_PASSWORD a CONFIRMED user of that pool
     AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY an access key of the server
     AWS_REGION                              the server's region
 
@@ -33,12 +33,12 @@ def env(name):
 
 @pytest.fixture(scope="session")
 def edge():
-    return env("SLUICE_EDGE_URL")
+    return env("SLUICE_TEST_EDGE_URL")
 
 
 @pytest.fixture(scope="session")
 def api():
-    return env("SLUICE_API_URL")
+    return env("SLUICE_TEST_API_URL")
 
 
 @pytest.fixture(scope="session")

@@ -14,17 +14,17 @@ from conftest import error_code, unique
 
 @pytest.fixture(scope="module")
 def pool():
-    return os.environ["SLUICE_POOL_ID"]
+    return os.environ["SLUICE_TEST_POOL_ID"]
 
 
 @pytest.fixture(scope="module")
 def client_id():
-    return os.environ["SLUICE_CLIENT_ID"]
+    return os.environ["SLUICE_TEST_CLIENT_ID"]
 
 
 @pytest.fixture(scope="module")
 def user():
-    return os.environ["SLUICE_USER_EMAIL"], os.environ["SLUICE_USER_PASSWORD"]
+    return os.environ["SLUICE_TEST_USER_EMAIL"], os.environ["SLUICE_TEST_USER_PASSWORD"]
 
 
 def claims(jwt):

@@ -102,6 +102,21 @@ def test_create_describe_summary_and_delete(kinesis, region):
     assert error_code(e) == "ResourceNotFoundException"
 
 
+def test_on_demand_stream(kinesis):
+    name = unique("py-on-demand")
+    kinesis.create_stream(StreamName=name, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    try:
+        wait_active(kinesis, name)
+        summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+        assert summary["StreamModeDetails"]["StreamMode"] == "ON_DEMAND"
+        assert summary["OpenShardCount"] >= 1
+        put = kinesis.put_record(StreamName=name, Data=b"on demand", PartitionKey="k")
+        got = read_all(kinesis, name, put["ShardId"])
+        assert [r["Data"] for r in got["Records"]] == [b"on demand"]
+    finally:
+        kinesis.delete_stream(StreamName=name)
+
+
 def test_list_streams_pages(kinesis):
     prefix = unique("py-list")
     names = [f"{prefix}-{i}" for i in range(3)]
