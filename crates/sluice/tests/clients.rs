@@ -199,16 +199,11 @@ fn boto3_suite() {
     let dir = DataDir::new("clients-py");
     let target = target(&dir);
     let mut cmd = Command::new(py);
-    cmd.args([
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-q",
-        "-rfE",
-        "tests/clients/py",
-    ])
-    .current_dir(repo_root());
+    // pytest's temporary files go into the data directory, removed with it.
+    cmd.args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE"])
+        .arg(format!("--basetemp={}", dir.0.join("pytest-tmp").display()))
+        .arg("tests/clients/py")
+        .current_dir(repo_root());
     let (ok, output) = run_suite(cmd, &target, &dir, "pytest");
     assert!(
         ok,
