@@ -1,0 +1,241 @@
+//! Real AWS clients against the real binary: the boto3 suite (`tests/clients/py`, pytest)
+//! and the AWS SDK for JavaScript v3 suite (`tests/clients/js`, `node --test`, including
+//! the seed's two Lambda handlers). Each test starts its own server, creates an access key
+//! and a user of the default pool, and runs one suite against it with the server's URLs
+//! and credentials in the environment.
+//!
+//! The clients are installed by `scripts/test`; when they are missing these tests fail and
+//! say so (they never skip).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{DataDir, PASSWORD, Server};
+use serde_json::Value;
+
+/// The longest a whole suite may take before it is considered hung (a hang guard, not a
+/// performance threshold: the suites take seconds).
+const SUITE_DEADLINE: Duration = Duration::from_secs(900);
+
+const USER_EMAIL: &str = "clients@example.com";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").expect("HOME (or SLUICE_CACHE_DIR) must be set");
+    PathBuf::from(home).join(".cache/sluice")
+}
+
+/// The virtualenv's python, checked to import the suite's packages.
+fn python() -> PathBuf {
+    let venv = cache_dir().join("py-clients");
+    let py = venv.join("bin/python");
+    let ready = Command::new(&py)
+        .args(["-c", "import boto3, botocore, pytest"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ready,
+        "the boto3/pytest virtualenv is missing or incomplete at {}: run scripts/test \
+         (it creates it with `pip install -r tests/clients/py/requirements.txt`)",
+        venv.display()
+    );
+    py
+}
+
+/// `node`, checked to be there, with the suite's packages installed.
+fn node() -> PathBuf {
+    let node = PathBuf::from(std::env::var_os("SLUICE_NODE").unwrap_or_else(|| "node".into()));
+    let version = Command::new(&node)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let Some(version) = version else {
+        panic!(
+            "node (20 or later) is needed for the JavaScript client suite: install Node.js, \
+             then run scripts/test (or set SLUICE_NODE)"
+        );
+    };
+    let major: u32 = version
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        major >= 20,
+        "node {version} is too old: 20 or later is needed"
+    );
+    let modules = repo_root().join("tests/clients/js/node_modules");
+    for pkg in [
+        "@aws-sdk/client-kinesis",
+        "@aws-sdk/client-s3",
+        "@aws-sdk/client-cognito-identity-provider",
+    ] {
+        assert!(
+            modules.join(pkg).join("package.json").is_file(),
+            "{pkg} is not installed in {}: run scripts/test (it runs `npm ci --prefix tests/clients/js`)",
+            modules.display()
+        );
+    }
+    node
+}
+
+/// A server with an access key and a confirmed user, and the environment the suites read.
+struct Target {
+    server: Server,
+    env: Vec<(&'static str, String)>,
+}
+
+fn target(dir: &DataDir) -> Target {
+    let server = Server::start(&dir.0);
+    let key: Value =
+        serde_json::from_str(&server.cli(&["keys", "create", "--description", "client suites"]))
+            .expect("keys create prints JSON");
+    server.create_user(USER_EMAIL);
+    let info = server.info();
+    let field = |v: &Value, k: &str| {
+        v[k].as_str()
+            .unwrap_or_else(|| panic!("{k} in {v}"))
+            .to_owned()
+    };
+    let env = vec![
+        ("SLUICE_TEST_EDGE_URL", server.edge.clone()),
+        ("SLUICE_TEST_API_URL", server.api.clone()),
+        ("SLUICE_TEST_POOL_ID", field(&info, "poolId")),
+        ("SLUICE_TEST_CLIENT_ID", field(&info, "clientId")),
+        ("SLUICE_TEST_BUCKET", field(&info, "bucket")),
+        ("SLUICE_TEST_STREAM", field(&info, "stream")),
+        ("SLUICE_TEST_USER_EMAIL", USER_EMAIL.to_owned()),
+        ("SLUICE_TEST_USER_PASSWORD", PASSWORD.to_owned()),
+        ("AWS_ACCESS_KEY_ID", field(&key, "accessKeyId")),
+        ("AWS_SECRET_ACCESS_KEY", field(&key, "secretAccessKey")),
+        ("AWS_REGION", field(&info, "region")),
+        ("AWS_DEFAULT_REGION", field(&info, "region")),
+        ("AWS_ENDPOINT_URL", server.edge.clone()),
+    ];
+    Target { server, env }
+}
+
+/// Runs a suite to completion with its output in files of the data directory; returns
+/// (success, stdout + stderr).
+fn run_suite(mut cmd: Command, target: &Target, dir: &DataDir, name: &str) -> (bool, String) {
+    let out_path = dir.0.join(format!("{name}.out"));
+    let err_path = dir.0.join(format!("{name}.err"));
+    let out = std::fs::File::create(&out_path).expect("suite stdout file");
+    let err = std::fs::File::create(&err_path).expect("suite stderr file");
+    // A clean AWS environment: nothing from the user's profile or config files.
+    let home = dir.0.join("home");
+    std::fs::create_dir_all(&home).expect("home dir");
+    for var in [
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_CA_BUNDLE",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(target.env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("AWS_CONFIG_FILE", home.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.join("aws-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start the {name} suite: {e}"));
+    let deadline = Instant::now() + SUITE_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the suite") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
+    match status {
+        Some(s) => (s.success(), output),
+        None => (
+            false,
+            format!("the {name} suite hung and was killed\n{output}"),
+        ),
+    }
+}
+
+fn server_log(dir: &DataDir) -> String {
+    std::fs::read_to_string(dir.0.join("server.log")).unwrap_or_default()
+}
+
+#[test]
+fn boto3_suite() {
+    let py = python();
+    let dir = DataDir::new("clients-py");
+    let target = target(&dir);
+    let mut cmd = Command::new(py);
+    // pytest's temporary files go into the data directory, removed with it.
+    cmd.args(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE"])
+        .arg(format!("--basetemp={}", dir.0.join("pytest-tmp").display()))
+        .arg("tests/clients/py")
+        .current_dir(repo_root());
+    let (ok, output) = run_suite(cmd, &target, &dir, "pytest");
+    assert!(
+        ok,
+        "the boto3 suite failed:\n{output}\n--- server log ---\n{}",
+        server_log(&dir)
+    );
+    assert!(output.contains(" passed"), "pytest ran no test:\n{output}");
+    target.server.stop();
+}
+
+#[test]
+fn aws_sdk_js_v3_suite() {
+    let node = node();
+    let dir = DataDir::new("clients-js");
+    let target = target(&dir);
+    let mut cmd = Command::new(node);
+    cmd.args(["--test", "--test-reporter=spec"])
+        .current_dir(repo_root().join("tests/clients/js"));
+    let (ok, output) = run_suite(cmd, &target, &dir, "node");
+    assert!(
+        ok,
+        "the JavaScript suite failed:\n{output}\n--- server log ---\n{}",
+        server_log(&dir)
+    );
+    let passed = output.lines().find_map(|l| {
+        l.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+            .strip_prefix("pass ")
+            .and_then(|n| n.trim().parse::<u32>().ok())
+    });
+    assert!(
+        passed.is_some_and(|n| n > 0),
+        "node --test ran no test:\n{output}"
+    );
+    target.server.stop();
+}

@@ -1,0 +1,96 @@
+"""boto3 against a running sluice server.
+
+crates/sluice/tests/clients.rs starts the server, creates an access key and a user of the
+default pool, and runs this suite with:
+
+    SLUICE_TEST_EDGE_URL, SLUICE_TEST_API_URL        the AWS edge and the upload API
+    SLUICE_TEST_POOL_ID, SLUICE_TEST_CLIENT_ID       the default user pool and its app client
+    SLUICE_TEST_USER_EMAIL, SLUICE_TEST_USER_PASSWORD a CONFIRMED user of that pool
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY an access key of the server
+    AWS_REGION                              the server's region
+
+Every test makes its own streams, buckets and users with unique names.
+"""
+
+import os
+import time
+import uuid
+
+import boto3
+import botocore
+import pytest
+from botocore.config import Config
+
+ACCOUNT_ID = "000000000000"
+
+
+def env(name):
+    value = os.environ.get(name)
+    if not value:
+        pytest.exit(f"{name} is not set: run this suite through crates/sluice/tests/clients.rs", 2)
+    return value
+
+
+@pytest.fixture(scope="session")
+def edge():
+    return env("SLUICE_TEST_EDGE_URL")
+
+
+@pytest.fixture(scope="session")
+def api():
+    return env("SLUICE_TEST_API_URL")
+
+
+@pytest.fixture(scope="session")
+def region():
+    return os.environ.get("AWS_REGION", "us-east-2")
+
+
+def client(service, edge, region, **config):
+    return boto3.session.Session().client(
+        service,
+        endpoint_url=edge,
+        region_name=region,
+        aws_access_key_id=env("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=env("AWS_SECRET_ACCESS_KEY"),
+        config=Config(retries={"max_attempts": 1}, **config),
+    )
+
+
+@pytest.fixture(scope="session")
+def kinesis(edge, region):
+    return client("kinesis", edge, region)
+
+
+@pytest.fixture(scope="session")
+def s3(edge, region):
+    return client("s3", edge, region, s3={"addressing_style": "path"})
+
+
+@pytest.fixture(scope="session")
+def idp(edge, region):
+    return client("cognito-idp", edge, region)
+
+
+@pytest.fixture(scope="session")
+def anonymous_idp(edge, region):
+    return client("cognito-idp", edge, region, signature_version=botocore.UNSIGNED)
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def error_code(excinfo):
+    return excinfo.value.response["Error"]["Code"]
+
+
+def eventually(fn, what, timeout=60.0, interval=0.05):
+    """Polls fn until it returns a truthy value; fails after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)

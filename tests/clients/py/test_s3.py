@@ -1,0 +1,407 @@
+"""S3 through boto3 (path-style addressing): buckets, objects, listing, copy, multipart,
+presigned URLs."""
+
+import datetime
+import hashlib
+import os
+import urllib.error
+import urllib.request
+
+import boto3
+import botocore.exceptions
+import pytest
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from conftest import error_code, unique
+
+MIB = 1024 * 1024
+
+
+def md5(data):
+    return hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture
+def bucket(s3):
+    name = unique("py-bucket")
+    s3.create_bucket(Bucket=name)
+    yield name
+    keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket=name) for o in p.get("Contents", [])]
+    if keys:
+        s3.delete_objects(Bucket=name, Delete={"Objects": [{"Key": k} for k in keys]})
+    s3.delete_bucket(Bucket=name)
+
+
+def fails(code, fn, **kw):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        fn(**kw)
+    assert error_code(e) == code, e.value.response
+    return e.value.response
+
+
+# --- buckets -----------------------------------------------------------------------------
+
+
+def test_bucket_lifecycle(s3):
+    name = unique("py-life")
+    s3.create_bucket(Bucket=name)
+    names = [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert name in names and "sluice" in names
+    created = next(b for b in s3.list_buckets()["Buckets"] if b["Name"] == name)["CreationDate"]
+    assert isinstance(created, datetime.datetime)
+    head = s3.head_bucket(Bucket=name)
+    assert head["ResponseMetadata"]["HTTPStatusCode"] == 200
+    fails("BucketAlreadyOwnedByYou", s3.create_bucket, Bucket=name)
+
+    s3.put_object(Bucket=name, Key="k", Body=b"v")
+    fails("BucketNotEmpty", s3.delete_bucket, Bucket=name)
+    s3.delete_object(Bucket=name, Key="k")
+    s3.delete_bucket(Bucket=name)
+    assert name not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    # HEAD has no body: botocore reports the status code.
+    fails("404", s3.head_bucket, Bucket=name)
+    fails("NoSuchBucket", s3.list_objects_v2, Bucket=name)
+    fails("NoSuchBucket", s3.put_object, Bucket=name, Key="k", Body=b"v")
+    fails("NoSuchBucket", s3.delete_bucket, Bucket=name)
+
+
+def test_bucket_waiters(s3):
+    name = unique("py-wait")
+    s3.create_bucket(Bucket=name)
+    s3.get_waiter("bucket_exists").wait(Bucket=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    s3.delete_bucket(Bucket=name)
+    s3.get_waiter("bucket_not_exists").wait(Bucket=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+
+# --- objects -----------------------------------------------------------------------------
+
+
+def test_put_get_head_with_metadata_and_content_type(s3, bucket):
+    body = b"hello boto3\n" * 100
+    put = s3.put_object(
+        Bucket=bucket,
+        Key="docs/hello.txt",
+        Body=body,
+        ContentType="text/plain; charset=utf-8",
+        Metadata={"color": "blue", "Owner": "Team-A"},
+    )
+    assert put["ETag"] == f'"{md5(body)}"'
+
+    got = s3.get_object(Bucket=bucket, Key="docs/hello.txt")
+    assert got["Body"].read() == body
+    assert got["ETag"] == put["ETag"]
+    assert got["ContentType"] == "text/plain; charset=utf-8"
+    assert got["ContentLength"] == len(body)
+    # User metadata keys come back lower-cased, as S3 does.
+    assert got["Metadata"] == {"color": "blue", "owner": "Team-A"}
+    assert isinstance(got["LastModified"], datetime.datetime)
+
+    head = s3.head_object(Bucket=bucket, Key="docs/hello.txt")
+    assert head["ContentLength"] == len(body)
+    assert head["ETag"] == put["ETag"]
+    assert head["ContentType"] == "text/plain; charset=utf-8"
+    assert head["Metadata"] == {"color": "blue", "owner": "Team-A"}
+    assert head["AcceptRanges"] == "bytes"
+
+    fails("NoSuchKey", s3.get_object, Bucket=bucket, Key="docs/missing.txt")
+    fails("404", s3.head_object, Bucket=bucket, Key="docs/missing.txt")
+
+    # Overwrite, then an empty object.
+    s3.put_object(Bucket=bucket, Key="docs/hello.txt", Body=b"v2")
+    assert s3.get_object(Bucket=bucket, Key="docs/hello.txt")["Body"].read() == b"v2"
+    empty = s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    assert empty["ETag"] == f'"{md5(b"")}"'
+    assert s3.get_object(Bucket=bucket, Key="empty")["Body"].read() == b""
+
+    # Binary content and keys that need encoding.
+    blob = bytes(range(256)) * 300
+    key = "odd keys/ü + ä = ß?&#.bin"
+    s3.put_object(Bucket=bucket, Key=key, Body=blob)
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == blob
+    assert key in [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="odd")["Contents"]]
+
+
+def test_ranges(s3, bucket):
+    body = bytes(range(100))
+    s3.put_object(Bucket=bucket, Key="r", Body=body)
+    got = s3.get_object(Bucket=bucket, Key="r", Range="bytes=10-19")
+    assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert got["ContentRange"] == "bytes 10-19/100"
+    assert got["ContentLength"] == 10
+    assert got["Body"].read() == body[10:20]
+    assert s3.get_object(Bucket=bucket, Key="r", Range="bytes=90-")["Body"].read() == body[90:]
+    assert s3.get_object(Bucket=bucket, Key="r", Range="bytes=-5")["Body"].read() == body[95:]
+    fails("InvalidRange", s3.get_object, Bucket=bucket, Key="r", Range="bytes=200-300")
+
+
+def test_conditional_requests(s3, bucket):
+    put = s3.put_object(Bucket=bucket, Key="c", Body=b"conditional")
+    etag = put["ETag"]
+    modified = s3.head_object(Bucket=bucket, Key="c")["LastModified"]
+    past = modified - datetime.timedelta(days=1)
+    future = modified + datetime.timedelta(days=1)
+
+    assert s3.get_object(Bucket=bucket, Key="c", IfMatch=etag)["Body"].read() == b"conditional"
+    fails("PreconditionFailed", s3.get_object, Bucket=bucket, Key="c", IfMatch='"0123456789abcdef0123456789abcdef"')
+    fails("304", s3.get_object, Bucket=bucket, Key="c", IfNoneMatch=etag)
+    assert s3.get_object(Bucket=bucket, Key="c", IfNoneMatch='"other"')["Body"].read() == b"conditional"
+    fails("304", s3.get_object, Bucket=bucket, Key="c", IfModifiedSince=future)
+    assert s3.get_object(Bucket=bucket, Key="c", IfModifiedSince=past)["Body"].read() == b"conditional"
+    fails("PreconditionFailed", s3.get_object, Bucket=bucket, Key="c", IfUnmodifiedSince=past)
+    assert s3.get_object(Bucket=bucket, Key="c", IfUnmodifiedSince=future)["Body"].read() == b"conditional"
+    # HEAD answers the same conditions, with bare status codes.
+    fails("304", s3.head_object, Bucket=bucket, Key="c", IfNoneMatch=etag)
+    fails("412", s3.head_object, Bucket=bucket, Key="c", IfMatch='"nope"')
+
+
+def test_delete_object_and_delete_objects(s3, bucket):
+    for i in range(5):
+        s3.put_object(Bucket=bucket, Key=f"d/{i}", Body=b"x")
+    out = s3.delete_object(Bucket=bucket, Key="d/0")
+    assert out["ResponseMetadata"]["HTTPStatusCode"] == 204
+    fails("NoSuchKey", s3.get_object, Bucket=bucket, Key="d/0")
+    # Deleting a missing key succeeds, as in S3.
+    s3.delete_object(Bucket=bucket, Key="d/never")
+
+    out = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "d/1"}, {"Key": "d/2"}, {"Key": "d/none"}]})
+    assert sorted(d["Key"] for d in out["Deleted"]) == ["d/1", "d/2", "d/none"]
+    assert not out.get("Errors")
+    quiet = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "d/3"}], "Quiet": True})
+    assert not quiet.get("Deleted") and not quiet.get("Errors")
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["d/4"]
+
+
+def test_list_objects_v2(s3, bucket):
+    keys = ["a.txt", "b/1.txt", "b/2.txt", "b/c/3.txt", "d/4.txt", "e.txt"]
+    for k in keys:
+        s3.put_object(Bucket=bucket, Key=k, Body=k.encode())
+
+    everything = s3.list_objects_v2(Bucket=bucket)
+    assert [o["Key"] for o in everything["Contents"]] == keys
+    assert everything["KeyCount"] == 6 and everything["IsTruncated"] is False
+    first = everything["Contents"][0]
+    assert first["Size"] == len(b"a.txt") and first["ETag"] == f'"{md5(b"a.txt")}"'
+    assert first["StorageClass"] == "STANDARD"
+
+    prefixed = s3.list_objects_v2(Bucket=bucket, Prefix="b/")
+    assert [o["Key"] for o in prefixed["Contents"]] == ["b/1.txt", "b/2.txt", "b/c/3.txt"]
+    assert prefixed["Prefix"] == "b/"
+
+    top = s3.list_objects_v2(Bucket=bucket, Delimiter="/")
+    assert [o["Key"] for o in top["Contents"]] == ["a.txt", "e.txt"]
+    assert [p["Prefix"] for p in top["CommonPrefixes"]] == ["b/", "d/"]
+    nested = s3.list_objects_v2(Bucket=bucket, Prefix="b/", Delimiter="/")
+    assert [o["Key"] for o in nested["Contents"]] == ["b/1.txt", "b/2.txt"]
+    assert [p["Prefix"] for p in nested["CommonPrefixes"]] == ["b/c/"]
+
+    # Continuation tokens, by hand and with the paginator.
+    page = s3.list_objects_v2(Bucket=bucket, MaxKeys=2)
+    assert page["IsTruncated"] is True and page["KeyCount"] == 2 and page["MaxKeys"] == 2
+    seen = [o["Key"] for o in page["Contents"]]
+    while page["IsTruncated"]:
+        page = s3.list_objects_v2(Bucket=bucket, MaxKeys=2, ContinuationToken=page["NextContinuationToken"])
+        seen.extend(o["Key"] for o in page["Contents"])
+    assert seen == keys
+    pages = list(s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/", PaginationConfig={"PageSize": 1}))
+    assert [o["Key"] for p in pages for o in p.get("Contents", [])] == ["a.txt", "e.txt"]
+    assert [c["Prefix"] for p in pages for c in p.get("CommonPrefixes", [])] == ["b/", "d/"]
+
+    after = s3.list_objects_v2(Bucket=bucket, StartAfter="b/c/3.txt")
+    assert [o["Key"] for o in after["Contents"]] == ["d/4.txt", "e.txt"]
+
+    # ListObjects (v1) still works.
+    v1 = s3.list_objects(Bucket=bucket, Prefix="b/", Delimiter="/")
+    assert [o["Key"] for o in v1["Contents"]] == ["b/1.txt", "b/2.txt"]
+
+
+def test_copy_object_metadata_directives(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="src", Body=b"copy me", ContentType="text/plain", Metadata={"a": "1"})
+    etag = f'"{md5(b"copy me")}"'
+
+    out = s3.copy_object(Bucket=bucket, Key="copy", CopySource={"Bucket": bucket, "Key": "src"})
+    assert out["CopyObjectResult"]["ETag"] == etag
+    head = s3.head_object(Bucket=bucket, Key="copy")
+    assert head["Metadata"] == {"a": "1"} and head["ContentType"] == "text/plain"
+
+    s3.copy_object(
+        Bucket=bucket,
+        Key="replaced",
+        CopySource=f"{bucket}/src",
+        MetadataDirective="REPLACE",
+        Metadata={"b": "2"},
+        ContentType="application/json",
+    )
+    head = s3.head_object(Bucket=bucket, Key="replaced")
+    assert head["Metadata"] == {"b": "2"} and head["ContentType"] == "application/json"
+    assert s3.get_object(Bucket=bucket, Key="replaced")["Body"].read() == b"copy me"
+
+    # Across buckets, and with source conditions.
+    other = unique("py-copy")
+    s3.create_bucket(Bucket=other)
+    try:
+        s3.copy_object(Bucket=other, Key="x", CopySource={"Bucket": bucket, "Key": "src"}, CopySourceIfMatch=etag)
+        assert s3.get_object(Bucket=other, Key="x")["Body"].read() == b"copy me"
+        fails(
+            "PreconditionFailed",
+            s3.copy_object,
+            Bucket=other,
+            Key="y",
+            CopySource={"Bucket": bucket, "Key": "src"},
+            CopySourceIfNoneMatch=etag,
+        )
+        s3.delete_object(Bucket=other, Key="x")
+    finally:
+        s3.delete_bucket(Bucket=other)
+    fails("NoSuchKey", s3.copy_object, Bucket=bucket, Key="z", CopySource={"Bucket": bucket, "Key": "missing"})
+
+
+# --- multipart ---------------------------------------------------------------------------
+
+
+def test_multipart_upload(s3, bucket):
+    parts_data = [bytes([65 + i]) * (5 * MIB) for i in range(2)] + [b"tail"]
+    mp = s3.create_multipart_upload(Bucket=bucket, Key="big.bin", ContentType="application/x-test", Metadata={"m": "p"})
+    uid = mp["UploadId"]
+    assert mp["Bucket"] == bucket and mp["Key"] == "big.bin"
+    etags = []
+    for n, data in enumerate(parts_data, start=1):
+        out = s3.upload_part(Bucket=bucket, Key="big.bin", UploadId=uid, PartNumber=n, Body=data)
+        assert out["ETag"] == f'"{md5(data)}"'
+        etags.append(out["ETag"])
+
+    listed = s3.list_parts(Bucket=bucket, Key="big.bin", UploadId=uid)
+    assert [(p["PartNumber"], p["Size"], p["ETag"]) for p in listed["Parts"]] == [
+        (n, len(d), e) for n, (d, e) in enumerate(zip(parts_data, etags), start=1)
+    ]
+    assert listed["IsTruncated"] is False
+    page = s3.list_parts(Bucket=bucket, Key="big.bin", UploadId=uid, MaxParts=2)
+    assert page["IsTruncated"] is True and page["NextPartNumberMarker"] == 2
+    rest = s3.list_parts(Bucket=bucket, Key="big.bin", UploadId=uid, PartNumberMarker=2)
+    assert [p["PartNumber"] for p in rest["Parts"]] == [3]
+
+    # Not visible before completion.
+    fails("NoSuchKey", s3.get_object, Bucket=bucket, Key="big.bin")
+    done = s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="big.bin",
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, start=1)]},
+    )
+    # The multipart ETag: MD5 of the parts' binary MD5s, then "-<parts>".
+    expected = hashlib.md5(b"".join(hashlib.md5(d).digest() for d in parts_data)).hexdigest() + "-3"
+    assert done["ETag"] == f'"{expected}"'
+    assert done["Bucket"] == bucket and done["Key"] == "big.bin"
+
+    head = s3.head_object(Bucket=bucket, Key="big.bin")
+    assert head["ETag"] == f'"{expected}"'
+    assert head["ContentLength"] == sum(map(len, parts_data))
+    assert head["ContentType"] == "application/x-test"
+    assert head["Metadata"] == {"m": "p"}
+    assert s3.get_object(Bucket=bucket, Key="big.bin")["Body"].read() == b"".join(parts_data)
+    ranged = s3.get_object(Bucket=bucket, Key="big.bin", Range=f"bytes={5 * MIB - 2}-{5 * MIB + 1}")
+    assert ranged["Body"].read() == b"AABB"
+    fails("NoSuchUpload", s3.list_parts, Bucket=bucket, Key="big.bin", UploadId=uid)
+
+
+def test_multipart_abort_and_entity_too_small(s3, bucket):
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="aborted")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="aborted", UploadId=uid, PartNumber=1, Body=b"x" * 1024)
+    out = s3.abort_multipart_upload(Bucket=bucket, Key="aborted", UploadId=uid)
+    assert out["ResponseMetadata"]["HTTPStatusCode"] == 204
+    fails("NoSuchUpload", s3.list_parts, Bucket=bucket, Key="aborted", UploadId=uid)
+    fails("NoSuchUpload", s3.upload_part, Bucket=bucket, Key="aborted", UploadId=uid, PartNumber=2, Body=b"y")
+    fails("NoSuchKey", s3.get_object, Bucket=bucket, Key="aborted")
+
+    # Every part but the last must be at least 5 MiB.
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="small")["UploadId"]
+    e1 = s3.upload_part(Bucket=bucket, Key="small", UploadId=uid, PartNumber=1, Body=b"a" * 1024)["ETag"]
+    e2 = s3.upload_part(Bucket=bucket, Key="small", UploadId=uid, PartNumber=2, Body=b"b" * 1024)["ETag"]
+    fails(
+        "EntityTooSmall",
+        s3.complete_multipart_upload,
+        Bucket=bucket,
+        Key="small",
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]},
+    )
+    # A single small part is fine: it is the last one.
+    done = s3.complete_multipart_upload(
+        Bucket=bucket, Key="small", UploadId=uid, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}]}
+    )
+    assert done["ETag"] == f'"{hashlib.md5(hashlib.md5(b"a" * 1024).digest()).hexdigest()}-1"'
+    assert s3.get_object(Bucket=bucket, Key="small")["Body"].read() == b"a" * 1024
+
+    # A wrong part ETag is refused.
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="wrong")["UploadId"]
+    s3.upload_part(Bucket=bucket, Key="wrong", UploadId=uid, PartNumber=1, Body=b"c")
+    fails(
+        "InvalidPart",
+        s3.complete_multipart_upload,
+        Bucket=bucket,
+        Key="wrong",
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"00000000000000000000000000000000"'}]},
+    )
+    s3.abort_multipart_upload(Bucket=bucket, Key="wrong", UploadId=uid)
+
+
+def test_upload_fileobj_uses_multipart(s3, bucket, tmp_path):
+    """boto3's transfer manager: concurrent parts above the threshold."""
+    data = bytes(i % 251 for i in range(12 * MIB))
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    config = TransferConfig(multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB, max_concurrency=3)
+    s3.upload_file(str(path), bucket, "transfer.bin", Config=config)
+    assert s3.head_object(Bucket=bucket, Key="transfer.bin")["ETag"].endswith('-3"')
+    back = tmp_path / "back.bin"
+    s3.download_file(bucket, "transfer.bin", str(back), Config=config)
+    assert back.read_bytes() == data
+
+
+# --- presigned URLs ----------------------------------------------------------------------
+
+
+def test_presigned_get_and_put(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="shared.txt", Body=b"presigned body", ContentType="text/plain")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "shared.txt"}, ExpiresIn=300)
+    assert "X-Amz-Signature=" in url
+    with urllib.request.urlopen(url) as resp:
+        assert resp.status == 200
+        assert resp.read() == b"presigned body"
+        assert resp.headers["Content-Type"] == "text/plain"
+
+    # A tampered signature and an anonymous request are refused.
+    tampered = url[:-1] + ("0" if url[-1] != "0" else "1")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(tampered)
+    assert e.value.code == 403
+    assert b"<Code>SignatureDoesNotMatch</Code>" in e.value.read()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url.split("?")[0])
+    assert e.value.code == 403
+
+    put_url = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "uploaded.txt"}, ExpiresIn=300)
+    req = urllib.request.Request(put_url, data=b"sent with a presigned PUT", method="PUT")
+    with urllib.request.urlopen(req) as resp:
+        assert resp.status == 200
+        assert resp.headers["ETag"] == f'"{md5(b"sent with a presigned PUT")}"'
+    assert s3.get_object(Bucket=bucket, Key="uploaded.txt")["Body"].read() == b"sent with a presigned PUT"
+
+    # A presigned PUT is for that key only.
+    other = put_url.replace("uploaded.txt", "other.txt")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(urllib.request.Request(other, data=b"x", method="PUT"))
+    assert e.value.code == 403
+
+
+def test_wrong_secret_is_refused(edge, region):
+    bad = boto3.session.Session().client(
+        "s3",
+        endpoint_url=edge,
+        region_name=region,
+        aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key="not-the-secret",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+    fails("SignatureDoesNotMatch", bad.list_buckets)
