@@ -207,10 +207,18 @@ pub async fn authenticate(
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
     // HTTP/2 carries the host in the :authority pseudo-header, which hyper puts in the URI.
-    if !pairs.iter().any(|(n, _)| n == "host")
-        && let Some(a) = uri.authority()
-    {
-        pairs.push(("host".into(), a.as_str().to_owned()));
+    // Clients sign it as `host` or, over HTTP/2, as `:authority` itself.
+    let authority = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == "host")
+            .map(|(_, v)| v.clone())
+    });
+    if let Some(a) = authority {
+        if !pairs.iter().any(|(n, _)| n == "host") {
+            pairs.push(("host".into(), a.clone()));
+        }
+        pairs.push((":authority".into(), a));
     }
     let payload_hash = match headers
         .get("x-amz-content-sha256")

@@ -111,7 +111,13 @@ pub fn verify(
             "{amz_date} is more than {MAX_SKEW_SECS} seconds from the server time"
         )));
     }
-    if !auth.signed_headers.iter().any(|h| h == "host") {
+    // Over HTTP/2 some SDKs (the JavaScript v3 one) sign the `:authority` pseudo-header
+    // in place of `host`; either names the host.
+    if !auth
+        .signed_headers
+        .iter()
+        .any(|h| h == "host" || h == ":authority")
+    {
         return Err(SigError::Malformed("the host header must be signed".into()));
     }
     let canonical = canonical_request(req, &auth.signed_headers);

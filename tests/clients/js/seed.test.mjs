@@ -26,7 +26,7 @@ import {
   ListShardsCommand,
 } from "@aws-sdk/client-kinesis";
 import { CognitoIdentityProviderClient, InitiateAuthCommand } from "@aws-sdk/client-cognito-identity-provider";
-import { clientConfig, edge, env, eventually, region, signHostOverH2, signHostOverH2ForEvery, unique } from "./lib.mjs";
+import { clientConfig, edge, env, eventually, region, unique } from "./lib.mjs";
 
 const ACCOUNT_ID = "000000000000";
 const UPLOAD_BUCKET = process.env.SLUICE_TEST_BUCKET || "sluice";
@@ -34,9 +34,8 @@ const STREAM_NAME = process.env.SLUICE_TEST_STREAM || "uploads-stream";
 const PROCESSED_BUCKET = unique("js-processed");
 
 const s3 = new S3Client(clientConfig({ forcePathStyle: true }));
-const kinesis = signHostOverH2(new KinesisClient(clientConfig()));
-// See lib.mjs: the seed's KinesisClient({}) talks HTTP/2 and needs the signing workaround.
-signHostOverH2ForEvery(KinesisClient);
+const kinesis = new KinesisClient(clientConfig());
+// The seed's KinesisClient({}) talks HTTP/2 (h2c) and signs `:authority`, as against AWS.
 
 let upload;
 let processor;
