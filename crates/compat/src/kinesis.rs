@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -573,39 +572,47 @@ async fn list_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
     }))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RecordIn {
-    data: Option<String>,
-    partition_key: Option<String>,
-    explicit_hash_key: Option<String>,
-}
-
-fn record_in(r: RecordIn) -> Result<PutRecord, KinesisError> {
-    let data = r.data.ok_or_else(|| validation("data"))?;
+/// A record of a PutRecord(s) request, read straight from the request's fields.
+fn record_in(r: &Value) -> Result<PutRecord, KinesisError> {
+    let data = r
+        .get("Data")
+        .and_then(Value::as_str)
+        .ok_or_else(|| validation("data"))?;
     let data = B64
         .decode(data.as_bytes())
         .map_err(|_| err("SerializationException", "Data is not valid base64"))?;
-    let partition_key = r.partition_key.ok_or_else(|| validation("partitionKey"))?;
+    let partition_key = r
+        .get("PartitionKey")
+        .and_then(Value::as_str)
+        .ok_or_else(|| validation("partitionKey"))?
+        .to_owned();
+    let explicit_hash_key = match r.get("ExplicitHashKey") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => {
+            return Err(err(
+                "SerializationException",
+                "ExplicitHashKey must be a string",
+            ));
+        }
+    };
     Ok(PutRecord {
         partition_key,
-        explicit_hash_key: r.explicit_hash_key,
+        explicit_hash_key,
         data: data.into(),
     })
 }
 
 async fn put_record(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
-    let rec: RecordIn = serde_json::from_value(req.clone())
-        .map_err(|e| err("SerializationException", e.to_string()))?;
     let ordering = str_field(req, "SequenceNumberForOrdering").map(str::to_owned);
     let put = match ordering {
         Some(o) => {
             ctx.stream
-                .put_record_ordered(&name, record_in(rec)?, Some(o))
+                .put_record_ordered(&name, record_in(req)?, Some(o))
                 .await?
         }
-        None => ctx.stream.put_record(&name, record_in(rec)?).await?,
+        None => ctx.stream.put_record(&name, record_in(req)?).await?,
     };
     Ok(json!({
         "ShardId": put.shard_id,
@@ -631,8 +638,6 @@ async fn put_records(ctx: &KinesisContext, req: &Value) -> OpResult {
     let mut records = Vec::with_capacity(raw.len());
     let mut total = 0usize;
     for r in raw {
-        let r: RecordIn = serde_json::from_value(r.clone())
-            .map_err(|e| err("SerializationException", e.to_string()))?;
         let rec = record_in(r)?;
         total += rec.data.len() + rec.partition_key.len();
         records.push(rec);

@@ -31,15 +31,26 @@ pub struct AccessKey {
     pub created_ms: i64,
 }
 
+/// How long a looked-up secret (or its absence) is remembered. A key deleted with
+/// `sluice keys delete` (possibly from another process) stops working within this time.
+const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+type SecretCache = std::collections::HashMap<String, (Option<String>, std::time::Instant)>;
+
 /// The access keys sluice accepts.
 #[derive(Clone)]
 pub struct AccessKeys {
     db: Db,
+    /// Signed requests look their key up on every call: remembered briefly, in memory.
+    cache: std::sync::Arc<std::sync::RwLock<SecretCache>>,
 }
 
 impl AccessKeys {
     pub fn new(db: Db) -> Self {
-        AccessKeys { db }
+        AccessKeys {
+            db,
+            cache: Default::default(),
+        }
     }
 
     /// Creates a key: an id like AWS's (`AKIA` + 16 upper-case letters and digits) and a
@@ -120,16 +131,30 @@ impl AccessKeys {
 
     /// The secret of a key, for signature verification.
     pub async fn secret(&self, id: &str) -> Result<Option<String>, IdentityError> {
-        let id = id.to_owned();
-        self.db
+        if let Ok(cache) = self.cache.read()
+            && let Some((secret, at)) = cache.get(id)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(secret.clone());
+        }
+        let key = id.to_owned();
+        let secret: Option<String> = self
+            .db
             .read(move |c| {
                 Ok::<_, IdentityError>(
                     c.prepare_cached("SELECT secret FROM access_keys WHERE id = ?1")?
-                        .query_row([&id], |r| r.get(0))
+                        .query_row([&key], |r| r.get(0))
                         .optional()?,
                 )
             })
-            .await
+            .await?;
+        if let Ok(mut cache) = self.cache.write() {
+            if cache.len() >= 10_000 {
+                cache.clear();
+            }
+            cache.insert(id.to_owned(), (secret.clone(), std::time::Instant::now()));
+        }
+        Ok(secret)
     }
 }
 
@@ -164,7 +189,10 @@ mod tests {
             Some(second.secret.clone())
         );
         keys.delete(&second.id).expect("delete");
-        assert!(keys.secret(&second.id).await.expect("secret").is_none());
+        // Another handle (as another process would be) sees the deletion at once; this one
+        // within its cache time.
+        let fresh = AccessKeys::new(keys.db.clone());
+        assert!(fresh.secret(&second.id).await.expect("secret").is_none());
         assert!(matches!(
             keys.delete(&second.id),
             Err(IdentityError::ResourceNotFound(_))
