@@ -150,12 +150,7 @@ async fn call(ctx: &KinesisContext, op: &str, req: &Value) -> OpResult {
         "AddTagsToStream" => add_tags(ctx, req).await,
         "RemoveTagsFromStream" => remove_tags(ctx, req).await,
         "ListTagsForStream" => list_tags(ctx, req).await,
-        "DescribeLimits" => Ok(json!({
-            "ShardLimit": 10000,
-            "OpenShardCount": 0,
-            "OnDemandStreamCount": 0,
-            "OnDemandStreamCountLimit": 50,
-        })),
+        "DescribeLimits" => describe_limits(ctx).await,
         _ => Err(err(
             "UnknownOperationException",
             format!("operation {op} is not supported by sluice's Kinesis endpoint"),
@@ -281,6 +276,7 @@ async fn delete_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
 async fn describe_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let d = ctx.stream.describe_stream(&name).await?;
+    let mode = ctx.stream.describe_stream_summary(&name).await?.mode;
     let limit = req
         .get("Limit")
         .and_then(Value::as_u64)
@@ -297,7 +293,7 @@ async fn describe_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
         "StreamName": d.name,
         "StreamARN": ctx.arn(&d.name),
         "StreamStatus": d.status,
-        "StreamModeDetails": {"StreamMode": "PROVISIONED"},
+        "StreamModeDetails": {"StreamMode": mode_name(mode)},
         "Shards": shards.iter().take(limit).map(|s| shard_json(s)).collect::<Vec<_>>(),
         "HasMoreShards": has_more,
         "RetentionPeriodHours": d.retention_hours,
@@ -323,6 +319,25 @@ async fn describe_stream_summary(ctx: &KinesisContext, req: &Value) -> OpResult 
         "ConsumerCount": d.consumer_count,
         "MaxRecordSizeInKiB": d.max_record_bytes / 1024,
     }}))
+}
+
+async fn describe_limits(ctx: &KinesisContext) -> OpResult {
+    let mut open = 0u64;
+    let mut on_demand = 0u64;
+    for name in ctx.stream.list_streams().await? {
+        if let Ok(s) = ctx.stream.describe_stream_summary(&name).await {
+            open += u64::from(s.open_shard_count);
+            if s.mode == StreamMode::OnDemand {
+                on_demand += 1;
+            }
+        }
+    }
+    Ok(json!({
+        "ShardLimit": 10000,
+        "OpenShardCount": open,
+        "OnDemandStreamCount": on_demand,
+        "OnDemandStreamCountLimit": 50,
+    }))
 }
 
 fn mode_name(m: StreamMode) -> &'static str {

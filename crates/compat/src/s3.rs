@@ -68,6 +68,7 @@ fn s3_err(e: StoreError) -> S3Error {
         StoreError::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
         StoreError::EntityTooSmall { .. } => S3ErrorCode::EntityTooSmall,
         StoreError::InvalidArgument(_) => S3ErrorCode::InvalidArgument,
+        StoreError::AlreadyExists { .. } => S3ErrorCode::PreconditionFailed,
         StoreError::Io(_) | StoreError::Backend(_) => {
             tracing::error!(error = %e, "s3 request failed");
             return s3_error!(InternalError);
@@ -130,6 +131,25 @@ async fn collect(body: Option<StreamingBlob>, max: usize) -> S3Result<Bytes> {
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// S3's `Content-MD5` check: the base64 MD5 the client computed must match the body.
+fn check_content_md5(given: Option<&str>, body: &[u8]) -> S3Result<()> {
+    let Some(given) = given else { return Ok(()) };
+    use base64::Engine as _;
+    let Ok(want) = base64::engine::general_purpose::STANDARD.decode(given.trim()) else {
+        return Err(S3Error::with_message(
+            S3ErrorCode::InvalidDigest,
+            "the Content-MD5 you specified is not valid",
+        ));
+    };
+    if want.as_slice() != &Md5::digest(body)[..] {
+        return Err(S3Error::with_message(
+            S3ErrorCode::BadDigest,
+            "the Content-MD5 you specified did not match what we received",
+        ));
+    }
+    Ok(())
 }
 
 fn access_key<T>(req: &S3Request<T>) -> String {
@@ -199,8 +219,12 @@ impl S3Adapter {
         content_type: Option<String>,
         metadata: BTreeMap<String, String>,
         who: String,
+        if_absent: bool,
     ) -> S3Result<ObjectInfo> {
         if let Some(hook) = self.enqueue_target(bucket, key) {
+            if if_absent && self.store.head(bucket, key).await.is_ok() {
+                return Err(s3_error!(PreconditionFailed));
+            }
             let md5 = hex::encode(Md5::digest(&body));
             let upload = hook
                 .sink
@@ -239,6 +263,7 @@ impl S3Adapter {
                     content_type,
                     owner: None,
                     metadata,
+                    if_absent,
                 },
             )
             .await
@@ -327,8 +352,13 @@ impl S3 for S3Adapter {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         let who = access_key(&req);
+        let if_absent = req
+            .headers
+            .get("if-none-match")
+            .is_some_and(|v| v.as_bytes() == b"*");
         let input = req.input;
         let body = collect(input.body, self.max_object_bytes).await?;
+        check_content_md5(input.content_md5.as_deref(), &body)?;
         let info = self
             .write(
                 &input.bucket,
@@ -337,6 +367,7 @@ impl S3 for S3Adapter {
                 input.content_type,
                 metadata_in(input.metadata),
                 who,
+                if_absent,
             )
             .await?;
         Ok(S3Response::new(PutObjectOutput {
@@ -408,7 +439,9 @@ impl S3 for S3Adapter {
             input.if_modified_since.as_ref(),
             input.if_unmodified_since.as_ref(),
         )?;
-        Ok(S3Response::new(HeadObjectOutput {
+        // s3s answers HeadObject with 200 whatever the handler says, so a Range on HEAD is
+        // not honoured (AWS answers 206 with the range's length): the full length is given.
+        let output = HeadObjectOutput {
             content_length: Some(info.size as i64),
             accept_ranges: Some("bytes".into()),
             content_type: Some(info.content_type.clone()),
@@ -416,7 +449,8 @@ impl S3 for S3Adapter {
             last_modified: Some(timestamp(info.last_modified_ms)),
             metadata: metadata_out(&info.metadata),
             ..Default::default()
-        }))
+        };
+        Ok(S3Response::new(output))
     }
 
     async fn delete_object(
@@ -505,6 +539,12 @@ impl S3 for S3Adapter {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        if !replace && src_bucket == input.bucket && src_key == input.key {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
+            ));
+        }
         let (content_type, metadata) = if replace {
             (input.content_type, metadata_in(input.metadata))
         } else {
@@ -521,6 +561,7 @@ impl S3 for S3Adapter {
                 content_type,
                 metadata,
                 who,
+                false,
             )
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -610,6 +651,7 @@ impl S3 for S3Adapter {
                     content_type: input.content_type,
                     owner: None,
                     metadata: metadata_in(input.metadata),
+                    if_absent: false,
                 },
             )
             .await
@@ -633,6 +675,7 @@ impl S3 for S3Adapter {
             S3Error::with_message(S3ErrorCode::InvalidArgument, "invalid part number")
         })?;
         let body = collect(input.body, self.max_object_bytes).await?;
+        check_content_md5(input.content_md5.as_deref(), &body)?;
         let e = self
             .store
             .upload_part(&input.upload_id, part, body)

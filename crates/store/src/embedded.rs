@@ -341,6 +341,12 @@ pub fn put_in_tx(
         .query_row(params![bucket, key], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let mut replaced = None;
+    if existing.is_some() && opts.if_absent {
+        return Err(StoreError::AlreadyExists {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        });
+    }
     if let Some((owner, blob)) = existing {
         if let (Some(new), Some(old)) = (&opts.owner, &owner)
             && new != old
@@ -746,6 +752,7 @@ impl ObjectStore for EmbeddedStore {
                     content_type,
                     owner,
                     metadata: metadata_from(&metadata),
+                    if_absent: false,
                 };
                 let (info, replaced) = put_in_tx(c, &b, &k, &assembled, &opts, now_ms())?;
                 let mut garbage: Vec<String> = replaced.into_iter().collect();

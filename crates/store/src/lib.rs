@@ -24,6 +24,8 @@ pub enum StoreError {
     NoSuchUpload(String),
     #[error("{0}")]
     InvalidPart(String),
+    #[error("object {bucket}/{key} already exists")]
+    AlreadyExists { bucket: String, key: String },
     #[error("parts must be listed in ascending order of part number")]
     InvalidPartOrder,
     #[error("part {part} is {size} bytes; every part but the last must be at least {min} bytes")]
@@ -108,6 +110,9 @@ pub struct PutOptions {
     pub owner: Option<String>,
     /// User metadata to store with the object.
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Write only if no object has the key (S3's `If-None-Match: *`): otherwise
+    /// [`StoreError::AlreadyExists`], checked in the same transaction as the write.
+    pub if_absent: bool,
 }
 
 /// A durable object store.

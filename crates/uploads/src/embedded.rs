@@ -72,6 +72,7 @@ impl UploadSink for EmbeddedUploads {
                     content_type: Some(u.content_type.clone()),
                     owner: Some(u.user_sub.clone()),
                     metadata: u.metadata.clone(),
+                    if_absent: false,
                 };
                 let (info, replaced) = put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now)
                     .map_err(|e| match e {

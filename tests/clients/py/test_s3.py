@@ -405,3 +405,36 @@ def test_wrong_secret_is_refused(edge, region):
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
     fails("SignatureDoesNotMatch", bad.list_buckets)
+
+
+# --- integrity and conditional writes --------------------------------------------------
+
+
+def test_content_md5_is_checked(s3, bucket):
+    import base64
+
+    good = base64.b64encode(hashlib.md5(b"payload").digest()).decode()
+    s3.put_object(Bucket=bucket, Key="md5", Body=b"payload", ContentMD5=good)
+    bad = base64.b64encode(hashlib.md5(b"something else").digest()).decode()
+    fails("BadDigest", s3.put_object, Bucket=bucket, Key="md5", Body=b"payload", ContentMD5=bad)
+    assert s3.get_object(Bucket=bucket, Key="md5")["Body"].read() == b"payload"
+
+
+def test_put_if_none_match_star_refuses_an_existing_key(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="once", Body=b"first", IfNoneMatch="*")
+    fails("PreconditionFailed", s3.put_object, Bucket=bucket, Key="once", Body=b"second", IfNoneMatch="*")
+    assert s3.get_object(Bucket=bucket, Key="once")["Body"].read() == b"first"
+
+
+def test_copy_onto_itself_needs_replace(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="self", Body=b"x", Metadata={"a": "1"})
+    fails("InvalidRequest", s3.copy_object, Bucket=bucket, Key="self", CopySource={"Bucket": bucket, "Key": "self"})
+    s3.copy_object(
+        Bucket=bucket,
+        Key="self",
+        CopySource={"Bucket": bucket, "Key": "self"},
+        MetadataDirective="REPLACE",
+        Metadata={"a": "2"},
+    )
+    assert s3.head_object(Bucket=bucket, Key="self")["Metadata"] == {"a": "2"}
+

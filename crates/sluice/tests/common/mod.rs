@@ -71,6 +71,12 @@ impl Server {
             .open(data_dir.join("server.log"))
             .expect("log file");
         let mut cmd = Command::new(bin());
+        // The caller's SLUICE_* settings must not reconfigure a test server.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("SLUICE_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -255,7 +261,13 @@ impl Drop for Server {
 }
 
 pub fn cli(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin())
+    let mut cmd = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SLUICE_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
