@@ -203,6 +203,19 @@ fn check_conditions(
     Ok(())
 }
 
+/// One object write: what PutObject and CopyObject hand to [`S3Adapter::write`].
+struct Write {
+    bucket: String,
+    key: String,
+    body: Bytes,
+    content_type: Option<String>,
+    metadata: BTreeMap<String, String>,
+    /// The access key that signed the request.
+    who: String,
+    /// `If-None-Match: *`.
+    if_absent: bool,
+}
+
 impl S3Adapter {
     fn enqueue_target(&self, bucket: &str, key: &str) -> Option<&UploadHook> {
         self.uploads
@@ -211,16 +224,17 @@ impl S3Adapter {
     }
 
     /// Writes an object, as an upload when it lands in the uploads prefix.
-    async fn write(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Bytes,
-        content_type: Option<String>,
-        metadata: BTreeMap<String, String>,
-        who: String,
-        if_absent: bool,
-    ) -> S3Result<ObjectInfo> {
+    async fn write(&self, w: Write) -> S3Result<ObjectInfo> {
+        let Write {
+            bucket,
+            key,
+            body,
+            content_type,
+            metadata,
+            who,
+            if_absent,
+        } = w;
+        let (bucket, key) = (bucket.as_str(), key.as_str());
         if let Some(hook) = self.enqueue_target(bucket, key) {
             if if_absent && self.store.head(bucket, key).await.is_ok() {
                 return Err(s3_error!(PreconditionFailed));
@@ -360,15 +374,15 @@ impl S3 for S3Adapter {
         let body = collect(input.body, self.max_object_bytes).await?;
         check_content_md5(input.content_md5.as_deref(), &body)?;
         let info = self
-            .write(
-                &input.bucket,
-                &input.key,
+            .write(Write {
+                bucket: input.bucket,
+                key: input.key,
                 body,
-                input.content_type,
-                metadata_in(input.metadata),
+                content_type: input.content_type,
+                metadata: metadata_in(input.metadata),
                 who,
                 if_absent,
-            )
+            })
             .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag(&info.etag)),
@@ -554,15 +568,15 @@ impl S3 for S3Adapter {
             )
         };
         let info = self
-            .write(
-                &input.bucket,
-                &input.key,
-                src.body,
+            .write(Write {
+                bucket: input.bucket,
+                key: input.key,
+                body: src.body,
                 content_type,
                 metadata,
                 who,
-                false,
-            )
+                if_absent: false,
+            })
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
