@@ -23,7 +23,7 @@ pub(crate) struct CommonArgs {
     /// Address of the upload API [default: 127.0.0.1:8080]
     #[arg(long, env = "SLUICE_LISTEN", global = true)]
     pub(crate) listen: Option<SocketAddr>,
-    /// Address of the AWS-compatible edge (Cognito, JWKS) [default: 127.0.0.1:4566]
+    /// Address of the AWS-compatible edge (Cognito, Kinesis, S3, JWKS) [default: 127.0.0.1:4566]
     #[arg(long, env = "SLUICE_EDGE_LISTEN", global = true)]
     pub(crate) edge_listen: Option<SocketAddr>,
     /// AWS region of the user pool and ARNs [default: us-east-2]
