@@ -28,9 +28,13 @@ use tokio::sync::watch;
 mod append;
 mod reshard;
 mod schema;
+mod throttle;
 
 pub use append::append_in_tx;
 pub use schema::MIGRATIONS;
+pub use throttle::{
+    READ_BYTES_PER_SEC, READ_CALLS_PER_SEC, WRITE_BYTES_PER_SEC, WRITE_RECORDS_PER_SEC,
+};
 
 use crate::iterator::{self, Position};
 use crate::{
@@ -55,6 +59,35 @@ pub struct EmbeddedStream {
     iterator_key: Arc<Vec<u8>>,
     watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
     batcher: append::SharedBatcher,
+    throttle: Option<Arc<throttle::Throttle>>,
+}
+
+/// How an [`EmbeddedStream`] behaves beyond the Kinesis semantics every backend shares.
+#[derive(Clone)]
+pub struct StreamOptions {
+    /// Enforce Kinesis' per-shard limits (writes: 1 MiB/s and 1,000 records/s; reads:
+    /// 2 MiB/s and 5 GetRecords calls/s) with `ProvisionedThroughputExceeded`. Off by
+    /// default. Records appended with [`append_in_tx`] (the upload path) are not limited.
+    pub throttle: bool,
+    /// The clock the limits are measured with.
+    pub clock: Arc<dyn crate::Clock>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            throttle: false,
+            clock: Arc::new(crate::SystemClock),
+        }
+    }
+}
+
+impl std::fmt::Debug for StreamOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamOptions")
+            .field("throttle", &self.throttle)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What [`EmbeddedStream::check`] found. Empty `problems` means the database passed
@@ -82,6 +115,11 @@ pub struct TrimReport {
 impl EmbeddedStream {
     /// Opens the backend on a database already migrated with [`MIGRATIONS`].
     pub fn open(db: Db) -> Result<Self, StreamError> {
+        EmbeddedStream::open_with(db, StreamOptions::default())
+    }
+
+    /// [`EmbeddedStream::open`] with options.
+    pub fn open_with(db: Db, options: StreamOptions) -> Result<Self, StreamError> {
         use rand::RngCore;
         let mut fresh = vec![0u8; 32];
         rand::thread_rng().fill_bytes(&mut fresh);
@@ -102,6 +140,9 @@ impl EmbeddedStream {
             iterator_key: Arc::new(key),
             watchers: Arc::new(Mutex::new(HashMap::new())),
             batcher: Arc::default(),
+            throttle: options
+                .throttle
+                .then(|| Arc::new(throttle::Throttle::new(options.clock))),
         })
     }
 
@@ -804,9 +845,25 @@ impl Stream for EmbeddedStream {
         }
         let pos = iterator::decode(&self.iterator_key, iterator, now_ms())?;
         let key = self.iterator_key.clone();
-        self.db
+        let Some(throttle) = self.throttle.clone() else {
+            return self
+                .db
+                .read(move |c| read_records(c, &key, pos, limit))
+                .await;
+        };
+        let (stream, generation, shard) = (pos.s.clone(), pos.g, pos.h);
+        throttle.admit_read(&stream, generation, shard)?;
+        let out = self
+            .db
             .read(move |c| read_records(c, &key, pos, limit))
-            .await
+            .await?;
+        let bytes = out
+            .records
+            .iter()
+            .map(|r| r.partition_key.len() + r.data.len())
+            .sum();
+        throttle.charge_read(&stream, generation, shard, bytes)?;
+        Ok(out)
     }
 
     fn watch(&self, stream: &str) -> watch::Receiver<u64> {
