@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod config;
+mod doctor;
 mod serve;
 mod wiring;
 
@@ -39,6 +40,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the database (read-only): SQLite's quick_check and every stream record's checksum.
+    Doctor,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +144,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Doctor => doctor::run(&settings),
         Command::Info { json } => {
             let info = wiring::info(&settings)?;
             if json {

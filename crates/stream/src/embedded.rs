@@ -146,6 +146,31 @@ impl EmbeddedStream {
         })
     }
 
+    /// Opens the backend to inspect a database opened with [`Db::open_read_only`]
+    /// (`sluice doctor`): writes nothing. [`EmbeddedStream::check`] and the other reads
+    /// work; anything that writes fails. The database is not migrated, so it may be of an
+    /// older layout; [`EmbeddedStream::check`] reads every layout.
+    pub fn open_read_only(db: Db) -> Result<Self, StreamError> {
+        let key: Vec<u8> = db.read_blocking(|c| {
+            Ok::<_, StreamError>(
+                c.query_row(
+                    "SELECT v FROM stream_meta WHERE k = 'iterator_key'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or_default(),
+            )
+        })?;
+        Ok(EmbeddedStream {
+            db,
+            iterator_key: Arc::new(key),
+            watchers: Arc::new(Mutex::new(HashMap::new())),
+            batcher: Arc::default(),
+            throttle: None,
+        })
+    }
+
     pub fn db(&self) -> &Db {
         &self.db
     }
