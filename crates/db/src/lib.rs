@@ -69,8 +69,9 @@ pub struct DbOptions {
 impl Default for DbOptions {
     fn default() -> Self {
         DbOptions {
-            checkpoint_pages: 2048,
-            wal_limit_pages: 16_384,
+            // 8 MiB and 64 MiB with the default 8 KiB pages.
+            checkpoint_pages: 1024,
+            wal_limit_pages: 8192,
             writer_cache_kib: 32 * 1024,
             reader_cache_kib: 16 * 1024,
             reader_mmap_bytes: 1 << 30,
