@@ -708,8 +708,8 @@ mod tests {
         let db = Db::open_with(&path, M, options).expect("open");
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         let mut largest = 0u64;
-        for k in 0..3000i64 {
-            // About one page per commit, so the WAL would reach some 3,000 pages unbounded.
+        for k in 0..1500i64 {
+            // About one page per commit, so the WAL would reach some 1,500 pages unbounded.
             db.write_blocking(move |c| {
                 c.execute(
                     "INSERT INTO t (k, v) VALUES (?1, ?2)",
@@ -733,7 +733,7 @@ mod tests {
                 })?)
             })
             .expect("count");
-        assert_eq!((n, sum), (3000, 2999 * 3000 / 2));
+        assert_eq!((n, sum), (1500, 1499 * 1500 / 2));
         db.close();
         drop(db);
         // Everything is in the database file once the WAL is set aside.
@@ -745,7 +745,7 @@ mod tests {
         let n: i64 = c
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
             .expect("count");
-        assert_eq!(n, 3000);
+        assert_eq!(n, 1500);
         drop(c);
         let _ = std::fs::remove_dir_all(&dir);
     }
