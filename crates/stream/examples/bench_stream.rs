@@ -29,6 +29,7 @@ struct Args {
     producers: Vec<usize>,
     trials: usize,
     page_size: u32,
+    wal_limit_pages: u32,
     read: bool,
     tail: bool,
 }
@@ -40,6 +41,7 @@ fn args() -> Result<Args, String> {
         producers: vec![1, 8, 64, 256],
         trials: 3,
         page_size: DbOptions::default().page_size,
+        wal_limit_pages: DbOptions::default().wal_limit_pages,
         read: true,
         tail: true,
     };
@@ -71,6 +73,11 @@ fn args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("--page-size takes a number, got {value:?}"))?
             }
+            "--wal-limit-pages" => {
+                a.wal_limit_pages = value
+                    .parse()
+                    .map_err(|_| format!("--wal-limit-pages takes a number, got {value:?}"))?
+            }
             "--trials" => {
                 a.trials = value
                     .parse::<usize>()
@@ -100,6 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     PAGE_SIZE.store(args.page_size, Ordering::Relaxed);
+    WAL_LIMIT.store(args.wal_limit_pages, Ordering::Relaxed);
     println!(
         "directory: {}, database page size {} bytes",
         args.dir.display(),
@@ -319,10 +327,17 @@ fn raw_fsync_rate(dir: &Path, phase: Duration, in_place: bool) -> std::io::Resul
 
 /// Page size of the databases the bench creates (`--page-size`).
 static PAGE_SIZE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// WAL bound of the databases the bench creates (`--wal-limit-pages`).
+static WAL_LIMIT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn open(path: &Path) -> Result<EmbeddedStream, Box<dyn std::error::Error>> {
     let options = DbOptions {
         page_size: PAGE_SIZE.load(Ordering::Relaxed),
+        wal_limit_pages: WAL_LIMIT.load(Ordering::Relaxed),
+        checkpoint_pages: DbOptions::default()
+            .checkpoint_pages
+            .min(WAL_LIMIT.load(Ordering::Relaxed) / 2)
+            .max(1),
         ..DbOptions::default()
     };
     Ok(EmbeddedStream::open(Db::open_with(
