@@ -51,7 +51,9 @@ pub struct DbOptions {
     /// Bound on the WAL, in pages. Past it the writer resets the WAL itself (RESTART
     /// checkpoint between two groups) when the background checkpointer is idle; past twice
     /// this it waits for the background checkpointer to finish, then resets the WAL. So the
-    /// WAL never holds much more than twice this plus one group.
+    /// WAL never holds much more than twice this plus one group, unless a reader keeps one
+    /// snapshot open for longer than a reset waits (it is tried again every
+    /// `checkpoint_pages`).
     pub wal_limit_pages: u32,
     /// Page cache of the writer connection, in KiB.
     pub writer_cache_kib: u32,
