@@ -14,9 +14,17 @@
 //!
 //! Reads run on a small pool of read-only connections on the blocking thread pool; in WAL
 //! mode they never block the writer and see only committed data.
+//!
+//! Checkpoints (copying the WAL back into the database file) run off the commit path: SQLite's
+//! auto-checkpoint is off, a background thread with its own connection runs a PASSIVE
+//! checkpoint each time the WAL grew by [`DbOptions::checkpoint_pages`], concurrently with the
+//! writer. PASSIVE checkpoints never reset the WAL while writes keep coming, so the writer
+//! bounds it: once it holds [`DbOptions::wal_limit_pages`] pages, the writer runs a RESTART
+//! checkpoint between two groups (the next commit then writes from the start of the file).
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 
@@ -27,6 +35,52 @@ use rusqlite::{Connection, OpenFlags};
 /// small enough that one group's latency stays bounded.
 const MAX_GROUP: usize = 4096;
 const READERS: usize = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the writer's RESTART checkpoint waits for readers still using the WAL before it
+/// gives up and lets the writer go on (it tries again later).
+const RESTART_WAIT: Duration = Duration::from_millis(100);
+
+/// Tuning of [`Db::open_with`]. [`DbOptions::default`] is what [`Db::open`] uses.
+///
+/// Invariant: whatever the values, every commit is fsynced before its writes resolve
+/// (`synchronous = FULL`); these only move checkpoint and cache work around.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbOptions {
+    /// The background checkpointer runs each time the WAL grew by this many pages.
+    pub checkpoint_pages: u32,
+    /// Bound on the WAL, in pages. Past it the writer resets the WAL itself (RESTART
+    /// checkpoint between two groups) when the background checkpointer is idle; past twice
+    /// this it waits for the background checkpointer to finish, then resets the WAL. So the
+    /// WAL never holds much more than twice this plus one group, unless a reader keeps one
+    /// snapshot open for longer than a reset waits (it is tried again every
+    /// `checkpoint_pages`).
+    pub wal_limit_pages: u32,
+    /// Page cache of the writer connection, in KiB.
+    pub writer_cache_kib: u32,
+    /// Page cache of each pooled reader connection, in KiB.
+    pub reader_cache_kib: u32,
+    /// How much of the database file each pooled reader maps into memory (`mmap_size`):
+    /// reads of mapped pages cost no system call and no copy. SQLite maps at most the
+    /// file's current size and never shrinks the file under a reader; 0 turns mapping off.
+    pub reader_mmap_bytes: u64,
+    /// Page size of a database created by this open (a power of two, 512 to 65536). An
+    /// existing database keeps the page size it was created with.
+    pub page_size: u32,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            // 8 MiB and 64 MiB with the default 8 KiB pages.
+            checkpoint_pages: 1024,
+            wal_limit_pages: 8192,
+            writer_cache_kib: 32 * 1024,
+            reader_cache_kib: 16 * 1024,
+            reader_mmap_bytes: 1 << 30,
+            page_size: 8192,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -64,6 +118,7 @@ pub struct Db {
 
 struct Inner {
     path: PathBuf,
+    options: DbOptions,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -71,29 +126,87 @@ struct Inner {
 impl Db {
     /// Opens (creating if needed) the database at `path` and applies `migrations`.
     pub fn open(path: &Path, migrations: &[Migration]) -> Result<Db, DbError> {
+        Db::open_with(path, migrations, DbOptions::default())
+    }
+
+    /// [`Db::open`] with explicit tuning.
+    pub fn open_with(
+        path: &Path,
+        migrations: &[Migration],
+        options: DbOptions,
+    ) -> Result<Db, DbError> {
         let open_err = |source| DbError::Open {
             path: path.to_owned(),
             source,
         };
         let conn = Connection::open(path).map_err(open_err)?;
-        configure(&conn).map_err(open_err)?;
+        configure(&conn, &options).map_err(open_err)?;
         migrate(&conn, migrations)?;
+        // When the WAL is reset, a file grown past twice its bound is cut back to that.
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        conn.pragma_update(
+            None,
+            "journal_size_limit",
+            page_size * 2 * i64::from(options.wal_limit_pages),
+        )?;
+
+        let ckpt_conn = Connection::open(path).map_err(open_err)?;
+        ckpt_conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        ckpt_conn
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(open_err)?;
+        let checkpointer = Arc::new(Checkpointer::default());
+        let ckpt = checkpointer.clone();
+        thread::Builder::new()
+            .name("sluice-db-ckpt".into())
+            .spawn(move || ckpt.run(ckpt_conn))
+            .map_err(|e| DbError::Commit(format!("cannot start checkpoint thread: {e}")))?;
 
         let (tx, rx) = mpsc::channel::<Job>();
-        thread::Builder::new()
+        let writer = Writer {
+            conn,
+            options,
+            checkpointer: checkpointer.clone(),
+            last_signal: 0,
+            next_restart: 0,
+        };
+        if let Err(e) = thread::Builder::new()
             .name("sluice-db-writer".into())
-            .spawn(move || writer_loop(conn, rx))
-            .map_err(|e| DbError::Commit(format!("cannot start writer thread: {e}")))?;
+            .spawn(move || writer.run(rx))
+        {
+            checkpointer.stop();
+            return Err(DbError::Commit(format!("cannot start writer thread: {e}")));
+        }
 
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            readers.push(open_reader(path).map_err(open_err)?);
+            readers.push(open_reader(path, &options).map_err(open_err)?);
         }
         Ok(Db {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
+                options,
                 jobs: Mutex::new(Some(tx)),
                 readers: Mutex::new(readers),
+            }),
+        })
+    }
+
+    /// Opens an existing database for inspection only: no migrations, no writer, and its
+    /// connections cannot write (tools such as `sluice doctor`). [`Db::write`] fails with
+    /// [`DbError::WriterGone`]. Fails if the file does not exist.
+    pub fn open_read_only(path: &Path) -> Result<Db, DbError> {
+        let options = DbOptions::default();
+        let reader = open_reader(path, &options).map_err(|source| DbError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Db {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                options,
+                jobs: Mutex::new(None),
+                readers: Mutex::new(vec![reader]),
             }),
         })
     }
@@ -191,7 +304,8 @@ impl Db {
             .pop();
         let conn = match pooled {
             Some(c) => c,
-            None => open_reader(&self.inner.path).map_err(|e| E::from(DbError::from(e)))?,
+            None => open_reader(&self.inner.path, &self.inner.options)
+                .map_err(|e| E::from(DbError::from(e)))?,
         };
         let result = f(&conn);
         if let Ok(mut pool) = self.inner.readers.lock()
@@ -236,23 +350,113 @@ where
     }
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.busy_timeout(Duration::from_secs(10))?;
+fn configure(conn: &Connection, options: &DbOptions) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Only takes effect on a new, empty file (before WAL mode is set and the first table is
+    // written); SQLite ignores it for an existing database.
+    conn.pragma_update(None, "page_size", options.page_size)?;
     // WAL: readers never block the writer. FULL: every commit fsyncs the WAL, so a commit
     // that returned survives power loss.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Checkpoints run on the checkpoint thread, never inside a commit (see the module docs).
+    // The WAL hook replaces SQLite's auto-checkpoint and reports the WAL's size instead.
+    conn.wal_hook(Some(record_wal_pages));
+    // A group's pages stay in memory until its commit, and the savepoints' journals too.
+    conn.pragma_update(None, "cache_size", -i64::from(options.writer_cache_kib))?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
 
-fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+thread_local! {
+    /// Pages in the WAL after the last commit on this thread's connection (the writer's).
+    static WAL_PAGES: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+fn record_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(Some(u32::try_from(pages).unwrap_or(0))));
+    Ok(())
+}
+
+fn open_reader(path: &Path, options: &DbOptions) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "cache_size", -i64::from(options.reader_cache_kib))?;
+    conn.pragma_update(
+        None,
+        "mmap_size",
+        i64::try_from(options.reader_mmap_bytes).unwrap_or(i64::MAX),
+    )?;
     Ok(conn)
+}
+
+/// The background checkpoint thread and its wake-up signal.
+#[derive(Default)]
+struct Checkpointer {
+    state: Mutex<CkptState>,
+    wake: Condvar,
+    /// Held while a checkpoint runs, by this thread (PASSIVE) or the writer (RESTART), so the
+    /// writer knows whether a RESTART would have to wait.
+    running: Mutex<()>,
+}
+
+#[derive(Default)]
+struct CkptState {
+    pending: bool,
+    stopped: bool,
+}
+
+impl Checkpointer {
+    fn signal(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.pending = true;
+            self.wake.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.stopped = true;
+            self.wake.notify_one();
+        }
+    }
+
+    fn run(&self, conn: Connection) {
+        loop {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            while !st.pending && !st.stopped {
+                st = match self.wake.wait(st) {
+                    Ok(g) => g,
+                    Err(_) => return,
+                };
+            }
+            if !st.pending {
+                break;
+            }
+            st.pending = false;
+            drop(st);
+            let Ok(_running) = self.running.lock() else {
+                return;
+            };
+            if let Err(e) = checkpoint(&conn, "PASSIVE") {
+                tracing::warn!(error = %e, "background wal checkpoint failed");
+            }
+        }
+        tracing::debug!("database checkpointer stopped");
+    }
+}
+
+/// Runs `PRAGMA wal_checkpoint(mode)`; returns (busy, pages in the WAL, pages checkpointed).
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
 }
 
 fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<(), DbError> {
@@ -289,20 +493,88 @@ fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<(), DbError> {
     Ok(())
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
-    let mut group: Vec<Job> = Vec::new();
-    // Blocks for the first job of a group, then takes whatever else is already waiting.
-    while let Ok(first) = rx.recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
+/// The writer thread: group commits, and the WAL's bound.
+struct Writer {
+    conn: Connection,
+    options: DbOptions,
+    checkpointer: Arc<Checkpointer>,
+    /// WAL size (pages) when the checkpointer was last woken.
+    last_signal: u32,
+    /// WAL size (pages) from which the writer tries a RESTART again after one gave up.
+    next_restart: u32,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        let mut group: Vec<Job> = Vec::new();
+        // Blocks for the first job of a group, then takes whatever else is already waiting.
+        while let Ok(first) = rx.recv() {
+            group.push(first);
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            commit_group(&self.conn, &mut group);
+            if let Some(pages) = WAL_PAGES.with(|p| p.take()) {
+                self.after_commit(pages);
             }
         }
-        commit_group(&conn, &mut group);
+        self.checkpointer.stop();
+        tracing::debug!("database writer stopped");
     }
-    tracing::debug!("database writer stopped");
+
+    /// Wakes the checkpointer every `checkpoint_pages`, and resets a WAL that outgrew its
+    /// bound. Runs between groups: no transaction is open on the writer's connection.
+    fn after_commit(&mut self, pages: u32) {
+        let o = self.options;
+        if pages < self.last_signal {
+            // The WAL was reset; count from its new start.
+            self.last_signal = 0;
+            self.next_restart = 0;
+        }
+        if pages >= o.wal_limit_pages.max(1) && pages >= self.next_restart {
+            let must = pages >= o.wal_limit_pages.saturating_mul(2);
+            let guard = if must {
+                self.checkpointer.running.lock().ok()
+            } else {
+                self.checkpointer.running.try_lock().ok()
+            };
+            if let Some(_running) = guard {
+                match self.restart() {
+                    Ok(true) => {
+                        self.last_signal = 0;
+                        self.next_restart = 0;
+                        return;
+                    }
+                    Ok(false) => {
+                        // A reader still uses the WAL; try again after it grew some more.
+                        self.next_restart = pages.saturating_add(o.checkpoint_pages.max(1));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "wal restart checkpoint failed");
+                        self.next_restart = pages.saturating_add(o.checkpoint_pages.max(1));
+                    }
+                }
+            }
+        }
+        if pages >= self.last_signal.saturating_add(o.checkpoint_pages.max(1)) {
+            self.last_signal = pages;
+            self.checkpointer.signal();
+        }
+    }
+
+    /// A RESTART checkpoint: copies what is left of the WAL into the database and waits (at
+    /// most [`RESTART_WAIT`]) until no reader uses the WAL, so the next commit starts it
+    /// over. `Ok(false)` if readers kept it busy.
+    fn restart(&self) -> rusqlite::Result<bool> {
+        self.conn.busy_timeout(RESTART_WAIT)?;
+        let outcome = checkpoint(&self.conn, "RESTART");
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        let (busy, _, _) = outcome?;
+        Ok(busy == 0)
+    }
 }
 
 fn commit_group(conn: &Connection, group: &mut Vec<Job>) {
@@ -405,6 +677,8 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(n, 150);
+        db.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -419,6 +693,92 @@ mod tests {
             })
             .expect("count");
         assert_eq!(n, 1);
+        db.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_wal_stays_bounded_and_checkpoints_leave_every_row_intact() {
+        let dir = tempfile_dir();
+        let path = dir.join("w.db");
+        let options = DbOptions {
+            checkpoint_pages: 8,
+            wal_limit_pages: 64,
+            page_size: 4096,
+            ..DbOptions::default()
+        };
+        let db = Db::open_with(&path, M, options).expect("open");
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        let mut largest = 0u64;
+        for k in 0..1500i64 {
+            // About one page per commit, so the WAL would reach some 1,500 pages unbounded.
+            db.write_blocking(move |c| {
+                c.execute(
+                    "INSERT INTO t (k, v) VALUES (?1, ?2)",
+                    rusqlite::params![k, "x".repeat(3000)],
+                )?;
+                Ok::<_, DbError>(())
+            })
+            .expect("write");
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        // Twice the bound (the writer waits for the checkpointer there) plus one commit.
+        let frame = 4096 + 24;
+        assert!(
+            largest <= 32 + (2 * 64 + 4) * frame,
+            "the wal grew to {largest} bytes"
+        );
+        let (n, sum): (i64, i64) = db
+            .read_blocking(|c| {
+                Ok::<_, DbError>(c.query_row("SELECT COUNT(*), SUM(k) FROM t", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?)
+            })
+            .expect("count");
+        assert_eq!((n, sum), (1500, 1499 * 1500 / 2));
+        db.close();
+        drop(db);
+        // Everything is in the database file once the WAL is set aside.
+        let c = Connection::open(&path).expect("reopen");
+        let ok: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity");
+        assert_eq!(ok, "ok");
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 1500);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn read_only_handles_read_and_refuse_writes() {
+        let dir = tempfile_dir();
+        let path = dir.join("r.db");
+        let db = Db::open(&path, M).expect("open");
+        db.write_blocking(|c| {
+            c.execute("INSERT INTO t (k, v) VALUES (1, 'a')", [])?;
+            Ok::<_, DbError>(())
+        })
+        .expect("write");
+        let ro = Db::open_read_only(&path).expect("read-only open");
+        let n: i64 = ro
+            .read_blocking(|c| {
+                Ok::<_, DbError>(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
+            })
+            .expect("read");
+        assert_eq!(n, 1);
+        assert!(matches!(
+            ro.write_blocking(|_| Ok::<_, DbError>(())),
+            Err(DbError::WriterGone)
+        ));
+        assert!(
+            Db::open_read_only(&dir.join("absent.db")).is_err(),
+            "a missing file is not created"
+        );
+        db.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     fn tempfile_dir() -> PathBuf {

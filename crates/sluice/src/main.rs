@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod config;
+mod doctor;
 mod mapping_cmd;
 mod mapping_server;
 mod serve;
@@ -71,6 +72,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the database (read-only): SQLite's quick_check and every stream record's checksum.
+    Doctor,
 }
 
 #[derive(Subcommand)]
@@ -209,6 +212,7 @@ fn run(cli: Cli) -> Result<()> {
             lines,
             json,
         } => mapping_cmd::logs(&settings, &mapping, follow, lines, json),
+        Command::Doctor => doctor::run(&settings),
         Command::Info { json } => {
             let info = wiring::info(&settings)?;
             if json {

@@ -6,7 +6,8 @@
 //! producer append latency p50/p99, read throughput from TRIM_HORIZON, and commit-to-visible
 //! latency for a reader waiting at the tail.
 //!
-//! Usage: `cargo run --release -p sluice-stream --example bench_stream -- [--dir DIR] [--seconds N]`
+//! Usage: `cargo run --release -p sluice-stream --example bench_stream -- [--dir DIR] [--seconds N]
+//! [--producers 1,8,64,256] [--skip-read] [--skip-tail]` (the last three to profile one phase).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_db::Db;
+use sluice_db::{Db, DbOptions};
 use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS};
 use sluice_stream::{IteratorSpec, PutRecord, Stream, shard_id};
 
@@ -25,18 +26,65 @@ const SHARDS: u32 = 4;
 struct Args {
     dir: PathBuf,
     seconds: f64,
+    producers: Vec<usize>,
+    trials: usize,
+    page_size: u32,
+    wal_limit_pages: u32,
+    read: bool,
+    tail: bool,
 }
 
 fn args() -> Result<Args, String> {
     let mut a = Args {
         dir: std::env::temp_dir(),
         seconds: 3.0,
+        producers: vec![1, 8, 64, 256],
+        trials: 3,
+        page_size: DbOptions::default().page_size,
+        wal_limit_pages: DbOptions::default().wal_limit_pages,
+        read: true,
+        tail: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--skip-read" => {
+                a.read = false;
+                continue;
+            }
+            "--skip-tail" => {
+                a.tail = false;
+                continue;
+            }
+            _ => {}
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--dir" => a.dir = PathBuf::from(value),
+            "--producers" => {
+                a.producers = value
+                    .split(',')
+                    .map(|p| p.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| format!("--producers takes numbers like 1,64, got {value:?}"))?
+            }
+            "--page-size" => {
+                a.page_size = value
+                    .parse()
+                    .map_err(|_| format!("--page-size takes a number, got {value:?}"))?
+            }
+            "--wal-limit-pages" => {
+                a.wal_limit_pages = value
+                    .parse()
+                    .map_err(|_| format!("--wal-limit-pages takes a number, got {value:?}"))?
+            }
+            "--trials" => {
+                a.trials = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|t| *t > 0)
+                    .ok_or_else(|| format!("--trials takes a positive number, got {value:?}"))?
+            }
             "--seconds" => {
                 a.seconds = value
                     .parse()
@@ -58,7 +106,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    println!("directory: {}", args.dir.display());
+    PAGE_SIZE.store(args.page_size, Ordering::Relaxed);
+    WAL_LIMIT.store(args.wal_limit_pages, Ordering::Relaxed);
+    println!(
+        "directory: {}, database page size {} bytes",
+        args.dir.display(),
+        args.page_size
+    );
     let growing = raw_fsync_rate(work.path(), phase, false)?;
     println!(
         "raw fsync, appending 4 KiB + fdatasync (file grows): {growing:.0}/s ({:.3} ms each)",
@@ -70,27 +124,65 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         1000.0 / fsyncs
     );
     rt.block_on(async {
-        println!("\n| producers | durable 1 KiB appends/s | appends per in-place fsync time |");
-        println!("|---:|---:|---:|");
+        println!(
+            "\nEach row: {} trials; a trial measures, back to back, the in-place fsync rate (0.5 s),\n\
+             a raw group-committing file appender (same producers, 1 KiB records, write + fdatasync\n\
+             per group) and the stream, on a fresh database. Medians over the trials; the ratio is\n\
+             the median of per-trial ratios stream / raw appender.\n",
+            args.trials
+        );
+        println!(
+            "| producers | stream appends/s (median; min–max) | raw group-commit appender/s | stream / raw | in-place fsync/s | stream CPU µs per append |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|");
         let mut single = Vec::new();
-        for (i, producers) in [1usize, 8, 64, 256].into_iter().enumerate() {
-            let path = work.path().join(format!("append-{i}.db"));
-            let (rate, lat) = appends(&path, producers, phase).await?;
-            println!("| {producers} | {rate:.0} | {:.1} |", rate / fsyncs);
-            if producers == 1 {
-                single = lat;
+        for (i, producers) in args.producers.iter().copied().enumerate() {
+            let (mut rates, mut raws, mut ratios, mut syncs) = (vec![], vec![], vec![], vec![]);
+            let mut cpu = vec![];
+            for t in 0..args.trials {
+                syncs.push(raw_fsync_rate(work.path(), Duration::from_millis(500), true)?);
+                let raw = raw_group_commit(work.path(), producers, phase).await?;
+                let path = work.path().join(format!("append-{i}-{t}.db"));
+                let cpu_before = cpu_seconds();
+                let (rate, lat, n) = appends(&path, producers, phase).await?;
+                cpu.push((cpu_seconds() - cpu_before) * 1e6 / n.max(1) as f64);
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                rates.push(rate);
+                raws.push(raw);
+                ratios.push(rate / raw);
+                if producers == 1 {
+                    single.extend(lat);
+                }
             }
+            let (lo, hi) = (min(&rates), max(&rates));
+            println!(
+                "| {producers} | {:.0} ({lo:.0}–{hi:.0}) | {:.0} | {:.2} | {:.0} | {:.1} |",
+                median(&mut rates),
+                median(&mut raws),
+                median(&mut ratios),
+                median(&mut syncs),
+                median(&mut cpu)
+            );
         }
         single.sort_unstable();
-        println!(
-            "\nsingle-producer append latency: p50 {:.3} ms, p99 {:.3} ms ({} appends)",
-            pct(&single, 0.50),
-            pct(&single, 0.99),
-            single.len()
-        );
-        let path = work.path().join("read.db");
-        let (n, rate) = read_throughput(&path).await?;
-        println!("read from TRIM_HORIZON: {rate:.0} records/s ({n} records of 1 KiB, 10,000 per get_records)");
+        if !single.is_empty() {
+            println!(
+                "\nsingle-producer append latency: p50 {:.3} ms, p99 {:.3} ms ({} appends)",
+                pct(&single, 0.50),
+                pct(&single, 0.99),
+                single.len()
+            );
+        }
+        if args.read {
+            let path = work.path().join("read.db");
+            let (n, rate) = read_throughput(&path).await?;
+            println!("read from TRIM_HORIZON: {rate:.0} records/s ({n} records of 1 KiB, 10,000 per get_records)");
+        }
+        if !args.tail {
+            return Ok(());
+        }
         let path = work.path().join("tail.db");
         let mut vis = commit_to_visible(&path).await?;
         vis.sort_unstable();
@@ -104,6 +196,101 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
     Ok(())
+}
+
+/// CPU time (user + system) this process has used so far, in seconds, from /proc/self/stat
+/// (0 where that file does not exist). Clock ticks are 1/100 s.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+type Ack = tokio::sync::oneshot::Sender<()>;
+
+/// The baseline a durable log is measured against: `producers` tasks each send one 1 KiB
+/// record at a time to a thread that appends every record waiting to a file with one
+/// `write`, calls `fdatasync`, then acknowledges them (a simple group-committing appender,
+/// no index, no checksums, no reads). Returns appends/s.
+async fn raw_group_commit(
+    dir: &Path,
+    producers: usize,
+    phase: Duration,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let file_path = dir.join("raw-appender.log");
+    let mut file = std::fs::File::create(&file_path)?;
+    let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, Ack)>();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        let mut acks = Vec::new();
+        while let Ok(first) = rx.recv() {
+            buf.clear();
+            buf.extend_from_slice(&first.0);
+            acks.push(first.1);
+            while let Ok((data, ack)) = rx.try_recv() {
+                buf.extend_from_slice(&data);
+                acks.push(ack);
+            }
+            file.write_all(&buf)?;
+            file.sync_data()?;
+            for a in acks.drain(..) {
+                let _ = a.send(());
+            }
+        }
+        Ok(())
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..producers {
+        let (tx, stop, count) = (tx.clone(), stop.clone(), count.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (ack, done) = tokio::sync::oneshot::channel();
+                if tx.send((vec![0x5A; RECORD], ack)).is_err() || done.await.is_err() {
+                    break;
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    drop(tx);
+    let start = Instant::now();
+    tokio::time::sleep(phase).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = count.load(Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    for t in tasks {
+        t.await?;
+    }
+    writer
+        .join()
+        .map_err(|_| "the raw appender thread panicked")??;
+    std::fs::remove_file(&file_path)?;
+    Ok(n as f64 / elapsed)
 }
 
 /// Percentile of sorted nanosecond samples, in milliseconds.
@@ -138,8 +325,24 @@ fn raw_fsync_rate(dir: &Path, phase: Duration, in_place: bool) -> std::io::Resul
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Page size of the databases the bench creates (`--page-size`).
+static PAGE_SIZE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// WAL bound of the databases the bench creates (`--wal-limit-pages`).
+static WAL_LIMIT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn open(path: &Path) -> Result<EmbeddedStream, Box<dyn std::error::Error>> {
-    Ok(EmbeddedStream::open(Db::open(path, MIGRATIONS)?)?)
+    let options = DbOptions {
+        page_size: PAGE_SIZE.load(Ordering::Relaxed),
+        wal_limit_pages: WAL_LIMIT.load(Ordering::Relaxed),
+        checkpoint_pages: DbOptions::default()
+            .checkpoint_pages
+            .min(WAL_LIMIT.load(Ordering::Relaxed) / 2)
+            .max(1),
+        ..DbOptions::default()
+    };
+    Ok(EmbeddedStream::open(Db::open_with(
+        path, MIGRATIONS, options,
+    )?)?)
 }
 
 fn record(i: u64) -> PutRecord {
@@ -150,13 +353,13 @@ fn record(i: u64) -> PutRecord {
     }
 }
 
-/// Appends/s with `producers` tasks each awaiting one `put_record` at a time, and the
-/// latency of every append (ns).
+/// Appends/s with `producers` tasks each awaiting one `put_record` at a time, the latency
+/// of every append (ns), and how many appends were made in all.
 async fn appends(
     path: &Path,
     producers: usize,
     phase: Duration,
-) -> Result<(f64, Vec<u64>), Box<dyn std::error::Error>> {
+) -> Result<(f64, Vec<u64>, usize), Box<dyn std::error::Error>> {
     let s = Arc::new(open(path)?);
     s.create_stream("b", SHARDS).await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -187,7 +390,8 @@ async fn appends(
         lat.extend(t.await??);
     }
     s.db().close();
-    Ok((n as f64 / elapsed, lat))
+    let total = lat.len();
+    Ok((n as f64 / elapsed, lat, total))
 }
 
 async fn read_throughput(path: &Path) -> Result<(usize, f64), Box<dyn std::error::Error>> {

@@ -28,9 +28,13 @@ use tokio::sync::watch;
 mod append;
 mod reshard;
 mod schema;
+mod throttle;
 
 pub use append::append_in_tx;
 pub use schema::MIGRATIONS;
+pub use throttle::{
+    READ_BYTES_PER_SEC, READ_CALLS_PER_SEC, WRITE_BYTES_PER_SEC, WRITE_RECORDS_PER_SEC,
+};
 
 use crate::iterator::{self, Position};
 use crate::{
@@ -44,7 +48,9 @@ use crate::{
     parse_sequence_number, parse_shard_id, record_checksum, sequence_number, shard_id,
     validate_stream_name,
 };
-use schema::{ShardRow, StreamRow, load_stream, not_found, shard_row, shard_rows};
+use schema::{
+    ShardRow, StreamRow, first_counter_at_or_after, load_stream, not_found, shard_row, shard_rows,
+};
 
 /// Streams stored in the shared embedded database.
 #[derive(Clone)]
@@ -53,6 +59,35 @@ pub struct EmbeddedStream {
     iterator_key: Arc<Vec<u8>>,
     watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
     batcher: append::SharedBatcher,
+    throttle: Option<Arc<throttle::Throttle>>,
+}
+
+/// How an [`EmbeddedStream`] behaves beyond the Kinesis semantics every backend shares.
+#[derive(Clone)]
+pub struct StreamOptions {
+    /// Enforce Kinesis' per-shard limits (writes: 1 MiB/s and 1,000 records/s; reads:
+    /// 2 MiB/s and 5 GetRecords calls/s) with `ProvisionedThroughputExceeded`. Off by
+    /// default. Records appended with [`append_in_tx`] (the upload path) are not limited.
+    pub throttle: bool,
+    /// The clock the limits are measured with.
+    pub clock: Arc<dyn crate::Clock>,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            throttle: false,
+            clock: Arc::new(crate::SystemClock),
+        }
+    }
+}
+
+impl std::fmt::Debug for StreamOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamOptions")
+            .field("throttle", &self.throttle)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What [`EmbeddedStream::check`] found. Empty `problems` means the database passed
@@ -80,6 +115,11 @@ pub struct TrimReport {
 impl EmbeddedStream {
     /// Opens the backend on a database already migrated with [`MIGRATIONS`].
     pub fn open(db: Db) -> Result<Self, StreamError> {
+        EmbeddedStream::open_with(db, StreamOptions::default())
+    }
+
+    /// [`EmbeddedStream::open`] with options.
+    pub fn open_with(db: Db, options: StreamOptions) -> Result<Self, StreamError> {
         use rand::RngCore;
         let mut fresh = vec![0u8; 32];
         rand::thread_rng().fill_bytes(&mut fresh);
@@ -100,6 +140,34 @@ impl EmbeddedStream {
             iterator_key: Arc::new(key),
             watchers: Arc::new(Mutex::new(HashMap::new())),
             batcher: Arc::default(),
+            throttle: options
+                .throttle
+                .then(|| Arc::new(throttle::Throttle::new(options.clock))),
+        })
+    }
+
+    /// Opens the backend to inspect a database opened with [`Db::open_read_only`]
+    /// (`sluice doctor`): writes nothing. [`EmbeddedStream::check`] and the other reads
+    /// work; anything that writes fails. The database is not migrated, so it may be of an
+    /// older layout; [`EmbeddedStream::check`] reads every layout.
+    pub fn open_read_only(db: Db) -> Result<Self, StreamError> {
+        let key: Vec<u8> = db.read_blocking(|c| {
+            Ok::<_, StreamError>(
+                c.query_row(
+                    "SELECT v FROM stream_meta WHERE k = 'iterator_key'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or_default(),
+            )
+        })?;
+        Ok(EmbeddedStream {
+            db,
+            iterator_key: Arc::new(key),
+            watchers: Arc::new(Mutex::new(HashMap::new())),
+            batcher: Arc::default(),
+            throttle: None,
         })
     }
 
@@ -149,17 +217,23 @@ impl EmbeddedStream {
                 let mut report = TrimReport::default();
                 for (id, hours) in streams {
                     let horizon = now - hours * 3_600_000;
-                    let shards: Vec<i64> = c
-                        .prepare_cached("SELECT idx FROM shards WHERE stream_id = ?1")?
-                        .query_map([id], |r| r.get(0))?
+                    let shards: Vec<(i64, i64)> = c
+                        .prepare_cached(
+                            "SELECT idx, next_counter FROM shards WHERE stream_id = ?1",
+                        )?
+                        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
                         .collect::<Result<_, _>>()?;
-                    for idx in shards {
-                        report.records +=
-                            c.prepare_cached(
+                    for (idx, next) in shards {
+                        // Arrival times grow with counters: what expired is a prefix.
+                        let keep_from =
+                            first_counter_at_or_after(c, id, idx as u64, next as u64, horizon)?;
+                        report.records += c
+                            .prepare_cached(
                                 "DELETE FROM records
-                                 WHERE stream_id = ?1 AND shard_idx = ?2 AND arrival_ms < ?3",
+                                 WHERE stream_id = ?1 AND shard_idx = ?2 AND counter < ?3",
                             )?
-                            .execute(params![id, idx, horizon])? as u64;
+                            .execute(params![id, idx, keep_from as i64])?
+                            as u64;
                     }
                     report.shards += c
                         .prepare_cached(
@@ -766,17 +840,9 @@ impl Stream for EmbeddedStream {
                     IteratorSpec::Latest => row.next_counter,
                     IteratorSpec::AtSequenceNumber(s) => seq_counter(s)?,
                     IteratorSpec::AfterSequenceNumber(s) => seq_counter(s)? + 1,
-                    IteratorSpec::AtTimestamp(ts) => c
-                        .query_row(
-                            "SELECT counter FROM records
-                             WHERE stream_id = ?1 AND shard_idx = ?2 AND arrival_ms >= ?3
-                             ORDER BY counter LIMIT 1",
-                            params![stream.id, idx as i64, ts],
-                            |r| r.get::<_, i64>(0),
-                        )
-                        .optional()?
-                        .map(|v| v as u64)
-                        .unwrap_or(row.next_counter),
+                    IteratorSpec::AtTimestamp(ts) => {
+                        first_counter_at_or_after(c, stream.id, idx, row.next_counter, *ts)?
+                    }
                 };
                 Ok(iterator::encode(
                     &key,
@@ -804,9 +870,25 @@ impl Stream for EmbeddedStream {
         }
         let pos = iterator::decode(&self.iterator_key, iterator, now_ms())?;
         let key = self.iterator_key.clone();
-        self.db
+        let Some(throttle) = self.throttle.clone() else {
+            return self
+                .db
+                .read(move |c| read_records(c, &key, pos, limit))
+                .await;
+        };
+        let (stream, generation, shard) = (pos.s.clone(), pos.g, pos.h);
+        throttle.admit_read(&stream, generation, shard)?;
+        let out = self
+            .db
             .read(move |c| read_records(c, &key, pos, limit))
-            .await
+            .await?;
+        let bytes = out
+            .records
+            .iter()
+            .map(|r| r.partition_key.len() + r.data.len())
+            .sum();
+        throttle.charge_read(&stream, generation, shard, bytes)?;
+        Ok(out)
     }
 
     fn watch(&self, stream: &str) -> watch::Receiver<u64> {
@@ -1065,30 +1147,38 @@ fn read_records(
          ORDER BY counter LIMIT ?4",
     )?;
     let mut rows = st.query(params![stream_id, pos.h as i64, pos.p as i64, limit as i64])?;
-    let mut records = Vec::new();
-    let mut bytes = 0usize;
+    // Every record's data goes into one buffer that the records then share (one allocation
+    // per call rather than one per record).
+    let mut buf: Vec<u8> = Vec::new();
+    let mut found: Vec<(String, i64, String, std::ops::Range<usize>)> = Vec::new();
     let mut next = pos.p;
     while let Some(r) = rows.next()? {
-        let data: Vec<u8> = r.get(3)?;
-        if !records.is_empty() && bytes + data.len() > MAX_GET_BYTES {
-            break;
-        }
-        bytes += data.len();
         let counter = r.get::<_, i64>(0)? as u64;
         let seq = sequence_number(pos.h, counter);
+        let data = r.get_ref(3)?.as_blob().map_err(|_| corrupt(&pos.s, &seq))?;
+        if !found.is_empty() && buf.len() + data.len() > MAX_GET_BYTES {
+            break;
+        }
         let partition_key: String = r.get(2).map_err(|_| corrupt(&pos.s, &seq))?;
         let sum: Option<i64> = r.get(4)?;
-        if sum.is_some_and(|s| s as u64 != record_checksum(counter, &partition_key, &data)) {
+        if sum.is_some_and(|s| s as u64 != record_checksum(counter, &partition_key, data)) {
             return Err(corrupt(&pos.s, &seq));
         }
-        records.push(Record {
-            sequence_number: seq,
-            approximate_arrival_ms: r.get(1)?,
-            partition_key,
-            data: Bytes::from(data),
-        });
+        let start = buf.len();
+        buf.extend_from_slice(data);
+        found.push((seq, r.get(1)?, partition_key, start..buf.len()));
         next = counter + 1;
     }
+    let buf = Bytes::from(buf);
+    let records: Vec<Record> = found
+        .into_iter()
+        .map(|(sequence_number, arrival, partition_key, range)| Record {
+            sequence_number,
+            approximate_arrival_ms: arrival,
+            partition_key,
+            data: buf.slice(range),
+        })
+        .collect();
     drop(rows);
     let millis_behind_latest = if (next as i64) < next_counter {
         c.prepare_cached(

@@ -433,6 +433,22 @@ pub fn check_tag(key: &str, value: &str) -> Result<(), StreamError> {
     Ok(())
 }
 
+/// A source of time in milliseconds since the Unix epoch. Injectable so that time-dependent
+/// behaviour (throughput limits) can be tested without waiting on the wall clock.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        sluice_db::now_ms()
+    }
+}
+
 /// Milliseconds since the Unix epoch, by the clock the embedded backend stamps records with.
 pub fn embedded_now_ms() -> i64 {
     sluice_db::now_ms()

@@ -1,7 +1,8 @@
 //! Crash test: a child process appends from several producers at once and prints every
 //! acknowledged sequence number; the parent kills it with SIGKILL mid-stream, reopens the
 //! database and checks that every acknowledged record is there, byte for byte, in order, and
-//! that sequence numbers never repeat or go backwards. 20 rounds on one database.
+//! that sequence numbers never repeat or go backwards. 20 rounds on one database, or
+//! `$SLUICE_STREAM_CRASH_ROUNDS` (`scripts/crash-stream [rounds]` runs many more).
 //!
 //! The child is this same test binary, re-executed to run only `child_appender` with the
 //! database path in its environment (without it, `child_appender` does nothing).
@@ -20,7 +21,19 @@ use sluice_stream::{PutRecord, Stream};
 const DB_ENV: &str = "SLUICE_STREAM_CRASH_DB";
 const ROUND_ENV: &str = "SLUICE_STREAM_CRASH_ROUND";
 const PRODUCERS: u32 = 8;
-const ROUNDS: u32 = 20;
+const ROUNDS_ENV: &str = "SLUICE_STREAM_CRASH_ROUNDS";
+const DEFAULT_ROUNDS: u32 = 20;
+
+fn rounds() -> u32 {
+    match std::env::var(ROUNDS_ENV) {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| panic!("{ROUNDS_ENV} must be a positive number, got {v:?}")),
+        Err(_) => DEFAULT_ROUNDS,
+    }
+}
 
 /// The bytes producer `p` writes as its `i`-th record of `round`: unique and checkable.
 fn payload(round: u32, p: u32, i: u64) -> Vec<u8> {
@@ -129,7 +142,8 @@ fn kill_9_during_concurrent_appends_loses_no_acknowledged_record() {
     let mut acked: Vec<Ack> = Vec::new();
     // Highest sequence number present per shard after the previous round.
     let mut high: HashMap<String, String> = HashMap::new();
-    for round in 0..ROUNDS {
+    let rounds = rounds();
+    for round in 0..rounds {
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -183,9 +197,9 @@ fn kill_9_during_concurrent_appends_loses_no_acknowledged_record() {
         acked.extend(this_round);
         high = verify(&path, &acked);
     }
-    assert!(acked.len() >= ROUNDS as usize * 20);
+    assert!(acked.len() >= rounds as usize * 20);
     eprintln!(
-        "{} acknowledged records checked over {ROUNDS} kill -9 rounds",
+        "{} acknowledged records checked over {rounds} kill -9 rounds",
         acked.len()
     );
 }

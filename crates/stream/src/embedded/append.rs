@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::EmbeddedStream;
 use super::schema::{load_stream, open_shards};
+use super::throttle::Throttle;
 use crate::{
     PutRecord, PutResult, StreamError, parse_sequence_number, record_checksum, sequence_number,
     shard_id, validate_record,
@@ -39,6 +40,7 @@ struct Target {
 pub(crate) struct AppendCtx {
     stream_id: i64,
     stream: String,
+    created_ms: i64,
     max_record_bytes: usize,
     shards: Vec<Target>,
 }
@@ -60,19 +62,21 @@ impl AppendCtx {
         Ok(AppendCtx {
             stream_id: row.id,
             stream: row.name,
+            created_ms: row.created_ms,
             max_record_bytes: row.max_record_bytes,
             shards,
         })
     }
 
     /// Validates and inserts one record. Counters advance only once the insert succeeded;
-    /// a validation error writes nothing.
+    /// a validation error or a refusal by `throttle` writes nothing.
     pub(crate) fn append(
         &mut self,
         conn: &Connection,
         record: &PutRecord,
         ordering: Option<&str>,
         now: i64,
+        throttle: Option<&Throttle>,
     ) -> Result<PutResult, StreamError> {
         let hash = validate_record(record, self.max_record_bytes)?;
         let pos = self.shards.partition_point(|s| s.start <= hash);
@@ -90,6 +94,14 @@ impl AppendCtx {
         let seq = sequence_number(shard.idx, counter);
         if let Some(ordering) = ordering {
             check_ordering(ordering, &seq)?;
+        }
+        if let Some(t) = throttle {
+            t.admit_write(
+                &self.stream,
+                self.created_ms,
+                shard.idx,
+                record.partition_key.len() + record.data.len(),
+            )?;
         }
         let arrival = shard.last_arrival_ms.max(now);
         let checksum = record_checksum(counter, &record.partition_key, &record.data);
@@ -165,7 +177,7 @@ pub fn append_in_tx(
     now: i64,
 ) -> Result<PutResult, StreamError> {
     let mut ctx = AppendCtx::load(conn, stream)?;
-    let res = ctx.append(conn, record, None, now)?;
+    let res = ctx.append(conn, record, None, now, None)?;
     ctx.flush(conn)?;
     Ok(res)
 }
@@ -217,9 +229,16 @@ impl Batcher {
         };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             // No runtime to run a flush task on: write directly.
+            let throttle = owner.throttle.clone();
             let results = owner
                 .db
-                .write(move |c| Ok::<_, StreamError>(run_batch(c, std::slice::from_ref(&work))))
+                .write(move |c| {
+                    Ok::<_, StreamError>(run_batch(
+                        c,
+                        std::slice::from_ref(&work),
+                        throttle.as_deref(),
+                    ))
+                })
                 .await?;
             let out = results.into_iter().next().unwrap_or_else(|| {
                 Err(StreamError::Backend("the batch returned no result".into()))
@@ -277,13 +296,18 @@ impl Batcher {
 }
 
 async fn flush_loop(owner: EmbeddedStream) {
+    // Before each batch, let the tasks that just got their replies (or that were woken
+    // together with this one) run first: they usually append again at once, and joining this
+    // batch saves them a commit of their own.
+    tokio::task::yield_now().await;
     while let Some(batch) = owner.batcher.next_batch() {
         let (works, replies): (Vec<Work>, Vec<oneshot::Sender<Outcome>>) =
             batch.into_iter().map(|p| (p.work, p.reply)).unzip();
         let names: Vec<String> = works.iter().map(|w| w.stream.clone()).collect();
+        let throttle = owner.throttle.clone();
         let res = owner
             .db
-            .write(move |c| Ok::<_, StreamError>(run_batch(c, &works)))
+            .write(move |c| Ok::<_, StreamError>(run_batch(c, &works, throttle.as_deref())))
             .await;
         match res {
             Ok(outcomes) => {
@@ -299,6 +323,7 @@ async fn flush_loop(owner: EmbeddedStream) {
                 for name in touched {
                     owner.notify(name);
                 }
+                tokio::task::yield_now().await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "a batch of appends failed");
@@ -312,8 +337,8 @@ async fn flush_loop(owner: EmbeddedStream) {
 
 /// Runs a batch inside one job. A database error undoes the whole batch: it is returned for
 /// every caller (the closure fails, so the job's savepoint is rolled back).
-fn run_batch(conn: &Connection, works: &[Work]) -> Vec<Outcome> {
-    match try_batch(conn, works) {
+fn run_batch(conn: &Connection, works: &[Work], throttle: Option<&Throttle>) -> Vec<Outcome> {
+    match try_batch(conn, works, throttle) {
         Ok(v) => v,
         Err(e) => {
             let msg = e.to_string();
@@ -327,7 +352,11 @@ fn run_batch(conn: &Connection, works: &[Work]) -> Vec<Outcome> {
     }
 }
 
-fn try_batch(conn: &Connection, works: &[Work]) -> Result<Vec<Outcome>, StreamError> {
+fn try_batch(
+    conn: &Connection,
+    works: &[Work],
+    throttle: Option<&Throttle>,
+) -> Result<Vec<Outcome>, StreamError> {
     conn.execute_batch("SAVEPOINT batch")?;
     let now = now_ms();
     let mut ctxs: HashMap<&str, Option<AppendCtx>> = HashMap::new();
@@ -350,7 +379,7 @@ fn try_batch(conn: &Connection, works: &[Work]) -> Result<Vec<Outcome>, StreamEr
         };
         let mut results = Vec::with_capacity(w.records.len());
         for (record, ordering) in &w.records {
-            match ctx.append(conn, record, ordering.as_deref(), now) {
+            match ctx.append(conn, record, ordering.as_deref(), now, throttle) {
                 Err(StreamError::Backend(e)) => return Err(StreamError::Backend(e)),
                 r => results.push(r),
             }

@@ -67,7 +67,93 @@ CREATE TABLE stream_tags (
 ) WITHOUT ROWID;
 ",
     },
+    // Records move to a rowid table with a separate index on their position. In the
+    // `WITHOUT ROWID` table of stream-0001 a 1 KiB record did not fit in its B-tree cell
+    // (cells of such tables hold at most about a quarter of a page) and spilled into an
+    // overflow page of its own, and appends to every shard but the last landed in the middle
+    // of the tree, splitting half-full pages. Here rows are appended at the end of the table
+    // (rowids only grow), about four 1 KiB records share a page, and only the small index
+    // entries go to one place per shard. The arrival-time index is gone: arrival times are
+    // non-decreasing along a shard's counters, so a binary search over the position index
+    // ([`first_counter_at_or_after`]) finds a time without an index to maintain on every
+    // append.
+    Migration {
+        name: "stream-0003",
+        sql: "
+CREATE TABLE records_v3 (
+    id INTEGER PRIMARY KEY,
+    stream_id INTEGER NOT NULL,
+    shard_idx INTEGER NOT NULL,
+    counter INTEGER NOT NULL,
+    arrival_ms INTEGER NOT NULL,
+    partition_key TEXT NOT NULL,
+    data BLOB NOT NULL,
+    checksum INTEGER
+);
+INSERT INTO records_v3 (stream_id, shard_idx, counter, arrival_ms, partition_key, data, checksum)
+    SELECT stream_id, shard_idx, counter, arrival_ms, partition_key, data, checksum
+    FROM records ORDER BY stream_id, shard_idx, counter;
+DROP INDEX records_arrival;
+DROP TABLE records;
+ALTER TABLE records_v3 RENAME TO records;
+CREATE UNIQUE INDEX records_position ON records (stream_id, shard_idx, counter);
+",
+    },
 ];
+
+/// The first stored record of a shard at or after `counter`: (counter, arrival ms).
+fn record_at_or_after(
+    conn: &Connection,
+    stream_id: i64,
+    shard_idx: u64,
+    counter: u64,
+) -> Result<Option<(u64, i64)>, StreamError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT counter, arrival_ms FROM records
+             WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3
+             ORDER BY counter LIMIT 1",
+        )?
+        .query_row(
+            sluice_db::rusqlite::params![stream_id, shard_idx as i64, counter as i64],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)),
+        )
+        .optional()?)
+}
+
+/// The counter of the first record of a shard that arrived at or after `ts` (ms), or
+/// `next_counter` when there is none.
+///
+/// Relies on the invariant that arrival times never decrease along a shard's counters
+/// (the appender stamps `max(now, last arrival)`): a binary search over the counters,
+/// each probe one lookup in the position index, so no index on arrival times is needed.
+pub(crate) fn first_counter_at_or_after(
+    conn: &Connection,
+    stream_id: i64,
+    shard_idx: u64,
+    next_counter: u64,
+    ts: i64,
+) -> Result<u64, StreamError> {
+    // Invariant of the loop: every record below `lo` arrived before `ts`; the first record
+    // at or after `hi` (if any) arrived at or after `ts`, or `hi == next_counter`.
+    let (mut lo, mut hi) = (0u64, next_counter);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match record_at_or_after(conn, stream_id, shard_idx, mid)? {
+            Some((c, arrival)) if c < hi => {
+                if arrival >= ts {
+                    hi = c;
+                } else {
+                    lo = c + 1;
+                }
+            }
+            // No record in mid..hi: the answer is at or after hi, and nothing in mid..hi
+            // is before ts either.
+            _ => hi = mid,
+        }
+    }
+    Ok(hi)
+}
 
 /// A row of `streams`.
 #[derive(Debug, Clone)]
