@@ -57,6 +57,9 @@ pub(crate) struct FileConfig {
     pub(crate) stream: Option<String>,
     /// Shards of the upload stream when it is created.
     pub(crate) shards: Option<u32>,
+    /// Enforce Kinesis' per-shard throughput limits (1 MiB/s or 1,000 records/s in,
+    /// 2 MiB/s and 5 reads/s out) with ProvisionedThroughputExceeded; off by default.
+    pub(crate) stream_throttle: Option<bool>,
     /// Largest accepted upload request body, in bytes.
     pub(crate) max_body_bytes: Option<usize>,
     pub(crate) id_token_validity_secs: Option<i64>,
@@ -93,6 +96,7 @@ pub(crate) struct Settings {
     pub(crate) processed_bucket: Option<String>,
     pub(crate) stream: String,
     pub(crate) shards: u32,
+    pub(crate) stream_throttle: bool,
     pub(crate) max_body_bytes: usize,
     pub(crate) s3_max_object_bytes: usize,
     pub(crate) s3_uploads_enqueue: bool,
@@ -138,6 +142,9 @@ impl Settings {
             processed_bucket: env_or("SLUICE_PROCESSED_BUCKET", file.processed_bucket),
             stream: env_or("SLUICE_STREAM", file.stream).unwrap_or_else(|| "uploads-stream".into()),
             shards: env_parse("SLUICE_SHARDS")?.or(file.shards).unwrap_or(4),
+            stream_throttle: env_parse("SLUICE_STREAM_THROTTLE")?
+                .or(file.stream_throttle)
+                .unwrap_or(false),
             max_body_bytes: env_parse("SLUICE_MAX_BODY_BYTES")?
                 .or(file.max_body_bytes)
                 .unwrap_or(sluice_gateway::DEFAULT_MAX_BODY_BYTES),

@@ -79,7 +79,13 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     if let Some(b) = &settings.processed_bucket {
         store.ensure_bucket(b).await?;
     }
-    let stream = EmbeddedStream::open(db.clone())?;
+    let stream = EmbeddedStream::open_with(
+        db.clone(),
+        sluice_stream::embedded::StreamOptions {
+            throttle: settings.stream_throttle,
+            ..Default::default()
+        },
+    )?;
     stream
         .ensure_stream(&settings.stream, settings.shards)
         .await?;

@@ -269,3 +269,65 @@ fn aws_cli_round_trip_and_errors() {
     assert!(ok, "{err}");
     server.stop();
 }
+
+#[test]
+fn throttling_when_enabled_refuses_what_a_shard_cannot_take() {
+    let dir = DataDir::new("kinesis-throttle");
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[("SLUICE_STREAM_THROTTLE", "true")],
+    );
+    let (id, secret) = key(&server);
+    let k = (id.as_str(), secret.as_str());
+    let run = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", server.edge.as_str()];
+        all.extend_from_slice(args);
+        aws_as(k, &all)
+    };
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "create-stream",
+        "--stream-name",
+        "t",
+        "--shard-count",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    // 500 records of 3 KiB: 1.5 MiB in one call, more than the shard's 1 MiB/s budget holds,
+    // whatever the clock does. Some records go in, the rest are refused per record.
+    let data = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 3 * 1024]);
+    let records: Vec<Value> = (0..500)
+        .map(|i| serde_json::json!({"Data": data, "PartitionKey": format!("k{i}")}))
+        .collect();
+    let input = dir.0.join("put-records.json");
+    std::fs::write(
+        &input,
+        serde_json::json!({"StreamName": "t", "Records": records}).to_string(),
+    )
+    .expect("write input");
+    let (ok, out, err) = run(&[
+        "kinesis",
+        "put-records",
+        "--cli-input-json",
+        &format!("file://{}", input.display()),
+    ]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let failed = v["FailedRecordCount"].as_u64().expect("count");
+    assert!(failed > 0 && failed < 500, "{failed} of 500 refused");
+    let codes: Vec<&str> = v["Records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r["ErrorCode"].as_str())
+        .collect();
+    assert!(
+        codes
+            .iter()
+            .all(|c| *c == "ProvisionedThroughputExceededException"),
+        "{codes:?}"
+    );
+    server.stop();
+}
