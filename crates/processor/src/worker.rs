@@ -35,7 +35,10 @@ use crate::destination::{
 };
 use crate::event::{iso_ms, kinesis_event};
 use crate::functions::{BatchFunction, BatchInput, BatchResponse, CallContext, OutputRef};
-use crate::{MappingConfig, Processor, RecordRef, StartingPosition, output_key};
+use crate::{
+    MappingConfig, Observer, PROCESSING_AFTER, Processor, RecordRef, StartingPosition,
+    StatusUpdate, output_key,
+};
 
 /// How long a worker at the tail waits for a wake-up before looking again anyway.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -488,14 +491,14 @@ impl ShardWorker {
                     .map(|rr| (r.sequence_number.clone(), rr))
             })
             .collect();
-        // Told concurrently: each may be a durable write, and the group commit takes them
-        // all at once instead of one after another.
-        let mut told = tokio::task::JoinSet::new();
-        for id in refs.values().filter_map(|rr| rr.upload_id.clone()) {
-            let o = self.p.observer.clone();
-            told.spawn(async move { o.started(&id).await });
-        }
-        while told.join_next().await.is_some() {}
+        // `processing` only for a batch still running after a moment: a fast batch writes
+        // its outcome directly (one durable write per batch instead of two).
+        let mut started = StartedReport::spawn(
+            self.p.observer.clone(),
+            refs.values()
+                .filter_map(|rr| rr.upload_id.clone())
+                .collect(),
+        );
         let mut queue = VecDeque::from([Pending {
             records: batch,
             failures: 0,
@@ -529,6 +532,7 @@ impl ShardWorker {
                     &error,
                     &piece.last_request_id,
                     &refs,
+                    &mut started,
                     shutdown,
                 )
                 .await?;
@@ -547,13 +551,15 @@ impl ShardWorker {
             piece.last_request_id = request_id;
             let (failed, error) = match outcome {
                 Outcome::Success(outputs) => {
-                    self.succeed(&piece.records, &outputs, &refs).await;
+                    self.succeed(&piece.records, &outputs, &refs, &mut started)
+                        .await;
                     self.set_result("OK", None);
                     continue;
                 }
                 Outcome::Partial { ok, outputs, error } => {
                     let rest = piece.records.split_off(ok.min(piece.records.len()));
-                    self.succeed(&piece.records, &outputs, &refs).await;
+                    self.succeed(&piece.records, &outputs, &refs, &mut started)
+                        .await;
                     (rest, error)
                 }
                 Outcome::Failed(error) => (std::mem::take(&mut piece.records), error),
@@ -588,11 +594,14 @@ impl ShardWorker {
                     &piece.last_error,
                     &piece.last_request_id,
                     &refs,
+                    &mut started,
                     shutdown,
                 )
                 .await?;
                 continue;
             }
+            // A retry makes the batch slow: its records show `processing` meanwhile.
+            started.now(upload_ids(&piece.records, &refs)).await;
             let backoff = Duration::from_millis(100u64.saturating_mul(1 << piece.failures.min(10)))
                 .min(MAX_BACKOFF);
             tokio::select! {
@@ -696,12 +705,14 @@ impl ShardWorker {
         records: &[Record],
         outputs: &[Option<OutputRef>],
         refs: &HashMap<String, RecordRef>,
+        started: &mut StartedReport,
     ) {
         if records.is_empty() {
             return;
         }
+        started.settle().await;
         let m = &self.mapping;
-        let mut told = tokio::task::JoinSet::new();
+        let mut updates = Vec::new();
         for (i, r) in records.iter().enumerate() {
             let Some(rr) = refs.get(&r.sequence_number) else {
                 continue;
@@ -716,13 +727,16 @@ impl ShardWorker {
                     output_key(&rr.key, &m.output_prefix),
                 ),
             };
-            let o = self.p.observer.clone();
-            told.spawn(async move { o.succeeded(&id, &bucket, &key).await });
+            updates.push(StatusUpdate::Succeeded {
+                new_delivery: !started.reported(&id),
+                upload_id: id,
+                bucket,
+                key,
+            });
         }
-        while told.join_next().await.is_some() {}
         let n = records.len() as u64;
         self.p.update_stats(&m.name, |s| s.succeeded += n);
-        self.done(records).await;
+        self.done(records, updates).await;
     }
 
     /// Gives up on records: describes them to the destination (retrying until it took the
@@ -737,11 +751,13 @@ impl ShardWorker {
         error: &str,
         request_id: &str,
         refs: &HashMap<String, RecordRef>,
+        started: &mut StartedReport,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Stopped> {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return Ok(());
         };
+        started.settle().await;
         let m = &self.mapping;
         tracing::warn!(mapping = %m.name, shard = self.id(), condition,
             first = %first.sequence_number, last = %last.sequence_number, error,
@@ -810,24 +826,66 @@ impl ShardWorker {
                 }
             }
         }
-        for r in records {
-            if let Some(id) = refs
-                .get(&r.sequence_number)
-                .and_then(|rr| rr.upload_id.as_ref())
-            {
-                self.p.observer.failed(id, error).await;
-            }
-        }
+        let updates = upload_ids(records, refs)
+            .into_iter()
+            .map(|id| StatusUpdate::Failed {
+                new_delivery: !started.reported(&id),
+                upload_id: id,
+                error: error.to_owned(),
+            })
+            .collect();
         let n = records.len() as u64;
         self.p.update_stats(&m.name, |s| s.failed += n);
-        self.done(records).await;
+        self.done(records, updates).await;
         Ok(())
     }
 
-    async fn done(&self, records: &[Record]) {
+    /// Marks records done and reports their status updates. When the observer keeps its
+    /// rows in the checkpoints' database, the updates and the checkpoint (if it advanced)
+    /// are one write; otherwise the updates are written first, then the checkpoint. Either
+    /// way a checkpoint is never durable before the status of the records it covers.
+    async fn done(&self, records: &[Record], updates: Vec<StatusUpdate>) {
+        let m = &self.mapping;
+        let joined = if updates.is_empty() {
+            None
+        } else {
+            self.p
+                .checkpoints
+                .db()
+                .and_then(|db| self.p.observer.write_with(db, &updates))
+        };
+        let Some(write) = joined else {
+            if !updates.is_empty() {
+                self.p.observer.report(updates).await;
+            }
+            let mut t = self.tracker.lock().await;
+            t.done(records.iter().map(|r| r.sequence_number.as_str()));
+            self.save_checkpoint(&mut t).await;
+            return;
+        };
         let mut t = self.tracker.lock().await;
         t.done(records.iter().map(|r| r.sequence_number.as_str()));
-        self.save_checkpoint(&mut t).await;
+        let seq = t.unsaved.clone();
+        match self
+            .p
+            .checkpoints
+            .save_with(&m.name, self.id(), seq.as_deref(), write)
+            .await
+        {
+            Ok(()) => {
+                t.unsaved = None;
+                drop(t);
+                self.p.observer.written(&updates);
+            }
+            Err(e) => {
+                // Neither is written: the status alone, then the checkpoint at the next
+                // advance (or when the worker stops).
+                drop(t);
+                tracing::warn!(mapping = %m.name, shard = self.id(), error = %e,
+                    "status and checkpoint failed; writing the status alone");
+                self.p.observer.report(updates).await;
+            }
+        }
     }
 
     /// Saves the checkpoint if it advanced. A failed save is retried at the next advance
@@ -845,6 +903,93 @@ impl ShardWorker {
                 tracing::warn!(mapping = %self.mapping.name, shard = self.id(), error = %e, "checkpoint failed")
             }
         }
+    }
+}
+
+/// The upload ids of records, in order.
+fn upload_ids(records: &[Record], refs: &HashMap<String, RecordRef>) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| refs.get(&r.sequence_number)?.upload_id.clone())
+        .collect()
+}
+
+/// The `Started` report of one batch: written by a task if the batch is still running
+/// after [`PROCESSING_AFTER`], or right away when it is retried. Settled (cancelled, or
+/// waited for) before the batch writes any outcome, so that `Started` is never written
+/// after the outcome of the same record.
+struct StartedReport {
+    observer: Arc<dyn Observer>,
+    cancel: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Vec<String>>>,
+    /// Upload ids whose `Started` was written for this delivery.
+    done: HashSet<String>,
+}
+
+impl StartedReport {
+    fn spawn(observer: Arc<dyn Observer>, ids: Vec<String>) -> Self {
+        let mut r = StartedReport {
+            observer: observer.clone(),
+            cancel: None,
+            task: None,
+            done: HashSet::new(),
+        };
+        if ids.is_empty() {
+            return r;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        r.cancel = Some(tx);
+        r.task = Some(tokio::spawn(async move {
+            tokio::select! {
+                biased;
+                _ = rx => Vec::new(),
+                _ = tokio::time::sleep(PROCESSING_AFTER) => {
+                    let updates = ids
+                        .iter()
+                        .map(|id| StatusUpdate::Started { upload_id: id.clone() })
+                        .collect();
+                    observer.report(updates).await;
+                    ids
+                }
+            }
+        }));
+        r
+    }
+
+    /// Cancels the delayed report if it has not started, else waits until it is written.
+    async fn settle(&mut self) {
+        if let Some(tx) = self.cancel.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take()
+            && let Ok(ids) = task.await
+        {
+            self.done.extend(ids);
+        }
+    }
+
+    /// Reports `Started` now for those of `ids` not reported yet.
+    async fn now(&mut self, ids: Vec<String>) {
+        self.settle().await;
+        let fresh: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !self.done.contains(id))
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let updates = fresh
+            .iter()
+            .map(|id| StatusUpdate::Started {
+                upload_id: id.clone(),
+            })
+            .collect();
+        self.observer.report(updates).await;
+        self.done.extend(fresh);
+    }
+
+    fn reported(&self, id: &str) -> bool {
+        self.done.contains(id)
     }
 }
 

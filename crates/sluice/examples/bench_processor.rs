@@ -32,14 +32,14 @@ use sluice_processor::logs::{BufferedLogs, EmbeddedLogs};
 use sluice_processor::mappings::{FunctionSettings, LambdaRuntime};
 use sluice_processor::{
     BatchFunction, BatchInput, CallContext, Checkpoints, MappingConfig, NoObserver, Observer,
-    Processor, StartingPosition,
+    Processor, StartingPosition, StatusUpdate, TxWrite,
 };
 use sluice_store::embedded::EmbeddedStore;
 use sluice_store::{ObjectStore, PutOptions};
 use sluice_stream::embedded::EmbeddedStream;
 use sluice_stream::{IteratorSpec, PutRecord, Record, Stream, shard_id};
 use sluice_uploads::embedded::EmbeddedUploads;
-use sluice_uploads::{NewUpload, UploadLedger, UploadSink};
+use sluice_uploads::{NewUpload, StatusChange, UploadLedger, UploadSink};
 use tokio::sync::watch;
 
 const SHARDS: u32 = 4;
@@ -396,11 +396,51 @@ async fn bench_uppercase(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Upload status follows the records (as `serve`'s observer), and notes when each upload
-/// was marked processed.
+/// Upload status follows the records as `serve`'s `LedgerObserver` does (status rows
+/// committed with the checkpoint, `processing` only for slow batches), and notes when
+/// each upload's `processed` row was durable (the first time).
 struct Timed {
     ledger: EmbeddedUploads,
     done: Mutex<HashMap<String, Instant>>,
+}
+
+fn change(u: &StatusUpdate) -> StatusChange {
+    match u.clone() {
+        StatusUpdate::Started { upload_id } => StatusChange::Processing { id: upload_id },
+        StatusUpdate::Succeeded {
+            upload_id,
+            bucket,
+            key,
+            new_delivery,
+        } => StatusChange::Processed {
+            id: upload_id,
+            bucket,
+            key,
+            new_attempt: new_delivery,
+        },
+        StatusUpdate::Failed {
+            upload_id,
+            error,
+            new_delivery,
+        } => StatusChange::Failed {
+            id: upload_id,
+            error,
+            new_attempt: new_delivery,
+        },
+    }
+}
+
+impl Timed {
+    fn note(&self, updates: &[StatusUpdate]) {
+        let now = Instant::now();
+        if let Ok(mut d) = self.done.lock() {
+            for u in updates {
+                if let StatusUpdate::Succeeded { upload_id, .. } = u {
+                    d.entry(upload_id.clone()).or_insert(now);
+                }
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -410,12 +450,32 @@ impl Observer for Timed {
     }
     async fn succeeded(&self, id: &str, bucket: &str, key: &str) {
         let _ = self.ledger.mark_processed(id, bucket, key).await;
-        if let Ok(mut d) = self.done.lock() {
-            d.insert(id.to_owned(), Instant::now());
-        }
     }
     async fn failed(&self, id: &str, error: &str) {
         let _ = self.ledger.mark_failed(id, error).await;
+    }
+    async fn report(&self, updates: Vec<StatusUpdate>) {
+        if self
+            .ledger
+            .apply(updates.iter().map(change).collect())
+            .await
+            .is_ok()
+        {
+            self.note(&updates);
+        }
+    }
+    fn write_with(&self, db: &Db, updates: &[StatusUpdate]) -> Option<TxWrite> {
+        if self.ledger.db()?.path() != db.path() {
+            return None;
+        }
+        let changes: Vec<StatusChange> = updates.iter().map(change).collect();
+        Some(Box::new(move |c| {
+            sluice_uploads::embedded::apply_in_tx(c, &changes)?;
+            Ok(())
+        }))
+    }
+    fn written(&self, updates: &[StatusUpdate]) {
+        self.note(updates);
     }
 }
 
