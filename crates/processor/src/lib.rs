@@ -461,6 +461,9 @@ pub struct Processor {
     pub(crate) stats: Arc<Mutex<HashMap<String, MappingStats>>>,
     pub(crate) aws: AwsIdentity,
     pub(crate) logs: Option<Arc<dyn logs::LogSink>>,
+    /// A stream whose status-tracking mapping (see [`Processor::with_status_tracking`])
+    /// tells this observer, whatever [`Processor::with_observer`] set.
+    pub(crate) status_tracking: Option<(String, Arc<dyn Observer>)>,
 }
 
 impl Processor {
@@ -478,6 +481,7 @@ impl Processor {
             stats: Arc::new(Mutex::new(HashMap::new())),
             aws: AwsIdentity::default(),
             logs: None,
+            status_tracking: None,
         }
     }
 
@@ -515,6 +519,30 @@ impl Processor {
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = observer;
         self
+    }
+
+    /// Lets one persisted mapping on `stream` tell `observer` (upload status) when no
+    /// built-in mapping does: the [`runner::MappingRunner`] gives it to the **oldest
+    /// enabled mapping on that stream** (earliest `created_ms`, then name) and restarts
+    /// mappings when that role moves. Kept by [`Processor::with_observer`].
+    pub fn with_status_tracking(
+        mut self,
+        stream: impl Into<String>,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        self.status_tracking = Some((stream.into(), observer));
+        self
+    }
+
+    /// The stream of [`Processor::with_status_tracking`], if set.
+    pub fn status_tracking_stream(&self) -> Option<&str> {
+        self.status_tracking.as_ref().map(|(s, _)| s.as_str())
+    }
+
+    /// This processor telling the status-tracking observer, if one was set.
+    pub(crate) fn tracking_status(&self) -> Option<Processor> {
+        let (_, o) = self.status_tracking.as_ref()?;
+        Some(self.clone().with_observer(o.clone()))
     }
 
     /// Builds the destination a spec names, on this processor's stream and store.
