@@ -48,6 +48,8 @@ const SHARD_DISCOVERY: Duration = Duration::from_secs(5);
 const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024;
 /// Longest pause between retries of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Resolved batches that may wait for the committer before a lane waits in turn.
+const COMMITS_AHEAD: usize = 4;
 /// Reads a lane may have waiting (each at most a batch): the reader stays ahead of the
 /// function by this much.
 const LANE_CHUNKS: usize = 2;
@@ -124,6 +126,7 @@ impl Supervisor {
                         .flatten()
                         .filter(|p| known.contains(p))
                         .collect();
+                        let (commit_tx, commit_rx) = mpsc::channel(COMMITS_AHEAD);
                         let w = Arc::new(ShardWorker {
                             p: self.p.clone(),
                             mapping: m.clone(),
@@ -145,6 +148,8 @@ impl Supervisor {
                             },
                             finished: finished.clone(),
                             tracker: tokio::sync::Mutex::new(Tracker::default()),
+                            commits: commit_tx,
+                            commit_rx: Mutex::new(Some(commit_rx)),
                         });
                         tasks.spawn(w.run(shutdown.clone()));
                     }
@@ -242,6 +247,18 @@ struct ShardWorker {
     max_age_ms: i64,
     finished: Arc<Finished>,
     tracker: tokio::sync::Mutex<Tracker>,
+    /// Resolved records on their way to the committer (see [`ShardWorker::committer`]).
+    commits: mpsc::Sender<Commit>,
+    commit_rx: Mutex<Option<mpsc::Receiver<Commit>>>,
+}
+
+/// Records resolved (outputs durable, or failure handed over) with their status updates,
+/// for the committer; or, with `flushed`, a request to say when everything before it is
+/// written.
+struct Commit {
+    seqs: Vec<String>,
+    updates: Vec<StatusUpdate>,
+    flushed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl ShardWorker {
@@ -264,6 +281,13 @@ impl ShardWorker {
                 }
             }
         }
+        let committer = match self.commit_rx.lock().ok().and_then(|mut r| r.take()) {
+            Some(rx) => {
+                let w = self.clone();
+                Some(tokio::spawn(async move { w.committer(rx).await }))
+            }
+            None => None,
+        };
         let lanes = m.parallelization_factor.max(1) as usize;
         let mut senders = Vec::with_capacity(lanes);
         let mut lane_tasks = Vec::with_capacity(lanes);
@@ -281,6 +305,19 @@ impl ShardWorker {
         drop(senders);
         for t in lane_tasks {
             let _ = t.await;
+        }
+        if let Some(c) = committer {
+            // What the lanes resolved is written before the worker ends.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let flush = Commit {
+                seqs: Vec::new(),
+                updates: Vec::new(),
+                flushed: Some(tx),
+            };
+            if self.commits.send(flush).await.is_ok() {
+                let _ = rx.await;
+            }
+            c.abort();
         }
         let mut t = self.tracker.lock().await;
         self.save_checkpoint(&mut t).await;
@@ -840,11 +877,40 @@ impl ShardWorker {
         Ok(())
     }
 
+    /// Hands resolved records to the committer, so that the lane can invoke the next batch
+    /// while their status and checkpoint are written. The committer takes them in order,
+    /// so completions are reported in the order the lanes resolved them (per shard, or per
+    /// key with several lanes).
+    async fn done(&self, records: &[Record], updates: Vec<StatusUpdate>) {
+        let seqs: Vec<String> = records.iter().map(|r| r.sequence_number.clone()).collect();
+        let commit = Commit {
+            seqs,
+            updates,
+            flushed: None,
+        };
+        if let Err(mpsc::error::SendError(c)) = self.commits.send(commit).await {
+            // No committer (the worker is ending): write here.
+            self.commit(&c.seqs, c.updates).await;
+        }
+    }
+
+    /// Writes resolved records' status and checkpoint, one batch after another.
+    async fn committer(&self, mut rx: mpsc::Receiver<Commit>) {
+        while let Some(c) = rx.recv().await {
+            if !c.seqs.is_empty() || !c.updates.is_empty() {
+                self.commit(&c.seqs, c.updates).await;
+            }
+            if let Some(f) = c.flushed {
+                let _ = f.send(());
+            }
+        }
+    }
+
     /// Marks records done and reports their status updates. When the observer keeps its
     /// rows in the checkpoints' database, the updates and the checkpoint (if it advanced)
     /// are one write; otherwise the updates are written first, then the checkpoint. Either
     /// way a checkpoint is never durable before the status of the records it covers.
-    async fn done(&self, records: &[Record], updates: Vec<StatusUpdate>) {
+    async fn commit(&self, seqs: &[String], updates: Vec<StatusUpdate>) {
         let m = &self.mapping;
         let joined = if updates.is_empty() {
             None
@@ -859,12 +925,12 @@ impl ShardWorker {
                 self.p.observer.report(updates).await;
             }
             let mut t = self.tracker.lock().await;
-            t.done(records.iter().map(|r| r.sequence_number.as_str()));
+            t.done(seqs.iter().map(String::as_str));
             self.save_checkpoint(&mut t).await;
             return;
         };
         let mut t = self.tracker.lock().await;
-        t.done(records.iter().map(|r| r.sequence_number.as_str()));
+        t.done(seqs.iter().map(String::as_str));
         let seq = t.unsaved.clone();
         match self
             .p
