@@ -10,7 +10,9 @@
 //!   retry); otherwise retry the batch until `max_attempts` invocations failed, then send
 //!   it to the on-failure destination (condition `RetryAttemptsExhausted`) → done;
 //! - partial batch response (or an object function that stopped at a record) → records
-//!   before the lowest failed one are done; the rest are retried as a failed batch;
+//!   before the lowest failed one are done; the rest are retried as a failed batch (when an
+//!   object function's record exhausts its retries, only that record is given up and the
+//!   records after it go on);
 //! - records older than `maximum_record_age_secs` (or the stream's retention when -1) are
 //!   not invoked again but sent to the destination (condition `RecordAgeExceeded`) → done.
 //!
@@ -18,6 +20,12 @@
 //! done; it is saved after each advance. "Done" always means durable: the function returned
 //! (its outputs written) or the failure record was written. Records read but not done when
 //! the worker stops are read again at the next start: at-least-once, no gap.
+//!
+//! A lane hands resolved records (with their status updates) to the shard's committer and
+//! goes on with the next batch; the committer marks them done and writes status and
+//! checkpoint, in the order it got them — in one transaction when the observer's rows
+//! live in the checkpoints' database. `Started` is written only for batches still running
+//! after [`PROCESSING_AFTER`] (or retried), and never after the outcome.
 //!
 //! A shard with a parent (split) or two (merge) waits until its parents' workers finished
 //! them — read to their end and every record done — then reads itself from its start.
@@ -217,6 +225,8 @@ enum Outcome {
         ok: usize,
         outputs: Vec<Option<OutputRef>>,
         error: String,
+        /// The error is the record at `ok`'s own (an object function's), not the batch's.
+        per_record: bool,
     },
     Failed(String),
 }
@@ -586,20 +596,25 @@ impl ShardWorker {
             };
             piece.invocations += 1;
             piece.last_request_id = request_id;
-            let (failed, error) = match outcome {
+            let (failed, error, per_record) = match outcome {
                 Outcome::Success(outputs) => {
                     self.succeed(&piece.records, &outputs, &refs, &mut started)
                         .await;
                     self.set_result("OK", None);
                     continue;
                 }
-                Outcome::Partial { ok, outputs, error } => {
+                Outcome::Partial {
+                    ok,
+                    outputs,
+                    error,
+                    per_record,
+                } => {
                     let rest = piece.records.split_off(ok.min(piece.records.len()));
                     self.succeed(&piece.records, &outputs, &refs, &mut started)
                         .await;
-                    (rest, error)
+                    (rest, error, per_record)
                 }
-                Outcome::Failed(error) => (std::mem::take(&mut piece.records), error),
+                Outcome::Failed(error) => (std::mem::take(&mut piece.records), error, false),
             };
             if failed.is_empty() {
                 continue;
@@ -623,6 +638,33 @@ impl ShardWorker {
                 continue;
             }
             piece.failures += 1;
+            if m.max_attempts > 0 && piece.failures >= m.max_attempts && per_record {
+                // An object function's failure is its record's: only that record is given
+                // up; the records after it (never failed themselves) go on, with their own
+                // retries.
+                let rest = piece.records.split_off(1);
+                self.give_up(
+                    &piece.records,
+                    RETRY_ATTEMPTS_EXHAUSTED,
+                    piece.invocations,
+                    &piece.last_error,
+                    &piece.last_request_id,
+                    &refs,
+                    &mut started,
+                    shutdown,
+                )
+                .await?;
+                if !rest.is_empty() {
+                    queue.push_front(Pending {
+                        records: rest,
+                        failures: 0,
+                        invocations: piece.invocations,
+                        last_error: String::new(),
+                        last_request_id: String::new(),
+                    });
+                }
+                continue;
+            }
             if m.max_attempts > 0 && piece.failures >= m.max_attempts {
                 self.give_up(
                     &piece.records,
@@ -695,11 +737,13 @@ impl ShardWorker {
                         ok: outputs.len(),
                         outputs,
                         error: "function stopped before the end of the batch".into(),
+                        per_record: false,
                     },
                     Some(error) => Outcome::Partial {
                         ok: outputs.len(),
                         outputs,
                         error,
+                        per_record: true,
                     },
                 }
             }
@@ -708,6 +752,7 @@ impl ShardWorker {
                     Ok(None) => Outcome::Success(Vec::new()),
                     Ok(Some(ok)) => Outcome::Partial {
                         ok,
+                        per_record: false,
                         outputs: Vec::new(),
                         error: format!(
                             "function reported record {} as failed",

@@ -1093,8 +1093,9 @@ async fn object_functions_report_the_first_failure_in_sequence_order() {
     e.stream.create_stream("s", 1).await.expect("create");
     e.store.ensure_bucket("sluice").await.expect("bucket");
     // 40 records (more than run at once), the 13th not UTF-8: the 12 before it succeed,
-    // the 13th is the batch's failure point; bisecting isolates it, every other record
-    // succeeds, and outcomes are reported in sequence order.
+    // the 13th is the batch's failure point. Its retries exhausted, only it is given up
+    // (an object function's failure is its record's): every other record succeeds, and
+    // outcomes are reported in sequence order.
     let mut data = Vec::new();
     for i in 0..40 {
         let body = if i == 12 {
@@ -1116,7 +1117,6 @@ async fn object_functions_report_the_first_failure_in_sequence_order() {
     let mut m = MappingConfig::new("m", "s");
     m.starting_position = StartingPosition::TrimHorizon;
     m.set_maximum_retry_attempts(0).expect("retries");
-    m.bisect_batch_on_function_error = true;
     let handles = p
         .start(
             m,
