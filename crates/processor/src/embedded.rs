@@ -113,22 +113,49 @@ impl Checkpoints for EmbeddedCheckpoints {
 
     async fn save(&self, mapping: &str, shard_id: &str, seq: &str) -> Result<(), ProcessorError> {
         let (m, s, q) = (mapping.to_owned(), shard_id.to_owned(), seq.to_owned());
+        self.db.write(move |c| save_in_tx(c, &m, &s, &q)).await
+    }
+
+    fn db(&self) -> Option<&Db> {
+        Some(&self.db)
+    }
+
+    async fn save_with(
+        &self,
+        mapping: &str,
+        shard_id: &str,
+        seq: Option<&str>,
+        extra: crate::TxWrite,
+    ) -> Result<(), ProcessorError> {
+        let (m, s, q) = (
+            mapping.to_owned(),
+            shard_id.to_owned(),
+            seq.map(str::to_owned),
+        );
         self.db
             .write(move |c| {
-                // Only for a registered mapping: a worker of a mapping deleted a moment ago
-                // (still running until the runner stops it) must not leave a checkpoint a
-                // new mapping of the same name would resume from.
-                c.execute(
-                    "INSERT INTO checkpoints (mapping, shard_id, sequence_number, updated_ms)
-                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM mappings WHERE name = ?1)
-                     ON CONFLICT (mapping, shard_id) DO UPDATE
-                     SET sequence_number = excluded.sequence_number, updated_ms = excluded.updated_ms",
-                    params![m, s, q, now_ms()],
-                )?;
-                Ok(())
+                extra(c)?;
+                match q {
+                    Some(q) => save_in_tx(c, &m, &s, &q),
+                    None => Ok(()),
+                }
             })
             .await
     }
+}
+
+fn save_in_tx(c: &Connection, m: &str, s: &str, q: &str) -> Result<(), ProcessorError> {
+    // Only for a registered mapping: a worker of a mapping deleted a moment ago (still
+    // running until the runner stops it) must not leave a checkpoint a new mapping of the
+    // same name would resume from.
+    c.prepare_cached(
+        "INSERT INTO checkpoints (mapping, shard_id, sequence_number, updated_ms)
+         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM mappings WHERE name = ?1)
+         ON CONFLICT (mapping, shard_id) DO UPDATE
+         SET sequence_number = excluded.sequence_number, updated_ms = excluded.updated_ms",
+    )?
+    .execute(params![m, s, q, now_ms()])?;
+    Ok(())
 }
 
 /// Mapping definitions in the shared embedded database (table `mapping_definitions`, the

@@ -6,9 +6,9 @@
 //!   name the records that failed. Lambda handlers ([`crate::lambda`]) are batch functions.
 //! - [`Function`]: an object function, bytes of the object a record points at in, bytes of
 //!   the output out (the seed's `uppercase`, `copy`, `manifest`, [`crate::exec`]).
-//!   [`ObjectFunction`] runs one over a batch: records in order, each output written
-//!   durably before the next record, stopping at the first failure — which the worker treats
-//!   exactly like a partial batch response naming that record.
+//!   [`ObjectFunction`] runs one over a batch: records concurrently (bounded), their
+//!   outputs written durably, the first failure in sequence order reported — which the
+//!   worker treats exactly like a partial batch response naming that record.
 
 use std::sync::Arc;
 
@@ -144,10 +144,22 @@ pub trait BatchFunction: Send + Sync + 'static {
     ) -> Result<BatchResponse, FunctionError>;
 }
 
-/// Runs an object function over a batch: for each record in order, read the object it
-/// points at, call the function, write the output durably (`<output_bucket or the input
-/// bucket>/<output_key(key, prefix)>`). Stops at the first record that fails.
+/// Records of a batch an [`ObjectFunction`] works on at the same time.
+pub const OBJECT_CONCURRENCY: usize = 16;
+
+/// Runs an object function over a batch: for each record, read the object it points at,
+/// call the function, write the output durably (`<output_bucket or the input
+/// bucket>/<output_key(key, prefix)>`). Up to [`OBJECT_CONCURRENCY`] records are worked on
+/// at once, so that their outputs share group commits instead of waiting for one commit
+/// each. The result is reported in sequence order: the records before the first that
+/// failed succeeded, and that failure is the batch's partial failure. Records after it
+/// may have been processed too; they are delivered again and their outputs rewritten
+/// identically (outputs are idempotent). No record is started after a failure was seen.
 pub struct ObjectFunction {
+    inner: Arc<ObjectInner>,
+}
+
+struct ObjectInner {
     function: Arc<dyn Function>,
     store: Arc<dyn ObjectStore>,
     output_bucket: Option<String>,
@@ -162,13 +174,17 @@ impl ObjectFunction {
         output_prefix: String,
     ) -> Self {
         ObjectFunction {
-            function,
-            store,
-            output_bucket,
-            output_prefix,
+            inner: Arc::new(ObjectInner {
+                function,
+                store,
+                output_bucket,
+                output_prefix,
+            }),
         }
     }
+}
 
+impl ObjectInner {
     async fn one(&self, record: &Record, ctx: &CallContext) -> Result<OutputRef, String> {
         let rec: RecordRef = serde_json::from_slice(&record.data).map_err(|e| {
             format!("record is not an object reference ({{\"bucket\",\"key\"}}): {e}")
@@ -210,7 +226,7 @@ impl ObjectFunction {
 #[async_trait]
 impl BatchFunction for ObjectFunction {
     fn name(&self) -> &str {
-        self.function.name()
+        self.inner.function.name()
     }
 
     async fn invoke(
@@ -218,11 +234,35 @@ impl BatchFunction for ObjectFunction {
         input: &BatchInput,
         ctx: &CallContext,
     ) -> Result<BatchResponse, FunctionError> {
-        let mut outputs = Vec::with_capacity(input.records.len());
-        for record in &input.records {
-            match self.one(record, ctx).await {
-                Ok(out) => outputs.push(out),
-                Err(e) => {
+        let n = input.records.len();
+        let mut results: Vec<Option<Result<OutputRef, String>>> = vec![None; n];
+        let mut running = tokio::task::JoinSet::new();
+        let mut next = 0;
+        // The lowest index known to have failed: nothing after it is started any more.
+        let mut first_failure = n;
+        loop {
+            while next < first_failure && running.len() < OBJECT_CONCURRENCY {
+                let (inner, record, ctx) =
+                    (self.inner.clone(), input.records[next].clone(), ctx.clone());
+                let i = next;
+                running.spawn(async move { (i, inner.one(&record, &ctx).await) });
+                next += 1;
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let (i, r) =
+                joined.map_err(|e| FunctionError::Failed(format!("record task failed: {e}")))?;
+            if r.is_err() {
+                first_failure = first_failure.min(i);
+            }
+            results[i] = Some(r);
+        }
+        let mut outputs = Vec::with_capacity(n);
+        for (record, r) in input.records.iter().zip(results) {
+            match r {
+                Some(Ok(out)) => outputs.push(out),
+                Some(Err(e)) => {
                     ctx.log_lines(
                         "stderr",
                         [format!("record {} failed: {e}", record.sequence_number)],
@@ -233,6 +273,7 @@ impl BatchFunction for ObjectFunction {
                         failure: Some(e),
                     });
                 }
+                None => break,
             }
         }
         Ok(BatchResponse::Items {

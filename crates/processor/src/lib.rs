@@ -41,6 +41,7 @@ pub use functions::{
     BatchFunction, BatchInput, BatchResponse, CallContext, Function, FunctionError, ObjectFunction,
 };
 pub use mappings::{FunctionSpec, MappingDefinition, MappingState, MappingStore};
+pub use sluice_db::Db;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
@@ -272,7 +273,33 @@ pub trait Checkpoints: Send + Sync + 'static {
         shard_id: &str,
         sequence_number: &str,
     ) -> Result<(), ProcessorError>;
+
+    /// The embedded database the checkpoints live in, when they do: an [`Observer`] that
+    /// keeps its rows in the same database can then have its writes committed together
+    /// with the checkpoint ([`Checkpoints::save_with`]).
+    fn db(&self) -> Option<&sluice_db::Db> {
+        None
+    }
+
+    /// Runs `extra` and saves the checkpoint (when `sequence_number` is given) in one
+    /// transaction: both or neither. Only for stores with a [`Checkpoints::db`]; others
+    /// refuse.
+    async fn save_with(
+        &self,
+        mapping: &str,
+        _shard_id: &str,
+        _sequence_number: Option<&str>,
+        _extra: TxWrite,
+    ) -> Result<(), ProcessorError> {
+        Err(ProcessorError::Checkpoint(format!(
+            "the checkpoint store of mapping {mapping} cannot join other writes"
+        )))
+    }
 }
+
+/// A write run inside another part's transaction of the embedded database.
+pub type TxWrite =
+    Box<dyn FnOnce(&sluice_db::rusqlite::Connection) -> Result<(), sluice_db::DbError> + Send>;
 
 /// The fields of a record a processor uses. Everything else is passed through untouched.
 #[derive(Debug, Clone, Deserialize)]
@@ -284,12 +311,71 @@ pub struct RecordRef {
     pub upload_id: Option<String>,
 }
 
-/// Told what happens to records that carry an upload id.
+/// What happened to a record that carries an upload id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusUpdate {
+    /// The record's batch is still running [`PROCESSING_AFTER`] after it started (fast
+    /// batches go straight to `Succeeded`/`Failed`).
+    Started { upload_id: String },
+    /// Processed; the output is at `bucket/key`. `new_delivery`: no `Started` was reported
+    /// for this delivery, so this update is the first of it.
+    Succeeded {
+        upload_id: String,
+        bucket: String,
+        key: String,
+        new_delivery: bool,
+    },
+    /// Given up on (after retries, or too old). `new_delivery` as for `Succeeded`.
+    Failed {
+        upload_id: String,
+        error: String,
+        new_delivery: bool,
+    },
+}
+
+/// How long a batch runs before its records are reported [`StatusUpdate::Started`]: a
+/// batch that finishes sooner reports only its outcome, one durable write instead of two.
+pub const PROCESSING_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Told what happens to records that carry an upload id. The worker reports a batch's
+/// updates with [`Observer::report`], or — when the observer keeps its rows in the
+/// checkpoints' database ([`Observer::write_with`]) — in the same transaction as the
+/// checkpoint. Updates of a record always arrive in order (`Started` is durable before
+/// the outcome is written).
 #[async_trait]
 pub trait Observer: Send + Sync + 'static {
     async fn started(&self, upload_id: &str);
     async fn succeeded(&self, upload_id: &str, bucket: &str, key: &str);
     async fn failed(&self, upload_id: &str, error: &str);
+
+    /// The updates of a batch; returns once they are written. By default, one by one
+    /// through the methods above.
+    async fn report(&self, updates: Vec<StatusUpdate>) {
+        for u in updates {
+            match u {
+                StatusUpdate::Started { upload_id } => self.started(&upload_id).await,
+                StatusUpdate::Succeeded {
+                    upload_id,
+                    bucket,
+                    key,
+                    ..
+                } => self.succeeded(&upload_id, &bucket, &key).await,
+                StatusUpdate::Failed {
+                    upload_id, error, ..
+                } => self.failed(&upload_id, &error).await,
+            }
+        }
+    }
+
+    /// The updates as a write inside a transaction of `db`, if this observer keeps its
+    /// rows in that database; the worker then commits them together with the checkpoint.
+    /// `None` (the default): the worker calls [`Observer::report`] before the checkpoint.
+    fn write_with(&self, _db: &sluice_db::Db, _updates: &[StatusUpdate]) -> Option<TxWrite> {
+        None
+    }
+
+    /// Called once a [`Observer::write_with`] write has committed.
+    fn written(&self, _updates: &[StatusUpdate]) {}
 }
 
 /// An observer that ignores everything.
@@ -375,6 +461,9 @@ pub struct Processor {
     pub(crate) stats: Arc<Mutex<HashMap<String, MappingStats>>>,
     pub(crate) aws: AwsIdentity,
     pub(crate) logs: Option<Arc<dyn logs::LogSink>>,
+    /// A stream whose status-tracking mapping (see [`Processor::with_status_tracking`])
+    /// tells this observer, whatever [`Processor::with_observer`] set.
+    pub(crate) status_tracking: Option<(String, Arc<dyn Observer>)>,
 }
 
 impl Processor {
@@ -392,6 +481,7 @@ impl Processor {
             stats: Arc::new(Mutex::new(HashMap::new())),
             aws: AwsIdentity::default(),
             logs: None,
+            status_tracking: None,
         }
     }
 
@@ -429,6 +519,30 @@ impl Processor {
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = observer;
         self
+    }
+
+    /// Lets one persisted mapping on `stream` tell `observer` (upload status) when no
+    /// built-in mapping does: the [`runner::MappingRunner`] gives it to the **oldest
+    /// enabled mapping on that stream** (earliest `created_ms`, then name) and restarts
+    /// mappings when that role moves. Kept by [`Processor::with_observer`].
+    pub fn with_status_tracking(
+        mut self,
+        stream: impl Into<String>,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
+        self.status_tracking = Some((stream.into(), observer));
+        self
+    }
+
+    /// The stream of [`Processor::with_status_tracking`], if set.
+    pub fn status_tracking_stream(&self) -> Option<&str> {
+        self.status_tracking.as_ref().map(|(s, _)| s.as_str())
+    }
+
+    /// This processor telling the status-tracking observer, if one was set.
+    pub(crate) fn tracking_status(&self) -> Option<Processor> {
+        let (_, o) = self.status_tracking.as_ref()?;
+        Some(self.clone().with_observer(o.clone()))
     }
 
     /// Builds the destination a spec names, on this processor's stream and store.

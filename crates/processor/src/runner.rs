@@ -17,6 +17,8 @@ use crate::{Processor, ProcessorError};
 
 struct Running {
     def: MappingDefinition,
+    /// Whether it runs with the status-tracking observer.
+    tracks: bool,
     stop: watch::Sender<bool>,
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -95,13 +97,17 @@ impl MappingRunner {
             .filter(|d| d.state == MappingState::Enabled)
             .map(|d| (d.config.name.clone(), d))
             .collect();
+        let tracker = tracking_mapping(self.processor.status_tracking_stream(), &wanted);
         let mut running = self.running.lock().await;
         let mut failed = self.failed.lock().await;
         failed.retain(|name, (def, _)| wanted.get(name) == Some(&*def));
         let mut report = SyncReport::default();
+        // Changed, or gained or lost the status-tracking role.
         let stale: Vec<String> = running
             .iter()
-            .filter(|(name, r)| wanted.get(*name) != Some(&r.def))
+            .filter(|(name, r)| {
+                wanted.get(*name) != Some(&r.def) || r.tracks != (tracker.as_ref() == Some(*name))
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
@@ -125,11 +131,12 @@ impl MappingRunner {
                 continue;
             }
             let (tx, rx) = watch::channel(false);
-            match self
-                .processor
-                .start_definition(&def, &self.lambda_env, rx)
-                .await
-            {
+            let tracks = tracker.as_ref() == Some(&name);
+            let processor = match self.processor.tracking_status() {
+                Some(p) if tracks => p,
+                _ => self.processor.clone(),
+            };
+            match processor.start_definition(&def, &self.lambda_env, rx).await {
                 Ok(handles) => {
                     let updated = def.updated_ms;
                     self.processor
@@ -138,12 +145,17 @@ impl MappingRunner {
                         name.clone(),
                         Running {
                             def,
+                            tracks,
                             stop: tx,
                             handles,
                         },
                     );
                     failed.remove(&name);
-                    tracing::info!(mapping = %name, "started mapping");
+                    if tracks {
+                        tracing::info!(mapping = %name, "started mapping (it tracks upload status)");
+                    } else {
+                        tracing::info!(mapping = %name, "started mapping");
+                    }
                     report.started.push(name);
                 }
                 Err(e) => {
@@ -168,6 +180,20 @@ impl MappingRunner {
             stop(r).await;
         }
     }
+}
+
+/// The mapping that tracks status on `stream`: the oldest enabled one reading it (earliest
+/// creation, then name).
+fn tracking_mapping(
+    stream: Option<&str>,
+    wanted: &HashMap<String, MappingDefinition>,
+) -> Option<String> {
+    let stream = stream?;
+    wanted
+        .values()
+        .filter(|d| d.config.stream == stream)
+        .min_by(|a, b| (a.created_ms, &a.config.name).cmp(&(b.created_ms, &b.config.name)))
+        .map(|d| d.config.name.clone())
 }
 
 async fn stop(r: Running) {

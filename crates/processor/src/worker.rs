@@ -10,7 +10,9 @@
 //!   retry); otherwise retry the batch until `max_attempts` invocations failed, then send
 //!   it to the on-failure destination (condition `RetryAttemptsExhausted`) → done;
 //! - partial batch response (or an object function that stopped at a record) → records
-//!   before the lowest failed one are done; the rest are retried as a failed batch;
+//!   before the lowest failed one are done; the rest are retried as a failed batch (when an
+//!   object function's record exhausts its retries, only that record is given up and the
+//!   records after it go on);
 //! - records older than `maximum_record_age_secs` (or the stream's retention when -1) are
 //!   not invoked again but sent to the destination (condition `RecordAgeExceeded`) → done.
 //!
@@ -18,6 +20,12 @@
 //! done; it is saved after each advance. "Done" always means durable: the function returned
 //! (its outputs written) or the failure record was written. Records read but not done when
 //! the worker stops are read again at the next start: at-least-once, no gap.
+//!
+//! A lane hands resolved records (with their status updates) to the shard's committer and
+//! goes on with the next batch; the committer marks them done and writes status and
+//! checkpoint, in the order it got them — in one transaction when the observer's rows
+//! live in the checkpoints' database. `Started` is written only for batches still running
+//! after [`PROCESSING_AFTER`] (or retried), and never after the outcome.
 //!
 //! A shard with a parent (split) or two (merge) waits until its parents' workers finished
 //! them — read to their end and every record done — then reads itself from its start.
@@ -35,7 +43,10 @@ use crate::destination::{
 };
 use crate::event::{iso_ms, kinesis_event};
 use crate::functions::{BatchFunction, BatchInput, BatchResponse, CallContext, OutputRef};
-use crate::{MappingConfig, Processor, RecordRef, StartingPosition, output_key};
+use crate::{
+    MappingConfig, Observer, PROCESSING_AFTER, Processor, RecordRef, StartingPosition,
+    StatusUpdate, output_key,
+};
 
 /// How long a worker at the tail waits for a wake-up before looking again anyway.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -45,6 +56,8 @@ const SHARD_DISCOVERY: Duration = Duration::from_secs(5);
 const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024;
 /// Longest pause between retries of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Resolved batches that may wait for the committer before a lane waits in turn.
+const COMMITS_AHEAD: usize = 4;
 /// Reads a lane may have waiting (each at most a batch): the reader stays ahead of the
 /// function by this much.
 const LANE_CHUNKS: usize = 2;
@@ -121,6 +134,7 @@ impl Supervisor {
                         .flatten()
                         .filter(|p| known.contains(p))
                         .collect();
+                        let (commit_tx, commit_rx) = mpsc::channel(COMMITS_AHEAD);
                         let w = Arc::new(ShardWorker {
                             p: self.p.clone(),
                             mapping: m.clone(),
@@ -142,6 +156,8 @@ impl Supervisor {
                             },
                             finished: finished.clone(),
                             tracker: tokio::sync::Mutex::new(Tracker::default()),
+                            commits: commit_tx,
+                            commit_rx: Mutex::new(Some(commit_rx)),
                         });
                         tasks.spawn(w.run(shutdown.clone()));
                     }
@@ -209,6 +225,8 @@ enum Outcome {
         ok: usize,
         outputs: Vec<Option<OutputRef>>,
         error: String,
+        /// The error is the record at `ok`'s own (an object function's), not the batch's.
+        per_record: bool,
     },
     Failed(String),
 }
@@ -239,6 +257,18 @@ struct ShardWorker {
     max_age_ms: i64,
     finished: Arc<Finished>,
     tracker: tokio::sync::Mutex<Tracker>,
+    /// Resolved records on their way to the committer (see [`ShardWorker::committer`]).
+    commits: mpsc::Sender<Commit>,
+    commit_rx: Mutex<Option<mpsc::Receiver<Commit>>>,
+}
+
+/// Records resolved (outputs durable, or failure handed over) with their status updates,
+/// for the committer; or, with `flushed`, a request to say when everything before it is
+/// written.
+struct Commit {
+    seqs: Vec<String>,
+    updates: Vec<StatusUpdate>,
+    flushed: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl ShardWorker {
@@ -261,6 +291,13 @@ impl ShardWorker {
                 }
             }
         }
+        let committer = match self.commit_rx.lock().ok().and_then(|mut r| r.take()) {
+            Some(rx) => {
+                let w = self.clone();
+                Some(tokio::spawn(async move { w.committer(rx).await }))
+            }
+            None => None,
+        };
         let lanes = m.parallelization_factor.max(1) as usize;
         let mut senders = Vec::with_capacity(lanes);
         let mut lane_tasks = Vec::with_capacity(lanes);
@@ -278,6 +315,19 @@ impl ShardWorker {
         drop(senders);
         for t in lane_tasks {
             let _ = t.await;
+        }
+        if let Some(c) = committer {
+            // What the lanes resolved is written before the worker ends.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let flush = Commit {
+                seqs: Vec::new(),
+                updates: Vec::new(),
+                flushed: Some(tx),
+            };
+            if self.commits.send(flush).await.is_ok() {
+                let _ = rx.await;
+            }
+            c.abort();
         }
         let mut t = self.tracker.lock().await;
         self.save_checkpoint(&mut t).await;
@@ -488,14 +538,14 @@ impl ShardWorker {
                     .map(|rr| (r.sequence_number.clone(), rr))
             })
             .collect();
-        // Told concurrently: each may be a durable write, and the group commit takes them
-        // all at once instead of one after another.
-        let mut told = tokio::task::JoinSet::new();
-        for id in refs.values().filter_map(|rr| rr.upload_id.clone()) {
-            let o = self.p.observer.clone();
-            told.spawn(async move { o.started(&id).await });
-        }
-        while told.join_next().await.is_some() {}
+        // `processing` only for a batch still running after a moment: a fast batch writes
+        // its outcome directly (one durable write per batch instead of two).
+        let mut started = StartedReport::spawn(
+            self.p.observer.clone(),
+            refs.values()
+                .filter_map(|rr| rr.upload_id.clone())
+                .collect(),
+        );
         let mut queue = VecDeque::from([Pending {
             records: batch,
             failures: 0,
@@ -529,6 +579,7 @@ impl ShardWorker {
                     &error,
                     &piece.last_request_id,
                     &refs,
+                    &mut started,
                     shutdown,
                 )
                 .await?;
@@ -545,18 +596,25 @@ impl ShardWorker {
             };
             piece.invocations += 1;
             piece.last_request_id = request_id;
-            let (failed, error) = match outcome {
+            let (failed, error, per_record) = match outcome {
                 Outcome::Success(outputs) => {
-                    self.succeed(&piece.records, &outputs, &refs).await;
+                    self.succeed(&piece.records, &outputs, &refs, &mut started)
+                        .await;
                     self.set_result("OK", None);
                     continue;
                 }
-                Outcome::Partial { ok, outputs, error } => {
+                Outcome::Partial {
+                    ok,
+                    outputs,
+                    error,
+                    per_record,
+                } => {
                     let rest = piece.records.split_off(ok.min(piece.records.len()));
-                    self.succeed(&piece.records, &outputs, &refs).await;
-                    (rest, error)
+                    self.succeed(&piece.records, &outputs, &refs, &mut started)
+                        .await;
+                    (rest, error, per_record)
                 }
-                Outcome::Failed(error) => (std::mem::take(&mut piece.records), error),
+                Outcome::Failed(error) => (std::mem::take(&mut piece.records), error, false),
             };
             if failed.is_empty() {
                 continue;
@@ -580,6 +638,33 @@ impl ShardWorker {
                 continue;
             }
             piece.failures += 1;
+            if m.max_attempts > 0 && piece.failures >= m.max_attempts && per_record {
+                // An object function's failure is its record's: only that record is given
+                // up; the records after it (never failed themselves) go on, with their own
+                // retries.
+                let rest = piece.records.split_off(1);
+                self.give_up(
+                    &piece.records,
+                    RETRY_ATTEMPTS_EXHAUSTED,
+                    piece.invocations,
+                    &piece.last_error,
+                    &piece.last_request_id,
+                    &refs,
+                    &mut started,
+                    shutdown,
+                )
+                .await?;
+                if !rest.is_empty() {
+                    queue.push_front(Pending {
+                        records: rest,
+                        failures: 0,
+                        invocations: piece.invocations,
+                        last_error: String::new(),
+                        last_request_id: String::new(),
+                    });
+                }
+                continue;
+            }
             if m.max_attempts > 0 && piece.failures >= m.max_attempts {
                 self.give_up(
                     &piece.records,
@@ -588,11 +673,14 @@ impl ShardWorker {
                     &piece.last_error,
                     &piece.last_request_id,
                     &refs,
+                    &mut started,
                     shutdown,
                 )
                 .await?;
                 continue;
             }
+            // A retry makes the batch slow: its records show `processing` meanwhile.
+            started.now(upload_ids(&piece.records, &refs)).await;
             let backoff = Duration::from_millis(100u64.saturating_mul(1 << piece.failures.min(10)))
                 .min(MAX_BACKOFF);
             tokio::select! {
@@ -649,11 +737,13 @@ impl ShardWorker {
                         ok: outputs.len(),
                         outputs,
                         error: "function stopped before the end of the batch".into(),
+                        per_record: false,
                     },
                     Some(error) => Outcome::Partial {
                         ok: outputs.len(),
                         outputs,
                         error,
+                        per_record: true,
                     },
                 }
             }
@@ -662,6 +752,7 @@ impl ShardWorker {
                     Ok(None) => Outcome::Success(Vec::new()),
                     Ok(Some(ok)) => Outcome::Partial {
                         ok,
+                        per_record: false,
                         outputs: Vec::new(),
                         error: format!(
                             "function reported record {} as failed",
@@ -696,12 +787,14 @@ impl ShardWorker {
         records: &[Record],
         outputs: &[Option<OutputRef>],
         refs: &HashMap<String, RecordRef>,
+        started: &mut StartedReport,
     ) {
         if records.is_empty() {
             return;
         }
+        started.settle().await;
         let m = &self.mapping;
-        let mut told = tokio::task::JoinSet::new();
+        let mut updates = Vec::new();
         for (i, r) in records.iter().enumerate() {
             let Some(rr) = refs.get(&r.sequence_number) else {
                 continue;
@@ -716,13 +809,16 @@ impl ShardWorker {
                     output_key(&rr.key, &m.output_prefix),
                 ),
             };
-            let o = self.p.observer.clone();
-            told.spawn(async move { o.succeeded(&id, &bucket, &key).await });
+            updates.push(StatusUpdate::Succeeded {
+                new_delivery: !started.reported(&id),
+                upload_id: id,
+                bucket,
+                key,
+            });
         }
-        while told.join_next().await.is_some() {}
         let n = records.len() as u64;
         self.p.update_stats(&m.name, |s| s.succeeded += n);
-        self.done(records).await;
+        self.done(records, updates).await;
     }
 
     /// Gives up on records: describes them to the destination (retrying until it took the
@@ -737,11 +833,13 @@ impl ShardWorker {
         error: &str,
         request_id: &str,
         refs: &HashMap<String, RecordRef>,
+        started: &mut StartedReport,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), Stopped> {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return Ok(());
         };
+        started.settle().await;
         let m = &self.mapping;
         tracing::warn!(mapping = %m.name, shard = self.id(), condition,
             first = %first.sequence_number, last = %last.sequence_number, error,
@@ -810,24 +908,95 @@ impl ShardWorker {
                 }
             }
         }
-        for r in records {
-            if let Some(id) = refs
-                .get(&r.sequence_number)
-                .and_then(|rr| rr.upload_id.as_ref())
-            {
-                self.p.observer.failed(id, error).await;
-            }
-        }
+        let updates = upload_ids(records, refs)
+            .into_iter()
+            .map(|id| StatusUpdate::Failed {
+                new_delivery: !started.reported(&id),
+                upload_id: id,
+                error: error.to_owned(),
+            })
+            .collect();
         let n = records.len() as u64;
         self.p.update_stats(&m.name, |s| s.failed += n);
-        self.done(records).await;
+        self.done(records, updates).await;
         Ok(())
     }
 
-    async fn done(&self, records: &[Record]) {
+    /// Hands resolved records to the committer, so that the lane can invoke the next batch
+    /// while their status and checkpoint are written. The committer takes them in order,
+    /// so completions are reported in the order the lanes resolved them (per shard, or per
+    /// key with several lanes).
+    async fn done(&self, records: &[Record], updates: Vec<StatusUpdate>) {
+        let seqs: Vec<String> = records.iter().map(|r| r.sequence_number.clone()).collect();
+        let commit = Commit {
+            seqs,
+            updates,
+            flushed: None,
+        };
+        if let Err(mpsc::error::SendError(c)) = self.commits.send(commit).await {
+            // No committer (the worker is ending): write here.
+            self.commit(&c.seqs, c.updates).await;
+        }
+    }
+
+    /// Writes resolved records' status and checkpoint, one batch after another.
+    async fn committer(&self, mut rx: mpsc::Receiver<Commit>) {
+        while let Some(c) = rx.recv().await {
+            if !c.seqs.is_empty() || !c.updates.is_empty() {
+                self.commit(&c.seqs, c.updates).await;
+            }
+            if let Some(f) = c.flushed {
+                let _ = f.send(());
+            }
+        }
+    }
+
+    /// Marks records done and reports their status updates. When the observer keeps its
+    /// rows in the checkpoints' database, the updates and the checkpoint (if it advanced)
+    /// are one write; otherwise the updates are written first, then the checkpoint. Either
+    /// way a checkpoint is never durable before the status of the records it covers.
+    async fn commit(&self, seqs: &[String], updates: Vec<StatusUpdate>) {
+        let m = &self.mapping;
+        let joined = if updates.is_empty() {
+            None
+        } else {
+            self.p
+                .checkpoints
+                .db()
+                .and_then(|db| self.p.observer.write_with(db, &updates))
+        };
+        let Some(write) = joined else {
+            if !updates.is_empty() {
+                self.p.observer.report(updates).await;
+            }
+            let mut t = self.tracker.lock().await;
+            t.done(seqs.iter().map(String::as_str));
+            self.save_checkpoint(&mut t).await;
+            return;
+        };
         let mut t = self.tracker.lock().await;
-        t.done(records.iter().map(|r| r.sequence_number.as_str()));
-        self.save_checkpoint(&mut t).await;
+        t.done(seqs.iter().map(String::as_str));
+        let seq = t.unsaved.clone();
+        match self
+            .p
+            .checkpoints
+            .save_with(&m.name, self.id(), seq.as_deref(), write)
+            .await
+        {
+            Ok(()) => {
+                t.unsaved = None;
+                drop(t);
+                self.p.observer.written(&updates);
+            }
+            Err(e) => {
+                // Neither is written: the status alone, then the checkpoint at the next
+                // advance (or when the worker stops).
+                drop(t);
+                tracing::warn!(mapping = %m.name, shard = self.id(), error = %e,
+                    "status and checkpoint failed; writing the status alone");
+                self.p.observer.report(updates).await;
+            }
+        }
     }
 
     /// Saves the checkpoint if it advanced. A failed save is retried at the next advance
@@ -845,6 +1014,93 @@ impl ShardWorker {
                 tracing::warn!(mapping = %self.mapping.name, shard = self.id(), error = %e, "checkpoint failed")
             }
         }
+    }
+}
+
+/// The upload ids of records, in order.
+fn upload_ids(records: &[Record], refs: &HashMap<String, RecordRef>) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|r| refs.get(&r.sequence_number)?.upload_id.clone())
+        .collect()
+}
+
+/// The `Started` report of one batch: written by a task if the batch is still running
+/// after [`PROCESSING_AFTER`], or right away when it is retried. Settled (cancelled, or
+/// waited for) before the batch writes any outcome, so that `Started` is never written
+/// after the outcome of the same record.
+struct StartedReport {
+    observer: Arc<dyn Observer>,
+    cancel: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Vec<String>>>,
+    /// Upload ids whose `Started` was written for this delivery.
+    done: HashSet<String>,
+}
+
+impl StartedReport {
+    fn spawn(observer: Arc<dyn Observer>, ids: Vec<String>) -> Self {
+        let mut r = StartedReport {
+            observer: observer.clone(),
+            cancel: None,
+            task: None,
+            done: HashSet::new(),
+        };
+        if ids.is_empty() {
+            return r;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        r.cancel = Some(tx);
+        r.task = Some(tokio::spawn(async move {
+            tokio::select! {
+                biased;
+                _ = rx => Vec::new(),
+                _ = tokio::time::sleep(PROCESSING_AFTER) => {
+                    let updates = ids
+                        .iter()
+                        .map(|id| StatusUpdate::Started { upload_id: id.clone() })
+                        .collect();
+                    observer.report(updates).await;
+                    ids
+                }
+            }
+        }));
+        r
+    }
+
+    /// Cancels the delayed report if it has not started, else waits until it is written.
+    async fn settle(&mut self) {
+        if let Some(tx) = self.cancel.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take()
+            && let Ok(ids) = task.await
+        {
+            self.done.extend(ids);
+        }
+    }
+
+    /// Reports `Started` now for those of `ids` not reported yet.
+    async fn now(&mut self, ids: Vec<String>) {
+        self.settle().await;
+        let fresh: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !self.done.contains(id))
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        let updates = fresh
+            .iter()
+            .map(|id| StatusUpdate::Started {
+                upload_id: id.clone(),
+            })
+            .collect();
+        self.observer.report(updates).await;
+        self.done.extend(fresh);
+    }
+
+    fn reported(&self, id: &str) -> bool {
+        self.done.contains(id)
     }
 }
 

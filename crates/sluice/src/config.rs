@@ -77,6 +77,9 @@ pub(crate) struct FileConfig {
     pub(crate) batch_size: Option<usize>,
     /// Attempts per record before the built-in mapping reports it failed.
     pub(crate) max_attempts: Option<u32>,
+    /// Run the built-in upload-stream → `uppercase` mapping. Off: a user mapping on the
+    /// upload stream replaces it (the oldest enabled one tracks upload status).
+    pub(crate) builtin_mapping: Option<bool>,
     /// `[[mapping]]`: mappings `serve` creates at start (or updates when changed here).
     #[serde(default)]
     pub(crate) mapping: Vec<crate::mapping_cmd::MappingEntry>,
@@ -104,6 +107,7 @@ pub(crate) struct Settings {
     pub(crate) lifetimes: sluice_identity::Lifetimes,
     pub(crate) batch_size: usize,
     pub(crate) max_attempts: u32,
+    pub(crate) builtin_mapping: bool,
     /// The `[[mapping]]` entries of the configuration file.
     pub(crate) mappings: Vec<crate::mapping_cmd::MappingEntry>,
     /// Directory of the configuration file (the current directory without one): relative
@@ -172,6 +176,9 @@ impl Settings {
             max_attempts: env_parse("SLUICE_MAX_ATTEMPTS")?
                 .or(file.max_attempts)
                 .unwrap_or(3),
+            builtin_mapping: env_parse("SLUICE_BUILTIN_MAPPING")?
+                .or(file.builtin_mapping)
+                .unwrap_or(true),
             mappings: file.mapping,
             config_dir,
         };
@@ -312,6 +319,10 @@ mod tests {
         assert_eq!(s.shards, 2);
         assert_eq!(s.edge_listen.port(), 4566, "default");
         assert_eq!(s.region, "us-east-2");
+        assert!(s.builtin_mapping, "on by default");
+
+        std::fs::write(&file, "builtin_mapping = false\n").expect("write");
+        assert!(!Settings::resolve(&args).expect("resolve").builtin_mapping);
 
         std::fs::write(&file, "bogus_key = 1\n").expect("write");
         assert!(

@@ -98,33 +98,42 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let function_logs = sluice_processor::logs::BufferedLogs::start(
         sluice_processor::logs::EmbeddedLogs::new(db.clone()),
     );
-    let processor = Processor::new(
+    let observer = Arc::new(LedgerObserver(ledger.clone()));
+    let mut processor = Processor::new(
         Arc::new(stream.clone()),
         Arc::new(store.clone()),
         Arc::new(EmbeddedCheckpoints::new(db.clone())),
-        Arc::new(LedgerObserver(ledger.clone())),
+        observer.clone(),
     )
     .with_logs(Arc::new(function_logs.clone()))
     .with_aws_identity(sluice_processor::AwsIdentity {
         region: settings.region.clone(),
         account_id: settings.account_id.clone(),
     });
-    let workers = processor
-        .start(
-            MappingConfig {
-                name: BUILTIN_MAPPING.into(),
-                stream: settings.stream.clone(),
-                batch_size: settings.batch_size,
-                starting_position: StartingPosition::Latest,
-                max_attempts: settings.max_attempts,
-                output_bucket: settings.processed_bucket.clone(),
-                output_prefix: "processed/".into(),
-                ..MappingConfig::new(BUILTIN_MAPPING, settings.stream.clone())
-            },
-            Arc::new(sluice_processor::functions::Uppercase),
-            shutdown_rx.clone(),
-        )
-        .await?;
+    // Upload status follows exactly one mapping: the built-in one, or (when it is off) the
+    // oldest enabled user mapping on the upload stream.
+    let workers = if settings.builtin_mapping {
+        processor
+            .start(
+                MappingConfig {
+                    name: BUILTIN_MAPPING.into(),
+                    stream: settings.stream.clone(),
+                    batch_size: settings.batch_size,
+                    starting_position: StartingPosition::Latest,
+                    max_attempts: settings.max_attempts,
+                    output_bucket: settings.processed_bucket.clone(),
+                    output_prefix: "processed/".into(),
+                    ..MappingConfig::new(BUILTIN_MAPPING, settings.stream.clone())
+                },
+                Arc::new(sluice_processor::functions::Uppercase),
+                shutdown_rx.clone(),
+            )
+            .await?
+    } else {
+        tracing::info!(stream = %settings.stream, "built-in mapping off; the oldest enabled mapping on the upload stream tracks upload status");
+        processor = processor.with_status_tracking(settings.stream.clone(), observer);
+        Vec::new()
+    };
 
     let api = sluice_gateway::router(Gateway {
         authorizer: Arc::new(sluice_gateway::CachingAuthorizer::new(

@@ -2,7 +2,7 @@
 //! with every other write waiting at the same moment.
 
 use async_trait::async_trait;
-use sluice_db::rusqlite::{OptionalExtension, params};
+use sluice_db::rusqlite::{Connection, OptionalExtension, params};
 use sluice_db::{Db, Migration, now_ms};
 use sluice_store::PutOptions;
 use sluice_store::embedded::{EmbeddedStore, put_in_tx};
@@ -10,8 +10,8 @@ use sluice_stream::PutRecord;
 use sluice_stream::embedded::{EmbeddedStream, append_in_tx};
 
 use crate::{
-    NewUpload, Upload, UploadError, UploadLedger, UploadRecord, UploadSink, UploadStatus,
-    iso8601_ms,
+    NewUpload, StatusChange, Upload, UploadError, UploadLedger, UploadRecord, UploadSink,
+    UploadStatus, iso8601_ms,
 };
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -212,44 +212,90 @@ impl UploadLedger for EmbeddedUploads {
     }
 
     async fn mark_processing(&self, id: &str) -> Result<(), UploadError> {
-        let id = id.to_owned();
-        self.db
-            .write(move |c| {
-                c.execute(
-                    "UPDATE uploads SET status = 'processing', attempts = attempts + 1,
-                         updated_ms = ?2 WHERE id = ?1",
-                    params![id, now_ms()],
-                )?;
-                Ok(())
-            })
+        self.apply(vec![StatusChange::Processing { id: id.to_owned() }])
             .await
     }
 
     async fn mark_processed(&self, id: &str, bucket: &str, key: &str) -> Result<(), UploadError> {
-        let (id, b, k) = (id.to_owned(), bucket.to_owned(), key.to_owned());
-        self.db
-            .write(move |c| {
-                let now = now_ms();
-                c.execute(
-                    "UPDATE uploads SET status = 'processed', error = NULL, processed_bucket = ?2,
-                         processed_key = ?3, processed_ms = ?4, updated_ms = ?4 WHERE id = ?1",
-                    params![id, b, k, now],
-                )?;
-                Ok(())
-            })
-            .await
+        self.apply(vec![StatusChange::Processed {
+            id: id.to_owned(),
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            new_attempt: false,
+        }])
+        .await
     }
 
     async fn mark_failed(&self, id: &str, error: &str) -> Result<(), UploadError> {
-        let (id, e) = (id.to_owned(), error.to_owned());
+        self.apply(vec![StatusChange::Failed {
+            id: id.to_owned(),
+            error: error.to_owned(),
+            new_attempt: false,
+        }])
+        .await
+    }
+
+    async fn apply(&self, changes: Vec<StatusChange>) -> Result<(), UploadError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         self.db
-            .write(move |c| {
-                c.execute(
-                    "UPDATE uploads SET status = 'failed', error = ?2, updated_ms = ?3 WHERE id = ?1",
-                    params![id, e, now_ms()],
-                )?;
-                Ok(())
-            })
+            .write(move |c| Ok::<_, UploadError>(apply_in_tx(c, &changes)?))
             .await
     }
+
+    fn db(&self) -> Option<&Db> {
+        Some(&self.db)
+    }
+}
+
+/// Writes status changes inside the caller's transaction (of the database the `uploads`
+/// table is in), in order.
+pub fn apply_in_tx(
+    c: &Connection,
+    changes: &[StatusChange],
+) -> Result<(), sluice_db::rusqlite::Error> {
+    let now = now_ms();
+    for change in changes {
+        match change {
+            StatusChange::Processing { id } => {
+                c.prepare_cached(
+                    "UPDATE uploads SET status = 'processing', attempts = attempts + 1,
+                         updated_ms = ?2 WHERE id = ?1",
+                )?
+                .execute(params![id, now])?;
+            }
+            StatusChange::Processed {
+                id,
+                bucket,
+                key,
+                new_attempt,
+            } => {
+                c.prepare_cached(
+                    "UPDATE uploads SET status = 'processed', error = NULL, processed_bucket = ?2,
+                         processed_key = ?3, processed_ms = ?4, updated_ms = ?4,
+                         attempts = attempts + ?5 WHERE id = ?1",
+                )?
+                .execute(params![
+                    id,
+                    bucket,
+                    key,
+                    now,
+                    i64::from(*new_attempt)
+                ])?;
+            }
+            StatusChange::Failed {
+                id,
+                error,
+                new_attempt,
+            } => {
+                c.prepare_cached(
+                    "UPDATE uploads SET status = 'failed', error = ?2, updated_ms = ?3,
+                         attempts = attempts + ?4 WHERE id = ?1",
+                )?
+                .execute(params![id, error, now, i64::from(*new_attempt)])?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -139,6 +139,49 @@ pub trait UploadLedger: Send + Sync + 'static {
     async fn mark_processing(&self, id: &str) -> Result<(), UploadError>;
     async fn mark_processed(&self, id: &str, bucket: &str, key: &str) -> Result<(), UploadError>;
     async fn mark_failed(&self, id: &str, error: &str) -> Result<(), UploadError>;
+
+    /// Several status changes together (the embedded ledger writes them in one
+    /// transaction). By default, one after another.
+    async fn apply(&self, changes: Vec<StatusChange>) -> Result<(), UploadError> {
+        for c in changes {
+            match c {
+                StatusChange::Processing { id } => self.mark_processing(&id).await?,
+                StatusChange::Processed {
+                    id, bucket, key, ..
+                } => self.mark_processed(&id, &bucket, &key).await?,
+                StatusChange::Failed { id, error, .. } => self.mark_failed(&id, &error).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The embedded database whose `uploads` table holds the status rows, when there is
+    /// one: other parts may then write [`embedded::apply_in_tx`] inside their own
+    /// transaction of that database (e.g. the processor, with its checkpoint).
+    fn db(&self) -> Option<&sluice_db::Db> {
+        None
+    }
+}
+
+/// A change of an upload's status row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusChange {
+    /// A processor started on the upload; counts a delivery (`attempts + 1`).
+    Processing { id: String },
+    /// Processed, output at `bucket/key`. `new_attempt`: no `Processing` was written for
+    /// this delivery, so this change counts it.
+    Processed {
+        id: String,
+        bucket: String,
+        key: String,
+        new_attempt: bool,
+    },
+    /// Given up on. `new_attempt` as for `Processed`.
+    Failed {
+        id: String,
+        error: String,
+        new_attempt: bool,
+    },
 }
 
 /// RFC 3339 in UTC with milliseconds, as JavaScript's `Date.toISOString()` (the seed's
