@@ -491,7 +491,7 @@ async fn run_async(settings: &Settings, cmd: MappingCommand) -> Result<()> {
         }
         MappingCommand::Get { name } => {
             let saved = stats.load_all().await?;
-            let v = if name == BUILTIN_MAPPING {
+            let v = if name == BUILTIN_MAPPING && settings.builtin_mapping {
                 builtin_view(settings, saved.get(BUILTIN_MAPPING))
             } else {
                 let def = store.get(&name).await.map_err(from_processor)?;
@@ -501,7 +501,11 @@ async fn run_async(settings: &Settings, cmd: MappingCommand) -> Result<()> {
         }
         MappingCommand::List { json } => {
             let saved = stats.load_all().await?;
-            let mut all = vec![builtin_view(settings, saved.get(BUILTIN_MAPPING))];
+            // The built-in mapping is listed only where it runs (`builtin_mapping`).
+            let mut all = Vec::new();
+            if settings.builtin_mapping {
+                all.push(builtin_view(settings, saved.get(BUILTIN_MAPPING)));
+            }
             for def in store.list().await? {
                 all.push(view(settings, &def, saved.get(def.name())));
             }
