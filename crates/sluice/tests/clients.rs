@@ -239,3 +239,112 @@ fn aws_sdk_js_v3_suite() {
     );
     target.server.stop();
 }
+
+/// The seed's processor handler, unchanged (`tests/clients/js/seed/processor.mjs`, written
+/// for Lambda with `@aws-sdk/client-s3`), run by sluice as a `lambda:nodejs` mapping created
+/// with the spelling, in place of the built-in mapping: an upload through the API
+/// ends up upper-cased in the handler's bucket, and the upload's status follows.
+#[test]
+fn seed_processor_runs_as_a_lambda_mapping() {
+    // Node.js and the handler's @aws-sdk packages (tests/clients/js/node_modules).
+    node();
+    let dir = DataDir::new("seed-lambda");
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[("SLUICE_BUILTIN_MAPPING", "false")],
+    );
+    let key: Value = serde_json::from_str(&server.cli(&["keys", "create"])).expect("key json");
+    let k = (
+        key["accessKeyId"].as_str().expect("id"),
+        key["secretAccessKey"].as_str().expect("secret"),
+    );
+    let processed = "seed-processed";
+    let (ok, _, err) = common::aws_as(
+        k,
+        &[
+            "--endpoint-url",
+            &server.edge,
+            "s3",
+            "mb",
+            &format!("s3://{processed}"),
+        ],
+    );
+    assert!(ok, "{err}");
+
+    // The spelling, from the folder that holds the handler.
+    let js = repo_root().join("tests/clients/js");
+    let out = Command::new(common::bin())
+        .args([
+            "mapping",
+            "create",
+            "--name",
+            "seed-processor",
+            "--stream",
+            "uploads-stream",
+            "--function",
+            "lambda:nodejs:./seed/processor.handler",
+            "--env",
+            &format!("PROCESSED_BUCKET={processed}"),
+            "--batch-size",
+            "10",
+            "--starting-position",
+            "LATEST",
+        ])
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .current_dir(&js)
+        .output()
+        .expect("sluice mapping create");
+    assert!(
+        out.status.success(),
+        "mapping create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    server.create_user(USER_EMAIL);
+    let token = server.id_token(USER_EMAIL);
+    // The mapping starts within moments of its creation; LATEST counts from its creation,
+    // so this upload is its to process even if the server has not noticed it yet.
+    let resp = server.upload(&token, "demo.txt", "hello kinesis");
+    assert_eq!(resp.status(), 200);
+    let id = resp.json::<Value>().expect("json")["uploadId"]
+        .as_str()
+        .expect("uploadId")
+        .to_owned();
+    let status = server.wait_final(&token, &id);
+    assert_eq!(
+        status["status"],
+        "processed",
+        "{status}\n{}",
+        server_log(&dir)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let (ok, out, _) = common::aws_as(
+            k,
+            &[
+                "--endpoint-url",
+                &server.edge,
+                "s3",
+                "cp",
+                &format!("s3://{processed}/processed/demo.txt"),
+                "-",
+            ],
+        );
+        if ok {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the handler never wrote its output"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(body, "HELLO KINESIS");
+    let logs = server.cli(&["logs", "seed-processor"]);
+    assert!(logs.contains("START RequestId"), "{logs}");
+    server.stop();
+}
