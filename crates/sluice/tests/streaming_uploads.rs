@@ -366,3 +366,43 @@ fn multipart_uploads_are_processed_and_bad_forms_refused() {
         "staged parts of refused forms are deleted"
     );
 }
+
+/// Yields `ok` bytes, then fails: the client aborts the request mid-body.
+struct Broken(Pattern);
+
+impl Read for Broken {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.0.read(buf)? {
+            0 => Err(std::io::Error::other("client gives up")),
+            n => Ok(n),
+        }
+    }
+}
+
+#[test]
+fn an_upload_broken_off_mid_body_leaves_nothing() {
+    let (dir, server, token) = start("stream-broken");
+    let uploads = rows(&dir.0, "SELECT COUNT(*) FROM uploads");
+    let blobs = blob_files(&dir.0);
+    let sent = server
+        .http
+        .post(format!("{}/uploads?filename=broken.bin", server.api))
+        .bearer_auth(&token)
+        .header("Content-Type", "application/octet-stream")
+        .body(reqwest::blocking::Body::new(Broken(Pattern::new(4 * MIB))))
+        .send();
+    assert!(sent.is_err(), "the request cannot complete");
+    // The server finds out when the connection ends; its partial blob file goes then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while blob_files(&dir.0) != blobs {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the partial blob file of a broken upload was never deleted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(rows(&dir.0, "SELECT COUNT(*) FROM uploads"), uploads);
+    // The server is fine afterwards.
+    let resp = server.upload(&token, "after.txt", "still here");
+    assert_eq!(resp.status(), 200);
+}
