@@ -18,7 +18,7 @@ pub enum GatewayError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("request body exceeds {0} bytes")]
-    TooLarge(usize),
+    TooLarge(u64),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]

@@ -6,6 +6,7 @@
 //! but no AWS wire format.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -18,15 +19,21 @@ use serde::Deserialize;
 use serde_json::json;
 use sluice_identity::{TokenError, VerifiedClaims, Verifier};
 use sluice_store::ObjectStore;
-use sluice_uploads::{NewUpload, Upload, UploadError, UploadLedger, UploadSink, UploadStatus};
+use sluice_uploads::{
+    Staged, Upload, UploadError, UploadLedger, UploadMeta, UploadSink, UploadStatus,
+};
 
 mod cache;
 mod error;
 pub use cache::CachingAuthorizer;
 pub use error::GatewayError;
 
-/// Default largest request body: 10 MiB, API Gateway's payload limit.
+/// Default largest JSON request body: 10 MiB, API Gateway's payload limit.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// Default largest streamed upload (raw body or multipart form): 5 GiB, S3's largest
+/// single PUT.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 
 /// Checks bearer tokens. [`Verifier`] is the implementation for a Cognito-style issuer.
 pub trait Authorizer: Send + Sync + 'static {
@@ -63,7 +70,10 @@ pub struct Gateway {
     pub bucket: String,
     /// Stream upload records go to.
     pub stream: String,
+    /// Largest JSON upload body (parsed whole, so read into memory).
     pub max_body_bytes: usize,
+    /// Largest raw-body or multipart upload (streamed to disk, never held whole).
+    pub max_upload_bytes: u64,
 }
 
 /// The request id of the request being served: in every response's `x-request-id`, and
@@ -185,63 +195,85 @@ async fn create_upload(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let raw = match media.as_str() {
-        "application/json" => false,
-        "application/octet-stream" => true,
+    let kind = match media.as_str() {
+        "application/json" => BodyKind::Json,
+        "application/octet-stream" => BodyKind::Raw,
+        "multipart/form-data" => BodyKind::Form,
         _ => {
             return Err(GatewayError::UnsupportedMediaType(format!(
-                "expected Content-Type application/json (the seed's {{\"filename\",\"content\"}}) \
-                 or application/octet-stream (raw bytes, ?filename=), got {content_type:?}"
+                "expected Content-Type application/json (the seed's {{\"filename\",\"content\"}}), \
+                 application/octet-stream (raw bytes, ?filename=) or multipart/form-data \
+                 (a `file` part), got {content_type:?}"
             )));
         }
+    };
+    let limit = match kind {
+        BodyKind::Json => gw.max_body_bytes as u64,
+        BodyKind::Raw | BodyKind::Form => gw.max_upload_bytes,
     };
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        && len > (gw.max_body_bytes + DRAIN_MAX_BYTES) as u64
+        && len > limit.saturating_add(DRAIN_MAX_BYTES as u64)
     {
         // Far too large to be worth reading: answer now and let the connection close.
-        return Err(GatewayError::TooLarge(gw.max_body_bytes));
+        return Err(GatewayError::TooLarge(limit));
     }
-    let bytes = read_limited(body, gw.max_body_bytes).await?;
-    let (filename, content, object_type) = if raw {
-        let filename = params
-            .filename
-            .unwrap_or_else(|| format!("file-{}.bin", now_ms()));
-        (filename, bytes, "application/octet-stream")
-    } else {
-        let parsed: UploadBody = serde_json::from_slice(&bytes)
-            .map_err(|e| GatewayError::BadRequest(format!("malformed JSON body: {e}")))?;
-        // The seed's defaults: `file-<ms>.txt` and "empty" (its `content || "empty"` also
-        // turns an empty string into "empty").
-        let filename = parsed
-            .filename
-            .unwrap_or_else(|| format!("file-{}.txt", now_ms()));
-        let content = match parsed.content {
-            Some(c) if !c.is_empty() => c,
-            _ => "empty".to_owned(),
-        };
-        (filename, bytes::Bytes::from(content), "text/plain")
+    let meta = |filename: String, content_type: &str| UploadMeta {
+        user_sub: auth.sub().to_owned(),
+        bucket: gw.bucket.clone(),
+        key: format!("uploads/{filename}"),
+        filename,
+        content_type: content_type.to_owned(),
+        metadata: Default::default(),
+        request_id: request_id.clone(),
+        stream: gw.stream.clone(),
+        partition_key: uuid::Uuid::new_v4().to_string(),
     };
-    validate_filename(&filename)?;
-    let key = format!("uploads/{filename}");
-    let upload = gw
-        .sink
-        .commit(NewUpload {
-            user_sub: auth.sub().to_owned(),
-            bucket: gw.bucket.clone(),
-            key: key.clone(),
-            filename,
-            body: content,
-            content_type: object_type.into(),
-            metadata: Default::default(),
-            request_id: request_id.clone(),
-            stream: gw.stream.clone(),
-            partition_key: uuid::Uuid::new_v4().to_string(),
-        })
-        .await
-        .map_err(GatewayError::from)?;
+    let upload = match kind {
+        BodyKind::Json => {
+            let bytes = read_limited(body, gw.max_body_bytes).await?;
+            let parsed: UploadBody = serde_json::from_slice(&bytes)
+                .map_err(|e| GatewayError::BadRequest(format!("malformed JSON body: {e}")))?;
+            // The seed's defaults: `file-<ms>.txt` and "empty" (its `content || "empty"`
+            // also turns an empty string into "empty").
+            let filename = parsed
+                .filename
+                .unwrap_or_else(|| format!("file-{}.txt", now_ms()));
+            validate_filename(&filename)?;
+            let content = match parsed.content {
+                Some(c) if !c.is_empty() => c,
+                _ => "empty".to_owned(),
+            };
+            gw.sink
+                .commit(meta(filename, "text/plain").with_body(bytes::Bytes::from(content)))
+                .await?
+        }
+        BodyKind::Raw => {
+            // The name is known before the body: a bad one is refused unread.
+            let filename = params
+                .filename
+                .unwrap_or_else(|| format!("file-{}.bin", now_ms()));
+            validate_filename(&filename)?;
+            let body = LimitedBody::new(body, limit);
+            let over = body.over.clone();
+            let staged = gw
+                .sink
+                .stage(Box::pin(body))
+                .await
+                .map_err(|e| body_error(e, &over, limit))?;
+            gw.sink
+                .commit_staged(meta(filename, "application/octet-stream"), staged)
+                .await?
+        }
+        BodyKind::Form => {
+            let (filename, part_type, staged) = read_form(&gw, content_type, body, limit).await?;
+            gw.sink
+                .commit_staged(meta(filename, &part_type), staged)
+                .await?
+        }
+    };
     Ok(axum::Json(json!({
         "message": "Uploaded and queued for processing",
         "s3": {"bucket": upload.bucket, "key": upload.key},
@@ -251,10 +283,203 @@ async fn create_upload(
     .into_response())
 }
 
+enum BodyKind {
+    Json,
+    Raw,
+    Form,
+}
+
+/// The error of a streamed body that failed: too large (the limit was passed), or the
+/// client's body itself broke off, or the store failed.
+fn body_error(e: UploadError, over: &AtomicBool, limit: u64) -> GatewayError {
+    if over.load(Ordering::Relaxed) {
+        return GatewayError::TooLarge(limit);
+    }
+    match e {
+        UploadError::Store(sluice_store::StoreError::Io(io))
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<BodyReadError>()) =>
+        {
+            GatewayError::BadRequest(format!("cannot read request body: {io}"))
+        }
+        other => other.into(),
+    }
+}
+
+/// A request body that could not be read (the client broke it off, a malformed chunk).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BodyReadError(String);
+
+/// Reads a `multipart/form-data` body: exactly one file part named `file`, streamed to
+/// staging as it arrives, and optionally a `filename` text field that names the upload
+/// instead of the part's own file name. Returns the file name, the part's content type
+/// and the staged body.
+async fn read_form(
+    gw: &Gateway,
+    content_type: &str,
+    body: Body,
+    limit: u64,
+) -> Result<(String, String, Staged), GatewayError> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| GatewayError::BadRequest(format!("bad multipart/form-data: {e}")))?;
+    let body = LimitedBody::new(body, limit);
+    let over = body.over.clone();
+    let form_error = |e: multer::Error| {
+        if over.load(Ordering::Relaxed) {
+            GatewayError::TooLarge(limit)
+        } else {
+            GatewayError::BadRequest(format!("bad multipart/form-data: {e}"))
+        }
+    };
+    let mut form = multer::Multipart::new(body, boundary);
+    let mut name_field: Option<String> = None;
+    // (the part's file name, its content type, its staged bytes)
+    let mut file: Option<(Option<String>, String, Staged)> = None;
+    while let Some(mut field) = form.next_field().await.map_err(form_error)? {
+        match field.name() {
+            Some("file") => {
+                if file.is_some() {
+                    return Err(GatewayError::BadRequest(
+                        "the form has more than one `file` part".into(),
+                    ));
+                }
+                let part_name = field.file_name().map(str::to_owned);
+                let part_type = field
+                    .content_type()
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "application/octet-stream".to_owned());
+                let chunks = futures_util::TryStreamExt::map_err(field, |e| {
+                    std::io::Error::other(BodyReadError(e.to_string()))
+                });
+                let staged = gw
+                    .sink
+                    .stage(Box::pin(chunks))
+                    .await
+                    .map_err(|e| body_error(e, &over, limit))?;
+                file = Some((part_name, part_type, staged));
+            }
+            Some("filename") => {
+                if name_field.is_some() {
+                    return Err(GatewayError::BadRequest(
+                        "the form has more than one `filename` field".into(),
+                    ));
+                }
+                let mut text = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(form_error)? {
+                    text.extend_from_slice(&chunk);
+                    if text.len() > MAX_FILENAME_FIELD {
+                        return Err(GatewayError::BadRequest(
+                            "filename must be at most 255 bytes".into(),
+                        ));
+                    }
+                }
+                let name = String::from_utf8(text).map_err(|_| {
+                    GatewayError::BadRequest("the `filename` field is not UTF-8".into())
+                })?;
+                validate_filename(&name)?;
+                name_field = Some(name);
+            }
+            other => {
+                return Err(GatewayError::BadRequest(format!(
+                    "unexpected form field {:?}: expected `file` and optionally `filename`",
+                    other.unwrap_or("")
+                )));
+            }
+        }
+    }
+    let Some((part_name, part_type, staged)) = file else {
+        return Err(GatewayError::BadRequest(
+            "the form has no `file` part".into(),
+        ));
+    };
+    let filename = match (name_field, part_name) {
+        (Some(n), _) | (None, Some(n)) => n,
+        (None, None) => format!("file-{}.bin", now_ms()),
+    };
+    validate_filename(&filename)?;
+    Ok((filename, part_type, staged))
+}
+
+/// Longest `filename` form field read (the limit is 255 bytes; a little slack so that the
+/// error names the real rule).
+const MAX_FILENAME_FIELD: usize = 1024;
+
 /// How much of an oversized body is read (and thrown away) before answering 413, so that a
 /// client that sends its whole body before reading the answer gets the 413 instead of a
 /// reset connection. Past this the connection is closed.
 const DRAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// A request body as a stream of chunks that fails once more than `limit` bytes arrived
+/// (after reading and dropping up to [`DRAIN_MAX_BYTES`] more, see there), and records
+/// that in `over`.
+struct LimitedBody {
+    inner: axum::body::BodyDataStream,
+    seen: u64,
+    limit: u64,
+    over: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl LimitedBody {
+    fn new(body: Body, limit: u64) -> Self {
+        LimitedBody {
+            inner: body.into_data_stream(),
+            seen: 0,
+            limit,
+            over: Arc::new(AtomicBool::new(false)),
+            done: false,
+        }
+    }
+}
+
+impl futures_util::Stream for LimitedBody {
+    type Item = Result<bytes::Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let too_large = || std::io::Error::other(BodyReadError("request body too large".into()));
+        loop {
+            match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => {
+                    this.seen += data.len() as u64;
+                    if this.seen <= this.limit {
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    this.over.store(true, Ordering::Relaxed);
+                    if this.seen > this.limit.saturating_add(DRAIN_MAX_BYTES as u64) {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(too_large())));
+                    }
+                    // Drain: read on, throw away.
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(std::io::Error::other(BodyReadError(
+                        e.to_string(),
+                    )))));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(if this.over.load(Ordering::Relaxed) {
+                        Some(Err(too_large()))
+                    } else {
+                        None
+                    });
+                }
+            }
+        }
+    }
+}
 
 /// Reads a body of at most `limit` bytes.
 async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, GatewayError> {
@@ -278,7 +503,7 @@ async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, GatewayE
         buf.extend_from_slice(&data);
     }
     if seen > limit {
-        return Err(GatewayError::TooLarge(limit));
+        return Err(GatewayError::TooLarge(limit as u64));
     }
     Ok(buf.freeze())
 }

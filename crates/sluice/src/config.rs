@@ -60,8 +60,10 @@ pub(crate) struct FileConfig {
     /// Enforce Kinesis' per-shard throughput limits (1 MiB/s or 1,000 records/s in,
     /// 2 MiB/s and 5 reads/s out) with ProvisionedThroughputExceeded; off by default.
     pub(crate) stream_throttle: Option<bool>,
-    /// Largest accepted upload request body, in bytes.
+    /// Largest accepted JSON upload request body, in bytes.
     pub(crate) max_body_bytes: Option<usize>,
+    /// Largest accepted raw-body or multipart upload (streamed to disk), in bytes.
+    pub(crate) max_upload_bytes: Option<u64>,
     pub(crate) id_token_validity_secs: Option<i64>,
     pub(crate) access_token_validity_secs: Option<i64>,
     pub(crate) refresh_token_validity_secs: Option<i64>,
@@ -101,6 +103,7 @@ pub(crate) struct Settings {
     pub(crate) shards: u32,
     pub(crate) stream_throttle: bool,
     pub(crate) max_body_bytes: usize,
+    pub(crate) max_upload_bytes: u64,
     pub(crate) s3_max_object_bytes: usize,
     pub(crate) s3_uploads_enqueue: bool,
     pub(crate) s3_base_domain: Option<String>,
@@ -152,6 +155,9 @@ impl Settings {
             max_body_bytes: env_parse("SLUICE_MAX_BODY_BYTES")?
                 .or(file.max_body_bytes)
                 .unwrap_or(sluice_gateway::DEFAULT_MAX_BODY_BYTES),
+            max_upload_bytes: env_parse("SLUICE_MAX_UPLOAD_BYTES")?
+                .or(file.max_upload_bytes)
+                .unwrap_or(sluice_gateway::DEFAULT_MAX_UPLOAD_BYTES),
             s3_max_object_bytes: env_parse("SLUICE_S3_MAX_OBJECT_BYTES")?
                 .or(file.s3_max_object_bytes)
                 .unwrap_or(512 * 1024 * 1024),
@@ -195,6 +201,9 @@ impl Settings {
         }
         if self.max_body_bytes == 0 {
             bail!("max_body_bytes must be positive");
+        }
+        if self.max_upload_bytes == 0 {
+            bail!("max_upload_bytes must be positive");
         }
         let mut names = std::collections::HashSet::new();
         for m in &self.mappings {

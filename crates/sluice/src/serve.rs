@@ -146,6 +146,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         bucket: settings.bucket.clone(),
         stream: settings.stream.clone(),
         max_body_bytes: settings.max_body_bytes,
+        max_upload_bytes: settings.max_upload_bytes,
     });
     let keys = sluice_identity::access_keys::AccessKeys::new(db.clone());
     let new_key = {

@@ -140,6 +140,54 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Backend(format!("prepare task failed: {e}")))?
     }
 
+    /// Like [`prepare`](Self::prepare), for a body that arrives in chunks: it is never held
+    /// whole in memory. Up to [`INLINE_MAX`] bytes are gathered and kept inline; past that,
+    /// every chunk goes to a fresh blob file (hashed as it is written, on the blocking pool),
+    /// which is fsynced with its directory once the body has ended. If the body fails (an
+    /// error item) or this future is dropped, the partial file is deleted.
+    pub async fn prepare_stream(
+        &self,
+        mut body: crate::ByteStream,
+    ) -> Result<Prepared, StoreError> {
+        use futures_util::StreamExt;
+        let mut head = bytes::BytesMut::new();
+        let overflow = loop {
+            match body.next().await {
+                None => return self.prepare(head.freeze()).await,
+                Some(Err(e)) => return Err(StoreError::Io(e)),
+                Some(Ok(chunk)) if head.len() + chunk.len() > INLINE_MAX => break chunk,
+                Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<BlobMsg>(16);
+        let dir = self.blob_dir.clone();
+        let writer = tokio::task::spawn_blocking(move || write_blob(&dir, rx));
+        let fed: Result<(), std::io::Error> = async {
+            for chunk in [head.freeze(), overflow] {
+                if tx.send(BlobMsg::Chunk(chunk)).await.is_err() {
+                    return Ok(()); // the writer failed: its error is reported below
+                }
+            }
+            while let Some(item) = body.next().await {
+                if tx.send(BlobMsg::Chunk(item?)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            let _ = tx.send(BlobMsg::End).await;
+            Ok(())
+        }
+        .await;
+        // Without `End` the writer deletes its file and fails.
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| StoreError::Backend(format!("blob writer failed: {e}")))?;
+        match fed {
+            Err(e) => Err(StoreError::Io(e)),
+            Ok(()) => written,
+        }
+    }
+
     /// Removes blob files that no row references: leftovers of a crash between writing a
     /// blob and committing its row, or between a commit and the old blob's deletion.
     /// Call at start, before serving writes.
@@ -225,6 +273,67 @@ fn prepare_blocking(dir: &Path, body: Bytes) -> Result<Prepared, StoreError> {
         sha256,
         body: PreparedBody::Blob(name),
     })
+}
+
+/// What [`EmbeddedStore::prepare_stream`] hands its blob writer.
+enum BlobMsg {
+    Chunk(Bytes),
+    /// The body ended normally: make the file durable.
+    End,
+}
+
+/// Writes chunks to a new blob file, hashing them, until `End` (fsync file and directory)
+/// or until the sender goes away without it (delete the file).
+fn write_blob(
+    dir: &Path,
+    mut rx: tokio::sync::mpsc::Receiver<BlobMsg>,
+) -> Result<Prepared, StoreError> {
+    let name = uuid::Uuid::new_v4().simple().to_string();
+    let path = blob_path(dir, &name);
+    let result = (|| -> Result<Prepared, StoreError> {
+        use std::io::Write;
+        let parent = path
+            .parent()
+            .ok_or_else(|| StoreError::Backend("blob path has no parent".into()))?;
+        std::fs::create_dir_all(parent)?;
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+        let mut size = 0u64;
+        loop {
+            match rx.blocking_recv() {
+                Some(BlobMsg::Chunk(c)) => {
+                    md5.update(&c);
+                    sha.update(&c);
+                    size += c.len() as u64;
+                    file.write_all(&c)?;
+                }
+                Some(BlobMsg::End) => break,
+                None => {
+                    return Err(StoreError::Backend(
+                        "body ended before it was complete".into(),
+                    ));
+                }
+            }
+        }
+        let f = file
+            .into_inner()
+            .map_err(|e| StoreError::Io(e.into_error()))?;
+        f.sync_all()?;
+        sync_dir(parent)?;
+        Ok(Prepared {
+            size,
+            etag: hex::encode(md5.finalize()),
+            sha256: hex::encode(sha.finalize()),
+            body: PreparedBody::Blob(name),
+        })
+    })();
+    if result.is_err()
+        && let Err(e) = std::fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot delete partial blob; it is swept at next start");
+    }
+    result
 }
 
 /// Concatenates parts into one prepared object with S3's multipart ETag
@@ -984,6 +1093,60 @@ mod tests {
         let err = s.put("b-1", "k", Bytes::from("c"), as_user("bob")).await;
         assert!(matches!(err, Err(StoreError::OwnedByOther { .. })));
         assert_eq!(s.get("b-1", "k").await.expect("get").body, Bytes::from("b"));
+    }
+
+    #[tokio::test]
+    async fn prepare_stream_matches_prepare_and_cleans_up_on_failure() {
+        let (s, dir) = open().await;
+        let chunked = |data: Vec<u8>, fail: bool| -> crate::ByteStream {
+            let mut items: Vec<Result<Bytes, std::io::Error>> = data
+                .chunks(7_000)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            if fail {
+                items.push(Err(std::io::Error::other("client went away")));
+            }
+            Box::pin(futures_util::stream::iter(items))
+        };
+        for size in [0usize, 10, INLINE_MAX, INLINE_MAX + 1, 3 * INLINE_MAX + 5] {
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let whole = s.prepare(Bytes::from(data.clone())).await.expect("prepare");
+            let streamed = s
+                .prepare_stream(chunked(data.clone(), false))
+                .await
+                .expect("prepare_stream");
+            assert_eq!(streamed.size, whole.size, "{size}");
+            assert_eq!(streamed.etag, whole.etag, "{size}");
+            assert_eq!(streamed.sha256, whole.sha256, "{size}");
+            assert_eq!(streamed.blob_name().is_some(), size > INLINE_MAX, "{size}");
+            s.put_prepared("b-1", &format!("k{size}"), streamed).await;
+            let got = s.get("b-1", &format!("k{size}")).await.expect("get");
+            assert_eq!(got.body.as_ref(), &data[..], "{size}");
+            s.discard_blobs(whole.blob_name().into_iter().map(str::to_owned).collect());
+        }
+        let before = walk(&dir.join("blobs"));
+        let err = s
+            .prepare_stream(chunked(vec![1u8; 3 * INLINE_MAX], true))
+            .await
+            .expect_err("a failing body fails");
+        assert!(matches!(err, StoreError::Io(_)), "{err:?}");
+        assert_eq!(
+            walk(&dir.join("blobs")),
+            before,
+            "the partial blob is deleted"
+        );
+    }
+
+    impl EmbeddedStore {
+        async fn put_prepared(&self, bucket: &str, key: &str, p: Prepared) {
+            let (b, k) = (bucket.to_owned(), key.to_owned());
+            self.db
+                .write(move |c| {
+                    put_in_tx(c, &b, &k, &p, &PutOptions::default(), now_ms()).map(|_| ())
+                })
+                .await
+                .expect("commit");
+        }
     }
 
     #[tokio::test]

@@ -8,6 +8,11 @@ use bytes::Bytes;
 
 pub mod embedded;
 
+/// A body that arrives in chunks (an HTTP request body, one part of a form): what
+/// [`embedded::EmbeddedStore::prepare_stream`] writes to disk as it arrives.
+pub type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("bucket {0} does not exist")]

@@ -5,13 +5,13 @@ use async_trait::async_trait;
 use sluice_db::rusqlite::{Connection, OptionalExtension, params};
 use sluice_db::{Db, Migration, now_ms};
 use sluice_store::PutOptions;
-use sluice_store::embedded::{EmbeddedStore, put_in_tx};
+use sluice_store::embedded::{EmbeddedStore, Prepared, put_in_tx};
 use sluice_stream::PutRecord;
 use sluice_stream::embedded::{EmbeddedStream, append_in_tx};
 
 use crate::{
-    NewUpload, StatusChange, Upload, UploadError, UploadLedger, UploadRecord, UploadSink,
-    UploadStatus, iso8601_ms,
+    ByteStream, NewUpload, Staged, StatusChange, Upload, UploadError, UploadLedger, UploadMeta,
+    UploadRecord, UploadSink, UploadStatus, iso8601_ms,
 };
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -60,7 +60,32 @@ impl EmbeddedUploads {
 #[async_trait]
 impl UploadSink for EmbeddedUploads {
     async fn commit(&self, u: NewUpload) -> Result<Upload, UploadError> {
-        let prepared = self.store.prepare(u.body.clone()).await?;
+        let (meta, body) = u.split();
+        let prepared = self.store.prepare(body).await?;
+        self.commit_prepared(meta, prepared).await
+    }
+
+    async fn stage(&self, body: ByteStream) -> Result<Staged, UploadError> {
+        let prepared = self.store.prepare_stream(body).await?;
+        let store = self.store.clone();
+        Ok(Staged::new(prepared, move |p| {
+            store.discard_blobs(p.blob_name().into_iter().map(str::to_owned).collect());
+        }))
+    }
+
+    async fn commit_staged(&self, u: UploadMeta, body: Staged) -> Result<Upload, UploadError> {
+        self.commit_prepared(u, body.into_prepared()).await
+    }
+}
+
+impl EmbeddedUploads {
+    /// The one transaction: object row (referencing `prepared`'s blob file, if any),
+    /// stream record, status row. On failure the blob file is deleted.
+    async fn commit_prepared(
+        &self,
+        u: UploadMeta,
+        prepared: Prepared,
+    ) -> Result<Upload, UploadError> {
         let blob = prepared.blob_name().map(str::to_owned);
         let id = uuid::Uuid::new_v4().to_string();
         let stream_name = u.stream.clone();

@@ -125,10 +125,120 @@ pub struct NewUpload {
     pub partition_key: String,
 }
 
+impl NewUpload {
+    /// The upload without its body, and the body.
+    pub fn split(self) -> (UploadMeta, Bytes) {
+        (
+            UploadMeta {
+                user_sub: self.user_sub,
+                bucket: self.bucket,
+                key: self.key,
+                filename: self.filename,
+                content_type: self.content_type,
+                metadata: self.metadata,
+                request_id: self.request_id,
+                stream: self.stream,
+                partition_key: self.partition_key,
+            },
+            self.body,
+        )
+    }
+}
+
+/// Everything about an upload to commit but its body: what goes with a [`Staged`] body to
+/// [`UploadSink::commit_staged`].
+#[derive(Debug, Clone)]
+pub struct UploadMeta {
+    pub user_sub: String,
+    pub bucket: String,
+    pub key: String,
+    pub filename: String,
+    pub content_type: String,
+    /// User metadata stored with the object (S3's `x-amz-meta-*`).
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub request_id: String,
+    pub stream: String,
+    pub partition_key: String,
+}
+
+impl UploadMeta {
+    /// The upload with its body in memory, for [`UploadSink::commit`].
+    pub fn with_body(self, body: Bytes) -> NewUpload {
+        NewUpload {
+            user_sub: self.user_sub,
+            bucket: self.bucket,
+            key: self.key,
+            filename: self.filename,
+            body,
+            content_type: self.content_type,
+            metadata: self.metadata,
+            request_id: self.request_id,
+            stream: self.stream,
+            partition_key: self.partition_key,
+        }
+    }
+}
+
+pub use sluice_store::ByteStream;
+use sluice_store::embedded::Prepared;
+
+/// A body written to durable staging by [`UploadSink::stage`] (hashed; a large one in an
+/// fsynced blob file that no row references yet), waiting for
+/// [`UploadSink::commit_staged`]. Dropping it uncommitted deletes what was staged.
+pub struct Staged {
+    prepared: Prepared,
+    discard: Option<Box<dyn FnOnce(Prepared) + Send + Sync>>,
+}
+
+impl Staged {
+    /// `discard` runs if the body is dropped without being committed.
+    pub fn new(prepared: Prepared, discard: impl FnOnce(Prepared) + Send + Sync + 'static) -> Self {
+        Staged {
+            prepared,
+            discard: Some(Box::new(discard)),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.prepared.size()
+    }
+
+    /// Hands the body over for committing: from now on the committer owns its blob file.
+    pub fn into_prepared(mut self) -> Prepared {
+        self.discard = None;
+        // Cheap: a prepared body is a blob name or a shared `Bytes`.
+        self.prepared.clone()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(discard) = self.discard.take() {
+            discard(self.prepared.clone());
+        }
+    }
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("prepared", &self.prepared)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Commits uploads: object, stream record and status row, all durable, or none visible.
 #[async_trait]
 pub trait UploadSink: Send + Sync + 'static {
+    /// Commits an upload whose body is in memory.
     async fn commit(&self, upload: NewUpload) -> Result<Upload, UploadError>;
+
+    /// Streams a body to durable staging, hashing it, without holding it whole in memory
+    /// and without committing anything. A body whose stream fails leaves nothing behind.
+    async fn stage(&self, body: ByteStream) -> Result<Staged, UploadError>;
+
+    /// Commits an upload whose body was staged: all or nothing, as [`commit`](Self::commit).
+    async fn commit_staged(&self, upload: UploadMeta, body: Staged) -> Result<Upload, UploadError>;
 }
 
 /// Upload status, read by the API and advanced by processors.
