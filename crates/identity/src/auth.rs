@@ -780,6 +780,29 @@ impl Identity {
             .await
     }
 
+    /// GetUserAttributeVerificationCode.
+    pub async fn attribute_verification_code_by_token(
+        &self,
+        access_token: &str,
+        attribute: &str,
+    ) -> Result<CodeDelivery, IdentityError> {
+        let s = self.access_session(access_token).await?;
+        self.attribute_verification_code(&s.pool_id, &s.username, attribute)
+            .await
+    }
+
+    /// VerifyUserAttribute.
+    pub async fn verify_attribute_by_token(
+        &self,
+        access_token: &str,
+        attribute: &str,
+        code: &str,
+    ) -> Result<(), IdentityError> {
+        let s = self.access_session(access_token).await?;
+        self.verify_attribute(&s.pool_id, &s.username, attribute, code)
+            .await
+    }
+
     /// ChangePassword: the previous password must be right; failures count like sign-ins.
     pub async fn change_password(
         &self,

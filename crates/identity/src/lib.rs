@@ -20,6 +20,7 @@ use crate::throttle::Throttle;
 pub mod access_keys;
 mod auth;
 pub mod keys;
+mod mail;
 pub mod password;
 mod pool_verifier;
 mod pools;
@@ -30,6 +31,7 @@ mod users;
 
 pub use auth::{AccessSession, SrpChallenge, secret_hash};
 pub use keys::{Jwk, Jwks, SigningKey};
+pub use mail::SmtpSettings;
 pub use password::PasswordPolicy;
 pub use pool_verifier::PoolVerifier;
 pub use pools::{
@@ -98,7 +100,19 @@ CREATE TABLE auth_sessions (
         name: "identity-0002",
         sql: MIGRATION_0002,
     },
+    Migration {
+        name: "identity-0003",
+        sql: MIGRATION_0003,
+    },
 ];
+
+/// Outbox messages record their email delivery: `delivery` is NULL (not emailed: SMTP not
+/// configured, or not an email address), `sent` or `failed` (with `delivery_error`).
+const MIGRATION_0003: &str = "
+ALTER TABLE outbox ADD COLUMN delivery TEXT;
+ALTER TABLE outbox ADD COLUMN delivery_error TEXT;
+ALTER TABLE outbox ADD COLUMN delivery_ms INTEGER;
+";
 
 /// Pools and clients get their settings (Cognito's shapes, as JSON), clients a secret; users
 /// get a username distinct from their email, attributes, an SRP verifier and a temporary
@@ -310,6 +324,8 @@ pub struct Identity {
     issuer_base: String,
     keys: Arc<RwLock<HashMap<String, Arc<SigningKey>>>>,
     throttle: Arc<Throttle>,
+    /// Wakes the email delivery task (`None`: SMTP not configured).
+    mail_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Identity {
@@ -320,6 +336,22 @@ impl Identity {
             issuer_base: issuer_base.trim_end_matches('/').to_owned(),
             keys: Arc::new(RwLock::new(HashMap::new())),
             throttle: Arc::new(Throttle::default()),
+            mail_wake: None,
+        }
+    }
+
+    /// Also delivers outbox messages written from now on by email (to email destinations),
+    /// in the background. Call before cloning this `Identity`, inside a Tokio runtime.
+    pub async fn start_mail(&mut self, settings: &SmtpSettings) -> Result<(), IdentityError> {
+        let mailer = mail::Mailer::new(settings)?;
+        self.mail_wake = Some(mail::start(self.db.clone(), mailer).await?);
+        Ok(())
+    }
+
+    /// Tells the delivery task that the outbox may hold new messages.
+    pub(crate) fn outbox_changed(&self) {
+        if let Some(w) = &self.mail_wake {
+            w.notify_one();
         }
     }
 

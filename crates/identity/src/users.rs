@@ -3,8 +3,8 @@
 //!
 //! Codes are 6 digits, stored only as a hash, valid 24 hours (sign-up) or 1 hour (password
 //! reset), and die after 5 wrong guesses. The message carrying a code is written to the
-//! `outbox` table, which only an operator reads ([`Identity::outbox`]); codes never go to
-//! logs.
+//! `outbox` table, which an operator reads ([`Identity::outbox`]) and which is also emailed
+//! when SMTP is configured (`mail.rs`); codes never go to logs.
 
 use std::collections::BTreeMap;
 
@@ -103,6 +103,10 @@ pub struct OutboxMessage {
     pub kind: String,
     pub code: String,
     pub created_ms: i64,
+    /// Email delivery: `None` (not emailed), `sent` or `failed`.
+    pub delivery: Option<String>,
+    /// Why delivery failed (never holds the code).
+    pub delivery_error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -318,9 +322,20 @@ fn issue_code(
     purpose: &str,
     verified_only: bool,
 ) -> Result<Option<CodeDelivery>, IdentityError> {
-    let Some((to, medium, attribute)) = destination(u, verified_only) else {
+    let Some(to) = destination(u, verified_only) else {
         return Ok(None);
     };
+    issue_code_to(c, pool, u, purpose, to).map(Some)
+}
+
+/// Issues a fresh code for `purpose` to `(address, medium, attribute)`.
+fn issue_code_to(
+    c: &Connection,
+    pool: &str,
+    u: &UserRow,
+    purpose: &str,
+    (to, medium, attribute): (String, &'static str, &'static str),
+) -> Result<CodeDelivery, IdentityError> {
     let code = format!("{:06}", rand::thread_rng().gen_range(0..1_000_000u32));
     let ttl = if purpose == "reset" {
         RESET_CODE_TTL_MS
@@ -339,11 +354,24 @@ fn issue_code(
         ],
     )?;
     outbox_insert(c, pool, &to, purpose, &code)?;
-    Ok(Some(CodeDelivery {
+    Ok(CodeDelivery {
         destination: mask(&to),
         medium: medium.into(),
         attribute: attribute.into(),
-    }))
+    })
+}
+
+/// The attributes a user can verify with a code: name, medium, code purpose.
+fn verifiable(
+    attribute: &str,
+) -> Result<(&'static str, &'static str, &'static str), IdentityError> {
+    match attribute {
+        "email" => Ok(("email", "EMAIL", "verify_email")),
+        "phone_number" => Ok(("phone_number", "SMS", "verify_phone_number")),
+        other => Err(IdentityError::InvalidParameter(format!(
+            "Invalid attribute name: {other} cannot be verified"
+        ))),
+    }
 }
 
 /// Checks a code. `Ok(Err(e))` is a refusal whose bookkeeping (a counted failure) must be
@@ -555,7 +583,7 @@ impl Identity {
             let secrets = password_secrets(&pool, &u.username, &password).await?;
             let expires = temp_expiry(&settings);
             let p = pool.clone();
-            return self
+            let out = self
                 .db
                 .write(move |c| {
                     store_password(
@@ -573,10 +601,13 @@ impl Identity {
                     Ok(u.into())
                 })
                 .await;
+            self.outbox_changed();
+            return out;
         }
         let (prepared, password) = prepare_user(&settings, new)?;
         let secrets = password_secrets(&pool, &prepared.username, &password).await?;
-        self.db
+        let out = self
+            .db
             .write(move |c| {
                 let rec = insert_prepared(c, &prepared, &secrets)?;
                 if !suppress
@@ -589,7 +620,9 @@ impl Identity {
                 }
                 Ok(rec)
             })
-            .await
+            .await;
+        self.outbox_changed();
+        out
     }
 
     pub async fn admin_get_user(
@@ -685,7 +718,8 @@ impl Identity {
     ) -> Result<Vec<CodeDelivery>, IdentityError> {
         validate_attributes(&attrs, admin)?;
         let (p, n) = (pool_id.to_owned(), username.to_owned());
-        self.db
+        let out = self
+            .db
             .write(move |c| {
                 let (settings, mut u) = read_user(c, &p, &n)?;
                 let old_email = u.attributes.get("email").cloned();
@@ -707,6 +741,13 @@ impl Identity {
                 if new_email != old_email && !attrs.contains_key("email_verified") {
                     u.attributes.insert("email_verified".into(), "false".into());
                 }
+                if new_email != old_email {
+                    c.execute(
+                        "DELETE FROM codes
+                         WHERE pool_id = ?1 AND sub = ?2 AND purpose = 'verify_email'",
+                        params![p, u.sub],
+                    )?;
+                }
                 save_attributes(c, &p, &u)?;
                 if new_email != old_email
                     && new_email.is_some()
@@ -721,7 +762,62 @@ impl Identity {
                 }
                 Ok(deliveries)
             })
-            .await
+            .await;
+        self.outbox_changed();
+        out
+    }
+
+    /// GetUserAttributeVerificationCode: a code to verify the user's `email` or
+    /// `phone_number` (replacing any earlier one), sent to that attribute's value.
+    pub(crate) async fn attribute_verification_code(
+        &self,
+        pool_id: &str,
+        username: &str,
+        attribute: &str,
+    ) -> Result<CodeDelivery, IdentityError> {
+        let (name, medium, purpose) = verifiable(attribute)?;
+        let (p, n) = (pool_id.to_owned(), username.to_owned());
+        let out = self
+            .db
+            .write(move |c| {
+                let (_, u) = read_user(c, &p, &n)?;
+                let Some(to) = u.attributes.get(name).filter(|v| !v.is_empty()).cloned() else {
+                    return Err(IdentityError::InvalidParameter(format!(
+                        "User does not have a {name} to verify."
+                    )));
+                };
+                issue_code_to(c, &p, &u, purpose, (to, medium, name))
+            })
+            .await;
+        self.outbox_changed();
+        out
+    }
+
+    /// VerifyUserAttribute: checks the code sent for `attribute`; `<attribute>_verified`
+    /// becomes `true`.
+    pub(crate) async fn verify_attribute(
+        &self,
+        pool_id: &str,
+        username: &str,
+        attribute: &str,
+        code: &str,
+    ) -> Result<(), IdentityError> {
+        let (name, _, purpose) = verifiable(attribute)?;
+        let (p, n, code) = (pool_id.to_owned(), username.to_owned(), code.to_owned());
+        self.db
+            .write(
+                move |c| -> Result<Result<(), IdentityError>, IdentityError> {
+                    let (_, mut u) = read_user(c, &p, &n)?;
+                    if let Err(e) = check_code(c, &p, &u.sub, purpose, &code)? {
+                        return Ok(Err(e));
+                    }
+                    u.attributes
+                        .insert(format!("{name}_verified"), "true".into());
+                    save_attributes(c, &p, &u)?;
+                    Ok(Ok(()))
+                },
+            )
+            .await?
     }
 
     pub async fn admin_update_attributes(
@@ -845,7 +941,8 @@ impl Identity {
         prepared.status = "UNCONFIRMED".into();
         let secrets = password_secrets(&pool, &prepared.username, password).await?;
         let verify = settings.auto_verified_attributes.clone();
-        self.db
+        let out = self
+            .db
             .write(move |c| {
                 let rec = insert_prepared(c, &prepared, &secrets).map_err(|e| match e {
                     IdentityError::UsernameExists(m) if m.starts_with("User account") => {
@@ -862,7 +959,9 @@ impl Identity {
                 };
                 Ok((rec, delivery))
             })
-            .await
+            .await;
+        self.outbox_changed();
+        out
     }
 
     /// ConfirmSignUp: checks the code, confirms the user and verifies the attribute the
@@ -957,7 +1056,8 @@ impl Identity {
         crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
         let (p, n) = (client.pool_id.clone(), username.to_owned());
         let prevent = client.prevent_user_existence_errors;
-        self.db
+        let out = self
+            .db
             .write(move |c| {
                 let settings = pool_settings(c, &p)?;
                 let Some(u) = find_user(c, &p, &settings, &n)? else {
@@ -978,7 +1078,9 @@ impl Identity {
                     )
                 })
             })
-            .await
+            .await;
+        self.outbox_changed();
+        out
     }
 
     /// ForgotPassword: a reset code to the user's verified email or phone number.
@@ -992,7 +1094,8 @@ impl Identity {
         crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
         let (p, n) = (client.pool_id.clone(), username.to_owned());
         let prevent = client.prevent_user_existence_errors;
-        self.db
+        let out = self
+            .db
             .write(move |c| {
                 let settings = pool_settings(c, &p)?;
                 let Some(u) = find_user(c, &p, &settings, &n)? else {
@@ -1012,7 +1115,9 @@ impl Identity {
                     )
                 })
             })
-            .await
+            .await;
+        self.outbox_changed();
+        out
     }
 
     /// ConfirmForgotPassword: checks the reset code and sets the new password (the user
@@ -1071,7 +1176,7 @@ impl Identity {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db.read_blocking(move |c| {
             let mut st = c.prepare(
-                "SELECT destination, kind, code, created_ms FROM outbox
+                "SELECT destination, kind, code, created_ms, delivery, delivery_error FROM outbox
                  WHERE pool_id = ?1 ORDER BY id DESC LIMIT ?2",
             )?;
             let rows = st
@@ -1081,6 +1186,8 @@ impl Identity {
                         kind: r.get(1)?,
                         code: r.get(2)?,
                         created_ms: r.get(3)?,
+                        delivery: r.get(4)?,
+                        delivery_error: r.get(5)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
@@ -1467,6 +1574,54 @@ mod tests {
             ),
             "a code is used once"
         );
+    }
+
+    #[tokio::test]
+    async fn attribute_codes_verify_only_the_current_value() {
+        let (id, info) = identity();
+        id.sign_up(
+            &info.client_id,
+            "v@example.com",
+            "Passw0rd!",
+            BTreeMap::new(),
+            None,
+        )
+        .await
+        .expect("sign up");
+        let p = &info.pool_id;
+        let user = id.admin_get_user(p, "v@example.com").await.expect("user");
+        let d = id
+            .attribute_verification_code(p, &user.username, "email")
+            .await
+            .expect("code");
+        assert_eq!(
+            (d.medium.as_str(), d.attribute.as_str()),
+            ("EMAIL", "email")
+        );
+        let stale = id.outbox(p, 1).expect("outbox")[0].code.clone();
+        let attrs = BTreeMap::from([("email".to_owned(), "w@example.com".to_owned())]);
+        id.update_attributes(p, &user.username, attrs, false)
+            .await
+            .expect("update");
+        let fresh = id.outbox(p, 1).expect("outbox")[0].clone();
+        assert_eq!(fresh.to, "w@example.com");
+        if stale != fresh.code {
+            assert!(matches!(
+                id.verify_attribute(p, &user.username, "email", &stale)
+                    .await,
+                Err(IdentityError::CodeMismatch(_))
+            ));
+        }
+        id.verify_attribute(p, &user.username, "email", &fresh.code)
+            .await
+            .expect("verify");
+        let user = id.admin_get_user(p, &user.username).await.expect("user");
+        assert_eq!(user.attributes["email_verified"], "true");
+        assert!(matches!(
+            id.attribute_verification_code(p, &user.username, "phone_number")
+                .await,
+            Err(IdentityError::InvalidParameter(_))
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,6 +82,11 @@ pub(crate) struct FileConfig {
     /// Run the built-in upload-stream → `uppercase` mapping. Off: a user mapping on the
     /// upload stream replaces it (the oldest enabled one tracks upload status).
     pub(crate) builtin_mapping: Option<bool>,
+    /// Also email outbox messages (confirmation, reset and verification codes, invitations)
+    /// through this SMTP server: `smtp://[user:password@]host[:port]` (plain SMTP).
+    pub(crate) smtp_url: Option<String>,
+    /// The `From` address of those emails (required with `smtp_url`).
+    pub(crate) smtp_from: Option<String>,
     /// `[[mapping]]`: mappings `serve` creates at start (or updates when changed here).
     #[serde(default)]
     pub(crate) mapping: Vec<crate::mapping_cmd::MappingEntry>,
@@ -111,6 +116,8 @@ pub(crate) struct Settings {
     pub(crate) batch_size: usize,
     pub(crate) max_attempts: u32,
     pub(crate) builtin_mapping: bool,
+    pub(crate) smtp_url: Option<String>,
+    pub(crate) smtp_from: Option<String>,
     /// The `[[mapping]]` entries of the configuration file.
     pub(crate) mappings: Vec<crate::mapping_cmd::MappingEntry>,
     /// Directory of the configuration file (the current directory without one): relative
@@ -185,6 +192,8 @@ impl Settings {
             builtin_mapping: env_parse("SLUICE_BUILTIN_MAPPING")?
                 .or(file.builtin_mapping)
                 .unwrap_or(true),
+            smtp_url: env_or("SLUICE_SMTP_URL", file.smtp_url),
+            smtp_from: env_or("SLUICE_SMTP_FROM", file.smtp_from),
             mappings: file.mapping,
             config_dir,
         };
@@ -204,6 +213,9 @@ impl Settings {
         }
         if self.max_upload_bytes == 0 {
             bail!("max_upload_bytes must be positive");
+        }
+        if self.smtp_url.is_some() && self.smtp_from.is_none() {
+            bail!("smtp_url needs smtp_from (the From address of the emails)");
         }
         let mut names = std::collections::HashSet::new();
         for m in &self.mappings {

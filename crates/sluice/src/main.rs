@@ -37,7 +37,7 @@ enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Show the confirmation and password-reset codes Cognito operations sent (newest
-    /// first): where sluice delivers them instead of email or SMS.
+    /// first), with their email delivery (`sent`, `failed: …`, or `-` when not emailed).
     Outbox {
         /// User pool [default: the default pool]
         #[arg(long)]
@@ -196,11 +196,20 @@ fn run(cli: Cli) -> Result<()> {
                         "{}",
                         serde_json::json!({
                             "to": m.to, "kind": m.kind, "code": m.code,
-                            "createdMs": m.created_ms,
+                            "createdMs": m.created_ms, "delivery": m.delivery,
+                            "deliveryError": m.delivery_error,
                         })
                     );
                 } else {
-                    println!("{}\t{}\t{}\t{}", m.created_ms, m.kind, m.to, m.code);
+                    let delivery = match (&m.delivery, &m.delivery_error) {
+                        (Some(d), Some(e)) => format!("{d}: {e}"),
+                        (Some(d), None) => d.clone(),
+                        (None, _) => "-".into(),
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{}\t{delivery}",
+                        m.created_ms, m.kind, m.to, m.code
+                    );
                 }
             }
             Ok(())

@@ -58,7 +58,17 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
 
     let db = wiring::open_db(&settings)?;
 
-    let identity = Identity::new(db.clone(), &settings.key_dir(), &edge_url);
+    let mut identity = Identity::new(db.clone(), &settings.key_dir(), &edge_url);
+    if let (Some(url), Some(from)) = (&settings.smtp_url, &settings.smtp_from) {
+        let smtp = sluice_identity::SmtpSettings {
+            url: url.clone(),
+            from: from.clone(),
+        };
+        identity
+            .start_mail(&smtp)
+            .await
+            .context("cannot set up email delivery")?;
+    }
     let pool = {
         let (id, region, lifetimes) = (
             identity.clone(),

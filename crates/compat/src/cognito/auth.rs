@@ -335,6 +335,8 @@ pub(super) struct TokenRequest {
     proposed_password: Option<String>,
     #[serde(default)]
     user_attributes: Vec<AttributeType>,
+    attribute_name: Option<String>,
+    code: Option<String>,
 }
 
 pub(super) async fn change_password(identity: &Identity, body: &[u8]) -> OpResult {
@@ -371,6 +373,32 @@ pub(super) async fn update_user_attributes(identity: &Identity, body: &[u8]) -> 
     Ok(json!({
         "CodeDeliveryDetailsList": deliveries.iter().map(delivery_json).collect::<Vec<_>>(),
     }))
+}
+
+pub(super) async fn get_user_attribute_verification_code(
+    identity: &Identity,
+    body: &[u8],
+) -> OpResult {
+    let req: TokenRequest = parse(body)?;
+    let d = identity
+        .attribute_verification_code_by_token(
+            required(&req.access_token, "accessToken")?,
+            required(&req.attribute_name, "attributeName")?,
+        )
+        .await?;
+    Ok(json!({"CodeDeliveryDetails": delivery_json(&d)}))
+}
+
+pub(super) async fn verify_user_attribute(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: TokenRequest = parse(body)?;
+    identity
+        .verify_attribute_by_token(
+            required(&req.access_token, "accessToken")?,
+            required(&req.attribute_name, "attributeName")?,
+            required(&req.code, "code")?,
+        )
+        .await?;
+    Ok(json!({}))
 }
 
 pub(super) async fn global_sign_out(identity: &Identity, body: &[u8]) -> OpResult {

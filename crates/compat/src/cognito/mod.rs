@@ -77,6 +77,10 @@ pub async fn handle(identity: &Identity, op: &str, body: &[u8], caller: Caller) 
         "ChangePassword" => auth::change_password(identity, body).await,
         "GetUser" => auth::get_user(identity, body).await,
         "UpdateUserAttributes" => auth::update_user_attributes(identity, body).await,
+        "GetUserAttributeVerificationCode" => {
+            auth::get_user_attribute_verification_code(identity, body).await
+        }
+        "VerifyUserAttribute" => auth::verify_user_attribute(identity, body).await,
         "GlobalSignOut" => auth::global_sign_out(identity, body).await,
         "RevokeToken" => auth::revoke_token(identity, body).await,
         "CreateUserPool" => admin::create_user_pool(identity, body).await,
