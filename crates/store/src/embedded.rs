@@ -427,6 +427,18 @@ pub fn ensure_bucket_in_tx(conn: &Connection, bucket: &str) -> Result<(), StoreE
     Ok(())
 }
 
+/// `NoSuchBucket` unless the bucket exists.
+fn require_bucket(conn: &Connection, bucket: &str) -> Result<(), StoreError> {
+    let exists: bool = conn
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM buckets WHERE name = ?1)")?
+        .query_row([bucket], |r| r.get(0))?;
+    if exists {
+        Ok(())
+    } else {
+        Err(StoreError::NoSuchBucket(bucket.to_owned()))
+    }
+}
+
 /// Writes a prepared object inside a transaction of the shared database. Returns the new
 /// object's info and the blob file the write replaced, if any; the caller deletes it with
 /// [`EmbeddedStore::discard_blobs`] once the transaction committed.
@@ -439,12 +451,7 @@ pub fn put_in_tx(
     now: i64,
 ) -> Result<(ObjectInfo, Option<String>), StoreError> {
     validate_key(key)?;
-    let bucket_exists: bool = conn
-        .prepare_cached("SELECT EXISTS(SELECT 1 FROM buckets WHERE name = ?1)")?
-        .query_row([bucket], |r| r.get(0))?;
-    if !bucket_exists {
-        return Err(StoreError::NoSuchBucket(bucket.to_owned()));
-    }
+    require_bucket(conn, bucket)?;
     let existing: Option<(Option<String>, Option<String>)> = conn
         .prepare_cached("SELECT owner, blob FROM objects WHERE bucket = ?1 AND key = ?2")?
         .query_row(params![bucket, key], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -603,14 +610,7 @@ impl ObjectStore for EmbeddedStore {
         let bucket = bucket.to_owned();
         self.db
             .write(move |c| {
-                let exists: bool = c.query_row(
-                    "SELECT EXISTS(SELECT 1 FROM buckets WHERE name = ?1)",
-                    [&bucket],
-                    |r| r.get(0),
-                )?;
-                if !exists {
-                    return Err(StoreError::NoSuchBucket(bucket.clone()));
-                }
+                require_bucket(c, &bucket)?;
                 let used: bool = c.query_row(
                     "SELECT EXISTS(SELECT 1 FROM objects WHERE bucket = ?1)
                          OR EXISTS(SELECT 1 FROM multipart_uploads WHERE bucket = ?1)",
@@ -637,14 +637,7 @@ impl ObjectStore for EmbeddedStore {
         let (b, k, upload_id) = (bucket.to_owned(), key.to_owned(), id.clone());
         self.db
             .write(move |c| {
-                let exists: bool = c.query_row(
-                    "SELECT EXISTS(SELECT 1 FROM buckets WHERE name = ?1)",
-                    [&b],
-                    |r| r.get(0),
-                )?;
-                if !exists {
-                    return Err(StoreError::NoSuchBucket(b.clone()));
-                }
+                require_bucket(c, &b)?;
                 c.execute(
                     "INSERT INTO multipart_uploads
                          (upload_id, bucket, key, content_type, owner, metadata, created_ms)
@@ -659,7 +652,7 @@ impl ObjectStore for EmbeddedStore {
                         now_ms()
                     ],
                 )?;
-                Ok(())
+                Ok::<_, StoreError>(())
             })
             .await?;
         Ok(id)
@@ -1016,14 +1009,7 @@ impl ObjectStore for EmbeddedStore {
         let after = start_after.unwrap_or("").to_owned();
         self.db
             .read(move |c| {
-                let exists: bool = c.query_row(
-                    "SELECT EXISTS(SELECT 1 FROM buckets WHERE name = ?1)",
-                    [&b],
-                    |r| r.get(0),
-                )?;
-                if !exists {
-                    return Err(StoreError::NoSuchBucket(b.clone()));
-                }
+                require_bucket(c, &b)?;
                 let sql = format!(
                     "SELECT {INFO_COLUMNS} FROM objects
                      WHERE bucket = ?1 AND key > ?2 AND substr(key, 1, length(?3)) = ?3
