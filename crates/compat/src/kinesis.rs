@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
@@ -112,6 +112,23 @@ pub async fn handle(ctx: &KinesisContext, op: &str, body: &[u8], enc: Encoding) 
         Encoding::Cbor => crate::cbor::decode(body),
     };
     let result = match req {
+        // GetRecords in JSON is written straight to the body: its records (base64 data)
+        // are most of what the edge serialises, and a `Value` tree of them costs an
+        // allocation per field plus escaping on the way out.
+        Some(req @ Value::Object(_)) if enc == Encoding::Json && op == "GetRecords" => {
+            return match get_records_output(ctx, &req)
+                .await
+                .and_then(|out| get_records_json(&out))
+            {
+                Ok(body) => (
+                    StatusCode::OK,
+                    [("content-type", "application/x-amz-json-1.1")],
+                    body,
+                )
+                    .into_response(),
+                Err(e) => json_error(e.status, e.kind, &e.message),
+            };
+        }
         Some(req @ Value::Object(_)) => call(ctx, op, &req).await,
         _ => Err(err(
             "SerializationException",
@@ -140,7 +157,7 @@ async fn call(ctx: &KinesisContext, op: &str, req: &Value) -> OpResult {
         "PutRecord" => put_record(ctx, req).await,
         "PutRecords" => put_records(ctx, req).await,
         "GetShardIterator" => get_shard_iterator(ctx, req).await,
-        "GetRecords" => get_records(ctx, req).await,
+        "GetRecords" => Ok(get_records_value(&get_records_output(ctx, req).await?)),
         "SplitShard" => split_shard(ctx, req).await,
         "MergeShards" => merge_shards(ctx, req).await,
         "UpdateShardCount" => update_shard_count(ctx, req).await,
@@ -736,7 +753,10 @@ async fn get_shard_iterator(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({"ShardIterator": it}))
 }
 
-async fn get_records(ctx: &KinesisContext, req: &Value) -> OpResult {
+async fn get_records_output(
+    ctx: &KinesisContext,
+    req: &Value,
+) -> Result<sluice_stream::GetRecordsOutput, KinesisError> {
     let it = str_field(req, "ShardIterator").ok_or_else(|| validation("shardIterator"))?;
     let limit = match req.get("Limit") {
         None | Some(Value::Null) => sluice_stream::MAX_GET_RECORDS,
@@ -750,7 +770,11 @@ async fn get_records(ctx: &KinesisContext, req: &Value) -> OpResult {
             }
         },
     };
-    let out = ctx.stream.get_records(it, limit).await?;
+    Ok(ctx.stream.get_records(it, limit).await?)
+}
+
+/// GetRecords' response as a `Value` (for CBOR; JSON goes through [`get_records_json`]).
+fn get_records_value(out: &sluice_stream::GetRecordsOutput) -> Value {
     let records: Vec<Value> = out
         .records
         .iter()
@@ -764,23 +788,121 @@ async fn get_records(ctx: &KinesisContext, req: &Value) -> OpResult {
         })
         .collect();
     let mut v = json!({"Records": records, "MillisBehindLatest": out.millis_behind_latest});
-    if let Some(next) = out.next_iterator {
+    if let Some(next) = &out.next_iterator {
         v["NextShardIterator"] = json!(next);
     }
     if !out.child_shards.is_empty() {
-        v["ChildShards"] = json!(
-            out.child_shards
-                .iter()
-                .map(|c| json!({
-                    "ShardId": c.shard_id,
-                    "ParentShards": c.parent_shards,
-                    "HashKeyRange": {
-                        "StartingHashKey": c.starting_hash_key.to_string(),
-                        "EndingHashKey": c.ending_hash_key.to_string(),
-                    },
-                }))
-                .collect::<Vec<_>>()
-        );
+        v["ChildShards"] = child_shards_value(out);
     }
-    Ok(v)
+    v
+}
+
+fn child_shards_value(out: &sluice_stream::GetRecordsOutput) -> Value {
+    json!(
+        out.child_shards
+            .iter()
+            .map(|c| json!({
+                "ShardId": c.shard_id,
+                "ParentShards": c.parent_shards,
+                "HashKeyRange": {
+                    "StartingHashKey": c.starting_hash_key.to_string(),
+                    "EndingHashKey": c.ending_hash_key.to_string(),
+                },
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// GetRecords' JSON response, written directly: the same document as
+/// `get_records_value(out).to_string()` (keys in the same, sorted order), without building
+/// it as a tree first.
+fn get_records_json(out: &sluice_stream::GetRecordsOutput) -> Result<Vec<u8>, KinesisError> {
+    fn write(buf: &mut Vec<u8>, v: &impl serde::Serialize) -> Result<(), KinesisError> {
+        serde_json::to_writer(buf, v).map_err(|e| {
+            tracing::error!(error = %e, "cannot serialise GetRecords response");
+            KinesisError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "InternalFailure",
+                message: "internal failure".into(),
+            }
+        })
+    }
+    let data_len: usize = out.records.iter().map(|r| r.data.len() * 4 / 3 + 128).sum();
+    let mut buf = Vec::with_capacity(data_len + 256);
+    buf.push(b'{');
+    if !out.child_shards.is_empty() {
+        buf.extend_from_slice(b"\"ChildShards\":");
+        write(&mut buf, &child_shards_value(out))?;
+        buf.push(b',');
+    }
+    buf.extend_from_slice(b"\"MillisBehindLatest\":");
+    write(&mut buf, &out.millis_behind_latest)?;
+    if let Some(next) = &out.next_iterator {
+        buf.extend_from_slice(b",\"NextShardIterator\":");
+        write(&mut buf, next)?;
+    }
+    buf.extend_from_slice(b",\"Records\":[");
+    let mut b64 = String::new();
+    for (i, r) in out.records.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(b"{\"ApproximateArrivalTimestamp\":");
+        write(&mut buf, &epoch_secs(r.approximate_arrival_ms))?;
+        // Base64 needs no JSON escaping.
+        buf.extend_from_slice(b",\"Data\":\"");
+        b64.clear();
+        B64.encode_string(&r.data, &mut b64);
+        buf.extend_from_slice(b64.as_bytes());
+        buf.extend_from_slice(b"\",\"PartitionKey\":");
+        write(&mut buf, &r.partition_key)?;
+        buf.extend_from_slice(b",\"SequenceNumber\":");
+        write(&mut buf, &r.sequence_number)?;
+        buf.push(b'}');
+    }
+    buf.extend_from_slice(b"]}");
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_records_json_is_the_value_document() {
+        let rec = |seq: &str, key: &str, data: &[u8], ms: i64| sluice_stream::Record {
+            sequence_number: seq.into(),
+            partition_key: key.into(),
+            data: data.to_vec().into(),
+            approximate_arrival_ms: ms,
+        };
+        let mut out = sluice_stream::GetRecordsOutput {
+            records: vec![
+                rec(
+                    "4960000000000000000001",
+                    "k\"ey\\\u{1}é",
+                    b"hello\0\xff",
+                    1_700_000_000_123,
+                ),
+                rec("4960000000000000000002", "", b"", 0),
+            ],
+            next_iterator: Some("it\"er".into()),
+            millis_behind_latest: 42,
+            child_shards: Vec::new(),
+        };
+        for _ in 0..2 {
+            let direct = get_records_json(&out).expect("json");
+            assert_eq!(direct, get_records_value(&out).to_string().into_bytes());
+            out.next_iterator = None;
+            out.records.clear();
+        }
+        out.child_shards = vec![sluice_stream::ChildShard {
+            shard_id: "shardId-000000000001".into(),
+            parent_shards: vec!["shardId-000000000000".into()],
+            starting_hash_key: 0,
+            ending_hash_key: u128::MAX,
+        }];
+        let direct = get_records_json(&out).expect("json");
+        assert_eq!(direct, get_records_value(&out).to_string().into_bytes());
+    }
 }

@@ -202,8 +202,14 @@ pub async fn authenticate(
             )
         })?
         .ok_or_else(|| refuse(sigv4::SigError::UnknownKey))?;
+    // Only the headers the signature covers (and X-Amz-Date, which dates it) take part in
+    // verification; the others are not copied.
     let mut pairs: Vec<(String, String)> = headers
         .iter()
+        .filter(|(n, _)| {
+            let n = n.as_str();
+            n == "host" || n == "x-amz-date" || auth.signed_headers.iter().any(|s| s == n)
+        })
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
     // HTTP/2 carries the host in the :authority pseudo-header, which hyper puts in the URI.

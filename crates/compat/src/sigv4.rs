@@ -185,30 +185,49 @@ fn parse_amz_date(s: &str) -> Option<i64> {
 }
 
 pub(crate) fn canonical_request(req: &SignedRequest<'_>, signed_headers: &[String]) -> String {
-    let mut headers = String::new();
+    use std::fmt::Write as _;
+    let path = canonical_path(req.path);
+    let query = canonical_query(req.query);
+    let mut out = String::with_capacity(
+        256 + path.len()
+            + query.len()
+            + req
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 2)
+                .sum::<usize>(),
+    );
+    let _ = write!(out, "{}\n{path}\n{query}\n", req.method);
     for name in signed_headers {
         // Several headers of one name are joined with commas, values trimmed and inner
         // runs of spaces folded to one.
-        let values: Vec<String> = req
-            .headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect();
-        headers.push_str(name);
-        headers.push(':');
-        headers.push_str(&values.join(","));
-        headers.push('\n');
+        out.push_str(name);
+        out.push(':');
+        let mut first_value = true;
+        for (_, v) in req.headers.iter().filter(|(n, _)| n == name) {
+            if !first_value {
+                out.push(',');
+            }
+            first_value = false;
+            for (i, word) in v.split_whitespace().enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(word);
+            }
+        }
+        out.push('\n');
     }
-    format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
-        req.method,
-        canonical_path(req.path),
-        canonical_query(req.query),
-        headers,
-        signed_headers.join(";"),
-        req.payload_hash
-    )
+    out.push('\n');
+    for (i, name) in signed_headers.iter().enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        out.push_str(name);
+    }
+    out.push('\n');
+    out.push_str(req.payload_hash);
+    out
 }
 
 /// The path with each segment normalised to AWS's encoding (clients send it encoded once;

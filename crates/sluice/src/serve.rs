@@ -236,6 +236,12 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             .await
     });
     let edge_server = tokio::spawn(async move {
+        // Small request/response exchanges on keep-alive connections: no Nagle delay.
+        let edge_listener = axum::serve::ListenerExt::tap_io(edge_listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(
             edge_listener,
             edge.into_make_service_with_connect_info::<std::net::SocketAddr>(),
