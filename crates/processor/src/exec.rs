@@ -164,20 +164,11 @@ impl Function for Exec {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use super::*;
-    use crate::logs::{LogLine, LogSink};
 
-    #[derive(Default)]
-    struct Lines(Mutex<Vec<LogLine>>);
-
-    #[async_trait]
-    impl LogSink for Lines {
-        async fn append(&self, lines: Vec<LogLine>) {
-            self.0.lock().expect("lock").extend(lines);
-        }
-    }
+    use crate::logs::MemoryLogs as Lines;
 
     fn info() -> ObjectInfo {
         ObjectInfo {

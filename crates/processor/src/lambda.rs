@@ -466,19 +466,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::logs::{LogLine, LogSink};
 
-    #[derive(Default)]
-    struct Lines(Mutex<Vec<LogLine>>);
-
-    #[async_trait]
-    impl LogSink for Lines {
-        async fn append(&self, lines: Vec<LogLine>) {
-            if let Ok(mut l) = self.0.lock() {
-                l.extend(lines);
-            }
-        }
-    }
+    use crate::logs::MemoryLogs as Lines;
 
     fn ctx(sink: &Arc<Lines>) -> CallContext {
         CallContext {

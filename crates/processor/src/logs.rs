@@ -244,6 +244,21 @@ impl LogSink for BufferedLogs {
     }
 }
 
+/// A log sink that keeps lines in memory, for tests of functions.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct MemoryLogs(pub(crate) std::sync::Mutex<Vec<LogLine>>);
+
+#[cfg(test)]
+#[async_trait::async_trait]
+impl LogSink for MemoryLogs {
+    async fn append(&self, lines: Vec<LogLine>) {
+        if let Ok(mut l) = self.0.lock() {
+            l.extend(lines);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

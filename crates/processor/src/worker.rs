@@ -638,11 +638,15 @@ impl ShardWorker {
                 continue;
             }
             piece.failures += 1;
-            if m.max_attempts > 0 && piece.failures >= m.max_attempts && per_record {
+            if m.max_attempts > 0 && piece.failures >= m.max_attempts {
                 // An object function's failure is its record's: only that record is given
                 // up; the records after it (never failed themselves) go on, with their own
-                // retries.
-                let rest = piece.records.split_off(1);
+                // retries. A batch function's failure is the whole piece's.
+                let rest = if per_record {
+                    piece.records.split_off(1)
+                } else {
+                    Vec::new()
+                };
                 self.give_up(
                     &piece.records,
                     RETRY_ATTEMPTS_EXHAUSTED,
@@ -663,20 +667,6 @@ impl ShardWorker {
                         last_request_id: String::new(),
                     });
                 }
-                continue;
-            }
-            if m.max_attempts > 0 && piece.failures >= m.max_attempts {
-                self.give_up(
-                    &piece.records,
-                    RETRY_ATTEMPTS_EXHAUSTED,
-                    piece.invocations,
-                    &piece.last_error,
-                    &piece.last_request_id,
-                    &refs,
-                    &mut started,
-                    shutdown,
-                )
-                .await?;
                 continue;
             }
             // A retry makes the batch slow: its records show `processing` meanwhile.
