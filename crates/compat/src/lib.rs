@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use sluice_db::now_ms;
 use sluice_identity::Identity;
 use sluice_identity::access_keys::AccessKeys;
 
@@ -158,13 +159,6 @@ async fn dispatch(
         resp.headers_mut().insert("x-amzn-requestid", v);
     }
     resp
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Verifies a request's SigV4 signature; returns the access key id that signed it, or the

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
+use sluice_db::now_ms;
 use sluice_identity::{TokenError, VerifiedClaims, Verifier};
 use sluice_store::ObjectStore;
 use sluice_uploads::{
@@ -53,10 +54,7 @@ impl Authorizer for sluice_identity::PoolVerifier {
 }
 
 pub(crate) fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    sluice_db::now_ms() / 1000
 }
 
 /// Everything the API needs.
@@ -506,13 +504,6 @@ async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, GatewayE
         return Err(GatewayError::TooLarge(limit as u64));
     }
     Ok(buf.freeze())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// A file name that is safe as the last part of an object key: 1–255 bytes, no path
