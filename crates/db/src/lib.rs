@@ -1,12 +1,30 @@
-//! The embedded database every embedded backend shares: one SQLite file in WAL mode with
-//! `synchronous = FULL`, written by a single writer thread that **group-commits**.
+//! The embedded database every embedded backend shares: one SQLite file in WAL mode,
+//! written by a single writer thread that **group-commits**, with the fsync of each commit
+//! **pipelined** on a second thread.
 //!
 //! A write is a closure run inside a transaction. The writer takes every write that is
 //! waiting, runs each inside its own savepoint (so one failing write does not undo its
-//! neighbours), then commits them together: one fsync for the whole group. A write's future
-//! resolves only after that commit returned, so `Ok` means durable. Under load, writes queue
-//! up while the previous group is being fsynced and the next group is larger: throughput
-//! grows with concurrency while each caller still gets durability.
+//! neighbours), then commits them together. The commit writes the group's WAL frames but
+//! does not fsync them (`synchronous = NORMAL`); the group is handed to the **syncer**
+//! thread, which `fdatasync`s the WAL file once for every group committed since its last
+//! sync and only then resolves their futures. So `Ok` still means durable, and meanwhile the
+//! writer already runs the next group: SQL work and fsync overlap instead of taking turns.
+//! Under load, writes queue up while a group is being written or synced and the next group
+//! is larger: throughput grows with concurrency while each caller still gets durability.
+//!
+//! Why this is as durable as `synchronous = FULL`: a WAL commit is its frames with the
+//! commit marker, written in order to one file; `fdatasync` of that file after the commit
+//! returned makes the frames (and the file's size) durable, which is all SQLite's recovery
+//! reads. `NORMAL` still syncs the WAL before every checkpoint copies it into the database
+//! and the database after, so a WAL reset never overwrites frames that are only in the
+//! database file's page cache. At open, the WAL is fsynced once, so what a killed process
+//! left in the page cache is durable before anything is served.
+//!
+//! The price: another connection can **read a group after its commit and before its
+//! fsync** (SQLite publishes a commit to readers at once). A power loss in that window loses
+//! a group nobody was told is durable, but a reader may have seen it. Where that matters the
+//! caller hides rows until [`on_durable`] callbacks report them durable (the stream does, so
+//! a consumer never checkpoints a sequence number that a power loss could hand out again).
 //!
 //! Several parts (store, stream, uploads, identity, checkpoints) put their tables in the
 //! same file; that is what lets the upload path commit an object, its stream record and its
@@ -22,8 +40,12 @@
 //! bounds it: once it holds [`DbOptions::wal_limit_pages`] pages, the writer runs a RESTART
 //! checkpoint between two groups (the next commit then writes from the start of the file).
 
-use std::cell::Cell;
+use std::any::{Any, TypeId};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -42,8 +64,8 @@ const RESTART_WAIT: Duration = Duration::from_millis(100);
 
 /// Tuning of [`Db::open_with`]. [`DbOptions::default`] is what [`Db::open`] uses.
 ///
-/// Invariant: whatever the values, every commit is fsynced before its writes resolve
-/// (`synchronous = FULL`); these only move checkpoint and cache work around.
+/// Invariant: whatever the values, every commit is fsynced before its writes resolve (by
+/// the syncer thread); these only move checkpoint and cache work around.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DbOptions {
     /// The background checkpointer runs each time the WAL grew by this many pages.
@@ -109,6 +131,30 @@ pub struct Migration {
 
 type Completion = Box<dyn FnOnce(Option<&DbError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+type Callback = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    /// Whether this thread is running a write job (only ever true on the writer thread).
+    static IN_JOB: Cell<bool> = const { Cell::new(false) };
+    /// Callbacks registered by the current group's jobs with [`on_durable`].
+    static ON_DURABLE: RefCell<Vec<Callback>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Registers `f` to run once the write job calling this is durable: after the fsync that
+/// covers its group, before any write of that group resolves, in commit order, on the
+/// syncer thread (so `f` must be quick and must not block). If the job fails (its savepoint
+/// is rolled back) or its group's commit fails, `f` never runs. Called outside a write job
+/// (there is nothing to wait for), `f` runs at once.
+///
+/// This is how a part hides what another connection could already read but a power loss
+/// could still take back (see the module docs).
+pub fn on_durable(f: impl FnOnce() + Send + 'static) {
+    if IN_JOB.with(Cell::get) {
+        ON_DURABLE.with(|v| v.borrow_mut().push(Box::new(f)));
+    } else {
+        f();
+    }
+}
 
 /// Handle to the database. Cheap to clone.
 #[derive(Clone)]
@@ -121,6 +167,43 @@ struct Inner {
     options: DbOptions,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     readers: Mutex<Vec<Connection>>,
+    /// State that parts attach to this database, one value per type ([`Db::shared`]).
+    shared: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    hold: Arc<SyncHold>,
+}
+
+/// Lets tests hold the syncer between a commit and its fsync ([`Db::hold_syncs`]).
+#[derive(Default)]
+struct SyncHold {
+    held: Mutex<u32>,
+    released: Condvar,
+}
+
+impl SyncHold {
+    fn wait(&self) {
+        let Ok(mut held) = self.held.lock() else {
+            return;
+        };
+        while *held > 0 {
+            held = match self.released.wait(held) {
+                Ok(g) => g,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+/// While alive, groups commit but are not fsynced, so their writes do not resolve
+/// ([`Db::hold_syncs`]).
+pub struct SyncsHeld(Arc<SyncHold>);
+
+impl Drop for SyncsHeld {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.0.held.lock() {
+            *held = held.saturating_sub(1);
+            self.0.released.notify_all();
+        }
+    }
 }
 
 impl Db {
@@ -149,6 +232,7 @@ impl Db {
             "journal_size_limit",
             page_size * 2 * i64::from(options.wal_limit_pages),
         )?;
+        let wal = make_durable_at_open(path, &conn)?;
 
         let ckpt_conn = Connection::open(path).map_err(open_err)?;
         ckpt_conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
@@ -162,6 +246,25 @@ impl Db {
             .spawn(move || ckpt.run(ckpt_conn))
             .map_err(|e| DbError::Commit(format!("cannot start checkpoint thread: {e}")))?;
 
+        let failed = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(SyncHold::default());
+        let (synced_tx, synced_rx) = mpsc::channel::<Committed>();
+        let syncer = Syncer {
+            wal,
+            failed: failed.clone(),
+            hold: hold.clone(),
+        };
+        let syncer = match thread::Builder::new()
+            .name("sluice-db-sync".into())
+            .spawn(move || syncer.run(synced_rx))
+        {
+            Ok(h) => h,
+            Err(e) => {
+                checkpointer.stop();
+                return Err(DbError::Commit(format!("cannot start sync thread: {e}")));
+            }
+        };
+
         let (tx, rx) = mpsc::channel::<Job>();
         let writer = Writer {
             conn,
@@ -169,6 +272,8 @@ impl Db {
             checkpointer: checkpointer.clone(),
             last_signal: 0,
             next_restart: 0,
+            syncer: Some((synced_tx, syncer)),
+            failed,
         };
         if let Err(e) = thread::Builder::new()
             .name("sluice-db-writer".into())
@@ -188,6 +293,8 @@ impl Db {
                 options,
                 jobs: Mutex::new(Some(tx)),
                 readers: Mutex::new(readers),
+                shared: Mutex::new(HashMap::new()),
+                hold,
             }),
         })
     }
@@ -207,12 +314,44 @@ impl Db {
                 options,
                 jobs: Mutex::new(None),
                 readers: Mutex::new(vec![reader]),
+                shared: Mutex::new(HashMap::new()),
+                hold: Arc::default(),
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Holds every fsync until the returned guard is dropped: groups still commit (other
+    /// connections can read them) but their writes do not resolve. For tests of what
+    /// readers may see between a commit and its fsync; nothing else should call it.
+    pub fn hold_syncs(&self) -> SyncsHeld {
+        if let Ok(mut held) = self.inner.hold.held.lock() {
+            *held += 1;
+        }
+        SyncsHeld(self.inner.hold.clone())
+    }
+
+    /// The value of type `T` shared by every handle of this database (created with
+    /// `T::default()` on first use). Parts keep state here that must be one per database
+    /// file rather than one per handle, such as what is durable ([`on_durable`]).
+    pub fn shared<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut map = match self.inner.shared.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let entry = map
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()) as Arc<dyn Any + Send + Sync>)
+            .clone();
+        drop(map);
+        match entry.downcast::<T>() {
+            Ok(v) => v,
+            // Unreachable: the map's key is the value's type.
+            Err(_) => Arc::new(T::default()),
+        }
     }
 
     /// Runs `f` inside the next group commit and returns its result once the group is
@@ -229,6 +368,22 @@ impl Db {
             let _ = done_tx.send(r);
         })?;
         done_rx.await.map_err(|_| E::from(DbError::WriterGone))?
+    }
+
+    /// [`Db::write`] without a future: `done` gets the result once the group is durable (or
+    /// failed). `done` runs on the database's syncer thread, so it must be quick and must not
+    /// block; it suits callers that fan results out to many waiters themselves.
+    pub fn write_with<T, E, F>(
+        &self,
+        f: F,
+        done: impl FnOnce(Result<T, E>) + Send + 'static,
+    ) -> Result<(), E>
+    where
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        self.submit(f, done)
     }
 
     /// [`Db::write`] for callers outside an async runtime (the command-line tools).
@@ -337,17 +492,20 @@ where
             .map_err(|e| E::from(DbError::from(e)))
     };
     exec("SAVEPOINT job")?;
-    match f(conn) {
-        Ok(v) => {
-            exec("RELEASE job")?;
-            Ok(v)
-        }
-        Err(e) => {
-            // Undo only this job's changes; the group's transaction goes on.
-            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-            Err(e)
-        }
+    let registered = ON_DURABLE.with(|v| v.borrow().len());
+    IN_JOB.with(|j| j.set(true));
+    let outcome = f(conn);
+    IN_JOB.with(|j| j.set(false));
+    let released = match outcome {
+        Ok(v) => exec("RELEASE job").map(|()| v),
+        Err(e) => Err(e),
+    };
+    if released.is_err() {
+        // Undo only this job's changes (and forget its callbacks); the group goes on.
+        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+        ON_DURABLE.with(|v| v.borrow_mut().truncate(registered));
     }
+    released
 }
 
 fn configure(conn: &Connection, options: &DbOptions) -> rusqlite::Result<()> {
@@ -355,10 +513,11 @@ fn configure(conn: &Connection, options: &DbOptions) -> rusqlite::Result<()> {
     // Only takes effect on a new, empty file (before WAL mode is set and the first table is
     // written); SQLite ignores it for an existing database.
     conn.pragma_update(None, "page_size", options.page_size)?;
-    // WAL: readers never block the writer. FULL: every commit fsyncs the WAL, so a commit
-    // that returned survives power loss.
+    // WAL: readers never block the writer. NORMAL: a commit writes the WAL without fsync;
+    // the syncer thread fsyncs it before anyone is told (see the module docs). NORMAL still
+    // fsyncs around checkpoints.
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Checkpoints run on the checkpoint thread, never inside a commit (see the module docs).
     // The WAL hook replaces SQLite's auto-checkpoint and reports the WAL's size instead.
@@ -502,6 +661,12 @@ struct Writer {
     last_signal: u32,
     /// WAL size (pages) from which the writer tries a RESTART again after one gave up.
     next_restart: u32,
+    /// Where committed groups go to be fsynced, and the syncer thread (joined at the end, so
+    /// the connection outlives every pending fsync).
+    syncer: Option<(mpsc::Sender<Committed>, thread::JoinHandle<()>)>,
+    /// Set by the syncer when an fsync failed: nothing written since can be trusted to be
+    /// durable, so every later write fails until the process restarts.
+    failed: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -516,13 +681,39 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            commit_group(&self.conn, &mut group);
+            let committed = if self.failed.load(Ordering::Acquire) {
+                fail_group(&self.conn, &mut group, &fsync_failed());
+                None
+            } else {
+                commit_group(&self.conn, &mut group)
+            };
+            if let Some(committed) = committed {
+                self.hand_to_syncer(committed);
+            }
             if let Some(pages) = WAL_PAGES.with(|p| p.take()) {
                 self.after_commit(pages);
             }
         }
+        if let Some((tx, handle)) = self.syncer.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
         self.checkpointer.stop();
         tracing::debug!("database writer stopped");
+    }
+
+    fn hand_to_syncer(&mut self, committed: Committed) {
+        let Some((tx, _)) = &self.syncer else {
+            return;
+        };
+        if let Err(mpsc::SendError(c)) = tx.send(committed) {
+            // The syncer is gone (it only stops when this sender is dropped, or panicked):
+            // nobody can vouch for durability.
+            self.failed.store(true, Ordering::Release);
+            c.finish(Some(&DbError::Commit(
+                "the database sync thread stopped".into(),
+            )));
+        }
     }
 
     /// Wakes the checkpointer every `checkpoint_pages`, and resets a WAL that outgrew its
@@ -577,43 +768,161 @@ impl Writer {
     }
 }
 
-fn commit_group(conn: &Connection, group: &mut Vec<Job>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let err = DbError::Commit(format!("cannot begin: {e}"));
-        for job in group.drain(..) {
-            // The job never ran; tell its caller the group failed.
-            let completion = job_failed(job, conn);
-            completion(Some(&err));
+/// A group that committed and waits for the fsync that makes it durable.
+struct Committed {
+    completions: Vec<Completion>,
+    callbacks: Vec<Callback>,
+}
+
+impl Committed {
+    /// Resolves the group's writes: callbacks first (only on success), then completions.
+    fn finish(self, err: Option<&DbError>) {
+        if err.is_none() {
+            for cb in self.callbacks {
+                cb();
+            }
         }
-        return;
+        for c in self.completions {
+            c(err);
+        }
+    }
+}
+
+fn fsync_failed() -> DbError {
+    DbError::Commit(
+        "an earlier fsync of the database failed; writes are refused until sluice restarts".into(),
+    )
+}
+
+/// Fails every job of a group that cannot be committed (none of them runs to completion).
+fn fail_group(conn: &Connection, group: &mut Vec<Job>, err: &DbError) {
+    for job in group.drain(..) {
+        // The job never ran; tell its caller the group failed.
+        let completion = job_failed(job, conn);
+        // Its writes were rolled back: so are its durability callbacks.
+        ON_DURABLE.with(|v| v.borrow_mut().clear());
+        completion(Some(err));
+    }
+}
+
+/// Runs a group in one transaction and commits it (without fsync). Returns the committed
+/// group for the syncer, or `None` when the group failed (its writes are resolved here).
+fn commit_group(conn: &Connection, group: &mut Vec<Job>) -> Option<Committed> {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        fail_group(conn, group, &DbError::Commit(format!("cannot begin: {e}")));
+        return None;
     }
     let completions: Vec<Completion> = group
         .drain(..)
         .filter_map(|job| {
             // A panicking job must not take the writer down with it: its caller sees
             // `WriterGone` (its completion is dropped) and its savepoint is undone.
+            let registered = ON_DURABLE.with(|v| v.borrow().len());
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))) {
                 Ok(c) => Some(c),
                 Err(_) => {
                     tracing::error!("a database write panicked; it was rolled back");
+                    IN_JOB.with(|j| j.set(false));
+                    ON_DURABLE.with(|v| v.borrow_mut().truncate(registered));
                     let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
                     None
                 }
             }
         })
         .collect();
-    let commit = conn.execute_batch("COMMIT");
-    let err = match commit {
-        Ok(()) => None,
+    let callbacks = ON_DURABLE.with(|v| std::mem::take(&mut *v.borrow_mut()));
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => Some(Committed {
+            completions,
+            callbacks,
+        }),
         Err(e) => {
             tracing::error!(error = %e, "group commit failed; every write of the group is reported failed");
             let _ = conn.execute_batch("ROLLBACK");
-            Some(DbError::Commit(e.to_string()))
+            let err = DbError::Commit(e.to_string());
+            drop(callbacks);
+            for c in completions {
+                c(Some(&err));
+            }
+            None
         }
-    };
-    for c in completions {
-        c(err.as_ref());
     }
+}
+
+/// The syncer thread: fsyncs the WAL once for every group committed since its last fsync,
+/// then resolves those groups in commit order.
+struct Syncer {
+    wal: File,
+    failed: Arc<AtomicBool>,
+    hold: Arc<SyncHold>,
+}
+
+impl Syncer {
+    fn run(self, rx: mpsc::Receiver<Committed>) {
+        let mut groups: Vec<Committed> = Vec::new();
+        while let Ok(first) = rx.recv() {
+            groups.push(first);
+            self.hold.wait();
+            while let Ok(more) = rx.try_recv() {
+                groups.push(more);
+            }
+            let err = if self.failed.load(Ordering::Acquire) {
+                Some(fsync_failed())
+            } else if let Err(e) = self.wal.sync_data() {
+                // The kernel may have dropped the dirty pages it could not write: retrying
+                // the fsync could report success for data that is gone (PostgreSQL's
+                // "fsyncgate"). Refuse every later write instead.
+                tracing::error!(error = %e, "fsync of the database WAL failed; refusing further writes");
+                self.failed.store(true, Ordering::Release);
+                Some(DbError::Commit(format!(
+                    "fsync of the database WAL failed: {e}"
+                )))
+            } else {
+                None
+            };
+            for g in groups.drain(..) {
+                g.finish(err.as_ref());
+            }
+        }
+    }
+}
+
+/// Makes what the files hold durable before anything is served (a killed process can leave
+/// committed but never fsynced groups in the page cache), and opens the WAL for the syncer.
+fn make_durable_at_open(path: &Path, conn: &Connection) -> Result<File, DbError> {
+    let io = |what: &str, e: std::io::Error| DbError::Commit(format!("{what}: {e}"));
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(DbError::Commit(format!(
+            "{} is in journal mode {mode}, not WAL",
+            path.display()
+        )));
+    }
+    let mut wal_path = path.as_os_str().to_owned();
+    wal_path.push("-wal");
+    let wal_path = PathBuf::from(wal_path);
+    // In WAL mode the connection keeps the WAL file open (and created) while it is open.
+    let wal =
+        File::open(&wal_path).map_err(|e| io(&format!("cannot open {}", wal_path.display()), e))?;
+    // The WAL is all that needs syncing: a checkpoint advances its "backfilled" mark only
+    // after it synced the database file, so whatever a killed process copied into the
+    // database file without syncing is still in the WAL, which recovery replays.
+    //
+    // Never open (and so never close) a file descriptor of the database file itself here:
+    // closing any descriptor of a file drops every POSIX lock this process holds on it,
+    // SQLite's shared lock included, and another process could then take the database for
+    // unused and reset its WAL under this one's commits. SQLite takes no locks on the WAL.
+    wal.sync_all()
+        .map_err(|e| io(&format!("cannot fsync {}", wal_path.display()), e))?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        sync_dir(dir).map_err(|e| io(&format!("cannot fsync {}", dir.display()), e))?;
+    }
+    Ok(wal)
 }
 
 /// Runs a job whose transaction could not begin. Its work happens outside any transaction
@@ -677,6 +986,88 @@ mod tests {
             .await
             .expect("count");
         assert_eq!(n, 150);
+        db.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_resolve_after_their_fsync_and_durability_callbacks_run_first() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile_dir();
+        let db = Db::open(&dir.join("d.db"), M).expect("open");
+        let ran = Arc::new(AtomicUsize::new(0));
+        let held = db.hold_syncs();
+        let ok = tokio::spawn({
+            let (db, ran) = (db.clone(), ran.clone());
+            async move {
+                db.write(move |c| {
+                    c.execute("INSERT INTO t (k, v) VALUES (1, 'a')", [])?;
+                    on_durable(move || {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                    });
+                    Ok::<_, DbError>(())
+                })
+                .await
+            }
+        });
+        let failed = tokio::spawn({
+            let (db, ran) = (db.clone(), ran.clone());
+            async move {
+                db.write(move |c| {
+                    c.execute("INSERT INTO t (k, v) VALUES (2, 'b')", [])?;
+                    on_durable(move || {
+                        ran.fetch_add(100, Ordering::SeqCst);
+                    });
+                    Err::<(), _>(DbError::Commit("this job fails".into()))
+                })
+                .await
+            }
+        });
+        // The committed row is readable while its fsync is held; nothing has resolved.
+        let mut seen = false;
+        for _ in 0..2_000 {
+            let n: i64 = db
+                .read(|c| {
+                    Ok::<_, DbError>(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
+                })
+                .await
+                .expect("count");
+            if n == 1 {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(seen, "the group never committed");
+        assert!(!ok.is_finished(), "a write resolved before its fsync");
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+        drop(held);
+        ok.await.expect("join").expect("write");
+        assert!(failed.await.expect("join").is_err());
+        // The failed job's callback was dropped with its savepoint.
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        // Outside a job a callback runs at once.
+        on_durable({
+            let ran = ran.clone();
+            move || {
+                ran.fetch_add(10, Ordering::SeqCst);
+            }
+        });
+        assert_eq!(ran.load(Ordering::SeqCst), 11);
+        db.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn shared_state_is_one_per_database() {
+        let dir = tempfile_dir();
+        let db = Db::open(&dir.join("s.db"), M).expect("open");
+        let a = db.clone().shared::<Mutex<Vec<u8>>>();
+        a.lock().expect("lock").push(7);
+        assert_eq!(
+            *db.shared::<Mutex<Vec<u8>>>().lock().expect("lock"),
+            vec![7]
+        );
         db.close();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -29,12 +29,14 @@ mod append;
 mod reshard;
 mod schema;
 mod throttle;
+mod visibility;
 
 pub use append::append_in_tx;
 pub use schema::MIGRATIONS;
 pub use throttle::{
     READ_BYTES_PER_SEC, READ_CALLS_PER_SEC, WRITE_BYTES_PER_SEC, WRITE_RECORDS_PER_SEC,
 };
+pub use visibility::Visibility;
 
 use crate::iterator::{self, Position};
 use crate::{
@@ -173,6 +175,12 @@ impl EmbeddedStream {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// What readers may see of each shard of this database (one per database, shared by
+    /// every handle): pass it to [`append_in_tx`].
+    pub fn visibility(&self) -> Arc<Visibility> {
+        self.db.shared::<Visibility>()
     }
 
     /// Tells tailing readers of `stream` that records were committed. Callers that append
@@ -749,6 +757,7 @@ impl Stream for EmbeddedStream {
 
     async fn delete_stream(&self, name: &str) -> Result<(), StreamError> {
         let name = name.to_owned();
+        let visible = self.visibility();
         self.db
             .write(move |c| {
                 let row = load_stream(c, &name)?;
@@ -756,6 +765,7 @@ impl Stream for EmbeddedStream {
                 c.execute("DELETE FROM shards WHERE stream_id = ?1", [row.id])?;
                 c.execute("DELETE FROM stream_tags WHERE stream_id = ?1", [row.id])?;
                 c.execute("DELETE FROM streams WHERE id = ?1", [row.id])?;
+                visible.forget_stream(row.id);
                 Ok(())
             })
             .await
@@ -819,11 +829,17 @@ impl Stream for EmbeddedStream {
         let name = stream.to_owned();
         let shard = shard.to_owned();
         let key = self.iterator_key.clone();
+        let visible = self.visibility();
         self.db
             .read(move |c| {
                 let idx = parse_shard(&shard)?;
                 let stream = load_stream(c, &name)?;
                 let row = shard_row(c, &stream, idx)?;
+                // LATEST starts after the last durable record: records committed but not yet
+                // durable are still to come for this iterator.
+                let latest = visible
+                    .horizon(stream.id, idx)
+                    .map_or(row.next_counter, |h| h.min(row.next_counter));
                 let seq_counter = |s: &str| -> Result<u64, StreamError> {
                     match parse_sequence_number(s) {
                         Some((sidx, counter)) if sidx == idx && counter < row.next_counter => {
@@ -837,7 +853,7 @@ impl Stream for EmbeddedStream {
                 };
                 let p = match &spec {
                     IteratorSpec::TrimHorizon => row.start_counter,
-                    IteratorSpec::Latest => row.next_counter,
+                    IteratorSpec::Latest => latest,
                     IteratorSpec::AtSequenceNumber(s) => seq_counter(s)?,
                     IteratorSpec::AfterSequenceNumber(s) => seq_counter(s)? + 1,
                     IteratorSpec::AtTimestamp(ts) => {
@@ -870,17 +886,18 @@ impl Stream for EmbeddedStream {
         }
         let pos = iterator::decode(&self.iterator_key, iterator, now_ms())?;
         let key = self.iterator_key.clone();
+        let visible = self.visibility();
         let Some(throttle) = self.throttle.clone() else {
             return self
                 .db
-                .read(move |c| read_records(c, &key, pos, limit))
+                .read(move |c| read_records(c, &key, &visible, pos, limit))
                 .await;
         };
         let (stream, generation, shard) = (pos.s.clone(), pos.g, pos.h);
         throttle.admit_read(&stream, generation, shard)?;
         let out = self
             .db
-            .read(move |c| read_records(c, &key, pos, limit))
+            .read(move |c| read_records(c, &key, &visible, pos, limit))
             .await?;
         let bytes = out
             .records
@@ -1118,6 +1135,7 @@ impl EmbeddedStream {
 fn read_records(
     c: &Connection,
     key: &[u8],
+    visible: &Visibility,
     pos: Position,
     limit: usize,
 ) -> Result<GetRecordsOutput, StreamError> {
@@ -1141,12 +1159,24 @@ fn read_records(
                 pos.s
             ))
         })?;
+    // Records not yet durable stay hidden (see `visibility`). The horizon is read before the
+    // records query takes its snapshot, so every record below it is in that snapshot.
+    let next_counter = match visible.horizon(stream_id, pos.h) {
+        Some(h) => next_counter.min(i64::try_from(h).unwrap_or(i64::MAX)),
+        None => next_counter,
+    };
     let mut st = c.prepare_cached(
         "SELECT counter, arrival_ms, partition_key, data, checksum FROM records
-         WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3
+         WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3 AND counter < ?5
          ORDER BY counter LIMIT ?4",
     )?;
-    let mut rows = st.query(params![stream_id, pos.h as i64, pos.p as i64, limit as i64])?;
+    let mut rows = st.query(params![
+        stream_id,
+        pos.h as i64,
+        pos.p as i64,
+        limit as i64,
+        next_counter
+    ])?;
     // Every record's data goes into one buffer that the records then share (one allocation
     // per call rather than one per record).
     let mut buf: Vec<u8> = Vec::new();

@@ -89,6 +89,7 @@ impl EmbeddedUploads {
         let blob = prepared.blob_name().map(str::to_owned);
         let id = uuid::Uuid::new_v4().to_string();
         let stream_name = u.stream.clone();
+        let visible = self.stream.visibility();
         let committed = self
             .db
             .write(move |c| {
@@ -121,6 +122,7 @@ impl EmbeddedUploads {
                     .map_err(|e| UploadError::Backend(format!("cannot encode record: {e}")))?;
                 let put = append_in_tx(
                     c,
+                    &visible,
                     &u.stream,
                     &PutRecord {
                         partition_key: u.partition_key.clone(),

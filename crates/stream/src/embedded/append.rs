@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use super::EmbeddedStream;
 use super::schema::{load_stream, open_shards};
 use super::throttle::Throttle;
+use super::visibility::Visibility;
 use crate::{
     PutRecord, PutResult, StreamError, parse_sequence_number, record_checksum, sequence_number,
     shard_id, validate_record,
@@ -27,6 +28,8 @@ struct Target {
     idx: u64,
     start: u128,
     end: u128,
+    /// The shard's next counter when loaded: everything below it was committed earlier.
+    loaded_counter: u64,
     next_counter: u64,
     last_arrival_ms: i64,
     dirty: bool,
@@ -54,6 +57,7 @@ impl AppendCtx {
                 idx: s.idx,
                 start: s.start_hash,
                 end: s.end_hash,
+                loaded_counter: s.next_counter,
                 next_counter: s.next_counter,
                 last_arrival_ms: s.last_arrival_ms,
                 dirty: false,
@@ -128,9 +132,21 @@ impl AppendCtx {
         })
     }
 
-    /// Writes the counters of every shard appended to since `load`.
-    pub(crate) fn flush(&mut self, conn: &Connection) -> Result<(), StreamError> {
+    /// Writes the counters of every shard appended to since `load`, and hides the new
+    /// records from readers until the commit holding them is durable (see [`Visibility`]).
+    /// Must be the job's last step that can fail: a job that fails after it leaves no
+    /// callback behind (`sluice_db` drops them), but its horizons stay registered, which
+    /// only hides nothing more than is already hidden.
+    pub(crate) fn flush(
+        &mut self,
+        conn: &Connection,
+        visible: &Arc<Visibility>,
+    ) -> Result<(), StreamError> {
+        let mut advanced = Vec::new();
         for s in self.shards.iter_mut().filter(|s| s.dirty) {
+            visible.pending(self.stream_id, s.idx, s.loaded_counter);
+            advanced.push((s.idx, s.next_counter));
+            s.loaded_counter = s.next_counter;
             conn.prepare_cached(
                 "UPDATE shards SET next_counter = ?3, last_arrival_ms = ?4
                  WHERE stream_id = ?1 AND idx = ?2",
@@ -142,6 +158,14 @@ impl AppendCtx {
                 s.last_arrival_ms
             ])?;
             s.dirty = false;
+        }
+        if !advanced.is_empty() {
+            let (visible, stream_id) = (visible.clone(), self.stream_id);
+            sluice_db::on_durable(move || {
+                for (idx, next) in advanced {
+                    visible.durable(stream_id, idx, next);
+                }
+            });
         }
         Ok(())
     }
@@ -167,18 +191,21 @@ fn check_ordering(ordering: &str, seq: &str) -> Result<(), StreamError> {
     Ok(())
 }
 
-/// Appends one record inside a transaction of the shared database. Used by callers that
-/// must commit a record together with other rows (the upload path). The caller must call
-/// [`EmbeddedStream::notify`] after the commit.
+/// Appends one record inside a write job of the shared database. Used by callers that
+/// must commit a record together with other rows (the upload path); `visible` is
+/// [`EmbeddedStream::visibility`]. The record stays invisible to readers until the job's
+/// group is durable. The caller must call [`EmbeddedStream::notify`] after the write
+/// resolved.
 pub fn append_in_tx(
     conn: &Connection,
+    visible: &Arc<Visibility>,
     stream: &str,
     record: &PutRecord,
     now: i64,
 ) -> Result<PutResult, StreamError> {
     let mut ctx = AppendCtx::load(conn, stream)?;
     let res = ctx.append(conn, record, None, now, None)?;
-    ctx.flush(conn)?;
+    ctx.flush(conn, visible)?;
     Ok(res)
 }
 
@@ -199,16 +226,23 @@ struct Pending {
 /// Most records and bytes handed to the writer in one job.
 const MAX_BATCH_RECORDS: usize = 4_096;
 const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+/// Batches in the database at once: one being written while the one before it is being
+/// fsynced (the database pipelines the two), no more, so the next batch keeps growing
+/// while both are busy.
+const MAX_IN_FLIGHT: usize = 2;
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<Pending>,
-    /// True while a flush task runs; it takes every queued append before it stops.
-    flushing: bool,
+    /// Batches handed to the database whose results have not come back.
+    in_flight: usize,
+    /// True while a task is about to cut a batch (it yields first, see [`cut_soon`]).
+    cutting: bool,
 }
 
-/// Coalesces concurrent appends. At most one batch is in the writer at a time; appends that
-/// arrive meanwhile queue up and form the next batch, so batches grow with load.
+/// Coalesces concurrent appends. At most [`MAX_IN_FLIGHT`] batches are in the database at
+/// a time; appends that arrive meanwhile queue up and form the next batch, so batches grow
+/// with load. Results go straight from the database's syncer thread to the callers.
 #[derive(Default)]
 pub(crate) struct Batcher {
     state: Mutex<State>,
@@ -228,8 +262,9 @@ impl Batcher {
             records,
         };
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            // No runtime to run a flush task on: write directly.
+            // No runtime to cut batches on: write directly.
             let throttle = owner.throttle.clone();
+            let visible = owner.visibility();
             let results = owner
                 .db
                 .write(move |c| {
@@ -237,6 +272,7 @@ impl Batcher {
                         c,
                         std::slice::from_ref(&work),
                         throttle.as_deref(),
+                        &visible,
                     ))
                 })
                 .await?;
@@ -252,7 +288,7 @@ impl Batcher {
             .map(|(r, _)| r.data.len() + r.partition_key.len())
             .sum();
         let (tx, rx) = oneshot::channel();
-        let start = {
+        let cut = {
             let mut st = self
                 .state
                 .lock()
@@ -262,21 +298,22 @@ impl Batcher {
                 bytes,
                 reply: tx,
             });
-            !std::mem::replace(&mut st.flushing, true)
+            let cut = st.in_flight < MAX_IN_FLIGHT && !st.cutting;
+            st.cutting |= cut;
+            cut
         };
-        if start {
+        if cut {
             let owner = owner.clone();
-            handle.spawn(async move { flush_loop(owner).await });
+            handle.spawn(cut_soon(owner));
         }
         rx.await
             .map_err(|_| StreamError::Backend("the appender stopped before replying".into()))?
     }
 
-    /// The next batch, or `None` (and the flushing flag cleared) when the queue is empty.
-    fn next_batch(&self) -> Option<Vec<Pending>> {
-        let mut st = self.state.lock().ok()?;
-        if st.queue.is_empty() {
-            st.flushing = false;
+    /// Takes the next batch off the queue and counts it in flight; `None` if the queue is
+    /// empty or enough batches are in flight already.
+    fn take_batch(st: &mut State) -> Option<Vec<Pending>> {
+        if st.queue.is_empty() || st.in_flight >= MAX_IN_FLIGHT {
             return None;
         }
         let mut batch = Vec::new();
@@ -291,24 +328,39 @@ impl Batcher {
             bytes += p.bytes;
             batch.extend(st.queue.pop_front());
         }
+        st.in_flight += 1;
         Some(batch)
     }
 }
 
-async fn flush_loop(owner: EmbeddedStream) {
-    // Before each batch, let the tasks that just got their replies (or that were woken
-    // together with this one) run first: they usually append again at once, and joining this
-    // batch saves them a commit of their own.
+/// Cuts a batch once the tasks that are runnable right now had their turn: those woken
+/// together with this append (by the last results) usually append again at once, and
+/// joining this batch saves them a commit of their own.
+async fn cut_soon(owner: EmbeddedStream) {
     tokio::task::yield_now().await;
-    while let Some(batch) = owner.batcher.next_batch() {
-        let (works, replies): (Vec<Work>, Vec<oneshot::Sender<Outcome>>) =
-            batch.into_iter().map(|p| (p.work, p.reply)).unzip();
-        let names: Vec<String> = works.iter().map(|w| w.stream.clone()).collect();
-        let throttle = owner.throttle.clone();
-        let res = owner
-            .db
-            .write(move |c| Ok::<_, StreamError>(run_batch(c, &works, throttle.as_deref())))
-            .await;
+    let batch = match owner.batcher.state.lock() {
+        Ok(mut st) => {
+            st.cutting = false;
+            Batcher::take_batch(&mut st)
+        }
+        Err(_) => None,
+    };
+    if let Some(batch) = batch {
+        submit(owner, batch);
+    }
+}
+
+/// Hands a batch to the database. Its results are sent from the database's syncer thread;
+/// then, if appends queued up meanwhile, the next batch is handed over from there too.
+fn submit(owner: EmbeddedStream, batch: Vec<Pending>) {
+    let (works, replies): (Vec<Work>, Vec<oneshot::Sender<Outcome>>) =
+        batch.into_iter().map(|p| (p.work, p.reply)).unzip();
+    let names: Vec<String> = works.iter().map(|w| w.stream.clone()).collect();
+    let throttle = owner.throttle.clone();
+    let visible = owner.visibility();
+    let db = owner.db.clone();
+    let slot = InFlight(owner);
+    let done = move |res: Result<Vec<Outcome>, StreamError>| {
         match res {
             Ok(outcomes) => {
                 let mut touched: Vec<&str> = Vec::new();
@@ -321,9 +373,8 @@ async fn flush_loop(owner: EmbeddedStream) {
                 touched.sort_unstable();
                 touched.dedup();
                 for name in touched {
-                    owner.notify(name);
+                    slot.0.notify(name);
                 }
-                tokio::task::yield_now().await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "a batch of appends failed");
@@ -332,13 +383,44 @@ async fn flush_loop(owner: EmbeddedStream) {
                 }
             }
         }
+        drop(slot);
+    };
+    // If the database refuses the job (it is closed), `done` is dropped unrun: the callers
+    // see the appender stop, and the slot is given back.
+    let _ = db.write_with(
+        move |c| Ok::<_, StreamError>(run_batch(c, &works, throttle.as_deref(), &visible)),
+        done,
+    );
+}
+
+/// A batch's place among those in flight, given back when its results were delivered or
+/// when they never will be (the job was dropped): then the next batch, if any, goes out.
+struct InFlight(EmbeddedStream);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let next = match self.0.batcher.state.lock() {
+            Ok(mut st) => {
+                st.in_flight = st.in_flight.saturating_sub(1);
+                Batcher::take_batch(&mut st)
+            }
+            Err(_) => None,
+        };
+        if let Some(batch) = next {
+            submit(self.0.clone(), batch);
+        }
     }
 }
 
 /// Runs a batch inside one job. A database error undoes the whole batch: it is returned for
 /// every caller (the closure fails, so the job's savepoint is rolled back).
-fn run_batch(conn: &Connection, works: &[Work], throttle: Option<&Throttle>) -> Vec<Outcome> {
-    match try_batch(conn, works, throttle) {
+fn run_batch(
+    conn: &Connection,
+    works: &[Work],
+    throttle: Option<&Throttle>,
+    visible: &Arc<Visibility>,
+) -> Vec<Outcome> {
+    match try_batch(conn, works, throttle, visible) {
         Ok(v) => v,
         Err(e) => {
             let msg = e.to_string();
@@ -356,6 +438,7 @@ fn try_batch(
     conn: &Connection,
     works: &[Work],
     throttle: Option<&Throttle>,
+    visible: &Arc<Visibility>,
 ) -> Result<Vec<Outcome>, StreamError> {
     conn.execute_batch("SAVEPOINT batch")?;
     let now = now_ms();
@@ -387,7 +470,7 @@ fn try_batch(
         out.push(Ok(results));
     }
     for ctx in ctxs.values_mut().flatten() {
-        ctx.flush(conn)?;
+        ctx.flush(conn, visible)?;
     }
     conn.execute_batch("RELEASE batch")?;
     Ok(out)

@@ -360,3 +360,92 @@ fn the_timestamp_search_agrees_with_a_scan_despite_gaps_and_ties() {
     .expect("search");
     db.close();
 }
+
+/// Waits (polling, bounded) until the shard's records table holds `n` rows: the group that
+/// holds them has committed, whatever its fsync is doing.
+async fn committed_rows(s: &EmbeddedStream, n: i64) {
+    for _ in 0..2_000 {
+        let rows: i64 = s
+            .db()
+            .read(|c| {
+                Ok::<_, StreamError>(c.query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))?)
+            })
+            .await
+            .expect("count");
+        if rows >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the records never committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_stay_hidden_until_their_commit_is_durable() {
+    let (s, _d) = open();
+    s.create_stream("s", 1).await.expect("create");
+    let first = s.put_record("s", rec("k", "durable")).await.expect("put");
+    let horizon = s
+        .get_shard_iterator("s", &first.shard_id, IteratorSpec::TrimHorizon)
+        .await
+        .expect("iterator");
+
+    // Committed but not fsynced: another connection could read the row, the stream must not.
+    let held = s.db().hold_syncs();
+    let pending = tokio::spawn({
+        let s = s.clone();
+        async move { s.put_record("s", rec("k", "in flight")).await }
+    });
+    committed_rows(&s, 2).await;
+    let latest = s
+        .get_shard_iterator("s", &first.shard_id, IteratorSpec::Latest)
+        .await
+        .expect("latest");
+    let out = s.get_records(&horizon, 100).await.expect("get");
+    assert_eq!(out.records.len(), 1, "a record not yet durable was visible");
+    assert_eq!(out.records[0].data, Bytes::from("durable"));
+    assert!(!pending.is_finished(), "acknowledged before its fsync");
+
+    drop(held);
+    let second = pending.await.expect("join").expect("put");
+    let out = s.get_records(&horizon, 100).await.expect("get");
+    let seqs: Vec<_> = out
+        .records
+        .iter()
+        .map(|r| r.sequence_number.clone())
+        .collect();
+    assert_eq!(
+        seqs,
+        [first.sequence_number, second.sequence_number.clone()]
+    );
+    // LATEST taken while the record was in flight starts before it: it is not skipped.
+    let out = s.get_records(&latest, 100).await.expect("get latest");
+    assert_eq!(out.records.len(), 1);
+    assert_eq!(out.records[0].sequence_number, second.sequence_number);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_records_visibility_is_shared_by_every_handle_of_the_database() {
+    let (s, _d) = open();
+    s.create_stream("s", 1).await.expect("create");
+    let other = EmbeddedStream::open(s.db().clone()).expect("second handle");
+    let held = s.db().hold_syncs();
+    let pending = tokio::spawn({
+        let s = s.clone();
+        async move { s.put_record("s", rec("k", "in flight")).await }
+    });
+    committed_rows(&s, 1).await;
+    let it = other
+        .get_shard_iterator("s", &shard_id(0), IteratorSpec::TrimHorizon)
+        .await
+        .expect("iterator");
+    let out = other.get_records(&it, 100).await.expect("get");
+    assert!(
+        out.records.is_empty(),
+        "the other handle saw a record not yet durable"
+    );
+    drop(held);
+    pending.await.expect("join").expect("put");
+    let out = other.get_records(&it, 100).await.expect("get");
+    assert_eq!(out.records.len(), 1);
+}
