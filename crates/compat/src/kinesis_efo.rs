@@ -615,9 +615,7 @@ fn stream_exception(e: StreamError) -> Stop {
 mod tests {
     use super::*;
 
-    fn ctx() -> KinesisContext {
-        let dir = std::env::temp_dir().join(format!("sluice-efo-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("dir");
+    fn ctx(dir: &std::path::Path) -> KinesisContext {
         let db = sluice_db::Db::open(&dir.join("t.db"), sluice_stream::embedded::MIGRATIONS)
             .expect("db");
         KinesisContext {
@@ -630,7 +628,14 @@ mod tests {
 
     #[test]
     fn consumer_arns_round_trip_and_are_checked() {
-        let ctx = ctx();
+        let dir = std::env::temp_dir().join(format!("sluice-efo-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        check_arns(&ctx(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn check_arns(ctx: &KinesisContext) {
+        let ctx = ctx.clone();
         let c = Consumer {
             stream: "s".into(),
             stream_created_ms: 0,

@@ -14,8 +14,8 @@ use sluice_compat::KinesisContext;
 use sluice_compat::eventstream::{Message, decode};
 use sluice_compat::kinesis::{Encoding, handle};
 use sluice_compat::kinesis_efo::{SubscribeOptions, Subscriptions};
+use sluice_stream::Clock;
 use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS, StreamOptions};
-use sluice_stream::{Clock, Stream as _};
 
 const GUARD: Duration = Duration::from_secs(60);
 
