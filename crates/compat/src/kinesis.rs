@@ -27,10 +27,12 @@ pub struct KinesisContext {
     pub stream: Arc<dyn Stream>,
     pub region: String,
     pub account_id: String,
+    /// SubscribeToShard's running subscriptions (and their timings).
+    pub subscriptions: crate::kinesis_efo::Subscriptions,
 }
 
 impl KinesisContext {
-    fn arn(&self, name: &str) -> String {
+    pub(crate) fn arn(&self, name: &str) -> String {
         format!(
             "arn:aws:kinesis:{}:{}:stream/{name}",
             self.region, self.account_id
@@ -41,12 +43,12 @@ impl KinesisContext {
 /// A Kinesis error: HTTP status, exception name and message.
 #[derive(Debug)]
 pub struct KinesisError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
+    pub(crate) status: StatusCode,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
 }
 
-fn err(kind: &'static str, message: impl Into<String>) -> KinesisError {
+pub(crate) fn err(kind: &'static str, message: impl Into<String>) -> KinesisError {
     KinesisError {
         status: StatusCode::BAD_REQUEST,
         kind,
@@ -54,7 +56,7 @@ fn err(kind: &'static str, message: impl Into<String>) -> KinesisError {
     }
 }
 
-fn validation(field: &str) -> KinesisError {
+pub(crate) fn validation(field: &str) -> KinesisError {
     err(
         "ValidationException",
         format!(
@@ -87,7 +89,7 @@ impl From<StreamError> for KinesisError {
     }
 }
 
-type OpResult = Result<Value, KinesisError>;
+pub(crate) type OpResult = Result<Value, KinesisError>;
 
 /// The Kinesis protocol's two encodings: JSON 1.1 (most SDKs) and CBOR 1.1 (the Java SDK
 /// v2 and the KCL by default).
@@ -129,6 +131,13 @@ pub async fn handle(ctx: &KinesisContext, op: &str, body: &[u8], enc: Encoding) 
                 Err(e) => json_error(e.status, e.kind, &e.message),
             };
         }
+        // SubscribeToShard answers with an event stream; only its refusals are rendered here.
+        Some(req @ Value::Object(_)) if op == "SubscribeToShard" => {
+            match crate::kinesis_efo::subscribe_to_shard(ctx, &req, enc).await {
+                Ok(resp) => return resp,
+                Err(e) => Err(e),
+            }
+        }
         Some(req @ Value::Object(_)) => call(ctx, op, &req).await,
         _ => Err(err(
             "SerializationException",
@@ -168,6 +177,10 @@ async fn call(ctx: &KinesisContext, op: &str, req: &Value) -> OpResult {
         "RemoveTagsFromStream" => remove_tags(ctx, req).await,
         "ListTagsForStream" => list_tags(ctx, req).await,
         "DescribeLimits" => describe_limits(ctx).await,
+        "RegisterStreamConsumer" => crate::kinesis_efo::register(ctx, req).await,
+        "DescribeStreamConsumer" => crate::kinesis_efo::describe(ctx, req).await,
+        "ListStreamConsumers" => crate::kinesis_efo::list(ctx, req).await,
+        "DeregisterStreamConsumer" => crate::kinesis_efo::deregister(ctx, req).await,
         _ => Err(err(
             "UnknownOperationException",
             format!("operation {op} is not supported by sluice's Kinesis endpoint"),
@@ -175,12 +188,12 @@ async fn call(ctx: &KinesisContext, op: &str, req: &Value) -> OpResult {
     }
 }
 
-fn str_field<'a>(req: &'a Value, name: &str) -> Option<&'a str> {
+pub(crate) fn str_field<'a>(req: &'a Value, name: &str) -> Option<&'a str> {
     req.get(name).and_then(Value::as_str)
 }
 
 /// The stream a request names, by `StreamName` or `StreamARN`.
-fn stream_name(ctx: &KinesisContext, req: &Value) -> Result<String, KinesisError> {
+pub(crate) fn stream_name(ctx: &KinesisContext, req: &Value) -> Result<String, KinesisError> {
     if let Some(name) = str_field(req, "StreamName") {
         return Ok(name.to_owned());
     }
@@ -206,7 +219,7 @@ fn stream_name(ctx: &KinesisContext, req: &Value) -> Result<String, KinesisError
     Err(validation("streamName"))
 }
 
-fn epoch_secs(ms: i64) -> f64 {
+pub(crate) fn epoch_secs(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
@@ -286,6 +299,29 @@ fn tags_in(v: Option<&Value>) -> Result<BTreeMap<String, String>, KinesisError> 
 
 async fn delete_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
+    // As AWS: a stream with registered consumers is deleted (with them) only when asked to.
+    let enforce = req
+        .get("EnforceConsumerDeletion")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if !enforce {
+        let consumers = ctx
+            .stream
+            .list_consumers(sluice_stream::ListConsumersInput {
+                stream: name.clone(),
+                max_results: Some(1),
+                ..Default::default()
+            })
+            .await?;
+        if !consumers.consumers.is_empty() {
+            return Err(err(
+                "ResourceInUseException",
+                format!(
+                    "stream {name} has registered consumers: deregister them or set EnforceConsumerDeletion"
+                ),
+            ));
+        }
+    }
     ctx.stream.delete_stream(&name).await?;
     Ok(json!({}))
 }
@@ -775,18 +811,7 @@ async fn get_records_output(
 
 /// GetRecords' response as a `Value` (for CBOR; JSON goes through [`get_records_json`]).
 fn get_records_value(out: &sluice_stream::GetRecordsOutput) -> Value {
-    let records: Vec<Value> = out
-        .records
-        .iter()
-        .map(|r| {
-            json!({
-                "SequenceNumber": r.sequence_number,
-                "ApproximateArrivalTimestamp": epoch_secs(r.approximate_arrival_ms),
-                "Data": B64.encode(&r.data),
-                "PartitionKey": r.partition_key,
-            })
-        })
-        .collect();
+    let records: Vec<Value> = out.records.iter().map(record_value).collect();
     let mut v = json!({"Records": records, "MillisBehindLatest": out.millis_behind_latest});
     if let Some(next) = &out.next_iterator {
         v["NextShardIterator"] = json!(next);
@@ -797,7 +822,17 @@ fn get_records_value(out: &sluice_stream::GetRecordsOutput) -> Value {
     v
 }
 
-fn child_shards_value(out: &sluice_stream::GetRecordsOutput) -> Value {
+/// A record as GetRecords (and SubscribeToShard's events) return it.
+pub(crate) fn record_value(r: &sluice_stream::Record) -> Value {
+    json!({
+        "SequenceNumber": r.sequence_number,
+        "ApproximateArrivalTimestamp": epoch_secs(r.approximate_arrival_ms),
+        "Data": B64.encode(&r.data),
+        "PartitionKey": r.partition_key,
+    })
+}
+
+pub(crate) fn child_shards_value(out: &sluice_stream::GetRecordsOutput) -> Value {
     json!(
         out.child_shards
             .iter()

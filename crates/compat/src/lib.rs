@@ -20,7 +20,9 @@ use sluice_identity::access_keys::AccessKeys;
 
 mod cbor;
 pub mod cognito;
+pub mod eventstream;
 pub mod kinesis;
+pub mod kinesis_efo;
 pub mod s3;
 pub mod sigv4;
 pub mod source_throttle;

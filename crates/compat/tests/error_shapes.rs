@@ -62,6 +62,7 @@ fn fixture() -> Fixture {
             stream: Arc::new(stream),
             region: "us-east-2".into(),
             account_id: "000000000000".into(),
+            subscriptions: Default::default(),
         },
         s3: S3Adapter {
             store: Arc::new(store),

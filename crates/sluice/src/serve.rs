@@ -171,6 +171,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             stream: Arc::new(stream.clone()),
             region: settings.region.clone(),
             account_id: settings.account_id.clone(),
+            subscriptions: Default::default(),
         },
         s3: sluice_compat::s3::S3Adapter {
             store: Arc::new(store.clone()),

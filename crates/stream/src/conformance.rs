@@ -14,9 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::{
-    CreateStreamOptions, DEFAULT_MAX_RECORD_BYTES, DEFAULT_ON_DEMAND_SHARDS, IteratorSpec,
-    ListShardsInput, ListStreamsInput, MAX_PUT_RECORDS, PutRecord, Record, ShardFilter, Stream,
-    StreamError, StreamMode, even_ranges, partition_hash, shard_id,
+    ConsumerRef, ConsumerStatus, CreateStreamOptions, DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_ON_DEMAND_SHARDS, IteratorSpec, ListConsumersInput, ListShardsInput, ListStreamsInput,
+    MAX_CONSUMERS, MAX_PUT_RECORDS, PutRecord, Record, ShardFilter, Stream, StreamError,
+    StreamMode, even_ranges, partition_hash, shard_id,
 };
 
 /// A backend under test.
@@ -58,6 +59,9 @@ where
     update_shard_count(make().await).await;
     list_shards(make().await).await;
     tailing_reader_is_woken(make().await).await;
+    consumers(make().await).await;
+    consumer_limits_and_pagination(make().await).await;
+    continuation_sequence_numbers(make().await).await;
 }
 
 fn rec(pk: &str, data: impl Into<Bytes>) -> PutRecord {
@@ -1175,5 +1179,384 @@ pub async fn tailing_reader_is_woken(s: Backend) {
         out.records.len(),
         1,
         "{rule}: the woken reader sees the record"
+    );
+}
+
+/// Waits (with a generous guard, no speed threshold) until a consumer is `Active`.
+async fn wait_active(s: &dyn Stream, stream: &str, name: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = s
+            .describe_consumer(&ConsumerRef::by_name(stream, name))
+            .await
+            .expect("describe consumer");
+        match c.status {
+            ConsumerStatus::Active => return,
+            ConsumerStatus::Creating => {}
+            ConsumerStatus::Deleting => panic!("consumer {name} is being deleted"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumer {name} never became ACTIVE"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn list_all_consumers(s: &dyn Stream, stream: &str, page: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut token = None;
+    loop {
+        let out = s
+            .list_consumers(ListConsumersInput {
+                stream: stream.into(),
+                next_token: token.take(),
+                max_results: Some(page),
+                ..ListConsumersInput::default()
+            })
+            .await
+            .expect("list consumers");
+        assert!(
+            out.consumers.len() <= page as usize,
+            "a page holds at most max_results"
+        );
+        names.extend(out.consumers.into_iter().map(|c| c.name));
+        match out.next_token {
+            Some(t) => token = Some(t),
+            None => return names,
+        }
+    }
+}
+
+/// Register, describe (by name, pinned to the creation second), deregister; names,
+/// duplicates, unknown streams; deleting a stream removes its consumers.
+pub async fn consumers(s: Backend) {
+    let rule = "consumers";
+    s.create_stream("c", 1).await.expect("create");
+    for bad in ["", "has space", "a/b", "x:y", &"n".repeat(129)] {
+        assert_err!(s.register_consumer("c", bad).await, InvalidArgument, rule);
+    }
+    s.register_consumer("c", &"n".repeat(128))
+        .await
+        .expect("a 128-character name is allowed");
+    assert_err!(
+        s.register_consumer("missing", "app").await,
+        ResourceNotFound,
+        rule
+    );
+    let before = crate::embedded_now_ms();
+    let c = s
+        .register_consumer("c", "app.v1_A-z")
+        .await
+        .expect("register");
+    assert_eq!(c.name, "app.v1_A-z");
+    assert_eq!(c.stream, "c");
+    assert!(
+        matches!(c.status, ConsumerStatus::Creating | ConsumerStatus::Active),
+        "{rule}: a new consumer is CREATING or ACTIVE, got {:?}",
+        c.status
+    );
+    assert!(
+        c.created_ms >= before - 60_000,
+        "{rule}: creation time is now"
+    );
+    assert_err!(
+        s.register_consumer("c", "app.v1_A-z").await,
+        ResourceInUse,
+        rule
+    );
+    wait_active(&*s, "c", "app.v1_A-z").await;
+    let summary = s.describe_stream_summary("c").await.expect("summary");
+    assert_eq!(
+        summary.consumer_count, 2,
+        "{rule}: summary counts consumers"
+    );
+    assert_eq!(c.stream_created_ms, summary.created_ms);
+
+    let by_name = ConsumerRef::by_name("c", "app.v1_A-z");
+    let d = s.describe_consumer(&by_name).await.expect("describe");
+    assert_eq!(
+        (d.name.as_str(), d.created_ms),
+        ("app.v1_A-z", c.created_ms)
+    );
+    assert_eq!(d.status, ConsumerStatus::Active);
+    let pinned = ConsumerRef {
+        created_secs: Some(c.created_ms.div_euclid(1000)),
+        ..by_name.clone()
+    };
+    assert_eq!(
+        s.describe_consumer(&pinned).await.expect("pinned").name,
+        d.name
+    );
+    let older = ConsumerRef {
+        created_secs: Some(c.created_ms.div_euclid(1000) - 1),
+        ..by_name.clone()
+    };
+    assert_err!(s.describe_consumer(&older).await, ResourceNotFound, rule);
+    assert_err!(s.deregister_consumer(&older).await, ResourceNotFound, rule);
+    assert_err!(
+        s.describe_consumer(&ConsumerRef::by_name("c", "nobody"))
+            .await,
+        ResourceNotFound,
+        rule
+    );
+    assert_err!(
+        s.describe_consumer(&ConsumerRef::by_name("missing", "app.v1_A-z"))
+            .await,
+        ResourceNotFound,
+        rule
+    );
+
+    // A consumer name is unique per stream, not across streams.
+    s.create_stream("d", 1).await.expect("create d");
+    s.register_consumer("d", "app.v1_A-z")
+        .await
+        .expect("same name on another stream");
+
+    s.deregister_consumer(&pinned).await.expect("deregister");
+    assert_err!(s.describe_consumer(&by_name).await, ResourceNotFound, rule);
+    assert_err!(
+        s.deregister_consumer(&by_name).await,
+        ResourceNotFound,
+        rule
+    );
+    assert_eq!(
+        list_all_consumers(&*s, "c", 100).await,
+        vec!["n".repeat(128)],
+        "{rule}: a deregistered consumer is not listed"
+    );
+    s.register_consumer("c", "app.v1_A-z")
+        .await
+        .expect("a deregistered name can be registered again");
+
+    // Deleting a stream removes its consumers; a new stream of the same name has none.
+    s.delete_stream("c").await.expect("delete");
+    s.create_stream("c", 1).await.expect("re-create");
+    assert!(
+        list_all_consumers(&*s, "c", 100).await.is_empty(),
+        "{rule}: a deleted stream's consumers are gone"
+    );
+    assert_err!(s.describe_consumer(&by_name).await, ResourceNotFound, rule);
+    assert_eq!(
+        s.describe_stream_summary("c")
+            .await
+            .expect("summary")
+            .consumer_count,
+        0
+    );
+    assert_eq!(list_all_consumers(&*s, "d", 100).await, vec!["app.v1_A-z"]);
+}
+
+/// At most MAX_CONSUMERS per stream; pages in name order; tokens and their rules.
+pub async fn consumer_limits_and_pagination(s: Backend) {
+    let rule = "consumer limits";
+    s.create_stream("l", 1).await.expect("create");
+    let mut expected = Vec::new();
+    for i in 0..MAX_CONSUMERS {
+        let name = format!("c{i:02}");
+        s.register_consumer("l", &name).await.expect("register");
+        // Waiting keeps backends that limit consumers in CREATING within that limit.
+        wait_active(&*s, "l", &name).await;
+        expected.push(name);
+    }
+    assert_err!(
+        s.register_consumer("l", "one-more").await,
+        LimitExceeded,
+        rule
+    );
+    assert_err!(s.register_consumer("l", "c00").await, ResourceInUse, rule);
+    for page in [1, 3, 7, 20, 100, 10_000] {
+        assert_eq!(
+            list_all_consumers(&*s, "l", page).await,
+            expected,
+            "{rule}: pages of {page} list every consumer once, in name order"
+        );
+    }
+    let first = s
+        .list_consumers(ListConsumersInput {
+            stream: "l".into(),
+            max_results: Some(5),
+            ..ListConsumersInput::default()
+        })
+        .await
+        .expect("page");
+    assert_eq!(first.consumers.len(), 5);
+    assert!(first.consumers.iter().all(|c| c.stream == "l"));
+    let token = first.next_token.expect("more follow");
+    for bad in [0, 10_001] {
+        assert_err!(
+            s.list_consumers(ListConsumersInput {
+                stream: "l".into(),
+                max_results: Some(bad),
+                ..ListConsumersInput::default()
+            })
+            .await,
+            InvalidArgument,
+            rule
+        );
+    }
+    assert_err!(
+        s.list_consumers(ListConsumersInput {
+            stream: "l".into(),
+            next_token: Some("garbage".into()),
+            ..ListConsumersInput::default()
+        })
+        .await,
+        InvalidArgument,
+        rule
+    );
+    let created = s
+        .describe_stream_summary("l")
+        .await
+        .expect("summary")
+        .created_ms;
+    assert_err!(
+        s.list_consumers(ListConsumersInput {
+            stream: "l".into(),
+            next_token: Some(token.clone()),
+            stream_created_ms: Some(created),
+            ..ListConsumersInput::default()
+        })
+        .await,
+        InvalidArgument,
+        rule
+    );
+    let all = s
+        .list_consumers(ListConsumersInput {
+            stream: "l".into(),
+            stream_created_ms: Some(created),
+            ..ListConsumersInput::default()
+        })
+        .await
+        .expect("by creation time");
+    assert_eq!(all.consumers.len(), MAX_CONSUMERS);
+    assert_err!(
+        s.list_consumers(ListConsumersInput {
+            stream: "l".into(),
+            stream_created_ms: Some(created - 1),
+            ..ListConsumersInput::default()
+        })
+        .await,
+        ResourceNotFound,
+        rule
+    );
+    assert_err!(
+        s.list_consumers(ListConsumersInput {
+            stream: "missing".into(),
+            ..ListConsumersInput::default()
+        })
+        .await,
+        ResourceNotFound,
+        rule
+    );
+    // A token of one stream is refused for another.
+    s.create_stream("m", 1).await.expect("create m");
+    assert_err!(
+        s.list_consumers(ListConsumersInput {
+            stream: "m".into(),
+            next_token: Some(token.clone()),
+            ..ListConsumersInput::default()
+        })
+        .await,
+        InvalidArgument,
+        rule
+    );
+    // After deregistering one, there is room for one more.
+    s.deregister_consumer(&ConsumerRef::by_name("l", "c07"))
+        .await
+        .expect("deregister");
+    s.register_consumer("l", "one-more")
+        .await
+        .expect("room after a deregistration");
+    // A token outlives neither its stream nor its generation.
+    s.delete_stream("l").await.expect("delete");
+    assert_err!(
+        s.list_consumers(ListConsumersInput {
+            stream: "l".into(),
+            next_token: Some(token.clone()),
+            ..ListConsumersInput::default()
+        })
+        .await,
+        ResourceNotFound,
+        rule
+    );
+    s.create_stream("l", 1).await.expect("re-create");
+    assert_err!(
+        s.list_consumers(ListConsumersInput {
+            stream: "l".into(),
+            next_token: Some(token),
+            ..ListConsumersInput::default()
+        })
+        .await,
+        ResourceNotFound,
+        rule
+    );
+}
+
+/// The continuation sequence number of an iterator resumes exactly where it stands.
+pub async fn continuation_sequence_numbers(s: Backend) {
+    let rule = "continuation sequence number";
+    s.create_stream("k", 1).await.expect("create");
+    let shard = shard_id(0);
+    let desc = s.describe_stream("k").await.expect("describe");
+    let start = s
+        .get_shard_iterator("k", &shard, IteratorSpec::TrimHorizon)
+        .await
+        .expect("trim horizon");
+    assert_eq!(
+        s.continuation_sequence_number(&start)
+            .expect("continuation"),
+        desc.shards[0].starting_sequence_number,
+        "{rule}: before any record, the shard's starting sequence number"
+    );
+    assert_err!(
+        s.continuation_sequence_number("garbage"),
+        InvalidArgument,
+        rule
+    );
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        seqs.push(
+            s.put_record("k", rec("pk", format!("r{i}")))
+                .await
+                .expect("put")
+                .sequence_number,
+        );
+    }
+    let page = s.get_records(&start, 3).await.expect("get");
+    assert_eq!(page.records.len(), 3);
+    let next = page.next_iterator.expect("open shard");
+    let cont = s.continuation_sequence_number(&next).expect("continuation");
+    assert_eq!(cont, seqs[2], "{rule}: the last record read");
+    let resumed = s
+        .get_shard_iterator("k", &shard, IteratorSpec::AfterSequenceNumber(cont))
+        .await
+        .expect("after continuation");
+    let rest = s.get_records(&resumed, 100).await.expect("rest");
+    assert_eq!(
+        rest.records
+            .iter()
+            .map(|r| r.sequence_number.clone())
+            .collect::<Vec<_>>(),
+        seqs[3..].to_vec(),
+        "{rule}: resuming after it reads exactly the records not yet read"
+    );
+    let latest = s
+        .get_shard_iterator("k", &shard, IteratorSpec::Latest)
+        .await
+        .expect("latest");
+    assert_eq!(
+        s.continuation_sequence_number(&latest).expect("latest"),
+        seqs[4],
+        "{rule}: at the tail, the newest record"
+    );
+    let at = s
+        .get_shard_iterator("k", &shard, IteratorSpec::AtSequenceNumber(seqs[1].clone()))
+        .await
+        .expect("at");
+    assert_eq!(
+        s.continuation_sequence_number(&at).expect("at"),
+        seqs[0],
+        "{rule}: AT a record, the record before it"
     );
 }

@@ -26,6 +26,7 @@ use sluice_db::{Db, now_ms};
 use tokio::sync::watch;
 
 mod append;
+mod consumers;
 mod reshard;
 mod schema;
 mod throttle;
@@ -62,6 +63,9 @@ pub struct EmbeddedStream {
     watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
     batcher: append::SharedBatcher,
     throttle: Option<Arc<throttle::Throttle>>,
+    /// Stamps consumers and decides when a `Creating` consumer is `Active`.
+    clock: Arc<dyn crate::Clock>,
+    consumer_activation_ms: i64,
 }
 
 /// How an [`EmbeddedStream`] behaves beyond the Kinesis semantics every backend shares.
@@ -71,8 +75,11 @@ pub struct StreamOptions {
     /// 2 MiB/s and 5 GetRecords calls/s) with `ProvisionedThroughputExceeded`. Off by
     /// default. Records appended with [`append_in_tx`] (the upload path) are not limited.
     pub throttle: bool,
-    /// The clock the limits are measured with.
+    /// The clock the limits are measured with (and consumers are stamped with).
     pub clock: Arc<dyn crate::Clock>,
+    /// How long a newly registered consumer stays `Creating` before it is `Active`
+    /// (milliseconds by `clock`). 0 (the default): `Active` at once.
+    pub consumer_activation_ms: i64,
 }
 
 impl Default for StreamOptions {
@@ -80,6 +87,7 @@ impl Default for StreamOptions {
         StreamOptions {
             throttle: false,
             clock: Arc::new(crate::SystemClock),
+            consumer_activation_ms: 0,
         }
     }
 }
@@ -88,6 +96,7 @@ impl std::fmt::Debug for StreamOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamOptions")
             .field("throttle", &self.throttle)
+            .field("consumer_activation_ms", &self.consumer_activation_ms)
             .finish_non_exhaustive()
     }
 }
@@ -144,7 +153,9 @@ impl EmbeddedStream {
             batcher: Arc::default(),
             throttle: options
                 .throttle
-                .then(|| Arc::new(throttle::Throttle::new(options.clock))),
+                .then(|| Arc::new(throttle::Throttle::new(options.clock.clone()))),
+            clock: options.clock,
+            consumer_activation_ms: options.consumer_activation_ms.max(0),
         })
     }
 
@@ -170,6 +181,8 @@ impl EmbeddedStream {
             watchers: Arc::new(Mutex::new(HashMap::new())),
             batcher: Arc::default(),
             throttle: None,
+            clock: Arc::new(crate::SystemClock),
+            consumer_activation_ms: 0,
         })
     }
 
@@ -589,7 +602,7 @@ impl Stream for EmbeddedStream {
                     created_ms: row.created_ms,
                     open_shard_count: open as u32,
                     max_record_bytes: row.max_record_bytes,
-                    consumer_count: 0,
+                    consumer_count: consumers::count(c, row.id)?,
                 })
             })
             .await
@@ -764,6 +777,7 @@ impl Stream for EmbeddedStream {
                 c.execute("DELETE FROM records WHERE stream_id = ?1", [row.id])?;
                 c.execute("DELETE FROM shards WHERE stream_id = ?1", [row.id])?;
                 c.execute("DELETE FROM stream_tags WHERE stream_id = ?1", [row.id])?;
+                consumers::delete_all(c, row.id)?;
                 c.execute("DELETE FROM streams WHERE id = ?1", [row.id])?;
                 visible.forget_stream(row.id);
                 Ok(())
@@ -1095,6 +1109,37 @@ impl Stream for EmbeddedStream {
                 Ok(TagsPage { tags, has_more })
             })
             .await
+    }
+
+    async fn register_consumer(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<crate::Consumer, StreamError> {
+        self.register_consumer_impl(stream, name).await
+    }
+
+    async fn describe_consumer(
+        &self,
+        consumer: &crate::ConsumerRef,
+    ) -> Result<crate::Consumer, StreamError> {
+        self.describe_consumer_impl(consumer).await
+    }
+
+    async fn list_consumers(
+        &self,
+        input: crate::ListConsumersInput,
+    ) -> Result<crate::ListConsumersOutput, StreamError> {
+        self.list_consumers_impl(input).await
+    }
+
+    async fn deregister_consumer(&self, consumer: &crate::ConsumerRef) -> Result<(), StreamError> {
+        self.deregister_consumer_impl(consumer).await
+    }
+
+    fn continuation_sequence_number(&self, iterator: &str) -> Result<String, StreamError> {
+        let pos = iterator::decode(&self.iterator_key, iterator, now_ms())?;
+        Ok(sequence_number(pos.h, pos.p.saturating_sub(1)))
     }
 }
 

@@ -47,6 +47,7 @@ pub(crate) fn decode(key: &[u8], iterator: &str, now_ms: i64) -> Result<Position
 const ITERATOR_DOMAIN: &[u8] = b"sluice-shard-iterator\0";
 pub(crate) const LIST_SHARDS_DOMAIN: &[u8] = b"sluice-list-shards\0";
 pub(crate) const LIST_STREAMS_DOMAIN: &[u8] = b"sluice-list-streams\0";
+pub(crate) const LIST_CONSUMERS_DOMAIN: &[u8] = b"sluice-list-consumers\0";
 
 /// Serializes `value` and appends an HMAC over `domain` and the payload. The domain keeps a
 /// token of one kind from being accepted as another.

@@ -55,6 +55,15 @@ pub const MAX_LIST_STREAMS: u32 = 10_000;
 /// Pagination tokens of `list_shards` expire this long after they were issued.
 pub const NEXT_TOKEN_TTL_MS: i64 = 5 * 60 * 1000;
 
+/// Most consumers (enhanced fan-out) registered with one stream, as Kinesis.
+pub const MAX_CONSUMERS: usize = 20;
+/// Most consumers in `Creating` status at once per stream, as Kinesis.
+pub const MAX_CREATING_CONSUMERS: usize = 5;
+/// Default page of `list_consumers`; larger requests are capped to it, as Kinesis does.
+pub const DEFAULT_LIST_CONSUMERS: u32 = 100;
+/// Largest `max_results` `list_consumers` accepts (answers still hold at most 100).
+pub const MAX_LIST_CONSUMERS: u32 = 10_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("{0}")]
@@ -271,6 +280,93 @@ pub struct StreamDesc {
     pub created_ms: i64,
 }
 
+/// The life cycle of a registered consumer (enhanced fan-out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerStatus {
+    Creating,
+    Active,
+    Deleting,
+}
+
+impl ConsumerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumerStatus::Creating => "CREATING",
+            ConsumerStatus::Active => "ACTIVE",
+            ConsumerStatus::Deleting => "DELETING",
+        }
+    }
+}
+
+/// A consumer registered with a stream, to read it with its own subscription per shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub stream: String,
+    /// Creation time (ms) of the stream it is registered with.
+    pub stream_created_ms: i64,
+    pub name: String,
+    pub status: ConsumerStatus,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: i64,
+}
+
+/// Which consumer an operation is about: a stream and a consumer name, optionally pinned to
+/// the consumer's creation second (what a Kinesis consumer ARN carries), so that a
+/// reference to a deregistered consumer does not reach a newer one of the same name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRef {
+    pub stream: String,
+    pub name: String,
+    /// `created_ms / 1000` of the consumer meant, when known.
+    pub created_secs: Option<i64>,
+}
+
+impl ConsumerRef {
+    pub fn by_name(stream: &str, name: &str) -> Self {
+        ConsumerRef {
+            stream: stream.to_owned(),
+            name: name.to_owned(),
+            created_secs: None,
+        }
+    }
+}
+
+/// ListStreamConsumers' request. `stream_created_ms` picks the stream generation (a stream
+/// deleted and created again is another stream); it cannot be combined with `next_token`,
+/// which carries it.
+#[derive(Debug, Clone, Default)]
+pub struct ListConsumersInput {
+    pub stream: String,
+    pub stream_created_ms: Option<i64>,
+    pub next_token: Option<String>,
+    /// 1 to [`MAX_LIST_CONSUMERS`]; `None` is [`DEFAULT_LIST_CONSUMERS`]; pages hold at
+    /// most [`DEFAULT_LIST_CONSUMERS`].
+    pub max_results: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListConsumersOutput {
+    /// In name order.
+    pub consumers: Vec<Consumer>,
+    /// Set when more consumers follow; valid for [`NEXT_TOKEN_TTL_MS`].
+    pub next_token: Option<String>,
+}
+
+/// Consumer names as Kinesis allows them: 1–128 of `[a-zA-Z0-9_.-]`.
+pub fn validate_consumer_name(name: &str) -> Result<(), StreamError> {
+    let ok = (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StreamError::InvalidArgument(format!(
+            "consumer name {name:?} must be 1 to 128 characters of a-z, A-Z, 0-9, '_', '.', '-'"
+        )))
+    }
+}
+
 /// A durable stream engine.
 ///
 /// Every method that appends returns only after the record is durable in the backend.
@@ -377,6 +473,29 @@ pub trait Stream: Send + Sync + 'static {
         exclusive_start_key: Option<String>,
         limit: Option<u32>,
     ) -> Result<TagsPage, StreamError>;
+
+    /// Registers a consumer (enhanced fan-out) with a stream: `InvalidArgument` for a bad
+    /// name, `ResourceNotFound` without the stream, `ResourceInUse` if the stream already has
+    /// a consumer of that name, `LimitExceeded` past [`MAX_CONSUMERS`] consumers (or
+    /// [`MAX_CREATING_CONSUMERS`] still `Creating`). The consumer starts `Creating` and
+    /// becomes `Active` (a backend may make it `Active` at once).
+    async fn register_consumer(&self, stream: &str, name: &str) -> Result<Consumer, StreamError>;
+    /// The consumer, or `ResourceNotFound` (also when `created_secs` names an older or newer
+    /// consumer of the same name).
+    async fn describe_consumer(&self, consumer: &ConsumerRef) -> Result<Consumer, StreamError>;
+    /// A stream's consumers in name order, paginated.
+    async fn list_consumers(
+        &self,
+        input: ListConsumersInput,
+    ) -> Result<ListConsumersOutput, StreamError>;
+    /// Removes a consumer; `ResourceNotFound` as [`Stream::describe_consumer`]. Deleting a
+    /// stream removes its consumers too.
+    async fn deregister_consumer(&self, consumer: &ConsumerRef) -> Result<(), StreamError>;
+    /// The sequence number a reader passes as AFTER_SEQUENCE_NUMBER to continue exactly
+    /// where `iterator` stands: the sequence number of the shard position just before it.
+    /// At the very first position of a shard (nothing ever preceded it) there is none, and
+    /// this is the shard's starting sequence number. No I/O: the iterator says it all.
+    fn continuation_sequence_number(&self, iterator: &str) -> Result<String, StreamError>;
 }
 
 /// A 64-bit checksum of a record's identity and content, stored with every record and

@@ -39,6 +39,7 @@ fn open(throttle: bool) -> Fixture {
         StreamOptions {
             throttle,
             clock: clock.clone(),
+            ..StreamOptions::default()
         },
     )
     .expect("stream");

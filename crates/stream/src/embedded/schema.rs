@@ -99,6 +99,20 @@ ALTER TABLE records_v3 RENAME TO records;
 CREATE UNIQUE INDEX records_position ON records (stream_id, shard_idx, counter);
 ",
     },
+    // Consumers registered for enhanced fan-out (`embedded/consumers.rs`). A consumer's
+    // status is not stored: it is `Creating` until `created_ms` plus the backend's
+    // activation delay, then `Active`; deregistering deletes the row.
+    Migration {
+        name: "stream-0004",
+        sql: "
+CREATE TABLE stream_consumers (
+    stream_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, name)
+) WITHOUT ROWID;
+",
+    },
 ];
 
 /// The first stored record of a shard at or after `counter`: (counter, arrival ms).

@@ -1,0 +1,259 @@
+//! Consumers registered for enhanced fan-out, in the `stream_consumers` table.
+//!
+//! Invariants:
+//! - A consumer row belongs to exactly one stream row; deleting the stream deletes it
+//!   ([`delete_all`], in the same transaction).
+//! - A consumer's status is derived, not stored: `Creating` until `created_ms` plus the
+//!   backend's activation delay (0 by default: `Active` at once), then `Active`.
+//!   Deregistering deletes the row at once, so `Deleting` is never observed here.
+//! - Registration checks the name, the limits and the uniqueness in the writer's
+//!   transaction, so concurrent registrations cannot exceed [`MAX_CONSUMERS`].
+
+use serde::{Deserialize, Serialize};
+use sluice_db::rusqlite::{Connection, OptionalExtension, params};
+
+use super::EmbeddedStream;
+use super::schema::{StreamRow, load_stream};
+use crate::iterator;
+use crate::{
+    Consumer, ConsumerRef, ConsumerStatus, DEFAULT_LIST_CONSUMERS, ListConsumersInput,
+    ListConsumersOutput, MAX_CONSUMERS, MAX_CREATING_CONSUMERS, MAX_LIST_CONSUMERS,
+    NEXT_TOKEN_TTL_MS, StreamError, validate_consumer_name, validate_stream_name,
+};
+
+/// The sealed content of a ListStreamConsumers NextToken.
+#[derive(Serialize, Deserialize)]
+struct ListConsumersToken {
+    /// Stream name and generation (creation time).
+    s: String,
+    g: i64,
+    /// Last consumer name returned.
+    a: String,
+    /// Issued at (ms).
+    t: i64,
+}
+
+pub(super) fn delete_all(c: &Connection, stream_id: i64) -> Result<(), StreamError> {
+    c.execute(
+        "DELETE FROM stream_consumers WHERE stream_id = ?1",
+        [stream_id],
+    )?;
+    Ok(())
+}
+
+pub(super) fn count(c: &Connection, stream_id: i64) -> Result<u32, StreamError> {
+    let n: i64 = c
+        .prepare_cached("SELECT COUNT(*) FROM stream_consumers WHERE stream_id = ?1")?
+        .query_row([stream_id], |r| r.get(0))?;
+    Ok(n as u32)
+}
+
+fn not_found(consumer: &ConsumerRef) -> StreamError {
+    StreamError::ResourceNotFound(format!(
+        "consumer {} of stream {} not found",
+        consumer.name, consumer.stream
+    ))
+}
+
+/// The creation time of a consumer, matching `consumer.created_secs` when that is given.
+fn created_ms(
+    c: &Connection,
+    stream: &StreamRow,
+    consumer: &ConsumerRef,
+) -> Result<i64, StreamError> {
+    c.prepare_cached("SELECT created_ms FROM stream_consumers WHERE stream_id = ?1 AND name = ?2")?
+        .query_row(params![stream.id, consumer.name], |r| r.get::<_, i64>(0))
+        .optional()?
+        .filter(|ms| {
+            consumer
+                .created_secs
+                .is_none_or(|secs| ms.div_euclid(1000) == secs)
+        })
+        .ok_or_else(|| not_found(consumer))
+}
+
+impl EmbeddedStream {
+    fn consumer(&self, stream: &StreamRow, name: String, created_ms: i64, now: i64) -> Consumer {
+        Consumer {
+            stream: stream.name.clone(),
+            stream_created_ms: stream.created_ms,
+            name,
+            status: self.consumer_status(created_ms, now),
+            created_ms,
+        }
+    }
+
+    fn consumer_status(&self, created_ms: i64, now: i64) -> ConsumerStatus {
+        if now < created_ms.saturating_add(self.consumer_activation_ms) {
+            ConsumerStatus::Creating
+        } else {
+            ConsumerStatus::Active
+        }
+    }
+
+    pub(super) async fn register_consumer_impl(
+        &self,
+        stream: &str,
+        name: &str,
+    ) -> Result<Consumer, StreamError> {
+        validate_stream_name(stream)?;
+        validate_consumer_name(name)?;
+        let (stream, name) = (stream.to_owned(), name.to_owned());
+        let this = self.clone();
+        self.db
+            .write(move |c| {
+                let row = load_stream(c, &stream)?;
+                let now = this.clock.now_ms();
+                let existing: Vec<(String, i64)> = c
+                    .prepare_cached(
+                        "SELECT name, created_ms FROM stream_consumers WHERE stream_id = ?1",
+                    )?
+                    .query_map([row.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                if existing.iter().any(|(n, _)| *n == name) {
+                    return Err(StreamError::ResourceInUse(format!(
+                        "consumer {name} is already registered with stream {stream}"
+                    )));
+                }
+                if existing.len() >= MAX_CONSUMERS {
+                    return Err(StreamError::LimitExceeded(format!(
+                        "stream {stream} has {} consumers; the limit is {MAX_CONSUMERS}",
+                        existing.len()
+                    )));
+                }
+                let creating = existing
+                    .iter()
+                    .filter(|(_, ms)| this.consumer_status(*ms, now) == ConsumerStatus::Creating)
+                    .count();
+                if creating >= MAX_CREATING_CONSUMERS {
+                    return Err(StreamError::LimitExceeded(format!(
+                        "stream {stream} has {creating} consumers being created; at most {MAX_CREATING_CONSUMERS} can be at once"
+                    )));
+                }
+                c.prepare_cached(
+                    "INSERT INTO stream_consumers (stream_id, name, created_ms) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![row.id, name, now])?;
+                Ok(this.consumer(&row, name, now, now))
+            })
+            .await
+    }
+
+    pub(super) async fn describe_consumer_impl(
+        &self,
+        consumer: &ConsumerRef,
+    ) -> Result<Consumer, StreamError> {
+        let consumer = consumer.clone();
+        let this = self.clone();
+        self.db
+            .read(move |c| {
+                let row = load_stream(c, &consumer.stream)?;
+                let created = created_ms(c, &row, &consumer)?;
+                Ok(this.consumer(&row, consumer.name, created, this.clock.now_ms()))
+            })
+            .await
+    }
+
+    pub(super) async fn deregister_consumer_impl(
+        &self,
+        consumer: &ConsumerRef,
+    ) -> Result<(), StreamError> {
+        let consumer = consumer.clone();
+        self.db
+            .write(move |c| {
+                let row = load_stream(c, &consumer.stream)?;
+                created_ms(c, &row, &consumer)?;
+                c.prepare_cached(
+                    "DELETE FROM stream_consumers WHERE stream_id = ?1 AND name = ?2",
+                )?
+                .execute(params![row.id, consumer.name])?;
+                Ok(())
+            })
+            .await
+    }
+
+    pub(super) async fn list_consumers_impl(
+        &self,
+        input: ListConsumersInput,
+    ) -> Result<ListConsumersOutput, StreamError> {
+        let requested = input.max_results.unwrap_or(DEFAULT_LIST_CONSUMERS);
+        if !(1..=MAX_LIST_CONSUMERS).contains(&requested) {
+            return Err(StreamError::InvalidArgument(format!(
+                "max results must be between 1 and {MAX_LIST_CONSUMERS}, got {requested}"
+            )));
+        }
+        let max = requested.min(DEFAULT_LIST_CONSUMERS) as usize;
+        let now = self.clock.now_ms();
+        let (generation, after) = match (&input.next_token, input.stream_created_ms) {
+            (Some(_), Some(_)) => {
+                return Err(StreamError::InvalidArgument(
+                    "a next token cannot be combined with a stream creation timestamp".into(),
+                ));
+            }
+            (None, g) => (g, String::new()),
+            (Some(token), None) => {
+                let t: ListConsumersToken =
+                    iterator::open(&self.iterator_key, iterator::LIST_CONSUMERS_DOMAIN, token)
+                        .ok_or_else(|| StreamError::InvalidArgument("invalid next token".into()))?;
+                if t.s != input.stream {
+                    return Err(StreamError::InvalidArgument(format!(
+                        "the next token was issued for another stream than {}",
+                        input.stream
+                    )));
+                }
+                if now - t.t > NEXT_TOKEN_TTL_MS {
+                    return Err(StreamError::InvalidArgument(format!(
+                        "next token expired: issued {} ms ago, tokens are valid for {NEXT_TOKEN_TTL_MS} ms",
+                        now - t.t
+                    )));
+                }
+                (Some(t.g), t.a)
+            }
+        };
+        let key = self.iterator_key.clone();
+        let this = self.clone();
+        let stream = input.stream;
+        self.db
+            .read(move |c| {
+                let row = load_stream(c, &stream)?;
+                if generation.is_some_and(|g| g != row.created_ms) {
+                    return Err(StreamError::ResourceNotFound(format!(
+                        "stream {stream} of that creation time not found (it was deleted and created again)"
+                    )));
+                }
+                let mut found: Vec<(String, i64)> = c
+                    .prepare_cached(
+                        "SELECT name, created_ms FROM stream_consumers
+                         WHERE stream_id = ?1 AND name > ?2 ORDER BY name LIMIT ?3",
+                    )?
+                    .query_map(params![row.id, after, max as i64 + 1], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let more = found.len() > max;
+                found.truncate(max);
+                let next_token = match (more, found.last()) {
+                    (true, Some((last, _))) => Some(iterator::seal(
+                        &key,
+                        iterator::LIST_CONSUMERS_DOMAIN,
+                        &ListConsumersToken {
+                            s: row.name.clone(),
+                            g: row.created_ms,
+                            a: last.clone(),
+                            t: now,
+                        },
+                    )),
+                    _ => None,
+                };
+                let now = this.clock.now_ms();
+                Ok(ListConsumersOutput {
+                    consumers: found
+                        .into_iter()
+                        .map(|(name, created)| this.consumer(&row, name, created, now))
+                        .collect(),
+                    next_token,
+                })
+            })
+            .await
+    }
+}
