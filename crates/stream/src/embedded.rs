@@ -55,6 +55,13 @@ use schema::{
     ShardRow, StreamRow, first_counter_at_or_after, load_stream, not_found, shard_row, shard_rows,
 };
 
+/// The counter of a new shard's first record. Counter 0 stays unused, so the shard's
+/// starting sequence number (its `start_counter`, 0) is below every record's: resuming
+/// AFTER_SEQUENCE_NUMBER at it (what a SubscribeToShard continuation at the very start of a
+/// shard says) reads the first record. Shards created before this rule (by an older
+/// sluice) began at 0 and keep doing so.
+const FIRST_RECORD_COUNTER: u64 = 1;
+
 /// Streams stored in the shared embedded database.
 #[derive(Clone)]
 pub struct EmbeddedStream {
@@ -392,8 +399,15 @@ fn create_in_tx(
         conn.execute(
             "INSERT INTO shards (stream_id, idx, start_hash, end_hash, start_counter,
                                  next_counter, last_arrival_ms, created_ms)
-             VALUES (?1, ?2, ?3, ?4, 0, 0, 0, ?5)",
-            params![id, i as i64, start.to_string(), end.to_string(), now],
+             VALUES (?1, ?2, ?3, ?4, 0, ?6, 0, ?5)",
+            params![
+                id,
+                i as i64,
+                start.to_string(),
+                end.to_string(),
+                now,
+                FIRST_RECORD_COUNTER as i64
+            ],
         )?;
     }
     for (k, v) in &options.tags {
@@ -1243,6 +1257,12 @@ fn read_records(
         buf.extend_from_slice(data);
         found.push((seq, r.get(1)?, partition_key, start..buf.len()));
         next = counter + 1;
+    }
+    if found.is_empty() && (next as i64) < next_counter {
+        // No record lies in [p, horizon): those counters are committed and durable without
+        // a record (a shard's first counter, or trimmed ones), so none will ever appear
+        // there. Moving past them lets a closed shard that never held a record drain.
+        next = next_counter as u64;
     }
     let buf = Bytes::from(buf);
     let records: Vec<Record> = found

@@ -147,7 +147,8 @@ async fn run(initial: u32, ops: Vec<Op>) {
                     .iter_mut()
                     .find(|x| x.open && x.start <= hash && hash <= x.end)
                     .expect("model covers every key");
-                let seq = sequence_number(target.idx, target.records.len() as u64);
+                // Counters of a new shard start at 1 (0 is the shard's starting sequence number).
+                let seq = sequence_number(target.idx, target.records.len() as u64 + 1);
                 assert_eq!(got.shard_id, shard_id(target.idx), "routing");
                 assert_eq!(got.sequence_number, seq, "numbering");
                 target.records.push((seq, pk, data));

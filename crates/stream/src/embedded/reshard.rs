@@ -61,7 +61,7 @@ fn insert_child(
     conn.prepare_cached(
         "INSERT INTO shards (stream_id, idx, start_hash, end_hash, parent, adjacent_parent,
                              start_counter, next_counter, last_arrival_ms, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, 0, ?7)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?8, 0, ?7)",
     )?
     .execute(params![
         stream.id,
@@ -70,7 +70,8 @@ fn insert_child(
         range.1.to_string(),
         parent as i64,
         adjacent_parent.map(|v| v as i64),
-        now
+        now,
+        super::FIRST_RECORD_COUNTER as i64
     ])?;
     conn.prepare_cached("UPDATE streams SET next_shard_idx = ?2 WHERE id = ?1")?
         .execute(params![stream.id, stream.next_shard_idx as i64])?;
@@ -81,7 +82,7 @@ fn insert_child(
         parent: Some(parent),
         adjacent_parent,
         start_counter: 0,
-        next_counter: 0,
+        next_counter: super::FIRST_RECORD_COUNTER,
         closed_counter: None,
         last_arrival_ms: 0,
         created_ms: now,

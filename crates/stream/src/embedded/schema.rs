@@ -219,7 +219,8 @@ pub(crate) fn not_found(stream: &str) -> StreamError {
 
 /// A row of `shards`.
 ///
-/// Invariants: records of the shard have counters in `start_counter..next_counter`; a
+/// Invariants: records of the shard have counters in `start_counter..next_counter` (not
+/// every counter there need have a record: a new shard begins at 1, trimming removes); a
 /// closed shard has `closed_counter == next_counter` (nothing is appended after closing)
 /// and `closed_ms >= created_ms`.
 #[derive(Debug, Clone)]
