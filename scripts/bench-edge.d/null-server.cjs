@@ -13,16 +13,26 @@ const OBJECT_BYTES = Number(process.env.BENCH_OBJECT_BYTES || 4096);
 
 const data = Buffer.alloc(RECORD_BYTES, 7).toString('base64');
 const seq = '49' + '0'.repeat(54);
-const records = [];
-for (let i = 0; i < GET_LIMIT; i++) {
-  records.push({
-    SequenceNumber: seq, ApproximateArrivalTimestamp: 1.7e9, Data: data,
-    PartitionKey: 'k' + i,
-  });
+// GetRecords answers as many records as the request's Limit (default GET_LIMIT), built
+// once per limit.
+const getRecordsBodies = new Map();
+function getRecords(limit) {
+  let body = getRecordsBodies.get(limit);
+  if (!body) {
+    const records = [];
+    for (let i = 0; i < limit; i++) {
+      records.push({
+        SequenceNumber: seq, ApproximateArrivalTimestamp: 1.7e9, Data: data,
+        PartitionKey: 'k' + i,
+      });
+    }
+    body = JSON.stringify({ Records: records, NextShardIterator: 'AAAA', MillisBehindLatest: 0 });
+    getRecordsBodies.set(limit, body);
+  }
+  return body;
 }
 const canned = {
   PutRecord: JSON.stringify({ ShardId: 'shardId-000000000000', SequenceNumber: seq }),
-  GetRecords: JSON.stringify({ Records: records, NextShardIterator: 'AAAA', MillisBehindLatest: 0 }),
   GetShardIterator: JSON.stringify({ ShardIterator: 'AAAA' }),
   InitiateAuth: JSON.stringify({
     AuthenticationResult: {
@@ -35,12 +45,19 @@ const canned = {
 const object = Buffer.alloc(OBJECT_BYTES, 7);
 
 const server = http.createServer((req, res) => {
-  req.on('data', () => {});
+  const chunks = [];
+  const target = req.headers['x-amz-target'];
+  const keep = target && target.endsWith('.GetRecords');
+  req.on('data', (c) => { if (keep) chunks.push(c); });
   req.on('end', () => {
-    const target = req.headers['x-amz-target'];
     if (target) {
       const op = target.split('.')[1];
-      const body = canned[op] || '{}';
+      let body = canned[op] || '{}';
+      if (op === 'GetRecords') {
+        let limit = GET_LIMIT;
+        try { limit = JSON.parse(Buffer.concat(chunks).toString()).Limit || GET_LIMIT; } catch (_) { /* default */ }
+        body = getRecords(Math.min(10000, Math.max(1, limit)));
+      }
       res.writeHead(200, { 'content-type': 'application/x-amz-json-1.1', 'content-length': Buffer.byteLength(body) });
       res.end(body);
     } else if (req.method === 'GET') {

@@ -64,6 +64,11 @@ console.log('\n### Kinesis GetRecords (records/s; one call returns up to the lim
 console.log(kinesisTable('GetRecords', 'records/s', itemsPerSec));
 console.log('\n### Kinesis GetRecords (calls/s)\n');
 console.log(kinesisTable('GetRecords', 'calls/s', perSec));
+const moreLimits = [...new Set(results.map((r) => r.what))].filter((w) => w.startsWith('GetRecords, Limit'));
+for (const what of moreLimits) {
+  console.log(`\n### Kinesis ${what} (records/s)\n`);
+  console.log(kinesisTable(what, 'records/s', itemsPerSec));
+}
 console.log('\n### Cognito InitiateAuth and S3 (sluice only)\n');
 console.log(sluiceTable(['InitiateAuth', 'S3 PutObject', 'S3 GetObject']));
 
@@ -85,4 +90,4 @@ function cpuTable(whats) {
   return out.join('\n');
 }
 console.log('\n### CPU per call (from /proc; the client ceiling\'s "server" is the null server)\n');
-console.log(cpuTable(['PutRecord', 'GetRecords', 'InitiateAuth', 'S3 PutObject', 'S3 GetObject']));
+console.log(cpuTable(['PutRecord', 'GetRecords', ...moreLimits, 'InitiateAuth', 'S3 PutObject', 'S3 GetObject']));

@@ -45,7 +45,9 @@ struct Config {
     auth_levels: Vec<usize>,
     clock_ticks: f64,
     record_bytes: usize,
-    get_limit: i32,
+    /// GetRecords is measured once per limit; the first is reported as "GetRecords", the
+    /// others as "GetRecords, Limit N".
+    get_limits: Vec<i32>,
     shards: i32,
     read_records: usize,
     object_bytes: usize,
@@ -475,17 +477,20 @@ async fn run(cfg: Config) -> Result<Vec<Measurement>, String> {
     }
     let levels = cfg.levels.clone();
     let auth_levels = cfg.auth_levels.clone();
-    let get_limit = cfg.get_limit;
+    let get_limits = cfg.get_limits.clone();
     let mut b = Bench { cfg, results: Vec::new() };
     for &level in &levels {
         for (t, (c, _)) in kinesis.iter().zip(&clients) {
             b.measure("PutRecord", t, level, Op::PutRecord(c.clone(), record.clone())).await;
         }
     }
-    for &level in &levels {
-        for (t, (c, shards)) in kinesis.iter().zip(&clients) {
-            let op = Op::GetRecords(c.clone(), shards.clone(), get_limit);
-            b.measure("GetRecords", t, level, op).await;
+    for (i, &limit) in get_limits.iter().enumerate() {
+        let what = if i == 0 { "GetRecords".to_owned() } else { format!("GetRecords, Limit {limit}") };
+        for &level in &levels {
+            for (t, (c, shards)) in kinesis.iter().zip(&clients) {
+                let op = Op::GetRecords(c.clone(), shards.clone(), limit);
+                b.measure(&what, t, level, op).await;
+            }
         }
     }
 
