@@ -361,12 +361,23 @@ fn validate_part_number(n: u32) -> Result<(), StoreError> {
     }
 }
 
-/// A new upload id: the creation time (milliseconds, 12 hex digits) then 20 random hex
-/// digits, so that the ids of one key sort in the order the uploads were created, as
+/// A new upload id: a 12-hex-digit sequence taken from the clock (milliseconds, but always
+/// above the previous id's, so strictly increasing within a process) then 20 random hex
+/// digits. The ids of one key thus sort in the order the uploads were created, as
 /// ListMultipartUploads lists them.
-fn upload_id_at(created_ms: i64) -> String {
+fn new_upload_id(now_ms: i64) -> String {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    let seq = loop {
+        let next = now_ms.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break next,
+            Err(actual) => prev = actual,
+        }
+    };
     let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("{:012x}{}", created_ms.max(0), &random[..20])
+    format!("{:012x}{}", seq.max(0), &random[..20])
 }
 
 /// Copies `len` bytes at `start` of blob `name` into a new prepared part: inline when small,
@@ -830,7 +841,7 @@ impl ObjectStore for EmbeddedStore {
     ) -> Result<String, StoreError> {
         validate_key(key)?;
         let created = now_ms();
-        let id = upload_id_at(created);
+        let id = new_upload_id(created);
         let (b, k, upload_id) = (bucket.to_owned(), key.to_owned(), id.clone());
         self.db
             .write(move |c| {
@@ -1578,6 +1589,13 @@ mod tests {
         assert_eq!(info.size, want1.len() as u64);
     }
 
+    #[test]
+    fn upload_ids_increase_even_within_a_millisecond() {
+        let ids: Vec<String> = (0..100).map(|_| new_upload_id(1_000)).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert!(ids.iter().all(|i| i.len() == 32));
+    }
+
     #[tokio::test]
     async fn multipart_uploads_are_listed_by_key_then_creation() {
         let (s, _d) = open().await;
@@ -1589,8 +1607,6 @@ mod tests {
                 .await
                 .expect("create");
             created.push((key.to_owned(), id));
-            // Distinct creation times, so that creation order is also id order.
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
         s.create_multipart("b-2", "a", PutOptions::default())
             .await
