@@ -284,6 +284,56 @@ fn part_number(n: i32) -> S3Result<u32> {
         })
 }
 
+/// The bytes a GET or HEAD selects of an object of `size` bytes: all of them (`None`), a
+/// `Range`, or the part `partNumber` names (`parts`: the object's parts, empty when it was
+/// not assembled from parts, which makes the whole object its part 1). The second value is
+/// the parts count S3 reports (`x-amz-mp-parts-count`) when a part of a multipart object
+/// was asked for.
+fn select(
+    size: u64,
+    range: Option<&Range>,
+    part: Option<i32>,
+    parts: &[(u32, u64)],
+) -> S3Result<(Option<std::ops::Range<u64>>, Option<i32>)> {
+    match (range, part) {
+        (None, None) => Ok((None, None)),
+        (Some(_), Some(_)) => Err(S3Error::with_message(
+            S3ErrorCode::InvalidRequest,
+            "Cannot specify both Range header and partNumber query parameter",
+        )),
+        (Some(r), None) => {
+            let range = r.check(size).map_err(|_| s3_error!(InvalidRange))?;
+            Ok((Some(range), None))
+        }
+        (None, Some(n)) => {
+            let n = part_number(n)?;
+            let unsatisfiable = || {
+                let mut e = S3Error::with_message(
+                    S3ErrorCode::Custom("InvalidPartNumber".into()),
+                    "The requested partnumber is not satisfiable",
+                );
+                e.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+                e
+            };
+            if parts.is_empty() {
+                return match n {
+                    1 => Ok(((size > 0).then_some(0..size), None)),
+                    _ => Err(unsatisfiable()),
+                };
+            }
+            let mut offset = 0u64;
+            for &(number, len) in parts {
+                if number == n {
+                    let count = i32::try_from(parts.len()).unwrap_or(i32::MAX);
+                    return Ok(((len > 0).then_some(offset..offset + len), Some(count)));
+                }
+                offset += len;
+            }
+            Err(unsatisfiable())
+        }
+    }
+}
+
 /// The common prefix `key` falls into: `prefix` and what follows it up to and including
 /// the first `delimiter`.
 fn fold<'k>(key: &'k str, prefix: &str, delimiter: &str) -> Option<&'k str> {
@@ -495,9 +545,12 @@ impl S3 for S3Adapter {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let obj = match self.store.get(&input.bucket, &input.key).await {
-            Ok(o) => o,
-            Err(e) => return Err(self.not_found(&input.bucket, e).await),
+        let (obj, parts) = match input.part_number {
+            Some(_) => self.get_with_parts(&input.bucket, &input.key).await?,
+            None => match self.store.get(&input.bucket, &input.key).await {
+                Ok(o) => (o, Vec::new()),
+                Err(e) => return Err(self.not_found(&input.bucket, e).await),
+            },
         };
         check_conditions(
             &obj.info,
@@ -507,15 +560,12 @@ impl S3 for S3Adapter {
             input.if_unmodified_since.as_ref(),
         )?;
         let total = obj.body.len() as u64;
-        let (body, content_range) = match input.range {
-            Some(r) => {
-                let range = r.check(total).map_err(|_| s3_error!(InvalidRange))?;
-                let slice = obj.body.slice(range.start as usize..range.end as usize);
-                (
-                    slice,
-                    Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)),
-                )
-            }
+        let (range, parts_count) = select(total, input.range.as_ref(), input.part_number, &parts)?;
+        let (body, content_range) = match range {
+            Some(range) => (
+                obj.body.slice(range.start as usize..range.end as usize),
+                Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)),
+            ),
             None => (obj.body, None),
         };
         let partial = content_range.is_some();
@@ -523,6 +573,7 @@ impl S3 for S3Adapter {
             content_length: Some(body.len() as i64),
             body: Some(StreamingBlob::from(s3s::Body::from(body))),
             content_range,
+            parts_count,
             accept_ranges: Some("bytes".into()),
             content_type: Some(obj.info.content_type.clone()),
             e_tag: Some(etag(&obj.info.etag)),
@@ -542,8 +593,16 @@ impl S3 for S3Adapter {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let info = match self.store.head(&input.bucket, &input.key).await {
-            Ok(i) => i,
+        let found = match input.part_number {
+            Some(_) => self.store.head_parts(&input.bucket, &input.key).await,
+            None => self
+                .store
+                .head(&input.bucket, &input.key)
+                .await
+                .map(|i| (i, Vec::new())),
+        };
+        let (info, parts) = match found {
+            Ok(found) => found,
             Err(e) => return Err(self.not_found(&input.bucket, e).await),
         };
         check_conditions(
@@ -553,25 +612,25 @@ impl S3 for S3Adapter {
             input.if_modified_since.as_ref(),
             input.if_unmodified_since.as_ref(),
         )?;
-        let (content_length, content_range) = match input.range {
-            Some(r) => {
-                let range = r.check(info.size).map_err(|_| s3_error!(InvalidRange))?;
-                (
-                    range.end - range.start,
-                    Some(format!(
-                        "bytes {}-{}/{}",
-                        range.start,
-                        range.end - 1,
-                        info.size
-                    )),
-                )
-            }
+        let (range, parts_count) =
+            select(info.size, input.range.as_ref(), input.part_number, &parts)?;
+        let (content_length, content_range) = match range {
+            Some(range) => (
+                range.end - range.start,
+                Some(format!(
+                    "bytes {}-{}/{}",
+                    range.start,
+                    range.end - 1,
+                    info.size
+                )),
+            ),
             None => (info.size, None),
         };
         let partial = content_range.is_some();
         let output = HeadObjectOutput {
             content_length: Some(content_length as i64),
             content_range,
+            parts_count,
             accept_ranges: Some("bytes".into()),
             content_type: Some(info.content_type.clone()),
             e_tag: Some(etag(&info.etag)),
@@ -1169,6 +1228,31 @@ impl S3Adapter {
             return s3_err(b);
         }
         s3_err(e)
+    }
+
+    /// An object with its part layout, both of the same version of the object.
+    async fn get_with_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<(sluice_store::Object, Vec<(u32, u64)>)> {
+        for _ in 0..3 {
+            let (info, parts) = match self.store.head_parts(bucket, key).await {
+                Ok(found) => found,
+                Err(e) => return Err(self.not_found(bucket, e).await),
+            };
+            let obj = match self.store.get(bucket, key).await {
+                Ok(o) => o,
+                Err(e) => return Err(self.not_found(bucket, e).await),
+            };
+            if obj.info.etag == info.etag && obj.info.last_modified_ms == info.last_modified_ms {
+                return Ok((obj, parts));
+            }
+        }
+        Err(S3Error::with_message(
+            S3ErrorCode::SlowDown,
+            "the object is being rewritten; try again",
+        ))
     }
 
     /// A multipart request must name the bucket and key its upload was created for.

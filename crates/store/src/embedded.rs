@@ -78,6 +78,7 @@ CREATE INDEX multipart_parts_blob ON multipart_parts (blob) WHERE blob IS NOT NU
         name: "store-0003",
         sql: "
 CREATE INDEX multipart_uploads_by_key ON multipart_uploads (bucket, key, upload_id);
+ALTER TABLE objects ADD COLUMN parts TEXT;
 ",
     },
 ];
@@ -96,6 +97,8 @@ pub struct Prepared {
     etag: String,
     sha256: String,
     body: PreparedBody,
+    /// Number and size of each part, for an object assembled from a multipart upload.
+    parts: Option<Vec<(u32, u64)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -440,6 +443,7 @@ fn copy_blob_range(
             etag: hex::encode(md5.finalize()),
             sha256: hex::encode(sha.finalize()),
             body: PreparedBody::Blob(new),
+            parts: None,
         })
     })();
     if result.is_err()
@@ -461,6 +465,7 @@ fn prepare_blocking(dir: &Path, body: Bytes) -> Result<Prepared, StoreError> {
             etag,
             sha256,
             body: PreparedBody::Inline(body),
+            parts: None,
         });
     }
     use std::io::Write;
@@ -479,6 +484,7 @@ fn prepare_blocking(dir: &Path, body: Bytes) -> Result<Prepared, StoreError> {
         etag,
         sha256,
         body: PreparedBody::Blob(name),
+        parts: None,
     })
 }
 
@@ -532,6 +538,7 @@ fn write_blob(
             etag: hex::encode(md5.finalize()),
             sha256: hex::encode(sha.finalize()),
             body: PreparedBody::Blob(name),
+            parts: None,
         })
     })();
     if result.is_err()
@@ -621,6 +628,7 @@ fn assemble(dir: &Path, parts: &[StoredPart]) -> Result<Prepared, StoreError> {
         etag,
         sha256,
         body,
+        parts: Some(parts.iter().map(|p| (p.number, p.size)).collect()),
     })
 }
 
@@ -692,8 +700,8 @@ pub fn put_in_tx(
     conn.prepare_cached(
         "INSERT OR REPLACE INTO objects
              (bucket, key, size, etag, sha256, content_type, modified_ms, owner, inline, blob,
-              metadata)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+              metadata, parts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         bucket,
@@ -706,7 +714,10 @@ pub fn put_in_tx(
         opts.owner,
         inline,
         blob,
-        metadata_json(&opts.metadata)
+        metadata_json(&opts.metadata),
+        obj.parts
+            .as_ref()
+            .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into()))
     ])?;
     Ok((
         ObjectInfo {
@@ -1217,6 +1228,38 @@ impl ObjectStore for EmbeddedStore {
             .await
     }
 
+    async fn head_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(ObjectInfo, Vec<(u32, u64)>), StoreError> {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        self.db
+            .read(move |c| {
+                let sql = format!(
+                    "SELECT {INFO_COLUMNS}, parts FROM objects WHERE bucket = ?1 AND key = ?2"
+                );
+                let row = c
+                    .prepare_cached(&sql)?
+                    .query_row(params![b, k], |r| {
+                        Ok((info_from_row(r)?, r.get::<_, Option<String>>(9)?))
+                    })
+                    .optional()?
+                    .ok_or(StoreError::NoSuchKey {
+                        bucket: b.clone(),
+                        key: k.clone(),
+                    })?;
+                let parts = match row.1 {
+                    None => Vec::new(),
+                    Some(json) => serde_json::from_str(&json).map_err(|e| {
+                        StoreError::Backend(format!("bad part list of {b}/{k}: {e}"))
+                    })?,
+                };
+                Ok((row.0, parts))
+            })
+            .await
+    }
+
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
         let blob: Option<String> = self
@@ -1449,6 +1492,23 @@ mod tests {
         let got = s.get("b-1", "mp").await.expect("get");
         assert_eq!(got.body.len(), p1.len() + p2.len());
         assert_eq!(&got.body[p1.len()..], b"tail");
+        let (head, parts) = s.head_parts("b-1", "mp").await.expect("head_parts");
+        assert_eq!(head, info);
+        assert_eq!(parts, vec![(1, MIN_PART_BYTES), (2, 4)]);
+        s.put("b-1", "single", p2.clone(), PutOptions::default())
+            .await
+            .expect("put");
+        assert!(
+            s.head_parts("b-1", "single")
+                .await
+                .expect("head")
+                .1
+                .is_empty()
+        );
+        assert!(matches!(
+            s.head_parts("b-1", "nope").await,
+            Err(StoreError::NoSuchKey { .. })
+        ));
         assert!(matches!(
             s.list_parts(&id).await,
             Err(StoreError::NoSuchUpload(_))

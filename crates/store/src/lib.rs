@@ -181,6 +181,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<ObjectInfo, StoreError>;
     async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError>;
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError>;
+    /// The object's metadata and, for an object assembled from a multipart upload, the
+    /// number and size of each of its parts, in order (empty for any other object).
+    async fn head_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(ObjectInfo, Vec<(u32, u64)>), StoreError>;
     /// Deletes an object. `Ok` if it did not exist.
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError>;
     /// Objects whose key starts with `prefix`, in key order, after `start_after`.

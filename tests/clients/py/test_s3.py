@@ -324,6 +324,49 @@ def test_multipart_upload(s3, bucket):
     fails("NoSuchUpload", s3.list_parts, Bucket=bucket, Key="big.bin", UploadId=uid)
 
 
+def test_get_and_head_by_part_number(s3, bucket):
+    parts_data = [b"A" * (5 * MIB), b"tail"]
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="parts.bin")["UploadId"]
+    etags = [
+        s3.upload_part(Bucket=bucket, Key="parts.bin", UploadId=uid, PartNumber=n, Body=d)["ETag"]
+        for n, d in enumerate(parts_data, start=1)
+    ]
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="parts.bin",
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, start=1)]},
+    )
+    total = sum(map(len, parts_data))
+    whole_etag = s3.head_object(Bucket=bucket, Key="parts.bin")["ETag"]
+    # A part is a ranged read of that part's bytes, with the object's ETag and parts count.
+    offset = 0
+    for n, data in enumerate(parts_data, start=1):
+        got = s3.get_object(Bucket=bucket, Key="parts.bin", PartNumber=n)
+        assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+        assert got["ContentRange"] == f"bytes {offset}-{offset + len(data) - 1}/{total}"
+        assert got["ContentLength"] == len(data) and got["PartsCount"] == 2
+        assert got["ETag"] == whole_etag
+        assert got["Body"].read() == data
+        head = s3.head_object(Bucket=bucket, Key="parts.bin", PartNumber=n)
+        assert head["ResponseMetadata"]["HTTPStatusCode"] == 206
+        assert head["ContentLength"] == len(data) and head["PartsCount"] == 2
+        assert head["ContentRange"] == got["ContentRange"]
+        offset += len(data)
+    fails("InvalidPartNumber", s3.get_object, Bucket=bucket, Key="parts.bin", PartNumber=3)
+    fails("416", s3.head_object, Bucket=bucket, Key="parts.bin", PartNumber=3)
+    fails("InvalidRequest", s3.get_object, Bucket=bucket, Key="parts.bin", PartNumber=1, Range="bytes=0-1")
+    fails("InvalidArgument", s3.get_object, Bucket=bucket, Key="parts.bin", PartNumber=10001)
+
+    # An object not assembled from parts is its own part 1.
+    s3.put_object(Bucket=bucket, Key="single", Body=b"one part")
+    got = s3.get_object(Bucket=bucket, Key="single", PartNumber=1)
+    assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert got["ContentRange"] == "bytes 0-7/8" and "PartsCount" not in got
+    assert got["Body"].read() == b"one part"
+    fails("InvalidPartNumber", s3.get_object, Bucket=bucket, Key="single", PartNumber=2)
+
+
 def test_multipart_abort_and_entity_too_small(s3, bucket):
     uid = s3.create_multipart_upload(Bucket=bucket, Key="aborted")["UploadId"]
     s3.upload_part(Bucket=bucket, Key="aborted", UploadId=uid, PartNumber=1, Body=b"x" * 1024)
