@@ -1283,3 +1283,79 @@ fn decode_token(t: &str) -> S3Result<String> {
             S3Error::with_message(S3ErrorCode::InvalidArgument, "invalid continuation token")
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_ranges_are_exactly_first_last() {
+        assert_eq!(
+            parse_copy_range("bytes=0-9").expect("valid"),
+            ByteRange { first: 0, last: 9 }
+        );
+        assert_eq!(
+            parse_copy_range("bytes=7-3").expect("checked against the source later"),
+            ByteRange { first: 7, last: 3 }
+        );
+        for bad in [
+            "bytes=0-",
+            "bytes=-5",
+            "0-5",
+            "bytes=+1-2",
+            "bytes=1-2,3-4",
+            "bytes=1",
+            "bytes=99999999999999999999-1",
+            "",
+        ] {
+            let e = parse_copy_range(bad).expect_err(bad);
+            assert_eq!(e.code(), &S3ErrorCode::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_fold_into_common_prefixes() {
+        assert_eq!(fold("a/b/c", "", "/"), Some("a/"));
+        assert_eq!(fold("a/b/c", "a/", "/"), Some("a/b/"));
+        assert_eq!(fold("a/b", "a/", "/"), None);
+        assert_eq!(fold("x--y--z", "x", "--"), Some("x--"));
+        assert_eq!(fold("other", "a/", "/"), None);
+    }
+
+    #[test]
+    fn reads_select_ranges_and_parts() {
+        let parts = [(1, 10), (2, 5), (4, 3)];
+        let range = |s| Range::parse(s).expect("range");
+        assert_eq!(select(18, None, None, &parts).expect("all"), (None, None));
+        assert_eq!(
+            select(18, Some(&range("bytes=2-4")), None, &[]).expect("range"),
+            (Some(2..5), None)
+        );
+        assert_eq!(
+            select(18, None, Some(2), &parts).expect("part 2"),
+            (Some(10..15), Some(3))
+        );
+        assert_eq!(
+            select(18, None, Some(4), &parts).expect("part 4"),
+            (Some(15..18), Some(3))
+        );
+        let code = |r: S3Result<_>| r.expect_err("error").code().as_str().to_owned();
+        assert_eq!(code(select(18, None, Some(3), &parts)), "InvalidPartNumber");
+        assert_eq!(code(select(18, None, Some(0), &parts)), "InvalidArgument");
+        assert_eq!(
+            code(select(18, Some(&range("bytes=0-1")), Some(1), &parts)),
+            "InvalidRequest"
+        );
+        assert_eq!(
+            code(select(18, Some(&range("bytes=18-")), None, &[])),
+            "InvalidRange"
+        );
+        // An object not assembled from parts is its own part 1.
+        assert_eq!(
+            select(8, None, Some(1), &[]).expect("part 1"),
+            (Some(0..8), None)
+        );
+        assert_eq!(select(0, None, Some(1), &[]).expect("empty"), (None, None));
+        assert_eq!(code(select(8, None, Some(2), &[])), "InvalidPartNumber");
+    }
+}
