@@ -82,6 +82,8 @@ pub fn router(edge: Edge) -> Result<Router, String> {
         .route("/{pool}/.well-known/jwks.json", get(jwks))
         .route("/{pool}/.well-known/openid-configuration", get(discovery))
         .fallback_service(s3)
+        // HeadObject with a Range answers 206 (see `s3::partial_content`).
+        .layer(axum::middleware::map_response(s3::partial_content))
         .with_state(edge))
 }
 

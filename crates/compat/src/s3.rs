@@ -16,7 +16,7 @@ use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use sluice_identity::access_keys::AccessKeys;
-use sluice_store::{ObjectInfo, ObjectStore, PutOptions, StoreError};
+use sluice_store::{ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreError, UploadMarker};
 use sluice_uploads::{NewUpload, UploadError, UploadSink};
 
 /// How S3 writes become uploads.
@@ -68,7 +68,10 @@ fn s3_err(e: StoreError) -> S3Error {
         StoreError::InvalidPartOrder => S3ErrorCode::InvalidPartOrder,
         StoreError::EntityTooSmall { .. } => S3ErrorCode::EntityTooSmall,
         StoreError::InvalidArgument(_) => S3ErrorCode::InvalidArgument,
-        StoreError::AlreadyExists { .. } => S3ErrorCode::PreconditionFailed,
+        StoreError::AlreadyExists { .. } | StoreError::PreconditionFailed(_) => {
+            S3ErrorCode::PreconditionFailed
+        }
+        StoreError::EntityTooLarge { .. } => S3ErrorCode::EntityTooLarge,
         StoreError::Io(_) | StoreError::Backend(_) => {
             tracing::error!(error = %e, "s3 request failed");
             return s3_error!(InternalError);
@@ -93,6 +96,14 @@ fn upload_err(e: UploadError) -> S3Error {
 
 fn timestamp(ms: i64) -> Timestamp {
     Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+}
+
+/// The owner of every bucket and object: sluice has one account.
+fn owner() -> Owner {
+    Owner {
+        display_name: Some("sluice".into()),
+        id: Some("sluice".into()),
+    }
 }
 
 fn etag(e: &str) -> ETag {
@@ -203,6 +214,148 @@ fn check_conditions(
     Ok(())
 }
 
+/// The source conditions of a copy (`x-amz-copy-source-if-*`): as [`check_conditions`],
+/// except that every failure is `PreconditionFailed` (a copy never answers 304).
+fn check_copy_conditions(
+    info: &ObjectInfo,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+) -> S3Result<()> {
+    check_conditions(
+        info,
+        if_match,
+        if_none_match,
+        if_modified_since,
+        if_unmodified_since,
+    )
+    .map_err(|e| match e.code() {
+        S3ErrorCode::NotModified => s3_error!(PreconditionFailed),
+        _ => e,
+    })
+}
+
+/// The bucket and key of `x-amz-copy-source`.
+fn copy_source(source: &CopySource) -> S3Result<(String, String)> {
+    match source {
+        CopySource::Bucket { bucket, key, .. } => Ok((bucket.to_string(), key.to_string())),
+        _ => Err(S3Error::with_message(
+            S3ErrorCode::NotImplemented,
+            "copying from access points and outposts is not supported",
+        )),
+    }
+}
+
+/// `x-amz-copy-source-range`: exactly `bytes=first-last` (whether it lies within the source
+/// is the store's check, against the version it copies).
+fn parse_copy_range(value: &str) -> S3Result<ByteRange> {
+    let number = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    value
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(first, last)| {
+            Some(ByteRange {
+                first: number(first)?,
+                last: number(last)?,
+            })
+        })
+        .ok_or_else(|| {
+            S3Error::with_message(
+                S3ErrorCode::InvalidArgument,
+                "The x-amz-copy-source-range value must be of the form bytes=first-last where first and last are the zero-based offsets of the first and last bytes to copy",
+            )
+        })
+}
+
+fn part_number(n: i32) -> S3Result<u32> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| (1..=10_000).contains(n))
+        .ok_or_else(|| {
+            S3Error::with_message(
+                S3ErrorCode::InvalidArgument,
+                "Part number must be an integer between 1 and 10000, inclusive",
+            )
+        })
+}
+
+/// The bytes a GET or HEAD selects of an object of `size` bytes: all of them (`None`), a
+/// `Range`, or the part `partNumber` names (`parts`: the object's parts, empty when it was
+/// not assembled from parts, which makes the whole object its part 1). The second value is
+/// the parts count S3 reports (`x-amz-mp-parts-count`) when a part of a multipart object
+/// was asked for.
+fn select(
+    size: u64,
+    range: Option<&Range>,
+    part: Option<i32>,
+    parts: &[(u32, u64)],
+) -> S3Result<(Option<std::ops::Range<u64>>, Option<i32>)> {
+    match (range, part) {
+        (None, None) => Ok((None, None)),
+        (Some(_), Some(_)) => Err(S3Error::with_message(
+            S3ErrorCode::InvalidRequest,
+            "Cannot specify both Range header and partNumber query parameter",
+        )),
+        (Some(r), None) => {
+            let range = r.check(size).map_err(|_| s3_error!(InvalidRange))?;
+            Ok((Some(range), None))
+        }
+        (None, Some(n)) => {
+            let n = part_number(n)?;
+            let unsatisfiable = || {
+                let mut e = S3Error::with_message(
+                    S3ErrorCode::Custom("InvalidPartNumber".into()),
+                    "The requested partnumber is not satisfiable",
+                );
+                e.set_status_code(http::StatusCode::RANGE_NOT_SATISFIABLE);
+                e
+            };
+            if parts.is_empty() {
+                return match n {
+                    1 => Ok(((size > 0).then_some(0..size), None)),
+                    _ => Err(unsatisfiable()),
+                };
+            }
+            let mut offset = 0u64;
+            for &(number, len) in parts {
+                if number == n {
+                    let count = i32::try_from(parts.len()).unwrap_or(i32::MAX);
+                    return Ok(((len > 0).then_some(offset..offset + len), Some(count)));
+                }
+                offset += len;
+            }
+            Err(unsatisfiable())
+        }
+    }
+}
+
+/// The common prefix `key` falls into: `prefix` and what follows it up to and including
+/// the first `delimiter`.
+fn fold<'k>(key: &'k str, prefix: &str, delimiter: &str) -> Option<&'k str> {
+    let rest = key.strip_prefix(prefix)?;
+    rest.find(delimiter)
+        .map(|i| &key[..prefix.len() + i + delimiter.len()])
+}
+
+/// Marks a HeadObject response as partial (a `Range` was honoured). s3s answers HeadObject
+/// with 200 whatever the handler says, but carries a response's extensions through:
+/// [`partial_content`], a layer around the edge's router, turns the marker into 206.
+#[derive(Debug, Clone, Copy)]
+struct PartialContent;
+
+/// Gives a response that [`PartialContent`] marks the status 206 Partial Content.
+pub async fn partial_content(mut resp: axum::response::Response) -> axum::response::Response {
+    if resp.extensions_mut().remove::<PartialContent>().is_some() {
+        *resp.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+    }
+    resp
+}
+
 /// One object write: what PutObject and CopyObject hand to [`S3Adapter::write`].
 struct Write {
     bucket: String,
@@ -303,10 +456,7 @@ impl S3 for S3Adapter {
                     })
                     .collect(),
             ),
-            owner: Some(Owner {
-                display_name: Some("sluice".into()),
-                id: Some("sluice".into()),
-            }),
+            owner: Some(owner()),
             continuation_token: None,
             prefix: None,
         }))
@@ -395,9 +545,12 @@ impl S3 for S3Adapter {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let obj = match self.store.get(&input.bucket, &input.key).await {
-            Ok(o) => o,
-            Err(e) => return Err(self.not_found(&input.bucket, e).await),
+        let (obj, parts) = match input.part_number {
+            Some(_) => self.get_with_parts(&input.bucket, &input.key).await?,
+            None => match self.store.get(&input.bucket, &input.key).await {
+                Ok(o) => (o, Vec::new()),
+                Err(e) => return Err(self.not_found(&input.bucket, e).await),
+            },
         };
         check_conditions(
             &obj.info,
@@ -407,15 +560,12 @@ impl S3 for S3Adapter {
             input.if_unmodified_since.as_ref(),
         )?;
         let total = obj.body.len() as u64;
-        let (body, content_range) = match input.range {
-            Some(r) => {
-                let range = r.check(total).map_err(|_| s3_error!(InvalidRange))?;
-                let slice = obj.body.slice(range.start as usize..range.end as usize);
-                (
-                    slice,
-                    Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)),
-                )
-            }
+        let (range, parts_count) = select(total, input.range.as_ref(), input.part_number, &parts)?;
+        let (body, content_range) = match range {
+            Some(range) => (
+                obj.body.slice(range.start as usize..range.end as usize),
+                Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)),
+            ),
             None => (obj.body, None),
         };
         let partial = content_range.is_some();
@@ -423,6 +573,7 @@ impl S3 for S3Adapter {
             content_length: Some(body.len() as i64),
             body: Some(StreamingBlob::from(s3s::Body::from(body))),
             content_range,
+            parts_count,
             accept_ranges: Some("bytes".into()),
             content_type: Some(obj.info.content_type.clone()),
             e_tag: Some(etag(&obj.info.etag)),
@@ -442,8 +593,16 @@ impl S3 for S3Adapter {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let info = match self.store.head(&input.bucket, &input.key).await {
-            Ok(i) => i,
+        let found = match input.part_number {
+            Some(_) => self.store.head_parts(&input.bucket, &input.key).await,
+            None => self
+                .store
+                .head(&input.bucket, &input.key)
+                .await
+                .map(|i| (i, Vec::new())),
+        };
+        let (info, parts) = match found {
+            Ok(found) => found,
             Err(e) => return Err(self.not_found(&input.bucket, e).await),
         };
         check_conditions(
@@ -453,10 +612,25 @@ impl S3 for S3Adapter {
             input.if_modified_since.as_ref(),
             input.if_unmodified_since.as_ref(),
         )?;
-        // s3s answers HeadObject with 200 whatever the handler says, so a Range on HEAD is
-        // not honoured (AWS answers 206 with the range's length): the full length is given.
+        let (range, parts_count) =
+            select(info.size, input.range.as_ref(), input.part_number, &parts)?;
+        let (content_length, content_range) = match range {
+            Some(range) => (
+                range.end - range.start,
+                Some(format!(
+                    "bytes {}-{}/{}",
+                    range.start,
+                    range.end - 1,
+                    info.size
+                )),
+            ),
+            None => (info.size, None),
+        };
+        let partial = content_range.is_some();
         let output = HeadObjectOutput {
-            content_length: Some(info.size as i64),
+            content_length: Some(content_length as i64),
+            content_range,
+            parts_count,
             accept_ranges: Some("bytes".into()),
             content_type: Some(info.content_type.clone()),
             e_tag: Some(etag(&info.etag)),
@@ -464,7 +638,11 @@ impl S3 for S3Adapter {
             metadata: metadata_out(&info.metadata),
             ..Default::default()
         };
-        Ok(S3Response::new(output))
+        let mut resp = S3Response::new(output);
+        if partial {
+            resp.extensions.insert(PartialContent);
+        }
+        Ok(resp)
     }
 
     async fn delete_object(
@@ -525,30 +703,18 @@ impl S3 for S3Adapter {
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let who = access_key(&req);
         let input = req.input;
-        let (src_bucket, src_key) = match &input.copy_source {
-            CopySource::Bucket { bucket, key, .. } => (bucket.to_string(), key.to_string()),
-            _ => {
-                return Err(S3Error::with_message(
-                    S3ErrorCode::NotImplemented,
-                    "copying from access points and outposts is not supported",
-                ));
-            }
-        };
+        let (src_bucket, src_key) = copy_source(&input.copy_source)?;
         let src = match self.store.get(&src_bucket, &src_key).await {
             Ok(o) => o,
             Err(e) => return Err(self.not_found(&src_bucket, e).await),
         };
-        check_conditions(
+        check_copy_conditions(
             &src.info,
             input.copy_source_if_match.as_ref(),
             input.copy_source_if_none_match.as_ref(),
             input.copy_source_if_modified_since.as_ref(),
             input.copy_source_if_unmodified_since.as_ref(),
-        )
-        .map_err(|e| match e.code() {
-            S3ErrorCode::NotModified => s3_error!(PreconditionFailed),
-            _ => e,
-        })?;
+        )?;
         let replace = input
             .metadata_directive
             .as_ref()
@@ -606,11 +772,17 @@ impl S3 for S3Adapter {
                 input.max_keys,
             )
             .await?;
+        let mut contents = page.contents;
+        if input.fetch_owner == Some(true) {
+            for o in &mut contents {
+                o.owner = Some(owner());
+            }
+        }
         Ok(S3Response::new(ListObjectsV2Output {
-            key_count: Some((page.contents.len() + page.prefixes.len()) as i32),
+            key_count: Some((contents.len() + page.prefixes.len()) as i32),
             next_continuation_token: page.next.as_deref().map(encode_token),
             is_truncated: Some(page.next.is_some()),
-            contents: Some(page.contents),
+            contents: Some(contents),
             common_prefixes: Some(page.prefixes),
             name: Some(input.bucket),
             prefix: input.prefix,
@@ -685,9 +857,7 @@ impl S3 for S3Adapter {
         let input = req.input;
         self.check_upload(&input.upload_id, &input.bucket, &input.key)
             .await?;
-        let part = u32::try_from(input.part_number).map_err(|_| {
-            S3Error::with_message(S3ErrorCode::InvalidArgument, "invalid part number")
-        })?;
+        let part = part_number(input.part_number)?;
         let body = collect(input.body, self.max_object_bytes).await?;
         check_content_md5(input.content_md5.as_deref(), &body)?;
         let e = self
@@ -697,6 +867,174 @@ impl S3 for S3Adapter {
             .map_err(s3_err)?;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(etag(&e)),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let input = req.input;
+        self.check_upload(&input.upload_id, &input.bucket, &input.key)
+            .await?;
+        let part = part_number(input.part_number)?;
+        let (src_bucket, src_key) = copy_source(&input.copy_source)?;
+        let range = input
+            .copy_source_range
+            .as_deref()
+            .map(parse_copy_range)
+            .transpose()?;
+        let conditions = (
+            input.copy_source_if_match,
+            input.copy_source_if_none_match,
+            input.copy_source_if_modified_since,
+            input.copy_source_if_unmodified_since,
+        );
+        let check = |info: &ObjectInfo| {
+            check_copy_conditions(
+                info,
+                conditions.0.as_ref(),
+                conditions.1.as_ref(),
+                conditions.2.as_ref(),
+                conditions.3.as_ref(),
+            )
+            .map_err(|e| {
+                StoreError::PreconditionFailed(
+                    e.message()
+                        .unwrap_or("At least one of the pre-conditions you specified did not hold")
+                        .to_owned(),
+                )
+            })
+        };
+        let source = sluice_store::CopySource {
+            bucket: &src_bucket,
+            key: &src_key,
+            range,
+        };
+        let copied = match self
+            .store
+            .upload_part_copy(&input.upload_id, part, source, &check)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return Err(self.not_found(&src_bucket, e).await),
+        };
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(etag(&copied.etag)),
+                last_modified: Some(timestamp(copied.last_modified_ms)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        let max = match input.max_uploads {
+            None => 1000,
+            Some(n) if n < 0 => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    "Argument max-uploads must be an integer between 0 and 2147483647",
+                ));
+            }
+            Some(n) => n.min(1000),
+        };
+        let want = max as usize;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let delimiter = input.delimiter.as_deref().filter(|d| !d.is_empty());
+        // The upload-id-marker counts only with a key-marker.
+        let mut cursor = input
+            .key_marker
+            .as_ref()
+            .filter(|k| !k.is_empty())
+            .map(|k| UploadMarker {
+                key: k.clone(),
+                upload_id: input.upload_id_marker.clone().filter(|u| !u.is_empty()),
+            });
+        // A marker inside a common prefix means that prefix was listed already.
+        if let (Some(d), Some(c)) = (delimiter, cursor.as_mut())
+            && let Some(cp) = fold(&c.key, &prefix, d)
+        {
+            *c = UploadMarker {
+                key: format!("{cp}\u{10FFFF}"),
+                upload_id: None,
+            };
+        }
+        let mut uploads = Vec::new();
+        let mut prefixes: Vec<CommonPrefix> = Vec::new();
+        let mut last: Option<UploadMarker> = None;
+        let mut truncated = false;
+        'pages: loop {
+            let batch = self
+                .store
+                .list_multipart_uploads(&input.bucket, &prefix, cursor.clone(), 1000)
+                .await
+                .map_err(s3_err)?;
+            if batch.is_empty() {
+                break;
+            }
+            for m in batch {
+                if uploads.len() + prefixes.len() == want {
+                    truncated = true;
+                    break 'pages;
+                }
+                if let Some(cp) = delimiter.and_then(|d| fold(&m.key, &prefix, d)) {
+                    // Skip every upload under this common prefix.
+                    cursor = Some(UploadMarker {
+                        key: format!("{cp}\u{10FFFF}"),
+                        upload_id: None,
+                    });
+                    last = Some(UploadMarker {
+                        key: cp.to_owned(),
+                        upload_id: None,
+                    });
+                    prefixes.push(CommonPrefix {
+                        prefix: Some(cp.to_owned()),
+                    });
+                    continue 'pages;
+                }
+                let marker = UploadMarker {
+                    key: m.key.clone(),
+                    upload_id: Some(m.upload_id.clone()),
+                };
+                cursor = Some(marker.clone());
+                last = Some(marker);
+                uploads.push(MultipartUpload {
+                    key: Some(m.key),
+                    upload_id: Some(m.upload_id),
+                    initiated: Some(timestamp(m.created_ms)),
+                    storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+                    owner: Some(owner()),
+                    initiator: Some(Initiator {
+                        display_name: Some("sluice".into()),
+                        id: Some("sluice".into()),
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+        let (next_key_marker, next_upload_id_marker) = match last {
+            Some(m) if truncated => (Some(m.key), m.upload_id),
+            _ => (None, None),
+        };
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            next_key_marker,
+            next_upload_id_marker,
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            max_uploads: Some(max),
+            is_truncated: Some(truncated),
+            uploads: Some(uploads),
+            common_prefixes: Some(prefixes),
             ..Default::default()
         }))
     }
@@ -892,6 +1230,31 @@ impl S3Adapter {
         s3_err(e)
     }
 
+    /// An object with its part layout, both of the same version of the object.
+    async fn get_with_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<(sluice_store::Object, Vec<(u32, u64)>)> {
+        for _ in 0..3 {
+            let (info, parts) = match self.store.head_parts(bucket, key).await {
+                Ok(found) => found,
+                Err(e) => return Err(self.not_found(bucket, e).await),
+            };
+            let obj = match self.store.get(bucket, key).await {
+                Ok(o) => o,
+                Err(e) => return Err(self.not_found(bucket, e).await),
+            };
+            if obj.info.etag == info.etag && obj.info.last_modified_ms == info.last_modified_ms {
+                return Ok((obj, parts));
+            }
+        }
+        Err(S3Error::with_message(
+            S3ErrorCode::SlowDown,
+            "the object is being rewritten; try again",
+        ))
+    }
+
     /// A multipart request must name the bucket and key its upload was created for.
     async fn check_upload(&self, upload_id: &str, bucket: &str, key: &str) -> S3Result<()> {
         let m = self.store.multipart(upload_id).await.map_err(s3_err)?;
@@ -919,4 +1282,80 @@ fn decode_token(t: &str) -> S3Result<String> {
         .ok_or_else(|| {
             S3Error::with_message(S3ErrorCode::InvalidArgument, "invalid continuation token")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_ranges_are_exactly_first_last() {
+        assert_eq!(
+            parse_copy_range("bytes=0-9").expect("valid"),
+            ByteRange { first: 0, last: 9 }
+        );
+        assert_eq!(
+            parse_copy_range("bytes=7-3").expect("checked against the source later"),
+            ByteRange { first: 7, last: 3 }
+        );
+        for bad in [
+            "bytes=0-",
+            "bytes=-5",
+            "0-5",
+            "bytes=+1-2",
+            "bytes=1-2,3-4",
+            "bytes=1",
+            "bytes=99999999999999999999-1",
+            "",
+        ] {
+            let e = parse_copy_range(bad).expect_err(bad);
+            assert_eq!(e.code(), &S3ErrorCode::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_fold_into_common_prefixes() {
+        assert_eq!(fold("a/b/c", "", "/"), Some("a/"));
+        assert_eq!(fold("a/b/c", "a/", "/"), Some("a/b/"));
+        assert_eq!(fold("a/b", "a/", "/"), None);
+        assert_eq!(fold("x--y--z", "x", "--"), Some("x--"));
+        assert_eq!(fold("other", "a/", "/"), None);
+    }
+
+    #[test]
+    fn reads_select_ranges_and_parts() {
+        let parts = [(1, 10), (2, 5), (4, 3)];
+        let range = |s| Range::parse(s).expect("range");
+        assert_eq!(select(18, None, None, &parts).expect("all"), (None, None));
+        assert_eq!(
+            select(18, Some(&range("bytes=2-4")), None, &[]).expect("range"),
+            (Some(2..5), None)
+        );
+        assert_eq!(
+            select(18, None, Some(2), &parts).expect("part 2"),
+            (Some(10..15), Some(3))
+        );
+        assert_eq!(
+            select(18, None, Some(4), &parts).expect("part 4"),
+            (Some(15..18), Some(3))
+        );
+        let code = |r: S3Result<_>| r.expect_err("error").code().as_str().to_owned();
+        assert_eq!(code(select(18, None, Some(3), &parts)), "InvalidPartNumber");
+        assert_eq!(code(select(18, None, Some(0), &parts)), "InvalidArgument");
+        assert_eq!(
+            code(select(18, Some(&range("bytes=0-1")), Some(1), &parts)),
+            "InvalidRequest"
+        );
+        assert_eq!(
+            code(select(18, Some(&range("bytes=18-")), None, &[])),
+            "InvalidRange"
+        );
+        // An object not assembled from parts is its own part 1.
+        assert_eq!(
+            select(8, None, Some(1), &[]).expect("part 1"),
+            (Some(0..8), None)
+        );
+        assert_eq!(select(0, None, Some(1), &[]).expect("empty"), (None, None));
+        assert_eq!(code(select(8, None, Some(2), &[])), "InvalidPartNumber");
+    }
 }

@@ -102,6 +102,107 @@ fn aws_cli_s3_session() {
         head["ETag"].as_str().is_some_and(|e| e.ends_with("-3\"")),
         "a multipart ETag: {head}"
     );
+    // A copy of an object above the CLI's multipart threshold is a multipart copy
+    // (UploadPartCopy with ranges of 8 MiB): same parts, so the same multipart ETag.
+    cli.ok(&[
+        &[
+            "s3",
+            "cp",
+            "s3://bucket-one/big.bin",
+            "s3://bucket-one/big-copy.bin",
+        ][..],
+        &q,
+    ]
+    .concat());
+    let copy = cli.json(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "big-copy.bin",
+    ]);
+    assert_eq!(copy["ContentLength"], 20_000_000);
+    assert_eq!(copy["ETag"], head["ETag"], "{copy}");
+    // HEAD with a range describes the range.
+    let ranged = cli.json(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "big-copy.bin",
+        "--range",
+        "bytes=19999990-",
+    ]);
+    assert_eq!(ranged["ContentLength"], 10);
+    assert_eq!(ranged["ContentRange"], "bytes 19999990-19999999/20000000");
+    // Multipart uploads in progress are listed until they end.
+    let created = cli.json(&[
+        "s3api",
+        "create-multipart-upload",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "pending.bin",
+    ]);
+    let upload_id = created["UploadId"].as_str().expect("upload id");
+    let part = cli.json(&[
+        "s3api",
+        "upload-part-copy",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "pending.bin",
+        "--upload-id",
+        upload_id,
+        "--part-number",
+        "1",
+        "--copy-source",
+        "bucket-one/big.bin",
+        "--copy-source-range",
+        "bytes=0-9",
+    ]);
+    // A copied part's ETag is the MD5 of its bytes: that of an object of the same bytes.
+    let ten = work.join("ten.bin");
+    std::fs::write(&ten, &big_bytes[..10]).expect("write");
+    let same = cli.json(&[
+        "s3api",
+        "put-object",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "ten.bin",
+        "--body",
+        ten.to_str().expect("path"),
+    ]);
+    assert_eq!(part["CopyPartResult"]["ETag"], same["ETag"], "{part}");
+    let listed = cli.json(&["s3api", "list-multipart-uploads", "--bucket", "bucket-one"]);
+    assert_eq!(listed["Uploads"][0]["Key"], "pending.bin", "{listed}");
+    assert_eq!(listed["Uploads"][0]["UploadId"], upload_id);
+    cli.ok(&[
+        "s3api",
+        "abort-multipart-upload",
+        "--bucket",
+        "bucket-one",
+        "--key",
+        "pending.bin",
+        "--upload-id",
+        upload_id,
+    ]);
+    let listed = cli.json(&["s3api", "list-multipart-uploads", "--bucket", "bucket-one"]);
+    assert!(listed.get("Uploads").is_none(), "{listed}");
+    for key in ["big-copy.bin", "ten.bin"] {
+        cli.ok(&[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "bucket-one",
+            "--key",
+            key,
+        ]);
+    }
+
     let back = work.join("back.bin");
     cli.ok(&[
         &[

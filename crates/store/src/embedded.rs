@@ -19,8 +19,9 @@ use sluice_db::rusqlite::{Connection, OptionalExtension, params};
 use sluice_db::{Db, Migration, now_ms, sync_dir};
 
 use crate::{
-    BucketInfo, MIN_PART_BYTES, MultipartInfo, Object, ObjectInfo, ObjectStore, PartInfo,
-    PutOptions, StoreError, validate_bucket_name, validate_key,
+    BucketInfo, CopySource, MAX_PART_BYTES, MIN_PART_BYTES, MultipartInfo, Object, ObjectInfo,
+    ObjectStore, PartInfo, PutOptions, SourceCheck, StoreError, UploadMarker, validate_bucket_name,
+    validate_key,
 };
 
 /// Objects up to this size are stored inline in the database.
@@ -73,6 +74,13 @@ CREATE TABLE multipart_parts (
 CREATE INDEX multipart_parts_blob ON multipart_parts (blob) WHERE blob IS NOT NULL;
 ",
     },
+    Migration {
+        name: "store-0003",
+        sql: "
+CREATE INDEX multipart_uploads_by_key ON multipart_uploads (bucket, key, upload_id);
+ALTER TABLE objects ADD COLUMN parts TEXT;
+",
+    },
 ];
 
 #[derive(Clone)]
@@ -89,6 +97,8 @@ pub struct Prepared {
     etag: String,
     sha256: String,
     body: PreparedBody,
+    /// Number and size of each part, for an object assembled from a multipart upload.
+    parts: Option<Vec<(u32, u64)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -224,6 +234,106 @@ impl EmbeddedStore {
         Ok(removed)
     }
 
+    /// An object's row: its metadata and where its bytes are (inline, or a blob file).
+    async fn object_row(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(ObjectInfo, Option<Vec<u8>>, Option<String>), StoreError> {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        let row = self
+            .db
+            .read(move |c| {
+                let sql = format!(
+                    "SELECT {INFO_COLUMNS}, inline, blob FROM objects WHERE bucket = ?1 AND key = ?2"
+                );
+                let row = c
+                    .prepare_cached(&sql)?
+                    .query_row(params![b, k], |r| {
+                        Ok((
+                            info_from_row(r)?,
+                            r.get::<_, Option<Vec<u8>>>(9)?,
+                            r.get::<_, Option<String>>(10)?,
+                        ))
+                    })
+                    .optional()?;
+                Ok::<_, StoreError>(row)
+            })
+            .await?;
+        row.ok_or_else(|| StoreError::NoSuchKey {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Commits a prepared part of a multipart upload, replacing a part of the same number.
+    /// The prepared blob file (if any) is deleted when the commit fails.
+    async fn commit_part(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        prepared: Prepared,
+    ) -> Result<PartInfo, StoreError> {
+        let blob = prepared.blob_name().map(str::to_owned);
+        let id = upload_id.to_owned();
+        let committed = self
+            .db
+            .write(move |c| {
+                let exists: bool = c.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM multipart_uploads WHERE upload_id = ?1)",
+                    [&id],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Err(StoreError::NoSuchUpload(id.clone()));
+                }
+                let replaced: Option<Option<String>> = c
+                    .query_row(
+                        "SELECT blob FROM multipart_parts WHERE upload_id = ?1 AND part_number = ?2",
+                        params![id, part_number],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let (inline, blob): (Option<&[u8]>, Option<&str>) = match &prepared.body {
+                    PreparedBody::Inline(b) => (Some(b.as_ref()), None),
+                    PreparedBody::Blob(n) => (None, Some(n.as_str())),
+                };
+                let now = now_ms();
+                c.execute(
+                    "INSERT OR REPLACE INTO multipart_parts
+                         (upload_id, part_number, size, etag, modified_ms, inline, blob)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        id,
+                        part_number,
+                        prepared.size as i64,
+                        prepared.etag,
+                        now,
+                        inline,
+                        blob
+                    ],
+                )?;
+                let part = PartInfo {
+                    part_number,
+                    size: prepared.size,
+                    etag: prepared.etag.clone(),
+                    last_modified_ms: now,
+                };
+                Ok((part, replaced.flatten()))
+            })
+            .await;
+        match committed {
+            Ok((part, replaced)) => {
+                self.discard_blobs(replaced.into_iter().collect());
+                Ok(part)
+            }
+            Err(e) => {
+                self.discard_blobs(blob.into_iter().collect());
+                Err(e)
+            }
+        }
+    }
+
     fn blob_path(&self, name: &str) -> PathBuf {
         blob_path(&self.blob_dir, name)
     }
@@ -244,6 +354,107 @@ fn blob_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(&name[..2.min(name.len())]).join(name)
 }
 
+fn validate_part_number(n: u32) -> Result<(), StoreError> {
+    if (1..=10_000).contains(&n) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidArgument(format!(
+            "Part number must be an integer between 1 and 10000, inclusive, got {n}"
+        )))
+    }
+}
+
+/// A new upload id: a 12-hex-digit sequence taken from the clock (milliseconds, but always
+/// above the previous id's, so strictly increasing within a process) then 20 random hex
+/// digits. The ids of one key thus sort in the order the uploads were created, as
+/// ListMultipartUploads lists them.
+fn new_upload_id(now_ms: i64) -> String {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    let seq = loop {
+        let next = now_ms.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => break next,
+            Err(actual) => prev = actual,
+        }
+    };
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{:012x}{}", seq.max(0), &random[..20])
+}
+
+/// Copies `len` bytes at `start` of blob `name` into a new prepared part: inline when small,
+/// otherwise a new blob file, fsynced with its directory (and deleted on failure).
+/// `Ok(None)` when the source file no longer exists (its row was replaced meanwhile).
+fn copy_blob_range(
+    dir: &Path,
+    name: &str,
+    start: u64,
+    len: u64,
+) -> Result<Option<Prepared>, StoreError> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut src = match std::fs::File::open(blob_path(dir, name)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    src.seek(SeekFrom::Start(start))?;
+    let mut src = src.take(len);
+    let short = || StoreError::Backend(format!("blob {name} is shorter than its recorded size"));
+    if len <= INLINE_MAX as u64 {
+        let mut buf = Vec::with_capacity(len as usize);
+        src.read_to_end(&mut buf)?;
+        if buf.len() as u64 != len {
+            return Err(short());
+        }
+        return prepare_blocking(dir, Bytes::from(buf)).map(Some);
+    }
+    let new = uuid::Uuid::new_v4().simple().to_string();
+    let path = blob_path(dir, &new);
+    let result = (|| -> Result<Prepared, StoreError> {
+        let parent = path
+            .parent()
+            .ok_or_else(|| StoreError::Backend("blob path has no parent".into()))?;
+        std::fs::create_dir_all(parent)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+        let mut buf = vec![0u8; 1 << 20];
+        let mut copied = 0u64;
+        loop {
+            let n = src.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            md5.update(&buf[..n]);
+            sha.update(&buf[..n]);
+            out.write_all(&buf[..n])?;
+            copied += n as u64;
+        }
+        if copied != len {
+            return Err(short());
+        }
+        let f = out
+            .into_inner()
+            .map_err(|e| StoreError::Io(e.into_error()))?;
+        f.sync_all()?;
+        sync_dir(parent)?;
+        Ok(Prepared {
+            size: len,
+            etag: hex::encode(md5.finalize()),
+            sha256: hex::encode(sha.finalize()),
+            body: PreparedBody::Blob(new),
+            parts: None,
+        })
+    })();
+    if result.is_err()
+        && let Err(e) = std::fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), error = %e, "cannot delete partial blob; it is swept at next start");
+    }
+    result.map(Some)
+}
+
 fn prepare_blocking(dir: &Path, body: Bytes) -> Result<Prepared, StoreError> {
     let etag = hex::encode(Md5::digest(&body));
     let sha256 = hex::encode(Sha256::digest(&body));
@@ -254,6 +465,7 @@ fn prepare_blocking(dir: &Path, body: Bytes) -> Result<Prepared, StoreError> {
             etag,
             sha256,
             body: PreparedBody::Inline(body),
+            parts: None,
         });
     }
     use std::io::Write;
@@ -272,6 +484,7 @@ fn prepare_blocking(dir: &Path, body: Bytes) -> Result<Prepared, StoreError> {
         etag,
         sha256,
         body: PreparedBody::Blob(name),
+        parts: None,
     })
 }
 
@@ -325,6 +538,7 @@ fn write_blob(
             etag: hex::encode(md5.finalize()),
             sha256: hex::encode(sha.finalize()),
             body: PreparedBody::Blob(name),
+            parts: None,
         })
     })();
     if result.is_err()
@@ -414,6 +628,7 @@ fn assemble(dir: &Path, parts: &[StoredPart]) -> Result<Prepared, StoreError> {
         etag,
         sha256,
         body,
+        parts: Some(parts.iter().map(|p| (p.number, p.size)).collect()),
     })
 }
 
@@ -485,8 +700,8 @@ pub fn put_in_tx(
     conn.prepare_cached(
         "INSERT OR REPLACE INTO objects
              (bucket, key, size, etag, sha256, content_type, modified_ms, owner, inline, blob,
-              metadata)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+              metadata, parts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         bucket,
@@ -499,7 +714,10 @@ pub fn put_in_tx(
         opts.owner,
         inline,
         blob,
-        metadata_json(&opts.metadata)
+        metadata_json(&opts.metadata),
+        obj.parts
+            .as_ref()
+            .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into()))
     ])?;
     Ok((
         ObjectInfo {
@@ -633,7 +851,8 @@ impl ObjectStore for EmbeddedStore {
         opts: PutOptions,
     ) -> Result<String, StoreError> {
         validate_key(key)?;
-        let id = uuid::Uuid::new_v4().simple().to_string();
+        let created = now_ms();
+        let id = new_upload_id(created);
         let (b, k, upload_id) = (bucket.to_owned(), key.to_owned(), id.clone());
         self.db
             .write(move |c| {
@@ -649,7 +868,7 @@ impl ObjectStore for EmbeddedStore {
                         opts.content_type,
                         opts.owner,
                         metadata_json(&opts.metadata),
-                        now_ms()
+                        created
                     ],
                 )?;
                 Ok::<_, StoreError>(())
@@ -664,65 +883,84 @@ impl ObjectStore for EmbeddedStore {
         part_number: u32,
         body: Bytes,
     ) -> Result<String, StoreError> {
-        if !(1..=10_000).contains(&part_number) {
-            return Err(StoreError::InvalidArgument(format!(
-                "part number must be between 1 and 10000, got {part_number}"
-            )));
-        }
+        validate_part_number(part_number)?;
         self.multipart(upload_id).await?;
         let prepared = self.prepare(body).await?;
-        let blob = prepared.blob_name().map(str::to_owned);
-        let etag = prepared.etag.clone();
-        let id = upload_id.to_owned();
-        let committed = self
-            .db
-            .write(move |c| {
-                let exists: bool = c.query_row(
-                    "SELECT EXISTS(SELECT 1 FROM multipart_uploads WHERE upload_id = ?1)",
-                    [&id],
-                    |r| r.get(0),
-                )?;
-                if !exists {
-                    return Err(StoreError::NoSuchUpload(id.clone()));
+        Ok(self
+            .commit_part(upload_id, part_number, prepared)
+            .await?
+            .etag)
+    }
+
+    async fn upload_part_copy(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        source: CopySource<'_>,
+        check: SourceCheck<'_>,
+    ) -> Result<PartInfo, StoreError> {
+        validate_part_number(part_number)?;
+        self.multipart(upload_id).await?;
+        let mut attempt = 0;
+        let prepared = loop {
+            let (info, inline, blob) = self.object_row(source.bucket, source.key).await?;
+            check(&info)?;
+            let (start, len) = match source.range {
+                None => (0, info.size),
+                Some(r) if r.first <= r.last && r.last < info.size => {
+                    (r.first, r.last - r.first + 1)
                 }
-                let replaced: Option<Option<String>> = c
-                    .query_row(
-                        "SELECT blob FROM multipart_parts WHERE upload_id = ?1 AND part_number = ?2",
-                        params![id, part_number],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                let (inline, blob): (Option<&[u8]>, Option<&str>) = match &prepared.body {
-                    PreparedBody::Inline(b) => (Some(b.as_ref()), None),
-                    PreparedBody::Blob(n) => (None, Some(n.as_str())),
-                };
-                c.execute(
-                    "INSERT OR REPLACE INTO multipart_parts
-                         (upload_id, part_number, size, etag, modified_ms, inline, blob)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
-                        id,
-                        part_number,
-                        prepared.size as i64,
-                        prepared.etag,
-                        now_ms(),
-                        inline,
-                        blob
-                    ],
-                )?;
-                Ok(replaced.flatten())
-            })
-            .await;
-        match committed {
-            Ok(replaced) => {
-                self.discard_blobs(replaced.into_iter().collect());
-                Ok(etag)
+                Some(_) => {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "Range specified is not valid for source object of size: {}",
+                        info.size
+                    )));
+                }
+            };
+            if len > MAX_PART_BYTES {
+                return Err(StoreError::EntityTooLarge {
+                    size: len,
+                    max: MAX_PART_BYTES,
+                });
             }
-            Err(e) => {
-                self.discard_blobs(blob.into_iter().collect());
-                Err(e)
+            match (inline, blob) {
+                (Some(bytes), _) => {
+                    let bytes = Bytes::from(bytes);
+                    let end = start + len;
+                    if end > bytes.len() as u64 {
+                        return Err(StoreError::Backend(format!(
+                            "object {}/{} is shorter than its recorded size",
+                            source.bucket, source.key
+                        )));
+                    }
+                    break self
+                        .prepare(bytes.slice(start as usize..end as usize))
+                        .await?;
+                }
+                (None, Some(name)) => {
+                    let dir = self.blob_dir.clone();
+                    let copied = tokio::task::spawn_blocking(move || {
+                        copy_blob_range(&dir, &name, start, len)
+                    })
+                    .await
+                    .map_err(|e| StoreError::Backend(format!("copy task failed: {e}")))??;
+                    match copied {
+                        Some(p) => break p,
+                        // The source was replaced (and its file deleted) between reading its
+                        // row and opening the file: read the row again.
+                        None if attempt < 3 => attempt += 1,
+                        None => {
+                            return Err(StoreError::Backend(format!(
+                                "object {}/{} kept changing during the copy",
+                                source.bucket, source.key
+                            )));
+                        }
+                    }
+                }
+                (None, None) => break self.prepare(Bytes::new()).await?,
             }
-        }
+        };
+        self.commit_part(upload_id, part_number, prepared).await
     }
 
     async fn multipart(&self, upload_id: &str) -> Result<MultipartInfo, StoreError> {
@@ -744,6 +982,40 @@ impl ObjectStore for EmbeddedStore {
                 )
                 .optional()?
                 .ok_or(StoreError::NoSuchUpload(id.clone()))
+            })
+            .await
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<UploadMarker>,
+        limit: usize,
+    ) -> Result<Vec<MultipartInfo>, StoreError> {
+        let (b, p) = (bucket.to_owned(), prefix.to_owned());
+        let after = after.unwrap_or_default();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .read(move |c| {
+                require_bucket(c, &b)?;
+                let mut st = c.prepare_cached(
+                    "SELECT upload_id, bucket, key, created_ms FROM multipart_uploads
+                     WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2
+                       AND (key > ?3 OR (key = ?3 AND ?4 IS NOT NULL AND upload_id > ?4))
+                     ORDER BY key, upload_id LIMIT ?5",
+                )?;
+                let rows = st
+                    .query_map(params![b, p, after.key, after.upload_id, limit], |r| {
+                        Ok(MultipartInfo {
+                            upload_id: r.get(0)?,
+                            bucket: r.get(1)?,
+                            key: r.get(2)?,
+                            created_ms: r.get(3)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
             })
             .await
     }
@@ -930,30 +1202,7 @@ impl ObjectStore for EmbeddedStore {
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError> {
-        let (b, k) = (bucket.to_owned(), key.to_owned());
-        let row = self
-            .db
-            .read(move |c| {
-                let sql = format!(
-                    "SELECT {INFO_COLUMNS}, inline, blob FROM objects WHERE bucket = ?1 AND key = ?2"
-                );
-                let row = c
-                    .prepare_cached(&sql)?
-                    .query_row(params![b, k], |r| {
-                        Ok((
-                            info_from_row(r)?,
-                            r.get::<_, Option<Vec<u8>>>(9)?,
-                            r.get::<_, Option<String>>(10)?,
-                        ))
-                    })
-                    .optional()?;
-                Ok::<_, StoreError>(row)
-            })
-            .await?;
-        let (info, inline, blob) = row.ok_or_else(|| StoreError::NoSuchKey {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-        })?;
+        let (info, inline, blob) = self.object_row(bucket, key).await?;
         let body = match (inline, blob) {
             (Some(b), _) => Bytes::from(b),
             (None, Some(name)) => Bytes::from(tokio::fs::read(self.blob_path(&name)).await?),
@@ -975,6 +1224,38 @@ impl ObjectStore for EmbeddedStore {
                         bucket: b.clone(),
                         key: k.clone(),
                     })
+            })
+            .await
+    }
+
+    async fn head_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(ObjectInfo, Vec<(u32, u64)>), StoreError> {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        self.db
+            .read(move |c| {
+                let sql = format!(
+                    "SELECT {INFO_COLUMNS}, parts FROM objects WHERE bucket = ?1 AND key = ?2"
+                );
+                let row = c
+                    .prepare_cached(&sql)?
+                    .query_row(params![b, k], |r| {
+                        Ok((info_from_row(r)?, r.get::<_, Option<String>>(9)?))
+                    })
+                    .optional()?
+                    .ok_or(StoreError::NoSuchKey {
+                        bucket: b.clone(),
+                        key: k.clone(),
+                    })?;
+                let parts = match row.1 {
+                    None => Vec::new(),
+                    Some(json) => serde_json::from_str(&json).map_err(|e| {
+                        StoreError::Backend(format!("bad part list of {b}/{k}: {e}"))
+                    })?,
+                };
+                Ok((row.0, parts))
             })
             .await
     }
@@ -1028,6 +1309,7 @@ impl ObjectStore for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ByteRange;
 
     async fn open() -> (EmbeddedStore, PathBuf) {
         let dir = std::env::temp_dir().join(format!(
@@ -1210,6 +1492,23 @@ mod tests {
         let got = s.get("b-1", "mp").await.expect("get");
         assert_eq!(got.body.len(), p1.len() + p2.len());
         assert_eq!(&got.body[p1.len()..], b"tail");
+        let (head, parts) = s.head_parts("b-1", "mp").await.expect("head_parts");
+        assert_eq!(head, info);
+        assert_eq!(parts, vec![(1, MIN_PART_BYTES), (2, 4)]);
+        s.put("b-1", "single", p2.clone(), PutOptions::default())
+            .await
+            .expect("put");
+        assert!(
+            s.head_parts("b-1", "single")
+                .await
+                .expect("head")
+                .1
+                .is_empty()
+        );
+        assert!(matches!(
+            s.head_parts("b-1", "nope").await,
+            Err(StoreError::NoSuchKey { .. })
+        ));
         assert!(matches!(
             s.list_parts(&id).await,
             Err(StoreError::NoSuchUpload(_))
@@ -1236,6 +1535,200 @@ mod tests {
         assert!(matches!(
             s.abort_multipart(&id).await,
             Err(StoreError::NoSuchUpload(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn upload_part_copy_copies_objects_and_ranges() {
+        let (s, dir) = open().await;
+        let small = Bytes::from_static(b"0123456789");
+        let big = Bytes::from(
+            (0..3 * INLINE_MAX + 17)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<_>>(),
+        );
+        s.put("b-1", "small", small.clone(), PutOptions::default())
+            .await
+            .expect("put");
+        s.put("b-1", "big", big.clone(), PutOptions::default())
+            .await
+            .expect("put");
+        let id = s
+            .create_multipart("b-1", "dest", PutOptions::default())
+            .await
+            .expect("create");
+        let any = |_: &ObjectInfo| Ok(());
+        let src = |key, range| CopySource {
+            bucket: "b-1",
+            key,
+            range,
+        };
+        let range = |first, last| Some(ByteRange { first, last });
+
+        // A range of a blob, larger than INLINE_MAX: a new blob file.
+        let (first, last) = (3u64, 2 * INLINE_MAX as u64 + 9);
+        let p1 = s
+            .upload_part_copy(&id, 1, src("big", range(first, last)), &any)
+            .await
+            .expect("copy a range of a blob");
+        let want1 = big.slice(first as usize..=last as usize);
+        assert_eq!(p1.size, want1.len() as u64);
+        assert_eq!(p1.etag, hex::encode(Md5::digest(&want1)));
+        // A small range of a blob (inline), and a range of an inline object.
+        let p2 = s
+            .upload_part_copy(&id, 2, src("big", range(5, 14)), &any)
+            .await
+            .expect("copy a small range of a blob");
+        assert_eq!(p2.etag, hex::encode(Md5::digest(&big[5..15])));
+        let p3 = s
+            .upload_part_copy(&id, 3, src("small", range(2, 4)), &any)
+            .await
+            .expect("copy a range of an inline object");
+        assert_eq!(p3.etag, hex::encode(Md5::digest(b"234")));
+        // A whole object.
+        let p4 = s
+            .upload_part_copy(&id, 4, src("small", None), &any)
+            .await
+            .expect("copy a whole object");
+        assert_eq!(
+            (p4.size, p4.etag.as_str()),
+            (10, hex::encode(Md5::digest(&small)).as_str())
+        );
+        let listed = s.list_parts(&id).await.expect("parts");
+        assert_eq!(listed, vec![p1.clone(), p2.clone(), p3.clone(), p4.clone()]);
+
+        // Ranges outside the source, failed checks and missing sources copy nothing.
+        let blobs = walk(&dir.join("blobs"));
+        for bad in [range(0, 10), range(10, 10), range(5, 4)] {
+            let err = s
+                .upload_part_copy(&id, 5, src("small", bad), &any)
+                .await
+                .expect_err("invalid range");
+            assert!(
+                matches!(&err, StoreError::InvalidArgument(m) if m.ends_with("size: 10")),
+                "{err:?}"
+            );
+        }
+        let refuse = |i: &ObjectInfo| Err(StoreError::PreconditionFailed(i.etag.clone()));
+        assert!(matches!(
+            s.upload_part_copy(&id, 5, src("big", None), &refuse).await,
+            Err(StoreError::PreconditionFailed(_))
+        ));
+        assert!(matches!(
+            s.upload_part_copy(&id, 5, src("missing", None), &any).await,
+            Err(StoreError::NoSuchKey { .. })
+        ));
+        assert!(matches!(
+            s.upload_part_copy("no-such-upload", 5, src("small", None), &any)
+                .await,
+            Err(StoreError::NoSuchUpload(_))
+        ));
+        assert!(matches!(
+            s.upload_part_copy(&id, 0, src("small", None), &any).await,
+            Err(StoreError::InvalidArgument(_))
+        ));
+        assert_eq!(walk(&dir.join("blobs")), blobs, "no blob file left behind");
+        assert_eq!(s.list_parts(&id).await.expect("parts").len(), 4);
+
+        // Copying again replaces the part (and deletes the blob it replaced).
+        s.upload_part_copy(&id, 1, src("small", None), &any)
+            .await
+            .expect("replace part 1");
+        assert_eq!(walk(&dir.join("blobs")), blobs - 1);
+        s.upload_part_copy(&id, 1, src("big", range(first, last)), &any)
+            .await
+            .expect("replace part 1 again");
+
+        // The assembled object is the copied bytes. (Every part but the last must be at
+        // least 5 MiB, so only part 1 is used.)
+        let info = s
+            .complete_multipart(&id, vec![(1, p1.etag.clone())])
+            .await
+            .expect("complete");
+        assert_eq!(s.get("b-1", "dest").await.expect("get").body, want1);
+        assert_eq!(info.size, want1.len() as u64);
+    }
+
+    #[test]
+    fn upload_ids_increase_even_within_a_millisecond() {
+        let ids: Vec<String> = (0..100).map(|_| new_upload_id(1_000)).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        assert!(ids.iter().all(|i| i.len() == 32));
+    }
+
+    #[tokio::test]
+    async fn multipart_uploads_are_listed_by_key_then_creation() {
+        let (s, _d) = open().await;
+        s.create_bucket("b-2").await.expect("bucket");
+        let mut created = Vec::new();
+        for key in ["b/x", "a", "b/x", "c", "a"] {
+            let id = s
+                .create_multipart("b-1", key, PutOptions::default())
+                .await
+                .expect("create");
+            created.push((key.to_owned(), id));
+        }
+        s.create_multipart("b-2", "a", PutOptions::default())
+            .await
+            .expect("other bucket");
+        let mut want = created.clone();
+        want.sort_by(|x, y| x.0.cmp(&y.0)); // stable: creation order within a key
+        let got = |v: Vec<MultipartInfo>| -> Vec<(String, String)> {
+            v.into_iter().map(|m| (m.key, m.upload_id)).collect()
+        };
+        let all = s
+            .list_multipart_uploads("b-1", "", None, 100)
+            .await
+            .expect("list");
+        assert!(all.iter().all(|m| m.bucket == "b-1"));
+        assert_eq!(got(all), want);
+        assert_eq!(
+            got(s
+                .list_multipart_uploads("b-1", "b/", None, 100)
+                .await
+                .expect("prefix")),
+            want[2..4].to_vec()
+        );
+        assert_eq!(
+            got(s
+                .list_multipart_uploads("b-1", "", None, 2)
+                .await
+                .expect("limit")),
+            want[..2].to_vec()
+        );
+        let after_key = UploadMarker {
+            key: "a".into(),
+            upload_id: None,
+        };
+        assert_eq!(
+            got(s
+                .list_multipart_uploads("b-1", "", Some(after_key), 100)
+                .await
+                .expect("after a key")),
+            want[2..].to_vec()
+        );
+        let after_upload = UploadMarker {
+            key: "a".into(),
+            upload_id: Some(want[0].1.clone()),
+        };
+        assert_eq!(
+            got(s
+                .list_multipart_uploads("b-1", "", Some(after_upload), 100)
+                .await
+                .expect("after an upload")),
+            want[1..].to_vec()
+        );
+        s.abort_multipart(&want[0].1).await.expect("abort");
+        assert_eq!(
+            s.list_multipart_uploads("b-1", "a", None, 100)
+                .await
+                .expect("after abort")
+                .len(),
+            1
+        );
+        assert!(matches!(
+            s.list_multipart_uploads("nope", "", None, 10).await,
+            Err(StoreError::NoSuchBucket(_))
         ));
     }
 

@@ -37,6 +37,11 @@ pub enum StoreError {
     EntityTooSmall { part: u32, size: u64, min: u64 },
     #[error("{0}")]
     InvalidArgument(String),
+    /// A copy source failed one of the caller's conditions ([`SourceCheck`]).
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{size} bytes is more than the largest allowed, {max} bytes")]
+    EntityTooLarge { size: u64, max: u64 },
     #[error("storage i/o failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("storage backend failure: {0}")]
@@ -100,6 +105,38 @@ pub struct MultipartInfo {
 /// Smallest size of every part of a multipart upload but the last, as S3 (5 MiB).
 pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 
+/// Largest part of a multipart upload, as S3 (5 GiB).
+pub const MAX_PART_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+/// A byte range: offsets of the first and the last byte, both included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The object (or a range of it) that [`ObjectStore::upload_part_copy`] copies.
+#[derive(Debug, Clone, Copy)]
+pub struct CopySource<'a> {
+    pub bucket: &'a str,
+    pub key: &'a str,
+    /// The whole object when `None`. A range that does not lie within the object is
+    /// [`StoreError::InvalidArgument`].
+    pub range: Option<ByteRange>,
+}
+
+/// A check of a copy source's metadata, run on the very version whose bytes are then
+/// copied (S3's `x-amz-copy-source-if-*` conditions). Its error is returned as is.
+pub type SourceCheck<'a> = &'a (dyn Fn(&ObjectInfo) -> Result<(), StoreError> + Send + Sync);
+
+/// Where a listing of multipart uploads starts: after every upload of keys up to `key`
+/// when `upload_id` is `None`, otherwise after that upload of `key`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UploadMarker {
+    pub key: String,
+    pub upload_id: Option<String>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Object {
     pub info: ObjectInfo,
@@ -144,6 +181,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<ObjectInfo, StoreError>;
     async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError>;
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError>;
+    /// The object's metadata and, for an object assembled from a multipart upload, the
+    /// number and size of each of its parts, in order (empty for any other object).
+    async fn head_parts(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(ObjectInfo, Vec<(u32, u64)>), StoreError>;
     /// Deletes an object. `Ok` if it did not exist.
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError>;
     /// Objects whose key starts with `prefix`, in key order, after `start_after`.
@@ -170,7 +214,28 @@ pub trait ObjectStore: Send + Sync + 'static {
         part_number: u32,
         body: Bytes,
     ) -> Result<String, StoreError>;
+    /// Stores a part copied from an object (the whole object or `source.range`), like
+    /// [`upload_part`](Self::upload_part): the part's ETag is the MD5 of the copied bytes.
+    /// `check` sees the source's metadata before a byte is copied. `NoSuchKey` /
+    /// `NoSuchBucket` when the source does not exist.
+    async fn upload_part_copy(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        source: CopySource<'_>,
+        check: SourceCheck<'_>,
+    ) -> Result<PartInfo, StoreError>;
     async fn multipart(&self, upload_id: &str) -> Result<MultipartInfo, StoreError>;
+    /// Multipart uploads in progress in `bucket` whose key starts with `prefix`, after
+    /// `after`, ordered by key and, for one key, by initiation (upload ids of one key sort
+    /// in the order the uploads were created). `NoSuchBucket` if the bucket does not exist.
+    async fn list_multipart_uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<UploadMarker>,
+        limit: usize,
+    ) -> Result<Vec<MultipartInfo>, StoreError>;
     async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, StoreError>;
     /// Assembles the listed parts (ascending part numbers, ETags as returned by
     /// `upload_part`) into the object, with S3's multipart ETag (`md5(md5s)-N`), and ends

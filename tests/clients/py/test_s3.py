@@ -135,6 +135,26 @@ def test_ranges(s3, bucket):
     fails("InvalidRange", s3.get_object, Bucket=bucket, Key="r", Range="bytes=200-300")
 
 
+def test_head_object_with_a_range(s3, bucket):
+    body = bytes(range(100))
+    s3.put_object(Bucket=bucket, Key="r", Body=body)
+    etag = s3.head_object(Bucket=bucket, Key="r")["ETag"]
+    for header, first, last in [("bytes=10-19", 10, 19), ("bytes=90-", 90, 99), ("bytes=-5", 95, 99), ("bytes=50-500", 50, 99)]:
+        head = s3.head_object(Bucket=bucket, Key="r", Range=header)
+        assert head["ResponseMetadata"]["HTTPStatusCode"] == 206, header
+        assert head["ContentLength"] == last - first + 1, header
+        assert head["ContentRange"] == f"bytes {first}-{last}/100", header
+        assert head["ETag"] == etag
+    plain = s3.head_object(Bucket=bucket, Key="r")
+    assert plain["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert plain["ContentLength"] == 100 and "ContentRange" not in plain
+    # HEAD has no body: botocore reports the status code.
+    fails("416", s3.head_object, Bucket=bucket, Key="r", Range="bytes=100-")
+    fails("404", s3.head_object, Bucket=bucket, Key="missing", Range="bytes=0-1")
+    # Conditions are evaluated before the range.
+    fails("412", s3.head_object, Bucket=bucket, Key="r", Range="bytes=0-1", IfMatch='"nope"')
+
+
 def test_conditional_requests(s3, bucket):
     put = s3.put_object(Bucket=bucket, Key="c", Body=b"conditional")
     etag = put["ETag"]
@@ -304,6 +324,49 @@ def test_multipart_upload(s3, bucket):
     fails("NoSuchUpload", s3.list_parts, Bucket=bucket, Key="big.bin", UploadId=uid)
 
 
+def test_get_and_head_by_part_number(s3, bucket):
+    parts_data = [b"A" * (5 * MIB), b"tail"]
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="parts.bin")["UploadId"]
+    etags = [
+        s3.upload_part(Bucket=bucket, Key="parts.bin", UploadId=uid, PartNumber=n, Body=d)["ETag"]
+        for n, d in enumerate(parts_data, start=1)
+    ]
+    s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="parts.bin",
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, start=1)]},
+    )
+    total = sum(map(len, parts_data))
+    whole_etag = s3.head_object(Bucket=bucket, Key="parts.bin")["ETag"]
+    # A part is a ranged read of that part's bytes, with the object's ETag and parts count.
+    offset = 0
+    for n, data in enumerate(parts_data, start=1):
+        got = s3.get_object(Bucket=bucket, Key="parts.bin", PartNumber=n)
+        assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+        assert got["ContentRange"] == f"bytes {offset}-{offset + len(data) - 1}/{total}"
+        assert got["ContentLength"] == len(data) and got["PartsCount"] == 2
+        assert got["ETag"] == whole_etag
+        assert got["Body"].read() == data
+        head = s3.head_object(Bucket=bucket, Key="parts.bin", PartNumber=n)
+        assert head["ResponseMetadata"]["HTTPStatusCode"] == 206
+        assert head["ContentLength"] == len(data) and head["PartsCount"] == 2
+        assert head["ContentRange"] == got["ContentRange"]
+        offset += len(data)
+    fails("InvalidPartNumber", s3.get_object, Bucket=bucket, Key="parts.bin", PartNumber=3)
+    fails("416", s3.head_object, Bucket=bucket, Key="parts.bin", PartNumber=3)
+    fails("InvalidRequest", s3.get_object, Bucket=bucket, Key="parts.bin", PartNumber=1, Range="bytes=0-1")
+    fails("InvalidArgument", s3.get_object, Bucket=bucket, Key="parts.bin", PartNumber=10001)
+
+    # An object not assembled from parts is its own part 1.
+    s3.put_object(Bucket=bucket, Key="single", Body=b"one part")
+    got = s3.get_object(Bucket=bucket, Key="single", PartNumber=1)
+    assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert got["ContentRange"] == "bytes 0-7/8" and "PartsCount" not in got
+    assert got["Body"].read() == b"one part"
+    fails("InvalidPartNumber", s3.get_object, Bucket=bucket, Key="single", PartNumber=2)
+
+
 def test_multipart_abort_and_entity_too_small(s3, bucket):
     uid = s3.create_multipart_upload(Bucket=bucket, Key="aborted")["UploadId"]
     s3.upload_part(Bucket=bucket, Key="aborted", UploadId=uid, PartNumber=1, Body=b"x" * 1024)
@@ -344,6 +407,161 @@ def test_multipart_abort_and_entity_too_small(s3, bucket):
         MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"00000000000000000000000000000000"'}]},
     )
     s3.abort_multipart_upload(Bucket=bucket, Key="wrong", UploadId=uid)
+
+
+def test_upload_part_copy(s3, bucket):
+    src = bytes(i % 251 for i in range(6 * MIB + 123))
+    s3.put_object(Bucket=bucket, Key="src.bin", Body=src)
+    s3.put_object(Bucket=bucket, Key="small.txt", Body=b"small source")
+    src_etag = s3.head_object(Bucket=bucket, Key="src.bin")["ETag"]
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="assembled.bin")["UploadId"]
+
+    # A range of the large object (exactly 5 MiB), then the whole small object.
+    p1 = s3.upload_part_copy(
+        Bucket=bucket,
+        Key="assembled.bin",
+        UploadId=uid,
+        PartNumber=1,
+        CopySource={"Bucket": bucket, "Key": "src.bin"},
+        CopySourceRange=f"bytes=0-{5 * MIB - 1}",
+        CopySourceIfMatch=src_etag,
+    )["CopyPartResult"]
+    # The ETag of a copied part is the MD5 of the bytes copied, as for UploadPart.
+    assert p1["ETag"] == f'"{md5(src[: 5 * MIB])}"'
+    assert isinstance(p1["LastModified"], datetime.datetime)
+    p2 = s3.upload_part_copy(
+        Bucket=bucket, Key="assembled.bin", UploadId=uid, PartNumber=2, CopySource=f"{bucket}/small.txt"
+    )["CopyPartResult"]
+    assert p2["ETag"] == f'"{md5(b"small source")}"'
+    # A range in the middle, from another bucket, as part 3.
+    other = unique("py-upc")
+    s3.create_bucket(Bucket=other)
+    try:
+        s3.put_object(Bucket=other, Key="o", Body=b"0123456789")
+        p3 = s3.upload_part_copy(
+            Bucket=bucket,
+            Key="assembled.bin",
+            UploadId=uid,
+            PartNumber=3,
+            CopySource={"Bucket": other, "Key": "o"},
+            CopySourceRange="bytes=3-5",
+        )["CopyPartResult"]
+        assert p3["ETag"] == f'"{md5(b"345")}"'
+        s3.delete_object(Bucket=other, Key="o")
+    finally:
+        s3.delete_bucket(Bucket=other)
+
+    listed = s3.list_parts(Bucket=bucket, Key="assembled.bin", UploadId=uid)["Parts"]
+    assert [(p["PartNumber"], p["Size"], p["ETag"]) for p in listed] == [
+        (1, 5 * MIB, p1["ETag"]),
+        (2, len(b"small source"), p2["ETag"]),
+        (3, 3, p3["ETag"]),
+    ]
+    # Part 2 is less than 5 MiB, so only parts 1 and 3 can be assembled... and part 2 replaced.
+    p2 = s3.upload_part_copy(
+        Bucket=bucket,
+        Key="assembled.bin",
+        UploadId=uid,
+        PartNumber=2,
+        CopySource={"Bucket": bucket, "Key": "src.bin"},
+        CopySourceRange=f"bytes={MIB}-{6 * MIB - 1}",
+    )["CopyPartResult"]
+    done = s3.complete_multipart_upload(
+        Bucket=bucket,
+        Key="assembled.bin",
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": p["ETag"]} for n, p in [(1, p1), (2, p2), (3, p3)]]},
+    )
+    pieces = [src[: 5 * MIB], src[MIB : 6 * MIB], b"345"]
+    expected = hashlib.md5(b"".join(hashlib.md5(p).digest() for p in pieces)).hexdigest() + "-3"
+    assert done["ETag"] == f'"{expected}"'
+    assert s3.get_object(Bucket=bucket, Key="assembled.bin")["Body"].read() == b"".join(pieces)
+
+
+def test_upload_part_copy_errors(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="src", Body=b"0123456789")
+    etag = s3.head_object(Bucket=bucket, Key="src")["ETag"]
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="dst")["UploadId"]
+
+    def copy(**kw):
+        args = {"Bucket": bucket, "Key": "dst", "UploadId": uid, "PartNumber": 1, "CopySource": {"Bucket": bucket, "Key": "src"}}
+        args.update(kw)
+        return s3.upload_part_copy(**args)
+
+    for bad in ["bytes=0-", "bytes=-5", "0-5", "bytes=a-b", "bytes=0-1,3-4", "bytes=1"]:
+        out = fails("InvalidArgument", copy, CopySourceRange=bad)
+        assert "bytes=first-last" in out["Error"]["Message"], bad
+    for outside in ["bytes=0-10", "bytes=10-10", "bytes=5-4"]:
+        out = fails("InvalidArgument", copy, CopySourceRange=outside)
+        assert out["Error"]["Message"] == "Range specified is not valid for source object of size: 10", outside
+    fails("NoSuchKey", copy, CopySource={"Bucket": bucket, "Key": "missing"})
+    fails("NoSuchBucket", copy, CopySource={"Bucket": unique("py-none"), "Key": "src"})
+    fails("NoSuchUpload", copy, UploadId="0" * 32)
+    fails("NoSuchUpload", copy, Key="not-the-upload-key")
+    fails("InvalidArgument", copy, PartNumber=10001)
+
+    # Source conditions, as CopyObject: every failure is a 412.
+    fails("PreconditionFailed", copy, CopySourceIfMatch='"00000000000000000000000000000000"')
+    fails("PreconditionFailed", copy, CopySourceIfNoneMatch=etag)
+    modified = s3.head_object(Bucket=bucket, Key="src")["LastModified"]
+    fails("PreconditionFailed", copy, CopySourceIfUnmodifiedSince=modified - datetime.timedelta(days=1))
+    fails("PreconditionFailed", copy, CopySourceIfModifiedSince=modified + datetime.timedelta(days=1))
+    assert s3.list_parts(Bucket=bucket, Key="dst", UploadId=uid).get("Parts", []) == []
+    ok = copy(CopySourceIfMatch=etag, CopySourceIfModifiedSince=modified - datetime.timedelta(days=1))
+    assert ok["CopyPartResult"]["ETag"] == etag
+    s3.abort_multipart_upload(Bucket=bucket, Key="dst", UploadId=uid)
+    fails("NoSuchUpload", copy)
+
+
+def test_list_multipart_uploads(s3, bucket):
+    # Two uploads of "a": listed by key, then in the order they were created.
+    created = [(k, s3.create_multipart_upload(Bucket=bucket, Key=k)["UploadId"]) for k in ["b/1", "a", "c", "b/2", "a", "b/sub/3"]]
+    ordered = sorted(created, key=lambda u: u[0])  # stable: creation order within a key
+
+    def ids(out):
+        return [(u["Key"], u["UploadId"]) for u in out.get("Uploads", [])]
+
+    everything = s3.list_multipart_uploads(Bucket=bucket)
+    assert ids(everything) == ordered
+    assert everything["IsTruncated"] is False and everything["MaxUploads"] == 1000
+    first = everything["Uploads"][0]
+    assert first["StorageClass"] == "STANDARD" and isinstance(first["Initiated"], datetime.datetime)
+    assert first["Owner"]["ID"] and first["Initiator"]["ID"]
+
+    assert ids(s3.list_multipart_uploads(Bucket=bucket, Prefix="b/")) == [u for u in ordered if u[0].startswith("b/")]
+    top = s3.list_multipart_uploads(Bucket=bucket, Delimiter="/")
+    assert ids(top) == [u for u in ordered if "/" not in u[0]]
+    assert [p["Prefix"] for p in top["CommonPrefixes"]] == ["b/"]
+    nested = s3.list_multipart_uploads(Bucket=bucket, Prefix="b/", Delimiter="/")
+    assert [u[0] for u in ids(nested)] == ["b/1", "b/2"]
+    assert [p["Prefix"] for p in nested["CommonPrefixes"]] == ["b/sub/"]
+
+    # Markers: after a key, after an upload of a key.
+    assert ids(s3.list_multipart_uploads(Bucket=bucket, KeyMarker="a")) == ordered[2:]
+    assert ids(s3.list_multipart_uploads(Bucket=bucket, KeyMarker="a", UploadIdMarker=ordered[0][1])) == ordered[1:]
+    # Without a key marker the upload-id marker is ignored.
+    assert ids(s3.list_multipart_uploads(Bucket=bucket, UploadIdMarker=ordered[0][1])) == ordered
+
+    # Pages, by hand and with the paginator.
+    page = s3.list_multipart_uploads(Bucket=bucket, MaxUploads=2)
+    assert ids(page) == ordered[:2] and page["IsTruncated"] is True and page["MaxUploads"] == 2
+    assert (page["NextKeyMarker"], page["NextUploadIdMarker"]) == ordered[1]
+    seen = ids(page)
+    while page["IsTruncated"]:
+        page = s3.list_multipart_uploads(
+            Bucket=bucket, MaxUploads=2, KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"]
+        )
+        seen.extend(ids(page))
+    assert seen == ordered
+    pages = list(s3.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Delimiter="/", PaginationConfig={"PageSize": 1}))
+    assert [u for p in pages for u in ids(p)] == [u for u in ordered if "/" not in u[0]]
+    assert [c["Prefix"] for p in pages for c in p.get("CommonPrefixes", [])] == ["b/"]
+
+    # Completed and aborted uploads are no longer listed.
+    for key, uid in created:
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=uid)
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket=bucket) or s3.list_multipart_uploads(Bucket=bucket)["Uploads"] == []
+    fails("NoSuchBucket", s3.list_multipart_uploads, Bucket=unique("py-none"))
 
 
 def test_upload_fileobj_uses_multipart(s3, bucket, tmp_path):
