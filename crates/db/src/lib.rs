@@ -45,7 +45,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -170,6 +170,36 @@ struct Inner {
     /// State that parts attach to this database, one value per type ([`Db::shared`]).
     shared: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     hold: Arc<SyncHold>,
+    stats: Arc<Counters>,
+}
+
+/// What the writer and the syncer did since the database was opened ([`Db::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DbStats {
+    /// Transactions committed (each holds one or more jobs).
+    pub groups: u64,
+    /// Write jobs run.
+    pub jobs: u64,
+    /// Time the writer spent running and committing groups.
+    pub commit_nanos: u64,
+    /// WAL fsyncs (each covers every group committed since the previous one).
+    pub syncs: u64,
+    /// Time the syncer spent in fsync.
+    pub sync_nanos: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    groups: AtomicU64,
+    jobs: AtomicU64,
+    commit_nanos: AtomicU64,
+    syncs: AtomicU64,
+    sync_nanos: AtomicU64,
+}
+
+fn add_elapsed(counter: &AtomicU64, since: std::time::Instant) {
+    let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    counter.fetch_add(ns, Ordering::Relaxed);
 }
 
 /// Lets tests hold the syncer between a commit and its fsync ([`Db::hold_syncs`]).
@@ -248,11 +278,13 @@ impl Db {
 
         let failed = Arc::new(AtomicBool::new(false));
         let hold = Arc::new(SyncHold::default());
+        let stats = Arc::new(Counters::default());
         let (synced_tx, synced_rx) = mpsc::channel::<Committed>();
         let syncer = Syncer {
             wal,
             failed: failed.clone(),
             hold: hold.clone(),
+            stats: stats.clone(),
         };
         let syncer = match thread::Builder::new()
             .name("sluice-db-sync".into())
@@ -274,6 +306,7 @@ impl Db {
             next_restart: 0,
             syncer: Some((synced_tx, syncer)),
             failed,
+            stats: stats.clone(),
         };
         if let Err(e) = thread::Builder::new()
             .name("sluice-db-writer".into())
@@ -295,6 +328,7 @@ impl Db {
                 readers: Mutex::new(readers),
                 shared: Mutex::new(HashMap::new()),
                 hold,
+                stats,
             }),
         })
     }
@@ -316,12 +350,27 @@ impl Db {
                 readers: Mutex::new(vec![reader]),
                 shared: Mutex::new(HashMap::new()),
                 hold: Arc::default(),
+                stats: Arc::default(),
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Counters of the writer and the syncer since open: how many jobs share a commit and
+    /// how many commits share an fsync (benchmarks report them).
+    pub fn stats(&self) -> DbStats {
+        let c = &self.inner.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        DbStats {
+            groups: get(&c.groups),
+            jobs: get(&c.jobs),
+            commit_nanos: get(&c.commit_nanos),
+            syncs: get(&c.syncs),
+            sync_nanos: get(&c.sync_nanos),
+        }
     }
 
     /// Holds every fsync until the returned guard is dropped: groups still commit (other
@@ -667,6 +716,7 @@ struct Writer {
     /// Set by the syncer when an fsync failed: nothing written since can be trusted to be
     /// durable, so every later write fails until the process restarts.
     failed: Arc<AtomicBool>,
+    stats: Arc<Counters>,
 }
 
 impl Writer {
@@ -681,12 +731,18 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let started = std::time::Instant::now();
+            self.stats.groups.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .jobs
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
             let committed = if self.failed.load(Ordering::Acquire) {
                 fail_group(&self.conn, &mut group, &fsync_failed());
                 None
             } else {
                 commit_group(&self.conn, &mut group)
             };
+            add_elapsed(&self.stats.commit_nanos, started);
             if let Some(committed) = committed {
                 self.hand_to_syncer(committed);
             }
@@ -855,9 +911,18 @@ struct Syncer {
     wal: File,
     failed: Arc<AtomicBool>,
     hold: Arc<SyncHold>,
+    stats: Arc<Counters>,
 }
 
 impl Syncer {
+    fn timed_sync(&self) -> std::io::Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.wal.sync_data();
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        add_elapsed(&self.stats.sync_nanos, started);
+        r
+    }
+
     fn run(self, rx: mpsc::Receiver<Committed>) {
         let mut groups: Vec<Committed> = Vec::new();
         while let Ok(first) = rx.recv() {
@@ -868,7 +933,7 @@ impl Syncer {
             }
             let err = if self.failed.load(Ordering::Acquire) {
                 Some(fsync_failed())
-            } else if let Err(e) = self.wal.sync_data() {
+            } else if let Err(e) = self.timed_sync() {
                 // The kernel may have dropped the dirty pages it could not write: retrying
                 // the fsync could report success for data that is gone (PostgreSQL's
                 // "fsyncgate"). Refuse every later write instead.

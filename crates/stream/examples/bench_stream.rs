@@ -390,6 +390,17 @@ async fn appends(
         lat.extend(t.await??);
     }
     s.db().close();
+    let st = s.db().stats();
+    eprintln!(
+        "  {producers} producers: {:.1} appends a commit, {:.1} a WAL fsync; writer {:.0} µs a commit, \
+         syncer {:.0} µs an fsync; writer busy {:.0} %, syncer busy {:.0} %",
+        n as f64 / st.groups.max(1) as f64,
+        n as f64 / st.syncs.max(1) as f64,
+        st.commit_nanos as f64 / 1e3 / st.groups.max(1) as f64,
+        st.sync_nanos as f64 / 1e3 / st.syncs.max(1) as f64,
+        st.commit_nanos as f64 / 1e7 / elapsed,
+        st.sync_nanos as f64 / 1e7 / elapsed,
+    );
     let total = lat.len();
     Ok((n as f64 / elapsed, lat, total))
 }
