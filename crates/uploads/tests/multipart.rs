@@ -156,7 +156,10 @@ async fn a_completion_whose_record_cannot_be_appended_commits_nothing() {
         (u.bucket.as_str(), u.key.as_str(), u.filename.as_str()),
         ("bkt", "uploads/big.txt", "big.txt")
     );
-    assert_eq!((u.size, u.sha256.as_str()), (whole.len() as u64, sha.as_str()));
+    assert_eq!(
+        (u.size, u.sha256.as_str()),
+        (whole.len() as u64, sha.as_str())
+    );
     assert_eq!(u.content_type, "text/plain");
     assert_eq!(u.user_sub, "aws:AKID");
 
@@ -267,9 +270,8 @@ async fn a_part_replaced_after_assembly_is_not_committed() {
         .upload_part(&id, 2, Bytes::from_static(b"another end"))
         .await
         .expect("replace part 2");
-    let r = e
-        .db
-        .write(move |c| {
+    let r =
+        e.db.write(move |c| {
             sluice_store::embedded::complete_multipart_in_tx(c, &assembled, None, 0).map(|_| ())
         })
         .await;
