@@ -1,9 +1,12 @@
 //! S3's REST protocol over the `store` part, built on the `s3s` crate (which parses and
 //! serialises S3's wire format and verifies SigV4, headers and presigned URLs alike).
 //!
-//! An object written into `<upload bucket>/uploads/` is an upload like any other when
-//! `enqueue_uploads` is on: it goes through the [`UploadSink`], so it gets a stream record
-//! and is processed, exactly as a `POST /uploads` would be.
+//! An object written into `<upload bucket>/uploads/` is an upload like any other when the
+//! adapter has an [`UploadHook`] (the `s3_uploads_enqueue` setting): it goes through the
+//! [`UploadSink`], so it gets a stream record and is processed, exactly as a `POST /uploads`
+//! would be. That holds for PutObject, CopyObject and CompleteMultipartUpload alike (for the
+//! last, the assembled object, the end of the multipart upload, the record and the status
+//! row commit in one transaction).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use sluice_identity::access_keys::AccessKeys;
 use sluice_store::{ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreError, UploadMarker};
-use sluice_uploads::{NewUpload, UploadError, UploadSink};
+use sluice_uploads::{MultipartCompletion, NewUpload, UploadError, UploadSink};
 
 /// How S3 writes become uploads.
 #[derive(Clone)]
@@ -369,6 +372,16 @@ struct Write {
     if_absent: bool,
 }
 
+/// The user of an upload written through S3: the access key that signed the write.
+fn s3_user_sub(access_key: &str) -> String {
+    format!("aws:{access_key}")
+}
+
+/// The file name of an upload written through S3: its key without the uploads prefix.
+fn upload_filename(key: &str) -> String {
+    key.trim_start_matches("uploads/").to_owned()
+}
+
 impl S3Adapter {
     fn enqueue_target(&self, bucket: &str, key: &str) -> Option<&UploadHook> {
         self.uploads
@@ -396,10 +409,10 @@ impl S3Adapter {
             let upload = hook
                 .sink
                 .commit(NewUpload {
-                    user_sub: format!("aws:{who}"),
+                    user_sub: s3_user_sub(&who),
                     bucket: bucket.to_owned(),
                     key: key.to_owned(),
-                    filename: key.trim_start_matches("uploads/").to_owned(),
+                    filename: upload_filename(key),
                     body,
                     content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),
                     metadata,
@@ -1092,6 +1105,7 @@ impl S3 for S3Adapter {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let who = access_key(&req);
         let input = req.input;
         self.check_upload(&input.upload_id, &input.bucket, &input.key)
             .await?;
@@ -1112,16 +1126,38 @@ impl S3 for S3Adapter {
                 Ok((n, e))
             })
             .collect::<S3Result<Vec<_>>>()?;
-        let info = self
-            .store
-            .complete_multipart(&input.upload_id, parts)
-            .await
-            .map_err(s3_err)?;
+        let (bucket, key, e_tag) = match self.enqueue_target(&input.bucket, &input.key) {
+            // Into the uploads prefix: object, record and status row in one transaction.
+            Some(hook) => {
+                let done = hook
+                    .sink
+                    .complete_multipart(MultipartCompletion {
+                        multipart_id: input.upload_id,
+                        parts,
+                        user_sub: s3_user_sub(&who),
+                        filename: upload_filename(&input.key),
+                        request_id: uuid::Uuid::new_v4().to_string(),
+                        stream: hook.stream.clone(),
+                        partition_key: uuid::Uuid::new_v4().to_string(),
+                    })
+                    .await
+                    .map_err(upload_err)?;
+                (done.upload.bucket, done.upload.key, done.etag)
+            }
+            None => {
+                let info = self
+                    .store
+                    .complete_multipart(&input.upload_id, parts)
+                    .await
+                    .map_err(s3_err)?;
+                (info.bucket, info.key, info.etag)
+            }
+        };
         Ok(S3Response::new(CompleteMultipartUploadOutput {
-            bucket: Some(info.bucket.clone()),
-            key: Some(info.key.clone()),
-            e_tag: Some(etag(&info.etag)),
-            location: Some(format!("/{}/{}", info.bucket, info.key)),
+            location: Some(format!("/{bucket}/{key}")),
+            bucket: Some(bucket),
+            key: Some(key),
+            e_tag: Some(etag(&e_tag)),
             ..Default::default()
         }))
     }

@@ -424,3 +424,172 @@ fn an_object_written_into_uploads_is_processed() {
     );
     server.stop();
 }
+
+/// Every record on the upload stream, decoded (Kinesis through the aws CLI).
+fn upload_records(cli: &Cli<'_>) -> Vec<Value> {
+    use base64::Engine;
+    let shards = cli.json(&["kinesis", "list-shards", "--stream-name", "uploads-stream"]);
+    let mut records = Vec::new();
+    for shard in shards["Shards"].as_array().expect("shards") {
+        let it = cli.json(&[
+            "kinesis",
+            "get-shard-iterator",
+            "--stream-name",
+            "uploads-stream",
+            "--shard-id",
+            shard["ShardId"].as_str().expect("shard id"),
+            "--shard-iterator-type",
+            "TRIM_HORIZON",
+        ]);
+        let got = cli.json(&[
+            "kinesis",
+            "get-records",
+            "--shard-iterator",
+            it["ShardIterator"].as_str().expect("iterator"),
+        ]);
+        for r in got["Records"].as_array().expect("records") {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(r["Data"].as_str().expect("data"))
+                .expect("base64");
+            records.push(serde_json::from_slice(&data).expect("record is JSON"));
+        }
+    }
+    records
+}
+
+#[test]
+fn a_multipart_upload_into_uploads_is_processed() {
+    use sha2::Digest;
+    let dir = DataDir::new("s3-mp-upload");
+    let server = Server::start(&dir.0);
+    let key = key(&server);
+    let cli = Cli {
+        edge: &server.edge,
+        key: key.clone(),
+    };
+    // Above the CLI's multipart threshold (8 MiB): two parts.
+    let line = "a multipart upload through s3\n";
+    let text = line.repeat(9 * 1024 * 1024 / line.len() + 1);
+    let f = dir.0.join("big.txt");
+    std::fs::write(&f, &text).expect("write");
+    cli.ok(&[
+        "s3",
+        "cp",
+        "--only-show-errors",
+        f.to_str().expect("path"),
+        "s3://sluice/uploads/big.txt",
+    ]);
+    let head = cli.json(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "sluice",
+        "--key",
+        "uploads/big.txt",
+    ]);
+    let etag = head["ETag"].as_str().expect("etag");
+    assert!(etag.ends_with("-2\""), "not a multipart ETag: {etag}");
+    // The completion ended the multipart upload.
+    let open = cli.json(&["s3api", "list-multipart-uploads", "--bucket", "sluice"]);
+    assert!(open.get("Uploads").is_none(), "{open}");
+
+    // Its record was on the stream before the completion was answered.
+    let records = upload_records(&cli);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(r["bucket"], "sluice");
+    assert_eq!(r["key"], "uploads/big.txt");
+    assert_eq!(r["userSub"], format!("aws:{}", key.0));
+    assert_eq!(r["size"], text.len() as u64);
+    assert_eq!(
+        r["sha256"].as_str(),
+        Some(hex::encode(sha2::Sha256::digest(text.as_bytes())).as_str())
+    );
+    assert!(r["requestId"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(r["uploadId"].as_str().is_some_and(|s| !s.is_empty()));
+
+    // And the built-in mapping processes it.
+    let out = dir.0.join("out.txt");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (ok, _, _) = cli.run(&[
+            "s3",
+            "cp",
+            "--only-show-errors",
+            "s3://sluice/processed/big.txt",
+            out.to_str().expect("path"),
+        ]);
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never processed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        std::fs::read_to_string(&out).expect("read") == text.to_uppercase(),
+        "processed output is not the uppercased upload"
+    );
+    server.stop();
+}
+
+#[test]
+fn with_s3_uploads_enqueue_off_a_multipart_upload_is_a_plain_object() {
+    let dir = DataDir::new("s3-mp-plain");
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[("SLUICE_S3_UPLOADS_ENQUEUE", "false")],
+    );
+    let cli = Cli {
+        edge: &server.edge,
+        key: key(&server),
+    };
+    let created = cli.json(&[
+        "s3api",
+        "create-multipart-upload",
+        "--bucket",
+        "sluice",
+        "--key",
+        "uploads/one.txt",
+    ]);
+    let id = created["UploadId"].as_str().expect("upload id");
+    let part = dir.0.join("part.txt");
+    std::fs::write(&part, "one part").expect("write");
+    let up = cli.json(&[
+        "s3api",
+        "upload-part",
+        "--bucket",
+        "sluice",
+        "--key",
+        "uploads/one.txt",
+        "--upload-id",
+        id,
+        "--part-number",
+        "1",
+        "--body",
+        part.to_str().expect("path"),
+    ]);
+    let parts = serde_json::json!({
+        "Parts": [{"PartNumber": 1, "ETag": up["ETag"]}]
+    })
+    .to_string();
+    let done = cli.json(&[
+        "s3api",
+        "complete-multipart-upload",
+        "--bucket",
+        "sluice",
+        "--key",
+        "uploads/one.txt",
+        "--upload-id",
+        id,
+        "--multipart-upload",
+        &parts,
+    ]);
+    assert!(
+        done["ETag"].as_str().is_some_and(|e| e.ends_with("-1\"")),
+        "{done}"
+    );
+    assert!(upload_records(&cli).is_empty());
+    server.stop();
+}

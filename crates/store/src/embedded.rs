@@ -334,6 +334,82 @@ impl EmbeddedStore {
         }
     }
 
+    /// First half of completing a multipart upload: checks the listed parts (ascending
+    /// part numbers, ETags as `upload_part` returned them, every part but the last at least
+    /// [`MIN_PART_BYTES`]) and assembles them into one object with S3's multipart ETag and
+    /// the SHA-256 of the whole, written and fsynced to a new blob file when large. Nothing
+    /// is committed: [`complete_multipart_in_tx`] does that, inside the caller's
+    /// transaction. Until it commits, the blob file is the caller's: delete it with
+    /// [`discard_blobs`](Self::discard_blobs) if the commit fails.
+    pub async fn assemble_multipart(
+        &self,
+        upload_id: &str,
+        parts: Vec<(u32, String)>,
+    ) -> Result<AssembledMultipart, StoreError> {
+        let upload = self.multipart(upload_id).await?;
+        if parts.is_empty() {
+            return Err(StoreError::InvalidPart(
+                "a multipart upload needs at least one part".into(),
+            ));
+        }
+        if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(StoreError::InvalidPartOrder);
+        }
+        // Where each listed part's bytes are, checked against what was uploaded.
+        let id = upload_id.to_owned();
+        let stored: Vec<StoredPart> = self
+            .db
+            .read(move |c| {
+                let mut st = c.prepare_cached(
+                    "SELECT part_number, size, etag, inline, blob FROM multipart_parts
+                     WHERE upload_id = ?1 ORDER BY part_number",
+                )?;
+                let rows = st
+                    .query_map([&id], |r| {
+                        Ok(StoredPart {
+                            number: r.get(0)?,
+                            size: r.get::<_, i64>(1)? as u64,
+                            etag: r.get(2)?,
+                            inline: r.get(3)?,
+                            blob: r.get(4)?,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, StoreError>(rows)
+            })
+            .await?;
+        let mut chosen = Vec::with_capacity(parts.len());
+        for (i, (n, etag)) in parts.iter().enumerate() {
+            let want = etag.trim_matches('"');
+            let part = stored
+                .iter()
+                .find(|p| p.number == *n && p.etag == want)
+                .ok_or_else(|| {
+                    StoreError::InvalidPart(format!("part {n} with ETag {etag} was not uploaded"))
+                })?;
+            if i + 1 < parts.len() && part.size < MIN_PART_BYTES {
+                return Err(StoreError::EntityTooSmall {
+                    part: *n,
+                    size: part.size,
+                    min: MIN_PART_BYTES,
+                });
+            }
+            chosen.push(part.clone());
+        }
+        let dir = self.blob_dir.clone();
+        let prepared = tokio::task::spawn_blocking(move || assemble(&dir, &chosen))
+            .await
+            .map_err(|e| StoreError::Backend(format!("assembly task failed: {e}")))??;
+        Ok(AssembledMultipart {
+            upload,
+            prepared,
+            parts: parts
+                .into_iter()
+                .map(|(n, e)| (n, e.trim_matches('"').to_owned()))
+                .collect(),
+        })
+    }
+
     fn blob_path(&self, name: &str) -> PathBuf {
         blob_path(&self.blob_dir, name)
     }
@@ -735,6 +811,89 @@ pub fn put_in_tx(
     ))
 }
 
+/// A multipart upload's parts assembled into one durable object by
+/// [`EmbeddedStore::assemble_multipart`], waiting for [`complete_multipart_in_tx`].
+#[derive(Debug, Clone)]
+pub struct AssembledMultipart {
+    /// The upload (its bucket and key are the object's).
+    pub upload: MultipartInfo,
+    prepared: Prepared,
+    /// The parts it was assembled from (number, unquoted ETag), checked again at commit.
+    parts: Vec<(u32, String)>,
+}
+
+impl AssembledMultipart {
+    /// The assembled object: size, SHA-256 of the whole, blob file.
+    pub fn prepared(&self) -> &Prepared {
+        &self.prepared
+    }
+}
+
+/// Second half of completing a multipart upload, inside a transaction of the shared
+/// database: writes the assembled object (with the content type and metadata the upload
+/// was created with; `owner` replaces the upload's owner when given) and ends the upload
+/// (its part rows and upload row are deleted). Fails with `NoSuchUpload` if the upload
+/// ended meanwhile and `InvalidPart` if one of its parts was replaced after assembly.
+/// Returns the object's info and the blob files that are garbage once the transaction
+/// committed (the parts', the replaced object's): delete them with
+/// [`EmbeddedStore::discard_blobs`]. If the transaction does not commit, the upload is
+/// left as it was: it can still be completed or aborted.
+pub fn complete_multipart_in_tx(
+    conn: &Connection,
+    assembled: &AssembledMultipart,
+    owner: Option<&str>,
+    now: i64,
+) -> Result<(ObjectInfo, Vec<String>), StoreError> {
+    let id = &assembled.upload.upload_id;
+    let row: Option<(Option<String>, Option<String>, String)> = conn
+        .prepare_cached(
+            "SELECT content_type, owner, metadata FROM multipart_uploads WHERE upload_id = ?1",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let (content_type, created_owner, metadata) =
+        row.ok_or_else(|| StoreError::NoSuchUpload(id.clone()))?;
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT etag FROM multipart_parts WHERE upload_id = ?1 AND part_number = ?2",
+        )?;
+        for (n, etag) in &assembled.parts {
+            let now_etag: Option<String> = st.query_row(params![id, n], |r| r.get(0)).optional()?;
+            if now_etag.as_deref() != Some(etag.as_str()) {
+                return Err(StoreError::InvalidPart(format!(
+                    "part {n} was replaced while the upload was being completed"
+                )));
+            }
+        }
+    }
+    let opts = PutOptions {
+        content_type,
+        owner: owner.map(str::to_owned).or(created_owner),
+        metadata: metadata_from(&metadata),
+        if_absent: false,
+    };
+    let (info, replaced) = put_in_tx(
+        conn,
+        &assembled.upload.bucket,
+        &assembled.upload.key,
+        &assembled.prepared,
+        &opts,
+        now,
+    )?;
+    let mut garbage: Vec<String> = replaced.into_iter().collect();
+    let mut st = conn.prepare_cached(
+        "DELETE FROM multipart_parts WHERE upload_id = ?1 AND blob IS NOT NULL RETURNING blob",
+    )?;
+    for blob in st.query_map([id], |r| r.get::<_, String>(0))? {
+        garbage.push(blob?);
+    }
+    conn.prepare_cached("DELETE FROM multipart_parts WHERE upload_id = ?1")?
+        .execute([id])?;
+    conn.prepare_cached("DELETE FROM multipart_uploads WHERE upload_id = ?1")?
+        .execute([id])?;
+    Ok((info, garbage))
+}
+
 fn metadata_json(m: &std::collections::BTreeMap<String, String>) -> String {
     serde_json::to_string(m).unwrap_or_else(|_| "{}".into())
 }
@@ -1049,97 +1208,11 @@ impl ObjectStore for EmbeddedStore {
         upload_id: &str,
         parts: Vec<(u32, String)>,
     ) -> Result<ObjectInfo, StoreError> {
-        let upload = self.multipart(upload_id).await?;
-        if parts.is_empty() {
-            return Err(StoreError::InvalidPart(
-                "a multipart upload needs at least one part".into(),
-            ));
-        }
-        if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
-            return Err(StoreError::InvalidPartOrder);
-        }
-        // Where each listed part's bytes are, checked against what was uploaded.
-        let id = upload_id.to_owned();
-        let stored: Vec<StoredPart> = self
-            .db
-            .read(move |c| {
-                let mut st = c.prepare_cached(
-                    "SELECT part_number, size, etag, inline, blob FROM multipart_parts
-                     WHERE upload_id = ?1 ORDER BY part_number",
-                )?;
-                let rows = st
-                    .query_map([&id], |r| {
-                        Ok(StoredPart {
-                            number: r.get(0)?,
-                            size: r.get::<_, i64>(1)? as u64,
-                            etag: r.get(2)?,
-                            inline: r.get(3)?,
-                            blob: r.get(4)?,
-                        })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok::<_, StoreError>(rows)
-            })
-            .await?;
-        let mut chosen = Vec::with_capacity(parts.len());
-        for (i, (n, etag)) in parts.iter().enumerate() {
-            let want = etag.trim_matches('"');
-            let part = stored
-                .iter()
-                .find(|p| p.number == *n && p.etag == want)
-                .ok_or_else(|| {
-                    StoreError::InvalidPart(format!("part {n} with ETag {etag} was not uploaded"))
-                })?;
-            if i + 1 < parts.len() && part.size < MIN_PART_BYTES {
-                return Err(StoreError::EntityTooSmall {
-                    part: *n,
-                    size: part.size,
-                    min: MIN_PART_BYTES,
-                });
-            }
-            chosen.push(part.clone());
-        }
-        let dir = self.blob_dir.clone();
-        let assembled = tokio::task::spawn_blocking(move || assemble(&dir, &chosen))
-            .await
-            .map_err(|e| StoreError::Backend(format!("assembly task failed: {e}")))??;
-        let new_blob = assembled.blob_name().map(str::to_owned);
-        let (b, k, id) = (
-            upload.bucket.clone(),
-            upload.key.clone(),
-            upload_id.to_owned(),
-        );
+        let assembled = self.assemble_multipart(upload_id, parts).await?;
+        let new_blob = assembled.prepared.blob_name().map(str::to_owned);
         let committed = self
             .db
-            .write(move |c| {
-                let row: Option<(Option<String>, Option<String>, String)> = c
-                    .query_row(
-                        "SELECT content_type, owner, metadata FROM multipart_uploads
-                         WHERE upload_id = ?1",
-                        [&id],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?;
-                let (content_type, owner, metadata) =
-                    row.ok_or_else(|| StoreError::NoSuchUpload(id.clone()))?;
-                let opts = PutOptions {
-                    content_type,
-                    owner,
-                    metadata: metadata_from(&metadata),
-                    if_absent: false,
-                };
-                let (info, replaced) = put_in_tx(c, &b, &k, &assembled, &opts, now_ms())?;
-                let mut garbage: Vec<String> = replaced.into_iter().collect();
-                let mut st = c.prepare_cached(
-                    "SELECT blob FROM multipart_parts WHERE upload_id = ?1 AND blob IS NOT NULL",
-                )?;
-                for blob in st.query_map([&id], |r| r.get::<_, String>(0))? {
-                    garbage.push(blob?);
-                }
-                c.execute("DELETE FROM multipart_parts WHERE upload_id = ?1", [&id])?;
-                c.execute("DELETE FROM multipart_uploads WHERE upload_id = ?1", [&id])?;
-                Ok::<_, StoreError>((info, garbage))
-            })
+            .write(move |c| complete_multipart_in_tx(c, &assembled, None, now_ms()))
             .await;
         match committed {
             Ok((info, garbage)) => {

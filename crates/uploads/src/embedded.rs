@@ -4,14 +4,14 @@
 use async_trait::async_trait;
 use sluice_db::rusqlite::{Connection, OptionalExtension, params};
 use sluice_db::{Db, Migration, now_ms};
-use sluice_store::PutOptions;
-use sluice_store::embedded::{EmbeddedStore, Prepared, put_in_tx};
+use sluice_store::embedded::{EmbeddedStore, Prepared, complete_multipart_in_tx, put_in_tx};
+use sluice_store::{ObjectInfo, PutOptions};
 use sluice_stream::PutRecord;
 use sluice_stream::embedded::{EmbeddedStream, append_in_tx};
 
 use crate::{
-    ByteStream, NewUpload, Staged, StatusChange, Upload, UploadError, UploadLedger, UploadMeta,
-    UploadRecord, UploadSink, UploadStatus, iso8601_ms,
+    ByteStream, CompletedMultipart, MultipartCompletion, NewUpload, Staged, StatusChange, Upload,
+    UploadError, UploadLedger, UploadMeta, UploadRecord, UploadSink, UploadStatus, iso8601_ms,
 };
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
@@ -76,6 +76,53 @@ impl UploadSink for EmbeddedUploads {
     async fn commit_staged(&self, u: UploadMeta, body: Staged) -> Result<Upload, UploadError> {
         self.commit_prepared(u, body.into_prepared()).await
     }
+
+    async fn complete_multipart(
+        &self,
+        m: MultipartCompletion,
+    ) -> Result<CompletedMultipart, UploadError> {
+        // Assembled and fsynced outside the writer; the writer only commits rows.
+        let assembled = self
+            .store
+            .assemble_multipart(&m.multipart_id, m.parts.clone())
+            .await?;
+        let blob = assembled.prepared().blob_name().map(str::to_owned);
+        let id = uuid::Uuid::new_v4().to_string();
+        let stream_name = m.stream.clone();
+        let visible = self.stream.visibility();
+        let committed = self
+            .db
+            .write(move |c| {
+                let now = now_ms();
+                let (info, garbage) =
+                    complete_multipart_in_tx(c, &assembled, Some(&m.user_sub), now)
+                        .map_err(conflict)?;
+                let etag = info.etag.clone();
+                let e = Enqueue {
+                    user_sub: &m.user_sub,
+                    filename: &m.filename,
+                    request_id: &m.request_id,
+                    stream: &m.stream,
+                    partition_key: &m.partition_key,
+                };
+                let upload = enqueue_in_tx(c, &visible, &e, id, info, now)?;
+                Ok::<_, UploadError>((CompletedMultipart { upload, etag }, garbage))
+            })
+            .await;
+        match committed {
+            Ok((done, garbage)) => {
+                self.stream.notify(&stream_name);
+                self.store.discard_blobs(garbage);
+                Ok(done)
+            }
+            Err(e) => {
+                // Nothing was committed: the parts are still there; only the assembled
+                // object's blob file is garbage.
+                self.store.discard_blobs(blob.into_iter().collect());
+                Err(e)
+            }
+        }
+    }
 }
 
 impl EmbeddedUploads {
@@ -100,83 +147,10 @@ impl EmbeddedUploads {
                     metadata: u.metadata.clone(),
                     if_absent: false,
                 };
-                let (info, replaced) = put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now)
-                    .map_err(|e| match e {
-                        sluice_store::StoreError::OwnedByOther { bucket, key } => {
-                            UploadError::Conflict { bucket, key }
-                        }
-                        other => UploadError::Store(other),
-                    })?;
-                let record = UploadRecord {
-                    bucket: u.bucket.clone(),
-                    key: u.key.clone(),
-                    uploaded_at: iso8601_ms(now),
-                    request_id: u.request_id.clone(),
-                    user_sub: u.user_sub.clone(),
-                    upload_id: id.clone(),
-                    size: info.size,
-                    sha256: info.sha256.clone(),
-                    content_type: info.content_type.clone(),
-                };
-                let data = serde_json::to_vec(&record)
-                    .map_err(|e| UploadError::Backend(format!("cannot encode record: {e}")))?;
-                let put = append_in_tx(
-                    c,
-                    &visible,
-                    &u.stream,
-                    &PutRecord {
-                        partition_key: u.partition_key.clone(),
-                        explicit_hash_key: None,
-                        data: data.into(),
-                    },
-                    now,
-                )?;
-                c.prepare_cached(
-                    "INSERT INTO uploads (id, user_sub, bucket, key, filename, size, sha256,
-                         content_type, request_id, stream, shard_id, sequence_number, status,
-                         created_ms, updated_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?13, ?13)",
-                )?
-                .execute(params![
-                    id,
-                    u.user_sub,
-                    u.bucket,
-                    u.key,
-                    u.filename,
-                    info.size as i64,
-                    info.sha256,
-                    info.content_type,
-                    u.request_id,
-                    u.stream,
-                    put.shard_id,
-                    put.sequence_number,
-                    now
-                ])?;
-                Ok::<_, UploadError>((
-                    Upload {
-                        id,
-                        user_sub: u.user_sub,
-                        bucket: u.bucket,
-                        key: u.key,
-                        filename: u.filename,
-                        size: info.size,
-                        sha256: info.sha256,
-                        content_type: info.content_type,
-                        request_id: u.request_id,
-                        stream: u.stream,
-                        shard_id: put.shard_id,
-                        sequence_number: put.sequence_number,
-                        status: UploadStatus::Queued,
-                        attempts: 0,
-                        error: None,
-                        processed_bucket: None,
-                        processed_key: None,
-                        created_ms: now,
-                        updated_ms: now,
-                        processed_ms: None,
-                    },
-                    replaced,
-                ))
+                let (info, replaced) =
+                    put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now).map_err(conflict)?;
+                let upload = enqueue_in_tx(c, &visible, &Enqueue::of(&u), id, info, now)?;
+                Ok::<_, UploadError>((upload, replaced))
             })
             .await;
         match committed {
@@ -193,6 +167,116 @@ impl EmbeddedUploads {
             }
         }
     }
+}
+
+/// What an upload's record and status row carry besides its object's info.
+struct Enqueue<'a> {
+    user_sub: &'a str,
+    filename: &'a str,
+    request_id: &'a str,
+    stream: &'a str,
+    partition_key: &'a str,
+}
+
+impl<'a> Enqueue<'a> {
+    fn of(u: &'a UploadMeta) -> Self {
+        Enqueue {
+            user_sub: &u.user_sub,
+            filename: &u.filename,
+            request_id: &u.request_id,
+            stream: &u.stream,
+            partition_key: &u.partition_key,
+        }
+    }
+}
+
+/// An object written by another part as its own upload's object.
+fn conflict(e: sluice_store::StoreError) -> UploadError {
+    match e {
+        sluice_store::StoreError::OwnedByOther { bucket, key } => {
+            UploadError::Conflict { bucket, key }
+        }
+        other => UploadError::Store(other),
+    }
+}
+
+/// Appends the stream record of an upload whose object `info` was written in the same
+/// transaction, and inserts its status row.
+fn enqueue_in_tx(
+    c: &Connection,
+    visible: &std::sync::Arc<sluice_stream::embedded::Visibility>,
+    e: &Enqueue<'_>,
+    id: String,
+    info: ObjectInfo,
+    now: i64,
+) -> Result<Upload, UploadError> {
+    let record = UploadRecord {
+        bucket: info.bucket.clone(),
+        key: info.key.clone(),
+        uploaded_at: iso8601_ms(now),
+        request_id: e.request_id.to_owned(),
+        user_sub: e.user_sub.to_owned(),
+        upload_id: id.clone(),
+        size: info.size,
+        sha256: info.sha256.clone(),
+        content_type: info.content_type.clone(),
+    };
+    let data = serde_json::to_vec(&record)
+        .map_err(|e| UploadError::Backend(format!("cannot encode record: {e}")))?;
+    let put = append_in_tx(
+        c,
+        visible,
+        e.stream,
+        &PutRecord {
+            partition_key: e.partition_key.to_owned(),
+            explicit_hash_key: None,
+            data: data.into(),
+        },
+        now,
+    )?;
+    c.prepare_cached(
+        "INSERT INTO uploads (id, user_sub, bucket, key, filename, size, sha256,
+             content_type, request_id, stream, shard_id, sequence_number, status,
+             created_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?13, ?13)",
+    )?
+    .execute(params![
+        id,
+        e.user_sub,
+        info.bucket,
+        info.key,
+        e.filename,
+        info.size as i64,
+        info.sha256,
+        info.content_type,
+        e.request_id,
+        e.stream,
+        put.shard_id,
+        put.sequence_number,
+        now
+    ])?;
+    Ok(Upload {
+        id,
+        user_sub: e.user_sub.to_owned(),
+        bucket: info.bucket,
+        key: info.key,
+        filename: e.filename.to_owned(),
+        size: info.size,
+        sha256: info.sha256,
+        content_type: info.content_type,
+        request_id: e.request_id.to_owned(),
+        stream: e.stream.to_owned(),
+        shard_id: put.shard_id,
+        sequence_number: put.sequence_number,
+        status: UploadStatus::Queued,
+        attempts: 0,
+        error: None,
+        processed_bucket: None,
+        processed_key: None,
+        created_ms: now,
+        updated_ms: now,
+        processed_ms: None,
+    })
 }
 
 #[async_trait]

@@ -179,6 +179,31 @@ impl UploadMeta {
     }
 }
 
+/// A multipart upload of the object store, completed as an upload: the object it assembles
+/// is the upload's object. Bucket, key, content type and user metadata are those the
+/// multipart upload was created with.
+#[derive(Debug, Clone)]
+pub struct MultipartCompletion {
+    /// The object store's id of the multipart upload.
+    pub multipart_id: String,
+    /// The parts to assemble: ascending part numbers with the ETags their upload returned.
+    pub parts: Vec<(u32, String)>,
+    /// The upload's user; also the object's owner.
+    pub user_sub: String,
+    pub filename: String,
+    pub request_id: String,
+    pub stream: String,
+    pub partition_key: String,
+}
+
+/// An upload committed by [`UploadSink::complete_multipart`].
+#[derive(Debug, Clone)]
+pub struct CompletedMultipart {
+    pub upload: Upload,
+    /// The object's ETag: S3's multipart ETag, `hex(md5(part MD5s))-N`.
+    pub etag: String,
+}
+
 pub use sluice_store::ByteStream;
 use sluice_store::embedded::Prepared;
 
@@ -239,6 +264,15 @@ pub trait UploadSink: Send + Sync + 'static {
 
     /// Commits an upload whose body was staged: all or nothing, as [`commit`](Self::commit).
     async fn commit_staged(&self, upload: UploadMeta, body: Staged) -> Result<Upload, UploadError>;
+
+    /// Completes a multipart upload of the object store as an upload: the assembled
+    /// object, the end of the multipart upload, the stream record and the status row, all
+    /// durable, or none of them. When it fails, the multipart upload is left as it was (it
+    /// can be completed again, or aborted).
+    async fn complete_multipart(
+        &self,
+        completion: MultipartCompletion,
+    ) -> Result<CompletedMultipart, UploadError>;
 }
 
 /// Upload status, read by the API and advanced by processors.

@@ -13,7 +13,7 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from conftest import error_code, unique
+from conftest import error_code, eventually, unique
 
 MIB = 1024 * 1024
 
@@ -656,3 +656,41 @@ def test_copy_onto_itself_needs_replace(s3, bucket):
     )
     assert s3.head_object(Bucket=bucket, Key="self")["Metadata"] == {"a": "2"}
 
+
+
+def test_multipart_upload_into_uploads_is_processed(s3, bucket):
+    # A part uploaded and a part copied from another object, completed into the upload
+    # bucket's uploads/ prefix: an upload like a PutObject there, so it is processed.
+    upload_bucket = os.environ.get("SLUICE_TEST_BUCKET", "sluice")
+    name = unique("mp") + ".txt"
+    key = f"uploads/{name}"
+    first = b"multipart into uploads\n" * (5 * MIB // 23 + 1)
+    tail = b"and a copied tail\n"
+    s3.put_object(Bucket=bucket, Key="tail.txt", Body=tail)
+    uid = s3.create_multipart_upload(Bucket=upload_bucket, Key=key, ContentType="text/plain")["UploadId"]
+    e1 = s3.upload_part(Bucket=upload_bucket, Key=key, UploadId=uid, PartNumber=1, Body=first)["ETag"]
+    e2 = s3.upload_part_copy(
+        Bucket=upload_bucket, Key=key, UploadId=uid, PartNumber=2, CopySource={"Bucket": bucket, "Key": "tail.txt"}
+    )["CopyPartResult"]["ETag"]
+    done = s3.complete_multipart_upload(
+        Bucket=upload_bucket,
+        Key=key,
+        UploadId=uid,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]},
+    )
+    expected = hashlib.md5(hashlib.md5(first).digest() + hashlib.md5(tail).digest()).hexdigest() + "-2"
+    assert done["ETag"] == f'"{expected}"'
+    fails("NoSuchUpload", s3.list_parts, Bucket=upload_bucket, Key=key, UploadId=uid)
+
+    def processed():
+        try:
+            return s3.get_object(Bucket=upload_bucket, Key=f"processed/{name}")["Body"].read()
+        except botocore.exceptions.ClientError as e:
+            if e.response["Error"]["Code"] == "NoSuchKey":
+                return None
+            raise
+
+    out = eventually(processed, "the multipart upload to be processed")
+    assert out == (first + tail).upper()
+    for k in (key, f"processed/{name}"):
+        s3.delete_object(Bucket=upload_bucket, Key=k)
