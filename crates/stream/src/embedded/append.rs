@@ -226,10 +226,11 @@ struct Pending {
 /// Most records and bytes handed to the writer in one job.
 const MAX_BATCH_RECORDS: usize = 4_096;
 const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
-/// Batches in the database at once: one being written while the one before it is being
-/// fsynced (the database pipelines the two), no more, so the next batch keeps growing
-/// while both are busy.
-const MAX_IN_FLIGHT: usize = 2;
+/// Batches in the database at once: one being fsynced, one committed and waiting to join
+/// the next fsync, one being written (the database pipelines commits and fsyncs); no more,
+/// so the next batch keeps growing while all three are busy. Measured against 2 and 6 at
+/// 64 producers (docs/BENCHMARKS-stream.md): 3 was ahead in every round.
+const MAX_IN_FLIGHT: usize = 3;
 
 #[derive(Default)]
 struct State {
