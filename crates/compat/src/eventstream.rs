@@ -16,39 +16,17 @@ use bytes::Bytes;
 const OVERHEAD: usize = 16;
 const STRING: u8 = 7;
 
-/// CRC-32 (IEEE 802.3, as gzip and zlib), table driven.
+/// CRC-32 (IEEE 802.3, as gzip and zlib).
 pub fn crc32(bytes: &[u8]) -> u32 {
-    crc32_update(0, bytes)
+    crc32fast::hash(bytes)
 }
 
 /// Continues a CRC-32 over more bytes (`crc32_update(crc32(a), b) == crc32(a ++ b)`).
 pub fn crc32_update(crc: u32, bytes: &[u8]) -> u32 {
-    let mut c = !crc;
-    for &b in bytes {
-        c = CRC_TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
+    let mut h = crc32fast::Hasher::new_with_initial(crc);
+    h.update(bytes);
+    h.finalize()
 }
-
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-};
 
 /// Why a message cannot be framed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

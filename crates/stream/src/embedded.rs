@@ -73,6 +73,8 @@ pub struct EmbeddedStream {
     /// Stamps consumers and decides when a `Creating` consumer is `Active`.
     clock: Arc<dyn crate::Clock>,
     consumer_activation_ms: i64,
+    /// This database's durable horizons (`Db::shared`, fetched once at open).
+    visible: Arc<Visibility>,
 }
 
 /// How an [`EmbeddedStream`] behaves beyond the Kinesis semantics every backend shares.
@@ -154,6 +156,7 @@ impl EmbeddedStream {
             Ok::<_, StreamError>(k)
         })?;
         Ok(EmbeddedStream {
+            visible: db.shared::<Visibility>(),
             db,
             iterator_key: Arc::new(key),
             watchers: Arc::new(Mutex::new(HashMap::new())),
@@ -183,6 +186,7 @@ impl EmbeddedStream {
             )
         })?;
         Ok(EmbeddedStream {
+            visible: db.shared::<Visibility>(),
             db,
             iterator_key: Arc::new(key),
             watchers: Arc::new(Mutex::new(HashMap::new())),
@@ -200,7 +204,7 @@ impl EmbeddedStream {
     /// What readers may see of each shard of this database (one per database, shared by
     /// every handle): pass it to [`append_in_tx`].
     pub fn visibility(&self) -> Arc<Visibility> {
-        self.db.shared::<Visibility>()
+        self.visible.clone()
     }
 
     /// Tells tailing readers of `stream` that records were committed. Callers that append
@@ -865,9 +869,7 @@ impl Stream for EmbeddedStream {
                 let row = shard_row(c, &stream, idx)?;
                 // LATEST starts after the last durable record: records committed but not yet
                 // durable are still to come for this iterator.
-                let latest = visible
-                    .horizon(stream.id, idx)
-                    .map_or(row.next_counter, |h| h.min(row.next_counter));
+                let latest = visible.visible_end(stream.id, idx, row.next_counter);
                 let seq_counter = |s: &str| -> Result<u64, StreamError> {
                     match parse_sequence_number(s) {
                         Some((sidx, counter)) if sidx == idx && counter < row.next_counter => {
@@ -1220,10 +1222,7 @@ fn read_records(
         })?;
     // Records not yet durable stay hidden (see `visibility`). The horizon is read before the
     // records query takes its snapshot, so every record below it is in that snapshot.
-    let next_counter = match visible.horizon(stream_id, pos.h) {
-        Some(h) => next_counter.min(i64::try_from(h).unwrap_or(i64::MAX)),
-        None => next_counter,
-    };
+    let next_counter = visible.visible_end(stream_id, pos.h, next_counter as u64) as i64;
     let mut st = c.prepare_cached(
         "SELECT counter, arrival_ms, partition_key, data, checksum FROM records
          WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3 AND counter < ?5

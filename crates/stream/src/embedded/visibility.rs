@@ -39,6 +39,13 @@ impl Visibility {
         self.with(|m| m.get(&(stream_id, shard)).copied())
     }
 
+    /// Where readers must stop in a shard whose committed `next_counter` is given: at its
+    /// durable horizon if it has one below that.
+    pub(crate) fn visible_end(&self, stream_id: i64, shard: u64, next_counter: u64) -> u64 {
+        self.horizon(stream_id, shard)
+            .map_or(next_counter, |h| h.min(next_counter))
+    }
+
     /// Called by an append job before its commit: records from `durable_next` on are not
     /// durable yet. Keeps an existing (lower or equal) horizon.
     pub(crate) fn pending(&self, stream_id: i64, shard: u64, durable_next: u64) {
