@@ -7,7 +7,8 @@
 //! latency for a reader waiting at the tail.
 //!
 //! Usage: `cargo run --release -p sluice-stream --example bench_stream -- [--dir DIR] [--seconds N]
-//! [--producers 1,8,64,256] [--skip-read] [--skip-tail]` (the last three to profile one phase).
+//! [--producers 1,8,64,256] [--trials N] [--page-size B] [--wal-limit-pages N]
+//! [--checkpoint-pages N] [--skip-read] [--skip-tail]` (the last three to profile one phase).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ struct Args {
     trials: usize,
     page_size: u32,
     wal_limit_pages: u32,
+    checkpoint_pages: Option<u32>,
     read: bool,
     tail: bool,
 }
@@ -42,6 +44,7 @@ fn args() -> Result<Args, String> {
         trials: 3,
         page_size: DbOptions::default().page_size,
         wal_limit_pages: DbOptions::default().wal_limit_pages,
+        checkpoint_pages: None,
         read: true,
         tail: true,
     };
@@ -78,6 +81,13 @@ fn args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("--wal-limit-pages takes a number, got {value:?}"))?
             }
+            "--checkpoint-pages" => {
+                a.checkpoint_pages = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--checkpoint-pages takes a number, got {value:?}"))?,
+                )
+            }
             "--trials" => {
                 a.trials = value
                     .parse::<usize>()
@@ -108,6 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     PAGE_SIZE.store(args.page_size, Ordering::Relaxed);
     WAL_LIMIT.store(args.wal_limit_pages, Ordering::Relaxed);
+    CHECKPOINT.store(args.checkpoint_pages.unwrap_or(0), Ordering::Relaxed);
     println!(
         "directory: {}, database page size {} bytes",
         args.dir.display(),
@@ -329,15 +340,21 @@ fn raw_fsync_rate(dir: &Path, phase: Duration, in_place: bool) -> std::io::Resul
 static PAGE_SIZE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 /// WAL bound of the databases the bench creates (`--wal-limit-pages`).
 static WAL_LIMIT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// Checkpoint cadence of the databases the bench creates (`--checkpoint-pages`; 0: the
+/// default, at most half the WAL bound).
+static CHECKPOINT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn open(path: &Path) -> Result<EmbeddedStream, Box<dyn std::error::Error>> {
     let options = DbOptions {
         page_size: PAGE_SIZE.load(Ordering::Relaxed),
         wal_limit_pages: WAL_LIMIT.load(Ordering::Relaxed),
-        checkpoint_pages: DbOptions::default()
-            .checkpoint_pages
-            .min(WAL_LIMIT.load(Ordering::Relaxed) / 2)
-            .max(1),
+        checkpoint_pages: match CHECKPOINT.load(Ordering::Relaxed) {
+            0 => DbOptions::default()
+                .checkpoint_pages
+                .min(WAL_LIMIT.load(Ordering::Relaxed) / 2)
+                .max(1),
+            n => n,
+        },
         ..DbOptions::default()
     };
     Ok(EmbeddedStream::open(Db::open_with(
