@@ -744,34 +744,48 @@ async fn put_records(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({"FailedRecordCount": failed, "Records": out, "EncryptionType": "NONE"}))
 }
 
-async fn get_shard_iterator(ctx: &KinesisContext, req: &Value) -> OpResult {
-    let name = stream_name(ctx, req)?;
-    let shard = str_field(req, "ShardId").ok_or_else(|| validation("shardId"))?;
-    let kind =
-        str_field(req, "ShardIteratorType").ok_or_else(|| validation("shardIteratorType"))?;
+/// Where an iterator-like position's parts are in a request: GetShardIterator's top-level
+/// fields or SubscribeToShard's `StartingPosition` object.
+pub(crate) struct IteratorFields {
+    /// The position type's field, and its name in a validation error.
+    pub(crate) kind: &'static str,
+    pub(crate) kind_member: &'static str,
+    /// As named in error messages (with any enclosing object's prefix).
+    pub(crate) sequence_number: &'static str,
+    pub(crate) timestamp: &'static str,
+}
+
+/// Reads a starting position (type, sequence number, timestamp) from `obj`. The sequence
+/// number and timestamp fields are the last part of the names in `fields`.
+pub(crate) fn iterator_spec(
+    obj: &Value,
+    fields: IteratorFields,
+) -> Result<IteratorSpec, KinesisError> {
+    let last = |name: &'static str| name.rsplit('.').next().unwrap_or(name);
+    let kind = str_field(obj, fields.kind).ok_or_else(|| validation(fields.kind_member))?;
     let seq = || {
-        str_field(req, "StartingSequenceNumber")
+        str_field(obj, last(fields.sequence_number))
             .map(str::to_owned)
             .ok_or_else(|| {
                 err(
                     "InvalidArgumentException",
-                    format!("StartingSequenceNumber is required for {kind}"),
+                    format!("{} is required for {kind}", fields.sequence_number),
                 )
             })
     };
-    let spec = match kind {
+    Ok(match kind {
         "TRIM_HORIZON" => IteratorSpec::TrimHorizon,
         "LATEST" => IteratorSpec::Latest,
         "AT_SEQUENCE_NUMBER" => IteratorSpec::AtSequenceNumber(seq()?),
         "AFTER_SEQUENCE_NUMBER" => IteratorSpec::AfterSequenceNumber(seq()?),
         "AT_TIMESTAMP" => {
-            let ts = req
-                .get("Timestamp")
+            let ts = obj
+                .get(last(fields.timestamp))
                 .and_then(Value::as_f64)
                 .ok_or_else(|| {
                     err(
                         "InvalidArgumentException",
-                        "Timestamp is required for AT_TIMESTAMP",
+                        format!("{} is required for AT_TIMESTAMP", fields.timestamp),
                     )
                 })?;
             IteratorSpec::AtTimestamp((ts * 1000.0) as i64)
@@ -780,11 +794,26 @@ async fn get_shard_iterator(ctx: &KinesisContext, req: &Value) -> OpResult {
             return Err(err(
                 "ValidationException",
                 format!(
-                    "1 validation error detected: Value '{other}' at 'shardIteratorType' failed to satisfy constraint: Member must satisfy enum value set: [AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, LATEST, AT_TIMESTAMP]"
+                    "1 validation error detected: Value '{other}' at '{}' failed to satisfy constraint: Member must satisfy enum value set: [AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, LATEST, AT_TIMESTAMP]",
+                    fields.kind_member
                 ),
             ));
         }
-    };
+    })
+}
+
+async fn get_shard_iterator(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let name = stream_name(ctx, req)?;
+    let shard = str_field(req, "ShardId").ok_or_else(|| validation("shardId"))?;
+    let spec = iterator_spec(
+        req,
+        IteratorFields {
+            kind: "ShardIteratorType",
+            kind_member: "shardIteratorType",
+            sequence_number: "StartingSequenceNumber",
+            timestamp: "Timestamp",
+        },
+    )?;
     let it = ctx.stream.get_shard_iterator(&name, shard, spec).await?;
     Ok(json!({"ShardIterator": it}))
 }
@@ -902,6 +931,51 @@ fn get_records_json(out: &sluice_stream::GetRecordsOutput) -> Result<Vec<u8>, Ki
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn starting_positions_read_their_fields_and_name_them_in_errors() {
+        let top = || IteratorFields {
+            kind: "ShardIteratorType",
+            kind_member: "shardIteratorType",
+            sequence_number: "StartingSequenceNumber",
+            timestamp: "Timestamp",
+        };
+        let nested = || IteratorFields {
+            kind: "Type",
+            kind_member: "startingPosition.type",
+            sequence_number: "StartingPosition.SequenceNumber",
+            timestamp: "StartingPosition.Timestamp",
+        };
+        let seq = "49590338271490256608559692538361571095921575989136588898";
+        let spec = iterator_spec(
+            &json!({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": seq}),
+            top(),
+        )
+        .expect("spec");
+        assert!(matches!(spec, IteratorSpec::AfterSequenceNumber(s) if s == seq));
+        let spec = iterator_spec(&json!({"Type": "AT_TIMESTAMP", "Timestamp": 1.5}), nested())
+            .expect("spec");
+        assert!(matches!(spec, IteratorSpec::AtTimestamp(1500)));
+        let e =
+            iterator_spec(&json!({"Type": "AT_SEQUENCE_NUMBER"}), nested()).expect_err("no seq");
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (
+                "InvalidArgumentException",
+                "StartingPosition.SequenceNumber is required for AT_SEQUENCE_NUMBER"
+            )
+        );
+        let e = iterator_spec(&json!({"ShardIteratorType": "AT_TIMESTAMP"}), top())
+            .expect_err("no timestamp");
+        assert_eq!(e.message, "Timestamp is required for AT_TIMESTAMP");
+        let e = iterator_spec(&json!({"Type": "SOMEWHERE"}), nested()).expect_err("bad type");
+        assert_eq!(e.kind, "ValidationException");
+        assert!(
+            e.message.contains("at 'startingPosition.type'"),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn get_records_json_is_the_value_document() {

@@ -337,43 +337,15 @@ pub(crate) async fn deregister(ctx: &KinesisContext, req: &Value) -> OpResult {
 // --- SubscribeToShard --------------------------------------------------------------------
 
 fn starting_position(pos: &Value) -> Result<IteratorSpec, KinesisError> {
-    let kind = str_field(pos, "Type").ok_or_else(|| validation("startingPosition.type"))?;
-    let seq = || {
-        str_field(pos, "SequenceNumber")
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                err(
-                    "InvalidArgumentException",
-                    format!("StartingPosition.SequenceNumber is required for {kind}"),
-                )
-            })
-    };
-    Ok(match kind {
-        "TRIM_HORIZON" => IteratorSpec::TrimHorizon,
-        "LATEST" => IteratorSpec::Latest,
-        "AT_SEQUENCE_NUMBER" => IteratorSpec::AtSequenceNumber(seq()?),
-        "AFTER_SEQUENCE_NUMBER" => IteratorSpec::AfterSequenceNumber(seq()?),
-        "AT_TIMESTAMP" => {
-            let ts = pos
-                .get("Timestamp")
-                .and_then(Value::as_f64)
-                .ok_or_else(|| {
-                    err(
-                        "InvalidArgumentException",
-                        "StartingPosition.Timestamp is required for AT_TIMESTAMP",
-                    )
-                })?;
-            IteratorSpec::AtTimestamp((ts * 1000.0) as i64)
-        }
-        other => {
-            return Err(err(
-                "ValidationException",
-                format!(
-                    "1 validation error detected: Value '{other}' at 'startingPosition.type' failed to satisfy constraint: Member must satisfy enum value set: [AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, LATEST, AT_TIMESTAMP]"
-                ),
-            ));
-        }
-    })
+    crate::kinesis::iterator_spec(
+        pos,
+        crate::kinesis::IteratorFields {
+            kind: "Type",
+            kind_member: "startingPosition.type",
+            sequence_number: "StartingPosition.SequenceNumber",
+            timestamp: "StartingPosition.Timestamp",
+        },
+    )
 }
 
 /// Checks the request, the consumer (ACTIVE), the shard and the starting position, takes

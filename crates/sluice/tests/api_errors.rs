@@ -6,7 +6,7 @@ mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{DataDir, Server};
+use common::{DataDir, Server, rows};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde_json::{Value, json};
@@ -49,15 +49,6 @@ impl Forge {
         )
         .expect("sign")
     }
-}
-
-fn rows(dir: &std::path::Path, sql: &str) -> i64 {
-    let c = rusqlite::Connection::open_with_flags(
-        dir.join("sluice.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open db");
-    c.query_row(sql, [], |r| r.get(0)).expect("count")
 }
 
 fn assert_401(resp: reqwest::blocking::Response, case: &str) {

@@ -7,9 +7,9 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{DataDir, Server, bin};
+use common::{DataDir, Server, bin, wait_for};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -37,19 +37,8 @@ fn get(server: &Server, name: &str) -> Value {
 }
 
 /// Polls until `f` returns Some, or panics with `what` after the deadline.
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn wait_state(server: &Server, name: &str, state: &str) -> Value {
-    wait_for(&format!("{name} to be {state}"), || {
+    wait_for(&format!("{name} to be {state}"), DEADLINE, || {
         let v = get(server, name);
         (v["state"] == state).then_some(v)
     })
@@ -117,12 +106,12 @@ fn exec_mapping_created_disabled_enabled_and_deleted_from_the_cli() {
 
     // Processed by the new mapping, and still by the built-in one (upload status).
     let id = upload_id(server.upload(&token, "alpha.txt", "alpha\n"));
-    wait_for("the exec function to see alpha", || {
+    wait_for("the exec function to see alpha", DEADLINE, || {
         read_seen().contains("ALPHA").then_some(())
     });
     let status = server.wait_final(&token, &id);
     assert_eq!(status["status"], "processed", "{status}");
-    let v = wait_for("stats of exec-upper", || {
+    let v = wait_for("stats of exec-upper", DEADLINE, || {
         let v = get(&server, "exec-upper");
         (v["stats"]["succeeded"].as_u64() >= Some(1)).then_some(v)
     });
@@ -153,9 +142,11 @@ fn exec_mapping_created_disabled_enabled_and_deleted_from_the_cli() {
 
     // Enabled again: it resumes after its checkpoint.
     server.cli(&["mapping", "enable", "exec-upper"]);
-    wait_for("the exec function to see bravo after enable", || {
-        read_seen().contains("BRAVO").then_some(())
-    });
+    wait_for(
+        "the exec function to see bravo after enable",
+        DEADLINE,
+        || read_seen().contains("BRAVO").then_some(()),
+    );
     wait_state(&server, "exec-upper", "Enabled");
 
     // Updated: the server restarts it with the new configuration.
@@ -172,7 +163,7 @@ fn exec_mapping_created_disabled_enabled_and_deleted_from_the_cli() {
 
     // Deleted: stopped in the server, gone from the CLI, its logs with it.
     server.cli(&["mapping", "delete", "exec-upper"]);
-    wait_for("the server to stop the deleted mapping", || {
+    wait_for("the server to stop the deleted mapping", DEADLINE, || {
         (server_log(&dir.0)
             .matches("stopped mapping mapping=exec-upper")
             .count()
@@ -242,12 +233,12 @@ env = {{ OUT = "{}" }}
     let token = server.id_token("toml@example.com");
     let id = upload_id(server.upload(&token, "doc.txt", "hello toml\n"));
     assert_eq!(server.wait_final(&token, &id)["status"], "processed");
-    wait_for("marker to run", || {
+    wait_for("marker to run", DEADLINE, || {
         std::fs::read_to_string(dir.0.join("marked.txt"))
             .is_ok_and(|t| t.contains("hello toml"))
             .then_some(())
     });
-    let copied = wait_for("the copy under copies/", || {
+    let copied = wait_for("the copy under copies/", DEADLINE, || {
         let c = rusqlite::Connection::open_with_flags(
             dir.0.join("sluice.db"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -365,7 +356,7 @@ fn lambda_mappings_report_batch_item_failures_and_log() {
 
     // bad.txt is reported failed twice (one retry), then given up; the records before it,
     // reported as processed, are never delivered again (however the batches fell).
-    let v = wait_for("py-items to give up on bad.txt", || {
+    let v = wait_for("py-items to give up on bad.txt", DEADLINE, || {
         let v = get(&server, "py-items");
         let done = v["stats"]["failed"] == 1 && v["stats"]["succeeded"] == 2;
         done.then_some(v)
@@ -392,7 +383,7 @@ fn lambda_mappings_report_batch_item_failures_and_log() {
     let keys = server.cli(&["keys", "list"]);
     assert!(keys.contains(&key_id), "{keys}");
 
-    let node = wait_for("the node handler's lines", || {
+    let node = wait_for("the node handler's lines", DEADLINE, || {
         let l = logs(&server, "seed-processor");
         (l.matches("node saw uploads/").count() >= 3).then_some(l)
     });
@@ -424,7 +415,7 @@ fn lambda_mappings_report_batch_item_failures_and_log() {
             }
         }
     });
-    let line = wait_for("logs -f to print the new line", || {
+    let line = wait_for("logs -f to print the new line", DEADLINE, || {
         rx.try_recv()
             .ok()
             .filter(|l| l.contains("node saw uploads/late.txt"))

@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{DataDir, Server, aws_as};
+use std::time::Duration;
+
+use common::{DataDir, Server, aws_as, wait_for};
 use serde_json::Value;
 
 struct Cli<'a> {
@@ -15,6 +17,16 @@ impl Cli<'_> {
         let mut all = vec!["--endpoint-url", self.edge];
         all.extend_from_slice(args);
         aws_as((self.key.0.as_str(), self.key.1.as_str()), &all)
+    }
+
+    /// Waits until the processor wrote `processed/<name>`, then downloads it to `out`.
+    fn download_when_processed(&self, name: &str, out: &std::path::Path, within: Duration) {
+        let src = format!("s3://sluice/processed/{name}");
+        let dst = out.to_str().expect("path");
+        wait_for(&format!("{src} (never processed)"), within, || {
+            let (ok, _, _) = self.run(&["s3", "cp", "--only-show-errors", &src, dst]);
+            ok.then_some(())
+        });
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -403,21 +415,7 @@ fn an_object_written_into_uploads_is_processed() {
         "s3://sluice/uploads/note.txt",
     ]);
     let out = dir.0.join("out.txt");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let (ok, _, _) = cli.run(&[
-            "s3",
-            "cp",
-            "--only-show-errors",
-            "s3://sluice/processed/note.txt",
-            out.to_str().expect("path"),
-        ]);
-        if ok {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never processed");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    cli.download_when_processed("note.txt", &out, Duration::from_secs(30));
     assert_eq!(
         std::fs::read_to_string(&out).expect("read"),
         "WRITTEN THROUGH S3"
@@ -510,21 +508,7 @@ fn a_multipart_upload_into_uploads_is_processed() {
 
     // And the built-in mapping processes it.
     let out = dir.0.join("out.txt");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let (ok, _, _) = cli.run(&[
-            "s3",
-            "cp",
-            "--only-show-errors",
-            "s3://sluice/processed/big.txt",
-            out.to_str().expect("path"),
-        ]);
-        if ok {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never processed");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    cli.download_when_processed("big.txt", &out, Duration::from_secs(60));
     assert!(
         std::fs::read_to_string(&out).expect("read") == text.to_uppercase(),
         "processed output is not the uppercased upload"

@@ -7,9 +7,9 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{DataDir, PASSWORD, Server};
+use common::{DataDir, PASSWORD, Server, wait_for};
 use serde_json::{Value, json};
 
 /// One message the fake server accepted.
@@ -52,6 +52,9 @@ impl FakeSmtp {
         self.mails.lock().expect("mails").clone()
     }
 }
+
+/// How long the tests wait for mail and delivery states.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn session(conn: TcpStream, mails: &Mutex<Vec<Mail>>) -> std::io::Result<()> {
     let mut out = conn.try_clone()?;
@@ -126,17 +129,6 @@ fn outbox(server: &Server) -> Vec<Value> {
 }
 
 /// Polls (generous deadline) until `f` gives a value.
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn client_id(server: &Server) -> String {
     server.info()["clientId"]
         .as_str()
@@ -156,10 +148,10 @@ fn sign_up_code_is_emailed_and_marked_sent() {
     );
     assert_eq!(status, 200, "{body}");
 
-    let mail = wait_for("the email", || smtp.mails().into_iter().next());
+    let mail = wait_for("the email", WAIT, || smtp.mails().into_iter().next());
     assert_eq!(mail.to, vec!["<mailed@example.com>".to_owned()]);
     assert_eq!(mail.from, "<no-reply@sluice.test>");
-    let entry = wait_for("delivery status", || {
+    let entry = wait_for("delivery status", WAIT, || {
         outbox(&server)
             .into_iter()
             .find(|m| m["delivery"] == "sent")
@@ -201,7 +193,7 @@ fn a_failed_delivery_is_recorded_without_the_code() {
         status, 200,
         "answered without waiting for the email: {body}"
     );
-    let entry = wait_for("failed delivery", || {
+    let entry = wait_for("failed delivery", WAIT, || {
         outbox(&server)
             .into_iter()
             .find(|m| m["delivery"] == "failed")
@@ -264,7 +256,7 @@ fn a_changed_email_is_verified_with_its_code() {
     assert_eq!(latest["to"], "new@example.com");
     assert_eq!(latest["kind"], "verify_email");
     let code = latest["code"].as_str().expect("code").to_owned();
-    wait_for("the verification email", || {
+    wait_for("the verification email", WAIT, || {
         smtp.mails().into_iter().find(|m| {
             m.data
                 .contains(&format!("Your verification code is {code}."))

@@ -5,8 +5,9 @@
 mod common;
 
 use std::io::Read;
+use std::time::Duration;
 
-use common::{DataDir, Server};
+use common::{DataDir, Server, rows, wait_for};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -51,15 +52,6 @@ impl Read for Pattern {
         self.pos += n as u64;
         Ok(n)
     }
-}
-
-fn rows(dir: &std::path::Path, sql: &str) -> i64 {
-    let c = rusqlite::Connection::open_with_flags(
-        dir.join("sluice.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open db");
-    c.query_row(sql, [], |r| r.get(0)).expect("count")
 }
 
 fn blob_files(dir: &std::path::Path) -> usize {
@@ -393,14 +385,11 @@ fn an_upload_broken_off_mid_body_leaves_nothing() {
         .send();
     assert!(sent.is_err(), "the request cannot complete");
     // The server finds out when the connection ends; its partial blob file goes then.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while blob_files(&dir.0) != blobs {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the partial blob file of a broken upload was never deleted"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for(
+        "the partial blob file of a broken upload to be deleted",
+        Duration::from_secs(30),
+        || (blob_files(&dir.0) == blobs).then_some(()),
+    );
     assert_eq!(rows(&dir.0, "SELECT COUNT(*) FROM uploads"), uploads);
     // The server is fine afterwards.
     let resp = server.upload(&token, "after.txt", "still here");

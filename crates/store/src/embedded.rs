@@ -468,7 +468,7 @@ fn copy_blob_range(
     start: u64,
     len: u64,
 ) -> Result<Option<Prepared>, StoreError> {
-    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::io::{Read, Seek, SeekFrom};
     let mut src = match std::fs::File::open(blob_path(dir, name)) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -485,15 +485,7 @@ fn copy_blob_range(
         }
         return prepare_blocking(dir, Bytes::from(buf)).map(Some);
     }
-    let new = uuid::Uuid::new_v4().simple().to_string();
-    let path = blob_path(dir, &new);
-    let result = (|| -> Result<Prepared, StoreError> {
-        let parent = path
-            .parent()
-            .ok_or_else(|| StoreError::Backend("blob path has no parent".into()))?;
-        std::fs::create_dir_all(parent)?;
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
-        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+    write_new_blob(dir, |put| {
         let mut buf = vec![0u8; 1 << 20];
         let mut copied = 0u64;
         loop {
@@ -501,65 +493,26 @@ fn copy_blob_range(
             if n == 0 {
                 break;
             }
-            md5.update(&buf[..n]);
-            sha.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
+            put(&buf[..n])?;
             copied += n as u64;
         }
         if copied != len {
             return Err(short());
         }
-        let f = out
-            .into_inner()
-            .map_err(|e| StoreError::Io(e.into_error()))?;
-        f.sync_all()?;
-        sync_dir(parent)?;
-        Ok(Prepared {
-            size: len,
-            etag: hex::encode(md5.finalize()),
-            sha256: hex::encode(sha.finalize()),
-            body: PreparedBody::Blob(new),
-            parts: None,
-        })
-    })();
-    if result.is_err()
-        && let Err(e) = std::fs::remove_file(&path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %path.display(), error = %e, "cannot delete partial blob; it is swept at next start");
-    }
-    result.map(Some)
+        Ok(())
+    })
+    .map(Some)
 }
 
 fn prepare_blocking(dir: &Path, body: Bytes) -> Result<Prepared, StoreError> {
-    let etag = hex::encode(Md5::digest(&body));
-    let sha256 = hex::encode(Sha256::digest(&body));
-    let size = body.len() as u64;
-    if body.len() <= INLINE_MAX {
-        return Ok(Prepared {
-            size,
-            etag,
-            sha256,
-            body: PreparedBody::Inline(body),
-            parts: None,
-        });
+    if body.len() > INLINE_MAX {
+        return write_new_blob(dir, |put| Ok(put(&body)?));
     }
-    use std::io::Write;
-    let name = uuid::Uuid::new_v4().simple().to_string();
-    let path = blob_path(dir, &name);
-    let parent = path
-        .parent()
-        .ok_or_else(|| StoreError::Backend("blob path has no parent".into()))?;
-    std::fs::create_dir_all(parent)?;
-    let mut f = std::fs::File::create(&path)?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    sync_dir(parent)?;
     Ok(Prepared {
-        size,
-        etag,
-        sha256,
-        body: PreparedBody::Blob(name),
+        size: body.len() as u64,
+        etag: hex::encode(Md5::digest(&body)),
+        sha256: hex::encode(Sha256::digest(&body)),
+        body: PreparedBody::Inline(body),
         parts: None,
     })
 }
@@ -577,26 +530,11 @@ fn write_blob(
     dir: &Path,
     mut rx: tokio::sync::mpsc::Receiver<BlobMsg>,
 ) -> Result<Prepared, StoreError> {
-    let name = uuid::Uuid::new_v4().simple().to_string();
-    let path = blob_path(dir, &name);
-    let result = (|| -> Result<Prepared, StoreError> {
-        use std::io::Write;
-        let parent = path
-            .parent()
-            .ok_or_else(|| StoreError::Backend("blob path has no parent".into()))?;
-        std::fs::create_dir_all(parent)?;
-        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
-        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
-        let mut size = 0u64;
+    write_new_blob(dir, |put| {
         loop {
             match rx.blocking_recv() {
-                Some(BlobMsg::Chunk(c)) => {
-                    md5.update(&c);
-                    sha.update(&c);
-                    size += c.len() as u64;
-                    file.write_all(&c)?;
-                }
-                Some(BlobMsg::End) => break,
+                Some(BlobMsg::Chunk(c)) => put(&c)?,
+                Some(BlobMsg::End) => return Ok(()),
                 None => {
                     return Err(StoreError::Backend(
                         "body ended before it was complete".into(),
@@ -604,6 +542,33 @@ fn write_blob(
                 }
             }
         }
+    })
+}
+
+/// Writes a new blob file with the bytes `fill` hands to `put` (hashed on the way), then
+/// fsyncs the file and its directory. If anything fails the file is deleted (or, if even
+/// that fails, left for the sweep at next start).
+fn write_new_blob(
+    dir: &Path,
+    fill: impl FnOnce(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<(), StoreError>,
+) -> Result<Prepared, StoreError> {
+    use std::io::Write;
+    let name = uuid::Uuid::new_v4().simple().to_string();
+    let path = blob_path(dir, &name);
+    let result = (|| -> Result<Prepared, StoreError> {
+        let parent = path
+            .parent()
+            .ok_or_else(|| StoreError::Backend("blob path has no parent".into()))?;
+        std::fs::create_dir_all(parent)?;
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
+        let mut size = 0u64;
+        fill(&mut |bytes: &[u8]| {
+            md5.update(bytes);
+            sha.update(bytes);
+            size += bytes.len() as u64;
+            file.write_all(bytes)
+        })?;
         let f = file
             .into_inner()
             .map_err(|e| StoreError::Io(e.into_error()))?;

@@ -88,40 +88,24 @@ impl UploadSink for EmbeddedUploads {
             .await?;
         let blob = assembled.prepared().blob_name().map(str::to_owned);
         let id = uuid::Uuid::new_v4().to_string();
-        let stream_name = m.stream.clone();
         let visible = self.stream.visibility();
-        let committed = self
-            .db
-            .write(move |c| {
-                let now = now_ms();
-                let (info, garbage) =
-                    complete_multipart_in_tx(c, &assembled, Some(&m.user_sub), now)
-                        .map_err(conflict)?;
-                let etag = info.etag.clone();
-                let e = Enqueue {
-                    user_sub: &m.user_sub,
-                    filename: &m.filename,
-                    request_id: &m.request_id,
-                    stream: &m.stream,
-                    partition_key: &m.partition_key,
-                };
-                let upload = enqueue_in_tx(c, &visible, &e, id, info, now)?;
-                Ok::<_, UploadError>((CompletedMultipart { upload, etag }, garbage))
-            })
-            .await;
-        match committed {
-            Ok((done, garbage)) => {
-                self.stream.notify(&stream_name);
-                self.store.discard_blobs(garbage);
-                Ok(done)
-            }
-            Err(e) => {
-                // Nothing was committed: the parts are still there; only the assembled
-                // object's blob file is garbage.
-                self.store.discard_blobs(blob.into_iter().collect());
-                Err(e)
-            }
-        }
+        let stream = m.stream.clone();
+        self.commit_upload(&stream, blob, move |c| {
+            let now = now_ms();
+            let (info, garbage) = complete_multipart_in_tx(c, &assembled, Some(&m.user_sub), now)
+                .map_err(conflict)?;
+            let etag = info.etag.clone();
+            let e = Enqueue {
+                user_sub: &m.user_sub,
+                filename: &m.filename,
+                request_id: &m.request_id,
+                stream: &m.stream,
+                partition_key: &m.partition_key,
+            };
+            let upload = enqueue_in_tx(c, &visible, &e, id, info, now)?;
+            Ok((CompletedMultipart { upload, etag }, garbage))
+        })
+        .await
     }
 }
 
@@ -135,33 +119,41 @@ impl EmbeddedUploads {
     ) -> Result<Upload, UploadError> {
         let blob = prepared.blob_name().map(str::to_owned);
         let id = uuid::Uuid::new_v4().to_string();
-        let stream_name = u.stream.clone();
         let visible = self.stream.visibility();
-        let committed = self
-            .db
-            .write(move |c| {
-                let now = now_ms();
-                let opts = PutOptions {
-                    content_type: Some(u.content_type.clone()),
-                    owner: Some(u.user_sub.clone()),
-                    metadata: u.metadata.clone(),
-                    if_absent: false,
-                };
-                let (info, replaced) =
-                    put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now).map_err(conflict)?;
-                let upload = enqueue_in_tx(c, &visible, &Enqueue::of(&u), id, info, now)?;
-                Ok::<_, UploadError>((upload, replaced))
-            })
-            .await;
-        match committed {
-            Ok((upload, replaced)) => {
-                self.stream.notify(&stream_name);
-                self.store.discard_blobs(replaced.into_iter().collect());
-                Ok(upload)
+        let stream = u.stream.clone();
+        self.commit_upload(&stream, blob, move |c| {
+            let now = now_ms();
+            let opts = PutOptions {
+                content_type: Some(u.content_type.clone()),
+                owner: Some(u.user_sub.clone()),
+                metadata: u.metadata.clone(),
+                if_absent: false,
+            };
+            let (info, replaced) =
+                put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now).map_err(conflict)?;
+            let upload = enqueue_in_tx(c, &visible, &Enqueue::of(&u), id, info, now)?;
+            Ok((upload, replaced.into_iter().collect()))
+        })
+        .await
+    }
+
+    /// Runs `job`, one upload's transaction, which returns its result and the blob files it
+    /// made garbage. Committed: tailing readers of `stream` are told and the garbage is
+    /// deleted. Failed: nothing was committed, so `blob` (the new object's file, if any) is
+    /// referenced by no row and is deleted now rather than at the next start.
+    async fn commit_upload<T: Send + 'static>(
+        &self,
+        stream: &str,
+        blob: Option<String>,
+        job: impl FnOnce(&Connection) -> Result<(T, Vec<String>), UploadError> + Send + 'static,
+    ) -> Result<T, UploadError> {
+        match self.db.write(job).await {
+            Ok((done, garbage)) => {
+                self.stream.notify(stream);
+                self.store.discard_blobs(garbage);
+                Ok(done)
             }
             Err(e) => {
-                // The object's blob file (if any) is referenced by no row: remove it now
-                // rather than at the next start.
                 self.store.discard_blobs(blob.into_iter().collect());
                 Err(e)
             }

@@ -260,6 +260,30 @@ impl Drop for Server {
     }
 }
 
+/// Polls `f` every 50 ms until it gives a value; fails the test after `within`. Tests wait
+/// for the server with generous deadlines instead of timing anything.
+pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The single integer `sql` answers, read straight from the data directory's database
+/// (read-only, beside the running server).
+pub fn rows(dir: &Path, sql: &str) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(
+        dir.join("sluice.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open db");
+    c.query_row(sql, [], |r| r.get(0)).expect("count")
+}
+
 pub fn cli(data_dir: &Path, args: &[&str]) -> String {
     let mut cmd = Command::new(bin());
     for (k, _) in std::env::vars() {
