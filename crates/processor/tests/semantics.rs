@@ -472,14 +472,36 @@ async fn retries_exhausted_go_to_the_destination_stream_and_the_shard_moves_on()
 async fn expired_records_are_skipped_to_the_destination() {
     let e = env();
     e.stream.create_stream("s", 1).await.expect("create");
-    let seqs = e.put_all("s", &["old1", "old2"]).await;
-    // Age the first two records by two hours.
-    e.db.write(|c| {
-        c.execute("UPDATE records SET arrival_ms = arrival_ms - 7200000", [])?;
-        Ok::<_, sluice_db::DbError>(())
-    })
-    .await
-    .expect("age records");
+    // The first two records arrive through a handle whose clock runs two hours behind.
+    struct TwoHoursAgo;
+    impl sluice_stream::Clock for TwoHoursAgo {
+        fn now_ms(&self) -> i64 {
+            sluice_db::now_ms() - 7_200_000
+        }
+    }
+    let past = EmbeddedStream::open_with(
+        e.db.clone(),
+        sluice_stream::embedded::StreamOptions {
+            clock: std::sync::Arc::new(TwoHoursAgo),
+            ..Default::default()
+        },
+    )
+    .expect("second handle");
+    let mut seqs = Vec::new();
+    for data in ["old1", "old2"] {
+        let r = past
+            .put_record(
+                "s",
+                sluice_stream::PutRecord {
+                    partition_key: "pk".into(),
+                    explicit_hash_key: None,
+                    data: bytes::Bytes::from(data),
+                },
+            )
+            .await
+            .expect("put");
+        seqs.push(r.sequence_number);
+    }
     let fresh = e.put("s", "pk", "fresh").await;
     let f = Recorder::ok();
     let mut m = MappingConfig::new("m", "s");
@@ -696,26 +718,11 @@ async fn closed_parent_shards_are_finished_before_children() {
     for i in 0..30 {
         e.put("s", &format!("k{i}"), &format!("parent{i}")).await;
     }
-    // Split shard 0 into shards 1 and 2 (what a SplitShard does to the tables).
-    e.db.write(|c| {
-        let id: i64 = c.query_row("SELECT id FROM streams WHERE name = 's'", [], |r| r.get(0))?;
-        c.execute(
-            "UPDATE shards SET closed_counter = next_counter WHERE stream_id = ?1 AND idx = 0",
-            [id],
-        )?;
-        let half = u128::MAX / 2;
-        for (idx, (start, end)) in [(1, (0, half)), (2, (half + 1, u128::MAX))] {
-            c.execute(
-                "INSERT INTO shards (stream_id, idx, start_hash, end_hash, parent, start_counter,
-                                     next_counter, last_arrival_ms)
-                 VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0)",
-                sluice_db::rusqlite::params![id, idx, start.to_string(), end.to_string()],
-            )?;
-        }
-        Ok::<_, sluice_db::DbError>(())
-    })
-    .await
-    .expect("split");
+    // Split shard 0 into shards 1 and 2.
+    e.stream
+        .split_shard("s", SHARD0, u128::MAX / 2 + 1)
+        .await
+        .expect("split");
     for i in 0..30 {
         e.put("s", &format!("k{i}"), &format!("child{i}")).await;
     }

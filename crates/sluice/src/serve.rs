@@ -102,6 +102,14 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let retention = stream.spawn_retention(Duration::from_secs(60));
 
     let uploads = EmbeddedUploads::new(db.clone(), store.clone(), stream.clone());
+    // Uploads committed before a crash cut their delivery short get their records now.
+    let delivered = uploads.deliver_pending().await?;
+    if delivered > 0 {
+        tracing::info!(
+            uploads = delivered,
+            "delivered the stream records of earlier uploads"
+        );
+    }
     let ledger: Arc<dyn sluice_uploads::UploadLedger> = Arc::new(uploads.clone());
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -47,31 +47,28 @@ fn doctor_passes_a_healthy_data_dir_and_fails_on_a_flipped_record_byte() {
     assert!(stdout.contains("no problems found"), "{stdout}");
     server.stop();
 
-    // Everything into the database file, then one byte of every stream record's JSON
-    // flipped.
-    let db = dir.0.join("sluice.db");
-    {
-        let c = rusqlite::Connection::open(&db).expect("open");
-        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .expect("checkpoint");
-    }
     let out = doctor(&dir.0);
     assert!(out.status.success(), "still healthy after a clean stop");
-    let mut bytes = std::fs::read(&db).expect("read db");
-    let marker = b"\"uploadedAt\":\"";
-    let hits: Vec<usize> = bytes
-        .windows(marker.len())
-        .enumerate()
-        .filter(|(_, w)| *w == marker)
-        .map(|(i, _)| i)
-        .collect();
-    assert!(!hits.is_empty(), "stream records are in the file");
-    // A digit of the timestamp, wherever the field appears: whatever the page order, the
-    // stream records are among the hits.
-    for at in hits {
-        bytes[at + marker.len() + 2] ^= 0x01;
+    // One byte of every stream record's JSON flipped, in the stream log's segments.
+    let log = dir.0.join("sluice.db-stream-log");
+    let mut hits = 0;
+    for e in std::fs::read_dir(&log).expect("stream log") {
+        let path = e.expect("entry").path();
+        let mut bytes = std::fs::read(&path).expect("read segment");
+        let marker = b"\"uploadedAt\":\"";
+        let at: Vec<usize> = bytes
+            .windows(marker.len())
+            .enumerate()
+            .filter(|(_, w)| *w == marker)
+            .map(|(i, _)| i)
+            .collect();
+        for i in &at {
+            bytes[i + marker.len() + 2] ^= 0x01;
+        }
+        hits += at.len();
+        std::fs::write(&path, &bytes).expect("write segment");
     }
-    std::fs::write(&db, &bytes).expect("write db");
+    assert!(hits >= 5, "stream records are in the log ({hits})");
 
     let out = doctor(&dir.0);
     let stdout = text(&out.stdout);

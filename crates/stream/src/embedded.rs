@@ -1,18 +1,22 @@
-//! The embedded stream backend: records in the shared SQLite database ([`sluice_db::Db`]),
-//! appended through its group-commit writer.
+//! The embedded stream backend: streams, shards, tags and consumers in the shared SQLite
+//! database ([`sluice_db::Db`]); records in the stream log beside it ([`log`]), appended
+//! by its group-committing writer thread.
 //!
 //! Invariants:
-//! - Each shard keeps its own `next_counter`, advanced in the same transaction as the
-//!   insert, so sequence numbers never repeat or go backwards — not after a crash, not after
-//!   every record has been trimmed. Shard indexes come from the stream's `next_shard_idx`,
-//!   which only grows, so a shard id is never reused either.
+//! - Each shard's counters are dense and only the log's writer assigns them; the log is
+//!   their truth while it holds records of the shard, and `shards.next_counter` is written
+//!   back before the records that prove a counter are deleted (and when the shard closes),
+//!   so sequence numbers never repeat or go backwards — not after a crash, not after every
+//!   record has been trimmed. Shard indexes come from the stream's `next_shard_idx`,
+//!   which only grows, so a shard id is never reused; stream ids are never reused either.
 //! - Arrival timestamps are non-decreasing per shard, so AT_TIMESTAMP positions and
 //!   retention trimming agree with sequence order (trimming removes a prefix).
 //! - A closed shard never receives another record; its children have higher indexes, so
 //!   their sequence numbers are higher than any of the parent's.
-//! - Every record carries a checksum ([`crate::record_checksum`]) that every read verifies:
-//!   a damaged record is reported as an error, never skipped or returned.
-//! - An append is acknowledged only after the group commit holding it was fsynced.
+//! - Every record's frame carries a CRC-32 that every read verifies: a damaged record is
+//!   reported as an error, never skipped or returned.
+//! - An append is acknowledged, and visible to readers, only after its batch was fsynced.
+//! - Trimming raises `shards.start_counter`, so trimmed records stay gone after a restart.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -27,17 +31,16 @@ use tokio::sync::watch;
 
 mod append;
 mod consumers;
+mod log;
 mod reshard;
 mod schema;
 mod throttle;
-mod visibility;
 
-pub use append::append_in_tx;
+pub use append::{enqueue_in_tx, settle_in_tx};
 pub use schema::MIGRATIONS;
 pub use throttle::{
     READ_BYTES_PER_SEC, READ_CALLS_PER_SEC, WRITE_BYTES_PER_SEC, WRITE_RECORDS_PER_SEC,
 };
-pub use visibility::Visibility;
 
 use crate::iterator::{self, Position};
 use crate::{
@@ -51,9 +54,7 @@ use crate::{
     parse_sequence_number, parse_shard_id, record_checksum, sequence_number, shard_id,
     validate_stream_name,
 };
-use schema::{
-    ShardRow, StreamRow, first_counter_at_or_after, load_stream, not_found, shard_row, shard_rows,
-};
+use schema::{ShardRow, StreamRow, load_stream, not_found, shard_row, shard_rows};
 
 /// The counter of a new shard's first record. Counter 0 stays unused, so the shard's
 /// starting sequence number (its `start_counter`, 0) is below every record's: resuming
@@ -68,13 +69,31 @@ pub struct EmbeddedStream {
     db: Db,
     iterator_key: Arc<Vec<u8>>,
     watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
-    batcher: append::SharedBatcher,
+    /// The records: one log per database (held in `Db::shared`).
+    log: Arc<log::Log>,
     throttle: Option<Arc<throttle::Throttle>>,
     /// Stamps consumers and decides when a `Creating` consumer is `Active`.
     clock: Arc<dyn crate::Clock>,
     consumer_activation_ms: i64,
-    /// This database's durable horizons (`Db::shared`, fetched once at open).
-    visible: Arc<Visibility>,
+}
+
+/// Where a database keeps its one [`log::Log`] (`Db::shared`).
+#[derive(Default)]
+struct LogSlot(Mutex<Option<Arc<log::Log>>>);
+
+impl LogSlot {
+    fn get_or_open(
+        &self,
+        open: impl FnOnce() -> Result<log::Log, StreamError>,
+    ) -> Result<(Arc<log::Log>, bool), StreamError> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = g.as_ref() {
+            return Ok((l.clone(), false));
+        }
+        let l = Arc::new(open()?);
+        *g = Some(l.clone());
+        Ok((l, true))
+    }
 }
 
 /// How an [`EmbeddedStream`] behaves beyond the Kinesis semantics every backend shares.
@@ -82,7 +101,7 @@ pub struct EmbeddedStream {
 pub struct StreamOptions {
     /// Enforce Kinesis' per-shard limits (writes: 1 MiB/s and 1,000 records/s; reads:
     /// 2 MiB/s and 5 GetRecords calls/s) with `ProvisionedThroughputExceeded`. Off by
-    /// default. Records appended with [`append_in_tx`] (the upload path) are not limited.
+    /// default. Records delivered from the outbox (the upload path) are not limited.
     pub throttle: bool,
     /// The clock the limits are measured with (and consumers are stamped with).
     pub clock: Arc<dyn crate::Clock>,
@@ -155,12 +174,18 @@ impl EmbeddedStream {
             )?;
             Ok::<_, StreamError>(k)
         })?;
+        let dir = log::dir_of(db.path());
+        let (log, opened) = db
+            .shared::<LogSlot>()
+            .get_or_open(|| log::Log::open(&dir))?;
+        if opened {
+            prepare_log(&db, &log)?;
+        }
         Ok(EmbeddedStream {
-            visible: db.shared::<Visibility>(),
+            log,
             db,
             iterator_key: Arc::new(key),
             watchers: Arc::new(Mutex::new(HashMap::new())),
-            batcher: Arc::default(),
             throttle: options
                 .throttle
                 .then(|| Arc::new(throttle::Throttle::new(options.clock.clone()))),
@@ -185,12 +210,15 @@ impl EmbeddedStream {
                 .unwrap_or_default(),
             )
         })?;
+        let dir = log::dir_of(db.path());
+        let (log, _) = db
+            .shared::<LogSlot>()
+            .get_or_open(|| log::Log::open_read_only(&dir))?;
         Ok(EmbeddedStream {
-            visible: db.shared::<Visibility>(),
+            log,
             db,
             iterator_key: Arc::new(key),
             watchers: Arc::new(Mutex::new(HashMap::new())),
-            batcher: Arc::default(),
             throttle: None,
             clock: Arc::new(crate::SystemClock),
             consumer_activation_ms: 0,
@@ -201,14 +229,7 @@ impl EmbeddedStream {
         &self.db
     }
 
-    /// What readers may see of each shard of this database (one per database, shared by
-    /// every handle): pass it to [`append_in_tx`].
-    pub fn visibility(&self) -> Arc<Visibility> {
-        self.visible.clone()
-    }
-
-    /// Tells tailing readers of `stream` that records were committed. Callers that append
-    /// with [`append_in_tx`] call it after their commit.
+    /// Tells tailing readers of `stream` that records were appended.
     pub fn notify(&self, stream: &str) {
         if let Ok(mut w) = self.watchers.lock() {
             w.entry(stream.to_owned())
@@ -236,54 +257,66 @@ impl EmbeddedStream {
         })
     }
 
-    /// One retention pass as of `now` (ms): deletes every record that arrived before
+    /// One retention pass as of `now` (ms): drops every record that arrived before
     /// `now - retention` and every closed shard closed before then. Trimming removes a
-    /// prefix of each shard, so TRIM_HORIZON moves forward for every reader.
+    /// prefix of each shard, so TRIM_HORIZON moves forward for every reader; the new start
+    /// of each trimmed shard is stored (`shards.start_counter`) before any segment holding
+    /// the trimmed records is deleted.
     pub async fn trim_expired(&self, now: i64) -> Result<TrimReport, StreamError> {
-        self.db
+        let db = self.db.clone();
+        let horizons: HashMap<i64, i64> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached("SELECT id, retention_hours FROM streams")?
+                    .query_map([], |r| {
+                        Ok((r.get::<_, i64>(0)?, now - r.get::<_, i64>(1)? * 3_600_000))
+                    })?
+                    .collect::<Result<_, _>>()
+                    .map_err(StreamError::from)
+            })
+            .await?;
+        let list: Vec<(i64, i64)> = horizons.iter().map(|(k, v)| (*k, *v)).collect();
+        let shards = self
+            .db
             .write(move |c| {
-                let streams: Vec<(i64, i64)> = c
-                    .prepare_cached("SELECT id, retention_hours FROM streams")?
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                let mut report = TrimReport::default();
-                for (id, hours) in streams {
-                    let horizon = now - hours * 3_600_000;
-                    let shards: Vec<(i64, i64)> = c
-                        .prepare_cached(
-                            "SELECT idx, next_counter FROM shards WHERE stream_id = ?1",
-                        )?
-                        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                        .collect::<Result<_, _>>()?;
-                    for (idx, next) in shards {
-                        // Arrival times grow with counters: what expired is a prefix.
-                        let keep_from =
-                            first_counter_at_or_after(c, id, idx as u64, next as u64, horizon)?;
-                        report.records += c
-                            .prepare_cached(
-                                "DELETE FROM records
-                                 WHERE stream_id = ?1 AND shard_idx = ?2 AND counter < ?3",
-                            )?
-                            .execute(params![id, idx, keep_from as i64])?
-                            as u64;
-                    }
-                    report.shards += c
+                let mut n = 0;
+                for (id, horizon) in &list {
+                    n += c
                         .prepare_cached(
                             "DELETE FROM shards WHERE stream_id = ?1
                              AND closed_counter IS NOT NULL AND closed_ms < ?2",
                         )?
                         .execute(params![id, horizon])? as u64;
                 }
-                Ok::<_, StreamError>(report)
+                Ok::<_, StreamError>(n)
             })
-            .await
+            .await?;
+        let records = self
+            .log
+            .control(move |w| {
+                let cut = w.trim(&horizons);
+                store_log_state(&db, w, cut.starts)?;
+                let dead = w.unreferenced_segments();
+                if !dead.is_empty() {
+                    w.delete_segments(&dead)?;
+                }
+                Ok::<_, StreamError>(cut.records)
+            })
+            .await??;
+        Ok(TrimReport { records, shards })
     }
 
     /// Checks the database: SQLite's `PRAGMA integrity_check` (page structure, indexes),
     /// then every record against its checksum and every shard's counters. Problems are
     /// returned (and logged as errors), never repaired or skipped silently.
     pub async fn check(&self) -> Result<CheckReport, StreamError> {
-        let report = self.db.read(check_db).await?;
+        let mut report = self.db.read(check_db).await?;
+        let log = self.log.clone();
+        let verified = tokio::task::spawn_blocking(move || log.verify())
+            .await
+            .map_err(|e| StreamError::Backend(format!("log check stopped: {e}")))??;
+        report.records_checked += verified.frames;
+        report.problems.extend(verified.problems);
         for p in &report.problems {
             tracing::error!(problem = %p, "stream database check failed");
         }
@@ -295,8 +328,112 @@ impl EmbeddedStream {
         stream: &str,
         records: Vec<(PutRecord, Option<String>)>,
     ) -> Result<Vec<Result<PutResult, StreamError>>, StreamError> {
-        self.batcher.append(self, stream, records).await
+        self.append_records(stream, records, None, self.throttle.clone())
+            .await
     }
+
+    /// One past the last record of a shard whose SQLite row says `row_next`.
+    fn shard_end(&self, stream_id: i64, idx: u64, row_next: u64) -> u64 {
+        self.log
+            .shard_end(stream_id, idx)
+            .map_or(row_next, |(n, _)| n.max(row_next))
+    }
+}
+
+/// Writes the log's counters (and, for trimmed shards, their new start) back to SQLite, in
+/// one durable transaction: afterwards the records proving them may be deleted.
+fn store_log_state(
+    db: &Db,
+    w: &log::Writer,
+    starts: Vec<log::ShardStart>,
+) -> Result<(), StreamError> {
+    let ends = w.shard_ends();
+    db.write_blocking(move |c| {
+        for ((sid, idx), next, arrival) in ends {
+            c.prepare_cached(
+                "UPDATE shards SET next_counter = max(next_counter, ?3),
+                        last_arrival_ms = max(last_arrival_ms, ?4)
+                 WHERE stream_id = ?1 AND idx = ?2",
+            )?
+            .execute(params![sid, idx as i64, next as i64, arrival])?;
+        }
+        for ((sid, idx), start) in starts {
+            c.prepare_cached(
+                "UPDATE shards SET start_counter = max(start_counter, ?3)
+                 WHERE stream_id = ?1 AND idx = ?2",
+            )?
+            .execute(params![sid, idx as i64, start as i64])?;
+        }
+        Ok::<_, StreamError>(())
+    })
+}
+
+/// Brings a freshly opened log in line with the database: forgets records of streams that
+/// no longer exist, drops records below each shard's stored start (trimmed before a
+/// restart), and moves records an older sluice kept in SQLite into the log.
+fn prepare_log(db: &Db, log: &Arc<log::Log>) -> Result<(), StreamError> {
+    let (ids, starts): (Vec<i64>, Vec<log::ShardStart>) = db.read_blocking(|c| {
+        let ids = c
+            .prepare("SELECT id FROM streams")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<i64>, _>>()?;
+        let starts = c
+            .prepare("SELECT stream_id, idx, start_counter FROM shards WHERE start_counter > 0")?
+            .query_map([], |r| {
+                Ok((
+                    (r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64),
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, StreamError>((ids, starts))
+    })?;
+    log.control_blocking(move |w| {
+        w.forget_streams_except(&ids);
+        for (key, start) in starts {
+            w.cut_before(key, start);
+        }
+    })?;
+    // Records of an older layout: copied in chunks, in counter order, then deleted.
+    loop {
+        let chunk: Vec<log::ImportRecord> = db.read_blocking(|c| {
+            c.prepare(
+                "SELECT stream_id, shard_idx, counter, arrival_ms, partition_key, data
+                 FROM records ORDER BY stream_id, shard_idx, counter LIMIT 10000",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StreamError::from)
+        })?;
+        let Some(last) = chunk.last().map(|r| (r.0, r.1, r.2)) else {
+            break;
+        };
+        let n = chunk.len();
+        log.control_blocking(move |w| w.import(chunk))??;
+        db.write_blocking(move |c| {
+            c.execute(
+                "DELETE FROM records WHERE stream_id < ?1
+                    OR (stream_id = ?1 AND shard_idx < ?2)
+                    OR (stream_id = ?1 AND shard_idx = ?2 AND counter <= ?3)",
+                params![last.0, last.1 as i64, last.2 as i64],
+            )?;
+            Ok::<_, StreamError>(())
+        })?;
+        tracing::info!(
+            records = n,
+            "moved records of an older layout into the stream log"
+        );
+    }
+    Ok(())
 }
 
 /// Stream name, shard index, next counter, closed counter, highest stored counter.
@@ -385,20 +522,32 @@ fn create_in_tx(
 ) -> Result<(), StreamError> {
     let now = now_ms();
     let shard_count = options.shard_count.unwrap_or(DEFAULT_ON_DEMAND_SHARDS);
+    // Ids are never reused: the log may still hold records of a deleted stream's id.
+    let id: i64 = conn.query_row(
+        "SELECT max(COALESCE((SELECT MAX(id) FROM streams), 0),
+                    COALESCE((SELECT CAST(v AS INTEGER) FROM stream_meta
+                              WHERE k = 'last_stream_id'), 0)) + 1",
+        [],
+        |r| r.get(0),
+    )?;
     conn.execute(
-        "INSERT INTO streams (name, created_ms, retention_hours, max_record_bytes,
+        "INSERT OR REPLACE INTO stream_meta (k, v) VALUES ('last_stream_id', ?1)",
+        [id],
+    )?;
+    conn.execute(
+        "INSERT INTO streams (id, name, created_ms, retention_hours, max_record_bytes,
                               next_shard_idx, on_demand)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+         VALUES (?7, ?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             name,
             now,
             DEFAULT_RETENTION_HOURS,
             options.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES) as i64,
             i64::from(shard_count),
-            options.shard_count.is_none()
+            options.shard_count.is_none(),
+            id
         ],
     )?;
-    let id = conn.last_insert_rowid();
     for (i, (start, end)) in even_ranges(shard_count).into_iter().enumerate() {
         conn.execute(
             "INSERT INTO shards (stream_id, idx, start_hash, end_hash, start_counter,
@@ -788,19 +937,23 @@ impl Stream for EmbeddedStream {
 
     async fn delete_stream(&self, name: &str) -> Result<(), StreamError> {
         let name = name.to_owned();
-        let visible = self.visibility();
-        self.db
-            .write(move |c| {
-                let row = load_stream(c, &name)?;
-                c.execute("DELETE FROM records WHERE stream_id = ?1", [row.id])?;
-                c.execute("DELETE FROM shards WHERE stream_id = ?1", [row.id])?;
-                c.execute("DELETE FROM stream_tags WHERE stream_id = ?1", [row.id])?;
-                consumers::delete_all(c, row.id)?;
-                c.execute("DELETE FROM streams WHERE id = ?1", [row.id])?;
-                visible.forget_stream(row.id);
+        let db = self.db.clone();
+        // On the log's writer: no append of this stream is in flight, and none after.
+        self.log
+            .control(move |w| {
+                let id = db.write_blocking(move |c| {
+                    let row = load_stream(c, &name)?;
+                    c.execute("DELETE FROM records WHERE stream_id = ?1", [row.id])?;
+                    c.execute("DELETE FROM shards WHERE stream_id = ?1", [row.id])?;
+                    c.execute("DELETE FROM stream_tags WHERE stream_id = ?1", [row.id])?;
+                    consumers::delete_all(c, row.id)?;
+                    c.execute("DELETE FROM streams WHERE id = ?1", [row.id])?;
+                    Ok::<_, StreamError>(row.id)
+                })?;
+                w.forget_stream(id);
                 Ok(())
             })
-            .await
+            .await?
     }
 
     async fn put_record(&self, stream: &str, record: PutRecord) -> Result<PutResult, StreamError> {
@@ -861,20 +1014,17 @@ impl Stream for EmbeddedStream {
         let name = stream.to_owned();
         let shard = shard.to_owned();
         let key = self.iterator_key.clone();
-        let visible = self.visibility();
+        let this = self.clone();
         self.db
             .read(move |c| {
                 let idx = parse_shard(&shard)?;
                 let stream = load_stream(c, &name)?;
                 let row = shard_row(c, &stream, idx)?;
-                // LATEST starts after the last durable record: records committed but not yet
-                // durable are still to come for this iterator.
-                let latest = visible.visible_end(stream.id, idx, row.next_counter);
+                // LATEST starts after the last durable record (the log shows no other).
+                let latest = this.shard_end(stream.id, idx, row.next_counter);
                 let seq_counter = |s: &str| -> Result<u64, StreamError> {
                     match parse_sequence_number(s) {
-                        Some((sidx, counter)) if sidx == idx && counter < row.next_counter => {
-                            Ok(counter)
-                        }
+                        Some((sidx, counter)) if sidx == idx && counter < latest => Ok(counter),
                         _ => Err(StreamError::InvalidArgument(format!(
                             "sequence number {s} is not a sequence number of shard {}",
                             shard_id(idx)
@@ -886,9 +1036,11 @@ impl Stream for EmbeddedStream {
                     IteratorSpec::Latest => latest,
                     IteratorSpec::AtSequenceNumber(s) => seq_counter(s)?,
                     IteratorSpec::AfterSequenceNumber(s) => seq_counter(s)? + 1,
-                    IteratorSpec::AtTimestamp(ts) => {
-                        first_counter_at_or_after(c, stream.id, idx, row.next_counter, *ts)?
-                    }
+                    IteratorSpec::AtTimestamp(ts) => this
+                        .log
+                        .first_at_or_after(stream.id, idx, *ts)
+                        .unwrap_or(latest)
+                        .max(row.start_counter),
                 };
                 Ok(iterator::encode(
                     &key,
@@ -916,18 +1068,18 @@ impl Stream for EmbeddedStream {
         }
         let pos = iterator::decode(&self.iterator_key, iterator, now_ms())?;
         let key = self.iterator_key.clone();
-        let visible = self.visibility();
+        let this = self.clone();
         let Some(throttle) = self.throttle.clone() else {
             return self
                 .db
-                .read(move |c| read_records(c, &key, &visible, pos, limit))
+                .read(move |c| read_records(c, &key, &this, pos, limit))
                 .await;
         };
         let (stream, generation, shard) = (pos.s.clone(), pos.g, pos.h);
         throttle.admit_read(&stream, generation, shard)?;
         let out = self
             .db
-            .read(move |c| read_records(c, &key, &visible, pos, limit))
+            .read(move |c| read_records(c, &key, &this, pos, limit))
             .await?;
         let bytes = out
             .records
@@ -957,14 +1109,13 @@ impl Stream for EmbeddedStream {
     ) -> Result<(), StreamError> {
         let name = stream.to_owned();
         let idx = parse_shard(shard)?;
-        self.db
-            .write(move |c| {
-                let mut row = load_stream(c, &name)?;
-                let parent = shard_row(c, &row, idx)?;
-                reshard::split(c, &mut row, &parent, new_starting_hash_key, now_ms())?;
-                Ok(())
-            })
-            .await
+        self.reshard(move |c| {
+            let mut row = load_stream(c, &name)?;
+            let parent = shard_row(c, &row, idx)?;
+            reshard::split(c, &mut row, &parent, new_starting_hash_key, now_ms())?;
+            Ok((row.id, ()))
+        })
+        .await
     }
 
     async fn merge_shards(
@@ -976,15 +1127,14 @@ impl Stream for EmbeddedStream {
         let name = stream.to_owned();
         let a = parse_shard(shard)?;
         let b = parse_shard(adjacent_shard)?;
-        self.db
-            .write(move |c| {
-                let mut row = load_stream(c, &name)?;
-                let a = shard_row(c, &row, a)?;
-                let b = shard_row(c, &row, b)?;
-                reshard::merge(c, &mut row, &a, &b, now_ms())?;
-                Ok(())
-            })
-            .await
+        self.reshard(move |c| {
+            let mut row = load_stream(c, &name)?;
+            let a = shard_row(c, &row, a)?;
+            let b = shard_row(c, &row, b)?;
+            reshard::merge(c, &mut row, &a, &b, now_ms())?;
+            Ok((row.id, ()))
+        })
+        .await
     }
 
     async fn update_shard_count(
@@ -994,16 +1144,18 @@ impl Stream for EmbeddedStream {
     ) -> Result<UpdateShardCountOutput, StreamError> {
         check_shard_count(target)?;
         let name = stream.to_owned();
-        self.db
-            .write(move |c| {
-                let mut row = load_stream(c, &name)?;
-                let current = reshard::uniform(c, &mut row, target, now_ms())?;
-                Ok(UpdateShardCountOutput {
+        self.reshard(move |c| {
+            let mut row = load_stream(c, &name)?;
+            let current = reshard::uniform(c, &mut row, target, now_ms())?;
+            Ok((
+                row.id,
+                UpdateShardCountOutput {
                     current_shard_count: current,
                     target_shard_count: target,
-                })
-            })
-            .await
+                },
+            ))
+        })
+        .await
     }
 
     async fn increase_retention(&self, stream: &str, hours: u32) -> Result<(), StreamError> {
@@ -1018,16 +1170,15 @@ impl Stream for EmbeddedStream {
         let bytes = kib as usize * 1024;
         check_max_record_bytes(bytes)?;
         let name = stream.to_owned();
-        self.db
-            .write(move |c| {
-                let row = load_stream(c, &name)?;
-                c.execute(
-                    "UPDATE streams SET max_record_bytes = ?2 WHERE id = ?1",
-                    params![row.id, bytes as i64],
-                )?;
-                Ok(())
-            })
-            .await
+        self.reshard(move |c| {
+            let row = load_stream(c, &name)?;
+            c.execute(
+                "UPDATE streams SET max_record_bytes = ?2 WHERE id = ?1",
+                params![row.id, bytes as i64],
+            )?;
+            Ok((row.id, ()))
+        })
+        .await
     }
 
     async fn add_tags(
@@ -1160,6 +1311,40 @@ impl Stream for EmbeddedStream {
 }
 
 impl EmbeddedStream {
+    /// Runs `job` — a change of a stream's shards or limits that returns the stream's id —
+    /// on the log's writer thread: every append before it is durable and none runs during
+    /// it. First the log's counters go to `shards`, so `job` closes shards at their true
+    /// end; afterwards appends holding the old metadata are sent back to reload it.
+    async fn reshard<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection) -> Result<(i64, T), StreamError> + Send + 'static,
+    ) -> Result<T, StreamError> {
+        let db = self.db.clone();
+        self.log
+            .control(move |w| {
+                let ends = w.shard_ends();
+                let (id, out) = db.write_blocking(move |c| {
+                    for ((sid, idx), next, arrival) in ends {
+                        c.prepare_cached(
+                            "UPDATE shards SET next_counter = max(next_counter, ?3),
+                                    last_arrival_ms = max(last_arrival_ms, ?4)
+                             WHERE stream_id = ?1 AND idx = ?2 AND closed_counter IS NULL",
+                        )?
+                        .execute(params![
+                            sid,
+                            idx as i64,
+                            next as i64,
+                            arrival
+                        ])?;
+                    }
+                    job(c)
+                })?;
+                w.changed(id);
+                Ok(out)
+            })
+            .await?
+    }
+
     async fn set_retention(
         &self,
         stream: &str,
@@ -1196,7 +1381,7 @@ impl EmbeddedStream {
 fn read_records(
     c: &Connection,
     key: &[u8],
-    visible: &Visibility,
+    this: &EmbeddedStream,
     pos: Position,
     limit: usize,
 ) -> Result<GetRecordsOutput, StreamError> {
@@ -1205,12 +1390,13 @@ fn read_records(
         .query_row(params![pos.s, pos.g], |r| r.get(0))
         .optional()?
         .ok_or_else(|| not_found(&pos.s))?;
-    let (next_counter, closed): (i64, Option<i64>) = c
+    let (row_next, closed, start): (i64, Option<i64>, i64) = c
         .prepare_cached(
-            "SELECT next_counter, closed_counter FROM shards WHERE stream_id = ?1 AND idx = ?2",
+            "SELECT next_counter, closed_counter, start_counter FROM shards
+             WHERE stream_id = ?1 AND idx = ?2",
         )?
         .query_row(params![stream_id, pos.h as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .optional()?
         .ok_or_else(|| {
@@ -1220,72 +1406,40 @@ fn read_records(
                 pos.s
             ))
         })?;
-    // Records not yet durable stay hidden (see `visibility`). The horizon is read before the
-    // records query takes its snapshot, so every record below it is in that snapshot.
-    let next_counter = visible.visible_end(stream_id, pos.h, next_counter as u64) as i64;
-    let mut st = c.prepare_cached(
-        "SELECT counter, arrival_ms, partition_key, data, checksum FROM records
-         WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3 AND counter < ?5
-         ORDER BY counter LIMIT ?4",
-    )?;
-    let mut rows = st.query(params![
-        stream_id,
-        pos.h as i64,
-        pos.p as i64,
-        limit as i64,
-        next_counter
-    ])?;
-    // Every record's data goes into one buffer that the records then share (one allocation
-    // per call rather than one per record).
-    let mut buf: Vec<u8> = Vec::new();
-    let mut found: Vec<(String, i64, String, std::ops::Range<usize>)> = Vec::new();
-    let mut next = pos.p;
-    while let Some(r) = rows.next()? {
-        let counter = r.get::<_, i64>(0)? as u64;
-        let seq = sequence_number(pos.h, counter);
-        let data = r.get_ref(3)?.as_blob().map_err(|_| corrupt(&pos.s, &seq))?;
-        if !found.is_empty() && buf.len() + data.len() > MAX_GET_BYTES {
-            break;
-        }
-        let partition_key: String = r.get(2).map_err(|_| corrupt(&pos.s, &seq))?;
-        let sum: Option<i64> = r.get(4)?;
-        if sum.is_some_and(|s| s as u64 != record_checksum(counter, &partition_key, data)) {
-            return Err(corrupt(&pos.s, &seq));
-        }
-        let start = buf.len();
-        buf.extend_from_slice(data);
-        found.push((seq, r.get(1)?, partition_key, start..buf.len()));
-        next = counter + 1;
+    // Only durable records are in the log's index, so this is the visible end.
+    let end = this.shard_end(stream_id, pos.h, row_next as u64);
+    // Below the stored start lies what was trimmed: gone for every iterator.
+    let from = pos.p.max(start as u64);
+    let found = this
+        .log
+        .read(&pos.s, stream_id, pos.h, from, limit, MAX_GET_BYTES)?;
+    let mut next = if found.records.is_empty() {
+        from
+    } else {
+        found.next
+    };
+    if found.records.is_empty() && next < end {
+        // No record lies in [from, end): those counters are durable without a record (a
+        // shard's first counter, or trimmed ones), so none will ever appear there. Moving
+        // past them lets a closed shard that never held a record drain.
+        next = end;
     }
-    if found.is_empty() && (next as i64) < next_counter {
-        // No record lies in [p, horizon): those counters are committed and durable without
-        // a record (a shard's first counter, or trimmed ones), so none will ever appear
-        // there. Moving past them lets a closed shard that never held a record drain.
-        next = next_counter as u64;
-    }
-    let buf = Bytes::from(buf);
+    let buf = Bytes::from(found.buf);
     let records: Vec<Record> = found
+        .records
         .into_iter()
-        .map(|(sequence_number, arrival, partition_key, range)| Record {
-            sequence_number,
-            approximate_arrival_ms: arrival,
-            partition_key,
-            data: buf.slice(range),
+        .map(|r| Record {
+            sequence_number: sequence_number(pos.h, r.counter),
+            approximate_arrival_ms: r.arrival_ms,
+            partition_key: r.partition_key,
+            data: buf.slice(r.data),
         })
         .collect();
-    drop(rows);
-    let millis_behind_latest = if (next as i64) < next_counter {
-        c.prepare_cached(
-            "SELECT arrival_ms FROM records
-             WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3
-             ORDER BY counter LIMIT 1",
-        )?
-        .query_row(params![stream_id, pos.h as i64, next as i64], |r| {
-            r.get::<_, i64>(0)
-        })
-        .optional()?
-        .map(|a| (now_ms() - a).max(0))
-        .unwrap_or(0)
+    let millis_behind_latest = if next < end {
+        this.log
+            .arrival_at_or_after(stream_id, pos.h, next)
+            .map(|a| (now_ms() - a).max(0))
+            .unwrap_or(0)
     } else {
         0
     };
@@ -1311,13 +1465,6 @@ fn read_records(
         millis_behind_latest,
         child_shards,
     })
-}
-
-fn corrupt(stream: &str, seq: &str) -> StreamError {
-    tracing::error!(%stream, sequence_number = %seq, "record fails its checksum: the stream database is corrupt");
-    StreamError::Backend(format!(
-        "record {seq} of stream {stream} fails its checksum: the database is corrupt"
-    ))
 }
 
 fn children(c: &Connection, stream_id: i64, idx: u64) -> Result<Vec<ChildShard>, StreamError> {

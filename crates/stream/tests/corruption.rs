@@ -1,17 +1,19 @@
 //! Damaged files, and what the embedded backend does with them.
 //!
-//! SQLite is the log here, so "corruption" means:
-//! - a torn WAL tail (a crash while a commit was being written, or garbage after the last
-//!   frame): SQLite's frame checksums stop recovery at the last complete commit; every
-//!   commit before it (every acknowledged record) remains, nothing half-written appears;
-//! - a flipped byte inside a record: the record's own checksum no longer matches; reads of
-//!   it fail with an error naming it, `check()` reports it — never silently returned or
-//!   skipped;
-//! - damaged pages or a truncated database file: `check()` (SQLite's integrity check)
-//!   reports problems and reads fail loudly.
+//! Records live in the stream log (segment files beside the database), so "corruption"
+//! means:
+//! - a torn tail (a crash while a batch was being written, or garbage after the last
+//!   frame): the scan at open cuts the last segment back to the last complete frame; every
+//!   acknowledged record remains, nothing half-written appears;
+//! - a flipped byte inside a record: its frame's CRC no longer matches; opening reports it
+//!   (naming the record), reads reach the records before it and then fail with an error
+//!   naming it, `check()` reports it — never silently returned or skipped;
+//! - garbage over several frames: the same, for every record lost;
+//! - a truncated database file (the metadata): `check()` (SQLite's integrity check)
+//!   reports problems or opening fails.
 //!
-//! Each test works on a crash image: copies of the database and its WAL taken while the
-//! writer was idle after acknowledged commits, as a power cut would leave them.
+//! Each test works on a crash image: copies of the database, its WAL and the log taken
+//! while the writer was idle after acknowledged appends, as a power cut would leave them.
 
 use std::path::{Path, PathBuf};
 
@@ -40,7 +42,12 @@ fn open(path: &Path) -> EmbeddedStream {
     EmbeddedStream::open(Db::open(path, MIGRATIONS).expect("open db")).expect("open stream")
 }
 
-/// Copies the database and its WAL into `to` (a crash image of the idle database).
+fn log_of(db: &Path) -> PathBuf {
+    PathBuf::from(format!("{}-stream-log", db.display()))
+}
+
+/// Copies the database, its WAL and its stream log into `to` (a crash image of the idle
+/// database).
 fn image(from: &Path, to: &Path) -> PathBuf {
     std::fs::create_dir_all(to).expect("mkdir");
     let db = to.join("s.db");
@@ -49,11 +56,30 @@ fn image(from: &Path, to: &Path) -> PathBuf {
     if wal.exists() {
         std::fs::copy(&wal, format!("{}-wal", db.display())).expect("copy wal");
     }
+    std::fs::create_dir_all(log_of(&db)).expect("mkdir log");
+    for e in std::fs::read_dir(log_of(from)).expect("list log") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), log_of(&db).join(e.file_name())).expect("copy segment");
+    }
     db
 }
 
-fn wal_of(db: &Path) -> PathBuf {
-    PathBuf::from(format!("{}-wal", db.display()))
+/// The segment files of a database's log, in order.
+fn segments(db: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(log_of(db))
+        .expect("list log")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn total_log_bytes(db: &Path) -> u64 {
+    segments(db)
+        .iter()
+        .map(|p| std::fs::metadata(p).expect("meta").len())
+        .sum()
 }
 
 /// Moves everything from the WAL into the database file, as a clean shutdown does.
@@ -100,47 +126,79 @@ async fn all_records(s: &EmbeddedStream) -> Result<Vec<(String, Bytes)>, StreamE
     Ok(out)
 }
 
+/// Reads a shard from TRIM_HORIZON until it ends or a read fails: the records read, and
+/// the error that stopped it.
+async fn read_until_error(
+    s: &EmbeddedStream,
+    shard: &str,
+) -> (Vec<(String, Bytes)>, Option<StreamError>) {
+    let mut it = s
+        .get_shard_iterator("s", shard, IteratorSpec::TrimHorizon)
+        .await
+        .expect("iterator");
+    let mut got = Vec::new();
+    loop {
+        match s.get_records(&it, 10_000).await {
+            Ok(page) => {
+                let empty = page.records.is_empty();
+                got.extend(
+                    page.records
+                        .into_iter()
+                        .map(|r| (r.sequence_number, r.data)),
+                );
+                match page.next_iterator {
+                    Some(n) if !empty => it = n,
+                    _ => return (got, None),
+                }
+            }
+            Err(e) => return (got, Some(e)),
+        }
+    }
+}
+
 #[test]
-fn a_torn_wal_tail_keeps_every_earlier_commit_and_no_partial_one() {
+fn a_torn_tail_keeps_every_acknowledged_record_and_no_partial_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let live = dir.path().join("live.db");
     runtime().block_on(async {
         let s = open(&live);
         s.create_stream("s", 2).await.expect("create");
         let a = put_n(&s, 0, 40).await;
-        let wal_after_a = std::fs::metadata(wal_of(&live)).expect("wal").len();
+        let log_after_a = total_log_bytes(&live);
         let b = put_n(&s, 40, 40).await;
         let img = image(&live, &dir.path().join("torn"));
-        let full = std::fs::metadata(wal_of(&img)).expect("wal").len();
-        assert!(full > wal_after_a, "commits of b are in the wal");
-        // Cut the WAL in the middle of b's frames, not on a frame boundary.
-        let cut = wal_after_a + (full - wal_after_a) / 2 + 17;
+        let full = total_log_bytes(&img);
+        assert!(full > log_after_a, "b's records are in the log");
+        assert_eq!(segments(&img).len(), 1);
+        // Cut the log in the middle of b's frames, not on a frame boundary: as if the
+        // power went while b was being written, before its fsync.
+        let cut = log_after_a + (full - log_after_a) / 2 + 17;
         std::fs::OpenOptions::new()
             .write(true)
-            .open(wal_of(&img))
-            .expect("open wal")
+            .open(&segments(&img)[0])
+            .expect("open segment")
             .set_len(cut)
             .expect("truncate");
         let s2 = open(&img);
         let got = all_records(&s2).await.expect("readable");
-        let expected_a: Vec<String> = a.iter().map(|(_, r)| r.sequence_number.clone()).collect();
-        for seq in &expected_a {
+        for (_, r) in &a {
             assert!(
-                got.iter().any(|(g, _)| g == seq),
-                "commit {seq} before the tear is kept"
+                got.iter().any(|(g, _)| *g == r.sequence_number),
+                "record {} before the tear is kept",
+                r.sequence_number
             );
         }
-        // What survives of b is a prefix of b's commits, each whole.
+        // What survives of b is a prefix of b, each record whole.
         let survivors: Vec<&(usize, PutResult)> = b
             .iter()
             .filter(|(_, r)| got.iter().any(|(g, _)| *g == r.sequence_number))
             .collect();
         assert!(
             survivors.len() < b.len(),
-            "the tear removed the last commits"
+            "the tear removed the last records"
         );
         for (k, (i, r)) in survivors.iter().enumerate() {
-            assert_eq!(*i, 40 + k, "surviving commits are a prefix");
+            assert_eq!(*i, 40 + k, "surviving records are a prefix");
             let data = &got
                 .iter()
                 .find(|(g, _)| *g == r.sequence_number)
@@ -154,7 +212,12 @@ fn a_torn_wal_tail_keeps_every_earlier_commit_and_no_partial_one() {
             a.len() + survivors.len(),
             "nothing half-written appears"
         );
-        assert!(s2.check().await.expect("check").is_ok());
+        let report = s2.check().await.expect("check");
+        assert!(
+            report.is_ok(),
+            "a torn tail is not corruption: {:?}",
+            report.problems
+        );
         // Appending continues above the last surviving record of its shard.
         let next = s2
             .put_record("s", rec("k0", "after".into()))
@@ -171,12 +234,21 @@ fn a_torn_wal_tail_keeps_every_earlier_commit_and_no_partial_one() {
             );
         }
         s2.db().close();
+        drop(s2);
+        // The cut tail stays cut: reopening finds the same records plus the new one.
+        let s2 = open(&img);
+        assert_eq!(
+            all_records(&s2).await.expect("readable").len(),
+            got.len() + 1
+        );
+        s2.db().close();
 
-        // Garbage after the last frame (a torn next commit) loses nothing.
+        // Garbage after the last frame (a torn next batch) loses nothing.
         let img = image(&live, &dir.path().join("garbage"));
-        let mut wal = std::fs::read(wal_of(&img)).expect("read wal");
-        wal.extend(std::iter::repeat_n(0xA5u8, 10_000));
-        std::fs::write(wal_of(&img), wal).expect("write wal");
+        let seg = segments(&img)[0].clone();
+        let mut bytes = std::fs::read(&seg).expect("read segment");
+        bytes.extend(std::iter::repeat_n(0xA5u8, 10_000));
+        std::fs::write(&seg, bytes).expect("write segment");
         let s3 = open(&img);
         assert_eq!(all_records(&s3).await.expect("readable").len(), 80);
         assert!(s3.check().await.expect("check").is_ok());
@@ -194,15 +266,15 @@ fn a_flipped_byte_in_a_record_is_reported_never_returned() {
         s.create_stream("s", 2).await.expect("create");
         let written = put_n(&s, 0, 60).await;
         let img = image(&live, &dir.path().join("flip"));
-        checkpoint(&img);
-        let mut bytes = std::fs::read(&img).expect("read db");
+        let seg = segments(&img)[0].clone();
+        let mut bytes = std::fs::read(&seg).expect("read segment");
         let marker = b"MARK-00042-";
         let at = bytes
             .windows(marker.len())
             .position(|w| w == marker)
-            .expect("record in the file");
+            .expect("record in the log");
         bytes[at + marker.len() + 50] ^= 0x01;
-        std::fs::write(&img, bytes).expect("write db");
+        std::fs::write(&seg, &bytes).expect("write segment");
 
         let s2 = open(&img);
         let report = s2.check().await.expect("check runs");
@@ -214,43 +286,58 @@ fn a_flipped_byte_in_a_record_is_reported_never_returned() {
             "{:?}",
             report.problems
         );
-        // Reading the victim's shard fails loudly; the other shard still reads.
-        let it = s2
-            .get_shard_iterator("s", &victim.shard_id, IteratorSpec::TrimHorizon)
-            .await
-            .expect("iterator");
-        match s2.get_records(&it, 10_000).await {
-            Err(StreamError::Backend(m)) => assert!(m.contains("checksum"), "{m}"),
-            other => panic!(
-                "a damaged record must fail the read, got {:?}",
-                other.map(|o| o.records.len())
-            ),
+        // Reading the victim's shard returns the records before it, then fails loudly;
+        // the victim is never returned, nor anything after it skipped over.
+        let (got, err) = read_until_error(&s2, &victim.shard_id).await;
+        match err {
+            Some(StreamError::Backend(m)) => {
+                assert!(
+                    m.contains(&victim.sequence_number) && m.contains("checksum"),
+                    "{m}"
+                )
+            }
+            other => panic!("a damaged record must fail the read, got {other:?}"),
         }
+        let before: Vec<String> = written
+            .iter()
+            .filter(|(i, r)| *i < 42 && r.shard_id == victim.shard_id)
+            .map(|(_, r)| r.sequence_number.clone())
+            .collect();
+        assert_eq!(got.into_iter().map(|(g, _)| g).collect::<Vec<_>>(), before);
+        // Past the damage (AFTER_SEQUENCE_NUMBER of the victim) the shard reads on.
+        let it = s2
+            .get_shard_iterator(
+                "s",
+                &victim.shard_id,
+                IteratorSpec::AfterSequenceNumber(victim.sequence_number.clone()),
+            )
+            .await
+            .expect("iterator after the damage");
+        let after = s2.get_records(&it, 10_000).await.expect("read after");
+        let expected_after = written
+            .iter()
+            .filter(|(i, r)| *i > 42 && r.shard_id == victim.shard_id)
+            .count();
+        assert_eq!(after.records.len(), expected_after);
+        // The other shard reads whole.
         let other = if victim.shard_id == shard_id(0) {
             shard_id(1)
         } else {
             shard_id(0)
         };
-        let it = s2
-            .get_shard_iterator("s", &other, IteratorSpec::TrimHorizon)
-            .await
-            .expect("iterator");
+        let (got, err) = read_until_error(&s2, &other).await;
+        assert!(err.is_none(), "{err:?}");
         let expected = written.iter().filter(|(_, r)| r.shard_id == other).count();
-        assert_eq!(
-            s2.get_records(&it, 10_000)
-                .await
-                .expect("read")
-                .records
-                .len(),
-            expected
-        );
+        assert_eq!(got.len(), expected);
+        // Corruption is reported, not repaired: the file is as it was.
+        assert_eq!(std::fs::read(&seg).expect("read"), bytes);
         s2.db().close();
         s.db().close();
     });
 }
 
 #[test]
-fn damaged_pages_and_a_truncated_file_are_reported() {
+fn garbage_over_frames_and_a_truncated_database_are_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let live = dir.path().join("live.db");
     runtime().block_on(async {
@@ -258,36 +345,21 @@ fn damaged_pages_and_a_truncated_file_are_reported() {
         s.create_stream("s", 1).await.expect("create");
         put_n(&s, 0, 300).await;
 
-        // Garbage over a page of the records table.
-        let img = image(&live, &dir.path().join("page"));
-        checkpoint(&img);
-        let (root, page_size): (i64, i64) = {
-            let c = Connection::open(&img).expect("open");
-            let root = c
-                .query_row(
-                    "SELECT rootpage FROM sqlite_master WHERE name = 'records'",
-                    [],
-                    |r| r.get(0),
-                )
-                .expect("root page");
-            let ps = c
-                .query_row("PRAGMA page_size", [], |r| r.get(0))
-                .expect("page size");
-            (root, ps)
-        };
-        let mut bytes = std::fs::read(&img).expect("read");
-        let off = ((root - 1) * page_size) as usize;
-        for b in &mut bytes[off..off + 64] {
+        // Garbage over 2 KiB in the middle of the log: several records lost.
+        let img = image(&live, &dir.path().join("garbage"));
+        let seg = segments(&img)[0].clone();
+        let mut bytes = std::fs::read(&seg).expect("read");
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 2048] {
             *b = 0xFF;
         }
-        std::fs::write(&img, &bytes).expect("write");
+        std::fs::write(&seg, &bytes).expect("write");
         let s2 = open(&img);
         let report = s2.check().await.expect("check runs");
-        assert!(!report.is_ok(), "a damaged page must be reported");
-        assert!(
-            all_records(&s2).await.is_err(),
-            "reads of damaged pages fail"
-        );
+        assert!(!report.is_ok(), "damaged frames must be reported");
+        let (got, err) = read_until_error(&s2, &shard_id(0)).await;
+        assert!(err.is_some(), "reads reaching the damage fail");
+        assert!(!got.is_empty() && got.len() < 300);
         s2.db().close();
 
         // A database file cut in the middle.
@@ -302,27 +374,24 @@ fn damaged_pages_and_a_truncated_file_are_reported() {
             .expect("truncate");
         let outcome = match Db::open(&img, MIGRATIONS) {
             Err(e) => Err(e.to_string()),
-            Ok(db) => {
-                let s3 = EmbeddedStream::open(db).expect("stream");
-                let report = s3.check().await.expect("check runs");
-                let read = all_records(&s3).await;
-                s3.db().close();
-                Ok((report, read.is_err()))
-            }
+            Ok(db) => match EmbeddedStream::open(db.clone()) {
+                Err(e) => {
+                    db.close();
+                    Err(e.to_string())
+                }
+                Ok(s3) => {
+                    let report = s3.check().await.expect("check runs");
+                    s3.db().close();
+                    Ok(report)
+                }
+            },
         };
         match outcome {
             Err(open_error) => assert!(!open_error.is_empty()),
-            Ok((report, read_failed)) => {
-                assert!(
-                    !report.is_ok() || read_failed,
-                    "a truncated file must not pass silently"
-                );
-                assert!(
-                    !report.is_ok(),
-                    "check() reports the truncation: {:?}",
-                    report
-                );
-            }
+            Ok(report) => assert!(
+                !report.is_ok(),
+                "check() reports the truncation: {report:?}"
+            ),
         }
         s.db().close();
     });

@@ -1,5 +1,11 @@
 //! Uploads over the embedded store and stream: one transaction per upload, group-committed
 //! with every other write waiting at the same moment.
+//!
+//! The upload's stream record is committed in that transaction as an outbox entry
+//! ([`enqueue_in_tx`]); once the transaction is durable the record is delivered to the
+//! stream log and a second transaction stores its sequence number and settles the entry.
+//! After a crash between the two, [`EmbeddedUploads::deliver_pending`] finishes the job;
+//! the stream delivers each entry exactly once.
 
 use async_trait::async_trait;
 use sluice_db::rusqlite::{Connection, OptionalExtension, params};
@@ -7,16 +13,17 @@ use sluice_db::{Db, Migration, now_ms};
 use sluice_store::embedded::{EmbeddedStore, Prepared, complete_multipart_in_tx, put_in_tx};
 use sluice_store::{ObjectInfo, PutOptions};
 use sluice_stream::PutRecord;
-use sluice_stream::embedded::{EmbeddedStream, append_in_tx};
+use sluice_stream::embedded::{EmbeddedStream, enqueue_in_tx, settle_in_tx};
 
 use crate::{
     ByteStream, CompletedMultipart, MultipartCompletion, NewUpload, Staged, StatusChange, Upload,
     UploadError, UploadLedger, UploadMeta, UploadRecord, UploadSink, UploadStatus, iso8601_ms,
 };
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "uploads-0001",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "uploads-0001",
+        sql: "
 CREATE TABLE uploads (
     id TEXT PRIMARY KEY,
     user_sub TEXT NOT NULL,
@@ -41,7 +48,14 @@ CREATE TABLE uploads (
 );
 CREATE INDEX uploads_user ON uploads (user_sub, created_ms);
 ",
-}];
+    },
+    // The stream outbox ticket of an upload whose record is not delivered yet (its
+    // `shard_id` and `sequence_number` are empty until then).
+    Migration {
+        name: "uploads-0002",
+        sql: "ALTER TABLE uploads ADD COLUMN outbox_ticket INTEGER;",
+    },
+];
 
 #[derive(Clone)]
 pub struct EmbeddedUploads {
@@ -54,6 +68,41 @@ impl EmbeddedUploads {
     /// `store` and `stream` must live in the same database as `db`.
     pub fn new(db: Db, store: EmbeddedStore, stream: EmbeddedStream) -> Self {
         EmbeddedUploads { db, store, stream }
+    }
+
+    /// Delivers the records of uploads committed before a crash that stopped their
+    /// delivery (run at start, before serving). Returns how many there were.
+    pub async fn deliver_pending(&self) -> Result<usize, UploadError> {
+        let pending: Vec<(String, i64)> = self
+            .db
+            .read(|c| {
+                c.prepare("SELECT id, outbox_ticket FROM uploads WHERE outbox_ticket IS NOT NULL")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(UploadError::from)
+            })
+            .await?;
+        for (id, ticket) in &pending {
+            self.deliver(id, *ticket).await?;
+        }
+        Ok(pending.len())
+    }
+
+    /// Delivers an upload's record and stores where it landed: (shard id, sequence number).
+    async fn deliver(&self, id: &str, ticket: i64) -> Result<(String, String), UploadError> {
+        let put = self.stream.deliver(ticket).await?;
+        let (shard, seq, id) = (put.shard_id, put.sequence_number, id.to_owned());
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE uploads SET shard_id = ?2, sequence_number = ?3, outbox_ticket = NULL
+                     WHERE id = ?1",
+                )?
+                .execute(params![id, shard, seq])?;
+                settle_in_tx(c, ticket)?;
+                Ok::<_, UploadError>((shard, seq))
+            })
+            .await
     }
 }
 
@@ -88,9 +137,7 @@ impl UploadSink for EmbeddedUploads {
             .await?;
         let blob = assembled.prepared().blob_name().map(str::to_owned);
         let id = uuid::Uuid::new_v4().to_string();
-        let visible = self.stream.visibility();
-        let stream = m.stream.clone();
-        self.commit_upload(&stream, blob, move |c| {
+        self.commit_upload(blob, move |c| {
             let now = now_ms();
             let (info, garbage) = complete_multipart_in_tx(c, &assembled, Some(&m.user_sub), now)
                 .map_err(conflict)?;
@@ -102,8 +149,8 @@ impl UploadSink for EmbeddedUploads {
                 stream: &m.stream,
                 partition_key: &m.partition_key,
             };
-            let upload = enqueue_in_tx(c, &visible, &e, id, info, now)?;
-            Ok((CompletedMultipart { upload, etag }, garbage))
+            let (upload, ticket) = enqueue_upload_in_tx(c, &e, id, info, now)?;
+            Ok((CompletedMultipart { upload, etag }, garbage, ticket))
         })
         .await
     }
@@ -119,9 +166,7 @@ impl EmbeddedUploads {
     ) -> Result<Upload, UploadError> {
         let blob = prepared.blob_name().map(str::to_owned);
         let id = uuid::Uuid::new_v4().to_string();
-        let visible = self.stream.visibility();
-        let stream = u.stream.clone();
-        self.commit_upload(&stream, blob, move |c| {
+        self.commit_upload(blob, move |c| {
             let now = now_ms();
             let opts = PutOptions {
                 content_type: Some(u.content_type.clone()),
@@ -131,8 +176,8 @@ impl EmbeddedUploads {
             };
             let (info, replaced) =
                 put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now).map_err(conflict)?;
-            let upload = enqueue_in_tx(c, &visible, &Enqueue::of(&u), id, info, now)?;
-            Ok((upload, replaced.into_iter().collect()))
+            let (upload, ticket) = enqueue_upload_in_tx(c, &Enqueue::of(&u), id, info, now)?;
+            Ok((upload, replaced.into_iter().collect(), ticket))
         })
         .await
     }
@@ -141,16 +186,19 @@ impl EmbeddedUploads {
     /// made garbage. Committed: tailing readers of `stream` are told and the garbage is
     /// deleted. Failed: nothing was committed, so `blob` (the new object's file, if any) is
     /// referenced by no row and is deleted now rather than at the next start.
-    async fn commit_upload<T: Send + 'static>(
+    async fn commit_upload<T: HasUpload + Send + 'static>(
         &self,
-        stream: &str,
         blob: Option<String>,
-        job: impl FnOnce(&Connection) -> Result<(T, Vec<String>), UploadError> + Send + 'static,
+        job: impl FnOnce(&Connection) -> Result<(T, Vec<String>, i64), UploadError> + Send + 'static,
     ) -> Result<T, UploadError> {
         match self.db.write(job).await {
-            Ok((done, garbage)) => {
-                self.stream.notify(stream);
+            Ok((mut done, garbage, ticket)) => {
                 self.store.discard_blobs(garbage);
+                let id = done.upload_mut().id.clone();
+                let (shard, seq) = self.deliver(&id, ticket).await?;
+                let u = done.upload_mut();
+                u.shard_id = shard;
+                u.sequence_number = seq;
                 Ok(done)
             }
             Err(e) => {
@@ -158,6 +206,23 @@ impl EmbeddedUploads {
                 Err(e)
             }
         }
+    }
+}
+
+/// A transaction's result holding the upload it committed (its record not delivered yet).
+trait HasUpload {
+    fn upload_mut(&mut self) -> &mut Upload;
+}
+
+impl HasUpload for Upload {
+    fn upload_mut(&mut self) -> &mut Upload {
+        self
+    }
+}
+
+impl HasUpload for CompletedMultipart {
+    fn upload_mut(&mut self) -> &mut Upload {
+        &mut self.upload
     }
 }
 
@@ -192,16 +257,17 @@ fn conflict(e: sluice_store::StoreError) -> UploadError {
     }
 }
 
-/// Appends the stream record of an upload whose object `info` was written in the same
-/// transaction, and inserts its status row.
-fn enqueue_in_tx(
+/// Puts the stream record of an upload whose object `info` was written in the same
+/// transaction into the stream's outbox, and inserts its status row. The returned upload
+/// and the ticket are returned; the upload's shard and sequence number are empty until
+/// delivered.
+fn enqueue_upload_in_tx(
     c: &Connection,
-    visible: &std::sync::Arc<sluice_stream::embedded::Visibility>,
     e: &Enqueue<'_>,
     id: String,
     info: ObjectInfo,
     now: i64,
-) -> Result<Upload, UploadError> {
+) -> Result<(Upload, i64), UploadError> {
     let record = UploadRecord {
         bucket: info.bucket.clone(),
         key: info.key.clone(),
@@ -215,22 +281,20 @@ fn enqueue_in_tx(
     };
     let data = serde_json::to_vec(&record)
         .map_err(|e| UploadError::Backend(format!("cannot encode record: {e}")))?;
-    let put = append_in_tx(
+    let ticket = enqueue_in_tx(
         c,
-        visible,
         e.stream,
         &PutRecord {
             partition_key: e.partition_key.to_owned(),
             explicit_hash_key: None,
             data: data.into(),
         },
-        now,
     )?;
     c.prepare_cached(
         "INSERT INTO uploads (id, user_sub, bucket, key, filename, size, sha256,
              content_type, request_id, stream, shard_id, sequence_number, status,
-             created_ms, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?13, ?13)",
+             created_ms, updated_ms, outbox_ticket)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '', '', 'queued', ?11, ?11, ?12)",
     )?
     .execute(params![
         id,
@@ -243,11 +307,10 @@ fn enqueue_in_tx(
         info.content_type,
         e.request_id,
         e.stream,
-        put.shard_id,
-        put.sequence_number,
-        now
+        now,
+        ticket
     ])?;
-    Ok(Upload {
+    let upload = Upload {
         id,
         user_sub: e.user_sub.to_owned(),
         bucket: info.bucket,
@@ -258,8 +321,8 @@ fn enqueue_in_tx(
         content_type: info.content_type,
         request_id: e.request_id.to_owned(),
         stream: e.stream.to_owned(),
-        shard_id: put.shard_id,
-        sequence_number: put.sequence_number,
+        shard_id: String::new(),
+        sequence_number: String::new(),
         status: UploadStatus::Queued,
         attempts: 0,
         error: None,
@@ -268,7 +331,8 @@ fn enqueue_in_tx(
         created_ms: now,
         updated_ms: now,
         processed_ms: None,
-    })
+    };
+    Ok((upload, ticket))
 }
 
 #[async_trait]

@@ -113,61 +113,28 @@ CREATE TABLE stream_consumers (
 ) WITHOUT ROWID;
 ",
     },
+    // Records move to the stream log (`embedded/log.rs`); rows left in `records` by an
+    // older sluice are copied there when the backend opens and then deleted. The outbox
+    // holds records that other transactions commit (uploads) until they are delivered to
+    // the log; AUTOINCREMENT because the log remembers delivered tickets, so a number must
+    // never be handed out twice. Stream ids are never reused either (records of a deleted
+    // stream stay in the log until their segment goes): `stream_meta.last_stream_id`.
+    Migration {
+        name: "stream-0005",
+        sql: "
+CREATE TABLE stream_outbox (
+    ticket INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    partition_key TEXT NOT NULL,
+    explicit_hash_key TEXT,
+    data BLOB NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+INSERT OR REPLACE INTO stream_meta (k, v)
+    SELECT 'last_stream_id', COALESCE(MAX(id), 0) FROM streams;
+",
+    },
 ];
-
-/// The first stored record of a shard at or after `counter`: (counter, arrival ms).
-fn record_at_or_after(
-    conn: &Connection,
-    stream_id: i64,
-    shard_idx: u64,
-    counter: u64,
-) -> Result<Option<(u64, i64)>, StreamError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT counter, arrival_ms FROM records
-             WHERE stream_id = ?1 AND shard_idx = ?2 AND counter >= ?3
-             ORDER BY counter LIMIT 1",
-        )?
-        .query_row(
-            sluice_db::rusqlite::params![stream_id, shard_idx as i64, counter as i64],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)?)),
-        )
-        .optional()?)
-}
-
-/// The counter of the first record of a shard that arrived at or after `ts` (ms), or
-/// `next_counter` when there is none.
-///
-/// Relies on the invariant that arrival times never decrease along a shard's counters
-/// (the appender stamps `max(now, last arrival)`): a binary search over the counters,
-/// each probe one lookup in the position index, so no index on arrival times is needed.
-pub(crate) fn first_counter_at_or_after(
-    conn: &Connection,
-    stream_id: i64,
-    shard_idx: u64,
-    next_counter: u64,
-    ts: i64,
-) -> Result<u64, StreamError> {
-    // Invariant of the loop: every record below `lo` arrived before `ts`; the first record
-    // at or after `hi` (if any) arrived at or after `ts`, or `hi == next_counter`.
-    let (mut lo, mut hi) = (0u64, next_counter);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        match record_at_or_after(conn, stream_id, shard_idx, mid)? {
-            Some((c, arrival)) if c < hi => {
-                if arrival >= ts {
-                    hi = c;
-                } else {
-                    lo = c + 1;
-                }
-            }
-            // No record in mid..hi: the answer is at or after hi, and nothing in mid..hi
-            // is before ts either.
-            _ => hi = mid,
-        }
-    }
-    Ok(hi)
-}
 
 /// A row of `streams`.
 #[derive(Debug, Clone)]

@@ -1,0 +1,1467 @@
+//! The stream log: the files that hold the embedded backend's records.
+//!
+//! SQLite keeps what describes streams (streams, shards, tags, consumers); the records
+//! themselves go to this log, because a record in SQLite cost its B-tree insert, its index
+//! entry and its WAL frames on the append path — about 8 µs of CPU per record on a
+//! machine whose two cores also run the runtime (docs/BENCHMARKS-stream.md, rounds 3–4).
+//! Here an append is a copy into a buffer and a share of one `write` + `fdatasync`.
+//!
+//! Layout: one directory beside the database (`<db>-stream-log/`) holding segment files
+//! named after the LSN of their first frame. A segment only grows; a new one starts when
+//! the current one would pass [`SEGMENT_BYTES`]. Each record is one frame: a 72-byte
+//! header (magic, CRC-32 of the rest of the frame, length, LSN, the first LSN of its
+//! batch, stream id, shard, counter, arrival time, outbox ticket) then the partition key
+//! and the data.
+//!
+//! One thread writes ([`Log::spawn`]). It takes every append waiting, gives each record
+//! its counter, writes the batch's frames sorted by shard with one `write`, fsyncs, then
+//! adds the batch to the in-memory index and answers. So:
+//!
+//! - **An acknowledged record is durable**, and a reader sees a record only after it is
+//!   (the index is updated after the fsync): nothing a reader saw can be lost.
+//! - **Counters are dense per shard** and only the writer thread assigns them; SQLite's
+//!   `shards.next_counter` is written back before segments are deleted and when a shard
+//!   closes, so a shard's counter survives the loss of every record it held.
+//! - **Frames are checksummed and LSNs consecutive.** On open every segment is scanned and
+//!   the index rebuilt. A bad frame whose batch is the last one written is a torn tail (a
+//!   crash mid-write: that batch was never acknowledged) and the segment is cut there. A
+//!   bad frame anywhere else — in an older segment, or followed by a later batch — is
+//!   corruption: it is reported (error log, `sluice doctor`), the scan resumes at the next
+//!   good frame, and reads of the lost counters fail; nothing is skipped silently.
+//! - Metadata changes that the append path depends on (resharding, deletion, record size)
+//!   run as jobs on the writer thread ([`Log::control`]), between batches.
+//!
+//! The whole index is in memory (about 40 bytes per run of consecutive records of one
+//! shard in one batch) and is rebuilt by reading every segment at open: opening costs a
+//! read of the retained records. Decision: simple and fast to append; per-segment index
+//! files would bound the start-up read if retained data grows large.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::oneshot;
+
+use super::throttle::Throttle;
+use crate::{PutRecord, PutResult, StreamError, parse_sequence_number, sequence_number, shard_id};
+
+/// A segment is closed once it would grow past this.
+pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+/// Frame header bytes.
+const HEADER: usize = 72;
+const MAGIC: u32 = 0x534C_4731; // "SLG1"
+/// Most records and bytes one batch takes from the queue.
+const MAX_BATCH_RECORDS: usize = 8_192;
+const MAX_BATCH_BYTES: usize = 32 << 20;
+
+/// The log directory of the database at `db_path`.
+pub(crate) fn dir_of(db_path: &Path) -> PathBuf {
+    let name = db_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sluice.db".into());
+    db_path.with_file_name(format!("{name}-stream-log"))
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:020}.seg"))
+}
+
+/// The fixed part of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FrameHead {
+    pub(crate) lsn: u64,
+    pub(crate) batch_lsn: u64,
+    pub(crate) stream_id: i64,
+    pub(crate) shard: u64,
+    pub(crate) counter: u64,
+    pub(crate) arrival_ms: i64,
+    /// The outbox ticket this record delivers (0: none).
+    pub(crate) outbox: i64,
+}
+
+/// Appends one frame to `buf`.
+pub(crate) fn encode_frame(buf: &mut Vec<u8>, h: &FrameHead, pk: &[u8], data: &[u8]) {
+    let start = buf.len();
+    let len = HEADER + pk.len() + data.len();
+    buf.extend_from_slice(&MAGIC.to_le_bytes());
+    buf.extend_from_slice(&[0; 4]); // checksum, filled below
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    buf.extend_from_slice(&(pk.len() as u32).to_le_bytes());
+    for v in [h.lsn, h.batch_lsn] {
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+    buf.extend_from_slice(&h.stream_id.to_le_bytes());
+    buf.extend_from_slice(&h.shard.to_le_bytes());
+    buf.extend_from_slice(&h.counter.to_le_bytes());
+    buf.extend_from_slice(&h.arrival_ms.to_le_bytes());
+    buf.extend_from_slice(&h.outbox.to_le_bytes());
+    buf.extend_from_slice(pk);
+    buf.extend_from_slice(data);
+    let sum = crc32fast::hash(&buf[start + 8..]);
+    buf[start + 4..start + 8].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// A frame read back: its header, partition key and data.
+pub(crate) struct Frame<'a> {
+    pub(crate) head: FrameHead,
+    pub(crate) pk: &'a [u8],
+    pub(crate) data: &'a [u8],
+    pub(crate) len: usize,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Decodes the frame at the start of `b`: `None` unless magic, length and checksum hold.
+pub(crate) fn decode_frame(b: &[u8]) -> Option<Frame<'_>> {
+    parse_frame(b).filter(|f| crc32fast::hash(&b[8..f.len]) == u32_at(b, 4))
+}
+
+/// What a frame's header says, checksum unchecked: only to name a damaged record.
+fn parse_frame(b: &[u8]) -> Option<Frame<'_>> {
+    if b.len() < HEADER || u32_at(b, 0) != MAGIC {
+        return None;
+    }
+    let len = u32_at(b, 8) as usize;
+    let pk_len = u32_at(b, 12) as usize;
+    if len < HEADER || len > b.len() || pk_len > len - HEADER {
+        return None;
+    }
+    Some(Frame {
+        head: FrameHead {
+            lsn: u64_at(b, 16),
+            batch_lsn: u64_at(b, 24),
+            stream_id: u64_at(b, 32) as i64,
+            shard: u64_at(b, 40),
+            counter: u64_at(b, 48),
+            arrival_ms: u64_at(b, 56) as i64,
+            outbox: u64_at(b, 64) as i64,
+        },
+        pk: &b[HEADER..HEADER + pk_len],
+        data: &b[HEADER + pk_len..len],
+        len,
+    })
+}
+
+/// Consecutive records of one shard, stored back to back in one segment, that arrived in
+/// one batch (so they share an arrival time).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    first: u64,
+    count: u64,
+    seg: u64,
+    offset: u64,
+    bytes: u64,
+    arrival_ms: i64,
+}
+
+impl Run {
+    fn end(&self) -> u64 {
+        self.first + self.count
+    }
+}
+
+/// What the log holds of one shard.
+#[derive(Debug, Default)]
+struct ShardLog {
+    runs: VecDeque<Run>,
+    /// One past the last record's counter (0: never held a record here).
+    next: u64,
+    last_arrival_ms: i64,
+    /// Counters lost to corruption, found at open: reads of them fail.
+    damaged: Vec<(u64, u64)>,
+}
+
+impl ShardLog {
+    fn push(&mut self, run: Run) {
+        if let Some(last) = self.runs.back_mut()
+            && last.seg == run.seg
+            && last.offset + last.bytes == run.offset
+            && last.end() == run.first
+            && last.arrival_ms == run.arrival_ms
+        {
+            last.count += run.count;
+            last.bytes += run.bytes;
+        } else {
+            self.runs.push_back(run);
+        }
+        self.next = run.first + run.count;
+        self.last_arrival_ms = self.last_arrival_ms.max(run.arrival_ms);
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    shards: HashMap<(i64, u64), ShardLog>,
+    /// Runs per segment; a segment nobody references (and not being written) is deleted.
+    seg_runs: BTreeMap<u64, usize>,
+    /// Outbox tickets delivered by a record still in the log: (stream id, shard, counter).
+    delivered: HashMap<i64, (i64, u64, u64)>,
+}
+
+impl Index {
+    fn add_run(&mut self, key: (i64, u64), run: Run) {
+        let sl = self.shards.entry(key).or_default();
+        let before = sl.runs.len();
+        sl.push(run);
+        if sl.runs.len() > before {
+            *self.seg_runs.entry(run.seg).or_default() += 1;
+        }
+    }
+
+    fn drop_run(&mut self, run: &Run) {
+        if let Some(n) = self.seg_runs.get_mut(&run.seg) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Stream metadata the append path needs, loaded from SQLite by callers and cached.
+#[derive(Debug)]
+pub(crate) struct StreamMeta {
+    pub(crate) id: i64,
+    pub(crate) name: String,
+    pub(crate) created_ms: i64,
+    pub(crate) max_record_bytes: usize,
+    /// Open shards in hash-key order: (index, start, end, SQLite next counter, last arrival).
+    pub(crate) shards: Vec<MetaShard>,
+    /// [`Log::epoch`] read before the rows were: older than a change of this stream means
+    /// stale.
+    pub(crate) epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetaShard {
+    pub(crate) idx: u64,
+    pub(crate) start: u128,
+    pub(crate) end: u128,
+    pub(crate) next_counter: u64,
+    pub(crate) last_arrival_ms: i64,
+}
+
+pub(crate) type Results = Vec<Result<PutResult, StreamError>>;
+
+/// How the writer answered one append job.
+pub(crate) enum Answer {
+    Done(Results),
+    /// The job's metadata predates a change of its stream: reload and resubmit.
+    Stale,
+}
+
+pub(crate) struct AppendJob {
+    pub(crate) meta: Arc<StreamMeta>,
+    pub(crate) records: Vec<(PutRecord, Option<String>)>,
+    /// The outbox ticket the (single) record delivers.
+    pub(crate) outbox: Option<i64>,
+    pub(crate) throttle: Option<Arc<Throttle>>,
+    /// The caller's clock when it appended (ms): the records' arrival time, raised to the
+    /// shard's last arrival so that arrival times never decrease along a shard.
+    pub(crate) now: i64,
+    pub(crate) reply: oneshot::Sender<Result<Answer, StreamError>>,
+}
+
+type ControlFn = Box<dyn FnOnce(&mut Writer) + Send>;
+
+enum Job {
+    Append(AppendJob),
+    Control(ControlFn),
+}
+
+/// State shared by the writer thread and readers.
+struct Shared {
+    dir: PathBuf,
+    index: RwLock<Index>,
+    files: RwLock<HashMap<u64, Arc<File>>>,
+    /// Problems found when the log was opened (corruption), for `check()`.
+    problems: Mutex<Vec<String>>,
+    metas: Mutex<HashMap<String, Arc<StreamMeta>>>,
+    epoch: AtomicU64,
+    /// Set once a write or fsync failed: no append is accepted until restart.
+    failed: Mutex<Option<String>>,
+}
+
+fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> StreamError {
+    StreamError::Backend(format!("stream log: cannot {what} {}: {e}", path.display()))
+}
+
+/// The log of one database. One per database ([`sluice_db::Db::shared`] holds it).
+pub(crate) struct Log {
+    shared: Arc<Shared>,
+    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        lock(&self.jobs).take();
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What scanning the segments found.
+struct Scan {
+    index: Index,
+    files: HashMap<u64, Arc<File>>,
+    /// The segment to append to and its length, if any.
+    last: Option<(u64, u64)>,
+    next_lsn: u64,
+    problems: Vec<String>,
+    frames: u64,
+}
+
+/// Lists the segment ids of `dir`, in order.
+fn segment_ids(dir: &Path) -> Result<Vec<u64>, StreamError> {
+    let mut ids = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => return Err(io("list", dir, e)),
+    };
+    for e in entries {
+        let e = e.map_err(|e| io("list", dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(id) = name
+            .strip_suffix(".seg")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Reads every segment and rebuilds the index. `repair`: cut a torn tail off the last
+/// segment (a read-only scan only reports it).
+fn scan(dir: &Path, repair: bool) -> Result<Scan, StreamError> {
+    let ids = segment_ids(dir)?;
+    let mut out = Scan {
+        index: Index::default(),
+        files: HashMap::new(),
+        last: None,
+        next_lsn: ids.first().copied().unwrap_or(1).max(1),
+        problems: Vec::new(),
+        frames: 0,
+    };
+    let mut damaged = Vec::new();
+    for (i, &id) in ids.iter().enumerate() {
+        let path = segment_path(dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(repair)
+            .open(&path)
+            .map_err(|e| io("open", &path, e))?;
+        let mut data = Vec::new();
+        {
+            use std::io::Read;
+            (&file)
+                .read_to_end(&mut data)
+                .map_err(|e| io("read", &path, e))?;
+        }
+        if id < out.next_lsn {
+            out.problems.push(format!(
+                "segment {} starts at LSN {id}, below the {} its predecessor ended at",
+                path.display(),
+                out.next_lsn
+            ));
+        }
+        // Segments deleted in between leave a gap in LSNs: that is fine.
+        let mut expected = id.max(out.next_lsn);
+        let is_last = i + 1 == ids.len();
+        let mut off = 0usize;
+        let mut len = data.len() as u64;
+        while off < data.len() {
+            match decode_frame(&data[off..]) {
+                Some(f) if f.head.lsn == expected => {
+                    index_frame(&mut out.index, &mut out.problems, id, off as u64, &f);
+                    out.frames += 1;
+                    expected += 1;
+                    off += f.len;
+                }
+                _ => {
+                    let (resync, later_batch) = later_frames(&data, off, expected);
+                    let corrupt = !is_last || later_batch;
+                    if !corrupt {
+                        if repair {
+                            file.set_len(off as u64)
+                                .and_then(|()| file.sync_all())
+                                .map_err(|e| io("cut the torn tail of", &path, e))?;
+                            tracing::warn!(
+                                segment = %path.display(),
+                                offset = off,
+                                dropped_bytes = data.len() - off,
+                                "stream log: cut a torn tail (a batch that was being written when the process stopped; it was never acknowledged)"
+                            );
+                        }
+                        len = off as u64;
+                        break;
+                    }
+                    // The damaged frame's header, if it still reads, names the record.
+                    let victim = parse_frame(&data[off..])
+                        .filter(|f| f.head.lsn == expected)
+                        .map(|f| {
+                            format!(
+                                "record {} (stream id {}, shard {}) fails its checksum; ",
+                                sequence_number(f.head.shard, f.head.counter),
+                                f.head.stream_id,
+                                shard_id(f.head.shard)
+                            )
+                        })
+                        .unwrap_or_default();
+                    let msg = match resync {
+                        Some((p, lsn)) => format!(
+                            "{victim}segment {} is damaged at byte {off} (expected LSN {expected}); \
+                             the frames up to LSN {} are lost, scanning resumed at byte {p}",
+                            path.display(),
+                            lsn.saturating_sub(1)
+                        ),
+                        None => format!(
+                            "{victim}segment {} is damaged at byte {off} (expected LSN {expected}); \
+                             the rest of the segment ({} bytes) is unreadable",
+                            path.display(),
+                            data.len() - off
+                        ),
+                    };
+                    tracing::error!(problem = %msg, "stream log is corrupt");
+                    out.problems.push(msg);
+                    let end = resync.map_or(data.len(), |(p, _)| p);
+                    damaged.extend(damaged_heads(&data[off..end]));
+                    match resync {
+                        Some((p, lsn)) => {
+                            off = p;
+                            expected = lsn;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        out.next_lsn = expected;
+        out.files.insert(id, Arc::new(file));
+        if is_last {
+            out.last = Some((id, len));
+        }
+    }
+    note_damaged(&mut out.index, &damaged);
+    Ok(out)
+}
+
+/// After a bad frame at `from` (where LSN `expected` was due): the first good frame with
+/// an LSN at or above it (position, LSN), if any, and whether anything after `from` belongs
+/// to a batch that began after the bad frame's — a good frame, or the still readable
+/// header of a damaged one. A torn write only ever leaves (parts of) the one batch being
+/// written, so such a frame means the damage is not a torn tail.
+fn later_frames(data: &[u8], from: usize, expected: u64) -> (Option<(usize, u64)>, bool) {
+    let mut first = None;
+    let mut later = false;
+    let mut p = from + 1;
+    while p < data.len() && !(later && first.is_some()) {
+        if let Some(f) = decode_frame(&data[p..]).filter(|f| f.head.lsn >= expected) {
+            first.get_or_insert((p, f.head.lsn));
+            later |= f.head.batch_lsn > expected;
+            p += f.len;
+            continue;
+        }
+        if let Some(f) = parse_frame(&data[p..]) {
+            later |= f.head.batch_lsn > expected && f.head.lsn > expected;
+        }
+        p += 1;
+    }
+    (first, later)
+}
+
+/// The still readable headers of damaged frames in `region`.
+fn damaged_heads(region: &[u8]) -> Vec<FrameHead> {
+    let mut out = Vec::new();
+    let mut p = 0;
+    while p < region.len() {
+        match parse_frame(&region[p..]) {
+            Some(f) => {
+                out.push(f.head);
+                p += f.len.max(1);
+            }
+            None => p += 1,
+        }
+    }
+    out
+}
+
+/// Applied once every segment is scanned: a damaged frame's counter that no good frame of
+/// its shard went past is lost at the shard's end — reads of it fail, and it is never
+/// handed out again. (Below a good frame, the gap was marked when that frame was indexed.)
+fn note_damaged(index: &mut Index, heads: &[FrameHead]) {
+    for h in heads {
+        let sl = index.shards.entry((h.stream_id, h.shard)).or_default();
+        if h.counter >= sl.next {
+            let from = if sl.next == 0 { h.counter } else { sl.next };
+            sl.damaged.push((from, h.counter + 1));
+            sl.next = h.counter + 1;
+        }
+    }
+}
+
+fn index_frame(index: &mut Index, problems: &mut Vec<String>, seg: u64, off: u64, f: &Frame<'_>) {
+    let key = (f.head.stream_id, f.head.shard);
+    let sl = index.shards.entry(key).or_default();
+    if sl.next != 0 && f.head.counter != sl.next {
+        if f.head.counter < sl.next {
+            let msg = format!(
+                "frame LSN {} repeats counter {} of stream {} shard {} (next was {}): ignored",
+                f.head.lsn, f.head.counter, f.head.stream_id, f.head.shard, sl.next
+            );
+            tracing::error!(problem = %msg, "stream log is corrupt");
+            problems.push(msg);
+            return;
+        }
+        sl.damaged.push((sl.next, f.head.counter));
+    }
+    index.add_run(
+        key,
+        Run {
+            first: f.head.counter,
+            count: 1,
+            seg,
+            offset: off,
+            bytes: f.len as u64,
+            arrival_ms: f.head.arrival_ms,
+        },
+    );
+    if f.head.outbox != 0 {
+        index.delivered.insert(
+            f.head.outbox,
+            (f.head.stream_id, f.head.shard, f.head.counter),
+        );
+    }
+}
+
+/// What [`Log::verify`] found.
+pub(crate) struct Verified {
+    pub(crate) frames: u64,
+    pub(crate) problems: Vec<String>,
+}
+
+/// A record read back: counter, arrival, partition key, data range in the shared buffer.
+pub(crate) struct ReadRecord {
+    pub(crate) counter: u64,
+    pub(crate) arrival_ms: i64,
+    pub(crate) partition_key: String,
+    pub(crate) data: std::ops::Range<usize>,
+}
+
+pub(crate) struct ReadOut {
+    pub(crate) records: Vec<ReadRecord>,
+    pub(crate) buf: Vec<u8>,
+    /// The counter after the last record returned, or `from` if none.
+    pub(crate) next: u64,
+}
+
+impl Log {
+    /// Scans `dir` (read and write) and starts the writer thread.
+    pub(crate) fn open(dir: &Path) -> Result<Log, StreamError> {
+        std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+        let s = scan(dir, true)?;
+        Ok(Log::start(dir, s, true))
+    }
+
+    /// Scans `dir` without changing it and starts no writer (`sluice doctor`).
+    pub(crate) fn open_read_only(dir: &Path) -> Result<Log, StreamError> {
+        let s = scan(dir, false)?;
+        Ok(Log::start(dir, s, false))
+    }
+
+    /// Checks every frame of `dir` again (what `sluice doctor` reports).
+    pub(crate) fn verify(&self) -> Result<Verified, StreamError> {
+        let s = scan(&self.shared.dir, false)?;
+        let mut problems = lock(&self.shared.problems).clone();
+        for p in s.problems {
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
+        }
+        Ok(Verified {
+            frames: s.frames,
+            problems,
+        })
+    }
+
+    fn start(dir: &Path, s: Scan, writer: bool) -> Log {
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            index: RwLock::new(s.index),
+            files: RwLock::new(s.files),
+            problems: Mutex::new(s.problems),
+            metas: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(1),
+            failed: Mutex::new(None),
+        });
+        let (jobs, thread) = if writer {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            let w = Writer {
+                shared: shared.clone(),
+                current: s.last,
+                next_lsn: s.next_lsn,
+                changed: HashMap::new(),
+                buf: Vec::new(),
+            };
+            let t = std::thread::Builder::new()
+                .name("sluice-stream-log".into())
+                .spawn(move || w.run(rx))
+                .ok();
+            (t.is_some().then_some(tx), t)
+        } else {
+            (None, None)
+        };
+        Log {
+            shared,
+            jobs: Mutex::new(jobs),
+            thread: Mutex::new(thread),
+        }
+    }
+
+    fn send(&self, job: Job) -> Result<(), StreamError> {
+        let g = lock(&self.jobs);
+        let tx = g
+            .as_ref()
+            .ok_or_else(|| StreamError::Backend("the stream log is not open for writing".into()))?;
+        tx.send(job)
+            .map_err(|_| StreamError::Backend("the stream log writer stopped".into()))
+    }
+
+    /// Queues an append; the answer comes once its batch is durable.
+    pub(crate) fn append(&self, job: AppendJob) -> Result<(), StreamError> {
+        self.send(Job::Append(job))
+    }
+
+    /// Runs `f` on the writer thread between batches (every earlier append is durable and
+    /// no other runs meanwhile).
+    pub(crate) async fn control<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> R + Send + 'static,
+    ) -> Result<R, StreamError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Job::Control(Box::new(move |w| {
+            let _ = tx.send(f(w));
+        })))?;
+        rx.await
+            .map_err(|_| StreamError::Backend("the stream log writer stopped".into()))
+    }
+
+    /// [`Log::control`] for callers outside a runtime.
+    pub(crate) fn control_blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> R + Send + 'static,
+    ) -> Result<R, StreamError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(Job::Control(Box::new(move |w| {
+            let _ = tx.send(f(w));
+        })))?;
+        rx.recv()
+            .map_err(|_| StreamError::Backend("the stream log writer stopped".into()))
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn cached_meta(&self, name: &str) -> Option<Arc<StreamMeta>> {
+        lock(&self.shared.metas).get(name).cloned()
+    }
+
+    pub(crate) fn cache_meta(&self, meta: Arc<StreamMeta>) {
+        lock(&self.shared.metas).insert(meta.name.clone(), meta);
+    }
+
+    /// One past the last durable record of a shard, and its arrival time (None: the log
+    /// holds nothing of it since it was opened, and nothing on disk).
+    pub(crate) fn shard_end(&self, stream_id: i64, shard: u64) -> Option<(u64, i64)> {
+        lock_read(&self.shared.index)
+            .shards
+            .get(&(stream_id, shard))
+            .filter(|s| s.next > 0)
+            .map(|s| (s.next, s.last_arrival_ms))
+    }
+
+    /// The counter of the first stored record of a shard that arrived at or after `ts`.
+    pub(crate) fn first_at_or_after(&self, stream_id: i64, shard: u64, ts: i64) -> Option<u64> {
+        let idx = lock_read(&self.shared.index);
+        let sl = idx.shards.get(&(stream_id, shard))?;
+        let i = sl.runs.partition_point(|r| r.arrival_ms < ts);
+        sl.runs.get(i).map(|r| r.first)
+    }
+
+    /// The arrival time of the first stored record at or after `counter`.
+    pub(crate) fn arrival_at_or_after(
+        &self,
+        stream_id: i64,
+        shard: u64,
+        counter: u64,
+    ) -> Option<i64> {
+        let idx = lock_read(&self.shared.index);
+        let sl = idx.shards.get(&(stream_id, shard))?;
+        let i = sl.runs.partition_point(|r| r.end() <= counter);
+        sl.runs.get(i).map(|r| r.arrival_ms)
+    }
+
+    /// The result an outbox ticket was delivered with, if its record is in the log.
+    pub(crate) fn delivered(&self, ticket: i64) -> Option<PutResult> {
+        lock_read(&self.shared.index)
+            .delivered
+            .get(&ticket)
+            .map(|&(_, shard, counter)| PutResult {
+                shard_id: shard_id(shard),
+                sequence_number: sequence_number(shard, counter),
+            })
+    }
+
+    /// Stored records of a shard from `from` on: at most `limit`, and no more than
+    /// `max_bytes` of data (but at least one). Each frame's checksum and position are
+    /// verified; a damaged record is an error naming it.
+    pub(crate) fn read(
+        &self,
+        stream: &str,
+        stream_id: i64,
+        shard: u64,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ReadOut, StreamError> {
+        // (segment, offset, bytes) spans to read, and where reading must stop (damage).
+        let mut spans: Vec<(u64, u64, u64)> = Vec::new();
+        let mut stop_at = u64::MAX;
+        {
+            let idx = lock_read(&self.shared.index);
+            if let Some(sl) = idx.shards.get(&(stream_id, shard)) {
+                for &(a, b) in &sl.damaged {
+                    if from >= a && from < b {
+                        return Err(damaged(stream, shard, from));
+                    }
+                    if a > from {
+                        stop_at = stop_at.min(a);
+                    }
+                }
+                let mut i = sl.runs.partition_point(|r| r.end() <= from);
+                let (mut n, mut bytes) = (0u64, 0u64);
+                while let Some(r) = sl.runs.get(i) {
+                    if r.first >= stop_at || n >= limit as u64 || bytes > max_bytes as u64 {
+                        break;
+                    }
+                    n += r.end() - r.first.max(from);
+                    bytes += r.bytes;
+                    match spans.last_mut() {
+                        Some(s) if s.0 == r.seg && s.1 + s.2 == r.offset => s.2 += r.bytes,
+                        _ => spans.push((r.seg, r.offset, r.bytes)),
+                    }
+                    i += 1;
+                }
+            }
+        }
+        let mut out = ReadOut {
+            records: Vec::new(),
+            buf: Vec::new(),
+            next: from,
+        };
+        let mut chunk = Vec::new();
+        'spans: for (seg, offset, bytes) in spans {
+            let file = lock_read(&self.shared.files)
+                .get(&seg)
+                .cloned()
+                .ok_or_else(|| {
+                    StreamError::Backend(format!("stream log: segment {seg} is missing"))
+                })?;
+            chunk.resize(bytes as usize, 0);
+            file.read_exact_at(&mut chunk, offset)
+                .map_err(|e| io("read", &segment_path(&self.shared.dir, seg), e))?;
+            let mut p = 0usize;
+            while p < chunk.len() {
+                let expected = out.next.max(from);
+                let f = decode_frame(&chunk[p..])
+                    .filter(|f| f.head.stream_id == stream_id && f.head.shard == shard)
+                    .ok_or_else(|| damaged(stream, shard, expected))?;
+                p += f.len;
+                if f.head.counter < from {
+                    continue;
+                }
+                if f.head.counter >= stop_at {
+                    break 'spans;
+                }
+                if !out.records.is_empty()
+                    && (out.records.len() >= limit || out.buf.len() + f.data.len() > max_bytes)
+                {
+                    break 'spans;
+                }
+                let pk = std::str::from_utf8(f.pk)
+                    .map_err(|_| damaged(stream, shard, f.head.counter))?
+                    .to_owned();
+                let start = out.buf.len();
+                out.buf.extend_from_slice(f.data);
+                out.records.push(ReadRecord {
+                    counter: f.head.counter,
+                    arrival_ms: f.head.arrival_ms,
+                    partition_key: pk,
+                    data: start..out.buf.len(),
+                });
+                out.next = f.head.counter + 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn damaged(stream: &str, shard: u64, counter: u64) -> StreamError {
+    let seq = sequence_number(shard, counter);
+    tracing::error!(%stream, sequence_number = %seq, "record is damaged: the stream log is corrupt");
+    StreamError::Backend(format!(
+        "record {seq} of stream {stream} is damaged (checksum mismatch): the stream log is corrupt; run `sluice doctor`"
+    ))
+}
+
+/// A shard (stream id, index) and the counter it starts at.
+pub(crate) type ShardStart = ((i64, u64), u64);
+/// A record of an older layout: stream id, shard, counter, arrival, partition key, data.
+pub(crate) type ImportRecord = (i64, u64, u64, i64, String, Vec<u8>);
+
+/// What a retention pass removed ([`Writer::trim`]).
+#[derive(Default)]
+pub(crate) struct Cut {
+    pub(crate) records: u64,
+    /// (stream id, shard) and the counter it now starts at.
+    pub(crate) starts: Vec<ShardStart>,
+}
+
+/// The writer thread's state; [`Log::control`] jobs get it.
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    /// The segment being appended to and its length.
+    current: Option<(u64, u64)>,
+    next_lsn: u64,
+    /// Epoch of each stream's last metadata change.
+    changed: HashMap<i64, u64>,
+    buf: Vec<u8>,
+}
+
+/// One record placed in a batch.
+struct Placed {
+    job: usize,
+    rec: usize,
+    stream_id: i64,
+    shard: u64,
+    counter: u64,
+    arrival_ms: i64,
+    outbox: i64,
+}
+
+impl Writer {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<Job>) {
+        let mut held: Option<Job> = None;
+        loop {
+            let job = match held.take() {
+                Some(j) => j,
+                None => match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => return,
+                },
+            };
+            match job {
+                Job::Control(f) => f(&mut self),
+                Job::Append(first) => {
+                    let mut n = first.records.len();
+                    let mut bytes: usize = first.records.iter().map(|(r, _)| r.data.len()).sum();
+                    let mut batch = vec![first];
+                    while n < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
+                        match rx.try_recv() {
+                            Ok(Job::Append(a)) => {
+                                n += a.records.len();
+                                bytes += a.records.iter().map(|(r, _)| r.data.len()).sum::<usize>();
+                                batch.push(a);
+                            }
+                            Ok(other) => {
+                                held = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(batch);
+                }
+            }
+        }
+    }
+
+    /// Marks a stream's metadata changed: appends holding older metadata are refused as
+    /// stale (their callers reload it).
+    pub(crate) fn changed(&mut self, stream_id: i64) {
+        let e = self.shared.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.changed.insert(stream_id, e);
+        lock(&self.shared.metas).retain(|_, m| m.id != stream_id);
+    }
+
+    /// Next counter and last arrival of a shard, from the log (None if it holds nothing).
+    pub(crate) fn shard_end(&self, stream_id: i64, shard: u64) -> Option<(u64, i64)> {
+        lock_read(&self.shared.index)
+            .shards
+            .get(&(stream_id, shard))
+            .filter(|s| s.next > 0)
+            .map(|s| (s.next, s.last_arrival_ms))
+    }
+
+    /// Every shard the log holds records of: ((stream id, shard), next counter, arrival).
+    pub(crate) fn shard_ends(&self) -> Vec<((i64, u64), u64, i64)> {
+        lock_read(&self.shared.index)
+            .shards
+            .iter()
+            .filter(|(_, s)| s.next > 0)
+            .map(|(k, s)| (*k, s.next, s.last_arrival_ms))
+            .collect()
+    }
+
+    /// Forgets a deleted stream's records (their segments go once nothing else is in them).
+    pub(crate) fn forget_stream(&mut self, stream_id: i64) {
+        let mut idx = lock_write(&self.shared.index);
+        let keys: Vec<(i64, u64)> = idx
+            .shards
+            .keys()
+            .filter(|(s, _)| *s == stream_id)
+            .copied()
+            .collect();
+        for k in keys {
+            if let Some(sl) = idx.shards.remove(&k) {
+                for r in &sl.runs {
+                    idx.drop_run(r);
+                }
+            }
+        }
+        idx.delivered.retain(|_, (s, _, _)| *s != stream_id);
+        drop(idx);
+        self.changed(stream_id);
+    }
+
+    /// Forgets the records of every stream not in `ids` (deleted while the log was
+    /// closed, or before its segments went).
+    pub(crate) fn forget_streams_except(&mut self, ids: &[i64]) {
+        let keep: std::collections::HashSet<i64> = ids.iter().copied().collect();
+        let gone: std::collections::BTreeSet<i64> = lock_read(&self.shared.index)
+            .shards
+            .keys()
+            .map(|(s, _)| *s)
+            .filter(|s| !keep.contains(s))
+            .collect();
+        for s in gone {
+            self.forget_stream(s);
+        }
+    }
+
+    /// Drops the runs of a shard that end at or before `before` (records below a stored
+    /// trim point). Returns how many records went.
+    pub(crate) fn cut_before(&mut self, key: (i64, u64), before: u64) -> u64 {
+        let mut idx = lock_write(&self.shared.index);
+        let mut gone = Vec::new();
+        if let Some(sl) = idx.shards.get_mut(&key) {
+            while sl.runs.front().is_some_and(|r| r.end() <= before) {
+                gone.extend(sl.runs.pop_front());
+            }
+            sl.damaged.retain(|&(_, b)| b > before);
+        }
+        for r in &gone {
+            idx.drop_run(r);
+        }
+        gone.iter().map(|r| r.count).sum()
+    }
+
+    /// Drops the records of each listed stream that arrived before its horizon (ms): a
+    /// prefix of each shard. Returns how many went and each trimmed shard's new start.
+    pub(crate) fn trim(&mut self, horizons: &HashMap<i64, i64>) -> Cut {
+        let mut cut = Cut::default();
+        let plan: Vec<ShardStart> = {
+            let idx = lock_read(&self.shared.index);
+            idx.shards
+                .iter()
+                .filter_map(|(key, sl)| {
+                    let h = *horizons.get(&key.0)?;
+                    let first = sl.runs.front()?;
+                    (first.arrival_ms < h).then(|| {
+                        let i = sl.runs.partition_point(|r| r.arrival_ms < h);
+                        (*key, sl.runs.get(i).map_or(sl.next, |r| r.first))
+                    })
+                })
+                .collect()
+        };
+        for (key, start) in plan {
+            cut.records += self.cut_before(key, start);
+            cut.starts.push((key, start));
+        }
+        cut
+    }
+
+    /// Segments no record refers to any more, except the one being written.
+    pub(crate) fn unreferenced_segments(&self) -> Vec<u64> {
+        let idx = lock_read(&self.shared.index);
+        let files = lock_read(&self.shared.files);
+        let current = self.current.map(|c| c.0);
+        files
+            .keys()
+            .filter(|id| Some(**id) != current && idx.seg_runs.get(id).copied().unwrap_or(0) == 0)
+            .copied()
+            .collect()
+    }
+
+    /// Deletes segments (callers first make the counters they held durable in SQLite).
+    pub(crate) fn delete_segments(&mut self, ids: &[u64]) -> Result<(), StreamError> {
+        let mut idx = lock_write(&self.shared.index);
+        let mut files = lock_write(&self.shared.files);
+        for id in ids {
+            let path = segment_path(&self.shared.dir, *id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("delete", &path, e)),
+            }
+            files.remove(id);
+            idx.seg_runs.remove(id);
+        }
+        idx.delivered.retain(|_, _| true);
+        drop((idx, files));
+        sluice_db::sync_dir(&self.shared.dir).map_err(|e| io("sync", &self.shared.dir, e))
+    }
+
+    /// Writes already numbered records (importing an older database's records): `records`
+    /// are (stream id, shard, counter, arrival, partition key, data); those at or below a
+    /// counter the log holds are skipped. Durable on return.
+    pub(crate) fn import(&mut self, records: Vec<ImportRecord>) -> Result<(), StreamError> {
+        let mut placed = Vec::new();
+        let mut nexts: HashMap<(i64, u64), u64> = HashMap::new();
+        for (i, (sid, shard, counter, arrival, _, _)) in records.iter().enumerate() {
+            let next = *nexts
+                .entry((*sid, *shard))
+                .or_insert_with(|| self.shard_end(*sid, *shard).map_or(0, |e| e.0));
+            if *counter < next {
+                continue;
+            }
+            nexts.insert((*sid, *shard), counter + 1);
+            placed.push(Placed {
+                job: 0,
+                rec: i,
+                stream_id: *sid,
+                shard: *shard,
+                counter: *counter,
+                arrival_ms: *arrival,
+                outbox: 0,
+            });
+        }
+        self.write_placed(&placed, |p| {
+            let r = &records[p.rec];
+            (r.4.as_bytes(), r.5.as_slice())
+        })
+    }
+
+    fn failed(&self) -> Option<String> {
+        lock(&self.shared.failed).clone()
+    }
+
+    /// Validates, numbers, writes and fsyncs a batch, then indexes it and answers.
+    fn commit(&mut self, jobs: Vec<AppendJob>) {
+        if let Some(why) = self.failed() {
+            for j in jobs {
+                let _ = j.reply.send(Err(StreamError::Backend(format!(
+                    "the stream log stopped accepting appends after a failed write ({why}); restart the server"
+                ))));
+            }
+            return;
+        }
+        let mut placed: Vec<Placed> = Vec::new();
+        let mut answers: Vec<Option<Result<Answer, StreamError>>> = Vec::with_capacity(jobs.len());
+        // Next counter and last arrival per shard as this batch advances them.
+        let mut heads: HashMap<(i64, u64), (u64, i64)> = HashMap::new();
+        let mut delivered_now: HashMap<i64, PutResult> = HashMap::new();
+        for (ji, job) in jobs.iter().enumerate() {
+            let meta = &job.meta;
+            if self.changed.get(&meta.id).is_some_and(|&e| e > meta.epoch) {
+                answers.push(Some(Ok(Answer::Stale)));
+                continue;
+            }
+            if let Some(t) = job.outbox {
+                let known = lock_read(&self.shared.index).delivered.get(&t).copied();
+                if let Some((_, shard, counter)) = known {
+                    answers.push(Some(Ok(Answer::Done(vec![Ok(PutResult {
+                        shard_id: shard_id(shard),
+                        sequence_number: sequence_number(shard, counter),
+                    })]))));
+                    continue;
+                }
+                if let Some(r) = delivered_now.get(&t) {
+                    answers.push(Some(Ok(Answer::Done(vec![Ok(r.clone())]))));
+                    continue;
+                }
+            }
+            let mut results = Vec::with_capacity(job.records.len());
+            for (ri, (record, ordering)) in job.records.iter().enumerate() {
+                let r = self.place(meta, record, ordering.as_deref(), job, &mut heads);
+                match r {
+                    Ok((shard, counter, arrival)) => {
+                        let res = PutResult {
+                            shard_id: shard_id(shard),
+                            sequence_number: sequence_number(shard, counter),
+                        };
+                        if let Some(t) = job.outbox {
+                            delivered_now.insert(t, res.clone());
+                        }
+                        placed.push(Placed {
+                            job: ji,
+                            rec: ri,
+                            stream_id: meta.id,
+                            shard,
+                            counter,
+                            arrival_ms: arrival,
+                            outbox: job.outbox.unwrap_or(0),
+                        });
+                        results.push(Ok(res));
+                    }
+                    Err(e) => results.push(Err(e)),
+                }
+            }
+            answers.push(Some(Ok(Answer::Done(results))));
+        }
+        let written = self.write_placed(&placed, |p| {
+            let r = &jobs[p.job].records[p.rec].0;
+            (r.partition_key.as_bytes(), r.data.as_ref())
+        });
+        for (job, answer) in jobs.into_iter().zip(answers) {
+            let a = match (&written, answer) {
+                (Err(e), Some(Ok(Answer::Done(rs)))) if rs.iter().any(|r| r.is_ok()) => {
+                    Err(StreamError::Backend(e.to_string()))
+                }
+                (_, Some(a)) => a,
+                (_, None) => Err(StreamError::Backend("no answer".into())),
+            };
+            let _ = job.reply.send(a);
+        }
+    }
+
+    /// Picks a record's shard and counter: (shard, counter, arrival).
+    fn place(
+        &self,
+        meta: &StreamMeta,
+        record: &PutRecord,
+        ordering: Option<&str>,
+        job: &AppendJob,
+        heads: &mut HashMap<(i64, u64), (u64, i64)>,
+    ) -> Result<(u64, u64, i64), StreamError> {
+        let hash = crate::validate_record(record, meta.max_record_bytes)?;
+        let pos = meta.shards.partition_point(|s| s.start <= hash);
+        let shard = pos
+            .checked_sub(1)
+            .and_then(|i| meta.shards.get(i))
+            .filter(|s| hash <= s.end)
+            .ok_or_else(|| {
+                StreamError::Backend(format!(
+                    "no open shard of {} covers hash key {hash}",
+                    meta.name
+                ))
+            })?;
+        let key = (meta.id, shard.idx);
+        let head = match heads.get(&key) {
+            Some(h) => *h,
+            None => {
+                let (n, a) = self.shard_end(meta.id, shard.idx).unwrap_or((0, i64::MIN));
+                (n.max(shard.next_counter), a.max(shard.last_arrival_ms))
+            }
+        };
+        let (counter, last_arrival) = head;
+        if let Some(ordering) = ordering {
+            check_ordering(ordering, &sequence_number(shard.idx, counter))?;
+        }
+        if let Some(t) = &job.throttle {
+            t.admit_write(
+                &meta.name,
+                meta.created_ms,
+                shard.idx,
+                record.partition_key.len() + record.data.len(),
+            )?;
+        }
+        let arrival = last_arrival.max(job.now);
+        heads.insert(key, (counter + 1, arrival));
+        Ok((shard.idx, counter, arrival))
+    }
+
+    /// Writes `placed` (sorted here by stream, shard and counter) as one batch, fsyncs, and
+    /// indexes it. A failed write or fsync stops the log (see [`Shared::failed`]).
+    fn write_placed<'a>(
+        &mut self,
+        placed: &[Placed],
+        body: impl Fn(&Placed) -> (&'a [u8], &'a [u8]),
+    ) -> Result<(), StreamError> {
+        if placed.is_empty() {
+            return Ok(());
+        }
+        let mut order: Vec<&Placed> = placed.iter().collect();
+        order.sort_by_key(|p| (p.stream_id, p.shard, p.counter));
+        let batch_lsn = self.next_lsn;
+        self.buf.clear();
+        let mut offsets = Vec::with_capacity(order.len());
+        for (i, p) in order.iter().enumerate() {
+            let (pk, data) = body(p);
+            offsets.push(self.buf.len() as u64);
+            encode_frame(
+                &mut self.buf,
+                &FrameHead {
+                    lsn: batch_lsn + i as u64,
+                    batch_lsn,
+                    stream_id: p.stream_id,
+                    shard: p.shard,
+                    counter: p.counter,
+                    arrival_ms: p.arrival_ms,
+                    outbox: p.outbox,
+                },
+                pk,
+                data,
+            );
+        }
+        let result = self.write_buf(batch_lsn);
+        let (seg, base) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "stream log write failed: no more appends until restart");
+                *lock(&self.shared.failed) = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        self.next_lsn = batch_lsn + order.len() as u64;
+        let total = self.buf.len() as u64;
+        let mut idx = lock_write(&self.shared.index);
+        for (i, p) in order.iter().enumerate() {
+            let end = offsets.get(i + 1).copied().unwrap_or(total);
+            idx.add_run(
+                (p.stream_id, p.shard),
+                Run {
+                    first: p.counter,
+                    count: 1,
+                    seg,
+                    offset: base + offsets[i],
+                    bytes: end - offsets[i],
+                    arrival_ms: p.arrival_ms,
+                },
+            );
+            if p.outbox != 0 {
+                idx.delivered
+                    .insert(p.outbox, (p.stream_id, p.shard, p.counter));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `self.buf` to the current segment (starting a new one if it would grow past
+    /// [`SEGMENT_BYTES`]) and fsyncs it: (segment, offset written at).
+    fn write_buf(&mut self, batch_lsn: u64) -> Result<(u64, u64), StreamError> {
+        let len = self.buf.len() as u64;
+        let need_new = match self.current {
+            None => true,
+            Some((_, size)) => size > 0 && size + len > SEGMENT_BYTES,
+        };
+        if need_new {
+            let path = segment_path(&self.shared.dir, batch_lsn);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| io("create", &path, e))?;
+            sluice_db::sync_dir(&self.shared.dir).map_err(|e| io("sync", &self.shared.dir, e))?;
+            lock_write(&self.shared.files).insert(batch_lsn, Arc::new(file));
+            self.current = Some((batch_lsn, 0));
+        }
+        let (seg, size) = self
+            .current
+            .ok_or_else(|| StreamError::Backend("stream log: no segment".into()))?;
+        let file = lock_read(&self.shared.files)
+            .get(&seg)
+            .cloned()
+            .ok_or_else(|| StreamError::Backend(format!("stream log: segment {seg} is missing")))?;
+        let path = segment_path(&self.shared.dir, seg);
+        file.write_all_at(&self.buf, size)
+            .map_err(|e| io("write", &path, e))?;
+        file.sync_data().map_err(|e| io("fsync", &path, e))?;
+        self.current = Some((seg, size + len));
+        Ok((seg, size))
+    }
+}
+
+/// SequenceNumberForOrdering: the new number must exceed the given one. Numbers of one
+/// stream compare as integers, and a partition key only ever moves to shards with higher
+/// indexes (children of its old shard), so a number this stream returned earlier for the
+/// same key is always exceeded; anything else that is not is refused.
+fn check_ordering(ordering: &str, seq: &str) -> Result<(), StreamError> {
+    if parse_sequence_number(ordering).is_none() {
+        return Err(StreamError::InvalidArgument(format!(
+            "sequence number for ordering {ordering:?} is not a sequence number of this stream"
+        )));
+    }
+    // Same width (37 digits) for every valid number: string order is numeric order.
+    if seq <= ordering {
+        return Err(StreamError::InvalidArgument(format!(
+            "sequence number for ordering {ordering} is not below the next sequence number \
+             of the record's shard; pass a sequence number returned for the same partition key"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(lsn: u64) -> FrameHead {
+        FrameHead {
+            lsn,
+            batch_lsn: lsn,
+            stream_id: 7,
+            shard: 2,
+            counter: lsn + 10,
+            arrival_ms: 1_700_000_000_000,
+            outbox: 0,
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_any_flipped_byte_is_caught() {
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, &head(5), b"key", b"data bytes");
+        let f = decode_frame(&buf).expect("decodes");
+        assert_eq!(f.head, head(5));
+        assert_eq!(
+            (f.pk, f.data, f.len),
+            (&b"key"[..], &b"data bytes"[..], buf.len())
+        );
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x40;
+            assert!(
+                decode_frame(&bad).is_none(),
+                "flip at byte {i} went unnoticed"
+            );
+        }
+        assert!(
+            decode_frame(&buf[..buf.len() - 1]).is_none(),
+            "a cut frame decodes"
+        );
+    }
+
+    fn write_segment(dir: &Path, id: u64, frames: &[FrameHead]) -> Vec<u64> {
+        let mut buf = Vec::new();
+        let mut offs = Vec::new();
+        for h in frames {
+            offs.push(buf.len() as u64);
+            encode_frame(&mut buf, h, b"pk", &[0xAB; 100]);
+        }
+        std::fs::write(segment_path(dir, id), &buf).expect("write");
+        offs
+    }
+
+    fn batch(first: u64, n: u64, counter: u64) -> Vec<FrameHead> {
+        (0..n)
+            .map(|i| FrameHead {
+                lsn: first + i,
+                batch_lsn: first,
+                stream_id: 1,
+                shard: 0,
+                counter: counter + i,
+                arrival_ms: 1,
+                outbox: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_damaged_last_batch_is_a_torn_tail_and_is_cut() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut frames = batch(1, 3, 1);
+        frames.extend(batch(4, 3, 4));
+        let offs = write_segment(dir.path(), 1, &frames);
+        // Damage the second frame of the last batch: the batch was being written.
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[offs[4] as usize + 80] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        let s = scan(dir.path(), true).expect("scan");
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(s.frames, 4);
+        assert_eq!(s.index.shards[&(1, 0)].next, 5);
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), offs[4]);
+        assert_eq!(s.next_lsn, 5);
+    }
+
+    #[test]
+    fn damage_followed_by_a_later_batch_is_corruption_and_the_record_reads_as_damaged() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut frames = batch(1, 3, 1);
+        frames.extend(batch(4, 3, 4));
+        let offs = write_segment(dir.path(), 1, &frames);
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[offs[1] as usize + 90] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        let log = Log::open(dir.path()).expect("open");
+        let problems = log.verify().expect("verify").problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(log.shard_end(1, 0), Some((7, 1)));
+        let ok = log
+            .read("s", 1, 0, 1, 10, 1 << 20)
+            .expect("first record reads");
+        assert_eq!(ok.records.len(), 1);
+        assert_eq!(ok.next, 2);
+        let err = log.read("s", 1, 0, 2, 10, 1 << 20).err().expect("damaged");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        let after = log
+            .read("s", 1, 0, 3, 10, 1 << 20)
+            .expect("after the damage");
+        assert_eq!(
+            after.records.iter().map(|r| r.counter).collect::<Vec<_>>(),
+            vec![3, 4, 5, 6]
+        );
+        // The file is left as it was: corruption is reported, not repaired.
+        assert_eq!(std::fs::read(&path).expect("read"), bytes);
+    }
+
+    #[test]
+    fn damage_in_an_older_segment_is_corruption_even_at_its_end() {
+        let dir = tempfile::tempdir().expect("dir");
+        let offs = write_segment(dir.path(), 1, &batch(1, 3, 1));
+        write_segment(dir.path(), 4, &batch(4, 2, 4));
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[offs[2] as usize + 80] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        let s = scan(dir.path(), true).expect("scan");
+        assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+        assert_eq!(std::fs::read(&path).expect("read"), bytes, "left as it was");
+        let sl = &s.index.shards[&(1, 0)];
+        assert_eq!(sl.damaged, vec![(3, 4)]);
+        assert_eq!(sl.next, 6);
+    }
+}
