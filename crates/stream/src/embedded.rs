@@ -37,6 +37,7 @@ mod schema;
 mod throttle;
 
 pub use append::{enqueue_in_tx, settle_in_tx};
+pub use log::LogStats;
 pub use schema::MIGRATIONS;
 pub use throttle::{
     READ_BYTES_PER_SEC, READ_CALLS_PER_SEC, WRITE_BYTES_PER_SEC, WRITE_RECORDS_PER_SEC,
@@ -108,7 +109,13 @@ pub struct StreamOptions {
     /// How long a newly registered consumer stays `Creating` before it is `Active`
     /// (milliseconds by `clock`). 0 (the default): `Active` at once.
     pub consumer_activation_ms: i64,
+    /// Size past which the stream log starts a new segment file ([`SEGMENT_BYTES`], 64 MiB,
+    /// by default). Retention deletes whole segments. Only the first handle opened on a
+    /// database sets it.
+    pub segment_bytes: u64,
 }
+
+pub use log::SEGMENT_BYTES;
 
 impl Default for StreamOptions {
     fn default() -> Self {
@@ -116,6 +123,7 @@ impl Default for StreamOptions {
             throttle: false,
             clock: Arc::new(crate::SystemClock),
             consumer_activation_ms: 0,
+            segment_bytes: SEGMENT_BYTES,
         }
     }
 }
@@ -125,6 +133,7 @@ impl std::fmt::Debug for StreamOptions {
         f.debug_struct("StreamOptions")
             .field("throttle", &self.throttle)
             .field("consumer_activation_ms", &self.consumer_activation_ms)
+            .field("segment_bytes", &self.segment_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -177,7 +186,7 @@ impl EmbeddedStream {
         let dir = log::dir_of(db.path());
         let (log, opened) = db
             .shared::<LogSlot>()
-            .get_or_open(|| log::Log::open(&dir))?;
+            .get_or_open(|| log::Log::open(&dir, options.segment_bytes))?;
         if opened {
             prepare_log(&db, &log)?;
         }
@@ -227,6 +236,11 @@ impl EmbeddedStream {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// What the stream log's writer did since the log was opened.
+    pub fn log_stats(&self) -> LogStats {
+        self.log.stats()
     }
 
     /// Tells tailing readers of `stream` that records were appended.

@@ -8,7 +8,7 @@
 //!
 //! Layout: one directory beside the database (`<db>-stream-log/`) holding segment files
 //! named after the LSN of their first frame. A segment only grows; a new one starts when
-//! the current one would pass [`SEGMENT_BYTES`]. Each record is one frame: a 72-byte
+//! the current one would pass the segment size ([`SEGMENT_BYTES`] unless configured). Each record is one frame: a 72-byte
 //! header (magic, CRC-32 of the rest of the frame, length, LSN, the first LSN of its
 //! batch, stream id, shard, counter, arrival time, outbox ticket) then the partition key
 //! and the data.
@@ -48,8 +48,12 @@ use tokio::sync::oneshot;
 use super::throttle::Throttle;
 use crate::{PutRecord, PutResult, StreamError, parse_sequence_number, sequence_number, shard_id};
 
-/// A segment is closed once it would grow past this.
-pub(crate) const SEGMENT_BYTES: u64 = 64 << 20;
+/// A segment is closed once it would grow past this (the default).
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// The segment being written is kept this far ahead of its end in zeros, written and
+/// fsynced, so that an append's `fdatasync` has only data to flush: no new blocks, no new
+/// file size (on this machine's disk that halves its cost, docs/BENCHMARKS-stream.md).
+const PREALLOC_BYTES: u64 = 4 << 20;
 /// Frame header bytes.
 const HEADER: usize = 72;
 const MAGIC: u32 = 0x534C_4731; // "SLG1"
@@ -291,6 +295,35 @@ struct Shared {
     epoch: AtomicU64,
     /// Set once a write or fsync failed: no append is accepted until restart.
     failed: Mutex<Option<String>>,
+    stats: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    records: AtomicU64,
+    write_nanos: AtomicU64,
+    sync_nanos: AtomicU64,
+}
+
+/// What the log's writer did since the log was opened ([`crate::embedded::EmbeddedStream::log_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Batches written (each one `write` + one `fdatasync`).
+    pub batches: u64,
+    /// Records written.
+    pub records: u64,
+    /// Time spent in `write` (encoding excluded).
+    pub write_nanos: u64,
+    /// Time spent in `fdatasync`.
+    pub sync_nanos: u64,
+}
+
+fn add_elapsed(c: &AtomicU64, since: std::time::Instant) {
+    c.fetch_add(
+        u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
 }
 
 fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -329,8 +362,9 @@ impl Drop for Log {
 struct Scan {
     index: Index,
     files: HashMap<u64, Arc<File>>,
-    /// The segment to append to and its length, if any.
-    last: Option<(u64, u64)>,
+    /// The segment to append to, where its frames end and its length with the zeros
+    /// written ahead, if any.
+    last: Option<(u64, u64, u64)>,
     next_lsn: u64,
     problems: Vec<String>,
     frames: u64,
@@ -405,6 +439,11 @@ fn scan(dir: &Path, repair: bool) -> Result<Scan, StreamError> {
                     expected += 1;
                     off += f.len;
                 }
+                _ if is_last && data[off..].iter().all(|b| *b == 0) => {
+                    // Zeros written ahead ([`PREALLOC_BYTES`]): the end of the frames.
+                    len = off as u64;
+                    break;
+                }
                 _ => {
                     let (resync, later_batch) = later_frames(&data, off, expected);
                     let corrupt = !is_last || later_batch;
@@ -466,7 +505,12 @@ fn scan(dir: &Path, repair: bool) -> Result<Scan, StreamError> {
         out.next_lsn = expected;
         out.files.insert(id, Arc::new(file));
         if is_last {
-            out.last = Some((id, len));
+            let allocated = if len == data.len() as u64 || !repair {
+                data.len() as u64
+            } else {
+                len
+            };
+            out.last = Some((id, len, allocated.max(len)));
         }
     }
     note_damaged(&mut out.index, &damaged);
@@ -583,17 +627,18 @@ pub(crate) struct ReadOut {
 }
 
 impl Log {
-    /// Scans `dir` (read and write) and starts the writer thread.
-    pub(crate) fn open(dir: &Path) -> Result<Log, StreamError> {
+    /// Scans `dir` (read and write) and starts the writer thread; new segments are closed
+    /// once they would pass `segment_bytes`.
+    pub(crate) fn open(dir: &Path, segment_bytes: u64) -> Result<Log, StreamError> {
         std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
         let s = scan(dir, true)?;
-        Ok(Log::start(dir, s, true))
+        Ok(Log::start(dir, s, Some(segment_bytes.max(1))))
     }
 
     /// Scans `dir` without changing it and starts no writer (`sluice doctor`).
     pub(crate) fn open_read_only(dir: &Path) -> Result<Log, StreamError> {
         let s = scan(dir, false)?;
-        Ok(Log::start(dir, s, false))
+        Ok(Log::start(dir, s, None))
     }
 
     /// Checks every frame of `dir` again (what `sluice doctor` reports).
@@ -611,7 +656,7 @@ impl Log {
         })
     }
 
-    fn start(dir: &Path, s: Scan, writer: bool) -> Log {
+    fn start(dir: &Path, s: Scan, writer: Option<u64>) -> Log {
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             index: RwLock::new(s.index),
@@ -620,12 +665,15 @@ impl Log {
             metas: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(1),
             failed: Mutex::new(None),
+            stats: Counters::default(),
         });
-        let (jobs, thread) = if writer {
+        let (jobs, thread) = if let Some(segment_bytes) = writer {
             let (tx, rx) = std::sync::mpsc::channel::<Job>();
             let w = Writer {
                 shared: shared.clone(),
                 current: s.last,
+                zeros: Vec::new(),
+                segment_bytes,
                 next_lsn: s.next_lsn,
                 changed: HashMap::new(),
                 buf: Vec::new(),
@@ -684,6 +732,16 @@ impl Log {
         })))?;
         rx.recv()
             .map_err(|_| StreamError::Backend("the stream log writer stopped".into()))
+    }
+
+    pub(crate) fn stats(&self) -> LogStats {
+        let c = &self.shared.stats;
+        LogStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            write_nanos: c.write_nanos.load(Ordering::Relaxed),
+            sync_nanos: c.sync_nanos.load(Ordering::Relaxed),
+        }
     }
 
     pub(crate) fn epoch(&self) -> u64 {
@@ -858,8 +916,11 @@ pub(crate) struct Cut {
 /// The writer thread's state; [`Log::control`] jobs get it.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    /// The segment being appended to and its length.
-    current: Option<(u64, u64)>,
+    /// The segment being appended to, where its frames end, and its length with the zeros
+    /// written ahead ([`PREALLOC_BYTES`]).
+    current: Option<(u64, u64, u64)>,
+    zeros: Vec<u8>,
+    segment_bytes: u64,
     next_lsn: u64,
     /// Epoch of each stream's last metadata change.
     changed: HashMap<i64, u64>,
@@ -1252,6 +1313,10 @@ impl Writer {
             }
         };
         self.next_lsn = batch_lsn + order.len() as u64;
+        self.shared
+            .stats
+            .records
+            .fetch_add(order.len() as u64, Ordering::Relaxed);
         let total = self.buf.len() as u64;
         let mut idx = lock_write(&self.shared.index);
         for (i, p) in order.iter().enumerate() {
@@ -1276,14 +1341,24 @@ impl Writer {
     }
 
     /// Appends `self.buf` to the current segment (starting a new one if it would grow past
-    /// [`SEGMENT_BYTES`]) and fsyncs it: (segment, offset written at).
+    /// the segment size) and fsyncs it: (segment, offset written at).
     fn write_buf(&mut self, batch_lsn: u64) -> Result<(u64, u64), StreamError> {
         let len = self.buf.len() as u64;
         let need_new = match self.current {
             None => true,
-            Some((_, size)) => size > 0 && size + len > SEGMENT_BYTES,
+            Some((_, size, _)) => size > 0 && size + len > self.segment_bytes,
         };
         if need_new {
+            if let Some((seg, size, _)) = self.current {
+                // Sealed: cut to its frames (no zeros left), so that in a segment other than
+                // the last anything but a frame is damage.
+                let path = segment_path(&self.shared.dir, seg);
+                if let Some(file) = lock_read(&self.shared.files).get(&seg).cloned() {
+                    file.set_len(size)
+                        .and_then(|()| file.sync_all())
+                        .map_err(|e| io("seal", &path, e))?;
+                }
+            }
             let path = segment_path(&self.shared.dir, batch_lsn);
             let file = OpenOptions::new()
                 .read(true)
@@ -1294,9 +1369,9 @@ impl Writer {
                 .map_err(|e| io("create", &path, e))?;
             sluice_db::sync_dir(&self.shared.dir).map_err(|e| io("sync", &self.shared.dir, e))?;
             lock_write(&self.shared.files).insert(batch_lsn, Arc::new(file));
-            self.current = Some((batch_lsn, 0));
+            self.current = Some((batch_lsn, 0, 0));
         }
-        let (seg, size) = self
+        let (seg, size, allocated) = self
             .current
             .ok_or_else(|| StreamError::Backend("stream log: no segment".into()))?;
         let file = lock_read(&self.shared.files)
@@ -1304,10 +1379,26 @@ impl Writer {
             .cloned()
             .ok_or_else(|| StreamError::Backend(format!("stream log: segment {seg} is missing")))?;
         let path = segment_path(&self.shared.dir, seg);
+        let stats = &self.shared.stats;
+        let t = std::time::Instant::now();
         file.write_all_at(&self.buf, size)
             .map_err(|e| io("write", &path, e))?;
+        let mut allocated = allocated.max(size + len);
+        let prealloc = PREALLOC_BYTES.min(self.segment_bytes);
+        if allocated < size + len + prealloc / 2 && allocated < self.segment_bytes {
+            // Running out of zeros ahead: write more, fsynced with this batch.
+            let upto = (size + len + prealloc).min(self.segment_bytes.max(size + len));
+            self.zeros.resize((upto - allocated) as usize, 0);
+            file.write_all_at(&self.zeros, allocated)
+                .map_err(|e| io("preallocate", &path, e))?;
+            allocated = upto;
+        }
+        add_elapsed(&stats.write_nanos, t);
+        let t = std::time::Instant::now();
         file.sync_data().map_err(|e| io("fsync", &path, e))?;
-        self.current = Some((seg, size + len));
+        add_elapsed(&stats.sync_nanos, t);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.current = Some((seg, size + len, allocated));
         Ok((seg, size))
     }
 }
@@ -1426,7 +1517,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[offs[1] as usize + 90] ^= 1;
         std::fs::write(&path, &bytes).expect("write");
-        let log = Log::open(dir.path()).expect("open");
+        let log = Log::open(dir.path(), SEGMENT_BYTES).expect("open");
         let problems = log.verify().expect("verify").problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(log.shard_end(1, 0), Some((7, 1)));
@@ -1463,5 +1554,56 @@ mod tests {
         let sl = &s.index.shards[&(1, 0)];
         assert_eq!(sl.damaged, vec![(3, 4)]);
         assert_eq!(sl.next, 6);
+    }
+
+    fn import_n(log: &Log, from: u64, n: u64) {
+        let recs: Vec<ImportRecord> = (from..from + n)
+            .map(|c| (1, 0, c, 5, "pk".to_owned(), vec![7u8; 200]))
+            .collect();
+        log.control_blocking(move |w| w.import(recs))
+            .expect("writer")
+            .expect("import");
+    }
+
+    #[test]
+    fn zeros_written_ahead_end_the_frames_and_a_torn_batch_before_them_is_cut() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = Log::open(dir.path(), SEGMENT_BYTES).expect("open");
+        import_n(&log, 1, 3);
+        drop(log);
+        let path = segment_path(dir.path(), 1);
+        let frames_end = 3 * (HEADER as u64 + 2 + 200);
+        let len = std::fs::metadata(&path).expect("meta").len();
+        assert!(len >= frames_end + PREALLOC_BYTES / 2, "zeros ahead: {len}");
+        // Reopened: the zeros are the normal end, kept; appends go on after the frames.
+        let log = Log::open(dir.path(), SEGMENT_BYTES).expect("reopen");
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), len);
+        assert_eq!(log.shard_end(1, 0), Some((4, 5)));
+        import_n(&log, 4, 1);
+        drop(log);
+        // A torn batch: half a frame where the zeros were.
+        let mut bytes = std::fs::read(&path).expect("read");
+        let end = (frames_end + HEADER as u64 + 202) as usize;
+        let mut torn = Vec::new();
+        encode_frame(
+            &mut torn,
+            &FrameHead {
+                lsn: 5,
+                batch_lsn: 5,
+                stream_id: 1,
+                shard: 0,
+                counter: 5,
+                arrival_ms: 5,
+                outbox: 0,
+            },
+            b"pk",
+            &[1; 200],
+        );
+        bytes[end..end + 100].copy_from_slice(&torn[..100]);
+        std::fs::write(&path, &bytes).expect("write");
+        let log = Log::open(dir.path(), SEGMENT_BYTES).expect("reopen torn");
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), end as u64);
+        assert_eq!(log.shard_end(1, 0), Some((5, 5)));
+        assert!(log.verify().expect("verify").problems.is_empty());
     }
 }

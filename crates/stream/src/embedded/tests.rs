@@ -349,3 +349,167 @@ async fn records_an_older_sluice_kept_in_sqlite_move_into_the_log() {
     );
     s.db().close();
 }
+
+#[tokio::test]
+async fn an_outbox_record_is_delivered_exactly_once_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("o.db");
+    let s = EmbeddedStream::open(Db::open(&path, MIGRATIONS).expect("db")).expect("stream");
+    s.create_stream("o", 2).await.expect("create");
+    // Refused inside the caller's transaction: unknown stream, invalid record.
+    let err = s
+        .db()
+        .write(|c| enqueue_in_tx(c, "nope", &rec("k", "x")))
+        .await
+        .expect_err("unknown stream");
+    assert!(matches!(err, StreamError::ResourceNotFound(_)), "{err:?}");
+    let err = s
+        .db()
+        .write(|c| enqueue_in_tx(c, "o", &rec("", "x")))
+        .await
+        .expect_err("empty partition key");
+    assert!(matches!(err, StreamError::InvalidArgument(_)), "{err:?}");
+
+    let ticket = s
+        .db()
+        .write(|c| enqueue_in_tx(c, "o", &rec("k", "outboxed")))
+        .await
+        .expect("enqueue");
+    assert_eq!(s.pending_tickets().await.expect("pending"), vec![ticket]);
+    let first = s.deliver(ticket).await.expect("deliver");
+    let again = s.deliver(ticket).await.expect("deliver again");
+    assert_eq!(first, again, "a second delivery returns the first result");
+    // A crash before the owner settled the ticket: after reopening, delivering it again
+    // still appends nothing new.
+    s.db().close();
+    drop(s);
+    let s = EmbeddedStream::open(Db::open(&path, MIGRATIONS).expect("db")).expect("stream");
+    assert_eq!(s.pending_tickets().await.expect("pending"), vec![ticket]);
+    assert_eq!(s.deliver(ticket).await.expect("after restart"), first);
+    s.db()
+        .write(move |c| settle_in_tx(c, ticket))
+        .await
+        .expect("settle");
+    assert!(s.pending_tickets().await.expect("pending").is_empty());
+    let mut all = Vec::new();
+    for shard in [shard_id(0), shard_id(1)] {
+        all.extend(crate::conformance::read_shard(&s, "o", &shard).await);
+    }
+    assert_eq!(all.len(), 1, "exactly one record");
+    assert_eq!(all[0].sequence_number, first.sequence_number);
+    assert_eq!(all[0].data, Bytes::from("outboxed"));
+    // A new ticket is never one handed out before (the log remembers delivered ones).
+    let next = s
+        .db()
+        .write(|c| enqueue_in_tx(c, "o", &rec("k", "second")))
+        .await
+        .expect("enqueue");
+    assert!(next > ticket);
+    assert_ne!(s.deliver(next).await.expect("deliver"), first);
+    s.db().close();
+}
+
+fn segment_files(db: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(log::dir_of(db))
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn records_span_segments_and_retention_deletes_whole_segments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("seg.db");
+    let options = || StreamOptions {
+        segment_bytes: 8 * 1024,
+        ..StreamOptions::default()
+    };
+    let s = EmbeddedStream::open_with(Db::open(&path, MIGRATIONS).expect("db"), options())
+        .expect("stream");
+    s.create_stream("g", 2).await.expect("create");
+    let t0 = 1_000_000i64;
+    let mut written = Vec::new();
+    for i in 0..120 {
+        let r = s
+            .put_records(
+                "g",
+                vec![rec(
+                    &format!("k{}", i % 7),
+                    &format!("{i:04}-{}", "z".repeat(300)),
+                )],
+            )
+            .await
+            .expect("put")
+            .remove(0)
+            .expect("record");
+        written.push(r);
+    }
+    let files = segment_files(&path);
+    assert!(files.len() >= 4, "several segments: {files:?}");
+    // Sealed segments hold frames only (no zeros written ahead).
+    for f in &files[..files.len() - 1] {
+        assert!(
+            std::fs::metadata(f).expect("meta").len() <= 8 * 1024,
+            "{f:?}"
+        );
+    }
+    let read_all = |s: EmbeddedStream| async move {
+        let mut all = Vec::new();
+        for shard in [shard_id(0), shard_id(1)] {
+            all.extend(
+                crate::conformance::read_shard(&s, "g", &shard)
+                    .await
+                    .into_iter()
+                    .map(|r| r.sequence_number),
+            );
+        }
+        all.sort();
+        all
+    };
+    let mut expected: Vec<String> = written.iter().map(|r| r.sequence_number.clone()).collect();
+    expected.sort();
+    assert_eq!(read_all(s.clone()).await, expected);
+    let report = s.check().await.expect("check");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.records_checked, 120);
+    s.db().close();
+    drop(s);
+
+    // Reopened: the same records, read across the same segments.
+    let s = EmbeddedStream::open_with(Db::open(&path, MIGRATIONS).expect("db"), options())
+        .expect("stream");
+    assert_eq!(read_all(s.clone()).await, expected);
+    // Everything expires: every segment but the one being written goes, and the trimmed
+    // records stay gone after a restart; numbering goes on.
+    let report = s
+        .trim_expired(sluice_db::now_ms() + 25 * 3_600_000 + t0)
+        .await
+        .expect("trim");
+    assert_eq!(report.records, 120);
+    assert!(read_all(s.clone()).await.is_empty());
+    assert_eq!(segment_files(&path).len(), 1, "{:?}", segment_files(&path));
+    s.db().close();
+    drop(s);
+    let s = EmbeddedStream::open_with(Db::open(&path, MIGRATIONS).expect("db"), options())
+        .expect("stream");
+    assert!(
+        read_all(s.clone()).await.is_empty(),
+        "trimmed records came back"
+    );
+    let next = s.put_record("g", rec("k0", "after")).await.expect("put");
+    let (idx, counter) = crate::parse_sequence_number(&next.sequence_number).expect("seq");
+    let before = written
+        .iter()
+        .filter_map(|r| crate::parse_sequence_number(&r.sequence_number))
+        .filter(|(i, _)| *i == idx)
+        .map(|(_, c)| c)
+        .max()
+        .expect("records of that shard");
+    assert!(
+        counter > before,
+        "numbers go on after trimming: {counter} vs {before}"
+    );
+    s.db().close();
+}
