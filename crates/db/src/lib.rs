@@ -56,7 +56,10 @@ use rusqlite::{Connection, OpenFlags};
 /// The most writes committed together. Large enough that a commit's fsync is shared widely,
 /// small enough that one group's latency stays bounded.
 const MAX_GROUP: usize = 4096;
+/// Read connections opened at start. More are opened when more reads run at once, and kept
+/// up to [`MAX_READERS`]: opening one parses the whole schema, far more than a read costs.
 const READERS: usize = 4;
+const MAX_READERS: usize = 32;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the writer's RESTART checkpoint waits for readers still using the WAL before it
 /// gives up and lets the writer go on (it tries again later).
@@ -513,7 +516,7 @@ impl Db {
         };
         let result = f(&conn);
         if let Ok(mut pool) = self.inner.readers.lock()
-            && pool.len() < READERS
+            && pool.len() < MAX_READERS
         {
             pool.push(conn);
         }

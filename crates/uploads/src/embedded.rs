@@ -83,26 +83,59 @@ impl EmbeddedUploads {
             })
             .await?;
         for (id, ticket) in &pending {
-            self.deliver(id, *ticket).await?;
+            let put = self.stream.deliver(*ticket).await?;
+            self.db
+                .write(settle(
+                    id.clone(),
+                    *ticket,
+                    put.shard_id,
+                    put.sequence_number,
+                ))
+                .await?;
         }
         Ok(pending.len())
     }
 
-    /// Delivers an upload's record and stores where it landed: (shard id, sequence number).
-    async fn deliver(&self, id: &str, ticket: i64) -> Result<(String, String), UploadError> {
-        let put = self.stream.deliver(ticket).await?;
-        let (shard, seq, id) = (put.shard_id, put.sequence_number, id.to_owned());
-        self.db
-            .write(move |c| {
-                c.prepare_cached(
-                    "UPDATE uploads SET shard_id = ?2, sequence_number = ?3, outbox_ticket = NULL
-                     WHERE id = ?1",
-                )?
-                .execute(params![id, shard, seq])?;
-                settle_in_tx(c, ticket)?;
-                Ok::<_, UploadError>((shard, seq))
-            })
-            .await
+    /// Delivers an upload's record and returns where it landed once that is durable. The
+    /// status row learns it in a transaction nobody waits for: until that commits, or if
+    /// it is lost in a crash, the log still knows the result ([`UploadLedger::get`] asks
+    /// it) and [`EmbeddedUploads::deliver_pending`] stores it at the next start.
+    async fn deliver(&self, id: &str, outbox: Outboxed) -> Result<(String, String), UploadError> {
+        let put = self
+            .stream
+            .deliver_record(outbox.ticket, &outbox.stream, outbox.record)
+            .await?;
+        let job = settle(
+            id.to_owned(),
+            outbox.ticket,
+            put.shard_id.clone(),
+            put.sequence_number.clone(),
+        );
+        let _ = self.db.write_with(job, |r: Result<(), UploadError>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "could not store an upload's sequence number; it is stored at the next start");
+            }
+        });
+        Ok((put.shard_id, put.sequence_number))
+    }
+}
+
+/// The transaction that stores where an upload's record landed and settles its outbox
+/// ticket.
+fn settle(
+    id: String,
+    ticket: i64,
+    shard: String,
+    seq: String,
+) -> impl FnOnce(&Connection) -> Result<(), UploadError> + Send + 'static {
+    move |c| {
+        c.prepare_cached(
+            "UPDATE uploads SET shard_id = ?2, sequence_number = ?3, outbox_ticket = NULL
+             WHERE id = ?1",
+        )?
+        .execute(params![id, shard, seq])?;
+        settle_in_tx(c, ticket)?;
+        Ok(())
     }
 }
 
@@ -149,8 +182,8 @@ impl UploadSink for EmbeddedUploads {
                 stream: &m.stream,
                 partition_key: &m.partition_key,
             };
-            let (upload, ticket) = enqueue_upload_in_tx(c, &e, id, info, now)?;
-            Ok((CompletedMultipart { upload, etag }, garbage, ticket))
+            let (upload, outbox) = enqueue_upload_in_tx(c, &e, id, info, now)?;
+            Ok((CompletedMultipart { upload, etag }, garbage, outbox))
         })
         .await
     }
@@ -176,8 +209,8 @@ impl EmbeddedUploads {
             };
             let (info, replaced) =
                 put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now).map_err(conflict)?;
-            let (upload, ticket) = enqueue_upload_in_tx(c, &Enqueue::of(&u), id, info, now)?;
-            Ok((upload, replaced.into_iter().collect(), ticket))
+            let (upload, outbox) = enqueue_upload_in_tx(c, &Enqueue::of(&u), id, info, now)?;
+            Ok((upload, replaced.into_iter().collect(), outbox))
         })
         .await
     }
@@ -189,13 +222,15 @@ impl EmbeddedUploads {
     async fn commit_upload<T: HasUpload + Send + 'static>(
         &self,
         blob: Option<String>,
-        job: impl FnOnce(&Connection) -> Result<(T, Vec<String>, i64), UploadError> + Send + 'static,
+        job: impl FnOnce(&Connection) -> Result<(T, Vec<String>, Outboxed), UploadError>
+        + Send
+        + 'static,
     ) -> Result<T, UploadError> {
         match self.db.write(job).await {
-            Ok((mut done, garbage, ticket)) => {
+            Ok((mut done, garbage, outbox)) => {
                 self.store.discard_blobs(garbage);
                 let id = done.upload_mut().id.clone();
-                let (shard, seq) = self.deliver(&id, ticket).await?;
+                let (shard, seq) = self.deliver(&id, outbox).await?;
                 let u = done.upload_mut();
                 u.shard_id = shard;
                 u.sequence_number = seq;
@@ -207,6 +242,13 @@ impl EmbeddedUploads {
             }
         }
     }
+}
+
+/// An upload's stream record, committed to the outbox and not delivered yet.
+struct Outboxed {
+    ticket: i64,
+    stream: String,
+    record: PutRecord,
 }
 
 /// A transaction's result holding the upload it committed (its record not delivered yet).
@@ -267,7 +309,7 @@ fn enqueue_upload_in_tx(
     id: String,
     info: ObjectInfo,
     now: i64,
-) -> Result<(Upload, i64), UploadError> {
+) -> Result<(Upload, Outboxed), UploadError> {
     let record = UploadRecord {
         bucket: info.bucket.clone(),
         key: info.key.clone(),
@@ -281,15 +323,12 @@ fn enqueue_upload_in_tx(
     };
     let data = serde_json::to_vec(&record)
         .map_err(|e| UploadError::Backend(format!("cannot encode record: {e}")))?;
-    let ticket = enqueue_in_tx(
-        c,
-        e.stream,
-        &PutRecord {
-            partition_key: e.partition_key.to_owned(),
-            explicit_hash_key: None,
-            data: data.into(),
-        },
-    )?;
+    let record = PutRecord {
+        partition_key: e.partition_key.to_owned(),
+        explicit_hash_key: None,
+        data: data.into(),
+    };
+    let ticket = enqueue_in_tx(c, e.stream, &record)?;
     c.prepare_cached(
         "INSERT INTO uploads (id, user_sub, bucket, key, filename, size, sha256,
              content_type, request_id, stream, shard_id, sequence_number, status,
@@ -332,24 +371,30 @@ fn enqueue_upload_in_tx(
         updated_ms: now,
         processed_ms: None,
     };
-    Ok((upload, ticket))
+    let outbox = Outboxed {
+        ticket,
+        stream: e.stream.to_owned(),
+        record,
+    };
+    Ok((upload, outbox))
 }
 
 #[async_trait]
 impl UploadLedger for EmbeddedUploads {
     async fn get(&self, id: &str) -> Result<Upload, UploadError> {
         let id = id.to_owned();
-        self.db
+        let (mut upload, ticket) = self
+            .db
             .read(move |c| {
                 c.prepare_cached(
                     "SELECT id, user_sub, bucket, key, filename, size, sha256, content_type,
                             request_id, stream, shard_id, sequence_number, status, attempts,
                             error, processed_bucket, processed_key, created_ms, updated_ms,
-                            processed_ms
+                            processed_ms, outbox_ticket
                      FROM uploads WHERE id = ?1",
                 )?
                 .query_row([&id], |r| {
-                    Ok(Upload {
+                    let upload = Upload {
                         id: r.get(0)?,
                         user_sub: r.get(1)?,
                         bucket: r.get(2)?,
@@ -370,12 +415,19 @@ impl UploadLedger for EmbeddedUploads {
                         created_ms: r.get(17)?,
                         updated_ms: r.get(18)?,
                         processed_ms: r.get(19)?,
-                    })
+                    };
+                    Ok((upload, r.get::<_, Option<i64>>(20)?))
                 })
                 .optional()?
                 .ok_or(UploadError::NotFound(id.clone()))
             })
-            .await
+            .await?;
+        // Delivered, but the row not updated yet: the log knows where the record is.
+        if let Some(put) = ticket.and_then(|t| self.stream.delivered(t)) {
+            upload.shard_id = put.shard_id;
+            upload.sequence_number = put.sequence_number;
+        }
+        Ok(upload)
     }
 
     async fn mark_processing(&self, id: &str) -> Result<(), UploadError> {

@@ -106,7 +106,8 @@ impl EmbeddedStream {
     }
 
     /// Appends the record of outbox ticket `ticket` ([`enqueue_in_tx`]) once: if the log
-    /// already holds it, returns the result it got then.
+    /// already holds it, returns the result it got then. Reads the record from the outbox
+    /// (after a restart); [`EmbeddedStream::deliver_record`] when the caller has it.
     pub async fn deliver(&self, ticket: i64) -> Result<PutResult, StreamError> {
         if let Some(r) = self.log.delivered(ticket) {
             return Ok(r);
@@ -135,12 +136,32 @@ impl EmbeddedStream {
         let (stream, record) = row.ok_or_else(|| {
             StreamError::Backend(format!("outbox ticket {ticket} is unknown or settled"))
         })?;
+        self.deliver_record(ticket, &stream, record).await
+    }
+
+    /// [`EmbeddedStream::deliver`] with the record the caller enqueued (`stream` and
+    /// `record` exactly as given to [`enqueue_in_tx`] for `ticket`).
+    pub async fn deliver_record(
+        &self,
+        ticket: i64,
+        stream: &str,
+        record: PutRecord,
+    ) -> Result<PutResult, StreamError> {
+        if let Some(r) = self.log.delivered(ticket) {
+            return Ok(r);
+        }
         // Not throttled: the caller's transaction already committed the record.
-        self.append_records(&stream, vec![(record, None)], Some(ticket), None)
+        self.append_records(stream, vec![(record, None)], Some(ticket), None)
             .await?
             .into_iter()
             .next()
             .unwrap_or_else(|| Err(StreamError::Backend("the append returned no result".into())))
+    }
+
+    /// Where the record of outbox ticket `ticket` landed, if it was delivered and its
+    /// segment is still there.
+    pub fn delivered(&self, ticket: i64) -> Option<PutResult> {
+        self.log.delivered(ticket)
     }
 
     /// Outbox tickets not settled yet (after a crash: deliver them, then settle).

@@ -1106,7 +1106,6 @@ impl Writer {
             files.remove(id);
             idx.seg_runs.remove(id);
         }
-        idx.delivered.retain(|_, _| true);
         drop((idx, files));
         sluice_db::sync_dir(&self.shared.dir).map_err(|e| io("sync", &self.shared.dir, e))
     }
