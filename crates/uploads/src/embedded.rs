@@ -518,3 +518,128 @@ pub fn apply_in_tx(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use sluice_stream::{IteratorSpec, Stream};
+
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> (EmbeddedStore, EmbeddedStream, EmbeddedUploads) {
+        let migrations: Vec<Migration> = [
+            sluice_store::embedded::MIGRATIONS,
+            sluice_stream::embedded::MIGRATIONS,
+            MIGRATIONS,
+        ]
+        .iter()
+        .flat_map(|part| part.iter())
+        .map(|m| Migration {
+            name: m.name,
+            sql: m.sql,
+        })
+        .collect();
+        let db = Db::open(&dir.join("sluice.db"), &migrations).expect("db");
+        let store = EmbeddedStore::open(db.clone(), &dir.join("blobs")).expect("store");
+        let stream = EmbeddedStream::open(db.clone()).expect("stream");
+        let uploads = EmbeddedUploads::new(db, store.clone(), stream.clone());
+        (store, stream, uploads)
+    }
+
+    fn meta(name: &str) -> UploadMeta {
+        UploadMeta {
+            user_sub: "user".into(),
+            bucket: "bkt".into(),
+            key: format!("uploads/{name}"),
+            filename: name.into(),
+            content_type: "text/plain".into(),
+            metadata: Default::default(),
+            request_id: format!("req-{name}"),
+            stream: "u".into(),
+            partition_key: name.into(),
+        }
+    }
+
+    /// Runs an upload's first transaction only, as if the process died right after it.
+    async fn commit_without_delivery(
+        u: &EmbeddedUploads,
+        store: &EmbeddedStore,
+        name: &str,
+    ) -> (String, Outboxed) {
+        let m = meta(name);
+        let prepared = store
+            .prepare(bytes::Bytes::from("body"))
+            .await
+            .expect("prepare");
+        let id = uuid::Uuid::new_v4().to_string();
+        u.db.write(move |c| {
+            let opts = PutOptions {
+                content_type: Some(m.content_type.clone()),
+                owner: Some(m.user_sub.clone()),
+                metadata: m.metadata.clone(),
+                if_absent: false,
+            };
+            let (info, _) =
+                put_in_tx(c, &m.bucket, &m.key, &prepared, &opts, now_ms()).map_err(conflict)?;
+            let (upload, outbox) = enqueue_upload_in_tx(c, &Enqueue::of(&m), id, info, now_ms())?;
+            Ok::<_, UploadError>((upload.id, outbox))
+        })
+        .await
+        .expect("first transaction")
+    }
+
+    async fn records(stream: &EmbeddedStream) -> Vec<sluice_stream::Record> {
+        let it = stream
+            .get_shard_iterator("u", &sluice_stream::shard_id(0), IteratorSpec::TrimHorizon)
+            .await
+            .expect("iterator");
+        stream.get_records(&it, 100).await.expect("read").records
+    }
+
+    #[tokio::test]
+    async fn uploads_cut_off_before_or_after_delivery_get_exactly_one_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, stream, uploads) = open(dir.path());
+        stream.create_stream("u", 1).await.expect("create");
+        sluice_store::ObjectStore::ensure_bucket(&store, "bkt")
+            .await
+            .expect("bucket");
+        // A: committed, never delivered. B: delivered, but its row never learned it.
+        let (a, _) = commit_without_delivery(&uploads, &store, "a").await;
+        let (b, outbox) = commit_without_delivery(&uploads, &store, "b").await;
+        let b_put = stream
+            .deliver_record(outbox.ticket, &outbox.stream, outbox.record)
+            .await
+            .expect("deliver b");
+        assert_eq!(records(&stream).await.len(), 1, "only b's record so far");
+        // Meanwhile the row of b answers with what the log knows.
+        assert_eq!(
+            uploads.get(&b).await.expect("get b").sequence_number,
+            b_put.sequence_number
+        );
+        assert_eq!(uploads.get(&a).await.expect("get a").sequence_number, "");
+        stream.db().close();
+        drop((store, stream, uploads));
+
+        // The restart: pending uploads are delivered, each once.
+        let (_store, stream, uploads) = open(dir.path());
+        assert_eq!(uploads.deliver_pending().await.expect("deliver pending"), 2);
+        assert_eq!(uploads.deliver_pending().await.expect("nothing left"), 0);
+        let got = records(&stream).await;
+        assert_eq!(got.len(), 2, "one record per upload");
+        let ua = uploads.get(&a).await.expect("get a");
+        let ub = uploads.get(&b).await.expect("get b");
+        assert_eq!(
+            ub.sequence_number, b_put.sequence_number,
+            "b keeps its first delivery"
+        );
+        assert_eq!(got[0].sequence_number, ub.sequence_number);
+        assert_eq!(got[1].sequence_number, ua.sequence_number);
+        let rec: UploadRecord = serde_json::from_slice(&got[1].data).expect("json");
+        assert_eq!(
+            (rec.upload_id.as_str(), rec.key.as_str()),
+            (a.as_str(), "uploads/a")
+        );
+        assert!(stream.pending_tickets().await.expect("tickets").is_empty());
+        stream.db().close();
+    }
+}
