@@ -331,6 +331,38 @@ impl EmbeddedStream {
             .map_err(|e| StreamError::Backend(format!("log check stopped: {e}")))??;
         report.records_checked += verified.frames;
         report.problems.extend(verified.problems);
+        // A closed shard holds no record at or past its end.
+        let closed: Vec<(String, i64, u64, u64)> = self
+            .db
+            .read(|c| {
+                c.prepare(
+                    "SELECT s.name, sh.stream_id, sh.idx, sh.closed_counter
+                     FROM shards sh JOIN streams s ON s.id = sh.stream_id
+                     WHERE sh.closed_counter IS NOT NULL",
+                )?
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get::<_, i64>(2)? as u64,
+                        r.get::<_, i64>(3)? as u64,
+                    ))
+                })?
+                .collect::<Result<_, _>>()
+                .map_err(StreamError::from)
+            })
+            .await?;
+        for (name, id, idx, end) in closed {
+            if let Some((next, _)) = self.log.shard_end(id, idx)
+                && next > end
+            {
+                report.problems.push(format!(
+                    "closed shard {} of stream {name} holds records past its end (counter {end}, log has up to {})",
+                    shard_id(idx),
+                    next - 1
+                ));
+            }
+        }
         for p in &report.problems {
             tracing::error!(problem = %p, "stream database check failed");
         }
