@@ -353,7 +353,11 @@ impl Drop for Log {
     fn drop(&mut self) {
         lock(&self.jobs).take();
         if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
+            // The last handle can go on the writer thread itself (a job held it): that thread
+            // ends on its own once the queue is empty.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -1051,6 +1055,11 @@ impl Writer {
         }
         for r in &gone {
             idx.drop_run(r);
+        }
+        if !gone.is_empty() {
+            // Tickets delivered by trimmed records are settled long since.
+            idx.delivered
+                .retain(|_, (s, sh, c)| (*s, *sh) != key || *c >= before);
         }
         gone.iter().map(|r| r.count).sum()
     }
