@@ -395,14 +395,7 @@ fn store_log_state(
 ) -> Result<(), StreamError> {
     let ends = w.shard_ends();
     db.write_blocking(move |c| {
-        for ((sid, idx), next, arrival) in ends {
-            c.prepare_cached(
-                "UPDATE shards SET next_counter = max(next_counter, ?3),
-                        last_arrival_ms = max(last_arrival_ms, ?4)
-                 WHERE stream_id = ?1 AND idx = ?2",
-            )?
-            .execute(params![sid, idx as i64, next as i64, arrival])?;
-        }
+        write_back_counters(c, ends)?;
         for ((sid, idx), start) in starts {
             c.prepare_cached(
                 "UPDATE shards SET start_counter = max(start_counter, ?3)
@@ -412,6 +405,24 @@ fn store_log_state(
         }
         Ok::<_, StreamError>(())
     })
+}
+
+/// Raises each shard's stored `next_counter` and `last_arrival_ms` to the log's
+/// ([`log::Writer::shard_ends`]). Closed shards are left alone: theirs were stored when they
+/// closed, and no record has been appended to them since.
+fn write_back_counters(
+    c: &Connection,
+    ends: Vec<((i64, u64), u64, i64)>,
+) -> Result<(), StreamError> {
+    for ((sid, idx), next, arrival) in ends {
+        c.prepare_cached(
+            "UPDATE shards SET next_counter = max(next_counter, ?3),
+                    last_arrival_ms = max(last_arrival_ms, ?4)
+             WHERE stream_id = ?1 AND idx = ?2 AND closed_counter IS NULL",
+        )?
+        .execute(params![sid, idx as i64, next as i64, arrival])?;
+    }
+    Ok(())
 }
 
 /// Brings a freshly opened log in line with the database: forgets records of streams that
@@ -1370,19 +1381,7 @@ impl EmbeddedStream {
             .control(move |w| {
                 let ends = w.shard_ends();
                 let (id, out) = db.write_blocking(move |c| {
-                    for ((sid, idx), next, arrival) in ends {
-                        c.prepare_cached(
-                            "UPDATE shards SET next_counter = max(next_counter, ?3),
-                                    last_arrival_ms = max(last_arrival_ms, ?4)
-                             WHERE stream_id = ?1 AND idx = ?2 AND closed_counter IS NULL",
-                        )?
-                        .execute(params![
-                            sid,
-                            idx as i64,
-                            next as i64,
-                            arrival
-                        ])?;
-                    }
+                    write_back_counters(c, ends)?;
                     job(c)
                 })?;
                 w.changed(id);

@@ -1496,17 +1496,28 @@ mod tests {
             .collect()
     }
 
+    /// Two batches of three frames in segment 1, with one bit flipped `at` bytes into frame
+    /// `frame`: the segment's path, the frames' offsets and its bytes.
+    fn two_batches_with_a_flip(
+        dir: &Path,
+        frame: usize,
+        at: usize,
+    ) -> (PathBuf, Vec<u64>, Vec<u8>) {
+        let mut frames = batch(1, 3, 1);
+        frames.extend(batch(4, 3, 4));
+        let offs = write_segment(dir, 1, &frames);
+        let path = segment_path(dir, 1);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[offs[frame] as usize + at] ^= 1;
+        std::fs::write(&path, &bytes).expect("write");
+        (path, offs, bytes)
+    }
+
     #[test]
     fn a_damaged_last_batch_is_a_torn_tail_and_is_cut() {
         let dir = tempfile::tempdir().expect("dir");
-        let mut frames = batch(1, 3, 1);
-        frames.extend(batch(4, 3, 4));
-        let offs = write_segment(dir.path(), 1, &frames);
         // Damage the second frame of the last batch: the batch was being written.
-        let path = segment_path(dir.path(), 1);
-        let mut bytes = std::fs::read(&path).expect("read");
-        bytes[offs[4] as usize + 80] ^= 1;
-        std::fs::write(&path, &bytes).expect("write");
+        let (path, offs, _) = two_batches_with_a_flip(dir.path(), 4, 80);
         let s = scan(dir.path(), true).expect("scan");
         assert!(s.problems.is_empty(), "{:?}", s.problems);
         assert_eq!(s.frames, 4);
@@ -1518,13 +1529,7 @@ mod tests {
     #[test]
     fn damage_followed_by_a_later_batch_is_corruption_and_the_record_reads_as_damaged() {
         let dir = tempfile::tempdir().expect("dir");
-        let mut frames = batch(1, 3, 1);
-        frames.extend(batch(4, 3, 4));
-        let offs = write_segment(dir.path(), 1, &frames);
-        let path = segment_path(dir.path(), 1);
-        let mut bytes = std::fs::read(&path).expect("read");
-        bytes[offs[1] as usize + 90] ^= 1;
-        std::fs::write(&path, &bytes).expect("write");
+        let (path, _, bytes) = two_batches_with_a_flip(dir.path(), 1, 90);
         let log = Log::open(dir.path(), SEGMENT_BYTES).expect("open");
         let problems = log.verify().expect("verify").problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
