@@ -80,7 +80,7 @@ impl EmbeddedStream {
             let meta = self.meta(stream).await?;
             let (reply, answer) = oneshot::channel();
             self.log.append(AppendJob {
-                meta,
+                meta: meta.clone(),
                 records: records.clone(),
                 outbox,
                 throttle: throttle.clone(),
@@ -97,7 +97,7 @@ impl EmbeddedStream {
                     }
                     return Ok(results);
                 }
-                Answer::Stale => continue,
+                Answer::Stale => self.log.uncache_meta(&meta),
             }
         }
         Err(StreamError::Backend(format!(

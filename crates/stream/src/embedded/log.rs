@@ -760,6 +760,15 @@ impl Log {
         lock(&self.shared.metas).insert(meta.name.clone(), meta);
     }
 
+    /// Drops `meta` from the cache (if it is still the cached one): the writer found it
+    /// stale.
+    pub(crate) fn uncache_meta(&self, meta: &Arc<StreamMeta>) {
+        let mut metas = lock(&self.shared.metas);
+        if metas.get(&meta.name).is_some_and(|m| Arc::ptr_eq(m, meta)) {
+            metas.remove(&meta.name);
+        }
+    }
+
     /// One past the last durable record of a shard, and its arrival time (None: the log
     /// holds nothing of it since it was opened, and nothing on disk).
     pub(crate) fn shard_end(&self, stream_id: i64, shard: u64) -> Option<(u64, i64)> {
@@ -851,12 +860,10 @@ impl Log {
         };
         let mut chunk = Vec::new();
         'spans: for (seg, offset, bytes) in spans {
-            let file = lock_read(&self.shared.files)
-                .get(&seg)
-                .cloned()
-                .ok_or_else(|| {
-                    StreamError::Backend(format!("stream log: segment {seg} is missing"))
-                })?;
+            // Deleted since the index was read: its records were trimmed meanwhile.
+            let Some(file) = lock_read(&self.shared.files).get(&seg).cloned() else {
+                continue;
+            };
             chunk.resize(bytes as usize, 0);
             file.read_exact_at(&mut chunk, offset)
                 .map_err(|e| io("read", &segment_path(&self.shared.dir, seg), e))?;

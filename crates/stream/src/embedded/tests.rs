@@ -513,3 +513,27 @@ async fn records_span_segments_and_retention_deletes_whole_segments() {
     );
     s.db().close();
 }
+
+#[tokio::test]
+async fn an_append_holding_metadata_from_before_a_split_is_redone_on_the_children() {
+    let (s, _d) = open();
+    s.create_stream("x", 1).await.expect("create");
+    s.put_record("x", rec("k", "before")).await.expect("put");
+    let old = s
+        .log
+        .cached_meta("x")
+        .expect("metadata cached by the append");
+    s.split_shard("x", &shard_id(0), u128::MAX / 2 + 1)
+        .await
+        .expect("split");
+    // A loader that read the shards before the split put its result in the cache after it.
+    s.log.cache_meta(old);
+    let r = s.put_record("x", rec("k", "after")).await.expect("put");
+    assert_ne!(
+        r.shard_id,
+        shard_id(0),
+        "nothing lands in the closed parent"
+    );
+    let parent = crate::conformance::read_shard(&s, "x", &shard_id(0)).await;
+    assert_eq!(parent.len(), 1);
+}
