@@ -1,6 +1,6 @@
 //! The embedded stream backend: streams, shards, tags and consumers in the shared SQLite
-//! database ([`sluice_db::Db`]); records in the stream log beside it ([`log`]), appended
-//! by its group-committing writer thread.
+//! database ([`sluice_db::Db`]); records in the stream log beside it (`embedded/log.rs`),
+//! appended by its group-committing writer thread.
 //!
 //! Invariants:
 //! - Each shard's counters are dense and only the log's writer assigns them; the log is

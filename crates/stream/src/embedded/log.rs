@@ -8,14 +8,17 @@
 //!
 //! Layout: one directory beside the database (`<db>-stream-log/`) holding segment files
 //! named after the LSN of their first frame. A segment only grows; a new one starts when
-//! the current one would pass the segment size ([`SEGMENT_BYTES`] unless configured). Each record is one frame: a 72-byte
-//! header (magic, CRC-32 of the rest of the frame, length, LSN, the first LSN of its
-//! batch, stream id, shard, counter, arrival time, outbox ticket) then the partition key
-//! and the data.
+//! the current one would pass the segment size ([`SEGMENT_BYTES`] unless configured), and
+//! the old one is then cut to its last frame. Each record is one frame: a 72-byte header
+//! (magic, CRC-32 of the rest of the frame, length, LSN, the first LSN of its batch,
+//! stream id, shard, counter, arrival time, outbox ticket) then the partition key and the
+//! data. The segment being written is kept [`PREALLOC_BYTES`] ahead in written zeros, so
+//! that a batch's `fdatasync` flushes data only; zeros after the last frame of the last
+//! segment are its normal end.
 //!
-//! One thread writes ([`Log::spawn`]). It takes every append waiting, gives each record
-//! its counter, writes the batch's frames sorted by shard with one `write`, fsyncs, then
-//! adds the batch to the in-memory index and answers. So:
+//! One thread writes (started by [`Log::open`]). It takes every append waiting, gives each
+//! record its counter, writes the batch's frames sorted by shard with one `write`, fsyncs,
+//! then adds the batch to the in-memory index and answers. So:
 //!
 //! - **An acknowledged record is durable**, and a reader sees a record only after it is
 //!   (the index is updated after the fsync): nothing a reader saw can be lost.
@@ -27,12 +30,17 @@
 //!   crash mid-write: that batch was never acknowledged) and the segment is cut there. A
 //!   bad frame anywhere else — in an older segment, or followed by a later batch — is
 //!   corruption: it is reported (error log, `sluice doctor`), the scan resumes at the next
-//!   good frame, and reads of the lost counters fail; nothing is skipped silently.
+//!   good frame, and reads of the lost counters fail; nothing is skipped silently. (A
+//!   later batch shows as a good frame or as a damaged frame whose header still reads.
+//!   The limit: damage inside the last batch written, with nothing after it, is taken for
+//!   a torn tail and cut even if that batch had been acknowledged: damage to the newest
+//!   records, before any append followed them.) After a failed write or
+//!   fsync the log refuses appends until restart: what reached the disk is then unknown.
 //! - Metadata changes that the append path depends on (resharding, deletion, record size)
 //!   run as jobs on the writer thread ([`Log::control`]), between batches.
 //!
-//! The whole index is in memory (about 40 bytes per run of consecutive records of one
-//! shard in one batch) and is rebuilt by reading every segment at open: opening costs a
+//! The whole index is in memory (48 bytes per run of consecutive records of one shard in
+//! one batch: one per record for a lone producer, far fewer under load) and is rebuilt by reading every segment at open: opening costs a
 //! read of the retained records. Decision: simple and fast to append; per-segment index
 //! files would bound the start-up read if retained data grows large.
 
