@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use sluice_db::Db;
 use sluice_stream::Stream;
-use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS};
+use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS, StreamOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_backend_passes_the_conformance_suite() {
@@ -16,6 +16,28 @@ async fn embedded_backend_passes_the_conformance_suite() {
         async move {
             let db = Db::open(&path, MIGRATIONS).expect("open db");
             Arc::new(EmbeddedStream::open(db).expect("open stream")) as Arc<dyn Stream>
+        }
+    })
+    .await;
+}
+
+/// The same with 2 KiB segments: nearly every batch starts a segment, so reads, iterators,
+/// reshards and trims all cross segment boundaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_backend_with_tiny_segments_passes_the_conformance_suite() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let counter = std::sync::atomic::AtomicU32::new(0);
+    sluice_stream::conformance::run_all(|| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = root.path().join(format!("case-{n}.db"));
+        async move {
+            let db = Db::open(&path, MIGRATIONS).expect("open db");
+            let options = StreamOptions {
+                segment_bytes: 2 * 1024,
+                ..StreamOptions::default()
+            };
+            Arc::new(EmbeddedStream::open_with(db, options).expect("open stream"))
+                as Arc<dyn Stream>
         }
     })
     .await;

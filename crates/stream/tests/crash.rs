@@ -2,7 +2,8 @@
 //! acknowledged sequence number; the parent kills it with SIGKILL mid-stream, reopens the
 //! database and checks that every acknowledged record is there, byte for byte, in order, and
 //! that sequence numbers never repeat or go backwards. 20 rounds on one database, or
-//! `$SLUICE_STREAM_CRASH_ROUNDS` (`scripts/crash-stream [rounds]` runs many more).
+//! `$SLUICE_STREAM_CRASH_ROUNDS` (`scripts/crash-stream [rounds]` runs many more), with
+//! small segments so that kills also land while segments are sealed, created and zero-filled.
 //!
 //! The child is this same test binary, re-executed to run only `child_appender` with the
 //! database path in its environment (without it, `child_appender` does nothing).
@@ -15,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use sluice_db::Db;
-use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS};
+use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS, StreamOptions};
 use sluice_stream::{PutRecord, Stream};
 
 const DB_ENV: &str = "SLUICE_STREAM_CRASH_DB";
@@ -23,6 +24,15 @@ const ROUND_ENV: &str = "SLUICE_STREAM_CRASH_ROUND";
 const PRODUCERS: u32 = 8;
 const ROUNDS_ENV: &str = "SLUICE_STREAM_CRASH_ROUNDS";
 const DEFAULT_ROUNDS: u32 = 20;
+
+/// 64 KiB segments: a round rolls over to new segments several times, so kills land
+/// during segment changes and zero-filling too, not only mid-batch.
+fn options() -> StreamOptions {
+    StreamOptions {
+        segment_bytes: 64 * 1024,
+        ..StreamOptions::default()
+    }
+}
 
 fn rounds() -> u32 {
     match std::env::var(ROUNDS_ENV) {
@@ -58,7 +68,7 @@ fn child_appender() {
         .expect("runtime");
     rt.block_on(async move {
         let db = Db::open(Path::new(&path), MIGRATIONS).expect("open db");
-        let s = Arc::new(EmbeddedStream::open(db).expect("open stream"));
+        let s = Arc::new(EmbeddedStream::open_with(db, options()).expect("open stream"));
         s.ensure_stream("c", 4).await.expect("ensure stream");
         let mut tasks = Vec::new();
         for p in 0..PRODUCERS {
@@ -213,7 +223,7 @@ fn verify(path: &Path, acked: &[Ack]) -> HashMap<String, String> {
         .expect("runtime");
     rt.block_on(async {
         let db = Db::open(path, MIGRATIONS).expect("reopen after kill");
-        let s = EmbeddedStream::open(db).expect("open stream");
+        let s = EmbeddedStream::open_with(db, options()).expect("open stream");
         let report = s.check().await.expect("check");
         assert!(
             report.is_ok(),

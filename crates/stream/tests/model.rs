@@ -109,9 +109,15 @@ impl Model {
     }
 }
 
+/// Opens the backend with 4 KiB segments, so that the random runs cross segment
+/// boundaries (and restarts rescan many segments); conformance runs the default size too.
 async fn open_backend(path: &Path) -> EmbeddedStream {
     let db = Db::open(path, MIGRATIONS).expect("open db");
-    EmbeddedStream::open(db).expect("open stream")
+    let options = sluice_stream::embedded::StreamOptions {
+        segment_bytes: 4 * 1024,
+        ..Default::default()
+    };
+    EmbeddedStream::open_with(db, options).expect("open stream")
 }
 
 async fn run(initial: u32, ops: Vec<Op>) {
