@@ -71,7 +71,9 @@ impl EmbeddedUploads {
     }
 
     /// Delivers the records of uploads committed before a crash that stopped their
-    /// delivery (run at start, before serving). Returns how many there were.
+    /// delivery (run at start, before serving). Returns how many were delivered. An upload
+    /// whose record cannot be delivered (its stream was deleted meanwhile) is logged and
+    /// stays pending; it does not keep the server from starting.
     pub async fn deliver_pending(&self) -> Result<usize, UploadError> {
         let pending: Vec<(String, i64)> = self
             .db
@@ -82,18 +84,21 @@ impl EmbeddedUploads {
                     .map_err(UploadError::from)
             })
             .await?;
-        for (id, ticket) in &pending {
-            let put = self.stream.deliver(*ticket).await?;
+        let mut delivered = 0;
+        for (id, ticket) in pending {
+            let put = match self.stream.deliver(ticket).await {
+                Ok(put) => put,
+                Err(e) => {
+                    tracing::warn!(upload = %id, error = %e, "cannot deliver the stream record of an earlier upload; it stays pending");
+                    continue;
+                }
+            };
             self.db
-                .write(settle(
-                    id.clone(),
-                    *ticket,
-                    put.shard_id,
-                    put.sequence_number,
-                ))
+                .write(settle(id, ticket, put.shard_id, put.sequence_number))
                 .await?;
+            delivered += 1;
         }
-        Ok(pending.len())
+        Ok(delivered)
     }
 
     /// Delivers an upload's record and returns where it landed once that is durable. The
@@ -640,6 +645,13 @@ mod tests {
             (a.as_str(), "uploads/a")
         );
         assert!(stream.pending_tickets().await.expect("tickets").is_empty());
+
+        // An upload committed for a stream that is deleted before its delivery: the start
+        // goes on, the upload stays pending.
+        let (c, _) = commit_without_delivery(&uploads, &_store, "c").await;
+        stream.delete_stream("u").await.expect("delete");
+        assert_eq!(uploads.deliver_pending().await.expect("start goes on"), 0);
+        assert_eq!(uploads.get(&c).await.expect("get c").sequence_number, "");
         stream.db().close();
     }
 }
