@@ -176,6 +176,9 @@ async fn call(ctx: &KinesisContext, op: &str, req: &Value) -> OpResult {
         "AddTagsToStream" => add_tags(ctx, req).await,
         "RemoveTagsFromStream" => remove_tags(ctx, req).await,
         "ListTagsForStream" => list_tags(ctx, req).await,
+        "TagResource" => tag_resource(ctx, req).await,
+        "UntagResource" => untag_resource(ctx, req).await,
+        "ListTagsForResource" => list_tags_for_resource(ctx, req).await,
         "DescribeLimits" => describe_limits(ctx).await,
         "RegisterStreamConsumer" => crate::kinesis_efo::register(ctx, req).await,
         "DescribeStreamConsumer" => crate::kinesis_efo::describe(ctx, req).await,
@@ -281,8 +284,8 @@ async fn create_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({}))
 }
 
-fn tags_in(v: Option<&Value>) -> Result<BTreeMap<String, String>, KinesisError> {
-    let Some(v) = v else {
+pub(crate) fn tags_in(v: Option<&Value>) -> Result<BTreeMap<String, String>, KinesisError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
         return Ok(BTreeMap::new());
     };
     let obj = v
@@ -605,10 +608,9 @@ async fn add_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({}))
 }
 
-async fn remove_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
-    let name = stream_name(ctx, req)?;
-    let keys = req
-        .get("TagKeys")
+/// A request's `TagKeys`.
+fn tag_keys_in(req: &Value) -> Result<Vec<String>, KinesisError> {
+    req.get("TagKeys")
         .and_then(Value::as_array)
         .ok_or_else(|| validation("tagKeys"))?
         .iter()
@@ -617,9 +619,73 @@ async fn remove_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
                 .map(str::to_owned)
                 .ok_or_else(|| err("ValidationException", "tag keys must be strings"))
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+async fn remove_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let name = stream_name(ctx, req)?;
+    let keys = tag_keys_in(req)?;
     ctx.stream.remove_tags(&name, keys).await?;
     Ok(json!({}))
+}
+
+/// What a `ResourceARN` names: a stream, or a consumer of one.
+enum Resource {
+    Stream(String),
+    Consumer(sluice_stream::ConsumerRef),
+}
+
+fn resource(ctx: &KinesisContext, req: &Value) -> Result<Resource, KinesisError> {
+    let arn = str_field(req, "ResourceARN").ok_or_else(|| validation("resourceARN"))?;
+    if arn.contains("/consumer/") {
+        return crate::kinesis_efo::parse_consumer_arn(ctx, arn).map(Resource::Consumer);
+    }
+    stream_name(ctx, &json!({ "StreamARN": arn })).map(Resource::Stream)
+}
+
+/// TagResource: a stream's tags as AddTagsToStream, or a consumer's.
+async fn tag_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let tags = tags_in(req.get("Tags"))?;
+    if tags.is_empty() {
+        return Err(validation("tags"));
+    }
+    match resource(ctx, req)? {
+        Resource::Stream(name) => ctx.stream.add_tags(&name, tags).await?,
+        Resource::Consumer(c) => ctx.stream.add_consumer_tags(&c, tags).await?,
+    }
+    Ok(json!({}))
+}
+
+async fn untag_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let keys = tag_keys_in(req)?;
+    match resource(ctx, req)? {
+        Resource::Stream(name) => ctx.stream.remove_tags(&name, keys).await?,
+        Resource::Consumer(c) => ctx.stream.remove_consumer_tags(&c, keys).await?,
+    }
+    Ok(json!({}))
+}
+
+/// ListTagsForResource: every tag, in key order (no pagination in this call).
+async fn list_tags_for_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
+    let tags: Vec<(String, String)> = match resource(ctx, req)? {
+        Resource::Stream(name) => {
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let page = ctx.stream.list_tags(&name, after.take(), None).await?;
+                after = page.tags.last().map(|(k, _)| k.clone());
+                all.extend(page.tags);
+                if !page.has_more || after.is_none() {
+                    break;
+                }
+            }
+            all
+        }
+        Resource::Consumer(c) => ctx.stream.consumer_tags(&c).await?.into_iter().collect(),
+    };
+    Ok(json!({
+        "Tags": tags.iter().map(|(k, v)| json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
+    }))
 }
 
 async fn list_tags(ctx: &KinesisContext, req: &Value) -> OpResult {

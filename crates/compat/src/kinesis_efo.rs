@@ -181,7 +181,10 @@ pub(crate) fn consumer_arn(ctx: &KinesisContext, c: &Consumer) -> String {
     )
 }
 
-fn parse_consumer_arn(ctx: &KinesisContext, arn: &str) -> Result<ConsumerRef, KinesisError> {
+pub(crate) fn parse_consumer_arn(
+    ctx: &KinesisContext,
+    arn: &str,
+) -> Result<ConsumerRef, KinesisError> {
     let invalid = || {
         err(
             "InvalidArgumentException",
@@ -267,13 +270,11 @@ pub(crate) async fn register(ctx: &KinesisContext, req: &Value) -> OpResult {
     }
     let stream = stream_name(ctx, req)?;
     let name = str_field(req, "ConsumerName").ok_or_else(|| validation("consumerName"))?;
-    if let Some(tags) = req.get("Tags")
-        && !tags.is_object()
-        && !tags.is_null()
-    {
-        return Err(err("ValidationException", "Tags must be a map of strings"));
-    }
-    let c = ctx.stream.register_consumer(&stream, name).await?;
+    let tags = crate::kinesis::tags_in(req.get("Tags"))?;
+    let c = ctx
+        .stream
+        .register_consumer_with_tags(&stream, name, tags)
+        .await?;
     Ok(json!({ "Consumer": consumer_json(ctx, &c) }))
 }
 

@@ -331,3 +331,119 @@ fn throttling_when_enabled_refuses_what_a_shard_cannot_take() {
     );
     server.stop();
 }
+
+/// Tags on streams and consumers through TagResource / UntagResource / ListTagsForResource,
+/// and RegisterStreamConsumer's `--tags`, with the aws CLI.
+#[test]
+fn resource_tags_for_streams_and_consumers() {
+    let dir = DataDir::new("kinesis-tags");
+    let server = Server::start(&dir.0);
+    let (id, secret) = key(&server);
+    let k = (id.as_str(), secret.as_str());
+    let run = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", server.edge.as_str()];
+        all.extend_from_slice(args);
+        aws_as(k, &all)
+    };
+    let tags_of = |arn: &str| -> Vec<(String, String)> {
+        let (ok, out, err) = run(&["kinesis", "list-tags-for-resource", "--resource-arn", arn]);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        v["Tags"]
+            .as_array()
+            .expect("Tags")
+            .iter()
+            .map(|t| {
+                (
+                    t["Key"].as_str().expect("key").to_owned(),
+                    t["Value"].as_str().expect("value").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+        p.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    };
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "create-stream",
+        "--stream-name",
+        "tagged",
+        "--shard-count",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    let stream_arn = "arn:aws:kinesis:us-east-2:000000000000:stream/tagged";
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "tag-resource",
+        "--resource-arn",
+        stream_arn,
+        "--tags",
+        "team=a,env=dev",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(tags_of(stream_arn), pairs(&[("env", "dev"), ("team", "a")]));
+    // The same tags as the stream-specific call sees them.
+    let (ok, out, err) = run(&["kinesis", "list-tags-for-stream", "--stream-name", "tagged"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"team\""), "{out}");
+
+    let (ok, out, err) = run(&[
+        "kinesis",
+        "register-stream-consumer",
+        "--stream-arn",
+        stream_arn,
+        "--consumer-name",
+        "app",
+        "--tags",
+        "owner=me",
+    ]);
+    assert!(ok, "{err}");
+    let consumer: Value = serde_json::from_str(&out).expect("json");
+    let consumer_arn = consumer["Consumer"]["ConsumerARN"]
+        .as_str()
+        .expect("ConsumerARN")
+        .to_owned();
+    assert_eq!(tags_of(&consumer_arn), pairs(&[("owner", "me")]));
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "tag-resource",
+        "--resource-arn",
+        &consumer_arn,
+        "--tags",
+        "cost=7",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "untag-resource",
+        "--resource-arn",
+        &consumer_arn,
+        "--tag-keys",
+        "owner",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(tags_of(&consumer_arn), pairs(&[("cost", "7")]));
+    // The stream's tags are its own.
+    assert_eq!(tags_of(stream_arn), pairs(&[("env", "dev"), ("team", "a")]));
+
+    // Errors in Kinesis' shapes.
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "list-tags-for-resource",
+        "--resource-arn",
+        "arn:aws:kinesis:us-east-2:000000000000:stream/tagged/consumer/nobody:1",
+    ]);
+    assert!(!ok && err.contains("ResourceNotFoundException"), "{err}");
+    let (ok, _, err) = run(&[
+        "kinesis",
+        "list-tags-for-resource",
+        "--resource-arn",
+        "not-an-arn",
+    ]);
+    assert!(!ok && err.contains("ValidationException"), "{err}");
+    server.stop();
+}

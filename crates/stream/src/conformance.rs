@@ -61,6 +61,7 @@ where
     tailing_reader_is_woken(make().await).await;
     consumers(make().await).await;
     consumer_limits_and_pagination(make().await).await;
+    consumer_tags(make().await).await;
     continuation_sequence_numbers(make().await).await;
 }
 
@@ -1230,6 +1231,70 @@ async fn list_all_consumers(s: &dyn Stream, stream: &str, page: u32) -> Vec<Stri
 
 /// Register, describe (by name, pinned to the creation second), deregister; names,
 /// duplicates, unknown streams; deleting a stream removes its consumers.
+/// A consumer's tags: given at registration or added later, checked like a stream's, at
+/// most 50, removed by key, gone with the consumer (a new consumer of the same name starts
+/// without any).
+pub async fn consumer_tags(s: Backend) {
+    let rule = "consumer tags";
+    s.create_stream("t", 1).await.expect("create");
+    let tags = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    assert_err!(
+        s.register_consumer_with_tags("t", "bad", tags(&[("", "v")]))
+            .await,
+        InvalidArgument,
+        rule
+    );
+    s.register_consumer_with_tags("t", "app", tags(&[("team", "a"), ("env", "dev")]))
+        .await
+        .expect("register with tags");
+    let app = ConsumerRef::by_name("t", "app");
+    assert_eq!(
+        s.consumer_tags(&app).await.expect("tags"),
+        tags(&[("env", "dev"), ("team", "a")]),
+        "{rule}: registration's tags are kept"
+    );
+    s.add_consumer_tags(&app, tags(&[("env", "prod"), ("cost", "42")]))
+        .await
+        .expect("add");
+    assert_eq!(
+        s.consumer_tags(&app).await.expect("tags"),
+        tags(&[("cost", "42"), ("env", "prod"), ("team", "a")]),
+        "{rule}: adding overwrites values and keeps the rest"
+    );
+    s.remove_consumer_tags(&app, vec!["team".into(), "absent".into()])
+        .await
+        .expect("remove");
+    assert_eq!(
+        s.consumer_tags(&app).await.expect("tags"),
+        tags(&[("cost", "42"), ("env", "prod")])
+    );
+    let many: BTreeMap<String, String> = (0..49).map(|i| (format!("k{i}"), "v".into())).collect();
+    assert_err!(s.add_consumer_tags(&app, many).await, LimitExceeded, rule);
+    assert_err!(
+        s.add_consumer_tags(&app, BTreeMap::new()).await,
+        InvalidArgument,
+        rule
+    );
+    let missing = ConsumerRef::by_name("t", "nobody");
+    assert_err!(s.consumer_tags(&missing).await, ResourceNotFound, rule);
+    assert_err!(
+        s.add_consumer_tags(&missing, tags(&[("k", "v")])).await,
+        ResourceNotFound,
+        rule
+    );
+    s.deregister_consumer(&app).await.expect("deregister");
+    s.register_consumer("t", "app").await.expect("again");
+    assert!(
+        s.consumer_tags(&app).await.expect("tags").is_empty(),
+        "{rule}: a new consumer of the same name has no tags"
+    );
+}
+
 pub async fn consumers(s: Backend) {
     let rule = "consumers";
     s.create_stream("c", 1).await.expect("create");

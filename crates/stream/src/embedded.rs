@@ -1335,12 +1335,36 @@ impl Stream for EmbeddedStream {
             .await
     }
 
-    async fn register_consumer(
+    async fn register_consumer_with_tags(
         &self,
         stream: &str,
         name: &str,
+        tags: BTreeMap<String, String>,
     ) -> Result<crate::Consumer, StreamError> {
-        self.register_consumer_impl(stream, name).await
+        self.register_consumer_impl(stream, name, tags).await
+    }
+
+    async fn add_consumer_tags(
+        &self,
+        consumer: &crate::ConsumerRef,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), StreamError> {
+        self.add_consumer_tags_impl(consumer, tags).await
+    }
+
+    async fn remove_consumer_tags(
+        &self,
+        consumer: &crate::ConsumerRef,
+        keys: Vec<String>,
+    ) -> Result<(), StreamError> {
+        self.remove_consumer_tags_impl(consumer, keys).await
+    }
+
+    async fn consumer_tags(
+        &self,
+        consumer: &crate::ConsumerRef,
+    ) -> Result<BTreeMap<String, String>, StreamError> {
+        self.consumer_tags_impl(consumer).await
     }
 
     async fn describe_consumer(

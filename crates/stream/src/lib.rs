@@ -479,7 +479,36 @@ pub trait Stream: Send + Sync + 'static {
     /// a consumer of that name, `LimitExceeded` past [`MAX_CONSUMERS`] consumers (or
     /// [`MAX_CREATING_CONSUMERS`] still `Creating`). The consumer starts `Creating` and
     /// becomes `Active` (a backend may make it `Active` at once).
-    async fn register_consumer(&self, stream: &str, name: &str) -> Result<Consumer, StreamError>;
+    async fn register_consumer(&self, stream: &str, name: &str) -> Result<Consumer, StreamError> {
+        self.register_consumer_with_tags(stream, name, BTreeMap::new())
+            .await
+    }
+    /// [`Stream::register_consumer`] with tags for the new consumer (checked like a
+    /// stream's: at most 50, keys 1–128 and values 0–256 characters).
+    async fn register_consumer_with_tags(
+        &self,
+        stream: &str,
+        name: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<Consumer, StreamError>;
+    /// Adds or overwrites a consumer's tags (`LimitExceeded` past 50); `ResourceNotFound`
+    /// as [`Stream::describe_consumer`].
+    async fn add_consumer_tags(
+        &self,
+        consumer: &ConsumerRef,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), StreamError>;
+    /// Removes a consumer's tags by key; absent keys are ignored.
+    async fn remove_consumer_tags(
+        &self,
+        consumer: &ConsumerRef,
+        keys: Vec<String>,
+    ) -> Result<(), StreamError>;
+    /// A consumer's tags.
+    async fn consumer_tags(
+        &self,
+        consumer: &ConsumerRef,
+    ) -> Result<BTreeMap<String, String>, StreamError>;
     /// The consumer, or `ResourceNotFound` (also when `created_secs` names an older or newer
     /// consumer of the same name).
     async fn describe_consumer(&self, consumer: &ConsumerRef) -> Result<Consumer, StreamError>;

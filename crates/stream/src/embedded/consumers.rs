@@ -8,6 +8,10 @@
 //!   Deregistering deletes the row at once, so `Deleting` is never observed here.
 //! - Registration checks the name, the limits and the uniqueness in the writer's
 //!   transaction, so concurrent registrations cannot exceed [`MAX_CONSUMERS`].
+//! - A consumer's tags (`stream_consumer_tags`) are written and deleted with it: a new
+//!   consumer of an old name starts without tags.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sluice_db::rusqlite::{Connection, OptionalExtension, params};
@@ -17,7 +21,7 @@ use super::schema::{StreamRow, load_stream};
 use crate::iterator;
 use crate::{
     Consumer, ConsumerRef, ConsumerStatus, DEFAULT_LIST_CONSUMERS, ListConsumersInput,
-    ListConsumersOutput, MAX_CONSUMERS, MAX_CREATING_CONSUMERS, MAX_LIST_CONSUMERS,
+    ListConsumersOutput, MAX_CONSUMERS, MAX_CREATING_CONSUMERS, MAX_LIST_CONSUMERS, MAX_TAGS,
     NEXT_TOKEN_TTL_MS, StreamError, validate_consumer_name, validate_stream_name,
 };
 
@@ -38,6 +42,41 @@ pub(super) fn delete_all(c: &Connection, stream_id: i64) -> Result<(), StreamErr
         "DELETE FROM stream_consumers WHERE stream_id = ?1",
         [stream_id],
     )?;
+    c.execute(
+        "DELETE FROM stream_consumer_tags WHERE stream_id = ?1",
+        [stream_id],
+    )?;
+    Ok(())
+}
+
+/// Adds (or overwrites) tags of a consumer, keeping it at [`MAX_TAGS`] at most.
+fn put_tags(
+    c: &Connection,
+    stream_id: i64,
+    consumer: &str,
+    tags: &BTreeMap<String, String>,
+) -> Result<(), StreamError> {
+    let existing: Vec<String> = c
+        .prepare_cached(
+            "SELECT key FROM stream_consumer_tags WHERE stream_id = ?1 AND consumer = ?2",
+        )?
+        .query_map(params![stream_id, consumer], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let new = tags.keys().filter(|k| !existing.contains(k)).count();
+    if existing.len() + new > MAX_TAGS {
+        return Err(StreamError::LimitExceeded(format!(
+            "consumer {consumer} would carry {} tags; the limit is {MAX_TAGS}",
+            existing.len() + new
+        )));
+    }
+    for (k, v) in tags {
+        c.prepare_cached(
+            "INSERT INTO stream_consumer_tags (stream_id, consumer, key, value)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (stream_id, consumer, key) DO UPDATE SET value = excluded.value",
+        )?
+        .execute(params![stream_id, consumer, k, v])?;
+    }
     Ok(())
 }
 
@@ -95,9 +134,11 @@ impl EmbeddedStream {
         &self,
         stream: &str,
         name: &str,
+        tags: BTreeMap<String, String>,
     ) -> Result<Consumer, StreamError> {
         validate_stream_name(stream)?;
         validate_consumer_name(name)?;
+        super::check_tags(&tags)?;
         let (stream, name) = (stream.to_owned(), name.to_owned());
         let this = self.clone();
         self.db
@@ -134,6 +175,7 @@ impl EmbeddedStream {
                     "INSERT INTO stream_consumers (stream_id, name, created_ms) VALUES (?1, ?2, ?3)",
                 )?
                 .execute(params![row.id, name, now])?;
+                put_tags(c, row.id, &name, &tags)?;
                 Ok(this.consumer(&row, name, now, now))
             })
             .await
@@ -167,7 +209,84 @@ impl EmbeddedStream {
                     "DELETE FROM stream_consumers WHERE stream_id = ?1 AND name = ?2",
                 )?
                 .execute(params![row.id, consumer.name])?;
+                c.prepare_cached(
+                    "DELETE FROM stream_consumer_tags WHERE stream_id = ?1 AND consumer = ?2",
+                )?
+                .execute(params![row.id, consumer.name])?;
                 Ok(())
+            })
+            .await
+    }
+
+    pub(super) async fn add_consumer_tags_impl(
+        &self,
+        consumer: &ConsumerRef,
+        tags: BTreeMap<String, String>,
+    ) -> Result<(), StreamError> {
+        if tags.is_empty() || tags.len() > MAX_TAGS {
+            return Err(StreamError::InvalidArgument(format!(
+                "add 1 to {MAX_TAGS} tags at a time, got {}",
+                tags.len()
+            )));
+        }
+        super::check_tags(&tags)?;
+        let consumer = consumer.clone();
+        self.db
+            .write(move |c| {
+                let row = load_stream(c, &consumer.stream)?;
+                created_ms(c, &row, &consumer)?;
+                put_tags(c, row.id, &consumer.name, &tags)
+            })
+            .await
+    }
+
+    pub(super) async fn remove_consumer_tags_impl(
+        &self,
+        consumer: &ConsumerRef,
+        keys: Vec<String>,
+    ) -> Result<(), StreamError> {
+        if keys.is_empty() || keys.len() > MAX_TAGS {
+            return Err(StreamError::InvalidArgument(format!(
+                "remove 1 to {MAX_TAGS} tag keys at a time, got {}",
+                keys.len()
+            )));
+        }
+        keys.iter().try_for_each(|k| crate::check_tag(k, ""))?;
+        let consumer = consumer.clone();
+        self.db
+            .write(move |c| {
+                let row = load_stream(c, &consumer.stream)?;
+                created_ms(c, &row, &consumer)?;
+                for k in &keys {
+                    c.prepare_cached(
+                        "DELETE FROM stream_consumer_tags
+                         WHERE stream_id = ?1 AND consumer = ?2 AND key = ?3",
+                    )?
+                    .execute(params![row.id, consumer.name, k])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    pub(super) async fn consumer_tags_impl(
+        &self,
+        consumer: &ConsumerRef,
+    ) -> Result<BTreeMap<String, String>, StreamError> {
+        let consumer = consumer.clone();
+        self.db
+            .read(move |c| {
+                let row = load_stream(c, &consumer.stream)?;
+                created_ms(c, &row, &consumer)?;
+                c.prepare_cached(
+                    "SELECT key, value FROM stream_consumer_tags
+                     WHERE stream_id = ?1 AND consumer = ?2 ORDER BY key",
+                )?
+                .query_map(params![row.id, consumer.name], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<BTreeMap<String, String>, _>>()
+                .map_err(StreamError::from)
             })
             .await
     }

@@ -134,6 +134,20 @@ INSERT OR REPLACE INTO stream_meta (k, v)
     SELECT 'last_stream_id', COALESCE(MAX(id), 0) FROM streams;
 ",
     },
+    // Tags of consumers (RegisterStreamConsumer's `Tags`, TagResource on a consumer ARN);
+    // they go with their consumer.
+    Migration {
+        name: "stream-0006",
+        sql: "
+CREATE TABLE stream_consumer_tags (
+    stream_id INTEGER NOT NULL,
+    consumer TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (stream_id, consumer, key)
+) WITHOUT ROWID;
+",
+    },
 ];
 
 /// A row of `streams`.
