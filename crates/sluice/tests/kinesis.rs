@@ -6,27 +6,39 @@ use base64::Engine as _;
 use common::{DataDir, Server, aws_as};
 use serde_json::Value;
 
-fn key(server: &Server) -> (String, String) {
-    let v: Value = serde_json::from_str(&server.cli(&["keys", "create", "--description", "test"]))
-        .expect("keys create prints JSON");
-    (
-        v["accessKeyId"].as_str().expect("id").to_owned(),
-        v["secretAccessKey"].as_str().expect("secret").to_owned(),
-    )
+/// The aws CLI against a server's edge, signing with an access key made for the test.
+struct EdgeCli {
+    endpoint: String,
+    id: String,
+    secret: String,
+}
+
+impl EdgeCli {
+    fn new(server: &Server) -> Self {
+        let v: Value =
+            serde_json::from_str(&server.cli(&["keys", "create", "--description", "test"]))
+                .expect("keys create prints JSON");
+        EdgeCli {
+            endpoint: server.edge.clone(),
+            id: v["accessKeyId"].as_str().expect("id").to_owned(),
+            secret: v["secretAccessKey"].as_str().expect("secret").to_owned(),
+        }
+    }
+
+    /// Runs `aws --endpoint-url <edge> <args>`: (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let mut all = vec!["--endpoint-url", self.endpoint.as_str()];
+        all.extend_from_slice(args);
+        aws_as((&self.id, &self.secret), &all)
+    }
 }
 
 #[test]
 fn aws_cli_round_trip_and_errors() {
     let dir = DataDir::new("kinesis");
     let server = Server::start(&dir.0);
-    let (id, secret) = key(&server);
-    let k = (id.as_str(), secret.as_str());
-    let e = ["--endpoint-url", server.edge.as_str()];
-    let run = |args: &[&str]| {
-        let mut all: Vec<&str> = e.to_vec();
-        all.extend_from_slice(args);
-        aws_as(k, &all)
-    };
+    let cli = EdgeCli::new(&server);
+    let run = |args: &[&str]| cli.run(args);
 
     let (ok, _, err) = run(&[
         "kinesis",
@@ -134,7 +146,7 @@ fn aws_cli_round_trip_and_errors() {
 
     // Signatures are checked.
     let (ok, _, err) = aws_as(
-        (id.as_str(), "not-the-secret"),
+        (cli.id.as_str(), "not-the-secret"),
         &["--endpoint-url", &server.edge, "kinesis", "list-streams"],
     );
     assert!(!ok && err.contains("InvalidSignatureException"), "{err}");
@@ -279,13 +291,8 @@ fn throttling_when_enabled_refuses_what_a_shard_cannot_take() {
         "127.0.0.1:0",
         &[("SLUICE_STREAM_THROTTLE", "true")],
     );
-    let (id, secret) = key(&server);
-    let k = (id.as_str(), secret.as_str());
-    let run = |args: &[&str]| {
-        let mut all = vec!["--endpoint-url", server.edge.as_str()];
-        all.extend_from_slice(args);
-        aws_as(k, &all)
-    };
+    let cli = EdgeCli::new(&server);
+    let run = |args: &[&str]| cli.run(args);
     let (ok, _, err) = run(&[
         "kinesis",
         "create-stream",
@@ -338,13 +345,8 @@ fn throttling_when_enabled_refuses_what_a_shard_cannot_take() {
 fn resource_tags_for_streams_and_consumers() {
     let dir = DataDir::new("kinesis-tags");
     let server = Server::start(&dir.0);
-    let (id, secret) = key(&server);
-    let k = (id.as_str(), secret.as_str());
-    let run = |args: &[&str]| {
-        let mut all = vec!["--endpoint-url", server.edge.as_str()];
-        all.extend_from_slice(args);
-        aws_as(k, &all)
-    };
+    let cli = EdgeCli::new(&server);
+    let run = |args: &[&str]| cli.run(args);
     let tags_of = |arn: &str| -> Vec<(String, String)> {
         let (ok, out, err) = run(&["kinesis", "list-tags-for-resource", "--resource-arn", arn]);
         assert!(ok, "{err}");

@@ -244,11 +244,13 @@ impl EmbeddedStream {
     }
 
     /// Tells tailing readers of `stream` that records were appended.
+    /// Called after every append (no allocation): a stream nobody has watched yet has no
+    /// channel, and a reader that starts watching later reads what is there first.
     pub fn notify(&self, stream: &str) {
-        if let Ok(mut w) = self.watchers.lock() {
-            w.entry(stream.to_owned())
-                .or_insert_with(|| watch::channel(0).0)
-                .send_modify(|v| *v = v.wrapping_add(1));
+        if let Ok(w) = self.watchers.lock()
+            && let Some(tx) = w.get(stream)
+        {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 
@@ -376,13 +378,6 @@ impl EmbeddedStream {
     ) -> Result<Vec<Result<PutResult, StreamError>>, StreamError> {
         self.append_records(stream, records, None, self.throttle.clone())
             .await
-    }
-
-    /// One past the last record of a shard whose SQLite row says `row_next`.
-    fn shard_end(&self, stream_id: i64, idx: u64, row_next: u64) -> u64 {
-        self.log
-            .shard_end(stream_id, idx)
-            .map_or(row_next, |(n, _)| n.max(row_next))
     }
 }
 
@@ -666,6 +661,44 @@ fn check_max_record_bytes(b: usize) -> Result<(), StreamError> {
 
 fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), StreamError> {
     tags.iter().try_for_each(|(k, v)| check_tag(k, v))
+}
+
+/// Tags one call may add (to a stream or a consumer): 1 to [`MAX_TAGS`], each valid.
+fn check_tags_to_add(tags: &BTreeMap<String, String>) -> Result<(), StreamError> {
+    if tags.is_empty() || tags.len() > MAX_TAGS {
+        return Err(StreamError::InvalidArgument(format!(
+            "add 1 to {MAX_TAGS} tags at a time, got {}",
+            tags.len()
+        )));
+    }
+    check_tags(tags)
+}
+
+/// Tag keys one call may remove: 1 to [`MAX_TAGS`], each a valid key.
+fn check_tag_keys_to_remove(keys: &[String]) -> Result<(), StreamError> {
+    if keys.is_empty() || keys.len() > MAX_TAGS {
+        return Err(StreamError::InvalidArgument(format!(
+            "remove 1 to {MAX_TAGS} tags at a time, got {}",
+            keys.len()
+        )));
+    }
+    keys.iter().try_for_each(|k| check_tag(k, ""))
+}
+
+/// `LimitExceeded` if `owner`, carrying the tags `existing`, would pass [`MAX_TAGS`] with
+/// `tags` added.
+fn check_tag_limit(
+    owner: &str,
+    existing: &[String],
+    tags: &BTreeMap<String, String>,
+) -> Result<(), StreamError> {
+    let total = existing.len() + tags.keys().filter(|k| !existing.contains(k)).count();
+    if total > MAX_TAGS {
+        return Err(StreamError::LimitExceeded(format!(
+            "{owner} would carry {total} tags; the limit is {MAX_TAGS}"
+        )));
+    }
+    Ok(())
 }
 
 fn shard_desc(s: &ShardRow) -> ShardDesc {
@@ -1071,14 +1104,14 @@ impl Stream for EmbeddedStream {
         let name = stream.to_owned();
         let shard = shard.to_owned();
         let key = self.iterator_key.clone();
-        let this = self.clone();
+        let log = self.log.clone();
         self.db
             .read(move |c| {
                 let idx = parse_shard(&shard)?;
                 let stream = load_stream(c, &name)?;
                 let row = shard_row(c, &stream, idx)?;
                 // LATEST starts after the last durable record (the log shows no other).
-                let latest = this.shard_end(stream.id, idx, row.next_counter);
+                let latest = log.end_of(stream.id, idx, row.next_counter);
                 let seq_counter = |s: &str| -> Result<u64, StreamError> {
                     match parse_sequence_number(s) {
                         Some((sidx, counter)) if sidx == idx && counter < latest => Ok(counter),
@@ -1093,8 +1126,7 @@ impl Stream for EmbeddedStream {
                     IteratorSpec::Latest => latest,
                     IteratorSpec::AtSequenceNumber(s) => seq_counter(s)?,
                     IteratorSpec::AfterSequenceNumber(s) => seq_counter(s)? + 1,
-                    IteratorSpec::AtTimestamp(ts) => this
-                        .log
+                    IteratorSpec::AtTimestamp(ts) => log
                         .first_at_or_after(stream.id, idx, *ts)
                         .unwrap_or(latest)
                         .max(row.start_counter),
@@ -1125,18 +1157,18 @@ impl Stream for EmbeddedStream {
         }
         let pos = iterator::decode(&self.iterator_key, iterator, now_ms())?;
         let key = self.iterator_key.clone();
-        let this = self.clone();
+        let log = self.log.clone();
         let Some(throttle) = self.throttle.clone() else {
             return self
                 .db
-                .read(move |c| read_records(c, &key, &this, pos, limit))
+                .read(move |c| read_records(c, &key, &log, pos, limit))
                 .await;
         };
         let (stream, generation, shard) = (pos.s.clone(), pos.g, pos.h);
         throttle.admit_read(&stream, generation, shard)?;
         let out = self
             .db
-            .read(move |c| read_records(c, &key, &this, pos, limit))
+            .read(move |c| read_records(c, &key, &log, pos, limit))
             .await?;
         let bytes = out
             .records
@@ -1243,13 +1275,7 @@ impl Stream for EmbeddedStream {
         stream: &str,
         tags: BTreeMap<String, String>,
     ) -> Result<(), StreamError> {
-        if tags.is_empty() || tags.len() > MAX_TAGS {
-            return Err(StreamError::InvalidArgument(format!(
-                "add 1 to {MAX_TAGS} tags at a time, got {}",
-                tags.len()
-            )));
-        }
-        check_tags(&tags)?;
+        check_tags_to_add(&tags)?;
         let name = stream.to_owned();
         self.db
             .write(move |c| {
@@ -1258,13 +1284,7 @@ impl Stream for EmbeddedStream {
                     .prepare_cached("SELECT key FROM stream_tags WHERE stream_id = ?1")?
                     .query_map([row.id], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
-                let new = tags.keys().filter(|k| !existing.contains(k)).count();
-                if existing.len() + new > MAX_TAGS {
-                    return Err(StreamError::LimitExceeded(format!(
-                        "stream {name} would carry {} tags; the limit is {MAX_TAGS}",
-                        existing.len() + new
-                    )));
-                }
+                check_tag_limit(&format!("stream {name}"), &existing, &tags)?;
                 for (k, v) in &tags {
                     c.prepare_cached(
                         "INSERT INTO stream_tags (stream_id, key, value) VALUES (?1, ?2, ?3)
@@ -1278,13 +1298,7 @@ impl Stream for EmbeddedStream {
     }
 
     async fn remove_tags(&self, stream: &str, keys: Vec<String>) -> Result<(), StreamError> {
-        if keys.is_empty() || keys.len() > MAX_TAGS {
-            return Err(StreamError::InvalidArgument(format!(
-                "remove 1 to {MAX_TAGS} tags at a time, got {}",
-                keys.len()
-            )));
-        }
-        keys.iter().try_for_each(|k| check_tag(k, ""))?;
+        check_tag_keys_to_remove(&keys)?;
         let name = stream.to_owned();
         self.db
             .write(move |c| {
@@ -1450,7 +1464,7 @@ impl EmbeddedStream {
 fn read_records(
     c: &Connection,
     key: &[u8],
-    this: &EmbeddedStream,
+    log: &log::Log,
     pos: Position,
     limit: usize,
 ) -> Result<GetRecordsOutput, StreamError> {
@@ -1476,17 +1490,11 @@ fn read_records(
             ))
         })?;
     // Only durable records are in the log's index, so this is the visible end.
-    let end = this.shard_end(stream_id, pos.h, row_next as u64);
+    let end = log.end_of(stream_id, pos.h, row_next as u64);
     // Below the stored start lies what was trimmed: gone for every iterator.
     let from = pos.p.max(start as u64);
-    let found = this
-        .log
-        .read(&pos.s, stream_id, pos.h, from, limit, MAX_GET_BYTES)?;
-    let mut next = if found.records.is_empty() {
-        from
-    } else {
-        found.next
-    };
+    let found = log.read(&pos.s, stream_id, pos.h, from, limit, MAX_GET_BYTES)?;
+    let mut next = found.next;
     if found.records.is_empty() && next < end {
         // No record lies in [from, end): those counters are durable without a record (a
         // shard's first counter, or trimmed ones), so none will ever appear there. Moving
@@ -1505,8 +1513,7 @@ fn read_records(
         })
         .collect();
     let millis_behind_latest = if next < end {
-        this.log
-            .arrival_at_or_after(stream_id, pos.h, next)
+        log.arrival_at_or_after(stream_id, pos.h, next)
             .map(|a| (now_ms() - a).max(0))
             .unwrap_or(0)
     } else {

@@ -72,7 +72,7 @@ impl EmbeddedStream {
     pub(crate) async fn append_records(
         &self,
         stream: &str,
-        records: Vec<(PutRecord, Option<String>)>,
+        mut records: Vec<(PutRecord, Option<String>)>,
         outbox: Option<i64>,
         throttle: Option<Arc<Throttle>>,
     ) -> Result<Results, StreamError> {
@@ -81,7 +81,7 @@ impl EmbeddedStream {
             let (reply, answer) = oneshot::channel();
             self.log.append(AppendJob {
                 meta: meta.clone(),
-                records: records.clone(),
+                records,
                 outbox,
                 throttle: throttle.clone(),
                 now: self.clock.now_ms(),
@@ -97,7 +97,10 @@ impl EmbeddedStream {
                     }
                     return Ok(results);
                 }
-                Answer::Stale => self.log.uncache_meta(&meta),
+                Answer::Stale(back) => {
+                    self.log.uncache_meta(&meta);
+                    records = back;
+                }
             }
         }
         Err(StreamError::Backend(format!(
@@ -147,9 +150,7 @@ impl EmbeddedStream {
         stream: &str,
         record: PutRecord,
     ) -> Result<PutResult, StreamError> {
-        if let Some(r) = self.log.delivered(ticket) {
-            return Ok(r);
-        }
+        // A ticket delivered before is answered by the writer with its first result.
         // Not throttled: the caller's transaction already committed the record.
         self.append_records(stream, vec![(record, None)], Some(ticket), None)
             .await?

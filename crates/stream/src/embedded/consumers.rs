@@ -21,7 +21,7 @@ use super::schema::{StreamRow, load_stream};
 use crate::iterator;
 use crate::{
     Consumer, ConsumerRef, ConsumerStatus, DEFAULT_LIST_CONSUMERS, ListConsumersInput,
-    ListConsumersOutput, MAX_CONSUMERS, MAX_CREATING_CONSUMERS, MAX_LIST_CONSUMERS, MAX_TAGS,
+    ListConsumersOutput, MAX_CONSUMERS, MAX_CREATING_CONSUMERS, MAX_LIST_CONSUMERS,
     NEXT_TOKEN_TTL_MS, StreamError, validate_consumer_name, validate_stream_name,
 };
 
@@ -62,13 +62,7 @@ fn put_tags(
         )?
         .query_map(params![stream_id, consumer], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let new = tags.keys().filter(|k| !existing.contains(k)).count();
-    if existing.len() + new > MAX_TAGS {
-        return Err(StreamError::LimitExceeded(format!(
-            "consumer {consumer} would carry {} tags; the limit is {MAX_TAGS}",
-            existing.len() + new
-        )));
-    }
+    super::check_tag_limit(&format!("consumer {consumer}"), &existing, tags)?;
     for (k, v) in tags {
         c.prepare_cached(
             "INSERT INTO stream_consumer_tags (stream_id, consumer, key, value)
@@ -223,13 +217,7 @@ impl EmbeddedStream {
         consumer: &ConsumerRef,
         tags: BTreeMap<String, String>,
     ) -> Result<(), StreamError> {
-        if tags.is_empty() || tags.len() > MAX_TAGS {
-            return Err(StreamError::InvalidArgument(format!(
-                "add 1 to {MAX_TAGS} tags at a time, got {}",
-                tags.len()
-            )));
-        }
-        super::check_tags(&tags)?;
+        super::check_tags_to_add(&tags)?;
         let consumer = consumer.clone();
         self.db
             .write(move |c| {
@@ -245,13 +233,7 @@ impl EmbeddedStream {
         consumer: &ConsumerRef,
         keys: Vec<String>,
     ) -> Result<(), StreamError> {
-        if keys.is_empty() || keys.len() > MAX_TAGS {
-            return Err(StreamError::InvalidArgument(format!(
-                "remove 1 to {MAX_TAGS} tag keys at a time, got {}",
-                keys.len()
-            )));
-        }
-        keys.iter().try_for_each(|k| crate::check_tag(k, ""))?;
+        super::check_tag_keys_to_remove(&keys)?;
         let consumer = consumer.clone();
         self.db
             .write(move |c| {

@@ -269,8 +269,9 @@ pub(crate) type Results = Vec<Result<PutResult, StreamError>>;
 /// How the writer answered one append job.
 pub(crate) enum Answer {
     Done(Results),
-    /// The job's metadata predates a change of its stream: reload and resubmit.
-    Stale,
+    /// The job's metadata predates a change of its stream: reload and resubmit (the
+    /// records come back for that).
+    Stale(Vec<(PutRecord, Option<String>)>),
 }
 
 pub(crate) struct AppendJob {
@@ -332,6 +333,29 @@ fn add_elapsed(c: &AtomicU64, since: std::time::Instant) {
         u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX),
         Ordering::Relaxed,
     );
+}
+
+impl Shared {
+    /// One past the last durable record of a shard, and its arrival time (None: the log
+    /// holds nothing of it).
+    fn shard_end(&self, stream_id: i64, shard: u64) -> Option<(u64, i64)> {
+        lock_read(&self.index)
+            .shards
+            .get(&(stream_id, shard))
+            .filter(|s| s.next > 0)
+            .map(|s| (s.next, s.last_arrival_ms))
+    }
+
+    /// The result an outbox ticket was delivered with, if its record is in the log.
+    fn delivered(&self, ticket: i64) -> Option<PutResult> {
+        lock_read(&self.index)
+            .delivered
+            .get(&ticket)
+            .map(|&(_, shard, counter)| PutResult {
+                shard_id: shard_id(shard),
+                sequence_number: sequence_number(shard, counter),
+            })
+    }
 }
 
 fn lock_read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -780,11 +804,14 @@ impl Log {
     /// One past the last durable record of a shard, and its arrival time (None: the log
     /// holds nothing of it since it was opened, and nothing on disk).
     pub(crate) fn shard_end(&self, stream_id: i64, shard: u64) -> Option<(u64, i64)> {
-        lock_read(&self.shared.index)
-            .shards
-            .get(&(stream_id, shard))
-            .filter(|s| s.next > 0)
-            .map(|s| (s.next, s.last_arrival_ms))
+        self.shared.shard_end(stream_id, shard)
+    }
+
+    /// Where a shard ends for readers (and LATEST) given its SQLite row's `next_counter`:
+    /// one past its last durable record, never below what SQLite stored.
+    pub(crate) fn end_of(&self, stream_id: i64, shard: u64, row_next: u64) -> u64 {
+        self.shard_end(stream_id, shard)
+            .map_or(row_next, |(n, _)| n.max(row_next))
     }
 
     /// The counter of the first stored record of a shard that arrived at or after `ts`.
@@ -810,13 +837,7 @@ impl Log {
 
     /// The result an outbox ticket was delivered with, if its record is in the log.
     pub(crate) fn delivered(&self, ticket: i64) -> Option<PutResult> {
-        lock_read(&self.shared.index)
-            .delivered
-            .get(&ticket)
-            .map(|&(_, shard, counter)| PutResult {
-                shard_id: shard_id(shard),
-                sequence_number: sequence_number(shard, counter),
-            })
+        self.shared.delivered(ticket)
     }
 
     /// Stored records of a shard from `from` on: at most `limit`, and no more than
@@ -1004,11 +1025,7 @@ impl Writer {
 
     /// Next counter and last arrival of a shard, from the log (None if it holds nothing).
     pub(crate) fn shard_end(&self, stream_id: i64, shard: u64) -> Option<(u64, i64)> {
-        lock_read(&self.shared.index)
-            .shards
-            .get(&(stream_id, shard))
-            .filter(|s| s.next > 0)
-            .map(|s| (s.next, s.last_arrival_ms))
+        self.shared.shard_end(stream_id, shard)
     }
 
     /// Every shard the log holds records of: ((stream id, shard), next counter, arrival).
@@ -1179,29 +1196,26 @@ impl Writer {
             return;
         }
         let mut placed: Vec<Placed> = Vec::new();
-        let mut answers: Vec<Option<Result<Answer, StreamError>>> = Vec::with_capacity(jobs.len());
+        // Per job: its results, or None when its metadata is stale.
+        let mut answers: Vec<Option<Results>> = Vec::with_capacity(jobs.len());
         // Next counter and last arrival per shard as this batch advances them.
         let mut heads: HashMap<(i64, u64), (u64, i64)> = HashMap::new();
         let mut delivered_now: HashMap<i64, PutResult> = HashMap::new();
         for (ji, job) in jobs.iter().enumerate() {
             let meta = &job.meta;
             if self.changed.get(&meta.id).is_some_and(|&e| e > meta.epoch) {
-                answers.push(Some(Ok(Answer::Stale)));
+                answers.push(None);
                 continue;
             }
-            if let Some(t) = job.outbox {
-                let known = lock_read(&self.shared.index).delivered.get(&t).copied();
-                if let Some((_, shard, counter)) = known {
-                    answers.push(Some(Ok(Answer::Done(vec![Ok(PutResult {
-                        shard_id: shard_id(shard),
-                        sequence_number: sequence_number(shard, counter),
-                    })]))));
-                    continue;
-                }
-                if let Some(r) = delivered_now.get(&t) {
-                    answers.push(Some(Ok(Answer::Done(vec![Ok(r.clone())]))));
-                    continue;
-                }
+            // A ticket delivered before (or earlier in this batch) gets its first result.
+            if let Some(t) = job.outbox
+                && let Some(r) = delivered_now
+                    .get(&t)
+                    .cloned()
+                    .or_else(|| self.shared.delivered(t))
+            {
+                answers.push(Some(vec![Ok(r)]));
+                continue;
             }
             let mut results = Vec::with_capacity(job.records.len());
             for (ri, (record, ordering)) in job.records.iter().enumerate() {
@@ -1229,7 +1243,7 @@ impl Writer {
                     Err(e) => results.push(Err(e)),
                 }
             }
-            answers.push(Some(Ok(Answer::Done(results))));
+            answers.push(Some(results));
         }
         let written = self.write_placed(&placed, |p| {
             let r = &jobs[p.job].records[p.rec].0;
@@ -1237,11 +1251,11 @@ impl Writer {
         });
         for (job, answer) in jobs.into_iter().zip(answers) {
             let a = match (&written, answer) {
-                (Err(e), Some(Ok(Answer::Done(rs)))) if rs.iter().any(|r| r.is_ok()) => {
+                (_, None) => Ok(Answer::Stale(job.records)),
+                (Err(e), Some(rs)) if rs.iter().any(|r| r.is_ok()) => {
                     Err(StreamError::Backend(e.to_string()))
                 }
-                (_, Some(a)) => a,
-                (_, None) => Err(StreamError::Backend("no answer".into())),
+                (_, Some(rs)) => Ok(Answer::Done(rs)),
             };
             let _ = job.reply.send(a);
         }
