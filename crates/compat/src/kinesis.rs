@@ -77,6 +77,21 @@ impl From<StreamError> for KinesisError {
             StreamError::ProvisionedThroughputExceeded(m) => {
                 err("ProvisionedThroughputExceededException", m)
             }
+            StreamError::Meta(m) => match crate::unavailable(&m) {
+                Some(message) => KinesisError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    kind: "ServiceUnavailable",
+                    message,
+                },
+                None => {
+                    tracing::error!(error = %m, "kinesis request failed");
+                    KinesisError {
+                        status: StatusCode::INTERNAL_SERVER_ERROR,
+                        kind: "InternalFailure",
+                        message: "internal failure".into(),
+                    }
+                }
+            },
             StreamError::Backend(detail) => {
                 tracing::error!(error = %detail, "kinesis request failed");
                 KinesisError {

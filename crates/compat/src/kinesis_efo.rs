@@ -589,10 +589,14 @@ mod tests {
     use super::*;
 
     fn ctx(dir: &std::path::Path) -> KinesisContext {
-        let db = sluice_db::Db::open(&dir.join("t.db"), sluice_stream::embedded::MIGRATIONS)
-            .expect("db");
+        let db =
+            sluice_meta::Meta::open_sqlite(&dir.join("t.db"), sluice_stream::embedded::MIGRATIONS)
+                .expect("db");
         KinesisContext {
-            stream: Arc::new(sluice_stream::embedded::EmbeddedStream::open(db).expect("stream")),
+            stream: Arc::new(
+                sluice_stream::embedded::EmbeddedStream::open(db, &dir.join("log"))
+                    .expect("stream"),
+            ),
             region: "us-east-2".into(),
             account_id: "000000000000".into(),
             subscriptions: Subscriptions::default(),

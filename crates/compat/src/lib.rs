@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sluice_db::now_ms;
 use sluice_identity::Identity;
 use sluice_identity::access_keys::AccessKeys;
+use sluice_meta::now_ms;
 
 mod cbor;
 pub mod cognito;
@@ -84,6 +84,7 @@ pub fn router(edge: Edge) -> Result<Router, String> {
         .fallback_service(s3)
         // HeadObject with a Range answers 206 (see `s3::partial_content`).
         .layer(axum::middleware::map_response(s3::partial_content))
+        .layer(axum::middleware::map_response(retry_after))
         .with_state(edge))
 }
 
@@ -259,6 +260,32 @@ pub fn json_error(status: StatusCode, kind: &str, message: &str) -> Response {
         resp.headers_mut().insert("x-amzn-errortype", v);
     }
     resp
+}
+
+/// Every 503 says when to try again (AWS SDKs retry a 503 on their own; `Retry-After`
+/// tells other clients the same).
+async fn retry_after(mut resp: Response) -> Response {
+    if resp.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !resp.headers().contains_key("retry-after")
+    {
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// A metadata failure a client can wait out (engine down or out of space): AWS's common
+/// `ServiceUnavailable` (503) rather than an internal error. `None` for any other failure.
+pub(crate) fn unavailable(e: &sluice_meta::MetaError) -> Option<String> {
+    if e.is_unavailable() {
+        tracing::warn!(error = %e, "metadata engine unavailable");
+        Some("the service is unavailable; try again later".into())
+    } else if e.is_full() {
+        tracing::warn!(error = %e, "metadata storage is full");
+        Some("the service has no storage left; try again later".into())
+    } else {
+        None
+    }
 }
 
 pub fn json_ok(body: serde_json::Value) -> Response {

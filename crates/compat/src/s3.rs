@@ -75,6 +75,13 @@ fn s3_err(e: StoreError) -> S3Error {
             S3ErrorCode::PreconditionFailed
         }
         StoreError::EntityTooLarge { .. } => S3ErrorCode::EntityTooLarge,
+        StoreError::Meta(m) => {
+            if let Some(message) = crate::unavailable(m) {
+                return S3Error::with_message(S3ErrorCode::ServiceUnavailable, message);
+            }
+            tracing::error!(error = %e, "s3 request failed");
+            return s3_error!(InternalError);
+        }
         StoreError::Io(_) | StoreError::Backend(_) => {
             tracing::error!(error = %e, "s3 request failed");
             return s3_error!(InternalError);
@@ -90,6 +97,8 @@ fn upload_err(e: UploadError) -> S3Error {
             format!("{bucket}/{key} was uploaded by another user"),
         ),
         UploadError::Store(e) => s3_err(e),
+        UploadError::Meta(m) => s3_err(StoreError::Meta(m)),
+        UploadError::Stream(sluice_stream::StreamError::Meta(m)) => s3_err(StoreError::Meta(m)),
         other => {
             tracing::error!(error = %other, "s3 upload failed");
             s3_error!(InternalError)

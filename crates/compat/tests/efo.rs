@@ -35,8 +35,8 @@ impl Drop for TempDir {
 fn fixture_with(options: SubscribeOptions, stream_options: StreamOptions) -> Fixture {
     let dir = std::env::temp_dir().join(format!("sluice-efo-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let db = sluice_db::Db::open(&dir.join("t.db"), MIGRATIONS).expect("db");
-    let stream = EmbeddedStream::open_with(db, stream_options).expect("stream");
+    let db = sluice_meta::Meta::open_sqlite(&dir.join("t.db"), MIGRATIONS).expect("db");
+    let stream = EmbeddedStream::open_with(db, &dir.join("log"), stream_options).expect("stream");
     Fixture {
         ctx: KinesisContext {
             stream: Arc::new(stream),

@@ -35,14 +35,9 @@ fn fixture() -> Fixture {
         sluice_store::embedded::MIGRATIONS,
         sluice_stream::embedded::MIGRATIONS,
     ] {
-        for m in part {
-            migrations.push(sluice_db::Migration {
-                name: m.name,
-                sql: m.sql,
-            });
-        }
+        migrations.extend_from_slice(part);
     }
-    let db = sluice_db::Db::open(&dir.join("t.db"), &migrations).expect("db");
+    let db = sluice_meta::Meta::open_sqlite(&dir.join("t.db"), &migrations).expect("db");
     let identity = Identity::new(db.clone(), &dir.join("keys"), "http://edge.test");
     let pool = identity
         .bootstrap("us-east-2", Lifetimes::default())
@@ -54,7 +49,8 @@ fn fixture() -> Fixture {
     let key = keys.create("test").expect("key");
     let store =
         sluice_store::embedded::EmbeddedStore::open(db.clone(), &dir.join("blobs")).expect("store");
-    let stream = sluice_stream::embedded::EmbeddedStream::open(db).expect("stream");
+    let stream =
+        sluice_stream::embedded::EmbeddedStream::open(db, &dir.join("log")).expect("stream");
     let router = sluice_compat::router(Edge {
         identity,
         keys,

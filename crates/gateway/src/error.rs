@@ -23,8 +23,28 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The metadata engine is down: try again later (503 with `Retry-After`).
+    #[error("the service is unavailable; try again later")]
+    Unavailable(String),
+    /// Storage is full (507): nothing was stored.
+    #[error("the service has no storage left; nothing was stored")]
+    Full(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl GatewayError {
+    /// A metadata failure as the answer it deserves: 503 or 507 for what a client can wait
+    /// out, 500 for the rest.
+    fn from_meta(e: sluice_meta::MetaError) -> GatewayError {
+        if e.is_unavailable() {
+            GatewayError::Unavailable(e.to_string())
+        } else if e.is_full() {
+            GatewayError::Full(e.to_string())
+        } else {
+            GatewayError::Internal(e.to_string())
+        }
+    }
 }
 
 impl GatewayError {
@@ -38,6 +58,8 @@ impl GatewayError {
             GatewayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Conflict(_) => StatusCode::CONFLICT,
+            GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -50,6 +72,8 @@ impl GatewayError {
             GatewayError::TooLarge(_) => "payload_too_large",
             GatewayError::NotFound(_) => "not_found",
             GatewayError::Conflict(_) => "conflict",
+            GatewayError::Unavailable(_) => "service_unavailable",
+            GatewayError::Full(_) => "insufficient_storage",
             GatewayError::Internal(_) => "internal_error",
         }
     }
@@ -62,6 +86,11 @@ impl From<UploadError> for GatewayError {
                 GatewayError::Conflict(format!("{bucket}/{key} was uploaded by another user"))
             }
             UploadError::NotFound(id) => GatewayError::NotFound(format!("upload {id} not found")),
+            UploadError::Meta(m)
+            | UploadError::Store(StoreError::Meta(m))
+            | UploadError::Stream(sluice_stream::StreamError::Meta(m)) => {
+                GatewayError::from_meta(m)
+            }
             other => GatewayError::Internal(other.to_string()),
         }
     }
@@ -73,6 +102,7 @@ impl From<StoreError> for GatewayError {
             StoreError::NoSuchKey { bucket, key } => {
                 GatewayError::NotFound(format!("object {bucket}/{key} not found"))
             }
+            StoreError::Meta(m) => GatewayError::from_meta(m),
             other => GatewayError::Internal(other.to_string()),
         }
     }
@@ -93,9 +123,17 @@ impl IntoResponse for GatewayError {
                 tracing::error!(error = %detail, "request failed");
                 json!({"message": "Internal server error", "error": self.code()})
             }
+            GatewayError::Unavailable(detail) | GatewayError::Full(detail) => {
+                tracing::warn!(error = %detail, "request refused");
+                json!({"message": self.to_string(), "error": self.code()})
+            }
             _ => json!({"message": self.to_string(), "error": self.code()}),
         };
         let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

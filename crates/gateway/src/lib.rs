@@ -17,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
-use sluice_db::now_ms;
 use sluice_identity::{TokenError, VerifiedClaims, Verifier};
+use sluice_meta::now_ms;
 use sluice_store::ObjectStore;
 use sluice_uploads::{
     Staged, Upload, UploadError, UploadLedger, UploadMeta, UploadSink, UploadStatus,
@@ -54,7 +54,7 @@ impl Authorizer for sluice_identity::PoolVerifier {
 }
 
 pub(crate) fn now_secs() -> i64 {
-    sluice_db::now_ms() / 1000
+    sluice_meta::now_ms() / 1000
 }
 
 /// Everything the API needs.

@@ -6,8 +6,8 @@
 //! with mode 0700.
 
 use rand::Rng;
-use sluice_db::rusqlite::{OptionalExtension, params};
-use sluice_db::{Db, Migration, now_ms};
+use sluice_meta::params;
+use sluice_meta::{Meta, Migration, now_ms};
 
 use crate::IdentityError;
 
@@ -40,13 +40,13 @@ type SecretCache = std::collections::HashMap<String, (Option<String>, std::time:
 /// The access keys sluice accepts.
 #[derive(Clone)]
 pub struct AccessKeys {
-    db: Db,
+    db: Meta,
     /// Signed requests look their key up on every call: remembered briefly, in memory.
     cache: std::sync::Arc<std::sync::RwLock<SecretCache>>,
 }
 
 impl AccessKeys {
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Meta) -> Self {
         AccessKeys {
             db,
             cache: Default::default(),
@@ -85,7 +85,7 @@ impl AccessKeys {
         let any: bool = self.db.read_blocking(|c| {
             Ok::<_, IdentityError>(c.query_row(
                 "SELECT EXISTS(SELECT 1 FROM access_keys)",
-                [],
+                params![],
                 |r| r.get(0),
             )?)
         })?;
@@ -98,19 +98,18 @@ impl AccessKeys {
 
     pub fn list(&self) -> Result<Vec<AccessKey>, IdentityError> {
         self.db.read_blocking(|c| {
-            let mut st = c.prepare(
+            let keys = c.query_vec(
                 "SELECT id, secret, description, created_ms FROM access_keys ORDER BY created_ms",
-            )?;
-            let keys = st
-                .query_map([], |r| {
+                params![],
+                |r| {
                     Ok(AccessKey {
                         id: r.get(0)?,
                         secret: r.get(1)?,
                         description: r.get(2)?,
                         created_ms: r.get(3)?,
                     })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                },
+            )?;
             Ok(keys)
         })
     }
@@ -119,7 +118,7 @@ impl AccessKeys {
     pub fn delete(&self, id: &str) -> Result<(), IdentityError> {
         let id = id.to_owned();
         self.db.write_blocking(move |c| {
-            let n = c.execute("DELETE FROM access_keys WHERE id = ?1", [&id])?;
+            let n = c.execute("DELETE FROM access_keys WHERE id = ?1", params![&id])?;
             if n == 0 {
                 return Err(IdentityError::ResourceNotFound(format!(
                     "access key {id} does not exist"
@@ -141,11 +140,11 @@ impl AccessKeys {
         let secret: Option<String> = self
             .db
             .read(move |c| {
-                Ok::<_, IdentityError>(
-                    c.prepare_cached("SELECT secret FROM access_keys WHERE id = ?1")?
-                        .query_row([&key], |r| r.get(0))
-                        .optional()?,
-                )
+                Ok::<_, IdentityError>(c.query_opt(
+                    "SELECT secret FROM access_keys WHERE id = ?1",
+                    params![&key],
+                    |r| r.get(0),
+                )?)
             })
             .await?;
         if let Ok(mut cache) = self.cache.write() {
@@ -173,7 +172,7 @@ mod tests {
     async fn create_list_delete() {
         let dir = std::env::temp_dir().join(format!("sluice-keys-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("mkdir");
-        let db = Db::open(&dir.join("k.db"), MIGRATIONS).expect("db");
+        let db = Meta::open_sqlite(&dir.join("k.db"), MIGRATIONS).expect("db");
         let keys = AccessKeys::new(db);
         let first = keys.ensure_initial().expect("ensure").expect("created");
         assert!(

@@ -9,8 +9,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use sluice_db::now_ms;
-use sluice_db::rusqlite::{OptionalExtension, params};
+use sluice_meta::now_ms;
+use sluice_meta::params;
 
 use crate::pools::{PoolSettings, pool_settings};
 use crate::tokens::{self, ADMIN_SCOPE, TokenError};
@@ -357,13 +357,10 @@ impl Identity {
         self.db
             .write(move |c| {
                 let row: Option<(String, String, String, i64)> = c
-                    .query_row(
+                    .query_opt(
                         "DELETE FROM auth_sessions WHERE hash = ?1 AND challenge = 'NEW_PASSWORD_REQUIRED'
-                         RETURNING client_id, pool_id, sub, expires_ms",
-                        [&h],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                    )
-                    .optional()?;
+                         RETURNING client_id, pool_id, sub, expires_ms", params![&h],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
                 let (s_client, s_pool, s_sub, expires) = row.ok_or_else(invalid_session)?;
                 if s_client != cid || s_pool != pool || s_sub != sub || expires < now_ms() {
                     return Err(invalid_session());
@@ -372,7 +369,7 @@ impl Identity {
                 if !attributes.is_empty() {
                     let mut u = users::user_where(c, "sub", &pool, &sub)?
                         .ok_or_else(user_not_found)?;
-                    u.attributes.extend(attributes);
+                    u.attributes.extend(attributes.clone());
                     c.execute(
                         "UPDATE users SET attributes = ?3 WHERE pool_id = ?1 AND sub = ?2",
                         params![pool, sub, serde_json::to_string(&u.attributes)?],
@@ -429,24 +426,21 @@ impl Identity {
         let row: Option<(String, String, String, i64, i64, bool)> = self
             .db
             .read(move |c| {
-                Ok::<_, IdentityError>(
-                    c.query_row(
-                        "SELECT client_id, sub, origin_jti, auth_time, expires_ms, revoked
+                Ok::<_, IdentityError>(c.query_opt(
+                    "SELECT client_id, sub, origin_jti, auth_time, expires_ms, revoked
                          FROM refresh_tokens WHERE hash = ?1",
-                        [&h],
-                        |r| {
-                            Ok((
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                            ))
-                        },
-                    )
-                    .optional()?,
-                )
+                    params![&h],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    },
+                )?)
             })
             .await?;
         let invalid = || IdentityError::NotAuthorized("Invalid Refresh Token".into());
@@ -566,15 +560,12 @@ impl Identity {
         let row: Option<(String, String, String, i64, Option<String>)> = self
             .db
             .write(move |c| {
-                Ok::<_, IdentityError>(
-                    c.query_row(
-                        "DELETE FROM auth_sessions WHERE hash = ?1 AND challenge = 'PASSWORD_VERIFIER'
+                Ok::<_, IdentityError>(c.query_opt(
+                    "DELETE FROM auth_sessions WHERE hash = ?1 AND challenge = 'PASSWORD_VERIFIER'
                          RETURNING client_id, pool_id, sub, expires_ms, data",
-                        [&h],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                    )
-                    .optional()?,
-                )
+                    params![&h],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )?)
             })
             .await?;
         let (s_client, pool, sub, expires, data) = row.ok_or_else(invalid_session)?;
@@ -739,10 +730,8 @@ impl Identity {
             .db
             .read(move |c| {
                 let revoked: bool = c.query_row(
-                    "SELECT EXISTS(SELECT 1 FROM refresh_tokens WHERE origin_jti = ?1 AND revoked = 1)",
-                    [&origin],
-                    |r| r.get(0),
-                )?;
+                    "SELECT EXISTS(SELECT 1 FROM refresh_tokens WHERE origin_jti = ?1 AND revoked = 1)", params![&origin],
+                    |r| r.get(0))?;
                 Ok::<_, IdentityError>((revoked, users::user_where(c, "sub", &p, &s)?))
             })
             .await?;
@@ -882,13 +871,11 @@ impl Identity {
         let (h, cid) = (token_hash(token), client.id.clone());
         self.db
             .write(move |c| {
-                let owner: Option<String> = c
-                    .query_row(
-                        "SELECT client_id FROM refresh_tokens WHERE hash = ?1",
-                        [&h],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
+                let owner: Option<String> = c.query_opt(
+                    "SELECT client_id FROM refresh_tokens WHERE hash = ?1",
+                    params![&h],
+                    |r| r.get(0),
+                )?;
                 match owner {
                     None => Ok(()),
                     Some(o) if o != cid => {
@@ -897,7 +884,7 @@ impl Identity {
                     Some(_) => {
                         c.execute(
                             "UPDATE refresh_tokens SET revoked = 1 WHERE hash = ?1",
-                            [&h],
+                            params![&h],
                         )?;
                         Ok(())
                     }

@@ -116,7 +116,7 @@ fn generate(path: &Path) -> Result<(), IdentityError> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(backend("cannot publish", &e)),
     }
-    sluice_db::sync_dir(dir).map_err(|e| backend("cannot sync the folder of", &e))?;
+    sluice_meta::sync_dir(dir).map_err(|e| backend("cannot sync the folder of", &e))?;
     Ok(())
 }
 

@@ -12,8 +12,8 @@ use std::sync::{Arc, RwLock};
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 use sha2::{Digest, Sha256};
-use sluice_db::rusqlite::{OptionalExtension, params};
-use sluice_db::{Db, Migration, now_ms};
+use sluice_meta::params;
+use sluice_meta::{Meta, Migration, now_ms};
 
 use crate::throttle::Throttle;
 
@@ -149,7 +149,9 @@ CREATE TABLE users_v2 (
 INSERT INTO users_v2 (pool_id, sub, username, username_key, email, password_hash, status,
     enabled, attributes, created_ms, updated_ms)
 SELECT pool_id, sub, sub, sub, email, password_hash, status, enabled,
-    json_object('email', email, 'email_verified', 'true'), created_ms, updated_ms
+    COALESCE('{"email":"' || REPLACE(REPLACE(email, '\', '\\'), '"', '\"')
+        || '","email_verified":"true"}', '{}'),
+    created_ms, updated_ms
 FROM users;
 DROP TABLE users;
 ALTER TABLE users_v2 RENAME TO users;
@@ -210,17 +212,14 @@ pub enum IdentityError {
     UnsupportedTokenType(String),
     #[error("identity backend failure: {0}")]
     Backend(String),
+    /// The metadata engine failed (full, unavailable, …: see [`sluice_meta::MetaError`]).
+    #[error("{0}")]
+    Meta(sluice_meta::MetaError),
 }
 
-impl From<sluice_db::DbError> for IdentityError {
-    fn from(e: sluice_db::DbError) -> Self {
-        IdentityError::Backend(e.to_string())
-    }
-}
-
-impl From<sluice_db::rusqlite::Error> for IdentityError {
-    fn from(e: sluice_db::rusqlite::Error) -> Self {
-        IdentityError::Backend(e.to_string())
+impl From<sluice_meta::MetaError> for IdentityError {
+    fn from(e: sluice_meta::MetaError) -> Self {
+        IdentityError::Meta(e)
     }
 }
 
@@ -318,7 +317,7 @@ pub(crate) struct UserRow {
 /// The identity service over the embedded database.
 #[derive(Clone)]
 pub struct Identity {
-    db: Db,
+    db: Meta,
     key_dir: PathBuf,
     /// `<edge-url>`; a pool's issuer is `<base>/<pool id>`.
     issuer_base: String,
@@ -329,7 +328,7 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn new(db: Db, key_dir: &Path, issuer_base: &str) -> Identity {
+    pub fn new(db: Meta, key_dir: &Path, issuer_base: &str) -> Identity {
         Identity {
             db,
             key_dir: key_dir.to_owned(),
@@ -369,11 +368,11 @@ impl Identity {
         let pool_settings = serde_json::to_string(&PoolSettings::default_pool())?;
         let client_settings = serde_json::to_string(&ClientSettings::default_client())?;
         let info = self.db.write_blocking(move |c| {
-            let existing: Option<String> = c
-                .query_row("SELECT id FROM pools WHERE is_default = 1", [], |r| {
-                    r.get(0)
-                })
-                .optional()?;
+            let existing: Option<String> = c.query_opt(
+                "SELECT id FROM pools WHERE is_default = 1",
+                params![],
+                |r| r.get(0),
+            )?;
             let now = now_ms();
             let pool = match existing {
                 Some(p) => p,
@@ -403,7 +402,7 @@ impl Identity {
             };
             let client: String = c.query_row(
                 "SELECT id FROM clients WHERE pool_id = ?1 ORDER BY created_ms, id LIMIT 1",
-                [&pool],
+                params![&pool],
                 |r| r.get(0),
             )?;
             c.execute(
@@ -428,15 +427,15 @@ impl Identity {
     /// The default pool and its first client, if bootstrapped.
     pub fn default_pool(&self) -> Result<Option<PoolInfo>, IdentityError> {
         self.db.read_blocking(|c| {
-            let pool: Option<String> = c
-                .query_row("SELECT id FROM pools WHERE is_default = 1", [], |r| {
-                    r.get(0)
-                })
-                .optional()?;
+            let pool: Option<String> = c.query_opt(
+                "SELECT id FROM pools WHERE is_default = 1",
+                params![],
+                |r| r.get(0),
+            )?;
             let Some(pool) = pool else { return Ok(None) };
             let client: String = c.query_row(
                 "SELECT id FROM clients WHERE pool_id = ?1 ORDER BY created_ms, id LIMIT 1",
-                [&pool],
+                params![&pool],
                 |r| r.get(0),
             )?;
             Ok(Some(PoolInfo {
@@ -451,7 +450,7 @@ impl Identity {
         self.db.read_blocking(move |c| {
             Ok(c.query_row(
                 "SELECT EXISTS(SELECT 1 FROM pools WHERE id = ?1)",
-                [&p],
+                params![&p],
                 |r| r.get(0),
             )?)
         })
@@ -461,10 +460,11 @@ impl Identity {
     pub fn client_ids(&self, pool_id: &str) -> Result<Vec<String>, IdentityError> {
         let p = pool_id.to_owned();
         self.db.read_blocking(move |c| {
-            let mut st = c.prepare("SELECT id FROM clients WHERE pool_id = ?1")?;
-            let ids = st
-                .query_map([&p], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
+            let ids = c.query_vec(
+                "SELECT id FROM clients WHERE pool_id = ?1",
+                params![&p],
+                |r| r.get::<String>(0),
+            )?;
             Ok(ids)
         })
     }
@@ -634,7 +634,7 @@ pub(crate) mod test_support {
     pub(crate) fn identity() -> (Identity, PoolInfo) {
         let dir = std::env::temp_dir().join(format!("sluice-id-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("mkdir");
-        let db = Db::open(&dir.join("i.db"), MIGRATIONS).expect("db");
+        let db = Meta::open_sqlite(&dir.join("i.db"), MIGRATIONS).expect("db");
         let id = Identity::new(db, &dir.join("keys"), "http://127.0.0.1:4566");
         let info = id
             .bootstrap("us-east-2", Lifetimes::default())
@@ -668,25 +668,32 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = dir.join("i.db");
         {
-            let db = Db::open(&path, &MIGRATIONS[..1]).expect("db 0001");
+            let db = Meta::open_sqlite(&path, &MIGRATIONS[..1]).expect("db 0001");
             db.write_blocking(|c| {
-                c.execute_batch(
+                c.execute(
                     "INSERT INTO pools (id, name, is_default, created_ms)
-                         VALUES ('us-east-2_AAAAAAAAA', 'sluice', 1, 1);
-                     INSERT INTO clients (id, pool_id, name, id_validity_secs,
+                         VALUES ('us-east-2_AAAAAAAAA', 'sluice', 1, 1)",
+                    params![],
+                )?;
+                c.execute(
+                    "INSERT INTO clients (id, pool_id, name, id_validity_secs,
                          access_validity_secs, refresh_validity_secs, created_ms)
-                         VALUES ('c1', 'us-east-2_AAAAAAAAA', 'sluice-app', 3600, 3600, 86400, 1);
-                     INSERT INTO users (pool_id, sub, email, password_hash, status, enabled,
+                         VALUES ('c1', 'us-east-2_AAAAAAAAA', 'sluice-app', 3600, 3600, 86400, 1)",
+                    params![],
+                )?;
+                c.execute(
+                    "INSERT INTO users (pool_id, sub, email, password_hash, status, enabled,
                          created_ms, updated_ms)
                          VALUES ('us-east-2_AAAAAAAAA', 's1', 'old@example.com', 'x',
-                             'CONFIRMED', 1, 1, 1);",
+                             'CONFIRMED', 1, 1, 1)",
+                    params![],
                 )?;
                 Ok::<_, IdentityError>(())
             })
             .expect("seed");
             db.close();
         }
-        let db = Db::open(&path, MIGRATIONS).expect("db 0002");
+        let db = Meta::open_sqlite(&path, MIGRATIONS).expect("db 0002");
         let id = Identity::new(db, &dir.join("keys"), "http://127.0.0.1:4566");
         let u = id
             .get_user("us-east-2_AAAAAAAAA", "old@example.com")

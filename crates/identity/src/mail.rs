@@ -15,8 +15,7 @@ use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use sluice_db::rusqlite::params;
-use sluice_db::{Db, now_ms};
+use sluice_meta::{Meta, now_ms, params};
 use tokio::sync::Notify;
 
 use crate::IdentityError;
@@ -172,12 +171,12 @@ struct Pending {
 }
 
 /// Starts the delivery task; returns what wakes it. Call from inside a Tokio runtime.
-pub(crate) async fn start(db: Db, mailer: Mailer) -> Result<Arc<Notify>, IdentityError> {
+pub(crate) async fn start(db: Meta, mailer: Mailer) -> Result<Arc<Notify>, IdentityError> {
     let after: i64 = db
         .read(|c| {
             Ok::<i64, IdentityError>(c.query_row(
                 "SELECT COALESCE(MAX(id), 0) FROM outbox",
-                [],
+                params![],
                 |r| r.get(0),
             )?)
         })
@@ -187,26 +186,25 @@ pub(crate) async fn start(db: Db, mailer: Mailer) -> Result<Arc<Notify>, Identit
     Ok(wake)
 }
 
-async fn run(db: Db, mailer: Mailer, wake: Arc<Notify>, mut after: i64) {
+async fn run(db: Meta, mailer: Mailer, wake: Arc<Notify>, mut after: i64) {
     loop {
         let since = after;
         let pending = db
             .read(move |c| {
-                let mut st = c.prepare(
+                let rows = c.query_vec(
                     "SELECT id, destination, kind, code FROM outbox
                      WHERE id > ?1 AND delivery IS NULL AND destination LIKE '%@%'
                      ORDER BY id LIMIT 50",
-                )?;
-                let rows = st
-                    .query_map([since], |r| {
+                    params![since],
+                    |r| {
                         Ok(Pending {
                             id: r.get(0)?,
                             to: r.get(1)?,
                             kind: r.get(2)?,
                             code: r.get(3)?,
                         })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                    },
+                )?;
                 Ok::<_, IdentityError>(rows)
             })
             .await;

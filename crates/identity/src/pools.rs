@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-use sluice_db::now_ms;
-use sluice_db::rusqlite::{Connection, OptionalExtension, params};
+use sluice_meta::Tx;
+use sluice_meta::now_ms;
+use sluice_meta::params;
 
 use crate::password::PasswordPolicy;
 use crate::{ClientRow, Identity, IdentityError, Lifetimes, random_alnum, random_lower_alnum};
@@ -343,11 +344,12 @@ fn client_not_found(client_id: &str) -> IdentityError {
 }
 
 /// The settings of a pool, or ResourceNotFound.
-pub(crate) fn pool_settings(c: &Connection, pool_id: &str) -> Result<PoolSettings, IdentityError> {
-    let s: Option<String> = c
-        .prepare_cached("SELECT settings FROM pools WHERE id = ?1")?
-        .query_row([pool_id], |r| r.get(0))
-        .optional()?;
+pub(crate) fn pool_settings(c: &Tx<'_>, pool_id: &str) -> Result<PoolSettings, IdentityError> {
+    let s: Option<String> = c.query_opt(
+        "SELECT settings FROM pools WHERE id = ?1",
+        params![pool_id],
+        |r| r.get(0),
+    )?;
     let s = s.ok_or_else(|| pool_not_found(pool_id))?;
     Ok(serde_json::from_str(&s)?)
 }
@@ -567,9 +569,7 @@ fn check_client_name(name: Option<&str>) -> Result<String, IdentityError> {
 const CLIENT_COLUMNS: &str = "id, pool_id, name, secret, id_validity_secs, access_validity_secs,
     refresh_validity_secs, prevent_user_existence_errors, settings, created_ms, updated_ms";
 
-fn client_from_row(
-    r: &sluice_db::rusqlite::Row<'_>,
-) -> sluice_db::rusqlite::Result<(Client, String)> {
+fn client_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<(Client, String)> {
     let prevent: bool = r.get(7)?;
     Ok((
         Client {
@@ -591,13 +591,12 @@ fn client_from_row(
     ))
 }
 
-fn read_client(c: &Connection, client_id: &str) -> Result<Option<Client>, IdentityError> {
-    let row = c
-        .prepare_cached(&format!(
-            "SELECT {CLIENT_COLUMNS} FROM clients WHERE id = ?1"
-        ))?
-        .query_row([client_id], client_from_row)
-        .optional()?;
+fn read_client(c: &Tx<'_>, client_id: &str) -> Result<Option<Client>, IdentityError> {
+    let row = c.query_opt(
+        &format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE id = ?1"),
+        params![client_id],
+        client_from_row,
+    )?;
     match row {
         None => Ok(None),
         Some((mut client, settings)) => {
@@ -607,18 +606,16 @@ fn read_client(c: &Connection, client_id: &str) -> Result<Option<Client>, Identi
     }
 }
 
-fn read_pool(c: &Connection, pool_id: &str) -> Result<Pool, IdentityError> {
-    let row: Option<(String, String, i64, i64)> = c
-        .query_row(
-            "SELECT name, settings, created_ms, updated_ms FROM pools WHERE id = ?1",
-            [pool_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()?;
+fn read_pool(c: &Tx<'_>, pool_id: &str) -> Result<Pool, IdentityError> {
+    let row: Option<(String, String, i64, i64)> = c.query_opt(
+        "SELECT name, settings, created_ms, updated_ms FROM pools WHERE id = ?1",
+        params![pool_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
     let (name, settings, created_ms, updated_ms) = row.ok_or_else(|| pool_not_found(pool_id))?;
     let estimated_users: i64 = c.query_row(
         "SELECT COUNT(*) FROM users WHERE pool_id = ?1",
-        [pool_id],
+        params![pool_id],
         |r| r.get(0),
     )?;
     Ok(Pool {
@@ -682,8 +679,11 @@ impl Identity {
         self.db
             .read(move |c| {
                 let ids: Vec<String> = c
-                    .prepare("SELECT id FROM pools WHERE id > ?1 ORDER BY id LIMIT ?2")?
-                    .query_map(params![after, max + 1], |r| r.get(0))?
+                    .query_map(
+                        "SELECT id FROM pools WHERE id > ?1 ORDER BY id LIMIT ?2",
+                        params![after, max + 1],
+                        |r| r.get(0),
+                    )?
                     .collect::<Result<_, _>>()?;
                 let more = ids.len() as i64 > max;
                 let pools = ids
@@ -710,6 +710,7 @@ impl Identity {
         let p = pool_id.to_owned();
         self.db
             .write(move |c| {
+                let update = update.clone();
                 let mut s = pool_settings(c, &p)?;
                 s.policies = update.policies.unwrap_or_default();
                 s.auto_verified_attributes = update.auto_verified_attributes;
@@ -736,12 +737,9 @@ impl Identity {
         self.db
             .write(move |c| {
                 let row: Option<(bool, String)> = c
-                    .query_row(
-                        "SELECT is_default, settings FROM pools WHERE id = ?1",
-                        [&p],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
+                    .query_opt(
+                        "SELECT is_default, settings FROM pools WHERE id = ?1", params![&p],
+                        |r| Ok((r.get(0)?, r.get(1)?)))?;
                 let (is_default, settings) = row.ok_or_else(|| pool_not_found(&p))?;
                 if is_default {
                     return Err(invalid(
@@ -753,9 +751,9 @@ impl Identity {
                     return Err(invalid("The user pool cannot be deleted because deletion protection is activated. Deletion protection must be inactivated first.".into()));
                 }
                 for t in ["refresh_tokens", "auth_sessions", "codes", "outbox", "users", "clients"] {
-                    c.execute(&format!("DELETE FROM {t} WHERE pool_id = ?1"), [&p])?;
+                    c.execute(&format!("DELETE FROM {t} WHERE pool_id = ?1"), params![&p])?;
                 }
-                c.execute("DELETE FROM pools WHERE id = ?1", [&p])?;
+                c.execute("DELETE FROM pools WHERE id = ?1", params![&p])?;
                 Ok(())
             })
             .await?;
@@ -844,10 +842,7 @@ impl Identity {
             .read(move |c| {
                 pool_settings(c, &p)?;
                 let ids: Vec<String> = c
-                    .prepare(
-                        "SELECT id FROM clients WHERE pool_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                    )?
-                    .query_map(params![p, after, max + 1], |r| r.get(0))?
+                    .query_map("SELECT id FROM clients WHERE pool_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3", params![p, after, max + 1], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 let more = ids.len() as i64 > max;
                 let mut clients = Vec::new();
@@ -894,7 +889,7 @@ impl Identity {
                      WHERE id = ?1",
                     params![
                         cid,
-                        name.unwrap_or(existing.name),
+                        name.clone().unwrap_or(existing.name),
                         lifetimes.id_secs,
                         lifetimes.access_secs,
                         lifetimes.refresh_secs,
@@ -917,9 +912,15 @@ impl Identity {
                 read_client(c, &cid)?
                     .filter(|cl| cl.pool_id == p)
                     .ok_or_else(|| client_not_found(&cid))?;
-                c.execute("DELETE FROM refresh_tokens WHERE client_id = ?1", [&cid])?;
-                c.execute("DELETE FROM auth_sessions WHERE client_id = ?1", [&cid])?;
-                c.execute("DELETE FROM clients WHERE id = ?1", [&cid])?;
+                c.execute(
+                    "DELETE FROM refresh_tokens WHERE client_id = ?1",
+                    params![&cid],
+                )?;
+                c.execute(
+                    "DELETE FROM auth_sessions WHERE client_id = ?1",
+                    params![&cid],
+                )?;
+                c.execute("DELETE FROM clients WHERE id = ?1", params![&cid])?;
                 Ok(())
             })
             .await

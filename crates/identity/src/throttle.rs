@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use sluice_db::now_ms;
+use sluice_meta::now_ms;
 
 pub(crate) const FREE_FAILURES: u32 = 5;
 const BASE_LOCKOUT_MS: i64 = 5_000;

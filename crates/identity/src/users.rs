@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use sluice_db::now_ms;
-use sluice_db::rusqlite::{Connection, OptionalExtension, params};
+use sluice_meta::Tx;
+use sluice_meta::now_ms;
+use sluice_meta::params;
 
 use crate::pools::{PoolSettings, encode_token, page_token, pool_settings};
 use crate::{Identity, IdentityError, UserRow, blocking_err, password, srp, user_not_found};
@@ -118,7 +119,7 @@ pub struct ListUsersPage {
 const USER_COLUMNS: &str = "sub, username, email, password_hash, srp_salt, srp_verifier,
     temp_expires_ms, status, enabled, attributes, created_ms, updated_ms";
 
-fn user_from_row(r: &sluice_db::rusqlite::Row<'_>) -> sluice_db::rusqlite::Result<UserRow> {
+fn user_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<UserRow> {
     let salt: Option<String> = r.get(4)?;
     let verifier: Option<String> = r.get(5)?;
     let attrs: String = r.get(9)?;
@@ -138,15 +139,13 @@ fn user_from_row(r: &sluice_db::rusqlite::Row<'_>) -> sluice_db::rusqlite::Resul
 }
 
 pub(crate) fn user_where(
-    c: &Connection,
+    c: &Tx<'_>,
     column: &str,
     pool: &str,
     value: &str,
 ) -> Result<Option<UserRow>, IdentityError> {
     let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE pool_id = ?1 AND {column} = ?2");
-    Ok(c.prepare_cached(&sql)?
-        .query_row(params![pool, value], user_from_row)
-        .optional()?)
+    Ok(c.query_opt(&sql, params![pool, value], user_from_row)?)
 }
 
 pub(crate) fn username_key(settings: &PoolSettings, username: &str) -> String {
@@ -160,7 +159,7 @@ pub(crate) fn username_key(settings: &PoolSettings, username: &str) -> String {
 /// The user `given` names: by username, then by email or phone number where those sign
 /// in, then by `sub` in pools whose username is the `sub`.
 pub(crate) fn find_user(
-    c: &Connection,
+    c: &Tx<'_>,
     pool: &str,
     settings: &PoolSettings,
     given: &str,
@@ -187,15 +186,24 @@ pub(crate) fn find_user(
             .iter()
             .any(|a| a == "phone_number");
     if phone_signs_in && given.starts_with('+') {
-        let mut st = c.prepare_cached(&format!(
-            "SELECT {USER_COLUMNS} FROM users
-             WHERE pool_id = ?1 AND json_extract(attributes, '$.phone_number') = ?2"
-        ))?;
-        if let Some(u) = st
-            .query_row(params![pool, given], user_from_row)
-            .optional()?
-        {
-            return Ok(Some(u));
+        // Attributes are stored as JSON text; a phone number is `+` and digits, so the
+        // pattern has no LIKE wildcard in it, and the match is checked on the parsed row.
+        let pattern = format!("%\"phone_number\":{}%", serde_json::Value::from(given));
+        let mut found = None;
+        c.query_each(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE pool_id = ?1 AND attributes LIKE ?2"),
+            params![pool, pattern],
+            |r| {
+                let u = user_from_row(r)?;
+                if u.attributes.get("phone_number").map(String::as_str) == Some(given) {
+                    found = Some(u);
+                    return Ok(false);
+                }
+                Ok(true)
+            },
+        )?;
+        if found.is_some() {
+            return Ok(found);
         }
     }
     if !settings.username_attributes.is_empty() {
@@ -299,7 +307,7 @@ fn destination(u: &UserRow, verified: bool) -> Option<(String, &'static str, &'s
 }
 
 fn outbox_insert(
-    c: &Connection,
+    c: &Tx<'_>,
     pool: &str,
     to: &str,
     kind: &str,
@@ -316,7 +324,7 @@ fn outbox_insert(
 /// Issues a fresh code for `purpose` (replacing any earlier one) and puts the message in
 /// the outbox. `None` when the user has no (verified, if asked) destination.
 fn issue_code(
-    c: &Connection,
+    c: &Tx<'_>,
     pool: &str,
     u: &UserRow,
     purpose: &str,
@@ -330,7 +338,7 @@ fn issue_code(
 
 /// Issues a fresh code for `purpose` to `(address, medium, attribute)`.
 fn issue_code_to(
-    c: &Connection,
+    c: &Tx<'_>,
     pool: &str,
     u: &UserRow,
     purpose: &str,
@@ -343,8 +351,10 @@ fn issue_code_to(
         SIGNUP_CODE_TTL_MS
     };
     c.execute(
-        "INSERT OR REPLACE INTO codes (pool_id, sub, purpose, code_hash, expires_ms, failures)
-         VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+        "INSERT INTO codes (pool_id, sub, purpose, code_hash, expires_ms, failures)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0)
+         ON CONFLICT (pool_id, sub, purpose) DO UPDATE SET code_hash = excluded.code_hash,
+             expires_ms = excluded.expires_ms, failures = 0",
         params![
             pool,
             u.sub,
@@ -377,20 +387,18 @@ fn verifiable(
 /// Checks a code. `Ok(Err(e))` is a refusal whose bookkeeping (a counted failure) must be
 /// committed; `Ok(Ok(()))` consumed the code.
 fn check_code(
-    c: &Connection,
+    c: &Tx<'_>,
     pool: &str,
     sub: &str,
     purpose: &str,
     code: &str,
 ) -> Result<Result<(), IdentityError>, IdentityError> {
-    let row: Option<(String, i64, i64)> = c
-        .query_row(
-            "SELECT code_hash, expires_ms, failures FROM codes
+    let row: Option<(String, i64, i64)> = c.query_opt(
+        "SELECT code_hash, expires_ms, failures FROM codes
              WHERE pool_id = ?1 AND sub = ?2 AND purpose = ?3",
-            params![pool, sub, purpose],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
+        params![pool, sub, purpose],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     let expired =
         || IdentityError::ExpiredCode("Invalid code provided, please request a code again.".into());
     let Some((hash, expires, failures)) = row else {
@@ -455,7 +463,7 @@ pub(crate) fn password_secrets_blocking(
 
 /// Stores a new password of a user and its status.
 pub(crate) fn store_password(
-    c: &Connection,
+    c: &Tx<'_>,
     pool: &str,
     sub: &str,
     s: &PasswordSecrets,
@@ -480,7 +488,7 @@ pub(crate) fn store_password(
     Ok(())
 }
 
-fn save_attributes(c: &Connection, pool: &str, u: &UserRow) -> Result<(), IdentityError> {
+fn save_attributes(c: &Tx<'_>, pool: &str, u: &UserRow) -> Result<(), IdentityError> {
     c.execute(
         "UPDATE users SET attributes = ?3, email = ?4, updated_ms = ?5
          WHERE pool_id = ?1 AND sub = ?2",
@@ -497,7 +505,7 @@ fn save_attributes(c: &Connection, pool: &str, u: &UserRow) -> Result<(), Identi
 
 /// Refuses an email that another user of the pool signs in with.
 fn check_email_free(
-    c: &Connection,
+    c: &Tx<'_>,
     pool: &str,
     settings: &PoolSettings,
     email: Option<&String>,
@@ -517,7 +525,7 @@ fn check_email_free(
     Ok(())
 }
 
-pub(crate) fn revoke_all(c: &Connection, pool: &str, sub: &str) -> Result<(), IdentityError> {
+pub(crate) fn revoke_all(c: &Tx<'_>, pool: &str, sub: &str) -> Result<(), IdentityError> {
     c.execute(
         "UPDATE refresh_tokens SET revoked = 1 WHERE pool_id = ?1 AND sub = ?2",
         params![pool, sub],
@@ -526,7 +534,7 @@ pub(crate) fn revoke_all(c: &Connection, pool: &str, sub: &str) -> Result<(), Id
 }
 
 fn read_user(
-    c: &Connection,
+    c: &Tx<'_>,
     pool: &str,
     username: &str,
 ) -> Result<(PoolSettings, UserRow), IdentityError> {
@@ -855,37 +863,50 @@ impl Identity {
         self.db
             .read(move |c| {
                 pool_settings(c, &p)?;
-                let (cond, value) = match &filter {
-                    Some(f) => {
-                        let column = match f.attribute.as_str() {
-                            "username" => "username".to_owned(),
-                            "sub" => "sub".to_owned(),
-                            "cognito:user_status" => "status".to_owned(),
-                            "status" => {
-                                "CASE enabled WHEN 1 THEN 'Enabled' ELSE 'Disabled' END".to_owned()
-                            }
-                            name => format!("json_extract(attributes, '$.{name}')"),
-                        };
-                        let cond = if f.prefix {
-                            format!("AND substr({column}, 1, length(?4)) = ?4")
-                        } else {
-                            format!("AND {column} = ?4")
-                        };
-                        (cond, f.value.clone())
+                // Columns are filtered in SQL; attributes (stored as JSON text) on the
+                // parsed rows, in key order, until a page and one more are found.
+                let column = filter.as_ref().and_then(|f| match f.attribute.as_str() {
+                    "username" => Some("username"),
+                    "sub" => Some("sub"),
+                    "cognito:user_status" => Some("status"),
+                    "status" => Some("CASE enabled WHEN 1 THEN 'Enabled' ELSE 'Disabled' END"),
+                    _ => None,
+                });
+                let attribute = filter.as_ref().filter(|_| column.is_none());
+                let cond = match (&filter, column) {
+                    (Some(f), Some(column)) if f.prefix => {
+                        format!("AND substr({column}, 1, length(?3)) = ?3")
                     }
-                    None => ("AND ?4 = ?4".to_owned(), String::new()),
+                    (Some(_), Some(column)) => format!("AND {column} = ?3"),
+                    _ => String::new(),
                 };
                 let sql = format!(
                     "SELECT {USER_COLUMNS}, username_key FROM users
                      WHERE pool_id = ?1 AND username_key > ?2 {cond}
-                     ORDER BY username_key LIMIT ?3"
+                     ORDER BY username_key"
                 );
-                let mut st = c.prepare(&sql)?;
-                let rows = st
-                    .query_map(params![p, after, limit + 1, value], |r| {
-                        Ok((user_from_row(r)?, r.get::<_, String>(12)?))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let value = filter.as_ref().map(|f| f.value.clone()).unwrap_or_default();
+                let mut ps: Vec<&dyn sluice_meta::ToValue> = vec![&p, &after];
+                if column.is_some() {
+                    ps.push(&value);
+                }
+                let mut rows = Vec::new();
+                c.query_each(&sql, &ps, |r| {
+                    let u = user_from_row(r)?;
+                    let keep = attribute.is_none_or(|f| {
+                        u.attributes.get(&f.attribute).is_some_and(|v| {
+                            if f.prefix {
+                                v.starts_with(&f.value)
+                            } else {
+                                *v == f.value
+                            }
+                        })
+                    });
+                    if keep {
+                        rows.push((u, r.get::<String>(12)?));
+                    }
+                    Ok(rows.len() as i64 <= limit)
+                })?;
                 let more = rows.len() as i64 > limit;
                 let next_token = if more {
                     rows.get(limit as usize - 1).map(|(_, k)| encode_token(k))
@@ -1175,12 +1196,11 @@ impl Identity {
         let p = pool_id.to_owned();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db.read_blocking(move |c| {
-            let mut st = c.prepare(
+            let rows = c.query_vec(
                 "SELECT destination, kind, code, created_ms, delivery, delivery_error FROM outbox
                  WHERE pool_id = ?1 ORDER BY id DESC LIMIT ?2",
-            )?;
-            let rows = st
-                .query_map(params![p, limit], |r| {
+                params![p, limit],
+                |r| {
                     Ok(OutboxMessage {
                         to: r.get(0)?,
                         kind: r.get(1)?,
@@ -1189,8 +1209,8 @@ impl Identity {
                         delivery: r.get(4)?,
                         delivery_error: r.get(5)?,
                     })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                },
+            )?;
             Ok(rows)
         })
     }
@@ -1306,7 +1326,7 @@ fn prepare_user(
 }
 
 fn insert_prepared(
-    c: &Connection,
+    c: &Tx<'_>,
     u: &PreparedUser,
     s: &PasswordSecrets,
 ) -> Result<UserRecord, IdentityError> {
@@ -1321,10 +1341,11 @@ fn insert_prepared(
     )?;
     let now = now_ms();
     let inserted = c.execute(
-        "INSERT OR IGNORE INTO users (pool_id, sub, username, username_key, email, password_hash,
+        "INSERT INTO users (pool_id, sub, username, username_key, email, password_hash,
              srp_salt, srp_verifier, temp_expires_ms, status, enabled, attributes, created_ms,
              updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?12, ?12)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1, ?11, ?12, ?12)
+         ON CONFLICT DO NOTHING",
         params![
             u.pool_id,
             u.sub,

@@ -1,8 +1,9 @@
 //! Checkpoints, mapping definitions and function logs in the shared embedded database.
 
 use async_trait::async_trait;
-use sluice_db::rusqlite::{Connection, OptionalExtension, params};
-use sluice_db::{Db, Migration, now_ms};
+use sluice_meta::Tx;
+use sluice_meta::params;
+use sluice_meta::{Meta, Migration, now_ms};
 
 use crate::mappings::{MappingDefinition, MappingState, MappingStore};
 use crate::{Checkpoints, MappingStats, ProcessorError};
@@ -60,11 +61,11 @@ CREATE TABLE mapping_stats (
 
 #[derive(Clone)]
 pub struct EmbeddedCheckpoints {
-    db: Db,
+    db: Meta,
 }
 
 impl EmbeddedCheckpoints {
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Meta) -> Self {
         EmbeddedCheckpoints { db }
     }
 }
@@ -85,12 +86,13 @@ impl Checkpoints for EmbeddedCheckpoints {
         self.db
             .write(move |c| {
                 c.execute(
-                    "INSERT OR IGNORE INTO mappings (name, stream, created_ms) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO mappings (name, stream, created_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING",
                     params![m, s, created_ms],
                 )?;
                 Ok(c.query_row(
                     "SELECT created_ms FROM mappings WHERE name = ?1",
-                    [&m],
+                    params![&m],
                     |r| r.get(0),
                 )?)
             })
@@ -101,12 +103,11 @@ impl Checkpoints for EmbeddedCheckpoints {
         let (m, s) = (mapping.to_owned(), shard_id.to_owned());
         self.db
             .read(move |c| {
-                Ok(c.query_row(
+                Ok(c.query_opt(
                     "SELECT sequence_number FROM checkpoints WHERE mapping = ?1 AND shard_id = ?2",
                     params![m, s],
                     |r| r.get(0),
-                )
-                .optional()?)
+                )?)
             })
             .await
     }
@@ -116,7 +117,7 @@ impl Checkpoints for EmbeddedCheckpoints {
         self.db.write(move |c| save_in_tx(c, &m, &s, &q)).await
     }
 
-    fn db(&self) -> Option<&Db> {
+    fn db(&self) -> Option<&Meta> {
         Some(&self.db)
     }
 
@@ -125,7 +126,7 @@ impl Checkpoints for EmbeddedCheckpoints {
         mapping: &str,
         shard_id: &str,
         seq: Option<&str>,
-        extra: crate::TxWrite,
+        mut extra: crate::TxWrite,
     ) -> Result<(), ProcessorError> {
         let (m, s, q) = (
             mapping.to_owned(),
@@ -135,8 +136,8 @@ impl Checkpoints for EmbeddedCheckpoints {
         self.db
             .write(move |c| {
                 extra(c)?;
-                match q {
-                    Some(q) => save_in_tx(c, &m, &s, &q),
+                match &q {
+                    Some(q) => save_in_tx(c, &m, &s, q),
                     None => Ok(()),
                 }
             })
@@ -144,17 +145,18 @@ impl Checkpoints for EmbeddedCheckpoints {
     }
 }
 
-fn save_in_tx(c: &Connection, m: &str, s: &str, q: &str) -> Result<(), ProcessorError> {
+fn save_in_tx(c: &Tx<'_>, m: &str, s: &str, q: &str) -> Result<(), ProcessorError> {
     // Only for a registered mapping: a worker of a mapping deleted a moment ago (still
     // running until the runner stops it) must not leave a checkpoint a new mapping of the
     // same name would resume from.
-    c.prepare_cached(
+    c.execute(
         "INSERT INTO checkpoints (mapping, shard_id, sequence_number, updated_ms)
-         SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM mappings WHERE name = ?1)
+         SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT), CAST(?4 AS BIGINT)
+         WHERE EXISTS (SELECT 1 FROM mappings WHERE name = ?1)
          ON CONFLICT (mapping, shard_id) DO UPDATE
          SET sequence_number = excluded.sequence_number, updated_ms = excluded.updated_ms",
-    )?
-    .execute(params![m, s, q, now_ms()])?;
+        params![m, s, q, now_ms()],
+    )?;
     Ok(())
 }
 
@@ -162,23 +164,21 @@ fn save_in_tx(c: &Connection, m: &str, s: &str, q: &str) -> Result<(), Processor
 /// definition kept as JSON).
 #[derive(Clone)]
 pub struct EmbeddedMappings {
-    db: Db,
+    db: Meta,
 }
 
 impl EmbeddedMappings {
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Meta) -> Self {
         EmbeddedMappings { db }
     }
 }
 
-fn load_def(c: &Connection, name: &str) -> Result<Option<MappingDefinition>, ProcessorError> {
-    let json: Option<String> = c
-        .query_row(
-            "SELECT definition FROM mapping_definitions WHERE name = ?1",
-            [name],
-            |r| r.get(0),
-        )
-        .optional()?;
+fn load_def(c: &Tx<'_>, name: &str) -> Result<Option<MappingDefinition>, ProcessorError> {
+    let json: Option<String> = c.query_opt(
+        "SELECT definition FROM mapping_definitions WHERE name = ?1",
+        params![name],
+        |r| r.get(0),
+    )?;
     json.map(|j| decode_def(&j)).transpose()
 }
 
@@ -187,7 +187,7 @@ fn decode_def(json: &str) -> Result<MappingDefinition, ProcessorError> {
         .map_err(|e| ProcessorError::Checkpoint(format!("stored mapping is unreadable: {e}")))
 }
 
-fn store_def(c: &Connection, def: &MappingDefinition) -> Result<(), ProcessorError> {
+fn store_def(c: &Tx<'_>, def: &MappingDefinition) -> Result<(), ProcessorError> {
     let json = serde_json::to_string(def)
         .map_err(|e| ProcessorError::Checkpoint(format!("cannot encode mapping: {e}")))?;
     c.execute(
@@ -222,7 +222,7 @@ impl MappingStore for EmbeddedMappings {
                     return Err(ProcessorError::AlreadyExists(def.config.name.clone()));
                 }
                 store_def(c, &def)?;
-                Ok(def)
+                Ok(def.clone())
             })
             .await
     }
@@ -237,11 +237,11 @@ impl MappingStore for EmbeddedMappings {
     async fn list(&self) -> Result<Vec<MappingDefinition>, ProcessorError> {
         self.db
             .read(|c| {
-                let mut st =
-                    c.prepare_cached("SELECT definition FROM mapping_definitions ORDER BY name")?;
-                let rows = st
-                    .query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let rows = c.query_vec(
+                    "SELECT definition FROM mapping_definitions ORDER BY name",
+                    params![],
+                    |r| r.get::<String>(0),
+                )?;
                 rows.iter().map(|j| decode_def(j)).collect()
             })
             .await
@@ -266,7 +266,7 @@ impl MappingStore for EmbeddedMappings {
                 def.created_ms = old.created_ms;
                 def.updated_ms = now_ms();
                 store_def(c, &def)?;
-                Ok(def)
+                Ok(def.clone())
             })
             .await
     }
@@ -279,7 +279,8 @@ impl MappingStore for EmbeddedMappings {
         let n = name.to_owned();
         self.db
             .write(move |c| {
-                let mut def = load_def(c, &n)?.ok_or(ProcessorError::NotFound(n))?;
+                let mut def =
+                    load_def(c, &n)?.ok_or_else(|| ProcessorError::NotFound(n.clone()))?;
                 def.state = state;
                 def.updated_ms = now_ms();
                 store_def(c, &def)?;
@@ -292,14 +293,17 @@ impl MappingStore for EmbeddedMappings {
         let n = name.to_owned();
         self.db
             .write(move |c| {
-                let gone = c.execute("DELETE FROM mapping_definitions WHERE name = ?1", [&n])?;
+                let gone = c.execute(
+                    "DELETE FROM mapping_definitions WHERE name = ?1",
+                    params![&n],
+                )?;
                 if gone == 0 {
-                    return Err(ProcessorError::NotFound(n));
+                    return Err(ProcessorError::NotFound(n.clone()));
                 }
-                c.execute("DELETE FROM checkpoints WHERE mapping = ?1", [&n])?;
-                c.execute("DELETE FROM mappings WHERE name = ?1", [&n])?;
-                c.execute("DELETE FROM function_logs WHERE mapping = ?1", [&n])?;
-                c.execute("DELETE FROM mapping_stats WHERE name = ?1", [&n])?;
+                c.execute("DELETE FROM checkpoints WHERE mapping = ?1", params![&n])?;
+                c.execute("DELETE FROM mappings WHERE name = ?1", params![&n])?;
+                c.execute("DELETE FROM function_logs WHERE mapping = ?1", params![&n])?;
+                c.execute("DELETE FROM mapping_stats WHERE name = ?1", params![&n])?;
                 Ok(())
             })
             .await
@@ -311,7 +315,7 @@ impl MappingStore for EmbeddedMappings {
 /// [`EmbeddedStats::save`] a few times a second while they change.
 #[derive(Clone)]
 pub struct EmbeddedStats {
-    db: Db,
+    db: Meta,
 }
 
 /// A mapping's statistics and when they were saved (ms since the epoch).
@@ -322,7 +326,7 @@ pub struct SavedStats {
 }
 
 impl EmbeddedStats {
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Meta) -> Self {
         EmbeddedStats { db }
     }
 
@@ -343,15 +347,12 @@ impl EmbeddedStats {
         self.db
             .write(move |c| {
                 let now = now_ms();
-                let mut st = c.prepare_cached(
-                    "INSERT INTO mapping_stats (name, stats, updated_ms)
-                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM mappings WHERE name = ?1)
+                for (n, j) in &rows {
+                    c.execute("INSERT INTO mapping_stats (name, stats, updated_ms)
+                     SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS BIGINT) WHERE EXISTS (SELECT 1 FROM mappings WHERE name = ?1)
                          OR EXISTS (SELECT 1 FROM mapping_definitions WHERE name = ?1)
                      ON CONFLICT (name) DO UPDATE
-                     SET stats = excluded.stats, updated_ms = excluded.updated_ms",
-                )?;
-                for (n, j) in rows {
-                    st.execute(params![n, j, now])?;
+                     SET stats = excluded.stats, updated_ms = excluded.updated_ms", params![n, j, now])?;
                 }
                 Ok(())
             })
@@ -377,17 +378,11 @@ impl EmbeddedStats {
     ) -> Result<std::collections::BTreeMap<String, SavedStats>, ProcessorError> {
         self.db
             .read(|c| {
-                let mut st =
-                    c.prepare_cached("SELECT name, stats, updated_ms FROM mapping_stats")?;
-                let rows = st
-                    .query_map([], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, i64>(2)?,
-                        ))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let rows = c.query_vec(
+                    "SELECT name, stats, updated_ms FROM mapping_stats",
+                    params![],
+                    |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)),
+                )?;
                 rows.into_iter()
                     .map(|(n, j, t)| {
                         let stats = serde_json::from_str(&j).map_err(|e| {
@@ -410,7 +405,7 @@ mod tests {
     #[tokio::test]
     async fn mapping_lifecycle() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(&dir.path().join("m.db"), MIGRATIONS).expect("db");
+        let db = Meta::open_sqlite(&dir.path().join("m.db"), MIGRATIONS).expect("db");
         let store = EmbeddedMappings::new(db.clone());
         let mut cfg = MappingConfig::new("seed-processor", "uploads-stream");
         cfg.batch_size = 10;

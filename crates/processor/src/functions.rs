@@ -50,7 +50,7 @@ impl CallContext {
     /// Appends lines of one output stream (`stdout`, `stderr`, `platform`) to the log.
     pub async fn log_lines(&self, stream: &str, lines: impl IntoIterator<Item = String>) {
         let Some(sink) = &self.logs else { return };
-        let now = sluice_db::now_ms();
+        let now = sluice_meta::now_ms();
         let lines: Vec<LogLine> = lines
             .into_iter()
             .map(|line| LogLine {

@@ -284,7 +284,7 @@ impl LambdaFunction {
             None => self.spawn().map_err(FunctionError::Failed)?,
         };
         let timeout = Duration::from_secs(self.settings.timeout_secs);
-        let deadline_ms = sluice_db::now_ms() + timeout.as_millis() as i64;
+        let deadline_ms = sluice_meta::now_ms() + timeout.as_millis() as i64;
         let request = json!({
             "requestId": ctx.request_id,
             "deadlineMs": deadline_ms,

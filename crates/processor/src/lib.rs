@@ -41,7 +41,7 @@ pub use functions::{
     BatchFunction, BatchInput, BatchResponse, CallContext, Function, FunctionError, ObjectFunction,
 };
 pub use mappings::{FunctionSpec, MappingDefinition, MappingState, MappingStore};
-pub use sluice_db::Db;
+pub use sluice_meta::Meta;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
@@ -59,14 +59,8 @@ pub enum ProcessorError {
     Function(String),
 }
 
-impl From<sluice_db::DbError> for ProcessorError {
-    fn from(e: sluice_db::DbError) -> Self {
-        ProcessorError::Checkpoint(e.to_string())
-    }
-}
-
-impl From<sluice_db::rusqlite::Error> for ProcessorError {
-    fn from(e: sluice_db::rusqlite::Error) -> Self {
+impl From<sluice_meta::MetaError> for ProcessorError {
+    fn from(e: sluice_meta::MetaError) -> Self {
         ProcessorError::Checkpoint(e.to_string())
     }
 }
@@ -277,7 +271,7 @@ pub trait Checkpoints: Send + Sync + 'static {
     /// The embedded database the checkpoints live in, when they do: an [`Observer`] that
     /// keeps its rows in the same database can then have its writes committed together
     /// with the checkpoint ([`Checkpoints::save_with`]).
-    fn db(&self) -> Option<&sluice_db::Db> {
+    fn db(&self) -> Option<&sluice_meta::Meta> {
         None
     }
 
@@ -299,7 +293,7 @@ pub trait Checkpoints: Send + Sync + 'static {
 
 /// A write run inside another part's transaction of the embedded database.
 pub type TxWrite =
-    Box<dyn FnOnce(&sluice_db::rusqlite::Connection) -> Result<(), sluice_db::DbError> + Send>;
+    Box<dyn FnMut(&sluice_meta::Tx<'_>) -> Result<(), sluice_meta::MetaError> + Send>;
 
 /// The fields of a record a processor uses. Everything else is passed through untouched.
 #[derive(Debug, Clone, Deserialize)]
@@ -370,7 +364,7 @@ pub trait Observer: Send + Sync + 'static {
     /// The updates as a write inside a transaction of `db`, if this observer keeps its
     /// rows in that database; the worker then commits them together with the checkpoint.
     /// `None` (the default): the worker calls [`Observer::report`] before the checkpoint.
-    fn write_with(&self, _db: &sluice_db::Db, _updates: &[StatusUpdate]) -> Option<TxWrite> {
+    fn write_with(&self, _db: &sluice_meta::Meta, _updates: &[StatusUpdate]) -> Option<TxWrite> {
         None
     }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
-use sluice_db::Db;
-use sluice_db::rusqlite::params;
+use sluice_meta::Meta;
+use sluice_meta::params;
 use tokio::sync::watch;
 
 use crate::ProcessorError;
@@ -41,7 +41,7 @@ pub trait LogSink: Send + Sync + 'static {
 /// `processor-0002` migration).
 #[derive(Clone)]
 pub struct EmbeddedLogs {
-    db: Db,
+    db: Meta,
     keep: i64,
     changed: std::sync::Arc<watch::Sender<u64>>,
 }
@@ -50,7 +50,7 @@ impl EmbeddedLogs {
     /// Lines kept per mapping; older ones are dropped as new ones arrive.
     pub const DEFAULT_KEEP: i64 = 10_000;
 
-    pub fn new(db: Db) -> Self {
+    pub fn new(db: Meta) -> Self {
         EmbeddedLogs {
             db,
             keep: Self::DEFAULT_KEEP,
@@ -70,14 +70,15 @@ impl EmbeddedLogs {
             .db
             .write(move |c| {
                 let mut out = Vec::with_capacity(lines.len());
-                let mut st = c.prepare_cached(
-                    "INSERT INTO function_logs (mapping, ts_ms, request_id, stream, line)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
                 let mut mappings = std::collections::BTreeSet::new();
-                for mut l in lines {
-                    st.execute(params![l.mapping, l.ts_ms, l.request_id, l.stream, l.line])?;
-                    l.id = c.last_insert_rowid();
+                for l in &lines {
+                    let mut l = l.clone();
+                    l.id = c.query_row(
+                        "INSERT INTO function_logs (mapping, ts_ms, request_id, stream, line)
+                         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                        params![l.mapping, l.ts_ms, l.request_id, l.stream, l.line],
+                        |r| r.get(0),
+                    )?;
                     mappings.insert(l.mapping.clone());
                     out.push(l);
                 }
@@ -101,13 +102,12 @@ impl EmbeddedLogs {
         let mut lines = self
             .db
             .read(move |c| {
-                let mut st = c.prepare_cached(
+                let rows = c.query_vec(
                     "SELECT id, mapping, ts_ms, request_id, stream, line FROM function_logs
                      WHERE mapping = ?1 ORDER BY id DESC LIMIT ?2",
+                    params![m, n as i64],
+                    row_to_line,
                 )?;
-                let rows = st
-                    .query_map(params![m, n as i64], row_to_line)?
-                    .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, ProcessorError>(rows)
             })
             .await?;
@@ -125,13 +125,12 @@ impl EmbeddedLogs {
         let m = mapping.to_owned();
         self.db
             .read(move |c| {
-                let mut st = c.prepare_cached(
+                let rows = c.query_vec(
                     "SELECT id, mapping, ts_ms, request_id, stream, line FROM function_logs
                      WHERE mapping = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                    params![m, after_id, limit as i64],
+                    row_to_line,
                 )?;
-                let rows = st
-                    .query_map(params![m, after_id, limit as i64], row_to_line)?
-                    .collect::<Result<Vec<_>, _>>()?;
                 Ok::<_, ProcessorError>(rows)
             })
             .await
@@ -162,7 +161,7 @@ impl EmbeddedLogs {
     }
 }
 
-fn row_to_line(r: &sluice_db::rusqlite::Row<'_>) -> sluice_db::rusqlite::Result<LogLine> {
+fn row_to_line(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<LogLine> {
     Ok(LogLine {
         id: r.get(0)?,
         mapping: r.get(1)?,
@@ -277,7 +276,8 @@ mod tests {
     #[tokio::test]
     async fn tail_follow_and_trim() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(&dir.path().join("l.db"), crate::embedded::MIGRATIONS).expect("db");
+        let db =
+            Meta::open_sqlite(&dir.path().join("l.db"), crate::embedded::MIGRATIONS).expect("db");
         let logs = EmbeddedLogs::new(db).with_keep(3);
         logs.store((0..5).map(|i| line("a", &format!("l{i}"))).collect())
             .await

@@ -558,7 +558,7 @@ impl ShardWorker {
                 return Err(Stopped);
             }
             // Records too old are not invoked (again): they go to the destination.
-            let cutoff = sluice_db::now_ms() - self.max_age_ms;
+            let cutoff = sluice_meta::now_ms() - self.max_age_ms;
             let (expired, fresh): (Vec<Record>, Vec<Record>) = piece
                 .records
                 .into_iter()
@@ -869,7 +869,7 @@ impl ShardWorker {
                     error_message: (!error.is_empty()).then(|| error.to_owned()),
                 },
                 version: "1.0".into(),
-                timestamp: iso_ms(sluice_db::now_ms()),
+                timestamp: iso_ms(sluice_meta::now_ms()),
                 kinesis_batch_info: KinesisBatchInfo {
                     shard_id: self.id().to_owned(),
                     start_sequence_number: first.sequence_number.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Value, json};
-use sluice_db::{Db, Migration};
+use sluice_meta::{Meta, Migration};
 use sluice_processor::embedded::{EmbeddedCheckpoints, MIGRATIONS};
 use sluice_processor::{
     BatchFunction, BatchInput, BatchResponse, CallContext, Checkpoints, DestinationSpec,
@@ -23,7 +23,7 @@ use tokio::sync::watch;
 
 struct Env {
     _dir: tempfile::TempDir,
-    db: Db,
+    db: Meta,
     stream: EmbeddedStream,
     store: EmbeddedStore,
     shutdown: watch::Sender<bool>,
@@ -37,15 +37,10 @@ fn env() -> Env {
         MIGRATIONS,
     ]
     .iter()
-    .flat_map(|ms| {
-        ms.iter().map(|m| Migration {
-            name: m.name,
-            sql: m.sql,
-        })
-    })
+    .flat_map(|ms| ms.iter().copied())
     .collect();
-    let db = Db::open(&dir.path().join("sluice.db"), &all).expect("db");
-    let stream = EmbeddedStream::open(db.clone()).expect("stream");
+    let db = Meta::open_sqlite(&dir.path().join("sluice.db"), &all).expect("db");
+    let stream = EmbeddedStream::open(db.clone(), &dir.path().join("log")).expect("stream");
     let store = EmbeddedStore::open(db.clone(), &dir.path().join("blobs")).expect("store");
     Env {
         _dir: dir,
@@ -235,7 +230,7 @@ async fn starting_positions_are_honoured() {
     e.stream.create_stream("s", 1).await.expect("create");
     e.put("s", "k", "before").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let ts = sluice_db::now_ms();
+    let ts = sluice_meta::now_ms();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let p = e.processor();
     let mut handles = Vec::new();
@@ -476,11 +471,12 @@ async fn expired_records_are_skipped_to_the_destination() {
     struct TwoHoursAgo;
     impl sluice_stream::Clock for TwoHoursAgo {
         fn now_ms(&self) -> i64 {
-            sluice_db::now_ms() - 7_200_000
+            sluice_meta::now_ms() - 7_200_000
         }
     }
     let past = EmbeddedStream::open_with(
         e.db.clone(),
+        &e._dir.path().join("log"),
         sluice_stream::embedded::StreamOptions {
             clock: std::sync::Arc::new(TwoHoursAgo),
             ..Default::default()

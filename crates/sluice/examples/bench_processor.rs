@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use bytes::Bytes;
-use sluice_db::{Db, Migration};
+use sluice_meta::{Meta, Migration};
 use sluice_processor::embedded::EmbeddedCheckpoints;
 use sluice_processor::functions::{self, Noop};
 use sluice_processor::lambda::{LambdaEnvironment, LambdaFunction};
@@ -107,19 +107,14 @@ fn migrations() -> Vec<Migration> {
         sluice_uploads::embedded::MIGRATIONS,
         sluice_processor::embedded::MIGRATIONS,
     ] {
-        for m in part {
-            all.push(Migration {
-                name: m.name,
-                sql: m.sql,
-            });
-        }
+        all.extend_from_slice(part);
     }
     all
 }
 
 struct Env {
     _dir: tempfile::TempDir,
-    db: Db,
+    db: Meta,
     stream: EmbeddedStream,
     store: EmbeddedStore,
     logs: BufferedLogs,
@@ -129,10 +124,10 @@ async fn env(base: &std::path::Path) -> Result<Env> {
     let dir = tempfile::Builder::new()
         .prefix("bench-processor-")
         .tempdir_in(base)?;
-    let db = Db::open(&dir.path().join("sluice.db"), &migrations())?;
+    let db = Meta::open_sqlite(&dir.path().join("sluice.db"), &migrations())?;
     let store = EmbeddedStore::open(db.clone(), &dir.path().join("blobs"))?;
     store.ensure_bucket("sluice").await?;
-    let stream = EmbeddedStream::open(db.clone())?;
+    let stream = EmbeddedStream::open(db.clone(), &dir.path().join("log"))?;
     let logs = BufferedLogs::start(EmbeddedLogs::new(db.clone()));
     Ok(Env {
         _dir: dir,
@@ -464,8 +459,8 @@ impl Observer for Timed {
             self.note(&updates);
         }
     }
-    fn write_with(&self, db: &Db, updates: &[StatusUpdate]) -> Option<TxWrite> {
-        if self.ledger.db()?.path() != db.path() {
+    fn write_with(&self, db: &Meta, updates: &[StatusUpdate]) -> Option<TxWrite> {
+        if !self.ledger.db()?.same(db) {
             return None;
         }
         let changes: Vec<StatusChange> = updates.iter().map(change).collect();

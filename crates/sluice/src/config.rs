@@ -29,6 +29,18 @@ pub(crate) struct CommonArgs {
     /// AWS region of the user pool and ARNs [default: us-east-2]
     #[arg(long, env = "SLUICE_REGION", global = true)]
     pub(crate) region: Option<String>,
+    /// Metadata engine: sqlite://PATH or postgres://USER@HOST:PORT/DB[?pool_size=N]
+    /// [default: sqlite://<data-dir>/sluice.db]
+    #[arg(long, env = "SLUICE_META", global = true)]
+    pub(crate) meta: Option<String>,
+}
+
+/// An engine's table in `sluice.toml` (`[meta]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EngineConfig {
+    /// The engine's URL.
+    pub(crate) url: Option<String>,
 }
 
 /// `sluice.toml`. Every key is optional; unknown keys are an error.
@@ -37,6 +49,8 @@ pub(crate) struct CommonArgs {
 pub(crate) struct FileConfig {
     /// Folder holding all of sluice's data.
     pub(crate) data_dir: Option<PathBuf>,
+    /// `[meta] url = "postgres://…"`: the metadata engine.
+    pub(crate) meta: Option<EngineConfig>,
     /// Address of the upload API.
     pub(crate) listen: Option<SocketAddr>,
     /// Address of the AWS-compatible edge.
@@ -96,6 +110,8 @@ pub(crate) struct FileConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) data_dir: PathBuf,
+    /// URL of the metadata engine (`sqlite://…` or `postgres://…`).
+    pub(crate) meta: String,
     pub(crate) listen: SocketAddr,
     pub(crate) edge_listen: SocketAddr,
     pub(crate) edge_url: Option<String>,
@@ -129,12 +145,19 @@ impl Settings {
     pub(crate) fn resolve(args: &CommonArgs) -> Result<Settings> {
         let (file, config_dir) = load_file(args.config.as_deref())?;
         let defaults = sluice_identity::Lifetimes::default();
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("sluice-data"));
         let s = Settings {
-            data_dir: args
-                .data_dir
+            meta: args
+                .meta
                 .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("sluice-data")),
+                .filter(|m| !m.is_empty())
+                .or(file.meta.and_then(|m| m.url))
+                .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("sluice.db").display())),
+            data_dir,
             listen: args
                 .listen
                 .or(file.listen)
@@ -235,8 +258,19 @@ impl Settings {
         Ok(())
     }
 
-    pub(crate) fn db_path(&self) -> PathBuf {
-        self.data_dir.join("sluice.db")
+    /// The SQLite file of the metadata, when the metadata engine is SQLite.
+    pub(crate) fn sqlite_path(&self) -> Option<PathBuf> {
+        let url = self.meta.as_str();
+        match url.split_once("://") {
+            Some(("sqlite", path)) => Some(PathBuf::from(path)),
+            Some(_) => None,
+            None => Some(PathBuf::from(url)),
+        }
+    }
+
+    /// Where the stream's records live (the embedded stream log).
+    pub(crate) fn stream_log_dir(&self) -> PathBuf {
+        self.data_dir.join("sluice.db-stream-log")
     }
 
     pub(crate) fn key_dir(&self) -> PathBuf {

@@ -1,44 +1,45 @@
-//! `sluice doctor`: checks the data directory's database without changing it.
+//! `sluice doctor`: checks sluice's data without changing it.
 //!
-//! Opens `<data-dir>/sluice.db` read-only (no migrations, no writer; a running server may
-//! keep serving meanwhile), runs SQLite's `quick_check`, then the stream backend's own
-//! check (SQLite's integrity check, every record against its checksum, every shard's
-//! counters). Prints what it found; fails (non-zero exit) if anything is wrong.
+//! Opens the metadata engine — the SQLite file read-only (no migrations, no writer; a running
+//! server may keep serving meanwhile), or PostgreSQL without applying migrations — runs the
+//! engine's own check (SQLite's integrity check; PostgreSQL's durability settings), then the
+//! stream's (every record of the log against its checksum, every shard's counters). Prints
+//! what it found; fails (non-zero exit) if anything is wrong.
 
 use anyhow::{Context, Result, bail};
-use sluice_db::{Db, DbError};
+use sluice_meta::Meta;
 use sluice_stream::embedded::EmbeddedStream;
 
 use crate::config::Settings;
+use crate::wiring::shown_url;
 
 pub(crate) fn run(settings: &Settings) -> Result<()> {
-    let path = settings.db_path();
-    if !path.is_file() {
-        bail!("no database at {}", path.display());
-    }
-    println!("database: {}", path.display());
-    let db = Db::open_read_only(&path)
-        .with_context(|| format!("cannot open {} read-only", path.display()))?;
+    let shown = shown_url(&settings.meta);
+    let db = match settings.sqlite_path() {
+        Some(path) => {
+            if !path.is_file() {
+                bail!("no database at {}", path.display());
+            }
+            Meta::open_sqlite_read_only(&path)
+                .with_context(|| format!("cannot open {} read-only", path.display()))?
+        }
+        None => sluice_meta::open(&settings.meta, &[])
+            .with_context(|| format!("cannot open the metadata engine {shown}"))?,
+    };
+    println!("meta: {shown}");
     let mut problems = 0usize;
 
-    let quick = db.read_blocking(|c| {
-        let mut st = c.prepare("PRAGMA quick_check")?;
-        let lines = st
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok::<_, DbError>(lines)
-    });
-    match quick {
-        Ok(lines) if lines.iter().all(|l| l == "ok") => println!("sqlite quick_check: ok"),
-        Ok(lines) => {
-            println!("sqlite quick_check: {} problems", lines.len());
-            for l in &lines {
+    match db.check() {
+        Ok(found) if found.is_empty() => println!("meta check: ok"),
+        Ok(found) => {
+            println!("meta check: {} problems", found.len());
+            for l in &found {
                 println!("  problem: {l}");
             }
-            problems += lines.len();
+            problems += found.len();
         }
         Err(e) => {
-            println!("sqlite quick_check: failed to run: {e}");
+            println!("meta check: failed to run: {e}");
             problems += 1;
         }
     }
@@ -47,7 +48,7 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let checked = EmbeddedStream::open_read_only(db.clone())
+    let checked = EmbeddedStream::open_read_only(db.clone(), &settings.stream_log_dir())
         .map_err(anyhow::Error::from)
         .and_then(|stream| rt.block_on(stream.check()).map_err(anyhow::Error::from));
     match checked {
@@ -73,9 +74,9 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
     }
     if problems > 0 {
         bail!(
-            "the database {} has {problems} problem{}",
-            path.display(),
-            if problems == 1 { "" } else { "s" }
+            "sluice's data has {problems} problem{} (metadata {shown}, stream log {})",
+            if problems == 1 { "" } else { "s" },
+            settings.stream_log_dir().display()
         );
     }
     println!("no problems found");

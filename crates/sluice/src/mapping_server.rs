@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sluice_db::Db;
 use sluice_identity::access_keys::AccessKeys;
+use sluice_meta::Meta;
 use sluice_processor::embedded::{EmbeddedMappings, EmbeddedStats};
 use sluice_processor::lambda::LambdaEnvironment;
 use sluice_processor::logs::BufferedLogs;
@@ -92,7 +92,7 @@ fn lambda_key(keys: &AccessKeys) -> Result<(String, String)> {
 /// built-in mapping uses too; user mappings do not drive upload status).
 pub(crate) async fn start(
     settings: &Settings,
-    db: &Db,
+    db: &Meta,
     processor: &Processor,
     logs: BufferedLogs,
     keys: &AccessKeys,

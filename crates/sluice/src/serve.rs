@@ -91,6 +91,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     }
     let stream = EmbeddedStream::open_with(
         db.clone(),
+        &settings.stream_log_dir(),
         sluice_stream::embedded::StreamOptions {
             throttle: settings.stream_throttle,
             ..Default::default()

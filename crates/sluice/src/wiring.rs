@@ -5,8 +5,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use sluice_db::{Db, Migration};
 use sluice_identity::Identity;
+use sluice_meta::{Meta, Migration};
 use sluice_processor::{StatusUpdate, TxWrite};
 use sluice_uploads::{StatusChange, UploadLedger};
 
@@ -23,19 +23,33 @@ fn migrations() -> Vec<Migration> {
         sluice_uploads::embedded::MIGRATIONS,
         sluice_processor::embedded::MIGRATIONS,
     ] {
-        for m in part {
-            all.push(Migration {
-                name: m.name,
-                sql: m.sql,
-            });
-        }
+        all.extend_from_slice(part);
     }
     all
 }
 
-pub(crate) fn open_db(settings: &Settings) -> Result<Db> {
+/// The metadata engine the settings name, migrated.
+pub(crate) fn open_db(settings: &Settings) -> Result<Meta> {
     create_data_dir(settings)?;
-    Ok(Db::open(&settings.db_path(), &migrations())?)
+    sluice_meta::open(&settings.meta, &migrations()).with_context(|| {
+        format!(
+            "cannot open the metadata engine {}",
+            shown_url(&settings.meta)
+        )
+    })
+}
+
+/// A URL without its password, for messages.
+pub(crate) fn shown_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((user, host)) => {
+                format!("{scheme}://{}@{host}", user.split(':').next().unwrap_or(""))
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 /// Creates the data directory, readable by its owner only (it holds signing keys and
@@ -204,9 +218,9 @@ impl sluice_processor::Observer for LedgerObserver {
             tracing::warn!(uploads = n, error = %e, "cannot record upload status");
         }
     }
-    fn write_with(&self, db: &Db, updates: &[StatusUpdate]) -> Option<TxWrite> {
+    fn write_with(&self, db: &Meta, updates: &[StatusUpdate]) -> Option<TxWrite> {
         let own = self.0.db()?;
-        if own.path() != db.path() {
+        if !own.same(db) {
             return None;
         }
         let changes: Vec<StatusChange> = updates.iter().map(status_change).collect();

@@ -42,7 +42,7 @@ fn doctor_passes_a_healthy_data_dir_and_fails_on_a_flipped_record_byte() {
         "healthy data dir: {stdout}{}",
         text(&out.stderr)
     );
-    assert!(stdout.contains("sqlite quick_check: ok"), "{stdout}");
+    assert!(stdout.contains("meta check: ok"), "{stdout}");
     assert!(stdout.contains("stream check: ok"), "{stdout}");
     assert!(stdout.contains("no problems found"), "{stdout}");
     server.stop();

@@ -239,16 +239,13 @@ env = {{ OUT = "{}" }}
             .then_some(())
     });
     let copied = wait_for("the copy under copies/", DEADLINE, || {
-        let c = rusqlite::Connection::open_with_flags(
-            dir.0.join("sluice.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .ok()?;
-        c.query_row(
-            "SELECT inline FROM objects WHERE bucket = 'sluice' AND key = 'copies/doc.txt'",
-            [],
-            |r| r.get::<_, Vec<u8>>(0),
-        )
+        common::meta_read(&dir.0, |c| {
+            c.query_row(
+                "SELECT inline FROM objects WHERE bucket = 'sluice' AND key = 'copies/doc.txt'",
+                sluice_meta::params![],
+                |r| r.get::<Vec<u8>>(0),
+            )
+        })
         .ok()
     });
     assert_eq!(copied, b"hello toml\n");

@@ -15,8 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use md5::Md5;
 use sha2::{Digest, Sha256};
-use sluice_db::rusqlite::{Connection, OptionalExtension, params};
-use sluice_db::{Db, Migration, now_ms, sync_dir};
+use sluice_meta::{Meta, Migration, Tx, now_ms, params, sync_dir};
 
 use crate::{
     BucketInfo, CopySource, MAX_PART_BYTES, MIN_PART_BYTES, MultipartInfo, Object, ObjectInfo,
@@ -85,7 +84,7 @@ ALTER TABLE objects ADD COLUMN parts TEXT;
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Db,
+    db: Meta,
     blob_dir: PathBuf,
 }
 
@@ -125,7 +124,7 @@ impl Prepared {
 
 impl EmbeddedStore {
     /// Opens the store on a database migrated with [`MIGRATIONS`]; blobs live in `blob_dir`.
-    pub fn open(db: Db, blob_dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(db: Meta, blob_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(blob_dir)?;
         Ok(EmbeddedStore {
             db,
@@ -133,7 +132,7 @@ impl EmbeddedStore {
         })
     }
 
-    pub fn db(&self) -> &Db {
+    pub fn db(&self) -> &Meta {
         &self.db
     }
 
@@ -214,11 +213,11 @@ impl EmbeddedStore {
             for f in std::fs::read_dir(shard.path())? {
                 let f = f?;
                 let name = f.file_name().to_string_lossy().into_owned();
-                let referenced: bool = self.db.read_blocking(|c| {
+                let referenced: bool = self.db.read_blocking(move |c| {
                     Ok::<_, StoreError>(c.query_row(
                         "SELECT EXISTS(SELECT 1 FROM objects WHERE blob = ?1)
                              OR EXISTS(SELECT 1 FROM multipart_parts WHERE blob = ?1)",
-                        [&name],
+                        params![&name],
                         |r| r.get(0),
                     )?)
                 })?;
@@ -248,15 +247,13 @@ impl EmbeddedStore {
                     "SELECT {INFO_COLUMNS}, inline, blob FROM objects WHERE bucket = ?1 AND key = ?2"
                 );
                 let row = c
-                    .prepare_cached(&sql)?
-                    .query_row(params![b, k], |r| {
+                    .query_opt(&sql, params![b, k], |r| {
                         Ok((
                             info_from_row(r)?,
-                            r.get::<_, Option<Vec<u8>>>(9)?,
-                            r.get::<_, Option<String>>(10)?,
+                            r.get::<Option<Vec<u8>>>(9)?,
+                            r.get::<Option<String>>(10)?,
                         ))
-                    })
-                    .optional()?;
+                    })?;
                 Ok::<_, StoreError>(row)
             })
             .await?;
@@ -281,28 +278,29 @@ impl EmbeddedStore {
             .write(move |c| {
                 let exists: bool = c.query_row(
                     "SELECT EXISTS(SELECT 1 FROM multipart_uploads WHERE upload_id = ?1)",
-                    [&id],
+                    params![&id],
                     |r| r.get(0),
                 )?;
                 if !exists {
                     return Err(StoreError::NoSuchUpload(id.clone()));
                 }
-                let replaced: Option<Option<String>> = c
-                    .query_row(
-                        "SELECT blob FROM multipart_parts WHERE upload_id = ?1 AND part_number = ?2",
-                        params![id, part_number],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
+                let replaced: Option<Option<String>> = c.query_opt(
+                    "SELECT blob FROM multipart_parts WHERE upload_id = ?1 AND part_number = ?2",
+                    params![id, part_number],
+                    |r| r.get(0),
+                )?;
                 let (inline, blob): (Option<&[u8]>, Option<&str>) = match &prepared.body {
                     PreparedBody::Inline(b) => (Some(b.as_ref()), None),
                     PreparedBody::Blob(n) => (None, Some(n.as_str())),
                 };
                 let now = now_ms();
                 c.execute(
-                    "INSERT OR REPLACE INTO multipart_parts
+                    "INSERT INTO multipart_parts
                          (upload_id, part_number, size, etag, modified_ms, inline, blob)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (upload_id, part_number) DO UPDATE SET size = excluded.size,
+                         etag = excluded.etag, modified_ms = excluded.modified_ms,
+                         inline = excluded.inline, blob = excluded.blob",
                     params![
                         id,
                         part_number,
@@ -360,21 +358,20 @@ impl EmbeddedStore {
         let stored: Vec<StoredPart> = self
             .db
             .read(move |c| {
-                let mut st = c.prepare_cached(
+                let rows = c.query_vec(
                     "SELECT part_number, size, etag, inline, blob FROM multipart_parts
                      WHERE upload_id = ?1 ORDER BY part_number",
-                )?;
-                let rows = st
-                    .query_map([&id], |r| {
+                    params![&id],
+                    |r| {
                         Ok(StoredPart {
                             number: r.get(0)?,
-                            size: r.get::<_, i64>(1)? as u64,
+                            size: r.get::<i64>(1)? as u64,
                             etag: r.get(2)?,
                             inline: r.get(3)?,
                             blob: r.get(4)?,
                         })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                    },
+                )?;
                 Ok::<_, StoreError>(rows)
             })
             .await?;
@@ -674,20 +671,22 @@ fn assemble(dir: &Path, parts: &[StoredPart]) -> Result<Prepared, StoreError> {
 }
 
 /// Ensures a bucket exists, inside a transaction of the shared database.
-pub fn ensure_bucket_in_tx(conn: &Connection, bucket: &str) -> Result<(), StoreError> {
+pub fn ensure_bucket_in_tx(conn: &Tx<'_>, bucket: &str) -> Result<(), StoreError> {
     validate_bucket_name(bucket)?;
     conn.execute(
-        "INSERT OR IGNORE INTO buckets (name, created_ms) VALUES (?1, ?2)",
+        "INSERT INTO buckets (name, created_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         params![bucket, now_ms()],
     )?;
     Ok(())
 }
 
 /// `NoSuchBucket` unless the bucket exists.
-fn require_bucket(conn: &Connection, bucket: &str) -> Result<(), StoreError> {
-    let exists: bool = conn
-        .prepare_cached("SELECT EXISTS(SELECT 1 FROM buckets WHERE name = ?1)")?
-        .query_row([bucket], |r| r.get(0))?;
+fn require_bucket(conn: &Tx<'_>, bucket: &str) -> Result<(), StoreError> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM buckets WHERE name = ?1)",
+        params![bucket],
+        |r| r.get(0),
+    )?;
     if exists {
         Ok(())
     } else {
@@ -699,7 +698,7 @@ fn require_bucket(conn: &Connection, bucket: &str) -> Result<(), StoreError> {
 /// object's info and the blob file the write replaced, if any; the caller deletes it with
 /// [`EmbeddedStore::discard_blobs`] once the transaction committed.
 pub fn put_in_tx(
-    conn: &Connection,
+    conn: &Tx<'_>,
     bucket: &str,
     key: &str,
     obj: &Prepared,
@@ -708,10 +707,11 @@ pub fn put_in_tx(
 ) -> Result<(ObjectInfo, Option<String>), StoreError> {
     validate_key(key)?;
     require_bucket(conn, bucket)?;
-    let existing: Option<(Option<String>, Option<String>)> = conn
-        .prepare_cached("SELECT owner, blob FROM objects WHERE bucket = ?1 AND key = ?2")?
-        .query_row(params![bucket, key], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let existing: Option<(Option<String>, Option<String>)> = conn.query_opt(
+        "SELECT owner, blob FROM objects WHERE bucket = ?1 AND key = ?2",
+        params![bucket, key],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let mut replaced = None;
     if existing.is_some() && opts.if_absent {
         return Err(StoreError::AlreadyExists {
@@ -738,28 +738,33 @@ pub fn put_in_tx(
         PreparedBody::Inline(b) => (Some(b.as_ref()), None),
         PreparedBody::Blob(n) => (None, Some(n.as_str())),
     };
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO objects
+    conn.execute(
+        "INSERT INTO objects
              (bucket, key, size, etag, sha256, content_type, modified_ms, owner, inline, blob,
               metadata, parts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
-        bucket,
-        key,
-        obj.size as i64,
-        obj.etag,
-        obj.sha256,
-        content_type,
-        now,
-        opts.owner,
-        inline,
-        blob,
-        metadata_json(&opts.metadata),
-        obj.parts
-            .as_ref()
-            .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into()))
-    ])?;
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
+             sha256 = excluded.sha256, content_type = excluded.content_type,
+             modified_ms = excluded.modified_ms, owner = excluded.owner,
+             inline = excluded.inline, blob = excluded.blob, metadata = excluded.metadata,
+             parts = excluded.parts",
+        params![
+            bucket,
+            key,
+            obj.size as i64,
+            obj.etag,
+            obj.sha256,
+            content_type,
+            now,
+            opts.owner,
+            inline,
+            blob,
+            metadata_json(&opts.metadata),
+            obj.parts
+                .as_ref()
+                .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into()))
+        ],
+    )?;
     Ok((
         ObjectInfo {
             bucket: bucket.to_owned(),
@@ -804,26 +809,26 @@ impl AssembledMultipart {
 /// [`EmbeddedStore::discard_blobs`]. If the transaction does not commit, the upload is
 /// left as it was: it can still be completed or aborted.
 pub fn complete_multipart_in_tx(
-    conn: &Connection,
+    conn: &Tx<'_>,
     assembled: &AssembledMultipart,
     owner: Option<&str>,
     now: i64,
 ) -> Result<(ObjectInfo, Vec<String>), StoreError> {
     let id = &assembled.upload.upload_id;
-    let row: Option<(Option<String>, Option<String>, String)> = conn
-        .prepare_cached(
-            "SELECT content_type, owner, metadata FROM multipart_uploads WHERE upload_id = ?1",
-        )?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
+    let row: Option<(Option<String>, Option<String>, String)> = conn.query_opt(
+        "SELECT content_type, owner, metadata FROM multipart_uploads WHERE upload_id = ?1",
+        params![id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
     let (content_type, created_owner, metadata) =
         row.ok_or_else(|| StoreError::NoSuchUpload(id.clone()))?;
     {
-        let mut st = conn.prepare_cached(
-            "SELECT etag FROM multipart_parts WHERE upload_id = ?1 AND part_number = ?2",
-        )?;
         for (n, etag) in &assembled.parts {
-            let now_etag: Option<String> = st.query_row(params![id, n], |r| r.get(0)).optional()?;
+            let now_etag: Option<String> = conn.query_opt(
+                "SELECT etag FROM multipart_parts WHERE upload_id = ?1 AND part_number = ?2",
+                params![id, n],
+                |r| r.get(0),
+            )?;
             if now_etag.as_deref() != Some(etag.as_str()) {
                 return Err(StoreError::InvalidPart(format!(
                     "part {n} was replaced while the upload was being completed"
@@ -846,16 +851,21 @@ pub fn complete_multipart_in_tx(
         now,
     )?;
     let mut garbage: Vec<String> = replaced.into_iter().collect();
-    let mut st = conn.prepare_cached(
+    for blob in conn.query_vec(
         "DELETE FROM multipart_parts WHERE upload_id = ?1 AND blob IS NOT NULL RETURNING blob",
-    )?;
-    for blob in st.query_map([id], |r| r.get::<_, String>(0))? {
-        garbage.push(blob?);
+        params![id],
+        |r| r.get::<String>(0),
+    )? {
+        garbage.push(blob);
     }
-    conn.prepare_cached("DELETE FROM multipart_parts WHERE upload_id = ?1")?
-        .execute([id])?;
-    conn.prepare_cached("DELETE FROM multipart_uploads WHERE upload_id = ?1")?
-        .execute([id])?;
+    conn.execute(
+        "DELETE FROM multipart_parts WHERE upload_id = ?1",
+        params![id],
+    )?;
+    conn.execute(
+        "DELETE FROM multipart_uploads WHERE upload_id = ?1",
+        params![id],
+    )?;
     Ok((info, garbage))
 }
 
@@ -870,17 +880,17 @@ fn metadata_from(s: &str) -> std::collections::BTreeMap<String, String> {
 const INFO_COLUMNS: &str =
     "bucket, key, size, etag, sha256, content_type, modified_ms, owner, metadata";
 
-fn info_from_row(r: &sluice_db::rusqlite::Row<'_>) -> sluice_db::rusqlite::Result<ObjectInfo> {
+fn info_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<ObjectInfo> {
     Ok(ObjectInfo {
         bucket: r.get(0)?,
         key: r.get(1)?,
-        size: r.get::<_, i64>(2)? as u64,
+        size: r.get::<i64>(2)? as u64,
         etag: r.get(3)?,
         sha256: r.get(4)?,
         content_type: r.get(5)?,
         last_modified_ms: r.get(6)?,
         owner: r.get(7)?,
-        metadata: metadata_from(&r.get::<_, String>(8)?),
+        metadata: metadata_from(&r.get::<String>(8)?),
     })
 }
 
@@ -899,7 +909,7 @@ impl ObjectStore for EmbeddedStore {
         self.db
             .write(move |c| {
                 let n = c.execute(
-                    "INSERT OR IGNORE INTO buckets (name, created_ms) VALUES (?1, ?2)",
+                    "INSERT INTO buckets (name, created_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                     params![bucket, now_ms()],
                 )?;
                 if n == 0 {
@@ -914,17 +924,16 @@ impl ObjectStore for EmbeddedStore {
         let bucket = bucket.to_owned();
         self.db
             .read(move |c| {
-                c.query_row(
+                c.query_opt(
                     "SELECT name, created_ms FROM buckets WHERE name = ?1",
-                    [&bucket],
+                    params![&bucket],
                     |r| {
                         Ok(BucketInfo {
                             name: r.get(0)?,
                             created_ms: r.get(1)?,
                         })
                     },
-                )
-                .optional()?
+                )?
                 .ok_or(StoreError::NoSuchBucket(bucket.clone()))
             })
             .await
@@ -933,16 +942,16 @@ impl ObjectStore for EmbeddedStore {
     async fn list_buckets(&self) -> Result<Vec<BucketInfo>, StoreError> {
         self.db
             .read(|c| {
-                let mut st =
-                    c.prepare_cached("SELECT name, created_ms FROM buckets ORDER BY name")?;
-                let rows = st
-                    .query_map([], |r| {
+                let rows = c.query_vec(
+                    "SELECT name, created_ms FROM buckets ORDER BY name",
+                    params![],
+                    |r| {
                         Ok(BucketInfo {
                             name: r.get(0)?,
                             created_ms: r.get(1)?,
                         })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                    },
+                )?;
                 Ok(rows)
             })
             .await
@@ -956,13 +965,13 @@ impl ObjectStore for EmbeddedStore {
                 let used: bool = c.query_row(
                     "SELECT EXISTS(SELECT 1 FROM objects WHERE bucket = ?1)
                          OR EXISTS(SELECT 1 FROM multipart_uploads WHERE bucket = ?1)",
-                    [&bucket],
+                    params![&bucket],
                     |r| r.get(0),
                 )?;
                 if used {
                     return Err(StoreError::BucketNotEmpty(bucket.clone()));
                 }
-                c.execute("DELETE FROM buckets WHERE name = ?1", [&bucket])?;
+                c.execute("DELETE FROM buckets WHERE name = ?1", params![&bucket])?;
                 Ok(())
             })
             .await
@@ -1091,10 +1100,10 @@ impl ObjectStore for EmbeddedStore {
         let id = upload_id.to_owned();
         self.db
             .read(move |c| {
-                c.query_row(
+                c.query_opt(
                     "SELECT upload_id, bucket, key, created_ms FROM multipart_uploads
                      WHERE upload_id = ?1",
-                    [&id],
+                    params![&id],
                     |r| {
                         Ok(MultipartInfo {
                             upload_id: r.get(0)?,
@@ -1103,8 +1112,7 @@ impl ObjectStore for EmbeddedStore {
                             created_ms: r.get(3)?,
                         })
                     },
-                )
-                .optional()?
+                )?
                 .ok_or(StoreError::NoSuchUpload(id.clone()))
             })
             .await
@@ -1123,22 +1131,21 @@ impl ObjectStore for EmbeddedStore {
         self.db
             .read(move |c| {
                 require_bucket(c, &b)?;
-                let mut st = c.prepare_cached(
+                let rows = c.query_vec(
                     "SELECT upload_id, bucket, key, created_ms FROM multipart_uploads
                      WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2
                        AND (key > ?3 OR (key = ?3 AND ?4 IS NOT NULL AND upload_id > ?4))
                      ORDER BY key, upload_id LIMIT ?5",
-                )?;
-                let rows = st
-                    .query_map(params![b, p, after.key, after.upload_id, limit], |r| {
+                    params![b, p, after.key, after.upload_id, limit],
+                    |r| {
                         Ok(MultipartInfo {
                             upload_id: r.get(0)?,
                             bucket: r.get(1)?,
                             key: r.get(2)?,
                             created_ms: r.get(3)?,
                         })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                    },
+                )?;
                 Ok(rows)
             })
             .await
@@ -1149,20 +1156,19 @@ impl ObjectStore for EmbeddedStore {
         let id = upload_id.to_owned();
         self.db
             .read(move |c| {
-                let mut st = c.prepare_cached(
+                let parts = c.query_vec(
                     "SELECT part_number, size, etag, modified_ms FROM multipart_parts
                      WHERE upload_id = ?1 ORDER BY part_number",
-                )?;
-                let parts = st
-                    .query_map([&id], |r| {
+                    params![&id],
+                    |r| {
                         Ok(PartInfo {
                             part_number: r.get(0)?,
-                            size: r.get::<_, i64>(1)? as u64,
+                            size: r.get::<i64>(1)? as u64,
                             etag: r.get(2)?,
                             last_modified_ms: r.get(3)?,
                         })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                    },
+                )?;
                 Ok(parts)
             })
             .await
@@ -1196,20 +1202,19 @@ impl ObjectStore for EmbeddedStore {
         let garbage = self
             .db
             .write(move |c| {
-                let n = c.execute("DELETE FROM multipart_uploads WHERE upload_id = ?1", [&id])?;
+                let n = c.execute(
+                    "DELETE FROM multipart_uploads WHERE upload_id = ?1",
+                    params![&id],
+                )?;
                 if n == 0 {
                     return Err(StoreError::NoSuchUpload(id.clone()));
                 }
-                let mut blobs = Vec::new();
-                let mut st = c.prepare_cached(
+                let blobs = c.query_vec(
                     "DELETE FROM multipart_parts WHERE upload_id = ?1 RETURNING blob",
+                    params![&id],
+                    |r| r.get::<Option<String>>(0),
                 )?;
-                for b in st.query_map([&id], |r| r.get::<_, Option<String>>(0))? {
-                    if let Some(b) = b? {
-                        blobs.push(b);
-                    }
-                }
-                Ok(blobs)
+                Ok(blobs.into_iter().flatten().collect::<Vec<_>>())
             })
             .await?;
         self.discard_blobs(garbage);
@@ -1255,9 +1260,7 @@ impl ObjectStore for EmbeddedStore {
             .read(move |c| {
                 let sql =
                     format!("SELECT {INFO_COLUMNS} FROM objects WHERE bucket = ?1 AND key = ?2");
-                c.prepare_cached(&sql)?
-                    .query_row(params![b, k], info_from_row)
-                    .optional()?
+                c.query_opt(&sql, params![b, k], info_from_row)?
                     .ok_or(StoreError::NoSuchKey {
                         bucket: b.clone(),
                         key: k.clone(),
@@ -1278,11 +1281,9 @@ impl ObjectStore for EmbeddedStore {
                     "SELECT {INFO_COLUMNS}, parts FROM objects WHERE bucket = ?1 AND key = ?2"
                 );
                 let row = c
-                    .prepare_cached(&sql)?
-                    .query_row(params![b, k], |r| {
-                        Ok((info_from_row(r)?, r.get::<_, Option<String>>(9)?))
-                    })
-                    .optional()?
+                    .query_opt(&sql, params![b, k], |r| {
+                        Ok((info_from_row(r)?, r.get::<Option<String>>(9)?))
+                    })?
                     .ok_or(StoreError::NoSuchKey {
                         bucket: b.clone(),
                         key: k.clone(),
@@ -1303,13 +1304,11 @@ impl ObjectStore for EmbeddedStore {
         let blob: Option<String> = self
             .db
             .write(move |c| {
-                let blob: Option<Option<String>> = c
-                    .query_row(
-                        "DELETE FROM objects WHERE bucket = ?1 AND key = ?2 RETURNING blob",
-                        params![b, k],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
+                let blob: Option<Option<String>> = c.query_opt(
+                    "DELETE FROM objects WHERE bucket = ?1 AND key = ?2 RETURNING blob",
+                    params![b, k],
+                    |r| r.get(0),
+                )?;
                 Ok::<_, StoreError>(blob.flatten())
             })
             .await?;
@@ -1334,10 +1333,7 @@ impl ObjectStore for EmbeddedStore {
                      WHERE bucket = ?1 AND key > ?2 AND substr(key, 1, length(?3)) = ?3
                      ORDER BY key LIMIT ?4"
                 );
-                let mut st = c.prepare_cached(&sql)?;
-                let rows = st
-                    .query_map(params![b, after, p, limit as i64], info_from_row)?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let rows = c.query_vec(&sql, params![b, after, p, limit as i64], info_from_row)?;
                 Ok(rows)
             })
             .await
@@ -1356,7 +1352,7 @@ mod tests {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).expect("mkdir");
-        let db = Db::open(&dir.join("s.db"), MIGRATIONS).expect("db");
+        let db = Meta::open_sqlite(&dir.join("s.db"), MIGRATIONS).expect("db");
         let s = EmbeddedStore::open(db, &dir.join("blobs")).expect("store");
         s.ensure_bucket("b-1").await.expect("bucket");
         (s, dir)

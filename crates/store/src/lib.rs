@@ -46,17 +46,14 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("storage backend failure: {0}")]
     Backend(String),
+    /// The metadata engine failed (full, unavailable, …: see [`sluice_meta::MetaError`]).
+    #[error("{0}")]
+    Meta(sluice_meta::MetaError),
 }
 
-impl From<sluice_db::DbError> for StoreError {
-    fn from(e: sluice_db::DbError) -> Self {
-        StoreError::Backend(e.to_string())
-    }
-}
-
-impl From<sluice_db::rusqlite::Error> for StoreError {
-    fn from(e: sluice_db::rusqlite::Error) -> Self {
-        StoreError::Backend(e.to_string())
+impl From<sluice_meta::MetaError> for StoreError {
+    fn from(e: sluice_meta::MetaError) -> Self {
+        StoreError::Meta(e)
     }
 }
 

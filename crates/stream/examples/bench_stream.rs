@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_db::{Db, DbOptions};
+use sluice_meta::{Meta, SqliteOptions};
 use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS};
 use sluice_stream::{IteratorSpec, PutRecord, Stream, shard_id};
 
@@ -44,8 +44,8 @@ fn args() -> Result<Args, String> {
         seconds: 3.0,
         producers: vec![1, 8, 64, 256],
         trials: 3,
-        page_size: DbOptions::default().page_size,
-        wal_limit_pages: DbOptions::default().wal_limit_pages,
+        page_size: SqliteOptions::default().page_size,
+        wal_limit_pages: SqliteOptions::default().wal_limit_pages,
         checkpoint_pages: None,
         read: true,
         tail: true,
@@ -347,21 +347,22 @@ static WAL_LIMIT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::n
 static CHECKPOINT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn open(path: &Path) -> Result<EmbeddedStream, Box<dyn std::error::Error>> {
-    let options = DbOptions {
+    let options = SqliteOptions {
         page_size: PAGE_SIZE.load(Ordering::Relaxed),
         wal_limit_pages: WAL_LIMIT.load(Ordering::Relaxed),
         checkpoint_pages: match CHECKPOINT.load(Ordering::Relaxed) {
-            0 => DbOptions::default()
+            0 => SqliteOptions::default()
                 .checkpoint_pages
                 .min(WAL_LIMIT.load(Ordering::Relaxed) / 2)
                 .max(1),
             n => n,
         },
-        ..DbOptions::default()
+        ..SqliteOptions::default()
     };
-    Ok(EmbeddedStream::open(Db::open_with(
-        path, MIGRATIONS, options,
-    )?)?)
+    Ok(EmbeddedStream::open(
+        Meta::open_sqlite_with(path, MIGRATIONS, options)?,
+        &sluice_stream::embedded::log_dir_of(path),
+    )?)
 }
 
 fn record(i: u64) -> PutRecord {

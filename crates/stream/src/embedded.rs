@@ -1,5 +1,5 @@
 //! The embedded stream backend: streams, shards, tags and consumers in the shared SQLite
-//! database ([`sluice_db::Db`]); records in the stream log beside it (`embedded/log.rs`),
+//! database ([`sluice_meta::Meta`]); records in the stream log beside it (`embedded/log.rs`),
 //! appended by its group-committing writer thread.
 //!
 //! Invariants:
@@ -19,14 +19,16 @@
 //! - Trimming raises `shards.start_counter`, so trimmed records stay gone after a restart.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_db::rusqlite::{Connection, OptionalExtension, params};
-use sluice_db::{Db, now_ms};
+use sluice_meta::Tx;
+use sluice_meta::params;
+use sluice_meta::{Meta, now_ms};
 use tokio::sync::watch;
 
 mod append;
@@ -67,10 +69,10 @@ const FIRST_RECORD_COUNTER: u64 = 1;
 /// Streams stored in the shared embedded database.
 #[derive(Clone)]
 pub struct EmbeddedStream {
-    db: Db,
+    db: Meta,
     iterator_key: Arc<Vec<u8>>,
     watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
-    /// The records: one log per database (held in `Db::shared`).
+    /// The records: one log per database (held in `Meta::shared`).
     log: Arc<log::Log>,
     throttle: Option<Arc<throttle::Throttle>>,
     /// Stamps consumers and decides when a `Creating` consumer is `Active`.
@@ -78,7 +80,7 @@ pub struct EmbeddedStream {
     consumer_activation_ms: i64,
 }
 
-/// Where a database keeps its one [`log::Log`] (`Db::shared`).
+/// Where a database keeps its one [`log::Log`] (`Meta::shared`).
 #[derive(Default)]
 struct LogSlot(Mutex<Option<Arc<log::Log>>>);
 
@@ -160,33 +162,43 @@ pub struct TrimReport {
     pub shards: u64,
 }
 
+/// Where the log of the embedded SQLite database at `db_path` lives:
+/// `<db_path>-stream-log` (`sluice-data/sluice.db-stream-log`).
+pub fn log_dir_of(db_path: &Path) -> PathBuf {
+    log::dir_of(db_path)
+}
+
 impl EmbeddedStream {
-    /// Opens the backend on a database already migrated with [`MIGRATIONS`].
-    pub fn open(db: Db) -> Result<Self, StreamError> {
-        EmbeddedStream::open_with(db, StreamOptions::default())
+    /// Opens the backend on metadata already migrated with [`MIGRATIONS`], with the
+    /// records' log in `log_dir` (created if needed; see [`log_dir_of`]).
+    pub fn open(db: Meta, log_dir: &Path) -> Result<Self, StreamError> {
+        EmbeddedStream::open_with(db, log_dir, StreamOptions::default())
     }
 
     /// [`EmbeddedStream::open`] with options.
-    pub fn open_with(db: Db, options: StreamOptions) -> Result<Self, StreamError> {
+    pub fn open_with(
+        db: Meta,
+        log_dir: &Path,
+        options: StreamOptions,
+    ) -> Result<Self, StreamError> {
         use rand::RngCore;
         let mut fresh = vec![0u8; 32];
         rand::thread_rng().fill_bytes(&mut fresh);
         let key: Vec<u8> = db.write_blocking(move |c| {
             c.execute(
-                "INSERT OR IGNORE INTO stream_meta (k, v) VALUES ('iterator_key', ?1)",
-                [&fresh],
+                "INSERT INTO stream_meta (k, v) VALUES ('iterator_key', ?1) ON CONFLICT DO NOTHING",
+                params![&fresh],
             )?;
             let k: Vec<u8> = c.query_row(
                 "SELECT v FROM stream_meta WHERE k = 'iterator_key'",
-                [],
+                params![],
                 |r| r.get(0),
             )?;
             Ok::<_, StreamError>(k)
         })?;
-        let dir = log::dir_of(db.path());
         let (log, opened) = db
             .shared::<LogSlot>()
-            .get_or_open(|| log::Log::open(&dir, options.segment_bytes))?;
+            .get_or_open(|| log::Log::open(log_dir, options.segment_bytes))?;
         if opened {
             prepare_log(&db, &log)?;
         }
@@ -203,26 +215,24 @@ impl EmbeddedStream {
         })
     }
 
-    /// Opens the backend to inspect a database opened with [`Db::open_read_only`]
+    /// Opens the backend to inspect a database opened with [`Meta::open_read_only`]
     /// (`sluice doctor`): writes nothing. [`EmbeddedStream::check`] and the other reads
     /// work; anything that writes fails. The database is not migrated, so it may be of an
     /// older layout; [`EmbeddedStream::check`] reads every layout.
-    pub fn open_read_only(db: Db) -> Result<Self, StreamError> {
+    pub fn open_read_only(db: Meta, log_dir: &Path) -> Result<Self, StreamError> {
         let key: Vec<u8> = db.read_blocking(|c| {
             Ok::<_, StreamError>(
-                c.query_row(
+                c.query_opt(
                     "SELECT v FROM stream_meta WHERE k = 'iterator_key'",
-                    [],
+                    params![],
                     |r| r.get(0),
-                )
-                .optional()?
+                )?
                 .unwrap_or_default(),
             )
         })?;
-        let dir = log::dir_of(db.path());
         let (log, _) = db
             .shared::<LogSlot>()
-            .get_or_open(|| log::Log::open_read_only(&dir))?;
+            .get_or_open(|| log::Log::open_read_only(log_dir))?;
         Ok(EmbeddedStream {
             log,
             db,
@@ -234,7 +244,7 @@ impl EmbeddedStream {
         })
     }
 
-    pub fn db(&self) -> &Db {
+    pub fn db(&self) -> &Meta {
         &self.db
     }
 
@@ -283,12 +293,11 @@ impl EmbeddedStream {
         let horizons: HashMap<i64, i64> = self
             .db
             .read(move |c| {
-                c.prepare_cached("SELECT id, retention_hours FROM streams")?
-                    .query_map([], |r| {
-                        Ok((r.get::<_, i64>(0)?, now - r.get::<_, i64>(1)? * 3_600_000))
-                    })?
-                    .collect::<Result<_, _>>()
-                    .map_err(StreamError::from)
+                c.query_map("SELECT id, retention_hours FROM streams", params![], |r| {
+                    Ok((r.get::<i64>(0)?, now - r.get::<i64>(1)? * 3_600_000))
+                })?
+                .collect::<Result<_, _>>()
+                .map_err(StreamError::from)
             })
             .await?;
         let list: Vec<(i64, i64)> = horizons.iter().map(|(k, v)| (*k, *v)).collect();
@@ -297,12 +306,11 @@ impl EmbeddedStream {
             .write(move |c| {
                 let mut n = 0;
                 for (id, horizon) in &list {
-                    n += c
-                        .prepare_cached(
-                            "DELETE FROM shards WHERE stream_id = ?1
+                    n += c.execute(
+                        "DELETE FROM shards WHERE stream_id = ?1
                              AND closed_counter IS NOT NULL AND closed_ms < ?2",
-                        )?
-                        .execute(params![id, horizon])? as u64;
+                        params![id, horizon],
+                    )?;
                 }
                 Ok::<_, StreamError>(n)
             })
@@ -337,19 +345,20 @@ impl EmbeddedStream {
         let closed: Vec<(String, i64, u64, u64)> = self
             .db
             .read(|c| {
-                c.prepare(
+                c.query_map(
                     "SELECT s.name, sh.stream_id, sh.idx, sh.closed_counter
                      FROM shards sh JOIN streams s ON s.id = sh.stream_id
                      WHERE sh.closed_counter IS NOT NULL",
+                    params![],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get::<i64>(2)? as u64,
+                            r.get::<i64>(3)? as u64,
+                        ))
+                    },
                 )?
-                .query_map([], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get::<_, i64>(2)? as u64,
-                        r.get::<_, i64>(3)? as u64,
-                    ))
-                })?
                 .collect::<Result<_, _>>()
                 .map_err(StreamError::from)
             })
@@ -384,19 +393,19 @@ impl EmbeddedStream {
 /// Writes the log's counters (and, for trimmed shards, their new start) back to SQLite, in
 /// one durable transaction: afterwards the records proving them may be deleted.
 fn store_log_state(
-    db: &Db,
+    db: &Meta,
     w: &log::Writer,
     starts: Vec<log::ShardStart>,
 ) -> Result<(), StreamError> {
     let ends = w.shard_ends();
     db.write_blocking(move |c| {
-        write_back_counters(c, ends)?;
-        for ((sid, idx), start) in starts {
-            c.prepare_cached(
-                "UPDATE shards SET start_counter = max(start_counter, ?3)
-                 WHERE stream_id = ?1 AND idx = ?2",
-            )?
-            .execute(params![sid, idx as i64, start as i64])?;
+        write_back_counters(c, &ends)?;
+        for &((sid, idx), start) in &starts {
+            c.execute(
+                "UPDATE shards SET start_counter = ?3
+                 WHERE stream_id = ?1 AND idx = ?2 AND start_counter < ?3",
+                params![sid, idx as i64, start as i64],
+            )?;
         }
         Ok::<_, StreamError>(())
     })
@@ -405,17 +414,15 @@ fn store_log_state(
 /// Raises each shard's stored `next_counter` and `last_arrival_ms` to the log's
 /// ([`log::Writer::shard_ends`]). Closed shards are left alone: theirs were stored when they
 /// closed, and no record has been appended to them since.
-fn write_back_counters(
-    c: &Connection,
-    ends: Vec<((i64, u64), u64, i64)>,
-) -> Result<(), StreamError> {
-    for ((sid, idx), next, arrival) in ends {
-        c.prepare_cached(
-            "UPDATE shards SET next_counter = max(next_counter, ?3),
-                    last_arrival_ms = max(last_arrival_ms, ?4)
+fn write_back_counters(c: &Tx<'_>, ends: &[((i64, u64), u64, i64)]) -> Result<(), StreamError> {
+    for &((sid, idx), next, arrival) in ends {
+        c.execute(
+            "UPDATE shards SET
+                 next_counter = CASE WHEN next_counter > ?3 THEN next_counter ELSE ?3 END,
+                 last_arrival_ms = CASE WHEN last_arrival_ms > ?4 THEN last_arrival_ms ELSE ?4 END
              WHERE stream_id = ?1 AND idx = ?2 AND closed_counter IS NULL",
-        )?
-        .execute(params![sid, idx as i64, next as i64, arrival])?;
+            params![sid, idx as i64, next as i64, arrival],
+        )?;
     }
     Ok(())
 }
@@ -423,21 +430,19 @@ fn write_back_counters(
 /// Brings a freshly opened log in line with the database: forgets records of streams that
 /// no longer exist, drops records below each shard's stored start (trimmed before a
 /// restart), and moves records an older sluice kept in SQLite into the log.
-fn prepare_log(db: &Db, log: &Arc<log::Log>) -> Result<(), StreamError> {
+fn prepare_log(db: &Meta, log: &Arc<log::Log>) -> Result<(), StreamError> {
     let (ids, starts): (Vec<i64>, Vec<log::ShardStart>) = db.read_blocking(|c| {
-        let ids = c
-            .prepare("SELECT id FROM streams")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<i64>, _>>()?;
-        let starts = c
-            .prepare("SELECT stream_id, idx, start_counter FROM shards WHERE start_counter > 0")?
-            .query_map([], |r| {
+        let ids = c.query_vec("SELECT id FROM streams", params![], |r| r.get(0))?;
+        let starts = c.query_vec(
+            "SELECT stream_id, idx, start_counter FROM shards WHERE start_counter > 0",
+            params![],
+            |r| {
                 Ok((
-                    (r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64),
-                    r.get::<_, i64>(2)? as u64,
+                    (r.get::<i64>(0)?, r.get::<i64>(1)? as u64),
+                    r.get::<i64>(2)? as u64,
                 ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+            },
+        )?;
         Ok::<_, StreamError>((ids, starts))
     })?;
     log.control_blocking(move |w| {
@@ -449,21 +454,21 @@ fn prepare_log(db: &Db, log: &Arc<log::Log>) -> Result<(), StreamError> {
     // Records of an older layout: copied in chunks, in counter order, then deleted.
     loop {
         let chunk: Vec<log::ImportRecord> = db.read_blocking(|c| {
-            c.prepare(
+            c.query_vec(
                 "SELECT stream_id, shard_idx, counter, arrival_ms, partition_key, data
                  FROM records ORDER BY stream_id, shard_idx, counter LIMIT 10000",
-            )?
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get::<_, i64>(2)? as u64,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()
+                params![],
+                |r| {
+                    Ok((
+                        r.get::<i64>(0)?,
+                        r.get::<i64>(1)? as u64,
+                        r.get::<i64>(2)? as u64,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
             .map_err(StreamError::from)
         })?;
         let Some(last) = chunk.last().map(|r| (r.0, r.1, r.2)) else {
@@ -493,68 +498,46 @@ type CounterRow = (String, i64, i64, Option<i64>, Option<i64>);
 /// Shard index, parent, adjacent parent, start and end hash key.
 type LineageRow = (i64, Option<i64>, Option<i64>, String, String);
 
-fn check_db(c: &Connection) -> Result<CheckReport, StreamError> {
+/// Checks what an older sluice left in the `records` table (moved into the log at open)
+/// and every shard's counters. The engine's own integrity check is `Meta::check`.
+fn check_db(c: &Tx<'_>) -> Result<CheckReport, StreamError> {
     let mut report = CheckReport::default();
-    let mut st = c.prepare("PRAGMA integrity_check")?;
-    let lines = st
-        .query_map([], |r| r.get::<_, String>(0))
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>());
-    match lines {
-        Ok(lines) => report.problems.extend(
-            lines
-                .into_iter()
-                .filter(|l| l != "ok")
-                .map(|l| format!("sqlite: {l}")),
-        ),
-        Err(e) => {
-            report
-                .problems
-                .push(format!("sqlite integrity check failed: {e}"));
-            return Ok(report);
-        }
-    }
-    let mut st = c.prepare(
+    let read = c.query_each(
         "SELECT s.name, r.shard_idx, r.counter, r.partition_key, r.data, r.checksum
          FROM records r JOIN streams s ON s.id = r.stream_id",
-    )?;
-    let mut rows = st.query([])?;
-    loop {
-        let row = match rows.next() {
-            Ok(Some(r)) => r,
-            Ok(None) => break,
-            Err(e) => {
-                report.problems.push(format!("cannot read records: {e}"));
-                break;
+        params![],
+        |row| {
+            report.records_checked += 1;
+            let (name, idx, counter): (String, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            let pk: Result<String, _> = row.get(3);
+            let data: Vec<u8> = row.get(4)?;
+            let sum: Option<i64> = row.get(5)?;
+            let ok = match (pk, sum) {
+                (Ok(pk), Some(sum)) => record_checksum(counter as u64, &pk, &data) == sum as u64,
+                (Ok(_), None) => true,
+                (Err(_), _) => false,
+            };
+            if !ok {
+                report.problems.push(format!(
+                    "record {} of stream {name} fails its checksum",
+                    sequence_number(idx as u64, counter as u64)
+                ));
             }
-        };
-        report.records_checked += 1;
-        let (name, idx, counter): (String, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
-        let pk: Result<String, _> = row.get(3);
-        let data: Vec<u8> = row.get(4)?;
-        let sum: Option<i64> = row.get(5)?;
-        let ok = match (pk, sum) {
-            (Ok(pk), Some(sum)) => record_checksum(counter as u64, &pk, &data) == sum as u64,
-            (Ok(_), None) => true,
-            (Err(_), _) => false,
-        };
-        if !ok {
-            report.problems.push(format!(
-                "record {} of stream {name} fails its checksum",
-                sequence_number(idx as u64, counter as u64)
-            ));
-        }
+            Ok(true)
+        },
+    );
+    if let Err(e) = read {
+        report.problems.push(format!("cannot read records: {e}"));
     }
-    drop(rows);
-    let mut st = c.prepare(
-        "SELECT s.name, sh.idx, sh.next_counter, sh.closed_counter,
+    let shards: Vec<CounterRow> = c
+        .query_map(
+            "SELECT s.name, sh.idx, sh.next_counter, sh.closed_counter,
                 (SELECT MAX(counter) FROM records r
                  WHERE r.stream_id = sh.stream_id AND r.shard_idx = sh.idx)
          FROM shards sh JOIN streams s ON s.id = sh.stream_id",
-    )?;
-    let shards: Vec<CounterRow> = st
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
+            params![],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?
         .collect::<Result<_, _>>()?;
     for (name, idx, next, closed, max) in shards {
         if max.is_some_and(|m| m >= next) || closed.is_some_and(|cc| cc != next) {
@@ -568,24 +551,19 @@ fn check_db(c: &Connection) -> Result<CheckReport, StreamError> {
 }
 
 fn create_in_tx(
-    conn: &Connection,
+    conn: &Tx<'_>,
     name: &str,
     options: &CreateStreamOptions,
 ) -> Result<(), StreamError> {
     let now = now_ms();
     let shard_count = options.shard_count.unwrap_or(DEFAULT_ON_DEMAND_SHARDS);
     // Ids are never reused: the log may still hold records of a deleted stream's id.
-    let id: i64 = conn.query_row(
-        "SELECT max(COALESCE((SELECT MAX(id) FROM streams), 0),
-                    COALESCE((SELECT CAST(v AS INTEGER) FROM stream_meta
-                              WHERE k = 'last_stream_id'), 0)) + 1",
-        [],
-        |r| r.get(0),
-    )?;
-    conn.execute(
-        "INSERT OR REPLACE INTO stream_meta (k, v) VALUES ('last_stream_id', ?1)",
-        [id],
-    )?;
+    let highest: i64 =
+        conn.query_row("SELECT COALESCE(MAX(id), 0) FROM streams", params![], |r| {
+            r.get(0)
+        })?;
+    let id = highest.max(last_stream_id(conn)?) + 1;
+    remember_stream_id(conn, id)?;
     conn.execute(
         "INSERT INTO streams (id, name, created_ms, retention_hours, max_record_bytes,
                               next_shard_idx, on_demand)
@@ -621,6 +599,45 @@ fn create_in_tx(
             params![id, k, v],
         )?;
     }
+    Ok(())
+}
+
+/// The highest stream id ever handed out (`stream_meta.last_stream_id`): an integer written
+/// by an older sluice, or its decimal text.
+fn last_stream_id(conn: &Tx<'_>) -> Result<i64, StreamError> {
+    let v = conn.query_opt(
+        "SELECT v FROM stream_meta WHERE k = 'last_stream_id'",
+        params![],
+        |r| {
+            Ok(match r.get_ref(0)? {
+                sluice_meta::ValueRef::Int(i) => Some(i),
+                sluice_meta::ValueRef::Text(t) => t.parse().ok(),
+                sluice_meta::ValueRef::Blob(b) => {
+                    std::str::from_utf8(b).ok().and_then(|t| t.parse().ok())
+                }
+                _ => None,
+            })
+        },
+    )?;
+    match v {
+        None => Ok(0),
+        Some(Some(id)) => Ok(id),
+        Some(None) => Err(StreamError::Backend(
+            "stream_meta.last_stream_id is not a number".into(),
+        )),
+    }
+}
+
+/// Records that stream ids up to `id` were handed out (never lowers it).
+fn remember_stream_id(conn: &Tx<'_>, id: i64) -> Result<(), StreamError> {
+    if last_stream_id(conn)? >= id {
+        return Ok(());
+    }
+    conn.execute(
+        "INSERT INTO stream_meta (k, v) VALUES ('last_stream_id', ?1)
+         ON CONFLICT (k) DO UPDATE SET v = excluded.v",
+        params![id.to_string().into_bytes()],
+    )?;
     Ok(())
 }
 
@@ -783,7 +800,7 @@ impl Stream for EmbeddedStream {
             .write(move |c| {
                 let exists: bool = c.query_row(
                     "SELECT EXISTS(SELECT 1 FROM streams WHERE name = ?1)",
-                    [&name],
+                    params![&name],
                     |r| r.get(0),
                 )?;
                 if exists {
@@ -811,7 +828,7 @@ impl Stream for EmbeddedStream {
             .write(move |c| {
                 let exists: bool = c.query_row(
                     "SELECT EXISTS(SELECT 1 FROM streams WHERE name = ?1)",
-                    [&name],
+                    params![&name],
                     |r| r.get(0),
                 )?;
                 if exists {
@@ -848,7 +865,7 @@ impl Stream for EmbeddedStream {
                 let row = load_stream(c, &name)?;
                 let open: i64 = c.query_row(
                     "SELECT COUNT(*) FROM shards WHERE stream_id = ?1 AND closed_counter IS NULL",
-                    [row.id],
+                    params![row.id],
                     |r| r.get(0),
                 )?;
                 Ok(StreamSummary {
@@ -868,10 +885,10 @@ impl Stream for EmbeddedStream {
     async fn list_streams(&self) -> Result<Vec<String>, StreamError> {
         self.db
             .read(|c| {
-                let mut st = c.prepare_cached("SELECT name FROM streams ORDER BY name")?;
-                let names = st
-                    .query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let names =
+                    c.query_vec("SELECT name FROM streams ORDER BY name", params![], |r| {
+                        r.get::<String>(0)
+                    })?;
                 Ok(names)
             })
             .await
@@ -908,14 +925,11 @@ impl Stream for EmbeddedStream {
         let key = self.iterator_key.clone();
         self.db
             .read(move |c| {
-                let mut names = c
-                    .prepare_cached(
-                        "SELECT name FROM streams WHERE name > ?1 ORDER BY name LIMIT ?2",
-                    )?
-                    .query_map(params![after, i64::from(limit) + 1], |r| {
-                        r.get::<_, String>(0)
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let mut names = c.query_vec(
+                    "SELECT name FROM streams WHERE name > ?1 ORDER BY name LIMIT ?2",
+                    params![after, i64::from(limit) + 1],
+                    |r| r.get::<String>(0),
+                )?;
                 let has_more = names.len() > limit as usize;
                 names.truncate(limit as usize);
                 let next_token = match (has_more, names.last()) {
@@ -1033,11 +1047,15 @@ impl Stream for EmbeddedStream {
             .control(move |w| {
                 let id = db.write_blocking(move |c| {
                     let row = load_stream(c, &name)?;
-                    c.execute("DELETE FROM records WHERE stream_id = ?1", [row.id])?;
-                    c.execute("DELETE FROM shards WHERE stream_id = ?1", [row.id])?;
-                    c.execute("DELETE FROM stream_tags WHERE stream_id = ?1", [row.id])?;
+                    remember_stream_id(c, row.id)?;
+                    c.execute("DELETE FROM records WHERE stream_id = ?1", params![row.id])?;
+                    c.execute("DELETE FROM shards WHERE stream_id = ?1", params![row.id])?;
+                    c.execute(
+                        "DELETE FROM stream_tags WHERE stream_id = ?1",
+                        params![row.id],
+                    )?;
                     consumers::delete_all(c, row.id)?;
-                    c.execute("DELETE FROM streams WHERE id = ?1", [row.id])?;
+                    c.execute("DELETE FROM streams WHERE id = ?1", params![row.id])?;
                     Ok::<_, StreamError>(row.id)
                 })?;
                 w.forget_stream(id);
@@ -1281,16 +1299,19 @@ impl Stream for EmbeddedStream {
             .write(move |c| {
                 let row = load_stream(c, &name)?;
                 let existing: Vec<String> = c
-                    .prepare_cached("SELECT key FROM stream_tags WHERE stream_id = ?1")?
-                    .query_map([row.id], |r| r.get(0))?
+                    .query_map(
+                        "SELECT key FROM stream_tags WHERE stream_id = ?1",
+                        params![row.id],
+                        |r| r.get(0),
+                    )?
                     .collect::<Result<_, _>>()?;
                 check_tag_limit(&format!("stream {name}"), &existing, &tags)?;
                 for (k, v) in &tags {
-                    c.prepare_cached(
+                    c.execute(
                         "INSERT INTO stream_tags (stream_id, key, value) VALUES (?1, ?2, ?3)
                          ON CONFLICT (stream_id, key) DO UPDATE SET value = excluded.value",
-                    )?
-                    .execute(params![row.id, k, v])?;
+                        params![row.id, k, v],
+                    )?;
                 }
                 Ok(())
             })
@@ -1304,8 +1325,10 @@ impl Stream for EmbeddedStream {
             .write(move |c| {
                 let row = load_stream(c, &name)?;
                 for k in &keys {
-                    c.prepare_cached("DELETE FROM stream_tags WHERE stream_id = ?1 AND key = ?2")?
-                        .execute(params![row.id, k])?;
+                    c.execute(
+                        "DELETE FROM stream_tags WHERE stream_id = ?1 AND key = ?2",
+                        params![row.id, k],
+                    )?;
                 }
                 Ok(())
             })
@@ -1329,11 +1352,9 @@ impl Stream for EmbeddedStream {
             .read(move |c| {
                 let row = load_stream(c, &name)?;
                 let mut tags: Vec<(String, String)> = c
-                    .prepare_cached(
+                    .query_map(
                         "SELECT key, value FROM stream_tags WHERE stream_id = ?1 AND key > ?2
                          ORDER BY key LIMIT ?3",
-                    )?
-                    .query_map(
                         params![
                             row.id,
                             exclusive_start_key.unwrap_or_default(),
@@ -1412,14 +1433,14 @@ impl EmbeddedStream {
     /// end; afterwards appends holding the old metadata are sent back to reload it.
     async fn reshard<T: Send + 'static>(
         &self,
-        job: impl FnOnce(&Connection) -> Result<(i64, T), StreamError> + Send + 'static,
+        mut job: impl FnMut(&Tx<'_>) -> Result<(i64, T), StreamError> + Send + 'static,
     ) -> Result<T, StreamError> {
         let db = self.db.clone();
         self.log
             .control(move |w| {
                 let ends = w.shard_ends();
                 let (id, out) = db.write_blocking(move |c| {
-                    write_back_counters(c, ends)?;
+                    write_back_counters(c, &ends)?;
                     job(c)
                 })?;
                 w.changed(id);
@@ -1462,26 +1483,26 @@ impl EmbeddedStream {
 }
 
 fn read_records(
-    c: &Connection,
+    c: &Tx<'_>,
     key: &[u8],
     log: &log::Log,
     pos: Position,
     limit: usize,
 ) -> Result<GetRecordsOutput, StreamError> {
     let stream_id: i64 = c
-        .prepare_cached("SELECT id FROM streams WHERE name = ?1 AND created_ms = ?2")?
-        .query_row(params![pos.s, pos.g], |r| r.get(0))
-        .optional()?
+        .query_opt(
+            "SELECT id FROM streams WHERE name = ?1 AND created_ms = ?2",
+            params![pos.s, pos.g],
+            |r| r.get(0),
+        )?
         .ok_or_else(|| not_found(&pos.s))?;
     let (row_next, closed, start): (i64, Option<i64>, i64) = c
-        .prepare_cached(
+        .query_opt(
             "SELECT next_counter, closed_counter, start_counter FROM shards
              WHERE stream_id = ?1 AND idx = ?2",
+            params![stream_id, pos.h as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?
-        .query_row(params![stream_id, pos.h as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?
         .ok_or_else(|| {
             StreamError::ResourceNotFound(format!(
                 "shard {} of stream {} not found",
@@ -1543,15 +1564,14 @@ fn read_records(
     })
 }
 
-fn children(c: &Connection, stream_id: i64, idx: u64) -> Result<Vec<ChildShard>, StreamError> {
-    let mut st = c.prepare_cached(
-        "SELECT idx, parent, adjacent_parent, start_hash, end_hash FROM shards
+fn children(c: &Tx<'_>, stream_id: i64, idx: u64) -> Result<Vec<ChildShard>, StreamError> {
+    let rows: Vec<LineageRow> = c
+        .query_map(
+            "SELECT idx, parent, adjacent_parent, start_hash, end_hash FROM shards
          WHERE stream_id = ?1 AND (parent = ?2 OR adjacent_parent = ?2) ORDER BY idx",
-    )?;
-    let rows: Vec<LineageRow> = st
-        .query_map(params![stream_id, idx as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
+            params![stream_id, idx as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?
         .collect::<Result<_, _>>()?;
     rows.into_iter()
         .map(|(idx, parent, adjacent, start, end)| {

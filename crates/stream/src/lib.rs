@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 #[doc(hidden)]
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
 mod iterator;
@@ -81,17 +82,14 @@ pub enum StreamError {
     ProvisionedThroughputExceeded(String),
     #[error("stream backend failure: {0}")]
     Backend(String),
+    /// The metadata engine failed (full, unavailable, …: see [`sluice_meta::MetaError`]).
+    #[error("{0}")]
+    Meta(sluice_meta::MetaError),
 }
 
-impl From<sluice_db::DbError> for StreamError {
-    fn from(e: sluice_db::DbError) -> Self {
-        StreamError::Backend(e.to_string())
-    }
-}
-
-impl From<sluice_db::rusqlite::Error> for StreamError {
-    fn from(e: sluice_db::rusqlite::Error) -> Self {
-        StreamError::Backend(e.to_string())
+impl From<sluice_meta::MetaError> for StreamError {
+    fn from(e: sluice_meta::MetaError) -> Self {
+        StreamError::Meta(e)
     }
 }
 
@@ -593,13 +591,13 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        sluice_db::now_ms()
+        sluice_meta::now_ms()
     }
 }
 
 /// Milliseconds since the Unix epoch, by the clock the embedded backend stamps records with.
 pub fn embedded_now_ms() -> i64 {
-    sluice_db::now_ms()
+    sluice_meta::now_ms()
 }
 
 /// The 128-bit hash of a partition key: its MD5 digest read as a big-endian integer.

@@ -18,9 +18,8 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use sluice_db::Db;
-use sluice_db::rusqlite::Connection;
-use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS};
+use sluice_meta::Meta;
+use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS, log_dir_of};
 use sluice_stream::{IteratorSpec, PutRecord, PutResult, Stream, StreamError, shard_id};
 
 fn rec(pk: &str, data: String) -> PutRecord {
@@ -39,7 +38,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn open(path: &Path) -> EmbeddedStream {
-    EmbeddedStream::open(Db::open(path, MIGRATIONS).expect("open db")).expect("open stream")
+    EmbeddedStream::open(
+        Meta::open_sqlite(path, MIGRATIONS).expect("open db"),
+        &log_dir_of(path),
+    )
+    .expect("open stream")
 }
 
 fn log_of(db: &Path) -> PathBuf {
@@ -92,7 +95,7 @@ fn offset_of(db: &Path, i: usize) -> (PathBuf, usize) {
 
 /// Moves everything from the WAL into the database file, as a clean shutdown does.
 fn checkpoint(db: &Path) {
-    let c = Connection::open(db).expect("open image");
+    let c = rusqlite::Connection::open(db).expect("open image");
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
         .expect("checkpoint");
     drop(c);
@@ -376,9 +379,9 @@ fn garbage_over_frames_and_a_truncated_database_are_reported() {
             .expect("open")
             .set_len(len / 2 + 100)
             .expect("truncate");
-        let outcome = match Db::open(&img, MIGRATIONS) {
+        let outcome = match Meta::open_sqlite(&img, MIGRATIONS) {
             Err(e) => Err(e.to_string()),
-            Ok(db) => match EmbeddedStream::open(db.clone()) {
+            Ok(db) => match EmbeddedStream::open(db.clone(), &log_dir_of(&img)) {
                 Err(e) => {
                     db.close();
                     Err(e.to_string())

@@ -15,8 +15,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sluice_db::Db;
-use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS, StreamOptions};
+use sluice_meta::Meta;
+use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS, StreamOptions, log_dir_of};
 use sluice_stream::{PutRecord, Stream};
 
 const DB_ENV: &str = "SLUICE_STREAM_CRASH_DB";
@@ -67,8 +67,11 @@ fn child_appender() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let db = Db::open(Path::new(&path), MIGRATIONS).expect("open db");
-        let s = Arc::new(EmbeddedStream::open_with(db, options()).expect("open stream"));
+        let db = Meta::open_sqlite(Path::new(&path), MIGRATIONS).expect("open db");
+        let s = Arc::new(
+            EmbeddedStream::open_with(db, &log_dir_of(Path::new(&path)), options())
+                .expect("open stream"),
+        );
         s.ensure_stream("c", 4).await.expect("ensure stream");
         let mut tasks = Vec::new();
         for p in 0..PRODUCERS {
@@ -222,8 +225,8 @@ fn verify(path: &Path, acked: &[Ack]) -> HashMap<String, String> {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let db = Db::open(path, MIGRATIONS).expect("reopen after kill");
-        let s = EmbeddedStream::open_with(db, options()).expect("open stream");
+        let db = Meta::open_sqlite(path, MIGRATIONS).expect("reopen after kill");
+        let s = EmbeddedStream::open_with(db, &log_dir_of(path), options()).expect("open stream");
         let report = s.check().await.expect("check");
         assert!(
             report.is_ok(),

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use sluice_db::Db;
-use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS};
+use sluice_meta::Meta;
+use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS, log_dir_of};
 use sluice_stream::{
     IteratorSpec, PutRecord, Stream, StreamError, even_ranges, partition_hash, sequence_number,
     shard_id,
@@ -112,12 +112,12 @@ impl Model {
 /// Opens the backend with 4 KiB segments, so that the random runs cross segment
 /// boundaries (and restarts rescan many segments); conformance runs the default size too.
 async fn open_backend(path: &Path) -> EmbeddedStream {
-    let db = Db::open(path, MIGRATIONS).expect("open db");
+    let db = Meta::open_sqlite(path, MIGRATIONS).expect("open db");
     let options = sluice_stream::embedded::StreamOptions {
         segment_bytes: 4 * 1024,
         ..Default::default()
     };
-    EmbeddedStream::open_with(db, options).expect("open stream")
+    EmbeddedStream::open_with(db, &log_dir_of(path), options).expect("open stream")
 }
 
 async fn run(initial: u32, ops: Vec<Op>) {

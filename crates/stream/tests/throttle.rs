@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
-use sluice_db::Db;
-use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS, StreamOptions};
+use sluice_meta::Meta;
+use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS, StreamOptions, log_dir_of};
 use sluice_stream::{Clock, IteratorSpec, PutRecord, Stream, StreamError, shard_id};
 
 /// A clock that moves only when told to.
@@ -32,10 +32,12 @@ struct Fixture {
 
 fn open(throttle: bool) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(&dir.path().join("t.db"), MIGRATIONS).expect("db");
+    let path = dir.path().join("t.db");
+    let db = Meta::open_sqlite(&path, MIGRATIONS).expect("db");
     let clock = Arc::new(ManualClock(AtomicI64::new(1_000_000)));
     let s = EmbeddedStream::open_with(
         db,
+        &log_dir_of(&path),
         StreamOptions {
             throttle,
             clock: clock.clone(),

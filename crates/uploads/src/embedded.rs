@@ -8,8 +8,9 @@
 //! the stream delivers each entry exactly once.
 
 use async_trait::async_trait;
-use sluice_db::rusqlite::{Connection, OptionalExtension, params};
-use sluice_db::{Db, Migration, now_ms};
+use sluice_meta::Tx;
+use sluice_meta::params;
+use sluice_meta::{Meta, Migration, now_ms};
 use sluice_store::embedded::{EmbeddedStore, Prepared, complete_multipart_in_tx, put_in_tx};
 use sluice_store::{ObjectInfo, PutOptions};
 use sluice_stream::PutRecord;
@@ -59,14 +60,14 @@ CREATE INDEX uploads_user ON uploads (user_sub, created_ms);
 
 #[derive(Clone)]
 pub struct EmbeddedUploads {
-    db: Db,
+    db: Meta,
     store: EmbeddedStore,
     stream: EmbeddedStream,
 }
 
 impl EmbeddedUploads {
     /// `store` and `stream` must live in the same database as `db`.
-    pub fn new(db: Db, store: EmbeddedStore, stream: EmbeddedStream) -> Self {
+    pub fn new(db: Meta, store: EmbeddedStore, stream: EmbeddedStream) -> Self {
         EmbeddedUploads { db, store, stream }
     }
 
@@ -78,10 +79,12 @@ impl EmbeddedUploads {
         let pending: Vec<(String, i64)> = self
             .db
             .read(|c| {
-                c.prepare("SELECT id, outbox_ticket FROM uploads WHERE outbox_ticket IS NOT NULL")?
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(UploadError::from)
+                c.query_vec(
+                    "SELECT id, outbox_ticket FROM uploads WHERE outbox_ticket IS NOT NULL",
+                    params![],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(UploadError::from)
             })
             .await?;
         let mut delivered = 0;
@@ -116,7 +119,7 @@ impl EmbeddedUploads {
             put.shard_id.clone(),
             put.sequence_number.clone(),
         );
-        let _ = self.db.write_with(job, |r: Result<(), UploadError>| {
+        self.db.write_with(job, |r: Result<(), UploadError>| {
             if let Err(e) = r {
                 tracing::warn!(error = %e, "could not store an upload's sequence number; it is stored at the next start");
             }
@@ -132,13 +135,13 @@ fn settle(
     ticket: i64,
     shard: String,
     seq: String,
-) -> impl FnOnce(&Connection) -> Result<(), UploadError> + Send + 'static {
+) -> impl FnMut(&Tx<'_>) -> Result<(), UploadError> + Send + 'static {
     move |c| {
-        c.prepare_cached(
+        c.execute(
             "UPDATE uploads SET shard_id = ?2, sequence_number = ?3, outbox_ticket = NULL
              WHERE id = ?1",
-        )?
-        .execute(params![id, shard, seq])?;
+            params![id, shard, seq],
+        )?;
         settle_in_tx(c, ticket)?;
         Ok(())
     }
@@ -187,7 +190,7 @@ impl UploadSink for EmbeddedUploads {
                 stream: &m.stream,
                 partition_key: &m.partition_key,
             };
-            let (upload, outbox) = enqueue_upload_in_tx(c, &e, id, info, now)?;
+            let (upload, outbox) = enqueue_upload_in_tx(c, &e, id.clone(), info, now)?;
             Ok((CompletedMultipart { upload, etag }, garbage, outbox))
         })
         .await
@@ -214,7 +217,8 @@ impl EmbeddedUploads {
             };
             let (info, replaced) =
                 put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now).map_err(conflict)?;
-            let (upload, outbox) = enqueue_upload_in_tx(c, &Enqueue::of(&u), id, info, now)?;
+            let (upload, outbox) =
+                enqueue_upload_in_tx(c, &Enqueue::of(&u), id.clone(), info, now)?;
             Ok((upload, replaced.into_iter().collect(), outbox))
         })
         .await
@@ -227,9 +231,7 @@ impl EmbeddedUploads {
     async fn commit_upload<T: HasUpload + Send + 'static>(
         &self,
         blob: Option<String>,
-        job: impl FnOnce(&Connection) -> Result<(T, Vec<String>, Outboxed), UploadError>
-        + Send
-        + 'static,
+        job: impl FnMut(&Tx<'_>) -> Result<(T, Vec<String>, Outboxed), UploadError> + Send + 'static,
     ) -> Result<T, UploadError> {
         match self.db.write(job).await {
             Ok((mut done, garbage, outbox)) => {
@@ -309,7 +311,7 @@ fn conflict(e: sluice_store::StoreError) -> UploadError {
 /// and the ticket are returned; the upload's shard and sequence number are empty until
 /// delivered.
 fn enqueue_upload_in_tx(
-    c: &Connection,
+    c: &Tx<'_>,
     e: &Enqueue<'_>,
     id: String,
     info: ObjectInfo,
@@ -334,26 +336,26 @@ fn enqueue_upload_in_tx(
         data: data.into(),
     };
     let ticket = enqueue_in_tx(c, e.stream, &record)?;
-    c.prepare_cached(
+    c.execute(
         "INSERT INTO uploads (id, user_sub, bucket, key, filename, size, sha256,
              content_type, request_id, stream, shard_id, sequence_number, status,
              created_ms, updated_ms, outbox_ticket)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '', '', 'queued', ?11, ?11, ?12)",
-    )?
-    .execute(params![
-        id,
-        e.user_sub,
-        info.bucket,
-        info.key,
-        e.filename,
-        info.size as i64,
-        info.sha256,
-        info.content_type,
-        e.request_id,
-        e.stream,
-        now,
-        ticket
-    ])?;
+        params![
+            id,
+            e.user_sub,
+            info.bucket,
+            info.key,
+            e.filename,
+            info.size as i64,
+            info.sha256,
+            info.content_type,
+            e.request_id,
+            e.stream,
+            now,
+            ticket
+        ],
+    )?;
     let upload = Upload {
         id,
         user_sub: e.user_sub.to_owned(),
@@ -391,39 +393,39 @@ impl UploadLedger for EmbeddedUploads {
         let (mut upload, ticket) = self
             .db
             .read(move |c| {
-                c.prepare_cached(
+                c.query_opt(
                     "SELECT id, user_sub, bucket, key, filename, size, sha256, content_type,
                             request_id, stream, shard_id, sequence_number, status, attempts,
                             error, processed_bucket, processed_key, created_ms, updated_ms,
                             processed_ms, outbox_ticket
                      FROM uploads WHERE id = ?1",
+                    params![&id],
+                    |r| {
+                        let upload = Upload {
+                            id: r.get(0)?,
+                            user_sub: r.get(1)?,
+                            bucket: r.get(2)?,
+                            key: r.get(3)?,
+                            filename: r.get(4)?,
+                            size: r.get::<i64>(5)? as u64,
+                            sha256: r.get(6)?,
+                            content_type: r.get(7)?,
+                            request_id: r.get(8)?,
+                            stream: r.get(9)?,
+                            shard_id: r.get(10)?,
+                            sequence_number: r.get(11)?,
+                            status: UploadStatus::parse(&r.get::<String>(12)?),
+                            attempts: r.get::<i64>(13)? as u32,
+                            error: r.get(14)?,
+                            processed_bucket: r.get(15)?,
+                            processed_key: r.get(16)?,
+                            created_ms: r.get(17)?,
+                            updated_ms: r.get(18)?,
+                            processed_ms: r.get(19)?,
+                        };
+                        Ok((upload, r.get::<Option<i64>>(20)?))
+                    },
                 )?
-                .query_row([&id], |r| {
-                    let upload = Upload {
-                        id: r.get(0)?,
-                        user_sub: r.get(1)?,
-                        bucket: r.get(2)?,
-                        key: r.get(3)?,
-                        filename: r.get(4)?,
-                        size: r.get::<_, i64>(5)? as u64,
-                        sha256: r.get(6)?,
-                        content_type: r.get(7)?,
-                        request_id: r.get(8)?,
-                        stream: r.get(9)?,
-                        shard_id: r.get(10)?,
-                        sequence_number: r.get(11)?,
-                        status: UploadStatus::parse(&r.get::<_, String>(12)?),
-                        attempts: r.get::<_, i64>(13)? as u32,
-                        error: r.get(14)?,
-                        processed_bucket: r.get(15)?,
-                        processed_key: r.get(16)?,
-                        created_ms: r.get(17)?,
-                        updated_ms: r.get(18)?,
-                        processed_ms: r.get(19)?,
-                    };
-                    Ok((upload, r.get::<_, Option<i64>>(20)?))
-                })
-                .optional()?
                 .ok_or(UploadError::NotFound(id.clone()))
             })
             .await?;
@@ -468,26 +470,23 @@ impl UploadLedger for EmbeddedUploads {
             .await
     }
 
-    fn db(&self) -> Option<&Db> {
+    fn db(&self) -> Option<&Meta> {
         Some(&self.db)
     }
 }
 
 /// Writes status changes inside the caller's transaction (of the database the `uploads`
 /// table is in), in order.
-pub fn apply_in_tx(
-    c: &Connection,
-    changes: &[StatusChange],
-) -> Result<(), sluice_db::rusqlite::Error> {
+pub fn apply_in_tx(c: &Tx<'_>, changes: &[StatusChange]) -> Result<(), sluice_meta::MetaError> {
     let now = now_ms();
     for change in changes {
         match change {
             StatusChange::Processing { id } => {
-                c.prepare_cached(
+                c.execute(
                     "UPDATE uploads SET status = 'processing', attempts = attempts + 1,
                          updated_ms = ?2 WHERE id = ?1",
-                )?
-                .execute(params![id, now])?;
+                    params![id, now],
+                )?;
             }
             StatusChange::Processed {
                 id,
@@ -495,29 +494,23 @@ pub fn apply_in_tx(
                 key,
                 new_attempt,
             } => {
-                c.prepare_cached(
+                c.execute(
                     "UPDATE uploads SET status = 'processed', error = NULL, processed_bucket = ?2,
                          processed_key = ?3, processed_ms = ?4, updated_ms = ?4,
                          attempts = attempts + ?5 WHERE id = ?1",
-                )?
-                .execute(params![
-                    id,
-                    bucket,
-                    key,
-                    now,
-                    i64::from(*new_attempt)
-                ])?;
+                    params![id, bucket, key, now, i64::from(*new_attempt)],
+                )?;
             }
             StatusChange::Failed {
                 id,
                 error,
                 new_attempt,
             } => {
-                c.prepare_cached(
+                c.execute(
                     "UPDATE uploads SET status = 'failed', error = ?2, updated_ms = ?3,
                          attempts = attempts + ?4 WHERE id = ?1",
-                )?
-                .execute(params![id, error, now, i64::from(*new_attempt)])?;
+                    params![id, error, now, i64::from(*new_attempt)],
+                )?;
             }
         }
     }
@@ -538,14 +531,11 @@ mod tests {
         ]
         .iter()
         .flat_map(|part| part.iter())
-        .map(|m| Migration {
-            name: m.name,
-            sql: m.sql,
-        })
+        .copied()
         .collect();
-        let db = Db::open(&dir.join("sluice.db"), &migrations).expect("db");
+        let db = Meta::open_sqlite(&dir.join("sluice.db"), &migrations).expect("db");
         let store = EmbeddedStore::open(db.clone(), &dir.join("blobs")).expect("store");
-        let stream = EmbeddedStream::open(db.clone()).expect("stream");
+        let stream = EmbeddedStream::open(db.clone(), &dir.join("log")).expect("stream");
         let uploads = EmbeddedUploads::new(db, store.clone(), stream.clone());
         (store, stream, uploads)
     }
@@ -585,7 +575,8 @@ mod tests {
             };
             let (info, _) =
                 put_in_tx(c, &m.bucket, &m.key, &prepared, &opts, now_ms()).map_err(conflict)?;
-            let (upload, outbox) = enqueue_upload_in_tx(c, &Enqueue::of(&m), id, info, now_ms())?;
+            let (upload, outbox) =
+                enqueue_upload_in_tx(c, &Enqueue::of(&m), id.clone(), info, now_ms())?;
             Ok::<_, UploadError>((upload.id, outbox))
         })
         .await

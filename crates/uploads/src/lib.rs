@@ -23,17 +23,14 @@ pub enum UploadError {
     Stream(#[from] sluice_stream::StreamError),
     #[error("upload bookkeeping failed: {0}")]
     Backend(String),
+    /// The metadata engine failed (full, unavailable, …: see [`sluice_meta::MetaError`]).
+    #[error("{0}")]
+    Meta(sluice_meta::MetaError),
 }
 
-impl From<sluice_db::DbError> for UploadError {
-    fn from(e: sluice_db::DbError) -> Self {
-        UploadError::Backend(e.to_string())
-    }
-}
-
-impl From<sluice_db::rusqlite::Error> for UploadError {
-    fn from(e: sluice_db::rusqlite::Error) -> Self {
-        UploadError::Backend(e.to_string())
+impl From<sluice_meta::MetaError> for UploadError {
+    fn from(e: sluice_meta::MetaError) -> Self {
+        UploadError::Meta(e)
     }
 }
 
@@ -302,7 +299,7 @@ pub trait UploadLedger: Send + Sync + 'static {
     /// The embedded database whose `uploads` table holds the status rows, when there is
     /// one: other parts may then write [`embedded::apply_in_tx`] inside their own
     /// transaction of that database (e.g. the processor, with its checkpoint).
-    fn db(&self) -> Option<&sluice_db::Db> {
+    fn db(&self) -> Option<&sluice_meta::Meta> {
         None
     }
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use sluice_db::{Db, Migration};
+use sluice_meta::params;
+use sluice_meta::{Meta, Migration};
 use sluice_store::embedded::EmbeddedStore;
 use sluice_store::{MIN_PART_BYTES, ObjectStore, PutOptions, StoreError};
 use sluice_stream::embedded::EmbeddedStream;
@@ -19,7 +20,7 @@ use sluice_uploads::{
 struct Env {
     _dir: tempfile::TempDir,
     blobs: std::path::PathBuf,
-    db: Db,
+    db: Meta,
     store: EmbeddedStore,
     stream: EmbeddedStream,
     uploads: EmbeddedUploads,
@@ -34,15 +35,12 @@ fn open() -> Env {
     ]
     .iter()
     .flat_map(|part| part.iter())
-    .map(|m| Migration {
-        name: m.name,
-        sql: m.sql,
-    })
+    .copied()
     .collect();
-    let db = Db::open(&dir.path().join("sluice.db"), &migrations).expect("db");
+    let db = Meta::open_sqlite(&dir.path().join("sluice.db"), &migrations).expect("db");
     let blobs = dir.path().join("blobs");
     let store = EmbeddedStore::open(db.clone(), &blobs).expect("store");
-    let stream = EmbeddedStream::open(db.clone()).expect("stream");
+    let stream = EmbeddedStream::open(db.clone(), &dir.path().join("log")).expect("stream");
     let uploads = EmbeddedUploads::new(db.clone(), store.clone(), stream.clone());
     Env {
         _dir: dir,
@@ -66,10 +64,12 @@ fn blob_files(dir: &Path) -> usize {
     n
 }
 
-async fn upload_rows(db: &Db) -> i64 {
+async fn upload_rows(db: &Meta) -> i64 {
     db.read(|c| {
-        c.query_row("SELECT count(*) FROM uploads", [], |r| r.get::<_, i64>(0))
-            .map_err(UploadError::from)
+        c.query_row("SELECT count(*) FROM uploads", params![], |r| {
+            r.get::<i64>(0)
+        })
+        .map_err(UploadError::from)
     })
     .await
     .expect("count")

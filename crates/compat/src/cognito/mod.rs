@@ -179,6 +179,21 @@ fn cognito_error(e: IdentityError) -> CognitoError {
         IdentityError::UnsupportedUserState(_) => "UnsupportedUserStateException",
         IdentityError::Unauthorized(_) => "UnauthorizedException",
         IdentityError::UnsupportedTokenType(_) => "UnsupportedTokenTypeException",
+        IdentityError::Meta(m) => {
+            if let Some(message) = crate::unavailable(m) {
+                return CognitoError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    kind: "ServiceUnavailable",
+                    message,
+                };
+            }
+            tracing::error!(error = %m, "cognito request failed");
+            return CognitoError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "InternalErrorException",
+                message: "internal error".into(),
+            };
+        }
         IdentityError::Backend(detail) => {
             tracing::error!(error = %detail, "cognito request failed");
             return CognitoError {

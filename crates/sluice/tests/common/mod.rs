@@ -276,12 +276,20 @@ pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T
 /// The single integer `sql` answers, read straight from the data directory's database
 /// (read-only, beside the running server).
 pub fn rows(dir: &Path, sql: &str) -> i64 {
-    let c = rusqlite::Connection::open_with_flags(
-        dir.join("sluice.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open db");
-    c.query_row(sql, [], |r| r.get(0)).expect("count")
+    let sql = sql.to_owned();
+    meta_read(dir, move |c| {
+        c.query_row(&sql, sluice_meta::params![], |r| r.get(0))
+    })
+    .expect("count")
+}
+
+/// A read of the data directory's metadata (read-only, beside the running server).
+pub fn meta_read<T: Send + 'static>(
+    dir: &Path,
+    f: impl FnOnce(&sluice_meta::Tx<'_>) -> Result<T, sluice_meta::MetaError> + Send + 'static,
+) -> Result<T, sluice_meta::MetaError> {
+    let db = sluice_meta::Meta::open_sqlite_read_only(&dir.join("sluice.db"))?;
+    db.read_blocking(f)
 }
 
 pub fn cli(data_dir: &Path, args: &[&str]) -> String {

@@ -17,8 +17,9 @@
 
 use std::sync::Arc;
 
-use sluice_db::now_ms;
-use sluice_db::rusqlite::{Connection, OptionalExtension, params};
+use sluice_meta::Tx;
+use sluice_meta::now_ms;
+use sluice_meta::params;
 use tokio::sync::oneshot;
 
 use super::EmbeddedStream;
@@ -118,21 +119,21 @@ impl EmbeddedStream {
         let row = self
             .db
             .read(move |c| {
-                c.prepare_cached(
+                c.query_opt(
                     "SELECT stream, partition_key, explicit_hash_key, data
                      FROM stream_outbox WHERE ticket = ?1",
-                )?
-                .query_row([ticket], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        PutRecord {
-                            partition_key: r.get(1)?,
-                            explicit_hash_key: r.get(2)?,
-                            data: r.get::<_, Vec<u8>>(3)?.into(),
-                        },
-                    ))
-                })
-                .optional()
+                    params![ticket],
+                    |r| {
+                        Ok((
+                            r.get::<String>(0)?,
+                            PutRecord {
+                                partition_key: r.get(1)?,
+                                explicit_hash_key: r.get(2)?,
+                                data: r.get::<Vec<u8>>(3)?.into(),
+                            },
+                        ))
+                    },
+                )
                 .map_err(StreamError::from)
             })
             .await?;
@@ -169,10 +170,12 @@ impl EmbeddedStream {
     pub async fn pending_tickets(&self) -> Result<Vec<i64>, StreamError> {
         self.db
             .read(|c| {
-                c.prepare("SELECT ticket FROM stream_outbox ORDER BY ticket")?
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<i64>, _>>()
-                    .map_err(StreamError::from)
+                c.query_vec(
+                    "SELECT ticket FROM stream_outbox ORDER BY ticket",
+                    params![],
+                    |r| r.get(0),
+                )
+                .map_err(StreamError::from)
             })
             .await
     }
@@ -182,31 +185,30 @@ impl EmbeddedStream {
 /// its ticket. The stream must exist and the record be valid (checked here, so that
 /// delivery can only fail for reasons outside the caller's control). Nothing is appended
 /// until the caller, after its commit, calls [`EmbeddedStream::deliver`].
-pub fn enqueue_in_tx(
-    conn: &Connection,
-    stream: &str,
-    record: &PutRecord,
-) -> Result<i64, StreamError> {
+pub fn enqueue_in_tx(conn: &Tx<'_>, stream: &str, record: &PutRecord) -> Result<i64, StreamError> {
     let row = load_stream(conn, stream)?;
     crate::validate_record(record, row.max_record_bytes)?;
-    conn.prepare_cached(
+    let ticket = conn.query_row(
         "INSERT INTO stream_outbox (stream, partition_key, explicit_hash_key, data, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        stream,
-        record.partition_key,
-        record.explicit_hash_key,
-        record.data.as_ref(),
-        now_ms()
-    ])?;
-    Ok(conn.last_insert_rowid())
+         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING ticket",
+        params![
+            stream,
+            record.partition_key,
+            record.explicit_hash_key,
+            record.data.as_ref(),
+            now_ms()
+        ],
+        |r| r.get(0),
+    )?;
+    Ok(ticket)
 }
 
 /// Deletes a delivered outbox ticket inside the caller's transaction (the one that records
 /// the delivery's result).
-pub fn settle_in_tx(conn: &Connection, ticket: i64) -> Result<(), StreamError> {
-    conn.prepare_cached("DELETE FROM stream_outbox WHERE ticket = ?1")?
-        .execute([ticket])?;
+pub fn settle_in_tx(conn: &Tx<'_>, ticket: i64) -> Result<(), StreamError> {
+    conn.execute(
+        "DELETE FROM stream_outbox WHERE ticket = ?1",
+        params![ticket],
+    )?;
     Ok(())
 }

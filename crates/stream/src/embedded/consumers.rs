@@ -14,7 +14,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sluice_db::rusqlite::{Connection, OptionalExtension, params};
+use sluice_meta::Tx;
+use sluice_meta::params;
 
 use super::EmbeddedStream;
 use super::schema::{StreamRow, load_stream};
@@ -37,47 +38,50 @@ struct ListConsumersToken {
     t: i64,
 }
 
-pub(super) fn delete_all(c: &Connection, stream_id: i64) -> Result<(), StreamError> {
+pub(super) fn delete_all(c: &Tx<'_>, stream_id: i64) -> Result<(), StreamError> {
     c.execute(
         "DELETE FROM stream_consumers WHERE stream_id = ?1",
-        [stream_id],
+        params![stream_id],
     )?;
     c.execute(
         "DELETE FROM stream_consumer_tags WHERE stream_id = ?1",
-        [stream_id],
+        params![stream_id],
     )?;
     Ok(())
 }
 
 /// Adds (or overwrites) tags of a consumer, keeping it at [`MAX_TAGS`] at most.
 fn put_tags(
-    c: &Connection,
+    c: &Tx<'_>,
     stream_id: i64,
     consumer: &str,
     tags: &BTreeMap<String, String>,
 ) -> Result<(), StreamError> {
     let existing: Vec<String> = c
-        .prepare_cached(
+        .query_map(
             "SELECT key FROM stream_consumer_tags WHERE stream_id = ?1 AND consumer = ?2",
+            params![stream_id, consumer],
+            |r| r.get(0),
         )?
-        .query_map(params![stream_id, consumer], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     super::check_tag_limit(&format!("consumer {consumer}"), &existing, tags)?;
     for (k, v) in tags {
-        c.prepare_cached(
+        c.execute(
             "INSERT INTO stream_consumer_tags (stream_id, consumer, key, value)
              VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (stream_id, consumer, key) DO UPDATE SET value = excluded.value",
-        )?
-        .execute(params![stream_id, consumer, k, v])?;
+            params![stream_id, consumer, k, v],
+        )?;
     }
     Ok(())
 }
 
-pub(super) fn count(c: &Connection, stream_id: i64) -> Result<u32, StreamError> {
-    let n: i64 = c
-        .prepare_cached("SELECT COUNT(*) FROM stream_consumers WHERE stream_id = ?1")?
-        .query_row([stream_id], |r| r.get(0))?;
+pub(super) fn count(c: &Tx<'_>, stream_id: i64) -> Result<u32, StreamError> {
+    let n: i64 = c.query_row(
+        "SELECT COUNT(*) FROM stream_consumers WHERE stream_id = ?1",
+        params![stream_id],
+        |r| r.get(0),
+    )?;
     Ok(n as u32)
 }
 
@@ -89,20 +93,18 @@ fn not_found(consumer: &ConsumerRef) -> StreamError {
 }
 
 /// The creation time of a consumer, matching `consumer.created_secs` when that is given.
-fn created_ms(
-    c: &Connection,
-    stream: &StreamRow,
-    consumer: &ConsumerRef,
-) -> Result<i64, StreamError> {
-    c.prepare_cached("SELECT created_ms FROM stream_consumers WHERE stream_id = ?1 AND name = ?2")?
-        .query_row(params![stream.id, consumer.name], |r| r.get::<_, i64>(0))
-        .optional()?
-        .filter(|ms| {
-            consumer
-                .created_secs
-                .is_none_or(|secs| ms.div_euclid(1000) == secs)
-        })
-        .ok_or_else(|| not_found(consumer))
+fn created_ms(c: &Tx<'_>, stream: &StreamRow, consumer: &ConsumerRef) -> Result<i64, StreamError> {
+    c.query_opt(
+        "SELECT created_ms FROM stream_consumers WHERE stream_id = ?1 AND name = ?2",
+        params![stream.id, consumer.name],
+        |r| r.get::<i64>(0),
+    )?
+    .filter(|ms| {
+        consumer
+            .created_secs
+            .is_none_or(|secs| ms.div_euclid(1000) == secs)
+    })
+    .ok_or_else(|| not_found(consumer))
 }
 
 impl EmbeddedStream {
@@ -140,10 +142,7 @@ impl EmbeddedStream {
                 let row = load_stream(c, &stream)?;
                 let now = this.clock.now_ms();
                 let existing: Vec<(String, i64)> = c
-                    .prepare_cached(
-                        "SELECT name, created_ms FROM stream_consumers WHERE stream_id = ?1",
-                    )?
-                    .query_map([row.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .query_map("SELECT name, created_ms FROM stream_consumers WHERE stream_id = ?1", params![row.id], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<Result<_, _>>()?;
                 if existing.iter().any(|(n, _)| *n == name) {
                     return Err(StreamError::ResourceInUse(format!(
@@ -165,12 +164,9 @@ impl EmbeddedStream {
                         "stream {stream} has {creating} consumers being created; at most {MAX_CREATING_CONSUMERS} can be at once"
                     )));
                 }
-                c.prepare_cached(
-                    "INSERT INTO stream_consumers (stream_id, name, created_ms) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![row.id, name, now])?;
+                c.execute("INSERT INTO stream_consumers (stream_id, name, created_ms) VALUES (?1, ?2, ?3)", params![row.id, name, now])?;
                 put_tags(c, row.id, &name, &tags)?;
-                Ok(this.consumer(&row, name, now, now))
+                Ok(this.consumer(&row, name.clone(), now, now))
             })
             .await
     }
@@ -199,14 +195,14 @@ impl EmbeddedStream {
             .write(move |c| {
                 let row = load_stream(c, &consumer.stream)?;
                 created_ms(c, &row, &consumer)?;
-                c.prepare_cached(
+                c.execute(
                     "DELETE FROM stream_consumers WHERE stream_id = ?1 AND name = ?2",
-                )?
-                .execute(params![row.id, consumer.name])?;
-                c.prepare_cached(
+                    params![row.id, consumer.name],
+                )?;
+                c.execute(
                     "DELETE FROM stream_consumer_tags WHERE stream_id = ?1 AND consumer = ?2",
-                )?
-                .execute(params![row.id, consumer.name])?;
+                    params![row.id, consumer.name],
+                )?;
                 Ok(())
             })
             .await
@@ -240,11 +236,11 @@ impl EmbeddedStream {
                 let row = load_stream(c, &consumer.stream)?;
                 created_ms(c, &row, &consumer)?;
                 for k in &keys {
-                    c.prepare_cached(
+                    c.execute(
                         "DELETE FROM stream_consumer_tags
                          WHERE stream_id = ?1 AND consumer = ?2 AND key = ?3",
-                    )?
-                    .execute(params![row.id, consumer.name, k])?;
+                        params![row.id, consumer.name, k],
+                    )?;
                 }
                 Ok(())
             })
@@ -260,13 +256,12 @@ impl EmbeddedStream {
             .read(move |c| {
                 let row = load_stream(c, &consumer.stream)?;
                 created_ms(c, &row, &consumer)?;
-                c.prepare_cached(
+                c.query_map(
                     "SELECT key, value FROM stream_consumer_tags
                      WHERE stream_id = ?1 AND consumer = ?2 ORDER BY key",
+                    params![row.id, consumer.name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?
-                .query_map(params![row.id, consumer.name], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
                 .collect::<Result<BTreeMap<String, String>, _>>()
                 .map_err(StreamError::from)
             })
@@ -323,11 +318,8 @@ impl EmbeddedStream {
                     )));
                 }
                 let mut found: Vec<(String, i64)> = c
-                    .prepare_cached(
-                        "SELECT name, created_ms FROM stream_consumers
-                         WHERE stream_id = ?1 AND name > ?2 ORDER BY name LIMIT ?3",
-                    )?
-                    .query_map(params![row.id, after, max as i64 + 1], |r| {
+                    .query_map("SELECT name, created_ms FROM stream_consumers
+                         WHERE stream_id = ?1 AND name > ?2 ORDER BY name LIMIT ?3", params![row.id, after, max as i64 + 1], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })?
                     .collect::<Result<_, _>>()?;

@@ -70,7 +70,7 @@ const MAX_BATCH_RECORDS: usize = 8_192;
 const MAX_BATCH_BYTES: usize = 32 << 20;
 
 /// The log directory of the database at `db_path`.
-pub(crate) fn dir_of(db_path: &Path) -> PathBuf {
+pub(super) fn dir_of(db_path: &Path) -> PathBuf {
     let name = db_path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -374,7 +374,7 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> StreamError {
     StreamError::Backend(format!("stream log: cannot {what} {}: {e}", path.display()))
 }
 
-/// The log of one database. One per database ([`sluice_db::Db::shared`] holds it).
+/// The log of one database. One per database ([`sluice_meta::Meta::shared`] holds it).
 pub(crate) struct Log {
     shared: Arc<Shared>,
     jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
@@ -1148,7 +1148,7 @@ impl Writer {
             idx.seg_runs.remove(id);
         }
         drop((idx, files));
-        sluice_db::sync_dir(&self.shared.dir).map_err(|e| io("sync", &self.shared.dir, e))
+        sluice_meta::sync_dir(&self.shared.dir).map_err(|e| io("sync", &self.shared.dir, e))
     }
 
     /// Writes already numbered records (importing an older database's records): `records`
@@ -1404,7 +1404,7 @@ impl Writer {
                 .truncate(true)
                 .open(&path)
                 .map_err(|e| io("create", &path, e))?;
-            sluice_db::sync_dir(&self.shared.dir).map_err(|e| io("sync", &self.shared.dir, e))?;
+            sluice_meta::sync_dir(&self.shared.dir).map_err(|e| io("sync", &self.shared.dir, e))?;
             lock_write(&self.shared.files).insert(batch_lsn, Arc::new(file));
             self.current = Some((batch_lsn, 0, 0));
         }

@@ -1,19 +1,22 @@
 //! Resharding inside one transaction: split, merge, uniform scaling, and ListShards'
 //! filters over shard lifetimes.
 
-use sluice_db::rusqlite::{Connection, params};
+use sluice_meta::Tx;
+use sluice_meta::params;
 
 use super::schema::{ShardRow, StreamRow, open_shards};
 use crate::{MAX_SHARDS, ShardFilter, StreamError, even_ranges, shard_id};
 
-fn count_shards(conn: &Connection, stream: &StreamRow) -> Result<u64, StreamError> {
-    let n: i64 = conn
-        .prepare_cached("SELECT COUNT(*) FROM shards WHERE stream_id = ?1")?
-        .query_row([stream.id], |r| r.get(0))?;
+fn count_shards(conn: &Tx<'_>, stream: &StreamRow) -> Result<u64, StreamError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM shards WHERE stream_id = ?1",
+        params![stream.id],
+        |r| r.get(0),
+    )?;
     Ok(n as u64)
 }
 
-fn check_room(conn: &Connection, stream: &StreamRow, new: u64) -> Result<(), StreamError> {
+fn check_room(conn: &Tx<'_>, stream: &StreamRow, new: u64) -> Result<(), StreamError> {
     let n = count_shards(conn, stream)?;
     if n + new > u64::from(MAX_SHARDS) {
         return Err(StreamError::LimitExceeded(format!(
@@ -26,18 +29,16 @@ fn check_room(conn: &Connection, stream: &StreamRow, new: u64) -> Result<(), Str
 }
 
 /// Closes `shard`: nothing more is appended to it, its ending sequence number is fixed.
-fn close(
-    conn: &Connection,
-    stream: &StreamRow,
-    shard: &ShardRow,
-    now: i64,
-) -> Result<(), StreamError> {
-    let changed = conn
-        .prepare_cached(
-            "UPDATE shards SET closed_counter = next_counter, closed_ms = max(?3, last_arrival_ms, created_ms)
+fn close(conn: &Tx<'_>, stream: &StreamRow, shard: &ShardRow, now: i64) -> Result<(), StreamError> {
+    // The shard closes at the latest of now, its last arrival and its creation.
+    let changed = conn.execute(
+        "UPDATE shards SET closed_counter = next_counter, closed_ms = CASE
+                 WHEN ?3 >= last_arrival_ms AND ?3 >= created_ms THEN ?3
+                 WHEN last_arrival_ms >= created_ms THEN last_arrival_ms
+                 ELSE created_ms END
              WHERE stream_id = ?1 AND idx = ?2 AND closed_counter IS NULL",
-        )?
-        .execute(params![stream.id, shard.idx as i64, now])?;
+        params![stream.id, shard.idx as i64, now],
+    )?;
     if changed != 1 {
         return Err(StreamError::InvalidArgument(format!(
             "shard {} of stream {} is closed",
@@ -49,7 +50,7 @@ fn close(
 }
 
 fn insert_child(
-    conn: &Connection,
+    conn: &Tx<'_>,
     stream: &mut StreamRow,
     range: (u128, u128),
     parent: u64,
@@ -58,23 +59,25 @@ fn insert_child(
 ) -> Result<ShardRow, StreamError> {
     let idx = stream.next_shard_idx;
     stream.next_shard_idx += 1;
-    conn.prepare_cached(
+    conn.execute(
         "INSERT INTO shards (stream_id, idx, start_hash, end_hash, parent, adjacent_parent,
                              start_counter, next_counter, last_arrival_ms, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?8, 0, ?7)",
-    )?
-    .execute(params![
-        stream.id,
-        idx as i64,
-        range.0.to_string(),
-        range.1.to_string(),
-        parent as i64,
-        adjacent_parent.map(|v| v as i64),
-        now,
-        super::FIRST_RECORD_COUNTER as i64
-    ])?;
-    conn.prepare_cached("UPDATE streams SET next_shard_idx = ?2 WHERE id = ?1")?
-        .execute(params![stream.id, stream.next_shard_idx as i64])?;
+        params![
+            stream.id,
+            idx as i64,
+            range.0.to_string(),
+            range.1.to_string(),
+            parent as i64,
+            adjacent_parent.map(|v| v as i64),
+            now,
+            super::FIRST_RECORD_COUNTER as i64
+        ],
+    )?;
+    conn.execute(
+        "UPDATE streams SET next_shard_idx = ?2 WHERE id = ?1",
+        params![stream.id, stream.next_shard_idx as i64],
+    )?;
     Ok(ShardRow {
         idx,
         start_hash: range.0,
@@ -92,7 +95,7 @@ fn insert_child(
 
 /// Splits the open shard `parent` at `at`: children `start..=at-1` and `at..=end`.
 pub(crate) fn split(
-    conn: &Connection,
+    conn: &Tx<'_>,
     stream: &mut StreamRow,
     parent: &ShardRow,
     at: u128,
@@ -129,7 +132,7 @@ pub(crate) fn split(
 
 /// Merges two open shards with adjacent ranges into one child (parent `a`, adjacent `b`).
 pub(crate) fn merge(
-    conn: &Connection,
+    conn: &Tx<'_>,
     stream: &mut StreamRow,
     a: &ShardRow,
     b: &ShardRow,
@@ -170,7 +173,7 @@ pub(crate) fn merge(
 /// fall inside it, then merges the pieces of each target range left to right. Every new
 /// shard therefore has one parent (split) or two adjacent parents (merge).
 pub(crate) fn uniform(
-    conn: &Connection,
+    conn: &Tx<'_>,
     stream: &mut StreamRow,
     target: u32,
     now: i64,

@@ -1,7 +1,6 @@
 //! Tables of the embedded stream backend and the rows read from them.
 
-use sluice_db::Migration;
-use sluice_db::rusqlite::{Connection, OptionalExtension, Row};
+use sluice_meta::{Migration, Row, Tx, params};
 
 use crate::{StreamError, StreamMode};
 
@@ -56,7 +55,8 @@ ALTER TABLE shards ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE shards ADD COLUMN closed_ms INTEGER;
 UPDATE shards SET created_ms =
     (SELECT s.created_ms FROM streams s WHERE s.id = shards.stream_id);
-UPDATE shards SET closed_ms = max(created_ms, last_arrival_ms)
+UPDATE shards SET closed_ms =
+    CASE WHEN created_ms > last_arrival_ms THEN created_ms ELSE last_arrival_ms END
     WHERE closed_counter IS NOT NULL;
 ALTER TABLE records ADD COLUMN checksum INTEGER;
 CREATE TABLE stream_tags (
@@ -118,7 +118,10 @@ CREATE TABLE stream_consumers (
     // holds records that other transactions commit (uploads) until they are delivered to
     // the log; AUTOINCREMENT because the log remembers delivered tickets, so a number must
     // never be handed out twice. Stream ids are never reused either (records of a deleted
-    // stream stay in the log until their segment goes): `stream_meta.last_stream_id`.
+    // stream stay in the log until their segment goes): `stream_meta.last_stream_id`, set
+    // when a stream is created or deleted (this step once also copied the highest id there;
+    // creation takes the highest of both, so the copy is not needed, and it could not be
+    // written in SQL that PostgreSQL accepts for a BLOB column).
     Migration {
         name: "stream-0005",
         sql: "
@@ -130,8 +133,6 @@ CREATE TABLE stream_outbox (
     data BLOB NOT NULL,
     created_ms INTEGER NOT NULL
 );
-INSERT OR REPLACE INTO stream_meta (k, v)
-    SELECT 'last_stream_id', COALESCE(MAX(id), 0) FROM streams;
 ",
     },
     // Tags of consumers (RegisterStreamConsumer's `Tags`, TagResource on a consumer ARN);
@@ -169,28 +170,28 @@ impl StreamRow {
     }
 }
 
-pub(crate) fn load_stream(conn: &Connection, name: &str) -> Result<StreamRow, StreamError> {
-    conn.prepare_cached(
+pub(crate) fn load_stream(conn: &Tx<'_>, name: &str) -> Result<StreamRow, StreamError> {
+    conn.query_opt(
         "SELECT id, name, created_ms, retention_hours, max_record_bytes, next_shard_idx,
                 on_demand
          FROM streams WHERE name = ?1",
+        params![name],
+        |r| {
+            Ok(StreamRow {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                created_ms: r.get(2)?,
+                retention_hours: r.get::<i64>(3)? as u32,
+                max_record_bytes: r.get::<i64>(4)? as usize,
+                next_shard_idx: r.get::<i64>(5)? as u64,
+                mode: if r.get::<i64>(6)? != 0 {
+                    StreamMode::OnDemand
+                } else {
+                    StreamMode::Provisioned
+                },
+            })
+        },
     )?
-    .query_row([name], |r| {
-        Ok(StreamRow {
-            id: r.get(0)?,
-            name: r.get(1)?,
-            created_ms: r.get(2)?,
-            retention_hours: r.get::<_, i64>(3)? as u32,
-            max_record_bytes: r.get::<_, i64>(4)? as usize,
-            next_shard_idx: r.get::<_, i64>(5)? as u64,
-            mode: if r.get::<_, i64>(6)? != 0 {
-                StreamMode::OnDemand
-            } else {
-                StreamMode::Provisioned
-            },
-        })
-    })
-    .optional()?
     .ok_or_else(|| not_found(name))
 }
 
@@ -234,17 +235,17 @@ pub(crate) fn parse_u128(s: &str) -> Result<u128, StreamError> {
 const SHARD_COLUMNS: &str = "idx, start_hash, end_hash, parent, adjacent_parent, start_counter,
      next_counter, closed_counter, last_arrival_ms, created_ms, closed_ms";
 
-fn shard_from_row(r: &Row<'_>) -> sluice_db::rusqlite::Result<(ShardRow, String, String)> {
+fn shard_from_row(r: &Row<'_>) -> sluice_meta::MetaResult<(ShardRow, String, String)> {
     Ok((
         ShardRow {
-            idx: r.get::<_, i64>(0)? as u64,
+            idx: r.get::<i64>(0)? as u64,
             start_hash: 0,
             end_hash: 0,
-            parent: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-            adjacent_parent: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
-            start_counter: r.get::<_, i64>(5)? as u64,
-            next_counter: r.get::<_, i64>(6)? as u64,
-            closed_counter: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+            parent: r.get::<Option<i64>>(3)?.map(|v| v as u64),
+            adjacent_parent: r.get::<Option<i64>>(4)?.map(|v| v as u64),
+            start_counter: r.get::<i64>(5)? as u64,
+            next_counter: r.get::<i64>(6)? as u64,
+            closed_counter: r.get::<Option<i64>>(7)?.map(|v| v as u64),
             last_arrival_ms: r.get(8)?,
             created_ms: r.get(9)?,
             closed_ms: r.get(10)?,
@@ -265,40 +266,40 @@ fn finish(rows: Vec<(ShardRow, String, String)>) -> Result<Vec<ShardRow>, Stream
 }
 
 /// Every shard of a stream, in index order.
-pub(crate) fn shard_rows(conn: &Connection, stream_id: i64) -> Result<Vec<ShardRow>, StreamError> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {SHARD_COLUMNS} FROM shards WHERE stream_id = ?1 ORDER BY idx"
-    ))?;
-    let rows = st
-        .query_map([stream_id], shard_from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
+pub(crate) fn shard_rows(conn: &Tx<'_>, stream_id: i64) -> Result<Vec<ShardRow>, StreamError> {
+    let rows = conn.query_vec(
+        &format!("SELECT {SHARD_COLUMNS} FROM shards WHERE stream_id = ?1 ORDER BY idx"),
+        params![stream_id],
+        shard_from_row,
+    )?;
     finish(rows)
 }
 
 /// The open shards of a stream, in hash-key order.
-pub(crate) fn open_shards(conn: &Connection, stream_id: i64) -> Result<Vec<ShardRow>, StreamError> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {SHARD_COLUMNS} FROM shards WHERE stream_id = ?1 AND closed_counter IS NULL"
-    ))?;
-    let rows = st
-        .query_map([stream_id], shard_from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
+pub(crate) fn open_shards(conn: &Tx<'_>, stream_id: i64) -> Result<Vec<ShardRow>, StreamError> {
+    let rows = conn.query_vec(
+        &format!(
+            "SELECT {SHARD_COLUMNS} FROM shards WHERE stream_id = ?1 AND closed_counter IS NULL"
+        ),
+        params![stream_id],
+        shard_from_row,
+    )?;
     let mut shards = finish(rows)?;
     shards.sort_by_key(|s| s.start_hash);
     Ok(shards)
 }
 
 pub(crate) fn shard_row(
-    conn: &Connection,
+    conn: &Tx<'_>,
     stream: &StreamRow,
     idx: u64,
 ) -> Result<ShardRow, StreamError> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {SHARD_COLUMNS} FROM shards WHERE stream_id = ?1 AND idx = ?2"
-    ))?;
-    let row = st
-        .query_row([stream.id, idx as i64], shard_from_row)
-        .optional()?
+    let row = conn
+        .query_opt(
+            &format!("SELECT {SHARD_COLUMNS} FROM shards WHERE stream_id = ?1 AND idx = ?2"),
+            params![stream.id, idx as i64],
+            shard_from_row,
+        )?
         .ok_or_else(|| {
             StreamError::ResourceNotFound(format!(
                 "shard {} in stream {} not found",

@@ -3,8 +3,12 @@ use crate::ListShardsInput;
 
 fn open() -> (EmbeddedStream, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(&dir.path().join("s.db"), MIGRATIONS).expect("db");
-    (EmbeddedStream::open(db).expect("stream"), dir)
+    let path = dir.path().join("s.db");
+    let db = Meta::open_sqlite(&path, MIGRATIONS).expect("db");
+    (
+        EmbeddedStream::open(db, &log_dir_of(&path)).expect("stream"),
+        dir,
+    )
 }
 
 fn rec(pk: &str, data: &str) -> PutRecord {
@@ -155,14 +159,15 @@ async fn sequence_numbers_survive_reopen_and_trimming() {
     let first = s.put_record("s", rec("k", "a")).await.expect("put");
     s.db()
         .write(|c| {
-            c.execute("DELETE FROM records", [])?;
+            c.execute("DELETE FROM records", params![])?;
             Ok::<_, StreamError>(())
         })
         .await
         .expect("trim");
     s.db().close();
-    let db = Db::open(&dir.path().join("s.db"), MIGRATIONS).expect("reopen");
-    let s2 = EmbeddedStream::open(db).expect("stream");
+    let path = dir.path().join("s.db");
+    let db = Meta::open_sqlite(&path, MIGRATIONS).expect("reopen");
+    let s2 = EmbeddedStream::open(db, &log_dir_of(&path)).expect("stream");
     let second = s2.put_record("s", rec("k", "b")).await.expect("put");
     assert!(second.sequence_number > first.sequence_number);
 }
@@ -248,8 +253,9 @@ async fn check_reports_a_clean_database() {
 #[test]
 fn appends_work_on_a_current_thread_runtime() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = Db::open(&dir.path().join("s.db"), MIGRATIONS).expect("db");
-    let s = EmbeddedStream::open(db).expect("stream");
+    let path = dir.path().join("s.db");
+    let db = Meta::open_sqlite(&path, MIGRATIONS).expect("db");
+    let s = EmbeddedStream::open(db, &log_dir_of(&path)).expect("stream");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -267,14 +273,14 @@ async fn records_an_older_sluice_kept_in_sqlite_move_into_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("old.db");
     // A database as stream-0004 left it: records in the `records` table.
-    let db = Db::open(&path, &MIGRATIONS[..4]).expect("old layout");
+    let db = Meta::open_sqlite(&path, &MIGRATIONS[..4]).expect("old layout");
     let mut written = Vec::new();
     db.write_blocking(|c| {
         c.execute(
             "INSERT INTO streams (id, name, created_ms, retention_hours, max_record_bytes,
                                   next_shard_idx, on_demand)
              VALUES (1, 'm', ?1, 24, 1048576, 2, 0)",
-            [sluice_db::now_ms()],
+            params![sluice_meta::now_ms()],
         )?;
         for (idx, (start, end)) in crate::even_ranges(2).into_iter().enumerate() {
             c.execute(
@@ -285,7 +291,7 @@ async fn records_an_older_sluice_kept_in_sqlite_move_into_the_log() {
                     idx as i64,
                     start.to_string(),
                     end.to_string(),
-                    sluice_db::now_ms()
+                    sluice_meta::now_ms()
                 ],
             )?;
         }
@@ -304,7 +310,7 @@ async fn records_an_older_sluice_kept_in_sqlite_move_into_the_log() {
                     params![
                         idx as i64,
                         counter as i64,
-                        sluice_db::now_ms(),
+                        sluice_meta::now_ms(),
                         data.as_bytes(),
                         crate::record_checksum(counter, "k", data.as_bytes()) as i64
                     ],
@@ -316,12 +322,14 @@ async fn records_an_older_sluice_kept_in_sqlite_move_into_the_log() {
     }
     db.close();
     drop(db);
-    let db = Db::open(&path, MIGRATIONS).expect("migrate");
-    let s = EmbeddedStream::open(db).expect("stream");
+    let db = Meta::open_sqlite(&path, MIGRATIONS).expect("migrate");
+    let s = EmbeddedStream::open(db, &log_dir_of(&path)).expect("stream");
     let left: i64 = s
         .db()
         .read(|c| {
-            Ok::<_, StreamError>(c.query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))?)
+            Ok::<_, StreamError>(
+                c.query_row("SELECT COUNT(*) FROM records", params![], |r| r.get(0))?,
+            )
         })
         .await
         .expect("count");
@@ -354,7 +362,11 @@ async fn records_an_older_sluice_kept_in_sqlite_move_into_the_log() {
 async fn an_outbox_record_is_delivered_exactly_once_across_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("o.db");
-    let s = EmbeddedStream::open(Db::open(&path, MIGRATIONS).expect("db")).expect("stream");
+    let s = EmbeddedStream::open(
+        Meta::open_sqlite(&path, MIGRATIONS).expect("db"),
+        &log_dir_of(&path),
+    )
+    .expect("stream");
     s.create_stream("o", 2).await.expect("create");
     // Refused inside the caller's transaction: unknown stream, invalid record.
     let err = s
@@ -383,7 +395,11 @@ async fn an_outbox_record_is_delivered_exactly_once_across_restarts() {
     // still appends nothing new.
     s.db().close();
     drop(s);
-    let s = EmbeddedStream::open(Db::open(&path, MIGRATIONS).expect("db")).expect("stream");
+    let s = EmbeddedStream::open(
+        Meta::open_sqlite(&path, MIGRATIONS).expect("db"),
+        &log_dir_of(&path),
+    )
+    .expect("stream");
     assert_eq!(s.pending_tickets().await.expect("pending"), vec![ticket]);
     assert_eq!(s.deliver(ticket).await.expect("after restart"), first);
     s.db()
@@ -426,8 +442,12 @@ async fn records_span_segments_and_retention_deletes_whole_segments() {
         segment_bytes: 8 * 1024,
         ..StreamOptions::default()
     };
-    let s = EmbeddedStream::open_with(Db::open(&path, MIGRATIONS).expect("db"), options())
-        .expect("stream");
+    let s = EmbeddedStream::open_with(
+        Meta::open_sqlite(&path, MIGRATIONS).expect("db"),
+        &log_dir_of(&path),
+        options(),
+    )
+    .expect("stream");
     s.create_stream("g", 2).await.expect("create");
     let t0 = 1_000_000i64;
     let mut written = Vec::new();
@@ -478,13 +498,17 @@ async fn records_span_segments_and_retention_deletes_whole_segments() {
     drop(s);
 
     // Reopened: the same records, read across the same segments.
-    let s = EmbeddedStream::open_with(Db::open(&path, MIGRATIONS).expect("db"), options())
-        .expect("stream");
+    let s = EmbeddedStream::open_with(
+        Meta::open_sqlite(&path, MIGRATIONS).expect("db"),
+        &log_dir_of(&path),
+        options(),
+    )
+    .expect("stream");
     assert_eq!(read_all(s.clone()).await, expected);
     // Everything expires: every segment but the one being written goes, and the trimmed
     // records stay gone after a restart; numbering goes on.
     let report = s
-        .trim_expired(sluice_db::now_ms() + 25 * 3_600_000 + t0)
+        .trim_expired(sluice_meta::now_ms() + 25 * 3_600_000 + t0)
         .await
         .expect("trim");
     assert_eq!(report.records, 120);
@@ -492,8 +516,12 @@ async fn records_span_segments_and_retention_deletes_whole_segments() {
     assert_eq!(segment_files(&path).len(), 1, "{:?}", segment_files(&path));
     s.db().close();
     drop(s);
-    let s = EmbeddedStream::open_with(Db::open(&path, MIGRATIONS).expect("db"), options())
-        .expect("stream");
+    let s = EmbeddedStream::open_with(
+        Meta::open_sqlite(&path, MIGRATIONS).expect("db"),
+        &log_dir_of(&path),
+        options(),
+    )
+    .expect("stream");
     assert!(
         read_all(s.clone()).await.is_empty(),
         "trimmed records came back"

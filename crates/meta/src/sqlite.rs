@@ -1,4 +1,4 @@
-//! The embedded database every embedded backend shares: one SQLite file in WAL mode,
+//! The embedded metadata engine: one SQLite file in WAL mode,
 //! written by a single writer thread that **group-commits**, with the fsync of each commit
 //! **pipelined** on a second thread.
 //!
@@ -23,7 +23,7 @@
 //! The price: another connection can **read a group after its commit and before its
 //! fsync** (SQLite publishes a commit to readers at once). A power loss in that window loses
 //! a group nobody was told is durable, but a reader may have seen it. Where that matters the
-//! caller hides rows until [`on_durable`] callbacks report them durable (the stream does, so
+//! caller hides rows until [`Tx::on_durable`](crate::Tx::on_durable) callbacks report them durable (the stream does, so
 //! a consumer never checkpoints a sequence number that a power loss could hand out again).
 //!
 //! Several parts (store, stream, uploads, identity, checkpoints) put their tables in the
@@ -35,14 +35,12 @@
 //!
 //! Checkpoints (copying the WAL back into the database file) run off the commit path: SQLite's
 //! auto-checkpoint is off, a background thread with its own connection runs a PASSIVE
-//! checkpoint each time the WAL grew by [`DbOptions::checkpoint_pages`], concurrently with the
+//! checkpoint each time the WAL grew by [`SqliteOptions::checkpoint_pages`], concurrently with the
 //! writer. PASSIVE checkpoints never reset the WAL while writes keep coming, so the writer
-//! bounds it: once it holds [`DbOptions::wal_limit_pages`] pages, the writer runs a RESTART
+//! bounds it: once it holds [`SqliteOptions::wal_limit_pages`] pages, the writer runs a RESTART
 //! checkpoint between two groups (the next commit then writes from the start of the file).
 
-use std::any::{Any, TypeId};
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,8 +48,13 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 
-pub use rusqlite;
 use rusqlite::{Connection, OpenFlags};
+
+use crate::value::RowSource;
+use crate::{
+    Caller, Conn, Engine, EngineKind, MetaError, MetaStats, Migration, ReadJob, Tx, ValueRef,
+    Verdict, WriteJob, add_elapsed, run_job, sync_dir,
+};
 
 /// The most writes committed together. Large enough that a commit's fsync is shared widely,
 /// small enough that one group's latency stays bounded.
@@ -64,13 +67,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the writer's RESTART checkpoint waits for readers still using the WAL before it
 /// gives up and lets the writer go on (it tries again later).
 const RESTART_WAIT: Duration = Duration::from_millis(100);
+/// Prepared statements kept per connection (rusqlite's default is 16; the parts use far
+/// more distinct statements than that on their hot paths).
+const STATEMENT_CACHE: usize = 256;
 
-/// Tuning of [`Db::open_with`]. [`DbOptions::default`] is what [`Db::open`] uses.
+/// Tuning of the SQLite engine ([`crate::Meta::open_sqlite_with`]); the default is what
+/// [`crate::open`] uses.
 ///
 /// Invariant: whatever the values, every commit is fsynced before its writes resolve (by
 /// the syncer thread); these only move checkpoint and cache work around.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DbOptions {
+pub struct SqliteOptions {
     /// The background checkpointer runs each time the WAL grew by this many pages.
     pub checkpoint_pages: u32,
     /// Bound on the WAL, in pages. Past it the writer resets the WAL itself (RESTART
@@ -93,9 +100,9 @@ pub struct DbOptions {
     pub page_size: u32,
 }
 
-impl Default for DbOptions {
+impl Default for SqliteOptions {
     fn default() -> Self {
-        DbOptions {
+        SqliteOptions {
             // 8 MiB and 64 MiB with the default 8 KiB pages.
             checkpoint_pages: 1024,
             wal_limit_pages: 8192,
@@ -107,90 +114,6 @@ impl Default for DbOptions {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("sqlite error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("cannot open database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("the database writer has stopped")]
-    WriterGone,
-    #[error("commit failed: {0}")]
-    Commit(String),
-    #[error("background task failed: {0}")]
-    Join(String),
-}
-
-/// A migration step: the tables one part needs. Steps run in order at open, each once;
-/// applied steps are recorded by `name`.
-pub struct Migration {
-    pub name: &'static str,
-    pub sql: &'static str,
-}
-
-type Completion = Box<dyn FnOnce(Option<&DbError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
-type Callback = Box<dyn FnOnce() + Send>;
-
-thread_local! {
-    /// Whether this thread is running a write job (only ever true on the writer thread).
-    static IN_JOB: Cell<bool> = const { Cell::new(false) };
-    /// Callbacks registered by the current group's jobs with [`on_durable`].
-    static ON_DURABLE: RefCell<Vec<Callback>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Registers `f` to run once the write job calling this is durable: after the fsync that
-/// covers its group, before any write of that group resolves, in commit order, on the
-/// syncer thread (so `f` must be quick and must not block). If the job fails (its savepoint
-/// is rolled back) or its group's commit fails, `f` never runs. Called outside a write job
-/// (there is nothing to wait for), `f` runs at once.
-///
-/// This is how a part hides what another connection could already read but a power loss
-/// could still take back (see the module docs).
-pub fn on_durable(f: impl FnOnce() + Send + 'static) {
-    if IN_JOB.with(Cell::get) {
-        ON_DURABLE.with(|v| v.borrow_mut().push(Box::new(f)));
-    } else {
-        f();
-    }
-}
-
-/// Handle to the database. Cheap to clone.
-#[derive(Clone)]
-pub struct Db {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    path: PathBuf,
-    options: DbOptions,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    readers: Mutex<Vec<Connection>>,
-    /// State that parts attach to this database, one value per type ([`Db::shared`]).
-    shared: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
-    hold: Arc<SyncHold>,
-    stats: Arc<Counters>,
-}
-
-/// What the writer and the syncer did since the database was opened ([`Db::stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DbStats {
-    /// Transactions committed (each holds one or more jobs).
-    pub groups: u64,
-    /// Write jobs run.
-    pub jobs: u64,
-    /// Time the writer spent running and committing groups.
-    pub commit_nanos: u64,
-    /// WAL fsyncs (each covers every group committed since the previous one).
-    pub syncs: u64,
-    /// Time the syncer spent in fsync.
-    pub sync_nanos: u64,
-}
-
 #[derive(Debug, Default)]
 struct Counters {
     groups: AtomicU64,
@@ -200,12 +123,7 @@ struct Counters {
     sync_nanos: AtomicU64,
 }
 
-fn add_elapsed(counter: &AtomicU64, since: std::time::Instant) {
-    let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    counter.fetch_add(ns, Ordering::Relaxed);
-}
-
-/// Lets tests hold the syncer between a commit and its fsync ([`Db::hold_syncs`]).
+/// Lets tests hold the syncer between a commit and its fsync ([`Sqlite::hold_syncs`]).
 #[derive(Default)]
 struct SyncHold {
     held: Mutex<u32>,
@@ -227,9 +145,11 @@ impl SyncHold {
 }
 
 /// While alive, groups commit but are not fsynced, so their writes do not resolve
-/// ([`Db::hold_syncs`]).
-pub struct SyncsHeld(Arc<SyncHold>);
+/// ([`Sqlite::hold_syncs`]).
+#[cfg(test)]
+pub(crate) struct SyncsHeld(Arc<SyncHold>);
 
+#[cfg(test)]
 impl Drop for SyncsHeld {
     fn drop(&mut self) {
         if let Ok(mut held) = self.0.held.lock() {
@@ -239,45 +159,79 @@ impl Drop for SyncsHeld {
     }
 }
 
-impl Db {
-    /// Opens (creating if needed) the database at `path` and applies `migrations`.
-    pub fn open(path: &Path, migrations: &[Migration]) -> Result<Db, DbError> {
-        Db::open_with(path, migrations, DbOptions::default())
-    }
+type Callback = Box<dyn FnOnce() + Send>;
 
-    /// [`Db::open`] with explicit tuning.
-    pub fn open_with(
+/// The SQLite engine.
+pub(crate) struct Sqlite {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    readers: Readers,
+    /// Lets tests hold the syncer ([`Sqlite::hold_syncs`]).
+    #[cfg_attr(not(test), allow(dead_code))]
+    hold: Arc<SyncHold>,
+    stats: Arc<Counters>,
+}
+
+fn sqlite_err(e: rusqlite::Error) -> MetaError {
+    use rusqlite::ErrorCode as C;
+    match e {
+        rusqlite::Error::QueryReturnedNoRows => MetaError::NoRows,
+        rusqlite::Error::SqliteFailure(f, msg) => {
+            let text = msg.unwrap_or_else(|| f.to_string());
+            match f.code {
+                C::ConstraintViolation => MetaError::Constraint(text),
+                C::DiskFull => MetaError::Full(text),
+                C::CannotOpen | C::NotADatabase => MetaError::Unavailable(text),
+                _ => MetaError::Engine(text),
+            }
+        }
+        e @ (rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::InvalidColumnType(..)) => MetaError::Type(e.to_string()),
+        other => MetaError::Engine(other.to_string()),
+    }
+}
+
+fn open_err(path: &Path) -> impl Fn(rusqlite::Error) -> MetaError + '_ {
+    move |e| MetaError::Open {
+        url: format!("sqlite://{}", path.display()),
+        message: e.to_string(),
+    }
+}
+
+impl Sqlite {
+    pub(crate) fn open(
         path: &Path,
         migrations: &[Migration],
-        options: DbOptions,
-    ) -> Result<Db, DbError> {
-        let open_err = |source| DbError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        configure(&conn, &options).map_err(open_err)?;
+        options: SqliteOptions,
+    ) -> Result<Sqlite, MetaError> {
+        let open_err = open_err(path);
+        let conn = Connection::open(path).map_err(&open_err)?;
+        configure(&conn, &options).map_err(&open_err)?;
         migrate(&conn, migrations)?;
         // When the WAL is reset, a file grown past twice its bound is cut back to that.
-        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let page_size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(sqlite_err)?;
         conn.pragma_update(
             None,
             "journal_size_limit",
             page_size * 2 * i64::from(options.wal_limit_pages),
-        )?;
+        )
+        .map_err(sqlite_err)?;
         let wal = make_durable_at_open(path, &conn)?;
 
-        let ckpt_conn = Connection::open(path).map_err(open_err)?;
-        ckpt_conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let ckpt_conn = Connection::open(path).map_err(&open_err)?;
+        ckpt_conn.busy_timeout(BUSY_TIMEOUT).map_err(&open_err)?;
         ckpt_conn
             .pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(open_err)?;
+            .map_err(&open_err)?;
         let checkpointer = Arc::new(Checkpointer::default());
         let ckpt = checkpointer.clone();
         thread::Builder::new()
             .name("sluice-db-ckpt".into())
             .spawn(move || ckpt.run(ckpt_conn))
-            .map_err(|e| DbError::Commit(format!("cannot start checkpoint thread: {e}")))?;
+            .map_err(|e| MetaError::Commit(format!("cannot start checkpoint thread: {e}")))?;
 
         let failed = Arc::new(AtomicBool::new(false));
         let hold = Arc::new(SyncHold::default());
@@ -296,11 +250,11 @@ impl Db {
             Ok(h) => h,
             Err(e) => {
                 checkpointer.stop();
-                return Err(DbError::Commit(format!("cannot start sync thread: {e}")));
+                return Err(MetaError::Commit(format!("cannot start sync thread: {e}")));
             }
         };
 
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         let writer = Writer {
             conn,
             options,
@@ -316,252 +270,348 @@ impl Db {
             .spawn(move || writer.run(rx))
         {
             checkpointer.stop();
-            return Err(DbError::Commit(format!("cannot start writer thread: {e}")));
+            return Err(MetaError::Commit(format!(
+                "cannot start writer thread: {e}"
+            )));
         }
 
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
-            readers.push(open_reader(path, &options).map_err(open_err)?);
+            readers.push(open_reader(path, &options).map_err(&open_err)?);
         }
-        Ok(Db {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                options,
-                jobs: Mutex::new(Some(tx)),
-                readers: Mutex::new(readers),
-                shared: Mutex::new(HashMap::new()),
-                hold,
-                stats,
-            }),
+        Ok(Sqlite {
+            path: path.to_owned(),
+            jobs: Mutex::new(Some(tx)),
+            readers: Readers::new(path, options, readers),
+            hold,
+            stats,
         })
     }
 
     /// Opens an existing database for inspection only: no migrations, no writer, and its
-    /// connections cannot write (tools such as `sluice doctor`). [`Db::write`] fails with
-    /// [`DbError::WriterGone`]. Fails if the file does not exist.
-    pub fn open_read_only(path: &Path) -> Result<Db, DbError> {
-        let options = DbOptions::default();
-        let reader = open_reader(path, &options).map_err(|source| DbError::Open {
+    /// connections cannot write (tools such as `sluice doctor`). Writes fail with
+    /// [`MetaError::WriterGone`]. Fails if the file does not exist.
+    pub(crate) fn open_read_only(path: &Path) -> Result<Sqlite, MetaError> {
+        let options = SqliteOptions::default();
+        let reader = open_reader(path, &options).map_err(open_err(path))?;
+        Ok(Sqlite {
             path: path.to_owned(),
-            source,
-        })?;
-        Ok(Db {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                options,
-                jobs: Mutex::new(None),
-                readers: Mutex::new(vec![reader]),
-                shared: Mutex::new(HashMap::new()),
-                hold: Arc::default(),
-                stats: Arc::default(),
-            }),
+            jobs: Mutex::new(None),
+            readers: Readers::new(path, options, vec![reader]),
+            hold: Arc::default(),
+            stats: Arc::default(),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// Holds every fsync until the returned guard is dropped: groups still commit (other
+    /// connections can read them) but their writes do not resolve. For tests of what
+    /// readers may see between a commit and its fsync.
+    #[cfg(test)]
+    pub(crate) fn hold_syncs(&self) -> SyncsHeld {
+        if let Ok(mut held) = self.hold.held.lock() {
+            *held += 1;
+        }
+        SyncsHeld(self.hold.clone())
+    }
+}
+
+impl Engine for Sqlite {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Sqlite
     }
 
-    /// Counters of the writer and the syncer since open: how many jobs share a commit and
-    /// how many commits share an fsync (benchmarks report them).
-    pub fn stats(&self) -> DbStats {
-        let c = &self.inner.stats;
+    fn describe(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    fn write(&self, job: Box<dyn WriteJob>) {
+        let job = match self.jobs.lock() {
+            Ok(guard) => match guard.as_ref() {
+                Some(sender) => match sender.send(job) {
+                    Ok(()) => return,
+                    Err(mpsc::SendError(job)) => job,
+                },
+                None => job,
+            },
+            // A poisoned lock: the writer cannot be reached through it.
+            Err(_) => return,
+        };
+        job.finish(Some(MetaError::WriterGone));
+    }
+
+    fn read(&self, job: ReadJob, caller: Caller) {
+        match (caller, tokio::runtime::Handle::try_current()) {
+            (Caller::Async, Ok(rt)) => {
+                let readers = self.readers.clone();
+                rt.spawn_blocking(move || readers.run(job));
+            }
+            _ => self.readers.run(job),
+        }
+    }
+
+    fn stats(&self) -> MetaStats {
+        let c = &self.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        DbStats {
+        MetaStats {
             groups: get(&c.groups),
             jobs: get(&c.jobs),
             commit_nanos: get(&c.commit_nanos),
             syncs: get(&c.syncs),
             sync_nanos: get(&c.sync_nanos),
+            retries: 0,
         }
     }
 
-    /// Holds every fsync until the returned guard is dropped: groups still commit (other
-    /// connections can read them) but their writes do not resolve. For tests of what
-    /// readers may see between a commit and its fsync; nothing else should call it.
-    pub fn hold_syncs(&self) -> SyncsHeld {
-        if let Ok(mut held) = self.inner.hold.held.lock() {
-            *held += 1;
-        }
-        SyncsHeld(self.inner.hold.clone())
-    }
-
-    /// The value of type `T` shared by every handle of this database (created with
-    /// `T::default()` on first use). Parts keep state here that must be one per database
-    /// file rather than one per handle, such as what is durable ([`on_durable`]).
-    pub fn shared<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
-        let mut map = match self.inner.shared.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let entry = map
-            .entry(TypeId::of::<T>())
-            .or_insert_with(|| Arc::new(T::default()) as Arc<dyn Any + Send + Sync>)
-            .clone();
-        drop(map);
-        match entry.downcast::<T>() {
-            Ok(v) => v,
-            // Unreachable: the map's key is the value's type.
-            Err(_) => Arc::new(T::default()),
+    fn close(&self) {
+        if let Ok(mut g) = self.jobs.lock() {
+            g.take();
         }
     }
 
-    /// Runs `f` inside the next group commit and returns its result once the group is
-    /// durable. If `f` fails, its own changes are rolled back and its error returned; if the
-    /// commit fails, every write of the group fails with [`DbError::Commit`].
-    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<DbError> + Send + 'static,
-    {
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        self.submit(f, move |r| {
-            let _ = done_tx.send(r);
-        })?;
-        done_rx.await.map_err(|_| E::from(DbError::WriterGone))?
+    fn check(&self) -> Result<Vec<String>, MetaError> {
+        let (tx, rx) = mpsc::channel();
+        self.readers.run(Box::new(move |t| {
+            let r =
+                t.and_then(|t| t.query_vec("PRAGMA integrity_check", &[], |r| r.get::<String>(0)));
+            let _ = tx.send(r);
+        }));
+        let lines = rx
+            .recv()
+            .map_err(|_| MetaError::Join("the check was dropped".into()))??;
+        Ok(lines.into_iter().filter(|l| l != "ok").collect())
+    }
+}
+
+/// The pool of read-only connections; reads run on whichever thread calls [`Readers::run`].
+#[derive(Clone)]
+struct Readers(Arc<ReadersInner>);
+
+struct ReadersInner {
+    path: PathBuf,
+    options: SqliteOptions,
+    pool: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn new(path: &Path, options: SqliteOptions, conns: Vec<Connection>) -> Readers {
+        Readers(Arc::new(ReadersInner {
+            path: path.to_owned(),
+            options,
+            pool: Mutex::new(conns),
+        }))
     }
 
-    /// [`Db::write`] without a future: `done` gets the result once the group is durable (or
-    /// failed). `done` runs on the database's syncer thread, so it must be quick and must not
-    /// block; it suits callers that fan results out to many waiters themselves.
-    pub fn write_with<T, E, F>(
-        &self,
-        f: F,
-        done: impl FnOnce(Result<T, E>) + Send + 'static,
-    ) -> Result<(), E>
-    where
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<DbError> + Send + 'static,
-    {
-        self.submit(f, done)
-    }
-
-    /// [`Db::write`] for callers outside an async runtime (the command-line tools).
-    pub fn write_blocking<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<DbError> + Send + 'static,
-    {
-        let (done_tx, done_rx) = mpsc::channel();
-        self.submit(f, move |r| {
-            let _ = done_tx.send(r);
-        })?;
-        done_rx.recv().map_err(|_| E::from(DbError::WriterGone))?
-    }
-
-    fn submit<T, E, F>(
-        &self,
-        f: F,
-        reply: impl FnOnce(Result<T, E>) + Send + 'static,
-    ) -> Result<(), E>
-    where
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<DbError> + Send + 'static,
-    {
-        let job: Job = Box::new(move |conn: &Connection| {
-            let outcome = run_in_savepoint(conn, f);
-            Box::new(move |commit_err: Option<&DbError>| {
-                let result = match (outcome, commit_err) {
-                    (Ok(v), None) => Ok(v),
-                    (Ok(_), Some(e)) => Err(E::from(DbError::Commit(e.to_string()))),
-                    (Err(e), _) => Err(e),
-                };
-                reply(result);
-            }) as Completion
-        });
-        let guard = self
-            .inner
-            .jobs
-            .lock()
-            .map_err(|_| E::from(DbError::WriterGone))?;
-        match guard.as_ref() {
-            Some(sender) => sender.send(job).map_err(|_| E::from(DbError::WriterGone)),
-            None => Err(E::from(DbError::WriterGone)),
-        }
-    }
-
-    /// Runs a read on a pooled read-only connection, on the blocking thread pool.
-    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-        T: Send + 'static,
-        E: From<DbError> + Send + 'static,
-    {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.read_blocking(f))
-            .await
-            .map_err(|e| E::from(DbError::Join(e.to_string())))?
-    }
-
-    /// [`Db::read`] for callers outside an async runtime, or already on a blocking thread.
-    pub fn read_blocking<T, E, F>(&self, f: F) -> Result<T, E>
-    where
-        F: FnOnce(&Connection) -> Result<T, E>,
-        E: From<DbError>,
-    {
-        let pooled = self
-            .inner
-            .readers
-            .lock()
-            .map_err(|_| E::from(DbError::WriterGone))?
-            .pop();
+    fn run(&self, job: ReadJob) {
+        let pooled = self.0.pool.lock().ok().and_then(|mut p| p.pop());
         let conn = match pooled {
             Some(c) => c,
-            None => open_reader(&self.inner.path, &self.inner.options)
-                .map_err(|e| E::from(DbError::from(e)))?,
+            None => match open_reader(&self.0.path, &self.0.options) {
+                Ok(c) => c,
+                Err(e) => return job(Err(sqlite_err(e))),
+            },
         };
-        let result = f(&conn);
-        if let Ok(mut pool) = self.inner.readers.lock()
+        let sconn = SqliteConn(&conn);
+        let tx = Tx::new(&sconn);
+        job(Ok(&tx));
+        for cb in tx.take_callbacks() {
+            cb();
+        }
+        drop(tx);
+        if let Ok(mut pool) = self.0.pool.lock()
             && pool.len() < MAX_READERS
         {
             pool.push(conn);
         }
-        result
+    }
+}
+
+/// A connection as a [`Tx`] sees it.
+struct SqliteConn<'a>(&'a Connection);
+
+struct Param<'a>(ValueRef<'a>);
+
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef as V};
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            ValueRef::Null => V::Null,
+            ValueRef::Int(i) => V::Integer(i),
+            ValueRef::Real(f) => V::Real(f),
+            ValueRef::Text(s) => V::Text(s.as_bytes()),
+            ValueRef::Blob(b) => V::Blob(b),
+        }))
+    }
+}
+
+struct SqliteRow<'a, 'b>(&'a rusqlite::Row<'b>);
+
+impl RowSource for SqliteRow<'_, '_> {
+    fn value(&self, idx: usize) -> Result<ValueRef<'_>, MetaError> {
+        use rusqlite::types::ValueRef as V;
+        Ok(match self.0.get_ref(idx).map_err(sqlite_err)? {
+            V::Null => ValueRef::Null,
+            V::Integer(i) => ValueRef::Int(i),
+            V::Real(f) => ValueRef::Real(f),
+            V::Text(t) => ValueRef::Text(
+                std::str::from_utf8(t)
+                    .map_err(|e| MetaError::Type(format!("column {idx}: {e}")))?,
+            ),
+            V::Blob(b) => ValueRef::Blob(b),
+        })
+    }
+}
+
+impl Conn for SqliteConn<'_> {
+    fn execute(&self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64, MetaError> {
+        let mut st = self.0.prepare_cached(sql).map_err(sqlite_err)?;
+        let n = st
+            .execute(rusqlite::params_from_iter(params.iter().map(|v| Param(*v))))
+            .map_err(sqlite_err)?;
+        Ok(n as u64)
     }
 
-    /// Stops accepting writes; the writer thread finishes what it has and exits.
-    pub fn close(&self) {
-        if let Ok(mut g) = self.inner.jobs.lock() {
-            g.take();
+    fn query(
+        &self,
+        sql: &str,
+        params: &[ValueRef<'_>],
+        each: &mut dyn FnMut(&dyn RowSource) -> Result<bool, MetaError>,
+    ) -> Result<(), MetaError> {
+        let mut st = self.0.prepare_cached(sql).map_err(sqlite_err)?;
+        let mut rows = st
+            .query(rusqlite::params_from_iter(params.iter().map(|v| Param(*v))))
+            .map_err(sqlite_err)?;
+        while let Some(row) = rows.next().map_err(sqlite_err)? {
+            if !each(&SqliteRow(row))? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What became of one job of a group.
+enum Ran {
+    /// Its changes stay; these callbacks run once the group is durable.
+    Kept(Vec<Callback>),
+    /// Its changes were undone: it failed on its own (`None`, its error is in the job) or
+    /// its statements met an engine error (`Some`).
+    Undone(Option<MetaError>),
+}
+
+/// Runs a job in its own savepoint of the open transaction; a job that is not kept has its
+/// changes undone, and the group goes on.
+fn run_in_savepoint(conn: &Connection, job: &mut dyn WriteJob) -> Ran {
+    // Cached statements: a job's bookkeeping must cost far less than the job.
+    let exec = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut st| st.execute([]))
+            .map(|_| ())
+    };
+    if let Err(e) = exec("SAVEPOINT job") {
+        return Ran::Undone(Some(sqlite_err(e)));
+    }
+    let sconn = SqliteConn(conn);
+    let tx = Tx::new(&sconn);
+    let undone = match run_job(job, &tx) {
+        Verdict::Commit(callbacks) => match exec("RELEASE job") {
+            Ok(()) => return Ran::Kept(callbacks),
+            Err(e) => Some(sqlite_err(e)),
+        },
+        Verdict::RollBack => None,
+        Verdict::Fail(e) => Some(e),
+        // One writer: a SQLite transaction never loses a race.
+        Verdict::Retry => Some(MetaError::Engine("unexpected retry".into())),
+    };
+    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+    Ran::Undone(undone)
+}
+
+/// A group that committed and waits for the fsync that makes it durable.
+struct Committed {
+    /// Each job, with the error it failed with on its own account (if any).
+    jobs: Vec<(Box<dyn WriteJob>, Option<MetaError>)>,
+    callbacks: Vec<Callback>,
+}
+
+impl Committed {
+    /// Resolves the group's writes: callbacks first (only on success), then the jobs.
+    fn finish(self, err: Option<&MetaError>) {
+        if err.is_none() {
+            for cb in self.callbacks {
+                cb();
+            }
+        }
+        for (job, own) in self.jobs {
+            job.finish(own.or_else(|| err.cloned()));
         }
     }
 }
 
-fn run_in_savepoint<T, E, F>(conn: &Connection, f: F) -> Result<T, E>
-where
-    F: FnOnce(&Connection) -> Result<T, E>,
-    E: From<DbError>,
-{
-    // Cached statements: a job's bookkeeping must cost far less than the job.
-    let exec = |sql: &str| -> Result<(), E> {
-        conn.prepare_cached(sql)
-            .and_then(|mut st| st.execute([]))
-            .map(|_| ())
-            .map_err(|e| E::from(DbError::from(e)))
-    };
-    exec("SAVEPOINT job")?;
-    let registered = ON_DURABLE.with(|v| v.borrow().len());
-    IN_JOB.with(|j| j.set(true));
-    let outcome = f(conn);
-    IN_JOB.with(|j| j.set(false));
-    let released = match outcome {
-        Ok(v) => exec("RELEASE job").map(|()| v),
-        Err(e) => Err(e),
-    };
-    if released.is_err() {
-        // Undo only this job's changes (and forget its callbacks); the group goes on.
-        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-        ON_DURABLE.with(|v| v.borrow_mut().truncate(registered));
-    }
-    released
+fn fsync_failed() -> MetaError {
+    MetaError::Commit(
+        "an earlier fsync of the database failed; writes are refused until sluice restarts".into(),
+    )
 }
 
-fn configure(conn: &Connection, options: &DbOptions) -> rusqlite::Result<()> {
+/// Fails every job of a group that cannot be committed (none of them ran).
+fn fail_group(group: &mut Vec<Box<dyn WriteJob>>, err: &MetaError) {
+    for job in group.drain(..) {
+        job.finish(Some(err.clone()));
+    }
+}
+
+/// Runs a group in one transaction and commits it (without fsync). Returns the committed
+/// group for the syncer, or `None` when the group failed (its writes are resolved here).
+fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> Option<Committed> {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        fail_group(group, &classify_commit(e, "cannot begin"));
+        return None;
+    }
+    let mut jobs = Vec::with_capacity(group.len());
+    let mut callbacks = Vec::new();
+    for mut job in group.drain(..) {
+        // A panicking job must not take the writer down with it: its caller sees
+        // `WriterGone` (the job is dropped unfinished) and its savepoint is undone.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_in_savepoint(conn, &mut *job)
+        })) {
+            Ok(Ran::Kept(cbs)) => {
+                callbacks.extend(cbs);
+                jobs.push((job, None));
+            }
+            Ok(Ran::Undone(err)) => jobs.push((job, err)),
+            Err(_) => {
+                tracing::error!("a database write panicked; it was rolled back");
+                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            }
+        }
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => Some(Committed { jobs, callbacks }),
+        Err(e) => {
+            tracing::error!(error = %e, "group commit failed; every write of the group is reported failed");
+            let _ = conn.execute_batch("ROLLBACK");
+            let err = classify_commit(e, "commit failed");
+            drop(callbacks);
+            for (job, own) in jobs {
+                job.finish(Some(own.unwrap_or_else(|| err.clone())));
+            }
+            None
+        }
+    }
+}
+
+/// A failed BEGIN or COMMIT: a full disk keeps its kind, anything else is a commit error.
+fn classify_commit(e: rusqlite::Error, what: &str) -> MetaError {
+    match sqlite_err(e) {
+        MetaError::Full(m) => MetaError::Full(m),
+        other => MetaError::Commit(format!("{what}: {other}")),
+    }
+}
+
+fn configure(conn: &Connection, options: &SqliteOptions) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // Only takes effect on a new, empty file (before WAL mode is set and the first table is
     // written); SQLite ignores it for an existing database.
     conn.pragma_update(None, "page_size", options.page_size)?;
@@ -590,12 +640,13 @@ fn record_wal_pages(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlit
     Ok(())
 }
 
-fn open_reader(path: &Path, options: &DbOptions) -> rusqlite::Result<Connection> {
+fn open_reader(path: &Path, options: &SqliteOptions) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "cache_size", -i64::from(options.reader_cache_kib))?;
     conn.pragma_update(
         None,
@@ -670,7 +721,11 @@ fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)
     })
 }
 
-fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<(), DbError> {
+fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<(), MetaError> {
+    migrate_inner(conn, migrations).map_err(sqlite_err)
+}
+
+fn migrate_inner(conn: &Connection, migrations: &[Migration]) -> rusqlite::Result<()> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_ms INTEGER NOT NULL)",
     )?;
@@ -691,12 +746,12 @@ fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<(), DbError> {
             let applied = conn.execute_batch(m.sql).and_then(|_| {
                 conn.execute(
                     "INSERT INTO _migrations (name, applied_ms) VALUES (?1, ?2)",
-                    rusqlite::params![m.name, now_ms()],
+                    rusqlite::params![m.name, crate::now_ms()],
                 )
             });
             if let Err(e) = applied {
                 let _ = conn.execute_batch("ROLLBACK");
-                return Err(e.into());
+                return Err(e);
             }
         }
         conn.execute_batch("COMMIT")?;
@@ -707,7 +762,7 @@ fn migrate(conn: &Connection, migrations: &[Migration]) -> Result<(), DbError> {
 /// The writer thread: group commits, and the WAL's bound.
 struct Writer {
     conn: Connection,
-    options: DbOptions,
+    options: SqliteOptions,
     checkpointer: Arc<Checkpointer>,
     /// WAL size (pages) when the checkpointer was last woken.
     last_signal: u32,
@@ -723,8 +778,8 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
-        let mut group: Vec<Job> = Vec::new();
+    fn run(mut self, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+        let mut group: Vec<Box<dyn WriteJob>> = Vec::new();
         // Blocks for the first job of a group, then takes whatever else is already waiting.
         while let Ok(first) = rx.recv() {
             group.push(first);
@@ -740,7 +795,7 @@ impl Writer {
                 .jobs
                 .fetch_add(group.len() as u64, Ordering::Relaxed);
             let committed = if self.failed.load(Ordering::Acquire) {
-                fail_group(&self.conn, &mut group, &fsync_failed());
+                fail_group(&mut group, &fsync_failed());
                 None
             } else {
                 commit_group(&self.conn, &mut group)
@@ -769,7 +824,7 @@ impl Writer {
             // The syncer is gone (it only stops when this sender is dropped, or panicked):
             // nobody can vouch for durability.
             self.failed.store(true, Ordering::Release);
-            c.finish(Some(&DbError::Commit(
+            c.finish(Some(&MetaError::Commit(
                 "the database sync thread stopped".into(),
             )));
         }
@@ -827,87 +882,6 @@ impl Writer {
     }
 }
 
-/// A group that committed and waits for the fsync that makes it durable.
-struct Committed {
-    completions: Vec<Completion>,
-    callbacks: Vec<Callback>,
-}
-
-impl Committed {
-    /// Resolves the group's writes: callbacks first (only on success), then completions.
-    fn finish(self, err: Option<&DbError>) {
-        if err.is_none() {
-            for cb in self.callbacks {
-                cb();
-            }
-        }
-        for c in self.completions {
-            c(err);
-        }
-    }
-}
-
-fn fsync_failed() -> DbError {
-    DbError::Commit(
-        "an earlier fsync of the database failed; writes are refused until sluice restarts".into(),
-    )
-}
-
-/// Fails every job of a group that cannot be committed (none of them runs to completion).
-fn fail_group(conn: &Connection, group: &mut Vec<Job>, err: &DbError) {
-    for job in group.drain(..) {
-        // The job never ran; tell its caller the group failed.
-        let completion = job_failed(job, conn);
-        // Its writes were rolled back: so are its durability callbacks.
-        ON_DURABLE.with(|v| v.borrow_mut().clear());
-        completion(Some(err));
-    }
-}
-
-/// Runs a group in one transaction and commits it (without fsync). Returns the committed
-/// group for the syncer, or `None` when the group failed (its writes are resolved here).
-fn commit_group(conn: &Connection, group: &mut Vec<Job>) -> Option<Committed> {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        fail_group(conn, group, &DbError::Commit(format!("cannot begin: {e}")));
-        return None;
-    }
-    let completions: Vec<Completion> = group
-        .drain(..)
-        .filter_map(|job| {
-            // A panicking job must not take the writer down with it: its caller sees
-            // `WriterGone` (its completion is dropped) and its savepoint is undone.
-            let registered = ON_DURABLE.with(|v| v.borrow().len());
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))) {
-                Ok(c) => Some(c),
-                Err(_) => {
-                    tracing::error!("a database write panicked; it was rolled back");
-                    IN_JOB.with(|j| j.set(false));
-                    ON_DURABLE.with(|v| v.borrow_mut().truncate(registered));
-                    let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                    None
-                }
-            }
-        })
-        .collect();
-    let callbacks = ON_DURABLE.with(|v| std::mem::take(&mut *v.borrow_mut()));
-    match conn.execute_batch("COMMIT") {
-        Ok(()) => Some(Committed {
-            completions,
-            callbacks,
-        }),
-        Err(e) => {
-            tracing::error!(error = %e, "group commit failed; every write of the group is reported failed");
-            let _ = conn.execute_batch("ROLLBACK");
-            let err = DbError::Commit(e.to_string());
-            drop(callbacks);
-            for c in completions {
-                c(Some(&err));
-            }
-            None
-        }
-    }
-}
-
 /// The syncer thread: fsyncs the WAL once for every group committed since its last fsync,
 /// then resolves those groups in commit order.
 struct Syncer {
@@ -942,7 +916,7 @@ impl Syncer {
                 // "fsyncgate"). Refuse every later write instead.
                 tracing::error!(error = %e, "fsync of the database WAL failed; refusing further writes");
                 self.failed.store(true, Ordering::Release);
-                Some(DbError::Commit(format!(
+                Some(MetaError::Commit(format!(
                     "fsync of the database WAL failed: {e}"
                 )))
             } else {
@@ -957,11 +931,13 @@ impl Syncer {
 
 /// Makes what the files hold durable before anything is served (a killed process can leave
 /// committed but never fsynced groups in the page cache), and opens the WAL for the syncer.
-fn make_durable_at_open(path: &Path, conn: &Connection) -> Result<File, DbError> {
-    let io = |what: &str, e: std::io::Error| DbError::Commit(format!("{what}: {e}"));
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+fn make_durable_at_open(path: &Path, conn: &Connection) -> Result<File, MetaError> {
+    let io = |what: &str, e: std::io::Error| MetaError::Commit(format!("{what}: {e}"));
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(sqlite_err)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(DbError::Commit(format!(
+        return Err(MetaError::Commit(format!(
             "{} is in journal mode {mode}, not WAL",
             path.display()
         )));
@@ -993,31 +969,10 @@ fn make_durable_at_open(path: &Path, conn: &Connection) -> Result<File, DbError>
     Ok(wal)
 }
 
-/// Runs a job whose transaction could not begin. Its work happens outside any transaction
-/// and is then rolled back by reporting failure; to keep that impossible we run it inside
-/// a savepoint that is rolled back right away.
-fn job_failed(job: Job, conn: &Connection) -> Completion {
-    let _ = conn.execute_batch("SAVEPOINT failed");
-    let c = job(conn);
-    let _ = conn.execute_batch("ROLLBACK TO failed; RELEASE failed");
-    c
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Fsyncs a directory so that a file created or renamed in it survives power loss.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Meta, params};
 
     const M: &[Migration] = &[Migration {
         name: "t1",
@@ -1025,68 +980,23 @@ mod tests {
     }];
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_writes_all_commit_and_failures_are_isolated() {
-        let dir = tempfile_dir();
-        let db = Db::open(&dir.join("t.db"), M).expect("open");
-        let mut tasks = Vec::new();
-        for i in 0..200i64 {
-            let db = db.clone();
-            tasks.push(tokio::spawn(async move {
-                db.write(move |c| {
-                    c.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", [i % 150])?;
-                    Ok::<_, DbError>(())
-                })
-                .await
-            }));
-        }
-        let mut ok = 0;
-        let mut failed = 0;
-        for t in tasks {
-            match t.await.expect("join") {
-                Ok(()) => ok += 1,
-                Err(_) => failed += 1,
-            }
-        }
-        // 50 keys collide: those writes fail alone, the rest commit.
-        assert_eq!((ok, failed), (150, 50));
-        let n: i64 = db
-            .read(|c| Ok::<_, DbError>(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
-            .await
-            .expect("count");
-        assert_eq!(n, 150);
-        db.close();
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_resolve_after_their_fsync_and_durability_callbacks_run_first() {
         use std::sync::atomic::AtomicUsize;
         let dir = tempfile_dir();
-        let db = Db::open(&dir.join("d.db"), M).expect("open");
+        let engine = Sqlite::open(&dir.join("d.db"), M, SqliteOptions::default()).expect("open");
+        let held = engine.hold_syncs();
+        let db = Meta::from_engine(Box::new(engine));
         let ran = Arc::new(AtomicUsize::new(0));
-        let held = db.hold_syncs();
         let ok = tokio::spawn({
             let (db, ran) = (db.clone(), ran.clone());
             async move {
                 db.write(move |c| {
-                    c.execute("INSERT INTO t (k, v) VALUES (1, 'a')", [])?;
-                    on_durable(move || {
+                    c.execute("INSERT INTO t (k, v) VALUES (1, 'a')", params![])?;
+                    let ran = ran.clone();
+                    c.on_durable(move || {
                         ran.fetch_add(1, Ordering::SeqCst);
                     });
-                    Ok::<_, DbError>(())
-                })
-                .await
-            }
-        });
-        let failed = tokio::spawn({
-            let (db, ran) = (db.clone(), ran.clone());
-            async move {
-                db.write(move |c| {
-                    c.execute("INSERT INTO t (k, v) VALUES (2, 'b')", [])?;
-                    on_durable(move || {
-                        ran.fetch_add(100, Ordering::SeqCst);
-                    });
-                    Err::<(), _>(DbError::Commit("this job fails".into()))
+                    Ok::<_, MetaError>(())
                 })
                 .await
             }
@@ -1095,9 +1005,7 @@ mod tests {
         let mut seen = false;
         for _ in 0..2_000 {
             let n: i64 = db
-                .read(|c| {
-                    Ok::<_, DbError>(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
-                })
+                .read(|c| c.query_row("SELECT COUNT(*) FROM t", params![], |r| r.get(0)))
                 .await
                 .expect("count");
             if n == 1 {
@@ -1111,25 +1019,15 @@ mod tests {
         assert_eq!(ran.load(Ordering::SeqCst), 0);
         drop(held);
         ok.await.expect("join").expect("write");
-        assert!(failed.await.expect("join").is_err());
-        // The failed job's callback was dropped with its savepoint.
         assert_eq!(ran.load(Ordering::SeqCst), 1);
-        // Outside a job a callback runs at once.
-        on_durable({
-            let ran = ran.clone();
-            move || {
-                ran.fetch_add(10, Ordering::SeqCst);
-            }
-        });
-        assert_eq!(ran.load(Ordering::SeqCst), 11);
         db.close();
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn shared_state_is_one_per_database() {
+    fn shared_state_is_one_per_handle() {
         let dir = tempfile_dir();
-        let db = Db::open(&dir.join("s.db"), M).expect("open");
+        let db = Meta::open_sqlite(&dir.join("s.db"), M).expect("open");
         let a = db.clone().shared::<Mutex<Vec<u8>>>();
         a.lock().expect("lock").push(7);
         assert_eq!(
@@ -1141,42 +1039,24 @@ mod tests {
     }
 
     #[test]
-    fn migrations_apply_once() {
-        let dir = tempfile_dir();
-        let path = dir.join("m.db");
-        drop(Db::open(&path, M).expect("first"));
-        let db = Db::open(&path, M).expect("second open must not re-run the step");
-        let n: i64 = db
-            .read_blocking(|c| {
-                Ok::<_, DbError>(c.query_row("SELECT COUNT(*) FROM _migrations", [], |r| r.get(0))?)
-            })
-            .expect("count");
-        assert_eq!(n, 1);
-        db.close();
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
     fn the_wal_stays_bounded_and_checkpoints_leave_every_row_intact() {
         let dir = tempfile_dir();
         let path = dir.join("w.db");
-        let options = DbOptions {
+        let options = SqliteOptions {
             checkpoint_pages: 8,
             wal_limit_pages: 64,
             page_size: 4096,
-            ..DbOptions::default()
+            ..SqliteOptions::default()
         };
-        let db = Db::open_with(&path, M, options).expect("open");
+        let db = Meta::open_sqlite_with(&path, M, options).expect("open");
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         let mut largest = 0u64;
         for k in 0..1500i64 {
             // About one page per commit, so the WAL would reach some 1,500 pages unbounded.
+            let v = "x".repeat(3000);
             db.write_blocking(move |c| {
-                c.execute(
-                    "INSERT INTO t (k, v) VALUES (?1, ?2)",
-                    rusqlite::params![k, "x".repeat(3000)],
-                )?;
-                Ok::<_, DbError>(())
+                c.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", params![k, v])?;
+                Ok::<_, MetaError>(())
             })
             .expect("write");
             largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
@@ -1189,9 +1069,9 @@ mod tests {
         );
         let (n, sum): (i64, i64) = db
             .read_blocking(|c| {
-                Ok::<_, DbError>(c.query_row("SELECT COUNT(*), SUM(k) FROM t", [], |r| {
+                c.query_row("SELECT COUNT(*), SUM(k) FROM t", params![], |r| {
                     Ok((r.get(0)?, r.get(1)?))
-                })?)
+                })
             })
             .expect("count");
         assert_eq!((n, sum), (1500, 1499 * 1500 / 2));
@@ -1215,43 +1095,47 @@ mod tests {
     fn read_only_handles_read_and_refuse_writes() {
         let dir = tempfile_dir();
         let path = dir.join("r.db");
-        let db = Db::open(&path, M).expect("open");
+        let db = Meta::open_sqlite(&path, M).expect("open");
         db.write_blocking(|c| {
-            c.execute("INSERT INTO t (k, v) VALUES (1, 'a')", [])?;
-            Ok::<_, DbError>(())
+            c.execute("INSERT INTO t (k, v) VALUES (1, 'a')", params![])?;
+            Ok::<_, MetaError>(())
         })
         .expect("write");
-        let ro = Db::open_read_only(&path).expect("read-only open");
+        let ro = Meta::open_sqlite_read_only(&path).expect("read-only open");
         let n: i64 = ro
-            .read_blocking(|c| {
-                Ok::<_, DbError>(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?)
-            })
+            .read_blocking(|c| c.query_row("SELECT COUNT(*) FROM t", params![], |r| r.get(0)))
             .expect("read");
         assert_eq!(n, 1);
         assert!(matches!(
-            ro.write_blocking(|_| Ok::<_, DbError>(())),
-            Err(DbError::WriterGone)
+            ro.write_blocking(|_| Ok::<_, MetaError>(())),
+            Err(MetaError::WriterGone)
         ));
+        assert!(ro.check().expect("check").is_empty());
         assert!(
-            Db::open_read_only(&dir.join("absent.db")).is_err(),
+            Meta::open_sqlite_read_only(&dir.join("absent.db")).is_err(),
             "a missing file is not created"
         );
         db.close();
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[test]
+    fn a_full_disk_is_its_own_error() {
+        let e = sqlite_err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        ));
+        assert!(e.is_full(), "{e:?}");
+    }
+
     fn tempfile_dir() -> PathBuf {
+        use std::hash::{BuildHasher, RandomState};
         let p = std::env::temp_dir().join(format!(
             "sluice-db-test-{}-{}",
             std::process::id(),
-            rand_suffix()
+            RandomState::new().hash_one(std::time::Instant::now())
         ));
         std::fs::create_dir_all(&p).expect("mkdir");
         p
-    }
-
-    fn rand_suffix() -> u64 {
-        use std::hash::{BuildHasher, RandomState};
-        RandomState::new().hash_one(std::time::Instant::now())
     }
 }

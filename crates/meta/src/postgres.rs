@@ -1,0 +1,903 @@
+//! The PostgreSQL engine: a fixed set of worker threads, each with its own connection,
+//! taking writes and reads from one queue.
+//!
+//! - **Writes** run in a transaction at `SERIALIZABLE` isolation, so a closure written for
+//!   the embedded engine (where one writer runs everything in turn) keeps its meaning when
+//!   many transactions — from this process or others — run at once. A transaction that
+//!   loses a race (serialization failure, deadlock) is rolled back and run again, up to
+//!   [`MAX_ATTEMPTS`] times with a growing, jittered pause; then it fails with
+//!   [`MetaError::Conflict`].
+//! - **Durability** is PostgreSQL's: every connection sets `synchronous_commit = on`, so a
+//!   commit returns once its WAL is flushed (and, with synchronous standbys configured,
+//!   replicated). A server running with `fsync = off` is reported at open and by
+//!   `sluice doctor`.
+//! - **Reads** run statement by statement outside a transaction, as on SQLite.
+//! - **Faults**: a connection that breaks is dropped and opened again for the next job; a
+//!   job that finds the server unreachable fails at once with [`MetaError::Unavailable`]. A
+//!   connection lost while `COMMIT` was in flight is [`MetaError::Unknown`]: the
+//!   transaction may have committed.
+//! - **Statements** are prepared once per connection (keyed by their text) after `?N`
+//!   parameters are rewritten as `$N`. Parameters adapt to the type PostgreSQL inferred
+//!   for them, within range; results convert `BIGINT`/`INTEGER`/`SMALLINT`/`BOOLEAN` to
+//!   integers, `TEXT` to text, `BYTEA` to blobs, `DOUBLE PRECISION`/`REAL` to reals.
+//! - **Migrations** run under an advisory lock, each in its own transaction, with the
+//!   neutral DDL translated ([`translate_ddl`]).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use postgres::{Client, Config, NoTls, Statement};
+
+use crate::value::RowSource;
+use crate::{
+    Caller, Conn, Engine, EngineKind, MetaError, MetaStats, Migration, ReadJob, Tx, ValueRef,
+    Verdict, WriteJob, run_job,
+};
+
+/// Connections (and worker threads) when the URL does not say (`pool_size`).
+const DEFAULT_POOL: usize = 16;
+/// Attempts of a transaction that keeps losing serialization races.
+const MAX_ATTEMPTS: u32 = 12;
+/// Prepared statements kept per connection before the cache is emptied.
+const STATEMENT_CACHE: usize = 512;
+/// Key of the advisory lock migrations hold (any constant; "sluice" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0000_736c_7569_6365;
+
+enum Job {
+    Write(Box<dyn WriteJob>),
+    Read(ReadJob),
+}
+
+pub(crate) struct Pg {
+    shown: String,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    stats: Arc<Counters>,
+    config: Config,
+}
+
+#[derive(Default)]
+struct Counters {
+    groups: AtomicU64,
+    jobs: AtomicU64,
+    commit_nanos: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// The URL without its password, for logs.
+fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Splits sluice's own parameters (`pool_size`) off a URL; the rest goes to the driver.
+fn own_params(url: &str) -> Result<(String, usize), MetaError> {
+    let invalid = |message: String| MetaError::InvalidUrl {
+        url: shown(url),
+        message,
+    };
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), DEFAULT_POOL));
+    };
+    let mut pool = DEFAULT_POOL;
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("pool_size", v)) => {
+                pool = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| invalid(format!("pool_size must be 1 to 1024, got {v:?}")))?;
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, pool))
+}
+
+fn connect(config: &Config) -> Result<Client, MetaError> {
+    config.connect(NoTls).map_err(|e| pg_err(&e))
+}
+
+/// Runs blocking driver work (the sync client drives its own small runtime) off any async
+/// runtime the caller may be on.
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+impl Pg {
+    pub(crate) fn open(url: &str, migrations: &[Migration]) -> Result<Pg, MetaError> {
+        off_runtime(|| Pg::open_here(url, migrations))
+    }
+
+    fn open_here(url: &str, migrations: &[Migration]) -> Result<Pg, MetaError> {
+        let shown = shown(url);
+        let (driver_url, pool) = own_params(url)?;
+        let mut config: Config = driver_url.parse().map_err(|e| MetaError::InvalidUrl {
+            url: shown.clone(),
+            message: format!("{e}"),
+        })?;
+        config
+            .application_name("sluice")
+            .options("-c synchronous_commit=on")
+            .connect_timeout(Duration::from_secs(5))
+            .keepalives(true);
+        let mut first = connect(&config).map_err(|e| MetaError::Open {
+            url: shown.clone(),
+            message: e.to_string(),
+        })?;
+        migrate(&mut first, migrations)?;
+        for problem in settings_problems(&mut first)? {
+            tracing::warn!(engine = %shown, "{problem}");
+        }
+
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let stats = Arc::new(Counters::default());
+        let mut first = Some(first);
+        for i in 0..pool {
+            let worker = Worker {
+                rx: rx.clone(),
+                config: config.clone(),
+                client: first.take(),
+                statements: HashMap::new(),
+                stats: stats.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("sluice-pg-{i}"))
+                .spawn(move || worker.run())
+                .map_err(|e| MetaError::Open {
+                    url: shown.clone(),
+                    message: format!("cannot start a worker thread: {e}"),
+                })?;
+        }
+        Ok(Pg {
+            shown,
+            jobs: Mutex::new(Some(tx)),
+            stats,
+            config,
+        })
+    }
+
+    fn send(&self, job: Job) {
+        let job = match self.jobs.lock() {
+            Ok(guard) => match guard.as_ref() {
+                Some(sender) => match sender.send(job) {
+                    Ok(()) => return,
+                    Err(mpsc::SendError(job)) => job,
+                },
+                None => job,
+            },
+            Err(_) => return,
+        };
+        match job {
+            Job::Write(w) => w.finish(Some(MetaError::WriterGone)),
+            Job::Read(r) => r(Err(MetaError::WriterGone)),
+        }
+    }
+}
+
+/// What the server's settings risk: acknowledged commits lost on power loss.
+fn settings_problems(c: &mut Client) -> Result<Vec<String>, MetaError> {
+    let mut problems = Vec::new();
+    let fsync: String = c
+        .query_one("SHOW fsync", &[])
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| pg_err(&e))?;
+    if fsync != "on" {
+        problems.push(format!(
+            "PostgreSQL runs with fsync = {fsync}: acknowledged writes can be lost on power loss; set fsync = on"
+        ));
+    }
+    let sync: String = c
+        .query_one("SHOW synchronous_commit", &[])
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| pg_err(&e))?;
+    if sync != "on" && sync != "remote_apply" && sync != "remote_write" {
+        problems.push(format!(
+            "synchronous_commit is {sync} on sluice's connections: commits may return before they are durable"
+        ));
+    }
+    Ok(problems)
+}
+
+impl Engine for Pg {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Postgres
+    }
+
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    fn write(&self, job: Box<dyn WriteJob>) {
+        self.send(Job::Write(job));
+    }
+
+    fn read(&self, job: ReadJob, _caller: Caller) {
+        self.send(Job::Read(job));
+    }
+
+    fn stats(&self) -> MetaStats {
+        let c = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MetaStats {
+            groups: get(&c.groups),
+            jobs: get(&c.jobs),
+            commit_nanos: get(&c.commit_nanos),
+            syncs: 0,
+            sync_nanos: 0,
+            retries: get(&c.retries),
+        }
+    }
+
+    fn close(&self) {
+        if let Ok(mut g) = self.jobs.lock() {
+            g.take();
+        }
+    }
+
+    fn check(&self) -> Result<Vec<String>, MetaError> {
+        off_runtime(|| {
+            let mut c = connect(&self.config)?;
+            settings_problems(&mut c)
+        })
+    }
+}
+
+struct Worker {
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    config: Config,
+    client: Option<Client>,
+    statements: HashMap<String, Statement>,
+    stats: Arc<Counters>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let job = {
+                let Ok(rx) = self.rx.lock() else {
+                    return;
+                };
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            };
+            if let Err(e) = self.connect_if_needed() {
+                match job {
+                    Job::Write(w) => w.finish(Some(e)),
+                    Job::Read(r) => r(Err(e)),
+                }
+                continue;
+            }
+            let Some(client) = self.client.as_mut() else {
+                continue;
+            };
+            let statements = &mut self.statements;
+            match job {
+                Job::Read(r) => {
+                    let conn = PgConn::new(client, statements);
+                    let tx = Tx::new(&conn);
+                    r(Ok(&tx));
+                    for cb in tx.take_callbacks() {
+                        cb();
+                    }
+                }
+                Job::Write(w) => write(client, statements, w, &self.stats),
+            }
+        }
+    }
+
+    /// Opens the worker's connection again if it broke.
+    fn connect_if_needed(&mut self) -> Result<(), MetaError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            self.statements.clear();
+            self.client = Some(connect(&self.config)?);
+        }
+        Ok(())
+    }
+}
+
+fn write(
+    client: &mut Client,
+    statements: &mut HashMap<String, Statement>,
+    mut job: Box<dyn WriteJob>,
+    stats: &Counters,
+) {
+    stats.jobs.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut attempt = 0;
+    let outcome = loop {
+        attempt += 1;
+        if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE") {
+            break Err(pg_err(&e));
+        }
+        let verdict = {
+            let conn = PgConn::new(client, statements);
+            let tx = Tx::new(&conn);
+            run_job(&mut *job, &tx)
+        };
+        let retry = match verdict {
+            Verdict::Commit(callbacks) => match client.batch_execute("COMMIT") {
+                Ok(()) => break Ok(callbacks),
+                Err(e) if retryable(&e) => true,
+                Err(e) if client.is_closed() => {
+                    break Err(MetaError::Unknown(format!(
+                        "the connection broke during COMMIT: {}",
+                        describe_err(&e)
+                    )));
+                }
+                Err(e) => break Err(pg_err(&e)),
+            },
+            Verdict::RollBack => {
+                rollback(client);
+                break Ok(Vec::new());
+            }
+            Verdict::Fail(e) => {
+                rollback(client);
+                break Err(e);
+            }
+            Verdict::Retry => {
+                rollback(client);
+                true
+            }
+        };
+        if retry && attempt >= MAX_ATTEMPTS {
+            break Err(MetaError::Conflict(format!(
+                "gave up after {attempt} attempts"
+            )));
+        }
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(backoff(attempt));
+    };
+    crate::add_elapsed(&stats.commit_nanos, started);
+    match outcome {
+        Ok(callbacks) => {
+            stats.groups.fetch_add(1, Ordering::Relaxed);
+            for cb in callbacks {
+                cb();
+            }
+            job.finish(None);
+        }
+        Err(e) => job.finish(Some(e)),
+    }
+}
+
+fn rollback(client: &mut Client) {
+    if let Err(e) = client.batch_execute("ROLLBACK") {
+        tracing::debug!(error = %describe_err(&e), "rollback failed");
+    }
+}
+
+/// A pause before the next attempt: 1, 2, 4 … ms (at most 128), times a random factor in
+/// [0.5, 1.5) so that transactions that collided do not collide again.
+fn backoff(attempt: u32) -> Duration {
+    let base = 1u64 << attempt.min(7);
+    let nanos = Instant::now().elapsed().subsec_nanos() as u64
+        ^ (std::process::id() as u64).rotate_left(17)
+        ^ attempt as u64;
+    let jitter = (nanos % 1000) as f64 / 1000.0 + 0.5;
+    Duration::from_micros((base as f64 * 1000.0 * jitter) as u64)
+}
+
+fn retryable(e: &postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+fn describe_err(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match e.source() {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// Classifies a driver error into the kinds callers act on.
+fn pg_err(e: &postgres::Error) -> MetaError {
+    let text = describe_err(e);
+    let Some(code) = e.code() else {
+        // No SQLSTATE: the connection failed or broke.
+        return MetaError::Unavailable(text);
+    };
+    let class = &code.code()[..2];
+    if retryable(e) {
+        MetaError::Conflict(text)
+    } else if class == "23" {
+        MetaError::Constraint(text)
+    } else if *code == SqlState::DISK_FULL || *code == SqlState::INSUFFICIENT_RESOURCES {
+        MetaError::Full(text)
+    } else if class == "08"
+        || class == "57"
+        || *code == SqlState::TOO_MANY_CONNECTIONS
+        || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+    {
+        MetaError::Unavailable(text)
+    } else {
+        MetaError::Engine(text)
+    }
+}
+
+/// A connection as a [`Tx`] sees it.
+struct PgConn<'a> {
+    client: RefCell<&'a mut Client>,
+    statements: RefCell<&'a mut HashMap<String, Statement>>,
+}
+
+impl<'a> PgConn<'a> {
+    fn new(client: &'a mut Client, statements: &'a mut HashMap<String, Statement>) -> Self {
+        PgConn {
+            client: RefCell::new(client),
+            statements: RefCell::new(statements),
+        }
+    }
+
+    fn statement(&self, sql: &str) -> Result<Statement, MetaError> {
+        let mut cache = self.statements.borrow_mut();
+        if let Some(st) = cache.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self
+            .client
+            .borrow_mut()
+            .prepare(&translate_params(sql))
+            .map_err(|e| pg_err(&e))?;
+        if cache.len() >= STATEMENT_CACHE {
+            cache.clear();
+        }
+        cache.insert(sql.to_owned(), st.clone());
+        Ok(st)
+    }
+}
+
+impl Conn for PgConn<'_> {
+    fn execute(&self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64, MetaError> {
+        let st = self.statement(sql)?;
+        let params: Vec<PgParam<'_>> = params.iter().map(|v| PgParam(*v)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        self.client
+            .borrow_mut()
+            .execute(&st, &refs)
+            .map_err(|e| pg_err(&e))
+    }
+
+    fn query(
+        &self,
+        sql: &str,
+        params: &[ValueRef<'_>],
+        each: &mut dyn FnMut(&dyn RowSource) -> Result<bool, MetaError>,
+    ) -> Result<(), MetaError> {
+        let st = self.statement(sql)?;
+        let params: Vec<PgParam<'_>> = params.iter().map(|v| PgParam(*v)).collect();
+        let mut client = self.client.borrow_mut();
+        let mut rows = client
+            .query_raw(&st, params.iter().map(|p| p as &(dyn ToSql + Sync)))
+            .map_err(|e| pg_err(&e))?;
+        while let Some(row) = rows.next().map_err(|e| pg_err(&e))? {
+            if !each(&PgRow(&row))? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct PgRow<'a>(&'a postgres::Row);
+
+impl RowSource for PgRow<'_> {
+    fn value(&self, idx: usize) -> Result<ValueRef<'_>, MetaError> {
+        let row = self.0;
+        let column = row
+            .columns()
+            .get(idx)
+            .ok_or_else(|| MetaError::Type(format!("no column {idx}")))?;
+        let ty = column.type_().clone();
+        let conv = |e: postgres::Error| MetaError::Type(format!("column {idx}: {e}"));
+        let v = if ty == Type::INT8 {
+            row.try_get::<_, Option<i64>>(idx)
+                .map_err(conv)?
+                .map(ValueRef::Int)
+        } else if ty == Type::INT4 {
+            row.try_get::<_, Option<i32>>(idx)
+                .map_err(conv)?
+                .map(|i| ValueRef::Int(i.into()))
+        } else if ty == Type::INT2 {
+            row.try_get::<_, Option<i16>>(idx)
+                .map_err(conv)?
+                .map(|i| ValueRef::Int(i.into()))
+        } else if ty == Type::BOOL {
+            row.try_get::<_, Option<bool>>(idx)
+                .map_err(conv)?
+                .map(|b| ValueRef::Int(b.into()))
+        } else if ty == Type::FLOAT8 {
+            row.try_get::<_, Option<f64>>(idx)
+                .map_err(conv)?
+                .map(ValueRef::Real)
+        } else if ty == Type::FLOAT4 {
+            row.try_get::<_, Option<f32>>(idx)
+                .map_err(conv)?
+                .map(|f| ValueRef::Real(f.into()))
+        } else if ty == Type::BYTEA {
+            row.try_get::<_, Option<&[u8]>>(idx)
+                .map_err(conv)?
+                .map(ValueRef::Blob)
+        } else if ty == Type::TEXT
+            || ty == Type::VARCHAR
+            || ty == Type::NAME
+            || ty == Type::BPCHAR
+            || ty == Type::UNKNOWN
+        {
+            row.try_get::<_, Option<&str>>(idx)
+                .map_err(conv)?
+                .map(ValueRef::Text)
+        } else {
+            return Err(MetaError::Type(format!(
+                "column {idx} ({}) has type {ty}, which sluice does not read; CAST it to BIGINT, TEXT or BYTEA",
+                column.name()
+            )));
+        };
+        Ok(v.unwrap_or(ValueRef::Null))
+    }
+}
+
+/// A parameter, encoded as the type PostgreSQL inferred for its place in the statement.
+#[derive(Debug)]
+struct PgParam<'a>(ValueRef<'a>);
+
+type BoxError = Box<dyn StdError + Sync + Send>;
+
+impl ToSql for PgParam<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, BoxError> {
+        let wrong = || -> BoxError {
+            format!("a {} parameter cannot be sent as {ty}", kind(self.0)).into()
+        };
+        match self.0 {
+            ValueRef::Null => Ok(IsNull::Yes),
+            ValueRef::Int(i) => {
+                if *ty == Type::INT8 {
+                    i.to_sql(ty, out)
+                } else if *ty == Type::INT4 {
+                    i32::try_from(i)?.to_sql(ty, out)
+                } else if *ty == Type::INT2 {
+                    i16::try_from(i)?.to_sql(ty, out)
+                } else if *ty == Type::BOOL {
+                    (i != 0).to_sql(ty, out)
+                } else if *ty == Type::FLOAT8 {
+                    (i as f64).to_sql(ty, out)
+                } else if *ty == Type::FLOAT4 {
+                    (i as f32).to_sql(ty, out)
+                } else if is_text(ty) {
+                    i.to_string().to_sql(ty, out)
+                } else {
+                    Err(wrong())
+                }
+            }
+            ValueRef::Real(f) => {
+                if *ty == Type::FLOAT8 {
+                    f.to_sql(ty, out)
+                } else if *ty == Type::FLOAT4 {
+                    (f as f32).to_sql(ty, out)
+                } else if is_text(ty) {
+                    f.to_string().to_sql(ty, out)
+                } else {
+                    Err(wrong())
+                }
+            }
+            ValueRef::Text(s) => {
+                if is_text(ty) {
+                    s.to_sql(ty, out)
+                } else if *ty == Type::BYTEA {
+                    s.as_bytes().to_sql(ty, out)
+                } else {
+                    Err(wrong())
+                }
+            }
+            ValueRef::Blob(b) => {
+                if *ty == Type::BYTEA {
+                    b.to_sql(ty, out)
+                } else {
+                    Err(wrong())
+                }
+            }
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn is_text(ty: &Type) -> bool {
+    *ty == Type::TEXT
+        || *ty == Type::VARCHAR
+        || *ty == Type::NAME
+        || *ty == Type::BPCHAR
+        || *ty == Type::UNKNOWN
+}
+
+fn kind(v: ValueRef<'_>) -> &'static str {
+    match v {
+        ValueRef::Null => "null",
+        ValueRef::Int(_) => "integer",
+        ValueRef::Real(_) => "real",
+        ValueRef::Text(_) => "text",
+        ValueRef::Blob(_) => "blob",
+    }
+}
+
+/// Pieces of SQL text: words, quoted strings and everything else, in order.
+#[derive(Debug, PartialEq)]
+enum Piece<'a> {
+    Word(&'a str),
+    Quoted(&'a str),
+    Other(&'a str),
+}
+
+fn pieces(sql: &str) -> Vec<Piece<'_>> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        let c = b[i];
+        if c == b'\'' || c == b'"' {
+            i += 1;
+            while i < b.len() {
+                if b[i] == c {
+                    // A doubled quote is an escaped quote inside the string.
+                    if b.get(i + 1) == Some(&c) {
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                i += 1;
+            }
+            out.push(Piece::Quoted(&sql[start..i]));
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+            out.push(Piece::Other(&sql[start..i]));
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                i += 1;
+            }
+            out.push(Piece::Word(&sql[start..i]));
+        } else {
+            i += 1;
+            // Multi-byte characters stay whole: continuation bytes are never ASCII.
+            while i < b.len() && !b[i].is_ascii() {
+                i += 1;
+            }
+            out.push(Piece::Other(&sql[start..i]));
+        }
+    }
+    out
+}
+
+/// Rewrites SQLite-style parameters (`?1`, `?`) as PostgreSQL's (`$1`), outside quotes.
+pub(crate) fn translate_params(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut next = 1;
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' || c == b'"' {
+            let start = i;
+            i += 1;
+            while i < b.len() {
+                if b[i] == c {
+                    if b.get(i + 1) == Some(&c) {
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                i += 1;
+            }
+            out.push_str(&sql[start..i]);
+        } else if c == b'?' {
+            i += 1;
+            let digits = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            out.push('$');
+            if digits == i {
+                out.push_str(&next.to_string());
+                next += 1;
+            } else {
+                out.push_str(&sql[digits..i]);
+            }
+        } else {
+            let start = i;
+            i += 1;
+            while i < b.len() && b[i] != b'\'' && b[i] != b'"' && b[i] != b'?' {
+                i += 1;
+            }
+            out.push_str(&sql[start..i]);
+        }
+    }
+    out
+}
+
+/// Translates the neutral DDL of migrations into PostgreSQL's: `INTEGER PRIMARY KEY` →
+/// an identity column; `INTEGER` → `BIGINT`; `REAL` → `DOUBLE PRECISION`; `BLOB` →
+/// `BYTEA`; `TEXT` → `TEXT COLLATE "C"` (byte order, as SQLite compares text); `WITHOUT
+/// ROWID` dropped.
+pub(crate) fn translate_ddl(sql: &str) -> String {
+    let p = pieces(sql);
+    let word = |i: usize| match p.get(i) {
+        Some(Piece::Word(w)) => Some(w.to_ascii_uppercase()),
+        _ => None,
+    };
+    // The index of the next word after `i`, skipping whitespace.
+    let next_word = |i: usize| {
+        let mut j = i + 1;
+        while let Some(Piece::Other(s)) = p.get(j) {
+            if !s.trim().is_empty() {
+                return None;
+            }
+            j += 1;
+        }
+        matches!(p.get(j), Some(Piece::Word(_))).then_some(j)
+    };
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut i = 0;
+    while i < p.len() {
+        match (&p[i], word(i).as_deref()) {
+            (_, Some("INTEGER")) => {
+                let pk = next_word(i).filter(|&j| word(j).as_deref() == Some("PRIMARY"));
+                let key = pk
+                    .and_then(next_word)
+                    .filter(|&j| word(j).as_deref() == Some("KEY"));
+                if let Some(k) = key {
+                    out.push_str("BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY");
+                    i = k + 1;
+                    if let Some(a) =
+                        next_word(k).filter(|&j| word(j).as_deref() == Some("AUTOINCREMENT"))
+                    {
+                        i = a + 1;
+                    }
+                    continue;
+                }
+                out.push_str("BIGINT");
+            }
+            (_, Some("REAL")) => out.push_str("DOUBLE PRECISION"),
+            (_, Some("BLOB")) => out.push_str("BYTEA"),
+            (_, Some("TEXT")) => out.push_str("TEXT COLLATE \"C\""),
+            (_, Some("WITHOUT"))
+                if next_word(i).is_some_and(|j| word(j).as_deref() == Some("ROWID")) =>
+            {
+                i = next_word(i).map_or(i + 1, |j| j + 1);
+                continue;
+            }
+            (Piece::Word(s) | Piece::Quoted(s) | Piece::Other(s), _) => out.push_str(s),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn migrate(c: &mut Client, migrations: &[Migration]) -> Result<(), MetaError> {
+    let e = |e: postgres::Error| pg_err(&e);
+    c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(e)?;
+    let result = (|| {
+        c.batch_execute(
+            "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
+        )
+        .map_err(e)?;
+        for m in migrations {
+            let done = c
+                .query_opt("SELECT 1 FROM _migrations WHERE name = $1", &[&m.name])
+                .map_err(e)?
+                .is_some();
+            if done {
+                continue;
+            }
+            let mut t = c.transaction().map_err(e)?;
+            t.batch_execute(&translate_ddl(m.sql)).map_err(|err| {
+                MetaError::Engine(format!("migration {}: {}", m.name, describe_err(&err)))
+            })?;
+            t.execute(
+                "INSERT INTO _migrations (name, applied_ms) VALUES ($1, $2)",
+                &[&m.name, &crate::now_ms()],
+            )
+            .map_err(e)?;
+            t.commit().map_err(e)?;
+        }
+        Ok(())
+    })();
+    let unlocked = c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+    result?;
+    unlocked.map_err(e)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_are_rewritten_outside_quotes() {
+        assert_eq!(
+            translate_params("SELECT a FROM t WHERE b = ?1 AND c = '?2' AND d = ?12"),
+            "SELECT a FROM t WHERE b = $1 AND c = '?2' AND d = $12"
+        );
+        assert_eq!(translate_params("VALUES (?, ?)"), "VALUES ($1, $2)");
+        assert_eq!(
+            translate_params("SELECT 'it''s ?' , \"q?\" , ?3"),
+            "SELECT 'it''s ?' , \"q?\" , $3"
+        );
+    }
+
+    #[test]
+    fn ddl_is_translated() {
+        assert_eq!(
+            translate_ddl(
+                "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT NOT NULL DEFAULT 'TEXT', b BLOB, r REAL) WITHOUT ROWID;"
+            ),
+            "CREATE TABLE t (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, v TEXT COLLATE \"C\" NOT NULL DEFAULT 'TEXT', b BYTEA, r DOUBLE PRECISION) ;"
+        );
+        assert_eq!(
+            translate_ddl("CREATE TABLE u (a INTEGER NOT NULL, PRIMARY KEY (a))"),
+            "CREATE TABLE u (a BIGINT NOT NULL, PRIMARY KEY (a))"
+        );
+    }
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            shown("postgres://u:secret@h:5432/db?pool_size=3"),
+            "postgres://u@h:5432/db?pool_size=3"
+        );
+        let (url, pool) =
+            own_params("postgres://u@h/db?pool_size=3&sslmode=disable").expect("parse");
+        assert_eq!(
+            (url.as_str(), pool),
+            ("postgres://u@h/db?sslmode=disable", 3)
+        );
+        assert!(own_params("postgres://u@h/db?pool_size=0").is_err());
+    }
+}
