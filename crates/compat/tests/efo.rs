@@ -21,21 +21,13 @@ const GUARD: Duration = Duration::from_secs(60);
 
 struct Fixture {
     ctx: KinesisContext,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _dir: sluice_meta::conformance::TestEngines,
 }
 
 fn fixture_with(options: SubscribeOptions, stream_options: StreamOptions) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("sluice-efo-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let db = sluice_meta::Meta::open_sqlite(&dir.join("t.db"), MIGRATIONS).expect("db");
+    let engines = sluice_meta::conformance::TestEngines::new();
+    let dir = engines.dir().to_owned();
+    let db = engines.meta("efo", MIGRATIONS);
     let stream = EmbeddedStream::open_with(db, &dir.join("log"), stream_options).expect("stream");
     Fixture {
         ctx: KinesisContext {
@@ -44,7 +36,7 @@ fn fixture_with(options: SubscribeOptions, stream_options: StreamOptions) -> Fix
             account_id: "000000000000".into(),
             subscriptions: Subscriptions::new(options),
         },
-        _dir: TempDir(dir),
+        _dir: engines,
     }
 }
 

@@ -14,20 +14,12 @@ struct Fixture {
     router: axum::Router,
     key: (String, String),
     client_id: String,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _dir: sluice_meta::conformance::TestEngines,
 }
 
 fn fixture() -> Fixture {
-    let dir = std::env::temp_dir().join(format!("sluice-shapes-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
+    let engines = sluice_meta::conformance::TestEngines::new();
+    let dir = engines.dir().to_owned();
     let mut migrations = Vec::new();
     for part in [
         sluice_identity::MIGRATIONS,
@@ -37,7 +29,7 @@ fn fixture() -> Fixture {
     ] {
         migrations.extend_from_slice(part);
     }
-    let db = sluice_meta::Meta::open_sqlite(&dir.join("t.db"), &migrations).expect("db");
+    let db = engines.meta("shapes", &migrations);
     let identity = Identity::new(db.clone(), &dir.join("keys"), "http://edge.test");
     let pool = identity
         .bootstrap("us-east-2", Lifetimes::default())
@@ -74,7 +66,7 @@ fn fixture() -> Fixture {
         router,
         key: (key.id, key.secret),
         client_id: pool.client_id,
-        _dir: TempDir(dir),
+        _dir: engines,
     }
 }
 

@@ -170,9 +170,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn create_list_delete() {
-        let dir = std::env::temp_dir().join(format!("sluice-keys-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let db = Meta::open_sqlite(&dir.join("k.db"), MIGRATIONS).expect("db");
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("keys", MIGRATIONS);
         let keys = AccessKeys::new(db);
         let first = keys.ensure_initial().expect("ensure").expect("created");
         assert!(
@@ -196,6 +195,5 @@ mod tests {
             keys.delete(&second.id),
             Err(IdentityError::ResourceNotFound(_))
         ));
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -911,7 +911,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sign_in_refresh_and_new_password_challenge() {
-        let (id, info) = identity();
+        let (id, info, _engines) = identity();
         id.create_user(&info.pool_id, "Me@Example.com", "Passw0rd!", false)
             .expect("create");
         assert!(matches!(
@@ -1001,7 +1001,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn secrets_flows_revocation_and_throttling() {
-        let (id, _) = identity();
+        let (id, _, _engines) = identity();
         let pool = id
             .create_pool("us-east-2", "p", PoolSettings::default())
             .await
@@ -1104,7 +1104,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn srp_sign_in_round_trip() {
-        let (id, info) = identity();
+        let (id, info, _engines) = identity();
         id.create_user(&info.pool_id, "srp@example.com", "Passw0rd!", false)
             .expect("create");
         let user = id

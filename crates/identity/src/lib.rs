@@ -631,15 +631,15 @@ pub(crate) fn blocking_err(e: tokio::task::JoinError) -> IdentityError {
 pub(crate) mod test_support {
     use super::*;
 
-    pub(crate) fn identity() -> (Identity, PoolInfo) {
-        let dir = std::env::temp_dir().join(format!("sluice-id-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let db = Meta::open_sqlite(&dir.join("i.db"), MIGRATIONS).expect("db");
-        let id = Identity::new(db, &dir.join("keys"), "http://127.0.0.1:4566");
+    /// An identity on fresh metadata (kept until the returned engines are dropped).
+    pub(crate) fn identity() -> (Identity, PoolInfo, sluice_meta::conformance::TestEngines) {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("identity", MIGRATIONS);
+        let id = Identity::new(db, &engines.dir().join("keys"), "http://127.0.0.1:4566");
         let info = id
             .bootstrap("us-east-2", Lifetimes::default())
             .expect("bootstrap");
-        (id, info)
+        (id, info, engines)
     }
 }
 
@@ -650,7 +650,7 @@ mod tests {
 
     #[test]
     fn ids_look_like_cognitos() {
-        let (id, info) = identity();
+        let (id, info, _engines) = identity();
         assert!(valid_pool_id(&info.pool_id), "{}", info.pool_id);
         assert!(info.pool_id.starts_with("us-east-2_"));
         assert_eq!(info.client_id.len(), 26);
@@ -664,11 +664,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn migration_0002_keeps_0001_users() {
-        let dir = std::env::temp_dir().join(format!("sluice-id-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let path = dir.join("i.db");
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let dir = engines.dir().to_owned();
         {
-            let db = Meta::open_sqlite(&path, &MIGRATIONS[..1]).expect("db 0001");
+            let db = engines.meta("old", &MIGRATIONS[..1]);
             db.write_blocking(|c| {
                 c.execute(
                     "INSERT INTO pools (id, name, is_default, created_ms)
@@ -693,7 +692,7 @@ mod tests {
             .expect("seed");
             db.close();
         }
-        let db = Meta::open_sqlite(&path, MIGRATIONS).expect("db 0002");
+        let db = engines.meta("old", MIGRATIONS);
         let id = Identity::new(db, &dir.join("keys"), "http://127.0.0.1:4566");
         let u = id
             .get_user("us-east-2_AAAAAAAAA", "old@example.com")

@@ -949,7 +949,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pools_and_clients_side_by_side() {
-        let (id, info) = identity();
+        let (id, info, _engines) = identity();
         let pool = id
             .create_pool("eu-west-1", "second", PoolSettings::default())
             .await

@@ -1468,7 +1468,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sign_up_confirm_list_and_reset() {
-        let (id, info) = identity();
+        let (id, info, _engines) = identity();
         let (rec, delivery) = id
             .sign_up(
                 &info.client_id,
@@ -1599,7 +1599,7 @@ mod tests {
 
     #[tokio::test]
     async fn attribute_codes_verify_only_the_current_value() {
-        let (id, info) = identity();
+        let (id, info, _engines) = identity();
         id.sign_up(
             &info.client_id,
             "v@example.com",
@@ -1647,7 +1647,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn code_guesses_are_limited() {
-        let (id, info) = identity();
+        let (id, info, _engines) = identity();
         id.sign_up(
             &info.client_id,
             "g@example.com",

@@ -469,6 +469,11 @@ pub struct TestEngines {
     created: std::sync::Mutex<Vec<String>>,
 }
 
+/// Whether `SLUICE_TEST_META` asks the part suites to run on PostgreSQL.
+pub fn test_engine_is_postgres() -> bool {
+    std::env::var("SLUICE_TEST_META").is_ok_and(|v| v == "postgres")
+}
+
 /// The server tests create their databases on.
 pub fn test_postgres_url() -> String {
     std::env::var("SLUICE_TEST_POSTGRES")
@@ -499,6 +504,26 @@ impl TestEngines {
     /// A temporary directory removed with this value.
     pub fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+
+    /// Metadata `name` on the engine the part suites run on: PostgreSQL when
+    /// `SLUICE_TEST_META=postgres` (`scripts/test` runs the part and black-box suites once
+    /// more that way), SQLite otherwise.
+    pub fn meta(&self, name: &str, migrations: &[Migration]) -> Meta {
+        let url = self.meta_url(name);
+        match crate::open(&url, migrations) {
+            Ok(m) => m,
+            Err(e) => panic!("cannot open test metadata {url}: {e}"),
+        }
+    }
+
+    /// The URL of metadata `name` on the engine the part suites run on (see [`Self::meta`]).
+    pub fn meta_url(&self, name: &str) -> String {
+        if test_engine_is_postgres() {
+            self.postgres_url(name)
+        } else {
+            self.sqlite_url(name)
+        }
     }
 
     /// The URL of a SQLite database `name` in the temporary directory.

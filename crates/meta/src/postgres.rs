@@ -145,7 +145,7 @@ impl Pg {
         })?;
         config
             .application_name("sluice")
-            .options("-c synchronous_commit=on")
+            .options("-c synchronous_commit=on -c client_min_messages=warning")
             .connect_timeout(Duration::from_secs(5))
             .keepalives(true);
         let mut first = connect(&config).map_err(|e| MetaError::Open {
@@ -302,7 +302,10 @@ impl Worker {
                 continue;
             };
             let statements = &mut self.statements;
-            match job {
+            // A panicking job must not take the worker down with it: its caller sees the
+            // job dropped, its transaction is rolled back, and the connection (whose state is
+            // unknown now) is opened afresh for the next job.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
                 Job::Read(r) => {
                     let conn = PgConn::new(client, statements);
                     let tx = Tx::new(&conn);
@@ -312,6 +315,10 @@ impl Worker {
                     }
                 }
                 Job::Write(w) => write(client, statements, w, &self.stats),
+            }));
+            if ran.is_err() {
+                tracing::error!("a metadata job panicked; its transaction was rolled back");
+                self.client = None;
             }
         }
     }
@@ -782,11 +789,36 @@ pub(crate) fn translate_ddl(sql: &str) -> String {
         }
         matches!(p.get(j), Some(Piece::Word(_))).then_some(j)
     };
+    // The index of the previous piece that is not whitespace.
+    let prev = |i: usize| {
+        (0..i)
+            .rev()
+            .find(|&j| !matches!(&p[j], Piece::Other(s) if s.trim().is_empty()))
+    };
+    let is_other = |j: Option<usize>, text: &str| matches!(j.and_then(|j| p.get(j)), Some(Piece::Other(s)) if s.trim() == text);
+    // A type name stands right after a column's name (itself after `(`, `,` or `COLUMN`), or
+    // after `AS` in a cast; the same word elsewhere is a name (a column called `blob`).
+    let in_type_position = |i: usize| {
+        let Some(before) = prev(i) else {
+            return false;
+        };
+        match (&p[before], word(before).as_deref()) {
+            (_, Some("AS")) => true,
+            (Piece::Word(_), _) => {
+                let b2 = prev(before);
+                is_other(b2, "(")
+                    || is_other(b2, ",")
+                    || b2.and_then(word).as_deref() == Some("COLUMN")
+            }
+            _ => false,
+        }
+    };
     let mut out = String::with_capacity(sql.len() + 64);
     let mut i = 0;
     while i < p.len() {
+        let typed = in_type_position(i);
         match (&p[i], word(i).as_deref()) {
-            (_, Some("INTEGER")) => {
+            (_, Some("INTEGER")) if typed => {
                 let pk = next_word(i).filter(|&j| word(j).as_deref() == Some("PRIMARY"));
                 let key = pk
                     .and_then(next_word)
@@ -803,9 +835,13 @@ pub(crate) fn translate_ddl(sql: &str) -> String {
                 }
                 out.push_str("BIGINT");
             }
-            (_, Some("REAL")) => out.push_str("DOUBLE PRECISION"),
-            (_, Some("BLOB")) => out.push_str("BYTEA"),
-            (_, Some("TEXT")) => out.push_str("TEXT COLLATE \"C\""),
+            (_, Some("REAL")) if typed => out.push_str("DOUBLE PRECISION"),
+            (_, Some("BLOB")) if typed => out.push_str("BYTEA"),
+            // No collation in a cast: `CAST(x AS TEXT)` is an expression, not a column.
+            (_, Some("TEXT")) if typed && word(prev(i).unwrap_or(0)).as_deref() == Some("AS") => {
+                out.push_str("TEXT")
+            }
+            (_, Some("TEXT")) if typed => out.push_str("TEXT COLLATE \"C\""),
             (_, Some("WITHOUT"))
                 if next_word(i).is_some_and(|j| word(j).as_deref() == Some("ROWID")) =>
             {
@@ -883,6 +919,19 @@ mod tests {
         assert_eq!(
             translate_ddl("CREATE TABLE u (a INTEGER NOT NULL, PRIMARY KEY (a))"),
             "CREATE TABLE u (a BIGINT NOT NULL, PRIMARY KEY (a))"
+        );
+        // Names that are also type names stay names.
+        assert_eq!(
+            translate_ddl(
+                "CREATE TABLE o (inline BLOB, blob TEXT, text TEXT);
+                 CREATE INDEX o_blob ON o (blob) WHERE blob IS NOT NULL;
+                 ALTER TABLE o ADD COLUMN real REAL;
+                 UPDATE o SET text = CAST(real AS TEXT), blob = 'TEXT';"
+            ),
+            "CREATE TABLE o (inline BYTEA, blob TEXT COLLATE \"C\", text TEXT COLLATE \"C\");
+                 CREATE INDEX o_blob ON o (blob) WHERE blob IS NOT NULL;
+                 ALTER TABLE o ADD COLUMN real DOUBLE PRECISION;
+                 UPDATE o SET text = CAST(real AS TEXT), blob = 'TEXT';"
         );
     }
 

@@ -404,8 +404,8 @@ mod tests {
 
     #[tokio::test]
     async fn mapping_lifecycle() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = Meta::open_sqlite(&dir.path().join("m.db"), MIGRATIONS).expect("db");
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("mappings", MIGRATIONS);
         let store = EmbeddedMappings::new(db.clone());
         let mut cfg = MappingConfig::new("seed-processor", "uploads-stream");
         cfg.batch_size = 10;

@@ -275,9 +275,8 @@ mod tests {
 
     #[tokio::test]
     async fn tail_follow_and_trim() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db =
-            Meta::open_sqlite(&dir.path().join("l.db"), crate::embedded::MIGRATIONS).expect("db");
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("logs", crate::embedded::MIGRATIONS);
         let logs = EmbeddedLogs::new(db).with_keep(3);
         logs.store((0..5).map(|i| line("a", &format!("l{i}"))).collect())
             .await

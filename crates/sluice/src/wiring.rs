@@ -31,12 +31,69 @@ fn migrations() -> Vec<Migration> {
 /// The metadata engine the settings name, migrated.
 pub(crate) fn open_db(settings: &Settings) -> Result<Meta> {
     create_data_dir(settings)?;
+    check_engines(settings)?;
     sluice_meta::open(&settings.meta, &migrations()).with_context(|| {
         format!(
             "cannot open the metadata engine {}",
             shown_url(&settings.meta)
         )
     })
+}
+
+/// The engines a data directory was first used with, in `<data-dir>/engines.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Engines {
+    /// The metadata engine, without password or options: `sqlite:///abs/path` or
+    /// `postgres://user@host:port/db`.
+    meta: String,
+}
+
+/// The metadata URL as recorded: a SQLite path made absolute, a server URL without its
+/// password and options.
+fn recorded_meta(settings: &Settings) -> String {
+    match settings.sqlite_path() {
+        Some(path) => {
+            let abs = std::path::absolute(&path).unwrap_or(path);
+            format!("sqlite://{}", abs.display())
+        }
+        None => shown_url(&settings.meta)
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+/// Refuses to open another metadata engine than the one the data directory was first used
+/// with (say, a client command that forgot `--meta` beside a server on PostgreSQL would
+/// otherwise create an empty SQLite database and work on that).
+fn check_engines(settings: &Settings) -> Result<()> {
+    let path = settings.data_dir.join("engines.json");
+    let mine = Engines {
+        meta: recorded_meta(settings),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let recorded: Engines = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid", path.display()))?;
+            if recorded.meta != mine.meta {
+                anyhow::bail!(
+                    "the data directory {} keeps its metadata in {}, not {}: pass that with --meta (or SLUICE_META, or [meta] url in sluice.toml); to move to another engine, use a new data directory",
+                    settings.data_dir.display(),
+                    recorded.meta,
+                    mine.meta
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&mine)?)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// A URL without its password, for messages.

@@ -294,6 +294,8 @@ fn seed_processor_runs_as_a_lambda_mapping() {
         ])
         .arg("--data-dir")
         .arg(&dir.0)
+        // The server's metadata engine (the run's sluice.toml is in the data directory).
+        .env("SLUICE_META", dir.meta_url())
         .current_dir(&js)
         .output()
         .expect("sluice mapping create");

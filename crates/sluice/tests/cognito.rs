@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{DataDir, Server};
+use common::{DataDir, Server, bin};
 use serde_json::{Value, json};
 
 /// An access key of the server (created once per server through the CLI).
@@ -236,25 +236,27 @@ fn python() -> PathBuf {
 }
 
 const SCRIPT: &str = r#"
-import base64, hashlib, hmac, os, sqlite3, sys
+import base64, hashlib, hmac, json, os, subprocess, sys
 import boto3, botocore
 from botocore.config import Config
 from pycognito.aws_srp import AWSSRP
 
-edge, db = os.environ["EDGE"], os.environ["DB"]
+edge, data_dir = os.environ["EDGE"], os.environ["DATA_DIR"]
 kw = dict(endpoint_url=edge, region_name="us-east-2",
           aws_access_key_id=os.environ["KEY_ID"], aws_secret_access_key=os.environ["KEY_SECRET"])
 idp = boto3.client("cognito-idp", **kw)
 anon = boto3.client("cognito-idp", config=Config(signature_version=botocore.UNSIGNED), **kw)
 
 def code(kind):
-    con = sqlite3.connect(db)
-    try:
-        row = con.execute("SELECT code FROM outbox WHERE kind = ? ORDER BY id DESC LIMIT 1", (kind,)).fetchone()
-    finally:
-        con.close()
-    assert row, f"no {kind} message in the outbox"
-    return row[0]
+    # `sluice outbox` lists the newest message first, whatever the metadata engine.
+    out = subprocess.run([os.environ["SLUICE"], "outbox", "--pool", pid, "--json", "--limit", "50",
+                          "--data-dir", data_dir], cwd=data_dir, check=True,
+                         capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        m = json.loads(line)
+        if m["kind"] == kind:
+            return m["code"]
+    raise AssertionError(f"no {kind} message in the outbox")
 
 def fails(exc, fn, **args):
     try:
@@ -426,7 +428,8 @@ fn boto3_and_pycognito_drive_pools_users_and_srp() {
         .env("EDGE", &server.edge)
         .env("KEY_ID", access_key(&server).0)
         .env("KEY_SECRET", access_key(&server).1)
-        .env("DB", dir.0.join("sluice.db"))
+        .env("DATA_DIR", &dir.0)
+        .env("SLUICE", bin())
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env_remove("AWS_PROFILE")
         .output()

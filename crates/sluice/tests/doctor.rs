@@ -87,11 +87,45 @@ fn doctor_passes_a_healthy_data_dir_and_fails_on_a_flipped_record_byte() {
 #[test]
 fn doctor_fails_without_a_database() {
     let dir = DataDir::new("doctor-empty");
+    // An embedded data directory that was never used (on PostgreSQL the database exists).
+    let _ = std::fs::remove_file(dir.0.join("sluice.toml"));
     let out = doctor(&dir.0);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("no database at"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// A data directory remembers its metadata engine: a command that would open another one
+/// (a forgotten `--meta` beside a server on PostgreSQL) is refused, naming the right one.
+#[test]
+fn a_data_dir_refuses_another_metadata_engine_than_its_own() {
+    let dir = DataDir::new("engines");
+    let _ = std::fs::remove_file(dir.0.join("sluice.toml"));
+    let keys = |extra: &[&str]| {
+        Command::new(bin())
+            .args(["keys", "list", "--data-dir"])
+            .arg(&dir.0)
+            .args(extra)
+            .env_remove("SLUICE_CONFIG")
+            .env_remove("SLUICE_META")
+            .current_dir(&dir.0)
+            .output()
+            .expect("run sluice keys")
+    };
+    let first = keys(&[]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let other = keys(&["--meta", "postgres://postgres@127.0.0.1:1/elsewhere"]);
+    assert!(!other.status.success());
+    let err = text(&other.stderr);
+    assert!(
+        err.contains("keeps its metadata in sqlite://") && err.contains("--meta"),
+        "{err}"
+    );
+    assert!(
+        keys(&[]).status.success(),
+        "the recorded engine still opens"
     );
 }

@@ -195,10 +195,8 @@ fn mappings_from_sluice_toml_are_created_at_start() {
         .permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(fns.join("mark.sh"), perms).expect("chmod");
-    std::fs::write(
-        dir.0.join("sluice.toml"),
-        format!(
-            r#"
+    dir.write_config(&format!(
+        r#"
 [[mapping]]
 name = "copier"
 function = "builtin:copy"
@@ -214,10 +212,8 @@ output_prefix = "marked/"
 starting_position = "TRIM_HORIZON"
 env = {{ OUT = "{}" }}
 "#,
-            dir.0.display()
-        ),
-    )
-    .expect("write sluice.toml");
+        dir.0.display()
+    ));
     let server = Server::start(&dir.0);
     let copier = wait_state(&server, "copier", "Enabled");
     assert_eq!(copier["batchSize"], 5);

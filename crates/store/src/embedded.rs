@@ -1134,7 +1134,7 @@ impl ObjectStore for EmbeddedStore {
                 let rows = c.query_vec(
                     "SELECT upload_id, bucket, key, created_ms FROM multipart_uploads
                      WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2
-                       AND (key > ?3 OR (key = ?3 AND ?4 IS NOT NULL AND upload_id > ?4))
+                       AND (key > ?3 OR (key = ?3 AND CAST(?4 AS TEXT) IS NOT NULL AND upload_id > ?4))
                      ORDER BY key, upload_id LIMIT ?5",
                     params![b, p, after.key, after.upload_id, limit],
                     |r| {
@@ -1345,17 +1345,14 @@ mod tests {
     use super::*;
     use crate::ByteRange;
 
-    async fn open() -> (EmbeddedStore, PathBuf) {
-        let dir = std::env::temp_dir().join(format!(
-            "sluice-store-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let db = Meta::open_sqlite(&dir.join("s.db"), MIGRATIONS).expect("db");
-        let s = EmbeddedStore::open(db, &dir.join("blobs")).expect("store");
+    /// A store on fresh metadata (the engine `SLUICE_TEST_META` names) with its blobs in
+    /// the engines' temporary directory.
+    async fn open() -> (EmbeddedStore, sluice_meta::conformance::TestEngines) {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("store", MIGRATIONS);
+        let s = EmbeddedStore::open(db, &engines.dir().join("blobs")).expect("store");
         s.ensure_bucket("b-1").await.expect("bucket");
-        (s, dir)
+        (s, engines)
     }
 
     #[tokio::test]
@@ -1399,7 +1396,8 @@ mod tests {
 
     #[tokio::test]
     async fn prepare_stream_matches_prepare_and_cleans_up_on_failure() {
-        let (s, dir) = open().await;
+        let (s, engines) = open().await;
+        let dir = engines.dir().to_owned();
         let chunked = |data: Vec<u8>, fail: bool| -> crate::ByteStream {
             let mut items: Vec<Result<Bytes, std::io::Error>> = data
                 .chunks(7_000)
@@ -1453,7 +1451,8 @@ mod tests {
 
     #[tokio::test]
     async fn replaced_and_orphaned_blobs_are_removed() {
-        let (s, dir) = open().await;
+        let (s, engines) = open().await;
+        let dir = engines.dir().to_owned();
         let big = Bytes::from(vec![7u8; INLINE_MAX + 10]);
         s.put("b-1", "big", big.clone(), PutOptions::default())
             .await
@@ -1574,7 +1573,8 @@ mod tests {
 
     #[tokio::test]
     async fn upload_part_copy_copies_objects_and_ranges() {
-        let (s, dir) = open().await;
+        let (s, engines) = open().await;
+        let dir = engines.dir().to_owned();
         let small = Bytes::from_static(b"0123456789");
         let big = Bytes::from(
             (0..3 * INLINE_MAX + 17)

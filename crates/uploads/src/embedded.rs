@@ -523,7 +523,10 @@ mod tests {
 
     use super::*;
 
-    fn open(dir: &std::path::Path) -> (EmbeddedStore, EmbeddedStream, EmbeddedUploads) {
+    fn open(
+        engines: &sluice_meta::conformance::TestEngines,
+    ) -> (EmbeddedStore, EmbeddedStream, EmbeddedUploads) {
+        let dir = engines.dir();
         let migrations: Vec<Migration> = [
             sluice_store::embedded::MIGRATIONS,
             sluice_stream::embedded::MIGRATIONS,
@@ -533,7 +536,7 @@ mod tests {
         .flat_map(|part| part.iter())
         .copied()
         .collect();
-        let db = Meta::open_sqlite(&dir.join("sluice.db"), &migrations).expect("db");
+        let db = engines.meta("uploads", &migrations);
         let store = EmbeddedStore::open(db.clone(), &dir.join("blobs")).expect("store");
         let stream = EmbeddedStream::open(db.clone(), &dir.join("log")).expect("stream");
         let uploads = EmbeddedUploads::new(db, store.clone(), stream.clone());
@@ -593,8 +596,8 @@ mod tests {
 
     #[tokio::test]
     async fn uploads_cut_off_before_or_after_delivery_get_exactly_one_record() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (store, stream, uploads) = open(dir.path());
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let (store, stream, uploads) = open(&engines);
         stream.create_stream("u", 1).await.expect("create");
         sluice_store::ObjectStore::ensure_bucket(&store, "bkt")
             .await
@@ -617,7 +620,7 @@ mod tests {
         drop((store, stream, uploads));
 
         // The restart: pending uploads are delivered, each once.
-        let (_store, stream, uploads) = open(dir.path());
+        let (_store, stream, uploads) = open(&engines);
         assert_eq!(uploads.deliver_pending().await.expect("deliver pending"), 2);
         assert_eq!(uploads.deliver_pending().await.expect("nothing left"), 0);
         let got = records(&stream).await;

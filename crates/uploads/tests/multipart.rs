@@ -18,7 +18,7 @@ use sluice_uploads::{
 };
 
 struct Env {
-    _dir: tempfile::TempDir,
+    _dir: sluice_meta::conformance::TestEngines,
     blobs: std::path::PathBuf,
     db: Meta,
     store: EmbeddedStore,
@@ -27,7 +27,8 @@ struct Env {
 }
 
 fn open() -> Env {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let engines = sluice_meta::conformance::TestEngines::new();
+    let dir = engines.dir().to_owned();
     let migrations: Vec<Migration> = [
         sluice_store::embedded::MIGRATIONS,
         sluice_stream::embedded::MIGRATIONS,
@@ -37,13 +38,13 @@ fn open() -> Env {
     .flat_map(|part| part.iter())
     .copied()
     .collect();
-    let db = Meta::open_sqlite(&dir.path().join("sluice.db"), &migrations).expect("db");
-    let blobs = dir.path().join("blobs");
+    let db = engines.meta("multipart", &migrations);
+    let blobs = dir.join("blobs");
     let store = EmbeddedStore::open(db.clone(), &blobs).expect("store");
-    let stream = EmbeddedStream::open(db.clone(), &dir.path().join("log")).expect("stream");
+    let stream = EmbeddedStream::open(db.clone(), &dir.join("log")).expect("stream");
     let uploads = EmbeddedUploads::new(db.clone(), store.clone(), stream.clone());
     Env {
-        _dir: dir,
+        _dir: engines,
         blobs,
         db,
         store,

@@ -15,8 +15,11 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sluice")
 }
 
-/// A temporary data directory, removed on drop.
-pub struct DataDir(pub PathBuf);
+/// A temporary data directory, removed on drop, and the engines a server on it uses: the
+/// embedded ones, or — with `SLUICE_TEST_META=postgres` (`scripts/test` runs the black-box
+/// suites once more that way) — a fresh PostgreSQL database, named in the directory's
+/// `sluice.toml` (servers and client commands run in the directory, so both find it).
+pub struct DataDir(pub PathBuf, sluice_meta::conformance::TestEngines);
 
 impl DataDir {
     pub fn new(tag: &str) -> DataDir {
@@ -26,8 +29,45 @@ impl DataDir {
             uuid_like()
         ));
         std::fs::create_dir_all(&p).expect("create data dir");
-        DataDir(p)
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let dir = DataDir(p, engines);
+        dir.write_config("");
+        dir
     }
+
+    /// The engines' part of `sluice.toml`.
+    fn engine_config(&self) -> String {
+        if sluice_meta::conformance::test_engine_is_postgres() {
+            format!("[meta]\nurl = \"{}\"\n", self.1.postgres_url("blackbox"))
+        } else {
+            String::new()
+        }
+    }
+
+    /// Writes `sluice.toml`: the engines' settings, then `extra`.
+    pub fn write_config(&self, extra: &str) {
+        let text = format!("{}{extra}", self.engine_config());
+        let path = self.0.join("sluice.toml");
+        if text.is_empty() {
+            let _ = std::fs::remove_file(path);
+        } else {
+            std::fs::write(path, text).expect("write sluice.toml");
+        }
+    }
+
+    /// The metadata engine's URL (`sqlite://…/sluice.db` or the PostgreSQL database).
+    pub fn meta_url(&self) -> String {
+        meta_url_of(&self.0)
+    }
+}
+
+/// The metadata URL a server on data directory `dir` uses (from its `sluice.toml`).
+pub fn meta_url_of(dir: &Path) -> String {
+    let configured = std::fs::read_to_string(dir.join("sluice.toml"))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("meta")?.get("url")?.as_str().map(str::to_owned));
+    configured.unwrap_or_else(|| format!("sqlite://{}", dir.join("sluice.db").display()))
 }
 
 impl Drop for DataDir {
@@ -288,8 +328,14 @@ pub fn meta_read<T: Send + 'static>(
     dir: &Path,
     f: impl FnOnce(&sluice_meta::Tx<'_>) -> Result<T, sluice_meta::MetaError> + Send + 'static,
 ) -> Result<T, sluice_meta::MetaError> {
-    let db = sluice_meta::Meta::open_sqlite_read_only(&dir.join("sluice.db"))?;
-    db.read_blocking(f)
+    let url = meta_url_of(dir);
+    let db = match url.strip_prefix("sqlite://") {
+        Some(path) => sluice_meta::Meta::open_sqlite_read_only(Path::new(path))?,
+        None => sluice_meta::open(&url, &[])?,
+    };
+    let out = db.read_blocking(f);
+    db.close();
+    out
 }
 
 pub fn cli(data_dir: &Path, args: &[&str]) -> String {
