@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
-use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use sluice_identity::access_keys::AccessKeys;
 use sluice_store::{ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreError, UploadMarker};
-use sluice_uploads::{MultipartCompletion, NewUpload, UploadError, UploadSink};
+use sluice_uploads::{MultipartCompletion, UploadError, UploadMeta, UploadSink};
 
 /// How S3 writes become uploads.
 #[derive(Clone)]
@@ -35,8 +34,9 @@ pub struct UploadHook {
 pub struct S3Adapter {
     pub store: Arc<dyn ObjectStore>,
     pub region: String,
-    /// Largest object a single PutObject or UploadPart may carry (bodies are buffered).
-    pub max_object_bytes: usize,
+    /// Largest object a single PutObject or UploadPart may carry (bodies are streamed to the
+    /// store, never held whole).
+    pub max_object_bytes: u64,
     /// `None` when S3 writes into the uploads prefix are plain objects.
     pub uploads: Option<UploadHook>,
 }
@@ -75,8 +75,15 @@ fn s3_err(e: StoreError) -> S3Error {
             S3ErrorCode::PreconditionFailed
         }
         StoreError::EntityTooLarge { .. } => S3ErrorCode::EntityTooLarge,
-        StoreError::Meta(m) => {
-            if let Some(message) = crate::unavailable(m) {
+        StoreError::BadDigest => S3ErrorCode::BadDigest,
+        StoreError::Meta(_) | StoreError::Blobs(_) => {
+            if e.is_unavailable() || e.is_full() {
+                tracing::warn!(error = %e, "s3 request refused");
+                let message = if e.is_full() {
+                    "the service has no storage left; try again later"
+                } else {
+                    "the service is unavailable; try again later"
+                };
                 return S3Error::with_message(S3ErrorCode::ServiceUnavailable, message);
             }
             tracing::error!(error = %e, "s3 request failed");
@@ -133,46 +140,109 @@ fn metadata_out(m: &BTreeMap<String, String>) -> Option<Metadata> {
     (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
-async fn collect(body: Option<StreamingBlob>, max: usize) -> S3Result<Bytes> {
-    let Some(mut body) = body else {
-        return Ok(Bytes::new());
-    };
-    let mut buf = BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            S3Error::with_message(
-                S3ErrorCode::IncompleteBody,
-                format!("cannot read the request body: {e}"),
-            )
-        })?;
-        if buf.len() + chunk.len() > max {
-            return Err(S3Error::with_message(
-                S3ErrorCode::EntityTooLarge,
-                format!("objects of more than {max} bytes must be uploaded in parts"),
-            ));
+/// What went wrong with a request body while it streamed into the store (the store only
+/// sees an I/O error; this keeps S3's code for it).
+#[derive(Default)]
+struct BodyFault(std::sync::Mutex<Option<S3Error>>);
+
+impl BodyFault {
+    fn set(&self, e: S3Error) {
+        if let Ok(mut f) = self.0.lock()
+            && f.is_none()
+        {
+            *f = Some(e);
         }
-        buf.extend_from_slice(&chunk);
     }
-    Ok(buf.freeze())
+
+    /// The body's own failure if it had one, else `otherwise`.
+    fn or(&self, otherwise: S3Error) -> S3Error {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut f| f.take())
+            .unwrap_or(otherwise)
+    }
 }
 
-/// S3's `Content-MD5` check: the base64 MD5 the client computed must match the body.
-fn check_content_md5(given: Option<&str>, body: &[u8]) -> S3Result<()> {
-    let Some(given) = given else { return Ok(()) };
-    use base64::Engine as _;
-    let Ok(want) = base64::engine::general_purpose::STANDARD.decode(given.trim()) else {
-        return Err(S3Error::with_message(
-            S3ErrorCode::InvalidDigest,
-            "the Content-MD5 you specified is not valid",
-        ));
+/// A request body as a stream, failed past `max` bytes (`EntityTooLarge`) or when the
+/// client's body breaks (`IncompleteBody`): it goes to the store chunk by chunk, never whole.
+fn body_in(body: Option<StreamingBlob>, max: u64) -> (sluice_store::ByteStream, Arc<BodyFault>) {
+    let fault = Arc::new(BodyFault::default());
+    let Some(body) = body else {
+        return (sluice_blobs_once(), fault);
     };
-    if want.as_slice() != &Md5::digest(body)[..] {
-        return Err(S3Error::with_message(
-            S3ErrorCode::BadDigest,
-            "the Content-MD5 you specified did not match what we received",
-        ));
+    let f = fault.clone();
+    let mut seen = 0u64;
+    let stream = body.map(move |chunk| match chunk {
+        Ok(bytes) => {
+            seen += bytes.len() as u64;
+            if seen > max {
+                f.set(S3Error::with_message(
+                    S3ErrorCode::EntityTooLarge,
+                    format!("objects of more than {max} bytes must be uploaded in parts"),
+                ));
+                Err(std::io::Error::other("the body is too large"))
+            } else {
+                Ok(bytes)
+            }
+        }
+        Err(e) => {
+            f.set(S3Error::with_message(
+                S3ErrorCode::IncompleteBody,
+                format!("cannot read the request body: {e}"),
+            ));
+            Err(std::io::Error::other(e.to_string()))
+        }
+    });
+    (Box::pin(stream), fault)
+}
+
+/// An empty body.
+fn sluice_blobs_once() -> sluice_store::ByteStream {
+    Box::pin(futures_util::stream::empty())
+}
+
+/// S3's `Content-MD5` header: the base64 MD5 the client computed of the body (checked by
+/// the store against what it received before anything is kept).
+fn content_md5(given: Option<&str>) -> S3Result<Option<[u8; 16]>> {
+    let Some(given) = given else { return Ok(None) };
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(given.trim())
+        .ok()
+        .and_then(|v| <[u8; 16]>::try_from(v).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            S3Error::with_message(
+                S3ErrorCode::InvalidDigest,
+                "the Content-MD5 you specified is not valid",
+            )
+        })
+}
+
+/// An object's bytes as a response body.
+fn body_out(body: sluice_store::ByteStream) -> StreamingBlob {
+    StreamingBlob::wrap(SyncStream(std::sync::Mutex::new(body)))
+}
+
+/// A stream made `Sync` (what s3s's body type asks for) by a mutex that polling, which has
+/// `&mut` access, never needs to lock.
+struct SyncStream(std::sync::Mutex<sluice_store::ByteStream>);
+
+impl futures_util::Stream for SyncStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.get_mut().0.get_mut() {
+            Ok(inner) => inner.as_mut().poll_next(cx),
+            Err(_) => {
+                std::task::Poll::Ready(Some(Err(std::io::Error::other("body stream poisoned"))))
+            }
+        }
     }
-    Ok(())
 }
 
 fn access_key<T>(req: &S3Request<T>) -> String {
@@ -372,7 +442,11 @@ pub async fn partial_content(mut resp: axum::response::Response) -> axum::respon
 struct Write {
     bucket: String,
     key: String,
-    body: Bytes,
+    body: sluice_store::ByteStream,
+    /// How the body itself failed, if it did.
+    fault: Arc<BodyFault>,
+    /// The `Content-MD5` the client sent.
+    content_md5: Option<[u8; 16]>,
     content_type: Option<String>,
     metadata: BTreeMap<String, String>,
     /// The access key that signed the request.
@@ -404,6 +478,8 @@ impl S3Adapter {
             bucket,
             key,
             body,
+            fault,
+            content_md5,
             content_type,
             metadata,
             who,
@@ -414,21 +490,31 @@ impl S3Adapter {
             if if_absent && self.store.head(bucket, key).await.is_ok() {
                 return Err(s3_error!(PreconditionFailed));
             }
-            let md5 = hex::encode(Md5::digest(&body));
+            // Staged as it arrives (never whole in memory), checked, then committed as an
+            // upload; a staged body dropped uncommitted takes its blob with it.
+            let staged = hook
+                .sink
+                .stage(body)
+                .await
+                .map_err(|e| fault.or(upload_err(e)))?;
+            let md5 = staged.md5().to_owned();
+            if content_md5.is_some_and(|want| hex::encode(want) != md5) {
+                return Err(s3_err(StoreError::BadDigest));
+            }
+            let meta = UploadMeta {
+                user_sub: s3_user_sub(&who),
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                filename: upload_filename(key),
+                content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),
+                metadata,
+                request_id: uuid::Uuid::new_v4().to_string(),
+                stream: hook.stream.clone(),
+                partition_key: uuid::Uuid::new_v4().to_string(),
+            };
             let upload = hook
                 .sink
-                .commit(NewUpload {
-                    user_sub: s3_user_sub(&who),
-                    bucket: bucket.to_owned(),
-                    key: key.to_owned(),
-                    filename: upload_filename(key),
-                    body,
-                    content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),
-                    metadata,
-                    request_id: uuid::Uuid::new_v4().to_string(),
-                    stream: hook.stream.clone(),
-                    partition_key: uuid::Uuid::new_v4().to_string(),
-                })
+                .commit_staged(meta, staged)
                 .await
                 .map_err(upload_err)?;
             return Ok(ObjectInfo {
@@ -444,7 +530,7 @@ impl S3Adapter {
             });
         }
         self.store
-            .put(
+            .put_stream(
                 bucket,
                 key,
                 body,
@@ -453,10 +539,11 @@ impl S3Adapter {
                     owner: None,
                     metadata,
                     if_absent,
+                    content_md5,
                 },
             )
             .await
-            .map_err(s3_err)
+            .map_err(|e| fault.or(s3_err(e)))
     }
 }
 
@@ -543,13 +630,15 @@ impl S3 for S3Adapter {
             .get("if-none-match")
             .is_some_and(|v| v.as_bytes() == b"*");
         let input = req.input;
-        let body = collect(input.body, self.max_object_bytes).await?;
-        check_content_md5(input.content_md5.as_deref(), &body)?;
+        let content_md5 = content_md5(input.content_md5.as_deref())?;
+        let (body, fault) = body_in(input.body, self.max_object_bytes);
         let info = self
             .write(Write {
                 bucket: input.bucket,
                 key: input.key,
                 body,
+                fault,
+                content_md5,
                 content_type: input.content_type,
                 metadata: metadata_in(input.metadata),
                 who,
@@ -567,47 +656,76 @@ impl S3 for S3Adapter {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        let (obj, parts) = match input.part_number {
-            Some(_) => self.get_with_parts(&input.bucket, &input.key).await?,
-            None => match self.store.get(&input.bucket, &input.key).await {
-                Ok(o) => (o, Vec::new()),
+        // The metadata first (conditions and the range are decided on it), then exactly
+        // the bytes asked for, of that same version (read again if it changed meanwhile).
+        for _ in 0..3 {
+            let found = match input.part_number {
+                Some(_) => self.store.head_parts(&input.bucket, &input.key).await,
+                None => self
+                    .store
+                    .head(&input.bucket, &input.key)
+                    .await
+                    .map(|i| (i, Vec::new())),
+            };
+            let (info, parts) = match found {
+                Ok(found) => found,
                 Err(e) => return Err(self.not_found(&input.bucket, e).await),
-            },
-        };
-        check_conditions(
-            &obj.info,
-            input.if_match.as_ref(),
-            input.if_none_match.as_ref(),
-            input.if_modified_since.as_ref(),
-            input.if_unmodified_since.as_ref(),
-        )?;
-        let total = obj.body.len() as u64;
-        let (range, parts_count) = select(total, input.range.as_ref(), input.part_number, &parts)?;
-        let (body, content_range) = match range {
-            Some(range) => (
-                obj.body.slice(range.start as usize..range.end as usize),
-                Some(format!("bytes {}-{}/{total}", range.start, range.end - 1)),
-            ),
-            None => (obj.body, None),
-        };
-        let partial = content_range.is_some();
-        let output = GetObjectOutput {
-            content_length: Some(body.len() as i64),
-            body: Some(StreamingBlob::from(s3s::Body::from(body))),
-            content_range,
-            parts_count,
-            accept_ranges: Some("bytes".into()),
-            content_type: Some(obj.info.content_type.clone()),
-            e_tag: Some(etag(&obj.info.etag)),
-            last_modified: Some(timestamp(obj.info.last_modified_ms)),
-            metadata: metadata_out(&obj.info.metadata),
-            ..Default::default()
-        };
-        Ok(if partial {
-            S3Response::with_status(output, http::StatusCode::PARTIAL_CONTENT)
-        } else {
-            S3Response::new(output)
-        })
+            };
+            check_conditions(
+                &info,
+                input.if_match.as_ref(),
+                input.if_none_match.as_ref(),
+                input.if_modified_since.as_ref(),
+                input.if_unmodified_since.as_ref(),
+            )?;
+            let total = info.size;
+            let (range, parts_count) =
+                select(total, input.range.as_ref(), input.part_number, &parts)?;
+            let bytes = range.as_ref().map(|r| ByteRange {
+                first: r.start,
+                last: r.end.saturating_sub(1),
+            });
+            let obj = match self
+                .store
+                .get_stream(&input.bucket, &input.key, bytes)
+                .await
+            {
+                Ok(o) => o,
+                Err(e) => return Err(self.not_found(&input.bucket, e).await),
+            };
+            if obj.info.etag != info.etag || obj.info.last_modified_ms != info.last_modified_ms {
+                continue;
+            }
+            let (content_length, content_range) = match &range {
+                Some(r) => (
+                    r.end - r.start,
+                    Some(format!("bytes {}-{}/{total}", r.start, r.end - 1)),
+                ),
+                None => (total, None),
+            };
+            let partial = content_range.is_some();
+            let output = GetObjectOutput {
+                content_length: Some(content_length as i64),
+                body: Some(body_out(obj.body)),
+                content_range,
+                parts_count,
+                accept_ranges: Some("bytes".into()),
+                content_type: Some(info.content_type.clone()),
+                e_tag: Some(etag(&info.etag)),
+                last_modified: Some(timestamp(info.last_modified_ms)),
+                metadata: metadata_out(&info.metadata),
+                ..Default::default()
+            };
+            return Ok(if partial {
+                S3Response::with_status(output, http::StatusCode::PARTIAL_CONTENT)
+            } else {
+                S3Response::new(output)
+            });
+        }
+        Err(S3Error::with_message(
+            S3ErrorCode::SlowDown,
+            "the object is being rewritten; try again",
+        ))
     }
 
     async fn head_object(
@@ -726,7 +844,7 @@ impl S3 for S3Adapter {
         let who = access_key(&req);
         let input = req.input;
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
-        let src = match self.store.get(&src_bucket, &src_key).await {
+        let src = match self.store.get_stream(&src_bucket, &src_key, None).await {
             Ok(o) => o,
             Err(e) => return Err(self.not_found(&src_bucket, e).await),
         };
@@ -755,11 +873,17 @@ impl S3 for S3Adapter {
                 src.info.metadata.clone(),
             )
         };
+        // The source's bytes stream into the new object; the copy has the source's MD5.
+        let want = hex::decode(&src.info.etag)
+            .ok()
+            .and_then(|v| <[u8; 16]>::try_from(v).ok());
         let info = self
             .write(Write {
                 bucket: input.bucket,
                 key: input.key,
                 body: src.body,
+                fault: Arc::default(),
+                content_md5: want,
                 content_type,
                 metadata,
                 who,
@@ -860,6 +984,7 @@ impl S3 for S3Adapter {
                     owner: None,
                     metadata: metadata_in(input.metadata),
                     if_absent: false,
+                    content_md5: None,
                 },
             )
             .await
@@ -880,13 +1005,13 @@ impl S3 for S3Adapter {
         self.check_upload(&input.upload_id, &input.bucket, &input.key)
             .await?;
         let part = part_number(input.part_number)?;
-        let body = collect(input.body, self.max_object_bytes).await?;
-        check_content_md5(input.content_md5.as_deref(), &body)?;
+        let content_md5 = content_md5(input.content_md5.as_deref())?;
+        let (body, fault) = body_in(input.body, self.max_object_bytes);
         let e = self
             .store
-            .upload_part(&input.upload_id, part, body)
+            .upload_part_stream(&input.upload_id, part, body, content_md5)
             .await
-            .map_err(s3_err)?;
+            .map_err(|e| fault.or(s3_err(e)))?;
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(etag(&e)),
             ..Default::default()
@@ -1273,31 +1398,6 @@ impl S3Adapter {
             return s3_err(b);
         }
         s3_err(e)
-    }
-
-    /// An object with its part layout, both of the same version of the object.
-    async fn get_with_parts(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> S3Result<(sluice_store::Object, Vec<(u32, u64)>)> {
-        for _ in 0..3 {
-            let (info, parts) = match self.store.head_parts(bucket, key).await {
-                Ok(found) => found,
-                Err(e) => return Err(self.not_found(bucket, e).await),
-            };
-            let obj = match self.store.get(bucket, key).await {
-                Ok(o) => o,
-                Err(e) => return Err(self.not_found(bucket, e).await),
-            };
-            if obj.info.etag == info.etag && obj.info.last_modified_ms == info.last_modified_ms {
-                return Ok((obj, parts));
-            }
-        }
-        Err(S3Error::with_message(
-            S3ErrorCode::SlowDown,
-            "the object is being rewritten; try again",
-        ))
     }
 
     /// A multipart request must name the bucket and key its upload was created for.

@@ -91,6 +91,7 @@ impl From<UploadError> for GatewayError {
             | UploadError::Stream(sluice_stream::StreamError::Meta(m)) => {
                 GatewayError::from_meta(m)
             }
+            UploadError::Store(e) => GatewayError::from(e),
             other => GatewayError::Internal(other.to_string()),
         }
     }
@@ -103,6 +104,10 @@ impl From<StoreError> for GatewayError {
                 GatewayError::NotFound(format!("object {bucket}/{key} not found"))
             }
             StoreError::Meta(m) => GatewayError::from_meta(m),
+            e @ StoreError::Blobs(_) if e.is_unavailable() => {
+                GatewayError::Unavailable(e.to_string())
+            }
+            e @ StoreError::Blobs(_) if e.is_full() => GatewayError::Full(e.to_string()),
             other => GatewayError::Internal(other.to_string()),
         }
     }

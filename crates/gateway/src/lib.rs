@@ -581,9 +581,12 @@ async fn get_upload(
     .into_response())
 }
 
+/// The object's bytes, streamed from the store (never read whole into memory).
 async fn object_response(gw: &Gateway, bucket: &str, key: &str) -> Result<Response, GatewayError> {
-    let obj = gw.store.get(bucket, key).await?;
-    let mut resp = Response::new(Body::from(obj.body));
+    let obj = gw.store.get_stream(bucket, key, None).await?;
+    let mut resp = Response::new(Body::from_stream(obj.body));
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(obj.info.size));
     if let Ok(v) = HeaderValue::from_str(&obj.info.content_type) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }

@@ -33,6 +33,10 @@ pub(crate) struct CommonArgs {
     /// [default: sqlite://<data-dir>/sluice.db]
     #[arg(long, env = "SLUICE_META", global = true)]
     pub(crate) meta: Option<String>,
+    /// Object bytes: file://DIR, or s3://BUCKET[/PREFIX]?endpoint=URL&region=R (credentials
+    /// from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) [default: file://<data-dir>/blobs]
+    #[arg(long, env = "SLUICE_STORE", global = true)]
+    pub(crate) store: Option<String>,
 }
 
 /// An engine's table in `sluice.toml` (`[meta]`).
@@ -51,6 +55,8 @@ pub(crate) struct FileConfig {
     pub(crate) data_dir: Option<PathBuf>,
     /// `[meta] url = "postgres://…"`: the metadata engine.
     pub(crate) meta: Option<EngineConfig>,
+    /// `[store] url = "s3://…"`: where object bytes live.
+    pub(crate) store: Option<EngineConfig>,
     /// Address of the upload API.
     pub(crate) listen: Option<SocketAddr>,
     /// Address of the AWS-compatible edge.
@@ -82,8 +88,8 @@ pub(crate) struct FileConfig {
     pub(crate) access_token_validity_secs: Option<i64>,
     pub(crate) refresh_token_validity_secs: Option<i64>,
     /// Largest object one S3 PutObject or UploadPart may carry, in bytes (larger objects
-    /// go in multipart uploads).
-    pub(crate) s3_max_object_bytes: Option<usize>,
+    /// go in multipart uploads). Bodies are streamed, never held whole.
+    pub(crate) s3_max_object_bytes: Option<u64>,
     /// Objects written through S3 into `<bucket>/uploads/` become uploads (a stream record,
     /// processed) like `POST /uploads`.
     pub(crate) s3_uploads_enqueue: Option<bool>,
@@ -112,6 +118,8 @@ pub(crate) struct Settings {
     pub(crate) data_dir: PathBuf,
     /// URL of the metadata engine (`sqlite://…` or `postgres://…`).
     pub(crate) meta: String,
+    /// URL of the blob engine (`file://…` or `s3://…`).
+    pub(crate) store: String,
     pub(crate) listen: SocketAddr,
     pub(crate) edge_listen: SocketAddr,
     pub(crate) edge_url: Option<String>,
@@ -125,7 +133,7 @@ pub(crate) struct Settings {
     pub(crate) stream_throttle: bool,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_upload_bytes: u64,
-    pub(crate) s3_max_object_bytes: usize,
+    pub(crate) s3_max_object_bytes: u64,
     pub(crate) s3_uploads_enqueue: bool,
     pub(crate) s3_base_domain: Option<String>,
     pub(crate) lifetimes: sluice_identity::Lifetimes,
@@ -157,6 +165,12 @@ impl Settings {
                 .filter(|m| !m.is_empty())
                 .or(file.meta.and_then(|m| m.url))
                 .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("sluice.db").display())),
+            store: args
+                .store
+                .clone()
+                .filter(|m| !m.is_empty())
+                .or(file.store.and_then(|m| m.url))
+                .unwrap_or_else(|| format!("file://{}", data_dir.join("blobs").display())),
             data_dir,
             listen: args
                 .listen
@@ -190,7 +204,7 @@ impl Settings {
                 .unwrap_or(sluice_gateway::DEFAULT_MAX_UPLOAD_BYTES),
             s3_max_object_bytes: env_parse("SLUICE_S3_MAX_OBJECT_BYTES")?
                 .or(file.s3_max_object_bytes)
-                .unwrap_or(512 * 1024 * 1024),
+                .unwrap_or(5 * 1024 * 1024 * 1024),
             s3_uploads_enqueue: env_parse("SLUICE_S3_UPLOADS_ENQUEUE")?
                 .or(file.s3_uploads_enqueue)
                 .unwrap_or(true),

@@ -80,10 +80,27 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let verifier =
         sluice_identity::PoolVerifier::new(identity.clone(), &pool.pool_id, TOKEN_LEEWAY_SECS)?;
 
-    let store = EmbeddedStore::open(db.clone(), &settings.data_dir.join("blobs"))?;
-    {
-        let s = store.clone();
-        tokio::task::spawn_blocking(move || s.sweep()).await??;
+    let blobs = sluice_blobs::open(&settings.store).with_context(|| {
+        format!(
+            "cannot open the object store {}",
+            crate::wiring::shown_url(&settings.store)
+        )
+    })?;
+    let shared_blobs = settings.store.starts_with("s3://");
+    let store = EmbeddedStore::new(db.clone(), blobs);
+    if shared_blobs {
+        // A shared store (S3) may hold blobs other processes are writing: only those
+        // unreferenced for an hour go, in the background.
+        let sweep = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sweep.sweep(Duration::from_secs(3600)).await {
+                tracing::warn!(error = %e, "cannot sweep unreferenced blobs");
+            }
+        });
+    } else {
+        // Files: nothing is in flight before serving starts (the data directory is locked),
+        // so every unreferenced blob is a leftover.
+        store.sweep(Duration::ZERO).await?;
     }
     store.ensure_bucket(&settings.bucket).await?;
     if let Some(b) = &settings.processed_bucket {

@@ -54,23 +54,9 @@ impl Read for Pattern {
     }
 }
 
+/// The blobs of the data directory's store (files, or objects on the S3 store).
 fn blob_files(dir: &std::path::Path) -> usize {
-    fn walk(p: &std::path::Path) -> usize {
-        std::fs::read_dir(p)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| {
-                        if e.path().is_dir() {
-                            walk(&e.path())
-                        } else {
-                            1
-                        }
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-    walk(&dir.join("blobs"))
+    common::blob_count(dir)
 }
 
 fn start(tag: &str) -> (DataDir, Server, String) {

@@ -1,26 +1,30 @@
-//! The embedded object store: metadata (and small objects, inline) in the shared SQLite
-//! database, large objects in files under `<data>/blobs/`.
+//! The object store, written once over the metadata engine (rows; small objects inline)
+//! and a blob engine (large objects' bytes): the same code on SQLite and files, or on
+//! PostgreSQL and S3.
 //!
 //! Small objects (≤ [`INLINE_MAX`]) are written with the row that describes them, in one
-//! group commit: many concurrent puts share one fsync. A large object is first written to
-//! its own file and fsynced (file and directory); only then is the row that references it
-//! committed. A crash in between leaves a file that no row references; [`EmbeddedStore::sweep`]
-//! removes such files at start. Each blob file belongs to exactly one row (named by a random
-//! id, never by content), so deleting or overwriting a row can delete its file right after
-//! the commit without a reference count.
+//! transaction: on SQLite many concurrent puts share one group commit. A large object is
+//! first streamed to a blob of its own (durable when [`Blobs::put_stream`] returns); only
+//! then is the row that references it committed. A crash in between leaves a blob that no
+//! row references; [`EmbeddedStore::sweep`] removes such blobs. Each blob belongs to exactly
+//! one row (named by a random id, never by content), so deleting or overwriting a row can
+//! delete its blob right after the commit without a reference count.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use md5::Md5;
 use sha2::{Digest, Sha256};
-use sluice_meta::{Meta, Migration, Tx, now_ms, params, sync_dir};
+use sluice_blobs::{BlobError, Blobs};
+use sluice_meta::{Meta, Migration, Tx, now_ms, params};
 
 use crate::{
-    BucketInfo, CopySource, MAX_PART_BYTES, MIN_PART_BYTES, MultipartInfo, Object, ObjectInfo,
-    ObjectStore, PartInfo, PutOptions, SourceCheck, StoreError, UploadMarker, validate_bucket_name,
-    validate_key,
+    BucketInfo, ByteRange, ByteStream, CopySource, MAX_PART_BYTES, MIN_PART_BYTES, MultipartInfo,
+    Object, ObjectInfo, ObjectStore, ObjectStream, PartInfo, PutOptions, SourceCheck, StoreError,
+    UploadMarker, validate_bucket_name, validate_key,
 };
 
 /// Objects up to this size are stored inline in the database.
@@ -85,10 +89,10 @@ ALTER TABLE objects ADD COLUMN parts TEXT;
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Meta,
-    blob_dir: PathBuf,
+    blobs: Arc<dyn Blobs>,
 }
 
-/// An object whose bytes are hashed and, if large, already durable in a blob file: what
+/// An object whose bytes are hashed and, if large, already durable in a blob: what
 /// [`put_in_tx`] commits.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -113,7 +117,11 @@ impl Prepared {
     pub fn size(&self) -> u64 {
         self.size
     }
-    /// The blob file holding a large object's bytes (`None` for inline objects).
+    /// The MD5 of the bytes in hex (the ETag of a single-part object).
+    pub fn md5(&self) -> &str {
+        &self.etag
+    }
+    /// The blob holding a large object's bytes (`None` for inline objects).
     pub fn blob_name(&self) -> Option<&str> {
         match &self.body {
             PreparedBody::Blob(n) => Some(n),
@@ -122,118 +130,169 @@ impl Prepared {
     }
 }
 
+/// MD5, SHA-256 and size of the bytes that went through a stream.
+#[derive(Default)]
+struct Hashes {
+    md5: Md5,
+    sha: Sha256,
+    size: u64,
+}
+
+impl Hashes {
+    fn update(&mut self, bytes: &[u8]) {
+        self.md5.update(bytes);
+        self.sha.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+}
+
+/// A small object, kept in its row.
+fn inline(body: Bytes) -> Prepared {
+    Prepared {
+        size: body.len() as u64,
+        etag: hex::encode(Md5::digest(&body)),
+        sha256: hex::encode(Sha256::digest(&body)),
+        body: PreparedBody::Inline(body),
+        parts: None,
+    }
+}
+
+/// `body`, hashed into `hashes` as it passes.
+fn hashing(body: ByteStream, hashes: Arc<Mutex<Hashes>>) -> ByteStream {
+    Box::pin(body.inspect(move |chunk| {
+        if let Ok(bytes) = chunk
+            && let Ok(mut h) = hashes.lock()
+        {
+            h.update(bytes);
+        }
+    }))
+}
+
 impl EmbeddedStore {
-    /// Opens the store on a database migrated with [`MIGRATIONS`]; blobs live in `blob_dir`.
+    /// The store over metadata migrated with [`MIGRATIONS`] and a blob engine.
+    pub fn new(db: Meta, blobs: Arc<dyn Blobs>) -> Self {
+        EmbeddedStore { db, blobs }
+    }
+
+    /// [`EmbeddedStore::new`] with the embedded blob engine on `blob_dir`.
     pub fn open(db: Meta, blob_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(blob_dir)?;
-        Ok(EmbeddedStore {
+        Ok(EmbeddedStore::new(
             db,
-            blob_dir: blob_dir.to_owned(),
-        })
+            Arc::new(sluice_blobs::fs::FsBlobs::open(blob_dir)?),
+        ))
     }
 
     pub fn db(&self) -> &Meta {
         &self.db
     }
 
-    /// Hashes `body` and, for a large object, writes it to a fresh blob file and fsyncs it.
-    /// Runs on the blocking pool.
+    /// The blob engine.
+    pub fn blobs(&self) -> &Arc<dyn Blobs> {
+        &self.blobs
+    }
+
+    /// Hashes `body` and, for a large object, writes it to a new blob (durable when this
+    /// returns).
     pub async fn prepare(&self, body: Bytes) -> Result<Prepared, StoreError> {
-        let dir = self.blob_dir.clone();
-        // Hashing a small object takes microseconds: not worth a trip to the blocking pool.
         if body.len() <= INLINE_MAX {
-            return prepare_blocking(&dir, body);
+            return Ok(inline(body));
         }
-        tokio::task::spawn_blocking(move || prepare_blocking(&dir, body))
-            .await
-            .map_err(|e| StoreError::Backend(format!("prepare task failed: {e}")))?
+        self.write_blob(sluice_blobs::once(body)).await
     }
 
     /// Like [`prepare`](Self::prepare), for a body that arrives in chunks: it is never held
     /// whole in memory. Up to [`INLINE_MAX`] bytes are gathered and kept inline; past that,
-    /// every chunk goes to a fresh blob file (hashed as it is written, on the blocking pool),
-    /// which is fsynced with its directory once the body has ended. If the body fails (an
-    /// error item) or this future is dropped, the partial file is deleted.
-    pub async fn prepare_stream(
-        &self,
-        mut body: crate::ByteStream,
-    ) -> Result<Prepared, StoreError> {
-        use futures_util::StreamExt;
+    /// every chunk is hashed and goes to a new blob. If the body fails (an error item) or
+    /// this future is dropped, no blob is left (see [`Blobs::put_stream`]).
+    pub async fn prepare_stream(&self, mut body: ByteStream) -> Result<Prepared, StoreError> {
         let mut head = bytes::BytesMut::new();
         let overflow = loop {
             match body.next().await {
-                None => return self.prepare(head.freeze()).await,
+                None => return Ok(inline(head.freeze())),
                 Some(Err(e)) => return Err(StoreError::Io(e)),
                 Some(Ok(chunk)) if head.len() + chunk.len() > INLINE_MAX => break chunk,
                 Some(Ok(chunk)) => head.extend_from_slice(&chunk),
             }
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<BlobMsg>(16);
-        let dir = self.blob_dir.clone();
-        let writer = tokio::task::spawn_blocking(move || write_blob(&dir, rx));
-        let fed: Result<(), std::io::Error> = async {
-            for chunk in [head.freeze(), overflow] {
-                if tx.send(BlobMsg::Chunk(chunk)).await.is_err() {
-                    return Ok(()); // the writer failed: its error is reported below
-                }
-            }
-            while let Some(item) = body.next().await {
-                if tx.send(BlobMsg::Chunk(item?)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            let _ = tx.send(BlobMsg::End).await;
-            Ok(())
-        }
-        .await;
-        // Without `End` the writer deletes its file and fails.
-        drop(tx);
-        let written = writer
-            .await
-            .map_err(|e| StoreError::Backend(format!("blob writer failed: {e}")))?;
-        match fed {
-            Err(e) => Err(StoreError::Io(e)),
-            Ok(()) => written,
-        }
+        let whole: ByteStream =
+            Box::pin(futures_util::stream::iter([Ok(head.freeze()), Ok(overflow)]).chain(body));
+        self.write_blob(whole).await
     }
 
-    /// Removes blob files that no row references: leftovers of a crash between writing a
-    /// blob and committing its row, or between a commit and the old blob's deletion.
-    /// Call at start, before serving writes.
-    pub fn sweep(&self) -> Result<usize, StoreError> {
+    /// Writes `body` to a new blob, hashing it on the way.
+    async fn write_blob(&self, body: ByteStream) -> Result<Prepared, StoreError> {
+        let hashes = Arc::new(Mutex::new(Hashes::default()));
+        let id = sluice_blobs::new_id();
+        self.blobs
+            .put_stream(&id, hashing(body, hashes.clone()))
+            .await?;
+        let h = std::mem::take(
+            &mut *hashes
+                .lock()
+                .map_err(|_| StoreError::Backend("hash state poisoned".into()))?,
+        );
+        Ok(Prepared {
+            size: h.size,
+            etag: hex::encode(h.md5.finalize()),
+            sha256: hex::encode(h.sha.finalize()),
+            body: PreparedBody::Blob(id),
+            parts: None,
+        })
+    }
+
+    /// Deletes blobs that no row references and that are older than `grace`: leftovers of
+    /// a crash between writing a blob and committing its row, or between a commit and the
+    /// old blob's deletion. A blob younger than `grace` may belong to a write still in
+    /// flight (in this process or, on shared engines, another); at start, with the data
+    /// directory locked and nothing in flight, `grace` can be zero.
+    pub async fn sweep(&self, grace: std::time::Duration) -> Result<usize, StoreError> {
+        let cutoff = now_ms() - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let partial = self.blobs.remove_partial(cutoff + 1).await?;
+        if partial > 0 {
+            tracing::info!(writes = partial, "removed what unfinished blob writes left");
+        }
         let mut removed = 0;
-        let Ok(shards) = std::fs::read_dir(&self.blob_dir) else {
-            return Ok(0);
-        };
-        for shard in shards {
-            let shard = shard?;
-            if !shard.file_type()?.is_dir() {
-                continue;
-            }
-            for f in std::fs::read_dir(shard.path())? {
-                let f = f?;
-                let name = f.file_name().to_string_lossy().into_owned();
-                let referenced: bool = self.db.read_blocking(move |c| {
-                    Ok::<_, StoreError>(c.query_row(
-                        "SELECT EXISTS(SELECT 1 FROM objects WHERE blob = ?1)
-                             OR EXISTS(SELECT 1 FROM multipart_parts WHERE blob = ?1)",
-                        params![&name],
-                        |r| r.get(0),
-                    )?)
-                })?;
-                if !referenced {
-                    std::fs::remove_file(f.path())?;
-                    removed += 1;
-                }
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.blobs.list(after.as_deref(), 1000).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.id.clone());
+            let candidates: Vec<String> = page
+                .into_iter()
+                .filter(|e| e.modified_ms <= cutoff)
+                .map(|e| e.id)
+                .collect();
+            let unreferenced: Vec<String> = self
+                .db
+                .read(move |c| {
+                    let mut out = Vec::new();
+                    for id in candidates {
+                        let used = c.exists(
+                            "SELECT 1 FROM objects WHERE blob = ?1
+                             UNION ALL SELECT 1 FROM multipart_parts WHERE blob = ?1",
+                            params![id],
+                        )?;
+                        if !used {
+                            out.push(id);
+                        }
+                    }
+                    Ok::<_, StoreError>(out)
+                })
+                .await?;
+            for id in unreferenced {
+                self.blobs.delete(&id).await?;
+                removed += 1;
             }
         }
         if removed > 0 {
-            tracing::info!(files = removed, "removed unreferenced blob files");
+            tracing::info!(blobs = removed, engine = %self.blobs.describe(), "removed unreferenced blobs");
         }
         Ok(removed)
     }
 
-    /// An object's row: its metadata and where its bytes are (inline, or a blob file).
+    /// An object's row: its metadata and where its bytes are (inline, or a blob).
     async fn object_row(
         &self,
         bucket: &str,
@@ -246,14 +305,13 @@ impl EmbeddedStore {
                 let sql = format!(
                     "SELECT {INFO_COLUMNS}, inline, blob FROM objects WHERE bucket = ?1 AND key = ?2"
                 );
-                let row = c
-                    .query_opt(&sql, params![b, k], |r| {
-                        Ok((
-                            info_from_row(r)?,
-                            r.get::<Option<Vec<u8>>>(9)?,
-                            r.get::<Option<String>>(10)?,
-                        ))
-                    })?;
+                let row = c.query_opt(&sql, params![b, k], |r| {
+                    Ok((
+                        info_from_row(r)?,
+                        r.get::<Option<Vec<u8>>>(9)?,
+                        r.get::<Option<String>>(10)?,
+                    ))
+                })?;
                 Ok::<_, StoreError>(row)
             })
             .await?;
@@ -263,8 +321,48 @@ impl EmbeddedStore {
         })
     }
 
+    /// The object's metadata and the bytes `first..=last` of it (all when `range` is
+    /// `None`; a range past the end is cut at the end), streamed. If the object is replaced
+    /// between reading its row and opening its blob, the row is read again.
+    async fn open_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<(ObjectInfo, ByteStream), StoreError> {
+        for _ in 0..4 {
+            let (info, inline, blob) = self.object_row(bucket, key).await?;
+            let span = range.map(|r| (r.first, r.last));
+            match (inline, blob) {
+                (Some(bytes), _) => {
+                    let bytes = Bytes::from(bytes);
+                    let part = match span {
+                        Some((first, last)) => {
+                            let len = bytes.len() as u64;
+                            let start = first.min(len) as usize;
+                            let end = last.saturating_add(1).min(len) as usize;
+                            bytes.slice(start..end.max(start))
+                        }
+                        None => bytes,
+                    };
+                    return Ok((info, sluice_blobs::once(part)));
+                }
+                (None, Some(id)) => match self.blobs.get_range(&id, span).await {
+                    Ok(body) => return Ok((info, body)),
+                    // Replaced (and its blob deleted) meanwhile: read the row again.
+                    Err(BlobError::NotFound(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+                (None, None) => return Ok((info, sluice_blobs::once(Bytes::new()))),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "object {bucket}/{key} kept changing while it was being read"
+        )))
+    }
+
     /// Commits a prepared part of a multipart upload, replacing a part of the same number.
-    /// The prepared blob file (if any) is deleted when the commit fails.
+    /// The prepared blob (if any) is deleted when the commit fails.
     async fn commit_part(
         &self,
         upload_id: &str,
@@ -322,11 +420,11 @@ impl EmbeddedStore {
             .await;
         match committed {
             Ok((part, replaced)) => {
-                self.discard_blobs(replaced.into_iter().collect());
+                self.discard_blobs(replaced.into_iter().collect()).await;
                 Ok(part)
             }
             Err(e) => {
-                self.discard_blobs(blob.into_iter().collect());
+                self.discard_blobs(blob.into_iter().collect()).await;
                 Err(e)
             }
         }
@@ -335,10 +433,10 @@ impl EmbeddedStore {
     /// First half of completing a multipart upload: checks the listed parts (ascending
     /// part numbers, ETags as `upload_part` returned them, every part but the last at least
     /// [`MIN_PART_BYTES`]) and assembles them into one object with S3's multipart ETag and
-    /// the SHA-256 of the whole, written and fsynced to a new blob file when large. Nothing
-    /// is committed: [`complete_multipart_in_tx`] does that, inside the caller's
-    /// transaction. Until it commits, the blob file is the caller's: delete it with
-    /// [`discard_blobs`](Self::discard_blobs) if the commit fails.
+    /// the SHA-256 of the whole, written to a new durable blob when large (part by part,
+    /// never whole in memory). Nothing is committed: [`complete_multipart_in_tx`] does that,
+    /// inside the caller's transaction. Until it commits, the blob is the caller's: delete
+    /// it with [`discard_blobs`](Self::discard_blobs) if the commit fails.
     pub async fn assemble_multipart(
         &self,
         upload_id: &str,
@@ -393,10 +491,7 @@ impl EmbeddedStore {
             }
             chosen.push(part.clone());
         }
-        let dir = self.blob_dir.clone();
-        let prepared = tokio::task::spawn_blocking(move || assemble(&dir, &chosen))
-            .await
-            .map_err(|e| StoreError::Backend(format!("assembly task failed: {e}")))??;
+        let prepared = self.assemble(&chosen).await?;
         Ok(AssembledMultipart {
             upload,
             prepared,
@@ -407,24 +502,121 @@ impl EmbeddedStore {
         })
     }
 
-    fn blob_path(&self, name: &str) -> PathBuf {
-        blob_path(&self.blob_dir, name)
+    /// Concatenates parts into one prepared object with S3's multipart ETag
+    /// (`hex(md5(md5(part1) ‖ … ‖ md5(partN)))-N`), streaming each part's bytes in turn.
+    async fn assemble(&self, parts: &[StoredPart]) -> Result<Prepared, StoreError> {
+        let total: u64 = parts.iter().map(|p| p.size).sum();
+        let mut md5s = Vec::with_capacity(parts.len() * 16);
+        for p in parts {
+            md5s.extend(
+                hex::decode(&p.etag).map_err(|_| StoreError::Backend("bad part etag".into()))?,
+            );
+        }
+        let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), parts.len());
+        let blobs = self.blobs.clone();
+        let sources = parts.to_vec();
+        let body: ByteStream = Box::pin(
+            futures_util::stream::iter(sources)
+                .then(move |p| {
+                    let blobs = blobs.clone();
+                    async move {
+                        match (p.inline, p.blob) {
+                            (Some(bytes), _) => Ok(sluice_blobs::once(Bytes::from(bytes))),
+                            (None, Some(blob)) => blobs
+                                .get_range(&blob, None)
+                                .await
+                                .map_err(|e| std::io::Error::other(e.to_string())),
+                            (None, None) => Ok(sluice_blobs::once(Bytes::new())),
+                        }
+                    }
+                })
+                .try_flatten(),
+        );
+        let mut prepared = if total as usize > INLINE_MAX {
+            self.write_blob(body).await?
+        } else {
+            let bytes = sluice_blobs::collect(body, INLINE_MAX as u64).await?;
+            self.prepare(bytes).await?
+        };
+        if prepared.size != total {
+            self.discard_blobs(
+                prepared
+                    .blob_name()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            )
+            .await;
+            return Err(StoreError::Backend(format!(
+                "the parts hold {} bytes, {total} were recorded",
+                prepared.size
+            )));
+        }
+        prepared.etag = etag;
+        prepared.parts = Some(parts.iter().map(|p| (p.number, p.size)).collect());
+        Ok(prepared)
     }
 
-    /// Deletes blob files of rows that a commit replaced or removed.
-    pub fn discard_blobs(&self, names: Vec<String>) {
-        for n in names {
-            if let Err(e) = std::fs::remove_file(self.blob_path(&n))
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(blob = %n, error = %e, "cannot delete replaced blob; it is swept at next start");
+    /// Commits a prepared object under `bucket/key`; its blob is deleted if that fails, the
+    /// blob it replaced once it committed.
+    async fn commit_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        prepared: Prepared,
+        opts: PutOptions,
+    ) -> Result<ObjectInfo, StoreError> {
+        self.check_md5(&prepared, opts.content_md5).await?;
+        let new_blob = prepared.blob_name().map(str::to_owned);
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        let committed = self
+            .db
+            .write(move |c| put_in_tx(c, &b, &k, &prepared, &opts, now_ms()))
+            .await;
+        match committed {
+            Ok((info, replaced)) => {
+                self.discard_blobs(replaced.into_iter().collect()).await;
+                Ok(info)
+            }
+            Err(e) => {
+                self.discard_blobs(new_blob.into_iter().collect()).await;
+                Err(e)
             }
         }
     }
-}
 
-fn blob_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(&name[..2.min(name.len())]).join(name)
+    /// `BadDigest` (and the prepared blob deleted) unless the bytes match `content_md5`.
+    pub async fn check_md5(
+        &self,
+        prepared: &Prepared,
+        content_md5: Option<[u8; 16]>,
+    ) -> Result<(), StoreError> {
+        let Some(want) = content_md5 else {
+            return Ok(());
+        };
+        if hex::encode(want) == prepared.etag {
+            return Ok(());
+        }
+        self.discard_blobs(
+            prepared
+                .blob_name()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        )
+        .await;
+        Err(StoreError::BadDigest)
+    }
+
+    /// Deletes blobs of rows that a commit replaced or removed (or of a write that did not
+    /// commit). A blob that cannot be deleted now is left for [`Self::sweep`].
+    pub async fn discard_blobs(&self, ids: Vec<String>) {
+        for id in ids {
+            if let Err(e) = self.blobs.delete(&id).await {
+                tracing::warn!(blob = %id, error = %e, "cannot delete an unreferenced blob; the sweep removes it later");
+            }
+        }
+    }
 }
 
 fn validate_part_number(n: u32) -> Result<(), StoreError> {
@@ -456,141 +648,6 @@ fn new_upload_id(now_ms: i64) -> String {
     format!("{:012x}{}", seq.max(0), &random[..20])
 }
 
-/// Copies `len` bytes at `start` of blob `name` into a new prepared part: inline when small,
-/// otherwise a new blob file, fsynced with its directory (and deleted on failure).
-/// `Ok(None)` when the source file no longer exists (its row was replaced meanwhile).
-fn copy_blob_range(
-    dir: &Path,
-    name: &str,
-    start: u64,
-    len: u64,
-) -> Result<Option<Prepared>, StoreError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut src = match std::fs::File::open(blob_path(dir, name)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    src.seek(SeekFrom::Start(start))?;
-    let mut src = src.take(len);
-    let short = || StoreError::Backend(format!("blob {name} is shorter than its recorded size"));
-    if len <= INLINE_MAX as u64 {
-        let mut buf = Vec::with_capacity(len as usize);
-        src.read_to_end(&mut buf)?;
-        if buf.len() as u64 != len {
-            return Err(short());
-        }
-        return prepare_blocking(dir, Bytes::from(buf)).map(Some);
-    }
-    write_new_blob(dir, |put| {
-        let mut buf = vec![0u8; 1 << 20];
-        let mut copied = 0u64;
-        loop {
-            let n = src.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            put(&buf[..n])?;
-            copied += n as u64;
-        }
-        if copied != len {
-            return Err(short());
-        }
-        Ok(())
-    })
-    .map(Some)
-}
-
-fn prepare_blocking(dir: &Path, body: Bytes) -> Result<Prepared, StoreError> {
-    if body.len() > INLINE_MAX {
-        return write_new_blob(dir, |put| Ok(put(&body)?));
-    }
-    Ok(Prepared {
-        size: body.len() as u64,
-        etag: hex::encode(Md5::digest(&body)),
-        sha256: hex::encode(Sha256::digest(&body)),
-        body: PreparedBody::Inline(body),
-        parts: None,
-    })
-}
-
-/// What [`EmbeddedStore::prepare_stream`] hands its blob writer.
-enum BlobMsg {
-    Chunk(Bytes),
-    /// The body ended normally: make the file durable.
-    End,
-}
-
-/// Writes chunks to a new blob file, hashing them, until `End` (fsync file and directory)
-/// or until the sender goes away without it (delete the file).
-fn write_blob(
-    dir: &Path,
-    mut rx: tokio::sync::mpsc::Receiver<BlobMsg>,
-) -> Result<Prepared, StoreError> {
-    write_new_blob(dir, |put| {
-        loop {
-            match rx.blocking_recv() {
-                Some(BlobMsg::Chunk(c)) => put(&c)?,
-                Some(BlobMsg::End) => return Ok(()),
-                None => {
-                    return Err(StoreError::Backend(
-                        "body ended before it was complete".into(),
-                    ));
-                }
-            }
-        }
-    })
-}
-
-/// Writes a new blob file with the bytes `fill` hands to `put` (hashed on the way), then
-/// fsyncs the file and its directory. If anything fails the file is deleted (or, if even
-/// that fails, left for the sweep at next start).
-fn write_new_blob(
-    dir: &Path,
-    fill: impl FnOnce(&mut dyn FnMut(&[u8]) -> std::io::Result<()>) -> Result<(), StoreError>,
-) -> Result<Prepared, StoreError> {
-    use std::io::Write;
-    let name = uuid::Uuid::new_v4().simple().to_string();
-    let path = blob_path(dir, &name);
-    let result = (|| -> Result<Prepared, StoreError> {
-        let parent = path
-            .parent()
-            .ok_or_else(|| StoreError::Backend("blob path has no parent".into()))?;
-        std::fs::create_dir_all(parent)?;
-        let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
-        let (mut md5, mut sha) = (Md5::new(), Sha256::new());
-        let mut size = 0u64;
-        fill(&mut |bytes: &[u8]| {
-            md5.update(bytes);
-            sha.update(bytes);
-            size += bytes.len() as u64;
-            file.write_all(bytes)
-        })?;
-        let f = file
-            .into_inner()
-            .map_err(|e| StoreError::Io(e.into_error()))?;
-        f.sync_all()?;
-        sync_dir(parent)?;
-        Ok(Prepared {
-            size,
-            etag: hex::encode(md5.finalize()),
-            sha256: hex::encode(sha.finalize()),
-            body: PreparedBody::Blob(name),
-            parts: None,
-        })
-    })();
-    if result.is_err()
-        && let Err(e) = std::fs::remove_file(&path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(path = %path.display(), error = %e, "cannot delete partial blob; it is swept at next start");
-    }
-    result
-}
-
-/// Concatenates parts into one prepared object with S3's multipart ETag
-/// (`hex(md5(md5(part1) ‖ … ‖ md5(partN)))-N`). Large results are written straight to a new
-/// blob file (fsynced) rather than held in memory.
 /// A stored part of a multipart upload: number, size, ETag and where its bytes are.
 #[derive(Clone)]
 struct StoredPart {
@@ -599,75 +656,6 @@ struct StoredPart {
     etag: String,
     inline: Option<Vec<u8>>,
     blob: Option<String>,
-}
-
-fn assemble(dir: &Path, parts: &[StoredPart]) -> Result<Prepared, StoreError> {
-    use std::io::{Read, Write};
-    let total: u64 = parts.iter().map(|p| p.size).sum();
-    let mut md5s = Vec::with_capacity(parts.len() * 16);
-    for p in parts {
-        md5s.extend(hex::decode(&p.etag).map_err(|_| StoreError::Backend("bad part etag".into()))?);
-    }
-    let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), parts.len());
-    let mut sha = Sha256::new();
-    let large = total as usize > INLINE_MAX;
-    let name = uuid::Uuid::new_v4().simple().to_string();
-    let path = blob_path(dir, &name);
-    let mut inline = Vec::new();
-    let mut file = if large {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        Some(std::io::BufWriter::new(std::fs::File::create(&path)?))
-    } else {
-        None
-    };
-    let mut emit = |bytes: &[u8]| -> std::io::Result<()> {
-        sha.update(bytes);
-        match file.as_mut() {
-            Some(f) => f.write_all(bytes),
-            None => {
-                inline.extend_from_slice(bytes);
-                Ok(())
-            }
-        }
-    };
-    let mut buf = vec![0u8; 1 << 20];
-    for p in parts {
-        match (&p.inline, &p.blob) {
-            (Some(bytes), _) => emit(bytes)?,
-            (None, Some(blob)) => {
-                let mut f = std::fs::File::open(blob_path(dir, blob))?;
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    emit(&buf[..n])?;
-                }
-            }
-            (None, None) => {}
-        }
-    }
-    let sha256 = hex::encode(sha.finalize());
-    let body = match file {
-        Some(w) => {
-            let f = w.into_inner().map_err(|e| StoreError::Io(e.into_error()))?;
-            f.sync_all()?;
-            if let Some(parent) = path.parent() {
-                sync_dir(parent)?;
-            }
-            PreparedBody::Blob(name)
-        }
-        None => PreparedBody::Inline(Bytes::from(inline)),
-    };
-    Ok(Prepared {
-        size: total,
-        etag,
-        sha256,
-        body,
-        parts: Some(parts.iter().map(|p| (p.number, p.size)).collect()),
-    })
 }
 
 /// Ensures a bucket exists, inside a transaction of the shared database.
@@ -841,6 +829,7 @@ pub fn complete_multipart_in_tx(
         owner: owner.map(str::to_owned).or(created_owner),
         metadata: metadata_from(&metadata),
         if_absent: false,
+        content_md5: None,
     };
     let (info, replaced) = put_in_tx(
         conn,
@@ -1016,9 +1005,21 @@ impl ObjectStore for EmbeddedStore {
         part_number: u32,
         body: Bytes,
     ) -> Result<String, StoreError> {
+        self.upload_part_stream(upload_id, part_number, sluice_blobs::once(body), None)
+            .await
+    }
+
+    async fn upload_part_stream(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        body: ByteStream,
+        content_md5: Option<[u8; 16]>,
+    ) -> Result<String, StoreError> {
         validate_part_number(part_number)?;
         self.multipart(upload_id).await?;
-        let prepared = self.prepare(body).await?;
+        let prepared = self.prepare_stream(body).await?;
+        self.check_md5(&prepared, content_md5).await?;
         Ok(self
             .commit_part(upload_id, part_number, prepared)
             .await?
@@ -1070,24 +1071,40 @@ impl ObjectStore for EmbeddedStore {
                         .prepare(bytes.slice(start as usize..end as usize))
                         .await?;
                 }
+                (None, Some(name)) if len == 0 => {
+                    let _ = name;
+                    break self.prepare(Bytes::new()).await?;
+                }
                 (None, Some(name)) => {
-                    let dir = self.blob_dir.clone();
-                    let copied = tokio::task::spawn_blocking(move || {
-                        copy_blob_range(&dir, &name, start, len)
-                    })
-                    .await
-                    .map_err(|e| StoreError::Backend(format!("copy task failed: {e}")))??;
-                    match copied {
-                        Some(p) => break p,
-                        // The source was replaced (and its file deleted) between reading its
-                        // row and opening the file: read the row again.
-                        None if attempt < 3 => attempt += 1,
-                        None => {
+                    match self
+                        .blobs
+                        .get_range(&name, Some((start, start + len - 1)))
+                        .await
+                    {
+                        Ok(body) => {
+                            let p = self.prepare_stream(body).await?;
+                            if p.size != len {
+                                self.discard_blobs(
+                                    p.blob_name().into_iter().map(str::to_owned).collect(),
+                                )
+                                .await;
+                                return Err(StoreError::Backend(format!(
+                                    "object {}/{} is shorter than its recorded size",
+                                    source.bucket, source.key
+                                )));
+                            }
+                            break p;
+                        }
+                        // The source was replaced (and its blob deleted) between reading its
+                        // row and opening the blob: read the row again.
+                        Err(BlobError::NotFound(_)) if attempt < 3 => attempt += 1,
+                        Err(BlobError::NotFound(_)) => {
                             return Err(StoreError::Backend(format!(
                                 "object {}/{} kept changing during the copy",
                                 source.bucket, source.key
                             )));
                         }
+                        Err(e) => return Err(e.into()),
                     }
                 }
                 (None, None) => break self.prepare(Bytes::new()).await?,
@@ -1187,11 +1204,11 @@ impl ObjectStore for EmbeddedStore {
             .await;
         match committed {
             Ok((info, garbage)) => {
-                self.discard_blobs(garbage);
+                self.discard_blobs(garbage).await;
                 Ok(info)
             }
             Err(e) => {
-                self.discard_blobs(new_blob.into_iter().collect());
+                self.discard_blobs(new_blob.into_iter().collect()).await;
                 Err(e)
             }
         }
@@ -1217,8 +1234,20 @@ impl ObjectStore for EmbeddedStore {
                 Ok(blobs.into_iter().flatten().collect::<Vec<_>>())
             })
             .await?;
-        self.discard_blobs(garbage);
+        self.discard_blobs(garbage).await;
         Ok(())
+    }
+
+    async fn put_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: ByteStream,
+        opts: PutOptions,
+    ) -> Result<ObjectInfo, StoreError> {
+        validate_key(key)?;
+        let prepared = self.prepare_stream(body).await?;
+        self.commit_object(bucket, key, prepared, opts).await
     }
 
     async fn put(
@@ -1230,27 +1259,22 @@ impl ObjectStore for EmbeddedStore {
     ) -> Result<ObjectInfo, StoreError> {
         validate_key(key)?;
         let prepared = self.prepare(body).await?;
-        let (b, k) = (bucket.to_owned(), key.to_owned());
-        let committed = self
-            .db
-            .write(move |c| put_in_tx(c, &b, &k, &prepared, &opts, now_ms()))
-            .await;
-        match committed {
-            Ok((info, replaced)) => {
-                self.discard_blobs(replaced.into_iter().collect());
-                Ok(info)
-            }
-            Err(e) => Err(e),
-        }
+        self.commit_object(bucket, key, prepared, opts).await
+    }
+
+    async fn get_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectStream, StoreError> {
+        let (info, body) = self.open_object(bucket, key, range).await?;
+        Ok(ObjectStream { info, body })
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError> {
-        let (info, inline, blob) = self.object_row(bucket, key).await?;
-        let body = match (inline, blob) {
-            (Some(b), _) => Bytes::from(b),
-            (None, Some(name)) => Bytes::from(tokio::fs::read(self.blob_path(&name)).await?),
-            (None, None) => Bytes::new(),
-        };
+        let (info, body) = self.open_object(bucket, key, None).await?;
+        let body = sluice_blobs::collect(body, info.size).await?;
         Ok(Object { info, body })
     }
 
@@ -1312,7 +1336,7 @@ impl ObjectStore for EmbeddedStore {
                 Ok::<_, StoreError>(blob.flatten())
             })
             .await?;
-        self.discard_blobs(blob.into_iter().collect());
+        self.discard_blobs(blob.into_iter().collect()).await;
         Ok(())
     }
 
@@ -1422,7 +1446,8 @@ mod tests {
             s.put_prepared("b-1", &format!("k{size}"), streamed).await;
             let got = s.get("b-1", &format!("k{size}")).await.expect("get");
             assert_eq!(got.body.as_ref(), &data[..], "{size}");
-            s.discard_blobs(whole.blob_name().into_iter().map(str::to_owned).collect());
+            s.discard_blobs(whole.blob_name().into_iter().map(str::to_owned).collect())
+                .await;
         }
         let before = walk(&dir.join("blobs"));
         let err = s
@@ -1465,7 +1490,7 @@ mod tests {
         assert!(matches!(orphan.body, PreparedBody::Blob(_)));
         let count = || walk(&dir.join("blobs"));
         assert_eq!(count(), 2);
-        assert_eq!(s.sweep().expect("sweep"), 1);
+        assert_eq!(s.sweep(std::time::Duration::ZERO).await.expect("sweep"), 1);
         assert_eq!(count(), 1);
         s.delete("b-1", "big").await.expect("delete");
         assert_eq!(count(), 0);

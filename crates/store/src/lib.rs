@@ -8,10 +8,9 @@ use bytes::Bytes;
 
 pub mod embedded;
 
-/// A body that arrives in chunks (an HTTP request body, one part of a form): what
-/// [`embedded::EmbeddedStore::prepare_stream`] writes to disk as it arrives.
-pub type ByteStream =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+/// A body that arrives or leaves in chunks (an HTTP request body, one part of a form, an
+/// object being read): never held whole in memory.
+pub type ByteStream = sluice_blobs::ByteStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,6 +39,9 @@ pub enum StoreError {
     /// A copy source failed one of the caller's conditions ([`SourceCheck`]).
     #[error("{0}")]
     PreconditionFailed(String),
+    /// The bytes do not match the MD5 the client sent.
+    #[error("the Content-MD5 you specified did not match what we received")]
+    BadDigest,
     #[error("{size} bytes is more than the largest allowed, {max} bytes")]
     EntityTooLarge { size: u64, max: u64 },
     #[error("storage i/o failed: {0}")]
@@ -49,6 +51,40 @@ pub enum StoreError {
     /// The metadata engine failed (full, unavailable, …: see [`sluice_meta::MetaError`]).
     #[error("{0}")]
     Meta(sluice_meta::MetaError),
+    /// The blob engine failed (full, unavailable, …: see [`sluice_blobs::BlobError`]).
+    #[error("{0}")]
+    Blobs(sluice_blobs::BlobError),
+}
+
+impl From<sluice_blobs::BlobError> for StoreError {
+    fn from(e: sluice_blobs::BlobError) -> Self {
+        match e {
+            // The body handed to a put failed: the caller's stream, not the engine.
+            sluice_blobs::BlobError::Body(io) => StoreError::Io(io),
+            other => StoreError::Blobs(other),
+        }
+    }
+}
+
+impl StoreError {
+    /// An engine (metadata or blobs) is down or out of reach: try again later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Meta(m) => m.is_unavailable(),
+            StoreError::Blobs(b) => b.is_unavailable(),
+            _ => false,
+        }
+    }
+
+    /// An engine is out of space.
+    pub fn is_full(&self) -> bool {
+        match self {
+            StoreError::Meta(m) => m.is_full(),
+            StoreError::Blobs(b) => b.is_full(),
+            StoreError::Io(e) => matches!(e.raw_os_error(), Some(28) | Some(122)),
+            _ => false,
+        }
+    }
 }
 
 impl From<sluice_meta::MetaError> for StoreError {
@@ -140,6 +176,12 @@ pub struct Object {
     pub body: Bytes,
 }
 
+/// An object's metadata and (a range of) its bytes, streamed.
+pub struct ObjectStream {
+    pub info: ObjectInfo,
+    pub body: ByteStream,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
     /// Defaults to `application/octet-stream`.
@@ -152,6 +194,9 @@ pub struct PutOptions {
     /// Write only if no object has the key (S3's `If-None-Match: *`): otherwise
     /// [`StoreError::AlreadyExists`], checked in the same transaction as the write.
     pub if_absent: bool,
+    /// The MD5 the client computed (S3's `Content-MD5`): the object is stored only if its
+    /// bytes match, otherwise [`StoreError::BadDigest`] and nothing is kept.
+    pub content_md5: Option<[u8; 16]>,
 }
 
 /// A durable object store.
@@ -176,7 +221,26 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Bytes,
         opts: PutOptions,
     ) -> Result<ObjectInfo, StoreError>;
+    /// [`put`](Self::put) for a body that arrives in chunks: it is never held whole in
+    /// memory. A body that fails (an error item) stores nothing and is [`StoreError::Io`].
+    async fn put_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: ByteStream,
+        opts: PutOptions,
+    ) -> Result<ObjectInfo, StoreError>;
+    /// The whole object, in memory: for small objects only (use
+    /// [`get_stream`](Self::get_stream) for anything a client sent).
     async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError>;
+    /// The object's metadata and the bytes `range` names (all of them when `None`; a range
+    /// past the end is cut at the end), streamed: only the range is read.
+    async fn get_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectStream, StoreError>;
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError>;
     /// The object's metadata and, for an object assembled from a multipart upload, the
     /// number and size of each of its parts, in order (empty for any other object).
@@ -210,6 +274,16 @@ pub trait ObjectStore: Send + Sync + 'static {
         upload_id: &str,
         part_number: u32,
         body: Bytes,
+    ) -> Result<String, StoreError>;
+    /// [`upload_part`](Self::upload_part) for a body that arrives in chunks; with
+    /// `content_md5`, a part whose bytes do not match is [`StoreError::BadDigest`] and not
+    /// kept.
+    async fn upload_part_stream(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        body: ByteStream,
+        content_md5: Option<[u8; 16]>,
     ) -> Result<String, StoreError>;
     /// Stores a part copied from an object (the whole object or `source.range`), like
     /// [`upload_part`](Self::upload_part): the part's ETag is the MD5 of the copied bytes.

@@ -159,7 +159,14 @@ impl UploadSink for EmbeddedUploads {
         let prepared = self.store.prepare_stream(body).await?;
         let store = self.store.clone();
         Ok(Staged::new(prepared, move |p| {
-            store.discard_blobs(p.blob_name().into_iter().map(str::to_owned).collect());
+            // Dropped uncommitted: its blob goes, in the background (or with the sweep, when
+            // no runtime is left to run the deletion).
+            let ids: Vec<String> = p.blob_name().into_iter().map(str::to_owned).collect();
+            if !ids.is_empty()
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                rt.spawn(async move { store.discard_blobs(ids).await });
+            }
         }))
     }
 
@@ -214,6 +221,7 @@ impl EmbeddedUploads {
                 owner: Some(u.user_sub.clone()),
                 metadata: u.metadata.clone(),
                 if_absent: false,
+                content_md5: None,
             };
             let (info, replaced) =
                 put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now).map_err(conflict)?;
@@ -235,7 +243,7 @@ impl EmbeddedUploads {
     ) -> Result<T, UploadError> {
         match self.db.write(job).await {
             Ok((mut done, garbage, outbox)) => {
-                self.store.discard_blobs(garbage);
+                self.store.discard_blobs(garbage).await;
                 let id = done.upload_mut().id.clone();
                 let (shard, seq) = self.deliver(&id, outbox).await?;
                 let u = done.upload_mut();
@@ -244,7 +252,7 @@ impl EmbeddedUploads {
                 Ok(done)
             }
             Err(e) => {
-                self.store.discard_blobs(blob.into_iter().collect());
+                self.store.discard_blobs(blob.into_iter().collect()).await;
                 Err(e)
             }
         }
@@ -575,6 +583,7 @@ mod tests {
                 owner: Some(m.user_sub.clone()),
                 metadata: m.metadata.clone(),
                 if_absent: false,
+                content_md5: None,
             };
             let (info, _) =
                 put_in_tx(c, &m.bucket, &m.key, &prepared, &opts, now_ms()).map_err(conflict)?;

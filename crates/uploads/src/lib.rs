@@ -225,6 +225,11 @@ impl Staged {
         self.prepared.size()
     }
 
+    /// The MD5 of the staged bytes in hex.
+    pub fn md5(&self) -> &str {
+        self.prepared.md5()
+    }
+
     /// Hands the body over for committing: from now on the committer owns its blob file.
     pub fn into_prepared(mut self) -> Prepared {
         self.discard = None;

@@ -37,11 +37,14 @@ impl DataDir {
 
     /// The engines' part of `sluice.toml`.
     fn engine_config(&self) -> String {
+        let mut out = String::new();
         if sluice_meta::conformance::test_engine_is_postgres() {
-            format!("[meta]\nurl = \"{}\"\n", self.1.postgres_url("blackbox"))
-        } else {
-            String::new()
+            out += &format!("[meta]\nurl = \"{}\"\n", self.1.postgres_url("blackbox"));
         }
+        if let Some(url) = test_s3_url(&format!("it-{}", uuid_like())) {
+            out += &format!("[store]\nurl = \"{url}\"\n");
+        }
+        out
     }
 
     /// Writes `sluice.toml`: the engines' settings, then `extra`.
@@ -59,6 +62,55 @@ impl DataDir {
     pub fn meta_url(&self) -> String {
         meta_url_of(&self.0)
     }
+}
+
+/// With `SLUICE_TEST_STORE=s3`, the S3 store the black-box suites put object bytes in:
+/// `SLUICE_TEST_S3` (a bucket on the S3 server `scripts/test` starts), under `prefix`.
+pub fn test_s3_url(prefix: &str) -> Option<String> {
+    if std::env::var("SLUICE_TEST_STORE").ok().as_deref() != Some("s3") {
+        return None;
+    }
+    let base = std::env::var("SLUICE_TEST_S3")
+        .expect("SLUICE_TEST_STORE=s3 needs SLUICE_TEST_S3=s3://BUCKET?endpoint=…&… (scripts/test sets both)");
+    let (location, query) = base.split_once('?').unwrap_or((&base, ""));
+    Some(format!(
+        "{}/{prefix}?{query}",
+        location.trim_end_matches('/')
+    ))
+}
+
+/// The blob engine URL a server on data directory `dir` uses (from its `sluice.toml`).
+pub fn store_url_of(dir: &Path) -> String {
+    let configured = std::fs::read_to_string(dir.join("sluice.toml"))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("store")?.get("url")?.as_str().map(str::to_owned));
+    configured.unwrap_or_else(|| format!("file://{}", dir.join("blobs").display()))
+}
+
+/// How many blobs the data directory's store holds (whatever its engine).
+pub fn blob_count(dir: &Path) -> usize {
+    let url = store_url_of(dir);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let blobs = sluice_blobs::open(&url).expect("open the store");
+        let mut n = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let page = blobs
+                .list(after.as_deref(), 1000)
+                .await
+                .expect("list blobs");
+            let Some(last) = page.last() else {
+                return n;
+            };
+            after = Some(last.id.clone());
+            n += page.len();
+        }
+    })
 }
 
 /// The metadata URL a server on data directory `dir` uses (from its `sluice.toml`).
