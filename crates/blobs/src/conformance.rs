@@ -138,3 +138,43 @@ async fn listing_pages_in_id_order(b: &dyn Blobs) {
     }
     assert!(b.list(None, 100).await.expect("list").is_empty());
 }
+
+/// The blob engine part suites run on: with `SLUICE_TEST_STORE=s3`, a fresh prefix of the
+/// bucket `SLUICE_TEST_S3` names (`scripts/test` starts Garage and runs the part and
+/// black-box suites once more that way); otherwise files under `dir`.
+pub fn test_blobs(dir: &std::path::Path) -> std::sync::Arc<dyn Blobs> {
+    let url = if std::env::var("SLUICE_TEST_STORE").ok().as_deref() == Some("s3") {
+        let base = std::env::var("SLUICE_TEST_S3").unwrap_or_else(|_| {
+            panic!("SLUICE_TEST_STORE=s3 needs SLUICE_TEST_S3=s3://BUCKET?endpoint=… (scripts/test sets both)")
+        });
+        let (location, query) = base.split_once('?').unwrap_or((&base, ""));
+        format!(
+            "{}/t-{}?{query}",
+            location.trim_end_matches('/'),
+            crate::new_id()
+        )
+    } else {
+        format!("file://{}", dir.display())
+    };
+    match crate::open(&url) {
+        Ok(b) => b,
+        Err(e) => panic!("cannot open test blobs {url}: {e}"),
+    }
+}
+
+/// How many blobs `b` holds.
+pub async fn count(b: &dyn Blobs) -> usize {
+    let mut n = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = match b.list(after.as_deref(), 1000).await {
+            Ok(p) => p,
+            Err(e) => panic!("cannot list blobs: {e}"),
+        };
+        let Some(last) = page.last() else {
+            return n;
+        };
+        after = Some(last.id.clone());
+        n += page.len();
+    }
+}

@@ -39,8 +39,10 @@ fn fixture() -> Fixture {
         .expect("user");
     let keys = AccessKeys::new(db.clone());
     let key = keys.create("test").expect("key");
-    let store =
-        sluice_store::embedded::EmbeddedStore::open(db.clone(), &dir.join("blobs")).expect("store");
+    let store = sluice_store::embedded::EmbeddedStore::new(
+        db.clone(),
+        sluice_blobs::conformance::test_blobs(&dir.join("blobs")),
+    );
     let stream =
         sluice_stream::embedded::EmbeddedStream::open(db, &dir.join("log")).expect("stream");
     let router = sluice_compat::router(Edge {

@@ -41,7 +41,10 @@ fn env() -> Env {
     .collect();
     let db = dir.meta("semantics", &all);
     let stream = EmbeddedStream::open(db.clone(), &dir.dir().join("log")).expect("stream");
-    let store = EmbeddedStore::open(db.clone(), &dir.dir().join("blobs")).expect("store");
+    let store = EmbeddedStore::new(
+        db.clone(),
+        sluice_blobs::conformance::test_blobs(&dir.dir().join("blobs")),
+    );
     Env {
         _dir: dir,
         db,

@@ -57,3 +57,26 @@ fn blobs_on_sluices_own_s3_edge_pass_the_conformance_suite() {
         sluice_blobs::conformance::run_all(blobs.as_ref()).await;
     });
 }
+
+/// The same suite on Garage, the S3 server `scripts/test` starts (`SLUICE_TEST_S3`).
+#[test]
+fn blobs_on_garage_pass_the_conformance_suite() {
+    let base = std::env::var("SLUICE_TEST_S3").expect(
+        "SLUICE_TEST_S3 names the S3 server to test against (scripts/test starts Garage and sets it)",
+    );
+    let (location, query) = base.split_once('?').unwrap_or((&base, ""));
+    let url = format!(
+        "{}/conformance-{}?{query}",
+        location.trim_end_matches('/'),
+        sluice_blobs::new_id()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let blobs = sluice_blobs::open(&url).expect("open s3 blobs");
+        sluice_blobs::conformance::run_all(blobs.as_ref()).await;
+    });
+}

@@ -1374,7 +1374,8 @@ mod tests {
     async fn open() -> (EmbeddedStore, sluice_meta::conformance::TestEngines) {
         let engines = sluice_meta::conformance::TestEngines::new();
         let db = engines.meta("store", MIGRATIONS);
-        let s = EmbeddedStore::open(db, &engines.dir().join("blobs")).expect("store");
+        let blobs = sluice_blobs::conformance::test_blobs(&engines.dir().join("blobs"));
+        let s = EmbeddedStore::new(db, blobs);
         s.ensure_bucket("b-1").await.expect("bucket");
         (s, engines)
     }
@@ -1420,8 +1421,7 @@ mod tests {
 
     #[tokio::test]
     async fn prepare_stream_matches_prepare_and_cleans_up_on_failure() {
-        let (s, engines) = open().await;
-        let dir = engines.dir().to_owned();
+        let (s, _engines) = open().await;
         let chunked = |data: Vec<u8>, fail: bool| -> crate::ByteStream {
             let mut items: Vec<Result<Bytes, std::io::Error>> = data
                 .chunks(7_000)
@@ -1449,17 +1449,13 @@ mod tests {
             s.discard_blobs(whole.blob_name().into_iter().map(str::to_owned).collect())
                 .await;
         }
-        let before = walk(&dir.join("blobs"));
+        let before = blob_count(&s).await;
         let err = s
             .prepare_stream(chunked(vec![1u8; 3 * INLINE_MAX], true))
             .await
             .expect_err("a failing body fails");
         assert!(matches!(err, StoreError::Io(_)), "{err:?}");
-        assert_eq!(
-            walk(&dir.join("blobs")),
-            before,
-            "the partial blob is deleted"
-        );
+        assert_eq!(blob_count(&s).await, before, "the partial blob is deleted");
     }
 
     impl EmbeddedStore {
@@ -1476,8 +1472,7 @@ mod tests {
 
     #[tokio::test]
     async fn replaced_and_orphaned_blobs_are_removed() {
-        let (s, engines) = open().await;
-        let dir = engines.dir().to_owned();
+        let (s, _engines) = open().await;
         let big = Bytes::from(vec![7u8; INLINE_MAX + 10]);
         s.put("b-1", "big", big.clone(), PutOptions::default())
             .await
@@ -1488,12 +1483,11 @@ mod tests {
         // An orphan, as a crash between blob write and commit would leave it.
         let orphan = s.prepare(big).await.expect("prepare");
         assert!(matches!(orphan.body, PreparedBody::Blob(_)));
-        let count = || walk(&dir.join("blobs"));
-        assert_eq!(count(), 2);
+        assert_eq!(blob_count(&s).await, 2);
         assert_eq!(s.sweep(std::time::Duration::ZERO).await.expect("sweep"), 1);
-        assert_eq!(count(), 1);
+        assert_eq!(blob_count(&s).await, 1);
         s.delete("b-1", "big").await.expect("delete");
-        assert_eq!(count(), 0);
+        assert_eq!(blob_count(&s).await, 0);
         assert!(matches!(
             s.get("b-1", "big").await,
             Err(StoreError::NoSuchKey { .. })
@@ -1503,20 +1497,8 @@ mod tests {
             .expect("deleting a missing key is ok");
     }
 
-    fn walk(dir: &Path) -> usize {
-        std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| {
-                        if e.path().is_dir() {
-                            walk(&e.path())
-                        } else {
-                            1
-                        }
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
+    async fn blob_count(s: &EmbeddedStore) -> usize {
+        sluice_blobs::conformance::count(s.blobs().as_ref()).await
     }
 
     #[tokio::test]
@@ -1598,8 +1580,7 @@ mod tests {
 
     #[tokio::test]
     async fn upload_part_copy_copies_objects_and_ranges() {
-        let (s, engines) = open().await;
-        let dir = engines.dir().to_owned();
+        let (s, _engines) = open().await;
         let small = Bytes::from_static(b"0123456789");
         let big = Bytes::from(
             (0..3 * INLINE_MAX + 17)
@@ -1657,7 +1638,7 @@ mod tests {
         assert_eq!(listed, vec![p1.clone(), p2.clone(), p3.clone(), p4.clone()]);
 
         // Ranges outside the source, failed checks and missing sources copy nothing.
-        let blobs = walk(&dir.join("blobs"));
+        let blobs = blob_count(&s).await;
         for bad in [range(0, 10), range(10, 10), range(5, 4)] {
             let err = s
                 .upload_part_copy(&id, 5, src("small", bad), &any)
@@ -1686,14 +1667,14 @@ mod tests {
             s.upload_part_copy(&id, 0, src("small", None), &any).await,
             Err(StoreError::InvalidArgument(_))
         ));
-        assert_eq!(walk(&dir.join("blobs")), blobs, "no blob file left behind");
+        assert_eq!(blob_count(&s).await, blobs, "no blob file left behind");
         assert_eq!(s.list_parts(&id).await.expect("parts").len(), 4);
 
         // Copying again replaces the part (and deletes the blob it replaced).
         s.upload_part_copy(&id, 1, src("small", None), &any)
             .await
             .expect("replace part 1");
-        assert_eq!(walk(&dir.join("blobs")), blobs - 1);
+        assert_eq!(blob_count(&s).await, blobs - 1);
         s.upload_part_copy(&id, 1, src("big", range(first, last)), &any)
             .await
             .expect("replace part 1 again");

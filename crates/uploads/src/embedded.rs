@@ -545,7 +545,10 @@ mod tests {
         .copied()
         .collect();
         let db = engines.meta("uploads", &migrations);
-        let store = EmbeddedStore::open(db.clone(), &dir.join("blobs")).expect("store");
+        let store = EmbeddedStore::new(
+            db.clone(),
+            sluice_blobs::conformance::test_blobs(&dir.join("blobs")),
+        );
         let stream = EmbeddedStream::open(db.clone(), &dir.join("log")).expect("stream");
         let uploads = EmbeddedUploads::new(db, store.clone(), stream.clone());
         (store, stream, uploads)

@@ -1,8 +1,6 @@
 //! A multipart upload of the object store completed as an upload: object, end of the
 //! multipart upload, stream record and status row, all committed together or not at all.
 
-use std::path::Path;
-
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use sluice_meta::params;
@@ -19,7 +17,6 @@ use sluice_uploads::{
 
 struct Env {
     _dir: sluice_meta::conformance::TestEngines,
-    blobs: std::path::PathBuf,
     db: Meta,
     store: EmbeddedStore,
     stream: EmbeddedStream,
@@ -39,13 +36,14 @@ fn open() -> Env {
     .copied()
     .collect();
     let db = engines.meta("multipart", &migrations);
-    let blobs = dir.join("blobs");
-    let store = EmbeddedStore::open(db.clone(), &blobs).expect("store");
+    let store = EmbeddedStore::new(
+        db.clone(),
+        sluice_blobs::conformance::test_blobs(&dir.join("blobs")),
+    );
     let stream = EmbeddedStream::open(db.clone(), &dir.join("log")).expect("stream");
     let uploads = EmbeddedUploads::new(db.clone(), store.clone(), stream.clone());
     Env {
         _dir: engines,
-        blobs,
         db,
         store,
         stream,
@@ -53,16 +51,9 @@ fn open() -> Env {
     }
 }
 
-fn blob_files(dir: &Path) -> usize {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).expect("blob dir").flatten() {
-        if e.path().is_dir() {
-            n += blob_files(&e.path());
-        } else {
-            n += 1;
-        }
-    }
-    n
+/// How many blobs the store holds.
+async fn blob_files(store: &EmbeddedStore) -> usize {
+    sluice_blobs::conformance::count(store.blobs().as_ref()).await
 }
 
 async fn upload_rows(db: &Meta) -> i64 {
@@ -125,7 +116,7 @@ fn completion(id: &str, parts: &[(u32, String)], user: &str) -> MultipartComplet
 async fn a_completion_whose_record_cannot_be_appended_commits_nothing() {
     let e = open();
     let (id, parts, whole) = two_parts(&e).await;
-    let files = blob_files(&e.blobs);
+    let files = blob_files(&e.store).await;
 
     // No stream yet: the record cannot be appended.
     let err = e
@@ -141,7 +132,7 @@ async fn a_completion_whose_record_cannot_be_appended_commits_nothing() {
     assert_eq!(upload_rows(&e.db).await, 0);
     // The multipart upload is untouched, and the assembled object's file is gone.
     assert_eq!(e.store.list_parts(&id).await.expect("parts").len(), 2);
-    assert_eq!(blob_files(&e.blobs), files);
+    assert_eq!(blob_files(&e.store).await, files);
 
     // So the same completion succeeds once the stream exists.
     e.stream.create_stream("uploads", 1).await.expect("stream");
@@ -174,7 +165,7 @@ async fn a_completion_whose_record_cannot_be_appended_commits_nothing() {
         Err(StoreError::NoSuchUpload(_))
     ));
     // The parts' files are gone; only the object's remains.
-    assert_eq!(blob_files(&e.blobs), 1);
+    assert_eq!(blob_files(&e.store).await, 1);
 
     let row = e.uploads.get(&u.id).await.expect("status row");
     assert_eq!(row.status, UploadStatus::Queued);
@@ -233,7 +224,7 @@ async fn a_completion_over_another_users_upload_is_refused_and_stays_completable
         })
         .await
         .expect("their upload");
-    let files = blob_files(&e.blobs);
+    let files = blob_files(&e.store).await;
     let err = e
         .uploads
         .complete_multipart(completion(&id, &parts, "aws:AKID"))
@@ -250,7 +241,7 @@ async fn a_completion_over_another_users_upload_is_refused_and_stays_completable
             .as_ref(),
         b"theirs"
     );
-    assert_eq!(blob_files(&e.blobs), files);
+    assert_eq!(blob_files(&e.store).await, files);
     // Still completable by its owner... or abortable.
     assert_eq!(e.store.list_parts(&id).await.expect("parts").len(), 2);
     e.store.abort_multipart(&id).await.expect("abort");
