@@ -193,6 +193,15 @@ pub async fn authenticate(
         .secret(&auth.access_key_id)
         .await
         .map_err(|e| {
+            if let sluice_identity::IdentityError::Meta(m) = &e
+                && let Some(message) = unavailable(m)
+            {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    &message,
+                );
+            }
             tracing::error!(error = %e, "cannot read access keys");
             json_error(
                 StatusCode::INTERNAL_SERVER_ERROR,

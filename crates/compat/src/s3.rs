@@ -50,6 +50,13 @@ impl s3s::auth::S3Auth for KeyAuth {
         match self.0.secret(access_key).await {
             Ok(Some(secret)) => Ok(s3s::auth::SecretKey::from(secret)),
             Ok(None) => Err(s3_error!(InvalidAccessKeyId)),
+            Err(sluice_identity::IdentityError::Meta(m)) if m.is_unavailable() || m.is_full() => {
+                tracing::warn!(error = %m, "cannot read access keys");
+                Err(S3Error::with_message(
+                    S3ErrorCode::ServiceUnavailable,
+                    "the service is unavailable; try again later",
+                ))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read access keys");
                 Err(s3_error!(InternalError))

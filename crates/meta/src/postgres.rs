@@ -161,9 +161,12 @@ impl Pg {
         let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(Counters::default());
         let mut first = Some(first);
+        let generation = Arc::new(AtomicU64::new(0));
         for i in 0..pool {
             let worker = Worker {
                 rx: rx.clone(),
+                generation: generation.clone(),
+                seen: 0,
                 config: config.clone(),
                 client: first.take(),
                 statements: HashMap::new(),
@@ -273,6 +276,10 @@ impl Engine for Pg {
 
 struct Worker {
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    /// Bumped by a worker that finds its connection broken; shared by all.
+    generation: Arc<AtomicU64>,
+    /// The generation this worker last checked its connection at.
+    seen: u64,
     config: Config,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
@@ -298,23 +305,12 @@ impl Worker {
                 }
                 continue;
             }
-            let Some(client) = self.client.as_mut() else {
-                continue;
-            };
-            let statements = &mut self.statements;
             // A panicking job must not take the worker down with it: its caller sees the
             // job dropped, its transaction is rolled back, and the connection (whose state is
             // unknown now) is opened afresh for the next job.
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
-                Job::Read(r) => {
-                    let conn = PgConn::new(client, statements);
-                    let tx = Tx::new(&conn);
-                    r(Ok(&tx));
-                    for cb in tx.take_callbacks() {
-                        cb();
-                    }
-                }
-                Job::Write(w) => write(client, statements, w, &self.stats),
+                Job::Read(r) => self.read(r),
+                Job::Write(w) => self.write(w),
             }));
             if ran.is_err() {
                 tracing::error!("a metadata job panicked; its transaction was rolled back");
@@ -323,8 +319,68 @@ impl Worker {
         }
     }
 
-    /// Opens the worker's connection again if it broke.
+    fn read(&mut self, job: ReadJob) {
+        let Some(client) = self.client.as_mut() else {
+            return job(Err(MetaError::Unavailable("no connection".into())));
+        };
+        {
+            let conn = PgConn::new(client, &mut self.statements);
+            let tx = Tx::new(&conn);
+            job(Ok(&tx));
+            for cb in tx.take_callbacks() {
+                cb();
+            }
+        }
+        self.note_broken();
+    }
+
+    /// Runs a write; when the connection breaks before its `COMMIT` was sent (nothing of it
+    /// committed), it runs once more on a new connection.
+    fn write(&mut self, mut job: Box<dyn WriteJob>) {
+        for attempt in 0..2 {
+            let Some(client) = self.client.as_mut() else {
+                break;
+            };
+            match write(client, &mut self.statements, job, &self.stats) {
+                Wrote::Done => return,
+                Wrote::Broken(j) => {
+                    job = j;
+                    self.note_broken();
+                    if attempt == 0
+                        && let Err(e) = self.connect_if_needed()
+                    {
+                        return job.finish(Some(e));
+                    }
+                }
+            }
+        }
+        job.finish(Some(MetaError::Unavailable(
+            "the connection to PostgreSQL broke".into(),
+        )));
+    }
+
+    /// A connection that broke is dropped, and every worker checks its own before its next
+    /// job (the server may have restarted: all of them are stale).
+    fn note_broken(&mut self) {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+            self.statements.clear();
+            self.seen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        }
+    }
+
+    /// Opens the worker's connection again if it broke, or if another worker saw one break
+    /// since this one last looked and this one no longer answers.
     fn connect_if_needed(&mut self) -> Result<(), MetaError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if generation != self.seen {
+            self.seen = generation;
+            if let Some(c) = self.client.as_mut()
+                && c.is_valid(Duration::from_secs(2)).is_err()
+            {
+                self.client = None;
+            }
+        }
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
             self.statements.clear();
@@ -334,18 +390,30 @@ impl Worker {
     }
 }
 
+/// What became of a write.
+enum Wrote {
+    /// Finished (committed, or failed and reported).
+    Done,
+    /// The connection broke before `COMMIT` was sent: nothing committed, the job is not
+    /// finished and can run again on another connection.
+    Broken(Box<dyn WriteJob>),
+}
+
 fn write(
     client: &mut Client,
     statements: &mut HashMap<String, Statement>,
     mut job: Box<dyn WriteJob>,
     stats: &Counters,
-) {
+) -> Wrote {
     stats.jobs.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let mut attempt = 0;
     let outcome = loop {
         attempt += 1;
         if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE") {
+            if client.is_closed() {
+                return Wrote::Broken(job);
+            }
             break Err(pg_err(&e));
         }
         let verdict = {
@@ -353,6 +421,9 @@ fn write(
             let tx = Tx::new(&conn);
             run_job(&mut *job, &tx)
         };
+        if client.is_closed() && !matches!(verdict, Verdict::Commit(_)) {
+            return Wrote::Broken(job);
+        }
         let retry = match verdict {
             Verdict::Commit(callbacks) => match client.batch_execute("COMMIT") {
                 Ok(()) => break Ok(callbacks),
@@ -397,6 +468,7 @@ fn write(
         }
         Err(e) => job.finish(Some(e)),
     }
+    Wrote::Done
 }
 
 fn rollback(client: &mut Client) {

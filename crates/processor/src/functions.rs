@@ -25,6 +25,11 @@ use crate::{RecordRef, output_key};
 pub enum FunctionError {
     #[error("{0}")]
     Failed(String),
+    /// The storage the function reads or writes is down or full: not the function's (or
+    /// the record's) failure. The batch is retried until the storage is back, and the
+    /// attempt does not count against `maximum_retry_attempts`.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// What a function invocation knows about its surroundings.
@@ -184,21 +189,45 @@ impl ObjectFunction {
     }
 }
 
+/// Why one record of an object function failed.
+#[derive(Debug, Clone)]
+enum RecordFailure {
+    /// The record's own failure (bad input, the function's error).
+    Record(String),
+    /// The store is down or full: retried, not counted.
+    Storage(String),
+}
+
+impl RecordFailure {
+    fn store(what: &str, e: sluice_store::StoreError) -> RecordFailure {
+        if e.is_unavailable() || e.is_full() {
+            RecordFailure::Storage(format!("{what}: {e}"))
+        } else {
+            RecordFailure::Record(format!("{what}: {e}"))
+        }
+    }
+}
+
 impl ObjectInner {
-    async fn one(&self, record: &Record, ctx: &CallContext) -> Result<OutputRef, String> {
+    async fn one(&self, record: &Record, ctx: &CallContext) -> Result<OutputRef, RecordFailure> {
         let rec: RecordRef = serde_json::from_slice(&record.data).map_err(|e| {
-            format!("record is not an object reference ({{\"bucket\",\"key\"}}): {e}")
+            RecordFailure::Record(format!(
+                "record is not an object reference ({{\"bucket\",\"key\"}}): {e}"
+            ))
         })?;
         let obj = self
             .store
             .get(&rec.bucket, &rec.key)
             .await
-            .map_err(|e| format!("cannot read input: {e}"))?;
+            .map_err(|e| RecordFailure::store("cannot read input", e))?;
         let output = self
             .function
             .call_in(obj.body, &obj.info, ctx)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                FunctionError::Unavailable(m) => RecordFailure::Storage(m),
+                other => RecordFailure::Record(other.to_string()),
+            })?;
         let bucket = self
             .output_bucket
             .clone()
@@ -218,7 +247,7 @@ impl ObjectInner {
                 },
             )
             .await
-            .map_err(|e| format!("cannot write output: {e}"))?;
+            .map_err(|e| RecordFailure::store("cannot write output", e))?;
         Ok(OutputRef { bucket, key })
     }
 }
@@ -235,7 +264,7 @@ impl BatchFunction for ObjectFunction {
         ctx: &CallContext,
     ) -> Result<BatchResponse, FunctionError> {
         let n = input.records.len();
-        let mut results: Vec<Option<Result<OutputRef, String>>> = vec![None; n];
+        let mut results: Vec<Option<Result<OutputRef, RecordFailure>>> = vec![None; n];
         let mut running = tokio::task::JoinSet::new();
         let mut next = 0;
         // The lowest index known to have failed: nothing after it is started any more.
@@ -262,7 +291,20 @@ impl BatchFunction for ObjectFunction {
         for (record, r) in input.records.iter().zip(results) {
             match r {
                 Some(Ok(out)) => outputs.push(out),
-                Some(Err(e)) => {
+                // The first failure in sequence order decides: storage that is down fails
+                // the invocation as unavailable (retried, not counted).
+                Some(Err(RecordFailure::Storage(e))) => {
+                    ctx.log_lines(
+                        "stderr",
+                        [format!(
+                            "record {} not processed, storage unavailable: {e}",
+                            record.sequence_number
+                        )],
+                    )
+                    .await;
+                    return Err(FunctionError::Unavailable(e));
+                }
+                Some(Err(RecordFailure::Record(e))) => {
                     ctx.log_lines(
                         "stderr",
                         [format!("record {} failed: {e}", record.sequence_number)],

@@ -42,7 +42,9 @@ use crate::destination::{
     RETRY_ATTEMPTS_EXHAUSTED, RequestContext, ResponseContext,
 };
 use crate::event::{iso_ms, kinesis_event};
-use crate::functions::{BatchFunction, BatchInput, BatchResponse, CallContext, OutputRef};
+use crate::functions::{
+    BatchFunction, BatchInput, BatchResponse, CallContext, FunctionError, OutputRef,
+};
 use crate::{
     MappingConfig, Observer, PROCESSING_AFTER, Processor, RecordRef, StartingPosition,
     StatusUpdate, output_key,
@@ -191,6 +193,9 @@ fn seq_key(s: &str) -> SeqKey {
 struct Tracker {
     pending: BTreeMap<SeqKey, bool>,
     unsaved: Option<String>,
+    /// A commit was abandoned (stopping, storage down): the checkpoint must not move past
+    /// its records any more, so it never moves again in this worker's life.
+    held: bool,
 }
 
 impl Tracker {
@@ -199,6 +204,9 @@ impl Tracker {
     }
 
     fn done<'a>(&mut self, seqs: impl IntoIterator<Item = &'a str>) {
+        if self.held {
+            return;
+        }
         for s in seqs {
             if let Some(v) = self.pending.get_mut(&seq_key(s)) {
                 *v = true;
@@ -229,6 +237,8 @@ enum Outcome {
         per_record: bool,
     },
     Failed(String),
+    /// The storage the function needs is down or full: retried, not counted.
+    Unavailable(String),
 }
 
 /// A piece of a lane batch still to resolve.
@@ -239,6 +249,8 @@ struct Pending {
     failures: u32,
     /// Invocations that included these records.
     invocations: u64,
+    /// Invocations in a row that found the storage unavailable (for the pause only).
+    unavailable: u32,
     last_error: String,
     last_request_id: String,
 }
@@ -294,7 +306,8 @@ impl ShardWorker {
         let committer = match self.commit_rx.lock().ok().and_then(|mut r| r.take()) {
             Some(rx) => {
                 let w = self.clone();
-                Some(tokio::spawn(async move { w.committer(rx).await }))
+                let sd = shutdown.clone();
+                Some(tokio::spawn(async move { w.committer(rx, sd).await }))
             }
             None => None,
         };
@@ -552,6 +565,7 @@ impl ShardWorker {
             invocations: 0,
             last_error: String::new(),
             last_request_id: String::new(),
+            unavailable: 0,
         }]);
         while let Some(mut piece) = queue.pop_front() {
             if stopping(shutdown) {
@@ -615,6 +629,27 @@ impl ShardWorker {
                     (rest, error, per_record)
                 }
                 Outcome::Failed(error) => (std::mem::take(&mut piece.records), error, false),
+                Outcome::Unavailable(error) => {
+                    // Not the function's failure: the same piece again once the storage is
+                    // back, after a pause that grows to MAX_BACKOFF; no attempt is counted.
+                    self.p.update_stats(&m.name, |s| {
+                        s.last_processing_result = "PROBLEM: Storage unavailable".into();
+                        s.last_error = Some(error.clone());
+                    });
+                    piece.unavailable = piece.unavailable.saturating_add(1);
+                    tracing::warn!(mapping = %m.name, shard = self.id(), error = %error,
+                        "storage unavailable; the batch is retried");
+                    started.now(upload_ids(&piece.records, &refs)).await;
+                    let backoff =
+                        Duration::from_millis(200u64.saturating_mul(1 << piece.unavailable.min(8)))
+                            .min(MAX_BACKOFF);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped(shutdown) => return Err(Stopped),
+                    }
+                    queue.push_front(piece);
+                    continue;
+                }
             };
             if failed.is_empty() {
                 continue;
@@ -633,6 +668,7 @@ impl ShardWorker {
                     invocations: piece.invocations,
                     last_error: piece.last_error.clone(),
                     last_request_id: piece.last_request_id.clone(),
+                    unavailable: 0,
                 });
                 queue.push_front(piece);
                 continue;
@@ -665,6 +701,7 @@ impl ShardWorker {
                         invocations: piece.invocations,
                         last_error: String::new(),
                         last_request_id: String::new(),
+                        unavailable: 0,
                     });
                 }
                 continue;
@@ -718,6 +755,7 @@ impl ShardWorker {
         let res = self.function.invoke(&input, &ctx).await;
         let ms = started.elapsed().as_millis() as u64;
         let outcome = match res {
+            Err(FunctionError::Unavailable(e)) => Outcome::Unavailable(e),
             Err(e) => Outcome::Failed(e.to_string()),
             Ok(BatchResponse::Items { outputs, failure }) => {
                 let outputs: Vec<Option<OutputRef>> = outputs.into_iter().map(Some).collect();
@@ -759,6 +797,7 @@ impl ShardWorker {
             Outcome::Success(_) => "ok".to_owned(),
             Outcome::Partial { ok, .. } => format!("partial ({ok} of {} ok)", records.len()),
             Outcome::Failed(e) => format!("error: {e}"),
+            Outcome::Unavailable(e) => format!("storage unavailable: {e}"),
         };
         lines.push(format!(
             "REPORT RequestId: {rid}\tDuration: {ms} ms\tRecords: {}\tResult: {status}",
@@ -924,16 +963,17 @@ impl ShardWorker {
             flushed: None,
         };
         if let Err(mpsc::error::SendError(c)) = self.commits.send(commit).await {
-            // No committer (the worker is ending): write here.
-            self.commit(&c.seqs, c.updates).await;
+            // No committer (the worker is ending): write here, once.
+            self.commit(&c.seqs, c.updates, &watch::channel(true).1)
+                .await;
         }
     }
 
     /// Writes resolved records' status and checkpoint, one batch after another.
-    async fn committer(&self, mut rx: mpsc::Receiver<Commit>) {
+    async fn committer(&self, mut rx: mpsc::Receiver<Commit>, shutdown: watch::Receiver<bool>) {
         while let Some(c) = rx.recv().await {
             if !c.seqs.is_empty() || !c.updates.is_empty() {
-                self.commit(&c.seqs, c.updates).await;
+                self.commit(&c.seqs, c.updates, &shutdown).await;
             }
             if let Some(f) = c.flushed {
                 let _ = f.send(());
@@ -943,9 +983,17 @@ impl ShardWorker {
 
     /// Marks records done and reports their status updates. When the observer keeps its
     /// rows in the checkpoints' database, the updates and the checkpoint (if it advanced)
-    /// are one write; otherwise the updates are written first, then the checkpoint. Either
-    /// way a checkpoint is never durable before the status of the records it covers.
-    async fn commit(&self, seqs: &[String], updates: Vec<StatusUpdate>) {
+    /// are one write, retried (with a growing pause) until it commits: the records after
+    /// them wait, and a checkpoint never passes a record whose outcome is not durable. Once
+    /// the worker is stopping, a failed write is given up: nothing is checkpointed, so the
+    /// records are delivered again at the next start. Otherwise the updates are written
+    /// first, then the checkpoint.
+    async fn commit(
+        &self,
+        seqs: &[String],
+        updates: Vec<StatusUpdate>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
         let m = &self.mapping;
         let joined = if updates.is_empty() {
             None
@@ -967,24 +1015,46 @@ impl ShardWorker {
         let mut t = self.tracker.lock().await;
         t.done(seqs.iter().map(String::as_str));
         let seq = t.unsaved.clone();
-        match self
-            .p
-            .checkpoints
-            .save_with(&m.name, self.id(), seq.as_deref(), write)
-            .await
-        {
-            Ok(()) => {
-                t.unsaved = None;
-                drop(t);
-                self.p.observer.written(&updates);
-            }
-            Err(e) => {
-                // Neither is written: the status alone, then the checkpoint at the next
-                // advance (or when the worker stops).
-                drop(t);
-                tracing::warn!(mapping = %m.name, shard = self.id(), error = %e,
-                    "status and checkpoint failed; writing the status alone");
-                self.p.observer.report(updates).await;
+        let mut write = Some(write);
+        let mut tries = 0u32;
+        loop {
+            let attempt = match write.take() {
+                Some(w) => Some(w),
+                None => self
+                    .p
+                    .checkpoints
+                    .db()
+                    .and_then(|db| self.p.observer.write_with(db, &updates)),
+            };
+            let Some(attempt) = attempt else { return };
+            match self
+                .p
+                .checkpoints
+                .save_with(&m.name, self.id(), seq.as_deref(), attempt)
+                .await
+            {
+                Ok(()) => {
+                    t.unsaved = None;
+                    drop(t);
+                    self.p.observer.written(&updates);
+                    return;
+                }
+                Err(e) if stopping(shutdown) => {
+                    tracing::warn!(mapping = %m.name, shard = self.id(), error = %e,
+                        "status and checkpoint not written before stopping; the records are delivered again");
+                    // The checkpoint stays where it was, and moves no more.
+                    t.unsaved = None;
+                    t.held = true;
+                    return;
+                }
+                Err(e) => {
+                    tries = tries.saturating_add(1);
+                    tracing::warn!(mapping = %m.name, shard = self.id(), error = %e,
+                        "status and checkpoint not written; retrying");
+                    let pause = Duration::from_millis(100u64.saturating_mul(1 << tries.min(6)))
+                        .min(MAX_BACKOFF);
+                    tokio::time::sleep(pause).await;
+                }
             }
         }
     }

@@ -147,10 +147,10 @@ fn large_raw_upload_is_streamed_and_an_oversized_one_leaves_nothing() {
     assert!(resp.headers().get("x-request-id").is_some());
     let err: Value = resp.json().expect("json error");
     assert_eq!(err["error"], "payload_too_large", "{err}");
-    assert_eq!(
-        blob_files(&dir.0),
-        blobs,
-        "the partial blob file is deleted"
+    common::wait_for(
+        "the partial blob file to be deleted",
+        Duration::from_secs(10),
+        || (blob_files(&dir.0) == blobs).then_some(()),
     );
     assert_eq!(rows(&dir.0, "SELECT COUNT(*) FROM objects"), objects);
     assert_eq!(rows(&dir.0, "SELECT COUNT(*) FROM records"), records);
@@ -338,10 +338,11 @@ fn multipart_uploads_are_processed_and_bad_forms_refused() {
     assert_eq!(resp.status(), 400);
     assert_eq!(rows(&dir.0, "SELECT COUNT(*) FROM objects"), objects);
     assert_eq!(rows(&dir.0, "SELECT COUNT(*) FROM uploads"), uploads);
-    assert_eq!(
-        blob_files(&dir.0),
-        blobs,
-        "staged parts of refused forms are deleted"
+    // A staged body dropped uncommitted is deleted in the background, at once.
+    common::wait_for(
+        "staged parts of refused forms to be deleted",
+        Duration::from_secs(10),
+        || (blob_files(&dir.0) == blobs).then_some(()),
     );
 }
 
