@@ -359,6 +359,20 @@ async fn upserts_and_returning(m: Meta) {
         .await
         .expect("returning");
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids {ids:?}");
+    let next: i64 = m
+        .write(|tx| tx.insert_id("INSERT INTO vals (t) VALUES (?1)", params!["d"], "id"))
+        .await
+        .expect("insert_id");
+    assert!(next > ids[2], "insert_id {next} after {ids:?}");
+    let t: String = m
+        .read(move |tx| {
+            tx.query_row("SELECT t FROM vals WHERE id = ?1", params![next], |r| {
+                r.get(0)
+            })
+        })
+        .await
+        .expect("inserted row");
+    assert_eq!(t, "d");
     for v in ["one", "two"] {
         m.write(move |tx| {
             tx.execute(

@@ -157,6 +157,14 @@ type Callback = Box<dyn FnOnce() + Send>;
 /// The connection a [`Tx`] runs statements on, as an engine provides it.
 pub(crate) trait Conn {
     fn execute(&self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64, MetaError>;
+    /// Runs an `INSERT` of one row and returns the value of its `id_column` (the table's
+    /// `INTEGER PRIMARY KEY`).
+    fn insert_id(
+        &self,
+        sql: &str,
+        params: &[ValueRef<'_>],
+        id_column: &str,
+    ) -> Result<i64, MetaError>;
     /// Runs a query, calling `each` for every row until it returns `false`.
     fn query(
         &self,
@@ -218,6 +226,19 @@ impl<'c> Tx<'c> {
     pub fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<u64, MetaError> {
         let values = to_values(params);
         self.note(self.conn.execute(sql, &values))
+    }
+
+    /// Runs an `INSERT` of one row (written without `RETURNING`) and returns its
+    /// `id_column`, which must be the table's `INTEGER PRIMARY KEY`. Cheaper than
+    /// `RETURNING` on SQLite (which stages returned rows in a temporary table).
+    pub fn insert_id(
+        &self,
+        sql: &str,
+        params: &[&dyn ToValue],
+        id_column: &str,
+    ) -> Result<i64, MetaError> {
+        let values = to_values(params);
+        self.note(self.conn.insert_id(sql, &values, id_column))
     }
 
     /// The first row of a query, converted by `f`; [`MetaError::NoRows`] if there is none.
@@ -312,8 +333,35 @@ impl<'c> Tx<'c> {
     }
 }
 
-fn to_values<'a>(params: &'a [&'a dyn ToValue]) -> Vec<ValueRef<'a>> {
-    params.iter().map(|p| p.to_value()).collect()
+/// Statement parameters as values: on the stack for the usual handful (a statement costs
+/// no allocation for them), in a vector past that. The size difference is the point: the
+/// value lives on one stack frame for one statement.
+#[allow(clippy::large_enum_variant)]
+enum Values<'a> {
+    Few([ValueRef<'a>; 16], usize),
+    Many(Vec<ValueRef<'a>>),
+}
+
+impl<'a> std::ops::Deref for Values<'a> {
+    type Target = [ValueRef<'a>];
+
+    fn deref(&self) -> &[ValueRef<'a>] {
+        match self {
+            Values::Few(a, n) => &a[..*n],
+            Values::Many(v) => v,
+        }
+    }
+}
+
+fn to_values<'a>(params: &'a [&'a dyn ToValue]) -> Values<'a> {
+    if params.len() > 16 {
+        return Values::Many(params.iter().map(|p| p.to_value()).collect());
+    }
+    let mut a = [ValueRef::Null; 16];
+    for (slot, p) in a.iter_mut().zip(params) {
+        *slot = p.to_value();
+    }
+    Values::Few(a, params.len())
 }
 
 /// A write as the engines run it: type-erased, runnable more than once, finished once.

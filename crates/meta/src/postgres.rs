@@ -574,6 +574,21 @@ impl Conn for PgConn<'_> {
             .map_err(|e| pg_err(&e))
     }
 
+    fn insert_id(
+        &self,
+        sql: &str,
+        params: &[ValueRef<'_>],
+        id_column: &str,
+    ) -> Result<i64, MetaError> {
+        let sql = format!("{sql} RETURNING {id_column}");
+        let mut id = None;
+        self.query(&sql, params, &mut |row| {
+            id = Some(crate::FromValue::from_value(row.value(0)?)?);
+            Ok(false)
+        })?;
+        id.ok_or(MetaError::NoRows)
+    }
+
     fn query(
         &self,
         sql: &str,

@@ -470,6 +470,17 @@ impl Conn for SqliteConn<'_> {
         Ok(n as u64)
     }
 
+    fn insert_id(
+        &self,
+        sql: &str,
+        params: &[ValueRef<'_>],
+        _id_column: &str,
+    ) -> Result<i64, MetaError> {
+        // The `INTEGER PRIMARY KEY` is the rowid.
+        self.execute(sql, params)?;
+        Ok(self.0.last_insert_rowid())
+    }
+
     fn query(
         &self,
         sql: &str,

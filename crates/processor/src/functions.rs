@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use sluice_store::{ObjectInfo, ObjectStore, PutOptions};
+use sluice_store::{NewObject, Object, ObjectInfo, ObjectStore, PutOptions};
 use sluice_stream::Record;
 
 use crate::logs::{LogLine, LogSink};
@@ -208,19 +208,60 @@ impl RecordFailure {
     }
 }
 
+/// A record's output, computed and not stored yet.
+struct Computed {
+    bucket: String,
+    key: String,
+    body: Bytes,
+    content_type: String,
+}
+
+/// The object reference a record carries.
+fn record_ref(record: &Record) -> Result<RecordRef, RecordFailure> {
+    serde_json::from_slice(&record.data).map_err(|e| {
+        RecordFailure::Record(format!(
+            "record is not an object reference ({{\"bucket\",\"key\"}}): {e}"
+        ))
+    })
+}
+
 impl ObjectInner {
-    async fn one(&self, record: &Record, ctx: &CallContext) -> Result<OutputRef, RecordFailure> {
-        let rec: RecordRef = serde_json::from_slice(&record.data).map_err(|e| {
-            RecordFailure::Record(format!(
-                "record is not an object reference ({{\"bucket\",\"key\"}}): {e}"
-            ))
-        })?;
-        let obj = self
-            .store
-            .get(&rec.bucket, &rec.key)
-            .await
-            .map_err(|e| RecordFailure::store("cannot read input", e))?;
-        let output = self
+    /// Reads the objects of up to [`OBJECT_CONCURRENCY`] records in one go.
+    async fn fetch(&self, records: &[Record]) -> Vec<Result<(RecordRef, Object), RecordFailure>> {
+        let refs: Vec<Result<RecordRef, RecordFailure>> = records.iter().map(record_ref).collect();
+        let keys: Vec<(String, String)> = refs
+            .iter()
+            .flatten()
+            .map(|r| (r.bucket.clone(), r.key.clone()))
+            .collect();
+        let mut objects = match self.store.get_many(keys).await {
+            Ok(objects) => objects.into_iter(),
+            Err(e) => {
+                let f = RecordFailure::store("cannot read input", e);
+                return refs.iter().map(|_| Err(f.clone())).collect();
+            }
+        };
+        refs.into_iter()
+            .map(|r| {
+                let r = r?;
+                match objects.next() {
+                    Some(Ok(obj)) => Ok((r, obj)),
+                    Some(Err(e)) => Err(RecordFailure::store("cannot read input", e)),
+                    None => Err(RecordFailure::Record("no object was read".into())),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs the function on a record's object.
+    async fn compute(
+        &self,
+        rec: RecordRef,
+        obj: Object,
+        ctx: &CallContext,
+    ) -> Result<Computed, RecordFailure> {
+        let content_type = self.function.output_content_type(&obj.info);
+        let body = self
             .function
             .call_in(obj.body, &obj.info, ctx)
             .await
@@ -235,20 +276,73 @@ impl ObjectInner {
         let key = self
             .function
             .output_key(&output_key(&rec.key, &self.output_prefix));
-        self.store
-            .put(
-                &bucket,
-                &key,
-                output,
-                PutOptions {
-                    content_type: Some(self.function.output_content_type(&obj.info)),
-                    owner: None,
+        Ok(Computed {
+            bucket,
+            key,
+            body,
+            content_type,
+        })
+    }
+
+    /// Stores computed outputs durably, all in one metadata write; when that write is
+    /// refused for another reason than the storage being down (a key the store rejects),
+    /// one by one, so that the failure is the record's own.
+    async fn store_outputs(
+        &self,
+        computed: Vec<Computed>,
+    ) -> Vec<Result<OutputRef, RecordFailure>> {
+        let objects: Vec<NewObject> = computed
+            .iter()
+            .map(|c| NewObject {
+                bucket: c.bucket.clone(),
+                key: c.key.clone(),
+                body: c.body.clone(),
+                opts: PutOptions {
+                    content_type: Some(c.content_type.clone()),
                     ..Default::default()
                 },
-            )
-            .await
-            .map_err(|e| RecordFailure::store("cannot write output", e))?;
-        Ok(OutputRef { bucket, key })
+            })
+            .collect();
+        match self.store.put_many(objects).await {
+            Ok(_) => computed
+                .into_iter()
+                .map(|c| {
+                    Ok(OutputRef {
+                        bucket: c.bucket,
+                        key: c.key,
+                    })
+                })
+                .collect(),
+            Err(e) if e.is_unavailable() || e.is_full() => {
+                let f = RecordFailure::store("cannot write output", e);
+                computed.iter().map(|_| Err(f.clone())).collect()
+            }
+            Err(_) => {
+                let mut out = Vec::with_capacity(computed.len());
+                for c in computed {
+                    let put = self
+                        .store
+                        .put(
+                            &c.bucket,
+                            &c.key,
+                            c.body,
+                            PutOptions {
+                                content_type: Some(c.content_type),
+                                ..Default::default()
+                            },
+                        )
+                        .await;
+                    out.push(match put {
+                        Ok(_) => Ok(OutputRef {
+                            bucket: c.bucket,
+                            key: c.key,
+                        }),
+                        Err(e) => Err(RecordFailure::store("cannot write output", e)),
+                    });
+                }
+                out
+            }
+        }
     }
 }
 
@@ -264,64 +358,87 @@ impl BatchFunction for ObjectFunction {
         ctx: &CallContext,
     ) -> Result<BatchResponse, FunctionError> {
         let n = input.records.len();
-        let mut results: Vec<Option<Result<OutputRef, RecordFailure>>> = vec![None; n];
-        let mut running = tokio::task::JoinSet::new();
-        let mut next = 0;
-        // The lowest index known to have failed: nothing after it is started any more.
-        let mut first_failure = n;
-        loop {
-            while next < first_failure && running.len() < OBJECT_CONCURRENCY {
-                let (inner, record, ctx) =
-                    (self.inner.clone(), input.records[next].clone(), ctx.clone());
-                let i = next;
-                running.spawn(async move { (i, inner.one(&record, &ctx).await) });
-                next += 1;
+        let mut results: Vec<Option<Result<Computed, RecordFailure>>> =
+            (0..n).map(|_| None).collect();
+        // Windows of up to OBJECT_CONCURRENCY records: their objects read in one go, then
+        // the function run on all of them at once. No window starts after a failure.
+        let mut start = 0;
+        while start < n {
+            let end = (start + OBJECT_CONCURRENCY).min(n);
+            let fetched = self.inner.fetch(&input.records[start..end]).await;
+            let mut running = tokio::task::JoinSet::new();
+            for (offset, f) in fetched.into_iter().enumerate() {
+                let i = start + offset;
+                match f {
+                    Ok((rec, obj)) => {
+                        let (inner, ctx) = (self.inner.clone(), ctx.clone());
+                        running.spawn(async move { (i, inner.compute(rec, obj, &ctx).await) });
+                    }
+                    Err(e) => results[i] = Some(Err(e)),
+                }
             }
-            let Some(joined) = running.join_next().await else {
+            while let Some(joined) = running.join_next().await {
+                let (i, r) = joined
+                    .map_err(|e| FunctionError::Failed(format!("record task failed: {e}")))?;
+                results[i] = Some(r);
+            }
+            if results[start..end]
+                .iter()
+                .any(|r| matches!(r, Some(Err(_))))
+            {
                 break;
-            };
-            let (i, r) =
-                joined.map_err(|e| FunctionError::Failed(format!("record task failed: {e}")))?;
-            if r.is_err() {
-                first_failure = first_failure.min(i);
             }
-            results[i] = Some(r);
+            start = end;
         }
-        let mut outputs = Vec::with_capacity(n);
-        for (record, r) in input.records.iter().zip(results) {
+        // The outputs of the records before the first failure, stored together (one
+        // metadata write for the batch's outputs rather than one per record).
+        let mut computed = Vec::new();
+        let mut failure = None;
+        for r in results {
             match r {
-                Some(Ok(out)) => outputs.push(out),
-                // The first failure in sequence order decides: storage that is down fails
-                // the invocation as unavailable (retried, not counted).
-                Some(Err(RecordFailure::Storage(e))) => {
-                    ctx.log_lines(
-                        "stderr",
-                        [format!(
-                            "record {} not processed, storage unavailable: {e}",
-                            record.sequence_number
-                        )],
-                    )
-                    .await;
-                    return Err(FunctionError::Unavailable(e));
-                }
-                Some(Err(RecordFailure::Record(e))) => {
-                    ctx.log_lines(
-                        "stderr",
-                        [format!("record {} failed: {e}", record.sequence_number)],
-                    )
-                    .await;
-                    return Ok(BatchResponse::Items {
-                        outputs,
-                        failure: Some(e),
-                    });
-                }
-                None => break,
+                Some(Ok(c)) if failure.is_none() => computed.push(c),
+                Some(Err(e)) if failure.is_none() => failure = Some(e),
+                _ => break,
             }
         }
-        Ok(BatchResponse::Items {
-            outputs,
-            failure: None,
-        })
+        let stored = self.inner.store_outputs(computed).await;
+        let failure = stored
+            .iter()
+            .position(Result::is_err)
+            .map_or(failure, |i| stored[i].clone().err());
+        let outputs: Vec<OutputRef> = stored.into_iter().map_while(Result::ok).collect();
+        match failure {
+            None => Ok(BatchResponse::Items {
+                outputs,
+                failure: None,
+            }),
+            // The first failure in sequence order decides: storage that is down fails the
+            // invocation as unavailable (retried, not counted).
+            Some(RecordFailure::Storage(e)) => {
+                let record = &input.records[outputs.len()];
+                ctx.log_lines(
+                    "stderr",
+                    [format!(
+                        "record {} not processed, storage unavailable: {e}",
+                        record.sequence_number
+                    )],
+                )
+                .await;
+                Err(FunctionError::Unavailable(e))
+            }
+            Some(RecordFailure::Record(e)) => {
+                let record = &input.records[outputs.len()];
+                ctx.log_lines(
+                    "stderr",
+                    [format!("record {} failed: {e}", record.sequence_number)],
+                )
+                .await;
+                Ok(BatchResponse::Items {
+                    outputs,
+                    failure: Some(e),
+                })
+            }
+        }
     }
 }
 

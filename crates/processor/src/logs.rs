@@ -73,11 +73,11 @@ impl EmbeddedLogs {
                 let mut mappings = std::collections::BTreeSet::new();
                 for l in &lines {
                     let mut l = l.clone();
-                    l.id = c.query_row(
+                    l.id = c.insert_id(
                         "INSERT INTO function_logs (mapping, ts_ms, request_id, stream, line)
-                         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
                         params![l.mapping, l.ts_ms, l.request_id, l.stream, l.line],
-                        |r| r.get(0),
+                        "id",
                     )?;
                     mappings.insert(l.mapping.clone());
                     out.push(l);

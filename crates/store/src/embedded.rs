@@ -23,8 +23,8 @@ use sluice_meta::{Meta, Migration, Tx, now_ms, params};
 
 use crate::{
     BucketInfo, ByteRange, ByteStream, CopySource, MAX_PART_BYTES, MIN_PART_BYTES, MultipartInfo,
-    Object, ObjectInfo, ObjectStore, ObjectStream, PartInfo, PutOptions, SourceCheck, StoreError,
-    UploadMarker, validate_bucket_name, validate_key,
+    NewObject, Object, ObjectInfo, ObjectStore, ObjectStream, PartInfo, PutOptions, SourceCheck,
+    StoreError, UploadMarker, validate_bucket_name, validate_key,
 };
 
 /// Objects up to this size are stored inline in the database.
@@ -1262,6 +1262,51 @@ impl ObjectStore for EmbeddedStore {
         self.commit_object(bucket, key, prepared, opts).await
     }
 
+    async fn put_many(&self, objects: Vec<NewObject>) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut prepared = Vec::with_capacity(objects.len());
+        let mut new_blobs = Vec::new();
+        for o in objects {
+            let p = match validate_key(&o.key) {
+                Ok(()) => self.prepare(o.body).await,
+                Err(e) => Err(e),
+            };
+            match p {
+                Ok(p) => {
+                    new_blobs.extend(p.blob_name().map(str::to_owned));
+                    prepared.push((o.bucket, o.key, p, o.opts));
+                }
+                Err(e) => {
+                    self.discard_blobs(new_blobs).await;
+                    return Err(e);
+                }
+            }
+        }
+        let committed = self
+            .db
+            .write(move |c| {
+                let now = now_ms();
+                let mut infos = Vec::with_capacity(prepared.len());
+                let mut replaced = Vec::new();
+                for (bucket, key, p, opts) in &prepared {
+                    let (info, old) = put_in_tx(c, bucket, key, p, opts, now)?;
+                    infos.push(info);
+                    replaced.extend(old);
+                }
+                Ok::<_, StoreError>((infos, replaced))
+            })
+            .await;
+        match committed {
+            Ok((infos, replaced)) => {
+                self.discard_blobs(replaced).await;
+                Ok(infos)
+            }
+            Err(e) => {
+                self.discard_blobs(new_blobs).await;
+                Err(e)
+            }
+        }
+    }
+
     async fn get_stream(
         &self,
         bucket: &str,
@@ -1276,6 +1321,41 @@ impl ObjectStore for EmbeddedStore {
         let (info, body) = self.open_object(bucket, key, None).await?;
         let body = sluice_blobs::collect(body, info.size).await?;
         Ok(Object { info, body })
+    }
+
+    async fn get_many(
+        &self,
+        keys: Vec<(String, String)>,
+    ) -> Result<Vec<Result<Object, StoreError>>, StoreError> {
+        let wanted = keys.clone();
+        let rows = self
+            .db
+            .read(move |c| {
+                let sql = format!(
+                    "SELECT {INFO_COLUMNS}, inline, blob FROM objects WHERE bucket = ?1 AND key = ?2"
+                );
+                let mut rows = Vec::with_capacity(wanted.len());
+                for (b, k) in &wanted {
+                    rows.push(c.query_opt(&sql, params![b, k], |r| {
+                        Ok((info_from_row(r)?, r.get::<Option<Vec<u8>>>(9)?))
+                    })?);
+                }
+                Ok::<_, StoreError>(rows)
+            })
+            .await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for ((bucket, key), row) in keys.into_iter().zip(rows) {
+            out.push(match row {
+                None => Err(StoreError::NoSuchKey { bucket, key }),
+                // Small objects come with their row; a large one is read from its blob.
+                Some((info, Some(bytes))) => Ok(Object {
+                    info,
+                    body: Bytes::from(bytes),
+                }),
+                Some(_) => self.get(&bucket, &key).await,
+            });
+        }
+        Ok(out)
     }
 
     async fn head(&self, bucket: &str, key: &str) -> Result<ObjectInfo, StoreError> {

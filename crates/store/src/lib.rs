@@ -176,6 +176,15 @@ pub struct Object {
     pub body: Bytes,
 }
 
+/// An object to write with [`ObjectStore::put_many`].
+#[derive(Debug, Clone)]
+pub struct NewObject {
+    pub bucket: String,
+    pub key: String,
+    pub body: Bytes,
+    pub opts: PutOptions,
+}
+
 /// An object's metadata and (a range of) its bytes, streamed.
 pub struct ObjectStream {
     pub info: ObjectInfo,
@@ -221,6 +230,9 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Bytes,
         opts: PutOptions,
     ) -> Result<ObjectInfo, StoreError>;
+    /// Writes several objects (bodies in memory) in one metadata transaction: all of them
+    /// or none. Durable when it returns.
+    async fn put_many(&self, objects: Vec<NewObject>) -> Result<Vec<ObjectInfo>, StoreError>;
     /// [`put`](Self::put) for a body that arrives in chunks: it is never held whole in
     /// memory. A body that fails (an error item) stores nothing and is [`StoreError::Io`].
     async fn put_stream(
@@ -233,6 +245,18 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// The whole object, in memory: for small objects only (use
     /// [`get_stream`](Self::get_stream) for anything a client sent).
     async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError>;
+    /// Several whole objects (as [`get`](Self::get)), each found or not on its own, read
+    /// together: one metadata read for all of them.
+    async fn get_many(
+        &self,
+        keys: Vec<(String, String)>,
+    ) -> Result<Vec<Result<Object, StoreError>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (b, k) in keys {
+            out.push(self.get(&b, &k).await);
+        }
+        Ok(out)
+    }
     /// The object's metadata and the bytes `range` names (all of them when `None`; a range
     /// past the end is cut at the end), streamed: only the range is read.
     async fn get_stream(

@@ -7,6 +7,8 @@
 //! After a crash between the two, [`EmbeddedUploads::deliver_pending`] finishes the job;
 //! the stream delivers each entry exactly once.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use sluice_meta::Tx;
 use sluice_meta::params;
@@ -63,12 +65,90 @@ pub struct EmbeddedUploads {
     db: Meta,
     store: EmbeddedStore,
     stream: EmbeddedStream,
+    settles: Arc<Settles>,
 }
+
+/// Where delivered records landed, waiting to be written into their status rows (and their
+/// outbox tickets settled): many at a time, in one write nobody waits for.
+#[derive(Default)]
+struct Settles {
+    state: std::sync::Mutex<SettleState>,
+}
+
+#[derive(Default)]
+struct SettleState {
+    waiting: Vec<Settle>,
+    /// A write is on its way: it takes whatever waits when it runs.
+    in_flight: bool,
+}
+
+/// One delivered upload: its id, outbox ticket, shard and sequence number.
+type Settle = (String, i64, String, String);
 
 impl EmbeddedUploads {
     /// `store` and `stream` must live in the same database as `db`.
     pub fn new(db: Meta, store: EmbeddedStore, stream: EmbeddedStream) -> Self {
-        EmbeddedUploads { db, store, stream }
+        EmbeddedUploads {
+            db,
+            store,
+            stream,
+            settles: Arc::default(),
+        }
+    }
+
+    /// Queues `s` for the next settling write, and starts one unless one is on its way.
+    fn settle_later(&self, s: Settle) {
+        let start = match self.settles.state.lock() {
+            Ok(mut st) => {
+                st.waiting.push(s);
+                !std::mem::replace(&mut st.in_flight, true)
+            }
+            Err(_) => false,
+        };
+        if start {
+            self.start_settling();
+        }
+    }
+
+    /// One write that settles every upload waiting when it runs; when it is done, another
+    /// starts if more arrived meanwhile. A failed write leaves its uploads unsettled in the
+    /// database: reads ask the log meanwhile, and `deliver_pending` settles them at the
+    /// next start.
+    fn start_settling(&self) {
+        let settles = self.settles.clone();
+        let mut batch: Option<Vec<Settle>> = None;
+        let this = self.clone();
+        self.db.write_with(
+            move |c| {
+                // Taken once; a retried transaction settles the same uploads.
+                let rows = batch.get_or_insert_with(|| {
+                    settles
+                        .state
+                        .lock()
+                        .map(|mut st| std::mem::take(&mut st.waiting))
+                        .unwrap_or_default()
+                });
+                for (id, ticket, shard, seq) in rows.iter() {
+                    settle_in(c, id, *ticket, shard, seq)?;
+                }
+                Ok::<_, UploadError>(rows.len())
+            },
+            move |r: Result<usize, UploadError>| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "could not store uploads' sequence numbers; they are stored at the next start");
+                }
+                let again = match this.settles.state.lock() {
+                    Ok(mut st) => {
+                        st.in_flight = !st.waiting.is_empty();
+                        st.in_flight
+                    }
+                    Err(_) => false,
+                };
+                if again {
+                    this.start_settling();
+                }
+            },
+        );
     }
 
     /// Delivers the records of uploads committed before a crash that stopped their
@@ -113,17 +193,12 @@ impl EmbeddedUploads {
             .stream
             .deliver_record(outbox.ticket, &outbox.stream, outbox.record)
             .await?;
-        let job = settle(
+        self.settle_later((
             id.to_owned(),
             outbox.ticket,
             put.shard_id.clone(),
             put.sequence_number.clone(),
-        );
-        self.db.write_with(job, |r: Result<(), UploadError>| {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "could not store an upload's sequence number; it is stored at the next start");
-            }
-        });
+        ));
         Ok((put.shard_id, put.sequence_number))
     }
 }
@@ -136,15 +211,19 @@ fn settle(
     shard: String,
     seq: String,
 ) -> impl FnMut(&Tx<'_>) -> Result<(), UploadError> + Send + 'static {
-    move |c| {
-        c.execute(
-            "UPDATE uploads SET shard_id = ?2, sequence_number = ?3, outbox_ticket = NULL
-             WHERE id = ?1",
-            params![id, shard, seq],
-        )?;
-        settle_in_tx(c, ticket)?;
-        Ok(())
-    }
+    move |c| settle_in(c, &id, ticket, &shard, &seq)
+}
+
+/// Stores where an upload's record landed and settles its outbox ticket, inside the
+/// caller's transaction.
+fn settle_in(c: &Tx<'_>, id: &str, ticket: i64, shard: &str, seq: &str) -> Result<(), UploadError> {
+    c.execute(
+        "UPDATE uploads SET shard_id = ?2, sequence_number = ?3, outbox_ticket = NULL
+         WHERE id = ?1",
+        params![id, shard, seq],
+    )?;
+    settle_in_tx(c, ticket)?;
+    Ok(())
 }
 
 #[async_trait]
@@ -184,7 +263,7 @@ impl UploadSink for EmbeddedUploads {
             .assemble_multipart(&m.multipart_id, m.parts.clone())
             .await?;
         let blob = assembled.prepared().blob_name().map(str::to_owned);
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = crate::new_upload_id();
         self.commit_upload(blob, move |c| {
             let now = now_ms();
             let (info, garbage) = complete_multipart_in_tx(c, &assembled, Some(&m.user_sub), now)
@@ -197,7 +276,17 @@ impl UploadSink for EmbeddedUploads {
                 stream: &m.stream,
                 partition_key: &m.partition_key,
             };
-            let (upload, outbox) = enqueue_upload_in_tx(c, &e, id.clone(), info, now)?;
+            let record = upload_record(
+                &e,
+                &id,
+                &info.bucket,
+                &info.key,
+                info.size,
+                &info.sha256,
+                &info.content_type,
+                now,
+            )?;
+            let (upload, outbox) = enqueue_upload_in_tx(c, &e, id.clone(), info, now, record)?;
             Ok((CompletedMultipart { upload, etag }, garbage, outbox))
         })
         .await
@@ -213,20 +302,30 @@ impl EmbeddedUploads {
         prepared: Prepared,
     ) -> Result<Upload, UploadError> {
         let blob = prepared.blob_name().map(str::to_owned);
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = crate::new_upload_id();
+        let now = now_ms();
+        let record = upload_record(
+            &Enqueue::of(&u),
+            &id,
+            &u.bucket,
+            &u.key,
+            prepared.size(),
+            prepared.sha256(),
+            &u.content_type,
+            now,
+        )?;
+        let opts = PutOptions {
+            content_type: Some(u.content_type.clone()),
+            owner: Some(u.user_sub.clone()),
+            metadata: u.metadata.clone(),
+            if_absent: false,
+            content_md5: None,
+        };
         self.commit_upload(blob, move |c| {
-            let now = now_ms();
-            let opts = PutOptions {
-                content_type: Some(u.content_type.clone()),
-                owner: Some(u.user_sub.clone()),
-                metadata: u.metadata.clone(),
-                if_absent: false,
-                content_md5: None,
-            };
             let (info, replaced) =
                 put_in_tx(c, &u.bucket, &u.key, &prepared, &opts, now).map_err(conflict)?;
             let (upload, outbox) =
-                enqueue_upload_in_tx(c, &Enqueue::of(&u), id.clone(), info, now)?;
+                enqueue_upload_in_tx(c, &Enqueue::of(&u), id.clone(), info, now, record.clone())?;
             Ok((upload, replaced.into_iter().collect(), outbox))
         })
         .await
@@ -314,35 +413,50 @@ fn conflict(e: sluice_store::StoreError) -> UploadError {
     }
 }
 
+/// The stream record of an upload (built before its transaction when the object's
+/// metadata is known then: the transaction then runs no JSON encoding).
+#[allow(clippy::too_many_arguments)]
+fn upload_record(
+    e: &Enqueue<'_>,
+    id: &str,
+    bucket: &str,
+    key: &str,
+    size: u64,
+    sha256: &str,
+    content_type: &str,
+    now: i64,
+) -> Result<PutRecord, UploadError> {
+    let record = UploadRecord {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        uploaded_at: iso8601_ms(now),
+        request_id: e.request_id.to_owned(),
+        user_sub: e.user_sub.to_owned(),
+        upload_id: id.to_owned(),
+        size,
+        sha256: sha256.to_owned(),
+        content_type: content_type.to_owned(),
+    };
+    let data = serde_json::to_vec(&record)
+        .map_err(|e| UploadError::Backend(format!("cannot encode record: {e}")))?;
+    Ok(PutRecord {
+        partition_key: e.partition_key.to_owned(),
+        explicit_hash_key: None,
+        data: data.into(),
+    })
+}
+
 /// Puts the stream record of an upload whose object `info` was written in the same
-/// transaction into the stream's outbox, and inserts its status row. The returned upload
-/// and the ticket are returned; the upload's shard and sequence number are empty until
-/// delivered.
+/// transaction into the stream's outbox, and inserts its status row. Returns the upload
+/// (its shard and sequence number empty until delivered) and the outbox entry.
 fn enqueue_upload_in_tx(
     c: &Tx<'_>,
     e: &Enqueue<'_>,
     id: String,
     info: ObjectInfo,
     now: i64,
+    record: PutRecord,
 ) -> Result<(Upload, Outboxed), UploadError> {
-    let record = UploadRecord {
-        bucket: info.bucket.clone(),
-        key: info.key.clone(),
-        uploaded_at: iso8601_ms(now),
-        request_id: e.request_id.to_owned(),
-        user_sub: e.user_sub.to_owned(),
-        upload_id: id.clone(),
-        size: info.size,
-        sha256: info.sha256.clone(),
-        content_type: info.content_type.clone(),
-    };
-    let data = serde_json::to_vec(&record)
-        .map_err(|e| UploadError::Backend(format!("cannot encode record: {e}")))?;
-    let record = PutRecord {
-        partition_key: e.partition_key.to_owned(),
-        explicit_hash_key: None,
-        data: data.into(),
-    };
     let ticket = enqueue_in_tx(c, e.stream, &record)?;
     c.execute(
         "INSERT INTO uploads (id, user_sub, bucket, key, filename, size, sha256,
@@ -579,7 +693,7 @@ mod tests {
             .prepare(bytes::Bytes::from("body"))
             .await
             .expect("prepare");
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = crate::new_upload_id();
         u.db.write(move |c| {
             let opts = PutOptions {
                 content_type: Some(m.content_type.clone()),
@@ -588,10 +702,21 @@ mod tests {
                 if_absent: false,
                 content_md5: None,
             };
+            let now = now_ms();
             let (info, _) =
-                put_in_tx(c, &m.bucket, &m.key, &prepared, &opts, now_ms()).map_err(conflict)?;
+                put_in_tx(c, &m.bucket, &m.key, &prepared, &opts, now).map_err(conflict)?;
+            let record = upload_record(
+                &Enqueue::of(&m),
+                &id,
+                &info.bucket,
+                &info.key,
+                info.size,
+                &info.sha256,
+                &info.content_type,
+                now,
+            )?;
             let (upload, outbox) =
-                enqueue_upload_in_tx(c, &Enqueue::of(&m), id.clone(), info, now_ms())?;
+                enqueue_upload_in_tx(c, &Enqueue::of(&m), id.clone(), info, now, record)?;
             Ok::<_, UploadError>((upload.id, outbox))
         })
         .await

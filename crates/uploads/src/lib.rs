@@ -34,6 +34,12 @@ impl From<sluice_meta::MetaError> for UploadError {
     }
 }
 
+/// A new upload id: a UUID of version 7 (time-ordered, 74 random bits), so that status
+/// rows are appended at the end of their index rather than scattered through it.
+pub fn new_upload_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// The stream record of an upload: the seed's `{bucket,key,uploadedAt,requestId,userSub}`
 /// plus what a processor may want without reading the object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -188,9 +188,9 @@ impl EmbeddedStream {
 pub fn enqueue_in_tx(conn: &Tx<'_>, stream: &str, record: &PutRecord) -> Result<i64, StreamError> {
     let row = load_stream(conn, stream)?;
     crate::validate_record(record, row.max_record_bytes)?;
-    let ticket = conn.query_row(
+    let ticket = conn.insert_id(
         "INSERT INTO stream_outbox (stream, partition_key, explicit_hash_key, data, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING ticket",
+         VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             stream,
             record.partition_key,
@@ -198,7 +198,7 @@ pub fn enqueue_in_tx(conn: &Tx<'_>, stream: &str, record: &PutRecord) -> Result<
             record.data.as_ref(),
             now_ms()
         ],
-        |r| r.get(0),
+        "ticket",
     )?;
     Ok(ticket)
 }
