@@ -39,7 +39,7 @@ use sluice_store::{ObjectStore, PutOptions};
 use sluice_stream::embedded::EmbeddedStream;
 use sluice_stream::{IteratorSpec, PutRecord, Record, Stream, shard_id};
 use sluice_uploads::embedded::EmbeddedUploads;
-use sluice_uploads::{NewUpload, StatusChange, UploadLedger, UploadSink};
+use sluice_uploads::{NewUpload, UploadLedger, UploadSink};
 use tokio::sync::watch;
 
 const SHARDS: u32 = 4;
@@ -391,38 +391,12 @@ async fn bench_uppercase(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Upload status follows the records as `serve`'s `LedgerObserver` does (status rows
+/// Upload status follows the records as `sluice_uploads::LedgerObserver` does (status rows
 /// committed with the checkpoint, `processing` only for slow batches), and notes when
 /// each upload's `processed` row was durable (the first time).
 struct Timed {
     ledger: EmbeddedUploads,
     done: Mutex<HashMap<String, Instant>>,
-}
-
-fn change(u: &StatusUpdate) -> StatusChange {
-    match u.clone() {
-        StatusUpdate::Started { upload_id } => StatusChange::Processing { id: upload_id },
-        StatusUpdate::Succeeded {
-            upload_id,
-            bucket,
-            key,
-            new_delivery,
-        } => StatusChange::Processed {
-            id: upload_id,
-            bucket,
-            key,
-            new_attempt: new_delivery,
-        },
-        StatusUpdate::Failed {
-            upload_id,
-            error,
-            new_delivery,
-        } => StatusChange::Failed {
-            id: upload_id,
-            error,
-            new_attempt: new_delivery,
-        },
-    }
 }
 
 impl Timed {
@@ -452,7 +426,7 @@ impl Observer for Timed {
     async fn report(&self, updates: Vec<StatusUpdate>) {
         if self
             .ledger
-            .apply(updates.iter().map(change).collect())
+            .apply(sluice_uploads::observer::status_changes(&updates))
             .await
             .is_ok()
         {
@@ -460,14 +434,7 @@ impl Observer for Timed {
         }
     }
     fn write_with(&self, db: &Meta, updates: &[StatusUpdate]) -> Option<TxWrite> {
-        if !self.ledger.db()?.same(db) {
-            return None;
-        }
-        let changes: Vec<StatusChange> = updates.iter().map(change).collect();
-        Some(Box::new(move |c| {
-            sluice_uploads::embedded::apply_in_tx(c, &changes)?;
-            Ok(())
-        }))
+        sluice_uploads::observer::write_in(&self.ledger, db, updates)
     }
     fn written(&self, updates: &[StatusUpdate]) {
         self.note(updates);

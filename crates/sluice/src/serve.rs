@@ -12,12 +12,13 @@ use sluice_store::ObjectStore;
 use sluice_store::embedded::EmbeddedStore;
 use sluice_stream::Stream;
 use sluice_stream::embedded::EmbeddedStream;
+use sluice_uploads::LedgerObserver;
 use sluice_uploads::embedded::EmbeddedUploads;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Settings;
-use crate::wiring::{self, LedgerObserver, RunInfo};
+use crate::wiring::{self, RunInfo};
 
 /// Name of the built-in mapping from the upload stream to `uppercase`.
 pub(crate) const BUILTIN_MAPPING: &str = "builtin-uppercase";

@@ -1,14 +1,9 @@
 //! Opening the embedded parts on a data directory, shared by `serve` and the client commands.
 
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sluice_identity::Identity;
 use sluice_meta::{Meta, Migration};
-use sluice_processor::{StatusUpdate, TxWrite};
-use sluice_uploads::{StatusChange, UploadLedger};
 
 use crate::config::Settings;
 
@@ -214,76 +209,4 @@ pub(crate) fn describe(i: &Info) -> String {
         i.bucket,
         i.stream
     )
-}
-
-/// Upload status follows the records the processor handles. With the embedded ledger in
-/// the checkpoints' database, a batch's status rows are committed together with its
-/// checkpoint (one write per batch).
-pub(crate) struct LedgerObserver(pub Arc<dyn UploadLedger>);
-
-/// The ledger's change for a processor's status update.
-pub(crate) fn status_change(u: &StatusUpdate) -> StatusChange {
-    match u.clone() {
-        StatusUpdate::Started { upload_id } => StatusChange::Processing { id: upload_id },
-        StatusUpdate::Succeeded {
-            upload_id,
-            bucket,
-            key,
-            new_delivery,
-        } => StatusChange::Processed {
-            id: upload_id,
-            bucket,
-            key,
-            new_attempt: new_delivery,
-        },
-        StatusUpdate::Failed {
-            upload_id,
-            error,
-            new_delivery,
-        } => StatusChange::Failed {
-            id: upload_id,
-            error,
-            new_attempt: new_delivery,
-        },
-    }
-}
-
-#[async_trait]
-impl sluice_processor::Observer for LedgerObserver {
-    async fn started(&self, upload_id: &str) {
-        if let Err(e) = self.0.mark_processing(upload_id).await {
-            tracing::warn!(upload = upload_id, error = %e, "cannot record upload status");
-        }
-    }
-    async fn succeeded(&self, upload_id: &str, bucket: &str, key: &str) {
-        if let Err(e) = self.0.mark_processed(upload_id, bucket, key).await {
-            tracing::warn!(upload = upload_id, error = %e, "cannot record upload status");
-        }
-    }
-    async fn failed(&self, upload_id: &str, error: &str) {
-        if let Err(e) = self.0.mark_failed(upload_id, error).await {
-            tracing::warn!(upload = upload_id, error = %e, "cannot record upload status");
-        }
-    }
-    async fn report(&self, updates: Vec<StatusUpdate>) {
-        let n = updates.len();
-        if let Err(e) = self
-            .0
-            .apply(updates.iter().map(status_change).collect())
-            .await
-        {
-            tracing::warn!(uploads = n, error = %e, "cannot record upload status");
-        }
-    }
-    fn write_with(&self, db: &Meta, updates: &[StatusUpdate]) -> Option<TxWrite> {
-        let own = self.0.db()?;
-        if !own.same(db) {
-            return None;
-        }
-        let changes: Vec<StatusChange> = updates.iter().map(status_change).collect();
-        Some(Box::new(move |c| {
-            sluice_uploads::embedded::apply_in_tx(c, &changes)?;
-            Ok(())
-        }))
-    }
 }

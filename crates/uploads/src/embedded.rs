@@ -668,6 +668,18 @@ mod tests {
         (store, stream, uploads)
     }
 
+    /// [`open`], with the stream `u` and the bucket `bkt`.
+    async fn ready(
+        engines: &sluice_meta::conformance::TestEngines,
+    ) -> (EmbeddedStore, EmbeddedStream, EmbeddedUploads) {
+        let (store, stream, uploads) = open(engines);
+        stream.create_stream("u", 1).await.expect("create");
+        sluice_store::ObjectStore::ensure_bucket(&store, "bkt")
+            .await
+            .expect("bucket");
+        (store, stream, uploads)
+    }
+
     fn meta(name: &str) -> UploadMeta {
         UploadMeta {
             user_sub: "user".into(),
@@ -734,11 +746,7 @@ mod tests {
     #[tokio::test]
     async fn uploads_cut_off_before_or_after_delivery_get_exactly_one_record() {
         let engines = sluice_meta::conformance::TestEngines::new();
-        let (store, stream, uploads) = open(&engines);
-        stream.create_stream("u", 1).await.expect("create");
-        sluice_store::ObjectStore::ensure_bucket(&store, "bkt")
-            .await
-            .expect("bucket");
+        let (store, stream, uploads) = ready(&engines).await;
         // A: committed, never delivered. B: delivered, but its row never learned it.
         let (a, _) = commit_without_delivery(&uploads, &store, "a").await;
         let (b, outbox) = commit_without_delivery(&uploads, &store, "b").await;
@@ -784,5 +792,32 @@ mod tests {
         assert_eq!(uploads.deliver_pending().await.expect("start goes on"), 0);
         assert_eq!(uploads.get(&c).await.expect("get c").sequence_number, "");
         stream.db().close();
+    }
+
+    /// The processor's observer joins status rows into a transaction of the ledger's own
+    /// database (the checkpoint's), and declines any other database.
+    #[tokio::test]
+    async fn ledger_observer_writes_in_the_ledgers_own_transaction_only() {
+        use sluice_processor::{Observer, StatusUpdate};
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let (store, stream, uploads) = ready(&engines).await;
+        let (id, _) = commit_without_delivery(&uploads, &store, "joined").await;
+        let db = stream.db().clone();
+        let observer = crate::observer::LedgerObserver(std::sync::Arc::new(uploads.clone()));
+        let updates = [StatusUpdate::Succeeded {
+            upload_id: id.clone(),
+            bucket: "bkt".into(),
+            key: "processed/joined".into(),
+            new_delivery: true,
+        }];
+        let other = engines.meta("other", &[]);
+        assert!(observer.write_with(&other, &updates).is_none());
+        let mut write = observer.write_with(&db, &updates).expect("same database");
+        db.write(move |c| write(c)).await.expect("joined write");
+        let row = uploads.get(&id).await.expect("get");
+        assert_eq!(row.status, UploadStatus::Processed);
+        assert_eq!(row.attempts, 1, "a new delivery counts an attempt");
+        other.close();
+        db.close();
     }
 }

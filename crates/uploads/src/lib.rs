@@ -4,12 +4,16 @@
 //! [`UploadSink`] commits uploads; [`UploadLedger`] reads and advances their status. The
 //! embedded implementation ([`embedded::EmbeddedUploads`]) writes all three in one
 //! transaction of the shared database: an upload is entirely there or not at all.
+//! [`LedgerObserver`] lets upload status follow a processor's mapping.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub mod embedded;
+pub mod observer;
+
+pub use observer::LedgerObserver;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
