@@ -96,6 +96,19 @@ impl AccessKeys {
             .map(Some)
     }
 
+    /// The oldest key with this description, created now if there is none: a dedicated
+    /// key that a part of sluice keeps for itself (its secret is never printed).
+    pub fn find_or_create(&self, description: &str) -> Result<AccessKey, IdentityError> {
+        if let Some(k) = self
+            .list()?
+            .into_iter()
+            .find(|k| k.description == description)
+        {
+            return Ok(k);
+        }
+        self.create(description)
+    }
+
     pub fn list(&self) -> Result<Vec<AccessKey>, IdentityError> {
         self.db.read_blocking(|c| {
             let keys = c.query_vec(
@@ -195,5 +208,8 @@ mod tests {
             keys.delete(&second.id),
             Err(IdentityError::ResourceNotFound(_))
         ));
+        let own = keys.find_or_create("mine").expect("created");
+        assert_eq!(keys.find_or_create("mine").expect("found"), own, "reused");
+        assert_ne!(own.id, first.id);
     }
 }

@@ -1,5 +1,7 @@
 //! Checkpoints, mapping definitions and function logs in the shared embedded database.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use sluice_meta::Tx;
 use sluice_meta::params;
@@ -393,6 +395,54 @@ impl EmbeddedStats {
                     .collect()
             })
             .await
+    }
+
+    /// Saves `processor`'s statistics every `every` while they change, until `shutdown`.
+    /// A failed save is logged and tried again at the next turn.
+    pub async fn save_until(
+        &self,
+        processor: &crate::Processor,
+        every: std::time::Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut saved: HashMap<String, MappingStats> = HashMap::new();
+        loop {
+            self.save_changed(processor, &mut saved).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Once every mapping of `processor` has stopped: saves the final figures, then marks
+    /// every mapping stopped.
+    pub async fn save_final(&self, processor: &crate::Processor) {
+        self.save_changed(processor, &mut HashMap::new()).await;
+        if let Err(e) = self.mark_all_stopped().await {
+            tracing::warn!(error = %e, "cannot save mapping statistics");
+        }
+    }
+
+    /// Saves the statistics that differ from `saved`, and remembers them once saved.
+    async fn save_changed(
+        &self,
+        processor: &crate::Processor,
+        saved: &mut HashMap<String, MappingStats>,
+    ) {
+        let now = processor.stats();
+        let changed: Vec<(String, MappingStats)> = now
+            .iter()
+            .filter(|(n, s)| saved.get(*n) != Some(*s))
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        match self.save(changed).await {
+            Ok(()) => *saved = now,
+            Err(e) => tracing::warn!(error = %e, "cannot save mapping statistics"),
+        }
     }
 }
 

@@ -40,7 +40,10 @@ pub use destination::{DestinationSpec, FailureDestination, OnFailureRecord};
 pub use functions::{
     BatchFunction, BatchInput, BatchResponse, CallContext, Function, FunctionError, ObjectFunction,
 };
-pub use mappings::{FunctionSpec, MappingDefinition, MappingState, MappingStore};
+pub use mappings::{
+    BUILTIN_MAPPING, FunctionSpec, MappingDefinition, MappingOptions, MappingState, MappingStore,
+    NewMapping,
+};
 pub use sluice_meta::Meta;
 
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,37 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Deserialize;
+use sluice_processor::mappings::{MappingDefaults, MappingOptions, NewMapping};
+use sluice_processor::{MappingDefinition, ProcessorError};
+
+/// Bad input on the command line or in `sluice.toml`: the process exits with status 2.
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+pub(crate) fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+/// A processor error as the user should see it: invalid input is a usage error.
+pub(crate) fn from_processor(e: ProcessorError) -> anyhow::Error {
+    match e {
+        ProcessorError::InvalidConfig(m) => usage(m),
+        other => anyhow::Error::new(other),
+    }
+}
 
 /// Settings every command takes (the client commands find the server's data through them).
 #[derive(Debug, Clone, Default, Args)]
@@ -109,7 +137,90 @@ pub(crate) struct FileConfig {
     pub(crate) smtp_from: Option<String>,
     /// `[[mapping]]`: mappings `serve` creates at start (or updates when changed here).
     #[serde(default)]
-    pub(crate) mapping: Vec<crate::mapping_cmd::MappingEntry>,
+    pub(crate) mapping: Vec<MappingEntry>,
+}
+
+/// One `[[mapping]]` of `sluice.toml`. Relative paths in `function` are resolved against
+/// the directory of the configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MappingEntry {
+    pub(crate) name: String,
+    pub(crate) stream: Option<String>,
+    pub(crate) function: String,
+    /// Arguments of an `exec:` program.
+    #[serde(default)]
+    pub(crate) args: Vec<String>,
+    #[serde(default)]
+    pub(crate) env: BTreeMap<String, String>,
+    /// `false` creates the mapping disabled (the state of an existing mapping is left as
+    /// `sluice mapping enable|disable` set it).
+    #[serde(default = "yes")]
+    pub(crate) enabled: bool,
+    pub(crate) batch_size: Option<usize>,
+    pub(crate) maximum_batching_window_secs: Option<u32>,
+    pub(crate) starting_position: Option<String>,
+    pub(crate) starting_position_timestamp: Option<toml::Value>,
+    pub(crate) parallelization_factor: Option<u32>,
+    pub(crate) maximum_retry_attempts: Option<i64>,
+    pub(crate) maximum_record_age_secs: Option<i64>,
+    pub(crate) bisect_batch_on_function_error: Option<bool>,
+    pub(crate) function_response_types: Option<Vec<String>>,
+    pub(crate) on_failure: Option<String>,
+    pub(crate) output_bucket: Option<String>,
+    pub(crate) output_prefix: Option<String>,
+    pub(crate) timeout_secs: Option<u64>,
+    pub(crate) memory_mb: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl MappingEntry {
+    /// The definition this entry describes (paths resolved against the configuration
+    /// file's directory).
+    pub(crate) fn definition(&self, settings: &Settings) -> Result<MappingDefinition> {
+        let timestamp = match &self.starting_position_timestamp {
+            None => None,
+            Some(toml::Value::String(s)) => Some(s.clone()),
+            Some(toml::Value::Integer(i)) => Some(i.to_string()),
+            Some(toml::Value::Float(f)) => Some(f.to_string()),
+            Some(toml::Value::Datetime(d)) => Some(d.to_string()),
+            Some(other) => {
+                return Err(usage(format!(
+                    "starting_position_timestamp must be seconds since the epoch or an RFC 3339 time, got {other}"
+                )));
+            }
+        };
+        let asked = NewMapping {
+            name: self.name.clone(),
+            stream: self.stream.clone(),
+            function: self.function.clone(),
+            args: self.args.clone(),
+            environment: self.env.clone(),
+            enabled: self.enabled,
+            options: MappingOptions {
+                batch_size: self.batch_size,
+                maximum_batching_window_secs: self.maximum_batching_window_secs,
+                starting_position: self.starting_position.clone(),
+                starting_position_timestamp: timestamp,
+                parallelization_factor: self.parallelization_factor,
+                maximum_retry_attempts: self.maximum_retry_attempts,
+                maximum_record_age_secs: self.maximum_record_age_secs,
+                bisect_batch_on_function_error: self.bisect_batch_on_function_error,
+                function_response_types: self.function_response_types.clone(),
+                on_failure: self.on_failure.clone(),
+                output_bucket: self.output_bucket.clone(),
+                output_prefix: self.output_prefix.clone(),
+                timeout_secs: self.timeout_secs,
+                memory_mb: self.memory_mb,
+            },
+        };
+        asked
+            .definition(&settings.mapping_defaults(), &settings.config_dir)
+            .map_err(from_processor)
+    }
 }
 
 /// Resolved settings.
@@ -143,7 +254,7 @@ pub(crate) struct Settings {
     pub(crate) smtp_url: Option<String>,
     pub(crate) smtp_from: Option<String>,
     /// The `[[mapping]]` entries of the configuration file.
-    pub(crate) mappings: Vec<crate::mapping_cmd::MappingEntry>,
+    pub(crate) mappings: Vec<MappingEntry>,
     /// Directory of the configuration file (the current directory without one): relative
     /// paths of `[[mapping]]` functions are resolved against it.
     pub(crate) config_dir: PathBuf,
@@ -270,6 +381,14 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// What a new mapping takes from the configuration when it does not say.
+    pub(crate) fn mapping_defaults(&self) -> MappingDefaults {
+        MappingDefaults {
+            stream: self.stream.clone(),
+            output_bucket: self.processed_bucket.clone(),
+        }
     }
 
     /// The SQLite file of the metadata, when the metadata engine is SQLite.

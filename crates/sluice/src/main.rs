@@ -112,7 +112,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<mapping_cmd::UsageError>().is_some() {
+            if e.downcast_ref::<config::UsageError>().is_some() {
                 std::process::ExitCode::from(2)
             } else {
                 std::process::ExitCode::FAILURE

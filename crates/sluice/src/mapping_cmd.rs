@@ -1,55 +1,30 @@
-//! `sluice mapping create|list|get|update|enable|disable|delete` and `sluice logs`, plus the
-//! `[[mapping]]` entries of `sluice.toml`.
+//! `sluice mapping create|list|get|update|enable|disable|delete` and `sluice logs`: argument
+//! parsing and printing; what a mapping may be and which state it is in is the processor's
+//! (`sluice_processor::mappings`).
 //!
 //! The commands write mapping definitions straight into the shared database (the same way
 //! `sluice user create` and `sluice keys` work); a running server notices within
-//! [`crate::mapping_server::SYNC_EVERY`] and starts, restarts or stops the mapping. What a
+//! `mapping_server::SYNC_EVERY` and starts, restarts or stops the mapping. What a
 //! mapping did (state as the server sees it, last result, iterator age, counters) is what
 //! the server last saved in the `mapping_stats` table. See ARCHITECTURE.md, "Mappings in the
 //! binary", for why.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_processor::embedded::{EmbeddedMappings, EmbeddedStats, SavedStats};
 use sluice_processor::logs::EmbeddedLogs;
-use sluice_processor::{
-    DestinationSpec, FunctionSpec, MappingConfig, MappingDefinition, MappingState, MappingStore,
-    ProcessorError, StartingPosition,
+use sluice_processor::mappings::{
+    BUILTIN_MAPPING, MappingOptions, NewMapping, builtin_state, lambda_state, parse_environment,
+    parse_function, refuse_builtin,
 };
+use sluice_processor::{MappingDefinition, MappingStore, StartingPosition};
 
-use crate::config::Settings;
-use crate::serve::BUILTIN_MAPPING;
+use crate::config::{Settings, from_processor, usage};
 use crate::wiring;
-
-/// Bad input on the command line or in `sluice.toml`: the process exits with status 2.
-#[derive(Debug)]
-pub(crate) struct UsageError(pub(crate) String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-fn usage(msg: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(UsageError(msg.into()))
-}
-
-/// A processor error as the user should see it: invalid input is a usage error.
-fn from_processor(e: ProcessorError) -> anyhow::Error {
-    match e {
-        ProcessorError::InvalidConfig(m) => usage(m),
-        other => anyhow::Error::new(other),
-    }
-}
 
 #[derive(Subcommand)]
 pub(crate) enum MappingCommand {
@@ -74,8 +49,8 @@ pub(crate) enum MappingCommand {
     Delete { name: String },
 }
 
-/// Delivery and function options shared by `create`, `update` and `[[mapping]]`; names as
-/// Lambda's CreateEventSourceMapping, in snake case.
+/// Delivery and function options shared by `create` and `update` (`[[mapping]]` has the same
+/// keys); names as Lambda's CreateEventSourceMapping, in snake case.
 #[derive(Debug, Clone, Default, Args)]
 pub(crate) struct DeliveryOptions {
     /// Records per invocation, 1–10000 [create default: 100]
@@ -169,63 +144,14 @@ pub(crate) struct UpdateArgs {
     pub(crate) args: Vec<String>,
 }
 
-/// One `[[mapping]]` of `sluice.toml`. Relative paths in `function` are resolved against
-/// the directory of the configuration file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct MappingEntry {
-    pub(crate) name: String,
-    pub(crate) stream: Option<String>,
-    pub(crate) function: String,
-    /// Arguments of an `exec:` program.
-    #[serde(default)]
-    pub(crate) args: Vec<String>,
-    #[serde(default)]
-    pub(crate) env: BTreeMap<String, String>,
-    /// `false` creates the mapping disabled (the state of an existing mapping is left as
-    /// `sluice mapping enable|disable` set it).
-    #[serde(default = "yes")]
-    pub(crate) enabled: bool,
-    pub(crate) batch_size: Option<usize>,
-    pub(crate) maximum_batching_window_secs: Option<u32>,
-    pub(crate) starting_position: Option<String>,
-    pub(crate) starting_position_timestamp: Option<toml::Value>,
-    pub(crate) parallelization_factor: Option<u32>,
-    pub(crate) maximum_retry_attempts: Option<i64>,
-    pub(crate) maximum_record_age_secs: Option<i64>,
-    pub(crate) bisect_batch_on_function_error: Option<bool>,
-    pub(crate) function_response_types: Option<Vec<String>>,
-    pub(crate) on_failure: Option<String>,
-    pub(crate) output_bucket: Option<String>,
-    pub(crate) output_prefix: Option<String>,
-    pub(crate) timeout_secs: Option<u64>,
-    pub(crate) memory_mb: Option<u32>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl MappingEntry {
-    /// The definition this entry describes (paths resolved against `base`).
-    pub(crate) fn definition(&self, settings: &Settings, base: &Path) -> Result<MappingDefinition> {
-        let timestamp = match &self.starting_position_timestamp {
-            None => None,
-            Some(toml::Value::String(s)) => Some(s.clone()),
-            Some(toml::Value::Integer(i)) => Some(i.to_string()),
-            Some(toml::Value::Float(f)) => Some(f.to_string()),
-            Some(toml::Value::Datetime(d)) => Some(d.to_string()),
-            Some(other) => {
-                return Err(usage(format!(
-                    "starting_position_timestamp must be seconds since the epoch or an RFC 3339 time, got {other}"
-                )));
-            }
-        };
-        let options = DeliveryOptions {
+impl DeliveryOptions {
+    /// The options as the processor takes them.
+    pub(crate) fn options(&self) -> MappingOptions {
+        MappingOptions {
             batch_size: self.batch_size,
             maximum_batching_window_secs: self.maximum_batching_window_secs,
             starting_position: self.starting_position.clone(),
-            starting_position_timestamp: timestamp,
+            starting_position_timestamp: self.starting_position_timestamp.clone(),
             parallelization_factor: self.parallelization_factor,
             maximum_retry_attempts: self.maximum_retry_attempts,
             maximum_record_age_secs: self.maximum_record_age_secs,
@@ -236,164 +162,8 @@ impl MappingEntry {
             output_prefix: self.output_prefix.clone(),
             timeout_secs: self.timeout_secs,
             memory_mb: self.memory_mb,
-        };
-        let mut def = new_definition(
-            settings,
-            &self.name,
-            self.stream.as_deref(),
-            &self.function,
-            &self.args,
-            base,
-        )?;
-        def.settings.environment = self.env.clone();
-        if !self.enabled {
-            def.state = MappingState::Disabled;
-        }
-        apply_options(&mut def, &options)?;
-        def.validate().map_err(from_processor)?;
-        Ok(def)
-    }
-}
-
-/// A definition with Lambda's defaults for a name, stream and function.
-fn new_definition(
-    settings: &Settings,
-    name: &str,
-    stream: Option<&str>,
-    function: &str,
-    args: &[String],
-    base: &Path,
-) -> Result<MappingDefinition> {
-    if name == BUILTIN_MAPPING {
-        return Err(usage(format!(
-            "{BUILTIN_MAPPING} is the name of the built-in mapping; choose another name"
-        )));
-    }
-    let stream = stream.unwrap_or(&settings.stream);
-    let function = parse_function(function, args, base)?;
-    let mut def = MappingDefinition::new(MappingConfig::new(name, stream), function);
-    def.config.output_bucket = settings.processed_bucket.clone();
-    Ok(def)
-}
-
-/// Parses a function argument and makes its paths absolute; a lambda's code directory must
-/// exist.
-fn parse_function(s: &str, args: &[String], base: &Path) -> Result<FunctionSpec> {
-    if !args.is_empty() && !s.starts_with("exec:") {
-        return Err(usage(format!(
-            "arguments after -- are only for exec: functions, not {s:?}"
-        )));
-    }
-    let mut spec = FunctionSpec::parse(s, args).map_err(from_processor)?;
-    spec.resolve_paths(base);
-    if let FunctionSpec::Lambda { code_dir, .. } = &mut spec {
-        *code_dir = code_dir.canonicalize().map_err(|e| {
-            usage(format!(
-                "lambda code directory {} cannot be used: {e}",
-                code_dir.display()
-            ))
-        })?;
-    }
-    Ok(spec)
-}
-
-fn parse_env(pairs: &[String]) -> Result<Vec<(String, String)>> {
-    pairs
-        .iter()
-        .map(|p| {
-            p.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| usage(format!("--env takes KEY=VALUE, got {p:?}")))
-        })
-        .collect()
-}
-
-/// Seconds since the epoch (fractions allowed) or RFC 3339 → ms since the epoch.
-fn parse_timestamp(s: &str) -> Result<i64> {
-    if let Ok(secs) = s.trim().parse::<f64>()
-        && secs.is_finite()
-        && secs >= 0.0
-    {
-        return Ok((secs * 1000.0) as i64);
-    }
-    chrono::DateTime::parse_from_rfc3339(s.trim())
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            usage(format!(
-                "starting position timestamp must be seconds since the epoch or an RFC 3339 time, got {s:?}"
-            ))
-        })
-}
-
-fn apply_options(def: &mut MappingDefinition, o: &DeliveryOptions) -> Result<()> {
-    let c = &mut def.config;
-    if let Some(v) = o.batch_size {
-        c.batch_size = v;
-    }
-    if let Some(v) = o.maximum_batching_window_secs {
-        c.maximum_batching_window_secs = v;
-    }
-    match (
-        o.starting_position.as_deref(),
-        &o.starting_position_timestamp,
-    ) {
-        (None, None) => {}
-        (Some("LATEST"), None) => c.starting_position = StartingPosition::Latest,
-        (Some("TRIM_HORIZON"), None) => c.starting_position = StartingPosition::TrimHorizon,
-        (Some("AT_TIMESTAMP") | None, Some(t)) => {
-            c.starting_position = StartingPosition::AtTimestamp(parse_timestamp(t)?)
-        }
-        (Some("AT_TIMESTAMP"), None) => {
-            return Err(usage(
-                "starting position AT_TIMESTAMP needs a starting position timestamp",
-            ));
-        }
-        (Some(p @ ("LATEST" | "TRIM_HORIZON")), Some(_)) => {
-            return Err(usage(format!(
-                "a starting position timestamp goes only with AT_TIMESTAMP, not {p}"
-            )));
-        }
-        (Some(p), _) => {
-            return Err(usage(format!(
-                "starting position must be LATEST, TRIM_HORIZON or AT_TIMESTAMP, got {p:?}"
-            )));
         }
     }
-    if let Some(v) = o.parallelization_factor {
-        c.parallelization_factor = v;
-    }
-    if let Some(v) = o.maximum_retry_attempts {
-        c.set_maximum_retry_attempts(v).map_err(from_processor)?;
-    }
-    if let Some(v) = o.maximum_record_age_secs {
-        c.maximum_record_age_secs = v;
-    }
-    if let Some(v) = o.bisect_batch_on_function_error {
-        c.bisect_batch_on_function_error = v;
-    }
-    if let Some(v) = &o.function_response_types {
-        c.function_response_types = v.iter().filter(|t| !t.is_empty()).cloned().collect();
-    }
-    if let Some(v) = &o.on_failure {
-        c.on_failure = if v.is_empty() {
-            None
-        } else {
-            Some(DestinationSpec::parse(v).map_err(from_processor)?)
-        };
-    }
-    if let Some(v) = &o.output_bucket {
-        c.output_bucket = (!v.is_empty()).then(|| v.clone());
-    }
-    if let Some(v) = &o.output_prefix {
-        c.output_prefix = v.clone();
-    }
-    if let Some(v) = o.timeout_secs {
-        def.settings.timeout_secs = v;
-    }
-    if let Some(v) = o.memory_mb {
-        def.settings.memory_mb = v;
-    }
-    Ok(())
 }
 
 /// The definition `sluice mapping create` stores.
@@ -402,30 +172,21 @@ pub(crate) fn create_definition(
     args: &CreateArgs,
     cwd: &Path,
 ) -> Result<MappingDefinition> {
-    let mut def = new_definition(
-        settings,
-        &args.name,
-        args.stream.as_deref(),
-        &args.function,
-        &args.args,
-        cwd,
-    )?;
-    def.settings.environment.extend(parse_env(&args.env)?);
-    if args.disabled {
-        def.state = MappingState::Disabled;
-    }
-    apply_options(&mut def, &args.options)?;
-    def.validate().map_err(from_processor)?;
-    Ok(def)
-}
-
-fn refuse_builtin(name: &str) -> Result<()> {
-    if name == BUILTIN_MAPPING {
-        return Err(usage(format!(
-            "{BUILTIN_MAPPING} is the built-in mapping: it is configured in sluice.toml (batch_size, max_attempts), not changed here"
-        )));
-    }
-    Ok(())
+    let asked = NewMapping {
+        name: args.name.clone(),
+        stream: args.stream.clone(),
+        function: args.function.clone(),
+        args: args.args.clone(),
+        environment: parse_environment(&args.env)
+            .map_err(from_processor)?
+            .into_iter()
+            .collect(),
+        enabled: !args.disabled,
+        options: args.options.options(),
+    };
+    asked
+        .definition(&settings.mapping_defaults(), cwd)
+        .map_err(from_processor)
 }
 
 /// Runs a `sluice mapping` command.
@@ -454,37 +215,42 @@ async fn run_async(settings: &Settings, cmd: MappingCommand) -> Result<()> {
             print(view(settings, &def, saved.get(def.name())))
         }
         MappingCommand::Update(args) => {
-            refuse_builtin(&args.name)?;
+            refuse_builtin(&args.name).map_err(from_processor)?;
             let mut def = store.get(&args.name).await.map_err(from_processor)?;
             if let Some(f) = &args.function {
                 let cwd = std::env::current_dir().context("cannot read the current directory")?;
-                def.function = parse_function(f, &args.args, &cwd)?;
+                def.function = parse_function(f, &args.args, &cwd).map_err(from_processor)?;
             } else if !args.args.is_empty() {
                 return Err(usage("arguments after -- need --function exec:<program>"));
             }
-            def.settings.environment.extend(parse_env(&args.env)?);
+            def.settings
+                .environment
+                .extend(parse_environment(&args.env).map_err(from_processor)?);
             for k in &args.unset_env {
                 def.settings.environment.remove(k);
             }
-            apply_options(&mut def, &args.options)?;
+            args.options
+                .options()
+                .apply(&mut def)
+                .map_err(from_processor)?;
             let def = store.update(def).await.map_err(from_processor)?;
             let saved = stats.load_all().await?;
             print(view(settings, &def, saved.get(def.name())))
         }
         MappingCommand::Enable { name } => {
-            refuse_builtin(&name)?;
+            refuse_builtin(&name).map_err(from_processor)?;
             let def = store.enable(&name).await.map_err(from_processor)?;
             let saved = stats.load_all().await?;
             print(view(settings, &def, saved.get(&name)))
         }
         MappingCommand::Disable { name } => {
-            refuse_builtin(&name)?;
+            refuse_builtin(&name).map_err(from_processor)?;
             let def = store.disable(&name).await.map_err(from_processor)?;
             let saved = stats.load_all().await?;
             print(view(settings, &def, saved.get(&name)))
         }
         MappingCommand::Delete { name } => {
-            refuse_builtin(&name)?;
+            refuse_builtin(&name).map_err(from_processor)?;
             store.delete(&name).await.map_err(from_processor)?;
             println!("deleted mapping {name}");
             Ok(())
@@ -520,28 +286,13 @@ async fn run_async(settings: &Settings, cmd: MappingCommand) -> Result<()> {
 }
 
 /// The state as Lambda names it, from the definition and what the running server saved.
-fn state(
-    settings: &Settings,
-    wanted: MappingState,
-    updated_ms: i64,
-    s: Option<&SavedStats>,
-) -> &'static str {
-    let running = s.is_some_and(|s| s.stats.state == "Enabled");
-    if wiring::running(settings).is_none() {
-        return match wanted {
-            MappingState::Enabled => "Enabled",
-            MappingState::Disabled => "Disabled",
-        };
-    }
-    match wanted {
-        MappingState::Enabled if !running => "Enabling",
-        MappingState::Enabled => match s {
-            Some(s) if s.stats.definition_updated_ms == updated_ms => "Enabled",
-            _ => "Updating",
-        },
-        MappingState::Disabled if running => "Disabling",
-        MappingState::Disabled => "Disabled",
-    }
+fn state(settings: &Settings, def: &MappingDefinition, s: Option<&SavedStats>) -> &'static str {
+    lambda_state(
+        def.state,
+        def.updated_ms,
+        s.map(|s| &s.stats),
+        wiring::running(settings).is_some(),
+    )
 }
 
 fn stats_json(s: Option<&SavedStats>) -> Value {
@@ -573,7 +324,7 @@ fn view(settings: &Settings, def: &MappingDefinition, s: Option<&SavedStats>) ->
     json!({
         "name": c.name,
         "uuid": def.uuid,
-        "state": state(settings, def.state, def.updated_ms, s),
+        "state": state(settings, def, s),
         "stateTransitionReason": if problem.is_some() { "Server" } else { "User action" },
         "lastProcessingResult": s.map(|s| s.stats.last_processing_result.clone()).unwrap_or_default(),
         "stream": c.stream,
@@ -604,12 +355,7 @@ fn view(settings: &Settings, def: &MappingDefinition, s: Option<&SavedStats>) ->
 
 /// The built-in `uploads-stream → uppercase` mapping, configured by `sluice.toml`.
 fn builtin_view(settings: &Settings, s: Option<&SavedStats>) -> Value {
-    let running = wiring::running(settings).is_some();
-    let state = match (running, s.is_some_and(|s| s.stats.state == "Enabled")) {
-        (false, _) => "Enabled",
-        (true, true) => "Enabled",
-        (true, false) => "Enabling",
-    };
+    let state = builtin_state(s.map(|s| &s.stats), wiring::running(settings).is_some());
     json!({
         "name": BUILTIN_MAPPING,
         "state": state,
@@ -754,7 +500,9 @@ fn print_line(l: &sluice_processor::logs::LogLine, json_out: bool) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::UsageError;
     use clap::Parser;
+    use sluice_processor::FunctionSpec;
 
     #[derive(Parser)]
     struct T {

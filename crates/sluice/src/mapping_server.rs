@@ -5,7 +5,6 @@
 //! are saved to the database every [`SAVE_STATS_EVERY`] while they change, for
 //! `sluice mapping get|list`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +14,9 @@ use sluice_meta::Meta;
 use sluice_processor::embedded::{EmbeddedMappings, EmbeddedStats};
 use sluice_processor::lambda::LambdaEnvironment;
 use sluice_processor::logs::BufferedLogs;
+use sluice_processor::mappings::{Reconcile, reconcile};
 use sluice_processor::runner::MappingRunner;
-use sluice_processor::{MappingStats, MappingStore, NoObserver, Processor, ProcessorError};
+use sluice_processor::{MappingStore, NoObserver, Processor, ProcessorError};
 use tokio::sync::watch;
 
 use crate::config::Settings;
@@ -39,9 +39,14 @@ pub(crate) struct Mappings {
 /// updates the configuration of those that changed (keeping their enabled/disabled state).
 pub(crate) async fn apply_config(settings: &Settings, store: &EmbeddedMappings) -> Result<()> {
     for entry in &settings.mappings {
-        let def = entry.definition(settings, &settings.config_dir)?;
-        match store.get(&entry.name).await {
-            Err(ProcessorError::NotFound(_)) => {
+        let def = entry.definition(settings)?;
+        let stored = match store.get(&entry.name).await {
+            Ok(old) => Some(old),
+            Err(ProcessorError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match reconcile(stored.as_ref(), def) {
+            Reconcile::Create(def) => {
                 store.create(def).await.with_context(|| {
                     format!(
                         "cannot create mapping {} from the configuration",
@@ -50,42 +55,19 @@ pub(crate) async fn apply_config(settings: &Settings, store: &EmbeddedMappings) 
                 })?;
                 tracing::info!(mapping = %entry.name, "created mapping from the configuration");
             }
-            Ok(old) => {
-                let changed = old.config != def.config
-                    || old.function != def.function
-                    || old.settings != def.settings;
-                if changed {
-                    let new = sluice_processor::MappingDefinition {
-                        state: old.state,
-                        ..def
-                    };
-                    store.update(new).await.with_context(|| {
-                        format!(
-                            "cannot update mapping {} from the configuration",
-                            entry.name
-                        )
-                    })?;
-                    tracing::info!(mapping = %entry.name, "updated mapping from the configuration");
-                }
+            Reconcile::Update(def) => {
+                store.update(def).await.with_context(|| {
+                    format!(
+                        "cannot update mapping {} from the configuration",
+                        entry.name
+                    )
+                })?;
+                tracing::info!(mapping = %entry.name, "updated mapping from the configuration");
             }
-            Err(e) => return Err(e.into()),
+            Reconcile::Unchanged => {}
         }
     }
     Ok(())
-}
-
-/// The access key lambda functions sign their AWS calls with: one dedicated key, created
-/// once and reused.
-fn lambda_key(keys: &AccessKeys) -> Result<(String, String)> {
-    if let Some(k) = keys
-        .list()?
-        .into_iter()
-        .find(|k| k.description == LAMBDA_KEY_DESCRIPTION)
-    {
-        return Ok((k.id, k.secret));
-    }
-    let k = keys.create(LAMBDA_KEY_DESCRIPTION)?;
-    Ok((k.id, k.secret))
 }
 
 /// Starts user mappings on `processor` (which carries the logs, identity and statistics the
@@ -101,9 +83,9 @@ pub(crate) async fn start(
 ) -> Result<Mappings> {
     let store = EmbeddedMappings::new(db.clone());
     apply_config(settings, &store).await?;
-    let (key_id, secret) = {
+    let key = {
         let k = keys.clone();
-        tokio::task::spawn_blocking(move || lambda_key(&k)).await??
+        tokio::task::spawn_blocking(move || k.find_or_create(LAMBDA_KEY_DESCRIPTION)).await??
     };
     // Absolute: handlers run with their code directory as the current directory.
     let runtime_dir = std::path::absolute(settings.data_dir.join("runtime"))
@@ -112,8 +94,8 @@ pub(crate) async fn start(
     env.region = settings.region.clone();
     env.account_id = settings.account_id.clone();
     env.endpoint_url = Some(edge_url.to_owned());
-    env.access_key_id = key_id;
-    env.secret_access_key = secret;
+    env.access_key_id = key.id;
+    env.secret_access_key = key.secret;
     let runner = Arc::new(MappingRunner::new(
         processor.clone().with_observer(Arc::new(NoObserver)),
         Arc::new(store),
@@ -123,13 +105,12 @@ pub(crate) async fn start(
     let processor = processor.clone();
     let task = tokio::spawn(async move {
         let runner_task = tokio::spawn(runner.run(SYNC_EVERY, shutdown.clone()));
-        save_stats_until(&processor, &stats, shutdown).await;
+        stats
+            .save_until(&processor, SAVE_STATS_EVERY, shutdown)
+            .await;
         let _ = runner_task.await;
         // Every mapping has stopped: save the final figures, then say so.
-        save_changed(&processor, &stats, &mut HashMap::new()).await;
-        if let Err(e) = stats.mark_all_stopped().await {
-            tracing::warn!(error = %e, "cannot save mapping statistics");
-        }
+        stats.save_final(&processor).await;
     });
     Ok(Mappings { task, logs })
 }
@@ -139,40 +120,5 @@ impl Mappings {
     pub(crate) async fn finish(self) {
         let _ = self.task.await;
         self.logs.flush().await;
-    }
-}
-
-async fn save_stats_until(
-    processor: &Processor,
-    stats: &EmbeddedStats,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut saved: HashMap<String, MappingStats> = HashMap::new();
-    loop {
-        save_changed(processor, stats, &mut saved).await;
-        tokio::select! {
-            _ = tokio::time::sleep(SAVE_STATS_EVERY) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-    }
-}
-
-async fn save_changed(
-    processor: &Processor,
-    stats: &EmbeddedStats,
-    saved: &mut HashMap<String, MappingStats>,
-) {
-    let now = processor.stats();
-    let changed: Vec<(String, MappingStats)> = now
-        .iter()
-        .filter(|(n, s)| saved.get(*n) != Some(*s))
-        .map(|(n, s)| (n.clone(), s.clone()))
-        .collect();
-    if changed.is_empty() {
-        return;
-    }
-    match stats.save(changed).await {
-        Ok(()) => *saved = now,
-        Err(e) => tracing::warn!(error = %e, "cannot save mapping statistics"),
     }
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use sluice_gateway::Gateway;
 use sluice_identity::Identity;
+use sluice_processor::Processor;
 use sluice_processor::embedded::EmbeddedCheckpoints;
-use sluice_processor::{MappingConfig, Processor, StartingPosition};
+use sluice_processor::mappings::builtin_config;
 use sluice_store::ObjectStore;
 use sluice_store::embedded::EmbeddedStore;
 use sluice_stream::Stream;
@@ -20,8 +21,6 @@ use tokio::sync::watch;
 use crate::config::Settings;
 use crate::wiring::{self, RunInfo};
 
-/// Name of the built-in mapping from the upload stream to `uppercase`.
-pub(crate) const BUILTIN_MAPPING: &str = "builtin-uppercase";
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const TOKEN_LEEWAY_SECS: i64 = 60;
 
@@ -152,16 +151,12 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let workers = if settings.builtin_mapping {
         processor
             .start(
-                MappingConfig {
-                    name: BUILTIN_MAPPING.into(),
-                    stream: settings.stream.clone(),
-                    batch_size: settings.batch_size,
-                    starting_position: StartingPosition::Latest,
-                    max_attempts: settings.max_attempts,
-                    output_bucket: settings.processed_bucket.clone(),
-                    output_prefix: "processed/".into(),
-                    ..MappingConfig::new(BUILTIN_MAPPING, settings.stream.clone())
-                },
+                builtin_config(
+                    &settings.stream,
+                    settings.batch_size,
+                    settings.max_attempts,
+                    settings.processed_bucket.clone(),
+                ),
                 Arc::new(sluice_processor::functions::Uppercase),
                 shutdown_rx.clone(),
             )
