@@ -1,5 +1,4 @@
-//! Sign-in flows (password, admin password, SRP, refresh), their challenges, client
-//! secrets, and what an access token lets its bearer do (GetUser, ChangePassword,
+//! Sign-in flows (password, admin password, SRP, refresh), their challenges, and what an access token lets its bearer do (GetUser, ChangePassword,
 //! UpdateUserAttributes, GlobalSignOut) — with revocation: an access token dies with the
 //! refresh token of its sign-in (same `origin_jti`).
 
@@ -7,11 +6,10 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use sluice_meta::now_ms;
 use sluice_meta::params;
 
+use crate::client_secret::check_secret_hash;
 use crate::pools::{PoolSettings, pool_settings};
 use crate::tokens::{self, ADMIN_SCOPE, TokenError};
 use crate::users::{self, CodeDelivery, UserRecord, find_user, password_secrets, store_password};
@@ -38,53 +36,6 @@ pub struct AccessSession {
     pub sub: String,
     pub username: String,
     pub client_id: String,
-}
-
-/// `Base64(HMAC-SHA256(key = client secret, msg = username + client id))`.
-pub fn secret_hash(secret: &str, username: &str, client_id: &str) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-        return String::new();
-    };
-    mac.update(username.as_bytes());
-    mac.update(client_id.as_bytes());
-    STANDARD.encode(mac.finalize().into_bytes())
-}
-
-/// A client with a secret requires SECRET_HASH computed over one of `usernames`.
-pub(crate) fn check_secret_hash(
-    client: &ClientRow,
-    usernames: &[&str],
-    provided: Option<&str>,
-) -> Result<(), IdentityError> {
-    let Some(secret) = &client.secret else {
-        return Ok(());
-    };
-    let Some(provided) = provided.filter(|p| !p.is_empty()) else {
-        return Err(IdentityError::NotAuthorized(format!(
-            "Client {} is configured with secret but SECRET_HASH was not received",
-            client.id
-        )));
-    };
-    let Ok(provided_bytes) = STANDARD.decode(provided) else {
-        return Err(bad_secret(&client.id));
-    };
-    for u in usernames {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-            continue;
-        };
-        mac.update(u.as_bytes());
-        mac.update(client.id.as_bytes());
-        if mac.verify_slice(&provided_bytes).is_ok() {
-            return Ok(());
-        }
-    }
-    Err(bad_secret(&client.id))
-}
-
-fn bad_secret(client_id: &str) -> IdentityError {
-    IdentityError::NotAuthorized(format!(
-        "Unable to verify secret hash for client {client_id}"
-    ))
 }
 
 fn flow_not_enabled(flow: &str) -> IdentityError {
@@ -897,6 +848,7 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client_secret::secret_hash;
     use crate::pools::{ClientSpec, PoolSettings};
     use crate::test_support::identity;
     use crate::users::NewUser;

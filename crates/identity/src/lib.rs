@@ -19,6 +19,7 @@ use crate::throttle::Throttle;
 
 pub mod access_keys;
 mod auth;
+mod client_secret;
 pub mod keys;
 mod mail;
 pub mod password;
@@ -29,7 +30,8 @@ mod throttle;
 pub mod tokens;
 mod users;
 
-pub use auth::{AccessSession, SrpChallenge, secret_hash};
+pub use auth::{AccessSession, SrpChallenge};
+pub use client_secret::secret_hash;
 pub use keys::{Jwk, Jwks, SigningKey};
 pub use mail::SmtpSettings;
 pub use password::PasswordPolicy;
@@ -538,19 +540,6 @@ impl Identity {
             status: rec.status,
             enabled: rec.enabled,
         })
-    }
-
-    pub fn get_user(&self, pool: &str, email: &str) -> Result<Option<User>, IdentityError> {
-        let (p, e) = (pool.to_owned(), normalize_email(email)?);
-        let row = self
-            .db
-            .read_blocking(move |c| users::user_where(c, "email", &p, &e))?;
-        Ok(row.map(|u| User {
-            sub: u.sub,
-            email: u.email.unwrap_or_default(),
-            status: u.status,
-            enabled: u.enabled,
-        }))
     }
 }
 

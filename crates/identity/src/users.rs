@@ -15,7 +15,7 @@ use sluice_meta::now_ms;
 use sluice_meta::params;
 
 use crate::pools::{PoolSettings, encode_token, page_token, pool_settings};
-use crate::{Identity, IdentityError, UserRow, blocking_err, password, srp, user_not_found};
+use crate::{Identity, IdentityError, User, UserRow, blocking_err, password, srp, user_not_found};
 
 const SIGNUP_CODE_TTL_MS: i64 = 24 * 3600 * 1000;
 const RESET_CODE_TTL_MS: i64 = 3600 * 1000;
@@ -544,6 +544,20 @@ fn read_user(
 }
 
 impl Identity {
+    /// The user of `pool` with this email address, if any.
+    pub fn get_user(&self, pool: &str, email: &str) -> Result<Option<User>, IdentityError> {
+        let (p, e) = (pool.to_owned(), crate::normalize_email(email)?);
+        let row = self
+            .db
+            .read_blocking(move |c| user_where(c, "email", &p, &e))?;
+        Ok(row.map(|u| User {
+            sub: u.sub,
+            email: u.email.unwrap_or_default(),
+            status: u.status,
+            enabled: u.enabled,
+        }))
+    }
+
     /// Creates a user; see [`NewUser`]. Used by `create_user` and AdminCreateUser.
     pub(crate) fn insert_user_blocking(&self, new: NewUser) -> Result<UserRecord, IdentityError> {
         let settings = {
@@ -934,7 +948,7 @@ impl Identity {
         secret_hash: Option<&str>,
     ) -> Result<(UserRecord, Option<CodeDelivery>), IdentityError> {
         let client = self.client(client_id).await?;
-        crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
+        crate::client_secret::check_secret_hash(&client, &[username], secret_hash)?;
         let pool = client.pool_id.clone();
         let settings = {
             let p = pool.clone();
@@ -995,7 +1009,7 @@ impl Identity {
         secret_hash: Option<&str>,
     ) -> Result<(), IdentityError> {
         let client = self.client(client_id).await?;
-        crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
+        crate::client_secret::check_secret_hash(&client, &[username], secret_hash)?;
         let (p, n, code) = (client.pool_id.clone(), username.to_owned(), code.to_owned());
         let prevent = client.prevent_user_existence_errors;
         self.db
@@ -1074,7 +1088,7 @@ impl Identity {
         secret_hash: Option<&str>,
     ) -> Result<CodeDelivery, IdentityError> {
         let client = self.client(client_id).await?;
-        crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
+        crate::client_secret::check_secret_hash(&client, &[username], secret_hash)?;
         let (p, n) = (client.pool_id.clone(), username.to_owned());
         let prevent = client.prevent_user_existence_errors;
         let out = self
@@ -1112,7 +1126,7 @@ impl Identity {
         secret_hash: Option<&str>,
     ) -> Result<CodeDelivery, IdentityError> {
         let client = self.client(client_id).await?;
-        crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
+        crate::client_secret::check_secret_hash(&client, &[username], secret_hash)?;
         let (p, n) = (client.pool_id.clone(), username.to_owned());
         let prevent = client.prevent_user_existence_errors;
         let out = self
@@ -1152,7 +1166,7 @@ impl Identity {
         secret_hash: Option<&str>,
     ) -> Result<(), IdentityError> {
         let client = self.client(client_id).await?;
-        crate::auth::check_secret_hash(&client, &[username], secret_hash)?;
+        crate::client_secret::check_secret_hash(&client, &[username], secret_hash)?;
         let (p, n) = (client.pool_id.clone(), username.to_owned());
         let found = self
             .db
