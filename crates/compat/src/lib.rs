@@ -21,12 +21,14 @@ use sluice_meta::now_ms;
 mod cbor;
 pub mod cognito;
 pub mod eventstream;
+mod json11;
 pub mod kinesis;
-pub mod kinesis_efo;
 pub mod s3;
 pub mod sigv4;
 pub mod source_throttle;
 
+use json11::unavailable;
+pub use json11::{json_error, json_ok};
 pub use kinesis::KinesisContext;
 
 /// What the edge serves.
@@ -256,21 +258,6 @@ pub async fn authenticate(
     Ok(auth.access_key_id)
 }
 
-/// An error in the JSON 1.1 protocols' shape: `{"__type","message"}` and the
-/// `x-amzn-ErrorType` header.
-pub fn json_error(status: StatusCode, kind: &str, message: &str) -> Response {
-    let mut resp = (
-        status,
-        [("content-type", "application/x-amz-json-1.1")],
-        json!({"__type": kind, "message": message}).to_string(),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("{kind}:")) {
-        resp.headers_mut().insert("x-amzn-errortype", v);
-    }
-    resp
-}
-
 /// Every 503 says when to try again (AWS SDKs retry a 503 on their own; `Retry-After`
 /// tells other clients the same).
 async fn retry_after(mut resp: Response) -> Response {
@@ -281,29 +268,6 @@ async fn retry_after(mut resp: Response) -> Response {
             .insert("retry-after", HeaderValue::from_static("1"));
     }
     resp
-}
-
-/// A metadata failure a client can wait out (engine down or out of space): AWS's common
-/// `ServiceUnavailable` (503) rather than an internal error. `None` for any other failure.
-pub(crate) fn unavailable(e: &sluice_meta::MetaError) -> Option<String> {
-    if e.is_unavailable() {
-        tracing::warn!(error = %e, "metadata engine unavailable");
-        Some("the service is unavailable; try again later".into())
-    } else if e.is_full() {
-        tracing::warn!(error = %e, "metadata storage is full");
-        Some("the service has no storage left; try again later".into())
-    } else {
-        None
-    }
-}
-
-pub fn json_ok(body: serde_json::Value) -> Response {
-    (
-        StatusCode::OK,
-        [("content-type", "application/x-amz-json-1.1")],
-        body.to_string(),
-    )
-        .into_response()
 }
 
 fn known_pool(identity: &Identity, pool: &str) -> bool {

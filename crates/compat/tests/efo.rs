@@ -12,8 +12,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sluice_compat::KinesisContext;
 use sluice_compat::eventstream::{Message, decode};
-use sluice_compat::kinesis::{Encoding, handle};
-use sluice_compat::kinesis_efo::{SubscribeOptions, Subscriptions};
+use sluice_compat::kinesis::{Encoding, SubscribeOptions, Subscriptions, handle};
 use sluice_stream::Clock;
 use sluice_stream::embedded::{EmbeddedStream, MIGRATIONS, StreamOptions};
 

@@ -6,7 +6,7 @@ use sluice_identity::{
     Client, ClientSpec, Identity, NewUser, Pool, PoolSettings, PoolUpdate, UserRecord,
 };
 
-use super::{
+use super::common::{
     AttributeType, OpResult, attribute_list, attribute_map, epoch, invalid, parse, required,
 };
 

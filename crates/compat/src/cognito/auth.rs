@@ -7,9 +7,9 @@ use serde::Deserialize;
 use serde_json::json;
 use sluice_identity::{AuthOutcome, AuthTokens, Identity, SrpChallenge};
 
-use super::{
-    AttributeType, OpResult, attribute_list, attribute_map, delivery_json, invalid, param, parse,
-    required,
+use super::common::{
+    AttributeType, CognitoError, OpResult, attribute_list, attribute_map, delivery_json, invalid,
+    param, parse, required,
 };
 
 fn tokens_json(t: AuthTokens) -> serde_json::Value {
@@ -73,7 +73,7 @@ pub(super) struct InitiateAuthRequest {
     auth_parameters: HashMap<String, String>,
 }
 
-fn bad_flow(flow: &str) -> super::CognitoError {
+fn bad_flow(flow: &str) -> CognitoError {
     invalid(&format!(
         "1 validation error detected: Value '{flow}' at 'authFlow' failed to satisfy constraint: Member must satisfy enum value set"
     ))

@@ -3,19 +3,22 @@
 //! Operations that AWS only accepts with IAM credentials (pool and client management and
 //! every `Admin*` operation, plus ListUsers) are refused to [`Caller::Anonymous`] callers
 //! with `MissingAuthenticationTokenException`; the others are public, as in Cognito.
-
-use std::collections::{BTreeMap, HashMap};
+//!
+//! This module dispatches to `auth` (sign-in and self-service operations) and `admin`
+//! (pools, clients, `Admin*`); both use `common` (errors, request fields, attribute and
+//! time shapes), which uses neither.
 
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::json;
-use sluice_identity::{Identity, IdentityError};
+use sluice_identity::Identity;
 
-use crate::{json_error, json_ok};
+use crate::json11::{json_error, json_ok};
 
 mod admin;
 mod auth;
+mod common;
+
+pub use common::{CognitoError, error_response};
 
 pub const SERVICE: &str = "AWSCognitoIdentityProviderService";
 
@@ -117,159 +120,12 @@ pub async fn handle(identity: &Identity, op: &str, body: &[u8], caller: Caller) 
     }
 }
 
-/// A Cognito error: HTTP status, exception name (`__type`) and message.
-#[derive(Debug)]
-pub struct CognitoError {
-    status: StatusCode,
-    kind: &'static str,
-    message: String,
-}
-
-impl CognitoError {
-    fn bad_request(kind: &'static str, message: String) -> Self {
-        CognitoError {
-            status: StatusCode::BAD_REQUEST,
-            kind,
-            message,
-        }
-    }
-}
-
-impl From<IdentityError> for CognitoError {
-    fn from(e: IdentityError) -> Self {
-        cognito_error(e)
-    }
-}
-
-type OpResult = Result<serde_json::Value, CognitoError>;
-
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CognitoError> {
-    serde_json::from_slice(body).map_err(|e| {
-        CognitoError::bad_request(
-            "SerializationException",
-            format!("cannot parse request: {e}"),
-        )
-    })
-}
-
-fn invalid(message: &str) -> CognitoError {
-    CognitoError::bad_request("InvalidParameterException", message.to_owned())
-}
-
-/// Identity errors as a Cognito error response.
-pub fn error_response(e: IdentityError) -> Response {
-    let e = cognito_error(e);
-    json_error(e.status, e.kind, &e.message)
-}
-
-/// Maps identity errors to Cognito's exception names, in one place.
-fn cognito_error(e: IdentityError) -> CognitoError {
-    let kind = match &e {
-        IdentityError::NotAuthorized(_) => "NotAuthorizedException",
-        IdentityError::UserNotFound(_) => "UserNotFoundException",
-        IdentityError::UsernameExists(_) => "UsernameExistsException",
-        IdentityError::InvalidPassword(_) => "InvalidPasswordException",
-        IdentityError::InvalidParameter(_) => "InvalidParameterException",
-        IdentityError::ResourceNotFound(_) => "ResourceNotFoundException",
-        IdentityError::CodeMismatch(_) => "CodeMismatchException",
-        IdentityError::ExpiredCode(_) => "ExpiredCodeException",
-        IdentityError::UserNotConfirmed(_) => "UserNotConfirmedException",
-        IdentityError::PasswordResetRequired(_) => "PasswordResetRequiredException",
-        IdentityError::LimitExceeded(_) => "LimitExceededException",
-        IdentityError::UnsupportedUserState(_) => "UnsupportedUserStateException",
-        IdentityError::Unauthorized(_) => "UnauthorizedException",
-        IdentityError::UnsupportedTokenType(_) => "UnsupportedTokenTypeException",
-        IdentityError::Meta(m) => {
-            if let Some(message) = crate::unavailable(m) {
-                return CognitoError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    kind: "ServiceUnavailable",
-                    message,
-                };
-            }
-            tracing::error!(error = %m, "cognito request failed");
-            return CognitoError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                kind: "InternalErrorException",
-                message: "internal error".into(),
-            };
-        }
-        IdentityError::Backend(detail) => {
-            tracing::error!(error = %detail, "cognito request failed");
-            return CognitoError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                kind: "InternalErrorException",
-                message: "internal error".into(),
-            };
-        }
-    };
-    CognitoError::bad_request(kind, e.to_string())
-}
-
-fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, CognitoError> {
-    v.as_deref()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| invalid(&format!("1 validation error detected: Value at '{name}' failed to satisfy constraint: Member must not be null")))
-}
-
-fn param<'a>(p: &'a HashMap<String, String>, name: &str) -> Result<&'a str, CognitoError> {
-    p.get(name)
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| invalid(&format!("Missing required parameter {name}")))
-}
-
-/// `[{"Name","Value"}]`, as Cognito lists attributes.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct AttributeType {
-    name: String,
-    #[serde(default)]
-    value: Option<String>,
-}
-
-fn attribute_map(list: Vec<AttributeType>) -> BTreeMap<String, String> {
-    list.into_iter()
-        .map(|a| (a.name, a.value.unwrap_or_default()))
-        .collect()
-}
-
-fn attribute_list(sub: &str, attrs: &BTreeMap<String, String>) -> serde_json::Value {
-    let mut list = vec![json!({"Name": "sub", "Value": sub})];
-    list.extend(attrs.iter().map(|(k, v)| json!({"Name": k, "Value": v})));
-    serde_json::Value::Array(list)
-}
-
-/// Epoch seconds, as JSON 1.1 timestamps.
-fn epoch(ms: i64) -> serde_json::Value {
-    json!(ms as f64 / 1000.0)
-}
-
-fn delivery_json(d: &sluice_identity::CodeDelivery) -> serde_json::Value {
-    json!({
-        "Destination": d.destination,
-        "DeliveryMedium": d.medium,
-        "AttributeName": d.attribute,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn identity_errors_map_to_cognito_exceptions() {
-        let e = cognito_error(IdentityError::CodeMismatch("m".into()));
-        assert_eq!(
-            (e.status, e.kind),
-            (StatusCode::BAD_REQUEST, "CodeMismatchException")
-        );
-        let e = cognito_error(IdentityError::Backend("disk on fire".into()));
-        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(
-            e.message, "internal error",
-            "backend details stay in the log"
-        );
+    fn admin_operations_need_a_signature() {
         for (op, signed_only) in [
             ("AdminGetUser", true),
             ("ListUsers", true),

@@ -2,20 +2,18 @@
 //! ListStreamConsumers, DeregisterStreamConsumer (over the `Stream` part's consumers) and
 //! SubscribeToShard, which answers with an `application/vnd.amazon.eventstream` body
 //! (`eventstream.rs`): an `initial-response` event, then `SubscribeToShardEvent`s pushed as
-//! records are committed (woken by `Stream::watch`), at least every [`HEARTBEAT`] even when
-//! there is nothing new, until [`SUBSCRIPTION_DURATION`] has passed (AWS: 5 minutes).
+//! records are committed (woken by `Stream::watch`), at least every [`super::HEARTBEAT`] even when
+//! there is nothing new, until [`super::SUBSCRIPTION_DURATION`] has passed (AWS: 5 minutes).
 //!
 //! Errors found before the stream starts are ordinary JSON 1.1 errors; errors after it
 //! started are exception events (`:message-type: exception`) that end it.
 //!
 //! One subscription per consumer and shard: a second SubscribeToShard within
-//! [`TAKEOVER_AFTER`] of the first is refused with `ResourceInUseException`; a later one
+//! [`super::TAKEOVER_AFTER`] of the first is refused with `ResourceInUseException`; a later one
 //! takes over, and the earlier one ends with a `ResourceInUseException` event (as AWS).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,150 +21,28 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use sluice_stream::{
     Consumer, ConsumerRef, ConsumerStatus, IteratorSpec, ListConsumersInput, Stream, StreamError,
 };
 
-use crate::eventstream;
-use crate::kinesis::{
+use super::common::{
     Encoding, KinesisContext, KinesisError, OpResult, child_shards_value, epoch_secs, err,
-    record_value, str_field, stream_name, validation,
+    internal_failure, record_value, str_field, stream_name, validation,
 };
+use super::leases::{Lease, LeaseError, SubscribeOptions};
+use crate::eventstream;
 
-/// How long a subscription lasts, as AWS.
-pub const SUBSCRIPTION_DURATION: Duration = Duration::from_secs(300);
-/// The longest a subscription goes without an event, as AWS (about every 5 s).
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
-/// How long a subscription holds its consumer and shard against a new SubscribeToShard.
-pub const TAKEOVER_AFTER: Duration = Duration::from_secs(5);
 /// How long to wait before reading again when the stream's read limits refuse a read.
 const THROTTLED_RETRY: Duration = Duration::from_millis(200);
 /// Frames buffered between the reader task and the response body.
 const FRAMES_IN_FLIGHT: usize = 4;
 
-/// The timings of subscriptions; [`Default`] is AWS'. Tests shorten them.
-#[derive(Debug, Clone, Copy)]
-pub struct SubscribeOptions {
-    pub duration: Duration,
-    pub heartbeat: Duration,
-    pub takeover_after: Duration,
-}
-
-impl Default for SubscribeOptions {
-    fn default() -> Self {
-        SubscribeOptions {
-            duration: SUBSCRIPTION_DURATION,
-            heartbeat: HEARTBEAT,
-            takeover_after: TAKEOVER_AFTER,
-        }
-    }
-}
-
-/// (stream, consumer, consumer creation ms, shard id).
-type LeaseKey = (String, String, i64, String);
-
-struct Holder {
-    id: u64,
-    started: Instant,
-    /// Set when a newer subscription takes over.
-    taken: watch::Sender<bool>,
-}
-
-/// The subscriptions running on this edge, one per consumer and shard.
-#[derive(Clone, Default)]
-pub struct Subscriptions {
-    options: SubscribeOptions,
-    active: Arc<Mutex<HashMap<LeaseKey, Holder>>>,
-    next_id: Arc<AtomicU64>,
-}
-
-impl Subscriptions {
-    pub fn new(options: SubscribeOptions) -> Self {
-        Subscriptions {
-            options,
-            ..Subscriptions::default()
-        }
-    }
-
-    pub fn options(&self) -> SubscribeOptions {
-        self.options
-    }
-
-    fn acquire(&self, key: LeaseKey) -> Result<Lease, KinesisError> {
-        let mut active = self
-            .active
-            .lock()
-            .map_err(|_| internal("subscriptions lock"))?;
-        if let Some(h) = active.get(&key) {
-            if h.started.elapsed() < self.options.takeover_after {
-                return Err(err(
-                    "ResourceInUseException",
-                    format!(
-                        "consumer {} already has a subscription to shard {} (started {} ms ago); subscribe again after {} ms to take it over",
-                        key.1,
-                        key.3,
-                        h.started.elapsed().as_millis(),
-                        self.options.takeover_after.as_millis()
-                    ),
-                ));
-            }
-            h.taken.send_replace(true);
-        }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (taken, taken_rx) = watch::channel(false);
-        active.insert(
-            key.clone(),
-            Holder {
-                id,
-                started: Instant::now(),
-                taken,
-            },
-        );
-        Ok(Lease {
-            subs: self.clone(),
-            key,
-            id,
-            taken: taken_rx,
-        })
-    }
-}
-
-/// A running subscription's hold on its consumer and shard; released when dropped.
-struct Lease {
-    subs: Subscriptions,
-    key: LeaseKey,
-    id: u64,
-    taken: watch::Receiver<bool>,
-}
-
-impl Lease {
-    /// Resolves once a newer subscription has taken over.
-    async fn taken_over(&mut self) {
-        // A dropped sender means the holder was replaced: taken over too.
-        let _ = self.taken.wait_for(|t| *t).await;
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Ok(mut active) = self.subs.active.lock()
-            && active.get(&self.key).is_some_and(|h| h.id == self.id)
-        {
-            active.remove(&self.key);
-        }
-    }
-}
-
 fn internal(what: &str) -> KinesisError {
     tracing::error!(what, "enhanced fan-out failure");
-    KinesisError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        kind: "InternalFailure",
-        message: "internal failure".into(),
-    }
+    internal_failure()
 }
 
 // --- consumers ---------------------------------------------------------------------------
@@ -270,7 +146,7 @@ pub(crate) async fn register(ctx: &KinesisContext, req: &Value) -> OpResult {
     }
     let stream = stream_name(ctx, req)?;
     let name = str_field(req, "ConsumerName").ok_or_else(|| validation("consumerName"))?;
-    let tags = crate::kinesis::tags_in(req.get("Tags"))?;
+    let tags = super::common::tags_in(req.get("Tags"))?;
     let c = ctx
         .stream
         .register_consumer_with_tags(&stream, name, tags)
@@ -338,9 +214,9 @@ pub(crate) async fn deregister(ctx: &KinesisContext, req: &Value) -> OpResult {
 // --- SubscribeToShard --------------------------------------------------------------------
 
 fn starting_position(pos: &Value) -> Result<IteratorSpec, KinesisError> {
-    crate::kinesis::iterator_spec(
+    super::common::iterator_spec(
         pos,
-        crate::kinesis::IteratorFields {
+        super::common::IteratorFields {
             kind: "Type",
             kind_member: "startingPosition.type",
             sequence_number: "StartingPosition.SequenceNumber",
@@ -384,12 +260,29 @@ pub(crate) async fn subscribe_to_shard(
                 format!("invalid shard id {shard:?}"),
             )
         })?;
-    let lease = ctx.subscriptions.acquire((
-        consumer.stream.clone(),
-        consumer.name.clone(),
-        consumer.created_ms,
-        shard_id,
-    ))?;
+    let lease = ctx
+        .subscriptions
+        .acquire((
+            consumer.stream.clone(),
+            consumer.name.clone(),
+            consumer.created_ms,
+            shard_id.clone(),
+        ))
+        .map_err(|e| match e {
+            LeaseError::InUse {
+                held_for,
+                takeover_after,
+            } => err(
+                "ResourceInUseException",
+                format!(
+                    "consumer {} already has a subscription to shard {shard_id} (started {} ms ago); subscribe again after {} ms to take it over",
+                    consumer.name,
+                    held_for.as_millis(),
+                    takeover_after.as_millis()
+                ),
+            ),
+            LeaseError::Poisoned => internal("subscriptions lock"),
+        })?;
     let (tx, rx) = mpsc::channel::<Bytes>(FRAMES_IN_FLIGHT);
     let sub = Subscription {
         stream: ctx.stream.clone(),
@@ -587,6 +480,7 @@ fn stream_exception(e: StreamError) -> Stop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinesis::leases::Subscriptions;
 
     fn ctx(dir: &std::path::Path) -> KinesisContext {
         let db =
@@ -652,46 +546,5 @@ mod tests {
         )
         .expect_err("other region");
         assert_eq!(e.kind, "ResourceNotFoundException");
-    }
-
-    #[tokio::test]
-    async fn a_second_subscription_is_refused_then_takes_over() {
-        let subs = Subscriptions::new(SubscribeOptions {
-            takeover_after: Duration::from_secs(3600),
-            ..SubscribeOptions::default()
-        });
-        let key = (
-            "s".to_owned(),
-            "c".to_owned(),
-            1,
-            "shardId-000000000000".to_owned(),
-        );
-        let first = subs.acquire(key.clone()).expect("first");
-        let e = subs.acquire(key.clone()).err().expect("refused");
-        assert_eq!(e.kind, "ResourceInUseException");
-        let other_shard = (
-            "s".to_owned(),
-            "c".to_owned(),
-            1,
-            "shardId-000000000001".to_owned(),
-        );
-        let _other = subs.acquire(other_shard).expect("another shard is free");
-        drop(first);
-        let _again = subs.acquire(key.clone()).expect("free once released");
-
-        let eager = Subscriptions::new(SubscribeOptions {
-            takeover_after: Duration::ZERO,
-            ..SubscribeOptions::default()
-        });
-        let mut old = eager.acquire(key.clone()).expect("first");
-        let new = eager.acquire(key.clone()).expect("takes over");
-        tokio::time::timeout(Duration::from_secs(60), old.taken_over())
-            .await
-            .expect("the old subscription learns it was taken over");
-        drop(old);
-        assert!(
-            eager.active.lock().expect("lock").get(&key).map(|h| h.id) == Some(new.id),
-            "dropping the old lease leaves the new one in place"
-        );
     }
 }

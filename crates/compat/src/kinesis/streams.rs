@@ -1,245 +1,21 @@
-//! Kinesis Data Streams' JSON 1.1 protocol (`Kinesis_20131202.*`) over the `Stream` part.
+//! The stream operations of Kinesis: streams, shards, tags, records, iterators.
 
-use std::sync::Arc;
-
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-
 use sluice_stream::{
-    CreateStreamOptions, IteratorSpec, ListShardsInput, ListStreamsInput, MAX_PUT_RECORDS,
-    PutRecord, ShardDesc, ShardFilter, Stream, StreamError, StreamMode,
+    CreateStreamOptions, ListShardsInput, ListStreamsInput, MAX_PUT_RECORDS, PutRecord, ShardDesc,
+    ShardFilter, StreamError, StreamMode,
 };
 
-use crate::{json_error, json_ok};
-
-pub const SERVICE: &str = "Kinesis_20131202";
+use super::common::{
+    IteratorFields, KinesisContext, KinesisError, OpResult, child_shards_value, epoch_secs, err,
+    internal_failure, iterator_spec, record_value, str_field, stream_name, tags_in, validation,
+};
+use super::efo;
 
 /// Largest PutRecords request payload (data + partition keys), as AWS.
 const MAX_PUT_RECORDS_BYTES: usize = 5 * 1024 * 1024;
-
-/// Where ARNs point.
-#[derive(Clone)]
-pub struct KinesisContext {
-    pub stream: Arc<dyn Stream>,
-    pub region: String,
-    pub account_id: String,
-    /// SubscribeToShard's running subscriptions (and their timings).
-    pub subscriptions: crate::kinesis_efo::Subscriptions,
-}
-
-impl KinesisContext {
-    pub(crate) fn arn(&self, name: &str) -> String {
-        format!(
-            "arn:aws:kinesis:{}:{}:stream/{name}",
-            self.region, self.account_id
-        )
-    }
-}
-
-/// A Kinesis error: HTTP status, exception name and message.
-#[derive(Debug)]
-pub struct KinesisError {
-    pub(crate) status: StatusCode,
-    pub(crate) kind: &'static str,
-    pub(crate) message: String,
-}
-
-pub(crate) fn err(kind: &'static str, message: impl Into<String>) -> KinesisError {
-    KinesisError {
-        status: StatusCode::BAD_REQUEST,
-        kind,
-        message: message.into(),
-    }
-}
-
-pub(crate) fn validation(field: &str) -> KinesisError {
-    err(
-        "ValidationException",
-        format!(
-            "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
-        ),
-    )
-}
-
-/// Stream errors as Kinesis exceptions, in one place.
-impl From<StreamError> for KinesisError {
-    fn from(e: StreamError) -> Self {
-        match e {
-            StreamError::ResourceNotFound(m) => err("ResourceNotFoundException", m),
-            StreamError::ResourceInUse(m) => err("ResourceInUseException", m),
-            StreamError::InvalidArgument(m) => err("InvalidArgumentException", m),
-            StreamError::ExpiredIterator(m) => err("ExpiredIteratorException", m),
-            StreamError::LimitExceeded(m) => err("LimitExceededException", m),
-            StreamError::ProvisionedThroughputExceeded(m) => {
-                err("ProvisionedThroughputExceededException", m)
-            }
-            StreamError::Meta(m) => match crate::unavailable(&m) {
-                Some(message) => KinesisError {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    kind: "ServiceUnavailable",
-                    message,
-                },
-                None => {
-                    tracing::error!(error = %m, "kinesis request failed");
-                    KinesisError {
-                        status: StatusCode::INTERNAL_SERVER_ERROR,
-                        kind: "InternalFailure",
-                        message: "internal failure".into(),
-                    }
-                }
-            },
-            StreamError::Backend(detail) => {
-                tracing::error!(error = %detail, "kinesis request failed");
-                KinesisError {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    kind: "InternalFailure",
-                    message: "internal failure".into(),
-                }
-            }
-        }
-    }
-}
-
-pub(crate) type OpResult = Result<Value, KinesisError>;
-
-/// The Kinesis protocol's two encodings: JSON 1.1 (most SDKs) and CBOR 1.1 (the Java SDK
-/// v2 and the KCL by default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    Json,
-    Cbor,
-}
-
-impl Encoding {
-    pub fn of(content_type: Option<&str>) -> Encoding {
-        match content_type {
-            Some(ct) if ct.starts_with("application/x-amz-cbor") => Encoding::Cbor,
-            _ => Encoding::Json,
-        }
-    }
-}
-
-pub async fn handle(ctx: &KinesisContext, op: &str, body: &[u8], enc: Encoding) -> Response {
-    let req = match enc {
-        Encoding::Json => serde_json::from_slice::<Value>(body).ok(),
-        Encoding::Cbor => crate::cbor::decode(body),
-    };
-    let result = match req {
-        // GetRecords in JSON is written straight to the body: its records (base64 data)
-        // are most of what the edge serialises, and a `Value` tree of them costs an
-        // allocation per field plus escaping on the way out.
-        Some(req @ Value::Object(_)) if enc == Encoding::Json && op == "GetRecords" => {
-            return match get_records_output(ctx, &req)
-                .await
-                .and_then(|out| get_records_json(&out))
-            {
-                Ok(body) => (
-                    StatusCode::OK,
-                    [("content-type", "application/x-amz-json-1.1")],
-                    body,
-                )
-                    .into_response(),
-                Err(e) => json_error(e.status, e.kind, &e.message),
-            };
-        }
-        // SubscribeToShard answers with an event stream; only its refusals are rendered here.
-        Some(req @ Value::Object(_)) if op == "SubscribeToShard" => {
-            match crate::kinesis_efo::subscribe_to_shard(ctx, &req, enc).await {
-                Ok(resp) => return resp,
-                Err(e) => Err(e),
-            }
-        }
-        Some(req @ Value::Object(_)) => call(ctx, op, &req).await,
-        _ => Err(err(
-            "SerializationException",
-            "request body is not a JSON or CBOR map",
-        )),
-    };
-    match (result, enc) {
-        (Ok(v), Encoding::Json) => json_ok(v),
-        (Err(e), Encoding::Json) => json_error(e.status, e.kind, &e.message),
-        (Ok(v), Encoding::Cbor) => crate::cbor::response(StatusCode::OK, &v),
-        (Err(e), Encoding::Cbor) => {
-            crate::cbor::response(e.status, &json!({"__type": e.kind, "message": e.message}))
-        }
-    }
-}
-
-/// One Kinesis operation on a decoded request.
-async fn call(ctx: &KinesisContext, op: &str, req: &Value) -> OpResult {
-    match op {
-        "CreateStream" => create_stream(ctx, req).await,
-        "DeleteStream" => delete_stream(ctx, req).await,
-        "DescribeStream" => describe_stream(ctx, req).await,
-        "DescribeStreamSummary" => describe_stream_summary(ctx, req).await,
-        "ListStreams" => list_streams(ctx, req).await,
-        "ListShards" => list_shards(ctx, req).await,
-        "PutRecord" => put_record(ctx, req).await,
-        "PutRecords" => put_records(ctx, req).await,
-        "GetShardIterator" => get_shard_iterator(ctx, req).await,
-        "GetRecords" => Ok(get_records_value(&get_records_output(ctx, req).await?)),
-        "SplitShard" => split_shard(ctx, req).await,
-        "MergeShards" => merge_shards(ctx, req).await,
-        "UpdateShardCount" => update_shard_count(ctx, req).await,
-        "IncreaseStreamRetentionPeriod" => retention(ctx, req, true).await,
-        "DecreaseStreamRetentionPeriod" => retention(ctx, req, false).await,
-        "UpdateMaxRecordSize" => update_max_record_size(ctx, req).await,
-        "AddTagsToStream" => add_tags(ctx, req).await,
-        "RemoveTagsFromStream" => remove_tags(ctx, req).await,
-        "ListTagsForStream" => list_tags(ctx, req).await,
-        "TagResource" => tag_resource(ctx, req).await,
-        "UntagResource" => untag_resource(ctx, req).await,
-        "ListTagsForResource" => list_tags_for_resource(ctx, req).await,
-        "DescribeLimits" => describe_limits(ctx).await,
-        "RegisterStreamConsumer" => crate::kinesis_efo::register(ctx, req).await,
-        "DescribeStreamConsumer" => crate::kinesis_efo::describe(ctx, req).await,
-        "ListStreamConsumers" => crate::kinesis_efo::list(ctx, req).await,
-        "DeregisterStreamConsumer" => crate::kinesis_efo::deregister(ctx, req).await,
-        _ => Err(err(
-            "UnknownOperationException",
-            format!("operation {op} is not supported by sluice's Kinesis endpoint"),
-        )),
-    }
-}
-
-pub(crate) fn str_field<'a>(req: &'a Value, name: &str) -> Option<&'a str> {
-    req.get(name).and_then(Value::as_str)
-}
-
-/// The stream a request names, by `StreamName` or `StreamARN`.
-pub(crate) fn stream_name(ctx: &KinesisContext, req: &Value) -> Result<String, KinesisError> {
-    if let Some(name) = str_field(req, "StreamName") {
-        return Ok(name.to_owned());
-    }
-    if let Some(arn) = str_field(req, "StreamARN") {
-        let parts: Vec<&str> = arn.splitn(6, ':').collect();
-        let name = match parts.as_slice() {
-            ["arn", _, "kinesis", region, account, resource] => {
-                if *region != ctx.region || *account != ctx.account_id {
-                    return Err(err(
-                        "ResourceNotFoundException",
-                        format!("stream {arn} not found"),
-                    ));
-                }
-                resource.strip_prefix("stream/")
-            }
-            _ => None,
-        };
-        return name
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| err("ValidationException", format!("invalid stream ARN {arn:?}")));
-    }
-    Err(validation("streamName"))
-}
-
-pub(crate) fn epoch_secs(ms: i64) -> f64 {
-    ms as f64 / 1000.0
-}
 
 fn shard_json(s: &ShardDesc) -> Value {
     let mut v = json!({
@@ -262,7 +38,7 @@ fn shard_json(s: &ShardDesc) -> Value {
     v
 }
 
-async fn create_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn create_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = str_field(req, "StreamName").ok_or_else(|| validation("streamName"))?;
     let on_demand = req
         .pointer("/StreamModeDetails/StreamMode")
@@ -299,23 +75,7 @@ async fn create_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({}))
 }
 
-pub(crate) fn tags_in(v: Option<&Value>) -> Result<BTreeMap<String, String>, KinesisError> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
-        return Ok(BTreeMap::new());
-    };
-    let obj = v
-        .as_object()
-        .ok_or_else(|| err("ValidationException", "Tags must be a map of strings"))?;
-    obj.iter()
-        .map(|(k, v)| {
-            v.as_str()
-                .map(|s| (k.clone(), s.to_owned()))
-                .ok_or_else(|| err("ValidationException", "tag values must be strings"))
-        })
-        .collect()
-}
-
-async fn delete_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn delete_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     // As AWS: a stream with registered consumers is deleted (with them) only when asked to.
     let enforce = req
@@ -344,7 +104,7 @@ async fn delete_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({}))
 }
 
-async fn describe_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn describe_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let d = ctx.stream.describe_stream(&name).await?;
     let mode = ctx.stream.describe_stream_summary(&name).await?.mode;
@@ -374,7 +134,7 @@ async fn describe_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     }}))
 }
 
-async fn describe_stream_summary(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn describe_stream_summary(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let d = ctx.stream.describe_stream_summary(&name).await?;
     Ok(json!({"StreamDescriptionSummary": {
@@ -392,7 +152,7 @@ async fn describe_stream_summary(ctx: &KinesisContext, req: &Value) -> OpResult 
     }}))
 }
 
-async fn describe_limits(ctx: &KinesisContext) -> OpResult {
+pub(super) async fn describe_limits(ctx: &KinesisContext) -> OpResult {
     let mut open = 0u64;
     let mut on_demand = 0u64;
     for name in ctx.stream.list_streams().await? {
@@ -418,7 +178,7 @@ fn mode_name(m: StreamMode) -> &'static str {
     }
 }
 
-async fn list_streams(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn list_streams(ctx: &KinesisContext, req: &Value) -> OpResult {
     let page = ctx
         .stream
         .list_streams_page(ListStreamsInput {
@@ -454,7 +214,7 @@ async fn list_streams(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(out)
 }
 
-async fn list_shards(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn list_shards(ctx: &KinesisContext, req: &Value) -> OpResult {
     let next_token = str_field(req, "NextToken").map(str::to_owned);
     let stream = if next_token.is_some() {
         if req.get("StreamName").is_some() || req.get("StreamARN").is_some() {
@@ -535,7 +295,7 @@ fn shard_filter(f: &Value) -> Result<ShardFilter, KinesisError> {
     })
 }
 
-async fn split_shard(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn split_shard(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let shard = str_field(req, "ShardToSplit").ok_or_else(|| validation("shardToSplit"))?;
     let key =
@@ -545,7 +305,7 @@ async fn split_shard(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({}))
 }
 
-async fn merge_shards(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn merge_shards(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let shard = str_field(req, "ShardToMerge").ok_or_else(|| validation("shardToMerge"))?;
     let adjacent =
@@ -554,7 +314,7 @@ async fn merge_shards(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({}))
 }
 
-async fn update_shard_count(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn update_shard_count(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let target = req
         .get("TargetShardCount")
@@ -585,7 +345,7 @@ async fn update_shard_count(ctx: &KinesisContext, req: &Value) -> OpResult {
     }))
 }
 
-async fn retention(ctx: &KinesisContext, req: &Value, increase: bool) -> OpResult {
+pub(super) async fn retention(ctx: &KinesisContext, req: &Value, increase: bool) -> OpResult {
     let name = stream_name(ctx, req)?;
     let hours = req
         .get("RetentionPeriodHours")
@@ -601,7 +361,7 @@ async fn retention(ctx: &KinesisContext, req: &Value, increase: bool) -> OpResul
     Ok(json!({}))
 }
 
-async fn update_max_record_size(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn update_max_record_size(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let kib = req
         .get("MaxRecordSizeInKiB")
@@ -613,7 +373,7 @@ async fn update_max_record_size(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({}))
 }
 
-async fn add_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn add_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let tags = tags_in(req.get("Tags"))?;
     if tags.is_empty() {
@@ -637,7 +397,7 @@ fn tag_keys_in(req: &Value) -> Result<Vec<String>, KinesisError> {
         .collect()
 }
 
-async fn remove_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn remove_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let keys = tag_keys_in(req)?;
     ctx.stream.remove_tags(&name, keys).await?;
@@ -653,13 +413,13 @@ enum Resource {
 fn resource(ctx: &KinesisContext, req: &Value) -> Result<Resource, KinesisError> {
     let arn = str_field(req, "ResourceARN").ok_or_else(|| validation("resourceARN"))?;
     if arn.contains("/consumer/") {
-        return crate::kinesis_efo::parse_consumer_arn(ctx, arn).map(Resource::Consumer);
+        return efo::parse_consumer_arn(ctx, arn).map(Resource::Consumer);
     }
     stream_name(ctx, &json!({ "StreamARN": arn })).map(Resource::Stream)
 }
 
 /// TagResource: a stream's tags as AddTagsToStream, or a consumer's.
-async fn tag_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn tag_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
     let tags = tags_in(req.get("Tags"))?;
     if tags.is_empty() {
         return Err(validation("tags"));
@@ -671,7 +431,7 @@ async fn tag_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({}))
 }
 
-async fn untag_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn untag_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
     let keys = tag_keys_in(req)?;
     match resource(ctx, req)? {
         Resource::Stream(name) => ctx.stream.remove_tags(&name, keys).await?,
@@ -681,7 +441,7 @@ async fn untag_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
 }
 
 /// ListTagsForResource: every tag, in key order (no pagination in this call).
-async fn list_tags_for_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn list_tags_for_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
     let tags: Vec<(String, String)> = match resource(ctx, req)? {
         Resource::Stream(name) => {
             let mut all = Vec::new();
@@ -703,7 +463,7 @@ async fn list_tags_for_resource(ctx: &KinesisContext, req: &Value) -> OpResult {
     }))
 }
 
-async fn list_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn list_tags(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let page = ctx
         .stream
@@ -752,7 +512,7 @@ fn record_in(r: &Value) -> Result<PutRecord, KinesisError> {
     })
 }
 
-async fn put_record(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn put_record(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let ordering = str_field(req, "SequenceNumberForOrdering").map(str::to_owned);
     let put = match ordering {
@@ -770,7 +530,7 @@ async fn put_record(ctx: &KinesisContext, req: &Value) -> OpResult {
     }))
 }
 
-async fn put_records(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn put_records(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let raw = req
         .get("Records")
@@ -825,65 +585,7 @@ async fn put_records(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({"FailedRecordCount": failed, "Records": out, "EncryptionType": "NONE"}))
 }
 
-/// Where an iterator-like position's parts are in a request: GetShardIterator's top-level
-/// fields or SubscribeToShard's `StartingPosition` object.
-pub(crate) struct IteratorFields {
-    /// The position type's field, and its name in a validation error.
-    pub(crate) kind: &'static str,
-    pub(crate) kind_member: &'static str,
-    /// As named in error messages (with any enclosing object's prefix).
-    pub(crate) sequence_number: &'static str,
-    pub(crate) timestamp: &'static str,
-}
-
-/// Reads a starting position (type, sequence number, timestamp) from `obj`. The sequence
-/// number and timestamp fields are the last part of the names in `fields`.
-pub(crate) fn iterator_spec(
-    obj: &Value,
-    fields: IteratorFields,
-) -> Result<IteratorSpec, KinesisError> {
-    let last = |name: &'static str| name.rsplit('.').next().unwrap_or(name);
-    let kind = str_field(obj, fields.kind).ok_or_else(|| validation(fields.kind_member))?;
-    let seq = || {
-        str_field(obj, last(fields.sequence_number))
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                err(
-                    "InvalidArgumentException",
-                    format!("{} is required for {kind}", fields.sequence_number),
-                )
-            })
-    };
-    Ok(match kind {
-        "TRIM_HORIZON" => IteratorSpec::TrimHorizon,
-        "LATEST" => IteratorSpec::Latest,
-        "AT_SEQUENCE_NUMBER" => IteratorSpec::AtSequenceNumber(seq()?),
-        "AFTER_SEQUENCE_NUMBER" => IteratorSpec::AfterSequenceNumber(seq()?),
-        "AT_TIMESTAMP" => {
-            let ts = obj
-                .get(last(fields.timestamp))
-                .and_then(Value::as_f64)
-                .ok_or_else(|| {
-                    err(
-                        "InvalidArgumentException",
-                        format!("{} is required for AT_TIMESTAMP", fields.timestamp),
-                    )
-                })?;
-            IteratorSpec::AtTimestamp((ts * 1000.0) as i64)
-        }
-        other => {
-            return Err(err(
-                "ValidationException",
-                format!(
-                    "1 validation error detected: Value '{other}' at '{}' failed to satisfy constraint: Member must satisfy enum value set: [AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, LATEST, AT_TIMESTAMP]",
-                    fields.kind_member
-                ),
-            ));
-        }
-    })
-}
-
-async fn get_shard_iterator(ctx: &KinesisContext, req: &Value) -> OpResult {
+pub(super) async fn get_shard_iterator(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let shard = str_field(req, "ShardId").ok_or_else(|| validation("shardId"))?;
     let spec = iterator_spec(
@@ -899,7 +601,7 @@ async fn get_shard_iterator(ctx: &KinesisContext, req: &Value) -> OpResult {
     Ok(json!({"ShardIterator": it}))
 }
 
-async fn get_records_output(
+pub(super) async fn get_records_output(
     ctx: &KinesisContext,
     req: &Value,
 ) -> Result<sluice_stream::GetRecordsOutput, KinesisError> {
@@ -920,7 +622,7 @@ async fn get_records_output(
 }
 
 /// GetRecords' response as a `Value` (for CBOR; JSON goes through [`get_records_json`]).
-fn get_records_value(out: &sluice_stream::GetRecordsOutput) -> Value {
+pub(super) fn get_records_value(out: &sluice_stream::GetRecordsOutput) -> Value {
     let records: Vec<Value> = out.records.iter().map(record_value).collect();
     let mut v = json!({"Records": records, "MillisBehindLatest": out.millis_behind_latest});
     if let Some(next) = &out.next_iterator {
@@ -932,44 +634,16 @@ fn get_records_value(out: &sluice_stream::GetRecordsOutput) -> Value {
     v
 }
 
-/// A record as GetRecords (and SubscribeToShard's events) return it.
-pub(crate) fn record_value(r: &sluice_stream::Record) -> Value {
-    json!({
-        "SequenceNumber": r.sequence_number,
-        "ApproximateArrivalTimestamp": epoch_secs(r.approximate_arrival_ms),
-        "Data": B64.encode(&r.data),
-        "PartitionKey": r.partition_key,
-    })
-}
-
-pub(crate) fn child_shards_value(out: &sluice_stream::GetRecordsOutput) -> Value {
-    json!(
-        out.child_shards
-            .iter()
-            .map(|c| json!({
-                "ShardId": c.shard_id,
-                "ParentShards": c.parent_shards,
-                "HashKeyRange": {
-                    "StartingHashKey": c.starting_hash_key.to_string(),
-                    "EndingHashKey": c.ending_hash_key.to_string(),
-                },
-            }))
-            .collect::<Vec<_>>()
-    )
-}
-
 /// GetRecords' JSON response, written directly: the same document as
 /// `get_records_value(out).to_string()` (keys in the same, sorted order), without building
 /// it as a tree first.
-fn get_records_json(out: &sluice_stream::GetRecordsOutput) -> Result<Vec<u8>, KinesisError> {
+pub(super) fn get_records_json(
+    out: &sluice_stream::GetRecordsOutput,
+) -> Result<Vec<u8>, KinesisError> {
     fn write(buf: &mut Vec<u8>, v: &impl serde::Serialize) -> Result<(), KinesisError> {
         serde_json::to_writer(buf, v).map_err(|e| {
             tracing::error!(error = %e, "cannot serialise GetRecords response");
-            KinesisError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                kind: "InternalFailure",
-                message: "internal failure".into(),
-            }
+            internal_failure()
         })
     }
     let data_len: usize = out.records.iter().map(|r| r.data.len() * 4 / 3 + 128).sum();
@@ -1012,51 +686,6 @@ fn get_records_json(out: &sluice_stream::GetRecordsOutput) -> Result<Vec<u8>, Ki
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn starting_positions_read_their_fields_and_name_them_in_errors() {
-        let top = || IteratorFields {
-            kind: "ShardIteratorType",
-            kind_member: "shardIteratorType",
-            sequence_number: "StartingSequenceNumber",
-            timestamp: "Timestamp",
-        };
-        let nested = || IteratorFields {
-            kind: "Type",
-            kind_member: "startingPosition.type",
-            sequence_number: "StartingPosition.SequenceNumber",
-            timestamp: "StartingPosition.Timestamp",
-        };
-        let seq = "49590338271490256608559692538361571095921575989136588898";
-        let spec = iterator_spec(
-            &json!({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": seq}),
-            top(),
-        )
-        .expect("spec");
-        assert!(matches!(spec, IteratorSpec::AfterSequenceNumber(s) if s == seq));
-        let spec = iterator_spec(&json!({"Type": "AT_TIMESTAMP", "Timestamp": 1.5}), nested())
-            .expect("spec");
-        assert!(matches!(spec, IteratorSpec::AtTimestamp(1500)));
-        let e =
-            iterator_spec(&json!({"Type": "AT_SEQUENCE_NUMBER"}), nested()).expect_err("no seq");
-        assert_eq!(
-            (e.kind, e.message.as_str()),
-            (
-                "InvalidArgumentException",
-                "StartingPosition.SequenceNumber is required for AT_SEQUENCE_NUMBER"
-            )
-        );
-        let e = iterator_spec(&json!({"ShardIteratorType": "AT_TIMESTAMP"}), top())
-            .expect_err("no timestamp");
-        assert_eq!(e.message, "Timestamp is required for AT_TIMESTAMP");
-        let e = iterator_spec(&json!({"Type": "SOMEWHERE"}), nested()).expect_err("bad type");
-        assert_eq!(e.kind, "ValidationException");
-        assert!(
-            e.message.contains("at 'startingPosition.type'"),
-            "{}",
-            e.message
-        );
-    }
 
     #[test]
     fn get_records_json_is_the_value_document() {

@@ -1,0 +1,305 @@
+//! What the Kinesis operations share: the context they run in (the stream, ARNs, the
+//! running subscriptions), errors and the protocol's two encodings, the fields of a request,
+//! and records as responses show them. Depends on no other module of `kinesis` but
+//! `leases`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use sluice_stream::{IteratorSpec, Stream, StreamError};
+
+use super::leases::Subscriptions;
+
+pub const SERVICE: &str = "Kinesis_20131202";
+
+/// Where ARNs point.
+#[derive(Clone)]
+pub struct KinesisContext {
+    pub stream: Arc<dyn Stream>,
+    pub region: String,
+    pub account_id: String,
+    /// SubscribeToShard's running subscriptions (and their timings).
+    pub subscriptions: Subscriptions,
+}
+
+impl KinesisContext {
+    pub(crate) fn arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:kinesis:{}:{}:stream/{name}",
+            self.region, self.account_id
+        )
+    }
+}
+
+/// A Kinesis error: HTTP status, exception name and message.
+#[derive(Debug)]
+pub struct KinesisError {
+    pub(crate) status: StatusCode,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
+}
+
+pub(crate) fn err(kind: &'static str, message: impl Into<String>) -> KinesisError {
+    KinesisError {
+        status: StatusCode::BAD_REQUEST,
+        kind,
+        message: message.into(),
+    }
+}
+
+/// A failure of sluice's own, logged where it happened; clients learn no more than this.
+pub(crate) fn internal_failure() -> KinesisError {
+    KinesisError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "InternalFailure",
+        message: "internal failure".into(),
+    }
+}
+
+pub(crate) fn validation(field: &str) -> KinesisError {
+    err(
+        "ValidationException",
+        format!(
+            "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
+        ),
+    )
+}
+
+/// Stream errors as Kinesis exceptions, in one place.
+impl From<StreamError> for KinesisError {
+    fn from(e: StreamError) -> Self {
+        match e {
+            StreamError::ResourceNotFound(m) => err("ResourceNotFoundException", m),
+            StreamError::ResourceInUse(m) => err("ResourceInUseException", m),
+            StreamError::InvalidArgument(m) => err("InvalidArgumentException", m),
+            StreamError::ExpiredIterator(m) => err("ExpiredIteratorException", m),
+            StreamError::LimitExceeded(m) => err("LimitExceededException", m),
+            StreamError::ProvisionedThroughputExceeded(m) => {
+                err("ProvisionedThroughputExceededException", m)
+            }
+            StreamError::Meta(m) => match crate::json11::unavailable(&m) {
+                Some(message) => KinesisError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    kind: "ServiceUnavailable",
+                    message,
+                },
+                None => {
+                    tracing::error!(error = %m, "kinesis request failed");
+                    internal_failure()
+                }
+            },
+            StreamError::Backend(detail) => {
+                tracing::error!(error = %detail, "kinesis request failed");
+                internal_failure()
+            }
+        }
+    }
+}
+
+pub(crate) type OpResult = Result<Value, KinesisError>;
+
+/// The Kinesis protocol's two encodings: JSON 1.1 (most SDKs) and CBOR 1.1 (the Java SDK
+/// v2 and the KCL by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Cbor,
+}
+
+impl Encoding {
+    pub fn of(content_type: Option<&str>) -> Encoding {
+        match content_type {
+            Some(ct) if ct.starts_with("application/x-amz-cbor") => Encoding::Cbor,
+            _ => Encoding::Json,
+        }
+    }
+}
+
+pub(crate) fn str_field<'a>(req: &'a Value, name: &str) -> Option<&'a str> {
+    req.get(name).and_then(Value::as_str)
+}
+
+/// The stream a request names, by `StreamName` or `StreamARN`.
+pub(crate) fn stream_name(ctx: &KinesisContext, req: &Value) -> Result<String, KinesisError> {
+    if let Some(name) = str_field(req, "StreamName") {
+        return Ok(name.to_owned());
+    }
+    if let Some(arn) = str_field(req, "StreamARN") {
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let name = match parts.as_slice() {
+            ["arn", _, "kinesis", region, account, resource] => {
+                if *region != ctx.region || *account != ctx.account_id {
+                    return Err(err(
+                        "ResourceNotFoundException",
+                        format!("stream {arn} not found"),
+                    ));
+                }
+                resource.strip_prefix("stream/")
+            }
+            _ => None,
+        };
+        return name
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| err("ValidationException", format!("invalid stream ARN {arn:?}")));
+    }
+    Err(validation("streamName"))
+}
+
+pub(crate) fn epoch_secs(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+pub(crate) fn tags_in(v: Option<&Value>) -> Result<BTreeMap<String, String>, KinesisError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(BTreeMap::new());
+    };
+    let obj = v
+        .as_object()
+        .ok_or_else(|| err("ValidationException", "Tags must be a map of strings"))?;
+    obj.iter()
+        .map(|(k, v)| {
+            v.as_str()
+                .map(|s| (k.clone(), s.to_owned()))
+                .ok_or_else(|| err("ValidationException", "tag values must be strings"))
+        })
+        .collect()
+}
+
+/// Where an iterator-like position's parts are in a request: GetShardIterator's top-level
+/// fields or SubscribeToShard's `StartingPosition` object.
+pub(crate) struct IteratorFields {
+    /// The position type's field, and its name in a validation error.
+    pub(crate) kind: &'static str,
+    pub(crate) kind_member: &'static str,
+    /// As named in error messages (with any enclosing object's prefix).
+    pub(crate) sequence_number: &'static str,
+    pub(crate) timestamp: &'static str,
+}
+
+/// Reads a starting position (type, sequence number, timestamp) from `obj`. The sequence
+/// number and timestamp fields are the last part of the names in `fields`.
+pub(crate) fn iterator_spec(
+    obj: &Value,
+    fields: IteratorFields,
+) -> Result<IteratorSpec, KinesisError> {
+    let last = |name: &'static str| name.rsplit('.').next().unwrap_or(name);
+    let kind = str_field(obj, fields.kind).ok_or_else(|| validation(fields.kind_member))?;
+    let seq = || {
+        str_field(obj, last(fields.sequence_number))
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                err(
+                    "InvalidArgumentException",
+                    format!("{} is required for {kind}", fields.sequence_number),
+                )
+            })
+    };
+    Ok(match kind {
+        "TRIM_HORIZON" => IteratorSpec::TrimHorizon,
+        "LATEST" => IteratorSpec::Latest,
+        "AT_SEQUENCE_NUMBER" => IteratorSpec::AtSequenceNumber(seq()?),
+        "AFTER_SEQUENCE_NUMBER" => IteratorSpec::AfterSequenceNumber(seq()?),
+        "AT_TIMESTAMP" => {
+            let ts = obj
+                .get(last(fields.timestamp))
+                .and_then(Value::as_f64)
+                .ok_or_else(|| {
+                    err(
+                        "InvalidArgumentException",
+                        format!("{} is required for AT_TIMESTAMP", fields.timestamp),
+                    )
+                })?;
+            IteratorSpec::AtTimestamp((ts * 1000.0) as i64)
+        }
+        other => {
+            return Err(err(
+                "ValidationException",
+                format!(
+                    "1 validation error detected: Value '{other}' at '{}' failed to satisfy constraint: Member must satisfy enum value set: [AT_SEQUENCE_NUMBER, AFTER_SEQUENCE_NUMBER, TRIM_HORIZON, LATEST, AT_TIMESTAMP]",
+                    fields.kind_member
+                ),
+            ));
+        }
+    })
+}
+
+/// A record as GetRecords (and SubscribeToShard's events) return it.
+pub(crate) fn record_value(r: &sluice_stream::Record) -> Value {
+    json!({
+        "SequenceNumber": r.sequence_number,
+        "ApproximateArrivalTimestamp": epoch_secs(r.approximate_arrival_ms),
+        "Data": B64.encode(&r.data),
+        "PartitionKey": r.partition_key,
+    })
+}
+
+pub(crate) fn child_shards_value(out: &sluice_stream::GetRecordsOutput) -> Value {
+    json!(
+        out.child_shards
+            .iter()
+            .map(|c| json!({
+                "ShardId": c.shard_id,
+                "ParentShards": c.parent_shards,
+                "HashKeyRange": {
+                    "StartingHashKey": c.starting_hash_key.to_string(),
+                    "EndingHashKey": c.ending_hash_key.to_string(),
+                },
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starting_positions_read_their_fields_and_name_them_in_errors() {
+        let top = || IteratorFields {
+            kind: "ShardIteratorType",
+            kind_member: "shardIteratorType",
+            sequence_number: "StartingSequenceNumber",
+            timestamp: "Timestamp",
+        };
+        let nested = || IteratorFields {
+            kind: "Type",
+            kind_member: "startingPosition.type",
+            sequence_number: "StartingPosition.SequenceNumber",
+            timestamp: "StartingPosition.Timestamp",
+        };
+        let seq = "49590338271490256608559692538361571095921575989136588898";
+        let spec = iterator_spec(
+            &json!({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": seq}),
+            top(),
+        )
+        .expect("spec");
+        assert!(matches!(spec, IteratorSpec::AfterSequenceNumber(s) if s == seq));
+        let spec = iterator_spec(&json!({"Type": "AT_TIMESTAMP", "Timestamp": 1.5}), nested())
+            .expect("spec");
+        assert!(matches!(spec, IteratorSpec::AtTimestamp(1500)));
+        let e =
+            iterator_spec(&json!({"Type": "AT_SEQUENCE_NUMBER"}), nested()).expect_err("no seq");
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (
+                "InvalidArgumentException",
+                "StartingPosition.SequenceNumber is required for AT_SEQUENCE_NUMBER"
+            )
+        );
+        let e = iterator_spec(&json!({"ShardIteratorType": "AT_TIMESTAMP"}), top())
+            .expect_err("no timestamp");
+        assert_eq!(e.message, "Timestamp is required for AT_TIMESTAMP");
+        let e = iterator_spec(&json!({"Type": "SOMEWHERE"}), nested()).expect_err("bad type");
+        assert_eq!(e.kind, "ValidationException");
+        assert!(
+            e.message.contains("at 'startingPosition.type'"),
+            "{}",
+            e.message
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! Kinesis Data Streams' JSON 1.1 protocol (`Kinesis_20131202.*`) over the `Stream` part.
+//!
+//! Modules, each depending only on those after it: this one decodes a request and
+//! dispatches it; `streams` (stream, shard, tag and record operations) uses `efo`
+//! (enhanced fan-out: consumers and SubscribeToShard) for consumer ARNs; both use `common`
+//! (context, errors, encodings, request fields, record shapes), which uses `leases` (one
+//! subscription per consumer and shard).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::json11::{json_error, json_ok};
+
+mod common;
+mod efo;
+mod leases;
+mod streams;
+
+pub use common::{Encoding, KinesisContext, KinesisError, SERVICE};
+pub use leases::{
+    HEARTBEAT, SUBSCRIPTION_DURATION, SubscribeOptions, Subscriptions, TAKEOVER_AFTER,
+};
+
+use common::{OpResult, err};
+
+pub async fn handle(ctx: &KinesisContext, op: &str, body: &[u8], enc: Encoding) -> Response {
+    let req = match enc {
+        Encoding::Json => serde_json::from_slice::<Value>(body).ok(),
+        Encoding::Cbor => crate::cbor::decode(body),
+    };
+    let result = match req {
+        // GetRecords in JSON is written straight to the body: its records (base64 data)
+        // are most of what the edge serialises, and a `Value` tree of them costs an
+        // allocation per field plus escaping on the way out.
+        Some(req @ Value::Object(_)) if enc == Encoding::Json && op == "GetRecords" => {
+            return match streams::get_records_output(ctx, &req)
+                .await
+                .and_then(|out| streams::get_records_json(&out))
+            {
+                Ok(body) => (
+                    StatusCode::OK,
+                    [("content-type", "application/x-amz-json-1.1")],
+                    body,
+                )
+                    .into_response(),
+                Err(e) => json_error(e.status, e.kind, &e.message),
+            };
+        }
+        // SubscribeToShard answers with an event stream; only its refusals are rendered here.
+        Some(req @ Value::Object(_)) if op == "SubscribeToShard" => {
+            match efo::subscribe_to_shard(ctx, &req, enc).await {
+                Ok(resp) => return resp,
+                Err(e) => Err(e),
+            }
+        }
+        Some(req @ Value::Object(_)) => call(ctx, op, &req).await,
+        _ => Err(err(
+            "SerializationException",
+            "request body is not a JSON or CBOR map",
+        )),
+    };
+    match (result, enc) {
+        (Ok(v), Encoding::Json) => json_ok(v),
+        (Err(e), Encoding::Json) => json_error(e.status, e.kind, &e.message),
+        (Ok(v), Encoding::Cbor) => crate::cbor::response(StatusCode::OK, &v),
+        (Err(e), Encoding::Cbor) => {
+            crate::cbor::response(e.status, &json!({"__type": e.kind, "message": e.message}))
+        }
+    }
+}
+
+/// One Kinesis operation on a decoded request.
+async fn call(ctx: &KinesisContext, op: &str, req: &Value) -> OpResult {
+    match op {
+        "CreateStream" => streams::create_stream(ctx, req).await,
+        "DeleteStream" => streams::delete_stream(ctx, req).await,
+        "DescribeStream" => streams::describe_stream(ctx, req).await,
+        "DescribeStreamSummary" => streams::describe_stream_summary(ctx, req).await,
+        "ListStreams" => streams::list_streams(ctx, req).await,
+        "ListShards" => streams::list_shards(ctx, req).await,
+        "PutRecord" => streams::put_record(ctx, req).await,
+        "PutRecords" => streams::put_records(ctx, req).await,
+        "GetShardIterator" => streams::get_shard_iterator(ctx, req).await,
+        "GetRecords" => Ok(streams::get_records_value(
+            &streams::get_records_output(ctx, req).await?,
+        )),
+        "SplitShard" => streams::split_shard(ctx, req).await,
+        "MergeShards" => streams::merge_shards(ctx, req).await,
+        "UpdateShardCount" => streams::update_shard_count(ctx, req).await,
+        "IncreaseStreamRetentionPeriod" => streams::retention(ctx, req, true).await,
+        "DecreaseStreamRetentionPeriod" => streams::retention(ctx, req, false).await,
+        "UpdateMaxRecordSize" => streams::update_max_record_size(ctx, req).await,
+        "AddTagsToStream" => streams::add_tags(ctx, req).await,
+        "RemoveTagsFromStream" => streams::remove_tags(ctx, req).await,
+        "ListTagsForStream" => streams::list_tags(ctx, req).await,
+        "TagResource" => streams::tag_resource(ctx, req).await,
+        "UntagResource" => streams::untag_resource(ctx, req).await,
+        "ListTagsForResource" => streams::list_tags_for_resource(ctx, req).await,
+        "DescribeLimits" => streams::describe_limits(ctx).await,
+        "RegisterStreamConsumer" => efo::register(ctx, req).await,
+        "DescribeStreamConsumer" => efo::describe(ctx, req).await,
+        "ListStreamConsumers" => efo::list(ctx, req).await,
+        "DeregisterStreamConsumer" => efo::deregister(ctx, req).await,
+        _ => Err(err(
+            "UnknownOperationException",
+            format!("operation {op} is not supported by sluice's Kinesis endpoint"),
+        )),
+    }
+}
