@@ -22,6 +22,7 @@ async fn read(b: &dyn Blobs, id: &str, range: Option<(u64, u64)>) -> Result<Vec<
 
 /// Runs every rule against `b` (a fresh, empty engine).
 pub async fn run_all(b: &dyn Blobs) {
+    b.check().await.expect("a usable engine passes its check");
     round_trips_and_ranges(b).await;
     a_failed_body_leaves_no_blob(b).await;
     missing_blobs_and_idempotent_deletes(b).await;

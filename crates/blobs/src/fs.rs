@@ -27,9 +27,14 @@ impl FsBlobs {
     /// Opens (creating if needed) the blob directory `dir`.
     pub fn open(dir: &Path) -> Result<FsBlobs, BlobError> {
         std::fs::create_dir_all(dir)?;
-        Ok(FsBlobs {
+        Ok(FsBlobs::at(dir))
+    }
+
+    /// The blob directory `dir`, as it is (nothing is created; see [`Blobs::check`]).
+    pub fn at(dir: &Path) -> FsBlobs {
+        FsBlobs {
             dir: dir.to_owned(),
-        })
+        }
     }
 
     fn path(&self, id: &str) -> Result<PathBuf, BlobError> {
@@ -224,9 +229,39 @@ impl Blobs for FsBlobs {
             .map_err(|e| BlobError::Backend(format!("cleanup failed: {e}")))?
     }
 
+    /// The directory exists, is a directory, and a file can be created in it (a probe,
+    /// removed at once).
+    async fn check(&self) -> Result<(), BlobError> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || check_dir(&dir))
+            .await
+            .map_err(|e| BlobError::Backend(format!("blob directory check failed: {e}")))?
+    }
+
     fn describe(&self) -> String {
         format!("file://{}", self.dir.display())
     }
+}
+
+fn check_dir(dir: &Path) -> Result<(), BlobError> {
+    let unusable = |what: String| BlobError::Unavailable(format!("{}: {what}", dir.display()));
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(unusable("not a directory".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(unusable("the directory does not exist".into()));
+        }
+        Err(e) => return Err(unusable(format!("cannot read it: {e}"))),
+    }
+    // Not a blob's name: listings and sweeps pass it by.
+    let probe = dir.join(format!(".check-{}", crate::new_id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| unusable(format!("cannot create a file in it: {e}")))?;
+    std::fs::remove_file(&probe)
+        .map_err(|e| unusable(format!("cannot remove {}: {e}", probe.display())))
 }
 
 fn list_blocking(

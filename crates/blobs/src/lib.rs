@@ -117,6 +117,13 @@ pub trait Blobs: Send + Sync + 'static {
         Ok(0)
     }
 
+    /// Whether the engine can be used now (`sluice doctor`): by default, one blob is
+    /// listed, which proves the engine reachable and its location there (an S3 bucket
+    /// exists and the credentials may read it). Writes nothing that stays.
+    async fn check(&self) -> Result<(), BlobError> {
+        self.list(None, 1).await.map(|_| ())
+    }
+
     /// The engine's URL without secrets, for logs and `sluice doctor`.
     fn describe(&self) -> String;
 }
@@ -138,13 +145,27 @@ pub fn valid_id(id: &str) -> bool {
 /// Opens the engine a URL names: `file://DIR` or a plain directory path (created if
 /// needed), or `s3://BUCKET?…` (see the `s3` module).
 pub fn open(url: &str) -> Result<std::sync::Arc<dyn Blobs>, BlobError> {
+    open_engine(url, true)
+}
+
+/// Opens the engine a URL names without creating anything, to inspect it (`sluice
+/// doctor`): a missing directory is reported by [`Blobs::check`].
+pub fn inspect(url: &str) -> Result<std::sync::Arc<dyn Blobs>, BlobError> {
+    open_engine(url, false)
+}
+
+fn open_engine(url: &str, create: bool) -> Result<std::sync::Arc<dyn Blobs>, BlobError> {
+    let dir = |path: &str| -> Result<std::sync::Arc<dyn Blobs>, BlobError> {
+        let path = std::path::Path::new(path);
+        Ok(std::sync::Arc::new(if create {
+            fs::FsBlobs::open(path)?
+        } else {
+            fs::FsBlobs::at(path)
+        }))
+    };
     match url.split_once("://") {
-        None => Ok(std::sync::Arc::new(fs::FsBlobs::open(
-            std::path::Path::new(url),
-        )?)),
-        Some(("file", path)) => Ok(std::sync::Arc::new(fs::FsBlobs::open(
-            std::path::Path::new(path),
-        )?)),
+        None => dir(url),
+        Some(("file", path)) => dir(path),
         Some(("s3", _)) => open_s3(url),
         Some((other, _)) => Err(BlobError::InvalidUrl {
             url: url.to_owned(),

@@ -1,10 +1,12 @@
 //! `sluice doctor`: checks sluice's data without changing it.
 //!
 //! Opens the metadata engine — the SQLite file read-only (no migrations, no writer; a running
-//! server may keep serving meanwhile), or PostgreSQL without applying migrations — runs the
-//! engine's own check (SQLite's integrity check; PostgreSQL's durability settings), then the
-//! stream's (every record of the log against its checksum, every shard's counters). Prints
-//! what it found; fails (non-zero exit) if anything is wrong.
+//! server may keep serving meanwhile), or PostgreSQL without applying migrations — and the
+//! blob engine (creating nothing), runs the metadata engine's own check (SQLite's integrity
+//! check; PostgreSQL's durability settings), the stream's (every record of the log against
+//! its checksum, every shard's counters) and the blob engine's (`Blobs::check`: an S3 bucket
+//! answers a listing; a blob directory exists and takes a file). Prints what it found; fails
+//! (non-zero exit) if anything is wrong.
 
 use anyhow::{Context, Result, bail};
 use sluice_meta::Meta;
@@ -27,6 +29,12 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
             .with_context(|| format!("cannot open the metadata engine {shown}"))?,
     };
     println!("meta: {shown}");
+    let blobs = sluice_blobs::inspect(&settings.store);
+    let blobs_shown = match &blobs {
+        Ok(b) => b.describe(),
+        Err(_) => shown_url(&settings.store),
+    };
+    println!("blobs: {blobs_shown}");
     let mut problems = 0usize;
 
     match db.check() {
@@ -72,9 +80,21 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
             problems += 1;
         }
     }
+
+    let checked = match blobs {
+        Ok(b) => rt.block_on(b.check()),
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(()) => println!("blobs check: ok"),
+        Err(e) => {
+            println!("blobs check: failed: {e}");
+            problems += 1;
+        }
+    }
     if problems > 0 {
         bail!(
-            "sluice's data has {problems} problem{} (metadata {shown}, stream log {})",
+            "sluice's data has {problems} problem{} (metadata {shown}, stream log {}, blobs {blobs_shown})",
             if problems == 1 { "" } else { "s" },
             settings.stream_log_dir().display()
         );

@@ -72,7 +72,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check the database (read-only): SQLite's quick_check and every stream record's checksum.
+    /// Check the data (read-only): the metadata engine, every stream record's checksum, and
+    /// that the blob engine can be used.
     Doctor,
 }
 

@@ -91,17 +91,35 @@ fn check_engines(settings: &Settings) -> Result<()> {
     }
 }
 
-/// A URL without its password, for messages.
+/// A URL without its secrets, for messages: the password of `scheme://user:password@host`,
+/// and the values of secret parameters (`secret_access_key`, `session_token`, `password`).
 pub(crate) fn shown_url(url: &str) -> String {
-    match url.split_once("://") {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
             Some((user, host)) => {
                 format!("{scheme}://{}@{host}", user.split(':').next().unwrap_or(""))
             }
-            None => url.to_owned(),
+            None => base.to_owned(),
         },
-        None => url.to_owned(),
-    }
+        None => base.to_owned(),
+    };
+    let Some(query) = query else {
+        return base;
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if matches!(k, "secret_access_key" | "session_token" | "password") => {
+                format!("{k}=***")
+            }
+            _ => p.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
 }
 
 /// Creates the data directory, readable by its owner only (it holds signing keys and
@@ -209,4 +227,22 @@ pub(crate) fn describe(i: &Info) -> String {
         i.bucket,
         i.stream
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_url;
+
+    #[test]
+    fn shown_urls_hide_secrets() {
+        assert_eq!(
+            shown_url("postgres://sluice:pw@db:5432/sluice?pool_size=4"),
+            "postgres://sluice@db:5432/sluice?pool_size=4"
+        );
+        assert_eq!(
+            shown_url("s3://b/p?endpoint=http://h:3900&access_key_id=GK&secret_access_key=s%2F"),
+            "s3://b/p?endpoint=http://h:3900&access_key_id=GK&secret_access_key=***"
+        );
+        assert_eq!(shown_url("/plain/path"), "/plain/path");
+    }
 }

@@ -6,14 +6,20 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{DataDir, Server, bin};
+use common::{DataDir, Server, bin, store_url_of};
 
 fn doctor(data_dir: &Path) -> Output {
+    doctor_with(data_dir, &[])
+}
+
+fn doctor_with(data_dir: &Path, args: &[&str]) -> Output {
     Command::new(bin())
         .arg("doctor")
         .arg("--data-dir")
         .arg(data_dir)
+        .args(args)
         .env_remove("SLUICE_CONFIG")
+        .env_remove("SLUICE_STORE")
         .current_dir(data_dir)
         .output()
         .expect("run sluice doctor")
@@ -44,6 +50,20 @@ fn doctor_passes_a_healthy_data_dir_and_fails_on_a_flipped_record_byte() {
     );
     assert!(stdout.contains("meta check: ok"), "{stdout}");
     assert!(stdout.contains("stream check: ok"), "{stdout}");
+    // The blob engine the server uses, described without secrets, and checked.
+    let store = store_url_of(&dir.0);
+    let shown = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("blobs: "))
+        .unwrap_or_else(|| panic!("the blob engine is described: {stdout}"));
+    if store.starts_with("file://") {
+        assert_eq!(shown, store);
+    } else {
+        let location = store.split('?').next().unwrap_or_default();
+        assert!(shown.starts_with(location), "{shown} describes {store}");
+        assert!(!shown.contains("secret"), "no secret is shown: {shown}");
+    }
+    assert!(stdout.contains("blobs check: ok"), "{stdout}");
     assert!(stdout.contains("no problems found"), "{stdout}");
     server.stop();
 
@@ -127,5 +147,63 @@ fn a_data_dir_refuses_another_metadata_engine_than_its_own() {
     assert!(
         keys(&[]).status.success(),
         "the recorded engine still opens"
+    );
+}
+
+/// A blob engine that cannot be used fails the check with a clear message and a non-zero
+/// exit: a blob directory that is gone, an S3 endpoint nobody answers (its secret never
+/// shown).
+#[test]
+fn doctor_fails_when_the_blob_engine_is_unusable() {
+    let dir = DataDir::new("doctor-blobs");
+    let server = Server::start(&dir.0);
+    server.stop();
+
+    let missing = dir.0.join("no-such-blobs");
+    let url = format!("file://{}", missing.display());
+    let out = doctor_with(&dir.0, &["--store", &url]);
+    let stdout = text(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a missing blob directory fails: {stdout}"
+    );
+    assert!(stdout.contains("meta check: ok"), "{stdout}");
+    assert!(stdout.contains(&format!("blobs: {url}")), "{stdout}");
+    assert!(
+        stdout.contains("blobs check: failed") && stdout.contains("does not exist"),
+        "{stdout}"
+    );
+    assert!(!missing.exists(), "the doctor creates nothing");
+    assert!(
+        text(&out.stderr).contains("1 problem (") && text(&out.stderr).contains("blobs file://"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A port nothing listens on (the S3 client retries for a few seconds, then gives up).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!(
+        "s3://doctor-bucket?endpoint=http://127.0.0.1:{port}&region=garage&access_key_id=GKDOCTOR&secret_access_key=TOPSECRET"
+    );
+    let out = doctor_with(&dir.0, &["--store", &url]);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an unreachable S3 store fails: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "blobs: s3://doctor-bucket at http://127.0.0.1:{port}"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("blobs check: failed"), "{stdout}");
+    assert!(
+        !stdout.contains("TOPSECRET") && !stderr.contains("TOPSECRET"),
+        "the secret stays hidden: {stdout}{stderr}"
     );
 }
