@@ -24,7 +24,7 @@
 //! A lane hands resolved records (with their status updates) to the shard's committer and
 //! goes on with the next batch; the committer marks them done and writes status and
 //! checkpoint, in the order it got them — in one transaction when the observer's rows
-//! live in the checkpoints' database. `Started` is written only for batches still running
+//! live in the checkpoints' database, and batches that queued up meanwhile together. `Started` is written only for batches still running
 //! after [`PROCESSING_AFTER`] (or retried), and never after the outcome.
 //!
 //! A shard with a parent (split) or two (merge) waits until its parents' workers finished
@@ -54,6 +54,8 @@ use crate::{
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// How often the supervisor looks for new shards (after a split or merge).
 const SHARD_DISCOVERY: Duration = Duration::from_secs(5);
+/// Most records whose outcomes one status-and-checkpoint write takes.
+const MAX_COMMIT_RECORDS: usize = 1_000;
 /// Largest batch payload, as Lambda's synchronous invocation limit.
 const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024;
 /// Longest pause between retries of a failing batch.
@@ -969,13 +971,27 @@ impl ShardWorker {
         }
     }
 
-    /// Writes resolved records' status and checkpoint, one batch after another.
+    /// Writes resolved records' status and checkpoint, in the order they were resolved.
+    /// Batches that queued up while a write was under way are written together (in
+    /// order, up to [`MAX_COMMIT_RECORDS`] records): under load one write, and one fsync,
+    /// covers the outcomes of many batches.
     async fn committer(&self, mut rx: mpsc::Receiver<Commit>, shutdown: watch::Receiver<bool>) {
-        while let Some(c) = rx.recv().await {
-            if !c.seqs.is_empty() || !c.updates.is_empty() {
-                self.commit(&c.seqs, c.updates, &shutdown).await;
+        while let Some(first) = rx.recv().await {
+            let mut seqs = first.seqs;
+            let mut updates = first.updates;
+            let mut flushed: Vec<_> = first.flushed.into_iter().collect();
+            // A flush request ends the group: it is answered once everything before it
+            // is written.
+            while flushed.is_empty() && seqs.len() < MAX_COMMIT_RECORDS {
+                let Ok(c) = rx.try_recv() else { break };
+                seqs.extend(c.seqs);
+                updates.extend(c.updates);
+                flushed.extend(c.flushed);
             }
-            if let Some(f) = c.flushed {
+            if !seqs.is_empty() || !updates.is_empty() {
+                self.commit(&seqs, updates, &shutdown).await;
+            }
+            for f in flushed {
                 let _ = f.send(());
             }
         }

@@ -221,7 +221,8 @@ fn bad_input_is_refused_and_stores_nothing() {
         r.send().expect("send")
     };
     let objects_before = rows(&dir.0, "SELECT COUNT(*) FROM objects");
-    let records_before = rows(&dir.0, "SELECT COUNT(*) FROM records");
+    // An upload row is committed with its stream record (the outbox), so no row means no record.
+    let uploads_before = rows(&dir.0, "SELECT COUNT(*) FROM uploads");
 
     let json_ct = Some("application/json");
     let mut cases: Vec<(&str, Option<&str>, Vec<u8>, u16)> = vec![
@@ -279,7 +280,7 @@ fn bad_input_is_refused_and_stores_nothing() {
         assert!(err["message"].is_string(), "{name}: {err}");
     }
     assert_eq!(rows(&dir.0, "SELECT COUNT(*) FROM objects"), objects_before);
-    assert_eq!(rows(&dir.0, "SELECT COUNT(*) FROM records"), records_before);
+    assert_eq!(rows(&dir.0, "SELECT COUNT(*) FROM uploads"), uploads_before);
 
     // Defaults of the seed: a generated file name and "empty" content.
     let resp = post(json_ct, b"{}".to_vec());
