@@ -72,6 +72,9 @@ use tokio::sync::watch;
 
 use crate::StreamError;
 
+#[doc(hidden)]
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod embedded;
 
 /// A shard's log: the stream's id and the shard's index.
