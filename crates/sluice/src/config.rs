@@ -65,6 +65,11 @@ pub(crate) struct CommonArgs {
     /// from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) [default: file://<data-dir>/blobs]
     #[arg(long, env = "SLUICE_STORE", global = true)]
     pub(crate) store: Option<String>,
+    /// Stream records: embedded:// (the stream log in the data directory),
+    /// embedded:///DIR, or nats://… (not built in yet)
+    /// [default: embedded://, i.e. <data-dir>/sluice.db-stream-log]
+    #[arg(long, env = "SLUICE_RECORDS", global = true)]
+    pub(crate) records: Option<String>,
 }
 
 /// An engine's table in `sluice.toml` (`[meta]`).
@@ -85,6 +90,8 @@ pub(crate) struct FileConfig {
     pub(crate) meta: Option<EngineConfig>,
     /// `[store] url = "s3://…"`: where object bytes live.
     pub(crate) store: Option<EngineConfig>,
+    /// `[records] url = "embedded://…"`: where stream records live.
+    pub(crate) records: Option<EngineConfig>,
     /// Address of the upload API.
     pub(crate) listen: Option<SocketAddr>,
     /// Address of the AWS-compatible edge.
@@ -231,6 +238,8 @@ pub(crate) struct Settings {
     pub(crate) meta: String,
     /// URL of the blob engine (`file://…` or `s3://…`).
     pub(crate) store: String,
+    /// URL of the record engine (`embedded://…`; `nats://…` not built in yet).
+    pub(crate) records: String,
     pub(crate) listen: SocketAddr,
     pub(crate) edge_listen: SocketAddr,
     pub(crate) edge_url: Option<String>,
@@ -282,6 +291,12 @@ impl Settings {
                 .filter(|m| !m.is_empty())
                 .or(file.store.and_then(|m| m.url))
                 .unwrap_or_else(|| format!("file://{}", data_dir.join("blobs").display())),
+            records: args
+                .records
+                .clone()
+                .filter(|m| !m.is_empty())
+                .or(file.records.and_then(|m| m.url))
+                .unwrap_or_else(|| "embedded://".into()),
             data_dir,
             listen: args
                 .listen
@@ -401,7 +416,8 @@ impl Settings {
         }
     }
 
-    /// Where the stream's records live (the embedded stream log).
+    /// Where the embedded record engine keeps the stream log unless its URL names a
+    /// directory (`embedded://`).
     pub(crate) fn stream_log_dir(&self) -> PathBuf {
         self.data_dir.join("sluice.db-stream-log")
     }
@@ -511,6 +527,25 @@ mod tests {
 
         std::fs::write(&file, "builtin_mapping = false\n").expect("write");
         assert!(!Settings::resolve(&args).expect("resolve").builtin_mapping);
+
+        assert_eq!(
+            s.records, "embedded://",
+            "the stream log in the data directory"
+        );
+        std::fs::write(&file, "[records]\nurl = \"embedded:///srv/log\"\n").expect("write");
+        assert_eq!(
+            Settings::resolve(&args).expect("resolve").records,
+            "embedded:///srv/log"
+        );
+        let flagged = CommonArgs {
+            records: Some("embedded:///flag".into()),
+            ..args.clone()
+        };
+        assert_eq!(
+            Settings::resolve(&flagged).expect("resolve").records,
+            "embedded:///flag",
+            "flag wins over file"
+        );
 
         std::fs::write(&file, "bogus_key = 1\n").expect("write");
         assert!(

@@ -1,12 +1,12 @@
 //! `sluice doctor`: checks sluice's data without changing it.
 //!
 //! Opens the metadata engine — the SQLite file read-only (no migrations, no writer; a running
-//! server may keep serving meanwhile), or PostgreSQL without applying migrations — and the
-//! blob engine (creating nothing), runs the metadata engine's own check (SQLite's integrity
-//! check; PostgreSQL's durability settings), the stream's (every record of the log against
-//! its checksum, every shard's counters) and the blob engine's (`Blobs::check`: an S3 bucket
-//! answers a listing; a blob directory exists and takes a file). Prints what it found; fails
-//! (non-zero exit) if anything is wrong.
+//! server may keep serving meanwhile), or PostgreSQL without applying migrations — the
+//! record engine read-only, and the blob engine (creating nothing); runs the metadata
+//! engine's own check (SQLite's integrity check; PostgreSQL's durability settings), the
+//! stream's (every record of the log against its checksum, every shard's counters) and the
+//! blob engine's (`Blobs::check`: an S3 bucket answers a listing; a blob directory exists and
+//! takes a file). Prints what it found; fails (non-zero exit) if anything is wrong.
 
 use anyhow::{Context, Result, bail};
 use sluice_meta::Meta;
@@ -56,9 +56,16 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let checked = EmbeddedStream::open_read_only(db.clone(), &settings.stream_log_dir())
-        .map_err(anyhow::Error::from)
-        .and_then(|stream| rt.block_on(stream.check()).map_err(anyhow::Error::from));
+    let mut described = shown_url(&settings.records);
+    let checked =
+        sluice_stream::open_records_read_only(&settings.records, &settings.stream_log_dir())
+            .map_err(anyhow::Error::from)
+            .and_then(|records| {
+                described = records.describe();
+                println!("records: {described}");
+                EmbeddedStream::open_read_only_on(db.clone(), records).map_err(anyhow::Error::from)
+            })
+            .and_then(|stream| rt.block_on(stream.check()).map_err(anyhow::Error::from));
     match checked {
         Ok(report) if report.is_ok() => println!(
             "stream check: ok ({} records checked against their checksums)",
@@ -94,9 +101,8 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
     }
     if problems > 0 {
         bail!(
-            "sluice's data has {problems} problem{} (metadata {shown}, stream log {}, blobs {blobs_shown})",
+            "sluice's data has {problems} problem{} (metadata {shown}, records {described}, blobs {blobs_shown})",
             if problems == 1 { "" } else { "s" },
-            settings.stream_log_dir().display()
         );
     }
     println!("no problems found");

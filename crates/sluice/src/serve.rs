@@ -106,14 +106,22 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     if let Some(b) = &settings.processed_bucket {
         store.ensure_bucket(b).await?;
     }
-    let stream = EmbeddedStream::open_with(
+    let records = sluice_stream::open_records(&settings.records, &settings.stream_log_dir())
+        .with_context(|| {
+            format!(
+                "cannot open the record engine {}",
+                crate::wiring::shown_url(&settings.records)
+            )
+        })?;
+    let stream = EmbeddedStream::open_on(
         db.clone(),
-        &settings.stream_log_dir(),
+        records,
         sluice_stream::embedded::StreamOptions {
             throttle: settings.stream_throttle,
             ..Default::default()
         },
-    )?;
+    )
+    .await?;
     stream
         .ensure_stream(&settings.stream, settings.shards)
         .await?;

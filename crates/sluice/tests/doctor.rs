@@ -207,3 +207,75 @@ fn doctor_fails_when_the_blob_engine_is_unusable() {
         "the secret stays hidden: {stdout}{stderr}"
     );
 }
+
+/// The record engine is chosen by URL (`SLUICE_RECORDS` / `--records`): a log in a directory
+/// of its own is where `serve` appends and processing reads, and what `doctor` checks; a
+/// scheme sluice does not know is invalid, and `nats://` is not built in.
+#[test]
+fn the_record_engine_is_chosen_by_url() {
+    let dir = DataDir::new("records-url");
+    let elsewhere = dir.0.join("elsewhere-log");
+    let url = format!("embedded://{}", elsewhere.display());
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[("SLUICE_RECORDS", &url)],
+    );
+    server.create_user("records@example.com");
+    let token = server.id_token("records@example.com");
+    let resp = server.upload(&token, "elsewhere.txt", "kept elsewhere");
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().expect("json");
+    let id = body["uploadId"].as_str().expect("uploadId").to_owned();
+    assert_eq!(server.wait_final(&token, &id)["status"], "processed");
+    server.stop();
+    let segments = |d: &Path| {
+        std::fs::read_dir(d)
+            .map(|r| r.filter(|e| e.is_ok()).count())
+            .unwrap_or(0)
+    };
+    assert!(segments(&elsewhere) > 0, "the log is where its URL says");
+    assert_eq!(
+        segments(&dir.0.join("sluice.db-stream-log")),
+        0,
+        "nothing in the default place"
+    );
+
+    let with = |records: &str| {
+        Command::new(bin())
+            .arg("doctor")
+            .arg("--data-dir")
+            .arg(&dir.0)
+            .arg("--records")
+            .arg(records)
+            .env_remove("SLUICE_CONFIG")
+            .current_dir(&dir.0)
+            .output()
+            .expect("run sluice doctor")
+    };
+    let out = with(&url);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains(&format!("records: {url}")), "{stdout}");
+    assert!(stdout.contains("stream check: ok (1 records"), "{stdout}");
+
+    let out = with("kafka://broker:9092");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("invalid record engine URL kafka://broker:9092"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = with("nats://user:secret@broker:4222");
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("record engine nats (broker:4222) is not built in"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("secret"),
+        "no secrets in the output: {stdout}"
+    );
+}

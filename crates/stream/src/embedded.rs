@@ -1,21 +1,26 @@
-//! The embedded stream backend: streams, shards, tags and consumers in the shared SQLite
-//! database ([`sluice_meta::Meta`]); records in the stream log beside it (`embedded/log.rs`),
-//! appended by its group-committing writer thread.
+//! Kinesis semantics written once over the two engines below them: streams, shards, tags
+//! and consumers in the metadata engine ([`sluice_meta::Meta`]: SQLite or PostgreSQL);
+//! records in a record engine ([`crate::records::RecordLog`]: the embedded stream log by
+//! default). This layer names no concrete record engine: it routes records to shards,
+//! encodes sequence numbers, signs iterators and keeps shard lineage; the engine keeps
+//! per-shard logs of positions ("counters" here).
 //!
 //! Invariants:
-//! - Each shard's counters are dense and only the log's writer assigns them; the log is
-//!   their truth while it holds records of the shard, and `shards.next_counter` is written
-//!   back before the records that prove a counter are deleted (and when the shard closes),
-//!   so sequence numbers never repeat or go backwards — not after a crash, not after every
-//!   record has been trimmed. Shard indexes come from the stream's `next_shard_idx`,
+//! - Each shard's counters are dense and only the record engine assigns them; the engine
+//!   is their truth while it holds records of the shard, and `shards.next_counter` is
+//!   written back before the records that prove a counter are deleted (the engine's
+//!   `trim` hands this layer the ends to persist first) and when the shard closes (inside
+//!   the engine's fence), and it is the floor of the shard's next append, so sequence
+//!   numbers never repeat or go backwards — not after a crash, not after every record has
+//!   been trimmed. Shard indexes come from the stream's `next_shard_idx`,
 //!   which only grows, so a shard id is never reused; stream ids are never reused either.
 //! - Arrival timestamps are non-decreasing per shard, so AT_TIMESTAMP positions and
 //!   retention trimming agree with sequence order (trimming removes a prefix).
 //! - A closed shard never receives another record; its children have higher indexes, so
 //!   their sequence numbers are higher than any of the parent's.
-//! - Every record's frame carries a CRC-32 that every read verifies: a damaged record is
-//!   reported as an error, never skipped or returned.
-//! - An append is acknowledged, and visible to readers, only after its batch was fsynced.
+//! - A damaged record is reported as an error, never skipped or returned (the engine
+//!   checks; the embedded log's frames carry a CRC-32 that every read verifies).
+//! - An append is acknowledged, and visible to readers, only after it is durable.
 //! - Trimming raises `shards.start_counter`, so trimmed records stay gone after a restart.
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,19 +38,21 @@ use tokio::sync::watch;
 
 mod append;
 mod consumers;
-mod log;
 mod reshard;
 mod schema;
 mod throttle;
 
+pub use crate::records::LogStats;
+pub use crate::records::embedded::SEGMENT_BYTES;
 pub use append::{enqueue_in_tx, settle_in_tx};
-pub use log::LogStats;
 pub use schema::MIGRATIONS;
 pub use throttle::{
     READ_BYTES_PER_SEC, READ_CALLS_PER_SEC, WRITE_BYTES_PER_SEC, WRITE_RECORDS_PER_SEC,
 };
 
 use crate::iterator::{self, Position};
+use crate::records::embedded::EmbeddedLog;
+use crate::records::{FenceOutcome, Imported, RecordError, RecordLog, ShardEnd, ShardKey};
 use crate::{
     ChildShard, CreateStreamOptions, DEFAULT_LIST_SHARDS, DEFAULT_LIST_STREAMS,
     DEFAULT_MAX_RECORD_BYTES, DEFAULT_ON_DEMAND_SHARDS, DEFAULT_RETENTION_HOURS, GetRecordsOutput,
@@ -57,6 +64,7 @@ use crate::{
     parse_sequence_number, parse_shard_id, record_checksum, sequence_number, shard_id,
     validate_stream_name,
 };
+use append::StreamMeta;
 use schema::{ShardRow, StreamRow, load_stream, not_found, shard_row, shard_rows};
 
 /// The counter of a new shard's first record. Counter 0 stays unused, so the shard's
@@ -66,36 +74,84 @@ use schema::{ShardRow, StreamRow, load_stream, not_found, shard_row, shard_rows}
 /// sluice) began at 0 and keep doing so.
 const FIRST_RECORD_COUNTER: u64 = 1;
 
-/// Streams stored in the shared embedded database.
+/// Streams with Kinesis semantics over a metadata engine and a record engine. (The name
+/// is historical: "embedded" as in "implemented by sluice itself", on any engines.)
 #[derive(Clone)]
 pub struct EmbeddedStream {
     db: Meta,
     iterator_key: Arc<Vec<u8>>,
-    watchers: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
-    /// The records: one log per database (held in `Meta::shared`).
-    log: Arc<log::Log>,
+    /// Tailing readers' channels, by stream name, and the stream id each is registered
+    /// with the record engine for ([`RecordLog::subscribe`]).
+    watchers: Arc<Mutex<HashMap<String, Watcher>>>,
+    /// The records: one engine per metadata handle (held in `Meta::shared`).
+    records: Arc<dyn RecordLog>,
+    /// State shared by every handle on the same metadata (the append path's cache).
+    shared: Arc<EngineSlot>,
     throttle: Option<Arc<throttle::Throttle>>,
     /// Stamps consumers and decides when a `Creating` consumer is `Active`.
     clock: Arc<dyn crate::Clock>,
     consumer_activation_ms: i64,
 }
 
-/// Where a database keeps its one [`log::Log`] (`Meta::shared`).
-#[derive(Default)]
-struct LogSlot(Mutex<Option<Arc<log::Log>>>);
+struct Watcher {
+    tx: Arc<watch::Sender<u64>>,
+    /// The stream id `tx` is subscribed to with the record engine, once known.
+    stream_id: Option<i64>,
+}
 
-impl LogSlot {
+/// What a metadata handle keeps for the streams over it (`Meta::shared`): its one record
+/// engine and the append path's cache of stream metadata.
+#[derive(Default)]
+struct EngineSlot {
+    records: Mutex<Option<Arc<dyn RecordLog>>>,
+    metas: Mutex<HashMap<String, Arc<StreamMeta>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether two handles are the same engine (data pointers; vtables may differ).
+fn same_engine(a: &Arc<dyn RecordLog>, b: &Arc<dyn RecordLog>) -> bool {
+    std::ptr::eq(Arc::as_ptr(a) as *const (), Arc::as_ptr(b) as *const ())
+}
+
+impl EngineSlot {
+    /// The engine of this metadata handle, opened with `open` if it has none yet (then
+    /// `true`: it needs preparing).
     fn get_or_open(
         &self,
-        open: impl FnOnce() -> Result<log::Log, StreamError>,
-    ) -> Result<(Arc<log::Log>, bool), StreamError> {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        open: impl FnOnce() -> Result<Arc<dyn RecordLog>, StreamError>,
+    ) -> Result<(Arc<dyn RecordLog>, bool), StreamError> {
+        let mut g = lock(&self.records);
         if let Some(l) = g.as_ref() {
             return Ok((l.clone(), false));
         }
-        let l = Arc::new(open()?);
+        let l = open()?;
         *g = Some(l.clone());
         Ok((l, true))
+    }
+
+    fn cached_meta(&self, name: &str) -> Option<Arc<StreamMeta>> {
+        lock(&self.metas).get(name).cloned()
+    }
+
+    fn cache_meta(&self, meta: Arc<StreamMeta>) {
+        lock(&self.metas).insert(meta.name.clone(), meta);
+    }
+
+    /// Drops `meta` from the cache (if it is still the cached one): the engine found it
+    /// stale.
+    fn uncache_meta(&self, meta: &Arc<StreamMeta>) {
+        let mut metas = lock(&self.metas);
+        if metas.get(&meta.name).is_some_and(|m| Arc::ptr_eq(m, meta)) {
+            metas.remove(&meta.name);
+        }
+    }
+
+    /// Forgets the cached metadata of stream `id` (changed).
+    fn uncache_stream(&self, id: i64) {
+        lock(&self.metas).retain(|_, m| m.id != id);
     }
 }
 
@@ -111,13 +167,11 @@ pub struct StreamOptions {
     /// How long a newly registered consumer stays `Creating` before it is `Active`
     /// (milliseconds by `clock`). 0 (the default): `Active` at once.
     pub consumer_activation_ms: i64,
-    /// Size past which the stream log starts a new segment file ([`SEGMENT_BYTES`], 64 MiB,
-    /// by default). Retention deletes whole segments. Only the first handle opened on a
-    /// database sets it.
+    /// Size past which the embedded stream log starts a new segment file
+    /// ([`SEGMENT_BYTES`], 64 MiB, by default) when [`EmbeddedStream::open_with`] opens it.
+    /// Retention deletes whole segments. Only the first handle opened on a database sets it.
     pub segment_bytes: u64,
 }
-
-pub use log::SEGMENT_BYTES;
 
 impl Default for StreamOptions {
     fn default() -> Self {
@@ -165,45 +219,75 @@ pub struct TrimReport {
 /// Where the log of the embedded SQLite database at `db_path` lives:
 /// `<db_path>-stream-log` (`sluice-data/sluice.db-stream-log`).
 pub fn log_dir_of(db_path: &Path) -> PathBuf {
-    log::dir_of(db_path)
+    crate::records::embedded::dir_of(db_path)
 }
 
 impl EmbeddedStream {
     /// Opens the backend on metadata already migrated with [`MIGRATIONS`], with the
-    /// records' log in `log_dir` (created if needed; see [`log_dir_of`]).
+    /// records in the embedded stream log in `log_dir` (created if needed; see
+    /// [`log_dir_of`]).
     pub fn open(db: Meta, log_dir: &Path) -> Result<Self, StreamError> {
         EmbeddedStream::open_with(db, log_dir, StreamOptions::default())
     }
 
-    /// [`EmbeddedStream::open`] with options.
+    /// [`EmbeddedStream::open`] with options. The first handle opened on a metadata handle
+    /// opens the log (later ones share it, whatever their `log_dir`) and brings it in line
+    /// with the metadata.
     pub fn open_with(
         db: Meta,
         log_dir: &Path,
         options: StreamOptions,
     ) -> Result<Self, StreamError> {
-        use rand::RngCore;
-        let mut fresh = vec![0u8; 32];
-        rand::thread_rng().fill_bytes(&mut fresh);
-        let key: Vec<u8> = db.write_blocking(move |c| {
-            c.execute(
-                "INSERT INTO stream_meta (k, v) VALUES ('iterator_key', ?1) ON CONFLICT DO NOTHING",
-                params![&fresh],
-            )?;
-            let k: Vec<u8> = c.query_row(
-                "SELECT v FROM stream_meta WHERE k = 'iterator_key'",
-                params![],
-                |r| r.get(0),
-            )?;
-            Ok::<_, StreamError>(k)
+        let key = iterator_key(&db)?;
+        let shared = db.shared::<EngineSlot>();
+        let (records, opened) = shared.get_or_open(|| {
+            Ok(Arc::new(EmbeddedLog::open(log_dir, options.segment_bytes)?) as Arc<dyn RecordLog>)
         })?;
-        let (log, opened) = db
-            .shared::<LogSlot>()
-            .get_or_open(|| log::Log::open(log_dir, options.segment_bytes))?;
         if opened {
-            prepare_log(&db, &log)?;
+            // The embedded log answers from its own threads: no runtime needed to wait.
+            block_on(prepare(&db, records.as_ref()))?;
         }
-        Ok(EmbeddedStream {
-            log,
+        Ok(EmbeddedStream::assemble(db, key, records, shared, options))
+    }
+
+    /// Opens the backend on metadata already migrated with [`MIGRATIONS`] and the record
+    /// engine `records` (see [`crate::open_records`]), which it brings in line with the
+    /// metadata the first time. One engine per metadata handle: a handle that already has
+    /// another one is refused.
+    pub async fn open_on(
+        db: Meta,
+        records: Arc<dyn RecordLog>,
+        options: StreamOptions,
+    ) -> Result<Self, StreamError> {
+        let key = {
+            let db = db.clone();
+            iterator_key_async(db).await?
+        };
+        let shared = db.shared::<EngineSlot>();
+        let (held, opened) = shared.get_or_open(|| Ok(records.clone()))?;
+        if !same_engine(&held, &records) {
+            return Err(StreamError::InvalidArgument(format!(
+                "this metadata handle already has a record engine ({}), not {}",
+                held.describe(),
+                records.describe()
+            )));
+        }
+        if opened {
+            prepare(&db, records.as_ref()).await?;
+        }
+        Ok(EmbeddedStream::assemble(db, key, records, shared, options))
+    }
+
+    fn assemble(
+        db: Meta,
+        key: Vec<u8>,
+        records: Arc<dyn RecordLog>,
+        shared: Arc<EngineSlot>,
+        options: StreamOptions,
+    ) -> Self {
+        EmbeddedStream {
+            records,
+            shared,
             db,
             iterator_key: Arc::new(key),
             watchers: Arc::new(Mutex::new(HashMap::new())),
@@ -212,7 +296,7 @@ impl EmbeddedStream {
                 .then(|| Arc::new(throttle::Throttle::new(options.clock.clone()))),
             clock: options.clock,
             consumer_activation_ms: options.consumer_activation_ms.max(0),
-        })
+        }
     }
 
     /// Opens the backend to inspect a database opened with [`Meta::open_read_only`]
@@ -220,6 +304,13 @@ impl EmbeddedStream {
     /// work; anything that writes fails. The database is not migrated, so it may be of an
     /// older layout; [`EmbeddedStream::check`] reads every layout.
     pub fn open_read_only(db: Meta, log_dir: &Path) -> Result<Self, StreamError> {
+        let records: Arc<dyn RecordLog> = Arc::new(EmbeddedLog::open_read_only(log_dir)?);
+        EmbeddedStream::open_read_only_on(db, records)
+    }
+
+    /// [`EmbeddedStream::open_read_only`] on a record engine opened for inspection
+    /// ([`crate::open_records_read_only`]).
+    pub fn open_read_only_on(db: Meta, records: Arc<dyn RecordLog>) -> Result<Self, StreamError> {
         let key: Vec<u8> = db.read_blocking(|c| {
             Ok::<_, StreamError>(
                 c.query_opt(
@@ -230,38 +321,126 @@ impl EmbeddedStream {
                 .unwrap_or_default(),
             )
         })?;
-        let (log, _) = db
-            .shared::<LogSlot>()
-            .get_or_open(|| log::Log::open_read_only(log_dir))?;
-        Ok(EmbeddedStream {
-            log,
+        let shared = db.shared::<EngineSlot>();
+        let (records, _) = shared.get_or_open(|| Ok(records))?;
+        Ok(EmbeddedStream::assemble(
             db,
-            iterator_key: Arc::new(key),
-            watchers: Arc::new(Mutex::new(HashMap::new())),
-            throttle: None,
-            clock: Arc::new(crate::SystemClock),
-            consumer_activation_ms: 0,
-        })
+            key,
+            records,
+            shared,
+            StreamOptions::default(),
+        ))
     }
 
     pub fn db(&self) -> &Meta {
         &self.db
     }
 
-    /// What the stream log's writer did since the log was opened.
-    pub fn log_stats(&self) -> LogStats {
-        self.log.stats()
+    /// The record engine under this backend.
+    pub fn records(&self) -> &Arc<dyn RecordLog> {
+        &self.records
     }
 
-    /// Tells tailing readers of `stream` that records were appended.
-    /// Called after every append (no allocation): a stream nobody has watched yet has no
-    /// channel, and a reader that starts watching later reads what is there first.
+    /// What the record engine's writer did since it was opened.
+    pub fn log_stats(&self) -> LogStats {
+        self.records.stats()
+    }
+
+    /// Tells tailing readers of `stream` that records were appended. (The record engine
+    /// does this after every append that made records of the stream durable.)
     pub fn notify(&self, stream: &str) {
-        if let Ok(w) = self.watchers.lock()
-            && let Some(tx) = w.get(stream)
-        {
-            tx.send_modify(|v| *v = v.wrapping_add(1));
+        if let Some(w) = lock(&self.watchers).get(stream) {
+            w.tx.send_modify(|v| *v = v.wrapping_add(1));
         }
+    }
+
+    /// Makes sure the channel tailing readers of stream `name` wait on is subscribed with
+    /// the record engine to the stream's current id. `create`: make the channel if no
+    /// reader asked for one yet (the append path does, so that a reader that comes later
+    /// finds it subscribed).
+    fn watch_stream(&self, name: &str, id: i64, create: bool) {
+        let mut watchers = lock(&self.watchers);
+        let w = match watchers.get_mut(name) {
+            Some(w) => w,
+            None if create => watchers.entry(name.to_owned()).or_insert_with(|| Watcher {
+                tx: Arc::new(watch::channel(0).0),
+                stream_id: None,
+            }),
+            None => return,
+        };
+        if w.stream_id != Some(id) {
+            self.records.subscribe(id, w.tx.clone());
+            w.stream_id = Some(id);
+        }
+    }
+
+    /// Runs `change` — a change of stream `name`'s metadata that returns its result — in
+    /// the record engine's fence for the stream (see [`RecordLog::fence`]): every append
+    /// of the stream before it is durable, none runs during it, and appends routed with
+    /// metadata from before are sent back to be routed again. `change` gets the stream's
+    /// row, as current inside its transaction, and the ends of its shards.
+    async fn fenced<T: Send + 'static>(
+        &self,
+        name: &str,
+        change: impl Fn(
+            &Tx<'_>,
+            StreamRow,
+            &[(u64, ShardEnd)],
+        ) -> Result<(T, FenceOutcome), StreamError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<T, StreamError> {
+        let change = Arc::new(change);
+        // The id is read first (the fence is per stream); a stream replaced meanwhile by
+        // another of the same name is fenced again under its new id.
+        for _ in 0..8 {
+            let id = {
+                let name = name.to_owned();
+                self.db
+                    .read(move |c| Ok::<_, StreamError>(load_stream(c, &name)?.id))
+                    .await?
+            };
+            let out: Arc<Mutex<Option<T>>> = Arc::new(Mutex::new(None));
+            let (db, change, slot, name) = (
+                self.db.clone(),
+                change.clone(),
+                out.clone(),
+                name.to_owned(),
+            );
+            self.records
+                .fence(
+                    id,
+                    Box::new(move |ends| {
+                        let ends = ends.to_vec();
+                        let (value, outcome) = db.write_blocking(move |c| {
+                            let row = load_stream(c, &name)?;
+                            if row.id != id {
+                                return Ok((None, FenceOutcome::Unchanged));
+                            }
+                            write_back_counters(
+                                c,
+                                &ends
+                                    .iter()
+                                    .map(|(shard, e)| ((id, *shard), e.next, e.last_arrival_ms))
+                                    .collect::<Vec<_>>(),
+                            )?;
+                            let (value, outcome) = change(c, row, &ends)?;
+                            Ok::<_, StreamError>((Some(value), outcome))
+                        })?;
+                        *lock(&slot) = value;
+                        Ok(outcome)
+                    }),
+                )
+                .await?;
+            self.shared.uncache_stream(id);
+            if let Some(v) = lock(&out).take() {
+                return Ok(v);
+            }
+        }
+        Err(StreamError::Backend(format!(
+            "stream {name} kept being replaced while changing it; try again"
+        )))
     }
 
     /// Deletes records older than each stream's retention period, every `every`.
@@ -286,11 +465,11 @@ impl EmbeddedStream {
     /// One retention pass as of `now` (ms): drops every record that arrived before
     /// `now - retention` and every closed shard closed before then. Trimming removes a
     /// prefix of each shard, so TRIM_HORIZON moves forward for every reader; the new start
-    /// of each trimmed shard is stored (`shards.start_counter`) before any segment holding
-    /// the trimmed records is deleted.
+    /// of each trimmed shard is stored (`shards.start_counter`) before the record engine
+    /// releases the trimmed records' storage.
     pub async fn trim_expired(&self, now: i64) -> Result<TrimReport, StreamError> {
         let db = self.db.clone();
-        let horizons: HashMap<i64, i64> = self
+        let horizons: Vec<(i64, i64)> = self
             .db
             .read(move |c| {
                 c.query_map("SELECT id, retention_hours FROM streams", params![], |r| {
@@ -300,7 +479,7 @@ impl EmbeddedStream {
                 .map_err(StreamError::from)
             })
             .await?;
-        let list: Vec<(i64, i64)> = horizons.iter().map(|(k, v)| (*k, *v)).collect();
+        let list = horizons.clone();
         let shards = self
             .db
             .write(move |c| {
@@ -316,17 +495,30 @@ impl EmbeddedStream {
             })
             .await?;
         let records = self
-            .log
-            .control(move |w| {
-                let cut = w.trim(&horizons);
-                store_log_state(&db, w, cut.starts)?;
-                let dead = w.unreferenced_segments();
-                if !dead.is_empty() {
-                    w.delete_segments(&dead)?;
-                }
-                Ok::<_, StreamError>(cut.records)
-            })
-            .await??;
+            .records
+            .trim(
+                horizons,
+                Box::new(move |plan| {
+                    let ends: Vec<((i64, u64), u64, i64)> = plan
+                        .ends
+                        .iter()
+                        .map(|(k, e)| ((k.stream, k.shard), e.next, e.last_arrival_ms))
+                        .collect();
+                    let starts: Vec<(ShardKey, u64)> = plan.starts.clone();
+                    db.write_blocking(move |c| {
+                        write_back_counters(c, &ends)?;
+                        for &(k, start) in &starts {
+                            c.execute(
+                                "UPDATE shards SET start_counter = ?3
+                                 WHERE stream_id = ?1 AND idx = ?2 AND start_counter < ?3",
+                                params![k.stream, k.shard as i64, start as i64],
+                            )?;
+                        }
+                        Ok::<_, StreamError>(())
+                    })
+                }),
+            )
+            .await?;
         Ok(TrimReport { records, shards })
     }
 
@@ -335,12 +527,20 @@ impl EmbeddedStream {
     /// returned (and logged as errors), never repaired or skipped silently.
     pub async fn check(&self) -> Result<CheckReport, StreamError> {
         let mut report = self.db.read(check_db).await?;
-        let log = self.log.clone();
-        let verified = tokio::task::spawn_blocking(move || log.verify())
-            .await
-            .map_err(|e| StreamError::Backend(format!("log check stopped: {e}")))??;
-        report.records_checked += verified.frames;
-        report.problems.extend(verified.problems);
+        let verified = self.records.verify().await?;
+        report.records_checked += verified.records;
+        report
+            .problems
+            .extend(verified.problems.into_iter().map(|p| match p.record {
+                Some((k, position)) => format!(
+                    "record {} (stream id {}, shard {}) fails its checksum; {}",
+                    sequence_number(k.shard, position),
+                    k.stream,
+                    shard_id(k.shard),
+                    p.detail
+                ),
+                None => p.detail,
+            }));
         // A closed shard holds no record at or past its end.
         let closed: Vec<(String, i64, u64, u64)> = self
             .db
@@ -364,13 +564,13 @@ impl EmbeddedStream {
             })
             .await?;
         for (name, id, idx, end) in closed {
-            if let Some((next, _)) = self.log.shard_end(id, idx)
-                && next > end
+            if let Some(e) = self.records.end(ShardKey::new(id, idx)).await?
+                && e.next > end
             {
                 report.problems.push(format!(
                     "closed shard {} of stream {name} holds records past its end (counter {end}, log has up to {})",
                     shard_id(idx),
-                    next - 1
+                    e.next - 1
                 ));
             }
         }
@@ -390,30 +590,65 @@ impl EmbeddedStream {
     }
 }
 
-/// Writes the log's counters (and, for trimmed shards, their new start) back to SQLite, in
-/// one durable transaction: afterwards the records proving them may be deleted.
-fn store_log_state(
-    db: &Meta,
-    w: &log::Writer,
-    starts: Vec<log::ShardStart>,
-) -> Result<(), StreamError> {
-    let ends = w.shard_ends();
-    db.write_blocking(move |c| {
-        write_back_counters(c, &ends)?;
-        for &((sid, idx), start) in &starts {
-            c.execute(
-                "UPDATE shards SET start_counter = ?3
-                 WHERE stream_id = ?1 AND idx = ?2 AND start_counter < ?3",
-                params![sid, idx as i64, start as i64],
-            )?;
-        }
-        Ok::<_, StreamError>(())
-    })
+/// The key iterators and page tokens are sealed with (made at the first open).
+fn iterator_key(db: &Meta) -> Result<Vec<u8>, StreamError> {
+    let fresh = fresh_key();
+    db.write_blocking(move |c| store_iterator_key(c, &fresh))
 }
 
-/// Raises each shard's stored `next_counter` and `last_arrival_ms` to the log's
-/// ([`log::Writer::shard_ends`]). Closed shards are left alone: theirs were stored when they
-/// closed, and no record has been appended to them since.
+async fn iterator_key_async(db: Meta) -> Result<Vec<u8>, StreamError> {
+    let fresh = fresh_key();
+    db.write(move |c| store_iterator_key(c, &fresh)).await
+}
+
+fn fresh_key() -> Vec<u8> {
+    use rand::RngCore;
+    let mut fresh = vec![0u8; 32];
+    rand::thread_rng().fill_bytes(&mut fresh);
+    fresh
+}
+
+fn store_iterator_key(c: &Tx<'_>, fresh: &[u8]) -> Result<Vec<u8>, StreamError> {
+    c.execute(
+        "INSERT INTO stream_meta (k, v) VALUES ('iterator_key', ?1) ON CONFLICT DO NOTHING",
+        params![fresh],
+    )?;
+    let k: Vec<u8> = c.query_row(
+        "SELECT v FROM stream_meta WHERE k = 'iterator_key'",
+        params![],
+        |r| r.get(0),
+    )?;
+    Ok(k)
+}
+
+/// Runs a future to completion on this thread: for the embedded log's preparation in the
+/// synchronous [`EmbeddedStream::open_with`], whose futures are answered by the log's and
+/// the metadata engine's own threads (no runtime needed). Called from inside a task, it
+/// must not count against that task's cooperative budget: the task cannot yield while
+/// this thread waits, so an exhausted budget would make every poll pending at once, and
+/// this loop would spin forever.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    let f = tokio::task::unconstrained(f);
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// Raises each shard's stored `next_counter` and `last_arrival_ms` to the record engine's
+/// ends. Closed shards are left alone: theirs were stored when they closed, and no record
+/// has been appended to them since.
 fn write_back_counters(c: &Tx<'_>, ends: &[((i64, u64), u64, i64)]) -> Result<(), StreamError> {
     for &((sid, idx), next, arrival) in ends {
         c.execute(
@@ -427,67 +662,74 @@ fn write_back_counters(c: &Tx<'_>, ends: &[((i64, u64), u64, i64)]) -> Result<()
     Ok(())
 }
 
-/// Brings a freshly opened log in line with the database: forgets records of streams that
-/// no longer exist, drops records below each shard's stored start (trimmed before a
-/// restart), and moves records an older sluice kept in SQLite into the log.
-fn prepare_log(db: &Meta, log: &Arc<log::Log>) -> Result<(), StreamError> {
-    let (ids, starts): (Vec<i64>, Vec<log::ShardStart>) = db.read_blocking(|c| {
-        let ids = c.query_vec("SELECT id FROM streams", params![], |r| r.get(0))?;
-        let starts = c.query_vec(
-            "SELECT stream_id, idx, start_counter FROM shards WHERE start_counter > 0",
-            params![],
-            |r| {
-                Ok((
-                    (r.get::<i64>(0)?, r.get::<i64>(1)? as u64),
-                    r.get::<i64>(2)? as u64,
-                ))
-            },
-        )?;
-        Ok::<_, StreamError>((ids, starts))
-    })?;
-    log.control_blocking(move |w| {
-        w.forget_streams_except(&ids);
-        for (key, start) in starts {
-            w.cut_before(key, start);
-        }
-    })?;
-    // Records of an older layout: copied in chunks, in counter order, then deleted.
-    loop {
-        let chunk: Vec<log::ImportRecord> = db.read_blocking(|c| {
-            c.query_vec(
-                "SELECT stream_id, shard_idx, counter, arrival_ms, partition_key, data
-                 FROM records ORDER BY stream_id, shard_idx, counter LIMIT 10000",
+/// Brings a freshly opened record engine in line with the metadata: drops records of
+/// streams that no longer exist, drops records below each shard's stored start (trimmed
+/// before a restart), and moves records an older sluice kept in SQLite into the engine.
+async fn prepare(db: &Meta, records: &dyn RecordLog) -> Result<(), StreamError> {
+    let (ids, starts): (Vec<i64>, Vec<(ShardKey, u64)>) = db
+        .read(|c| {
+            let ids = c.query_vec("SELECT id FROM streams", params![], |r| r.get(0))?;
+            let starts = c.query_vec(
+                "SELECT stream_id, idx, start_counter FROM shards WHERE start_counter > 0",
                 params![],
                 |r| {
                     Ok((
-                        r.get::<i64>(0)?,
-                        r.get::<i64>(1)? as u64,
+                        ShardKey::new(r.get::<i64>(0)?, r.get::<i64>(1)? as u64),
                         r.get::<i64>(2)? as u64,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
                     ))
                 },
-            )
-            .map_err(StreamError::from)
-        })?;
-        let Some(last) = chunk.last().map(|r| (r.0, r.1, r.2)) else {
+            )?;
+            Ok::<_, StreamError>((ids, starts))
+        })
+        .await?;
+    let keep: std::collections::HashSet<i64> = ids.into_iter().collect();
+    for stream in records.streams().await? {
+        if !keep.contains(&stream) {
+            records.drop_stream(stream).await?;
+        }
+    }
+    for (key, start) in starts {
+        records.drop_before(key, start).await?;
+    }
+    // Records of an older layout: copied in chunks, in counter order, then deleted.
+    loop {
+        let chunk: Vec<Imported> = db
+            .read(|c| {
+                c.query_vec(
+                    "SELECT stream_id, shard_idx, counter, arrival_ms, partition_key, data
+                     FROM records ORDER BY stream_id, shard_idx, counter LIMIT 10000",
+                    params![],
+                    |r| {
+                        Ok(Imported {
+                            shard: ShardKey::new(r.get::<i64>(0)?, r.get::<i64>(1)? as u64),
+                            position: r.get::<i64>(2)? as u64,
+                            arrival_ms: r.get(3)?,
+                            partition_key: r.get(4)?,
+                            data: Bytes::from(r.get::<Vec<u8>>(5)?),
+                        })
+                    },
+                )
+                .map_err(StreamError::from)
+            })
+            .await?;
+        let Some(last) = chunk.last().map(|r| (r.shard, r.position)) else {
             break;
         };
         let n = chunk.len();
-        log.control_blocking(move |w| w.import(chunk))??;
-        db.write_blocking(move |c| {
+        records.import(chunk).await?;
+        db.write(move |c| {
             c.execute(
                 "DELETE FROM records WHERE stream_id < ?1
                     OR (stream_id = ?1 AND shard_idx < ?2)
                     OR (stream_id = ?1 AND shard_idx = ?2 AND counter <= ?3)",
-                params![last.0, last.1 as i64, last.2 as i64],
+                params![last.0.stream, last.0.shard as i64, last.1 as i64],
             )?;
             Ok::<_, StreamError>(())
-        })?;
+        })
+        .await?;
         tracing::info!(
             records = n,
-            "moved records of an older layout into the stream log"
+            "moved records of an older layout into the record engine"
         );
     }
     Ok(())
@@ -1040,28 +1282,20 @@ impl Stream for EmbeddedStream {
     }
 
     async fn delete_stream(&self, name: &str) -> Result<(), StreamError> {
-        let name = name.to_owned();
-        let db = self.db.clone();
-        // On the log's writer: no append of this stream is in flight, and none after.
-        self.log
-            .control(move |w| {
-                let id = db.write_blocking(move |c| {
-                    let row = load_stream(c, &name)?;
-                    remember_stream_id(c, row.id)?;
-                    c.execute("DELETE FROM records WHERE stream_id = ?1", params![row.id])?;
-                    c.execute("DELETE FROM shards WHERE stream_id = ?1", params![row.id])?;
-                    c.execute(
-                        "DELETE FROM stream_tags WHERE stream_id = ?1",
-                        params![row.id],
-                    )?;
-                    consumers::delete_all(c, row.id)?;
-                    c.execute("DELETE FROM streams WHERE id = ?1", params![row.id])?;
-                    Ok::<_, StreamError>(row.id)
-                })?;
-                w.forget_stream(id);
-                Ok(())
-            })
-            .await?
+        // In the engine's fence: no append of this stream is in flight, and none after.
+        self.fenced(name, |c, row, _| {
+            remember_stream_id(c, row.id)?;
+            c.execute("DELETE FROM records WHERE stream_id = ?1", params![row.id])?;
+            c.execute("DELETE FROM shards WHERE stream_id = ?1", params![row.id])?;
+            c.execute(
+                "DELETE FROM stream_tags WHERE stream_id = ?1",
+                params![row.id],
+            )?;
+            consumers::delete_all(c, row.id)?;
+            c.execute("DELETE FROM streams WHERE id = ?1", params![row.id])?;
+            Ok(((), FenceOutcome::Dropped))
+        })
+        .await
     }
 
     async fn put_record(&self, stream: &str, record: PutRecord) -> Result<PutResult, StreamError> {
@@ -1120,47 +1354,50 @@ impl Stream for EmbeddedStream {
         spec: IteratorSpec,
     ) -> Result<String, StreamError> {
         let name = stream.to_owned();
-        let shard = shard.to_owned();
-        let key = self.iterator_key.clone();
-        let log = self.log.clone();
-        self.db
+        let idx = parse_shard(shard)?;
+        let (stream, row) = self
+            .db
             .read(move |c| {
-                let idx = parse_shard(&shard)?;
                 let stream = load_stream(c, &name)?;
                 let row = shard_row(c, &stream, idx)?;
-                // LATEST starts after the last durable record (the log shows no other).
-                let latest = log.end_of(stream.id, idx, row.next_counter);
-                let seq_counter = |s: &str| -> Result<u64, StreamError> {
-                    match parse_sequence_number(s) {
-                        Some((sidx, counter)) if sidx == idx && counter < latest => Ok(counter),
-                        _ => Err(StreamError::InvalidArgument(format!(
-                            "sequence number {s} is not a sequence number of shard {}",
-                            shard_id(idx)
-                        ))),
-                    }
-                };
-                let p = match &spec {
-                    IteratorSpec::TrimHorizon => row.start_counter,
-                    IteratorSpec::Latest => latest,
-                    IteratorSpec::AtSequenceNumber(s) => seq_counter(s)?,
-                    IteratorSpec::AfterSequenceNumber(s) => seq_counter(s)? + 1,
-                    IteratorSpec::AtTimestamp(ts) => log
-                        .first_at_or_after(stream.id, idx, *ts)
-                        .unwrap_or(latest)
-                        .max(row.start_counter),
-                };
-                Ok(iterator::encode(
-                    &key,
-                    &Position {
-                        s: name.clone(),
-                        g: stream.created_ms,
-                        h: idx,
-                        p,
-                        t: now_ms(),
-                    },
-                ))
+                Ok::<_, StreamError>((stream, row))
             })
-            .await
+            .await?;
+        self.watch_stream(&stream.name, stream.id, false);
+        let key = ShardKey::new(stream.id, idx);
+        // LATEST starts after the last durable record (the engine shows no other).
+        let latest = self.end_of(key, row.next_counter).await?;
+        let seq_counter = |s: &str| -> Result<u64, StreamError> {
+            match parse_sequence_number(s) {
+                Some((sidx, counter)) if sidx == idx && counter < latest => Ok(counter),
+                _ => Err(StreamError::InvalidArgument(format!(
+                    "sequence number {s} is not a sequence number of shard {}",
+                    shard_id(idx)
+                ))),
+            }
+        };
+        let p = match &spec {
+            IteratorSpec::TrimHorizon => row.start_counter,
+            IteratorSpec::Latest => latest,
+            IteratorSpec::AtSequenceNumber(s) => seq_counter(s)?,
+            IteratorSpec::AfterSequenceNumber(s) => seq_counter(s)? + 1,
+            IteratorSpec::AtTimestamp(ts) => self
+                .records
+                .first_at_or_after(key, *ts)
+                .await?
+                .unwrap_or(latest)
+                .max(row.start_counter),
+        };
+        Ok(iterator::encode(
+            &self.iterator_key,
+            &Position {
+                s: stream.name,
+                g: stream.created_ms,
+                h: idx,
+                p,
+                t: now_ms(),
+            },
+        ))
     }
 
     async fn get_records(
@@ -1174,20 +1411,12 @@ impl Stream for EmbeddedStream {
             )));
         }
         let pos = iterator::decode(&self.iterator_key, iterator, now_ms())?;
-        let key = self.iterator_key.clone();
-        let log = self.log.clone();
         let Some(throttle) = self.throttle.clone() else {
-            return self
-                .db
-                .read(move |c| read_records(c, &key, &log, pos, limit))
-                .await;
+            return self.read_records(pos, limit).await;
         };
         let (stream, generation, shard) = (pos.s.clone(), pos.g, pos.h);
         throttle.admit_read(&stream, generation, shard)?;
-        let out = self
-            .db
-            .read(move |c| read_records(c, &key, &log, pos, limit))
-            .await?;
+        let out = self.read_records(pos, limit).await?;
         let bytes = out
             .records
             .iter()
@@ -1198,14 +1427,20 @@ impl Stream for EmbeddedStream {
     }
 
     fn watch(&self, stream: &str) -> watch::Receiver<u64> {
-        match self.watchers.lock() {
-            Ok(mut w) => w
-                .entry(stream.to_owned())
-                .or_insert_with(|| watch::channel(0).0)
-                .subscribe(),
-            // A poisoned map only loses wake-ups; readers still poll on their timeout.
-            Err(_) => watch::channel(0).1,
+        let rx = lock(&self.watchers)
+            .entry(stream.to_owned())
+            .or_insert_with(|| Watcher {
+                tx: Arc::new(watch::channel(0).0),
+                stream_id: None,
+            })
+            .tx
+            .subscribe();
+        // Subscribed with the engine now if the stream's id is known; else by the reader's
+        // next iterator or read (or the next append), all before it waits.
+        if let Some(m) = self.shared.cached_meta(stream) {
+            self.watch_stream(stream, m.id, false);
         }
+        rx
     }
 
     async fn split_shard(
@@ -1214,13 +1449,11 @@ impl Stream for EmbeddedStream {
         shard: &str,
         new_starting_hash_key: u128,
     ) -> Result<(), StreamError> {
-        let name = stream.to_owned();
         let idx = parse_shard(shard)?;
-        self.reshard(move |c| {
-            let mut row = load_stream(c, &name)?;
+        self.fenced(stream, move |c, mut row, _| {
             let parent = shard_row(c, &row, idx)?;
             reshard::split(c, &mut row, &parent, new_starting_hash_key, now_ms())?;
-            Ok((row.id, ()))
+            Ok(((), FenceOutcome::Changed))
         })
         .await
     }
@@ -1231,15 +1464,13 @@ impl Stream for EmbeddedStream {
         shard: &str,
         adjacent_shard: &str,
     ) -> Result<(), StreamError> {
-        let name = stream.to_owned();
         let a = parse_shard(shard)?;
         let b = parse_shard(adjacent_shard)?;
-        self.reshard(move |c| {
-            let mut row = load_stream(c, &name)?;
+        self.fenced(stream, move |c, mut row, _| {
             let a = shard_row(c, &row, a)?;
             let b = shard_row(c, &row, b)?;
             reshard::merge(c, &mut row, &a, &b, now_ms())?;
-            Ok((row.id, ()))
+            Ok(((), FenceOutcome::Changed))
         })
         .await
     }
@@ -1250,16 +1481,14 @@ impl Stream for EmbeddedStream {
         target: u32,
     ) -> Result<UpdateShardCountOutput, StreamError> {
         check_shard_count(target)?;
-        let name = stream.to_owned();
-        self.reshard(move |c| {
-            let mut row = load_stream(c, &name)?;
+        self.fenced(stream, move |c, mut row, _| {
             let current = reshard::uniform(c, &mut row, target, now_ms())?;
             Ok((
-                row.id,
                 UpdateShardCountOutput {
                     current_shard_count: current,
                     target_shard_count: target,
                 },
+                FenceOutcome::Changed,
             ))
         })
         .await
@@ -1276,14 +1505,12 @@ impl Stream for EmbeddedStream {
     async fn update_max_record_size(&self, stream: &str, kib: u32) -> Result<(), StreamError> {
         let bytes = kib as usize * 1024;
         check_max_record_bytes(bytes)?;
-        let name = stream.to_owned();
-        self.reshard(move |c| {
-            let row = load_stream(c, &name)?;
+        self.fenced(stream, move |c, row, _| {
             c.execute(
                 "UPDATE streams SET max_record_bytes = ?2 WHERE id = ?1",
                 params![row.id, bytes as i64],
             )?;
-            Ok((row.id, ()))
+            Ok(((), FenceOutcome::Changed))
         })
         .await
     }
@@ -1427,28 +1654,6 @@ impl Stream for EmbeddedStream {
 }
 
 impl EmbeddedStream {
-    /// Runs `job` — a change of a stream's shards or limits that returns the stream's id —
-    /// on the log's writer thread: every append before it is durable and none runs during
-    /// it. First the log's counters go to `shards`, so `job` closes shards at their true
-    /// end; afterwards appends holding the old metadata are sent back to reload it.
-    async fn reshard<T: Send + 'static>(
-        &self,
-        mut job: impl FnMut(&Tx<'_>) -> Result<(i64, T), StreamError> + Send + 'static,
-    ) -> Result<T, StreamError> {
-        let db = self.db.clone();
-        self.log
-            .control(move |w| {
-                let ends = w.shard_ends();
-                let (id, out) = db.write_blocking(move |c| {
-                    write_back_counters(c, &ends)?;
-                    job(c)
-                })?;
-                w.changed(id);
-                Ok(out)
-            })
-            .await?
-    }
-
     async fn set_retention(
         &self,
         stream: &str,
@@ -1482,86 +1687,118 @@ impl EmbeddedStream {
     }
 }
 
-fn read_records(
-    c: &Tx<'_>,
-    key: &[u8],
-    log: &log::Log,
-    pos: Position,
-    limit: usize,
-) -> Result<GetRecordsOutput, StreamError> {
-    let stream_id: i64 = c
-        .query_opt(
-            "SELECT id FROM streams WHERE name = ?1 AND created_ms = ?2",
-            params![pos.s, pos.g],
-            |r| r.get(0),
-        )?
-        .ok_or_else(|| not_found(&pos.s))?;
-    let (row_next, closed, start): (i64, Option<i64>, i64) = c
-        .query_opt(
-            "SELECT next_counter, closed_counter, start_counter FROM shards
-             WHERE stream_id = ?1 AND idx = ?2",
-            params![stream_id, pos.h as i64],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?
-        .ok_or_else(|| {
-            StreamError::ResourceNotFound(format!(
-                "shard {} of stream {} not found",
-                shard_id(pos.h),
-                pos.s
-            ))
-        })?;
-    // Only durable records are in the log's index, so this is the visible end.
-    let end = log.end_of(stream_id, pos.h, row_next as u64);
-    // Below the stored start lies what was trimmed: gone for every iterator.
-    let from = pos.p.max(start as u64);
-    let found = log.read(&pos.s, stream_id, pos.h, from, limit, MAX_GET_BYTES)?;
-    let mut next = found.next;
-    if found.records.is_empty() && next < end {
-        // No record lies in [from, end): those counters are durable without a record (a
-        // shard's first counter, or trimmed ones), so none will ever appear there. Moving
-        // past them lets a closed shard that never held a record drain.
-        next = end;
+impl EmbeddedStream {
+    /// Where a shard ends for readers (and LATEST) given its row's `next_counter`: one
+    /// past its last durable record, never below what the metadata stored.
+    async fn end_of(&self, key: ShardKey, row_next: u64) -> Result<u64, StreamError> {
+        Ok(self
+            .records
+            .end(key)
+            .await?
+            .map_or(row_next, |e| e.next.max(row_next)))
     }
-    let buf = Bytes::from(found.buf);
-    let records: Vec<Record> = found
-        .records
-        .into_iter()
-        .map(|r| Record {
-            sequence_number: sequence_number(pos.h, r.counter),
-            approximate_arrival_ms: r.arrival_ms,
-            partition_key: r.partition_key,
-            data: buf.slice(r.data),
+
+    async fn read_records(
+        &self,
+        pos: Position,
+        limit: usize,
+    ) -> Result<GetRecordsOutput, StreamError> {
+        let (name, generation, idx) = (pos.s.clone(), pos.g, pos.h);
+        let (stream_id, row_next, closed, start) = self
+            .db
+            .read(move |c| {
+                let stream_id: i64 = c
+                    .query_opt(
+                        "SELECT id FROM streams WHERE name = ?1 AND created_ms = ?2",
+                        params![name, generation],
+                        |r| r.get(0),
+                    )?
+                    .ok_or_else(|| not_found(&name))?;
+                let (row_next, closed, start): (i64, Option<i64>, i64) = c
+                    .query_opt(
+                        "SELECT next_counter, closed_counter, start_counter FROM shards
+                         WHERE stream_id = ?1 AND idx = ?2",
+                        params![stream_id, idx as i64],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )?
+                    .ok_or_else(|| {
+                        StreamError::ResourceNotFound(format!(
+                            "shard {} of stream {} not found",
+                            shard_id(idx),
+                            name
+                        ))
+                    })?;
+                Ok::<_, StreamError>((stream_id, row_next, closed, start))
+            })
+            .await?;
+        self.watch_stream(&pos.s, stream_id, false);
+        let key = ShardKey::new(stream_id, pos.h);
+        // Only durable records are visible in the engine, so this is the visible end. Taken
+        // before the read: a record appended after it is read by the next call.
+        let end = self.end_of(key, row_next as u64).await?;
+        // Below the stored start lies what was trimmed: gone for every iterator.
+        let from = pos.p.max(start as u64);
+        let found = match self.records.read(key, from, limit, MAX_GET_BYTES).await {
+            Ok(found) => found,
+            Err(RecordError::Damaged { position, .. }) => {
+                let seq = sequence_number(pos.h, position);
+                tracing::error!(stream = %pos.s, sequence_number = %seq, "record is damaged: the stream log is corrupt");
+                return Err(StreamError::Backend(format!(
+                    "record {seq} of stream {} is damaged (checksum mismatch): the stream log is corrupt; run `sluice doctor`",
+                    pos.s
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut next = found.next;
+        if found.records.is_empty() && next < end {
+            // No record lies in [from, end): those counters are durable without a record (a
+            // shard's first counter, or trimmed ones), so none will ever appear there. Moving
+            // past them lets a closed shard that never held a record drain.
+            next = end;
+        }
+        let records: Vec<Record> = found
+            .records
+            .into_iter()
+            .map(|r| Record {
+                sequence_number: sequence_number(pos.h, r.position),
+                approximate_arrival_ms: r.arrival_ms,
+                partition_key: r.partition_key,
+                data: r.data,
+            })
+            .collect();
+        let millis_behind_latest = if next < end {
+            self.records
+                .arrival_at_or_after(key, next)
+                .await?
+                .map(|a| (now_ms() - a).max(0))
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let drained = closed.is_some_and(|cc| next as i64 >= cc);
+        let child_shards = if drained {
+            self.db.read(move |c| children(c, stream_id, idx)).await?
+        } else {
+            Vec::new()
+        };
+        let next_iterator = (!drained).then(|| {
+            iterator::encode(
+                &self.iterator_key,
+                &Position {
+                    p: next,
+                    t: now_ms(),
+                    ..pos
+                },
+            )
+        });
+        Ok(GetRecordsOutput {
+            records,
+            next_iterator,
+            millis_behind_latest,
+            child_shards,
         })
-        .collect();
-    let millis_behind_latest = if next < end {
-        log.arrival_at_or_after(stream_id, pos.h, next)
-            .map(|a| (now_ms() - a).max(0))
-            .unwrap_or(0)
-    } else {
-        0
-    };
-    let drained = closed.is_some_and(|cc| next as i64 >= cc);
-    let child_shards = if drained {
-        children(c, stream_id, pos.h)?
-    } else {
-        Vec::new()
-    };
-    let next_iterator = (!drained).then(|| {
-        iterator::encode(
-            key,
-            &Position {
-                p: next,
-                t: now_ms(),
-                ..pos.clone()
-            },
-        )
-    });
-    Ok(GetRecordsOutput {
-        records,
-        next_iterator,
-        millis_behind_latest,
-        child_shards,
-    })
+    }
 }
 
 fn children(c: &Tx<'_>, stream_id: i64, idx: u64) -> Result<Vec<ChildShard>, StreamError> {

@@ -7,7 +7,9 @@
 //! iterator (TRIM_HORIZON, LATEST, AT/AFTER_SEQUENCE_NUMBER, AT_TIMESTAMP) and page through
 //! with `get_records`.
 //!
-//! [`Stream`] is the boundary; [`embedded::EmbeddedStream`] is the embedded backend.
+//! [`Stream`] is the boundary; [`embedded::EmbeddedStream`] implements it once, over the
+//! metadata engine ([`sluice_meta::Meta`]) and a record engine ([`records::RecordLog`]:
+//! the embedded stream log by default, chosen by URL with [`open_records`]).
 //! This crate knows nothing about HTTP or AWS wire formats.
 
 use std::collections::BTreeMap;
@@ -20,6 +22,9 @@ use bytes::Bytes;
 pub mod conformance;
 pub mod embedded;
 mod iterator;
+pub mod records;
+
+pub use records::{RecordError, RecordLog, open_records, open_records_read_only};
 
 /// Default retention (hours), as Kinesis.
 pub const DEFAULT_RETENTION_HOURS: u32 = 24;

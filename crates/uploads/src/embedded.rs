@@ -552,7 +552,9 @@ impl UploadLedger for EmbeddedUploads {
             })
             .await?;
         // Delivered, but the row not updated yet: the log knows where the record is.
-        if let Some(put) = ticket.and_then(|t| self.stream.delivered(t)) {
+        if let Some(t) = ticket
+            && let Some(put) = self.stream.delivered(t).await
+        {
             upload.shard_id = put.shard_id;
             upload.sequence_number = put.sequence_number;
         }

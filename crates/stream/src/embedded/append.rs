@@ -1,17 +1,20 @@
-//! Appending: callers hand records to the stream log's writer thread ([`super::log`]),
-//! which batches every append waiting into one write and one fsync.
+//! Appending: this layer routes each record to its shard (hash key → the open shard whose
+//! range holds it), checks it against the stream's limits, SequenceNumberForOrdering and
+//! the optional throughput limits, and hands the batch to the record engine
+//! ([`crate::records::RecordLog::append`]), which numbers the records and answers once
+//! they are durable.
 //!
-//! The writer needs each stream's open shards; callers load them from SQLite (cached per
-//! database) and send them with the records. A reshard, delete or record-size change runs
-//! on the writer thread and marks the stream changed, so an append carrying metadata read
-//! before the change is answered "stale" and resubmitted with fresh metadata: no record
-//! ever lands in a closed shard.
+//! Routing needs each stream's open shards; they are loaded from the metadata (cached per
+//! database) after reading the engine's epoch, and the append carries that epoch. A
+//! reshard, delete or record-size change runs inside the engine's fence, so an append
+//! routed with metadata read before the change is answered "stale" and routed again with
+//! fresh metadata: no record ever lands in a closed shard.
 //!
-//! Appends that must commit together with other SQLite rows (an upload's record with its
+//! Appends that must commit together with other metadata rows (an upload's record with its
 //! object and status rows) go through the **outbox**: [`enqueue_in_tx`] stores the record
 //! in `stream_outbox` inside the caller's transaction; once that is durable the caller
-//! [`EmbeddedStream::deliver`]s it to the log, then deletes the outbox row with
-//! [`settle_in_tx`] in its own transaction holding the result. The log remembers which
+//! [`EmbeddedStream::deliver`]s it to the record engine, then deletes the outbox row with
+//! [`settle_in_tx`] in its own transaction holding the result. The engine remembers which
 //! ticket each record delivered, so delivering again (after a crash between the two steps)
 //! returns the first result instead of appending twice: exactly once.
 
@@ -20,24 +23,57 @@ use std::sync::Arc;
 use sluice_meta::Tx;
 use sluice_meta::now_ms;
 use sluice_meta::params;
-use tokio::sync::oneshot;
 
 use super::EmbeddedStream;
-use super::log::{Answer, AppendJob, MetaShard, Results, StreamMeta};
 use super::schema::{load_stream, open_shards};
 use super::throttle::Throttle;
-use crate::{PutRecord, PutResult, StreamError};
+use crate::records::{Append, AppendOutcome, Appended, NewRecord, ShardKey};
+use crate::{PutRecord, PutResult, StreamError, parse_sequence_number, sequence_number, shard_id};
 
 /// How often an append is resubmitted after its stream's metadata changed under it.
 const STALE_RETRIES: usize = 8;
 
+/// Stream metadata the append path needs, loaded from the metadata engine and cached.
+#[derive(Debug)]
+pub(crate) struct StreamMeta {
+    pub(crate) id: i64,
+    pub(crate) name: String,
+    pub(crate) created_ms: i64,
+    pub(crate) max_record_bytes: usize,
+    /// Open shards in hash-key order.
+    pub(crate) shards: Vec<MetaShard>,
+    /// The record engine's epoch, read before the rows were: older than a change of this
+    /// stream means stale.
+    pub(crate) epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetaShard {
+    pub(crate) idx: u64,
+    pub(crate) start: u128,
+    pub(crate) end: u128,
+    /// The stored `next_counter` and `last_arrival_ms`: the floor of the shard's next record.
+    pub(crate) next_counter: u64,
+    pub(crate) last_arrival_ms: i64,
+}
+
+pub(crate) type Results = Vec<Result<PutResult, StreamError>>;
+
+/// The result of an append as the Kinesis API reports it.
+pub(crate) fn put_result(a: &Appended) -> PutResult {
+    PutResult {
+        shard_id: shard_id(a.shard),
+        sequence_number: sequence_number(a.shard, a.position),
+    }
+}
+
 impl EmbeddedStream {
-    /// The append path's view of `stream`: cached, or read from SQLite.
-    async fn meta(&self, stream: &str) -> Result<Arc<StreamMeta>, StreamError> {
-        if let Some(m) = self.log.cached_meta(stream) {
+    /// The append path's view of `stream`: cached, or read from the metadata.
+    pub(crate) async fn meta(&self, stream: &str) -> Result<Arc<StreamMeta>, StreamError> {
+        if let Some(m) = self.shared.cached_meta(stream) {
             return Ok(m);
         }
-        let epoch = self.log.epoch();
+        let epoch = self.records.epoch();
         let name = stream.to_owned();
         let meta = self
             .db
@@ -64,8 +100,54 @@ impl EmbeddedStream {
             })
             .await?;
         let meta = Arc::new(meta);
-        self.log.cache_meta(meta.clone());
+        // Tailing readers of this stream hear of its appends from the engine.
+        self.watch_stream(&meta.name, meta.id, true);
+        self.shared.cache_meta(meta.clone());
         Ok(meta)
+    }
+
+    /// Routes and checks one record with `meta`: its shard. The same checks, in the same
+    /// order, as Kinesis: record shape and size, hash key → open shard,
+    /// SequenceNumberForOrdering, throughput.
+    async fn route(
+        &self,
+        meta: &StreamMeta,
+        record: &PutRecord,
+        ordering: Option<&str>,
+        throttle: Option<&Throttle>,
+    ) -> Result<MetaShard, StreamError> {
+        let hash = crate::validate_record(record, meta.max_record_bytes)?;
+        let pos = meta.shards.partition_point(|s| s.start <= hash);
+        let shard = *pos
+            .checked_sub(1)
+            .and_then(|i| meta.shards.get(i))
+            .filter(|s| hash <= s.end)
+            .ok_or_else(|| {
+                StreamError::Backend(format!(
+                    "no open shard of {} covers hash key {hash}",
+                    meta.name
+                ))
+            })?;
+        if let Some(ordering) = ordering {
+            // The record's counter will be at least the shard's end now (counters only
+            // grow), so checking against that is checking against the counter it gets.
+            let end = self
+                .records
+                .end(ShardKey::new(meta.id, shard.idx))
+                .await?
+                .map_or(0, |e| e.next)
+                .max(shard.next_counter);
+            check_ordering(ordering, &sequence_number(shard.idx, end))?;
+        }
+        if let Some(t) = throttle {
+            t.admit_write(
+                &meta.name,
+                meta.created_ms,
+                shard.idx,
+                record.partition_key.len() + record.data.len(),
+            )?;
+        }
+        Ok(shard)
     }
 
     /// Appends `records` to `stream` (delivering outbox ticket `outbox`, if given) and
@@ -79,28 +161,53 @@ impl EmbeddedStream {
     ) -> Result<Results, StreamError> {
         for _ in 0..STALE_RETRIES {
             let meta = self.meta(stream).await?;
-            let (reply, answer) = oneshot::channel();
-            self.log.append(AppendJob {
-                meta: meta.clone(),
-                records,
-                outbox,
-                throttle: throttle.clone(),
-                now: self.clock.now_ms(),
-                reply,
-            })?;
-            let answer = answer
-                .await
-                .map_err(|_| StreamError::Backend("the stream log writer stopped".into()))??;
-            match answer {
-                Answer::Done(results) => {
-                    if results.iter().any(|r| r.is_ok()) {
-                        self.notify(stream);
-                    }
-                    return Ok(results);
+            // Records refused here keep their place (index) for the answer; the others
+            // move (partition key and data, no copy) into the engine's append and come
+            // back if it is stale.
+            let mut refused: Vec<(usize, StreamError)> = Vec::new();
+            let mut batch = Vec::with_capacity(records.len());
+            for (i, (record, ordering)) in records.iter_mut().enumerate() {
+                match self
+                    .route(&meta, record, ordering.as_deref(), throttle.as_deref())
+                    .await
+                {
+                    Ok(shard) => batch.push(NewRecord {
+                        shard: shard.idx,
+                        min_position: shard.next_counter,
+                        min_arrival_ms: shard.last_arrival_ms,
+                        partition_key: std::mem::take(&mut record.partition_key),
+                        data: std::mem::take(&mut record.data),
+                    }),
+                    Err(e) => refused.push((i, e)),
                 }
-                Answer::Stale(back) => {
-                    self.log.uncache_meta(&meta);
-                    records = back;
+            }
+            let outcome = self
+                .records
+                .append(Append {
+                    stream: meta.id,
+                    epoch: meta.epoch,
+                    ticket: outbox,
+                    now_ms: self.clock.now_ms(),
+                    records: batch,
+                })
+                .await?;
+            match outcome {
+                AppendOutcome::Done(done) => return Ok(merge(done, refused, records.len())),
+                AppendOutcome::Stale(back) => {
+                    self.shared.uncache_meta(&meta);
+                    // Give the records back their partition keys and data.
+                    let mut back = back.records.into_iter();
+                    let mut refused = refused.iter().map(|r| r.0).peekable();
+                    for (i, (record, _)) in records.iter_mut().enumerate() {
+                        if refused.peek() == Some(&i) {
+                            refused.next();
+                            continue;
+                        }
+                        if let Some(r) = back.next() {
+                            record.partition_key = r.partition_key;
+                            record.data = r.data;
+                        }
+                    }
                 }
             }
         }
@@ -109,12 +216,13 @@ impl EmbeddedStream {
         )))
     }
 
-    /// Appends the record of outbox ticket `ticket` ([`enqueue_in_tx`]) once: if the log
-    /// already holds it, returns the result it got then. Reads the record from the outbox
-    /// (after a restart); [`EmbeddedStream::deliver_record`] when the caller has it.
+    /// Appends the record of outbox ticket `ticket` ([`enqueue_in_tx`]) once: if the
+    /// record engine already holds it, returns the result it got then. Reads the record
+    /// from the outbox (after a restart); [`EmbeddedStream::deliver_record`] when the
+    /// caller has it.
     pub async fn deliver(&self, ticket: i64) -> Result<PutResult, StreamError> {
-        if let Some(r) = self.log.delivered(ticket) {
-            return Ok(r);
+        if let Some(r) = self.records.delivered(ticket).await? {
+            return Ok(put_result(&r));
         }
         let row = self
             .db
@@ -151,7 +259,7 @@ impl EmbeddedStream {
         stream: &str,
         record: PutRecord,
     ) -> Result<PutResult, StreamError> {
-        // A ticket delivered before is answered by the writer with its first result.
+        // A ticket delivered before is answered by the engine with its first result.
         // Not throttled: the caller's transaction already committed the record.
         self.append_records(stream, vec![(record, None)], Some(ticket), None)
             .await?
@@ -160,10 +268,16 @@ impl EmbeddedStream {
             .unwrap_or_else(|| Err(StreamError::Backend("the append returned no result".into())))
     }
 
-    /// Where the record of outbox ticket `ticket` landed, if it was delivered and its
-    /// segment is still there.
-    pub fn delivered(&self, ticket: i64) -> Option<PutResult> {
-        self.log.delivered(ticket)
+    /// Where the record of outbox ticket `ticket` landed, if it was delivered and the
+    /// record engine still holds it (an engine failure is logged and answers `None`).
+    pub async fn delivered(&self, ticket: i64) -> Option<PutResult> {
+        match self.records.delivered(ticket).await {
+            Ok(found) => found.as_ref().map(put_result),
+            Err(e) => {
+                tracing::warn!(ticket, error = %e, "cannot ask the record engine about a ticket");
+                None
+            }
+        }
     }
 
     /// Outbox tickets not settled yet (after a crash: deliver them, then settle).
@@ -210,5 +324,42 @@ pub fn settle_in_tx(conn: &Tx<'_>, ticket: i64) -> Result<(), StreamError> {
         "DELETE FROM stream_outbox WHERE ticket = ?1",
         params![ticket],
     )?;
+    Ok(())
+}
+
+/// The answer to an append of `n` records: the engine's results in order, with the errors
+/// of the records refused before (at their indexes) in between.
+fn merge(done: Vec<Appended>, refused: Vec<(usize, StreamError)>, n: usize) -> Results {
+    let mut done = done.iter();
+    let mut refused = refused.into_iter().peekable();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        match refused.next_if(|r| r.0 == i) {
+            Some((_, e)) => out.push(Err(e)),
+            None => out.push(done.next().map(put_result).ok_or_else(|| {
+                StreamError::Backend("the record engine returned too few results".into())
+            })),
+        }
+    }
+    out
+}
+
+/// SequenceNumberForOrdering: the new number must exceed the given one. Numbers of one
+/// stream compare as integers, and a partition key only ever moves to shards with higher
+/// indexes (children of its old shard), so a number this stream returned earlier for the
+/// same key is always exceeded; anything else that is not is refused.
+fn check_ordering(ordering: &str, seq: &str) -> Result<(), StreamError> {
+    if parse_sequence_number(ordering).is_none() {
+        return Err(StreamError::InvalidArgument(format!(
+            "sequence number for ordering {ordering:?} is not a sequence number of this stream"
+        )));
+    }
+    // Same width (37 digits) for every valid number: string order is numeric order.
+    if seq <= ordering {
+        return Err(StreamError::InvalidArgument(format!(
+            "sequence number for ordering {ordering} is not below the next sequence number \
+             of the record's shard; pass a sequence number returned for the same partition key"
+        )));
+    }
     Ok(())
 }

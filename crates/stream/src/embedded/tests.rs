@@ -426,7 +426,7 @@ async fn an_outbox_record_is_delivered_exactly_once_across_restarts() {
 }
 
 fn segment_files(db: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(log::dir_of(db))
+    let mut v: Vec<_> = std::fs::read_dir(log_dir_of(db))
         .expect("log dir")
         .map(|e| e.expect("entry").path())
         .collect();
@@ -548,14 +548,14 @@ async fn an_append_holding_metadata_from_before_a_split_is_redone_on_the_childre
     s.create_stream("x", 1).await.expect("create");
     s.put_record("x", rec("k", "before")).await.expect("put");
     let old = s
-        .log
+        .shared
         .cached_meta("x")
         .expect("metadata cached by the append");
     s.split_shard("x", &shard_id(0), u128::MAX / 2 + 1)
         .await
         .expect("split");
     // A loader that read the shards before the split put its result in the cache after it.
-    s.log.cache_meta(old);
+    s.shared.cache_meta(old);
     let r = s.put_record("x", rec("k", "after")).await.expect("put");
     assert_ne!(
         r.shard_id,
@@ -564,4 +564,30 @@ async fn an_append_holding_metadata_from_before_a_split_is_redone_on_the_childre
     );
     let parent = crate::conformance::read_shard(&s, "x", &shard_id(0)).await;
     assert_eq!(parent.len(), 1);
+}
+
+/// `open` prepares the log by waiting on futures from inside whatever task calls it; many
+/// opens in one task (a benchmark opening a database per trial) must not exhaust the
+/// task's cooperative budget and spin.
+#[test]
+fn opening_many_streams_inside_one_task_finishes() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            for i in 0..100 {
+                let path = root.join(format!("{i}.db"));
+                let db = Meta::open_sqlite(&path, MIGRATIONS).expect("db");
+                drop(EmbeddedStream::open(db, &log_dir_of(&path)).expect("stream"));
+            }
+        });
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(120))
+        .expect("100 opens in one task finished");
 }

@@ -1,7 +1,8 @@
-//! The stream log: the files that hold the embedded backend's records.
+//! The embedded record engine, [`EmbeddedLog`]: the stream log, segment files that hold the
+//! records, written by one group-committing thread.
 //!
-//! SQLite keeps what describes streams (streams, shards, tags, consumers); the records
-//! themselves go to this log, because a record in SQLite cost its B-tree insert, its index
+//! The metadata engine keeps what describes streams (streams, shards, tags, consumers);
+//! the records themselves go to this log, because a record in SQLite cost its B-tree insert, its index
 //! entry and its WAL frames on the append path — about 8 µs of CPU per record on a
 //! machine whose two cores also run the runtime (docs/BENCHMARKS-stream.md, rounds 3–4).
 //! Here an append is a copy into a buffer and a share of one `write` + `fdatasync`.
@@ -16,15 +17,17 @@
 //! that a batch's `fdatasync` flushes data only; zeros after the last frame of the last
 //! segment are its normal end.
 //!
-//! One thread writes (started by [`Log::open`]). It takes every append waiting, gives each
-//! record its counter, writes the batch's frames sorted by shard with one `write`, fsyncs,
-//! then adds the batch to the in-memory index and answers. So:
+//! One thread writes (started by [`EmbeddedLog::open`]). It takes every append waiting,
+//! gives each record its counter (its position: see [`crate::records`]), writes the batch's
+//! frames sorted by shard with one `write`, fsyncs, then adds the batch to the in-memory
+//! index, bumps the subscribers of the streams it wrote to and answers. So:
 //!
 //! - **An acknowledged record is durable**, and a reader sees a record only after it is
 //!   (the index is updated after the fsync): nothing a reader saw can be lost.
-//! - **Counters are dense per shard** and only the writer thread assigns them; SQLite's
-//!   `shards.next_counter` is written back before segments are deleted and when a shard
-//!   closes, so a shard's counter survives the loss of every record it held.
+//! - **Counters are dense per shard** and only the writer thread assigns them; the caller
+//!   stores each shard's end ([`RecordLog::trim`]'s `persist`, the metadata's
+//!   `shards.next_counter`) before segments are deleted, and passes it back as the floor of
+//!   the next append, so a shard's counter survives the loss of every record it held.
 //! - **Frames are checksummed and LSNs consecutive.** On open every segment is scanned and
 //!   the index rebuilt. A bad frame whose batch is the last one written is a torn tail (a
 //!   crash mid-write: that batch was never acknowledged) and the segment is cut there. A
@@ -37,7 +40,9 @@
 //!   records, before any append followed them.) After a failed write or
 //!   fsync the log refuses appends until restart: what reached the disk is then unknown.
 //! - Metadata changes that the append path depends on (resharding, deletion, record size)
-//!   run as jobs on the writer thread ([`Log::control`]), between batches.
+//!   run as jobs on the writer thread ([`RecordLog::fence`]), between batches: the epoch
+//!   check of an append (is its metadata older than a change of its stream?) is done by
+//!   the same thread that orders the appends, so it cannot race the change.
 //!
 //! The whole index is in memory (48 bytes per run of consecutive records of one shard in
 //! one batch: one per record for a lone producer, far fewer under load) and is rebuilt by reading every segment at open: opening costs a
@@ -51,10 +56,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::oneshot;
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
 
-use super::throttle::Throttle;
-use crate::{PutRecord, PutResult, StreamError, parse_sequence_number, sequence_number, shard_id};
+use super::{
+    Append, AppendOutcome, Appended, FenceFn, FenceOutcome, Imported, LogStats, PersistFn, Problem,
+    ReadOut, RecordError, RecordLog, ShardEnd, ShardKey, StoredRecord, TrimPlan, Verified,
+};
 
 /// A segment is closed once it would grow past this (the default).
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -70,7 +79,7 @@ const MAX_BATCH_RECORDS: usize = 8_192;
 const MAX_BATCH_BYTES: usize = 32 << 20;
 
 /// The log directory of the database at `db_path`.
-pub(super) fn dir_of(db_path: &Path) -> PathBuf {
+pub fn dir_of(db_path: &Path) -> PathBuf {
     let name = db_path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -220,8 +229,9 @@ struct Index {
     shards: HashMap<(i64, u64), ShardLog>,
     /// Runs per segment; a segment nobody references (and not being written) is deleted.
     seg_runs: BTreeMap<u64, usize>,
-    /// Outbox tickets delivered by a record still in the log: (stream id, shard, counter).
-    delivered: HashMap<i64, (i64, u64, u64)>,
+    /// Outbox tickets delivered by a record still in the log: (stream id, shard, counter,
+    /// arrival).
+    delivered: HashMap<i64, (i64, u64, u64, i64)>,
 }
 
 impl Index {
@@ -241,49 +251,9 @@ impl Index {
     }
 }
 
-/// Stream metadata the append path needs, loaded from SQLite by callers and cached.
-#[derive(Debug)]
-pub(crate) struct StreamMeta {
-    pub(crate) id: i64,
-    pub(crate) name: String,
-    pub(crate) created_ms: i64,
-    pub(crate) max_record_bytes: usize,
-    /// Open shards in hash-key order: (index, start, end, SQLite next counter, last arrival).
-    pub(crate) shards: Vec<MetaShard>,
-    /// [`Log::epoch`] read before the rows were: older than a change of this stream means
-    /// stale.
-    pub(crate) epoch: u64,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct MetaShard {
-    pub(crate) idx: u64,
-    pub(crate) start: u128,
-    pub(crate) end: u128,
-    pub(crate) next_counter: u64,
-    pub(crate) last_arrival_ms: i64,
-}
-
-pub(crate) type Results = Vec<Result<PutResult, StreamError>>;
-
-/// How the writer answered one append job.
-pub(crate) enum Answer {
-    Done(Results),
-    /// The job's metadata predates a change of its stream: reload and resubmit (the
-    /// records come back for that).
-    Stale(Vec<(PutRecord, Option<String>)>),
-}
-
-pub(crate) struct AppendJob {
-    pub(crate) meta: Arc<StreamMeta>,
-    pub(crate) records: Vec<(PutRecord, Option<String>)>,
-    /// The outbox ticket the (single) record delivers.
-    pub(crate) outbox: Option<i64>,
-    pub(crate) throttle: Option<Arc<Throttle>>,
-    /// The caller's clock when it appended (ms): the records' arrival time, raised to the
-    /// shard's last arrival so that arrival times never decrease along a shard.
-    pub(crate) now: i64,
-    pub(crate) reply: oneshot::Sender<Result<Answer, StreamError>>,
+struct AppendJob {
+    append: Append,
+    reply: oneshot::Sender<Result<AppendOutcome, RecordError>>,
 }
 
 type ControlFn = Box<dyn FnOnce(&mut Writer) + Send>;
@@ -298,9 +268,10 @@ struct Shared {
     dir: PathBuf,
     index: RwLock<Index>,
     files: RwLock<HashMap<u64, Arc<File>>>,
-    /// Problems found when the log was opened (corruption), for `check()`.
-    problems: Mutex<Vec<String>>,
-    metas: Mutex<HashMap<String, Arc<StreamMeta>>>,
+    /// Problems found when the log was opened (corruption), for `verify()`.
+    problems: Mutex<Vec<Problem>>,
+    /// Senders bumped after a batch wrote records of their stream ([`RecordLog::subscribe`]).
+    subscribers: Mutex<HashMap<i64, Vec<Arc<watch::Sender<u64>>>>>,
     epoch: AtomicU64,
     /// Set once a write or fsync failed: no append is accepted until restart.
     failed: Mutex<Option<String>>,
@@ -313,19 +284,6 @@ struct Counters {
     records: AtomicU64,
     write_nanos: AtomicU64,
     sync_nanos: AtomicU64,
-}
-
-/// What the log's writer did since the log was opened ([`crate::embedded::EmbeddedStream::log_stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LogStats {
-    /// Batches written (each one `write` + one `fdatasync`).
-    pub batches: u64,
-    /// Records written.
-    pub records: u64,
-    /// Time spent in `write` (encoding excluded).
-    pub write_nanos: u64,
-    /// Time spent in `fdatasync`.
-    pub sync_nanos: u64,
 }
 
 fn add_elapsed(c: &AtomicU64, since: std::time::Instant) {
@@ -346,14 +304,15 @@ impl Shared {
             .map(|s| (s.next, s.last_arrival_ms))
     }
 
-    /// The result an outbox ticket was delivered with, if its record is in the log.
-    fn delivered(&self, ticket: i64) -> Option<PutResult> {
+    /// Where the record that delivered an outbox ticket is, if it is in the log.
+    fn delivered(&self, ticket: i64) -> Option<Appended> {
         lock_read(&self.index)
             .delivered
             .get(&ticket)
-            .map(|&(_, shard, counter)| PutResult {
-                shard_id: shard_id(shard),
-                sequence_number: sequence_number(shard, counter),
+            .map(|&(_, shard, position, arrival_ms)| Appended {
+                shard,
+                position,
+                arrival_ms,
             })
     }
 }
@@ -370,18 +329,24 @@ fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     l.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn io(what: &str, path: &Path, e: std::io::Error) -> StreamError {
-    StreamError::Backend(format!("stream log: cannot {what} {}: {e}", path.display()))
+fn io(what: &str, path: &Path, e: std::io::Error) -> RecordError {
+    RecordError::Backend(format!("stream log: cannot {what} {}: {e}", path.display()))
 }
 
-/// The log of one database. One per database ([`sluice_meta::Meta::shared`] holds it).
-pub(crate) struct Log {
+fn stopped() -> RecordError {
+    RecordError::Unavailable("the stream log writer stopped".into())
+}
+
+/// The embedded record engine: one directory of segment files, one writer thread.
+/// Open one per directory (a second writer would corrupt it): the Kinesis layer keeps one
+/// per metadata handle.
+pub struct EmbeddedLog {
     shared: Arc<Shared>,
     jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-impl Drop for Log {
+impl Drop for EmbeddedLog {
     fn drop(&mut self) {
         lock(&self.jobs).take();
         if let Some(t) = lock(&self.thread).take() {
@@ -402,12 +367,12 @@ struct Scan {
     /// written ahead, if any.
     last: Option<(u64, u64, u64)>,
     next_lsn: u64,
-    problems: Vec<String>,
+    problems: Vec<Problem>,
     frames: u64,
 }
 
 /// Lists the segment ids of `dir`, in order.
-fn segment_ids(dir: &Path) -> Result<Vec<u64>, StreamError> {
+fn segment_ids(dir: &Path) -> Result<Vec<u64>, RecordError> {
     let mut ids = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -430,7 +395,7 @@ fn segment_ids(dir: &Path) -> Result<Vec<u64>, StreamError> {
 
 /// Reads every segment and rebuilds the index. `repair`: cut a torn tail off the last
 /// segment (a read-only scan only reports it).
-fn scan(dir: &Path, repair: bool) -> Result<Scan, StreamError> {
+fn scan(dir: &Path, repair: bool) -> Result<Scan, RecordError> {
     let ids = segment_ids(dir)?;
     let mut out = Scan {
         index: Index::default(),
@@ -456,11 +421,14 @@ fn scan(dir: &Path, repair: bool) -> Result<Scan, StreamError> {
                 .map_err(|e| io("read", &path, e))?;
         }
         if id < out.next_lsn {
-            out.problems.push(format!(
-                "segment {} starts at LSN {id}, below the {} its predecessor ended at",
-                path.display(),
-                out.next_lsn
-            ));
+            out.problems.push(Problem {
+                record: None,
+                detail: format!(
+                    "segment {} starts at LSN {id}, below the {} its predecessor ended at",
+                    path.display(),
+                    out.next_lsn
+                ),
+            });
         }
         // Segments deleted in between leave a gap in LSNs: that is fine.
         let mut expected = id.max(out.next_lsn);
@@ -502,30 +470,30 @@ fn scan(dir: &Path, repair: bool) -> Result<Scan, StreamError> {
                     let victim = parse_frame(&data[off..])
                         .filter(|f| f.head.lsn == expected)
                         .map(|f| {
-                            format!(
-                                "record {} (stream id {}, shard {}) fails its checksum; ",
-                                sequence_number(f.head.shard, f.head.counter),
-                                f.head.stream_id,
-                                shard_id(f.head.shard)
+                            (
+                                ShardKey::new(f.head.stream_id, f.head.shard),
+                                f.head.counter,
                             )
-                        })
-                        .unwrap_or_default();
+                        });
                     let msg = match resync {
                         Some((p, lsn)) => format!(
-                            "{victim}segment {} is damaged at byte {off} (expected LSN {expected}); \
+                            "segment {} is damaged at byte {off} (expected LSN {expected}); \
                              the frames up to LSN {} are lost, scanning resumed at byte {p}",
                             path.display(),
                             lsn.saturating_sub(1)
                         ),
                         None => format!(
-                            "{victim}segment {} is damaged at byte {off} (expected LSN {expected}); \
+                            "segment {} is damaged at byte {off} (expected LSN {expected}); \
                              the rest of the segment ({} bytes) is unreadable",
                             path.display(),
                             data.len() - off
                         ),
                     };
-                    tracing::error!(problem = %msg, "stream log is corrupt");
-                    out.problems.push(msg);
+                    tracing::error!(problem = %msg, record = ?victim, "stream log is corrupt");
+                    out.problems.push(Problem {
+                        record: victim,
+                        detail: msg,
+                    });
                     let end = resync.map_or(data.len(), |(p, _)| p);
                     damaged.extend(damaged_heads(&data[off..end]));
                     match resync {
@@ -607,7 +575,7 @@ fn note_damaged(index: &mut Index, heads: &[FrameHead]) {
     }
 }
 
-fn index_frame(index: &mut Index, problems: &mut Vec<String>, seg: u64, off: u64, f: &Frame<'_>) {
+fn index_frame(index: &mut Index, problems: &mut Vec<Problem>, seg: u64, off: u64, f: &Frame<'_>) {
     let key = (f.head.stream_id, f.head.shard);
     let sl = index.shards.entry(key).or_default();
     if sl.next != 0 && f.head.counter != sl.next {
@@ -617,7 +585,10 @@ fn index_frame(index: &mut Index, problems: &mut Vec<String>, seg: u64, off: u64
                 f.head.lsn, f.head.counter, f.head.stream_id, f.head.shard, sl.next
             );
             tracing::error!(problem = %msg, "stream log is corrupt");
-            problems.push(msg);
+            problems.push(Problem {
+                record: None,
+                detail: msg,
+            });
             return;
         }
         sl.damaged.push((sl.next, f.head.counter));
@@ -636,69 +607,195 @@ fn index_frame(index: &mut Index, problems: &mut Vec<String>, seg: u64, off: u64
     if f.head.outbox != 0 {
         index.delivered.insert(
             f.head.outbox,
-            (f.head.stream_id, f.head.shard, f.head.counter),
+            (
+                f.head.stream_id,
+                f.head.shard,
+                f.head.counter,
+                f.head.arrival_ms,
+            ),
         );
     }
 }
 
-/// What [`Log::verify`] found.
-pub(crate) struct Verified {
-    pub(crate) frames: u64,
-    pub(crate) problems: Vec<String>,
+/// Reads of at most this many bytes of frames run on the caller's thread (the index says
+/// where they are, and recent frames are in the page cache); larger ones on the blocking
+/// pool, so that a reader catching up never holds an async worker for long.
+const INLINE_READ_BYTES: u64 = 256 << 10;
+
+/// Where a read finds its frames.
+struct ReadPlan {
+    key: ShardKey,
+    from: u64,
+    max_records: usize,
+    max_bytes: usize,
+    /// (segment, offset, bytes) spans to read.
+    spans: Vec<(u64, u64, u64)>,
+    /// Where reading must stop (damage).
+    stop_at: u64,
 }
 
-/// A record read back: counter, arrival, partition key, data range in the shared buffer.
-pub(crate) struct ReadRecord {
-    pub(crate) counter: u64,
-    pub(crate) arrival_ms: i64,
-    pub(crate) partition_key: String,
-    pub(crate) data: std::ops::Range<usize>,
+impl ReadPlan {
+    fn bytes(&self) -> u64 {
+        self.spans.iter().map(|s| s.2).sum()
+    }
 }
 
-pub(crate) struct ReadOut {
-    pub(crate) records: Vec<ReadRecord>,
-    pub(crate) buf: Vec<u8>,
-    /// The counter after the last record returned, or `from` if none.
-    pub(crate) next: u64,
+impl Shared {
+    /// Finds the frames a read needs in the index.
+    fn plan_read(
+        &self,
+        key: ShardKey,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadPlan, RecordError> {
+        let mut plan = ReadPlan {
+            key,
+            from,
+            max_records,
+            max_bytes,
+            spans: Vec::new(),
+            stop_at: u64::MAX,
+        };
+        let idx = lock_read(&self.index);
+        let Some(sl) = idx.shards.get(&(key.stream, key.shard)) else {
+            return Ok(plan);
+        };
+        for &(a, b) in &sl.damaged {
+            if from >= a && from < b {
+                return Err(damaged(key, from));
+            }
+            if a > from {
+                plan.stop_at = plan.stop_at.min(a);
+            }
+        }
+        let mut i = sl.runs.partition_point(|r| r.end() <= from);
+        let (mut n, mut bytes) = (0u64, 0u64);
+        while let Some(r) = sl.runs.get(i) {
+            if r.first >= plan.stop_at || n >= max_records as u64 || bytes > max_bytes as u64 {
+                break;
+            }
+            n += r.end() - r.first.max(from);
+            bytes += r.bytes;
+            match plan.spans.last_mut() {
+                Some(s) if s.0 == r.seg && s.1 + s.2 == r.offset => s.2 += r.bytes,
+                _ => plan.spans.push((r.seg, r.offset, r.bytes)),
+            }
+            i += 1;
+        }
+        Ok(plan)
+    }
+
+    /// Reads the frames of `plan`, verifying each frame's checksum and position; a damaged
+    /// record is an error naming it.
+    fn run_read(&self, plan: ReadPlan) -> Result<ReadOut, RecordError> {
+        let ReadPlan {
+            key,
+            from,
+            max_records,
+            max_bytes,
+            spans,
+            stop_at,
+        } = plan;
+        // The frames' data, back to back, then cut into one `Bytes` per record.
+        let mut buf: Vec<u8> = Vec::new();
+        let mut found: Vec<(u64, i64, String, std::ops::Range<usize>)> = Vec::new();
+        let mut next = from;
+        let mut chunk = Vec::new();
+        'spans: for (seg, offset, bytes) in spans {
+            // Deleted since the index was read: its records were trimmed meanwhile.
+            let Some(file) = lock_read(&self.files).get(&seg).cloned() else {
+                continue;
+            };
+            chunk.resize(bytes as usize, 0);
+            file.read_exact_at(&mut chunk, offset)
+                .map_err(|e| io("read", &segment_path(&self.dir, seg), e))?;
+            let mut p = 0usize;
+            while p < chunk.len() {
+                let expected = next.max(from);
+                let f = decode_frame(&chunk[p..])
+                    .filter(|f| f.head.stream_id == key.stream && f.head.shard == key.shard)
+                    .ok_or_else(|| damaged(key, expected))?;
+                p += f.len;
+                if f.head.counter < from {
+                    continue;
+                }
+                if f.head.counter >= stop_at {
+                    break 'spans;
+                }
+                if !found.is_empty()
+                    && (found.len() >= max_records || buf.len() + f.data.len() > max_bytes)
+                {
+                    break 'spans;
+                }
+                let pk = std::str::from_utf8(f.pk)
+                    .map_err(|_| damaged(key, f.head.counter))?
+                    .to_owned();
+                let start = buf.len();
+                buf.extend_from_slice(f.data);
+                found.push((f.head.counter, f.head.arrival_ms, pk, start..buf.len()));
+                next = f.head.counter + 1;
+            }
+        }
+        let buf = Bytes::from(buf);
+        Ok(ReadOut {
+            records: found
+                .into_iter()
+                .map(|(position, arrival_ms, partition_key, data)| StoredRecord {
+                    position,
+                    arrival_ms,
+                    partition_key,
+                    data: buf.slice(data),
+                })
+                .collect(),
+            next,
+        })
+    }
 }
 
-impl Log {
+impl EmbeddedLog {
     /// Scans `dir` (read and write) and starts the writer thread; new segments are closed
     /// once they would pass `segment_bytes`.
-    pub(crate) fn open(dir: &Path, segment_bytes: u64) -> Result<Log, StreamError> {
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<EmbeddedLog, RecordError> {
         std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
         let s = scan(dir, true)?;
-        Ok(Log::start(dir, s, Some(segment_bytes.max(1))))
+        Ok(EmbeddedLog::start(dir, s, Some(segment_bytes.max(1))))
     }
 
-    /// Scans `dir` without changing it and starts no writer (`sluice doctor`).
-    pub(crate) fn open_read_only(dir: &Path) -> Result<Log, StreamError> {
+    /// Scans `dir` without changing it and starts no writer (`sluice doctor`): reads work,
+    /// anything that writes fails.
+    pub fn open_read_only(dir: &Path) -> Result<EmbeddedLog, RecordError> {
         let s = scan(dir, false)?;
-        Ok(Log::start(dir, s, None))
+        Ok(EmbeddedLog::start(dir, s, None))
     }
 
-    /// Checks every frame of `dir` again (what `sluice doctor` reports).
-    pub(crate) fn verify(&self) -> Result<Verified, StreamError> {
-        let s = scan(&self.shared.dir, false)?;
-        let mut problems = lock(&self.shared.problems).clone();
+    /// The directory of the segments.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Checks every frame of the directory again (what `sluice doctor` reports).
+    fn verify_blocking(shared: &Shared) -> Result<Verified, RecordError> {
+        let s = scan(&shared.dir, false)?;
+        let mut problems = lock(&shared.problems).clone();
         for p in s.problems {
             if !problems.contains(&p) {
                 problems.push(p);
             }
         }
         Ok(Verified {
-            frames: s.frames,
+            records: s.frames,
             problems,
         })
     }
 
-    fn start(dir: &Path, s: Scan, writer: Option<u64>) -> Log {
+    fn start(dir: &Path, s: Scan, writer: Option<u64>) -> EmbeddedLog {
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             index: RwLock::new(s.index),
             files: RwLock::new(s.files),
             problems: Mutex::new(s.problems),
-            metas: Mutex::new(HashMap::new()),
+            subscribers: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(1),
             failed: Mutex::new(None),
             stats: Counters::default(),
@@ -722,55 +819,238 @@ impl Log {
         } else {
             (None, None)
         };
-        Log {
+        EmbeddedLog {
             shared,
             jobs: Mutex::new(jobs),
             thread: Mutex::new(thread),
         }
     }
 
-    fn send(&self, job: Job) -> Result<(), StreamError> {
+    fn send(&self, job: Job) -> Result<(), RecordError> {
         let g = lock(&self.jobs);
-        let tx = g
-            .as_ref()
-            .ok_or_else(|| StreamError::Backend("the stream log is not open for writing".into()))?;
-        tx.send(job)
-            .map_err(|_| StreamError::Backend("the stream log writer stopped".into()))
-    }
-
-    /// Queues an append; the answer comes once its batch is durable.
-    pub(crate) fn append(&self, job: AppendJob) -> Result<(), StreamError> {
-        self.send(Job::Append(job))
+        let tx = g.as_ref().ok_or_else(|| {
+            RecordError::Unavailable("the stream log is not open for writing".into())
+        })?;
+        tx.send(job).map_err(|_| stopped())
     }
 
     /// Runs `f` on the writer thread between batches (every earlier append is durable and
     /// no other runs meanwhile).
-    pub(crate) async fn control<R: Send + 'static>(
+    async fn control<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Writer) -> R + Send + 'static,
-    ) -> Result<R, StreamError> {
+    ) -> Result<R, RecordError> {
         let (tx, rx) = oneshot::channel();
         self.send(Job::Control(Box::new(move |w| {
             let _ = tx.send(f(w));
         })))?;
-        rx.await
-            .map_err(|_| StreamError::Backend("the stream log writer stopped".into()))
+        rx.await.map_err(|_| stopped())
     }
 
-    /// [`Log::control`] for callers outside a runtime.
-    pub(crate) fn control_blocking<R: Send + 'static>(
+    /// [`EmbeddedLog::control`] for callers outside a runtime (tests).
+    #[cfg(test)]
+    fn control_blocking<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Writer) -> R + Send + 'static,
-    ) -> Result<R, StreamError> {
+    ) -> Result<R, RecordError> {
         let (tx, rx) = std::sync::mpsc::channel();
         self.send(Job::Control(Box::new(move |w| {
             let _ = tx.send(f(w));
         })))?;
-        rx.recv()
-            .map_err(|_| StreamError::Backend("the stream log writer stopped".into()))
+        rx.recv().map_err(|_| stopped())
     }
 
-    pub(crate) fn stats(&self) -> LogStats {
+    /// One past the last durable record of a shard, and its arrival time (None: the log
+    /// holds nothing of it since it was opened, and nothing on disk).
+    fn shard_end(&self, key: ShardKey) -> Option<ShardEnd> {
+        self.shared
+            .shard_end(key.stream, key.shard)
+            .map(|(next, last_arrival_ms)| ShardEnd {
+                next,
+                last_arrival_ms,
+            })
+    }
+
+    /// [`RecordLog::read`] on the calling thread.
+    #[cfg(test)]
+    fn read_blocking(
+        &self,
+        key: ShardKey,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadOut, RecordError> {
+        let plan = self.shared.plan_read(key, from, max_records, max_bytes)?;
+        self.shared.run_read(plan)
+    }
+}
+
+#[async_trait]
+impl RecordLog for EmbeddedLog {
+    fn describe(&self) -> String {
+        format!("embedded://{}", self.shared.dir.display())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::SeqCst)
+    }
+
+    async fn append(&self, append: Append) -> Result<AppendOutcome, RecordError> {
+        if append.ticket.is_some() && append.records.len() > 1 {
+            return Err(RecordError::Invalid(format!(
+                "an append delivering an outbox ticket holds one record, not {}",
+                append.records.len()
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Append(AppendJob { append, reply }))?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn delivered(&self, ticket: i64) -> Result<Option<Appended>, RecordError> {
+        Ok(self.shared.delivered(ticket))
+    }
+
+    async fn read(
+        &self,
+        shard: ShardKey,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadOut, RecordError> {
+        let plan = self.shared.plan_read(shard, from, max_records, max_bytes)?;
+        if plan.bytes() <= INLINE_READ_BYTES || tokio::runtime::Handle::try_current().is_err() {
+            return self.shared.run_read(plan);
+        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.run_read(plan))
+            .await
+            .map_err(|e| RecordError::Backend(format!("stream log read stopped: {e}")))?
+    }
+
+    async fn end(&self, shard: ShardKey) -> Result<Option<ShardEnd>, RecordError> {
+        Ok(self.shard_end(shard))
+    }
+
+    async fn first_at_or_after(
+        &self,
+        shard: ShardKey,
+        ts_ms: i64,
+    ) -> Result<Option<u64>, RecordError> {
+        let idx = lock_read(&self.shared.index);
+        Ok(idx.shards.get(&(shard.stream, shard.shard)).and_then(|sl| {
+            let i = sl.runs.partition_point(|r| r.arrival_ms < ts_ms);
+            sl.runs.get(i).map(|r| r.first)
+        }))
+    }
+
+    async fn arrival_at_or_after(
+        &self,
+        shard: ShardKey,
+        position: u64,
+    ) -> Result<Option<i64>, RecordError> {
+        let idx = lock_read(&self.shared.index);
+        Ok(idx.shards.get(&(shard.stream, shard.shard)).and_then(|sl| {
+            let i = sl.runs.partition_point(|r| r.end() <= position);
+            sl.runs.get(i).map(|r| r.arrival_ms)
+        }))
+    }
+
+    fn subscribe(&self, stream: i64, to: Arc<watch::Sender<u64>>) {
+        let mut subs = lock(&self.shared.subscribers);
+        let list = subs.entry(stream).or_default();
+        if !list.iter().any(|s| Arc::ptr_eq(s, &to)) {
+            list.push(to);
+        }
+    }
+
+    async fn fence(&self, stream: i64, change: FenceFn) -> Result<(), RecordError> {
+        self.control(move |w| {
+            let ends = w.stream_ends(stream);
+            match change(&ends) {
+                Ok(FenceOutcome::Unchanged) => Ok(()),
+                Ok(FenceOutcome::Changed) => {
+                    w.changed(stream);
+                    Ok(())
+                }
+                Ok(FenceOutcome::Dropped) => {
+                    w.forget_stream(stream);
+                    Ok(())
+                }
+                Err(e) => Err(RecordError::Aborted(Box::new(e))),
+            }
+        })
+        .await?
+    }
+
+    async fn trim(
+        &self,
+        horizons: Vec<(i64, i64)>,
+        persist: PersistFn,
+    ) -> Result<u64, RecordError> {
+        let horizons: HashMap<i64, i64> = horizons.into_iter().collect();
+        self.control(move |w| {
+            let cut = w.trim(&horizons);
+            let plan = TrimPlan {
+                ends: w
+                    .shard_ends()
+                    .into_iter()
+                    .map(|((stream, shard), next, last_arrival_ms)| {
+                        (
+                            ShardKey::new(stream, shard),
+                            ShardEnd {
+                                next,
+                                last_arrival_ms,
+                            },
+                        )
+                    })
+                    .collect(),
+                starts: cut
+                    .starts
+                    .iter()
+                    .map(|&((stream, shard), start)| (ShardKey::new(stream, shard), start))
+                    .collect(),
+            };
+            persist(&plan).map_err(|e| RecordError::Aborted(Box::new(e)))?;
+            let dead = w.unreferenced_segments();
+            if !dead.is_empty() {
+                w.delete_segments(&dead)?;
+            }
+            Ok(cut.records)
+        })
+        .await?
+    }
+
+    async fn drop_before(&self, shard: ShardKey, position: u64) -> Result<u64, RecordError> {
+        self.control(move |w| w.cut_before((shard.stream, shard.shard), position))
+            .await
+    }
+
+    async fn drop_stream(&self, stream: i64) -> Result<(), RecordError> {
+        self.control(move |w| w.forget_stream(stream)).await
+    }
+
+    async fn streams(&self) -> Result<Vec<i64>, RecordError> {
+        let idx = lock_read(&self.shared.index);
+        let ids: std::collections::BTreeSet<i64> = idx.shards.keys().map(|k| k.0).collect();
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn import(&self, records: Vec<Imported>) -> Result<(), RecordError> {
+        self.control(move |w| w.import(records)).await?
+    }
+
+    async fn verify(&self) -> Result<Verified, RecordError> {
+        let shared = self.shared.clone();
+        if tokio::runtime::Handle::try_current().is_err() {
+            return EmbeddedLog::verify_blocking(&shared);
+        }
+        tokio::task::spawn_blocking(move || EmbeddedLog::verify_blocking(&shared))
+            .await
+            .map_err(|e| RecordError::Backend(format!("log check stopped: {e}")))?
+    }
+
+    fn stats(&self) -> LogStats {
         let c = &self.shared.stats;
         LogStats {
             batches: c.batches.load(Ordering::Relaxed),
@@ -779,182 +1059,31 @@ impl Log {
             sync_nanos: c.sync_nanos.load(Ordering::Relaxed),
         }
     }
-
-    pub(crate) fn epoch(&self) -> u64 {
-        self.shared.epoch.load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn cached_meta(&self, name: &str) -> Option<Arc<StreamMeta>> {
-        lock(&self.shared.metas).get(name).cloned()
-    }
-
-    pub(crate) fn cache_meta(&self, meta: Arc<StreamMeta>) {
-        lock(&self.shared.metas).insert(meta.name.clone(), meta);
-    }
-
-    /// Drops `meta` from the cache (if it is still the cached one): the writer found it
-    /// stale.
-    pub(crate) fn uncache_meta(&self, meta: &Arc<StreamMeta>) {
-        let mut metas = lock(&self.shared.metas);
-        if metas.get(&meta.name).is_some_and(|m| Arc::ptr_eq(m, meta)) {
-            metas.remove(&meta.name);
-        }
-    }
-
-    /// One past the last durable record of a shard, and its arrival time (None: the log
-    /// holds nothing of it since it was opened, and nothing on disk).
-    pub(crate) fn shard_end(&self, stream_id: i64, shard: u64) -> Option<(u64, i64)> {
-        self.shared.shard_end(stream_id, shard)
-    }
-
-    /// Where a shard ends for readers (and LATEST) given its SQLite row's `next_counter`:
-    /// one past its last durable record, never below what SQLite stored.
-    pub(crate) fn end_of(&self, stream_id: i64, shard: u64, row_next: u64) -> u64 {
-        self.shard_end(stream_id, shard)
-            .map_or(row_next, |(n, _)| n.max(row_next))
-    }
-
-    /// The counter of the first stored record of a shard that arrived at or after `ts`.
-    pub(crate) fn first_at_or_after(&self, stream_id: i64, shard: u64, ts: i64) -> Option<u64> {
-        let idx = lock_read(&self.shared.index);
-        let sl = idx.shards.get(&(stream_id, shard))?;
-        let i = sl.runs.partition_point(|r| r.arrival_ms < ts);
-        sl.runs.get(i).map(|r| r.first)
-    }
-
-    /// The arrival time of the first stored record at or after `counter`.
-    pub(crate) fn arrival_at_or_after(
-        &self,
-        stream_id: i64,
-        shard: u64,
-        counter: u64,
-    ) -> Option<i64> {
-        let idx = lock_read(&self.shared.index);
-        let sl = idx.shards.get(&(stream_id, shard))?;
-        let i = sl.runs.partition_point(|r| r.end() <= counter);
-        sl.runs.get(i).map(|r| r.arrival_ms)
-    }
-
-    /// The result an outbox ticket was delivered with, if its record is in the log.
-    pub(crate) fn delivered(&self, ticket: i64) -> Option<PutResult> {
-        self.shared.delivered(ticket)
-    }
-
-    /// Stored records of a shard from `from` on: at most `limit`, and no more than
-    /// `max_bytes` of data (but at least one). Each frame's checksum and position are
-    /// verified; a damaged record is an error naming it.
-    pub(crate) fn read(
-        &self,
-        stream: &str,
-        stream_id: i64,
-        shard: u64,
-        from: u64,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<ReadOut, StreamError> {
-        // (segment, offset, bytes) spans to read, and where reading must stop (damage).
-        let mut spans: Vec<(u64, u64, u64)> = Vec::new();
-        let mut stop_at = u64::MAX;
-        {
-            let idx = lock_read(&self.shared.index);
-            if let Some(sl) = idx.shards.get(&(stream_id, shard)) {
-                for &(a, b) in &sl.damaged {
-                    if from >= a && from < b {
-                        return Err(damaged(stream, shard, from));
-                    }
-                    if a > from {
-                        stop_at = stop_at.min(a);
-                    }
-                }
-                let mut i = sl.runs.partition_point(|r| r.end() <= from);
-                let (mut n, mut bytes) = (0u64, 0u64);
-                while let Some(r) = sl.runs.get(i) {
-                    if r.first >= stop_at || n >= limit as u64 || bytes > max_bytes as u64 {
-                        break;
-                    }
-                    n += r.end() - r.first.max(from);
-                    bytes += r.bytes;
-                    match spans.last_mut() {
-                        Some(s) if s.0 == r.seg && s.1 + s.2 == r.offset => s.2 += r.bytes,
-                        _ => spans.push((r.seg, r.offset, r.bytes)),
-                    }
-                    i += 1;
-                }
-            }
-        }
-        let mut out = ReadOut {
-            records: Vec::new(),
-            buf: Vec::new(),
-            next: from,
-        };
-        let mut chunk = Vec::new();
-        'spans: for (seg, offset, bytes) in spans {
-            // Deleted since the index was read: its records were trimmed meanwhile.
-            let Some(file) = lock_read(&self.shared.files).get(&seg).cloned() else {
-                continue;
-            };
-            chunk.resize(bytes as usize, 0);
-            file.read_exact_at(&mut chunk, offset)
-                .map_err(|e| io("read", &segment_path(&self.shared.dir, seg), e))?;
-            let mut p = 0usize;
-            while p < chunk.len() {
-                let expected = out.next.max(from);
-                let f = decode_frame(&chunk[p..])
-                    .filter(|f| f.head.stream_id == stream_id && f.head.shard == shard)
-                    .ok_or_else(|| damaged(stream, shard, expected))?;
-                p += f.len;
-                if f.head.counter < from {
-                    continue;
-                }
-                if f.head.counter >= stop_at {
-                    break 'spans;
-                }
-                if !out.records.is_empty()
-                    && (out.records.len() >= limit || out.buf.len() + f.data.len() > max_bytes)
-                {
-                    break 'spans;
-                }
-                let pk = std::str::from_utf8(f.pk)
-                    .map_err(|_| damaged(stream, shard, f.head.counter))?
-                    .to_owned();
-                let start = out.buf.len();
-                out.buf.extend_from_slice(f.data);
-                out.records.push(ReadRecord {
-                    counter: f.head.counter,
-                    arrival_ms: f.head.arrival_ms,
-                    partition_key: pk,
-                    data: start..out.buf.len(),
-                });
-                out.next = f.head.counter + 1;
-            }
-        }
-        Ok(out)
-    }
 }
 
-fn damaged(stream: &str, shard: u64, counter: u64) -> StreamError {
-    let seq = sequence_number(shard, counter);
-    tracing::error!(%stream, sequence_number = %seq, "record is damaged: the stream log is corrupt");
-    StreamError::Backend(format!(
-        "record {seq} of stream {stream} is damaged (checksum mismatch): the stream log is corrupt; run `sluice doctor`"
-    ))
+fn damaged(shard: ShardKey, position: u64) -> RecordError {
+    tracing::error!(
+        stream_id = shard.stream,
+        shard = shard.shard,
+        position,
+        "record is damaged: the stream log is corrupt"
+    );
+    RecordError::Damaged { shard, position }
 }
 
 /// A shard (stream id, index) and the counter it starts at.
-pub(crate) type ShardStart = ((i64, u64), u64);
-/// A record of an older layout: stream id, shard, counter, arrival, partition key, data.
-pub(crate) type ImportRecord = (i64, u64, u64, i64, String, Vec<u8>);
+type ShardStart = ((i64, u64), u64);
 
 /// What a retention pass removed ([`Writer::trim`]).
 #[derive(Default)]
-pub(crate) struct Cut {
-    pub(crate) records: u64,
+struct Cut {
+    records: u64,
     /// (stream id, shard) and the counter it now starts at.
-    pub(crate) starts: Vec<ShardStart>,
+    starts: Vec<ShardStart>,
 }
 
-/// The writer thread's state; [`Log::control`] jobs get it.
-pub(crate) struct Writer {
+/// The writer thread's state; [`EmbeddedLog::control`] jobs get it.
+struct Writer {
     shared: Arc<Shared>,
     /// The segment being appended to, where its frames end, and its length with the zeros
     /// written ahead ([`PREALLOC_BYTES`]).
@@ -992,14 +1121,17 @@ impl Writer {
             match job {
                 Job::Control(f) => f(&mut self),
                 Job::Append(first) => {
-                    let mut n = first.records.len();
-                    let mut bytes: usize = first.records.iter().map(|(r, _)| r.data.len()).sum();
+                    let data = |a: &AppendJob| -> usize {
+                        a.append.records.iter().map(|r| r.data.len()).sum()
+                    };
+                    let mut n = first.append.records.len();
+                    let mut bytes = data(&first);
                     let mut batch = vec![first];
                     while n < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
                         match rx.try_recv() {
                             Ok(Job::Append(a)) => {
-                                n += a.records.len();
-                                bytes += a.records.iter().map(|(r, _)| r.data.len()).sum::<usize>();
+                                n += a.append.records.len();
+                                bytes += data(&a);
                                 batch.push(a);
                             }
                             Ok(other) => {
@@ -1017,19 +1149,38 @@ impl Writer {
 
     /// Marks a stream's metadata changed: appends holding older metadata are refused as
     /// stale (their callers reload it).
-    pub(crate) fn changed(&mut self, stream_id: i64) {
+    fn changed(&mut self, stream_id: i64) {
         let e = self.shared.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.changed.insert(stream_id, e);
-        lock(&self.shared.metas).retain(|_, m| m.id != stream_id);
     }
 
     /// Next counter and last arrival of a shard, from the log (None if it holds nothing).
-    pub(crate) fn shard_end(&self, stream_id: i64, shard: u64) -> Option<(u64, i64)> {
+    fn shard_end(&self, stream_id: i64, shard: u64) -> Option<(u64, i64)> {
         self.shared.shard_end(stream_id, shard)
     }
 
+    /// The shards of one stream the log holds records of, with their ends.
+    fn stream_ends(&self, stream_id: i64) -> Vec<(u64, ShardEnd)> {
+        let mut ends: Vec<(u64, ShardEnd)> = lock_read(&self.shared.index)
+            .shards
+            .iter()
+            .filter(|((s, _), sl)| *s == stream_id && sl.next > 0)
+            .map(|((_, shard), sl)| {
+                (
+                    *shard,
+                    ShardEnd {
+                        next: sl.next,
+                        last_arrival_ms: sl.last_arrival_ms,
+                    },
+                )
+            })
+            .collect();
+        ends.sort_unstable_by_key(|e| e.0);
+        ends
+    }
+
     /// Every shard the log holds records of: ((stream id, shard), next counter, arrival).
-    pub(crate) fn shard_ends(&self) -> Vec<((i64, u64), u64, i64)> {
+    fn shard_ends(&self) -> Vec<((i64, u64), u64, i64)> {
         lock_read(&self.shared.index)
             .shards
             .iter()
@@ -1038,8 +1189,9 @@ impl Writer {
             .collect()
     }
 
-    /// Forgets a deleted stream's records (their segments go once nothing else is in them).
-    pub(crate) fn forget_stream(&mut self, stream_id: i64) {
+    /// Forgets a deleted stream's records (their segments go once nothing else is in them),
+    /// its delivered tickets and its subscribers.
+    fn forget_stream(&mut self, stream_id: i64) {
         let mut idx = lock_write(&self.shared.index);
         let keys: Vec<(i64, u64)> = idx
             .shards
@@ -1054,29 +1206,15 @@ impl Writer {
                 }
             }
         }
-        idx.delivered.retain(|_, (s, _, _)| *s != stream_id);
+        idx.delivered.retain(|_, (s, _, _, _)| *s != stream_id);
         drop(idx);
+        lock(&self.shared.subscribers).remove(&stream_id);
         self.changed(stream_id);
-    }
-
-    /// Forgets the records of every stream not in `ids` (deleted while the log was
-    /// closed, or before its segments went).
-    pub(crate) fn forget_streams_except(&mut self, ids: &[i64]) {
-        let keep: std::collections::HashSet<i64> = ids.iter().copied().collect();
-        let gone: std::collections::BTreeSet<i64> = lock_read(&self.shared.index)
-            .shards
-            .keys()
-            .map(|(s, _)| *s)
-            .filter(|s| !keep.contains(s))
-            .collect();
-        for s in gone {
-            self.forget_stream(s);
-        }
     }
 
     /// Drops the runs of a shard that end at or before `before` (records below a stored
     /// trim point). Returns how many records went.
-    pub(crate) fn cut_before(&mut self, key: (i64, u64), before: u64) -> u64 {
+    fn cut_before(&mut self, key: (i64, u64), before: u64) -> u64 {
         let mut idx = lock_write(&self.shared.index);
         let mut gone = Vec::new();
         if let Some(sl) = idx.shards.get_mut(&key) {
@@ -1091,14 +1229,14 @@ impl Writer {
         if !gone.is_empty() {
             // Tickets delivered by trimmed records are settled long since.
             idx.delivered
-                .retain(|_, (s, sh, c)| (*s, *sh) != key || *c >= before);
+                .retain(|_, (s, sh, c, _)| (*s, *sh) != key || *c >= before);
         }
         gone.iter().map(|r| r.count).sum()
     }
 
     /// Drops the records of each listed stream that arrived before its horizon (ms): a
     /// prefix of each shard. Returns how many went and each trimmed shard's new start.
-    pub(crate) fn trim(&mut self, horizons: &HashMap<i64, i64>) -> Cut {
+    fn trim(&mut self, horizons: &HashMap<i64, i64>) -> Cut {
         let mut cut = Cut::default();
         let plan: Vec<ShardStart> = {
             let idx = lock_read(&self.shared.index);
@@ -1122,7 +1260,7 @@ impl Writer {
     }
 
     /// Segments no record refers to any more, except the one being written.
-    pub(crate) fn unreferenced_segments(&self) -> Vec<u64> {
+    fn unreferenced_segments(&self) -> Vec<u64> {
         let idx = lock_read(&self.shared.index);
         let files = lock_read(&self.shared.files);
         let current = self.current.map(|c| c.0);
@@ -1133,8 +1271,8 @@ impl Writer {
             .collect()
     }
 
-    /// Deletes segments (callers first make the counters they held durable in SQLite).
-    pub(crate) fn delete_segments(&mut self, ids: &[u64]) -> Result<(), StreamError> {
+    /// Deletes segments (callers first make the counters they held durable elsewhere).
+    fn delete_segments(&mut self, ids: &[u64]) -> Result<(), RecordError> {
         let mut idx = lock_write(&self.shared.index);
         let mut files = lock_write(&self.shared.files);
         for id in ids {
@@ -1151,33 +1289,36 @@ impl Writer {
         sluice_meta::sync_dir(&self.shared.dir).map_err(|e| io("sync", &self.shared.dir, e))
     }
 
-    /// Writes already numbered records (importing an older database's records): `records`
-    /// are (stream id, shard, counter, arrival, partition key, data); those at or below a
-    /// counter the log holds are skipped. Durable on return.
-    pub(crate) fn import(&mut self, records: Vec<ImportRecord>) -> Result<(), StreamError> {
+    /// Writes already numbered records (importing records kept elsewhere before); those
+    /// at or below a counter the log holds are skipped. Durable on return.
+    fn import(&mut self, records: Vec<Imported>) -> Result<(), RecordError> {
+        if let Some(why) = self.failed() {
+            return Err(refused(&why));
+        }
         let mut placed = Vec::new();
         let mut nexts: HashMap<(i64, u64), u64> = HashMap::new();
-        for (i, (sid, shard, counter, arrival, _, _)) in records.iter().enumerate() {
+        for (i, r) in records.iter().enumerate() {
+            let key = (r.shard.stream, r.shard.shard);
             let next = *nexts
-                .entry((*sid, *shard))
-                .or_insert_with(|| self.shard_end(*sid, *shard).map_or(0, |e| e.0));
-            if *counter < next {
+                .entry(key)
+                .or_insert_with(|| self.shard_end(key.0, key.1).map_or(0, |e| e.0));
+            if r.position < next {
                 continue;
             }
-            nexts.insert((*sid, *shard), counter + 1);
+            nexts.insert(key, r.position + 1);
             placed.push(Placed {
                 job: 0,
                 rec: i,
-                stream_id: *sid,
-                shard: *shard,
-                counter: *counter,
-                arrival_ms: *arrival,
+                stream_id: key.0,
+                shard: key.1,
+                counter: r.position,
+                arrival_ms: r.arrival_ms,
                 outbox: 0,
             });
         }
         self.write_placed(&placed, |p| {
             let r = &records[p.rec];
-            (r.4.as_bytes(), r.5.as_slice())
+            (r.partition_key.as_bytes(), r.data.as_ref())
         })
     }
 
@@ -1185,126 +1326,104 @@ impl Writer {
         lock(&self.shared.failed).clone()
     }
 
-    /// Validates, numbers, writes and fsyncs a batch, then indexes it and answers.
+    /// Numbers, writes and fsyncs a batch, then indexes it, bumps the subscribers of the
+    /// streams it wrote to and answers.
     fn commit(&mut self, jobs: Vec<AppendJob>) {
         if let Some(why) = self.failed() {
             for j in jobs {
-                let _ = j.reply.send(Err(StreamError::Backend(format!(
-                    "the stream log stopped accepting appends after a failed write ({why}); restart the server"
-                ))));
+                let _ = j.reply.send(Err(refused(&why)));
             }
             return;
         }
         let mut placed: Vec<Placed> = Vec::new();
         // Per job: its results, or None when its metadata is stale.
-        let mut answers: Vec<Option<Results>> = Vec::with_capacity(jobs.len());
+        let mut answers: Vec<Option<Vec<Appended>>> = Vec::with_capacity(jobs.len());
         // Next counter and last arrival per shard as this batch advances them.
         let mut heads: HashMap<(i64, u64), (u64, i64)> = HashMap::new();
-        let mut delivered_now: HashMap<i64, PutResult> = HashMap::new();
+        let mut delivered_now: HashMap<i64, Appended> = HashMap::new();
         for (ji, job) in jobs.iter().enumerate() {
-            let meta = &job.meta;
-            if self.changed.get(&meta.id).is_some_and(|&e| e > meta.epoch) {
+            let a = &job.append;
+            if self.changed.get(&a.stream).is_some_and(|&e| e > a.epoch) {
                 answers.push(None);
                 continue;
             }
             // A ticket delivered before (or earlier in this batch) gets its first result.
-            if let Some(t) = job.outbox
+            if let Some(t) = a.ticket
                 && let Some(r) = delivered_now
                     .get(&t)
-                    .cloned()
+                    .copied()
                     .or_else(|| self.shared.delivered(t))
             {
-                answers.push(Some(vec![Ok(r)]));
+                answers.push(Some(vec![r]));
                 continue;
             }
-            let mut results = Vec::with_capacity(job.records.len());
-            for (ri, (record, ordering)) in job.records.iter().enumerate() {
-                let r = self.place(meta, record, ordering.as_deref(), job, &mut heads);
-                match r {
-                    Ok((shard, counter, arrival)) => {
-                        let res = PutResult {
-                            shard_id: shard_id(shard),
-                            sequence_number: sequence_number(shard, counter),
-                        };
-                        if let Some(t) = job.outbox {
-                            delivered_now.insert(t, res.clone());
-                        }
-                        placed.push(Placed {
-                            job: ji,
-                            rec: ri,
-                            stream_id: meta.id,
-                            shard,
-                            counter,
-                            arrival_ms: arrival,
-                            outbox: job.outbox.unwrap_or(0),
-                        });
-                        results.push(Ok(res));
+            let mut results = Vec::with_capacity(a.records.len());
+            for (ri, record) in a.records.iter().enumerate() {
+                let key = (a.stream, record.shard);
+                let (counter, last_arrival) = match heads.get(&key) {
+                    Some(h) => *h,
+                    None => {
+                        let (n, at) = self.shard_end(key.0, key.1).unwrap_or((0, i64::MIN));
+                        (n.max(record.min_position), at.max(record.min_arrival_ms))
                     }
-                    Err(e) => results.push(Err(e)),
+                };
+                let arrival_ms = last_arrival.max(a.now_ms);
+                heads.insert(key, (counter + 1, arrival_ms));
+                let res = Appended {
+                    shard: record.shard,
+                    position: counter,
+                    arrival_ms,
+                };
+                if let Some(t) = a.ticket {
+                    delivered_now.insert(t, res);
                 }
+                placed.push(Placed {
+                    job: ji,
+                    rec: ri,
+                    stream_id: a.stream,
+                    shard: record.shard,
+                    counter,
+                    arrival_ms,
+                    outbox: a.ticket.unwrap_or(0),
+                });
+                results.push(res);
             }
             answers.push(Some(results));
         }
         let written = self.write_placed(&placed, |p| {
-            let r = &jobs[p.job].records[p.rec].0;
+            let r = &jobs[p.job].append.records[p.rec];
             (r.partition_key.as_bytes(), r.data.as_ref())
         });
+        if written.is_ok() && !placed.is_empty() {
+            self.notify(&placed);
+        }
         for (job, answer) in jobs.into_iter().zip(answers) {
             let a = match (&written, answer) {
-                (_, None) => Ok(Answer::Stale(job.records)),
-                (Err(e), Some(rs)) if rs.iter().any(|r| r.is_ok()) => {
-                    Err(StreamError::Backend(e.to_string()))
-                }
-                (_, Some(rs)) => Ok(Answer::Done(rs)),
+                (_, None) => Ok(AppendOutcome::Stale(job.append)),
+                (Err(e), Some(rs)) if !rs.is_empty() => Err(RecordError::Backend(e.to_string())),
+                (_, Some(rs)) => Ok(AppendOutcome::Done(rs)),
             };
             let _ = job.reply.send(a);
         }
     }
 
-    /// Picks a record's shard and counter: (shard, counter, arrival).
-    fn place(
-        &self,
-        meta: &StreamMeta,
-        record: &PutRecord,
-        ordering: Option<&str>,
-        job: &AppendJob,
-        heads: &mut HashMap<(i64, u64), (u64, i64)>,
-    ) -> Result<(u64, u64, i64), StreamError> {
-        let hash = crate::validate_record(record, meta.max_record_bytes)?;
-        let pos = meta.shards.partition_point(|s| s.start <= hash);
-        let shard = pos
-            .checked_sub(1)
-            .and_then(|i| meta.shards.get(i))
-            .filter(|s| hash <= s.end)
-            .ok_or_else(|| {
-                StreamError::Backend(format!(
-                    "no open shard of {} covers hash key {hash}",
-                    meta.name
-                ))
-            })?;
-        let key = (meta.id, shard.idx);
-        let head = match heads.get(&key) {
-            Some(h) => *h,
-            None => {
-                let (n, a) = self.shard_end(meta.id, shard.idx).unwrap_or((0, i64::MIN));
-                (n.max(shard.next_counter), a.max(shard.last_arrival_ms))
+    /// Bumps the subscribers of every stream `placed` (a durable, indexed batch) wrote to.
+    fn notify(&self, placed: &[Placed]) {
+        let subs = lock(&self.shared.subscribers);
+        if subs.is_empty() {
+            return;
+        }
+        let mut last = None;
+        for p in placed {
+            // Records of one append are placed together: skip repeats cheaply.
+            if last == Some(p.stream_id) {
+                continue;
             }
-        };
-        let (counter, last_arrival) = head;
-        if let Some(ordering) = ordering {
-            check_ordering(ordering, &sequence_number(shard.idx, counter))?;
+            last = Some(p.stream_id);
+            for tx in subs.get(&p.stream_id).into_iter().flatten() {
+                tx.send_modify(|v| *v = v.wrapping_add(1));
+            }
         }
-        if let Some(t) = &job.throttle {
-            t.admit_write(
-                &meta.name,
-                meta.created_ms,
-                shard.idx,
-                record.partition_key.len() + record.data.len(),
-            )?;
-        }
-        let arrival = last_arrival.max(job.now);
-        heads.insert(key, (counter + 1, arrival));
-        Ok((shard.idx, counter, arrival))
     }
 
     /// Writes `placed` (sorted here by stream, shard and counter) as one batch, fsyncs, and
@@ -1313,7 +1432,7 @@ impl Writer {
         &mut self,
         placed: &[Placed],
         body: impl Fn(&Placed) -> (&'a [u8], &'a [u8]),
-    ) -> Result<(), StreamError> {
+    ) -> Result<(), RecordError> {
         if placed.is_empty() {
             return Ok(());
         }
@@ -1371,7 +1490,7 @@ impl Writer {
             );
             if p.outbox != 0 {
                 idx.delivered
-                    .insert(p.outbox, (p.stream_id, p.shard, p.counter));
+                    .insert(p.outbox, (p.stream_id, p.shard, p.counter, p.arrival_ms));
             }
         }
         Ok(())
@@ -1379,7 +1498,7 @@ impl Writer {
 
     /// Appends `self.buf` to the current segment (starting a new one if it would grow past
     /// the segment size) and fsyncs it: (segment, offset written at).
-    fn write_buf(&mut self, batch_lsn: u64) -> Result<(u64, u64), StreamError> {
+    fn write_buf(&mut self, batch_lsn: u64) -> Result<(u64, u64), RecordError> {
         let len = self.buf.len() as u64;
         let need_new = match self.current {
             None => true,
@@ -1410,11 +1529,11 @@ impl Writer {
         }
         let (seg, size, allocated) = self
             .current
-            .ok_or_else(|| StreamError::Backend("stream log: no segment".into()))?;
+            .ok_or_else(|| RecordError::Backend("stream log: no segment".into()))?;
         let file = lock_read(&self.shared.files)
             .get(&seg)
             .cloned()
-            .ok_or_else(|| StreamError::Backend(format!("stream log: segment {seg} is missing")))?;
+            .ok_or_else(|| RecordError::Backend(format!("stream log: segment {seg} is missing")))?;
         let path = segment_path(&self.shared.dir, seg);
         let stats = &self.shared.stats;
         let t = std::time::Instant::now();
@@ -1440,24 +1559,11 @@ impl Writer {
     }
 }
 
-/// SequenceNumberForOrdering: the new number must exceed the given one. Numbers of one
-/// stream compare as integers, and a partition key only ever moves to shards with higher
-/// indexes (children of its old shard), so a number this stream returned earlier for the
-/// same key is always exceeded; anything else that is not is refused.
-fn check_ordering(ordering: &str, seq: &str) -> Result<(), StreamError> {
-    if parse_sequence_number(ordering).is_none() {
-        return Err(StreamError::InvalidArgument(format!(
-            "sequence number for ordering {ordering:?} is not a sequence number of this stream"
-        )));
-    }
-    // Same width (37 digits) for every valid number: string order is numeric order.
-    if seq <= ordering {
-        return Err(StreamError::InvalidArgument(format!(
-            "sequence number for ordering {ordering} is not below the next sequence number \
-             of the record's shard; pass a sequence number returned for the same partition key"
-        )));
-    }
-    Ok(())
+/// Why an append is refused after a failed write.
+fn refused(why: &str) -> RecordError {
+    RecordError::Unavailable(format!(
+        "the stream log stopped accepting appends after a failed write ({why}); restart the server"
+    ))
 }
 
 #[cfg(test)]
@@ -1559,22 +1665,35 @@ mod tests {
     fn damage_followed_by_a_later_batch_is_corruption_and_the_record_reads_as_damaged() {
         let dir = tempfile::tempdir().expect("dir");
         let (path, _, bytes) = two_batches_with_a_flip(dir.path(), 1, 90);
-        let log = Log::open(dir.path(), SEGMENT_BYTES).expect("open");
-        let problems = log.verify().expect("verify").problems;
+        let log = EmbeddedLog::open(dir.path(), SEGMENT_BYTES).expect("open");
+        let problems = EmbeddedLog::verify_blocking(&log.shared)
+            .expect("verify")
+            .problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(log.shard_end(1, 0), Some((7, 1)));
+        assert_eq!(problems[0].record, Some((ShardKey::new(1, 0), 2)));
+        let key = ShardKey::new(1, 0);
+        assert_eq!(
+            log.shard_end(key),
+            Some(ShardEnd {
+                next: 7,
+                last_arrival_ms: 1
+            })
+        );
         let ok = log
-            .read("s", 1, 0, 1, 10, 1 << 20)
+            .read_blocking(key, 1, 10, 1 << 20)
             .expect("first record reads");
         assert_eq!(ok.records.len(), 1);
         assert_eq!(ok.next, 2);
-        let err = log.read("s", 1, 0, 2, 10, 1 << 20).err().expect("damaged");
-        assert!(err.to_string().contains("damaged"), "{err}");
+        let err = log.read_blocking(key, 2, 10, 1 << 20).expect_err("damaged");
+        assert!(
+            matches!(err, RecordError::Damaged { shard, position: 2 } if shard == key),
+            "{err}"
+        );
         let after = log
-            .read("s", 1, 0, 3, 10, 1 << 20)
+            .read_blocking(key, 3, 10, 1 << 20)
             .expect("after the damage");
         assert_eq!(
-            after.records.iter().map(|r| r.counter).collect::<Vec<_>>(),
+            after.records.iter().map(|r| r.position).collect::<Vec<_>>(),
             vec![3, 4, 5, 6]
         );
         // The file is left as it was: corruption is reported, not repaired.
@@ -1598,9 +1717,15 @@ mod tests {
         assert_eq!(sl.next, 6);
     }
 
-    fn import_n(log: &Log, from: u64, n: u64) {
-        let recs: Vec<ImportRecord> = (from..from + n)
-            .map(|c| (1, 0, c, 5, "pk".to_owned(), vec![7u8; 200]))
+    fn import_n(log: &EmbeddedLog, from: u64, n: u64) {
+        let recs: Vec<Imported> = (from..from + n)
+            .map(|c| Imported {
+                shard: ShardKey::new(1, 0),
+                position: c,
+                arrival_ms: 5,
+                partition_key: "pk".to_owned(),
+                data: Bytes::from(vec![7u8; 200]),
+            })
             .collect();
         log.control_blocking(move |w| w.import(recs))
             .expect("writer")
@@ -1610,7 +1735,7 @@ mod tests {
     #[test]
     fn zeros_written_ahead_end_the_frames_and_a_torn_batch_before_them_is_cut() {
         let dir = tempfile::tempdir().expect("dir");
-        let log = Log::open(dir.path(), SEGMENT_BYTES).expect("open");
+        let log = EmbeddedLog::open(dir.path(), SEGMENT_BYTES).expect("open");
         import_n(&log, 1, 3);
         drop(log);
         let path = segment_path(dir.path(), 1);
@@ -1618,9 +1743,15 @@ mod tests {
         let len = std::fs::metadata(&path).expect("meta").len();
         assert!(len >= frames_end + PREALLOC_BYTES / 2, "zeros ahead: {len}");
         // Reopened: the zeros are the normal end, kept; appends go on after the frames.
-        let log = Log::open(dir.path(), SEGMENT_BYTES).expect("reopen");
+        let log = EmbeddedLog::open(dir.path(), SEGMENT_BYTES).expect("reopen");
         assert_eq!(std::fs::metadata(&path).expect("meta").len(), len);
-        assert_eq!(log.shard_end(1, 0), Some((4, 5)));
+        let end = |next| {
+            Some(ShardEnd {
+                next,
+                last_arrival_ms: 5,
+            })
+        };
+        assert_eq!(log.shard_end(ShardKey::new(1, 0)), end(4));
         import_n(&log, 4, 1);
         drop(log);
         // A torn batch: half a frame where the zeros were.
@@ -1643,9 +1774,20 @@ mod tests {
         );
         bytes[end..end + 100].copy_from_slice(&torn[..100]);
         std::fs::write(&path, &bytes).expect("write");
-        let log = Log::open(dir.path(), SEGMENT_BYTES).expect("reopen torn");
+        let log = EmbeddedLog::open(dir.path(), SEGMENT_BYTES).expect("reopen torn");
         assert_eq!(std::fs::metadata(&path).expect("meta").len(), end as u64);
-        assert_eq!(log.shard_end(1, 0), Some((5, 5)));
-        assert!(log.verify().expect("verify").problems.is_empty());
+        assert_eq!(
+            log.shard_end(ShardKey::new(1, 0)),
+            Some(ShardEnd {
+                next: 5,
+                last_arrival_ms: 5
+            })
+        );
+        assert!(
+            EmbeddedLog::verify_blocking(&log.shared)
+                .expect("verify")
+                .problems
+                .is_empty()
+        );
     }
 }
