@@ -28,26 +28,26 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
         None => sluice_meta::open(&settings.meta, &[])
             .with_context(|| format!("cannot open the metadata engine {shown}"))?,
     };
-    println!("meta: {shown}");
+    outln!("meta: {shown}");
     let blobs = sluice_blobs::inspect(&settings.store);
     let blobs_shown = match &blobs {
         Ok(b) => b.describe(),
         Err(_) => shown_url(&settings.store),
     };
-    println!("blobs: {blobs_shown}");
+    outln!("blobs: {blobs_shown}");
     let mut problems = 0usize;
 
     match db.check() {
-        Ok(found) if found.is_empty() => println!("meta check: ok"),
+        Ok(found) if found.is_empty() => outln!("meta check: ok"),
         Ok(found) => {
-            println!("meta check: {} problems", found.len());
+            outln!("meta check: {} problems", found.len());
             for l in &found {
-                println!("  problem: {l}");
+                outln!("  problem: {l}");
             }
             problems += found.len();
         }
         Err(e) => {
-            println!("meta check: failed to run: {e}");
+            outln!("meta check: failed to run: {e}");
             problems += 1;
         }
     }
@@ -62,28 +62,28 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
             .map_err(anyhow::Error::from)
             .and_then(|records| {
                 described = records.describe();
-                println!("records: {described}");
+                outln!("records: {described}");
                 EmbeddedStream::open_read_only_on(db.clone(), records).map_err(anyhow::Error::from)
             })
             .and_then(|stream| rt.block_on(stream.check()).map_err(anyhow::Error::from));
     match checked {
-        Ok(report) if report.is_ok() => println!(
+        Ok(report) if report.is_ok() => outln!(
             "stream check: ok ({} records checked against their checksums)",
             report.records_checked
         ),
         Ok(report) => {
-            println!(
+            outln!(
                 "stream check: {} problems ({} records checked)",
                 report.problems.len(),
                 report.records_checked
             );
             for p in &report.problems {
-                println!("  problem: {p}");
+                outln!("  problem: {p}");
             }
             problems += report.problems.len();
         }
         Err(e) => {
-            println!("stream check: failed to run: {e:#}");
+            outln!("stream check: failed to run: {e:#}");
             problems += 1;
         }
     }
@@ -93,9 +93,9 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
         Err(e) => Err(e),
     };
     match checked {
-        Ok(()) => println!("blobs check: ok"),
+        Ok(()) => outln!("blobs check: ok"),
         Err(e) => {
-            println!("blobs check: failed: {e}");
+            outln!("blobs check: failed: {e}");
             problems += 1;
         }
     }
@@ -105,6 +105,6 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
             if problems == 1 { "" } else { "s" },
         );
     }
-    println!("no problems found");
+    outln!("no problems found");
     Ok(())
 }

@@ -4,6 +4,16 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+/// `println!` for command output. A closed pipe (`sluice doctor | head -1`) becomes an error
+/// that `main` turns into a quiet exit, where `println!` would panic. (`unsafe` is forbidden
+/// here, so SIGPIPE keeps Rust's default of being ignored.)
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod config;
 mod doctor;
 mod mapping_cmd;
@@ -111,6 +121,11 @@ fn main() -> std::process::ExitCode {
     init_tracing();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if closed_pipe(&e) => {
+            // The reader of our output went away: nothing to say, and nobody to say it to.
+            // 141 = 128 + SIGPIPE, what a shell shows for a program a closed pipe stopped.
+            std::process::ExitCode::from(141)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<config::UsageError>().is_some() {
@@ -120,6 +135,14 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+}
+
+/// The error of writing to a pipe whose reader has closed it.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_tracing() {
@@ -151,7 +174,7 @@ fn run(cli: Cli) -> Result<()> {
             let identity = wiring::open_identity(&settings)?;
             let pool = identity.bootstrap(&settings.region, settings.lifetimes)?;
             let user = identity.create_user(&pool.pool_id, &email, &password, temporary)?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "sub": user.sub,
@@ -167,14 +190,14 @@ fn run(cli: Cli) -> Result<()> {
             match cmd {
                 KeysCommand::Create { description } => {
                     let k = keys.create(&description)?;
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({"accessKeyId": k.id, "secretAccessKey": k.secret})
                     );
                 }
                 KeysCommand::List => {
                     for k in keys.list()? {
-                        println!("{}\t{}", k.id, k.description);
+                        outln!("{}\t{}", k.id, k.description);
                     }
                 }
                 KeysCommand::Delete { id } => keys.delete(&id)?,
@@ -193,7 +216,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             for m in identity.outbox(&pool, limit)? {
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({
                             "to": m.to, "kind": m.kind, "code": m.code,
@@ -207,9 +230,12 @@ fn run(cli: Cli) -> Result<()> {
                         (Some(d), None) => d.clone(),
                         (None, _) => "-".into(),
                     };
-                    println!(
+                    outln!(
                         "{}\t{}\t{}\t{}\t{delivery}",
-                        m.created_ms, m.kind, m.to, m.code
+                        m.created_ms,
+                        m.kind,
+                        m.to,
+                        m.code
                     );
                 }
             }
@@ -226,9 +252,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Info { json } => {
             let info = wiring::info(&settings)?;
             if json {
-                println!("{}", serde_json::to_string(&info)?);
+                outln!("{}", serde_json::to_string(&info)?);
             } else {
-                println!("{}", wiring::describe(&info));
+                outln!("{}", wiring::describe(&info));
             }
             Ok(())
         }

@@ -203,7 +203,7 @@ async fn run_async(settings: &Settings, cmd: MappingCommand) -> Result<()> {
     let store = EmbeddedMappings::new(db.clone());
     let stats = EmbeddedStats::new(db.clone());
     let print = |v: Value| -> Result<()> {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         Ok(())
     };
     match cmd {
@@ -252,7 +252,7 @@ async fn run_async(settings: &Settings, cmd: MappingCommand) -> Result<()> {
         MappingCommand::Delete { name } => {
             refuse_builtin(&name).map_err(from_processor)?;
             store.delete(&name).await.map_err(from_processor)?;
-            println!("deleted mapping {name}");
+            outln!("deleted mapping {name}");
             Ok(())
         }
         MappingCommand::Get { name } => {
@@ -278,7 +278,7 @@ async fn run_async(settings: &Settings, cmd: MappingCommand) -> Result<()> {
             if json {
                 print(Value::Array(all))
             } else {
-                println!("{}", table(&all));
+                outln!("{}", table(&all));
                 Ok(())
             }
         }

@@ -246,14 +246,20 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     };
     write_run_file(&settings, &run)?;
 
-    println!("sluice is ready\n{}", wiring::describe(&info));
-    println!("Data dir:      {}", settings.data_dir.display());
-    if let Some(k) = new_key {
-        // Shown once, at first start; `sluice keys create` makes more.
-        println!(
-            "Access key:    {} (secret {}) — created at first start, shown only now",
-            k.id, k.secret
-        );
+    // The banner is for a terminal: a server whose stdout is gone (closed pipe) serves anyway.
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "sluice is ready\n{}", wiring::describe(&info));
+        let _ = writeln!(out, "Data dir:      {}", settings.data_dir.display());
+        if let Some(k) = new_key {
+            // Shown once, at first start; `sluice keys create` makes more.
+            let _ = writeln!(
+                out,
+                "Access key:    {} (secret {}) — created at first start, shown only now",
+                k.id, k.secret
+            );
+        }
     }
     tracing::info!(api = %run.api_url, edge = %run.edge_url, pool = %info.pool_id, "serving");
 

@@ -279,3 +279,31 @@ fn the_record_engine_is_chosen_by_url() {
         "no secrets in the output: {stdout}"
     );
 }
+
+/// `sluice doctor | head -1`: when the reader of its output has gone, the command stops
+/// quietly (exit status 141, as a program stopped by SIGPIPE) instead of panicking.
+#[test]
+fn doctor_stops_quietly_on_a_closed_pipe() {
+    let dir = DataDir::new("doctor-pipe");
+    let server = Server::start(&dir.0);
+    server.stop();
+
+    let mut child = Command::new(bin())
+        .arg("doctor")
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .env_remove("SLUICE_CONFIG")
+        .env_remove("SLUICE_STORE")
+        .current_dir(&dir.0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sluice doctor");
+    // Close the reading end before the first line is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for sluice doctor");
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "nothing said on a closed pipe: {stderr}");
+}
