@@ -640,6 +640,35 @@ impl ReadPlan {
     }
 }
 
+thread_local! {
+    /// Each thread's read buffer, kept between reads ([`ReadBuffer`]).
+    static READ_BUFFER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Largest read buffer a thread keeps for its next read.
+const KEPT_READ_BUFFER: usize = 1 << 20;
+
+/// The calling thread's read buffer, given back when dropped (unless it grew past
+/// [`KEPT_READ_BUFFER`]). A fresh buffer per read cost its allocation and its zero-filling:
+/// half of a GetRecords' CPU in the session-6 profile (docs/BENCHMARKS.md). A read
+/// overwrites every byte it then looks at, so what an earlier read left never shows.
+struct ReadBuffer(Vec<u8>);
+
+impl ReadBuffer {
+    fn take() -> ReadBuffer {
+        ReadBuffer(READ_BUFFER.try_with(|b| b.take()).unwrap_or_default())
+    }
+}
+
+impl Drop for ReadBuffer {
+    fn drop(&mut self) {
+        if self.0.capacity() <= KEPT_READ_BUFFER {
+            let kept = std::mem::take(&mut self.0);
+            let _ = READ_BUFFER.try_with(|b| b.set(kept));
+        }
+    }
+}
+
 impl Shared {
     /// Finds the frames a read needs in the index.
     fn plan_read(
@@ -701,14 +730,15 @@ impl Shared {
         let mut buf: Vec<u8> = Vec::new();
         let mut found: Vec<(u64, i64, String, std::ops::Range<usize>)> = Vec::new();
         let mut next = from;
-        let mut chunk = Vec::new();
+        let mut chunk = ReadBuffer::take();
+        let chunk = &mut chunk.0;
         'spans: for (seg, offset, bytes) in spans {
             // Deleted since the index was read: its records were trimmed meanwhile.
             let Some(file) = lock_read(&self.files).get(&seg).cloned() else {
                 continue;
             };
             chunk.resize(bytes as usize, 0);
-            file.read_exact_at(&mut chunk, offset)
+            file.read_exact_at(chunk, offset)
                 .map_err(|e| io("read", &segment_path(&self.dir, seg), e))?;
             let mut p = 0usize;
             while p < chunk.len() {
