@@ -666,18 +666,9 @@ impl S3 for S3Adapter {
         // The metadata first (conditions and the range are decided on it), then exactly
         // the bytes asked for, of that same version (read again if it changed meanwhile).
         for _ in 0..3 {
-            let found = match input.part_number {
-                Some(_) => self.store.head_parts(&input.bucket, &input.key).await,
-                None => self
-                    .store
-                    .head(&input.bucket, &input.key)
-                    .await
-                    .map(|i| (i, Vec::new())),
-            };
-            let (info, parts) = match found {
-                Ok(found) => found,
-                Err(e) => return Err(self.not_found(&input.bucket, e).await),
-            };
+            let (info, parts) = self
+                .object_info(&input.bucket, &input.key, input.part_number)
+                .await?;
             check_conditions(
                 &info,
                 input.if_match.as_ref(),
@@ -740,18 +731,9 @@ impl S3 for S3Adapter {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        let found = match input.part_number {
-            Some(_) => self.store.head_parts(&input.bucket, &input.key).await,
-            None => self
-                .store
-                .head(&input.bucket, &input.key)
-                .await
-                .map(|i| (i, Vec::new())),
-        };
-        let (info, parts) = match found {
-            Ok(found) => found,
-            Err(e) => return Err(self.not_found(&input.bucket, e).await),
-        };
+        let (info, parts) = self
+            .object_info(&input.bucket, &input.key, input.part_number)
+            .await?;
         check_conditions(
             &info,
             input.if_match.as_ref(),
@@ -1398,6 +1380,24 @@ impl S3Adapter {
     }
 
     /// A missing object in a missing bucket is `NoSuchBucket`, as S3 answers.
+    /// An object's metadata for GetObject / HeadObject, with its parts' sizes when a part
+    /// is asked for; a missing object or bucket is the error S3 gives.
+    async fn object_info(
+        &self,
+        bucket: &str,
+        key: &str,
+        part_number: Option<i32>,
+    ) -> S3Result<(ObjectInfo, Vec<(u32, u64)>)> {
+        let found = match part_number {
+            Some(_) => self.store.head_parts(bucket, key).await,
+            None => self.store.head(bucket, key).await.map(|i| (i, Vec::new())),
+        };
+        match found {
+            Ok(found) => Ok(found),
+            Err(e) => Err(self.not_found(bucket, e).await),
+        }
+    }
+
     async fn not_found(&self, bucket: &str, e: StoreError) -> S3Error {
         if matches!(e, StoreError::NoSuchKey { .. })
             && let Err(b @ StoreError::NoSuchBucket(_)) = self.store.head_bucket(bucket).await

@@ -418,16 +418,9 @@ impl EmbeddedStore {
                 Ok((part, replaced.flatten()))
             })
             .await;
-        match committed {
-            Ok((part, replaced)) => {
-                self.discard_blobs(replaced.into_iter().collect()).await;
-                Ok(part)
-            }
-            Err(e) => {
-                self.discard_blobs(blob.into_iter().collect()).await;
-                Err(e)
-            }
-        }
+        let committed = committed.map(|(part, replaced)| (part, replaced.into_iter().collect()));
+        self.settle_commit(committed, blob.into_iter().collect())
+            .await
     }
 
     /// First half of completing a multipart upload: checks the listed parts (ascending
@@ -573,16 +566,9 @@ impl EmbeddedStore {
             .db
             .write(move |c| put_in_tx(c, &b, &k, &prepared, &opts, now_ms()))
             .await;
-        match committed {
-            Ok((info, replaced)) => {
-                self.discard_blobs(replaced.into_iter().collect()).await;
-                Ok(info)
-            }
-            Err(e) => {
-                self.discard_blobs(new_blob.into_iter().collect()).await;
-                Err(e)
-            }
-        }
+        let committed = committed.map(|(info, replaced)| (info, replaced.into_iter().collect()));
+        self.settle_commit(committed, new_blob.into_iter().collect())
+            .await
     }
 
     /// `BadDigest` (and the prepared blob deleted) unless the bytes match `content_md5`.
@@ -614,6 +600,25 @@ impl EmbeddedStore {
         for id in ids {
             if let Err(e) = self.blobs.delete(&id).await {
                 tracing::warn!(blob = %id, error = %e, "cannot delete an unreferenced blob; the sweep removes it later");
+            }
+        }
+    }
+    /// Finishes a write that may have made blobs garbage: committed, the blobs it replaced
+    /// are deleted; failed, nothing references the new blobs it would have stored, so they
+    /// are deleted now rather than at the next sweep.
+    async fn settle_commit<T>(
+        &self,
+        committed: Result<(T, Vec<String>), StoreError>,
+        new_blobs: Vec<String>,
+    ) -> Result<T, StoreError> {
+        match committed {
+            Ok((out, replaced)) => {
+                self.discard_blobs(replaced).await;
+                Ok(out)
+            }
+            Err(e) => {
+                self.discard_blobs(new_blobs).await;
+                Err(e)
             }
         }
     }
@@ -1202,16 +1207,8 @@ impl ObjectStore for EmbeddedStore {
             .db
             .write(move |c| complete_multipart_in_tx(c, &assembled, None, now_ms()))
             .await;
-        match committed {
-            Ok((info, garbage)) => {
-                self.discard_blobs(garbage).await;
-                Ok(info)
-            }
-            Err(e) => {
-                self.discard_blobs(new_blob.into_iter().collect()).await;
-                Err(e)
-            }
-        }
+        self.settle_commit(committed, new_blob.into_iter().collect())
+            .await
     }
 
     async fn abort_multipart(&self, upload_id: &str) -> Result<(), StoreError> {
@@ -1295,16 +1292,7 @@ impl ObjectStore for EmbeddedStore {
                 Ok::<_, StoreError>((infos, replaced))
             })
             .await;
-        match committed {
-            Ok((infos, replaced)) => {
-                self.discard_blobs(replaced).await;
-                Ok(infos)
-            }
-            Err(e) => {
-                self.discard_blobs(new_blobs).await;
-                Err(e)
-            }
-        }
+        self.settle_commit(committed, new_blobs).await
     }
 
     async fn get_stream(

@@ -276,16 +276,7 @@ impl UploadSink for EmbeddedUploads {
                 stream: &m.stream,
                 partition_key: &m.partition_key,
             };
-            let record = upload_record(
-                &e,
-                &id,
-                &info.bucket,
-                &info.key,
-                info.size,
-                &info.sha256,
-                &info.content_type,
-                now,
-            )?;
+            let record = object_record(&e, &id, &info, now)?;
             let (upload, outbox) = enqueue_upload_in_tx(c, &e, id.clone(), info, now, record)?;
             Ok((CompletedMultipart { upload, etag }, garbage, outbox))
         })
@@ -444,6 +435,25 @@ fn upload_record(
         explicit_hash_key: None,
         data: data.into(),
     })
+}
+
+/// [`upload_record`] of an object already written in the upload's transaction.
+fn object_record(
+    e: &Enqueue<'_>,
+    id: &str,
+    info: &ObjectInfo,
+    now: i64,
+) -> Result<PutRecord, UploadError> {
+    upload_record(
+        e,
+        id,
+        &info.bucket,
+        &info.key,
+        info.size,
+        &info.sha256,
+        &info.content_type,
+        now,
+    )
 }
 
 /// Puts the stream record of an upload whose object `info` was written in the same
@@ -719,16 +729,7 @@ mod tests {
             let now = now_ms();
             let (info, _) =
                 put_in_tx(c, &m.bucket, &m.key, &prepared, &opts, now).map_err(conflict)?;
-            let record = upload_record(
-                &Enqueue::of(&m),
-                &id,
-                &info.bucket,
-                &info.key,
-                info.size,
-                &info.sha256,
-                &info.content_type,
-                now,
-            )?;
+            let record = object_record(&Enqueue::of(&m), &id, &info, now)?;
             let (upload, outbox) =
                 enqueue_upload_in_tx(c, &Enqueue::of(&m), id.clone(), info, now, record)?;
             Ok::<_, UploadError>((upload.id, outbox))
