@@ -16,6 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use sluice_identity::Identity;
 use sluice_identity::access_keys::AccessKeys;
+use sluice_identity::rates::{Buckets, Category};
 use sluice_meta::now_ms;
 
 mod cbor;
@@ -44,6 +45,9 @@ pub struct Edge {
     pub s3_base_domain: Option<String>,
     /// Failed sign-ins per source address.
     pub sign_in_sources: Arc<source_throttle::SourceThrottle>,
+    /// Unsigned sign-up and sign-in requests per source address (limits from
+    /// `identity.rate_limits()`).
+    pub address_rates: Arc<Buckets<(std::net::IpAddr, Category)>>,
 }
 
 /// Largest JSON 1.1 request body: a PutRecords of 5 MiB, or a PutRecord of a 10 MiB record,
@@ -57,6 +61,26 @@ const SIGN_IN_OPS: &[&str] = &[
     "RespondToAuthChallenge",
     "AdminRespondToAuthChallenge",
 ];
+
+/// Cognito operations anyone may call that count as sign-ups against the address rate.
+const SIGN_UP_OPS: &[&str] = &[
+    "SignUp",
+    "ResendConfirmationCode",
+    "ForgotPassword",
+    "ConfirmForgotPassword",
+];
+
+/// The rate an unsigned Cognito request counts against, if any.
+fn address_rate(edge: &Edge, op: &str) -> Option<(Category, sluice_identity::rates::Rate)> {
+    let limits = edge.identity.rate_limits();
+    if SIGN_UP_OPS.contains(&op) {
+        Some((Category::SignUp, limits.sign_up_per_address))
+    } else if SIGN_IN_OPS.contains(&op) {
+        Some((Category::SignIn, limits.sign_in_per_address))
+    } else {
+        None
+    }
+}
 
 /// The edge's routes: JSON 1.1 protocols on `POST /` (by `X-Amz-Target`), OpenID documents
 /// under each pool's issuer path, and everything else is S3's REST protocol. A pool id
@@ -120,8 +144,17 @@ async fn dispatch(
             let source = peer.map(|p| p.0.0.ip());
             let now = now_ms();
             let signs_in = SIGN_IN_OPS.contains(&op);
+            let over_rate = match (&caller, source, address_rate(&edge, op)) {
+                (Ok(cognito::Caller::Anonymous), Some(ip), Some((category, rate))) => {
+                    (!edge.address_rates.admit(&(ip, category), rate)).then_some(category)
+                }
+                _ => None,
+            };
             match (caller, source) {
                 (Err(e), _) => e,
+                (Ok(_), _) if let Some(category) = over_rate => {
+                    cognito::error_response(sluice_identity::rates::too_many(category))
+                }
                 (Ok(_), Some(ip)) if signs_in && edge.sign_in_sources.locked(ip, now) => {
                     json_error(
                         StatusCode::BAD_REQUEST,
@@ -258,10 +291,14 @@ pub async fn authenticate(
     Ok(auth.access_key_id)
 }
 
-/// Every 503 says when to try again (AWS SDKs retry a 503 on their own; `Retry-After`
-/// tells other clients the same).
+/// Every 503 and every TooManyRequestsException says when to try again (AWS SDKs retry both
+/// on their own; `Retry-After` tells other clients the same).
 async fn retry_after(mut resp: Response) -> Response {
-    if resp.status() == StatusCode::SERVICE_UNAVAILABLE
+    let throttled = resp
+        .headers()
+        .get("x-amzn-errortype")
+        .is_some_and(|v| v.as_bytes().starts_with(b"TooManyRequestsException"));
+    if (resp.status() == StatusCode::SERVICE_UNAVAILABLE || throttled)
         && !resp.headers().contains_key("retry-after")
     {
         resp.headers_mut()

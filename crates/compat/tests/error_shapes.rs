@@ -62,6 +62,7 @@ fn fixture() -> Fixture {
         },
         s3_base_domain: None,
         sign_in_sources: Arc::default(),
+        address_rates: Arc::default(),
     })
     .expect("router");
     Fixture {

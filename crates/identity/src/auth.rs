@@ -131,6 +131,7 @@ impl Identity {
         password: &str,
         secret_hash: Option<&str>,
     ) -> Result<AuthOutcome, IdentityError> {
+        self.admit(&client.pool_id, crate::rates::Category::SignIn)?;
         let (_, user) = self.lookup(&client.pool_id, username).await?;
         let mut names = vec![username];
         if let Some(u) = &user {
@@ -146,9 +147,9 @@ impl Identity {
             .as_ref()
             .map(|u| u.hash.clone())
             .unwrap_or_else(|| password::decoy_hash().to_owned());
-        let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
-            .await
-            .map_err(blocking_err)?;
+        let ok = crate::hashing::pool()
+            .run(move |s| crate::hashing::verify(&pw, &hash, s))
+            .await?;
         let Some(user) = user else {
             self.throttle.failure(&keys);
             return Err(if client.prevent_user_existence_errors {
@@ -434,6 +435,7 @@ impl Identity {
         if !srp::valid_client_public(srp_a) {
             return Err(IdentityError::InvalidParameter("SRP_A is not valid".into()));
         }
+        self.admit(&client.pool_id, crate::rates::Category::SignIn)?;
         let (_, user) = self.lookup(&client.pool_id, username).await?;
         let mut names = vec![username];
         if let Some(u) = &user {
@@ -758,9 +760,9 @@ impl Identity {
             return Err(attempts_exceeded());
         }
         let (pw, hash) = (previous.to_owned(), user.hash.clone());
-        let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
-            .await
-            .map_err(blocking_err)?;
+        let ok = crate::hashing::pool()
+            .run(move |s| crate::hashing::verify(&pw, &hash, s))
+            .await?;
         if !ok {
             self.throttle.failure(&keys);
             return Err(incorrect());

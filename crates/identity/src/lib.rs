@@ -20,11 +20,13 @@ use crate::throttle::Throttle;
 pub mod access_keys;
 mod auth;
 mod client_secret;
+pub mod hashing;
 pub mod keys;
 mod mail;
 pub mod password;
 mod pool_verifier;
 mod pools;
+pub mod rates;
 pub mod srp;
 mod throttle;
 pub mod tokens;
@@ -206,6 +208,10 @@ pub enum IdentityError {
     PasswordResetRequired(String),
     #[error("{0}")]
     LimitExceeded(String),
+    /// Refused for load (the password hashing queue is full, a request rate is exceeded):
+    /// the client should retry later.
+    #[error("{0}")]
+    TooManyRequests(String),
     #[error("{0}")]
     UnsupportedUserState(String),
     #[error("{0}")]
@@ -325,6 +331,9 @@ pub struct Identity {
     issuer_base: String,
     keys: Arc<RwLock<HashMap<String, Arc<SigningKey>>>>,
     throttle: Arc<Throttle>,
+    /// Sign-up and sign-in rates per pool.
+    pool_rates: Arc<rates::Buckets<(String, rates::Category)>>,
+    limits: rates::RateLimits,
     /// Wakes the email delivery task (`None`: SMTP not configured).
     mail_wake: Option<Arc<tokio::sync::Notify>>,
 }
@@ -337,7 +346,31 @@ impl Identity {
             issuer_base: issuer_base.trim_end_matches('/').to_owned(),
             keys: Arc::new(RwLock::new(HashMap::new())),
             throttle: Arc::new(Throttle::default()),
+            pool_rates: Arc::new(rates::Buckets::default()),
+            limits: rates::RateLimits::default(),
             mail_wake: None,
+        }
+    }
+
+    /// Sets the public operations' rate limits (call before cloning this `Identity`).
+    pub fn set_rate_limits(&mut self, limits: rates::RateLimits) {
+        self.limits = limits;
+    }
+
+    pub fn rate_limits(&self) -> rates::RateLimits {
+        self.limits
+    }
+
+    /// Counts one `category` request against `pool`'s rate.
+    pub(crate) fn admit(&self, pool: &str, category: rates::Category) -> Result<(), IdentityError> {
+        let rate = match category {
+            rates::Category::SignUp => self.limits.sign_up_per_pool,
+            rates::Category::SignIn => self.limits.sign_in_per_pool,
+        };
+        if self.pool_rates.admit(&(pool.to_owned(), category), rate) {
+            Ok(())
+        } else {
+            Err(rates::too_many(category))
         }
     }
 

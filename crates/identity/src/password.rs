@@ -1,9 +1,5 @@
 //! Passwords: Cognito's default policy, and argon2id hashes.
 
-use argon2::Argon2;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -128,22 +124,16 @@ pub fn generate_temporary(policy: &PasswordPolicy) -> String {
     chars.into_iter().map(char::from).collect()
 }
 
-/// An argon2id hash in PHC string form (parameters and salt included).
+/// An argon2id hash in PHC string form (parameters and salt included), on the calling
+/// thread with working memory of its own: for commands, not for the server, whose hashing
+/// goes through [`crate::hashing`]'s bounded pool.
 pub fn hash(password: &str) -> Result<String, IdentityError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| IdentityError::Backend(format!("cannot hash password: {e}")))
+    crate::hashing::hash(password, &mut crate::hashing::Scratch::new())
 }
 
+/// Whether `password` matches the PHC string `phc`, on the calling thread (see [`hash`]).
 pub fn verify(password: &str, phc: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(h) => Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok(),
-        Err(_) => false,
-    }
+    crate::hashing::verify(password, phc, &mut crate::hashing::Scratch::new())
 }
 
 /// A hash of nothing in particular, verified against when a user does not exist so that an

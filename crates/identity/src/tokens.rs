@@ -142,6 +142,10 @@ pub enum TokenError {
     Algorithm(String),
     #[error("the token's key id is not in the JWKS")]
     UnknownKid,
+    /// RFC 7515 §4.1.11: a recipient must refuse a JWS whose `crit` header names extensions
+    /// it does not understand; sluice understands none.
+    #[error("the token's header has critical extensions (crit) that are not understood")]
+    Critical,
     #[error("the token's signature is invalid")]
     Signature,
     #[error("the token's issuer is not accepted")]
@@ -240,6 +244,9 @@ impl Verifier {
         let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
         if alg != "RS256" {
             return Err(TokenError::Algorithm(alg.chars().take(16).collect()));
+        }
+        if header.get("crit").is_some() {
+            return Err(TokenError::Critical);
         }
         let kid = header.get("kid").and_then(|k| k.as_str()).unwrap_or("");
         let key = self.keys.get(kid).ok_or(TokenError::UnknownKid)?;

@@ -15,7 +15,7 @@ use sluice_meta::now_ms;
 use sluice_meta::params;
 
 use crate::pools::{PoolSettings, encode_token, page_token, pool_settings};
-use crate::{Identity, IdentityError, User, UserRow, blocking_err, password, srp, user_not_found};
+use crate::{Identity, IdentityError, User, UserRow, password, srp, user_not_found};
 
 const SIGNUP_CODE_TTL_MS: i64 = 24 * 3600 * 1000;
 const RESET_CODE_TTL_MS: i64 = 3600 * 1000;
@@ -442,17 +442,32 @@ pub(crate) async fn password_secrets(
     password: &str,
 ) -> Result<PasswordSecrets, IdentityError> {
     let (p, u, pw) = (pool.to_owned(), username.to_owned(), password.to_owned());
-    tokio::task::spawn_blocking(move || password_secrets_blocking(&p, &u, &pw))
-        .await
-        .map_err(blocking_err)?
+    crate::hashing::pool()
+        .run(move |s| password_secrets_with(&p, &u, &pw, s))
+        .await?
 }
 
+/// [`password_secrets`] on the calling thread, for commands (not the server).
 pub(crate) fn password_secrets_blocking(
     pool: &str,
     username: &str,
     password: &str,
 ) -> Result<PasswordSecrets, IdentityError> {
-    let hash = password::hash(password)?;
+    password_secrets_with(
+        pool,
+        username,
+        password,
+        &mut crate::hashing::Scratch::new(),
+    )
+}
+
+fn password_secrets_with(
+    pool: &str,
+    username: &str,
+    password: &str,
+    scratch: &mut crate::hashing::Scratch,
+) -> Result<PasswordSecrets, IdentityError> {
+    let hash = crate::hashing::hash(password, scratch)?;
     let (salt, verifier) = srp::make_verifier(pool, username, password);
     Ok(PasswordSecrets {
         hash,
@@ -949,6 +964,7 @@ impl Identity {
     ) -> Result<(UserRecord, Option<CodeDelivery>), IdentityError> {
         let client = self.client(client_id).await?;
         crate::client_secret::check_secret_hash(&client, &[username], secret_hash)?;
+        self.admit(&client.pool_id, crate::rates::Category::SignUp)?;
         let pool = client.pool_id.clone();
         let settings = {
             let p = pool.clone();
@@ -1089,6 +1105,7 @@ impl Identity {
     ) -> Result<CodeDelivery, IdentityError> {
         let client = self.client(client_id).await?;
         crate::client_secret::check_secret_hash(&client, &[username], secret_hash)?;
+        self.admit(&client.pool_id, crate::rates::Category::SignUp)?;
         let (p, n) = (client.pool_id.clone(), username.to_owned());
         let prevent = client.prevent_user_existence_errors;
         let out = self
@@ -1127,6 +1144,7 @@ impl Identity {
     ) -> Result<CodeDelivery, IdentityError> {
         let client = self.client(client_id).await?;
         crate::client_secret::check_secret_hash(&client, &[username], secret_hash)?;
+        self.admit(&client.pool_id, crate::rates::Category::SignUp)?;
         let (p, n) = (client.pool_id.clone(), username.to_owned());
         let prevent = client.prevent_user_existence_errors;
         let out = self
@@ -1167,6 +1185,7 @@ impl Identity {
     ) -> Result<(), IdentityError> {
         let client = self.client(client_id).await?;
         crate::client_secret::check_secret_hash(&client, &[username], secret_hash)?;
+        self.admit(&client.pool_id, crate::rates::Category::SignUp)?;
         let (p, n) = (client.pool_id.clone(), username.to_owned());
         let found = self
             .db

@@ -145,6 +145,26 @@ pub(crate) struct FileConfig {
     /// `[[mapping]]`: mappings `serve` creates at start (or updates when changed here).
     #[serde(default)]
     pub(crate) mapping: Vec<MappingEntry>,
+    /// `[limits]`: request rates of the public operations.
+    pub(crate) limits: Option<LimitsConfig>,
+}
+
+/// `[limits]` of `sluice.toml`: requests per second (a burst of two seconds' worth is
+/// allowed; 0 turns a limit off). Each also has a `SLUICE_…` variable of its name in capitals.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsConfig {
+    /// SignUp, ResendConfirmationCode, ForgotPassword, ConfirmForgotPassword per user pool
+    /// [default: 50, Cognito's UserCreation quota].
+    pub(crate) sign_ups_per_second_per_pool: Option<f64>,
+    /// InitiateAuth and AdminInitiateAuth per user pool [default: 120, Cognito's
+    /// UserAuthentication quota].
+    pub(crate) sign_ins_per_second_per_pool: Option<f64>,
+    /// The sign-up operations per client address (unsigned requests) [default: 10].
+    pub(crate) sign_ups_per_second_per_address: Option<f64>,
+    /// The sign-in operations (InitiateAuth, RespondToAuthChallenge) per client address
+    /// (unsigned requests) [default: 40].
+    pub(crate) sign_ins_per_second_per_address: Option<f64>,
 }
 
 /// One `[[mapping]]` of `sluice.toml`. Relative paths in `function` are resolved against
@@ -230,6 +250,48 @@ impl MappingEntry {
     }
 }
 
+/// The rate limits of `[limits]` and their variables over the defaults.
+fn rate_limits(file: LimitsConfig) -> Result<sluice_identity::rates::RateLimits> {
+    use sluice_identity::rates::Rate;
+    let defaults = sluice_identity::rates::RateLimits::default();
+    let one = |var: &str, name: &str, file: Option<f64>, default: Rate| -> Result<Rate> {
+        match env_parse::<f64>(var)?.or(file) {
+            None => Ok(default),
+            Some(v) if !v.is_finite() || v < 0.0 => Err(usage(format!(
+                "{name} must be a number of requests per second, 0 or more (0: no limit), got {v}"
+            ))),
+            Some(0.0) => Ok(Rate::unlimited()),
+            Some(v) => Ok(Rate::per_second(v)),
+        }
+    };
+    Ok(sluice_identity::rates::RateLimits {
+        sign_up_per_pool: one(
+            "SLUICE_SIGN_UPS_PER_SECOND_PER_POOL",
+            "sign_ups_per_second_per_pool",
+            file.sign_ups_per_second_per_pool,
+            defaults.sign_up_per_pool,
+        )?,
+        sign_in_per_pool: one(
+            "SLUICE_SIGN_INS_PER_SECOND_PER_POOL",
+            "sign_ins_per_second_per_pool",
+            file.sign_ins_per_second_per_pool,
+            defaults.sign_in_per_pool,
+        )?,
+        sign_up_per_address: one(
+            "SLUICE_SIGN_UPS_PER_SECOND_PER_ADDRESS",
+            "sign_ups_per_second_per_address",
+            file.sign_ups_per_second_per_address,
+            defaults.sign_up_per_address,
+        )?,
+        sign_in_per_address: one(
+            "SLUICE_SIGN_INS_PER_SECOND_PER_ADDRESS",
+            "sign_ins_per_second_per_address",
+            file.sign_ins_per_second_per_address,
+            defaults.sign_in_per_address,
+        )?,
+    })
+}
+
 /// Resolved settings.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -262,6 +324,8 @@ pub(crate) struct Settings {
     pub(crate) builtin_mapping: bool,
     pub(crate) smtp_url: Option<String>,
     pub(crate) smtp_from: Option<String>,
+    /// Request rates of sign-up and sign-in (`[limits]`).
+    pub(crate) rate_limits: sluice_identity::rates::RateLimits,
     /// The `[[mapping]]` entries of the configuration file.
     pub(crate) mappings: Vec<MappingEntry>,
     /// Directory of the configuration file (the current directory without one): relative
@@ -357,6 +421,7 @@ impl Settings {
                 .unwrap_or(true),
             smtp_url: env_or("SLUICE_SMTP_URL", file.smtp_url),
             smtp_from: env_or("SLUICE_SMTP_FROM", file.smtp_from),
+            rate_limits: rate_limits(file.limits.unwrap_or_default())?,
             mappings: file.mapping,
             config_dir,
         };

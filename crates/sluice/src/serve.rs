@@ -59,6 +59,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let db = wiring::open_db(&settings)?;
 
     let mut identity = Identity::new(db.clone(), &settings.key_dir(), &edge_url);
+    identity.set_rate_limits(settings.rate_limits);
     if let (Some(url), Some(from)) = (&settings.smtp_url, &settings.smtp_from) {
         let smtp = sluice_identity::SmtpSettings {
             url: url.clone(),
@@ -217,6 +218,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         },
         s3_base_domain: settings.s3_base_domain.clone(),
         sign_in_sources: Arc::default(),
+        address_rates: Arc::default(),
     })
     .map_err(anyhow::Error::msg)?;
 

@@ -70,6 +70,7 @@ pub(super) fn cognito_error(e: IdentityError) -> CognitoError {
         IdentityError::UserNotConfirmed(_) => "UserNotConfirmedException",
         IdentityError::PasswordResetRequired(_) => "PasswordResetRequiredException",
         IdentityError::LimitExceeded(_) => "LimitExceededException",
+        IdentityError::TooManyRequests(_) => "TooManyRequestsException",
         IdentityError::UnsupportedUserState(_) => "UnsupportedUserStateException",
         IdentityError::Unauthorized(_) => "UnauthorizedException",
         IdentityError::UnsupportedTokenType(_) => "UnsupportedTokenTypeException",
