@@ -23,6 +23,9 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// What an upload id refers to existed but is gone (deleted or replaced).
+    #[error("{0}")]
+    Gone(String),
     /// The metadata engine is down: try again later (503 with `Retry-After`).
     #[error("the service is unavailable; try again later")]
     Unavailable(String),
@@ -58,6 +61,7 @@ impl GatewayError {
             GatewayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Conflict(_) => StatusCode::CONFLICT,
+            GatewayError::Gone(_) => StatusCode::GONE,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,6 +76,7 @@ impl GatewayError {
             GatewayError::TooLarge(_) => "payload_too_large",
             GatewayError::NotFound(_) => "not_found",
             GatewayError::Conflict(_) => "conflict",
+            GatewayError::Gone(_) => "gone",
             GatewayError::Unavailable(_) => "service_unavailable",
             GatewayError::Full(_) => "insufficient_storage",
             GatewayError::Internal(_) => "internal_error",

@@ -98,10 +98,17 @@ impl FromRequestParts<Gateway> for Authenticated {
     type Rejection = GatewayError;
 
     async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
+        let mut all = parts.headers.get_all(header::AUTHORIZATION).iter();
+        let header = all
+            .next()
             .ok_or(GatewayError::Unauthorized("missing Authorization header"))?;
+        if all.next().is_some() {
+            // Two credentials: which one a proxy in front would have checked is anyone's
+            // guess, so neither is used.
+            return Err(GatewayError::BadRequest(
+                "the request has more than one Authorization header".into(),
+            ));
+        }
         let value = header
             .to_str()
             .map_err(|_| GatewayError::Unauthorized("Authorization header is not ASCII"))?;
@@ -239,7 +246,7 @@ async fn create_upload(
             let filename = parsed
                 .filename
                 .unwrap_or_else(|| format!("file-{}.txt", now_ms()));
-            validate_filename(&filename)?;
+            let filename = validate_filename(&filename)?;
             let content = match parsed.content {
                 Some(c) if !c.is_empty() => c,
                 _ => "empty".to_owned(),
@@ -253,7 +260,7 @@ async fn create_upload(
             let filename = params
                 .filename
                 .unwrap_or_else(|| format!("file-{}.bin", now_ms()));
-            validate_filename(&filename)?;
+            let filename = validate_filename(&filename)?;
             let body = LimitedBody::new(body, limit);
             let over = body.over.clone();
             let staged = gw
@@ -376,8 +383,7 @@ async fn read_form(
                 let name = String::from_utf8(text).map_err(|_| {
                     GatewayError::BadRequest("the `filename` field is not UTF-8".into())
                 })?;
-                validate_filename(&name)?;
-                name_field = Some(name);
+                name_field = Some(validate_filename(&name)?);
             }
             other => {
                 return Err(GatewayError::BadRequest(format!(
@@ -396,7 +402,7 @@ async fn read_form(
         (Some(n), _) | (None, Some(n)) => n,
         (None, None) => format!("file-{}.bin", now_ms()),
     };
-    validate_filename(&filename)?;
+    let filename = validate_filename(&filename)?;
     Ok((filename, part_type, staged))
 }
 
@@ -506,25 +512,78 @@ async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, GatewayE
     Ok(buf.freeze())
 }
 
-/// A file name that is safe as the last part of an object key: 1–255 bytes, no path
-/// separators, no `..`, no NUL or other control characters.
-pub fn validate_filename(name: &str) -> Result<(), GatewayError> {
-    let reason = if name.is_empty() {
-        Some("filename must not be empty")
-    } else if name.len() > 255 {
-        Some("filename must be at most 255 bytes")
-    } else if name.contains('/') || name.contains('\\') {
-        Some("filename must not contain '/' or '\\'")
-    } else if name.contains("..") || name == "." {
-        Some("filename must not contain '..' or be '.'")
-    } else if name.chars().any(char::is_control) {
-        Some("filename must not contain NUL or control characters")
-    } else {
-        None
-    };
-    match reason {
-        Some(r) => Err(GatewayError::BadRequest(r.into())),
-        None => Ok(()),
+/// A file name that is safe as the last part of an object key and as a name on any file
+/// system a user may download it to, in Unicode NFC (the form browsers and most systems
+/// send; a decomposed name from macOS becomes the same key as its composed twin).
+///
+/// Refused, each with its own message: empty or over 255 bytes (after normalisation), path
+/// separators, `.`/`..`, control characters (C0, DEL, C1), characters that change how text
+/// around them is displayed or hide in it (bidi embeddings, overrides, isolates and marks,
+/// zero-width spaces and joiners, the BOM), a leading or trailing space, a trailing dot, and
+/// the names Windows reserves for devices (`CON`, `NUL`, `COM1`, … with any extension).
+pub fn validate_filename(name: &str) -> Result<String, GatewayError> {
+    use unicode_normalization::UnicodeNormalization;
+    let name: String = name.nfc().collect();
+    let bad = |r: &str| Err(GatewayError::BadRequest(format!("filename {r}")));
+    if name.is_empty() {
+        return bad("must not be empty");
+    }
+    if name.len() > 255 {
+        return bad("must be at most 255 bytes");
+    }
+    if name.contains('/') || name.contains('\\') {
+        return bad("must not contain '/' or '\\'");
+    }
+    if name.contains("..") || name == "." {
+        return bad("must not contain '..' or be '.'");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("must not contain NUL or other control characters");
+    }
+    if let Some(c) = name.chars().find(|c| invisible_or_reordering(*c)) {
+        return bad(&format!(
+            "must not contain U+{:04X} (a bidirectional or invisible formatting character)",
+            u32::from(c)
+        ));
+    }
+    if name.starts_with(' ') || name.ends_with(' ') {
+        return bad("must not begin or end with a space");
+    }
+    if name.ends_with('.') {
+        return bad("must not end with a dot");
+    }
+    let stem = name.split('.').next().unwrap_or("").trim_end();
+    if is_reserved_device(stem) {
+        return bad(&format!("must not be a reserved device name ({stem})"));
+    }
+    Ok(name)
+}
+
+/// Bidi embeddings, overrides, isolates and marks, zero-width characters and the BOM:
+/// characters that make a displayed name differ from the stored one.
+fn invisible_or_reordering(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
+/// The device names Windows reserves in any directory, with or without an extension.
+fn is_reserved_device(stem: &str) -> bool {
+    let upper = stem.to_ascii_uppercase();
+    match upper.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$" => true,
+        _ => {
+            let mut chars = upper.chars();
+            let digit = chars.next_back();
+            matches!(chars.as_str(), "COM" | "LPT")
+                && matches!(digit, Some('1'..='9' | '¹' | '²' | '³'))
+        }
     }
 }
 
@@ -582,18 +641,82 @@ async fn get_upload(
 }
 
 /// The object's bytes, streamed from the store (never read whole into memory).
-async fn object_response(gw: &Gateway, bucket: &str, key: &str) -> Result<Response, GatewayError> {
-    let obj = gw.store.get_stream(bucket, key, None).await?;
+/// The bytes of the object an upload refers to, as a download: `Content-Disposition:
+/// attachment` and `X-Content-Type-Options: nosniff`, so that user content is never rendered
+/// by a browser as a page of the API's origin.
+///
+/// An upload id names one version of an object, not a key: `is_ours` says whether the
+/// object now at the key is that version. When it is not (the object was deleted through S3,
+/// and maybe another user wrote the same key since) the answer is 410 Gone, never the other
+/// bytes.
+async fn object_response(
+    gw: &Gateway,
+    u: &Upload,
+    bucket: &str,
+    key: &str,
+    is_ours: impl Fn(&sluice_store::ObjectInfo) -> bool,
+) -> Result<Response, GatewayError> {
+    let gone = || {
+        GatewayError::Gone(format!(
+            "the object upload {} stored at {bucket}/{key} was deleted or replaced",
+            u.id
+        ))
+    };
+    let obj = match gw.store.get_stream(bucket, key, None).await {
+        Ok(obj) => obj,
+        Err(sluice_store::StoreError::NoSuchKey { .. }) => return Err(gone()),
+        Err(e) => return Err(e.into()),
+    };
+    if !is_ours(&obj.info) {
+        return Err(gone());
+    }
     let mut resp = Response::new(Body::from_stream(obj.body));
-    resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(obj.info.size));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(obj.info.size));
     if let Ok(v) = HeaderValue::from_str(&obj.info.content_type) {
-        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+        h.insert(header::CONTENT_TYPE, v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", obj.info.etag)) {
-        resp.headers_mut().insert(header::ETAG, v);
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let name = if bucket == u.bucket && key == u.key {
+        u.filename.as_str()
+    } else {
+        name
+    };
+    if let Ok(v) = HeaderValue::from_str(&content_disposition(name)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// `attachment` with the file name twice (RFC 6266): an ASCII fallback with anything
+/// unsafe replaced by `_`, and the exact name percent-encoded in UTF-8 (RFC 8187).
+fn content_disposition(name: &str) -> String {
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' && c != '%' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::with_capacity(name.len() * 3);
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
 }
 
 async fn get_content(
@@ -602,7 +725,11 @@ async fn get_content(
     Path(id): Path<String>,
 ) -> Result<Response, GatewayError> {
     let u = owned_upload(&gw, &auth, &id).await?;
-    object_response(&gw, &u.bucket, &u.key).await
+    // The upload's bytes are known by their digest: the object must still be exactly them.
+    object_response(&gw, &u, &u.bucket, &u.key, |o| {
+        o.sha256 == u.sha256 && o.size == u.size
+    })
+    .await
 }
 
 async fn get_processed(
@@ -612,10 +739,72 @@ async fn get_processed(
 ) -> Result<Response, GatewayError> {
     let u = owned_upload(&gw, &auth, &id).await?;
     match (&u.processed_bucket, &u.processed_key, u.status) {
-        (Some(b), Some(k), UploadStatus::Processed) => object_response(&gw, b, k).await,
+        (Some(b), Some(k), UploadStatus::Processed) => {
+            // The output was durable before the upload was marked processed: a version
+            // written after that is someone else's (or a later run's), not this upload's.
+            let done = u.processed_ms.unwrap_or(i64::MAX);
+            object_response(&gw, &u, b, k, |o| o.last_modified_ms <= done).await
+        }
         _ => Err(GatewayError::NotFound(format!(
             "upload {id} has no processed output (status: {})",
             u.status.as_str()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_normalised_or_refused() {
+        assert_eq!(validate_filename("demo.txt").expect("ok"), "demo.txt");
+        // NFD "é" (e + combining acute) becomes NFC.
+        assert_eq!(
+            validate_filename("caf\u{65}\u{301}.txt").expect("ok"),
+            "caf\u{e9}.txt"
+        );
+        assert_eq!(validate_filename("COM10.txt").expect("ok"), "COM10.txt");
+        assert_eq!(validate_filename("console.log").expect("ok"), "console.log");
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "a\u{7f}",
+            "a\u{85}",
+            "evil\u{202E}txt.exe",
+            "in\u{2066}visible",
+            "zero\u{200B}width",
+            "\u{FEFF}bom",
+            " lead",
+            "trail ",
+            "trail.",
+            "CON",
+            "nul.txt",
+            "Com1.tar.gz",
+            "lpt9",
+            "COM\u{b9}",
+            "AUX .txt",
+        ] {
+            assert!(validate_filename(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(validate_filename(&"x".repeat(256)).is_err());
+        // A multi-byte last character is not a reason to panic.
+        assert!(validate_filename("COMé").is_ok());
+    }
+
+    #[test]
+    fn downloads_name_the_file_safely() {
+        assert_eq!(
+            content_disposition("a b\"c\".txt"),
+            "attachment; filename=\"a_b_c_.txt\"; filename*=UTF-8''a%20b%22c%22.txt"
+        );
+        assert_eq!(
+            content_disposition("\u{e9}t\u{e9}.txt"),
+            "attachment; filename=\"_t_.txt\"; filename*=UTF-8''%C3%A9t%C3%A9.txt"
+        );
     }
 }

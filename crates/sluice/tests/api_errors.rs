@@ -157,6 +157,23 @@ fn authorizer_refuses_every_bad_token() {
     let mut future = forge.claims();
     future["nbf"] = json!(now() + 3600);
     cases.push(("not valid yet", Some(forge.sign(&future))));
+    // Correctly signed by the pool's key, but with a critical extension sluice does not
+    // understand (RFC 7515 §4.1.11).
+    let crit_header = URL_SAFE_NO_PAD.encode(format!(
+        r#"{{"alg":"RS256","kid":"{}","crit":["x-sluice-test"],"x-sluice-test":true}}"#,
+        forge.kid
+    ));
+    let signing_input = format!("{crit_header}.{body}");
+    let crit_sig = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &EncodingKey::from_rsa_pem(forge.pem.as_bytes()).expect("key"),
+        Algorithm::RS256,
+    )
+    .expect("sign");
+    cases.push((
+        "critical header extension",
+        Some(format!("{signing_input}.{crit_sig}")),
+    ));
 
     let uploads_before = rows(&dir.0, "SELECT COUNT(*) FROM uploads");
     for (case, token) in &cases {
@@ -183,6 +200,17 @@ fn authorizer_refuses_every_bad_token() {
         .send()
         .expect("send");
     assert_401(basic, "basic auth");
+    // Two Authorization headers, one of them valid: neither is used.
+    let twice = server
+        .http
+        .post(format!("{}/uploads", server.api))
+        .header("Content-Type", "application/json")
+        .header("Authorization", format!("Bearer {control}"))
+        .header("Authorization", "Bearer someone-else")
+        .body(r#"{"filename":"x.txt","content":"x"}"#)
+        .send()
+        .expect("send");
+    assert_eq!(twice.status(), 400, "duplicate Authorization");
     assert_eq!(
         rows(&dir.0, "SELECT COUNT(*) FROM uploads"),
         uploads_before,
