@@ -149,10 +149,15 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
+    // A log line that cannot be written (stderr redirected to a full disk, a closed pipe)
+    // is dropped. tracing-subscriber's default reports that with `eprintln!`, which panics
+    // when stderr fails too: on a full disk, every request that logged would have lost its
+    // connection task. The disk-full fault tests hold this.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .init();
 }
 

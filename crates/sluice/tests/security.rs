@@ -1,0 +1,259 @@
+//! Abuse and isolation, against the real binary (issue 13): a sign-up flood keeps memory
+//! bounded, sign-ups beyond a client address's rate are throttled, an upload id never
+//! resolves to another user's bytes, and user content is served as a download.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{DataDir, PASSWORD, Server};
+use serde_json::{Value, json};
+
+fn key(server: &Server) -> (String, String) {
+    let v: Value = serde_json::from_str(&server.cli(&["keys", "create"])).expect("key json");
+    (
+        v["accessKeyId"].as_str().expect("id").to_owned(),
+        v["secretAccessKey"].as_str().expect("secret").to_owned(),
+    )
+}
+
+fn client_id(server: &Server) -> String {
+    server.info()["clientId"]
+        .as_str()
+        .expect("clientId")
+        .to_owned()
+}
+
+/// A field of `/proc/<pid>/status` in KiB (VmRSS, VmHWM).
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("field")
+}
+
+#[test]
+fn an_upload_id_never_resolves_to_another_users_bytes() {
+    let dir = DataDir::new("sec-gone");
+    let server = Server::start(&dir.0);
+    server.create_user("a@example.com");
+    server.create_user("b@example.com");
+    let (ta, tb) = (
+        server.id_token("a@example.com"),
+        server.id_token("b@example.com"),
+    );
+    let up = server.upload(&ta, "same.txt", "alice's secret");
+    assert_eq!(up.status(), 200);
+    let a: Value = up.json().expect("json");
+    let a_id = a["uploadId"].as_str().expect("id").to_owned();
+    assert_eq!(server.wait_final(&ta, &a_id)["status"], "processed");
+    let (code, bytes) = server.get_bytes(&ta, &format!("/uploads/{a_id}/content"));
+    assert_eq!((code, bytes.as_slice()), (200, &b"alice's secret"[..]));
+
+    // Both objects are deleted through S3, and B uploads a file of the same name.
+    let k = key(&server);
+    for object in ["uploads/same.txt", "processed/same.txt"] {
+        let (ok, _, err) = common::aws_as(
+            (&k.0, &k.1),
+            &[
+                "--endpoint-url",
+                &server.edge,
+                "s3api",
+                "delete-object",
+                "--bucket",
+                "sluice",
+                "--key",
+                object,
+            ],
+        );
+        assert!(ok, "delete {object}: {err}");
+    }
+    for path in ["content", "processed"] {
+        let (code, _) = server.get_bytes(&ta, &format!("/uploads/{a_id}/{path}"));
+        assert_eq!(code, 410, "{path} of a deleted object");
+    }
+    let up = server.upload(&tb, "same.txt", "bob's bytes");
+    assert_eq!(up.status(), 200, "B may use the name now");
+    let b: Value = up.json().expect("json");
+    let b_id = b["uploadId"].as_str().expect("id").to_owned();
+    assert_eq!(server.wait_final(&tb, &b_id)["status"], "processed");
+
+    for path in ["content", "processed"] {
+        let resp = server
+            .http
+            .get(format!("{}/uploads/{a_id}/{path}", server.api))
+            .bearer_auth(&ta)
+            .send()
+            .expect("get");
+        assert_eq!(resp.status().as_u16(), 410, "A's {path} is gone");
+        let body: Value = resp.json().expect("json error");
+        assert_eq!(body["error"], "gone");
+        let text = body.to_string();
+        assert!(!text.contains("bob"), "{text}");
+    }
+    let (code, bytes) = server.get_bytes(&tb, &format!("/uploads/{b_id}/content"));
+    assert_eq!((code, bytes.as_slice()), (200, &b"bob's bytes"[..]));
+    let (code, bytes) = server.get_bytes(&tb, &format!("/uploads/{b_id}/processed"));
+    assert_eq!((code, bytes.as_slice()), (200, &b"BOB'S BYTES"[..]));
+}
+
+#[test]
+fn user_content_is_served_as_a_download() {
+    let dir = DataDir::new("sec-download");
+    let server = Server::start(&dir.0);
+    server.create_user("a@example.com");
+    let t = server.id_token("a@example.com");
+    let up = server.upload(&t, "page \"1\".html", "<script>alert(1)</script>");
+    assert_eq!(up.status(), 200);
+    let id = up.json::<Value>().expect("json")["uploadId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    server.wait_final(&t, &id);
+    for path in ["content", "processed"] {
+        let resp = server
+            .http
+            .get(format!("{}/uploads/{id}/{path}", server.api))
+            .bearer_auth(&t)
+            .send()
+            .expect("get");
+        assert_eq!(resp.status().as_u16(), 200);
+        let h = resp.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        let disposition = h["content-disposition"].to_str().expect("ascii");
+        assert!(disposition.starts_with("attachment; "), "{disposition}");
+        assert!(
+            disposition.contains("filename*=UTF-8''page%20%221%22.html"),
+            "{disposition}"
+        );
+    }
+}
+
+#[test]
+fn sign_ups_beyond_an_address_rate_are_throttled() {
+    let dir = DataDir::new("sec-rate");
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[("SLUICE_SIGN_UPS_PER_SECOND_PER_ADDRESS", "2")],
+    );
+    let client = client_id(&server);
+    let mut throttled = 0;
+    for i in 0..12 {
+        let resp = server
+            .http
+            .post(format!("{}/", server.edge))
+            .header("X-Amz-Target", "AWSCognitoIdentityProviderService.SignUp")
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .body(
+                json!({"ClientId": client, "Username": format!("u{i}@example.com"), "Password": PASSWORD})
+                    .to_string(),
+            )
+            .send()
+            .expect("sign-up");
+        if resp.status().as_u16() == 400
+            && resp.headers()["x-amzn-errortype"]
+                .to_str()
+                .is_ok_and(|t| t.starts_with("TooManyRequestsException"))
+        {
+            assert_eq!(resp.headers()["retry-after"], "1");
+            throttled += 1;
+        } else {
+            assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text());
+        }
+    }
+    // A burst of 4 (two seconds at 2/s) and about 2 more per second after it.
+    assert!(throttled >= 4, "only {throttled} of 12 throttled");
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, body) = server.cognito(
+        "SignUp",
+        json!({"ClientId": client, "Username": "later@example.com", "Password": PASSWORD}),
+    );
+    assert_eq!(code, 200, "the rate refills: {body}");
+}
+
+/// 1,000 concurrent sign-ups, with the rate limits off so that every one reaches password
+/// hashing: the server's peak RSS stays under 256 MiB (hashing has a fixed pool and a short
+/// queue; the rest are told to retry), and it is near idle again afterwards.
+#[test]
+fn a_sign_up_flood_keeps_memory_bounded() {
+    let dir = DataDir::new("sec-flood");
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[
+            ("SLUICE_SIGN_UPS_PER_SECOND_PER_ADDRESS", "0"),
+            ("SLUICE_SIGN_UPS_PER_SECOND_PER_POOL", "0"),
+        ],
+    );
+    let pid = server.pid();
+    let client = client_id(&server);
+    let idle_kib = proc_kib(pid, "VmRSS");
+    let url = format!("{}/", server.edge);
+    let threads: Vec<_> = (0..1000)
+        .map(|i| {
+            let (url, client) = (url.clone(), client.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(120))
+                    .build()
+                    .expect("client");
+                let resp = http
+                    .post(url)
+                    .header("X-Amz-Target", "AWSCognitoIdentityProviderService.SignUp")
+                    .header("Content-Type", "application/x-amz-json-1.1")
+                    .body(
+                        json!({"ClientId": client, "Username": format!("f{i}@example.com"), "Password": PASSWORD})
+                            .to_string(),
+                    )
+                    .send();
+                match resp {
+                    Ok(r) => {
+                        let kind = r
+                            .headers()
+                            .get("x-amzn-errortype")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        (r.status().as_u16(), kind)
+                    }
+                    Err(e) => panic!("sign-up request failed: {e}"),
+                }
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut throttled = 0;
+    for t in threads {
+        let (code, kind) = t.join().expect("thread");
+        match code {
+            200 => ok += 1,
+            400 if kind.starts_with("TooManyRequestsException") => throttled += 1,
+            other => panic!("unexpected answer {other} {kind}"),
+        }
+    }
+    let peak_kib = proc_kib(pid, "VmHWM");
+    eprintln!(
+        "sign-up flood: {ok} signed up, {throttled} told to retry; RSS idle {} MiB, peak {} MiB",
+        idle_kib / 1024,
+        peak_kib / 1024
+    );
+    assert!(ok > 0 && throttled > 0, "{ok} ok, {throttled} throttled");
+    assert!(
+        peak_kib <= 256 * 1024,
+        "peak RSS {} MiB during the flood",
+        peak_kib / 1024
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let after_kib = proc_kib(pid, "VmRSS");
+    assert!(
+        after_kib <= idle_kib + 128 * 1024,
+        "RSS {} MiB after the flood (idle {} MiB)",
+        after_kib / 1024,
+        idle_kib / 1024
+    );
+}
