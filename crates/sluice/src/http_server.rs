@@ -20,7 +20,9 @@
 //!   `header_read_timeout` of being accepted;
 //! - after a response has been sent in full and nothing else is in flight, the connection
 //!   may stay idle for `idle_timeout`; once the first byte of the next request arrives, its
-//!   head must be complete within `header_read_timeout` of that byte;
+//!   head must be complete within `header_read_timeout` of that byte (on HTTP/2 any
+//!   frame on an idle connection, a PING included, starts that clock: a connection
+//!   that only pings is closed after `header_read_timeout`);
 //! - while a request is in flight (head received, response not yet sent to its end) the
 //!   watchdog never fires: long uploads, long polls and downloads to a slow reader are
 //!   governed by the body rate (for the request body) and by the shutdown bound.
@@ -79,9 +81,9 @@ pub(crate) const DEFAULT_MIN_BODY_RATE: u64 = 4096;
 pub(crate) const DEFAULT_BODY_RATE_WINDOW: Duration = Duration::from_secs(30);
 /// Default connection cap per listener.
 pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// Default bound on graceful shutdown: under the 30 s most supervisors (Kubernetes'
-/// termination grace period, Docker's stop timeout is 10 s — set it lower there) wait
-/// before SIGKILL, leaving time for the processors and the databases to close.
+/// Default bound on graceful shutdown: under Kubernetes' 30 s termination grace period,
+/// leaving time for the processors and the databases to close after the connections
+/// (Docker's default stop timeout is 10 s: set it lower there).
 pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The bounds one listener enforces (see the module documentation for their meaning).
@@ -557,6 +559,10 @@ impl http_body::Body for UntilSent {
 /// not blamed. So an upload at any reasonable speed is never cut, however large, and a
 /// client that trickles its body is cut after one window. A window is judged whole: a
 /// burst at its end counts as much as a steady pace.
+///
+/// The error reaches the handler as a body read error (the request fails); on HTTP/1.1
+/// hyper then closes the connection, since the body was not read to its end. On HTTP/2
+/// only the stream fails.
 struct MinRateBody<B> {
     inner: B,
     need: u64,
