@@ -221,6 +221,7 @@ pub(crate) async fn serve(
     // Closing the listener refuses new connections (and those waiting in its backlog)
     // while the accepted ones finish.
     drop(listener);
+    while conns.try_join_next().is_some() {}
     let open = conns.len();
     if open > 0 {
         tracing::info!(
