@@ -142,6 +142,20 @@ pub(crate) struct FileConfig {
     pub(crate) smtp_url: Option<String>,
     /// The `From` address of those emails (required with `smtp_url`).
     pub(crate) smtp_from: Option<String>,
+    /// Seconds a client has to send a complete request head (from connecting, for the first
+    /// request; from the first byte, for later ones on a keep-alive connection).
+    pub(crate) header_read_timeout_secs: Option<u64>,
+    /// Seconds a keep-alive connection may stay open with no request in flight.
+    pub(crate) idle_timeout_secs: Option<u64>,
+    /// Minimum request-body rate, in bytes per second of waiting for the client; 0: none.
+    pub(crate) min_body_bytes_per_sec: Option<u64>,
+    /// Seconds over which the body rate is measured.
+    pub(crate) body_rate_window_secs: Option<u64>,
+    /// Open connections per listener; beyond, new connections wait in the accept backlog.
+    pub(crate) max_connections: Option<usize>,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before their
+    /// connections are closed.
+    pub(crate) shutdown_timeout_secs: Option<u64>,
     /// `[[mapping]]`: mappings `serve` creates at start (or updates when changed here).
     #[serde(default)]
     pub(crate) mapping: Vec<MappingEntry>,
@@ -326,6 +340,8 @@ pub(crate) struct Settings {
     pub(crate) smtp_from: Option<String>,
     /// Request rates of sign-up and sign-in (`[limits]`).
     pub(crate) rate_limits: sluice_identity::rates::RateLimits,
+    /// Bounds on what a client can hold on either listener (`http_server`).
+    pub(crate) conn_limits: crate::http_server::ConnLimits,
     /// The `[[mapping]]` entries of the configuration file.
     pub(crate) mappings: Vec<MappingEntry>,
     /// Directory of the configuration file (the current directory without one): relative
@@ -422,6 +438,14 @@ impl Settings {
             smtp_url: env_or("SLUICE_SMTP_URL", file.smtp_url),
             smtp_from: env_or("SLUICE_SMTP_FROM", file.smtp_from),
             rate_limits: rate_limits(file.limits.unwrap_or_default())?,
+            conn_limits: conn_limits(
+                env_parse("SLUICE_HEADER_READ_TIMEOUT_SECS")?.or(file.header_read_timeout_secs),
+                env_parse("SLUICE_IDLE_TIMEOUT_SECS")?.or(file.idle_timeout_secs),
+                env_parse("SLUICE_MIN_BODY_BYTES_PER_SEC")?.or(file.min_body_bytes_per_sec),
+                env_parse("SLUICE_BODY_RATE_WINDOW_SECS")?.or(file.body_rate_window_secs),
+                env_parse("SLUICE_MAX_CONNECTIONS")?.or(file.max_connections),
+                env_parse("SLUICE_SHUTDOWN_TIMEOUT_SECS")?.or(file.shutdown_timeout_secs),
+            )?,
             mappings: file.mapping,
             config_dir,
         };
@@ -511,6 +535,57 @@ impl Settings {
             .trim_end_matches('/')
             .to_owned()
     }
+}
+
+/// The connection bounds from their settings (each `None` takes its default). Timeouts and
+/// the cap must be positive: a zero would close every connection or accept none. A zero
+/// body rate turns the rate off; a zero shutdown bound closes open connections at once.
+fn conn_limits(
+    header_read_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    min_body_bytes_per_sec: Option<u64>,
+    body_rate_window_secs: Option<u64>,
+    max_connections: Option<usize>,
+    shutdown_timeout_secs: Option<u64>,
+) -> Result<crate::http_server::ConnLimits> {
+    use crate::http_server::{self as h, BodyRate, ConnLimits};
+    use std::time::Duration;
+    let positive_secs = |name: &str, v: Option<u64>, default: Duration| match v {
+        Some(0) => Err(usage(format!("{name} must be positive"))),
+        Some(s) => Ok(Duration::from_secs(s)),
+        None => Ok(default),
+    };
+    let window = positive_secs(
+        "body_rate_window_secs",
+        body_rate_window_secs,
+        h::DEFAULT_BODY_RATE_WINDOW,
+    )?;
+    let max_connections = max_connections.unwrap_or(h::DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(usage("max_connections must be positive"));
+    }
+    Ok(ConnLimits {
+        header_read_timeout: positive_secs(
+            "header_read_timeout_secs",
+            header_read_timeout_secs,
+            h::DEFAULT_HEADER_READ_TIMEOUT,
+        )?,
+        idle_timeout: positive_secs(
+            "idle_timeout_secs",
+            idle_timeout_secs,
+            h::DEFAULT_IDLE_TIMEOUT,
+        )?,
+        min_body_rate: match min_body_bytes_per_sec.unwrap_or(h::DEFAULT_MIN_BODY_RATE) {
+            0 => None,
+            bytes_per_sec => Some(BodyRate {
+                bytes_per_sec,
+                window,
+            }),
+        },
+        max_connections,
+        shutdown_timeout: shutdown_timeout_secs
+            .map_or(h::DEFAULT_SHUTDOWN_TIMEOUT, Duration::from_secs),
+    })
 }
 
 fn url_for(addr: SocketAddr) -> String {
@@ -617,6 +692,23 @@ mod tests {
             Settings::resolve(&args).is_err(),
             "unknown keys are refused"
         );
+    }
+
+    #[test]
+    fn connection_limits_default_and_refuse_zeros() {
+        use crate::http_server::ConnLimits;
+        let d = conn_limits(None, None, None, None, None, None).expect("defaults");
+        assert_eq!(d, ConnLimits::default());
+        let set = conn_limits(Some(2), Some(3), Some(0), Some(4), Some(5), Some(0)).expect("set");
+        assert_eq!(set.header_read_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(set.idle_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(set.min_body_rate, None, "0 turns the body rate off");
+        assert_eq!(set.max_connections, 5);
+        assert!(set.shutdown_timeout.is_zero());
+        assert!(conn_limits(Some(0), None, None, None, None, None).is_err());
+        assert!(conn_limits(None, Some(0), None, None, None, None).is_err());
+        assert!(conn_limits(None, None, None, Some(0), None, None).is_err());
+        assert!(conn_limits(None, None, None, None, Some(0), None).is_err());
     }
 
     #[test]

@@ -16,6 +16,7 @@ macro_rules! outln {
 
 mod config;
 mod doctor;
+mod http_server;
 mod mapping_cmd;
 mod mapping_server;
 mod serve;

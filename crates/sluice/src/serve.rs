@@ -47,6 +47,8 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         );
     }
 
+    // Both listeners at their caps must fit in the process's open-file limit.
+    crate::http_server::fit_open_file_limit(settings.conn_limits.max_connections.saturating_mul(2));
     let api_listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {} (API)", settings.listen))?;
@@ -265,37 +267,41 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     }
     tracing::info!(api = %run.api_url, edge = %run.edge_url, pool = %info.pool_id, "serving");
 
-    let mut api_shutdown = shutdown_rx.clone();
-    let mut edge_shutdown = shutdown_rx.clone();
-    let api_server = tokio::spawn(async move {
-        axum::serve(api_listener, api)
-            .with_graceful_shutdown(async move {
-                let _ = api_shutdown.wait_for(|s| *s).await;
-            })
-            .await
-    });
-    let edge_server = tokio::spawn(async move {
-        // Small request/response exchanges on keep-alive connections: no Nagle delay.
-        let edge_listener = axum::serve::ListenerExt::tap_io(edge_listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(
-            edge_listener,
-            edge.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = edge_shutdown.wait_for(|s| *s).await;
-        })
-        .await
-    });
+    // Both listeners enforce the connection bounds (`http_server`); SIGTERM/SIGINT closes
+    // them, lets in-flight requests finish within `shutdown_timeout`, then cuts the rest.
+    let limits = settings.conn_limits;
+    let api_server = tokio::spawn(crate::http_server::serve(
+        api_listener,
+        "api",
+        api,
+        limits,
+        false,
+        shutdown_rx.clone(),
+    ));
+    // Small request/response exchanges on keep-alive connections: no Nagle delay.
+    let edge_server = tokio::spawn(crate::http_server::serve(
+        edge_listener,
+        "edge",
+        edge,
+        limits,
+        true,
+        shutdown_rx.clone(),
+    ));
 
     wait_for_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!(bound = ?limits.shutdown_timeout, "shutting down");
     let _ = shutdown_tx.send(true);
-    let _ = api_server.await;
-    let _ = edge_server.await;
+    for (name, server) in [("api", api_server), ("edge", edge_server)] {
+        match server.await {
+            Ok(served) if served.cut_at_shutdown > 0 => tracing::info!(
+                listener = name,
+                connections = served.cut_at_shutdown,
+                "closed connections still open at the shutdown bound"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::error!(listener = name, error = %e, "listener task failed"),
+        }
+    }
     for w in workers {
         let _ = w.await;
     }
