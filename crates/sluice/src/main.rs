@@ -15,6 +15,7 @@ macro_rules! outln {
 }
 
 mod config;
+mod datadir;
 mod doctor;
 mod mapping_cmd;
 mod mapping_server;
@@ -117,6 +118,8 @@ enum UserCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before anything is created: every file of the process private (see `datadir`).
+    datadir::restrict_umask();
     let cli = Cli::parse();
     init_tracing();
     match run(cli) {

@@ -25,12 +25,9 @@ use crate::wiring::{self, RunInfo};
 const TOKEN_LEEWAY_SECS: i64 = 60;
 
 pub(crate) async fn serve(settings: Settings) -> Result<()> {
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
+    // Created 0700, or checked: refused if others could write it, made private if they
+    // could read it (see `datadir`).
+    crate::datadir::prepare(&settings.data_dir)?;
     // One server per data directory: the lock is held for the life of the process and
     // released by the kernel however it ends.
     let lock_path = settings.data_dir.join("serve.lock");

@@ -122,19 +122,9 @@ pub(crate) fn shown_url(url: &str) -> String {
     format!("{base}?{}", params.join("&"))
 }
 
-/// Creates the data directory, readable by its owner only (it holds signing keys and
-/// access-key secrets).
+/// Creates the data directory (mode 0700) or checks an existing one (see `datadir`).
 pub(crate) fn create_data_dir(settings: &Settings) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = &settings.data_dir;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-    }
-    Ok(())
+    crate::datadir::prepare(&settings.data_dir).map(drop)
 }
 
 /// The identity part as a client command sees it (the issuer base comes from the running
