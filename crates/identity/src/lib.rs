@@ -25,6 +25,7 @@ mod mail;
 pub mod password;
 mod pool_verifier;
 mod pools;
+pub mod secret_box;
 pub mod srp;
 mod throttle;
 pub mod tokens;
