@@ -83,7 +83,7 @@ pub(crate) fn prepare(dir: &Path) -> Result<Prepared> {
             was = format!("{:04o}", mode & 0o777),
             fixed = done.fixed,
             left_foreign = done.foreign,
-            "the data directory could be read by other users (an earlier sluice created it so); made it 0700 and its files private"
+            "the data directory could be read by other users (earlier versions created it so); made it 0700 and its files private"
         );
         if done.foreign > 0 {
             tracing::warn!(

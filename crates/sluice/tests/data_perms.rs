@@ -10,7 +10,7 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -77,7 +77,8 @@ fn stored_secrets(cwd: &Path, data: &Path) -> Vec<String> {
     stored
 }
 
-/// `sluice <args> --data-dir <dir>` run in `cwd`, its whole output.
+/// `sluice <args> --data-dir <dir>` run in `cwd`, its whole output; killed (and the test
+/// failed) if it is still running after 30 s — a `serve` that was not refused.
 fn run(cwd: &Path, dir: &Path, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(bin());
     for (k, _) in std::env::vars() {
@@ -85,12 +86,26 @@ fn run(cwd: &Path, dir: &Path, args: &[&str]) -> std::process::Output {
             cmd.env_remove(k);
         }
     }
-    cmd.args(args)
+    let mut child = cmd
+        .args(args)
         .arg("--data-dir")
         .arg(dir)
         .current_dir(cwd)
-        .output()
-        .expect("run sluice")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sluice");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("sluice {args:?} is still running: {}", text(&out.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
 }
 
 fn text(b: &[u8]) -> String {

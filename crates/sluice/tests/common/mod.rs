@@ -28,7 +28,10 @@ impl DataDir {
             std::process::id(),
             uuid_like()
         ));
-        std::fs::create_dir_all(&p).expect("create data dir");
+        // Private, as sluice wants a data directory (it would make it so, with a warning).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&p)
+            .expect("create data dir");
         let engines = sluice_meta::conformance::TestEngines::new();
         let dir = DataDir(p, engines);
         dir.write_config("");
