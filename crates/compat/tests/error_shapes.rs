@@ -37,7 +37,8 @@ fn fixture() -> Fixture {
     identity
         .create_user(&pool.pool_id, "me@example.com", "Passw0rd!", false)
         .expect("user");
-    let keys = AccessKeys::new(db.clone());
+    let keys = AccessKeys::open(db.clone(), &dir.join("keys").join("access-keys.key"))
+        .expect("access keys");
     let key = keys.create("test").expect("key");
     let store = sluice_store::embedded::EmbeddedStore::new(
         db.clone(),

@@ -1,15 +1,19 @@
 //! Access keys for AWS Signature Version 4: what AWS clients (the aws CLI, boto3, the SDKs)
 //! sign their Kinesis, S3 and Cognito admin requests with.
 //!
-//! A SigV4 verifier needs the secret itself (it recomputes the HMAC), so secrets are
-//! stored as they are; the database lives in the data directory, which `serve` creates
-//! with mode 0700.
+//! A SigV4 verifier needs the secret itself (it recomputes the HMAC), so a secret cannot be
+//! stored as a hash. It is stored *sealed* (encrypted, see [`crate::secret_box`]) under the
+//! data directory's key file; the metadata engine never holds a secret in clear. Secrets an
+//! earlier version stored in clear are sealed when the keys are opened ([`AccessKeys::open`]).
+
+use std::path::Path;
 
 use rand::Rng;
 use sluice_meta::params;
 use sluice_meta::{Meta, Migration, now_ms};
 
 use crate::IdentityError;
+use crate::secret_box::{SecretBox, is_sealed, sealed_with};
 
 pub const MIGRATIONS: &[Migration] = &[Migration {
     name: "access-keys-0001",
@@ -23,10 +27,19 @@ CREATE TABLE access_keys (
 ",
 }];
 
+/// An access key with its secret (in clear, in memory only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessKey {
     pub id: String,
     pub secret: String,
+    pub description: String,
+    pub created_ms: i64,
+}
+
+/// An access key without its secret, as `sluice keys list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessKeyInfo {
+    pub id: String,
     pub description: String,
     pub created_ms: i64,
 }
@@ -41,16 +54,73 @@ type SecretCache = std::collections::HashMap<String, (Option<String>, std::time:
 #[derive(Clone)]
 pub struct AccessKeys {
     db: Meta,
+    sealer: SecretBox,
     /// Signed requests look their key up on every call: remembered briefly, in memory.
     cache: std::sync::Arc<std::sync::RwLock<SecretCache>>,
 }
 
 impl AccessKeys {
-    pub fn new(db: Meta) -> Self {
-        AccessKeys {
+    /// The access keys of `db`, their secrets sealed under the key file `key_file` (created,
+    /// mode 0600, if there is none). Blocking: loads the key file, then seals, in one write,
+    /// every secret an earlier version stored in clear, so that existing keys keep working
+    /// and the database no longer holds them in clear. (Older copies of those rows may
+    /// remain in the engine's free space until overwritten — a SQLite page not yet reused, a
+    /// PostgreSQL tuple not yet vacuumed; replace such keys to be rid of them.)
+    pub fn open(db: Meta, key_file: &Path) -> Result<Self, IdentityError> {
+        let keys = AccessKeys {
             db,
+            sealer: SecretBox::load_or_create(key_file)?,
             cache: Default::default(),
+        };
+        keys.seal_stored_in_clear()?;
+        Ok(keys)
+    }
+
+    /// Seals the secrets stored in clear (by versions before sealing); warns about secrets
+    /// sealed under another key file. Returns how many were sealed now.
+    fn seal_stored_in_clear(&self) -> Result<u64, IdentityError> {
+        let stored: Vec<(String, String)> = self.db.read_blocking(|c| {
+            Ok::<_, IdentityError>(c.query_vec(
+                "SELECT id, secret FROM access_keys ORDER BY id",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })?;
+        let foreign = stored
+            .iter()
+            .filter(|(_, s)| sealed_with(s).is_some_and(|f| f != self.sealer.fingerprint()))
+            .count();
+        if foreign > 0 {
+            tracing::warn!(
+                keys = foreign,
+                key_file = %self.sealer.path().display(),
+                "access keys sealed with another key file cannot be used here: servers sharing one metadata database need the same key file"
+            );
         }
+        let mut clear = Vec::new();
+        for (id, secret) in stored.into_iter().filter(|(_, s)| !is_sealed(s)) {
+            let sealed = self.sealer.seal(&id, &secret)?;
+            clear.push((id, secret, sealed));
+        }
+        if clear.is_empty() {
+            return Ok(0);
+        }
+        let sealed_now = self.db.write_blocking(move |c| {
+            let mut n = 0u64;
+            for (id, secret, sealed) in &clear {
+                // Only the value read above: a process racing here seals it once.
+                n += c.execute(
+                    "UPDATE access_keys SET secret = ?1 WHERE id = ?2 AND secret = ?3",
+                    params![sealed, id, secret],
+                )?;
+            }
+            Ok::<_, IdentityError>(n)
+        })?;
+        tracing::info!(
+            keys = sealed_now,
+            "sealed access-key secrets an earlier version stored in clear"
+        );
+        Ok(sealed_now)
     }
 
     /// Creates a key: an id like AWS's (`AKIA` + 16 upper-case letters and digits) and a
@@ -69,10 +139,11 @@ impl AccessKeys {
             created_ms: now_ms(),
         };
         let k = key.clone();
+        let sealed = self.sealer.seal(&k.id, &k.secret)?;
         self.db.write_blocking(move |c| {
             c.execute(
                 "INSERT INTO access_keys (id, secret, description, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![k.id, k.secret, k.description, k.created_ms],
+                params![k.id, sealed, k.description, k.created_ms],
             )?;
             Ok::<_, IdentityError>(())
         })?;
@@ -97,29 +168,46 @@ impl AccessKeys {
     }
 
     /// The oldest key with this description, created now if there is none: a dedicated
-    /// key that a part of sluice keeps for itself (its secret is never printed).
+    /// key that a part of sluice keeps for itself (its secret is never printed). A key whose
+    /// secret this key file cannot unseal (another data directory's, on a shared metadata
+    /// engine; or the key file was lost) is passed over, not deleted: its owner may still
+    /// use it.
     pub fn find_or_create(&self, description: &str) -> Result<AccessKey, IdentityError> {
-        if let Some(k) = self
-            .list()?
-            .into_iter()
-            .find(|k| k.description == description)
-        {
-            return Ok(k);
+        let wanted = description.to_owned();
+        let found: Vec<(String, String, i64)> = self.db.read_blocking(move |c| {
+            Ok::<_, IdentityError>(c.query_vec(
+                "SELECT id, secret, created_ms FROM access_keys WHERE description = ?1 ORDER BY created_ms, id",
+                params![&wanted],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?)
+        })?;
+        for (id, stored, created_ms) in found {
+            match self.sealer.open(&id, &stored) {
+                Ok(secret) => {
+                    return Ok(AccessKey {
+                        id,
+                        secret,
+                        description: description.to_owned(),
+                        created_ms,
+                    });
+                }
+                Err(e) => tracing::warn!(key = %id, error = %e, "passing over an access key"),
+            }
         }
         self.create(description)
     }
 
-    pub fn list(&self) -> Result<Vec<AccessKey>, IdentityError> {
+    /// Every key, oldest first, without secrets.
+    pub fn list(&self) -> Result<Vec<AccessKeyInfo>, IdentityError> {
         self.db.read_blocking(|c| {
             let keys = c.query_vec(
-                "SELECT id, secret, description, created_ms FROM access_keys ORDER BY created_ms",
+                "SELECT id, description, created_ms FROM access_keys ORDER BY created_ms, id",
                 params![],
                 |r| {
-                    Ok(AccessKey {
+                    Ok(AccessKeyInfo {
                         id: r.get(0)?,
-                        secret: r.get(1)?,
-                        description: r.get(2)?,
-                        created_ms: r.get(3)?,
+                        description: r.get(1)?,
+                        created_ms: r.get(2)?,
                     })
                 },
             )?;
@@ -141,7 +229,8 @@ impl AccessKeys {
         })
     }
 
-    /// The secret of a key, for signature verification.
+    /// The secret of a key, for signature verification. A secret that cannot be unsealed
+    /// (sealed with another key file, or damaged) is an error, logged by the caller.
     pub async fn secret(&self, id: &str) -> Result<Option<String>, IdentityError> {
         if let Ok(cache) = self.cache.read()
             && let Some((secret, at)) = cache.get(id)
@@ -150,7 +239,7 @@ impl AccessKeys {
             return Ok(secret.clone());
         }
         let key = id.to_owned();
-        let secret: Option<String> = self
+        let stored: Option<String> = self
             .db
             .read(move |c| {
                 Ok::<_, IdentityError>(c.query_opt(
@@ -160,6 +249,10 @@ impl AccessKeys {
                 )?)
             })
             .await?;
+        let secret = match stored {
+            Some(s) => Some(self.sealer.open(id, &s)?),
+            None => None,
+        };
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= 10_000 {
                 cache.clear();
@@ -181,11 +274,24 @@ fn random_from(alphabet: &[u8], n: usize) -> String {
 mod tests {
     use super::*;
 
+    fn stored_secret(db: &Meta, id: &str) -> String {
+        let id = id.to_owned();
+        db.read_blocking(move |c| {
+            Ok::<_, IdentityError>(c.query_row(
+                "SELECT secret FROM access_keys WHERE id = ?1",
+                params![&id],
+                |r| r.get(0),
+            )?)
+        })
+        .expect("stored secret")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn create_list_delete() {
         let engines = sluice_meta::conformance::TestEngines::new();
         let db = engines.meta("keys", MIGRATIONS);
-        let keys = AccessKeys::new(db);
+        let key_file = engines.dir().join("keys").join("access-keys.key");
+        let keys = AccessKeys::open(db, &key_file).expect("open");
         let first = keys.ensure_initial().expect("ensure").expect("created");
         assert!(
             keys.ensure_initial().expect("ensure").is_none(),
@@ -202,7 +308,7 @@ mod tests {
         keys.delete(&second.id).expect("delete");
         // Another handle (as another process would be) sees the deletion at once; this one
         // within its cache time.
-        let fresh = AccessKeys::new(keys.db.clone());
+        let fresh = AccessKeys::open(keys.db.clone(), &key_file).expect("open");
         assert!(fresh.secret(&second.id).await.expect("secret").is_none());
         assert!(matches!(
             keys.delete(&second.id),
@@ -211,5 +317,59 @@ mod tests {
         let own = keys.find_or_create("mine").expect("created");
         assert_eq!(keys.find_or_create("mine").expect("found"), own, "reused");
         assert_ne!(own.id, first.id);
+        assert_eq!(
+            fresh.secret(&first.id).await.expect("secret"),
+            Some(first.secret)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secrets_are_stored_sealed() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("sealed", MIGRATIONS);
+        let keys = AccessKeys::open(db.clone(), &engines.dir().join("k.key")).expect("open");
+        let k = keys.create("ci").expect("create");
+        let stored = stored_secret(&db, &k.id);
+        assert!(is_sealed(&stored), "{stored}");
+        assert!(!stored.contains(&k.secret));
+        assert_eq!(keys.secret(&k.id).await.expect("secret"), Some(k.secret));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn secrets_stored_in_clear_are_sealed_at_open_and_keep_working() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("migrate", MIGRATIONS);
+        // What a version before sealing wrote.
+        let old = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY12";
+        db.write_blocking(move |c| {
+            c.execute(
+                "INSERT INTO access_keys (id, secret, description, created_ms) VALUES ('AKIAOLD', ?1, 'old', 1)",
+                params![old],
+            )?;
+            Ok::<_, IdentityError>(())
+        })
+        .expect("insert");
+        let key_file = engines.dir().join("k.key");
+        let keys = AccessKeys::open(db.clone(), &key_file).expect("open");
+        let stored = stored_secret(&db, "AKIAOLD");
+        assert!(is_sealed(&stored) && !stored.contains(old), "{stored}");
+        assert_eq!(
+            keys.secret("AKIAOLD").await.expect("secret"),
+            Some(old.to_owned())
+        );
+        // Opening again changes nothing.
+        let again = AccessKeys::open(db.clone(), &key_file).expect("open");
+        assert_eq!(again.seal_stored_in_clear().expect("seal"), 0);
+        assert_eq!(stored_secret(&db, "AKIAOLD"), stored);
+
+        // Another key file cannot read it, and says why.
+        let other = AccessKeys::open(db, &engines.dir().join("other.key")).expect("open");
+        let e = other.secret("AKIAOLD").await.expect_err("other key file");
+        assert!(e.to_string().contains("another key file"), "{e}");
+        // A managed key it cannot open is passed over (and left), not an error.
+        let own = other.find_or_create("old").expect("a key of its own");
+        assert_ne!(own.id, "AKIAOLD");
+        assert_eq!(other.find_or_create("old").expect("again"), own);
+        assert_eq!(other.list().expect("list").len(), 2);
     }
 }

@@ -2,7 +2,7 @@
 //! and its public half as a JWK.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use base64::Engine as _;
@@ -93,7 +93,11 @@ fn generate(path: &Path) -> Result<(), IdentityError> {
     let dir = path
         .parent()
         .ok_or_else(|| IdentityError::Backend("key path has no parent".into()))?;
-    std::fs::create_dir_all(dir).map_err(|e| backend("cannot create the folder of", &e))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| backend("cannot create the folder of", &e))?;
     let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
         .map_err(|e| backend("cannot generate", &e))?;
     let pem = key

@@ -27,6 +27,7 @@ pub mod password;
 mod pool_verifier;
 mod pools;
 pub mod rates;
+pub mod secret_box;
 pub mod srp;
 mod throttle;
 pub mod tokens;

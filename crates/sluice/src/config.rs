@@ -515,6 +515,18 @@ impl Settings {
         self.data_dir.join("keys")
     }
 
+    /// The key that seals access-key secrets in the metadata engine (32 bytes, mode 0600);
+    /// in the data directory whatever the metadata engine.
+    pub(crate) fn access_key_file(&self) -> PathBuf {
+        self.key_dir().join("access-keys.key")
+    }
+
+    /// The development key's credentials, written at first start (mode 0600, the AWS shared
+    /// credentials file format).
+    pub(crate) fn credentials_file(&self) -> PathBuf {
+        self.data_dir.join("credentials")
+    }
+
     pub(crate) fn run_file(&self) -> PathBuf {
         self.data_dir.join("run.json")
     }

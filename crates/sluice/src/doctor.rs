@@ -6,7 +6,8 @@
 //! engine's own check (SQLite's integrity check; PostgreSQL's durability settings), the
 //! stream's (every record of the log against its checksum, every shard's counters) and the
 //! blob engine's (`Blobs::check`: an S3 bucket answers a listing; a blob directory exists and
-//! takes a file). Prints what it found; fails (non-zero exit) if anything is wrong.
+//! takes a file), and the data directory's permissions (private to its owner, see
+//! `datadir`). Prints what it found; fails (non-zero exit) if anything is wrong.
 
 use anyhow::{Context, Result, bail};
 use sluice_meta::Meta;
@@ -36,6 +37,22 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
     };
     outln!("blobs: {blobs_shown}");
     let mut problems = 0usize;
+
+    // Read-only here: a command that writes makes a merely readable directory private.
+    match crate::datadir::inspect(&settings.data_dir) {
+        Ok(found) if found.is_empty() => outln!("data dir check: ok (private to its owner)"),
+        Ok(found) => {
+            outln!("data dir check: {} problems", found.len());
+            for l in &found {
+                outln!("  problem: {l}");
+            }
+            problems += found.len();
+        }
+        Err(e) => {
+            outln!("data dir check: failed to run: {e:#}");
+            problems += 1;
+        }
+    }
 
     match db.check() {
         Ok(found) if found.is_empty() => outln!("meta check: ok"),

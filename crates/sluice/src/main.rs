@@ -15,6 +15,7 @@ macro_rules! outln {
 }
 
 mod config;
+mod datadir;
 mod doctor;
 mod http_server;
 mod mapping_cmd;
@@ -96,9 +97,10 @@ enum KeysCommand {
         #[arg(long, default_value = "")]
         description: String,
     },
-    /// List access key ids (not their secrets).
+    /// List access key ids (not their secrets; the development key's secret is in
+    /// `<data-dir>/credentials`, mode 0600).
     List,
-    /// Delete an access key.
+    /// Delete an access key (and `<data-dir>/credentials` if it holds that key).
     Delete { id: String },
 }
 
@@ -118,6 +120,8 @@ enum UserCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before anything is created: every file of the process private (see `datadir`).
+    datadir::restrict_umask();
     let cli = Cli::parse();
     init_tracing();
     match run(cli) {
@@ -192,7 +196,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => {
-            let keys = sluice_identity::access_keys::AccessKeys::new(wiring::open_db(&settings)?);
+            let keys = wiring::open_access_keys(&settings, wiring::open_db(&settings)?)?;
             match cmd {
                 KeysCommand::Create { description } => {
                     let k = keys.create(&description)?;
@@ -206,7 +210,10 @@ fn run(cli: Cli) -> Result<()> {
                         outln!("{}\t{}", k.id, k.description);
                     }
                 }
-                KeysCommand::Delete { id } => keys.delete(&id)?,
+                KeysCommand::Delete { id } => {
+                    keys.delete(&id)?;
+                    wiring::forget_credentials(&settings, &id)?;
+                }
             }
             Ok(())
         }

@@ -25,12 +25,9 @@ use crate::wiring::{self, RunInfo};
 const TOKEN_LEEWAY_SECS: i64 = 60;
 
 pub(crate) async fn serve(settings: Settings) -> Result<()> {
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
+    // Created 0700, or checked: refused if others could write it, made private if they
+    // could read it (see `datadir`).
+    crate::datadir::prepare(&settings.data_dir)?;
     // One server per data directory: the lock is held for the life of the process and
     // released by the kernel however it ends.
     let lock_path = settings.data_dir.join("serve.lock");
@@ -191,11 +188,24 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         max_body_bytes: settings.max_body_bytes,
         max_upload_bytes: settings.max_upload_bytes,
     });
-    let keys = sluice_identity::access_keys::AccessKeys::new(db.clone());
-    let new_key = {
-        let k = keys.clone();
-        tokio::task::spawn_blocking(move || k.ensure_initial()).await??
+    let (keys, new_key) = {
+        let (settings, db) = (settings.clone(), db.clone());
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let keys = wiring::open_access_keys(&settings, db)?;
+            let new_key = keys.ensure_initial()?;
+            Ok((keys, new_key))
+        })
+        .await??
     };
+    if let Some(k) = &new_key {
+        // Its secret is kept where it can be found again, never in a log.
+        wiring::write_credentials(&settings, k, &edge_url).with_context(|| {
+            format!(
+                "the development key {} was created but its credentials could not be saved; delete it with `sluice keys delete {}` and make one with `sluice keys create`",
+                k.id, k.id
+            )
+        })?;
+    }
     let keys_for_mappings = keys.clone();
     let edge = sluice_compat::router(sluice_compat::Edge {
         identity: identity.clone(),
@@ -252,18 +262,19 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
 
     // The banner is for a terminal: a server whose stdout is gone (closed pipe) serves anyway.
     {
-        use std::io::Write as _;
+        use std::io::{IsTerminal as _, Write as _};
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "sluice is ready\n{}", wiring::describe(&info));
         let _ = writeln!(out, "Data dir:      {}", settings.data_dir.display());
-        if let Some(k) = new_key {
-            // Shown once, at first start; `sluice keys create` makes more.
-            let _ = writeln!(
-                out,
-                "Access key:    {} (secret {}) — created at first start, shown only now",
-                k.id, k.secret
-            );
-        }
+        let _ = writeln!(
+            out,
+            "{}",
+            access_key_banner(
+                new_key.as_ref(),
+                &settings.credentials_file(),
+                std::io::stdout().is_terminal()
+            )
+        );
     }
     tracing::info!(api = %run.api_url, edge = %run.edge_url, pool = %info.pool_id, "serving");
 
@@ -313,6 +324,34 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     Ok(())
 }
 
+/// The banner's access-key line. The development key's secret is shown at most once, at
+/// the first start, and only on a terminal: a person reads that, where a file, a pipe or a
+/// service manager's journal keeps it for whoever reads the log later. It is always in the
+/// credentials file (mode 0600), which every start points to.
+fn access_key_banner(
+    new_key: Option<&sluice_identity::access_keys::AccessKey>,
+    credentials: &std::path::Path,
+    terminal: bool,
+) -> String {
+    let file = credentials.display();
+    match new_key {
+        Some(k) if terminal => format!(
+            "Access key:    {} (secret {}) — created at first start, shown only now; kept in {file} (mode 0600)",
+            k.id, k.secret
+        ),
+        Some(k) => format!(
+            "Access key:    {} — created at first start; its secret is in {file} (mode 0600)",
+            k.id
+        ),
+        None if credentials.exists() => format!(
+            "Access key:    the development key is in {file} (mode 0600); `sluice keys list` lists all, `sluice keys create` makes more"
+        ),
+        None => {
+            "Access keys:   `sluice keys list` lists them, `sluice keys create` makes one".into()
+        }
+    }
+}
+
 fn write_run_file(settings: &Settings, run: &RunInfo) -> Result<()> {
     let path = settings.run_file();
     let tmp = path.with_extension("json.tmp");
@@ -341,5 +380,30 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::access_key_banner;
+    use sluice_identity::access_keys::AccessKey;
+
+    #[test]
+    fn the_secret_is_shown_once_and_only_on_a_terminal() {
+        let k = AccessKey {
+            id: "AKIAEXAMPLE".into(),
+            secret: "TOPSECRETVALUE".into(),
+            description: String::new(),
+            created_ms: 0,
+        };
+        let file = std::path::Path::new("/nonexistent/credentials");
+        let shown = access_key_banner(Some(&k), file, true);
+        assert!(shown.contains("TOPSECRETVALUE") && shown.contains("/nonexistent/credentials"));
+        let piped = access_key_banner(Some(&k), file, false);
+        assert!(!piped.contains("TOPSECRETVALUE") && piped.contains("AKIAEXAMPLE"));
+        assert!(piped.contains("/nonexistent/credentials"));
+        for terminal in [true, false] {
+            assert!(!access_key_banner(None, file, terminal).contains("TOPSECRETVALUE"));
+        }
     }
 }

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sluice_identity::Identity;
+use sluice_identity::access_keys::{AccessKey, AccessKeys};
 use sluice_meta::{Meta, Migration};
 
 use crate::config::Settings;
@@ -122,17 +123,63 @@ pub(crate) fn shown_url(url: &str) -> String {
     format!("{base}?{}", params.join("&"))
 }
 
-/// Creates the data directory, readable by its owner only (it holds signing keys and
-/// access-key secrets).
+/// Creates the data directory (mode 0700) or checks an existing one (see `datadir`).
 pub(crate) fn create_data_dir(settings: &Settings) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = &settings.data_dir;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    crate::datadir::prepare(&settings.data_dir).map(drop)
+}
+
+/// The access keys, their secrets sealed under the data directory's key file (blocking).
+pub(crate) fn open_access_keys(settings: &Settings, db: Meta) -> Result<AccessKeys> {
+    let file = settings.access_key_file();
+    AccessKeys::open(db, &file)
+        .with_context(|| format!("cannot open the access keys (key file {})", file.display()))
+}
+
+/// Writes the development key's credentials to `<data-dir>/credentials` (mode 0600, the
+/// AWS shared credentials file format, profile `default`), so that its secret need not be
+/// printed: `AWS_SHARED_CREDENTIALS_FILE=<that file>` makes the AWS CLI and SDKs use it.
+pub(crate) fn write_credentials(
+    settings: &Settings,
+    key: &AccessKey,
+    edge_url: &str,
+) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = settings.credentials_file();
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let text = format!(
+        "# The development access key of this sluice data directory, created at its first start.\n\
+         # Use: AWS_SHARED_CREDENTIALS_FILE={} aws --endpoint-url {edge_url} …\n\
+         # `sluice keys delete {}` deletes the key and this file; `sluice keys create` makes others.\n\
+         [default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+        path.display(),
+        key.id,
+        key.id,
+        key.secret
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| sluice_meta::sync_dir(&settings.data_dir))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Removes `<data-dir>/credentials` if it holds the key `id` (which was just deleted).
+pub(crate) fn forget_credentials(settings: &Settings, id: &str) -> Result<()> {
+    let path = settings.credentials_file();
+    let holds = std::fs::read_to_string(&path).is_ok_and(|text| {
+        text.lines().any(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, v)| k.trim() == "aws_access_key_id" && v.trim() == id)
+        })
+    });
+    if holds {
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
     }
     Ok(())
 }

@@ -28,7 +28,10 @@ impl DataDir {
             std::process::id(),
             uuid_like()
         ));
-        std::fs::create_dir_all(&p).expect("create data dir");
+        // Private, as sluice wants a data directory (it would make it so, with a warning).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&p)
+            .expect("create data dir");
         let engines = sluice_meta::conformance::TestEngines::new();
         let dir = DataDir(p, engines);
         dir.write_config("");
@@ -136,6 +139,9 @@ fn uuid_like() -> u64 {
 pub struct Server {
     child: Child,
     pub data_dir: PathBuf,
+    /// Where the server and its client commands run (its `sluice.toml`, `server.log`): the
+    /// data directory, unless started with [`Server::start_in`].
+    pub cwd: PathBuf,
     pub api: String,
     pub edge: String,
     pub http: reqwest::blocking::Client,
@@ -155,12 +161,35 @@ impl Server {
     }
 
     pub fn start_on(data_dir: &Path, listen: &str, edge: &str, env: &[(&str, &str)]) -> Server {
+        Self::launch(data_dir, data_dir, listen, edge, env, Stdio::null())
+    }
+
+    /// Starts a server whose data directory `data_dir` is not its working directory `cwd`
+    /// (which holds `sluice.toml` and `server.log`; the data directory need not exist yet),
+    /// with its standard output appended to `stdout`.
+    pub fn start_in(cwd: &Path, data_dir: &Path, stdout: &Path) -> Server {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stdout)
+            .expect("stdout file");
+        Self::launch(cwd, data_dir, "127.0.0.1:0", "127.0.0.1:0", &[], out.into())
+    }
+
+    fn launch(
+        cwd: &Path,
+        data_dir: &Path,
+        listen: &str,
+        edge: &str,
+        env: &[(&str, &str)],
+        stdout: Stdio,
+    ) -> Server {
         let run_file = data_dir.join("run.json");
         let _ = std::fs::remove_file(&run_file);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data_dir.join("server.log"))
+            .open(cwd.join("server.log"))
             .expect("log file");
         let mut cmd = Command::new(bin());
         // The caller's SLUICE_* settings must not reconfigure a test server.
@@ -178,9 +207,9 @@ impl Server {
             .arg(edge)
             .env("SLUICE_LOG", "info")
             .env_remove("SLUICE_CONFIG")
-            .current_dir(data_dir)
+            .current_dir(cwd)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
@@ -191,7 +220,7 @@ impl Server {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "sluice serve exited early with {status}; log:\n{}",
-                    std::fs::read_to_string(data_dir.join("server.log")).unwrap_or_default()
+                    std::fs::read_to_string(cwd.join("server.log")).unwrap_or_default()
                 );
             }
             if let Ok(text) = std::fs::read_to_string(&run_file)
@@ -210,6 +239,7 @@ impl Server {
         let server = Server {
             child,
             data_dir: data_dir.to_owned(),
+            cwd: cwd.to_owned(),
             api: run["apiUrl"].as_str().expect("apiUrl").to_owned(),
             edge: run["edgeUrl"].as_str().expect("edgeUrl").to_owned(),
             http,
@@ -268,7 +298,7 @@ impl Server {
 
     /// Runs a client command against this server's data directory.
     pub fn cli(&self, args: &[&str]) -> String {
-        cli(&self.data_dir, args)
+        cli_in(&self.cwd, &self.data_dir, args)
     }
 
     pub fn info(&self) -> Value {
@@ -418,6 +448,11 @@ pub fn meta_read<T: Send + 'static>(
 }
 
 pub fn cli(data_dir: &Path, args: &[&str]) -> String {
+    cli_in(data_dir, data_dir, args)
+}
+
+/// Runs a client command in `cwd` (where `sluice.toml` is) on the data directory `data_dir`.
+pub fn cli_in(cwd: &Path, data_dir: &Path, args: &[&str]) -> String {
     let mut cmd = Command::new(bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("SLUICE_") {
@@ -429,7 +464,7 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> String {
         .arg("--data-dir")
         .arg(data_dir)
         .env_remove("SLUICE_CONFIG")
-        .current_dir(data_dir)
+        .current_dir(cwd)
         .output()
         .expect("run sluice");
     assert!(
