@@ -26,7 +26,7 @@ use sluice_uploads::{
 
 mod cache;
 mod error;
-pub use cache::CachingAuthorizer;
+pub use cache::{CachingAuthorizer, RevokingAuthorizer};
 pub use error::GatewayError;
 
 /// Default largest JSON request body: 10 MiB, API Gateway's payload limit.

@@ -824,22 +824,22 @@ impl Identity {
         let (h, cid) = (token_hash(token), client.id.clone());
         self.db
             .write(move |c| {
-                let owner: Option<String> = c.query_opt(
-                    "SELECT client_id FROM refresh_tokens WHERE hash = ?1",
+                let owner: Option<(String, String)> = c.query_opt(
+                    "SELECT client_id, origin_jti FROM refresh_tokens WHERE hash = ?1",
                     params![&h],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
                 match owner {
                     None => Ok(()),
-                    Some(o) if o != cid => {
+                    Some((o, _)) if o != cid => {
                         Err(IdentityError::Unauthorized("invalid_request".into()))
                     }
-                    Some(_) => {
+                    Some((_, origin)) => {
                         c.execute(
                             "UPDATE refresh_tokens SET revoked = 1 WHERE hash = ?1",
                             params![&h],
                         )?;
-                        Ok(())
+                        crate::revocations::revoke_origin_in(c, &origin)
                     }
                 }
             })

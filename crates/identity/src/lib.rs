@@ -27,6 +27,7 @@ pub mod password;
 mod pool_verifier;
 mod pools;
 pub mod rates;
+pub mod revocations;
 pub mod secret_box;
 pub mod srp;
 mod throttle;
@@ -108,6 +109,10 @@ CREATE TABLE auth_sessions (
     Migration {
         name: "identity-0003",
         sql: MIGRATION_0003,
+    },
+    Migration {
+        name: "identity-0004",
+        sql: revocations::MIGRATION,
     },
 ];
 

@@ -158,6 +158,10 @@ pub enum TokenError {
     NotYetValid,
     #[error("the token_use claim is not accepted")]
     TokenUse,
+    /// The user was disabled, deleted or signed out everywhere, or the sign-in's refresh
+    /// token was revoked, after the token was issued.
+    #[error("the token has been revoked")]
+    Revoked,
 }
 
 /// What a verified token says about its bearer.
@@ -172,6 +176,10 @@ pub struct VerifiedClaims {
     pub scopes: Vec<String>,
     pub issuer: String,
     pub exp: i64,
+    /// `iat`, seconds (0 when the token has none).
+    pub issued_at: i64,
+    /// The sign-in every token of it carries (`origin_jti`), when present.
+    pub origin_jti: Option<String>,
 }
 
 /// Verifies bearer tokens against one issuer's key set, in the order of API Gateway's JWT
@@ -200,6 +208,7 @@ struct RawClaims {
     #[serde(rename = "cognito:username")]
     cognito_username: Option<String>,
     username: Option<String>,
+    origin_jti: Option<String>,
 }
 
 impl Verifier {
@@ -313,6 +322,8 @@ impl Verifier {
                 .unwrap_or_default(),
             issuer: self.issuer.clone(),
             exp,
+            issued_at: c.iat.unwrap_or(0),
+            origin_jti: c.origin_jti,
         })
     }
 }

@@ -540,12 +540,14 @@ fn check_email_free(
     Ok(())
 }
 
+/// Revokes every refresh token of the user and, at the upload API, every ID and access
+/// token issued so far (see [`crate::revocations`]).
 pub(crate) fn revoke_all(c: &Tx<'_>, pool: &str, sub: &str) -> Result<(), IdentityError> {
     c.execute(
         "UPDATE refresh_tokens SET revoked = 1 WHERE pool_id = ?1 AND sub = ?2",
         params![pool, sub],
     )?;
-    Ok(())
+    crate::revocations::revoke_user_in(c, sub)
 }
 
 fn read_user(
@@ -715,7 +717,7 @@ impl Identity {
                     "DELETE FROM users WHERE pool_id = ?1 AND sub = ?2",
                     params![p, u.sub],
                 )?;
-                Ok(())
+                crate::revocations::revoke_user_in(c, &u.sub)
             })
             .await
     }

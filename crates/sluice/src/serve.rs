@@ -175,10 +175,16 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         Vec::new()
     };
 
+    // Tokens revoked after they were issued are refused at the API within a second.
+    let revocations = sluice_identity::revocations::Revocations::new(db.clone());
+    revocations.watch().await?;
     let api = sluice_gateway::router(Gateway {
-        authorizer: Arc::new(sluice_gateway::CachingAuthorizer::new(
-            Arc::new(verifier),
-            TOKEN_LEEWAY_SECS,
+        authorizer: Arc::new(sluice_gateway::RevokingAuthorizer::new(
+            Arc::new(sluice_gateway::CachingAuthorizer::new(
+                Arc::new(verifier),
+                TOKEN_LEEWAY_SECS,
+            )),
+            revocations,
         )),
         sink: Arc::new(uploads.clone()),
         ledger,

@@ -257,3 +257,93 @@ fn a_sign_up_flood_keeps_memory_bounded() {
         idle_kib / 1024
     );
 }
+
+/// Polls until an upload with `token` gets `code`; fails after 10 s.
+fn upload_until(server: &Server, token: &str, code: u16, what: &str) {
+    common::wait_for(what, Duration::from_secs(10), || {
+        let status = server.upload(token, "r.txt", "r").status().as_u16();
+        (status == code).then_some(())
+    });
+}
+
+#[test]
+fn revoked_sign_ins_are_refused_by_the_api_within_seconds() {
+    let dir = DataDir::new("sec-revoke");
+    let server = Server::start(&dir.0);
+    let info = server.info();
+    let pool = info["poolId"].as_str().expect("pool").to_owned();
+    let client = client_id(&server);
+    server.create_user("a@example.com");
+    server.create_user("b@example.com");
+
+    // GlobalSignOut: the ID token of that sign-in is refused at the API.
+    let signed = server.sign_in("a@example.com", PASSWORD);
+    let id = signed["AuthenticationResult"]["IdToken"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let access = signed["AuthenticationResult"]["AccessToken"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    assert_eq!(server.upload(&id, "a.txt", "a").status(), 200);
+    let (code, body) = server.cognito("GlobalSignOut", json!({"AccessToken": access}));
+    assert_eq!(code, 200, "{body}");
+    upload_until(&server, &id, 401, "the signed-out token refused");
+    let resp = server.upload(&id, "a.txt", "a");
+    let err: Value = resp.json().expect("json");
+    assert!(
+        err["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("revoked")),
+        "{err}"
+    );
+    // A new sign-in works (once the second of the sign-out has passed).
+    std::thread::sleep(Duration::from_millis(1100));
+    let id2 = server.id_token("a@example.com");
+    assert_eq!(server.upload(&id2, "a2.txt", "a").status(), 200);
+
+    // AdminDisableUser: every token issued before is refused.
+    let k = key(&server);
+    let (ok, _, err) = common::aws_as(
+        (&k.0, &k.1),
+        &[
+            "--endpoint-url",
+            &server.edge,
+            "cognito-idp",
+            "admin-disable-user",
+            "--user-pool-id",
+            &pool,
+            "--username",
+            "a@example.com",
+        ],
+    );
+    assert!(ok, "{err}");
+    upload_until(&server, &id2, 401, "the disabled user's token refused");
+
+    // RevokeToken: the tokens of that one sign-in are refused, another sign-in's are not.
+    let first = server.sign_in("b@example.com", PASSWORD);
+    let second_id = server.id_token("b@example.com");
+    let first_id = first["AuthenticationResult"]["IdToken"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let refresh = first["AuthenticationResult"]["RefreshToken"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
+    assert_eq!(server.upload(&first_id, "b.txt", "b").status(), 200);
+    let (code, body) = server.cognito("RevokeToken", json!({"ClientId": client, "Token": refresh}));
+    assert_eq!(code, 200, "{body}");
+    upload_until(
+        &server,
+        &first_id,
+        401,
+        "the revoked sign-in's token refused",
+    );
+    assert_eq!(
+        server.upload(&second_id, "b2.txt", "b").status(),
+        200,
+        "another sign-in of the same user is not affected"
+    );
+}
