@@ -166,7 +166,7 @@ impl Revocations {
                     tracing::warn!(error = %e, "cannot read token revocations; retrying");
                 }
                 polls += 1;
-                if polls % 3600 == 0
+                if polls.is_multiple_of(3600)
                     && let Err(e) = this.sweep().await
                 {
                     tracing::warn!(error = %e, "cannot forget old token revocations");

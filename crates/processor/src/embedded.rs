@@ -70,6 +70,21 @@ impl EmbeddedCheckpoints {
     pub fn new(db: Meta) -> Self {
         EmbeddedCheckpoints { db }
     }
+
+    /// The mappings that have run on `stream`, oldest first (the first is the one that
+    /// tracks upload status, unless it was disabled since).
+    pub async fn registered(&self, stream: &str) -> Result<Vec<String>, ProcessorError> {
+        let s = stream.to_owned();
+        self.db
+            .read(move |c| {
+                Ok(c.query_vec(
+                    "SELECT name FROM mappings WHERE stream = ?1 ORDER BY created_ms, name",
+                    params![s],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+    }
 }
 
 #[async_trait]

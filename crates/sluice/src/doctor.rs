@@ -16,7 +16,7 @@ use sluice_stream::embedded::EmbeddedStream;
 use crate::config::Settings;
 use crate::wiring::shown_url;
 
-pub(crate) fn run(settings: &Settings) -> Result<()> {
+pub(crate) fn run(settings: &Settings, stuck_after_secs: u64) -> Result<()> {
     let shown = shown_url(&settings.meta);
     let db = match settings.sqlite_path() {
         Some(path) => {
@@ -105,6 +105,17 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
         }
     }
 
+    match rt.block_on(unfinished(&db, stuck_after_secs)) {
+        Ok(0) => {
+            outln!("uploads: none acknowledged and unfinished for more than {stuck_after_secs} s")
+        }
+        Ok(n) => problems += n as usize,
+        Err(e) => {
+            outln!("uploads check: failed to run: {e:#}");
+            problems += 1;
+        }
+    }
+
     let checked = match blobs {
         Ok(b) => rt.block_on(b.check()),
         Err(e) => Err(e),
@@ -124,4 +135,54 @@ pub(crate) fn run(settings: &Settings) -> Result<()> {
     }
     outln!("no problems found");
     Ok(())
+}
+
+/// Uploads acknowledged (a 200 was sent) and still queued or processing more than
+/// `stuck_after_secs` after: prints how many and the oldest ones, each with where its
+/// record is and whether the checkpoint of the mapping that tracks its status (the oldest
+/// one registered on its stream) has passed it — passed means the outcome was lost; not
+/// passed means the processor is down or behind. Returns how many there are.
+///
+/// Reads the whole uploads table (no index on status: the write path does not pay for one).
+async fn unfinished(db: &Meta, stuck_after_secs: u64) -> Result<u64> {
+    const SHOWN: usize = 20;
+    let cutoff =
+        sluice_meta::now_ms() - (stuck_after_secs.min(i64::MAX as u64 / 1000) as i64) * 1000;
+    let (n, oldest) = sluice_uploads::embedded::unfinished(db, cutoff, SHOWN).await?;
+    if n == 0 {
+        return Ok(0);
+    }
+    outln!("uploads: {n} acknowledged and unfinished for more than {stuck_after_secs} s");
+    let checkpoints = sluice_processor::embedded::EmbeddedCheckpoints::new(db.clone());
+    for u in &oldest {
+        let age = (sluice_meta::now_ms() - u.created_ms) / 1000;
+        let place = match sluice_uploads::embedded::tracking_checkpoint(&checkpoints, u).await? {
+            _ if u.sequence_number.is_empty() => {
+                "record not delivered to the stream yet".to_owned()
+            }
+            None => format!(
+                "{} {}: no mapping has run on stream {}",
+                u.shard_id, u.sequence_number, u.stream
+            ),
+            Some((m, true)) => format!(
+                "{} {}: mapping {m} checkpointed past it, its outcome was not recorded (a running server puts it into the stream again)",
+                u.shard_id, u.sequence_number
+            ),
+            Some((m, false)) => format!(
+                "{} {}: mapping {m} has not reached it (stopped or behind)",
+                u.shard_id, u.sequence_number
+            ),
+        };
+        outln!(
+            "  problem: upload {} ({}/{}) {} for {age} s; {place}",
+            u.id,
+            u.bucket,
+            u.key,
+            u.status.as_str()
+        );
+    }
+    if n > oldest.len() as u64 {
+        outln!("  … and {} more", n - oldest.len() as u64);
+    }
+    Ok(n)
 }

@@ -84,9 +84,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check the data (read-only): the metadata engine, every stream record's checksum, and
-    /// that the blob engine can be used.
-    Doctor,
+    /// Check the data (read-only): the metadata engine, every stream record's checksum,
+    /// that the blob engine can be used, and that no acknowledged upload is left unfinished.
+    Doctor {
+        /// An acknowledged upload still queued or processing this long after it was made is
+        /// reported (the processor is down or behind, or its outcome was lost).
+        #[arg(long, default_value_t = 900, value_name = "SECS")]
+        stuck_after: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -261,7 +266,7 @@ fn run(cli: Cli) -> Result<()> {
             lines,
             json,
         } => mapping_cmd::logs(&settings, &mapping, follow, lines, json),
-        Command::Doctor => doctor::run(&settings),
+        Command::Doctor { stuck_after } => doctor::run(&settings, stuck_after),
         Command::Info { json } => {
             let info = wiring::info(&settings)?;
             if json {

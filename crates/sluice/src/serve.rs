@@ -24,6 +24,9 @@ use crate::wiring::{self, RunInfo};
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const TOKEN_LEEWAY_SECS: i64 = 60;
 
+/// An unfinished upload whose record the status mapping passed this long ago is requeued.
+const LOST_AFTER: Duration = Duration::from_secs(60);
+
 pub(crate) async fn serve(settings: Settings) -> Result<()> {
     // Created 0700, or checked: refused if others could write it, made private if they
     // could read it (see `datadir`).
@@ -135,6 +138,33 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             uploads = delivered,
             "delivered the stream records of earlier uploads"
         );
+    }
+    // Defence in depth: a checkpoint never passes a record whose outcome is not recorded,
+    // but an upload whose outcome was lost anyway (a bug, a hand-edited database) is put
+    // into the stream again, at start and every minute after.
+    {
+        let (uploads, checkpoints) = (
+            uploads.clone(),
+            sluice_processor::embedded::EmbeddedCheckpoints::new(db.clone()),
+        );
+        tokio::spawn(async move {
+            loop {
+                let before = sluice_meta::now_ms() - LOST_AFTER.as_millis() as i64;
+                let passed = |u: sluice_uploads::Upload| {
+                    let checkpoints = checkpoints.clone();
+                    async move {
+                        matches!(
+                            sluice_uploads::embedded::tracking_checkpoint(&checkpoints, &u).await,
+                            Ok(Some((_, true)))
+                        )
+                    }
+                };
+                if let Err(e) = uploads.requeue_lost(before, passed).await {
+                    tracing::warn!(error = %e, "cannot look for uploads whose outcome was lost");
+                }
+                tokio::time::sleep(LOST_AFTER).await;
+            }
+        });
     }
     let ledger: Arc<dyn sluice_uploads::UploadLedger> = Arc::new(uploads.clone());
 

@@ -307,3 +307,68 @@ fn doctor_stops_quietly_on_a_closed_pipe() {
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert!(stderr.is_empty(), "nothing said on a closed pipe: {stderr}");
 }
+
+/// An acknowledged upload whose outcome was lost (its status back to `queued` an hour
+/// ago, the checkpoint past its record) is reported with where its record is; a bound
+/// longer than its age lets doctor pass.
+#[test]
+fn doctor_lists_acknowledged_uploads_left_unfinished() {
+    let dir = DataDir::new("doctor-unfinished");
+    let server = Server::start(&dir.0);
+    server.create_user("u@example.com");
+    let token = server.id_token("u@example.com");
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let resp = server.upload(&token, &format!("u{i}.txt"), "x");
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().expect("json");
+        let id = v["uploadId"].as_str().expect("id").to_owned();
+        server.wait_final(&token, &id);
+        ids.push(id);
+    }
+    server.stop();
+
+    let out = doctor(&dir.0);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("uploads: none acknowledged and unfinished"));
+
+    let url = common::meta_url_of(&dir.0);
+    let db = sluice_meta::open(&url, &[]).expect("open meta");
+    let lost = ids[0].clone();
+    db.write_blocking(move |c| {
+        c.execute(
+            "UPDATE uploads SET status = 'queued', created_ms = created_ms - 3600000
+             WHERE id = ?1",
+            sluice_meta::params![lost],
+        )
+    })
+    .expect("lose an outcome");
+    db.close();
+
+    let out = doctor(&dir.0);
+    let stdout = text(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("uploads: 1 acknowledged and unfinished for more than 900 s"),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(&ids[0]))
+        .unwrap_or_else(|| panic!("the upload is named: {stdout}"));
+    assert!(line.contains("queued"), "{line}");
+    assert!(line.contains("checkpointed past it"), "{line}");
+    assert!(!stdout.contains(&ids[1]), "{stdout}");
+
+    let out = doctor_with(&dir.0, &["--stuck-after", "7200"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+
+    // A running server puts the lost upload into the stream again, and it is processed.
+    let server = Server::start(&dir.0);
+    let token = server.id_token("u@example.com");
+    let v = server.wait_final(&token, &ids[0]);
+    assert_eq!(v["status"], "processed", "{v}");
+    server.stop();
+    let out = doctor(&dir.0);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}

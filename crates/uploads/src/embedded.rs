@@ -184,6 +184,94 @@ impl EmbeddedUploads {
         Ok(delivered)
     }
 
+    /// Puts an unfinished upload's record into its stream again (a new record, the same
+    /// upload id), for an upload whose outcome was lost: the mapping that tracks its status
+    /// checkpointed past its record without recording a result. Returns where the new
+    /// record landed. An upload that is finished meanwhile is left alone (`None`).
+    pub async fn requeue(&self, id: &str) -> Result<Option<(String, String)>, UploadError> {
+        let id_owned = id.to_owned();
+        let outbox = self
+            .db
+            .write(move |c| {
+                let Some((u, _)) = c.query_opt(
+                    &format!(
+                        "SELECT {UPLOAD_COLUMNS} FROM uploads
+                         WHERE id = ?1 AND status IN ('queued', 'processing')"
+                    ),
+                    params![&id_owned],
+                    upload_row,
+                )?
+                else {
+                    return Ok(None);
+                };
+                let partition_key = uuid::Uuid::new_v4().to_string();
+                let e = Enqueue {
+                    user_sub: &u.user_sub,
+                    filename: &u.filename,
+                    request_id: &u.request_id,
+                    stream: &u.stream,
+                    partition_key: &partition_key,
+                };
+                let record = upload_record(
+                    &e,
+                    &u.id,
+                    &u.bucket,
+                    &u.key,
+                    u.size,
+                    &u.sha256,
+                    &u.content_type,
+                    u.created_ms,
+                )?;
+                let ticket = enqueue_in_tx(c, &u.stream, &record)?;
+                c.execute(
+                    "UPDATE uploads SET status = 'queued', shard_id = '', sequence_number = '',
+                         outbox_ticket = ?2, updated_ms = ?3 WHERE id = ?1",
+                    params![&u.id, ticket, now_ms()],
+                )?;
+                Ok::<_, UploadError>(Some(Outboxed {
+                    ticket,
+                    stream: u.stream.clone(),
+                    record,
+                }))
+            })
+            .await?;
+        match outbox {
+            Some(o) => Ok(Some(self.deliver(id, o).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Finds acknowledged uploads created before `created_before_ms` that are unfinished
+    /// although `passed(upload)` says the mapping tracking their status has checkpointed
+    /// past their record, and requeues them ([`EmbeddedUploads::requeue`]). Returns how
+    /// many were requeued.
+    pub async fn requeue_lost<F, Fut>(
+        &self,
+        created_before_ms: i64,
+        passed: F,
+    ) -> Result<usize, UploadError>
+    where
+        F: Fn(Upload) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let (_, candidates) = unfinished(&self.db, created_before_ms, 1000).await?;
+        let mut requeued = 0;
+        for u in candidates {
+            if u.sequence_number.is_empty() {
+                continue;
+            }
+            let id = u.id.clone();
+            if passed(u).await
+                && let Some((shard, seq)) = self.requeue(&id).await?
+            {
+                tracing::warn!(upload = %id, shard = %shard, sequence_number = %seq,
+                    "the outcome of an acknowledged upload was lost; its record was put into the stream again");
+                requeued += 1;
+            }
+        }
+        Ok(requeued)
+    }
+
     /// Delivers an upload's record and returns where it landed once that is durable. The
     /// status row learns it in a transaction nobody waits for: until that commits, or if
     /// it is lost in a crash, the log still knows the result ([`UploadLedger::get`] asks
@@ -518,6 +606,104 @@ fn enqueue_upload_in_tx(
     Ok((upload, outbox))
 }
 
+/// The columns [`upload_row`] reads, in its order.
+const UPLOAD_COLUMNS: &str = "id, user_sub, bucket, key, filename, size, sha256, content_type,
+    request_id, stream, shard_id, sequence_number, status, attempts, error, processed_bucket,
+    processed_key, created_ms, updated_ms, processed_ms, outbox_ticket";
+
+/// An upload row of [`UPLOAD_COLUMNS`] and its undelivered outbox ticket.
+fn upload_row(r: &sluice_meta::Row<'_>) -> Result<(Upload, Option<i64>), sluice_meta::MetaError> {
+    let upload = Upload {
+        id: r.get(0)?,
+        user_sub: r.get(1)?,
+        bucket: r.get(2)?,
+        key: r.get(3)?,
+        filename: r.get(4)?,
+        size: r.get::<i64>(5)? as u64,
+        sha256: r.get(6)?,
+        content_type: r.get(7)?,
+        request_id: r.get(8)?,
+        stream: r.get(9)?,
+        shard_id: r.get(10)?,
+        sequence_number: r.get(11)?,
+        status: UploadStatus::parse(&r.get::<String>(12)?),
+        attempts: r.get::<i64>(13)? as u32,
+        error: r.get(14)?,
+        processed_bucket: r.get(15)?,
+        processed_key: r.get(16)?,
+        created_ms: r.get(17)?,
+        updated_ms: r.get(18)?,
+        processed_ms: r.get(19)?,
+    };
+    Ok((upload, r.get::<Option<i64>>(20)?))
+}
+
+/// Acknowledged uploads that are not finished (queued or processing) and were created
+/// before `created_before_ms`: how many there are, and the oldest `limit` of them. For
+/// `sluice doctor`.
+pub async fn unfinished(
+    db: &Meta,
+    created_before_ms: i64,
+    limit: usize,
+) -> Result<(u64, Vec<Upload>), UploadError> {
+    db.read(move |c| {
+        let n: i64 = c.query_row(
+            "SELECT COUNT(*) FROM uploads
+             WHERE status IN ('queued', 'processing') AND created_ms < ?1",
+            params![created_before_ms],
+            |r| r.get(0),
+        )?;
+        let rows = c.query_vec(
+            &format!(
+                "SELECT {UPLOAD_COLUMNS} FROM uploads
+                 WHERE status IN ('queued', 'processing') AND created_ms < ?1
+                 ORDER BY created_ms, id LIMIT ?2"
+            ),
+            params![created_before_ms, limit as i64],
+            upload_row,
+        )?;
+        Ok((n.max(0) as u64, rows.into_iter().map(|(u, _)| u).collect()))
+    })
+    .await
+}
+
+/// Whether the mapping that tracks `u`'s status has checkpointed past its record: the
+/// oldest mapping registered on its stream (the tracking one unless disabled since) and
+/// whether its checkpoint for the record's shard is at or past the record. `None` when no
+/// mapping has run on the stream (or the record is not delivered yet).
+pub async fn tracking_checkpoint(
+    checkpoints: &sluice_processor::embedded::EmbeddedCheckpoints,
+    u: &Upload,
+) -> Result<Option<(String, bool)>, UploadError> {
+    use sluice_processor::Checkpoints as _;
+    if u.sequence_number.is_empty() {
+        return Ok(None);
+    }
+    let backend = |e: sluice_processor::ProcessorError| UploadError::Backend(e.to_string());
+    let Some(mapping) = checkpoints
+        .registered(&u.stream)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    let at = checkpoints
+        .load(&mapping, &u.shard_id)
+        .await
+        .map_err(backend)?;
+    let passed = at
+        .and_then(|c| {
+            Some(
+                sluice_stream::parse_sequence_number(&c)?
+                    >= sluice_stream::parse_sequence_number(&u.sequence_number)?,
+            )
+        })
+        .unwrap_or(false);
+    Ok(Some((mapping, passed)))
+}
+
 #[async_trait]
 impl UploadLedger for EmbeddedUploads {
     async fn get(&self, id: &str) -> Result<Upload, UploadError> {
@@ -526,37 +712,9 @@ impl UploadLedger for EmbeddedUploads {
             .db
             .read(move |c| {
                 c.query_opt(
-                    "SELECT id, user_sub, bucket, key, filename, size, sha256, content_type,
-                            request_id, stream, shard_id, sequence_number, status, attempts,
-                            error, processed_bucket, processed_key, created_ms, updated_ms,
-                            processed_ms, outbox_ticket
-                     FROM uploads WHERE id = ?1",
+                    &format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"),
                     params![&id],
-                    |r| {
-                        let upload = Upload {
-                            id: r.get(0)?,
-                            user_sub: r.get(1)?,
-                            bucket: r.get(2)?,
-                            key: r.get(3)?,
-                            filename: r.get(4)?,
-                            size: r.get::<i64>(5)? as u64,
-                            sha256: r.get(6)?,
-                            content_type: r.get(7)?,
-                            request_id: r.get(8)?,
-                            stream: r.get(9)?,
-                            shard_id: r.get(10)?,
-                            sequence_number: r.get(11)?,
-                            status: UploadStatus::parse(&r.get::<String>(12)?),
-                            attempts: r.get::<i64>(13)? as u32,
-                            error: r.get(14)?,
-                            processed_bucket: r.get(15)?,
-                            processed_key: r.get(16)?,
-                            created_ms: r.get(17)?,
-                            updated_ms: r.get(18)?,
-                            processed_ms: r.get(19)?,
-                        };
-                        Ok((upload, r.get::<Option<i64>>(20)?))
-                    },
+                    upload_row,
                 )?
                 .ok_or(UploadError::NotFound(id.clone()))
             })
