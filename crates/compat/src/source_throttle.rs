@@ -1,32 +1,48 @@
 //! Failed sign-ins counted per source address, on top of identity's per-user throttle: a
 //! client that guesses passwords for many users from one address is refused too.
 //!
-//! After [`FREE_FAILURES`] failed sign-ins within [`WINDOW_MS`], the source's sign-in
-//! attempts are refused with Cognito's "Password attempts exceeded" until the window that
-//! started with its first failure has passed. The limit is higher than the per-user one:
-//! many users may share an address (a NAT, a proxy). Counts live in memory.
+//! After its limit of failed sign-ins within [`WINDOW_MS`] ([`FREE_FAILURES`] unless
+//! configured), the source's sign-in attempts are refused with Cognito's "Password attempts
+//! exceeded" until the window that started with its first failure has passed. The limit is
+//! much higher than the per-user one (5): many users may share an address (a NAT, a proxy),
+//! and one of them guessing must not lock the others out; the per-user lockout counts each
+//! user on its own. Counts live in memory.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-/// Failed sign-ins a source may make within one window.
-pub const FREE_FAILURES: u32 = 20;
+/// Failed sign-ins a source may make within one window, by default.
+pub const FREE_FAILURES: u32 = 200;
 /// The window, and so the longest lockout: 5 minutes.
 pub const WINDOW_MS: i64 = 5 * 60 * 1000;
 const MAX_ENTRIES: usize = 100_000;
 
-#[derive(Default)]
 pub struct SourceThrottle {
+    /// Failures a source may make within a window.
+    free: u32,
     /// Per source: failures in the current window and when the window began.
     entries: Mutex<HashMap<IpAddr, (u32, i64)>>,
 }
 
+impl Default for SourceThrottle {
+    fn default() -> Self {
+        SourceThrottle::new(FREE_FAILURES)
+    }
+}
+
 impl SourceThrottle {
+    pub fn new(free: u32) -> Self {
+        SourceThrottle {
+            free: free.max(1),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn locked(&self, source: IpAddr, now_ms: i64) -> bool {
         self.entries.lock().is_ok_and(|m| {
             m.get(&source)
-                .is_some_and(|(n, start)| *n >= FREE_FAILURES && now_ms - start < WINDOW_MS)
+                .is_some_and(|(n, start)| *n >= self.free && now_ms - start < WINDOW_MS)
         })
     }
 

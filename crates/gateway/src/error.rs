@@ -23,6 +23,12 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A per-user limit is reached (429 with `Retry-After`).
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// What an upload id refers to existed but is gone (deleted or replaced).
     #[error("{0}")]
     Gone(String),
@@ -62,6 +68,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Conflict(_) => StatusCode::CONFLICT,
             GatewayError::Gone(_) => StatusCode::GONE,
+            GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -77,6 +84,7 @@ impl GatewayError {
             GatewayError::NotFound(_) => "not_found",
             GatewayError::Conflict(_) => "conflict",
             GatewayError::Gone(_) => "gone",
+            GatewayError::TooManyRequests { .. } => "too_many_requests",
             GatewayError::Unavailable(_) => "service_unavailable",
             GatewayError::Full(_) => "insufficient_storage",
             GatewayError::Internal(_) => "internal_error",
@@ -143,6 +151,13 @@ impl IntoResponse for GatewayError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let GatewayError::TooManyRequests {
+            retry_after_secs, ..
+        } = &self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(

@@ -26,6 +26,7 @@ use sluice_uploads::{
 
 mod cache;
 mod error;
+pub mod quota;
 pub use cache::{CachingAuthorizer, RevokingAuthorizer};
 pub use error::GatewayError;
 
@@ -72,6 +73,8 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// Largest raw-body or multipart upload (streamed to disk, never held whole).
     pub max_upload_bytes: u64,
+    /// Per-user upload limits.
+    pub quota: Arc<quota::Quota>,
 }
 
 /// The request id of the request being served: in every response's `x-request-id`, and
@@ -188,8 +191,9 @@ async fn create_upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
-    // Checked in this order: token (above, before any byte of the body is read), media
-    // type, size, then the body itself.
+    // Checked in this order: token (above, before any byte of the body is read), the
+    // user's upload rate, media type, size, the user's daily bytes, then the body itself.
+    gw.quota.admit(auth.sub())?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -225,6 +229,14 @@ async fn create_upload(
         // Far too large to be worth reading: answer now and let the connection close.
         return Err(GatewayError::TooLarge(limit));
     }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    gw.quota
+        .check_bytes(gw.ledger.as_ref(), auth.sub(), declared)
+        .await?;
     let meta = |filename: String, content_type: &str| UploadMeta {
         user_sub: auth.sub().to_owned(),
         bucket: gw.bucket.clone(),
@@ -251,6 +263,9 @@ async fn create_upload(
                 Some(c) if !c.is_empty() => c,
                 _ => "empty".to_owned(),
             };
+            gw.quota
+                .check_bytes(gw.ledger.as_ref(), auth.sub(), content.len() as u64)
+                .await?;
             gw.sink
                 .commit(meta(filename, "text/plain").with_body(bytes::Bytes::from(content)))
                 .await?
@@ -268,12 +283,18 @@ async fn create_upload(
                 .stage(Box::pin(body))
                 .await
                 .map_err(|e| body_error(e, &over, limit))?;
+            gw.quota
+                .check_bytes(gw.ledger.as_ref(), auth.sub(), staged.size())
+                .await?;
             gw.sink
                 .commit_staged(meta(filename, "application/octet-stream"), staged)
                 .await?
         }
         BodyKind::Form => {
             let (filename, part_type, staged) = read_form(&gw, content_type, body, limit).await?;
+            gw.quota
+                .check_bytes(gw.ledger.as_ref(), auth.sub(), staged.size())
+                .await?;
             gw.sink
                 .commit_staged(meta(filename, &part_type), staged)
                 .await?

@@ -179,6 +179,14 @@ pub(crate) struct LimitsConfig {
     /// The sign-in operations (InitiateAuth, RespondToAuthChallenge) per client address
     /// (unsigned requests) [default: 40].
     pub(crate) sign_ins_per_second_per_address: Option<f64>,
+    /// Failed sign-ins from one client address within 5 minutes before its sign-ins are
+    /// refused for the rest of the window [default: 200; the per-user lockout after 5
+    /// failures is separate, so users behind one NAT are not locked out together].
+    pub(crate) failed_sign_ins_per_address: Option<u32>,
+    /// Uploads per minute per user through the upload API [default: 0, no limit].
+    pub(crate) uploads_per_minute_per_user: Option<u32>,
+    /// Bytes a user may upload through the upload API per 24 hours [default: 0, no limit].
+    pub(crate) upload_bytes_per_day_per_user: Option<u64>,
 }
 
 /// One `[[mapping]]` of `sluice.toml`. Relative paths in `function` are resolved against
@@ -265,7 +273,7 @@ impl MappingEntry {
 }
 
 /// The rate limits of `[limits]` and their variables over the defaults.
-fn rate_limits(file: LimitsConfig) -> Result<sluice_identity::rates::RateLimits> {
+fn rate_limits(file: &LimitsConfig) -> Result<sluice_identity::rates::RateLimits> {
     use sluice_identity::rates::Rate;
     let defaults = sluice_identity::rates::RateLimits::default();
     let one = |var: &str, name: &str, file: Option<f64>, default: Rate| -> Result<Rate> {
@@ -340,6 +348,10 @@ pub(crate) struct Settings {
     pub(crate) smtp_from: Option<String>,
     /// Request rates of sign-up and sign-in (`[limits]`).
     pub(crate) rate_limits: sluice_identity::rates::RateLimits,
+    /// Failed sign-ins per client address per window (`[limits]`).
+    pub(crate) failed_sign_ins_per_address: u32,
+    /// Per-user upload limits (`[limits]`).
+    pub(crate) user_limits: sluice_gateway::quota::UserLimits,
     /// Bounds on what a client can hold on either listener (`http_server`).
     pub(crate) conn_limits: crate::http_server::ConnLimits,
     /// The `[[mapping]]` entries of the configuration file.
@@ -358,6 +370,7 @@ impl Settings {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("sluice-data"));
+        let limits = file.limits.unwrap_or_default();
         let s = Settings {
             meta: args
                 .meta
@@ -437,7 +450,18 @@ impl Settings {
                 .unwrap_or(true),
             smtp_url: env_or("SLUICE_SMTP_URL", file.smtp_url),
             smtp_from: env_or("SLUICE_SMTP_FROM", file.smtp_from),
-            rate_limits: rate_limits(file.limits.unwrap_or_default())?,
+            rate_limits: rate_limits(&limits)?,
+            failed_sign_ins_per_address: env_parse("SLUICE_FAILED_SIGN_INS_PER_ADDRESS")?
+                .or(limits.failed_sign_ins_per_address)
+                .unwrap_or(sluice_compat::source_throttle::FREE_FAILURES),
+            user_limits: sluice_gateway::quota::UserLimits {
+                uploads_per_minute: env_parse("SLUICE_UPLOADS_PER_MINUTE_PER_USER")?
+                    .or(limits.uploads_per_minute_per_user)
+                    .unwrap_or(0),
+                bytes_per_day: env_parse("SLUICE_UPLOAD_BYTES_PER_DAY_PER_USER")?
+                    .or(limits.upload_bytes_per_day_per_user)
+                    .unwrap_or(0),
+            },
             conn_limits: conn_limits(
                 env_parse("SLUICE_HEADER_READ_TIMEOUT_SECS")?.or(file.header_read_timeout_secs),
                 env_parse("SLUICE_IDLE_TIMEOUT_SECS")?.or(file.idle_timeout_secs),

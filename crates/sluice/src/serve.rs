@@ -223,6 +223,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         stream: settings.stream.clone(),
         max_body_bytes: settings.max_body_bytes,
         max_upload_bytes: settings.max_upload_bytes,
+        quota: sluice_gateway::quota::Quota::new(settings.user_limits),
     });
     let (keys, new_key) = {
         let (settings, db) = (settings.clone(), db.clone());
@@ -265,7 +266,9 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
                 }),
         },
         s3_base_domain: settings.s3_base_domain.clone(),
-        sign_in_sources: Arc::default(),
+        sign_in_sources: Arc::new(sluice_compat::source_throttle::SourceThrottle::new(
+            settings.failed_sign_ins_per_address,
+        )),
         address_rates: Arc::default(),
     })
     .map_err(anyhow::Error::msg)?;

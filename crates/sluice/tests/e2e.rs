@@ -313,7 +313,12 @@ fn cognito_errors_have_cognitos_shape() {
 #[test]
 fn failed_sign_ins_are_throttled_per_source() {
     let dir = DataDir::new("source-throttle");
-    let server = Server::start(&dir.0);
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[("SLUICE_FAILED_SIGN_INS_PER_ADDRESS", "20")],
+    );
     server.create_user("me@example.com");
     let client_id = server.info()["clientId"].as_str().expect("id").to_owned();
     let attempt = |user: &str, password: &str| {
@@ -333,5 +338,27 @@ fn failed_sign_ins_are_throttled_per_source() {
     assert_eq!(status, 400);
     assert_eq!(err["__type"], "NotAuthorizedException");
     assert_eq!(err["message"], "Password attempts exceeded");
+    server.stop();
+}
+
+/// With the default limits, a neighbour behind the same address guessing other users'
+/// passwords does not lock a user out: the per-address ceiling is far above the per-user
+/// lockout.
+#[test]
+fn one_address_guessing_does_not_lock_out_its_neighbours() {
+    let dir = DataDir::new("nat-neighbours");
+    let server = Server::start(&dir.0);
+    server.create_user("me@example.com");
+    let client_id = server.info()["clientId"].as_str().expect("id").to_owned();
+    for i in 0..30 {
+        let (status, err) = server.cognito(
+            "InitiateAuth",
+            json!({"AuthFlow": "USER_PASSWORD_AUTH", "ClientId": client_id,
+                   "AuthParameters": {"USERNAME": format!("guess-{i}@example.com"), "PASSWORD": "Wrong-passw0rd"}}),
+        );
+        assert_eq!(status, 400, "{err}");
+        assert_eq!(err["message"], "Incorrect username or password.", "{err}");
+    }
+    server.sign_in("me@example.com", PASSWORD);
     server.stop();
 }

@@ -347,3 +347,63 @@ fn revoked_sign_ins_are_refused_by_the_api_within_seconds() {
         "another sign-in of the same user is not affected"
     );
 }
+
+#[test]
+fn per_user_upload_limits_answer_429_with_retry_after() {
+    let dir = DataDir::new("sec-quota");
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[
+            ("SLUICE_UPLOADS_PER_MINUTE_PER_USER", "3"),
+            ("SLUICE_UPLOAD_BYTES_PER_DAY_PER_USER", "1000"),
+        ],
+    );
+    server.create_user("a@example.com");
+    server.create_user("b@example.com");
+    let (ta, tb) = (
+        server.id_token("a@example.com"),
+        server.id_token("b@example.com"),
+    );
+    // Three uploads a minute: the fourth is refused, another user is not.
+    for i in 0..3 {
+        assert_eq!(server.upload(&ta, &format!("r{i}.txt"), "x").status(), 200);
+    }
+    let resp = server.upload(&ta, "r3.txt", "x");
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "20");
+    let body: Value = resp.json().expect("json");
+    assert_eq!(body["error"], "too_many_requests", "{body}");
+    assert_eq!(server.upload(&tb, "b0.txt", "x").status(), 200);
+
+    // 1,000 bytes a day: B has used 1; 600 more fit, then 600 more do not (raw body too).
+    let big = "y".repeat(600);
+    assert_eq!(server.upload(&tb, "b1.txt", &big).status(), 200);
+    let resp = server.upload(&tb, "b2.txt", &big);
+    assert_eq!(resp.status(), 429);
+    let body: Value = resp.json().expect("json");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("per day")),
+        "{body}"
+    );
+    let raw = server
+        .http
+        .post(format!("{}/uploads?filename=raw.bin", server.api))
+        .bearer_auth(&tb)
+        .header("Content-Type", "application/octet-stream")
+        .body(big.clone())
+        .send()
+        .expect("raw upload");
+    assert_eq!(raw.status(), 429);
+    assert_eq!(
+        common::rows(
+            &dir.0,
+            "SELECT COUNT(*) FROM uploads WHERE filename IN ('b2.txt', 'raw.bin')"
+        ),
+        0,
+        "refused uploads stored nothing"
+    );
+}

@@ -706,6 +706,22 @@ pub async fn tracking_checkpoint(
 
 #[async_trait]
 impl UploadLedger for EmbeddedUploads {
+    async fn bytes_since(&self, user_sub: &str, since_ms: i64) -> Result<u64, UploadError> {
+        let sub = user_sub.to_owned();
+        let n: i64 = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM uploads
+                     WHERE user_sub = ?1 AND created_ms >= ?2",
+                    params![sub, since_ms],
+                    |r| r.get(0),
+                )
+            })
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
     async fn get(&self, id: &str) -> Result<Upload, UploadError> {
         let id = id.to_owned();
         let (mut upload, ticket) = self

@@ -295,6 +295,8 @@ pub trait UploadLedger: Send + Sync + 'static {
     async fn mark_processing(&self, id: &str) -> Result<(), UploadError>;
     async fn mark_processed(&self, id: &str, bucket: &str, key: &str) -> Result<(), UploadError>;
     async fn mark_failed(&self, id: &str, error: &str) -> Result<(), UploadError>;
+    /// The bytes `user_sub` uploaded since `since_ms` (for the per-user daily limit).
+    async fn bytes_since(&self, user_sub: &str, since_ms: i64) -> Result<u64, UploadError>;
 
     /// Several status changes together (the embedded ledger writes them in one
     /// transaction). By default, one after another.
