@@ -1,0 +1,481 @@
+//! IAM-style policies: parsing a policy document and deciding whether it allows an action on
+//! a resource. One evaluator for every part that authorizes by policy (scoped access keys on
+//! the edge; IAM roles and users later), so that a policy means the same thing everywhere.
+//!
+//! What is evaluated, as AWS's identity-based policy logic does:
+//!
+//! - a statement applies when its `Action` (or `NotAction`) and its `Resource` (or
+//!   `NotResource`) match the request;
+//! - an applicable `Deny` wins over everything ([`Decision::ExplicitDeny`]); otherwise an
+//!   applicable `Allow` allows; otherwise the request is denied implicitly
+//!   ([`Decision::ImplicitDeny`]);
+//! - actions (`service:Operation`) match case-insensitively, with `*` and `?` wildcards;
+//!   resources (ARNs) match case-sensitively, segment by segment (partition, service,
+//!   region, account, resource), with `*` and `?` wildcards in each; `*` alone matches any
+//!   resource.
+//!
+//! Not supported, and refused when a document is parsed (never silently ignored, which
+//! could allow more than its author meant): `Condition` blocks, `Principal` /
+//! `NotPrincipal` (they belong to resource policies), and policy variables (`${…}`).
+
+use serde_json::Value;
+
+/// A policy document that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// IAM's `MalformedPolicyDocument`: the message says what is wrong.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+fn malformed(m: impl Into<String>) -> PolicyError {
+    PolicyError::Malformed(m.into())
+}
+
+/// The answer to "may this request proceed?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// A statement with `Effect: Deny` applies.
+    ExplicitDeny,
+    /// No statement allows it.
+    ImplicitDeny,
+}
+
+impl Decision {
+    pub fn allowed(self) -> bool {
+        self == Decision::Allow
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    Allow,
+    Deny,
+}
+
+/// A list of patterns, or its complement (`NotAction`, `NotResource`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Patterns {
+    Any(Vec<String>),
+    NoneOf(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Statement {
+    effect: Effect,
+    actions: Patterns,
+    resources: Patterns,
+}
+
+/// A parsed policy document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    statements: Vec<Statement>,
+}
+
+/// Largest policy document accepted, in bytes (IAM's limit for a managed policy is 6,144
+/// characters; inline policies allow 10,240 per role).
+pub const MAX_DOCUMENT_BYTES: usize = 10_240;
+
+impl Policy {
+    /// Parses an IAM policy document (JSON).
+    pub fn parse(document: &str) -> Result<Policy, PolicyError> {
+        if document.len() > MAX_DOCUMENT_BYTES {
+            return Err(malformed(format!(
+                "the policy document is {} bytes; at most {MAX_DOCUMENT_BYTES} are allowed",
+                document.len()
+            )));
+        }
+        let v: Value = serde_json::from_str(document)
+            .map_err(|e| malformed(format!("the policy document is not valid JSON: {e}")))?;
+        let Value::Object(doc) = v else {
+            return Err(malformed("the policy document must be a JSON object"));
+        };
+        for key in doc.keys() {
+            if !matches!(key.as_str(), "Version" | "Id" | "Statement") {
+                return Err(malformed(format!("unknown policy element {key:?}")));
+            }
+        }
+        match doc.get("Version").map(|v| v.as_str()) {
+            None | Some(Some("2012-10-17")) | Some(Some("2008-10-17")) => {}
+            Some(_) => {
+                return Err(malformed(
+                    "Version must be \"2012-10-17\" (or \"2008-10-17\")",
+                ));
+            }
+        }
+        let statements = match doc.get("Statement") {
+            Some(Value::Array(items)) => items.iter().map(statement).collect::<Result<_, _>>()?,
+            Some(one @ Value::Object(_)) => vec![statement(one)?],
+            Some(_) => return Err(malformed("Statement must be an object or an array")),
+            None => return Err(malformed("the policy document has no Statement")),
+        };
+        Ok(Policy { statements })
+    }
+
+    /// This policy's decision on `action` (`service:Operation`) on `resource` (an ARN).
+    pub fn decide(&self, action: &str, resource: &str) -> Decision {
+        decide(std::slice::from_ref(self), action, resource)
+    }
+}
+
+/// The decision of several policies together (a principal's attached and inline policies):
+/// a Deny in any of them wins; otherwise an Allow in any of them allows.
+pub fn decide(policies: &[Policy], action: &str, resource: &str) -> Decision {
+    let mut allowed = false;
+    for s in policies.iter().flat_map(|p| &p.statements) {
+        if !applies(&s.actions, action, action_matches)
+            || !applies(&s.resources, resource, resource_matches)
+        {
+            continue;
+        }
+        match s.effect {
+            Effect::Deny => return Decision::ExplicitDeny,
+            Effect::Allow => allowed = true,
+        }
+    }
+    if allowed {
+        Decision::Allow
+    } else {
+        Decision::ImplicitDeny
+    }
+}
+
+fn applies(p: &Patterns, value: &str, matches: fn(&str, &str) -> bool) -> bool {
+    match p {
+        Patterns::Any(list) => list.iter().any(|pat| matches(pat, value)),
+        Patterns::NoneOf(list) => !list.iter().any(|pat| matches(pat, value)),
+    }
+}
+
+fn statement(v: &Value) -> Result<Statement, PolicyError> {
+    let Value::Object(s) = v else {
+        return Err(malformed("each Statement must be an object"));
+    };
+    for key in s.keys() {
+        match key.as_str() {
+            "Sid" | "Effect" | "Action" | "NotAction" | "Resource" | "NotResource" => {}
+            "Condition" => {
+                return Err(malformed(
+                    "Condition is not supported by sluice's policy evaluator",
+                ));
+            }
+            "Principal" | "NotPrincipal" => {
+                return Err(malformed(format!(
+                    "{key} belongs in resource policies, not in an identity policy"
+                )));
+            }
+            other => return Err(malformed(format!("unknown statement element {other:?}"))),
+        }
+    }
+    let effect = match s.get("Effect").and_then(Value::as_str) {
+        Some("Allow") => Effect::Allow,
+        Some("Deny") => Effect::Deny,
+        _ => return Err(malformed("Effect must be \"Allow\" or \"Deny\"")),
+    };
+    let actions = patterns(s.get("Action"), s.get("NotAction"), "Action")?;
+    for a in match &actions {
+        Patterns::Any(l) | Patterns::NoneOf(l) => l,
+    } {
+        if a != "*" && !a.contains(':') {
+            return Err(malformed(format!(
+                "action {a:?} must be \"*\" or \"service:Operation\""
+            )));
+        }
+    }
+    let resources = patterns(s.get("Resource"), s.get("NotResource"), "Resource")?;
+    for r in match &resources {
+        Patterns::Any(l) | Patterns::NoneOf(l) => l,
+    } {
+        if r != "*" && !r.starts_with("arn:") {
+            return Err(malformed(format!("resource {r:?} must be \"*\" or an ARN")));
+        }
+    }
+    Ok(Statement {
+        effect,
+        actions,
+        resources,
+    })
+}
+
+/// `Action` xor `NotAction` (likewise for resources): a string or an array of strings.
+fn patterns(yes: Option<&Value>, no: Option<&Value>, name: &str) -> Result<Patterns, PolicyError> {
+    let list = |v: &Value| -> Result<Vec<String>, PolicyError> {
+        let items: Vec<String> = match v {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) => a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| malformed(format!("every {name} must be a string")))
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(malformed(format!("{name} must be a string or an array"))),
+        };
+        if items.is_empty() {
+            return Err(malformed(format!("{name} must not be empty")));
+        }
+        if let Some(p) = items.iter().find(|p| p.contains("${")) {
+            return Err(malformed(format!(
+                "policy variables ({p:?}) are not supported by sluice's policy evaluator"
+            )));
+        }
+        Ok(items)
+    };
+    match (yes, no) {
+        (Some(v), None) => Ok(Patterns::Any(list(v)?)),
+        (None, Some(v)) => Ok(Patterns::NoneOf(list(v)?)),
+        (Some(_), Some(_)) => Err(malformed(format!(
+            "a statement has both {name} and Not{name}"
+        ))),
+        (None, None) => Err(malformed(format!("a statement needs {name} or Not{name}"))),
+    }
+}
+
+/// An action pattern against an action, case-insensitively.
+fn action_matches(pattern: &str, action: &str) -> bool {
+    glob(&pattern.to_ascii_lowercase(), &action.to_ascii_lowercase())
+}
+
+/// A resource pattern against an ARN: `*` matches everything; otherwise the first five
+/// segments (partition, service, region, account) and the resource part are matched each on
+/// its own, case-sensitively.
+fn resource_matches(pattern: &str, arn: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let p: Vec<&str> = pattern.splitn(6, ':').collect();
+    let a: Vec<&str> = arn.splitn(6, ':').collect();
+    if p.len() != 6 || a.len() != 6 {
+        return glob(pattern, arn);
+    }
+    p.iter()
+        .zip(&a)
+        .all(|(p, a)| glob(p, a))
+}
+
+/// `*` (any run, also empty) and `?` (one character) wildcards; iterative, linear in
+/// practice, no recursion a long pattern could exhaust.
+fn glob(pattern: &str, text: &str) -> bool {
+    // Work on chars so that `?` is one character of a UTF-8 text.
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(s: &str) -> Policy {
+        Policy::parse(s).expect("valid policy")
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", ""));
+        assert!(glob("a*c", "abbbc"));
+        assert!(glob("a?c", "abc"));
+        assert!(!glob("a?c", "ac"));
+        assert!(glob("*/uploads/*", "x/uploads/y/z"));
+        assert!(!glob("uploads/*", "processed/x"));
+        assert!(glob("a*b*c", "aXbYbZc"));
+        assert!(glob("é?", "éü"));
+    }
+
+    #[test]
+    fn the_seed_processor_policy() {
+        // The seed's Part D: read the stream, read uploads/, write processed/.
+        let p = policy(
+            r#"{"Version":"2012-10-17","Statement":[
+              {"Effect":"Allow","Action":["kinesis:GetRecords","kinesis:GetShardIterator","kinesis:DescribeStream*","kinesis:ListShards"],
+               "Resource":"arn:aws:kinesis:us-east-2:000000000000:stream/uploads-stream"},
+              {"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::sluice/uploads/*"},
+              {"Effect":"Allow","Action":"s3:PutObject","Resource":"arn:aws:s3:::sluice/processed/*"}]}"#,
+        );
+        let stream = "arn:aws:kinesis:us-east-2:000000000000:stream/uploads-stream";
+        assert!(p.decide("kinesis:GetRecords", stream).allowed());
+        assert!(
+            p.decide("Kinesis:getrecords", stream).allowed(),
+            "actions ignore case"
+        );
+        assert!(p.decide("kinesis:DescribeStreamSummary", stream).allowed());
+        assert_eq!(
+            p.decide("kinesis:PutRecord", stream),
+            Decision::ImplicitDeny
+        );
+        assert_eq!(
+            p.decide(
+                "kinesis:GetRecords",
+                "arn:aws:kinesis:us-east-2:000000000000:stream/other"
+            ),
+            Decision::ImplicitDeny
+        );
+        assert!(
+            p.decide("s3:GetObject", "arn:aws:s3:::sluice/uploads/a.txt")
+                .allowed()
+        );
+        assert!(
+            !p.decide("s3:GetObject", "arn:aws:s3:::sluice/processed/a.txt")
+                .allowed()
+        );
+        assert!(
+            p.decide("s3:PutObject", "arn:aws:s3:::sluice/processed/a.txt")
+                .allowed()
+        );
+        assert!(
+            !p.decide("s3:DeleteObject", "arn:aws:s3:::sluice/uploads/a.txt")
+                .allowed()
+        );
+        assert!(
+            !p.decide("s3:GetObject", "arn:aws:s3:::Sluice/uploads/a.txt")
+                .allowed(),
+            "resources are case-sensitive"
+        );
+    }
+
+    #[test]
+    fn an_explicit_deny_wins_across_policies() {
+        let all = policy(r#"{"Statement":{"Effect":"Allow","Action":"*","Resource":"*"}}"#);
+        let no_delete = policy(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"s3:Delete*","Resource":"arn:aws:s3:::sluice/*"}]}"#,
+        );
+        let both = [all.clone(), no_delete];
+        assert_eq!(
+            decide(&both, "s3:DeleteObject", "arn:aws:s3:::sluice/x"),
+            Decision::ExplicitDeny
+        );
+        assert!(decide(&both, "s3:DeleteObject", "arn:aws:s3:::other/x").allowed());
+        assert!(decide(&both, "s3:GetObject", "arn:aws:s3:::sluice/x").allowed());
+        assert_eq!(
+            decide(&[], "s3:GetObject", "arn:aws:s3:::sluice/x"),
+            Decision::ImplicitDeny
+        );
+    }
+
+    #[test]
+    fn not_action_and_not_resource() {
+        let p = policy(
+            r#"{"Statement":[{"Effect":"Allow","NotAction":"iam:*","Resource":"*"},
+                {"Effect":"Deny","Action":"s3:*","NotResource":["arn:aws:s3:::public","arn:aws:s3:::public/*"]}]}"#,
+        );
+        assert!(
+            p.decide("kinesis:PutRecord", "arn:aws:kinesis:us-east-2:1:stream/s")
+                .allowed()
+        );
+        assert_eq!(p.decide("iam:CreateRole", "*"), Decision::ImplicitDeny);
+        assert!(p.decide("s3:GetObject", "arn:aws:s3:::public/a").allowed());
+        assert_eq!(
+            p.decide("s3:GetObject", "arn:aws:s3:::private/a"),
+            Decision::ExplicitDeny
+        );
+    }
+
+    #[test]
+    fn arn_segments_match_on_their_own() {
+        let p = policy(
+            r#"{"Statement":{"Effect":"Allow","Action":"kinesis:*","Resource":"arn:aws:kinesis:*:*:stream/up*"}}"#,
+        );
+        assert!(
+            p.decide(
+                "kinesis:PutRecord",
+                "arn:aws:kinesis:eu-west-1:123:stream/uploads"
+            )
+            .allowed()
+        );
+        assert!(
+            !p.decide(
+                "kinesis:PutRecord",
+                "arn:aws:kinesis:eu-west-1:123:stream/other"
+            )
+            .allowed()
+        );
+        assert!(
+            !p.decide("kinesis:PutRecord", "arn:aws:s3:::stream/uploads")
+                .allowed()
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_evaluated_is_refused() {
+        for (doc, says) in [
+            ("[]", "JSON object"),
+            ("{", "not valid JSON"),
+            (r#"{"Statement":[]}"#, ""),
+            (r#"{"Version":"2020-01-01","Statement":[]}"#, "Version"),
+            (
+                r#"{"Statement":{"Effect":"allow","Action":"*","Resource":"*"}}"#,
+                "Effect",
+            ),
+            (
+                r#"{"Statement":{"Effect":"Allow","Resource":"*"}}"#,
+                "needs Action",
+            ),
+            (
+                r#"{"Statement":{"Effect":"Allow","Action":"*","NotAction":"s3:*","Resource":"*"}}"#,
+                "both Action",
+            ),
+            (
+                r#"{"Statement":{"Effect":"Allow","Action":"GetObject","Resource":"*"}}"#,
+                "service:Operation",
+            ),
+            (
+                r#"{"Statement":{"Effect":"Allow","Action":"*","Resource":"bucket/*"}}"#,
+                "an ARN",
+            ),
+            (
+                r#"{"Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{}}}"#,
+                "Condition",
+            ),
+            (
+                r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"*","Resource":"*"}}"#,
+                "resource policies",
+            ),
+            (
+                r#"{"Statement":{"Effect":"Allow","Action":"*","Resource":"arn:aws:s3:::${aws:username}/*"}}"#,
+                "variables",
+            ),
+            (
+                r#"{"Statement":{"Effect":"Allow","Action":[],"Resource":"*"}}"#,
+                "empty",
+            ),
+            (
+                r#"{"Statement":{"Effect":"Allow","Action":"*","Resource":"*","Extra":1}}"#,
+                "unknown",
+            ),
+        ] {
+            match Policy::parse(doc) {
+                Err(PolicyError::Malformed(m)) => assert!(m.contains(says), "{doc}: {m}"),
+                Ok(_) if says.is_empty() => {}
+                Ok(_) => panic!("{doc} was accepted"),
+            }
+        }
+        let big = format!(
+            r#"{{"Statement":{{"Effect":"Allow","Action":"*","Resource":"arn:aws:s3:::{}"}}}}"#,
+            "x".repeat(MAX_DOCUMENT_BYTES)
+        );
+        assert!(Policy::parse(&big).is_err());
+    }
+}
