@@ -38,6 +38,20 @@ fn shard_json(s: &ShardDesc) -> Value {
     v
 }
 
+/// CreateStream's `MaxRecordSizeInKiB` in bytes. A size whose byte count does not fit a
+/// `usize` is refused here: multiplied unchecked it would wrap (to an in-range size, for
+/// some values) instead of being refused by the stream's range check.
+fn max_record_bytes(req: &Value) -> Result<Option<usize>, KinesisError> {
+    let Some(kib) = req.get("MaxRecordSizeInKiB").and_then(Value::as_u64) else {
+        return Ok(None);
+    };
+    usize::try_from(kib)
+        .ok()
+        .and_then(|k| k.checked_mul(1024))
+        .map(Some)
+        .ok_or_else(|| err("InvalidArgumentException", "record size out of range"))
+}
+
 pub(super) async fn create_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = str_field(req, "StreamName").ok_or_else(|| validation("streamName"))?;
     let on_demand = req
@@ -58,10 +72,7 @@ pub(super) async fn create_stream(ctx: &KinesisContext, req: &Value) -> OpResult
         None if on_demand => None,
         None => return Err(validation("shardCount")),
     };
-    let max_record_bytes = req
-        .get("MaxRecordSizeInKiB")
-        .and_then(Value::as_u64)
-        .map(|k| k as usize * 1024);
+    let max_record_bytes = max_record_bytes(req)?;
     ctx.stream
         .create_stream_with(
             name,
@@ -686,6 +697,23 @@ pub(super) fn get_records_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `MaxRecordSizeInKiB` whose byte count overflows is refused, not wrapped: 2^54 + 1024
+    /// KiB used to become exactly 1 MiB (or panic with overflow checks).
+    #[test]
+    fn an_overflowing_record_size_is_refused() {
+        let kib = (1u64 << 54) + 1024;
+        let e = max_record_bytes(&json!({"StreamName": "s", "MaxRecordSizeInKiB": kib}))
+            .expect_err("refused");
+        assert_eq!(e.kind, "InvalidArgumentException");
+        let e = max_record_bytes(&json!({"MaxRecordSizeInKiB": u64::MAX})).expect_err("refused");
+        assert_eq!(e.kind, "InvalidArgumentException");
+        assert_eq!(
+            max_record_bytes(&json!({"MaxRecordSizeInKiB": 2048})).expect("ok"),
+            Some(2 << 20)
+        );
+        assert_eq!(max_record_bytes(&json!({})).expect("ok"), None);
+    }
 
     #[test]
     fn get_records_json_is_the_value_document() {
