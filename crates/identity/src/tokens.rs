@@ -292,7 +292,9 @@ impl Verifier {
         }
         .ok_or(TokenError::Audience)?;
         let exp = c.exp.ok_or(TokenError::Expired)?;
-        if now > exp + self.leeway_secs {
+        // Saturating: a signed `exp` near `i64::MAX` (a token that never expires) must not
+        // overflow into the past, or panic where overflow is checked.
+        if now > exp.saturating_add(self.leeway_secs) {
             return Err(TokenError::Expired);
         }
         if let Some(nbf) = c.nbf
@@ -432,5 +434,19 @@ mod tests {
             v.verify(&forged, 1000),
             Err(TokenError::Algorithm(_))
         ));
+    }
+
+    /// A validly signed token with `exp` = `i64::MAX` never expires; `exp + leeway` used to
+    /// overflow (a panic with overflow checks, "expired" without).
+    #[test]
+    fn an_exp_at_the_end_of_time_does_not_overflow() {
+        let k = key();
+        let jwks = Jwks {
+            keys: vec![k.jwk()],
+        };
+        let v = Verifier::new("http://iss/pool", &jwks, ["client-1".to_string()], 60)
+            .expect("verifier");
+        let (id, _) = issue_pair(&k, &subject(), 0, i64::MAX, 3600).expect("issue");
+        assert_eq!(v.verify(&id, 1000).map(|c| c.exp), Ok(i64::MAX));
     }
 }
