@@ -251,9 +251,7 @@ fn resource_matches(pattern: &str, arn: &str) -> bool {
     if p.len() != 6 || a.len() != 6 {
         return glob(pattern, arn);
     }
-    p.iter()
-        .zip(&a)
-        .all(|(p, a)| glob(p, a))
+    p.iter().zip(&a).all(|(p, a)| glob(p, a))
 }
 
 /// `*` (any run, also empty) and `?` (one character) wildcards; iterative, linear in
