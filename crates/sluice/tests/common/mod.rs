@@ -50,9 +50,11 @@ impl DataDir {
         out
     }
 
-    /// Writes `sluice.toml`: the engines' settings, then `extra`.
+    /// Writes `sluice.toml`: `extra`, then the engines' tables (after `extra`, so that its
+    /// top-level keys stay top-level; TOML puts keys after a `[table]` header into it).
     pub fn write_config(&self, extra: &str) {
-        let text = format!("{}{extra}", self.engine_config());
+        let sep = if extra.is_empty() || extra.ends_with('\n') { "" } else { "\n" };
+        let text = format!("{extra}{sep}{}", self.engine_config());
         let path = self.0.join("sluice.toml");
         if text.is_empty() {
             let _ = std::fs::remove_file(path);
