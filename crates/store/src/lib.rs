@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod embedded;
+pub mod verify;
 
 /// A body that arrives or leaves in chunks (an HTTP request body, one part of a form, an
 /// object being read): never held whole in memory.
@@ -54,6 +55,12 @@ pub enum StoreError {
     /// The blob engine failed (full, unavailable, …: see [`sluice_blobs::BlobError`]).
     #[error("{0}")]
     Blobs(sluice_blobs::BlobError),
+    /// Stored bytes do not match the digest written with them (or their recorded size):
+    /// they are refused, never served ([`verify`]). A server error (500), not a client's:
+    /// no replica engine exists that could serve the object instead (when one does, this
+    /// becomes a 503 while it can).
+    #[error("stored bytes are damaged: {0}")]
+    Corrupt(Box<verify::Damage>),
 }
 
 impl From<sluice_blobs::BlobError> for StoreError {
