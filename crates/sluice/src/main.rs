@@ -86,7 +86,13 @@ enum Command {
     },
     /// Check the data (read-only): the metadata engine, every stream record's checksum, and
     /// that the blob engine can be used.
-    Doctor,
+    Doctor {
+        /// Also read every object's bytes (and every stored part of multipart uploads in
+        /// progress) and check them against the checksum written with them; reports damaged
+        /// and missing blobs. Reads all the data once, so it takes as long as that.
+        #[arg(long)]
+        deep: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -261,7 +267,7 @@ fn run(cli: Cli) -> Result<()> {
             lines,
             json,
         } => mapping_cmd::logs(&settings, &mapping, follow, lines, json),
-        Command::Doctor => doctor::run(&settings),
+        Command::Doctor { deep } => doctor::run(&settings, deep),
         Command::Info { json } => {
             let info = wiring::info(&settings)?;
             if json {

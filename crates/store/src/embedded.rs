@@ -205,6 +205,22 @@ async fn collect(mut body: ByteStream, max: u64) -> Result<Bytes, StoreError> {
     Ok(out.freeze())
 }
 
+/// `body` with its first chunk read now: a read that fails at once — an engine error, or
+/// damage found by a verified read of an object that fits in one chunk — is an error
+/// before anything is answered (a 500) rather than a response cut short. Holds one chunk.
+async fn read_ahead(mut body: ByteStream) -> Result<ByteStream, StoreError> {
+    match body.next().await {
+        None => Ok(Box::pin(futures_util::stream::empty())),
+        Some(Err(e)) => Err(match Damage::of(&e) {
+            Some(d) => StoreError::Corrupt(Box::new(d.clone())),
+            None => BlobError::from(e).into(),
+        }),
+        Some(Ok(first)) => Ok(Box::pin(
+            futures_util::stream::once(async move { Ok(first) }).chain(body),
+        )),
+    }
+}
+
 /// Whether the bytes `range` names are all of an object of `size` bytes: only such reads
 /// can be checked against the object's digest.
 fn covers_all(range: Option<(u64, u64)>, size: u64) -> bool {
@@ -644,7 +660,7 @@ impl EmbeddedStore {
                             ),
                             None => body,
                         };
-                        return Ok((info, body));
+                        return Ok((info, read_ahead(body).await?));
                     }
                     // Replaced (and its blob deleted) meanwhile: read the row again.
                     Err(BlobError::NotFound(_)) => continue,
@@ -2342,11 +2358,8 @@ mod tests {
     #[tokio::test]
     async fn damaged_blobs_are_refused_by_every_whole_read() {
         let (s, damage, _engines) = open_rotting().await;
-        let data = Bytes::from(
-            (0..3 * INLINE_MAX + 5)
-                .map(|i| (i % 251) as u8)
-                .collect::<Vec<_>>(),
-        );
+        // Larger than one chunk of the file engine (256 KiB), flipped in the first.
+        let data = Bytes::from((0..300_000).map(|i| (i % 251) as u8).collect::<Vec<_>>());
         s.put("b-1", "big", data.clone(), PutOptions::default())
             .await
             .expect("put");
@@ -2367,22 +2380,51 @@ mod tests {
             .expect("get_many");
         assert!(matches!(many[0], Err(StoreError::Corrupt(_))));
 
-        // Streamed: fails before the last chunk, so the reader never has every byte.
-        let obj = s.get_stream("b-1", "big", None).await.expect("opens");
-        let (n, err) = drain(obj.body).await;
-        let err = err.expect("the stream fails");
-        assert!(crate::verify::Damage::of(&err).is_some(), "{err}");
-        assert!((n as u64) < obj.info.size, "{n} bytes of {}", obj.info.size);
+        // Streamed: fails before the last chunk, so the reader never has every byte (or,
+        // when the first chunk already fails, before anything is answered).
+        let streamed = |range| {
+            let s = s.clone();
+            async move {
+                match s.get_stream("b-1", "big", range).await {
+                    Err(StoreError::Corrupt(_)) => 0,
+                    Err(e) => panic!("{e:?}"),
+                    Ok(obj) => {
+                        let (n, err) = drain(obj.body).await;
+                        let err = err.expect("the stream fails");
+                        assert!(crate::verify::Damage::of(&err).is_some(), "{err}");
+                        assert!((n as u64) < obj.info.size, "{n} of {}", obj.info.size);
+                        n
+                    }
+                }
+            }
+        };
+        let sent = streamed(None).await;
+        if s.blobs.describe().starts_with("file://") {
+            assert_eq!(
+                sent,
+                256 * 1024,
+                "the file engine's first chunk, not the second"
+            );
+        }
+        // An object that fits in one chunk fails before anything is answered.
+        let one = Bytes::from(vec![3u8; 100_000]);
+        s.put("b-1", "one", one, PutOptions::default())
+            .await
+            .expect("put");
+        damage(&blob_of(&s, "one").await, true);
+        if s.blobs.describe().starts_with("file://") {
+            assert!(matches!(
+                s.get_stream("b-1", "one", None).await,
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+        s.delete("b-1", "one").await.expect("delete");
         // A range covering the whole object is a whole read; other ranges cannot be checked.
         let whole = ByteRange {
             first: 0,
             last: u64::MAX,
         };
-        let obj = s
-            .get_stream("b-1", "big", Some(whole))
-            .await
-            .expect("opens");
-        assert!(drain(obj.body).await.1.is_some());
+        streamed(Some(whole)).await;
         let part = ByteRange {
             first: 10,
             last: 20,
@@ -2393,12 +2435,13 @@ mod tests {
 
         // Copies refuse damage instead of storing it under a fresh digest.
         let blobs = blob_count(&s).await;
-        let src = s.get_stream("b-1", "big", None).await.expect("opens");
-        let err = s
-            .put_stream("b-1", "copy", src.body, PutOptions::default())
-            .await
-            .expect_err("copy of a damaged object");
-        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        if let Ok(src) = s.get_stream("b-1", "big", None).await {
+            let err = s
+                .put_stream("b-1", "copy", src.body, PutOptions::default())
+                .await
+                .expect_err("copy of a damaged object");
+            assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        }
         let id = s
             .create_multipart("b-1", "mp", PutOptions::default())
             .await
