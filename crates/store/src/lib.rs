@@ -249,7 +249,8 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: ByteStream,
         opts: PutOptions,
     ) -> Result<ObjectInfo, StoreError>;
-    /// The whole object, in memory: for small objects only (use
+    /// The whole object, in memory, checked against its digest ([`StoreError::Corrupt`]
+    /// when damaged): for small objects only (use
     /// [`get_stream`](Self::get_stream) for anything a client sent).
     async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError>;
     /// Several whole objects (as [`get`](Self::get)), each found or not on its own, read
@@ -265,7 +266,10 @@ pub trait ObjectStore: Send + Sync + 'static {
         Ok(out)
     }
     /// The object's metadata and the bytes `range` names (all of them when `None`; a range
-    /// past the end is cut at the end), streamed: only the range is read.
+    /// past the end is cut at the end), streamed: only the range is read. A read of the
+    /// whole object is checked against the digest written with it: damage is
+    /// [`StoreError::Corrupt`], or — found after the first chunk — an error item in place
+    /// of the chunk that would complete the object (see [`verify`]). Ranges are not checked.
     async fn get_stream(
         &self,
         bucket: &str,
