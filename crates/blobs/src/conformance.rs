@@ -54,6 +54,14 @@ async fn round_trips_and_ranges(b: &dyn Blobs) {
                 want[n - 2..],
                 "a range past the end is cut at the end"
             );
+            // Reads that open with the whole-object check (`sluice-store`'s verified
+            // reads) ask for "to the end" as `u64::MAX`.
+            let all = read(b, &id, Some((0, u64::MAX)))
+                .await
+                .expect("a range to u64::MAX");
+            assert!(all == want, "a range to u64::MAX is the whole blob");
+            let rest = read(b, &id, Some((5, u64::MAX))).await.expect("rest");
+            assert!(rest == want[5..], "a range from 5 to u64::MAX is the rest");
         }
         b.delete(&id).await.expect("delete");
     }

@@ -178,7 +178,8 @@ impl Blobs for FsBlobs {
             Err(e) => return Err(e.into()),
         };
         let (start, len) = match range {
-            Some((first, last)) if last >= first => (first, last - first + 1),
+            // Saturating: a range to `u64::MAX` means "to the end".
+            Some((first, last)) if last >= first => (first, (last - first).saturating_add(1)),
             Some(_) => (0, 0),
             None => (0, u64::MAX),
         };

@@ -97,7 +97,7 @@ pub trait Blobs: Send + Sync + 'static {
 
     /// The bytes `first..=last` of blob `id` (all of it when `range` is `None`), as a
     /// stream. [`BlobError::NotFound`] if there is no such blob. A range past the end is
-    /// cut at the end.
+    /// cut at the end (`last = u64::MAX` means "to the end").
     async fn get_range(&self, id: &str, range: Option<(u64, u64)>)
     -> Result<ByteStream, BlobError>;
 

@@ -100,6 +100,11 @@ fn s3_err(e: StoreError) -> S3Error {
             tracing::error!(error = %e, "s3 request failed");
             return s3_error!(InternalError);
         }
+        // Damaged bytes at rest: the store logged the object and blob; never served.
+        StoreError::Corrupt(_) => {
+            tracing::error!(error = %e, "s3 request refused: the object's stored bytes are damaged");
+            return s3_error!(InternalError);
+        }
     };
     S3Error::with_message(code, e.to_string())
 }

@@ -7,7 +7,11 @@
 //! stream's (every record of the log against its checksum, every shard's counters) and the
 //! blob engine's (`Blobs::check`: an S3 bucket answers a listing; a blob directory exists and
 //! takes a file), and the data directory's permissions (private to its owner, see
-//! `datadir`). Prints what it found; fails (non-zero exit) if anything is wrong.
+//! `datadir`). With `--deep`, it also reads every object's bytes, streamed, and checks them
+//! against the checksum written with them (`EmbeddedStore::scrub`: SHA-256 of objects, MD5
+//! of stored parts), naming each damaged or missing blob; without it, no object is read, so
+//! the doctor stays fast whatever the store holds. Prints what it found; fails (non-zero
+//! exit) if anything is wrong.
 
 use anyhow::{Context, Result, bail};
 use sluice_meta::Meta;
@@ -16,7 +20,7 @@ use sluice_stream::embedded::EmbeddedStream;
 use crate::config::Settings;
 use crate::wiring::shown_url;
 
-pub(crate) fn run(settings: &Settings, stuck_after_secs: u64) -> Result<()> {
+pub(crate) fn run(settings: &Settings, stuck_after_secs: u64, deep: bool) -> Result<()> {
     let shown = shown_url(&settings.meta);
     let db = match settings.sqlite_path() {
         Some(path) => {
@@ -116,16 +120,46 @@ pub(crate) fn run(settings: &Settings, stuck_after_secs: u64) -> Result<()> {
         }
     }
 
-    let checked = match blobs {
-        Ok(b) => rt.block_on(b.check()),
-        Err(e) => Err(e),
+    let checked = match &blobs {
+        Ok(b) => rt.block_on(b.check()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
     };
+    let blobs_usable = checked.is_ok();
     match checked {
         Ok(()) => outln!("blobs check: ok"),
         Err(e) => {
             outln!("blobs check: failed: {e}");
             problems += 1;
         }
+    }
+
+    match blobs {
+        Ok(b) if deep && blobs_usable => {
+            let store = sluice_store::embedded::EmbeddedStore::new(db.clone(), b);
+            match rt.block_on(store.scrub()) {
+                Ok(report) => {
+                    let read = format!(
+                        "{} objects and {} stored parts, {} bytes, read and checked against their checksums",
+                        report.objects, report.parts, report.bytes
+                    );
+                    if report.problems.is_empty() {
+                        outln!("deep check: ok ({read})");
+                    } else {
+                        outln!("deep check: {} problems ({read})", report.problems.len());
+                        for p in &report.problems {
+                            outln!("  problem: {p}");
+                        }
+                        problems += report.problems.len();
+                    }
+                }
+                Err(e) => {
+                    outln!("deep check: failed to run: {e}");
+                    problems += 1;
+                }
+            }
+        }
+        _ if deep => outln!("deep check: not run (the blob engine cannot be used)"),
+        _ => outln!("deep check: not run (sluice doctor --deep reads every object's bytes)"),
     }
     if problems > 0 {
         bail!(

@@ -91,6 +91,11 @@ enum Command {
         /// reported (the processor is down or behind, or its outcome was lost).
         #[arg(long, default_value_t = 900, value_name = "SECS")]
         stuck_after: u64,
+        /// Also read every object's bytes (and every stored part of multipart uploads in
+        /// progress) and check them against the checksum written with them; reports damaged
+        /// and missing blobs. Reads all the data once, so it takes as long as that.
+        #[arg(long)]
+        deep: bool,
     },
 }
 
@@ -266,7 +271,7 @@ fn run(cli: Cli) -> Result<()> {
             lines,
             json,
         } => mapping_cmd::logs(&settings, &mapping, follow, lines, json),
-        Command::Doctor { stuck_after } => doctor::run(&settings, stuck_after),
+        Command::Doctor { stuck_after, deep } => doctor::run(&settings, stuck_after, deep),
         Command::Info { json } => {
             let info = wiring::info(&settings)?;
             if json {

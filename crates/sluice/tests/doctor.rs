@@ -1,12 +1,14 @@
 //! `sluice doctor` against a real data directory: a healthy one passes, one with a flipped
-//! byte inside a stream record fails loudly and names the record.
+//! byte inside a stream record fails loudly and names the record; one with a flipped byte
+//! inside an object's blob is refused by every read (API and S3) and named by
+//! `doctor --deep`.
 
 mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{DataDir, Server, bin, store_url_of};
+use common::{DataDir, Server, aws_as, bin, meta_read, store_url_of};
 
 fn doctor(data_dir: &Path) -> Output {
     doctor_with(data_dir, &[])
@@ -371,4 +373,185 @@ fn doctor_lists_acknowledged_uploads_left_unfinished() {
     server.stop();
     let out = doctor(&dir.0);
     assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+/// A byte of an object's blob file flipped while the server is stopped (the file engine, as
+/// a rotting disk would): the object is never served whole — the API's download and S3's
+/// GetObject fail instead of answering a clean 200 with the bad bytes (a 500 when the
+/// damage is found before anything was sent), and the server logs the damaged object — and
+/// `doctor --deep` names it and fails, while plain `doctor` stays fast and `--deep` passes
+/// an undamaged data directory.
+#[test]
+fn a_flipped_blob_byte_is_never_served_and_doctor_deep_names_it() {
+    let dir = DataDir::new("doctor-deep");
+    if !store_url_of(&dir.0).starts_with("file://") {
+        eprintln!("skipped: this test damages blob files of the file engine");
+        return;
+    }
+    let server = Server::start(&dir.0);
+    server.create_user("deep@example.com");
+    let token = server.id_token("deep@example.com");
+    let access: serde_json::Value =
+        serde_json::from_str(&server.cli(&["keys", "create"])).expect("keys create");
+    let access = (
+        access["accessKeyId"].as_str().expect("id").to_owned(),
+        access["secretAccessKey"]
+            .as_str()
+            .expect("secret")
+            .to_owned(),
+    );
+    let out_file = dir.0.join("got.bin");
+    let s3_get = |edge: &str, bucket: &str, key: &str| {
+        let _ = std::fs::remove_file(&out_file);
+        let (ok, _, err) = aws_as(
+            (&access.0, &access.1),
+            &[
+                "--endpoint-url",
+                edge,
+                "s3api",
+                "get-object",
+                "--bucket",
+                bucket,
+                "--key",
+                key,
+                out_file.to_str().expect("path"),
+            ],
+        );
+        (ok, std::fs::read(&out_file).unwrap_or_default(), err)
+    };
+
+    // Two uploads: 1 MiB (several chunks of a blob read) and 100 kB (one chunk).
+    struct Stored {
+        id: String,
+        bucket: String,
+        key: String,
+        content: Vec<u8>,
+        blob: String,
+    }
+    let mut stored = Vec::new();
+    for (name, size) in [("deep.bin", 1usize << 20), ("one-chunk.bin", 100_000)] {
+        let content: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let resp = server
+            .http
+            .post(format!("{}/uploads?filename={name}", server.api))
+            .bearer_auth(&token)
+            .header("Content-Type", "application/octet-stream")
+            .body(content.clone())
+            .send()
+            .expect("raw upload");
+        assert_eq!(resp.status(), 200);
+        let v: serde_json::Value = resp.json().expect("json");
+        let id = v["uploadId"].as_str().expect("uploadId").to_owned();
+        let status = server.wait_final(&token, &id);
+        let bucket = status["s3"]["bucket"].as_str().expect("bucket").to_owned();
+        let key = status["s3"]["key"].as_str().expect("key").to_owned();
+        let (code, got) = server.get_bytes(&token, &format!("/uploads/{id}/content"));
+        assert!(code == 200 && got == content, "intact before the damage");
+        let (ok, got, err) = s3_get(&server.edge, &bucket, &key);
+        assert!(
+            ok && got == content,
+            "S3 GetObject of the intact object: {err}"
+        );
+        let (b, k) = (bucket.clone(), key.clone());
+        let blob: String = meta_read(&dir.0, move |c| {
+            c.query_row(
+                "SELECT blob FROM objects WHERE bucket = ?1 AND key = ?2",
+                sluice_meta::params![b, k],
+                |r| r.get(0),
+            )
+        })
+        .expect("the object's blob");
+        stored.push(Stored {
+            id,
+            bucket,
+            key,
+            content,
+            blob,
+        });
+    }
+
+    // Healthy, read deeply while the server runs (read-only).
+    let out = doctor_with(&dir.0, &["--deep"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("deep check: ok ("), "{stdout}");
+    let (api, edge) = (server.api.clone(), server.edge.clone());
+    server.stop();
+
+    // One byte of each upload's blob file flipped.
+    for s in &stored {
+        let path = dir.0.join("blobs").join(&s.blob[..2]).join(&s.blob);
+        let mut bytes = std::fs::read(&path).expect("read the blob file");
+        assert!(bytes == s.content, "the blob file holds the object's bytes");
+        let at = bytes.len() / 3;
+        bytes[at] ^= 0x01;
+        std::fs::write(&path, &bytes).expect("write the blob file");
+    }
+
+    // Plain doctor does not read objects; --deep does and names each damaged one.
+    let out = doctor(&dir.0);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("deep check: not run"));
+    let out = doctor_with(&dir.0, &["--deep"]);
+    let stdout = text(&out.stdout);
+    assert!(!out.status.success(), "a damaged blob must fail: {stdout}");
+    for s in &stored {
+        assert!(
+            stdout.contains(&format!(
+                "problem: object {}/{} (blob {}): its SHA-256 does not match",
+                s.bucket, s.key, s.blob
+            )),
+            "the damaged object is named: {stdout}"
+        );
+    }
+    assert!(stdout.contains("deep check: 2 problems"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("2 problems ("),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Served by neither edge: the transfer fails (or never starts) instead of a clean 200.
+    let server = Server::restart(&dir.0, &api, &edge);
+    for s in &stored {
+        let resp = server
+            .http
+            .get(format!("{}/uploads/{}/content", server.api, s.id))
+            .bearer_auth(&token)
+            .send();
+        match resp {
+            // Damage found before the answer started (the one-chunk object): a 500.
+            Ok(resp) if resp.status() != 200 => {
+                assert_eq!(resp.status(), 500, "{}", s.key);
+            }
+            // Found after: the body is cut short, never complete.
+            Ok(resp) => {
+                let body = resp.bytes();
+                assert!(body.is_err(), "{}: a clean 200 with damaged bytes", s.key);
+            }
+            // Or the connection closed before the head left the server's buffer.
+            Err(e) => assert!(s.content.len() > 256 * 1024, "{}: {e}", s.key),
+        }
+        let (ok, got, _) = s3_get(&server.edge, &s.bucket, &s.key);
+        assert!(!ok, "S3 GetObject of damaged {} must fail", s.key);
+        assert!(
+            got.len() < s.content.len(),
+            "no damaged copy was handed out whole"
+        );
+    }
+    let (code, _) = server.get_bytes(&token, &format!("/uploads/{}/content", stored[1].id));
+    assert_eq!(code, 500, "one chunk: refused before anything was sent");
+    let log = std::fs::read_to_string(dir.0.join("server.log")).expect("server log");
+    for s in &stored {
+        assert!(
+            log.contains("stored bytes are damaged") && log.contains(&s.blob),
+            "the server logs the damaged object and its blob"
+        );
+    }
+    server.stop();
 }

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use sluice_blobs::{BlobError, Blobs};
 use sluice_meta::{Meta, Migration, Tx, now_ms, params};
 
+use crate::verify::{Damage, Expected, Problem, ScrubReport, Subject, verified, verify_bytes};
 use crate::{
     BucketInfo, ByteRange, ByteStream, CopySource, MAX_PART_BYTES, MIN_PART_BYTES, MultipartInfo,
     NewObject, Object, ObjectInfo, ObjectStore, ObjectStream, PartInfo, PutOptions, SourceCheck,
@@ -168,6 +169,89 @@ fn hashing(body: ByteStream, hashes: Arc<Mutex<Hashes>>) -> ByteStream {
     }))
 }
 
+/// A body's failure as the store's error: damage found by a verified read
+/// ([`crate::verify`]) stays [`StoreError::Corrupt`], anything else is i/o.
+fn body_error(e: std::io::Error) -> StoreError {
+    match Damage::of(&e) {
+        Some(d) => StoreError::Corrupt(Box::new(d.clone())),
+        None => StoreError::Io(e),
+    }
+}
+
+/// A blob engine's error as the store's, keeping damage found while its body was read.
+fn blob_error(e: BlobError) -> StoreError {
+    match e {
+        BlobError::Body(io) => body_error(io),
+        other => other.into(),
+    }
+}
+
+/// Reads a whole stream into memory, refusing more than `max` bytes; damage found by a
+/// verified read is [`StoreError::Corrupt`].
+async fn collect(mut body: ByteStream, max: u64) -> Result<Bytes, StoreError> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| match Damage::of(&e) {
+            Some(d) => StoreError::Corrupt(Box::new(d.clone())),
+            None => BlobError::from(e).into(),
+        })?;
+        if (out.len() + chunk.len()) as u64 > max {
+            return Err(StoreError::Backend(format!(
+                "an object read into memory is larger than {max} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out.freeze())
+}
+
+/// `body` with its first chunk read now: a read that fails at once — an engine error, or
+/// damage found by a verified read of an object that fits in one chunk — is an error
+/// before anything is answered (a 500) rather than a response cut short. Holds one chunk.
+async fn read_ahead(mut body: ByteStream) -> Result<ByteStream, StoreError> {
+    match body.next().await {
+        None => Ok(Box::pin(futures_util::stream::empty())),
+        Some(Err(e)) => Err(match Damage::of(&e) {
+            Some(d) => StoreError::Corrupt(Box::new(d.clone())),
+            None => BlobError::from(e).into(),
+        }),
+        Some(Ok(first)) => Ok(Box::pin(
+            futures_util::stream::once(async move { Ok(first) }).chain(body),
+        )),
+    }
+}
+
+/// Whether the bytes `range` names are all of an object of `size` bytes: only such reads
+/// can be checked against the object's digest.
+fn covers_all(range: Option<(u64, u64)>, size: u64) -> bool {
+    match range {
+        None => true,
+        Some((first, last)) => first == 0 && last.saturating_add(1) >= size,
+    }
+}
+
+fn object_subject(bucket: &str, key: &str, blob: Option<&str>) -> Subject {
+    Subject {
+        bucket: bucket.to_owned(),
+        key: key.to_owned(),
+        part: None,
+        blob: blob.map(str::to_owned),
+    }
+}
+
+/// Rows [`EmbeddedStore::scrub`] reads at a time (inline objects come with their row: at
+/// most 64 × 64 KiB in memory).
+const SCRUB_PAGE: i64 = 64;
+
+/// What reading one object's (or part's) bytes whole found.
+enum Scrubbed {
+    /// Intact: this many bytes read and checked.
+    Ok(u64),
+    /// The blob is not there (the caller checks whether the row still names it).
+    Missing,
+    Problem(Problem),
+}
+
 impl EmbeddedStore {
     /// The store over metadata migrated with [`MIGRATIONS`] and a blob engine.
     pub fn new(db: Meta, blobs: Arc<dyn Blobs>) -> Self {
@@ -209,7 +293,7 @@ impl EmbeddedStore {
         let overflow = loop {
             match body.next().await {
                 None => return Ok(inline(head.freeze())),
-                Some(Err(e)) => return Err(StoreError::Io(e)),
+                Some(Err(e)) => return Err(body_error(e)),
                 Some(Ok(chunk)) if head.len() + chunk.len() > INLINE_MAX => break chunk,
                 Some(Ok(chunk)) => head.extend_from_slice(&chunk),
             }
@@ -225,7 +309,8 @@ impl EmbeddedStore {
         let id = sluice_blobs::new_id();
         self.blobs
             .put_stream(&id, hashing(body, hashes.clone()))
-            .await?;
+            .await
+            .map_err(blob_error)?;
         let h = std::mem::take(
             &mut *hashes
                 .lock()
@@ -292,6 +377,213 @@ impl EmbeddedStore {
         Ok(removed)
     }
 
+    /// Reads every object's bytes (and every stored part of the multipart uploads in
+    /// progress) whole and checks them against the digest written with them: the deep
+    /// check of `sluice doctor --deep`. Read-only; rows are read a page at a time and blobs
+    /// streamed, so memory stays bounded whatever the store holds. A blob that is missing
+    /// is reported only if its row still names it when it is found missing (an object
+    /// replaced meanwhile by a running server is not a problem). Fails only when an engine
+    /// cannot be used (unavailable, or the metadata cannot be read); what is wrong with
+    /// single objects is in the report.
+    pub async fn scrub(&self) -> Result<ScrubReport, StoreError> {
+        type ObjectRow = (String, String, i64, String, Option<Vec<u8>>, Option<String>);
+        let mut report = ScrubReport::default();
+        let (mut bucket, mut key) = (String::new(), String::new());
+        loop {
+            let (b, k) = (bucket.clone(), key.clone());
+            let page: Vec<ObjectRow> = self
+                .db
+                .read(move |c| {
+                    let rows = c.query_vec(
+                        "SELECT bucket, key, size, sha256, inline, blob FROM objects
+                         WHERE bucket > ?1 OR (bucket = ?1 AND key > ?2)
+                         ORDER BY bucket, key LIMIT ?3",
+                        params![b, k, SCRUB_PAGE],
+                        |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                            ))
+                        },
+                    )?;
+                    Ok::<_, StoreError>(rows)
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            (bucket, key) = (last.0.clone(), last.1.clone());
+            for (b, k, size, sha256, inline, blob) in page {
+                let subject = object_subject(&b, &k, blob.as_deref());
+                let Some(want) = Expected::sha256_hex(&sha256) else {
+                    report.problems.push(Problem::NoChecksum(subject, sha256));
+                    continue;
+                };
+                match self
+                    .scrub_one(subject.clone(), want, size as u64, inline)
+                    .await?
+                {
+                    Scrubbed::Ok(n) => report.bytes += n,
+                    Scrubbed::Problem(p) => report.problems.push(p),
+                    Scrubbed::Missing => {
+                        let (b, k) = (b.clone(), k.clone());
+                        let now: Option<Option<String>> = self
+                            .db
+                            .read(move |c| {
+                                Ok::<_, StoreError>(c.query_opt(
+                                    "SELECT blob FROM objects WHERE bucket = ?1 AND key = ?2",
+                                    params![b, k],
+                                    |r| r.get(0),
+                                )?)
+                            })
+                            .await?;
+                        if now.flatten() == blob {
+                            report.problems.push(Problem::Missing(subject));
+                        }
+                    }
+                }
+                report.objects += 1;
+            }
+        }
+
+        type PartRow = (
+            String,
+            u32,
+            i64,
+            String,
+            Option<Vec<u8>>,
+            Option<String>,
+            String,
+            String,
+        );
+        let (mut upload, mut number) = (String::new(), 0u32);
+        loop {
+            let (u, n) = (upload.clone(), number);
+            let page: Vec<PartRow> = self
+                .db
+                .read(move |c| {
+                    let rows = c.query_vec(
+                        "SELECT p.upload_id, p.part_number, p.size, p.etag, p.inline, p.blob,
+                                u.bucket, u.key
+                         FROM multipart_parts p
+                         JOIN multipart_uploads u ON u.upload_id = p.upload_id
+                         WHERE p.upload_id > ?1 OR (p.upload_id = ?1 AND p.part_number > ?2)
+                         ORDER BY p.upload_id, p.part_number LIMIT ?3",
+                        params![u, n, SCRUB_PAGE],
+                        |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                                r.get(6)?,
+                                r.get(7)?,
+                            ))
+                        },
+                    )?;
+                    Ok::<_, StoreError>(rows)
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            (upload, number) = (last.0.clone(), last.1);
+            for (u, n, size, etag, inline, blob, b, k) in page {
+                let subject = Subject {
+                    bucket: b,
+                    key: k,
+                    part: Some((u.clone(), n)),
+                    blob: blob.clone(),
+                };
+                let Some(want) = Expected::md5_hex(&etag) else {
+                    report.problems.push(Problem::NoChecksum(subject, etag));
+                    continue;
+                };
+                match self
+                    .scrub_one(subject.clone(), want, size as u64, inline)
+                    .await?
+                {
+                    Scrubbed::Ok(n) => report.bytes += n,
+                    Scrubbed::Problem(p) => report.problems.push(p),
+                    Scrubbed::Missing => {
+                        let now: Option<Option<String>> = self
+                            .db
+                            .read(move |c| {
+                                Ok::<_, StoreError>(c.query_opt(
+                                    "SELECT blob FROM multipart_parts
+                                     WHERE upload_id = ?1 AND part_number = ?2",
+                                    params![u, n],
+                                    |r| r.get(0),
+                                )?)
+                            })
+                            .await?;
+                        if now.flatten() == blob {
+                            report.problems.push(Problem::Missing(subject));
+                        }
+                    }
+                }
+                report.parts += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Reads the bytes `subject` names whole (from `inline`, or streamed from its blob)
+    /// and checks them against `want` and `size`. `Err` only when the blob engine is
+    /// unavailable (the rest of the check would fail the same way).
+    async fn scrub_one(
+        &self,
+        subject: Subject,
+        want: Expected,
+        size: u64,
+        inline: Option<Vec<u8>>,
+    ) -> Result<Scrubbed, StoreError> {
+        if let Some(bytes) = inline {
+            return Ok(match verify_bytes(&bytes, want, size, &subject) {
+                Ok(()) => Scrubbed::Ok(bytes.len() as u64),
+                Err(d) => Scrubbed::Problem(Problem::Damaged(*d)),
+            });
+        }
+        let Some(blob) = subject.blob.clone() else {
+            // No bytes stored: right only for an empty object.
+            return Ok(if size == 0 {
+                Scrubbed::Ok(0)
+            } else {
+                Scrubbed::Problem(Problem::Damaged(Damage {
+                    subject,
+                    detail: format!("holds no bytes where {size} were written"),
+                }))
+            });
+        };
+        let body = match self.blobs.get_range(&blob, None).await {
+            Ok(body) => body,
+            Err(BlobError::NotFound(_)) => return Ok(Scrubbed::Missing),
+            Err(e) if e.is_unavailable() => return Err(e.into()),
+            Err(e) => {
+                return Ok(Scrubbed::Problem(Problem::Unreadable(
+                    subject,
+                    e.to_string(),
+                )));
+            }
+        };
+        let mut body = verified(body, want, size, subject.clone());
+        let mut read = 0u64;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => read += c.len() as u64,
+                Err(e) => {
+                    return Ok(Scrubbed::Problem(match Damage::of(&e) {
+                        Some(d) => Problem::Damaged(d.clone()),
+                        None => Problem::Unreadable(subject, e.to_string()),
+                    }));
+                }
+            }
+        }
+        Ok(Scrubbed::Ok(read))
+    }
+
     /// An object's row: its metadata and where its bytes are (inline, or a blob).
     async fn object_row(
         &self,
@@ -333,8 +625,18 @@ impl EmbeddedStore {
         for _ in 0..4 {
             let (info, inline, blob) = self.object_row(bucket, key).await?;
             let span = range.map(|r| (r.first, r.last));
+            // Reads of the whole object are checked against its SHA-256 (crate::verify).
+            let expected = if covers_all(span, info.size) {
+                Expected::sha256_hex(&info.sha256)
+            } else {
+                None
+            };
             match (inline, blob) {
                 (Some(bytes), _) => {
+                    if let Some(want) = expected {
+                        verify_bytes(&bytes, want, info.size, &object_subject(bucket, key, None))
+                            .map_err(StoreError::Corrupt)?;
+                    }
                     let bytes = Bytes::from(bytes);
                     let part = match span {
                         Some((first, last)) => {
@@ -348,7 +650,18 @@ impl EmbeddedStore {
                     return Ok((info, sluice_blobs::once(part)));
                 }
                 (None, Some(id)) => match self.blobs.get_range(&id, span).await {
-                    Ok(body) => return Ok((info, body)),
+                    Ok(body) => {
+                        let body = match expected {
+                            Some(want) => verified(
+                                body,
+                                want,
+                                info.size,
+                                object_subject(bucket, key, Some(&id)),
+                            ),
+                            None => body,
+                        };
+                        return Ok((info, read_ahead(body).await?));
+                    }
                     // Replaced (and its blob deleted) meanwhile: read the row again.
                     Err(BlobError::NotFound(_)) => continue,
                     Err(e) => return Err(e.into()),
@@ -484,7 +797,7 @@ impl EmbeddedStore {
             }
             chosen.push(part.clone());
         }
-        let prepared = self.assemble(&chosen).await?;
+        let prepared = self.assemble(&upload, &chosen).await?;
         Ok(AssembledMultipart {
             upload,
             prepared,
@@ -497,7 +810,14 @@ impl EmbeddedStore {
 
     /// Concatenates parts into one prepared object with S3's multipart ETag
     /// (`hex(md5(md5(part1) ‖ … ‖ md5(partN)))-N`), streaming each part's bytes in turn.
-    async fn assemble(&self, parts: &[StoredPart]) -> Result<Prepared, StoreError> {
+    /// Each part is checked against its MD5 (its ETag) as it passes, so a damaged part
+    /// fails the completion ([`StoreError::Corrupt`]) instead of becoming an object whose
+    /// fresh SHA-256 would vouch for the damage.
+    async fn assemble(
+        &self,
+        upload: &MultipartInfo,
+        parts: &[StoredPart],
+    ) -> Result<Prepared, StoreError> {
         let total: u64 = parts.iter().map(|p| p.size).sum();
         let mut md5s = Vec::with_capacity(parts.len() * 16);
         for p in parts {
@@ -508,17 +828,37 @@ impl EmbeddedStore {
         let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), parts.len());
         let blobs = self.blobs.clone();
         let sources = parts.to_vec();
+        let upload = upload.clone();
         let body: ByteStream = Box::pin(
             futures_util::stream::iter(sources)
                 .then(move |p| {
                     let blobs = blobs.clone();
+                    let subject = Subject {
+                        bucket: upload.bucket.clone(),
+                        key: upload.key.clone(),
+                        part: Some((upload.upload_id.clone(), p.number)),
+                        blob: p.blob.clone(),
+                    };
                     async move {
+                        let want = Expected::md5_hex(&p.etag);
                         match (p.inline, p.blob) {
-                            (Some(bytes), _) => Ok(sluice_blobs::once(Bytes::from(bytes))),
-                            (None, Some(blob)) => blobs
-                                .get_range(&blob, None)
-                                .await
-                                .map_err(|e| std::io::Error::other(e.to_string())),
+                            (Some(bytes), _) => {
+                                if let Some(want) = want {
+                                    verify_bytes(&bytes, want, p.size, &subject)
+                                        .map_err(|d| d.into_io())?;
+                                }
+                                Ok::<_, std::io::Error>(sluice_blobs::once(Bytes::from(bytes)))
+                            }
+                            (None, Some(blob)) => {
+                                let body = blobs
+                                    .get_range(&blob, None)
+                                    .await
+                                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                                Ok(match want {
+                                    Some(want) => verified(body, want, p.size, subject),
+                                    None => body,
+                                })
+                            }
                             (None, None) => Ok(sluice_blobs::once(Bytes::new())),
                         }
                     }
@@ -528,7 +868,7 @@ impl EmbeddedStore {
         let mut prepared = if total as usize > INLINE_MAX {
             self.write_blob(body).await?
         } else {
-            let bytes = sluice_blobs::collect(body, INLINE_MAX as u64).await?;
+            let bytes = collect(body, INLINE_MAX as u64).await?;
             self.prepare(bytes).await?
         };
         if prepared.size != total {
@@ -1062,8 +1402,24 @@ impl ObjectStore for EmbeddedStore {
                     max: MAX_PART_BYTES,
                 });
             }
+            // A copy of the whole source is checked against its SHA-256 on the way, so
+            // damage is refused rather than copied under a fresh digest; a range cannot be.
+            let expected = if start == 0 && len == info.size {
+                Expected::sha256_hex(&info.sha256)
+            } else {
+                None
+            };
             match (inline, blob) {
                 (Some(bytes), _) => {
+                    if let Some(want) = expected {
+                        verify_bytes(
+                            &bytes,
+                            want,
+                            info.size,
+                            &object_subject(source.bucket, source.key, None),
+                        )
+                        .map_err(StoreError::Corrupt)?;
+                    }
                     let bytes = Bytes::from(bytes);
                     let end = start + len;
                     if end > bytes.len() as u64 {
@@ -1087,6 +1443,15 @@ impl ObjectStore for EmbeddedStore {
                         .await
                     {
                         Ok(body) => {
+                            let body = match expected {
+                                Some(want) => verified(
+                                    body,
+                                    want,
+                                    info.size,
+                                    object_subject(source.bucket, source.key, Some(&name)),
+                                ),
+                                None => body,
+                            };
                             let p = self.prepare_stream(body).await?;
                             if p.size != len {
                                 self.discard_blobs(
@@ -1307,7 +1672,7 @@ impl ObjectStore for EmbeddedStore {
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError> {
         let (info, body) = self.open_object(bucket, key, None).await?;
-        let body = sluice_blobs::collect(body, info.size).await?;
+        let body = collect(body, info.size).await?;
         Ok(Object { info, body })
     }
 
@@ -1336,10 +1701,22 @@ impl ObjectStore for EmbeddedStore {
             out.push(match row {
                 None => Err(StoreError::NoSuchKey { bucket, key }),
                 // Small objects come with their row; a large one is read from its blob.
-                Some((info, Some(bytes))) => Ok(Object {
-                    info,
-                    body: Bytes::from(bytes),
-                }),
+                Some((info, Some(bytes))) => {
+                    match Expected::sha256_hex(&info.sha256).map(|want| {
+                        verify_bytes(
+                            &bytes,
+                            want,
+                            info.size,
+                            &object_subject(&bucket, &key, None),
+                        )
+                    }) {
+                        Some(Err(damage)) => Err(StoreError::Corrupt(damage)),
+                        _ => Ok(Object {
+                            info,
+                            body: Bytes::from(bytes),
+                        }),
+                    }
+                }
                 Some(_) => self.get(&bucket, &key).await,
             });
         }
@@ -1872,5 +2249,346 @@ mod tests {
                 .await,
             Err(StoreError::NoSuchBucket(_))
         ));
+    }
+
+    /// A blob engine that, for blobs marked damaged, hands out their bytes with the one at
+    /// [`FLIPPED_AT`] flipped, as a disk that rots would: over whichever engine the tests
+    /// run on (`SLUICE_TEST_STORE`).
+    struct Rotting {
+        inner: Arc<dyn Blobs>,
+        damaged: Arc<Mutex<std::collections::HashSet<String>>>,
+    }
+
+    const FLIPPED_AT: u64 = 70_000;
+
+    #[async_trait]
+    impl Blobs for Rotting {
+        async fn put_stream(&self, id: &str, body: ByteStream) -> Result<u64, BlobError> {
+            self.inner.put_stream(id, body).await
+        }
+        async fn get_range(
+            &self,
+            id: &str,
+            range: Option<(u64, u64)>,
+        ) -> Result<ByteStream, BlobError> {
+            let body = self.inner.get_range(id, range).await?;
+            let damaged = self.damaged.lock().map(|d| d.contains(id)).unwrap_or(false);
+            if !damaged {
+                return Ok(body);
+            }
+            let mut at = range.map_or(0, |r| r.0);
+            Ok(Box::pin(body.map_ok(move |chunk| {
+                let start = at;
+                at += chunk.len() as u64;
+                if (start..at).contains(&FLIPPED_AT) {
+                    let mut v = chunk.to_vec();
+                    v[(FLIPPED_AT - start) as usize] ^= 0x01;
+                    Bytes::from(v)
+                } else {
+                    chunk
+                }
+            })))
+        }
+        async fn delete(&self, id: &str) -> Result<(), BlobError> {
+            self.inner.delete(id).await
+        }
+        async fn list(
+            &self,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<sluice_blobs::BlobEntry>, BlobError> {
+            self.inner.list(after, limit).await
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+
+    /// A store whose blobs can be damaged: `damage(id)` marks one.
+    async fn open_rotting() -> (
+        EmbeddedStore,
+        impl Fn(&str, bool),
+        sluice_meta::conformance::TestEngines,
+    ) {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("store", MIGRATIONS);
+        let damaged = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let blobs = Arc::new(Rotting {
+            inner: sluice_blobs::conformance::test_blobs(&engines.dir().join("blobs")),
+            damaged: damaged.clone(),
+        });
+        let s = EmbeddedStore::new(db, blobs);
+        s.ensure_bucket("b-1").await.expect("bucket");
+        let mark = move |id: &str, on: bool| {
+            let mut d = damaged.lock().expect("lock");
+            if on {
+                d.insert(id.to_owned());
+            } else {
+                d.remove(id);
+            }
+        };
+        (s, mark, engines)
+    }
+
+    async fn blob_of(s: &EmbeddedStore, key: &str) -> String {
+        let key = key.to_owned();
+        s.db.read(move |c| {
+            c.query_row(
+                "SELECT blob FROM objects WHERE bucket = 'b-1' AND key = ?1",
+                params![key],
+                |r| r.get::<String>(0),
+            )
+        })
+        .await
+        .expect("blob of the object")
+    }
+
+    /// The bytes a stream gave before it failed, and its error.
+    async fn drain(mut body: ByteStream) -> (usize, Option<std::io::Error>) {
+        let mut n = 0;
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(c) => n += c.len(),
+                Err(e) => return (n, Some(e)),
+            }
+        }
+        (n, None)
+    }
+
+    #[tokio::test]
+    async fn damaged_blobs_are_refused_by_every_whole_read() {
+        let (s, damage, _engines) = open_rotting().await;
+        // Larger than one chunk of the file engine (256 KiB), flipped in the first.
+        let data = Bytes::from((0..300_000).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        s.put("b-1", "big", data.clone(), PutOptions::default())
+            .await
+            .expect("put");
+        let blob = blob_of(&s, "big").await;
+        assert_eq!(s.get("b-1", "big").await.expect("intact").body, data);
+        assert!(s.scrub().await.expect("scrub").problems.is_empty());
+        damage(&blob, true);
+
+        // In memory (the processor's reads): refused.
+        let err = s.get("b-1", "big").await.expect_err("damaged");
+        assert!(
+            matches!(&err, StoreError::Corrupt(d) if d.subject.blob.as_deref() == Some(blob.as_str())),
+            "{err:?}"
+        );
+        let many = s
+            .get_many(vec![("b-1".into(), "big".into())])
+            .await
+            .expect("get_many");
+        assert!(matches!(many[0], Err(StoreError::Corrupt(_))));
+
+        // Streamed: fails before the last chunk, so the reader never has every byte (or,
+        // when the first chunk already fails, before anything is answered).
+        let streamed = |range| {
+            let s = s.clone();
+            async move {
+                match s.get_stream("b-1", "big", range).await {
+                    Err(StoreError::Corrupt(_)) => 0,
+                    Err(e) => panic!("{e:?}"),
+                    Ok(obj) => {
+                        let (n, err) = drain(obj.body).await;
+                        let err = err.expect("the stream fails");
+                        assert!(crate::verify::Damage::of(&err).is_some(), "{err}");
+                        assert!((n as u64) < obj.info.size, "{n} of {}", obj.info.size);
+                        n
+                    }
+                }
+            }
+        };
+        let sent = streamed(None).await;
+        if s.blobs.describe().starts_with("file://") {
+            assert_eq!(
+                sent,
+                256 * 1024,
+                "the file engine's first chunk, not the second"
+            );
+        }
+        // An object that fits in one chunk fails before anything is answered.
+        let one = Bytes::from(vec![3u8; 100_000]);
+        s.put("b-1", "one", one, PutOptions::default())
+            .await
+            .expect("put");
+        damage(&blob_of(&s, "one").await, true);
+        if s.blobs.describe().starts_with("file://") {
+            assert!(matches!(
+                s.get_stream("b-1", "one", None).await,
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+        s.delete("b-1", "one").await.expect("delete");
+        // A range covering the whole object is a whole read; other ranges cannot be checked.
+        let whole = ByteRange {
+            first: 0,
+            last: u64::MAX,
+        };
+        streamed(Some(whole)).await;
+        let part = ByteRange {
+            first: 10,
+            last: 20,
+        };
+        let obj = s.get_stream("b-1", "big", Some(part)).await.expect("opens");
+        let (n, err) = drain(obj.body).await;
+        assert!(n == 11 && err.is_none(), "{n} {err:?}");
+
+        // Copies refuse damage instead of storing it under a fresh digest.
+        let blobs = blob_count(&s).await;
+        if let Ok(src) = s.get_stream("b-1", "big", None).await {
+            let err = s
+                .put_stream("b-1", "copy", src.body, PutOptions::default())
+                .await
+                .expect_err("copy of a damaged object");
+            assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        }
+        let id = s
+            .create_multipart("b-1", "mp", PutOptions::default())
+            .await
+            .expect("create");
+        let whole_source = CopySource {
+            bucket: "b-1",
+            key: "big",
+            range: None,
+        };
+        let err = s
+            .upload_part_copy(&id, 1, whole_source, &|_| Ok(()))
+            .await
+            .expect_err("part copy of a damaged object");
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert_eq!(blob_count(&s).await, blobs, "nothing kept of the copies");
+
+        // The deep check names it.
+        let report = s.scrub().await.expect("scrub");
+        assert_eq!(report.objects, 1);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        let shown = report.problems[0].to_string();
+        assert!(
+            shown.contains("object b-1/big") && shown.contains(&blob) && shown.contains("SHA-256"),
+            "{shown}"
+        );
+        damage(&blob, false);
+        assert_eq!(s.get("b-1", "big").await.expect("intact again").body, data);
+    }
+
+    #[tokio::test]
+    async fn damaged_inline_objects_and_missing_blobs_are_found() {
+        let (s, _d) = open().await;
+        s.put(
+            "b-1",
+            "small",
+            Bytes::from_static(b"hello"),
+            PutOptions::default(),
+        )
+        .await
+        .expect("put");
+        s.put("b-1", "empty", Bytes::new(), PutOptions::default())
+            .await
+            .expect("put");
+        let big = Bytes::from(vec![5u8; INLINE_MAX + 1]);
+        s.put("b-1", "big", big, PutOptions::default())
+            .await
+            .expect("put");
+        let healthy = s.scrub().await.expect("scrub");
+        assert_eq!((healthy.objects, healthy.problems.len()), (3, 0));
+        assert_eq!(healthy.bytes, 5 + INLINE_MAX as u64 + 1);
+
+        // A flipped byte in the row's inline bytes (below the engine, as a disk would).
+        s.db.write(|c| {
+            c.execute(
+                "UPDATE objects SET inline = ?1 WHERE bucket = 'b-1' AND key = 'small'",
+                params![&b"hellp"[..]],
+            )
+        })
+        .await
+        .expect("damage");
+        assert!(matches!(
+            s.get("b-1", "small").await,
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            s.get_stream("b-1", "small", None).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        let many = s
+            .get_many(vec![("b-1".into(), "small".into())])
+            .await
+            .expect("get_many");
+        assert!(matches!(many[0], Err(StoreError::Corrupt(_))));
+        // A range of it is served (ranges are not verified).
+        let r = ByteRange { first: 0, last: 1 };
+        assert!(s.get_stream("b-1", "small", Some(r)).await.is_ok());
+
+        // A blob that is gone.
+        let blob = blob_of(&s, "big").await;
+        s.blobs.delete(&blob).await.expect("delete");
+        let report = s.scrub().await.expect("scrub");
+        let shown: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown
+                .iter()
+                .any(|p| p.contains("object b-1/small (inline)")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|p| p.contains(&blob) && p.ends_with("its blob is missing")),
+            "{shown:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_damaged_part_fails_its_completion_and_the_deep_check() {
+        let (s, damage, _engines) = open_rotting().await;
+        let id = s
+            .create_multipart("b-1", "mp", PutOptions::default())
+            .await
+            .expect("create");
+        let p1 = Bytes::from(vec![1u8; MIN_PART_BYTES as usize]);
+        let e1 = s.upload_part(&id, 1, p1).await.expect("part 1");
+        let e2 = s
+            .upload_part(&id, 2, Bytes::from_static(b"tail"))
+            .await
+            .expect("part 2");
+        let report = s.scrub().await.expect("scrub");
+        assert_eq!((report.parts, report.problems.len()), (2, 0));
+        let part_blob: String = {
+            let id = id.clone();
+            s.db.read(move |c| {
+                c.query_row(
+                    "SELECT blob FROM multipart_parts WHERE upload_id = ?1 AND part_number = 1",
+                    params![id],
+                    |r| r.get(0),
+                )
+            })
+            .await
+            .expect("part blob")
+        };
+        damage(&part_blob, true);
+        let report = s.scrub().await.expect("scrub");
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        assert!(
+            report.problems[0]
+                .to_string()
+                .starts_with(&format!("part 1 of upload {id} (b-1/mp)")),
+            "{}",
+            report.problems[0]
+        );
+        let blobs = blob_count(&s).await;
+        let err = s
+            .complete_multipart(&id, vec![(1, e1.clone()), (2, e2.clone())])
+            .await
+            .expect_err("a damaged part");
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert_eq!(blob_count(&s).await, blobs, "the assembled blob is deleted");
+        damage(&part_blob, false);
+        s.complete_multipart(&id, vec![(1, e1), (2, e2)])
+            .await
+            .expect("the upload is still completable");
+        let report = s.scrub().await.expect("scrub");
+        assert_eq!((report.objects, report.parts), (1, 0));
+        assert!(report.problems.is_empty());
     }
 }

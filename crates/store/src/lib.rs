@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod embedded;
+pub mod verify;
 
 /// A body that arrives or leaves in chunks (an HTTP request body, one part of a form, an
 /// object being read): never held whole in memory.
@@ -54,6 +55,12 @@ pub enum StoreError {
     /// The blob engine failed (full, unavailable, …: see [`sluice_blobs::BlobError`]).
     #[error("{0}")]
     Blobs(sluice_blobs::BlobError),
+    /// Stored bytes do not match the digest written with them (or their recorded size):
+    /// they are refused, never served ([`verify`]). A server error (500), not a client's:
+    /// no replica engine exists that could serve the object instead (when one does, this
+    /// becomes a 503 while it can).
+    #[error("stored bytes are damaged: {0}")]
+    Corrupt(Box<verify::Damage>),
 }
 
 impl From<sluice_blobs::BlobError> for StoreError {
@@ -242,7 +249,8 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: ByteStream,
         opts: PutOptions,
     ) -> Result<ObjectInfo, StoreError>;
-    /// The whole object, in memory: for small objects only (use
+    /// The whole object, in memory, checked against its digest ([`StoreError::Corrupt`]
+    /// when damaged): for small objects only (use
     /// [`get_stream`](Self::get_stream) for anything a client sent).
     async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError>;
     /// Several whole objects (as [`get`](Self::get)), each found or not on its own, read
@@ -258,7 +266,10 @@ pub trait ObjectStore: Send + Sync + 'static {
         Ok(out)
     }
     /// The object's metadata and the bytes `range` names (all of them when `None`; a range
-    /// past the end is cut at the end), streamed: only the range is read.
+    /// past the end is cut at the end), streamed: only the range is read. A read of the
+    /// whole object is checked against the digest written with it: damage is
+    /// [`StoreError::Corrupt`], or — found after the first chunk — an error item in place
+    /// of the chunk that would complete the object (see [`verify`]). Ranges are not checked.
     async fn get_stream(
         &self,
         bucket: &str,
