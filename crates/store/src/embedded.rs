@@ -1311,10 +1311,10 @@ impl ObjectStore for EmbeddedStore {
         Ok(Object { info, body })
     }
 
-    async fn get_many(
+    async fn open_many(
         &self,
         keys: Vec<(String, String)>,
-    ) -> Result<Vec<Result<Object, StoreError>>, StoreError> {
+    ) -> Result<Vec<Result<ObjectStream, StoreError>>, StoreError> {
         let wanted = keys.clone();
         let rows = self
             .db
@@ -1335,12 +1335,13 @@ impl ObjectStore for EmbeddedStore {
         for ((bucket, key), row) in keys.into_iter().zip(rows) {
             out.push(match row {
                 None => Err(StoreError::NoSuchKey { bucket, key }),
-                // Small objects come with their row; a large one is read from its blob.
-                Some((info, Some(bytes))) => Ok(Object {
+                // Small objects come with their row; a large one is streamed from its blob
+                // (opened now, read as the caller reads).
+                Some((info, Some(bytes))) => Ok(ObjectStream {
                     info,
-                    body: Bytes::from(bytes),
+                    body: sluice_blobs::once(Bytes::from(bytes)),
                 }),
-                Some(_) => self.get(&bucket, &key).await,
+                Some(_) => self.get_stream(&bucket, &key, None).await,
             });
         }
         Ok(out)
