@@ -320,3 +320,79 @@ fn fault_two_gib_over_the_s3_edge_stays_within_the_memory_bound() {
     assert_bounded(pid, idle, "ranged GET");
     server.stop();
 }
+
+/// The upload's status, once final (processed or failed).
+fn wait_final(server: &Server, token: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, v) = server.status(token, id);
+        assert_eq!(code, 200, "{v}");
+        if v["status"] == "processed" || v["status"] == "failed" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{id} never finished: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_object_over_an_in_memory_functions_limit_fails_its_upload_and_the_next_ones_process() {
+    let dir = DataDir::new("bounded-limit");
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[("SLUICE_BUILTIN_MAPPING", "false")],
+    );
+    server.create_user("me@example.com");
+    let token = server.id_token("me@example.com");
+    // `manifest` reads its input whole: up to 32 MiB.
+    server.cli(&[
+        "mapping",
+        "create",
+        "--name",
+        "manifests",
+        "--function",
+        "builtin:manifest",
+        "--starting-position",
+        "TRIM_HORIZON",
+        "--maximum-retry-attempts",
+        "0",
+    ]);
+    let upload = |name: &str, body: reqwest::blocking::Body| -> String {
+        let resp = long_client()
+            .post(format!("{}/uploads?filename={name}", server.api))
+            .bearer_auth(&token)
+            .header("Content-Type", "application/octet-stream")
+            .body(body)
+            .send()
+            .expect("upload");
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().expect("json");
+        v["uploadId"].as_str().expect("uploadId").to_owned()
+    };
+    let over = 33 * MIB;
+    let first = upload("first.txt", b"before".to_vec().into());
+    let big = upload("big.bin", vec![b'x'; over as usize].into());
+    let next = upload("next.txt", b"after".to_vec().into());
+
+    let failed = wait_final(&server, &token, &big);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(
+        failed["error"],
+        format!(
+            "object is {over} bytes, more than the 33554432 bytes the manifest function reads \
+             into memory (use a streaming function for larger objects)"
+        ),
+        "{failed}"
+    );
+    for (id, size) in [(&first, 6), (&next, 5)] {
+        let done = wait_final(&server, &token, id);
+        assert_eq!(done["status"], "processed", "{done}");
+        let (code, bytes) = server.get_bytes(&token, &format!("/uploads/{id}/processed"));
+        assert_eq!(code, 200);
+        let manifest: Value = serde_json::from_slice(&bytes).expect("manifest json");
+        assert_eq!(manifest["size"], size, "{manifest}");
+    }
+    server.stop();
+}
