@@ -1156,3 +1156,114 @@ async fn object_functions_report_the_first_failure_in_sequence_order() {
     assert_eq!(out.body, Bytes::from("R39"));
     e.stop(handles).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_limits_fail_only_their_record_and_large_outputs_stream() {
+    use sluice_processor::functions::{BATCHED_OUTPUT_MAX, Manifest, Uppercase};
+    let e = env();
+    e.stream.create_stream("s", 1).await.expect("create");
+    e.stream.create_stream("t", 1).await.expect("create");
+    e.store.ensure_bucket("sluice").await.expect("bucket");
+    // Records 0 and 2 small, record 1 over the manifest's limit (and in a blob of its own),
+    // record 3 a large text whose output streams to the store (past what a batch gathers),
+    // record 4 a large text whose last byte is not UTF-8 (its output already streaming).
+    let big = 3 * BATCHED_OUTPUT_MAX;
+    let text: String = "straße 日本 ".chars().cycle().take(big).collect();
+    let mut bad = text.clone().into_bytes();
+    bad.push(0xff);
+    let bodies: Vec<Bytes> = vec![
+        Bytes::from("small"),
+        Bytes::from(vec![b'x'; 200 * 1024]),
+        Bytes::from("tiny"),
+        Bytes::from(text.clone()),
+        Bytes::from(bad.clone()),
+    ];
+    let mut data = Vec::new();
+    for (i, body) in bodies.into_iter().enumerate() {
+        e.store
+            .put("sluice", &format!("uploads/{i}"), body, Default::default())
+            .await
+            .expect("put");
+        data.push(format!(
+            r#"{{"bucket":"sluice","key":"uploads/{i}","uploadId":"u{i}"}}"#
+        ));
+    }
+    let refs: Vec<&str> = data.iter().map(String::as_str).collect();
+
+    // The manifest (an in-memory function) with a 100 KiB limit.
+    let seen = Arc::new(Seen::default());
+    let p = e.processor_with(seen.clone());
+    let mut m = MappingConfig::new("m", "s");
+    m.starting_position = StartingPosition::TrimHorizon;
+    m.set_maximum_retry_attempts(0).expect("retries");
+    let handles = p
+        .start(
+            m,
+            Arc::new(Manifest::with_limit(100 * 1024)),
+            e.shutdown.subscribe(),
+        )
+        .await
+        .expect("start");
+    let seqs = e.put_all("s", &refs[..3]).await;
+    let shard = sluice_stream::shard_id(0);
+    eventually_async("every manifest record done", || async {
+        e.checkpoint("m", &shard).await.as_deref() == seqs.last().map(String::as_str)
+    })
+    .await;
+    let log = seen.0.lock().expect("lock").clone();
+    let outcomes: Vec<&String> = log.iter().filter(|l| !l.starts_with("started")).collect();
+    assert_eq!(
+        outcomes,
+        [
+            "succeeded u0 sluice/processed/0.manifest.json",
+            "failed u1: object is 204800 bytes, more than the 102400 bytes the manifest \
+             function reads into memory (use a streaming function for larger objects)",
+            "succeeded u2 sluice/processed/2.manifest.json",
+        ],
+        "{log:?}"
+    );
+    assert!(matches!(
+        e.store.head("sluice", "processed/1.manifest.json").await,
+        Err(sluice_store::StoreError::NoSuchKey { .. })
+    ));
+
+    // Uppercase streams large objects both ways; a failure late in the output stores
+    // nothing and fails only its record.
+    let seen = Arc::new(Seen::default());
+    let p = e.processor_with(seen.clone());
+    let mut m = MappingConfig::new("u", "t");
+    m.starting_position = StartingPosition::TrimHorizon;
+    m.set_maximum_retry_attempts(0).expect("retries");
+    let more = p
+        .start(m, Arc::new(Uppercase), e.shutdown.subscribe())
+        .await
+        .expect("start");
+    let seqs = e.put_all("t", &[refs[3], refs[4], refs[0]]).await;
+    eventually_async("every uppercase record done", || async {
+        e.checkpoint("u", &shard).await.as_deref() == seqs.last().map(String::as_str)
+    })
+    .await;
+    let log = seen.0.lock().expect("lock").clone();
+    let outcomes: Vec<&String> = log.iter().filter(|l| !l.starts_with("started")).collect();
+    assert_eq!(outcomes.len(), 3, "{log:?}");
+    assert_eq!(outcomes[0], "succeeded u3 sluice/processed/3");
+    assert_eq!(
+        *outcomes[1],
+        format!(
+            "failed u4: content is not UTF-8 text (invalid byte at offset {})",
+            text.len()
+        )
+    );
+    assert_eq!(outcomes[2], "succeeded u0 sluice/processed/0");
+    let out = e.store.get("sluice", "processed/3").await.expect("output");
+    assert!(
+        out.body == text.to_uppercase().as_bytes(),
+        "large output differs"
+    );
+    assert!(matches!(
+        e.store.head("sluice", "processed/4").await,
+        Err(sluice_store::StoreError::NoSuchKey { .. })
+    ));
+    e.stop(handles).await;
+    e.stop(more).await;
+}

@@ -1676,10 +1676,10 @@ impl ObjectStore for EmbeddedStore {
         Ok(Object { info, body })
     }
 
-    async fn get_many(
+    async fn open_many(
         &self,
         keys: Vec<(String, String)>,
-    ) -> Result<Vec<Result<Object, StoreError>>, StoreError> {
+    ) -> Result<Vec<Result<ObjectStream, StoreError>>, StoreError> {
         let wanted = keys.clone();
         let rows = self
             .db
@@ -1700,7 +1700,9 @@ impl ObjectStore for EmbeddedStore {
         for ((bucket, key), row) in keys.into_iter().zip(rows) {
             out.push(match row {
                 None => Err(StoreError::NoSuchKey { bucket, key }),
-                // Small objects come with their row; a large one is read from its blob.
+                // Small objects come with their row (checked against their checksum); a
+                // large one is streamed from its blob (opened now, read as the caller reads,
+                // verified as it streams).
                 Some((info, Some(bytes))) => {
                     match Expected::sha256_hex(&info.sha256).map(|want| {
                         verify_bytes(
@@ -1711,13 +1713,13 @@ impl ObjectStore for EmbeddedStore {
                         )
                     }) {
                         Some(Err(damage)) => Err(StoreError::Corrupt(damage)),
-                        _ => Ok(Object {
+                        _ => Ok(ObjectStream {
                             info,
-                            body: Bytes::from(bytes),
+                            body: sluice_blobs::once(Bytes::from(bytes)),
                         }),
                     }
                 }
-                Some(_) => self.get(&bucket, &key).await,
+                Some(_) => self.get_stream(&bucket, &key, None).await,
             });
         }
         Ok(out)
@@ -2374,11 +2376,19 @@ mod tests {
             matches!(&err, StoreError::Corrupt(d) if d.subject.blob.as_deref() == Some(blob.as_str())),
             "{err:?}"
         );
-        let many = s
-            .get_many(vec![("b-1".into(), "big".into())])
+        // Opened for streaming (the processor's reads): refused, or a stream that fails.
+        let mut many = s
+            .open_many(vec![("b-1".into(), "big".into())])
             .await
-            .expect("get_many");
-        assert!(matches!(many[0], Err(StoreError::Corrupt(_))));
+            .expect("open_many");
+        match many.remove(0) {
+            Err(StoreError::Corrupt(_)) => {}
+            Err(e) => panic!("{e:?}"),
+            Ok(obj) => {
+                let (_, err) = drain(obj.body).await;
+                assert!(err.is_some(), "the stream of a damaged blob fails");
+            }
+        }
 
         // Streamed: fails before the last chunk, so the reader never has every byte (or,
         // when the first chunk already fails, before anything is answered).
@@ -2511,9 +2521,9 @@ mod tests {
             Err(StoreError::Corrupt(_))
         ));
         let many = s
-            .get_many(vec![("b-1".into(), "small".into())])
+            .open_many(vec![("b-1".into(), "small".into())])
             .await
-            .expect("get_many");
+            .expect("open_many");
         assert!(matches!(many[0], Err(StoreError::Corrupt(_))));
         // A range of it is served (ranges are not verified).
         let r = ByteRange { first: 0, last: 1 };

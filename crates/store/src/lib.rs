@@ -253,15 +253,17 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// when damaged): for small objects only (use
     /// [`get_stream`](Self::get_stream) for anything a client sent).
     async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError>;
-    /// Several whole objects (as [`get`](Self::get)), each found or not on its own, read
-    /// together: one metadata read for all of them.
-    async fn get_many(
+    /// Several objects, each found or not on its own, opened together for reading: one
+    /// metadata read for all of them. A small object comes with its bytes (they live in its
+    /// row); a large one is streamed from its blob as the caller reads, so opening any
+    /// number of objects of any size holds none of them whole in memory.
+    async fn open_many(
         &self,
         keys: Vec<(String, String)>,
-    ) -> Result<Vec<Result<Object, StoreError>>, StoreError> {
+    ) -> Result<Vec<Result<ObjectStream, StoreError>>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
         for (b, k) in keys {
-            out.push(self.get(&b, &k).await);
+            out.push(self.get_stream(&b, &k, None).await);
         }
         Ok(out)
     }

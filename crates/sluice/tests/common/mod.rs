@@ -53,7 +53,11 @@ impl DataDir {
     /// Writes `sluice.toml`: `extra`, then the engines' tables (after `extra`, so that its
     /// top-level keys stay top-level; TOML puts keys after a `[table]` header into it).
     pub fn write_config(&self, extra: &str) {
-        let sep = if extra.is_empty() || extra.ends_with('\n') { "" } else { "\n" };
+        let sep = if extra.is_empty() || extra.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
         let text = format!("{extra}{sep}{}", self.engine_config());
         let path = self.0.join("sluice.toml");
         if text.is_empty() {
