@@ -241,6 +241,10 @@ impl Blobs for S3Blobs {
             Some((first, last)) if last < first => {
                 return Ok(Box::pin(futures_util::stream::empty()));
             }
+            // "To the end" asks for no range, or an open one: `bytes=0-18446744073709551614`
+            // is valid HTTP, but not every S3 server takes a last byte that large.
+            Some((0, u64::MAX)) => None,
+            Some((first, u64::MAX)) => Some(GetRange::Offset(first)),
             Some((first, last)) => Some(GetRange::Bounded(first..last.saturating_add(1))),
         };
         let opts = GetOptions {
