@@ -103,9 +103,14 @@ pub enum MetaError {
 }
 
 impl MetaError {
-    /// The engine is down or out of reach: the operation may succeed later.
+    /// The engine is down or out of reach, or the transaction kept losing races with
+    /// concurrent ones until the engine gave up: the operation may succeed later (clients
+    /// get 503 with `Retry-After`, not 500).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, MetaError::Unavailable(_) | MetaError::Unknown(_))
+        matches!(
+            self,
+            MetaError::Unavailable(_) | MetaError::Unknown(_) | MetaError::Conflict(_)
+        )
     }
 
     /// The engine is out of space.

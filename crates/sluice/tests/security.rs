@@ -178,8 +178,11 @@ fn sign_ups_beyond_an_address_rate_are_throttled() {
 /// 1,000 concurrent sign-ups, with the rate limits off so that every one reaches password
 /// hashing: the server's peak RSS stays under 256 MiB (hashing has a fixed pool and a short
 /// queue; the rest are told to retry), and it is near idle again afterwards.
+///
+/// Named `fault_*`: it loads the machine (1,000 client threads), so `scripts/test` runs it
+/// once, on the embedded engines; the bound is the hashing pool's, whatever the engine.
 #[test]
-fn a_sign_up_flood_keeps_memory_bounded() {
+fn fault_a_sign_up_flood_keeps_memory_bounded() {
     let dir = DataDir::new("sec-flood");
     let server = Server::start_on(
         &dir.0,
@@ -233,6 +236,9 @@ fn a_sign_up_flood_keeps_memory_bounded() {
         match code {
             200 => ok += 1,
             400 if kind.starts_with("TooManyRequestsException") => throttled += 1,
+            // The metadata engine overwhelmed (e.g. serialization conflicts under this
+            // load): also "retry later", never a 500.
+            503 if kind.starts_with("ServiceUnavailable") => throttled += 1,
             other => panic!("unexpected answer {other} {kind}"),
         }
     }
