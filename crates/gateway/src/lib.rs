@@ -220,20 +220,15 @@ async fn create_upload(
         BodyKind::Json => gw.max_body_bytes as u64,
         BodyKind::Raw | BodyKind::Form => gw.max_upload_bytes,
     };
-    if let Some(len) = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit.saturating_add(DRAIN_MAX_BYTES as u64)
-    {
-        // Far too large to be worth reading: answer now and let the connection close.
-        return Err(GatewayError::TooLarge(limit));
-    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit.saturating_add(DRAIN_MAX_BYTES as u64)) {
+        // Far too large to be worth reading: answer now and let the connection close.
+        return Err(GatewayError::TooLarge(limit));
+    }
+    let declared = declared.unwrap_or(0);
     gw.quota
         .check_bytes(gw.ledger.as_ref(), auth.sub(), declared)
         .await?;

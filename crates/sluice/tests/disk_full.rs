@@ -73,14 +73,6 @@ impl Drop for SmallDisk {
     }
 }
 
-fn key(server: &Server) -> (String, String) {
-    let v: Value = serde_json::from_str(&server.cli(&["keys", "create"])).expect("key json");
-    (
-        v["accessKeyId"].as_str().expect("id").to_owned(),
-        v["secretAccessKey"].as_str().expect("secret").to_owned(),
-    )
-}
-
 /// A body of `len` bytes, distinct per `i` and larger than an inline object when `len` is.
 fn body(i: usize, len: usize) -> String {
     let line = format!("upload {i} of the disk-full test\n");
@@ -98,7 +90,7 @@ fn scenario(what: &str, data_dir: &Path, store_dir: &Path, full: &SmallDisk) {
     );
     server.create_user("full@example.com");
     let token = server.id_token("full@example.com");
-    let k = key(&server);
+    let k = server.new_key();
     let mut acknowledged = BTreeSet::new();
 
     // Before: uploads work, large enough to need blob files.

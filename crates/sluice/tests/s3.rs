@@ -40,21 +40,13 @@ impl Cli<'_> {
     }
 }
 
-fn key(server: &Server) -> (String, String) {
-    let v: Value = serde_json::from_str(&server.cli(&["keys", "create"])).expect("json");
-    (
-        v["accessKeyId"].as_str().expect("id").to_owned(),
-        v["secretAccessKey"].as_str().expect("secret").to_owned(),
-    )
-}
-
 #[test]
 fn aws_cli_s3_session() {
     let dir = DataDir::new("s3");
     let server = Server::start(&dir.0);
     let cli = Cli {
         edge: &server.edge,
-        key: key(&server),
+        key: server.new_key(),
     };
     let work = dir.0.join("files");
     std::fs::create_dir_all(&work).expect("mkdir");
@@ -403,7 +395,7 @@ fn an_object_written_into_uploads_is_processed() {
     let server = Server::start(&dir.0);
     let cli = Cli {
         edge: &server.edge,
-        key: key(&server),
+        key: server.new_key(),
     };
     let f = dir.0.join("note.txt");
     std::fs::write(&f, "written through s3").expect("write");
@@ -460,7 +452,7 @@ fn a_multipart_upload_into_uploads_is_processed() {
     use sha2::Digest;
     let dir = DataDir::new("s3-mp-upload");
     let server = Server::start(&dir.0);
-    let key = key(&server);
+    let key = server.new_key();
     let cli = Cli {
         edge: &server.edge,
         key: key.clone(),
@@ -527,7 +519,7 @@ fn with_s3_uploads_enqueue_off_a_multipart_upload_is_a_plain_object() {
     );
     let cli = Cli {
         edge: &server.edge,
-        key: key(&server),
+        key: server.new_key(),
     };
     let created = cli.json(&[
         "s3api",

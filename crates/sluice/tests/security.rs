@@ -9,14 +9,6 @@ use std::time::Duration;
 use common::{DataDir, PASSWORD, Server};
 use serde_json::{Value, json};
 
-fn key(server: &Server) -> (String, String) {
-    let v: Value = serde_json::from_str(&server.cli(&["keys", "create"])).expect("key json");
-    (
-        v["accessKeyId"].as_str().expect("id").to_owned(),
-        v["secretAccessKey"].as_str().expect("secret").to_owned(),
-    )
-}
-
 fn client_id(server: &Server) -> String {
     server.info()["clientId"]
         .as_str()
@@ -53,7 +45,7 @@ fn an_upload_id_never_resolves_to_another_users_bytes() {
     assert_eq!((code, bytes.as_slice()), (200, &b"alice's secret"[..]));
 
     // Both objects are deleted through S3, and B uploads a file of the same name.
-    let k = key(&server);
+    let k = server.new_key();
     for object in ["uploads/same.txt", "processed/same.txt"] {
         let (ok, _, err) = common::aws_as(
             (&k.0, &k.1),
@@ -310,7 +302,7 @@ fn revoked_sign_ins_are_refused_by_the_api_within_seconds() {
     assert_eq!(server.upload(&id2, "a2.txt", "a").status(), 200);
 
     // AdminDisableUser: every token issued before is refused.
-    let k = key(&server);
+    let k = server.new_key();
     let (ok, _, err) = common::aws_as(
         (&k.0, &k.1),
         &[

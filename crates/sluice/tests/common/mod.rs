@@ -307,6 +307,15 @@ impl Server {
         cli_in(&self.cwd, &self.data_dir, args)
     }
 
+    /// A new access key of this server (`sluice keys create`): (id, secret).
+    pub fn new_key(&self) -> (String, String) {
+        let v: Value = serde_json::from_str(&self.cli(&["keys", "create"])).expect("key json");
+        (
+            v["accessKeyId"].as_str().expect("id").to_owned(),
+            v["secretAccessKey"].as_str().expect("secret").to_owned(),
+        )
+    }
+
     pub fn info(&self) -> Value {
         serde_json::from_str(&self.cli(&["info", "--json"])).expect("info json")
     }
