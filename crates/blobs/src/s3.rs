@@ -143,9 +143,15 @@ fn percent_decode(s: &str) -> String {
 
 /// Classifies a client error: a missing object, credentials or permissions the operator
 /// must fix, or (everything else, after the client's own retries) an unavailable store.
+///
+/// Decided on the error's kind and on S3's own `<Code>` in the response body, never on bare
+/// numbers in the message: the message carries the request's URL, whose port may well
+/// contain "403" (a server that is down on port 40312 once counted as "access denied").
 fn s3_err(id: &str, e: object_store::Error) -> BlobError {
     match e {
         object_store::Error::NotFound { .. } => BlobError::NotFound(id.to_owned()),
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => BlobError::Backend(e.to_string()),
         other => {
             let text = other.to_string();
             let refused = [
@@ -153,9 +159,11 @@ fn s3_err(id: &str, e: object_store::Error) -> BlobError {
                 "InvalidAccessKeyId",
                 "SignatureDoesNotMatch",
                 "NoSuchBucket",
-                "403",
             ];
-            if refused.iter().any(|r| text.contains(r)) {
+            if refused
+                .iter()
+                .any(|code| text.contains(&format!("<Code>{code}</Code>")))
+            {
                 BlobError::Backend(text)
             } else {
                 BlobError::Unavailable(text)
@@ -253,10 +261,11 @@ impl Blobs for S3Blobs {
         };
         let got = match self.store.get_opts(&path, opts).await {
             Ok(g) => g,
-            // A range that starts past the end: nothing to read.
+            // A range that starts past the end: nothing to read. (Matched on S3's code and
+            // the status text, never on a bare "416", which a URL's port may contain.)
             Err(object_store::Error::Generic { source, .. })
                 if source.to_string().contains("InvalidRange")
-                    || source.to_string().contains("416") =>
+                    || source.to_string().contains("Range Not Satisfiable") =>
             {
                 return Ok(Box::pin(futures_util::stream::empty()));
             }
@@ -329,5 +338,27 @@ mod tests {
         assert!(S3Blobs::open("s3://?region=x").is_err());
         assert!(S3Blobs::open("s3://b?bogus=1").is_err());
         assert_eq!(percent_decode("a%2Fb%2bc"), "a/b+c");
+    }
+
+    #[test]
+    fn a_server_that_is_down_is_unavailable_whatever_its_port() {
+        let down = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing PUT http://127.0.0.1:40312/b/x in 1s, after 3 retries: \
+                     error sending request: connection refused"
+                .into(),
+        };
+        assert!(s3_err("x", down).is_unavailable());
+        let denied = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned error response: <Error><Code>AccessDenied</Code></Error>"
+                .into(),
+        };
+        assert!(matches!(s3_err("x", denied), BlobError::Backend(_)));
+        let forbidden = object_store::Error::PermissionDenied {
+            path: "b/x".into(),
+            source: "403 Forbidden".into(),
+        };
+        assert!(matches!(s3_err("x", forbidden), BlobError::Backend(_)));
     }
 }
