@@ -19,6 +19,7 @@ use sluice_identity::access_keys::AccessKeys;
 use sluice_identity::rates::{Buckets, Category};
 use sluice_meta::now_ms;
 
+pub mod authz;
 mod cbor;
 pub mod cognito;
 pub mod eventstream;
@@ -88,6 +89,10 @@ fn address_rate(edge: &Edge, op: &str) -> Option<(Category, sluice_identity::rat
 pub fn router(edge: Edge) -> Result<Router, String> {
     let mut builder = s3s::service::S3ServiceBuilder::new(edge.s3.clone());
     builder.set_auth(s3::KeyAuth(edge.keys.clone()));
+    builder.set_access(s3::KeyAccess {
+        keys: edge.keys.clone(),
+        account_id: edge.kinesis.account_id.clone(),
+    });
     if let Some(domain) = &edge.s3_base_domain {
         let host = s3s::host::SingleDomain::new(domain)
             .map_err(|e| format!("invalid S3 base domain {domain:?}: {e}"))?;
@@ -134,7 +139,31 @@ async fn dispatch(
             // admin and management operations need a valid signature. A signature that is
             // present is always verified.
             let caller = if headers.contains_key("authorization") {
-                match authenticate(&edge.keys, &method, &uri, &headers, &body).await {
+                match authenticate(
+                    &edge.keys,
+                    &edge.kinesis.account_id,
+                    &method,
+                    &uri,
+                    &headers,
+                    &body,
+                )
+                .await
+                {
+                    Ok(principal) if cognito::needs_iam(op) => {
+                        let resource = authz::cognito_resource(
+                            &edge.kinesis.region,
+                            &edge.kinesis.account_id,
+                            &body,
+                        );
+                        match principal.check(&format!("cognito-idp:{op}"), &resource) {
+                            Ok(()) => Ok(cognito::Caller::Signed),
+                            Err(denied) => Err(json_error(
+                                StatusCode::BAD_REQUEST,
+                                "AccessDeniedException",
+                                &denied.message(),
+                            )),
+                        }
+                    }
                     Ok(_) => Ok(cognito::Caller::Signed),
                     Err(e) => Err(e),
                 }
@@ -179,12 +208,21 @@ async fn dispatch(
             }
         }
         Some((kinesis::SERVICE, op)) => {
-            match authenticate(&edge.keys, &method, &uri, &headers, &body).await {
-                Ok(_access_key) => {
+            match authenticate(
+                &edge.keys,
+                &edge.kinesis.account_id,
+                &method,
+                &uri,
+                &headers,
+                &body,
+            )
+            .await
+            {
+                Ok(principal) => {
                     let enc = kinesis::Encoding::of(
                         headers.get("content-type").and_then(|v| v.to_str().ok()),
                     );
-                    kinesis::handle(&edge.kinesis, op, &body, enc).await
+                    kinesis::handle(&edge.kinesis, op, &body, enc, &principal).await
                 }
                 Err(e) => e,
             }
@@ -201,15 +239,16 @@ async fn dispatch(
     resp
 }
 
-/// Verifies a request's SigV4 signature; returns the access key id that signed it, or the
-/// error response AWS gives for the failure.
+/// Verifies a request's SigV4 signature; returns who signed it (the key and its policy), or
+/// the error response AWS gives for the failure.
 pub async fn authenticate(
     keys: &AccessKeys,
+    account_id: &str,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<String, Response> {
+) -> Result<authz::Principal, Response> {
     let refuse = |e: sigv4::SigError| {
         let kind = match e {
             sigv4::SigError::Missing => "MissingAuthenticationTokenException",
@@ -224,8 +263,8 @@ pub async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| refuse(sigv4::SigError::Missing))?;
     let auth = sigv4::parse_authorization(value).map_err(refuse)?;
-    let secret = keys
-        .secret(&auth.access_key_id)
+    let grant = keys
+        .lookup(&auth.access_key_id)
         .await
         .map_err(|e| {
             if let sluice_identity::IdentityError::Meta(m) = &e
@@ -287,8 +326,12 @@ pub async fn authenticate(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    sigv4::verify(&auth, &req, &secret, now).map_err(refuse)?;
-    Ok(auth.access_key_id)
+    sigv4::verify(&auth, &req, &grant.secret, now).map_err(refuse)?;
+    Ok(authz::Principal {
+        access_key_id: auth.access_key_id,
+        policy: grant.policy,
+        account_id: account_id.to_owned(),
+    })
 }
 
 /// Every 503 and every TooManyRequestsException says when to try again (AWS SDKs retry both

@@ -50,17 +50,138 @@ impl s3s::auth::S3Auth for KeyAuth {
         match self.0.secret(access_key).await {
             Ok(Some(secret)) => Ok(s3s::auth::SecretKey::from(secret)),
             Ok(None) => Err(s3_error!(InvalidAccessKeyId)),
-            Err(sluice_identity::IdentityError::Meta(m)) if m.is_unavailable() || m.is_full() => {
-                tracing::warn!(error = %m, "cannot read access keys");
-                Err(S3Error::with_message(
-                    S3ErrorCode::ServiceUnavailable,
-                    "the service is unavailable; try again later",
-                ))
+            Err(e) => Err(key_lookup_error(e)),
+        }
+    }
+}
+
+/// The signing key's policy on every S3 request (see [`crate::authz`]). s3s calls
+/// [`s3s::access::S3Access::check`] once the signature is verified, before the body is read;
+/// the per-operation hooks add what the path alone does not show: the source of a copy and
+/// each key of a DeleteObjects.
+pub struct KeyAccess {
+    pub keys: AccessKeys,
+    pub account_id: String,
+}
+
+/// The principal of a request whose key has a policy, passed from `check` to the
+/// per-operation hooks.
+#[derive(Clone)]
+struct Scoped(crate::authz::Principal);
+
+/// Keys of a DeleteObjects that the policy does not let the caller delete: answered as
+/// per-key `AccessDenied` errors, as S3 does, while the others are deleted.
+#[derive(Clone, Default)]
+struct DeniedKeys(Vec<String>);
+
+fn access_denied(d: &crate::authz::Denied) -> S3Error {
+    S3Error::with_message(S3ErrorCode::AccessDenied, d.message())
+}
+
+impl KeyAccess {
+    fn scoped<T>(req: &S3Request<T>) -> Option<crate::authz::Principal> {
+        req.extensions.get::<Scoped>().map(|s| s.0.clone())
+    }
+
+    /// A copy also reads its source.
+    fn check_copy_source(principal: &crate::authz::Principal, source: &CopySource) -> S3Result<()> {
+        let (bucket, key) = copy_source(source)?;
+        principal
+            .check(
+                "s3:GetObject",
+                &crate::authz::s3_resource(Some(&bucket), Some(&key)),
+            )
+            .map_err(|d| access_denied(&d))
+    }
+}
+
+#[async_trait]
+impl s3s::access::S3Access for KeyAccess {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
+        let Some(credentials) = cx.credentials() else {
+            return Err(S3Error::with_message(
+                S3ErrorCode::AccessDenied,
+                "Anonymous access is not allowed: sign the request with an access key",
+            ));
+        };
+        let grant = match self.keys.lookup(&credentials.access_key).await {
+            Ok(Some(g)) => g,
+            // The signature was verified with this key a moment ago; it was deleted since.
+            Ok(None) => return Err(s3_error!(InvalidAccessKeyId)),
+            Err(e) => return Err(key_lookup_error(e)),
+        };
+        let principal = crate::authz::Principal {
+            access_key_id: credentials.access_key.clone(),
+            policy: grant.policy,
+            account_id: self.account_id.clone(),
+        };
+        if principal.unrestricted() {
+            return Ok(());
+        }
+        let resource = match cx.s3_path() {
+            s3s::path::S3Path::Root => crate::authz::s3_resource(None, None),
+            s3s::path::S3Path::Bucket { bucket } => crate::authz::s3_resource(Some(bucket), None),
+            s3s::path::S3Path::Object { bucket, key } => {
+                crate::authz::s3_resource(Some(bucket), Some(key))
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read access keys");
-                Err(s3_error!(InternalError))
+        };
+        let op = cx.s3_op().name();
+        // DeleteObjects is decided key by key (in `delete_objects` below).
+        if op != "DeleteObjects" {
+            principal
+                .check(&crate::authz::s3_action(op), &resource)
+                .map_err(|d| access_denied(&d))?;
+        }
+        cx.extensions_mut().insert(Scoped(principal));
+        Ok(())
+    }
+
+    async fn copy_object(&self, req: &mut S3Request<CopyObjectInput>) -> S3Result<()> {
+        match Self::scoped(req) {
+            Some(p) => Self::check_copy_source(&p, &req.input.copy_source),
+            None => Ok(()),
+        }
+    }
+
+    async fn upload_part_copy(&self, req: &mut S3Request<UploadPartCopyInput>) -> S3Result<()> {
+        match Self::scoped(req) {
+            Some(p) => Self::check_copy_source(&p, &req.input.copy_source),
+            None => Ok(()),
+        }
+    }
+
+    async fn delete_objects(&self, req: &mut S3Request<DeleteObjectsInput>) -> S3Result<()> {
+        let Some(p) = Self::scoped(req) else {
+            return Ok(());
+        };
+        let bucket = req.input.bucket.clone();
+        let mut denied = DeniedKeys::default();
+        req.input.delete.objects.retain(|o| {
+            let resource = crate::authz::s3_resource(Some(&bucket), Some(&o.key));
+            let ok = p.check("s3:DeleteObject", &resource).is_ok();
+            if !ok {
+                denied.0.push(o.key.clone());
             }
+            ok
+        });
+        req.extensions.insert(denied);
+        Ok(())
+    }
+}
+
+/// A failure to read the access keys, as S3 answers it.
+fn key_lookup_error(e: sluice_identity::IdentityError) -> S3Error {
+    match e {
+        sluice_identity::IdentityError::Meta(m) if m.is_unavailable() || m.is_full() => {
+            tracing::warn!(error = %m, "cannot read access keys");
+            S3Error::with_message(
+                S3ErrorCode::ServiceUnavailable,
+                "the service is unavailable; try again later",
+            )
+        }
+        e => {
+            tracing::error!(error = %e, "cannot read access keys");
+            s3_error!(InternalError)
         }
     }
 }
@@ -805,7 +926,19 @@ impl S3 for S3Adapter {
         self.store.head_bucket(&bucket).await.map_err(s3_err)?;
         let quiet = req.input.delete.quiet.unwrap_or(false);
         let mut deleted = Vec::new();
-        let mut errors = Vec::new();
+        let mut errors: Vec<Error> = req
+            .extensions
+            .get::<DeniedKeys>()
+            .map(|d| d.0.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|key| Error {
+                key: Some(key),
+                code: Some("AccessDenied".into()),
+                message: Some("Access Denied".into()),
+                ..Default::default()
+            })
+            .collect();
         for o in req.input.delete.objects {
             match self.store.delete(&bucket, &o.key).await {
                 Ok(()) => {

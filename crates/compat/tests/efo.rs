@@ -46,7 +46,14 @@ fn fixture(options: SubscribeOptions) -> Fixture {
 const STREAM_ARN: &str = "arn:aws:kinesis:us-east-2:000000000000:stream/s";
 
 async fn call(f: &Fixture, op: &str, body: Value) -> (u16, Value) {
-    let resp = handle(&f.ctx, op, body.to_string().as_bytes(), Encoding::Json).await;
+    let resp = handle(
+        &f.ctx,
+        op,
+        body.to_string().as_bytes(),
+        Encoding::Json,
+        &full_access(),
+    )
+    .await;
     let status = resp.status().as_u16();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 24)
         .await
@@ -161,6 +168,7 @@ async fn subscribe(f: &Fixture, arn: &str, shard: &str, position: Value) -> Even
         "SubscribeToShard",
         subscribe_body(arn, shard, position).to_string().as_bytes(),
         Encoding::Json,
+        &full_access(),
     )
     .await;
     let mut events = Events::new(resp);
@@ -408,6 +416,7 @@ async fn subscribe_pushes_records_as_they_arrive() {
             .to_string()
             .as_bytes(),
             Encoding::Json,
+            &full_access(),
         )
         .await;
         if resp.status() == 200 {
@@ -678,4 +687,13 @@ async fn refusals_are_json_errors() {
         .await,
         "InvalidArgumentException"
     );
+}
+
+/// A key without a policy: these tests are about the protocol, not authorization.
+fn full_access() -> sluice_compat::authz::Principal {
+    sluice_compat::authz::Principal {
+        access_key_id: "AKIATEST".into(),
+        policy: None,
+        account_id: "000000000000".into(),
+    }
 }

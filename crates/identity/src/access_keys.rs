@@ -5,19 +5,27 @@
 //! stored as a hash. It is stored *sealed* (encrypted, see [`crate::secret_box`]) under the
 //! data directory's key file; the metadata engine never holds a secret in clear. Secrets an
 //! earlier version stored in clear are sealed when the keys are opened ([`AccessKeys::open`]).
+//!
+//! A key may carry an IAM-style policy ([`sluice_policy::Policy`]): the edge then allows
+//! only what the policy allows ([`KeyGrant::policy`]). A key without a policy has full
+//! access (the development key, and keys created without `--policy`/`--allow`), as an AWS
+//! account's root keys do.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rand::Rng;
 use sluice_meta::params;
 use sluice_meta::{Meta, Migration, now_ms};
+use sluice_policy::Policy;
 
 use crate::IdentityError;
 use crate::secret_box::{SecretBox, is_sealed, sealed_with};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "access-keys-0001",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "access-keys-0001",
+        sql: "
 CREATE TABLE access_keys (
     id TEXT PRIMARY KEY,
     secret TEXT NOT NULL,
@@ -25,7 +33,13 @@ CREATE TABLE access_keys (
     created_ms INTEGER NOT NULL
 );
 ",
-}];
+    },
+    // The key's policy document (JSON); NULL: full access.
+    Migration {
+        name: "access-keys-0002",
+        sql: "ALTER TABLE access_keys ADD COLUMN policy TEXT;",
+    },
+];
 
 /// An access key with its secret (in clear, in memory only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +48,8 @@ pub struct AccessKey {
     pub secret: String,
     pub description: String,
     pub created_ms: i64,
+    /// The policy document; `None`: full access.
+    pub policy: Option<String>,
 }
 
 /// An access key without its secret, as `sluice keys list` shows it.
@@ -42,13 +58,31 @@ pub struct AccessKeyInfo {
     pub id: String,
     pub description: String,
     pub created_ms: i64,
+    /// The policy document; `None`: full access.
+    pub policy: Option<String>,
+}
+
+/// What a signed request's key may do: its secret (to verify the signature) and its policy.
+#[derive(Debug, Clone)]
+pub struct KeyGrant {
+    pub secret: String,
+    /// `None`: full access. A stored policy that no longer parses (it was validated when
+    /// stored, so only a damaged row) is an empty policy: it allows nothing.
+    pub policy: Option<Arc<Policy>>,
+}
+
+/// Parses a policy document for a key; `InvalidParameter` with IAM's reason if unusable.
+pub fn parse_policy(document: &str) -> Result<Policy, IdentityError> {
+    Policy::parse(document).map_err(|e| {
+        IdentityError::InvalidParameter(format!("the key's policy is not usable: {e}"))
+    })
 }
 
 /// How long a looked-up secret (or its absence) is remembered. A key deleted with
 /// `sluice keys delete` (possibly from another process) stops working within this time.
 const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
-type SecretCache = std::collections::HashMap<String, (Option<String>, std::time::Instant)>;
+type SecretCache = std::collections::HashMap<String, (Option<KeyGrant>, std::time::Instant)>;
 
 /// The access keys sluice accepts.
 #[derive(Clone)]
@@ -123,9 +157,22 @@ impl AccessKeys {
         Ok(sealed_now)
     }
 
-    /// Creates a key: an id like AWS's (`AKIA` + 16 upper-case letters and digits) and a
-    /// 40-character secret.
+    /// Creates a key with full access: an id like AWS's (`AKIA` + 16 upper-case letters and
+    /// digits) and a 40-character secret.
     pub fn create(&self, description: &str) -> Result<AccessKey, IdentityError> {
+        self.create_with_policy(description, None)
+    }
+
+    /// Creates a key limited to `policy` (a policy document, validated here), or with full
+    /// access when `None`.
+    pub fn create_with_policy(
+        &self,
+        description: &str,
+        policy: Option<&str>,
+    ) -> Result<AccessKey, IdentityError> {
+        if let Some(doc) = policy {
+            parse_policy(doc)?;
+        }
         let key = AccessKey {
             id: format!(
                 "AKIA{}",
@@ -137,17 +184,47 @@ impl AccessKeys {
             ),
             description: description.to_owned(),
             created_ms: now_ms(),
+            policy: policy.map(str::to_owned),
         };
         let k = key.clone();
         let sealed = self.sealer.seal(&k.id, &k.secret)?;
         self.db.write_blocking(move |c| {
             c.execute(
-                "INSERT INTO access_keys (id, secret, description, created_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![k.id, sealed, k.description, k.created_ms],
+                "INSERT INTO access_keys (id, secret, description, created_ms, policy) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![k.id, sealed, k.description, k.created_ms, k.policy],
             )?;
             Ok::<_, IdentityError>(())
         })?;
         Ok(key)
+    }
+
+    /// Replaces a key's policy (`None`: full access). `ResourceNotFound` if there is no such
+    /// key. This process sees the change at once, others within the cache time.
+    pub fn set_policy(&self, id: &str, policy: Option<&str>) -> Result<(), IdentityError> {
+        if let Some(doc) = policy {
+            parse_policy(doc)?;
+        }
+        let (key, doc) = (id.to_owned(), policy.map(str::to_owned));
+        self.db.write_blocking(move |c| {
+            let n = c.execute(
+                "UPDATE access_keys SET policy = ?1 WHERE id = ?2",
+                params![doc, &key],
+            )?;
+            if n == 0 {
+                return Err(IdentityError::ResourceNotFound(format!(
+                    "access key {key} does not exist"
+                )));
+            }
+            Ok(())
+        })?;
+        self.forget(id);
+        Ok(())
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(id);
+        }
     }
 
     /// Creates the development key unless some key exists; returns it when it was created
@@ -168,46 +245,83 @@ impl AccessKeys {
     }
 
     /// The oldest key with this description, created now if there is none: a dedicated
-    /// key that a part of sluice keeps for itself (its secret is never printed). A key whose
-    /// secret this key file cannot unseal (another data directory's, on a shared metadata
-    /// engine; or the key file was lost) is passed over, not deleted: its owner may still
-    /// use it.
+    /// key that a part of sluice keeps for itself (its secret is never printed), with full
+    /// access. A key whose secret this key file cannot unseal (another data directory's, on
+    /// a shared metadata engine; or the key file was lost) is passed over, not deleted: its
+    /// owner may still use it.
     pub fn find_or_create(&self, description: &str) -> Result<AccessKey, IdentityError> {
+        self.find_or_create_scoped(description, None)
+    }
+
+    /// As [`AccessKeys::find_or_create`], for a key limited to `policy`: a key found with
+    /// another policy gets this one (a function's key follows its mapping's needs).
+    pub fn find_or_create_scoped(
+        &self,
+        description: &str,
+        policy: Option<&str>,
+    ) -> Result<AccessKey, IdentityError> {
         let wanted = description.to_owned();
-        let found: Vec<(String, String, i64)> = self.db.read_blocking(move |c| {
+        let found: Vec<(String, String, i64, Option<String>)> = self.db.read_blocking(move |c| {
             Ok::<_, IdentityError>(c.query_vec(
-                "SELECT id, secret, created_ms FROM access_keys WHERE description = ?1 ORDER BY created_ms, id",
+                "SELECT id, secret, created_ms, policy FROM access_keys WHERE description = ?1 ORDER BY created_ms, id",
                 params![&wanted],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )?)
         })?;
-        for (id, stored, created_ms) in found {
+        for (id, stored, created_ms, stored_policy) in found {
             match self.sealer.open(&id, &stored) {
                 Ok(secret) => {
+                    if stored_policy.as_deref() != policy {
+                        self.set_policy(&id, policy)?;
+                    }
                     return Ok(AccessKey {
                         id,
                         secret,
                         description: description.to_owned(),
                         created_ms,
+                        policy: policy.map(str::to_owned),
                     });
                 }
                 Err(e) => tracing::warn!(key = %id, error = %e, "passing over an access key"),
             }
         }
-        self.create(description)
+        self.create_with_policy(description, policy)
+    }
+
+    /// Deletes every key with this description (a managed key no longer needed); returns
+    /// how many.
+    pub fn retire(&self, description: &str) -> Result<u64, IdentityError> {
+        let wanted = description.to_owned();
+        let ids: Vec<String> = self.db.write_blocking(move |c| {
+            let ids = c.query_vec(
+                "SELECT id FROM access_keys WHERE description = ?1",
+                params![&wanted],
+                |r| r.get(0),
+            )?;
+            c.execute(
+                "DELETE FROM access_keys WHERE description = ?1",
+                params![&wanted],
+            )?;
+            Ok::<_, IdentityError>(ids)
+        })?;
+        for id in &ids {
+            self.forget(id);
+        }
+        Ok(ids.len() as u64)
     }
 
     /// Every key, oldest first, without secrets.
     pub fn list(&self) -> Result<Vec<AccessKeyInfo>, IdentityError> {
         self.db.read_blocking(|c| {
             let keys = c.query_vec(
-                "SELECT id, description, created_ms FROM access_keys ORDER BY created_ms, id",
+                "SELECT id, description, created_ms, policy FROM access_keys ORDER BY created_ms, id",
                 params![],
                 |r| {
                     Ok(AccessKeyInfo {
                         id: r.get(0)?,
                         description: r.get(1)?,
                         created_ms: r.get(2)?,
+                        policy: r.get(3)?,
                     })
                 },
             )?;
@@ -217,49 +331,64 @@ impl AccessKeys {
 
     /// Deletes a key. `ResourceNotFound` if there is none with that id.
     pub fn delete(&self, id: &str) -> Result<(), IdentityError> {
-        let id = id.to_owned();
+        let key = id.to_owned();
         self.db.write_blocking(move |c| {
-            let n = c.execute("DELETE FROM access_keys WHERE id = ?1", params![&id])?;
+            let n = c.execute("DELETE FROM access_keys WHERE id = ?1", params![&key])?;
             if n == 0 {
                 return Err(IdentityError::ResourceNotFound(format!(
-                    "access key {id} does not exist"
+                    "access key {key} does not exist"
                 )));
             }
             Ok(())
-        })
+        })?;
+        self.forget(id);
+        Ok(())
     }
 
     /// The secret of a key, for signature verification. A secret that cannot be unsealed
     /// (sealed with another key file, or damaged) is an error, logged by the caller.
     pub async fn secret(&self, id: &str) -> Result<Option<String>, IdentityError> {
+        Ok(self.lookup(id).await?.map(|g| g.secret))
+    }
+
+    /// A key's secret and policy (remembered for a few seconds, see `CACHE_TTL`).
+    pub async fn lookup(&self, id: &str) -> Result<Option<KeyGrant>, IdentityError> {
         if let Ok(cache) = self.cache.read()
-            && let Some((secret, at)) = cache.get(id)
+            && let Some((grant, at)) = cache.get(id)
             && at.elapsed() < CACHE_TTL
         {
-            return Ok(secret.clone());
+            return Ok(grant.clone());
         }
         let key = id.to_owned();
-        let stored: Option<String> = self
+        let stored: Option<(String, Option<String>)> = self
             .db
             .read(move |c| {
                 Ok::<_, IdentityError>(c.query_opt(
-                    "SELECT secret FROM access_keys WHERE id = ?1",
+                    "SELECT secret, policy FROM access_keys WHERE id = ?1",
                     params![&key],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )?)
             })
             .await?;
-        let secret = match stored {
-            Some(s) => Some(self.sealer.open(id, &s)?),
+        let grant = match stored {
+            Some((sealed, policy)) => Some(KeyGrant {
+                secret: self.sealer.open(id, &sealed)?,
+                policy: policy.map(|doc| {
+                    Arc::new(parse_policy(&doc).unwrap_or_else(|e| {
+                        tracing::error!(key = %id, error = %e, "an access key's stored policy does not parse: the key may do nothing");
+                        Policy::deny_all()
+                    }))
+                }),
+            }),
             None => None,
         };
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= 10_000 {
                 cache.clear();
             }
-            cache.insert(id.to_owned(), (secret.clone(), std::time::Instant::now()));
+            cache.insert(id.to_owned(), (grant.clone(), std::time::Instant::now()));
         }
-        Ok(secret)
+        Ok(grant)
     }
 }
 
@@ -371,5 +500,68 @@ mod tests {
         assert_ne!(own.id, "AKIAOLD");
         assert_eq!(other.find_or_create("old").expect("again"), own);
         assert_eq!(other.list().expect("list").len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_carry_their_policy() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("policies", MIGRATIONS);
+        let keys = AccessKeys::open(db, &engines.dir().join("k.key")).expect("open");
+        let doc = r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/uploads/*"}}"#;
+        let e = keys
+            .create_with_policy("bad", Some(r#"{"Statement":{"Effect":"Maybe"}}"#))
+            .expect_err("malformed");
+        assert!(matches!(e, IdentityError::InvalidParameter(_)), "{e}");
+        assert!(keys.list().expect("list").is_empty(), "nothing stored");
+
+        let k = keys
+            .create_with_policy("reader", Some(doc))
+            .expect("create");
+        let grant = keys.lookup(&k.id).await.expect("lookup").expect("exists");
+        let policy = grant.policy.expect("scoped");
+        assert!(
+            policy
+                .decide("s3:GetObject", "arn:aws:s3:::b/uploads/x")
+                .allowed()
+        );
+        assert!(
+            !policy
+                .decide("s3:DeleteObject", "arn:aws:s3:::b/uploads/x")
+                .allowed()
+        );
+        assert_eq!(keys.list().expect("list")[0].policy.as_deref(), Some(doc));
+        let full = keys.create("admin").expect("create");
+        assert!(
+            keys.lookup(&full.id)
+                .await
+                .expect("lookup")
+                .expect("exists")
+                .policy
+                .is_none()
+        );
+
+        // A managed key follows the policy it is asked for, and is seen at once.
+        let managed = keys.find_or_create_scoped("fn", Some(doc)).expect("scoped");
+        let wider = doc.replace("uploads/*", "*");
+        let again = keys
+            .find_or_create_scoped("fn", Some(&wider))
+            .expect("again");
+        assert_eq!(again.id, managed.id);
+        let grant = keys
+            .lookup(&managed.id)
+            .await
+            .expect("lookup")
+            .expect("exists");
+        assert!(
+            grant
+                .policy
+                .expect("scoped")
+                .decide("s3:GetObject", "arn:aws:s3:::b/other")
+                .allowed()
+        );
+
+        assert_eq!(keys.retire("fn").expect("retire"), 1);
+        assert!(keys.lookup(&managed.id).await.expect("lookup").is_none());
+        assert_eq!(keys.retire("fn").expect("retire"), 0);
     }
 }

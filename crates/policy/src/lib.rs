@@ -79,6 +79,13 @@ pub struct Policy {
 pub const MAX_DOCUMENT_BYTES: usize = 10_240;
 
 impl Policy {
+    /// A policy with no statement: it allows nothing.
+    pub fn deny_all() -> Policy {
+        Policy {
+            statements: Vec::new(),
+        }
+    }
+
     /// Parses an IAM policy document (JSON).
     pub fn parse(document: &str) -> Result<Policy, PolicyError> {
         if document.len() > MAX_DOCUMENT_BYTES {

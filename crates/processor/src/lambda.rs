@@ -496,6 +496,7 @@ mod tests {
             environment: BTreeMap::from([("PROCESSED_BUCKET".into(), "sluice".into())]),
             timeout_secs,
             memory_mb: 256,
+            policy: None,
         };
         LambdaFunction::new("fn", runtime, code_dir, handler, settings, env).expect("function")
     }

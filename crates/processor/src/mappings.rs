@@ -178,6 +178,11 @@ pub struct FunctionSettings {
     /// programs are not limited.
     #[serde(default = "default_memory")]
     pub memory_mb: u32,
+    /// The policy of the key a `lambda` function runs with (Lambda's execution role, as a
+    /// policy document). `None`: what the mapping needs — read its stream, read `uploads/`
+    /// of the upload bucket, write under its output prefix (see the server's function keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -194,6 +199,7 @@ impl Default for FunctionSettings {
             environment: BTreeMap::new(),
             timeout_secs: default_timeout(),
             memory_mb: default_memory(),
+            policy: None,
         }
     }
 }
@@ -211,6 +217,11 @@ impl FunctionSettings {
                 "function memory must be between 128 and 10240 MiB, got {}",
                 self.memory_mb
             )));
+        }
+        if let Some(doc) = &self.policy {
+            sluice_policy::Policy::parse(doc).map_err(|e| {
+                ProcessorError::InvalidConfig(format!("the function's policy is not usable: {e}"))
+            })?;
         }
         for k in self.environment.keys() {
             let ok = !k.is_empty()
@@ -377,6 +388,8 @@ pub struct MappingOptions {
     pub output_prefix: Option<String>,
     pub timeout_secs: Option<u64>,
     pub memory_mb: Option<u32>,
+    /// The function key's policy document; empty: back to what the mapping needs.
+    pub policy: Option<String>,
 }
 
 impl MappingOptions {
@@ -429,6 +442,9 @@ impl MappingOptions {
         }
         if let Some(v) = o.memory_mb {
             def.settings.memory_mb = v;
+        }
+        if let Some(v) = &o.policy {
+            def.settings.policy = (!v.trim().is_empty()).then(|| v.clone());
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::lambda::LambdaEnvironment;
-use crate::mappings::{MappingDefinition, MappingState, MappingStore};
+use crate::mappings::{FunctionSpec, MappingDefinition, MappingState, MappingStore};
 use crate::{Processor, ProcessorError};
 
 struct Running {
@@ -23,10 +23,24 @@ struct Running {
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Issues each Lambda function the credentials it runs with (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`): a key of its own, limited to what its mapping needs, so that a
+/// function cannot touch what its mapping does not concern.
+#[async_trait::async_trait]
+pub trait FunctionKeys: Send + Sync + 'static {
+    /// The key id and secret for `def`'s function (created, or its policy brought up to
+    /// date with the definition).
+    async fn key_for(&self, def: &MappingDefinition) -> Result<(String, String), ProcessorError>;
+    /// The mapping is gone: its function's key is no longer needed.
+    async fn retire(&self, mapping: &str) -> Result<(), ProcessorError>;
+}
+
 pub struct MappingRunner {
     processor: Processor,
     store: Arc<dyn MappingStore>,
     lambda_env: LambdaEnvironment,
+    /// `None`: every function runs with `lambda_env`'s key.
+    keys: Option<Arc<dyn FunctionKeys>>,
     running: tokio::sync::Mutex<HashMap<String, Running>>,
     /// Definitions that could not start, with when to try again: a broken mapping (e.g. its
     /// stream does not exist yet) is retried every [`RETRY_FAILED`], or at once when its
@@ -56,9 +70,30 @@ impl MappingRunner {
             processor,
             store,
             lambda_env,
+            keys: None,
             running: tokio::sync::Mutex::new(HashMap::new()),
             failed: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Functions get their keys from `keys` instead of sharing the environment's.
+    pub fn with_function_keys(mut self, keys: Arc<dyn FunctionKeys>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// The environment `def`'s function runs in: with its own key when keys are issued.
+    async fn environment_for(
+        &self,
+        def: &MappingDefinition,
+    ) -> Result<LambdaEnvironment, ProcessorError> {
+        let mut env = self.lambda_env.clone();
+        if let (Some(keys), FunctionSpec::Lambda { .. }) = (&self.keys, &def.function) {
+            let (id, secret) = keys.key_for(def).await?;
+            env.access_key_id = id;
+            env.secret_access_key = secret;
+        }
+        Ok(env)
     }
 
     /// Syncs now, then every `every` until `shutdown` turns true; then stops every mapping.
@@ -115,6 +150,11 @@ impl MappingRunner {
                 stop(r).await;
                 if !exists.contains(&name) {
                     self.processor.forget_stats(&name);
+                    if let Some(keys) = &self.keys
+                        && let Err(e) = keys.retire(&name).await
+                    {
+                        tracing::warn!(mapping = %name, error = %e, "cannot delete the function's access key");
+                    }
                 }
                 tracing::info!(mapping = %name, "stopped mapping");
                 report.stopped.push(name);
@@ -136,7 +176,11 @@ impl MappingRunner {
                 Some(p) if tracks => p,
                 _ => self.processor.clone(),
             };
-            match processor.start_definition(&def, &self.lambda_env, rx).await {
+            let started = match self.environment_for(&def).await {
+                Ok(env) => processor.start_definition(&def, &env, rx).await,
+                Err(e) => Err(e),
+            };
+            match started {
                 Ok(handles) => {
                     let updated = def.updated_ms;
                     self.processor

@@ -220,6 +220,9 @@ pub(crate) struct MappingEntry {
     pub(crate) output_prefix: Option<String>,
     pub(crate) timeout_secs: Option<u64>,
     pub(crate) memory_mb: Option<u32>,
+    /// Policy document (JSON file, relative to this file's directory) of the key a lambda
+    /// function runs with.
+    pub(crate) policy_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -264,6 +267,18 @@ impl MappingEntry {
                 output_prefix: self.output_prefix.clone(),
                 timeout_secs: self.timeout_secs,
                 memory_mb: self.memory_mb,
+                policy: match &self.policy_file {
+                    None => Some(String::new()),
+                    Some(f) => {
+                        let path = settings.config_dir.join(f);
+                        Some(std::fs::read_to_string(&path).map_err(|e| {
+                            usage(format!(
+                                "cannot read the policy file {}: {e}",
+                                path.display()
+                            ))
+                        })?)
+                    }
+                },
             },
         };
         asked

@@ -23,7 +23,9 @@ mod mapping_server;
 mod serve;
 mod wiring;
 
-use config::{CommonArgs, Settings};
+use std::path::PathBuf;
+
+use config::{CommonArgs, Settings, usage};
 
 #[derive(Parser)]
 #[command(
@@ -101,13 +103,23 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Create an access key; its secret is printed once.
+    /// Create an access key; its secret is printed once. Without --policy or --allow the
+    /// key has full access.
     Create {
         /// What the key is for.
         #[arg(long, default_value = "")]
         description: String,
+        /// IAM policy document (JSON file) limiting what the key may do on the edge
+        #[arg(long, value_name = "FILE", conflicts_with = "allow")]
+        policy: Option<PathBuf>,
+        /// Allow one action on one resource, ACTION:RESOURCE (repeatable), e.g.
+        /// s3:GetObject:arn:aws:s3:::sluice/uploads/* or kinesis:PutRecord:* ; wildcards as in
+        /// IAM policies
+        #[arg(long, value_name = "ACTION:RESOURCE")]
+        allow: Vec<String>,
     },
-    /// List access key ids (not their secrets; the development key's secret is in
+    /// List access keys, one per line: id, description, and `full-access` or the key's
+    /// policy (not their secrets; the development key's secret is in
     /// `<data-dir>/credentials`, mode 0600).
     List,
     /// Delete an access key (and `<data-dir>/credentials` if it holds that key).
@@ -153,6 +165,33 @@ fn main() -> std::process::ExitCode {
 }
 
 /// The error of writing to a pipe whose reader has closed it.
+/// The policy `--allow ACTION:RESOURCE …` describes: one Allow statement per entry. The
+/// action is the first two colon-separated parts (`service:Operation`), the resource the
+/// rest (an ARN, or `*`).
+fn allow_policy(entries: &[String]) -> Result<String> {
+    let mut statements = Vec::new();
+    for entry in entries {
+        let mut parts = entry.splitn(3, ':');
+        let (Some(service), Some(op), Some(resource)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(usage(format!(
+                "--allow takes ACTION:RESOURCE, e.g. s3:GetObject:arn:aws:s3:::sluice/uploads/* or kinesis:*:*; got {entry:?}"
+            )));
+        };
+        if service.is_empty() || op.is_empty() || resource.is_empty() {
+            return Err(usage(format!(
+                "--allow takes ACTION:RESOURCE with neither part empty; got {entry:?}"
+            )));
+        }
+        statements.push(serde_json::json!({
+            "Effect": "Allow",
+            "Action": format!("{service}:{op}"),
+            "Resource": resource,
+        }));
+    }
+    Ok(serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string())
+}
+
 fn closed_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -208,8 +247,27 @@ fn run(cli: Cli) -> Result<()> {
         Command::Keys(cmd) => {
             let keys = wiring::open_access_keys(&settings, wiring::open_db(&settings)?)?;
             match cmd {
-                KeysCommand::Create { description } => {
-                    let k = keys.create(&description)?;
+                KeysCommand::Create {
+                    description,
+                    policy,
+                    allow,
+                } => {
+                    let document = match (policy, allow.is_empty()) {
+                        (Some(file), _) => Some(std::fs::read_to_string(&file).map_err(|e| {
+                            usage(format!(
+                                "cannot read the policy file {}: {e}",
+                                file.display()
+                            ))
+                        })?),
+                        (None, false) => Some(allow_policy(&allow)?),
+                        (None, true) => None,
+                    };
+                    let k = keys
+                        .create_with_policy(&description, document.as_deref())
+                        .map_err(|e| match e {
+                            sluice_identity::IdentityError::InvalidParameter(m) => usage(m),
+                            e => e.into(),
+                        })?;
                     outln!(
                         "{}",
                         serde_json::json!({"accessKeyId": k.id, "secretAccessKey": k.secret})
@@ -217,7 +275,14 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 KeysCommand::List => {
                     for k in keys.list()? {
-                        outln!("{}\t{}", k.id, k.description);
+                        let scope = match &k.policy {
+                            None => "full-access".to_owned(),
+                            // One line: the document as compact JSON.
+                            Some(doc) => serde_json::from_str::<serde_json::Value>(doc)
+                                .map(|v| v.to_string())
+                                .unwrap_or_else(|_| doc.replace('\n', " ")),
+                        };
+                        outln!("{}\t{}\t{}", k.id, k.description, scope);
                     }
                 }
                 KeysCommand::Delete { id } => {

@@ -97,6 +97,19 @@ pub(crate) struct DeliveryOptions {
     /// Memory of lambda functions, 128–10240 MiB [create default: 512]
     #[arg(long)]
     pub(crate) memory_mb: Option<u32>,
+    /// Policy document (JSON file) of the access key a lambda function runs with, like
+    /// Lambda's execution role [default: read the mapping's stream, read uploads/ of the
+    /// upload bucket, write under the output prefix]; an empty value restores the default
+    #[arg(long, value_name = "FILE", value_parser = read_policy_file)]
+    pub(crate) policy: Option<String>,
+}
+
+/// `--policy FILE`: the file's text (an empty path: no policy of its own).
+fn read_policy_file(path: &str) -> Result<String, String> {
+    if path.is_empty() {
+        return Ok(String::new());
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -162,6 +175,7 @@ impl DeliveryOptions {
             output_prefix: self.output_prefix.clone(),
             timeout_secs: self.timeout_secs,
             memory_mb: self.memory_mb,
+            policy: self.policy.clone(),
         }
     }
 }
@@ -252,6 +266,11 @@ async fn run_async(settings: &Settings, cmd: MappingCommand) -> Result<()> {
         MappingCommand::Delete { name } => {
             refuse_builtin(&name).map_err(from_processor)?;
             store.delete(&name).await.map_err(from_processor)?;
+            // Its function's key goes with it (a running server also deletes it when it
+            // stops the mapping).
+            let keys = wiring::open_access_keys(settings, db)?;
+            let description = crate::mapping_server::function_key_description(&name);
+            tokio::task::spawn_blocking(move || keys.retire(&description)).await??;
             outln!("deleted mapping {name}");
             Ok(())
         }
@@ -333,6 +352,7 @@ fn view(settings: &Settings, def: &MappingDefinition, s: Option<&SavedStats>) ->
         "functionArn": format!("arn:aws:lambda:{}:{}:function:{}", settings.region, settings.account_id, c.name),
         "environment": def.settings.environment,
         "timeoutSecs": def.settings.timeout_secs,
+        "policy": def.settings.policy.as_deref().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()),
         "memoryMb": def.settings.memory_mb,
         "batchSize": c.batch_size,
         "maximumBatchingWindowInSeconds": c.maximum_batching_window_secs,

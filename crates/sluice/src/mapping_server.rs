@@ -14,8 +14,9 @@ use sluice_meta::Meta;
 use sluice_processor::embedded::{EmbeddedMappings, EmbeddedStats};
 use sluice_processor::lambda::LambdaEnvironment;
 use sluice_processor::logs::BufferedLogs;
+use sluice_processor::mappings::MappingDefinition;
 use sluice_processor::mappings::{Reconcile, reconcile};
-use sluice_processor::runner::MappingRunner;
+use sluice_processor::runner::{FunctionKeys, MappingRunner};
 use sluice_processor::{MappingStore, NoObserver, Processor, ProcessorError};
 use tokio::sync::watch;
 
@@ -25,9 +26,99 @@ use crate::config::Settings;
 pub(crate) const SYNC_EVERY: Duration = Duration::from_millis(250);
 /// How often changed statistics are saved.
 pub(crate) const SAVE_STATS_EVERY: Duration = Duration::from_millis(250);
-/// Description of the access key lambda functions get (one per data directory, created
-/// at the first start that needs it; its secret is never printed).
+/// Description of the one full-access key earlier versions gave every lambda function;
+/// deleted at start (each function now has a key of its own, [`ScopedFunctionKeys`]).
 pub(crate) const LAMBDA_KEY_DESCRIPTION: &str = "lambda functions of sluice serve (managed)";
+
+/// Description of the key of mapping `name`'s function (its secret is never printed).
+pub(crate) fn function_key_description(name: &str) -> String {
+    format!("function of mapping {name} (managed)")
+}
+
+/// Each lambda function's own access key, limited to what its mapping needs (or to the
+/// policy the mapping names, `--policy`), as a Lambda function runs with its execution
+/// role: a function cannot read, write or delete what its mapping does not concern.
+pub(crate) struct ScopedFunctionKeys {
+    pub(crate) keys: AccessKeys,
+    pub(crate) region: String,
+    pub(crate) account_id: String,
+    /// The bucket whose `uploads/` the functions read.
+    pub(crate) upload_bucket: String,
+}
+
+impl ScopedFunctionKeys {
+    /// The policy a mapping's function gets unless the mapping names its own: read its
+    /// stream, read `uploads/` of the upload bucket, write under the mapping's output prefix
+    /// (in its output bucket, or in any bucket when it names none: the seed's handler
+    /// writes to a bucket its environment names).
+    pub(crate) fn default_policy(&self, def: &MappingDefinition) -> String {
+        let stream = format!(
+            "arn:aws:kinesis:{}:{}:stream/{}",
+            self.region, self.account_id, def.config.stream
+        );
+        let out_bucket = def.config.output_bucket.as_deref().unwrap_or("*");
+        serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "ReadItsStream",
+                    "Effect": "Allow",
+                    "Action": [
+                        "kinesis:DescribeStream",
+                        "kinesis:DescribeStreamSummary",
+                        "kinesis:GetRecords",
+                        "kinesis:GetShardIterator",
+                        "kinesis:ListShards"
+                    ],
+                    "Resource": stream
+                },
+                {
+                    "Sid": "ReadUploads",
+                    "Effect": "Allow",
+                    "Action": "s3:GetObject",
+                    "Resource": format!("arn:aws:s3:::{}/uploads/*", self.upload_bucket)
+                },
+                {
+                    "Sid": "WriteOutputs",
+                    "Effect": "Allow",
+                    "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                    "Resource": format!("arn:aws:s3:::{out_bucket}/{}*", def.config.output_prefix)
+                }
+            ]
+        })
+        .to_string()
+    }
+}
+
+#[async_trait::async_trait]
+impl FunctionKeys for ScopedFunctionKeys {
+    async fn key_for(&self, def: &MappingDefinition) -> Result<(String, String), ProcessorError> {
+        let policy = def
+            .settings
+            .policy
+            .clone()
+            .unwrap_or_else(|| self.default_policy(def));
+        let keys = self.keys.clone();
+        let description = function_key_description(def.name());
+        let key = tokio::task::spawn_blocking(move || {
+            keys.find_or_create_scoped(&description, Some(&policy))
+        })
+        .await
+        .map_err(|e| ProcessorError::Function(format!("cannot issue the function's key: {e}")))?
+        .map_err(|e| ProcessorError::Function(format!("cannot issue the function's key: {e}")))?;
+        Ok((key.id, key.secret))
+    }
+
+    async fn retire(&self, mapping: &str) -> Result<(), ProcessorError> {
+        let keys = self.keys.clone();
+        let description = function_key_description(mapping);
+        tokio::task::spawn_blocking(move || keys.retire(&description))
+            .await
+            .map_err(|e| ProcessorError::Function(e.to_string()))?
+            .map_err(|e| ProcessorError::Function(e.to_string()))?;
+        Ok(())
+    }
+}
 
 /// The running mapping machinery; [`Mappings::finish`] waits for it after shutdown.
 pub(crate) struct Mappings {
@@ -83,10 +174,17 @@ pub(crate) async fn start(
 ) -> Result<Mappings> {
     let store = EmbeddedMappings::new(db.clone());
     apply_config(settings, &store).await?;
-    let key = {
+    {
         let k = keys.clone();
-        tokio::task::spawn_blocking(move || k.find_or_create(LAMBDA_KEY_DESCRIPTION)).await??
-    };
+        let retired =
+            tokio::task::spawn_blocking(move || k.retire(LAMBDA_KEY_DESCRIPTION)).await??;
+        if retired > 0 {
+            tracing::info!(
+                keys = retired,
+                "deleted the full-access key functions shared before each got its own"
+            );
+        }
+    }
     // Absolute: handlers run with their code directory as the current directory.
     let runtime_dir = std::path::absolute(settings.data_dir.join("runtime"))
         .context("cannot resolve the runtime directory")?;
@@ -94,13 +192,24 @@ pub(crate) async fn start(
     env.region = settings.region.clone();
     env.account_id = settings.account_id.clone();
     env.endpoint_url = Some(edge_url.to_owned());
-    env.access_key_id = key.id;
-    env.secret_access_key = key.secret;
-    let runner = Arc::new(MappingRunner::new(
-        processor.clone().with_observer(Arc::new(NoObserver)),
-        Arc::new(store),
-        env,
-    ));
+    // Every lambda function gets a key of its own (ScopedFunctionKeys); this one is a key
+    // that does not exist.
+    env.access_key_id = String::new();
+    env.secret_access_key = String::new();
+    let function_keys = ScopedFunctionKeys {
+        keys: keys.clone(),
+        region: settings.region.clone(),
+        account_id: settings.account_id.clone(),
+        upload_bucket: settings.bucket.clone(),
+    };
+    let runner = Arc::new(
+        MappingRunner::new(
+            processor.clone().with_observer(Arc::new(NoObserver)),
+            Arc::new(store),
+            env,
+        )
+        .with_function_keys(Arc::new(function_keys)),
+    );
     let stats = EmbeddedStats::new(db.clone());
     let processor = processor.clone();
     let task = tokio::spawn(async move {

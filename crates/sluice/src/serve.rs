@@ -434,6 +434,7 @@ mod tests {
             secret: "TOPSECRETVALUE".into(),
             description: String::new(),
             created_ms: 0,
+            policy: None,
         };
         let file = std::path::Path::new("/nonexistent/credentials");
         let shown = access_key_banner(Some(&k), file, true);

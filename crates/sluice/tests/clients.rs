@@ -350,3 +350,133 @@ fn seed_processor_runs_as_a_lambda_mapping() {
     assert!(logs.contains("START RequestId"), "{logs}");
     server.stop();
 }
+
+/// Least privilege for functions: a lambda mapping's function runs with a key of its own,
+/// limited to what the mapping needs (read its stream, read `uploads/`, write under its
+/// output prefix). A handler that tries more (tests/clients/js/least-privilege) gets
+/// AccessDenied for reading, writing and deleting elsewhere and for writing to the stream,
+/// and what it may not touch is untouched. Deleting the mapping deletes its key.
+#[test]
+fn a_function_may_do_only_what_its_mapping_needs() {
+    node();
+    let dir = DataDir::new("fn-least-privilege");
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[("SLUICE_BUILTIN_MAPPING", "false")],
+    );
+    let admin = server.new_key();
+    let k = (admin.0.as_str(), admin.1.as_str());
+    let victim = dir.0.join("victim.txt");
+    std::fs::write(&victim, "do not touch").expect("write");
+    let (ok, _, err) = common::aws_as(
+        k,
+        &[
+            "--endpoint-url",
+            &server.edge,
+            "s3",
+            "cp",
+            victim.to_str().expect("utf-8"),
+            "s3://sluice/other/victim.txt",
+        ],
+    );
+    assert!(ok, "{err}");
+
+    let js = repo_root().join("tests/clients/js");
+    let out = Command::new(common::bin())
+        .args([
+            "mapping",
+            "create",
+            "--name",
+            "least-privilege",
+            "--stream",
+            "uploads-stream",
+            "--function",
+            "lambda:nodejs:./least-privilege/handler.handler",
+            "--starting-position",
+            "LATEST",
+        ])
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .env("SLUICE_META", dir.meta_url())
+        .current_dir(&js)
+        .output()
+        .expect("sluice mapping create");
+    assert!(
+        out.status.success(),
+        "mapping create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    server.create_user(USER_EMAIL);
+    let token = server.id_token(USER_EMAIL);
+    let resp = server.upload(&token, "demo.txt", "hello");
+    assert_eq!(resp.status(), 200);
+    let id = resp.json::<Value>().expect("json")["uploadId"]
+        .as_str()
+        .expect("uploadId")
+        .to_owned();
+    let status = server.wait_final(&token, &id);
+    assert_eq!(
+        status["status"],
+        "processed",
+        "{status}\n{}",
+        server_log(&dir)
+    );
+    let get = |key: &str| {
+        common::aws_as(
+            k,
+            &[
+                "--endpoint-url",
+                &server.edge,
+                "s3",
+                "cp",
+                &format!("s3://sluice/{key}"),
+                "-",
+            ],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let verdict: Value = loop {
+        let (ok, out, _) = get("processed/demo.txt.verdict.json");
+        if ok {
+            break serde_json::from_str(&out).expect("verdict json");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the handler never wrote its verdict\n{}",
+            server.cli(&["logs", "least-privilege"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(verdict["readOwnUpload"], "ok", "{verdict}");
+    for denied in [
+        "readElsewhere",
+        "deleteElsewhere",
+        "deleteOwnUpload",
+        "writeElsewhere",
+    ] {
+        assert_eq!(verdict[denied], "AccessDenied", "{denied}: {verdict}");
+    }
+    assert_eq!(verdict["putRecord"], "AccessDeniedException", "{verdict}");
+    assert_eq!(get("other/victim.txt").1, "do not touch");
+    assert!(!get("other/planted.txt").0, "nothing planted");
+    assert!(get("uploads/demo.txt").0, "the upload is still there");
+
+    // The function's key is its own, scoped, and goes with the mapping.
+    let keys = server.cli(&["keys", "list"]);
+    let line = keys
+        .lines()
+        .find(|l| l.contains("function of mapping least-privilege"))
+        .unwrap_or_else(|| panic!("no function key in {keys}"))
+        .to_owned();
+    assert!(line.contains("arn:aws:s3:::sluice/uploads/*"), "{line}");
+    server.cli(&["mapping", "delete", "least-privilege"]);
+    let keys = server.cli(&["keys", "list"]);
+    assert!(
+        !keys.contains("function of mapping least-privilege"),
+        "{keys}"
+    );
+    server.stop();
+}

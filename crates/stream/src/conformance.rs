@@ -1579,6 +1579,9 @@ pub async fn continuation_sequence_numbers(s: Backend) {
         InvalidArgument,
         rule
     );
+    // What a request carrying only a token is authorized against.
+    assert_eq!(s.token_stream(&start).as_deref(), Some("k"), "token stream");
+    assert_eq!(s.token_stream("garbage"), None, "token stream of garbage");
     let mut seqs = Vec::new();
     for i in 0..5 {
         seqs.push(

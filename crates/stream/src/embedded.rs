@@ -1651,6 +1651,10 @@ impl Stream for EmbeddedStream {
         let pos = iterator::decode(&self.iterator_key, iterator, now_ms())?;
         Ok(sequence_number(pos.h, pos.p.saturating_sub(1)))
     }
+
+    fn token_stream(&self, token: &str) -> Option<String> {
+        iterator::token_stream(&self.iterator_key, token)
+    }
 }
 
 impl EmbeddedStream {

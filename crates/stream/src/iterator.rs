@@ -44,6 +44,19 @@ pub(crate) fn decode(key: &[u8], iterator: &str, now_ms: i64) -> Result<Position
     Ok(pos)
 }
 
+/// The stream named in a shard iterator or a list token sealed under `key`: every such
+/// token carries it as `s`.
+pub(crate) fn token_stream(key: &[u8], token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        s: String,
+    }
+    [ITERATOR_DOMAIN, LIST_SHARDS_DOMAIN, LIST_CONSUMERS_DOMAIN]
+        .iter()
+        .find_map(|domain| open::<Named>(key, domain, token))
+        .map(|n| n.s)
+}
+
 const ITERATOR_DOMAIN: &[u8] = b"sluice-shard-iterator\0";
 pub(crate) const LIST_SHARDS_DOMAIN: &[u8] = b"sluice-list-shards\0";
 pub(crate) const LIST_STREAMS_DOMAIN: &[u8] = b"sluice-list-streams\0";

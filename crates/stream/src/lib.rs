@@ -528,6 +528,10 @@ pub trait Stream: Send + Sync + 'static {
     /// At the very first position of a shard (nothing ever preceded it) there is none, and
     /// this is the shard's starting sequence number. No I/O: the iterator says it all.
     fn continuation_sequence_number(&self, iterator: &str) -> Result<String, StreamError>;
+    /// The stream a shard iterator or a `NextToken` (of ListShards or ListStreamConsumers)
+    /// was issued for, expired or not; `None` if this stream did not issue it. What a
+    /// request carrying only a token is authorized against. No I/O.
+    fn token_stream(&self, token: &str) -> Option<String>;
 }
 
 /// A 64-bit checksum of a record's identity and content, stored with every record and

@@ -57,6 +57,11 @@ const SIGNED_ONLY: &[&str] = &[
     "ListUsers",
 ];
 
+/// Whether AWS authorizes `op` with IAM (and so sluice with the signing key's policy).
+pub fn needs_iam(op: &str) -> bool {
+    SIGNED_ONLY.contains(&op)
+}
+
 pub async fn handle(identity: &Identity, op: &str, body: &[u8], caller: Caller) -> Response {
     if caller == Caller::Anonymous && SIGNED_ONLY.contains(&op) {
         return json_error(

@@ -22,14 +22,29 @@ pub use leases::{
     HEARTBEAT, SUBSCRIPTION_DURATION, SubscribeOptions, Subscriptions, TAKEOVER_AFTER,
 };
 
-use common::{OpResult, err};
+use common::{OpResult, err, str_field};
 
-pub async fn handle(ctx: &KinesisContext, op: &str, body: &[u8], enc: Encoding) -> Response {
+use crate::authz::Principal;
+
+pub async fn handle(
+    ctx: &KinesisContext,
+    op: &str,
+    body: &[u8],
+    enc: Encoding,
+    principal: &Principal,
+) -> Response {
     let req = match enc {
         Encoding::Json => serde_json::from_slice::<Value>(body).ok(),
         Encoding::Cbor => crate::cbor::decode(body),
     };
+    let denied = match &req {
+        Some(r @ Value::Object(_)) if !principal.unrestricted() => principal
+            .check(&format!("kinesis:{op}"), &resource(ctx, op, r))
+            .err(),
+        _ => None,
+    };
     let result = match req {
+        _ if let Some(d) = denied => Err(err("AccessDeniedException", d.message())),
         // GetRecords in JSON is written straight to the body: its records (base64 data)
         // are most of what the edge serialises, and a `Value` tree of them costs an
         // allocation per field plus escaping on the way out.
@@ -68,6 +83,40 @@ pub async fn handle(ctx: &KinesisContext, op: &str, body: &[u8], enc: Encoding) 
             crate::cbor::response(e.status, &json!({"__type": e.kind, "message": e.message}))
         }
     }
+}
+
+/// The resource a Kinesis operation is authorized on (see [`crate::authz`]): the stream (or
+/// consumer) it names, or `*` when it names none that can be read.
+fn resource(ctx: &KinesisContext, op: &str, req: &Value) -> String {
+    let by_token = |field: &str| {
+        str_field(req, field)
+            .and_then(|t| ctx.stream.token_stream(t))
+            .map(|name| ctx.arn(&name))
+    };
+    let stream = || common::stream_name(ctx, req).ok().map(|n| ctx.arn(&n));
+    let found = match op {
+        "ListStreams" | "DescribeLimits" => None,
+        "GetRecords" => by_token("ShardIterator"),
+        "TagResource" | "UntagResource" | "ListTagsForResource" => {
+            str_field(req, "ResourceARN").map(str::to_owned)
+        }
+        "SubscribeToShard" => str_field(req, "ConsumerARN").map(str::to_owned),
+        "DescribeStreamConsumer" | "DeregisterStreamConsumer" => {
+            match (
+                str_field(req, "ConsumerARN"),
+                str_field(req, "StreamARN"),
+                str_field(req, "ConsumerName"),
+            ) {
+                (Some(arn), _, _) => Some(arn.to_owned()),
+                // By name, without its creation time: any consumer of that name.
+                (None, Some(stream), Some(name)) => Some(format!("{stream}/consumer/{name}:*")),
+                _ => None,
+            }
+        }
+        "ListShards" | "ListStreamConsumers" => stream().or_else(|| by_token("NextToken")),
+        _ => stream(),
+    };
+    found.unwrap_or_else(|| "*".to_owned())
 }
 
 /// One Kinesis operation on a decoded request.

@@ -1,0 +1,216 @@
+//! Authorization of signed requests: every edge operation is an IAM action on a resource
+//! ARN, decided by the signing key's policy with the one evaluator sluice has
+//! (`sluice-policy`). A key without a policy has full access.
+//!
+//! Actions and resources are the ones AWS's service authorization reference names, so a
+//! policy written for AWS means the same here:
+//!
+//! - S3: `s3:GetObject` (GetObject, HeadObject), `s3:PutObject` (PutObject, CopyObject's
+//!   destination, the multipart operations), `s3:DeleteObject` (DeleteObject, each key of a
+//!   DeleteObjects), `s3:ListBucket` (ListObjects(V2), HeadBucket), … on
+//!   `arn:aws:s3:::BUCKET/KEY` or `arn:aws:s3:::BUCKET`; ListBuckets is
+//!   `s3:ListAllMyBuckets` on `*`. CopyObject and UploadPartCopy also need `s3:GetObject` on
+//!   the source.
+//! - Kinesis: `kinesis:<Operation>` on `arn:aws:kinesis:REGION:ACCOUNT:stream/NAME` (or the
+//!   consumer's ARN for the consumer operations and SubscribeToShard); GetRecords is
+//!   authorized on the stream its shard iterator reads; ListStreams and DescribeLimits on `*`.
+//! - Cognito: `cognito-idp:<Operation>` on `arn:aws:cognito-idp:REGION:ACCOUNT:userpool/ID`
+//!   for the operations that need IAM credentials (the public sign-in and sign-up operations
+//!   are not IAM-authorized, as on AWS); CreateUserPool and ListUserPools on `*`.
+//!
+//! A request whose resource cannot be read (a missing or malformed name) is decided against
+//! `*`, which only a policy allowing the action on every resource allows: unknown never means
+//! allowed.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use sluice_policy::{Decision, Policy};
+
+/// Who signed a request, and what they may do.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub access_key_id: String,
+    /// `None`: full access.
+    pub policy: Option<Arc<Policy>>,
+    pub account_id: String,
+}
+
+/// A request the principal's policy does not allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    pub explicit: bool,
+}
+
+impl Denied {
+    /// IAM's wording, as AWS services put it in `AccessDenied(Exception)` messages.
+    pub fn message(&self) -> String {
+        let why = if self.explicit {
+            "with an explicit deny in an identity-based policy".to_owned()
+        } else {
+            format!(
+                "because no identity-based policy allows the {} action",
+                self.action
+            )
+        };
+        format!(
+            "User: {} is not authorized to perform: {} on resource: {} {why}",
+            self.principal, self.action, self.resource
+        )
+    }
+}
+
+impl Principal {
+    /// The principal's ARN in messages: the key as an IAM user of the account.
+    pub fn arn(&self) -> String {
+        format!(
+            "arn:aws:iam::{}:user/{}",
+            self.account_id, self.access_key_id
+        )
+    }
+
+    /// Whether the principal may perform `action` on `resource`.
+    pub fn check(&self, action: &str, resource: &str) -> Result<(), Denied> {
+        let Some(policy) = &self.policy else {
+            return Ok(());
+        };
+        match policy.decide(action, resource) {
+            Decision::Allow => Ok(()),
+            d => Err(Denied {
+                principal: self.arn(),
+                action: action.to_owned(),
+                resource: resource.to_owned(),
+                explicit: d == Decision::ExplicitDeny,
+            }),
+        }
+    }
+
+    /// Whether the key has full access (no policy to evaluate).
+    pub fn unrestricted(&self) -> bool {
+        self.policy.is_none()
+    }
+}
+
+/// The IAM action of an S3 operation (as s3s names operations).
+pub fn s3_action(op: &str) -> Cow<'static, str> {
+    let action = match op {
+        "GetObject" | "HeadObject" | "GetObjectAttributes" | "SelectObjectContent" => {
+            "s3:GetObject"
+        }
+        "PutObject"
+        | "PostObject"
+        | "CopyObject"
+        | "CreateMultipartUpload"
+        | "UploadPart"
+        | "UploadPartCopy"
+        | "CompleteMultipartUpload" => "s3:PutObject",
+        "DeleteObject" | "DeleteObjects" => "s3:DeleteObject",
+        "AbortMultipartUpload" => "s3:AbortMultipartUpload",
+        "ListParts" => "s3:ListMultipartUploadParts",
+        "ListObjects" | "ListObjectsV2" | "HeadBucket" => "s3:ListBucket",
+        "ListObjectVersions" => "s3:ListBucketVersions",
+        "ListMultipartUploads" => "s3:ListBucketMultipartUploads",
+        "ListBuckets" => "s3:ListAllMyBuckets",
+        "DeleteBucketTagging" => "s3:PutBucketTagging",
+        "DeleteObjectTagging" => "s3:DeleteObjectTagging",
+        "GetBucketLocation" => "s3:GetBucketLocation",
+        other => return Cow::Owned(format!("s3:{other}")),
+    };
+    Cow::Borrowed(action)
+}
+
+/// `arn:aws:s3:::BUCKET/KEY`, `arn:aws:s3:::BUCKET`, or `*` for requests on no bucket.
+pub fn s3_resource(bucket: Option<&str>, key: Option<&str>) -> String {
+    match (bucket, key) {
+        (Some(b), Some(k)) => format!("arn:aws:s3:::{b}/{k}"),
+        (Some(b), None) => format!("arn:aws:s3:::{b}"),
+        _ => "*".to_owned(),
+    }
+}
+
+/// The resource of a signed Cognito operation: the pool its `UserPoolId` names, or `*`.
+pub fn cognito_resource(region: &str, account_id: &str, body: &[u8]) -> String {
+    let pool = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("UserPoolId")
+                .and_then(|p| p.as_str())
+                .map(str::to_owned)
+        });
+    match pool {
+        Some(id) if !id.is_empty() => {
+            format!("arn:aws:cognito-idp:{region}:{account_id}:userpool/{id}")
+        }
+        _ => "*".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(doc: Option<&str>) -> Principal {
+        Principal {
+            access_key_id: "AKIATEST".into(),
+            policy: doc.map(|d| Arc::new(Policy::parse(d).expect("policy"))),
+            account_id: "000000000000".into(),
+        }
+    }
+
+    #[test]
+    fn a_key_without_policy_may_do_anything() {
+        assert!(principal(None).check("s3:DeleteObject", "*").is_ok());
+    }
+
+    #[test]
+    fn denials_say_who_what_where_and_why() {
+        let p = principal(Some(
+            r#"{"Version":"2012-10-17","Statement":[
+                {"Effect":"Allow","Action":"s3:*","Resource":"arn:aws:s3:::b/uploads/*"},
+                {"Effect":"Deny","Action":"s3:DeleteObject","Resource":"*"}]}"#,
+        ));
+        assert!(p.check("s3:GetObject", "arn:aws:s3:::b/uploads/x").is_ok());
+        let d = p
+            .check("s3:GetObject", "arn:aws:s3:::b/processed/x")
+            .expect_err("other prefix");
+        assert_eq!(
+            d.message(),
+            "User: arn:aws:iam::000000000000:user/AKIATEST is not authorized to perform: \
+             s3:GetObject on resource: arn:aws:s3:::b/processed/x because no identity-based \
+             policy allows the s3:GetObject action"
+        );
+        let d = p
+            .check("s3:DeleteObject", "arn:aws:s3:::b/uploads/x")
+            .expect_err("denied");
+        assert!(
+            d.explicit
+                && d.message()
+                    .ends_with("with an explicit deny in an identity-based policy")
+        );
+    }
+
+    #[test]
+    fn s3_operations_are_iam_actions() {
+        assert_eq!(s3_action("HeadObject"), "s3:GetObject");
+        assert_eq!(s3_action("UploadPart"), "s3:PutObject");
+        assert_eq!(s3_action("ListObjectsV2"), "s3:ListBucket");
+        assert_eq!(s3_action("ListBuckets"), "s3:ListAllMyBuckets");
+        assert_eq!(s3_action("PutBucketTagging"), "s3:PutBucketTagging");
+        assert_eq!(s3_resource(Some("b"), Some("k/x")), "arn:aws:s3:::b/k/x");
+        assert_eq!(s3_resource(Some("b"), None), "arn:aws:s3:::b");
+        assert_eq!(s3_resource(None, None), "*");
+    }
+
+    #[test]
+    fn cognito_resources_are_pools() {
+        assert_eq!(
+            cognito_resource("us-east-2", "1", br#"{"UserPoolId":"us-east-2_X"}"#),
+            "arn:aws:cognito-idp:us-east-2:1:userpool/us-east-2_X"
+        );
+        assert_eq!(cognito_resource("r", "1", b"{}"), "*");
+        assert_eq!(cognito_resource("r", "1", b"not json"), "*");
+    }
+}
