@@ -38,6 +38,9 @@ pub enum GatewayError {
     /// Storage is full (507): nothing was stored.
     #[error("the service has no storage left; nothing was stored")]
     Full(String),
+    /// The user's storage limit would be passed (507): nothing was stored.
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -70,7 +73,9 @@ impl GatewayError {
             GatewayError::Gone(_) => StatusCode::GONE,
             GatewayError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            GatewayError::Full(_) | GatewayError::QuotaExceeded(_) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -87,6 +92,7 @@ impl GatewayError {
             GatewayError::TooManyRequests { .. } => "too_many_requests",
             GatewayError::Unavailable(_) => "service_unavailable",
             GatewayError::Full(_) => "insufficient_storage",
+            GatewayError::QuotaExceeded(_) => "storage_limit_exceeded",
             GatewayError::Internal(_) => "internal_error",
         }
     }

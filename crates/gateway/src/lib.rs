@@ -192,7 +192,8 @@ async fn create_upload(
     body: Body,
 ) -> Result<Response, GatewayError> {
     // Checked in this order: token (above, before any byte of the body is read), the
-    // user's upload rate, media type, size, the user's daily bytes, then the body itself.
+    // user's upload rate, media type, size, the user's daily and stored bytes, then the
+    // body itself.
     gw.quota.admit(auth.sub())?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -228,9 +229,14 @@ async fn create_upload(
         // Far too large to be worth reading: answer now and let the connection close.
         return Err(GatewayError::TooLarge(limit));
     }
-    let declared = declared.unwrap_or(0);
+    // Only a raw body's length is the upload's size; a JSON or multipart body's includes its
+    // wrapping (checked below once the content's size is known).
+    let declared = match kind {
+        BodyKind::Raw => declared.unwrap_or(0),
+        BodyKind::Json | BodyKind::Form => 0,
+    };
     gw.quota
-        .check_bytes(gw.ledger.as_ref(), auth.sub(), declared)
+        .check_upload(gw.ledger.as_ref(), gw.store.as_ref(), auth.sub(), declared)
         .await?;
     let meta = |filename: String, content_type: &str| UploadMeta {
         user_sub: auth.sub().to_owned(),
@@ -259,7 +265,12 @@ async fn create_upload(
                 _ => "empty".to_owned(),
             };
             gw.quota
-                .check_bytes(gw.ledger.as_ref(), auth.sub(), content.len() as u64)
+                .check_upload(
+                    gw.ledger.as_ref(),
+                    gw.store.as_ref(),
+                    auth.sub(),
+                    content.len() as u64,
+                )
                 .await?;
             gw.sink
                 .commit(meta(filename, "text/plain").with_body(bytes::Bytes::from(content)))
@@ -279,7 +290,12 @@ async fn create_upload(
                 .await
                 .map_err(|e| body_error(e, &over, limit))?;
             gw.quota
-                .check_bytes(gw.ledger.as_ref(), auth.sub(), staged.size())
+                .check_upload(
+                    gw.ledger.as_ref(),
+                    gw.store.as_ref(),
+                    auth.sub(),
+                    staged.size(),
+                )
                 .await?;
             gw.sink
                 .commit_staged(meta(filename, "application/octet-stream"), staged)
@@ -288,7 +304,12 @@ async fn create_upload(
         BodyKind::Form => {
             let (filename, part_type, staged) = read_form(&gw, content_type, body, limit).await?;
             gw.quota
-                .check_bytes(gw.ledger.as_ref(), auth.sub(), staged.size())
+                .check_upload(
+                    gw.ledger.as_ref(),
+                    gw.store.as_ref(),
+                    auth.sub(),
+                    staged.size(),
+                )
                 .await?;
             gw.sink
                 .commit_staged(meta(filename, &part_type), staged)

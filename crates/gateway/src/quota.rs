@@ -1,5 +1,13 @@
-//! Per-user upload limits: uploads per minute (429 beyond it) and bytes uploaded per day
-//! (429 beyond it), both off unless configured (`[limits]` in sluice.toml).
+//! Per-user upload limits: uploads per minute (429 beyond it), bytes uploaded per day
+//! (429 beyond it) and bytes stored (507 beyond it), all off unless configured (`[limits]`
+//! in sluice.toml).
+//!
+//! Bytes stored are the sizes of the objects the user owns (the store's `owner`, which an
+//! upload sets to the uploader), read with one indexed query per upload while the limit is
+//! on. An upload that replaces one of the user's own objects is counted in full against
+//! what is stored now (the object it replaces still counts until it is replaced): the
+//! check errs towards refusing, never towards storing past the limit by more than the
+//! uploads racing it.
 //!
 //! Uploads per minute are token buckets in memory (per process: N gateways admit up to N
 //! times the rate). Bytes per day are the sum of the user's uploads of the last 24 hours in
@@ -11,6 +19,7 @@ use std::sync::Arc;
 
 use sluice_identity::rates::{Buckets, Rate};
 use sluice_meta::now_ms;
+use sluice_store::ObjectStore;
 use sluice_uploads::UploadLedger;
 
 use crate::GatewayError;
@@ -20,6 +29,7 @@ use crate::GatewayError;
 pub struct UserLimits {
     pub uploads_per_minute: u32,
     pub bytes_per_day: u64,
+    pub stored_bytes: u64,
 }
 
 /// [`UserLimits`] and the buckets that count against them.
@@ -81,5 +91,38 @@ impl Quota {
             });
         }
         Ok(())
+    }
+
+    /// Refuses (507) `adding` more bytes when what the user stores and they would pass the
+    /// storage limit.
+    pub async fn check_stored(
+        &self,
+        store: &dyn ObjectStore,
+        sub: &str,
+        adding: u64,
+    ) -> Result<(), GatewayError> {
+        let limit = self.limits.stored_bytes;
+        if limit == 0 {
+            return Ok(());
+        }
+        let stored = store.owned_bytes(sub).await?;
+        if stored.saturating_add(adding) > limit {
+            return Err(GatewayError::QuotaExceeded(format!(
+                "this upload of {adding} bytes would pass your storage limit of {limit} bytes ({stored} stored)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Both byte limits on an upload of `adding` bytes.
+    pub async fn check_upload(
+        &self,
+        ledger: &dyn UploadLedger,
+        store: &dyn ObjectStore,
+        sub: &str,
+        adding: u64,
+    ) -> Result<(), GatewayError> {
+        self.check_bytes(ledger, sub, adding).await?;
+        self.check_stored(store, sub, adding).await
     }
 }

@@ -187,6 +187,9 @@ pub(crate) struct LimitsConfig {
     pub(crate) uploads_per_minute_per_user: Option<u32>,
     /// Bytes a user may upload through the upload API per 24 hours [default: 0, no limit].
     pub(crate) upload_bytes_per_day_per_user: Option<u64>,
+    /// Bytes a user may store (the objects the user's uploads wrote); an upload that would
+    /// pass it is refused with 507 [default: 0, no limit].
+    pub(crate) stored_bytes_per_user: Option<u64>,
 }
 
 /// One `[[mapping]]` of `sluice.toml`. Relative paths in `function` are resolved against
@@ -475,6 +478,9 @@ impl Settings {
                     .unwrap_or(0),
                 bytes_per_day: env_parse("SLUICE_UPLOAD_BYTES_PER_DAY_PER_USER")?
                     .or(limits.upload_bytes_per_day_per_user)
+                    .unwrap_or(0),
+                stored_bytes: env_parse("SLUICE_STORED_BYTES_PER_USER")?
+                    .or(limits.stored_bytes_per_user)
                     .unwrap_or(0),
             },
             conn_limits: conn_limits(

@@ -347,6 +347,60 @@ fn revoked_sign_ins_are_refused_by_the_api_within_seconds() {
 }
 
 #[test]
+fn a_user_over_their_storage_limit_gets_507_and_stores_nothing() {
+    let dir = DataDir::new("sec-stored");
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[("SLUICE_STORED_BYTES_PER_USER", "1000")],
+    );
+    server.create_user("a@example.com");
+    server.create_user("b@example.com");
+    let (ta, tb) = (
+        server.id_token("a@example.com"),
+        server.id_token("b@example.com"),
+    );
+    let six = "s".repeat(600);
+    assert_eq!(server.upload(&ta, "a1.txt", &six).status(), 200);
+    assert_eq!(server.upload(&ta, "a2.txt", &"t".repeat(300)).status(), 200);
+    // 900 stored: 200 more would pass 1,000.
+    let resp = server.upload(&ta, "a3.txt", &"u".repeat(200));
+    assert_eq!(resp.status(), 507);
+    let body: Value = resp.json().expect("json");
+    assert_eq!(body["error"], "storage_limit_exceeded", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("storage limit of 1000 bytes (900 stored)")),
+        "{body}"
+    );
+    // Refused before the body is read when its length is declared, and after a streamed
+    // one is measured.
+    let raw = server
+        .http
+        .post(format!("{}/uploads?filename=raw.bin", server.api))
+        .bearer_auth(&ta)
+        .header("Content-Type", "application/octet-stream")
+        .body("v".repeat(200))
+        .send()
+        .expect("raw upload");
+    assert_eq!(raw.status(), 507);
+    assert_eq!(
+        common::rows(
+            &dir.0,
+            "SELECT COUNT(*) FROM uploads WHERE filename IN ('a3.txt', 'raw.bin')"
+        ),
+        0,
+        "refused uploads stored nothing"
+    );
+    // What fits still fits, and another user has a limit of their own.
+    assert_eq!(server.upload(&ta, "a4.txt", &"w".repeat(100)).status(), 200);
+    assert_eq!(server.upload(&tb, "b1.txt", &six).status(), 200);
+    server.stop();
+}
+
+#[test]
 fn per_user_upload_limits_answer_429_with_retry_after() {
     let dir = DataDir::new("sec-quota");
     let server = Server::start_on(

@@ -85,6 +85,11 @@ CREATE INDEX multipart_uploads_by_key ON multipart_uploads (bucket, key, upload_
 ALTER TABLE objects ADD COLUMN parts TEXT;
 ",
     },
+    // What each user stores (the per-user storage limit).
+    Migration {
+        name: "store-0004",
+        sql: "CREATE INDEX objects_by_owner ON objects (owner) WHERE owner IS NOT NULL;",
+    },
 ];
 
 #[derive(Clone)]
@@ -1230,6 +1235,21 @@ fn info_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<ObjectInfo
 
 #[async_trait]
 impl ObjectStore for EmbeddedStore {
+    async fn owned_bytes(&self, owner: &str) -> Result<u64, StoreError> {
+        let owner = owner.to_owned();
+        let n: i64 = self
+            .db
+            .read(move |c| {
+                Ok::<_, StoreError>(c.query_row(
+                    "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM objects WHERE owner = ?1",
+                    params![&owner],
+                    |r| r.get(0),
+                )?)
+            })
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
     async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError> {
         let bucket = bucket.to_owned();
         self.db

@@ -221,6 +221,9 @@ pub struct PutOptions {
 /// sees the old object or the new one, never a mix.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
+    /// The bytes of every object whose owner is `owner` (one indexed read): what a user
+    /// stores, for the per-user storage limit.
+    async fn owned_bytes(&self, owner: &str) -> Result<u64, StoreError>;
     /// Creates a bucket unless it exists.
     async fn ensure_bucket(&self, bucket: &str) -> Result<(), StoreError>;
     /// Creates a bucket; `BucketExists` if it exists.
