@@ -90,7 +90,17 @@ ALTER TABLE objects ADD COLUMN parts TEXT;
         name: "store-0004",
         sql: "CREATE INDEX objects_by_owner ON objects (owner) WHERE owner IS NOT NULL;",
     },
+    // CRC-32 of every BLOCK of a blob object (4 bytes each, big-endian): ranged reads are
+    // verified block by block (crate::verify::verified_blocks). NULL for inline objects and
+    // for objects written before this migration (their ranged reads are not verified).
+    Migration {
+        name: "store-0005",
+        sql: "ALTER TABLE objects ADD COLUMN blocks BLOB;",
+    },
 ];
+
+/// An object's row as reads need it: its info, inline bytes or blob, and block CRCs.
+type ObjectRow = (ObjectInfo, Option<Vec<u8>>, Option<String>, Option<Vec<u8>>);
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
@@ -108,6 +118,8 @@ pub struct Prepared {
     body: PreparedBody,
     /// Number and size of each part, for an object assembled from a multipart upload.
     parts: Option<Vec<(u32, u64)>>,
+    /// The CRC-32 of each block of a blob object ([`crate::verify::BLOCK`]).
+    blocks: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +154,7 @@ struct Hashes {
     md5: Md5,
     sha: Sha256,
     size: u64,
+    blocks: crate::verify::BlockCrcs,
 }
 
 impl Hashes {
@@ -149,6 +162,7 @@ impl Hashes {
         self.md5.update(bytes);
         self.sha.update(bytes);
         self.size += bytes.len() as u64;
+        self.blocks.update(bytes);
     }
 }
 
@@ -160,6 +174,7 @@ fn inline(body: Bytes) -> Prepared {
         sha256: hex::encode(Sha256::digest(&body)),
         body: PreparedBody::Inline(body),
         parts: None,
+        blocks: None,
     }
 }
 
@@ -327,6 +342,7 @@ impl EmbeddedStore {
             sha256: hex::encode(h.sha.finalize()),
             body: PreparedBody::Blob(id),
             parts: None,
+            blocks: Some(h.blocks.finish()),
         })
     }
 
@@ -590,23 +606,20 @@ impl EmbeddedStore {
     }
 
     /// An object's row: its metadata and where its bytes are (inline, or a blob).
-    async fn object_row(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> Result<(ObjectInfo, Option<Vec<u8>>, Option<String>), StoreError> {
+    async fn object_row(&self, bucket: &str, key: &str) -> Result<ObjectRow, StoreError> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
         let row = self
             .db
             .read(move |c| {
                 let sql = format!(
-                    "SELECT {INFO_COLUMNS}, inline, blob FROM objects WHERE bucket = ?1 AND key = ?2"
+                    "SELECT {INFO_COLUMNS}, inline, blob, blocks FROM objects WHERE bucket = ?1 AND key = ?2"
                 );
                 let row = c.query_opt(&sql, params![b, k], |r| {
                     Ok((
                         info_from_row(r)?,
                         r.get::<Option<Vec<u8>>>(9)?,
                         r.get::<Option<String>>(10)?,
+                        r.get::<Option<Vec<u8>>>(11)?,
                     ))
                 })?;
                 Ok::<_, StoreError>(row)
@@ -628,18 +641,14 @@ impl EmbeddedStore {
         range: Option<ByteRange>,
     ) -> Result<(ObjectInfo, ByteStream), StoreError> {
         for _ in 0..4 {
-            let (info, inline, blob) = self.object_row(bucket, key).await?;
+            let (info, inline, blob, blocks) = self.object_row(bucket, key).await?;
             let span = range.map(|r| (r.first, r.last));
-            // Reads of the whole object are checked against its SHA-256 (crate::verify).
-            let expected = if covers_all(span, info.size) {
-                Expected::sha256_hex(&info.sha256)
-            } else {
-                None
-            };
+            let subject = object_subject(bucket, key, blob.as_deref());
             match (inline, blob) {
                 (Some(bytes), _) => {
-                    if let Some(want) = expected {
-                        verify_bytes(&bytes, want, info.size, &object_subject(bucket, key, None))
+                    // In memory already: checked whole, whatever the range.
+                    if let Some(want) = Expected::sha256_hex(&info.sha256) {
+                        verify_bytes(&bytes, want, info.size, &subject)
                             .map_err(StoreError::Corrupt)?;
                     }
                     let bytes = Bytes::from(bytes);
@@ -654,23 +663,44 @@ impl EmbeddedStore {
                     };
                     return Ok((info, sluice_blobs::once(part)));
                 }
-                (None, Some(id)) => match self.blobs.get_range(&id, span).await {
-                    Ok(body) => {
-                        let body = match expected {
-                            Some(want) => verified(
-                                body,
-                                want,
-                                info.size,
-                                object_subject(bucket, key, Some(&id)),
-                            ),
-                            None => body,
-                        };
-                        return Ok((info, read_ahead(body).await?));
+                (None, Some(id)) => {
+                    // Reads of the whole object are checked against its SHA-256; ranged
+                    // reads block by block against the blocks' CRC-32 (crate::verify),
+                    // reading from the first block's start to the last block's end.
+                    let whole = covers_all(span, info.size);
+                    let blockwise = match (span, &blocks) {
+                        (Some((first, last)), Some(crcs))
+                            if !whole && first <= last && first < info.size =>
+                        {
+                            Some((first, last.min(info.size - 1), crcs.clone()))
+                        }
+                        _ => None,
+                    };
+                    let read_span = match &blockwise {
+                        Some((first, last, _)) => {
+                            Some(crate::verify::block_span(*first, *last, info.size))
+                        }
+                        None => span,
+                    };
+                    match self.blobs.get_range(&id, read_span).await {
+                        Ok(body) => {
+                            let body = match (blockwise, whole) {
+                                (Some((first, last, crcs)), _) => crate::verify::verified_blocks(
+                                    body, crcs, info.size, first, last, subject,
+                                ),
+                                (None, true) => match Expected::sha256_hex(&info.sha256) {
+                                    Some(want) => verified(body, want, info.size, subject),
+                                    None => body,
+                                },
+                                (None, false) => body,
+                            };
+                            return Ok((info, read_ahead(body).await?));
+                        }
+                        // Replaced (and its blob deleted) meanwhile: read the row again.
+                        Err(BlobError::NotFound(_)) => continue,
+                        Err(e) => return Err(e.into()),
                     }
-                    // Replaced (and its blob deleted) meanwhile: read the row again.
-                    Err(BlobError::NotFound(_)) => continue,
-                    Err(e) => return Err(e.into()),
-                },
+                }
                 (None, None) => return Ok((info, sluice_blobs::once(Bytes::new()))),
             }
         }
@@ -1079,13 +1109,13 @@ pub fn put_in_tx(
     conn.execute(
         "INSERT INTO objects
              (bucket, key, size, etag, sha256, content_type, modified_ms, owner, inline, blob,
-              metadata, parts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+              metadata, parts, blocks)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
              sha256 = excluded.sha256, content_type = excluded.content_type,
              modified_ms = excluded.modified_ms, owner = excluded.owner,
              inline = excluded.inline, blob = excluded.blob, metadata = excluded.metadata,
-             parts = excluded.parts",
+             parts = excluded.parts, blocks = excluded.blocks",
         params![
             bucket,
             key,
@@ -1100,7 +1130,8 @@ pub fn put_in_tx(
             metadata_json(&opts.metadata),
             obj.parts
                 .as_ref()
-                .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into()))
+                .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into())),
+            obj.blocks.as_deref()
         ],
     )?;
     Ok((
@@ -1402,7 +1433,7 @@ impl ObjectStore for EmbeddedStore {
         self.multipart(upload_id).await?;
         let mut attempt = 0;
         let prepared = loop {
-            let (info, inline, blob) = self.object_row(source.bucket, source.key).await?;
+            let (info, inline, blob, _) = self.object_row(source.bucket, source.key).await?;
             check(&info)?;
             let (start, len) = match source.range {
                 None => (0, info.size),
@@ -2377,6 +2408,70 @@ mod tests {
         (n, None)
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ranged_reads_are_checked_by_the_blocks_they_touch() {
+        use crate::verify::BLOCK;
+        let (s, damage, _engines) = open_rotting().await;
+        // Two and a half blocks; the flipped byte is in block 0.
+        let size = 2 * BLOCK + BLOCK / 2;
+        let data = Bytes::from((0..size).map(|i| (i % 253) as u8).collect::<Vec<_>>());
+        s.put("b-1", "blocks", data.clone(), PutOptions::default())
+            .await
+            .expect("put");
+        let read = |first: u64, last: u64| {
+            let s = s.clone();
+            async move {
+                let obj = match s
+                    .get_stream("b-1", "blocks", Some(ByteRange { first, last }))
+                    .await
+                {
+                    Ok(obj) => obj,
+                    // Refused when opened: the damage was in the block read ahead.
+                    Err(StoreError::Corrupt(d)) => return (Vec::new(), Some(d.into_io())),
+                    Err(e) => panic!("{e:?}"),
+                };
+                let mut got = Vec::new();
+                let mut body = obj.body;
+                while let Some(item) = body.next().await {
+                    match item {
+                        Ok(chunk) => got.extend_from_slice(&chunk),
+                        Err(e) => return (got, Some(e)),
+                    }
+                }
+                (got, None)
+            }
+        };
+        // Intact: every range gives exactly its bytes, across block edges and to the end.
+        for (first, last) in [
+            (0, 0),
+            (5, 99),
+            (BLOCK - 3, BLOCK + 2),
+            (BLOCK, 2 * BLOCK - 1),
+            (2 * BLOCK + 7, size - 1),
+            (3, size + 100),
+        ] {
+            let (got, err) = read(first, last).await;
+            assert!(err.is_none(), "{first}-{last}: {err:?}");
+            let end = (last + 1).min(size) as usize;
+            assert!(got == data[first as usize..end], "{first}-{last}");
+        }
+        let blob = blob_of(&s, "blocks").await;
+        damage(&blob, true);
+        const { assert!(FLIPPED_AT < BLOCK) };
+        // Ranges that touch block 0 fail before any of its bytes leave; others are served.
+        for (first, last) in [(0, 10), (FLIPPED_AT, FLIPPED_AT), (BLOCK - 1, BLOCK + 10)] {
+            let (got, err) = read(first, last).await;
+            let err = err.unwrap_or_else(|| panic!("{first}-{last} was served"));
+            assert!(crate::verify::Damage::of(&err).is_some(), "{err}");
+            assert!(got.is_empty(), "{first}-{last}: {} bytes left", got.len());
+        }
+        let (got, err) = read(BLOCK + 1, 2 * BLOCK + 5).await;
+        assert!(err.is_none(), "{err:?}");
+        assert!(got == data[(BLOCK + 1) as usize..(2 * BLOCK + 6) as usize]);
+        damage(&blob, false);
+        s.delete("b-1", "blocks").await.expect("delete");
+    }
+
     #[tokio::test]
     async fn damaged_blobs_are_refused_by_every_whole_read() {
         let (s, damage, _engines) = open_rotting().await;
@@ -2449,7 +2544,8 @@ mod tests {
             ));
         }
         s.delete("b-1", "one").await.expect("delete");
-        // A range covering the whole object is a whole read; other ranges cannot be checked.
+        // A range covering the whole object is a whole read; other ranges are checked by
+        // the blocks they touch (this object has one).
         let whole = ByteRange {
             first: 0,
             last: u64::MAX,
@@ -2459,9 +2555,18 @@ mod tests {
             first: 10,
             last: 20,
         };
-        let obj = s.get_stream("b-1", "big", Some(part)).await.expect("opens");
-        let (n, err) = drain(obj.body).await;
-        assert!(n == 11 && err.is_none(), "{n} {err:?}");
+        // Refused when opened (the first block is read ahead), or a stream that fails.
+        match s.get_stream("b-1", "big", Some(part)).await {
+            Err(StoreError::Corrupt(_)) => {}
+            Err(e) => panic!("{e:?}"),
+            Ok(obj) => {
+                let (n, err) = drain(obj.body).await;
+                let damaged = err
+                    .as_ref()
+                    .is_some_and(|e| crate::verify::Damage::of(e).is_some());
+                assert!(n == 0 && damaged, "{n} {err:?}");
+            }
+        }
 
         // Copies refuse damage instead of storing it under a fresh digest.
         let blobs = blob_count(&s).await;
@@ -2545,9 +2650,12 @@ mod tests {
             .await
             .expect("open_many");
         assert!(matches!(many[0], Err(StoreError::Corrupt(_))));
-        // A range of it is served (ranges are not verified).
+        // A range of it too: an inline object is in memory, checked whole.
         let r = ByteRange { first: 0, last: 1 };
-        assert!(s.get_stream("b-1", "small", Some(r)).await.is_ok());
+        assert!(matches!(
+            s.get_stream("b-1", "small", Some(r)).await,
+            Err(StoreError::Corrupt(_))
+        ));
 
         // A blob that is gone.
         let blob = blob_of(&s, "big").await;
