@@ -55,6 +55,11 @@ impl s3s::auth::S3Auth for KeyAuth {
     }
 }
 
+/// Completions of objects at least this large answer 200 at once and keep the connection
+/// alive with whitespace while the parts are assembled (smaller ones take well under a
+/// client's read timeout, and answer with their own status).
+const KEEP_ALIVE_COMPLETION_BYTES: u64 = 256 * 1024 * 1024;
+
 /// The signing key's policy on every S3 request (see [`crate::authz`]). s3s calls
 /// [`s3s::access::S3Access::check`] once the signature is verified, before the body is read;
 /// the per-operation hooks add what the path alone does not show: the source of a copy and
@@ -1387,38 +1392,58 @@ impl S3 for S3Adapter {
                 Ok((n, e))
             })
             .collect::<S3Result<Vec<_>>>()?;
-        let (bucket, key, e_tag) = match self.enqueue_target(&input.bucket, &input.key) {
-            // Into the uploads prefix: object, record and status row in one transaction.
-            Some(hook) => {
-                let done = hook
-                    .sink
-                    .complete_multipart(MultipartCompletion {
-                        multipart_id: input.upload_id,
-                        parts,
-                        user_sub: s3_user_sub(&who),
-                        filename: upload_filename(&input.key),
-                        request_id: uuid::Uuid::new_v4().to_string(),
-                        stream: hook.stream.clone(),
-                        partition_key: uuid::Uuid::new_v4().to_string(),
-                    })
-                    .await
-                    .map_err(upload_err)?;
-                (done.upload.bucket, done.upload.key, done.etag)
-            }
-            None => {
-                let info = self
-                    .store
-                    .complete_multipart(&input.upload_id, parts)
-                    .await
-                    .map_err(s3_err)?;
-                (info.bucket, info.key, info.etag)
-            }
+        // What the part list alone shows is refused now, with its own status, as S3 does.
+        let size = self
+            .store
+            .check_completion(&input.upload_id, &parts)
+            .await
+            .map_err(s3_err)?;
+        // The rest (assembling the parts: for gigabytes longer than clients wait for a first
+        // byte) runs, for a large object, while s3s answers 200 and sends whitespace every
+        // 100 ms, then the result's XML — or an error's XML in that 200, as S3 documents for
+        // CompleteMultipartUpload and the SDKs handle.
+        let this = self.clone();
+        let work = async move {
+            let (bucket, key, e_tag) = match this.enqueue_target(&input.bucket, &input.key) {
+                // Into the uploads prefix: object, record and status row in one transaction.
+                Some(hook) => {
+                    let done = hook
+                        .sink
+                        .complete_multipart(MultipartCompletion {
+                            multipart_id: input.upload_id,
+                            parts,
+                            user_sub: s3_user_sub(&who),
+                            filename: upload_filename(&input.key),
+                            request_id: uuid::Uuid::new_v4().to_string(),
+                            stream: hook.stream.clone(),
+                            partition_key: uuid::Uuid::new_v4().to_string(),
+                        })
+                        .await
+                        .map_err(upload_err)?;
+                    (done.upload.bucket, done.upload.key, done.etag)
+                }
+                None => {
+                    let info = this
+                        .store
+                        .complete_multipart(&input.upload_id, parts)
+                        .await
+                        .map_err(s3_err)?;
+                    (info.bucket, info.key, info.etag)
+                }
+            };
+            Ok(CompleteMultipartUploadOutput {
+                location: Some(format!("/{bucket}/{key}")),
+                bucket: Some(bucket),
+                key: Some(key),
+                e_tag: Some(etag(&e_tag)),
+                ..Default::default()
+            })
         };
+        if size < KEEP_ALIVE_COMPLETION_BYTES {
+            return Ok(S3Response::new(work.await?));
+        }
         Ok(S3Response::new(CompleteMultipartUploadOutput {
-            location: Some(format!("/{bucket}/{key}")),
-            bucket: Some(bucket),
-            key: Some(key),
-            e_tag: Some(etag(&e_tag)),
+            future: Some(Box::pin(work)),
             ..Default::default()
         }))
     }

@@ -99,6 +99,47 @@ ALTER TABLE objects ADD COLUMN parts TEXT;
     },
 ];
 
+/// The stored parts a completion lists, in its order, checked as S3 checks them: at least
+/// one, ascending part numbers, each uploaded with that ETag, every one but the last at
+/// least [`MIN_PART_BYTES`]. `fields` gives a stored part's number, size and ETag.
+fn chosen_parts<'a, P>(
+    parts: &[(u32, String)],
+    stored: &'a [P],
+    fields: impl Fn(&P) -> (u32, u64, &String),
+) -> Result<Vec<&'a P>, StoreError> {
+    if parts.is_empty() {
+        return Err(StoreError::InvalidPart(
+            "a multipart upload needs at least one part".into(),
+        ));
+    }
+    if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(StoreError::InvalidPartOrder);
+    }
+    let mut chosen = Vec::with_capacity(parts.len());
+    for (i, (n, etag)) in parts.iter().enumerate() {
+        let want = etag.trim_matches('"');
+        let part = stored
+            .iter()
+            .find(|p| {
+                let (number, _, e) = fields(p);
+                number == *n && e == want
+            })
+            .ok_or_else(|| {
+                StoreError::InvalidPart(format!("part {n} with ETag {etag} was not uploaded"))
+            })?;
+        let size = fields(part).1;
+        if i + 1 < parts.len() && size < MIN_PART_BYTES {
+            return Err(StoreError::EntityTooSmall {
+                part: *n,
+                size,
+                min: MIN_PART_BYTES,
+            });
+        }
+        chosen.push(part);
+    }
+    Ok(chosen)
+}
+
 /// An object's row as reads need it: its info, inline bytes or blob, and block CRCs.
 type ObjectRow = (ObjectInfo, Option<Vec<u8>>, Option<String>, Option<Vec<u8>>);
 
@@ -784,14 +825,6 @@ impl EmbeddedStore {
         parts: Vec<(u32, String)>,
     ) -> Result<AssembledMultipart, StoreError> {
         let upload = self.multipart(upload_id).await?;
-        if parts.is_empty() {
-            return Err(StoreError::InvalidPart(
-                "a multipart upload needs at least one part".into(),
-            ));
-        }
-        if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
-            return Err(StoreError::InvalidPartOrder);
-        }
         // Where each listed part's bytes are, checked against what was uploaded.
         let id = upload_id.to_owned();
         let stored: Vec<StoredPart> = self
@@ -814,24 +847,11 @@ impl EmbeddedStore {
                 Ok::<_, StoreError>(rows)
             })
             .await?;
-        let mut chosen = Vec::with_capacity(parts.len());
-        for (i, (n, etag)) in parts.iter().enumerate() {
-            let want = etag.trim_matches('"');
-            let part = stored
-                .iter()
-                .find(|p| p.number == *n && p.etag == want)
-                .ok_or_else(|| {
-                    StoreError::InvalidPart(format!("part {n} with ETag {etag} was not uploaded"))
-                })?;
-            if i + 1 < parts.len() && part.size < MIN_PART_BYTES {
-                return Err(StoreError::EntityTooSmall {
-                    part: *n,
-                    size: part.size,
-                    min: MIN_PART_BYTES,
-                });
-            }
-            chosen.push(part.clone());
-        }
+        let chosen: Vec<StoredPart> =
+            chosen_parts(&parts, &stored, |p| (p.number, p.size, &p.etag))?
+                .into_iter()
+                .cloned()
+                .collect();
         let prepared = self.assemble(&upload, &chosen).await?;
         Ok(AssembledMultipart {
             upload,
@@ -841,6 +861,31 @@ impl EmbeddedStore {
                 .map(|(n, e)| (n, e.trim_matches('"').to_owned()))
                 .collect(),
         })
+    }
+
+    /// What completing `upload_id` with `parts` would refuse, checked without reading a
+    /// byte of the parts: the listed parts exist with those ETags, in ascending order, every
+    /// one but the last at least [`MIN_PART_BYTES`]. Returns the object's size.
+    pub async fn check_completion_impl(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<u64, StoreError> {
+        self.multipart(upload_id).await?;
+        let id = upload_id.to_owned();
+        let stored: Vec<(u32, u64, String)> = self
+            .db
+            .read(move |c| {
+                Ok::<_, StoreError>(c.query_vec(
+                    "SELECT part_number, size, etag FROM multipart_parts
+                     WHERE upload_id = ?1 ORDER BY part_number",
+                    params![&id],
+                    |r| Ok((r.get(0)?, r.get::<i64>(1)? as u64, r.get(2)?)),
+                )?)
+            })
+            .await?;
+        let chosen = chosen_parts(parts, &stored, |p| (p.0, p.1, &p.2))?;
+        Ok(chosen.iter().map(|p| p.1).sum())
     }
 
     /// Concatenates parts into one prepared object with S3's multipart ETag
@@ -1610,6 +1655,14 @@ impl ObjectStore for EmbeddedStore {
                 Ok(parts)
             })
             .await
+    }
+
+    async fn check_completion(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<u64, StoreError> {
+        self.check_completion_impl(upload_id, parts).await
     }
 
     async fn complete_multipart(

@@ -348,6 +348,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<MultipartInfo>, StoreError>;
     async fn list_parts(&self, upload_id: &str) -> Result<Vec<PartInfo>, StoreError>;
+    /// What [`ObjectStore::complete_multipart`] would refuse about the part list, checked
+    /// without reading the parts' bytes (`NoSuchUpload`, `InvalidPart`,
+    /// `InvalidPartOrder`, `EntityTooSmall`); the object's size when it would go ahead.
+    async fn check_completion(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<u64, StoreError>;
     /// Assembles the listed parts (ascending part numbers, ETags as returned by
     /// `upload_part`) into the object, with S3's multipart ETag (`md5(md5s)-N`), and ends
     /// the upload.
