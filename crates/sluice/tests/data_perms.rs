@@ -415,10 +415,8 @@ fn secrets_stored_in_clear_by_an_earlier_version_are_sealed_and_keep_working() {
             )
         })
         .expect("rows");
-    assert!(
-        rows.len() >= 2,
-        "the development key and the managed one: {rows:?}"
-    );
+    // The development key (functions' keys are made only for lambda mappings).
+    assert!(!rows.is_empty(), "the development key: {rows:?}");
     let clear: Vec<(String, String)> = rows
         .into_iter()
         .map(|(id, stored)| {
