@@ -119,6 +119,98 @@ pub fn router(edge: Edge) -> Result<Router, String> {
         .with_state(edge))
 }
 
+/// The operation a response answered, for metrics and request logs
+/// (`sluice_http_requests_total{route=…}`): `kinesis:PutRecord`, `cognito-idp:SignUp`, … .
+/// Set only for operations the edge knows, so that a client sending made-up
+/// `X-Amz-Target`s cannot grow the number of label values; S3 requests carry none (the
+/// server labels them by method).
+#[derive(Debug, Clone, Copy)]
+pub struct OperationLabel(pub &'static str);
+
+impl OperationLabel {
+    fn of(service: &str, op: &str) -> Option<OperationLabel> {
+        let known = match service {
+            kinesis::SERVICE => KINESIS_LABELS,
+            cognito::SERVICE => COGNITO_LABELS,
+            _ => return None,
+        };
+        known
+            .iter()
+            .find(|l| l.split_once(':').is_some_and(|(_, o)| o == op))
+            .map(|l| OperationLabel(l))
+    }
+}
+
+const KINESIS_LABELS: &[&str] = &[
+    "kinesis:AddTagsToStream",
+    "kinesis:CreateStream",
+    "kinesis:DecreaseStreamRetentionPeriod",
+    "kinesis:DeleteStream",
+    "kinesis:DeregisterStreamConsumer",
+    "kinesis:DescribeLimits",
+    "kinesis:DescribeStream",
+    "kinesis:DescribeStreamConsumer",
+    "kinesis:DescribeStreamSummary",
+    "kinesis:GetRecords",
+    "kinesis:GetShardIterator",
+    "kinesis:IncreaseStreamRetentionPeriod",
+    "kinesis:ListShards",
+    "kinesis:ListStreamConsumers",
+    "kinesis:ListStreams",
+    "kinesis:ListTagsForResource",
+    "kinesis:ListTagsForStream",
+    "kinesis:MergeShards",
+    "kinesis:PutRecord",
+    "kinesis:PutRecords",
+    "kinesis:RegisterStreamConsumer",
+    "kinesis:RemoveTagsFromStream",
+    "kinesis:SplitShard",
+    "kinesis:SubscribeToShard",
+    "kinesis:TagResource",
+    "kinesis:UntagResource",
+    "kinesis:UpdateMaxRecordSize",
+    "kinesis:UpdateShardCount",
+];
+
+const COGNITO_LABELS: &[&str] = &[
+    "cognito-idp:AdminConfirmSignUp",
+    "cognito-idp:AdminCreateUser",
+    "cognito-idp:AdminDeleteUser",
+    "cognito-idp:AdminDisableUser",
+    "cognito-idp:AdminEnableUser",
+    "cognito-idp:AdminGetUser",
+    "cognito-idp:AdminInitiateAuth",
+    "cognito-idp:AdminRespondToAuthChallenge",
+    "cognito-idp:AdminSetUserPassword",
+    "cognito-idp:AdminUpdateUserAttributes",
+    "cognito-idp:AdminUserGlobalSignOut",
+    "cognito-idp:ChangePassword",
+    "cognito-idp:ConfirmForgotPassword",
+    "cognito-idp:ConfirmSignUp",
+    "cognito-idp:CreateUserPool",
+    "cognito-idp:CreateUserPoolClient",
+    "cognito-idp:DeleteUserPool",
+    "cognito-idp:DeleteUserPoolClient",
+    "cognito-idp:DescribeUserPool",
+    "cognito-idp:DescribeUserPoolClient",
+    "cognito-idp:ForgotPassword",
+    "cognito-idp:GetUser",
+    "cognito-idp:GetUserAttributeVerificationCode",
+    "cognito-idp:GlobalSignOut",
+    "cognito-idp:InitiateAuth",
+    "cognito-idp:ListUserPoolClients",
+    "cognito-idp:ListUserPools",
+    "cognito-idp:ListUsers",
+    "cognito-idp:ResendConfirmationCode",
+    "cognito-idp:RespondToAuthChallenge",
+    "cognito-idp:RevokeToken",
+    "cognito-idp:SignUp",
+    "cognito-idp:UpdateUserAttributes",
+    "cognito-idp:UpdateUserPool",
+    "cognito-idp:UpdateUserPoolClient",
+    "cognito-idp:VerifyUserAttribute",
+];
+
 /// Routes a JSON 1.1 request by its `X-Amz-Target` (`<service>.<operation>`).
 async fn dispatch(
     State(edge): State<Edge>,
@@ -236,7 +328,45 @@ async fn dispatch(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-amzn-requestid", v);
     }
+    if let Some((service, op)) = target.split_once('.')
+        && let Some(label) = OperationLabel::of(service, op)
+    {
+        if service == cognito::SERVICE && SIGN_IN_OPS.contains(&op) {
+            count_sign_in(&resp);
+        }
+        resp.extensions_mut().insert(label);
+    }
     resp
+}
+
+/// `sluice_auth_total{edge="cognito"}`: the outcome of a sign-in operation, by Cognito's
+/// error type (a fixed set, so a label).
+fn count_sign_in(resp: &Response) {
+    let (result, reason) = if resp.status().is_success() {
+        ("success", "ok")
+    } else {
+        let kind = resp
+            .headers()
+            .get("x-amzn-errortype")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let reason = [
+            ("NotAuthorizedException", "not_authorized"),
+            ("UserNotFoundException", "user_not_found"),
+            ("UserNotConfirmedException", "user_not_confirmed"),
+            ("PasswordResetRequiredException", "password_reset_required"),
+            ("TooManyRequestsException", "throttled"),
+            ("InvalidParameterException", "invalid_parameter"),
+            ("ResourceNotFoundException", "resource_not_found"),
+            ("CodeMismatchException", "code_mismatch"),
+        ]
+        .iter()
+        .find(|(k, _)| kind.starts_with(k.as_bytes()))
+        .map_or("other", |(_, r)| r);
+        ("failure", reason)
+    };
+    metrics::counter!("sluice_auth_total", "edge" => "cognito", "result" => result, "reason" => reason)
+        .increment(1);
 }
 
 /// Verifies a request's SigV4 signature; returns who signed it (the key and its policy), or
@@ -250,6 +380,15 @@ pub async fn authenticate(
     body: &[u8],
 ) -> Result<authz::Principal, Response> {
     let refuse = |e: sigv4::SigError| {
+        let reason = match &e {
+            sigv4::SigError::Missing => "missing",
+            sigv4::SigError::UnknownKey => "unknown_key",
+            sigv4::SigError::Malformed(_) => "malformed",
+            sigv4::SigError::Expired(_) => "expired",
+            sigv4::SigError::Mismatch => "signature",
+        };
+        metrics::counter!("sluice_auth_total", "edge" => "sigv4", "result" => "failure", "reason" => reason)
+            .increment(1);
         let kind = match e {
             sigv4::SigError::Missing => "MissingAuthenticationTokenException",
             sigv4::SigError::UnknownKey => "UnrecognizedClientException",
@@ -327,6 +466,8 @@ pub async fn authenticate(
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     sigv4::verify(&auth, &req, &grant.secret, now).map_err(refuse)?;
+    metrics::counter!("sluice_auth_total", "edge" => "sigv4", "result" => "success", "reason" => "ok")
+        .increment(1);
     Ok(authz::Principal {
         access_key_id: auth.access_key_id,
         policy: grant.policy,
@@ -389,4 +530,25 @@ async fn discovery(State(edge): State<Edge>, Path(pool): Path<String>) -> Respon
             "token_use", "auth_time", "iat", "exp", "jti"],
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{OperationLabel, cognito, kinesis};
+
+    #[test]
+    fn only_known_operations_get_a_label() {
+        assert_eq!(
+            OperationLabel::of(kinesis::SERVICE, "PutRecords").map(|l| l.0),
+            Some("kinesis:PutRecords")
+        );
+        assert_eq!(
+            OperationLabel::of(cognito::SERVICE, "InitiateAuth").map(|l| l.0),
+            Some("cognito-idp:InitiateAuth")
+        );
+        assert!(OperationLabel::of(kinesis::SERVICE, "MadeUp").is_none());
+        // An operation of the other service is not this one's.
+        assert!(OperationLabel::of(kinesis::SERVICE, "InitiateAuth").is_none());
+        assert!(OperationLabel::of("NoSuchService", "PutRecord").is_none());
+    }
 }

@@ -49,7 +49,11 @@ impl s3s::auth::S3Auth for KeyAuth {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<s3s::auth::SecretKey> {
         match self.0.secret(access_key).await {
             Ok(Some(secret)) => Ok(s3s::auth::SecretKey::from(secret)),
-            Ok(None) => Err(s3_error!(InvalidAccessKeyId)),
+            Ok(None) => {
+                metrics::counter!("sluice_auth_total", "edge" => "sigv4", "result" => "failure", "reason" => "unknown_key")
+                    .increment(1);
+                Err(s3_error!(InvalidAccessKeyId))
+            }
             Err(e) => Err(key_lookup_error(e)),
         }
     }
@@ -104,13 +108,20 @@ impl KeyAccess {
 impl s3s::access::S3Access for KeyAccess {
     async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
         let Some(credentials) = cx.credentials() else {
+            metrics::counter!("sluice_auth_total", "edge" => "sigv4", "result" => "failure", "reason" => "missing")
+                .increment(1);
             return Err(S3Error::with_message(
                 S3ErrorCode::AccessDenied,
                 "Anonymous access is not allowed: sign the request with an access key",
             ));
         };
         let grant = match self.keys.lookup(&credentials.access_key).await {
-            Ok(Some(g)) => g,
+            Ok(Some(g)) => {
+                // s3s verified the signature before calling this hook.
+                metrics::counter!("sluice_auth_total", "edge" => "sigv4", "result" => "success", "reason" => "ok")
+                    .increment(1);
+                g
+            }
             // The signature was verified with this key a moment ago; it was deleted since.
             Ok(None) => return Err(s3_error!(InvalidAccessKeyId)),
             Err(e) => return Err(key_lookup_error(e)),

@@ -101,6 +101,27 @@ impl FromRequestParts<Gateway> for Authenticated {
     type Rejection = GatewayError;
 
     async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, Self::Rejection> {
+        let verdict = Self::check(parts, gw);
+        let reason = match &verdict {
+            Ok(_) => "ok",
+            Err(GatewayError::InvalidToken(e)) => e.reason(),
+            Err(GatewayError::Unauthorized(_)) => "no_bearer_token",
+            Err(_) => "bad_request",
+        };
+        let result = if verdict.is_ok() {
+            "success"
+        } else {
+            "failure"
+        };
+        metrics::counter!("sluice_auth_total", "edge" => "api", "result" => result, "reason" => reason)
+            .increment(1);
+        verdict
+    }
+}
+
+impl Authenticated {
+    /// The bearer token's verdict (counted by the caller in `sluice_auth_total`).
+    fn check(parts: &Parts, gw: &Gateway) -> Result<Self, GatewayError> {
         let mut all = parts.headers.get_all(header::AUTHORIZATION).iter();
         let header = all
             .next()
@@ -316,6 +337,8 @@ async fn create_upload(
                 .await?
         }
     };
+    metrics::counter!("sluice_uploads_total", "via" => "api").increment(1);
+    metrics::counter!("sluice_upload_bytes_total", "via" => "api").increment(upload.size);
     Ok(axum::Json(json!({
         "message": "Uploaded and queued for processing",
         "s3": {"bucket": upload.bucket, "key": upload.key},

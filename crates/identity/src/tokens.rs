@@ -164,6 +164,25 @@ pub enum TokenError {
     Revoked,
 }
 
+impl TokenError {
+    /// A short, stable name for metrics labels (`sluice_auth_total{reason=…}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed",
+            TokenError::Algorithm(_) => "algorithm",
+            TokenError::UnknownKid => "unknown_kid",
+            TokenError::Critical => "critical_header",
+            TokenError::Signature => "signature",
+            TokenError::Issuer => "issuer",
+            TokenError::Audience => "audience",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::TokenUse => "token_use",
+            TokenError::Revoked => "revoked",
+        }
+    }
+}
+
 /// What a verified token says about its bearer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedClaims {

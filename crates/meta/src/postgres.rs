@@ -425,7 +425,7 @@ fn write(
             return Wrote::Broken(job);
         }
         let retry = match verdict {
-            Verdict::Commit(callbacks) => match client.batch_execute("COMMIT") {
+            Verdict::Commit(callbacks) => match timed_commit(client) {
                 Ok(()) => break Ok(callbacks),
                 Err(e) if retryable(&e) => true,
                 Err(e) if client.is_closed() => {
@@ -469,6 +469,18 @@ fn write(
         Err(e) => job.finish(Some(e)),
     }
     Wrote::Done
+}
+
+/// `COMMIT`, whose time is PostgreSQL's WAL flush (`synchronous_commit = on`): the
+/// engine's counterpart of the SQLite syncer's fsync in `sluice_meta_fsync_duration_seconds`.
+/// A write is one transaction here, so every commit is a batch of one.
+fn timed_commit(client: &mut Client) -> Result<(), postgres::Error> {
+    let started = Instant::now();
+    let r = client.batch_execute("COMMIT");
+    metrics::histogram!("sluice_meta_fsync_duration_seconds", "engine" => "postgres")
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("sluice_meta_commit_batch_size", "engine" => "postgres").record(1.0);
+    r
 }
 
 fn rollback(client: &mut Client) {

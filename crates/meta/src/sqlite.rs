@@ -805,6 +805,8 @@ impl Writer {
             self.stats
                 .jobs
                 .fetch_add(group.len() as u64, Ordering::Relaxed);
+            metrics::histogram!("sluice_meta_commit_batch_size", "engine" => "sqlite")
+                .record(group.len() as f64);
             let committed = if self.failed.load(Ordering::Acquire) {
                 fail_group(&mut group, &fsync_failed());
                 None
@@ -907,6 +909,8 @@ impl Syncer {
         let started = std::time::Instant::now();
         let r = self.wal.sync_data();
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        metrics::histogram!("sluice_meta_fsync_duration_seconds", "engine" => "sqlite")
+            .record(started.elapsed().as_secs_f64());
         add_elapsed(&self.stats.sync_nanos, started);
         r
     }

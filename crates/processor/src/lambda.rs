@@ -281,7 +281,11 @@ impl LambdaFunction {
     ) -> Result<Value, FunctionError> {
         let mut w = match self.take_idle() {
             Some(w) => w,
-            None => self.spawn().map_err(FunctionError::Failed)?,
+            None => {
+                metrics::counter!("sluice_function_cold_starts_total", "mapping" => ctx.mapping.clone())
+                    .increment(1);
+                self.spawn().map_err(FunctionError::Failed)?
+            }
         };
         let timeout = Duration::from_secs(self.settings.timeout_secs);
         let deadline_ms = sluice_meta::now_ms() + timeout.as_millis() as i64;

@@ -392,6 +392,10 @@ impl ShardWorker {
             failures = 0;
             let n = out.records.len() as u64;
             let shard = self.id().to_owned();
+            // Kinesis's IteratorAgeMilliseconds: how far behind the shard's newest record
+            // this mapping reads (0 at the tail).
+            metrics::gauge!("sluice_mapping_iterator_age_seconds", "mapping" => m.name.clone(), "shard" => shard.clone())
+                .set(out.millis_behind_latest.max(0) as f64 / 1000.0);
             self.p.update_stats(&m.name, |s| {
                 s.records_in += n;
                 s.millis_behind_latest_by_shard
@@ -755,7 +759,8 @@ impl ShardWorker {
         .await;
         let started = Instant::now();
         let res = self.function.invoke(&input, &ctx).await;
-        let ms = started.elapsed().as_millis() as u64;
+        let elapsed = started.elapsed();
+        let ms = elapsed.as_millis() as u64;
         let outcome = match res {
             Err(FunctionError::Unavailable(e)) => Outcome::Unavailable(e),
             Err(e) => Outcome::Failed(e.to_string()),
@@ -806,6 +811,22 @@ impl ShardWorker {
             records.len()
         ));
         ctx.log_lines("platform", lines).await;
+        let result = match &outcome {
+            Outcome::Success(_) => "ok",
+            Outcome::Partial { .. } => "partial",
+            Outcome::Failed(_) => "error",
+            Outcome::Unavailable(_) => "unavailable",
+        };
+        metrics::counter!("sluice_mapping_invocations_total", "mapping" => m.name.clone(), "result" => result)
+            .increment(1);
+        metrics::counter!("sluice_mapping_invocation_records_total", "mapping" => m.name.clone())
+            .increment(records.len() as u64);
+        if !matches!(outcome, Outcome::Success(_)) {
+            metrics::counter!("sluice_mapping_errors_total", "mapping" => m.name.clone(), "result" => result)
+                .increment(1);
+        }
+        metrics::histogram!("sluice_mapping_invocation_duration_seconds", "mapping" => m.name.clone())
+            .record(elapsed.as_secs_f64());
         self.p.update_stats(&m.name, |s| {
             s.batches += 1;
             s.last_batch_ms = ms;

@@ -70,6 +70,20 @@ pub(crate) struct CommonArgs {
     /// [default: embedded://, i.e. <data-dir>/sluice.db-stream-log]
     #[arg(long, env = "SLUICE_RECORDS", global = true)]
     pub(crate) records: Option<String>,
+    /// Log lines on stderr: `text` (for people) or `json` (one object per line, for log
+    /// collectors). The level is set by SLUICE_LOG (default `info`; `debug` adds a line per
+    /// request). A flag or variable only: logging starts before the configuration file is
+    /// read, so that its errors are logged in the chosen format too.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// An engine's table in `sluice.toml` (`[meta]`).

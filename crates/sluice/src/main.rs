@@ -21,6 +21,7 @@ mod http_server;
 mod mapping_cmd;
 mod mapping_server;
 mod serve;
+mod telemetry;
 mod wiring;
 
 use std::path::PathBuf;
@@ -145,7 +146,7 @@ fn main() -> std::process::ExitCode {
     // Before anything is created: every file of the process private (see `datadir`).
     datadir::restrict_umask();
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.common.log_format);
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if closed_pipe(&e) => {
@@ -199,7 +200,7 @@ fn closed_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-fn init_tracing() {
+fn init_tracing(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -207,12 +208,20 @@ fn init_tracing() {
     // is dropped. tracing-subscriber's default reports that with `eprintln!`, which panics
     // when stderr fails too: on a full disk, every request that logged would have lost its
     // connection task. The disk-full fault tests hold this.
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One JSON object per line: timestamp, level, target, and the event's fields
+        // (`message`, `request_id`, `status`, …) at the top level.
+        config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -58,6 +58,8 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let api_url = settings.api_url_for(api_listener.local_addr()?);
     let edge_url = settings.edge_url_for(edge_listener.local_addr()?);
 
+    // Before the engines open, so that their start-up work is counted too.
+    let metrics = crate::telemetry::install()?;
     let db = wiring::open_db(&settings)?;
 
     let mut identity = Identity::new(db.clone(), &settings.key_dir(), &edge_url);
@@ -90,6 +92,10 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         )
     })?;
     let shared_blobs = settings.store.starts_with("s3://");
+    let readiness = crate::telemetry::Readiness {
+        meta: db.clone(),
+        blobs: blobs.clone(),
+    };
     let store = EmbeddedStore::new(db.clone(), blobs);
     if shared_blobs {
         // A shared store (S3) may hold blobs other processes are writing: only those
@@ -224,7 +230,12 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         max_body_bytes: settings.max_body_bytes,
         max_upload_bytes: settings.max_upload_bytes,
         quota: sluice_gateway::quota::Quota::new(settings.user_limits),
-    });
+    })
+    .merge(crate::telemetry::routes(metrics, readiness))
+    .layer(axum::middleware::from_fn_with_state(
+        "api",
+        crate::telemetry::track,
+    ));
     let (keys, new_key) = {
         let (settings, db) = (settings.clone(), db.clone());
         tokio::task::spawn_blocking(move || -> Result<_> {
@@ -271,7 +282,11 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         )),
         address_rates: Arc::default(),
     })
-    .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)?
+    .layer(axum::middleware::from_fn_with_state(
+        "edge",
+        crate::telemetry::track,
+    ));
 
     // User mappings (`sluice mapping …`, `[[mapping]]`); after the first-start key above.
     let mappings = crate::mapping_server::start(

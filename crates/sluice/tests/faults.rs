@@ -216,6 +216,17 @@ fn upload_id(resp: reqwest::blocking::Response) -> String {
         .to_owned()
 }
 
+/// `GET /readyz`: its status and JSON body.
+fn readyz(server: &Server) -> (u16, Value) {
+    let r = server
+        .http
+        .get(format!("{}/readyz", server.api))
+        .send()
+        .expect("readyz");
+    let code = r.status().as_u16();
+    (code, r.json().expect("readyz json"))
+}
+
 #[test]
 fn fault_postgres_down_answers_503_and_work_resumes_when_it_is_back() {
     let pg = OwnPostgres::start();
@@ -268,6 +279,10 @@ fn fault_postgres_down_answers_503_and_work_resumes_when_it_is_back() {
     );
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["__type"], "ServiceUnavailable");
+    let (code, ready) = readyz(&server);
+    assert_eq!(code, 503, "{ready}");
+    assert_eq!(ready["checks"]["blobs"], "ok", "{ready}");
+    assert_ne!(ready["checks"]["meta"], "ok", "{ready}");
 
     pg.start_again();
     // Back: new work is accepted, and everything acknowledged gets processed.
@@ -346,6 +361,10 @@ fn fault_s3_store_down_answers_503_and_work_resumes_when_it_is_back() {
     let r = server.upload(&token, "small.txt", "inline");
     assert_eq!(r.status(), 200);
     acknowledged.push(upload_id(r));
+    let (code, ready) = readyz(&server);
+    assert_eq!(code, 503, "{ready}");
+    assert_eq!(ready["checks"]["meta"], "ok", "{ready}");
+    assert_ne!(ready["checks"]["blobs"], "ok", "{ready}");
 
     garage.resume();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -362,6 +381,7 @@ fn fault_s3_store_down_answers_503_and_work_resumes_when_it_is_back() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert_eq!(readyz(&server).0, 200, "ready again once the store is back");
     for id in &acknowledged {
         let s = server.wait_final(&token, id);
         assert_eq!(s["status"], "processed", "{s}");

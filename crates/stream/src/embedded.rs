@@ -590,6 +590,14 @@ impl EmbeddedStream {
     }
 }
 
+/// `sluice_stream_read_records_total`: records handed to readers (GetRecords, processors).
+fn count_read(stream: &str, out: &GetRecordsOutput) {
+    if !out.records.is_empty() {
+        metrics::counter!("sluice_stream_read_records_total", "stream" => stream.to_owned())
+            .increment(out.records.len() as u64);
+    }
+}
+
 /// The key iterators and page tokens are sealed with (made at the first open).
 fn iterator_key(db: &Meta) -> Result<Vec<u8>, StreamError> {
     let fresh = fresh_key();
@@ -1411,12 +1419,15 @@ impl Stream for EmbeddedStream {
             )));
         }
         let pos = iterator::decode(&self.iterator_key, iterator, now_ms())?;
-        let Some(throttle) = self.throttle.clone() else {
-            return self.read_records(pos, limit).await;
-        };
         let (stream, generation, shard) = (pos.s.clone(), pos.g, pos.h);
+        let Some(throttle) = self.throttle.clone() else {
+            let out = self.read_records(pos, limit).await?;
+            count_read(&stream, &out);
+            return Ok(out);
+        };
         throttle.admit_read(&stream, generation, shard)?;
         let out = self.read_records(pos, limit).await?;
+        count_read(&stream, &out);
         let bytes = out
             .records
             .iter()

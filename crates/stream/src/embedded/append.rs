@@ -181,6 +181,13 @@ impl EmbeddedStream {
                     Err(e) => refused.push((i, e)),
                 }
             }
+            let (count, bytes) = (
+                batch.len() as u64,
+                batch
+                    .iter()
+                    .map(|r| (r.partition_key.len() + r.data.len()) as u64)
+                    .sum::<u64>(),
+            );
             let outcome = self
                 .records
                 .append(Append {
@@ -192,7 +199,13 @@ impl EmbeddedStream {
                 })
                 .await?;
             match outcome {
-                AppendOutcome::Done(done) => return Ok(merge(done, refused, records.len())),
+                AppendOutcome::Done(done) => {
+                    metrics::counter!("sluice_stream_appended_records_total", "stream" => stream.to_owned())
+                        .increment(count);
+                    metrics::counter!("sluice_stream_appended_bytes_total", "stream" => stream.to_owned())
+                        .increment(bytes);
+                    return Ok(merge(done, refused, records.len()));
+                }
                 AppendOutcome::Stale(back) => {
                     self.shared.uncache_meta(&meta);
                     // Give the records back their partition keys and data.

@@ -1466,6 +1466,8 @@ impl Writer {
         if placed.is_empty() {
             return Ok(());
         }
+        metrics::histogram!("sluice_records_append_batch_size", "engine" => "embedded")
+            .record(placed.len() as f64);
         let mut order: Vec<&Placed> = placed.iter().collect();
         order.sort_by_key(|p| (p.stream_id, p.shard, p.counter));
         let batch_lsn = self.next_lsn;
@@ -1582,6 +1584,8 @@ impl Writer {
         add_elapsed(&stats.write_nanos, t);
         let t = std::time::Instant::now();
         file.sync_data().map_err(|e| io("fsync", &path, e))?;
+        metrics::histogram!("sluice_records_fsync_duration_seconds", "engine" => "embedded")
+            .record(t.elapsed().as_secs_f64());
         add_elapsed(&stats.sync_nanos, t);
         stats.batches.fetch_add(1, Ordering::Relaxed);
         self.current = Some((seg, size + len, allocated));
