@@ -336,6 +336,9 @@ pub struct Identity {
     /// `<edge-url>`; a pool's issuer is `<base>/<pool id>`.
     issuer_base: String,
     keys: Arc<RwLock<HashMap<String, Arc<SigningKey>>>>,
+    /// Held while a signing key is loaded or generated, so that callers who need a key
+    /// generation has not finished wait for that one instead of generating another.
+    key_loading: Arc<std::sync::Mutex<()>>,
     throttle: Arc<Throttle>,
     /// Sign-up and sign-in rates per pool.
     pool_rates: Arc<rates::Buckets<(String, rates::Category)>>,
@@ -351,6 +354,7 @@ impl Identity {
             key_dir: key_dir.to_owned(),
             issuer_base: issuer_base.trim_end_matches('/').to_owned(),
             keys: Arc::new(RwLock::new(HashMap::new())),
+            key_loading: Arc::default(),
             throttle: Arc::new(Throttle::default()),
             pool_rates: Arc::new(rates::Buckets::default()),
             limits: rates::RateLimits::default(),
@@ -404,6 +408,20 @@ impl Identity {
     /// default pool signs users in by email (their username is their `sub`); its client
     /// allows the password, SRP, admin and refresh flows and has no secret.
     pub fn bootstrap(&self, region: &str, lifetimes: Lifetimes) -> Result<PoolInfo, IdentityError> {
+        let info = self.bootstrap_rows(region, lifetimes)?;
+        self.signing_key(&info.pool_id)?;
+        Ok(info)
+    }
+
+    /// [`Identity::bootstrap`] without loading the pool's signing key: the server's start
+    /// path, which generates a first key (RSA-2048, a few hundred milliseconds) in the
+    /// background while it already answers; whatever signs or verifies a token before the
+    /// key is ready waits for it in [`Identity::signing_key`].
+    pub fn bootstrap_rows(
+        &self,
+        region: &str,
+        lifetimes: Lifetimes,
+    ) -> Result<PoolInfo, IdentityError> {
         let pool_id = format!("{region}_{}", random_alnum(9));
         let client_id = random_lower_alnum(26);
         let pool_settings = serde_json::to_string(&PoolSettings::default_pool())?;
@@ -461,7 +479,6 @@ impl Identity {
                 client_id: client,
             })
         })?;
-        self.signing_key(&info.pool_id)?;
         Ok(info)
     }
 
@@ -522,6 +539,17 @@ impl Identity {
                 "User pool {pool_id} does not exist."
             )));
         }
+        let _loading = self
+            .key_loading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Ok(keys) = self.keys.read()
+            && let Some(k) = keys.get(pool_id)
+        {
+            return Ok(k.clone());
+        }
+        // Generated keys are fsynced (file and folder) before this returns: nothing is
+        // ever signed with a key that could be lost.
         let key = Arc::new(SigningKey::load_or_generate(&self.key_path(pool_id))?);
         if let Ok(mut keys) = self.keys.write() {
             keys.insert(pool_id.to_owned(), key.clone());
@@ -688,6 +716,48 @@ mod tests {
             info,
             "bootstrap is idempotent"
         );
+    }
+
+    #[test]
+    fn a_pool_bootstrapped_without_its_key_generates_it_once_for_concurrent_callers() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("identity", MIGRATIONS);
+        let key_dir = engines.dir().join("keys");
+        let id = Identity::new(db, &key_dir, "http://127.0.0.1:4566");
+        let info = id
+            .bootstrap_rows("us-east-2", Lifetimes::default())
+            .expect("bootstrap");
+        assert!(
+            !key_dir.join(format!("{}.pem", info.pool_id)).exists(),
+            "no key on the start path"
+        );
+        // The verifier is built without a key; it loads one at its first token.
+        let verifier = PoolVerifier::new(id.clone(), &info.pool_id, 60).expect("verifier");
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                let (id, pool) = (id.clone(), info.pool_id.clone());
+                std::thread::spawn(move || id.signing_key(&pool).expect("key").kid.clone())
+            })
+            .collect();
+        let kids: Vec<String> = callers
+            .into_iter()
+            .map(|c| c.join().expect("caller"))
+            .collect();
+        assert!(kids.iter().all(|k| *k == kids[0]), "{kids:?}");
+        let files: Vec<_> = std::fs::read_dir(&key_dir)
+            .expect("key dir")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        assert_eq!(
+            files,
+            vec![format!("{}.pem", info.pool_id)],
+            "one key, no leftovers"
+        );
+        assert_eq!(
+            verifier.verify("not.a.token", 0).err(),
+            Some(TokenError::Malformed)
+        );
+        assert!(PoolVerifier::new(id, "us-east-2_nosuchpool", 60).is_err());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

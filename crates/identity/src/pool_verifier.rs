@@ -18,7 +18,9 @@ pub struct PoolVerifier {
     identity: Identity,
     pool_id: String,
     leeway_secs: i64,
-    current: RwLock<(Verifier, Instant)>,
+    /// Built at the first verification: the pool's first signing key may still be being
+    /// generated when the server starts, and no token can name it before it exists.
+    current: RwLock<Option<(Verifier, Instant)>>,
 }
 
 impl PoolVerifier {
@@ -27,19 +29,40 @@ impl PoolVerifier {
         pool_id: &str,
         leeway_secs: i64,
     ) -> Result<PoolVerifier, IdentityError> {
-        let v = identity.verifier(pool_id, leeway_secs)?;
+        if !identity.pool_exists(pool_id)? {
+            return Err(IdentityError::ResourceNotFound(format!(
+                "User pool {pool_id} does not exist."
+            )));
+        }
         Ok(PoolVerifier {
             identity,
             pool_id: pool_id.to_owned(),
             leeway_secs,
-            current: RwLock::new((v, Instant::now())),
+            current: RwLock::new(None),
         })
     }
 
     pub fn verify(&self, token: &str, now: i64) -> Result<VerifiedClaims, TokenError> {
-        let (first, stale) = match self.current.read() {
-            Ok(g) => (g.0.verify(token, now), g.1.elapsed() >= RELOAD_EVERY),
+        let built = match self.current.read() {
+            Ok(g) => g
+                .as_ref()
+                .map(|(v, at)| (v.verify(token, now), at.elapsed() >= RELOAD_EVERY)),
             Err(_) => return Err(TokenError::Malformed),
+        };
+        let Some((first, stale)) = built else {
+            return match self.identity.verifier(&self.pool_id, self.leeway_secs) {
+                Ok(v) => {
+                    let result = v.verify(token, now);
+                    if let Ok(mut g) = self.current.write() {
+                        *g = Some((v, Instant::now()));
+                    }
+                    result
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load the pool's clients and keys");
+                    Err(TokenError::UnknownKid)
+                }
+            };
         };
         match first {
             Err(TokenError::Audience | TokenError::UnknownKid) if stale => {
@@ -47,7 +70,7 @@ impl PoolVerifier {
                     Ok(fresh) => {
                         let result = fresh.verify(token, now);
                         if let Ok(mut g) = self.current.write() {
-                            *g = (fresh, Instant::now());
+                            *g = Some((fresh, Instant::now()));
                         }
                         result
                     }

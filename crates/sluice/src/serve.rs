@@ -80,8 +80,19 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             settings.region.clone(),
             settings.lifetimes,
         );
-        tokio::task::spawn_blocking(move || id.bootstrap(&region, lifetimes)).await??
+        tokio::task::spawn_blocking(move || id.bootstrap_rows(&region, lifetimes)).await??
     };
+    // A new pool's signing key is generated off the path to the first answer; signing and
+    // verifying wait for it (`Identity::signing_key`), so no token is signed by a key that
+    // is not yet on disk.
+    {
+        let (id, pool_id) = (identity.clone(), pool.pool_id.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = id.signing_key(&pool_id) {
+                tracing::error!(error = %e, pool = %pool_id, "cannot load or generate the pool's signing key; sign-ins will try again");
+            }
+        });
+    }
     let verifier =
         sluice_identity::PoolVerifier::new(identity.clone(), &pool.pool_id, TOKEN_LEEWAY_SECS)?;
 
