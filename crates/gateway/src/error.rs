@@ -1,8 +1,8 @@
 //! The API's errors and the one place where they become HTTP responses.
 
+use crate::openapi::ErrorBody;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use sluice_identity::TokenError;
 use sluice_store::StoreError;
 use sluice_uploads::UploadError;
@@ -135,23 +135,27 @@ impl From<StoreError> for GatewayError {
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let plain = |message: String| ErrorBody {
+            message,
+            error: self.code().to_owned(),
+            error_description: None,
+        };
         let body = match &self {
             // API Gateway's body for a refused token, plus the reason.
-            GatewayError::Unauthorized(_) | GatewayError::InvalidToken(_) => json!({
-                "message": "Unauthorized",
-                "error": self.code(),
-                "error_description": self.to_string(),
-            }),
+            GatewayError::Unauthorized(_) | GatewayError::InvalidToken(_) => ErrorBody {
+                error_description: Some(self.to_string()),
+                ..plain("Unauthorized".into())
+            },
             // Internal details go to the log, not to the client.
             GatewayError::Internal(detail) => {
                 tracing::error!(error = %detail, "request failed");
-                json!({"message": "Internal server error", "error": self.code()})
+                plain("Internal server error".into())
             }
             GatewayError::Unavailable(detail) | GatewayError::Full(detail) => {
                 tracing::warn!(error = %detail, "request refused");
-                json!({"message": self.to_string(), "error": self.code()})
+                plain(self.to_string())
             }
-            _ => json!({"message": self.to_string(), "error": self.code()}),
+            _ => plain(self.to_string()),
         };
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {

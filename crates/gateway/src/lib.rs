@@ -16,7 +16,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::json;
 use sluice_identity::{TokenError, VerifiedClaims, Verifier};
 use sluice_meta::now_ms;
 use sluice_store::ObjectStore;
@@ -26,6 +25,7 @@ use sluice_uploads::{
 
 mod cache;
 mod error;
+mod openapi;
 pub mod quota;
 pub use cache::{CachingAuthorizer, RevokingAuthorizer};
 pub use error::GatewayError;
@@ -152,14 +152,25 @@ impl Authenticated {
     }
 }
 
+/// The routes [`router`] serves (the OpenAPI document is held to them in its tests).
+pub(crate) const ROUTES: &[&str] = &[
+    "/uploads",
+    "/uploads/{id}",
+    "/uploads/{id}/content",
+    "/uploads/{id}/processed",
+    "/healthz",
+    "/openapi.json",
+];
+
 pub fn router(gw: Gateway) -> Router {
     let limit = gw.max_body_bytes;
     Router::new()
-        .route("/uploads", post(create_upload))
-        .route("/uploads/{id}", get(get_upload))
-        .route("/uploads/{id}/content", get(get_content))
-        .route("/uploads/{id}/processed", get(get_processed))
-        .route("/healthz", get(healthz))
+        .route(ROUTES[0], post(create_upload))
+        .route(ROUTES[1], get(get_upload))
+        .route(ROUTES[2], get(get_content))
+        .route(ROUTES[3], get(get_processed))
+        .route(ROUTES[4], get(healthz))
+        .route(ROUTES[5], get(openapi_json))
         .fallback(|| async { GatewayError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gw)
@@ -188,15 +199,31 @@ async fn request_id(mut req: Request, next: Next) -> Response {
 }
 
 async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
+    axum::Json(openapi::Health {
+        status: "ok".into(),
+    })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UploadBody {
-    filename: Option<String>,
-    content: Option<String>,
+/// The OpenAPI 3.1 document of this API (see [`openapi`]), built once.
+async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        serde_json::to_string(&openapi::document()).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot render the OpenAPI document");
+            String::from("{}")
+        })
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        doc.clone(),
+    )
+        .into_response()
 }
+
+use openapi::UploadBody;
 
 /// `?filename=` of a raw-body upload.
 #[derive(Deserialize)]
@@ -339,12 +366,15 @@ async fn create_upload(
     };
     metrics::counter!("sluice_uploads_total", "via" => "api").increment(1);
     metrics::counter!("sluice_upload_bytes_total", "via" => "api").increment(upload.size);
-    Ok(axum::Json(json!({
-        "message": "Uploaded and queued for processing",
-        "s3": {"bucket": upload.bucket, "key": upload.key},
-        "uploadId": upload.id,
-        "requestId": request_id,
-    }))
+    Ok(axum::Json(openapi::UploadAccepted {
+        message: "Uploaded and queued for processing".into(),
+        s3: openapi::S3Location {
+            bucket: upload.bucket,
+            key: upload.key,
+        },
+        upload_id: upload.id,
+        request_id,
+    })
     .into_response())
 }
 
@@ -672,31 +702,39 @@ async fn get_upload(
     Path(id): Path<String>,
 ) -> Result<Response, GatewayError> {
     let u = owned_upload(&gw, &auth, &id).await?;
-    let processed = match (&u.processed_bucket, &u.processed_key) {
-        (Some(b), Some(k)) if u.status == UploadStatus::Processed => {
-            json!({"bucket": b, "key": k})
+    let processed = match (u.processed_bucket, u.processed_key) {
+        (Some(bucket), Some(key)) if u.status == UploadStatus::Processed => {
+            Some(openapi::S3Location { bucket, key })
         }
-        _ => serde_json::Value::Null,
+        _ => None,
     };
-    Ok(axum::Json(json!({
-        "uploadId": u.id,
-        "status": u.status.as_str(),
-        "s3": {"bucket": u.bucket, "key": u.key},
-        "filename": u.filename,
-        "size": u.size,
-        "sha256": u.sha256,
-        "contentType": u.content_type,
-        "requestId": u.request_id,
-        "stream": u.stream,
-        "shardId": u.shard_id,
-        "sequenceNumber": u.sequence_number,
-        "attempts": u.attempts,
-        "error": u.error,
-        "processed": processed,
-        "createdAt": ms_to_iso(u.created_ms),
-        "updatedAt": ms_to_iso(u.updated_ms),
-        "processedAt": u.processed_ms.map(ms_to_iso),
-    }))
+    Ok(axum::Json(openapi::UploadView {
+        upload_id: u.id,
+        status: match u.status {
+            UploadStatus::Queued => openapi::Status::Queued,
+            UploadStatus::Processing => openapi::Status::Processing,
+            UploadStatus::Processed => openapi::Status::Processed,
+            UploadStatus::Failed => openapi::Status::Failed,
+        },
+        s3: openapi::S3Location {
+            bucket: u.bucket,
+            key: u.key,
+        },
+        filename: u.filename,
+        size: u.size,
+        sha256: u.sha256,
+        content_type: u.content_type,
+        request_id: u.request_id,
+        stream: u.stream,
+        shard_id: u.shard_id,
+        sequence_number: u.sequence_number,
+        attempts: u.attempts,
+        error: u.error,
+        processed,
+        created_at: ms_to_iso(u.created_ms),
+        updated_at: ms_to_iso(u.updated_ms),
+        processed_at: u.processed_ms.map(ms_to_iso),
+    })
     .into_response())
 }
 
