@@ -87,6 +87,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script: `sluice completions bash > /etc/bash_completion.d/sluice`,
+    /// `sluice completions zsh > "${fpath[1]}/_sluice"`,
+    /// `sluice completions fish > ~/.config/fish/completions/sluice.fish`.
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
     /// Check the data (read-only): the metadata engine, every stream record's checksum,
     /// that the blob engine can be used, and that no acknowledged upload is left unfinished.
     Doctor {
@@ -225,6 +232,19 @@ fn init_tracing(format: config::LogFormat) {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Completions { shell } = cli.command {
+        // Needs no settings and no data directory.
+        let mut script = Vec::new();
+        clap_complete::generate(
+            shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "sluice",
+            &mut script,
+        );
+        use std::io::Write as _;
+        std::io::stdout().lock().write_all(&script)?;
+        return Ok(());
+    }
     let settings = Settings::resolve(&cli.common)?;
     match cli.command {
         Command::Serve => {
@@ -346,6 +366,8 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => mapping_cmd::logs(&settings, &mapping, follow, lines, json),
         Command::Doctor { stuck_after, deep } => doctor::run(&settings, stuck_after, deep),
+        // Answered above, before any settings are read.
+        Command::Completions { .. } => Ok(()),
         Command::Info { json } => {
             let info = wiring::info(&settings)?;
             if json {
