@@ -126,7 +126,9 @@ impl MetaError {
 }
 
 /// A migration step: tables one part needs, in neutral DDL (see the crate docs). Steps run
-/// in order at open, each once per database; applied steps are recorded by `name`.
+/// in order at open, each once per database; applied steps are recorded by `name`. On
+/// SQLite every pending step of an open runs in one transaction (all or nothing); on
+/// PostgreSQL each step is its own transaction, under an advisory lock.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
     pub name: &'static str,

@@ -21,7 +21,10 @@ fn completion_scripts_need_no_data_and_know_every_command() {
             assert!(script.contains(command), "{shell} script lacks {command}");
         }
         assert!(
-            std::fs::read_dir(empty.path()).expect("dir").next().is_none(),
+            std::fs::read_dir(empty.path())
+                .expect("dir")
+                .next()
+                .is_none(),
             "{shell}: nothing written to the working directory"
         );
         if shell == "bash" {
@@ -40,5 +43,9 @@ fn completion_scripts_need_no_data_and_know_every_command() {
         .args(["completions", "cmd.exe"])
         .output()
         .expect("run");
-    assert_eq!(bad.status.code(), Some(2), "an unknown shell is a usage error");
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
 }
