@@ -523,6 +523,12 @@ fn select(
         )),
         (Some(r), None) => {
             let range = r.check(size).map_err(|_| s3_error!(InvalidRange))?;
+            // A suffix range of an empty object is satisfiable and selects nothing: the
+            // whole (empty) object, 200, as S3 answers (a `Content-Range` of an empty range
+            // cannot be written: its last byte would be -1).
+            if range.is_empty() {
+                return Ok((None, None));
+            }
             Ok((Some(range), None))
         }
         (None, Some(n)) => {
@@ -1626,6 +1632,29 @@ mod tests {
             let e = parse_copy_range(bad).expect_err(bad);
             assert_eq!(e.code(), &S3ErrorCode::InvalidArgument, "{bad}");
         }
+    }
+
+    /// Found by fuzzing (`s3_values`, input `bytes=-500`): a suffix range of an empty
+    /// object selected the empty range `0..0`, whose `Content-Range` GetObject and HeadObject
+    /// wrote as `bytes 0-{0 - 1}/0`: an overflow (a panic with overflow checks, else
+    /// `bytes 0-18446744073709551615/0` with a 206).
+    #[test]
+    fn a_suffix_range_of_an_empty_object_selects_the_whole_object() {
+        let range = Range::parse("bytes=-500").expect("range");
+        assert_eq!(
+            select(0, Some(&range), None, &[]).expect("satisfiable"),
+            (None, None)
+        );
+        assert_eq!(
+            select(3, Some(&range), None, &[]).expect("whole object"),
+            (Some(0..3), None)
+        );
+        let code = |r: S3Result<_>| r.expect_err("error").code().as_str().to_owned();
+        let from_start = Range::parse("bytes=0-").expect("range");
+        assert_eq!(
+            code(select(0, Some(&from_start), None, &[])),
+            "InvalidRange"
+        );
     }
 
     #[test]
