@@ -23,6 +23,8 @@ pub mod authz;
 mod cbor;
 pub mod cognito;
 pub mod eventstream;
+#[doc(hidden)]
+pub mod fuzzing;
 mod json11;
 pub mod kinesis;
 pub mod s3;

@@ -353,7 +353,7 @@ fn sluice_blobs_once() -> sluice_store::ByteStream {
 
 /// S3's `Content-MD5` header: the base64 MD5 the client computed of the body (checked by
 /// the store against what it received before anything is kept).
-fn content_md5(given: Option<&str>) -> S3Result<Option<[u8; 16]>> {
+pub(crate) fn content_md5(given: Option<&str>) -> S3Result<Option<[u8; 16]>> {
     let Some(given) = given else { return Ok(None) };
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD
@@ -468,7 +468,7 @@ fn check_copy_conditions(
 }
 
 /// The bucket and key of `x-amz-copy-source`.
-fn copy_source(source: &CopySource) -> S3Result<(String, String)> {
+pub(crate) fn copy_source(source: &CopySource) -> S3Result<(String, String)> {
     match source {
         CopySource::Bucket { bucket, key, .. } => Ok((bucket.to_string(), key.to_string())),
         _ => Err(S3Error::with_message(
@@ -480,7 +480,7 @@ fn copy_source(source: &CopySource) -> S3Result<(String, String)> {
 
 /// `x-amz-copy-source-range`: exactly `bytes=first-last` (whether it lies within the source
 /// is the store's check, against the version it copies).
-fn parse_copy_range(value: &str) -> S3Result<ByteRange> {
+pub(crate) fn parse_copy_range(value: &str) -> S3Result<ByteRange> {
     let number = |s: &str| -> Option<u64> {
         (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
             .then(|| s.parse().ok())
@@ -503,7 +503,7 @@ fn parse_copy_range(value: &str) -> S3Result<ByteRange> {
         })
 }
 
-fn part_number(n: i32) -> S3Result<u32> {
+pub(crate) fn part_number(n: i32) -> S3Result<u32> {
     u32::try_from(n)
         .ok()
         .filter(|n| (1..=10_000).contains(n))
@@ -520,7 +520,7 @@ fn part_number(n: i32) -> S3Result<u32> {
 /// not assembled from parts, which makes the whole object its part 1). The second value is
 /// the parts count S3 reports (`x-amz-mp-parts-count`) when a part of a multipart object
 /// was asked for.
-fn select(
+pub(crate) fn select(
     size: u64,
     range: Option<&Range>,
     part: Option<i32>,
@@ -534,6 +534,12 @@ fn select(
         )),
         (Some(r), None) => {
             let range = r.check(size).map_err(|_| s3_error!(InvalidRange))?;
+            // A suffix range of an empty object is satisfiable and selects nothing: the
+            // whole (empty) object, 200, as S3 answers (a `Content-Range` of an empty range
+            // cannot be written: its last byte would be -1).
+            if range.is_empty() {
+                return Ok((None, None));
+            }
             Ok((Some(range), None))
         }
         (None, Some(n)) => {
@@ -565,9 +571,31 @@ fn select(
     }
 }
 
+/// The (part number, ETag) list of a CompleteMultipartUpload body, as the client sent it
+/// (whether it names the upload's parts, in order, is the store's check).
+pub(crate) fn completion_parts(
+    body: Option<CompletedMultipartUpload>,
+) -> S3Result<Vec<(u32, String)>> {
+    body.and_then(|m| m.parts)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let n = p
+                .part_number
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| s3_error!(InvalidPart, "a part has no part number"))?;
+            let e = p
+                .e_tag
+                .map(ETag::into_value)
+                .ok_or_else(|| s3_error!(InvalidPart, "a part has no ETag"))?;
+            Ok((n, e))
+        })
+        .collect()
+}
+
 /// The common prefix `key` falls into: `prefix` and what follows it up to and including
 /// the first `delimiter`.
-fn fold<'k>(key: &'k str, prefix: &str, delimiter: &str) -> Option<&'k str> {
+pub(crate) fn fold<'k>(key: &'k str, prefix: &str, delimiter: &str) -> Option<&'k str> {
     let rest = key.strip_prefix(prefix)?;
     rest.find(delimiter)
         .map(|i| &key[..prefix.len() + i + delimiter.len()])
@@ -610,7 +638,7 @@ fn s3_user_sub(access_key: &str) -> String {
 }
 
 /// The file name of an upload written through S3: its key without the uploads prefix.
-fn upload_filename(key: &str) -> String {
+pub(crate) fn upload_filename(key: &str) -> String {
     key.trim_start_matches("uploads/").to_owned()
 }
 
@@ -1386,23 +1414,7 @@ impl S3 for S3Adapter {
         let input = req.input;
         self.check_upload(&input.upload_id, &input.bucket, &input.key)
             .await?;
-        let parts = input
-            .multipart_upload
-            .and_then(|m| m.parts)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| {
-                let n = p
-                    .part_number
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| s3_error!(InvalidPart, "a part has no part number"))?;
-                let e = p
-                    .e_tag
-                    .map(ETag::into_value)
-                    .ok_or_else(|| s3_error!(InvalidPart, "a part has no ETag"))?;
-                Ok((n, e))
-            })
-            .collect::<S3Result<Vec<_>>>()?;
+        let parts = completion_parts(input.multipart_upload)?;
         // What the part list alone shows is refused now, with its own status, as S3 does.
         let size = self
             .store
@@ -1594,12 +1606,12 @@ impl S3Adapter {
     }
 }
 
-fn encode_token(after: &str) -> String {
+pub(crate) fn encode_token(after: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(after.as_bytes())
 }
 
-fn decode_token(t: &str) -> S3Result<String> {
+pub(crate) fn decode_token(t: &str) -> S3Result<String> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(t.as_bytes())
@@ -1637,6 +1649,29 @@ mod tests {
             let e = parse_copy_range(bad).expect_err(bad);
             assert_eq!(e.code(), &S3ErrorCode::InvalidArgument, "{bad}");
         }
+    }
+
+    /// Found by fuzzing (`s3_values`, input `bytes=-500`): a suffix range of an empty
+    /// object selected the empty range `0..0`, whose `Content-Range` GetObject and HeadObject
+    /// wrote as `bytes 0-{0 - 1}/0`: an overflow (a panic with overflow checks, else
+    /// `bytes 0-18446744073709551615/0` with a 206).
+    #[test]
+    fn a_suffix_range_of_an_empty_object_selects_the_whole_object() {
+        let range = Range::parse("bytes=-500").expect("range");
+        assert_eq!(
+            select(0, Some(&range), None, &[]).expect("satisfiable"),
+            (None, None)
+        );
+        assert_eq!(
+            select(3, Some(&range), None, &[]).expect("whole object"),
+            (Some(0..3), None)
+        );
+        let code = |r: S3Result<_>| r.expect_err("error").code().as_str().to_owned();
+        let from_start = Range::parse("bytes=0-").expect("range");
+        assert_eq!(
+            code(select(0, Some(&from_start), None, &[])),
+            "InvalidRange"
+        );
     }
 
     #[test]

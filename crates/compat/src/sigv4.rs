@@ -178,7 +178,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// `YYYYMMDD'T'HHMMSS'Z'` → seconds since the epoch.
-fn parse_amz_date(s: &str) -> Option<i64> {
+pub(crate) fn parse_amz_date(s: &str) -> Option<i64> {
     chrono::NaiveDateTime::parse_from_str(s, "%Y%m%dT%H%M%SZ")
         .ok()
         .map(|d| d.and_utc().timestamp())
@@ -232,7 +232,7 @@ pub(crate) fn canonical_request(req: &SignedRequest<'_>, signed_headers: &[Strin
 
 /// The path with each segment normalised to AWS's encoding (clients send it encoded once;
 /// decoding and re-encoding makes `%2a` and `*` compare equal to what the client signed).
-fn canonical_path(path: &str) -> String {
+pub(crate) fn canonical_path(path: &str) -> String {
     if path.is_empty() {
         return "/".into();
     }
@@ -242,7 +242,7 @@ fn canonical_path(path: &str) -> String {
         .join("/")
 }
 
-fn canonical_query(query: &str) -> String {
+pub(crate) fn canonical_query(query: &str) -> String {
     if query.is_empty() {
         return String::new();
     }
@@ -281,7 +281,7 @@ pub(crate) fn uri_encode(s: &str, encode_slash: bool) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

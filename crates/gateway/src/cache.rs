@@ -45,7 +45,9 @@ impl Authorizer for CachingAuthorizer {
         let now = (self.now)();
         if let Ok(cache) = self.cache.lock()
             && let Some(c) = cache.get(&key)
-            && now <= c.exp + self.leeway_secs
+            // Saturating: a signed `exp` near `i64::MAX` (a token that never expires) must
+            // not overflow, as in the verifier.
+            && now <= c.exp.saturating_add(self.leeway_secs)
         {
             return Ok(c.clone());
         }
@@ -118,6 +120,42 @@ mod tests {
                 exp: 2000,
             })
         }
+    }
+
+    /// Found by fuzzing (`jwt`, a token signed with `"exp": 9223372036854775807`): the
+    /// verifier accepts it (its own check saturates), and the cache's expiry check of the
+    /// second request overflowed (a panic with overflow checks; otherwise a wrapped, negative
+    /// expiry, and the token verified again on every request).
+    #[test]
+    fn a_token_that_never_expires_is_served_from_the_cache() {
+        static VERIFIED: AtomicUsize = AtomicUsize::new(0);
+        struct NeverExpires;
+        impl Authorizer for NeverExpires {
+            fn authorize(&self, _: &str) -> Result<VerifiedClaims, TokenError> {
+                VERIFIED.fetch_add(1, Ordering::SeqCst);
+                Ok(VerifiedClaims {
+                    sub: "s".into(),
+                    username: None,
+                    email: None,
+                    token_use: "id".into(),
+                    client_id: "c".into(),
+                    scopes: vec![],
+                    issued_at: 0,
+                    origin_jti: None,
+                    issuer: "i".into(),
+                    exp: i64::MAX,
+                })
+            }
+        }
+        let a = CachingAuthorizer::with_clock(Arc::new(NeverExpires), 30, || 1_800_000_000);
+        for _ in 0..2 {
+            assert_eq!(a.authorize("forever").map(|c| c.exp), Ok(i64::MAX));
+        }
+        assert_eq!(
+            VERIFIED.load(Ordering::SeqCst),
+            1,
+            "the second from the cache"
+        );
     }
 
     #[test]

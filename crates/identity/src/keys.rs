@@ -86,6 +86,24 @@ fn kid_of(public: &RsaPublicKey) -> Result<String, IdentityError> {
     Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(der.as_bytes())))
 }
 
+/// A new 2048-bit key. In a fuzzing build (cargo-fuzz compiles with `--cfg fuzzing`) every
+/// call after the first returns the first key: with coverage instrumentation a key takes
+/// seconds to generate, which left the Cognito target (whose CreateUserPool generates one)
+/// time for little else.
+fn new_key() -> Result<RsaPrivateKey, rsa::Error> {
+    #[cfg(fuzzing)]
+    {
+        static KEY: std::sync::OnceLock<RsaPrivateKey> = std::sync::OnceLock::new();
+        if let Some(k) = KEY.get() {
+            return Ok(k.clone());
+        }
+        let k = RsaPrivateKey::new(&mut rand::thread_rng(), 2048)?;
+        return Ok(KEY.get_or_init(|| k).clone());
+    }
+    #[cfg(not(fuzzing))]
+    RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
+}
+
 fn generate(path: &Path) -> Result<(), IdentityError> {
     let backend = |what: &str, e: &dyn std::fmt::Display| {
         IdentityError::Backend(format!("{what} {}: {e}", path.display()))
@@ -98,8 +116,7 @@ fn generate(path: &Path) -> Result<(), IdentityError> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| backend("cannot create the folder of", &e))?;
-    let key = RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
-        .map_err(|e| backend("cannot generate", &e))?;
+    let key = new_key().map_err(|e| backend("cannot generate", &e))?;
     let pem = key
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| backend("cannot encode", &e))?;

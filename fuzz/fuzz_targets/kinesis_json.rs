@@ -1,0 +1,9 @@
+//! Kinesis JSON 1.1 request bodies through `sluice_compat::kinesis::handle` (see
+//! `sluice_fuzz::kinesis` for the input and the invariants).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    sluice_fuzz::kinesis::run(data, sluice_compat::kinesis::Encoding::Json);
+});
