@@ -71,6 +71,8 @@ fn openapi_describes_what_the_server_answers() {
         ])
         .args(["--max-examples", &examples, "--max-time", &seconds])
         .args(["--workers", "1", "--request-timeout", "30"])
+        // Its cache (`.schemathesis/`) goes to the test's own directory, not the clone.
+        .current_dir(&dir.0)
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_TELEMETRY", "false")
         .output()
