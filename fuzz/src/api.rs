@@ -47,6 +47,7 @@ pub fn api() -> &'static Api {
             max_body_bytes: MAX_BODY,
             max_upload_bytes: MAX_BODY as u64,
             quota: sluice_gateway::quota::Quota::new(Default::default()),
+            shutdown: tokio::sync::watch::channel(false).1,
         };
         Api {
             router: sluice_gateway::router(gw),
@@ -169,5 +170,22 @@ impl UploadLedger for NoLedger {
     }
     async fn bytes_since(&self, _: &str, _: i64) -> Result<u64, UploadError> {
         Ok(0)
+    }
+    async fn list(
+        &self,
+        _: &str,
+        _: Option<&sluice_uploads::UploadCursor>,
+        _: usize,
+    ) -> Result<Vec<Upload>, UploadError> {
+        Ok(Vec::new())
+    }
+    async fn changed_since(
+        &self,
+        _: &str,
+        _: i64,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<Vec<Upload>, UploadError> {
+        Ok(Vec::new())
     }
 }

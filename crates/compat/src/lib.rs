@@ -110,6 +110,8 @@ pub fn router(edge: Edge) -> Result<Router, String> {
             "/",
             post(dispatch)
                 .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY_BYTES))
+                .layer(axum::middleware::map_response(cors_allow))
+                .options(cors_preflight)
                 .fallback_service(s3.clone()),
         )
         .route("/{pool}/.well-known/jwks.json", get(jwks))
@@ -338,6 +340,51 @@ async fn dispatch(
         }
         resp.extensions_mut().insert(label);
     }
+    resp
+}
+
+/// CORS for the JSON protocols on `POST /` (Cognito, Kinesis), as AWS answers them: any
+/// origin may call them from a browser (a web app signs users in with `InitiateAuth`
+/// straight from the page, as the Amplify libraries do; the console does too). No cookie or
+/// other ambient credential is involved — a call is anonymous or carries its own signature —
+/// so allowing every origin gives a page nothing the request itself does not carry.
+/// S3 requests are not covered: S3's CORS is a per-bucket configuration.
+async fn cors_preflight(headers: HeaderMap) -> Response {
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    // The headers the browser asks for, when they are plain header names.
+    let asked = headers
+        .get("access-control-request-headers")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            v.len() <= 1024
+                && v.split(',').all(|n| {
+                    let n = n.trim();
+                    !n.is_empty()
+                        && n.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        });
+    if let Some(v) = asked.and_then(|v| HeaderValue::from_str(v).ok()) {
+        h.insert("access-control-allow-headers", v);
+    }
+    h.insert("access-control-max-age", HeaderValue::from_static("86400"));
+    resp
+}
+
+/// The CORS headers of an answer on `POST /` (see [`cors_preflight`]).
+async fn cors_allow(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    h.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("x-amzn-RequestId, x-amzn-ErrorType, x-amzn-ErrorMessage, Date"),
+    );
     resp
 }
 

@@ -25,6 +25,7 @@ use sluice_uploads::{
 
 mod cache;
 mod error;
+pub mod live;
 mod openapi;
 pub mod quota;
 pub use cache::{CachingAuthorizer, RevokingAuthorizer};
@@ -75,6 +76,9 @@ pub struct Gateway {
     pub max_upload_bytes: u64,
     /// Per-user upload limits.
     pub quota: Arc<quota::Quota>,
+    /// Turns `true` when the server shuts down: long-lived answers (the live view) end, so
+    /// that a graceful shutdown does not wait for them.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The request id of the request being served: in every response's `x-request-id`, and
@@ -86,6 +90,8 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     claims: VerifiedClaims,
+    /// The bearer token itself, checked again by long-lived answers (the live view).
+    token: String,
 }
 
 impl Authenticated {
@@ -94,6 +100,9 @@ impl Authenticated {
     }
     pub fn claims(&self) -> &VerifiedClaims {
         &self.claims
+    }
+    pub(crate) fn token(&self) -> &str {
+        &self.token
     }
 }
 
@@ -148,7 +157,29 @@ impl Authenticated {
             .authorizer
             .authorize(token)
             .map_err(GatewayError::InvalidToken)?;
-        Ok(Authenticated { claims })
+        Ok(Authenticated {
+            claims,
+            token: token.to_owned(),
+        })
+    }
+}
+
+/// A query string parsed into `T`; one that does not parse (a repeated field, say) is a 400
+/// in the API's own error body, where axum's `Query` would answer in plain text.
+pub(crate) struct ApiQuery<T>(pub(crate) T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|e| GatewayError::BadRequest(format!("bad query string: {e}")))
     }
 }
 
@@ -160,17 +191,19 @@ pub(crate) const ROUTES: &[&str] = &[
     "/uploads/{id}/processed",
     "/healthz",
     "/openapi.json",
+    "/uploads/events",
 ];
 
 pub fn router(gw: Gateway) -> Router {
     let limit = gw.max_body_bytes;
     Router::new()
-        .route(ROUTES[0], post(create_upload))
+        .route(ROUTES[0], post(create_upload).get(live::list_uploads))
         .route(ROUTES[1], get(get_upload))
         .route(ROUTES[2], get(get_content))
         .route(ROUTES[3], get(get_processed))
         .route(ROUTES[4], get(healthz))
         .route(ROUTES[5], get(openapi_json))
+        .route(ROUTES[6], get(live::upload_events))
         .fallback(|| async { GatewayError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gw)
@@ -235,7 +268,7 @@ async fn create_upload(
     State(gw): State<Gateway>,
     auth: Authenticated,
     axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
-    axum::extract::Query(params): axum::extract::Query<RawUploadParams>,
+    ApiQuery(params): ApiQuery<RawUploadParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
@@ -702,13 +735,18 @@ async fn get_upload(
     Path(id): Path<String>,
 ) -> Result<Response, GatewayError> {
     let u = owned_upload(&gw, &auth, &id).await?;
+    Ok(axum::Json(upload_view(u)).into_response())
+}
+
+/// An upload as the API shows it.
+pub(crate) fn upload_view(u: Upload) -> openapi::UploadView {
     let processed = match (u.processed_bucket, u.processed_key) {
         (Some(bucket), Some(key)) if u.status == UploadStatus::Processed => {
             Some(openapi::S3Location { bucket, key })
         }
         _ => None,
     };
-    Ok(axum::Json(openapi::UploadView {
+    openapi::UploadView {
         upload_id: u.id,
         status: match u.status {
             UploadStatus::Queued => openapi::Status::Queued,
@@ -734,8 +772,7 @@ async fn get_upload(
         created_at: ms_to_iso(u.created_ms),
         updated_at: ms_to_iso(u.updated_ms),
         processed_at: u.processed_ms.map(ms_to_iso),
-    })
-    .into_response())
+    }
 }
 
 /// The object's bytes, streamed from the store (never read whole into memory).

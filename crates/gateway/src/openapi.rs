@@ -89,6 +89,15 @@ pub(crate) struct UploadView {
 
 /// Every error: a stable code and a message for people. A refused token adds
 /// `error_description` (API Gateway's `{"message":"Unauthorized"}` plus the reason).
+/// A page of the user's uploads, newest first.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UploadPage {
+    pub(crate) uploads: Vec<UploadView>,
+    /// Pass as `next` for the following page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) next: Option<String>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ErrorBody {
     pub(crate) message: String,
@@ -245,6 +254,76 @@ pub(crate) fn document() -> OpenApi {
             .response("404", error("No such upload of this user")),
     )
     .build();
+    let query = |name: &str, description: &str, schema| {
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Query)
+            .required(Required::False)
+            .description(Some(description))
+            .schema(Some(schema))
+            .build()
+    };
+    let list = common(
+        OperationBuilder::new()
+            .operation_id(Some("listUploads"))
+            .summary(Some("The caller's uploads, newest first"))
+            .parameter(query(
+                "limit",
+                "Uploads per page, 1 to 100 (default 20)",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .maximum(Some(crate::live::MAX_PAGE as i32))
+                    .into(),
+            ))
+            .parameter(query(
+                "next",
+                "The `next` token of the previous page",
+                String::schema(),
+            ))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("A page of uploads")
+                    .content("application/json", json(schema_ref("UploadPage").into()))
+                    .build(),
+            ),
+    )
+    .build();
+    let events = common(
+        OperationBuilder::new()
+            .operation_id(Some("uploadEvents"))
+            .summary(Some(
+                "Server-sent events: every change of the caller's uploads, as it happens",
+            ))
+            .description(Some(
+                "`event: ready` once the stream is live, then `event: upload` with the upload's \
+                 whole row (the JSON of `GET /uploads/{id}`) each time it changes; `id:` is the \
+                 time to resume from (`Last-Event-ID`). Events may repeat after a reconnect; \
+                 none is missed. The stream ends with `event: unauthorized` when the token \
+                 expires or is revoked, and with `event: error` when an engine fails.",
+            ))
+            .parameter(query(
+                "since",
+                "Send the uploads changed since this time (milliseconds since the epoch; default now)",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .into(),
+            ))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description("The event stream (never ends by itself)")
+                    .content("text/event-stream", json(String::schema()))
+                    .build(),
+            )
+            .response(
+                "429",
+                error("The caller already holds the most live streams a user may"),
+            ),
+    )
+    .build();
     let health = OperationBuilder::new()
         .operation_id(Some("healthz"))
         .summary(Some("Alive"))
@@ -259,6 +338,8 @@ pub(crate) fn document() -> OpenApi {
 
     let paths = PathsBuilder::new()
         .path("/uploads", PathItem::new(HttpMethod::Post, create))
+        .path("/uploads", PathItem::new(HttpMethod::Get, list))
+        .path("/uploads/events", PathItem::new(HttpMethod::Get, events))
         .path("/uploads/{id}", PathItem::new(HttpMethod::Get, status))
         .path(
             "/uploads/{id}/content",
@@ -281,6 +362,7 @@ pub(crate) fn document() -> OpenApi {
         .schema_from::<UploadAccepted>()
         .schema_from::<Status>()
         .schema_from::<UploadView>()
+        .schema_from::<UploadPage>()
         .schema_from::<ErrorBody>()
         .schema_from::<Health>()
         .security_scheme(
@@ -320,6 +402,8 @@ mod tests {
         );
         for (path, method) in [
             ("/uploads", "post"),
+            ("/uploads", "get"),
+            ("/uploads/events", "get"),
             ("/uploads/{id}", "get"),
             ("/uploads/{id}/content", "get"),
             ("/uploads/{id}/processed", "get"),

@@ -37,6 +37,8 @@ pub struct UserLimits {
 pub struct Quota {
     limits: UserLimits,
     per_minute: Buckets<String>,
+    /// The live upload streams each user holds open (`GET /uploads/events`).
+    pub(crate) live: Arc<crate::live::LiveStreams>,
 }
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
@@ -46,6 +48,7 @@ impl Quota {
         Arc::new(Quota {
             limits,
             per_minute: Buckets::default(),
+            live: Arc::default(),
         })
     }
 

@@ -225,6 +225,16 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     // Tokens revoked after they were issued are refused at the API within a second.
     let revocations = sluice_identity::revocations::Revocations::new(db.clone());
     revocations.watch().await?;
+    let console_config = sluice_console::ConsoleConfig {
+        region: settings.region.clone(),
+        user_pool_id: pool.pool_id.clone(),
+        client_id: pool.client_id.clone(),
+        edge_url: settings.edge_url.clone(),
+        edge_port: edge_listener.local_addr()?.port(),
+        bucket: settings.bucket.clone(),
+        stream: settings.stream.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
     let api = sluice_gateway::router(Gateway {
         authorizer: Arc::new(sluice_gateway::RevokingAuthorizer::new(
             Arc::new(sluice_gateway::CachingAuthorizer::new(
@@ -241,8 +251,10 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         max_body_bytes: settings.max_body_bytes,
         max_upload_bytes: settings.max_upload_bytes,
         quota: sluice_gateway::quota::Quota::new(settings.user_limits),
+        shutdown: shutdown_rx.clone(),
     })
     .merge(crate::telemetry::routes(metrics, readiness))
+    .merge(sluice_console::router(console_config))
     .layer(axum::middleware::from_fn_with_state(
         "api",
         crate::telemetry::track,

@@ -11,6 +11,9 @@
 //! (multipart text fields and query strings carry no types, and unknown query parameters
 //! are ignored, as API Gateway ignores them) and `ensure_resource_availability` (an upload's
 //! processed result is 404 until the processor has made it).
+//!
+//! The live view (`GET /uploads/events`) is left out: its answer is a stream that does not
+//! end, which schemathesis can only time out on; `tests/console.rs` checks it.
 
 mod common;
 
@@ -69,6 +72,7 @@ fn openapi_describes_what_the_server_answers() {
             "--exclude-checks",
             "positive_data_acceptance,negative_data_rejection,ensure_resource_availability",
         ])
+        .args(["--exclude-path", "/uploads/events"])
         .args(["--max-examples", &examples, "--max-time", &seconds])
         .args(["--workers", "1", "--request-timeout", "30"])
         // Its cache (`.schemathesis/`) goes to the test's own directory, not the clone.
@@ -87,6 +91,6 @@ fn openapi_describes_what_the_server_answers() {
         "schemathesis found answers that differ from /openapi.json:\n{report}"
     );
     // It did test every operation (and sent a fair number of requests).
-    assert!(report.contains("Tested: 5"), "{report}");
+    assert!(report.contains("Tested: 6"), "{report}");
     server.stop();
 }

@@ -20,7 +20,8 @@ use sluice_stream::embedded::{EmbeddedStream, enqueue_in_tx, settle_in_tx};
 
 use crate::{
     ByteStream, CompletedMultipart, MultipartCompletion, NewUpload, Staged, StatusChange, Upload,
-    UploadError, UploadLedger, UploadMeta, UploadRecord, UploadSink, UploadStatus, iso8601_ms,
+    UploadCursor, UploadError, UploadLedger, UploadMeta, UploadRecord, UploadSink, UploadStatus,
+    iso8601_ms,
 };
 
 pub const MIGRATIONS: &[Migration] = &[
@@ -57,6 +58,11 @@ CREATE INDEX uploads_user ON uploads (user_sub, created_ms);
     Migration {
         name: "uploads-0002",
         sql: "ALTER TABLE uploads ADD COLUMN outbox_ticket INTEGER;",
+    },
+    // A user's uploads by last change: the live view (`GET /uploads/events`) polls it.
+    Migration {
+        name: "uploads-0003",
+        sql: "CREATE INDEX uploads_user_updated ON uploads (user_sub, updated_ms);",
     },
 ];
 
@@ -276,6 +282,25 @@ impl EmbeddedUploads {
     /// status row learns it in a transaction nobody waits for: until that commits, or if
     /// it is lost in a crash, the log still knows the result ([`UploadLedger::get`] asks
     /// it) and [`EmbeddedUploads::deliver_pending`] stores it at the next start.
+    /// Rows as [`UploadLedger`] answers them: a record delivered but not settled into its
+    /// row yet takes its shard and sequence number from the log.
+    async fn with_delivered(
+        &self,
+        rows: Vec<(Upload, Option<i64>)>,
+    ) -> Result<Vec<Upload>, UploadError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (mut upload, ticket) in rows {
+            if let Some(t) = ticket
+                && let Some(put) = self.stream.delivered(t).await
+            {
+                upload.shard_id = put.shard_id;
+                upload.sequence_number = put.sequence_number;
+            }
+            out.push(upload);
+        }
+        Ok(out)
+    }
+
     async fn deliver(&self, id: &str, outbox: Outboxed) -> Result<(String, String), UploadError> {
         let put = self
             .stream
@@ -722,6 +747,76 @@ impl UploadLedger for EmbeddedUploads {
         Ok(n.max(0) as u64)
     }
 
+    async fn list(
+        &self,
+        user_sub: &str,
+        after: Option<&UploadCursor>,
+        limit: usize,
+    ) -> Result<Vec<Upload>, UploadError> {
+        let sub = user_sub.to_owned();
+        let after = after.cloned();
+        let limit = limit.min(1000) as i64;
+        let rows = self
+            .db
+            .read(move |c| match &after {
+                None => c.query_vec(
+                    &format!(
+                        "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE user_sub = ?1
+                         ORDER BY created_ms DESC, id DESC LIMIT ?2"
+                    ),
+                    params![sub, limit],
+                    upload_row,
+                ),
+                Some(a) => c.query_vec(
+                    &format!(
+                        "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE user_sub = ?1
+                           AND (created_ms < ?2 OR (created_ms = ?2 AND id < ?3))
+                         ORDER BY created_ms DESC, id DESC LIMIT ?4"
+                    ),
+                    params![sub, a.created_ms, a.id, limit],
+                    upload_row,
+                ),
+            })
+            .await?;
+        self.with_delivered(rows).await
+    }
+
+    async fn changed_since(
+        &self,
+        user_sub: &str,
+        since_ms: i64,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Upload>, UploadError> {
+        let sub = user_sub.to_owned();
+        let after_id = after_id.map(str::to_owned);
+        let limit = limit.min(1000) as i64;
+        let rows = self
+            .db
+            .read(move |c| match &after_id {
+                None => c.query_vec(
+                    &format!(
+                        "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE user_sub = ?1
+                           AND updated_ms >= ?2
+                         ORDER BY updated_ms, id LIMIT ?3"
+                    ),
+                    params![sub, since_ms, limit],
+                    upload_row,
+                ),
+                Some(after) => c.query_vec(
+                    &format!(
+                        "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE user_sub = ?1
+                           AND (updated_ms > ?2 OR (updated_ms = ?2 AND id > ?3))
+                         ORDER BY updated_ms, id LIMIT ?4"
+                    ),
+                    params![sub, since_ms, after, limit],
+                    upload_row,
+                ),
+            })
+            .await?;
+        self.with_delivered(rows).await
+    }
+
     async fn get(&self, id: &str) -> Result<Upload, UploadError> {
         let id = id.to_owned();
         let (mut upload, ticket) = self
@@ -969,6 +1064,95 @@ mod tests {
         assert_eq!(uploads.deliver_pending().await.expect("start goes on"), 0);
         assert_eq!(uploads.get(&c).await.expect("get c").sequence_number, "");
         stream.db().close();
+    }
+
+    /// A user's uploads page newest first without gaps or repeats (several uploads in the
+    /// same millisecond included), other users' never appear, and a status change shows in
+    /// `changed_since`.
+    #[tokio::test]
+    async fn users_uploads_list_in_pages_and_changes_show() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let (_store, _stream, uploads) = ready(&engines).await;
+        let mut made = Vec::new();
+        for i in 0..7 {
+            let u = uploads
+                .commit(meta(&format!("f{i}")).with_body(bytes::Bytes::from("x")))
+                .await
+                .expect("commit");
+            made.push(u.id);
+        }
+        let mut other = meta("theirs");
+        other.user_sub = "someone-else".into();
+        other.key = "uploads/theirs".into();
+        uploads
+            .commit(other.with_body(bytes::Bytes::from("y")))
+            .await
+            .expect("commit other");
+
+        let mut seen = Vec::new();
+        let mut cursor: Option<UploadCursor> = None;
+        loop {
+            let page = uploads
+                .list("user", cursor.as_ref(), 3)
+                .await
+                .expect("list");
+            assert!(page.len() <= 3);
+            let Some(last) = page.last() else { break };
+            let next = UploadCursor::parse(&UploadCursor::of(last).token()).expect("token");
+            assert_eq!(next, UploadCursor::of(last));
+            cursor = Some(next);
+            seen.extend(page.into_iter().map(|u| (u.created_ms, u.id)));
+        }
+        assert_eq!(seen.len(), 7, "{seen:?}");
+        let mut sorted = seen.clone();
+        sorted.sort_by(|a, b| b.cmp(a));
+        assert_eq!(seen, sorted, "newest first");
+        let mut ids: Vec<String> = seen.into_iter().map(|(_, id)| id).collect();
+        ids.sort();
+        made.sort();
+        assert_eq!(ids, made);
+
+        let before = now_ms();
+        let changed = uploads
+            .changed_since("user", before + 1, None, 100)
+            .await
+            .expect("changed");
+        assert!(changed.is_empty(), "{changed:?}");
+        uploads
+            .mark_failed(&made[2], "boom")
+            .await
+            .expect("mark failed");
+        let changed = uploads
+            .changed_since("user", before, None, 100)
+            .await
+            .expect("changed");
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        // Paging by (change time, id): every upload once, in order.
+        let mut paged = Vec::new();
+        let (mut ms, mut after) = (0, None::<String>);
+        loop {
+            let page = uploads
+                .changed_since("user", ms, after.as_deref(), 2)
+                .await
+                .expect("page");
+            let Some(last) = page.last() else { break };
+            (ms, after) = (last.updated_ms, Some(last.id.clone()));
+            paged.extend(page.into_iter().map(|u| u.id));
+        }
+        paged.sort();
+        assert_eq!(paged, made);
+        assert_eq!(changed[0].id, made[2]);
+        assert_eq!(changed[0].status, UploadStatus::Failed);
+        assert!(
+            uploads
+                .changed_since("someone-else", before, None, 100)
+                .await
+                .expect("changed")
+                .is_empty()
+        );
+        for bad in ["", "12", "x.abc", "12.", "12.a/b", "12.a b"] {
+            assert!(UploadCursor::parse(bad).is_none(), "{bad:?}");
+        }
     }
 
     /// The processor's observer joins status rows into a transaction of the ledger's own

@@ -297,6 +297,24 @@ pub trait UploadLedger: Send + Sync + 'static {
     async fn mark_failed(&self, id: &str, error: &str) -> Result<(), UploadError>;
     /// The bytes `user_sub` uploaded since `since_ms` (for the per-user daily limit).
     async fn bytes_since(&self, user_sub: &str, since_ms: i64) -> Result<u64, UploadError>;
+    /// `user_sub`'s uploads, newest first (by creation, then id): at most `limit` of them,
+    /// starting after `after` (the last one of the previous page).
+    async fn list(
+        &self,
+        user_sub: &str,
+        after: Option<&UploadCursor>,
+        limit: usize,
+    ) -> Result<Vec<Upload>, UploadError>;
+    /// `user_sub`'s uploads whose row changed at or after `since_ms` (`updated_ms`) — or,
+    /// with `after_id`, after `(since_ms, after_id)` — in order of change then id, at most
+    /// `limit`: what a live view polls for.
+    async fn changed_since(
+        &self,
+        user_sub: &str,
+        since_ms: i64,
+        after_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Upload>, UploadError>;
 
     /// Several status changes together (the embedded ledger writes them in one
     /// transaction). By default, one after another.
@@ -318,6 +336,42 @@ pub trait UploadLedger: Send + Sync + 'static {
     /// transaction of that database (e.g. the processor, with its checkpoint).
     fn db(&self) -> Option<&sluice_meta::Meta> {
         None
+    }
+}
+
+/// Where a page of [`UploadLedger::list`] ended: the last upload's creation time and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadCursor {
+    pub created_ms: i64,
+    pub id: String,
+}
+
+impl UploadCursor {
+    pub fn of(u: &Upload) -> Self {
+        UploadCursor {
+            created_ms: u.created_ms,
+            id: u.id.clone(),
+        }
+    }
+
+    /// The opaque token clients pass back (`<created_ms>.<id>`).
+    pub fn token(&self) -> String {
+        format!("{}.{}", self.created_ms, self.id)
+    }
+
+    /// A token [`Self::token`] made; `None` for anything else.
+    pub fn parse(token: &str) -> Option<Self> {
+        let (ms, id) = token.split_once('.')?;
+        let created_ms = ms.parse::<i64>().ok()?;
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        ok.then(|| UploadCursor {
+            created_ms,
+            id: id.to_owned(),
+        })
     }
 }
 

@@ -1,0 +1,560 @@
+// The sluice console: sign in against the user pool (Cognito's JSON protocol on the
+// edge), upload files to the upload API with the ID token, and watch them through the
+// pipeline (GET /uploads, then the server-sent events of GET /uploads/events).
+// Plain DOM code: no framework, no build step, nothing loaded from elsewhere.
+
+const $ = (id) => document.getElementById(id);
+const STORE = "sluice.session";
+const PARALLEL_UPLOADS = 3;
+
+let config = null;
+let session = null; // { email, idToken, accessToken, refreshToken, expiresAt (ms) }
+let refreshTimer = 0;
+let live = null; // AbortController of the event stream
+let nextPage = null;
+const rows = new Map(); // uploadId -> <tr>
+
+// ---------------------------------------------------------------- small helpers
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function notice(text) {
+  $("notice").textContent = text;
+}
+
+function formatSize(n) {
+  if (n < 1024) return `${n} B`;
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  let v = n;
+  let u = -1;
+  do {
+    v /= 1024;
+    u += 1;
+  } while (v >= 1024 && u < units.length - 1);
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[u]}`;
+}
+
+function formatTime(iso) {
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString();
+}
+
+// ---------------------------------------------------------------- Cognito
+
+function edgeUrl() {
+  if (config.edgeUrl) return config.edgeUrl;
+  return `${location.protocol}//${location.hostname}:${config.edgePort}`;
+}
+
+class CognitoError extends Error {
+  constructor(type, message) {
+    super(message || type);
+    this.type = type;
+  }
+}
+
+async function cognito(operation, body) {
+  let resp;
+  try {
+    resp = await fetch(`${edgeUrl()}/`, {
+      method: "POST",
+      headers: {
+        "Content-Type": "application/x-amz-json-1.1",
+        "X-Amz-Target": `AWSCognitoIdentityProviderService.${operation}`,
+      },
+      body: JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new CognitoError("NetworkError", `cannot reach the sign-in service at ${edgeUrl()}`);
+  }
+  const text = await resp.text();
+  let json = {};
+  try {
+    json = text ? JSON.parse(text) : {};
+  } catch (e) {
+    json = {};
+  }
+  if (!resp.ok) {
+    const type = String(json.__type || resp.headers.get("x-amzn-ErrorType") || "Error").split(":")[0].split("#").pop();
+    throw new CognitoError(type, json.message || json.Message || `${operation} failed (${resp.status})`);
+  }
+  return json;
+}
+
+function keep(result, email, refreshToken) {
+  session = {
+    email,
+    idToken: result.IdToken,
+    accessToken: result.AccessToken,
+    refreshToken: result.RefreshToken || refreshToken,
+    expiresAt: Date.now() + (result.ExpiresIn || 3600) * 1000,
+  };
+  sessionStorage.setItem(STORE, JSON.stringify(session));
+  scheduleRefresh();
+}
+
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  if (!session) return;
+  // A minute before expiry (or at once when it is nearer than that).
+  const wait = Math.max(0, session.expiresAt - Date.now() - 60_000);
+  refreshTimer = setTimeout(() => refresh().catch(() => {}), wait);
+}
+
+async function refresh() {
+  if (!session || !session.refreshToken) throw new Error("no session");
+  try {
+    const r = await cognito("InitiateAuth", {
+      AuthFlow: "REFRESH_TOKEN_AUTH",
+      ClientId: config.clientId,
+      AuthParameters: { REFRESH_TOKEN: session.refreshToken },
+    });
+    keep(r.AuthenticationResult, session.email, session.refreshToken);
+  } catch (e) {
+    if (e.type === "NetworkError") {
+      // The edge is away for a moment: try again shortly, keep the session.
+      refreshTimer = setTimeout(() => refresh().catch(() => {}), 5_000);
+      throw e;
+    }
+    endSession("Your session ended; please sign in again.");
+    throw e;
+  }
+}
+
+/// The ID token, refreshed first when it is about to expire.
+async function idToken() {
+  if (!session) throw new Error("not signed in");
+  if (session.expiresAt - Date.now() < 30_000) await refresh();
+  return session.idToken;
+}
+
+// ---------------------------------------------------------------- views
+
+function show(view) {
+  for (const id of ["sign-in", "new-password", "app"]) $(id).hidden = id !== view;
+  const signedIn = view === "app";
+  $("who").hidden = !signedIn;
+  $("sign-out").hidden = !signedIn;
+  if (signedIn) $("who").textContent = session.email;
+  const focus = { "sign-in": "email", "new-password": "new-password-1", app: "main" }[view];
+  $(focus).focus();
+}
+
+let challenge = null; // { email, session } of NEW_PASSWORD_REQUIRED
+
+async function onSignIn(event) {
+  event.preventDefault();
+  const email = $("email").value.trim();
+  const password = $("password").value;
+  $("sign-in-error").textContent = "";
+  if (!email || !password) {
+    $("sign-in-error").textContent = "Enter your email and password.";
+    return;
+  }
+  const button = event.submitter || $("sign-in-form").querySelector("button");
+  button.disabled = true;
+  try {
+    const r = await cognito("InitiateAuth", {
+      AuthFlow: "USER_PASSWORD_AUTH",
+      ClientId: config.clientId,
+      AuthParameters: { USERNAME: email, PASSWORD: password },
+    });
+    $("password").value = "";
+    if (r.ChallengeName === "NEW_PASSWORD_REQUIRED") {
+      challenge = { email, session: r.Session };
+      show("new-password");
+    } else if (r.AuthenticationResult) {
+      keep(r.AuthenticationResult, email);
+      enterApp();
+    } else {
+      $("sign-in-error").textContent = `Sign-in needs a step this console does not offer (${r.ChallengeName}).`;
+    }
+  } catch (e) {
+    $("sign-in-error").textContent = e.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function onNewPassword(event) {
+  event.preventDefault();
+  const a = $("new-password-1").value;
+  const b = $("new-password-2").value;
+  $("new-password-error").textContent = "";
+  if (!a) {
+    $("new-password-error").textContent = "Enter a new password.";
+    return;
+  }
+  if (a !== b) {
+    $("new-password-error").textContent = "The two passwords differ.";
+    return;
+  }
+  const button = event.submitter || $("new-password-form").querySelector("button");
+  button.disabled = true;
+  try {
+    const r = await cognito("RespondToAuthChallenge", {
+      ChallengeName: "NEW_PASSWORD_REQUIRED",
+      ClientId: config.clientId,
+      Session: challenge.session,
+      ChallengeResponses: { USERNAME: challenge.email, NEW_PASSWORD: a },
+    });
+    $("new-password-1").value = "";
+    $("new-password-2").value = "";
+    keep(r.AuthenticationResult, challenge.email);
+    challenge = null;
+    enterApp();
+  } catch (e) {
+    $("new-password-error").textContent = e.message;
+    if (e.type === "NotAuthorizedException" || e.type === "CodeMismatchException") {
+      // The challenge session expired: start again.
+      show("sign-in");
+      $("sign-in-error").textContent = e.message;
+    }
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function onSignOut() {
+  const s = session;
+  endSession("Signed out.");
+  if (s) {
+    // Ends every session of the user on the server too (its refresh tokens stop working).
+    cognito("GlobalSignOut", { AccessToken: s.accessToken }).catch(() => {});
+  }
+}
+
+function endSession(message) {
+  clearTimeout(refreshTimer);
+  if (live) live.abort();
+  live = null;
+  session = null;
+  sessionStorage.removeItem(STORE);
+  rows.clear();
+  $("upload-rows").replaceChildren();
+  $("transfers").replaceChildren();
+  notice(message);
+  show("sign-in");
+}
+
+// ---------------------------------------------------------------- the upload API
+
+async function api(path, options = {}) {
+  const token = await idToken();
+  const resp = await fetch(path, {
+    ...options,
+    headers: { ...(options.headers || {}), Authorization: `Bearer ${token}` },
+  });
+  if (resp.status === 401) {
+    await refresh();
+    return fetch(path, {
+      ...options,
+      headers: { ...(options.headers || {}), Authorization: `Bearer ${session.idToken}` },
+    });
+  }
+  return resp;
+}
+
+async function errorText(resp) {
+  try {
+    const j = await resp.json();
+    return j.message || `${resp.status}`;
+  } catch (e) {
+    return `${resp.status} ${resp.statusText}`;
+  }
+}
+
+// ---------------------------------------------------------------- uploading
+
+const queue = [];
+let running = 0;
+
+function addFiles(files) {
+  for (const file of files) {
+    const bar = el("progress", { max: "100", value: "0", "aria-label": `Upload of ${file.name}` });
+    const state = el("span", { class: "state" }, "waiting");
+    const item = el("li", {}, el("span", { class: "name" }, file.name), state, bar);
+    $("transfers").append(item);
+    queue.push({ file, bar, state, item });
+  }
+  pump();
+}
+
+function pump() {
+  while (running < PARALLEL_UPLOADS && queue.length > 0) {
+    const job = queue.shift();
+    running += 1;
+    send(job)
+      .catch((e) => {
+        job.state.textContent = `failed: ${e.message}`;
+        job.state.className = "state failure";
+      })
+      .finally(() => {
+        running -= 1;
+        pump();
+      });
+  }
+}
+
+async function send(job, retried = false) {
+  const token = await idToken();
+  job.state.textContent = "uploading";
+  const form = new FormData();
+  form.append("file", job.file, job.file.name);
+  // XMLHttpRequest, not fetch: it reports upload progress. The form's file part is read
+  // from disk as it is sent, and the server streams it to storage.
+  const { status, body } = await new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/uploads");
+    xhr.setRequestHeader("Authorization", `Bearer ${token}`);
+    xhr.responseType = "json";
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable) job.bar.value = Math.round((e.loaded / e.total) * 100);
+    };
+    xhr.onload = () => resolve({ status: xhr.status, body: xhr.response });
+    xhr.onerror = () => reject(new Error("the connection broke"));
+    xhr.send(form);
+  });
+  if (status === 401 && !retried) {
+    await refresh();
+    return send(job, true);
+  }
+  if (status !== 200) {
+    throw new Error((body && body.message) || `HTTP ${status}`);
+  }
+  job.bar.value = 100;
+  job.state.textContent = "uploaded";
+  job.item.dataset.uploadId = body.uploadId;
+  // The row appears at once; the live view moves it on from there.
+  const r = await api(`/uploads/${encodeURIComponent(body.uploadId)}`);
+  if (r.ok) upsert(await r.json(), true);
+  setTimeout(() => job.item.remove(), 4_000);
+}
+
+function wireDrop() {
+  const drop = $("drop");
+  $("file-input").addEventListener("change", (e) => {
+    addFiles([...e.target.files]);
+    e.target.value = "";
+  });
+  drop.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    addFiles([...e.dataTransfer.files]);
+  });
+}
+
+// ---------------------------------------------------------------- my uploads
+
+function downloadButton(label, upload, which) {
+  return el(
+    "button",
+    {
+      type: "button",
+      class: "link",
+      "data-action": which,
+      "aria-label": `${label}: ${upload.filename}`,
+      onclick: () => download(upload.uploadId, which).catch((e) => notice(`Download failed: ${e.message}`)),
+    },
+    label,
+  );
+}
+
+function cells(u) {
+  const status = el("span", { class: `status status-${u.status}` }, u.status);
+  const statusCell = el("td", { "data-label": "Status", class: "status-cell" }, status);
+  if (u.status === "failed" && u.error) {
+    statusCell.append(el("div", { class: "failure" }, u.error));
+  }
+  const actions = el("td", { "data-label": "Download" }, downloadButton("Original", u, "content"));
+  if (u.status === "processed") actions.append(downloadButton("Result", u, "processed"));
+  return [
+    el("td", { "data-label": "File", class: "name" }, u.filename),
+    el("td", { "data-label": "Size" }, formatSize(u.size)),
+    statusCell,
+    el("td", { "data-label": "Uploaded" }, formatTime(u.createdAt)),
+    actions,
+  ];
+}
+
+/// Puts an upload's row in the table (new rows on top when `newest`), or updates it.
+function upsert(u, newest = false) {
+  let tr = rows.get(u.uploadId);
+  if (tr) {
+    // An older snapshot never replaces a newer one.
+    if (tr.dataset.updatedAt && tr.dataset.updatedAt > u.updatedAt) return;
+    tr.replaceChildren(...cells(u));
+  } else {
+    tr = el("tr", {}, ...cells(u));
+    rows.set(u.uploadId, tr);
+    if (newest) $("upload-rows").prepend(tr);
+    else $("upload-rows").append(tr);
+  }
+  tr.dataset.uploadId = u.uploadId;
+  tr.dataset.status = u.status;
+  tr.dataset.updatedAt = u.updatedAt;
+  $("empty").hidden = rows.size > 0;
+}
+
+async function loadPage() {
+  const q = new URLSearchParams({ limit: "25" });
+  if (nextPage) q.set("next", nextPage);
+  const r = await api(`/uploads?${q}`);
+  if (!r.ok) throw new Error(await errorText(r));
+  const page = await r.json();
+  for (const u of page.uploads) upsert(u);
+  nextPage = page.next || null;
+  $("more").hidden = !nextPage;
+  $("empty").hidden = rows.size > 0;
+}
+
+async function download(id, which) {
+  const r = await api(`/uploads/${encodeURIComponent(id)}/${which}`);
+  if (!r.ok) throw new Error(await errorText(r));
+  const disposition = r.headers.get("Content-Disposition") || "";
+  const star = /filename\*=UTF-8''([^;]+)/i.exec(disposition);
+  const plain = /filename="([^"]*)"/i.exec(disposition);
+  const name = star ? decodeURIComponent(star[1]) : plain ? plain[1] : `${id}-${which}`;
+  const blob = await r.blob();
+  const url = URL.createObjectURL(blob);
+  const a = el("a", { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+// ---------------------------------------------------------------- the live view
+
+/// Reads GET /uploads/events (server-sent events) with fetch, which can send the token
+/// (EventSource cannot), and reconnects with Last-Event-ID whenever the stream ends.
+async function watch(since) {
+  const controller = new AbortController();
+  live = controller;
+  let lastId = String(since);
+  let delay = 1_000;
+  while (!controller.signal.aborted) {
+    try {
+      const token = await idToken();
+      const resp = await fetch("/uploads/events", {
+        headers: { Authorization: `Bearer ${token}`, "Last-Event-ID": lastId },
+        signal: controller.signal,
+      });
+      if (resp.status === 401) {
+        await refresh();
+        continue;
+      }
+      if (!resp.ok || !resp.body) throw new Error(await errorText(resp));
+      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      let event = { name: "message", data: [], id: null };
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let nl;
+        while ((nl = buffer.search(/\r\n|\r|\n/)) >= 0) {
+          const line = buffer.slice(0, nl);
+          buffer = buffer.slice(nl + (buffer.startsWith("\r\n", nl) ? 2 : 1));
+          if (line === "") {
+            if (event.id !== null) lastId = event.id;
+            handle(event.name, event.data.join("\n"));
+            event = { name: "message", data: [], id: null };
+            continue;
+          }
+          if (line.startsWith(":")) continue;
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let val = colon < 0 ? "" : line.slice(colon + 1);
+          if (val.startsWith(" ")) val = val.slice(1);
+          if (field === "event") event.name = val;
+          else if (field === "data") event.data.push(val);
+          else if (field === "id") event.id = val;
+        }
+      }
+      delay = 1_000;
+    } catch (e) {
+      if (controller.signal.aborted) return;
+      setLive(`reconnecting (${e.message})`);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 30_000);
+    }
+  }
+}
+
+function setLive(text) {
+  $("live").textContent = text;
+}
+
+function handle(name, data) {
+  if (name === "ready") {
+    setLive("live");
+  } else if (name === "upload") {
+    try {
+      upsert(JSON.parse(data), true);
+    } catch (e) {
+      /* a malformed event is skipped */
+    }
+  } else if (name === "unauthorized") {
+    setLive("renewing sign-in…");
+    refresh().catch(() => {});
+  } else if (name === "error") {
+    setLive("reconnecting…");
+  }
+}
+
+// ---------------------------------------------------------------- start
+
+async function enterApp() {
+  show("app");
+  notice("");
+  $("stream-name").textContent = config.stream;
+  rows.clear();
+  $("upload-rows").replaceChildren();
+  nextPage = null;
+  const since = Date.now();
+  try {
+    await loadPage();
+  } catch (e) {
+    notice(`Cannot list your uploads: ${e.message}`);
+  }
+  watch(since);
+}
+
+async function main() {
+  const r = await fetch("/console/config.json");
+  config = await r.json();
+  $("sign-in-form").addEventListener("submit", onSignIn);
+  $("new-password-form").addEventListener("submit", onNewPassword);
+  $("sign-out").addEventListener("click", onSignOut);
+  $("more").addEventListener("click", () => loadPage().catch((e) => notice(e.message)));
+  wireDrop();
+  try {
+    session = JSON.parse(sessionStorage.getItem(STORE) || "null");
+  } catch (e) {
+    session = null;
+  }
+  if (session && session.refreshToken) {
+    scheduleRefresh();
+    enterApp();
+  } else {
+    show("sign-in");
+  }
+}
+
+main().catch((e) => notice(`The console cannot start: ${e.message}`));
