@@ -14,6 +14,8 @@ macro_rules! outln {
     }};
 }
 
+mod client;
+mod client_cmd;
 mod config;
 mod datadir;
 mod doctor;
@@ -81,6 +83,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sign in to a server as a user of its pool; later client commands use the sign-in.
+    Login {
+        /// The user's email address
+        #[arg(long)]
+        email: String,
+        /// Read the password from standard input (one line; a new password the user must
+        /// choose, NEW_PASSWORD_REQUIRED, on the next line) instead of prompting
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        client: client_cmd::ClientArgs,
+    },
+    /// Sign out: end the sign-in on the server and forget it here.
+    Logout {
+        #[command(flatten)]
+        client: client_cmd::ClientArgs,
+    },
+    /// Upload files (each streamed to the upload API, as raw bytes).
+    Upload {
+        /// The files
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The name to store one file under [default: its file name]
+        #[arg(long)]
+        name: Option<String>,
+        /// Wait until each is processed or failed (exit 1 if any failed)
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        client: client_cmd::ClientArgs,
+    },
+    /// Your uploads: list (and watch), show one, download one.
+    #[command(subcommand)]
+    Uploads(client_cmd::UploadsCommand),
+    /// Is the server up and ready, and who is signed in.
+    Status {
+        #[command(flatten)]
+        client: client_cmd::ClientArgs,
+    },
+    /// Read a stream (through the edge's Kinesis API, signed with an access key).
+    #[command(subcommand)]
+    Stream(client_cmd::StreamCommand),
     /// Show the pool id, app client id, issuer and URLs clients need.
     Info {
         /// Print JSON.
@@ -107,6 +151,21 @@ enum Command {
         #[arg(long)]
         deep: bool,
     },
+}
+
+impl Command {
+    /// Whether the command only reads the data directory (so it must exist already).
+    fn only_reads(&self) -> bool {
+        match self {
+            Command::Outbox { .. }
+            | Command::Logs { .. }
+            | Command::Info { .. }
+            | Command::Doctor { .. }
+            | Command::Keys(KeysCommand::List) => true,
+            Command::Mapping(m) => m.only_reads(),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -246,7 +305,30 @@ fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let settings = Settings::resolve(&cli.common)?;
+    if cli.command.only_reads() && !settings.data_dir.exists() {
+        // A command that only looks at data would otherwise create an empty data directory
+        // (a mistyped --data-dir, a command run in the wrong directory) and report on it.
+        anyhow::bail!(
+            "no sluice data at {} — start the server there with `sluice serve` (it creates it), or pass --data-dir",
+            settings.data_dir.display()
+        );
+    }
     match cli.command {
+        Command::Login {
+            email,
+            password_stdin,
+            client,
+        } => client_cmd::login(&settings, &client, &email, password_stdin),
+        Command::Logout { client } => client_cmd::logout(&settings, &client),
+        Command::Upload {
+            files,
+            name,
+            wait,
+            client,
+        } => client_cmd::upload(&settings, &client, &files, name.as_deref(), wait),
+        Command::Uploads(cmd) => client_cmd::uploads(&settings, cmd),
+        Command::Status { client } => client_cmd::status(&settings, &client),
+        Command::Stream(cmd) => client_cmd::stream(&settings, cmd),
         Command::Serve => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -49,6 +49,16 @@ pub(crate) enum MappingCommand {
     Delete { name: String },
 }
 
+impl MappingCommand {
+    /// `list` and `get` only read.
+    pub(crate) fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            MappingCommand::List { .. } | MappingCommand::Get { .. }
+        )
+    }
+}
+
 /// Delivery and function options shared by `create` and `update` (`[[mapping]]` has the same
 /// keys); names as Lambda's CreateEventSourceMapping, in snake case.
 #[derive(Debug, Clone, Default, Args)]
