@@ -1,6 +1,7 @@
 //! Connection bounds, black-box (issue 13, item 4): slow and idle clients are disconnected,
 //! the connection cap holds new connections back without stopping the server, and SIGTERM
-//! with a slow client connected ends within the shutdown bound. Every server here runs with
+//! with a slow client connected ends within the shutdown bound; SIGTERM under a load of uploads
+//! answers no 5xx, is not held by a live view, and loses no acknowledged upload. Every server here runs with
 //! small bounds (a few seconds) set in its `sluice.toml`.
 
 mod common;
@@ -370,4 +371,110 @@ fn an_upload_slower_than_the_minimum_body_rate_is_cut_but_a_large_fast_one_is_no
     let v: Value = resp.json().expect("json");
     let status = server.wait_final(&token, v["uploadId"].as_str().expect("id"));
     assert_eq!(status["size"], size, "{status}");
+}
+
+/// SIGTERM in the middle of a load: 8 clients uploading as fast as they can and a live view
+/// open. The server stops within a few seconds (the live view ends at shutdown instead of
+/// holding it for the whole bound), no request is answered with a 5xx, and after a restart
+/// every upload that was acknowledged is there and gets processed.
+#[test]
+fn sigterm_under_load_answers_no_5xx_and_loses_no_acknowledged_upload() {
+    let dir = DataDir::new("conn-load");
+    dir.write_config("shutdown_timeout_secs = 20\n");
+    let mut server = Server::start(&dir.0);
+    server.create_user("load@example.com");
+    let token = server.id_token("load@example.com");
+
+    // The live view, open across the shutdown.
+    let events = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+        .get(format!("{}/uploads/events", server.api))
+        .bearer_auth(&token)
+        .send()
+        .expect("events");
+    assert_eq!(events.status(), 200);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (api, token, stop) = (server.api.clone(), token.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("client");
+                let (mut acked, mut answers) = (Vec::new(), Vec::new());
+                let mut i = 0;
+                // Until the server is gone (or 60 s, a safety net).
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(60) {
+                    i += 1;
+                    let r = http
+                        .post(format!("{api}/uploads"))
+                        .bearer_auth(&token)
+                        .header("Content-Type", "application/json")
+                        .body(
+                            serde_json::json!({"filename": format!("c{c}-{i}.txt"), "content": "under load"})
+                                .to_string(),
+                        )
+                        .send();
+                    match r {
+                        Ok(r) => {
+                            let code = r.status().as_u16();
+                            if code == 200 {
+                                let v: Value = r.json().expect("json");
+                                acked.push(v["uploadId"].as_str().expect("id").to_owned());
+                            }
+                            answers.push(code);
+                        }
+                        // Connection refused or closed: the server is stopping.
+                        Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => break,
+                        Err(e) => panic!("request failed before the signal: {e}"),
+                    }
+                }
+                (acked, answers)
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let signalled = Instant::now();
+    server.terminate();
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the server did not exit after SIGTERM");
+    let took = signalled.elapsed();
+    assert!(status.success(), "sluice serve exited with {status}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the server took {took:?} to stop: something held the shutdown (the bound is 20 s)"
+    );
+    drop(events);
+
+    let mut acked = Vec::new();
+    for c in clients {
+        let (ids, answers) = c.join().expect("client thread");
+        assert!(
+            answers.iter().all(|code| *code < 500),
+            "a 5xx during the shutdown: {answers:?}"
+        );
+        acked.extend(ids);
+    }
+    assert!(
+        acked.len() >= 8,
+        "the load made few uploads: {}",
+        acked.len()
+    );
+
+    let (api, edge) = (server.api.clone(), server.edge.clone());
+    drop(server);
+    let server = Server::restart(&dir.0, &api, &edge);
+    for id in &acked {
+        let v = server.wait_final(&token, id);
+        assert_eq!(v["status"], "processed", "{v}");
+    }
+    server.stop();
 }
