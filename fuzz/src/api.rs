@@ -68,6 +68,7 @@ fn id_token() -> String {
         issuer: ISSUER,
         auth_time: crate::now_secs(),
         origin_jti: "fuzz",
+        groups: &Default::default(),
     };
     let ten_years = 10 * 365 * 24 * 3600;
     sluice_identity::tokens::issue_pair(

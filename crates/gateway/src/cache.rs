@@ -116,6 +116,7 @@ mod tests {
                 scopes: vec![],
                 issued_at: 0,
                 origin_jti: None,
+                groups: vec![],
                 issuer: "i".into(),
                 exp: 2000,
             })
@@ -142,6 +143,7 @@ mod tests {
                     scopes: vec![],
                     issued_at: 0,
                     origin_jti: None,
+                    groups: vec![],
                     issuer: "i".into(),
                     exp: i64::MAX,
                 })

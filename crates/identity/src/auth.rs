@@ -591,6 +591,12 @@ impl Identity {
         let (origin_jti, auth_time) =
             origin.unwrap_or_else(|| (uuid::Uuid::new_v4().to_string(), now));
         let issuer = self.issuer(&client.pool_id);
+        let (pool, sub) = (client.pool_id.clone(), user.sub.clone());
+        let groups = self
+            .db
+            .read(move |c| crate::groups::user_groups(c, &pool, &sub))
+            .await?;
+        let groups = crate::groups::claims_of(&groups);
         let (id_token, access_token) = tokens::issue_pair(
             &key,
             &tokens::Subject {
@@ -601,6 +607,7 @@ impl Identity {
                 issuer: &issuer,
                 auth_time,
                 origin_jti: &origin_jti,
+                groups: &groups,
             },
             now,
             client.lifetimes.id_secs,

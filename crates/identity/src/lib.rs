@@ -20,6 +20,7 @@ use crate::throttle::Throttle;
 pub mod access_keys;
 mod auth;
 mod client_secret;
+pub mod groups;
 pub mod hashing;
 pub mod keys;
 mod mail;
@@ -114,6 +115,10 @@ CREATE TABLE auth_sessions (
         name: "identity-0004",
         sql: revocations::MIGRATION,
     },
+    Migration {
+        name: "identity-0005",
+        sql: groups::MIGRATION,
+    },
 ];
 
 /// Outbox messages record their email delivery: `delivery` is NULL (not emailed: SMTP not
@@ -198,6 +203,8 @@ pub enum IdentityError {
     UserNotFound(String),
     #[error("{0}")]
     UsernameExists(String),
+    #[error("{0}")]
+    GroupExists(String),
     #[error("{0}")]
     InvalidPassword(String),
     #[error("{0}")]

@@ -750,7 +750,7 @@ impl Identity {
                 if s.deletion_protection == "ACTIVE" {
                     return Err(invalid("The user pool cannot be deleted because deletion protection is activated. Deletion protection must be inactivated first.".into()));
                 }
-                for t in ["refresh_tokens", "auth_sessions", "codes", "outbox", "users", "clients"] {
+                for t in ["refresh_tokens", "auth_sessions", "codes", "outbox", "user_pool_group_members", "user_pool_groups", "users", "clients"] {
                     c.execute(&format!("DELETE FROM {t} WHERE pool_id = ?1"), params![&p])?;
                 }
                 c.execute("DELETE FROM pools WHERE id = ?1", params![&p])?;

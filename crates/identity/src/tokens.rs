@@ -31,6 +31,26 @@ pub struct IdClaims {
     pub jti: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// The user's groups, in precedence order (absent when none).
+    #[serde(
+        rename = "cognito:groups",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub groups: Vec<String>,
+    /// The roles of those groups (absent when none has one).
+    #[serde(
+        rename = "cognito:roles",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub roles: Vec<String>,
+    #[serde(
+        rename = "cognito:preferred_role",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub preferred_role: Option<String>,
     /// The user's other attributes (`name`, `phone_number`, `custom:…`), as Cognito puts
     /// them in IdTokens.
     #[serde(flatten)]
@@ -51,6 +71,13 @@ pub struct AccessClaims {
     pub iat: i64,
     pub jti: String,
     pub username: String,
+    /// The user's groups, in precedence order (absent when none).
+    #[serde(
+        rename = "cognito:groups",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub groups: Vec<String>,
 }
 
 /// What one sign-in is about.
@@ -64,6 +91,8 @@ pub struct Subject<'a> {
     pub issuer: &'a str,
     pub auth_time: i64,
     pub origin_jti: &'a str,
+    /// `cognito:groups`, `cognito:roles`, `cognito:preferred_role`.
+    pub groups: &'a crate::groups::GroupClaims,
 }
 
 /// Signs an IdToken and an AccessToken for `subject`, valid `id_secs` / `access_secs` from `now`.
@@ -103,6 +132,9 @@ pub fn issue_pair(
         iat: now,
         jti: uuid::Uuid::new_v4().to_string(),
         email: s.attributes.get("email").cloned(),
+        groups: s.groups.groups.clone(),
+        roles: s.groups.roles.clone(),
+        preferred_role: s.groups.preferred_role.clone(),
         attributes,
     };
     let access = AccessClaims {
@@ -118,6 +150,7 @@ pub fn issue_pair(
         iat: now,
         jti: uuid::Uuid::new_v4().to_string(),
         username: s.username.into(),
+        groups: s.groups.groups.clone(),
     };
     Ok((
         jsonwebtoken::encode(&header, &id, &key.encoding)?,
@@ -199,6 +232,8 @@ pub struct VerifiedClaims {
     pub issued_at: i64,
     /// The sign-in every token of it carries (`origin_jti`), when present.
     pub origin_jti: Option<String>,
+    /// `cognito:groups`: the user pool groups the user was in when the token was issued.
+    pub groups: Vec<String>,
 }
 
 /// Verifies bearer tokens against one issuer's key set, in the order of API Gateway's JWT
@@ -228,6 +263,8 @@ struct RawClaims {
     cognito_username: Option<String>,
     username: Option<String>,
     origin_jti: Option<String>,
+    #[serde(rename = "cognito:groups", default)]
+    groups: Option<Vec<String>>,
 }
 
 impl Verifier {
@@ -345,6 +382,7 @@ impl Verifier {
             exp,
             issued_at: c.iat.unwrap_or(0),
             origin_jti: c.origin_jti,
+            groups: c.groups.unwrap_or_default(),
         })
     }
 }
@@ -381,8 +419,11 @@ mod tests {
             issuer: "http://iss/pool",
             auth_time: 1000,
             origin_jti: "o",
+            groups: NO_GROUPS.get_or_init(Default::default),
         }
     }
+
+    static NO_GROUPS: std::sync::OnceLock<crate::groups::GroupClaims> = std::sync::OnceLock::new();
 
     fn decode_payload(t: &str) -> serde_json::Value {
         let p = t.split('.').nth(1).expect("payload");

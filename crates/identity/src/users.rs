@@ -116,10 +116,10 @@ pub struct ListUsersPage {
     pub next_token: Option<String>,
 }
 
-const USER_COLUMNS: &str = "sub, username, email, password_hash, srp_salt, srp_verifier,
+pub(crate) const USER_COLUMNS: &str = "sub, username, email, password_hash, srp_salt, srp_verifier,
     temp_expires_ms, status, enabled, attributes, created_ms, updated_ms";
 
-fn user_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<UserRow> {
+pub(crate) fn user_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<UserRow> {
     let salt: Option<String> = r.get(4)?;
     let verifier: Option<String> = r.get(5)?;
     let attrs: String = r.get(9)?;
@@ -713,6 +713,7 @@ impl Identity {
                         params![p, u.sub],
                     )?;
                 }
+                crate::groups::forget_user(c, &p, &u.sub)?;
                 c.execute(
                     "DELETE FROM users WHERE pool_id = ?1 AND sub = ?2",
                     params![p, u.sub],

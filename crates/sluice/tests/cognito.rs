@@ -452,3 +452,200 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// The claims of a JWT's payload (no verification: the server's own token).
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("payload");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("base64"),
+    )
+    .expect("json")
+}
+
+/// Groups as Cognito has them: created, listed in pages, updated, members added and
+/// removed, errors in Cognito's types; and `cognito:groups` / `cognito:roles` /
+/// `cognito:preferred_role` in the tokens of a member, ordered by precedence.
+#[test]
+fn groups_and_their_claims() {
+    let dir = DataDir::new("groups");
+    let server = Server::start(&dir.0);
+    server.create_user("member@example.com");
+    let pool = server.info()["poolId"].as_str().expect("pool").to_owned();
+    let ok = |op: &str, body: Value| {
+        let (code, v) = signed(&server, op, body);
+        assert_eq!(code, 200, "{op}: {v}");
+        v
+    };
+    let err = |op: &str, body: Value| {
+        let (code, v) = signed(&server, op, body);
+        assert_eq!(code, 400, "{op}: {v}");
+        v["__type"].as_str().expect("type").to_owned()
+    };
+
+    let g = ok(
+        "CreateGroup",
+        json!({"UserPoolId": pool, "GroupName": "admin", "Description": "operators",
+               "Precedence": 1, "RoleArn": "arn:aws:iam::000000000000:role/admins"}),
+    );
+    assert_eq!(g["Group"]["GroupName"], "admin");
+    assert_eq!(g["Group"]["Precedence"], 1);
+    assert!(g["Group"]["CreationDate"].is_number());
+    ok(
+        "CreateGroup",
+        json!({"UserPoolId": pool, "GroupName": "readers", "Precedence": 5,
+               "RoleArn": "arn:aws:iam::000000000000:role/readers"}),
+    );
+    ok(
+        "CreateGroup",
+        json!({"UserPoolId": pool, "GroupName": "zz-no-precedence"}),
+    );
+    assert_eq!(
+        err(
+            "CreateGroup",
+            json!({"UserPoolId": pool, "GroupName": "admin"})
+        ),
+        "GroupExistsException"
+    );
+    assert_eq!(
+        err(
+            "CreateGroup",
+            json!({"UserPoolId": pool, "GroupName": "has space"})
+        ),
+        "InvalidParameterException"
+    );
+    assert_eq!(
+        err(
+            "CreateGroup",
+            json!({"UserPoolId": pool, "GroupName": "x", "Precedence": -1})
+        ),
+        "InvalidParameterException"
+    );
+    assert_eq!(
+        err("GetGroup", json!({"UserPoolId": pool, "GroupName": "nope"})),
+        "ResourceNotFoundException"
+    );
+    assert_eq!(
+        err(
+            "CreateGroup",
+            json!({"UserPoolId": "us-east-2_nopool", "GroupName": "g"})
+        ),
+        "ResourceNotFoundException"
+    );
+    // Anonymous callers are refused, as on AWS.
+    let (code, v) = server.cognito("ListGroups", json!({"UserPoolId": pool}));
+    assert_eq!(code, 403, "{v}");
+
+    // Pages of two.
+    let first = ok("ListGroups", json!({"UserPoolId": pool, "Limit": 2}));
+    assert_eq!(first["Groups"].as_array().map(Vec::len), Some(2));
+    let next = first["NextToken"].as_str().expect("next token");
+    let second = ok(
+        "ListGroups",
+        json!({"UserPoolId": pool, "Limit": 2, "NextToken": next}),
+    );
+    assert_eq!(second["Groups"][0]["GroupName"], "zz-no-precedence");
+    assert!(second.get("NextToken").is_none(), "{second}");
+    assert_eq!(
+        err("ListGroups", json!({"UserPoolId": pool, "Limit": 61})),
+        "InvalidParameterException"
+    );
+
+    for g in ["readers", "admin", "zz-no-precedence", "admin"] {
+        ok(
+            "AdminAddUserToGroup",
+            json!({"UserPoolId": pool, "Username": "member@example.com", "GroupName": g}),
+        );
+    }
+    assert_eq!(
+        err(
+            "AdminAddUserToGroup",
+            json!({"UserPoolId": pool, "Username": "nobody@example.com", "GroupName": "admin"})
+        ),
+        "UserNotFoundException"
+    );
+    let mine = ok(
+        "AdminListGroupsForUser",
+        json!({"UserPoolId": pool, "Username": "member@example.com"}),
+    );
+    assert_eq!(mine["Groups"].as_array().map(Vec::len), Some(3), "{mine}");
+    let members = ok(
+        "ListUsersInGroup",
+        json!({"UserPoolId": pool, "GroupName": "admin"}),
+    );
+    assert_eq!(
+        members["Users"].as_array().map(Vec::len),
+        Some(1),
+        "{members}"
+    );
+    assert_eq!(members["Users"][0]["UserStatus"], "CONFIRMED");
+
+    // The tokens: groups by precedence, the roles, the preferred role.
+    let signed_in = server.sign_in("member@example.com", common::PASSWORD);
+    let id = jwt_claims(
+        signed_in["AuthenticationResult"]["IdToken"]
+            .as_str()
+            .expect("id"),
+    );
+    assert_eq!(
+        id["cognito:groups"],
+        json!(["admin", "readers", "zz-no-precedence"])
+    );
+    assert_eq!(
+        id["cognito:roles"],
+        json!([
+            "arn:aws:iam::000000000000:role/admins",
+            "arn:aws:iam::000000000000:role/readers"
+        ])
+    );
+    assert_eq!(
+        id["cognito:preferred_role"],
+        "arn:aws:iam::000000000000:role/admins"
+    );
+    let access = jwt_claims(
+        signed_in["AuthenticationResult"]["AccessToken"]
+            .as_str()
+            .expect("access"),
+    );
+    assert_eq!(access["cognito:groups"][0], "admin");
+
+    // Update (fields not given are cleared), remove, delete.
+    let g = ok(
+        "UpdateGroup",
+        json!({"UserPoolId": pool, "GroupName": "readers", "Precedence": 0}),
+    );
+    assert_eq!(g["Group"]["Precedence"], 0);
+    assert!(g["Group"].get("RoleArn").is_none(), "{g}");
+    ok(
+        "AdminRemoveUserFromGroup",
+        json!({"UserPoolId": pool, "Username": "member@example.com", "GroupName": "zz-no-precedence"}),
+    );
+    ok(
+        "DeleteGroup",
+        json!({"UserPoolId": pool, "GroupName": "admin"}),
+    );
+    let signed_in = server.sign_in("member@example.com", common::PASSWORD);
+    let id = jwt_claims(
+        signed_in["AuthenticationResult"]["IdToken"]
+            .as_str()
+            .expect("id"),
+    );
+    assert_eq!(id["cognito:groups"], json!(["readers"]));
+    assert!(id.get("cognito:preferred_role").is_none(), "{id}");
+
+    // A user that leaves every group has no group claims at all.
+    ok(
+        "AdminRemoveUserFromGroup",
+        json!({"UserPoolId": pool, "Username": "member@example.com", "GroupName": "readers"}),
+    );
+    let signed_in = server.sign_in("member@example.com", common::PASSWORD);
+    let id = jwt_claims(
+        signed_in["AuthenticationResult"]["IdToken"]
+            .as_str()
+            .expect("id"),
+    );
+    assert!(id.get("cognito:groups").is_none(), "{id}");
+    server.stop();
+}

@@ -411,3 +411,168 @@ pub(super) async fn list_users(identity: &Identity, body: &[u8]) -> OpResult {
     }
     Ok(out)
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct GroupRequest {
+    user_pool_id: Option<String>,
+    group_name: Option<String>,
+    username: Option<String>,
+    description: Option<String>,
+    role_arn: Option<String>,
+    precedence: Option<i64>,
+    limit: Option<i64>,
+    next_token: Option<String>,
+}
+
+impl GroupRequest {
+    fn spec(&self) -> sluice_identity::groups::GroupSpec {
+        sluice_identity::groups::GroupSpec {
+            description: self.description.clone(),
+            role_arn: self.role_arn.clone(),
+            precedence: self.precedence,
+        }
+    }
+}
+
+fn group_json(g: &sluice_identity::groups::Group) -> serde_json::Value {
+    let mut v = json!({
+        "GroupName": g.name,
+        "UserPoolId": g.pool_id,
+        "CreationDate": epoch(g.created_ms),
+        "LastModifiedDate": epoch(g.updated_ms),
+    });
+    if let Some(d) = &g.description {
+        v["Description"] = json!(d);
+    }
+    if let Some(r) = &g.role_arn {
+        v["RoleArn"] = json!(r);
+    }
+    if let Some(p) = g.precedence {
+        v["Precedence"] = json!(p);
+    }
+    v
+}
+
+fn groups_page(
+    (groups, next): (Vec<sluice_identity::groups::Group>, Option<String>),
+) -> serde_json::Value {
+    let mut v = json!({"Groups": groups.iter().map(group_json).collect::<Vec<_>>()});
+    if let Some(t) = next {
+        v["NextToken"] = json!(t);
+    }
+    v
+}
+
+pub(super) async fn create_group(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: GroupRequest = parse(body)?;
+    let g = identity
+        .create_group(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.group_name, "groupName")?,
+            req.spec(),
+        )
+        .await?;
+    Ok(json!({"Group": group_json(&g)}))
+}
+
+pub(super) async fn get_group(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: GroupRequest = parse(body)?;
+    let g = identity
+        .get_group(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.group_name, "groupName")?,
+        )
+        .await?;
+    Ok(json!({"Group": group_json(&g)}))
+}
+
+pub(super) async fn update_group(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: GroupRequest = parse(body)?;
+    let g = identity
+        .update_group(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.group_name, "groupName")?,
+            req.spec(),
+        )
+        .await?;
+    Ok(json!({"Group": group_json(&g)}))
+}
+
+pub(super) async fn delete_group(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: GroupRequest = parse(body)?;
+    identity
+        .delete_group(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.group_name, "groupName")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn list_groups(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: GroupRequest = parse(body)?;
+    let page = identity
+        .list_groups(
+            required(&req.user_pool_id, "userPoolId")?,
+            req.limit,
+            req.next_token.as_deref(),
+        )
+        .await?;
+    Ok(groups_page(page))
+}
+
+pub(super) async fn admin_add_user_to_group(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: GroupRequest = parse(body)?;
+    identity
+        .add_user_to_group(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+            required(&req.group_name, "groupName")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn admin_remove_user_from_group(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: GroupRequest = parse(body)?;
+    identity
+        .remove_user_from_group(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+            required(&req.group_name, "groupName")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn admin_list_groups_for_user(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: GroupRequest = parse(body)?;
+    let page = identity
+        .list_groups_for_user(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+            req.limit,
+            req.next_token.as_deref(),
+        )
+        .await?;
+    Ok(groups_page(page))
+}
+
+pub(super) async fn list_users_in_group(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: GroupRequest = parse(body)?;
+    let (users, next) = identity
+        .list_users_in_group(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.group_name, "groupName")?,
+            req.limit,
+            req.next_token.as_deref(),
+        )
+        .await?;
+    let mut v =
+        json!({"Users": users.iter().map(|u| user_json(u, "Attributes")).collect::<Vec<_>>()});
+    if let Some(t) = next {
+        v["NextToken"] = json!(t);
+    }
+    Ok(v)
+}

@@ -62,6 +62,7 @@ pub(super) fn cognito_error(e: IdentityError) -> CognitoError {
         IdentityError::NotAuthorized(_) => "NotAuthorizedException",
         IdentityError::UserNotFound(_) => "UserNotFoundException",
         IdentityError::UsernameExists(_) => "UsernameExistsException",
+        IdentityError::GroupExists(_) => "GroupExistsException",
         IdentityError::InvalidPassword(_) => "InvalidPasswordException",
         IdentityError::InvalidParameter(_) => "InvalidParameterException",
         IdentityError::ResourceNotFound(_) => "ResourceNotFoundException",

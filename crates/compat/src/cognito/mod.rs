@@ -55,6 +55,15 @@ const SIGNED_ONLY: &[&str] = &[
     "AdminInitiateAuth",
     "AdminRespondToAuthChallenge",
     "ListUsers",
+    "CreateGroup",
+    "GetGroup",
+    "ListGroups",
+    "UpdateGroup",
+    "DeleteGroup",
+    "AdminAddUserToGroup",
+    "AdminRemoveUserFromGroup",
+    "AdminListGroupsForUser",
+    "ListUsersInGroup",
 ];
 
 /// Whether AWS authorizes `op` with IAM (and so sluice with the signing key's policy).
@@ -111,6 +120,15 @@ pub async fn handle(identity: &Identity, op: &str, body: &[u8], caller: Caller) 
         "AdminConfirmSignUp" => admin::admin_confirm_sign_up(identity, body).await,
         "AdminUserGlobalSignOut" => admin::admin_user_global_sign_out(identity, body).await,
         "ListUsers" => admin::list_users(identity, body).await,
+        "CreateGroup" => admin::create_group(identity, body).await,
+        "GetGroup" => admin::get_group(identity, body).await,
+        "ListGroups" => admin::list_groups(identity, body).await,
+        "UpdateGroup" => admin::update_group(identity, body).await,
+        "DeleteGroup" => admin::delete_group(identity, body).await,
+        "AdminAddUserToGroup" => admin::admin_add_user_to_group(identity, body).await,
+        "AdminRemoveUserFromGroup" => admin::admin_remove_user_from_group(identity, body).await,
+        "AdminListGroupsForUser" => admin::admin_list_groups_for_user(identity, body).await,
+        "ListUsersInGroup" => admin::list_users_in_group(identity, body).await,
         _ => {
             return json_error(
                 StatusCode::BAD_REQUEST,
