@@ -19,6 +19,9 @@ pub enum GatewayError {
     UnsupportedMediaType(String),
     #[error("request body exceeds {0} bytes")]
     TooLarge(u64),
+    /// Authenticated, but not allowed (an operator route without the `admin` group).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -68,6 +71,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Conflict(_) => StatusCode::CONFLICT,
             GatewayError::Gone(_) => StatusCode::GONE,
@@ -86,6 +90,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::UnsupportedMediaType(_) => "unsupported_media_type",
             GatewayError::TooLarge(_) => "payload_too_large",
+            GatewayError::Forbidden(_) => "forbidden",
             GatewayError::NotFound(_) => "not_found",
             GatewayError::Conflict(_) => "conflict",
             GatewayError::Gone(_) => "gone",

@@ -131,7 +131,17 @@ impl FromRequestParts<Gateway> for Authenticated {
 impl Authenticated {
     /// The bearer token's verdict (counted by the caller in `sluice_auth_total`).
     fn check(parts: &Parts, gw: &Gateway) -> Result<Self, GatewayError> {
-        let mut all = parts.headers.get_all(header::AUTHORIZATION).iter();
+        Self::from_headers(&parts.headers, gw.authorizer.as_ref())
+    }
+
+    /// Checks the request's `Authorization: Bearer` token with `authorizer`: what every
+    /// route of the API does before its handler runs (other routers on the API listener,
+    /// such as the operators' API, use it too).
+    pub fn from_headers(
+        headers: &HeaderMap,
+        authorizer: &dyn Authorizer,
+    ) -> Result<Self, GatewayError> {
+        let mut all = headers.get_all(header::AUTHORIZATION).iter();
         let header = all
             .next()
             .ok_or(GatewayError::Unauthorized("missing Authorization header"))?;
@@ -153,8 +163,7 @@ impl Authenticated {
             .ok_or(GatewayError::Unauthorized(
                 "Authorization header is not 'Bearer <token>'",
             ))?;
-        let claims = gw
-            .authorizer
+        let claims = authorizer
             .authorize(token)
             .map_err(GatewayError::InvalidToken)?;
         Ok(Authenticated {

@@ -14,6 +14,7 @@ macro_rules! outln {
     }};
 }
 
+mod admin_api;
 mod client;
 mod client_cmd;
 mod config;
@@ -206,6 +207,22 @@ enum UserCommand {
         #[arg(long)]
         temporary: bool,
     },
+    /// Add a user of the default pool to a group, creating the group when it does not exist
+    /// (`--group admin` makes the user an operator of the console). Takes effect with the
+    /// user's next sign-in.
+    AddToGroup {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        group: String,
+    },
+    /// Remove a user of the default pool from a group.
+    RemoveFromGroup {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        group: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -353,6 +370,41 @@ fn run(cli: Cli) -> Result<()> {
                     "poolId": pool.pool_id,
                 })
             );
+            Ok(())
+        }
+        Command::User(UserCommand::AddToGroup { email, group }) => {
+            let identity = wiring::open_identity(&settings)?;
+            let pool = identity.bootstrap(&settings.region, settings.lifetimes)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(async {
+                match identity.get_group(&pool.pool_id, &group).await {
+                    Ok(_) => {}
+                    Err(sluice_identity::IdentityError::ResourceNotFound(_)) => {
+                        identity
+                            .create_group(&pool.pool_id, &group, Default::default())
+                            .await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+                identity
+                    .add_user_to_group(&pool.pool_id, &email, &group)
+                    .await
+            })?;
+            outln!("{email} is in group {group} (from their next sign-in)");
+            Ok(())
+        }
+        Command::User(UserCommand::RemoveFromGroup { email, group }) => {
+            let identity = wiring::open_identity(&settings)?;
+            let pool = identity.bootstrap(&settings.region, settings.lifetimes)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(identity.remove_user_from_group(&pool.pool_id, &email, &group))?;
+            outln!("{email} is no longer in group {group} (from their next sign-in)");
             Ok(())
         }
         Command::Keys(cmd) => {

@@ -340,7 +340,7 @@ fn stats_json(s: Option<&SavedStats>) -> Value {
 }
 
 /// What `get` shows (and `list --json` lists).
-fn view(settings: &Settings, def: &MappingDefinition, s: Option<&SavedStats>) -> Value {
+pub(crate) fn view(settings: &Settings, def: &MappingDefinition, s: Option<&SavedStats>) -> Value {
     let c = &def.config;
     let (position, timestamp) = match c.starting_position {
         StartingPosition::Latest => ("LATEST", None),
@@ -384,7 +384,7 @@ fn view(settings: &Settings, def: &MappingDefinition, s: Option<&SavedStats>) ->
 }
 
 /// The built-in `uploads-stream → uppercase` mapping, configured by `sluice.toml`.
-fn builtin_view(settings: &Settings, s: Option<&SavedStats>) -> Value {
+pub(crate) fn builtin_view(settings: &Settings, s: Option<&SavedStats>) -> Value {
     let state = builtin_state(s.map(|s| &s.stats), wiring::running(settings).is_some());
     json!({
         "name": BUILTIN_MAPPING,

@@ -235,14 +235,25 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         stream: settings.stream.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    let api = sluice_gateway::router(Gateway {
-        authorizer: Arc::new(sluice_gateway::RevokingAuthorizer::new(
+    let authorizer: Arc<dyn sluice_gateway::Authorizer> =
+        Arc::new(sluice_gateway::RevokingAuthorizer::new(
             Arc::new(sluice_gateway::CachingAuthorizer::new(
                 Arc::new(verifier),
                 TOKEN_LEEWAY_SECS,
             )),
             revocations,
-        )),
+        ));
+    let admin = crate::admin_api::router(crate::admin_api::AdminApi {
+        authorizer: authorizer.clone(),
+        uploads: uploads.clone(),
+        stream: stream.clone(),
+        identity: identity.clone(),
+        pool_id: pool.pool_id.clone(),
+        settings: Arc::new(settings.clone()),
+        db: db.clone(),
+    });
+    let api = sluice_gateway::router(Gateway {
+        authorizer,
         sink: Arc::new(uploads.clone()),
         ledger,
         store: Arc::new(store.clone()),
@@ -255,6 +266,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     })
     .merge(crate::telemetry::routes(metrics, readiness))
     .merge(sluice_console::router(console_config))
+    .merge(admin)
     .layer(axum::middleware::from_fn_with_state(
         "api",
         crate::telemetry::track,

@@ -60,9 +60,11 @@ CREATE INDEX uploads_user ON uploads (user_sub, created_ms);
         sql: "ALTER TABLE uploads ADD COLUMN outbox_ticket INTEGER;",
     },
     // A user's uploads by last change: the live view (`GET /uploads/events`) polls it.
+    // Uploads by status and last change: the operators' view of failed uploads.
     Migration {
         name: "uploads-0003",
-        sql: "CREATE INDEX uploads_user_updated ON uploads (user_sub, updated_ms);",
+        sql: "CREATE INDEX uploads_user_updated ON uploads (user_sub, updated_ms);
+CREATE INDEX uploads_status ON uploads (status, updated_ms);",
     },
 ];
 
@@ -195,6 +197,23 @@ impl EmbeddedUploads {
     /// checkpointed past its record without recording a result. Returns where the new
     /// record landed. An upload that is finished meanwhile is left alone (`None`).
     pub async fn requeue(&self, id: &str) -> Result<Option<(String, String)>, UploadError> {
+        self.enqueue_again(id, "('queued', 'processing')").await
+    }
+
+    /// Redrive: puts a failed upload's record into its stream again (a new record, the same
+    /// upload id), its status back to `queued` and its error cleared, so that the processor
+    /// tries it once more. An upload that is not failed is left alone (`None`).
+    pub async fn redrive(&self, id: &str) -> Result<Option<(String, String)>, UploadError> {
+        self.enqueue_again(id, "('failed')").await
+    }
+
+    /// [`Self::requeue`] and [`Self::redrive`]: `statuses` is an SQL list of the statuses
+    /// the upload may be in.
+    async fn enqueue_again(
+        &self,
+        id: &str,
+        statuses: &'static str,
+    ) -> Result<Option<(String, String)>, UploadError> {
         let id_owned = id.to_owned();
         let outbox = self
             .db
@@ -202,7 +221,7 @@ impl EmbeddedUploads {
                 let Some((u, _)) = c.query_opt(
                     &format!(
                         "SELECT {UPLOAD_COLUMNS} FROM uploads
-                         WHERE id = ?1 AND status IN ('queued', 'processing')"
+                         WHERE id = ?1 AND status IN {statuses}"
                     ),
                     params![&id_owned],
                     upload_row,
@@ -230,8 +249,8 @@ impl EmbeddedUploads {
                 )?;
                 let ticket = enqueue_in_tx(c, &u.stream, &record)?;
                 c.execute(
-                    "UPDATE uploads SET status = 'queued', shard_id = '', sequence_number = '',
-                         outbox_ticket = ?2, updated_ms = ?3 WHERE id = ?1",
+                    "UPDATE uploads SET status = 'queued', error = NULL, shard_id = '',
+                         sequence_number = '', outbox_ticket = ?2, updated_ms = ?3 WHERE id = ?1",
                     params![&u.id, ticket, now_ms()],
                 )?;
                 Ok::<_, UploadError>(Some(Outboxed {
@@ -282,6 +301,36 @@ impl EmbeddedUploads {
     /// status row learns it in a transaction nobody waits for: until that commits, or if
     /// it is lost in a crash, the log still knows the result ([`UploadLedger::get`] asks
     /// it) and [`EmbeddedUploads::deliver_pending`] stores it at the next start.
+    /// Every user's uploads in `status`, most recently changed first (at most `limit`), and
+    /// how many uploads are in each status: what an operator looks at.
+    pub async fn by_status(
+        &self,
+        status: UploadStatus,
+        limit: usize,
+    ) -> Result<(Vec<Upload>, Vec<(String, u64)>), UploadError> {
+        let limit = limit.min(1000) as i64;
+        let (rows, counts) = self
+            .db
+            .read(move |c| {
+                let rows = c.query_vec(
+                    &format!(
+                        "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE status = ?1
+                         ORDER BY updated_ms DESC, id LIMIT ?2"
+                    ),
+                    params![status.as_str(), limit],
+                    upload_row,
+                )?;
+                let counts = c.query_vec(
+                    "SELECT status, COUNT(*) FROM uploads GROUP BY status ORDER BY status",
+                    params![],
+                    |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?.max(0) as u64)),
+                )?;
+                Ok::<_, UploadError>((rows, counts))
+            })
+            .await?;
+        Ok((self.with_delivered(rows).await?, counts))
+    }
+
     /// Rows as [`UploadLedger`] answers them: a record delivered but not settled into its
     /// row yet takes its shard and sequence number from the log.
     async fn with_delivered(
