@@ -142,6 +142,28 @@ try {
   await page.locator(`#upload-rows tr[data-status="processed"]`, { hasText: files[1].name }).waitFor();
   check((await page.locator("#upload-rows tr").count()) === 2, "two rows after a reload");
 
+  step = "operators (admin group) see the operations page";
+  const groups = await page.evaluate(() => {
+    const s = JSON.parse(sessionStorage.getItem("sluice.session"));
+    const part = s.idToken.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)))["cognito:groups"];
+  });
+  check(Array.isArray(groups) && groups.includes("admin"), `the ID token's groups: ${JSON.stringify(groups)}`);
+  await page.getByRole("link", { name: "Operations" }).click();
+  await page.getByRole("heading", { name: "Operations" }).waitFor();
+  await page.locator("#stream-rows tr", { hasText: "uploads-stream" }).waitFor();
+  await page.locator("#upload-counts", { hasText: "2 processed" }).waitFor();
+  const mappingRow = page.locator("#mapping-rows tr").first();
+  await mappingRow.waitFor();
+  await page.locator("#user-rows tr", { hasText: email }).filter({ hasText: "admin" }).waitFor();
+  await mappingRow.getByRole("button").click();
+  await page.locator("#log-view").waitFor();
+  await page.locator("#log-lines", { hasText: /\S/ }).waitFor();
+  await page.screenshot({ path: join(out, "06-operations.png"), fullPage: true });
+  await page.getByRole("button", { name: "Close logs" }).click();
+  await page.getByRole("link", { name: "My uploads" }).click();
+  await page.getByRole("heading", { name: "My uploads" }).waitFor();
+
   step = "keyboard: the file picker and sign-out are reachable with Tab";
   await page.locator("#main").focus();
   const reached = new Set();

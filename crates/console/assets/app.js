@@ -91,6 +91,23 @@ async function cognito(operation, body) {
   return json;
 }
 
+function claimsOf(jwt) {
+  try {
+    const part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part + "=".repeat((4 - (part.length % 4)) % 4)));
+  } catch (e) {
+    return {};
+  }
+}
+
+/// Whether the signed-in user is an operator (in the pool's `admin` group). The server
+/// checks this itself on every operator request; the console only decides what to show.
+function isOperator() {
+  if (!session) return false;
+  const groups = claimsOf(session.idToken)["cognito:groups"] || [];
+  return groups.includes("admin");
+}
+
 function keep(result, email, refreshToken) {
   session = {
     email,
@@ -141,12 +158,18 @@ async function idToken() {
 // ---------------------------------------------------------------- views
 
 function show(view) {
-  for (const id of ["sign-in", "new-password", "app"]) $(id).hidden = id !== view;
-  const signedIn = view === "app";
+  for (const id of ["sign-in", "new-password", "app", "operations"]) $(id).hidden = id !== view;
+  const signedIn = view === "app" || view === "operations";
   $("who").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
+  $("nav").hidden = !signedIn;
+  $("nav-operations").hidden = !(signedIn && isOperator());
   if (signedIn) $("who").textContent = session.email;
-  const focus = { "sign-in": "email", "new-password": "new-password-1", app: "main" }[view];
+  $("nav-uploads").toggleAttribute("aria-current", view === "app");
+  if (view === "app") $("nav-uploads").setAttribute("aria-current", "page");
+  $("nav-operations").toggleAttribute("aria-current", view === "operations");
+  if (view === "operations") $("nav-operations").setAttribute("aria-current", "page");
+  const focus = { "sign-in": "email", "new-password": "new-password-1", app: "main", operations: "main" }[view];
   $(focus).focus();
 }
 
@@ -236,6 +259,7 @@ async function onSignOut() {
 
 function endSession(message) {
   clearTimeout(refreshTimer);
+  stopOperations();
   if (live) live.abort();
   live = null;
   session = null;
@@ -518,10 +542,211 @@ function handle(name, data) {
   }
 }
 
+
+// ---------------------------------------------------------------- operations (admin group)
+
+let opsTimer = 0;
+let logTimer = 0;
+let logMapping = null;
+
+function td(label, ...children) {
+  return el("td", { "data-label": label }, ...children);
+}
+
+function startOperations() {
+  stopOperations();
+  const tick = () => {
+    refreshOperations()
+      .then(() => {
+        $("ops-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+      })
+      .catch((e) => {
+        $("ops-updated").textContent = `cannot refresh: ${e.message}`;
+      });
+    opsTimer = setTimeout(tick, 5_000);
+  };
+  tick();
+}
+
+function stopOperations() {
+  clearTimeout(opsTimer);
+  opsTimer = 0;
+  closeLogs();
+}
+
+async function adminGet(path) {
+  const r = await api(path);
+  if (!r.ok) throw new Error(await errorText(r));
+  return r.json();
+}
+
+async function adminPost(path) {
+  const r = await api(path, { method: "POST" });
+  if (!r.ok) throw new Error(await errorText(r));
+  return r.json();
+}
+
+async function refreshOperations() {
+  const [overview, failed, users] = await Promise.all([
+    adminGet("/admin/overview"),
+    adminGet("/admin/failed?limit=50"),
+    adminGet("/admin/users"),
+  ]);
+  const counts = Object.entries(overview.uploads || {})
+    .map(([k, v]) => `${v} ${k}`)
+    .join(", ");
+  $("upload-counts").textContent = `Uploads: ${counts || "none yet"}.`;
+  $("stream-rows").replaceChildren(
+    ...overview.streams.map((st) =>
+      el(
+        "tr",
+        {},
+        td("Stream", st.name),
+        td("Status", st.status),
+        td("Open shards", String(st.openShards)),
+        td("Retention", `${st.retentionHours} h`),
+      ),
+    ),
+  );
+  $("mapping-rows").replaceChildren(
+    ...overview.mappings.map((m) => {
+      const stats = m.stats || {};
+      const show = (v) => (v === undefined || v === null ? "-" : String(v));
+      return el(
+        "tr",
+        { "data-mapping": m.name },
+        td("Mapping", m.name),
+        td("State", m.state),
+        td("Function", m.function || "-"),
+        td("Last result", m.lastProcessingResult || "-"),
+        td("In", show(stats.recordsIn)),
+        td("OK", show(stats.succeeded)),
+        td("Failed", show(stats.failed)),
+        td("Behind (ms)", show(stats.millisBehindLatest)),
+        td(
+          "Logs",
+          el(
+            "button",
+            { type: "button", class: "link", "aria-label": `Logs of ${m.name}`, onclick: () => openLogs(m.name) },
+            "Logs",
+          ),
+        ),
+      );
+    }),
+  );
+  $("failed-rows").replaceChildren(
+    ...failed.uploads.map((u) =>
+      el(
+        "tr",
+        { "data-upload-id": u.uploadId },
+        td("File", u.filename),
+        td("Error", el("span", { class: "failure" }, u.error || "-")),
+        td("Attempts", String(u.attempts)),
+        td("Failed at", formatTime(u.updatedAt)),
+        td(
+          "Action",
+          el(
+            "button",
+            {
+              type: "button",
+              class: "link",
+              "aria-label": `Redrive ${u.filename}`,
+              onclick: (e) => {
+                e.target.disabled = true;
+                adminPost(`/admin/uploads/${encodeURIComponent(u.uploadId)}/redrive`)
+                  .then(() => notice(`${u.filename} was queued again.`))
+                  .catch((err) => notice(`Redrive failed: ${err.message}`))
+                  .finally(() => refreshOperations().catch(() => {}));
+              },
+            },
+            "Redrive",
+          ),
+        ),
+      ),
+    ),
+  );
+  $("no-failed").hidden = failed.uploads.length > 0;
+  $("user-rows").replaceChildren(
+    ...users.users.map((u) => {
+      const action = u.enabled ? "disable" : "enable";
+      return el(
+        "tr",
+        { "data-username": u.username },
+        td("Email", u.email || u.username),
+        td("Status", u.status),
+        td("Groups", u.groups.join(", ") || "-"),
+        td("Enabled", u.enabled ? "yes" : "no"),
+        td(
+          "Action",
+          el(
+            "button",
+            {
+              type: "button",
+              class: "link",
+              "aria-label": `${u.enabled ? "Disable" : "Enable"} ${u.email || u.username}`,
+              onclick: () =>
+                adminPost(`/admin/users/${encodeURIComponent(u.username)}/${action}`)
+                  .then(() => notice(`${u.email || u.username} is ${action}d.`))
+                  .catch((err) => notice(`Cannot ${action}: ${err.message}`))
+                  .finally(() => refreshOperations().catch(() => {})),
+            },
+            u.enabled ? "Disable" : "Enable",
+          ),
+        ),
+      );
+    }),
+  );
+}
+
+function openLogs(name) {
+  closeLogs();
+  logMapping = name;
+  $("log-title").textContent = `Logs of ${name} (live)`;
+  $("log-view").hidden = false;
+  const tick = () => {
+    adminGet(`/admin/mappings/${encodeURIComponent(name)}/logs?lines=200`)
+      .then((r) => {
+        if (logMapping !== name) return;
+        const box = $("log-lines");
+        const atEnd = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+        box.textContent = r.lines.map((l) => `${l.time} ${l.stream} ${l.requestId} ${l.line}`).join("\n") || "(no lines yet)";
+        if (atEnd) box.scrollTop = box.scrollHeight;
+      })
+      .catch((e) => {
+        $("log-lines").textContent = `cannot read logs: ${e.message}`;
+      });
+    logTimer = setTimeout(tick, 2_000);
+  };
+  tick();
+  $("log-lines").focus();
+}
+
+function closeLogs() {
+  clearTimeout(logTimer);
+  logMapping = null;
+  $("log-view").hidden = true;
+}
+
+function route() {
+  if (!session) return;
+  if (location.hash === "#operations" && isOperator()) {
+    show("operations");
+    startOperations();
+  } else {
+    stopOperations();
+    show("app");
+  }
+}
+
 // ---------------------------------------------------------------- start
 
 async function enterApp() {
-  show("app");
+  if (location.hash === "#operations" && isOperator()) {
+    show("operations");
+    startOperations();
+  } else {
+    show("app");
+  }
   notice("");
   $("stream-name").textContent = config.stream;
   rows.clear();
@@ -543,6 +768,8 @@ async function main() {
   $("new-password-form").addEventListener("submit", onNewPassword);
   $("sign-out").addEventListener("click", onSignOut);
   $("more").addEventListener("click", () => loadPage().catch((e) => notice(e.message)));
+  $("log-close").addEventListener("click", closeLogs);
+  window.addEventListener("hashchange", route);
   wireDrop();
   try {
     session = JSON.parse(sessionStorage.getItem(STORE) || "null");

@@ -346,8 +346,9 @@ fn console_suite() -> PathBuf {
 }
 
 /// Signs in (through NEW_PASSWORD_REQUIRED), uploads two files, watches both reach
-/// `processed`, downloads a result and an original and compares their bytes, checks the
-/// keyboard and a phone-sized screen, signs out; screenshots under
+/// `processed`, downloads a result and an original and compares their bytes, opens the
+/// operations page (the user is in `admin`), checks the keyboard and a phone-sized screen,
+/// signs out; screenshots under
 /// `$CARGO_TARGET_TMPDIR/console-<pid>/`.
 #[test]
 fn the_console_works_in_a_real_browser() {
@@ -373,6 +374,8 @@ fn the_console_works_in_a_real_browser() {
         "Temp0rary!",
         "--temporary",
     ]);
+    // An operator: the operations page is shown too.
+    server.cli(&["user", "add-to-group", "--email", email, "--group", "admin"]);
     let out =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("console-{}", std::process::id()));
     let run = Command::new("node")
@@ -402,6 +405,7 @@ fn the_console_works_in_a_real_browser() {
         "03-processed.png",
         "04-phone.png",
         "05-signed-out.png",
+        "06-operations.png",
     ] {
         let meta = std::fs::metadata(out.join(shot)).expect("screenshot");
         assert!(meta.len() > 1000, "{shot} is empty");
