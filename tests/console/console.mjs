@@ -152,6 +152,13 @@ try {
   await page.getByRole("link", { name: "Operations" }).click();
   await page.getByRole("heading", { name: "Operations" }).waitFor();
   await page.locator("#stream-rows tr", { hasText: "uploads-stream" }).waitFor();
+  for (const c of ["records", "bytes", "age"]) {
+    await page.locator(`#chart-${c} [role="img"] svg`).waitFor();
+  }
+  check(
+    (await page.locator('#chart-records [role="img"]').getAttribute("aria-label")).startsWith("Incoming records per second"),
+    "the records chart is described for screen readers",
+  );
   await page.locator("#upload-counts", { hasText: "2 processed" }).waitFor();
   const mappingRow = page.locator("#mapping-rows tr").first();
   await mappingRow.waitFor();

@@ -586,7 +586,96 @@ async function adminPost(path) {
   return r.json();
 }
 
+
+const PALETTE = ["#0b5cad", "#b8441f", "#2e7d32", "#7b3fa0", "#a0761a", "#00796b"];
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}) {
+  const n = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
+  return n;
+}
+
+function short(n) {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(1)}G`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}k`;
+  return n >= 10 || n === 0 ? n.toFixed(0) : n.toFixed(2);
+}
+
+/// A line chart of named series ([{t, v}]) over the last hour, as inline SVG.
+function chart(id, title, series) {
+  // Drawn at the container's own width, so that text keeps its proportions.
+  const W = Math.max(240, Math.round($(id).clientWidth || 600));
+  const H = 140;
+  const now = Date.now();
+  const from = now - 3_600_000;
+  const names = Object.keys(series);
+  const max = Math.max(1e-9, ...names.flatMap((n) => series[n].map((p) => p.v)));
+  const x = (t) => ((t - from) / 3_600_000) * (W - 40) + 36;
+  const y = (v) => H - 16 - (v / max) * (H - 28);
+  const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, focusable: "false" });
+  root.append(svg("line", { class: "axis", x1: 36, y1: H - 16, x2: W - 4, y2: H - 16 }));
+  root.append(svg("line", { class: "axis", x1: 36, y1: 8, x2: 36, y2: H - 16 }));
+  const label = (text, attrs) => {
+    const t = svg("text", attrs);
+    t.textContent = text;
+    return t;
+  };
+  root.append(label(short(max), { x: 2, y: 16 }));
+  root.append(label("0", { x: 2, y: H - 18 }));
+  root.append(label("−60 min", { x: 38, y: H - 3 }));
+  root.append(label("now", { x: W - 28, y: H - 3 }));
+  const legend = el("div", { class: "legend" });
+  const summary = [];
+  names.forEach((name, i) => {
+    const color = PALETTE[i % PALETTE.length];
+    const pts = series[name].filter((p) => p.t >= from);
+    if (pts.length > 0) {
+      root.append(
+        svg("polyline", {
+          points: pts.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" "),
+          fill: "none",
+          stroke: color,
+          "stroke-width": 2,
+        }),
+      );
+      // The newest point, marked (a series of one point draws no line).
+      const end = pts[pts.length - 1];
+      root.append(svg("circle", { cx: x(end.t).toFixed(1), cy: y(end.v).toFixed(1), r: 3, fill: color }));
+      const last = end.v;
+      const peak = Math.max(...pts.map((p) => p.v));
+      summary.push(`${name}: now ${short(last)}, peak ${short(peak)}`);
+    }
+    const item = el("span", {}, name);
+    item.style.setProperty("--swatch", color);
+    legend.append(item);
+  });
+  const box = el("div", {
+    role: "img",
+    "aria-label": `${title}, last hour. ${summary.join("; ") || "No data yet (a point every 10 s)."}`,
+  });
+  box.append(root);
+  if (names.length === 0) legend.append(el("span", {}, "collecting… (a point every 10 s)"));
+  $(id).replaceChildren(box, legend);
+}
+
+async function refreshCharts() {
+  const h = await adminGet("/admin/history");
+  const pick = (src, field) => {
+    const out = {};
+    for (const [name, pts] of Object.entries(src || {})) out[name] = pts.map((p) => ({ t: p.t, v: p[field] }));
+    return out;
+  };
+  chart("chart-records", "Incoming records per second", pick(h.streams, "recordsPerSec"));
+  chart("chart-bytes", "Incoming bytes per second", pick(h.streams, "bytesPerSec"));
+  chart("chart-age", "Iterator age in seconds", pick(h.mappings, "iteratorAgeSecs"));
+}
+
 async function refreshOperations() {
+  refreshCharts().catch((e) => {
+    $("chart-records").textContent = `cannot read the history: ${e.message}`;
+  });
   const [overview, failed, users] = await Promise.all([
     adminGet("/admin/overview"),
     adminGet("/admin/failed?limit=50"),

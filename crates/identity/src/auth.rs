@@ -801,7 +801,9 @@ impl Identity {
 
     async fn revoke_user(&self, pool: &str, sub: &str) -> Result<(), IdentityError> {
         let (p, s) = (pool.to_owned(), sub.to_owned());
-        self.db.write(move |c| users::revoke_all(c, &p, &s)).await
+        self.db
+            .write(move |c| users::sign_out_everywhere(c, &p, &s))
+            .await
     }
 
     /// RevokeToken: revokes a refresh token (and the access tokens of its sign-in). An

@@ -7,8 +7,10 @@
 //! until it expires); sluice does, as a documented improvement.
 //!
 //! The `revocations` table holds one row per revoked user (`kind = 'user'`, `id` = its `sub`:
-//! tokens issued at or before `at_ms` are refused) and per revoked sign-in (`kind =
-//! 'origin'`, `id` = the `origin_jti` every token of that sign-in carries). Writers upsert a
+//! tokens issued at or before `at_ms` are refused — a disabled or deleted user) and per
+//! revoked sign-in (`kind = 'origin'`, `id` = the `origin_jti` every token of that sign-in
+//! carries — RevokeToken, and GlobalSignOut for each of the user's sign-ins, so that a
+//! sign-in right after a sign-out works even within the same second). Writers upsert a
 //! row in the transaction that disables, deletes or signs out. [`Revocations`] keeps the
 //! rows in memory and reads the ones changed since its last look every [`POLL`]; a check is
 //! a hash lookup, nothing on the request path touches the database.

@@ -550,6 +550,28 @@ pub(crate) fn revoke_all(c: &Tx<'_>, pool: &str, sub: &str) -> Result<(), Identi
     crate::revocations::revoke_user_in(c, sub)
 }
 
+/// Signs the user out everywhere (GlobalSignOut, AdminUserGlobalSignOut): every refresh
+/// token of the user is revoked, and so, at the upload API, is every sign-in they belong to
+/// (by `origin_jti`, which each sign-in's ID, access and refresh tokens share). Revoking
+/// sign-ins rather than "everything issued up to now" leaves a sign-in made right after —
+/// in the same second, which `iat` cannot tell apart — working.
+pub(crate) fn sign_out_everywhere(c: &Tx<'_>, pool: &str, sub: &str) -> Result<(), IdentityError> {
+    let origins: Vec<String> = c.query_vec(
+        "SELECT DISTINCT origin_jti FROM refresh_tokens
+         WHERE pool_id = ?1 AND sub = ?2 AND revoked = 0 AND expires_ms > ?3",
+        params![pool, sub, sluice_meta::now_ms()],
+        |r| r.get(0),
+    )?;
+    for origin in &origins {
+        crate::revocations::revoke_origin_in(c, origin)?;
+    }
+    c.execute(
+        "UPDATE refresh_tokens SET revoked = 1 WHERE pool_id = ?1 AND sub = ?2",
+        params![pool, sub],
+    )?;
+    Ok(())
+}
+
 fn read_user(
     c: &Tx<'_>,
     pool: &str,

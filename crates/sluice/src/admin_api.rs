@@ -11,6 +11,8 @@
 //! Routes (JSON; errors in the upload API's error body):
 //! - `GET  /admin/overview` — streams and their shards, mappings with state and counters,
 //!   uploads by status;
+//! - `GET  /admin/history` — the last hour: records/s and bytes/s per stream, iterator age
+//!   per mapping, one point every 10 s (`history.rs`);
 //! - `GET  /admin/failed?limit=N` — failed uploads of every user, newest first, with errors;
 //! - `POST /admin/uploads/{id}/redrive` — a failed upload is queued again (409 otherwise);
 //! - `GET  /admin/mappings/{name}/logs?lines=N` — a mapping's last function log lines;
@@ -49,11 +51,13 @@ pub(crate) struct AdminApi {
     pub(crate) pool_id: String,
     pub(crate) settings: Arc<Settings>,
     pub(crate) db: sluice_meta::Meta,
+    pub(crate) history: Arc<crate::history::History>,
 }
 
 pub(crate) fn router(api: AdminApi) -> Router {
     Router::new()
         .route("/admin/overview", get(overview))
+        .route("/admin/history", get(history))
         .route("/admin/failed", get(failed))
         .route("/admin/uploads/{id}/redrive", post(redrive))
         .route("/admin/mappings/{name}/logs", get(logs))
@@ -161,6 +165,14 @@ async fn overview(
         "uploads": uploads,
     }))
     .into_response())
+}
+
+async fn history(
+    State(api): State<AdminApi>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    operator(&api, &headers)?;
+    Ok(axum::Json(api.history.series()).into_response())
 }
 
 fn limit_param(

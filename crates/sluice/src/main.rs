@@ -20,6 +20,7 @@ mod client_cmd;
 mod config;
 mod datadir;
 mod doctor;
+mod history;
 mod http_server;
 mod mapping_cmd;
 mod mapping_server;

@@ -60,6 +60,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
 
     // Before the engines open, so that their start-up work is counted too.
     let metrics = crate::telemetry::install()?;
+    let history = crate::history::History::start(metrics.clone());
     let db = wiring::open_db(&settings)?;
 
     let mut identity = Identity::new(db.clone(), &settings.key_dir(), &edge_url);
@@ -251,6 +252,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         pool_id: pool.pool_id.clone(),
         settings: Arc::new(settings.clone()),
         db: db.clone(),
+        history,
     });
     let api = sluice_gateway::router(Gateway {
         authorizer,

@@ -214,6 +214,22 @@ fn operators_see_the_pipeline_and_redrive_failed_uploads() {
     );
     assert_eq!(code, 409, "an operator cannot lock themselves out: {body}");
 
+    // The last hour, one point every 10 s: the uploads show as records/s on their stream.
+    let point = wait_for("a traffic sample", Duration::from_secs(30), || {
+        let (code, v) = call(&server, "GET", &ops, "/admin/history");
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["intervalSecs"], 10);
+        v["streams"]["uploads-stream"]
+            .as_array()?
+            .iter()
+            .find(|p| p["recordsPerSec"].as_f64().is_some_and(|r| r > 0.0))
+            .cloned()
+    });
+    assert!(
+        point["bytesPerSec"].as_f64().is_some_and(|b| b > 0.0),
+        "{point}"
+    );
+
     // Leaving the group takes effect with the next token.
     server.cli(&[
         "user",
