@@ -569,6 +569,8 @@ function startOperations() {
 }
 
 function stopOperations() {
+  $("new-key").hidden = true;
+  $("new-key-text").textContent = "";
   clearTimeout(opsTimer);
   opsTimer = 0;
   closeLogs();
@@ -580,8 +582,13 @@ async function adminGet(path) {
   return r.json();
 }
 
-async function adminPost(path) {
-  const r = await api(path, { method: "POST" });
+async function adminPost(path, body, method = "POST") {
+  const options = { method };
+  if (body !== undefined) {
+    options.body = JSON.stringify(body);
+    options.headers = { "Content-Type": "application/json" };
+  }
+  const r = await api(path, options);
   if (!r.ok) throw new Error(await errorText(r));
   return r.json();
 }
@@ -758,13 +765,55 @@ async function refreshOperations() {
   $("user-rows").replaceChildren(
     ...users.users.map((u) => {
       const action = u.enabled ? "disable" : "enable";
+      const who = u.email || u.username;
+      const isAdmin = u.groups.includes("admin");
+      const act = (label, path, method, done) =>
+        el(
+          "button",
+          {
+            type: "button",
+            class: "link",
+            "aria-label": `${label}: ${who}`,
+            onclick: () =>
+              adminPost(path, undefined, method)
+                .then(() => notice(`${who}: ${done}.`))
+                .catch((err) => notice(`${label} failed: ${err.message}`))
+                .finally(() => refreshOperations().catch(() => {})),
+          },
+          label,
+        );
+      const name = encodeURIComponent(u.username);
       return el(
         "tr",
         { "data-username": u.username },
-        td("Email", u.email || u.username),
+        td("Email", who),
         td("Status", u.status),
         td("Groups", u.groups.join(", ") || "-"),
         td("Enabled", u.enabled ? "yes" : "no"),
+        td(
+          "Action",
+          act(u.enabled ? "Disable" : "Enable", `/admin/users/${name}/${action}`, "POST", `${action}d`),
+          isAdmin
+            ? act("Remove operator", `/admin/users/${name}/groups/admin`, "DELETE", "no longer an operator")
+            : act("Make operator", `/admin/users/${name}/groups/admin`, "PUT", "an operator from their next sign-in"),
+        ),
+      );
+    }),
+  );
+  const select = $("reset-user");
+  const chosen = select.value;
+  select.replaceChildren(...users.users.map((u) => el("option", { value: u.username }, u.email || u.username)));
+  if (chosen) select.value = chosen;
+  const keys = await adminGet("/admin/keys");
+  $("key-rows").replaceChildren(
+    ...keys.keys.map((k) =>
+      el(
+        "tr",
+        { "data-key": k.accessKeyId },
+        td("Key id", k.accessKeyId),
+        td("Description", k.description || "-"),
+        td("Scope", k.policy ? JSON.stringify(k.policy) : "full access"),
+        td("Created", formatTime(k.createdAt)),
         td(
           "Action",
           el(
@@ -772,18 +821,18 @@ async function refreshOperations() {
             {
               type: "button",
               class: "link",
-              "aria-label": `${u.enabled ? "Disable" : "Enable"} ${u.email || u.username}`,
+              "aria-label": `Delete key ${k.accessKeyId}`,
               onclick: () =>
-                adminPost(`/admin/users/${encodeURIComponent(u.username)}/${action}`)
-                  .then(() => notice(`${u.email || u.username} is ${action}d.`))
-                  .catch((err) => notice(`Cannot ${action}: ${err.message}`))
+                adminPost(`/admin/keys/${encodeURIComponent(k.accessKeyId)}`, undefined, "DELETE")
+                  .then(() => notice(`Key ${k.accessKeyId} deleted.`))
+                  .catch((err) => notice(`Cannot delete: ${err.message}`))
                   .finally(() => refreshOperations().catch(() => {})),
             },
-            u.enabled ? "Disable" : "Enable",
+            "Delete",
           ),
         ),
-      );
-    }),
+      ),
+    ),
   );
 }
 
@@ -814,6 +863,56 @@ function closeLogs() {
   clearTimeout(logTimer);
   logMapping = null;
   $("log-view").hidden = true;
+}
+
+function wireOperatorForms() {
+  $("create-user-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const email = $("new-user-email").value.trim();
+    const temporaryPassword = $("new-user-password").value;
+    adminPost("/admin/users", { email, temporaryPassword })
+      .then(() => {
+        notice(`${email} created; they choose their password at the first sign-in.`);
+        $("new-user-email").value = "";
+        $("new-user-password").value = "";
+      })
+      .catch((err) => notice(`Cannot create the user: ${err.message}`))
+      .finally(() => refreshOperations().catch(() => {}));
+  });
+  $("reset-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const username = $("reset-user").value;
+    const temporaryPassword = $("reset-password").value;
+    adminPost(`/admin/users/${encodeURIComponent(username)}/password`, { temporaryPassword })
+      .then(() => {
+        notice("Password reset; the user chooses a new one at the next sign-in.");
+        $("reset-password").value = "";
+      })
+      .catch((err) => notice(`Cannot reset the password: ${err.message}`));
+  });
+  $("create-key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const description = $("key-description").value;
+    const text = $("key-policy").value.trim();
+    let policy;
+    if (text) {
+      try {
+        policy = JSON.parse(text);
+      } catch (err) {
+        notice(`The policy is not JSON: ${err.message}`);
+        return;
+      }
+    }
+    adminPost("/admin/keys", policy ? { description, policy } : { description })
+      .then((k) => {
+        $("new-key-text").textContent = `aws_access_key_id = ${k.accessKeyId}\naws_secret_access_key = ${k.secretAccessKey}`;
+        $("new-key").hidden = false;
+        $("key-description").value = "";
+        $("key-policy").value = "";
+      })
+      .catch((err) => notice(`Cannot create the key: ${err.message}`))
+      .finally(() => refreshOperations().catch(() => {}));
+  });
 }
 
 function route() {
@@ -859,6 +958,7 @@ async function main() {
   $("more").addEventListener("click", () => loadPage().catch((e) => notice(e.message)));
   $("log-close").addEventListener("click", closeLogs);
   window.addEventListener("hashchange", route);
+  wireOperatorForms();
   wireDrop();
   try {
     session = JSON.parse(sessionStorage.getItem(STORE) || "null");

@@ -17,7 +17,15 @@
 //! - `POST /admin/uploads/{id}/redrive` — a failed upload is queued again (409 otherwise);
 //! - `GET  /admin/mappings/{name}/logs?lines=N` — a mapping's last function log lines;
 //! - `GET  /admin/users?next=…` — the default pool's users with their groups;
-//! - `POST /admin/users/{username}/disable`, `…/enable` — AdminDisableUser / AdminEnableUser.
+//! - `POST /admin/users` `{"email","temporaryPassword"}` — a user who must choose their own
+//!   password at the first sign-in (AdminCreateUser);
+//! - `POST /admin/users/{username}/password` `{"temporaryPassword"}` — a password reset
+//!   (AdminSetUserPassword, not permanent: the user chooses a new one at the next sign-in);
+//! - `PUT|DELETE /admin/users/{username}/groups/{group}` — group membership (the group is
+//!   created when missing);
+//! - `POST /admin/users/{username}/disable`, `…/enable` — AdminDisableUser / AdminEnableUser;
+//! - `GET /admin/keys`, `POST /admin/keys` `{"description","policy"?}` (the secret is in this
+//!   answer only), `DELETE /admin/keys/{id}` — the edge's access keys (`sluice keys`).
 
 use std::sync::Arc;
 
@@ -52,6 +60,7 @@ pub(crate) struct AdminApi {
     pub(crate) settings: Arc<Settings>,
     pub(crate) db: sluice_meta::Meta,
     pub(crate) history: Arc<crate::history::History>,
+    pub(crate) keys: sluice_identity::access_keys::AccessKeys,
 }
 
 pub(crate) fn router(api: AdminApi) -> Router {
@@ -61,7 +70,14 @@ pub(crate) fn router(api: AdminApi) -> Router {
         .route("/admin/failed", get(failed))
         .route("/admin/uploads/{id}/redrive", post(redrive))
         .route("/admin/mappings/{name}/logs", get(logs))
-        .route("/admin/users", get(users))
+        .route("/admin/users", get(users).post(create_user))
+        .route("/admin/users/{username}/password", post(reset_password))
+        .route(
+            "/admin/users/{username}/groups/{group}",
+            axum::routing::put(add_to_group).delete(remove_from_group),
+        )
+        .route("/admin/keys", get(list_keys).post(create_key))
+        .route("/admin/keys/{id}", axum::routing::delete(delete_key))
         .route("/admin/users/{username}/disable", post(disable))
         .route("/admin/users/{username}/enable", post(enable))
         .with_state(api)
@@ -355,4 +371,214 @@ async fn enable(
     Path(username): Path<String>,
 ) -> Result<Response, GatewayError> {
     set_enabled(api, headers, username, true).await
+}
+
+/// A JSON request body of at most 64 KiB, as `T`.
+async fn json_body<T: serde::de::DeserializeOwned>(
+    body: axum::body::Body,
+) -> Result<T, GatewayError> {
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|e| GatewayError::BadRequest(format!("cannot read the request body: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| GatewayError::BadRequest(format!("malformed JSON body: {e}")))
+}
+
+fn identity_refusal(e: sluice_identity::IdentityError) -> GatewayError {
+    use sluice_identity::IdentityError as E;
+    match e {
+        E::UsernameExists(m) | E::GroupExists(m) => GatewayError::Conflict(m),
+        E::InvalidPassword(m) => GatewayError::BadRequest(m),
+        other => identity_error(other),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewUserBody {
+    email: String,
+    temporary_password: String,
+}
+
+async fn create_user(
+    State(api): State<AdminApi>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, GatewayError> {
+    let who = operator(&api, &headers)?;
+    let b: NewUserBody = json_body(body).await?;
+    let (identity, pool) = (api.identity.clone(), api.pool_id.clone());
+    let user = tokio::task::spawn_blocking(move || {
+        identity.create_user(&pool, &b.email, &b.temporary_password, true)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(identity_refusal)?;
+    tracing::info!(user = %user.email, operator = %who.sub(), "user created");
+    Ok((
+        axum::http::StatusCode::CREATED,
+        axum::Json(json!({"sub": user.sub, "email": user.email, "status": user.status})),
+    )
+        .into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PasswordBody {
+    temporary_password: String,
+}
+
+async fn reset_password(
+    State(api): State<AdminApi>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+    body: axum::body::Body,
+) -> Result<Response, GatewayError> {
+    let who = operator(&api, &headers)?;
+    let b: PasswordBody = json_body(body).await?;
+    api.identity
+        .admin_set_password(&api.pool_id, &username, &b.temporary_password, false)
+        .await
+        .map_err(identity_refusal)?;
+    tracing::info!(user = %username, operator = %who.sub(), "password reset");
+    Ok(
+        axum::Json(json!({"username": username, "status": "FORCE_CHANGE_PASSWORD"}))
+            .into_response(),
+    )
+}
+
+async fn add_to_group(
+    State(api): State<AdminApi>,
+    headers: HeaderMap,
+    Path((username, group)): Path<(String, String)>,
+) -> Result<Response, GatewayError> {
+    let who = operator(&api, &headers)?;
+    match api.identity.get_group(&api.pool_id, &group).await {
+        Ok(_) => {}
+        Err(sluice_identity::IdentityError::ResourceNotFound(_)) => {
+            api.identity
+                .create_group(&api.pool_id, &group, Default::default())
+                .await
+                .map_err(identity_refusal)?;
+        }
+        Err(e) => return Err(identity_refusal(e)),
+    }
+    api.identity
+        .add_user_to_group(&api.pool_id, &username, &group)
+        .await
+        .map_err(identity_refusal)?;
+    tracing::info!(user = %username, group = %group, operator = %who.sub(), "added to group");
+    Ok(axum::Json(json!({"username": username, "group": group})).into_response())
+}
+
+async fn remove_from_group(
+    State(api): State<AdminApi>,
+    headers: HeaderMap,
+    Path((username, group)): Path<(String, String)>,
+) -> Result<Response, GatewayError> {
+    let who = operator(&api, &headers)?;
+    if group == ADMIN_GROUP {
+        let user = api
+            .identity
+            .admin_get_user(&api.pool_id, &username)
+            .await
+            .map_err(identity_error)?;
+        if user.sub == who.sub() {
+            return Err(GatewayError::Conflict(
+                "an operator cannot remove themselves from the admin group here".into(),
+            ));
+        }
+    }
+    api.identity
+        .remove_user_from_group(&api.pool_id, &username, &group)
+        .await
+        .map_err(identity_refusal)?;
+    tracing::info!(user = %username, group = %group, operator = %who.sub(), "removed from group");
+    Ok(axum::Json(json!({"username": username, "group": group})).into_response())
+}
+
+async fn list_keys(
+    State(api): State<AdminApi>,
+    headers: HeaderMap,
+) -> Result<Response, GatewayError> {
+    operator(&api, &headers)?;
+    let keys = api.keys.clone();
+    let list = tokio::task::spawn_blocking(move || keys.list())
+        .await
+        .map_err(internal)?
+        .map_err(identity_error)?;
+    let keys: Vec<Value> = list
+        .iter()
+        .map(|k| {
+            json!({
+                "accessKeyId": k.id,
+                "description": k.description,
+                "createdAt": sluice_uploads::iso8601_ms(k.created_ms),
+                "policy": k.policy.as_deref().map(|d| serde_json::from_str::<Value>(d).unwrap_or(Value::String(d.to_owned()))),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({"keys": keys})).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKeyBody {
+    #[serde(default)]
+    description: String,
+    /// An IAM policy document (JSON object) limiting the key; none: full access.
+    policy: Option<Value>,
+}
+
+async fn create_key(
+    State(api): State<AdminApi>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, GatewayError> {
+    let who = operator(&api, &headers)?;
+    let b: NewKeyBody = json_body(body).await?;
+    let policy = b.policy.map(|p| p.to_string());
+    let keys = api.keys.clone();
+    let description = b.description.clone();
+    let k = tokio::task::spawn_blocking(move || {
+        keys.create_with_policy(&description, policy.as_deref())
+    })
+    .await
+    .map_err(internal)?
+    .map_err(identity_refusal)?;
+    tracing::info!(key = %k.id, operator = %who.sub(), "access key created");
+    Ok((
+        axum::http::StatusCode::CREATED,
+        axum::Json(
+            json!({"accessKeyId": k.id, "secretAccessKey": k.secret, "description": b.description}),
+        ),
+    )
+        .into_response())
+}
+
+async fn delete_key(
+    State(api): State<AdminApi>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, GatewayError> {
+    let who = operator(&api, &headers)?;
+    let keys = api.keys.clone();
+    let key_id = id.clone();
+    let listed = tokio::task::spawn_blocking(move || keys.list())
+        .await
+        .map_err(internal)?
+        .map_err(identity_error)?;
+    if !listed.iter().any(|k| k.id == key_id) {
+        return Err(GatewayError::NotFound(format!("access key {id} not found")));
+    }
+    let keys = api.keys.clone();
+    let key_id = id.clone();
+    tokio::task::spawn_blocking(move || keys.delete(&key_id))
+        .await
+        .map_err(internal)?
+        .map_err(identity_error)?;
+    // The data directory's credentials file goes with the development key.
+    let _ = crate::wiring::forget_credentials(&api.settings, &id);
+    tracing::info!(key = %id, operator = %who.sub(), "access key deleted");
+    Ok(axum::Json(json!({"accessKeyId": id, "deleted": true})).into_response())
 }

@@ -236,6 +236,15 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         stream: settings.stream.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
+    let (keys, new_key) = {
+        let (settings, db) = (settings.clone(), db.clone());
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let keys = wiring::open_access_keys(&settings, db)?;
+            let new_key = keys.ensure_initial()?;
+            Ok((keys, new_key))
+        })
+        .await??
+    };
     let authorizer: Arc<dyn sluice_gateway::Authorizer> =
         Arc::new(sluice_gateway::RevokingAuthorizer::new(
             Arc::new(sluice_gateway::CachingAuthorizer::new(
@@ -253,6 +262,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         settings: Arc::new(settings.clone()),
         db: db.clone(),
         history,
+        keys: keys.clone(),
     });
     let api = sluice_gateway::router(Gateway {
         authorizer,
@@ -273,15 +283,6 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         "api",
         crate::telemetry::track,
     ));
-    let (keys, new_key) = {
-        let (settings, db) = (settings.clone(), db.clone());
-        tokio::task::spawn_blocking(move || -> Result<_> {
-            let keys = wiring::open_access_keys(&settings, db)?;
-            let new_key = keys.ensure_initial()?;
-            Ok((keys, new_key))
-        })
-        .await??
-    };
     if let Some(k) = &new_key {
         // Its secret is kept where it can be found again, never in a log.
         wiring::write_credentials(&settings, k, &edge_url).with_context(|| {

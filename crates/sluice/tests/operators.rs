@@ -10,9 +10,28 @@ use common::{DataDir, Server, wait_for};
 use serde_json::{Value, json};
 
 fn call(server: &Server, method: &str, token: &str, path: &str) -> (u16, Value) {
+    call_with(server, method, token, path, None)
+}
+
+fn call_with(
+    server: &Server,
+    method: &str,
+    token: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = format!("{}{path}", server.api);
     let req = match method {
-        "POST" => server.http.post(format!("{}{path}", server.api)),
-        _ => server.http.get(format!("{}{path}", server.api)),
+        "POST" => server.http.post(url),
+        "PUT" => server.http.put(url),
+        "DELETE" => server.http.delete(url),
+        _ => server.http.get(url),
+    };
+    let req = match body {
+        Some(b) => req
+            .header("Content-Type", "application/json")
+            .body(b.to_string()),
+        None => req,
     };
     let resp = req.bearer_auth(token).send().expect("request");
     let code = resp.status().as_u16();
@@ -214,6 +233,139 @@ fn operators_see_the_pipeline_and_redrive_failed_uploads() {
     );
     assert_eq!(code, 409, "an operator cannot lock themselves out: {body}");
 
+    // Users created by an operator choose their password at the first sign-in; a reset
+    // makes them choose again.
+    let (code, made) = call_with(
+        &server,
+        "POST",
+        &ops,
+        "/admin/users",
+        Some(json!({"email": "new@example.com", "temporaryPassword": "Temp0rary!"})),
+    );
+    assert_eq!(code, 201, "{made}");
+    assert_eq!(made["status"], "FORCE_CHANGE_PASSWORD");
+    let (code, again) = call_with(
+        &server,
+        "POST",
+        &ops,
+        "/admin/users",
+        Some(json!({"email": "new@example.com", "temporaryPassword": "Temp0rary!"})),
+    );
+    assert_eq!(code, 409, "{again}");
+    let (code, bad) = call_with(
+        &server,
+        "POST",
+        &ops,
+        "/admin/users",
+        Some(json!({"email": "x@example.com"})),
+    );
+    assert_eq!(code, 400, "{bad}");
+    let client = server.info()["clientId"]
+        .as_str()
+        .expect("client")
+        .to_owned();
+    let challenge = |password: &str| {
+        server
+            .cognito(
+                "InitiateAuth",
+                json!({"AuthFlow": "USER_PASSWORD_AUTH", "ClientId": client,
+                       "AuthParameters": {"USERNAME": "new@example.com", "PASSWORD": password}}),
+            )
+            .1["ChallengeName"]
+            .clone()
+    };
+    assert_eq!(challenge("Temp0rary!"), "NEW_PASSWORD_REQUIRED");
+    let new_sub = made["sub"].as_str().expect("sub").to_owned();
+    let (code, body) = call_with(
+        &server,
+        "POST",
+        &ops,
+        &format!("/admin/users/{new_sub}/password"),
+        Some(json!({"temporaryPassword": "Another0ne!"})),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(challenge("Another0ne!"), "NEW_PASSWORD_REQUIRED");
+
+    // Groups: added (the group made on the way), removed; an operator keeps their own admin.
+    let (code, body) = call(
+        &server,
+        "PUT",
+        &ops,
+        &format!("/admin/users/{new_sub}/groups/auditors"),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (_, users) = call(&server, "GET", &ops, "/admin/users");
+    let row = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["email"] == "new@example.com")
+        .cloned()
+        .expect("new user listed");
+    assert_eq!(row["groups"], json!(["auditors"]));
+    let (code, _) = call(
+        &server,
+        "DELETE",
+        &ops,
+        &format!("/admin/users/{new_sub}/groups/auditors"),
+    );
+    assert_eq!(code, 200);
+    let (code, body) = call(
+        &server,
+        "DELETE",
+        &ops,
+        &format!("/admin/users/{ops_username}/groups/admin"),
+    );
+    assert_eq!(code, 409, "{body}");
+
+    // Access keys: made (its secret shown once), listed without secrets, used, deleted.
+    let (code, key) = call_with(
+        &server,
+        "POST",
+        &ops,
+        "/admin/keys",
+        Some(json!({"description": "from the console",
+                    "policy": {"Version": "2012-10-17", "Statement": [
+                        {"Effect": "Allow", "Action": "kinesis:ListStreams", "Resource": "*"}]}})),
+    );
+    assert_eq!(code, 201, "{key}");
+    let key_id = key["accessKeyId"].as_str().expect("id").to_owned();
+    assert!(
+        key["secretAccessKey"]
+            .as_str()
+            .is_some_and(|s| s.len() >= 20)
+    );
+    let (code, keys) = call(&server, "GET", &ops, "/admin/keys");
+    assert_eq!(code, 200);
+    let listed = keys["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["accessKeyId"] == key_id.as_str())
+        .cloned()
+        .expect("listed");
+    assert!(listed.get("secretAccessKey").is_none(), "{listed}");
+    assert_eq!(
+        listed["policy"]["Statement"][0]["Action"],
+        "kinesis:ListStreams"
+    );
+    let (code, bad) = call_with(
+        &server,
+        "POST",
+        &ops,
+        "/admin/keys",
+        Some(json!({"policy": {"Statement": "nonsense"}})),
+    );
+    assert_eq!(code, 400, "{bad}");
+    let (code, _) = call(&server, "DELETE", &ops, &format!("/admin/keys/{key_id}"));
+    assert_eq!(code, 200);
+    let (code, _) = call(&server, "DELETE", &ops, &format!("/admin/keys/{key_id}"));
+    assert_eq!(code, 404);
+    assert_eq!(
+        call(&server, "GET", &user_token_for_keys(&server), "/admin/keys").0,
+        403
+    );
+
     // The last hour, one point every 10 s: the uploads show as records/s on their stream.
     let point = wait_for("a traffic sample", Duration::from_secs(30), || {
         let (code, v) = call(&server, "GET", &ops, "/admin/history");
@@ -242,4 +394,10 @@ fn operators_see_the_pipeline_and_redrive_failed_uploads() {
     let again = server.id_token("ops@example.com");
     assert_eq!(call(&server, "GET", &again, "/admin/overview").0, 403);
     server.stop();
+}
+
+/// A fresh token of the plain user (the one from the start may have been revoked by the
+/// disable above).
+fn user_token_for_keys(server: &Server) -> String {
+    server.id_token("user@example.com")
 }
