@@ -151,6 +151,9 @@ pub(crate) struct FileConfig {
     /// Run the built-in upload-stream → `uppercase` mapping. Off: a user mapping on the
     /// upload stream replaces it (the oldest enabled one tracks upload status).
     pub(crate) builtin_mapping: Option<bool>,
+    /// Export metrics (`/metrics`, the console's charts). Off: no recorder is installed, so
+    /// counting costs nothing (measured in docs/BENCHMARKS.md, "Metrics overhead").
+    pub(crate) metrics: Option<bool>,
     /// Also email outbox messages (confirmation, reset and verification codes, invitations)
     /// through this SMTP server: `smtp://[user:password@]host[:port]` (plain SMTP).
     pub(crate) smtp_url: Option<String>,
@@ -376,6 +379,7 @@ pub(crate) struct Settings {
     pub(crate) batch_size: usize,
     pub(crate) max_attempts: u32,
     pub(crate) builtin_mapping: bool,
+    pub(crate) metrics: bool,
     pub(crate) smtp_url: Option<String>,
     pub(crate) smtp_from: Option<String>,
     /// Request rates of sign-up and sign-in (`[limits]`).
@@ -479,6 +483,9 @@ impl Settings {
                 .unwrap_or(3),
             builtin_mapping: env_parse("SLUICE_BUILTIN_MAPPING")?
                 .or(file.builtin_mapping)
+                .unwrap_or(true),
+            metrics: env_parse("SLUICE_METRICS")?
+                .or(file.metrics)
                 .unwrap_or(true),
             smtp_url: env_or("SLUICE_SMTP_URL", file.smtp_url),
             smtp_from: env_or("SLUICE_SMTP_FROM", file.smtp_from),

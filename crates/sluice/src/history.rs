@@ -32,11 +32,19 @@ struct Sample {
 #[derive(Default)]
 pub(crate) struct History {
     samples: Mutex<VecDeque<Sample>>,
+    /// Metrics are off (`metrics = false`): nothing is sampled.
+    off: bool,
 }
 
 impl History {
-    /// Starts sampling `handle` in the background.
-    pub(crate) fn start(handle: PrometheusHandle) -> Arc<History> {
+    /// Starts sampling `handle` in the background (with none, metrics are off).
+    pub(crate) fn start(handle: Option<PrometheusHandle>) -> Arc<History> {
+        let Some(handle) = handle else {
+            return Arc::new(History {
+                off: true,
+                ..History::default()
+            });
+        };
         let h = Arc::new(History::default());
         let this = h.clone();
         tokio::spawn(async move {
@@ -90,6 +98,7 @@ impl History {
             }
         }
         json!({
+            "metricsOff": self.off,
             "intervalSecs": SAMPLE_EVERY.as_secs(),
             "streams": streams,
             "mappings": mappings,

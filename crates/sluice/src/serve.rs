@@ -59,7 +59,14 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let edge_url = settings.edge_url_for(edge_listener.local_addr()?);
 
     // Before the engines open, so that their start-up work is counted too.
-    let metrics = crate::telemetry::install()?;
+    let metrics = if settings.metrics {
+        Some(crate::telemetry::install()?)
+    } else {
+        tracing::info!(
+            "metrics off (metrics = false): /metrics answers 404, the console has no charts"
+        );
+        None
+    };
     let history = crate::history::History::start(metrics.clone());
     let db = wiring::open_db(&settings)?;
 

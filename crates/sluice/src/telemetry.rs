@@ -68,14 +68,15 @@ pub(crate) struct Readiness {
 
 #[derive(Clone)]
 struct Ops {
-    handle: PrometheusHandle,
+    /// `None`: metrics are off (`metrics = false`).
+    handle: Option<PrometheusHandle>,
     ready: Readiness,
 }
 
 /// `/metrics` and `/readyz`, merged into the API listener's router. (`/healthz`, alive, is the
 /// gateway's own.) They are unauthenticated, as scrape and probe endpoints are: put the API
 /// behind a proxy that does not forward them if its port is public (docs/DEPLOY.md).
-pub(crate) fn routes(handle: PrometheusHandle, ready: Readiness) -> Router {
+pub(crate) fn routes(handle: Option<PrometheusHandle>, ready: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(render))
         .route("/readyz", get(readyz))
@@ -83,13 +84,23 @@ pub(crate) fn routes(handle: PrometheusHandle, ready: Readiness) -> Router {
 }
 
 async fn render(State(ops): State<Ops>) -> Response {
+    let Some(handle) = &ops.handle else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({
+                "message": "metrics are off on this server (metrics = false, SLUICE_METRICS=false)",
+                "error": "not_found",
+            })),
+        )
+            .into_response();
+    };
     process_gauges();
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        ops.handle.render(),
+        handle.render(),
     )
         .into_response()
 }

@@ -440,3 +440,29 @@ fn readyz_reports_the_engines_and_json_logs_are_one_object_per_line() {
         "both requests logged with their ids: {log}"
     );
 }
+
+/// `metrics = false`: nothing is recorded or exported; the server works as before.
+#[test]
+fn metrics_can_be_turned_off() {
+    let dir = DataDir::new("metrics-off");
+    dir.write_config("metrics = false\n");
+    let server = Server::start(&dir.0);
+    let r = server
+        .http
+        .get(format!("{}/metrics", server.api))
+        .send()
+        .expect("metrics");
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().expect("json");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("metrics are off")),
+        "{v}"
+    );
+    server.create_user("off@example.com");
+    let token = server.id_token("off@example.com");
+    let r = server.upload(&token, "off.txt", "still works");
+    assert_eq!(r.status(), 200);
+    server.stop();
+}
