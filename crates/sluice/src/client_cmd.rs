@@ -79,7 +79,6 @@ pub(crate) enum StreamCommand {
     /// Print the stream's records as they arrive (all shards).
     Tail {
         /// The stream [default: the upload stream]
-        #[arg(long)]
         stream: Option<String>,
         /// Start at the oldest record kept instead of the newest
         #[arg(long)]
@@ -262,6 +261,7 @@ pub(crate) fn upload(
         let server = Server::find(settings, client.server.as_deref()).await?;
         let mut session = Session::load(&server)?;
         let mut ids = Vec::new();
+        let (started, mut total) = (std::time::Instant::now(), 0u64);
         if client.output == Output::Table {
             out(&format!("{:<36}  {:>10}  FILE", "UPLOAD ID", "SIZE"))?;
         }
@@ -280,12 +280,21 @@ pub(crate) fn upload(
                 .await
                 .with_context(|| format!("cannot read {}", file.display()))?
                 .len();
+            let bar = indicatif::ProgressBar::new(size).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_message(filename.clone());
             let resp = server
                 .api(&mut session, |http, api| {
                     let body = match std::fs::File::open(file) {
-                        Ok(f) => {
-                            reqwest::Body::wrap_stream(file_chunks(tokio::fs::File::from_std(f)))
-                        }
+                        Ok(f) => reqwest::Body::wrap_stream(counted(
+                            file_chunks(tokio::fs::File::from_std(f)),
+                            bar.clone(),
+                        )),
                         Err(e) => {
                             reqwest::Body::wrap_stream(futures_util::stream::once(async move {
                                 Err::<bytes::Bytes, std::io::Error>(e)
@@ -301,9 +310,12 @@ pub(crate) fn upload(
                 .await
                 .with_context(|| format!("cannot upload {}", file.display()))?;
             if !resp.status().is_success() {
+                bar.abandon();
                 return Err(api_error(resp).await)
                     .with_context(|| format!("{} was not uploaded", file.display()));
             }
+            bar.finish_and_clear();
+            total += size;
             let v: Value = serde_json::from_slice(&resp.bytes().await?)?;
             let id = v["uploadId"].as_str().unwrap_or_default().to_owned();
             match client.output {
@@ -311,6 +323,16 @@ pub(crate) fn upload(
                 Output::Table => out(&format!("{id:<36}  {:>10}  {filename}", human_size(size)))?,
             }
             ids.push(id);
+        }
+        if client.output == Output::Table {
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            eprintln!(
+                "{} file{}, {} in {secs:.1} s ({}/s)",
+                ids.len(),
+                if ids.len() == 1 { "" } else { "s" },
+                human_size(total),
+                human_size((total as f64 / secs) as u64)
+            );
         }
         if !wait {
             return Ok(());
@@ -352,6 +374,18 @@ pub(crate) fn upload(
             bail!("{failed} of {} uploads failed", ids.len());
         }
         Ok(())
+    })
+}
+
+/// `chunks`, advancing `bar` by each chunk's size as it is sent.
+fn counted(
+    chunks: impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static,
+    bar: indicatif::ProgressBar,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    chunks.inspect(move |c| {
+        if let Ok(b) = c {
+            bar.inc(b.len() as u64);
+        }
     })
 }
 
@@ -748,8 +782,23 @@ pub(crate) fn status(settings: &Settings, client: &ClientArgs) -> Result<()> {
             .send()
             .await
             .is_ok();
-        let session = Session::load(&server).ok();
+        let mut session = Session::load(&server).ok();
+        // An operator also sees the streams and mappings (`/admin/overview`); for anyone
+        // else that part is left out.
+        let mut overview = Value::Null;
+        if let Some(s) = session.as_mut()
+            && let Ok(r) = server
+                .api(s, |http, api| http.get(format!("{api}/admin/overview")))
+                .await
+            && r.status().is_success()
+        {
+            overview =
+                serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or(Value::Null);
+        }
         let v = json!({
+            "streams": overview["streams"],
+            "mappings": overview["mappings"],
+            "uploads": overview["uploads"],
             "api": server.api,
             "edge": server.edge,
             "edgeReachable": edge_up,
@@ -782,6 +831,33 @@ pub(crate) fn status(settings: &Settings, client: &ClientArgs) -> Result<()> {
                         .as_ref()
                         .map_or("no (sluice login)".to_owned(), |s| s.email.clone())
                 ))?;
+                for st in overview["streams"].as_array().into_iter().flatten() {
+                    out(&format!(
+                        "Stream:     {} ({}, {} open shards, {} h retention)",
+                        st["name"].as_str().unwrap_or(""),
+                        st["status"].as_str().unwrap_or(""),
+                        st["openShards"],
+                        st["retentionHours"]
+                    ))?;
+                }
+                for m in overview["mappings"].as_array().into_iter().flatten() {
+                    out(&format!(
+                        "Mapping:    {} {} ({}; last result {}; {} ms behind)",
+                        m["name"].as_str().unwrap_or(""),
+                        m["state"].as_str().unwrap_or(""),
+                        m["function"].as_str().unwrap_or(""),
+                        m["lastProcessingResult"]
+                            .as_str()
+                            .filter(|r| !r.is_empty())
+                            .unwrap_or("-"),
+                        m["stats"]["millisBehindLatest"]
+                    ))?;
+                }
+                if let Some(counts) = overview["uploads"].as_object() {
+                    let shown: Vec<String> =
+                        counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                    out(&format!("Uploads:    {}", shown.join(", ")))?;
+                }
             }
         }
         if !ready || !edge_up {

@@ -229,7 +229,7 @@ fn a_user_signs_in_uploads_and_downloads_from_the_command_line() {
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
     assert_eq!(records.len(), 2, "{tail}");
-    let table = ok(d, &["stream", "tail", "--from-start"], "");
+    let table = ok(d, &["stream", "tail", "uploads-stream", "--from-start"], "");
     assert!(table.contains("uploads/one.txt"), "{table}");
 
     // Watching: the list, then each change as it happens.
@@ -281,6 +281,28 @@ fn a_user_signs_in_uploads_and_downloads_from_the_command_line() {
     }
     let _ = watch.kill();
     let _ = watch.wait();
+
+    // An operator's status shows the streams, mappings and uploads too.
+    server.cli(&[
+        "user",
+        "add-to-group",
+        "--email",
+        "cli@example.com",
+        "--group",
+        "admin",
+    ]);
+    ok(
+        d,
+        &["login", "--email", "cli@example.com", "--password-stdin"],
+        "Chosen0ne!\n",
+    );
+    let status = ok(d, &["status"], "");
+    assert!(
+        status.contains("Mapping:    builtin-uppercase Enabled")
+            && status.contains("open shards")
+            && status.contains("processed"),
+        "{status}"
+    );
 
     // Sign out: the tokens stop working on the server, and are forgotten here.
     ok(d, &["logout"], "");
