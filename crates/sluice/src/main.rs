@@ -67,6 +67,9 @@ enum Command {
         /// Print JSON lines.
         #[arg(long)]
         json: bool,
+        /// `json` (the same as --json) or `table`
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        output: Option<client_cmd::Output>,
     },
     /// Manage event-source mappings (stream → function) of the running server.
     #[command(subcommand)]
@@ -84,6 +87,9 @@ enum Command {
         /// Print one JSON object per line
         #[arg(long)]
         json: bool,
+        /// `json` (the same as --json) or `table`
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        output: Option<client_cmd::Output>,
     },
     /// Sign in to a server as a user of its pool; later client commands use the sign-in.
     Login {
@@ -132,6 +138,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// `json` (the same as --json) or `table`
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        output: Option<client_cmd::Output>,
     },
     /// Print a shell completion script: `sluice completions bash > /etc/bash_completion.d/sluice`,
     /// `sluice completions zsh > "${fpath[1]}/_sluice"`,
@@ -456,7 +465,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Outbox { pool, limit, json } => {
+        Command::Outbox {
+            pool,
+            limit,
+            json,
+            output,
+        } => {
+            let json = json || output == Some(client_cmd::Output::Json);
             let identity = wiring::open_identity(&settings)?;
             let pool = match pool {
                 Some(p) => p,
@@ -499,11 +514,19 @@ fn run(cli: Cli) -> Result<()> {
             follow,
             lines,
             json,
-        } => mapping_cmd::logs(&settings, &mapping, follow, lines, json),
+            output,
+        } => mapping_cmd::logs(
+            &settings,
+            &mapping,
+            follow,
+            lines,
+            json || output == Some(client_cmd::Output::Json),
+        ),
         Command::Doctor { stuck_after, deep } => doctor::run(&settings, stuck_after, deep),
         // Answered above, before any settings are read.
         Command::Completions { .. } => Ok(()),
-        Command::Info { json } => {
+        Command::Info { json, output } => {
+            let json = json || output == Some(client_cmd::Output::Json);
             let info = wiring::info(&settings)?;
             if json {
                 outln!("{}", serde_json::to_string(&info)?);

@@ -36,6 +36,9 @@ pub(crate) enum MappingCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// `json` (the same as --json) or `table`
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        output: Option<crate::client_cmd::Output>,
     },
     /// Show a mapping's configuration, state and statistics (JSON).
     Get { name: String },
@@ -294,7 +297,8 @@ async fn run_async(settings: &Settings, cmd: MappingCommand) -> Result<()> {
             };
             print(v)
         }
-        MappingCommand::List { json } => {
+        MappingCommand::List { json, output } => {
+            let json = json || output == Some(crate::client_cmd::Output::Json);
             let saved = stats.load_all().await?;
             // The built-in mapping is listed only where it runs (`builtin_mapping`).
             let mut all = Vec::new();

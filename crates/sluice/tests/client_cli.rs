@@ -115,6 +115,14 @@ fn a_user_signs_in_uploads_and_downloads_from_the_command_line() {
 
     let err = fails(d, &["uploads", "list"], "");
     assert!(err.contains("not signed in"), "{err}");
+    // The operator commands take --output too.
+    let info: Value =
+        serde_json::from_str(&ok(d, &["info", "--output", "json"], "")).expect("info json");
+    assert!(info["clientId"].is_string(), "{info}");
+    let mappings: Value =
+        serde_json::from_str(&ok(d, &["mapping", "list", "--output", "json"], ""))
+            .expect("mapping json");
+    assert_eq!(mappings[0]["name"], "builtin-uppercase");
     // A temporary password: the new one comes on the next line.
     let err = fails(
         d,
