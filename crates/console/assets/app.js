@@ -674,9 +674,17 @@ async function refreshCharts() {
     for (const [name, pts] of Object.entries(src || {})) out[name] = pts.map((p) => ({ t: p.t, v: p[field] }));
     return out;
   };
-  chart("chart-records", "Incoming records per second", pick(h.streams, "recordsPerSec"));
-  chart("chart-bytes", "Incoming bytes per second", pick(h.streams, "bytesPerSec"));
-  chart("chart-age", "Iterator age in seconds", pick(h.mappings, "iteratorAgeSecs"));
+  // One line per shard ("uploads-stream shard 3"; a mapping's age per shard it reads).
+  const named = (src) => {
+    const out = {};
+    for (const [name, pts] of Object.entries(src)) {
+      out[name.replace(/shardId-0*(\d)/, "shard $1")] = pts;
+    }
+    return out;
+  };
+  chart("chart-records", "Incoming records per second", named(pick(h.shards, "recordsPerSec")));
+  chart("chart-bytes", "Incoming bytes per second", named(pick(h.shards, "bytesPerSec")));
+  chart("chart-age", "Iterator age in seconds", named(pick(h.mappingShards, "iteratorAgeSecs")));
 }
 
 async function refreshOperations() {

@@ -25,8 +25,12 @@ struct Sample {
     t_ms: i64,
     /// Stream → (records, bytes) appended since the process started.
     streams: BTreeMap<String, (f64, f64)>,
+    /// (stream, shard) → (records, bytes) appended since the process started.
+    shards: BTreeMap<(String, String), (f64, f64)>,
     /// Mapping → the largest iterator age over its shards, seconds.
     ages: BTreeMap<String, f64>,
+    /// (mapping, shard) → iterator age, seconds.
+    shard_ages: BTreeMap<(String, String), f64>,
 }
 
 #[derive(Default)]
@@ -74,25 +78,46 @@ impl History {
             Err(_) => Vec::new(),
         };
         let mut streams: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut shards: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for w in samples.windows(2) {
             let (a, b) = (&w[0], &w[1]);
             let secs = ((b.t_ms - a.t_ms) as f64 / 1000.0).max(0.001);
-            for (name, (rec, bytes)) in &b.streams {
-                let (r0, b0) = a.streams.get(name).copied().unwrap_or((0.0, 0.0));
-                // A counter that went down was reset (never happens in one process; safe).
-                let rate = |now: f64, before: f64| ((now - before).max(0.0)) / secs;
-                streams.entry(name.clone()).or_default().push(json!({
+            // A counter that went down was reset (never happens in one process; safe).
+            let rate = |now: f64, before: f64| ((now - before).max(0.0)) / secs;
+            let point = |(rec, bytes): (f64, f64), (r0, b0): (f64, f64)| {
+                json!({
                     "t": b.t_ms,
-                    "recordsPerSec": rate(*rec, r0),
-                    "bytesPerSec": rate(*bytes, b0),
-                }));
+                    "recordsPerSec": rate(rec, r0),
+                    "bytesPerSec": rate(bytes, b0),
+                })
+            };
+            for (name, now) in &b.streams {
+                let before = a.streams.get(name).copied().unwrap_or((0.0, 0.0));
+                streams
+                    .entry(name.clone())
+                    .or_default()
+                    .push(point(*now, before));
+            }
+            for (key, now) in &b.shards {
+                let before = a.shards.get(key).copied().unwrap_or((0.0, 0.0));
+                shards
+                    .entry(format!("{} {}", key.0, key.1))
+                    .or_default()
+                    .push(point(*now, before));
             }
         }
         let mut mappings: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut mapping_shards: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for s in &samples {
             for (name, age) in &s.ages {
                 mappings
                     .entry(name.clone())
+                    .or_default()
+                    .push(json!({"t": s.t_ms, "iteratorAgeSecs": age}));
+            }
+            for ((mapping, shard), age) in &s.shard_ages {
+                mapping_shards
+                    .entry(format!("{mapping} {shard}"))
                     .or_default()
                     .push(json!({"t": s.t_ms, "iteratorAgeSecs": age}));
             }
@@ -101,7 +126,9 @@ impl History {
             "metricsOff": self.off,
             "intervalSecs": SAMPLE_EVERY.as_secs(),
             "streams": streams,
+            "shards": shards,
             "mappings": mappings,
+            "mappingShards": mapping_shards,
         })
     }
 }
@@ -129,11 +156,17 @@ fn parse(text: &str, t_ms: i64) -> Sample {
         match name {
             "sluice_stream_appended_records_total" | "sluice_stream_appended_bytes_total" => {
                 if let Some(stream) = labels.get("stream") {
-                    let e = s.streams.entry(stream.clone()).or_default();
-                    if name.ends_with("records_total") {
-                        e.0 += value;
-                    } else {
-                        e.1 += value;
+                    let records = name.ends_with("records_total");
+                    let add = |e: &mut (f64, f64)| {
+                        if records {
+                            e.0 += value;
+                        } else {
+                            e.1 += value;
+                        }
+                    };
+                    add(s.streams.entry(stream.clone()).or_default());
+                    if let Some(shard) = labels.get("shard") {
+                        add(s.shards.entry((stream.clone(), shard.clone())).or_default());
                     }
                 }
             }
@@ -141,6 +174,10 @@ fn parse(text: &str, t_ms: i64) -> Sample {
                 if let Some(mapping) = labels.get("mapping") {
                     let e = s.ages.entry(mapping.clone()).or_insert(0.0);
                     *e = e.max(value);
+                    if let Some(shard) = labels.get("shard") {
+                        s.shard_ages
+                            .insert((mapping.clone(), shard.clone()), value);
+                    }
                 }
             }
             _ => {}
@@ -183,9 +220,10 @@ mod tests {
     use super::*;
 
     const TEXT: &str = "# TYPE sluice_stream_appended_records_total counter
-sluice_stream_appended_records_total{stream=\"uploads-stream\"} 30
-sluice_stream_appended_bytes_total{stream=\"uploads-stream\"} 3000
-sluice_stream_appended_records_total{stream=\"other\"} 5
+sluice_stream_appended_records_total{stream=\"uploads-stream\",shard=\"shardId-000000000000\"} 20
+sluice_stream_appended_records_total{stream=\"uploads-stream\",shard=\"shardId-000000000001\"} 10
+sluice_stream_appended_bytes_total{stream=\"uploads-stream\",shard=\"shardId-000000000000\"} 3000
+sluice_stream_appended_records_total{stream=\"other\",shard=\"shardId-000000000000\"} 5
 sluice_mapping_iterator_age_seconds{mapping=\"m\",shard=\"shardId-000000000000\"} 2
 sluice_mapping_iterator_age_seconds{mapping=\"m\",shard=\"shardId-000000000001\"} 7.5
 sluice_http_requests_total{listener=\"api\",route=\"/uploads\",status=\"200\"} 9
@@ -196,6 +234,14 @@ sluice_http_requests_total{listener=\"api\",route=\"/uploads\",status=\"200\"} 9
         let s = parse(TEXT, 1000);
         assert_eq!(s.streams["uploads-stream"], (30.0, 3000.0));
         assert_eq!(s.streams["other"], (5.0, 0.0));
+        assert_eq!(
+            s.shards[&("uploads-stream".to_owned(), "shardId-000000000001".to_owned())],
+            (10.0, 0.0)
+        );
+        assert_eq!(
+            s.shard_ages[&("m".to_owned(), "shardId-000000000001".to_owned())],
+            7.5
+        );
         assert_eq!(s.ages["m"], 7.5);
         assert_eq!(
             labels_of(r#"a="x\"y",b="z""#),
@@ -208,7 +254,7 @@ sluice_http_requests_total{listener=\"api\",route=\"/uploads\",status=\"200\"} 9
         let h = History::default();
         h.push(parse(TEXT, 0));
         h.push(parse(
-            &TEXT.replace("} 30", "} 130").replace("} 3000", "} 13000"),
+            &TEXT.replace("} 20", "} 120").replace("} 3000", "} 13000"),
             10_000,
         ));
         let v = h.series();
@@ -216,6 +262,14 @@ sluice_http_requests_total{listener=\"api\",route=\"/uploads\",status=\"200\"} 9
         assert_eq!(point["recordsPerSec"], 10.0);
         assert_eq!(point["bytesPerSec"], 1000.0);
         assert_eq!(v["mappings"]["m"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            v["shards"]["uploads-stream shardId-000000000000"][0]["recordsPerSec"],
+            10.0
+        );
+        assert_eq!(
+            v["mappingShards"]["m shardId-000000000001"][0]["iteratorAgeSecs"],
+            7.5
+        );
         for i in 0..1000 {
             h.push(parse(TEXT, i));
         }

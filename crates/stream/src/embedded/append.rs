@@ -181,13 +181,13 @@ impl EmbeddedStream {
                     Err(e) => refused.push((i, e)),
                 }
             }
-            let (count, bytes) = (
-                batch.len() as u64,
-                batch
-                    .iter()
-                    .map(|r| (r.partition_key.len() + r.data.len()) as u64)
-                    .sum::<u64>(),
-            );
+            // Records and bytes per shard, counted once the append is durable.
+            let mut per_shard: std::collections::BTreeMap<u64, (u64, u64)> = Default::default();
+            for r in &batch {
+                let e = per_shard.entry(r.shard).or_default();
+                e.0 += 1;
+                e.1 += (r.partition_key.len() + r.data.len()) as u64;
+            }
             let outcome = self
                 .records
                 .append(Append {
@@ -200,10 +200,13 @@ impl EmbeddedStream {
                 .await?;
             match outcome {
                 AppendOutcome::Done(done) => {
-                    metrics::counter!("sluice_stream_appended_records_total", "stream" => stream.to_owned())
-                        .increment(count);
-                    metrics::counter!("sluice_stream_appended_bytes_total", "stream" => stream.to_owned())
-                        .increment(bytes);
+                    for (idx, (count, bytes)) in per_shard {
+                        let shard = shard_id(idx);
+                        metrics::counter!("sluice_stream_appended_records_total", "stream" => stream.to_owned(), "shard" => shard.clone())
+                            .increment(count);
+                        metrics::counter!("sluice_stream_appended_bytes_total", "stream" => stream.to_owned(), "shard" => shard)
+                            .increment(bytes);
+                    }
                     return Ok(merge(done, refused, records.len()));
                 }
                 AppendOutcome::Stale(back) => {
