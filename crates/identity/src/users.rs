@@ -540,26 +540,19 @@ fn check_email_free(
     Ok(())
 }
 
-/// Revokes every refresh token of the user and, at the upload API, every ID and access
-/// token issued so far (see [`crate::revocations`]).
-pub(crate) fn revoke_all(c: &Tx<'_>, pool: &str, sub: &str) -> Result<(), IdentityError> {
-    c.execute(
-        "UPDATE refresh_tokens SET revoked = 1 WHERE pool_id = ?1 AND sub = ?2",
-        params![pool, sub],
-    )?;
-    crate::revocations::revoke_user_in(c, sub)
-}
-
-/// Signs the user out everywhere (GlobalSignOut, AdminUserGlobalSignOut): every refresh
+/// Signs the user out everywhere (GlobalSignOut, AdminUserGlobalSignOut, AdminDisableUser): every refresh
 /// token of the user is revoked, and so, at the upload API, is every sign-in they belong to
 /// (by `origin_jti`, which each sign-in's ID, access and refresh tokens share). Revoking
 /// sign-ins rather than "everything issued up to now" leaves a sign-in made right after —
 /// in the same second, which `iat` cannot tell apart — working.
 pub(crate) fn sign_out_everywhere(c: &Tx<'_>, pool: &str, sub: &str) -> Result<(), IdentityError> {
+    // Sign-ins whose refresh token expired up to a day ago may still have ID and access
+    // tokens alive (Cognito's longest lifetime for those is a day); revoked ones are
+    // revoked already.
     let origins: Vec<String> = c.query_vec(
         "SELECT DISTINCT origin_jti FROM refresh_tokens
          WHERE pool_id = ?1 AND sub = ?2 AND revoked = 0 AND expires_ms > ?3",
-        params![pool, sub, sluice_meta::now_ms()],
+        params![pool, sub, sluice_meta::now_ms() - 24 * 3600 * 1000],
         |r| r.get(0),
     )?;
     for origin in &origins {
@@ -761,7 +754,9 @@ impl Identity {
                     params![p, u.sub, enabled, now_ms()],
                 )?;
                 if !enabled {
-                    revoke_all(c, &p, &u.sub)?;
+                    // By sign-in, as GlobalSignOut: every token issued before is refused,
+                    // and a sign-in right after re-enabling (even in the same second) works.
+                    sign_out_everywhere(c, &p, &u.sub)?;
                 }
                 Ok(())
             })

@@ -175,8 +175,7 @@ fn parse(text: &str, t_ms: i64) -> Sample {
                     let e = s.ages.entry(mapping.clone()).or_insert(0.0);
                     *e = e.max(value);
                     if let Some(shard) = labels.get("shard") {
-                        s.shard_ages
-                            .insert((mapping.clone(), shard.clone()), value);
+                        s.shard_ages.insert((mapping.clone(), shard.clone()), value);
                     }
                 }
             }
@@ -235,7 +234,10 @@ sluice_http_requests_total{listener=\"api\",route=\"/uploads\",status=\"200\"} 9
         assert_eq!(s.streams["uploads-stream"], (30.0, 3000.0));
         assert_eq!(s.streams["other"], (5.0, 0.0));
         assert_eq!(
-            s.shards[&("uploads-stream".to_owned(), "shardId-000000000001".to_owned())],
+            s.shards[&(
+                "uploads-stream".to_owned(),
+                "shardId-000000000001".to_owned()
+            )],
             (10.0, 0.0)
         );
         assert_eq!(

@@ -249,7 +249,9 @@ fn metrics_count_what_the_pipeline_did_with_bounded_labels() {
         .filter(|s| {
             s.name == "sluice_stream_appended_records_total"
                 && s.labels.get("stream").map(String::as_str) == Some("uploads-stream")
-                && s.labels.get("shard").is_some_and(|id| id.starts_with("shardId-"))
+                && s.labels
+                    .get("shard")
+                    .is_some_and(|id| id.starts_with("shardId-"))
         })
         .map(|s| s.value)
         .sum();
