@@ -175,7 +175,7 @@ impl Authenticated {
 
 /// A query string parsed into `T`; one that does not parse (a repeated field, say) is a 400
 /// in the API's own error body, where axum's `Query` would answer in plain text.
-pub(crate) struct ApiQuery<T>(pub(crate) T);
+pub struct ApiQuery<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for ApiQuery<T>
 where

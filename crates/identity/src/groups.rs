@@ -350,6 +350,24 @@ impl Identity {
         self.membership(pool_id, username, group, true).await
     }
 
+    /// Adds a user to a group, creating the group (no description, role or precedence) when
+    /// the pool has none of that name: what an operator means by "make them an operator".
+    pub async fn add_user_to_group_creating_it(
+        &self,
+        pool_id: &str,
+        username: &str,
+        group: &str,
+    ) -> Result<(), IdentityError> {
+        match self
+            .create_group(pool_id, group, GroupSpec::default())
+            .await
+        {
+            Ok(_) | Err(IdentityError::GroupExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.add_user_to_group(pool_id, username, group).await
+    }
+
     /// AdminRemoveUserFromGroup (removing a non-member is no error).
     pub async fn remove_user_from_group(
         &self,

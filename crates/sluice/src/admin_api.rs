@@ -35,7 +35,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use sluice_gateway::{Authenticated, Authorizer, GatewayError};
+use sluice_gateway::{ApiQuery, Authenticated, Authorizer, GatewayError};
 use sluice_identity::Identity;
 use sluice_processor::embedded::{EmbeddedMappings, EmbeddedStats};
 use sluice_processor::logs::EmbeddedLogs;
@@ -168,9 +168,9 @@ async fn overview(
             saved.get(def.name()),
         ));
     }
-    let (_, counts) = api
+    let counts = api
         .uploads
-        .by_status(UploadStatus::Failed, 0)
+        .status_counts()
         .await
         .map_err(GatewayError::from)?;
     let uploads: serde_json::Map<String, Value> =
@@ -191,12 +191,10 @@ async fn history(
     Ok(axum::Json(api.history.series()).into_response())
 }
 
-fn limit_param(
-    q: &std::collections::HashMap<String, String>,
-    name: &str,
-    default: usize,
-    max: usize,
-) -> Result<usize, GatewayError> {
+/// A query string's parameters.
+type Params = std::collections::HashMap<String, String>;
+
+fn limit_param(q: &Params, name: &str, default: usize, max: usize) -> Result<usize, GatewayError> {
     match q.get(name) {
         None => Ok(default),
         Some(v) => v
@@ -211,19 +209,14 @@ fn limit_param(
     }
 }
 
-fn query(uri: &axum::http::Uri) -> Result<std::collections::HashMap<String, String>, GatewayError> {
-    serde_urlencoded::from_str(uri.query().unwrap_or(""))
-        .map_err(|e| GatewayError::BadRequest(format!("bad query string: {e}")))
-}
-
 async fn failed(
     State(api): State<AdminApi>,
     headers: HeaderMap,
-    uri: axum::http::Uri,
+    ApiQuery(q): ApiQuery<Params>,
 ) -> Result<Response, GatewayError> {
     operator(&api, &headers)?;
-    let limit = limit_param(&query(&uri)?, "limit", 50, 500)?;
-    let (rows, _) = api
+    let limit = limit_param(&q, "limit", 50, 500)?;
+    let rows = api
         .uploads
         .by_status(UploadStatus::Failed, limit)
         .await
@@ -262,10 +255,10 @@ async fn logs(
     State(api): State<AdminApi>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    uri: axum::http::Uri,
+    ApiQuery(q): ApiQuery<Params>,
 ) -> Result<Response, GatewayError> {
     operator(&api, &headers)?;
-    let n = limit_param(&query(&uri)?, "lines", 100, 1000)?;
+    let n = limit_param(&q, "lines", 100, 1000)?;
     let lines = EmbeddedLogs::new(api.db.clone())
         .tail(&name, n)
         .await
@@ -289,7 +282,8 @@ fn identity_error(e: sluice_identity::IdentityError) -> GatewayError {
     use sluice_identity::IdentityError as E;
     match e {
         E::UserNotFound(m) | E::ResourceNotFound(m) => GatewayError::NotFound(m),
-        E::InvalidParameter(m) => GatewayError::BadRequest(m),
+        E::InvalidParameter(m) | E::InvalidPassword(m) => GatewayError::BadRequest(m),
+        E::UsernameExists(m) | E::GroupExists(m) => GatewayError::Conflict(m),
         E::Meta(m) if m.is_unavailable() => GatewayError::Unavailable(m.to_string()),
         other => GatewayError::Internal(other.to_string()),
     }
@@ -298,10 +292,9 @@ fn identity_error(e: sluice_identity::IdentityError) -> GatewayError {
 async fn users(
     State(api): State<AdminApi>,
     headers: HeaderMap,
-    uri: axum::http::Uri,
+    ApiQuery(q): ApiQuery<Params>,
 ) -> Result<Response, GatewayError> {
     operator(&api, &headers)?;
-    let q = query(&uri)?;
     let page = api
         .identity
         .list_users(
@@ -384,15 +377,6 @@ async fn json_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| GatewayError::BadRequest(format!("malformed JSON body: {e}")))
 }
 
-fn identity_refusal(e: sluice_identity::IdentityError) -> GatewayError {
-    use sluice_identity::IdentityError as E;
-    match e {
-        E::UsernameExists(m) | E::GroupExists(m) => GatewayError::Conflict(m),
-        E::InvalidPassword(m) => GatewayError::BadRequest(m),
-        other => identity_error(other),
-    }
-}
-
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NewUserBody {
@@ -413,7 +397,7 @@ async fn create_user(
     })
     .await
     .map_err(internal)?
-    .map_err(identity_refusal)?;
+    .map_err(identity_error)?;
     tracing::info!(user = %user.email, operator = %who.sub(), "user created");
     Ok((
         axum::http::StatusCode::CREATED,
@@ -439,7 +423,7 @@ async fn reset_password(
     api.identity
         .admin_set_password(&api.pool_id, &username, &b.temporary_password, false)
         .await
-        .map_err(identity_refusal)?;
+        .map_err(identity_error)?;
     tracing::info!(user = %username, operator = %who.sub(), "password reset");
     Ok(
         axum::Json(json!({"username": username, "status": "FORCE_CHANGE_PASSWORD"}))
@@ -453,20 +437,10 @@ async fn add_to_group(
     Path((username, group)): Path<(String, String)>,
 ) -> Result<Response, GatewayError> {
     let who = operator(&api, &headers)?;
-    match api.identity.get_group(&api.pool_id, &group).await {
-        Ok(_) => {}
-        Err(sluice_identity::IdentityError::ResourceNotFound(_)) => {
-            api.identity
-                .create_group(&api.pool_id, &group, Default::default())
-                .await
-                .map_err(identity_refusal)?;
-        }
-        Err(e) => return Err(identity_refusal(e)),
-    }
     api.identity
-        .add_user_to_group(&api.pool_id, &username, &group)
+        .add_user_to_group_creating_it(&api.pool_id, &username, &group)
         .await
-        .map_err(identity_refusal)?;
+        .map_err(identity_error)?;
     tracing::info!(user = %username, group = %group, operator = %who.sub(), "added to group");
     Ok(axum::Json(json!({"username": username, "group": group})).into_response())
 }
@@ -492,7 +466,7 @@ async fn remove_from_group(
     api.identity
         .remove_user_from_group(&api.pool_id, &username, &group)
         .await
-        .map_err(identity_refusal)?;
+        .map_err(identity_error)?;
     tracing::info!(user = %username, group = %group, operator = %who.sub(), "removed from group");
     Ok(axum::Json(json!({"username": username, "group": group})).into_response())
 }
@@ -545,7 +519,7 @@ async fn create_key(
     })
     .await
     .map_err(internal)?
-    .map_err(identity_refusal)?;
+    .map_err(identity_error)?;
     tracing::info!(key = %k.id, operator = %who.sub(), "access key created");
     Ok((
         axum::http::StatusCode::CREATED,
@@ -562,15 +536,6 @@ async fn delete_key(
     Path(id): Path<String>,
 ) -> Result<Response, GatewayError> {
     let who = operator(&api, &headers)?;
-    let keys = api.keys.clone();
-    let key_id = id.clone();
-    let listed = tokio::task::spawn_blocking(move || keys.list())
-        .await
-        .map_err(internal)?
-        .map_err(identity_error)?;
-    if !listed.iter().any(|k| k.id == key_id) {
-        return Err(GatewayError::NotFound(format!("access key {id} not found")));
-    }
     let keys = api.keys.clone();
     let key_id = id.clone();
     tokio::task::spawn_blocking(move || keys.delete(&key_id))

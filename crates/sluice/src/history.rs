@@ -1,7 +1,8 @@
 //! The last hour of the pipeline's traffic, for the console's charts: every
 //! [`SAMPLE_EVERY`] the process's own metrics (what `/metrics` would answer) are read for
-//! records and bytes appended per stream and the iterator age per mapping, and kept in a
-//! ring of [`KEEP`] samples — memory bounded by the number of streams and mappings, which
+//! records and bytes appended per stream and shard and the iterator age per mapping and
+//! shard, and kept in a
+//! ring of [`KEEP`] samples — memory bounded by the number of streams, shards and mappings, which
 //! operators name, never by traffic.
 //!
 //! **Decision:** the samples come from the rendered Prometheus text rather than from counters

@@ -385,35 +385,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::User(UserCommand::AddToGroup { email, group }) => {
             let identity = wiring::open_identity(&settings)?;
             let pool = identity.bootstrap(&settings.region, settings.lifetimes)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(async {
-                match identity.get_group(&pool.pool_id, &group).await {
-                    Ok(_) => {}
-                    Err(sluice_identity::IdentityError::ResourceNotFound(_)) => {
-                        identity
-                            .create_group(&pool.pool_id, &group, Default::default())
-                            .await?;
-                    }
-                    Err(e) => return Err(e),
-                }
-                identity
-                    .add_user_to_group(&pool.pool_id, &email, &group)
-                    .await
-            })?;
+            client_cmd::runtime()?.block_on(identity.add_user_to_group_creating_it(
+                &pool.pool_id,
+                &email,
+                &group,
+            ))?;
             outln!("{email} is in group {group} (from their next sign-in)");
             Ok(())
         }
         Command::User(UserCommand::RemoveFromGroup { email, group }) => {
             let identity = wiring::open_identity(&settings)?;
             let pool = identity.bootstrap(&settings.region, settings.lifetimes)?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(identity.remove_user_from_group(&pool.pool_id, &email, &group))?;
+            client_cmd::runtime()?.block_on(identity.remove_user_from_group(
+                &pool.pool_id,
+                &email,
+                &group,
+            ))?;
             outln!("{email} is no longer in group {group} (from their next sign-in)");
             Ok(())
         }

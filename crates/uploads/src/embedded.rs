@@ -301,34 +301,42 @@ impl EmbeddedUploads {
     /// status row learns it in a transaction nobody waits for: until that commits, or if
     /// it is lost in a crash, the log still knows the result ([`UploadLedger::get`] asks
     /// it) and [`EmbeddedUploads::deliver_pending`] stores it at the next start.
-    /// Every user's uploads in `status`, most recently changed first (at most `limit`), and
-    /// how many uploads are in each status: what an operator looks at.
+    /// Every user's uploads in `status`, most recently changed first (at most `limit`): what
+    /// an operator looks at.
     pub async fn by_status(
         &self,
         status: UploadStatus,
         limit: usize,
-    ) -> Result<(Vec<Upload>, Vec<(String, u64)>), UploadError> {
+    ) -> Result<Vec<Upload>, UploadError> {
         let limit = limit.min(1000) as i64;
-        let (rows, counts) = self
+        let rows = self
             .db
             .read(move |c| {
-                let rows = c.query_vec(
+                c.query_vec(
                     &format!(
                         "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE status = ?1
                          ORDER BY updated_ms DESC, id LIMIT ?2"
                     ),
                     params![status.as_str(), limit],
                     upload_row,
-                )?;
-                let counts = c.query_vec(
+                )
+            })
+            .await?;
+        self.with_delivered(rows).await
+    }
+
+    /// How many uploads are in each status (counted on the `uploads_status` index).
+    pub async fn status_counts(&self) -> Result<Vec<(String, u64)>, UploadError> {
+        Ok(self
+            .db
+            .read(|c| {
+                c.query_vec(
                     "SELECT status, COUNT(*) FROM uploads GROUP BY status ORDER BY status",
                     params![],
                     |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?.max(0) as u64)),
-                )?;
-                Ok::<_, UploadError>((rows, counts))
+                )
             })
-            .await?;
-        Ok((self.with_delivered(rows).await?, counts))
+            .await?)
     }
 
     /// Rows as [`UploadLedger`] answers them: a record delivered but not settled into its
