@@ -27,6 +27,7 @@ pub mod eventstream;
 pub mod fuzzing;
 mod json11;
 pub mod kinesis;
+pub mod lambda;
 pub mod s3;
 pub mod sigv4;
 pub mod source_throttle;
@@ -51,6 +52,9 @@ pub struct Edge {
     /// Unsigned sign-up and sign-in requests per source address (limits from
     /// `identity.rate_limits()`).
     pub address_rates: Arc<Buckets<(std::net::IpAddr, Category)>>,
+    /// Functions and their mappings (Lambda's API); `None`: the edge answers Lambda
+    /// requests that it runs no functions.
+    pub lambda: Option<lambda::LambdaApi>,
 }
 
 /// Largest JSON 1.1 request body: a PutRecords of 5 MiB, or a PutRecord of a 10 MiB record,
@@ -117,10 +121,29 @@ pub fn router(edge: Edge) -> Result<Router, String> {
         .route("/{pool}/.well-known/jwks.json", get(jwks))
         .route("/{pool}/.well-known/openid-configuration", get(discovery))
         .fallback_service(s3)
+        // Lambda's paths are valid S3 paths too: the service a request is signed for
+        // decides (see `by_service`).
+        .layer(axum::middleware::from_fn_with_state(
+            edge.clone(),
+            by_service,
+        ))
         // HeadObject with a Range answers 206 (see `s3::partial_content`).
         .layer(axum::middleware::map_response(s3::partial_content))
         .layer(axum::middleware::map_response(retry_after))
         .with_state(edge))
+}
+
+/// Sends requests signed for Lambda (`lambda`) to its REST-JSON front end; everything else
+/// goes on to the routes above.
+async fn by_service(
+    State(edge): State<Edge>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if lambda::signed_for(req.headers(), req.uri().query(), "lambda") {
+        return lambda::handle(State(edge), req).await;
+    }
+    next.run(req).await
 }
 
 /// The operation a response answered, for metrics and request logs

@@ -77,6 +77,7 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, SigError> {
 }
 
 /// What a request is signed over.
+#[derive(Clone, Copy)]
 pub struct SignedRequest<'a> {
     pub method: &'a str,
     /// The path as sent (already URI-encoded by the client).
@@ -120,7 +121,7 @@ pub fn verify(
     {
         return Err(SigError::Malformed("the host header must be signed".into()));
     }
-    let canonical = canonical_request(req, &auth.signed_headers);
+    let canonical = canonical_request_for(&auth.service, req, &auth.signed_headers);
     let scope = format!(
         "{}/{}/{}/aws4_request",
         auth.date, auth.region, auth.service
@@ -154,7 +155,7 @@ pub fn authorization_header(
     let mut names: Vec<String> = req.headers.iter().map(|(n, _)| n.clone()).collect();
     names.sort();
     names.dedup();
-    let canonical = canonical_request(req, &names);
+    let canonical = canonical_request_for(service, req, &names);
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let to_sign = format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
@@ -184,6 +185,33 @@ pub(crate) fn parse_amz_date(s: &str) -> Option<i64> {
         .map(|d| d.and_utc().timestamp())
 }
 
+/// The canonical request of a request signed for `service`: S3 encodes the path once,
+/// every other service twice (the encoded path is encoded again; Lambda's paths hold
+/// function ARNs whose colons are sent as `%3A` and signed as `%253A`).
+pub(crate) fn canonical_request_for(
+    service: &str,
+    req: &SignedRequest<'_>,
+    signed_headers: &[String],
+) -> String {
+    if service == "s3" {
+        return canonical_request(req, signed_headers);
+    }
+    let twice: String = canonical_path(req.path)
+        .split('/')
+        .map(|seg| uri_encode(seg, true))
+        .collect::<Vec<_>>()
+        .join("/");
+    canonical_request(
+        &SignedRequest {
+            path: &twice,
+            ..*req
+        },
+        signed_headers,
+    )
+}
+
+/// The canonical request with the path as S3 signs it (encoded once); see
+/// [`canonical_request_for`].
 pub(crate) fn canonical_request(req: &SignedRequest<'_>, signed_headers: &[String]) -> String {
     use std::fmt::Write as _;
     let path = canonical_path(req.path);

@@ -64,6 +64,7 @@ fn fixture() -> Fixture {
         s3_base_domain: None,
         sign_in_sources: Arc::default(),
         address_rates: Arc::default(),
+        lambda: None,
     })
     .expect("router");
     Fixture {

@@ -38,6 +38,14 @@ pub enum FunctionError {
     Unavailable(String),
 }
 
+/// Functions created with Lambda's API (`aws lambda create-function`), which a mapping may
+/// run (`function:<name>`); implemented by the `sluice-functions` crate.
+pub trait FunctionResolver: Send + Sync + 'static {
+    /// A batch function that invokes `name` with the code and configuration it has at each
+    /// invocation (a function that does not exist fails the invocation, not the mapping).
+    fn resolve(&self, name: &str) -> Arc<dyn BatchFunction>;
+}
+
 /// What a function invocation knows about its surroundings.
 #[derive(Clone)]
 pub struct CallContext {

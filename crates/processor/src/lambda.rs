@@ -63,6 +63,9 @@ pub struct LambdaEnvironment {
     pub runtime_dir: PathBuf,
     pub node: String,
     pub python: String,
+    /// A directory of Python packages every Python handler can import (boto3, as Lambda's
+    /// managed runtimes offer it), after the handler's own code: `PYTHONPATH`.
+    pub python_path: Option<PathBuf>,
 }
 
 impl LambdaEnvironment {
@@ -77,6 +80,7 @@ impl LambdaEnvironment {
             runtime_dir: runtime_dir.into(),
             node: "node".into(),
             python: "python3".into(),
+            python_path: None,
         }
     }
 }
@@ -103,7 +107,49 @@ struct Worker {
 /// How an invocation ended, before logging.
 enum Raw {
     Ok(Value),
-    Err(String),
+    Err(Failure),
+}
+
+/// Why an invocation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The handler threw (or could not be loaded): its error document is the result.
+    Handler,
+    /// The invocation ran past the function's timeout; the worker was killed.
+    Timeout,
+    /// The runtime died, broke the protocol or could not start.
+    Runtime,
+}
+
+/// A failed invocation, with the error document Lambda returns for it
+/// (`{"errorType", "errorMessage", "trace"|"stackTrace"}`).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// What a mapping's statistics and logs say: `TypeError: boom`, `Task timed out after
+    /// 3.00 seconds`, `Runtime exited with error: exit status 1`.
+    pub message: String,
+    /// Lambda's error payload.
+    pub document: Value,
+}
+
+impl Failure {
+    fn runtime(request_id: &str, message: String, error_type: &str) -> Self {
+        Failure {
+            kind: FailureKind::Runtime,
+            document: json!({
+                "errorType": error_type,
+                "errorMessage": format!("RequestId: {request_id} Error: {message}"),
+            }),
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 impl LambdaFunction {
@@ -205,6 +251,9 @@ impl LambdaFunction {
         if let Some(url) = &e.endpoint_url {
             env.entry("AWS_ENDPOINT_URL".into()).or_insert(url.clone());
         }
+        if let (LambdaRuntime::Python, Some(path)) = (self.runtime, &e.python_path) {
+            env.insert("PYTHONPATH".into(), path.to_string_lossy().into_owned());
+        }
         env
     }
 
@@ -279,12 +328,21 @@ impl LambdaFunction {
         event: Value,
         ctx: &CallContext,
     ) -> Result<Value, FunctionError> {
+        self.call(event, ctx)
+            .await
+            .map_err(|f| FunctionError::Failed(f.message))
+    }
+
+    /// Invokes the handler with any event; returns its result, or how it failed with the
+    /// error document Lambda's Invoke returns.
+    pub async fn call(&self, event: Value, ctx: &CallContext) -> Result<Value, Failure> {
         let mut w = match self.take_idle() {
             Some(w) => w,
             None => {
                 metrics::counter!("sluice_function_cold_starts_total", "mapping" => ctx.mapping.clone())
                     .increment(1);
-                self.spawn().map_err(FunctionError::Failed)?
+                self.spawn()
+                    .map_err(|e| Failure::runtime(&ctx.request_id, e, "Runtime.Unknown"))?
             }
         };
         let timeout = Duration::from_secs(self.settings.timeout_secs);
@@ -303,7 +361,7 @@ impl LambdaFunction {
         }
         match raw {
             Raw::Ok(v) => Ok(v),
-            Raw::Err(e) => Err(FunctionError::Failed(e)),
+            Raw::Err(e) => Err(e),
         }
     }
 
@@ -324,7 +382,12 @@ impl LambdaFunction {
         };
         if let Err(e) = sent.await {
             self.drain_logs(w, ctx, None).await;
-            return (Raw::Err(format!("the runtime is gone: {e}")), false);
+            let f = Failure::runtime(
+                &ctx.request_id,
+                format!("the runtime is gone: {e}"),
+                "Runtime.ExitError",
+            );
+            return (Raw::Err(f), false);
         }
         let response = tokio::time::timeout(timeout, w.stdout.next_line()).await;
         let (raw, reusable) = match response {
@@ -333,10 +396,22 @@ impl LambdaFunction {
                 self.drain_logs(w, ctx, None).await;
                 let msg = format!("Task timed out after {:.2} seconds", timeout.as_secs_f64());
                 ctx.log_lines("platform", [msg.clone()]).await;
-                return (Raw::Err(msg), false);
+                let f = Failure {
+                    kind: FailureKind::Timeout,
+                    document: json!({
+                        "errorType": "Sandbox.Timedout",
+                        "errorMessage": format!("RequestId: {} Error: {msg}", ctx.request_id),
+                    }),
+                    message: msg,
+                };
+                return (Raw::Err(f), false);
             }
             Ok(Err(e)) => (
-                Raw::Err(format!("cannot read the runtime's response: {e}")),
+                Raw::Err(Failure::runtime(
+                    &ctx.request_id,
+                    format!("cannot read the runtime's response: {e}"),
+                    "Runtime.Unknown",
+                )),
                 false,
             ),
             Ok(Ok(None)) => {
@@ -347,9 +422,10 @@ impl LambdaFunction {
                 };
                 self.drain_logs(w, ctx, None).await;
                 ctx.log_lines("platform", [why.clone()]).await;
-                return (Raw::Err(why), false);
+                let f = Failure::runtime(&ctx.request_id, why, "Runtime.ExitError");
+                return (Raw::Err(f), false);
             }
-            Ok(Ok(Some(text))) => parse_response(&text, &ctx.request_id),
+            Ok(Ok(Some(text))) => parse_response(&text, &ctx.request_id, self.runtime),
         };
         let complete = self.drain_logs(w, ctx, Some(&ctx.request_id)).await;
         (raw, reusable && complete)
@@ -404,21 +480,25 @@ impl LambdaFunction {
     }
 }
 
-fn parse_response(text: &str, request_id: &str) -> (Raw, bool) {
+fn parse_response(text: &str, request_id: &str, runtime: LambdaRuntime) -> (Raw, bool) {
     let v: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            return (
-                Raw::Err(format!("the runtime broke the protocol: {e}")),
-                false,
+            let f = Failure::runtime(
+                request_id,
+                format!("the runtime broke the protocol: {e}"),
+                "Runtime.Unknown",
             );
+            return (Raw::Err(f), false);
         }
     };
     if v.get("requestId").and_then(Value::as_str) != Some(request_id) {
-        return (
-            Raw::Err("the runtime answered another request".into()),
-            false,
+        let f = Failure::runtime(
+            request_id,
+            "the runtime answered another request".into(),
+            "Runtime.Unknown",
         );
+        return (Raw::Err(f), false);
     }
     if let Some(err) = v.get("error") {
         let ty = err
@@ -429,7 +509,26 @@ fn parse_response(text: &str, request_id: &str) -> (Raw, bool) {
             .get("errorMessage")
             .and_then(Value::as_str)
             .unwrap_or("");
-        return (Raw::Err(format!("{ty}: {msg}")), true);
+        let stack = err.get("stackTrace").cloned().unwrap_or(json!([]));
+        // Lambda's Node.js runtimes call the stack `trace`; its Python runtimes
+        // `stackTrace`, next to the request id.
+        let document = match runtime {
+            LambdaRuntime::Nodejs => {
+                json!({"errorType": ty, "errorMessage": msg, "trace": stack})
+            }
+            LambdaRuntime::Python => json!({
+                "errorMessage": msg,
+                "errorType": ty,
+                "requestId": request_id,
+                "stackTrace": stack,
+            }),
+        };
+        let f = Failure {
+            kind: FailureKind::Handler,
+            message: format!("{ty}: {msg}"),
+            document,
+        };
+        return (Raw::Err(f), true);
     }
     (
         Raw::Ok(v.get("result").cloned().unwrap_or(Value::Null)),

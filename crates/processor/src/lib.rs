@@ -461,6 +461,8 @@ pub struct Processor {
     /// A stream whose status-tracking mapping (see [`Processor::with_status_tracking`])
     /// tells this observer, whatever [`Processor::with_observer`] set.
     pub(crate) status_tracking: Option<(String, Arc<dyn Observer>)>,
+    /// Functions created with Lambda's API, for mappings that name one (`function:<name>`).
+    pub(crate) functions: Option<Arc<dyn functions::FunctionResolver>>,
 }
 
 impl Processor {
@@ -479,7 +481,14 @@ impl Processor {
             aws: AwsIdentity::default(),
             logs: None,
             status_tracking: None,
+            functions: None,
         }
+    }
+
+    /// Mappings may run functions created with Lambda's API (`function:<name>`).
+    pub fn with_functions(mut self, functions: Arc<dyn functions::FunctionResolver>) -> Self {
+        self.functions = Some(functions);
+        self
     }
 
     /// Sends functions' log lines (and Lambda's START/END/REPORT lines) to `logs`.
@@ -680,6 +689,15 @@ impl Processor {
                 )
                 .map_err(failed)?,
             ),
+            FunctionSpec::Function { name } => self
+                .functions
+                .as_ref()
+                .ok_or_else(|| {
+                    ProcessorError::InvalidConfig(format!(
+                        "function {name:?}: this processor runs no functions created with Lambda's API"
+                    ))
+                })?
+                .resolve(name),
         })
     }
 

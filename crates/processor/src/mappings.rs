@@ -38,6 +38,18 @@ pub enum FunctionSpec {
         /// `<module>.<function>`, as Lambda's `Handler` setting.
         handler: String,
     },
+    /// `function:<name>`: a function created with Lambda's API (`aws lambda
+    /// create-function`), run with its own code, configuration and key as they are at each
+    /// invocation (see [`crate::functions::FunctionResolver`]).
+    Function { name: String },
+}
+
+/// Whether `name` is a Lambda function name (1 to 64 letters, digits, `-` and `_`).
+pub fn valid_function_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl FunctionSpec {
@@ -83,11 +95,15 @@ impl FunctionSpec {
                 code_dir,
                 handler,
             }
+        } else if let Some(name) = s.strip_prefix("function:") {
+            FunctionSpec::Function {
+                name: name.to_owned(),
+            }
         } else if crate::functions::BUILTINS.contains(&s) {
             FunctionSpec::Builtin { name: s.to_owned() }
         } else {
             return Err(bad(format!(
-                "function {s:?} must be builtin:<name>, exec:<program> or lambda:<runtime>:<dir>/<module>.<handler>"
+                "function {s:?} must be builtin:<name>, exec:<program>, lambda:<runtime>:<dir>/<module>.<handler> or function:<name>"
             )));
         };
         spec.validate()?;
@@ -117,6 +133,13 @@ impl FunctionSpec {
                 if !ok {
                     return bad(format!(
                         "lambda handler {handler:?} must be <module>.<function>, e.g. index.handler"
+                    ));
+                }
+            }
+            FunctionSpec::Function { name } => {
+                if !valid_function_name(name) {
+                    return bad(format!(
+                        "function name {name:?} must be 1 to 64 letters, digits, '-' or '_'"
                     ));
                 }
             }
@@ -159,6 +182,7 @@ impl std::fmt::Display for FunctionSpec {
                 };
                 write!(f, "lambda:{rt}:{}/{handler}", code_dir.display())
             }
+            FunctionSpec::Function { name } => write!(f, "function:{name}"),
         }
     }
 }

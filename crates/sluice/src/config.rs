@@ -151,6 +151,12 @@ pub(crate) struct FileConfig {
     /// Run the built-in upload-stream → `uppercase` mapping. Off: a user mapping on the
     /// upload stream replaces it (the oldest enabled one tracks upload status).
     pub(crate) builtin_mapping: Option<bool>,
+    /// Where the SDKs functions import without bundling are installed (the AWS SDK for
+    /// JavaScript v3, boto3): default `$XDG_CACHE_HOME/sluice/runtimes` or
+    /// `~/.cache/sluice/runtimes` (see `sluice runtimes install`).
+    pub(crate) runtime_cache: Option<PathBuf>,
+    /// Concurrent invocations of one function without reserved concurrency (default 10).
+    pub(crate) function_concurrency: Option<u32>,
     /// Export metrics (`/metrics`, the console's charts). Off: no recorder is installed, so
     /// counting costs nothing (measured in docs/BENCHMARKS.md, "Metrics overhead").
     pub(crate) metrics: Option<bool>,
@@ -379,6 +385,8 @@ pub(crate) struct Settings {
     pub(crate) batch_size: usize,
     pub(crate) max_attempts: u32,
     pub(crate) builtin_mapping: bool,
+    pub(crate) runtime_cache: PathBuf,
+    pub(crate) function_concurrency: u32,
     pub(crate) metrics: bool,
     pub(crate) smtp_url: Option<String>,
     pub(crate) smtp_from: Option<String>,
@@ -406,6 +414,16 @@ impl Settings {
             .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("sluice-data"));
+        let runtime_cache = env_or(
+            "SLUICE_RUNTIME_CACHE",
+            file.runtime_cache
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned()),
+        )
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            sluice_functions::runtimes::default_cache_dir(&data_dir.join("runtime-cache"))
+        });
         let limits = file.limits.unwrap_or_default();
         let s = Settings {
             meta: args
@@ -484,6 +502,10 @@ impl Settings {
             builtin_mapping: env_parse("SLUICE_BUILTIN_MAPPING")?
                 .or(file.builtin_mapping)
                 .unwrap_or(true),
+            runtime_cache,
+            function_concurrency: env_parse("SLUICE_FUNCTION_CONCURRENCY")?
+                .or(file.function_concurrency)
+                .unwrap_or(sluice_functions::invoke::DEFAULT_CONCURRENCY),
             metrics: env_parse("SLUICE_METRICS")?
                 .or(file.metrics)
                 .unwrap_or(true),

@@ -20,6 +20,7 @@ mod client_cmd;
 mod config;
 mod datadir;
 mod doctor;
+mod functions_server;
 mod history;
 mod http_server;
 mod mapping_cmd;
@@ -74,10 +75,15 @@ enum Command {
     /// Manage event-source mappings (stream → function) of the running server.
     #[command(subcommand)]
     Mapping(mapping_cmd::MappingCommand),
-    /// Show a mapping's function logs (stdout/stderr lines with request ids).
+    /// Show a mapping's function logs (stdout/stderr lines with request ids), or a
+    /// function's (`--function`, functions created with `aws lambda create-function`).
     Logs {
         /// The mapping
-        mapping: String,
+        #[arg(required_unless_present = "function", conflicts_with = "function")]
+        mapping: Option<String>,
+        /// Show this function's log (`/aws/lambda/<name>`) instead
+        #[arg(long, value_name = "NAME")]
+        function: Option<String>,
         /// Keep printing new lines as they arrive
         #[arg(short, long)]
         follow: bool,
@@ -149,6 +155,9 @@ enum Command {
         /// The shell
         shell: clap_complete::Shell,
     },
+    /// The SDKs functions import without bundling, as on Lambda's managed runtimes.
+    #[command(subcommand)]
+    Runtimes(RuntimesCommand),
     /// Check the data (read-only): the metadata engine, every stream record's checksum,
     /// that the blob engine can be used, and that no acknowledged upload is left unfinished.
     Doctor {
@@ -177,6 +186,21 @@ impl Command {
             _ => false,
         }
     }
+}
+
+#[derive(Subcommand)]
+enum RuntimesCommand {
+    /// Install the AWS SDK for JavaScript v3 (nodejs* functions, with npm) and boto3
+    /// (python* functions, with pip) into the runtime cache now, rather than at the first
+    /// invocation; prints where. Needs the npm and PyPI registries.
+    Install {
+        /// Only the Node.js SDK
+        #[arg(long, conflicts_with = "python")]
+        node: bool,
+        /// Only boto3
+        #[arg(long)]
+        python: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -452,6 +476,30 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Runtimes(RuntimesCommand::Install { node, python }) => {
+            use sluice_processor::mappings::LambdaRuntime;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let cache = sluice_functions::runtimes::SdkCache::new(
+                &settings.runtime_cache,
+                "node",
+                "python3",
+            );
+            let languages: Vec<LambdaRuntime> = match (node, python) {
+                (true, _) => vec![LambdaRuntime::Nodejs],
+                (_, true) => vec![LambdaRuntime::Python],
+                _ => vec![LambdaRuntime::Nodejs, LambdaRuntime::Python],
+            };
+            for language in languages {
+                let path = rt
+                    .block_on(cache.install(language))
+                    .map_err(anyhow::Error::msg)?;
+                outln!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::Outbox {
             pool,
             limit,
@@ -498,17 +546,25 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mapping(cmd) => mapping_cmd::run(&settings, cmd),
         Command::Logs {
             mapping,
+            function,
             follow,
             lines,
             json,
             output,
-        } => mapping_cmd::logs(
-            &settings,
-            &mapping,
-            follow,
-            lines,
-            json || output == Some(client_cmd::Output::Json),
-        ),
+        } => {
+            let source = match (mapping, function) {
+                (_, Some(f)) => mapping_cmd::LogSource::Function(f),
+                (Some(m), None) => mapping_cmd::LogSource::Mapping(m),
+                (None, None) => anyhow::bail!("name a mapping, or a function with --function"),
+            };
+            mapping_cmd::logs(
+                &settings,
+                &source,
+                follow,
+                lines,
+                json || output == Some(client_cmd::Output::Json),
+            )
+        }
         Command::Doctor { stuck_after, deep } => doctor::run(&settings, stuck_after, deep),
         // Answered above, before any settings are read.
         Command::Completions { .. } => Ok(()),

@@ -470,9 +470,16 @@ fn table(rows: &[Value]) -> String {
 }
 
 /// `sluice logs <mapping> [-f]`.
+/// Whose log `sluice logs` shows.
+pub(crate) enum LogSource {
+    Mapping(String),
+    /// A function created with Lambda's API: its log is `/aws/lambda/<name>`.
+    Function(String),
+}
+
 pub(crate) fn logs(
     settings: &Settings,
-    mapping: &str,
+    source: &LogSource,
     follow: bool,
     lines: usize,
     json_out: bool,
@@ -483,12 +490,25 @@ pub(crate) fn logs(
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         let db = wiring::open_db(settings)?;
-        if mapping != BUILTIN_MAPPING {
-            EmbeddedMappings::new(db.clone())
-                .get(mapping)
-                .await
-                .map_err(from_processor)?;
-        }
+        let key = match source {
+            LogSource::Mapping(m) => {
+                if m != BUILTIN_MAPPING {
+                    EmbeddedMappings::new(db.clone())
+                        .get(m)
+                        .await
+                        .map_err(from_processor)?;
+                }
+                m.clone()
+            }
+            LogSource::Function(f) => {
+                let exists = sluice_functions::exists(&db, f).await?;
+                if !exists {
+                    anyhow::bail!("function {f} not found");
+                }
+                sluice_functions::invoke::log_key(f)
+            }
+        };
+        let mapping = key.as_str();
         let logs = EmbeddedLogs::new(db);
         let mut last = 0;
         for l in logs.tail(mapping, lines).await? {

@@ -197,6 +197,26 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let function_logs = sluice_processor::logs::BufferedLogs::start(
         sluice_processor::logs::EmbeddedLogs::new(db.clone()),
     );
+    let (keys, new_key) = {
+        let (settings, db) = (settings.clone(), db.clone());
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let keys = wiring::open_access_keys(&settings, db)?;
+            let new_key = keys.ensure_initial()?;
+            Ok((keys, new_key))
+        })
+        .await??
+    };
+    // Functions created with Lambda's API; mappings may run them (`function:<name>`).
+    let functions = crate::functions_server::start(
+        &settings,
+        &db,
+        &store,
+        &keys,
+        &edge_url,
+        Arc::new(function_logs.clone()),
+        shutdown_rx.clone(),
+    )
+    .await?;
     let observer = Arc::new(LedgerObserver(ledger.clone()));
     let mut processor = Processor::new(
         Arc::new(stream.clone()),
@@ -205,6 +225,9 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         observer.clone(),
     )
     .with_logs(Arc::new(function_logs.clone()))
+    .with_functions(Arc::new(sluice_functions::invoke::Resolver(
+        functions.invoker.clone(),
+    )))
     .with_aws_identity(sluice_processor::AwsIdentity {
         region: settings.region.clone(),
         account_id: settings.account_id.clone(),
@@ -242,15 +265,6 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         bucket: settings.bucket.clone(),
         stream: settings.stream.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
-    };
-    let (keys, new_key) = {
-        let (settings, db) = (settings.clone(), db.clone());
-        tokio::task::spawn_blocking(move || -> Result<_> {
-            let keys = wiring::open_access_keys(&settings, db)?;
-            let new_key = keys.ensure_initial()?;
-            Ok((keys, new_key))
-        })
-        .await??
     };
     let authorizer: Arc<dyn sluice_gateway::Authorizer> =
         Arc::new(sluice_gateway::RevokingAuthorizer::new(
@@ -326,6 +340,14 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             settings.failed_sign_ins_per_address,
         )),
         address_rates: Arc::default(),
+        lambda: Some(sluice_compat::lambda::LambdaApi {
+            invoker: functions.invoker.clone(),
+            mappings: Arc::new(sluice_processor::embedded::EmbeddedMappings::new(
+                db.clone(),
+            )),
+            stats: sluice_processor::embedded::EmbeddedStats::new(db.clone()),
+            defaults: settings.mapping_defaults(),
+        }),
     })
     .map_err(anyhow::Error::msg)?
     .layer(axum::middleware::from_fn_with_state(
@@ -416,6 +438,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         let _ = w.await;
     }
     mappings.finish().await;
+    functions.finish().await;
     retention.abort();
     db.close();
     let _ = std::fs::remove_file(settings.run_file());

@@ -18,6 +18,7 @@ fn migrations() -> Vec<Migration> {
         sluice_stream::embedded::MIGRATIONS,
         sluice_uploads::embedded::MIGRATIONS,
         sluice_processor::embedded::MIGRATIONS,
+        sluice_functions::MIGRATIONS,
     ] {
         all.extend_from_slice(part);
     }

@@ -97,7 +97,40 @@ ALTER TABLE objects ADD COLUMN parts TEXT;
         name: "store-0005",
         sql: "ALTER TABLE objects ADD COLUMN blocks BLOB;",
     },
+    // Blobs another part's rows reference (a function's code): `sweep` keeps them.
+    Migration {
+        name: "store-0006",
+        sql: "CREATE TABLE blob_holds (blob TEXT PRIMARY KEY, holder TEXT NOT NULL, created_ms INTEGER NOT NULL);",
+    },
 ];
+
+/// A blob written for another part's row ([`EmbeddedStore::put_held_blob`]): durable, not
+/// yet held. Until [`hold_blob_in_tx`] commits, [`EmbeddedStore::sweep`] may remove it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldBlob {
+    pub id: String,
+    pub size: u64,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// Records, in the caller's transaction, that `holder` references blob `id`: sweeping keeps
+/// it from then on.
+pub fn hold_blob_in_tx(tx: &Tx<'_>, id: &str, holder: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO blob_holds (blob, holder, created_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (blob) DO UPDATE SET holder = excluded.holder",
+        params![id, holder, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// Ends the hold on blob `id` in the caller's transaction; once it is durable the caller
+/// deletes the blob ([`EmbeddedStore::delete_held_blob`]), or the next sweep does.
+pub fn release_blob_in_tx(tx: &Tx<'_>, id: &str) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM blob_holds WHERE blob = ?1", params![id])?;
+    Ok(())
+}
 
 /// The stored parts a completion lists, in its order, checked as S3 checks them: at least
 /// one, ascending part numbers, each uploaded with that ETag, every one but the last at
@@ -387,6 +420,44 @@ impl EmbeddedStore {
         })
     }
 
+    /// Writes `body` to a new blob for another part's row (a function's code), hashing it:
+    /// durable when this returns; a body longer than `max` bytes fails and leaves no
+    /// blob. The caller commits [`hold_blob_in_tx`] with its row.
+    pub async fn put_held_blob(&self, body: ByteStream, max: u64) -> Result<HeldBlob, StoreError> {
+        let mut seen = 0u64;
+        let capped: ByteStream = Box::pin(body.map(move |chunk| {
+            let chunk = chunk?;
+            seen += chunk.len() as u64;
+            if seen > max {
+                return Err(std::io::Error::other(format!(
+                    "the body is larger than {max} bytes"
+                )));
+            }
+            Ok(chunk)
+        }));
+        let prepared = self.write_blob(capped).await?;
+        let PreparedBody::Blob(id) = prepared.body else {
+            return Err(StoreError::Backend(
+                "a blob write returned inline bytes".into(),
+            ));
+        };
+        Ok(HeldBlob {
+            id,
+            size: prepared.size,
+            sha256: prepared.sha256,
+        })
+    }
+
+    /// The bytes of a held blob.
+    pub async fn read_held_blob(&self, id: &str) -> Result<ByteStream, StoreError> {
+        self.blobs.get_range(id, None).await.map_err(blob_error)
+    }
+
+    /// Deletes a blob no longer held (absent is fine).
+    pub async fn delete_held_blob(&self, id: &str) -> Result<(), StoreError> {
+        self.blobs.delete(id).await.map_err(blob_error)
+    }
+
     /// Deletes blobs that no row references and that are older than `grace`: leftovers of
     /// a crash between writing a blob and committing its row, or between a commit and the
     /// old blob's deletion. A blob younger than `grace` may belong to a write still in
@@ -418,7 +489,8 @@ impl EmbeddedStore {
                     for id in candidates {
                         let used = c.exists(
                             "SELECT 1 FROM objects WHERE blob = ?1
-                             UNION ALL SELECT 1 FROM multipart_parts WHERE blob = ?1",
+                             UNION ALL SELECT 1 FROM multipart_parts WHERE blob = ?1
+                             UNION ALL SELECT 1 FROM blob_holds WHERE blob = ?1",
                             params![id],
                         )?;
                         if !used {

@@ -1,0 +1,748 @@
+//! Functions created with Lambda's API, driven with the aws CLI against the real binary:
+//! the seed's two handlers (their code unchanged) as functions wired with `aws lambda`
+//! only, invocation semantics (errors, timeouts, tails, queued and dry runs, concurrency),
+//! updates, and bad input refused with Lambda's errors, leaving nothing behind. Uses `node`
+//! and `python3` from the machine; the functions import the AWS SDK / boto3 from the
+//! runtime cache without bundling it. No wall-clock thresholds: everything polls with a
+//! generous deadline.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{DataDir, Server, wait_for};
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(180);
+const ROLE: &str = "arn:aws:iam::000000000000:role/sluice-test";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// A zip archive of `files` (name, content), written to `dir/name`.
+fn zip_file(dir: &Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let path = dir.join(name);
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&path).expect("create zip"));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o644);
+    for (n, data) in files {
+        z.start_file(*n, opts).expect("start file");
+        z.write_all(data).expect("write file");
+    }
+    z.finish().expect("finish zip");
+    path
+}
+
+struct Cli<'a> {
+    server: &'a Server,
+    key: (String, String),
+}
+
+impl Cli<'_> {
+    /// Runs `aws <args> --endpoint-url <edge>`; (success, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--endpoint-url", &self.server.edge, "--output", "json"]);
+        common::aws_as((&self.key.0, &self.key.1), &all)
+    }
+
+    /// Runs and parses stdout as JSON, panicking with stderr on failure.
+    fn json(&self, args: &[&str]) -> Value {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "aws {args:?} failed: {err}");
+        if out.trim().is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("aws {args:?}: {e}: {out}"))
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(!ok, "aws {args:?} should fail: {out}");
+        err
+    }
+
+    fn create(
+        &self,
+        name: &str,
+        runtime: &str,
+        handler: &str,
+        zip: &Path,
+        extra: &[&str],
+    ) -> Value {
+        let zip_arg = format!("fileb://{}", zip.display());
+        let mut args = vec![
+            "lambda",
+            "create-function",
+            "--function-name",
+            name,
+            "--runtime",
+            runtime,
+            "--handler",
+            handler,
+            "--role",
+            ROLE,
+            "--zip-file",
+            &zip_arg,
+        ];
+        args.extend(extra);
+        self.json(&args)
+    }
+
+    /// Invokes; returns (the CLI's answer, the payload written to the outfile).
+    fn invoke(&self, name: &str, payload: &Value, extra: &[&str]) -> (Value, String) {
+        let out = self
+            .server
+            .data_dir
+            .join(format!("out-{}.json", rand_tag()));
+        let p = payload.to_string();
+        let out_s = out.display().to_string();
+        let mut args = vec!["lambda", "invoke", "--function-name", name, "--payload", &p];
+        args.extend(extra);
+        args.push(&out_s);
+        let v = self.json(&args);
+        let body = std::fs::read_to_string(&out).unwrap_or_default();
+        let _ = std::fs::remove_file(&out);
+        (v, body)
+    }
+}
+
+fn rand_tag() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::Instant::now())
+}
+
+fn start(tag: &str, config: &str) -> (DataDir, Server) {
+    let dir = DataDir::new(tag);
+    dir.write_config(config);
+    let server = Server::start(&dir.0);
+    (dir, server)
+}
+
+/// The seed end to end with the aws CLI: the upload handler and the processor handler
+/// (tests/clients/js/seed, the seed's code) created as functions, a mapping from the stream
+/// to the processor created with `aws lambda create-event-source-mapping`, the upload
+/// handler invoked with API Gateway's event → `uploads/demo.txt`, a stream record with the
+/// request's ids, and `processed/demo.txt` = `HELLO KINESIS`.
+#[test]
+fn the_seed_handlers_run_as_functions_wired_with_the_aws_cli() {
+    // The built-in mapping would write processed/ itself: off, so only the seed's does.
+    let (dir, server) = start("fn-seed", "builtin_mapping = false\n");
+    let cli = Cli {
+        server: &server,
+        key: server.new_key(),
+    };
+    let seed = repo_root().join("tests/clients/js/seed");
+    let upload = std::fs::read(seed.join("upload.mjs")).expect("upload handler");
+    let processor = std::fs::read(seed.join("processor.mjs")).expect("processor handler");
+    let zip = zip_file(
+        &dir.0,
+        "seed.zip",
+        &[("upload.mjs", &upload), ("processor.mjs", &processor)],
+    );
+    let up = cli.create(
+        "upload-handler",
+        "nodejs20.x",
+        "upload.handler",
+        &zip,
+        &[
+            "--environment",
+            "Variables={UPLOAD_BUCKET=sluice,STREAM_NAME=uploads-stream}",
+            "--timeout",
+            "30",
+        ],
+    );
+    assert_eq!(up["State"], "Active");
+    assert_eq!(
+        up["FunctionArn"],
+        "arn:aws:lambda:us-east-2:000000000000:function:upload-handler"
+    );
+    cli.create(
+        "processor-handler",
+        "nodejs20.x",
+        "processor.handler",
+        &zip,
+        &[
+            "--environment",
+            "Variables={PROCESSED_BUCKET=sluice}",
+            "--timeout",
+            "30",
+        ],
+    );
+    let esm = cli.json(&[
+        "lambda",
+        "create-event-source-mapping",
+        "--function-name",
+        "processor-handler",
+        "--event-source-arn",
+        "arn:aws:kinesis:us-east-2:000000000000:stream/uploads-stream",
+        "--batch-size",
+        "10",
+        "--starting-position",
+        "LATEST",
+    ]);
+    let uuid = esm["UUID"].as_str().expect("UUID").to_owned();
+    assert_eq!(esm["State"], "Creating");
+    assert_eq!(esm["BatchSize"], 10);
+    wait_for("the mapping to be Enabled", DEADLINE, || {
+        let v = cli.json(&["lambda", "get-event-source-mapping", "--uuid", &uuid]);
+        (v["State"] == "Enabled").then_some(())
+    });
+    // The same mapping, seen from the command line's front end.
+    let listed = server.cli(&["mapping", "list", "--json"]);
+    assert!(listed.contains("function:processor-handler"), "{listed}");
+
+    let event = json!({
+        "version": "2.0",
+        "routeKey": "POST /uploads",
+        "rawPath": "/uploads",
+        "body": json!({"filename": "demo.txt", "content": "hello kinesis"}).to_string(),
+        "isBase64Encoded": false,
+        "requestContext": {
+            "requestId": "req-seed-1",
+            "authorizer": {"jwt": {"claims": {"sub": "user-sub-1"}, "scopes": null}},
+        },
+    });
+    let (answer, payload) = cli.invoke("upload-handler", &event, &[]);
+    assert_eq!(answer["StatusCode"], 200);
+    assert!(answer.get("FunctionError").is_none(), "{answer} {payload}");
+    let reply: Value = serde_json::from_str(&payload).expect("handler reply");
+    assert_eq!(reply["statusCode"], 200);
+    let body: Value = serde_json::from_str(reply["body"].as_str().expect("body")).expect("body");
+    assert_eq!(body["message"], "Uploaded and queued for processing");
+    assert_eq!(body["s3"]["key"], "uploads/demo.txt");
+
+    let get = |key: &str| -> Option<String> {
+        let out = dir.0.join("got.txt");
+        let (ok, _, _) = cli.run(&[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "sluice",
+            "--key",
+            key,
+            &out.display().to_string(),
+        ]);
+        ok.then(|| std::fs::read_to_string(&out).expect("read object"))
+    };
+    assert_eq!(get("uploads/demo.txt").as_deref(), Some("hello kinesis"));
+    let processed = wait_for("processed/demo.txt", DEADLINE, || get("processed/demo.txt"));
+    assert_eq!(processed, "HELLO KINESIS");
+
+    // The record the handler put has the request's ids.
+    let shards = cli.json(&["kinesis", "list-shards", "--stream-name", "uploads-stream"]);
+    let mut found = None;
+    for s in shards["Shards"].as_array().expect("shards") {
+        let it = cli.json(&[
+            "kinesis",
+            "get-shard-iterator",
+            "--stream-name",
+            "uploads-stream",
+            "--shard-id",
+            s["ShardId"].as_str().expect("id"),
+            "--shard-iterator-type",
+            "TRIM_HORIZON",
+        ]);
+        let recs = cli.json(&[
+            "kinesis",
+            "get-records",
+            "--shard-iterator",
+            it["ShardIterator"].as_str().expect("iterator"),
+        ]);
+        for r in recs["Records"].as_array().expect("records") {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(r["Data"].as_str().expect("data"))
+                .expect("base64");
+            let v: Value = serde_json::from_slice(&data).expect("record json");
+            if v["key"] == "uploads/demo.txt" {
+                found = Some(v);
+            }
+        }
+    }
+    let record = found.expect("the upload handler's stream record");
+    assert_eq!(record["bucket"], "sluice");
+    assert_eq!(record["requestId"], "req-seed-1");
+    assert_eq!(record["userSub"], "user-sub-1");
+
+    // The functions' logs, framed as Lambda frames them.
+    let logs = server.cli(&["logs", "--function", "processor-handler", "-n", "1000"]);
+    assert!(logs.contains("START RequestId: "), "{logs}");
+    assert!(logs.contains("REPORT RequestId: "), "{logs}");
+    let state = cli.json(&["lambda", "get-event-source-mapping", "--uuid", &uuid]);
+    assert_eq!(state["LastProcessingResult"], "OK", "{state}");
+
+    let deleted = cli.json(&["lambda", "delete-event-source-mapping", "--uuid", &uuid]);
+    assert_eq!(deleted["State"], "Deleting");
+    let err = cli.fails(&["lambda", "get-event-source-mapping", "--uuid", &uuid]);
+    assert!(err.contains("ResourceNotFoundException"), "{err}");
+}
+
+const NODE_FN: &str = r#"
+let calls = 0;
+export const handler = async (event, context) => {
+  calls += 1;
+  console.log("node got", JSON.stringify(event));
+  if (event.fail) throw new TypeError("asked to fail");
+  if (event.sleep) await new Promise((r) => setTimeout(r, event.sleep));
+  if (event.bare) return "just a string";
+  return { calls, pid: process.pid, greeting: process.env.GREETING ?? null, name: context.functionName };
+};
+"#;
+
+const NODE_FN_V2: &str = r#"
+export const handler = async () => ({ version: 2, greeting: process.env.GREETING ?? null });
+"#;
+
+const PY_FN: &str = r#"
+import os
+
+def handler(event, context):
+    print("python got", event)
+    if event.get("fail"):
+        raise ValueError("python failed")
+    return {"greeting": os.environ.get("GREETING"), "remaining": context.get_remaining_time_in_millis() > 0}
+"#;
+
+/// Invoke as Lambda answers it: results, thrown errors (`FunctionError: Unhandled` with
+/// the error document), timeouts (the worker replaced), bare values, log tails, queued and
+/// dry runs; updates of code and configuration; revision checks; concurrency; deletion.
+#[test]
+fn invocations_updates_and_limits_follow_lambda() {
+    let (dir, server) = start("fn-invoke", "");
+    let cli = Cli {
+        server: &server,
+        key: server.new_key(),
+    };
+    let zip = zip_file(&dir.0, "node.zip", &[("index.mjs", NODE_FN.as_bytes())]);
+    let created = cli.create(
+        "node-fn",
+        "nodejs22.x",
+        "index.handler",
+        &zip,
+        &[
+            "--timeout",
+            "2",
+            "--environment",
+            "Variables={GREETING=hello}",
+        ],
+    );
+    assert_eq!(created["Timeout"], 2);
+    assert_eq!(created["MemorySize"], 128);
+    assert_eq!(created["Environment"]["Variables"]["GREETING"], "hello");
+
+    let (a, p) = cli.invoke("node-fn", &json!({"x": 1}), &["--log-type", "Tail"]);
+    assert_eq!(a["StatusCode"], 200);
+    assert_eq!(a["ExecutedVersion"], "$LATEST");
+    let v: Value = serde_json::from_str(&p).expect("payload");
+    assert_eq!(
+        (v["calls"].as_i64(), v["greeting"].as_str()),
+        (Some(1), Some("hello"))
+    );
+    assert_eq!(v["name"], "node-fn");
+    let tail = base64::engine::general_purpose::STANDARD
+        .decode(a["LogResult"].as_str().expect("LogResult"))
+        .expect("base64");
+    let tail = String::from_utf8(tail).expect("utf-8");
+    assert!(tail.starts_with("START RequestId: "), "{tail}");
+    assert!(tail.contains("INFO\tnode got {\"x\":1}"), "{tail}");
+    assert!(
+        tail.contains("END RequestId: ") && tail.contains("REPORT RequestId: "),
+        "{tail}"
+    );
+
+    // Warm: the same process serves the next invocation.
+    let (_, p2) = cli.invoke("node-fn", &json!({}), &[]);
+    let v2: Value = serde_json::from_str(&p2).expect("payload");
+    assert_eq!((v2["calls"].as_i64(), &v2["pid"]), (Some(2), &v["pid"]));
+
+    // A thrown error: 200, FunctionError Unhandled, Lambda's error document.
+    let (a, p) = cli.invoke("node-fn", &json!({"fail": true}), &[]);
+    assert_eq!(
+        (a["StatusCode"].as_i64(), a["FunctionError"].as_str()),
+        (Some(200), Some("Unhandled"))
+    );
+    let e: Value = serde_json::from_str(&p).expect("error payload");
+    assert_eq!(
+        (e["errorType"].as_str(), e["errorMessage"].as_str()),
+        (Some("TypeError"), Some("asked to fail"))
+    );
+    assert!(e["trace"].is_array(), "{e}");
+
+    // Past its timeout: the worker is killed and replaced.
+    let (a, p) = cli.invoke("node-fn", &json!({"sleep": 30000}), &[]);
+    assert_eq!(a["FunctionError"], "Unhandled");
+    let e: Value = serde_json::from_str(&p).expect("timeout payload");
+    assert_eq!(e["errorType"], "Sandbox.Timedout");
+    assert!(
+        e["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("Task timed out after 2.00 seconds")),
+        "{e}"
+    );
+    let (_, p) = cli.invoke("node-fn", &json!({}), &[]);
+    let after: Value = serde_json::from_str(&p).expect("payload");
+    assert_ne!(after["pid"], v["pid"], "a new worker after the timeout");
+    assert_eq!(after["calls"], 1);
+
+    // Any JSON value is a result.
+    let (_, p) = cli.invoke("node-fn", &json!({"bare": true}), &[]);
+    assert_eq!(p, "\"just a string\"");
+
+    // Queued: 202 at once, run soon after (its line reaches the function's log).
+    let (a, _) = cli.invoke(
+        "node-fn",
+        &json!({"queued": "yes"}),
+        &["--invocation-type", "Event"],
+    );
+    assert_eq!(a["StatusCode"], 202);
+    wait_for("the queued invocation to run", DEADLINE, || {
+        let logs = server.cli(&["logs", "--function", "node-fn", "-n", "1000"]);
+        logs.contains("node got {\"queued\":\"yes\"}").then_some(())
+    });
+    // Dry run: 204, nothing runs.
+    let (a, _) = cli.invoke(
+        "node-fn",
+        &json!({"dry": 1}),
+        &["--invocation-type", "DryRun"],
+    );
+    assert_eq!(a["StatusCode"], 204);
+
+    // Configuration and code updates reach the next invocation; revisions are checked.
+    let cfg = cli.json(&[
+        "lambda",
+        "update-function-configuration",
+        "--function-name",
+        "node-fn",
+        "--environment",
+        "Variables={GREETING=changed}",
+    ]);
+    let (_, p) = cli.invoke("node-fn", &json!({}), &[]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&p).expect("payload")["greeting"],
+        "changed"
+    );
+    let zip2 = zip_file(&dir.0, "node2.zip", &[("index.mjs", NODE_FN_V2.as_bytes())]);
+    let err = cli.fails(&[
+        "lambda",
+        "update-function-code",
+        "--function-name",
+        "node-fn",
+        "--zip-file",
+        &format!("fileb://{}", zip2.display()),
+        "--revision-id",
+        "not-the-revision",
+    ]);
+    assert!(err.contains("PreconditionFailedException"), "{err}");
+    let updated = cli.json(&[
+        "lambda",
+        "update-function-code",
+        "--function-name",
+        "node-fn",
+        "--zip-file",
+        &format!("fileb://{}", zip2.display()),
+        "--revision-id",
+        cfg["RevisionId"].as_str().expect("RevisionId"),
+    ]);
+    assert_ne!(updated["CodeSha256"], created["CodeSha256"]);
+    let (_, p) = cli.invoke("node-fn", &json!({}), &[]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&p).expect("payload"),
+        json!({"version": 2, "greeting": "changed"})
+    );
+
+    // Reserved concurrency 0: every synchronous invocation is throttled.
+    cli.json(&[
+        "lambda",
+        "put-function-concurrency",
+        "--function-name",
+        "node-fn",
+        "--reserved-concurrent-executions",
+        "0",
+    ]);
+    let err = cli.fails(&[
+        "lambda",
+        "invoke",
+        "--function-name",
+        "node-fn",
+        &dir.0.join("throttled.json").display().to_string(),
+    ]);
+    assert!(err.contains("TooManyRequestsException"), "{err}");
+    cli.run(&[
+        "lambda",
+        "delete-function-concurrency",
+        "--function-name",
+        "node-fn",
+    ]);
+
+    // A Python function, by ARN.
+    let py = zip_file(&dir.0, "py.zip", &[("app.py", PY_FN.as_bytes())]);
+    cli.create(
+        "py-fn",
+        "python3.12",
+        "app.handler",
+        &py,
+        &["--environment", "Variables={GREETING=hola}"],
+    );
+    let arn = "arn:aws:lambda:us-east-2:000000000000:function:py-fn";
+    let (_, p) = cli.invoke(arn, &json!({"a": 1}), &[]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&p).expect("payload"),
+        json!({"greeting": "hola", "remaining": true})
+    );
+    let (a, p) = cli.invoke(arn, &json!({"fail": true}), &[]);
+    assert_eq!(a["FunctionError"], "Unhandled");
+    let e: Value = serde_json::from_str(&p).expect("error payload");
+    assert_eq!(
+        (e["errorType"].as_str(), e["errorMessage"].as_str()),
+        (Some("ValueError"), Some("python failed"))
+    );
+
+    let names = cli.json(&[
+        "lambda",
+        "list-functions",
+        "--query",
+        "Functions[].FunctionName",
+    ]);
+    assert_eq!(names, json!(["node-fn", "py-fn"]));
+    let got = cli.json(&["lambda", "get-function", "--function-name", "py-fn"]);
+    assert_eq!(got["Configuration"]["Runtime"], "python3.12");
+    assert_eq!(got["Configuration"]["Handler"], "app.handler");
+
+    cli.json(&["lambda", "delete-function", "--function-name", "py-fn"]);
+    let err = cli.fails(&["lambda", "get-function", "--function-name", "py-fn"]);
+    assert!(err.contains("ResourceNotFoundException"), "{err}");
+    let names = cli.json(&[
+        "lambda",
+        "list-functions",
+        "--query",
+        "Functions[].FunctionName",
+    ]);
+    assert_eq!(names, json!(["node-fn"]));
+}
+
+/// Bad input is refused with Lambda's errors and leaves nothing: no function, no blob.
+#[test]
+fn bad_functions_are_refused_and_leave_nothing() {
+    let (dir, server) = start("fn-bad", "");
+    let cli = Cli {
+        server: &server,
+        key: server.new_key(),
+    };
+    let blobs_before = common::blob_count(&dir.0);
+    let good = zip_file(&dir.0, "good.zip", &[("index.mjs", NODE_FN.as_bytes())]);
+    let create = |name: &str, runtime: &str, handler: &str, zip: &Path, extra: &[&str]| -> String {
+        let zip_arg = format!("fileb://{}", zip.display());
+        let mut args = vec![
+            "lambda",
+            "create-function",
+            "--function-name",
+            name,
+            "--runtime",
+            runtime,
+            "--handler",
+            handler,
+            "--role",
+            ROLE,
+            "--zip-file",
+            &zip_arg,
+        ];
+        args.extend(extra);
+        cli.fails(&args)
+    };
+    // The handler's file is not in the archive.
+    let err = create("f", "nodejs20.x", "main.handler", &good, &[]);
+    assert!(
+        err.contains("InvalidParameterValueException") && err.contains("main.mjs"),
+        "{err}"
+    );
+    // A damaged zip (its directory is whole, so the aws CLI sends it; its data is not).
+    let not_zip = dir.0.join("damaged.zip");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&not_zip).expect("create"));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        z.start_file("index.mjs", opts).expect("start");
+        z.write_all(&[b'x'; 4096]).expect("write");
+        z.finish().expect("finish");
+    }
+    let mut bytes = std::fs::read(&not_zip).expect("read");
+    bytes[100..200].fill(b'y');
+    std::fs::write(&not_zip, bytes).expect("damage");
+    let err = create("f", "nodejs20.x", "index.handler", &not_zip, &[]);
+    assert!(
+        err.contains("InvalidParameterValueException") && err.contains("Could not unzip"),
+        "{err}"
+    );
+    // A zip bomb: 300 MB of zeros in a few hundred KB.
+    let bomb = dir.0.join("bomb.zip");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&bomb).expect("create"));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .large_file(true);
+        z.start_file("index.mjs", opts).expect("start");
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..300 {
+            z.write_all(&chunk).expect("write");
+        }
+        z.finish().expect("finish");
+    }
+    let err = create("f", "nodejs20.x", "index.handler", &bomb, &[]);
+    assert!(
+        err.contains("InvalidParameterValueException") && err.contains("Unzipped size"),
+        "{err}"
+    );
+    // An unknown runtime, a role that is not a role, a reserved variable.
+    let err = create("f", "ruby3.3", "index.handler", &good, &[]);
+    assert!(
+        err.contains("InvalidParameterValueException") && err.contains("ruby3.3"),
+        "{err}"
+    );
+    let (ok, _, err) = cli.run(&[
+        "lambda",
+        "create-function",
+        "--function-name",
+        "f",
+        "--runtime",
+        "nodejs20.x",
+        "--handler",
+        "index.handler",
+        "--role",
+        "not-a-role",
+        "--zip-file",
+        &format!("fileb://{}", good.display()),
+    ]);
+    assert!(
+        !ok && err.contains("InvalidParameterValueException"),
+        "{err}"
+    );
+    let err = create(
+        "f",
+        "nodejs20.x",
+        "index.handler",
+        &good,
+        &["--environment", "Variables={AWS_REGION=x}"],
+    );
+    assert!(
+        err.contains("reserved keys") && err.contains("AWS_REGION"),
+        "{err}"
+    );
+
+    // Nothing was created.
+    let names = cli.json(&[
+        "lambda",
+        "list-functions",
+        "--query",
+        "Functions[].FunctionName",
+    ]);
+    assert_eq!(names, json!([]));
+    assert_eq!(
+        common::blob_count(&dir.0),
+        blobs_before,
+        "no code blob left behind"
+    );
+
+    // A mapping to a missing function, or from something that is not a stream.
+    let err = cli.fails(&[
+        "lambda",
+        "create-event-source-mapping",
+        "--function-name",
+        "missing",
+        "--event-source-arn",
+        "arn:aws:kinesis:us-east-2:000000000000:stream/uploads-stream",
+        "--starting-position",
+        "LATEST",
+    ]);
+    assert!(err.contains("ResourceNotFoundException"), "{err}");
+    cli.create("f", "nodejs20.x", "index.handler", &good, &[]);
+    let err = cli.fails(&[
+        "lambda",
+        "create-event-source-mapping",
+        "--function-name",
+        "f",
+        "--event-source-arn",
+        "arn:aws:sqs:us-east-2:000000000000:queue",
+    ]);
+    assert!(err.contains("InvalidParameterValueException"), "{err}");
+    let err = cli.fails(&[
+        "lambda",
+        "create-event-source-mapping",
+        "--function-name",
+        "f",
+        "--event-source-arn",
+        "arn:aws:kinesis:us-east-2:000000000000:stream/no-such-stream",
+        "--starting-position",
+        "LATEST",
+    ]);
+    assert!(
+        err.contains("InvalidParameterValueException") && err.contains("Stream not found"),
+        "{err}"
+    );
+    let listed = cli.json(&["lambda", "list-event-source-mappings"]);
+    assert_eq!(listed["EventSourceMappings"], json!([]));
+
+    // Invoking with a payload that is not JSON.
+    let bad = dir.0.join("payload.txt");
+    std::fs::write(&bad, "not json").expect("write");
+    let err = cli.fails(&[
+        "lambda",
+        "invoke",
+        "--function-name",
+        "f",
+        "--payload",
+        &format!("fileb://{}", bad.display()),
+        &dir.0.join("o.json").display().to_string(),
+    ]);
+    assert!(err.contains("InvalidRequestContentException"), "{err}");
+
+    // A key that may not create functions cannot.
+    let policy = dir.0.join("policy.json");
+    std::fs::write(
+        &policy,
+        json!({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": "*"}
+        ]})
+        .to_string(),
+    )
+    .expect("write policy");
+    let v: Value = serde_json::from_str(&server.cli(&[
+        "keys",
+        "create",
+        "--policy",
+        &policy.display().to_string(),
+    ]))
+    .expect("key json");
+    let limited = Cli {
+        server: &server,
+        key: (
+            v["accessKeyId"].as_str().expect("id").to_owned(),
+            v["secretAccessKey"].as_str().expect("secret").to_owned(),
+        ),
+    };
+    let err = limited.fails(&[
+        "lambda",
+        "create-function",
+        "--function-name",
+        "g",
+        "--runtime",
+        "nodejs20.x",
+        "--handler",
+        "index.handler",
+        "--role",
+        ROLE,
+        "--zip-file",
+        &format!("fileb://{}", good.display()),
+    ]);
+    assert!(err.contains("AccessDeniedException"), "{err}");
+    let (a, _) = limited.invoke("f", &json!({}), &[]);
+    assert_eq!(a["StatusCode"], 200);
+}
