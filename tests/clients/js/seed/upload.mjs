@@ -1,5 +1,5 @@
-// The seed's upload handler (Part C), as written there: the SDK clients take their endpoint
-// from AWS_ENDPOINT_URL, set by the environment, never from this code.
+// The seed's upload handler (Part C2), as written there: the SDK clients take their
+// endpoint from AWS_ENDPOINT_URL, set by the environment, never from this code.
 import { S3Client, PutObjectCommand } from "@aws-sdk/client-s3";
 import { KinesisClient, PutRecordCommand } from "@aws-sdk/client-kinesis";
 import crypto from "crypto";
