@@ -68,6 +68,11 @@ def s3(edge, region):
 
 
 @pytest.fixture(scope="session")
+def awslambda(edge, region):
+    return client("lambda", edge, region)
+
+
+@pytest.fixture(scope="session")
 def idp(edge, region):
     return client("cognito-idp", edge, region)
 

@@ -1,0 +1,128 @@
+// Lambda's API through the AWS SDK for JavaScript v3: a function from a zip, invocation
+// (result, thrown error, log tail), configuration, deletion.
+import { test, after } from "node:test";
+import assert from "node:assert/strict";
+import zlib from "node:zlib";
+import {
+  LambdaClient,
+  CreateFunctionCommand,
+  DeleteFunctionCommand,
+  GetFunctionCommand,
+  InvokeCommand,
+  ListFunctionsCommand,
+  UpdateFunctionConfigurationCommand,
+} from "@aws-sdk/client-lambda";
+import { clientConfig, unique } from "./lib.mjs";
+
+const lambda = new LambdaClient(clientConfig());
+const name = unique("js-fn");
+
+/** A zip archive of stored (uncompressed) files: enough for a handler. */
+function zip(files) {
+  const locals = [];
+  const centrals = [];
+  let offset = 0;
+  for (const [fileName, text] of Object.entries(files)) {
+    const nameBytes = Buffer.from(fileName);
+    const data = Buffer.from(text);
+    const crc = zlib.crc32(data);
+    const local = Buffer.alloc(30);
+    local.writeUInt32LE(0x04034b50, 0);
+    local.writeUInt16LE(20, 4);
+    local.writeUInt32LE(crc, 14);
+    local.writeUInt32LE(data.length, 18);
+    local.writeUInt32LE(data.length, 22);
+    local.writeUInt16LE(nameBytes.length, 26);
+    const central = Buffer.alloc(46);
+    central.writeUInt32LE(0x02014b50, 0);
+    central.writeUInt16LE(20, 4);
+    central.writeUInt16LE(20, 6);
+    central.writeUInt32LE(crc, 16);
+    central.writeUInt32LE(data.length, 20);
+    central.writeUInt32LE(data.length, 24);
+    central.writeUInt16LE(nameBytes.length, 28);
+    central.writeUInt32LE(offset, 42);
+    locals.push(local, nameBytes, data);
+    centrals.push(central, nameBytes);
+    offset += local.length + nameBytes.length + data.length;
+  }
+  const dir = Buffer.concat(centrals);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(Object.keys(files).length, 8);
+  end.writeUInt16LE(Object.keys(files).length, 10);
+  end.writeUInt32LE(dir.length, 12);
+  end.writeUInt32LE(offset, 16);
+  return Buffer.concat([...locals, dir, end]);
+}
+
+const HANDLER = `
+export const handler = async (event, context) => {
+  console.log("js-clients got", JSON.stringify(event));
+  if (event.fail) throw new RangeError("the SDK asked for it");
+  return { echo: event, greeting: process.env.GREETING ?? null, name: context.functionName };
+};
+`;
+
+after(async () => {
+  try {
+    await lambda.send(new DeleteFunctionCommand({ FunctionName: name }));
+  } catch {}
+  lambda.destroy();
+});
+
+test("create, invoke, configure, list and delete a function", async () => {
+  const created = await lambda.send(
+    new CreateFunctionCommand({
+      FunctionName: name,
+      Runtime: "nodejs20.x",
+      Role: "arn:aws:iam::000000000000:role/js-clients",
+      Handler: "index.handler",
+      Code: { ZipFile: zip({ "index.mjs": HANDLER }) },
+      Environment: { Variables: { GREETING: "hello" } },
+    }),
+  );
+  assert.equal(created.State, "Active");
+  assert.equal(created.Runtime, "nodejs20.x");
+
+  const ok = await lambda.send(
+    new InvokeCommand({ FunctionName: name, Payload: Buffer.from('{"a":1}'), LogType: "Tail" }),
+  );
+  assert.equal(ok.StatusCode, 200);
+  assert.equal(ok.FunctionError, undefined);
+  assert.deepEqual(JSON.parse(Buffer.from(ok.Payload).toString()), {
+    echo: { a: 1 },
+    greeting: "hello",
+    name,
+  });
+  const tail = Buffer.from(ok.LogResult, "base64").toString();
+  assert.match(tail, /js-clients got \{"a":1\}/);
+
+  const failed = await lambda.send(
+    new InvokeCommand({ FunctionName: name, Payload: Buffer.from('{"fail":true}') }),
+  );
+  assert.equal(failed.FunctionError, "Unhandled");
+  const err = JSON.parse(Buffer.from(failed.Payload).toString());
+  assert.equal(err.errorType, "RangeError");
+  assert.equal(err.errorMessage, "the SDK asked for it");
+
+  await lambda.send(
+    new UpdateFunctionConfigurationCommand({
+      FunctionName: name,
+      Environment: { Variables: { GREETING: "hola" } },
+    }),
+  );
+  const again = await lambda.send(new InvokeCommand({ FunctionName: name, Payload: Buffer.from("{}") }));
+  assert.equal(JSON.parse(Buffer.from(again.Payload).toString()).greeting, "hola");
+
+  const got = await lambda.send(new GetFunctionCommand({ FunctionName: name }));
+  assert.equal(got.Configuration.Handler, "index.handler");
+  const listed = await lambda.send(new ListFunctionsCommand({}));
+  assert.ok(listed.Functions.some((f) => f.FunctionName === name));
+
+  await lambda.send(new DeleteFunctionCommand({ FunctionName: name }));
+  await assert.rejects(
+    lambda.send(new GetFunctionCommand({ FunctionName: name })),
+    (e) => e.name === "ResourceNotFoundException",
+  );
+});
