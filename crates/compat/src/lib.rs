@@ -19,6 +19,7 @@ use sluice_identity::access_keys::AccessKeys;
 use sluice_identity::rates::{Buckets, Category};
 use sluice_meta::now_ms;
 
+pub mod apigw;
 pub mod authz;
 mod cbor;
 pub mod cognito;
@@ -55,6 +56,8 @@ pub struct Edge {
     /// Functions and their mappings (Lambda's API); `None`: the edge answers Lambda
     /// requests that it runs no functions.
     pub lambda: Option<lambda::LambdaApi>,
+    /// HTTP APIs (API Gateway v2's API); `None`: the edge answers that it serves none.
+    pub apigw: Option<apigw::ApigwApi>,
 }
 
 /// Largest JSON 1.1 request body: a PutRecords of 5 MiB, or a PutRecord of a 10 MiB record,
@@ -133,8 +136,8 @@ pub fn router(edge: Edge) -> Result<Router, String> {
         .with_state(edge))
 }
 
-/// Sends requests signed for Lambda (`lambda`) to its REST-JSON front end; everything else
-/// goes on to the routes above.
+/// Sends requests signed for Lambda (`lambda`) or API Gateway (`apigateway`) to their
+/// REST-JSON front ends; everything else goes on to the routes above.
 async fn by_service(
     State(edge): State<Edge>,
     req: axum::extract::Request,
@@ -142,6 +145,9 @@ async fn by_service(
 ) -> Response {
     if lambda::signed_for(req.headers(), req.uri().query(), "lambda") {
         return lambda::handle(State(edge), req).await;
+    }
+    if lambda::signed_for(req.headers(), req.uri().query(), "apigateway") {
+        return apigw::handle(State(edge), req).await;
     }
     next.run(req).await
 }

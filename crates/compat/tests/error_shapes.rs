@@ -65,6 +65,7 @@ fn fixture() -> Fixture {
         sign_in_sources: Arc::default(),
         address_rates: Arc::default(),
         lambda: None,
+        apigw: None,
     })
     .expect("router");
     Fixture {

@@ -285,6 +285,15 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         history,
         keys: keys.clone(),
     });
+    // HTTP APIs (`aws apigatewayv2 …`), served on this listener under /_aws/execute-api.
+    let http_apis = sluice_apis::HttpApis::new(db.clone(), &settings.region, &api_url);
+    let serving = Arc::new(sluice_apis::serve::Serving::new(
+        http_apis.clone(),
+        functions.invoker.clone(),
+        identity.clone(),
+        &settings.account_id,
+        TOKEN_LEEWAY_SECS,
+    ));
     let api = sluice_gateway::router(Gateway {
         authorizer,
         sink: Arc::new(uploads.clone()),
@@ -299,6 +308,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     })
     .merge(crate::telemetry::routes(metrics, readiness))
     .merge(sluice_console::router(console_config))
+    .merge(sluice_apis::serve::router(serving))
     .merge(admin)
     .layer(axum::middleware::from_fn_with_state(
         "api",
@@ -347,6 +357,10 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             )),
             stats: sluice_processor::embedded::EmbeddedStats::new(db.clone()),
             defaults: settings.mapping_defaults(),
+        }),
+        apigw: Some(sluice_compat::apigw::ApigwApi {
+            apis: http_apis,
+            invoker: functions.invoker.clone(),
         }),
     })
     .map_err(anyhow::Error::msg)?

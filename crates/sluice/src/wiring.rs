@@ -19,6 +19,7 @@ fn migrations() -> Vec<Migration> {
         sluice_uploads::embedded::MIGRATIONS,
         sluice_processor::embedded::MIGRATIONS,
         sluice_functions::MIGRATIONS,
+        sluice_apis::MIGRATIONS,
     ] {
         all.extend_from_slice(part);
     }

@@ -746,3 +746,538 @@ fn bad_functions_are_refused_and_leave_nothing() {
     let (a, _) = limited.invoke("f", &json!({}), &[]);
     assert_eq!(a["StatusCode"], 200);
 }
+
+// --- HTTP APIs (aws apigatewayv2) ------------------------------------------------------
+
+/// `curl -s -i -X <method> <url> [headers…] [-d body]`: (status, headers, body).
+fn curl(method: &str, url: &str, headers: &[&str], body: Option<&str>) -> (u16, String, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-s", "-i", "-X", method, url]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-d", b]);
+    }
+    let out = cmd.output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(|v| v.trim().to_owned())
+}
+
+struct Api<'a> {
+    cli: &'a Cli<'a>,
+    id: String,
+    endpoint: String,
+}
+
+impl<'a> Api<'a> {
+    fn create(cli: &'a Cli<'a>, name: &str) -> Api<'a> {
+        let v = cli.json(&[
+            "apigatewayv2",
+            "create-api",
+            "--name",
+            name,
+            "--protocol-type",
+            "HTTP",
+        ]);
+        Api {
+            cli,
+            id: v["ApiId"].as_str().expect("ApiId").to_owned(),
+            endpoint: v["ApiEndpoint"].as_str().expect("ApiEndpoint").to_owned(),
+        }
+    }
+
+    fn run(&self, op: &str, args: &[&str]) -> Value {
+        let mut all = vec!["apigatewayv2", op, "--api-id", &self.id];
+        all.extend(args);
+        self.cli.json(&all)
+    }
+
+    fn integration(&self, function: &str, version: &str) -> String {
+        let arn = format!("arn:aws:lambda:us-east-2:000000000000:function:{function}");
+        let v = self.run(
+            "create-integration",
+            &[
+                "--integration-type",
+                "AWS_PROXY",
+                "--integration-uri",
+                &arn,
+                "--payload-format-version",
+                version,
+            ],
+        );
+        v["IntegrationId"]
+            .as_str()
+            .expect("IntegrationId")
+            .to_owned()
+    }
+
+    fn route(&self, key: &str, integration: &str, extra: &[&str]) -> Value {
+        let target = format!("integrations/{integration}");
+        let mut args = vec!["--route-key", key, "--target", &target];
+        args.extend(extra);
+        self.run("create-route", &args)
+    }
+}
+
+/// The seed with an HTTP API, as its Part C wires it — every step with the aws CLI, the
+/// upload with the seed's curl: a JWT authorizer with the pool's issuer and client, an
+/// `AWS_PROXY` integration to the seed's upload handler (format 2.0), `POST /uploads`,
+/// the `$default` stage; then the IdToken's upload reaches the handler (200 with its own
+/// body), the stream record carries the token's `sub` and the request's id, and the
+/// processor writes `processed/demo.txt`. Without a token: 401 before the function runs.
+#[test]
+fn the_seed_behind_an_http_api_wired_with_the_aws_cli() {
+    let (dir, server) = start("api-seed", "builtin_mapping = false\n");
+    let cli = Cli {
+        server: &server,
+        key: server.new_key(),
+    };
+    let info = server.info();
+    let (issuer, client_id) = (
+        info["issuer"].as_str().expect("issuer").to_owned(),
+        info["clientId"].as_str().expect("clientId").to_owned(),
+    );
+    server.create_user("seed@example.com");
+    let token = server.id_token("seed@example.com");
+    let seed = repo_root().join("tests/clients/js/seed");
+    let zip = zip_file(
+        &dir.0,
+        "seed.zip",
+        &[
+            (
+                "upload.mjs",
+                &std::fs::read(seed.join("upload.mjs")).expect("upload"),
+            ),
+            (
+                "processor.mjs",
+                &std::fs::read(seed.join("processor.mjs")).expect("processor"),
+            ),
+        ],
+    );
+    cli.create(
+        "upload-handler",
+        "nodejs20.x",
+        "upload.handler",
+        &zip,
+        &[
+            "--environment",
+            "Variables={UPLOAD_BUCKET=sluice,STREAM_NAME=uploads-stream}",
+            "--timeout",
+            "30",
+        ],
+    );
+    cli.create(
+        "processor-handler",
+        "nodejs20.x",
+        "processor.handler",
+        &zip,
+        &[
+            "--environment",
+            "Variables={PROCESSED_BUCKET=sluice}",
+            "--timeout",
+            "30",
+        ],
+    );
+    let api = Api::create(&cli, "seed-api");
+    let auth = api.run(
+        "create-authorizer",
+        &[
+            "--authorizer-type",
+            "JWT",
+            "--name",
+            "cognito",
+            "--identity-source",
+            "$request.header.Authorization",
+            "--jwt-configuration",
+            &format!("Audience={client_id},Issuer={issuer}"),
+        ],
+    );
+    let auth_id = auth["AuthorizerId"]
+        .as_str()
+        .expect("AuthorizerId")
+        .to_owned();
+    let integration = api.integration("upload-handler", "2.0");
+    let route = api.route(
+        "POST /uploads",
+        &integration,
+        &["--authorization-type", "JWT", "--authorizer-id", &auth_id],
+    );
+    assert_eq!(route["AuthorizationType"], "JWT");
+    let stage = api.run(
+        "create-stage",
+        &["--stage-name", "$default", "--auto-deploy"],
+    );
+    assert_eq!(stage["AutoDeploy"], true);
+    let uuid = cli.json(&[
+        "lambda",
+        "create-event-source-mapping",
+        "--function-name",
+        "processor-handler",
+        "--event-source-arn",
+        "arn:aws:kinesis:us-east-2:000000000000:stream/uploads-stream",
+        "--batch-size",
+        "10",
+        "--starting-position",
+        "LATEST",
+    ])["UUID"]
+        .as_str()
+        .expect("UUID")
+        .to_owned();
+    wait_for("the mapping to be Enabled", DEADLINE, || {
+        let v = cli.json(&["lambda", "get-event-source-mapping", "--uuid", &uuid]);
+        (v["State"] == "Enabled").then_some(())
+    });
+
+    // Without a token: 401 with WWW-Authenticate, and the handler never ran.
+    let url = format!("{}/uploads", api.endpoint);
+    let (status, head, body) = curl(
+        "POST",
+        &url,
+        &["Content-Type: application/json"],
+        Some(r#"{"filename":"x.txt","content":"x"}"#),
+    );
+    assert_eq!(status, 401, "{head}{body}");
+    assert!(
+        header_value(&head, "www-authenticate").is_some_and(|v| v.starts_with("bearer")),
+        "{head}"
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["message"],
+        "Unauthorized"
+    );
+    let logs = server.cli(&["logs", "--function", "upload-handler", "-n", "1000"]);
+    assert!(
+        !logs.contains("START RequestId"),
+        "the handler ran without a token: {logs}"
+    );
+
+    // The seed's curl.
+    let (status, head, body) = curl(
+        "POST",
+        &url,
+        &[
+            &format!("Authorization: Bearer {token}"),
+            "Content-Type: application/json",
+        ],
+        Some(r#"{"filename":"demo.txt","content":"hello kinesis"}"#),
+    );
+    assert_eq!(status, 200, "{head}{body}");
+    let reply: Value = serde_json::from_str(&body).expect("the handler's body");
+    assert_eq!(reply["message"], "Uploaded and queued for processing");
+    assert_eq!(
+        reply["s3"],
+        json!({"bucket": "sluice", "key": "uploads/demo.txt"})
+    );
+    let request_id = header_value(&head, "apigw-requestid").expect("apigw-requestid");
+
+    let get = |key: &str| -> Option<String> {
+        let out = dir.0.join("got.txt");
+        let (ok, _, _) = cli.run(&[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "sluice",
+            "--key",
+            key,
+            &out.display().to_string(),
+        ]);
+        ok.then(|| std::fs::read_to_string(&out).expect("read object"))
+    };
+    assert_eq!(get("uploads/demo.txt").as_deref(), Some("hello kinesis"));
+    assert_eq!(
+        wait_for("processed/demo.txt", DEADLINE, || get("processed/demo.txt")),
+        "HELLO KINESIS"
+    );
+
+    // The stream record: the token's sub, the request's id.
+    let sub = {
+        let payload = token.split('.').nth(1).expect("payload");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .expect("b64");
+        serde_json::from_slice::<Value>(&raw).expect("claims")["sub"]
+            .as_str()
+            .expect("sub")
+            .to_owned()
+    };
+    let shards = cli.json(&["kinesis", "list-shards", "--stream-name", "uploads-stream"]);
+    let mut record = None;
+    for s in shards["Shards"].as_array().expect("shards") {
+        let it = cli.json(&[
+            "kinesis",
+            "get-shard-iterator",
+            "--stream-name",
+            "uploads-stream",
+            "--shard-id",
+            s["ShardId"].as_str().expect("id"),
+            "--shard-iterator-type",
+            "TRIM_HORIZON",
+        ]);
+        let recs = cli.json(&[
+            "kinesis",
+            "get-records",
+            "--shard-iterator",
+            it["ShardIterator"].as_str().expect("it"),
+        ]);
+        for r in recs["Records"].as_array().expect("records") {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(r["Data"].as_str().expect("data"))
+                .expect("b64");
+            let v: Value = serde_json::from_slice(&data).expect("json");
+            if v["key"] == "uploads/demo.txt" {
+                record = Some(v);
+            }
+        }
+    }
+    let record = record.expect("the handler's record");
+    assert_eq!(record["userSub"], sub.as_str());
+    assert_eq!(record["requestId"], request_id.as_str());
+
+    // The API as the CLI lists it.
+    let routes = api.run("get-routes", &[]);
+    assert_eq!(routes["Items"][0]["RouteKey"], "POST /uploads");
+    let got = cli.json(&["apigatewayv2", "get-api", "--api-id", &api.id]);
+    assert_eq!(got["ApiEndpoint"], api.endpoint.as_str());
+}
+
+const PY_API_FN: &str = r#"
+import json
+
+def handler(event, context):
+    return {
+        "statusCode": 201,
+        "headers": {"x-format": event["version"]},
+        "body": json.dumps({
+            "method": event["httpMethod"],
+            "path": event["path"],
+            "resource": event["resource"],
+            "proxy": (event["pathParameters"] or {}).get("proxy"),
+            "x": (event["queryStringParameters"] or {}).get("x"),
+            "stage": event["requestContext"]["stage"],
+            "body": event["body"],
+        }),
+    }
+"#;
+
+const NODE_API_FN: &str = r#"
+export const handler = async (event) => {
+  const path = event.rawPath;
+  if (path.endsWith("/throw")) throw new Error("boom");
+  if (path.endsWith("/sleep")) await new Promise((r) => setTimeout(r, 30000));
+  if (path.endsWith("/bare")) return "hello";
+  return { route: event.routeKey, claims: event.requestContext.authorizer?.jwt?.claims ?? null, pid: process.pid };
+};
+"#;
+
+/// Format 1.0 from Python on a named stage, format 2.0 failures as API Gateway answers
+/// them (a throw 502, a timeout 503 with the worker replaced, a bare value 200), no route
+/// 404, a missing scope 403; and bad definitions refused with nothing half-made.
+#[test]
+fn http_apis_answer_as_api_gateway_does() {
+    let (dir, server) = start("api-rules", "");
+    let cli = Cli {
+        server: &server,
+        key: server.new_key(),
+    };
+    let info = server.info();
+    server.create_user("rules@example.com");
+    let token = server.id_token("rules@example.com");
+    let py = zip_file(&dir.0, "py.zip", &[("app.py", PY_API_FN.as_bytes())]);
+    cli.create("py-api", "python3.11", "app.handler", &py, &[]);
+    let node = zip_file(&dir.0, "node.zip", &[("index.mjs", NODE_API_FN.as_bytes())]);
+    cli.create(
+        "node-api",
+        "nodejs20.x",
+        "index.handler",
+        &node,
+        &["--timeout", "1"],
+    );
+    let api = Api::create(&cli, "rules");
+    let py_int = api.integration("py-api", "1.0");
+    let node_int = api.integration("node-api", "2.0");
+    api.route("ANY /py/{proxy+}", &py_int, &[]);
+    for key in ["GET /throw", "GET /sleep", "GET /bare"] {
+        api.route(key, &node_int, &[]);
+    }
+    let auth = api.run(
+        "create-authorizer",
+        &[
+            "--authorizer-type",
+            "JWT",
+            "--name",
+            "pool",
+            "--identity-source",
+            "$request.header.Authorization",
+            "--jwt-configuration",
+            &format!(
+                "Audience={},Issuer={}",
+                info["clientId"].as_str().expect("client"),
+                info["issuer"].as_str().expect("issuer")
+            ),
+        ],
+    );
+    let auth_id = auth["AuthorizerId"].as_str().expect("id").to_owned();
+    api.route(
+        "GET /claims",
+        &node_int,
+        &["--authorization-type", "JWT", "--authorizer-id", &auth_id],
+    );
+    api.route(
+        "GET /scoped",
+        &node_int,
+        &[
+            "--authorization-type",
+            "JWT",
+            "--authorizer-id",
+            &auth_id,
+            "--authorization-scopes",
+            "uploads/write",
+        ],
+    );
+    api.run("create-stage", &["--stage-name", "prod"]);
+    api.run("create-stage", &["--stage-name", "$default"]);
+
+    // Format 1.0, a named stage, a greedy path variable, a query string.
+    let (status, head, body) = curl(
+        "PUT",
+        &format!("{}/prod/py/a/b?x=1", api.endpoint),
+        &["Content-Type: text/plain"],
+        Some("raw text"),
+    );
+    assert_eq!(status, 201, "{head}{body}");
+    assert_eq!(header_value(&head, "x-format").as_deref(), Some("1.0"));
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        v,
+        json!({
+            "method": "PUT", "path": "/prod/py/a/b", "resource": "/py/{proxy+}", "proxy": "a/b",
+            "x": "1", "stage": "prod", "body": "raw text",
+        })
+    );
+
+    // Format 2.0: a throw, a timeout (the worker replaced), a bare value.
+    let (status, _, body) = curl("GET", &format!("{}/throw", api.endpoint), &[], None);
+    assert_eq!(
+        (status, body.as_str()),
+        (502, r#"{"message":"Internal Server Error"}"#)
+    );
+    let (status, _, body) = curl("GET", &format!("{}/sleep", api.endpoint), &[], None);
+    assert_eq!(
+        (status, body.as_str()),
+        (503, r#"{"message":"Service Unavailable"}"#)
+    );
+    let (status, head, body) = curl("GET", &format!("{}/bare", api.endpoint), &[], None);
+    assert_eq!((status, body.as_str()), (200, "hello"), "{head}");
+    assert_eq!(
+        header_value(&head, "content-type").as_deref(),
+        Some("application/json")
+    );
+
+    // The authorizer's claims reach the function; a missing scope is 403; no route is 404.
+    let (status, _, body) = curl(
+        "GET",
+        &format!("{}/claims", api.endpoint),
+        &[&format!("Authorization: Bearer {token}")],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["route"], "GET /claims");
+    assert_eq!(v["claims"]["email"], "rules@example.com");
+    assert_eq!(v["claims"]["token_use"], "id");
+    let (status, _, _) = curl(
+        "GET",
+        &format!("{}/claims", api.endpoint),
+        &["Authorization: Bearer not.a.token"],
+        None,
+    );
+    assert_eq!(status, 401);
+    let (status, _, _) = curl(
+        "GET",
+        &format!("{}/scoped", api.endpoint),
+        &[&format!("Authorization: Bearer {token}")],
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, _, body) = curl("GET", &format!("{}/nowhere", api.endpoint), &[], None);
+    assert_eq!((status, body.as_str()), (404, r#"{"message":"Not Found"}"#));
+
+    // Bad definitions: API Gateway's errors, nothing created.
+    let routes_before = api.run("get-routes", &[])["Items"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let err = cli.fails(&[
+        "apigatewayv2",
+        "create-route",
+        "--api-id",
+        &api.id,
+        "--route-key",
+        "FETCH uploads",
+    ]);
+    assert!(err.contains("BadRequestException"), "{err}");
+    let err = cli.fails(&[
+        "apigatewayv2",
+        "create-integration",
+        "--api-id",
+        &api.id,
+        "--integration-type",
+        "AWS_PROXY",
+        "--integration-uri",
+        "arn:aws:lambda:us-east-2:000000000000:function:missing",
+        "--payload-format-version",
+        "2.0",
+    ]);
+    assert!(err.contains("NotFoundException"), "{err}");
+    let err = cli.fails(&[
+        "apigatewayv2",
+        "create-authorizer",
+        "--api-id",
+        &api.id,
+        "--authorizer-type",
+        "JWT",
+        "--name",
+        "foreign",
+        "--identity-source",
+        "$request.header.Authorization",
+        "--jwt-configuration",
+        "Audience=x,Issuer=https://cognito-idp.us-east-1.amazonaws.com/us-east-1_abc",
+    ]);
+    assert!(err.contains("BadRequestException"), "{err}");
+    let err = cli.fails(&[
+        "apigatewayv2",
+        "create-route",
+        "--api-id",
+        &api.id,
+        "--route-key",
+        "GET /x",
+        "--target",
+        "integrations/nope",
+    ]);
+    assert!(err.contains("NotFoundException"), "{err}");
+    assert_eq!(
+        api.run("get-routes", &[])["Items"]
+            .as_array()
+            .map_or(0, Vec::len),
+        routes_before
+    );
+    let err = cli.fails(&["apigatewayv2", "get-api", "--api-id", "nosuchapi"]);
+    assert!(err.contains("NotFoundException"), "{err}");
+
+    cli.json(&["apigatewayv2", "delete-api", "--api-id", &api.id]);
+    let (status, _, _) = curl("GET", &format!("{}/bare", api.endpoint), &[], None);
+    assert_eq!(status, 404);
+}
