@@ -117,6 +117,8 @@ pub fn s3_action(op: &str) -> Cow<'static, str> {
         "DeleteBucketTagging" => "s3:PutBucketTagging",
         "DeleteObjectTagging" => "s3:DeleteObjectTagging",
         "GetBucketLocation" => "s3:GetBucketLocation",
+        "PutBucketNotificationConfiguration" => "s3:PutBucketNotification",
+        "GetBucketNotificationConfiguration" => "s3:GetBucketNotification",
         other => return Cow::Owned(format!("s3:{other}")),
     };
     Cow::Borrowed(action)

@@ -39,6 +39,17 @@ pub struct S3Adapter {
     pub max_object_bytes: u64,
     /// `None` when S3 writes into the uploads prefix are plain objects.
     pub uploads: Option<UploadHook>,
+    /// Event notifications to functions; `None`: `PutBucketNotificationConfiguration` is
+    /// not implemented.
+    pub notifications: Option<NotificationsHook>,
+}
+
+/// What bucket notifications need: the store keeps each bucket's configuration and records
+/// the events; the functions say which destinations exist.
+#[derive(Clone)]
+pub struct NotificationsHook {
+    pub store: Arc<sluice_store::embedded::EmbeddedStore>,
+    pub functions: sluice_functions::Functions,
 }
 
 /// Access keys as s3s wants them.
@@ -769,6 +780,152 @@ impl S3 for S3Adapter {
             .map_err(s3_err)?;
         Ok(S3Response::new(HeadBucketOutput {
             bucket_region: Some(self.region.clone()),
+            ..Default::default()
+        }))
+    }
+
+    /// Only `LambdaFunctionConfigurations`: queues (SQS), topics (SNS) and EventBridge are
+    /// refused with `InvalidArgument` (sluice has none of them).
+    async fn put_bucket_notification_configuration(
+        &self,
+        req: S3Request<PutBucketNotificationConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketNotificationConfigurationOutput>> {
+        let Some(hook) = &self.notifications else {
+            return Err(s3_error!(NotImplemented, "this server runs no functions"));
+        };
+        let input = req.input;
+        let cfg = input.notification_configuration;
+        if cfg
+            .queue_configurations
+            .as_ref()
+            .is_some_and(|q| !q.is_empty())
+            || cfg
+                .topic_configurations
+                .as_ref()
+                .is_some_and(|t| !t.is_empty())
+            || cfg.event_bridge_configuration.is_some()
+        {
+            return Err(s3_error!(
+                InvalidArgument,
+                "sluice sends bucket notifications to functions only (LambdaFunctionConfigurations): queue, topic and EventBridge configurations are not supported"
+            ));
+        }
+        let skip = input.skip_destination_validation == Some(true);
+        let mut functions = Vec::new();
+        for c in cfg.lambda_function_configurations.unwrap_or_default() {
+            let events: Vec<String> = c.events.iter().map(|e| e.as_ref().to_owned()).collect();
+            if events.is_empty() {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "A notification configuration needs at least one event"
+                ));
+            }
+            if let Some(bad) = events
+                .iter()
+                .find(|e| !sluice_store::notifications::EVENT_TYPES.contains(&e.as_str()))
+            {
+                return Err(s3_error!(
+                    InvalidArgument,
+                    "The event {bad} is not supported for notifications by sluice (supported: {})",
+                    sluice_store::notifications::EVENT_TYPES.join(", ")
+                ));
+            }
+            let (mut prefix, mut suffix) = (String::new(), String::new());
+            for rule in c
+                .filter
+                .and_then(|f| f.key)
+                .and_then(|k| k.filter_rules)
+                .unwrap_or_default()
+            {
+                let name = rule.name.as_ref().map(|n| n.as_str().to_ascii_lowercase());
+                let value = rule.value.unwrap_or_default();
+                match name.as_deref() {
+                    Some("prefix") => prefix = value,
+                    Some("suffix") => suffix = value,
+                    _ => {
+                        return Err(s3_error!(
+                            InvalidArgument,
+                            "A filter rule name must be prefix or suffix"
+                        ));
+                    }
+                }
+            }
+            let arn = c.lambda_function_arn.clone();
+            if !skip {
+                let exists = match hook.functions.resolve_name(&arn) {
+                    Ok(name) => hook.functions.get(&name).await.is_ok(),
+                    Err(_) => false,
+                };
+                if !exists {
+                    return Err(s3_error!(
+                        InvalidArgument,
+                        "Unable to validate the following destination configurations: {arn} (no such function)"
+                    ));
+                }
+            }
+            functions.push(sluice_store::notifications::FunctionTarget {
+                id: c.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                function_arn: arn,
+                events,
+                prefix,
+                suffix,
+            });
+        }
+        hook.store
+            .set_notifications(
+                &input.bucket,
+                sluice_store::notifications::NotificationConfig {
+                    region: self.region.clone(),
+                    functions,
+                },
+            )
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(
+            PutBucketNotificationConfigurationOutput::default(),
+        ))
+    }
+
+    async fn get_bucket_notification_configuration(
+        &self,
+        req: S3Request<GetBucketNotificationConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketNotificationConfigurationOutput>> {
+        let Some(hook) = &self.notifications else {
+            return Err(s3_error!(NotImplemented, "this server runs no functions"));
+        };
+        let cfg = hook
+            .store
+            .notifications(&req.input.bucket)
+            .await
+            .map_err(s3_err)?
+            .unwrap_or_default();
+        let list: Vec<LambdaFunctionConfiguration> = cfg
+            .functions
+            .into_iter()
+            .map(|t| {
+                let mut rules = Vec::new();
+                for (name, value) in [("prefix", t.prefix), ("suffix", t.suffix)] {
+                    if !value.is_empty() {
+                        rules.push(FilterRule {
+                            name: Some(FilterRuleName::from(name.to_owned())),
+                            value: Some(value),
+                        });
+                    }
+                }
+                LambdaFunctionConfiguration {
+                    events: t.events.into_iter().map(Event::from).collect(),
+                    filter: (!rules.is_empty()).then_some(NotificationConfigurationFilter {
+                        key: Some(S3KeyFilter {
+                            filter_rules: Some(rules),
+                        }),
+                    }),
+                    id: Some(t.id),
+                    lambda_function_arn: t.function_arn,
+                }
+            })
+            .collect();
+        Ok(S3Response::new(GetBucketNotificationConfigurationOutput {
+            lambda_function_configurations: (!list.is_empty()).then_some(list),
             ..Default::default()
         }))
     }

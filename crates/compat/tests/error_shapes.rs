@@ -60,6 +60,7 @@ fn fixture() -> Fixture {
             region: "us-east-2".into(),
             max_object_bytes: 1 << 20,
             uploads: None,
+            notifications: None,
         },
         s3_base_domain: None,
         sign_in_sources: Arc::default(),

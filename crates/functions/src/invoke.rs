@@ -325,6 +325,9 @@ impl Invoker {
             if *shutdown.borrow() {
                 break;
             }
+            if let Err(e) = self.queue_notifications().await {
+                tracing::warn!(error = %e, "cannot queue bucket notifications");
+            }
             let free = slots.available_permits();
             let claimed = if free == 0 {
                 Vec::new()
@@ -359,6 +362,48 @@ impl Invoker {
             }
         }
         while running.join_next().await.is_some() {}
+    }
+
+    /// Turns the events object writes recorded for bucket notifications (the store's
+    /// outbox) into queued invocations of their functions, in one transaction: each event
+    /// is queued exactly once, and runs at least once. An event for a function that no
+    /// longer exists is dropped.
+    async fn queue_notifications(&self) -> Result<usize, FunctionsError> {
+        let db = self.functions.db().clone();
+        let pending = db
+            .read(|c| {
+                Ok::<_, FunctionsError>(c.exists("SELECT 1 FROM object_notifications", params![])?)
+            })
+            .await?;
+        if !pending {
+            return Ok(0);
+        }
+        let queued = db
+            .write(|tx| {
+                let events = sluice_store::notifications::take_in_tx(tx, 100)?;
+                let now = now_ms();
+                let mut n = 0;
+                for (arn, event) in events {
+                    let name = arn
+                        .split(":function:")
+                        .nth(1)
+                        .and_then(|rest| rest.split(':').next())
+                        .unwrap_or(arn.as_str())
+                        .to_owned();
+                    if !tx.exists("SELECT 1 FROM functions WHERE name = ?1", params![&name])? {
+                        tracing::warn!(function = %name, "dropped a bucket notification: no such function");
+                        continue;
+                    }
+                    n += tx.execute(
+                        "INSERT INTO function_events (id, function, payload, attempts, due_ms, created_ms)
+                         VALUES (?1, ?2, ?3, 0, ?4, ?4)",
+                        params![uuid::Uuid::new_v4().to_string(), &name, event.into_bytes(), now],
+                    )?;
+                }
+                Ok::<_, FunctionsError>(n)
+            })
+            .await?;
+        Ok(queued as usize)
     }
 
     /// Claims up to `n` due queued invocations, each with a lease.

@@ -344,6 +344,10 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
                     bucket: settings.bucket.clone(),
                     stream: settings.stream.clone(),
                 }),
+            notifications: Some(sluice_compat::s3::NotificationsHook {
+                store: Arc::new(store.clone()),
+                functions: functions.invoker.functions().clone(),
+            }),
         },
         s3_base_domain: settings.s3_base_domain.clone(),
         sign_in_sources: Arc::new(sluice_compat::source_throttle::SourceThrottle::new(

@@ -1281,3 +1281,164 @@ fn http_apis_answer_as_api_gateway_does() {
     let (status, _, _) = curl("GET", &format!("{}/bare", api.endpoint), &[], None);
     assert_eq!(status, 404);
 }
+
+// --- S3 event notifications ------------------------------------------------------------
+
+const NOTIFY_FN: &str = r#"
+export const handler = async (event) => {
+  for (const r of event.Records) {
+    console.log("event", r.eventSource, r.eventName, r.s3.bucket.name, decodeURIComponent(r.s3.object.key.replace(/\+/g, " ")), r.s3.configurationId);
+  }
+};
+"#;
+
+/// Bucket notifications to a function: every way an object is created (PutObject, a
+/// multipart upload, a copy, `POST /uploads`) and deletions, filtered by prefix, each
+/// delivered as S3's event; other destinations and missing functions refused.
+#[test]
+fn bucket_notifications_invoke_functions() {
+    let (dir, server) = start("fn-notify", "");
+    let cli = Cli {
+        server: &server,
+        key: server.new_key(),
+    };
+    let zip = zip_file(&dir.0, "notify.zip", &[("index.mjs", NOTIFY_FN.as_bytes())]);
+    cli.create("notify", "nodejs20.x", "index.handler", &zip, &[]);
+    let arn = "arn:aws:lambda:us-east-2:000000000000:function:notify";
+    let config = json!({"LambdaFunctionConfigurations": [
+        {"Id": "created-in", "LambdaFunctionArn": arn, "Events": ["s3:ObjectCreated:*"],
+         "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "in/"}]}}},
+        {"Id": "created-uploads", "LambdaFunctionArn": arn, "Events": ["s3:ObjectCreated:*"],
+         "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "uploads/"}]}}},
+        {"Id": "removed", "LambdaFunctionArn": arn, "Events": ["s3:ObjectRemoved:*"]},
+    ]});
+    cli.json(&[
+        "s3api",
+        "put-bucket-notification-configuration",
+        "--bucket",
+        "sluice",
+        "--notification-configuration",
+        &config.to_string(),
+    ]);
+    let got = cli.json(&[
+        "s3api",
+        "get-bucket-notification-configuration",
+        "--bucket",
+        "sluice",
+    ]);
+    let ids: Vec<&str> = got["LambdaFunctionConfigurations"]
+        .as_array()
+        .expect("configurations")
+        .iter()
+        .filter_map(|c| c["Id"].as_str())
+        .collect();
+    assert_eq!(ids, ["created-in", "created-uploads", "removed"]);
+
+    let small = dir.0.join("small.txt");
+    std::fs::write(&small, "hi").expect("write");
+    let big = dir.0.join("big.bin");
+    std::fs::write(&big, vec![7u8; 9 * 1024 * 1024]).expect("write");
+    let put = |key: &str, file: &Path| {
+        cli.json(&[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "sluice",
+            "--key",
+            key,
+            "--body",
+            &file.display().to_string(),
+        ]);
+    };
+    put("in/a b.txt", &small);
+    put("elsewhere/x.txt", &small);
+    // `aws s3 cp` uploads a 9 MB file in parts.
+    let (ok, _, err) = cli.run(&[
+        "s3",
+        "cp",
+        &big.display().to_string(),
+        "s3://sluice/in/big.bin",
+    ]);
+    assert!(ok, "{err}");
+    cli.json(&[
+        "s3api",
+        "copy-object",
+        "--bucket",
+        "sluice",
+        "--key",
+        "in/copy.txt",
+        "--copy-source",
+        "sluice/in/a b.txt",
+    ]);
+    server.create_user("notify@example.com");
+    let token = server.id_token("notify@example.com");
+    let resp = server.upload(&token, "note.txt", "from the API");
+    assert_eq!(resp.status(), 200);
+    cli.json(&[
+        "s3api",
+        "delete-object",
+        "--bucket",
+        "sluice",
+        "--key",
+        "in/a b.txt",
+    ]);
+
+    let expected = [
+        "event aws:s3 ObjectCreated:Put sluice in/a b.txt created-in",
+        "event aws:s3 ObjectCreated:CompleteMultipartUpload sluice in/big.bin created-in",
+        "event aws:s3 ObjectCreated:Put sluice in/copy.txt created-in",
+        "event aws:s3 ObjectCreated:Put sluice uploads/note.txt created-uploads",
+        "event aws:s3 ObjectRemoved:Delete sluice in/a b.txt removed",
+    ];
+    let logs = wait_for("every notification", DEADLINE, || {
+        let logs = server.cli(&["logs", "--function", "notify", "-n", "10000"]);
+        expected.iter().all(|e| logs.contains(e)).then_some(logs)
+    });
+    assert!(
+        !logs.contains("elsewhere/x.txt"),
+        "a key outside every filter was sent: {logs}"
+    );
+    for e in expected {
+        assert_eq!(logs.matches(e).count(), 1, "{e} once: {logs}");
+    }
+
+    // Destinations sluice does not have, and functions that do not exist, are refused.
+    let err = cli.fails(&[
+        "s3api", "put-bucket-notification-configuration", "--bucket", "sluice",
+        "--notification-configuration",
+        r#"{"QueueConfigurations":[{"QueueArn":"arn:aws:sqs:us-east-2:000000000000:q","Events":["s3:ObjectCreated:*"]}]}"#,
+    ]);
+    assert!(err.contains("InvalidArgument"), "{err}");
+    let err = cli.fails(&[
+        "s3api", "put-bucket-notification-configuration", "--bucket", "sluice",
+        "--notification-configuration",
+        &json!({"LambdaFunctionConfigurations": [{"LambdaFunctionArn": "arn:aws:lambda:us-east-2:000000000000:function:missing", "Events": ["s3:ObjectCreated:*"]}]}).to_string(),
+    ]);
+    assert!(err.contains("InvalidArgument"), "{err}");
+    // The configuration in place is unchanged by the refusals; an empty one removes it.
+    let got = cli.json(&[
+        "s3api",
+        "get-bucket-notification-configuration",
+        "--bucket",
+        "sluice",
+    ]);
+    assert_eq!(
+        got["LambdaFunctionConfigurations"].as_array().map(Vec::len),
+        Some(3)
+    );
+    cli.json(&[
+        "s3api",
+        "put-bucket-notification-configuration",
+        "--bucket",
+        "sluice",
+        "--notification-configuration",
+        "{}",
+    ]);
+    let got = cli.json(&[
+        "s3api",
+        "get-bucket-notification-configuration",
+        "--bucket",
+        "sluice",
+    ]);
+    assert!(got.get("LambdaFunctionConfigurations").is_none(), "{got}");
+}

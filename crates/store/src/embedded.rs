@@ -102,6 +102,20 @@ ALTER TABLE objects ADD COLUMN parts TEXT;
         name: "store-0006",
         sql: "CREATE TABLE blob_holds (blob TEXT PRIMARY KEY, holder TEXT NOT NULL, created_ms INTEGER NOT NULL);",
     },
+    // S3 event notifications (crate::notifications): each bucket's configuration, and the
+    // outbox of events its writes produced.
+    Migration {
+        name: "store-0007",
+        sql: "
+CREATE TABLE bucket_notifications (bucket TEXT PRIMARY KEY, config TEXT NOT NULL);
+CREATE TABLE object_notifications (
+    id INTEGER PRIMARY KEY,
+    target TEXT NOT NULL,
+    event TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+",
+    },
 ];
 
 /// A blob written for another part's row ([`EmbeddedStore::put_held_blob`]): durable, not
@@ -418,6 +432,36 @@ impl EmbeddedStore {
             parts: None,
             blocks: Some(h.blocks.finish()),
         })
+    }
+
+    /// A bucket's notification configuration (`None`: none).
+    pub async fn notifications(
+        &self,
+        bucket: &str,
+    ) -> Result<Option<crate::notifications::NotificationConfig>, StoreError> {
+        let b = bucket.to_owned();
+        self.db
+            .read(move |c| {
+                require_bucket(c, &b)?;
+                Ok::<_, StoreError>(crate::notifications::load(c, &b)?)
+            })
+            .await
+    }
+
+    /// Replaces a bucket's notification configuration (an empty one removes it).
+    pub async fn set_notifications(
+        &self,
+        bucket: &str,
+        config: crate::notifications::NotificationConfig,
+    ) -> Result<(), StoreError> {
+        let b = bucket.to_owned();
+        self.db
+            .write(move |c| {
+                require_bucket(c, &b)?;
+                crate::notifications::store(c, &b, &config)?;
+                Ok::<_, StoreError>(())
+            })
+            .await
     }
 
     /// Writes `body` to a new blob for another part's row (a function's code), hashing it:
@@ -1190,6 +1234,19 @@ pub fn put_in_tx(
     opts: &PutOptions,
     now: i64,
 ) -> Result<(ObjectInfo, Option<String>), StoreError> {
+    put_in_tx_as(conn, bucket, key, obj, opts, now, "ObjectCreated:Put")
+}
+
+/// [`put_in_tx`], recording the bucket's notifications under the event name `event`.
+fn put_in_tx_as(
+    conn: &Tx<'_>,
+    bucket: &str,
+    key: &str,
+    obj: &Prepared,
+    opts: &PutOptions,
+    now: i64,
+    event: &str,
+) -> Result<(ObjectInfo, Option<String>), StoreError> {
     validate_key(key)?;
     require_bucket(conn, bucket)?;
     let existing: Option<(Option<String>, Option<String>)> = conn.query_opt(
@@ -1251,6 +1308,7 @@ pub fn put_in_tx(
             obj.blocks.as_deref()
         ],
     )?;
+    crate::notifications::record_in_tx(conn, bucket, key, event, obj.size, &obj.etag, now)?;
     Ok((
         ObjectInfo {
             bucket: bucket.to_owned(),
@@ -1329,13 +1387,14 @@ pub fn complete_multipart_in_tx(
         if_absent: false,
         content_md5: None,
     };
-    let (info, replaced) = put_in_tx(
+    let (info, replaced) = put_in_tx_as(
         conn,
         &assembled.upload.bucket,
         &assembled.upload.key,
         &assembled.prepared,
         &opts,
         now,
+        "ObjectCreated:CompleteMultipartUpload",
     )?;
     let mut garbage: Vec<String> = replaced.into_iter().collect();
     for blob in conn.query_vec(
@@ -1474,6 +1533,10 @@ impl ObjectStore for EmbeddedStore {
                     return Err(StoreError::BucketNotEmpty(bucket.clone()));
                 }
                 c.execute("DELETE FROM buckets WHERE name = ?1", params![&bucket])?;
+                c.execute(
+                    "DELETE FROM bucket_notifications WHERE bucket = ?1",
+                    params![&bucket],
+                )?;
                 Ok(())
             })
             .await
@@ -1956,6 +2019,17 @@ impl ObjectStore for EmbeddedStore {
                     params![b, k],
                     |r| r.get(0),
                 )?;
+                if blob.is_some() {
+                    crate::notifications::record_in_tx(
+                        c,
+                        &b,
+                        &k,
+                        "ObjectRemoved:Delete",
+                        0,
+                        "",
+                        now_ms(),
+                    )?;
+                }
                 Ok::<_, StoreError>(blob.flatten())
             })
             .await?;

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub mod embedded;
+pub mod notifications;
 pub mod verify;
 
 /// A body that arrives or leaves in chunks (an HTTP request body, one part of a form, an

@@ -160,3 +160,39 @@ def test_errors(awslambda, function):
     with pytest.raises(botocore.exceptions.ClientError) as e:
         awslambda.invoke(FunctionName=function, Payload=b"{}")
     assert error_code(e) == "ResourceNotFoundException"
+
+
+def test_http_api_through_apigatewayv2(awslambda, edge, region, function):
+    from conftest import client
+
+    apigw = client("apigatewayv2", edge, region)
+    api = apigw.create_api(Name=unique("py-api"), ProtocolType="HTTP")
+    api_id = api["ApiId"]
+    arn = awslambda.get_function(FunctionName=function)["Configuration"]["FunctionArn"]
+    integration = apigw.create_integration(
+        ApiId=api_id, IntegrationType="AWS_PROXY", IntegrationUri=arn, PayloadFormatVersion="2.0"
+    )
+    route = apigw.create_route(
+        ApiId=api_id, RouteKey="POST /echo", Target=f"integrations/{integration['IntegrationId']}"
+    )
+    apigw.create_stage(ApiId=api_id, StageName="$default", AutoDeploy=True)
+    assert [r["RouteKey"] for r in apigw.get_routes(ApiId=api_id)["Items"]] == ["POST /echo"]
+    assert apigw.get_route(ApiId=api_id, RouteId=route["RouteId"])["Target"].startswith("integrations/")
+    assert api_id in [a["ApiId"] for a in apigw.get_apis()["Items"]]
+
+    import urllib.request
+
+    req = urllib.request.Request(api["ApiEndpoint"] + "/echo", data=b'{"n": 1}', method="POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req) as resp:
+        body = json.loads(resp.read())
+    assert body["echo"]["routeKey"] == "POST /echo"
+    assert body["echo"]["body"] == '{"n": 1}'
+
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        apigw.create_route(ApiId=api_id, RouteKey="not a key")
+    assert error_code(e) == "BadRequestException"
+    apigw.delete_api(ApiId=api_id)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        apigw.get_api(ApiId=api_id)
+    assert error_code(e) == "NotFoundException"
