@@ -1,5 +1,6 @@
-// Lambda's API through the AWS SDK for JavaScript v3: a function from a zip, invocation
-// (result, thrown error, log tail), configuration, deletion.
+// Lambda's and API Gateway v2's APIs through the AWS SDK for JavaScript v3: a function from
+// a zip, invocation (result, thrown error, log tail), configuration, an HTTP API in front of
+// it, deletion.
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import zlib from "node:zlib";
@@ -12,9 +13,20 @@ import {
   ListFunctionsCommand,
   UpdateFunctionConfigurationCommand,
 } from "@aws-sdk/client-lambda";
+import {
+  ApiGatewayV2Client,
+  CreateApiCommand,
+  CreateIntegrationCommand,
+  CreateRouteCommand,
+  CreateStageCommand,
+  DeleteApiCommand,
+  GetApiCommand,
+  GetApisCommand,
+} from "@aws-sdk/client-apigatewayv2";
 import { clientConfig, unique } from "./lib.mjs";
 
 const lambda = new LambdaClient(clientConfig());
+const apigw = new ApiGatewayV2Client(clientConfig());
 const name = unique("js-fn");
 
 /** A zip archive of stored (uncompressed) files: enough for a handler. */
@@ -69,6 +81,7 @@ after(async () => {
     await lambda.send(new DeleteFunctionCommand({ FunctionName: name }));
   } catch {}
   lambda.destroy();
+  apigw.destroy();
 });
 
 test("create, invoke, configure, list and delete a function", async () => {
@@ -119,6 +132,38 @@ test("create, invoke, configure, list and delete a function", async () => {
   assert.equal(got.Configuration.Handler, "index.handler");
   const listed = await lambda.send(new ListFunctionsCommand({}));
   assert.ok(listed.Functions.some((f) => f.FunctionName === name));
+
+  // Behind an HTTP API.
+  const api = await apigw.send(new CreateApiCommand({ Name: unique("js-api"), ProtocolType: "HTTP" }));
+  const integration = await apigw.send(
+    new CreateIntegrationCommand({
+      ApiId: api.ApiId,
+      IntegrationType: "AWS_PROXY",
+      IntegrationUri: created.FunctionArn,
+      PayloadFormatVersion: "2.0",
+    }),
+  );
+  await apigw.send(
+    new CreateRouteCommand({
+      ApiId: api.ApiId,
+      RouteKey: "GET /hello/{who}",
+      Target: `integrations/${integration.IntegrationId}`,
+    }),
+  );
+  await apigw.send(new CreateStageCommand({ ApiId: api.ApiId, StageName: "$default", AutoDeploy: true }));
+  const apis = await apigw.send(new GetApisCommand({}));
+  assert.ok(apis.Items.some((a) => a.ApiId === api.ApiId));
+  const res = await fetch(`${api.ApiEndpoint}/hello/world?x=1`);
+  assert.equal(res.status, 200);
+  const echoed = (await res.json()).echo;
+  assert.equal(echoed.routeKey, "GET /hello/{who}");
+  assert.deepEqual(echoed.pathParameters, { who: "world" });
+  assert.deepEqual(echoed.queryStringParameters, { x: "1" });
+  await apigw.send(new DeleteApiCommand({ ApiId: api.ApiId }));
+  await assert.rejects(
+    apigw.send(new GetApiCommand({ ApiId: api.ApiId })),
+    (e) => e.name === "NotFoundException",
+  );
 
   await lambda.send(new DeleteFunctionCommand({ FunctionName: name }));
   await assert.rejects(
