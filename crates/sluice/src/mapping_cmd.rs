@@ -134,8 +134,9 @@ pub(crate) struct CreateArgs {
     #[arg(long)]
     pub(crate) stream: Option<String>,
     /// builtin:<uppercase|copy|manifest|noop>, exec:<program> (arguments after --),
-    /// lambda:nodejs:<dir>/<module>.<export> or lambda:python:<dir>/<module>.<function>;
-    /// relative paths are resolved against the current directory
+    /// lambda:nodejs:<dir>/<module>.<export>, lambda:python:<dir>/<module>.<function> or
+    /// function:<name> (a function created with `aws lambda create-function`); relative
+    /// paths are resolved against the current directory
     #[arg(long)]
     pub(crate) function: String,
     /// Environment variable of the function, KEY=VALUE (repeatable)
