@@ -135,8 +135,12 @@ fn start(tag: &str, config: &str) -> (DataDir, Server) {
 /// request's ids, and `processed/demo.txt` = `HELLO KINESIS`.
 #[test]
 fn the_seed_handlers_run_as_functions_wired_with_the_aws_cli() {
-    // The built-in mapping would write processed/ itself: off, so only the seed's does.
-    let (dir, server) = start("fn-seed", "builtin_mapping = false\n");
+    // The built-in mapping would write processed/ itself, and an S3 write into uploads/
+    // would put a record of its own: both off, so only the seed's handlers do either.
+    let (dir, server) = start(
+        "fn-seed",
+        "builtin_mapping = false\ns3_uploads_enqueue = false\n",
+    );
     let cli = Cli {
         server: &server,
         key: server.new_key(),
@@ -264,6 +268,7 @@ fn the_seed_handlers_run_as_functions_wired_with_the_aws_cli() {
                 .expect("base64");
             let v: Value = serde_json::from_slice(&data).expect("record json");
             if v["key"] == "uploads/demo.txt" {
+                assert!(found.is_none(), "one record for the upload");
                 found = Some(v);
             }
         }
@@ -841,7 +846,10 @@ impl<'a> Api<'a> {
 /// processor writes `processed/demo.txt`. Without a token: 401 before the function runs.
 #[test]
 fn the_seed_behind_an_http_api_wired_with_the_aws_cli() {
-    let (dir, server) = start("api-seed", "builtin_mapping = false\n");
+    let (dir, server) = start(
+        "api-seed",
+        "builtin_mapping = false\ns3_uploads_enqueue = false\n",
+    );
     let cli = Cli {
         server: &server,
         key: server.new_key(),
@@ -1039,6 +1047,7 @@ fn the_seed_behind_an_http_api_wired_with_the_aws_cli() {
                 .expect("b64");
             let v: Value = serde_json::from_slice(&data).expect("json");
             if v["key"] == "uploads/demo.txt" {
+                assert!(record.is_none(), "one record for the upload");
                 record = Some(v);
             }
         }
