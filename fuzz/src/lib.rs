@@ -178,10 +178,13 @@ impl Parts {
                     bucket: BUCKET.into(),
                     stream: STREAM.into(),
                 }),
+                notifications: None,
             },
             s3_base_domain: None,
             sign_in_sources: Arc::default(),
             address_rates: Arc::default(),
+            lambda: None,
+            apigw: None,
         })
         .expect("edge router")
     }

@@ -50,6 +50,58 @@ pub struct LambdaApi {
     pub stats: EmbeddedStats,
     /// The server's mapping defaults (upload stream, output bucket).
     pub defaults: MappingDefaults,
+    /// Bytes of request bodies read into memory at once, over all Lambda requests.
+    pub body_budget: Arc<BodyBudget>,
+}
+
+/// A bound on the request bodies the Lambda front end holds in memory at once.
+///
+/// Lambda's requests are read whole (a `CreateFunction` is one JSON document with the zip
+/// in base64, up to 70 MB): each request reserves its `Content-Length` (or, without one,
+/// its operation's limit) before reading, waits up to [`BODY_BUDGET_WAIT`] for room, and is
+/// refused with `TooManyRequestsException` after that. Memory then stays within the
+/// budget however many clients upload code at once.
+pub struct BodyBudget {
+    kib: tokio::sync::Semaphore,
+    total_kib: usize,
+}
+
+/// The default budget: two code uploads of the largest size and room for invocations.
+pub const DEFAULT_BODY_BUDGET: usize = 160 * 1024 * 1024;
+
+/// How long a request waits for room in the budget before it is refused.
+const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> Self {
+        let total_kib = bytes
+            .div_ceil(1024)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        BodyBudget {
+            kib: tokio::sync::Semaphore::new(total_kib),
+            total_kib,
+        }
+    }
+
+    /// Room for a body of `bytes`, released when the permit drops.
+    async fn reserve(&self, bytes: usize) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        let kib = bytes.div_ceil(1024).clamp(1, self.total_kib);
+        let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+        match tokio::time::timeout(BODY_BUDGET_WAIT, self.kib.acquire_many(kib)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequestsException",
+                "too many large requests are being received at once; retry later",
+            )),
+        }
+    }
+}
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        BodyBudget::new(DEFAULT_BODY_BUDGET)
+    }
 }
 
 /// Largest `CreateFunction` / `UpdateFunctionCode` request: a 50 MB zip in base64, with
@@ -70,7 +122,8 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
         "User"
     };
     let mut body = json!({"Type": kind, "Message": message, "message": message});
-    if code == "TooManyRequestsException" {
+    // A function's concurrency limit (Lambda's "Rate Exceeded."), not the body budget.
+    if code == "TooManyRequestsException" && message == "Rate Exceeded." {
         body["Reason"] = json!("ReservedFunctionConcurrentInvocationLimitExceeded");
     }
     let mut resp = (
@@ -314,6 +367,18 @@ pub fn signed_for(headers: &HeaderMap, query: Option<&str>, service: &str) -> bo
     false
 }
 
+fn too_large(op: &Op) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestTooLargeException",
+        &format!(
+            "Request must be smaller than {} bytes for the {} operation",
+            op.body_limit(),
+            op.name()
+        ),
+    )
+}
+
 /// Serves one Lambda request.
 pub async fn handle(State(edge): State<Edge>, req: Request) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
@@ -344,19 +409,25 @@ async fn serve(edge: Edge, req: Request) -> Response {
             ),
         );
     };
+    let declared = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > op.body_limit()) {
+        return too_large(&op);
+    }
+    let _room = match api
+        .body_budget
+        .reserve(declared.unwrap_or(op.body_limit()))
+        .await
+    {
+        Ok(permit) => permit,
+        Err(e) => return e.into_response(),
+    };
     let body = match axum::body::to_bytes(body, op.body_limit()).await {
         Ok(b) => b,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestTooLargeException",
-                &format!(
-                    "Request must be smaller than {} bytes for the {} operation",
-                    op.body_limit(),
-                    op.name()
-                ),
-            );
-        }
+        Err(_) => return too_large(&op),
     };
     let principal = match crate::authenticate(
         &edge.keys,
@@ -1383,6 +1454,24 @@ impl Ctx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_body_budget_bounds_what_is_held_and_refuses_after_waiting() {
+        let budget = BodyBudget::new(10 * 1024);
+        let a = budget.reserve(6 * 1024).await.expect("room");
+        // More than the whole budget is capped at the budget: it waits for everything.
+        let b = budget.reserve(6 * 1024).await;
+        let e = b.expect_err("no room within the wait");
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.code, "TooManyRequestsException");
+        let c = budget.reserve(4 * 1024).await.expect("the rest fits");
+        drop(a);
+        drop(c);
+        let _whole = budget
+            .reserve(usize::MAX)
+            .await
+            .expect("capped at the budget");
+    }
 
     #[test]
     fn operations_from_paths() {

@@ -641,6 +641,9 @@ struct Write {
     who: String,
     /// `If-None-Match: *`.
     if_absent: bool,
+    /// The S3 event the write is notified as (`None`: `ObjectCreated:Put`). A copy into
+    /// the uploads prefix goes through the upload pipeline and is notified as a put.
+    event: Option<&'static str>,
 }
 
 /// The user of an upload written through S3: the access key that signed the write.
@@ -672,6 +675,7 @@ impl S3Adapter {
             metadata,
             who,
             if_absent,
+            event,
         } = w;
         let (bucket, key) = (bucket.as_str(), key.as_str());
         if let Some(hook) = self.enqueue_target(bucket, key) {
@@ -728,6 +732,7 @@ impl S3Adapter {
                     metadata,
                     if_absent,
                     content_md5,
+                    created_event: event,
                 },
             )
             .await
@@ -977,6 +982,7 @@ impl S3 for S3Adapter {
                 metadata: metadata_in(input.metadata),
                 who,
                 if_absent,
+                event: None,
             })
             .await?;
         Ok(S3Response::new(PutObjectOutput {
@@ -1216,6 +1222,7 @@ impl S3 for S3Adapter {
                 metadata,
                 who,
                 if_absent: false,
+                event: Some("ObjectCreated:Copy"),
             })
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -1313,6 +1320,7 @@ impl S3 for S3Adapter {
                     metadata: metadata_in(input.metadata),
                     if_absent: false,
                     content_md5: None,
+                    created_event: None,
                 },
             )
             .await

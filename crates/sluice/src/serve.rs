@@ -361,6 +361,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             )),
             stats: sluice_processor::embedded::EmbeddedStats::new(db.clone()),
             defaults: settings.mapping_defaults(),
+            body_budget: Arc::default(),
         }),
         apigw: Some(sluice_compat::apigw::ApigwApi {
             apis: http_apis,

@@ -1395,7 +1395,7 @@ fn bucket_notifications_invoke_functions() {
     let expected = [
         "event aws:s3 ObjectCreated:Put sluice in/a b.txt created-in",
         "event aws:s3 ObjectCreated:CompleteMultipartUpload sluice in/big.bin created-in",
-        "event aws:s3 ObjectCreated:Put sluice in/copy.txt created-in",
+        "event aws:s3 ObjectCreated:Copy sluice in/copy.txt created-in",
         "event aws:s3 ObjectCreated:Put sluice uploads/note.txt created-uploads",
         "event aws:s3 ObjectRemoved:Delete sluice in/a b.txt removed",
     ];

@@ -1234,19 +1234,7 @@ pub fn put_in_tx(
     opts: &PutOptions,
     now: i64,
 ) -> Result<(ObjectInfo, Option<String>), StoreError> {
-    put_in_tx_as(conn, bucket, key, obj, opts, now, "ObjectCreated:Put")
-}
-
-/// [`put_in_tx`], recording the bucket's notifications under the event name `event`.
-fn put_in_tx_as(
-    conn: &Tx<'_>,
-    bucket: &str,
-    key: &str,
-    obj: &Prepared,
-    opts: &PutOptions,
-    now: i64,
-    event: &str,
-) -> Result<(ObjectInfo, Option<String>), StoreError> {
+    let event = opts.created_event.unwrap_or("ObjectCreated:Put");
     validate_key(key)?;
     require_bucket(conn, bucket)?;
     let existing: Option<(Option<String>, Option<String>)> = conn.query_opt(
@@ -1386,15 +1374,15 @@ pub fn complete_multipart_in_tx(
         metadata: metadata_from(&metadata),
         if_absent: false,
         content_md5: None,
+        created_event: Some("ObjectCreated:CompleteMultipartUpload"),
     };
-    let (info, replaced) = put_in_tx_as(
+    let (info, replaced) = put_in_tx(
         conn,
         &assembled.upload.bucket,
         &assembled.upload.key,
         &assembled.prepared,
         &opts,
         now,
-        "ObjectCreated:CompleteMultipartUpload",
     )?;
     let mut garbage: Vec<String> = replaced.into_iter().collect();
     for blob in conn.query_vec(

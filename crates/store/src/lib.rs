@@ -214,6 +214,10 @@ pub struct PutOptions {
     /// The MD5 the client computed (S3's `Content-MD5`): the object is stored only if its
     /// bytes match, otherwise [`StoreError::BadDigest`] and nothing is kept.
     pub content_md5: Option<[u8; 16]>,
+    /// The S3 event name the write is notified as (`ObjectCreated:Copy` for CopyObject);
+    /// `None`: `ObjectCreated:Put`. Multipart completion is always
+    /// `ObjectCreated:CompleteMultipartUpload`.
+    pub created_event: Option<&'static str>,
 }
 
 /// A durable object store.

@@ -481,6 +481,7 @@ impl EmbeddedUploads {
             metadata: u.metadata.clone(),
             if_absent: false,
             content_md5: None,
+            created_event: None,
         };
         self.commit_upload(blob, move |c| {
             let (info, replaced) =
@@ -1051,6 +1052,7 @@ mod tests {
                 metadata: m.metadata.clone(),
                 if_absent: false,
                 content_md5: None,
+                created_event: None,
             };
             let now = now_ms();
             let (info, _) =
