@@ -55,6 +55,7 @@ fn fixture() -> &'static Fixture {
             access_key_id: "AKIAFUZZ".into(),
             policy: policy.map(Arc::new),
             account_id: ACCOUNT.into(),
+            user: None,
         };
         let scoped = principal(Some(sluice_policy::Policy::parse(&policy).expect("policy")));
         let live = runtime().block_on(live(&ctx)).expect("fixture stream");

@@ -185,6 +185,7 @@ impl Parts {
             address_rates: Arc::default(),
             lambda: None,
             apigw: None,
+            iam: None,
         })
         .expect("edge router")
     }

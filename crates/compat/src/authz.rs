@@ -34,6 +34,9 @@ pub struct Principal {
     /// `None`: full access.
     pub policy: Option<Arc<Policy>>,
     pub account_id: String,
+    /// The IAM user the key belongs to; `None`: an account key (the root key or a key
+    /// `sluice keys` made).
+    pub user: Option<sluice_identity::access_keys::GrantUser>,
 }
 
 /// A request the principal's policy does not allow.
@@ -64,12 +67,17 @@ impl Denied {
 }
 
 impl Principal {
-    /// The principal's ARN in messages: the key as an IAM user of the account.
+    /// The principal's ARN: its IAM user's, or for an account key with a policy the key as
+    /// a user of the account, or for a key with full access the account's root.
     pub fn arn(&self) -> String {
-        format!(
-            "arn:aws:iam::{}:user/{}",
-            self.account_id, self.access_key_id
-        )
+        match (&self.user, &self.policy) {
+            (Some(u), _) => u.arn.clone(),
+            (None, Some(_)) => format!(
+                "arn:aws:iam::{}:user/{}",
+                self.account_id, self.access_key_id
+            ),
+            (None, None) => format!("arn:aws:iam::{}:root", self.account_id),
+        }
     }
 
     /// Whether the principal may perform `action` on `resource`.
@@ -159,6 +167,7 @@ mod tests {
             access_key_id: "AKIATEST".into(),
             policy: doc.map(|d| Arc::new(Policy::parse(d).expect("policy"))),
             account_id: "000000000000".into(),
+            user: None,
         }
     }
 

@@ -26,6 +26,7 @@ pub mod cognito;
 pub mod eventstream;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod iam;
 mod json11;
 pub mod kinesis;
 pub mod lambda;
@@ -58,6 +59,9 @@ pub struct Edge {
     pub lambda: Option<lambda::LambdaApi>,
     /// HTTP APIs (API Gateway v2's API); `None`: the edge answers that it serves none.
     pub apigw: Option<apigw::ApigwApi>,
+    /// IAM (users, groups, roles, policies); `None`: the edge answers that it serves none.
+    /// STS's GetCallerIdentity is answered either way.
+    pub iam: Option<iam::IamApi>,
 }
 
 /// Largest JSON 1.1 request body: a PutRecords of 5 MiB, or a PutRecord of a 10 MiB record,
@@ -137,7 +141,8 @@ pub fn router(edge: Edge) -> Result<Router, String> {
 }
 
 /// Sends requests signed for Lambda (`lambda`) or API Gateway (`apigateway`) to their
-/// REST-JSON front ends; everything else goes on to the routes above.
+/// REST-JSON front ends, and those signed for IAM (`iam`) or STS (`sts`) to the Query
+/// protocol's; everything else goes on to the routes above.
 async fn by_service(
     State(edge): State<Edge>,
     req: axum::extract::Request,
@@ -148,6 +153,9 @@ async fn by_service(
     }
     if lambda::signed_for(req.headers(), req.uri().query(), "apigateway") {
         return apigw::handle(State(edge), req).await;
+    }
+    if let Some(service) = iam::service_of(req.headers(), req.uri().query()) {
+        return iam::handle(State(edge), req, service).await;
     }
     next.run(req).await
 }
@@ -559,6 +567,7 @@ pub async fn authenticate(
         access_key_id: auth.access_key_id,
         policy: grant.policy,
         account_id: account_id.to_owned(),
+        user: grant.user,
     })
 }
 

@@ -141,6 +141,7 @@ impl s3s::access::S3Access for KeyAccess {
             access_key_id: credentials.access_key.clone(),
             policy: grant.policy,
             account_id: self.account_id.clone(),
+            user: grant.user,
         };
         if principal.unrestricted() {
             return Ok(());

@@ -695,5 +695,6 @@ fn full_access() -> sluice_compat::authz::Principal {
         access_key_id: "AKIATEST".into(),
         policy: None,
         account_id: "000000000000".into(),
+        user: None,
     }
 }

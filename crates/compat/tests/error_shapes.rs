@@ -67,6 +67,7 @@ fn fixture() -> Fixture {
         address_rates: Arc::default(),
         lambda: None,
         apigw: None,
+        iam: None,
     })
     .expect("router");
     Fixture {

@@ -39,7 +39,44 @@ CREATE TABLE access_keys (
         name: "access-keys-0002",
         sql: "ALTER TABLE access_keys ADD COLUMN policy TEXT;",
     },
+    // The IAM user a key belongs to (NULL: an account key, see the module docs) and its
+    // status (`Active` / `Inactive`: an inactive key is refused as an unknown one).
+    Migration {
+        name: "access-keys-0003",
+        sql: "
+ALTER TABLE access_keys ADD COLUMN user_name TEXT;
+ALTER TABLE access_keys ADD COLUMN status TEXT NOT NULL DEFAULT 'Active';
+CREATE INDEX access_keys_by_user ON access_keys (user_name);
+",
+    },
 ];
+
+/// What the edge needs to know of an IAM user whose key signed a request. Implemented by
+/// the IAM part (`sluice-iam`), attached with [`AccessKeys::attach_users`].
+#[async_trait::async_trait]
+pub trait UserDirectory: Send + Sync + 'static {
+    /// The user's ARN and the union of its inline, attached and groups' policies;
+    /// `ResourceNotFound` if there is no such user.
+    async fn grant_of(&self, user: &str) -> Result<UserGrant, IdentityError>;
+}
+
+/// An IAM user's identity and permissions, as [`UserDirectory::grant_of`] answers.
+#[derive(Debug, Clone)]
+pub struct UserGrant {
+    pub arn: String,
+    /// The user's unique id (`AIDA…`), as GetCallerIdentity answers.
+    pub user_id: String,
+    pub policy: Policy,
+}
+
+/// An IAM user's access key, without its secret (IAM's `AccessKeyMetadata`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserKeyInfo {
+    pub id: String,
+    pub user: String,
+    pub active: bool,
+    pub created_ms: i64,
+}
 
 /// An access key with its secret (in clear, in memory only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,8 +104,19 @@ pub struct AccessKeyInfo {
 pub struct KeyGrant {
     pub secret: String,
     /// `None`: full access. A stored policy that no longer parses (it was validated when
-    /// stored, so only a damaged row) is an empty policy: it allows nothing.
+    /// stored, so only a damaged row) is an empty policy: it allows nothing. For an IAM
+    /// user's key: the user's policies.
     pub policy: Option<Arc<Policy>>,
+    /// The IAM user the key belongs to, if it does.
+    pub user: Option<GrantUser>,
+}
+
+/// The IAM user of a key, as the edge names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantUser {
+    pub name: String,
+    pub arn: String,
+    pub user_id: String,
 }
 
 /// Parses a policy document for a key; `InvalidParameter` with IAM's reason if unusable.
@@ -91,6 +139,8 @@ pub struct AccessKeys {
     sealer: SecretBox,
     /// Signed requests look their key up on every call: remembered briefly, in memory.
     cache: std::sync::Arc<std::sync::RwLock<SecretCache>>,
+    /// IAM users' identities and policies, for keys of users.
+    users: Arc<std::sync::OnceLock<Arc<dyn UserDirectory>>>,
 }
 
 impl AccessKeys {
@@ -105,6 +155,7 @@ impl AccessKeys {
             db,
             sealer: SecretBox::load_or_create(key_file)?,
             cache: Default::default(),
+            users: Default::default(),
         };
         keys.seal_stored_in_clear()?;
         Ok(keys)
@@ -174,14 +225,8 @@ impl AccessKeys {
             parse_policy(doc)?;
         }
         let key = AccessKey {
-            id: format!(
-                "AKIA{}",
-                random_from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)
-            ),
-            secret: random_from(
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
-                40,
-            ),
+            id: new_key_id(),
+            secret: new_secret(),
             description: description.to_owned(),
             created_ms: now_ms(),
             policy: policy.map(str::to_owned),
@@ -225,6 +270,146 @@ impl AccessKeys {
         if let Ok(mut cache) = self.cache.write() {
             cache.remove(id);
         }
+    }
+
+    /// Forgets every remembered key: a user's permissions changed (this process sees the
+    /// change at once; others within `CACHE_TTL`, as IAM's changes also take a few seconds
+    /// to reach every server).
+    pub fn forget_all(&self) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.clear();
+        }
+    }
+
+    /// Where keys of IAM users find their user's identity and policies. Until one is
+    /// attached, a user's key may do nothing.
+    pub fn attach_users(&self, users: Arc<dyn UserDirectory>) {
+        let _ = self.users.set(users);
+        self.forget_all();
+    }
+
+    /// Creates a key for the IAM user `user` (at most `limit` per user: `LimitExceeded`
+    /// otherwise, checked in the transaction that adds it).
+    pub async fn create_for_user(
+        &self,
+        user: &str,
+        limit: u64,
+    ) -> Result<AccessKey, IdentityError> {
+        let key = AccessKey {
+            id: new_key_id(),
+            secret: new_secret(),
+            description: format!("IAM user {user}"),
+            created_ms: now_ms(),
+            policy: None,
+        };
+        let sealed = self.sealer.seal(&key.id, &key.secret)?;
+        let (k, owner) = (key.clone(), user.to_owned());
+        self.db
+            .write(move |c| {
+                let n: i64 = c.query_row(
+                    "SELECT COUNT(*) FROM access_keys WHERE user_name = ?1",
+                    params![&owner],
+                    |r| r.get(0),
+                )?;
+                if n as u64 >= limit {
+                    return Err(IdentityError::LimitExceeded(format!(
+                        "Cannot exceed quota for AccessKeysPerUser: {limit}"
+                    )));
+                }
+                c.execute(
+                    "INSERT INTO access_keys (id, secret, description, created_ms, user_name, status) VALUES (?1, ?2, ?3, ?4, ?5, 'Active')",
+                    params![k.id, sealed, k.description, k.created_ms, &owner],
+                )?;
+                Ok(())
+            })
+            .await?;
+        Ok(key)
+    }
+
+    /// The keys of the IAM user `user`, oldest first.
+    pub async fn list_for_user(&self, user: &str) -> Result<Vec<UserKeyInfo>, IdentityError> {
+        let owner = user.to_owned();
+        self.db
+            .read(move |c| {
+                Ok(c.query_vec(
+                    "SELECT id, user_name, status, created_ms FROM access_keys WHERE user_name = ?1 ORDER BY created_ms, id",
+                    params![&owner],
+                    |r| {
+                        let status: String = r.get(2)?;
+                        Ok(UserKeyInfo {
+                            id: r.get(0)?,
+                            user: r.get(1)?,
+                            active: status == "Active",
+                            created_ms: r.get(3)?,
+                        })
+                    },
+                )?)
+            })
+            .await
+    }
+
+    /// The user a key belongs to, if it exists and belongs to one.
+    pub async fn user_of(&self, id: &str) -> Result<Option<String>, IdentityError> {
+        let key = id.to_owned();
+        let user: Option<Option<String>> = self
+            .db
+            .read(move |c| {
+                Ok::<_, IdentityError>(c.query_opt(
+                    "SELECT user_name FROM access_keys WHERE id = ?1",
+                    params![&key],
+                    |r| r.get(0),
+                )?)
+            })
+            .await?;
+        Ok(user.flatten())
+    }
+
+    /// Sets a user's key `Active` or `Inactive`; `ResourceNotFound` unless `user` has it.
+    pub async fn set_active_for_user(
+        &self,
+        id: &str,
+        user: &str,
+        active: bool,
+    ) -> Result<(), IdentityError> {
+        let (key, owner) = (id.to_owned(), user.to_owned());
+        let status = if active { "Active" } else { "Inactive" };
+        self.db
+            .write(move |c| {
+                let n = c.execute(
+                    "UPDATE access_keys SET status = ?1 WHERE id = ?2 AND user_name = ?3",
+                    params![status, &key, &owner],
+                )?;
+                if n == 0 {
+                    return Err(IdentityError::ResourceNotFound(format!(
+                        "The Access Key with id {key} cannot be found."
+                    )));
+                }
+                Ok(())
+            })
+            .await?;
+        self.forget(id);
+        Ok(())
+    }
+
+    /// Deletes a user's key; `ResourceNotFound` unless `user` has it.
+    pub async fn delete_for_user(&self, id: &str, user: &str) -> Result<(), IdentityError> {
+        let (key, owner) = (id.to_owned(), user.to_owned());
+        self.db
+            .write(move |c| {
+                let n = c.execute(
+                    "DELETE FROM access_keys WHERE id = ?1 AND user_name = ?2",
+                    params![&key, &owner],
+                )?;
+                if n == 0 {
+                    return Err(IdentityError::ResourceNotFound(format!(
+                        "The Access Key with id {key} cannot be found."
+                    )));
+                }
+                Ok(())
+            })
+            .await?;
+        self.forget(id);
+        Ok(())
     }
 
     /// Creates the development key unless some key exists; returns it when it was created
@@ -360,18 +545,21 @@ impl AccessKeys {
             return Ok(grant.clone());
         }
         let key = id.to_owned();
-        let stored: Option<(String, Option<String>)> = self
+        type Row = (String, Option<String>, Option<String>, String);
+        let stored: Option<Row> = self
             .db
             .read(move |c| {
                 Ok::<_, IdentityError>(c.query_opt(
-                    "SELECT secret, policy FROM access_keys WHERE id = ?1",
+                    "SELECT secret, policy, user_name, status FROM access_keys WHERE id = ?1",
                     params![&key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )?)
             })
             .await?;
         let grant = match stored {
-            Some((sealed, policy)) => Some(KeyGrant {
+            // An inactive key is refused as IAM refuses it: as if it did not exist.
+            Some((_, _, _, status)) if status != "Active" => None,
+            Some((sealed, policy, None, _)) => Some(KeyGrant {
                 secret: self.sealer.open(id, &sealed)?,
                 policy: policy.map(|doc| {
                     Arc::new(parse_policy(&doc).unwrap_or_else(|e| {
@@ -379,7 +567,29 @@ impl AccessKeys {
                         Policy::deny_all()
                     }))
                 }),
+                user: None,
             }),
+            Some((sealed, _, Some(user), _)) => {
+                let secret = self.sealer.open(id, &sealed)?;
+                let Some(users) = self.users.get() else {
+                    tracing::error!(key = %id, %user, "a user's key signed a request, but no IAM directory is attached: the key may do nothing");
+                    return Ok(None);
+                };
+                match users.grant_of(&user).await {
+                    Ok(g) => Some(KeyGrant {
+                        secret,
+                        policy: Some(Arc::new(g.policy)),
+                        user: Some(GrantUser {
+                            name: user,
+                            arn: g.arn,
+                            user_id: g.user_id,
+                        }),
+                    }),
+                    // The user is gone (its keys go with it): the key is unknown.
+                    Err(IdentityError::ResourceNotFound(_)) => None,
+                    Err(e) => return Err(e),
+                }
+            }
             None => None,
         };
         if let Ok(mut cache) = self.cache.write() {
@@ -390,6 +600,22 @@ impl AccessKeys {
         }
         Ok(grant)
     }
+}
+
+/// A key id like AWS's: `AKIA` and 16 upper-case letters and digits.
+fn new_key_id() -> String {
+    format!(
+        "AKIA{}",
+        random_from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)
+    )
+}
+
+/// A 40-character secret.
+fn new_secret() -> String {
+    random_from(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        40,
+    )
 }
 
 fn random_from(alphabet: &[u8], n: usize) -> String {

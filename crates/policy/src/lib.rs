@@ -121,6 +121,14 @@ impl Policy {
         Ok(Policy { statements })
     }
 
+    /// One policy deciding as `policies` do together (a principal's inline, attached and
+    /// group policies): [`decide`] over their statements.
+    pub fn union(policies: impl IntoIterator<Item = Policy>) -> Policy {
+        Policy {
+            statements: policies.into_iter().flat_map(|p| p.statements).collect(),
+        }
+    }
+
     /// This policy's decision on `action` (`service:Operation`) on `resource` (an ARN).
     pub fn decide(&self, action: &str, resource: &str) -> Decision {
         decide(std::slice::from_ref(self), action, resource)

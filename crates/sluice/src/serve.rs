@@ -206,6 +206,9 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         })
         .await??
     };
+    // IAM: users' keys are allowed what their users' policies allow.
+    let iam = sluice_iam::Iam::new(db.clone(), &settings.account_id, keys.clone());
+    keys.attach_users(Arc::new(iam.clone()));
     // Functions created with Lambda's API; mappings may run them (`function:<name>`).
     let functions = crate::functions_server::start(
         &settings,
@@ -367,6 +370,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             apis: http_apis,
             invoker: functions.invoker.clone(),
         }),
+        iam: Some(sluice_compat::iam::IamApi { iam }),
     })
     .map_err(anyhow::Error::msg)?
     .layer(axum::middleware::from_fn_with_state(

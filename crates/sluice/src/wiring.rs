@@ -20,6 +20,7 @@ fn migrations() -> Vec<Migration> {
         sluice_processor::embedded::MIGRATIONS,
         sluice_functions::MIGRATIONS,
         sluice_apis::MIGRATIONS,
+        sluice_iam::MIGRATIONS,
     ] {
         all.extend_from_slice(part);
     }

@@ -1,0 +1,314 @@
+//! IAM with the aws CLI, black-box: a role with the seed's Part C1 policy, a user whose key
+//! may do what that policy allows and nothing else, the answers and errors the CLI shows,
+//! and every IAM row surviving `kill -9`.
+
+mod common;
+
+use common::{DataDir, Server, aws_as};
+use serde_json::Value;
+
+/// The seed's Part C1 policy for the upload function, verbatim but for the account id.
+const SEED_C1_POLICY: &str = r#"{ "Version": "2012-10-17", "Statement": [ { "Sid": "PutToKinesis", "Effect": "Allow", "Action": ["kinesis:PutRecord", "kinesis:PutRecords"], "Resource": "arn:aws:kinesis:us-east-2:000000000000:stream/uploads-stream" } ]
+}"#;
+
+const LAMBDA_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+
+fn aws(server: &Server, key: &(String, String), args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["--endpoint-url", server.edge.as_str(), "--output", "json"];
+    all.extend_from_slice(args);
+    aws_as((&key.0, &key.1), &all)
+}
+
+fn ok(server: &Server, key: &(String, String), args: &[&str]) -> Value {
+    let (ok, out, err) = aws(server, key, args);
+    assert!(ok, "aws {args:?} failed: {err}");
+    if out.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("aws {args:?}: {e}: {out}"))
+    }
+}
+
+fn refused(server: &Server, key: &(String, String), args: &[&str], code: &str) -> String {
+    let (ok, _, err) = aws(server, key, args);
+    assert!(!ok, "aws {args:?} should have failed");
+    assert!(
+        err.contains(code),
+        "aws {args:?}: expected {code}, got: {err}"
+    );
+    err
+}
+
+fn file(dir: &DataDir, name: &str, text: &str) -> String {
+    let path = dir.0.join(name);
+    std::fs::write(&path, text).expect("write");
+    format!("file://{}", path.display())
+}
+
+#[test]
+fn iam_with_the_aws_cli_and_a_users_key_limited_by_the_seeds_policy() {
+    let dir = DataDir::new("iam-cli");
+    let server = Server::start(&dir.0);
+    let root = server.new_key();
+    let trust = file(&dir, "trust.json", LAMBDA_TRUST);
+    let c1 = file(&dir, "c1.json", SEED_C1_POLICY);
+
+    let me = ok(&server, &root, &["sts", "get-caller-identity"]);
+    assert_eq!(me["Arn"], "arn:aws:iam::000000000000:root");
+
+    // The seed's role, as teams script it before `aws lambda create-function`.
+    let role = ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "create-role",
+            "--role-name",
+            "upload-fn-role",
+            "--assume-role-policy-document",
+            &trust,
+        ],
+    );
+    assert!(
+        role["Role"]["RoleId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("AROA"))
+    );
+    ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "put-role-policy",
+            "--role-name",
+            "upload-fn-role",
+            "--policy-name",
+            "PutToKinesis",
+            "--policy-document",
+            &c1,
+        ],
+    );
+    ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "attach-role-policy",
+            "--role-name",
+            "upload-fn-role",
+            "--policy-arn",
+            "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+        ],
+    );
+    let got = ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "get-role-policy",
+            "--role-name",
+            "upload-fn-role",
+            "--policy-name",
+            "PutToKinesis",
+        ],
+    );
+    let want: Value = serde_json::from_str(SEED_C1_POLICY).expect("policy");
+    assert_eq!(
+        got["PolicyDocument"], want,
+        "the CLI decodes IAM's URL-encoded document"
+    );
+    let got = ok(
+        &server,
+        &root,
+        &["iam", "get-role", "--role-name", "upload-fn-role"],
+    );
+    assert_eq!(
+        got["Role"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"],
+        "lambda.amazonaws.com"
+    );
+    let aws_policies = ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "list-policies",
+            "--scope",
+            "AWS",
+            "--query",
+            "Policies[].PolicyName",
+        ],
+    );
+    assert!(
+        aws_policies.as_array().is_some_and(|a| a.len() == 8),
+        "{aws_policies}"
+    );
+    refused(
+        &server,
+        &root,
+        &["iam", "get-role", "--role-name", "missing"],
+        "NoSuchEntity",
+    );
+    refused(
+        &server,
+        &root,
+        &["iam", "delete-role", "--role-name", "upload-fn-role"],
+        "DeleteConflict",
+    );
+    let bad = file(
+        &dir,
+        "bad.json",
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kinesis:PutRecord","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":"true"}}}]}"#,
+    );
+    refused(
+        &server,
+        &root,
+        &[
+            "iam",
+            "put-role-policy",
+            "--role-name",
+            "upload-fn-role",
+            "--policy-name",
+            "c",
+            "--policy-document",
+            &bad,
+        ],
+        "MalformedPolicyDocument",
+    );
+
+    // A user with the same policy: its key may put records on uploads-stream, nothing else.
+    ok(
+        &server,
+        &root,
+        &["iam", "create-user", "--user-name", "uploader"],
+    );
+    ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "put-user-policy",
+            "--user-name",
+            "uploader",
+            "--policy-name",
+            "PutToKinesis",
+            "--policy-document",
+            &c1,
+        ],
+    );
+    let key = ok(
+        &server,
+        &root,
+        &["iam", "create-access-key", "--user-name", "uploader"],
+    );
+    let user = (
+        key["AccessKey"]["AccessKeyId"]
+            .as_str()
+            .expect("id")
+            .to_owned(),
+        key["AccessKey"]["SecretAccessKey"]
+            .as_str()
+            .expect("secret")
+            .to_owned(),
+    );
+    let who = ok(&server, &user, &["sts", "get-caller-identity"]);
+    assert_eq!(who["Arn"], "arn:aws:iam::000000000000:user/uploader");
+    let put = [
+        "kinesis",
+        "put-record",
+        "--stream-name",
+        "uploads-stream",
+        "--partition-key",
+        "p",
+        "--data",
+        "aGVsbG8=",
+    ];
+    ok(&server, &user, &put);
+    ok(
+        &server,
+        &root,
+        &[
+            "kinesis",
+            "create-stream",
+            "--stream-name",
+            "other",
+            "--shard-count",
+            "1",
+        ],
+    );
+    let err = refused(
+        &server,
+        &user,
+        &[
+            "kinesis",
+            "put-record",
+            "--stream-name",
+            "other",
+            "--partition-key",
+            "p",
+            "--data",
+            "aGVsbG8=",
+        ],
+        "AccessDeniedException",
+    );
+    assert!(
+        err.contains("User: arn:aws:iam::000000000000:user/uploader is not authorized to perform: kinesis:PutRecord on resource: arn:aws:kinesis:us-east-2:000000000000:stream/other"),
+        "{err}"
+    );
+    refused(&server, &user, &["s3", "ls", "s3://sluice"], "AccessDenied");
+    refused(&server, &user, &["iam", "list-users"], "AccessDenied");
+
+    // Every row is durable: after kill -9 the role, the user, its key and its policy are there.
+    let (api, edge) = (server.api.clone(), server.edge.clone());
+    server.kill9();
+    let server = Server::restart(&dir.0, &api, &edge);
+    ok(&server, &user, &put);
+    refused(
+        &server,
+        &user,
+        &[
+            "kinesis",
+            "put-record",
+            "--stream-name",
+            "other",
+            "--partition-key",
+            "p",
+            "--data",
+            "aGVsbG8=",
+        ],
+        "AccessDeniedException",
+    );
+    let attached = ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "list-attached-role-policies",
+            "--role-name",
+            "upload-fn-role",
+            "--query",
+            "AttachedPolicies[].PolicyName",
+        ],
+    );
+    assert_eq!(attached, serde_json::json!(["AWSLambdaBasicExecutionRole"]));
+
+    // Deleting the key takes effect at once through this server.
+    ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "delete-access-key",
+            "--user-name",
+            "uploader",
+            "--access-key-id",
+            &user.0,
+        ],
+    );
+    refused(
+        &server,
+        &user,
+        &["sts", "get-caller-identity"],
+        "InvalidClientTokenId",
+    );
+    server.stop();
+}

@@ -1,0 +1,234 @@
+"""IAM and STS through boto3: roles, users, groups, inline / attached / customer managed
+policies with versions, users' access keys, and what a user's key may do on S3 and
+Kinesis as its policies say."""
+
+import json
+
+import boto3
+import botocore.exceptions
+import pytest
+from botocore.config import Config
+
+from conftest import ACCOUNT_ID, client, error_code, unique
+
+LAMBDA_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ],
+}
+BASIC = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+
+
+@pytest.fixture(scope="module")
+def iam(edge, region):
+    return client("iam", edge, region)
+
+
+@pytest.fixture(scope="module")
+def sts(edge, region):
+    return client("sts", edge, region)
+
+
+def fails(code, fn, **kw):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        fn(**kw)
+    assert error_code(e) == code, e.value.response
+    return e.value.response
+
+
+def test_caller_identity_of_the_root_key(sts):
+    me = sts.get_caller_identity()
+    assert me["Account"] == ACCOUNT_ID
+    assert me["Arn"] == f"arn:aws:iam::{ACCOUNT_ID}:root"
+
+
+def test_role_with_inline_and_attached_policies(iam, region):
+    name = unique("upload-fn-role")
+    created = iam.create_role(
+        RoleName=name,
+        AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST),
+        Description="the upload function",
+        Tags=[{"Key": "team", "Value": "ingest"}],
+    )["Role"]
+    assert created["Arn"] == f"arn:aws:iam::{ACCOUNT_ID}:role/{name}"
+    assert created["RoleId"].startswith("AROA")
+    role = iam.get_role(RoleName=name)["Role"]
+    # boto3 decodes the URL-encoded document IAM answers with.
+    assert role["AssumeRolePolicyDocument"] == LAMBDA_TRUST
+    assert role["MaxSessionDuration"] == 3600
+    assert role["Tags"] == [{"Key": "team", "Value": "ingest"}]
+    assert name in [r["RoleName"] for r in iam.get_paginator("list_roles").paginate().build_full_result()["Roles"]]
+    fails("EntityAlreadyExists", iam.create_role, RoleName=name.upper(), AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST))
+    fails("MalformedPolicyDocument", iam.create_role, RoleName=unique("r"), AssumeRolePolicyDocument='{"Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole"}]}')
+    fails("ValidationError", iam.create_role, RoleName="has spaces", AssumeRolePolicyDocument=json.dumps(LAMBDA_TRUST))
+
+    # The seed's Part C1 policy for the upload function's role.
+    put_record = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["kinesis:PutRecord"],
+                "Resource": f"arn:aws:kinesis:{region}:{ACCOUNT_ID}:stream/UploadsStream",
+            }
+        ],
+    }
+    iam.put_role_policy(RoleName=name, PolicyName="kinesis-put", PolicyDocument=json.dumps(put_record))
+    assert iam.list_role_policies(RoleName=name)["PolicyNames"] == ["kinesis-put"]
+    got = iam.get_role_policy(RoleName=name, PolicyName="kinesis-put")
+    assert got["PolicyDocument"] == put_record and got["RoleName"] == name
+    fails("MalformedPolicyDocument", iam.put_role_policy, RoleName=name, PolicyName="bad", PolicyDocument='{"Statement": {"Effect": "Allow"}}')
+    fails("NoSuchEntity", iam.get_role_policy, RoleName=name, PolicyName="missing")
+
+    iam.attach_role_policy(RoleName=name, PolicyArn=BASIC)
+    attached = iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]
+    assert attached == [{"PolicyName": "AWSLambdaBasicExecutionRole", "PolicyArn": BASIC}]
+    fails("NoSuchEntity", iam.attach_role_policy, RoleName=name, PolicyArn="arn:aws:iam::aws:policy/NotAPolicy")
+    basic = iam.get_policy(PolicyArn=BASIC)["Policy"]
+    assert basic["Path"] == "/service-role/" and basic["AttachmentCount"] >= 1
+    doc = iam.get_policy_version(PolicyArn=BASIC, VersionId=basic["DefaultVersionId"])["PolicyVersion"]["Document"]
+    assert "logs:PutLogEvents" in doc["Statement"][0]["Action"]
+
+    iam.update_role(RoleName=name, Description="renamed", MaxSessionDuration=7200)
+    assert iam.get_role(RoleName=name)["Role"]["MaxSessionDuration"] == 7200
+    fails("ValidationError", iam.update_role, RoleName=name, MaxSessionDuration=43201)
+    iam.untag_role(RoleName=name, TagKeys=["team"])
+    assert iam.list_role_tags(RoleName=name)["Tags"] == []
+
+    # As IAM does, a role with policies cannot be deleted.
+    fails("DeleteConflict", iam.delete_role, RoleName=name)
+    iam.delete_role_policy(RoleName=name, PolicyName="kinesis-put")
+    fails("DeleteConflict", iam.delete_role, RoleName=name)
+    iam.detach_role_policy(RoleName=name, PolicyArn=BASIC)
+    iam.delete_role(RoleName=name)
+    fails("NoSuchEntity", iam.get_role, RoleName=name)
+
+
+def test_customer_managed_policy_versions(iam):
+    name = unique("stream-readers")
+    doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kinesis:Get*", "Resource": "*"}]}
+    policy = iam.create_policy(PolicyName=name, Path="/app/", PolicyDocument=json.dumps(doc))["Policy"]
+    arn = policy["Arn"]
+    assert arn == f"arn:aws:iam::{ACCOUNT_ID}:policy/app/{name}"
+    assert policy["DefaultVersionId"] == "v1"
+    fails("EntityAlreadyExists", iam.create_policy, PolicyName=name, PolicyDocument=json.dumps(doc))
+    v2 = iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps(doc), SetAsDefault=True)["PolicyVersion"]
+    assert v2["VersionId"] == "v2" and v2["IsDefaultVersion"]
+    for _ in range(3):
+        iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps(doc))
+    fails("LimitExceeded", iam.create_policy_version, PolicyArn=arn, PolicyDocument=json.dumps(doc))
+    versions = iam.list_policy_versions(PolicyArn=arn)["Versions"]
+    assert [v["VersionId"] for v in versions] == ["v5", "v4", "v3", "v2", "v1"]
+    fails("DeleteConflict", iam.delete_policy_version, PolicyArn=arn, VersionId="v2")
+    local = [p["Arn"] for p in iam.list_policies(Scope="Local")["Policies"]]
+    assert arn in local
+    assert BASIC not in local
+    assert BASIC in [p["Arn"] for p in iam.get_paginator("list_policies").paginate(Scope="AWS").build_full_result()["Policies"]]
+    fails("DeleteConflict", iam.delete_policy, PolicyArn=arn)
+    for v in ["v1", "v3", "v4", "v5"]:
+        iam.delete_policy_version(PolicyArn=arn, VersionId=v)
+    iam.delete_policy(PolicyArn=arn)
+    fails("NoSuchEntity", iam.get_policy, PolicyArn=arn)
+
+
+def test_a_users_key_may_do_what_its_policies_allow(iam, edge, region, s3, kinesis):
+    bucket = unique("py-iam")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="uploads/a.txt", Body=b"a")
+    s3.put_object(Bucket=bucket, Key="private/b.txt", Body=b"b")
+    user = unique("reader")
+    group = unique("readers")
+    created = iam.create_user(UserName=user)["User"]
+    assert created["Arn"] == f"arn:aws:iam::{ACCOUNT_ID}:user/{user}" and created["UserId"].startswith("AIDA")
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    assert key["Status"] == "Active" and len(key["SecretAccessKey"]) == 40
+
+    def as_user(service, **config):
+        return boto3.session.Session().client(
+            service,
+            endpoint_url=edge,
+            region_name=region,
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+            config=Config(retries={"max_attempts": 1}, **config),
+        )
+
+    user_s3 = as_user("s3", s3={"addressing_style": "path"})
+    me = as_user("sts").get_caller_identity()
+    assert me["Arn"] == created["Arn"] and me["UserId"] == created["UserId"]
+    # A new user may do nothing.
+    fails("AccessDenied", user_s3.get_object, Bucket=bucket, Key="uploads/a.txt")
+
+    # Only s3:GetObject on BUCKET/uploads/*, through a group's managed policy.
+    read_uploads = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/uploads/*"}],
+    }
+    policy = iam.create_policy(PolicyName=unique("read-uploads"), PolicyDocument=json.dumps(read_uploads))["Policy"]
+    iam.create_group(GroupName=group)
+    iam.attach_group_policy(GroupName=group, PolicyArn=policy["Arn"])
+    iam.add_user_to_group(GroupName=group, UserName=user)
+    assert [g["GroupName"] for g in iam.list_groups_for_user(UserName=user)["Groups"]] == [group]
+    assert [u["UserName"] for u in iam.get_group(GroupName=group)["Users"]] == [user]
+    assert user_s3.get_object(Bucket=bucket, Key="uploads/a.txt")["Body"].read() == b"a"
+    denied = fails("AccessDenied", user_s3.get_object, Bucket=bucket, Key="private/b.txt")
+    assert f"User: {created['Arn']} is not authorized to perform: s3:GetObject" in denied["Error"]["Message"]
+    fails("AccessDenied", user_s3.put_object, Bucket=bucket, Key="uploads/new.txt", Body=b"x")
+    fails("AccessDenied", user_s3.delete_object, Bucket=bucket, Key="uploads/a.txt")
+    stream = unique("py-iam-stream")
+    kinesis.create_stream(StreamName=stream, ShardCount=1)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        as_user("kinesis").put_record(StreamName=stream, Data=b"x", PartitionKey="p")
+    assert error_code(e) == "AccessDeniedException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        as_user("cognito-idp").admin_create_user(UserPoolId=f"{region}_nothere", Username="x")
+    assert error_code(e) == "AccessDeniedException"
+
+    # An explicit Deny of the user's own beats the group's Allow.
+    deny = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Deny", "Action": "s3:*", "Resource": f"arn:aws:s3:::{bucket}/uploads/a.txt"}],
+    }
+    iam.put_user_policy(UserName=user, PolicyName="deny-a", PolicyDocument=json.dumps(deny))
+    denied = fails("AccessDenied", user_s3.get_object, Bucket=bucket, Key="uploads/a.txt")
+    assert "explicit deny" in denied["Error"]["Message"]
+    iam.delete_user_policy(UserName=user, PolicyName="deny-a")
+    assert user_s3.get_object(Bucket=bucket, Key="uploads/a.txt")["Body"].read() == b"a"
+
+    # The user may not manage IAM; its key, once inactive, is refused.
+    fails("AccessDenied", as_user("iam").create_user, UserName=unique("other"))
+    iam.update_access_key(UserName=user, AccessKeyId=key["AccessKeyId"], Status="Inactive")
+    listed = iam.list_access_keys(UserName=user)["AccessKeyMetadata"]
+    assert [(k["AccessKeyId"], k["Status"]) for k in listed] == [(key["AccessKeyId"], "Inactive")]
+    fails("InvalidAccessKeyId", user_s3.get_object, Bucket=bucket, Key="uploads/a.txt")
+    fails("InvalidClientTokenId", as_user("sts").get_caller_identity)
+
+    # A user with keys, groups or policies cannot be deleted.
+    fails("DeleteConflict", iam.delete_user, UserName=user)
+    iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+    fails("NoSuchEntity", iam.delete_access_key, UserName=user, AccessKeyId=key["AccessKeyId"])
+    fails("DeleteConflict", iam.delete_user, UserName=user)
+    iam.remove_user_from_group(GroupName=group, UserName=user)
+    iam.delete_user(UserName=user)
+    fails("DeleteConflict", iam.delete_group, GroupName=group)
+    iam.detach_group_policy(GroupName=group, PolicyArn=policy["Arn"])
+    iam.delete_group(GroupName=group)
+    iam.delete_policy(PolicyArn=policy["Arn"])
+    kinesis.delete_stream(StreamName=stream)
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "uploads/a.txt"}, {"Key": "private/b.txt"}]})
+    s3.delete_bucket(Bucket=bucket)
+
+
+def test_unknown_actions_and_pagination(iam):
+    names = [unique("pager") for _ in range(3)]
+    for n in names:
+        iam.create_user(UserName=n, Path="/pager/")
+    page = iam.list_users(PathPrefix="/pager/", MaxItems=2)
+    assert page["IsTruncated"] and len(page["Users"]) == 2
+    rest = iam.list_users(PathPrefix="/pager/", MaxItems=2, Marker=page["Marker"])
+    assert not rest["IsTruncated"]
+    assert sorted(u["UserName"] for u in page["Users"] + rest["Users"]) == sorted(names)
+    for n in names:
+        iam.delete_user(UserName=n)
+    fails("NoSuchEntity", iam.get_user, UserName=names[0])
