@@ -137,6 +137,7 @@ pub fn router(edge: Edge) -> Result<Router, String> {
         // HeadObject with a Range answers 206 (see `s3::partial_content`).
         .layer(axum::middleware::map_response(s3::partial_content))
         .layer(axum::middleware::map_response(retry_after))
+        .layer(axum::middleware::from_fn(close_after_refused_expect))
         .with_state(edge))
 }
 
@@ -569,6 +570,34 @@ pub async fn authenticate(
         account_id: account_id.to_owned(),
         user: grant.user,
     })
+}
+
+/// An error answer to an HTTP/1.1 request that announced its body with
+/// `Expect: 100-continue` closes the connection (`Connection: close`).
+///
+/// The handler refused the request without reading its body, so the client may or may not
+/// send it: botocore sends it anyway when the answer takes longer than its one-second wait,
+/// after which the body's bytes and the next request on the connection can no longer be
+/// told apart (seen as a spurious `SignatureDoesNotMatch` on the next request under load).
+/// A fresh connection for the next request removes the ambiguity, at the cost of one
+/// handshake after an error.
+async fn close_after_refused_expect(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let expects = req.version() == axum::http::Version::HTTP_11
+        && req
+            .headers()
+            .get(axum::http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut resp = next.run(req).await;
+    if expects && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 /// Every 503 and every TooManyRequestsException says when to try again (AWS SDKs retry both

@@ -247,3 +247,27 @@ async fn s3_errors() {
     assert_eq!(status, 403);
     assert!(body.contains("<Code>AccessDenied</Code>"), "{body}");
 }
+
+/// An error answer to a request that announced its body with `Expect: 100-continue` closes
+/// the connection: the client may still send the unread body, which would otherwise run
+/// into the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_expect_continue_requests_close_the_connection() {
+    let f = fixture();
+    for (expect, closes) in [(true, true), (false, false)] {
+        let mut req = signed(&f, "PUT", "/no-such-bucket/key", None, "y", "s3");
+        if expect {
+            req.headers_mut()
+                .insert("expect", "100-continue".parse().expect("header"));
+        }
+        let resp: Response<Body> = f.router.clone().oneshot(req).await.expect("response");
+        assert_eq!(resp.status().as_u16(), 404);
+        assert_eq!(
+            resp.headers()
+                .get("connection")
+                .is_some_and(|v| v == "close"),
+            closes,
+            "expect: {expect}"
+        );
+    }
+}
