@@ -56,6 +56,7 @@ fn fixture() -> &'static Fixture {
             policy: policy.map(Arc::new),
             account_id: ACCOUNT.into(),
             user: None,
+            context: Default::default(),
         };
         let scoped = principal(Some(sluice_policy::Policy::parse(&policy).expect("policy")));
         let live = runtime().block_on(live(&ctx)).expect("fixture stream");

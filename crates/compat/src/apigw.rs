@@ -104,6 +104,7 @@ pub async fn handle(State(edge): State<Edge>, req: Request) -> Response {
         &parts.uri,
         &parts.headers,
         &body,
+        crate::peer_of(&parts.extensions),
     )
     .await
     {

@@ -25,7 +25,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use sluice_policy::{Decision, Policy};
+use sluice_policy::{Context, Decision, Policy};
 
 /// Who signed a request, and what they may do.
 #[derive(Debug, Clone)]
@@ -37,6 +37,63 @@ pub struct Principal {
     /// The IAM user the key belongs to; `None`: an account key (the root key or a key
     /// `sluice keys` made).
     pub user: Option<sluice_identity::access_keys::GrantUser>,
+    /// The request's condition keys (see [`request_context`]).
+    pub context: Arc<Context>,
+}
+
+/// The condition keys sluice knows of a signed request, for policies' `Condition` blocks
+/// and variables: `aws:SourceIp` (the connection's peer: sluice does not read
+/// `X-Forwarded-For`, which a client could forge), `aws:CurrentTime`, `aws:EpochTime`,
+/// `aws:SecureTransport` (`false`: the edge serves plain HTTP; a TLS proxy in front does
+/// not change what sluice can vouch for), `aws:PrincipalAccount`, `aws:PrincipalArn`,
+/// `aws:PrincipalType` (`User` or `Account`), and for IAM users `aws:username`,
+/// `aws:userid` and `aws:PrincipalTag/<key>`. Keys sluice does not know are absent, which
+/// IAM's rules make a test false (a negated one true) unless it is `…IfExists`.
+pub fn request_context(
+    account_id: &str,
+    principal_arn: &str,
+    user: Option<&sluice_identity::access_keys::GrantUser>,
+    source: Option<std::net::IpAddr>,
+) -> Context {
+    let mut c = Context::new();
+    let now = chrono::Utc::now();
+    c.set(
+        "aws:CurrentTime",
+        now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
+    .set("aws:EpochTime", now.timestamp().to_string())
+    .set("aws:SecureTransport", "false")
+    .set("aws:PrincipalAccount", account_id)
+    .set("aws:PrincipalArn", principal_arn);
+    if let Some(ip) = source {
+        // An IPv4 client seen through an IPv6 socket is its IPv4 address.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        c.set("aws:SourceIp", ip.to_string());
+    }
+    match user {
+        Some(u) if u.session.is_some() => {
+            c.set("aws:PrincipalType", "AssumedRole")
+                .set("aws:userid", u.user_id.clone());
+            for (k, v) in &u.tags {
+                c.set(&format!("aws:PrincipalTag/{k}"), v.clone());
+            }
+        }
+        Some(u) => {
+            c.set("aws:PrincipalType", "User")
+                .set("aws:username", u.name.clone())
+                .set("aws:userid", u.user_id.clone());
+            for (k, v) in &u.tags {
+                c.set(&format!("aws:PrincipalTag/{k}"), v.clone());
+            }
+        }
+        None => {
+            c.set("aws:PrincipalType", "Account");
+        }
+    }
+    c
 }
 
 /// A request the principal's policy does not allow.
@@ -66,7 +123,54 @@ impl Denied {
     }
 }
 
+/// Whether a request carries its key's session token, when the key is a role session's
+/// (`X-Amz-Security-Token`, as a header or a presigned URL's query parameter). Other keys
+/// need none.
+pub fn session_token_ok(
+    grant: &sluice_identity::access_keys::KeyGrant,
+    headers: &axum::http::HeaderMap,
+    query: Option<&str>,
+) -> bool {
+    let Some(want) = &grant.session_token_hash else {
+        return true;
+    };
+    let sent = headers
+        .get("x-amz-security-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            query?.split('&').find_map(|pair| {
+                pair.strip_prefix("X-Amz-Security-Token=")
+                    .map(crate::sigv4::percent_decode)
+            })
+        });
+    sent.is_some_and(|t| sluice_identity::access_keys::token_hash(&t) == *want)
+}
+
 impl Principal {
+    /// The principal of a verified signature, with its request's condition keys.
+    pub fn new(
+        access_key_id: String,
+        grant: sluice_identity::access_keys::KeyGrant,
+        account_id: &str,
+        source: Option<std::net::IpAddr>,
+    ) -> Principal {
+        let mut p = Principal {
+            access_key_id,
+            policy: grant.policy,
+            account_id: account_id.to_owned(),
+            user: grant.user,
+            context: Arc::default(),
+        };
+        p.context = Arc::new(request_context(
+            account_id,
+            &p.arn(),
+            p.user.as_ref(),
+            source,
+        ));
+        p
+    }
+
     /// The principal's ARN: its IAM user's, or for an account key with a policy the key as
     /// a user of the account, or for a key with full access the account's root.
     pub fn arn(&self) -> String {
@@ -85,7 +189,7 @@ impl Principal {
         let Some(policy) = &self.policy else {
             return Ok(());
         };
-        match policy.decide(action, resource) {
+        match policy.decide_in(action, resource, &self.context) {
             Decision::Allow => Ok(()),
             d => Err(Denied {
                 principal: self.arn(),
@@ -168,6 +272,7 @@ mod tests {
             policy: doc.map(|d| Arc::new(Policy::parse(d).expect("policy"))),
             account_id: "000000000000".into(),
             user: None,
+            context: Arc::default(),
         }
     }
 

@@ -3,8 +3,9 @@
 //! `<ErrorResponse><Error><Type/><Code/><Message/></Error><RequestId/></ErrorResponse>`.
 //!
 //! IAM: users, groups and roles with their inline and attached policies, tags, customer
-//! managed policies and versions, the AWS managed policies of `sluice_iam::managed`, and
-//! users' access keys ([`sluice_iam::Iam`]). STS: `GetCallerIdentity`. Every IAM operation
+//! managed policies and versions, the AWS managed policies of `sluice_iam::managed`,
+//! users' access keys ([`sluice_iam::Iam`]), and SimulatePrincipalPolicy /
+//! SimulateCustomPolicy (the edge's own evaluator, over the context entries given). STS: `GetCallerIdentity`. Every IAM operation
 //! is authorized as `iam:<Action>` on the entity's ARN (the root key may do everything);
 //! GetCallerIdentity needs no permission, as on AWS.
 //!
@@ -109,6 +110,7 @@ impl From<IamError> for QueryError {
             IamError::Validation(_) => {
                 QueryError::new(StatusCode::BAD_REQUEST, "ValidationError", m)
             }
+            IamError::AccessDenied(_) => QueryError::new(StatusCode::FORBIDDEN, "AccessDenied", m),
             other => {
                 tracing::error!(error = %other, "iam operation failed");
                 QueryError::new(
@@ -220,6 +222,7 @@ async fn serve(
         &parts.uri,
         &parts.headers,
         &body,
+        crate::peer_of(&parts.extensions),
     )
     .await
     {
@@ -237,7 +240,7 @@ async fn serve(
     let params = Params(params);
     let action = params.required("Action")?.to_owned();
     if service == "sts" {
-        return sts(&edge, &principal, &action, request_id);
+        return sts(&edge, &principal, &params, &action, request_id).await;
     }
     let Some(api) = edge.iam.clone() else {
         return Err(QueryError::new(
@@ -301,13 +304,80 @@ fn ok(ns: &str, action: &str, result: Option<&str>, request_id: &str) -> Respons
     (StatusCode::OK, [("content-type", "text/xml")], body).into_response()
 }
 
-fn sts(
+async fn sts(
     edge: &Edge,
     principal: &Principal,
+    p: &Params,
     action: &str,
     request_id: &str,
 ) -> Result<Response, QueryError> {
     match action {
+        "AssumeRole" => {
+            let Some(api) = edge.iam.as_ref() else {
+                return Err(QueryError::new(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidAction",
+                    "this server does not serve IAM roles",
+                ));
+            };
+            for unsupported in [
+                "Policy",
+                "PolicyArns.member.1.arn",
+                "Tags.member.1.Key",
+                "SerialNumber",
+                "SourceIdentity",
+                "ProvidedContexts.member.1.ProviderArn",
+            ] {
+                if p.get(unsupported).is_some() {
+                    let name = unsupported.split('.').next().unwrap_or(unsupported);
+                    return Err(QueryError::new(
+                        StatusCode::BAD_REQUEST,
+                        "ValidationError",
+                        format!("{name} is not supported by sluice's AssumeRole"),
+                    ));
+                }
+            }
+            let role_arn = p.required("RoleArn")?;
+            let session = p.required("RoleSessionName")?;
+            principal
+                .check("sts:AssumeRole", role_arn)
+                .map_err(|d| QueryError::new(StatusCode::FORBIDDEN, "AccessDenied", d.message()))?;
+            let caller_arn = principal.arn();
+            let role_of_session = match principal.user.as_ref() {
+                Some(u) if u.session.is_some() => api
+                    .iam
+                    .get(sluice_iam::Kind::Role, &u.name)
+                    .await
+                    .ok()
+                    .map(|r| r.arn),
+                _ => None,
+            };
+            let caller = sluice_iam::sts::Caller {
+                arn: &caller_arn,
+                account: &principal.account_id,
+                role_arn: role_of_session.as_deref(),
+                service: None,
+            };
+            let mut ctx = (*principal.context).clone();
+            if let Some(id) = p.get("ExternalId") {
+                ctx.set("sts:ExternalId", id);
+            }
+            let assumed = api
+                .iam
+                .assume_role(caller, role_arn, session, p.int("DurationSeconds")?, &ctx)
+                .await?;
+            let c = &assumed.credentials;
+            let result = format!(
+                "<Credentials><AccessKeyId>{}</AccessKeyId><SecretAccessKey>{}</SecretAccessKey><SessionToken>{}</SessionToken><Expiration>{}</Expiration></Credentials><AssumedRoleUser><AssumedRoleId>{}</AssumedRoleId><Arn>{}</Arn></AssumedRoleUser><PackedPolicySize>0</PackedPolicySize>",
+                esc(&c.access_key_id),
+                esc(&c.secret),
+                esc(&c.session_token),
+                sluice_iam::iso(c.expires_ms),
+                esc(&assumed.assumed_role_id),
+                esc(&assumed.arn)
+            );
+            Ok(ok(STS_NS, action, Some(&result), request_id))
+        }
         "GetCallerIdentity" => {
             let account = &edge.kinesis.account_id;
             let user_id = match (&principal.user, &principal.policy) {
@@ -327,7 +397,7 @@ fn sts(
             StatusCode::BAD_REQUEST,
             "InvalidAction",
             format!(
-                "Could not find operation {other} for version 2011-06-15 (sluice's STS answers GetCallerIdentity)"
+                "Could not find operation {other} for version 2011-06-15 (sluice's STS answers GetCallerIdentity and AssumeRole)"
             ),
         )),
     }
@@ -394,8 +464,8 @@ impl Call<'_> {
             return Ok(u.to_owned());
         }
         match &self.principal.user {
-            Some(u) => Ok(u.name.clone()),
-            None => Err(QueryError::missing("UserName")),
+            Some(u) if u.session.is_none() => Ok(u.name.clone()),
+            _ => Err(QueryError::missing("UserName")),
         }
     }
 
@@ -486,7 +556,8 @@ impl Call<'_> {
                 let name = if kind == Kind::User {
                     match (p.get("UserName"), &self.principal.user) {
                         (Some(n), _) => n.to_owned(),
-                        (None, Some(u)) => u.name.clone(),
+                        (None, Some(u)) if u.session.is_none() => u.name.clone(),
+                        (None, Some(_)) => return Err(QueryError::missing("UserName")),
                         (None, None) => {
                             // The root key asks about itself.
                             self.authorize(&format!("arn:aws:iam::{account}:root"))?;
@@ -863,6 +934,57 @@ impl Call<'_> {
                 }
                 Ok(None)
             }
+            "SimulatePrincipalPolicy" | "SimulateCustomPolicy" => {
+                let mut docs = Vec::new();
+                if action == "SimulatePrincipalPolicy" {
+                    let source = p.required("PolicySourceArn")?;
+                    self.authorize(source)?;
+                    let (kind, name) = sluice_iam::entity_of_arn(source).ok_or_else(|| {
+                        QueryError::invalid(format!(
+                            "PolicySourceArn {source} is not the ARN of a user, group or role"
+                        ))
+                    })?;
+                    docs = self.iam.documents_of(kind, &name).await?.1;
+                } else {
+                    self.authorize(all)?;
+                    if p.list("PolicyInputList").is_empty() {
+                        return Err(QueryError::missing("PolicyInputList"));
+                    }
+                }
+                docs.extend(p.list("PolicyInputList"));
+                let policies = docs
+                    .iter()
+                    .map(|d| sluice_iam::parse_identity_policy(d))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let actions = p.list("ActionNames");
+                if actions.is_empty() {
+                    return Err(QueryError::missing("ActionNames"));
+                }
+                let mut resources = p.list("ResourceArns");
+                if resources.is_empty() {
+                    resources.push("*".into());
+                }
+                let context = simulation_context(p)?;
+                let mut results = Vec::new();
+                for a in &actions {
+                    for r in &resources {
+                        let d = sluice_policy::decide_in(&policies, a, r, &context);
+                        results.push((a.clone(), r.clone(), d));
+                    }
+                }
+                Ok(Some(self.page("EvaluationResults", &results, |(a, r, d)| {
+                    let decision = match d {
+                        sluice_policy::Decision::Allow => "allowed",
+                        sluice_policy::Decision::ExplicitDeny => "explicitDeny",
+                        sluice_policy::Decision::ImplicitDeny => "implicitDeny",
+                    };
+                    format!(
+                        "<EvalActionName>{}</EvalActionName><EvalResourceName>{}</EvalResourceName><EvalDecision>{decision}</EvalDecision><MatchedStatements></MatchedStatements><MissingContextValues></MissingContextValues>",
+                        esc(a),
+                        esc(r)
+                    )
+                })?))
+            }
             other => Err(QueryError::new(
                 StatusCode::BAD_REQUEST,
                 "InvalidAction",
@@ -872,6 +994,25 @@ impl Call<'_> {
             )),
         }
     }
+}
+
+/// The condition keys a simulation is given (`ContextEntries`): only those, as IAM's
+/// simulator uses only the values it is given.
+fn simulation_context(p: &Params) -> Result<sluice_policy::Context, QueryError> {
+    let mut ctx = sluice_policy::Context::new();
+    for i in 1.. {
+        let Some(key) = p.get(&format!("ContextEntries.member.{i}.ContextKeyName")) else {
+            break;
+        };
+        let values = p.list(&format!("ContextEntries.member.{i}.ContextKeyValues"));
+        if values.is_empty() {
+            return Err(QueryError::invalid(format!(
+                "the context entry {key} has no value"
+            )));
+        }
+        ctx.set_all(key, values);
+    }
+    Ok(ctx)
 }
 
 fn valid_policy_arn(arn: &str) -> Result<(), QueryError> {

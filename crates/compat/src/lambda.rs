@@ -436,6 +436,7 @@ async fn serve(edge: Edge, req: Request) -> Response {
         &parts.uri,
         &parts.headers,
         &body,
+        crate::peer_of(&parts.extensions),
     )
     .await
     {

@@ -289,6 +289,7 @@ async fn dispatch(
                     &uri,
                     &headers,
                     &body,
+                    peer.as_ref().map(|p| p.0.0.ip()),
                 )
                 .await
                 {
@@ -358,6 +359,7 @@ async fn dispatch(
                 &uri,
                 &headers,
                 &body,
+                peer.as_ref().map(|p| p.0.0.ip()),
             )
             .await
             {
@@ -474,6 +476,7 @@ pub async fn authenticate(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
+    source: Option<std::net::IpAddr>,
 ) -> Result<authz::Principal, Response> {
     let refuse = |e: sigv4::SigError| {
         let reason = match &e {
@@ -562,14 +565,24 @@ pub async fn authenticate(
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     sigv4::verify(&auth, &req, &grant.secret, now).map_err(refuse)?;
+    if !authz::session_token_ok(&grant, headers, uri.query()) {
+        return Err(refuse(sigv4::SigError::UnknownKey));
+    }
     metrics::counter!("sluice_auth_total", "edge" => "sigv4", "result" => "success", "reason" => "ok")
         .increment(1);
-    Ok(authz::Principal {
-        access_key_id: auth.access_key_id,
-        policy: grant.policy,
-        account_id: account_id.to_owned(),
-        user: grant.user,
-    })
+    Ok(authz::Principal::new(
+        auth.access_key_id,
+        grant,
+        account_id,
+        source,
+    ))
+}
+
+/// The address of the connection a request came on, when the server records it.
+pub(crate) fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
 }
 
 /// An error answer to an HTTP/1.1 request that announced its body with

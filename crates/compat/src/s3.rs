@@ -126,7 +126,8 @@ impl s3s::access::S3Access for KeyAccess {
                 "Anonymous access is not allowed: sign the request with an access key",
             ));
         };
-        let grant = match self.keys.lookup(&credentials.access_key).await {
+        let access_key = credentials.access_key.clone();
+        let grant = match self.keys.lookup(&access_key).await {
             Ok(Some(g)) => {
                 // s3s verified the signature before calling this hook.
                 metrics::counter!("sluice_auth_total", "edge" => "sigv4", "result" => "success", "reason" => "ok")
@@ -137,12 +138,14 @@ impl s3s::access::S3Access for KeyAccess {
             Ok(None) => return Err(s3_error!(InvalidAccessKeyId)),
             Err(e) => return Err(key_lookup_error(e)),
         };
-        let principal = crate::authz::Principal {
-            access_key_id: credentials.access_key.clone(),
-            policy: grant.policy,
-            account_id: self.account_id.clone(),
-            user: grant.user,
-        };
+        if !crate::authz::session_token_ok(&grant, cx.headers(), cx.uri().query()) {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidToken,
+                "The provided token is malformed or otherwise invalid.",
+            ));
+        }
+        let source = crate::peer_of(cx.extensions_mut());
+        let principal = crate::authz::Principal::new(access_key, grant, &self.account_id, source);
         if principal.unrestricted() {
             return Ok(());
         }

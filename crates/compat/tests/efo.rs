@@ -696,5 +696,6 @@ fn full_access() -> sluice_compat::authz::Principal {
         policy: None,
         account_id: "000000000000".into(),
         user: None,
+        context: Default::default(),
     }
 }

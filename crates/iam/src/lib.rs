@@ -16,11 +16,12 @@
 //! **Users' keys** are the keys `sluice keys` manages, marked with their user and status
 //! (`access_keys.user_name`, `status`).
 //!
-//! Not yet here (the next steps): roles' trust policies are validated and stored
-//! but not yet assumed (no STS `AssumeRole`; functions still run with their own keys), and
-//! `Condition` blocks and policy variables are refused by the evaluator rather than ignored.
+//! Roles are assumed through [`sts`] (AssumeRole: the trust policy decides; the session's
+//! temporary key is an `access_keys` row with a token hash and an expiry). Not yet here:
+//! functions running as their execution role.
 
 pub mod managed;
+pub mod sts;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -127,6 +128,9 @@ pub enum IamError {
     /// `ValidationError` (400): a parameter fails its constraint.
     #[error("{0}")]
     Validation(String),
+    /// `AccessDenied` (403): a role's trust policy does not let the caller assume it.
+    #[error("{0}")]
+    AccessDenied(String),
     #[error("metadata: {0}")]
     Meta(#[from] MetaError),
     #[error("access keys: {0}")]
@@ -589,7 +593,10 @@ impl Iam {
                 merge_tags(&mut e.tags, &tags)?;
                 write_entity(tx, &e)
             })
-            .await
+            .await?;
+        // Users' tags are `aws:PrincipalTag/…` in their policies' conditions.
+        self.permissions_changed();
+        Ok(())
     }
 
     /// UntagUser / UntagRole.
@@ -601,7 +608,9 @@ impl Iam {
                 e.tags.retain(|(k, _)| !keys.contains(k));
                 write_entity(tx, &e)
             })
-            .await
+            .await?;
+        self.permissions_changed();
+        Ok(())
     }
 
     /// DeleteUser / DeleteGroup / DeleteRole: refused while the entity has policies, keys,
@@ -1362,18 +1371,32 @@ impl Iam {
     /// The policy documents that apply to a user: its inline and attached policies and
     /// those of its groups.
     pub async fn documents_of_user(&self, user: &str) -> Result<(Entity, Vec<String>), IamError> {
-        let (user, account) = (user.to_owned(), self.account_id.clone());
+        self.documents_of(Kind::User, user).await
+    }
+
+    /// The policy documents that apply to an entity: its inline and attached policies, and
+    /// for a user those of its groups.
+    pub async fn documents_of(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<(Entity, Vec<String>), IamError> {
+        let (name, account) = (name.to_owned(), self.account_id.clone());
         let (e, inline, arns, versions) = self
             .db
             .read(move |c| {
-                let e = read_entity(c, Kind::User, &user, &account)?;
+                let e = read_entity(c, kind, &name, &account)?;
                 let k = key_of(&e.name);
-                let groups: Vec<String> = c.query_vec(
-                    "SELECT group_key FROM iam_members WHERE user_key = ?1",
-                    params![&k],
-                    |r| r.get(0),
-                )?;
-                let mut owners = vec![("user", k)];
+                let groups: Vec<String> = if kind == Kind::User {
+                    c.query_vec(
+                        "SELECT group_key FROM iam_members WHERE user_key = ?1",
+                        params![&k],
+                        |r| r.get(0),
+                    )?
+                } else {
+                    Vec::new()
+                };
+                let mut owners = vec![(kind.as_str(), k)];
                 owners.extend(groups.into_iter().map(|g| ("group", g)));
                 let (mut inline, mut arns) = (Vec::new(), Vec::new());
                 for (kind, owner) in &owners {
@@ -1412,18 +1435,39 @@ impl Iam {
     }
 }
 
-#[async_trait::async_trait]
-impl UserDirectory for Iam {
-    async fn grant_of(&self, user: &str) -> Result<UserGrant, IdentityError> {
-        let (e, docs) = self.documents_of_user(user).await.map_err(|e| match e {
-            IamError::NoSuchEntity(m) => IdentityError::ResourceNotFound(m),
-            IamError::Meta(m) => IdentityError::Meta(m),
-            IamError::Keys(k) => k,
-            other => IdentityError::Backend(other.to_string()),
-        })?;
+/// The entity an IAM ARN names (`arn:aws:iam::ACCOUNT:user/path/name`): its kind and name.
+pub fn entity_of_arn(arn: &str) -> Option<(Kind, String)> {
+    let resource = arn.strip_prefix("arn:aws:iam::")?.split_once(':')?.1;
+    let (kind, rest) = resource.split_once('/')?;
+    let kind = match kind {
+        "user" => Kind::User,
+        "group" => Kind::Group,
+        "role" => Kind::Role,
+        _ => return None,
+    };
+    let name = rest.rsplit('/').next()?;
+    (!name.is_empty()).then(|| (kind, name.to_owned()))
+}
+
+fn identity_error(e: IamError) -> IdentityError {
+    match e {
+        IamError::NoSuchEntity(m) => IdentityError::ResourceNotFound(m),
+        IamError::Meta(m) => IdentityError::Meta(m),
+        IamError::Keys(k) => k,
+        other => IdentityError::Backend(other.to_string()),
+    }
+}
+
+impl Iam {
+    /// An entity's ARN, id, tags and the union of its policies.
+    async fn grant(&self, kind: Kind, name: &str) -> Result<UserGrant, IdentityError> {
+        let (e, docs) = self
+            .documents_of(kind, name)
+            .await
+            .map_err(identity_error)?;
         let policies = docs.iter().map(|d| {
             Policy::parse(d).unwrap_or_else(|err| {
-                tracing::error!(user = %e.name, error = %err, "a stored IAM policy does not parse: it allows nothing");
+                tracing::error!(entity = %e.name, error = %err, "a stored IAM policy does not parse: it allows nothing");
                 Policy::deny_all()
             })
         });
@@ -1431,7 +1475,19 @@ impl UserDirectory for Iam {
             arn: e.arn.clone(),
             user_id: e.id.clone(),
             policy: Policy::union(policies.collect::<Vec<_>>()),
+            tags: e.tags.clone(),
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl UserDirectory for Iam {
+    async fn grant_of(&self, user: &str) -> Result<UserGrant, IdentityError> {
+        self.grant(Kind::User, user).await
+    }
+
+    async fn role_grant_of(&self, role: &str) -> Result<UserGrant, IdentityError> {
+        self.grant(Kind::Role, role).await
     }
 }
 

@@ -372,3 +372,140 @@ async fn a_users_key_is_allowed_what_its_policies_allow() {
         .await
         .expect("delete group");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_sessions_carry_the_roles_policies_and_expire() {
+    let f = fixture();
+    let trust_account = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"000000000000"},"Action":"sts:AssumeRole"}]}"#;
+    f.iam
+        .create(
+            Kind::Role,
+            NewEntity {
+                name: "writer".into(),
+                assume_role_policy: Some(trust_account.into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("role");
+    f.iam
+        .create(Kind::Role, role("lambda-only"))
+        .await
+        .expect("role");
+    f.iam
+        .put_inline(Kind::Role, "writer", "put", PUT_RECORD)
+        .await
+        .expect("policy");
+    let root = sts::Caller {
+        arn: "arn:aws:iam::000000000000:root",
+        account: "000000000000",
+        role_arn: None,
+        service: None,
+    };
+    let none = sluice_policy::Context::new();
+    let s = f
+        .iam
+        .assume_role(
+            root,
+            "arn:aws:iam::000000000000:role/writer",
+            "s1",
+            Some(900),
+            &none,
+        )
+        .await
+        .expect("assume");
+    assert_eq!(s.arn, "arn:aws:sts::000000000000:assumed-role/writer/s1");
+    let g = f
+        .keys
+        .lookup(&s.credentials.access_key_id)
+        .await
+        .expect("lookup")
+        .expect("a live session");
+    assert_eq!(
+        g.session_token_hash,
+        Some(sluice_identity::access_keys::token_hash(
+            &s.credentials.session_token
+        ))
+    );
+    let user = g.user.expect("the session's role");
+    assert_eq!(user.arn, s.arn);
+    assert_eq!(user.session.as_deref(), Some("s1"));
+    assert!(
+        g.policy
+            .expect("policy")
+            .decide("kinesis:PutRecord", STREAM)
+            .allowed()
+    );
+
+    // A role that trusts only Lambda cannot be assumed by the account; Lambda can.
+    assert!(matches!(
+        f.iam
+            .assume_role(
+                root,
+                "arn:aws:iam::000000000000:role/lambda-only",
+                "s2",
+                None,
+                &none
+            )
+            .await,
+        Err(IamError::AccessDenied(_))
+    ));
+    let lambda = sts::Caller {
+        service: Some("lambda.amazonaws.com"),
+        ..root
+    };
+    f.iam
+        .assume_role(
+            lambda,
+            "arn:aws:iam::000000000000:role/lambda-only",
+            "fn",
+            None,
+            &none,
+        )
+        .await
+        .expect("lambda may");
+    assert!(
+        matches!(
+            f.iam
+                .assume_role(
+                    root,
+                    "arn:aws:iam::000000000000:role/writer",
+                    "s",
+                    Some(900),
+                    &none
+                )
+                .await,
+            Err(IamError::Validation(_))
+        ),
+        "a one-character session name"
+    );
+    assert!(
+        matches!(
+            f.iam
+                .assume_role(
+                    root,
+                    "arn:aws:iam::000000000000:role/writer",
+                    "s3",
+                    Some(3601),
+                    &none
+                )
+                .await,
+            Err(IamError::Validation(_))
+        ),
+        "longer than the role's maximum"
+    );
+
+    // An expired session is an unknown key.
+    let old = f
+        .keys
+        .create_session("writer", "old", sluice_meta::now_ms() - 1)
+        .await
+        .expect("session");
+    assert!(
+        f.keys
+            .lookup(&old.access_key_id)
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+}

@@ -49,6 +49,18 @@ ALTER TABLE access_keys ADD COLUMN status TEXT NOT NULL DEFAULT 'Active';
 CREATE INDEX access_keys_by_user ON access_keys (user_name);
 ",
     },
+    // Role sessions (STS AssumeRole): temporary keys of a role, with a session token (its
+    // SHA-256) and an expiry.
+    Migration {
+        name: "access-keys-0004",
+        sql: "
+ALTER TABLE access_keys ADD COLUMN role_name TEXT;
+ALTER TABLE access_keys ADD COLUMN session_name TEXT;
+ALTER TABLE access_keys ADD COLUMN token_hash TEXT;
+ALTER TABLE access_keys ADD COLUMN expires_ms INTEGER;
+CREATE INDEX access_keys_by_expiry ON access_keys (expires_ms);
+",
+    },
 ];
 
 /// What the edge needs to know of an IAM user whose key signed a request. Implemented by
@@ -58,6 +70,8 @@ pub trait UserDirectory: Send + Sync + 'static {
     /// The user's ARN and the union of its inline, attached and groups' policies;
     /// `ResourceNotFound` if there is no such user.
     async fn grant_of(&self, user: &str) -> Result<UserGrant, IdentityError>;
+    /// The same of a role: its ARN, id, policies and tags.
+    async fn role_grant_of(&self, role: &str) -> Result<UserGrant, IdentityError>;
 }
 
 /// An IAM user's identity and permissions, as [`UserDirectory::grant_of`] answers.
@@ -67,6 +81,8 @@ pub struct UserGrant {
     /// The user's unique id (`AIDA…`), as GetCallerIdentity answers.
     pub user_id: String,
     pub policy: Policy,
+    /// The user's tags (`aws:PrincipalTag/…` in conditions).
+    pub tags: Vec<(String, String)>,
 }
 
 /// An IAM user's access key, without its secret (IAM's `AccessKeyMetadata`).
@@ -107,16 +123,26 @@ pub struct KeyGrant {
     /// stored, so only a damaged row) is an empty policy: it allows nothing. For an IAM
     /// user's key: the user's policies.
     pub policy: Option<Arc<Policy>>,
-    /// The IAM user the key belongs to, if it does.
+    /// The IAM user (or the role, for a role session) the key belongs to, if any.
     pub user: Option<GrantUser>,
+    /// A role session's token (its SHA-256, hex): requests must carry the token.
+    pub session_token_hash: Option<String>,
+    /// When a role session's credentials expire.
+    pub expires_ms: Option<i64>,
 }
 
 /// The IAM user of a key, as the edge names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantUser {
+    /// The user's name, or for a role session the role's.
     pub name: String,
+    /// The user's ARN, or the session's (`arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`).
     pub arn: String,
+    /// `AIDA…`, or for a role session `AROA…:SESSION`.
     pub user_id: String,
+    pub tags: Vec<(String, String)>,
+    /// The session name of a role session; `None`: an IAM user.
+    pub session: Option<String>,
 }
 
 /// Parses a policy document for a key; `InvalidParameter` with IAM's reason if unusable.
@@ -541,55 +567,38 @@ impl AccessKeys {
         if let Ok(cache) = self.cache.read()
             && let Some((grant, at)) = cache.get(id)
             && at.elapsed() < CACHE_TTL
+            && grant
+                .as_ref()
+                .is_none_or(|g| g.expires_ms.is_none_or(|e| e > now_ms()))
         {
             return Ok(grant.clone());
         }
         let key = id.to_owned();
-        type Row = (String, Option<String>, Option<String>, String);
-        let stored: Option<Row> = self
+        let stored: Option<StoredKey> = self
             .db
             .read(move |c| {
                 Ok::<_, IdentityError>(c.query_opt(
-                    "SELECT secret, policy, user_name, status FROM access_keys WHERE id = ?1",
+                    "SELECT secret, policy, user_name, status, role_name, session_name, token_hash, expires_ms FROM access_keys WHERE id = ?1",
                     params![&key],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| {
+                        Ok(StoredKey {
+                            sealed: r.get(0)?,
+                            policy: r.get(1)?,
+                            user: r.get(2)?,
+                            active: r.get::<String>(3)? == "Active",
+                            role: r.get(4)?,
+                            session: r.get(5)?,
+                            token_hash: r.get(6)?,
+                            expires_ms: r.get(7)?,
+                        })
+                    },
                 )?)
             })
             .await?;
         let grant = match stored {
-            // An inactive key is refused as IAM refuses it: as if it did not exist.
-            Some((_, _, _, status)) if status != "Active" => None,
-            Some((sealed, policy, None, _)) => Some(KeyGrant {
-                secret: self.sealer.open(id, &sealed)?,
-                policy: policy.map(|doc| {
-                    Arc::new(parse_policy(&doc).unwrap_or_else(|e| {
-                        tracing::error!(key = %id, error = %e, "an access key's stored policy does not parse: the key may do nothing");
-                        Policy::deny_all()
-                    }))
-                }),
-                user: None,
-            }),
-            Some((sealed, _, Some(user), _)) => {
-                let secret = self.sealer.open(id, &sealed)?;
-                let Some(users) = self.users.get() else {
-                    tracing::error!(key = %id, %user, "a user's key signed a request, but no IAM directory is attached: the key may do nothing");
-                    return Ok(None);
-                };
-                match users.grant_of(&user).await {
-                    Ok(g) => Some(KeyGrant {
-                        secret,
-                        policy: Some(Arc::new(g.policy)),
-                        user: Some(GrantUser {
-                            name: user,
-                            arn: g.arn,
-                            user_id: g.user_id,
-                        }),
-                    }),
-                    // The user is gone (its keys go with it): the key is unknown.
-                    Err(IdentityError::ResourceNotFound(_)) => None,
-                    Err(e) => return Err(e),
-                }
-            }
+            // An inactive or expired key is refused as IAM refuses it: as if it did not exist.
+            Some(k) if !k.active || k.expires_ms.is_some_and(|e| e <= now_ms()) => None,
+            Some(k) => self.grant_of(id, k).await?,
             None => None,
         };
         if let Ok(mut cache) = self.cache.write() {
@@ -600,6 +609,145 @@ impl AccessKeys {
         }
         Ok(grant)
     }
+}
+
+/// A row of `access_keys`, as `lookup` reads it.
+struct StoredKey {
+    sealed: String,
+    policy: Option<String>,
+    user: Option<String>,
+    active: bool,
+    role: Option<String>,
+    session: Option<String>,
+    token_hash: Option<String>,
+    expires_ms: Option<i64>,
+}
+
+impl AccessKeys {
+    /// What a stored key may do: its own policy, its user's or its role's.
+    async fn grant_of(&self, id: &str, k: StoredKey) -> Result<Option<KeyGrant>, IdentityError> {
+        let secret = self.sealer.open(id, &k.sealed)?;
+        let (who, session) = match (&k.user, &k.role) {
+            (None, None) => {
+                return Ok(Some(KeyGrant {
+                    secret,
+                    policy: k.policy.map(|doc| {
+                        Arc::new(parse_policy(&doc).unwrap_or_else(|e| {
+                            tracing::error!(key = %id, error = %e, "an access key's stored policy does not parse: the key may do nothing");
+                            Policy::deny_all()
+                        }))
+                    }),
+                    user: None,
+                    session_token_hash: None,
+                    expires_ms: None,
+                }));
+            }
+            (Some(user), _) => (user.clone(), None),
+            (None, Some(role)) => (role.clone(), Some(k.session.clone().unwrap_or_default())),
+        };
+        let Some(users) = self.users.get() else {
+            tracing::error!(key = %id, principal = %who, "a user's or role's key signed a request, but no IAM directory is attached: the key may do nothing");
+            return Ok(None);
+        };
+        let found = match &session {
+            None => users.grant_of(&who).await,
+            Some(_) => users.role_grant_of(&who).await,
+        };
+        let g = match found {
+            Ok(g) => g,
+            // The user or role is gone (its keys go with it): the key is unknown.
+            Err(IdentityError::ResourceNotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let user = match &session {
+            None => GrantUser {
+                name: who,
+                arn: g.arn,
+                user_id: g.user_id,
+                tags: g.tags,
+                session: None,
+            },
+            Some(s) => {
+                let account = g.arn.split(':').nth(4).unwrap_or_default().to_owned();
+                GrantUser {
+                    arn: format!("arn:aws:sts::{account}:assumed-role/{who}/{s}"),
+                    user_id: format!("{}:{s}", g.user_id),
+                    name: who,
+                    tags: g.tags,
+                    session: Some(s.clone()),
+                }
+            }
+        };
+        Ok(Some(KeyGrant {
+            secret,
+            policy: Some(Arc::new(g.policy)),
+            user: Some(user),
+            session_token_hash: k.token_hash,
+            expires_ms: k.expires_ms,
+        }))
+    }
+
+    /// Temporary credentials of a role session (STS's AssumeRole): an `ASIA…` key, its
+    /// secret and a session token, valid until `expires_ms`. Expired sessions are deleted in
+    /// the same transaction.
+    pub async fn create_session(
+        &self,
+        role: &str,
+        session_name: &str,
+        expires_ms: i64,
+    ) -> Result<SessionCredentials, IdentityError> {
+        let id = format!(
+            "ASIA{}",
+            random_from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)
+        );
+        let secret = new_secret();
+        let token = random_from(
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+            128,
+        );
+        let sealed = self.sealer.seal(&id, &secret)?;
+        let (k, r, s, h) = (
+            id.clone(),
+            role.to_owned(),
+            session_name.to_owned(),
+            token_hash(&token),
+        );
+        self.db
+            .write(move |c| {
+                let now = now_ms();
+                c.execute(
+                    "DELETE FROM access_keys WHERE expires_ms IS NOT NULL AND expires_ms <= ?1",
+                    params![now],
+                )?;
+                c.execute(
+                    "INSERT INTO access_keys (id, secret, description, created_ms, status, role_name, session_name, token_hash, expires_ms) VALUES (?1, ?2, ?3, ?4, 'Active', ?5, ?6, ?7, ?8)",
+                    params![&k, &sealed, format!("role session {r}/{s}"), now, &r, &s, &h, expires_ms],
+                )?;
+                Ok::<_, IdentityError>(())
+            })
+            .await?;
+        Ok(SessionCredentials {
+            access_key_id: id,
+            secret,
+            session_token: token,
+            expires_ms,
+        })
+    }
+}
+
+/// A role session's credentials, as AssumeRole answers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCredentials {
+    pub access_key_id: String,
+    pub secret: String,
+    pub session_token: String,
+    pub expires_ms: i64,
+}
+
+/// How a session token is stored and compared: its SHA-256, hex.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
 /// A key id like AWS's: `AKIA` and 16 upper-case letters and digits.

@@ -14,11 +14,20 @@
 //!   region, account, resource), with `*` and `?` wildcards in each; `*` alone matches any
 //!   resource.
 //!
+//! - a statement's `Condition` block must hold for the request's [`Context`] (see
+//!   [`condition`]: every operator of IAM's grammar, `…IfExists`, `Null`, `ForAnyValue:` /
+//!   `ForAllValues:`); policy variables (`${aws:username}`, …) are replaced in resources
+//!   and condition values of `2012-10-17` documents.
+//!
 //! Not supported, and refused when a document is parsed (never silently ignored, which
-//! could allow more than its author meant): `Condition` blocks, `Principal` /
-//! `NotPrincipal` (they belong to resource policies), and policy variables (`${…}`).
+//! could allow more than its author meant): `Principal` / `NotPrincipal` (they belong to
+//! resource policies), and the variable escapes `${*}`, `${?}`, `${$}`.
+
+pub mod condition;
 
 use serde_json::Value;
+
+pub use condition::Context;
 
 /// A policy document that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +75,9 @@ struct Statement {
     effect: Effect,
     actions: Patterns,
     resources: Patterns,
+    conditions: Vec<condition::Test>,
+    /// Whether `${…}` are policy variables (documents of version `2012-10-17`).
+    variables: bool,
 }
 
 /// A parsed policy document.
@@ -104,6 +116,7 @@ impl Policy {
                 return Err(malformed(format!("unknown policy element {key:?}")));
             }
         }
+        let variables = doc.get("Version").and_then(Value::as_str) == Some("2012-10-17");
         match doc.get("Version").map(|v| v.as_str()) {
             None | Some(Some("2012-10-17")) | Some(Some("2008-10-17")) => {}
             Some(_) => {
@@ -113,8 +126,11 @@ impl Policy {
             }
         }
         let statements = match doc.get("Statement") {
-            Some(Value::Array(items)) => items.iter().map(statement).collect::<Result<_, _>>()?,
-            Some(one @ Value::Object(_)) => vec![statement(one)?],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|s| statement(s, variables))
+                .collect::<Result<_, _>>()?,
+            Some(one @ Value::Object(_)) => vec![statement(one, variables)?],
             Some(_) => return Err(malformed("Statement must be an object or an array")),
             None => return Err(malformed("the policy document has no Statement")),
         };
@@ -129,19 +145,31 @@ impl Policy {
         }
     }
 
-    /// This policy's decision on `action` (`service:Operation`) on `resource` (an ARN).
+    /// This policy's decision on `action` (`service:Operation`) on `resource` (an ARN), for
+    /// a request with no condition keys.
     pub fn decide(&self, action: &str, resource: &str) -> Decision {
         decide(std::slice::from_ref(self), action, resource)
+    }
+
+    /// This policy's decision for a request whose condition keys are `ctx`.
+    pub fn decide_in(&self, action: &str, resource: &str, ctx: &Context) -> Decision {
+        decide_in(std::slice::from_ref(self), action, resource, ctx)
     }
 }
 
 /// The decision of several policies together (a principal's attached and inline policies):
 /// a Deny in any of them wins; otherwise an Allow in any of them allows.
 pub fn decide(policies: &[Policy], action: &str, resource: &str) -> Decision {
+    decide_in(policies, action, resource, &Context::default())
+}
+
+/// [`decide`] for a request whose condition keys are `ctx`.
+pub fn decide_in(policies: &[Policy], action: &str, resource: &str, ctx: &Context) -> Decision {
     let mut allowed = false;
     for s in policies.iter().flat_map(|p| &p.statements) {
         if !applies(&s.actions, action, action_matches)
-            || !applies(&s.resources, resource, resource_matches)
+            || !resources_apply(&s.resources, resource, s.variables, ctx)
+            || !s.conditions.iter().all(|t| t.holds(ctx, s.variables))
         {
             continue;
         }
@@ -164,18 +192,30 @@ fn applies(p: &Patterns, value: &str, matches: fn(&str, &str) -> bool) -> bool {
     }
 }
 
-fn statement(v: &Value) -> Result<Statement, PolicyError> {
+/// Whether a statement's resources cover `resource`, its policy variables replaced by the
+/// request's values (a pattern whose variable has no value matches nothing).
+fn resources_apply(p: &Patterns, resource: &str, variables: bool, ctx: &Context) -> bool {
+    let matches = |pat: &String| {
+        if variables && pat.contains("${") {
+            condition::expand(pat, ctx).is_some_and(|p| resource_matches(&p, resource))
+        } else {
+            resource_matches(pat, resource)
+        }
+    };
+    match p {
+        Patterns::Any(list) => list.iter().any(matches),
+        Patterns::NoneOf(list) => !list.iter().any(matches),
+    }
+}
+
+fn statement(v: &Value, variables: bool) -> Result<Statement, PolicyError> {
     let Value::Object(s) = v else {
         return Err(malformed("each Statement must be an object"));
     };
     for key in s.keys() {
         match key.as_str() {
-            "Sid" | "Effect" | "Action" | "NotAction" | "Resource" | "NotResource" => {}
-            "Condition" => {
-                return Err(malformed(
-                    "Condition is not supported by sluice's policy evaluator",
-                ));
-            }
+            "Sid" | "Effect" | "Action" | "NotAction" | "Resource" | "NotResource"
+            | "Condition" => {}
             "Principal" | "NotPrincipal" => {
                 return Err(malformed(format!(
                     "{key} belongs in resource policies, not in an identity policy"
@@ -200,6 +240,17 @@ fn statement(v: &Value) -> Result<Statement, PolicyError> {
         }
     }
     let resources = patterns(s.get("Resource"), s.get("NotResource"), "Resource")?;
+    if variables {
+        for r in match &resources {
+            Patterns::Any(l) | Patterns::NoneOf(l) => l,
+        } {
+            condition::check_variables(r)?;
+        }
+    }
+    let conditions = match s.get("Condition") {
+        Some(c) => condition::parse(c, variables)?,
+        None => Vec::new(),
+    };
     for r in match &resources {
         Patterns::Any(l) | Patterns::NoneOf(l) => l,
     } {
@@ -211,6 +262,8 @@ fn statement(v: &Value) -> Result<Statement, PolicyError> {
         effect,
         actions,
         resources,
+        conditions,
+        variables,
     })
 }
 
@@ -231,11 +284,6 @@ fn patterns(yes: Option<&Value>, no: Option<&Value>, name: &str) -> Result<Patte
         };
         if items.is_empty() {
             return Err(malformed(format!("{name} must not be empty")));
-        }
-        if let Some(p) = items.iter().find(|p| p.contains("${")) {
-            return Err(malformed(format!(
-                "policy variables ({p:?}) are not supported by sluice's policy evaluator"
-            )));
         }
         Ok(items)
     };
@@ -459,16 +507,16 @@ mod tests {
                 "an ARN",
             ),
             (
-                r#"{"Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{}}}"#,
-                "Condition",
+                r#"{"Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":[]}}"#,
+                "Condition must be an object",
             ),
             (
                 r#"{"Statement":{"Effect":"Allow","Principal":"*","Action":"*","Resource":"*"}}"#,
                 "resource policies",
             ),
             (
-                r#"{"Statement":{"Effect":"Allow","Action":"*","Resource":"arn:aws:s3:::${aws:username}/*"}}"#,
-                "variables",
+                r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"arn:aws:s3:::${*}/*"}}"#,
+                "not supported",
             ),
             (
                 r#"{"Statement":{"Effect":"Allow","Action":[],"Resource":"*"}}"#,

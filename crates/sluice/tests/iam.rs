@@ -157,7 +157,7 @@ fn iam_with_the_aws_cli_and_a_users_key_limited_by_the_seeds_policy() {
     let bad = file(
         &dir,
         "bad.json",
-        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kinesis:PutRecord","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":"true"}}}]}"#,
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kinesis:PutRecord","Resource":"*","Condition":{"IpAddress":{"aws:SourceIp":"not-an-address"}}}]}"#,
     );
     refused(
         &server,

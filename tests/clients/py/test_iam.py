@@ -232,3 +232,165 @@ def test_unknown_actions_and_pagination(iam):
     for n in names:
         iam.delete_user(UserName=n)
     fails("NoSuchEntity", iam.get_user, UserName=names[0])
+
+
+def test_conditions_and_policy_variables(iam, edge, region, s3):
+    bucket = unique("py-iam-cond")
+    s3.create_bucket(Bucket=bucket)
+    user = unique("cond")
+    iam.create_user(UserName=user, Tags=[{"Key": "team", "Value": "ingest"}])
+    s3.put_object(Bucket=bucket, Key=f"home/{user}/a.txt", Body=b"mine")
+    s3.put_object(Bucket=bucket, Key="home/someone-else/a.txt", Body=b"theirs")
+    s3.put_object(Bucket=bucket, Key="teams/ingest/a.txt", Body=b"team")
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    user_s3 = boto3.session.Session().client(
+        "s3",
+        endpoint_url=edge,
+        region_name=region,
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+        config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
+    )
+
+    def policy(statement):
+        iam.put_user_policy(
+            UserName=user,
+            PolicyName="p",
+            PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [statement]}),
+        )
+
+    # The edge sees the test's connection from 127.0.0.1.
+    policy({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*",
+            "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}})
+    fails("AccessDenied", user_s3.get_object, Bucket=bucket, Key="teams/ingest/a.txt")
+    policy({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*",
+            "Condition": {"IpAddress": {"aws:SourceIp": ["127.0.0.0/8", "::1/128"]}}})
+    assert user_s3.get_object(Bucket=bucket, Key="teams/ingest/a.txt")["Body"].read() == b"team"
+
+    # ${aws:username} in a resource: each user reads their own home.
+    policy({"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/home/${{aws:username}}/*"})
+    assert user_s3.get_object(Bucket=bucket, Key=f"home/{user}/a.txt")["Body"].read() == b"mine"
+    fails("AccessDenied", user_s3.get_object, Bucket=bucket, Key="home/someone-else/a.txt")
+
+    # The user's tags: ${aws:PrincipalTag/team} and a StringEquals on it.
+    policy({"Effect": "Allow", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/teams/${{aws:PrincipalTag/team}}/*",
+            "Condition": {"StringEquals": {"aws:PrincipalTag/team": "ingest"}, "Bool": {"aws:SecureTransport": "false"}}})
+    assert user_s3.get_object(Bucket=bucket, Key="teams/ingest/a.txt")["Body"].read() == b"team"
+    iam.tag_user(UserName=user, Tags=[{"Key": "team", "Value": "web"}])
+    fails("AccessDenied", user_s3.get_object, Bucket=bucket, Key="teams/ingest/a.txt")
+
+    # A malformed condition is refused with IAM's code, never ignored.
+    fails("MalformedPolicyDocument", iam.put_user_policy, UserName=user, PolicyName="bad",
+          PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*",
+                                     "Condition": {"IpAddress": {"aws:SourceIp": "not-an-ip"}}}]}))
+
+    iam.delete_user_policy(UserName=user, PolicyName="p")
+    iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+    iam.delete_user(UserName=user)
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": f"home/{user}/a.txt"}, {"Key": "home/someone-else/a.txt"}, {"Key": "teams/ingest/a.txt"}]})
+    s3.delete_bucket(Bucket=bucket)
+
+
+def test_simulate_principal_and_custom_policies(iam):
+    user = unique("sim")
+    arn = iam.create_user(UserName=user)["User"]["Arn"]
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="p",
+        PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/uploads/*"},
+                {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/uploads/secret*"},
+            ],
+        }),
+    )
+    result = iam.simulate_principal_policy(
+        PolicySourceArn=arn,
+        ActionNames=["s3:GetObject", "s3:PutObject"],
+        ResourceArns=["arn:aws:s3:::b/uploads/a.txt", "arn:aws:s3:::b/uploads/secret.txt"],
+    )["EvaluationResults"]
+    decisions = {(r["EvalActionName"], r["EvalResourceName"]): r["EvalDecision"] for r in result}
+    assert decisions == {
+        ("s3:GetObject", "arn:aws:s3:::b/uploads/a.txt"): "allowed",
+        ("s3:GetObject", "arn:aws:s3:::b/uploads/secret.txt"): "explicitDeny",
+        ("s3:PutObject", "arn:aws:s3:::b/uploads/a.txt"): "implicitDeny",
+        ("s3:PutObject", "arn:aws:s3:::b/uploads/secret.txt"): "implicitDeny",
+    }
+    by_ip = json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*",
+                       "Condition": {"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}}}],
+    })
+
+    def decision(ip):
+        r = iam.simulate_custom_policy(
+            PolicyInputList=[by_ip],
+            ActionNames=["s3:GetObject"],
+            ContextEntries=[{"ContextKeyName": "aws:SourceIp", "ContextKeyValues": [ip], "ContextKeyType": "ip"}],
+        )
+        return r["EvaluationResults"][0]["EvalDecision"]
+
+    assert decision("10.1.2.3") == "allowed"
+    assert decision("192.0.2.1") == "implicitDeny"
+    fails("NoSuchEntity", iam.simulate_principal_policy, PolicySourceArn=f"arn:aws:iam::{ACCOUNT_ID}:user/nobody-{user}", ActionNames=["s3:GetObject"])
+    iam.delete_user_policy(UserName=user, PolicyName="p")
+    iam.delete_user(UserName=user)
+
+
+def test_assume_role_and_sign_with_the_session(iam, sts, edge, region, s3):
+    role = unique("reader-role")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"sts:ExternalId": "xyz"}},
+        }],
+    }
+    iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(trust))
+    iam.attach_role_policy(RoleName=role, PolicyArn="arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess")
+    arn = f"arn:aws:iam::{ACCOUNT_ID}:role/{role}"
+    fails("AccessDenied", sts.assume_role, RoleArn=arn, RoleSessionName="no-external-id")
+    fails("AccessDenied", sts.assume_role, RoleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/missing-{role}", RoleSessionName="s1")
+    fails("ValidationError", sts.assume_role, RoleArn=arn, RoleSessionName="s1", ExternalId="xyz", DurationSeconds=7200)
+    assumed = sts.assume_role(RoleArn=arn, RoleSessionName="s1", ExternalId="xyz", DurationSeconds=900)
+    creds = assumed["Credentials"]
+    assert creds["AccessKeyId"].startswith("ASIA") and creds["SessionToken"]
+    assert assumed["AssumedRoleUser"]["Arn"] == f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{role}/s1"
+
+    def session(token):
+        return boto3.session.Session(
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=token,
+        )
+
+    good = session(creds["SessionToken"])
+    me = good.client("sts", endpoint_url=edge, region_name=region).get_caller_identity()
+    assert me["Arn"] == f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{role}/s1"
+    assert me["UserId"].startswith("AROA") and me["UserId"].endswith(":s1")
+
+    bucket = unique("py-iam-role")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="a.txt", Body=b"a")
+    role_s3 = good.client("s3", endpoint_url=edge, region_name=region, config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
+    assert role_s3.get_object(Bucket=bucket, Key="a.txt")["Body"].read() == b"a"
+    denied = fails("AccessDenied", role_s3.put_object, Bucket=bucket, Key="b.txt", Body=b"b")
+    assert f"assumed-role/{role}/s1 is not authorized to perform: s3:PutObject" in denied["Error"]["Message"]
+
+    # The session's key without its token, or with another one, is refused.
+    for token in [None, "not-the-token"]:
+        bad = session(token)
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            bad.client("sts", endpoint_url=edge, region_name=region, config=Config(retries={"max_attempts": 1})).get_caller_identity()
+        assert error_code(e) == "InvalidClientTokenId"
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            bad.client("s3", endpoint_url=edge, region_name=region, config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})).get_object(Bucket=bucket, Key="a.txt")
+        assert error_code(e) in ("InvalidToken", "InvalidAccessKeyId")
+
+    iam.detach_role_policy(RoleName=role, PolicyArn="arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess")
+    iam.delete_role(RoleName=role)
+    s3.delete_object(Bucket=bucket, Key="a.txt")
+    s3.delete_bucket(Bucket=bucket)
