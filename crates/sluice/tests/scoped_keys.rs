@@ -350,8 +350,8 @@ fn an_unusable_policy_is_refused_with_its_reason() {
         ),
         ("not json", "not valid JSON"),
         (
-            r#"{"Statement":{"Effect":"Allow","Action":"s3:*","Resource":"*","Condition":{}}}"#,
-            "Condition",
+            r#"{"Statement":{"Effect":"Allow","Action":"s3:*","Resource":"*","Condition":{"IpAddress":{"aws:SourceIp":"not-an-address"}}}}"#,
+            "IpAddress",
         ),
     ] {
         std::fs::write(&policy, doc).expect("write");
