@@ -123,6 +123,42 @@ impl Denied {
     }
 }
 
+/// S3's own condition keys of a request: `s3:signatureversion` (`AWS4-HMAC-SHA256`),
+/// `s3:authType` (`REST-HEADER` or `REST-QUERY-STRING` for a presigned URL), and for the
+/// listings `s3:prefix` (empty when the request names none, as S3 sets it), `s3:delimiter`
+/// and `s3:max-keys` when given.
+pub fn s3_condition_keys(ctx: &mut Context, op: &str, query: Option<&str>, signed_header: bool) {
+    ctx.set("s3:signatureversion", "AWS4-HMAC-SHA256").set(
+        "s3:authType",
+        if signed_header {
+            "REST-HEADER"
+        } else {
+            "REST-QUERY-STRING"
+        },
+    );
+    if !matches!(
+        op,
+        "ListObjects" | "ListObjectsV2" | "ListObjectVersions" | "ListMultipartUploads"
+    ) {
+        return;
+    }
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    ctx.set("s3:prefix", get("prefix").unwrap_or_default());
+    if let Some(d) = get("delimiter") {
+        ctx.set("s3:delimiter", d);
+    }
+    if let Some(m) = get("max-keys").or_else(|| get("max-uploads")) {
+        ctx.set("s3:max-keys", m);
+    }
+}
+
 /// Whether a request carries its key's session token, when the key is a role session's
 /// (`X-Amz-Security-Token`, as a header or a presigned URL's query parameter). Other keys
 /// need none.
@@ -265,6 +301,37 @@ pub fn cognito_resource(region: &str, account_id: &str, body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_listing_condition_keys() {
+        let mut ctx = Context::new();
+        s3_condition_keys(
+            &mut ctx,
+            "ListObjectsV2",
+            Some("list-type=2&prefix=home%2Falice%2F&max-keys=10"),
+            true,
+        );
+        assert_eq!(ctx.get("s3:prefix"), Some(&["home/alice/".to_owned()][..]));
+        assert_eq!(ctx.get("s3:max-keys"), Some(&["10".to_owned()][..]));
+        assert_eq!(
+            ctx.get("s3:authType"),
+            Some(&["REST-HEADER".to_owned()][..])
+        );
+        let mut none = Context::new();
+        s3_condition_keys(&mut none, "ListObjects", None, false);
+        assert_eq!(
+            none.get("s3:prefix"),
+            Some(&[String::new()][..]),
+            "no prefix: empty"
+        );
+        assert!(none.get("s3:delimiter").is_none());
+        let mut get = Context::new();
+        s3_condition_keys(&mut get, "GetObject", Some("prefix=x"), true);
+        assert!(
+            get.get("s3:prefix").is_none(),
+            "only listings have s3:prefix"
+        );
+    }
 
     fn principal(doc: Option<&str>) -> Principal {
         Principal {

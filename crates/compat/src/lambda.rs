@@ -726,6 +726,50 @@ impl Ctx<'_> {
         if self.principal.policy.is_none() {
             return Ok(None);
         }
+        let deny_all = || json!({"Version": "2012-10-17", "Statement": []}).to_string();
+        // An IAM user's (or role session's) permissions are its policies in IAM, not a
+        // document on its key: the function's key gets their statements, one document.
+        // Policy variables then resolve against the function's key (which has no user
+        // name), so they can only narrow what it may do, never widen it.
+        if let Some(u) = &self.principal.user {
+            let Some(iam) = self.edge.iam.as_ref() else {
+                return Ok(Some(deny_all()));
+            };
+            let kind = if u.session.is_some() {
+                sluice_iam::Kind::Role
+            } else {
+                sluice_iam::Kind::User
+            };
+            let docs = match iam.iam.documents_of(kind, &u.name).await {
+                Ok((_, docs)) => docs,
+                Err(e) if e.is_unavailable() => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceException",
+                        "the service is unavailable (storage down or full); try again later",
+                    ));
+                }
+                Err(_) => return Ok(Some(deny_all())),
+            };
+            let statements: Vec<Value> = docs
+                .iter()
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .flat_map(|d| match d.get("Statement") {
+                    Some(Value::Array(a)) => a.clone(),
+                    Some(one @ Value::Object(_)) => vec![one.clone()],
+                    _ => Vec::new(),
+                })
+                .collect();
+            let doc = json!({"Version": "2012-10-17", "Statement": statements}).to_string();
+            if doc.len() > sluice_policy::MAX_DOCUMENT_BYTES {
+                return Err(invalid(&format!(
+                    "the creator's policies ({} bytes together) are too large to give to a function's key (at most {} bytes); create the function with a key of its own policy",
+                    doc.len(),
+                    sluice_policy::MAX_DOCUMENT_BYTES
+                )));
+            }
+            return Ok(Some(doc));
+        }
         let keys = self.edge.keys.clone();
         let id = self.principal.access_key_id.clone();
         let found = tokio::task::spawn_blocking(move || keys.list())

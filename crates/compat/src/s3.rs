@@ -145,10 +145,19 @@ impl s3s::access::S3Access for KeyAccess {
             ));
         }
         let source = crate::peer_of(cx.extensions_mut());
-        let principal = crate::authz::Principal::new(access_key, grant, &self.account_id, source);
+        let mut principal =
+            crate::authz::Principal::new(access_key, grant, &self.account_id, source);
         if principal.unrestricted() {
             return Ok(());
         }
+        let mut context = (*principal.context).clone();
+        crate::authz::s3_condition_keys(
+            &mut context,
+            cx.s3_op().name(),
+            cx.uri().query(),
+            cx.headers().contains_key("authorization"),
+        );
+        principal.context = Arc::new(context);
         let resource = match cx.s3_path() {
             s3s::path::S3Path::Root => crate::authz::s3_resource(None, None),
             s3s::path::S3Path::Bucket { bucket } => crate::authz::s3_resource(Some(bucket), None),

@@ -820,7 +820,7 @@ async function refreshOperations() {
         { "data-key": k.accessKeyId },
         td("Key id", k.accessKeyId),
         td("Description", k.description || "-"),
-        td("Scope", k.policy ? JSON.stringify(k.policy) : "full access"),
+        td("Scope", k.owner ? `IAM ${k.owner}` : k.policy ? JSON.stringify(k.policy) : "full access"),
         td("Created", formatTime(k.createdAt)),
         td(
           "Action",

@@ -111,8 +111,11 @@ pub struct AccessKeyInfo {
     pub id: String,
     pub description: String,
     pub created_ms: i64,
-    /// The policy document; `None`: full access.
+    /// The policy document; `None`: full access (unless the key has an `owner`).
     pub policy: Option<String>,
+    /// Whose key it is when IAM decides what it may do: `user NAME` or
+    /// `role-session ROLE/SESSION`; `None`: an account key.
+    pub owner: Option<String>,
 }
 
 /// What a signed request's key may do: its secret (to verify the signature) and its policy.
@@ -521,18 +524,31 @@ impl AccessKeys {
         Ok(ids.len() as u64)
     }
 
-    /// Every key, oldest first, without secrets.
+    /// Every key, oldest first, without secrets (expired role sessions left out).
     pub fn list(&self) -> Result<Vec<AccessKeyInfo>, IdentityError> {
-        self.db.read_blocking(|c| {
+        let now = now_ms();
+        self.db.read_blocking(move |c| {
             let keys = c.query_vec(
-                "SELECT id, description, created_ms, policy FROM access_keys ORDER BY created_ms, id",
-                params![],
+                "SELECT id, description, created_ms, policy, user_name, role_name, session_name FROM access_keys WHERE expires_ms IS NULL OR expires_ms > ?1 ORDER BY created_ms, id",
+                params![now],
                 |r| {
+                    let user: Option<String> = r.get(4)?;
+                    let role: Option<String> = r.get(5)?;
+                    let session: Option<String> = r.get(6)?;
+                    let owner = match (user, role) {
+                        (Some(u), _) => Some(format!("user {u}")),
+                        (None, Some(role)) => Some(format!(
+                            "role-session {role}/{}",
+                            session.unwrap_or_default()
+                        )),
+                        (None, None) => None,
+                    };
                     Ok(AccessKeyInfo {
                         id: r.get(0)?,
                         description: r.get(1)?,
                         created_ms: r.get(2)?,
                         policy: r.get(3)?,
+                        owner,
                     })
                 },
             )?;

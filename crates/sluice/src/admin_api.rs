@@ -489,6 +489,7 @@ async fn list_keys(
                 "description": k.description,
                 "createdAt": sluice_uploads::iso8601_ms(k.created_ms),
                 "policy": k.policy.as_deref().map(|d| serde_json::from_str::<Value>(d).unwrap_or(Value::String(d.to_owned()))),
+                "owner": k.owner,
             })
         })
         .collect();

@@ -220,8 +220,9 @@ enum KeysCommand {
         #[arg(long, value_name = "ACTION:RESOURCE")]
         allow: Vec<String>,
     },
-    /// List access keys, one per line: id, description, and `full-access` or the key's
-    /// policy (not their secrets; the development key's secret is in
+    /// List access keys, one per line: id, description, and `full-access`, the key's
+    /// policy, or `iam user NAME` / `iam role-session ROLE/SESSION` for keys whose IAM user
+    /// or role decides (not their secrets; the development key's secret is in
     /// `<data-dir>/credentials`, mode 0600).
     List,
     /// Delete an access key (and `<data-dir>/credentials` if it holds that key).
@@ -459,10 +460,12 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 KeysCommand::List => {
                     for k in keys.list()? {
-                        let scope = match &k.policy {
-                            None => "full-access".to_owned(),
+                        let scope = match (&k.owner, &k.policy) {
+                            // What IAM's policies of the user or role allow.
+                            (Some(owner), _) => format!("iam {owner}"),
+                            (None, None) => "full-access".to_owned(),
                             // One line: the document as compact JSON.
-                            Some(doc) => serde_json::from_str::<serde_json::Value>(doc)
+                            (None, Some(doc)) => serde_json::from_str::<serde_json::Value>(doc)
                                 .map(|v| v.to_string())
                                 .unwrap_or_else(|_| doc.replace('\n', " ")),
                         };

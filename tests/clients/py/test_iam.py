@@ -279,6 +279,14 @@ def test_conditions_and_policy_variables(iam, edge, region, s3):
     iam.tag_user(UserName=user, Tags=[{"Key": "team", "Value": "web"}])
     fails("AccessDenied", user_s3.get_object, Bucket=bucket, Key="teams/ingest/a.txt")
 
+    # s3:prefix on listings: each user lists only their own home.
+    policy({"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}",
+            "Condition": {"StringLike": {"s3:prefix": ["home/${aws:username}/*"]}}})
+    listed = user_s3.list_objects_v2(Bucket=bucket, Prefix=f"home/{user}/")
+    assert [o["Key"] for o in listed["Contents"]] == [f"home/{user}/a.txt"]
+    fails("AccessDenied", user_s3.list_objects_v2, Bucket=bucket, Prefix="home/someone-else/")
+    fails("AccessDenied", user_s3.list_objects_v2, Bucket=bucket)
+
     # A malformed condition is refused with IAM's code, never ignored.
     fails("MalformedPolicyDocument", iam.put_user_policy, UserName=user, PolicyName="bad",
           PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*",
@@ -394,3 +402,64 @@ def test_assume_role_and_sign_with_the_session(iam, sts, edge, region, s3):
     iam.delete_role(RoleName=role)
     s3.delete_object(Bucket=bucket, Key="a.txt")
     s3.delete_bucket(Bucket=bucket)
+
+
+LIST_BUCKETS = """
+import boto3, botocore
+
+def handler(event, context):
+    try:
+        boto3.client("s3").list_buckets()
+        return "allowed"
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+"""
+
+
+def test_a_users_function_may_do_no_more_than_the_user(iam, edge, region, awslambda):
+    import io
+    import zipfile
+
+    user = unique("fn-maker")
+    iam.create_user(UserName=user)
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="functions",
+        PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": "lambda:*", "Resource": "*"},
+                {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::nothing/*"},
+            ],
+        }),
+    )
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    user_lambda = boto3.session.Session().client(
+        "lambda",
+        endpoint_url=edge,
+        region_name=region,
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+        config=Config(retries={"max_attempts": 1}, read_timeout=300),
+    )
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("app.py", LIST_BUCKETS)
+    name = unique("py-iam-fn")
+    user_lambda.create_function(
+        FunctionName=name,
+        Runtime="python3.12",
+        Role=f"arn:aws:iam::{ACCOUNT_ID}:role/any",
+        Handler="app.handler",
+        Code={"ZipFile": buf.getvalue()},
+        Timeout=60,
+    )
+    try:
+        out = user_lambda.invoke(FunctionName=name, Payload=b"{}")
+        # The user may not list buckets, so neither may its function.
+        assert json.loads(out["Payload"].read()) == "AccessDenied", out
+    finally:
+        awslambda.delete_function(FunctionName=name)
+        iam.delete_user_policy(UserName=user, PolicyName="functions")
+        iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+        iam.delete_user(UserName=user)
