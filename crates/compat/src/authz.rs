@@ -37,7 +37,8 @@ pub struct Principal {
     /// The IAM user the key belongs to; `None`: an account key (the root key or a key
     /// `sluice keys` made).
     pub user: Option<sluice_identity::access_keys::GrantUser>,
-    /// The request's condition keys (see [`request_context`]).
+    /// The request's condition keys (see [`request_context`]); empty for a principal
+    /// with full access, which no condition decides.
     pub context: Arc<Context>,
 }
 
@@ -198,13 +199,28 @@ impl Principal {
             user: grant.user,
             context: Arc::default(),
         };
-        p.context = Arc::new(request_context(
-            account_id,
-            &p.arn(),
-            p.user.as_ref(),
-            source,
-        ));
+        // Only a principal with a policy is decided by conditions: a key with full access
+        // (the common case on the hot path) skips building them.
+        if p.policy.is_some() {
+            p.context = Arc::new(request_context(
+                account_id,
+                &p.arn(),
+                p.user.as_ref(),
+                source,
+            ));
+        }
         p
+    }
+
+    /// The request's condition keys, built now for a principal with full access (whose
+    /// `context` is empty), for decisions other than its own permissions (a role's trust
+    /// policy).
+    pub fn full_context(&self, source: Option<std::net::IpAddr>) -> Context {
+        if self.policy.is_some() {
+            (*self.context).clone()
+        } else {
+            request_context(&self.account_id, &self.arn(), self.user.as_ref(), source)
+        }
     }
 
     /// The principal's ARN: its IAM user's, or for an account key with a policy the key as

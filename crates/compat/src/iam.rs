@@ -240,7 +240,8 @@ async fn serve(
     let params = Params(params);
     let action = params.required("Action")?.to_owned();
     if service == "sts" {
-        return sts(&edge, &principal, &params, &action, request_id).await;
+        let source = crate::peer_of(&parts.extensions);
+        return sts(&edge, &principal, &params, &action, request_id, source).await;
     }
     let Some(api) = edge.iam.clone() else {
         return Err(QueryError::new(
@@ -310,6 +311,7 @@ async fn sts(
     p: &Params,
     action: &str,
     request_id: &str,
+    source: Option<std::net::IpAddr>,
 ) -> Result<Response, QueryError> {
     match action {
         "AssumeRole" => {
@@ -358,7 +360,7 @@ async fn sts(
                 role_arn: role_of_session.as_deref(),
                 service: None,
             };
-            let mut ctx = (*principal.context).clone();
+            let mut ctx = principal.full_context(source);
             if let Some(id) = p.get("ExternalId") {
                 ctx.set("sts:ExternalId", id);
             }
