@@ -1118,15 +1118,7 @@ fn version_fields(v: &PolicyVersion, with_document: bool) -> String {
 /// A policy document as IAM answers it: percent-encoded (RFC 3986 unreserved characters
 /// kept).
 fn encode_document(doc: &str) -> String {
-    let mut out = String::with_capacity(doc.len() * 2);
-    for b in doc.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::sigv4::uri_encode(doc, true)
 }
 
 /// XML text escaping.
