@@ -722,68 +722,11 @@ impl Ctx<'_> {
         v
     }
 
-    async fn creator_policy(&self) -> Result<Option<String>, ApiError> {
-        if self.principal.policy.is_none() {
-            return Ok(None);
-        }
-        let deny_all = || json!({"Version": "2012-10-17", "Statement": []}).to_string();
-        // An IAM user's (or role session's) permissions are its policies in IAM, not a
-        // document on its key: the function's key gets their statements, one document.
-        // Policy variables then resolve against the function's key (which has no user
-        // name), so they can only narrow what it may do, never widen it.
-        if let Some(u) = &self.principal.user {
-            let Some(iam) = self.edge.iam.as_ref() else {
-                return Ok(Some(deny_all()));
-            };
-            let kind = if u.session.is_some() {
-                sluice_iam::Kind::Role
-            } else {
-                sluice_iam::Kind::User
-            };
-            let docs = match iam.iam.documents_of(kind, &u.name).await {
-                Ok((_, docs)) => docs,
-                Err(e) if e.is_unavailable() => {
-                    return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "ServiceException",
-                        "the service is unavailable (storage down or full); try again later",
-                    ));
-                }
-                Err(_) => return Ok(Some(deny_all())),
-            };
-            let statements: Vec<Value> = docs
-                .iter()
-                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-                .flat_map(|d| match d.get("Statement") {
-                    Some(Value::Array(a)) => a.clone(),
-                    Some(one @ Value::Object(_)) => vec![one.clone()],
-                    _ => Vec::new(),
-                })
-                .collect();
-            let doc = json!({"Version": "2012-10-17", "Statement": statements}).to_string();
-            if doc.len() > sluice_policy::MAX_DOCUMENT_BYTES {
-                return Err(invalid(&format!(
-                    "the creator's policies ({} bytes together) are too large to give to a function's key (at most {} bytes); create the function with a key of its own policy",
-                    doc.len(),
-                    sluice_policy::MAX_DOCUMENT_BYTES
-                )));
-            }
-            return Ok(Some(doc));
-        }
-        let keys = self.edge.keys.clone();
-        let id = self.principal.access_key_id.clone();
-        let found = tokio::task::spawn_blocking(move || keys.list())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .and_then(|all| all.into_iter().find(|k| k.id == id));
-        match found {
-            Some(k) => Ok(k.policy),
-            // The key is gone since it signed: nothing is granted.
-            None => Ok(Some(
-                json!({"Version": "2012-10-17", "Statement": []}).to_string(),
-            )),
-        }
+    /// `iam:PassRole` on the role a function is to run as: a caller whose permissions are
+    /// policies may give a function only a role it may pass (as on AWS), so creating a
+    /// function never grants more than the caller's policies allow.
+    fn check_pass_role(&self, role: &str) -> Result<(), ApiError> {
+        self.check("iam:PassRole", role)
     }
 
     async fn create_function(&self, body: &[u8]) -> Response {
@@ -808,8 +751,8 @@ impl Ctx<'_> {
                 memory_mb: opt_u64(&m, "MemorySize")?.map(|v| v.min(u64::from(u32::MAX)) as u32),
                 environment: environment(&m)?.unwrap_or_default(),
                 tags: string_map(m.get("Tags"), "Tags")?,
-                policy: self.creator_policy().await?,
             };
+            self.check_pass_role(&new.role)?;
             let code = code_source(m.get("Code"))?;
             let f = self
                 .functions()
@@ -901,6 +844,9 @@ impl Ctx<'_> {
                 memory_mb: opt_u64(&m, "MemorySize")?.map(|v| v.min(u64::from(u32::MAX)) as u32),
                 environment: environment(&m)?,
             };
+            if let Some(role) = &change.role {
+                self.check_pass_role(role)?;
+            }
             let revision = opt_str(&m, "RevisionId")?;
             let f = self
                 .functions()
@@ -1305,6 +1251,61 @@ impl Ctx<'_> {
         }
     }
 
+    /// Lambda's check before it maps a stream to a function: the function's role may read
+    /// the stream (`kinesis:GetRecords`, `GetShardIterator` and `DescribeStream` on its
+    /// ARN), else `InvalidParameterValueException` with Lambda's message.
+    async fn check_role_reads(&self, function: &str, stream: &str) -> Result<(), ApiError> {
+        let Some(iam) = self.edge.iam.as_ref() else {
+            return Ok(());
+        };
+        let f = self
+            .functions()
+            .get(function)
+            .await
+            .map_err(functions_error)?;
+        let Some((sluice_iam::Kind::Role, role)) = sluice_iam::entity_of_arn(&f.role) else {
+            return Err(invalid(sluice_functions::ROLE_NOT_ASSUMABLE));
+        };
+        let arn = self.stream_arn(stream);
+        for action in [
+            "kinesis:GetRecords",
+            "kinesis:GetShardIterator",
+            "kinesis:DescribeStream",
+        ] {
+            match iam
+                .iam
+                .entity_allows(sluice_iam::Kind::Role, &role, action, &arn)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(invalid(&format!(
+                        "Cannot access stream {arn}. Please ensure the role can perform the GetRecords, GetShardIterator, DescribeStream, and ListStreams Actions on your stream in IAM."
+                    )));
+                }
+                Err(sluice_iam::IamError::NoSuchEntity(_)) => {
+                    return Err(invalid(sluice_functions::ROLE_NOT_ASSUMABLE));
+                }
+                Err(e) if e.is_unavailable() => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceException",
+                        "the service is unavailable (storage down or full); try again later",
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a function role's policies");
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "ServiceException",
+                        "internal failure",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn find_mapping(&self, uuid: &str) -> Result<MappingDefinition, ApiError> {
         let all = self.api.mappings.list().await.map_err(processor_error)?;
         all.into_iter().find(|d| d.uuid == uuid).ok_or_else(|| {
@@ -1340,6 +1341,7 @@ impl Ctx<'_> {
             {
                 return Err(invalid(&format!("Stream not found: {source}")));
             }
+            self.check_role_reads(&function, &stream).await?;
             let options = self.mapping_options(&m)?;
             if options.starting_position.is_none() {
                 return Err(invalid(
@@ -1447,6 +1449,7 @@ impl Ctx<'_> {
             }
             if let Some(given) = opt_str(&m, "FunctionName")? {
                 let function = self.mapped_function(&given).await?;
+                self.check_role_reads(&function, &def.config.stream).await?;
                 def.function = FunctionSpec::Function { name: function };
             }
             let options = self.mapping_options(&m)?;

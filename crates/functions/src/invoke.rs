@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
-use sluice_identity::access_keys::AccessKeys;
 use sluice_meta::{now_ms, params};
 use sluice_processor::event::kinesis_event;
 use sluice_processor::functions::{
@@ -61,10 +60,15 @@ pub fn log_key(function: &str) -> String {
     format!("/aws/lambda/{function}")
 }
 
-/// Description of a function's managed access key.
+/// Description of the managed access key earlier versions gave each function (before
+/// functions ran as their roles); such keys are deleted at start.
 pub fn key_description(function: &str) -> String {
     format!("function {function} (managed)")
 }
+
+/// A warm instance is replaced once its role session has less than the function's
+/// timeout and this margin left, so no invocation runs with expired credentials.
+const SESSION_MARGIN_MS: i64 = 5 * 60 * 1000;
 
 /// What happens when the function is at its concurrency bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +92,8 @@ pub struct Invocation {
 
 struct Instance {
     revision: String,
+    /// When its role session expires (ms since the epoch); `None`: credentials that do not.
+    expires_ms: Option<i64>,
     lambda: LambdaFunction,
     permits: Arc<Semaphore>,
     limit: u32,
@@ -97,7 +103,6 @@ struct Instance {
 pub struct Invoker {
     functions: Functions,
     env: LambdaEnvironment,
-    keys: Option<AccessKeys>,
     sdk: Arc<SdkCache>,
     logs: Option<Arc<dyn LogSink>>,
     default_concurrency: u32,
@@ -110,12 +115,12 @@ pub struct Invoker {
 
 impl Invoker {
     /// `env`: region, account, the edge's URL and the interpreters functions run with (its
-    /// credentials are replaced by each function's key when `keys` is given).
+    /// credentials are replaced by a session of each function's role when the registry has
+    /// [`crate::ExecutionRoles`]).
     pub fn new(functions: Functions, env: LambdaEnvironment, sdk: Arc<SdkCache>) -> Self {
         Invoker {
             functions,
             env,
-            keys: None,
             sdk,
             logs: None,
             default_concurrency: DEFAULT_CONCURRENCY,
@@ -123,11 +128,6 @@ impl Invoker {
             events: Notify::new(),
             retry_delay: Duration::from_secs(60),
         }
-    }
-
-    pub fn with_keys(mut self, keys: AccessKeys) -> Self {
-        self.keys = Some(keys);
-        self
     }
 
     pub fn with_logs(mut self, logs: Arc<dyn LogSink>) -> Self {
@@ -165,7 +165,13 @@ impl Invoker {
             .lock()
             .ok()
             .and_then(|m| m.get(name).cloned())
-            .filter(|i| i.revision == cfg.revision_id);
+            .filter(|i| {
+                i.revision == cfg.revision_id
+                    && i.expires_ms.is_none_or(|t| {
+                        let margin = cfg.timeout_secs as i64 * 1000 + SESSION_MARGIN_MS;
+                        now_ms() + margin < t
+                    })
+            });
         if let Some(i) = cached {
             return Ok((cfg, i));
         }
@@ -182,19 +188,13 @@ impl Invoker {
             (LambdaRuntime::Python, Some(p)) => env.python_path = Some(p),
             _ => {}
         }
-        if let Some(keys) = &self.keys {
-            let (keys, description, policy) =
-                (keys.clone(), key_description(name), cfg.policy.clone());
-            let key = tokio::task::spawn_blocking(move || {
-                keys.find_or_create_scoped(&description, policy.as_deref())
-            })
-            .await
-            .map_err(|e| FunctionsError::Internal(format!("cannot issue the function's key: {e}")))?
-            .map_err(|e| {
-                FunctionsError::Internal(format!("cannot issue the function's key: {e}"))
-            })?;
-            env.access_key_id = key.id;
-            env.secret_access_key = key.secret;
+        let mut expires_ms = None;
+        if let Some(roles) = self.functions.roles() {
+            let session = roles.assume(&cfg.role, name).await?;
+            env.access_key_id = session.access_key_id;
+            env.secret_access_key = session.secret_access_key;
+            env.session_token = Some(session.session_token);
+            expires_ms = Some(session.expires_ms);
         }
         let settings = FunctionSettings {
             environment: cfg.environment.clone(),
@@ -207,6 +207,7 @@ impl Invoker {
         let limit = self.concurrency_of(&cfg);
         let inst = Arc::new(Instance {
             revision: cfg.revision_id.clone(),
+            expires_ms,
             lambda,
             permits: Arc::new(Semaphore::new(limit as usize)),
             limit,
@@ -217,22 +218,10 @@ impl Invoker {
         Ok((cfg, inst))
     }
 
-    /// Drops a deleted function's warm workers and its key.
+    /// Drops a deleted function's warm workers (their role session expires on its own).
     pub async fn forget(&self, name: &str) {
         if let Ok(mut m) = self.instances.lock() {
             m.remove(name);
-        }
-        if let Some(keys) = &self.keys {
-            let (keys, d) = (keys.clone(), key_description(name));
-            match tokio::task::spawn_blocking(move || keys.retire(&d)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(function = %name, error = %e, "cannot delete the function's key")
-                }
-                Err(e) => {
-                    tracing::warn!(function = %name, error = %e, "cannot delete the function's key")
-                }
-            }
         }
     }
 

@@ -15,12 +15,16 @@
 //! each time and use the warm workers of that revision, so an update reaches the next
 //! invocation, in this process or any other.
 //!
-//! **Credentials.** A function runs with an access key of its own (`function NAME
-//! (managed)`), given as `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` with
-//! `AWS_ENDPOINT_URL` = the edge, so SDK clients in the function reach sluice unchanged.
-//! Until roles are real (IAM), the key carries the policy of the key that created the
-//! function (none: full access), so creating a function never grants more than its creator
-//! has; the `Role` is kept and shown, not yet enforced.
+//! **Credentials.** A function runs as its execution role (`Role`), as on Lambda: the role
+//! must exist and trust `lambda.amazonaws.com` ([`ExecutionRoles::check`], Lambda's
+//! `InvalidParameterValueException` "The role defined for the function cannot be assumed by
+//! Lambda." otherwise), and each warm instance gets a session of the role (an STS role
+//! session named after the function, `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/
+//! `AWS_SESSION_TOKEN`, with `AWS_ENDPOINT_URL` = the edge, so SDK clients in the function
+//! reach sluice unchanged), replaced before it expires. The function may do exactly what
+//! the role's policies allow; a change to them reaches running functions within the edge's
+//! key cache time (seconds). Creating a function or changing its role takes `iam:PassRole`
+//! on the role from a caller whose permissions are policies (checked at the edge).
 
 pub mod code;
 pub mod invoke;
@@ -188,8 +192,6 @@ pub struct FunctionConfig {
     pub code: CodeRef,
     /// `PutFunctionConcurrency`; `None`: the server's default bound.
     pub reserved_concurrency: Option<u32>,
-    /// The policy the function's key carries (its creator's); `None`: full access.
-    pub policy: Option<String>,
     pub revision_id: String,
     pub created_ms: i64,
     pub modified_ms: i64,
@@ -213,7 +215,6 @@ pub struct NewFunction {
     pub memory_mb: Option<u32>,
     pub environment: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
-    pub policy: Option<String>,
 }
 
 /// What UpdateFunctionConfiguration may change; `None` keeps a value.
@@ -338,6 +339,37 @@ pub struct Functions {
     /// At most this many code uploads are staged at once (each holds its zip in memory
     /// while the request is parsed).
     uploads: Arc<tokio::sync::Semaphore>,
+    /// The execution roles functions run as; `None` (a registry without IAM, in part
+    /// tests): roles are only checked for their form, and functions run with the invoker's
+    /// credentials.
+    roles: Option<Arc<dyn ExecutionRoles>>,
+}
+
+/// Lambda's message when a function's role does not exist or does not trust Lambda.
+pub const ROLE_NOT_ASSUMABLE: &str =
+    "The role defined for the function cannot be assumed by Lambda.";
+
+/// Temporary credentials of a function's execution role (an STS role session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleSession {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    /// When the credentials stop working (ms since the epoch).
+    pub expires_ms: i64,
+}
+
+/// The execution roles functions run as: IAM's roles, wired by the binary (this crate does
+/// not know IAM). A function's role must exist and trust `lambda.amazonaws.com` when the
+/// function is created or its role changed, and each warm instance of the function runs
+/// with a session of the role, replaced before it expires.
+#[async_trait::async_trait]
+pub trait ExecutionRoles: Send + Sync + 'static {
+    /// `Ok` if Lambda may assume `role_arn`; [`FunctionsError::InvalidParameter`] with
+    /// [`ROLE_NOT_ASSUMABLE`] if the role does not exist or does not trust Lambda.
+    async fn check(&self, role_arn: &str) -> Result<(), FunctionsError>;
+    /// A session of `role_arn` for `function` (the session's name), as Lambda assumes it.
+    async fn assume(&self, role_arn: &str, function: &str) -> Result<RoleSession, FunctionsError>;
 }
 
 /// Code uploads staged at once.
@@ -370,7 +402,6 @@ fn from_row(r: &sluice_meta::Row<'_>) -> Result<FunctionConfig, MetaError> {
             size: size.max(0) as u64,
         },
         reserved_concurrency: reserved.map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
-        policy: r.get(13)?,
         revision_id: r.get(14)?,
         created_ms: r.get(15)?,
         modified_ms: r.get(16)?,
@@ -417,7 +448,19 @@ impl Functions {
             region: region.to_owned(),
             account_id: account_id.to_owned(),
             uploads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_UPLOADS)),
+            roles: None,
         }
+    }
+
+    /// Functions run as their execution roles, `roles`.
+    pub fn with_roles(mut self, roles: Arc<dyn ExecutionRoles>) -> Self {
+        self.roles = Some(roles);
+        self
+    }
+
+    /// The execution roles, when IAM is wired.
+    pub fn roles(&self) -> Option<&Arc<dyn ExecutionRoles>> {
+        self.roles.as_ref()
     }
 
     pub fn db(&self) -> &Meta {
@@ -679,7 +722,6 @@ impl Functions {
                 size: 0,
             },
             reserved_concurrency: None,
-            policy: new.policy,
             revision_id: uuid::Uuid::new_v4().to_string(),
             created_ms: now,
             modified_ms: now,
@@ -687,6 +729,9 @@ impl Functions {
         validate(&cfg)?;
         if self.exists(&cfg.name).await? {
             return Err(self.exists_error(&cfg.name));
+        }
+        if let Some(roles) = &self.roles {
+            roles.check(&cfg.role).await?;
         }
         let (code, _) = self.accept_code(code, cfg.language(), &cfg.handler).await?;
         cfg.code = code;
@@ -712,7 +757,8 @@ impl Functions {
                         &row.code.sha256,
                         row.code.size as i64,
                         row.reserved_concurrency.map(i64::from),
-                        row.policy.as_deref(),
+                        // `policy`: the creator's policy earlier versions gave the function's key; unused.
+                        None::<String>,
                         &row.revision_id,
                         row.created_ms,
                         row.modified_ms
@@ -866,6 +912,11 @@ impl Functions {
             new.environment = v;
         }
         validate(&new)?;
+        if new.role != old.role
+            && let Some(roles) = &self.roles
+        {
+            roles.check(&new.role).await?;
+        }
         if new.handler != old.handler || new.language() != old.language() {
             let dir = self.code_dir(&new).await?;
             code::check_handler(&dir, new.language(), &new.handler)?;

@@ -110,6 +110,7 @@ impl From<UploadError> for GatewayError {
                 GatewayError::Conflict(format!("{bucket}/{key} was uploaded by another user"))
             }
             UploadError::NotFound(id) => GatewayError::NotFound(format!("upload {id} not found")),
+            UploadError::AccessDenied(m) => GatewayError::Forbidden(m),
             UploadError::Meta(m)
             | UploadError::Store(StoreError::Meta(m))
             | UploadError::Stream(sluice_stream::StreamError::Meta(m)) => {

@@ -20,6 +20,7 @@
 //! temporary key is an `access_keys` row with a token hash and an expiry). Not yet here:
 //! functions running as their execution role.
 
+pub mod guard;
 pub mod managed;
 pub mod sts;
 mod validate;
@@ -269,6 +270,9 @@ pub struct Iam {
     db: Meta,
     account_id: String,
     keys: AccessKeys,
+    /// Bumped by every change of permissions through this process: the role guards
+    /// (`guard.rs`) re-read their policies when it moved.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn key_of(name: &str) -> String {
@@ -401,7 +405,13 @@ impl Iam {
             db,
             account_id: account_id.to_owned(),
             keys,
+            generation: Default::default(),
         }
+    }
+
+    /// How many permission changes this process has made (see `guard.rs`).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn account_id(&self) -> &str {
@@ -410,6 +420,8 @@ impl Iam {
 
     /// A user's permissions may have changed: keys are looked up afresh.
     fn permissions_changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.keys.forget_all();
     }
 
@@ -1477,6 +1489,30 @@ impl Iam {
             policy: Policy::union(policies.collect::<Vec<_>>()),
             tags: e.tags.clone(),
         })
+    }
+}
+
+impl Iam {
+    /// Whether the policies of an entity allow `action` on `resource`, decided without a
+    /// request (a condition on a request's keys does not hold). What Lambda asks of a
+    /// function's role before it maps a stream to the function.
+    pub async fn entity_allows(
+        &self,
+        kind: Kind,
+        name: &str,
+        action: &str,
+        resource: &str,
+    ) -> Result<bool, IamError> {
+        let (e, docs) = self.documents_of(kind, name).await?;
+        let policies = docs.iter().map(|d| {
+            Policy::parse(d).unwrap_or_else(|err| {
+                tracing::error!(entity = %e.name, error = %err, "a stored IAM policy does not parse: it allows nothing");
+                Policy::deny_all()
+            })
+        });
+        Ok(Policy::union(policies.collect::<Vec<_>>())
+            .decide_in(action, resource, &sluice_policy::Context::new())
+            .allowed())
     }
 }
 

@@ -52,6 +52,46 @@ impl Iam {
         ctx: &Context,
     ) -> Result<AssumedRole, IamError> {
         validate_session_name(session_name)?;
+        let mut ctx = ctx.clone();
+        ctx.set("sts:RoleSessionName", session_name);
+        let role = self.trusted_role(caller, role_arn, &ctx).await?;
+        let max = role.max_session_duration.unwrap_or(3600);
+        let duration = duration_s.unwrap_or(3600.min(max));
+        if duration < 900 {
+            return Err(IamError::Validation(format!(
+                "1 validation error detected: Value '{duration}' at 'durationSeconds' failed to satisfy constraint: Member must have value greater than or equal to 900"
+            )));
+        }
+        if duration > max {
+            return Err(IamError::Validation(
+                "The requested DurationSeconds exceeds the MaxSessionDuration set for this role."
+                    .into(),
+            ));
+        }
+        let expires_ms = sluice_meta::now_ms() + duration * 1000;
+        let credentials = self
+            .keys
+            .create_session(&role.name, session_name, expires_ms)
+            .await?;
+        Ok(AssumedRole {
+            credentials,
+            arn: format!(
+                "arn:aws:sts::{}:assumed-role/{}/{session_name}",
+                self.account_id, role.name
+            ),
+            assumed_role_id: format!("{}:{session_name}", role.id),
+        })
+    }
+
+    /// The role `role_arn` names, if it exists and its trust policy lets `caller` assume it
+    /// (for the request's condition keys `ctx`); `AccessDenied` otherwise, as STS answers
+    /// both (it does not tell a missing role from one that does not trust the caller).
+    pub async fn trusted_role(
+        &self,
+        caller: Caller<'_>,
+        role_arn: &str,
+        ctx: &Context,
+    ) -> Result<crate::Entity, IamError> {
         let denied = || {
             IamError::AccessDenied(format!(
                 "User: {} is not authorized to perform: sts:AssumeRole on resource: {role_arn}",
@@ -68,38 +108,56 @@ impl Iam {
             Ok(_) | Err(IamError::NoSuchEntity(_)) => return Err(denied()),
             Err(e) => return Err(e),
         };
-        let max = role.max_session_duration.unwrap_or(3600);
-        let duration = duration_s.unwrap_or(3600.min(max));
-        if duration < 900 {
-            return Err(IamError::Validation(format!(
-                "1 validation error detected: Value '{duration}' at 'durationSeconds' failed to satisfy constraint: Member must have value greater than or equal to 900"
-            )));
-        }
-        if duration > max {
-            return Err(IamError::Validation(
-                "The requested DurationSeconds exceeds the MaxSessionDuration set for this role."
-                    .into(),
-            ));
-        }
         let trust = role.assume_role_policy.as_deref().unwrap_or("{}");
-        let mut ctx = ctx.clone();
-        ctx.set("sts:RoleSessionName", session_name);
-        if !trusts(trust, caller, role_arn, &ctx) {
+        if !trusts(trust, caller, role_arn, ctx) {
             return Err(denied());
         }
-        let expires_ms = sluice_meta::now_ms() + duration * 1000;
-        let credentials = self
-            .keys
-            .create_session(&role.name, session_name, expires_ms)
-            .await?;
-        Ok(AssumedRole {
-            credentials,
-            arn: format!(
-                "arn:aws:sts::{}:assumed-role/{}/{session_name}",
-                self.account_id, role.name
-            ),
-            assumed_role_id: format!("{}:{session_name}", role.id),
-        })
+        Ok(role)
+    }
+}
+
+impl Iam {
+    /// `service` (`lambda.amazonaws.com`) as the caller of AssumeRole, in this account.
+    fn service_caller<'a>(&'a self, service: &'a str) -> Caller<'a> {
+        Caller {
+            arn: service,
+            account: &self.account_id,
+            role_arn: None,
+            service: Some(service),
+        }
+    }
+
+    /// Whether `service` may assume `role_arn`: the role exists and its trust policy names
+    /// the service (`AccessDenied` otherwise).
+    pub async fn service_may_assume(&self, service: &str, role_arn: &str) -> Result<(), IamError> {
+        self.trusted_role(self.service_caller(service), role_arn, &Context::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// A session of `role_arn` that `service` assumes for `session` (a function's name:
+    /// Lambda names the session after the function), lasting `duration_s` seconds.
+    pub async fn assume_for_service(
+        &self,
+        service: &str,
+        role_arn: &str,
+        session: &str,
+        duration_s: i64,
+    ) -> Result<AssumedRole, IamError> {
+        // A session name has at least 2 characters; a function's name may have one.
+        let session = if session.chars().count() < 2 {
+            format!("{session}-")
+        } else {
+            session.to_owned()
+        };
+        self.assume_role(
+            self.service_caller(service),
+            role_arn,
+            &session,
+            Some(duration_s),
+            &Context::new(),
+        )
+        .await
     }
 }
 

@@ -15,6 +15,7 @@ macro_rules! outln {
 }
 
 mod admin_api;
+mod builtin_roles;
 mod client;
 mod client_cmd;
 mod config;

@@ -209,12 +209,17 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     // IAM: users' keys are allowed what their users' policies allow.
     let iam = sluice_iam::Iam::new(db.clone(), &settings.account_id, keys.clone());
     keys.attach_users(Arc::new(iam.clone()));
+    // The roles the upload route and the built-in mapping act as (created when missing).
+    let (route_guard, mapping_guard) = crate::builtin_roles::ensure(&iam, &settings)
+        .await
+        .context("cannot create the built-in parts' IAM roles")?;
     // Functions created with Lambda's API; mappings may run them (`function:<name>`).
+    crate::functions_server::retire_legacy_keys(&keys).await;
     let functions = crate::functions_server::start(
         &settings,
         &db,
         &store,
-        &keys,
+        &iam,
         &edge_url,
         Arc::new(function_logs.clone()),
         shutdown_rx.clone(),
@@ -238,17 +243,20 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     // Upload status follows exactly one mapping: the built-in one, or (when it is off) the
     // oldest enabled user mapping on the upload stream.
     let workers = if settings.builtin_mapping {
+        let config = builtin_config(
+            &settings.stream,
+            settings.batch_size,
+            settings.max_attempts,
+            settings.processed_bucket.clone(),
+        );
+        let function = Arc::new(crate::builtin_roles::GuardedFunction::new(
+            Arc::new(sluice_processor::functions::Uppercase),
+            mapping_guard,
+            &settings,
+            &config.output_prefix,
+        ));
         processor
-            .start(
-                builtin_config(
-                    &settings.stream,
-                    settings.batch_size,
-                    settings.max_attempts,
-                    settings.processed_bucket.clone(),
-                ),
-                Arc::new(sluice_processor::functions::Uppercase),
-                shutdown_rx.clone(),
-            )
+            .start(config, function, shutdown_rx.clone())
             .await?
     } else {
         tracing::info!(stream = %settings.stream, "built-in mapping off; the oldest enabled mapping on the upload stream tracks upload status");
@@ -299,7 +307,12 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     ));
     let api = sluice_gateway::router(Gateway {
         authorizer,
-        sink: Arc::new(uploads.clone()),
+        sink: Arc::new(crate::builtin_roles::GuardedSink {
+            inner: Arc::new(uploads.clone()),
+            guard: route_guard,
+            region: settings.region.clone(),
+            account_id: settings.account_id.clone(),
+        }),
         ledger,
         store: Arc::new(store.clone()),
         bucket: settings.bucket.clone(),

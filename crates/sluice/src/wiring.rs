@@ -228,6 +228,10 @@ pub(crate) struct Info {
     pub(crate) region: String,
     pub(crate) bucket: String,
     pub(crate) stream: String,
+    /// The roles the upload route and the built-in mapping act as (created at first start,
+    /// `builtin_roles`).
+    pub(crate) upload_route_role: String,
+    pub(crate) builtin_mapping_role: String,
 }
 
 pub(crate) fn info(settings: &Settings) -> Result<Info> {
@@ -261,12 +265,20 @@ pub(crate) fn make_info(
         region: settings.region.clone(),
         bucket: settings.bucket.clone(),
         stream: settings.stream.clone(),
+        upload_route_role: crate::builtin_roles::role_arn(
+            settings,
+            crate::builtin_roles::UPLOAD_ROUTE_ROLE,
+        ),
+        builtin_mapping_role: crate::builtin_roles::role_arn(
+            settings,
+            crate::builtin_roles::BUILTIN_MAPPING_ROLE,
+        ),
     }
 }
 
 pub(crate) fn describe(i: &Info) -> String {
     format!(
-        "API URL:       {}\nEdge URL:      {}\nRegion:        {}\nUser pool id:  {}\nApp client id: {}\nIssuer:        {}\nJWKS URL:      {}\nBucket:        {}\nStream:        {}",
+        "API URL:       {}\nEdge URL:      {}\nRegion:        {}\nUser pool id:  {}\nApp client id: {}\nIssuer:        {}\nJWKS URL:      {}\nBucket:        {}\nStream:        {}\nRoles:         {} (upload route), {} (built-in mapping)",
         i.api_url,
         i.edge_url,
         i.region,
@@ -275,7 +287,9 @@ pub(crate) fn describe(i: &Info) -> String {
         i.issuer,
         i.jwks_url,
         i.bucket,
-        i.stream
+        i.stream,
+        i.upload_route_role,
+        i.builtin_mapping_role
     )
 }
 

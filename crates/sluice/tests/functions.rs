@@ -79,6 +79,19 @@ impl Cli<'_> {
         zip: &Path,
         extra: &[&str],
     ) -> Value {
+        self.create_as(name, runtime, handler, zip, ROLE, extra)
+    }
+
+    /// Creates a function that runs as `role`.
+    fn create_as(
+        &self,
+        name: &str,
+        runtime: &str,
+        handler: &str,
+        zip: &Path,
+        role: &str,
+        extra: &[&str],
+    ) -> Value {
         let zip_arg = format!("fileb://{}", zip.display());
         let mut args = vec![
             "lambda",
@@ -90,7 +103,7 @@ impl Cli<'_> {
             "--handler",
             handler,
             "--role",
-            ROLE,
+            role,
             "--zip-file",
             &zip_arg,
         ];
@@ -114,6 +127,77 @@ impl Cli<'_> {
         let _ = std::fs::remove_file(&out);
         (v, body)
     }
+}
+
+/// The seed's Part C1 policy for the upload function, verbatim but for the account id.
+const SEED_C1_POLICY: &str = r#"{ "Version": "2012-10-17", "Statement": [ { "Sid": "PutToKinesis", "Effect": "Allow", "Action": ["kinesis:PutRecord", "kinesis:PutRecords"], "Resource": "arn:aws:kinesis:us-east-2:000000000000:stream/uploads-stream" } ]
+}"#;
+/// The upload function's "existing S3 permissions" (seed, Part C1): write `uploads/`.
+const UPLOAD_S3_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:PutObject","Resource":"arn:aws:s3:::sluice/uploads/*"}]}"#;
+/// The processor's S3 permissions (seed, Part D): read `uploads/`, write `processed/`.
+const PROCESSOR_S3_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::sluice/uploads/*"},{"Effect":"Allow","Action":"s3:PutObject","Resource":"arn:aws:s3:::sluice/processed/*"}]}"#;
+/// The AWS managed policy the seed's processor role gets for reading its stream.
+const KINESIS_EXECUTION: &str =
+    "arn:aws:iam::aws:policy/service-role/AWSLambdaKinesisExecutionRole";
+
+/// The seed's two roles: the upload function's (C1, with its S3 permissions and, when
+/// `with_c1`, the Part C1 policy) and the processor's (Part D: the managed Kinesis
+/// execution policy and its S3 permissions); returns their ARNs.
+fn seed_roles(cli: &Cli, with_c1: bool) -> (String, String) {
+    let mut upload = vec![("s3-uploads", UPLOAD_S3_POLICY)];
+    if with_c1 {
+        upload.push(("put-to-kinesis", SEED_C1_POLICY));
+    }
+    let up = make_role(cli, "upload-lambda-role", &upload);
+    let processor = make_role(
+        cli,
+        "kinesis-processor-role",
+        &[("s3-processing", PROCESSOR_S3_POLICY)],
+    );
+    if with_c1 {
+        attach_kinesis_execution(cli);
+    }
+    (up, processor)
+}
+
+fn attach_kinesis_execution(cli: &Cli) {
+    cli.json(&[
+        "iam",
+        "attach-role-policy",
+        "--role-name",
+        "kinesis-processor-role",
+        "--policy-arn",
+        KINESIS_EXECUTION,
+    ]);
+}
+
+/// Lambda's trust policy: `lambda.amazonaws.com` may assume the role.
+const LAMBDA_TRUST: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+
+/// Creates the execution role `name` (trusting Lambda) with the inline policies `inline`
+/// (name, document); returns its ARN.
+fn make_role(cli: &Cli, name: &str, inline: &[(&str, &str)]) -> String {
+    let role = cli.json(&[
+        "iam",
+        "create-role",
+        "--role-name",
+        name,
+        "--assume-role-policy-document",
+        LAMBDA_TRUST,
+    ]);
+    for (policy, doc) in inline {
+        cli.json(&[
+            "iam",
+            "put-role-policy",
+            "--role-name",
+            name,
+            "--policy-name",
+            policy,
+            "--policy-document",
+            doc,
+        ]);
+    }
+    role["Role"]["Arn"].as_str().expect("role ARN").to_owned()
 }
 
 fn rand_tag() -> u64 {
@@ -153,11 +237,52 @@ fn the_seed_handlers_run_as_functions_wired_with_the_aws_cli() {
         "seed.zip",
         &[("upload.mjs", &upload), ("processor.mjs", &processor)],
     );
-    let up = cli.create(
+    // A role that does not exist, or one Lambda may not assume, is refused.
+    let zip_arg = format!("fileb://{}", zip.display());
+    let refused = |role: &str| {
+        cli.fails(&[
+            "lambda",
+            "create-function",
+            "--function-name",
+            "upload-handler",
+            "--runtime",
+            "nodejs20.x",
+            "--handler",
+            "upload.handler",
+            "--role",
+            role,
+            "--zip-file",
+            &zip_arg,
+        ])
+    };
+    let err = refused("arn:aws:iam::000000000000:role/no-such-role");
+    assert!(
+        err.contains("InvalidParameterValueException")
+            && err.contains("The role defined for the function cannot be assumed by Lambda."),
+        "{err}"
+    );
+    cli.json(&[
+        "iam",
+        "create-role",
+        "--role-name",
+        "ec2-role",
+        "--assume-role-policy-document",
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+    ]);
+    let err = refused("arn:aws:iam::000000000000:role/ec2-role");
+    assert!(
+        err.contains("The role defined for the function cannot be assumed by Lambda."),
+        "{err}"
+    );
+
+    // The seed's roles, the upload role without Part C1's policy yet.
+    let (up_role, processor_role) = seed_roles(&cli, false);
+    let up = cli.create_as(
         "upload-handler",
         "nodejs20.x",
         "upload.handler",
         &zip,
+        &up_role,
         &[
             "--environment",
             "Variables={UPLOAD_BUCKET=sluice,STREAM_NAME=uploads-stream}",
@@ -170,11 +295,12 @@ fn the_seed_handlers_run_as_functions_wired_with_the_aws_cli() {
         up["FunctionArn"],
         "arn:aws:lambda:us-east-2:000000000000:function:upload-handler"
     );
-    cli.create(
+    cli.create_as(
         "processor-handler",
         "nodejs20.x",
         "processor.handler",
         &zip,
+        &processor_role,
         &[
             "--environment",
             "Variables={PROCESSED_BUCKET=sluice}",
@@ -182,6 +308,28 @@ fn the_seed_handlers_run_as_functions_wired_with_the_aws_cli() {
             "30",
         ],
     );
+    // The processor's role cannot read the stream yet: Lambda refuses the mapping.
+    let esm_args = [
+        "lambda",
+        "create-event-source-mapping",
+        "--function-name",
+        "processor-handler",
+        "--event-source-arn",
+        "arn:aws:kinesis:us-east-2:000000000000:stream/uploads-stream",
+        "--batch-size",
+        "10",
+        "--starting-position",
+        "LATEST",
+    ];
+    let err = cli.fails(&esm_args);
+    assert!(
+        err.contains("InvalidParameterValueException")
+            && err.contains(
+                "Cannot access stream arn:aws:kinesis:us-east-2:000000000000:stream/uploads-stream"
+            ),
+        "{err}"
+    );
+    attach_kinesis_execution(&cli);
     let esm = cli.json(&[
         "lambda",
         "create-event-source-mapping",
@@ -216,6 +364,30 @@ fn the_seed_handlers_run_as_functions_wired_with_the_aws_cli() {
             "authorizer": {"jwt": {"claims": {"sub": "user-sub-1"}, "scopes": null}},
         },
     });
+    // Without Part C1's policy the handler's PutRecord is denied, as the seed's "Common
+    // issues" describe: the SDK's AccessDeniedException, thrown out of the handler.
+    let (answer, payload) = cli.invoke("upload-handler", &event, &[]);
+    assert_eq!(answer["FunctionError"], "Unhandled", "{answer} {payload}");
+    let error: Value = serde_json::from_str(&payload).expect("error document");
+    assert_eq!(error["errorType"], "AccessDeniedException", "{payload}");
+    let message = error["errorMessage"].as_str().expect("errorMessage");
+    assert!(
+        message.contains(
+            "assumed-role/upload-lambda-role/upload-handler is not authorized to perform: kinesis:PutRecord on resource: arn:aws:kinesis:us-east-2:000000000000:stream/uploads-stream"
+        ),
+        "{message}"
+    );
+    // Part C1: the policy added with put-role-policy; the same function now works.
+    cli.json(&[
+        "iam",
+        "put-role-policy",
+        "--role-name",
+        "upload-lambda-role",
+        "--policy-name",
+        "put-to-kinesis",
+        "--policy-document",
+        SEED_C1_POLICY,
+    ]);
     let (answer, payload) = cli.invoke("upload-handler", &event, &[]);
     assert_eq!(answer["StatusCode"], 200);
     assert!(answer.get("FunctionError").is_none(), "{answer} {payload}");
@@ -327,6 +499,7 @@ fn invocations_updates_and_limits_follow_lambda() {
         server: &server,
         key: server.new_key(),
     };
+    make_role(&cli, "sluice-test", &[]);
     let zip = zip_file(&dir.0, "node.zip", &[("index.mjs", NODE_FN.as_bytes())]);
     let created = cli.create(
         "node-fn",
@@ -542,6 +715,7 @@ fn bad_functions_are_refused_and_leave_nothing() {
         server: &server,
         key: server.new_key(),
     };
+    make_role(&cli, "sluice-test", &[]);
     let blobs_before = common::blob_count(&dir.0);
     let good = zip_file(&dir.0, "good.zip", &[("index.mjs", NODE_FN.as_bytes())]);
     let create = |name: &str, runtime: &str, handler: &str, zip: &Path, extra: &[&str]| -> String {
@@ -750,6 +924,63 @@ fn bad_functions_are_refused_and_leave_nothing() {
     assert!(err.contains("AccessDeniedException"), "{err}");
     let (a, _) = limited.invoke("f", &json!({}), &[]);
     assert_eq!(a["StatusCode"], 200);
+
+    // A key that may create functions but not pass the role: refused, as on AWS, so a
+    // function never gets more than its creator may hand out.
+    let key_with = |statements: Value| -> Cli<'_> {
+        let path = dir.0.join(format!("policy-{}.json", rand_tag()));
+        std::fs::write(
+            &path,
+            json!({"Version": "2012-10-17", "Statement": statements}).to_string(),
+        )
+        .expect("write policy");
+        let v: Value = serde_json::from_str(&server.cli(&[
+            "keys",
+            "create",
+            "--policy",
+            &path.display().to_string(),
+        ]))
+        .expect("key json");
+        Cli {
+            server: &server,
+            key: (
+                v["accessKeyId"].as_str().expect("id").to_owned(),
+                v["secretAccessKey"].as_str().expect("secret").to_owned(),
+            ),
+        }
+    };
+    let create_g = |c: &Cli<'_>| {
+        c.run(&[
+            "lambda",
+            "create-function",
+            "--function-name",
+            "g",
+            "--runtime",
+            "nodejs20.x",
+            "--handler",
+            "index.handler",
+            "--role",
+            ROLE,
+            "--zip-file",
+            &format!("fileb://{}", good.display()),
+        ])
+    };
+    let no_pass = key_with(json!([{"Effect": "Allow", "Action": "lambda:*", "Resource": "*"}]));
+    let (ok, _, err) = create_g(&no_pass);
+    assert!(!ok);
+    assert!(
+        err.contains("AccessDeniedException")
+            && err.contains(&format!(
+                "is not authorized to perform: iam:PassRole on resource: {ROLE}"
+            )),
+        "{err}"
+    );
+    let may_pass = key_with(json!([
+        {"Effect": "Allow", "Action": "lambda:*", "Resource": "*"},
+        {"Effect": "Allow", "Action": "iam:PassRole", "Resource": ROLE}
+    ]));
+    let (ok, _, err) = create_g(&may_pass);
+    assert!(ok, "{err}");
 }
 
 // --- HTTP APIs (aws apigatewayv2) ------------------------------------------------------
@@ -854,6 +1085,7 @@ fn the_seed_behind_an_http_api_wired_with_the_aws_cli() {
         server: &server,
         key: server.new_key(),
     };
+    let (up_role, processor_role) = seed_roles(&cli, true);
     let info = server.info();
     let (issuer, client_id) = (
         info["issuer"].as_str().expect("issuer").to_owned(),
@@ -876,11 +1108,12 @@ fn the_seed_behind_an_http_api_wired_with_the_aws_cli() {
             ),
         ],
     );
-    cli.create(
+    cli.create_as(
         "upload-handler",
         "nodejs20.x",
         "upload.handler",
         &zip,
+        &up_role,
         &[
             "--environment",
             "Variables={UPLOAD_BUCKET=sluice,STREAM_NAME=uploads-stream}",
@@ -888,11 +1121,12 @@ fn the_seed_behind_an_http_api_wired_with_the_aws_cli() {
             "30",
         ],
     );
-    cli.create(
+    cli.create_as(
         "processor-handler",
         "nodejs20.x",
         "processor.handler",
         &zip,
+        &processor_role,
         &[
             "--environment",
             "Variables={PROCESSED_BUCKET=sluice}",
@@ -1102,11 +1336,24 @@ fn http_apis_answer_as_api_gateway_does() {
         server: &server,
         key: server.new_key(),
     };
+    make_role(&cli, "sluice-test", &[]);
     let info = server.info();
     server.create_user("rules@example.com");
     let token = server.id_token("rules@example.com");
     let py = zip_file(&dir.0, "py.zip", &[("app.py", PY_API_FN.as_bytes())]);
     cli.create("py-api", "python3.11", "app.handler", &py, &[]);
+    // The first invocation of a runtime on a fresh machine installs its SDK into the
+    // runtime cache (a minute or more), longer than an integration's 30 s: done here, by
+    // Lambda's API, which waits.
+    let _ = cli.run(&[
+        "lambda",
+        "invoke",
+        "--function-name",
+        "py-api",
+        "--payload",
+        "{}",
+        &dir.0.join("warm.json").display().to_string(),
+    ]);
     let node = zip_file(&dir.0, "node.zip", &[("index.mjs", NODE_API_FN.as_bytes())]);
     cli.create(
         "node-api",
@@ -1311,6 +1558,7 @@ fn bucket_notifications_invoke_functions() {
         server: &server,
         key: server.new_key(),
     };
+    make_role(&cli, "sluice-test", &[]);
     let zip = zip_file(&dir.0, "notify.zip", &[("index.mjs", NOTIFY_FN.as_bytes())]);
     cli.create("notify", "nodejs20.x", "index.handler", &zip, &[]);
     let arn = "arn:aws:lambda:us-east-2:000000000000:function:notify";

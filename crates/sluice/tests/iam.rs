@@ -312,3 +312,137 @@ fn iam_with_the_aws_cli_and_a_users_key_limited_by_the_seeds_policy() {
     );
     server.stop();
 }
+
+/// The upload route and the built-in mapping act as roles of their own, created at first
+/// start with exactly what they need and named by `sluice info`: taking a permission away
+/// stops the part as a Lambda function's missing permission would, and giving it back
+/// restores it.
+#[test]
+fn the_built_in_parts_act_as_least_privilege_roles() {
+    let dir = DataDir::new("iam-builtin");
+    dir.write_config("max_attempts = 1\n");
+    let server = Server::start(&dir.0);
+    let root = server.new_key();
+    let info = server.info();
+    assert_eq!(
+        info["uploadRouteRole"],
+        "arn:aws:iam::000000000000:role/sluice-upload-route"
+    );
+    assert_eq!(
+        info["builtinMappingRole"],
+        "arn:aws:iam::000000000000:role/sluice-builtin-mapping"
+    );
+    let route = ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "get-role-policy",
+            "--role-name",
+            "sluice-upload-route",
+            "--policy-name",
+            "least-privilege",
+        ],
+    );
+    let route_policy = route["PolicyDocument"].clone();
+    let actions: Vec<String> = route_policy["Statement"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .flat_map(|s| match &s["Action"] {
+            Value::String(a) => vec![a.clone()],
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        ["s3:PutObject", "kinesis:PutRecord", "kinesis:PutRecords"]
+    );
+
+    server.create_user("roles@example.com");
+    let token = server.id_token("roles@example.com");
+    let resp = server.upload(&token, "one.txt", "first");
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: Value = resp.json().expect("json");
+    let done = server.wait_final(&token, v["uploadId"].as_str().expect("id"));
+    assert_eq!(done["status"], "processed", "{done}");
+
+    // Without its policy the route may not store uploads: 403 naming the action, and
+    // nothing stored.
+    ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "delete-role-policy",
+            "--role-name",
+            "sluice-upload-route",
+            "--policy-name",
+            "least-privilege",
+        ],
+    );
+    let resp = server.upload(&token, "two.txt", "second");
+    assert_eq!(resp.status().as_u16(), 403);
+    let body = resp.text().expect("body");
+    assert!(
+        body.contains("sluice-upload-route is not authorized to perform: s3:PutObject on resource: arn:aws:s3:::sluice/uploads/two.txt"),
+        "{body}"
+    );
+    let (found, _, _) = aws(
+        &server,
+        &root,
+        &[
+            "s3api",
+            "head-object",
+            "--bucket",
+            "sluice",
+            "--key",
+            "uploads/two.txt",
+        ],
+    );
+    assert!(!found, "a refused upload stores nothing");
+
+    // Restored, and the mapping's policy taken away instead: the upload is stored, its
+    // processing fails with the denial.
+    let doc = file(&dir, "route.json", &route_policy.to_string());
+    ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "put-role-policy",
+            "--role-name",
+            "sluice-upload-route",
+            "--policy-name",
+            "least-privilege",
+            "--policy-document",
+            &doc,
+        ],
+    );
+    ok(
+        &server,
+        &root,
+        &[
+            "iam",
+            "delete-role-policy",
+            "--role-name",
+            "sluice-builtin-mapping",
+            "--policy-name",
+            "least-privilege",
+        ],
+    );
+    let resp = server.upload(&token, "three.txt", "third");
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: Value = resp.json().expect("json");
+    let done = server.wait_final(&token, v["uploadId"].as_str().expect("id"));
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done.to_string()
+            .contains("sluice-builtin-mapping is not authorized to perform: kinesis:GetRecords"),
+        "{done}"
+    );
+}

@@ -21,6 +21,10 @@ pub enum UploadError {
     Conflict { bucket: String, key: String },
     #[error("upload {0} not found")]
     NotFound(String),
+    /// The role the upload route acts as may not store the upload or put its record
+    /// (`sluice-upload-route`, see the binary's `builtin_roles`): nothing was stored.
+    #[error("{0}")]
+    AccessDenied(String),
     #[error(transparent)]
     Store(#[from] sluice_store::StoreError),
     #[error(transparent)]

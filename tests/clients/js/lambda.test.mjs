@@ -23,9 +23,19 @@ import {
   GetApiCommand,
   GetApisCommand,
 } from "@aws-sdk/client-apigatewayv2";
+import { IAMClient, CreateRoleCommand, DeleteRoleCommand } from "@aws-sdk/client-iam";
 import { clientConfig, unique } from "./lib.mjs";
 
 const lambda = new LambdaClient(clientConfig());
+const iam = new IAMClient(clientConfig());
+const roleName = unique("js-clients");
+// The function's execution role: Lambda may assume it (it needs no permissions here).
+const LAMBDA_TRUST = JSON.stringify({
+  Version: "2012-10-17",
+  Statement: [
+    { Effect: "Allow", Principal: { Service: "lambda.amazonaws.com" }, Action: "sts:AssumeRole" },
+  ],
+});
 const apigw = new ApiGatewayV2Client(clientConfig());
 const name = unique("js-fn");
 
@@ -80,16 +90,23 @@ after(async () => {
   try {
     await lambda.send(new DeleteFunctionCommand({ FunctionName: name }));
   } catch {}
+  try {
+    await iam.send(new DeleteRoleCommand({ RoleName: roleName }));
+  } catch {}
   lambda.destroy();
   apigw.destroy();
+  iam.destroy();
 });
 
 test("create, invoke, configure, list and delete a function", async () => {
+  const role = await iam.send(
+    new CreateRoleCommand({ RoleName: roleName, AssumeRolePolicyDocument: LAMBDA_TRUST }),
+  );
   const created = await lambda.send(
     new CreateFunctionCommand({
       FunctionName: name,
       Runtime: "nodejs20.x",
-      Role: "arn:aws:iam::000000000000:role/js-clients",
+      Role: role.Role.Arn,
       Handler: "index.handler",
       Code: { ZipFile: zip({ "index.mjs": HANDLER }) },
       Environment: { Variables: { GREETING: "hello" } },

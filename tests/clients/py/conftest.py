@@ -12,6 +12,7 @@ default pool, and runs this suite with:
 Every test makes its own streams, buckets and users with unique names.
 """
 
+import json
 import os
 import time
 import uuid
@@ -70,6 +71,30 @@ def s3(edge, region):
 @pytest.fixture(scope="session")
 def awslambda(edge, region):
     return client("lambda", edge, region)
+
+
+LAMBDA_TRUST = json.dumps({
+    "Version": "2012-10-17",
+    "Statement": [{
+        "Effect": "Allow",
+        "Principal": {"Service": "lambda.amazonaws.com"},
+        "Action": "sts:AssumeRole",
+    }],
+})
+KINESIS_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaKinesisExecutionRole"
+
+
+@pytest.fixture(scope="session")
+def lambda_role(edge, region):
+    """An execution role for the suite's functions: Lambda may assume it, and it may read
+    streams (AWS's managed AWSLambdaKinesisExecutionRole), as event-source mappings need."""
+    iam = client("iam", edge, region)
+    name = unique("py-clients")
+    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=LAMBDA_TRUST)["Role"]["Arn"]
+    iam.attach_role_policy(RoleName=name, PolicyArn=KINESIS_EXECUTION)
+    yield arn
+    iam.detach_role_policy(RoleName=name, PolicyArn=KINESIS_EXECUTION)
+    iam.delete_role(RoleName=name)
 
 
 @pytest.fixture(scope="session")

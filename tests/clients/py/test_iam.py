@@ -416,10 +416,14 @@ def handler(event, context):
 """
 
 
-def test_a_users_function_may_do_no_more_than_the_user(iam, edge, region, awslambda):
+def test_a_function_does_what_its_role_allows(iam, edge, region, awslambda):
     import io
     import zipfile
 
+    from conftest import LAMBDA_TRUST
+
+    role = unique("fn-role")
+    role_arn = iam.create_role(RoleName=role, AssumeRolePolicyDocument=LAMBDA_TRUST)["Role"]["Arn"]
     user = unique("fn-maker")
     iam.create_user(UserName=user)
     iam.put_user_policy(
@@ -427,10 +431,7 @@ def test_a_users_function_may_do_no_more_than_the_user(iam, edge, region, awslam
         PolicyName="functions",
         PolicyDocument=json.dumps({
             "Version": "2012-10-17",
-            "Statement": [
-                {"Effect": "Allow", "Action": "lambda:*", "Resource": "*"},
-                {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::nothing/*"},
-            ],
+            "Statement": [{"Effect": "Allow", "Action": "lambda:*", "Resource": "*"}],
         }),
     )
     key = iam.create_access_key(UserName=user)["AccessKey"]
@@ -446,20 +447,38 @@ def test_a_users_function_may_do_no_more_than_the_user(iam, edge, region, awslam
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("app.py", LIST_BUCKETS)
     name = unique("py-iam-fn")
-    user_lambda.create_function(
+    create = dict(
         FunctionName=name,
         Runtime="python3.12",
-        Role=f"arn:aws:iam::{ACCOUNT_ID}:role/any",
+        Role=role_arn,
         Handler="app.handler",
         Code={"ZipFile": buf.getvalue()},
         Timeout=60,
     )
+    # The user may create functions but not pass the role to one.
+    denied = fails("AccessDeniedException", user_lambda.create_function, **create)
+    assert f"is not authorized to perform: iam:PassRole on resource: {role_arn}" in denied["Error"]["Message"]
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName="pass",
+        PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "iam:PassRole", "Resource": role_arn}],
+        }),
+    )
+    user_lambda.create_function(**create)
     try:
+        # The role has no policy: the function may not list buckets.
         out = user_lambda.invoke(FunctionName=name, Payload=b"{}")
-        # The user may not list buckets, so neither may its function.
         assert json.loads(out["Payload"].read()) == "AccessDenied", out
+        iam.attach_role_policy(RoleName=role, PolicyArn="arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess")
+        out = user_lambda.invoke(FunctionName=name, Payload=b"{}")
+        assert json.loads(out["Payload"].read()) == "allowed", out
     finally:
         awslambda.delete_function(FunctionName=name)
-        iam.delete_user_policy(UserName=user, PolicyName="functions")
+        iam.detach_role_policy(RoleName=role, PolicyArn="arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess")
+        iam.delete_role(RoleName=role)
+        for p in ("functions", "pass"):
+            iam.delete_user_policy(UserName=user, PolicyName=p)
         iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
         iam.delete_user(UserName=user)

@@ -11,8 +11,6 @@ import pytest
 
 from conftest import ACCOUNT_ID, error_code, eventually, unique
 
-ROLE = f"arn:aws:iam::{ACCOUNT_ID}:role/py-clients"
-
 HANDLER = """
 import os
 
@@ -33,12 +31,12 @@ def zipped(files):
 
 
 @pytest.fixture
-def function(awslambda):
+def function(awslambda, lambda_role):
     name = unique("py-fn")
     awslambda.create_function(
         FunctionName=name,
         Runtime="python3.12",
-        Role=ROLE,
+        Role=lambda_role,
         Handler="app.handler",
         Code={"ZipFile": zipped({"app.py": HANDLER})},
         Environment={"Variables": {"GREETING": "hello"}},
@@ -137,22 +135,30 @@ def test_event_source_mapping_lifecycle(awslambda, kinesis, function):
     kinesis.delete_stream(StreamName=stream)
 
 
-def test_errors(awslambda, function):
+def test_errors(awslambda, function, lambda_role):
     with pytest.raises(botocore.exceptions.ClientError) as e:
         awslambda.get_function(FunctionName=unique("missing"))
     assert error_code(e) == "ResourceNotFoundException"
     with pytest.raises(botocore.exceptions.ClientError) as e:
         awslambda.create_function(
-            FunctionName=function, Runtime="python3.12", Role=ROLE, Handler="app.handler",
+            FunctionName=function, Runtime="python3.12", Role=lambda_role, Handler="app.handler",
             Code={"ZipFile": zipped({"app.py": HANDLER})},
         )
     assert error_code(e) == "ResourceConflictException"
     with pytest.raises(botocore.exceptions.ClientError) as e:
         awslambda.create_function(
-            FunctionName=unique("py-bad"), Runtime="python3.12", Role=ROLE,
+            FunctionName=unique("py-bad"), Runtime="python3.12", Role=lambda_role,
             Handler="missing.handler", Code={"ZipFile": zipped({"app.py": HANDLER})},
         )
     assert error_code(e) == "InvalidParameterValueException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        awslambda.create_function(
+            FunctionName=unique("py-bad"), Runtime="python3.12",
+            Role=f"arn:aws:iam::{ACCOUNT_ID}:role/{unique('missing')}",
+            Handler="app.handler", Code={"ZipFile": zipped({"app.py": HANDLER})},
+        )
+    assert error_code(e) == "InvalidParameterValueException"
+    assert "The role defined for the function cannot be assumed by Lambda." in str(e.value)
     with pytest.raises(botocore.exceptions.ClientError) as e:
         awslambda.invoke(FunctionName=function, Payload=b"not json")
     assert error_code(e) == "InvalidRequestContentException"
