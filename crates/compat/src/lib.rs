@@ -593,8 +593,9 @@ pub(crate) fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::I
 /// after which the body's bytes and the next request on the connection can no longer be
 /// told apart (seen as a spurious `SignatureDoesNotMatch` on the next request under load).
 /// A fresh connection for the next request removes the ambiguity, at the cost of one
-/// handshake after an error.
-async fn close_after_refused_expect(
+/// handshake after an error. The edge's router has it; the binary puts it on the upload
+/// API's router too.
+pub async fn close_after_refused_expect(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {

@@ -326,6 +326,11 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     .merge(sluice_console::router(console_config))
     .merge(sluice_apis::serve::router(serving))
     .merge(admin)
+    // An error answer to a request that announced its body with `Expect: 100-continue`
+    // closes the connection, as on the edge (`sluice_compat::close_after_refused_expect`).
+    .layer(axum::middleware::from_fn(
+        sluice_compat::close_after_refused_expect,
+    ))
     .layer(axum::middleware::from_fn_with_state(
         "api",
         crate::telemetry::track,

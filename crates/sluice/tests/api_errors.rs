@@ -237,6 +237,30 @@ fn bad_input_is_refused_and_stores_nothing() {
     server.create_user("other@example.com");
     let token = server.id_token("me@example.com");
     let other = server.id_token("other@example.com");
+    // A refused request that announced its body with `Expect: 100-continue` closes the
+    // connection: the client may or may not send the body, and the next request on the
+    // connection could not be told from it.
+    {
+        use std::io::{Read as _, Write as _};
+        let addr = server
+            .api
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .expect("timeout");
+        write!(
+            conn,
+            "POST /uploads HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 20\r\nExpect: 100-continue\r\n\r\n"
+        )
+        .expect("send head");
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer).to_lowercase();
+        assert!(answer.starts_with("http/1.1 401"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+    }
     let post = |ct: Option<&str>, body: Vec<u8>| {
         let mut r = server
             .http
