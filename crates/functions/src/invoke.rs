@@ -70,6 +70,16 @@ pub fn key_description(function: &str) -> String {
 /// timeout and this margin left, so no invocation runs with expired credentials.
 const SESSION_MARGIN_MS: i64 = 5 * 60 * 1000;
 
+/// Whether a warm instance's role session (ending at `expires_ms`) still covers an
+/// invocation that starts at `now` and runs for the whole `timeout_secs`, with
+/// [`SESSION_MARGIN_MS`] to spare; `None`: credentials that do not expire.
+fn session_fresh(expires_ms: Option<i64>, timeout_secs: u64, now: i64) -> bool {
+    expires_ms.is_none_or(|t| {
+        let margin = (timeout_secs.min(900) as i64) * 1000 + SESSION_MARGIN_MS;
+        now + margin < t
+    })
+}
+
 /// What happens when the function is at its concurrency bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -167,10 +177,7 @@ impl Invoker {
             .and_then(|m| m.get(name).cloned())
             .filter(|i| {
                 i.revision == cfg.revision_id
-                    && i.expires_ms.is_none_or(|t| {
-                        let margin = cfg.timeout_secs as i64 * 1000 + SESSION_MARGIN_MS;
-                        now_ms() + margin < t
-                    })
+                    && session_fresh(i.expires_ms, cfg.timeout_secs, now_ms())
             });
         if let Some(i) = cached {
             return Ok((cfg, i));
@@ -633,6 +640,23 @@ impl BatchFunction for Registered {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn warm_instances_are_replaced_before_their_session_ends() {
+        let hour = 3_600_000;
+        // No session: never stale.
+        assert!(super::session_fresh(None, 900, 0));
+        // A fresh one-hour session, 3 s timeout: fresh.
+        assert!(super::session_fresh(Some(hour), 3, 0));
+        // 10 minutes left: a 3 s function still has its 5 minutes of margin; a 15 minute
+        // one does not (it could outlive the session).
+        let now = hour - 10 * 60_000;
+        assert!(super::session_fresh(Some(hour), 3, now));
+        assert!(!super::session_fresh(Some(hour), 900, now));
+        // Within the margin, or past the end: replaced.
+        assert!(!super::session_fresh(Some(hour), 3, hour - 4 * 60_000));
+        assert!(!super::session_fresh(Some(hour), 3, hour + 1));
+    }
+
     use super::*;
 
     #[test]
