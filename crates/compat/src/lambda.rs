@@ -1267,41 +1267,41 @@ impl Ctx<'_> {
             return Err(invalid(sluice_functions::ROLE_NOT_ASSUMABLE));
         };
         let arn = self.stream_arn(stream);
-        for action in [
+        // The role's policies, read once; decided without a request (a condition on a
+        // request's keys does not hold).
+        let policy = match iam.iam.policy_of(sluice_iam::Kind::Role, &role).await {
+            Ok((_, p)) => p,
+            Err(sluice_iam::IamError::NoSuchEntity(_)) => {
+                return Err(invalid(sluice_functions::ROLE_NOT_ASSUMABLE));
+            }
+            Err(e) if e.is_unavailable() => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceException",
+                    "the service is unavailable (storage down or full); try again later",
+                ));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a function role's policies");
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "ServiceException",
+                    "internal failure",
+                ));
+            }
+        };
+        let ctx = sluice_policy::Context::new();
+        let readable = [
             "kinesis:GetRecords",
             "kinesis:GetShardIterator",
             "kinesis:DescribeStream",
-        ] {
-            match iam
-                .iam
-                .entity_allows(sluice_iam::Kind::Role, &role, action, &arn)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(invalid(&format!(
-                        "Cannot access stream {arn}. Please ensure the role can perform the GetRecords, GetShardIterator, DescribeStream, and ListStreams Actions on your stream in IAM."
-                    )));
-                }
-                Err(sluice_iam::IamError::NoSuchEntity(_)) => {
-                    return Err(invalid(sluice_functions::ROLE_NOT_ASSUMABLE));
-                }
-                Err(e) if e.is_unavailable() => {
-                    return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "ServiceException",
-                        "the service is unavailable (storage down or full); try again later",
-                    ));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read a function role's policies");
-                    return Err(ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "ServiceException",
-                        "internal failure",
-                    ));
-                }
-            }
+        ]
+        .iter()
+        .all(|action| policy.decide_in(action, &arn, &ctx).allowed());
+        if !readable {
+            return Err(invalid(&format!(
+                "Cannot access stream {arn}. Please ensure the role can perform the GetRecords, GetShardIterator, DescribeStream, and ListStreams Actions on your stream in IAM."
+            )));
         }
         Ok(())
     }

@@ -52,17 +52,8 @@ impl RoleGuard {
         {
             return Ok(p.clone());
         }
-        let policy = match self.iam.documents_of(Kind::Role, &self.role).await {
-            Ok((_, docs)) => Policy::union(
-                docs.iter()
-                    .map(|d| {
-                        Policy::parse(d).unwrap_or_else(|e| {
-                            tracing::error!(role = %self.role, error = %e, "a stored IAM policy does not parse: it allows nothing");
-                            Policy::deny_all()
-                        })
-                    })
-                    .collect::<Vec<_>>(),
-            ),
+        let policy = match self.iam.policy_of(Kind::Role, &self.role).await {
+            Ok((_, p)) => p,
             // A deleted role allows nothing.
             Err(IamError::NoSuchEntity(_)) => Policy::deny_all(),
             Err(e) => return Err(e),

@@ -1471,38 +1471,9 @@ fn identity_error(e: IamError) -> IdentityError {
 }
 
 impl Iam {
-    /// An entity's ARN, id, tags and the union of its policies.
-    async fn grant(&self, kind: Kind, name: &str) -> Result<UserGrant, IdentityError> {
-        let (e, docs) = self
-            .documents_of(kind, name)
-            .await
-            .map_err(identity_error)?;
-        let policies = docs.iter().map(|d| {
-            Policy::parse(d).unwrap_or_else(|err| {
-                tracing::error!(entity = %e.name, error = %err, "a stored IAM policy does not parse: it allows nothing");
-                Policy::deny_all()
-            })
-        });
-        Ok(UserGrant {
-            arn: e.arn.clone(),
-            user_id: e.id.clone(),
-            policy: Policy::union(policies.collect::<Vec<_>>()),
-            tags: e.tags.clone(),
-        })
-    }
-}
-
-impl Iam {
-    /// Whether the policies of an entity allow `action` on `resource`, decided without a
-    /// request (a condition on a request's keys does not hold). What Lambda asks of a
-    /// function's role before it maps a stream to the function.
-    pub async fn entity_allows(
-        &self,
-        kind: Kind,
-        name: &str,
-        action: &str,
-        resource: &str,
-    ) -> Result<bool, IamError> {
+    /// An entity and the union of its policies (a stored document that does not parse
+    /// allows nothing, and is logged).
+    pub async fn policy_of(&self, kind: Kind, name: &str) -> Result<(Entity, Policy), IamError> {
         let (e, docs) = self.documents_of(kind, name).await?;
         let policies = docs.iter().map(|d| {
             Policy::parse(d).unwrap_or_else(|err| {
@@ -1510,9 +1481,19 @@ impl Iam {
                 Policy::deny_all()
             })
         });
-        Ok(Policy::union(policies.collect::<Vec<_>>())
-            .decide_in(action, resource, &sluice_policy::Context::new())
-            .allowed())
+        let policy = Policy::union(policies.collect::<Vec<_>>());
+        Ok((e, policy))
+    }
+
+    /// An entity's ARN, id, tags and the union of its policies.
+    async fn grant(&self, kind: Kind, name: &str) -> Result<UserGrant, IdentityError> {
+        let (e, policy) = self.policy_of(kind, name).await.map_err(identity_error)?;
+        Ok(UserGrant {
+            arn: e.arn.clone(),
+            user_id: e.id.clone(),
+            policy,
+            tags: e.tags.clone(),
+        })
     }
 }
 

@@ -63,6 +63,23 @@ fn upload_route_policy(settings: &Settings) -> String {
     .to_string()
 }
 
+/// A statement allowing what a consumer of the stream `arn` needs (the mappings' default
+/// policy and the built-in mapping's role share it).
+pub(crate) fn read_stream_statement(sid: &str, arn: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": [
+            "kinesis:DescribeStream",
+            "kinesis:DescribeStreamSummary",
+            "kinesis:GetRecords",
+            "kinesis:GetShardIterator",
+            "kinesis:ListShards"
+        ],
+        "Resource": arn
+    })
+}
+
 /// What the built-in mapping needs: read the upload stream, read `uploads/`, write
 /// `processed/` (in the processed bucket, or the upload bucket when none is set).
 fn builtin_mapping_policy(settings: &Settings) -> String {
@@ -73,18 +90,7 @@ fn builtin_mapping_policy(settings: &Settings) -> String {
     serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [
-            {
-                "Sid": "ReadUploadStream",
-                "Effect": "Allow",
-                "Action": [
-                    "kinesis:DescribeStream",
-                    "kinesis:DescribeStreamSummary",
-                    "kinesis:GetRecords",
-                    "kinesis:GetShardIterator",
-                    "kinesis:ListShards"
-                ],
-                "Resource": stream_arn(settings)
-            },
+            read_stream_statement("ReadUploadStream", &stream_arn(settings)),
             {
                 "Sid": "ReadUploads",
                 "Effect": "Allow",

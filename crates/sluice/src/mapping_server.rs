@@ -60,18 +60,7 @@ impl ScopedFunctionKeys {
         serde_json::json!({
             "Version": "2012-10-17",
             "Statement": [
-                {
-                    "Sid": "ReadItsStream",
-                    "Effect": "Allow",
-                    "Action": [
-                        "kinesis:DescribeStream",
-                        "kinesis:DescribeStreamSummary",
-                        "kinesis:GetRecords",
-                        "kinesis:GetShardIterator",
-                        "kinesis:ListShards"
-                    ],
-                    "Resource": stream
-                },
+                crate::builtin_roles::read_stream_statement("ReadItsStream", &stream),
                 {
                     "Sid": "ReadUploads",
                     "Effect": "Allow",

@@ -883,50 +883,7 @@ fn bad_functions_are_refused_and_leave_nothing() {
     ]);
     assert!(err.contains("InvalidRequestContentException"), "{err}");
 
-    // A key that may not create functions cannot.
-    let policy = dir.0.join("policy.json");
-    std::fs::write(
-        &policy,
-        json!({"Version": "2012-10-17", "Statement": [
-            {"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": "*"}
-        ]})
-        .to_string(),
-    )
-    .expect("write policy");
-    let v: Value = serde_json::from_str(&server.cli(&[
-        "keys",
-        "create",
-        "--policy",
-        &policy.display().to_string(),
-    ]))
-    .expect("key json");
-    let limited = Cli {
-        server: &server,
-        key: (
-            v["accessKeyId"].as_str().expect("id").to_owned(),
-            v["secretAccessKey"].as_str().expect("secret").to_owned(),
-        ),
-    };
-    let err = limited.fails(&[
-        "lambda",
-        "create-function",
-        "--function-name",
-        "g",
-        "--runtime",
-        "nodejs20.x",
-        "--handler",
-        "index.handler",
-        "--role",
-        ROLE,
-        "--zip-file",
-        &format!("fileb://{}", good.display()),
-    ]);
-    assert!(err.contains("AccessDeniedException"), "{err}");
-    let (a, _) = limited.invoke("f", &json!({}), &[]);
-    assert_eq!(a["StatusCode"], 200);
-
-    // A key that may create functions but not pass the role: refused, as on AWS, so a
-    // function never gets more than its creator may hand out.
+    // Keys of a policy of their own, and the creation they try.
     let key_with = |statements: Value| -> Cli<'_> {
         let path = dir.0.join(format!("policy-{}.json", rand_tag()));
         std::fs::write(
@@ -965,6 +922,18 @@ fn bad_functions_are_refused_and_leave_nothing() {
             &format!("fileb://{}", good.display()),
         ])
     };
+    // A key that may not create functions cannot.
+    let limited = key_with(json!([
+        {"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": "*"}
+    ]));
+    let (ok, _, err) = create_g(&limited);
+    assert!(!ok);
+    assert!(err.contains("AccessDeniedException"), "{err}");
+    let (a, _) = limited.invoke("f", &json!({}), &[]);
+    assert_eq!(a["StatusCode"], 200);
+
+    // A key that may create functions but not pass the role: refused, as on AWS, so a
+    // function never gets more than its creator may hand out.
     let no_pass = key_with(json!([{"Effect": "Allow", "Action": "lambda:*", "Resource": "*"}]));
     let (ok, _, err) = create_g(&no_pass);
     assert!(!ok);
