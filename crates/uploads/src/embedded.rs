@@ -142,12 +142,20 @@ impl EmbeddedUploads {
                 Ok::<_, UploadError>(rows.len())
             },
             move |r: Result<usize, UploadError>| {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "could not store uploads' sequence numbers; they are stored at the next start");
-                }
+                let wrote = match r {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not store uploads' sequence numbers; they are stored at the next start");
+                        false
+                    }
+                };
+                // Another write follows only a successful one. After a failure the uploads
+                // still waiting go with the next `settle_later`: a writer that has stopped
+                // fails each write at once, inside this very call, so starting another here
+                // would recurse until the stack ran out.
                 let again = match this.settles.state.lock() {
                     Ok(mut st) => {
-                        st.in_flight = !st.waiting.is_empty();
+                        st.in_flight = wrote && !st.waiting.is_empty();
                         st.in_flight
                     }
                     Err(_) => false,
@@ -1128,6 +1136,31 @@ mod tests {
     /// A user's uploads page newest first without gaps or repeats (several uploads in the
     /// same millisecond included), other users' never appear, and a status change shows in
     /// `changed_since`.
+    /// A stopped writer fails each write at once, inside the call: settling must not start
+    /// write after write in its callback (that recursed until the stack overflowed at
+    /// shutdown under load).
+    #[tokio::test]
+    async fn settling_after_the_writer_stopped_gives_up_instead_of_recursing() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let (_store, _stream, uploads) = ready(&engines).await;
+        uploads.db.close();
+        for i in 0..1000 {
+            uploads.settle_later((
+                format!("id-{i}"),
+                i,
+                "shardId-000000000000".into(),
+                "1".into(),
+            ));
+        }
+        let st = uploads.settles.state.lock().expect("lock");
+        assert!(!st.in_flight, "no write can be on its way");
+        assert_eq!(
+            st.waiting.len(),
+            1000,
+            "what waits is settled at the next start"
+        );
+    }
+
     #[tokio::test]
     async fn users_uploads_list_in_pages_and_changes_show() {
         let engines = sluice_meta::conformance::TestEngines::new();

@@ -133,6 +133,19 @@ pub fn meta_url_of(dir: &Path) -> String {
 
 impl Drop for DataDir {
     fn drop(&mut self) {
+        // A failing test shows what its server logged (the end of `server.log`).
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.0.join("server.log"))
+        {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(150)..];
+            eprintln!(
+                "--- the last {} lines of {}/server.log ---\n{}",
+                tail.len(),
+                self.0.display(),
+                tail.join("\n")
+            );
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
