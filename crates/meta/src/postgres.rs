@@ -1,12 +1,24 @@
-//! The PostgreSQL engine: a fixed set of worker threads, each with its own connection,
-//! taking writes and reads from one queue.
+//! The PostgreSQL engine: one writer thread that group-commits, and reader threads, each
+//! with its own connection.
 //!
-//! - **Writes** run in a transaction at `SERIALIZABLE` isolation, so a closure written for
-//!   the embedded engine (where one writer runs everything in turn) keeps its meaning when
-//!   many transactions — from this process or others — run at once. A transaction that
-//!   loses a race (serialization failure, deadlock) is rolled back and run again, up to
-//!   [`MAX_ATTEMPTS`] times with a growing, jittered pause; then it fails with
-//!   [`MetaError::Conflict`].
+//! - **Writes** go to the writer, which takes every write that is waiting (up to
+//!   [`MAX_GROUP`]), runs each inside its own savepoint of one transaction (so one failing
+//!   write does not undo its neighbours) and commits them together, as the SQLite writer
+//!   does. So the writes of one process never race each other, and one WAL flush makes a
+//!   whole group durable.
+//! - The transaction runs at `SERIALIZABLE` isolation, so a closure written for the
+//!   embedded engine (where one writer runs everything in turn) keeps its meaning when
+//!   other processes write to the same database. A group that loses a race with another
+//!   process (serialization failure, deadlock) is rolled back and run again, up to
+//!   [`MAX_ATTEMPTS`] times with a growing, jittered pause; then each of its writes fails
+//!   with [`MetaError::Conflict`].
+//!
+//!   Why one writer and not a pool of them: at `SERIALIZABLE`, transactions that insert
+//!   next to each other in an index (time-ordered ids) or scan a small table conflict even
+//!   when their rows differ (PostgreSQL's predicate locks cover index pages and whole small
+//!   tables). Sixteen concurrent writers on one upload stream lost hundreds of races per
+//!   second, and some writes gave up after their last attempt; writes that take turns in
+//!   groups lose none within a process.
 //! - **Durability** is PostgreSQL's: every connection sets `synchronous_commit = on`, so a
 //!   commit returns once its WAL is flushed (and, with synchronous standbys configured,
 //!   replicated). A server running with `fsync = off` is reported at open and by
@@ -41,7 +53,8 @@ use crate::{
     Verdict, WriteJob, run_job,
 };
 
-/// Connections (and worker threads) when the URL does not say (`pool_size`).
+/// Connections (and worker threads) when the URL does not say (`pool_size`): one writes,
+/// the others (at least one) read.
 const DEFAULT_POOL: usize = 16;
 /// Attempts of a transaction that keeps losing serialization races.
 const MAX_ATTEMPTS: u32 = 12;
@@ -50,14 +63,14 @@ const STATEMENT_CACHE: usize = 512;
 /// Key of the advisory lock migrations hold (any constant; "sluice" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0000_736c_7569_6365;
 
-enum Job {
-    Write(Box<dyn WriteJob>),
-    Read(ReadJob),
-}
+/// Writes a group takes at most: past this, a group's transaction would hold its
+/// predicate locks long enough to make other processes' transactions fail more often.
+const MAX_GROUP: usize = 256;
 
 pub(crate) struct Pg {
     shown: String,
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writes: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
+    reads: Mutex<Option<mpsc::Sender<ReadJob>>>,
     stats: Arc<Counters>,
     config: Config,
 }
@@ -157,52 +170,60 @@ impl Pg {
             tracing::warn!(engine = %shown, "{problem}");
         }
 
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
         let stats = Arc::new(Counters::default());
-        let mut first = Some(first);
         let generation = Arc::new(AtomicU64::new(0));
-        for i in 0..pool {
-            let worker = Worker {
-                rx: rx.clone(),
-                generation: generation.clone(),
-                seen: 0,
-                config: config.clone(),
-                client: first.take(),
-                statements: HashMap::new(),
-                stats: stats.clone(),
-            };
+        let link = |client: Option<Client>| Link {
+            generation: generation.clone(),
+            seen: 0,
+            config: config.clone(),
+            client,
+            statements: HashMap::new(),
+        };
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
-                .name(format!("sluice-pg-{i}"))
-                .spawn(move || worker.run())
+                .name(name)
+                .spawn(f)
+                .map(|_| ())
                 .map_err(|e| MetaError::Open {
                     url: shown.clone(),
                     message: format!("cannot start a worker thread: {e}"),
-                })?;
+                })
+        };
+        // One writer, which group-commits; the other connections read.
+        let (writes, write_rx) = mpsc::channel::<Box<dyn WriteJob>>();
+        let writer = Writer {
+            rx: write_rx,
+            link: link(Some(first)),
+            stats: stats.clone(),
+        };
+        spawn("sluice-pg-writer".into(), Box::new(move || writer.run()))?;
+        let (reads, read_rx) = mpsc::channel::<ReadJob>();
+        let read_rx = Arc::new(Mutex::new(read_rx));
+        for i in 0..pool.saturating_sub(1).max(1) {
+            let reader = Reader {
+                rx: read_rx.clone(),
+                link: link(None),
+            };
+            spawn(format!("sluice-pg-{i}"), Box::new(move || reader.run()))?;
         }
         Ok(Pg {
             shown,
-            jobs: Mutex::new(Some(tx)),
+            writes: Mutex::new(Some(writes)),
+            reads: Mutex::new(Some(reads)),
             stats,
             config,
         })
     }
+}
 
-    fn send(&self, job: Job) {
-        let job = match self.jobs.lock() {
-            Ok(guard) => match guard.as_ref() {
-                Some(sender) => match sender.send(job) {
-                    Ok(()) => return,
-                    Err(mpsc::SendError(job)) => job,
-                },
-                None => job,
-            },
-            Err(_) => return,
-        };
-        match job {
-            Job::Write(w) => w.finish(Some(MetaError::WriterGone)),
-            Job::Read(r) => r(Err(MetaError::WriterGone)),
-        }
+/// Sends `job` down `channel`; gives it back when the channel is closed.
+fn send<J>(channel: &Mutex<Option<mpsc::Sender<J>>>, job: J) -> Result<(), J> {
+    match channel.lock() {
+        Ok(guard) => match guard.as_ref() {
+            Some(sender) => sender.send(job).map_err(|mpsc::SendError(job)| job),
+            None => Err(job),
+        },
+        Err(_) => Err(job),
     }
 }
 
@@ -240,11 +261,15 @@ impl Engine for Pg {
     }
 
     fn write(&self, job: Box<dyn WriteJob>) {
-        self.send(Job::Write(job));
+        if let Err(job) = send(&self.writes, job) {
+            job.finish(Some(MetaError::WriterGone));
+        }
     }
 
     fn read(&self, job: ReadJob, _caller: Caller) {
-        self.send(Job::Read(job));
+        if let Err(job) = send(&self.reads, job) {
+            job(Err(MetaError::WriterGone));
+        }
     }
 
     fn stats(&self) -> MetaStats {
@@ -260,8 +285,9 @@ impl Engine for Pg {
         }
     }
 
+    /// Stops taking writes (what was sent is still written); reads go on.
     fn close(&self) {
-        if let Ok(mut g) = self.jobs.lock() {
+        if let Ok(mut g) = self.writes.lock() {
             g.take();
         }
     }
@@ -274,8 +300,8 @@ impl Engine for Pg {
     }
 }
 
-struct Worker {
-    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+/// A connection of a worker thread, opened again when it breaks.
+struct Link {
     /// Bumped by a worker that finds its connection broken; shared by all.
     generation: Arc<AtomicU64>,
     /// The generation this worker last checked its connection at.
@@ -283,90 +309,23 @@ struct Worker {
     config: Config,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
-    stats: Arc<Counters>,
 }
 
-impl Worker {
-    fn run(mut self) {
-        loop {
-            let job = {
-                let Ok(rx) = self.rx.lock() else {
-                    return;
-                };
-                match rx.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                }
-            };
-            if let Err(e) = self.connect_if_needed() {
-                match job {
-                    Job::Write(w) => w.finish(Some(e)),
-                    Job::Read(r) => r(Err(e)),
-                }
-                continue;
-            }
-            // A panicking job must not take the worker down with it: its caller sees the
-            // job dropped, its transaction is rolled back, and the connection (whose state is
-            // unknown now) is opened afresh for the next job.
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
-                Job::Read(r) => self.read(r),
-                Job::Write(w) => self.write(w),
-            }));
-            if ran.is_err() {
-                tracing::error!("a metadata job panicked; its transaction was rolled back");
-                self.client = None;
-            }
-        }
-    }
-
-    fn read(&mut self, job: ReadJob) {
-        let Some(client) = self.client.as_mut() else {
-            return job(Err(MetaError::Unavailable("no connection".into())));
-        };
-        {
-            let conn = PgConn::new(client, &mut self.statements);
-            let tx = Tx::new(&conn);
-            job(Ok(&tx));
-            for cb in tx.take_callbacks() {
-                cb();
-            }
-        }
-        self.note_broken();
-    }
-
-    /// Runs a write; when the connection breaks before its `COMMIT` was sent (nothing of it
-    /// committed), it runs once more on a new connection.
-    fn write(&mut self, mut job: Box<dyn WriteJob>) {
-        for attempt in 0..2 {
-            let Some(client) = self.client.as_mut() else {
-                break;
-            };
-            match write(client, &mut self.statements, job, &self.stats) {
-                Wrote::Done => return,
-                Wrote::Broken(j) => {
-                    job = j;
-                    self.note_broken();
-                    if attempt == 0
-                        && let Err(e) = self.connect_if_needed()
-                    {
-                        return job.finish(Some(e));
-                    }
-                }
-            }
-        }
-        job.finish(Some(MetaError::Unavailable(
-            "the connection to PostgreSQL broke".into(),
-        )));
-    }
-
+impl Link {
     /// A connection that broke is dropped, and every worker checks its own before its next
     /// job (the server may have restarted: all of them are stale).
     fn note_broken(&mut self) {
         if self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
-            self.statements.clear();
-            self.seen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            self.forget();
         }
+    }
+
+    /// Drops the connection (its state is unknown) and tells the other workers to check
+    /// theirs.
+    fn forget(&mut self) {
+        self.client = None;
+        self.statements.clear();
+        self.seen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
     }
 
     /// Opens the worker's connection again if it broke, or if another worker saw one break
@@ -390,96 +349,242 @@ impl Worker {
     }
 }
 
-/// What became of a write.
-enum Wrote {
-    /// Finished (committed, or failed and reported).
-    Done,
-    /// The connection broke before `COMMIT` was sent: nothing committed, the job is not
-    /// finished and can run again on another connection.
-    Broken(Box<dyn WriteJob>),
+/// A reading thread: reads run statement by statement, outside a transaction.
+struct Reader {
+    rx: Arc<Mutex<mpsc::Receiver<ReadJob>>>,
+    link: Link,
 }
 
-fn write(
-    client: &mut Client,
-    statements: &mut HashMap<String, Statement>,
-    mut job: Box<dyn WriteJob>,
-    stats: &Counters,
-) -> Wrote {
-    stats.jobs.fetch_add(1, Ordering::Relaxed);
-    let started = Instant::now();
-    let mut attempt = 0;
-    let outcome = loop {
-        attempt += 1;
-        if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE") {
-            if client.is_closed() {
-                return Wrote::Broken(job);
-            }
-            break Err(pg_err(&e));
-        }
-        let verdict = {
-            let conn = PgConn::new(client, statements);
-            let tx = Tx::new(&conn);
-            run_job(&mut *job, &tx)
-        };
-        if client.is_closed() && !matches!(verdict, Verdict::Commit(_)) {
-            return Wrote::Broken(job);
-        }
-        let retry = match verdict {
-            Verdict::Commit(callbacks) => match timed_commit(client) {
-                Ok(()) => break Ok(callbacks),
-                Err(e) if retryable(&e) => true,
-                Err(e) if client.is_closed() => {
-                    break Err(MetaError::Unknown(format!(
-                        "the connection broke during COMMIT: {}",
-                        describe_err(&e)
-                    )));
+impl Reader {
+    fn run(mut self) {
+        loop {
+            let job = {
+                let Ok(rx) = self.rx.lock() else {
+                    return;
+                };
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
                 }
-                Err(e) => break Err(pg_err(&e)),
-            },
-            Verdict::RollBack => {
-                rollback(client);
-                break Ok(Vec::new());
+            };
+            if let Err(e) = self.link.connect_if_needed() {
+                job(Err(e));
+                continue;
             }
-            Verdict::Fail(e) => {
-                rollback(client);
-                break Err(e);
+            // A panicking job must not take the reader down with it: its caller sees the job
+            // dropped, and the connection (whose state is unknown now) is opened afresh.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read(job)));
+            if ran.is_err() {
+                tracing::error!("a metadata read panicked");
+                self.link.forget();
             }
-            Verdict::Retry => {
-                rollback(client);
-                true
-            }
-        };
-        if retry && attempt >= MAX_ATTEMPTS {
-            break Err(MetaError::Conflict(format!(
-                "gave up after {attempt} attempts"
-            )));
         }
-        stats.retries.fetch_add(1, Ordering::Relaxed);
-        std::thread::sleep(backoff(attempt));
-    };
-    crate::add_elapsed(&stats.commit_nanos, started);
-    match outcome {
-        Ok(callbacks) => {
-            stats.groups.fetch_add(1, Ordering::Relaxed);
-            for cb in callbacks {
+    }
+
+    fn read(&mut self, job: ReadJob) {
+        let link = &mut self.link;
+        let Some(client) = link.client.as_mut() else {
+            return job(Err(MetaError::Unavailable("no connection".into())));
+        };
+        {
+            let conn = PgConn::new(client, &mut link.statements);
+            let tx = Tx::new(&conn);
+            job(Ok(&tx));
+            for cb in tx.take_callbacks() {
                 cb();
             }
-            job.finish(None);
         }
-        Err(e) => job.finish(Some(e)),
+        link.note_broken();
     }
-    Wrote::Done
+}
+
+/// The writing thread: it takes every write that is waiting (up to [`MAX_GROUP`]), runs
+/// each in its own savepoint of one `SERIALIZABLE` transaction, and commits them together.
+/// The writes of one process never race each other (they run in turn, as on SQLite), and
+/// one WAL flush makes a whole group durable.
+struct Writer {
+    rx: mpsc::Receiver<Box<dyn WriteJob>>,
+    link: Link,
+    stats: Arc<Counters>,
+}
+
+/// What became of one attempt at a group.
+enum Group {
+    /// Committed: each job's own error (`Some` when its statements failed and its
+    /// savepoint was undone), and the callbacks of the jobs that were kept.
+    Committed(Vec<Option<MetaError>>, Vec<crate::Callback>),
+    /// Lost a race with another process's transaction: nothing committed; run it again.
+    Retry,
+    /// The connection broke before `COMMIT` was sent: nothing committed.
+    Broken,
+    /// Every job of the group fails with this error (nothing committed, or, for
+    /// [`MetaError::Unknown`], perhaps everything did).
+    Failed(MetaError),
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match self.rx.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.write(group);
+        }
+    }
+
+    /// Writes a group, again after a lost race (up to [`MAX_ATTEMPTS`] times, with a
+    /// growing pause) and once more on a new connection when the connection broke before
+    /// its `COMMIT`; then resolves every job.
+    fn write(&mut self, mut group: Vec<Box<dyn WriteJob>>) {
+        let stats = self.stats.clone();
+        stats.jobs.fetch_add(group.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
+        let (mut attempt, mut reconnected) = (0, false);
+        let outcome = loop {
+            attempt += 1;
+            if let Err(e) = self.link.connect_if_needed() {
+                break Err(e);
+            }
+            match self.attempt(&mut group) {
+                Group::Retry if attempt < MAX_ATTEMPTS => {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(backoff(attempt));
+                }
+                Group::Retry => {
+                    break Err(MetaError::Conflict(format!(
+                        "gave up after {attempt} attempts"
+                    )));
+                }
+                Group::Broken if !reconnected => {
+                    self.link.note_broken();
+                    reconnected = true;
+                }
+                Group::Broken => {
+                    self.link.note_broken();
+                    break Err(MetaError::Unavailable(
+                        "the connection to PostgreSQL broke".into(),
+                    ));
+                }
+                Group::Committed(own, callbacks) => break Ok((own, callbacks)),
+                Group::Failed(e) => break Err(e),
+            }
+        };
+        crate::add_elapsed(&stats.commit_nanos, started);
+        match outcome {
+            Ok((own, callbacks)) => {
+                stats.groups.fetch_add(1, Ordering::Relaxed);
+                for cb in callbacks {
+                    cb();
+                }
+                for (job, own) in group.into_iter().zip(own) {
+                    job.finish(own);
+                }
+            }
+            Err(e) => {
+                for job in group {
+                    job.finish(Some(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// One attempt: `BEGIN`, each job in a savepoint, `COMMIT`. A job that panics is
+    /// dropped from the group (its caller sees the write dropped) and its savepoint undone.
+    fn attempt(&mut self, group: &mut Vec<Box<dyn WriteJob>>) -> Group {
+        let link = &mut self.link;
+        let Some(client) = link.client.as_mut() else {
+            return Group::Broken;
+        };
+        if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE") {
+            return abandon(client, &e);
+        }
+        let mut own = Vec::with_capacity(group.len());
+        let mut callbacks = Vec::new();
+        let mut i = 0;
+        while i < group.len() {
+            if let Err(e) = client.batch_execute("SAVEPOINT job") {
+                return abandon(client, &e);
+            }
+            let job = &mut group[i];
+            let statements = &mut link.statements;
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let conn = PgConn::new(client, statements);
+                let tx = Tx::new(&conn);
+                run_job(&mut **job, &tx)
+            }));
+            if client.is_closed() {
+                return Group::Broken;
+            }
+            let undone = match ran {
+                Ok(Verdict::Commit(cbs)) => match client.batch_execute("RELEASE job") {
+                    Ok(()) => {
+                        callbacks.extend(cbs);
+                        own.push(None);
+                        i += 1;
+                        continue;
+                    }
+                    Err(e) => return abandon(client, &e),
+                },
+                Ok(Verdict::RollBack) => None,
+                Ok(Verdict::Fail(e)) => Some(e),
+                Ok(Verdict::Retry) => {
+                    rollback(client);
+                    return Group::Retry;
+                }
+                Err(_) => {
+                    tracing::error!("a metadata write panicked; it was rolled back");
+                    if let Err(e) = client.batch_execute("ROLLBACK TO job; RELEASE job") {
+                        return abandon(client, &e);
+                    }
+                    drop(group.remove(i));
+                    continue;
+                }
+            };
+            if let Err(e) = client.batch_execute("ROLLBACK TO job; RELEASE job") {
+                return abandon(client, &e);
+            }
+            own.push(undone);
+            i += 1;
+        }
+        match timed_commit(client, group.len()) {
+            Ok(()) => Group::Committed(own, callbacks),
+            Err(e) if retryable(&e) => Group::Retry,
+            Err(e) if client.is_closed() => Group::Failed(MetaError::Unknown(format!(
+                "the connection broke during COMMIT: {}",
+                describe_err(&e)
+            ))),
+            Err(e) => Group::Failed(pg_err(&e)),
+        }
+    }
+}
+
+/// A statement of the group's own bookkeeping failed: the group is rolled back, and run
+/// again if it lost a race or its connection broke.
+fn abandon(client: &mut Client, e: &postgres::Error) -> Group {
+    if client.is_closed() {
+        return Group::Broken;
+    }
+    rollback(client);
+    if retryable(e) {
+        Group::Retry
+    } else {
+        Group::Failed(pg_err(e))
+    }
 }
 
 /// `COMMIT`, whose time is PostgreSQL's WAL flush (`synchronous_commit = on`): the
 /// engine's counterpart of the SQLite syncer's fsync in `sluice_meta_fsync_duration_seconds`.
-/// A write is one transaction here, so every commit is a batch of one.
-fn timed_commit(client: &mut Client) -> Result<(), postgres::Error> {
+fn timed_commit(client: &mut Client, jobs: usize) -> Result<(), postgres::Error> {
     let started = Instant::now();
     let r = client.batch_execute("COMMIT");
     metrics::histogram!("sluice_meta_fsync_duration_seconds", "engine" => "postgres")
         .record(started.elapsed().as_secs_f64());
-    metrics::histogram!("sluice_meta_commit_batch_size", "engine" => "postgres").record(1.0);
+    metrics::histogram!("sluice_meta_commit_batch_size", "engine" => "postgres")
+        .record(jobs as f64);
     r
 }
 
