@@ -179,6 +179,9 @@ impl Parts {
                     stream: STREAM.into(),
                 }),
                 notifications: None,
+                policies: Some(Arc::new(sluice_compat::s3_policy::BucketPolicies::new(
+                    Arc::new(self.store.clone()),
+                ))),
             },
             s3_base_domain: None,
             sign_in_sources: Arc::default(),

@@ -97,6 +97,17 @@ pub fn request_context(
     c
 }
 
+/// The condition keys of an unsigned request (a bucket policy open to everyone may
+/// allow it): the time, `aws:SecureTransport`, `aws:SourceIp`, and `aws:PrincipalType`
+/// `Anonymous`.
+pub fn anonymous_context(source: Option<std::net::IpAddr>) -> Context {
+    let mut c = request_context("", "", None, source);
+    c.remove("aws:PrincipalAccount")
+        .remove("aws:PrincipalArn")
+        .set("aws:PrincipalType", "Anonymous");
+    c
+}
+
 /// A request the principal's policy does not allow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied {
@@ -104,12 +115,16 @@ pub struct Denied {
     pub action: String,
     pub resource: String,
     pub explicit: bool,
+    /// The explicit deny is in a resource-based policy (a bucket policy).
+    pub in_resource_policy: bool,
 }
 
 impl Denied {
     /// IAM's wording, as AWS services put it in `AccessDenied(Exception)` messages.
     pub fn message(&self) -> String {
-        let why = if self.explicit {
+        let why = if self.explicit && self.in_resource_policy {
+            "with an explicit deny in a resource-based policy".to_owned()
+        } else if self.explicit {
             "with an explicit deny in an identity-based policy".to_owned()
         } else {
             format!(
@@ -248,6 +263,7 @@ impl Principal {
                 action: action.to_owned(),
                 resource: resource.to_owned(),
                 explicit: d == Decision::ExplicitDeny,
+                in_resource_policy: false,
             }),
         }
     }

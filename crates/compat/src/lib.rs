@@ -31,6 +31,7 @@ mod json11;
 pub mod kinesis;
 pub mod lambda;
 pub mod s3;
+pub mod s3_policy;
 pub mod sigv4;
 pub mod source_throttle;
 
@@ -105,6 +106,7 @@ pub fn router(edge: Edge) -> Result<Router, String> {
     builder.set_access(s3::KeyAccess {
         keys: edge.keys.clone(),
         account_id: edge.kinesis.account_id.clone(),
+        policies: edge.s3.policies.clone(),
     });
     if let Some(domain) = &edge.s3_base_domain {
         let host = s3s::host::SingleDomain::new(domain)

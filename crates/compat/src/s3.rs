@@ -18,8 +18,11 @@ use futures_util::StreamExt;
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use sluice_identity::access_keys::AccessKeys;
+use sluice_policy::resource::ResourcePolicy;
 use sluice_store::{ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreError, UploadMarker};
 use sluice_uploads::{MultipartCompletion, UploadError, UploadMeta, UploadSink};
+
+use crate::s3_policy::{BucketPolicies, Caller};
 
 /// How S3 writes become uploads.
 #[derive(Clone)]
@@ -42,6 +45,8 @@ pub struct S3Adapter {
     /// Event notifications to functions; `None`: `PutBucketNotificationConfiguration` is
     /// not implemented.
     pub notifications: Option<NotificationsHook>,
+    /// Bucket policies; `None`: `PutBucketPolicy` is not implemented.
+    pub policies: Option<Arc<BucketPolicies>>,
 }
 
 /// What bucket notifications need: the store keeps each bucket's configuration and records
@@ -75,130 +80,153 @@ impl s3s::auth::S3Auth for KeyAuth {
 /// client's read timeout, and answer with their own status).
 const KEEP_ALIVE_COMPLETION_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The signing key's policy on every S3 request (see [`crate::authz`]). s3s calls
-/// [`s3s::access::S3Access::check`] once the signature is verified, before the body is read;
+/// The signing key's policy and the bucket's policy on every S3 request (see
+/// [`crate::authz`] and [`crate::s3_policy`]). s3s calls [`s3s::access::S3Access::check`]
+/// once the signature is verified (or for an unsigned request), before the body is read;
 /// the per-operation hooks add what the path alone does not show: the source of a copy and
 /// each key of a DeleteObjects.
 pub struct KeyAccess {
     pub keys: AccessKeys,
     pub account_id: String,
+    /// `None`: buckets have no policies (every unsigned request is refused).
+    pub policies: Option<Arc<BucketPolicies>>,
 }
 
-/// The principal of a request whose key has a policy, passed from `check` to the
-/// per-operation hooks.
-#[derive(Clone)]
-struct Scoped(crate::authz::Principal);
-
-/// Keys of a DeleteObjects that the policy does not let the caller delete: answered as
+/// Keys of a DeleteObjects that the policies do not let the caller delete: answered as
 /// per-key `AccessDenied` errors, as S3 does, while the others are deleted.
 #[derive(Clone, Default)]
 struct DeniedKeys(Vec<String>);
 
-fn access_denied(d: &crate::authz::Denied) -> S3Error {
-    S3Error::with_message(S3ErrorCode::AccessDenied, d.message())
-}
-
 impl KeyAccess {
-    fn scoped<T>(req: &S3Request<T>) -> Option<crate::authz::Principal> {
-        req.extensions.get::<Scoped>().map(|s| s.0.clone())
+    async fn policy_of(&self, bucket: &str) -> S3Result<Option<Arc<ResourcePolicy>>> {
+        match &self.policies {
+            Some(p) => p.get(bucket).await.map_err(s3_err),
+            None => Ok(None),
+        }
     }
 
     /// A copy also reads its source.
-    fn check_copy_source(principal: &crate::authz::Principal, source: &CopySource) -> S3Result<()> {
+    async fn check_copy_source(&self, caller: &Caller, source: &CopySource) -> S3Result<()> {
         let (bucket, key) = copy_source(source)?;
-        principal
-            .check(
-                "s3:GetObject",
-                &crate::authz::s3_resource(Some(&bucket), Some(&key)),
-            )
-            .map_err(|d| access_denied(&d))
+        let policy = self.policy_of(&bucket).await?;
+        caller.decide(
+            policy.as_deref(),
+            "s3:GetObject",
+            &crate::authz::s3_resource(Some(&bucket), Some(&key)),
+        )
     }
 }
 
 #[async_trait]
 impl s3s::access::S3Access for KeyAccess {
     async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
-        let Some(credentials) = cx.credentials() else {
-            metrics::counter!("sluice_auth_total", "edge" => "sigv4", "result" => "failure", "reason" => "missing")
-                .increment(1);
-            return Err(S3Error::with_message(
-                S3ErrorCode::AccessDenied,
-                "Anonymous access is not allowed: sign the request with an access key",
-            ));
-        };
-        let access_key = credentials.access_key.clone();
-        let grant = match self.keys.lookup(&access_key).await {
-            Ok(Some(g)) => {
-                // s3s verified the signature before calling this hook.
-                metrics::counter!("sluice_auth_total", "edge" => "sigv4", "result" => "success", "reason" => "ok")
-                    .increment(1);
-                g
-            }
-            // The signature was verified with this key a moment ago; it was deleted since.
-            Ok(None) => return Err(s3_error!(InvalidAccessKeyId)),
-            Err(e) => return Err(key_lookup_error(e)),
-        };
-        if !crate::authz::session_token_ok(&grant, cx.headers(), cx.uri().query()) {
-            return Err(S3Error::with_message(
-                S3ErrorCode::InvalidToken,
-                "The provided token is malformed or otherwise invalid.",
-            ));
-        }
-        let source = crate::peer_of(cx.extensions_mut());
-        let mut principal =
-            crate::authz::Principal::new(access_key, grant, &self.account_id, source);
-        if principal.unrestricted() {
-            return Ok(());
-        }
-        let mut context = (*principal.context).clone();
-        crate::authz::s3_condition_keys(
-            &mut context,
-            cx.s3_op().name(),
-            cx.uri().query(),
-            cx.headers().contains_key("authorization"),
-        );
-        principal.context = Arc::new(context);
-        let resource = match cx.s3_path() {
-            s3s::path::S3Path::Root => crate::authz::s3_resource(None, None),
-            s3s::path::S3Path::Bucket { bucket } => crate::authz::s3_resource(Some(bucket), None),
+        let op = cx.s3_op().name().to_owned();
+        let (bucket, key) = match cx.s3_path() {
+            s3s::path::S3Path::Root => (None, None),
+            s3s::path::S3Path::Bucket { bucket } => (Some(bucket.to_string()), None),
             s3s::path::S3Path::Object { bucket, key } => {
-                crate::authz::s3_resource(Some(bucket), Some(key))
+                (Some(bucket.to_string()), Some(key.to_string()))
             }
         };
-        let op = cx.s3_op().name();
+        let resource = crate::authz::s3_resource(bucket.as_deref(), key.as_deref());
+        let policy = match &bucket {
+            Some(b) => self.policy_of(b).await?,
+            None => None,
+        };
+        let source = crate::peer_of(cx.extensions_mut());
+        let query = cx.uri().query().map(str::to_owned);
+        let signed_header = cx.headers().contains_key("authorization");
+        let principal = match cx.credentials() {
+            // Only a bucket policy that names everyone lets an unsigned request in.
+            None if policy.is_none() => {
+                metrics::counter!("sluice_auth_total", "edge" => "sigv4", "result" => "failure", "reason" => "missing")
+                    .increment(1);
+                return Err(S3Error::with_message(
+                    S3ErrorCode::AccessDenied,
+                    "Anonymous access is not allowed: sign the request with an access key",
+                ));
+            }
+            None => None,
+            Some(credentials) => {
+                let access_key = credentials.access_key.clone();
+                let grant = match self.keys.lookup(&access_key).await {
+                    Ok(Some(g)) => {
+                        // s3s verified the signature before calling this hook.
+                        metrics::counter!("sluice_auth_total", "edge" => "sigv4", "result" => "success", "reason" => "ok")
+                            .increment(1);
+                        g
+                    }
+                    // The signature was verified with this key a moment ago; it was deleted
+                    // since.
+                    Ok(None) => return Err(s3_error!(InvalidAccessKeyId)),
+                    Err(e) => return Err(key_lookup_error(e)),
+                };
+                if !crate::authz::session_token_ok(&grant, cx.headers(), query.as_deref()) {
+                    return Err(S3Error::with_message(
+                        S3ErrorCode::InvalidToken,
+                        "The provided token is malformed or otherwise invalid.",
+                    ));
+                }
+                let mut principal =
+                    crate::authz::Principal::new(access_key, grant, &self.account_id, source);
+                if !principal.unrestricted() {
+                    let mut context = (*principal.context).clone();
+                    crate::authz::s3_condition_keys(
+                        &mut context,
+                        &op,
+                        query.as_deref(),
+                        signed_header,
+                    );
+                    principal.context = Arc::new(context);
+                }
+                Some(principal)
+            }
+        };
+        let caller = Caller {
+            principal,
+            source,
+            op,
+            query,
+            signed_header,
+        };
         // DeleteObjects is decided key by key (in `delete_objects` below).
-        if op != "DeleteObjects" {
-            principal
-                .check(&crate::authz::s3_action(op), &resource)
-                .map_err(|d| access_denied(&d))?;
+        if caller.op != "DeleteObjects" {
+            caller.decide(
+                policy.as_deref(),
+                &crate::authz::s3_action(&caller.op),
+                &resource,
+            )?;
         }
-        cx.extensions_mut().insert(Scoped(principal));
+        cx.extensions_mut().insert(caller);
         Ok(())
     }
 
     async fn copy_object(&self, req: &mut S3Request<CopyObjectInput>) -> S3Result<()> {
-        match Self::scoped(req) {
-            Some(p) => Self::check_copy_source(&p, &req.input.copy_source),
+        match req.extensions.get::<Caller>() {
+            Some(c) => self.check_copy_source(c, &req.input.copy_source).await,
             None => Ok(()),
         }
     }
 
     async fn upload_part_copy(&self, req: &mut S3Request<UploadPartCopyInput>) -> S3Result<()> {
-        match Self::scoped(req) {
-            Some(p) => Self::check_copy_source(&p, &req.input.copy_source),
+        match req.extensions.get::<Caller>() {
+            Some(c) => self.check_copy_source(c, &req.input.copy_source).await,
             None => Ok(()),
         }
     }
 
     async fn delete_objects(&self, req: &mut S3Request<DeleteObjectsInput>) -> S3Result<()> {
-        let Some(p) = Self::scoped(req) else {
+        let Some(caller) = req.extensions.get::<Caller>().cloned() else {
             return Ok(());
         };
         let bucket = req.input.bucket.clone();
+        let policy = self.policy_of(&bucket).await?;
         let mut denied = DeniedKeys::default();
         req.input.delete.objects.retain(|o| {
             let resource = crate::authz::s3_resource(Some(&bucket), Some(&o.key));
-            let ok = p.check("s3:DeleteObject", &resource).is_ok();
+            let ok = caller
+                .decide(policy.as_deref(), "s3:DeleteObject", &resource)
+                .is_ok();
             if !ok {
                 denied.0.push(o.key.clone());
             }
@@ -670,6 +698,12 @@ pub(crate) fn upload_filename(key: &str) -> String {
 }
 
 impl S3Adapter {
+    fn policies(&self) -> S3Result<&BucketPolicies> {
+        self.policies
+            .as_deref()
+            .ok_or_else(|| s3_error!(NotImplemented, "this server keeps no bucket policies"))
+    }
+
     fn enqueue_target(&self, bucket: &str, key: &str) -> Option<&UploadHook> {
         self.uploads
             .as_ref()
@@ -783,6 +817,9 @@ impl S3 for S3Adapter {
     ) -> S3Result<S3Response<CreateBucketOutput>> {
         let bucket = req.input.bucket;
         self.store.create_bucket(&bucket).await.map_err(s3_err)?;
+        if let Some(p) = &self.policies {
+            p.forget(&bucket);
+        }
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{bucket}")),
         }))
@@ -804,6 +841,67 @@ impl S3 for S3Adapter {
 
     /// Only `LambdaFunctionConfigurations`: queues (SQS), topics (SNS) and EventBridge are
     /// refused with `InvalidArgument` (sluice has none of them).
+    async fn put_bucket_policy(
+        &self,
+        req: S3Request<PutBucketPolicyInput>,
+    ) -> S3Result<S3Response<PutBucketPolicyOutput>> {
+        let policies = self.policies()?;
+        let input = req.input;
+        crate::s3_policy::validate(&input.policy, &input.bucket)?;
+        policies
+            .set(&input.bucket, Some(input.policy))
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(PutBucketPolicyOutput::default()))
+    }
+
+    async fn get_bucket_policy(
+        &self,
+        req: S3Request<GetBucketPolicyInput>,
+    ) -> S3Result<S3Response<GetBucketPolicyOutput>> {
+        let policies = self.policies()?;
+        match policies.document(&req.input.bucket).await.map_err(s3_err)? {
+            Some(policy) => Ok(S3Response::new(GetBucketPolicyOutput {
+                policy: Some(policy),
+            })),
+            None => Err(S3Error::with_message(
+                S3ErrorCode::NoSuchBucketPolicy,
+                "The bucket policy does not exist",
+            )),
+        }
+    }
+
+    async fn delete_bucket_policy(
+        &self,
+        req: S3Request<DeleteBucketPolicyInput>,
+    ) -> S3Result<S3Response<DeleteBucketPolicyOutput>> {
+        let policies = self.policies()?;
+        policies
+            .set(&req.input.bucket, None)
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(DeleteBucketPolicyOutput::default()))
+    }
+
+    async fn get_bucket_policy_status(
+        &self,
+        req: S3Request<GetBucketPolicyStatusInput>,
+    ) -> S3Result<S3Response<GetBucketPolicyStatusOutput>> {
+        let policies = self.policies()?;
+        let Some(document) = policies.document(&req.input.bucket).await.map_err(s3_err)? else {
+            return Err(S3Error::with_message(
+                S3ErrorCode::NoSuchBucketPolicy,
+                "The bucket policy does not exist",
+            ));
+        };
+        let public = ResourcePolicy::parse(&document).is_ok_and(|p| p.is_public());
+        Ok(S3Response::new(GetBucketPolicyStatusOutput {
+            policy_status: Some(PolicyStatus {
+                is_public: Some(public),
+            }),
+        }))
+    }
+
     async fn put_bucket_notification_configuration(
         &self,
         req: S3Request<PutBucketNotificationConfigurationInput>,
@@ -969,6 +1067,10 @@ impl S3 for S3Adapter {
             .delete_bucket(&req.input.bucket)
             .await
             .map_err(s3_err)?;
+        // The bucket's policy went with it.
+        if let Some(p) = &self.policies {
+            p.forget(&req.input.bucket);
+        }
         Ok(S3Response::new(DeleteBucketOutput::default()))
     }
 

@@ -61,6 +61,7 @@ fn fixture() -> Fixture {
             max_object_bytes: 1 << 20,
             uploads: None,
             notifications: None,
+            policies: None,
         },
         s3_base_domain: None,
         sign_in_sources: Arc::default(),

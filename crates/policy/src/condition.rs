@@ -48,6 +48,12 @@ impl Context {
         self
     }
 
+    /// Removes a key (the request has no value for it).
+    pub fn remove(&mut self, key: &str) -> &mut Self {
+        self.keys.remove(&key.to_ascii_lowercase());
+        self
+    }
+
     pub fn get(&self, key: &str) -> Option<&[String]> {
         self.keys.get(&key.to_ascii_lowercase()).map(Vec::as_slice)
     }

@@ -20,10 +20,12 @@
 //!   and condition values of `2012-10-17` documents.
 //!
 //! Not supported, and refused when a document is parsed (never silently ignored, which
-//! could allow more than its author meant): `Principal` / `NotPrincipal` (they belong to
-//! resource policies), and the variable escapes `${*}`, `${?}`, `${$}`.
+//! could allow more than its author meant): `Principal` / `NotPrincipal` in an identity
+//! policy (they belong to resource policies: [`resource::ResourcePolicy`]), and the variable
+//! escapes `${*}`, `${?}`, `${$}`.
 
 pub mod condition;
+pub mod resource;
 
 use serde_json::Value;
 

@@ -369,6 +369,9 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
                 store: Arc::new(store.clone()),
                 functions: functions.invoker.functions().clone(),
             }),
+            policies: Some(Arc::new(sluice_compat::s3_policy::BucketPolicies::new(
+                Arc::new(store.clone()),
+            ))),
         },
         s3_base_domain: settings.s3_base_domain.clone(),
         sign_in_sources: Arc::new(sluice_compat::source_throttle::SourceThrottle::new(

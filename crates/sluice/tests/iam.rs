@@ -446,3 +446,274 @@ fn the_built_in_parts_act_as_least_privilege_roles() {
         "{done}"
     );
 }
+
+/// Bucket policies with the aws CLI: S3's validation, a user allowed by the bucket's policy
+/// alone, a Deny that even the root key meets (but for the policy itself), a public prefix
+/// for unsigned requests, and a bucket created again without its old policy.
+#[test]
+fn bucket_policies_allow_deny_and_open_a_prefix_to_everyone() {
+    let dir = DataDir::new("iam-bucket-policy");
+    let server = Server::start(&dir.0);
+    let root = server.new_key();
+    let body = file(&dir, "body.txt", "shared bytes");
+    let body = body.trim_start_matches("file://").to_owned();
+    ok(
+        &server,
+        &root,
+        &["s3api", "create-bucket", "--bucket", "shared"],
+    );
+    for key in ["a.txt", "public/p.txt"] {
+        ok(
+            &server,
+            &root,
+            &[
+                "s3api",
+                "put-object",
+                "--bucket",
+                "shared",
+                "--key",
+                key,
+                "--body",
+                &body,
+            ],
+        );
+    }
+    ok(
+        &server,
+        &root,
+        &["iam", "create-user", "--user-name", "bob"],
+    );
+    let k = ok(
+        &server,
+        &root,
+        &["iam", "create-access-key", "--user-name", "bob"],
+    );
+    let bob = (
+        k["AccessKey"]["AccessKeyId"]
+            .as_str()
+            .expect("id")
+            .to_owned(),
+        k["AccessKey"]["SecretAccessKey"]
+            .as_str()
+            .expect("secret")
+            .to_owned(),
+    );
+    let out = dir.0.join("out.txt");
+    let out = out.to_str().expect("path");
+    let get_a = [
+        "s3api",
+        "get-object",
+        "--bucket",
+        "shared",
+        "--key",
+        "a.txt",
+        out,
+    ];
+    // No policy of bob's allows anything.
+    refused(&server, &bob, &get_a, "AccessDenied");
+    refused(
+        &server,
+        &root,
+        &["s3api", "get-bucket-policy", "--bucket", "shared"],
+        "NoSuchBucketPolicy",
+    );
+
+    // S3's validation.
+    for (policy, message) in [
+        (
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::other/*"}]}"#,
+            "Policy has invalid resource",
+        ),
+        (
+            r#"{"Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"arn:aws:s3:::shared/*"}]}"#,
+            "Missing required field Principal",
+        ),
+        (
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"bob"},"Action":"s3:GetObject","Resource":"arn:aws:s3:::shared/*"}]}"#,
+            "Invalid principal in policy",
+        ),
+        (
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kinesis:PutRecord","Resource":"arn:aws:s3:::shared/*"}]}"#,
+            "Policy has invalid action",
+        ),
+        (
+            "[1]",
+            "Policies must be valid JSON and the first byte must be '{'",
+        ),
+    ] {
+        let err = refused(
+            &server,
+            &root,
+            &[
+                "s3api",
+                "put-bucket-policy",
+                "--bucket",
+                "shared",
+                "--policy",
+                policy,
+            ],
+            "MalformedPolicy",
+        );
+        assert!(err.contains(message), "{policy}: {err}");
+    }
+
+    // The bucket's policy alone lets bob read, and only read.
+    let allow_bob = r#"{"Version":"2012-10-17","Statement":[{"Sid":"BobReads","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::000000000000:user/bob"},"Action":"s3:GetObject","Resource":"arn:aws:s3:::shared/*"}]}"#;
+    ok(
+        &server,
+        &root,
+        &[
+            "s3api",
+            "put-bucket-policy",
+            "--bucket",
+            "shared",
+            "--policy",
+            allow_bob,
+        ],
+    );
+    ok(&server, &bob, &get_a);
+    assert_eq!(std::fs::read_to_string(out).expect("read"), "shared bytes");
+    refused(
+        &server,
+        &bob,
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "shared",
+            "--key",
+            "b.txt",
+            "--body",
+            &body,
+        ],
+        "AccessDenied",
+    );
+    let got = ok(
+        &server,
+        &root,
+        &["s3api", "get-bucket-policy", "--bucket", "shared"],
+    );
+    assert_eq!(got["Policy"], allow_bob);
+
+    // A Deny wins, even over the root key; the root key still manages the policy.
+    let deny_deletes = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:DeleteObject","Resource":"arn:aws:s3:::shared/*"},{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::shared/public/*"}]}"#;
+    ok(
+        &server,
+        &root,
+        &[
+            "s3api",
+            "put-bucket-policy",
+            "--bucket",
+            "shared",
+            "--policy",
+            deny_deletes,
+        ],
+    );
+    let err = refused(
+        &server,
+        &root,
+        &[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "shared",
+            "--key",
+            "a.txt",
+        ],
+        "AccessDenied",
+    );
+    assert!(
+        err.contains("explicit deny in a resource-based policy"),
+        "{err}"
+    );
+    let status = ok(
+        &server,
+        &root,
+        &["s3api", "get-bucket-policy-status", "--bucket", "shared"],
+    );
+    assert_eq!(status["PolicyStatus"]["IsPublic"], true);
+
+    // Unsigned requests: the public prefix only.
+    let anonymous = |key: &str| {
+        aws(
+            &server,
+            &root,
+            &[
+                "s3api",
+                "get-object",
+                "--no-sign-request",
+                "--bucket",
+                "shared",
+                "--key",
+                key,
+                out,
+            ],
+        )
+    };
+    let (public, _, err) = anonymous("public/p.txt");
+    assert!(public, "an unsigned read of the public prefix: {err}");
+    let (private, _, err) = anonymous("a.txt");
+    assert!(!private && err.contains("AccessDenied"), "{err}");
+
+    ok(
+        &server,
+        &root,
+        &["s3api", "delete-bucket-policy", "--bucket", "shared"],
+    );
+    ok(
+        &server,
+        &root,
+        &[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "shared",
+            "--key",
+            "a.txt",
+        ],
+    );
+    let (public, _, _) = anonymous("public/p.txt");
+    assert!(!public, "the bucket is private again");
+
+    // A bucket created again under the name does not inherit the old bucket's policy.
+    ok(
+        &server,
+        &root,
+        &[
+            "s3api",
+            "put-bucket-policy",
+            "--bucket",
+            "shared",
+            "--policy",
+            allow_bob,
+        ],
+    );
+    ok(
+        &server,
+        &root,
+        &[
+            "s3api",
+            "delete-object",
+            "--bucket",
+            "shared",
+            "--key",
+            "public/p.txt",
+        ],
+    );
+    ok(
+        &server,
+        &root,
+        &["s3api", "delete-bucket", "--bucket", "shared"],
+    );
+    ok(
+        &server,
+        &root,
+        &["s3api", "create-bucket", "--bucket", "shared"],
+    );
+    refused(
+        &server,
+        &root,
+        &["s3api", "get-bucket-policy", "--bucket", "shared"],
+        "NoSuchBucketPolicy",
+    );
+}

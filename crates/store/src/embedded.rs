@@ -116,6 +116,12 @@ CREATE TABLE object_notifications (
 );
 ",
     },
+    // Bucket policies (PutBucketPolicy): the document as stored, validated by the S3 edge.
+    // Deleted with the bucket, so a bucket created again under the name starts without one.
+    Migration {
+        name: "store-0008",
+        sql: "CREATE TABLE bucket_policies (bucket TEXT PRIMARY KEY, policy TEXT NOT NULL);",
+    },
 ];
 
 /// A blob written for another part's row ([`EmbeddedStore::put_held_blob`]): durable, not
@@ -459,6 +465,47 @@ impl EmbeddedStore {
             .write(move |c| {
                 require_bucket(c, &b)?;
                 crate::notifications::store(c, &b, &config)?;
+                Ok::<_, StoreError>(())
+            })
+            .await
+    }
+
+    /// A bucket's policy document (`None`: the bucket has none).
+    pub async fn bucket_policy(&self, bucket: &str) -> Result<Option<String>, StoreError> {
+        let b = bucket.to_owned();
+        self.db
+            .read(move |c| {
+                require_bucket(c, &b)?;
+                Ok::<_, StoreError>(c.query_opt(
+                    "SELECT policy FROM bucket_policies WHERE bucket = ?1",
+                    params![&b],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+    }
+
+    /// Sets (`Some`) or removes (`None`) a bucket's policy document; `NoSuchBucket` if the
+    /// bucket does not exist.
+    pub async fn set_bucket_policy(
+        &self,
+        bucket: &str,
+        policy: Option<String>,
+    ) -> Result<(), StoreError> {
+        let b = bucket.to_owned();
+        self.db
+            .write(move |c| {
+                require_bucket(c, &b)?;
+                match &policy {
+                    Some(p) => c.execute(
+                        "INSERT INTO bucket_policies (bucket, policy) VALUES (?1, ?2)
+                         ON CONFLICT (bucket) DO UPDATE SET policy = excluded.policy",
+                        params![&b, p],
+                    )?,
+                    None => {
+                        c.execute("DELETE FROM bucket_policies WHERE bucket = ?1", params![&b])?
+                    }
+                };
                 Ok::<_, StoreError>(())
             })
             .await
@@ -1525,6 +1572,10 @@ impl ObjectStore for EmbeddedStore {
                     "DELETE FROM bucket_notifications WHERE bucket = ?1",
                     params![&bucket],
                 )?;
+                c.execute(
+                    "DELETE FROM bucket_policies WHERE bucket = ?1",
+                    params![&bucket],
+                )?;
                 Ok(())
             })
             .await
@@ -2479,6 +2530,39 @@ mod tests {
             s.head_bucket("b-2").await,
             Err(StoreError::NoSuchBucket(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_bucket_policy_goes_with_its_bucket() {
+        let (s, _d) = open().await;
+        assert!(matches!(
+            s.set_bucket_policy("nope", Some("{}".into())).await,
+            Err(StoreError::NoSuchBucket(_))
+        ));
+        s.create_bucket("pol-b").await.expect("create");
+        assert_eq!(s.bucket_policy("pol-b").await.expect("get"), None);
+        s.set_bucket_policy("pol-b", Some("one".into()))
+            .await
+            .expect("set");
+        s.set_bucket_policy("pol-b", Some("two".into()))
+            .await
+            .expect("replace");
+        assert_eq!(
+            s.bucket_policy("pol-b").await.expect("get").as_deref(),
+            Some("two")
+        );
+        s.delete_bucket("pol-b").await.expect("delete bucket");
+        s.create_bucket("pol-b").await.expect("create again");
+        assert_eq!(
+            s.bucket_policy("pol-b").await.expect("get"),
+            None,
+            "a bucket created again has no policy"
+        );
+        s.set_bucket_policy("pol-b", Some("three".into()))
+            .await
+            .expect("set");
+        s.set_bucket_policy("pol-b", None).await.expect("remove");
+        assert_eq!(s.bucket_policy("pol-b").await.expect("get"), None);
     }
 
     #[tokio::test]

@@ -1,0 +1,256 @@
+//! Bucket policies: `PutBucketPolicy` validates a document as S3 does and the store keeps
+//! it with its bucket; every S3 request on the bucket is then decided by the caller's
+//! identity policies together with the bucket's policy (see [`decide`]).
+//!
+//! Decisions (sluice is one account, so every signed caller is in the bucket's account):
+//!
+//! - an explicit `Deny` in either policy wins, also against keys with full access (the root
+//!   key, `sluice keys`), except that those keys can always read, replace and delete the
+//!   bucket policy itself — AWS's way back for an account that locked itself out;
+//! - otherwise the request is allowed when the identity policies or the bucket policy allow
+//!   it (an `Allow` that names an IAM user or role grants them access on its own, as in one
+//!   AWS account);
+//! - an unsigned request is allowed only by a bucket policy statement that names everyone
+//!   (`"Principal": "*"`): a public bucket.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use s3s::{S3Error, S3ErrorCode};
+use serde_json::Value;
+use sluice_policy::resource::{Requester, ResourcePolicy};
+use sluice_policy::{Context, Decision};
+use sluice_store::StoreError;
+use sluice_store::embedded::EmbeddedStore;
+
+use crate::authz::{Denied, Principal};
+
+/// How long a bucket's policy is remembered: a policy put through another process takes
+/// effect here within this time (through this process, at once).
+const TTL: Duration = Duration::from_secs(5);
+/// Buckets whose policies are remembered at most; past this the memory is cleared.
+const MAX_CACHED: usize = 10_000;
+/// S3's limit on a bucket policy document.
+pub const MAX_POLICY_BYTES: usize = 20 * 1024;
+
+type Cached = (Instant, Option<Arc<ResourcePolicy>>);
+
+/// The buckets' policies, read through a short-lived cache.
+pub struct BucketPolicies {
+    store: Arc<EmbeddedStore>,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+impl BucketPolicies {
+    pub fn new(store: Arc<EmbeddedStore>) -> BucketPolicies {
+        BucketPolicies {
+            store,
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The policy of `bucket` (`None`: it has none, or the bucket does not exist).
+    pub async fn get(&self, bucket: &str) -> Result<Option<Arc<ResourcePolicy>>, StoreError> {
+        if let Ok(cache) = self.cache.lock()
+            && let Some((at, policy)) = cache.get(bucket)
+            && at.elapsed() < TTL
+        {
+            return Ok(policy.clone());
+        }
+        let document = match self.store.bucket_policy(bucket).await {
+            Ok(d) => d,
+            Err(StoreError::NoSuchBucket(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let policy = document.map(|d| {
+            Arc::new(ResourcePolicy::parse(&d).unwrap_or_else(|e| {
+                // It was validated when it was stored: only a damaged row gets here, and
+                // a policy sluice cannot read must not open the bucket.
+                tracing::error!(bucket, error = %e, "a bucket policy cannot be read; the bucket refuses every request until it is replaced");
+                ResourcePolicy::deny_everyone()
+            }))
+        });
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(bucket.to_owned(), (Instant::now(), policy.clone()));
+        }
+        Ok(policy)
+    }
+
+    pub async fn document(&self, bucket: &str) -> Result<Option<String>, StoreError> {
+        self.store.bucket_policy(bucket).await
+    }
+
+    /// Sets or removes a bucket's policy; it applies at once in this process.
+    pub async fn set(&self, bucket: &str, document: Option<String>) -> Result<(), StoreError> {
+        let r = self.store.set_bucket_policy(bucket, document).await;
+        self.forget(bucket);
+        r
+    }
+
+    /// Forgets what is remembered of `bucket`'s policy (it was deleted with its bucket).
+    /// Another process forgets within [`TTL`].
+    pub fn forget(&self, bucket: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(bucket);
+        }
+    }
+}
+
+fn malformed(message: &str) -> S3Error {
+    S3Error::with_message(S3ErrorCode::MalformedPolicy, message.to_owned())
+}
+
+/// Checks a bucket policy document as S3's `PutBucketPolicy` does: JSON within 20 KB,
+/// every statement with a principal, S3 actions only, and resources in this bucket.
+pub fn validate(document: &str, bucket: &str) -> Result<ResourcePolicy, S3Error> {
+    if document.len() > MAX_POLICY_BYTES {
+        return Err(malformed("Policies must be less than 20 KB"));
+    }
+    if !document.trim_start().starts_with('{') {
+        return Err(malformed(
+            "Policies must be valid JSON and the first byte must be '{'",
+        ));
+    }
+    let Ok(Value::Object(doc)) = serde_json::from_str::<Value>(document) else {
+        return Err(malformed("This policy contains invalid Json"));
+    };
+    let statements: Vec<&Value> = match doc.get("Statement") {
+        Some(Value::Array(a)) => a.iter().collect(),
+        Some(one) => vec![one],
+        None => return Err(malformed("Missing required field Statement")),
+    };
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        match v {
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let bucket_arn = format!("arn:aws:s3:::{bucket}");
+    for s in statements {
+        let Value::Object(s) = s else {
+            return Err(malformed("This policy contains invalid Json"));
+        };
+        let mut actions = strings(s.get("Action"));
+        actions.extend(strings(s.get("NotAction")));
+        if actions
+            .iter()
+            .any(|a| a != "*" && !a.to_ascii_lowercase().starts_with("s3:"))
+        {
+            return Err(malformed("Policy has invalid action"));
+        }
+        let mut resources = strings(s.get("Resource"));
+        resources.extend(strings(s.get("NotResource")));
+        if resources.iter().any(|r| {
+            *r != bucket_arn
+                && !r
+                    .strip_prefix(&bucket_arn)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }) {
+            return Err(malformed("Policy has invalid resource"));
+        }
+    }
+    ResourcePolicy::parse(document).map_err(|e| match e {
+        sluice_policy::PolicyError::Malformed(m) => malformed(&m),
+    })
+}
+
+/// A request that passed signature checks (or carries none), as the decisions on it need
+/// it: carried from `check` to the per-operation hooks.
+#[derive(Clone)]
+pub(crate) struct Caller {
+    /// `None`: an unsigned request.
+    pub(crate) principal: Option<Principal>,
+    pub(crate) source: Option<std::net::IpAddr>,
+    pub(crate) op: String,
+    pub(crate) query: Option<String>,
+    pub(crate) signed_header: bool,
+}
+
+impl Caller {
+    /// The request's condition keys for a bucket policy (built only when a bucket has
+    /// one: a key with full access needs none otherwise).
+    fn context(&self) -> Context {
+        let mut c = match &self.principal {
+            Some(p) => p.full_context(self.source),
+            None => crate::authz::anonymous_context(self.source),
+        };
+        crate::authz::s3_condition_keys(
+            &mut c,
+            &self.op,
+            self.query.as_deref(),
+            self.signed_header,
+        );
+        c
+    }
+
+    fn requester(&self) -> Requester {
+        let Some(p) = &self.principal else {
+            return Requester::anonymous();
+        };
+        Requester {
+            arn: Some(p.arn()),
+            account: Some(p.account_id.clone()),
+            role: p
+                .user
+                .as_ref()
+                .filter(|u| u.session.is_some())
+                .map(|u| u.name.clone()),
+            service: None,
+        }
+    }
+
+    /// Whether the caller may perform `action` on `resource`, whose bucket has `policy`.
+    pub(crate) fn decide(
+        &self,
+        policy: Option<&ResourcePolicy>,
+        action: &str,
+        resource: &str,
+    ) -> Result<(), S3Error> {
+        let identity = match &self.principal {
+            None => Decision::ImplicitDeny,
+            Some(p) => match p.check(action, resource) {
+                Ok(()) => Decision::Allow,
+                Err(d) if d.explicit => Decision::ExplicitDeny,
+                Err(_) => Decision::ImplicitDeny,
+            },
+        };
+        let bucket = match policy {
+            Some(bp) => bp.decide_in(&self.requester(), action, resource, &self.context()),
+            None => Decision::ImplicitDeny,
+        };
+        let account_key = self.principal.as_ref().is_some_and(|p| p.unrestricted());
+        let policy_op = matches!(
+            action,
+            "s3:PutBucketPolicy" | "s3:GetBucketPolicy" | "s3:DeleteBucketPolicy"
+        );
+        let denied = |explicit: bool, in_resource_policy: bool| {
+            let Some(p) = &self.principal else {
+                return S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied");
+            };
+            let d = Denied {
+                principal: p.arn(),
+                action: action.to_owned(),
+                resource: resource.to_owned(),
+                explicit,
+                in_resource_policy,
+            };
+            S3Error::with_message(S3ErrorCode::AccessDenied, d.message())
+        };
+        if bucket == Decision::ExplicitDeny && !(account_key && policy_op) {
+            return Err(denied(true, true));
+        }
+        match (identity, bucket) {
+            (Decision::ExplicitDeny, _) => Err(denied(true, false)),
+            (Decision::Allow, _) | (_, Decision::Allow) => Ok(()),
+            _ => Err(denied(false, false)),
+        }
+    }
+}
