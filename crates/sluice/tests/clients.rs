@@ -204,7 +204,17 @@ fn boto3_suite() {
         .arg(format!("--basetemp={}", dir.0.join("pytest-tmp").display()))
         .arg("tests/clients/py")
         .current_dir(repo_root());
+    // While working on one test: `SLUICE_TEST_PYTEST_K=bucket_policy cargo test … boto3_suite`.
+    if let Ok(k) = std::env::var("SLUICE_TEST_PYTEST_K") {
+        cmd.args(["-k", &k]);
+    }
     let (ok, output) = run_suite(cmd, &target, &dir, "pytest");
+    for line in output
+        .lines()
+        .filter(|l| l.contains(" passed") || l.contains(" failed"))
+    {
+        eprintln!("pytest: {line}");
+    }
     assert!(
         ok,
         "the boto3 suite failed:\n{output}\n--- server log ---\n{}",

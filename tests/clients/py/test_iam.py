@@ -482,3 +482,60 @@ def test_a_function_does_what_its_role_allows(iam, edge, region, awslambda):
             iam.delete_user_policy(UserName=user, PolicyName=p)
         iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
         iam.delete_user(UserName=user)
+
+
+def test_bucket_policy_grants_a_roles_sessions_and_opens_a_prefix(iam, sts, edge, region, s3):
+    role = unique("bp-role")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": ACCOUNT_ID}, "Action": "sts:AssumeRole"}],
+    }
+    iam.create_role(RoleName=role, Path="/apps/", AssumeRolePolicyDocument=json.dumps(trust))
+    bucket = unique("py-bucket-policy")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="private/a.txt", Body=b"a")
+    s3.put_object(Bucket=bucket, Key="public/p.txt", Body=b"p")
+    creds = sts.assume_role(RoleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/apps/{role}", RoleSessionName="s1")["Credentials"]
+    role_s3 = boto3.session.Session(
+        aws_access_key_id=creds["AccessKeyId"],
+        aws_secret_access_key=creds["SecretAccessKey"],
+        aws_session_token=creds["SessionToken"],
+    ).client("s3", endpoint_url=edge, region_name=region, config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
+    unsigned = boto3.session.Session().client(
+        "s3", endpoint_url=edge, region_name=region,
+        config=Config(signature_version=botocore.UNSIGNED, retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
+    )
+    # The role has no policy of its own, and the bucket none yet.
+    fails("AccessDenied", role_s3.get_object, Bucket=bucket, Key="private/a.txt")
+    fails("AccessDenied", unsigned.get_object, Bucket=bucket, Key="public/p.txt")
+    fails("NoSuchBucketPolicy", s3.get_bucket_policy, Bucket=bucket)
+
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "RoleReads", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:role/apps/{role}"},
+             "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]},
+            {"Sid": "Public", "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/public/*"},
+        ],
+    }
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    assert json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"]) == policy
+    assert s3.get_bucket_policy_status(Bucket=bucket)["PolicyStatus"]["IsPublic"] is True
+    assert role_s3.get_object(Bucket=bucket, Key="private/a.txt")["Body"].read() == b"a"
+    keys = [o["Key"] for o in role_s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["private/a.txt", "public/p.txt"]
+    denied = fails("AccessDenied", role_s3.put_object, Bucket=bucket, Key="b.txt", Body=b"b")
+    assert f"assumed-role/{role}/s1 is not authorized to perform: s3:PutObject" in denied["Error"]["Message"]
+    assert unsigned.get_object(Bucket=bucket, Key="public/p.txt")["Body"].read() == b"p"
+    fails("AccessDenied", unsigned.get_object, Bucket=bucket, Key="private/a.txt")
+    fails("AccessDenied", unsigned.put_object, Bucket=bucket, Key="public/x.txt", Body=b"x")
+
+    bad = dict(policy, Statement=[dict(policy["Statement"][1], Resource="arn:aws:s3:::elsewhere/*")])
+    fails("MalformedPolicy", s3.put_bucket_policy, Bucket=bucket, Policy=json.dumps(bad))
+
+    s3.delete_bucket_policy(Bucket=bucket)
+    fails("AccessDenied", unsigned.get_object, Bucket=bucket, Key="public/p.txt")
+    for key in ["private/a.txt", "public/p.txt"]:
+        s3.delete_object(Bucket=bucket, Key=key)
+    s3.delete_bucket(Bucket=bucket)
+    iam.delete_role(RoleName=role)
