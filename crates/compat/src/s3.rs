@@ -197,6 +197,14 @@ impl s3s::access::S3Access for KeyAccess {
                 &resource,
             )?;
         }
+        // A write that tags its object also needs `s3:PutObjectTagging`, as on S3.
+        if matches!(
+            caller.op.as_str(),
+            "PutObject" | "CopyObject" | "CreateMultipartUpload"
+        ) && cx.headers().contains_key("x-amz-tagging")
+        {
+            caller.decide(policy.as_deref(), "s3:PutObjectTagging", &resource)?;
+        }
         cx.extensions_mut().insert(caller);
         Ok(())
     }
@@ -328,6 +336,96 @@ fn owner() -> Owner {
 
 fn etag(e: &str) -> ETag {
     ETag::Strong(e.to_owned())
+}
+
+/// Most tags an object may have.
+const MAX_OBJECT_TAGS: usize = 10;
+/// Most tags a bucket may have.
+const MAX_BUCKET_TAGS: usize = 50;
+
+fn invalid_tag(message: &str) -> S3Error {
+    S3Error::with_message(S3ErrorCode::InvalidTag, message.to_owned())
+}
+
+/// S3's rules for a tag set: at most `max` tags with distinct keys; keys of 1 to 128 and
+/// values of up to 256 characters, letters, digits, white space and `+ - = . _ : / @`;
+/// no key starting with `aws:`.
+fn validate_tags(tags: &[(String, String)], max: usize) -> S3Result<()> {
+    if tags.len() > max {
+        return Err(invalid_tag(&if max == MAX_OBJECT_TAGS {
+            format!("Object tags cannot be greater than {max}")
+        } else {
+            format!("Bucket tag count cannot be greater than {max}")
+        }));
+    }
+    let allowed = |s: &str| {
+        s.chars()
+            .all(|c| c.is_alphanumeric() || c.is_whitespace() || "+-=._:/@".contains(c))
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (k, v) in tags {
+        let key_len = k.chars().count();
+        if key_len == 0 || !allowed(k) {
+            return Err(invalid_tag("The TagKey you have provided is invalid"));
+        }
+        if key_len > 128 {
+            return Err(invalid_tag(
+                "The TagKey you have provided is too long, max 128",
+            ));
+        }
+        if v.chars().count() > 256 {
+            return Err(invalid_tag(
+                "The TagValue you have provided is too long, max 256",
+            ));
+        }
+        if !allowed(v) {
+            return Err(invalid_tag("The TagValue you have provided is invalid"));
+        }
+        if k.starts_with("aws:") {
+            return Err(invalid_tag("Your TagKey cannot be prefixed with aws:"));
+        }
+        if !seen.insert(k.as_str()) {
+            return Err(invalid_tag(
+                "Cannot provide multiple Tags with the same key",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The tags of an `x-amz-tagging` header (URL query form: `k1=v1&k2=v2`), validated.
+fn tags_from_header(header: Option<&str>) -> S3Result<Vec<(String, String)>> {
+    let Some(h) = header.filter(|h| !h.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let tags: Vec<(String, String)> = serde_urlencoded::from_str(h).map_err(|_| {
+        S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            "The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query parameters without tag name duplicates.",
+        )
+    })?;
+    validate_tags(&tags, MAX_OBJECT_TAGS)?;
+    Ok(tags)
+}
+
+/// A request's `Tagging` body as tags, validated (at most `max`).
+fn tags_in(tagging: Tagging, max: usize) -> S3Result<Vec<(String, String)>> {
+    let tags: Vec<(String, String)> = tagging
+        .tag_set
+        .into_iter()
+        .map(|t| (t.key.unwrap_or_default(), t.value.unwrap_or_default()))
+        .collect();
+    validate_tags(&tags, max)?;
+    Ok(tags)
+}
+
+fn tag_set(tags: &[(String, String)]) -> TagSet {
+    tags.iter()
+        .map(|(k, v)| Tag {
+            key: Some(k.clone()),
+            value: Some(v.clone()),
+        })
+        .collect()
 }
 
 fn metadata_in(m: Option<Metadata>) -> BTreeMap<String, String> {
@@ -685,6 +783,7 @@ struct Write {
     /// The S3 event the write is notified as (`None`: `ObjectCreated:Put`). A copy into
     /// the uploads prefix goes through the upload pipeline and is notified as a put.
     event: Option<&'static str>,
+    tags: Vec<(String, String)>,
 }
 
 /// The user of an upload written through S3: the access key that signed the write.
@@ -723,6 +822,7 @@ impl S3Adapter {
             who,
             if_absent,
             event,
+            tags,
         } = w;
         let (bucket, key) = (bucket.as_str(), key.as_str());
         if let Some(hook) = self.enqueue_target(bucket, key) {
@@ -747,6 +847,7 @@ impl S3Adapter {
                 filename: upload_filename(key),
                 content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),
                 metadata,
+                tags: tags.clone(),
                 request_id: uuid::Uuid::new_v4().to_string(),
                 stream: hook.stream.clone(),
                 partition_key: uuid::Uuid::new_v4().to_string(),
@@ -766,6 +867,7 @@ impl S3Adapter {
                 last_modified_ms: upload.created_ms,
                 owner: Some(upload.user_sub),
                 metadata: BTreeMap::new(),
+                tags,
             });
         }
         self.store
@@ -780,6 +882,7 @@ impl S3Adapter {
                     if_absent,
                     content_md5,
                     created_event: event,
+                    tags,
                 },
             )
             .await
@@ -841,6 +944,104 @@ impl S3 for S3Adapter {
 
     /// Only `LambdaFunctionConfigurations`: queues (SQS), topics (SNS) and EventBridge are
     /// refused with `InvalidArgument` (sluice has none of them).
+    async fn put_bucket_tagging(
+        &self,
+        req: S3Request<PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        let input = req.input;
+        let tags = tags_in(input.tagging, MAX_BUCKET_TAGS)?;
+        self.store
+            .set_bucket_tags(&input.bucket, Some(tags))
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::with_status(
+            PutBucketTaggingOutput::default(),
+            http::StatusCode::NO_CONTENT,
+        ))
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
+        match self
+            .store
+            .bucket_tags(&req.input.bucket)
+            .await
+            .map_err(s3_err)?
+        {
+            Some(tags) => Ok(S3Response::new(GetBucketTaggingOutput {
+                tag_set: tag_set(&tags),
+            })),
+            None => Err(S3Error::with_message(
+                S3ErrorCode::NoSuchTagSet,
+                "The TagSet does not exist",
+            )),
+        }
+    }
+
+    async fn delete_bucket_tagging(
+        &self,
+        req: S3Request<DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        self.store
+            .set_bucket_tags(&req.input.bucket, None)
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::with_status(
+            DeleteBucketTaggingOutput::default(),
+            http::StatusCode::NO_CONTENT,
+        ))
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        let input = req.input;
+        let tags = tags_in(input.tagging, MAX_OBJECT_TAGS)?;
+        match self
+            .store
+            .set_object_tags(&input.bucket, &input.key, tags)
+            .await
+        {
+            Ok(()) => Ok(S3Response::new(PutObjectTaggingOutput::default())),
+            Err(e) => Err(self.not_found(&input.bucket, e).await),
+        }
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        let input = req.input;
+        match self.store.head(&input.bucket, &input.key).await {
+            Ok(info) => Ok(S3Response::new(GetObjectTaggingOutput {
+                tag_set: tag_set(&info.tags),
+                version_id: None,
+            })),
+            Err(e) => Err(self.not_found(&input.bucket, e).await),
+        }
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        let input = req.input;
+        match self
+            .store
+            .set_object_tags(&input.bucket, &input.key, Vec::new())
+            .await
+        {
+            Ok(()) => Ok(S3Response::with_status(
+                DeleteObjectTaggingOutput::default(),
+                http::StatusCode::NO_CONTENT,
+            )),
+            Err(e) => Err(self.not_found(&input.bucket, e).await),
+        }
+    }
+
     async fn put_bucket_policy(
         &self,
         req: S3Request<PutBucketPolicyInput>,
@@ -1085,6 +1286,7 @@ impl S3 for S3Adapter {
             .is_some_and(|v| v.as_bytes() == b"*");
         let input = req.input;
         let content_md5 = content_md5(input.content_md5.as_deref())?;
+        let tags = tags_from_header(input.tagging.as_deref())?;
         let (body, fault) = body_in(input.body, self.max_object_bytes);
         let info = self
             .write(Write {
@@ -1098,6 +1300,7 @@ impl S3 for S3Adapter {
                 who,
                 if_absent,
                 event: None,
+                tags,
             })
             .await?;
         Ok(S3Response::new(PutObjectOutput {
@@ -1160,6 +1363,7 @@ impl S3 for S3Adapter {
                 e_tag: Some(etag(&info.etag)),
                 last_modified: Some(timestamp(info.last_modified_ms)),
                 metadata: metadata_out(&info.metadata),
+                tag_count: (!info.tags.is_empty()).then_some(info.tags.len() as i32),
                 ..Default::default()
             };
             return Ok(if partial {
@@ -1322,6 +1526,17 @@ impl S3 for S3Adapter {
                 src.info.metadata.clone(),
             )
         };
+        // `x-amz-tagging-directive`: the source's tags (COPY, the default) or the request's.
+        let tags = match input.tagging_directive.as_ref().map(|d| d.as_str()) {
+            Some(TaggingDirective::REPLACE) => tags_from_header(input.tagging.as_deref())?,
+            Some(TaggingDirective::COPY) | None => src.info.tags.clone(),
+            Some(other) => {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidArgument,
+                    format!("Unknown tagging directive: {other}"),
+                ));
+            }
+        };
         // The source's bytes stream into the new object; the copy has the source's MD5.
         let want = hex::decode(&src.info.etag)
             .ok()
@@ -1338,6 +1553,7 @@ impl S3 for S3Adapter {
                 who,
                 if_absent: false,
                 event: Some("ObjectCreated:Copy"),
+                tags,
             })
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -1436,6 +1652,7 @@ impl S3 for S3Adapter {
                     if_absent: false,
                     content_md5: None,
                     created_event: None,
+                    tags: tags_from_header(input.tagging.as_deref())?,
                 },
             )
             .await

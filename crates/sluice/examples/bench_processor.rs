@@ -484,6 +484,7 @@ async fn bench_latency(a: &Args) -> Result<()> {
                     body: Bytes::from_static(b"hello kinesis"),
                     content_type: "text/plain".into(),
                     metadata: Default::default(),
+                    tags: Vec::new(),
                     request_id: format!("req-{i}"),
                     stream: "uploads-stream".into(),
                     partition_key: format!("pk-{i}"),

@@ -122,6 +122,16 @@ CREATE TABLE object_notifications (
         name: "store-0008",
         sql: "CREATE TABLE bucket_policies (bucket TEXT PRIMARY KEY, policy TEXT NOT NULL);",
     },
+    // Tags (S3's tagging): an object's and a multipart upload's (JSON `[[key, value], …]`,
+    // NULL: none), and a bucket's, deleted with the bucket.
+    Migration {
+        name: "store-0009",
+        sql: "
+ALTER TABLE objects ADD COLUMN tags TEXT;
+ALTER TABLE multipart_uploads ADD COLUMN tags TEXT;
+CREATE TABLE bucket_tags (bucket TEXT PRIMARY KEY, tags TEXT NOT NULL);
+",
+    },
 ];
 
 /// A blob written for another part's row ([`EmbeddedStore::put_held_blob`]): durable, not
@@ -821,9 +831,9 @@ impl EmbeddedStore {
                 let row = c.query_opt(&sql, params![b, k], |r| {
                     Ok((
                         info_from_row(r)?,
-                        r.get::<Option<Vec<u8>>>(9)?,
-                        r.get::<Option<String>>(10)?,
-                        r.get::<Option<Vec<u8>>>(11)?,
+                        r.get::<Option<Vec<u8>>>(INFO_LEN)?,
+                        r.get::<Option<String>>(INFO_LEN + 1)?,
+                        r.get::<Option<Vec<u8>>>(INFO_LEN + 2)?,
                     ))
                 })?;
                 Ok::<_, StoreError>(row)
@@ -1318,13 +1328,13 @@ pub fn put_in_tx(
     conn.execute(
         "INSERT INTO objects
              (bucket, key, size, etag, sha256, content_type, modified_ms, owner, inline, blob,
-              metadata, parts, blocks)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+              metadata, parts, blocks, tags)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
          ON CONFLICT (bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
              sha256 = excluded.sha256, content_type = excluded.content_type,
              modified_ms = excluded.modified_ms, owner = excluded.owner,
              inline = excluded.inline, blob = excluded.blob, metadata = excluded.metadata,
-             parts = excluded.parts, blocks = excluded.blocks",
+             parts = excluded.parts, blocks = excluded.blocks, tags = excluded.tags",
         params![
             bucket,
             key,
@@ -1340,7 +1350,8 @@ pub fn put_in_tx(
             obj.parts
                 .as_ref()
                 .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into())),
-            obj.blocks.as_deref()
+            obj.blocks.as_deref(),
+            tags_json(&opts.tags)
         ],
     )?;
     crate::notifications::record_in_tx(conn, bucket, key, event, obj.size, &obj.etag, now)?;
@@ -1355,6 +1366,7 @@ pub fn put_in_tx(
             last_modified_ms: now,
             owner: opts.owner.clone(),
             metadata: opts.metadata.clone(),
+            tags: opts.tags.clone(),
         },
         replaced,
     ))
@@ -1394,12 +1406,14 @@ pub fn complete_multipart_in_tx(
     now: i64,
 ) -> Result<(ObjectInfo, Vec<String>), StoreError> {
     let id = &assembled.upload.upload_id;
-    let row: Option<(Option<String>, Option<String>, String)> = conn.query_opt(
-        "SELECT content_type, owner, metadata FROM multipart_uploads WHERE upload_id = ?1",
+    // Content type, owner, metadata and tags the upload was created with.
+    type Created = (Option<String>, Option<String>, String, Option<String>);
+    let row: Option<Created> = conn.query_opt(
+        "SELECT content_type, owner, metadata, tags FROM multipart_uploads WHERE upload_id = ?1",
         params![id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
-    let (content_type, created_owner, metadata) =
+    let (content_type, created_owner, metadata, tags) =
         row.ok_or_else(|| StoreError::NoSuchUpload(id.clone()))?;
     {
         for (n, etag) in &assembled.parts {
@@ -1422,6 +1436,7 @@ pub fn complete_multipart_in_tx(
         if_absent: false,
         content_md5: None,
         created_event: Some("ObjectCreated:CompleteMultipartUpload"),
+        tags: tags_from(tags.as_deref()),
     };
     let (info, replaced) = put_in_tx(
         conn,
@@ -1458,8 +1473,25 @@ fn metadata_from(s: &str) -> std::collections::BTreeMap<String, String> {
     serde_json::from_str(s).unwrap_or_default()
 }
 
+/// Tags as stored: `None` (SQL NULL) when there are none.
+fn tags_json(tags: &[(String, String)]) -> Option<String> {
+    if tags.is_empty() {
+        None
+    } else {
+        serde_json::to_string(tags).ok()
+    }
+}
+
+fn tags_from(s: Option<&str>) -> Vec<(String, String)> {
+    s.and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default()
+}
+
 const INFO_COLUMNS: &str =
-    "bucket, key, size, etag, sha256, content_type, modified_ms, owner, metadata";
+    "bucket, key, size, etag, sha256, content_type, modified_ms, owner, metadata, tags";
+/// How many columns [`INFO_COLUMNS`] has: the index of the first column a query selects
+/// after them.
+const INFO_LEN: usize = 10;
 
 fn info_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<ObjectInfo> {
     Ok(ObjectInfo {
@@ -1472,11 +1504,77 @@ fn info_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<ObjectInfo
         last_modified_ms: r.get(6)?,
         owner: r.get(7)?,
         metadata: metadata_from(&r.get::<String>(8)?),
+        tags: tags_from(r.get::<Option<String>>(9)?.as_deref()),
     })
 }
 
 #[async_trait]
 impl ObjectStore for EmbeddedStore {
+    /// A bucket's tags (`None`: it has no tag set).
+    async fn bucket_tags(&self, bucket: &str) -> Result<Option<Vec<(String, String)>>, StoreError> {
+        let b = bucket.to_owned();
+        self.db
+            .read(move |c| {
+                require_bucket(c, &b)?;
+                let tags: Option<String> = c.query_opt(
+                    "SELECT tags FROM bucket_tags WHERE bucket = ?1",
+                    params![&b],
+                    |r| r.get(0),
+                )?;
+                Ok::<_, StoreError>(tags.map(|t| tags_from(Some(&t))))
+            })
+            .await
+    }
+
+    /// Replaces (`Some`) or removes (`None`) a bucket's tags.
+    async fn set_bucket_tags(
+        &self,
+        bucket: &str,
+        tags: Option<Vec<(String, String)>>,
+    ) -> Result<(), StoreError> {
+        let b = bucket.to_owned();
+        self.db
+            .write(move |c| {
+                require_bucket(c, &b)?;
+                match &tags {
+                    Some(t) => c.execute(
+                        "INSERT INTO bucket_tags (bucket, tags) VALUES (?1, ?2)
+                         ON CONFLICT (bucket) DO UPDATE SET tags = excluded.tags",
+                        params![&b, serde_json::to_string(t).unwrap_or_else(|_| "[]".into())],
+                    )?,
+                    None => c.execute("DELETE FROM bucket_tags WHERE bucket = ?1", params![&b])?,
+                };
+                Ok::<_, StoreError>(())
+            })
+            .await
+    }
+
+    /// Replaces an object's tags (empty: removes them); `NoSuchKey` if there is no object.
+    async fn set_object_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        tags: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        self.db
+            .write(move |c| {
+                require_bucket(c, &b)?;
+                let n = c.execute(
+                    "UPDATE objects SET tags = ?3 WHERE bucket = ?1 AND key = ?2",
+                    params![&b, &k, tags_json(&tags)],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::NoSuchKey {
+                        bucket: b.clone(),
+                        key: k.clone(),
+                    });
+                }
+                Ok(())
+            })
+            .await
+    }
+
     async fn owned_bytes(&self, owner: &str) -> Result<u64, StoreError> {
         let owner = owner.to_owned();
         let n: i64 = self
@@ -1576,6 +1674,10 @@ impl ObjectStore for EmbeddedStore {
                     "DELETE FROM bucket_policies WHERE bucket = ?1",
                     params![&bucket],
                 )?;
+                c.execute(
+                    "DELETE FROM bucket_tags WHERE bucket = ?1",
+                    params![&bucket],
+                )?;
                 Ok(())
             })
             .await
@@ -1596,8 +1698,8 @@ impl ObjectStore for EmbeddedStore {
                 require_bucket(c, &b)?;
                 c.execute(
                     "INSERT INTO multipart_uploads
-                         (upload_id, bucket, key, content_type, owner, metadata, created_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                         (upload_id, bucket, key, content_type, owner, metadata, created_ms, tags)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     params![
                         upload_id,
                         b,
@@ -1605,7 +1707,8 @@ impl ObjectStore for EmbeddedStore {
                         opts.content_type,
                         opts.owner,
                         metadata_json(&opts.metadata),
-                        created
+                        created,
+                        tags_json(&opts.tags)
                     ],
                 )?;
                 Ok::<_, StoreError>(())
@@ -1968,7 +2071,7 @@ impl ObjectStore for EmbeddedStore {
                 let mut rows = Vec::with_capacity(wanted.len());
                 for (b, k) in &wanted {
                     rows.push(c.query_opt(&sql, params![b, k], |r| {
-                        Ok((info_from_row(r)?, r.get::<Option<Vec<u8>>>(9)?))
+                        Ok((info_from_row(r)?, r.get::<Option<Vec<u8>>>(INFO_LEN)?))
                     })?);
                 }
                 Ok::<_, StoreError>(rows)
@@ -2031,7 +2134,7 @@ impl ObjectStore for EmbeddedStore {
                 );
                 let row = c
                     .query_opt(&sql, params![b, k], |r| {
-                        Ok((info_from_row(r)?, r.get::<Option<String>>(9)?))
+                        Ok((info_from_row(r)?, r.get::<Option<String>>(INFO_LEN)?))
                     })?
                     .ok_or(StoreError::NoSuchKey {
                         bucket: b.clone(),

@@ -116,6 +116,8 @@ pub struct ObjectInfo {
     pub owner: Option<String>,
     /// User metadata (S3's `x-amz-meta-*`), names lower-case.
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Tags (S3's object tagging), in the order they were given.
+    pub tags: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +220,8 @@ pub struct PutOptions {
     /// `None`: `ObjectCreated:Put`. Multipart completion is always
     /// `ObjectCreated:CompleteMultipartUpload`.
     pub created_event: Option<&'static str>,
+    /// Tags (S3's `x-amz-tagging`); they replace an existing object's.
+    pub tags: Vec<(String, String)>,
 }
 
 /// A durable object store.
@@ -238,6 +242,21 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn list_buckets(&self) -> Result<Vec<BucketInfo>, StoreError>;
     /// Deletes an empty bucket (`BucketNotEmpty` otherwise).
     async fn delete_bucket(&self, bucket: &str) -> Result<(), StoreError>;
+    /// A bucket's tags (`None`: it has no tag set); `NoSuchBucket` if it does not exist.
+    async fn bucket_tags(&self, bucket: &str) -> Result<Option<Vec<(String, String)>>, StoreError>;
+    /// Replaces (`Some`) or removes (`None`) a bucket's tags; they go with the bucket.
+    async fn set_bucket_tags(
+        &self,
+        bucket: &str,
+        tags: Option<Vec<(String, String)>>,
+    ) -> Result<(), StoreError>;
+    /// Replaces an object's tags (empty: removes them); `NoSuchKey` if there is no object.
+    async fn set_object_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        tags: Vec<(String, String)>,
+    ) -> Result<(), StoreError>;
     async fn put(
         &self,
         bucket: &str,

@@ -490,6 +490,7 @@ impl EmbeddedUploads {
             if_absent: false,
             content_md5: None,
             created_event: None,
+            tags: u.tags.clone(),
         };
         self.commit_upload(blob, move |c| {
             let (info, replaced) =
@@ -1035,6 +1036,7 @@ mod tests {
             filename: name.into(),
             content_type: "text/plain".into(),
             metadata: Default::default(),
+            tags: Vec::new(),
             request_id: format!("req-{name}"),
             stream: "u".into(),
             partition_key: name.into(),
@@ -1061,6 +1063,7 @@ mod tests {
                 if_absent: false,
                 content_md5: None,
                 created_event: None,
+                tags: Vec::new(),
             };
             let now = now_ms();
             let (info, _) =

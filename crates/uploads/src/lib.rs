@@ -131,6 +131,8 @@ pub struct NewUpload {
     pub content_type: String,
     /// User metadata stored with the object (S3's `x-amz-meta-*`).
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Tags of the object (S3's `x-amz-tagging`).
+    pub tags: Vec<(String, String)>,
     pub request_id: String,
     pub stream: String,
     pub partition_key: String,
@@ -147,6 +149,7 @@ impl NewUpload {
                 filename: self.filename,
                 content_type: self.content_type,
                 metadata: self.metadata,
+                tags: self.tags,
                 request_id: self.request_id,
                 stream: self.stream,
                 partition_key: self.partition_key,
@@ -167,6 +170,8 @@ pub struct UploadMeta {
     pub content_type: String,
     /// User metadata stored with the object (S3's `x-amz-meta-*`).
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Tags of the object (S3's `x-amz-tagging` on a write into the uploads prefix).
+    pub tags: Vec<(String, String)>,
     pub request_id: String,
     pub stream: String,
     pub partition_key: String,
@@ -183,6 +188,7 @@ impl UploadMeta {
             body,
             content_type: self.content_type,
             metadata: self.metadata,
+            tags: self.tags,
             request_id: self.request_id,
             stream: self.stream,
             partition_key: self.partition_key,

@@ -694,3 +694,79 @@ def test_multipart_upload_into_uploads_is_processed(s3, bucket):
     assert out == (first + tail).upper()
     for k in (key, f"processed/{name}"):
         s3.delete_object(Bucket=upload_bucket, Key=k)
+
+
+# --- tagging -----------------------------------------------------------------------------
+
+
+def tagset(pairs):
+    return [{"Key": k, "Value": v} for k, v in pairs]
+
+
+def test_bucket_tagging(s3, bucket):
+    fails("NoSuchTagSet", s3.get_bucket_tagging, Bucket=bucket)
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tagset([("team", "data"), ("env", "dev")])})
+    assert s3.get_bucket_tagging(Bucket=bucket)["TagSet"] == tagset([("team", "data"), ("env", "dev")])
+    s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": tagset([("env", "prod")])})
+    assert s3.get_bucket_tagging(Bucket=bucket)["TagSet"] == tagset([("env", "prod")])
+    for bad, message in [
+        (tagset([("aws:owner", "x")]), "cannot be prefixed with aws:"),
+        (tagset([("k", "1"), ("k", "2")]), "multiple Tags with the same key"),
+        (tagset([("k" * 129, "v")]), "too long, max 128"),
+        (tagset([("k", "v" * 257)]), "too long, max 256"),
+        (tagset([(f"k{i}", "v") for i in range(51)]), "cannot be greater than 50"),
+        (tagset([("bad#key", "v")]), "TagKey you have provided is invalid"),
+    ]:
+        r = fails("InvalidTag", s3.put_bucket_tagging, Bucket=bucket, Tagging={"TagSet": bad})
+        assert message in r["Error"]["Message"], r
+    s3.delete_bucket_tagging(Bucket=bucket)
+    fails("NoSuchTagSet", s3.get_bucket_tagging, Bucket=bucket)
+    fails("NoSuchBucket", s3.get_bucket_tagging, Bucket=unique("py-missing"))
+
+
+def test_a_bucket_created_again_has_no_tags(s3):
+    name = unique("py-retag")
+    s3.create_bucket(Bucket=name)
+    s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": tagset([("a", "1")])})
+    s3.delete_bucket(Bucket=name)
+    s3.create_bucket(Bucket=name)
+    fails("NoSuchTagSet", s3.get_bucket_tagging, Bucket=name)
+    s3.delete_bucket(Bucket=name)
+
+
+def test_object_tagging(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="t.txt", Body=b"t", Tagging="project=sluice&stage=raw%20data")
+    got = s3.get_object(Bucket=bucket, Key="t.txt")
+    assert got["TagCount"] == 2
+    assert s3.get_object_tagging(Bucket=bucket, Key="t.txt")["TagSet"] == tagset([("project", "sluice"), ("stage", "raw data")])
+    s3.put_object_tagging(Bucket=bucket, Key="t.txt", Tagging={"TagSet": tagset([("stage", "done")])})
+    assert s3.get_object_tagging(Bucket=bucket, Key="t.txt")["TagSet"] == tagset([("stage", "done")])
+
+    # A copy takes the source's tags, or the request's with REPLACE.
+    s3.copy_object(Bucket=bucket, Key="copy.txt", CopySource={"Bucket": bucket, "Key": "t.txt"})
+    assert s3.get_object_tagging(Bucket=bucket, Key="copy.txt")["TagSet"] == tagset([("stage", "done")])
+    s3.copy_object(Bucket=bucket, Key="copy2.txt", CopySource={"Bucket": bucket, "Key": "t.txt"},
+                   TaggingDirective="REPLACE", Tagging="fresh=1")
+    assert s3.get_object_tagging(Bucket=bucket, Key="copy2.txt")["TagSet"] == tagset([("fresh", "1")])
+
+    # A multipart upload's tags are the object's.
+    up = s3.create_multipart_upload(Bucket=bucket, Key="mp.bin", Tagging="kind=multipart")
+    part = s3.upload_part(Bucket=bucket, Key="mp.bin", UploadId=up["UploadId"], PartNumber=1, Body=b"x" * 100)
+    s3.complete_multipart_upload(Bucket=bucket, Key="mp.bin", UploadId=up["UploadId"],
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    assert s3.get_object_tagging(Bucket=bucket, Key="mp.bin")["TagSet"] == tagset([("kind", "multipart")])
+
+    # Overwriting an object replaces its tags; deleting them leaves none.
+    s3.put_object(Bucket=bucket, Key="t.txt", Body=b"again")
+    assert s3.get_object_tagging(Bucket=bucket, Key="t.txt")["TagSet"] == []
+    assert "TagCount" not in s3.get_object(Bucket=bucket, Key="t.txt")
+    s3.delete_object_tagging(Bucket=bucket, Key="copy.txt")
+    assert s3.get_object_tagging(Bucket=bucket, Key="copy.txt")["TagSet"] == []
+
+    r = fails("InvalidTag", s3.put_object, Bucket=bucket, Key="many.txt", Body=b"m",
+              Tagging="&".join(f"k{i}=v" for i in range(11)))
+    assert "cannot be greater than 10" in r["Error"]["Message"]
+    fails("InvalidTag", s3.put_object_tagging, Bucket=bucket, Key="copy.txt",
+          Tagging={"TagSet": tagset([("aws:x", "1")])})
+    fails("NoSuchKey", s3.get_object_tagging, Bucket=bucket, Key="missing.txt")
+    fails("NoSuchKey", s3.put_object_tagging, Bucket=bucket, Key="missing.txt", Tagging={"TagSet": []})
