@@ -37,6 +37,7 @@ pub async fn run_all(open: Open<'_>) {
     text_orders_by_bytes(open("order")).await;
     failing_writes_are_isolated(open("isolated")).await;
     read_modify_write_is_serializable(open("serial")).await;
+    writers_of_two_handles_do_not_lose_updates(open).await;
     durability_callbacks_run_only_for_committed_writes(open("callbacks")).await;
     a_swallowed_engine_error_fails_the_write(open("swallowed")).await;
     upserts_and_returning(open("upsert")).await;
@@ -247,6 +248,52 @@ async fn read_modify_write_is_serializable(m: Meta) {
         "concurrent read-modify-write transactions lost updates"
     );
     m.close();
+}
+
+/// Two handles on one database (two processes sharing PostgreSQL; on SQLite, two writers
+/// of one file): each handle's writes take turns, but the two writers race, and the engine
+/// must keep read-modify-write transactions from losing updates.
+async fn writers_of_two_handles_do_not_lose_updates(open: Open<'_>) {
+    let a = open("two-writers");
+    let b = open("two-writers");
+    a.write(|tx| {
+        tx.execute("INSERT INTO counters (name, n) VALUES ('c', 0)", params![])?;
+        Ok::<_, MetaError>(())
+    })
+    .await
+    .expect("seed");
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let m = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            m.write(|tx| {
+                let n: i64 =
+                    tx.query_row("SELECT n FROM counters WHERE name = 'c'", params![], |r| {
+                        r.get(0)
+                    })?;
+                tx.execute(
+                    "UPDATE counters SET n = ?1 WHERE name = 'c'",
+                    params![n + 1],
+                )?;
+                Ok::<_, MetaError>(())
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("increment");
+    }
+    let n: i64 = b
+        .read(|tx| {
+            tx.query_row("SELECT n FROM counters WHERE name = 'c'", params![], |r| {
+                r.get(0)
+            })
+        })
+        .await
+        .expect("read");
+    assert_eq!(n, 64, "two writers lost updates");
+    a.close();
+    b.close();
 }
 
 async fn durability_callbacks_run_only_for_committed_writes(m: Meta) {
