@@ -19,7 +19,9 @@ use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use sluice_identity::access_keys::AccessKeys;
 use sluice_policy::resource::ResourcePolicy;
-use sluice_store::{ByteRange, ObjectInfo, ObjectStore, PutOptions, StoreError, UploadMarker};
+use sluice_store::{
+    ByteRange, ObjectHeaders, ObjectInfo, ObjectStore, PutOptions, StoreError, UploadMarker,
+};
 use sluice_uploads::{MultipartCompletion, UploadError, UploadMeta, UploadSink};
 
 use crate::s3_policy::{BucketPolicies, Caller};
@@ -336,6 +338,68 @@ fn owner() -> Owner {
 
 fn etag(e: &str) -> ETag {
     ETag::Strong(e.to_owned())
+}
+
+/// The standard headers of a write request.
+struct HeadersIn {
+    cache_control: Option<String>,
+    content_disposition: Option<String>,
+    content_encoding: Option<String>,
+    content_language: Option<String>,
+    expires: Option<Timestamp>,
+    website_redirect: Option<String>,
+    storage_class: Option<StorageClass>,
+}
+
+/// The storage classes S3 accepts on a write (directory buckets' `EXPRESS_ONEZONE` aside).
+const STORAGE_CLASSES: &[&str] = &[
+    StorageClass::STANDARD,
+    StorageClass::REDUCED_REDUNDANCY,
+    StorageClass::STANDARD_IA,
+    StorageClass::ONEZONE_IA,
+    StorageClass::INTELLIGENT_TIERING,
+    StorageClass::GLACIER,
+    StorageClass::DEEP_ARCHIVE,
+    StorageClass::GLACIER_IR,
+];
+
+/// The headers kept with an object: a storage class S3 does not know is
+/// `InvalidStorageClass`; `STANDARD` is kept as none (S3 does not answer it).
+fn headers_in(h: HeadersIn) -> S3Result<ObjectHeaders> {
+    let storage_class = match h.storage_class {
+        Some(c) if !STORAGE_CLASSES.contains(&c.as_str()) => {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidStorageClass,
+                "The storage class you specified is not valid",
+            ));
+        }
+        Some(c) if c.as_str() == StorageClass::STANDARD => None,
+        other => other.map(|c| c.as_str().to_owned()),
+    };
+    let expires = match h.expires {
+        Some(t) => {
+            let mut out = Vec::new();
+            t.format(TimestampFormat::HttpDate, &mut out)
+                .map_err(|_| s3_error!(InvalidArgument, "Expires is not a valid date"))?;
+            Some(String::from_utf8_lossy(&out).into_owned())
+        }
+        None => None,
+    };
+    Ok(ObjectHeaders {
+        cache_control: h.cache_control,
+        content_disposition: h.content_disposition,
+        content_encoding: h.content_encoding,
+        content_language: h.content_language,
+        expires,
+        website_redirect: h.website_redirect,
+        storage_class,
+    })
+}
+
+fn expires_out(h: &ObjectHeaders) -> Option<Timestamp> {
+    h.expires
+        .as_deref()
+        .and_then(|e| Timestamp::parse(TimestampFormat::HttpDate, e).ok())
 }
 
 /// Most tags an object may have.
@@ -784,6 +848,7 @@ struct Write {
     /// the uploads prefix goes through the upload pipeline and is notified as a put.
     event: Option<&'static str>,
     tags: Vec<(String, String)>,
+    headers: ObjectHeaders,
 }
 
 /// The user of an upload written through S3: the access key that signed the write.
@@ -823,6 +888,7 @@ impl S3Adapter {
             if_absent,
             event,
             tags,
+            headers,
         } = w;
         let (bucket, key) = (bucket.as_str(), key.as_str());
         if let Some(hook) = self.enqueue_target(bucket, key) {
@@ -848,6 +914,7 @@ impl S3Adapter {
                 content_type: content_type.unwrap_or_else(|| "application/octet-stream".into()),
                 metadata,
                 tags: tags.clone(),
+                headers: headers.clone(),
                 request_id: uuid::Uuid::new_v4().to_string(),
                 stream: hook.stream.clone(),
                 partition_key: uuid::Uuid::new_v4().to_string(),
@@ -868,6 +935,7 @@ impl S3Adapter {
                 owner: Some(upload.user_sub),
                 metadata: BTreeMap::new(),
                 tags,
+                headers,
             });
         }
         self.store
@@ -883,6 +951,7 @@ impl S3Adapter {
                     content_md5,
                     created_event: event,
                     tags,
+                    headers,
                 },
             )
             .await
@@ -1287,6 +1356,15 @@ impl S3 for S3Adapter {
         let input = req.input;
         let content_md5 = content_md5(input.content_md5.as_deref())?;
         let tags = tags_from_header(input.tagging.as_deref())?;
+        let headers = headers_in(HeadersIn {
+            cache_control: input.cache_control,
+            content_disposition: input.content_disposition,
+            content_encoding: input.content_encoding,
+            content_language: input.content_language,
+            expires: input.expires,
+            website_redirect: input.website_redirect_location,
+            storage_class: input.storage_class,
+        })?;
         let (body, fault) = body_in(input.body, self.max_object_bytes);
         let info = self
             .write(Write {
@@ -1301,6 +1379,7 @@ impl S3 for S3Adapter {
                 if_absent,
                 event: None,
                 tags,
+                headers,
             })
             .await?;
         Ok(S3Response::new(PutObjectOutput {
@@ -1364,6 +1443,28 @@ impl S3 for S3Adapter {
                 last_modified: Some(timestamp(info.last_modified_ms)),
                 metadata: metadata_out(&info.metadata),
                 tag_count: (!info.tags.is_empty()).then_some(info.tags.len() as i32),
+                cache_control: input
+                    .response_cache_control
+                    .clone()
+                    .or_else(|| info.headers.cache_control.clone()),
+                content_disposition: input
+                    .response_content_disposition
+                    .clone()
+                    .or_else(|| info.headers.content_disposition.clone()),
+                content_encoding: input
+                    .response_content_encoding
+                    .clone()
+                    .or_else(|| info.headers.content_encoding.clone()),
+                content_language: input
+                    .response_content_language
+                    .clone()
+                    .or_else(|| info.headers.content_language.clone()),
+                expires: input
+                    .response_expires
+                    .clone()
+                    .or_else(|| expires_out(&info.headers)),
+                website_redirect_location: info.headers.website_redirect.clone(),
+                storage_class: info.headers.storage_class.clone().map(StorageClass::from),
                 ..Default::default()
             };
             return Ok(if partial {
@@ -1417,6 +1518,13 @@ impl S3 for S3Adapter {
             e_tag: Some(etag(&info.etag)),
             last_modified: Some(timestamp(info.last_modified_ms)),
             metadata: metadata_out(&info.metadata),
+            cache_control: info.headers.cache_control.clone(),
+            content_disposition: info.headers.content_disposition.clone(),
+            content_encoding: info.headers.content_encoding.clone(),
+            content_language: info.headers.content_language.clone(),
+            expires: expires_out(&info.headers),
+            website_redirect_location: info.headers.website_redirect.clone(),
+            storage_class: info.headers.storage_class.clone().map(StorageClass::from),
             ..Default::default()
         };
         let mut resp = S3Response::new(output);
@@ -1512,7 +1620,12 @@ impl S3 for S3Adapter {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        if !replace && src_bucket == input.bucket && src_key == input.key {
+        if !replace
+            && src_bucket == input.bucket
+            && src_key == input.key
+            && input.storage_class.is_none()
+            && input.website_redirect_location.is_none()
+        {
             return Err(S3Error::with_message(
                 S3ErrorCode::InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself without changing the object's metadata, storage class, website redirect location or encryption attributes.",
@@ -1525,6 +1638,26 @@ impl S3 for S3Adapter {
                 Some(src.info.content_type.clone()),
                 src.info.metadata.clone(),
             )
+        };
+        // The content headers follow the metadata directive; the storage class and the
+        // redirect are the request's (STANDARD and none when it names none), as on S3.
+        let given = headers_in(HeadersIn {
+            cache_control: input.cache_control,
+            content_disposition: input.content_disposition,
+            content_encoding: input.content_encoding,
+            content_language: input.content_language,
+            expires: input.expires,
+            website_redirect: input.website_redirect_location,
+            storage_class: input.storage_class,
+        })?;
+        let headers = if replace {
+            given
+        } else {
+            ObjectHeaders {
+                website_redirect: given.website_redirect,
+                storage_class: given.storage_class,
+                ..src.info.headers.clone()
+            }
         };
         // `x-amz-tagging-directive`: the source's tags (COPY, the default) or the request's.
         let tags = match input.tagging_directive.as_ref().map(|d| d.as_str()) {
@@ -1554,6 +1687,7 @@ impl S3 for S3Adapter {
                 if_absent: false,
                 event: Some("ObjectCreated:Copy"),
                 tags,
+                headers,
             })
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -1653,6 +1787,15 @@ impl S3 for S3Adapter {
                     content_md5: None,
                     created_event: None,
                     tags: tags_from_header(input.tagging.as_deref())?,
+                    headers: headers_in(HeadersIn {
+                        cache_control: input.cache_control,
+                        content_disposition: input.content_disposition,
+                        content_encoding: input.content_encoding,
+                        content_language: input.content_language,
+                        expires: input.expires,
+                        website_redirect: input.website_redirect_location,
+                        storage_class: input.storage_class,
+                    })?,
                 },
             )
             .await

@@ -336,6 +336,7 @@ async fn create_upload(
         content_type: content_type.to_owned(),
         metadata: Default::default(),
         tags: Vec::new(),
+        headers: Default::default(),
         request_id: request_id.clone(),
         stream: gw.stream.clone(),
         partition_key: uuid::Uuid::new_v4().to_string(),

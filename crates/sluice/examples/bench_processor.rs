@@ -485,6 +485,7 @@ async fn bench_latency(a: &Args) -> Result<()> {
                     content_type: "text/plain".into(),
                     metadata: Default::default(),
                     tags: Vec::new(),
+                    headers: Default::default(),
                     request_id: format!("req-{i}"),
                     stream: "uploads-stream".into(),
                     partition_key: format!("pk-{i}"),

@@ -132,6 +132,15 @@ ALTER TABLE multipart_uploads ADD COLUMN tags TEXT;
 CREATE TABLE bucket_tags (bucket TEXT PRIMARY KEY, tags TEXT NOT NULL);
 ",
     },
+    // The standard headers S3 keeps with an object (`crate::ObjectHeaders` as JSON; NULL:
+    // none), of objects and of multipart uploads.
+    Migration {
+        name: "store-0010",
+        sql: "
+ALTER TABLE objects ADD COLUMN headers TEXT;
+ALTER TABLE multipart_uploads ADD COLUMN headers TEXT;
+",
+    },
 ];
 
 /// A blob written for another part's row ([`EmbeddedStore::put_held_blob`]): durable, not
@@ -1328,13 +1337,14 @@ pub fn put_in_tx(
     conn.execute(
         "INSERT INTO objects
              (bucket, key, size, etag, sha256, content_type, modified_ms, owner, inline, blob,
-              metadata, parts, blocks, tags)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+              metadata, parts, blocks, tags, headers)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT (bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
              sha256 = excluded.sha256, content_type = excluded.content_type,
              modified_ms = excluded.modified_ms, owner = excluded.owner,
              inline = excluded.inline, blob = excluded.blob, metadata = excluded.metadata,
-             parts = excluded.parts, blocks = excluded.blocks, tags = excluded.tags",
+             parts = excluded.parts, blocks = excluded.blocks, tags = excluded.tags,
+             headers = excluded.headers",
         params![
             bucket,
             key,
@@ -1351,7 +1361,8 @@ pub fn put_in_tx(
                 .as_ref()
                 .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into())),
             obj.blocks.as_deref(),
-            tags_json(&opts.tags)
+            tags_json(&opts.tags),
+            headers_json(&opts.headers)
         ],
     )?;
     crate::notifications::record_in_tx(conn, bucket, key, event, obj.size, &obj.etag, now)?;
@@ -1367,6 +1378,7 @@ pub fn put_in_tx(
             owner: opts.owner.clone(),
             metadata: opts.metadata.clone(),
             tags: opts.tags.clone(),
+            headers: opts.headers.clone(),
         },
         replaced,
     ))
@@ -1407,13 +1419,20 @@ pub fn complete_multipart_in_tx(
 ) -> Result<(ObjectInfo, Vec<String>), StoreError> {
     let id = &assembled.upload.upload_id;
     // Content type, owner, metadata and tags the upload was created with.
-    type Created = (Option<String>, Option<String>, String, Option<String>);
+    type Created = (
+        Option<String>,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+    );
     let row: Option<Created> = conn.query_opt(
-        "SELECT content_type, owner, metadata, tags FROM multipart_uploads WHERE upload_id = ?1",
+        "SELECT content_type, owner, metadata, tags, headers FROM multipart_uploads
+         WHERE upload_id = ?1",
         params![id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
-    let (content_type, created_owner, metadata, tags) =
+    let (content_type, created_owner, metadata, tags, headers) =
         row.ok_or_else(|| StoreError::NoSuchUpload(id.clone()))?;
     {
         for (n, etag) in &assembled.parts {
@@ -1437,6 +1456,7 @@ pub fn complete_multipart_in_tx(
         content_md5: None,
         created_event: Some("ObjectCreated:CompleteMultipartUpload"),
         tags: tags_from(tags.as_deref()),
+        headers: headers_from(headers.as_deref()),
     };
     let (info, replaced) = put_in_tx(
         conn,
@@ -1487,11 +1507,25 @@ fn tags_from(s: Option<&str>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Standard headers as stored: `None` (SQL NULL) when there are none.
+fn headers_json(h: &crate::ObjectHeaders) -> Option<String> {
+    if h.is_empty() {
+        None
+    } else {
+        serde_json::to_string(h).ok()
+    }
+}
+
+fn headers_from(s: Option<&str>) -> crate::ObjectHeaders {
+    s.and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default()
+}
+
 const INFO_COLUMNS: &str =
-    "bucket, key, size, etag, sha256, content_type, modified_ms, owner, metadata, tags";
+    "bucket, key, size, etag, sha256, content_type, modified_ms, owner, metadata, tags, headers";
 /// How many columns [`INFO_COLUMNS`] has: the index of the first column a query selects
 /// after them.
-const INFO_LEN: usize = 10;
+const INFO_LEN: usize = 11;
 
 fn info_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<ObjectInfo> {
     Ok(ObjectInfo {
@@ -1505,6 +1539,7 @@ fn info_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<ObjectInfo
         owner: r.get(7)?,
         metadata: metadata_from(&r.get::<String>(8)?),
         tags: tags_from(r.get::<Option<String>>(9)?.as_deref()),
+        headers: headers_from(r.get::<Option<String>>(10)?.as_deref()),
     })
 }
 
@@ -1698,8 +1733,9 @@ impl ObjectStore for EmbeddedStore {
                 require_bucket(c, &b)?;
                 c.execute(
                     "INSERT INTO multipart_uploads
-                         (upload_id, bucket, key, content_type, owner, metadata, created_ms, tags)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                         (upload_id, bucket, key, content_type, owner, metadata, created_ms, tags,
+                          headers)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     params![
                         upload_id,
                         b,
@@ -1708,7 +1744,8 @@ impl ObjectStore for EmbeddedStore {
                         opts.owner,
                         metadata_json(&opts.metadata),
                         created,
-                        tags_json(&opts.tags)
+                        tags_json(&opts.tags),
+                        headers_json(&opts.headers)
                     ],
                 )?;
                 Ok::<_, StoreError>(())

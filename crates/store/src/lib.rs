@@ -118,6 +118,38 @@ pub struct ObjectInfo {
     pub metadata: std::collections::BTreeMap<String, String>,
     /// Tags (S3's object tagging), in the order they were given.
     pub tags: Vec<(String, String)>,
+    /// The standard headers kept with the object.
+    pub headers: ObjectHeaders,
+}
+
+/// The standard headers S3 keeps with an object and answers on GET and HEAD. `None`: not
+/// set (for the storage class: `STANDARD`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ObjectHeaders {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    /// `Expires`, as the HTTP date it was given as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// `x-amz-website-redirect-location`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub website_redirect: Option<String>,
+    /// `x-amz-storage-class` other than `STANDARD`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+}
+
+impl ObjectHeaders {
+    pub fn is_empty(&self) -> bool {
+        *self == ObjectHeaders::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +254,8 @@ pub struct PutOptions {
     pub created_event: Option<&'static str>,
     /// Tags (S3's `x-amz-tagging`); they replace an existing object's.
     pub tags: Vec<(String, String)>,
+    /// Standard headers to keep with the object; they replace an existing object's.
+    pub headers: ObjectHeaders,
 }
 
 /// A durable object store.

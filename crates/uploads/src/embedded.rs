@@ -491,6 +491,7 @@ impl EmbeddedUploads {
             content_md5: None,
             created_event: None,
             tags: u.tags.clone(),
+            headers: u.headers.clone(),
         };
         self.commit_upload(blob, move |c| {
             let (info, replaced) =
@@ -1037,6 +1038,7 @@ mod tests {
             content_type: "text/plain".into(),
             metadata: Default::default(),
             tags: Vec::new(),
+            headers: Default::default(),
             request_id: format!("req-{name}"),
             stream: "u".into(),
             partition_key: name.into(),
@@ -1064,6 +1066,7 @@ mod tests {
                 content_md5: None,
                 created_event: None,
                 tags: Vec::new(),
+                headers: Default::default(),
             };
             let now = now_ms();
             let (info, _) =

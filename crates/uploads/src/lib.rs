@@ -133,6 +133,8 @@ pub struct NewUpload {
     pub metadata: std::collections::BTreeMap<String, String>,
     /// Tags of the object (S3's `x-amz-tagging`).
     pub tags: Vec<(String, String)>,
+    /// Standard headers kept with the object (S3's `Cache-Control`, …).
+    pub headers: sluice_store::ObjectHeaders,
     pub request_id: String,
     pub stream: String,
     pub partition_key: String,
@@ -150,6 +152,7 @@ impl NewUpload {
                 content_type: self.content_type,
                 metadata: self.metadata,
                 tags: self.tags,
+                headers: self.headers,
                 request_id: self.request_id,
                 stream: self.stream,
                 partition_key: self.partition_key,
@@ -172,6 +175,8 @@ pub struct UploadMeta {
     pub metadata: std::collections::BTreeMap<String, String>,
     /// Tags of the object (S3's `x-amz-tagging` on a write into the uploads prefix).
     pub tags: Vec<(String, String)>,
+    /// Standard headers kept with the object (S3's `Cache-Control`, …).
+    pub headers: sluice_store::ObjectHeaders,
     pub request_id: String,
     pub stream: String,
     pub partition_key: String,
@@ -189,6 +194,7 @@ impl UploadMeta {
             content_type: self.content_type,
             metadata: self.metadata,
             tags: self.tags,
+            headers: self.headers,
             request_id: self.request_id,
             stream: self.stream,
             partition_key: self.partition_key,

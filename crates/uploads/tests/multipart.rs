@@ -219,6 +219,7 @@ async fn a_completion_over_another_users_upload_is_refused_and_stays_completable
             content_type: "text/plain".into(),
             metadata: Default::default(),
             tags: Vec::new(),
+            headers: Default::default(),
             request_id: "r0".into(),
             stream: "uploads".into(),
             partition_key: "pk".into(),

@@ -770,3 +770,62 @@ def test_object_tagging(s3, bucket):
           Tagging={"TagSet": tagset([("aws:x", "1")])})
     fails("NoSuchKey", s3.get_object_tagging, Bucket=bucket, Key="missing.txt")
     fails("NoSuchKey", s3.put_object_tagging, Bucket=bucket, Key="missing.txt", Tagging={"TagSet": []})
+
+
+# --- standard headers --------------------------------------------------------------------
+
+
+def test_standard_headers_are_kept_and_returned(s3, bucket):
+    expires = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    s3.put_object(
+        Bucket=bucket, Key="h.txt", Body=b"hello",
+        CacheControl="max-age=60", ContentDisposition='attachment; filename="h.txt"',
+        ContentEncoding="identity", ContentLanguage="en-GB", Expires=expires,
+        StorageClass="STANDARD_IA", WebsiteRedirectLocation="/elsewhere.html",
+    )
+    for got in [s3.get_object(Bucket=bucket, Key="h.txt"), s3.head_object(Bucket=bucket, Key="h.txt")]:
+        assert got["CacheControl"] == "max-age=60"
+        assert got["ContentDisposition"] == 'attachment; filename="h.txt"'
+        assert got["ContentEncoding"] == "identity"
+        assert got["ContentLanguage"] == "en-GB"
+        assert got["Expires"] == expires
+        assert got["StorageClass"] == "STANDARD_IA"
+        assert got["WebsiteRedirectLocation"] == "/elsewhere.html"
+
+    # GET's response-* parameters override what is stored.
+    got = s3.get_object(Bucket=bucket, Key="h.txt", ResponseCacheControl="no-store",
+                        ResponseContentDisposition="inline", ResponseContentType="text/x-other")
+    assert got["CacheControl"] == "no-store" and got["ContentDisposition"] == "inline"
+    assert got["ContentType"] == "text/x-other"
+
+    # STANDARD is not answered; an unknown class is refused.
+    s3.put_object(Bucket=bucket, Key="std.txt", Body=b"s", StorageClass="STANDARD")
+    assert "StorageClass" not in s3.head_object(Bucket=bucket, Key="std.txt")
+    r = fails("InvalidStorageClass", s3.put_object, Bucket=bucket, Key="x.txt", Body=b"x", StorageClass="FROZEN")
+    assert "storage class you specified is not valid" in r["Error"]["Message"]
+
+    # A copy keeps the content headers (COPY) or takes the request's (REPLACE); the storage
+    # class is the request's, STANDARD by default; changing it alone makes a copy onto
+    # itself legal.
+    s3.copy_object(Bucket=bucket, Key="c1.txt", CopySource={"Bucket": bucket, "Key": "h.txt"})
+    c1 = s3.head_object(Bucket=bucket, Key="c1.txt")
+    assert c1["CacheControl"] == "max-age=60" and "StorageClass" not in c1
+    s3.copy_object(Bucket=bucket, Key="c2.txt", CopySource={"Bucket": bucket, "Key": "h.txt"},
+                   MetadataDirective="REPLACE", CacheControl="no-cache", StorageClass="GLACIER")
+    c2 = s3.head_object(Bucket=bucket, Key="c2.txt")
+    assert c2["CacheControl"] == "no-cache" and "ContentLanguage" not in c2 and c2["StorageClass"] == "GLACIER"
+    s3.copy_object(Bucket=bucket, Key="c1.txt", CopySource={"Bucket": bucket, "Key": "c1.txt"}, StorageClass="ONEZONE_IA")
+    assert s3.head_object(Bucket=bucket, Key="c1.txt")["StorageClass"] == "ONEZONE_IA"
+
+    # A multipart upload's headers are the object's.
+    up = s3.create_multipart_upload(Bucket=bucket, Key="mp.txt", CacheControl="private", StorageClass="GLACIER_IR")
+    part = s3.upload_part(Bucket=bucket, Key="mp.txt", UploadId=up["UploadId"], PartNumber=1, Body=b"m" * 10)
+    s3.complete_multipart_upload(Bucket=bucket, Key="mp.txt", UploadId=up["UploadId"],
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    mp = s3.head_object(Bucket=bucket, Key="mp.txt")
+    assert mp["CacheControl"] == "private" and mp["StorageClass"] == "GLACIER_IR"
+
+    # Overwriting replaces them.
+    s3.put_object(Bucket=bucket, Key="h.txt", Body=b"plain")
+    plain = s3.head_object(Bucket=bucket, Key="h.txt")
+    assert "CacheControl" not in plain and "StorageClass" not in plain
