@@ -2188,9 +2188,12 @@ impl S3Adapter {
                             size: Some(obj.size as i64),
                             e_tag: Some(etag(&obj.etag)),
                             last_modified: Some(timestamp(obj.last_modified_ms)),
-                            storage_class: Some(ObjectStorageClass::from_static(
-                                ObjectStorageClass::STANDARD,
-                            )),
+                            storage_class: Some(match &obj.headers.storage_class {
+                                Some(c) => ObjectStorageClass::from(c.clone()),
+                                None => {
+                                    ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)
+                                }
+                            }),
                             ..Default::default()
                         });
                     }

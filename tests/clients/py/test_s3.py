@@ -9,6 +9,7 @@ import urllib.request
 
 import boto3
 import botocore.exceptions
+import botocore.handlers
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
@@ -824,8 +825,39 @@ def test_standard_headers_are_kept_and_returned(s3, bucket):
                                  MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
     mp = s3.head_object(Bucket=bucket, Key="mp.txt")
     assert mp["CacheControl"] == "private" and mp["StorageClass"] == "GLACIER_IR"
+    listed = {o["Key"]: o["StorageClass"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert listed["mp.txt"] == "GLACIER_IR" and listed["std.txt"] == "STANDARD"
 
     # Overwriting replaces them.
     s3.put_object(Bucket=bucket, Key="h.txt", Body=b"plain")
     plain = s3.head_object(Bucket=bucket, Key="h.txt")
     assert "CacheControl" not in plain and "StorageClass" not in plain
+
+
+# --- listings ----------------------------------------------------------------------------
+
+
+ODD_KEYS = ["odd/a+b c.txt", "odd/100%25 sure.txt", "odd/ü & <x>.txt", "odd/q?x=1#y.txt"]
+
+
+@pytest.mark.parametrize("encoding", ["url", None])
+def test_listings_round_trip_every_character(s3, bucket, encoding):
+    for k in ODD_KEYS:
+        s3.put_object(Bucket=bucket, Key=k, Body=b"o")
+    raw = s3
+    kw = {"EncodingType": encoding} if encoding else {}
+    if encoding is None:
+        # botocore asks for url encoding by default (and decodes it); turn that off.
+        raw.meta.events.unregister("before-parameter-build.s3.ListObjectsV2", botocore.handlers.set_list_objects_encoding_type_url)
+        raw.meta.events.unregister("before-parameter-build.s3.ListObjects", botocore.handlers.set_list_objects_encoding_type_url)
+    try:
+        v2 = s3.list_objects_v2(Bucket=bucket, Prefix="odd/", **kw)
+        assert sorted(o["Key"] for o in v2["Contents"]) == sorted(ODD_KEYS)
+        v1 = s3.list_objects(Bucket=bucket, Prefix="odd/", **kw)
+        assert sorted(o["Key"] for o in v1["Contents"]) == sorted(ODD_KEYS)
+        folded = s3.list_objects_v2(Bucket=bucket, Prefix="", Delimiter="/", **kw)
+        assert [p["Prefix"] for p in folded["CommonPrefixes"]] == ["odd/"]
+    finally:
+        if encoding is None:
+            raw.meta.events.register("before-parameter-build.s3.ListObjectsV2", botocore.handlers.set_list_objects_encoding_type_url)
+            raw.meta.events.register("before-parameter-build.s3.ListObjects", botocore.handlers.set_list_objects_encoding_type_url)
