@@ -849,6 +849,8 @@ struct Write {
     event: Option<&'static str>,
     tags: Vec<(String, String)>,
     headers: ObjectHeaders,
+    /// `If-Match`: the ETag (unquoted) the object must have, or `*`.
+    if_match: Option<String>,
 }
 
 /// The user of an upload written through S3: the access key that signed the write.
@@ -889,11 +891,19 @@ impl S3Adapter {
             event,
             tags,
             headers,
+            if_match,
         } = w;
         let (bucket, key) = (bucket.as_str(), key.as_str());
         if let Some(hook) = self.enqueue_target(bucket, key) {
             if if_absent && self.store.head(bucket, key).await.is_ok() {
                 return Err(s3_error!(PreconditionFailed));
+            }
+            if let Some(want) = &if_match {
+                match self.store.head(bucket, key).await {
+                    Ok(i) if want == "*" || i.etag == *want => {}
+                    Ok(_) => return Err(s3_error!(PreconditionFailed)),
+                    Err(e) => return Err(self.not_found(bucket, e).await),
+                }
             }
             // Staged as it arrives (never whole in memory), checked, then committed as an
             // upload; a staged body dropped uncommitted takes its blob with it.
@@ -952,6 +962,7 @@ impl S3Adapter {
                     created_event: event,
                     tags,
                     headers,
+                    if_match,
                 },
             )
             .await
@@ -1353,6 +1364,14 @@ impl S3 for S3Adapter {
             .headers
             .get("if-none-match")
             .is_some_and(|v| v.as_bytes() == b"*");
+        let if_match = match req.headers.get("if-match") {
+            Some(v) => Some(
+                v.to_str()
+                    .map(|s| s.trim().trim_matches('"').to_owned())
+                    .map_err(|_| s3_error!(InvalidArgument, "If-Match is not a valid ETag"))?,
+            ),
+            None => None,
+        };
         let input = req.input;
         let content_md5 = content_md5(input.content_md5.as_deref())?;
         let tags = tags_from_header(input.tagging.as_deref())?;
@@ -1380,6 +1399,7 @@ impl S3 for S3Adapter {
                 event: None,
                 tags,
                 headers,
+                if_match,
             })
             .await?;
         Ok(S3Response::new(PutObjectOutput {
@@ -1688,6 +1708,7 @@ impl S3 for S3Adapter {
                 event: Some("ObjectCreated:Copy"),
                 tags,
                 headers,
+                if_match: None,
             })
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -1796,6 +1817,7 @@ impl S3 for S3Adapter {
                         website_redirect: input.website_redirect_location,
                         storage_class: input.storage_class,
                     })?,
+                    if_match: None,
                 },
             )
             .await

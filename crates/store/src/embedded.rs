@@ -1303,10 +1303,10 @@ pub fn put_in_tx(
     let event = opts.created_event.unwrap_or("ObjectCreated:Put");
     validate_key(key)?;
     require_bucket(conn, bucket)?;
-    let existing: Option<(Option<String>, Option<String>)> = conn.query_opt(
-        "SELECT owner, blob FROM objects WHERE bucket = ?1 AND key = ?2",
+    let existing: Option<(Option<String>, Option<String>, String)> = conn.query_opt(
+        "SELECT owner, blob, etag FROM objects WHERE bucket = ?1 AND key = ?2",
         params![bucket, key],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     let mut replaced = None;
     if existing.is_some() && opts.if_absent {
@@ -1315,7 +1315,21 @@ pub fn put_in_tx(
             key: key.to_owned(),
         });
     }
-    if let Some((owner, blob)) = existing {
+    if let Some(want) = &opts.if_match {
+        match &existing {
+            None => {
+                return Err(StoreError::NoSuchKey {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                });
+            }
+            Some((_, _, etag)) if want != "*" && etag != want => {
+                return Err(StoreError::PreconditionFailed(etag.clone()));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((owner, blob, _)) = existing {
         if let (Some(new), Some(old)) = (&opts.owner, &owner)
             && new != old
         {
@@ -1457,6 +1471,7 @@ pub fn complete_multipart_in_tx(
         created_event: Some("ObjectCreated:CompleteMultipartUpload"),
         tags: tags_from(tags.as_deref()),
         headers: headers_from(headers.as_deref()),
+        if_match: None,
     };
     let (info, replaced) = put_in_tx(
         conn,

@@ -256,6 +256,11 @@ pub struct PutOptions {
     pub tags: Vec<(String, String)>,
     /// Standard headers to keep with the object; they replace an existing object's.
     pub headers: ObjectHeaders,
+    /// Write only over an object whose ETag (unquoted MD5) is this one, or over any object
+    /// for `*` (S3's `If-Match`):
+    /// otherwise [`StoreError::PreconditionFailed`], or `NoSuchKey` when there is no
+    /// object; checked in the same transaction as the write.
+    pub if_match: Option<String>,
 }
 
 /// A durable object store.

@@ -492,6 +492,7 @@ impl EmbeddedUploads {
             created_event: None,
             tags: u.tags.clone(),
             headers: u.headers.clone(),
+            if_match: None,
         };
         self.commit_upload(blob, move |c| {
             let (info, replaced) =
@@ -1067,6 +1068,7 @@ mod tests {
                 created_event: None,
                 tags: Vec::new(),
                 headers: Default::default(),
+                if_match: None,
             };
             let now = now_ms();
             let (info, _) =

@@ -176,6 +176,18 @@ def test_conditional_requests(s3, bucket):
     fails("412", s3.head_object, Bucket=bucket, Key="c", IfMatch='"nope"')
 
 
+def test_conditional_writes(s3, bucket):
+    first = s3.put_object(Bucket=bucket, Key="w", Body=b"one", IfNoneMatch="*")
+    fails("PreconditionFailed", s3.put_object, Bucket=bucket, Key="w", Body=b"two", IfNoneMatch="*")
+    # If-Match: only over the version the writer read (compare-and-swap).
+    second = s3.put_object(Bucket=bucket, Key="w", Body=b"two", IfMatch=first["ETag"])
+    fails("PreconditionFailed", s3.put_object, Bucket=bucket, Key="w", Body=b"lost", IfMatch=first["ETag"])
+    assert s3.get_object(Bucket=bucket, Key="w")["Body"].read() == b"two"
+    s3.put_object(Bucket=bucket, Key="w", Body=b"three", IfMatch=second["ETag"])
+    fails("NoSuchKey", s3.put_object, Bucket=bucket, Key="missing", Body=b"x", IfMatch=first["ETag"])
+    assert s3.get_object(Bucket=bucket, Key="w")["Body"].read() == b"three"
+
+
 def test_delete_object_and_delete_objects(s3, bucket):
     for i in range(5):
         s3.put_object(Bucket=bucket, Key=f"d/{i}", Body=b"x")
