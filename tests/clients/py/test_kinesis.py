@@ -535,6 +535,25 @@ def test_tags(kinesis, stream):
     assert error_code(e) == "ResourceNotFoundException"
 
 
+def test_tags_are_validated(kinesis, stream):
+    kinesis.add_tags_to_stream(StreamName=stream, Tags={"owner": "test@company.com", "app:tier": "a b/c=d+e-f_g.h%"})
+    for tags, code in [
+        ({"k" * 129: "v"}, "ValidationException"),
+        ({"k": "v" * 257}, "ValidationException"),
+        ({"bad#key": "v"}, "InvalidArgumentException"),
+        ({"k": "bad*value"}, "InvalidArgumentException"),
+        ({"aws:owner": "me"}, "InvalidArgumentException"),
+    ]:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            kinesis.add_tags_to_stream(StreamName=stream, Tags=tags)
+        assert error_code(e) == code, (tags, e.value.response)
+    keys = [t["Key"] for t in kinesis.list_tags_for_stream(StreamName=stream)["Tags"]]
+    assert keys == ["app:tier", "owner"], "a refused request adds nothing"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.add_tags_to_stream(StreamName=stream, Tags={f"k{i}": "v" for i in range(49)})
+    assert error_code(e) == "LimitExceededException"
+
+
 def test_tags_at_creation(kinesis):
     name = unique("py-tagged")
     kinesis.create_stream(StreamName=name, ShardCount=1, Tags={"born": "tagged"})

@@ -161,13 +161,61 @@ pub(crate) fn tags_in(v: Option<&Value>) -> Result<BTreeMap<String, String>, Kin
     let obj = v
         .as_object()
         .ok_or_else(|| err("ValidationException", "Tags must be a map of strings"))?;
-    obj.iter()
+    let tags: BTreeMap<String, String> = obj
+        .iter()
         .map(|(k, v)| {
             v.as_str()
                 .map(|s| (k.clone(), s.to_owned()))
                 .ok_or_else(|| err("ValidationException", "tag values must be strings"))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    for (k, v) in &tags {
+        validate_tag(k, v)?;
+    }
+    Ok(tags)
+}
+
+/// Kinesis's rules for a tag: a key of 1 to 128 characters and a value of up to 256
+/// (`ValidationException`, in the Smithy wording of a length constraint), of letters,
+/// digits, white space and `_ . : / = + - @ %` (`InvalidArgumentException` otherwise; AWS
+/// accepts `:` and `@` though its guide leaves them out), and no key starting with `aws:`.
+pub(crate) fn validate_tag(key: &str, value: &str) -> Result<(), KinesisError> {
+    let key_len = key.chars().count();
+    if !(1..=128).contains(&key_len) {
+        return Err(err(
+            "ValidationException",
+            format!(
+                "1 validation error detected: Value '{key}' at 'tags' failed to satisfy constraint: Map keys must satisfy constraint: [Member must have length less than or equal to 128, Member must have length greater than or equal to 1]"
+            ),
+        ));
+    }
+    if value.chars().count() > 256 {
+        return Err(err(
+            "ValidationException",
+            format!(
+                "1 validation error detected: Value at 'tags' failed to satisfy constraint: Map value for key '{key}' must satisfy constraint: [Member must have length less than or equal to 256]"
+            ),
+        ));
+    }
+    let allowed = |s: &str| {
+        s.chars()
+            .all(|c| c.is_alphanumeric() || c.is_whitespace() || "_.:/=+-@%".contains(c))
+    };
+    if !allowed(key) || !allowed(value) {
+        return Err(err(
+            "InvalidArgumentException",
+            format!(
+                "Tag {key:?} contains characters that are not allowed: letters, digits, white space and _ . : / = + - @ % are"
+            ),
+        ));
+    }
+    if key.to_ascii_lowercase().starts_with("aws:") {
+        return Err(err(
+            "InvalidArgumentException",
+            format!("Tag key {key:?} starts with aws:, a prefix reserved for AWS"),
+        ));
+    }
+    Ok(())
 }
 
 /// Where an iterator-like position's parts are in a request: GetShardIterator's top-level
