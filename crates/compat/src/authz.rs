@@ -299,6 +299,22 @@ pub fn s3_action(op: &str) -> Cow<'static, str> {
         "GetBucketLocation" => "s3:GetBucketLocation",
         "PutBucketNotificationConfiguration" => "s3:PutBucketNotification",
         "GetBucketNotificationConfiguration" => "s3:GetBucketNotification",
+        // The configuration operations whose IAM actions are not named after them.
+        "GetBucketEncryption" => "s3:GetEncryptionConfiguration",
+        "PutBucketEncryption" | "DeleteBucketEncryption" => "s3:PutEncryptionConfiguration",
+        "GetBucketLifecycleConfiguration" => "s3:GetLifecycleConfiguration",
+        "PutBucketLifecycleConfiguration" | "DeleteBucketLifecycle" => {
+            "s3:PutLifecycleConfiguration"
+        }
+        "GetPublicAccessBlock" => "s3:GetBucketPublicAccessBlock",
+        "PutPublicAccessBlock" | "DeletePublicAccessBlock" => "s3:PutBucketPublicAccessBlock",
+        "GetBucketCors" => "s3:GetBucketCORS",
+        "PutBucketCors" | "DeleteBucketCors" => "s3:PutBucketCORS",
+        "DeleteBucketOwnershipControls" => "s3:PutBucketOwnershipControls",
+        "GetBucketAccelerateConfiguration" => "s3:GetAccelerateConfiguration",
+        "PutBucketAccelerateConfiguration" => "s3:PutAccelerateConfiguration",
+        "GetObjectLockConfiguration" => "s3:GetBucketObjectLockConfiguration",
+        "GetBucketReplication" => "s3:GetReplicationConfiguration",
         other => return Cow::Owned(format!("s3:{other}")),
     };
     Cow::Borrowed(action)

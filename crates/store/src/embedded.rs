@@ -141,6 +141,12 @@ ALTER TABLE objects ADD COLUMN headers TEXT;
 ALTER TABLE multipart_uploads ADD COLUMN headers TEXT;
 ",
     },
+    // A bucket's configurations the S3 edge keeps and answers (CORS, lifecycle, encryption,
+    // …: one document per kind), deleted with the bucket.
+    Migration {
+        name: "store-0011",
+        sql: "CREATE TABLE bucket_configs (bucket TEXT NOT NULL, kind TEXT NOT NULL, config TEXT NOT NULL, PRIMARY KEY (bucket, kind));",
+    },
 ];
 
 /// A blob written for another part's row ([`EmbeddedStore::put_held_blob`]): durable, not
@@ -1560,6 +1566,46 @@ fn info_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<ObjectInfo
 
 #[async_trait]
 impl ObjectStore for EmbeddedStore {
+    async fn bucket_config(&self, bucket: &str, kind: &str) -> Result<Option<String>, StoreError> {
+        let (b, k) = (bucket.to_owned(), kind.to_owned());
+        self.db
+            .read(move |c| {
+                require_bucket(c, &b)?;
+                Ok::<_, StoreError>(c.query_opt(
+                    "SELECT config FROM bucket_configs WHERE bucket = ?1 AND kind = ?2",
+                    params![&b, &k],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+    }
+
+    async fn set_bucket_config(
+        &self,
+        bucket: &str,
+        kind: &str,
+        config: Option<String>,
+    ) -> Result<(), StoreError> {
+        let (b, k) = (bucket.to_owned(), kind.to_owned());
+        self.db
+            .write(move |c| {
+                require_bucket(c, &b)?;
+                match &config {
+                    Some(doc) => c.execute(
+                        "INSERT INTO bucket_configs (bucket, kind, config) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (bucket, kind) DO UPDATE SET config = excluded.config",
+                        params![&b, &k, doc],
+                    )?,
+                    None => c.execute(
+                        "DELETE FROM bucket_configs WHERE bucket = ?1 AND kind = ?2",
+                        params![&b, &k],
+                    )?,
+                };
+                Ok::<_, StoreError>(())
+            })
+            .await
+    }
+
     /// A bucket's tags (`None`: it has no tag set).
     async fn bucket_tags(&self, bucket: &str) -> Result<Option<Vec<(String, String)>>, StoreError> {
         let b = bucket.to_owned();
@@ -1726,6 +1772,10 @@ impl ObjectStore for EmbeddedStore {
                 )?;
                 c.execute(
                     "DELETE FROM bucket_tags WHERE bucket = ?1",
+                    params![&bucket],
+                )?;
+                c.execute(
+                    "DELETE FROM bucket_configs WHERE bucket = ?1",
                     params![&bucket],
                 )?;
                 Ok(())

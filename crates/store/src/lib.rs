@@ -281,6 +281,17 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn list_buckets(&self) -> Result<Vec<BucketInfo>, StoreError>;
     /// Deletes an empty bucket (`BucketNotEmpty` otherwise).
     async fn delete_bucket(&self, bucket: &str) -> Result<(), StoreError>;
+    /// A bucket's configuration of one kind (an opaque document the S3 edge keeps: CORS,
+    /// lifecycle, …); `None`: not set. `NoSuchBucket` if the bucket does not exist.
+    async fn bucket_config(&self, bucket: &str, kind: &str) -> Result<Option<String>, StoreError>;
+    /// Sets (`Some`) or removes (`None`) a bucket's configuration of one kind; it goes with
+    /// the bucket.
+    async fn set_bucket_config(
+        &self,
+        bucket: &str,
+        kind: &str,
+        config: Option<String>,
+    ) -> Result<(), StoreError>;
     /// A bucket's tags (`None`: it has no tag set); `NoSuchBucket` if it does not exist.
     async fn bucket_tags(&self, bucket: &str) -> Result<Option<Vec<(String, String)>>, StoreError>;
     /// Replaces (`Some`) or removes (`None`) a bucket's tags; they go with the bucket.

@@ -873,3 +873,109 @@ def test_listings_round_trip_every_character(s3, bucket, encoding):
         if encoding is None:
             raw.meta.events.register("before-parameter-build.s3.ListObjectsV2", botocore.handlers.set_list_objects_encoding_type_url)
             raw.meta.events.register("before-parameter-build.s3.ListObjects", botocore.handlers.set_list_objects_encoding_type_url)
+
+
+# --- bucket configurations -----------------------------------------------------------------
+
+
+def test_bucket_configurations_as_infrastructure_tools_read_them(s3):
+    """What an infrastructure tool does with a bucket: create it, set its configurations,
+    read every one back, change them, and delete them (a Terraform aws_s3_bucket reads all
+    of these, and stops at the first NotImplemented)."""
+    name = unique("py-config")
+    s3.create_bucket(Bucket=name)
+    try:
+        # The answers of a new bucket.
+        enc = s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]
+        assert enc["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+        assert s3.get_bucket_ownership_controls(Bucket=name)["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+        assert "Status" not in s3.get_bucket_versioning(Bucket=name)
+        assert "LoggingEnabled" not in s3.get_bucket_logging(Bucket=name)
+        assert "Status" not in s3.get_bucket_accelerate_configuration(Bucket=name)
+        assert s3.get_bucket_request_payment(Bucket=name)["Payer"] == "BucketOwner"
+        acl = s3.get_bucket_acl(Bucket=name)
+        assert acl["Grants"][0]["Permission"] == "FULL_CONTROL"
+        for call, code in [
+            (s3.get_bucket_cors, "NoSuchCORSConfiguration"),
+            (s3.get_bucket_lifecycle_configuration, "NoSuchLifecycleConfiguration"),
+            (s3.get_bucket_website, "NoSuchWebsiteConfiguration"),
+            (s3.get_public_access_block, "NoSuchPublicAccessBlockConfiguration"),
+            (s3.get_object_lock_configuration, "ObjectLockConfigurationNotFoundError"),
+            (s3.get_bucket_replication, "ReplicationConfigurationNotFoundError"),
+            (s3.get_bucket_policy, "NoSuchBucketPolicy"),
+            (s3.get_bucket_tagging, "NoSuchTagSet"),
+        ]:
+            fails(code, call, Bucket=name)
+
+        # Set each, read it back.
+        cors = {"CORSRules": [{"AllowedOrigins": ["https://app.example.com"], "AllowedMethods": ["GET", "PUT"],
+                               "AllowedHeaders": ["*"], "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 3000}]}
+        s3.put_bucket_cors(Bucket=name, CORSConfiguration=cors)
+        assert s3.get_bucket_cors(Bucket=name)["CORSRules"] == cors["CORSRules"]
+        r = fails("InvalidRequest", s3.put_bucket_cors, Bucket=name,
+                  CORSConfiguration={"CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["PATCH"]}]})
+        assert "Unsupported method is PATCH" in r["Error"]["Message"]
+
+        lifecycle = {"Rules": [{"ID": "expire-tmp", "Status": "Enabled", "Filter": {"Prefix": "tmp/"},
+                                "Expiration": {"Days": 7},
+                                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}]}
+        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration=lifecycle)
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]
+        assert rules[0]["ID"] == "expire-tmp" and rules[0]["Expiration"] == {"Days": 7}
+        assert rules[0]["Filter"] == {"Prefix": "tmp/"}
+
+        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": [
+            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/data"},
+             "BucketKeyEnabled": True}]})
+        rule = s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]["Rules"][0]
+        assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/data"}
+        fails("InvalidArgument", s3.put_bucket_encryption, Bucket=name, ServerSideEncryptionConfiguration={"Rules": [
+            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "ROT13"}}]})
+
+        block = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": False, "RestrictPublicBuckets": False}
+        s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=block)
+        assert s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"] == block
+
+        s3.put_bucket_ownership_controls(Bucket=name, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerPreferred"}]})
+        assert s3.get_bucket_ownership_controls(Bucket=name)["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerPreferred"}]
+
+        s3.put_bucket_website(Bucket=name, WebsiteConfiguration={"IndexDocument": {"Suffix": "index.html"}, "ErrorDocument": {"Key": "404.html"}})
+        site = s3.get_bucket_website(Bucket=name)
+        assert site["IndexDocument"] == {"Suffix": "index.html"} and site["ErrorDocument"] == {"Key": "404.html"}
+
+        s3.put_bucket_logging(Bucket=name, BucketLoggingStatus={"LoggingEnabled": {"TargetBucket": name, "TargetPrefix": "logs/"}})
+        assert s3.get_bucket_logging(Bucket=name)["LoggingEnabled"] == {"TargetBucket": name, "TargetPrefix": "logs/"}
+        fails("InvalidTargetBucketForLogging", s3.put_bucket_logging, Bucket=name,
+              BucketLoggingStatus={"LoggingEnabled": {"TargetBucket": unique("py-none"), "TargetPrefix": "x/"}})
+
+        s3.put_bucket_accelerate_configuration(Bucket=name, AccelerateConfiguration={"Status": "Suspended"})
+        assert s3.get_bucket_accelerate_configuration(Bucket=name)["Status"] == "Suspended"
+        s3.put_bucket_request_payment(Bucket=name, RequestPaymentConfiguration={"Payer": "Requester"})
+        assert s3.get_bucket_request_payment(Bucket=name)["Payer"] == "Requester"
+
+        # ACLs are disabled: only the canned ACLs that mean "the owner has it all" pass.
+        s3.put_bucket_acl(Bucket=name, ACL="private")
+        fails("AccessControlListNotSupported", s3.put_bucket_acl, Bucket=name, ACL="public-read")
+
+        # Delete what can be deleted; the answers are a new bucket's again.
+        s3.delete_bucket_cors(Bucket=name)
+        s3.delete_bucket_lifecycle(Bucket=name)
+        s3.delete_bucket_website(Bucket=name)
+        s3.delete_public_access_block(Bucket=name)
+        s3.delete_bucket_encryption(Bucket=name)
+        s3.delete_bucket_ownership_controls(Bucket=name)
+        fails("NoSuchCORSConfiguration", s3.get_bucket_cors, Bucket=name)
+        fails("NoSuchLifecycleConfiguration", s3.get_bucket_lifecycle_configuration, Bucket=name)
+        fails("NoSuchWebsiteConfiguration", s3.get_bucket_website, Bucket=name)
+        fails("NoSuchPublicAccessBlockConfiguration", s3.get_public_access_block, Bucket=name)
+        enc = s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"]
+        assert enc["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+
+        # A bucket created again starts without the old one's configurations.
+        s3.put_bucket_cors(Bucket=name, CORSConfiguration=cors)
+    finally:
+        s3.delete_bucket(Bucket=name)
+    s3.create_bucket(Bucket=name)
+    fails("NoSuchCORSConfiguration", s3.get_bucket_cors, Bucket=name)
+    s3.delete_bucket(Bucket=name)
+    fails("NoSuchBucket", s3.get_bucket_cors, Bucket=name)
