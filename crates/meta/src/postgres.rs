@@ -63,9 +63,11 @@ const STATEMENT_CACHE: usize = 512;
 /// Key of the advisory lock migrations hold (any constant; "sluice" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0000_736c_7569_6365;
 
-/// Writes a group takes at most: past this, a group's transaction would hold its
-/// predicate locks long enough to make other processes' transactions fail more often.
-const MAX_GROUP: usize = 256;
+/// Writes a group takes at most. Each runs in a savepoint, a subtransaction; PostgreSQL
+/// keeps up to 64 of a transaction's subtransaction ids in shared memory, and past that
+/// every other session's snapshots must look them up on disk (the "subtransaction
+/// overflow" slowdown).
+const MAX_GROUP: usize = 64;
 
 pub(crate) struct Pg {
     shown: String,
@@ -494,21 +496,23 @@ impl Writer {
 
     /// One attempt: `BEGIN`, each job in a savepoint, `COMMIT`. A job that panics is
     /// dropped from the group (its caller sees the write dropped) and its savepoint undone.
+    ///
+    /// The bookkeeping costs one round trip per job: the savepoint is set with `BEGIN`, a
+    /// kept job's is released together with setting the next one's, an undone job's
+    /// (`ROLLBACK TO`) stays set for the next job, and `COMMIT` releases the last.
     fn attempt(&mut self, group: &mut Vec<Box<dyn WriteJob>>) -> Group {
         let link = &mut self.link;
         let Some(client) = link.client.as_mut() else {
             return Group::Broken;
         };
-        if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE") {
+        if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE; SAVEPOINT job") {
             return abandon(client, &e);
         }
         let mut own = Vec::with_capacity(group.len());
         let mut callbacks = Vec::new();
         let mut i = 0;
         while i < group.len() {
-            if let Err(e) = client.batch_execute("SAVEPOINT job") {
-                return abandon(client, &e);
-            }
+            let last = i + 1 == group.len();
             let job = &mut group[i];
             let statements = &mut link.statements;
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -520,15 +524,15 @@ impl Writer {
                 return Group::Broken;
             }
             let undone = match ran {
-                Ok(Verdict::Commit(cbs)) => match client.batch_execute("RELEASE job") {
-                    Ok(()) => {
-                        callbacks.extend(cbs);
-                        own.push(None);
-                        i += 1;
-                        continue;
+                Ok(Verdict::Commit(cbs)) => {
+                    if !last && let Err(e) = client.batch_execute("RELEASE job; SAVEPOINT job") {
+                        return abandon(client, &e);
                     }
-                    Err(e) => return abandon(client, &e),
-                },
+                    callbacks.extend(cbs);
+                    own.push(None);
+                    i += 1;
+                    continue;
+                }
                 Ok(Verdict::RollBack) => None,
                 Ok(Verdict::Fail(e)) => Some(e),
                 Ok(Verdict::Retry) => {
@@ -537,14 +541,14 @@ impl Writer {
                 }
                 Err(_) => {
                     tracing::error!("a metadata write panicked; it was rolled back");
-                    if let Err(e) = client.batch_execute("ROLLBACK TO job; RELEASE job") {
+                    if let Err(e) = client.batch_execute("ROLLBACK TO job") {
                         return abandon(client, &e);
                     }
                     drop(group.remove(i));
                     continue;
                 }
             };
-            if let Err(e) = client.batch_execute("ROLLBACK TO job; RELEASE job") {
+            if let Err(e) = client.batch_execute("ROLLBACK TO job") {
                 return abandon(client, &e);
             }
             own.push(undone);
