@@ -247,6 +247,7 @@ fn aws_sdk_js_v3_suite() {
         passed.is_some_and(|n| n > 0),
         "node --test ran no test:\n{output}"
     );
+    eprintln!("node --test: {} passed", passed.unwrap_or(0));
     target.server.stop();
 }
 
