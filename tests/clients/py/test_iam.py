@@ -530,6 +530,26 @@ def test_bucket_policy_grants_a_roles_sessions_and_opens_a_prefix(iam, sts, edge
     fails("AccessDenied", unsigned.get_object, Bucket=bucket, Key="private/a.txt")
     fails("AccessDenied", unsigned.put_object, Bucket=bucket, Key="public/x.txt", Body=b"x")
 
+    # A Deny binds even the account's keys: DeleteObjects answers per key, and a copy out of
+    # the bucket reads its source under the source bucket's policy.
+    deny = dict(policy, Statement=policy["Statement"] + [
+        {"Sid": "KeepPrivate", "Effect": "Deny", "Principal": "*", "Action": ["s3:DeleteObject", "s3:GetObject"],
+         "Resource": f"arn:aws:s3:::{bucket}/private/*"},
+    ])
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(deny))
+    out = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "private/a.txt"}, {"Key": "public/none.txt"}]})
+    assert [e["Key"] for e in out.get("Errors", [])] == ["private/a.txt"] and out["Errors"][0]["Code"] == "AccessDenied"
+    assert [d["Key"] for d in out.get("Deleted", [])] == ["public/none.txt"]
+    other = unique("py-copy-target")
+    s3.create_bucket(Bucket=other)
+    try:
+        fails("AccessDenied", s3.copy_object, Bucket=other, Key="c.txt", CopySource={"Bucket": bucket, "Key": "private/a.txt"})
+        s3.copy_object(Bucket=other, Key="p.txt", CopySource={"Bucket": bucket, "Key": "public/p.txt"})
+        s3.delete_object(Bucket=other, Key="p.txt")
+    finally:
+        s3.delete_bucket(Bucket=other)
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
     bad = dict(policy, Statement=[dict(policy["Statement"][1], Resource="arn:aws:s3:::elsewhere/*")])
     fails("MalformedPolicy", s3.put_bucket_policy, Bucket=bucket, Policy=json.dumps(bad))
 
