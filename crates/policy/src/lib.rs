@@ -328,12 +328,13 @@ fn glob(pattern: &str, text: &str) -> bool {
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // A `*` in the pattern is a wildcard even where the text has a `*` too.
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((sp, st)) = star {
             pi = sp + 1;
             ti = st + 1;
@@ -351,6 +352,26 @@ fn glob(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key with `*` or `?` in it is matched by a wildcard like any other: a Deny on
+    /// `uploads/*` must cover `uploads/*secret` (found by schemathesis through the upload
+    /// route's role).
+    #[test]
+    fn wildcards_match_texts_that_contain_wildcard_characters() {
+        assert!(glob("uploads/*", "uploads/*ý"));
+        assert!(glob("uploads/*", "uploads/*"));
+        assert!(glob("a*b", "a*xb"));
+        assert!(glob("a?c", "a*c"));
+        assert!(!glob("a*b", "a*c"));
+        let deny = Policy::parse(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"},{"Effect":"Deny","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/private/*"}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            deny.decide("s3:GetObject", "arn:aws:s3:::b/private/*secret"),
+            Decision::ExplicitDeny
+        );
+    }
 
     fn policy(s: &str) -> Policy {
         Policy::parse(s).expect("valid policy")
