@@ -377,6 +377,22 @@ fn etag(e: &str) -> ETag {
     ETag::Strong(e.to_owned())
 }
 
+/// The standard headers of a write request, from any input that has them (PutObject,
+/// CopyObject, CreateMultipartUpload name them alike).
+macro_rules! headers_of {
+    ($input:expr) => {
+        HeadersIn {
+            cache_control: $input.cache_control,
+            content_disposition: $input.content_disposition,
+            content_encoding: $input.content_encoding,
+            content_language: $input.content_language,
+            expires: $input.expires,
+            website_redirect: $input.website_redirect_location,
+            storage_class: $input.storage_class,
+        }
+    };
+}
+
 /// The standard headers of a write request.
 struct HeadersIn {
     cache_control: Option<String>,
@@ -2013,15 +2029,7 @@ impl S3 for S3Adapter {
         let input = req.input;
         let content_md5 = content_md5(input.content_md5.as_deref())?;
         let tags = tags_from_header(input.tagging.as_deref())?;
-        let headers = headers_in(HeadersIn {
-            cache_control: input.cache_control,
-            content_disposition: input.content_disposition,
-            content_encoding: input.content_encoding,
-            content_language: input.content_language,
-            expires: input.expires,
-            website_redirect: input.website_redirect_location,
-            storage_class: input.storage_class,
-        })?;
+        let headers = headers_in(headers_of!(input))?;
         let (body, fault) = body_in(input.body, self.max_object_bytes);
         let info = self
             .write(Write {
@@ -2299,15 +2307,7 @@ impl S3 for S3Adapter {
         };
         // The content headers follow the metadata directive; the storage class and the
         // redirect are the request's (STANDARD and none when it names none), as on S3.
-        let given = headers_in(HeadersIn {
-            cache_control: input.cache_control,
-            content_disposition: input.content_disposition,
-            content_encoding: input.content_encoding,
-            content_language: input.content_language,
-            expires: input.expires,
-            website_redirect: input.website_redirect_location,
-            storage_class: input.storage_class,
-        })?;
+        let given = headers_in(headers_of!(input))?;
         let headers = if replace {
             given
         } else {
@@ -2446,15 +2446,7 @@ impl S3 for S3Adapter {
                     content_md5: None,
                     created_event: None,
                     tags: tags_from_header(input.tagging.as_deref())?,
-                    headers: headers_in(HeadersIn {
-                        cache_control: input.cache_control,
-                        content_disposition: input.content_disposition,
-                        content_encoding: input.content_encoding,
-                        content_language: input.content_language,
-                        expires: input.expires,
-                        website_redirect: input.website_redirect_location,
-                        storage_class: input.storage_class,
-                    })?,
+                    headers: headers_in(headers_of!(input))?,
                     if_match: None,
                 },
             )
