@@ -206,6 +206,31 @@ async fn failing_writes_are_isolated(m: Meta) {
     m.close();
 }
 
+/// Reads counter `c` and writes it back plus one, in one transaction: a lost update shows.
+async fn increment(m: &Meta) -> Result<(), MetaError> {
+    m.write(|tx| {
+        let n: i64 = tx.query_row("SELECT n FROM counters WHERE name = 'c'", params![], |r| {
+            r.get(0)
+        })?;
+        tx.execute(
+            "UPDATE counters SET n = ?1 WHERE name = 'c'",
+            params![n + 1],
+        )?;
+        Ok::<_, MetaError>(())
+    })
+    .await
+}
+
+async fn counter(m: &Meta) -> i64 {
+    m.read(|tx| {
+        tx.query_row("SELECT n FROM counters WHERE name = 'c'", params![], |r| {
+            r.get(0)
+        })
+    })
+    .await
+    .expect("read")
+}
+
 async fn read_modify_write_is_serializable(m: Meta) {
     m.write(|tx| {
         tx.execute("INSERT INTO counters (name, n) VALUES ('c', 0)", params![])?;
@@ -216,33 +241,12 @@ async fn read_modify_write_is_serializable(m: Meta) {
     let mut tasks = Vec::new();
     for _ in 0..64 {
         let m = m.clone();
-        tasks.push(tokio::spawn(async move {
-            m.write(|tx| {
-                // Read, then write what was read plus one: lost updates would show.
-                let n: i64 =
-                    tx.query_row("SELECT n FROM counters WHERE name = 'c'", params![], |r| {
-                        r.get(0)
-                    })?;
-                tx.execute(
-                    "UPDATE counters SET n = ?1 WHERE name = 'c'",
-                    params![n + 1],
-                )?;
-                Ok::<_, MetaError>(())
-            })
-            .await
-        }));
+        tasks.push(tokio::spawn(async move { increment(&m).await }));
     }
     for t in tasks {
         t.await.expect("join").expect("increment");
     }
-    let n: i64 = m
-        .read(|tx| {
-            tx.query_row("SELECT n FROM counters WHERE name = 'c'", params![], |r| {
-                r.get(0)
-            })
-        })
-        .await
-        .expect("read");
+    let n = counter(&m).await;
     assert_eq!(
         n, 64,
         "concurrent read-modify-write transactions lost updates"
@@ -265,32 +269,12 @@ async fn writers_of_two_handles_do_not_lose_updates(open: Open<'_>) {
     let mut tasks = Vec::new();
     for i in 0..64 {
         let m = if i % 2 == 0 { a.clone() } else { b.clone() };
-        tasks.push(tokio::spawn(async move {
-            m.write(|tx| {
-                let n: i64 =
-                    tx.query_row("SELECT n FROM counters WHERE name = 'c'", params![], |r| {
-                        r.get(0)
-                    })?;
-                tx.execute(
-                    "UPDATE counters SET n = ?1 WHERE name = 'c'",
-                    params![n + 1],
-                )?;
-                Ok::<_, MetaError>(())
-            })
-            .await
-        }));
+        tasks.push(tokio::spawn(async move { increment(&m).await }));
     }
     for t in tasks {
         t.await.expect("join").expect("increment");
     }
-    let n: i64 = b
-        .read(|tx| {
-            tx.query_row("SELECT n FROM counters WHERE name = 'c'", params![], |r| {
-                r.get(0)
-            })
-        })
-        .await
-        .expect("read");
+    let n = counter(&b).await;
     assert_eq!(n, 64, "two writers lost updates");
     a.close();
     b.close();
