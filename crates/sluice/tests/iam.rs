@@ -39,6 +39,17 @@ fn refused(server: &Server, key: &(String, String), args: &[&str], code: &str) -
     err
 }
 
+/// A new access key of IAM user `user` (`iam create-access-key`): (id, secret).
+fn access_key(server: &Server, root: &(String, String), user: &str) -> (String, String) {
+    let k = ok(
+        server,
+        root,
+        &["iam", "create-access-key", "--user-name", user],
+    );
+    let field = |f: &str| k["AccessKey"][f].as_str().expect(f).to_owned();
+    (field("AccessKeyId"), field("SecretAccessKey"))
+}
+
 fn file(dir: &DataDir, name: &str, text: &str) -> String {
     let path = dir.0.join(name);
     std::fs::write(&path, text).expect("write");
@@ -195,21 +206,7 @@ fn iam_with_the_aws_cli_and_a_users_key_limited_by_the_seeds_policy() {
             &c1,
         ],
     );
-    let key = ok(
-        &server,
-        &root,
-        &["iam", "create-access-key", "--user-name", "uploader"],
-    );
-    let user = (
-        key["AccessKey"]["AccessKeyId"]
-            .as_str()
-            .expect("id")
-            .to_owned(),
-        key["AccessKey"]["SecretAccessKey"]
-            .as_str()
-            .expect("secret")
-            .to_owned(),
-    );
+    let user = access_key(&server, &root, "uploader");
     let who = ok(&server, &user, &["sts", "get-caller-identity"]);
     assert_eq!(who["Arn"], "arn:aws:iam::000000000000:user/uploader");
     let put = [
@@ -483,21 +480,7 @@ fn bucket_policies_allow_deny_and_open_a_prefix_to_everyone() {
         &root,
         &["iam", "create-user", "--user-name", "bob"],
     );
-    let k = ok(
-        &server,
-        &root,
-        &["iam", "create-access-key", "--user-name", "bob"],
-    );
-    let bob = (
-        k["AccessKey"]["AccessKeyId"]
-            .as_str()
-            .expect("id")
-            .to_owned(),
-        k["AccessKey"]["SecretAccessKey"]
-            .as_str()
-            .expect("secret")
-            .to_owned(),
-    );
+    let bob = access_key(&server, &root, "bob");
     let out = dir.0.join("out.txt");
     let out = out.to_str().expect("path");
     let get_a = [
