@@ -154,6 +154,7 @@ impl Parts {
             region: REGION.into(),
             account_id: ACCOUNT.into(),
             subscriptions: Default::default(),
+            settings: Default::default(),
         }
     }
 

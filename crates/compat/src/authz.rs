@@ -25,6 +25,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use sluice_policy::resource::{Requester, ResourcePolicy};
 use sluice_policy::{Context, Decision, Policy};
 
 /// Who signed a request, and what they may do.
@@ -271,6 +272,78 @@ impl Principal {
     /// Whether the key has full access (no policy to evaluate).
     pub fn unrestricted(&self) -> bool {
         self.policy.is_none()
+    }
+
+    /// Who the principal is, as a resource policy's principal element sees it.
+    pub fn requester(&self) -> Requester {
+        Requester {
+            arn: Some(self.arn()),
+            account: Some(self.account_id.clone()),
+            role: self
+                .user
+                .as_ref()
+                .filter(|u| u.session.is_some())
+                .map(|u| u.name.clone()),
+            service: None,
+        }
+    }
+}
+
+/// A request's decision by the caller's identity policies together with the resource's
+/// policy (a bucket's, a stream's), on the one evaluator. sluice is one account, so every
+/// signed caller is in the resource's account:
+///
+/// - an explicit `Deny` in either policy wins, also against keys with full access, except
+///   on the operations that read or change the resource policy itself (`policy_op`), which
+///   full-access keys may always perform — AWS's way back for an account that locked
+///   itself out;
+/// - otherwise the request is allowed when the identity policies or the resource policy
+///   allow it (an `Allow` naming an IAM user or role grants them access on its own, as
+///   within one AWS account);
+/// - an unsigned request (`principal` `None`) is allowed only by a resource policy
+///   statement that names everyone.
+///
+/// `Err(None)`: an unsigned request refused; `Err(Some(denied))`: a signed one.
+pub fn decide_with_resource_policy(
+    principal: Option<&Principal>,
+    policy: Option<&ResourcePolicy>,
+    context: impl FnOnce() -> Context,
+    action: &str,
+    resource: &str,
+    policy_op: bool,
+) -> Result<(), Option<Denied>> {
+    let identity = match principal {
+        None => Decision::ImplicitDeny,
+        Some(p) => match p.check(action, resource) {
+            Ok(()) => Decision::Allow,
+            Err(d) if d.explicit => Decision::ExplicitDeny,
+            Err(_) => Decision::ImplicitDeny,
+        },
+    };
+    let in_resource = match policy {
+        Some(rp) => {
+            let who = principal.map_or_else(Requester::anonymous, Principal::requester);
+            rp.decide_in(&who, action, resource, &context())
+        }
+        None => Decision::ImplicitDeny,
+    };
+    let account_key = principal.is_some_and(Principal::unrestricted);
+    let denied = |explicit: bool, in_resource_policy: bool| {
+        principal.map(|p| Denied {
+            principal: p.arn(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            explicit,
+            in_resource_policy,
+        })
+    };
+    if in_resource == Decision::ExplicitDeny && !(account_key && policy_op) {
+        return Err(denied(true, true));
+    }
+    match (identity, in_resource) {
+        (Decision::ExplicitDeny, _) => Err(denied(true, false)),
+        (Decision::Allow, _) | (_, Decision::Allow) => Ok(()),
+        _ => Err(denied(false, false)),
     }
 }
 

@@ -34,6 +34,7 @@ pub mod s3;
 pub mod s3_policy;
 pub mod sigv4;
 pub mod source_throttle;
+pub mod ttl_cache;
 
 use json11::unavailable;
 pub use json11::{json_error, json_ok};
@@ -189,13 +190,17 @@ const KINESIS_LABELS: &[&str] = &[
     "kinesis:AddTagsToStream",
     "kinesis:CreateStream",
     "kinesis:DecreaseStreamRetentionPeriod",
+    "kinesis:DeleteResourcePolicy",
     "kinesis:DeleteStream",
     "kinesis:DeregisterStreamConsumer",
     "kinesis:DescribeLimits",
     "kinesis:DescribeStream",
     "kinesis:DescribeStreamConsumer",
     "kinesis:DescribeStreamSummary",
+    "kinesis:DisableEnhancedMonitoring",
+    "kinesis:EnableEnhancedMonitoring",
     "kinesis:GetRecords",
+    "kinesis:GetResourcePolicy",
     "kinesis:GetShardIterator",
     "kinesis:IncreaseStreamRetentionPeriod",
     "kinesis:ListShards",
@@ -206,14 +211,18 @@ const KINESIS_LABELS: &[&str] = &[
     "kinesis:MergeShards",
     "kinesis:PutRecord",
     "kinesis:PutRecords",
+    "kinesis:PutResourcePolicy",
     "kinesis:RegisterStreamConsumer",
     "kinesis:RemoveTagsFromStream",
     "kinesis:SplitShard",
+    "kinesis:StartStreamEncryption",
+    "kinesis:StopStreamEncryption",
     "kinesis:SubscribeToShard",
     "kinesis:TagResource",
     "kinesis:UntagResource",
     "kinesis:UpdateMaxRecordSize",
     "kinesis:UpdateShardCount",
+    "kinesis:UpdateStreamMode",
 ];
 
 const COGNITO_LABELS: &[&str] = &[

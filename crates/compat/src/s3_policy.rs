@@ -2,29 +2,22 @@
 //! it with its bucket; every S3 request on the bucket is then decided by the caller's
 //! identity policies together with the bucket's policy (see [`decide`]).
 //!
-//! Decisions (sluice is one account, so every signed caller is in the bucket's account):
-//!
-//! - an explicit `Deny` in either policy wins, also against keys with full access (the root
-//!   key, `sluice keys`), except that those keys can always read, replace and delete the
-//!   bucket policy itself — AWS's way back for an account that locked itself out;
-//! - otherwise the request is allowed when the identity policies or the bucket policy allow
-//!   it (an `Allow` that names an IAM user or role grants them access on its own, as in one
-//!   AWS account);
-//! - an unsigned request is allowed only by a bucket policy statement that names everyone
-//!   (`"Principal": "*"`): a public bucket.
+//! Decisions: [`crate::authz::decide_with_resource_policy`] (Deny wins, also against the
+//! account's keys except on the bucket-policy operations; then an Allow in either policy;
+//! unsigned requests only by a statement naming everyone: a public bucket).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use s3s::{S3Error, S3ErrorCode};
 use serde_json::Value;
-use sluice_policy::resource::{Requester, ResourcePolicy};
-use sluice_policy::{Context, Decision};
+use sluice_policy::Context;
+use sluice_policy::resource::ResourcePolicy;
 use sluice_store::StoreError;
 use sluice_store::embedded::EmbeddedStore;
 
-use crate::authz::{Denied, Principal};
+use crate::authz::Principal;
+use crate::ttl_cache::TtlCache;
 
 /// How long a bucket's policy is remembered: a policy put through another process takes
 /// effect here within this time (through this process, at once).
@@ -34,49 +27,32 @@ const MAX_CACHED: usize = 10_000;
 /// S3's limit on a bucket policy document.
 pub const MAX_POLICY_BYTES: usize = 20 * 1024;
 
-type Cached = (Instant, Option<Arc<ResourcePolicy>>);
-
 /// The buckets' policies, read through a short-lived cache.
 pub struct BucketPolicies {
     store: Arc<EmbeddedStore>,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: TtlCache<Option<Arc<ResourcePolicy>>>,
 }
 
 impl BucketPolicies {
     pub fn new(store: Arc<EmbeddedStore>) -> BucketPolicies {
         BucketPolicies {
             store,
-            cache: Mutex::default(),
+            cache: TtlCache::new(TTL, MAX_CACHED),
         }
     }
 
     /// The policy of `bucket` (`None`: it has none, or the bucket does not exist).
     pub async fn get(&self, bucket: &str) -> Result<Option<Arc<ResourcePolicy>>, StoreError> {
-        if let Ok(cache) = self.cache.lock()
-            && let Some((at, policy)) = cache.get(bucket)
-            && at.elapsed() < TTL
-        {
-            return Ok(policy.clone());
+        if let Some(policy) = self.cache.get(bucket) {
+            return Ok(policy);
         }
         let document = match self.store.bucket_policy(bucket).await {
             Ok(d) => d,
             Err(StoreError::NoSuchBucket(_)) => None,
             Err(e) => return Err(e),
         };
-        let policy = document.map(|d| {
-            Arc::new(ResourcePolicy::parse(&d).unwrap_or_else(|e| {
-                // It was validated when it was stored: only a damaged row gets here, and
-                // a policy sluice cannot read must not open the bucket.
-                tracing::error!(bucket, error = %e, "a bucket policy cannot be read; the bucket refuses every request until it is replaced");
-                ResourcePolicy::deny_everyone()
-            }))
-        });
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
-            }
-            cache.insert(bucket.to_owned(), (Instant::now(), policy.clone()));
-        }
+        let policy = document.map(|d| stored_policy(&format!("bucket {bucket}"), &d));
+        self.cache.put(bucket, policy.clone());
         Ok(policy)
     }
 
@@ -94,10 +70,18 @@ impl BucketPolicies {
     /// Forgets what is remembered of `bucket`'s policy (it was deleted with its bucket).
     /// Another process forgets within [`TTL`].
     pub fn forget(&self, bucket: &str) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(bucket);
-        }
+        self.cache.forget(bucket);
     }
+}
+
+/// A resource policy read back from storage. It was validated when it was stored: only a
+/// damaged row fails here, and a policy sluice cannot read must not open the resource, so
+/// it stands for a policy that denies everything (until it is replaced).
+pub fn stored_policy(resource: &str, document: &str) -> Arc<ResourcePolicy> {
+    Arc::new(ResourcePolicy::parse(document).unwrap_or_else(|e| {
+        tracing::error!(resource, error = %e, "a resource policy cannot be read; the resource refuses every request until it is replaced");
+        ResourcePolicy::deny_everyone()
+    }))
 }
 
 fn malformed(message: &str) -> S3Error {
@@ -191,66 +175,29 @@ impl Caller {
         c
     }
 
-    fn requester(&self) -> Requester {
-        let Some(p) = &self.principal else {
-            return Requester::anonymous();
-        };
-        Requester {
-            arn: Some(p.arn()),
-            account: Some(p.account_id.clone()),
-            role: p
-                .user
-                .as_ref()
-                .filter(|u| u.session.is_some())
-                .map(|u| u.name.clone()),
-            service: None,
-        }
-    }
-
-    /// Whether the caller may perform `action` on `resource`, whose bucket has `policy`.
+    /// Whether the caller may perform `action` on `resource`, whose bucket has `policy`
+    /// ([`crate::authz::decide_with_resource_policy`]).
     pub(crate) fn decide(
         &self,
         policy: Option<&ResourcePolicy>,
         action: &str,
         resource: &str,
     ) -> Result<(), S3Error> {
-        let identity = match &self.principal {
-            None => Decision::ImplicitDeny,
-            Some(p) => match p.check(action, resource) {
-                Ok(()) => Decision::Allow,
-                Err(d) if d.explicit => Decision::ExplicitDeny,
-                Err(_) => Decision::ImplicitDeny,
-            },
-        };
-        let bucket = match policy {
-            Some(bp) => bp.decide_in(&self.requester(), action, resource, &self.context()),
-            None => Decision::ImplicitDeny,
-        };
-        let account_key = self.principal.as_ref().is_some_and(|p| p.unrestricted());
         let policy_op = matches!(
             action,
             "s3:PutBucketPolicy" | "s3:GetBucketPolicy" | "s3:DeleteBucketPolicy"
         );
-        let denied = |explicit: bool, in_resource_policy: bool| {
-            let Some(p) = &self.principal else {
-                return S3Error::with_message(S3ErrorCode::AccessDenied, "Access Denied");
-            };
-            let d = Denied {
-                principal: p.arn(),
-                action: action.to_owned(),
-                resource: resource.to_owned(),
-                explicit,
-                in_resource_policy,
-            };
-            S3Error::with_message(S3ErrorCode::AccessDenied, d.message())
-        };
-        if bucket == Decision::ExplicitDeny && !(account_key && policy_op) {
-            return Err(denied(true, true));
-        }
-        match (identity, bucket) {
-            (Decision::ExplicitDeny, _) => Err(denied(true, false)),
-            (Decision::Allow, _) | (_, Decision::Allow) => Ok(()),
-            _ => Err(denied(false, false)),
-        }
+        crate::authz::decide_with_resource_policy(
+            self.principal.as_ref(),
+            policy,
+            || self.context(),
+            action,
+            resource,
+            policy_op,
+        )
+        .map_err(|denied| {
+            let message = denied.map_or_else(|| "Access Denied".to_owned(), |d| d.message());
+            S3Error::with_message(S3ErrorCode::AccessDenied, message)
+        })
     }
 }

@@ -34,6 +34,7 @@ fn fixture_with(options: SubscribeOptions, stream_options: StreamOptions) -> Fix
             region: "us-east-2".into(),
             account_id: "000000000000".into(),
             subscriptions: Subscriptions::new(options),
+            settings: Default::default(),
         },
         _dir: engines,
     }

@@ -54,6 +54,7 @@ fn fixture() -> Fixture {
             region: "us-east-2".into(),
             account_id: "000000000000".into(),
             subscriptions: Default::default(),
+            settings: Default::default(),
         },
         s3: S3Adapter {
             store: Arc::new(store),

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use http_client as reqwest;
@@ -23,6 +24,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::config::Settings;
+
+/// Retries of a Kinesis call its shard's throughput refused (backoff from 100 ms, doubling,
+/// at most 2 s: about 10 s in all).
+const THROTTLED_RETRIES: usize = 8;
 
 /// A server as a client sees it.
 pub(crate) struct Server {
@@ -129,8 +134,34 @@ impl Server {
         Ok(v)
     }
 
-    /// A Kinesis operation on the edge, signed with `key` (SigV4, service `kinesis`).
+    /// A Kinesis operation on the edge, signed with `key` (SigV4, service `kinesis`). A
+    /// refusal for a shard's throughput (`ProvisionedThroughputExceededException`: a shard
+    /// takes 5 GetRecords calls a second) is retried with backoff, as the AWS SDKs do.
     pub(crate) async fn kinesis(&self, key: &AccessKey, op: &str, body: Value) -> Result<Value> {
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..THROTTLED_RETRIES {
+            match self.kinesis_once(key, op, &body).await? {
+                Ok(v) => return Ok(v),
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        match self.kinesis_once(key, op, &body).await? {
+            Ok(v) => Ok(v),
+            Err(message) => bail!("kinesis {op}: ProvisionedThroughputExceededException: {message}"),
+        }
+    }
+
+    /// One attempt of [`Self::kinesis`]: `Ok(Err(message))` when the shard's throughput
+    /// refused it.
+    async fn kinesis_once(
+        &self,
+        key: &AccessKey,
+        op: &str,
+        body: &Value,
+    ) -> Result<std::result::Result<Value, String>> {
         let url = reqwest::Url::parse(&format!("{}/", self.edge))?;
         let host = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or("")),
@@ -181,12 +212,15 @@ impl Server {
         let v: Value = serde_json::from_slice(&resp.bytes().await?).unwrap_or(Value::Null);
         if !ok {
             let kind = v["__type"].as_str().unwrap_or("Error");
+            if kind == "ProvisionedThroughputExceededException" {
+                return Ok(Err(v["message"].as_str().unwrap_or_default().to_owned()));
+            }
             bail!(
                 "kinesis {op}: {kind}: {}",
                 v["message"].as_str().unwrap_or("refused")
             );
         }
-        Ok(v)
+        Ok(Ok(v))
     }
 
     /// An upload API request with the saved sign-in's ID token.

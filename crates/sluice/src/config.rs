@@ -126,8 +126,10 @@ pub(crate) struct FileConfig {
     pub(crate) stream: Option<String>,
     /// Shards of the upload stream when it is created.
     pub(crate) shards: Option<u32>,
-    /// Enforce Kinesis' per-shard throughput limits (1 MiB/s or 1,000 records/s in,
-    /// 2 MiB/s and 5 reads/s out) with ProvisionedThroughputExceeded; off by default.
+    /// Enforce Kinesis' per-shard throughput limits on the Kinesis API (1 MiB/s or 1,000
+    /// records/s in, 2 MiB/s and 5 GetRecords calls/s out) with
+    /// ProvisionedThroughputExceeded; on by default, as on AWS. sluice's own upload path and
+    /// processors are never limited.
     pub(crate) stream_throttle: Option<bool>,
     /// Largest accepted JSON upload request body, in bytes.
     pub(crate) max_body_bytes: Option<usize>,
@@ -468,7 +470,7 @@ impl Settings {
             shards: env_parse("SLUICE_SHARDS")?.or(file.shards).unwrap_or(4),
             stream_throttle: env_parse("SLUICE_STREAM_THROTTLE")?
                 .or(file.stream_throttle)
-                .unwrap_or(false),
+                .unwrap_or(true),
             max_body_bytes: env_parse("SLUICE_MAX_BODY_BYTES")?
                 .or(file.max_body_bytes)
                 .unwrap_or(sluice_gateway::DEFAULT_MAX_BODY_BYTES),

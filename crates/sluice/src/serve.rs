@@ -155,7 +155,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         .await?;
     let retention = stream.spawn_retention(Duration::from_secs(60));
 
-    let uploads = EmbeddedUploads::new(db.clone(), store.clone(), stream.clone());
+    let uploads = EmbeddedUploads::new(db.clone(), store.clone(), stream.unthrottled());
     // Uploads committed before a crash cut their delivery short get their records now.
     let delivered = uploads.deliver_pending().await?;
     if delivered > 0 {
@@ -227,7 +227,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     .await?;
     let observer = Arc::new(LedgerObserver(ledger.clone()));
     let mut processor = Processor::new(
-        Arc::new(stream.clone()),
+        Arc::new(stream.unthrottled()),
         Arc::new(store.clone()),
         Arc::new(EmbeddedCheckpoints::new(db.clone())),
         observer.clone(),
@@ -288,7 +288,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let admin = crate::admin_api::router(crate::admin_api::AdminApi {
         authorizer: authorizer.clone(),
         uploads: uploads.clone(),
-        stream: stream.clone(),
+        stream: stream.unthrottled(),
         identity: identity.clone(),
         pool_id: pool.pool_id.clone(),
         settings: Arc::new(settings.clone()),
@@ -353,6 +353,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             region: settings.region.clone(),
             account_id: settings.account_id.clone(),
             subscriptions: Default::default(),
+            settings: Default::default(),
         },
         s3: sluice_compat::s3::S3Adapter {
             store: Arc::new(store.clone()),

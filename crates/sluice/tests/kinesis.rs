@@ -282,16 +282,11 @@ fn aws_cli_round_trip_and_errors() {
     server.stop();
 }
 
-#[test]
-fn throttling_when_enabled_refuses_what_a_shard_cannot_take() {
-    let dir = DataDir::new("kinesis-throttle");
-    let server = Server::start_on(
-        &dir.0,
-        "127.0.0.1:0",
-        "127.0.0.1:0",
-        &[("SLUICE_STREAM_THROTTLE", "true")],
-    );
-    let cli = EdgeCli::new(&server);
+/// Puts 500 records of 3 KiB (1.5 MiB, more than a shard's 1 MiB/s budget holds, whatever
+/// the clock does) into a new one-shard stream `t` with the aws CLI: the per-record error
+/// codes of those refused.
+fn put_over_a_shards_budget(server: &Server, dir: &DataDir) -> Vec<String> {
+    let cli = EdgeCli::new(server);
     let run = |args: &[&str]| cli.run(args);
     let (ok, _, err) = run(&[
         "kinesis",
@@ -302,8 +297,6 @@ fn throttling_when_enabled_refuses_what_a_shard_cannot_take() {
         "1",
     ]);
     assert!(ok, "{err}");
-    // 500 records of 3 KiB: 1.5 MiB in one call, more than the shard's 1 MiB/s budget holds,
-    // whatever the clock does. Some records go in, the rest are refused per record.
     let data = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 3 * 1024]);
     let records: Vec<Value> = (0..500)
         .map(|i| serde_json::json!({"Data": data, "PartitionKey": format!("k{i}")}))
@@ -322,19 +315,47 @@ fn throttling_when_enabled_refuses_what_a_shard_cannot_take() {
     ]);
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).expect("json");
-    let failed = v["FailedRecordCount"].as_u64().expect("count");
-    assert!(failed > 0 && failed < 500, "{failed} of 500 refused");
-    let codes: Vec<&str> = v["Records"]
+    let codes: Vec<String> = v["Records"]
         .as_array()
         .expect("records")
         .iter()
-        .filter_map(|r| r["ErrorCode"].as_str())
+        .filter_map(|r| r["ErrorCode"].as_str().map(str::to_owned))
         .collect();
+    assert_eq!(v["FailedRecordCount"].as_u64(), Some(codes.len() as u64));
+    codes
+}
+
+/// Kinesis' per-shard limits hold by default, as on AWS: some records of a request over a
+/// shard's budget go in, the rest are refused per record; `SLUICE_STREAM_THROTTLE=false`
+/// (for bulk loads) takes them all.
+#[test]
+fn throttling_is_on_by_default_and_off_when_asked() {
+    let dir = DataDir::new("kinesis-throttle");
+    let server = Server::start(&dir.0);
+    let codes = put_over_a_shards_budget(&server, &dir);
+    assert!(
+        !codes.is_empty() && codes.len() < 500,
+        "{} of 500 refused",
+        codes.len()
+    );
     assert!(
         codes
             .iter()
-            .all(|c| *c == "ProvisionedThroughputExceededException"),
+            .all(|c| c == "ProvisionedThroughputExceededException"),
         "{codes:?}"
+    );
+    server.stop();
+
+    let dir = DataDir::new("kinesis-no-throttle");
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[("SLUICE_STREAM_THROTTLE", "false")],
+    );
+    assert_eq!(
+        put_over_a_shards_budget(&server, &dir),
+        Vec::<String>::new()
     );
     server.stop();
 }

@@ -57,6 +57,8 @@ where
     split(make().await).await;
     merge(make().await).await;
     update_shard_count(make().await).await;
+    scaling_limits_and_stream_modes(make().await).await;
+    stream_settings(make().await).await;
     list_shards(make().await).await;
     tailing_reader_is_woken(make().await).await;
     consumers(make().await).await;
@@ -334,10 +336,12 @@ pub async fn max_record_size(s: Backend) {
     let rule = "max record size";
     s.create_stream("m", 1).await.expect("create");
     let big = vec![7u8; DEFAULT_MAX_RECORD_BYTES];
-    assert_err!(
-        s.put_record("m", rec("k", big.clone())).await,
-        InvalidArgument,
-        rule
+    assert!(
+        matches!(
+            s.put_record("m", rec("k", big.clone())).await,
+            Err(StreamError::RecordTooLarge { index: 0, .. })
+        ),
+        "{rule}: a record over the limit is refused"
     );
     s.put_record("m", rec("k", vec![7u8; DEFAULT_MAX_RECORD_BYTES - 1]))
         .await
@@ -472,7 +476,9 @@ pub async fn put_records_limits_and_partial_failure(s: Backend) {
         ResourceNotFound,
         rule
     );
-    let batch: Vec<PutRecord> = (0..MAX_PUT_RECORDS)
+    // A record that breaks a rule fails the whole request and nothing is written, as on
+    // Kinesis (per-record failures are the backend's: throughput, ordering).
+    let with_bad: Vec<PutRecord> = (0..MAX_PUT_RECORDS)
         .map(|i| {
             if i % 100 == 7 {
                 rec("", "bad")
@@ -481,6 +487,27 @@ pub async fn put_records_limits_and_partial_failure(s: Backend) {
             }
         })
         .collect();
+    assert_err!(s.put_records("pr", with_bad).await, InvalidArgument, rule);
+    let mut too_large: Vec<PutRecord> = (0..3).map(|i| rec(&i.to_string(), "x")).collect();
+    too_large.push(rec("big", vec![0u8; DEFAULT_MAX_RECORD_BYTES]));
+    match s.put_records("pr", too_large).await {
+        Err(StreamError::RecordTooLarge { index: 3, max, .. }) => {
+            assert_eq!(max, DEFAULT_MAX_RECORD_BYTES, "{rule}: the stream's limit")
+        }
+        other => panic!(
+            "{rule}: a record over the limit fails the request with its index, got {:?}",
+            other.map(|_| "Ok")
+        ),
+    }
+    for sh in s.describe_stream("pr").await.expect("describe").shards {
+        assert!(
+            read_shard(s.as_ref(), "pr", &sh.shard_id).await.is_empty(),
+            "{rule}: a refused request writes nothing"
+        );
+    }
+    let batch: Vec<PutRecord> = (0..MAX_PUT_RECORDS)
+        .map(|i| rec(&format!("k{i}"), format!("v{i}")))
+        .collect();
     let results = s.put_records("pr", batch).await.expect("put_records");
     assert_eq!(
         results.len(),
@@ -488,19 +515,12 @@ pub async fn put_records_limits_and_partial_failure(s: Backend) {
         "{rule}: one result per record"
     );
     let mut seen = HashSet::new();
-    for (i, r) in results.iter().enumerate() {
-        if i % 100 == 7 {
-            assert!(
-                matches!(r, Err(StreamError::InvalidArgument(_))),
-                "{rule}: bad record fails alone"
-            );
-        } else {
-            let ok = r.as_ref().expect("good record succeeds");
-            assert!(
-                seen.insert(ok.sequence_number.clone()),
-                "{rule}: unique numbers"
-            );
-        }
+    for r in &results {
+        let ok = r.as_ref().expect("good record succeeds");
+        assert!(
+            seen.insert(ok.sequence_number.clone()),
+            "{rule}: unique numbers"
+        );
     }
     // Read back: every successful record, in order of its results within each shard.
     let d = s.describe_stream("pr").await.expect("describe");
@@ -517,7 +537,7 @@ pub async fn put_records_limits_and_partial_failure(s: Backend) {
         assert_eq!(got_seqs, expected, "{rule}: order within a shard");
         total += got.len();
     }
-    assert_eq!(total, MAX_PUT_RECORDS - 5);
+    assert_eq!(total, MAX_PUT_RECORDS);
 }
 
 /// SequenceNumberForOrdering: the result exceeds the given number; junk is refused.
@@ -903,6 +923,104 @@ pub async fn merge(s: Backend) {
     let r = s.put_record("m", rec_at(0, "merged")).await.expect("put");
     assert_eq!(r.shard_id, shard_id(3), "{rule}: child takes records");
     assert_eq!(open_shard_ids(s.as_ref(), "m").await, vec![c, shard_id(3)]);
+}
+
+/// Kinesis' rolling-24-hour limits on UpdateShardCount and capacity-mode switches; an
+/// on-demand stream is not scaled by hand; a mode switch keeps the shards.
+pub async fn scaling_limits_and_stream_modes(s: Backend) {
+    let rule = "scaling limits and stream modes";
+    s.create_stream("l", 1).await.expect("create");
+    for i in 0..crate::MAX_SCALINGS_PER_DAY {
+        let target = if i % 2 == 0 { 2 } else { 1 };
+        s.update_shard_count("l", target)
+            .await
+            .unwrap_or_else(|e| panic!("{rule}: scaling {i} refused: {e}"));
+    }
+    assert_err!(s.update_shard_count("l", 2).await, LimitExceeded, rule);
+    assert_eq!(
+        s.describe_stream_summary("l")
+            .await
+            .expect("summary")
+            .open_shard_count,
+        1,
+        "{rule}: a refused scaling changes nothing"
+    );
+    s.create_stream("m", 3).await.expect("create");
+    assert_err!(
+        s.update_stream_mode("m", StreamMode::Provisioned).await,
+        InvalidArgument,
+        rule
+    );
+    s.update_stream_mode("m", StreamMode::OnDemand)
+        .await
+        .expect("to on-demand");
+    let sum = s.describe_stream_summary("m").await.expect("summary");
+    assert_eq!(sum.mode, StreamMode::OnDemand, "{rule}: switched");
+    assert_eq!(sum.open_shard_count, 3, "{rule}: shards kept");
+    assert_err!(s.update_shard_count("m", 4).await, InvalidArgument, rule);
+    s.put_record("m", rec("k", "x"))
+        .await
+        .expect("records flow after a switch");
+    s.update_stream_mode("m", StreamMode::Provisioned)
+        .await
+        .expect("back to provisioned");
+    assert_err!(
+        s.update_stream_mode("m", StreamMode::OnDemand).await,
+        LimitExceeded,
+        rule
+    );
+    assert_eq!(
+        s.describe_stream_summary("m").await.expect("summary").mode,
+        StreamMode::Provisioned,
+        "{rule}: a refused switch changes nothing"
+    );
+    assert_err!(
+        s.update_stream_mode("nope", StreamMode::OnDemand).await,
+        ResourceNotFound,
+        rule
+    );
+}
+
+/// Settings are kept per stream, replaced, removed, and deleted with their stream.
+pub async fn stream_settings(s: Backend) {
+    let rule = "stream settings";
+    s.create_stream("a", 1).await.expect("create");
+    s.create_stream("b", 1).await.expect("create");
+    assert_eq!(s.stream_setting("a", "k").await.expect("read"), None);
+    s.set_stream_setting("a", "k", Some("one".into()))
+        .await
+        .expect("set");
+    s.set_stream_setting("a", "k", Some("two".into()))
+        .await
+        .expect("replace");
+    assert_eq!(
+        s.stream_setting("a", "k").await.expect("read").as_deref(),
+        Some("two"),
+        "{rule}: replaced"
+    );
+    assert_eq!(
+        s.stream_setting("b", "k").await.expect("read"),
+        None,
+        "{rule}: per stream"
+    );
+    s.set_stream_setting("a", "k", None).await.expect("remove");
+    assert_eq!(s.stream_setting("a", "k").await.expect("read"), None);
+    assert_err!(s.stream_setting("nope", "k").await, ResourceNotFound, rule);
+    assert_err!(
+        s.set_stream_setting("nope", "k", Some("v".into())).await,
+        ResourceNotFound,
+        rule
+    );
+    s.set_stream_setting("b", "k", Some("v".into()))
+        .await
+        .expect("set");
+    s.delete_stream("b").await.expect("delete");
+    s.create_stream("b", 1).await.expect("re-create");
+    assert_eq!(
+        s.stream_setting("b", "k").await.expect("read"),
+        None,
+        "{rule}: deleted with the stream"
+    );
 }
 
 /// UpdateShardCount (uniform): even ranges afterwards, proper lineage, half..double.

@@ -59,8 +59,8 @@ use crate::{
     IteratorSpec, ListShardsInput, ListShardsOutput, ListStreamsInput, ListStreamsOutput,
     MAX_GET_BYTES, MAX_GET_RECORDS, MAX_LIST_SHARDS, MAX_LIST_STREAMS, MAX_MAX_RECORD_BYTES,
     MAX_PUT_RECORDS, MAX_PUT_RECORDS_BYTES, MAX_SHARDS, MAX_TAGS, NEXT_TOKEN_TTL_MS, PutRecord,
-    PutResult, Record, ShardDesc, ShardFilter, Stream, StreamDesc, StreamError, StreamSummary,
-    TagsPage, UpdateShardCountOutput, check_retention_hours, check_tag, even_ranges,
+    PutResult, Record, ShardDesc, ShardFilter, Stream, StreamDesc, StreamError, StreamMode,
+    StreamSummary, TagsPage, UpdateShardCountOutput, check_retention_hours, check_tag, even_ranges,
     parse_sequence_number, parse_shard_id, record_checksum, sequence_number, shard_id,
     validate_stream_name,
 };
@@ -248,6 +248,18 @@ impl EmbeddedStream {
             block_on(prepare(&db, records.as_ref()))?;
         }
         Ok(EmbeddedStream::assemble(db, key, records, shared, options))
+    }
+
+    /// A handle on the same streams that is not held to the throughput limits: for sluice's
+    /// own readers (the processors of event-source mappings). The limits are those of the
+    /// Kinesis edge, as AWS meters its API; sluice's processors read the log in-process, and
+    /// metering them would only slow the pipeline down (ARCHITECTURE.md, "Throughput
+    /// limits").
+    pub fn unthrottled(&self) -> EmbeddedStream {
+        EmbeddedStream {
+            throttle: None,
+            ..self.clone()
+        }
     }
 
     /// Opens the backend on metadata already migrated with [`MIGRATIONS`] and the record
@@ -891,6 +903,69 @@ fn remember_stream_id(conn: &Tx<'_>, id: i64) -> Result<(), StreamError> {
     Ok(())
 }
 
+/// The setting holding a stream's UpdateShardCount times, and its capacity-mode switches
+/// (milliseconds, comma-separated, within the last 24 hours).
+const SCALINGS_KEY: &str = "sluice:scalings";
+const MODE_CHANGES_KEY: &str = "sluice:mode-changes";
+const DAY_MS: i64 = 24 * 3_600_000;
+
+fn setting(c: &Tx<'_>, stream_id: i64, key: &str) -> Result<Option<String>, StreamError> {
+    Ok(c.query_opt(
+        "SELECT value FROM stream_settings WHERE stream_id = ?1 AND key = ?2",
+        params![stream_id, key],
+        |r| r.get(0),
+    )?)
+}
+
+fn set_setting(
+    c: &Tx<'_>,
+    stream_id: i64,
+    key: &str,
+    value: Option<&str>,
+) -> Result<(), StreamError> {
+    match value {
+        Some(v) => c.execute(
+            "INSERT INTO stream_settings (stream_id, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (stream_id, key) DO UPDATE SET value = excluded.value",
+            params![stream_id, key, v],
+        )?,
+        None => c.execute(
+            "DELETE FROM stream_settings WHERE stream_id = ?1 AND key = ?2",
+            params![stream_id, key],
+        )?,
+    };
+    Ok(())
+}
+
+/// Records one more rate-limited change of the stream at `now` in the history under `key`,
+/// or refuses it (`LimitExceeded`, nothing written) when `max` happened in the 24 hours
+/// before. Times that have left the window are dropped as the history is written back.
+fn count_change(
+    c: &Tx<'_>,
+    row: &StreamRow,
+    key: &str,
+    max: usize,
+    now: i64,
+    what: &str,
+) -> Result<(), StreamError> {
+    let mut recent: Vec<i64> = setting(c, row.id, key)?
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|t| t.parse().ok())
+        .filter(|&t: &i64| t > now - DAY_MS)
+        .collect();
+    if recent.len() >= max {
+        return Err(StreamError::LimitExceeded(format!(
+            "stream {} has had {max} {what} in the last 24 hours, the most it may have; the next is possible in {} minutes",
+            row.name,
+            (recent.iter().min().copied().unwrap_or(now) + DAY_MS - now + 59_999) / 60_000
+        )));
+    }
+    recent.push(now);
+    let joined: Vec<String> = recent.iter().map(i64::to_string).collect();
+    set_setting(c, row.id, key, Some(&joined.join(",")))
+}
+
 fn check_shard_count(shard_count: u32) -> Result<(), StreamError> {
     if !(1..=MAX_SHARDS).contains(&shard_count) {
         return Err(StreamError::InvalidArgument(format!(
@@ -1299,6 +1374,10 @@ impl Stream for EmbeddedStream {
                 "DELETE FROM stream_tags WHERE stream_id = ?1",
                 params![row.id],
             )?;
+            c.execute(
+                "DELETE FROM stream_settings WHERE stream_id = ?1",
+                params![row.id],
+            )?;
             consumers::delete_all(c, row.id)?;
             c.execute("DELETE FROM streams WHERE id = ?1", params![row.id])?;
             Ok(((), FenceOutcome::Dropped))
@@ -1346,9 +1425,10 @@ impl Stream for EmbeddedStream {
                 .read(move |c| Ok::<_, StreamError>(load_stream(c, &name)?.max_record_bytes))
                 .await?;
             if records.len() > 1 || total > max {
-                return Err(StreamError::InvalidArgument(format!(
-                    "a put_records call carries at most {MAX_PUT_RECORDS_BYTES} bytes, got {total}"
-                )));
+                // Kinesis' wording (MAX_PUT_RECORDS_BYTES is 5 MiB).
+                return Err(StreamError::InvalidArgument(
+                    "Records size exceeds 5 MB limit".into(),
+                ));
             }
         }
         self.append(stream, records.into_iter().map(|r| (r, None)).collect())
@@ -1492,7 +1572,22 @@ impl Stream for EmbeddedStream {
         target: u32,
     ) -> Result<UpdateShardCountOutput, StreamError> {
         check_shard_count(target)?;
+        let clock = self.clock.clone();
         self.fenced(stream, move |c, mut row, _| {
+            if row.mode == StreamMode::OnDemand {
+                return Err(StreamError::InvalidArgument(format!(
+                    "UpdateShardCount is not supported for stream {} in ON_DEMAND mode",
+                    row.name
+                )));
+            }
+            count_change(
+                c,
+                &row,
+                SCALINGS_KEY,
+                crate::MAX_SCALINGS_PER_DAY,
+                clock.now_ms(),
+                "UpdateShardCount calls",
+            )?;
             let current = reshard::uniform(c, &mut row, target, now_ms())?;
             Ok((
                 UpdateShardCountOutput {
@@ -1524,6 +1619,58 @@ impl Stream for EmbeddedStream {
             Ok(((), FenceOutcome::Changed))
         })
         .await
+    }
+
+    async fn update_stream_mode(&self, stream: &str, mode: StreamMode) -> Result<(), StreamError> {
+        let clock = self.clock.clone();
+        self.fenced(stream, move |c, row, _| {
+            if row.mode == mode {
+                return Err(StreamError::InvalidArgument(format!(
+                    "stream {} is already in {} mode",
+                    row.name,
+                    mode.as_str()
+                )));
+            }
+            count_change(
+                c,
+                &row,
+                MODE_CHANGES_KEY,
+                crate::MAX_MODE_CHANGES_PER_DAY,
+                clock.now_ms(),
+                "capacity-mode switches",
+            )?;
+            c.execute(
+                "UPDATE streams SET on_demand = ?2 WHERE id = ?1",
+                params![row.id, mode == StreamMode::OnDemand],
+            )?;
+            Ok(((), FenceOutcome::Changed))
+        })
+        .await
+    }
+
+    async fn stream_setting(&self, stream: &str, key: &str) -> Result<Option<String>, StreamError> {
+        let (name, key) = (stream.to_owned(), key.to_owned());
+        self.db
+            .read(move |c| {
+                let row = load_stream(c, &name)?;
+                setting(c, row.id, &key)
+            })
+            .await
+    }
+
+    async fn set_stream_setting(
+        &self,
+        stream: &str,
+        key: &str,
+        value: Option<String>,
+    ) -> Result<(), StreamError> {
+        let (name, key) = (stream.to_owned(), key.to_owned());
+        self.db
+            .write(move |c| {
+                let row = load_stream(c, &name)?;
+                set_setting(c, row.id, &key, value.as_deref())
+            })
+            .await
     }
 
     async fn add_tags(

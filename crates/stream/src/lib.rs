@@ -85,6 +85,16 @@ pub enum StreamError {
     /// The optional per-shard throughput limits were exceeded; retry later.
     #[error("{0}")]
     ProvisionedThroughputExceeded(String),
+    /// Record `index` of a put (0 for a single record) is larger than the stream takes
+    /// (partition key + data over `max` bytes): the whole put is refused, nothing written.
+    #[error(
+        "record {index} of {size} bytes (partition key and data) exceeds the limit of {max} bytes"
+    )]
+    RecordTooLarge {
+        index: usize,
+        size: usize,
+        max: usize,
+    },
     #[error("stream backend failure: {0}")]
     Backend(String),
     /// The metadata engine failed (full, unavailable, …: see [`sluice_meta::MetaError`]).
@@ -370,6 +380,11 @@ pub fn validate_consumer_name(name: &str) -> Result<(), StreamError> {
     }
 }
 
+/// UpdateShardCount calls a stream takes in a rolling 24 hours (Kinesis' default limit).
+pub const MAX_SCALINGS_PER_DAY: usize = 10;
+/// Capacity-mode switches a stream takes in a rolling 24 hours (Kinesis' limit).
+pub const MAX_MODE_CHANGES_PER_DAY: usize = 2;
+
 /// A durable stream engine.
 ///
 /// Every method that appends returns only after the record is durable in the backend.
@@ -448,7 +463,9 @@ pub trait Stream: Send + Sync + 'static {
     ) -> Result<(), StreamError>;
     /// Reshards to `target` open shards with even hash-key ranges (UNIFORM_SCALING) by
     /// splits and merges, so every new shard has proper lineage. The target is limited to
-    /// between half and double the current open shard count.
+    /// between half and double the current open shard count; an on-demand stream is
+    /// refused (`InvalidArgument`), and so is the call past [`MAX_SCALINGS_PER_DAY`] in a
+    /// rolling 24 hours (`LimitExceeded`), as Kinesis does.
     async fn update_shard_count(
         &self,
         stream: &str,
@@ -460,6 +477,23 @@ pub trait Stream: Send + Sync + 'static {
     async fn decrease_retention(&self, stream: &str, hours: u32) -> Result<(), StreamError>;
     /// Sets the largest record (partition key + data) to `kib` KiB, 1024 to 10240.
     async fn update_max_record_size(&self, stream: &str, kib: u32) -> Result<(), StreamError>;
+    /// Switches the stream between provisioned and on-demand capacity (UpdateStreamMode).
+    /// The shards stay as they are (sluice does not scale an on-demand stream by itself).
+    /// At most [`MAX_MODE_CHANGES_PER_DAY`] switches in a rolling 24 hours, as Kinesis
+    /// allows; more is `LimitExceeded`. Switching to the mode the stream has is
+    /// `InvalidArgument`.
+    async fn update_stream_mode(&self, stream: &str, mode: StreamMode) -> Result<(), StreamError>;
+    /// A setting the service edge keeps with a stream (its encryption, enhanced monitoring,
+    /// resource policies): text under `key`, deleted with the stream. Keys starting with
+    /// `sluice:` are the backend's own.
+    async fn stream_setting(&self, stream: &str, key: &str) -> Result<Option<String>, StreamError>;
+    /// Sets (`Some`) or removes (`None`) a setting of an existing stream.
+    async fn set_stream_setting(
+        &self,
+        stream: &str,
+        key: &str,
+        value: Option<String>,
+    ) -> Result<(), StreamError>;
     /// Adds or overwrites tags (key 1–128 chars, value 0–256 chars); a stream holds at most
     /// [`MAX_TAGS`] tags, more is `LimitExceeded` and changes nothing.
     async fn add_tags(
@@ -683,9 +717,11 @@ pub fn validate_record(record: &PutRecord, max_record_bytes: usize) -> Result<u1
     }
     let size = record.partition_key.len() + record.data.len();
     if size > max_record_bytes {
-        return Err(StreamError::InvalidArgument(format!(
-            "record of {size} bytes (partition key and data) exceeds the limit of {max_record_bytes} bytes"
-        )));
+        return Err(StreamError::RecordTooLarge {
+            index: 0,
+            size,
+            max: max_record_bytes,
+        });
     }
     match &record.explicit_hash_key {
         Some(k) => parse_hash_key(k),

@@ -72,7 +72,7 @@ fn rec_other() -> PutRecord {
 }
 
 fn throttled<T: std::fmt::Debug>(r: &Result<T, StreamError>) -> bool {
-    matches!(r, Err(StreamError::ProvisionedThroughputExceeded(m)) if m.contains("rate exceeded"))
+    matches!(r, Err(StreamError::ProvisionedThroughputExceeded(m)) if m.contains("Rate exceeded"))
 }
 
 #[tokio::test]

@@ -575,7 +575,7 @@ def test_update_max_record_size(kinesis, stream, region):
     big = b"z" * (1024 * 1024 + 1)
     with pytest.raises(botocore.exceptions.ClientError) as e:
         kinesis.put_record(StreamName=stream, Data=big, PartitionKey="k")
-    assert error_code(e) in ("InvalidArgumentException", "ValidationException")
+    assert error_code(e) == "ValidationException"
 
     kinesis.update_max_record_size(StreamARN=arn(region, stream), MaxRecordSizeInKiB=2048)
     summary = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
@@ -591,3 +591,177 @@ def test_json_payloads_round_trip(kinesis, stream):
     put = kinesis.put_record(StreamName=stream, Data=json.dumps(record).encode(), PartitionKey="k")
     got = read_all(kinesis, stream, put["ShardId"], "AT_SEQUENCE_NUMBER", StartingSequenceNumber=put["SequenceNumber"])
     assert json.loads(got["Records"][0]["Data"]) == record
+
+
+# --- capacity mode, encryption, monitoring, resource policies, limits ---------------------
+
+
+def test_stream_mode_switches_keep_shards_and_are_limited(kinesis, stream, region):
+    stream_arn = arn(region, stream)
+    kinesis.update_stream_mode(StreamARN=stream_arn, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    summary = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
+    assert summary["StreamModeDetails"] == {"StreamMode": "ON_DEMAND"}
+    assert summary["OpenShardCount"] == 2
+    # Asking for the mode it has changes nothing.
+    kinesis.update_stream_mode(StreamARN=stream_arn, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    # An on-demand stream is not scaled by hand.
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.update_shard_count(StreamName=stream, TargetShardCount=4, ScalingType="UNIFORM_SCALING")
+    assert error_code(e) == "ValidationException"
+    assert "On-Demand mode" in e.value.response["Error"]["Message"]
+    assert kinesis.put_record(StreamName=stream, Data=b"x", PartitionKey="k")["SequenceNumber"]
+    kinesis.update_stream_mode(StreamARN=stream_arn, StreamModeDetails={"StreamMode": "PROVISIONED"})
+    # Two switches in 24 hours, as AWS allows.
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.update_stream_mode(StreamARN=stream_arn, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    assert error_code(e) == "LimitExceededException"
+    assert kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamModeDetails"] == {
+        "StreamMode": "PROVISIONED"
+    }
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.update_stream_mode(StreamARN=stream_arn, StreamModeDetails={"StreamMode": "SOMETIMES"})
+    assert error_code(e) == "ValidationException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.update_stream_mode(
+            StreamARN=arn(region, unique("py-missing")), StreamModeDetails={"StreamMode": "ON_DEMAND"}
+        )
+    assert error_code(e) == "ResourceNotFoundException"
+
+
+def test_update_shard_count_ten_times_a_day(kinesis):
+    name = unique("py-scale")
+    kinesis.create_stream(StreamName=name, ShardCount=1)
+    wait_active(kinesis, name)
+    try:
+        for i in range(10):
+            kinesis.update_shard_count(StreamName=name, TargetShardCount=2 if i % 2 == 0 else 1, ScalingType="UNIFORM_SCALING")
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            kinesis.update_shard_count(StreamName=name, TargetShardCount=2, ScalingType="UNIFORM_SCALING")
+        assert error_code(e) == "LimitExceededException"
+        assert "24 hours" in e.value.response["Error"]["Message"]
+        assert len(shards(kinesis, name, ShardFilter={"Type": "AT_LATEST"})) == 1
+    finally:
+        kinesis.delete_stream(StreamName=name)
+
+
+def test_stream_encryption_is_kept_and_reported(kinesis, stream, region):
+    summary = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
+    assert summary["EncryptionType"] == "NONE" and "KeyId" not in summary
+    kinesis.start_stream_encryption(StreamName=stream, EncryptionType="KMS", KeyId="alias/aws/kinesis")
+    for described in (
+        kinesis.describe_stream(StreamName=stream)["StreamDescription"],
+        kinesis.describe_stream_summary(StreamARN=arn(region, stream))["StreamDescriptionSummary"],
+    ):
+        assert described["EncryptionType"] == "KMS"
+        assert described["KeyId"] == "alias/aws/kinesis"
+    assert kinesis.put_record(StreamName=stream, Data=b"x", PartitionKey="k")["EncryptionType"] == "KMS"
+    assert kinesis.put_records(StreamName=stream, Records=[{"Data": b"y", "PartitionKey": "k"}])["EncryptionType"] == "KMS"
+    key_arn = f"arn:aws:kms:{region}:{ACCOUNT_ID}:key/12345678-1234-1234-1234-123456789012"
+    kinesis.start_stream_encryption(StreamName=stream, EncryptionType="KMS", KeyId=key_arn)
+    assert kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["KeyId"] == key_arn
+
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.start_stream_encryption(StreamName=stream, EncryptionType="NONE", KeyId="alias/aws/kinesis")
+    assert error_code(e) == "InvalidArgumentException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.start_stream_encryption(StreamName=stream, EncryptionType="KMS", KeyId="not a key")
+    assert error_code(e) == "InvalidArgumentException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.start_stream_encryption(StreamName=unique("py-missing"), EncryptionType="KMS", KeyId="alias/aws/kinesis")
+    assert error_code(e) == "ResourceNotFoundException"
+
+    kinesis.stop_stream_encryption(StreamName=stream, EncryptionType="KMS", KeyId=key_arn)
+    summary = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
+    assert summary["EncryptionType"] == "NONE" and "KeyId" not in summary
+    assert kinesis.put_record(StreamName=stream, Data=b"x", PartitionKey="k")["EncryptionType"] == "NONE"
+
+
+def test_enhanced_monitoring(kinesis, stream):
+    out = kinesis.enable_enhanced_monitoring(StreamName=stream, ShardLevelMetrics=["IncomingBytes"])
+    assert out["StreamName"] == stream and out["StreamARN"].endswith(f":stream/{stream}")
+    assert out["CurrentShardLevelMetrics"] == [] and out["DesiredShardLevelMetrics"] == ["IncomingBytes"]
+    out = kinesis.enable_enhanced_monitoring(StreamName=stream, ShardLevelMetrics=["ALL"])
+    assert out["CurrentShardLevelMetrics"] == ["IncomingBytes"]
+    assert len(out["DesiredShardLevelMetrics"]) == 7
+    described = kinesis.describe_stream(StreamName=stream)["StreamDescription"]["EnhancedMonitoring"]
+    assert described == [{"ShardLevelMetrics": out["DesiredShardLevelMetrics"]}]
+    out = kinesis.disable_enhanced_monitoring(StreamName=stream, ShardLevelMetrics=["IncomingBytes", "IteratorAgeMilliseconds"])
+    assert len(out["DesiredShardLevelMetrics"]) == 5
+    assert "IncomingBytes" not in out["DesiredShardLevelMetrics"]
+    out = kinesis.disable_enhanced_monitoring(StreamName=stream, ShardLevelMetrics=["ALL"])
+    assert out["DesiredShardLevelMetrics"] == []
+    summary = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
+    assert summary["EnhancedMonitoring"] == [{"ShardLevelMetrics": []}]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.enable_enhanced_monitoring(StreamName=stream, ShardLevelMetrics=["IncomingBites"])
+    assert error_code(e) == "ValidationException"
+
+
+def test_resource_policies(kinesis, stream, region):
+    stream_arn = arn(region, stream)
+    assert kinesis.get_resource_policy(ResourceARN=stream_arn)["Policy"] == "{}"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.delete_resource_policy(ResourceARN=stream_arn)
+    assert error_code(e) == "ResourceNotFoundException"
+
+    def policy(effect, action, resource=stream_arn):
+        return json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": effect,
+                "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_ID}:root"},
+                "Action": action,
+                "Resource": resource,
+            }],
+        })
+
+    for bad in (
+        policy("Allow", "s3:GetObject"),
+        policy("Allow", "kinesis:GetRecords", arn(region, "another-stream")),
+        "{not json",
+        json.dumps({"Statement": [{"Effect": "Allow", "Action": "kinesis:*", "Resource": stream_arn}]}),
+    ):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            kinesis.put_resource_policy(ResourceARN=stream_arn, Policy=bad)
+        assert error_code(e) == "InvalidArgumentException", bad
+
+    # A Deny binds even the account's key; the policy itself stays within its reach.
+    deny = policy("Deny", ["kinesis:PutRecord", "kinesis:PutRecords"])
+    kinesis.put_resource_policy(ResourceARN=stream_arn, Policy=deny)
+    assert json.loads(kinesis.get_resource_policy(ResourceARN=stream_arn)["Policy"]) == json.loads(deny)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.put_record(StreamName=stream, Data=b"x", PartitionKey="k")
+    assert error_code(e) == "AccessDeniedException"
+    assert "explicit deny in a resource-based policy" in e.value.response["Error"]["Message"]
+    assert kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamName"] == stream
+    kinesis.delete_resource_policy(ResourceARN=stream_arn)
+    assert kinesis.put_record(StreamName=stream, Data=b"x", PartitionKey="k")["SequenceNumber"]
+
+    # A consumer has its own policy, which goes with it.
+    consumer = kinesis.register_stream_consumer(StreamARN=stream_arn, ConsumerName="c")["Consumer"]["ConsumerARN"]
+    kinesis.put_resource_policy(ResourceARN=consumer, Policy=policy("Allow", "kinesis:SubscribeToShard", consumer))
+    assert "SubscribeToShard" in kinesis.get_resource_policy(ResourceARN=consumer)["Policy"]
+    kinesis.deregister_stream_consumer(ConsumerARN=consumer)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.put_resource_policy(ResourceARN=consumer, Policy=policy("Allow", "kinesis:SubscribeToShard", consumer))
+    assert error_code(e) == "ResourceNotFoundException"
+
+
+def test_put_records_over_the_limits_fails_the_request(kinesis, stream):
+    records = [{"Data": b"small", "PartitionKey": f"k{i}"} for i in range(3)]
+    records.append({"Data": b"z" * (1024 * 1024), "PartitionKey": "big"})
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.put_records(StreamName=stream, Records=records)
+    assert error_code(e) == "ValidationException"
+    assert "'records.4.member.data'" in e.value.response["Error"]["Message"]
+    for s in shards(kinesis, stream):
+        assert read_all(kinesis, stream, s["ShardId"])["Records"] == [], "nothing was written"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.put_record(StreamName=stream, Data=b"z" * (1024 * 1024), PartitionKey="big")
+    assert error_code(e) == "ValidationException"
+    assert "'data'" in e.value.response["Error"]["Message"]
+    heavy = [{"Data": b"z" * 1_000_000, "PartitionKey": f"k{i}"} for i in range(6)]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.put_records(StreamName=stream, Records=heavy)
+    assert error_code(e) == "InvalidArgumentException"
+    assert e.value.response["Error"]["Message"] == "Records size exceeds 5 MB limit"

@@ -12,7 +12,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use sluice_stream::{IteratorSpec, Stream, StreamError};
 
+use sluice_policy::resource::ResourcePolicy;
+
 use super::leases::Subscriptions;
+use crate::ttl_cache::TtlCache;
 
 pub const SERVICE: &str = "Kinesis_20131202";
 
@@ -24,6 +27,28 @@ pub struct KinesisContext {
     pub account_id: String,
     /// SubscribeToShard's running subscriptions (and their timings).
     pub subscriptions: Subscriptions,
+    /// What the edge remembers of streams' settings.
+    pub settings: Arc<SettingsCache>,
+}
+
+/// How long a stream's resource policy or encryption is remembered: a change made through
+/// another process applies here within this time (through this one, at once).
+const SETTINGS_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The settings read on every request (resource policies, by the ARN they are attached
+/// to; encryption, by stream name), remembered for [`SETTINGS_TTL`].
+pub struct SettingsCache {
+    pub(crate) policies: TtlCache<Option<Arc<ResourcePolicy>>>,
+    pub(crate) encryption: TtlCache<Option<String>>,
+}
+
+impl Default for SettingsCache {
+    fn default() -> Self {
+        SettingsCache {
+            policies: TtlCache::new(SETTINGS_TTL, 10_000),
+            encryption: TtlCache::new(SETTINGS_TTL, 10_000),
+        }
+    }
 }
 
 impl KinesisContext {
@@ -69,6 +94,16 @@ pub(crate) fn validation(field: &str) -> KinesisError {
     )
 }
 
+/// A record's data over the stream's limit: Kinesis' validation message for `field`.
+pub(crate) fn too_large(field: &str, max: usize) -> KinesisError {
+    err(
+        "ValidationException",
+        format!(
+            "1 validation error detected: Value at '{field}' failed to satisfy constraint: Member must have length less than or equal to {max}"
+        ),
+    )
+}
+
 /// Stream errors as Kinesis exceptions, in one place.
 impl From<StreamError> for KinesisError {
     fn from(e: StreamError) -> Self {
@@ -80,6 +115,10 @@ impl From<StreamError> for KinesisError {
             StreamError::LimitExceeded(m) => err("LimitExceededException", m),
             StreamError::ProvisionedThroughputExceeded(m) => {
                 err("ProvisionedThroughputExceededException", m)
+            }
+            // PutRecords' wording; PutRecord names its field itself (`streams::put_record`).
+            StreamError::RecordTooLarge { index, max, .. } => {
+                too_large(&format!("records.{}.member.data", index + 1), max)
             }
             StreamError::Meta(m) => match crate::json11::unavailable(&m) {
                 Some(message) => KinesisError {

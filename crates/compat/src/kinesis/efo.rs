@@ -57,6 +57,13 @@ pub(crate) fn consumer_arn(ctx: &KinesisContext, c: &Consumer) -> String {
     )
 }
 
+/// The stream setting a consumer's resource policy is kept under (its name and creation
+/// second: a consumer registered again under the same name is another consumer, with
+/// another ARN).
+pub(crate) fn consumer_policy_key(name: &str, created_secs: i64) -> String {
+    format!("policy:consumer/{name}:{created_secs}")
+}
+
 pub(crate) fn parse_consumer_arn(
     ctx: &KinesisContext,
     arn: &str,
@@ -207,7 +214,15 @@ pub(crate) async fn list(ctx: &KinesisContext, req: &Value) -> OpResult {
 
 pub(crate) async fn deregister(ctx: &KinesisContext, req: &Value) -> OpResult {
     let r = consumer_ref(ctx, req)?;
+    let c = ctx.stream.describe_consumer(&r).await?;
     ctx.stream.deregister_consumer(&r).await?;
+    // Its resource policy goes with it (a consumer registered again is another one).
+    let arn = consumer_arn(ctx, &c);
+    let key = consumer_policy_key(&c.name, c.created_ms.div_euclid(1000));
+    if let Err(e) = ctx.stream.set_stream_setting(&r.stream, &key, None).await {
+        tracing::warn!(consumer = %arn, error = %e, "cannot remove a deregistered consumer's resource policy");
+    }
+    ctx.settings.policies.forget(&arn);
     Ok(json!({}))
 }
 
@@ -494,6 +509,7 @@ mod tests {
             region: "us-east-2".into(),
             account_id: "000000000000".into(),
             subscriptions: Subscriptions::default(),
+            settings: Default::default(),
         }
     }
 

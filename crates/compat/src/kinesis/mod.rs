@@ -1,10 +1,12 @@
 //! Kinesis Data Streams' JSON 1.1 protocol (`Kinesis_20131202.*`) over the `Stream` part.
 //!
-//! Modules, each depending only on those after it: this one decodes a request and
-//! dispatches it; `streams` (stream, shard, tag and record operations) uses `efo`
-//! (enhanced fan-out: consumers and SubscribeToShard) for consumer ARNs; both use `common`
-//! (context, errors, encodings, request fields, record shapes), which uses `leases` (one
-//! subscription per consumer and shard).
+//! Modules, each depending only on those after it: this one decodes a request, authorizes
+//! and dispatches it; `streams` (stream, shard, tag and record operations) uses `config`
+//! (capacity mode, encryption, enhanced monitoring, resource policies and the decision of
+//! every request with them), which uses `efo` (enhanced fan-out: consumers and
+//! SubscribeToShard) for consumer ARNs; all use `common` (context, errors, encodings,
+//! request fields, record shapes), which uses `leases` (one subscription per consumer and
+//! shard).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -13,11 +15,12 @@ use serde_json::{Value, json};
 use crate::json11::{json_error, json_ok};
 
 mod common;
+mod config;
 mod efo;
 mod leases;
 mod streams;
 
-pub use common::{Encoding, KinesisContext, KinesisError, SERVICE};
+pub use common::{Encoding, KinesisContext, KinesisError, SERVICE, SettingsCache};
 pub use leases::{
     HEARTBEAT, SUBSCRIPTION_DURATION, SubscribeOptions, Subscriptions, TAKEOVER_AFTER,
 };
@@ -38,13 +41,13 @@ pub async fn handle(
         Encoding::Cbor => crate::cbor::decode(body),
     };
     let denied = match &req {
-        Some(r @ Value::Object(_)) if !principal.unrestricted() => principal
-            .check(&format!("kinesis:{op}"), &resource(ctx, op, r))
+        Some(r @ Value::Object(_)) => config::authorize(ctx, principal, op, &resource(ctx, op, r))
+            .await
             .err(),
         _ => None,
     };
     let result = match req {
-        _ if let Some(d) = denied => Err(err("AccessDeniedException", d.message())),
+        _ if let Some(e) = denied => Err(e),
         // GetRecords in JSON is written straight to the body: its records (base64 data)
         // are most of what the edge serialises, and a `Value` tree of them costs an
         // allocation per field plus escaping on the way out.
@@ -97,9 +100,12 @@ fn resource(ctx: &KinesisContext, op: &str, req: &Value) -> String {
     let found = match op {
         "ListStreams" | "DescribeLimits" => None,
         "GetRecords" => by_token("ShardIterator"),
-        "TagResource" | "UntagResource" | "ListTagsForResource" => {
-            str_field(req, "ResourceARN").map(str::to_owned)
-        }
+        "TagResource"
+        | "UntagResource"
+        | "ListTagsForResource"
+        | "PutResourcePolicy"
+        | "GetResourcePolicy"
+        | "DeleteResourcePolicy" => str_field(req, "ResourceARN").map(str::to_owned),
         "SubscribeToShard" => str_field(req, "ConsumerARN").map(str::to_owned),
         "DescribeStreamConsumer" | "DeregisterStreamConsumer" => {
             match (
@@ -147,6 +153,14 @@ async fn call(ctx: &KinesisContext, op: &str, req: &Value) -> OpResult {
         "UntagResource" => streams::untag_resource(ctx, req).await,
         "ListTagsForResource" => streams::list_tags_for_resource(ctx, req).await,
         "DescribeLimits" => streams::describe_limits(ctx).await,
+        "UpdateStreamMode" => config::update_stream_mode(ctx, req).await,
+        "StartStreamEncryption" => config::start_encryption(ctx, req).await,
+        "StopStreamEncryption" => config::stop_encryption(ctx, req).await,
+        "EnableEnhancedMonitoring" => config::enhanced_monitoring(ctx, req, true).await,
+        "DisableEnhancedMonitoring" => config::enhanced_monitoring(ctx, req, false).await,
+        "PutResourcePolicy" => config::put_resource_policy(ctx, req).await,
+        "GetResourcePolicy" => config::get_resource_policy(ctx, req).await,
+        "DeleteResourcePolicy" => config::delete_resource_policy(ctx, req).await,
         "RegisterStreamConsumer" => efo::register(ctx, req).await,
         "DescribeStreamConsumer" => efo::describe(ctx, req).await,
         "ListStreamConsumers" => efo::list(ctx, req).await,

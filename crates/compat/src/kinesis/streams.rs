@@ -10,12 +10,10 @@ use sluice_stream::{
 
 use super::common::{
     IteratorFields, KinesisContext, KinesisError, OpResult, child_shards_value, epoch_secs, err,
-    internal_failure, iterator_spec, record_value, str_field, stream_name, tags_in, validation,
+    internal_failure, iterator_spec, record_value, str_field, stream_name, tags_in, too_large,
+    validation,
 };
-use super::efo;
-
-/// Largest PutRecords request payload (data + partition keys), as AWS.
-const MAX_PUT_RECORDS_BYTES: usize = 5 * 1024 * 1024;
+use super::config;
 
 fn shard_json(s: &ShardDesc) -> Value {
     let mut v = json!({
@@ -131,36 +129,38 @@ pub(super) async fn describe_stream(ctx: &KinesisContext, req: &Value) -> OpResu
         .filter(|s| start.is_none_or(|st| s.shard_id.as_str() > st))
         .collect();
     let has_more = shards.len() > limit;
-    Ok(json!({"StreamDescription": {
+    let mut v = json!({
         "StreamName": d.name,
         "StreamARN": ctx.arn(&d.name),
         "StreamStatus": d.status,
-        "StreamModeDetails": {"StreamMode": mode_name(mode)},
+        "StreamModeDetails": {"StreamMode": mode.as_str()},
         "Shards": shards.iter().take(limit).map(|s| shard_json(s)).collect::<Vec<_>>(),
         "HasMoreShards": has_more,
         "RetentionPeriodHours": d.retention_hours,
         "StreamCreationTimestamp": epoch_secs(d.created_ms),
-        "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
-        "EncryptionType": "NONE",
-    }}))
+        "EnhancedMonitoring": [{"ShardLevelMetrics": config::monitoring(ctx, &name).await?}],
+    });
+    config::describe_encryption(ctx, &name, &mut v).await?;
+    Ok(json!({ "StreamDescription": v }))
 }
 
 pub(super) async fn describe_stream_summary(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = stream_name(ctx, req)?;
     let d = ctx.stream.describe_stream_summary(&name).await?;
-    Ok(json!({"StreamDescriptionSummary": {
+    let mut v = json!({
         "StreamName": d.name,
         "StreamARN": ctx.arn(&d.name),
         "StreamStatus": d.status,
-        "StreamModeDetails": {"StreamMode": mode_name(d.mode)},
+        "StreamModeDetails": {"StreamMode": d.mode.as_str()},
         "RetentionPeriodHours": d.retention_hours,
         "StreamCreationTimestamp": epoch_secs(d.created_ms),
-        "EnhancedMonitoring": [{"ShardLevelMetrics": []}],
-        "EncryptionType": "NONE",
+        "EnhancedMonitoring": [{"ShardLevelMetrics": config::monitoring(ctx, &name).await?}],
         "OpenShardCount": d.open_shard_count,
         "ConsumerCount": d.consumer_count,
         "MaxRecordSizeInKiB": d.max_record_bytes / 1024,
-    }}))
+    });
+    config::describe_encryption(ctx, &name, &mut v).await?;
+    Ok(json!({ "StreamDescriptionSummary": v }))
 }
 
 pub(super) async fn describe_limits(ctx: &KinesisContext) -> OpResult {
@@ -180,13 +180,6 @@ pub(super) async fn describe_limits(ctx: &KinesisContext) -> OpResult {
         "OnDemandStreamCount": on_demand,
         "OnDemandStreamCountLimit": 50,
     }))
-}
-
-fn mode_name(m: StreamMode) -> &'static str {
-    match m {
-        StreamMode::Provisioned => "PROVISIONED",
-        StreamMode::OnDemand => "ON_DEMAND",
-    }
 }
 
 pub(super) async fn list_streams(ctx: &KinesisContext, req: &Value) -> OpResult {
@@ -209,7 +202,7 @@ pub(super) async fn list_streams(ctx: &KinesisContext, req: &Value) -> OpResult 
                 "StreamName": d.name,
                 "StreamARN": ctx.arn(&d.name),
                 "StreamStatus": d.status,
-                "StreamModeDetails": {"StreamMode": mode_name(d.mode)},
+                "StreamModeDetails": {"StreamMode": d.mode.as_str()},
                 "StreamCreationTimestamp": epoch_secs(d.created_ms),
             }));
         }
@@ -347,6 +340,16 @@ pub(super) async fn update_shard_count(ctx: &KinesisContext, req: &Value) -> OpR
             "target shard count exceeds the limit",
         )
     })?;
+    // On-demand streams scale themselves on AWS; sluice does not scale them by hand either.
+    if ctx.stream.describe_stream_summary(&name).await?.mode == StreamMode::OnDemand {
+        return Err(err(
+            "ValidationException",
+            format!(
+                "Request is invalid. Stream {name} under account {} is in On-Demand mode.",
+                ctx.account_id
+            ),
+        ));
+    }
     let out = ctx.stream.update_shard_count(&name, target).await?;
     Ok(json!({
         "StreamName": name,
@@ -424,7 +427,7 @@ enum Resource {
 fn resource(ctx: &KinesisContext, req: &Value) -> Result<Resource, KinesisError> {
     let arn = str_field(req, "ResourceARN").ok_or_else(|| validation("resourceARN"))?;
     if arn.contains("/consumer/") {
-        return efo::parse_consumer_arn(ctx, arn).map(Resource::Consumer);
+        return super::efo::parse_consumer_arn(ctx, arn).map(Resource::Consumer);
     }
     stream_name(ctx, &json!({ "StreamARN": arn })).map(Resource::Stream)
 }
@@ -530,14 +533,18 @@ pub(super) async fn put_record(ctx: &KinesisContext, req: &Value) -> OpResult {
         Some(o) => {
             ctx.stream
                 .put_record_ordered(&name, record_in(req)?, Some(o))
-                .await?
+                .await
         }
-        None => ctx.stream.put_record(&name, record_in(req)?).await?,
-    };
+        None => ctx.stream.put_record(&name, record_in(req)?).await,
+    }
+    .map_err(|e| match e {
+        StreamError::RecordTooLarge { max, .. } => too_large("data", max),
+        other => other.into(),
+    })?;
     Ok(json!({
         "ShardId": put.shard_id,
         "SequenceNumber": put.sequence_number,
-        "EncryptionType": "NONE",
+        "EncryptionType": config::encryption_type(ctx, &name).await,
     }))
 }
 
@@ -555,26 +562,10 @@ pub(super) async fn put_records(ctx: &KinesisContext, req: &Value) -> OpResult {
             ),
         ));
     }
-    let mut records = Vec::with_capacity(raw.len());
-    let mut total = 0usize;
-    for r in raw {
-        let rec = record_in(r)?;
-        total += rec.data.len() + rec.partition_key.len();
-        records.push(rec);
-    }
-    if total > MAX_PUT_RECORDS_BYTES {
-        return Err(err(
-            "InvalidArgumentException",
-            format!(
-                "records total {total} bytes, more than the {MAX_PUT_RECORDS_BYTES} bytes a PutRecords request may carry"
-            ),
-        ));
-    }
-    // A record that breaks a rule fails the whole request, as in AWS; failures of the
-    // backend are per record.
-    for r in &records {
-        sluice_stream::validate_record(r, usize::MAX)?;
-    }
+    let records = raw.iter().map(record_in).collect::<Result<Vec<_>, _>>()?;
+    // A record that breaks a rule (its partition key, hash key, size), or a request over
+    // 5 MiB, fails the whole request, as in AWS: the stream refuses it before writing any.
+    // Failures of the backend (throughput) are per record.
     let results = ctx.stream.put_records(&name, records).await?;
     let mut failed = 0;
     let out: Vec<Value> = results
@@ -583,17 +574,24 @@ pub(super) async fn put_records(ctx: &KinesisContext, req: &Value) -> OpResult {
             Ok(p) => json!({"SequenceNumber": p.sequence_number, "ShardId": p.shard_id}),
             Err(e) => {
                 failed += 1;
-                let code = match e {
-                    StreamError::ProvisionedThroughputExceeded(_) => {
-                        "ProvisionedThroughputExceededException"
+                let (code, message) = match e {
+                    StreamError::ProvisionedThroughputExceeded(m) => {
+                        ("ProvisionedThroughputExceededException", m)
                     }
-                    _ => "InternalFailure",
+                    other => {
+                        tracing::error!(error = %other, "a record of a PutRecords request failed");
+                        ("InternalFailure", "Internal service failure.".to_owned())
+                    }
                 };
-                json!({"ErrorCode": code, "ErrorMessage": e.to_string()})
+                json!({"ErrorCode": code, "ErrorMessage": message})
             }
         })
         .collect();
-    Ok(json!({"FailedRecordCount": failed, "Records": out, "EncryptionType": "NONE"}))
+    Ok(json!({
+        "FailedRecordCount": failed,
+        "Records": out,
+        "EncryptionType": config::encryption_type(ctx, &name).await,
+    }))
 }
 
 pub(super) async fn get_shard_iterator(ctx: &KinesisContext, req: &Value) -> OpResult {

@@ -161,6 +161,19 @@ impl EmbeddedStream {
     ) -> Result<Results, StreamError> {
         for _ in 0..STALE_RETRIES {
             let meta = self.meta(stream).await?;
+            // A record that breaks Kinesis' rules (its shape, its size) fails the whole
+            // request, as on Kinesis: nothing is appended. Throughput and ordering refusals
+            // below are per record.
+            for (i, (record, _)) in records.iter().enumerate() {
+                crate::validate_record(record, meta.max_record_bytes).map_err(|e| match e {
+                    StreamError::RecordTooLarge { size, max, .. } => StreamError::RecordTooLarge {
+                        index: i,
+                        size,
+                        max,
+                    },
+                    other => other,
+                })?;
+            }
             // Records refused here keep their place (index) for the answer; the others
             // move (partition key and data, no copy) into the engine's append and come
             // back if it is stale.

@@ -149,6 +149,20 @@ CREATE TABLE stream_consumer_tags (
 ) WITHOUT ROWID;
 ",
     },
+    // Settings kept with a stream (`Stream::stream_setting`): the Kinesis edge's
+    // encryption, enhanced monitoring and resource policies, and the backend's own history
+    // of rate-limited changes (keys `sluice:…`). They go with their stream.
+    Migration {
+        name: "stream-0007",
+        sql: "
+CREATE TABLE stream_settings (
+    stream_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (stream_id, key)
+) WITHOUT ROWID;
+",
+    },
 ];
 
 /// A row of `streams`.

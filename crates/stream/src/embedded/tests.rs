@@ -145,11 +145,29 @@ async fn errors() {
         s.get_records("forged.iterator", 10).await,
         Err(StreamError::InvalidArgument(_))
     ));
-    let results = s
-        .put_records("s", vec![rec("a", "1"), rec("", "2"), rec("c", "3")])
-        .await
-        .expect("put_records");
-    assert!(results[0].is_ok() && results[1].is_err() && results[2].is_ok());
+    // An invalid record fails the whole request (as on Kinesis), and nothing is written.
+    assert!(matches!(
+        s.put_records("s", vec![rec("a", "1"), rec("", "2"), rec("c", "3")])
+            .await,
+        Err(StreamError::InvalidArgument(_))
+    ));
+    assert_eq!(
+        s.describe_stream("s")
+            .await
+            .expect("describe")
+            .shards
+            .iter()
+            .filter(|sh| sh.ending_sequence_number.is_none())
+            .count(),
+        2
+    );
+    for sh in s.describe_stream("s").await.expect("describe").shards {
+        assert!(
+            crate::conformance::read_shard(&s, "s", &sh.shard_id)
+                .await
+                .is_empty()
+        );
+    }
 }
 
 #[tokio::test]

@@ -7,6 +7,8 @@
 //!
 //! Invariants:
 //! - a record refused for throughput writes nothing and takes no sequence number;
+//! - a record larger than one second's write budget is admitted into a full bucket and
+//!   leaves it in debt (so large records are written at the shard's rate, not never);
 //! - a GetRecords call is refused while the shard's read-bytes bucket is empty or in debt:
 //!   a call may return more than the bucket holds (up to 10 MiB, as on Kinesis), and the
 //!   debt then holds back the following calls until the refill has paid it off.
@@ -126,7 +128,10 @@ impl Throttle {
             b.write_bytes.refill(WRITE_BYTES_PER_SEC, now);
             b.write_records.refill(WRITE_RECORDS_PER_SEC, now);
             let size = i64::try_from(bytes).unwrap_or(i64::MAX);
-            if b.write_records.holds(1) && b.write_bytes.holds(size) {
+            // A record larger than a second's budget (up to 10 MiB with a raised record size)
+            // is admitted into a full bucket and leaves it in debt, which the refill pays
+            // off before the next write: otherwise it could never be written.
+            if b.write_records.holds(1) && b.write_bytes.holds(size.min(WRITE_BYTES_PER_SEC)) {
                 b.write_records.take(1);
                 b.write_bytes.take(size);
                 true
@@ -138,7 +143,7 @@ impl Throttle {
             Ok(())
         } else {
             Err(StreamError::ProvisionedThroughputExceeded(format!(
-                "rate exceeded for shard {} in stream {stream}: at most 1000 records and 1 MiB per second",
+                "Rate exceeded for shard {} in stream {stream}: at most 1000 records and 1 MiB per second.",
                 shard_id(shard)
             )))
         }
@@ -165,7 +170,7 @@ impl Throttle {
             Ok(())
         } else {
             Err(StreamError::ProvisionedThroughputExceeded(format!(
-                "rate exceeded for shard {} in stream {stream}: at most 5 GetRecords calls and 2 MiB per second",
+                "Rate exceeded for shard {} in stream {stream}: at most 5 GetRecords calls and 2 MiB per second.",
                 shard_id(shard)
             )))
         }
@@ -210,5 +215,35 @@ mod tests {
         assert!(!r.holds(1));
         r.refill(5, 200);
         assert!(r.holds(1), "5 per second is one per 200 ms, exactly");
+    }
+
+    #[test]
+    fn a_record_over_a_seconds_budget_is_admitted_when_the_bucket_is_full() {
+        struct Manual(std::sync::atomic::AtomicI64);
+        impl Clock for Manual {
+            fn now_ms(&self) -> i64 {
+                self.0.load(std::sync::atomic::Ordering::SeqCst)
+            }
+        }
+        impl Manual {
+            fn advance(&self, ms: i64) {
+                self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let clock = Arc::new(Manual(0.into()));
+        let t = Throttle::new(clock.clone());
+        let big = 3 * WRITE_BYTES_PER_SEC as usize;
+        t.admit_write("s", 0, 0, big)
+            .expect("a full bucket takes it");
+        assert!(
+            t.admit_write("s", 0, 0, 1).is_err(),
+            "the debt holds back the next write"
+        );
+        // A second's budget was in the bucket; the other two seconds' are the debt.
+        clock.advance(1_999);
+        assert!(t.admit_write("s", 0, 0, 1).is_err(), "still in debt");
+        clock.advance(2);
+        t.admit_write("s", 0, 0, 1)
+            .expect("paid off after two seconds");
     }
 }
