@@ -183,6 +183,7 @@ impl Parts {
                 policies: Some(Arc::new(sluice_compat::s3_policy::BucketPolicies::new(
                     Arc::new(self.store.clone()),
                 ))),
+                cors: Default::default(),
             },
             s3_base_domain: None,
             sign_in_sources: Arc::default(),

@@ -1122,7 +1122,7 @@ fn encode_document(doc: &str) -> String {
 }
 
 /// XML text escaping.
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

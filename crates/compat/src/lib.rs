@@ -31,6 +31,7 @@ mod json11;
 pub mod kinesis;
 pub mod lambda;
 pub mod s3;
+pub mod s3_cors;
 pub mod s3_policy;
 pub mod sigv4;
 pub mod source_throttle;
@@ -131,6 +132,11 @@ pub fn router(edge: Edge) -> Result<Router, String> {
         .route("/{pool}/.well-known/jwks.json", get(jwks))
         .route("/{pool}/.well-known/openid-configuration", get(discovery))
         .fallback_service(s3)
+        // S3's CORS, by the bucket's configuration (`s3_cors`): preflights never reach s3s.
+        .layer(axum::middleware::from_fn_with_state(
+            edge.clone(),
+            s3_cors::layer,
+        ))
         // Lambda's paths are valid S3 paths too: the service a request is signed for
         // decides (see `by_service`).
         .layer(axum::middleware::from_fn_with_state(

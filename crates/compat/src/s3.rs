@@ -49,6 +49,8 @@ pub struct S3Adapter {
     pub notifications: Option<NotificationsHook>,
     /// Bucket policies; `None`: `PutBucketPolicy` is not implemented.
     pub policies: Option<Arc<BucketPolicies>>,
+    /// The buckets' CORS configurations as the CORS middleware reads them.
+    pub cors: Arc<crate::s3_cors::CorsCache>,
 }
 
 /// What bucket notifications need: the store keeps each bucket's configuration and records
@@ -333,7 +335,7 @@ fn timestamp(ms: i64) -> Timestamp {
 const ENCRYPTION: &str = "encryption";
 const PUBLIC_ACCESS_BLOCK: &str = "public-access-block";
 const OWNERSHIP: &str = "ownership-controls";
-const CORS: &str = "cors";
+pub(crate) const CORS: &str = "cors";
 const LIFECYCLE: &str = "lifecycle";
 const WEBSITE: &str = "website";
 const LOGGING: &str = "logging";
@@ -1298,9 +1300,32 @@ impl S3 for S3Adapter {
                     "each CORS rule needs AllowedOrigin and AllowedMethod"
                 ));
             }
+            // One `*` per pattern is what S3's matching knows (`s3_cors::wildcard`).
+            if let Some(o) = rule
+                .allowed_origins
+                .iter()
+                .find(|o| o.matches('*').count() > 1)
+            {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidRequest,
+                    format!("AllowedOrigin \"{o}\" can not have more than one wildcard."),
+                ));
+            }
+            if let Some(h) = rule
+                .allowed_headers
+                .iter()
+                .flatten()
+                .find(|h| h.matches('*').count() > 1)
+            {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidRequest,
+                    format!("AllowedHeader \"{h}\" can not have more than one wildcard."),
+                ));
+            }
         }
         self.set_config(&input.bucket, CORS, Some(&input.cors_configuration))
             .await?;
+        self.cors.forget(&input.bucket);
         Ok(S3Response::new(PutBucketCorsOutput::default()))
     }
 
@@ -1327,6 +1352,7 @@ impl S3 for S3Adapter {
         req: S3Request<DeleteBucketCorsInput>,
     ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
         self.set_config::<()>(&req.input.bucket, CORS, None).await?;
+        self.cors.forget(&req.input.bucket);
         Ok(no_content(DeleteBucketCorsOutput::default()))
     }
 
@@ -2002,10 +2028,11 @@ impl S3 for S3Adapter {
             .delete_bucket(&req.input.bucket)
             .await
             .map_err(s3_err)?;
-        // The bucket's policy went with it.
+        // The bucket's policy and CORS configuration went with it.
         if let Some(p) = &self.policies {
             p.forget(&req.input.bucket);
         }
+        self.cors.forget(&req.input.bucket);
         Ok(S3Response::new(DeleteBucketOutput::default()))
     }
 

@@ -63,6 +63,7 @@ fn fixture() -> Fixture {
             uploads: None,
             notifications: None,
             policies: None,
+            cors: Default::default(),
         },
         s3_base_domain: None,
         sign_in_sources: Arc::default(),

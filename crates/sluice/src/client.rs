@@ -150,7 +150,9 @@ impl Server {
         }
         match self.kinesis_once(key, op, &body).await? {
             Ok(v) => Ok(v),
-            Err(message) => bail!("kinesis {op}: ProvisionedThroughputExceededException: {message}"),
+            Err(message) => {
+                bail!("kinesis {op}: ProvisionedThroughputExceededException: {message}")
+            }
         }
     }
 

@@ -373,6 +373,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             policies: Some(Arc::new(sluice_compat::s3_policy::BucketPolicies::new(
                 Arc::new(store.clone()),
             ))),
+            cors: Default::default(),
         },
         s3_base_domain: settings.s3_base_domain.clone(),
         sign_in_sources: Arc::new(sluice_compat::source_throttle::SourceThrottle::new(

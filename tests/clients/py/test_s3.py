@@ -979,3 +979,89 @@ def test_bucket_configurations_as_infrastructure_tools_read_them(s3):
     fails("NoSuchCORSConfiguration", s3.get_bucket_cors, Bucket=name)
     s3.delete_bucket(Bucket=name)
     fails("NoSuchBucket", s3.get_bucket_cors, Bucket=name)
+
+
+# --- CORS, enforced ----------------------------------------------------------------------
+
+
+def raw(edge, method, path, headers=None):
+    """An unsigned request as a browser sends it: (status, headers, body)."""
+    req = urllib.request.Request(edge + path, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def xml_field(body, name):
+    text = body.decode()
+    start = text.index(f"<{name}>") + len(name) + 2
+    return text[start:text.index(f"</{name}>")]
+
+
+def test_cors_preflights_and_response_headers_follow_the_buckets_rules(s3, edge, bucket):
+    s3.put_object(Bucket=bucket, Key="a.txt", Body=b"a")
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "PUT"}
+
+    status, _, body = raw(edge, "OPTIONS", f"/{bucket}/a.txt", preflight)
+    assert status == 403 and xml_field(body, "Code") == "AccessForbidden"
+    assert xml_field(body, "Message") == "CORSResponse: CORS is not enabled for this bucket."
+    status, _, body = raw(edge, "OPTIONS", f"/{bucket}/a.txt", {"Access-Control-Request-Method": "PUT"})
+    assert status == 400 and xml_field(body, "Code") == "BadRequest"
+    assert xml_field(body, "Message") == "Insufficient information. Origin request header needed."
+    status, _, body = raw(edge, "OPTIONS", f"/{unique('py-missing')}/a.txt", preflight)
+    assert status == 403 and xml_field(body, "Message") == "CORSResponse: Bucket not found"
+
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [
+        {"AllowedOrigins": ["https://*.example"], "AllowedMethods": ["PUT", "GET"],
+         "AllowedHeaders": ["Content-Type", "x-amz-*"], "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 600},
+        {"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]},
+    ]})
+    status, h, body = raw(edge, "OPTIONS", f"/{bucket}/a.txt",
+                          {**preflight, "Access-Control-Request-Headers": "content-type, X-Amz-Date"})
+    assert status == 200, body
+    assert h["Access-Control-Allow-Origin"] == "https://app.example"
+    assert h["Access-Control-Allow-Credentials"] == "true"
+    assert h["Access-Control-Allow-Methods"] == "PUT, GET"
+    assert h["Access-Control-Allow-Headers"] == "content-type, x-amz-date"
+    assert h["Access-Control-Max-Age"] == "600"
+    assert h["Access-Control-Expose-Headers"] == "ETag"
+    assert "Origin" in h["Vary"]
+    # The any-origin rule: `*`, without credentials.
+    status, h, _ = raw(edge, "OPTIONS", f"/{bucket}/a.txt",
+                       {"Origin": "https://elsewhere.test", "Access-Control-Request-Method": "GET"})
+    assert status == 200 and h["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in h
+    # No rule allows this origin to PUT, nor a header outside AllowedHeaders.
+    for headers in (
+        {"Origin": "https://elsewhere.test", "Access-Control-Request-Method": "PUT"},
+        {**preflight, "Access-Control-Request-Headers": "authorization"},
+        {"Origin": "https://app.example/", "Access-Control-Request-Method": "PUT"},
+    ):
+        status, _, body = raw(edge, "OPTIONS", f"/{bucket}/a.txt", headers)
+        assert status == 403, headers
+        assert xml_field(body, "Message").startswith("CORSResponse: This CORS request is not allowed.")
+        assert xml_field(body, "ResourceType") == "OBJECT"
+
+    # The actual request carries the matching rule's headers; without a match, none.
+    origin = {"Origin": "https://app.example"}
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "a.txt"})
+    path = url[len(edge):]
+    status, h, body = raw(edge, "GET", path, origin)
+    assert status == 200 and body == b"a"
+    assert h["Access-Control-Allow-Origin"] == "https://app.example"
+    assert h["Access-Control-Expose-Headers"] == "ETag"
+    status, h, _ = raw(edge, "GET", path, {"Origin": "https://elsewhere.test"})
+    assert status == 200 and h["Access-Control-Allow-Origin"] == "*"
+    status, h, _ = raw(edge, "GET", path)
+    assert status == 200 and "Access-Control-Allow-Origin" not in h
+    put_url = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "b.txt"})
+    status, h, _ = raw(edge, "PUT", put_url[len(edge):], {"Origin": "https://elsewhere.test"})
+    assert status == 200 and "Access-Control-Allow-Origin" not in h
+
+    fails("InvalidRequest", s3.put_bucket_cors, Bucket=bucket, CORSConfiguration={"CORSRules": [
+        {"AllowedOrigins": ["https://*.*.example"], "AllowedMethods": ["GET"]}]})
+    s3.delete_bucket_cors(Bucket=bucket)
+    status, _, body = raw(edge, "OPTIONS", f"/{bucket}/a.txt", preflight)
+    assert status == 403 and xml_field(body, "Message") == "CORSResponse: CORS is not enabled for this bucket."
