@@ -32,6 +32,7 @@ pub mod kinesis;
 pub mod lambda;
 pub mod s3;
 pub mod s3_cors;
+pub mod s3_lifecycle;
 pub mod s3_policy;
 pub mod sigv4;
 pub mod source_throttle;

@@ -24,6 +24,7 @@ use sluice_store::{
 };
 use sluice_uploads::{MultipartCompletion, UploadError, UploadMeta, UploadSink};
 
+use crate::s3_lifecycle::LIFECYCLE;
 use crate::s3_policy::{BucketPolicies, Caller};
 
 /// How S3 writes become uploads.
@@ -336,7 +337,6 @@ const ENCRYPTION: &str = "encryption";
 const PUBLIC_ACCESS_BLOCK: &str = "public-access-block";
 const OWNERSHIP: &str = "ownership-controls";
 pub(crate) const CORS: &str = "cors";
-const LIFECYCLE: &str = "lifecycle";
 const WEBSITE: &str = "website";
 const LOGGING: &str = "logging";
 const ACCELERATE: &str = "accelerate";
@@ -1367,26 +1367,7 @@ impl S3 for S3Adapter {
                 "a lifecycle configuration is required"
             ));
         };
-        if cfg.rules.is_empty() || cfg.rules.len() > 1000 {
-            return Err(s3_error!(
-                MalformedXML,
-                "a lifecycle configuration has 1 to 1000 rules"
-            ));
-        }
-        for rule in &cfg.rules {
-            if !matches!(rule.status.as_str(), "Enabled" | "Disabled") {
-                return Err(s3_error!(
-                    MalformedXML,
-                    "Status must be Enabled or Disabled"
-                ));
-            }
-            if rule.id.as_ref().is_some_and(|id| id.chars().count() > 255) {
-                return Err(s3_error!(
-                    InvalidArgument,
-                    "ID length should not exceed allowed limit of 255"
-                ));
-            }
-        }
+        crate::s3_lifecycle::validate(&cfg)?;
         self.set_config(&input.bucket, LIFECYCLE, Some(&cfg))
             .await?;
         Ok(S3Response::new(

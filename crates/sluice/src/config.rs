@@ -131,6 +131,9 @@ pub(crate) struct FileConfig {
     /// ProvisionedThroughputExceeded; on by default, as on AWS. sluice's own upload path and
     /// processors are never limited.
     pub(crate) stream_throttle: Option<bool>,
+    /// Seconds between two applications of the buckets' S3 lifecycle rules (expiration,
+    /// aborting incomplete multipart uploads); default 3600.
+    pub(crate) lifecycle_interval_secs: Option<u64>,
     /// Largest accepted JSON upload request body, in bytes.
     pub(crate) max_body_bytes: Option<usize>,
     /// Largest accepted raw-body or multipart upload (streamed to disk), in bytes.
@@ -378,6 +381,7 @@ pub(crate) struct Settings {
     pub(crate) stream: String,
     pub(crate) shards: u32,
     pub(crate) stream_throttle: bool,
+    pub(crate) lifecycle_interval_secs: u64,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_upload_bytes: u64,
     pub(crate) s3_max_object_bytes: u64,
@@ -468,6 +472,9 @@ impl Settings {
             processed_bucket: env_or("SLUICE_PROCESSED_BUCKET", file.processed_bucket),
             stream: env_or("SLUICE_STREAM", file.stream).unwrap_or_else(|| "uploads-stream".into()),
             shards: env_parse("SLUICE_SHARDS")?.or(file.shards).unwrap_or(4),
+            lifecycle_interval_secs: env_parse("SLUICE_LIFECYCLE_INTERVAL_SECS")?
+                .or(file.lifecycle_interval_secs)
+                .unwrap_or(3600),
             stream_throttle: env_parse("SLUICE_STREAM_THROTTLE")?
                 .or(file.stream_throttle)
                 .unwrap_or(true),
@@ -546,6 +553,12 @@ impl Settings {
     fn validate(&self) -> Result<()> {
         if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
             bail!("account_id must be 12 digits, got {:?}", self.account_id);
+        }
+        if !(1..=86_400).contains(&self.lifecycle_interval_secs) {
+            bail!(
+                "lifecycle_interval_secs must be between 1 and 86400, got {}",
+                self.lifecycle_interval_secs
+            );
         }
         if !(1..=500).contains(&self.shards) {
             bail!("shards must be between 1 and 500, got {}", self.shards);

@@ -154,6 +154,29 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         .ensure_stream(&settings.stream, settings.shards)
         .await?;
     let retention = stream.spawn_retention(Duration::from_secs(60));
+    // The buckets' S3 lifecycle rules, at start and then every `lifecycle_interval_secs`.
+    {
+        let store: Arc<dyn sluice_store::ObjectStore> = Arc::new(store.clone());
+        let every = Duration::from_secs(settings.lifecycle_interval_secs);
+        tokio::spawn(async move {
+            loop {
+                match sluice_compat::s3_lifecycle::sweep(store.as_ref(), sluice_meta::now_ms())
+                    .await
+                {
+                    Ok(s) if s != Default::default() => tracing::info!(
+                        expired_objects = s.expired_objects,
+                        aborted_uploads = s.aborted_uploads,
+                        "applied the buckets' lifecycle rules"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot apply the buckets' lifecycle rules")
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
 
     let uploads = EmbeddedUploads::new(db.clone(), store.clone(), stream.unthrottled());
     // Uploads committed before a crash cut their delivery short get their records now.

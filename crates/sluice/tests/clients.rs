@@ -101,7 +101,13 @@ struct Target {
 }
 
 fn target(dir: &DataDir) -> Target {
-    let server = Server::start(&dir.0);
+    // Lifecycle rules are applied every second, so that the suites see them act.
+    let server = Server::start_on(
+        &dir.0,
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        &[("SLUICE_LIFECYCLE_INTERVAL_SECS", "1")],
+    );
     let key: Value =
         serde_json::from_str(&server.cli(&["keys", "create", "--description", "client suites"]))
             .expect("keys create prints JSON");

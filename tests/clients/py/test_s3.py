@@ -1065,3 +1065,53 @@ def test_cors_preflights_and_response_headers_follow_the_buckets_rules(s3, edge,
     s3.delete_bucket_cors(Bucket=bucket)
     status, _, body = raw(edge, "OPTIONS", f"/{bucket}/a.txt", preflight)
     assert status == 403 and xml_field(body, "Message") == "CORSResponse: CORS is not enabled for this bucket."
+
+
+# --- lifecycle rules, applied ------------------------------------------------------------
+
+
+def test_lifecycle_rules_expire_objects_and_abort_uploads(s3, bucket):
+    """The server under test applies lifecycle rules every second (clients.rs)."""
+    yesterday = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)).replace(
+        hour=0, minute=0, second=0, microsecond=0)
+    for key, tagging in (("logs/old.txt", "keep=no"), ("logs/kept.txt", "keep=yes"), ("data/x.txt", "keep=no")):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x", Tagging=tagging)
+    s3.put_object(Bucket=bucket, Key="big/large.bin", Body=b"x" * 2048)
+    s3.put_object(Bucket=bucket, Key="big/small.bin", Body=b"x")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="tmp/part.bin")["UploadId"]
+
+    # S3's checks first.
+    def lifecycle(*rules):
+        return {"Rules": list(rules)}
+
+    date_rule = {"ID": "old-logs", "Status": "Enabled", "Expiration": {"Date": yesterday},
+                 "Filter": {"And": {"Prefix": "logs/", "Tags": [{"Key": "keep", "Value": "no"}]}}}
+    fails("InvalidArgument", s3.put_bucket_lifecycle_configuration, Bucket=bucket, LifecycleConfiguration=lifecycle(
+        {"ID": "a", "Status": "Enabled", "Expiration": {"Days": 0}, "Filter": {"Prefix": ""}}))
+    fails("InvalidArgument", s3.put_bucket_lifecycle_configuration, Bucket=bucket, LifecycleConfiguration=lifecycle(
+        date_rule, {**date_rule, "Filter": {"Prefix": "other/"}}))
+    fails("InvalidArgument", s3.put_bucket_lifecycle_configuration, Bucket=bucket, LifecycleConfiguration=lifecycle(
+        {"ID": "noon", "Status": "Enabled", "Expiration": {"Date": yesterday + datetime.timedelta(hours=12)},
+         "Filter": {"Prefix": ""}}))
+    fails("InvalidRequest", s3.put_bucket_lifecycle_configuration, Bucket=bucket, LifecycleConfiguration=lifecycle(
+        {"ID": "t", "Status": "Enabled", "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+         "Filter": {"Tag": {"Key": "keep", "Value": "no"}}}))
+
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=lifecycle(
+        date_rule,
+        {"ID": "large", "Status": "Enabled", "Expiration": {"Date": yesterday},
+         "Filter": {"And": {"Prefix": "big/", "ObjectSizeGreaterThan": 1024}}},
+        {"ID": "disabled", "Status": "Disabled", "Expiration": {"Date": yesterday}, "Filter": {"Prefix": "data/"}},
+        # Days count from now: nothing is due for a day (the sweep must not touch it).
+        {"ID": "uploads", "Status": "Enabled", "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+         "Filter": {"Prefix": "tmp/"}},
+    ))
+
+    def keys():
+        return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+    eventually(lambda: keys() == ["big/small.bin", "data/x.txt", "logs/kept.txt"], "the expired objects to go",
+               timeout=30)
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in uploads] == [upload], "not due for a day"
+    s3.abort_multipart_upload(Bucket=bucket, Key="tmp/part.bin", UploadId=upload)
