@@ -31,6 +31,7 @@ mod json11;
 pub mod kinesis;
 pub mod lambda;
 pub mod s3;
+pub mod s3_checksum;
 pub mod s3_cors;
 pub mod s3_lifecycle;
 pub mod s3_policy;

@@ -267,6 +267,11 @@ fn key_lookup_error(e: sluice_identity::IdentityError) -> S3Error {
     }
 }
 
+/// Whether a read asked for the object's checksum (`x-amz-checksum-mode: ENABLED`).
+fn checksum_wanted(mode: Option<&ChecksumMode>) -> bool {
+    mode.is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
+}
+
 /// Store errors as S3 error codes, in one place.
 fn s3_err(e: StoreError) -> S3Error {
     let code = match &e {
@@ -284,7 +289,7 @@ fn s3_err(e: StoreError) -> S3Error {
             S3ErrorCode::PreconditionFailed
         }
         StoreError::EntityTooLarge { .. } => S3ErrorCode::EntityTooLarge,
-        StoreError::BadDigest => S3ErrorCode::BadDigest,
+        StoreError::BadDigest | StoreError::BadChecksum(_) => S3ErrorCode::BadDigest,
         StoreError::Meta(_) | StoreError::Blobs(_) => {
             if e.is_unavailable() || e.is_full() {
                 tracing::warn!(error = %e, "s3 request refused");
@@ -448,6 +453,7 @@ fn headers_in(h: HeadersIn) -> S3Result<ObjectHeaders> {
         expires,
         website_redirect: h.website_redirect,
         storage_class,
+        checksum: None,
     })
 }
 
@@ -906,6 +912,8 @@ struct Write {
     headers: ObjectHeaders,
     /// `If-Match`: the ETag (unquoted) the object must have, or `*`.
     if_match: Option<String>,
+    /// The flexible checksum to compute (and compare with the client's).
+    checksum: crate::s3_checksum::Spec,
 }
 
 /// The user of an upload written through S3: the access key that signed the write.
@@ -980,10 +988,12 @@ impl S3Adapter {
             if_absent,
             event,
             tags,
-            headers,
+            mut headers,
             if_match,
+            checksum,
         } = w;
         let (bucket, key) = (bucket.as_str(), key.as_str());
+        let (body, check) = crate::s3_checksum::hashing(body, checksum);
         if let Some(hook) = self.enqueue_target(bucket, key) {
             if if_absent && self.store.head(bucket, key).await.is_ok() {
                 return Err(s3_error!(PreconditionFailed));
@@ -1006,6 +1016,7 @@ impl S3Adapter {
             if content_md5.is_some_and(|want| hex::encode(want) != md5) {
                 return Err(s3_err(StoreError::BadDigest));
             }
+            headers.checksum = (check.0)().map_err(s3_err)?;
             let meta = UploadMeta {
                 user_sub: s3_user_sub(&who),
                 bucket: bucket.to_owned(),
@@ -1053,6 +1064,7 @@ impl S3Adapter {
                     tags,
                     headers,
                     if_match,
+                    body_check: Some(check),
                 },
             )
             .await
@@ -2034,6 +2046,7 @@ impl S3 for S3Adapter {
             ),
             None => None,
         };
+        let checksum = crate::s3_checksum::spec(&req.headers, req.trailing_headers.as_ref())?;
         let input = req.input;
         let content_md5 = content_md5(input.content_md5.as_deref())?;
         let tags = tags_from_header(input.tagging.as_deref())?;
@@ -2054,12 +2067,15 @@ impl S3 for S3Adapter {
                 tags,
                 headers,
                 if_match,
+                checksum,
             })
             .await?;
-        Ok(S3Response::new(PutObjectOutput {
+        let mut out = PutObjectOutput {
             e_tag: Some(etag(&info.etag)),
             ..Default::default()
-        }))
+        };
+        crate::checksum_out!(out, &info.headers.checksum);
+        Ok(S3Response::new(out))
     }
 
     async fn get_object(
@@ -2141,6 +2157,10 @@ impl S3 for S3Adapter {
                 storage_class: info.headers.storage_class.clone().map(StorageClass::from),
                 ..Default::default()
             };
+            let mut output = output;
+            if !partial && checksum_wanted(input.checksum_mode.as_ref()) {
+                crate::checksum_out!(output, &info.headers.checksum);
+            }
             return Ok(if partial {
                 S3Response::with_status(output, http::StatusCode::PARTIAL_CONTENT)
             } else {
@@ -2201,6 +2221,10 @@ impl S3 for S3Adapter {
             storage_class: info.headers.storage_class.clone().map(StorageClass::from),
             ..Default::default()
         };
+        let mut output = output;
+        if !partial && checksum_wanted(input.checksum_mode.as_ref()) {
+            crate::checksum_out!(output, &info.headers.checksum);
+        }
         let mut resp = S3Response::new(output);
         if partial {
             resp.extensions.insert(PartialContent);
@@ -2277,6 +2301,10 @@ impl S3 for S3Adapter {
         req: S3Request<CopyObjectInput>,
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let who = access_key(&req);
+        // The copy's checksum: the algorithm the request names, else the source's
+        // (computed again over the copied bytes), else CRC64NVME.
+        let named = req.headers.contains_key("x-amz-checksum-algorithm");
+        let mut checksum = crate::s3_checksum::spec(&req.headers, None)?;
         let input = req.input;
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
         let src = match self.store.get_stream(&src_bucket, &src_key, None).await {
@@ -2336,6 +2364,16 @@ impl S3 for S3Adapter {
                 ));
             }
         };
+        if !named
+            && let Some(a) = src
+                .info
+                .headers
+                .checksum
+                .as_ref()
+                .and_then(|(name, _)| crate::s3_checksum::Algorithm::from_name(name))
+        {
+            checksum = crate::s3_checksum::Spec::computed(a);
+        }
         // The source's bytes stream into the new object; the copy has the source's MD5.
         let want = hex::decode(&src.info.etag)
             .ok()
@@ -2355,6 +2393,7 @@ impl S3 for S3Adapter {
                 tags,
                 headers,
                 if_match: None,
+                checksum,
             })
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -2456,6 +2495,7 @@ impl S3 for S3Adapter {
                     tags: tags_from_header(input.tagging.as_deref())?,
                     headers: headers_in(headers_of!(input))?,
                     if_match: None,
+                    body_check: None,
                 },
             )
             .await

@@ -1165,9 +1165,26 @@ impl EmbeddedStore {
         bucket: &str,
         key: &str,
         prepared: Prepared,
-        opts: PutOptions,
+        mut opts: PutOptions,
     ) -> Result<ObjectInfo, StoreError> {
         self.check_md5(&prepared, opts.content_md5).await?;
+        if let Some(check) = opts.body_check.take() {
+            match (check.0)() {
+                Ok(Some(sum)) => opts.headers.checksum = Some(sum),
+                Ok(None) => {}
+                Err(e) => {
+                    self.discard_blobs(
+                        prepared
+                            .blob_name()
+                            .into_iter()
+                            .map(str::to_owned)
+                            .collect(),
+                    )
+                    .await;
+                    return Err(e);
+                }
+            }
+        }
         let new_blob = prepared.blob_name().map(str::to_owned);
         let (b, k) = (bucket.to_owned(), key.to_owned());
         let committed = self
@@ -1478,6 +1495,7 @@ pub fn complete_multipart_in_tx(
         tags: tags_from(tags.as_deref()),
         headers: headers_from(headers.as_deref()),
         if_match: None,
+        body_check: None,
     };
     let (info, replaced) = put_in_tx(
         conn,

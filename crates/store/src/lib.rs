@@ -4,6 +4,8 @@
 //! directory. This crate knows nothing about HTTP or S3's wire format.
 
 use async_trait::async_trait;
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 pub mod embedded;
@@ -44,6 +46,10 @@ pub enum StoreError {
     /// The bytes do not match the MD5 the client sent.
     #[error("the Content-MD5 you specified did not match what we received")]
     BadDigest,
+    /// The bytes do not match a checksum the client sent ([`BodyCheck`]): the message says
+    /// which.
+    #[error("{0}")]
+    BadChecksum(String),
     #[error("{size} bytes is more than the largest allowed, {max} bytes")]
     EntityTooLarge { size: u64, max: u64 },
     #[error("storage i/o failed: {0}")]
@@ -144,6 +150,10 @@ pub struct ObjectHeaders {
     /// `x-amz-storage-class` other than `STANDARD`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
+    /// The object's checksum as S3 reports it (`x-amz-checksum-*`): the algorithm's name
+    /// (`CRC32`, `CRC32C`, `CRC64NVME`, `SHA1`, `SHA256`) and its base64 value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<(String, String)>,
 }
 
 impl ObjectHeaders {
@@ -233,6 +243,23 @@ pub struct ObjectStream {
     pub body: ByteStream,
 }
 
+/// A check of a streamed body that the store runs once every byte has been read and before
+/// the object is committed: S3's flexible checksums, which the edge computes as the body
+/// streams through and compares with the client's value (which may come in a trailer, after
+/// the body). `Ok(Some(checksum))` is kept as the object's [`ObjectHeaders::checksum`];
+/// an error refuses the write and nothing is kept.
+#[derive(Clone)]
+pub struct BodyCheck(
+    #[allow(clippy::type_complexity)]
+    pub  Arc<dyn Fn() -> Result<Option<(String, String)>, StoreError> + Send + Sync>,
+);
+
+impl std::fmt::Debug for BodyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodyCheck")
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct PutOptions {
     /// Defaults to `application/octet-stream`.
@@ -261,6 +288,8 @@ pub struct PutOptions {
     /// otherwise [`StoreError::PreconditionFailed`], or `NoSuchKey` when there is no
     /// object; checked in the same transaction as the write.
     pub if_match: Option<String>,
+    /// Run on a streamed body ([`ObjectStore::put_stream`]) before it is committed.
+    pub body_check: Option<BodyCheck>,
 }
 
 /// A durable object store.

@@ -493,6 +493,7 @@ impl EmbeddedUploads {
             tags: u.tags.clone(),
             headers: u.headers.clone(),
             if_match: None,
+            body_check: None,
         };
         self.commit_upload(blob, move |c| {
             let (info, replaced) =
@@ -1069,6 +1070,7 @@ mod tests {
                 tags: Vec::new(),
                 headers: Default::default(),
                 if_match: None,
+                body_check: None,
             };
             let now = now_ms();
             let (info, _) =

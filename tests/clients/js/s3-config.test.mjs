@@ -131,3 +131,28 @@ test("bucket policy and configurations", async () => {
   assert.equal(lc.Rules[0].ID, "tmp");
   assert.deepEqual(lc.Rules[0].Expiration, { Days: 1 });
 });
+
+test("flexible checksums: the SDK's CRC32C is verified, kept, returned and checked on read", async () => {
+  const { S3Client, CreateBucketCommand, PutObjectCommand, GetObjectCommand, HeadObjectCommand, DeleteObjectCommand, DeleteBucketCommand } =
+    await import("@aws-sdk/client-s3");
+  const s3 = new S3Client(clientConfig({ forcePathStyle: true }));
+  const bucket = unique("js-sums");
+  await s3.send(new CreateBucketCommand({ Bucket: bucket }));
+  try {
+    const body = Buffer.from("hello world".repeat(1000));
+    const put = await s3.send(new PutObjectCommand({ Bucket: bucket, Key: "k", Body: body, ChecksumAlgorithm: "CRC32C" }));
+    assert.ok(put.ChecksumCRC32C, "the answer carries the checksum");
+    const head = await s3.send(new HeadObjectCommand({ Bucket: bucket, Key: "k", ChecksumMode: "ENABLED" }));
+    assert.equal(head.ChecksumCRC32C, put.ChecksumCRC32C);
+    const got = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: "k", ChecksumMode: "ENABLED" }));
+    assert.equal(Buffer.from(await got.Body.transformToByteArray()).toString(), body.toString());
+    await assert.rejects(
+      s3.send(new PutObjectCommand({ Bucket: bucket, Key: "bad", Body: body, ChecksumCRC32: "AAAAAA==" })),
+      (e) => e.name === "BadDigest",
+    );
+    await s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: "k" }));
+  } finally {
+    await s3.send(new DeleteBucketCommand({ Bucket: bucket }));
+    s3.destroy();
+  }
+});

@@ -1115,3 +1115,41 @@ def test_lifecycle_rules_expire_objects_and_abort_uploads(s3, bucket):
     uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     assert [u["UploadId"] for u in uploads] == [upload], "not due for a day"
     s3.abort_multipart_upload(Bucket=bucket, Key="tmp/part.bin", UploadId=upload)
+
+
+# --- flexible checksums ------------------------------------------------------------------
+
+
+def test_flexible_checksums_are_verified_kept_and_returned(s3, bucket):
+    import base64
+    import zlib
+
+    body = b"hello world" * 1000
+    sha256 = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    crc32 = base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+
+    out = s3.put_object(Bucket=bucket, Key="sha.txt", Body=body, ChecksumAlgorithm="SHA256")
+    assert out["ChecksumSHA256"] == sha256
+    head = s3.head_object(Bucket=bucket, Key="sha.txt", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == sha256
+    assert "ChecksumSHA256" not in s3.head_object(Bucket=bucket, Key="sha.txt")
+    # boto3 checks the body it reads against the checksum the answer carries.
+    got = s3.get_object(Bucket=bucket, Key="sha.txt", ChecksumMode="ENABLED")
+    assert got["ChecksumSHA256"] == sha256 and got["Body"].read() == body
+
+    out = s3.put_object(Bucket=bucket, Key="crc.txt", Body=body, ChecksumCRC32=crc32)
+    assert out["ChecksumCRC32"] == crc32
+    # A value that does not match the bytes: nothing is written.
+    r = fails("BadDigest", s3.put_object, Bucket=bucket, Key="bad.txt", Body=body, ChecksumCRC32="AAAAAA==")
+    assert r["Error"]["Message"] == "The CRC32 you specified did not match the calculated checksum."
+    fails("404", s3.head_object, Bucket=bucket, Key="bad.txt")
+    fails("InvalidRequest", s3.put_object, Bucket=bucket, Key="bad.txt", Body=body, ChecksumCRC32="not-base64!")
+
+    # No algorithm named: whatever the SDK sends by default, or CRC64NVME as S3 computes.
+    s3.put_object(Bucket=bucket, Key="plain.txt", Body=body)
+    head = s3.head_object(Bucket=bucket, Key="plain.txt", ChecksumMode="ENABLED")
+    assert any(k in head for k in ("ChecksumCRC32", "ChecksumCRC64NVME")), head
+
+    # A copy keeps the source's algorithm, computed again over the copied bytes.
+    s3.copy_object(Bucket=bucket, Key="copy.txt", CopySource={"Bucket": bucket, "Key": "sha.txt"})
+    assert s3.head_object(Bucket=bucket, Key="copy.txt", ChecksumMode="ENABLED")["ChecksumSHA256"] == sha256
