@@ -33,6 +33,7 @@ pub mod lambda;
 pub mod s3;
 pub mod s3_checksum;
 pub mod s3_cors;
+pub mod s3_guard;
 pub mod s3_lifecycle;
 pub mod s3_policy;
 pub mod sigv4;
@@ -134,6 +135,12 @@ pub fn router(edge: Edge) -> Result<Router, String> {
         .route("/{pool}/.well-known/jwks.json", get(jwks))
         .route("/{pool}/.well-known/openid-configuration", get(discovery))
         .fallback_service(s3)
+        // Operations s3s does not know are refused before it could mistake them for
+        // others (`s3_guard`).
+        .layer(axum::middleware::from_fn_with_state(
+            edge.clone(),
+            s3_guard::layer,
+        ))
         // S3's CORS, by the bucket's configuration (`s3_cors`): preflights never reach s3s.
         .layer(axum::middleware::from_fn_with_state(
             edge.clone(),

@@ -267,6 +267,36 @@ fn key_lookup_error(e: sluice_identity::IdentityError) -> S3Error {
     }
 }
 
+/// A write's ACL headers, as S3 takes them with ACLs disabled (`BucketOwnerEnforced`):
+/// no ACL, `private` or `bucket-owner-full-control`, and no grants.
+macro_rules! acl_check {
+    ($input:expr) => {
+        if $input
+            .acl
+            .as_ref()
+            .is_some_and(|a| !matches!(a.as_str(), "private" | "bucket-owner-full-control"))
+            || $input.grant_full_control.is_some()
+            || $input.grant_read.is_some()
+            || $input.grant_read_acp.is_some()
+            || $input.grant_write_acp.is_some()
+        {
+            return Err(acls_not_supported());
+        }
+    };
+}
+
+/// A read of an object by `versionId`: buckets are not versioned, so their objects have
+/// the version `null` only; another id is refused as S3 refuses it on such a bucket.
+fn check_version(version_id: Option<&str>) -> S3Result<()> {
+    match version_id {
+        None | Some("null") => Ok(()),
+        Some(_) => Err(S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            "Invalid version id specified",
+        )),
+    }
+}
+
 /// Whether a read asked for the object's checksum (`x-amz-checksum-mode: ENABLED`).
 fn checksum_wanted(mode: Option<&ChecksumMode>) -> bool {
     mode.is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
@@ -2048,6 +2078,7 @@ impl S3 for S3Adapter {
         };
         let checksum = crate::s3_checksum::spec(&req.headers, req.trailing_headers.as_ref())?;
         let input = req.input;
+        acl_check!(input);
         let content_md5 = content_md5(input.content_md5.as_deref())?;
         let tags = tags_from_header(input.tagging.as_deref())?;
         let headers = headers_in(headers_of!(input))?;
@@ -2083,6 +2114,7 @@ impl S3 for S3Adapter {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
+        check_version(input.version_id.as_deref())?;
         // The metadata first (conditions and the range are decided on it), then exactly
         // the bytes asked for, of that same version (read again if it changed meanwhile).
         for _ in 0..3 {
@@ -2178,6 +2210,7 @@ impl S3 for S3Adapter {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
+        check_version(input.version_id.as_deref())?;
         let (info, parts) = self
             .object_info(&input.bucket, &input.key, input.part_number)
             .await?;
@@ -2306,6 +2339,7 @@ impl S3 for S3Adapter {
         let named = req.headers.contains_key("x-amz-checksum-algorithm");
         let mut checksum = crate::s3_checksum::spec(&req.headers, None)?;
         let input = req.input;
+        acl_check!(input);
         let (src_bucket, src_key) = copy_source(&input.copy_source)?;
         let src = match self.store.get_stream(&src_bucket, &src_key, None).await {
             Ok(o) => o,
@@ -2480,6 +2514,7 @@ impl S3 for S3Adapter {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
+        acl_check!(input);
         let id = self
             .store
             .create_multipart(

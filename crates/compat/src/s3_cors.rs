@@ -78,30 +78,6 @@ fn find_rule<'a>(
     })
 }
 
-/// The bucket a request to the S3 routes is for: the host's first label under the
-/// configured base domain (virtual-hosted style), else the path's first segment.
-fn bucket_of(edge: &Edge, headers: &HeaderMap, path: &str) -> Option<(String, bool)> {
-    if let Some(domain) = &edge.s3_base_domain
-        && let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok())
-    {
-        let host = host.split(':').next().unwrap_or(host);
-        if let Some(bucket) = host
-            .strip_suffix(domain.as_str())
-            .and_then(|b| b.strip_suffix('.'))
-            .filter(|b| !b.is_empty())
-        {
-            let has_key = !path.trim_start_matches('/').is_empty();
-            return Some((bucket.to_owned(), has_key));
-        }
-    }
-    let rest = path.strip_prefix('/')?;
-    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() {
-        return None;
-    }
-    Some((crate::sigv4::percent_decode(bucket), !key.is_empty()))
-}
-
 async fn configuration(edge: &Edge, bucket: &str) -> Cached {
     if let Some(c) = edge.s3.cors.0.get(bucket) {
         return c;
@@ -252,7 +228,8 @@ pub async fn layer(
     if req.headers().contains_key("x-amz-target") {
         return next.run(req).await;
     }
-    let Some((bucket, object)) = bucket_of(&edge, req.headers(), req.uri().path()) else {
+    let Some((bucket, object)) = crate::s3_guard::bucket_of(&edge, req.headers(), req.uri().path())
+    else {
         return next.run(req).await;
     };
     if req.method() == Method::OPTIONS {

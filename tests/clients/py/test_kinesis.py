@@ -765,3 +765,9 @@ def test_put_records_over_the_limits_fails_the_request(kinesis, stream):
         kinesis.put_records(StreamName=stream, Records=heavy)
     assert error_code(e) == "InvalidArgumentException"
     assert e.value.response["Error"]["Message"] == "Records size exceeds 5 MB limit"
+
+
+def test_on_demand_streams_take_no_shard_count(kinesis):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.create_stream(StreamName=unique("py-od"), ShardCount=2, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+    assert error_code(e) == "InvalidArgumentException"

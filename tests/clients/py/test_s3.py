@@ -1153,3 +1153,33 @@ def test_flexible_checksums_are_verified_kept_and_returned(s3, bucket):
     # A copy keeps the source's algorithm, computed again over the copied bytes.
     s3.copy_object(Bucket=bucket, Key="copy.txt", CopySource={"Bucket": bucket, "Key": "sha.txt"})
     assert s3.head_object(Bucket=bucket, Key="copy.txt", ChecksumMode="ENABLED")["ChecksumSHA256"] == sha256
+
+
+def test_operations_sluice_does_not_implement_change_nothing(s3, bucket):
+    """s3s would take these for PutObject / DeleteObject / DeleteBucket; they are refused."""
+    s3.put_object(Bucket=bucket, Key="a.txt", Body=b"kept")
+    fails("NotImplemented", s3.rename_object, Bucket=bucket, Key="b.txt", RenameSource=f"{bucket}/a.txt")
+    fails("NotImplemented", s3.put_object_annotation, Bucket=bucket, Key="a.txt", AnnotationName="n",
+          AnnotationPayload=b"overwritten?")
+    fails("NotImplemented", s3.delete_object_annotation, Bucket=bucket, Key="a.txt", AnnotationName="n")
+    fails("NotImplemented", s3.update_object_encryption, Bucket=bucket, Key="a.txt",
+          ObjectEncryption={"SSEKMS": {"KMSKeyArn": "arn:aws:kms:us-east-2:000000000000:key/k"}})
+    assert s3.get_object(Bucket=bucket, Key="a.txt")["Body"].read() == b"kept"
+    fails("404", s3.head_object, Bucket=bucket, Key="b.txt")
+    empty = unique("py-empty")
+    s3.create_bucket(Bucket=empty)
+    fails("NotImplemented", s3.delete_bucket_metadata_configuration, Bucket=empty)
+    s3.head_bucket(Bucket=empty)
+    s3.delete_bucket(Bucket=empty)
+    # A checksum of an algorithm sluice does not compute is refused, not ignored.
+    fails("InvalidRequest", s3.put_object, Bucket=bucket, Key="c.txt", Body=b"x", ChecksumSHA512="A" * 88)
+
+
+def test_acl_headers_and_version_ids_on_an_unversioned_bucket(s3, bucket):
+    s3.put_object(Bucket=bucket, Key="a.txt", Body=b"a", ACL="bucket-owner-full-control")
+    r = fails("AccessControlListNotSupported", s3.put_object, Bucket=bucket, Key="b.txt", Body=b"b", ACL="public-read")
+    assert r["Error"]["Message"] == "The bucket does not allow ACLs"
+    fails("AccessControlListNotSupported", s3.create_multipart_upload, Bucket=bucket, Key="c", GrantRead="uri=x")
+    fails("404", s3.head_object, Bucket=bucket, Key="b.txt")
+    assert s3.get_object(Bucket=bucket, Key="a.txt", VersionId="null")["Body"].read() == b"a"
+    fails("InvalidArgument", s3.get_object, Bucket=bucket, Key="a.txt", VersionId="3HL4kqtJlcpXroDTDmJ")

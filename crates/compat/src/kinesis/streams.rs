@@ -56,6 +56,12 @@ pub(super) async fn create_stream(ctx: &KinesisContext, req: &Value) -> OpResult
         .pointer("/StreamModeDetails/StreamMode")
         .and_then(Value::as_str)
         == Some("ON_DEMAND");
+    if on_demand && req.get("ShardCount").is_some_and(|c| !c.is_null()) {
+        return Err(err(
+            "InvalidArgumentException",
+            "ShardCount is not taken for a stream in ON_DEMAND mode: it starts with 4 shards",
+        ));
+    }
     let shard_count = match req.get("ShardCount").and_then(Value::as_u64) {
         Some(n) if n >= 1 => Some(
             u32::try_from(n)
