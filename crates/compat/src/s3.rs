@@ -878,6 +878,31 @@ pub(crate) fn select(
 
 /// The (part number, ETag) list of a CompleteMultipartUpload body, as the client sent it
 /// (whether it names the upload's parts, in order, is the store's check).
+/// The checksums a CompleteMultipartUpload request lists for its parts.
+fn completion_part_checksums(
+    body: Option<&CompletedMultipartUpload>,
+) -> Vec<(u32, (String, String))> {
+    let mut out = Vec::new();
+    for p in body.and_then(|m| m.parts.as_ref()).into_iter().flatten() {
+        let Some(n) = p.part_number.and_then(|n| u32::try_from(n).ok()) else {
+            continue;
+        };
+        let given = [
+            ("CRC32", &p.checksum_crc32),
+            ("CRC32C", &p.checksum_crc32c),
+            ("CRC64NVME", &p.checksum_crc64nvme),
+            ("SHA1", &p.checksum_sha1),
+            ("SHA256", &p.checksum_sha256),
+        ];
+        for (name, v) in given {
+            if let Some(v) = v {
+                out.push((n, (name.to_owned(), v.clone())));
+            }
+        }
+    }
+    out
+}
+
 pub(crate) fn completion_parts(
     body: Option<CompletedMultipartUpload>,
 ) -> S3Result<Vec<(u32, String)>> {
@@ -2247,8 +2272,14 @@ impl S3 for S3Adapter {
         if wants(ObjectAttributes::CHECKSUM)
             && let Some(sum) = &info.headers.checksum
         {
+            // A composite checksum of a multipart object ends in `-N`.
+            let kind = if sum.1.contains('-') {
+                ChecksumType::COMPOSITE
+            } else {
+                ChecksumType::FULL_OBJECT
+            };
             let mut c = Checksum {
-                checksum_type: Some(ChecksumType::from_static(ChecksumType::FULL_OBJECT)),
+                checksum_type: Some(ChecksumType::from_static(kind)),
                 ..Default::default()
             };
             crate::checksum_out!(c, &Some(sum.clone()));
@@ -2622,21 +2653,34 @@ impl S3 for S3Adapter {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
+        // A part's checksum is verified and kept when the request names one (parts get no
+        // default: the completed object's checksum is made of its parts').
+        let checksum = crate::s3_checksum::spec(&req.headers, req.trailing_headers.as_ref())?;
         let input = req.input;
         self.check_upload(&input.upload_id, &input.bucket, &input.key)
             .await?;
         let part = part_number(input.part_number)?;
         let content_md5 = content_md5(input.content_md5.as_deref())?;
         let (body, fault) = body_in(input.body, self.max_object_bytes);
+        let (body, check) = if checksum.named() {
+            let (body, check) = crate::s3_checksum::hashing(body, checksum);
+            (body, Some(check))
+        } else {
+            (body, None)
+        };
         let e = self
             .store
-            .upload_part_stream(&input.upload_id, part, body, content_md5)
+            .upload_part_stream(&input.upload_id, part, body, content_md5, check.clone())
             .await
             .map_err(|e| fault.or(s3_err(e)))?;
-        Ok(S3Response::new(UploadPartOutput {
+        let mut out = UploadPartOutput {
             e_tag: Some(etag(&e)),
             ..Default::default()
-        }))
+        };
+        // The check is pure: run again, it gives the value the store kept.
+        let sum = check.and_then(|c| (c.0)().ok().flatten());
+        crate::checksum_out!(out, &sum);
+        Ok(S3Response::new(out))
     }
 
     async fn upload_part_copy(
@@ -2843,12 +2887,16 @@ impl S3 for S3Adapter {
             max_parts: Some(max as i32),
             parts: Some(
                 page.into_iter()
-                    .map(|p| Part {
-                        part_number: Some(p.part_number as i32),
-                        size: Some(p.size as i64),
-                        e_tag: Some(etag(&p.etag)),
-                        last_modified: Some(timestamp(p.last_modified_ms)),
-                        ..Default::default()
+                    .map(|p| {
+                        let mut part = Part {
+                            part_number: Some(p.part_number as i32),
+                            size: Some(p.size as i64),
+                            e_tag: Some(etag(&p.etag)),
+                            last_modified: Some(timestamp(p.last_modified_ms)),
+                            ..Default::default()
+                        };
+                        crate::checksum_out!(part, &p.checksum);
+                        part
                     })
                     .collect(),
             ),
@@ -2861,16 +2909,21 @@ impl S3 for S3Adapter {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let who = access_key(&req);
-        let input = req.input;
+        let headers = req.headers.clone();
+        let mut input = req.input;
         self.check_upload(&input.upload_id, &input.bucket, &input.key)
             .await?;
-        let parts = completion_parts(input.multipart_upload)?;
+        let listed_sums = completion_part_checksums(input.multipart_upload.as_ref());
+        let parts = completion_parts(input.multipart_upload.take())?;
         // What the part list alone shows is refused now, with its own status, as S3 does.
         let size = self
             .store
             .check_completion(&input.upload_id, &parts)
             .await
             .map_err(s3_err)?;
+        let sum = self
+            .complete_checksum(&input.upload_id, &parts, &listed_sums, &headers)
+            .await?;
         // The rest (assembling the parts: for gigabytes longer than clients wait for a first
         // byte) runs, for a large object, while s3s answers 200 and sends whitespace every
         // 100 ms, then the result's XML — or an error's XML in that 200, as S3 documents for
@@ -2904,13 +2957,15 @@ impl S3 for S3Adapter {
                     (info.bucket, info.key, info.etag)
                 }
             };
-            Ok(CompleteMultipartUploadOutput {
+            let mut out = CompleteMultipartUploadOutput {
                 location: Some(format!("/{bucket}/{key}")),
                 bucket: Some(bucket),
                 key: Some(key),
                 e_tag: Some(etag(&e_tag)),
                 ..Default::default()
-            })
+            };
+            crate::checksum_out!(out, &sum);
+            Ok(out)
         };
         if size < KEEP_ALIVE_COMPLETION_BYTES {
             return Ok(S3Response::new(work.await?));
@@ -3035,6 +3090,57 @@ impl S3Adapter {
             Ok(found) => Ok(found),
             Err(e) => Err(self.not_found(bucket, e).await),
         }
+    }
+
+    /// The completed object's checksum, from its parts' (see
+    /// [`crate::s3_checksum::multipart_checksum`]), checked against what the request says
+    /// of each part and of the whole, then kept with the upload for its completion. Full
+    /// object (CRCs combined) when the request says `x-amz-checksum-type: FULL_OBJECT` or
+    /// the algorithm is CRC64NVME; composite otherwise.
+    async fn complete_checksum(
+        &self,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        listed_sums: &[(u32, (String, String))],
+        headers: &http::HeaderMap,
+    ) -> S3Result<Option<(String, String)>> {
+        let stored = self.store.list_parts(upload_id).await.map_err(s3_err)?;
+        let find = |n: u32| stored.iter().find(|p| p.part_number == n);
+        for (n, sum) in listed_sums {
+            if find(*n).and_then(|p| p.checksum.as_ref()) != Some(sum) {
+                return Err(S3Error::with_message(
+                    S3ErrorCode::InvalidPart,
+                    format!(
+                        "The {} you specified for part {n} did not match the part's uploaded checksum.",
+                        sum.0
+                    ),
+                ));
+            }
+        }
+        let chosen: Vec<(Option<&(String, String)>, u64)> = parts
+            .iter()
+            .map(|(n, _)| find(*n).map_or((None, 0), |p| (p.checksum.as_ref(), p.size)))
+            .collect();
+        let full = headers
+            .get("x-amz-checksum-type")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"FULL_OBJECT"));
+        let sum = crate::s3_checksum::multipart_checksum(&chosen, full);
+        if let Some((algorithm, value)) = &sum
+            && let Some(want) = crate::s3_checksum::header_value(headers, algorithm)
+            && want.trim() != value
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::BadDigest,
+                format!("The {algorithm} you specified did not match the calculated checksum."),
+            ));
+        }
+        if sum.is_some() {
+            self.store
+                .set_multipart_checksum(upload_id, sum.clone())
+                .await
+                .map_err(s3_err)?;
+        }
+        Ok(sum)
     }
 
     async fn not_found(&self, bucket: &str, e: StoreError) -> S3Error {

@@ -128,7 +128,13 @@ impl Spec {
         Spec {
             algorithm,
             expected: Expected::Nothing,
+            defaulted: false,
         }
+    }
+
+    /// Whether the request named an algorithm or sent a value.
+    pub fn named(&self) -> bool {
+        !self.defaulted
     }
 }
 
@@ -145,6 +151,8 @@ enum Expected {
 pub struct Spec {
     algorithm: Algorithm,
     expected: Expected,
+    /// The request named no algorithm (CRC64NVME was chosen for it).
+    defaulted: bool,
 }
 
 fn invalid(header: &str) -> S3Error {
@@ -197,6 +205,7 @@ pub fn spec(
         return Ok(Spec {
             algorithm,
             expected: Expected::Header(value.to_owned()),
+            defaulted: false,
         });
     }
     if let Some(name) = headers.get("x-amz-trailer").and_then(|v| v.to_str().ok()) {
@@ -215,6 +224,7 @@ pub fn spec(
         return Ok(Spec {
             algorithm,
             expected: Expected::Trailer(t.clone()),
+            defaulted: false,
         });
     }
     let named = ["x-amz-checksum-algorithm", "x-amz-sdk-checksum-algorithm"]
@@ -232,6 +242,7 @@ pub fn spec(
     Ok(Spec {
         algorithm,
         expected: Expected::Nothing,
+        defaulted: named.is_none(),
     })
 }
 
@@ -251,6 +262,7 @@ pub fn hashing(body: ByteStream, spec: Spec) -> (ByteStream, BodyCheck) {
     let Spec {
         algorithm,
         expected,
+        ..
     } = spec;
     let check = BodyCheck(Arc::new(move || {
         let computed = hasher
@@ -292,6 +304,62 @@ pub fn hashing(body: ByteStream, spec: Spec) -> (ByteStream, BodyCheck) {
     (body, check)
 }
 
+/// The checksum of a completed multipart object, from its parts' (algorithm, base64 value,
+/// size) in order: for `full_object` (CRCs only; CRC64NVME always) the CRC of the whole
+/// object, combined from the parts'; otherwise S3's composite, the checksum of the
+/// concatenated part checksums with `-N` appended. `None` when a part has no checksum or
+/// the parts' algorithms differ.
+pub fn multipart_checksum(
+    parts: &[(Option<&(String, String)>, u64)],
+    full_object: bool,
+) -> Option<(String, String)> {
+    let first = parts.first()?.0?;
+    let algorithm = Algorithm::from_name(&first.0)?;
+    let mut raw = Vec::with_capacity(parts.len());
+    for (sum, size) in parts {
+        let (name, value) = (*sum)?;
+        if Algorithm::from_name(name) != Some(algorithm) {
+            return None;
+        }
+        raw.push((B64.decode(value).ok()?, *size));
+    }
+    let crc = match algorithm {
+        Algorithm::Crc32 => Some(crc_fast::CrcAlgorithm::Crc32IsoHdlc),
+        Algorithm::Crc32c => Some(crc_fast::CrcAlgorithm::Crc32Iscsi),
+        Algorithm::Crc64Nvme => Some(crc_fast::CrcAlgorithm::Crc64Nvme),
+        Algorithm::Sha1 | Algorithm::Sha256 => None,
+    };
+    if let Some(crc) = crc.filter(|_| full_object || algorithm == Algorithm::Crc64Nvme) {
+        let width = algorithm.digest_len();
+        let value = |d: &[u8]| d.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        let mut iter = raw.iter();
+        let (d, _) = iter.next()?;
+        let mut whole = value(d);
+        for (d, size) in iter {
+            whole = crc_fast::checksum_combine(crc, whole, value(d), *size);
+        }
+        let bytes = whole.to_be_bytes();
+        return Some((algorithm.name().to_owned(), B64.encode(&bytes[8 - width..])));
+    }
+    let mut h = Hasher::new(algorithm);
+    for (d, _) in &raw {
+        h.update(d);
+    }
+    Some((
+        algorithm.name().to_owned(),
+        format!("{}-{}", h.value(), raw.len()),
+    ))
+}
+
+/// The value of `algorithm` a request's headers carry (`x-amz-checksum-…`), if any.
+pub fn header_value(headers: &http::HeaderMap, algorithm: &str) -> Option<String> {
+    let a = Algorithm::from_name(algorithm)?;
+    headers
+        .get(a.header())
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// Sets the `checksum_<algorithm>` field of an output to `value`, by the stored name.
 #[macro_export]
 #[doc(hidden)]
@@ -330,6 +398,42 @@ mod tests {
         assert_eq!(
             value(Algorithm::Sha256),
             "uU0nuZNNPgilLlLX2n2r+sSE7+N6U4DukIj3rOLvzek="
+        );
+    }
+
+    /// A full-object CRC combined from the parts' is the CRC of the whole; a composite is
+    /// the checksum of the parts' checksums, with the part count.
+    #[test]
+    fn multipart_checksums_combine_the_parts() {
+        let sum = |a, data: &[u8]| {
+            let mut h = Hasher::new(a);
+            h.update(data);
+            (a.name().to_owned(), h.value())
+        };
+        let (one, two) = (b"first part ".as_slice(), b"and the second".as_slice());
+        for a in [Algorithm::Crc32, Algorithm::Crc32c, Algorithm::Crc64Nvme] {
+            let (p1, p2) = (sum(a, one), sum(a, two));
+            let whole = multipart_checksum(
+                &[(Some(&p1), one.len() as u64), (Some(&p2), two.len() as u64)],
+                true,
+            );
+            assert_eq!(whole, Some(sum(a, b"first part and the second")), "{a:?}");
+        }
+        let (p1, p2) = (sum(Algorithm::Sha256, one), sum(Algorithm::Sha256, two));
+        let composite =
+            multipart_checksum(&[(Some(&p1), 11), (Some(&p2), 14)], true).expect("composite");
+        let mut h = Hasher::new(Algorithm::Sha256);
+        h.update(&B64.decode(&p1.1).expect("b64"));
+        h.update(&B64.decode(&p2.1).expect("b64"));
+        assert_eq!(composite.1, format!("{}-2", h.value()));
+        assert_eq!(
+            multipart_checksum(&[(Some(&p1), 1), (None, 1)], false),
+            None
+        );
+        let crc = sum(Algorithm::Crc32, one);
+        assert_eq!(
+            multipart_checksum(&[(Some(&p1), 1), (Some(&crc), 1)], false),
+            None
         );
     }
 }

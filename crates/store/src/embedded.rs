@@ -147,6 +147,12 @@ ALTER TABLE multipart_uploads ADD COLUMN headers TEXT;
         name: "store-0011",
         sql: "CREATE TABLE bucket_configs (bucket TEXT NOT NULL, kind TEXT NOT NULL, config TEXT NOT NULL, PRIMARY KEY (bucket, kind));",
     },
+    // A part's flexible checksum (`ALGORITHM:base64`), kept to answer ListParts and to
+    // compute the completed object's checksum.
+    Migration {
+        name: "store-0012",
+        sql: "ALTER TABLE multipart_parts ADD COLUMN checksum TEXT;",
+    },
 ];
 
 /// A blob written for another part's row ([`EmbeddedStore::put_held_blob`]): durable, not
@@ -945,7 +951,9 @@ impl EmbeddedStore {
         upload_id: &str,
         part_number: u32,
         prepared: Prepared,
+        checksum: Option<(String, String)>,
     ) -> Result<PartInfo, StoreError> {
+        let stored_sum = checksum.as_ref().map(|(a, v)| format!("{a}:{v}"));
         let blob = prepared.blob_name().map(str::to_owned);
         let id = upload_id.to_owned();
         let committed = self
@@ -971,11 +979,12 @@ impl EmbeddedStore {
                 let now = now_ms();
                 c.execute(
                     "INSERT INTO multipart_parts
-                         (upload_id, part_number, size, etag, modified_ms, inline, blob)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         (upload_id, part_number, size, etag, modified_ms, inline, blob, checksum)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (upload_id, part_number) DO UPDATE SET size = excluded.size,
                          etag = excluded.etag, modified_ms = excluded.modified_ms,
-                         inline = excluded.inline, blob = excluded.blob",
+                         inline = excluded.inline, blob = excluded.blob,
+                         checksum = excluded.checksum",
                     params![
                         id,
                         part_number,
@@ -983,7 +992,8 @@ impl EmbeddedStore {
                         prepared.etag,
                         now,
                         inline,
-                        blob
+                        blob,
+                        stored_sum
                     ],
                 )?;
                 let part = PartInfo {
@@ -991,6 +1001,7 @@ impl EmbeddedStore {
                     size: prepared.size,
                     etag: prepared.etag.clone(),
                     last_modified_ms: now,
+                    checksum: checksum.clone(),
                 };
                 Ok((part, replaced.flatten()))
             })
@@ -1843,7 +1854,7 @@ impl ObjectStore for EmbeddedStore {
         part_number: u32,
         body: Bytes,
     ) -> Result<String, StoreError> {
-        self.upload_part_stream(upload_id, part_number, sluice_blobs::once(body), None)
+        self.upload_part_stream(upload_id, part_number, sluice_blobs::once(body), None, None)
             .await
     }
 
@@ -1853,13 +1864,29 @@ impl ObjectStore for EmbeddedStore {
         part_number: u32,
         body: ByteStream,
         content_md5: Option<[u8; 16]>,
+        body_check: Option<crate::BodyCheck>,
     ) -> Result<String, StoreError> {
         validate_part_number(part_number)?;
         self.multipart(upload_id).await?;
         let prepared = self.prepare_stream(body).await?;
         self.check_md5(&prepared, content_md5).await?;
+        let checksum = match body_check.map(|check| (check.0)()) {
+            None => None,
+            Some(Ok(sum)) => sum,
+            Some(Err(e)) => {
+                self.discard_blobs(
+                    prepared
+                        .blob_name()
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect(),
+                )
+                .await;
+                return Err(e);
+            }
+        };
         Ok(self
-            .commit_part(upload_id, part_number, prepared)
+            .commit_part(upload_id, part_number, prepared, checksum)
             .await?
             .etag)
     }
@@ -1973,7 +2000,8 @@ impl ObjectStore for EmbeddedStore {
                 (None, None) => break self.prepare(Bytes::new()).await?,
             }
         };
-        self.commit_part(upload_id, part_number, prepared).await
+        self.commit_part(upload_id, part_number, prepared, None)
+            .await
     }
 
     async fn multipart(&self, upload_id: &str) -> Result<MultipartInfo, StoreError> {
@@ -2037,7 +2065,7 @@ impl ObjectStore for EmbeddedStore {
         self.db
             .read(move |c| {
                 let parts = c.query_vec(
-                    "SELECT part_number, size, etag, modified_ms FROM multipart_parts
+                    "SELECT part_number, size, etag, modified_ms, checksum FROM multipart_parts
                      WHERE upload_id = ?1 ORDER BY part_number",
                     params![&id],
                     |r| {
@@ -2046,6 +2074,9 @@ impl ObjectStore for EmbeddedStore {
                             size: r.get::<i64>(1)? as u64,
                             etag: r.get(2)?,
                             last_modified_ms: r.get(3)?,
+                            checksum: r.get::<Option<String>>(4)?.and_then(|s| {
+                                s.split_once(':').map(|(a, v)| (a.to_owned(), v.to_owned()))
+                            }),
                         })
                     },
                 )?;
@@ -2060,6 +2091,33 @@ impl ObjectStore for EmbeddedStore {
         parts: &[(u32, String)],
     ) -> Result<u64, StoreError> {
         self.check_completion_impl(upload_id, parts).await
+    }
+
+    async fn set_multipart_checksum(
+        &self,
+        upload_id: &str,
+        checksum: Option<(String, String)>,
+    ) -> Result<(), StoreError> {
+        let id = upload_id.to_owned();
+        self.db
+            .write(move |c| {
+                let headers: Option<Option<String>> = c.query_opt(
+                    "SELECT headers FROM multipart_uploads WHERE upload_id = ?1",
+                    params![&id],
+                    |r| r.get(0),
+                )?;
+                let Some(headers) = headers else {
+                    return Err(StoreError::NoSuchUpload(id.clone()));
+                };
+                let mut headers = headers_from(headers.as_deref());
+                headers.checksum = checksum.clone();
+                c.execute(
+                    "UPDATE multipart_uploads SET headers = ?2 WHERE upload_id = ?1",
+                    params![&id, headers_json(&headers)],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     async fn complete_multipart(

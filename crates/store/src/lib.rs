@@ -176,6 +176,8 @@ pub struct PartInfo {
     /// MD5 of the part in hex (unquoted).
     pub etag: String,
     pub last_modified_ms: i64,
+    /// The part's flexible checksum (algorithm, base64 value), when its upload sent one.
+    pub checksum: Option<(String, String)>,
 }
 
 /// A multipart upload in progress.
@@ -420,14 +422,23 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<String, StoreError>;
     /// [`upload_part`](Self::upload_part) for a body that arrives in chunks; with
     /// `content_md5`, a part whose bytes do not match is [`StoreError::BadDigest`] and not
-    /// kept.
+    /// kept; `body_check` runs once the body is read, before the part is kept (its
+    /// checksum is kept with the part: [`PartInfo::checksum`]).
     async fn upload_part_stream(
         &self,
         upload_id: &str,
         part_number: u32,
         body: ByteStream,
         content_md5: Option<[u8; 16]>,
+        body_check: Option<BodyCheck>,
     ) -> Result<String, StoreError>;
+    /// Sets the checksum the completed object of a multipart upload will have (computed by
+    /// the caller from its parts' checksums before completing).
+    async fn set_multipart_checksum(
+        &self,
+        upload_id: &str,
+        checksum: Option<(String, String)>,
+    ) -> Result<(), StoreError>;
     /// Stores a part copied from an object (the whole object or `source.range`), like
     /// [`upload_part`](Self::upload_part): the part's ETag is the MD5 of the copied bytes.
     /// `check` sees the source's metadata before a byte is copied. `NoSuchKey` /

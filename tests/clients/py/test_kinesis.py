@@ -1,5 +1,6 @@
 """Kinesis Data Streams through boto3: every operation sluice's edge serves."""
 
+import concurrent.futures
 import datetime
 import json
 
@@ -771,3 +772,27 @@ def test_on_demand_streams_take_no_shard_count(kinesis):
     with pytest.raises(botocore.exceptions.ClientError) as e:
         kinesis.create_stream(StreamName=unique("py-od"), ShardCount=2, StreamModeDetails={"StreamMode": "ON_DEMAND"})
     assert error_code(e) == "InvalidArgumentException"
+
+
+def test_get_records_past_a_shards_budget_is_throttled(kinesis, stream, edge, region):
+    """5 GetRecords calls a second per shard, as on AWS (on by default)."""
+    from conftest import client
+
+    it = kinesis.get_shard_iterator(StreamName=stream, ShardId="shardId-000000000000",
+                                    ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    plain = client("kinesis", edge, region)  # one attempt, no retry of throttling
+
+    def read(_):
+        try:
+            plain.get_records(ShardIterator=it)
+            return None
+        except botocore.exceptions.ClientError as e:
+            return e.response["Error"]["Code"]
+
+    # 20 calls at once: more than a second's budget, however fast the machine is.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        codes = [c for c in pool.map(read, range(20)) if c]
+    assert codes and set(codes) == {"ProvisionedThroughputExceededException"}, codes
+    # Retried with backoff (as the SDKs do by default), every call gets through.
+    for _ in range(12):
+        kinesis.get_records(ShardIterator=it)

@@ -1214,3 +1214,49 @@ def test_get_object_attributes(s3, bucket):
                                     PartNumberMarker=parts["NextPartNumberMarker"])["ObjectParts"]
     assert [(p["PartNumber"], p["Size"]) for p in rest["Parts"]] == [(3, 10)] and rest["IsTruncated"] is False
     fails("NoSuchKey", s3.get_object_attributes, Bucket=bucket, Key="missing", ObjectAttributes=["ETag"])
+
+
+def test_multipart_checksums_per_part_and_of_the_whole(s3, bucket):
+    import base64
+    import zlib
+
+    part = 5 * 1024 * 1024
+    chunks = [b"a" * part, b"b" * 1000]
+    crc = lambda data: base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()  # noqa: E731
+
+    # Composite (the default type): the CRC32 of the parts' CRC32s, with the part count.
+    up = s3.create_multipart_upload(Bucket=bucket, Key="composite", ChecksumAlgorithm="CRC32")["UploadId"]
+    done = []
+    for n, data in enumerate(chunks, 1):
+        out = s3.upload_part(Bucket=bucket, Key="composite", UploadId=up, PartNumber=n, Body=data,
+                             ChecksumAlgorithm="CRC32")
+        assert out["ChecksumCRC32"] == crc(data)
+        done.append({"PartNumber": n, "ETag": out["ETag"], "ChecksumCRC32": out["ChecksumCRC32"]})
+    listed = s3.list_parts(Bucket=bucket, Key="composite", UploadId=up)["Parts"]
+    assert [p["ChecksumCRC32"] for p in listed] == [crc(c) for c in chunks]
+    fails("BadDigest", s3.upload_part, Bucket=bucket, Key="composite", UploadId=up, PartNumber=3, Body=b"x",
+          ChecksumCRC32="AAAAAA==")
+    wrong = [dict(done[0], ChecksumCRC32=crc(b"other")), done[1]]
+    fails("InvalidPart", s3.complete_multipart_upload, Bucket=bucket, Key="composite", UploadId=up,
+          MultipartUpload={"Parts": wrong})
+    out = s3.complete_multipart_upload(Bucket=bucket, Key="composite", UploadId=up, MultipartUpload={"Parts": done})
+    raw = b"".join(base64.b64decode(crc(c)) for c in chunks)
+    expected = f"{crc(raw)}-2"
+    assert out["ChecksumCRC32"] == expected
+    assert s3.head_object(Bucket=bucket, Key="composite", ChecksumMode="ENABLED")["ChecksumCRC32"] == expected
+
+    # Full object: the parts' CRCs combined into the CRC of the whole, checked against the client's.
+    up = s3.create_multipart_upload(Bucket=bucket, Key="full", ChecksumAlgorithm="CRC32",
+                                    ChecksumType="FULL_OBJECT")["UploadId"]
+    done = []
+    for n, data in enumerate(chunks, 1):
+        out = s3.upload_part(Bucket=bucket, Key="full", UploadId=up, PartNumber=n, Body=data, ChecksumAlgorithm="CRC32")
+        done.append({"PartNumber": n, "ETag": out["ETag"]})
+    whole = crc(b"".join(chunks))
+    fails("BadDigest", s3.complete_multipart_upload, Bucket=bucket, Key="full", UploadId=up,
+          MultipartUpload={"Parts": done}, ChecksumType="FULL_OBJECT", ChecksumCRC32=crc(b"nope"))
+    out = s3.complete_multipart_upload(Bucket=bucket, Key="full", UploadId=up, MultipartUpload={"Parts": done},
+                                       ChecksumType="FULL_OBJECT", ChecksumCRC32=whole)
+    assert out["ChecksumCRC32"] == whole
+    got = s3.get_object(Bucket=bucket, Key="full", ChecksumMode="ENABLED")
+    assert got["ChecksumCRC32"] == whole and got["Body"].read() == b"".join(chunks)
