@@ -796,3 +796,25 @@ def test_get_records_past_a_shards_budget_is_throttled(kinesis, stream, edge, re
     # Retried with backoff (as the SDKs do by default), every call gets through.
     for _ in range(12):
         kinesis.get_records(ShardIterator=it)
+
+
+def test_account_limits_on_shards_and_on_demand_streams(kinesis):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        kinesis.create_stream(StreamName=unique("py-huge"), ShardCount=10_001)
+    assert error_code(e) == "LimitExceededException"
+    assert "would exceed the shard limit for the account" in e.value.response["Error"]["Message"]
+    limits = kinesis.describe_limits()
+    made = []
+    try:
+        for _ in range(limits["OnDemandStreamCountLimit"] - limits["OnDemandStreamCount"]):
+            name = unique("py-od-limit")
+            kinesis.create_stream(StreamName=name, StreamModeDetails={"StreamMode": "ON_DEMAND"})
+            made.append(name)
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            kinesis.create_stream(StreamName=unique("py-od-limit"), StreamModeDetails={"StreamMode": "ON_DEMAND"})
+        assert error_code(e) == "LimitExceededException"
+        assert "limit on the number of On-Demand streams" in e.value.response["Error"]["Message"]
+        assert kinesis.describe_limits()["OnDemandStreamCount"] == limits["OnDemandStreamCountLimit"]
+    finally:
+        for name in made:
+            kinesis.delete_stream(StreamName=name)

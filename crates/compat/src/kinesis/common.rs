@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
-use sluice_stream::{IteratorSpec, Stream, StreamError};
+use sluice_stream::{IteratorSpec, Stream, StreamError, StreamMode};
 
 use sluice_policy::resource::ResourcePolicy;
 
@@ -137,6 +137,56 @@ impl From<StreamError> for KinesisError {
             }
         }
     }
+}
+
+/// The account's open shards, across its streams (DescribeLimits' `ShardLimit`).
+pub(crate) const ACCOUNT_SHARD_LIMIT: u64 = 10_000;
+/// The account's on-demand streams (DescribeLimits' `OnDemandStreamCountLimit`).
+pub(crate) const ON_DEMAND_STREAM_LIMIT: u64 = 50;
+
+/// The account's open shards and on-demand streams, counted now.
+pub(crate) async fn account_usage(ctx: &KinesisContext) -> Result<(u64, u64), KinesisError> {
+    let mut open = 0u64;
+    let mut on_demand = 0u64;
+    for name in ctx.stream.list_streams().await? {
+        if let Ok(s) = ctx.stream.describe_stream_summary(&name).await {
+            open += u64::from(s.open_shard_count);
+            if s.mode == StreamMode::OnDemand {
+                on_demand += 1;
+            }
+        }
+    }
+    Ok((open, on_demand))
+}
+
+/// Refuses a change that would take the account past its shard limit (`more` shards
+/// opened) or its on-demand stream limit, with Kinesis' messages. Counted before the
+/// change, not with it: two changes racing may pass the limit together (the limit guards
+/// against runaway scripts, not a budget).
+pub(crate) async fn check_account_limits(
+    ctx: &KinesisContext,
+    more: u64,
+    new_on_demand: bool,
+) -> Result<(), KinesisError> {
+    let (open, on_demand) = account_usage(ctx).await?;
+    let (account, region) = (&ctx.account_id, &ctx.region);
+    if more > 0 && open + more > ACCOUNT_SHARD_LIMIT {
+        return Err(err(
+            "LimitExceededException",
+            format!(
+                "This request would exceed the shard limit for the account {account} in {region}. Current shard count for the account: {open}. Limit: {ACCOUNT_SHARD_LIMIT}. Number of additional shards that would have resulted from this request: {more}. Refer to the AWS Service Limits page (http://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) for current limits and how to request higher limits."
+            ),
+        ));
+    }
+    if new_on_demand && on_demand >= ON_DEMAND_STREAM_LIMIT {
+        return Err(err(
+            "LimitExceededException",
+            format!(
+                "This request would exceed the limit on the number of On-Demand streams for the account {account} in {region}. Current On-Demand streams count: {on_demand}. Limit: {ON_DEMAND_STREAM_LIMIT}."
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) type OpResult = Result<Value, KinesisError>;

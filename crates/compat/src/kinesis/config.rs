@@ -70,6 +70,9 @@ pub(super) async fn update_stream_mode(ctx: &KinesisContext, req: &Value) -> OpR
     if ctx.stream.describe_stream_summary(&name).await?.mode == mode {
         return Ok(json!({}));
     }
+    if mode == StreamMode::OnDemand {
+        super::common::check_account_limits(ctx, 0, true).await?;
+    }
     ctx.stream.update_stream_mode(&name, mode).await?;
     Ok(json!({}))
 }

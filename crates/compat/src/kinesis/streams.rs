@@ -77,6 +77,12 @@ pub(super) async fn create_stream(ctx: &KinesisContext, req: &Value) -> OpResult
         None => return Err(validation("shardCount")),
     };
     let max_record_bytes = max_record_bytes(req)?;
+    super::common::check_account_limits(
+        ctx,
+        u64::from(shard_count.unwrap_or(sluice_stream::DEFAULT_ON_DEMAND_SHARDS)),
+        on_demand,
+    )
+    .await?;
     ctx.stream
         .create_stream_with(
             name,
@@ -170,21 +176,12 @@ pub(super) async fn describe_stream_summary(ctx: &KinesisContext, req: &Value) -
 }
 
 pub(super) async fn describe_limits(ctx: &KinesisContext) -> OpResult {
-    let mut open = 0u64;
-    let mut on_demand = 0u64;
-    for name in ctx.stream.list_streams().await? {
-        if let Ok(s) = ctx.stream.describe_stream_summary(&name).await {
-            open += u64::from(s.open_shard_count);
-            if s.mode == StreamMode::OnDemand {
-                on_demand += 1;
-            }
-        }
-    }
+    let (open, on_demand) = super::common::account_usage(ctx).await?;
     Ok(json!({
-        "ShardLimit": 10000,
+        "ShardLimit": super::common::ACCOUNT_SHARD_LIMIT,
         "OpenShardCount": open,
         "OnDemandStreamCount": on_demand,
-        "OnDemandStreamCountLimit": 50,
+        "OnDemandStreamCountLimit": super::common::ON_DEMAND_STREAM_LIMIT,
     }))
 }
 
@@ -311,6 +308,7 @@ pub(super) async fn split_shard(ctx: &KinesisContext, req: &Value) -> OpResult {
     let key =
         str_field(req, "NewStartingHashKey").ok_or_else(|| validation("newStartingHashKey"))?;
     let key = sluice_stream::parse_hash_key(key)?;
+    super::common::check_account_limits(ctx, 1, false).await?;
     ctx.stream.split_shard(&name, shard, key).await?;
     Ok(json!({}))
 }
@@ -347,7 +345,14 @@ pub(super) async fn update_shard_count(ctx: &KinesisContext, req: &Value) -> OpR
         )
     })?;
     // On-demand streams scale themselves on AWS; sluice does not scale them by hand either.
-    if ctx.stream.describe_stream_summary(&name).await?.mode == StreamMode::OnDemand {
+    let summary = ctx.stream.describe_stream_summary(&name).await?;
+    super::common::check_account_limits(
+        ctx,
+        u64::from(target.saturating_sub(summary.open_shard_count)),
+        false,
+    )
+    .await?;
+    if summary.mode == StreamMode::OnDemand {
         return Err(err(
             "ValidationException",
             format!(
