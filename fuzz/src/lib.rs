@@ -184,6 +184,7 @@ impl Parts {
                     Arc::new(self.store.clone()),
                 ))),
                 cors: Default::default(),
+                regions: Default::default(),
             },
             s3_base_domain: None,
             sign_in_sources: Arc::default(),

@@ -36,6 +36,7 @@ pub mod s3_cors;
 pub mod s3_guard;
 pub mod s3_lifecycle;
 pub mod s3_policy;
+pub mod s3_region;
 pub mod sigv4;
 pub mod source_throttle;
 pub mod ttl_cache;
@@ -112,6 +113,9 @@ pub fn router(edge: Edge) -> Result<Router, String> {
         keys: edge.keys.clone(),
         account_id: edge.kinesis.account_id.clone(),
         policies: edge.s3.policies.clone(),
+        store: edge.s3.store.clone(),
+        regions: edge.s3.regions.clone(),
+        region: edge.s3.region.clone(),
     });
     if let Some(domain) = &edge.s3_base_domain {
         let host = s3s::host::SingleDomain::new(domain)

@@ -52,6 +52,8 @@ pub struct S3Adapter {
     pub policies: Option<Arc<BucketPolicies>>,
     /// The buckets' CORS configurations as the CORS middleware reads them.
     pub cors: Arc<crate::s3_cors::CorsCache>,
+    /// The buckets' regions (`s3_region`).
+    pub regions: Arc<crate::s3_region::BucketRegions>,
 }
 
 /// What bucket notifications need: the store keeps each bucket's configuration and records
@@ -95,6 +97,12 @@ pub struct KeyAccess {
     pub account_id: String,
     /// `None`: buckets have no policies (every unsigned request is refused).
     pub policies: Option<Arc<BucketPolicies>>,
+    /// Where the buckets' regions are read (a request signed for another region than its
+    /// bucket's is redirected: `s3_region`).
+    pub store: Arc<dyn ObjectStore>,
+    pub regions: Arc<crate::s3_region::BucketRegions>,
+    /// The server's region: buckets that kept none are in it.
+    pub region: String,
 }
 
 /// Keys of a DeleteObjects that the policies do not let the caller delete: answered as
@@ -133,6 +141,22 @@ impl s3s::access::S3Access for KeyAccess {
                 (Some(bucket.to_string()), Some(key.to_string()))
             }
         };
+        // A request signed for another region than its bucket's is sent there.
+        if let Some(b) = &bucket
+            && !matches!(
+                op.as_str(),
+                "CreateBucket" | "GetBucketLocation" | "ListBuckets"
+            )
+            && let Some(signed) = crate::s3_region::signed_region(cx.headers(), cx.uri().query())
+            && let Some(home) = self
+                .regions
+                .get(&self.store, b, &self.region)
+                .await
+                .map_err(s3_err)?
+            && home != signed
+        {
+            return Err(crate::s3_region::redirect(b, &home));
+        }
         let resource = crate::authz::s3_resource(bucket.as_deref(), key.as_deref());
         let policy = match &bucket {
             Some(b) => self.policy_of(b).await?,
@@ -1017,6 +1041,16 @@ impl S3Adapter {
             .map_err(s3_err)
     }
 
+    /// A bucket's region (the server's when it kept none).
+    async fn bucket_region(&self, bucket: &str) -> S3Result<String> {
+        Ok(self
+            .regions
+            .get(&self.store, bucket, &self.region)
+            .await
+            .map_err(s3_err)?
+            .unwrap_or_else(|| self.region.clone()))
+    }
+
     fn policies(&self) -> S3Result<&BucketPolicies> {
         self.policies
             .as_deref()
@@ -1155,8 +1189,26 @@ impl S3 for S3Adapter {
         &self,
         req: S3Request<CreateBucketInput>,
     ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let signed = req
+            .region
+            .as_ref()
+            .map_or(self.region.as_str(), |r| r.as_str());
+        let constraint = req
+            .input
+            .create_bucket_configuration
+            .as_ref()
+            .and_then(|c| c.location_constraint.as_ref())
+            .map(|c| c.as_str().to_owned());
+        let region = crate::s3_region::create_region(constraint.as_deref(), signed)?;
         let bucket = req.input.bucket;
         self.store.create_bucket(&bucket).await.map_err(s3_err)?;
+        if region != self.region {
+            self.store
+                .set_bucket_config(&bucket, crate::s3_region::LOCATION, Some(region))
+                .await
+                .map_err(s3_err)?;
+        }
+        self.regions.forget(&bucket);
         if let Some(p) = &self.policies {
             p.forget(&bucket);
         }
@@ -1173,8 +1225,9 @@ impl S3 for S3Adapter {
             .head_bucket(&req.input.bucket)
             .await
             .map_err(s3_err)?;
+        let region = self.bucket_region(&req.input.bucket).await?;
         Ok(S3Response::new(HeadBucketOutput {
-            bucket_region: Some(self.region.clone()),
+            bucket_region: Some(region),
             ..Default::default()
         }))
     }
@@ -2063,8 +2116,11 @@ impl S3 for S3Adapter {
             .head_bucket(&req.input.bucket)
             .await
             .map_err(s3_err)?;
+        let region = self.bucket_region(&req.input.bucket).await?;
+        // us-east-1 is answered as no constraint, as S3 answers it.
         Ok(S3Response::new(GetBucketLocationOutput {
-            location_constraint: Some(BucketLocationConstraint::from(self.region.clone())),
+            location_constraint: (region != "us-east-1")
+                .then(|| BucketLocationConstraint::from(region)),
         }))
     }
 
@@ -2076,11 +2132,12 @@ impl S3 for S3Adapter {
             .delete_bucket(&req.input.bucket)
             .await
             .map_err(s3_err)?;
-        // The bucket's policy and CORS configuration went with it.
+        // The bucket's policy, CORS configuration and region went with it.
         if let Some(p) = &self.policies {
             p.forget(&req.input.bucket);
         }
         self.cors.forget(&req.input.bucket);
+        self.regions.forget(&req.input.bucket);
         Ok(S3Response::new(DeleteBucketOutput::default()))
     }
 

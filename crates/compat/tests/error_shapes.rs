@@ -64,6 +64,7 @@ fn fixture() -> Fixture {
             notifications: None,
             policies: None,
             cors: Default::default(),
+            regions: Default::default(),
         },
         s3_base_domain: None,
         sign_in_sources: Arc::default(),

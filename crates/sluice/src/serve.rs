@@ -397,6 +397,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
                 Arc::new(store.clone()),
             ))),
             cors: Default::default(),
+            regions: Default::default(),
         },
         s3_base_domain: settings.s3_base_domain.clone(),
         sign_in_sources: Arc::new(sluice_compat::source_throttle::SourceThrottle::new(

@@ -1260,3 +1260,38 @@ def test_multipart_checksums_per_part_and_of_the_whole(s3, bucket):
     assert out["ChecksumCRC32"] == whole
     got = s3.get_object(Bucket=bucket, Key="full", ChecksumMode="ENABLED")
     assert got["ChecksumCRC32"] == whole and got["Body"].read() == b"".join(chunks)
+
+
+def test_buckets_in_regions(s3, edge, region):
+    from conftest import client
+
+    other = "us-west-2" if region != "us-west-2" else "eu-west-1"
+    west = client("s3", edge, other, s3={"addressing_style": "path"})
+    name = unique("py-region")
+    r = fails("IllegalLocationConstraintException", west.create_bucket, Bucket=name,
+              CreateBucketConfiguration={"LocationConstraint": "ap-south-1"})
+    assert "location constraint is incompatible" in r["Error"]["Message"]
+    west.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": other})
+    try:
+        assert west.get_bucket_location(Bucket=name)["LocationConstraint"] == other
+        assert s3.get_bucket_location(Bucket=name)["LocationConstraint"] == other, "answered from any region"
+        head = west.head_bucket(Bucket=name)
+        assert head["ResponseMetadata"]["HTTPHeaders"]["x-amz-bucket-region"] == other
+        west.put_object(Bucket=name, Key="k", Body=b"v")
+        # Asked in the wrong region: 301 PermanentRedirect naming the bucket's region, which
+        # boto3 follows (it signs again for that region).
+        raw = boto3.session.Session().client(
+            "s3", endpoint_url=edge, region_name=region,
+            aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+            config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
+        assert raw.get_object(Bucket=name, Key="k")["Body"].read() == b"v"
+        url = s3.generate_presigned_url("get_object", Params={"Bucket": name, "Key": "k"})
+        try:
+            urllib.request.urlopen(urllib.request.Request(url))
+            raise AssertionError("a URL signed for the wrong region was served")
+        except urllib.error.HTTPError as e:
+            assert e.code == 301 and e.headers["x-amz-bucket-region"] == other
+    finally:
+        west.delete_object(Bucket=name, Key="k")
+        west.delete_bucket(Bucket=name)
