@@ -107,16 +107,7 @@ pub fn validate(document: &str, bucket: &str) -> Result<ResourcePolicy, S3Error>
         Some(one) => vec![one],
         None => return Err(malformed("Missing required field Statement")),
     };
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        match v {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        }
-    };
+    let strings = sluice_policy::resource::string_or_list;
     let bucket_arn = format!("arn:aws:s3:::{bucket}");
     for s in statements {
         let Value::Object(s) = s else {

@@ -195,6 +195,20 @@ impl ResourcePolicy {
     }
 }
 
+/// A policy element that is a string or a list of strings (`Action`, `Resource`, …), as
+/// its strings (other values are left out): for a service's own checks of a resource
+/// policy before it is parsed (which actions, which resources).
+pub fn string_or_list(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// The names of a `Principal` / `NotPrincipal` element.
 fn names(v: &Value) -> Result<Vec<Name>, PolicyError> {
     let invalid = || malformed("Invalid principal in policy");

@@ -1151,14 +1151,7 @@ impl EmbeddedStore {
             self.prepare(bytes).await?
         };
         if prepared.size != total {
-            self.discard_blobs(
-                prepared
-                    .blob_name()
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect(),
-            )
-            .await;
+            self.discard_prepared(&prepared).await;
             return Err(StoreError::Backend(format!(
                 "the parts hold {} bytes, {total} were recorded",
                 prepared.size
@@ -1184,14 +1177,7 @@ impl EmbeddedStore {
                 Ok(Some(sum)) => opts.headers.checksum = Some(sum),
                 Ok(None) => {}
                 Err(e) => {
-                    self.discard_blobs(
-                        prepared
-                            .blob_name()
-                            .into_iter()
-                            .map(str::to_owned)
-                            .collect(),
-                    )
-                    .await;
+                    self.discard_prepared(&prepared).await;
                     return Err(e);
                 }
             }
@@ -1219,6 +1205,12 @@ impl EmbeddedStore {
         if hex::encode(want) == prepared.etag {
             return Ok(());
         }
+        self.discard_prepared(prepared).await;
+        Err(StoreError::BadDigest)
+    }
+
+    /// Deletes the blob of a prepared write that is not committed (refused, or failed).
+    async fn discard_prepared(&self, prepared: &Prepared) {
         self.discard_blobs(
             prepared
                 .blob_name()
@@ -1227,7 +1219,6 @@ impl EmbeddedStore {
                 .collect(),
         )
         .await;
-        Err(StoreError::BadDigest)
     }
 
     /// Deletes blobs of rows that a commit replaced or removed (or of a write that did not
@@ -1874,14 +1865,7 @@ impl ObjectStore for EmbeddedStore {
             None => None,
             Some(Ok(sum)) => sum,
             Some(Err(e)) => {
-                self.discard_blobs(
-                    prepared
-                        .blob_name()
-                        .into_iter()
-                        .map(str::to_owned)
-                        .collect(),
-                )
-                .await;
+                self.discard_prepared(&prepared).await;
                 return Err(e);
             }
         };
@@ -1974,10 +1958,7 @@ impl ObjectStore for EmbeddedStore {
                             };
                             let p = self.prepare_stream(body).await?;
                             if p.size != len {
-                                self.discard_blobs(
-                                    p.blob_name().into_iter().map(str::to_owned).collect(),
-                                )
-                                .await;
+                                self.discard_prepared(&p).await;
                                 return Err(StoreError::Backend(format!(
                                     "object {}/{} is shorter than its recorded size",
                                     source.bucket, source.key

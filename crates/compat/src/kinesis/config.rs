@@ -328,16 +328,7 @@ fn validate_policy(document: &str, arn: &str) -> Result<ResourcePolicy, KinesisE
         Some(one) => vec![one],
         None => return Err(invalid("the policy has no Statement".into())),
     };
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        match v {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        }
-    };
+    let strings = sluice_policy::resource::string_or_list;
     for s in statements {
         let mut actions = strings(s.get("Action"));
         actions.extend(strings(s.get("NotAction")));
