@@ -106,17 +106,17 @@ impl EmbeddedStream {
         Ok(meta)
     }
 
-    /// Routes and checks one record with `meta`: its shard. The same checks, in the same
-    /// order, as Kinesis: record shape and size, hash key → open shard,
-    /// SequenceNumberForOrdering, throughput.
+    /// Routes one record, already checked for shape and size (its hash key `hash`), with
+    /// `meta`: its shard. The same checks, in the same order, as Kinesis: hash key → open
+    /// shard, SequenceNumberForOrdering, throughput.
     async fn route(
         &self,
         meta: &StreamMeta,
+        hash: u128,
         record: &PutRecord,
         ordering: Option<&str>,
         throttle: Option<&Throttle>,
     ) -> Result<MetaShard, StreamError> {
-        let hash = crate::validate_record(record, meta.max_record_bytes)?;
         let pos = meta.shards.partition_point(|s| s.start <= hash);
         let shard = *pos
             .checked_sub(1)
@@ -164,24 +164,36 @@ impl EmbeddedStream {
             // A record that breaks Kinesis' rules (its shape, its size) fails the whole
             // request, as on Kinesis: nothing is appended. Throughput and ordering refusals
             // below are per record.
-            for (i, (record, _)) in records.iter().enumerate() {
-                crate::validate_record(record, meta.max_record_bytes).map_err(|e| match e {
-                    StreamError::RecordTooLarge { size, max, .. } => StreamError::RecordTooLarge {
-                        index: i,
-                        size,
-                        max,
-                    },
-                    other => other,
-                })?;
-            }
+            let hashes = records
+                .iter()
+                .enumerate()
+                .map(|(i, (record, _))| {
+                    crate::validate_record(record, meta.max_record_bytes).map_err(|e| match e {
+                        StreamError::RecordTooLarge { size, max, .. } => {
+                            StreamError::RecordTooLarge {
+                                index: i,
+                                size,
+                                max,
+                            }
+                        }
+                        other => other,
+                    })
+                })
+                .collect::<Result<Vec<u128>, _>>()?;
             // Records refused here keep their place (index) for the answer; the others
             // move (partition key and data, no copy) into the engine's append and come
             // back if it is stale.
             let mut refused: Vec<(usize, StreamError)> = Vec::new();
             let mut batch = Vec::with_capacity(records.len());
-            for (i, (record, ordering)) in records.iter_mut().enumerate() {
+            for (i, ((record, ordering), hash)) in records.iter_mut().zip(hashes).enumerate() {
                 match self
-                    .route(&meta, record, ordering.as_deref(), throttle.as_deref())
+                    .route(
+                        &meta,
+                        hash,
+                        record,
+                        ordering.as_deref(),
+                        throttle.as_deref(),
+                    )
                     .await
                 {
                     Ok(shard) => batch.push(NewRecord {
