@@ -155,25 +155,10 @@ fn allow(
     );
 }
 
-/// S3's XML error for a refused preflight.
-fn refusal(status: StatusCode, code: &str, message: &str, extra: &str) -> Response<Body> {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message>{extra}<RequestId>{id}</RequestId><HostId>{id}</HostId></Error>"
-    );
-    let mut resp = Response::new(Body::from(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/xml"),
-    );
-    resp
-}
-
 /// The answer to a preflight `OPTIONS` for `bucket`.
 async fn preflight(edge: &Edge, headers: &HeaderMap, bucket: &str, object: bool) -> Response<Body> {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return refusal(
+        return crate::s3_guard::xml_error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             "Insufficient information. Origin request header needed.",
@@ -186,7 +171,7 @@ async fn preflight(edge: &Edge, headers: &HeaderMap, bucket: &str, object: bool)
         .unwrap_or("OPTIONS");
     let method_xml = crate::iam::esc(method);
     let forbidden = |message: &str, resource: &str| {
-        refusal(
+        crate::s3_guard::xml_error(
             StatusCode::FORBIDDEN,
             "AccessForbidden",
             message,

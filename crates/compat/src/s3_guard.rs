@@ -106,13 +106,31 @@ pub async fn layer(
     let Some(marker) = refused else {
         return next.run(req).await;
     };
+    xml_error(
+        StatusCode::NOT_IMPLEMENTED,
+        "NotImplemented",
+        &format!(
+            "A header you provided implies functionality that is not implemented: sluice does not implement the S3 operation of ?{}",
+            crate::iam::esc(&marker)
+        ),
+        "",
+    )
+}
+
+/// An S3 error in S3's XML, for the middlewares that answer before s3s: `extra` is more
+/// elements (already XML) between the message and the request id.
+pub(crate) fn xml_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    extra: &str,
+) -> Response<Body> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented: sluice does not implement the S3 operation of ?{}</Message><RequestId>{id}</RequestId><HostId>{id}</HostId></Error>",
-        crate::iam::esc(&marker)
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message>{extra}<RequestId>{id}</RequestId><HostId>{id}</HostId></Error>"
     );
     let mut resp = Response::new(Body::from(body));
-    *resp.status_mut() = StatusCode::NOT_IMPLEMENTED;
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/xml"),

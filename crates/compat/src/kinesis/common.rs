@@ -218,25 +218,29 @@ pub(crate) fn stream_name(ctx: &KinesisContext, req: &Value) -> Result<String, K
         return Ok(name.to_owned());
     }
     if let Some(arn) = str_field(req, "StreamARN") {
-        let parts: Vec<&str> = arn.splitn(6, ':').collect();
-        let name = match parts.as_slice() {
-            ["arn", _, "kinesis", region, account, resource] => {
-                if *region != ctx.region || *account != ctx.account_id {
-                    return Err(err(
-                        "ResourceNotFoundException",
-                        format!("stream {arn} not found"),
-                    ));
-                }
-                resource.strip_prefix("stream/")
-            }
-            _ => None,
-        };
-        return name
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned)
-            .ok_or_else(|| err("ValidationException", format!("invalid stream ARN {arn:?}")));
+        return stream_of_arn(ctx, arn);
     }
     Err(validation("streamName"))
+}
+
+/// The stream a stream ARN names (of this region and account; another's is not found).
+pub(crate) fn stream_of_arn(ctx: &KinesisContext, arn: &str) -> Result<String, KinesisError> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let name = match parts.as_slice() {
+        ["arn", _, "kinesis", region, account, resource] => {
+            if *region != ctx.region || *account != ctx.account_id {
+                return Err(err(
+                    "ResourceNotFoundException",
+                    format!("stream {arn} not found"),
+                ));
+            }
+            resource.strip_prefix("stream/")
+        }
+        _ => None,
+    };
+    name.filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| err("ValidationException", format!("invalid stream ARN {arn:?}")))
 }
 
 pub(crate) fn epoch_secs(ms: i64) -> f64 {

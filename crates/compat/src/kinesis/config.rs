@@ -23,7 +23,7 @@ use sluice_policy::resource::ResourcePolicy;
 use sluice_stream::{StreamError, StreamMode};
 
 use super::common::{
-    KinesisContext, KinesisError, OpResult, err, str_field, stream_name, validation,
+    KinesisContext, KinesisError, OpResult, err, str_field, stream_name, stream_of_arn, validation,
 };
 use super::efo;
 use crate::authz::Principal;
@@ -51,7 +51,7 @@ const MAX_POLICY_BYTES: usize = 20 * 1024;
 /// a mode can call it again); a switch keeps the shards, as on AWS.
 pub(super) async fn update_stream_mode(ctx: &KinesisContext, req: &Value) -> OpResult {
     let arn = str_field(req, "StreamARN").ok_or_else(|| validation("streamARN"))?;
-    let name = stream_name(ctx, &json!({ "StreamARN": arn }))?;
+    let name = stream_of_arn(ctx, arn)?;
     let mode = match req
         .pointer("/StreamModeDetails/StreamMode")
         .and_then(Value::as_str)
@@ -294,10 +294,7 @@ fn policy_home(ctx: &KinesisContext, arn: &str) -> Result<(String, String), Kine
         let secs = c.created_secs.unwrap_or_default();
         return Ok((c.stream, efo::consumer_policy_key(&c.name, secs)));
     }
-    Ok((
-        stream_name(ctx, &json!({ "StreamARN": arn }))?,
-        "policy".to_owned(),
-    ))
+    Ok((stream_of_arn(ctx, arn)?, "policy".to_owned()))
 }
 
 fn resource_arn(req: &Value) -> Result<&str, KinesisError> {

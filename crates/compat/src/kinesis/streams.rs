@@ -10,8 +10,8 @@ use sluice_stream::{
 
 use super::common::{
     IteratorFields, KinesisContext, KinesisError, OpResult, child_shards_value, epoch_secs, err,
-    internal_failure, iterator_spec, record_value, str_field, stream_name, tags_in, too_large,
-    validation,
+    internal_failure, iterator_spec, record_value, str_field, stream_name, stream_of_arn, tags_in,
+    too_large, validation,
 };
 use super::config;
 
@@ -440,7 +440,7 @@ fn resource(ctx: &KinesisContext, req: &Value) -> Result<Resource, KinesisError>
     if arn.contains("/consumer/") {
         return super::efo::parse_consumer_arn(ctx, arn).map(Resource::Consumer);
     }
-    stream_name(ctx, &json!({ "StreamARN": arn })).map(Resource::Stream)
+    stream_of_arn(ctx, arn).map(Resource::Stream)
 }
 
 /// TagResource: a stream's tags as AddTagsToStream, or a consumer's.
