@@ -1,6 +1,7 @@
 // Shared by the tests: the server's URLs and key come from the environment that
 // crates/sluice/tests/clients.rs sets (see README.md beside this file).
 import crypto from "node:crypto";
+import { DeleteBucketCommand, DeleteObjectCommand, paginateListObjectsV2 } from "@aws-sdk/client-s3";
 
 export function env(name) {
   const value = process.env[name];
@@ -36,4 +37,12 @@ export async function eventually(fn, what, timeoutMs = 60_000) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** Deletes a test's bucket with every object in it. */
+export async function removeBucket(s3, bucket) {
+  for await (const page of paginateListObjectsV2({ client: s3 }, { Bucket: bucket })) {
+    for (const o of page.Contents ?? []) await s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: o.Key }));
+  }
+  await s3.send(new DeleteBucketCommand({ Bucket: bucket }));
 }

@@ -5,7 +5,6 @@ import crypto from "node:crypto";
 import {
   S3Client,
   CreateBucketCommand,
-  DeleteBucketCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
@@ -13,7 +12,7 @@ import {
   PutObjectCommand,
   paginateListObjectsV2,
 } from "@aws-sdk/client-s3";
-import { clientConfig, unique } from "./lib.mjs";
+import { clientConfig, removeBucket, unique } from "./lib.mjs";
 
 const s3 = new S3Client(clientConfig({ forcePathStyle: true }));
 const bucket = unique("js-bucket");
@@ -24,10 +23,7 @@ before(async () => {
 });
 
 after(async () => {
-  for await (const page of paginateListObjectsV2({ client: s3 }, { Bucket: bucket })) {
-    for (const o of page.Contents ?? []) await s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: o.Key }));
-  }
-  await s3.send(new DeleteBucketCommand({ Bucket: bucket }));
+  await removeBucket(s3, bucket);
   s3.destroy();
 });
 
