@@ -52,7 +52,7 @@ pub mod s3 {
         crate::s3::content_md5(given)
     }
 
-    pub fn copy_source(source: &CopySource) -> S3Result<(String, String)> {
+    pub fn copy_source(source: &CopySource) -> S3Result<(String, String, Option<String>)> {
         crate::s3::copy_source(source)
     }
 

@@ -37,6 +37,7 @@ pub mod s3_guard;
 pub mod s3_lifecycle;
 pub mod s3_policy;
 pub mod s3_region;
+mod s3_versions;
 pub mod sigv4;
 pub mod source_throttle;
 pub mod ttl_cache;

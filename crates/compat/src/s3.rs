@@ -19,6 +19,7 @@ use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use sluice_identity::access_keys::AccessKeys;
 use sluice_policy::resource::ResourcePolicy;
+use sluice_store::versions::VERSIONING_CONFIG;
 use sluice_store::{
     ByteRange, ObjectHeaders, ObjectInfo, ObjectStore, PutOptions, StoreError, UploadMarker,
 };
@@ -120,7 +121,7 @@ impl KeyAccess {
 
     /// A copy also reads its source.
     async fn check_copy_source(&self, caller: &Caller, source: &CopySource) -> S3Result<()> {
-        let (bucket, key) = copy_source(source)?;
+        let (bucket, key, _) = copy_source(source)?;
         let policy = self.policy_of(&bucket).await?;
         caller.decide(
             policy.as_deref(),
@@ -309,28 +310,26 @@ macro_rules! acl_check {
     };
 }
 
-/// A read of an object by `versionId`: buckets are not versioned, so their objects have
-/// the version `null` only; another id is refused as S3 refuses it on such a bucket.
-fn check_version(version_id: Option<&str>) -> S3Result<()> {
-    match version_id {
-        None | Some("null") => Ok(()),
-        Some(_) => Err(S3Error::with_message(
-            S3ErrorCode::InvalidArgument,
-            "Invalid version id specified",
-        )),
-    }
-}
-
 /// Whether a read asked for the object's checksum (`x-amz-checksum-mode: ENABLED`).
 fn checksum_wanted(mode: Option<&ChecksumMode>) -> bool {
     mode.is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
 }
 
 /// Store errors as S3 error codes, in one place.
-fn s3_err(e: StoreError) -> S3Error {
+pub(crate) fn s3_err(e: StoreError) -> S3Error {
     let code = match &e {
         StoreError::NoSuchBucket(_) => S3ErrorCode::NoSuchBucket,
         StoreError::NoSuchKey { .. } => S3ErrorCode::NoSuchKey,
+        StoreError::NoSuchVersion { .. } => {
+            return S3Error::with_message(
+                S3ErrorCode::NoSuchVersion,
+                "The specified version does not exist.",
+            );
+        }
+        StoreError::DeleteMarker {
+            version_id,
+            last_modified_ms,
+        } => return crate::s3_versions::delete_marker_error(version_id, *last_modified_ms),
         StoreError::OwnedByOther { .. } => S3ErrorCode::AccessDenied,
         StoreError::BucketExists(_) => S3ErrorCode::BucketAlreadyOwnedByYou,
         StoreError::BucketNotEmpty(_) => S3ErrorCode::BucketNotEmpty,
@@ -386,7 +385,7 @@ fn upload_err(e: UploadError) -> S3Error {
     }
 }
 
-fn timestamp(ms: i64) -> Timestamp {
+pub(crate) fn timestamp(ms: i64) -> Timestamp {
     Timestamp::from(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
 }
 
@@ -427,14 +426,14 @@ fn owner_full_control() -> Grants {
     }]
 }
 
-fn owner() -> Owner {
+pub(crate) fn owner() -> Owner {
     Owner {
         display_name: Some("sluice".into()),
         id: Some("sluice".into()),
     }
 }
 
-fn etag(e: &str) -> ETag {
+pub(crate) fn etag(e: &str) -> ETag {
     ETag::Strong(e.to_owned())
 }
 
@@ -797,9 +796,21 @@ fn check_copy_conditions(
 }
 
 /// The bucket and key of `x-amz-copy-source`.
-pub(crate) fn copy_source(source: &CopySource) -> S3Result<(String, String)> {
+/// The bucket, key and version (`None`: the current one) a copy reads.
+pub(crate) fn copy_source(source: &CopySource) -> S3Result<(String, String, Option<String>)> {
     match source {
-        CopySource::Bucket { bucket, key, .. } => Ok((bucket.to_string(), key.to_string())),
+        CopySource::Bucket {
+            bucket,
+            key,
+            version_id,
+        } => {
+            let version = crate::s3_versions::version_arg(version_id.as_deref())?;
+            Ok((
+                bucket.to_string(),
+                key.to_string(),
+                version.map(str::to_owned),
+            ))
+        }
         _ => Err(S3Error::with_message(
             S3ErrorCode::NotImplemented,
             "copying from access points and outposts is not supported",
@@ -1136,6 +1147,8 @@ impl S3Adapter {
                 metadata: BTreeMap::new(),
                 tags,
                 headers,
+                // The uploads ledger reads objects by key: an upload is not versioned.
+                version_id: None,
             });
         }
         self.store
@@ -1693,12 +1706,65 @@ impl S3 for S3Adapter {
         &self,
         req: S3Request<GetBucketVersioningInput>,
     ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
-        // Buckets are never versioned here: S3 answers no status for such a bucket.
-        self.store
-            .head_bucket(&req.input.bucket)
+        let state = self
+            .store
+            .bucket_config(&req.input.bucket, VERSIONING_CONFIG)
             .await
             .map_err(s3_err)?;
-        Ok(S3Response::new(GetBucketVersioningOutput::default()))
+        // A bucket whose versioning was never enabled has no status.
+        Ok(S3Response::new(GetBucketVersioningOutput {
+            status: state.map(BucketVersioningStatus::from),
+            ..Default::default()
+        }))
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        let input = req.input;
+        let status = crate::s3_versions::requested_status(&input.versioning_configuration)?;
+        self.store
+            .set_bucket_config(&input.bucket, VERSIONING_CONFIG, Some(status.to_owned()))
+            .await
+            .map_err(s3_err)?;
+        Ok(S3Response::new(PutBucketVersioningOutput::default()))
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let input = req.input;
+        let page = crate::s3_versions::list_page(
+            self.store.as_ref(),
+            &input.bucket,
+            input.prefix.as_deref().unwrap_or(""),
+            input.delimiter.as_deref(),
+            input.key_marker.as_deref(),
+            input.version_id_marker.as_deref(),
+            input.max_keys,
+        )
+        .await?;
+        let (next_key_marker, next_version_id_marker) = match page.next {
+            Some((k, v)) => (Some(k), v),
+            None => (None, None),
+        };
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            is_truncated: Some(next_key_marker.is_some()),
+            next_key_marker,
+            next_version_id_marker,
+            versions: (!page.versions.is_empty()).then_some(page.versions),
+            delete_markers: (!page.markers.is_empty()).then_some(page.markers),
+            common_prefixes: (!page.prefixes.is_empty()).then_some(page.prefixes),
+            name: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            key_marker: input.key_marker,
+            version_id_marker: input.version_id_marker,
+            max_keys: Some(page.max_keys),
+            ..Default::default()
+        }))
     }
 
     async fn get_bucket_acl(
@@ -1859,12 +1925,15 @@ impl S3 for S3Adapter {
     ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
         let input = req.input;
         let tags = tags_in(input.tagging, MAX_OBJECT_TAGS)?;
+        let version = crate::s3_versions::version_arg(input.version_id.as_deref())?;
         match self
             .store
-            .set_object_tags(&input.bucket, &input.key, tags)
+            .set_object_tags(&input.bucket, &input.key, version, tags)
             .await
         {
-            Ok(()) => Ok(S3Response::new(PutObjectTaggingOutput::default())),
+            Ok(()) => Ok(S3Response::new(PutObjectTaggingOutput {
+                version_id: input.version_id.clone(),
+            })),
             Err(e) => Err(self.not_found(&input.bucket, e).await),
         }
     }
@@ -1874,10 +1943,18 @@ impl S3 for S3Adapter {
         req: S3Request<GetObjectTaggingInput>,
     ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
         let input = req.input;
-        match self.store.head(&input.bucket, &input.key).await {
+        let found = match crate::s3_versions::version_arg(input.version_id.as_deref())? {
+            Some(v) => self
+                .store
+                .head_version(&input.bucket, &input.key, v)
+                .await
+                .map(|(i, _)| i),
+            None => self.store.head(&input.bucket, &input.key).await,
+        };
+        match found {
             Ok(info) => Ok(S3Response::new(GetObjectTaggingOutput {
                 tag_set: tag_set(&info.tags),
-                version_id: None,
+                version_id: info.version_id.clone(),
             })),
             Err(e) => Err(self.not_found(&input.bucket, e).await),
         }
@@ -1888,13 +1965,16 @@ impl S3 for S3Adapter {
         req: S3Request<DeleteObjectTaggingInput>,
     ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
         let input = req.input;
+        let version = crate::s3_versions::version_arg(input.version_id.as_deref())?;
         match self
             .store
-            .set_object_tags(&input.bucket, &input.key, Vec::new())
+            .set_object_tags(&input.bucket, &input.key, version, Vec::new())
             .await
         {
             Ok(()) => Ok(S3Response::with_status(
-                DeleteObjectTaggingOutput::default(),
+                DeleteObjectTaggingOutput {
+                    version_id: input.version_id.clone(),
+                },
                 http::StatusCode::NO_CONTENT,
             )),
             Err(e) => Err(self.not_found(&input.bucket, e).await),
@@ -2185,6 +2265,7 @@ impl S3 for S3Adapter {
             .await?;
         let mut out = PutObjectOutput {
             e_tag: Some(etag(&info.etag)),
+            version_id: info.version_id.clone(),
             ..Default::default()
         };
         crate::checksum_out!(out, &info.headers.checksum);
@@ -2196,12 +2277,12 @@ impl S3 for S3Adapter {
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let input = req.input;
-        check_version(input.version_id.as_deref())?;
+        let version = crate::s3_versions::version_arg(input.version_id.as_deref())?;
         // The metadata first (conditions and the range are decided on it), then exactly
         // the bytes asked for, of that same version (read again if it changed meanwhile).
         for _ in 0..3 {
             let (info, parts) = self
-                .object_info(&input.bucket, &input.key, input.part_number)
+                .object_info(&input.bucket, &input.key, version, input.part_number)
                 .await?;
             check_conditions(
                 &info,
@@ -2217,11 +2298,19 @@ impl S3 for S3Adapter {
                 first: r.start,
                 last: r.end.saturating_sub(1),
             });
-            let obj = match self
-                .store
-                .get_stream(&input.bucket, &input.key, bytes)
-                .await
-            {
+            let read = match version {
+                Some(v) => {
+                    self.store
+                        .get_version_stream(&input.bucket, &input.key, v, bytes)
+                        .await
+                }
+                None => {
+                    self.store
+                        .get_stream(&input.bucket, &input.key, bytes)
+                        .await
+                }
+            };
+            let obj = match read {
                 Ok(o) => o,
                 Err(e) => return Err(self.not_found(&input.bucket, e).await),
             };
@@ -2269,6 +2358,7 @@ impl S3 for S3Adapter {
                     .or_else(|| expires_out(&info.headers)),
                 website_redirect_location: info.headers.website_redirect.clone(),
                 storage_class: info.headers.storage_class.clone().map(StorageClass::from),
+                version_id: info.version_id.clone(),
                 ..Default::default()
             };
             let mut output = output;
@@ -2295,8 +2385,11 @@ impl S3 for S3Adapter {
         req: S3Request<GetObjectAttributesInput>,
     ) -> S3Result<S3Response<GetObjectAttributesOutput>> {
         let input = req.input;
-        check_version(input.version_id.as_deref())?;
-        let (info, parts) = match self.store.head_parts(&input.bucket, &input.key).await {
+        let found = match crate::s3_versions::version_arg(input.version_id.as_deref())? {
+            Some(v) => self.store.head_version(&input.bucket, &input.key, v).await,
+            None => self.store.head_parts(&input.bucket, &input.key).await,
+        };
+        let (info, parts) = match found {
             Ok(found) => found,
             Err(e) => return Err(self.not_found(&input.bucket, e).await),
         };
@@ -2310,6 +2403,7 @@ impl S3 for S3Adapter {
         };
         let mut out = GetObjectAttributesOutput {
             last_modified: Some(timestamp(info.last_modified_ms)),
+            version_id: info.version_id.clone(),
             ..Default::default()
         };
         if wants(ObjectAttributes::ETAG) {
@@ -2373,9 +2467,9 @@ impl S3 for S3Adapter {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let input = req.input;
-        check_version(input.version_id.as_deref())?;
+        let version = crate::s3_versions::version_arg(input.version_id.as_deref())?;
         let (info, parts) = self
-            .object_info(&input.bucket, &input.key, input.part_number)
+            .object_info(&input.bucket, &input.key, version, input.part_number)
             .await?;
         check_conditions(
             &info,
@@ -2415,6 +2509,7 @@ impl S3 for S3Adapter {
             expires: expires_out(&info.headers),
             website_redirect_location: info.headers.website_redirect.clone(),
             storage_class: info.headers.storage_class.clone().map(StorageClass::from),
+            version_id: info.version_id.clone(),
             ..Default::default()
         };
         let mut output = output;
@@ -2432,16 +2527,23 @@ impl S3 for S3Adapter {
         &self,
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let input = req.input;
+        let version = crate::s3_versions::version_arg(input.version_id.as_deref())?;
         self.store
-            .head_bucket(&req.input.bucket)
+            .head_bucket(&input.bucket)
             .await
             .map_err(s3_err)?;
-        self.store
-            .delete(&req.input.bucket, &req.input.key)
+        let deleted = self
+            .store
+            .delete_version(&input.bucket, &input.key, version)
             .await
             .map_err(s3_err)?;
         Ok(S3Response::with_status(
-            DeleteObjectOutput::default(),
+            DeleteObjectOutput {
+                delete_marker: deleted.delete_marker.then_some(true),
+                version_id: deleted.version_id,
+                ..Default::default()
+            },
             http::StatusCode::NO_CONTENT,
         ))
     }
@@ -2468,12 +2570,29 @@ impl S3 for S3Adapter {
             })
             .collect();
         for o in req.input.delete.objects {
-            match self.store.delete(&bucket, &o.key).await {
-                Ok(()) => {
+            let version = match crate::s3_versions::version_arg(o.version_id.as_deref()) {
+                Ok(v) => v,
+                Err(_) => {
+                    errors.push(Error {
+                        key: Some(o.key),
+                        version_id: o.version_id.clone(),
+                        code: Some("NoSuchVersion".into()),
+                        message: Some("The specified version does not exist.".into()),
+                    });
+                    continue;
+                }
+            };
+            match self.store.delete_version(&bucket, &o.key, version).await {
+                Ok(d) => {
                     if !quiet {
+                        // Deleting by version id echoes it; a marker made (or deleted) is
+                        // said so, with the marker's id.
+                        let marker_id = d.version_id.clone().filter(|_| d.delete_marker);
                         deleted.push(DeletedObject {
                             key: Some(o.key),
-                            ..Default::default()
+                            version_id: o.version_id.clone(),
+                            delete_marker: d.delete_marker.then_some(true),
+                            delete_marker_version_id: marker_id,
                         });
                     }
                 }
@@ -2503,8 +2622,16 @@ impl S3 for S3Adapter {
         let mut checksum = crate::s3_checksum::spec(&req.headers, None)?;
         let input = req.input;
         acl_check!(input);
-        let (src_bucket, src_key) = copy_source(&input.copy_source)?;
-        let src = match self.store.get_stream(&src_bucket, &src_key, None).await {
+        let (src_bucket, src_key, src_version) = copy_source(&input.copy_source)?;
+        let read = match &src_version {
+            Some(v) => {
+                self.store
+                    .get_version_stream(&src_bucket, &src_key, v, None)
+                    .await
+            }
+            None => self.store.get_stream(&src_bucket, &src_key, None).await,
+        };
+        let src = match read {
             Ok(o) => o,
             Err(e) => return Err(self.not_found(&src_bucket, e).await),
         };
@@ -2515,6 +2642,7 @@ impl S3 for S3Adapter {
             input.copy_source_if_modified_since.as_ref(),
             input.copy_source_if_unmodified_since.as_ref(),
         )?;
+        let src_info_version = src.info.version_id.clone();
         let replace = input
             .metadata_directive
             .as_ref()
@@ -2522,6 +2650,7 @@ impl S3 for S3Adapter {
         if !replace
             && src_bucket == input.bucket
             && src_key == input.key
+            && src_version.is_none()
             && input.storage_class.is_none()
             && input.website_redirect_location.is_none()
         {
@@ -2599,6 +2728,8 @@ impl S3 for S3Adapter {
                 last_modified: Some(timestamp(info.last_modified_ms)),
                 ..Default::default()
             }),
+            copy_source_version_id: src_info_version,
+            version_id: info.version_id.clone(),
             ..Default::default()
         }))
     }
@@ -2748,7 +2879,7 @@ impl S3 for S3Adapter {
         self.check_upload(&input.upload_id, &input.bucket, &input.key)
             .await?;
         let part = part_number(input.part_number)?;
-        let (src_bucket, src_key) = copy_source(&input.copy_source)?;
+        let (src_bucket, src_key, src_version) = copy_source(&input.copy_source)?;
         let range = input
             .copy_source_range
             .as_deref()
@@ -2779,6 +2910,7 @@ impl S3 for S3Adapter {
         let source = sluice_store::CopySource {
             bucket: &src_bucket,
             key: &src_key,
+            version_id: src_version.as_deref(),
             range,
         };
         let copied = match self
@@ -2795,6 +2927,7 @@ impl S3 for S3Adapter {
                 last_modified: Some(timestamp(copied.last_modified_ms)),
                 ..Default::default()
             }),
+            copy_source_version_id: src_version,
             ..Default::default()
         }))
     }
@@ -2987,38 +3120,40 @@ impl S3 for S3Adapter {
         // CompleteMultipartUpload and the SDKs handle.
         let this = self.clone();
         let work = async move {
-            let (bucket, key, e_tag) = match this.enqueue_target(&input.bucket, &input.key) {
-                // Into the uploads prefix: object, record and status row in one transaction.
-                Some(hook) => {
-                    let done = hook
-                        .sink
-                        .complete_multipart(MultipartCompletion {
-                            multipart_id: input.upload_id,
-                            parts,
-                            user_sub: s3_user_sub(&who),
-                            filename: upload_filename(&input.key),
-                            request_id: uuid::Uuid::new_v4().to_string(),
-                            stream: hook.stream.clone(),
-                            partition_key: uuid::Uuid::new_v4().to_string(),
-                        })
-                        .await
-                        .map_err(upload_err)?;
-                    (done.upload.bucket, done.upload.key, done.etag)
-                }
-                None => {
-                    let info = this
-                        .store
-                        .complete_multipart(&input.upload_id, parts)
-                        .await
-                        .map_err(s3_err)?;
-                    (info.bucket, info.key, info.etag)
-                }
-            };
+            let (bucket, key, e_tag, version_id) =
+                match this.enqueue_target(&input.bucket, &input.key) {
+                    // Into the uploads prefix: object, record and status row in one transaction.
+                    Some(hook) => {
+                        let done = hook
+                            .sink
+                            .complete_multipart(MultipartCompletion {
+                                multipart_id: input.upload_id,
+                                parts,
+                                user_sub: s3_user_sub(&who),
+                                filename: upload_filename(&input.key),
+                                request_id: uuid::Uuid::new_v4().to_string(),
+                                stream: hook.stream.clone(),
+                                partition_key: uuid::Uuid::new_v4().to_string(),
+                            })
+                            .await
+                            .map_err(upload_err)?;
+                        (done.upload.bucket, done.upload.key, done.etag, None)
+                    }
+                    None => {
+                        let info = this
+                            .store
+                            .complete_multipart(&input.upload_id, parts)
+                            .await
+                            .map_err(s3_err)?;
+                        (info.bucket, info.key, info.etag, info.version_id)
+                    }
+                };
             let mut out = CompleteMultipartUploadOutput {
                 location: Some(format!("/{bucket}/{key}")),
                 bucket: Some(bucket),
                 key: Some(key),
                 e_tag: Some(etag(&e_tag)),
+                version_id,
                 ..Default::default()
             };
             crate::checksum_out!(out, &sum);
@@ -3137,15 +3272,20 @@ impl S3Adapter {
         &self,
         bucket: &str,
         key: &str,
+        version: Option<&str>,
         part_number: Option<i32>,
     ) -> S3Result<(ObjectInfo, Vec<(u32, u64)>)> {
-        let found = match part_number {
-            Some(_) => self.store.head_parts(bucket, key).await,
-            None => self.store.head(bucket, key).await.map(|i| (i, Vec::new())),
+        let found = match (version, part_number) {
+            (Some(v), _) => self.store.head_version(bucket, key, v).await,
+            (None, Some(_)) => self.store.head_parts(bucket, key).await,
+            (None, None) => self.store.head(bucket, key).await.map(|i| (i, Vec::new())),
         };
         match found {
             Ok(found) => Ok(found),
-            Err(e) => Err(self.not_found(bucket, e).await),
+            Err(e) => {
+                let e = self.not_found(bucket, e).await;
+                Err(crate::s3_versions::mark_if_deleted(self.store.as_ref(), bucket, key, e).await)
+            }
         }
     }
 

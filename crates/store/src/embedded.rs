@@ -153,6 +153,40 @@ ALTER TABLE multipart_uploads ADD COLUMN headers TEXT;
         name: "store-0012",
         sql: "ALTER TABLE multipart_parts ADD COLUMN checksum TEXT;",
     },
+    // Versioning (crate::versions): the current version's id in `objects` ('null' when
+    // written unversioned), every other version and every delete marker in
+    // `object_versions`.
+    Migration {
+        name: "store-0013",
+        sql: "
+ALTER TABLE objects ADD COLUMN version_id TEXT NOT NULL DEFAULT 'null';
+CREATE TABLE object_versions (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    version_id TEXT NOT NULL,
+    marker INTEGER NOT NULL DEFAULT 0,
+    noncurrent_ms INTEGER,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    modified_ms INTEGER NOT NULL,
+    owner TEXT,
+    inline BLOB,
+    blob TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    parts TEXT,
+    blocks BLOB,
+    tags TEXT,
+    headers TEXT,
+    PRIMARY KEY (bucket, key, seq)
+) WITHOUT ROWID;
+CREATE INDEX object_versions_id ON object_versions (bucket, key, version_id);
+CREATE INDEX object_versions_blob ON object_versions (blob) WHERE blob IS NOT NULL;
+CREATE INDEX object_versions_owner ON object_versions (owner) WHERE owner IS NOT NULL;
+",
+    },
 ];
 
 /// A blob written for another part's row ([`EmbeddedStore::put_held_blob`]): durable, not
@@ -611,6 +645,7 @@ impl EmbeddedStore {
                     for id in candidates {
                         let used = c.exists(
                             "SELECT 1 FROM objects WHERE blob = ?1
+                             UNION ALL SELECT 1 FROM object_versions WHERE blob = ?1
                              UNION ALL SELECT 1 FROM multipart_parts WHERE blob = ?1
                              UNION ALL SELECT 1 FROM blob_holds WHERE blob = ?1",
                             params![id],
@@ -840,9 +875,23 @@ impl EmbeddedStore {
         Ok(Scrubbed::Ok(read))
     }
 
-    /// An object's row: its metadata and where its bytes are (inline, or a blob).
-    async fn object_row(&self, bucket: &str, key: &str) -> Result<ObjectRow, StoreError> {
+    /// An object's row — its current version's, or the version `version`'s: its metadata
+    /// and where its bytes are (inline, or a blob).
+    async fn object_row(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<ObjectRow, StoreError> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
+        if let Some(v) = version {
+            let v = v.to_owned();
+            let (info, inline, blob, blocks, _) = self
+                .db
+                .read(move |c| crate::versions::version_row(c, &b, &k, &v))
+                .await?;
+            return Ok((info, inline, blob, blocks));
+        }
         let row = self
             .db
             .read(move |c| {
@@ -873,10 +922,11 @@ impl EmbeddedStore {
         &self,
         bucket: &str,
         key: &str,
+        version: Option<&str>,
         range: Option<ByteRange>,
     ) -> Result<(ObjectInfo, ByteStream), StoreError> {
         for _ in 0..4 {
-            let (info, inline, blob, blocks) = self.object_row(bucket, key).await?;
+            let (info, inline, blob, blocks) = self.object_row(bucket, key, version).await?;
             let span = range.map(|r| (r.first, r.last));
             let subject = object_subject(bucket, key, blob.as_deref());
             match (inline, blob) {
@@ -1261,11 +1311,11 @@ fn validate_part_number(n: u32) -> Result<(), StoreError> {
     }
 }
 
-/// A new upload id: a 12-hex-digit sequence taken from the clock (milliseconds, but always
+/// A new upload (or version) id: a 12-hex-digit sequence taken from the clock (milliseconds, but always
 /// above the previous id's, so strictly increasing within a process) then 20 random hex
 /// digits. The ids of one key thus sort in the order the uploads were created, as
 /// ListMultipartUploads lists them.
-fn new_upload_id(now_ms: i64) -> String {
+pub(crate) fn new_sortable_id(now_ms: i64) -> String {
     use std::sync::atomic::{AtomicI64, Ordering};
     static LAST: AtomicI64 = AtomicI64::new(0);
     let mut prev = LAST.load(Ordering::Relaxed);
@@ -1301,7 +1351,7 @@ pub fn ensure_bucket_in_tx(conn: &Tx<'_>, bucket: &str) -> Result<(), StoreError
 }
 
 /// `NoSuchBucket` unless the bucket exists.
-fn require_bucket(conn: &Tx<'_>, bucket: &str) -> Result<(), StoreError> {
+pub(crate) fn require_bucket(conn: &Tx<'_>, bucket: &str) -> Result<(), StoreError> {
     let exists: bool = conn.query_row(
         "SELECT EXISTS(SELECT 1 FROM buckets WHERE name = ?1)",
         params![bucket],
@@ -1328,12 +1378,12 @@ pub fn put_in_tx(
     let event = opts.created_event.unwrap_or("ObjectCreated:Put");
     validate_key(key)?;
     require_bucket(conn, bucket)?;
-    let existing: Option<(Option<String>, Option<String>, String)> = conn.query_opt(
-        "SELECT owner, blob, etag FROM objects WHERE bucket = ?1 AND key = ?2",
+    type Existing = (Option<String>, Option<String>, String, String);
+    let existing: Option<Existing> = conn.query_opt(
+        "SELECT owner, blob, etag, version_id FROM objects WHERE bucket = ?1 AND key = ?2",
         params![bucket, key],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
-    let mut replaced = None;
     if existing.is_some() && opts.if_absent {
         return Err(StoreError::AlreadyExists {
             bucket: bucket.to_owned(),
@@ -1348,23 +1398,26 @@ pub fn put_in_tx(
                     key: key.to_owned(),
                 });
             }
-            Some((_, _, etag)) if want != "*" && etag != want => {
+            Some((_, _, etag, _)) if want != "*" && etag != want => {
                 return Err(StoreError::PreconditionFailed(etag.clone()));
             }
             Some(_) => {}
         }
     }
-    if let Some((owner, blob, _)) = existing {
-        if let (Some(new), Some(old)) = (&opts.owner, &owner)
-            && new != old
-        {
-            return Err(StoreError::OwnedByOther {
-                bucket: bucket.to_owned(),
-                key: key.to_owned(),
-            });
-        }
-        replaced = blob;
+    if let Some((Some(old), _, _, _)) = &existing
+        && let Some(new) = &opts.owner
+        && new != old
+    {
+        return Err(StoreError::OwnedByOther {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        });
     }
+    let state = crate::versions::versioning_in_tx(conn, bucket)?;
+    let current =
+        existing.map(|(_, blob, _, version_id)| crate::versions::Current { version_id, blob });
+    let (version_id, replaced) =
+        crate::versions::make_room(conn, bucket, key, state, current, now)?;
     let content_type = opts
         .content_type
         .clone()
@@ -1376,14 +1429,14 @@ pub fn put_in_tx(
     conn.execute(
         "INSERT INTO objects
              (bucket, key, size, etag, sha256, content_type, modified_ms, owner, inline, blob,
-              metadata, parts, blocks, tags, headers)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+              metadata, parts, blocks, tags, headers, version_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT (bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
              sha256 = excluded.sha256, content_type = excluded.content_type,
              modified_ms = excluded.modified_ms, owner = excluded.owner,
              inline = excluded.inline, blob = excluded.blob, metadata = excluded.metadata,
              parts = excluded.parts, blocks = excluded.blocks, tags = excluded.tags,
-             headers = excluded.headers",
+             headers = excluded.headers, version_id = excluded.version_id",
         params![
             bucket,
             key,
@@ -1401,10 +1454,14 @@ pub fn put_in_tx(
                 .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".into())),
             obj.blocks.as_deref(),
             tags_json(&opts.tags),
-            headers_json(&opts.headers)
+            headers_json(&opts.headers),
+            &version_id
         ],
     )?;
-    crate::notifications::record_in_tx(conn, bucket, key, event, obj.size, &obj.etag, now)?;
+    let versioned = (state != crate::versions::Versioning::Off).then_some(version_id.as_str());
+    crate::notifications::record_in_tx(
+        conn, bucket, key, event, obj.size, &obj.etag, versioned, now,
+    )?;
     Ok((
         ObjectInfo {
             bucket: bucket.to_owned(),
@@ -1418,6 +1475,7 @@ pub fn put_in_tx(
             metadata: opts.metadata.clone(),
             tags: opts.tags.clone(),
             headers: opts.headers.clone(),
+            version_id: Some(version_id).filter(|v| v != crate::versions::NULL_VERSION),
         },
         replaced,
     ))
@@ -1526,6 +1584,19 @@ pub fn complete_multipart_in_tx(
     Ok((info, garbage))
 }
 
+/// An object's part list as stored (none: not assembled from a multipart upload).
+fn part_list(
+    bucket: &str,
+    key: &str,
+    parts: Option<String>,
+) -> Result<Vec<(u32, u64)>, StoreError> {
+    match parts {
+        None => Ok(Vec::new()),
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|e| StoreError::Backend(format!("bad part list of {bucket}/{key}: {e}"))),
+    }
+}
+
 fn metadata_json(m: &std::collections::BTreeMap<String, String>) -> String {
     serde_json::to_string(m).unwrap_or_else(|_| "{}".into())
 }
@@ -1562,13 +1633,13 @@ fn headers_from(s: Option<&str>) -> crate::ObjectHeaders {
         .unwrap_or_default()
 }
 
-const INFO_COLUMNS: &str =
-    "bucket, key, size, etag, sha256, content_type, modified_ms, owner, metadata, tags, headers";
+pub(crate) const INFO_COLUMNS: &str = "bucket, key, size, etag, sha256, content_type, modified_ms, \
+                                     owner, metadata, tags, headers, version_id";
 /// How many columns [`INFO_COLUMNS`] has: the index of the first column a query selects
 /// after them.
-const INFO_LEN: usize = 11;
+pub(crate) const INFO_LEN: usize = 12;
 
-fn info_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<ObjectInfo> {
+pub(crate) fn info_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<ObjectInfo> {
     Ok(ObjectInfo {
         bucket: r.get(0)?,
         key: r.get(1)?,
@@ -1581,6 +1652,7 @@ fn info_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<ObjectInfo
         metadata: metadata_from(&r.get::<String>(8)?),
         tags: tags_from(r.get::<Option<String>>(9)?.as_deref()),
         headers: headers_from(r.get::<Option<String>>(10)?.as_deref()),
+        version_id: Some(r.get::<String>(11)?).filter(|v| v != crate::versions::NULL_VERSION),
     })
 }
 
@@ -1665,17 +1737,32 @@ impl ObjectStore for EmbeddedStore {
             .await
     }
 
-    /// Replaces an object's tags (empty: removes them); `NoSuchKey` if there is no object.
     async fn set_object_tags(
         &self,
         bucket: &str,
         key: &str,
+        version_id: Option<&str>,
         tags: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
+        let v = version_id.map(str::to_owned);
         self.db
             .write(move |c| {
                 require_bucket(c, &b)?;
+                if let Some(v) = &v {
+                    // The version must exist and not be a delete marker.
+                    crate::versions::version_row(c, &b, &k, v)?;
+                    for table in ["objects", "object_versions"] {
+                        c.execute(
+                            &format!(
+                                "UPDATE {table} SET tags = ?4
+                                 WHERE bucket = ?1 AND key = ?2 AND version_id = ?3"
+                            ),
+                            params![&b, &k, v, tags_json(&tags)],
+                        )?;
+                    }
+                    return Ok(());
+                }
                 let n = c.execute(
                     "UPDATE objects SET tags = ?3 WHERE bucket = ?1 AND key = ?2",
                     params![&b, &k, tags_json(&tags)],
@@ -1697,7 +1784,10 @@ impl ObjectStore for EmbeddedStore {
             .db
             .read(move |c| {
                 Ok::<_, StoreError>(c.query_row(
-                    "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM objects WHERE owner = ?1",
+                    "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM (
+                         SELECT size FROM objects WHERE owner = ?1
+                         UNION ALL SELECT size FROM object_versions WHERE owner = ?1
+                     ) o",
                     params![&owner],
                     |r| r.get(0),
                 )?)
@@ -1774,6 +1864,7 @@ impl ObjectStore for EmbeddedStore {
                 require_bucket(c, &bucket)?;
                 let used: bool = c.query_row(
                     "SELECT EXISTS(SELECT 1 FROM objects WHERE bucket = ?1)
+                         OR EXISTS(SELECT 1 FROM object_versions WHERE bucket = ?1)
                          OR EXISTS(SELECT 1 FROM multipart_uploads WHERE bucket = ?1)",
                     params![&bucket],
                     |r| r.get(0),
@@ -1811,7 +1902,7 @@ impl ObjectStore for EmbeddedStore {
     ) -> Result<String, StoreError> {
         validate_key(key)?;
         let created = now_ms();
-        let id = new_upload_id(created);
+        let id = new_sortable_id(created);
         let (b, k, upload_id) = (bucket.to_owned(), key.to_owned(), id.clone());
         self.db
             .write(move |c| {
@@ -1886,7 +1977,9 @@ impl ObjectStore for EmbeddedStore {
         self.multipart(upload_id).await?;
         let mut attempt = 0;
         let prepared = loop {
-            let (info, inline, blob, _) = self.object_row(source.bucket, source.key).await?;
+            let (info, inline, blob, _) = self
+                .object_row(source.bucket, source.key, source.version_id)
+                .await?;
             check(&info)?;
             let (start, len) = match source.range {
                 None => (0, info.size),
@@ -2206,12 +2299,12 @@ impl ObjectStore for EmbeddedStore {
         key: &str,
         range: Option<ByteRange>,
     ) -> Result<ObjectStream, StoreError> {
-        let (info, body) = self.open_object(bucket, key, range).await?;
+        let (info, body) = self.open_object(bucket, key, None, range).await?;
         Ok(ObjectStream { info, body })
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Object, StoreError> {
-        let (info, body) = self.open_object(bucket, key, None).await?;
+        let (info, body) = self.open_object(bucket, key, None, None).await?;
         let body = collect(body, info.size).await?;
         Ok(Object { info, body })
     }
@@ -2299,43 +2392,82 @@ impl ObjectStore for EmbeddedStore {
                         bucket: b.clone(),
                         key: k.clone(),
                     })?;
-                let parts = match row.1 {
-                    None => Vec::new(),
-                    Some(json) => serde_json::from_str(&json).map_err(|e| {
-                        StoreError::Backend(format!("bad part list of {b}/{k}: {e}"))
-                    })?,
-                };
-                Ok((row.0, parts))
+                Ok((row.0, part_list(&b, &k, row.1)?))
             })
             .await
     }
 
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+    async fn delete_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<crate::Deleted, StoreError> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
-        let blob: Option<String> = self
+        let v = version_id.map(str::to_owned);
+        let (deleted, garbage) = self
             .db
             .write(move |c| {
-                let blob: Option<Option<String>> = c.query_opt(
-                    "DELETE FROM objects WHERE bucket = ?1 AND key = ?2 RETURNING blob",
-                    params![b, k],
-                    |r| r.get(0),
-                )?;
-                if blob.is_some() {
+                let now = now_ms();
+                let (deleted, event, garbage) =
+                    crate::versions::delete_in_tx(c, &b, &k, v.as_deref(), now)?;
+                if let Some(event) = event {
                     crate::notifications::record_in_tx(
                         c,
                         &b,
                         &k,
-                        "ObjectRemoved:Delete",
+                        event,
                         0,
                         "",
-                        now_ms(),
+                        deleted.version_id.as_deref(),
+                        now,
                     )?;
                 }
-                Ok::<_, StoreError>(blob.flatten())
+                Ok::<_, StoreError>((deleted, garbage))
             })
             .await?;
-        self.discard_blobs(blob.into_iter().collect()).await;
-        Ok(())
+        self.discard_blobs(garbage).await;
+        Ok(deleted)
+    }
+
+    async fn head_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+    ) -> Result<(ObjectInfo, Vec<(u32, u64)>), StoreError> {
+        let (b, k, v) = (bucket.to_owned(), key.to_owned(), version_id.to_owned());
+        let (info, _, _, _, parts) = self
+            .db
+            .read(move |c| crate::versions::version_row(c, &b, &k, &v))
+            .await?;
+        Ok((info, part_list(bucket, key, parts)?))
+    }
+
+    async fn get_version_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectStream, StoreError> {
+        let (info, body) = self
+            .open_object(bucket, key, Some(version_id), range)
+            .await?;
+        Ok(ObjectStream { info, body })
+    }
+
+    async fn list_versions(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<crate::VersionMarker>,
+        limit: usize,
+    ) -> Result<Vec<crate::VersionEntry>, StoreError> {
+        let (b, p) = (bucket.to_owned(), prefix.to_owned());
+        self.db
+            .read(move |c| crate::versions::list_in_tx(c, &b, &p, after.as_ref(), limit))
+            .await
     }
 
     async fn list(
@@ -2499,6 +2631,166 @@ mod tests {
         sluice_blobs::conformance::count(s.blobs().as_ref()).await
     }
 
+    async fn body_of(s: &EmbeddedStore, key: &str, version: &str) -> Vec<u8> {
+        let o = s
+            .get_version_stream("v-b", key, version, None)
+            .await
+            .expect("version");
+        collect(o.body, o.info.size).await.expect("body").to_vec()
+    }
+
+    /// (key, version, latest, marker) of every entry, paged by `page`.
+    async fn versions_of(s: &EmbeddedStore, page: usize) -> Vec<(String, String, bool, bool)> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let batch = s
+                .list_versions("v-b", "", after.clone(), page)
+                .await
+                .expect("list");
+            let Some(last) = batch.last() else {
+                return out;
+            };
+            after = Some(crate::VersionMarker {
+                key: last.info.key.clone(),
+                version_id: Some(last.info.version_id.clone().unwrap_or("null".into())),
+            });
+            for e in batch {
+                let v = e.info.version_id.clone().unwrap_or("null".into());
+                out.push((e.info.key, v, e.is_latest, e.delete_marker));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_markers_and_suspension() {
+        use crate::versions::VERSIONING_CONFIG;
+        let (s, _d) = open().await;
+        s.create_bucket("v-b").await.expect("bucket");
+        let put = |key: &'static str, body: Vec<u8>| {
+            let s = &s;
+            async move {
+                s.put("v-b", key, Bytes::from(body), PutOptions::default())
+                    .await
+                    .expect("put")
+            }
+        };
+        // Unversioned: the object is the null version, and is listed as such.
+        let first = put("k", b"0".to_vec()).await;
+        assert_eq!(first.version_id, None);
+        assert_eq!(
+            versions_of(&s, 10).await,
+            vec![("k".into(), "null".into(), true, false)]
+        );
+        s.set_bucket_config("v-b", VERSIONING_CONFIG, Some("Enabled".into()))
+            .await
+            .expect("enable");
+        // Each write adds a version; the null version written before stays.
+        let big = vec![7u8; INLINE_MAX + 10];
+        let v1 = put("k", big.clone()).await.version_id.expect("v1");
+        let v2 = put("k", b"2".to_vec()).await.version_id.expect("v2");
+        assert_ne!(v1, v2);
+        assert_eq!(
+            s.head("v-b", "k").await.expect("head").version_id,
+            Some(v2.clone())
+        );
+        // The old version's blob survives a sweep and reads back.
+        s.sweep(std::time::Duration::ZERO).await.expect("sweep");
+        assert_eq!(body_of(&s, "k", &v1).await, big);
+        assert_eq!(body_of(&s, "k", "null").await, b"0");
+        assert_eq!(
+            versions_of(&s, 10).await,
+            vec![
+                ("k".into(), v2.clone(), true, false),
+                ("k".into(), v1.clone(), false, false),
+                ("k".into(), "null".into(), false, false),
+            ]
+        );
+        // A deletion adds a marker: the key is gone, its versions are not.
+        let marker = s.delete_version("v-b", "k", None).await.expect("delete");
+        assert!(marker.delete_marker);
+        let m = marker.version_id.expect("marker id");
+        assert!(matches!(
+            s.head("v-b", "k").await,
+            Err(StoreError::NoSuchKey { .. })
+        ));
+        assert!(matches!(
+            s.head_version("v-b", "k", &m).await,
+            Err(StoreError::DeleteMarker { .. })
+        ));
+        assert!(matches!(
+            s.head_version("v-b", "k", "0123456789abcdef0123456789abcdef")
+                .await,
+            Err(StoreError::NoSuchVersion { .. })
+        ));
+        assert!(s.list("v-b", "", None, 10).await.expect("list").is_empty());
+        // Every page size lists the same entries.
+        let all = versions_of(&s, 10).await;
+        assert_eq!(all[0], ("k".into(), m.clone(), true, true));
+        assert_eq!(all.len(), 4);
+        assert_eq!(versions_of(&s, 1).await, all);
+        assert_eq!(versions_of(&s, 3).await, all);
+        // Deleting the marker brings the newest version back.
+        let undone = s.delete_version("v-b", "k", Some(&m)).await.expect("undo");
+        assert!(undone.delete_marker);
+        assert_eq!(s.get("v-b", "k").await.expect("get").body.as_ref(), b"2");
+        // Deleting the current version makes the one before it current.
+        s.delete_version("v-b", "k", Some(&v2))
+            .await
+            .expect("drop v2");
+        let now = s.head("v-b", "k").await.expect("head");
+        assert_eq!(now.version_id, Some(v1.clone()));
+        assert_eq!(
+            s.get("v-b", "k").await.expect("get").body.as_ref(),
+            big.as_slice()
+        );
+        // Suspended: writes replace the null version, older versions stay.
+        s.set_bucket_config("v-b", VERSIONING_CONFIG, Some("Suspended".into()))
+            .await
+            .expect("suspend");
+        assert_eq!(put("k", b"3".to_vec()).await.version_id, None);
+        assert_eq!(put("k", b"4".to_vec()).await.version_id, None);
+        assert_eq!(
+            versions_of(&s, 10).await,
+            vec![
+                ("k".into(), "null".into(), true, false),
+                ("k".into(), v1.clone(), false, false),
+            ]
+        );
+        assert_eq!(body_of(&s, "k", "null").await, b"4");
+        // A deletion makes the null version a delete marker.
+        let d = s.delete_version("v-b", "k", None).await.expect("delete");
+        assert_eq!(
+            (d.version_id.as_deref(), d.delete_marker),
+            (Some("null"), true)
+        );
+        assert_eq!(
+            versions_of(&s, 10).await,
+            vec![
+                ("k".into(), "null".into(), true, true),
+                ("k".into(), v1.clone(), false, false),
+            ]
+        );
+        // A bucket with versions left is not empty; without them it can go.
+        assert!(matches!(
+            s.delete_bucket("v-b").await,
+            Err(StoreError::BucketNotEmpty(_))
+        ));
+        s.delete_version("v-b", "k", Some("null"))
+            .await
+            .expect("marker");
+        assert_eq!(
+            s.get("v-b", "k").await.expect("v1 current").body.len(),
+            big.len()
+        );
+        s.delete_version("v-b", "k", Some(&v1)).await.expect("v1");
+        assert!(versions_of(&s, 10).await.is_empty());
+        s.delete_bucket("v-b").await.expect("delete bucket");
+        // Every blob went with its version.
+        s.sweep(std::time::Duration::ZERO).await.expect("sweep");
+        assert_eq!(blob_count(&s).await, 0);
+    }
+
     #[tokio::test]
     async fn multipart_uploads_assemble_with_s3_etags() {
         let (s, _d) = open().await;
@@ -2599,6 +2891,7 @@ mod tests {
         let src = |key, range| CopySource {
             bucket: "b-1",
             key,
+            version_id: None,
             range,
         };
         let range = |first, last| Some(ByteRange { first, last });
@@ -2689,7 +2982,7 @@ mod tests {
 
     #[test]
     fn upload_ids_increase_even_within_a_millisecond() {
-        let ids: Vec<String> = (0..100).map(|_| new_upload_id(1_000)).collect();
+        let ids: Vec<String> = (0..100).map(|_| new_sortable_id(1_000)).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
         assert!(ids.iter().all(|i| i.len() == 32));
     }
@@ -3117,6 +3410,7 @@ mod tests {
         let whole_source = CopySource {
             bucket: "b-1",
             key: "big",
+            version_id: None,
             range: None,
         };
         let err = s

@@ -11,6 +11,9 @@ use bytes::Bytes;
 pub mod embedded;
 pub mod notifications;
 pub mod verify;
+pub mod versions;
+
+pub use versions::{Deleted, VersionEntry, VersionMarker, Versioning};
 
 /// A body that arrives or leaves in chunks (an HTTP request body, one part of a form, an
 /// object being read): never held whole in memory.
@@ -30,6 +33,19 @@ pub enum StoreError {
     BucketNotEmpty(String),
     #[error("multipart upload {0} does not exist")]
     NoSuchUpload(String),
+    /// The object has no version of this id.
+    #[error("object {bucket}/{key} has no version {version_id}")]
+    NoSuchVersion {
+        bucket: String,
+        key: String,
+        version_id: String,
+    },
+    /// The version asked for is a delete marker: it has no bytes and no metadata to read.
+    #[error("version {version_id} is a delete marker")]
+    DeleteMarker {
+        version_id: String,
+        last_modified_ms: i64,
+    },
     #[error("{0}")]
     InvalidPart(String),
     #[error("object {bucket}/{key} already exists")]
@@ -126,6 +142,9 @@ pub struct ObjectInfo {
     pub tags: Vec<(String, String)>,
     /// The standard headers kept with the object.
     pub headers: ObjectHeaders,
+    /// The object's version (S3's `x-amz-version-id`); `None` for the `null` version, the
+    /// only version an object has in a bucket whose versioning was never enabled.
+    pub version_id: Option<String>,
 }
 
 /// The standard headers S3 keeps with an object and answers on GET and HEAD. `None`: not
@@ -207,6 +226,8 @@ pub struct ByteRange {
 pub struct CopySource<'a> {
     pub bucket: &'a str,
     pub key: &'a str,
+    /// The version to copy; `None`: the current one.
+    pub version_id: Option<&'a str>,
     /// The whole object when `None`. A range that does not lie within the object is
     /// [`StoreError::InvalidArgument`].
     pub range: Option<ByteRange>,
@@ -331,11 +352,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         bucket: &str,
         tags: Option<Vec<(String, String)>>,
     ) -> Result<(), StoreError>;
-    /// Replaces an object's tags (empty: removes them); `NoSuchKey` if there is no object.
+    /// Replaces the tags of an object's current version, or of the version `version_id`
+    /// (empty: removes them); `NoSuchKey` if there is no object, `NoSuchVersion` /
+    /// `DeleteMarker` as [`head_version`](Self::head_version).
     async fn set_object_tags(
         &self,
         bucket: &str,
         key: &str,
+        version_id: Option<&str>,
         tags: Vec<(String, String)>,
     ) -> Result<(), StoreError>;
     async fn put(
@@ -394,8 +418,48 @@ pub trait ObjectStore: Send + Sync + 'static {
         bucket: &str,
         key: &str,
     ) -> Result<(ObjectInfo, Vec<(u32, u64)>), StoreError>;
-    /// Deletes an object. `Ok` if it did not exist.
-    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError>;
+    /// Deletes an object as S3's DeleteObject without a version id: in a bucket with
+    /// versioning it leaves a delete marker (see [`Versioning`]). `Ok` if it did not exist.
+    async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
+        self.delete_version(bucket, key, None).await.map(|_| ())
+    }
+    /// Deletes the version `version_id` of an object for good (the version before it
+    /// becomes current when it was the current one), or — `None` — the object as
+    /// [`delete`](Self::delete) does. A version that does not exist is not an error.
+    async fn delete_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> Result<Deleted, StoreError>;
+    /// The metadata of one version of an object and its parts (as
+    /// [`head_parts`](Self::head_parts)). `NoSuchVersion` when it has no such version,
+    /// `DeleteMarker` when the version is a delete marker.
+    async fn head_version(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+    ) -> Result<(ObjectInfo, Vec<(u32, u64)>), StoreError>;
+    /// [`get_stream`](Self::get_stream) of one version of an object; errors as
+    /// [`head_version`](Self::head_version).
+    async fn get_version_stream(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: &str,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectStream, StoreError>;
+    /// Every version and delete marker of the objects whose key starts with `prefix`:
+    /// ordered by key, then newest first; after `after`. `NoSuchBucket` if the bucket does
+    /// not exist; a marker naming a version that does not exist is `InvalidArgument`.
+    async fn list_versions(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: Option<VersionMarker>,
+        limit: usize,
+    ) -> Result<Vec<VersionEntry>, StoreError>;
     /// Objects whose key starts with `prefix`, in key order, after `start_after`.
     async fn list(
         &self,

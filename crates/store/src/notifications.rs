@@ -102,7 +102,8 @@ fn event_key(key: &str) -> String {
     out
 }
 
-/// Records the events of an object write or deletion, in its transaction.
+/// Records the events of an object write or deletion, in its transaction. `version_id`:
+/// the version written or deleted, in a bucket with versioning (S3's `versionId`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_in_tx(
     tx: &Tx<'_>,
@@ -111,6 +112,7 @@ pub(crate) fn record_in_tx(
     name: &str,
     size: u64,
     etag: &str,
+    version_id: Option<&str>,
     now: i64,
 ) -> Result<(), MetaError> {
     let Some(config) = load(tx, bucket)? else {
@@ -124,6 +126,9 @@ pub(crate) fn record_in_tx(
         if name.starts_with("ObjectCreated") {
             object["size"] = json!(size);
             object["eTag"] = json!(etag.trim_matches('"'));
+        }
+        if let Some(v) = version_id {
+            object["versionId"] = json!(v);
         }
         let event = json!({"Records": [{
             "eventVersion": "2.1",
