@@ -14,15 +14,28 @@
 //! A rule applies to an object when it is `Enabled` and its filter matches: the prefix
 //! (`Filter.Prefix`, `Filter.And.Prefix`, or the legacy top-level `Prefix`), every tag
 //! (`Filter.Tag`, `Filter.And.Tags`) and the size bounds (`ObjectSizeGreaterThan`,
-//! `ObjectSizeLessThan`, exclusive). Buckets are not versioned in sluice, so an expiration
-//! deletes the object; noncurrent-version and transition actions have nothing to act on and
-//! are kept only. The sweep goes bucket by bucket in pages of [`PAGE`] objects (memory does
-//! not grow with a bucket), at start and then every `lifecycle_interval`; running it from
-//! several processes at once only deletes what one of them would.
+//! `ObjectSizeLessThan`, exclusive). An expiration deletes the current object as
+//! DeleteObject does: in a bucket with versioning, a delete marker takes its place.
+//!
+//! On the versions of a bucket with versioning (see `sluice_store::versions`):
+//!
+//! - `NoncurrentVersionExpiration.NoncurrentDays`: a version is deleted for good once it
+//!   has been noncurrent that long (from the time its successor was written, rounded up to
+//!   midnight as above), except the `NewerNoncurrentVersions` newest noncurrent versions of
+//!   its key, which are kept whatever their age;
+//! - `Expiration.ExpiredObjectDeleteMarker`: a delete marker that is the latest version of
+//!   its key and has no other version left is removed.
+//!
+//! Transition actions (storage classes) are kept only: sluice has one storage class. The
+//! sweep goes bucket by bucket in pages of [`PAGE`] objects (memory does not grow with a
+//! bucket), at start and then every `lifecycle_interval`; running it from several processes
+//! at once only deletes what one of them would.
 
 use s3s::dto::{BucketLifecycleConfiguration, LifecycleRule, Timestamp};
 use s3s::{S3Error, S3ErrorCode};
-use sluice_store::{MultipartInfo, ObjectInfo, ObjectStore, StoreError, UploadMarker};
+use sluice_store::{
+    MultipartInfo, ObjectInfo, ObjectStore, StoreError, UploadMarker, VersionEntry, VersionMarker,
+};
 
 /// The bucket configuration kind lifecycle rules are kept under.
 pub(crate) const LIFECYCLE: &str = "lifecycle";
@@ -35,6 +48,8 @@ const PAGE: usize = 1000;
 pub struct Swept {
     pub expired_objects: u64,
     pub aborted_uploads: u64,
+    /// Noncurrent versions and lone delete markers removed.
+    pub expired_versions: u64,
 }
 
 fn invalid(code: S3ErrorCode, message: &str) -> S3Error {
@@ -85,6 +100,12 @@ pub fn validate(cfg: &BucketLifecycleConfiguration) -> Result<(), S3Error> {
             }
         }
         if let Some(e) = &rule.expiration {
+            if e.expired_object_delete_marker.is_some() && (e.days.is_some() || e.date.is_some()) {
+                return Err(invalid(
+                    S3ErrorCode::MalformedXML,
+                    "ExpiredObjectDeleteMarker cannot be specified with Days or Date in a Lifecycle Expiration Policy.",
+                ));
+            }
             if e.days.is_some() && e.date.is_some() {
                 return Err(invalid(
                     S3ErrorCode::MalformedXML,
@@ -103,6 +124,22 @@ pub fn validate(cfg: &BucketLifecycleConfiguration) -> Result<(), S3Error> {
                 return Err(invalid(
                     S3ErrorCode::InvalidArgument,
                     "'Date' must be at midnight GMT",
+                ));
+            }
+        }
+        if let Some(n) = &rule.noncurrent_version_expiration {
+            if n.noncurrent_days.is_none_or(|d| d <= 0) {
+                return Err(invalid(
+                    S3ErrorCode::InvalidArgument,
+                    "'NoncurrentDays' for NoncurrentVersionExpiration action must be a positive integer",
+                ));
+            }
+            if n.newer_noncurrent_versions
+                .is_some_and(|v| !(1..=100).contains(&v))
+            {
+                return Err(invalid(
+                    S3ErrorCode::InvalidArgument,
+                    "NewerNoncurrentVersions must be between 1 and 100",
                 ));
             }
         }
@@ -183,6 +220,30 @@ fn expires(rule: &LifecycleRule, o: &ObjectInfo, now: i64) -> bool {
     now >= due && applies(rule, o)
 }
 
+/// Whether an enabled rule deletes the noncurrent version `v` at `now`, `newer` being how
+/// many noncurrent versions of its key are newer than it.
+fn expires_noncurrent(rule: &LifecycleRule, v: &VersionEntry, newer: usize, now: i64) -> bool {
+    let Some(n) = &rule.noncurrent_version_expiration else {
+        return false;
+    };
+    let (Some(days), Some(since)) = (n.noncurrent_days, v.noncurrent_since_ms) else {
+        return false;
+    };
+    let keep = n.newer_noncurrent_versions.unwrap_or(0).max(0) as usize;
+    newer >= keep
+        && now >= next_midnight(since + i64::from(days) * DAY_MS)
+        && applies(rule, &v.info)
+}
+
+/// Whether an enabled rule removes lone delete markers of the key.
+fn removes_lone_marker(rule: &LifecycleRule, key: &str) -> bool {
+    rule.expiration
+        .as_ref()
+        .is_some_and(|e| e.expired_object_delete_marker == Some(true))
+        && key.starts_with(prefix_of(rule))
+        && tags_of(rule).is_empty()
+}
+
 /// Whether an enabled rule aborts upload `u` at `now`.
 fn aborts(rule: &LifecycleRule, u: &MultipartInfo, now: i64) -> bool {
     let Some(days) = rule
@@ -226,6 +287,7 @@ pub async fn sweep(store: &dyn ObjectStore, now: i64) -> Result<Swept, StoreErro
     }
     metrics::counter!("sluice_lifecycle_expired_objects_total").increment(swept.expired_objects);
     metrics::counter!("sluice_lifecycle_aborted_uploads_total").increment(swept.aborted_uploads);
+    metrics::counter!("sluice_lifecycle_expired_versions_total").increment(swept.expired_versions);
     Ok(swept)
 }
 
@@ -252,6 +314,14 @@ async fn sweep_bucket(
             }
             after = page.last().map(|o| o.key.clone());
         }
+    }
+    if rules.iter().any(|r| {
+        r.noncurrent_version_expiration.is_some()
+            || r.expiration
+                .as_ref()
+                .is_some_and(|e| e.expired_object_delete_marker == Some(true))
+    }) {
+        sweep_versions(store, bucket, rules, now, swept).await?;
     }
     if rules
         .iter()
@@ -281,6 +351,78 @@ async fn sweep_bucket(
             });
         }
     }
+    Ok(())
+}
+
+/// The version actions over every version of a bucket, key by key, newest first. A page
+/// resumes at the position of the last entry read, so the deletions behind it do not move
+/// it.
+async fn sweep_versions(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    rules: &[&LifecycleRule],
+    now: i64,
+    swept: &mut Swept,
+) -> Result<(), StoreError> {
+    let mut after: Option<VersionMarker> = None;
+    // The key being read, how many of its noncurrent versions were seen (newest first), and
+    // its latest entry when that is a delete marker that may be alone.
+    let mut key = String::new();
+    let mut newer = 0usize;
+    let mut lone_marker: Option<VersionEntry> = None;
+    loop {
+        let page = store.list_versions(bucket, "", after.take(), PAGE).await?;
+        for v in &page {
+            if v.info.key != key {
+                remove_lone_marker(store, bucket, lone_marker.take(), swept).await?;
+                key = v.info.key.clone();
+                newer = 0;
+            }
+            if v.is_latest {
+                if v.delete_marker && rules.iter().any(|r| removes_lone_marker(r, &key)) {
+                    lone_marker = Some(v.clone());
+                }
+                continue;
+            }
+            // Any other version: the marker is not alone.
+            lone_marker = None;
+            if rules.iter().any(|r| expires_noncurrent(r, v, newer, now)) {
+                let id = v.info.version_id.as_deref().unwrap_or("null");
+                store.delete_version(bucket, &key, Some(id)).await?;
+                swept.expired_versions += 1;
+                tracing::info!(bucket, key = %key, version = id, "lifecycle expiration of a noncurrent version");
+            } else {
+                newer += 1;
+            }
+        }
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = Some(VersionMarker {
+            key: last.info.key.clone(),
+            version_id: None,
+            position: Some(last.position),
+        });
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    remove_lone_marker(store, bucket, lone_marker, swept).await
+}
+
+async fn remove_lone_marker(
+    store: &dyn ObjectStore,
+    bucket: &str,
+    marker: Option<VersionEntry>,
+    swept: &mut Swept,
+) -> Result<(), StoreError> {
+    let Some(m) = marker else {
+        return Ok(());
+    };
+    let id = m.info.version_id.as_deref().unwrap_or("null");
+    store.delete_version(bucket, &m.info.key, Some(id)).await?;
+    swept.expired_versions += 1;
+    tracing::info!(bucket, key = %m.info.key, version = id, "lifecycle removal of a lone delete marker");
     Ok(())
 }
 

@@ -136,6 +136,7 @@ pub(crate) async fn list_page(
     let mut cursor = key_marker.filter(|k| !k.is_empty()).map(|k| VersionMarker {
         key: k.to_owned(),
         version_id: version_id_marker.map(str::to_owned),
+        position: None,
     });
     let mut last: Option<(String, Option<String>)> = None;
     let mut taken = 0usize;
@@ -170,6 +171,7 @@ pub(crate) async fn list_page(
                     cursor = Some(VersionMarker {
                         key: format!("{cp}\u{10FFFF}"),
                         version_id: None,
+                        position: None,
                     });
                     last = Some((cp.clone(), None));
                     page.prefixes.push(CommonPrefix { prefix: Some(cp) });
@@ -179,6 +181,7 @@ pub(crate) async fn list_page(
                     cursor = Some(VersionMarker {
                         key: key.clone(),
                         version_id: Some(version.clone()),
+                        position: Some(entry.position),
                     });
                     last = Some((key.clone(), Some(version.clone())));
                     let info = &entry.info;

@@ -2651,9 +2651,11 @@ mod tests {
             let Some(last) = batch.last() else {
                 return out;
             };
+            // By name, as clients page.
             after = Some(crate::VersionMarker {
                 key: last.info.key.clone(),
                 version_id: Some(last.info.version_id.clone().unwrap_or("null".into())),
+                position: None,
             });
             for e in batch {
                 let v = e.info.version_id.clone().unwrap_or("null".into());

@@ -84,6 +84,10 @@ pub struct Deleted {
 pub struct VersionMarker {
     pub key: String,
     pub version_id: Option<String>,
+    /// The [`VersionEntry::position`] of the version: when set, the listing resumes after
+    /// that place in `key`'s versions, whether or not the version still exists (a sweep
+    /// that deletes as it lists). Clients' markers name versions only.
+    pub position: Option<i64>,
 }
 
 /// One entry of a listing of versions.
@@ -93,6 +97,10 @@ pub struct VersionEntry {
     pub info: ObjectInfo,
     pub is_latest: bool,
     pub delete_marker: bool,
+    /// When the version stopped being the latest (`None` while it is).
+    pub noncurrent_since_ms: Option<i64>,
+    /// The version's place among its key's versions, for [`VersionMarker::position`].
+    pub position: i64,
 }
 
 /// Whether `id` has the form of a version id: `null`, or one this store makes (32
@@ -447,11 +455,18 @@ pub(crate) fn list_in_tx(
         None => (String::new(), CURRENT_SEQ, false),
         Some(VersionMarker {
             key,
+            position: Some(seq),
+            ..
+        }) => (key.clone(), *seq, true),
+        Some(VersionMarker {
+            key,
             version_id: None,
+            ..
         }) => (key.clone(), i64::MAX, false),
         Some(VersionMarker {
             key,
             version_id: Some(v),
+            ..
         }) => {
             let current = tx.exists(
                 "SELECT 1 FROM objects WHERE bucket = ?1 AND key = ?2 AND version_id = ?3",
@@ -485,14 +500,16 @@ pub(crate) fn list_in_tx(
     let sql = format!(
         "SELECT * FROM (
              SELECT * FROM (
-                 SELECT {INFO_COLUMNS}, 0 AS marker, {CURRENT_SEQ} AS seq FROM objects
+                 SELECT {INFO_COLUMNS}, 0 AS marker, {CURRENT_SEQ} AS seq,
+                     CAST(NULL AS BIGINT) AS noncurrent_ms
+                 FROM objects
                  WHERE bucket = ?1 AND key >= ?6 AND substr(key, 1, length(?3)) = ?3
                      AND key > ?2
                  ORDER BY key LIMIT ?5
              ) c
              UNION ALL
              SELECT * FROM (
-                 SELECT {INFO_COLUMNS}, marker, seq FROM object_versions
+                 SELECT {INFO_COLUMNS}, marker, seq, noncurrent_ms FROM object_versions
                  WHERE bucket = ?1 AND key >= ?6 AND substr(key, 1, length(?3)) = ?3
                      AND (key > ?2 OR seq > ?4)
                  ORDER BY key, seq LIMIT ?5
@@ -503,10 +520,17 @@ pub(crate) fn list_in_tx(
     let rows = tx.query_vec(
         &sql,
         params![bucket, &from_key, prefix, after_seq, limit as i64, &lowest],
-        |r| Ok((info_from_row(r)?, r.get::<i64>(INFO_LEN)? != 0)),
+        |r| {
+            Ok((
+                info_from_row(r)?,
+                r.get::<i64>(INFO_LEN)? != 0,
+                r.get::<i64>(INFO_LEN + 1)?,
+                r.get::<Option<i64>>(INFO_LEN + 2)?,
+            ))
+        },
     )?;
     let mut out: Vec<VersionEntry> = Vec::with_capacity(rows.len());
-    for (info, delete_marker) in rows {
+    for (info, delete_marker, position, noncurrent_since_ms) in rows {
         // The first entry of a key is its latest, unless the page starts inside the key.
         let first_of_key = match out.last() {
             Some(prev) => prev.info.key != info.key,
@@ -516,6 +540,8 @@ pub(crate) fn list_in_tx(
             info,
             is_latest: first_of_key,
             delete_marker,
+            noncurrent_since_ms,
+            position,
         });
     }
     Ok(out)
