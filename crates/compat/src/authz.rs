@@ -347,6 +347,27 @@ pub fn decide_with_resource_policy(
     }
 }
 
+/// The IAM action of an S3 operation on one version of an object (a `versionId` in the
+/// query), where S3 names it apart from the operation on the current version.
+pub fn s3_version_action(op: &str, query: Option<&str>) -> Option<&'static str> {
+    let versioned = query.is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "versionId" || p.starts_with("versionId="))
+    });
+    if !versioned {
+        return None;
+    }
+    Some(match op {
+        "GetObject" | "HeadObject" => "s3:GetObjectVersion",
+        "GetObjectAttributes" => "s3:GetObjectVersionAttributes",
+        "DeleteObject" => "s3:DeleteObjectVersion",
+        "GetObjectTagging" => "s3:GetObjectVersionTagging",
+        "PutObjectTagging" => "s3:PutObjectVersionTagging",
+        "DeleteObjectTagging" => "s3:DeleteObjectVersionTagging",
+        _ => return None,
+    })
+}
+
 /// The IAM action of an S3 operation (as s3s names operations).
 pub fn s3_action(op: &str) -> Cow<'static, str> {
     let action = match op {
@@ -499,6 +520,16 @@ mod tests {
     #[test]
     fn s3_operations_are_iam_actions() {
         assert_eq!(s3_action("HeadObject"), "s3:GetObject");
+        assert_eq!(
+            s3_version_action("GetObject", Some("versionId=abc&partNumber=1")),
+            Some("s3:GetObjectVersion")
+        );
+        assert_eq!(
+            s3_version_action("DeleteObject", Some("versionId=null")),
+            Some("s3:DeleteObjectVersion")
+        );
+        assert_eq!(s3_version_action("GetObject", Some("partNumber=1")), None);
+        assert_eq!(s3_version_action("PutObject", Some("versionId=x")), None);
         assert_eq!(s3_action("UploadPart"), "s3:PutObject");
         assert_eq!(s3_action("ListObjectsV2"), "s3:ListBucket");
         assert_eq!(s3_action("ListBuckets"), "s3:ListAllMyBuckets");

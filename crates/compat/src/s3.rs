@@ -121,11 +121,16 @@ impl KeyAccess {
 
     /// A copy also reads its source.
     async fn check_copy_source(&self, caller: &Caller, source: &CopySource) -> S3Result<()> {
-        let (bucket, key, _) = copy_source(source)?;
+        let (bucket, key, version) = copy_source(source)?;
         let policy = self.policy_of(&bucket).await?;
+        let action = if version.is_some() {
+            "s3:GetObjectVersion"
+        } else {
+            "s3:GetObject"
+        };
         caller.decide(
             policy.as_deref(),
-            "s3:GetObject",
+            action,
             &crate::authz::s3_resource(Some(&bucket), Some(&key)),
         )
     }
@@ -221,11 +226,12 @@ impl s3s::access::S3Access for KeyAccess {
         };
         // DeleteObjects is decided key by key (in `delete_objects` below).
         if caller.op != "DeleteObjects" {
-            caller.decide(
-                policy.as_deref(),
-                &crate::authz::s3_action(&caller.op),
-                &resource,
-            )?;
+            let action = match crate::authz::s3_version_action(&caller.op, caller.query.as_deref())
+            {
+                Some(versioned) => std::borrow::Cow::Borrowed(versioned),
+                None => crate::authz::s3_action(&caller.op),
+            };
+            caller.decide(policy.as_deref(), &action, &resource)?;
         }
         // A write that tags its object also needs `s3:PutObjectTagging`, as on S3.
         if matches!(
@@ -262,9 +268,13 @@ impl s3s::access::S3Access for KeyAccess {
         let mut denied = DeniedKeys::default();
         req.input.delete.objects.retain(|o| {
             let resource = crate::authz::s3_resource(Some(&bucket), Some(&o.key));
-            let ok = caller
-                .decide(policy.as_deref(), "s3:DeleteObject", &resource)
-                .is_ok();
+            // Deleting a version for good is its own action, as on S3.
+            let action = if o.version_id.is_some() {
+                "s3:DeleteObjectVersion"
+            } else {
+                "s3:DeleteObject"
+            };
+            let ok = caller.decide(policy.as_deref(), action, &resource).is_ok();
             if !ok {
                 denied.0.push(o.key.clone());
             }

@@ -668,8 +668,8 @@ impl EmbeddedStore {
         Ok(removed)
     }
 
-    /// Reads every object's bytes (and every stored part of the multipart uploads in
-    /// progress) whole and checks them against the digest written with them: the deep
+    /// Reads every object's bytes (every version's, and every stored part of the multipart
+    /// uploads in progress) whole and checks them against the digest written with them: the deep
     /// check of `sluice doctor --deep`. Read-only; rows are read a page at a time and blobs
     /// streamed, so memory stays bounded whatever the store holds. A blob that is missing
     /// is reported only if its row still names it when it is found missing (an object
@@ -726,6 +726,82 @@ impl EmbeddedStore {
                                 Ok::<_, StoreError>(c.query_opt(
                                     "SELECT blob FROM objects WHERE bucket = ?1 AND key = ?2",
                                     params![b, k],
+                                    |r| r.get(0),
+                                )?)
+                            })
+                            .await?;
+                        if now.flatten() == blob {
+                            report.problems.push(Problem::Missing(subject));
+                        }
+                    }
+                }
+                report.objects += 1;
+            }
+        }
+
+        // Noncurrent versions (delete markers have no bytes), by (bucket, key, seq).
+        type VersionRow = (
+            String,
+            String,
+            i64,
+            String,
+            i64,
+            String,
+            Option<Vec<u8>>,
+            Option<String>,
+        );
+        let (mut bucket, mut key, mut seq) = (String::new(), String::new(), i64::MIN);
+        loop {
+            let (b, k, q) = (bucket.clone(), key.clone(), seq);
+            let page: Vec<VersionRow> = self
+                .db
+                .read(move |c| {
+                    let rows = c.query_vec(
+                        "SELECT bucket, key, seq, version_id, size, sha256, inline, blob
+                         FROM object_versions
+                         WHERE marker = 0 AND (bucket > ?1 OR (bucket = ?1 AND key > ?2)
+                             OR (bucket = ?1 AND key = ?2 AND seq > ?3))
+                         ORDER BY bucket, key, seq LIMIT ?4",
+                        params![b, k, q, SCRUB_PAGE],
+                        |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                                r.get(6)?,
+                                r.get(7)?,
+                            ))
+                        },
+                    )?;
+                    Ok::<_, StoreError>(rows)
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            (bucket, key, seq) = (last.0.clone(), last.1.clone(), last.2);
+            for (b, k, q, version, size, sha256, inline, blob) in page {
+                let label = format!("{k} (version {version})");
+                let subject = object_subject(&b, &label, blob.as_deref());
+                let Some(want) = Expected::sha256_hex(&sha256) else {
+                    report.problems.push(Problem::NoChecksum(subject, sha256));
+                    continue;
+                };
+                match self
+                    .scrub_one(subject.clone(), want, size as u64, inline)
+                    .await?
+                {
+                    Scrubbed::Ok(n) => report.bytes += n,
+                    Scrubbed::Problem(p) => report.problems.push(p),
+                    Scrubbed::Missing => {
+                        let now: Option<Option<String>> = self
+                            .db
+                            .read(move |c| {
+                                Ok::<_, StoreError>(c.query_opt(
+                                    "SELECT blob FROM object_versions
+                                     WHERE bucket = ?1 AND key = ?2 AND seq = ?3",
+                                    params![b, k, q],
                                     |r| r.get(0),
                                 )?)
                             })
@@ -2700,6 +2776,10 @@ mod tests {
         s.sweep(std::time::Duration::ZERO).await.expect("sweep");
         assert_eq!(body_of(&s, "k", &v1).await, big);
         assert_eq!(body_of(&s, "k", "null").await, b"0");
+        // The deep check reads every version.
+        let report = s.scrub().await.expect("scrub");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.objects, 3);
         assert_eq!(
             versions_of(&s, 10).await,
             vec![
