@@ -408,6 +408,7 @@ pub fn s3_action(op: &str) -> Cow<'static, str> {
         "GetBucketAccelerateConfiguration" => "s3:GetAccelerateConfiguration",
         "PutBucketAccelerateConfiguration" => "s3:PutAccelerateConfiguration",
         "GetObjectLockConfiguration" => "s3:GetBucketObjectLockConfiguration",
+        "PutObjectLockConfiguration" => "s3:PutBucketObjectLockConfiguration",
         "GetBucketReplication" => "s3:GetReplicationConfiguration",
         other => return Cow::Owned(format!("s3:{other}")),
     };

@@ -35,6 +35,7 @@ pub mod s3_checksum;
 pub mod s3_cors;
 pub mod s3_guard;
 pub mod s3_lifecycle;
+pub mod s3_lock;
 pub mod s3_policy;
 pub mod s3_region;
 mod s3_versions;

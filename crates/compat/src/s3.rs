@@ -55,6 +55,8 @@ pub struct S3Adapter {
     pub cors: Arc<crate::s3_cors::CorsCache>,
     /// The buckets' regions (`s3_region`).
     pub regions: Arc<crate::s3_region::BucketRegions>,
+    /// The buckets' object lock configurations (`s3_lock`).
+    pub locks: Arc<crate::s3_lock::BucketLocks>,
 }
 
 /// What bucket notifications need: the store keeps each bucket's configuration and records
@@ -233,6 +235,17 @@ impl s3s::access::S3Access for KeyAccess {
             };
             caller.decide(policy.as_deref(), &action, &resource)?;
         }
+        // Bypassing GOVERNANCE retention is an action of its own, as on S3.
+        if matches!(
+            caller.op.as_str(),
+            "DeleteObject" | "DeleteObjects" | "PutObjectRetention"
+        ) && cx
+            .headers()
+            .get("x-amz-bypass-governance-retention")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+        {
+            caller.decide(policy.as_deref(), "s3:BypassGovernanceRetention", &resource)?;
+        }
         // A write that tags its object also needs `s3:PutObjectTagging`, as on S3.
         if matches!(
             caller.op.as_str(),
@@ -340,7 +353,7 @@ pub(crate) fn s3_err(e: StoreError) -> S3Error {
             version_id,
             last_modified_ms,
         } => return crate::s3_versions::delete_marker_error(version_id, *last_modified_ms),
-        StoreError::OwnedByOther { .. } => S3ErrorCode::AccessDenied,
+        StoreError::OwnedByOther { .. } | StoreError::ObjectLocked(_) => S3ErrorCode::AccessDenied,
         StoreError::BucketExists(_) => S3ErrorCode::BucketAlreadyOwnedByYou,
         StoreError::BucketNotEmpty(_) => S3ErrorCode::BucketNotEmpty,
         StoreError::NoSuchUpload(_) => S3ErrorCode::NoSuchUpload,
@@ -377,6 +390,10 @@ pub(crate) fn s3_err(e: StoreError) -> S3Error {
         }
     };
     S3Error::with_message(code, e.to_string())
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 fn upload_err(e: UploadError) -> S3Error {
@@ -516,7 +533,10 @@ fn headers_in(h: HeadersIn) -> S3Result<ObjectHeaders> {
         expires,
         website_redirect: h.website_redirect,
         storage_class,
+        // Set by the caller: the checksum once the body is read, the lock by the bucket.
         checksum: None,
+        lock: None,
+        legal_hold: false,
     })
 }
 
@@ -1231,7 +1251,23 @@ impl S3 for S3Adapter {
                 .await
                 .map_err(s3_err)?;
         }
+        if req.input.object_lock_enabled_for_bucket == Some(true) {
+            // Object lock comes with versioning, which can then not be suspended.
+            self.store
+                .set_bucket_config(&bucket, VERSIONING_CONFIG, Some("Enabled".into()))
+                .await
+                .map_err(s3_err)?;
+            let cfg = ObjectLockConfiguration {
+                object_lock_enabled: Some(ObjectLockEnabled::from_static(
+                    ObjectLockEnabled::ENABLED,
+                )),
+                rule: None,
+            };
+            self.set_config(&bucket, crate::s3_lock::OBJECT_LOCK, Some(&cfg))
+                .await?;
+        }
         self.regions.forget(&bucket);
+        self.locks.forget(&bucket);
         if let Some(p) = &self.policies {
             p.forget(&bucket);
         }
@@ -1734,6 +1770,19 @@ impl S3 for S3Adapter {
     ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
         let input = req.input;
         let status = crate::s3_versions::requested_status(&input.versioning_configuration)?;
+        if status != "Enabled"
+            && self
+                .locks
+                .get(&self.store, &input.bucket)
+                .await
+                .map_err(s3_err)?
+                .is_some()
+        {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidBucketState,
+                "An Object Lock configuration is present on this bucket, so the versioning state cannot be changed.",
+            ));
+        }
         self.store
             .set_bucket_config(&input.bucket, VERSIONING_CONFIG, Some(status.to_owned()))
             .await
@@ -1855,14 +1904,118 @@ impl S3 for S3Adapter {
         &self,
         req: S3Request<GetObjectLockConfigurationInput>,
     ) -> S3Result<S3Response<GetObjectLockConfigurationOutput>> {
-        self.store
-            .head_bucket(&req.input.bucket)
+        match self
+            .config::<ObjectLockConfiguration>(&req.input.bucket, crate::s3_lock::OBJECT_LOCK)
+            .await?
+        {
+            Some(cfg) => Ok(S3Response::new(GetObjectLockConfigurationOutput {
+                object_lock_configuration: Some(cfg),
+            })),
+            None => Err(S3Error::with_message(
+                S3ErrorCode::ObjectLockConfigurationNotFoundError,
+                "Object Lock configuration does not exist for this bucket",
+            )),
+        }
+    }
+
+    async fn put_object_lock_configuration(
+        &self,
+        req: S3Request<PutObjectLockConfigurationInput>,
+    ) -> S3Result<S3Response<PutObjectLockConfigurationOutput>> {
+        let input = req.input;
+        let cfg = input.object_lock_configuration.unwrap_or_default();
+        crate::s3_lock::validate(&cfg)?;
+        let versioning = self
+            .store
+            .bucket_config(&input.bucket, VERSIONING_CONFIG)
             .await
             .map_err(s3_err)?;
-        Err(S3Error::with_message(
-            S3ErrorCode::ObjectLockConfigurationNotFoundError,
-            "Object Lock configuration does not exist for this bucket",
-        ))
+        if versioning.as_deref() != Some("Enabled") {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidBucketState,
+                "Versioning must be 'Enabled' on the bucket to apply a Object Lock configuration",
+            ));
+        }
+        self.set_config(&input.bucket, crate::s3_lock::OBJECT_LOCK, Some(&cfg))
+            .await?;
+        self.locks.forget(&input.bucket);
+        Ok(S3Response::new(PutObjectLockConfigurationOutput::default()))
+    }
+
+    async fn put_object_retention(
+        &self,
+        req: S3Request<PutObjectRetentionInput>,
+    ) -> S3Result<S3Response<PutObjectRetentionOutput>> {
+        let input = req.input;
+        let version = crate::s3_versions::version_arg(input.version_id.as_deref())?;
+        self.require_lock(&input.bucket).await?;
+        let bypass = input.bypass_governance_retention == Some(true);
+        let update = crate::s3_lock::retention_update(input.retention, bypass, now_ms())?;
+        match self
+            .store
+            .update_headers(&input.bucket, &input.key, version, update)
+            .await
+        {
+            Ok(_) => Ok(S3Response::new(PutObjectRetentionOutput::default())),
+            Err(e) => Err(self.not_found(&input.bucket, e).await),
+        }
+    }
+
+    async fn get_object_retention(
+        &self,
+        req: S3Request<GetObjectRetentionInput>,
+    ) -> S3Result<S3Response<GetObjectRetentionOutput>> {
+        let input = req.input;
+        let info = self
+            .version_info(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        let Some((mode, until)) = info.headers.lock else {
+            return Err(crate::s3_lock::not_configured());
+        };
+        Ok(S3Response::new(GetObjectRetentionOutput {
+            retention: Some(ObjectLockRetention {
+                mode: Some(ObjectLockRetentionMode::from(mode)),
+                retain_until_date: Some(timestamp(until)),
+            }),
+        }))
+    }
+
+    async fn put_object_legal_hold(
+        &self,
+        req: S3Request<PutObjectLegalHoldInput>,
+    ) -> S3Result<S3Response<PutObjectLegalHoldOutput>> {
+        let input = req.input;
+        let version = crate::s3_versions::version_arg(input.version_id.as_deref())?;
+        self.require_lock(&input.bucket).await?;
+        let update = crate::s3_lock::legal_hold_update(input.legal_hold)?;
+        match self
+            .store
+            .update_headers(&input.bucket, &input.key, version, update)
+            .await
+        {
+            Ok(_) => Ok(S3Response::new(PutObjectLegalHoldOutput::default())),
+            Err(e) => Err(self.not_found(&input.bucket, e).await),
+        }
+    }
+
+    async fn get_object_legal_hold(
+        &self,
+        req: S3Request<GetObjectLegalHoldInput>,
+    ) -> S3Result<S3Response<GetObjectLegalHoldOutput>> {
+        let input = req.input;
+        let info = self
+            .version_info(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        if !info.headers.legal_hold {
+            return Err(crate::s3_lock::not_configured());
+        }
+        Ok(S3Response::new(GetObjectLegalHoldOutput {
+            legal_hold: Some(ObjectLockLegalHold {
+                status: Some(ObjectLockLegalHoldStatus::from_static(
+                    ObjectLockLegalHoldStatus::ON,
+                )),
+            }),
+        }))
     }
 
     async fn get_bucket_replication(
@@ -2253,7 +2406,15 @@ impl S3 for S3Adapter {
         acl_check!(input);
         let content_md5 = content_md5(input.content_md5.as_deref())?;
         let tags = tags_from_header(input.tagging.as_deref())?;
-        let headers = headers_in(headers_of!(input))?;
+        let mut headers = headers_in(headers_of!(input))?;
+        (headers.lock, headers.legal_hold) = self
+            .lock_for_write(
+                &input.bucket,
+                input.object_lock_mode.as_ref(),
+                input.object_lock_retain_until_date.as_ref(),
+                input.object_lock_legal_hold_status.as_ref(),
+            )
+            .await?;
         let (body, fault) = body_in(input.body, self.max_object_bytes);
         let info = self
             .write(Write {
@@ -2372,6 +2533,11 @@ impl S3 for S3Adapter {
                 ..Default::default()
             };
             let mut output = output;
+            (
+                output.object_lock_mode,
+                output.object_lock_retain_until_date,
+                output.object_lock_legal_hold_status,
+            ) = crate::s3_lock::answer(&info.headers);
             if !partial && checksum_wanted(input.checksum_mode.as_ref()) {
                 crate::checksum_out!(output, &info.headers.checksum);
             }
@@ -2523,6 +2689,11 @@ impl S3 for S3Adapter {
             ..Default::default()
         };
         let mut output = output;
+        (
+            output.object_lock_mode,
+            output.object_lock_retain_until_date,
+            output.object_lock_legal_hold_status,
+        ) = crate::s3_lock::answer(&info.headers);
         if !partial && checksum_wanted(input.checksum_mode.as_ref()) {
             crate::checksum_out!(output, &info.headers.checksum);
         }
@@ -2545,7 +2716,12 @@ impl S3 for S3Adapter {
             .map_err(s3_err)?;
         let deleted = self
             .store
-            .delete_version(&input.bucket, &input.key, version)
+            .delete_version(
+                &input.bucket,
+                &input.key,
+                version,
+                input.bypass_governance_retention == Some(true),
+            )
             .await
             .map_err(s3_err)?;
         Ok(S3Response::with_status(
@@ -2565,6 +2741,7 @@ impl S3 for S3Adapter {
         let bucket = req.input.bucket;
         self.store.head_bucket(&bucket).await.map_err(s3_err)?;
         let quiet = req.input.delete.quiet.unwrap_or(false);
+        let bypass = req.input.bypass_governance_retention == Some(true);
         let mut deleted = Vec::new();
         let mut errors: Vec<Error> = req
             .extensions
@@ -2592,7 +2769,11 @@ impl S3 for S3Adapter {
                     continue;
                 }
             };
-            match self.store.delete_version(&bucket, &o.key, version).await {
+            match self
+                .store
+                .delete_version(&bucket, &o.key, version, bypass)
+                .await
+            {
                 Ok(d) => {
                     if !quiet {
                         // Deleting by version id echoes it; a marker made (or deleted) is
@@ -2606,12 +2787,15 @@ impl S3 for S3Adapter {
                         });
                     }
                 }
-                Err(e) => errors.push(Error {
-                    key: Some(o.key),
-                    code: Some("InternalError".into()),
-                    message: Some(e.to_string()),
-                    ..Default::default()
-                }),
+                Err(e) => {
+                    let e = s3_err(e);
+                    errors.push(Error {
+                        key: Some(o.key),
+                        version_id: o.version_id.clone(),
+                        code: Some(e.code().as_str().to_owned()),
+                        message: e.message().map(str::to_owned),
+                    });
+                }
             }
         }
         Ok(S3Response::new(DeleteObjectsOutput {
@@ -2680,7 +2864,7 @@ impl S3 for S3Adapter {
         // The content headers follow the metadata directive; the storage class and the
         // redirect are the request's (STANDARD and none when it names none), as on S3.
         let given = headers_in(headers_of!(input))?;
-        let headers = if replace {
+        let mut headers = if replace {
             given
         } else {
             ObjectHeaders {
@@ -2689,6 +2873,15 @@ impl S3 for S3Adapter {
                 ..src.info.headers.clone()
             }
         };
+        // The copy's lock is the request's (or the bucket's default), never the source's.
+        (headers.lock, headers.legal_hold) = self
+            .lock_for_write(
+                &input.bucket,
+                input.object_lock_mode.as_ref(),
+                input.object_lock_retain_until_date.as_ref(),
+                input.object_lock_legal_hold_status.as_ref(),
+            )
+            .await?;
         // `x-amz-tagging-directive`: the source's tags (COPY, the default) or the request's.
         let tags = match input.tagging_directive.as_ref().map(|d| d.as_str()) {
             Some(TaggingDirective::REPLACE) => tags_from_header(input.tagging.as_deref())?,
@@ -2819,6 +3012,15 @@ impl S3 for S3Adapter {
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
         acl_check!(input);
+        let mut headers = headers_in(headers_of!(input))?;
+        (headers.lock, headers.legal_hold) = self
+            .lock_for_write(
+                &input.bucket,
+                input.object_lock_mode.as_ref(),
+                input.object_lock_retain_until_date.as_ref(),
+                input.object_lock_legal_hold_status.as_ref(),
+            )
+            .await?;
         let id = self
             .store
             .create_multipart(
@@ -2832,7 +3034,7 @@ impl S3 for S3Adapter {
                     content_md5: None,
                     created_event: None,
                     tags: tags_from_header(input.tagging.as_deref())?,
-                    headers: headers_in(headers_of!(input))?,
+                    headers,
                     if_match: None,
                     body_check: None,
                 },
@@ -3273,6 +3475,52 @@ impl S3Adapter {
             next,
             max_keys,
         })
+    }
+
+    /// The lock a write gives its version ([`crate::s3_lock::for_write`]).
+    async fn lock_for_write(
+        &self,
+        bucket: &str,
+        mode: Option<&ObjectLockMode>,
+        until: Option<&Timestamp>,
+        hold: Option<&ObjectLockLegalHoldStatus>,
+    ) -> S3Result<(Option<(String, i64)>, bool)> {
+        let cfg = self.locks.get(&self.store, bucket).await.map_err(s3_err)?;
+        crate::s3_lock::for_write(cfg.as_deref(), mode, until, hold, now_ms())
+    }
+
+    /// `InvalidRequest` unless the bucket has object lock, as S3 answers the retention and
+    /// legal hold operations.
+    async fn require_lock(&self, bucket: &str) -> S3Result<()> {
+        self.store.head_bucket(bucket).await.map_err(s3_err)?;
+        match self.locks.get(&self.store, bucket).await.map_err(s3_err)? {
+            Some(_) => Ok(()),
+            None => Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                "Bucket is missing Object Lock Configuration",
+            )),
+        }
+    }
+
+    /// The metadata of an object's current version or of the version a request names.
+    async fn version_info(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+    ) -> S3Result<ObjectInfo> {
+        let found = match crate::s3_versions::version_arg(version_id)? {
+            Some(v) => self
+                .store
+                .head_version(bucket, key, v)
+                .await
+                .map(|(i, _)| i),
+            None => self.store.head(bucket, key).await,
+        };
+        match found {
+            Ok(info) => Ok(info),
+            Err(e) => Err(self.not_found(bucket, e).await),
+        }
     }
 
     /// A missing object in a missing bucket is `NoSuchBucket`, as S3 answers.

@@ -26,6 +26,8 @@
 //! - `Expiration.ExpiredObjectDeleteMarker`: a delete marker that is the latest version of
 //!   its key and has no other version left is removed.
 //!
+//! A version object lock protects (retention or legal hold) is not deleted, as on S3.
+//!
 //! Transition actions (storage classes) are kept only: sluice has one storage class. The
 //! sweep goes bucket by bucket in pages of [`PAGE`] objects (memory does not grow with a
 //! bucket), at start and then every `lifecycle_interval`; running it from several processes
@@ -388,9 +390,15 @@ async fn sweep_versions(
             lone_marker = None;
             if rules.iter().any(|r| expires_noncurrent(r, v, newer, now)) {
                 let id = v.info.version_id.as_deref().unwrap_or("null");
-                store.delete_version(bucket, &key, Some(id)).await?;
-                swept.expired_versions += 1;
-                tracing::info!(bucket, key = %key, version = id, "lifecycle expiration of a noncurrent version");
+                match store.delete_version(bucket, &key, Some(id), false).await {
+                    Ok(_) => {
+                        swept.expired_versions += 1;
+                        tracing::info!(bucket, key = %key, version = id, "lifecycle expiration of a noncurrent version");
+                    }
+                    // Object lock keeps it (as on S3); it stays one of the newer ones.
+                    Err(StoreError::ObjectLocked(_)) => newer += 1,
+                    Err(e) => return Err(e),
+                }
             } else {
                 newer += 1;
             }
@@ -420,7 +428,9 @@ async fn remove_lone_marker(
         return Ok(());
     };
     let id = m.info.version_id.as_deref().unwrap_or("null");
-    store.delete_version(bucket, &m.info.key, Some(id)).await?;
+    store
+        .delete_version(bucket, &m.info.key, Some(id), false)
+        .await?;
     swept.expired_versions += 1;
     tracing::info!(bucket, key = %m.info.key, version = id, "lifecycle removal of a lone delete marker");
     Ok(())

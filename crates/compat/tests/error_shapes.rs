@@ -65,6 +65,7 @@ fn fixture() -> Fixture {
             policies: None,
             cors: Default::default(),
             regions: Default::default(),
+            locks: Default::default(),
         },
         s3_base_domain: None,
         sign_in_sources: Arc::default(),

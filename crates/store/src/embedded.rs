@@ -2478,6 +2478,7 @@ impl ObjectStore for EmbeddedStore {
         bucket: &str,
         key: &str,
         version_id: Option<&str>,
+        bypass_governance: bool,
     ) -> Result<crate::Deleted, StoreError> {
         let (b, k) = (bucket.to_owned(), key.to_owned());
         let v = version_id.map(str::to_owned);
@@ -2486,7 +2487,7 @@ impl ObjectStore for EmbeddedStore {
             .write(move |c| {
                 let now = now_ms();
                 let (deleted, event, garbage) =
-                    crate::versions::delete_in_tx(c, &b, &k, v.as_deref(), now)?;
+                    crate::versions::delete_in_tx(c, &b, &k, v.as_deref(), bypass_governance, now)?;
                 if let Some(event) = event {
                     crate::notifications::record_in_tx(
                         c,
@@ -2504,6 +2505,20 @@ impl ObjectStore for EmbeddedStore {
             .await?;
         self.discard_blobs(garbage).await;
         Ok(deleted)
+    }
+
+    async fn update_headers(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        update: crate::HeadersUpdate,
+    ) -> Result<crate::ObjectHeaders, StoreError> {
+        let (b, k) = (bucket.to_owned(), key.to_owned());
+        let v = version_id.map(str::to_owned);
+        self.db
+            .write(move |c| crate::versions::update_headers_in_tx(c, &b, &k, v.as_deref(), &update))
+            .await
     }
 
     async fn head_version(
@@ -2789,7 +2804,10 @@ mod tests {
             ]
         );
         // A deletion adds a marker: the key is gone, its versions are not.
-        let marker = s.delete_version("v-b", "k", None).await.expect("delete");
+        let marker = s
+            .delete_version("v-b", "k", None, false)
+            .await
+            .expect("delete");
         assert!(marker.delete_marker);
         let m = marker.version_id.expect("marker id");
         assert!(matches!(
@@ -2813,11 +2831,14 @@ mod tests {
         assert_eq!(versions_of(&s, 1).await, all);
         assert_eq!(versions_of(&s, 3).await, all);
         // Deleting the marker brings the newest version back.
-        let undone = s.delete_version("v-b", "k", Some(&m)).await.expect("undo");
+        let undone = s
+            .delete_version("v-b", "k", Some(&m), false)
+            .await
+            .expect("undo");
         assert!(undone.delete_marker);
         assert_eq!(s.get("v-b", "k").await.expect("get").body.as_ref(), b"2");
         // Deleting the current version makes the one before it current.
-        s.delete_version("v-b", "k", Some(&v2))
+        s.delete_version("v-b", "k", Some(&v2), false)
             .await
             .expect("drop v2");
         let now = s.head("v-b", "k").await.expect("head");
@@ -2841,7 +2862,10 @@ mod tests {
         );
         assert_eq!(body_of(&s, "k", "null").await, b"4");
         // A deletion makes the null version a delete marker.
-        let d = s.delete_version("v-b", "k", None).await.expect("delete");
+        let d = s
+            .delete_version("v-b", "k", None, false)
+            .await
+            .expect("delete");
         assert_eq!(
             (d.version_id.as_deref(), d.delete_marker),
             (Some("null"), true)
@@ -2858,19 +2882,88 @@ mod tests {
             s.delete_bucket("v-b").await,
             Err(StoreError::BucketNotEmpty(_))
         ));
-        s.delete_version("v-b", "k", Some("null"))
+        s.delete_version("v-b", "k", Some("null"), false)
             .await
             .expect("marker");
         assert_eq!(
             s.get("v-b", "k").await.expect("v1 current").body.len(),
             big.len()
         );
-        s.delete_version("v-b", "k", Some(&v1)).await.expect("v1");
+        s.delete_version("v-b", "k", Some(&v1), false)
+            .await
+            .expect("v1");
         assert!(versions_of(&s, 10).await.is_empty());
         s.delete_bucket("v-b").await.expect("delete bucket");
         // Every blob went with its version.
         s.sweep(std::time::Duration::ZERO).await.expect("sweep");
         assert_eq!(blob_count(&s).await, 0);
+    }
+
+    #[tokio::test]
+    async fn object_lock_protects_versions_not_keys() {
+        let (s, _d) = open().await;
+        s.create_bucket("l-k").await.expect("bucket");
+        s.set_bucket_config(
+            "l-k",
+            crate::versions::VERSIONING_CONFIG,
+            Some("Enabled".into()),
+        )
+        .await
+        .expect("versioning");
+        let until = now_ms() + 3_600_000;
+        let opts = PutOptions {
+            headers: crate::ObjectHeaders {
+                lock: Some(("GOVERNANCE".into(), until)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let v = s
+            .put("l-k", "k", Bytes::from_static(b"x"), opts)
+            .await
+            .expect("put")
+            .version_id
+            .expect("version");
+        let refused = s.delete_version("l-k", "k", Some(&v), false).await;
+        assert!(
+            matches!(refused, Err(StoreError::ObjectLocked(_))),
+            "{refused:?}"
+        );
+        // A legal hold holds even against the bypass.
+        let hold: crate::HeadersUpdate = Box::new(|h| {
+            h.legal_hold = true;
+            Ok(())
+        });
+        let h = s
+            .update_headers("l-k", "k", Some(&v), hold)
+            .await
+            .expect("hold");
+        assert!(h.legal_hold && h.lock.is_some());
+        assert!(matches!(
+            s.delete_version("l-k", "k", Some(&v), true).await,
+            Err(StoreError::ObjectLocked(_))
+        ));
+        // The key can still be deleted: a marker, the version stays.
+        let marker = s
+            .delete_version("l-k", "k", None, false)
+            .await
+            .expect("marker");
+        assert!(marker.delete_marker);
+        assert!(s.head_version("l-k", "k", &v).await.is_ok());
+        let release: crate::HeadersUpdate = Box::new(|h| {
+            h.legal_hold = false;
+            Ok(())
+        });
+        s.update_headers("l-k", "k", Some(&v), release)
+            .await
+            .expect("release");
+        s.delete_version("l-k", "k", Some(&v), true)
+            .await
+            .expect("bypassed");
+        assert!(matches!(
+            s.head_version("l-k", "k", &v).await,
+            Err(StoreError::NoSuchVersion { .. })
+        ));
     }
 
     #[tokio::test]

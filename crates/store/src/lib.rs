@@ -40,6 +40,10 @@ pub enum StoreError {
         key: String,
         version_id: String,
     },
+    /// The version is protected by object lock (retention or legal hold); the message says
+    /// how.
+    #[error("Access Denied because object protected by object lock: {0}")]
+    ObjectLocked(String),
     /// The version asked for is a delete marker: it has no bytes and no metadata to read.
     #[error("version {version_id} is a delete marker")]
     DeleteMarker {
@@ -173,7 +177,42 @@ pub struct ObjectHeaders {
     /// (`CRC32`, `CRC32C`, `CRC64NVME`, `SHA1`, `SHA256`) and its base64 value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checksum: Option<(String, String)>,
+    /// Object lock retention: the mode (`GOVERNANCE` or `COMPLIANCE`) and until when
+    /// (milliseconds since the epoch) the version cannot be deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<(String, i64)>,
+    /// An object lock legal hold: the version cannot be deleted while it is on.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub legal_hold: bool,
 }
+
+impl ObjectHeaders {
+    /// Why this version may not be deleted at `now` (S3's object lock): a legal hold, a
+    /// COMPLIANCE retention not yet over, or a GOVERNANCE one unless `bypass_governance`.
+    pub fn deletion_refused(&self, now_ms: i64, bypass_governance: bool) -> Option<&'static str> {
+        if self.legal_hold {
+            return Some("the version is under a legal hold");
+        }
+        match &self.lock {
+            Some((mode, until)) if *until > now_ms => {
+                if mode == "COMPLIANCE" {
+                    Some("the version is under COMPLIANCE retention")
+                } else if !bypass_governance {
+                    Some("the version is under GOVERNANCE retention")
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A change of a version's headers, made in the transaction that reads them
+/// ([`ObjectStore::update_headers`]): an error leaves them as they were. It may run more
+/// than once (a transaction the engine retries).
+pub type HeadersUpdate =
+    Box<dyn Fn(&mut ObjectHeaders) -> Result<(), StoreError> + Send + Sync + 'static>;
 
 impl ObjectHeaders {
     pub fn is_empty(&self) -> bool {
@@ -421,17 +460,32 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Deletes an object as S3's DeleteObject without a version id: in a bucket with
     /// versioning it leaves a delete marker (see [`Versioning`]). `Ok` if it did not exist.
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), StoreError> {
-        self.delete_version(bucket, key, None).await.map(|_| ())
+        self.delete_version(bucket, key, None, false)
+            .await
+            .map(|_| ())
     }
     /// Deletes the version `version_id` of an object for good (the version before it
     /// becomes current when it was the current one), or — `None` — the object as
-    /// [`delete`](Self::delete) does. A version that does not exist is not an error.
+    /// [`delete`](Self::delete) does. A version that does not exist is not an error; one
+    /// that object lock protects is [`StoreError::ObjectLocked`] (see
+    /// [`ObjectHeaders::deletion_refused`]).
     async fn delete_version(
         &self,
         bucket: &str,
         key: &str,
         version_id: Option<&str>,
+        bypass_governance: bool,
     ) -> Result<Deleted, StoreError>;
+    /// Changes the headers of an object's current version, or of the version `version_id`
+    /// (object lock's retention and legal hold), in one transaction; returns them as
+    /// changed. Errors as [`head_version`](Self::head_version), or `update`'s.
+    async fn update_headers(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        update: HeadersUpdate,
+    ) -> Result<ObjectHeaders, StoreError>;
     /// The metadata of one version of an object and its parts (as
     /// [`head_parts`](Self::head_parts)). `NoSuchVersion` when it has no such version,
     /// `DeleteMarker` when the version is a delete marker.

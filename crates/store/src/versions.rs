@@ -280,6 +280,7 @@ pub(crate) fn delete_in_tx(
     bucket: &str,
     key: &str,
     version_id: Option<&str>,
+    bypass_governance: bool,
     now: i64,
 ) -> Result<(Deleted, Option<&'static str>, Vec<String>), StoreError> {
     let state = versioning_in_tx(tx, bucket)?;
@@ -334,6 +335,23 @@ pub(crate) fn delete_in_tx(
         };
         return Ok((deleted, Some("ObjectRemoved:DeleteMarkerCreated"), garbage));
     };
+    // Object lock protects versions (not keys): a version under retention or a legal hold
+    // is not deleted.
+    for table in ["objects", "object_versions"] {
+        let headers: Option<Option<String>> = tx.query_opt(
+            &format!(
+                "SELECT headers FROM {table} WHERE bucket = ?1 AND key = ?2 AND version_id = ?3"
+            ),
+            params![bucket, key, wanted],
+            |r| r.get(0),
+        )?;
+        if let Some(Some(h)) = headers {
+            let headers: crate::ObjectHeaders = serde_json::from_str(&h).unwrap_or_default();
+            if let Some(why) = headers.deletion_refused(now, bypass_governance) {
+                return Err(StoreError::ObjectLocked(why.to_owned()));
+            }
+        }
+    }
     if let Some((v, blob)) = &current
         && v == wanted
     {
@@ -376,6 +394,52 @@ pub(crate) fn delete_in_tx(
         delete_marker: marker,
     };
     Ok((deleted, Some("ObjectRemoved:Delete"), garbage))
+}
+
+/// Changes the headers of the current version of a key, or of the version `version_id`,
+/// with `update`; returns them as changed.
+pub(crate) fn update_headers_in_tx(
+    tx: &Tx<'_>,
+    bucket: &str,
+    key: &str,
+    version_id: Option<&str>,
+    update: &crate::HeadersUpdate,
+) -> Result<crate::ObjectHeaders, StoreError> {
+    let version = match version_id {
+        Some(v) => v.to_owned(),
+        None => {
+            let current: Option<String> = tx.query_opt(
+                "SELECT version_id FROM objects WHERE bucket = ?1 AND key = ?2",
+                params![bucket, key],
+                |r| r.get(0),
+            )?;
+            match current {
+                Some(v) => v,
+                None => {
+                    crate::embedded::require_bucket(tx, bucket)?;
+                    return Err(StoreError::NoSuchKey {
+                        bucket: bucket.to_owned(),
+                        key: key.to_owned(),
+                    });
+                }
+            }
+        }
+    };
+    let (info, ..) = version_row(tx, bucket, key, &version)?;
+    let mut headers = info.headers;
+    update(&mut headers)?;
+    let stored = (!headers.is_empty())
+        .then(|| serde_json::to_string(&headers).ok())
+        .flatten();
+    for table in ["objects", "object_versions"] {
+        tx.execute(
+            &format!(
+                "UPDATE {table} SET headers = ?4 WHERE bucket = ?1 AND key = ?2 AND version_id = ?3"
+            ),
+            params![bucket, key, &version, &stored],
+        )?;
+    }
+    Ok(headers)
 }
 
 /// One version's row: its metadata, where its bytes are (inline or a blob), its blocks'
