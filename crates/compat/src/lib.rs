@@ -33,6 +33,7 @@ pub mod lambda;
 pub mod s3;
 pub mod s3_checksum;
 pub mod s3_cors;
+mod s3_encoding;
 pub mod s3_guard;
 pub mod s3_lifecycle;
 pub mod s3_lock;

@@ -1795,6 +1795,7 @@ impl S3 for S3Adapter {
         req: S3Request<ListObjectVersionsInput>,
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         let input = req.input;
+        let encode = crate::s3_encoding::url_wanted(input.encoding_type.as_ref())?;
         let page = crate::s3_versions::list_page(
             self.store.as_ref(),
             &input.bucket,
@@ -1809,7 +1810,7 @@ impl S3 for S3Adapter {
             Some((k, v)) => (Some(k), v),
             None => (None, None),
         };
-        Ok(S3Response::new(ListObjectVersionsOutput {
+        let mut out = ListObjectVersionsOutput {
             is_truncated: Some(next_key_marker.is_some()),
             next_key_marker,
             next_version_id_marker,
@@ -1823,7 +1824,11 @@ impl S3 for S3Adapter {
             version_id_marker: input.version_id_marker,
             max_keys: Some(page.max_keys),
             ..Default::default()
-        }))
+        };
+        if encode {
+            crate::s3_encoding::versions(&mut out);
+        }
+        Ok(S3Response::new(out))
     }
 
     async fn get_bucket_acl(
@@ -2757,6 +2762,17 @@ impl S3 for S3Adapter {
             })
             .collect();
         for o in req.input.delete.objects {
+            // A key XML cannot carry names no object (none can be written) and cannot be
+            // echoed as it is: it is answered percent-encoded.
+            if let Err(e) = sluice_store::validate_key(&o.key) {
+                errors.push(Error {
+                    key: Some(crate::s3_encoding::encode(&o.key)),
+                    version_id: o.version_id.clone(),
+                    code: Some("InvalidArgument".into()),
+                    message: Some(e.to_string()),
+                });
+                continue;
+            }
             let version = match crate::s3_versions::version_arg(o.version_id.as_deref()) {
                 Ok(v) => v,
                 Err(_) => {
@@ -2942,6 +2958,7 @@ impl S3 for S3Adapter {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
+        let encode = crate::s3_encoding::url_wanted(input.encoding_type.as_ref())?;
         let after = match &input.continuation_token {
             Some(t) => Some(decode_token(t)?),
             None => input.start_after.clone(),
@@ -2961,7 +2978,7 @@ impl S3 for S3Adapter {
                 o.owner = Some(owner());
             }
         }
-        Ok(S3Response::new(ListObjectsV2Output {
+        let mut out = ListObjectsV2Output {
             key_count: Some((contents.len() + page.prefixes.len()) as i32),
             next_continuation_token: page.next.as_deref().map(encode_token),
             is_truncated: Some(page.next.is_some()),
@@ -2974,7 +2991,11 @@ impl S3 for S3Adapter {
             continuation_token: input.continuation_token,
             start_after: input.start_after,
             ..Default::default()
-        }))
+        };
+        if encode {
+            crate::s3_encoding::objects_v2(&mut out);
+        }
+        Ok(S3Response::new(out))
     }
 
     async fn list_objects(
@@ -2982,6 +3003,7 @@ impl S3 for S3Adapter {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
+        let encode = crate::s3_encoding::url_wanted(input.encoding_type.as_ref())?;
         let page = self
             .list_page(
                 &input.bucket,
@@ -2992,7 +3014,7 @@ impl S3 for S3Adapter {
             )
             .await?;
         let next_marker = page.next.clone().filter(|_| input.delimiter.is_some());
-        Ok(S3Response::new(ListObjectsOutput {
+        let mut out = ListObjectsOutput {
             is_truncated: Some(page.next.is_some()),
             next_marker,
             contents: Some(page.contents),
@@ -3003,7 +3025,11 @@ impl S3 for S3Adapter {
             marker: input.marker,
             max_keys: Some(page.max_keys),
             ..Default::default()
-        }))
+        };
+        if encode {
+            crate::s3_encoding::objects_v1(&mut out);
+        }
+        Ok(S3Response::new(out))
     }
 
     async fn create_multipart_upload(
@@ -3149,6 +3175,7 @@ impl S3 for S3Adapter {
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
         let input = req.input;
+        let encode = crate::s3_encoding::url_wanted(input.encoding_type.as_ref())?;
         let max = match input.max_uploads {
             None => 1000,
             Some(n) if n < 0 => {
@@ -3237,7 +3264,7 @@ impl S3 for S3Adapter {
             Some(m) if truncated => (Some(m.key), m.upload_id),
             _ => (None, None),
         };
-        Ok(S3Response::new(ListMultipartUploadsOutput {
+        let mut out = ListMultipartUploadsOutput {
             bucket: Some(input.bucket),
             key_marker: input.key_marker,
             upload_id_marker: input.upload_id_marker,
@@ -3250,7 +3277,11 @@ impl S3 for S3Adapter {
             uploads: Some(uploads),
             common_prefixes: Some(prefixes),
             ..Default::default()
-        }))
+        };
+        if encode {
+            crate::s3_encoding::uploads(&mut out);
+        }
+        Ok(S3Response::new(out))
     }
 
     async fn list_parts(

@@ -618,12 +618,25 @@ pub fn validate_bucket_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
-/// Object keys: 1–1024 bytes of UTF-8, as S3.
+/// Object keys: 1–1024 bytes of UTF-8, as S3, without the characters XML 1.0 cannot
+/// carry (control characters other than tab, line feed and carriage return; U+FFFE,
+/// U+FFFF). S3 takes those, then cannot name such a key in the XML of its own answers
+/// (CreateMultipartUpload, DeleteObjects, a listing without `encoding-type=url`); sluice
+/// refuses them when they are written, so every stored key can be answered.
 pub fn validate_key(key: &str) -> Result<(), StoreError> {
     if key.is_empty() || key.len() > 1024 {
         return Err(StoreError::InvalidArgument(format!(
             "object key must be 1 to 1024 bytes, got {}",
             key.len()
+        )));
+    }
+    let xml_cannot = |c: char| {
+        (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || c == '\u{FFFE}' || c == '\u{FFFF}'
+    };
+    if let Some(c) = key.chars().find(|c| xml_cannot(*c)) {
+        return Err(StoreError::InvalidArgument(format!(
+            "object key holds the character U+{:04X}, which XML 1.0 cannot carry",
+            c as u32
         )));
     }
     Ok(())
