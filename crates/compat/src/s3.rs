@@ -3039,6 +3039,11 @@ impl S3 for S3Adapter {
         let input = req.input;
         acl_check!(input);
         let mut headers = headers_in(headers_of!(input))?;
+        headers.checksum = crate::s3_checksum::multipart_request(
+            input.checksum_algorithm.as_ref().map(|a| a.as_str()),
+            input.checksum_type.as_ref().map(|t| t.as_str()),
+        )?;
+        let requested = headers.checksum.clone();
         (headers.lock, headers.legal_hold) = self
             .lock_for_write(
                 &input.bucket,
@@ -3067,10 +3072,19 @@ impl S3 for S3Adapter {
             )
             .await
             .map_err(s3_err)?;
+        let (checksum_algorithm, checksum_type) = match requested {
+            Some((a, t)) => (
+                Some(ChecksumAlgorithm::from(a)),
+                Some(ChecksumType::from(t)),
+            ),
+            None => (None, None),
+        };
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
             upload_id: Some(id),
+            checksum_algorithm,
+            checksum_type,
             ..Default::default()
         }))
     }
@@ -3344,7 +3358,8 @@ impl S3 for S3Adapter {
         let who = access_key(&req);
         let headers = req.headers.clone();
         let mut input = req.input;
-        self.check_upload(&input.upload_id, &input.bucket, &input.key)
+        let upload = self
+            .check_upload(&input.upload_id, &input.bucket, &input.key)
             .await?;
         let listed_sums = completion_part_checksums(input.multipart_upload.as_ref());
         let parts = completion_parts(input.multipart_upload.take())?;
@@ -3355,7 +3370,13 @@ impl S3 for S3Adapter {
             .await
             .map_err(s3_err)?;
         let sum = self
-            .complete_checksum(&input.upload_id, &parts, &listed_sums, &headers)
+            .complete_checksum(
+                &input.upload_id,
+                upload.checksum.as_ref(),
+                &parts,
+                &listed_sums,
+                &headers,
+            )
             .await?;
         // The rest (assembling the parts: for gigabytes longer than clients wait for a first
         // byte) runs, for a large object, while s3s answers 200 and sends whitespace every
@@ -3586,6 +3607,7 @@ impl S3Adapter {
     async fn complete_checksum(
         &self,
         upload_id: &str,
+        requested: Option<&(String, String)>,
         parts: &[(u32, String)],
         listed_sums: &[(u32, (String, String))],
         headers: &http::HeaderMap,
@@ -3607,10 +3629,30 @@ impl S3Adapter {
             .iter()
             .map(|(n, _)| find(*n).map_or((None, 0), |p| (p.checksum.as_ref(), p.size)))
             .collect();
-        let full = headers
-            .get("x-amz-checksum-type")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"FULL_OBJECT"));
+        let full = requested.is_some_and(|(_, t)| t == ChecksumType::FULL_OBJECT)
+            || headers
+                .get("x-amz-checksum-type")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"FULL_OBJECT"));
         let sum = crate::s3_checksum::multipart_checksum(&chosen, full);
+        // An upload created for an algorithm completes only from parts that carry it.
+        if let Some((algorithm, _)) = requested
+            && sum.as_ref().is_none_or(|(a, _)| a != algorithm)
+        {
+            let n = parts
+                .iter()
+                .find(|(n, _)| {
+                    find(*n)
+                        .and_then(|p| p.checksum.as_ref())
+                        .is_none_or(|(a, _)| a != algorithm)
+                })
+                .map_or(0, |(n, _)| *n);
+            return Err(S3Error::with_message(
+                S3ErrorCode::InvalidRequest,
+                format!(
+                    "The upload was created using the {algorithm} checksum algorithm. The complete request referenced part {n}, which was uploaded without a {algorithm} checksum."
+                ),
+            ));
+        }
         if let Some((algorithm, value)) = &sum
             && let Some(want) = crate::s3_checksum::header_value(headers, algorithm)
             && want.trim() != value
@@ -3620,7 +3662,8 @@ impl S3Adapter {
                 format!("The {algorithm} you specified did not match the calculated checksum."),
             ));
         }
-        if sum.is_some() {
+        // Set whenever the upload holds one: its request, until now.
+        if sum.is_some() || requested.is_some() {
             self.store
                 .set_multipart_checksum(upload_id, sum.clone())
                 .await
@@ -3639,7 +3682,12 @@ impl S3Adapter {
     }
 
     /// A multipart request must name the bucket and key its upload was created for.
-    async fn check_upload(&self, upload_id: &str, bucket: &str, key: &str) -> S3Result<()> {
+    async fn check_upload(
+        &self,
+        upload_id: &str,
+        bucket: &str,
+        key: &str,
+    ) -> S3Result<sluice_store::MultipartInfo> {
         let m = self.store.multipart(upload_id).await.map_err(s3_err)?;
         if m.bucket != bucket || m.key != key {
             return Err(S3Error::with_message(
@@ -3647,7 +3695,7 @@ impl S3Adapter {
                 format!("upload {upload_id} is not an upload of {bucket}/{key}"),
             ));
         }
-        Ok(())
+        Ok(m)
     }
 }
 

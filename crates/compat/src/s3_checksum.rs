@@ -304,6 +304,45 @@ pub fn hashing(body: ByteStream, spec: Spec) -> (ByteStream, BodyCheck) {
     (body, check)
 }
 
+/// The checksum a CreateMultipartUpload asks for (`x-amz-checksum-algorithm`,
+/// `x-amz-checksum-type`), as (algorithm, `FULL_OBJECT` | `COMPOSITE`): the type defaults to
+/// FULL_OBJECT for CRC64NVME and COMPOSITE otherwise; FULL_OBJECT takes CRCs only and
+/// CRC64NVME is always FULL_OBJECT, as on S3.
+pub fn multipart_request(
+    algorithm: Option<&str>,
+    kind: Option<&str>,
+) -> Result<Option<(String, String)>, S3Error> {
+    let refuse = |m: String| S3Error::with_message(S3ErrorCode::InvalidRequest, m);
+    let Some(name) = algorithm else {
+        if kind.is_some() {
+            return Err(refuse(
+                "The x-amz-checksum-type header can only be used with the x-amz-checksum-algorithm header.".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let a = Algorithm::from_name(name).ok_or_else(|| {
+        S3Error::with_message(
+            S3ErrorCode::InvalidArgument,
+            format!("Value for x-amz-checksum-algorithm header is invalid: {name}"),
+        )
+    })?;
+    let crc = !matches!(a, Algorithm::Sha1 | Algorithm::Sha256);
+    let kind = match kind {
+        None if a == Algorithm::Crc64Nvme => "FULL_OBJECT",
+        None => "COMPOSITE",
+        Some(k) if k.eq_ignore_ascii_case("FULL_OBJECT") && crc => "FULL_OBJECT",
+        Some(k) if k.eq_ignore_ascii_case("COMPOSITE") && a != Algorithm::Crc64Nvme => "COMPOSITE",
+        Some(k) => {
+            return Err(refuse(format!(
+                "The {k} checksum type cannot be used with the {} checksum algorithm.",
+                a.name().to_lowercase()
+            )));
+        }
+    };
+    Ok(Some((a.name().to_owned(), kind.to_owned())))
+}
+
 /// The checksum of a completed multipart object, from its parts' (algorithm, base64 value,
 /// size) in order: for `full_object` (CRCs only; CRC64NVME always) the CRC of the whole
 /// object, combined from the parts'; otherwise S3's composite, the checksum of the

@@ -1660,6 +1660,17 @@ pub fn complete_multipart_in_tx(
     Ok((info, garbage))
 }
 
+/// A multipart upload's row (upload_id, bucket, key, created_ms, headers).
+fn multipart_from_row(r: &sluice_meta::Row<'_>) -> sluice_meta::MetaResult<MultipartInfo> {
+    Ok(MultipartInfo {
+        upload_id: r.get(0)?,
+        bucket: r.get(1)?,
+        key: r.get(2)?,
+        created_ms: r.get(3)?,
+        checksum: headers_from(r.get::<Option<String>>(4)?.as_deref()).checksum,
+    })
+}
+
 /// An object's part list as stored (none: not assembled from a multipart upload).
 fn part_list(
     bucket: &str,
@@ -2159,17 +2170,10 @@ impl ObjectStore for EmbeddedStore {
         self.db
             .read(move |c| {
                 c.query_opt(
-                    "SELECT upload_id, bucket, key, created_ms FROM multipart_uploads
+                    "SELECT upload_id, bucket, key, created_ms, headers FROM multipart_uploads
                      WHERE upload_id = ?1",
                     params![&id],
-                    |r| {
-                        Ok(MultipartInfo {
-                            upload_id: r.get(0)?,
-                            bucket: r.get(1)?,
-                            key: r.get(2)?,
-                            created_ms: r.get(3)?,
-                        })
-                    },
+                    multipart_from_row,
                 )?
                 .ok_or(StoreError::NoSuchUpload(id.clone()))
             })
@@ -2190,19 +2194,12 @@ impl ObjectStore for EmbeddedStore {
             .read(move |c| {
                 require_bucket(c, &b)?;
                 let rows = c.query_vec(
-                    "SELECT upload_id, bucket, key, created_ms FROM multipart_uploads
+                    "SELECT upload_id, bucket, key, created_ms, headers FROM multipart_uploads
                      WHERE bucket = ?1 AND substr(key, 1, length(?2)) = ?2
                        AND (key > ?3 OR (key = ?3 AND CAST(?4 AS TEXT) IS NOT NULL AND upload_id > ?4))
                      ORDER BY key, upload_id LIMIT ?5",
                     params![b, p, after.key, after.upload_id, limit],
-                    |r| {
-                        Ok(MultipartInfo {
-                            upload_id: r.get(0)?,
-                            bucket: r.get(1)?,
-                            key: r.get(2)?,
-                            created_ms: r.get(3)?,
-                        })
-                    },
+                    multipart_from_row,
                 )?;
                 Ok(rows)
             })

@@ -245,6 +245,11 @@ pub struct MultipartInfo {
     pub bucket: String,
     pub key: String,
     pub created_ms: i64,
+    /// The checksum the upload was created for (S3's `x-amz-checksum-algorithm` and
+    /// `x-amz-checksum-type` on CreateMultipartUpload): algorithm and `FULL_OBJECT` or
+    /// `COMPOSITE`. Created with [`PutOptions::headers`]' `checksum` set to that pair; the
+    /// completed object's checksum replaces it ([`ObjectStore::set_multipart_checksum`]).
+    pub checksum: Option<(String, String)>,
 }
 
 /// Smallest size of every part of a multipart upload but the last, as S3 (5 MiB).

@@ -1288,6 +1288,30 @@ def test_multipart_checksums_per_part_and_of_the_whole(s3, bucket):
     got = s3.get_object(Bucket=bucket, Key="full", ChecksumMode="ENABLED")
     assert got["ChecksumCRC32"] == whole and got["Body"].read() == b"".join(chunks)
 
+    # The type is remembered from CreateMultipartUpload: a completion that does not repeat it
+    # still makes a full-object checksum, and the creation answers what it was given.
+    created = s3.create_multipart_upload(Bucket=bucket, Key="remembered", ChecksumAlgorithm="CRC32",
+                                         ChecksumType="FULL_OBJECT")
+    assert (created["ChecksumAlgorithm"], created["ChecksumType"]) == ("CRC32", "FULL_OBJECT")
+    up = created["UploadId"]
+    done = []
+    for n, data in enumerate(chunks, 1):
+        out = s3.upload_part(Bucket=bucket, Key="remembered", UploadId=up, PartNumber=n, Body=data,
+                             ChecksumAlgorithm="CRC32")
+        done.append({"PartNumber": n, "ETag": out["ETag"]})
+    out = s3.complete_multipart_upload(Bucket=bucket, Key="remembered", UploadId=up, MultipartUpload={"Parts": done})
+    assert out["ChecksumCRC32"] == whole
+
+    # What S3 refuses: a type without an algorithm, FULL_OBJECT with a SHA, and parts
+    # without the algorithm the upload was created for.
+    fails("InvalidRequest", s3.create_multipart_upload, Bucket=bucket, Key="bad", ChecksumAlgorithm="SHA256",
+          ChecksumType="FULL_OBJECT")
+    up = s3.create_multipart_upload(Bucket=bucket, Key="mixed", ChecksumAlgorithm="CRC32C")["UploadId"]
+    out = s3.upload_part(Bucket=bucket, Key="mixed", UploadId=up, PartNumber=1, Body=b"x", ChecksumAlgorithm="CRC32")
+    fails("InvalidRequest", s3.complete_multipart_upload, Bucket=bucket, Key="mixed", UploadId=up,
+          MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": out["ETag"]}]})
+    s3.abort_multipart_upload(Bucket=bucket, Key="mixed", UploadId=up)
+
 
 def test_buckets_in_regions(s3, edge, region):
     from conftest import client
