@@ -120,6 +120,14 @@ pub fn router(edge: Edge) -> Result<Router, String> {
         regions: edge.s3.regions.clone(),
         region: edge.s3.region.clone(),
     });
+    // A browser POST upload is read whole by s3s (to check its policy) before sluice sees
+    // it: its size is bounded here and the number read at once in `s3_guard`, so memory
+    // stays bounded (`POST_OBJECT_MAX_BYTES` × `POST_OBJECT_CONCURRENCY`).
+    let mut config = s3s::config::S3Config::default();
+    config.post_object_max_file_size = s3_guard::POST_OBJECT_MAX_BYTES;
+    builder.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(
+        config,
+    ))));
     if let Some(domain) = &edge.s3_base_domain {
         let host = s3s::host::SingleDomain::new(domain)
             .map_err(|e| format!("invalid S3 base domain {domain:?}: {e}"))?;

@@ -88,7 +88,32 @@ fn unknown_operation(query: &str, object: bool) -> Option<&str> {
         .find(|k| UNKNOWN_MARKERS.contains(k) || (object && BUCKET_ONLY.contains(k)))
 }
 
-/// The middleware: refuses what [`unknown_operation`] finds, passes everything else.
+/// Largest file a browser POST upload may carry. s3s reads it whole (its policy is checked
+/// before anything is stored), so it is bounded, unlike PutObject's streamed bodies.
+pub const POST_OBJECT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Browser POST uploads read at once; more wait for a turn before their body is read.
+pub const POST_OBJECT_CONCURRENCY: usize = 4;
+
+static POST_UPLOADS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(POST_OBJECT_CONCURRENCY);
+
+/// Whether a request is a browser POST upload (a form posted to a bucket).
+fn is_post_upload(req: &axum::extract::Request) -> bool {
+    req.method() == http::Method::POST
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("multipart/form-data")
+            })
+}
+
+/// The middleware: refuses what [`unknown_operation`] finds, passes everything else
+/// (browser POST uploads a few at a time: [`POST_OBJECT_CONCURRENCY`]).
 pub async fn layer(
     State(edge): State<Edge>,
     req: axum::extract::Request,
@@ -104,6 +129,11 @@ pub async fn layer(
         _ => None,
     };
     let Some(marker) = refused else {
+        if is_post_upload(&req) {
+            // The semaphore is never closed; should it be, the upload goes ahead unqueued.
+            let _turn = POST_UPLOADS.acquire().await.ok();
+            return next.run(req).await;
+        }
         return next.run(req).await;
     };
     xml_error(

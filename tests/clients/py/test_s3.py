@@ -902,6 +902,58 @@ def test_url_encoding_and_keys_xml_cannot_carry(s3, bucket):
     assert error_code(e) == "InvalidArgument"
 
 
+def post_form(url, fields, filename, content):
+    """POSTs a browser-style multipart/form-data upload; the file field goes last, as S3
+    requires. Returns (status, body)."""
+    boundary = "----sluice" + os.urandom(8).hex()
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    req = urllib.request.Request(url, data=b"".join(parts), method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_presigned_post_policy_uploads(s3, bucket):
+    """Browser uploads: a POST policy signed by generate_presigned_post, its conditions and
+    expiry enforced."""
+    post = s3.generate_presigned_post(
+        Bucket=bucket, Key="posted/hello.txt",
+        Fields={"success_action_status": "201"},
+        Conditions=[{"success_action_status": "201"}, ["starts-with", "$key", "posted/"],
+                    ["content-length-range", 1, 100]],
+        ExpiresIn=300)
+    status, body = post_form(post["url"], post["fields"], "hello.txt", b"posted bytes")
+    assert status == 201, body
+    assert b"<Key>posted/hello.txt</Key>" in body, body
+    got = s3.get_object(Bucket=bucket, Key="posted/hello.txt")
+    assert got["Body"].read() == b"posted bytes"
+
+    # Over the content-length range: refused, nothing written.
+    status, body = post_form(post["url"], post["fields"], "big.txt", b"x" * 101)
+    assert status == 400, body
+    assert s3.get_object(Bucket=bucket, Key="posted/hello.txt")["Body"].read() == b"posted bytes"
+
+    # A field the policy does not cover, a tampered signature, an expired policy.
+    status, body = post_form(post["url"], dict(post["fields"], **{"x-amz-meta-extra": "1"}), "a.txt", b"a")
+    assert status in (400, 403), body
+    sig_field = "x-amz-signature" if "x-amz-signature" in post["fields"] else "signature"
+    tampered = dict(post["fields"])
+    tampered[sig_field] = ("0" if tampered[sig_field][0] != "0" else "1") + tampered[sig_field][1:]
+    status, body = post_form(post["url"], tampered, "b.txt", b"b")
+    assert status == 403, body
+    expired = s3.generate_presigned_post(Bucket=bucket, Key="posted/late.txt", ExpiresIn=-10)
+    status, body = post_form(expired["url"], expired["fields"], "late.txt", b"late")
+    assert status == 403, body
+
+
 # --- bucket configurations -----------------------------------------------------------------
 
 
