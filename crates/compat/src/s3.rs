@@ -1952,18 +1952,16 @@ impl S3 for S3Adapter {
         req: S3Request<PutObjectRetentionInput>,
     ) -> S3Result<S3Response<PutObjectRetentionOutput>> {
         let input = req.input;
-        let version = crate::s3_versions::version_arg(input.version_id.as_deref())?;
-        self.require_lock(&input.bucket).await?;
         let bypass = input.bypass_governance_retention == Some(true);
         let update = crate::s3_lock::retention_update(input.retention, bypass, now_ms())?;
-        match self
-            .store
-            .update_headers(&input.bucket, &input.key, version, update)
-            .await
-        {
-            Ok(_) => Ok(S3Response::new(PutObjectRetentionOutput::default())),
-            Err(e) => Err(self.not_found(&input.bucket, e).await),
-        }
+        self.update_lock(
+            &input.bucket,
+            &input.key,
+            input.version_id.as_deref(),
+            update,
+        )
+        .await?;
+        Ok(S3Response::new(PutObjectRetentionOutput::default()))
     }
 
     async fn get_object_retention(
@@ -1990,17 +1988,15 @@ impl S3 for S3Adapter {
         req: S3Request<PutObjectLegalHoldInput>,
     ) -> S3Result<S3Response<PutObjectLegalHoldOutput>> {
         let input = req.input;
-        let version = crate::s3_versions::version_arg(input.version_id.as_deref())?;
-        self.require_lock(&input.bucket).await?;
         let update = crate::s3_lock::legal_hold_update(input.legal_hold)?;
-        match self
-            .store
-            .update_headers(&input.bucket, &input.key, version, update)
-            .await
-        {
-            Ok(_) => Ok(S3Response::new(PutObjectLegalHoldOutput::default())),
-            Err(e) => Err(self.not_found(&input.bucket, e).await),
-        }
+        self.update_lock(
+            &input.bucket,
+            &input.key,
+            input.version_id.as_deref(),
+            update,
+        )
+        .await?;
+        Ok(S3Response::new(PutObjectLegalHoldOutput::default()))
     }
 
     async fn get_object_legal_hold(
@@ -3541,16 +3537,36 @@ impl S3Adapter {
         crate::s3_lock::for_write(cfg.as_deref(), mode, until, hold, now_ms())
     }
 
-    /// `InvalidRequest` unless the bucket has object lock, as S3 answers the retention and
-    /// legal hold operations.
-    async fn require_lock(&self, bucket: &str) -> S3Result<()> {
+    /// Changes the object lock of a version (PutObjectRetention, PutObjectLegalHold):
+    /// `InvalidRequest` unless the bucket has object lock, as S3 answers.
+    async fn update_lock(
+        &self,
+        bucket: &str,
+        key: &str,
+        version_id: Option<&str>,
+        update: sluice_store::HeadersUpdate,
+    ) -> S3Result<()> {
+        let version = crate::s3_versions::version_arg(version_id)?;
         self.store.head_bucket(bucket).await.map_err(s3_err)?;
-        match self.locks.get(&self.store, bucket).await.map_err(s3_err)? {
-            Some(_) => Ok(()),
-            None => Err(S3Error::with_message(
+        if self
+            .locks
+            .get(&self.store, bucket)
+            .await
+            .map_err(s3_err)?
+            .is_none()
+        {
+            return Err(S3Error::with_message(
                 S3ErrorCode::InvalidRequest,
                 "Bucket is missing Object Lock Configuration",
-            )),
+            ));
+        }
+        match self
+            .store
+            .update_headers(bucket, key, version, update)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.not_found(bucket, e).await),
         }
     }
 

@@ -87,6 +87,23 @@ fn mode_of(mode: &str) -> S3Result<&'static str> {
     }
 }
 
+/// A retain-until date, which must be after `now`.
+fn future(t: &Timestamp, now: i64) -> S3Result<i64> {
+    let until = millis(t).ok_or_else(|| {
+        invalid(
+            S3ErrorCode::InvalidArgument,
+            "The retain until date is not valid",
+        )
+    })?;
+    if until <= now {
+        return Err(invalid(
+            S3ErrorCode::InvalidArgument,
+            "The retain until date must be in the future!",
+        ));
+    }
+    Ok(until)
+}
+
 /// Checks an object lock configuration as PutObjectLockConfiguration does.
 pub(crate) fn validate(cfg: &ObjectLockConfiguration) -> S3Result<()> {
     if cfg
@@ -171,21 +188,7 @@ pub(crate) fn for_write(
     };
     let hold = hold.is_some_and(|h| h.as_str() == ObjectLockLegalHoldStatus::ON);
     let lock = match (mode, until) {
-        (Some(m), Some(t)) => {
-            let until = millis(t).ok_or_else(|| {
-                invalid(
-                    S3ErrorCode::InvalidArgument,
-                    "The retain until date is not valid",
-                )
-            })?;
-            if until <= now {
-                return Err(invalid(
-                    S3ErrorCode::InvalidArgument,
-                    "The retain until date must be in the future!",
-                ));
-            }
-            Some((mode_of(m.as_str())?.to_owned(), until))
-        }
+        (Some(m), Some(t)) => Some((mode_of(m.as_str())?.to_owned(), future(t, now)?)),
         (None, None) => default_retention(cfg, now),
         _ => {
             return Err(invalid(
@@ -214,21 +217,7 @@ pub(crate) fn retention_update(
         Some(ObjectLockRetention {
             mode: Some(m),
             retain_until_date: Some(t),
-        }) => {
-            let until = millis(&t).ok_or_else(|| {
-                invalid(
-                    S3ErrorCode::InvalidArgument,
-                    "The retain until date is not valid",
-                )
-            })?;
-            if until <= now {
-                return Err(invalid(
-                    S3ErrorCode::InvalidArgument,
-                    "The retain until date must be in the future!",
-                ));
-            }
-            Some((mode_of(m.as_str())?.to_owned(), until))
-        }
+        }) => Some((mode_of(m.as_str())?.to_owned(), future(&t, now)?)),
         Some(_) => {
             return Err(invalid(
                 S3ErrorCode::MalformedXML,

@@ -708,34 +708,22 @@ impl EmbeddedStore {
             (bucket, key) = (last.0.clone(), last.1.clone());
             for (b, k, size, sha256, inline, blob) in page {
                 let subject = object_subject(&b, &k, blob.as_deref());
-                let Some(want) = Expected::sha256_hex(&sha256) else {
-                    report.problems.push(Problem::NoChecksum(subject, sha256));
-                    continue;
-                };
-                match self
-                    .scrub_one(subject.clone(), want, size as u64, inline)
-                    .await?
-                {
-                    Scrubbed::Ok(n) => report.bytes += n,
-                    Scrubbed::Problem(p) => report.problems.push(p),
-                    Scrubbed::Missing => {
-                        let (b, k) = (b.clone(), k.clone());
-                        let now: Option<Option<String>> = self
-                            .db
-                            .read(move |c| {
-                                Ok::<_, StoreError>(c.query_opt(
-                                    "SELECT blob FROM objects WHERE bucket = ?1 AND key = ?2",
-                                    params![b, k],
-                                    |r| r.get(0),
-                                )?)
-                            })
-                            .await?;
-                        if now.flatten() == blob {
-                            report.problems.push(Problem::Missing(subject));
-                        }
-                    }
-                }
-                report.objects += 1;
+                self.scrub_object(
+                    &mut report,
+                    subject,
+                    &sha256,
+                    size,
+                    inline,
+                    blob,
+                    move |c| {
+                        c.query_opt(
+                            "SELECT blob FROM objects WHERE bucket = ?1 AND key = ?2",
+                            params![b, k],
+                            |r| r.get(0),
+                        )
+                    },
+                )
+                .await?;
             }
         }
 
@@ -784,34 +772,23 @@ impl EmbeddedStore {
             for (b, k, q, version, size, sha256, inline, blob) in page {
                 let label = format!("{k} (version {version})");
                 let subject = object_subject(&b, &label, blob.as_deref());
-                let Some(want) = Expected::sha256_hex(&sha256) else {
-                    report.problems.push(Problem::NoChecksum(subject, sha256));
-                    continue;
-                };
-                match self
-                    .scrub_one(subject.clone(), want, size as u64, inline)
-                    .await?
-                {
-                    Scrubbed::Ok(n) => report.bytes += n,
-                    Scrubbed::Problem(p) => report.problems.push(p),
-                    Scrubbed::Missing => {
-                        let now: Option<Option<String>> = self
-                            .db
-                            .read(move |c| {
-                                Ok::<_, StoreError>(c.query_opt(
-                                    "SELECT blob FROM object_versions
-                                     WHERE bucket = ?1 AND key = ?2 AND seq = ?3",
-                                    params![b, k, q],
-                                    |r| r.get(0),
-                                )?)
-                            })
-                            .await?;
-                        if now.flatten() == blob {
-                            report.problems.push(Problem::Missing(subject));
-                        }
-                    }
-                }
-                report.objects += 1;
+                self.scrub_object(
+                    &mut report,
+                    subject,
+                    &sha256,
+                    size,
+                    inline,
+                    blob,
+                    move |c| {
+                        c.query_opt(
+                            "SELECT blob FROM object_versions
+                         WHERE bucket = ?1 AND key = ?2 AND seq = ?3",
+                            params![b, k, q],
+                            |r| r.get(0),
+                        )
+                    },
+                )
+                .await?;
             }
         }
 
@@ -895,6 +872,49 @@ impl EmbeddedStore {
             }
         }
         Ok(report)
+    }
+
+    /// Checks one object row (a current version or another) for [`Self::scrub`] against
+    /// its SHA-256. A blob found missing is a problem only if the row, read again by
+    /// `blob_now`, still names it (it was not replaced meanwhile).
+    #[allow(clippy::too_many_arguments)]
+    async fn scrub_object<F>(
+        &self,
+        report: &mut ScrubReport,
+        subject: Subject,
+        sha256: &str,
+        size: i64,
+        inline: Option<Vec<u8>>,
+        blob: Option<String>,
+        blob_now: F,
+    ) -> Result<(), StoreError>
+    where
+        F: FnOnce(&Tx<'_>) -> sluice_meta::MetaResult<Option<Option<String>>> + Send + 'static,
+    {
+        report.objects += 1;
+        let Some(want) = Expected::sha256_hex(sha256) else {
+            report
+                .problems
+                .push(Problem::NoChecksum(subject, sha256.to_owned()));
+            return Ok(());
+        };
+        match self
+            .scrub_one(subject.clone(), want, size as u64, inline)
+            .await?
+        {
+            Scrubbed::Ok(n) => report.bytes += n,
+            Scrubbed::Problem(p) => report.problems.push(p),
+            Scrubbed::Missing => {
+                let now = self
+                    .db
+                    .read(move |c| Ok::<_, StoreError>(blob_now(c)?))
+                    .await?;
+                if now.flatten() == blob {
+                    report.problems.push(Problem::Missing(subject));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads the bytes `subject` names whole (from `inline`, or streamed from its blob)

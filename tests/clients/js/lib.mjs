@@ -1,7 +1,14 @@
 // Shared by the tests: the server's URLs and key come from the environment that
 // crates/sluice/tests/clients.rs sets (see README.md beside this file).
 import crypto from "node:crypto";
-import { DeleteBucketCommand, DeleteObjectCommand, paginateListObjectsV2 } from "@aws-sdk/client-s3";
+import {
+  DeleteBucketCommand,
+  DeleteObjectCommand,
+  HeadObjectCommand,
+  ListObjectVersionsCommand,
+  PutObjectLegalHoldCommand,
+  paginateListObjectsV2,
+} from "@aws-sdk/client-s3";
 
 export function env(name) {
   const value = process.env[name];
@@ -45,4 +52,34 @@ export async function removeBucket(s3, bucket) {
     for (const o of page.Contents ?? []) await s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: o.Key }));
   }
   await s3.send(new DeleteBucketCommand({ Bucket: bucket }));
+}
+
+/** Every object version and delete marker of a bucket, as [{ Key, VersionId, marker }]. */
+export async function allVersions(s3, Bucket) {
+  const found = [];
+  let markers = {};
+  for (;;) {
+    const page = await s3.send(new ListObjectVersionsCommand({ Bucket, ...markers }));
+    for (const v of page.Versions ?? []) found.push({ Key: v.Key, VersionId: v.VersionId, marker: false });
+    for (const m of page.DeleteMarkers ?? []) found.push({ Key: m.Key, VersionId: m.VersionId, marker: true });
+    if (!page.IsTruncated) return found;
+    markers = { KeyMarker: page.NextKeyMarker, VersionIdMarker: page.NextVersionIdMarker };
+  }
+}
+
+/** Deletes a versioned test bucket: turns every legal hold off, deletes every version and
+ *  delete marker (bypassing GOVERNANCE retention), then the bucket. */
+export async function removeVersionedBucket(s3, Bucket) {
+  const entries = await allVersions(s3, Bucket);
+  for (const { Key, VersionId, marker } of entries) {
+    if (marker) continue;
+    const head = await s3.send(new HeadObjectCommand({ Bucket, Key, VersionId }));
+    if (head.ObjectLockLegalHoldStatus === "ON") {
+      await s3.send(new PutObjectLegalHoldCommand({ Bucket, Key, VersionId, LegalHold: { Status: "OFF" } }));
+    }
+  }
+  for (const { Key, VersionId } of entries) {
+    await s3.send(new DeleteObjectCommand({ Bucket, Key, VersionId, BypassGovernanceRetention: true }));
+  }
+  await s3.send(new DeleteBucketCommand({ Bucket }));
 }

@@ -17,40 +17,10 @@ import {
   PutObjectCommand,
   PutObjectLegalHoldCommand,
 } from "@aws-sdk/client-s3";
-import { clientConfig, unique } from "./lib.mjs";
+import { clientConfig, removeVersionedBucket, unique } from "./lib.mjs";
 
 const s3 = new S3Client(clientConfig({ forcePathStyle: true }));
 const bucket = unique("js-lock");
-
-/** Every object version and delete marker of a bucket, as [{ Key, VersionId, marker }]. */
-async function allVersions(Bucket) {
-  const found = [];
-  let markers = {};
-  for (;;) {
-    const page = await s3.send(new ListObjectVersionsCommand({ Bucket, ...markers }));
-    for (const v of page.Versions ?? []) found.push({ Key: v.Key, VersionId: v.VersionId, marker: false });
-    for (const m of page.DeleteMarkers ?? []) found.push({ Key: m.Key, VersionId: m.VersionId, marker: true });
-    if (!page.IsTruncated) return found;
-    markers = { KeyMarker: page.NextKeyMarker, VersionIdMarker: page.NextVersionIdMarker };
-  }
-}
-
-/** Turns every legal hold off, deletes every version and delete marker bypassing GOVERNANCE
- *  retention, then deletes the bucket. (Nothing here is under COMPLIANCE retention.) */
-async function removeLockedBucket(Bucket) {
-  const entries = await allVersions(Bucket);
-  for (const { Key, VersionId, marker } of entries) {
-    if (marker) continue;
-    const head = await s3.send(new HeadObjectCommand({ Bucket, Key, VersionId }));
-    if (head.ObjectLockLegalHoldStatus === "ON") {
-      await s3.send(new PutObjectLegalHoldCommand({ Bucket, Key, VersionId, LegalHold: { Status: "OFF" } }));
-    }
-  }
-  for (const { Key, VersionId } of entries) {
-    await s3.send(new DeleteObjectCommand({ Bucket, Key, VersionId, BypassGovernanceRetention: true }));
-  }
-  await s3.send(new DeleteBucketCommand({ Bucket }));
-}
 
 const rejectsWith = (p, name, httpStatus) =>
   assert.rejects(p, (e) =>
@@ -78,7 +48,7 @@ before(async () => {
 
 after(async () => {
   try {
-    await removeLockedBucket(bucket);
+    await removeVersionedBucket(s3, bucket);
   } finally {
     s3.destroy();
   }

@@ -15,28 +15,10 @@ import {
   PutBucketVersioningCommand,
   PutObjectCommand,
 } from "@aws-sdk/client-s3";
-import { clientConfig, unique } from "./lib.mjs";
+import { clientConfig, removeVersionedBucket, unique } from "./lib.mjs";
 
 const s3 = new S3Client(clientConfig({ forcePathStyle: true }));
 const bucket = unique("js-versions");
-
-/** Every object version and delete marker of a bucket, as [{ Key, VersionId }]. */
-async function allVersions(Bucket) {
-  const found = [];
-  let markers = {};
-  for (;;) {
-    const page = await s3.send(new ListObjectVersionsCommand({ Bucket, ...markers }));
-    for (const e of [...(page.Versions ?? []), ...(page.DeleteMarkers ?? [])]) found.push({ Key: e.Key, VersionId: e.VersionId });
-    if (!page.IsTruncated) return found;
-    markers = { KeyMarker: page.NextKeyMarker, VersionIdMarker: page.NextVersionIdMarker };
-  }
-}
-
-/** Deletes every version and delete marker of a bucket, then the bucket. */
-async function removeVersionedBucket(Bucket) {
-  for (const v of await allVersions(Bucket)) await s3.send(new DeleteObjectCommand({ Bucket, ...v }));
-  await s3.send(new DeleteBucketCommand({ Bucket }));
-}
 
 const text = async (out) => await out.Body.transformToString();
 const read = async (input) => await text(await s3.send(new GetObjectCommand({ Bucket: bucket, ...input })));
@@ -55,7 +37,7 @@ before(async () => {
 
 after(async () => {
   try {
-    await removeVersionedBucket(bucket);
+    await removeVersionedBucket(s3, bucket);
   } finally {
     s3.destroy();
   }

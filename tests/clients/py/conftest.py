@@ -19,6 +19,7 @@ import uuid
 
 import boto3
 import botocore
+import botocore.exceptions
 import pytest
 from botocore.config import Config
 
@@ -138,3 +139,66 @@ def eventually(fn, what, timeout=60.0, interval=0.05):
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(interval)
+
+
+def fails(code, fn, **kw):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        fn(**kw)
+    assert error_code(e) == code, e.value.response
+    return e.value.response
+
+
+def refused(fn, **kw):
+    """The error answer of a call that must fail, whatever its code."""
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        fn(**kw)
+    return e.value.response
+
+
+def status(response):
+    return response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def all_entries(s3, bucket):
+    """Every (key, version id, is a delete marker) of a bucket."""
+    found = []
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        found += [(v["Key"], v["VersionId"], False) for v in page.get("Versions", [])]
+        found += [(m["Key"], m["VersionId"], True) for m in page.get("DeleteMarkers", [])]
+    return found
+
+
+def remove_versioned_bucket(s3, bucket):
+    """Turns every legal hold of a test's bucket off, deletes every version and delete
+    marker with BypassGovernanceRetention, aborts its unfinished uploads, then deletes the
+    bucket (a bucket already gone is fine). A version S3 still refuses to delete (COMPLIANCE
+    retention, AccessDenied) is left, and so is the bucket that holds it."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError as e:
+        if e.response["Error"]["Code"] in ("404", "NoSuchBucket"):
+            return
+        raise
+    # Listed first, changed afterwards: no listing runs over entries being deleted.
+    entries = all_entries(s3, bucket)
+    for key, version, marker in entries:
+        if marker:
+            continue
+        head = s3.head_object(Bucket=bucket, Key=key, VersionId=version)
+        if head.get("ObjectLockLegalHoldStatus") == "ON":
+            s3.put_object_legal_hold(Bucket=bucket, Key=key, VersionId=version, LegalHold={"Status": "OFF"})
+    kept = []
+    for key, version, _ in entries:
+        try:
+            s3.delete_object(Bucket=bucket, Key=key, VersionId=version, BypassGovernanceRetention=True)
+        except botocore.exceptions.ClientError as e:
+            if e.response["Error"]["Code"] != "AccessDenied":
+                raise
+            kept.append((key, version))
+    for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    if kept:
+        # COMPLIANCE-locked versions outlive the test: their bucket stays until the
+        # throwaway server is removed.
+        return
+    s3.delete_bucket(Bucket=bucket)

@@ -16,27 +16,9 @@ import time
 import botocore.exceptions
 import pytest
 
-from conftest import error_code, unique
+from conftest import error_code, fails, refused, remove_versioned_bucket as remove_bucket, status, unique
 
 DAY = datetime.timedelta(days=1)
-
-
-def fails(code, fn, **kw):
-    with pytest.raises(botocore.exceptions.ClientError) as e:
-        fn(**kw)
-    assert error_code(e) == code, e.value.response
-    return e.value.response
-
-
-def refused(fn, **kw):
-    """The error answer of a call that must fail, whatever its code."""
-    with pytest.raises(botocore.exceptions.ClientError) as e:
-        fn(**kw)
-    return e.value.response
-
-
-def status(response):
-    return response["ResponseMetadata"]["HTTPStatusCode"]
 
 
 def now():
@@ -52,51 +34,6 @@ def whole_seconds_from_now(delta):
 def same_second(got, expected):
     assert isinstance(got, datetime.datetime), got
     assert int(got.timestamp()) == int(expected.timestamp()), (got, expected)
-
-
-def all_entries(s3, bucket):
-    """Every (key, version id, is a delete marker) of a bucket."""
-    found = []
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        found += [(v["Key"], v["VersionId"], False) for v in page.get("Versions", [])]
-        found += [(m["Key"], m["VersionId"], True) for m in page.get("DeleteMarkers", [])]
-    return found
-
-
-def remove_bucket(s3, bucket):
-    """Turns every legal hold of a test's bucket off, deletes every version and delete
-    marker with BypassGovernanceRetention, aborts its unfinished uploads, then deletes the
-    bucket (a bucket already gone is fine). A version S3 still refuses to delete (COMPLIANCE
-    retention, AccessDenied) is left, and so is the bucket that holds it."""
-    try:
-        s3.head_bucket(Bucket=bucket)
-    except botocore.exceptions.ClientError as e:
-        if e.response["Error"]["Code"] in ("404", "NoSuchBucket"):
-            return
-        raise
-    # Listed first, changed afterwards: no listing runs over entries being deleted.
-    entries = all_entries(s3, bucket)
-    for key, version, marker in entries:
-        if marker:
-            continue
-        head = s3.head_object(Bucket=bucket, Key=key, VersionId=version)
-        if head.get("ObjectLockLegalHoldStatus") == "ON":
-            s3.put_object_legal_hold(Bucket=bucket, Key=key, VersionId=version, LegalHold={"Status": "OFF"})
-    kept = []
-    for key, version, _ in entries:
-        try:
-            s3.delete_object(Bucket=bucket, Key=key, VersionId=version, BypassGovernanceRetention=True)
-        except botocore.exceptions.ClientError as e:
-            if e.response["Error"]["Code"] != "AccessDenied":
-                raise
-            kept.append((key, version))
-    for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
-        s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-    if kept:
-        # COMPLIANCE-locked versions outlive the test: their bucket stays until the
-        # throwaway server is removed.
-        return
-    s3.delete_bucket(Bucket=bucket)
 
 
 @contextlib.contextmanager

@@ -12,57 +12,13 @@ import hashlib
 import botocore.exceptions
 import pytest
 
-from conftest import error_code, unique
+from conftest import error_code, fails, refused, remove_versioned_bucket as remove_bucket, status, unique
 
 MIB = 1024 * 1024
 
 
 def md5(data):
     return hashlib.md5(data).hexdigest()
-
-
-def fails(code, fn, **kw):
-    with pytest.raises(botocore.exceptions.ClientError) as e:
-        fn(**kw)
-    assert error_code(e) == code, e.value.response
-    return e.value.response
-
-
-def refused(fn, **kw):
-    """The error answer of a call that must fail, whatever its code."""
-    with pytest.raises(botocore.exceptions.ClientError) as e:
-        fn(**kw)
-    return e.value.response
-
-
-def status(response):
-    return response["ResponseMetadata"]["HTTPStatusCode"]
-
-
-def all_versions(s3, bucket):
-    """Every (key, version id) of a bucket, object versions and delete markers alike."""
-    found = []
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        for entry in page.get("Versions", []) + page.get("DeleteMarkers", []):
-            found.append((entry["Key"], entry["VersionId"]))
-    return found
-
-
-def remove_bucket(s3, bucket):
-    """Deletes every version and delete marker of a test's bucket, its unfinished uploads,
-    then the bucket itself (a bucket already gone is fine)."""
-    try:
-        s3.head_bucket(Bucket=bucket)
-    except botocore.exceptions.ClientError as e:
-        if e.response["Error"]["Code"] in ("404", "NoSuchBucket"):
-            return
-        raise
-    # Listed first, deleted afterwards: no listing runs over entries being deleted.
-    for key, version in all_versions(s3, bucket):
-        s3.delete_object(Bucket=bucket, Key=key, VersionId=version)
-    for upload in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
-        s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-    s3.delete_bucket(Bucket=bucket)
 
 
 @contextlib.contextmanager
