@@ -12,6 +12,7 @@ default pool, and runs this suite with:
 Every test makes its own streams, buckets and users with unique names.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -202,3 +203,28 @@ def remove_versioned_bucket(s3, bucket):
         # throwaway server is removed.
         return
     s3.delete_bucket(Bucket=bucket)
+
+
+@contextlib.contextmanager
+def versioned_bucket(s3, versioning=None, prefix="py-ver", lock=False):
+    """A bucket of its own for one test (created with object lock, or with versioning set,
+    when asked), emptied and deleted at the end. When the test itself failed, a failing
+    clean-up does not hide that failure (the server under test is thrown away afterwards
+    anyway)."""
+    name = unique(prefix)
+    if lock:
+        s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    else:
+        s3.create_bucket(Bucket=name)
+    passed = False
+    try:
+        if versioning:
+            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": versioning})
+        yield name
+        passed = True
+    finally:
+        try:
+            remove_versioned_bucket(s3, name)
+        except Exception:
+            if passed:
+                raise

@@ -9,14 +9,13 @@ the clean-up leaves it, and its bucket, behind (the server under test is thrown 
 the run), so only one test locks a version in COMPLIANCE mode for longer than a few
 seconds."""
 
-import contextlib
 import datetime
 import time
 
 import botocore.exceptions
 import pytest
 
-from conftest import error_code, fails, refused, remove_versioned_bucket as remove_bucket, status, unique
+from conftest import error_code, fails, refused, status, unique, versioned_bucket
 
 DAY = datetime.timedelta(days=1)
 
@@ -34,31 +33,6 @@ def whole_seconds_from_now(delta):
 def same_second(got, expected):
     assert isinstance(got, datetime.datetime), got
     assert int(got.timestamp()) == int(expected.timestamp()), (got, expected)
-
-
-@contextlib.contextmanager
-def new_bucket(s3, lock=False, versioning=None, prefix="py-lock"):
-    """A bucket of its own for one test (created with object lock, or with versioning set,
-    when asked), emptied and deleted at the end. When the test itself failed, a failing
-    clean-up does not hide that failure (the server under test is thrown away afterwards
-    anyway)."""
-    name = unique(prefix)
-    if lock:
-        s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
-    else:
-        s3.create_bucket(Bucket=name)
-    passed = False
-    try:
-        if versioning:
-            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": versioning})
-        yield name
-        passed = True
-    finally:
-        try:
-            remove_bucket(s3, name)
-        except Exception:
-            if passed:
-                raise
 
 
 def governance_rule(days=1):
@@ -88,7 +62,7 @@ def version_ids(s3, bucket, key):
 
 
 def test_a_bucket_created_with_object_lock_is_versioned(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         assert s3.get_bucket_versioning(Bucket=b)["Status"] == "Enabled"
         config = s3.get_object_lock_configuration(Bucket=b)["ObjectLockConfiguration"]
         assert config["ObjectLockEnabled"] == "Enabled", config
@@ -105,16 +79,16 @@ def test_a_bucket_created_with_object_lock_is_versioned(s3):
 
 
 def test_a_bucket_without_object_lock_has_no_configuration(s3):
-    with new_bucket(s3) as b:
+    with versioned_bucket(s3, prefix="py-lock") as b:
         r = fails("ObjectLockConfigurationNotFoundError", s3.get_object_lock_configuration, Bucket=b)
         assert status(r) == 404
-    with new_bucket(s3, versioning="Enabled") as b:
+    with versioned_bucket(s3, prefix="py-lock", versioning="Enabled") as b:
         r = fails("ObjectLockConfigurationNotFoundError", s3.get_object_lock_configuration, Bucket=b)
         assert status(r) == 404
 
 
 def test_default_retention_rule(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         s3.put_object_lock_configuration(Bucket=b, ObjectLockConfiguration=governance_rule(1))
         config = s3.get_object_lock_configuration(Bucket=b)["ObjectLockConfiguration"]
         assert config == governance_rule(1), config
@@ -139,13 +113,13 @@ def test_default_retention_rule(s3):
 
 
 def test_lock_configuration_needs_versioning_enabled(s3):
-    with new_bucket(s3) as b:
+    with versioned_bucket(s3, prefix="py-lock") as b:
         r = fails("InvalidBucketState", s3.put_object_lock_configuration, Bucket=b,
                   ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
         assert status(r) == 409
         fails("ObjectLockConfigurationNotFoundError", s3.get_object_lock_configuration, Bucket=b)
 
-    with new_bucket(s3, versioning="Suspended") as b:
+    with versioned_bucket(s3, prefix="py-lock", versioning="Suspended") as b:
         r = fails("InvalidBucketState", s3.put_object_lock_configuration, Bucket=b,
                   ObjectLockConfiguration=governance_rule(1))
         assert status(r) == 409
@@ -153,7 +127,7 @@ def test_lock_configuration_needs_versioning_enabled(s3):
 
 
 def test_object_lock_can_be_enabled_on_a_versioned_bucket(s3):
-    with new_bucket(s3, versioning="Enabled") as b:
+    with versioned_bucket(s3, prefix="py-lock", versioning="Enabled") as b:
         s3.put_object_lock_configuration(Bucket=b, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
         config = s3.get_object_lock_configuration(Bucket=b)["ObjectLockConfiguration"]
         assert config["ObjectLockEnabled"] == "Enabled", config
@@ -172,7 +146,7 @@ def test_object_lock_can_be_enabled_on_a_versioned_bucket(s3):
 
 
 def test_put_object_with_governance_retention(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         v, until = put_locked(s3, b, "k", body=b"kept")
 
         head = s3.head_object(Bucket=b, Key="k")
@@ -196,7 +170,7 @@ def test_put_object_with_governance_retention(s3):
 
 
 def test_retention_headers_must_come_together_and_in_the_future(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         r = fails("InvalidArgument", s3.put_object, Bucket=b, Key="k", Body=b"x", ObjectLockMode="GOVERNANCE")
         assert status(r) == 400
         r = fails("InvalidArgument", s3.put_object, Bucket=b, Key="k", Body=b"x",
@@ -211,7 +185,7 @@ def test_retention_headers_must_come_together_and_in_the_future(s3):
 
 def test_lock_headers_need_a_bucket_with_object_lock(s3):
     for versioning in (None, "Enabled"):
-        with new_bucket(s3, versioning=versioning) as b:
+        with versioned_bucket(s3, prefix="py-lock", versioning=versioning) as b:
             r = fails("InvalidRequest", s3.put_object, Bucket=b, Key="k", Body=b"x",
                       ObjectLockMode="GOVERNANCE", ObjectLockRetainUntilDate=whole_seconds_from_now(DAY))
             assert status(r) == 400
@@ -222,7 +196,7 @@ def test_lock_headers_need_a_bucket_with_object_lock(s3):
 
 
 def test_default_retention_applies_to_new_versions(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         s3.put_object_lock_configuration(Bucket=b, ObjectLockConfiguration=governance_rule(1))
         before = now()
         v = s3.put_object(Bucket=b, Key="k", Body=b"default")["VersionId"]
@@ -252,7 +226,7 @@ def test_default_retention_applies_to_new_versions(s3):
 
 
 def test_governance_retention_refuses_deleting_the_version(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         v, _ = put_locked(s3, b, "k", body=b"kept")
 
         r = fails("AccessDenied", s3.delete_object, Bucket=b, Key="k", VersionId=v)
@@ -267,7 +241,7 @@ def test_governance_retention_refuses_deleting_the_version(s3):
 
 
 def test_a_locked_key_can_still_get_a_delete_marker(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         v, _ = put_locked(s3, b, "k", body=b"kept")
 
         # Locks protect versions, not keys: a simple DELETE adds a delete marker.
@@ -288,7 +262,7 @@ def test_a_locked_key_can_still_get_a_delete_marker(s3):
 
 
 def test_delete_objects_reports_a_locked_version(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         locked, _ = put_locked(s3, b, "locked")
         free = s3.put_object(Bucket=b, Key="free", Body=b"free")["VersionId"]
 
@@ -310,7 +284,7 @@ def test_delete_objects_reports_a_locked_version(s3):
 def test_compliance_retention_cannot_be_bypassed_or_shortened(s3):
     # This version stays locked for a day: the clean-up leaves it, and this bucket, behind
     # (the server under test is thrown away after the run).
-    with new_bucket(s3, lock=True, prefix="py-lock-compliance") as b:
+    with versioned_bucket(s3, lock=True, prefix="py-lock-compliance") as b:
         v, until = put_locked(s3, b, "k", mode="COMPLIANCE", body=b"compliant")
         head = s3.head_object(Bucket=b, Key="k", VersionId=v)
         assert head["ObjectLockMode"] == "COMPLIANCE", head
@@ -347,7 +321,7 @@ def test_compliance_retention_cannot_be_bypassed_or_shortened(s3):
 
 
 def test_an_expired_retention_no_longer_protects_the_version(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         # A few seconds of COMPLIANCE retention: refused now, deletable once the date passed.
         until = whole_seconds_from_now(datetime.timedelta(seconds=5))
         v, _ = put_locked(s3, b, "k", mode="COMPLIANCE", until=until)
@@ -363,7 +337,7 @@ def test_an_expired_retention_no_longer_protects_the_version(s3):
 
 
 def test_governance_retention_is_shortened_only_with_the_bypass(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         v, until = put_locked(s3, b, "k")
 
         shorter = until - datetime.timedelta(hours=1)
@@ -387,7 +361,7 @@ def test_governance_retention_is_shortened_only_with_the_bypass(s3):
 
 
 def test_retention_of_a_version_without_a_lock(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         v = s3.put_object(Bucket=b, Key="k", Body=b"plain")["VersionId"]
         head = s3.head_object(Bucket=b, Key="k", VersionId=v)
         assert "ObjectLockMode" not in head and "ObjectLockRetainUntilDate" not in head, head
@@ -409,7 +383,7 @@ def test_retention_of_a_version_without_a_lock(s3):
 
 
 def test_a_legal_hold_refuses_deletes_until_it_is_off(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         v = s3.put_object(Bucket=b, Key="k", Body=b"held")["VersionId"]
 
         r = fails("NoSuchObjectLockConfiguration", s3.get_object_legal_hold, Bucket=b, Key="k", VersionId=v)
@@ -433,7 +407,7 @@ def test_a_legal_hold_refuses_deletes_until_it_is_off(s3):
 
 
 def test_a_legal_hold_written_with_the_object(s3):
-    with new_bucket(s3, lock=True) as b:
+    with versioned_bucket(s3, prefix="py-lock", lock=True) as b:
         v = s3.put_object(Bucket=b, Key="k", Body=b"held", ObjectLockLegalHoldStatus="ON")["VersionId"]
         head = s3.head_object(Bucket=b, Key="k", VersionId=v)
         assert head["ObjectLockLegalHoldStatus"] == "ON", head

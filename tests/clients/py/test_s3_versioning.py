@@ -5,41 +5,19 @@ VersionId (GET, HEAD, DELETE, DeleteObjects, CopyObject, tagging).
 Every test makes its own bucket and, at the end, deletes every version and delete marker
 in it (by VersionId) and then the bucket."""
 
-import contextlib
 import datetime
 import hashlib
 
 import botocore.exceptions
 import pytest
 
-from conftest import error_code, fails, refused, remove_versioned_bucket as remove_bucket, status, unique
+from conftest import error_code, fails, refused, status, unique, versioned_bucket
 
 MIB = 1024 * 1024
 
 
 def md5(data):
     return hashlib.md5(data).hexdigest()
-
-
-@contextlib.contextmanager
-def new_bucket(s3, versioning=None, prefix="py-ver"):
-    """A bucket of its own for one test (versioning set when asked), emptied of every
-    version and deleted at the end. When the test itself failed, a failing clean-up does
-    not hide that failure (the server under test is thrown away afterwards anyway)."""
-    name = unique(prefix)
-    s3.create_bucket(Bucket=name)
-    passed = False
-    try:
-        if versioning:
-            s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": versioning})
-        yield name
-        passed = True
-    finally:
-        try:
-            remove_bucket(s3, name)
-        except Exception:
-            if passed:
-                raise
 
 
 def listing(s3, bucket, **kw):
@@ -58,7 +36,7 @@ def body(s3, bucket, key, **kw):
 
 
 def test_bucket_versioning_states(s3):
-    with new_bucket(s3) as b:
+    with versioned_bucket(s3) as b:
         # A bucket that was never versioned answers no status at all.
         got = s3.get_bucket_versioning(Bucket=b)
         assert "Status" not in got and "MFADelete" not in got, got
@@ -91,7 +69,7 @@ def test_bucket_versioning_states(s3):
 
 
 def test_each_put_makes_a_new_version(s3):
-    with new_bucket(s3, "Enabled") as b:
+    with versioned_bucket(s3, "Enabled") as b:
         first = s3.put_object(Bucket=b, Key="k", Body=b"first", Metadata={"n": "1"})
         second = s3.put_object(Bucket=b, Key="k", Body=b"second body", Metadata={"n": "2"})
         v1, v2 = first.get("VersionId"), second.get("VersionId")
@@ -127,7 +105,7 @@ def test_each_put_makes_a_new_version(s3):
 
 
 def test_delete_without_a_version_id_adds_a_delete_marker(s3):
-    with new_bucket(s3, "Enabled") as b:
+    with versioned_bucket(s3, "Enabled") as b:
         v1 = s3.put_object(Bucket=b, Key="k", Body=b"one")["VersionId"]
         out = s3.delete_object(Bucket=b, Key="k")
         assert status(out) == 204
@@ -164,7 +142,7 @@ def test_delete_without_a_version_id_adds_a_delete_marker(s3):
 
 
 def test_deleting_the_delete_marker_brings_the_object_back(s3):
-    with new_bucket(s3, "Enabled") as b:
+    with versioned_bucket(s3, "Enabled") as b:
         s3.put_object(Bucket=b, Key="k", Body=b"one")
         v2 = s3.put_object(Bucket=b, Key="k", Body=b"two")["VersionId"]
         marker = s3.delete_object(Bucket=b, Key="k")["VersionId"]
@@ -184,7 +162,7 @@ def test_deleting_the_delete_marker_brings_the_object_back(s3):
 
 
 def test_deleting_the_current_version_makes_the_previous_one_current(s3):
-    with new_bucket(s3, "Enabled") as b:
+    with versioned_bucket(s3, "Enabled") as b:
         v1 = s3.put_object(Bucket=b, Key="k", Body=b"one")["VersionId"]
         v2 = s3.put_object(Bucket=b, Key="k", Body=b"two")["VersionId"]
 
@@ -211,7 +189,7 @@ def test_deleting_the_current_version_makes_the_previous_one_current(s3):
 
 
 def test_unknown_version_ids(s3):
-    with new_bucket(s3, "Enabled") as b:
+    with versioned_bucket(s3, "Enabled") as b:
         v1 = s3.put_object(Bucket=b, Key="k", Body=b"one")["VersionId"]
         v2 = s3.put_object(Bucket=b, Key="k", Body=b"two")["VersionId"]
         s3.delete_object(Bucket=b, Key="k", VersionId=v1)
@@ -236,7 +214,7 @@ def test_unknown_version_ids(s3):
 
 
 def test_list_object_versions(s3):
-    with new_bucket(s3, "Enabled") as b:
+    with versioned_bucket(s3, "Enabled") as b:
         a1v1 = s3.put_object(Bucket=b, Key="a/1", Body=b"a1-first")["VersionId"]
         a1v2 = s3.put_object(Bucket=b, Key="a/1", Body=b"a1-second!")["VersionId"]
         a2v1 = s3.put_object(Bucket=b, Key="a/2", Body=b"a2")["VersionId"]
@@ -308,7 +286,7 @@ def test_list_object_versions(s3):
 
 
 def test_an_unversioned_bucket_lists_null_versions(s3):
-    with new_bucket(s3) as b:
+    with versioned_bucket(s3) as b:
         put = s3.put_object(Bucket=b, Key="k", Body=b"plain")
         assert "VersionId" not in put, put
 
@@ -329,7 +307,7 @@ def test_an_unversioned_bucket_lists_null_versions(s3):
 
 
 def test_objects_written_before_versioning_keep_the_null_version(s3):
-    with new_bucket(s3) as b:
+    with versioned_bucket(s3) as b:
         s3.put_object(Bucket=b, Key="k", Body=b"before")
         s3.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Enabled"})
         v = s3.put_object(Bucket=b, Key="k", Body=b"after")["VersionId"]
@@ -346,7 +324,7 @@ def test_objects_written_before_versioning_keep_the_null_version(s3):
 
 
 def test_a_suspended_bucket_writes_the_null_version(s3):
-    with new_bucket(s3, "Enabled") as b:
+    with versioned_bucket(s3, "Enabled") as b:
         v1 = s3.put_object(Bucket=b, Key="k", Body=b"v1")["VersionId"]
         s3.put_bucket_versioning(Bucket=b, VersioningConfiguration={"Status": "Suspended"})
 
@@ -380,7 +358,7 @@ def test_a_suspended_bucket_writes_the_null_version(s3):
 
 
 def test_copy_object_from_an_old_version(s3):
-    with new_bucket(s3, "Enabled") as b:
+    with versioned_bucket(s3, "Enabled") as b:
         v1 = s3.put_object(Bucket=b, Key="k", Body=b"old bytes")["VersionId"]
         v2 = s3.put_object(Bucket=b, Key="k", Body=b"new bytes")["VersionId"]
 
@@ -411,7 +389,7 @@ def test_copy_object_from_an_old_version(s3):
 
 
 def test_delete_objects_with_and_without_version_ids(s3):
-    with new_bucket(s3, "Enabled") as b:
+    with versioned_bucket(s3, "Enabled") as b:
         k1 = s3.put_object(Bucket=b, Key="k", Body=b"k one")["VersionId"]
         k2 = s3.put_object(Bucket=b, Key="k", Body=b"k two")["VersionId"]
         s3.put_object(Bucket=b, Key="m", Body=b"m")
@@ -449,7 +427,7 @@ def test_delete_objects_with_and_without_version_ids(s3):
 
 
 def test_a_completed_multipart_upload_is_a_new_version(s3):
-    with new_bucket(s3, "Enabled") as b:
+    with versioned_bucket(s3, "Enabled") as b:
         small = s3.put_object(Bucket=b, Key="big.bin", Body=b"small")["VersionId"]
         parts = [b"A" * (5 * MIB), b"tail"]
         uid = s3.create_multipart_upload(Bucket=b, Key="big.bin")["UploadId"]
@@ -474,7 +452,7 @@ def test_a_completed_multipart_upload_is_a_new_version(s3):
 
 
 def test_delete_bucket_needs_every_version_and_marker_gone(s3):
-    with new_bucket(s3, "Enabled") as name:
+    with versioned_bucket(s3, "Enabled") as name:
         v1 = s3.put_object(Bucket=name, Key="k", Body=b"x")["VersionId"]
         marker = s3.delete_object(Bucket=name, Key="k")["VersionId"]
         assert "Contents" not in s3.list_objects_v2(Bucket=name)
@@ -493,7 +471,7 @@ def test_delete_bucket_needs_every_version_and_marker_gone(s3):
 
 
 def test_object_tagging_of_one_version(s3):
-    with new_bucket(s3, "Enabled") as b:
+    with versioned_bucket(s3, "Enabled") as b:
         v1 = s3.put_object(Bucket=b, Key="k", Body=b"one")["VersionId"]
         v2 = s3.put_object(Bucket=b, Key="k", Body=b"two")["VersionId"]
         tags = [{"Key": "release", "Value": "1.0"}]
