@@ -146,7 +146,9 @@ fuzz_target!(|data: &[u8]| {
         "{resource}"
     );
     let (status, answer) = runtime().block_on(async {
-        let resp = sluice_compat::cognito::handle(&f.parts.identity, op, &body, caller).await;
+        let resp =
+            sluice_compat::cognito::handle(&f.parts.identity, op, &body, caller, "000000000000")
+                .await;
         let status = resp.status();
         let answer = axum::body::to_bytes(resp.into_body(), 16 << 20)
             .await

@@ -185,6 +185,7 @@ impl Parts {
                 ))),
                 cors: Default::default(),
                 regions: Default::default(),
+                locks: Default::default(),
             },
             s3_base_domain: None,
             sign_in_sources: Arc::default(),

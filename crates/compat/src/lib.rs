@@ -377,7 +377,14 @@ async fn dispatch(
                     )
                 }
                 (Ok(caller), source) => {
-                    let resp = cognito::handle(&edge.identity, op, &body, caller).await;
+                    let resp = cognito::handle(
+                        &edge.identity,
+                        op,
+                        &body,
+                        caller,
+                        &edge.kinesis.account_id,
+                    )
+                    .await;
                     let refused = resp
                         .headers()
                         .get("x-amzn-errortype")

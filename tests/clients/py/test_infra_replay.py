@@ -7,7 +7,7 @@ documented not-found code (which the provider takes for "absent")."""
 import botocore.exceptions
 import pytest
 
-from conftest import error_code, eventually, unique
+from conftest import ACCOUNT_ID, error_code, eventually, unique
 
 
 def optional(call, not_found, **kw):
@@ -268,7 +268,7 @@ def test_cognito_user_pool_and_client_create_refresh_update_destroy(idp):
         # Refresh.
         described = idp.describe_user_pool(UserPoolId=pool_id)["UserPool"]
         assert described["Id"] == pool_id and described["Name"] == name
-        assert described["Arn"].endswith(f":userpool/{pool_id}")
+        assert described["Arn"] == f"arn:aws:cognito-idp:{pool_id.split('_')[0]}:{ACCOUNT_ID}:userpool/{pool_id}"
         got = described["Policies"]["PasswordPolicy"]
         assert {k: got.get(k) for k in policy} == policy, got
         assert described["AutoVerifiedAttributes"] == ["email"]

@@ -20,13 +20,14 @@ fn region(identity: &Identity) -> String {
         .unwrap_or_else(|| "us-east-2".into())
 }
 
-fn pool_json(p: &Pool) -> serde_json::Value {
+/// A pool as DescribeUserPool answers it; its ARN carries the configured account id.
+fn pool_json(p: &Pool, account_id: &str) -> serde_json::Value {
     let mut v = serde_json::to_value(&p.settings).unwrap_or_else(|_| json!({}));
     let region = p.id.split_once('_').map_or("us-east-2", |(r, _)| r);
     v["Id"] = json!(p.id);
     v["Name"] = json!(p.name);
     v["Arn"] = json!(format!(
-        "arn:aws:cognito-idp:{region}:000000000000:userpool/{}",
+        "arn:aws:cognito-idp:{region}:{account_id}:userpool/{}",
         p.id
     ));
     v["CreationDate"] = epoch(p.created_ms);
@@ -91,13 +92,17 @@ struct CreatePoolRequest {
     settings: PoolSettings,
 }
 
-pub(super) async fn create_user_pool(identity: &Identity, body: &[u8]) -> OpResult {
+pub(super) async fn create_user_pool(
+    identity: &Identity,
+    body: &[u8],
+    account_id: &str,
+) -> OpResult {
     let req: CreatePoolRequest = parse(body)?;
     let name = required(&req.pool_name, "poolName")?;
     let pool = identity
         .create_pool(&region(identity), name, req.settings)
         .await?;
-    Ok(json!({"UserPool": pool_json(&pool)}))
+    Ok(json!({"UserPool": pool_json(&pool, account_id)}))
 }
 
 #[derive(Deserialize)]
@@ -110,12 +115,16 @@ struct PoolRequest {
     username: Option<String>,
 }
 
-pub(super) async fn describe_user_pool(identity: &Identity, body: &[u8]) -> OpResult {
+pub(super) async fn describe_user_pool(
+    identity: &Identity,
+    body: &[u8],
+    account_id: &str,
+) -> OpResult {
     let req: PoolRequest = parse(body)?;
     let pool = identity
         .describe_pool(required(&req.user_pool_id, "userPoolId")?)
         .await?;
-    Ok(json!({"UserPool": pool_json(&pool)}))
+    Ok(json!({"UserPool": pool_json(&pool, account_id)}))
 }
 
 pub(super) async fn list_user_pools(identity: &Identity, body: &[u8]) -> OpResult {

@@ -71,7 +71,13 @@ pub fn needs_iam(op: &str) -> bool {
     SIGNED_ONLY.contains(&op)
 }
 
-pub async fn handle(identity: &Identity, op: &str, body: &[u8], caller: Caller) -> Response {
+pub async fn handle(
+    identity: &Identity,
+    op: &str,
+    body: &[u8],
+    caller: Caller,
+    account_id: &str,
+) -> Response {
     if caller == Caller::Anonymous && SIGNED_ONLY.contains(&op) {
         return json_error(
             StatusCode::FORBIDDEN,
@@ -100,8 +106,8 @@ pub async fn handle(identity: &Identity, op: &str, body: &[u8], caller: Caller) 
         "VerifyUserAttribute" => auth::verify_user_attribute(identity, body).await,
         "GlobalSignOut" => auth::global_sign_out(identity, body).await,
         "RevokeToken" => auth::revoke_token(identity, body).await,
-        "CreateUserPool" => admin::create_user_pool(identity, body).await,
-        "DescribeUserPool" => admin::describe_user_pool(identity, body).await,
+        "CreateUserPool" => admin::create_user_pool(identity, body, account_id).await,
+        "DescribeUserPool" => admin::describe_user_pool(identity, body, account_id).await,
         "ListUserPools" => admin::list_user_pools(identity, body).await,
         "UpdateUserPool" => admin::update_user_pool(identity, body).await,
         "DeleteUserPool" => admin::delete_user_pool(identity, body).await,
