@@ -155,6 +155,7 @@ impl Parts {
             account_id: ACCOUNT.into(),
             subscriptions: Default::default(),
             settings: Default::default(),
+            foreign_region: None,
         }
     }
 

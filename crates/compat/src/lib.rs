@@ -415,7 +415,14 @@ async fn dispatch(
                     let enc = kinesis::Encoding::of(
                         headers.get("content-type").and_then(|v| v.to_str().ok()),
                     );
-                    kinesis::handle(&edge.kinesis, op, &body, enc, &principal).await
+                    // Streams are regional: the request's own region decides which it sees.
+                    match crate::s3_region::signed_region(&headers, None) {
+                        Some(region) if region != edge.kinesis.region => {
+                            let ctx = edge.kinesis.in_region(&region);
+                            kinesis::handle(&ctx, op, &body, enc, &principal).await
+                        }
+                        _ => kinesis::handle(&edge.kinesis, op, &body, enc, &principal).await,
+                    }
                 }
                 Err(e) => e,
             }

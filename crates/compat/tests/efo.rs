@@ -35,6 +35,7 @@ fn fixture_with(options: SubscribeOptions, stream_options: StreamOptions) -> Fix
             account_id: "000000000000".into(),
             subscriptions: Subscriptions::new(options),
             settings: Default::default(),
+            foreign_region: None,
         },
         _dir: engines,
     }

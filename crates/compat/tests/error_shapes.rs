@@ -55,6 +55,7 @@ fn fixture() -> Fixture {
             account_id: "000000000000".into(),
             subscriptions: Default::default(),
             settings: Default::default(),
+            foreign_region: None,
         },
         s3: S3Adapter {
             store: Arc::new(store),

@@ -377,6 +377,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             account_id: settings.account_id.clone(),
             subscriptions: Default::default(),
             settings: Default::default(),
+            foreign_region: None,
         },
         s3: sluice_compat::s3::S3Adapter {
             store: Arc::new(store.clone()),

@@ -62,7 +62,7 @@ use crate::{
     PutResult, Record, ShardDesc, ShardFilter, Stream, StreamDesc, StreamError, StreamMode,
     StreamSummary, TagsPage, UpdateShardCountOutput, check_retention_hours, check_tag, even_ranges,
     parse_sequence_number, parse_shard_id, record_checksum, sequence_number, shard_id,
-    validate_stream_name,
+    validate_stored_stream_name,
 };
 use append::StreamMeta;
 use schema::{ShardRow, StreamRow, load_stream, not_found, shard_row, shard_rows};
@@ -1118,7 +1118,7 @@ impl Stream for EmbeddedStream {
     }
 
     async fn ensure_stream(&self, name: &str, shard_count: u32) -> Result<(), StreamError> {
-        validate_stream_name(name)?;
+        validate_stored_stream_name(name)?;
         check_shard_count(shard_count)?;
         let name = name.to_owned();
         self.db
@@ -1146,7 +1146,7 @@ impl Stream for EmbeddedStream {
         name: &str,
         options: CreateStreamOptions,
     ) -> Result<(), StreamError> {
-        validate_stream_name(name)?;
+        validate_stored_stream_name(name)?;
         check_create_options(&options)?;
         let name = name.to_owned();
         self.db

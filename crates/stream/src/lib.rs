@@ -743,6 +743,29 @@ pub fn parse_hash_key(k: &str) -> Result<u128, StreamError> {
     })
 }
 
+/// The names streams are stored under: a Kinesis name ([`validate_stream_name`]), or one
+/// followed by `@REGION` for a stream of another region than the server's (the Kinesis
+/// edge's regions; 1–32 of `[a-z0-9-]`).
+pub fn validate_stored_stream_name(name: &str) -> Result<(), StreamError> {
+    match name.split_once('@') {
+        None => validate_stream_name(name),
+        Some((base, region)) => {
+            validate_stream_name(base)?;
+            let ok = (1..=32).contains(&region.len())
+                && region
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if ok {
+                Ok(())
+            } else {
+                Err(StreamError::InvalidArgument(format!(
+                    "stream name {name:?}: {region:?} is not a region name"
+                )))
+            }
+        }
+    }
+}
+
 /// Stream names as Kinesis allows them: 1–128 of `[a-zA-Z0-9_.-]`.
 pub fn validate_stream_name(name: &str) -> Result<(), StreamError> {
     let ok = (1..=128).contains(&name.len())
@@ -761,6 +784,16 @@ pub fn validate_stream_name(name: &str) -> Result<(), StreamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_names_may_carry_a_region() {
+        assert!(validate_stored_stream_name("orders").is_ok());
+        assert!(validate_stored_stream_name("orders@us-west-2").is_ok());
+        assert!(validate_stream_name("orders@us-west-2").is_err(), "not a Kinesis name");
+        assert!(validate_stored_stream_name("orders@US").is_err());
+        assert!(validate_stored_stream_name("@us-west-2").is_err());
+        assert!(validate_stored_stream_name("orders@").is_err());
+    }
 
     #[test]
     fn even_ranges_match_kinesis() {

@@ -818,3 +818,48 @@ def test_account_limits_on_shards_and_on_demand_streams(kinesis):
     finally:
         for name in made:
             kinesis.delete_stream(StreamName=name)
+
+
+def test_streams_are_regional(kinesis, edge, region):
+    """A stream created in one region is seen only from it, with ARNs of that region; the
+    same name may be another stream in another region."""
+    from conftest import client, retry_throttled
+
+    other = "us-west-2" if region != "us-west-2" else "eu-west-1"
+    west = client("kinesis", edge, other)
+    west.meta.events.register("needs-retry.kinesis", retry_throttled)
+    name = unique("py-regional")
+    west.create_stream(StreamName=name, ShardCount=1)
+    try:
+        summary = west.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+        assert summary["StreamName"] == name
+        assert summary["StreamARN"] == f"arn:aws:kinesis:{other}:{ACCOUNT_ID}:stream/{name}"
+        assert name in west.list_streams()["StreamNames"]
+        # Not there from the server's region, by name, by ARN, or in its listing.
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            kinesis.describe_stream_summary(StreamName=name)
+        assert error_code(e) == "ResourceNotFoundException"
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            kinesis.describe_stream_summary(StreamARN=summary["StreamARN"])
+        assert error_code(e) == "ResourceNotFoundException"
+        names = []
+        for page in kinesis.get_paginator("list_streams").paginate():
+            names += page["StreamNames"]
+        assert name not in names
+        # The same name in the server's region is another stream.
+        kinesis.create_stream(StreamName=name, ShardCount=2)
+        try:
+            home = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
+            assert home["OpenShardCount"] == 2 and f":{region}:" in home["StreamARN"]
+            assert west.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["OpenShardCount"] == 1
+            # Records go to the stream of the request's region.
+            put = west.put_record(StreamName=name, Data=b"west", PartitionKey="k")
+            it = west.get_shard_iterator(StreamName=name, ShardId=put["ShardId"],
+                                         ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            assert [r["Data"] for r in west.get_records(ShardIterator=it)["Records"]] == [b"west"]
+            consumer = west.register_stream_consumer(StreamARN=summary["StreamARN"], ConsumerName="c")["Consumer"]
+            assert consumer["ConsumerARN"].startswith(summary["StreamARN"] + "/consumer/c:")
+        finally:
+            kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
+    finally:
+        west.delete_stream(StreamName=name, EnforceConsumerDeletion=True)

@@ -29,6 +29,9 @@ pub struct KinesisContext {
     pub subscriptions: Subscriptions,
     /// What the edge remembers of streams' settings.
     pub settings: Arc<SettingsCache>,
+    /// The region this context serves when it is not the server's own (see
+    /// [`KinesisContext::in_region`]); `None`: the server's region.
+    pub foreign_region: Option<String>,
 }
 
 /// How long a stream's resource policy or encryption is remembered: a change made through
@@ -51,11 +54,52 @@ impl Default for SettingsCache {
     }
 }
 
+/// Streams are regional, as on AWS: a stream created by a request signed for another
+/// region than the server's is stored as `NAME@REGION` (a character stream names cannot
+/// hold), and only requests signed for that region see it, by its name. The server's own
+/// region keeps plain names, so nothing else (mappings, the upload pipeline) changes.
 impl KinesisContext {
-    pub(crate) fn arn(&self, name: &str) -> String {
+    /// This context as a request signed for `region` sees it.
+    pub fn in_region(&self, region: &str) -> KinesisContext {
+        let mut ctx = self.clone();
+        if region != self.region {
+            ctx.foreign_region = Some(region.to_owned());
+            ctx.region = region.to_owned();
+        }
+        ctx
+    }
+
+    /// The stored name of the stream a request names `name`.
+    pub(crate) fn stored(&self, name: &str) -> String {
+        match &self.foreign_region {
+            Some(r) => format!("{name}@{r}"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// The name a request knows a stored stream by; `None`: the stream is another region's.
+    pub(crate) fn visible<'a>(&self, stored: &'a str) -> Option<&'a str> {
+        match &self.foreign_region {
+            Some(r) => stored
+                .strip_suffix(r.as_str())
+                .and_then(|n| n.strip_suffix('@')),
+            None => (!stored.contains('@')).then_some(stored),
+        }
+    }
+
+    /// [`visible`](Self::visible), for answers: a stream of another region (which a
+    /// request cannot reach) keeps its stored name.
+    pub(crate) fn shown<'a>(&self, stored: &'a str) -> &'a str {
+        self.visible(stored).unwrap_or(stored)
+    }
+
+    /// The ARN of a stored stream, in this context's region.
+    pub(crate) fn arn(&self, stored: &str) -> String {
         format!(
-            "arn:aws:kinesis:{}:{}:stream/{name}",
-            self.region, self.account_id
+            "arn:aws:kinesis:{}:{}:stream/{}",
+            self.region,
+            self.account_id,
+            self.shown(stored)
         )
     }
 }
@@ -215,7 +259,8 @@ pub(crate) fn str_field<'a>(req: &'a Value, name: &str) -> Option<&'a str> {
 /// The stream a request names, by `StreamName` or `StreamARN`.
 pub(crate) fn stream_name(ctx: &KinesisContext, req: &Value) -> Result<String, KinesisError> {
     if let Some(name) = str_field(req, "StreamName") {
-        return Ok(name.to_owned());
+        sluice_stream::validate_stream_name(name)?;
+        return Ok(ctx.stored(name));
     }
     if let Some(arn) = str_field(req, "StreamARN") {
         return stream_of_arn(ctx, arn);
@@ -238,9 +283,11 @@ pub(crate) fn stream_of_arn(ctx: &KinesisContext, arn: &str) -> Result<String, K
         }
         _ => None,
     };
-    name.filter(|n| !n.is_empty())
-        .map(str::to_owned)
-        .ok_or_else(|| err("ValidationException", format!("invalid stream ARN {arn:?}")))
+    let name = name
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| err("ValidationException", format!("invalid stream ARN {arn:?}")))?;
+    sluice_stream::validate_stream_name(name)?;
+    Ok(ctx.stored(name))
 }
 
 pub(crate) fn epoch_secs(ms: i64) -> f64 {

@@ -278,7 +278,7 @@ pub(super) async fn enhanced_monitoring(
         .set_stream_setting(&name, MONITORING, stored)
         .await?;
     Ok(json!({
-        "StreamName": name,
+        "StreamName": ctx.shown(&name),
         "StreamARN": ctx.arn(&name),
         "CurrentShardLevelMetrics": current,
         "DesiredShardLevelMetrics": desired,

@@ -100,7 +100,7 @@ pub(crate) fn parse_consumer_arn(
     sluice_stream::validate_stream_name(stream)?;
     sluice_stream::validate_consumer_name(name)?;
     Ok(ConsumerRef {
-        stream: stream.to_owned(),
+        stream: ctx.stored(stream),
         name: name.to_owned(),
         created_secs: Some(secs),
     })
@@ -510,6 +510,7 @@ mod tests {
             account_id: "000000000000".into(),
             subscriptions: Subscriptions::default(),
             settings: Default::default(),
+            foreign_region: None,
         }
     }
 

@@ -52,6 +52,8 @@ fn max_record_bytes(req: &Value) -> Result<Option<usize>, KinesisError> {
 
 pub(super) async fn create_stream(ctx: &KinesisContext, req: &Value) -> OpResult {
     let name = str_field(req, "StreamName").ok_or_else(|| validation("streamName"))?;
+    sluice_stream::validate_stream_name(name)?;
+    let name = &ctx.stored(name);
     let on_demand = req
         .pointer("/StreamModeDetails/StreamMode")
         .and_then(Value::as_str)
@@ -142,7 +144,7 @@ pub(super) async fn describe_stream(ctx: &KinesisContext, req: &Value) -> OpResu
         .collect();
     let has_more = shards.len() > limit;
     let mut v = json!({
-        "StreamName": d.name,
+        "StreamName": ctx.shown(&d.name),
         "StreamARN": ctx.arn(&d.name),
         "StreamStatus": d.status,
         "StreamModeDetails": {"StreamMode": mode.as_str()},
@@ -160,7 +162,7 @@ pub(super) async fn describe_stream_summary(ctx: &KinesisContext, req: &Value) -
     let name = stream_name(ctx, req)?;
     let d = ctx.stream.describe_stream_summary(&name).await?;
     let mut v = json!({
-        "StreamName": d.name,
+        "StreamName": ctx.shown(&d.name),
         "StreamARN": ctx.arn(&d.name),
         "StreamStatus": d.status,
         "StreamModeDetails": {"StreamMode": d.mode.as_str()},
@@ -190,7 +192,7 @@ pub(super) async fn list_streams(ctx: &KinesisContext, req: &Value) -> OpResult 
         .stream
         .list_streams_page(ListStreamsInput {
             exclusive_start_stream_name: str_field(req, "ExclusiveStartStreamName")
-                .map(str::to_owned),
+                .map(|n| ctx.stored(n)),
             next_token: str_field(req, "NextToken").map(str::to_owned),
             limit: req
                 .get("Limit")
@@ -198,11 +200,18 @@ pub(super) async fn list_streams(ctx: &KinesisContext, req: &Value) -> OpResult 
                 .map(|l| l.min(u64::from(u32::MAX)) as u32),
         })
         .await?;
+    // A page holds every stream; this region's are answered (so a page may hold fewer
+    // than `Limit`, and paging goes on over the others).
+    let mut names = Vec::new();
     let mut summaries = Vec::new();
     for n in &page.names {
+        let Some(visible) = ctx.visible(n) else {
+            continue;
+        };
+        names.push(visible.to_owned());
         if let Ok(d) = ctx.stream.describe_stream_summary(n).await {
             summaries.push(json!({
-                "StreamName": d.name,
+                "StreamName": visible,
                 "StreamARN": ctx.arn(&d.name),
                 "StreamStatus": d.status,
                 "StreamModeDetails": {"StreamMode": d.mode.as_str()},
@@ -211,7 +220,7 @@ pub(super) async fn list_streams(ctx: &KinesisContext, req: &Value) -> OpResult 
         }
     }
     let mut out = json!({
-        "StreamNames": page.names,
+        "StreamNames": names,
         "HasMoreStreams": page.has_more,
         "StreamSummaries": summaries,
     });
@@ -363,7 +372,7 @@ pub(super) async fn update_shard_count(ctx: &KinesisContext, req: &Value) -> OpR
     }
     let out = ctx.stream.update_shard_count(&name, target).await?;
     Ok(json!({
-        "StreamName": name,
+        "StreamName": ctx.shown(&name),
         "StreamARN": ctx.arn(&name),
         "CurrentShardCount": out.current_shard_count,
         "TargetShardCount": out.target_shard_count,

@@ -23,7 +23,7 @@ use crate::iterator;
 use crate::{
     Consumer, ConsumerRef, ConsumerStatus, DEFAULT_LIST_CONSUMERS, ListConsumersInput,
     ListConsumersOutput, MAX_CONSUMERS, MAX_CREATING_CONSUMERS, MAX_LIST_CONSUMERS,
-    NEXT_TOKEN_TTL_MS, StreamError, validate_consumer_name, validate_stream_name,
+    NEXT_TOKEN_TTL_MS, StreamError, validate_consumer_name, validate_stored_stream_name,
 };
 
 /// The sealed content of a ListStreamConsumers NextToken.
@@ -132,7 +132,7 @@ impl EmbeddedStream {
         name: &str,
         tags: BTreeMap<String, String>,
     ) -> Result<Consumer, StreamError> {
-        validate_stream_name(stream)?;
+        validate_stored_stream_name(stream)?;
         validate_consumer_name(name)?;
         super::check_tags(&tags)?;
         let (stream, name) = (stream.to_owned(), name.to_owned());
