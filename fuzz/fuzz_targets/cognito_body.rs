@@ -147,7 +147,14 @@ fuzz_target!(|data: &[u8]| {
     );
     let (status, answer) = runtime().block_on(async {
         let resp =
-            sluice_compat::cognito::handle(&f.parts.identity, op, &body, caller, "000000000000")
+            sluice_compat::cognito::handle(
+                &f.parts.identity,
+                op,
+                &body,
+                caller,
+                "000000000000",
+                None,
+            )
                 .await;
         let status = resp.status();
         let answer = axum::body::to_bytes(resp.into_body(), 16 << 20)

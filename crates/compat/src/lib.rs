@@ -383,6 +383,7 @@ async fn dispatch(
                         &body,
                         caller,
                         &edge.kinesis.account_id,
+                        crate::s3_region::signed_region(&headers, None).as_deref(),
                     )
                     .await;
                     let refused = resp

@@ -789,7 +789,10 @@ mod tests {
     fn stored_names_may_carry_a_region() {
         assert!(validate_stored_stream_name("orders").is_ok());
         assert!(validate_stored_stream_name("orders@us-west-2").is_ok());
-        assert!(validate_stream_name("orders@us-west-2").is_err(), "not a Kinesis name");
+        assert!(
+            validate_stream_name("orders@us-west-2").is_err(),
+            "not a Kinesis name"
+        );
         assert!(validate_stored_stream_name("orders@US").is_err());
         assert!(validate_stored_stream_name("@us-west-2").is_err());
         assert!(validate_stored_stream_name("orders@").is_err());

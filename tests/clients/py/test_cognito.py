@@ -204,3 +204,28 @@ def test_describe_the_default_pool_and_client(idp, pool, client_id):
     assert app["ClientId"] == client_id
     assert "ALLOW_USER_PASSWORD_AUTH" in app["ExplicitAuthFlows"]
     assert client_id in [c["ClientId"] for c in idp.list_user_pool_clients(UserPoolId=pool, MaxResults=60)["UserPoolClients"]]
+
+
+def test_user_pools_are_regional(idp, edge, region):
+    """A pool created by a request signed for a region has that region in its id and ARN,
+    and is seen only from that region."""
+    from conftest import client
+
+    other = "us-west-2" if region != "us-west-2" else "eu-west-1"
+    west = client("cognito-idp", edge, other)
+    pool = west.create_user_pool(PoolName=unique("py-regional"))["UserPool"]
+    try:
+        assert pool["Id"].startswith(f"{other}_")
+        assert pool["Arn"].startswith(f"arn:aws:cognito-idp:{other}:")
+        assert west.describe_user_pool(UserPoolId=pool["Id"])["UserPool"]["Id"] == pool["Id"]
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            idp.describe_user_pool(UserPoolId=pool["Id"])
+        assert error_code(e) == "ResourceNotFoundException"
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            idp.create_user_pool_client(UserPoolId=pool["Id"], ClientName="c")
+        assert error_code(e) == "ResourceNotFoundException"
+        home = [p["Id"] for p in idp.list_user_pools(MaxResults=60)["UserPools"]]
+        assert pool["Id"] not in home and all(p.startswith(f"{region}_") for p in home)
+        assert pool["Id"] in [p["Id"] for p in west.list_user_pools(MaxResults=60)["UserPools"]]
+    finally:
+        west.delete_user_pool(UserPoolId=pool["Id"])

@@ -92,16 +92,21 @@ struct CreatePoolRequest {
     settings: PoolSettings,
 }
 
+/// A pool is created in the region the request is signed for (`region`), else in the
+/// default pool's.
 pub(super) async fn create_user_pool(
     identity: &Identity,
     body: &[u8],
     account_id: &str,
+    region: Option<&str>,
 ) -> OpResult {
     let req: CreatePoolRequest = parse(body)?;
     let name = required(&req.pool_name, "poolName")?;
-    let pool = identity
-        .create_pool(&region(identity), name, req.settings)
-        .await?;
+    let home = match region {
+        Some(r) => r.to_owned(),
+        None => self::region(identity),
+    };
+    let pool = identity.create_pool(&home, name, req.settings).await?;
     Ok(json!({"UserPool": pool_json(&pool, account_id)}))
 }
 
@@ -127,7 +132,13 @@ pub(super) async fn describe_user_pool(
     Ok(json!({"UserPool": pool_json(&pool, account_id)}))
 }
 
-pub(super) async fn list_user_pools(identity: &Identity, body: &[u8]) -> OpResult {
+/// The pools of the request's region (all of them for an unsigned caller, which has
+/// none); a page may hold fewer than `MaxResults` pools.
+pub(super) async fn list_user_pools(
+    identity: &Identity,
+    body: &[u8],
+    region: Option<&str>,
+) -> OpResult {
     let req: PoolRequest = parse(body)?;
     let max = req.max_results.ok_or_else(|| {
         invalid("1 validation error detected: Value null at 'maxResults' failed to satisfy constraint: Member must not be null")
@@ -135,6 +146,7 @@ pub(super) async fn list_user_pools(identity: &Identity, body: &[u8]) -> OpResul
     let (pools, next) = identity.list_pools(max, req.next_token.as_deref()).await?;
     let list: Vec<_> = pools
         .iter()
+        .filter(|p| region.is_none_or(|r| p.id.split_once('_').is_some_and(|(pr, _)| pr == r)))
         .map(|p| {
             json!({
                 "Id": p.id,

@@ -77,12 +77,28 @@ pub async fn handle(
     body: &[u8],
     caller: Caller,
     account_id: &str,
+    region: Option<&str>,
 ) -> Response {
     if caller == Caller::Anonymous && SIGNED_ONLY.contains(&op) {
         return json_error(
             StatusCode::FORBIDDEN,
             "MissingAuthenticationTokenException",
             "Request is missing Authentication Token",
+        );
+    }
+    // Pools are regional: a signed request sees the pools of the region it is signed for
+    // (a pool id starts with its region).
+    let region = region.filter(|_| caller == Caller::Signed);
+    if let Some(r) = region
+        && let Some(pool) = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("UserPoolId")?.as_str().map(str::to_owned))
+        && pool.split_once('_').is_some_and(|(pr, _)| pr != r)
+    {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "ResourceNotFoundException",
+            &format!("User pool {pool} does not exist."),
         );
     }
     let result = match op {
@@ -106,9 +122,9 @@ pub async fn handle(
         "VerifyUserAttribute" => auth::verify_user_attribute(identity, body).await,
         "GlobalSignOut" => auth::global_sign_out(identity, body).await,
         "RevokeToken" => auth::revoke_token(identity, body).await,
-        "CreateUserPool" => admin::create_user_pool(identity, body, account_id).await,
+        "CreateUserPool" => admin::create_user_pool(identity, body, account_id, region).await,
         "DescribeUserPool" => admin::describe_user_pool(identity, body, account_id).await,
-        "ListUserPools" => admin::list_user_pools(identity, body).await,
+        "ListUserPools" => admin::list_user_pools(identity, body, region).await,
         "UpdateUserPool" => admin::update_user_pool(identity, body).await,
         "DeleteUserPool" => admin::delete_user_pool(identity, body).await,
         "CreateUserPoolClient" => admin::create_user_pool_client(identity, body).await,
