@@ -364,6 +364,7 @@ pub(crate) fn s3_err(e: StoreError) -> S3Error {
         StoreError::AlreadyExists { .. } | StoreError::PreconditionFailed(_) => {
             S3ErrorCode::PreconditionFailed
         }
+        StoreError::ConditionalConflict { .. } => S3ErrorCode::ConditionalRequestConflict,
         StoreError::EntityTooLarge { .. } => S3ErrorCode::EntityTooLarge,
         StoreError::BadDigest | StoreError::BadChecksum(_) => S3ErrorCode::BadDigest,
         StoreError::Meta(_) | StoreError::Blobs(_) => {
@@ -1123,6 +1124,7 @@ impl S3Adapter {
             checksum,
         } = w;
         let (bucket, key) = (bucket.as_str(), key.as_str());
+        let started_ms = now_ms();
         let (body, check) = crate::s3_checksum::hashing(body, checksum);
         if let Some(hook) = self.enqueue_target(bucket, key) {
             if if_absent && self.store.head(bucket, key).await.is_ok() {
@@ -1197,6 +1199,9 @@ impl S3Adapter {
                     headers,
                     if_match,
                     body_check: Some(check),
+                    // A condition failing on an object written since the body began to
+                    // stream is a race (409), as S3 answers it.
+                    started_ms: Some(started_ms),
                 },
             )
             .await
@@ -3064,6 +3069,7 @@ impl S3 for S3Adapter {
                     headers,
                     if_match: None,
                     body_check: None,
+                    started_ms: None,
                 },
             )
             .await

@@ -1474,17 +1474,29 @@ pub fn put_in_tx(
     let event = opts.created_event.unwrap_or("ObjectCreated:Put");
     validate_key(key)?;
     require_bucket(conn, bucket)?;
-    type Existing = (Option<String>, Option<String>, String, String);
+    type Existing = (Option<String>, Option<String>, String, String, i64);
     let existing: Option<Existing> = conn.query_opt(
-        "SELECT owner, blob, etag, version_id FROM objects WHERE bucket = ?1 AND key = ?2",
+        "SELECT owner, blob, etag, version_id, modified_ms FROM objects
+         WHERE bucket = ?1 AND key = ?2",
         params![bucket, key],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
-    if existing.is_some() && opts.if_absent {
-        return Err(StoreError::AlreadyExists {
+    // A condition failing on an object written while this write was in flight is a race.
+    let raced = |modified: i64| {
+        opts.started_ms
+            .is_some_and(|started| modified >= started)
+            .then(|| StoreError::ConditionalConflict {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+            })
+    };
+    if let Some((_, _, _, _, modified)) = &existing
+        && opts.if_absent
+    {
+        return Err(raced(*modified).unwrap_or(StoreError::AlreadyExists {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
-        });
+        }));
     }
     if let Some(want) = &opts.if_match {
         match &existing {
@@ -1494,13 +1506,14 @@ pub fn put_in_tx(
                     key: key.to_owned(),
                 });
             }
-            Some((_, _, etag, _)) if want != "*" && etag != want => {
-                return Err(StoreError::PreconditionFailed(etag.clone()));
+            Some((_, _, etag, _, modified)) if want != "*" && etag != want => {
+                return Err(raced(*modified)
+                    .unwrap_or_else(|| StoreError::PreconditionFailed(etag.clone())));
             }
             Some(_) => {}
         }
     }
-    if let Some((Some(old), _, _, _)) = &existing
+    if let Some((Some(old), _, _, _, _)) = &existing
         && let Some(new) = &opts.owner
         && new != old
     {
@@ -1511,7 +1524,7 @@ pub fn put_in_tx(
     }
     let state = crate::versions::versioning_in_tx(conn, bucket)?;
     let current =
-        existing.map(|(_, blob, _, version_id)| crate::versions::Current { version_id, blob });
+        existing.map(|(_, blob, _, version_id, _)| crate::versions::Current { version_id, blob });
     let (version_id, replaced) =
         crate::versions::make_room(conn, bucket, key, state, current, now)?;
     let content_type = opts
@@ -1652,6 +1665,7 @@ pub fn complete_multipart_in_tx(
         headers: headers_from(headers.as_deref()),
         if_match: None,
         body_check: None,
+        started_ms: None,
     };
     let (info, replaced) = put_in_tx(
         conn,
@@ -2914,6 +2928,46 @@ mod tests {
         // Every blob went with its version.
         s.sweep(std::time::Duration::ZERO).await.expect("sweep");
         assert_eq!(blob_count(&s).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_condition_lost_to_a_racing_write_is_a_conflict() {
+        let (s, _d) = open().await;
+        s.create_bucket("race").await.expect("bucket");
+        let began = now_ms() - 1;
+        let first = s
+            .put("race", "k", Bytes::from_static(b"1"), PutOptions::default())
+            .await
+            .expect("put");
+        // Begun before the object was written: the race is a conflict (409)...
+        let racing = PutOptions {
+            if_absent: true,
+            started_ms: Some(began),
+            ..Default::default()
+        };
+        let e = s.put("race", "k", Bytes::from_static(b"2"), racing).await;
+        assert!(
+            matches!(e, Err(StoreError::ConditionalConflict { .. })),
+            "{e:?}"
+        );
+        let racing = PutOptions {
+            if_match: Some("0".repeat(32)),
+            started_ms: Some(began),
+            ..Default::default()
+        };
+        let e = s.put("race", "k", Bytes::from_static(b"2"), racing).await;
+        assert!(
+            matches!(e, Err(StoreError::ConditionalConflict { .. })),
+            "{e:?}"
+        );
+        // ...begun after it, a plain precondition failure (412).
+        let late = PutOptions {
+            if_absent: true,
+            started_ms: Some(first.last_modified_ms + 1),
+            ..Default::default()
+        };
+        let e = s.put("race", "k", Bytes::from_static(b"2"), late).await;
+        assert!(matches!(e, Err(StoreError::AlreadyExists { .. })), "{e:?}");
     }
 
     #[tokio::test]

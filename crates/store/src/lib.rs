@@ -60,6 +60,10 @@ pub enum StoreError {
     EntityTooSmall { part: u32, size: u64, min: u64 },
     #[error("{0}")]
     InvalidArgument(String),
+    /// A conditional write lost a race: the object it was conditioned on changed while it
+    /// was being written (S3's 409 `ConditionalRequestConflict`; retrying may succeed).
+    #[error("a conflicting operation occurred during the write of {bucket}/{key}; retry it")]
+    ConditionalConflict { bucket: String, key: String },
     /// A copy source failed one of the caller's conditions ([`SourceCheck`]).
     #[error("{0}")]
     PreconditionFailed(String),
@@ -357,6 +361,10 @@ pub struct PutOptions {
     pub if_match: Option<String>,
     /// Run on a streamed body ([`ObjectStore::put_stream`]) before it is committed.
     pub body_check: Option<BodyCheck>,
+    /// When the write began (ms). A condition (`if_absent`, `if_match`) that fails
+    /// because of an object written since is [`StoreError::ConditionalConflict`] (another
+    /// write raced this one), not a precondition failure.
+    pub started_ms: Option<i64>,
 }
 
 /// A durable object store.

@@ -494,6 +494,7 @@ impl EmbeddedUploads {
             headers: u.headers.clone(),
             if_match: None,
             body_check: None,
+            started_ms: None,
         };
         self.commit_upload(blob, move |c| {
             let (info, replaced) =
@@ -1071,6 +1072,7 @@ mod tests {
                 headers: Default::default(),
                 if_match: None,
                 body_check: None,
+                started_ms: None,
             };
             let now = now_ms();
             let (info, _) =

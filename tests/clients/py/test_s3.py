@@ -658,6 +658,34 @@ def test_put_if_none_match_star_refuses_an_existing_key(s3, bucket):
     assert s3.get_object(Bucket=bucket, Key="once")["Body"].read() == b"first"
 
 
+def test_a_conditional_write_that_loses_a_race_is_a_conflict(s3, bucket):
+    """An If-None-Match: * write whose key is written by another request while its body is
+    still arriving answers 409 ConditionalRequestConflict (retryable), as S3 does; one that
+    starts after the key exists answers 412."""
+    import http.client
+    import time
+    import urllib.parse
+
+    body = b"r" * 100_000
+    url = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "raced", "IfNoneMatch": "*"})
+    parsed = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+    conn.putrequest("PUT", f"{parsed.path}?{parsed.query}")
+    conn.putheader("If-None-Match", "*")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders()
+    conn.send(body[:1000])
+    time.sleep(0.1)
+    s3.put_object(Bucket=bucket, Key="raced", Body=b"winner")
+    conn.send(body[1000:])
+    resp = conn.getresponse()
+    answer = resp.read()
+    assert resp.status == 409, answer
+    assert b"<Code>ConditionalRequestConflict</Code>" in answer, answer
+    assert s3.get_object(Bucket=bucket, Key="raced")["Body"].read() == b"winner"
+    fails("PreconditionFailed", s3.put_object, Bucket=bucket, Key="raced", Body=b"late", IfNoneMatch="*")
+
+
 def test_copy_onto_itself_needs_replace(s3, bucket):
     s3.put_object(Bucket=bucket, Key="self", Body=b"x", Metadata={"a": "1"})
     fails("InvalidRequest", s3.copy_object, Bucket=bucket, Key="self", CopySource={"Bucket": bucket, "Key": "self"})
