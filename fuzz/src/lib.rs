@@ -187,6 +187,7 @@ impl Parts {
                 cors: Default::default(),
                 regions: Default::default(),
                 locks: Default::default(),
+                encryptions: Default::default(),
             },
             s3_base_domain: None,
             sign_in_sources: Arc::default(),

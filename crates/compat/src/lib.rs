@@ -39,6 +39,7 @@ pub mod s3_lifecycle;
 pub mod s3_lock;
 pub mod s3_policy;
 pub mod s3_region;
+pub mod s3_sse;
 mod s3_versions;
 pub mod sigv4;
 pub mod source_throttle;

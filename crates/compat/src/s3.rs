@@ -57,6 +57,8 @@ pub struct S3Adapter {
     pub regions: Arc<crate::s3_region::BucketRegions>,
     /// The buckets' object lock configurations (`s3_lock`).
     pub locks: Arc<crate::s3_lock::BucketLocks>,
+    /// The buckets' default encryptions (`s3_sse`).
+    pub encryptions: Arc<crate::s3_sse::BucketEncryptions>,
 }
 
 /// What bucket notifications need: the store keeps each bucket's configuration and records
@@ -419,7 +421,7 @@ pub(crate) fn timestamp(ms: i64) -> Timestamp {
 
 /// The owner of every bucket and object: sluice has one account.
 /// The kinds of bucket configuration kept with [`ObjectStore::set_bucket_config`].
-const ENCRYPTION: &str = "encryption";
+use crate::s3_sse::ENCRYPTION;
 const PUBLIC_ACCESS_BLOCK: &str = "public-access-block";
 const OWNERSHIP: &str = "ownership-controls";
 pub(crate) const CORS: &str = "cors";
@@ -534,10 +536,12 @@ fn headers_in(h: HeadersIn) -> S3Result<ObjectHeaders> {
         expires,
         website_redirect: h.website_redirect,
         storage_class,
-        // Set by the caller: the checksum once the body is read, the lock by the bucket.
+        // Set by the caller: the checksum once the body is read, the lock and the
+        // encryption by the request and the bucket.
         checksum: None,
         lock: None,
         legal_hold: false,
+        sse: None,
     })
 }
 
@@ -1308,10 +1312,7 @@ impl S3 for S3Adapter {
         }
         for rule in &cfg.rules {
             if let Some(d) = &rule.apply_server_side_encryption_by_default
-                && !matches!(
-                    d.sse_algorithm.as_str(),
-                    "AES256" | "aws:kms" | "aws:kms:dsse"
-                )
+                && !crate::s3_sse::valid_algorithm(d.sse_algorithm.as_str())
             {
                 return Err(s3_error!(
                     InvalidArgument,
@@ -1321,6 +1322,7 @@ impl S3 for S3Adapter {
         }
         self.set_config(&input.bucket, ENCRYPTION, Some(&cfg))
             .await?;
+        self.encryptions.forget(&input.bucket);
         Ok(S3Response::new(PutBucketEncryptionOutput::default()))
     }
 
@@ -1352,6 +1354,7 @@ impl S3 for S3Adapter {
         &self,
         req: S3Request<DeleteBucketEncryptionInput>,
     ) -> S3Result<S3Response<DeleteBucketEncryptionOutput>> {
+        self.encryptions.forget(&req.input.bucket);
         self.set_config::<()>(&req.input.bucket, ENCRYPTION, None)
             .await?;
         Ok(no_content(DeleteBucketEncryptionOutput::default()))
@@ -2421,6 +2424,14 @@ impl S3 for S3Adapter {
                 input.object_lock_legal_hold_status.as_ref(),
             )
             .await?;
+        headers.sse = Some(
+            self.sse_for_write(
+                &input.bucket,
+                input.server_side_encryption.as_ref(),
+                input.ssekms_key_id.as_deref(),
+            )
+            .await?,
+        );
         let (body, fault) = body_in(input.body, self.max_object_bytes);
         let info = self
             .write(Write {
@@ -2445,6 +2456,7 @@ impl S3 for S3Adapter {
             version_id: info.version_id.clone(),
             ..Default::default()
         };
+        (out.server_side_encryption, out.ssekms_key_id) = crate::s3_sse::answer(&info.headers);
         crate::checksum_out!(out, &info.headers.checksum);
         Ok(S3Response::new(out))
     }
@@ -2544,6 +2556,8 @@ impl S3 for S3Adapter {
                 output.object_lock_retain_until_date,
                 output.object_lock_legal_hold_status,
             ) = crate::s3_lock::answer(&info.headers);
+            (output.server_side_encryption, output.ssekms_key_id) =
+                crate::s3_sse::answer(&info.headers);
             if !partial && checksum_wanted(input.checksum_mode.as_ref()) {
                 crate::checksum_out!(output, &info.headers.checksum);
             }
@@ -2700,6 +2714,8 @@ impl S3 for S3Adapter {
             output.object_lock_retain_until_date,
             output.object_lock_legal_hold_status,
         ) = crate::s3_lock::answer(&info.headers);
+        (output.server_side_encryption, output.ssekms_key_id) =
+            crate::s3_sse::answer(&info.headers);
         if !partial && checksum_wanted(input.checksum_mode.as_ref()) {
             crate::checksum_out!(output, &info.headers.checksum);
         }
@@ -2890,7 +2906,8 @@ impl S3 for S3Adapter {
                 ..src.info.headers.clone()
             }
         };
-        // The copy's lock is the request's (or the bucket's default), never the source's.
+        // The copy's lock and encryption are the request's (or the bucket's defaults),
+        // never the source's.
         (headers.lock, headers.legal_hold) = self
             .lock_for_write(
                 &input.bucket,
@@ -2899,6 +2916,14 @@ impl S3 for S3Adapter {
                 input.object_lock_legal_hold_status.as_ref(),
             )
             .await?;
+        headers.sse = Some(
+            self.sse_for_write(
+                &input.bucket,
+                input.server_side_encryption.as_ref(),
+                input.ssekms_key_id.as_deref(),
+            )
+            .await?,
+        );
         // `x-amz-tagging-directive`: the source's tags (COPY, the default) or the request's.
         let tags = match input.tagging_directive.as_ref().map(|d| d.as_str()) {
             Some(TaggingDirective::REPLACE) => tags_from_header(input.tagging.as_deref())?,
@@ -2950,6 +2975,8 @@ impl S3 for S3Adapter {
             }),
             copy_source_version_id: src_info_version,
             version_id: info.version_id.clone(),
+            server_side_encryption: crate::s3_sse::answer(&info.headers).0,
+            ssekms_key_id: crate::s3_sse::answer(&info.headers).1,
             ..Default::default()
         }))
     }
@@ -3045,6 +3072,15 @@ impl S3 for S3Adapter {
             input.checksum_type.as_ref().map(|t| t.as_str()),
         )?;
         let requested = headers.checksum.clone();
+        headers.sse = Some(
+            self.sse_for_write(
+                &input.bucket,
+                input.server_side_encryption.as_ref(),
+                input.ssekms_key_id.as_deref(),
+            )
+            .await?,
+        );
+        let (server_side_encryption, ssekms_key_id) = crate::s3_sse::answer(&headers);
         (headers.lock, headers.legal_hold) = self
             .lock_for_write(
                 &input.bucket,
@@ -3087,6 +3123,8 @@ impl S3 for S3Adapter {
             upload_id: Some(id),
             checksum_algorithm,
             checksum_type,
+            server_side_encryption,
+            ssekms_key_id,
             ..Default::default()
         }))
     }
@@ -3529,6 +3567,21 @@ impl S3Adapter {
             next,
             max_keys,
         })
+    }
+
+    /// The encryption a write gives its version ([`crate::s3_sse::for_write`]).
+    async fn sse_for_write(
+        &self,
+        bucket: &str,
+        algorithm: Option<&ServerSideEncryption>,
+        kms_key: Option<&str>,
+    ) -> S3Result<crate::s3_sse::Sse> {
+        let default = self
+            .encryptions
+            .get(&self.store, bucket)
+            .await
+            .map_err(s3_err)?;
+        crate::s3_sse::for_write(default, algorithm, kms_key)
     }
 
     /// The lock a write gives its version ([`crate::s3_lock::for_write`]).

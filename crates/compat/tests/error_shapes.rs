@@ -67,6 +67,7 @@ fn fixture() -> Fixture {
             cors: Default::default(),
             regions: Default::default(),
             locks: Default::default(),
+            encryptions: Default::default(),
         },
         s3_base_domain: None,
         sign_in_sources: Arc::default(),

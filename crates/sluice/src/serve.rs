@@ -400,6 +400,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             cors: Default::default(),
             regions: Default::default(),
             locks: Default::default(),
+            encryptions: Default::default(),
         },
         s3_base_domain: settings.s3_base_domain.clone(),
         sign_in_sources: Arc::new(sluice_compat::source_throttle::SourceThrottle::new(

@@ -188,6 +188,9 @@ pub struct ObjectHeaders {
     /// An object lock legal hold: the version cannot be deleted while it is on.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub legal_hold: bool,
+    /// The server-side encryption the version reports: algorithm and KMS key id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse: Option<(String, Option<String>)>,
 }
 
 impl ObjectHeaders {

@@ -686,6 +686,34 @@ def test_a_conditional_write_that_loses_a_race_is_a_conflict(s3, bucket):
     fails("PreconditionFailed", s3.put_object, Bucket=bucket, Key="raced", Body=b"late", IfNoneMatch="*")
 
 
+def test_objects_report_their_encryption(s3):
+    """Each object reports the encryption its write asked for, or its bucket's default
+    (SSE-S3 unless configured otherwise), as S3 does."""
+    name = unique("py-sse")
+    s3.create_bucket(Bucket=name)
+    try:
+        put = s3.put_object(Bucket=name, Key="default", Body=b"d")
+        assert put["ServerSideEncryption"] == "AES256"
+        assert s3.head_object(Bucket=name, Key="default")["ServerSideEncryption"] == "AES256"
+        asked = s3.put_object(Bucket=name, Key="kms", Body=b"k", ServerSideEncryption="aws:kms",
+                              SSEKMSKeyId="alias/app")
+        assert (asked["ServerSideEncryption"], asked["SSEKMSKeyId"]) == ("aws:kms", "alias/app")
+        got = s3.get_object(Bucket=name, Key="kms")
+        assert (got["ServerSideEncryption"], got["SSEKMSKeyId"]) == ("aws:kms", "alias/app")
+        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": [
+            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "alias/bucket"}}]})
+        later = s3.put_object(Bucket=name, Key="later", Body=b"l")
+        assert (later["ServerSideEncryption"], later["SSEKMSKeyId"]) == ("aws:kms", "alias/bucket")
+        assert s3.head_object(Bucket=name, Key="default")["ServerSideEncryption"] == "AES256", "kept per version"
+        copied = s3.copy_object(Bucket=name, Key="copy", CopySource={"Bucket": name, "Key": "kms"})
+        assert copied["ServerSideEncryption"] == "aws:kms" and copied["SSEKMSKeyId"] == "alias/bucket"
+        fails("InvalidArgument", s3.put_object, Bucket=name, Key="bad", Body=b"b", SSEKMSKeyId="alias/x")
+    finally:
+        for k in ("default", "kms", "later", "copy"):
+            s3.delete_object(Bucket=name, Key=k)
+        s3.delete_bucket(Bucket=name)
+
+
 def test_copy_onto_itself_needs_replace(s3, bucket):
     s3.put_object(Bucket=bucket, Key="self", Body=b"x", Metadata={"a": "1"})
     fails("InvalidRequest", s3.copy_object, Bucket=bucket, Key="self", CopySource={"Bucket": bucket, "Key": "self"})
