@@ -128,6 +128,22 @@ pub async fn layer(
             .map(str::to_owned),
         _ => None,
     };
+    // SSE-C: the client would believe its bytes encrypted under its key (and unreadable
+    // without it); sluice cannot do that, so it says so rather than store them as sent.
+    if req.headers().keys().any(|h| {
+        matches!(
+            h.as_str(),
+            "x-amz-server-side-encryption-customer-algorithm"
+                | "x-amz-copy-source-server-side-encryption-customer-algorithm"
+        )
+    }) {
+        return xml_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "NotImplemented",
+            "Server-side encryption with customer-provided keys (SSE-C) is not supported: sluice cannot keep your bytes encrypted under your key",
+            "",
+        );
+    }
     let Some(marker) = refused else {
         if is_post_upload(&req) {
             // The semaphore is never closed; should it be, the upload goes ahead unqueued.

@@ -708,6 +708,9 @@ def test_objects_report_their_encryption(s3):
         copied = s3.copy_object(Bucket=name, Key="copy", CopySource={"Bucket": name, "Key": "kms"})
         assert copied["ServerSideEncryption"] == "aws:kms" and copied["SSEKMSKeyId"] == "alias/bucket"
         fails("InvalidArgument", s3.put_object, Bucket=name, Key="bad", Body=b"b", SSEKMSKeyId="alias/x")
+        # Customer-provided keys cannot be honoured: refused, nothing stored.
+        fails("NotImplemented", s3.put_object, Bucket=name, Key="ssec", Body=b"c",
+              SSECustomerAlgorithm="AES256", SSECustomerKey="k" * 32)
     finally:
         for k in ("default", "kms", "later", "copy"):
             s3.delete_object(Bucket=name, Key=k)
