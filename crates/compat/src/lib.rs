@@ -31,6 +31,7 @@ mod json11;
 pub mod kinesis;
 pub mod lambda;
 pub mod s3;
+mod s3_acl;
 pub mod s3_checksum;
 pub mod s3_cors;
 mod s3_encoding;

@@ -317,21 +317,16 @@ fn key_lookup_error(e: sluice_identity::IdentityError) -> S3Error {
     }
 }
 
-/// A write's ACL headers, as S3 takes them with ACLs disabled (`BucketOwnerEnforced`):
-/// no ACL, `private` or `bucket-owner-full-control`, and no grants.
-macro_rules! acl_check {
+/// A write's ACL request: its canned ACL and whether it names explicit grants.
+macro_rules! acl_of {
     ($input:expr) => {
-        if $input
-            .acl
-            .as_ref()
-            .is_some_and(|a| !matches!(a.as_str(), "private" | "bucket-owner-full-control"))
-            || $input.grant_full_control.is_some()
-            || $input.grant_read.is_some()
-            || $input.grant_read_acp.is_some()
-            || $input.grant_write_acp.is_some()
-        {
-            return Err(acls_not_supported());
-        }
+        (
+            $input.acl.as_ref().map(|a| a.as_str().to_owned()),
+            $input.grant_full_control.is_some()
+                || $input.grant_read.is_some()
+                || $input.grant_read_acp.is_some()
+                || $input.grant_write_acp.is_some(),
+        )
     };
 }
 
@@ -434,28 +429,6 @@ fn no_content<T>(output: T) -> S3Response<T> {
     S3Response::with_status(output, http::StatusCode::NO_CONTENT)
 }
 
-/// ACLs are disabled (`BucketOwnerEnforced`, S3's default for new buckets): the owner has
-/// full control of everything, and only the canned ACLs that say so are accepted.
-fn acls_not_supported() -> S3Error {
-    S3Error::with_message(
-        S3ErrorCode::AccessControlListNotSupported,
-        "The bucket does not allow ACLs",
-    )
-}
-
-fn owner_full_control() -> Grants {
-    vec![Grant {
-        grantee: Some(Grantee {
-            display_name: Some("sluice".into()),
-            email_address: None,
-            id: Some("sluice".into()),
-            type_: Type::from_static(Type::CANONICAL_USER),
-            uri: None,
-        }),
-        permission: Some(Permission::from_static(Permission::FULL_CONTROL)),
-    }]
-}
-
 pub(crate) fn owner() -> Owner {
     Owner {
         display_name: Some("sluice".into()),
@@ -542,6 +515,7 @@ fn headers_in(h: HeadersIn) -> S3Result<ObjectHeaders> {
         lock: None,
         legal_hold: false,
         sse: None,
+        acl: None,
     })
 }
 
@@ -1252,8 +1226,53 @@ impl S3 for S3Adapter {
             .and_then(|c| c.location_constraint.as_ref())
             .map(|c| c.as_str().to_owned());
         let region = crate::s3_region::create_region(constraint.as_deref(), signed)?;
+        // `x-amz-object-ownership` and `x-amz-acl` are decided before the bucket exists, so
+        // that a refused ACL leaves no bucket behind.
+        let ownership = req
+            .input
+            .object_ownership
+            .as_ref()
+            .map(|o| o.as_str().to_owned());
+        if let Some(o) = &ownership
+            && !matches!(
+                o.as_str(),
+                "BucketOwnerEnforced" | "BucketOwnerPreferred" | "ObjectWriter"
+            )
+        {
+            return Err(s3_error!(
+                InvalidArgument,
+                "Invalid x-amz-object-ownership header: {o}"
+            ));
+        }
+        let (acl, grants) = acl_of!(req.input);
+        let acl = crate::s3_acl::decide(
+            ownership
+                .as_deref()
+                .unwrap_or(ObjectOwnership::BUCKET_OWNER_ENFORCED),
+            acl.as_deref(),
+            grants || req.input.grant_write.is_some(),
+            false,
+            true,
+        )
+        .map_err(|e| {
+            if *e.code() == S3ErrorCode::AccessControlListNotSupported {
+                S3Error::with_message(
+                    S3ErrorCode::InvalidBucketAclWithObjectOwnership,
+                    "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting",
+                )
+            } else {
+                e
+            }
+        })?;
         let bucket = req.input.bucket;
         self.store.create_bucket(&bucket).await.map_err(s3_err)?;
+        if let Some(o) = &ownership {
+            self.set_config(&bucket, OWNERSHIP, Some(o)).await?;
+        }
+        if let Some(a) = &acl {
+            self.set_config(&bucket, crate::s3_acl::ACL, Some(a))
+                .await?;
+        }
         if region != self.region {
             self.store
                 .set_bucket_config(&bucket, crate::s3_region::LOCATION, Some(region))
@@ -1843,12 +1862,13 @@ impl S3 for S3Adapter {
         &self,
         req: S3Request<GetBucketAclInput>,
     ) -> S3Result<S3Response<GetBucketAclOutput>> {
-        self.store
-            .head_bucket(&req.input.bucket)
-            .await
-            .map_err(s3_err)?;
+        let bucket = &req.input.bucket;
+        let acl = match crate::s3_acl::disabled(&self.ownership(bucket).await?) {
+            true => None,
+            false => self.config::<String>(bucket, crate::s3_acl::ACL).await?,
+        };
         Ok(S3Response::new(GetBucketAclOutput {
-            grants: Some(owner_full_control()),
+            grants: Some(crate::s3_acl::grants(acl.as_deref())),
             owner: Some(owner()),
         }))
     }
@@ -1862,16 +1882,24 @@ impl S3 for S3Adapter {
             .head_bucket(&input.bucket)
             .await
             .map_err(s3_err)?;
-        let private = input.acl.as_ref().is_some_and(|a| a.as_str() == "private");
         let grants = input.access_control_policy.is_some()
             || input.grant_full_control.is_some()
             || input.grant_read.is_some()
             || input.grant_read_acp.is_some()
             || input.grant_write.is_some()
             || input.grant_write_acp.is_some();
-        if !private || grants {
-            return Err(acls_not_supported());
+        let acl = input.acl.as_ref().map(|a| a.as_str().to_owned());
+        if acl.is_none() && !grants {
+            return Err(s3_error!(
+                MalformedACLError,
+                "The request names no canned ACL and no grants"
+            ));
         }
+        let kept = self
+            .acl_for(&input.bucket, acl.as_deref(), grants, true)
+            .await?;
+        self.set_config(&input.bucket, crate::s3_acl::ACL, kept.as_ref())
+            .await?;
         Ok(S3Response::new(PutBucketAclOutput::default()))
     }
 
@@ -1880,11 +1908,13 @@ impl S3 for S3Adapter {
         req: S3Request<GetObjectAclInput>,
     ) -> S3Result<S3Response<GetObjectAclOutput>> {
         let input = req.input;
-        if let Err(e) = self.store.head(&input.bucket, &input.key).await {
-            return Err(self.not_found(&input.bucket, e).await);
-        }
+        let info = self
+            .version_info(&input.bucket, &input.key, input.version_id.as_deref())
+            .await?;
+        let disabled = crate::s3_acl::disabled(&self.ownership(&input.bucket).await?);
+        let acl = if disabled { None } else { info.headers.acl };
         Ok(S3Response::new(GetObjectAclOutput {
-            grants: Some(owner_full_control()),
+            grants: Some(crate::s3_acl::grants(acl.as_deref())),
             owner: Some(owner()),
             ..Default::default()
         }))
@@ -1895,22 +1925,35 @@ impl S3 for S3Adapter {
         req: S3Request<PutObjectAclInput>,
     ) -> S3Result<S3Response<PutObjectAclOutput>> {
         let input = req.input;
-        if let Err(e) = self.store.head(&input.bucket, &input.key).await {
-            return Err(self.not_found(&input.bucket, e).await);
-        }
-        let kept = input
-            .acl
-            .as_ref()
-            .is_some_and(|a| matches!(a.as_str(), "private" | "bucket-owner-full-control"));
         let grants = input.access_control_policy.is_some()
             || input.grant_full_control.is_some()
             || input.grant_read.is_some()
             || input.grant_read_acp.is_some()
+            || input.grant_write.is_some()
             || input.grant_write_acp.is_some();
-        if !kept || grants {
-            return Err(acls_not_supported());
+        let acl = input.acl.as_ref().map(|a| a.as_str().to_owned());
+        if acl.is_none() && !grants {
+            return Err(s3_error!(
+                MalformedACLError,
+                "The request names no canned ACL and no grants"
+            ));
         }
-        Ok(S3Response::new(PutObjectAclOutput::default()))
+        let kept = self
+            .acl_for(&input.bucket, acl.as_deref(), grants, false)
+            .await?;
+        let version = crate::s3_versions::version_arg(input.version_id.as_deref())?;
+        let update: sluice_store::HeadersUpdate = Box::new(move |h| {
+            h.acl = kept.clone();
+            Ok(())
+        });
+        match self
+            .store
+            .update_headers(&input.bucket, &input.key, version, update)
+            .await
+        {
+            Ok(_) => Ok(S3Response::new(PutObjectAclOutput::default())),
+            Err(e) => Err(self.not_found(&input.bucket, e).await),
+        }
     }
 
     async fn get_object_lock_configuration(
@@ -2412,10 +2455,14 @@ impl S3 for S3Adapter {
         };
         let checksum = crate::s3_checksum::spec(&req.headers, req.trailing_headers.as_ref())?;
         let input = req.input;
-        acl_check!(input);
+        let (acl, grants) = acl_of!(input);
+        let acl = self
+            .acl_for(&input.bucket, acl.as_deref(), grants, false)
+            .await?;
         let content_md5 = content_md5(input.content_md5.as_deref())?;
         let tags = tags_from_header(input.tagging.as_deref())?;
         let mut headers = headers_in(headers_of!(input))?;
+        headers.acl = acl;
         (headers.lock, headers.legal_hold) = self
             .lock_for_write(
                 &input.bucket,
@@ -2848,7 +2895,10 @@ impl S3 for S3Adapter {
         let named = req.headers.contains_key("x-amz-checksum-algorithm");
         let mut checksum = crate::s3_checksum::spec(&req.headers, None)?;
         let input = req.input;
-        acl_check!(input);
+        let (acl, grants) = acl_of!(input);
+        let acl = self
+            .acl_for(&input.bucket, acl.as_deref(), grants, false)
+            .await?;
         let (src_bucket, src_key, src_version) = copy_source(&input.copy_source)?;
         let read = match &src_version {
             Some(v) => {
@@ -2906,8 +2956,9 @@ impl S3 for S3Adapter {
                 ..src.info.headers.clone()
             }
         };
-        // The copy's lock and encryption are the request's (or the bucket's defaults),
-        // never the source's.
+        // The copy's ACL, lock and encryption are the request's (or the bucket's
+        // defaults), never the source's.
+        headers.acl = acl;
         (headers.lock, headers.legal_hold) = self
             .lock_for_write(
                 &input.bucket,
@@ -3065,8 +3116,12 @@ impl S3 for S3Adapter {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
-        acl_check!(input);
+        let (acl, grants) = acl_of!(input);
+        let acl = self
+            .acl_for(&input.bucket, acl.as_deref(), grants, false)
+            .await?;
         let mut headers = headers_in(headers_of!(input))?;
+        headers.acl = acl;
         headers.checksum = crate::s3_checksum::multipart_request(
             input.checksum_algorithm.as_ref().map(|a| a.as_str()),
             input.checksum_type.as_ref().map(|t| t.as_str()),
@@ -3567,6 +3622,35 @@ impl S3Adapter {
             next,
             max_keys,
         })
+    }
+
+    /// The canned ACL a request sets on a bucket or an object version, by the bucket's
+    /// object ownership and public access block ([`crate::s3_acl::decide`]). Read only when
+    /// the request names an ACL.
+    async fn acl_for(
+        &self,
+        bucket: &str,
+        acl: Option<&str>,
+        grants: bool,
+        for_bucket: bool,
+    ) -> S3Result<Option<String>> {
+        if acl.is_none() && !grants {
+            return Ok(None);
+        }
+        let ownership = self.ownership(bucket).await?;
+        let block = self
+            .config::<PublicAccessBlockConfiguration>(bucket, PUBLIC_ACCESS_BLOCK)
+            .await?
+            .is_some_and(|c| c.block_public_acls == Some(true));
+        crate::s3_acl::decide(&ownership, acl, grants, block, for_bucket)
+    }
+
+    /// The bucket's object ownership (`BucketOwnerEnforced` when none is set).
+    async fn ownership(&self, bucket: &str) -> S3Result<String> {
+        Ok(self
+            .config::<String>(bucket, OWNERSHIP)
+            .await?
+            .unwrap_or_else(|| ObjectOwnership::BUCKET_OWNER_ENFORCED.to_owned()))
     }
 
     /// The encryption a write gives its version ([`crate::s3_sse::for_write`]).

@@ -191,6 +191,9 @@ pub struct ObjectHeaders {
     /// The server-side encryption the version reports: algorithm and KMS key id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sse: Option<(String, Option<String>)>,
+    /// The version's canned ACL (`None`: private).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl: Option<String>,
 }
 
 impl ObjectHeaders {

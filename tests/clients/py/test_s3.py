@@ -717,6 +717,52 @@ def test_objects_report_their_encryption(s3):
         s3.delete_bucket(Bucket=name)
 
 
+def test_canned_acls_follow_object_ownership(s3):
+    """ACLs are disabled under BucketOwnerEnforced (the default); with ObjectWriter a canned
+    ACL is kept and answered as S3 expands it, unless the public access block refuses it."""
+    all_users = "http://acs.amazonaws.com/groups/global/AllUsers"
+
+    def grants(acl):
+        return sorted((g["Grantee"].get("URI", g["Grantee"].get("ID")), g["Permission"]) for g in acl["Grants"])
+
+    name = unique("py-acl")
+    fails("InvalidBucketAclWithObjectOwnership", s3.create_bucket, Bucket=name, ACL="public-read")
+    s3.create_bucket(Bucket=name)
+    try:
+        fails("AccessControlListNotSupported", s3.put_bucket_acl, Bucket=name, ACL="public-read")
+        fails("AccessControlListNotSupported", s3.put_object, Bucket=name, Key="o", Body=b"x", ACL="public-read")
+        assert grants(s3.get_bucket_acl(Bucket=name)) == [("sluice", "FULL_CONTROL")]
+
+        s3.put_bucket_ownership_controls(Bucket=name, OwnershipControls={"Rules": [{"ObjectOwnership": "ObjectWriter"}]})
+        s3.put_bucket_acl(Bucket=name, ACL="public-read")
+        assert grants(s3.get_bucket_acl(Bucket=name)) == [(all_users, "READ"), ("sluice", "FULL_CONTROL")]
+        s3.put_object(Bucket=name, Key="o", Body=b"x", ACL="public-read")
+        assert grants(s3.get_object_acl(Bucket=name, Key="o")) == [(all_users, "READ"), ("sluice", "FULL_CONTROL")]
+        s3.put_object_acl(Bucket=name, Key="o", ACL="private")
+        assert grants(s3.get_object_acl(Bucket=name, Key="o")) == [("sluice", "FULL_CONTROL")]
+        fails("NotImplemented", s3.put_object_acl, Bucket=name, Key="o", GrantRead=f'uri="{all_users}"')
+
+        s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True, "IgnorePublicAcls": False, "BlockPublicPolicy": False,
+            "RestrictPublicBuckets": False})
+        fails("AccessDenied", s3.put_object, Bucket=name, Key="p", Body=b"x", ACL="public-read")
+        fails("AccessDenied", s3.put_object_acl, Bucket=name, Key="o", ACL="public-read-write")
+
+        # Back to BucketOwnerEnforced: ACLs are disabled again and read as the owner's.
+        s3.put_bucket_ownership_controls(Bucket=name, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]})
+        assert grants(s3.get_bucket_acl(Bucket=name)) == [("sluice", "FULL_CONTROL")]
+    finally:
+        s3.delete_object(Bucket=name, Key="o")
+        s3.delete_bucket(Bucket=name)
+
+    writer = unique("py-acl-writer")
+    s3.create_bucket(Bucket=writer, ObjectOwnership="ObjectWriter", ACL="public-read")
+    try:
+        assert grants(s3.get_bucket_acl(Bucket=writer)) == [(all_users, "READ"), ("sluice", "FULL_CONTROL")]
+    finally:
+        s3.delete_bucket(Bucket=writer)
+
+
 def test_copy_onto_itself_needs_replace(s3, bucket):
     s3.put_object(Bucket=bucket, Key="self", Body=b"x", Metadata={"a": "1"})
     fails("InvalidRequest", s3.copy_object, Bucket=bucket, Key="self", CopySource={"Bucket": bucket, "Key": "self"})
@@ -1091,9 +1137,10 @@ def test_bucket_configurations_as_infrastructure_tools_read_them(s3):
         s3.put_bucket_request_payment(Bucket=name, RequestPaymentConfiguration={"Payer": "Requester"})
         assert s3.get_bucket_request_payment(Bucket=name)["Payer"] == "Requester"
 
-        # ACLs are disabled: only the canned ACLs that mean "the owner has it all" pass.
+        # ACLs are enabled (BucketOwnerPreferred), and the public access block above
+        # refuses public ones.
         s3.put_bucket_acl(Bucket=name, ACL="private")
-        fails("AccessControlListNotSupported", s3.put_bucket_acl, Bucket=name, ACL="public-read")
+        fails("AccessDenied", s3.put_bucket_acl, Bucket=name, ACL="public-read")
 
         # Delete what can be deleted; the answers are a new bucket's again.
         s3.delete_bucket_cors(Bucket=name)
