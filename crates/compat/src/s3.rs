@@ -330,6 +330,35 @@ macro_rules! acl_of {
     };
 }
 
+/// What a write (PutObject, CopyObject, CreateMultipartUpload) decides of its new
+/// version's ACL, object lock and encryption, from its request and its bucket (never from a
+/// copy's source).
+macro_rules! version_settings {
+    ($self:ident, $input:ident, $headers:ident) => {{
+        let (acl, grants) = acl_of!($input);
+        $headers.acl = $self
+            .acl_for(&$input.bucket, acl.as_deref(), grants, false)
+            .await?;
+        ($headers.lock, $headers.legal_hold) = $self
+            .lock_for_write(
+                &$input.bucket,
+                $input.object_lock_mode.as_ref(),
+                $input.object_lock_retain_until_date.as_ref(),
+                $input.object_lock_legal_hold_status.as_ref(),
+            )
+            .await?;
+        $headers.sse = Some(
+            $self
+                .sse_for_write(
+                    &$input.bucket,
+                    $input.server_side_encryption.as_ref(),
+                    $input.ssekms_key_id.as_deref(),
+                )
+                .await?,
+        );
+    }};
+}
+
 /// Whether a read asked for the object's checksum (`x-amz-checksum-mode: ENABLED`).
 fn checksum_wanted(mode: Option<&ChecksumMode>) -> bool {
     mode.is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
@@ -2455,30 +2484,10 @@ impl S3 for S3Adapter {
         };
         let checksum = crate::s3_checksum::spec(&req.headers, req.trailing_headers.as_ref())?;
         let input = req.input;
-        let (acl, grants) = acl_of!(input);
-        let acl = self
-            .acl_for(&input.bucket, acl.as_deref(), grants, false)
-            .await?;
         let content_md5 = content_md5(input.content_md5.as_deref())?;
         let tags = tags_from_header(input.tagging.as_deref())?;
         let mut headers = headers_in(headers_of!(input))?;
-        headers.acl = acl;
-        (headers.lock, headers.legal_hold) = self
-            .lock_for_write(
-                &input.bucket,
-                input.object_lock_mode.as_ref(),
-                input.object_lock_retain_until_date.as_ref(),
-                input.object_lock_legal_hold_status.as_ref(),
-            )
-            .await?;
-        headers.sse = Some(
-            self.sse_for_write(
-                &input.bucket,
-                input.server_side_encryption.as_ref(),
-                input.ssekms_key_id.as_deref(),
-            )
-            .await?,
-        );
+        version_settings!(self, input, headers);
         let (body, fault) = body_in(input.body, self.max_object_bytes);
         let info = self
             .write(Write {
@@ -2895,10 +2904,6 @@ impl S3 for S3Adapter {
         let named = req.headers.contains_key("x-amz-checksum-algorithm");
         let mut checksum = crate::s3_checksum::spec(&req.headers, None)?;
         let input = req.input;
-        let (acl, grants) = acl_of!(input);
-        let acl = self
-            .acl_for(&input.bucket, acl.as_deref(), grants, false)
-            .await?;
         let (src_bucket, src_key, src_version) = copy_source(&input.copy_source)?;
         let read = match &src_version {
             Some(v) => {
@@ -2956,25 +2961,7 @@ impl S3 for S3Adapter {
                 ..src.info.headers.clone()
             }
         };
-        // The copy's ACL, lock and encryption are the request's (or the bucket's
-        // defaults), never the source's.
-        headers.acl = acl;
-        (headers.lock, headers.legal_hold) = self
-            .lock_for_write(
-                &input.bucket,
-                input.object_lock_mode.as_ref(),
-                input.object_lock_retain_until_date.as_ref(),
-                input.object_lock_legal_hold_status.as_ref(),
-            )
-            .await?;
-        headers.sse = Some(
-            self.sse_for_write(
-                &input.bucket,
-                input.server_side_encryption.as_ref(),
-                input.ssekms_key_id.as_deref(),
-            )
-            .await?,
-        );
+        version_settings!(self, input, headers);
         // `x-amz-tagging-directive`: the source's tags (COPY, the default) or the request's.
         let tags = match input.tagging_directive.as_ref().map(|d| d.as_str()) {
             Some(TaggingDirective::REPLACE) => tags_from_header(input.tagging.as_deref())?,
@@ -3116,34 +3103,14 @@ impl S3 for S3Adapter {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         let input = req.input;
-        let (acl, grants) = acl_of!(input);
-        let acl = self
-            .acl_for(&input.bucket, acl.as_deref(), grants, false)
-            .await?;
         let mut headers = headers_in(headers_of!(input))?;
-        headers.acl = acl;
         headers.checksum = crate::s3_checksum::multipart_request(
             input.checksum_algorithm.as_ref().map(|a| a.as_str()),
             input.checksum_type.as_ref().map(|t| t.as_str()),
         )?;
         let requested = headers.checksum.clone();
-        headers.sse = Some(
-            self.sse_for_write(
-                &input.bucket,
-                input.server_side_encryption.as_ref(),
-                input.ssekms_key_id.as_deref(),
-            )
-            .await?,
-        );
+        version_settings!(self, input, headers);
         let (server_side_encryption, ssekms_key_id) = crate::s3_sse::answer(&headers);
-        (headers.lock, headers.legal_hold) = self
-            .lock_for_write(
-                &input.bucket,
-                input.object_lock_mode.as_ref(),
-                input.object_lock_retain_until_date.as_ref(),
-                input.object_lock_legal_hold_status.as_ref(),
-            )
-            .await?;
         let id = self
             .store
             .create_multipart(
