@@ -1473,7 +1473,9 @@ pub fn put_in_tx(
 ) -> Result<(ObjectInfo, Option<String>), StoreError> {
     let event = opts.created_event.unwrap_or("ObjectCreated:Put");
     validate_key(key)?;
-    require_bucket(conn, bucket)?;
+    // The bucket's existence and versioning state, in one read (a round trip per write on
+    // a networked engine).
+    let state = crate::versions::bucket_versioning_in_tx(conn, bucket)?;
     type Existing = (Option<String>, Option<String>, String, String, i64);
     let existing: Option<Existing> = conn.query_opt(
         "SELECT owner, blob, etag, version_id, modified_ms FROM objects
@@ -1522,7 +1524,6 @@ pub fn put_in_tx(
             key: key.to_owned(),
         });
     }
-    let state = crate::versions::versioning_in_tx(conn, bucket)?;
     let current =
         existing.map(|(_, blob, _, version_id, _)| crate::versions::Current { version_id, blob });
     let (version_id, replaced) =
