@@ -330,6 +330,18 @@ macro_rules! acl_of {
     };
 }
 
+/// A PutBucketAcl / PutObjectAcl request's ACL: its canned ACL and whether it names
+/// explicit grants (`x-amz-grant-write` and an `AccessControlPolicy` document included).
+macro_rules! acl_put_of {
+    ($input:expr) => {{
+        let (acl, grants) = acl_of!($input);
+        (
+            acl,
+            grants || $input.grant_write.is_some() || $input.access_control_policy.is_some(),
+        )
+    }};
+}
+
 /// What a write (PutObject, CopyObject, CreateMultipartUpload) decides of its new
 /// version's ACL, object lock and encryption, from its request and its bucket (never from a
 /// copy's source).
@@ -437,6 +449,14 @@ fn upload_err(e: UploadError) -> S3Error {
             s3_error!(InternalError)
         }
     }
+}
+
+/// Milliseconds since the epoch of an S3 timestamp (the inverse of [`timestamp`]).
+pub(crate) fn millis(t: &Timestamp) -> Option<i64> {
+    let text = serde_json::to_value(t).ok()?;
+    chrono::DateTime::parse_from_rfc3339(text.as_str()?)
+        .ok()
+        .map(|d| d.timestamp_millis())
 }
 
 pub(crate) fn timestamp(ms: i64) -> Timestamp {
@@ -1911,21 +1931,8 @@ impl S3 for S3Adapter {
             .head_bucket(&input.bucket)
             .await
             .map_err(s3_err)?;
-        let grants = input.access_control_policy.is_some()
-            || input.grant_full_control.is_some()
-            || input.grant_read.is_some()
-            || input.grant_read_acp.is_some()
-            || input.grant_write.is_some()
-            || input.grant_write_acp.is_some();
-        let acl = input.acl.as_ref().map(|a| a.as_str().to_owned());
-        if acl.is_none() && !grants {
-            return Err(s3_error!(
-                MalformedACLError,
-                "The request names no canned ACL and no grants"
-            ));
-        }
         let kept = self
-            .acl_for(&input.bucket, acl.as_deref(), grants, true)
+            .acl_put(&input.bucket, acl_put_of!(input), true)
             .await?;
         self.set_config(&input.bucket, crate::s3_acl::ACL, kept.as_ref())
             .await?;
@@ -1954,21 +1961,8 @@ impl S3 for S3Adapter {
         req: S3Request<PutObjectAclInput>,
     ) -> S3Result<S3Response<PutObjectAclOutput>> {
         let input = req.input;
-        let grants = input.access_control_policy.is_some()
-            || input.grant_full_control.is_some()
-            || input.grant_read.is_some()
-            || input.grant_read_acp.is_some()
-            || input.grant_write.is_some()
-            || input.grant_write_acp.is_some();
-        let acl = input.acl.as_ref().map(|a| a.as_str().to_owned());
-        if acl.is_none() && !grants {
-            return Err(s3_error!(
-                MalformedACLError,
-                "The request names no canned ACL and no grants"
-            ));
-        }
         let kept = self
-            .acl_for(&input.bucket, acl.as_deref(), grants, false)
+            .acl_put(&input.bucket, acl_put_of!(input), false)
             .await?;
         let version = crate::s3_versions::version_arg(input.version_id.as_deref())?;
         let update: sluice_store::HeadersUpdate = Box::new(move |h| {
@@ -3610,6 +3604,24 @@ impl S3Adapter {
             .await?
             .is_some_and(|c| c.block_public_acls == Some(true));
         crate::s3_acl::decide(&ownership, acl, grants, block, for_bucket)
+    }
+
+    /// [`acl_for`](Self::acl_for) for PutBucketAcl / PutObjectAcl, which must name an
+    /// ACL or grants.
+    async fn acl_put(
+        &self,
+        bucket: &str,
+        (acl, grants): (Option<String>, bool),
+        for_bucket: bool,
+    ) -> S3Result<Option<String>> {
+        if acl.is_none() && !grants {
+            return Err(s3_error!(
+                MalformedACLError,
+                "The request names no canned ACL and no grants"
+            ));
+        }
+        self.acl_for(bucket, acl.as_deref(), grants, for_bucket)
+            .await
     }
 
     /// The bucket's object ownership (`BucketOwnerEnforced` when none is set).

@@ -33,7 +33,7 @@
 //! bucket), at start and then every `lifecycle_interval`; running it from several processes
 //! at once only deletes what one of them would.
 
-use s3s::dto::{BucketLifecycleConfiguration, LifecycleRule, Timestamp};
+use s3s::dto::{BucketLifecycleConfiguration, LifecycleRule};
 use s3s::{S3Error, S3ErrorCode};
 use sluice_store::{
     MultipartInfo, ObjectInfo, ObjectStore, StoreError, UploadMarker, VersionEntry, VersionMarker,
@@ -58,13 +58,7 @@ fn invalid(code: S3ErrorCode, message: &str) -> S3Error {
     S3Error::with_message(code, message.to_owned())
 }
 
-/// Milliseconds since the epoch of an S3 timestamp.
-fn millis(t: &Timestamp) -> Option<i64> {
-    let text = serde_json::to_value(t).ok()?;
-    chrono::DateTime::parse_from_rfc3339(text.as_str()?)
-        .ok()
-        .map(|d| d.timestamp_millis())
-}
+use crate::s3::millis;
 
 /// `t` rounded up to the next midnight UTC (a midnight stays).
 fn next_midnight(t: i64) -> i64 {

@@ -68,13 +68,7 @@ fn invalid(code: S3ErrorCode, message: &str) -> S3Error {
     S3Error::with_message(code, message.to_owned())
 }
 
-/// Milliseconds since the epoch of an S3 timestamp.
-pub(crate) fn millis(t: &Timestamp) -> Option<i64> {
-    let text = serde_json::to_value(t).ok()?;
-    chrono::DateTime::parse_from_rfc3339(text.as_str()?)
-        .ok()
-        .map(|d| d.timestamp_millis())
-}
+use crate::s3::millis;
 
 fn mode_of(mode: &str) -> S3Result<&'static str> {
     match mode {

@@ -4,7 +4,7 @@
 use s3s::dto::*;
 use s3s::{S3Error, S3ErrorCode, S3Result};
 use sluice_store::versions::valid_version_id;
-use sluice_store::{ObjectStore, StoreError, VersionMarker};
+use sluice_store::{ObjectStore, VersionMarker};
 
 /// A request's `versionId`, checked for form: S3 refuses a malformed one with
 /// `InvalidArgument` (an id of the right form that names no version is `NoSuchVersion`).
@@ -144,7 +144,7 @@ pub(crate) async fn list_page(
         let batch = store
             .list_versions(bucket, prefix, cursor.clone(), 1000)
             .await
-            .map_err(version_err)?;
+            .map_err(crate::s3::s3_err)?;
         if batch.is_empty() {
             break;
         }
@@ -221,9 +221,4 @@ pub(crate) async fn list_page(
         }
     }
     Ok(page)
-}
-
-/// The store's errors of a listing of versions as S3 answers them.
-fn version_err(e: StoreError) -> S3Error {
-    crate::s3::s3_err(e)
 }

@@ -298,30 +298,34 @@ pub(crate) fn delete_in_tx(
     now: i64,
 ) -> Result<(Deleted, Option<&'static str>, Vec<String>), StoreError> {
     let state = versioning_in_tx(tx, bucket)?;
-    let current: Option<(String, Option<String>)> = tx.query_opt(
-        "SELECT version_id, blob FROM objects WHERE bucket = ?1 AND key = ?2",
+    if version_id.is_none() && state == Versioning::Off {
+        // Never versioned: the object goes, in one statement.
+        let removed: Option<Option<String>> = tx.query_opt(
+            "DELETE FROM objects WHERE bucket = ?1 AND key = ?2 RETURNING blob",
+            params![bucket, key],
+            |r| r.get(0),
+        )?;
+        let event = removed.is_some().then_some("ObjectRemoved:Delete");
+        return Ok((
+            Deleted::default(),
+            event,
+            removed.flatten().into_iter().collect(),
+        ));
+    }
+    // The current version: its id, blob and headers (object lock, below).
+    let current: Option<(String, Option<String>, Option<String>)> = tx.query_opt(
+        "SELECT version_id, blob, headers FROM objects WHERE bucket = ?1 AND key = ?2",
         params![bucket, key],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     let Some(wanted) = version_id else {
         let marker_id = match state {
-            Versioning::Off => {
-                let garbage = current.as_ref().and_then(|(_, b)| b.clone());
-                if current.is_some() {
-                    tx.execute(
-                        "DELETE FROM objects WHERE bucket = ?1 AND key = ?2",
-                        params![bucket, key],
-                    )?;
-                }
-                let event = current.is_some().then_some("ObjectRemoved:Delete");
-                return Ok((Deleted::default(), event, garbage.into_iter().collect()));
-            }
             Versioning::Enabled => new_version_id(now),
-            Versioning::Suspended => NULL_VERSION.to_owned(),
+            Versioning::Suspended | Versioning::Off => NULL_VERSION.to_owned(),
         };
         let mut garbage = Vec::new();
         match current {
-            Some((v, blob)) if state == Versioning::Suspended && v == NULL_VERSION => {
+            Some((v, blob, _)) if state == Versioning::Suspended && v == NULL_VERSION => {
                 tx.execute(
                     "DELETE FROM objects WHERE bucket = ?1 AND key = ?2",
                     params![bucket, key],
@@ -351,24 +355,25 @@ pub(crate) fn delete_in_tx(
     };
     // Object lock protects versions (not keys): a version under retention or a legal hold
     // is not deleted.
-    for table in ["objects", "object_versions"] {
-        let headers: Option<Option<String>> = tx.query_opt(
-            &format!(
-                "SELECT headers FROM {table} WHERE bucket = ?1 AND key = ?2 AND version_id = ?3"
-            ),
+    let is_current = current.as_ref().is_some_and(|(v, _, _)| v == wanted);
+    let headers: Option<String> = if is_current {
+        current.as_ref().and_then(|(_, _, h)| h.clone())
+    } else {
+        tx.query_opt(
+            "SELECT headers FROM object_versions
+             WHERE bucket = ?1 AND key = ?2 AND version_id = ?3",
             params![bucket, key, wanted],
-            |r| r.get(0),
-        )?;
-        if let Some(Some(h)) = headers {
-            let headers: crate::ObjectHeaders = serde_json::from_str(&h).unwrap_or_default();
-            if let Some(why) = headers.deletion_refused(now, bypass_governance) {
-                return Err(StoreError::ObjectLocked(why.to_owned()));
-            }
+            |r| r.get::<Option<String>>(0),
+        )?
+        .flatten()
+    };
+    if let Some(h) = headers {
+        let headers: crate::ObjectHeaders = serde_json::from_str(&h).unwrap_or_default();
+        if let Some(why) = headers.deletion_refused(now, bypass_governance) {
+            return Err(StoreError::ObjectLocked(why.to_owned()));
         }
     }
-    if let Some((v, blob)) = &current
-        && v == wanted
-    {
+    if let Some((_, blob, _)) = current.as_ref().filter(|_| is_current) {
         tx.execute(
             "DELETE FROM objects WHERE bucket = ?1 AND key = ?2",
             params![bucket, key],
