@@ -18,6 +18,11 @@ pub fn json_error(status: StatusCode, kind: &str, message: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(&format!("{kind}:")) {
         resp.headers_mut().insert("x-amzn-errortype", v);
     }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        // An engine that is down or restarting: worth another try in a second.
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
+    }
     resp
 }
 

@@ -117,6 +117,9 @@ impl From<UploadError> for GatewayError {
                 GatewayError::from_meta(m)
             }
             UploadError::Store(e) => GatewayError::from(e),
+            UploadError::Stream(e @ sluice_stream::StreamError::Unavailable(_)) => {
+                GatewayError::Unavailable(e.to_string())
+            }
             other => GatewayError::Internal(other.to_string()),
         }
     }

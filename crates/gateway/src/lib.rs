@@ -26,6 +26,7 @@ use sluice_uploads::{
 mod cache;
 mod error;
 pub mod live;
+pub mod oidc;
 mod openapi;
 pub mod quota;
 pub use cache::{CachingAuthorizer, RevokingAuthorizer};

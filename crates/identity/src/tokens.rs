@@ -245,6 +245,8 @@ pub struct Verifier {
     audiences: HashSet<String>,
     keys: HashMap<String, DecodingKey>,
     leeway_secs: i64,
+    /// Cognito's `token_use` (`id` or `access`) is required; external issuers do not set it.
+    require_token_use: bool,
 }
 
 #[derive(Deserialize)]
@@ -287,7 +289,15 @@ impl Verifier {
             audiences: audiences.into_iter().collect(),
             keys,
             leeway_secs,
+            require_token_use: true,
         })
+    }
+
+    /// The same verifier for an issuer that is not Cognito: a token without `token_use`
+    /// is accepted (as an access token); one that has it must still say `id` or `access`.
+    pub fn without_token_use(mut self) -> Verifier {
+        self.require_token_use = false;
+        self
     }
 
     pub fn issuer(&self) -> &str {
@@ -363,7 +373,10 @@ impl Verifier {
         {
             return Err(TokenError::NotYetValid);
         }
-        let token_use = c.token_use.clone().unwrap_or_default();
+        let token_use = match c.token_use.clone() {
+            None if !self.require_token_use => "access".to_owned(),
+            other => other.unwrap_or_default(),
+        };
         if token_use != "id" && token_use != "access" {
             return Err(TokenError::TokenUse);
         }

@@ -66,10 +66,30 @@ pub(crate) struct CommonArgs {
     #[arg(long, env = "SLUICE_STORE", global = true)]
     pub(crate) store: Option<String>,
     /// Stream records: embedded:// (the stream log in the data directory),
-    /// embedded:///DIR, or nats://… (not built in yet)
+    /// embedded:///DIR, or NATS JetStream:
+    /// nats://[USER:PASS@]HOST:PORT[,HOST:PORT…][?prefix=P&replicas=N&duplicate_window=SECS]
     /// [default: embedded://, i.e. <data-dir>/sluice.db-stream-log]
     #[arg(long, env = "SLUICE_RECORDS", global = true)]
     pub(crate) records: Option<String>,
+    /// Also accept bearer tokens of this OpenID Connect issuer at the upload API (repeatable,
+    /// or comma-separated in SLUICE_ISSUERS): its keys come from its discovery document and
+    /// JWKS. Needs --audience
+    #[arg(
+        long = "issuer",
+        env = "SLUICE_ISSUERS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub(crate) issuers: Vec<String>,
+    /// A client id external issuers' tokens may carry (`aud`, or `client_id` without `aud`);
+    /// repeatable, or comma-separated in SLUICE_AUDIENCES
+    #[arg(
+        long = "audience",
+        env = "SLUICE_AUDIENCES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub(crate) audiences: Vec<String>,
     /// Log lines on stderr: `text` (for people) or `json` (one object per line, for log
     /// collectors). The level is set by SLUICE_LOG (default `info`; `debug` adds a line per
     /// request). A flag or variable only: logging starts before the configuration file is
@@ -184,6 +204,13 @@ pub(crate) struct FileConfig {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before their
     /// connections are closed.
     pub(crate) shutdown_timeout_secs: Option<u64>,
+    /// External OpenID Connect issuers whose tokens the upload API accepts (`--issuer`).
+    pub(crate) issuers: Option<Vec<String>>,
+    /// Client ids their tokens may carry (`--audience`).
+    pub(crate) audiences: Option<Vec<String>>,
+    /// Accept tokens of sluice's own user pool at the upload API (default true; false with
+    /// external issuers leaves sign-in to them).
+    pub(crate) pool_tokens: Option<bool>,
     /// `[[mapping]]`: mappings `serve` creates at start (or updates when changed here).
     #[serde(default)]
     pub(crate) mapping: Vec<MappingEntry>,
@@ -368,7 +395,7 @@ pub(crate) struct Settings {
     pub(crate) meta: String,
     /// URL of the blob engine (`file://…` or `s3://…`).
     pub(crate) store: String,
-    /// URL of the record engine (`embedded://…`; `nats://…` not built in yet).
+    /// URL of the record engine (`embedded://…` or `nats://…`).
     pub(crate) records: String,
     pub(crate) listen: SocketAddr,
     pub(crate) edge_listen: SocketAddr,
@@ -404,6 +431,10 @@ pub(crate) struct Settings {
     pub(crate) user_limits: sluice_gateway::quota::UserLimits,
     /// Bounds on what a client can hold on either listener (`http_server`).
     pub(crate) conn_limits: crate::http_server::ConnLimits,
+    /// External OpenID Connect issuers the upload API accepts tokens of.
+    pub(crate) external_issuers: Vec<sluice_gateway::oidc::IssuerConfig>,
+    /// Whether the upload API accepts tokens of sluice's own user pool.
+    pub(crate) pool_tokens: bool,
     /// The `[[mapping]]` entries of the configuration file.
     pub(crate) mappings: Vec<MappingEntry>,
     /// Directory of the configuration file (the current directory without one): relative
@@ -543,6 +574,22 @@ impl Settings {
                 env_parse("SLUICE_MAX_CONNECTIONS")?.or(file.max_connections),
                 env_parse("SLUICE_SHUTDOWN_TIMEOUT_SECS")?.or(file.shutdown_timeout_secs),
             )?,
+            external_issuers: {
+                let issuers = if args.issuers.is_empty() {
+                    file.issuers.unwrap_or_default()
+                } else {
+                    args.issuers.clone()
+                };
+                let audiences = if args.audiences.is_empty() {
+                    file.audiences.unwrap_or_default()
+                } else {
+                    args.audiences.clone()
+                };
+                sluice_gateway::oidc::configs(&issuers, &audiences).map_err(usage)?
+            },
+            pool_tokens: env_parse("SLUICE_POOL_TOKENS")?
+                .or(file.pool_tokens)
+                .unwrap_or(true),
             mappings: file.mapping,
             config_dir,
         };
@@ -551,6 +598,11 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<()> {
+        if !self.pool_tokens && self.external_issuers.is_empty() {
+            bail!(
+                "pool_tokens = false needs at least one external issuer (--issuer), or no token could sign in"
+            );
+        }
         if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
             bail!("account_id must be 12 digits, got {:?}", self.account_id);
         }

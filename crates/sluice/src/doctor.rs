@@ -78,15 +78,18 @@ pub(crate) fn run(settings: &Settings, stuck_after_secs: u64, deep: bool) -> Res
         .build()
         .context("cannot start the async runtime")?;
     let mut described = shown_url(&settings.records);
-    let checked =
-        sluice_stream::open_records_read_only(&settings.records, &settings.stream_log_dir())
-            .map_err(anyhow::Error::from)
-            .and_then(|records| {
-                described = records.describe();
-                outln!("records: {described}");
-                EmbeddedStream::open_read_only_on(db.clone(), records).map_err(anyhow::Error::from)
-            })
-            .and_then(|stream| rt.block_on(stream.check()).map_err(anyhow::Error::from));
+    let checked = rt
+        .block_on(sluice_stream::open_records_read_only(
+            &settings.records,
+            &settings.stream_log_dir(),
+        ))
+        .map_err(anyhow::Error::from)
+        .and_then(|records| {
+            described = records.describe();
+            outln!("records: {described}");
+            EmbeddedStream::open_read_only_on(db.clone(), records).map_err(anyhow::Error::from)
+        })
+        .and_then(|stream| rt.block_on(stream.check()).map_err(anyhow::Error::from));
     match checked {
         Ok(report) if report.is_ok() => outln!(
             "stream check: ok ({} records checked against their checksums)",

@@ -135,6 +135,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         store.ensure_bucket(b).await?;
     }
     let records = sluice_stream::open_records(&settings.records, &settings.stream_log_dir())
+        .await
         .with_context(|| {
             format!(
                 "cannot open the record engine {}",
@@ -300,10 +301,13 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         stream: settings.stream.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
+    let tokens = crate::wiring::api_tokens(&settings, Arc::new(verifier), TOKEN_LEEWAY_SECS)
+        .await
+        .context("cannot set up the external token issuers")?;
     let authorizer: Arc<dyn sluice_gateway::Authorizer> =
         Arc::new(sluice_gateway::RevokingAuthorizer::new(
             Arc::new(sluice_gateway::CachingAuthorizer::new(
-                Arc::new(verifier),
+                tokens,
                 TOKEN_LEEWAY_SECS,
             )),
             revocations,

@@ -1,6 +1,8 @@
 //! Opening the embedded parts on a data directory, shared by `serve` and the client commands.
 
 use anyhow::{Context, Result};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use sluice_identity::Identity;
 use sluice_identity::access_keys::{AccessKey, AccessKeys};
@@ -97,6 +99,56 @@ fn check_engines(settings: &Settings) -> Result<()> {
 
 /// A URL without its secrets, for messages: the password of `scheme://user:password@host`,
 /// and the values of secret parameters (`secret_access_key`, `session_token`, `password`).
+/// The upload API's token check: sluice's own pool (`own`), and the external OpenID Connect
+/// issuers of the settings, whose keys are loaded now (an issuer that cannot be reached is
+/// logged; its tokens are refused until a refresh succeeds) and refreshed in the background.
+pub(crate) async fn api_tokens(
+    settings: &Settings,
+    own: Arc<dyn sluice_gateway::Authorizer>,
+    leeway_secs: i64,
+) -> anyhow::Result<Arc<dyn sluice_gateway::Authorizer>> {
+    use sluice_gateway::oidc::{ExternalIssuers, Fetch, OidcAuthorizer};
+    if settings.external_issuers.is_empty() {
+        return Ok(own);
+    }
+    /// Largest discovery document or key set read.
+    const MAX_BODY: usize = 1 << 20;
+    let http = http_client::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let fetch: Fetch = Arc::new(move |url: String| {
+        let http = http.clone();
+        Box::pin(async move {
+            let mut resp = http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            if !resp.status().is_success() {
+                return Err(format!("GET {url}: {}", resp.status()));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(format!("GET {url}: more than {MAX_BODY} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body)
+        })
+    });
+    let external = ExternalIssuers::new(settings.external_issuers.clone(), fetch, leeway_secs);
+    external.load().await;
+    external.spawn_refresher();
+    for i in &settings.external_issuers {
+        tracing::info!(issuer = %i.issuer, audiences = ?i.audiences, "the upload API accepts this issuer's tokens");
+    }
+    Ok(Arc::new(OidcAuthorizer {
+        external,
+        own: settings.pool_tokens.then_some(own),
+    }))
+}
+
 pub(crate) fn shown_url(url: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),

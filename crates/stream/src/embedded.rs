@@ -437,7 +437,27 @@ impl EmbeddedStream {
                                     .map(|(shard, e)| ((id, *shard), e.next, e.last_arrival_ms))
                                     .collect::<Vec<_>>(),
                             )?;
+                            let open_before: Vec<u64> =
+                                schema::open_shards(c, id)?.iter().map(|s| s.idx).collect();
                             let (value, outcome) = change(c, row, &ends)?;
+                            // Shards the change closed are named, so that an engine shared
+                            // by several processes can refuse them to everyone at once.
+                            let outcome = match outcome {
+                                FenceOutcome::Changed => {
+                                    let open_after: Vec<u64> =
+                                        schema::open_shards(c, id)?.iter().map(|s| s.idx).collect();
+                                    let closed: Vec<u64> = open_before
+                                        .into_iter()
+                                        .filter(|i| !open_after.contains(i))
+                                        .collect();
+                                    if closed.is_empty() {
+                                        FenceOutcome::Changed
+                                    } else {
+                                        FenceOutcome::Resharded { closed }
+                                    }
+                                }
+                                other => other,
+                            };
                             Ok::<_, StreamError>((Some(value), outcome))
                         })?;
                         *lock(&slot) = value;

@@ -97,6 +97,10 @@ pub enum StreamError {
     },
     #[error("stream backend failure: {0}")]
     Backend(String),
+    /// The record engine cannot be reached (a JetStream server down or restarting): try
+    /// again later. Nothing was acknowledged.
+    #[error("the stream's record engine is unavailable: {0}")]
+    Unavailable(String),
     /// The metadata engine failed (full, unavailable, …: see [`sluice_meta::MetaError`]).
     #[error("{0}")]
     Meta(sluice_meta::MetaError),

@@ -10,7 +10,9 @@
 //! an arrival time.
 //!
 //! Engines: [`embedded::EmbeddedLog`] (segment files written by one group-committing
-//! thread; the default, `embedded://`). [`open_records`] picks one by URL.
+//! thread; the default, `embedded://`) and, with the `nats` feature,
+//! `jetstream::JetStreamLog` (`nats://…`, shared by many processes). [`open_records`]
+//! picks one by URL.
 //!
 //! # The contract every engine honours
 //!
@@ -76,6 +78,8 @@ use crate::StreamError;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
+#[cfg(feature = "nats")]
+pub mod jetstream;
 
 /// A shard's log: the stream's id and the shard's index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -168,12 +172,16 @@ pub struct ShardEnd {
 }
 
 /// What a fenced change did ([`RecordLog::fence`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FenceOutcome {
     /// Nothing changed: appends with older epochs stay valid.
     Unchanged,
     /// The stream's metadata changed: appends routed before are stale.
     Changed,
+    /// As `Changed`, and these shards were closed: no append may ever land in them again
+    /// (an engine shared by several processes seals them, so that a process still routing
+    /// with older metadata is refused even before it learns of the change).
+    Resharded { closed: Vec<u64> },
     /// The stream is gone: its records are dropped, and appends routed before are stale.
     Dropped,
 }
@@ -267,6 +275,7 @@ impl From<RecordError> for StreamError {
         match e {
             RecordError::Aborted(e) => *e,
             RecordError::Invalid(m) => StreamError::InvalidArgument(m),
+            RecordError::Unavailable(m) => StreamError::Unavailable(m),
             other => StreamError::Backend(other.to_string()),
         }
     }
@@ -372,54 +381,85 @@ pub trait RecordLog: Send + Sync + 'static {
 }
 
 /// Opens the record engine a URL names. `embedded://` (the default) keeps the log in
-/// `default_dir`; `embedded:///PATH` (or a plain path) in `PATH`; `?segment_bytes=N` sets the embedded
-/// log's segment size. `nats://…` is the scale-out engine (not built in yet).
-pub fn open_records(
+/// `default_dir`; `embedded:///PATH` (or a plain path) in `PATH`; `?segment_bytes=N` sets
+/// the embedded log's segment size. `nats://HOST:PORT[,HOST:PORT…][?prefix=…&replicas=…&
+/// duplicate_window=…]` is NATS JetStream (when built with the `nats` feature).
+pub async fn open_records(
     url: &str,
     default_dir: &std::path::Path,
 ) -> Result<Arc<dyn RecordLog>, RecordError> {
-    let (dir, segment_bytes) = parse_url(url, default_dir)?;
-    Ok(Arc::new(embedded::EmbeddedLog::open(
-        &dir,
-        segment_bytes.unwrap_or(embedded::SEGMENT_BYTES),
-    )?))
+    match parse_url(url, default_dir)? {
+        Engine::Embedded(dir, segment_bytes) => Ok(Arc::new(embedded::EmbeddedLog::open(
+            &dir,
+            segment_bytes.unwrap_or(embedded::SEGMENT_BYTES),
+        )?)),
+        Engine::Nats(url) => open_nats(&url).await,
+    }
 }
 
-/// [`open_records`] for inspection (`sluice doctor`): writes nothing.
-pub fn open_records_read_only(
+#[cfg(feature = "nats")]
+async fn open_nats(url: &str) -> Result<Arc<dyn RecordLog>, RecordError> {
+    let (servers, opts) = jetstream::parse_url(url)?;
+    Ok(Arc::new(
+        jetstream::JetStreamLog::open(&servers, opts).await?,
+    ))
+}
+
+#[cfg(not(feature = "nats"))]
+async fn open_nats(url: &str) -> Result<Arc<dyn RecordLog>, RecordError> {
+    Err(RecordError::NotBuiltIn(format!(
+        "nats ({})",
+        shown_host(url)
+    )))
+}
+
+/// [`open_records`] for inspection (`sluice doctor`): writes nothing (a JetStream engine
+/// creates its two bookkeeping streams if they are missing, nothing else).
+pub async fn open_records_read_only(
     url: &str,
     default_dir: &std::path::Path,
 ) -> Result<Arc<dyn RecordLog>, RecordError> {
-    let (dir, _) = parse_url(url, default_dir)?;
-    Ok(Arc::new(embedded::EmbeddedLog::open_read_only(&dir)?))
+    match parse_url(url, default_dir)? {
+        Engine::Embedded(dir, _) => Ok(Arc::new(embedded::EmbeddedLog::open_read_only(&dir)?)),
+        Engine::Nats(url) => open_nats(&url).await,
+    }
+}
+
+/// A URL's host part, without credentials or query (messages).
+#[cfg_attr(feature = "nats", allow(dead_code))]
+fn shown_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.rsplit('@')
+        .next()
+        .unwrap_or("")
+        .split('?')
+        .next()
+        .unwrap_or("")
+}
+
+/// The engine a URL names.
+#[derive(Debug, PartialEq, Eq)]
+enum Engine {
+    /// The embedded log's directory and segment size.
+    Embedded(std::path::PathBuf, Option<u64>),
+    /// NATS JetStream: the URL as given (`nats+tls://` and `tls://` as `tls://`).
+    Nats(String),
 }
 
 /// The embedded log's directory and segment size a URL names.
-fn parse_url(
-    url: &str,
-    default_dir: &std::path::Path,
-) -> Result<(std::path::PathBuf, Option<u64>), RecordError> {
+fn parse_url(url: &str, default_dir: &std::path::Path) -> Result<Engine, RecordError> {
     let invalid = |message: String| RecordError::InvalidUrl {
         url: url.to_owned(),
         message,
     };
     let Some((scheme, rest)) = url.split_once("://") else {
         // A plain path: the embedded log in that directory.
-        return Ok((std::path::PathBuf::from(url), None));
+        return Ok(Engine::Embedded(std::path::PathBuf::from(url), None));
     };
     match scheme {
         "embedded" => {}
-        "nats" | "nats+tls" | "tls" => {
-            return Err(RecordError::NotBuiltIn(format!(
-                "nats ({})",
-                rest.rsplit('@')
-                    .next()
-                    .unwrap_or("")
-                    .split('?')
-                    .next()
-                    .unwrap_or("")
-            )));
-        }
+        "nats" => return Ok(Engine::Nats(url.to_owned())),
+        "nats+tls" | "tls" => return Ok(Engine::Nats(format!("tls://{rest}"))),
         other => {
             return Err(invalid(format!(
                 "unknown engine {other:?}; use embedded:// or nats://"
@@ -457,7 +497,7 @@ fn parse_url(
             _ => return Err(invalid(format!("unknown parameter {pair:?}"))),
         }
     }
-    Ok((dir, segment_bytes))
+    Ok(Engine::Embedded(dir, segment_bytes))
 }
 
 #[cfg(test)]
@@ -467,18 +507,25 @@ mod tests {
     #[test]
     fn urls_name_the_engine_and_its_directory() {
         let d = std::path::Path::new("/data/log");
-        assert_eq!(parse_url("embedded://", d).expect("default").0, d);
+        assert_eq!(
+            parse_url("embedded://", d).expect("default"),
+            Engine::Embedded(d.to_owned(), None)
+        );
         assert_eq!(
             parse_url("embedded:///x/y?segment_bytes=4096", d).expect("path"),
-            (std::path::PathBuf::from("/x/y"), Some(4096))
+            Engine::Embedded(std::path::PathBuf::from("/x/y"), Some(4096))
         );
-        assert!(matches!(
-            parse_url("nats://user:secret@host:4222", d),
-            Err(RecordError::NotBuiltIn(m)) if m == "nats (host:4222)"
-        ));
         assert_eq!(
-            parse_url("/plain/dir", d).expect("a plain path").0,
-            std::path::PathBuf::from("/plain/dir")
+            parse_url("nats://user:secret@host:4222", d).expect("nats"),
+            Engine::Nats("nats://user:secret@host:4222".into())
+        );
+        assert_eq!(
+            shown_host("nats://user:secret@host:4222?prefix=x"),
+            "host:4222"
+        );
+        assert_eq!(
+            parse_url("/plain/dir", d).expect("a plain path"),
+            Engine::Embedded(std::path::PathBuf::from("/plain/dir"), None)
         );
         for bad in [
             "kafka://x",

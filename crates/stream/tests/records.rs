@@ -26,7 +26,11 @@ async fn embedded_log_with_tiny_segments_passes_the_records_suite() {
             "embedded://{}?segment_bytes=2048",
             dir.path().join(name).display()
         );
-        sluice_stream::open_records(&url, dir.path()).expect("open log")
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current()
+                .block_on(sluice_stream::open_records(&url, dir.path()))
+        })
+        .expect("open log")
     };
     sluice_stream::records::conformance::run_all(&open).await;
 }

@@ -175,6 +175,14 @@ impl From<StreamError> for KinesisError {
                     internal_failure()
                 }
             },
+            StreamError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "kinesis request failed: record engine unavailable");
+                KinesisError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    kind: "ServiceUnavailable",
+                    message: "the service is unavailable; try again later".into(),
+                }
+            }
             StreamError::Backend(detail) => {
                 tracing::error!(error = %detail, "kinesis request failed");
                 internal_failure()

@@ -47,6 +47,9 @@ impl DataDir {
         if let Some(url) = test_s3_url(&format!("it-{}", uuid_like())) {
             out += &format!("[store]\nurl = \"{url}\"\n");
         }
+        if let Some(url) = test_nats_url(&self.0) {
+            out += &format!("[records]\nurl = \"{url}\"\n");
+        }
         out
     }
 
@@ -71,6 +74,30 @@ impl DataDir {
     pub fn meta_url(&self) -> String {
         meta_url_of(&self.0)
     }
+}
+
+/// With `SLUICE_TEST_RECORDS=nats`, stream records on the JetStream server `SLUICE_TEST_NATS`
+/// names (`scripts/test` starts one), under a prefix of the data directory's own (the same
+/// each time the configuration is written).
+pub fn test_nats_url(data_dir: &Path) -> Option<String> {
+    if std::env::var("SLUICE_TEST_RECORDS").ok().as_deref() != Some("nats") {
+        return None;
+    }
+    let base = std::env::var("SLUICE_TEST_NATS").expect(
+        "SLUICE_TEST_RECORDS=nats needs SLUICE_TEST_NATS=nats://HOST:PORT (scripts/test sets both)",
+    );
+    let tag = {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        data_dir.hash(&mut h);
+        h.finish()
+    };
+    Some(format!("{base}?prefix=it{tag:016x}"))
+}
+
+/// Whether the black-box suites run with their records on JetStream (no stream log files).
+pub fn records_on_nats() -> bool {
+    std::env::var("SLUICE_TEST_RECORDS").ok().as_deref() == Some("nats")
 }
 
 /// With `SLUICE_TEST_STORE=s3`, the S3 store the black-box suites put object bytes in:

@@ -999,7 +999,7 @@ impl RecordLog for EmbeddedLog {
             let ends = w.stream_ends(stream);
             match change(&ends) {
                 Ok(FenceOutcome::Unchanged) => Ok(()),
-                Ok(FenceOutcome::Changed) => {
+                Ok(FenceOutcome::Changed | FenceOutcome::Resharded { .. }) => {
                     w.changed(stream);
                     Ok(())
                 }
