@@ -666,11 +666,8 @@ impl JetStreamLog {
                     st.dropped.store(true, Ordering::SeqCst);
                     break;
                 }
-                _ => {
-                    // Open: a shard still blocked here was left so by a fencer that died
-                    // after writing `open`'s predecessor; nothing is fencing now.
-                    break;
-                }
+                // Open: the fence is over.
+                _ => break,
             }
             if started.elapsed() > FENCE_LEASE * 2 {
                 return Err(RecordError::Unavailable(format!(
@@ -862,12 +859,23 @@ impl JetStreamLog {
         for (i, r) in append.records.iter().enumerate() {
             by_shard.entry(r.shard).or_default().push(i);
         }
-        let started = Instant::now();
-        let mut pending = Vec::with_capacity(append.records.len());
+        // Every record fits the server's messages, or nothing is sent.
+        for r in &append.records {
+            if 15 + r.partition_key.len() + r.data.len() + 64 > self.max_payload {
+                return Err(Refused::Failed(RecordError::Backend(format!(
+                    "a record of {} bytes does not fit the NATS server's max_payload of {} \
+                     bytes; raise max_payload (docs/DEPLOY.md)",
+                    r.data.len(),
+                    self.max_payload
+                ))));
+            }
+        }
+        // Every shard ready (and its floor reached) before anything is sent, so an append
+        // refused as stale has written nothing. Cursors are locked in shard order.
+        let mut cursors = Vec::with_capacity(by_shard.len());
         for (shard, idx) in &by_shard {
             let k = ShardKey::new(append.stream, *shard);
-            let cursor = self.cursor(st, *shard);
-            let mut c = cursor.lock().await;
+            let mut c = self.cursor(st, *shard).lock_owned().await;
             self.ready(append.stream, st, k, &mut c).await?;
             let floor = idx
                 .iter()
@@ -875,32 +883,30 @@ impl JetStreamLog {
                 .max()
                 .unwrap_or(0);
             self.advance(k, &mut c, floor).await?;
-            for i in idx {
+            cursors.push((k, idx, c));
+        }
+        let started = Instant::now();
+        let mut pending = Vec::with_capacity(append.records.len());
+        for (k, idx, c) in &mut cursors {
+            for i in idx.iter() {
                 let r = &append.records[*i];
                 let arrival = append.now_ms.max(c.last_arrival).max(r.min_arrival_ms);
-                let payload = encode(arrival, &r.partition_key, &r.data)?;
-                if payload.len() + 64 > self.max_payload {
-                    return Err(Refused::Failed(RecordError::Backend(format!(
-                        "a record of {} bytes does not fit the NATS server's max_payload of {} \
-                         bytes; raise max_payload (docs/DEPLOY.md)",
-                        r.data.len(),
-                        self.max_payload
-                    ))));
-                }
-                let mut msg = PublishMessage::build().payload(payload);
+                let mut msg =
+                    PublishMessage::build().payload(encode(arrival, &r.partition_key, &r.data)?);
                 if let Some(t) = append.ticket {
                     msg = msg.message_id(format!("t{t}"));
                 }
                 let ack = self
                     .js
-                    .send_publish(self.subject(k), msg)
+                    .send_publish(self.subject(*k), msg)
                     .await
                     .map_err(|e| unavailable("publish", e))?;
                 c.last_arrival = arrival;
                 c.last_seq += 1;
-                pending.push((*i, *shard, arrival, ack));
+                pending.push((*i, k.shard, arrival, ack));
             }
         }
+        drop(cursors);
         let mut out = vec![None; append.records.len()];
         let mut refused = None;
         let mut stored = 0usize;
@@ -1048,6 +1054,9 @@ impl RecordLog for JetStreamLog {
                 Err(Refused::Failed(e)) => return Err(e),
                 Err(Refused::Stale) => {
                     drop(gate);
+                    // Normally the next round answers stale at once (the epoch moved);
+                    // a pause only when another fence began meanwhile.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             }
@@ -1266,6 +1275,12 @@ impl RecordLog for JetStreamLog {
                     continue;
                 };
                 if st.messages == 0 {
+                    continue;
+                }
+                // Usually nothing is old enough: one look at the first record says so.
+                if let Some((_, arrival)) = self.record_from(*k, st.first.max(1), st.last).await?
+                    && arrival >= *horizon
+                {
                     continue;
                 }
                 let start = self.first_kept(*k, st, *horizon).await?;
