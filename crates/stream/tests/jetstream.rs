@@ -4,7 +4,6 @@
 //! two `sluice` processes would hold) numbering one shard's records together and fencing
 //! each other's appends.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,24 +31,11 @@ impl Server {
 
     /// Starts it again on the same port and store.
     fn restart(&mut self) {
-        self.child = spawn(&self.conf, self.port);
+        let log = self.conf.with_file_name("nats-restarted.log");
+        let (child, port) = spawn(&self.conf, &log);
+        assert_eq!(port, self.port, "back on its port");
+        self.child = child;
     }
-}
-
-fn spawn(conf: &std::path::Path, port: u16) -> Child {
-    let child = Command::new("nats-server")
-        .arg("-c")
-        .arg(conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server must be installed (Debian: apt-get install nats-server)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
 }
 
 impl Drop for Server {
@@ -59,27 +45,57 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// Starts nats-server with `conf` and waits until it listens; answers the port it chose
+/// (read from its log: with `listen: 127.0.0.1:-1` the server picks a free port itself, so
+/// tests starting servers at once never race for one).
+fn spawn(conf: &std::path::Path, log: &std::path::Path) -> (Child, u16) {
+    let _ = std::fs::remove_file(log);
+    let child = Command::new("nats-server")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("nats-server must be installed (Debian: apt-get install nats-server)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(port) = text
+            .lines()
+            .find_map(|l| l.split("Listening for client connections on ").nth(1))
+            .and_then(|a| a.trim().rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            return (child, port);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not start: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn start_server() -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
     let conf = dir.path().join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{ store_dir: {:?} }}\n",
-            dir.path().join("js")
-        ),
-    )
-    .expect("write config");
+    let write = |listen: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: {listen}\nmax_payload: 8MB\njetstream {{ store_dir: {:?} }}\n",
+                dir.path().join("js")
+            ),
+        )
+        .expect("write config")
+    };
+    write("127.0.0.1:-1");
+    let (child, port) = spawn(&conf, &dir.path().join("nats.log"));
+    // A restart comes back on the same port.
+    write(&format!("127.0.0.1:{port}"));
     Server {
-        child: spawn(&conf, port),
+        child,
         url: format!("nats://127.0.0.1:{port}"),
         port,
         conf,

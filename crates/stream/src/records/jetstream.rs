@@ -257,9 +257,11 @@ impl JetStreamLog {
     /// checks that JetStream is enabled and creates the deployment's control and ticket
     /// streams if they are missing.
     pub async fn open(servers: &str, opts: Options) -> Result<JetStreamLog, RecordError> {
+        // Without credentials: `nats://user:pass@host` shows as `nats://host`.
+        let (scheme, rest) = servers.split_once("://").unwrap_or(("nats", servers));
         let shown = format!(
-            "nats://{} (JetStream, prefix {})",
-            servers.rsplit('@').next().unwrap_or(servers),
+            "{scheme}://{} (JetStream, prefix {})",
+            rest.rsplit('@').next().unwrap_or(rest),
             opts.prefix
         );
         let client = async_nats::ConnectOptions::new()
