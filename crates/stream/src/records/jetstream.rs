@@ -560,7 +560,7 @@ impl JetStreamLog {
     }
 
     /// The stream's control state: `open`, `fencing` (with its deadline) or `dropped`.
-    async fn control(&self, stream: i64) -> Result<(String, i64, u64), RecordError> {
+    async fn control(&self, stream: i64) -> Result<(String, i64), RecordError> {
         let p = &self.opts.prefix;
         let Some(m) = self
             .get(
@@ -569,33 +569,24 @@ impl JetStreamLog {
             )
             .await?
         else {
-            return Ok(("open".into(), 0, 0));
+            return Ok(("open".into(), 0));
         };
-        let seq = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Sequence"))
-            .and_then(|v| v.as_str().parse().ok())
-            .unwrap_or(0);
         let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
         Ok((
             v["state"].as_str().unwrap_or("open").to_owned(),
             v["until"].as_i64().unwrap_or(0),
-            seq,
         ))
     }
 
     async fn set_control(&self, stream: i64, state: &str, until: i64) -> Result<(), RecordError> {
         let p = &self.opts.prefix;
         let body = Bytes::from(json!({"state": state, "until": until}).to_string());
-        let ack = self
-            .js
+        self.js
             .publish(format!("{p}.control.{stream}"), body)
             .await
             .map_err(|e| unavailable("control", e))?
             .await
             .map_err(|e| unavailable("control", e))?;
-        let _ = ack;
         Ok(())
     }
 
@@ -649,7 +640,7 @@ impl JetStreamLog {
     async fn wait_fence(&self, stream: i64, st: &StreamState) -> Result<(), RecordError> {
         let started = Instant::now();
         loop {
-            let (state, until, _) = self.control(stream).await?;
+            let (state, until) = self.control(stream).await?;
             match state.as_str() {
                 "fencing" if now_ms() < until => {}
                 "fencing" => {
@@ -718,7 +709,7 @@ impl JetStreamLog {
                 }
                 self.ensure_stream(&name, json!({"subjects": [self.subject(k)]}))
                     .await?;
-                let (state, _, _) = self.control(stream).await?;
+                let (state, _) = self.control(stream).await?;
                 if state != "open" {
                     if state == "dropped" {
                         self.delete_stream(&name).await?;
