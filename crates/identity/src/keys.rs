@@ -1,8 +1,6 @@
 //! Signing keys: one RSA-2048 key per user pool, kept as a PKCS#8 PEM file with mode 0600,
 //! and its public half as a JWK.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use base64::Engine as _;
@@ -14,7 +12,10 @@ use rsa::{RsaPrivateKey, RsaPublicKey};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use sluice_meta::params;
+
 use crate::IdentityError;
+use crate::secret_box::SecretBox;
 
 /// A pool's signing key.
 pub struct SigningKey {
@@ -41,18 +42,6 @@ pub struct Jwks {
 }
 
 impl SigningKey {
-    /// Loads the key at `path`, generating it first if there is none. Two processes racing
-    /// here end up with the same key: the new key is published with a hard link, which
-    /// fails if another process published first, and the loser reads the winner's key.
-    pub fn load_or_generate(path: &Path) -> Result<SigningKey, IdentityError> {
-        if !path.exists() {
-            generate(path)?;
-        }
-        let pem = std::fs::read_to_string(path)
-            .map_err(|e| IdentityError::Backend(format!("cannot read {}: {e}", path.display())))?;
-        Self::from_pem(&pem)
-    }
-
     pub fn from_pem(pem: &str) -> Result<SigningKey, IdentityError> {
         let private = RsaPrivateKey::from_pkcs8_pem(pem)
             .map_err(|e| IdentityError::Backend(format!("invalid signing key: {e}")))?;
@@ -104,59 +93,134 @@ fn new_key() -> Result<RsaPrivateKey, rsa::Error> {
     RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
 }
 
-fn generate(path: &Path) -> Result<(), IdentityError> {
-    let backend = |what: &str, e: &dyn std::fmt::Display| {
-        IdentityError::Backend(format!("{what} {}: {e}", path.display()))
-    };
-    let dir = path
-        .parent()
-        .ok_or_else(|| IdentityError::Backend("key path has no parent".into()))?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| backend("cannot create the folder of", &e))?;
-    let key = new_key().map_err(|e| backend("cannot generate", &e))?;
-    let pem = key
+/// A new key, as PKCS#8 PEM.
+fn new_pem() -> Result<String, IdentityError> {
+    let key = new_key()
+        .map_err(|e| IdentityError::Backend(format!("cannot generate a signing key: {e}")))?;
+    Ok(key
         .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| backend("cannot encode", &e))?;
-    let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| backend("cannot create", &e))?;
-    f.write_all(pem.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| backend("cannot write", &e))?;
-    let published = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match published {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(backend("cannot publish", &e)),
-    }
-    sluice_meta::sync_dir(dir).map_err(|e| backend("cannot sync the folder of", &e))?;
-    Ok(())
+        .map_err(|e| IdentityError::Backend(format!("cannot encode a signing key: {e}")))?
+        .to_string())
 }
+
+/// The associated data a pool's sealed signing key is bound to.
+fn sealed_as(pool_id: &str) -> String {
+    format!("signing-key:{pool_id}")
+}
+
+/// The pool's signing key from the metadata engine, generating (and storing) it first if
+/// there is none. Blocking. A key an earlier version kept in `legacy` (a PEM file in the
+/// key folder) is moved into the engine instead of generating a new one, so tokens issued
+/// before the upgrade stay valid. Processes racing here end up with the same key: the row
+/// is inserted only if absent, and everyone uses the row that won.
+pub(crate) fn load_or_generate(
+    db: &sluice_meta::Meta,
+    sealer: &SecretBox,
+    pool_id: &str,
+    legacy: &Path,
+) -> Result<SigningKey, IdentityError> {
+    let read = |db: &sluice_meta::Meta| -> Result<Option<String>, IdentityError> {
+        let p = pool_id.to_owned();
+        db.read_blocking(move |c| {
+            Ok(c.query_opt(
+                "SELECT sealed_pem FROM signing_keys WHERE pool_id = ?1",
+                params![p],
+                |r| r.get::<String>(0),
+            )?)
+        })
+    };
+    let sealed = match read(db)? {
+        Some(sealed) => sealed,
+        None => {
+            let pem = match std::fs::read_to_string(legacy) {
+                Ok(pem) => pem,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_pem()?,
+                Err(e) => {
+                    return Err(IdentityError::Backend(format!(
+                        "cannot read {}: {e}",
+                        legacy.display()
+                    )));
+                }
+            };
+            let key = SigningKey::from_pem(&pem)?;
+            let sealed = sealer.seal(&sealed_as(pool_id), &pem)?;
+            let (p, kid) = (pool_id.to_owned(), key.kid.clone());
+            db.write_blocking(move |c| -> Result<(), IdentityError> {
+                c.execute(
+                    "INSERT INTO signing_keys (pool_id, kid, sealed_pem, created_ms)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                    params![p, kid, sealed, sluice_meta::now_ms()],
+                )?;
+                Ok(())
+            })?;
+            read(db)?.ok_or_else(|| {
+                IdentityError::Backend(format!("the signing key of {pool_id} was not stored"))
+            })?
+        }
+    };
+    let pem = sealer.open(&sealed_as(pool_id), &sealed)?;
+    if !crate::secret_box::is_sealed(&sealed) {
+        return Err(IdentityError::Backend(format!(
+            "the signing key of {pool_id} is not sealed"
+        )));
+    }
+    SigningKey::from_pem(&pem)
+}
+
+/// The pools' signing keys, sealed under the deployment's key file (see `secret_box`).
+pub(crate) const MIGRATION: &str = "
+CREATE TABLE signing_keys (
+    pool_id TEXT PRIMARY KEY,
+    kid TEXT NOT NULL,
+    sealed_pem TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+";
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn generated_key_is_private_and_stable() {
-        let dir = std::env::temp_dir().join(format!("sluice-keys-{}", uuid::Uuid::new_v4()));
-        let path = dir.join("k.pem");
-        let a = SigningKey::load_or_generate(&path).expect("generate");
-        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let b = SigningKey::load_or_generate(&path).expect("load");
+    fn a_generated_key_is_sealed_in_the_engine_stable_and_shared() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("keys", crate::MIGRATIONS);
+        let sealer =
+            SecretBox::load_or_create(&engines.dir().join("keys").join("k.key")).expect("box");
+        let legacy = engines.dir().join("keys").join("none.pem");
+        let a = load_or_generate(&db, &sealer, "us-east-2_AAAAAAAAA", &legacy).expect("new");
+        let b = load_or_generate(&db, &sealer, "us-east-2_AAAAAAAAA", &legacy).expect("load");
         assert_eq!(a.kid, b.kid);
         assert_eq!(a.jwk(), b.jwk());
         assert_eq!(a.jwk().e, "AQAB");
-        let _ = std::fs::remove_dir_all(dir);
+        let stored: String = db
+            .read_blocking(|c| {
+                c.query_row("SELECT sealed_pem FROM signing_keys", params![], |r| {
+                    r.get::<String>(0)
+                })
+            })
+            .expect("row");
+        assert!(!stored.contains("PRIVATE KEY"), "kept sealed: {stored}");
+        // A process with another key file cannot use it, and says why.
+        let other =
+            SecretBox::load_or_create(&engines.dir().join("other").join("k.key")).expect("box");
+        let err = load_or_generate(&db, &other, "us-east-2_AAAAAAAAA", &legacy)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("key file"), "{err}");
+    }
+
+    #[test]
+    fn a_key_file_of_an_earlier_version_is_kept() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let db = engines.meta("keys", crate::MIGRATIONS);
+        let sealer =
+            SecretBox::load_or_create(&engines.dir().join("keys").join("k.key")).expect("box");
+        let legacy = engines.dir().join("keys").join("us-east-2_BBBBBBBBB.pem");
+        std::fs::write(&legacy, new_pem().expect("pem")).expect("write");
+        let from_file =
+            SigningKey::from_pem(&std::fs::read_to_string(&legacy).expect("read")).expect("pem");
+        let k = load_or_generate(&db, &sealer, "us-east-2_BBBBBBBBB", &legacy).expect("moved");
+        assert_eq!(k.kid, from_file.kid);
     }
 }

@@ -119,6 +119,10 @@ CREATE TABLE auth_sessions (
         name: "identity-0005",
         sql: groups::MIGRATION,
     },
+    Migration {
+        name: "identity-0006",
+        sql: keys::MIGRATION,
+    },
 ];
 
 /// Outbox messages record their email delivery: `delivery` is NULL (not emailed: SMTP not
@@ -335,6 +339,11 @@ pub(crate) struct UserRow {
     pub(crate) updated_ms: i64,
 }
 
+/// The file, in the key folder, whose key seals the secrets kept in the metadata engine
+/// (access keys' secrets, pools' signing keys). Every process of one deployment needs the
+/// same file.
+pub const SEALING_KEY_FILE: &str = "access-keys.key";
+
 /// The identity service over the embedded database.
 #[derive(Clone)]
 pub struct Identity {
@@ -343,6 +352,7 @@ pub struct Identity {
     /// `<edge-url>`; a pool's issuer is `<base>/<pool id>`.
     issuer_base: String,
     keys: Arc<RwLock<HashMap<String, Arc<SigningKey>>>>,
+    sealer: Arc<std::sync::OnceLock<Arc<secret_box::SecretBox>>>,
     /// Held while a signing key is loaded or generated, so that callers who need a key
     /// generation has not finished wait for that one instead of generating another.
     key_loading: Arc<std::sync::Mutex<()>>,
@@ -361,6 +371,7 @@ impl Identity {
             key_dir: key_dir.to_owned(),
             issuer_base: issuer_base.trim_end_matches('/').to_owned(),
             keys: Arc::new(RwLock::new(HashMap::new())),
+            sealer: Arc::default(),
             key_loading: Arc::default(),
             throttle: Arc::new(Throttle::default()),
             pool_rates: Arc::new(rates::Buckets::default()),
@@ -555,17 +566,37 @@ impl Identity {
         {
             return Ok(k.clone());
         }
-        // Generated keys are fsynced (file and folder) before this returns: nothing is
-        // ever signed with a key that could be lost.
-        let key = Arc::new(SigningKey::load_or_generate(&self.key_path(pool_id))?);
+        // A generated key is durable in the metadata engine (sealed) before this returns:
+        // nothing is ever signed with a key that could be lost, and every process on the
+        // same engine signs and verifies with the same key.
+        let sealer = self.sealer()?;
+        let key = Arc::new(keys::load_or_generate(
+            &self.db,
+            &sealer,
+            pool_id,
+            &self.key_path(pool_id),
+        )?);
         if let Ok(mut keys) = self.keys.write() {
             keys.insert(pool_id.to_owned(), key.clone());
         }
         Ok(key)
     }
 
+    /// Where an earlier version kept the pool's signing key (read once, to keep it).
     fn key_path(&self, pool_id: &str) -> PathBuf {
         self.key_dir.join(format!("{pool_id}.pem"))
+    }
+
+    /// The key that seals signing keys in the metadata engine: the data directory's key
+    /// file, the one access-key secrets are sealed with.
+    fn sealer(&self) -> Result<Arc<secret_box::SecretBox>, IdentityError> {
+        if let Some(b) = self.sealer.get() {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(secret_box::SecretBox::load_or_create(
+            &self.key_dir.join(SEALING_KEY_FILE),
+        )?);
+        Ok(self.sealer.get_or_init(|| b).clone())
     }
 
     pub fn jwks(&self, pool_id: &str) -> Result<Jwks, IdentityError> {
@@ -734,10 +765,13 @@ mod tests {
         let info = id
             .bootstrap_rows("us-east-2", Lifetimes::default())
             .expect("bootstrap");
-        assert!(
-            !key_dir.join(format!("{}.pem", info.pool_id)).exists(),
-            "no key on the start path"
-        );
+        let stored = |db: &Meta| -> i64 {
+            db.read_blocking(|c| {
+                c.query_row("SELECT COUNT(*) FROM signing_keys", params![], |r| r.get(0))
+            })
+            .expect("count")
+        };
+        assert_eq!(stored(&id.db), 0, "no key on the start path");
         // The verifier is built without a key; it loads one at its first token.
         let verifier = PoolVerifier::new(id.clone(), &info.pool_id, 60).expect("verifier");
         let callers: Vec<_> = (0..4)
@@ -751,15 +785,12 @@ mod tests {
             .map(|c| c.join().expect("caller"))
             .collect();
         assert!(kids.iter().all(|k| *k == kids[0]), "{kids:?}");
+        assert_eq!(stored(&id.db), 1, "one key");
         let files: Vec<_> = std::fs::read_dir(&key_dir)
             .expect("key dir")
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect();
-        assert_eq!(
-            files,
-            vec![format!("{}.pem", info.pool_id)],
-            "one key, no leftovers"
-        );
+        assert_eq!(files, vec![SEALING_KEY_FILE.to_owned()], "no key files");
         assert_eq!(
             verifier.verify("not.a.token", 0).err(),
             Some(TokenError::Malformed)

@@ -59,16 +59,30 @@ CREATE TABLE mapping_stats (
 );
 ",
     },
+    crate::leases::MIGRATION,
 ];
 
 #[derive(Clone)]
 pub struct EmbeddedCheckpoints {
     db: Meta,
+    /// With shard leases, a checkpoint is saved only under the lease its shard is held
+    /// by (checked in the checkpoint's own transaction).
+    leases: Option<std::sync::Arc<crate::leases::ShardLeases>>,
 }
 
 impl EmbeddedCheckpoints {
     pub fn new(db: Meta) -> Self {
-        EmbeddedCheckpoints { db }
+        EmbeddedCheckpoints { db, leases: None }
+    }
+
+    /// Checkpoints saved only by the holder of their shard's lease.
+    pub fn with_leases(mut self, leases: std::sync::Arc<crate::leases::ShardLeases>) -> Self {
+        self.leases = Some(leases);
+        self
+    }
+
+    fn guard(&self, mapping: &str, shard: &str) -> Option<Option<(String, i64)>> {
+        self.leases.as_ref().map(|l| l.guard(mapping, shard))
     }
 
     /// The mappings that have run on `stream`, oldest first (the first is the one that
@@ -131,7 +145,15 @@ impl Checkpoints for EmbeddedCheckpoints {
 
     async fn save(&self, mapping: &str, shard_id: &str, seq: &str) -> Result<(), ProcessorError> {
         let (m, s, q) = (mapping.to_owned(), shard_id.to_owned(), seq.to_owned());
-        self.db.write(move |c| save_in_tx(c, &m, &s, &q)).await
+        let guard = self.guard(mapping, shard_id);
+        self.db
+            .write(move |c| {
+                if let Some(g) = &guard {
+                    crate::leases::check_in_tx(c, &m, &s, g.as_ref())?;
+                }
+                save_in_tx(c, &m, &s, &q)
+            })
+            .await
     }
 
     fn db(&self) -> Option<&Meta> {
@@ -150,8 +172,12 @@ impl Checkpoints for EmbeddedCheckpoints {
             shard_id.to_owned(),
             seq.map(str::to_owned),
         );
+        let guard = self.guard(mapping, shard_id);
         self.db
             .write(move |c| {
+                if let Some(g) = &guard {
+                    crate::leases::check_in_tx(c, &m, &s, g.as_ref())?;
+                }
                 extra(c)?;
                 match &q {
                     Some(q) => save_in_tx(c, &m, &s, q),

@@ -31,6 +31,7 @@ pub mod event;
 pub mod exec;
 pub mod functions;
 pub mod lambda;
+pub mod leases;
 pub mod logs;
 pub mod mappings;
 pub mod runner;
@@ -60,6 +61,9 @@ pub enum ProcessorError {
     AlreadyExists(String),
     #[error("{0}")]
     Function(String),
+    /// The shard's lease passed to another processor: this one must stop its worker.
+    #[error("{0}")]
+    LeaseLost(String),
 }
 
 impl From<sluice_meta::MetaError> for ProcessorError {
@@ -463,6 +467,9 @@ pub struct Processor {
     pub(crate) status_tracking: Option<(String, Arc<dyn Observer>)>,
     /// Functions created with Lambda's API, for mappings that name one (`function:<name>`).
     pub(crate) functions: Option<Arc<dyn functions::FunctionResolver>>,
+    /// Shard leases shared with other processor processes; `None`: this process runs
+    /// every shard of its mappings.
+    pub(crate) leases: Option<Arc<leases::ShardLeases>>,
 }
 
 impl Processor {
@@ -482,7 +489,16 @@ impl Processor {
             logs: None,
             status_tracking: None,
             functions: None,
+            leases: None,
         }
+    }
+
+    /// Shares the shards of every mapping with other processes through `leases` (the
+    /// checkpoints must be guarded by the same leases:
+    /// [`embedded::EmbeddedCheckpoints::with_leases`]).
+    pub fn with_leases(mut self, leases: Arc<leases::ShardLeases>) -> Self {
+        self.leases = Some(leases);
+        self
     }
 
     /// Mappings may run functions created with Lambda's API (`function:<name>`).

@@ -114,7 +114,56 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 impl Supervisor {
+    fn worker(
+        &self,
+        shard: ShardDesc,
+        known: &HashSet<String>,
+        retention_ms: i64,
+        finished: &Arc<Finished>,
+        wait_parents: bool,
+    ) -> Arc<ShardWorker> {
+        let m = &self.mapping;
+        // A parent no longer in the stream (trimmed) has nothing left to read.
+        let parents: Vec<String> = [
+            shard.parent_shard_id.clone(),
+            shard.adjacent_parent_shard_id.clone(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|p| known.contains(p))
+        .collect();
+        let (commit_tx, commit_rx) = mpsc::channel(COMMITS_AHEAD);
+        Arc::new(ShardWorker {
+            p: self.p.clone(),
+            mapping: m.clone(),
+            function: self.function.clone(),
+            destination: self.destination.clone(),
+            stream_arn: self.p.aws.stream_arn(&m.stream),
+            function_arn: self.p.aws.function_arn(self.function.name()),
+            invoke_identity_arn: format!(
+                "arn:aws:iam::{}:role/sluice-processor",
+                self.p.aws.account_id
+            ),
+            shard,
+            parents,
+            wait_parents,
+            created_ms: self.created_ms,
+            max_age_ms: if m.maximum_record_age_secs >= 0 {
+                m.maximum_record_age_secs * 1000
+            } else {
+                retention_ms
+            },
+            finished: finished.clone(),
+            tracker: tokio::sync::Mutex::new(Tracker::default()),
+            commits: commit_tx,
+            commit_rx: Mutex::new(Some(commit_rx)),
+        })
+    }
+
     pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        if let Some(leases) = self.p.leases.clone() {
+            return self.run_leased(leases, shutdown).await;
+        }
         let m = self.mapping.clone();
         let finished = Arc::new(Finished::default());
         let mut started: HashSet<String> = HashSet::new();
@@ -129,40 +178,7 @@ impl Supervisor {
                         if !started.insert(shard.shard_id.clone()) {
                             continue;
                         }
-                        // A parent no longer in the stream (trimmed) has nothing left to read.
-                        let parents: Vec<String> = [
-                            shard.parent_shard_id.clone(),
-                            shard.adjacent_parent_shard_id.clone(),
-                        ]
-                        .into_iter()
-                        .flatten()
-                        .filter(|p| known.contains(p))
-                        .collect();
-                        let (commit_tx, commit_rx) = mpsc::channel(COMMITS_AHEAD);
-                        let w = Arc::new(ShardWorker {
-                            p: self.p.clone(),
-                            mapping: m.clone(),
-                            function: self.function.clone(),
-                            destination: self.destination.clone(),
-                            stream_arn: self.p.aws.stream_arn(&m.stream),
-                            function_arn: self.p.aws.function_arn(self.function.name()),
-                            invoke_identity_arn: format!(
-                                "arn:aws:iam::{}:role/sluice-processor",
-                                self.p.aws.account_id
-                            ),
-                            shard,
-                            parents,
-                            created_ms: self.created_ms,
-                            max_age_ms: if m.maximum_record_age_secs >= 0 {
-                                m.maximum_record_age_secs * 1000
-                            } else {
-                                retention_ms
-                            },
-                            finished: finished.clone(),
-                            tracker: tokio::sync::Mutex::new(Tracker::default()),
-                            commits: commit_tx,
-                            commit_rx: Mutex::new(Some(commit_rx)),
-                        });
+                        let w = self.worker(shard, &known, retention_ms, &finished, true);
                         tasks.spawn(w.run(shutdown.clone()));
                     }
                 }
@@ -179,6 +195,149 @@ impl Supervisor {
         while tasks.join_next().await.is_some() {}
         self.p
             .update_stats(&m.name, |s| s.state = "Disabled".into());
+    }
+
+    /// The supervisor of a processor that shares the mapping's shards with others: it runs
+    /// a worker only for the shards whose leases it holds (see [`crate::leases`]).
+    async fn run_leased(
+        self,
+        leases: Arc<crate::leases::ShardLeases>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let m = self.mapping.clone();
+        let finished = Arc::new(Finished::default());
+        let mut workers: HashMap<String, LeasedWorker> = HashMap::new();
+        let mut last_tick = Instant::now();
+        while !stopping(&shutdown) {
+            // A worker that ended on its own drained its closed shard (or will be started
+            // again below if it still holds the lease).
+            let ended: Vec<String> = workers
+                .iter()
+                .filter(|(_, w)| w.task.is_finished())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for shard in ended {
+                if let Some(w) = workers.remove(&shard) {
+                    w.end(&leases, &m.name, &shard, false).await;
+                }
+            }
+            let planned = match self.p.stream.describe_stream(&m.stream).await {
+                Ok(desc) => {
+                    let specs: Vec<crate::leases::ShardSpec> = desc
+                        .shards
+                        .iter()
+                        .map(|s| crate::leases::ShardSpec {
+                            shard_id: s.shard_id.clone(),
+                            parents: [&s.parent_shard_id, &s.adjacent_parent_shard_id]
+                                .into_iter()
+                                .flatten()
+                                .cloned()
+                                .collect(),
+                        })
+                        .collect();
+                    match leases.tick(&m.name, &specs).await {
+                        Ok(plan) => Some((desc, plan)),
+                        Err(e) => {
+                            tracing::warn!(mapping = %m.name, error = %e, "cannot renew or take shard leases");
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(mapping = %m.name, error = %e, "cannot describe the mapping's stream");
+                    None
+                }
+            };
+            match planned {
+                Some((desc, plan)) => {
+                    last_tick = Instant::now();
+                    let keep: HashSet<&String> = plan.run.iter().collect();
+                    let gone: Vec<String> = workers
+                        .keys()
+                        .filter(|k| !keep.contains(k))
+                        .cloned()
+                        .collect();
+                    for shard in gone {
+                        if let Some(w) = workers.remove(&shard) {
+                            w.end(&leases, &m.name, &shard, true).await;
+                        }
+                    }
+                    for shard in &plan.hand_over {
+                        if let Err(e) = leases.hand_over(&m.name, shard).await {
+                            tracing::warn!(mapping = %m.name, shard = %shard, error = %e, "cannot hand a shard lease over");
+                        }
+                    }
+                    let known: HashSet<String> =
+                        desc.shards.iter().map(|s| s.shard_id.clone()).collect();
+                    let retention_ms = i64::from(desc.retention_hours) * 3_600_000;
+                    for shard in desc.shards {
+                        let id = shard.shard_id.clone();
+                        if !keep.contains(&id) || workers.contains_key(&id) {
+                            continue;
+                        }
+                        let (stop, rx) = watch::channel(false);
+                        let w = self.worker(shard, &known, retention_ms, &finished, false);
+                        tracing::info!(mapping = %m.name, shard = %id, "started a shard worker");
+                        workers.insert(
+                            id,
+                            LeasedWorker {
+                                stop,
+                                task: tokio::spawn(w.run(rx)),
+                            },
+                        );
+                    }
+                }
+                None if last_tick.elapsed() >= leases.duration() => {
+                    // Leases not renewed for their duration may be another's by now.
+                    for (shard, w) in workers.drain() {
+                        w.end(&leases, &m.name, &shard, true).await;
+                    }
+                }
+                None => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(leases.tick_every()) => {}
+                _ = stopped(&mut shutdown) => {}
+            }
+        }
+        for w in workers.values() {
+            w.stop.send_replace(true);
+        }
+        for (shard, w) in workers.drain() {
+            w.end(&leases, &m.name, &shard, true).await;
+        }
+        if let Err(e) = leases.release_all(&m.name).await {
+            tracing::warn!(mapping = %m.name, error = %e, "cannot give the shard leases back; others take them once they expire");
+        }
+        self.p
+            .update_stats(&m.name, |s| s.state = "Disabled".into());
+    }
+}
+
+/// A shard worker of a leased supervisor.
+struct LeasedWorker {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<bool>,
+}
+
+impl LeasedWorker {
+    /// Stops the worker (when `stop`), waits for it, and marks the shard finished when the
+    /// worker drained it.
+    async fn end(
+        self,
+        leases: &crate::leases::ShardLeases,
+        mapping: &str,
+        shard: &str,
+        stop: bool,
+    ) {
+        if stop {
+            self.stop.send_replace(true);
+        }
+        if let Ok(true) = self.task.await
+            && let Err(e) = leases.finish(mapping, shard).await
+        {
+            tracing::warn!(mapping, shard, error = %e, "cannot mark a drained shard finished; it is read to its end again");
+        }
     }
 }
 
@@ -267,6 +426,9 @@ struct ShardWorker {
     invoke_identity_arn: String,
     shard: ShardDesc,
     parents: Vec<String>,
+    /// Waits for the parents' workers of this process (without leases); with leases, a
+    /// child is leased only once its parents are finished.
+    wait_parents: bool,
     created_ms: i64,
     max_age_ms: i64,
     finished: Arc<Finished>,
@@ -290,9 +452,10 @@ impl ShardWorker {
         &self.shard.shard_id
     }
 
-    async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Runs the shard until `shutdown`; true when it drained its closed shard.
+    async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> bool {
         let m = self.mapping.clone();
-        for parent in &self.parents {
+        for parent in self.parents.iter().filter(|_| self.wait_parents) {
             let mut rx = self.finished.receiver(parent);
             tracing::debug!(mapping = %m.name, shard = self.id(), parent, "waiting for parent shard");
             loop {
@@ -300,8 +463,8 @@ impl ShardWorker {
                     break;
                 }
                 tokio::select! {
-                    r = rx.changed() => if r.is_err() { return },
-                    _ = stopped(&mut shutdown) => return,
+                    r = rx.changed() => if r.is_err() { return false },
+                    _ = stopped(&mut shutdown) => return false,
                 }
             }
         }
@@ -349,7 +512,9 @@ impl ShardWorker {
         if drained && t.pending.is_empty() && t.unsaved.is_none() {
             tracing::info!(mapping = %m.name, shard = self.id(), "shard closed and drained");
             self.finished.mark(self.id());
+            return true;
         }
+        false
     }
 
     /// Reads the shard into the lanes. Returns true once a closed shard was read to its end.

@@ -98,6 +98,79 @@ pub(crate) struct CommonArgs {
     pub(crate) log_format: LogFormat,
 }
 
+/// The default `lease_duration_secs`.
+pub(crate) const DEFAULT_LEASE_DURATION_SECS: u64 = 10;
+
+/// `sluice serve`'s own flags.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct ServeArgs {
+    /// What this process serves (repeatable, or comma-separated in SLUICE_ROLES):
+    /// `gateway` (the upload API, console, operators' API and HTTP APIs on --listen),
+    /// `edge` (the AWS-compatible edge on --edge-listen), `processor` (mappings and the
+    /// background work: retention, lifecycle rules), or `all` [default: all]. Every
+    /// process answers /healthz, /readyz and /metrics on --listen.
+    #[arg(long = "role", env = "SLUICE_ROLES", value_delimiter = ',', value_enum)]
+    pub(crate) roles: Vec<Role>,
+    /// Seconds a processor's shard lease lasts without renewal before another processor
+    /// takes the shard over (shared metadata engines only) [default: 10]
+    #[arg(long, env = "SLUICE_LEASE_DURATION_SECS")]
+    pub(crate) lease_duration_secs: Option<u64>,
+}
+
+/// A part of the pipeline one `sluice serve` process runs (`--role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Role {
+    All,
+    Gateway,
+    Edge,
+    Processor,
+}
+
+/// The roles a process runs, resolved (`all` is the three).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Roles {
+    pub(crate) gateway: bool,
+    pub(crate) edge: bool,
+    pub(crate) processor: bool,
+}
+
+impl Roles {
+    pub(crate) const ALL: Roles = Roles {
+        gateway: true,
+        edge: true,
+        processor: true,
+    };
+
+    pub(crate) fn from_list(list: &[Role]) -> Roles {
+        if list.is_empty() || list.contains(&Role::All) {
+            return Roles::ALL;
+        }
+        Roles {
+            gateway: list.contains(&Role::Gateway),
+            edge: list.contains(&Role::Edge),
+            processor: list.contains(&Role::Processor),
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        if *self == Roles::ALL {
+            return "all".into();
+        }
+        let mut names = Vec::new();
+        for (on, name) in [
+            (self.gateway, "gateway"),
+            (self.edge, "edge"),
+            (self.processor, "processor"),
+        ] {
+            if on {
+                names.push(name);
+            }
+        }
+        names.join(", ")
+    }
+}
+
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum LogFormat {
@@ -211,6 +284,10 @@ pub(crate) struct FileConfig {
     /// Accept tokens of sluice's own user pool at the upload API (default true; false with
     /// external issuers leaves sign-in to them).
     pub(crate) pool_tokens: Option<bool>,
+    /// `roles = ["gateway", "edge"]`: what `sluice serve` runs (`--role`).
+    pub(crate) roles: Option<Vec<Role>>,
+    /// Seconds a shard lease lasts without renewal (`--lease-duration-secs`).
+    pub(crate) lease_duration_secs: Option<u64>,
     /// `[[mapping]]`: mappings `serve` creates at start (or updates when changed here).
     #[serde(default)]
     pub(crate) mapping: Vec<MappingEntry>,
@@ -435,6 +512,10 @@ pub(crate) struct Settings {
     pub(crate) external_issuers: Vec<sluice_gateway::oidc::IssuerConfig>,
     /// Whether the upload API accepts tokens of sluice's own user pool.
     pub(crate) pool_tokens: bool,
+    /// What `sluice serve` runs (`--role`; every part by default).
+    pub(crate) roles: Roles,
+    /// How long a shard lease lasts without renewal (shared metadata engines).
+    pub(crate) lease_duration: std::time::Duration,
     /// The `[[mapping]]` entries of the configuration file.
     pub(crate) mappings: Vec<MappingEntry>,
     /// Directory of the configuration file (the current directory without one): relative
@@ -590,11 +671,38 @@ impl Settings {
             pool_tokens: env_parse("SLUICE_POOL_TOKENS")?
                 .or(file.pool_tokens)
                 .unwrap_or(true),
+            roles: Roles::from_list(&file.roles.unwrap_or_default()),
+            lease_duration: std::time::Duration::from_secs(
+                file.lease_duration_secs
+                    .unwrap_or(DEFAULT_LEASE_DURATION_SECS),
+            ),
             mappings: file.mapping,
             config_dir,
         };
         s.validate()?;
         Ok(s)
+    }
+
+    /// Applies `sluice serve`'s own flags (they win over the file).
+    pub(crate) fn apply_serve(&mut self, args: &ServeArgs) -> Result<()> {
+        if !args.roles.is_empty() {
+            self.roles = Roles::from_list(&args.roles);
+        }
+        if let Some(secs) = args.lease_duration_secs {
+            self.lease_duration = std::time::Duration::from_secs(secs);
+        }
+        let secs = self.lease_duration.as_secs();
+        if !(3..=3_600).contains(&secs) {
+            bail!("lease_duration_secs must be between 3 and 3600, got {secs}");
+        }
+        Ok(())
+    }
+
+    /// Whether several processes may share this deployment's engines: the metadata
+    /// engine is not the embedded SQLite file (which one process holds). Processors then
+    /// share shards through leases.
+    pub(crate) fn shared_engines(&self) -> bool {
+        !self.meta.starts_with("sqlite://")
     }
 
     fn validate(&self) -> Result<()> {

@@ -49,8 +49,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the whole pipeline: sign-in, upload API, storage, stream and processors.
-    Serve,
+    /// Run the whole pipeline: sign-in, upload API, storage, stream and processors (or
+    /// the parts `--role` names).
+    Serve(config::ServeArgs),
     /// Manage users of the default user pool.
     #[command(subcommand)]
     User(UserCommand),
@@ -382,7 +383,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Uploads(cmd) => client_cmd::uploads(&settings, cmd),
         Command::Status { client } => client_cmd::status(&settings, &client),
         Command::Stream(cmd) => client_cmd::stream(&settings, cmd),
-        Command::Serve => {
+        Command::Serve(args) => {
+            let mut settings = settings;
+            settings.apply_serve(&args)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

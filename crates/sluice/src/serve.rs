@@ -52,11 +52,23 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let api_listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {} (API)", settings.listen))?;
-    let edge_listener = TcpListener::bind(settings.edge_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (edge)", settings.edge_listen))?;
+    let roles = settings.roles;
+    // Without the edge role there is no edge listener; the edge URL (the token issuer's
+    // base) is still the configured one, which every process of a deployment shares.
+    let edge_listener = if roles.edge {
+        Some(
+            TcpListener::bind(settings.edge_listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (edge)", settings.edge_listen))?,
+        )
+    } else {
+        None
+    };
     let api_url = settings.api_url_for(api_listener.local_addr()?);
-    let edge_url = settings.edge_url_for(edge_listener.local_addr()?);
+    let edge_url = match &edge_listener {
+        Some(l) => settings.edge_url_for(l.local_addr()?),
+        None => settings.edge_url_for(settings.edge_listen),
+    };
 
     // Before the engines open, so that their start-up work is counted too.
     let metrics = if settings.metrics {
@@ -154,9 +166,14 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     stream
         .ensure_stream(&settings.stream, settings.shards)
         .await?;
-    let retention = stream.spawn_retention(Duration::from_secs(60));
+    // Background work over the whole deployment runs in processor processes (each pass
+    // is safe to run in several at once: retention and lifecycle rules delete what is
+    // past its time, requeueing a lost upload twice delivers it twice, at least once).
+    let retention = roles
+        .processor
+        .then(|| stream.spawn_retention(Duration::from_secs(60)));
     // The buckets' S3 lifecycle rules, at start and then every `lifecycle_interval_secs`.
-    {
+    if roles.processor {
         let store: Arc<dyn sluice_store::ObjectStore> = Arc::new(store.clone());
         let every = Duration::from_secs(settings.lifecycle_interval_secs);
         tokio::spawn(async move {
@@ -180,8 +197,14 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     }
 
     let uploads = EmbeddedUploads::new(db.clone(), store.clone(), stream.unthrottled());
-    // Uploads committed before a crash cut their delivery short get their records now.
-    let delivered = uploads.deliver_pending().await?;
+    // Uploads committed before a crash cut their delivery short get their records now
+    // (by any process that takes uploads; with several, an entry another process is
+    // delivering at this moment is delivered once: the record engine knows its ticket).
+    let delivered = if roles.gateway || roles.edge {
+        uploads.deliver_pending().await?
+    } else {
+        0
+    };
     if delivered > 0 {
         tracing::info!(
             uploads = delivered,
@@ -191,7 +214,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     // Defence in depth: a checkpoint never passes a record whose outcome is not recorded,
     // but an upload whose outcome was lost anyway (a bug, a hand-edited database) is put
     // into the stream again, at start and every minute after.
-    {
+    if roles.processor {
         let (uploads, checkpoints) = (
             uploads.clone(),
             sluice_processor::embedded::EmbeddedCheckpoints::new(db.clone()),
@@ -250,10 +273,24 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     )
     .await?;
     let observer = Arc::new(LedgerObserver(ledger.clone()));
+    // On engines several processes can share, processors share the mappings' shards
+    // through leases in the metadata engine (one holder per shard at a time).
+    let leases = (roles.processor && settings.shared_engines()).then(|| {
+        sluice_processor::leases::ShardLeases::new(
+            db.clone(),
+            sluice_processor::leases::ShardLeases::new_owner_id(),
+            settings.lease_duration,
+        )
+    });
+    let mut checkpoints = EmbeddedCheckpoints::new(db.clone());
+    if let Some(l) = &leases {
+        checkpoints = checkpoints.with_leases(l.clone());
+        tracing::info!(owner = %l.owner(), duration = ?l.duration(), "processors share shards through leases in the metadata engine");
+    }
     let mut processor = Processor::new(
         Arc::new(stream.unthrottled()),
         Arc::new(store.clone()),
-        Arc::new(EmbeddedCheckpoints::new(db.clone())),
+        Arc::new(checkpoints),
         observer.clone(),
     )
     .with_logs(Arc::new(function_logs.clone()))
@@ -264,9 +301,14 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         region: settings.region.clone(),
         account_id: settings.account_id.clone(),
     });
+    if let Some(l) = &leases {
+        processor = processor.with_leases(l.clone());
+    }
     // Upload status follows exactly one mapping: the built-in one, or (when it is off) the
     // oldest enabled user mapping on the upload stream.
-    let workers = if settings.builtin_mapping {
+    let workers = if !roles.processor {
+        Vec::new()
+    } else if settings.builtin_mapping {
         let config = builtin_config(
             &settings.stream,
             settings.batch_size,
@@ -296,7 +338,10 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         user_pool_id: pool.pool_id.clone(),
         client_id: pool.client_id.clone(),
         edge_url: settings.edge_url.clone(),
-        edge_port: edge_listener.local_addr()?.port(),
+        edge_port: match &edge_listener {
+            Some(l) => l.local_addr()?.port(),
+            None => settings.edge_listen.port(),
+        },
         bucket: settings.bucket.clone(),
         stream: settings.stream.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -332,7 +377,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         &settings.account_id,
         TOKEN_LEEWAY_SECS,
     ));
-    let api = sluice_gateway::router(Gateway {
+    let gateway = sluice_gateway::router(Gateway {
         authorizer,
         sink: Arc::new(crate::builtin_roles::GuardedSink {
             inner: Arc::new(uploads.clone()),
@@ -349,10 +394,17 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         quota: sluice_gateway::quota::Quota::new(settings.user_limits),
         shutdown: shutdown_rx.clone(),
     })
-    .merge(crate::telemetry::routes(metrics, readiness))
     .merge(sluice_console::router(console_config))
     .merge(sluice_apis::serve::router(serving))
-    .merge(admin)
+    .merge(admin);
+    // Every process answers health, readiness and metrics on --listen; the rest of that
+    // listener is the gateway's.
+    let api = if roles.gateway {
+        gateway
+    } else {
+        crate::telemetry::health_routes()
+    }
+    .merge(crate::telemetry::routes(metrics, readiness))
     // An error answer to a request that announced its body with `Expect: 100-continue`
     // closes the connection, as on the edge (`sluice_compat::close_after_refused_expect`).
     .layer(axum::middleware::from_fn(
@@ -433,16 +485,22 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     ));
 
     // User mappings (`sluice mapping …`, `[[mapping]]`); after the first-start key above.
-    let mappings = crate::mapping_server::start(
-        &settings,
-        &db,
-        &processor,
-        function_logs,
-        &keys_for_mappings,
-        &edge_url,
-        shutdown_rx.clone(),
-    )
-    .await?;
+    let mappings = if roles.processor {
+        Some(
+            crate::mapping_server::start(
+                &settings,
+                &db,
+                &processor,
+                function_logs,
+                &keys_for_mappings,
+                &edge_url,
+                shutdown_rx.clone(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
 
     let info = wiring::make_info(
         &settings,
@@ -464,6 +522,9 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "sluice is ready\n{}", wiring::describe(&info));
         let _ = writeln!(out, "Data dir:      {}", settings.data_dir.display());
+        if roles != crate::config::Roles::ALL {
+            let _ = writeln!(out, "Roles:         {}", roles.describe());
+        }
         let _ = writeln!(
             out,
             "{}",
@@ -474,7 +535,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             )
         );
     }
-    tracing::info!(api = %run.api_url, edge = %run.edge_url, pool = %info.pool_id, "serving");
+    tracing::info!(api = %run.api_url, edge = %run.edge_url, pool = %info.pool_id, roles = %roles.describe(), "serving");
 
     // Both listeners enforce the connection bounds (`http_server`); SIGTERM/SIGINT closes
     // them, lets in-flight requests finish within `shutdown_timeout`, then cuts the rest.
@@ -488,19 +549,24 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         shutdown_rx.clone(),
     ));
     // Small request/response exchanges on keep-alive connections: no Nagle delay.
-    let edge_server = tokio::spawn(crate::http_server::serve(
-        edge_listener,
-        "edge",
-        edge,
-        limits,
-        true,
-        shutdown_rx.clone(),
-    ));
+    let edge_server = edge_listener.map(|l| {
+        tokio::spawn(crate::http_server::serve(
+            l,
+            "edge",
+            edge,
+            limits,
+            true,
+            shutdown_rx.clone(),
+        ))
+    });
 
     wait_for_signal().await;
     tracing::info!(bound = ?limits.shutdown_timeout, "shutting down");
     let _ = shutdown_tx.send(true);
-    for (name, server) in [("api", api_server), ("edge", edge_server)] {
+    for (name, server) in [("api", Some(api_server)), ("edge", edge_server)]
+        .into_iter()
+        .filter_map(|(n, s)| Some((n, s?)))
+    {
         match server.await {
             Ok(served) if served.cut_at_shutdown > 0 => tracing::info!(
                 listener = name,
@@ -514,9 +580,13 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     for w in workers {
         let _ = w.await;
     }
-    mappings.finish().await;
+    if let Some(m) = mappings {
+        m.finish().await;
+    }
     functions.finish().await;
-    retention.abort();
+    if let Some(r) = retention {
+        r.abort();
+    }
     db.close();
     let _ = std::fs::remove_file(settings.run_file());
     drop(lock);

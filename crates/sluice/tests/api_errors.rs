@@ -86,8 +86,7 @@ fn authorizer_refuses_every_bad_token() {
     )
     .expect("json");
     let forge = Forge {
-        pem: std::fs::read_to_string(dir.0.join("keys").join(format!("{pool}.pem")))
-            .expect("pool key"),
+        pem: common::pool_signing_key_pem(&dir.0, pool),
         kid: header["kid"].as_str().expect("kid").to_owned(),
         issuer: info["issuer"].as_str().expect("issuer").to_owned(),
         client_id: info["clientId"].as_str().expect("client").to_owned(),

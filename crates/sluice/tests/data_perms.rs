@@ -186,12 +186,6 @@ fn the_data_dir_and_everything_in_it_are_private() {
         );
     }
     assert!(
-        names
-            .iter()
-            .any(|n| n.starts_with("keys/") && n.ends_with(".pem")),
-        "{names:?}"
-    );
-    assert!(
         names.iter().any(|n| n == "keys/access-keys.key"),
         "{names:?}"
     );

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod engines;
+
 pub const PASSWORD: &str = "Passw0rd!";
 
 pub fn bin() -> &'static str {
@@ -570,4 +572,33 @@ pub fn aws_as(key: (&str, &str), args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The PEM of a pool's signing key, as the server keeps it: sealed in the metadata engine
+/// under the data directory's key file (for tests that forge tokens with the real key).
+#[allow(dead_code)]
+pub fn pool_signing_key_pem(dir: &Path, pool: &str) -> String {
+    let url = meta_url_of(dir);
+    let db = match url.strip_prefix("sqlite://") {
+        Some(path) => sluice_meta::Meta::open_sqlite_read_only(Path::new(path)),
+        None => sluice_meta::open(&url, &[]),
+    }
+    .expect("open the metadata engine");
+    let p = pool.to_owned();
+    let sealed: String = db
+        .read_blocking(move |c| {
+            c.query_row(
+                "SELECT sealed_pem FROM signing_keys WHERE pool_id = ?1",
+                sluice_meta::params![p],
+                |r| r.get::<String>(0),
+            )
+        })
+        .expect("the pool's signing key");
+    let sealer = sluice_identity::secret_box::SecretBox::load_or_create(
+        &dir.join("keys").join(sluice_identity::SEALING_KEY_FILE),
+    )
+    .expect("key file");
+    sealer
+        .open(&format!("signing-key:{pool}"), &sealed)
+        .expect("unseal")
 }
