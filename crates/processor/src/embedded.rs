@@ -344,6 +344,8 @@ impl MappingStore for EmbeddedMappings {
                     return Err(ProcessorError::NotFound(n.clone()));
                 }
                 c.execute("DELETE FROM checkpoints WHERE mapping = ?1", params![&n])?;
+                // A new mapping of the same name starts with no lease finished.
+                c.execute("DELETE FROM shard_leases WHERE mapping = ?1", params![&n])?;
                 c.execute("DELETE FROM mappings WHERE name = ?1", params![&n])?;
                 c.execute("DELETE FROM function_logs WHERE mapping = ?1", params![&n])?;
                 c.execute("DELETE FROM mapping_stats WHERE name = ?1", params![&n])?;

@@ -3,7 +3,8 @@
 //! The model is the Kinesis Client Library's lease table, kept in the metadata engine
 //! (table `shard_leases`, one row per mapping and shard):
 //!
-//! - `owner`: the processor that holds the lease (an id made at each start), or none;
+//! - `owner`: the processor that holds the lease (its data directory's instance id, so a
+//!   processor started again on its directory resumes its own leases at once), or none;
 //! - `counter`: bumped by every renewal and every change of hands. A lease whose counter has
 //!   not moved for the lease duration, **as this process saw it on its own clock**, is
 //!   expired: no two machines' clocks are compared, so clock skew cannot make a live lease
@@ -103,7 +104,8 @@ pub struct ShardLeases {
 }
 
 impl ShardLeases {
-    /// `owner` must be unique to this process's life (e.g. host, pid and a random part).
+    /// `owner` must be unique among the live processes (sluice uses its data directory's
+    /// instance id: a process started again on the same directory resumes its leases).
     pub fn new(db: Meta, owner: impl Into<String>, duration: Duration) -> Arc<Self> {
         Arc::new(ShardLeases {
             db,
@@ -111,15 +113,6 @@ impl ShardLeases {
             duration,
             state: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// A fresh owner id: host name, process id and a random suffix.
-    pub fn new_owner_id() -> String {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "host".into());
-        let random = uuid::Uuid::new_v4().simple().to_string();
-        format!("{host}:{}:{}", std::process::id(), &random[..8])
     }
 
     pub fn owner(&self) -> &str {

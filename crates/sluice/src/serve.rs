@@ -275,13 +275,15 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let observer = Arc::new(LedgerObserver(ledger.clone()));
     // On engines several processes can share, processors share the mappings' shards
     // through leases in the metadata engine (one holder per shard at a time).
-    let leases = (roles.processor && settings.shared_engines()).then(|| {
-        sluice_processor::leases::ShardLeases::new(
+    let leases = if roles.processor && settings.shared_engines() {
+        Some(sluice_processor::leases::ShardLeases::new(
             db.clone(),
-            sluice_processor::leases::ShardLeases::new_owner_id(),
+            wiring::instance_id(&settings)?,
             settings.lease_duration,
-        )
-    });
+        ))
+    } else {
+        None
+    };
     let mut checkpoints = EmbeddedCheckpoints::new(db.clone());
     if let Some(l) = &leases {
         checkpoints = checkpoints.with_leases(l.clone());

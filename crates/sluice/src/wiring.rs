@@ -345,6 +345,31 @@ pub(crate) fn describe(i: &Info) -> String {
     )
 }
 
+/// This data directory's instance id (`<data-dir>/instance-id`, made at first use): who
+/// holds a shard lease. Stable across restarts, so that a processor started again on its
+/// data directory (the lock proves the previous one is gone) resumes its own leases at
+/// once instead of waiting for them to expire; unique across machines, being random.
+pub(crate) fn instance_id(settings: &Settings) -> Result<String> {
+    let path = settings.data_dir.join("instance-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let id = format!("{host}/{}", &sluice_blobs::new_id()[..12]);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{id}\n"))
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| sluice_meta::sync_dir(&settings.data_dir))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::shown_url;
