@@ -198,7 +198,10 @@ impl Supervisor {
     }
 
     /// The supervisor of a processor that shares the mapping's shards with others: it runs
-    /// a worker only for the shards whose leases it holds (see [`crate::leases`]).
+    /// a worker only for the shards whose leases it holds (see [`crate::leases`]). Workers
+    /// are stopped without waiting for them (a function may take long to return): the
+    /// supervisor goes on renewing its other leases, and hands a lease over, or marks a
+    /// drained shard finished, once its worker has ended.
     async fn run_leased(
         self,
         leases: Arc<crate::leases::ShardLeases>,
@@ -207,10 +210,11 @@ impl Supervisor {
         let m = self.mapping.clone();
         let finished = Arc::new(Finished::default());
         let mut workers: HashMap<String, LeasedWorker> = HashMap::new();
+        let mut winding_down: HashMap<String, (LeasedWorker, AfterStop)> = HashMap::new();
         let mut last_tick = Instant::now();
         while !stopping(&shutdown) {
-            // A worker that ended on its own drained its closed shard (or will be started
-            // again below if it still holds the lease).
+            // A worker that ended on its own drained its closed shard (or is started again
+            // below while this process still holds the shard).
             let ended: Vec<String> = workers
                 .iter()
                 .filter(|(_, w)| w.task.is_finished())
@@ -218,7 +222,17 @@ impl Supervisor {
                 .collect();
             for shard in ended {
                 if let Some(w) = workers.remove(&shard) {
-                    w.end(&leases, &m.name, &shard, false).await;
+                    winding_down.insert(shard, (w, AfterStop::Nothing));
+                }
+            }
+            let done: Vec<String> = winding_down
+                .iter()
+                .filter(|(_, (w, _))| w.task.is_finished())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for shard in done {
+                if let Some((w, after)) = winding_down.remove(&shard) {
+                    w.ended(&leases, &m.name, &shard, after).await;
                 }
             }
             let planned = match self.p.stream.describe_stream(&m.stream).await {
@@ -252,6 +266,7 @@ impl Supervisor {
                 Some((desc, plan)) => {
                     last_tick = Instant::now();
                     let keep: HashSet<&String> = plan.run.iter().collect();
+                    let wanted: HashSet<&String> = plan.hand_over.iter().collect();
                     let gone: Vec<String> = workers
                         .keys()
                         .filter(|k| !keep.contains(k))
@@ -259,11 +274,20 @@ impl Supervisor {
                         .collect();
                     for shard in gone {
                         if let Some(w) = workers.remove(&shard) {
-                            w.end(&leases, &m.name, &shard, true).await;
+                            w.stop.send_replace(true);
+                            let after = if wanted.contains(&shard) {
+                                AfterStop::HandOver
+                            } else {
+                                AfterStop::Nothing
+                            };
+                            winding_down.insert(shard, (w, after));
                         }
                     }
+                    // Asked for, with no worker running: hand it over now.
                     for shard in &plan.hand_over {
-                        if let Err(e) = leases.hand_over(&m.name, shard).await {
+                        if !winding_down.contains_key(shard)
+                            && let Err(e) = leases.hand_over(&m.name, shard).await
+                        {
                             tracing::warn!(mapping = %m.name, shard = %shard, error = %e, "cannot hand a shard lease over");
                         }
                     }
@@ -272,7 +296,11 @@ impl Supervisor {
                     let retention_ms = i64::from(desc.retention_hours) * 3_600_000;
                     for shard in desc.shards {
                         let id = shard.shard_id.clone();
-                        if !keep.contains(&id) || workers.contains_key(&id) {
+                        // A shard whose previous worker is still stopping waits for it.
+                        if !keep.contains(&id)
+                            || workers.contains_key(&id)
+                            || winding_down.contains_key(&id)
+                        {
                             continue;
                         }
                         let (stop, rx) = watch::channel(false);
@@ -290,7 +318,8 @@ impl Supervisor {
                 None if last_tick.elapsed() >= leases.duration() => {
                     // Leases not renewed for their duration may be another's by now.
                     for (shard, w) in workers.drain() {
-                        w.end(&leases, &m.name, &shard, true).await;
+                        w.stop.send_replace(true);
+                        winding_down.insert(shard, (w, AfterStop::Nothing));
                     }
                 }
                 None => {}
@@ -304,7 +333,10 @@ impl Supervisor {
             w.stop.send_replace(true);
         }
         for (shard, w) in workers.drain() {
-            w.end(&leases, &m.name, &shard, true).await;
+            w.ended(&leases, &m.name, &shard, AfterStop::Nothing).await;
+        }
+        for (shard, (w, after)) in winding_down.drain() {
+            w.ended(&leases, &m.name, &shard, after).await;
         }
         if let Err(e) = leases.release_all(&m.name).await {
             tracing::warn!(mapping = %m.name, error = %e, "cannot give the shard leases back; others take them once they expire");
@@ -314,6 +346,14 @@ impl Supervisor {
     }
 }
 
+/// What a leased supervisor does once a stopped worker has ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AfterStop {
+    Nothing,
+    /// Another processor asked for the shard.
+    HandOver,
+}
+
 /// A shard worker of a leased supervisor.
 struct LeasedWorker {
     stop: watch::Sender<bool>,
@@ -321,22 +361,25 @@ struct LeasedWorker {
 }
 
 impl LeasedWorker {
-    /// Stops the worker (when `stop`), waits for it, and marks the shard finished when the
-    /// worker drained it.
-    async fn end(
+    /// Waits for the worker (told to stop, or ended), then marks the shard finished when
+    /// the worker drained it, or hands its lease over when asked to.
+    async fn ended(
         self,
         leases: &crate::leases::ShardLeases,
         mapping: &str,
         shard: &str,
-        stop: bool,
+        after: AfterStop,
     ) {
-        if stop {
-            self.stop.send_replace(true);
-        }
-        if let Ok(true) = self.task.await
-            && let Err(e) = leases.finish(mapping, shard).await
-        {
-            tracing::warn!(mapping, shard, error = %e, "cannot mark a drained shard finished; it is read to its end again");
+        let drained = matches!(self.task.await, Ok(true));
+        let done = if drained {
+            leases.finish(mapping, shard).await
+        } else if after == AfterStop::HandOver {
+            leases.hand_over(mapping, shard).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = done {
+            tracing::warn!(mapping, shard, error = %e, "cannot update the shard's lease; it is taken over once it expires");
         }
     }
 }

@@ -1267,3 +1267,101 @@ async fn in_memory_limits_fail_only_their_record_and_large_outputs_stream() {
     e.stop(handles).await;
     e.stop(more).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_processors_share_shards_keep_parents_before_children_and_take_over() {
+    use sluice_processor::leases::ShardLeases;
+    let e = env();
+    e.stream.create_stream("s", 2).await.expect("create");
+    for i in 0..40 {
+        e.put("s", &format!("k{i}"), &format!("k{i}:p")).await;
+    }
+    // Shard 0 splits into shards 2 and 3; shard 1 stays open.
+    e.stream
+        .split_shard("s", SHARD0, u128::MAX / 4)
+        .await
+        .expect("split");
+    for i in 0..40 {
+        e.put("s", &format!("k{i}"), &format!("k{i}:c")).await;
+    }
+    let f = Recorder::ok();
+    let mut m = MappingConfig::new("m", "s");
+    m.starting_position = StartingPosition::TrimHorizon;
+    m.batch_size = 4;
+    let leased = |owner: &str| {
+        let leases = ShardLeases::new(e.db.clone(), owner, Duration::from_secs(3));
+        Processor::new(
+            Arc::new(e.stream.clone()),
+            Arc::new(e.store.clone()),
+            Arc::new(EmbeddedCheckpoints::new(e.db.clone()).with_leases(leases.clone())),
+            Arc::new(NoObserver),
+        )
+        .with_leases(leases)
+    };
+    let (stop_a, stop_b) = (watch::channel(false).0, watch::channel(false).0);
+    let a = leased("a")
+        .start_batch(m.clone(), f.clone(), stop_a.subscribe())
+        .await
+        .expect("start a");
+    let b = leased("b")
+        .start_batch(m.clone(), f.clone(), stop_b.subscribe())
+        .await
+        .expect("start b");
+    eventually("all 80 records delivered", || {
+        f.delivered()
+            .into_iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            >= 80
+    })
+    .await;
+    let d = f.delivered();
+    for i in 0..40 {
+        let p = d.iter().position(|x| *x == format!("k{i}:p")).expect("p");
+        let c = d.iter().position(|x| *x == format!("k{i}:c")).expect("c");
+        assert!(p < c, "k{i}: its record before the split came first: {d:?}");
+    }
+    let owners: Vec<Option<String>> =
+        e.db.read(|c| {
+            c.query_vec(
+                "SELECT owner FROM shard_leases WHERE finished = 0 ORDER BY shard_id",
+                sluice_meta::params![],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .expect("owners");
+    assert_eq!(
+        owners.len(),
+        3,
+        "shard 0 finished, 1, 2 and 3 open: {owners:?}"
+    );
+
+    // a leaves: b takes its shards at once and processes what comes next.
+    stop_a.send_replace(true);
+    for h in a {
+        h.await.expect("a stops");
+    }
+    for i in 0..40 {
+        e.put("s", &format!("k{i}"), &format!("k{i}:after")).await;
+    }
+    eventually("the records after a left delivered", || {
+        (0..40).all(|i| f.delivered().contains(&format!("k{i}:after")))
+    })
+    .await;
+    stop_b.send_replace(true);
+    for h in b {
+        h.await.expect("b stops");
+    }
+    let held: i64 =
+        e.db.read(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM shard_leases WHERE owner IS NOT NULL",
+                sluice_meta::params![],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .expect("count");
+    assert_eq!(held, 0, "leases given back");
+}
