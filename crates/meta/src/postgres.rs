@@ -454,6 +454,8 @@ impl Writer {
             match self.attempt(&mut group) {
                 Group::Retry if attempt < MAX_ATTEMPTS => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("sluice_meta_retries_total", "engine" => "postgres")
+                        .increment(1);
                     std::thread::sleep(backoff(attempt));
                 }
                 Group::Retry => {
