@@ -318,38 +318,37 @@ impl ShardLeases {
     /// Gives `shard`'s lease to the processor that asked for it (its worker has stopped
     /// and written its last checkpoint).
     pub async fn hand_over(&self, mapping: &str, shard: &str) -> Result<(), ProcessorError> {
-        let Some(epoch) = self.take_held(mapping, shard) else {
-            return Ok(());
-        };
-        let (m, s, owner) = (mapping.to_owned(), shard.to_owned(), self.owner.clone());
-        self.db
-            .write(move |c| -> Result<u64, ProcessorError> {
-                Ok(c.execute(
-                    "UPDATE shard_leases SET owner = wanted_by, wanted_by = NULL,
-                         counter = counter + 1, epoch = epoch + 1
-                     WHERE mapping = ?1 AND shard_id = ?2 AND owner = ?3 AND epoch = ?4",
-                    params![m, s, owner, epoch],
-                )?)
-            })
-            .await?;
+        self.let_go(mapping, shard, "owner = wanted_by").await?;
         tracing::info!(mapping, shard, "handed a shard lease over");
         Ok(())
     }
 
     /// `shard` is closed and every record of it done: its children may be leased.
     pub async fn finish(&self, mapping: &str, shard: &str) -> Result<(), ProcessorError> {
+        self.let_go(mapping, shard, "finished = 1, owner = NULL")
+            .await
+    }
+
+    /// Lets go of a held lease, setting `set` (a fixed SQL assignment list) as it changes
+    /// hands.
+    async fn let_go(
+        &self,
+        mapping: &str,
+        shard: &str,
+        set: &'static str,
+    ) -> Result<(), ProcessorError> {
         let Some(epoch) = self.take_held(mapping, shard) else {
             return Ok(());
         };
         let (m, s, owner) = (mapping.to_owned(), shard.to_owned(), self.owner.clone());
+        let sql = format!(
+            "UPDATE shard_leases SET {set}, wanted_by = NULL,
+                 counter = counter + 1, epoch = epoch + 1
+             WHERE mapping = ?1 AND shard_id = ?2 AND owner = ?3 AND epoch = ?4"
+        );
         self.db
             .write(move |c| -> Result<u64, ProcessorError> {
-                Ok(c.execute(
-                    "UPDATE shard_leases SET finished = 1, owner = NULL, wanted_by = NULL,
-                         counter = counter + 1, epoch = epoch + 1
-                     WHERE mapping = ?1 AND shard_id = ?2 AND owner = ?3 AND epoch = ?4",
-                    params![m, s, owner, epoch],
-                )?)
+                Ok(c.execute(&sql, params![m, s, owner, epoch])?)
             })
             .await?;
         Ok(())

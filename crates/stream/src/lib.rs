@@ -23,6 +23,8 @@ pub mod conformance;
 pub mod embedded;
 mod iterator;
 pub mod records;
+#[cfg(feature = "conformance")]
+pub mod test_nats;
 
 pub use records::{RecordError, RecordLog, open_records, open_records_read_only};
 

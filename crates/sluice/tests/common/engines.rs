@@ -5,8 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -150,98 +149,6 @@ impl Drop for OwnGarage {
     }
 }
 
-/// A JetStream server of the test's own (`nats-server`, installed by `scripts/test`), on a
-/// port it picks itself, with its store in a temporary directory; killed when dropped.
-pub struct OwnNats {
-    child: Child,
-    pub port: u16,
-    conf: PathBuf,
-    dir: PathBuf,
-}
-
-impl OwnNats {
-    pub fn start() -> OwnNats {
-        let dir = std::env::temp_dir().join(format!("sluice-nats-{}", sluice_blobs::new_id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let conf = dir.join("nats.conf");
-        let write = |listen: &str| {
-            std::fs::write(
-                &conf,
-                format!(
-                    "listen: {listen}\nmax_payload: 8MB\njetstream {{ store_dir: {:?} }}\n",
-                    dir.join("js")
-                ),
-            )
-            .expect("write nats.conf")
-        };
-        write("127.0.0.1:-1");
-        let (child, port) = spawn_nats(&conf, &dir.join("nats.log"));
-        // A restart comes back on the same port.
-        write(&format!("127.0.0.1:{port}"));
-        OwnNats {
-            child,
-            port,
-            conf,
-            dir,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: no shutdown of its own.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts it again on the same port and store.
-    pub fn start_again(&mut self) {
-        let (child, port) = spawn_nats(&self.conf, &self.dir.join("nats-again.log"));
-        assert_eq!(port, self.port, "back on its port");
-        self.child = child;
-    }
-}
-
-impl Drop for OwnNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Starts nats-server with `conf` and waits until it listens; answers the port (read from
-/// its log, so that `listen: 127.0.0.1:-1` lets the server pick a free one).
-// The child goes to the caller, or is killed and waited for here.
-#[allow(clippy::zombie_processes)]
-fn spawn_nats(conf: &Path, log: &Path) -> (Child, u16) {
-    let _ = std::fs::remove_file(log);
-    let mut child = Command::new("nats-server")
-        .arg("-c")
-        .arg(conf)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).expect("log file"))
-        .spawn()
-        .expect("nats-server must be installed (scripts/test installs it)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(port) = text
-            .lines()
-            .find_map(|l| l.split("Listening for client connections on ").nth(1))
-            .and_then(|a| a.trim().rsplit(':').next())
-            .and_then(|p| p.parse::<u16>().ok())
-            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        {
-            return (child, port);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("nats-server did not start: {text}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+/// A JetStream server of the test's own.
+#[allow(unused_imports)]
+pub use sluice_stream::test_nats::NatsServer as OwnNats;
