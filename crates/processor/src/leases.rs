@@ -93,6 +93,8 @@ struct MappingState {
     held: HashMap<String, i64>,
     /// The counter each lease had when this process first saw it at that value.
     seen: HashMap<String, (i64, Instant)>,
+    /// When this process last read the table.
+    last_read: Option<Instant>,
 }
 
 /// The lease table as one processor process uses it.
@@ -176,6 +178,16 @@ impl ShardLeases {
                 .filter(|r| r.owner.as_deref() == Some(&self.owner) && !r.finished)
                 .map(|r| (r.shard_id.clone(), r.epoch))
                 .collect();
+            // After a gap longer than the lease duration in this process's own observations
+            // (the metadata engine was down, or this process stalled), a counter that did not move says nothing about its
+            // owner: everyone's renewals failed alike. Observation starts again from now,
+            // so an outage does not make every lease look expired at once.
+            if s.last_read
+                .is_some_and(|t| now.duration_since(t) > self.duration)
+            {
+                s.seen.clear();
+            }
+            s.last_read = Some(now);
             let mut expired = Vec::new();
             let mut live: HashMap<String, usize> = HashMap::new();
             for r in &rows {
@@ -505,16 +517,26 @@ mod tests {
             .expect_err("a's stale guard fails");
         assert!(matches!(err, ProcessorError::LeaseLost(_)), "{err}");
 
-        // a stops renewing (it died): b sees a's counters stand still for the duration and
-        // takes a's shards.
-        b.tick("m", &shards).await.expect("tick");
-        tokio::time::sleep(D + Duration::from_millis(50)).await;
-        let pb = b.tick("m", &shards).await.expect("tick");
+        // a stops renewing (it died): b, ticking as usual, sees a's counters stand still
+        // for the duration and takes a's shards.
+        let started = Instant::now();
+        let mut pb = b.tick("m", &shards).await.expect("tick");
+        while started.elapsed() < D + Duration::from_millis(150) {
+            tokio::time::sleep(D / 6).await;
+            pb = b.tick("m", &shards).await.expect("tick");
+        }
         assert_eq!(pb.run, vec!["s0", "s1", "s2", "s3"]);
         // a comes back: its renewals fail, it holds nothing and runs nothing.
         let pa = a.tick("m", &shards).await.expect("tick");
         assert!(pa.run.is_empty(), "{pa:?}");
         assert_eq!(a.guard("m", "s0"), None);
+        // a2 stops observing for longer than the lease duration (as when the metadata
+        // engine was down for everyone): a's leases do not look expired to it at once afterwards.
+        let a2 = ShardLeases::new(db.clone(), "a2", D);
+        a2.tick("m", &shards).await.expect("tick");
+        tokio::time::sleep(D + Duration::from_millis(50)).await;
+        let p = a2.tick("m", &shards).await.expect("tick");
+        assert!(p.run.is_empty(), "no takeover right after a gap: {p:?}");
         // b leaves cleanly: a takes everything at its next tick, no wait.
         b.release_all("m").await.expect("release");
         let pa = a.tick("m", &shards).await.expect("tick");

@@ -243,16 +243,33 @@ fn fault_two_gateways_and_three_processors_share_one_deployment() {
 
     // Per shard, uploads were processed in stream order (a new holder of a shard starts
     // after its checkpoint, never before records an earlier holder finished).
-    let stored: Vec<(String, String, String, i64)> = common::meta_read(&dirs[0], |c| {
-        c.query_vec(
-            "SELECT id, shard_id, sequence_number, processed_ms FROM uploads
-             WHERE status = 'processed'",
-            sluice_meta::params![],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-    })
-    .expect("rows");
-    assert_eq!(stored.len(), total);
+    // A record delivered again after a takeover (at least once) shows `processing` for a
+    // moment: the snapshot is one where every upload shows `processed`.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let stored: Vec<(String, String, String, i64)> = loop {
+        let snapshot: Vec<(String, String, String, Option<i64>)> =
+            common::meta_read(&dirs[0], |c| {
+                c.query_vec(
+                    "SELECT id, shard_id, sequence_number, processed_ms FROM uploads
+                     WHERE status = 'processed'",
+                    sluice_meta::params![],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+            })
+            .expect("rows");
+        if snapshot.len() == total {
+            break snapshot
+                .into_iter()
+                .map(|(id, shard, seq, at)| (id, shard, seq, at.expect("processed_ms")))
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {total} uploads processed",
+            snapshot.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     // A row whose record's position was not stored yet (its settling write met the
     // PostgreSQL crash; the next start of its gateway stores it) is answered from the
     // stream by the API.
