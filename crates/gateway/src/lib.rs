@@ -204,6 +204,12 @@ pub(crate) const ROUTES: &[&str] = &[
     "/uploads/events",
 ];
 
+/// `GET /healthz` alone, as [`router`] serves it: for a process that serves health,
+/// readiness and metrics without the upload API.
+pub fn health_router() -> Router {
+    Router::new().route(ROUTES[4], get(healthz))
+}
+
 pub fn router(gw: Gateway) -> Router {
     let limit = gw.max_body_bytes;
     Router::new()

@@ -1,5 +1,5 @@
-//! Signing keys: one RSA-2048 key per user pool, kept as a PKCS#8 PEM file with mode 0600,
-//! and its public half as a JWK.
+//! Signing keys: one RSA-2048 key per user pool, kept as PKCS#8 PEM sealed in the metadata
+//! engine (`signing_keys`, under the deployment's key file), and its public half as a JWK.
 
 use std::path::Path;
 
@@ -119,17 +119,12 @@ pub(crate) fn load_or_generate(
     pool_id: &str,
     legacy: &Path,
 ) -> Result<SigningKey, IdentityError> {
-    let read = |db: &sluice_meta::Meta| -> Result<Option<String>, IdentityError> {
-        let p = pool_id.to_owned();
-        db.read_blocking(move |c| {
-            Ok(c.query_opt(
-                "SELECT sealed_pem FROM signing_keys WHERE pool_id = ?1",
-                params![p],
-                |r| r.get::<String>(0),
-            )?)
-        })
-    };
-    let sealed = match read(db)? {
+    const SELECT: &str = "SELECT sealed_pem FROM signing_keys WHERE pool_id = ?1";
+    let p = pool_id.to_owned();
+    let stored = db.read_blocking(move |c| -> Result<Option<String>, IdentityError> {
+        Ok(c.query_opt(SELECT, params![p], |r| r.get::<String>(0))?)
+    })?;
+    let sealed = match stored {
         Some(sealed) => sealed,
         None => {
             let pem = match std::fs::read_to_string(legacy) {
@@ -142,36 +137,33 @@ pub(crate) fn load_or_generate(
                     )));
                 }
             };
-            let key = SigningKey::from_pem(&pem)?;
+            // A damaged file of an earlier version is refused here, not stored.
+            SigningKey::from_pem(&pem)?;
             let sealed = sealer.seal(&sealed_as(pool_id), &pem)?;
-            let (p, kid) = (pool_id.to_owned(), key.kid.clone());
-            db.write_blocking(move |c| -> Result<(), IdentityError> {
+            // Inserted only if absent; the row that won is the key, whoever wrote it.
+            let p = pool_id.to_owned();
+            db.write_blocking(move |c| -> Result<String, IdentityError> {
                 c.execute(
-                    "INSERT INTO signing_keys (pool_id, kid, sealed_pem, created_ms)
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                    params![p, kid, sealed, sluice_meta::now_ms()],
+                    "INSERT INTO signing_keys (pool_id, sealed_pem, created_ms)
+                     VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![p, sealed, sluice_meta::now_ms()],
                 )?;
-                Ok(())
-            })?;
-            read(db)?.ok_or_else(|| {
-                IdentityError::Backend(format!("the signing key of {pool_id} was not stored"))
+                Ok(c.query_row(SELECT, params![p], |r| r.get::<String>(0))?)
             })?
         }
     };
-    let pem = sealer.open(&sealed_as(pool_id), &sealed)?;
     if !crate::secret_box::is_sealed(&sealed) {
         return Err(IdentityError::Backend(format!(
             "the signing key of {pool_id} is not sealed"
         )));
     }
-    SigningKey::from_pem(&pem)
+    SigningKey::from_pem(&sealer.open(&sealed_as(pool_id), &sealed)?)
 }
 
 /// The pools' signing keys, sealed under the deployment's key file (see `secret_box`).
 pub(crate) const MIGRATION: &str = "
 CREATE TABLE signing_keys (
     pool_id TEXT PRIMARY KEY,
-    kid TEXT NOT NULL,
     sealed_pem TEXT NOT NULL,
     created_ms INTEGER NOT NULL
 );

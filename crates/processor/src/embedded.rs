@@ -81,10 +81,6 @@ impl EmbeddedCheckpoints {
         self
     }
 
-    fn guard(&self, mapping: &str, shard: &str) -> Option<Option<(String, i64)>> {
-        self.leases.as_ref().map(|l| l.guard(mapping, shard))
-    }
-
     /// The mappings that have run on `stream`, oldest first (the first is the one that
     /// tracks upload status, unless it was disabled since).
     pub async fn registered(&self, stream: &str) -> Result<Vec<String>, ProcessorError> {
@@ -144,15 +140,7 @@ impl Checkpoints for EmbeddedCheckpoints {
     }
 
     async fn save(&self, mapping: &str, shard_id: &str, seq: &str) -> Result<(), ProcessorError> {
-        let (m, s, q) = (mapping.to_owned(), shard_id.to_owned(), seq.to_owned());
-        let guard = self.guard(mapping, shard_id);
-        self.db
-            .write(move |c| {
-                if let Some(g) = &guard {
-                    crate::leases::check_in_tx(c, &m, &s, g.as_ref())?;
-                }
-                save_in_tx(c, &m, &s, &q)
-            })
+        self.save_with(mapping, shard_id, Some(seq), Box::new(|_| Ok(())))
             .await
     }
 
@@ -172,7 +160,8 @@ impl Checkpoints for EmbeddedCheckpoints {
             shard_id.to_owned(),
             seq.map(str::to_owned),
         );
-        let guard = self.guard(mapping, shard_id);
+        // With leases: `None` inside when this process does not hold the shard.
+        let guard = self.leases.as_ref().map(|l| l.guard(mapping, shard_id));
         self.db
             .write(move |c| {
                 if let Some(g) = &guard {

@@ -147,7 +147,17 @@ impl ShardLeases {
             })
             .unwrap_or_default();
         let (m, owner) = (mapping.to_owned(), self.owner.clone());
-        let ids: Vec<String> = shards.iter().map(|s| s.shard_id.clone()).collect();
+        // Rows are created for shards this process has not seen in the table yet (the
+        // insert is a no-op for a row another process created).
+        let ids: Vec<String> = self
+            .with_state(mapping, |s| {
+                shards
+                    .iter()
+                    .filter(|sh| !s.seen.contains_key(&sh.shard_id))
+                    .map(|sh| sh.shard_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         let rows = self
             .db
             .write(move |c| -> Result<Vec<Row>, ProcessorError> {
@@ -178,10 +188,11 @@ impl ShardLeases {
                 .filter(|r| r.owner.as_deref() == Some(&self.owner) && !r.finished)
                 .map(|r| (r.shard_id.clone(), r.epoch))
                 .collect();
-            // After a gap longer than the lease duration in this process's own observations
-            // (the metadata engine was down, or this process stalled), a counter that did not move says nothing about its
-            // owner: everyone's renewals failed alike. Observation starts again from now,
-            // so an outage does not make every lease look expired at once.
+            // After a gap longer than the lease duration in this process's own
+            // observations (the metadata engine was down, or this process stalled), a
+            // counter that did not move says nothing about its owner: everyone's renewals
+            // failed alike. Observation starts again from now, so an outage does not make
+            // every lease look expired at once.
             if s.last_read
                 .is_some_and(|t| now.duration_since(t) > self.duration)
             {
@@ -204,8 +215,7 @@ impl ShardLeases {
                 match &r.owner {
                     None => expired.push(r.clone()),
                     Some(o) if *o == self.owner => {}
-                    Some(o) if now.duration_since(first_seen) >= self.duration => {
-                        let _ = o;
+                    Some(_) if now.duration_since(first_seen) >= self.duration => {
                         expired.push(r.clone())
                     }
                     Some(o) => *live.entry(o.clone()).or_default() += 1,

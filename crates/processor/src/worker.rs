@@ -214,7 +214,7 @@ impl Supervisor {
         let mut last_tick = Instant::now();
         while !stopping(&shutdown) {
             // A worker that ended on its own drained its closed shard (or is started again
-            // below while this process still holds the shard).
+            // below while this process still holds the shard); one told to stop has ended.
             let ended: Vec<String> = workers
                 .iter()
                 .filter(|(_, w)| w.task.is_finished())
@@ -222,7 +222,7 @@ impl Supervisor {
                 .collect();
             for shard in ended {
                 if let Some(w) = workers.remove(&shard) {
-                    winding_down.insert(shard, (w, AfterStop::Nothing));
+                    w.ended(&leases, &m.name, &shard, AfterStop::Nothing).await;
                 }
             }
             let done: Vec<String> = winding_down

@@ -98,9 +98,6 @@ pub(crate) struct CommonArgs {
     pub(crate) log_format: LogFormat,
 }
 
-/// The default `lease_duration_secs`.
-pub(crate) const DEFAULT_LEASE_DURATION_SECS: u64 = 10;
-
 /// `sluice serve`'s own flags.
 #[derive(Debug, Clone, Default, Args)]
 pub(crate) struct ServeArgs {
@@ -672,10 +669,10 @@ impl Settings {
                 .or(file.pool_tokens)
                 .unwrap_or(true),
             roles: Roles::from_list(&file.roles.unwrap_or_default()),
-            lease_duration: std::time::Duration::from_secs(
-                file.lease_duration_secs
-                    .unwrap_or(DEFAULT_LEASE_DURATION_SECS),
-            ),
+            lease_duration: file
+                .lease_duration_secs
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(sluice_processor::leases::DEFAULT_DURATION),
             mappings: file.mapping,
             config_dir,
         };

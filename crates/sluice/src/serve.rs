@@ -404,7 +404,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let api = if roles.gateway {
         gateway
     } else {
-        crate::telemetry::health_routes()
+        sluice_gateway::health_router()
     }
     .merge(crate::telemetry::routes(metrics, readiness))
     // An error answer to a request that announced its body with `Expect: 100-continue`

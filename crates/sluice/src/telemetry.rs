@@ -76,15 +76,6 @@ struct Ops {
 /// `/metrics` and `/readyz`, merged into the API listener's router. (`/healthz`, alive, is the
 /// gateway's own.) They are unauthenticated, as scrape and probe endpoints are: put the API
 /// behind a proxy that does not forward them if its port is public (docs/DEPLOY.md).
-/// `GET /healthz` for a process without the gateway role (the gateway's router has its
-/// own, with the same answer).
-pub(crate) fn health_routes() -> Router {
-    Router::new().route(
-        "/healthz",
-        get(|| async { axum::Json(json!({"status": "ok"})) }),
-    )
-}
-
 pub(crate) fn routes(handle: Option<PrometheusHandle>, ready: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(render))

@@ -41,6 +41,26 @@ fn share_key_file(from: &Path, to: &Path) {
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
+/// The `sluice.toml` every process of one deployment shares: the edges' URL (the token
+/// issuer) and the three engines, objects and records under `name`.
+fn shared_config(
+    edge_port: u16,
+    meta: &str,
+    garage: &OwnGarage,
+    nats: &OwnNats,
+    name: &str,
+) -> String {
+    let (location, query) = garage.url.split_once('?').expect("s3 url");
+    format!(
+        "edge_url = \"http://127.0.0.1:{edge_port}\"\n\
+         [meta]\nurl = \"{meta}\"\n[store]\nurl = \"{}/{name}?{query}\"\n\
+         [records]\nurl = \"{}?prefix={}\"\n",
+        location.trim_end_matches('/'),
+        nats.url(),
+        name.to_uppercase()
+    )
+}
+
 fn upload(server: &Server, token: &str, name: &str, body: &str) -> Result<String, String> {
     let resp = server
         .http
@@ -78,15 +98,9 @@ fn fault_two_gateways_and_three_processors_share_one_deployment() {
     let garage = OwnGarage::start();
     let root = tempfile::tempdir().expect("tempdir");
     let edge_port = common::engines::free_port();
-    let edge_url = format!("http://127.0.0.1:{edge_port}");
-    let (location, query) = garage.url.split_once('?').expect("s3 url");
     let config = format!(
-        "edge_url = \"{edge_url}\"\nshards = 4\n\
-         [meta]\nurl = \"{}\"\n[store]\nurl = \"{}/scale?{query}\"\n\
-         [records]\nurl = \"{}?prefix=SCALE\"\n",
-        pg.url(),
-        location.trim_end_matches('/'),
-        nats.url()
+        "shards = 4\n{}",
+        shared_config(edge_port, &pg.url(), &garage, &nats, "scale")
     );
     let dirs: Vec<PathBuf> = ["gw1", "gw2", "p1", "p2", "p3"]
         .iter()
@@ -357,14 +371,12 @@ fn fault_seed_part_e_across_a_gateway_process_and_a_processor_process() {
     let garage = OwnGarage::start();
     let root = tempfile::tempdir().expect("tempdir");
     let edge_port = common::engines::free_port();
-    let (location, query) = garage.url.split_once('?').expect("s3 url");
-    let config = format!(
-        "edge_url = \"http://127.0.0.1:{edge_port}\"\n\
-         [meta]\nurl = \"{}\"\n[store]\nurl = \"{}/parte?{query}\"\n\
-         [records]\nurl = \"{}?prefix=PARTE\"\n",
-        engines.postgres_url("parte"),
-        location.trim_end_matches('/'),
-        nats.url()
+    let config = shared_config(
+        edge_port,
+        &engines.postgres_url("parte"),
+        &garage,
+        &nats,
+        "parte",
     );
     let (gw_dir, proc_dir) = (
         data_dir(root.path(), "gateway"),
