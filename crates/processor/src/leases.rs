@@ -376,13 +376,18 @@ impl ShardLeases {
         Ok(())
     }
 
-    /// Gives back every lease of `mapping` this process holds (its workers have stopped).
+    /// Gives back every lease of `mapping` this process holds (its workers have stopped),
+    /// and withdraws its requests for others' leases.
     pub async fn release_all(&self, mapping: &str) -> Result<(), ProcessorError> {
         self.with_state(mapping, |s| s.held.clear());
         let (m, owner) = (mapping.to_owned(), self.owner.clone());
         let n = self
             .db
             .write(move |c| -> Result<u64, ProcessorError> {
+                c.execute(
+                    "UPDATE shard_leases SET wanted_by = NULL WHERE mapping = ?1 AND wanted_by = ?2",
+                    params![m, owner],
+                )?;
                 Ok(c.execute(
                     "UPDATE shard_leases SET owner = NULL, wanted_by = NULL,
                          counter = counter + 1, epoch = epoch + 1

@@ -335,8 +335,10 @@ impl Supervisor {
         for (shard, w) in workers.drain() {
             w.ended(&leases, &m.name, &shard, AfterStop::Nothing).await;
         }
-        for (shard, (w, after)) in winding_down.drain() {
-            w.ended(&leases, &m.name, &shard, after).await;
+        // Leaving: a lease being handed over is given back like the others (the processor
+        // that asked may have left too; an unowned lease is taken at anyone's next tick).
+        for (shard, (w, _)) in winding_down.drain() {
+            w.ended(&leases, &m.name, &shard, AfterStop::Nothing).await;
         }
         if let Err(e) = leases.release_all(&m.name).await {
             tracing::warn!(mapping = %m.name, error = %e, "cannot give the shard leases back; others take them once they expire");

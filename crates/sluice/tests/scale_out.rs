@@ -349,15 +349,23 @@ fn fault_two_gateways_and_three_processors_share_one_deployment() {
     // Leaving processors give their leases back.
     p2.stop();
     p3.stop();
-    let owned: i64 = common::meta_read(&dirs[0], |c| {
-        c.query_row(
-            "SELECT COUNT(*) FROM shard_leases WHERE owner IS NOT NULL",
+    let owned: Vec<(String, String, i64)> = common::meta_read(&dirs[0], |c| {
+        c.query_vec(
+            "SELECT shard_id, owner, epoch FROM shard_leases WHERE owner IS NOT NULL",
             sluice_meta::params![],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
     })
-    .expect("count");
-    assert_eq!(owned, 0, "stopped processors hold no lease");
+    .expect("owned");
+    let ids: Vec<String> = dirs
+        .iter()
+        .map(|d| std::fs::read_to_string(d.join("instance-id")).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        owned.len(),
+        0,
+        "stopped processors hold no lease: {owned:?} (instance ids gw1, gw2, p1, p2, p3: {ids:?})"
+    );
 }
 
 /// The seed's Part E against a gateway process and a processor process that share nothing
