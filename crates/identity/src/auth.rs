@@ -10,6 +10,7 @@ use sluice_meta::now_ms;
 use sluice_meta::params;
 
 use crate::client_secret::check_secret_hash;
+use crate::mfa::{FactorSetting, Owner, TokenOwner, Verified};
 use crate::pools::{PoolSettings, pool_settings};
 use crate::tokens::{self, ADMIN_SCOPE, TokenError};
 use crate::users::{self, CodeDelivery, UserRecord, find_user, password_secrets, store_password};
@@ -234,8 +235,64 @@ impl Identity {
             }
             _ => {}
         }
+        self.second_factor_or_tokens(client, user).await
+    }
+
+    /// The MFA challenge the user owes, or tokens.
+    async fn second_factor_or_tokens(
+        &self,
+        client: &ClientRow,
+        user: UserRow,
+    ) -> Result<AuthOutcome, IdentityError> {
+        if let Some((challenge, session)) = self.mfa_step(client, &user).await? {
+            return Ok(AuthOutcome::Mfa {
+                challenge,
+                session,
+                username: user.username,
+            });
+        }
         let tokens = self.issue(client, &user, true, None).await?;
         Ok(AuthOutcome::Tokens(tokens))
+    }
+
+    /// RespondToAuthChallenge for SOFTWARE_TOKEN_MFA (`admin_pool`: AdminRespondToAuthChallenge,
+    /// whose client must belong to that pool).
+    pub async fn respond_software_token(
+        &self,
+        admin_pool: Option<&str>,
+        client_id: &str,
+        session: &str,
+        username: &str,
+        code: &str,
+        secret_hash: Option<&str>,
+    ) -> Result<AuthTokens, IdentityError> {
+        let client = match admin_pool {
+            Some(pool) => self.client_of_pool(pool, client_id).await?,
+            None => self.client(client_id).await?,
+        };
+        let user = self
+            .answer_software_token(&client, session, username, code)
+            .await?;
+        check_secret_hash(&client, &[username, &user.username], secret_hash)?;
+        self.issue(&client, &user, true, None).await
+    }
+
+    /// RespondToAuthChallenge for MFA_SETUP, after the session's token was verified.
+    pub async fn respond_mfa_setup(
+        &self,
+        admin_pool: Option<&str>,
+        client_id: &str,
+        session: &str,
+        username: &str,
+        secret_hash: Option<&str>,
+    ) -> Result<AuthTokens, IdentityError> {
+        let client = match admin_pool {
+            Some(pool) => self.client_of_pool(pool, client_id).await?,
+            None => self.client(client_id).await?,
+        };
+        check_secret_hash(&client, &[username], secret_hash)?;
+        let user = self.answer_mfa_setup(&client, session, username).await?;
+        self.issue(&client, &user, true, None).await
     }
 
     /// RespondToAuthChallenge for NEW_PASSWORD_REQUIRED; `attributes` are the
@@ -248,7 +305,7 @@ impl Identity {
         new_password: &str,
         attributes: BTreeMap<String, String>,
         secret_hash: Option<&str>,
-    ) -> Result<AuthTokens, IdentityError> {
+    ) -> Result<AuthOutcome, IdentityError> {
         let client = self.client(client_id).await?;
         self.new_password(
             &client,
@@ -272,7 +329,7 @@ impl Identity {
         new_password: &str,
         attributes: BTreeMap<String, String>,
         secret_hash: Option<&str>,
-    ) -> Result<AuthTokens, IdentityError> {
+    ) -> Result<AuthOutcome, IdentityError> {
         let client = self.client_of_pool(pool_id, client_id).await?;
         self.new_password(
             &client,
@@ -293,11 +350,16 @@ impl Identity {
         new_password: &str,
         attributes: BTreeMap<String, String>,
         secret_hash: Option<&str>,
-    ) -> Result<AuthTokens, IdentityError> {
+    ) -> Result<AuthOutcome, IdentityError> {
         let (settings, user) = self.lookup(&client.pool_id, username).await?;
         let user = user.ok_or_else(invalid_session)?;
         check_secret_hash(client, &[username, &user.username], secret_hash)?;
-        users::validate_attributes(&attributes, false)?;
+        crate::schema::check_attributes(
+            &settings.attribute_rules(),
+            &attributes,
+            false,
+            crate::schema::Write::Update,
+        )?;
         password::check_policy(new_password, &settings.policies.password_policy)?;
         let secrets = password_secrets(&client.pool_id, &user.username, new_password).await?;
         let (h, cid, pool, sub) = (
@@ -336,7 +398,7 @@ impl Identity {
             .read(move |c| users::user_where(c, "sub", &p, &s))
             .await?
             .ok_or_else(user_not_found)?;
-        self.issue(client, &user, true, None).await
+        self.second_factor_or_tokens(client, user).await
     }
 
     /// REFRESH_TOKEN_AUTH: new id and access tokens for a valid refresh token.
@@ -715,7 +777,10 @@ impl Identity {
     /// GetUser.
     pub async fn get_user_by_token(&self, access_token: &str) -> Result<UserRecord, IdentityError> {
         let s = self.access_session(access_token).await?;
-        self.admin_get_user(&s.pool_id, &s.username).await
+        let mut u = self.admin_get_user(&s.pool_id, &s.username).await?;
+        // Developer-only attributes are for administrators.
+        u.attributes.retain(|k, _| !k.starts_with("dev:"));
+        Ok(u)
     }
 
     /// UpdateUserAttributes.
@@ -727,6 +792,66 @@ impl Identity {
         let s = self.access_session(access_token).await?;
         self.update_attributes(&s.pool_id, &s.username, attrs, false)
             .await
+    }
+
+    /// AssociateSoftwareToken (see [`crate::mfa`]).
+    pub async fn associate_software_token(
+        &self,
+        owner: TokenOwner<'_>,
+    ) -> Result<(String, Option<String>), IdentityError> {
+        let owner = self.token_owner(owner).await?;
+        self.associate_token(owner).await
+    }
+
+    /// VerifySoftwareToken.
+    pub async fn verify_software_token(
+        &self,
+        owner: TokenOwner<'_>,
+        code: &str,
+        friendly_name: Option<&str>,
+    ) -> Result<Verified, IdentityError> {
+        let owner = self.token_owner(owner).await?;
+        self.verify_token(owner, code, friendly_name).await
+    }
+
+    async fn token_owner(&self, owner: TokenOwner<'_>) -> Result<Owner, IdentityError> {
+        Ok(match owner {
+            TokenOwner::AccessToken(token) => {
+                let s = self.access_session(token).await?;
+                Owner::User {
+                    pool: s.pool_id,
+                    sub: s.sub,
+                }
+            }
+            TokenOwner::Session(session) => Owner::Session(session.to_owned()),
+        })
+    }
+
+    /// SetUserMFAPreference.
+    pub async fn set_mfa_preference(
+        &self,
+        access_token: &str,
+        software: Option<FactorSetting>,
+    ) -> Result<(), IdentityError> {
+        let s = self.access_session(access_token).await?;
+        self.store_mfa_preference(s.pool_id, s.sub, software).await
+    }
+
+    /// DeleteUserAttributes.
+    pub async fn delete_attributes_by_token(
+        &self,
+        access_token: &str,
+        names: Vec<String>,
+    ) -> Result<(), IdentityError> {
+        let s = self.access_session(access_token).await?;
+        self.delete_attributes(&s.pool_id, &s.username, names, false)
+            .await
+    }
+
+    /// DeleteUser: the bearer deletes themselves.
+    pub async fn delete_user_by_token(&self, access_token: &str) -> Result<(), IdentityError> {
+        let s = self.access_session(access_token).await?;
+        self.admin_delete_user(&s.pool_id, &s.username).await
     }
 
     /// GetUserAttributeVerificationCode.
@@ -868,7 +993,7 @@ mod tests {
     fn tokens(o: AuthOutcome) -> AuthTokens {
         match o {
             AuthOutcome::Tokens(t) => t,
-            AuthOutcome::NewPasswordRequired { .. } => panic!("expected tokens"),
+            _ => panic!("expected tokens"),
         }
     }
 

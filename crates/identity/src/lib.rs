@@ -24,11 +24,13 @@ pub mod groups;
 pub mod hashing;
 pub mod keys;
 mod mail;
+pub mod mfa;
 pub mod password;
 mod pool_verifier;
 mod pools;
 pub mod rates;
 pub mod revocations;
+pub mod schema;
 pub mod secret_box;
 pub mod srp;
 mod throttle;
@@ -42,8 +44,9 @@ pub use mail::SmtpSettings;
 pub use password::PasswordPolicy;
 pub use pool_verifier::PoolVerifier;
 pub use pools::{
-    AdminCreateUserConfig, Client, ClientSettings, ClientSpec, Policies, Pool, PoolSettings,
-    PoolUpdate, TokenValidityUnits, UsernameConfiguration,
+    AccountRecoverySetting, AdminCreateUserConfig, Client, ClientSettings, ClientSpec, Policies,
+    Pool, PoolSettings, PoolUpdate, RecoveryOption, SoftwareTokenMfaConfiguration,
+    TokenValidityUnits, UsernameConfiguration,
 };
 pub use tokens::{TokenError, VerifiedClaims, Verifier};
 pub use users::{CodeDelivery, ListUsersPage, NewUser, OutboxMessage, UserRecord};
@@ -122,6 +125,10 @@ CREATE TABLE auth_sessions (
     Migration {
         name: "identity-0006",
         sql: keys::MIGRATION,
+    },
+    Migration {
+        name: "identity-0007",
+        sql: mfa::MIGRATION,
     },
 ];
 
@@ -235,6 +242,12 @@ pub enum IdentityError {
     Unauthorized(String),
     #[error("{0}")]
     UnsupportedTokenType(String),
+    /// VerifySoftwareToken with a wrong code.
+    #[error("{0}")]
+    EnableSoftwareTokenMfa(String),
+    /// The user has no software token (associated, or verified, as the call needs).
+    #[error("{0}")]
+    SoftwareTokenMfaNotFound(String),
     #[error("identity backend failure: {0}")]
     Backend(String),
     /// The metadata engine failed (full, unavailable, …: see [`sluice_meta::MetaError`]).
@@ -308,6 +321,13 @@ pub enum AuthOutcome {
         username: String,
         /// The user's attributes, for the challenge's `userAttributes`.
         attributes: BTreeMap<String, String>,
+    },
+    /// The password was right; a second factor is due (see [`mfa`]).
+    Mfa {
+        challenge: mfa::MfaChallenge,
+        session: String,
+        /// `USER_ID_FOR_SRP`: the user's username.
+        username: String,
     },
 }
 

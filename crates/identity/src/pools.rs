@@ -67,8 +67,87 @@ pub struct PoolSettings {
     pub username_configuration: UsernameConfiguration,
     pub admin_create_user_config: AdminCreateUserConfig,
     pub mfa_configuration: String,
+    /// Whether the software token (TOTP) factor is enabled; absent: enabled when
+    /// `mfa_configuration` is not `OFF` (see [`PoolSettings::software_token_mfa_enabled`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub software_token_mfa_configuration: Option<SoftwareTokenMfaConfiguration>,
     pub deletion_protection: String,
     pub user_pool_tags: BTreeMap<String, String>,
+    /// The declared attributes (`Schema`); `None` in pools created before sluice enforced
+    /// schemas (see [`crate::schema`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Vec<crate::schema::SchemaAttribute>>,
+    /// `AccountRecoverySetting`: how ForgotPassword reaches the user (absent: a verified
+    /// email, else a verified phone number, as Cognito's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_recovery_setting: Option<AccountRecoverySetting>,
+}
+
+/// `AccountRecoverySetting` of CreateUserPool / UpdateUserPool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AccountRecoverySetting {
+    pub recovery_mechanisms: Vec<RecoveryOption>,
+}
+
+/// One `RecoveryOptionType`: `verified_email`, `verified_phone_number` or `admin_only`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RecoveryOption {
+    pub priority: i64,
+    pub name: String,
+}
+
+impl AccountRecoverySetting {
+    fn validate(&self) -> Result<(), IdentityError> {
+        let bad = |m: String| Err(IdentityError::InvalidParameter(m));
+        let n = self.recovery_mechanisms.len();
+        if !(1..=2).contains(&n) {
+            return bad("AccountRecoverySetting must have 1 or 2 RecoveryMechanisms".into());
+        }
+        let mut priorities: Vec<i64> = self
+            .recovery_mechanisms
+            .iter()
+            .map(|r| r.priority)
+            .collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        if priorities.len() != n || priorities.iter().any(|p| !(1..=2).contains(p)) {
+            return bad("RecoveryMechanisms must have distinct priorities 1 and 2".into());
+        }
+        for r in &self.recovery_mechanisms {
+            if !["verified_email", "verified_phone_number", "admin_only"].contains(&r.name.as_str())
+            {
+                return bad(format!(
+                    "1 validation error detected: Value '{}' at 'accountRecoverySetting.recoveryMechanisms.member.name' failed to satisfy constraint: Member must satisfy enum value set: [admin_only, verified_email, verified_phone_number]",
+                    r.name
+                ));
+            }
+        }
+        if n == 2
+            && self
+                .recovery_mechanisms
+                .iter()
+                .any(|r| r.name == "admin_only")
+        {
+            return bad("admin_only cannot be combined with another recovery mechanism".into());
+        }
+        Ok(())
+    }
+
+    /// The mechanisms in priority order.
+    pub fn ordered(&self) -> Vec<&str> {
+        let mut v: Vec<&RecoveryOption> = self.recovery_mechanisms.iter().collect();
+        v.sort_by_key(|r| r.priority);
+        v.into_iter().map(|r| r.name.as_str()).collect()
+    }
+}
+
+/// `SoftwareTokenMfaConfiguration` of SetUserPoolMfaConfig.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SoftwareTokenMfaConfiguration {
+    pub enabled: bool,
 }
 
 impl Default for PoolSettings {
@@ -81,8 +160,11 @@ impl Default for PoolSettings {
             username_configuration: UsernameConfiguration::default(),
             admin_create_user_config: AdminCreateUserConfig::default(),
             mfa_configuration: "OFF".into(),
+            software_token_mfa_configuration: None,
             deletion_protection: "INACTIVE".into(),
             user_pool_tags: BTreeMap::new(),
+            schema: None,
+            account_recovery_setting: None,
         }
     }
 }
@@ -97,6 +179,7 @@ impl PoolSettings {
             username_configuration: UsernameConfiguration {
                 case_sensitive: false,
             },
+            schema: Some(Vec::new()),
             ..PoolSettings::default()
         }
     }
@@ -134,11 +217,17 @@ impl PoolSettings {
                 ));
             }
         }
-        if self.mfa_configuration != "OFF" {
+        if !["OFF", "ON", "OPTIONAL"].contains(&self.mfa_configuration.as_str()) {
             return bad(format!(
-                "mfa configuration {} is not supported by sluice (only OFF)",
+                "1 validation error detected: Value '{}' at 'mfaConfiguration' failed to satisfy constraint: Member must satisfy enum value set: [OFF, ON, OPTIONAL]",
                 self.mfa_configuration
             ));
+        }
+        if let Some(schema) = &self.schema {
+            crate::schema::validate_schema(schema)?;
+        }
+        if let Some(r) = &self.account_recovery_setting {
+            r.validate()?;
         }
         if !["ACTIVE", "INACTIVE"].contains(&self.deletion_protection.as_str()) {
             return bad(format!(
@@ -147,6 +236,25 @@ impl PoolSettings {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the software token factor is enabled. A pool whose MFA was turned on by
+    /// CreateUserPool or UpdateUserPool, without SetUserPoolMfaConfig, has it enabled:
+    /// Cognito would ask for an SMS configuration there, and the software token is the
+    /// factor sluice has.
+    pub fn software_token_mfa_enabled(&self) -> bool {
+        match self.software_token_mfa_configuration {
+            Some(c) => c.enabled,
+            None => self.mfa_configuration != "OFF",
+        }
+    }
+
+    /// What attribute writes in this pool are checked against.
+    pub(crate) fn attribute_rules(&self) -> crate::schema::Rules<'_> {
+        crate::schema::Rules {
+            schema: self.schema.as_deref(),
+            sign_in: &self.username_attributes,
+        }
     }
 
     /// Whether users sign in with their email (as username attribute or alias).
@@ -167,6 +275,7 @@ pub struct PoolUpdate {
     pub mfa_configuration: Option<String>,
     pub deletion_protection: Option<String>,
     pub user_pool_tags: BTreeMap<String, String>,
+    pub account_recovery_setting: Option<AccountRecoverySetting>,
 }
 
 /// A pool as `DescribeUserPool` shows it.
@@ -634,9 +743,11 @@ impl Identity {
         &self,
         region: &str,
         name: &str,
-        settings: PoolSettings,
+        mut settings: PoolSettings,
     ) -> Result<Pool, IdentityError> {
         check_pool_name(name)?;
+        // A pool created now enforces its schema, declared or empty.
+        settings.schema.get_or_insert_with(Vec::new);
         settings.validate()?;
         let id = format!("{region}_{}", random_alnum(9));
         if !crate::valid_pool_id(&id) {
@@ -720,7 +831,69 @@ impl Identity {
                     .deletion_protection
                     .unwrap_or_else(|| "INACTIVE".into());
                 s.user_pool_tags = update.user_pool_tags;
+                s.account_recovery_setting = update.account_recovery_setting;
                 s.validate()?;
+                c.execute(
+                    "UPDATE pools SET settings = ?2, updated_ms = ?3 WHERE id = ?1",
+                    params![p, serde_json::to_string(&s)?, now_ms()],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// TagResource / UntagResource on a pool: `add` set, then `remove` keys dropped (Cognito
+    /// allows 50 tags per pool).
+    pub async fn tag_pool(
+        &self,
+        pool_id: &str,
+        add: BTreeMap<String, String>,
+        remove: Vec<String>,
+    ) -> Result<(), IdentityError> {
+        for (k, v) in &add {
+            if k.is_empty()
+                || k.chars().count() > 128
+                || v.chars().count() > 256
+                || k.starts_with("aws:")
+            {
+                return Err(IdentityError::InvalidParameter(format!(
+                    "Invalid tag {k:?}: keys are 1 to 128 characters and may not start with aws:, values at most 256"
+                )));
+            }
+        }
+        let p = pool_id.to_owned();
+        self.db
+            .write(move |c| {
+                let mut s = pool_settings(c, &p)?;
+                s.user_pool_tags.extend(add.clone());
+                for k in &remove {
+                    s.user_pool_tags.remove(k);
+                }
+                if s.user_pool_tags.len() > 50 {
+                    return Err(IdentityError::LimitExceeded(
+                        "A user pool can have at most 50 tags.".into(),
+                    ));
+                }
+                c.execute(
+                    "UPDATE pools SET settings = ?2, updated_ms = ?3 WHERE id = ?1",
+                    params![p, serde_json::to_string(&s)?, now_ms()],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// AddCustomAttributes.
+    pub async fn add_custom_attributes(
+        &self,
+        pool_id: &str,
+        added: Vec<crate::schema::SchemaAttribute>,
+    ) -> Result<(), IdentityError> {
+        let p = pool_id.to_owned();
+        self.db
+            .write(move |c| {
+                let mut s = pool_settings(c, &p)?;
+                crate::schema::add_custom(&mut s.schema, added.clone())?;
                 c.execute(
                     "UPDATE pools SET settings = ?2, updated_ms = ?3 WHERE id = ?1",
                     params![p, serde_json::to_string(&s)?, now_ms()],
@@ -750,7 +923,7 @@ impl Identity {
                 if s.deletion_protection == "ACTIVE" {
                     return Err(invalid("The user pool cannot be deleted because deletion protection is activated. Deletion protection must be inactivated first.".into()));
                 }
-                for t in ["refresh_tokens", "auth_sessions", "codes", "outbox", "user_pool_group_members", "user_pool_groups", "users", "clients"] {
+                for t in ["refresh_tokens", "auth_sessions", "codes", "outbox", "user_pool_group_members", "user_pool_groups", "user_mfa", "users", "clients"] {
                     c.execute(&format!("DELETE FROM {t} WHERE pool_id = ?1"), params![&p])?;
                 }
                 c.execute("DELETE FROM pools WHERE id = ?1", params![&p])?;

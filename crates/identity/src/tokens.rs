@@ -110,6 +110,8 @@ pub fn issue_pair(
     for (k, v) in s.attributes {
         match k.as_str() {
             "sub" | "email" | "email_verified" => {}
+            // Developer-only attributes are for administrators, never in tokens.
+            k if k.starts_with("dev:") => {}
             "phone_number_verified" => {
                 attributes.insert(k.clone(), serde_json::Value::Bool(v == "true"));
             }

@@ -15,34 +15,12 @@ use sluice_meta::now_ms;
 use sluice_meta::params;
 
 use crate::pools::{PoolSettings, encode_token, page_token, pool_settings};
+use crate::schema::{Write, check_attributes, check_required};
 use crate::{Identity, IdentityError, User, UserRow, password, srp, user_not_found};
 
 const SIGNUP_CODE_TTL_MS: i64 = 24 * 3600 * 1000;
 const RESET_CODE_TTL_MS: i64 = 3600 * 1000;
 const MAX_CODE_FAILURES: i64 = 5;
-
-/// Standard attributes a user may hold (besides `custom:*`).
-const STANDARD: &[&str] = &[
-    "name",
-    "given_name",
-    "family_name",
-    "middle_name",
-    "nickname",
-    "preferred_username",
-    "profile",
-    "picture",
-    "website",
-    "email",
-    "email_verified",
-    "gender",
-    "birthdate",
-    "zoneinfo",
-    "locale",
-    "phone_number",
-    "phone_number_verified",
-    "address",
-    "updated_at",
-];
 
 /// A user as the admin operations show it. `attributes` never holds `sub`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +32,11 @@ pub struct UserRecord {
     pub attributes: BTreeMap<String, String>,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// `UserMFASettingList`: the factors on for the user (filled by AdminGetUser and
+    /// GetUser; empty in listings, as Cognito's ListUsers shows none).
+    pub mfa_factors: Vec<String>,
+    /// `PreferredMfaSetting`.
+    pub preferred_mfa: Option<String>,
 }
 
 impl From<UserRow> for UserRecord {
@@ -66,6 +49,8 @@ impl From<UserRow> for UserRecord {
             attributes: u.attributes,
             created_ms: u.created_ms,
             updated_ms: u.updated_ms,
+            mfa_factors: Vec::new(),
+            preferred_mfa: None,
         }
     }
 }
@@ -212,50 +197,6 @@ pub(crate) fn find_user(
     Ok(None)
 }
 
-/// Checks attribute names and values. Non-admin callers may not set `*_verified`.
-pub(crate) fn validate_attributes(
-    attrs: &BTreeMap<String, String>,
-    admin: bool,
-) -> Result<(), IdentityError> {
-    for (k, v) in attrs {
-        let known = STANDARD.contains(&k.as_str())
-            || (k.starts_with("custom:") && k.len() > 7 && k.len() <= 32);
-        if !known {
-            return Err(IdentityError::InvalidParameter(format!(
-                "Attributes did not conform to the schema: {k}: Attribute does not exist in the schema."
-            )));
-        }
-        if v.chars().count() > 2048 {
-            return Err(IdentityError::InvalidParameter(format!(
-                "Attributes did not conform to the schema: {k}: String must be no longer than 2048 characters"
-            )));
-        }
-        if k.ends_with("_verified") {
-            if !admin {
-                return Err(IdentityError::NotAuthorized(format!(
-                    "A client attempted to write unauthorized attribute {k}"
-                )));
-            }
-            if v != "true" && v != "false" {
-                return Err(IdentityError::InvalidParameter(format!(
-                    "Attributes did not conform to the schema: {k}: must be true or false"
-                )));
-            }
-        }
-        if k == "email" {
-            crate::normalize_email(v)?;
-        }
-        if k == "phone_number"
-            && !(v.starts_with('+') && v.len() > 4 && v[1..].bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err(IdentityError::InvalidParameter(
-                "Invalid phone number format.".into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn valid_username(u: &str) -> bool {
     let n = u.chars().count();
     (1..=128).contains(&n) && !u.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -319,6 +260,51 @@ fn outbox_insert(
         params![pool, to, kind, code, now_ms()],
     )?;
     Ok(())
+}
+
+/// The pool's recovery mechanisms in order (Cognito's default: verified email first).
+fn recovery(settings: &PoolSettings) -> Vec<&str> {
+    match &settings.account_recovery_setting {
+        Some(r) => r.ordered(),
+        None => vec!["verified_email", "verified_phone_number"],
+    }
+}
+
+/// A password reset code, sent by the pool's first recovery mechanism the user has.
+fn reset_code(
+    c: &Tx<'_>,
+    pool: &str,
+    settings: &PoolSettings,
+    u: &UserRow,
+) -> Result<CodeDelivery, IdentityError> {
+    let verified = |k: &str| {
+        u.attributes
+            .get(&format!("{k}_verified"))
+            .map(String::as_str)
+            == Some("true")
+            && u.attributes.get(k).is_some_and(|v| !v.is_empty())
+    };
+    for m in recovery(settings) {
+        let to = match m {
+            "verified_email" if verified("email") => {
+                (u.attributes["email"].clone(), "EMAIL", "email")
+            }
+            "verified_phone_number" if verified("phone_number") => {
+                (u.attributes["phone_number"].clone(), "SMS", "phone_number")
+            }
+            _ => continue,
+        };
+        return issue_code_to(c, pool, u, "reset", to);
+    }
+    // admin_only pools reset by an administrator still mail the code to a verified
+    // address, as Cognito does.
+    match destination(u, true) {
+        Some(to) => issue_code_to(c, pool, u, "reset", to),
+        None => Err(IdentityError::InvalidParameter(
+            "Cannot reset password for the user as there is no registered/verified email or phone_number"
+                .into(),
+        )),
+    }
 }
 
 /// Issues a fresh code for `purpose` (replacing any earlier one) and puts the message in
@@ -575,7 +561,65 @@ fn read_user(
     Ok((settings, u))
 }
 
+/// The name of the one second factor sluice offers (see `mfa.rs`).
+pub const SOFTWARE_TOKEN_MFA: &str = "SOFTWARE_TOKEN_MFA";
+
+/// A user's software token as stored (secrets still sealed).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MfaRow {
+    pub(crate) pending_secret: Option<String>,
+    pub(crate) secret: Option<String>,
+    pub(crate) friendly_name: Option<String>,
+    pub(crate) enabled: bool,
+    pub(crate) preferred: bool,
+    pub(crate) last_step: i64,
+}
+
+pub(crate) fn mfa_row(c: &Tx<'_>, pool: &str, sub: &str) -> Result<MfaRow, IdentityError> {
+    Ok(c.query_opt(
+        "SELECT pending_secret, secret, friendly_name, enabled, preferred, last_step
+             FROM user_mfa WHERE pool_id = ?1 AND sub = ?2",
+        params![pool, sub],
+        |r| {
+            Ok(MfaRow {
+                pending_secret: r.get(0)?,
+                secret: r.get(1)?,
+                friendly_name: r.get(2)?,
+                enabled: r.get(3)?,
+                preferred: r.get(4)?,
+                last_step: r.get(5)?,
+            })
+        },
+    )?
+    .unwrap_or_default())
+}
+
+/// The factors a user has on (`UserMFASettingList`) and the preferred one, in a pool with
+/// these settings: a verified token counts when the user enabled it, or when the pool
+/// requires MFA.
+pub(crate) fn user_factors(settings: &PoolSettings, m: &MfaRow) -> (Vec<String>, Option<String>) {
+    let on = m.secret.is_some()
+        && settings.software_token_mfa_enabled()
+        && (m.enabled || settings.mfa_configuration == "ON");
+    if !on {
+        return (Vec::new(), None);
+    }
+    let preferred =
+        (m.preferred || settings.mfa_configuration == "ON").then(|| SOFTWARE_TOKEN_MFA.to_owned());
+    (vec![SOFTWARE_TOKEN_MFA.to_owned()], preferred)
+}
+
 impl Identity {
+    /// The factors on for a user and the preferred one (GetUser, AdminGetUser).
+    pub(crate) fn factors_in(
+        c: &Tx<'_>,
+        pool: &str,
+        settings: &PoolSettings,
+        sub: &str,
+    ) -> Result<(Vec<String>, Option<String>), IdentityError> {
+        Ok(user_factors(settings, &mfa_row(c, pool, sub)?))
+    }
+
     /// The user of `pool` with this email address, if any.
     pub fn get_user(&self, pool: &str, email: &str) -> Result<Option<User>, IdentityError> {
         let (p, e) = (pool.to_owned(), crate::normalize_email(email)?);
@@ -685,8 +729,18 @@ impl Identity {
         username: &str,
     ) -> Result<UserRecord, IdentityError> {
         let (p, n) = (pool_id.to_owned(), username.to_owned());
-        let (_, u) = self.db.read(move |c| read_user(c, &p, &n)).await?;
-        Ok(u.into())
+        let (u, (factors, preferred)) = self
+            .db
+            .read(move |c| {
+                let (settings, u) = read_user(c, &p, &n)?;
+                let factors = Identity::factors_in(c, &p, &settings, &u.sub)?;
+                Ok::<_, IdentityError>((u, factors))
+            })
+            .await?;
+        let mut record = UserRecord::from(u);
+        record.mfa_factors = factors;
+        record.preferred_mfa = preferred;
+        Ok(record)
     }
 
     /// AdminSetUserPassword: permanent → CONFIRMED; otherwise FORCE_CHANGE_PASSWORD.
@@ -722,7 +776,7 @@ impl Identity {
         self.db
             .write(move |c| {
                 let (_, u) = read_user(c, &p, &n)?;
-                for t in ["refresh_tokens", "auth_sessions", "codes"] {
+                for t in ["refresh_tokens", "auth_sessions", "codes", "user_mfa"] {
                     c.execute(
                         &format!("DELETE FROM {t} WHERE pool_id = ?1 AND sub = ?2"),
                         params![p, u.sub],
@@ -773,12 +827,12 @@ impl Identity {
         attrs: BTreeMap<String, String>,
         admin: bool,
     ) -> Result<Vec<CodeDelivery>, IdentityError> {
-        validate_attributes(&attrs, admin)?;
         let (p, n) = (pool_id.to_owned(), username.to_owned());
         let out = self
             .db
             .write(move |c| {
                 let (settings, mut u) = read_user(c, &p, &n)?;
+                check_attributes(&settings.attribute_rules(), &attrs, admin, Write::Update)?;
                 let old_email = u.attributes.get("email").cloned();
                 for (k, v) in &attrs {
                     let v = if k == "email" {
@@ -793,9 +847,18 @@ impl Identity {
                     }
                 }
                 let new_email = u.attributes.get("email").cloned();
+                if new_email.is_none() {
+                    u.attributes.remove("email_verified");
+                }
+                if !u.attributes.contains_key("phone_number") {
+                    u.attributes.remove("phone_number_verified");
+                }
                 check_email_free(c, &p, &settings, new_email.as_ref(), &u.sub)?;
                 let mut deliveries = Vec::new();
-                if new_email != old_email && !attrs.contains_key("email_verified") {
+                if new_email.is_some()
+                    && new_email != old_email
+                    && !attrs.contains_key("email_verified")
+                {
                     u.attributes.insert("email_verified".into(), "false".into());
                 }
                 if new_email != old_email {
@@ -875,6 +938,68 @@ impl Identity {
                 },
             )
             .await?
+    }
+
+    /// AdminResetUserPassword: the password stops working (RESET_REQUIRED: sign-in answers
+    /// PasswordResetRequiredException) and a reset code goes out, which ConfirmForgotPassword
+    /// takes with a new password.
+    pub async fn admin_reset_password(
+        &self,
+        pool_id: &str,
+        username: &str,
+    ) -> Result<(), IdentityError> {
+        let (p, n) = (pool_id.to_owned(), username.to_owned());
+        let out = self
+            .db
+            .write(move |c| {
+                let (settings, u) = read_user(c, &p, &n)?;
+                if !matches!(u.status.as_str(), "CONFIRMED" | "RESET_REQUIRED") {
+                    return Err(IdentityError::NotAuthorized(format!(
+                        "User password cannot be reset in the current state ({}).",
+                        u.status
+                    )));
+                }
+                reset_code(c, &p, &settings, &u)?;
+                c.execute(
+                    "UPDATE users SET status = 'RESET_REQUIRED', updated_ms = ?3
+                     WHERE pool_id = ?1 AND sub = ?2",
+                    params![p, u.sub, now_ms()],
+                )?;
+                // As a password change: sessions of the old password end.
+                sign_out_everywhere(c, &p, &u.sub)
+            })
+            .await;
+        self.outbox_changed();
+        out
+    }
+
+    /// AdminDeleteUserAttributes / DeleteUserAttributes: the named attributes removed
+    /// (refused for required and immutable ones, as any update of them).
+    pub(crate) async fn delete_attributes(
+        &self,
+        pool_id: &str,
+        username: &str,
+        names: Vec<String>,
+        admin: bool,
+    ) -> Result<(), IdentityError> {
+        if names.is_empty() {
+            return Err(IdentityError::InvalidParameter(
+                "1 validation error detected: Value at 'userAttributeNames' failed to satisfy constraint: Member must not be null".into(),
+            ));
+        }
+        let attrs = names.into_iter().map(|n| (n, String::new())).collect();
+        self.update_attributes(pool_id, username, attrs, admin)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn admin_delete_attributes(
+        &self,
+        pool_id: &str,
+        username: &str,
+        names: Vec<String>,
+    ) -> Result<(), IdentityError> {
+        self.delete_attributes(pool_id, username, names, true).await
     }
 
     pub async fn admin_update_attributes(
@@ -1181,12 +1306,12 @@ impl Identity {
                 if !u.enabled {
                     return Err(IdentityError::NotAuthorized("User is disabled.".into()));
                 }
-                issue_code(c, &p, &u, "reset", true)?.ok_or_else(|| {
-                    IdentityError::InvalidParameter(
-                        "Cannot reset password for the user as there is no registered/verified email or phone_number"
-                            .into(),
-                    )
-                })
+                if recovery(&settings) == ["admin_only"] {
+                    return Err(IdentityError::NotAuthorized(
+                        "Password reset is restricted to administrators in this user pool (AccountRecoverySetting admin_only): ask for AdminResetUserPassword or AdminSetUserPassword".into(),
+                    ));
+                }
+                reset_code(c, &p, &settings, &u)
             })
             .await;
         self.outbox_changed();
@@ -1307,12 +1432,12 @@ fn prepare_user(
     new: NewUser,
 ) -> Result<(PreparedUser, String), IdentityError> {
     let mut attributes = new.attributes;
-    validate_attributes(&attributes, new.admin)?;
-    if attributes.contains_key("sub") {
-        return Err(IdentityError::InvalidParameter(
-            "Attributes did not conform to the schema: sub: Attribute cannot be updated.".into(),
-        ));
-    }
+    check_attributes(
+        &settings.attribute_rules(),
+        &attributes,
+        new.admin,
+        Write::Create,
+    )?;
     let sub = uuid::Uuid::new_v4().to_string();
     let username = if settings.username_attributes.is_empty() {
         if !valid_username(&new.username) {
@@ -1334,7 +1459,12 @@ fn prepare_user(
                 .any(|a| a == "phone_number")
         {
             attributes.insert("phone_number".into(), given.to_owned());
-            validate_attributes(&attributes, true)?;
+            check_attributes(
+                &settings.attribute_rules(),
+                &attributes,
+                true,
+                Write::Create,
+            )?;
         } else {
             let what = if settings.username_attributes.iter().any(|a| a == "email") {
                 "email"
@@ -1350,6 +1480,8 @@ fn prepare_user(
     if let Some(e) = attributes.get_mut("email") {
         *e = e.to_lowercase();
     }
+    attributes.retain(|_, v| !v.is_empty());
+    check_required(&settings.attribute_rules(), &attributes)?;
     let policy = &settings.policies.password_policy;
     let password = match new.password {
         Some(p) => {
@@ -1427,6 +1559,8 @@ fn insert_prepared(
         attributes: u.attributes.clone(),
         created_ms: now,
         updated_ms: now,
+        mfa_factors: Vec::new(),
+        preferred_mfa: None,
     })
 }
 
@@ -1724,5 +1858,117 @@ mod tests {
                 .await,
             Err(IdentityError::LimitExceeded(_))
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admin_reset_sends_a_code_by_the_first_recovery_mechanism() {
+        let (id, info, _engines) = identity();
+        let pool = info.pool_id.as_str();
+        id.create_user(pool, "reset@example.com", "Passw0rd!", false)
+            .expect("create");
+        id.admin_update_attributes(
+            pool,
+            "reset@example.com",
+            BTreeMap::from([
+                ("phone_number".to_string(), "+15550100".to_string()),
+                ("phone_number_verified".to_string(), "true".to_string()),
+                ("email_verified".to_string(), "true".to_string()),
+            ]),
+        )
+        .await
+        .expect("phone");
+        id.update_pool(
+            pool,
+            crate::pools::PoolUpdate {
+                account_recovery_setting: Some(crate::pools::AccountRecoverySetting {
+                    recovery_mechanisms: vec![
+                        crate::pools::RecoveryOption {
+                            priority: 2,
+                            name: "verified_email".into(),
+                        },
+                        crate::pools::RecoveryOption {
+                            priority: 1,
+                            name: "verified_phone_number".into(),
+                        },
+                    ],
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("recovery setting");
+
+        id.admin_reset_password(pool, "reset@example.com")
+            .await
+            .expect("reset");
+        let u = id
+            .admin_get_user(pool, "reset@example.com")
+            .await
+            .expect("user");
+        assert_eq!(u.status, "RESET_REQUIRED");
+        assert!(matches!(
+            id.initiate_user_password(&info.client_id, "reset@example.com", "Passw0rd!", None)
+                .await,
+            Err(IdentityError::PasswordResetRequired(_))
+        ));
+        let sent = id.outbox(pool, 1).expect("outbox");
+        assert_eq!(
+            (sent[0].kind.as_str(), sent[0].to.as_str()),
+            ("reset", "+15550100")
+        );
+        id.confirm_forgot_password(
+            &info.client_id,
+            "reset@example.com",
+            &sent[0].code,
+            "N3w-Passw0rd!",
+            None,
+        )
+        .await
+        .expect("confirm");
+        assert!(matches!(
+            id.initiate_user_password(&info.client_id, "reset@example.com", "N3w-Passw0rd!", None)
+                .await,
+            Ok(crate::AuthOutcome::Tokens(_))
+        ));
+
+        // admin_only: ForgotPassword is refused; an administrator's reset still works.
+        id.update_pool(
+            pool,
+            crate::pools::PoolUpdate {
+                account_recovery_setting: Some(crate::pools::AccountRecoverySetting {
+                    recovery_mechanisms: vec![crate::pools::RecoveryOption {
+                        priority: 1,
+                        name: "admin_only".into(),
+                    }],
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("admin only");
+        assert!(matches!(
+            id.forgot_password(&info.client_id, "reset@example.com", None)
+                .await,
+            Err(IdentityError::NotAuthorized(_))
+        ));
+        id.admin_reset_password(pool, "reset@example.com")
+            .await
+            .expect("admin reset");
+        assert!(
+            id.update_pool(
+                pool,
+                crate::pools::PoolUpdate {
+                    account_recovery_setting: Some(crate::pools::AccountRecoverySetting {
+                        recovery_mechanisms: vec![crate::pools::RecoveryOption {
+                            priority: 1,
+                            name: "carrier_pigeon".into(),
+                        }],
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .is_err()
+        );
     }
 }

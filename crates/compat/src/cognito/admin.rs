@@ -7,7 +7,8 @@ use sluice_identity::{
 };
 
 use super::common::{
-    AttributeType, OpResult, attribute_list, attribute_map, epoch, invalid, parse, required,
+    AttributeType, OpResult, add_mfa_fields, attribute_list, attribute_map, epoch, invalid, parse,
+    required,
 };
 
 /// The region new pools are created in: the default pool's.
@@ -23,6 +24,14 @@ fn region(identity: &Identity) -> String {
 /// A pool as DescribeUserPool answers it; its ARN carries the configured account id.
 fn pool_json(p: &Pool, account_id: &str) -> serde_json::Value {
     let mut v = serde_json::to_value(&p.settings).unwrap_or_else(|_| json!({}));
+    // Not a field of Cognito's pool: GetUserPoolMfaConfig shows it.
+    if let Some(o) = v.as_object_mut() {
+        o.remove("SoftwareTokenMfaConfiguration");
+        o.remove("Schema");
+    }
+    v["SchemaAttributes"] = json!(sluice_identity::schema::described(
+        p.settings.schema.as_deref()
+    ));
     let region = p.id.split_once('_').map_or("us-east-2", |(r, _)| r);
     v["Id"] = json!(p.id);
     v["Name"] = json!(p.name);
@@ -329,7 +338,9 @@ pub(super) async fn admin_get_user(identity: &Identity, body: &[u8]) -> OpResult
             required(&req.username, "username")?,
         )
         .await?;
-    Ok(user_json(&u, "UserAttributes"))
+    let mut v = user_json(&u, "UserAttributes");
+    add_mfa_fields(&mut v, &u);
+    Ok(v)
 }
 
 pub(super) async fn admin_delete_user(identity: &Identity, body: &[u8]) -> OpResult {
@@ -596,4 +607,149 @@ pub(super) async fn list_users_in_group(identity: &Identity, body: &[u8]) -> OpR
         v["NextToken"] = json!(t);
     }
     Ok(v)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct MfaConfigRequest {
+    user_pool_id: Option<String>,
+    mfa_configuration: Option<String>,
+    software_token_mfa_configuration: Option<sluice_identity::SoftwareTokenMfaConfiguration>,
+    sms_mfa_configuration: Option<serde_json::Value>,
+    email_mfa_configuration: Option<serde_json::Value>,
+    web_authn_configuration: Option<serde_json::Value>,
+}
+
+fn mfa_config_json(c: &sluice_identity::mfa::PoolMfaConfig) -> serde_json::Value {
+    json!({
+        "MfaConfiguration": c.mfa_configuration,
+        "SoftwareTokenMfaConfiguration": {"Enabled": c.software_token_enabled},
+    })
+}
+
+pub(super) async fn get_user_pool_mfa_config(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: MfaConfigRequest = parse(body)?;
+    let c = identity
+        .pool_mfa_config(required(&req.user_pool_id, "userPoolId")?)
+        .await?;
+    Ok(mfa_config_json(&c))
+}
+
+/// SetUserPoolMfaConfig. SMS, email and WebAuthn configurations are refused: sluice offers
+/// the software token factor only.
+pub(super) async fn set_user_pool_mfa_config(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: MfaConfigRequest = parse(body)?;
+    let pool = required(&req.user_pool_id, "userPoolId")?;
+    for (name, v) in [
+        ("SmsMfaConfiguration", &req.sms_mfa_configuration),
+        ("EmailMfaConfiguration", &req.email_mfa_configuration),
+        ("WebAuthnConfiguration", &req.web_authn_configuration),
+    ] {
+        if v.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(invalid(&format!(
+                "{name} is not supported by sluice: SOFTWARE_TOKEN_MFA is the one factor it offers"
+            )));
+        }
+    }
+    let c = identity
+        .set_pool_mfa_config(
+            pool,
+            req.mfa_configuration.clone(),
+            req.software_token_mfa_configuration.map(|c| c.enabled),
+        )
+        .await?;
+    Ok(mfa_config_json(&c))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AddCustomAttributesRequest {
+    user_pool_id: Option<String>,
+    #[serde(default)]
+    custom_attributes: Vec<sluice_identity::schema::SchemaAttribute>,
+}
+
+pub(super) async fn add_custom_attributes(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: AddCustomAttributesRequest = parse(body)?;
+    identity
+        .add_custom_attributes(
+            required(&req.user_pool_id, "userPoolId")?,
+            req.custom_attributes,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UserAttributesRequest {
+    user_pool_id: Option<String>,
+    username: Option<String>,
+    #[serde(default)]
+    user_attribute_names: Vec<String>,
+}
+
+pub(super) async fn admin_delete_user_attributes(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: UserAttributesRequest = parse(body)?;
+    identity
+        .admin_delete_attributes(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+            req.user_attribute_names,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn admin_reset_user_password(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: UserAttributesRequest = parse(body)?;
+    identity
+        .admin_reset_password(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.username, "username")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagsRequest {
+    resource_arn: Option<String>,
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    tag_keys: Vec<String>,
+}
+
+/// The pool a `ResourceArn` names (`arn:aws:cognito-idp:<region>:<account>:userpool/<id>`).
+fn pool_of_arn(arn: &str) -> Result<&str, super::common::CognitoError> {
+    arn.strip_prefix("arn:aws:cognito-idp:")
+        .and_then(|rest| rest.split_once(":userpool/"))
+        .map(|(_, id)| id)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| invalid(&format!("Invalid ARN {arn}: not a user pool ARN")))
+}
+
+pub(super) async fn tag_resource(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: TagsRequest = parse(body)?;
+    let pool = pool_of_arn(required(&req.resource_arn, "resourceArn")?)?;
+    identity.tag_pool(pool, req.tags, Vec::new()).await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn untag_resource(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: TagsRequest = parse(body)?;
+    let pool = pool_of_arn(required(&req.resource_arn, "resourceArn")?)?;
+    identity
+        .tag_pool(pool, Default::default(), req.tag_keys)
+        .await?;
+    Ok(json!({}))
+}
+
+pub(super) async fn list_tags_for_resource(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: TagsRequest = parse(body)?;
+    let pool = pool_of_arn(required(&req.resource_arn, "resourceArn")?)?;
+    let p = identity.describe_pool(pool).await?;
+    Ok(json!({"Tags": p.settings.user_pool_tags}))
 }

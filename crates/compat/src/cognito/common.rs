@@ -75,6 +75,8 @@ pub(super) fn cognito_error(e: IdentityError) -> CognitoError {
         IdentityError::UnsupportedUserState(_) => "UnsupportedUserStateException",
         IdentityError::Unauthorized(_) => "UnauthorizedException",
         IdentityError::UnsupportedTokenType(_) => "UnsupportedTokenTypeException",
+        IdentityError::EnableSoftwareTokenMfa(_) => "EnableSoftwareTokenMFAException",
+        IdentityError::SoftwareTokenMfaNotFound(_) => "SoftwareTokenMFANotFoundException",
         IdentityError::Meta(m) => {
             if let Some(message) = crate::json11::unavailable(m) {
                 return CognitoError {
@@ -142,6 +144,17 @@ pub(super) fn attribute_list(sub: &str, attrs: &BTreeMap<String, String>) -> ser
 /// Epoch seconds, as JSON 1.1 timestamps.
 pub(super) fn epoch(ms: i64) -> serde_json::Value {
     json!(ms as f64 / 1000.0)
+}
+
+/// `UserMFASettingList` and `PreferredMfaSetting` (AdminGetUser, GetUser), present only
+/// when the user has a factor on, as Cognito answers.
+pub(super) fn add_mfa_fields(v: &mut serde_json::Value, u: &sluice_identity::UserRecord) {
+    if !u.mfa_factors.is_empty() {
+        v["UserMFASettingList"] = json!(u.mfa_factors);
+    }
+    if let Some(p) = &u.preferred_mfa {
+        v["PreferredMfaSetting"] = json!(p);
+    }
 }
 
 pub(super) fn delivery_json(d: &sluice_identity::CodeDelivery) -> serde_json::Value {

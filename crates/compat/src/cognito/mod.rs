@@ -64,6 +64,15 @@ const SIGNED_ONLY: &[&str] = &[
     "AdminRemoveUserFromGroup",
     "AdminListGroupsForUser",
     "ListUsersInGroup",
+    "AdminSetUserMFAPreference",
+    "SetUserPoolMfaConfig",
+    "GetUserPoolMfaConfig",
+    "AddCustomAttributes",
+    "AdminDeleteUserAttributes",
+    "AdminResetUserPassword",
+    "TagResource",
+    "UntagResource",
+    "ListTagsForResource",
 ];
 
 /// Whether AWS authorizes `op` with IAM (and so sluice with the signing key's policy).
@@ -151,6 +160,20 @@ pub async fn handle(
         "AdminRemoveUserFromGroup" => admin::admin_remove_user_from_group(identity, body).await,
         "AdminListGroupsForUser" => admin::admin_list_groups_for_user(identity, body).await,
         "ListUsersInGroup" => admin::list_users_in_group(identity, body).await,
+        "AssociateSoftwareToken" => auth::associate_software_token(identity, body).await,
+        "VerifySoftwareToken" => auth::verify_software_token(identity, body).await,
+        "SetUserMFAPreference" => auth::set_user_mfa_preference(identity, body).await,
+        "AdminSetUserMFAPreference" => auth::admin_set_user_mfa_preference(identity, body).await,
+        "SetUserPoolMfaConfig" => admin::set_user_pool_mfa_config(identity, body).await,
+        "GetUserPoolMfaConfig" => admin::get_user_pool_mfa_config(identity, body).await,
+        "AddCustomAttributes" => admin::add_custom_attributes(identity, body).await,
+        "AdminDeleteUserAttributes" => admin::admin_delete_user_attributes(identity, body).await,
+        "AdminResetUserPassword" => admin::admin_reset_user_password(identity, body).await,
+        "DeleteUserAttributes" => auth::delete_user_attributes(identity, body).await,
+        "DeleteUser" => auth::delete_user(identity, body).await,
+        "TagResource" => admin::tag_resource(identity, body).await,
+        "UntagResource" => admin::untag_resource(identity, body).await,
+        "ListTagsForResource" => admin::list_tags_for_resource(identity, body).await,
         _ => {
             return json_error(
                 StatusCode::BAD_REQUEST,
