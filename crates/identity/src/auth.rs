@@ -187,6 +187,20 @@ impl Identity {
         client: &ClientRow,
         user: UserRow,
     ) -> Result<AuthOutcome, IdentityError> {
+        self.notify_trigger(
+            &client.pool_id,
+            &client.id,
+            &user.username,
+            |l| l.pre_authentication.clone().map(|a| (a, "1")),
+            "PreAuthentication",
+            "PreAuthentication_Authentication",
+            serde_json::json!({
+                "userAttributes": crate::triggers::with_status(&user.sub, &user.attributes, &user.status),
+                "userNotFound": false,
+                "validationData": {},
+            }),
+        )
+        .await?;
         if !user.enabled {
             return Err(IdentityError::NotAuthorized("User is disabled.".into()));
         }
@@ -658,7 +672,43 @@ impl Identity {
             .db
             .read(move |c| crate::groups::user_groups(c, &pool, &sub))
             .await?;
-        let groups = crate::groups::claims_of(&groups);
+        let mut groups = crate::groups::claims_of(&groups);
+        if with_refresh {
+            self.notify_trigger(
+                &client.pool_id,
+                &client.id,
+                &user.username,
+                |l| l.post_authentication.clone().map(|a| (a, "1")),
+                "PostAuthentication",
+                "PostAuthentication_Authentication",
+                serde_json::json!({
+                    "userAttributes": crate::triggers::with_status(&user.sub, &user.attributes, &user.status),
+                    "newDeviceUsed": false,
+                    "clientMetadata": {},
+                }),
+            )
+            .await?;
+        }
+        let overrides = self
+            .pre_token_generation(
+                &client.pool_id,
+                &client.id,
+                &user.username,
+                &user.sub,
+                &user.attributes,
+                &groups,
+                !with_refresh,
+            )
+            .await?;
+        if let Some(g) = &overrides.groups {
+            groups.groups = g.clone();
+        }
+        if let Some(r) = &overrides.roles {
+            groups.roles = r.clone();
+        }
+        if overrides.preferred_role.is_some() {
+            groups.preferred_role = overrides.preferred_role.clone();
+        }
         let (id_token, access_token) = tokens::issue_pair(
             &key,
             &tokens::Subject {
@@ -670,6 +720,7 @@ impl Identity {
                 auth_time,
                 origin_jti: &origin_jti,
                 groups: &groups,
+                overrides: Some(&overrides),
             },
             now,
             client.lifetimes.id_secs,

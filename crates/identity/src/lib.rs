@@ -35,6 +35,7 @@ pub mod secret_box;
 pub mod srp;
 mod throttle;
 pub mod tokens;
+pub mod triggers;
 mod users;
 
 pub use auth::{AccessSession, SrpChallenge};
@@ -49,6 +50,7 @@ pub use pools::{
     TokenValidityUnits, UsernameConfiguration,
 };
 pub use tokens::{TokenError, VerifiedClaims, Verifier};
+pub use triggers::TriggerData;
 pub use users::{CodeDelivery, ListUsersPage, NewUser, OutboxMessage, UserRecord};
 
 /// How long the session of an auth challenge stays valid, as Cognito (3 minutes).
@@ -248,6 +250,15 @@ pub enum IdentityError {
     /// The user has no software token (associated, or verified, as the call needs).
     #[error("{0}")]
     SoftwareTokenMfaNotFound(String),
+    /// A Lambda trigger threw or timed out.
+    #[error("{0}")]
+    UserLambdaValidation(String),
+    /// A Lambda trigger answered with something of the wrong shape.
+    #[error("{0}")]
+    InvalidLambdaResponse(String),
+    /// A Lambda trigger could not be run.
+    #[error("{0}")]
+    UnexpectedLambda(String),
     #[error("identity backend failure: {0}")]
     Backend(String),
     /// The metadata engine failed (full, unavailable, …: see [`sluice_meta::MetaError`]).
@@ -382,6 +393,8 @@ pub struct Identity {
     limits: rates::RateLimits,
     /// Wakes the email delivery task (`None`: SMTP not configured).
     mail_wake: Option<Arc<tokio::sync::Notify>>,
+    /// Runs the pools' Lambda triggers (`None` until the binary gives one).
+    triggers: Arc<RwLock<Option<Arc<dyn triggers::TriggerRunner>>>>,
 }
 
 impl Identity {
@@ -397,6 +410,7 @@ impl Identity {
             pool_rates: Arc::new(rates::Buckets::default()),
             limits: rates::RateLimits::default(),
             mail_wake: None,
+            triggers: Arc::default(),
         }
     }
 

@@ -81,6 +81,9 @@ pub struct PoolSettings {
     /// email, else a verified phone number, as Cognito's default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account_recovery_setting: Option<AccountRecoverySetting>,
+    /// `LambdaConfig`: the pool's triggers (see [`crate::triggers`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda_config: Option<crate::triggers::LambdaConfig>,
 }
 
 /// `AccountRecoverySetting` of CreateUserPool / UpdateUserPool.
@@ -165,6 +168,7 @@ impl Default for PoolSettings {
             user_pool_tags: BTreeMap::new(),
             schema: None,
             account_recovery_setting: None,
+            lambda_config: None,
         }
     }
 }
@@ -229,6 +233,9 @@ impl PoolSettings {
         if let Some(r) = &self.account_recovery_setting {
             r.validate()?;
         }
+        if let Some(l) = &self.lambda_config {
+            l.check()?;
+        }
         if !["ACTIVE", "INACTIVE"].contains(&self.deletion_protection.as_str()) {
             return bad(format!(
                 "1 validation error detected: Value '{}' at 'deletionProtection' failed to satisfy constraint: Member must satisfy enum value set: [ACTIVE, INACTIVE]",
@@ -276,6 +283,7 @@ pub struct PoolUpdate {
     pub deletion_protection: Option<String>,
     pub user_pool_tags: BTreeMap<String, String>,
     pub account_recovery_setting: Option<AccountRecoverySetting>,
+    pub lambda_config: Option<crate::triggers::LambdaConfig>,
 }
 
 /// A pool as `DescribeUserPool` shows it.
@@ -832,6 +840,7 @@ impl Identity {
                     .unwrap_or_else(|| "INACTIVE".into());
                 s.user_pool_tags = update.user_pool_tags;
                 s.account_recovery_setting = update.account_recovery_setting;
+                s.lambda_config = update.lambda_config;
                 s.validate()?;
                 c.execute(
                     "UPDATE pools SET settings = ?2, updated_ms = ?3 WHERE id = ?1",

@@ -93,6 +93,29 @@ pub struct Subject<'a> {
     pub origin_jti: &'a str,
     /// `cognito:groups`, `cognito:roles`, `cognito:preferred_role`.
     pub groups: &'a crate::groups::GroupClaims,
+    /// Claims and scopes a PreTokenGeneration trigger added or suppressed (its group
+    /// overrides are in `groups` already).
+    pub overrides: Option<&'a crate::triggers::TokenOverrides>,
+}
+
+fn json_error(e: serde_json::Error) -> jsonwebtoken::errors::Error {
+    jsonwebtoken::errors::ErrorKind::Json(std::sync::Arc::new(e)).into()
+}
+
+/// Adds, overrides and removes claims of a token's payload.
+fn apply(
+    claims: &mut serde_json::Value,
+    add: &serde_json::Map<String, serde_json::Value>,
+    suppress: &[String],
+) {
+    if let Some(m) = claims.as_object_mut() {
+        for (k, v) in add {
+            m.insert(k.clone(), v.clone());
+        }
+        for k in suppress {
+            m.remove(k);
+        }
+    }
 }
 
 /// Signs an IdToken and an AccessToken for `subject`, valid `id_secs` / `access_secs` from `now`.
@@ -154,6 +177,24 @@ pub fn issue_pair(
         username: s.username.into(),
         groups: s.groups.groups.clone(),
     };
+    let Some(o) = s.overrides else {
+        return Ok((
+            jsonwebtoken::encode(&header, &id, &key.encoding)?,
+            jsonwebtoken::encode(&header, &access, &key.encoding)?,
+        ));
+    };
+    let mut id = serde_json::to_value(&id).map_err(json_error)?;
+    apply(&mut id, &o.id_add, &o.id_suppress);
+    let mut scopes: Vec<String> = access.scope.split(' ').map(str::to_owned).collect();
+    scopes.retain(|s| !o.scopes_suppress.contains(s));
+    for s in &o.scopes_add {
+        if !scopes.contains(s) {
+            scopes.push(s.clone());
+        }
+    }
+    let mut access = serde_json::to_value(&access).map_err(json_error)?;
+    apply(&mut access, &o.access_add, &o.access_suppress);
+    access["scope"] = serde_json::Value::String(scopes.join(" "));
     Ok((
         jsonwebtoken::encode(&header, &id, &key.encoding)?,
         jsonwebtoken::encode(&header, &access, &key.encoding)?,
@@ -435,6 +476,7 @@ mod tests {
             auth_time: 1000,
             origin_jti: "o",
             groups: NO_GROUPS.get_or_init(Default::default),
+            overrides: None,
         }
     }
 

@@ -16,6 +16,7 @@ use sluice_meta::params;
 
 use crate::pools::{PoolSettings, encode_token, page_token, pool_settings};
 use crate::schema::{Write, check_attributes, check_required};
+use crate::triggers::TriggerData;
 use crate::{Identity, IdentityError, User, UserRow, password, srp, user_not_found};
 
 const SIGNUP_CODE_TTL_MS: i64 = 24 * 3600 * 1000;
@@ -69,6 +70,16 @@ pub struct NewUser {
     pub temporary: bool,
     /// Created by an administrator (may set `*_verified`).
     pub admin: bool,
+}
+
+/// PreSignUp's `autoVerifyEmail` / `autoVerifyPhone`: the attribute, when the user has it,
+/// becomes verified.
+fn auto_verify(attrs: &mut BTreeMap<String, String>, email: bool, phone: bool) {
+    for (on, name) in [(email, "email"), (phone, "phone_number")] {
+        if on && attrs.get(name).is_some_and(|v| !v.is_empty()) {
+            attrs.insert(format!("{name}_verified"), "true".into());
+        }
+    }
 }
 
 /// Where a code went, masked as Cognito shows it.
@@ -656,6 +667,18 @@ impl Identity {
         suppress: bool,
         resend: bool,
     ) -> Result<UserRecord, IdentityError> {
+        self.admin_create_user_with(new, suppress, resend, TriggerData::default())
+            .await
+    }
+
+    /// [`Identity::admin_create_user`] with what the caller gives the pool's triggers.
+    pub async fn admin_create_user_with(
+        &self,
+        new: NewUser,
+        suppress: bool,
+        resend: bool,
+        data: TriggerData,
+    ) -> Result<UserRecord, IdentityError> {
         let pool = new.pool_id.clone();
         let settings = {
             let p = pool.clone();
@@ -702,7 +725,18 @@ impl Identity {
             self.outbox_changed();
             return out;
         }
-        let (prepared, password) = prepare_user(&settings, new)?;
+        let (mut prepared, password) = prepare_user(&settings, new)?;
+        let (_, verify_email, verify_phone) = self
+            .pre_sign_up(
+                &pool,
+                crate::triggers::NO_CLIENT,
+                &prepared.username,
+                true,
+                &prepared.attributes,
+                &data,
+            )
+            .await?;
+        auto_verify(&mut prepared.attributes, verify_email, verify_phone);
         let secrets = password_secrets(&pool, &prepared.username, &password).await?;
         let out = self
             .db
@@ -1107,6 +1141,27 @@ impl Identity {
         attributes: BTreeMap<String, String>,
         secret_hash: Option<&str>,
     ) -> Result<(UserRecord, Option<CodeDelivery>), IdentityError> {
+        self.sign_up_with(
+            client_id,
+            username,
+            password,
+            attributes,
+            secret_hash,
+            TriggerData::default(),
+        )
+        .await
+    }
+
+    /// [`Identity::sign_up`] with what the caller gives the pool's triggers.
+    pub async fn sign_up_with(
+        &self,
+        client_id: &str,
+        username: &str,
+        password: &str,
+        attributes: BTreeMap<String, String>,
+        secret_hash: Option<&str>,
+        data: TriggerData,
+    ) -> Result<(UserRecord, Option<CodeDelivery>), IdentityError> {
         let client = self.client(client_id).await?;
         crate::client_secret::check_secret_hash(&client, &[username], secret_hash)?;
         self.admit(&client.pool_id, crate::rates::Category::SignUp)?;
@@ -1134,9 +1189,30 @@ impl Identity {
                 admin: false,
             },
         )?;
-        prepared.status = "UNCONFIRMED".into();
+        let (auto_confirm, verify_email, verify_phone) = self
+            .pre_sign_up(
+                &pool,
+                client_id,
+                &prepared.username,
+                false,
+                &prepared.attributes,
+                &data,
+            )
+            .await?;
+        auto_verify(&mut prepared.attributes, verify_email, verify_phone);
+        prepared.status = if auto_confirm {
+            "CONFIRMED"
+        } else {
+            "UNCONFIRMED"
+        }
+        .into();
         let secrets = password_secrets(&pool, &prepared.username, password).await?;
-        let verify = settings.auto_verified_attributes.clone();
+        // An auto-confirmed user needs no confirmation code.
+        let verify = if auto_confirm {
+            Vec::new()
+        } else {
+            settings.auto_verified_attributes.clone()
+        };
         let out = self
             .db
             .write(move |c| {
@@ -1208,7 +1284,47 @@ impl Identity {
                     Ok(Ok(()))
                 },
             )
+            .await??;
+        self.post_confirmation(
+            &client.pool_id,
+            &client.id,
+            username,
+            "PostConfirmation_ConfirmSignUp",
+        )
+        .await
+    }
+
+    /// Runs the pool's PostConfirmation trigger for a user just confirmed (or whose
+    /// password reset was just confirmed).
+    async fn post_confirmation(
+        &self,
+        pool_id: &str,
+        client_id: &str,
+        username: &str,
+        source: &'static str,
+    ) -> Result<(), IdentityError> {
+        if self
+            .trigger_of(pool_id, |l| l.post_confirmation.clone().map(|a| (a, "1")))
             .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+        let (p, n) = (pool_id.to_owned(), username.to_owned());
+        let (_, u) = self.db.read(move |c| read_user(c, &p, &n)).await?;
+        self.notify_trigger(
+            pool_id,
+            client_id,
+            &u.username,
+            |l| l.post_confirmation.clone().map(|a| (a, "1")),
+            "PostConfirmation",
+            source,
+            serde_json::json!({
+                "userAttributes": crate::triggers::with_status(&u.sub, &u.attributes, &u.status),
+                "clientMetadata": {},
+            }),
+        )
+        .await
     }
 
     /// AdminConfirmSignUp: UNCONFIRMED → CONFIRMED, without a code.
@@ -1238,7 +1354,14 @@ impl Identity {
                 )?;
                 Ok(())
             })
-            .await
+            .await?;
+        self.post_confirmation(
+            pool_id,
+            crate::triggers::NO_CLIENT,
+            username,
+            "PostConfirmation_ConfirmSignUp",
+        )
+        .await
     }
 
     /// ResendConfirmationCode: a new sign-up code for an UNCONFIRMED user.
@@ -1365,7 +1488,14 @@ impl Identity {
                     Ok(Ok(()))
                 },
             )
-            .await?
+            .await??;
+        self.post_confirmation(
+            &client.pool_id,
+            &client.id,
+            username,
+            "PostConfirmation_ConfirmForgotPassword",
+        )
+        .await
     }
 
     /// The latest `limit` messages of a pool, newest first: what an operator reads to

@@ -163,3 +163,44 @@ impl FunctionsServer {
         let _ = self.events.await;
     }
 }
+
+/// Runs Cognito's Lambda triggers on the functions runtime (`sluice_identity::triggers`).
+pub(crate) struct FunctionTriggers(pub(crate) Arc<Invoker>);
+
+#[async_trait::async_trait]
+impl sluice_identity::triggers::TriggerRunner for FunctionTriggers {
+    async fn run(
+        &self,
+        arn: &str,
+        event: serde_json::Value,
+    ) -> Result<serde_json::Value, sluice_identity::triggers::TriggerFailure> {
+        use sluice_identity::triggers::TriggerFailure;
+        let name = self
+            .0
+            .functions()
+            .resolve_name(arn)
+            .map_err(|e| TriggerFailure::Unavailable(e.to_string()))?;
+        let invocation = self
+            .0
+            .invoke(
+                &name,
+                event,
+                sluice_functions::invoke::Admission::Wait,
+                false,
+                None,
+            )
+            .await
+            .map_err(|e| TriggerFailure::Unavailable(e.to_string()))?;
+        match invocation.result {
+            Ok(v) => Ok(v),
+            Err(f) if f.kind == sluice_processor::lambda::FailureKind::Timeout => {
+                Err(TriggerFailure::Timeout)
+            }
+            Err(f) => Err(TriggerFailure::Failed(
+                f.document["errorMessage"]
+                    .as_str()
+                    .map_or(f.message, str::to_owned),
+            )),
+        }
+    }
+}

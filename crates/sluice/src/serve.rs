@@ -272,6 +272,10 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         shutdown_rx.clone(),
     )
     .await?;
+    // Cognito's Lambda triggers run on the same functions.
+    identity.set_trigger_runner(Arc::new(crate::functions_server::FunctionTriggers(
+        functions.invoker.clone(),
+    )));
     let observer = Arc::new(LedgerObserver(ledger.clone()));
     // On engines several processes can share, processors share the mappings' shards
     // through leases in the metadata engine (one holder per shard at a time).

@@ -42,7 +42,9 @@ fn pool_json(p: &Pool, account_id: &str) -> serde_json::Value {
     v["CreationDate"] = epoch(p.created_ms);
     v["LastModifiedDate"] = epoch(p.updated_ms);
     v["EstimatedNumberOfUsers"] = json!(p.estimated_users);
-    v["LambdaConfig"] = json!({});
+    if v.get("LambdaConfig").is_none() {
+        v["LambdaConfig"] = json!({});
+    }
     v
 }
 
@@ -286,6 +288,10 @@ struct AdminUserRequest {
     message_action: Option<String>,
     #[serde(default)]
     user_attributes: Vec<AttributeType>,
+    #[serde(default)]
+    validation_data: Vec<AttributeType>,
+    #[serde(default)]
+    client_metadata: std::collections::BTreeMap<String, String>,
 }
 
 pub(super) async fn admin_create_user(identity: &Identity, body: &[u8]) -> OpResult {
@@ -301,7 +307,7 @@ pub(super) async fn admin_create_user(identity: &Identity, body: &[u8]) -> OpRes
         }
     };
     let rec = identity
-        .admin_create_user(
+        .admin_create_user_with(
             NewUser {
                 pool_id: required(&req.user_pool_id, "userPoolId")?.to_owned(),
                 username: required(&req.username, "username")?.to_owned(),
@@ -312,6 +318,10 @@ pub(super) async fn admin_create_user(identity: &Identity, body: &[u8]) -> OpRes
             },
             suppress,
             resend,
+            sluice_identity::TriggerData {
+                client_metadata: req.client_metadata,
+                validation_data: attribute_map(req.validation_data),
+            },
         )
         .await?;
     Ok(json!({"User": user_json(&rec, "Attributes")}))

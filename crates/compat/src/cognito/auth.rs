@@ -436,17 +436,25 @@ pub(super) struct SignUpRequest {
     confirmation_code: Option<String>,
     #[serde(default)]
     user_attributes: Vec<AttributeType>,
+    #[serde(default)]
+    validation_data: Vec<AttributeType>,
+    #[serde(default)]
+    client_metadata: BTreeMap<String, String>,
 }
 
 pub(super) async fn sign_up(identity: &Identity, body: &[u8]) -> OpResult {
     let req: SignUpRequest = parse(body)?;
     let (rec, delivery) = identity
-        .sign_up(
+        .sign_up_with(
             required(&req.client_id, "clientId")?,
             required(&req.username, "username")?,
             required(&req.password, "password")?,
             attribute_map(req.user_attributes),
             req.secret_hash.as_deref(),
+            sluice_identity::TriggerData {
+                client_metadata: req.client_metadata,
+                validation_data: attribute_map(req.validation_data),
+            },
         )
         .await?;
     let mut out = json!({"UserConfirmed": rec.status == "CONFIRMED", "UserSub": rec.sub});

@@ -77,6 +77,9 @@ pub(super) fn cognito_error(e: IdentityError) -> CognitoError {
         IdentityError::UnsupportedTokenType(_) => "UnsupportedTokenTypeException",
         IdentityError::EnableSoftwareTokenMfa(_) => "EnableSoftwareTokenMFAException",
         IdentityError::SoftwareTokenMfaNotFound(_) => "SoftwareTokenMFANotFoundException",
+        IdentityError::UserLambdaValidation(_) => "UserLambdaValidationException",
+        IdentityError::InvalidLambdaResponse(_) => "InvalidLambdaResponseException",
+        IdentityError::UnexpectedLambda(_) => "UnexpectedLambdaException",
         IdentityError::Meta(m) => {
             if let Some(message) = crate::json11::unavailable(m) {
                 return CognitoError {
