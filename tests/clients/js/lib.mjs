@@ -1,6 +1,7 @@
 // Shared by the tests: the server's URLs and key come from the environment that
 // crates/sluice/tests/clients.rs sets (see README.md beside this file).
 import crypto from "node:crypto";
+import zlib from "node:zlib";
 import {
   DeleteBucketCommand,
   DeleteObjectCommand,
@@ -82,4 +83,43 @@ export async function removeVersionedBucket(s3, Bucket) {
     await s3.send(new DeleteObjectCommand({ Bucket, Key, VersionId, BypassGovernanceRetention: true }));
   }
   await s3.send(new DeleteBucketCommand({ Bucket }));
+}
+
+/** A zip archive of stored (uncompressed) files: enough for a handler. */
+export function zip(files) {
+  const locals = [];
+  const centrals = [];
+  let offset = 0;
+  for (const [fileName, text] of Object.entries(files)) {
+    const nameBytes = Buffer.from(fileName);
+    const data = Buffer.from(text);
+    const crc = zlib.crc32(data);
+    const local = Buffer.alloc(30);
+    local.writeUInt32LE(0x04034b50, 0);
+    local.writeUInt16LE(20, 4);
+    local.writeUInt32LE(crc, 14);
+    local.writeUInt32LE(data.length, 18);
+    local.writeUInt32LE(data.length, 22);
+    local.writeUInt16LE(nameBytes.length, 26);
+    const central = Buffer.alloc(46);
+    central.writeUInt32LE(0x02014b50, 0);
+    central.writeUInt16LE(20, 4);
+    central.writeUInt16LE(20, 6);
+    central.writeUInt32LE(crc, 16);
+    central.writeUInt32LE(data.length, 20);
+    central.writeUInt32LE(data.length, 24);
+    central.writeUInt16LE(nameBytes.length, 28);
+    central.writeUInt32LE(offset, 42);
+    locals.push(local, nameBytes, data);
+    centrals.push(central, nameBytes);
+    offset += local.length + nameBytes.length + data.length;
+  }
+  const dir = Buffer.concat(centrals);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0);
+  end.writeUInt16LE(Object.keys(files).length, 8);
+  end.writeUInt16LE(Object.keys(files).length, 10);
+  end.writeUInt32LE(dir.length, 12);
+  end.writeUInt32LE(offset, 16);
+  return Buffer.concat([...locals, dir, end]);
 }
