@@ -624,38 +624,30 @@ impl Identity {
         mfa_configuration: Option<String>,
         software_token_enabled: Option<bool>,
     ) -> Result<PoolMfaConfig, IdentityError> {
-        let p = pool_id.to_owned();
-        self.db
-            .write(move |c| {
-                let mut s = pool_settings(c, &p)?;
-                if let Some(m) = &mfa_configuration {
-                    s.mfa_configuration = m.clone();
-                }
-                if let Some(e) = software_token_enabled {
-                    s.software_token_mfa_configuration =
-                        Some(crate::pools::SoftwareTokenMfaConfiguration { enabled: e });
-                }
-                if s.mfa_configuration == "OFF" && software_token_enabled == Some(true) {
-                    return Err(IdentityError::InvalidParameter(
-                        "Invalid MFA configuration given, can't turn off MFA and configure an MFA together.".into(),
-                    ));
-                }
-                if s.mfa_configuration != "OFF" && !s.software_token_mfa_enabled() {
-                    return Err(IdentityError::InvalidParameter(
-                        "At least one MFA method must be enabled when MfaConfiguration is ON or OPTIONAL (sluice offers SOFTWARE_TOKEN_MFA)".into(),
-                    ));
-                }
-                s.validate()?;
-                c.execute(
-                    "UPDATE pools SET settings = ?2, updated_ms = ?3 WHERE id = ?1",
-                    params![p, serde_json::to_string(&s)?, now_ms()],
-                )?;
-                Ok(PoolMfaConfig {
-                    software_token_enabled: s.software_token_mfa_enabled(),
-                    mfa_configuration: s.mfa_configuration,
-                })
+        self.change_settings(pool_id, move |s| {
+            if let Some(m) = &mfa_configuration {
+                s.mfa_configuration = m.clone();
+            }
+            if let Some(e) = software_token_enabled {
+                s.software_token_mfa_configuration =
+                    Some(crate::pools::SoftwareTokenMfaConfiguration { enabled: e });
+            }
+            if s.mfa_configuration == "OFF" && software_token_enabled == Some(true) {
+                return Err(IdentityError::InvalidParameter(
+                    "Invalid MFA configuration given, can't turn off MFA and configure an MFA together.".into(),
+                ));
+            }
+            if s.mfa_configuration != "OFF" && !s.software_token_mfa_enabled() {
+                return Err(IdentityError::InvalidParameter(
+                    "At least one MFA method must be enabled when MfaConfiguration is ON or OPTIONAL (sluice offers SOFTWARE_TOKEN_MFA)".into(),
+                ));
+            }
+            Ok(PoolMfaConfig {
+                software_token_enabled: s.software_token_mfa_enabled(),
+                mfa_configuration: s.mfa_configuration.clone(),
             })
-            .await
+        })
+        .await
     }
 }
 

@@ -826,29 +826,21 @@ impl Identity {
         pool_id: &str,
         update: PoolUpdate,
     ) -> Result<(), IdentityError> {
-        let p = pool_id.to_owned();
-        self.db
-            .write(move |c| {
-                let update = update.clone();
-                let mut s = pool_settings(c, &p)?;
-                s.policies = update.policies.unwrap_or_default();
-                s.auto_verified_attributes = update.auto_verified_attributes;
-                s.admin_create_user_config = update.admin_create_user_config;
-                s.mfa_configuration = update.mfa_configuration.unwrap_or_else(|| "OFF".into());
-                s.deletion_protection = update
-                    .deletion_protection
-                    .unwrap_or_else(|| "INACTIVE".into());
-                s.user_pool_tags = update.user_pool_tags;
-                s.account_recovery_setting = update.account_recovery_setting;
-                s.lambda_config = update.lambda_config;
-                s.validate()?;
-                c.execute(
-                    "UPDATE pools SET settings = ?2, updated_ms = ?3 WHERE id = ?1",
-                    params![p, serde_json::to_string(&s)?, now_ms()],
-                )?;
-                Ok(())
-            })
-            .await
+        self.change_settings(pool_id, move |s| {
+            let update = update.clone();
+            s.policies = update.policies.unwrap_or_default();
+            s.auto_verified_attributes = update.auto_verified_attributes;
+            s.admin_create_user_config = update.admin_create_user_config;
+            s.mfa_configuration = update.mfa_configuration.unwrap_or_else(|| "OFF".into());
+            s.deletion_protection = update
+                .deletion_protection
+                .unwrap_or_else(|| "INACTIVE".into());
+            s.user_pool_tags = update.user_pool_tags;
+            s.account_recovery_setting = update.account_recovery_setting;
+            s.lambda_config = update.lambda_config;
+            Ok(())
+        })
+        .await
     }
 
     /// TagResource / UntagResource on a pool: `add` set, then `remove` keys dropped (Cognito
@@ -870,26 +862,19 @@ impl Identity {
                 )));
             }
         }
-        let p = pool_id.to_owned();
-        self.db
-            .write(move |c| {
-                let mut s = pool_settings(c, &p)?;
-                s.user_pool_tags.extend(add.clone());
-                for k in &remove {
-                    s.user_pool_tags.remove(k);
-                }
-                if s.user_pool_tags.len() > 50 {
-                    return Err(IdentityError::LimitExceeded(
-                        "A user pool can have at most 50 tags.".into(),
-                    ));
-                }
-                c.execute(
-                    "UPDATE pools SET settings = ?2, updated_ms = ?3 WHERE id = ?1",
-                    params![p, serde_json::to_string(&s)?, now_ms()],
-                )?;
-                Ok(())
-            })
-            .await
+        self.change_settings(pool_id, move |s| {
+            s.user_pool_tags.extend(add.clone());
+            for k in &remove {
+                s.user_pool_tags.remove(k);
+            }
+            if s.user_pool_tags.len() > 50 {
+                return Err(IdentityError::LimitExceeded(
+                    "A user pool can have at most 50 tags.".into(),
+                ));
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// AddCustomAttributes.
@@ -898,16 +883,30 @@ impl Identity {
         pool_id: &str,
         added: Vec<crate::schema::SchemaAttribute>,
     ) -> Result<(), IdentityError> {
+        self.change_settings(pool_id, move |s| {
+            crate::schema::add_custom(&mut s.schema, added.clone())
+        })
+        .await
+    }
+
+    /// Changes a pool's settings in one write: `f` changes them, they are validated and
+    /// stored; `f`'s result is returned.
+    pub(crate) async fn change_settings<T: Send + 'static>(
+        &self,
+        pool_id: &str,
+        mut f: impl FnMut(&mut PoolSettings) -> Result<T, IdentityError> + Send + 'static,
+    ) -> Result<T, IdentityError> {
         let p = pool_id.to_owned();
         self.db
             .write(move |c| {
                 let mut s = pool_settings(c, &p)?;
-                crate::schema::add_custom(&mut s.schema, added.clone())?;
+                let out = f(&mut s)?;
+                s.validate()?;
                 c.execute(
                     "UPDATE pools SET settings = ?2, updated_ms = ?3 WHERE id = ?1",
                     params![p, serde_json::to_string(&s)?, now_ms()],
                 )?;
-                Ok(())
+                Ok(out)
             })
             .await
     }
