@@ -10,9 +10,11 @@ use sluice_meta::now_ms;
 use sluice_meta::params;
 
 use crate::client_secret::check_secret_hash;
+use crate::custom_auth::CustomStep;
 use crate::mfa::{FactorSetting, Owner, TokenOwner, Verified};
 use crate::pools::{PoolSettings, pool_settings};
 use crate::tokens::{self, ADMIN_SCOPE, TokenError};
+use crate::triggers::TriggerData;
 use crate::users::{self, CodeDelivery, UserRecord, find_user, password_secrets, store_password};
 use crate::{
     AuthOutcome, AuthTokens, ClientRow, Identity, IdentityError, SESSION_TTL_MS, UserRow,
@@ -267,6 +269,66 @@ impl Identity {
         }
         let tokens = self.issue(client, &user, true, None).await?;
         Ok(AuthOutcome::Tokens(tokens))
+    }
+
+    /// InitiateAuth / AdminInitiateAuth (`admin_pool`) with CUSTOM_AUTH.
+    pub async fn initiate_custom_auth(
+        &self,
+        admin_pool: Option<&str>,
+        client_id: &str,
+        username: &str,
+        secret_hash: Option<&str>,
+        data: &TriggerData,
+    ) -> Result<AuthOutcome, IdentityError> {
+        let client = match admin_pool {
+            Some(pool) => self.client_of_pool(pool, client_id).await?,
+            None => self.client(client_id).await?,
+        };
+        let step = self
+            .start_custom_auth(&client, username, secret_hash, data)
+            .await?;
+        self.after_custom_step(&client, step).await
+    }
+
+    /// RespondToAuthChallenge / AdminRespondToAuthChallenge for CUSTOM_CHALLENGE.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn respond_custom_challenge(
+        &self,
+        admin_pool: Option<&str>,
+        client_id: &str,
+        session: &str,
+        username: &str,
+        answer: &str,
+        secret_hash: Option<&str>,
+        data: &TriggerData,
+    ) -> Result<AuthOutcome, IdentityError> {
+        let client = match admin_pool {
+            Some(pool) => self.client_of_pool(pool, client_id).await?,
+            None => self.client(client_id).await?,
+        };
+        let step = self
+            .answer_custom_challenge(&client, session, username, answer, secret_hash, data)
+            .await?;
+        self.after_custom_step(&client, step).await
+    }
+
+    async fn after_custom_step(
+        &self,
+        client: &ClientRow,
+        step: CustomStep,
+    ) -> Result<AuthOutcome, IdentityError> {
+        match step {
+            CustomStep::Challenge {
+                session,
+                username,
+                parameters,
+            } => Ok(AuthOutcome::Custom {
+                session,
+                username,
+                parameters,
+            }),
+            CustomStep::Done(user) => self.second_factor_or_tokens(client, user).await,
+        }
     }
 
     /// RespondToAuthChallenge for SOFTWARE_TOKEN_MFA (`admin_pool`: AdminRespondToAuthChallenge,

@@ -20,6 +20,7 @@ use crate::throttle::Throttle;
 pub mod access_keys;
 mod auth;
 mod client_secret;
+pub mod custom_auth;
 pub mod groups;
 pub mod hashing;
 pub mod keys;
@@ -332,6 +333,13 @@ pub enum AuthOutcome {
         username: String,
         /// The user's attributes, for the challenge's `userAttributes`.
         attributes: BTreeMap<String, String>,
+    },
+    /// CUSTOM_AUTH: the pool's CreateAuthChallenge trigger asks (see [`custom_auth`]).
+    Custom {
+        session: String,
+        username: String,
+        /// `ChallengeParameters`: the trigger's public parameters and `USERNAME`.
+        parameters: BTreeMap<String, String>,
     },
     /// The password was right; a second factor is due (see [`mfa`]).
     Mfa {

@@ -21,9 +21,10 @@
 //! "`<Trigger>` failed with error `<message>`.", as Cognito; a function that does not answer
 //! within 5 seconds likewise; a function that does not exist, or a deployment without
 //! functions, is `UnexpectedLambdaException`; an answer of the wrong shape is
-//! `InvalidLambdaResponseException`. Not run yet: CustomMessage, UserMigration, the custom
-//! auth challenge triggers and the custom sender triggers; a pool configured with one is
-//! refused ([`LambdaConfig::check`]), so that no pool silently skips a trigger.
+//! `InvalidLambdaResponseException`. The custom auth challenge triggers are run by
+//! `custom_auth.rs`. Not run yet: CustomMessage, UserMigration and the custom sender
+//! triggers; a pool configured with one is refused ([`LambdaConfig::check`]), so that no
+//! pool silently skips a trigger.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -88,19 +89,13 @@ impl LambdaConfig {
     pub fn check(&self) -> Result<(), IdentityError> {
         let not_yet = [
             ("CustomMessage", self.custom_message.is_some()),
-            ("DefineAuthChallenge", self.define_auth_challenge.is_some()),
-            ("CreateAuthChallenge", self.create_auth_challenge.is_some()),
-            (
-                "VerifyAuthChallengeResponse",
-                self.verify_auth_challenge_response.is_some(),
-            ),
             ("UserMigration", self.user_migration.is_some()),
             ("CustomSMSSender", self.custom_sms_sender.is_some()),
             ("CustomEmailSender", self.custom_email_sender.is_some()),
         ];
         if let Some((name, _)) = not_yet.iter().find(|(_, set)| *set) {
             return Err(IdentityError::InvalidParameter(format!(
-                "the {name} trigger is not supported by this sluice version (PreSignUp, PostConfirmation, PreAuthentication, PostAuthentication and PreTokenGeneration are)"
+                "the {name} trigger is not supported by this sluice version (PreSignUp, PostConfirmation, PreAuthentication, PostAuthentication, PreTokenGeneration and the custom auth challenge triggers are)"
             )));
         }
         if let Some(c) = &self.pre_token_generation_config {
@@ -124,6 +119,9 @@ impl LambdaConfig {
             &self.pre_authentication,
             &self.post_authentication,
             &self.pre_token_generation,
+            &self.define_auth_challenge,
+            &self.create_auth_challenge,
+            &self.verify_auth_challenge_response,
         ]
         .into_iter()
         .flatten()

@@ -198,3 +198,104 @@ def test_trigger_configuration_errors(idp, anonymous_idp, trigger_fn):
             anonymous_idp.sign_up(ClientId=client, Username="eve", Password=PASSWORD)
     finally:
         idp.delete_user_pool(UserPoolId=pool)
+
+
+CUSTOM_HANDLER = """
+def handler(event, context):
+    src = event["triggerSource"]
+    req, resp = event["request"], event["response"]
+    if src == "DefineAuthChallenge_Authentication":
+        history = req["session"]
+        if history and history[-1]["challengeResult"]:
+            resp["issueTokens"] = True
+        elif len(history) >= 3:
+            resp["failAuthentication"] = True
+        else:
+            resp["challengeName"] = "CUSTOM_CHALLENGE"
+    elif src == "CreateAuthChallenge_Authentication":
+        resp["publicChallengeParameters"] = {"question": "2+2?", "round": str(len(req["session"]))}
+        resp["privateChallengeParameters"] = {"answer": "4"}
+        resp["challengeMetadata"] = "ARITHMETIC"
+    elif src == "VerifyAuthChallengeResponse_Authentication":
+        resp["answerCorrect"] = req["challengeAnswer"] == req["privateChallengeParameters"]["answer"]
+    return event
+"""
+
+
+def test_custom_auth_with_the_challenge_triggers(idp, anonymous_idp, awslambda, lambda_role):
+    name = unique("py-custom-auth")
+    arn = awslambda.create_function(
+        FunctionName=name, Runtime="python3.12", Role=lambda_role, Handler="app.handler",
+        Code={"ZipFile": zipped({"app.py": CUSTOM_HANDLER})}, Timeout=10,
+    )["FunctionArn"]
+    pool = idp.create_user_pool(PoolName=unique("custom-auth"), LambdaConfig={
+        "DefineAuthChallenge": arn, "CreateAuthChallenge": arn,
+        "VerifyAuthChallengeResponse": arn})["UserPool"]["Id"]
+    try:
+        client = idp.create_user_pool_client(
+            UserPoolId=pool, ClientName="app",
+            ExplicitAuthFlows=["ALLOW_CUSTOM_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+        )["UserPoolClient"]["ClientId"]
+        idp.admin_create_user(UserPoolId=pool, Username="quinn", MessageAction="SUPPRESS")
+        idp.admin_set_user_password(UserPoolId=pool, Username="quinn", Password=PASSWORD,
+                                    Permanent=True)
+
+        def start():
+            return anonymous_idp.initiate_auth(ClientId=client, AuthFlow="CUSTOM_AUTH",
+                                               AuthParameters={"USERNAME": "quinn"})
+
+        def answer(session, text):
+            return anonymous_idp.respond_to_auth_challenge(
+                ClientId=client, ChallengeName="CUSTOM_CHALLENGE", Session=session,
+                ChallengeResponses={"USERNAME": "quinn", "ANSWER": text})
+
+        out = start()
+        assert out["ChallengeName"] == "CUSTOM_CHALLENGE"
+        assert out["ChallengeParameters"] == {"question": "2+2?", "round": "0",
+                                              "USERNAME": "quinn"}
+        wrong = answer(out["Session"], "5")
+        assert wrong["ChallengeName"] == "CUSTOM_CHALLENGE"
+        assert wrong["ChallengeParameters"]["round"] == "1"
+        with pytest.raises(anonymous_idp.exceptions.NotAuthorizedException):
+            answer(out["Session"], "4")  # a session answers once
+        done = answer(wrong["Session"], "4")
+        tokens = done["AuthenticationResult"]
+        assert claims(tokens["IdToken"])["cognito:username"] == "quinn"
+
+        # Three wrong answers: DefineAuthChallenge fails the sign-in.
+        s = start()["Session"]
+        for _ in range(2):
+            s = answer(s, "nope")["Session"]
+        with pytest.raises(anonymous_idp.exceptions.NotAuthorizedException):
+            answer(s, "nope")
+
+        # The same through the admin operations.
+        out = idp.admin_initiate_auth(UserPoolId=pool, ClientId=client, AuthFlow="CUSTOM_AUTH",
+                                      AuthParameters={"USERNAME": "quinn"})
+        done = idp.admin_respond_to_auth_challenge(
+            UserPoolId=pool, ClientId=client, ChallengeName="CUSTOM_CHALLENGE",
+            Session=out["Session"], ChallengeResponses={"USERNAME": "quinn", "ANSWER": "4"})
+        assert done["AuthenticationResult"]["AccessToken"]
+    finally:
+        idp.delete_user_pool(UserPoolId=pool)
+        awslambda.delete_function(FunctionName=name)
+
+
+def test_custom_auth_needs_its_triggers_and_the_flow(idp, anonymous_idp):
+    pool = idp.create_user_pool(PoolName=unique("custom-auth"))["UserPool"]["Id"]
+    try:
+        client = idp.create_user_pool_client(
+            UserPoolId=pool, ClientName="app",
+            ExplicitAuthFlows=["ALLOW_CUSTOM_AUTH"])["UserPoolClient"]["ClientId"]
+        no_custom = idp.create_user_pool_client(
+            UserPoolId=pool, ClientName="app2",
+            ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH"])["UserPoolClient"]["ClientId"]
+        with pytest.raises(anonymous_idp.exceptions.InvalidParameterException) as e:
+            anonymous_idp.initiate_auth(ClientId=client, AuthFlow="CUSTOM_AUTH",
+                                        AuthParameters={"USERNAME": "x"})
+        assert "not configured" in str(e.value)
+        with pytest.raises(anonymous_idp.exceptions.InvalidParameterException):
+            anonymous_idp.initiate_auth(ClientId=no_custom, AuthFlow="CUSTOM_AUTH",
+                                        AuthParameters={"USERNAME": "x"})
+    finally:
+        idp.delete_user_pool(UserPoolId=pool)

@@ -48,6 +48,15 @@ fn outcome_json(o: AuthOutcome) -> serde_json::Value {
                 },
             })
         }
+        AuthOutcome::Custom {
+            session,
+            parameters,
+            ..
+        } => json!({
+            "ChallengeName": "CUSTOM_CHALLENGE",
+            "Session": session,
+            "ChallengeParameters": parameters,
+        }),
         AuthOutcome::Mfa {
             challenge,
             session,
@@ -94,6 +103,17 @@ pub(super) struct InitiateAuthRequest {
     user_pool_id: Option<String>,
     #[serde(default)]
     auth_parameters: HashMap<String, String>,
+    #[serde(default)]
+    client_metadata: BTreeMap<String, String>,
+}
+
+impl InitiateAuthRequest {
+    fn trigger_data(&self) -> sluice_identity::TriggerData {
+        sluice_identity::TriggerData {
+            client_metadata: self.client_metadata.clone(),
+            validation_data: BTreeMap::new(),
+        }
+    }
 }
 
 fn bad_flow(flow: &str) -> CognitoError {
@@ -137,7 +157,19 @@ pub(super) async fn initiate_auth(identity: &Identity, body: &[u8]) -> OpResult 
                 .await?;
             Ok(srp_json(c))
         }
-        "CUSTOM_AUTH" | "USER_AUTH" => Err(invalid(&format!(
+        "CUSTOM_AUTH" => {
+            let o = identity
+                .initiate_custom_auth(
+                    None,
+                    client_id,
+                    param(p, "USERNAME")?,
+                    secret_hash,
+                    &req.trigger_data(),
+                )
+                .await?;
+            Ok(outcome_json(o))
+        }
+        "USER_AUTH" => Err(invalid(&format!(
             "auth flow {flow} is not supported by this sluice version"
         ))),
         "ADMIN_USER_PASSWORD_AUTH" | "ADMIN_NO_SRP_AUTH" => Err(invalid(&format!(
@@ -173,11 +205,21 @@ pub(super) async fn admin_initiate_auth(identity: &Identity, body: &[u8]) -> OpR
                 .await?;
             Ok(tokens_json(t))
         }
-        "USER_SRP_AUTH" | "USER_PASSWORD_AUTH" | "CUSTOM_AUTH" | "USER_AUTH" => {
-            Err(invalid(&format!(
-                "auth flow {flow} is not supported by AdminInitiateAuth in this sluice version"
-            )))
+        "CUSTOM_AUTH" => {
+            let o = identity
+                .initiate_custom_auth(
+                    Some(pool),
+                    client_id,
+                    param(p, "USERNAME")?,
+                    secret_hash,
+                    &req.trigger_data(),
+                )
+                .await?;
+            Ok(outcome_json(o))
         }
+        "USER_SRP_AUTH" | "USER_PASSWORD_AUTH" | "USER_AUTH" => Err(invalid(&format!(
+            "auth flow {flow} is not supported by AdminInitiateAuth in this sluice version"
+        ))),
         _ => Err(bad_flow(flow)),
     }
 }
@@ -191,6 +233,8 @@ pub(super) struct RespondRequest {
     session: Option<String>,
     #[serde(default)]
     challenge_responses: HashMap<String, String>,
+    #[serde(default)]
+    client_metadata: BTreeMap<String, String>,
 }
 
 /// `userAttributes.<name>` responses of NEW_PASSWORD_REQUIRED.
@@ -297,10 +341,27 @@ async fn respond(identity: &Identity, req: &RespondRequest, admin_pool: Option<&
                 .await?;
             Ok(tokens_json(t))
         }
+        "CUSTOM_CHALLENGE" => {
+            let session = required(&req.session, "session")?;
+            let o = identity
+                .respond_custom_challenge(
+                    admin_pool,
+                    client_id,
+                    session,
+                    param(r, "USERNAME")?,
+                    param(r, "ANSWER")?,
+                    secret_hash,
+                    &sluice_identity::TriggerData {
+                        client_metadata: req.client_metadata.clone(),
+                        validation_data: BTreeMap::new(),
+                    },
+                )
+                .await?;
+            Ok(outcome_json(o))
+        }
         "SMS_MFA"
         | "EMAIL_OTP"
         | "SELECT_MFA_TYPE"
-        | "CUSTOM_CHALLENGE"
         | "DEVICE_SRP_AUTH"
         | "DEVICE_PASSWORD_VERIFIER"
         | "ADMIN_NO_SRP_AUTH"
