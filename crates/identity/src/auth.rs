@@ -145,6 +145,21 @@ impl Identity {
         if self.throttle.locked(&keys) {
             return Err(attempts_exceeded());
         }
+        if user.is_none()
+            && let Some(migrated) = self
+                .migrate_user(
+                    &client.pool_id,
+                    &client.id,
+                    username,
+                    Some(password),
+                    &TriggerData::default(),
+                )
+                .await?
+        {
+            // The trigger vouched for the password: the user now holds it.
+            self.throttle.success(&keys[0]);
+            return self.after_password(client, migrated).await;
+        }
         let pw = password.to_owned();
         let hash = user
             .as_ref()

@@ -22,8 +22,9 @@
 //! within 5 seconds likewise; a function that does not exist, or a deployment without
 //! functions, is `UnexpectedLambdaException`; an answer of the wrong shape is
 //! `InvalidLambdaResponseException`. The custom auth challenge triggers are run by
-//! `custom_auth.rs`. Not run yet: CustomMessage, UserMigration and the custom sender
-//! triggers; a pool configured with one is refused ([`LambdaConfig::check`]), so that no
+//! `custom_auth.rs`, UserMigration by `users.rs` (`migrate_user`: at a password sign-in
+//! or ForgotPassword naming a user the pool does not know). Not run yet: CustomMessage and
+//! the custom sender triggers; a pool configured with one is refused ([`LambdaConfig::check`]), so that no
 //! pool silently skips a trigger.
 
 use std::collections::BTreeMap;
@@ -89,13 +90,12 @@ impl LambdaConfig {
     pub fn check(&self) -> Result<(), IdentityError> {
         let not_yet = [
             ("CustomMessage", self.custom_message.is_some()),
-            ("UserMigration", self.user_migration.is_some()),
             ("CustomSMSSender", self.custom_sms_sender.is_some()),
             ("CustomEmailSender", self.custom_email_sender.is_some()),
         ];
         if let Some((name, _)) = not_yet.iter().find(|(_, set)| *set) {
             return Err(IdentityError::InvalidParameter(format!(
-                "the {name} trigger is not supported by this sluice version (PreSignUp, PostConfirmation, PreAuthentication, PostAuthentication, PreTokenGeneration and the custom auth challenge triggers are)"
+                "the {name} trigger is not supported by this sluice version (PreSignUp, PostConfirmation, PreAuthentication, PostAuthentication, PreTokenGeneration, UserMigration and the custom auth challenge triggers are)"
             )));
         }
         if let Some(c) = &self.pre_token_generation_config {
@@ -122,6 +122,7 @@ impl LambdaConfig {
             &self.define_auth_challenge,
             &self.create_auth_challenge,
             &self.verify_auth_challenge_response,
+            &self.user_migration,
         ]
         .into_iter()
         .flatten()

@@ -657,6 +657,120 @@ impl Identity {
             .write_blocking(move |c| insert_prepared(c, &prepared, &secrets))
     }
 
+    /// The UserMigration trigger, for a user the pool does not know: with `password`
+    /// (`UserMigration_Authentication`) the user is created with that password, without
+    /// (`UserMigration_ForgotPassword`) with an unusable one and RESET_REQUIRED. `None` when
+    /// the pool has no such trigger. The function's `userAttributes` become the user's
+    /// (an administrator's write: `*_verified` allowed), its `finalUserStatus`
+    /// (`CONFIRMED`, `RESET_REQUIRED`) the user's status.
+    pub(crate) async fn migrate_user(
+        &self,
+        pool_id: &str,
+        client_id: &str,
+        username: &str,
+        password: Option<&str>,
+        data: &TriggerData,
+    ) -> Result<Option<UserRow>, IdentityError> {
+        let Some((arn, _)) = self
+            .trigger_of(pool_id, |l| l.user_migration.clone().map(|a| (a, "1")))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut request = serde_json::json!({
+            "validationData": data.validation_data,
+            "clientMetadata": data.client_metadata,
+        });
+        if let Some(p) = password {
+            request["password"] = serde_json::json!(p);
+        }
+        let r = self
+            .run_trigger(
+                &arn,
+                crate::triggers::Call {
+                    trigger: "UserMigration",
+                    source: if password.is_some() {
+                        "UserMigration_Authentication"
+                    } else {
+                        "UserMigration_ForgotPassword"
+                    },
+                    version: "1",
+                    pool_id,
+                    client_id,
+                    username,
+                    request,
+                    response: serde_json::json!({
+                        "userAttributes": {},
+                        "finalUserStatus": null,
+                        "messageAction": null,
+                        "desiredDeliveryMediums": null,
+                        "forceAliasCreation": null,
+                    }),
+                },
+            )
+            .await?;
+        let bad = |what: &str| {
+            IdentityError::InvalidLambdaResponse(format!("Invalid UserMigration response: {what}"))
+        };
+        let mut attributes = BTreeMap::new();
+        match r.get("userAttributes") {
+            Some(serde_json::Value::Object(m)) => {
+                for (k, v) in m {
+                    let v = v
+                        .as_str()
+                        .ok_or_else(|| bad("userAttributes holds a non-string"))?;
+                    if k != "username" && k != "sub" {
+                        attributes.insert(k.clone(), v.to_owned());
+                    }
+                }
+            }
+            None | Some(serde_json::Value::Null) => {}
+            Some(_) => return Err(bad("userAttributes is not an object")),
+        }
+        let status = match (
+            r.get("finalUserStatus").and_then(serde_json::Value::as_str),
+            password,
+        ) {
+            (Some("RESET_REQUIRED"), _) | (_, None) => "RESET_REQUIRED",
+            (None | Some("CONFIRMED"), Some(_)) => "CONFIRMED",
+            (Some(other), _) => {
+                return Err(bad(&format!(
+                    "finalUserStatus {other} is not CONFIRMED or RESET_REQUIRED"
+                )));
+            }
+        };
+        let settings = {
+            let p = pool_id.to_owned();
+            self.db.read(move |c| pool_settings(c, &p)).await?
+        };
+        let password = match password {
+            Some(p) => p.to_owned(),
+            None => password::generate_temporary(&settings.policies.password_policy),
+        };
+        let (mut prepared, _) = prepare_user(
+            &settings,
+            NewUser {
+                pool_id: pool_id.to_owned(),
+                username: username.to_owned(),
+                attributes,
+                password: Some(password.clone()),
+                temporary: false,
+                admin: true,
+            },
+        )?;
+        prepared.status = status.into();
+        let secrets = password_secrets(pool_id, &prepared.username, &password).await?;
+        let user = self
+            .db
+            .write(move |c| {
+                let rec = insert_prepared(c, &prepared, &secrets)?;
+                user_where(c, "sub", &prepared.pool_id, &rec.sub)?.ok_or_else(user_not_found)
+            })
+            .await?;
+        tracing::info!(pool = %pool_id, sub = %user.sub, "migrated a user with the UserMigration trigger");
+        Ok(Some(user))
+    }
+
     /// AdminCreateUser. Without a password a temporary one is generated; unless
     /// `suppress`, an invitation with the temporary password goes to the outbox. With
     /// `resend`, an existing FORCE_CHANGE_PASSWORD user gets a new temporary password and
@@ -1413,6 +1527,24 @@ impl Identity {
         let client = self.client(client_id).await?;
         crate::client_secret::check_secret_hash(&client, &[username], secret_hash)?;
         self.admit(&client.pool_id, crate::rates::Category::SignUp)?;
+        let (p, n) = (client.pool_id.clone(), username.to_owned());
+        let known = self
+            .db
+            .read(move |c| {
+                let settings = pool_settings(c, &p)?;
+                Ok::<_, IdentityError>(find_user(c, &p, &settings, &n)?.is_some())
+            })
+            .await?;
+        if !known {
+            self.migrate_user(
+                &client.pool_id,
+                &client.id,
+                username,
+                None,
+                &TriggerData::default(),
+            )
+            .await?;
+        }
         let (p, n) = (client.pool_id.clone(), username.to_owned());
         let prevent = client.prevent_user_existence_errors;
         let out = self

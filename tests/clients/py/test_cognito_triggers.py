@@ -299,3 +299,64 @@ def test_custom_auth_needs_its_triggers_and_the_flow(idp, anonymous_idp):
                                         AuthParameters={"USERNAME": "x"})
     finally:
         idp.delete_user_pool(UserPoolId=pool)
+
+
+MIGRATION_HANDLER = """
+LEGACY = {"lee": ("Legacy-Passw0rd!", "lee@example.com"), "old": (None, "old@example.com")}
+
+def handler(event, context):
+    known = LEGACY.get(event["userName"])
+    if known is None:
+        raise Exception("unknown in the old system")
+    password, email = known
+    if event["triggerSource"] == "UserMigration_Authentication":
+        if event["request"]["password"] != password:
+            raise Exception("bad password")
+        event["response"]["finalUserStatus"] = "CONFIRMED"
+    event["response"]["userAttributes"] = {"email": email, "email_verified": "true",
+                                           "name": event["userName"].title()}
+    event["response"]["messageAction"] = "SUPPRESS"
+    return event
+"""
+
+
+def test_user_migration_at_sign_in_and_forgot_password(idp, anonymous_idp, awslambda,
+                                                      lambda_role):
+    name = unique("py-migration")
+    arn = awslambda.create_function(
+        FunctionName=name, Runtime="python3.12", Role=lambda_role, Handler="app.handler",
+        Code={"ZipFile": zipped({"app.py": MIGRATION_HANDLER})}, Timeout=10,
+    )["FunctionArn"]
+    pool = idp.create_user_pool(PoolName=unique("migration"),
+                                LambdaConfig={"UserMigration": arn})["UserPool"]["Id"]
+    try:
+        client = idp.create_user_pool_client(
+            UserPoolId=pool, ClientName="app",
+            ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
+        )["UserPoolClient"]["ClientId"]
+
+        def password_sign_in(user, password):
+            return anonymous_idp.initiate_auth(
+                ClientId=client, AuthFlow="USER_PASSWORD_AUTH",
+                AuthParameters={"USERNAME": user, "PASSWORD": password})
+
+        with pytest.raises(anonymous_idp.exceptions.UserLambdaValidationException) as e:
+            password_sign_in("lee", "wrong-Passw0rd!")
+        assert "UserMigration failed with error bad password." in str(e.value)
+        with pytest.raises(idp.exceptions.UserNotFoundException):
+            idp.admin_get_user(UserPoolId=pool, Username="lee")
+
+        tokens = password_sign_in("lee", "Legacy-Passw0rd!")["AuthenticationResult"]
+        assert claims(tokens["IdToken"])["email"] == "lee@example.com"
+        user = idp.admin_get_user(UserPoolId=pool, Username="lee")
+        assert user["UserStatus"] == "CONFIRMED"
+        # Migrated once: the next sign-in is the pool's own.
+        assert password_sign_in("lee", "Legacy-Passw0rd!")["AuthenticationResult"]
+
+        sent = anonymous_idp.forgot_password(ClientId=client, Username="old")
+        assert sent["CodeDeliveryDetails"]["DeliveryMedium"] == "EMAIL"
+        assert idp.admin_get_user(UserPoolId=pool, Username="old")["UserStatus"] == \
+            "RESET_REQUIRED"
+    finally:
+        idp.delete_user_pool(UserPoolId=pool)
+        awslambda.delete_function(FunctionName=name)
