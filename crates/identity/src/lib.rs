@@ -133,7 +133,19 @@ CREATE TABLE auth_sessions (
         name: "identity-0007",
         sql: mfa::MIGRATION,
     },
+    Migration {
+        name: "identity-0008",
+        sql: MIGRATION_0008,
+    },
 ];
+
+/// Outbox messages know their user (`sub`), and may carry the subject and body a
+/// CustomMessage trigger wrote (`NULL`: the default text, `mail::compose`).
+const MIGRATION_0008: &str = "
+ALTER TABLE outbox ADD COLUMN sub TEXT;
+ALTER TABLE outbox ADD COLUMN subject TEXT;
+ALTER TABLE outbox ADD COLUMN body TEXT;
+";
 
 /// Outbox messages record their email delivery: `delivery` is NULL (not emailed: SMTP not
 /// configured, or not an email address), `sent` or `failed` (with `delivery_error`).

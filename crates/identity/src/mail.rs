@@ -83,9 +83,13 @@ impl Mailer {
         Ok(Mailer { transport, from })
     }
 
-    async fn send(&self, to: &str, kind: &str, code: &str) -> Result<(), String> {
+    async fn send(&self, m: &Pending) -> Result<(), String> {
+        let (to, code) = (m.to.as_str(), m.code.as_str());
         let to: Mailbox = to.parse().map_err(|e| format!("bad destination: {e}"))?;
-        let (subject, body) = compose(kind, code);
+        // A CustomMessage trigger's text, else Cognito's default.
+        let (default_subject, default_body) = compose(&m.kind, code);
+        let subject = m.subject.as_deref().unwrap_or(default_subject);
+        let body = m.body.clone().unwrap_or(default_body);
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -168,6 +172,8 @@ struct Pending {
     to: String,
     kind: String,
     code: String,
+    subject: Option<String>,
+    body: Option<String>,
 }
 
 /// Starts the delivery task; returns what wakes it. Call from inside a Tokio runtime.
@@ -186,25 +192,35 @@ pub(crate) async fn start(db: Meta, mailer: Mailer) -> Result<Arc<Notify>, Ident
     Ok(wake)
 }
 
-async fn run(db: Meta, mailer: Mailer, wake: Arc<Notify>, mut after: i64) {
+/// Delivers the outbox's undelivered email messages written after `start` (those already
+/// there when the task started are not sent). A message held for a CustomMessage trigger
+/// (`delivery = 'composing'`) waits until it is composed, whatever newer messages went
+/// before it; `tried` keeps a message whose outcome could not be recorded from being sent
+/// twice by this process.
+async fn run(db: Meta, mailer: Mailer, wake: Arc<Notify>, start: i64) {
+    let mut tried = std::collections::HashSet::new();
     loop {
-        let since = after;
+        let skip: Vec<i64> = tried.iter().copied().collect();
         let pending = db
             .read(move |c| {
                 let rows = c.query_vec(
-                    "SELECT id, destination, kind, code FROM outbox
+                    "SELECT id, destination, kind, code, subject, body FROM outbox
                      WHERE id > ?1 AND delivery IS NULL AND destination LIKE '%@%'
                      ORDER BY id LIMIT 50",
-                    params![since],
+                    params![start],
                     |r| {
                         Ok(Pending {
                             id: r.get(0)?,
                             to: r.get(1)?,
                             kind: r.get(2)?,
                             code: r.get(3)?,
+                            subject: r.get(4)?,
+                            body: r.get(5)?,
                         })
                     },
                 )?;
+                let rows: Vec<Pending> =
+                    rows.into_iter().filter(|p| !skip.contains(&p.id)).collect();
                 Ok::<_, IdentityError>(rows)
             })
             .await;
@@ -223,8 +239,8 @@ async fn run(db: Meta, mailer: Mailer, wake: Arc<Notify>, mut after: i64) {
             continue;
         }
         for m in pending {
-            after = after.max(m.id);
-            let outcome = mailer.send(&m.to, &m.kind, &m.code).await;
+            tried.insert(m.id);
+            let outcome = mailer.send(&m).await;
             let (status, error) = match outcome {
                 Ok(()) => {
                     tracing::info!(outbox_id = m.id, kind = %m.kind, "outbox message emailed");
@@ -246,8 +262,14 @@ async fn run(db: Meta, mailer: Mailer, wake: Arc<Notify>, mut after: i64) {
                     Ok::<_, IdentityError>(())
                 })
                 .await;
-            if let Err(e) = saved {
-                tracing::warn!(outbox_id = id, error = %e, "cannot record email delivery");
+            match saved {
+                // Recorded: the query no longer returns it.
+                Ok(()) => {
+                    tried.remove(&id);
+                }
+                Err(e) => {
+                    tracing::warn!(outbox_id = id, error = %e, "cannot record email delivery");
+                }
             }
         }
     }

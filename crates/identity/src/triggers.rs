@@ -23,8 +23,9 @@
 //! functions, is `UnexpectedLambdaException`; an answer of the wrong shape is
 //! `InvalidLambdaResponseException`. The custom auth challenge triggers are run by
 //! `custom_auth.rs`, UserMigration by `users.rs` (`migrate_user`: at a password sign-in
-//! or ForgotPassword naming a user the pool does not know). Not run yet: CustomMessage and
-//! the custom sender triggers; a pool configured with one is refused ([`LambdaConfig::check`]), so that no
+//! or ForgotPassword naming a user the pool does not know), CustomMessage by `users.rs`
+//! (`compose_messages`: a pool's messages are held in the outbox until the trigger wrote
+//! them). Not run yet: the custom sender triggers; a pool configured with one is refused ([`LambdaConfig::check`]), so that no
 //! pool silently skips a trigger.
 
 use std::collections::BTreeMap;
@@ -76,7 +77,7 @@ pub struct LambdaConfig {
     pub pre_token_generation_config: Option<PreTokenGenerationConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_migration: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "CustomSMSSender", skip_serializing_if = "Option::is_none")]
     pub custom_sms_sender: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub custom_email_sender: Option<Value>,
@@ -89,13 +90,12 @@ impl LambdaConfig {
     /// its owner counts on; checks the ARNs' shape.
     pub fn check(&self) -> Result<(), IdentityError> {
         let not_yet = [
-            ("CustomMessage", self.custom_message.is_some()),
             ("CustomSMSSender", self.custom_sms_sender.is_some()),
             ("CustomEmailSender", self.custom_email_sender.is_some()),
         ];
         if let Some((name, _)) = not_yet.iter().find(|(_, set)| *set) {
             return Err(IdentityError::InvalidParameter(format!(
-                "the {name} trigger is not supported by this sluice version (PreSignUp, PostConfirmation, PreAuthentication, PostAuthentication, PreTokenGeneration, UserMigration and the custom auth challenge triggers are)"
+                "the {name} trigger is not supported by this sluice version (PreSignUp, CustomMessage, PostConfirmation, PreAuthentication, PostAuthentication, PreTokenGeneration, UserMigration and the custom auth challenge triggers are)"
             )));
         }
         if let Some(c) = &self.pre_token_generation_config {
@@ -123,6 +123,7 @@ impl LambdaConfig {
             &self.create_auth_challenge,
             &self.verify_auth_challenge_response,
             &self.user_migration,
+            &self.custom_message,
         ]
         .into_iter()
         .flatten()
@@ -567,6 +568,58 @@ impl Identity {
     }
 }
 
+/// A CustomMessage answer as `(subject, body)` for a message to `to` carrying `code`:
+/// the message for the medium (`emailMessage` for an address, `smsMessage` otherwise), which
+/// must hold `{####}` (and `{username}` in an invitation), with them replaced; Cognito's
+/// default text where the trigger gave none.
+pub(crate) fn custom_message(
+    response: &Value,
+    to: &str,
+    kind: &str,
+    code: &str,
+    username: &str,
+) -> Result<(Option<String>, Option<String>), IdentityError> {
+    let text = |k: &str| -> Result<Option<String>, IdentityError> {
+        match response.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(bad_response(
+                "CustomMessage",
+                &format!("{k} is not a string"),
+            )),
+        }
+    };
+    let body = if to.contains('@') {
+        text("emailMessage")?
+    } else {
+        text("smsMessage")?
+    };
+    let subject = text("emailSubject")?;
+    let Some(body) = body else {
+        return Ok((subject, None));
+    };
+    if !body.contains("{####}") {
+        return Err(bad_response(
+            "CustomMessage",
+            "the message does not contain the code parameter {####}",
+        ));
+    }
+    if kind == "invitation" && !body.contains("{username}") {
+        return Err(bad_response(
+            "CustomMessage",
+            "the invitation does not contain the username parameter {username}",
+        ));
+    }
+    if body.chars().count() > 20_000 {
+        return Err(bad_response(
+            "CustomMessage",
+            "the message is longer than 20,000 characters",
+        ));
+    }
+    let body = body.replace("{####}", code).replace("{username}", username);
+    Ok((subject, Some(body)))
+}
+
 /// `userAttributes` of PostConfirmation and the authentication triggers: with the user's
 /// status, as Cognito adds it.
 pub(crate) fn with_status(sub: &str, attrs: &BTreeMap<String, String>, status: &str) -> Value {
@@ -587,7 +640,10 @@ mod tests {
         };
         ok.check().expect("valid");
         let custom = LambdaConfig {
-            custom_message: Some("arn:aws:lambda:us-east-2:000000000000:function:f".into()),
+            custom_sms_sender: Some(json!({
+                "LambdaVersion": "V1_0",
+                "LambdaArn": "arn:aws:lambda:us-east-2:000000000000:function:f",
+            })),
             ..LambdaConfig::default()
         };
         assert!(custom.check().is_err());
@@ -772,6 +828,100 @@ mod tests {
         assert!(
             id.admin_get_user(pool, "boom@example.com").await.is_err(),
             "a refused sign-up stores nothing"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn custom_messages_are_written_by_the_trigger_before_they_go_out() {
+        let (id, info, _engines) = crate::test_support::identity();
+        let pool = info.pool_id.as_str();
+        id.update_pool(
+            pool,
+            crate::pools::PoolUpdate {
+                auto_verified_attributes: vec!["email".into()],
+                lambda_config: Some(LambdaConfig {
+                    custom_message: Some(
+                        "arn:aws:lambda:us-east-2:000000000000:function:fake".into(),
+                    ),
+                    ..LambdaConfig::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("trigger");
+        let fake = Arc::new(Fake {
+            events: Default::default(),
+            answer: |e| match e["request"]["userAttributes"]["email"].as_str() {
+                Some("nocode@example.com") => {
+                    let mut e = e.clone();
+                    e["response"]["emailMessage"] = json!("Welcome!");
+                    Ok(e)
+                }
+                Some("boom@example.com") => Err(TriggerFailure::Failed("no mail today".into())),
+                _ => {
+                    let mut e = e.clone();
+                    e["response"]["emailSubject"] = json!("Your code for Acme");
+                    e["response"]["emailMessage"] = json!(format!(
+                        "Hello, your code is {}.",
+                        e["request"]["codeParameter"].as_str().unwrap_or("")
+                    ));
+                    Ok(e)
+                }
+            },
+        });
+        id.set_trigger_runner(fake.clone());
+        id.sign_up(
+            &info.client_id,
+            "ok@example.com",
+            "Passw0rd!",
+            BTreeMap::new(),
+            None,
+        )
+        .await
+        .expect("sign up");
+        let sent = id.outbox(pool, 1).expect("outbox");
+        assert_eq!(sent[0].subject.as_deref(), Some("Your code for Acme"));
+        assert_eq!(
+            sent[0].body.as_deref(),
+            Some(format!("Hello, your code is {}.", sent[0].code).as_str())
+        );
+        assert_eq!(sent[0].delivery, None, "composed: ready to be emailed");
+        let event = fake.events.lock().expect("events")[0].clone();
+        assert_eq!(event["triggerSource"], "CustomMessage_SignUp");
+        assert_eq!(event["request"]["codeParameter"], "{####}");
+
+        assert!(matches!(
+            id.sign_up(
+                &info.client_id,
+                "nocode@example.com",
+                "Passw0rd!",
+                BTreeMap::new(),
+                None
+            )
+            .await,
+            Err(IdentityError::InvalidLambdaResponse(_))
+        ));
+        match id
+            .sign_up(
+                &info.client_id,
+                "boom@example.com",
+                "Passw0rd!",
+                BTreeMap::new(),
+                None,
+            )
+            .await
+        {
+            Err(IdentityError::UserLambdaValidation(m)) => {
+                assert_eq!(m, "CustomMessage failed with error no mail today.")
+            }
+            other => panic!("{other:?}"),
+        }
+        let failed = id.outbox(pool, 1).expect("outbox");
+        assert_eq!(
+            failed[0].delivery.as_deref(),
+            Some("failed"),
+            "never sent half-written"
         );
     }
 }

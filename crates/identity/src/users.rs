@@ -104,6 +104,9 @@ pub struct OutboxMessage {
     pub delivery: Option<String>,
     /// Why delivery failed (never holds the code).
     pub delivery_error: Option<String>,
+    /// The text a CustomMessage trigger wrote (`None`: the default text).
+    pub subject: Option<String>,
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -258,17 +261,32 @@ fn destination(u: &UserRow, verified: bool) -> Option<(String, &'static str, &'s
     None
 }
 
+/// Puts a message for the user `sub` in the outbox. In a pool with a CustomMessage trigger
+/// the message is held (`delivery = 'composing'`: neither emailed nor final) until
+/// [`Identity::compose_messages`] has the trigger write it.
 fn outbox_insert(
     c: &Tx<'_>,
     pool: &str,
+    sub: &str,
     to: &str,
     kind: &str,
     code: &str,
 ) -> Result<(), IdentityError> {
+    let held = pool_settings(c, pool)?
+        .lambda_config
+        .is_some_and(|l| l.custom_message.is_some());
     c.execute(
-        "INSERT INTO outbox (pool_id, destination, kind, code, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![pool, to, kind, code, now_ms()],
+        "INSERT INTO outbox (pool_id, sub, destination, kind, code, created_ms, delivery)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            pool,
+            sub,
+            to,
+            kind,
+            code,
+            now_ms(),
+            held.then_some("composing")
+        ],
     )?;
     Ok(())
 }
@@ -360,7 +378,7 @@ fn issue_code_to(
             now_ms() + ttl
         ],
     )?;
-    outbox_insert(c, pool, &to, purpose, &code)?;
+    outbox_insert(c, pool, &u.sub, &to, purpose, &code)?;
     Ok(CodeDelivery {
         destination: mask(&to),
         medium: medium.into(),
@@ -657,6 +675,125 @@ impl Identity {
             .write_blocking(move |c| insert_prepared(c, &prepared, &secrets))
     }
 
+    /// After an operation put messages in the outbox: in a pool with a CustomMessage
+    /// trigger, the trigger writes each held message of the user `given` names (its
+    /// `{####}` replaced by the code, `{username}` by the username); a failing trigger
+    /// marks the message failed and fails the operation. Then the mail task is woken.
+    pub(crate) async fn compose_messages(
+        &self,
+        pool_id: &str,
+        client_id: &str,
+        given: &str,
+        source: &'static str,
+    ) -> Result<(), IdentityError> {
+        let result = self.compose_held(pool_id, client_id, given, source).await;
+        self.outbox_changed();
+        result
+    }
+
+    async fn compose_held(
+        &self,
+        pool_id: &str,
+        client_id: &str,
+        given: &str,
+        source: &'static str,
+    ) -> Result<(), IdentityError> {
+        let Some((arn, _)) = self
+            .trigger_of(pool_id, |l| l.custom_message.clone().map(|a| (a, "1")))
+            .await?
+        else {
+            return Ok(());
+        };
+        let (p, n) = (pool_id.to_owned(), given.to_owned());
+        let found = self
+            .db
+            .read(move |c| {
+                let settings = pool_settings(c, &p)?;
+                let Some(u) = find_user(c, &p, &settings, &n)? else {
+                    return Ok::<_, IdentityError>(None);
+                };
+                let held: Vec<(i64, String, String, String)> = c.query_vec(
+                    "SELECT id, destination, kind, code FROM outbox
+                     WHERE pool_id = ?1 AND sub = ?2 AND delivery = 'composing' ORDER BY id",
+                    params![p, u.sub],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
+                Ok(Some((u, held)))
+            })
+            .await?;
+        let Some((user, held)) = found else {
+            return Ok(());
+        };
+        for (id, to, kind, code) in held {
+            // Claimed once, whoever composes it.
+            let claimed = self
+                .db
+                .write(move |c| {
+                    Ok::<_, IdentityError>(
+                        c.execute(
+                            "UPDATE outbox SET delivery = 'composing-claimed'
+                         WHERE id = ?1 AND delivery = 'composing'",
+                            params![id],
+                        )? == 1,
+                    )
+                })
+                .await?;
+            if !claimed {
+                continue;
+            }
+            let mut request = serde_json::json!({
+                "userAttributes": crate::triggers::with_status(&user.sub, &user.attributes, &user.status),
+                "codeParameter": "{####}",
+                "linkParameter": "{##Click Here##}",
+                "clientMetadata": {},
+            });
+            if kind == "invitation" {
+                request["usernameParameter"] = serde_json::json!("{username}");
+            }
+            let composed = self
+                .run_trigger(
+                    &arn,
+                    crate::triggers::Call {
+                        trigger: "CustomMessage",
+                        source,
+                        version: "1",
+                        pool_id,
+                        client_id,
+                        username: &user.username,
+                        request,
+                        response: serde_json::json!({
+                            "smsMessage": null,
+                            "emailMessage": null,
+                            "emailSubject": null,
+                        }),
+                    },
+                )
+                .await
+                .and_then(|r| {
+                    crate::triggers::custom_message(&r, &to, &kind, &code, &user.username)
+                });
+            let done = composed.as_ref().map_err(ToString::to_string).cloned();
+            self.db
+                .write(move |c| {
+                    match &done {
+                        Ok((subject, body)) => c.execute(
+                            "UPDATE outbox SET subject = ?2, body = ?3, delivery = NULL WHERE id = ?1",
+                            params![id, subject, body],
+                        )?,
+                        Err(e) => c.execute(
+                            "UPDATE outbox SET delivery = 'failed', delivery_error = ?2, delivery_ms = ?3
+                             WHERE id = ?1",
+                            params![id, e, now_ms()],
+                        )?,
+                    };
+                    Ok::<_, IdentityError>(())
+                })
+                .await?;
+            composed?;
+        }
+        Ok(())
+    }
+
     /// The UserMigration trigger, for a user the pool does not know: with `password`
     /// (`UserMigration_Authentication`) the user is created with that password, without
     /// (`UserMigration_ForgotPassword`) with an unusable one and RESET_REQUIRED. `None` when
@@ -794,6 +931,7 @@ impl Identity {
         data: TriggerData,
     ) -> Result<UserRecord, IdentityError> {
         let pool = new.pool_id.clone();
+        let given = new.username.clone();
         let settings = {
             let p = pool.clone();
             self.db.read(move |c| pool_settings(c, &p)).await?
@@ -830,14 +968,20 @@ impl Identity {
                         Some(expires),
                     )?;
                     if !suppress && let Some((to, _, _)) = destination(&u, false) {
-                        outbox_insert(c, &p, &to, "invitation", &password)?;
+                        outbox_insert(c, &p, &u.sub, &to, "invitation", &password)?;
                     }
                     let u = user_where(c, "sub", &p, &u.sub)?.ok_or_else(user_not_found)?;
-                    Ok(u.into())
+                    Ok::<_, IdentityError>(u.into())
                 })
-                .await;
-            self.outbox_changed();
-            return out;
+                .await?;
+            self.compose_messages(
+                &pool,
+                crate::triggers::NO_CLIENT,
+                &given,
+                "CustomMessage_AdminCreateUser",
+            )
+            .await?;
+            return Ok(out);
         }
         let (mut prepared, password) = prepare_user(&settings, new)?;
         let (_, verify_email, verify_phone) = self
@@ -862,13 +1006,19 @@ impl Identity {
                         .get("email")
                         .or_else(|| rec.attributes.get("phone_number"))
                 {
-                    outbox_insert(c, &prepared.pool_id, to, "invitation", &password)?;
+                    outbox_insert(c, &prepared.pool_id, &rec.sub, to, "invitation", &password)?;
                 }
-                Ok(rec)
+                Ok::<_, IdentityError>(rec)
             })
-            .await;
-        self.outbox_changed();
-        out
+            .await?;
+        self.compose_messages(
+            &pool,
+            crate::triggers::NO_CLIENT,
+            &given,
+            "CustomMessage_AdminCreateUser",
+        )
+        .await?;
+        Ok(out)
     }
 
     pub async fn admin_get_user(
@@ -1028,11 +1178,17 @@ impl Identity {
                 {
                     deliveries.push(d);
                 }
-                Ok(deliveries)
+                Ok::<_, IdentityError>(deliveries)
             })
-            .await;
-        self.outbox_changed();
-        out
+            .await?;
+        self.compose_messages(
+            pool_id,
+            crate::triggers::NO_CLIENT,
+            username,
+            "CustomMessage_UpdateUserAttribute",
+        )
+        .await?;
+        Ok(out)
     }
 
     /// GetUserAttributeVerificationCode: a code to verify the user's `email` or
@@ -1056,9 +1212,15 @@ impl Identity {
                 };
                 issue_code_to(c, &p, &u, purpose, (to, medium, name))
             })
-            .await;
-        self.outbox_changed();
-        out
+            .await?;
+        self.compose_messages(
+            pool_id,
+            crate::triggers::NO_CLIENT,
+            username,
+            "CustomMessage_VerifyUserAttribute",
+        )
+        .await?;
+        Ok(out)
     }
 
     /// VerifyUserAttribute: checks the code sent for `attribute`; `<attribute>_verified`
@@ -1097,8 +1259,7 @@ impl Identity {
         username: &str,
     ) -> Result<(), IdentityError> {
         let (p, n) = (pool_id.to_owned(), username.to_owned());
-        let out = self
-            .db
+        self.db
             .write(move |c| {
                 let (settings, u) = read_user(c, &p, &n)?;
                 if !matches!(u.status.as_str(), "CONFIRMED" | "RESET_REQUIRED") {
@@ -1116,9 +1277,14 @@ impl Identity {
                 // As a password change: sessions of the old password end.
                 sign_out_everywhere(c, &p, &u.sub)
             })
-            .await;
-        self.outbox_changed();
-        out
+            .await?;
+        self.compose_messages(
+            pool_id,
+            crate::triggers::NO_CLIENT,
+            username,
+            "CustomMessage_ForgotPassword",
+        )
+        .await
     }
 
     /// AdminDeleteUserAttributes / DeleteUserAttributes: the named attributes removed
@@ -1343,11 +1509,17 @@ impl Identity {
                 } else {
                     issue_code(c, &prepared.pool_id, &row, "signup", false)?
                 };
-                Ok((rec, delivery))
+                Ok::<_, IdentityError>((rec, delivery))
             })
-            .await;
-        self.outbox_changed();
-        out
+            .await?;
+        self.compose_messages(
+            &client.pool_id,
+            &client.id,
+            username,
+            "CustomMessage_SignUp",
+        )
+        .await?;
+        Ok(out)
     }
 
     /// ConfirmSignUp: checks the code, confirms the user and verifies the attribute the
@@ -1512,9 +1684,15 @@ impl Identity {
                     )
                 })
             })
-            .await;
-        self.outbox_changed();
-        out
+            .await?;
+        self.compose_messages(
+            &client.pool_id,
+            &client.id,
+            username,
+            "CustomMessage_ResendCode",
+        )
+        .await?;
+        Ok(out)
     }
 
     /// ForgotPassword: a reset code to the user's verified email or phone number.
@@ -1568,9 +1746,15 @@ impl Identity {
                 }
                 reset_code(c, &p, &settings, &u)
             })
-            .await;
-        self.outbox_changed();
-        out
+            .await?;
+        self.compose_messages(
+            &client.pool_id,
+            &client.id,
+            username,
+            "CustomMessage_ForgotPassword",
+        )
+        .await?;
+        Ok(out)
     }
 
     /// ConfirmForgotPassword: checks the reset code and sets the new password (the user
@@ -1637,8 +1821,8 @@ impl Identity {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.db.read_blocking(move |c| {
             let rows = c.query_vec(
-                "SELECT destination, kind, code, created_ms, delivery, delivery_error FROM outbox
-                 WHERE pool_id = ?1 ORDER BY id DESC LIMIT ?2",
+                "SELECT destination, kind, code, created_ms, delivery, delivery_error, subject, body
+                 FROM outbox WHERE pool_id = ?1 ORDER BY id DESC LIMIT ?2",
                 params![p, limit],
                 |r| {
                     Ok(OutboxMessage {
@@ -1648,6 +1832,8 @@ impl Identity {
                         created_ms: r.get(3)?,
                         delivery: r.get(4)?,
                         delivery_error: r.get(5)?,
+                        subject: r.get(6)?,
+                        body: r.get(7)?,
                     })
                 },
             )?;

@@ -186,8 +186,8 @@ def test_a_slow_trigger_times_out(idp, anonymous_idp, trigger_pool):
 
 def test_trigger_configuration_errors(idp, anonymous_idp, trigger_fn):
     with pytest.raises(idp.exceptions.InvalidParameterException):
-        idp.create_user_pool(PoolName=unique("triggers"),
-                             LambdaConfig={"CustomMessage": trigger_fn})
+        idp.create_user_pool(PoolName=unique("triggers"), LambdaConfig={
+            "CustomSMSSender": {"LambdaVersion": "V1_0", "LambdaArn": trigger_fn}})
     missing = trigger_fn.rsplit(":", 1)[0] + ":" + unique("no-such-function")
     pool = idp.create_user_pool(PoolName=unique("triggers"),
                                 LambdaConfig={"PreSignUp": missing})["UserPool"]["Id"]
