@@ -305,29 +305,31 @@ impl Identity {
             client.id.clone(),
             session_ttl(client),
         );
+        // A read decides (most sign-ins owe no second factor); only a challenge is written.
+        let (p, s) = (pool.clone(), sub.clone());
+        let challenge = self
+            .db
+            .read(move |c| {
+                let settings = pool_settings(c, &p)?;
+                Ok::<_, IdentityError>(mfa_challenge(&settings, &mfa_row(c, &p, &s)?))
+            })
+            .await?;
+        let Some(challenge) = challenge else {
+            return Ok(None);
+        };
+        let session = random_token();
+        let (h, name) = (token_hash(&session), challenge.name());
         self.db
             .write(move |c| {
-                let settings = pool_settings(c, &pool)?;
-                let m = mfa_row(c, &pool, &sub)?;
-                let Some(challenge) = mfa_challenge(&settings, &m) else {
-                    return Ok(None);
-                };
-                let session = random_token();
                 c.execute(
                     "INSERT INTO auth_sessions (hash, pool_id, client_id, sub, challenge,
                          expires_ms, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}')",
-                    params![
-                        token_hash(&session),
-                        pool,
-                        cid,
-                        sub,
-                        challenge.name(),
-                        now_ms() + ttl
-                    ],
+                    params![h, pool, cid, sub, name, now_ms() + ttl],
                 )?;
-                Ok(Some((challenge, session)))
+                Ok::<_, IdentityError>(())
             })
-            .await
+            .await?;
+        Ok(Some((challenge, session)))
     }
 
     /// RespondToAuthChallenge for SOFTWARE_TOKEN_MFA: the user's code, checked against the
