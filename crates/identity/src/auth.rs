@@ -11,7 +11,7 @@ use sluice_meta::params;
 
 use crate::client_secret::check_secret_hash;
 use crate::custom_auth::CustomStep;
-use crate::mfa::{FactorSetting, Owner, TokenOwner, Verified};
+use crate::mfa::{FactorSettings, Owner, TokenOwner, Verified};
 use crate::pools::{PoolSettings, pool_settings};
 use crate::tokens::{self, ADMIN_SCOPE, TokenError};
 use crate::triggers::TriggerData;
@@ -366,6 +366,52 @@ impl Identity {
             .await?;
         check_secret_hash(&client, &[username, &user.username], secret_hash)?;
         self.issue(&client, &user, true, None).await
+    }
+
+    /// RespondToAuthChallenge for SMS_MFA / EMAIL_OTP (`factor`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn respond_code(
+        &self,
+        admin_pool: Option<&str>,
+        client_id: &str,
+        session: &str,
+        username: &str,
+        factor: &'static str,
+        code: &str,
+        secret_hash: Option<&str>,
+    ) -> Result<AuthTokens, IdentityError> {
+        let client = match admin_pool {
+            Some(pool) => self.client_of_pool(pool, client_id).await?,
+            None => self.client(client_id).await?,
+        };
+        let user = self
+            .answer_code(&client, session, username, factor, code)
+            .await?;
+        check_secret_hash(&client, &[username, &user.username], secret_hash)?;
+        self.issue(&client, &user, true, None).await
+    }
+
+    /// RespondToAuthChallenge for SELECT_MFA_TYPE: the chosen factor's challenge.
+    pub async fn respond_select_mfa(
+        &self,
+        admin_pool: Option<&str>,
+        client_id: &str,
+        session: &str,
+        username: &str,
+        answer: &str,
+    ) -> Result<AuthOutcome, IdentityError> {
+        let client = match admin_pool {
+            Some(pool) => self.client_of_pool(pool, client_id).await?,
+            None => self.client(client_id).await?,
+        };
+        let (challenge, session) = self
+            .answer_select(&client, session, username, answer)
+            .await?;
+        Ok(AuthOutcome::Mfa {
+            challenge,
+            session,
+            username: username.to_owned(),
+        })
     }
 
     /// RespondToAuthChallenge for MFA_SETUP, after the session's token was verified.
@@ -959,10 +1005,10 @@ impl Identity {
     pub async fn set_mfa_preference(
         &self,
         access_token: &str,
-        software: Option<FactorSetting>,
+        settings: FactorSettings,
     ) -> Result<(), IdentityError> {
         let s = self.access_session(access_token).await?;
-        self.store_mfa_preference(s.pool_id, s.sub, software).await
+        self.store_mfa_preference(s.pool_id, s.sub, settings).await
     }
 
     /// DeleteUserAttributes.

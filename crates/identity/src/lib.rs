@@ -137,6 +137,10 @@ CREATE TABLE auth_sessions (
         name: "identity-0008",
         sql: MIGRATION_0008,
     },
+    Migration {
+        name: "identity-0009",
+        sql: mfa::MIGRATION_CODES,
+    },
 ];
 
 /// Outbox messages know their user (`sub`), and may carry the subject and body a

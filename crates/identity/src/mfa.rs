@@ -43,7 +43,14 @@ CREATE TABLE user_mfa (
 );
 ";
 
-pub use crate::users::SOFTWARE_TOKEN_MFA;
+pub use crate::users::{EMAIL_OTP, SMS_MFA, SOFTWARE_TOKEN_MFA};
+
+/// SMS and email factors, per user, and the preferred factor by name.
+pub(crate) const MIGRATION_CODES: &str = "
+ALTER TABLE user_mfa ADD COLUMN sms_enabled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE user_mfa ADD COLUMN email_enabled INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE user_mfa ADD COLUMN preferred_factor TEXT;
+";
 
 const STEP_SECS: u64 = 30;
 const SECRET_BYTES: usize = 20;
@@ -120,12 +127,14 @@ pub(crate) fn matching_step(secret: &[u8], code: &str, now_secs: u64, after: u64
 fn save_row(c: &Tx<'_>, pool: &str, sub: &str, m: &MfaRow) -> Result<(), IdentityError> {
     c.execute(
         "INSERT INTO user_mfa (pool_id, sub, pending_secret, secret, friendly_name, enabled,
-             preferred, last_step, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             preferred, last_step, updated_ms, sms_enabled, email_enabled, preferred_factor)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (pool_id, sub) DO UPDATE SET pending_secret = excluded.pending_secret,
              secret = excluded.secret, friendly_name = excluded.friendly_name,
              enabled = excluded.enabled, preferred = excluded.preferred,
-             last_step = excluded.last_step, updated_ms = excluded.updated_ms",
+             last_step = excluded.last_step, updated_ms = excluded.updated_ms,
+             sms_enabled = excluded.sms_enabled, email_enabled = excluded.email_enabled,
+             preferred_factor = excluded.preferred_factor",
         params![
             pool,
             sub,
@@ -135,7 +144,10 @@ fn save_row(c: &Tx<'_>, pool: &str, sub: &str, m: &MfaRow) -> Result<(), Identit
             m.enabled,
             m.preferred,
             m.last_step,
-            now_ms()
+            now_ms(),
+            m.sms_enabled,
+            m.email_enabled,
+            m.preferred_factor
         ],
     )?;
     Ok(())
@@ -148,6 +160,12 @@ pub enum MfaChallenge {
     SoftwareToken { friendly_name: Option<String> },
     /// The pool requires MFA and the user has no token yet: associate and verify one.
     Setup,
+    /// Answer with the code sent by SMS (to the outbox) to `destination` (masked).
+    Sms { destination: String },
+    /// Answer with the code sent by email to `destination` (masked).
+    Email { destination: String },
+    /// Pick one of these factors (`ANSWER`), whose challenge follows.
+    Select { options: Vec<String> },
 }
 
 impl MfaChallenge {
@@ -155,21 +173,106 @@ impl MfaChallenge {
         match self {
             MfaChallenge::SoftwareToken { .. } => SOFTWARE_TOKEN_MFA,
             MfaChallenge::Setup => "MFA_SETUP",
+            MfaChallenge::Sms { .. } => SMS_MFA,
+            MfaChallenge::Email { .. } => EMAIL_OTP,
+            MfaChallenge::Select { .. } => "SELECT_MFA_TYPE",
         }
     }
 }
 
-fn mfa_challenge(settings: &PoolSettings, m: &MfaRow) -> Option<MfaChallenge> {
-    if settings.mfa_configuration == "OFF" || !settings.software_token_mfa_enabled() {
-        return None;
+/// The second factor a user owes at sign-in, if any: the preferred (or only) factor on, a
+/// choice between several, or setting up a token in a pool that requires MFA.
+fn mfa_challenge(
+    settings: &PoolSettings,
+    m: &MfaRow,
+    user: &UserRow,
+) -> Result<Option<MfaChallenge>, IdentityError> {
+    if settings.mfa_configuration == "OFF" {
+        return Ok(None);
     }
-    let (factors, _) = user_factors(settings, m);
-    if !factors.is_empty() {
-        return Some(MfaChallenge::SoftwareToken {
+    let (factors, preferred) = user_factors(settings, m, &user.attributes);
+    let chosen = match (&preferred, factors.as_slice()) {
+        (Some(p), _) => p.clone(),
+        (None, [only]) => only.clone(),
+        (None, []) if settings.mfa_configuration != "ON" => return Ok(None),
+        (None, []) if settings.software_token_mfa_enabled() => {
+            return Ok(Some(MfaChallenge::Setup));
+        }
+        (None, []) => {
+            return Err(IdentityError::NotAuthorized(
+                "MFA is required in this user pool, but the user has no factor it offers (a phone number for SMS_MFA, an email for EMAIL_OTP)".into(),
+            ));
+        }
+        (None, _) => return Ok(Some(MfaChallenge::Select { options: factors })),
+    };
+    Ok(Some(factor_challenge(&chosen, m, user)))
+}
+
+/// The challenge of one factor (codes are sent when its session is stored).
+fn factor_challenge(factor: &str, m: &MfaRow, user: &UserRow) -> MfaChallenge {
+    let masked = |k: &str| crate::users::mask(user.attributes.get(k).map_or("", String::as_str));
+    match factor {
+        SMS_MFA => MfaChallenge::Sms {
+            destination: masked("phone_number"),
+        },
+        EMAIL_OTP => MfaChallenge::Email {
+            destination: masked("email"),
+        },
+        _ => MfaChallenge::SoftwareToken {
             friendly_name: m.friendly_name.clone(),
-        });
+        },
     }
-    (settings.mfa_configuration == "ON").then_some(MfaChallenge::Setup)
+}
+
+/// A one-time code of SMS_MFA / EMAIL_OTP, as kept in the challenge's session.
+fn otp_hash(session_hash: &str, code: &str) -> String {
+    token_hash(&format!("{session_hash}\0{code}"))
+}
+
+/// Stores the session of `challenge` for `user`; for SMS_MFA and EMAIL_OTP also a fresh
+/// code (hashed in the session) and its message in the outbox.
+fn store_challenge(
+    c: &Tx<'_>,
+    client: (&str, &str),
+    user: &UserRow,
+    challenge: &MfaChallenge,
+    ttl: i64,
+) -> Result<String, IdentityError> {
+    let (pool, client_id) = client;
+    let session = random_token();
+    let h = token_hash(&session);
+    let data = match challenge {
+        MfaChallenge::Sms { .. } | MfaChallenge::Email { .. } => {
+            let code = format!(
+                "{:06}",
+                rand::Rng::gen_range(&mut rand::thread_rng(), 0..1_000_000u32)
+            );
+            let attr = if matches!(challenge, MfaChallenge::Sms { .. }) {
+                "phone_number"
+            } else {
+                "email"
+            };
+            let to = user.attributes.get(attr).cloned().unwrap_or_default();
+            crate::users::outbox_insert(c, pool, &user.sub, &to, "mfa", &code)?;
+            serde_json::json!({"code": otp_hash(&h, &code)})
+        }
+        MfaChallenge::Select { options } => serde_json::json!({"options": options}),
+        _ => serde_json::json!({}),
+    };
+    c.execute(
+        "INSERT INTO auth_sessions (hash, pool_id, client_id, sub, challenge, expires_ms, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            h,
+            pool,
+            client_id,
+            user.sub,
+            challenge.name(),
+            now_ms() + ttl,
+            data.to_string()
+        ],
+    )?;
+    Ok(session)
 }
 
 fn invalid_session() -> IdentityError {
@@ -192,7 +295,8 @@ struct MfaSession {
 fn load_session(c: &Tx<'_>, hash: &str) -> Result<Option<MfaSession>, IdentityError> {
     let row: Option<(String, String, String, String, i64, Option<String>)> = c.query_opt(
         "SELECT pool_id, client_id, sub, challenge, expires_ms, data FROM auth_sessions
-         WHERE hash = ?1 AND challenge IN ('SOFTWARE_TOKEN_MFA', 'MFA_SETUP')",
+         WHERE hash = ?1
+           AND challenge IN ('SOFTWARE_TOKEN_MFA', 'MFA_SETUP', 'SMS_MFA', 'EMAIL_OTP', 'SELECT_MFA_TYPE')",
         params![hash],
         |r| {
             Ok((
@@ -220,6 +324,22 @@ fn load_session(c: &Tx<'_>, hash: &str) -> Result<Option<MfaSession>, IdentityEr
         challenge,
         data,
     }))
+}
+
+/// Counts a wrong code on a session; the fifth ends it.
+fn count_failure(c: &Tx<'_>, hash: &str, s: &MfaSession) -> Result<(), IdentityError> {
+    let failures = s.data["failures"].as_i64().unwrap_or(0) + 1;
+    if failures >= MAX_SESSION_FAILURES {
+        c.execute("DELETE FROM auth_sessions WHERE hash = ?1", params![hash])?;
+    } else {
+        let mut data = s.data.clone();
+        data["failures"] = serde_json::json!(failures);
+        c.execute(
+            "UPDATE auth_sessions SET data = ?2 WHERE hash = ?1",
+            params![hash, data.to_string()],
+        )?;
+    }
+    Ok(())
 }
 
 /// Replaces a session by a fresh one holding `data` (each step of MFA_SETUP hands the
@@ -272,11 +392,20 @@ pub struct Verified {
     pub session: Option<String>,
 }
 
-/// `SoftwareTokenMfaSettings` of SetUserMFAPreference.
+/// `SoftwareTokenMfaSettings`, `SMSMfaSettings` or `EmailMfaSettings` of
+/// SetUserMFAPreference.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FactorSetting {
     pub enabled: Option<bool>,
     pub preferred: Option<bool>,
+}
+
+/// The three factors' settings of one SetUserMFAPreference call (absent: unchanged).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FactorSettings {
+    pub software: Option<FactorSetting>,
+    pub sms: Option<FactorSetting>,
+    pub email: Option<FactorSetting>,
 }
 
 /// A pool's MFA configuration as SetUserPoolMfaConfig / GetUserPoolMfaConfig show it.
@@ -284,6 +413,20 @@ pub struct FactorSetting {
 pub struct PoolMfaConfig {
     pub mfa_configuration: String,
     pub software_token_enabled: bool,
+    /// `SmsMfaConfiguration` / `EmailMfaConfiguration` as set (`None`: off).
+    pub sms: Option<serde_json::Value>,
+    pub email: Option<serde_json::Value>,
+}
+
+impl PoolMfaConfig {
+    fn of(s: &PoolSettings) -> PoolMfaConfig {
+        PoolMfaConfig {
+            mfa_configuration: s.mfa_configuration.clone(),
+            software_token_enabled: s.software_token_mfa_enabled(),
+            sms: s.sms_mfa_configuration.clone().filter(|v| !v.is_null()),
+            email: s.email_mfa_configuration.clone().filter(|v| !v.is_null()),
+        }
+    }
 }
 
 fn session_ttl(client: &ClientRow) -> i64 {
@@ -299,37 +442,142 @@ impl Identity {
         client: &ClientRow,
         user: &UserRow,
     ) -> Result<Option<(MfaChallenge, String)>, IdentityError> {
-        let (pool, sub, cid, ttl) = (
-            client.pool_id.clone(),
-            user.sub.clone(),
-            client.id.clone(),
-            session_ttl(client),
-        );
         // A read decides (most sign-ins owe no second factor); only a challenge is written.
-        let (p, s) = (pool.clone(), sub.clone());
+        let (p, u) = (client.pool_id.clone(), user.clone());
         let challenge = self
             .db
             .read(move |c| {
                 let settings = pool_settings(c, &p)?;
-                Ok::<_, IdentityError>(mfa_challenge(&settings, &mfa_row(c, &p, &s)?))
+                mfa_challenge(&settings, &mfa_row(c, &p, &u.sub)?, &u)
             })
             .await?;
         let Some(challenge) = challenge else {
             return Ok(None);
         };
-        let session = random_token();
-        let (h, name) = (token_hash(&session), challenge.name());
-        self.db
+        let session = self.store_challenge_of(client, user, &challenge).await?;
+        Ok(Some((challenge, session)))
+    }
+
+    async fn store_challenge_of(
+        &self,
+        client: &ClientRow,
+        user: &UserRow,
+        challenge: &MfaChallenge,
+    ) -> Result<String, IdentityError> {
+        let (pool, cid, u, ch, ttl) = (
+            client.pool_id.clone(),
+            client.id.clone(),
+            user.clone(),
+            challenge.clone(),
+            session_ttl(client),
+        );
+        let session = self
+            .db
+            .write(move |c| store_challenge(c, (&pool, &cid), &u, &ch, ttl))
+            .await?;
+        if matches!(
+            challenge,
+            MfaChallenge::Sms { .. } | MfaChallenge::Email { .. }
+        ) {
+            self.compose_messages(
+                &client.pool_id,
+                &client.id,
+                &user.username,
+                "CustomMessage_Authentication",
+            )
+            .await?;
+        }
+        Ok(session)
+    }
+
+    /// RespondToAuthChallenge for SMS_MFA / EMAIL_OTP (`factor`): the code sent for the
+    /// session. A wrong code keeps the session for another try (up to 5).
+    pub(crate) async fn answer_code(
+        &self,
+        client: &ClientRow,
+        session: &str,
+        username: &str,
+        factor: &'static str,
+        code: &str,
+    ) -> Result<UserRow, IdentityError> {
+        let (h, cid, pool, given, code) = (
+            token_hash(session),
+            client.id.clone(),
+            client.pool_id.clone(),
+            username.to_owned(),
+            code.to_owned(),
+        );
+        let outcome: Result<UserRow, IdentityError> = self
+            .db
             .write(move |c| {
-                c.execute(
-                    "INSERT INTO auth_sessions (hash, pool_id, client_id, sub, challenge,
-                         expires_ms, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, '{}')",
-                    params![h, pool, cid, sub, name, now_ms() + ttl],
-                )?;
-                Ok::<_, IdentityError>(())
+                let Some(s) = load_session(c, &h)? else {
+                    return Ok::<_, IdentityError>(Err(invalid_session()));
+                };
+                if s.client != cid || s.pool != pool || s.challenge != factor {
+                    return Ok(Err(invalid_session()));
+                }
+                let settings = pool_settings(c, &pool)?;
+                let user = find_user(c, &pool, &settings, &given)?
+                    .filter(|u| u.sub == s.sub)
+                    .ok_or_else(invalid_session)?;
+                if s.data["code"].as_str() == Some(otp_hash(&h, code.trim()).as_str()) {
+                    c.execute("DELETE FROM auth_sessions WHERE hash = ?1", params![&h])?;
+                    return Ok(Ok(user));
+                }
+                count_failure(c, &h, &s)?;
+                Ok(Err(code_mismatch()))
             })
             .await?;
-        Ok(Some((challenge, session)))
+        outcome
+    }
+
+    /// RespondToAuthChallenge for SELECT_MFA_TYPE: the chosen factor's challenge.
+    pub(crate) async fn answer_select(
+        &self,
+        client: &ClientRow,
+        session: &str,
+        username: &str,
+        answer: &str,
+    ) -> Result<(MfaChallenge, String), IdentityError> {
+        let (h, cid, pool, given) = (
+            token_hash(session),
+            client.id.clone(),
+            client.pool_id.clone(),
+            username.to_owned(),
+        );
+        let (user, m) = self
+            .db
+            .write(move |c| {
+                let s = load_session(c, &h)?.ok_or_else(invalid_session)?;
+                if s.client != cid || s.pool != pool || s.challenge != "SELECT_MFA_TYPE" {
+                    return Err(invalid_session());
+                }
+                let settings = pool_settings(c, &pool)?;
+                let user = find_user(c, &pool, &settings, &given)?
+                    .filter(|u| u.sub == s.sub)
+                    .ok_or_else(invalid_session)?;
+                c.execute("DELETE FROM auth_sessions WHERE hash = ?1", params![&h])?;
+                let options: Vec<String> = s.data["options"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok((user.clone(), (mfa_row(c, &pool, &user.sub)?, options)))
+            })
+            .await?;
+        let (m, options) = m;
+        if !options.iter().any(|o| o == answer) {
+            return Err(IdentityError::InvalidParameter(format!(
+                "ANSWER must be one of the factors offered: {}",
+                options.join(", ")
+            )));
+        }
+        let challenge = factor_challenge(answer, &m, &user);
+        let session = self.store_challenge_of(client, &user, &challenge).await?;
+        Ok((challenge, session))
     }
 
     /// RespondToAuthChallenge for SOFTWARE_TOKEN_MFA: the user's code, checked against the
@@ -380,15 +628,7 @@ impl Identity {
                         Ok(Ok(user))
                     }
                     None => {
-                        let failures = s.data["failures"].as_i64().unwrap_or(0) + 1;
-                        if failures >= MAX_SESSION_FAILURES {
-                            c.execute("DELETE FROM auth_sessions WHERE hash = ?1", params![&h])?;
-                        } else {
-                            c.execute(
-                                "UPDATE auth_sessions SET data = ?2 WHERE hash = ?1",
-                                params![&h, serde_json::json!({"failures": failures}).to_string()],
-                            )?;
-                        }
+                        count_failure(c, &h, &s)?;
                         Ok(Err(code_mismatch()))
                     }
                 }
@@ -551,7 +791,7 @@ impl Identity {
         &self,
         pool_id: &str,
         username: &str,
-        software: Option<FactorSetting>,
+        settings: FactorSettings,
     ) -> Result<(), IdentityError> {
         let (p, n) = (pool_id.to_owned(), username.to_owned());
         let sub = self
@@ -562,7 +802,7 @@ impl Identity {
             })
             .await?
             .ok_or_else(user_not_found)?;
-        self.store_mfa_preference(pool_id.to_owned(), sub, software)
+        self.store_mfa_preference(pool_id.to_owned(), sub, settings)
             .await
     }
 
@@ -570,38 +810,64 @@ impl Identity {
         &self,
         pool: String,
         sub: String,
-        software: Option<FactorSetting>,
+        settings: FactorSettings,
     ) -> Result<(), IdentityError> {
-        let Some(f) = software else { return Ok(()) };
         self.db
             .write(move |c| {
-                user_where(c, "sub", &pool, &sub)?.ok_or_else(user_not_found)?;
+                let user = user_where(c, "sub", &pool, &sub)?.ok_or_else(user_not_found)?;
+                let pool_settings = pool_settings(c, &pool)?;
                 let mut m = mfa_row(c, &pool, &sub)?;
-                if f.enabled == Some(true) || f.preferred == Some(true) {
-                    if m.secret.is_none() {
-                        return Err(IdentityError::InvalidParameter(
-                            "User does not have delivery config set to turn on SOFTWARE_TOKEN_MFA"
-                                .into(),
-                        ));
+                let has = |k: &str| user.attributes.get(k).is_some_and(|v| !v.is_empty());
+                for (factor, f) in [
+                    (SOFTWARE_TOKEN_MFA, settings.software),
+                    (SMS_MFA, settings.sms),
+                    (EMAIL_OTP, settings.email),
+                ] {
+                    let Some(f) = f else { continue };
+                    if f.enabled == Some(true) || f.preferred == Some(true) {
+                        let (deliverable, offered) = match factor {
+                            SOFTWARE_TOKEN_MFA => {
+                                (m.secret.is_some(), pool_settings.software_token_mfa_enabled())
+                            }
+                            SMS_MFA => (has("phone_number"), pool_settings.sms_mfa_enabled()),
+                            _ => (has("email"), pool_settings.email_mfa_enabled()),
+                        };
+                        if !deliverable {
+                            return Err(IdentityError::InvalidParameter(format!(
+                                "User does not have delivery config set to turn on {factor}"
+                            )));
+                        }
+                        if !offered {
+                            return Err(IdentityError::InvalidParameter(format!(
+                                "{factor} is not enabled for this user pool: set it with SetUserPoolMfaConfig"
+                            )));
+                        }
                     }
-                    let settings = pool_settings(c, &pool)?;
-                    if !settings.software_token_mfa_enabled() {
-                        return Err(IdentityError::InvalidParameter(
-                            "Software token MFA is not enabled for this user pool: set it with SetUserPoolMfaConfig".into(),
-                        ));
+                    let enabled = match factor {
+                        SOFTWARE_TOKEN_MFA => &mut m.enabled,
+                        SMS_MFA => &mut m.sms_enabled,
+                        _ => &mut m.email_enabled,
+                    };
+                    if let Some(e) = f.enabled {
+                        *enabled = e;
+                    }
+                    if f.preferred == Some(true) {
+                        *enabled = true;
+                    }
+                    let on = *enabled;
+                    let was_preferred = m.preferred_factor.as_deref() == Some(factor)
+                        || (factor == SOFTWARE_TOKEN_MFA && m.preferred);
+                    if f.preferred == Some(true) {
+                        m.preferred_factor = Some(factor.to_owned());
+                    } else if was_preferred && (f.preferred == Some(false) || !on) {
+                        m.preferred_factor = None;
+                    }
+                    if factor == SOFTWARE_TOKEN_MFA {
+                        m.preferred = m.preferred_factor.as_deref() == Some(SOFTWARE_TOKEN_MFA);
                     }
                 }
-                if let Some(e) = f.enabled {
-                    m.enabled = e;
-                    if !e {
-                        m.preferred = false;
-                    }
-                }
-                if let Some(p) = f.preferred {
-                    if p && f.enabled != Some(false) {
-                        m.enabled = true;
-                    }
-                    m.preferred = p && m.enabled;
+                if m.preferred_factor.as_deref() != Some(SOFTWARE_TOKEN_MFA) {
+                    m.preferred = false;
                 }
                 save_row(c, &pool, &sub, &m)
             })
@@ -612,10 +878,7 @@ impl Identity {
     pub async fn pool_mfa_config(&self, pool_id: &str) -> Result<PoolMfaConfig, IdentityError> {
         let p = pool_id.to_owned();
         let s = self.db.read(move |c| pool_settings(c, &p)).await?;
-        Ok(PoolMfaConfig {
-            software_token_enabled: s.software_token_mfa_enabled(),
-            mfa_configuration: s.mfa_configuration,
-        })
+        Ok(PoolMfaConfig::of(&s))
     }
 
     /// SetUserPoolMfaConfig. `mfa_configuration` absent keeps the pool's; the software
@@ -623,34 +886,63 @@ impl Identity {
     pub async fn set_pool_mfa_config(
         &self,
         pool_id: &str,
-        mfa_configuration: Option<String>,
-        software_token_enabled: Option<bool>,
+        change: PoolMfaChange,
     ) -> Result<PoolMfaConfig, IdentityError> {
         self.change_settings(pool_id, move |s| {
-            if let Some(m) = &mfa_configuration {
+            let change = change.clone();
+            if let Some(m) = &change.mfa_configuration {
                 s.mfa_configuration = m.clone();
             }
-            if let Some(e) = software_token_enabled {
+            let configures_other = change.sms.is_some() || change.email.is_some();
+            if change.software_token_enabled.is_none()
+                && s.software_token_mfa_configuration.is_none()
+                && configures_other
+            {
+                // Naming only other factors leaves the software token off.
+                s.software_token_mfa_configuration =
+                    Some(crate::pools::SoftwareTokenMfaConfiguration { enabled: false });
+            }
+            if let Some(e) = change.software_token_enabled {
                 s.software_token_mfa_configuration =
                     Some(crate::pools::SoftwareTokenMfaConfiguration { enabled: e });
             }
-            if s.mfa_configuration == "OFF" && software_token_enabled == Some(true) {
+            if let Some(v) = change.sms {
+                s.sms_mfa_configuration = Some(v);
+            }
+            if let Some(v) = change.email {
+                s.email_mfa_configuration = Some(v);
+            }
+            if s.mfa_configuration == "OFF"
+                && (change.software_token_enabled == Some(true) || configures_other)
+            {
                 return Err(IdentityError::InvalidParameter(
                     "Invalid MFA configuration given, can't turn off MFA and configure an MFA together.".into(),
                 ));
             }
-            if s.mfa_configuration != "OFF" && !s.software_token_mfa_enabled() {
+            if s.mfa_configuration != "OFF"
+                && !s.software_token_mfa_enabled()
+                && !s.sms_mfa_enabled()
+                && !s.email_mfa_enabled()
+            {
                 return Err(IdentityError::InvalidParameter(
-                    "At least one MFA method must be enabled when MfaConfiguration is ON or OPTIONAL (sluice offers SOFTWARE_TOKEN_MFA)".into(),
+                    "At least one MFA method must be enabled when MfaConfiguration is ON or OPTIONAL".into(),
                 ));
             }
-            Ok(PoolMfaConfig {
-                software_token_enabled: s.software_token_mfa_enabled(),
-                mfa_configuration: s.mfa_configuration.clone(),
-            })
+            Ok(PoolMfaConfig::of(s))
         })
         .await
     }
+}
+
+/// What SetUserPoolMfaConfig changes (absent: kept).
+#[derive(Debug, Clone, Default)]
+pub struct PoolMfaChange {
+    pub mfa_configuration: Option<String>,
+    pub software_token_enabled: Option<bool>,
+    /// `SmsMfaConfiguration`; `Some(Value::Null)` turns the factor off.
+    pub sms: Option<serde_json::Value>,
+    /// `EmailMfaConfiguration`; `Some(Value::Null)` turns the factor off.
+    pub email: Option<serde_json::Value>,
 }
 
 /// What a user's TOTP secret is sealed as (the id binds the sealed text to its user).
@@ -723,6 +1015,13 @@ mod tests {
         assert_eq!(matching_step(secret, "abcdef", now, 0), None);
     }
 
+    fn sw(enabled: Option<bool>, preferred: Option<bool>) -> FactorSettings {
+        FactorSettings {
+            software: Some(FactorSetting { enabled, preferred }),
+            ..FactorSettings::default()
+        }
+    }
+
     /// The code of a base32 secret `offset` steps from now.
     fn code_of(secret: &str, offset: i64) -> String {
         let raw = base32_decode(secret).expect("base32");
@@ -756,16 +1055,30 @@ mod tests {
 
         // Off: nothing to enrol in.
         assert!(matches!(
-            id.set_pool_mfa_config(pool, Some("OFF".into()), Some(true)).await,
+            id.set_pool_mfa_config(pool, PoolMfaChange { mfa_configuration: Some("OFF".into()), software_token_enabled: Some(true), ..Default::default() }).await,
             Err(IdentityError::InvalidParameter(m)) if m.contains("can't turn off MFA")
         ));
         assert!(matches!(
-            id.set_pool_mfa_config(pool, Some("ON".into()), Some(false))
-                .await,
+            id.set_pool_mfa_config(
+                pool,
+                PoolMfaChange {
+                    mfa_configuration: Some("ON".into()),
+                    software_token_enabled: Some(false),
+                    ..Default::default()
+                }
+            )
+            .await,
             Err(IdentityError::InvalidParameter(_))
         ));
         let c = id
-            .set_pool_mfa_config(pool, Some("OPTIONAL".into()), Some(true))
+            .set_pool_mfa_config(
+                pool,
+                PoolMfaChange {
+                    mfa_configuration: Some("OPTIONAL".into()),
+                    software_token_enabled: Some(true),
+                    ..Default::default()
+                },
+            )
             .await
             .expect("optional");
         assert!(c.software_token_enabled && c.mfa_configuration == "OPTIONAL");
@@ -773,7 +1086,7 @@ mod tests {
         // Not enrolled yet: tokens at once.
         let t = tokens(sign_in().await.expect("sign in"));
         assert!(matches!(
-            id.set_mfa_preference(&t.access_token, Some(FactorSetting { enabled: Some(true), preferred: Some(true) })).await,
+            id.set_mfa_preference(&t.access_token, sw(Some(true), Some(true))).await,
             Err(IdentityError::InvalidParameter(m)) if m.contains("delivery config")
         ));
         assert!(matches!(
@@ -812,15 +1125,9 @@ mod tests {
             .expect("user");
         assert!(me.mfa_factors.is_empty());
 
-        id.set_mfa_preference(
-            &t.access_token,
-            Some(FactorSetting {
-                enabled: Some(true),
-                preferred: Some(true),
-            }),
-        )
-        .await
-        .expect("enable");
+        id.set_mfa_preference(&t.access_token, sw(Some(true), Some(true)))
+            .await
+            .expect("enable");
         let me = id
             .admin_get_user(pool, "totp@example.com")
             .await
@@ -908,16 +1215,9 @@ mod tests {
         ));
 
         // Disabled again: no challenge.
-        id.admin_set_mfa_preference(
-            pool,
-            "totp@example.com",
-            Some(FactorSetting {
-                enabled: Some(false),
-                preferred: None,
-            }),
-        )
-        .await
-        .expect("disable");
+        id.admin_set_mfa_preference(pool, "totp@example.com", sw(Some(false), None))
+            .await
+            .expect("disable");
         tokens(sign_in().await.expect("sign in"));
     }
 
@@ -925,9 +1225,16 @@ mod tests {
     async fn required_mfa_sets_up_a_token_during_sign_in() {
         let (id, info, _engines) = crate::test_support::identity();
         let (pool, client) = (info.pool_id.as_str(), info.client_id.as_str());
-        id.set_pool_mfa_config(pool, Some("ON".into()), Some(true))
-            .await
-            .expect("on");
+        id.set_pool_mfa_config(
+            pool,
+            PoolMfaChange {
+                mfa_configuration: Some("ON".into()),
+                software_token_enabled: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("on");
         // A temporary password first: the new password leads to MFA_SETUP.
         id.create_user(pool, "setup@example.com", "Temp0rary!", true)
             .expect("create");
@@ -1010,13 +1317,181 @@ mod tests {
         .await
         .expect("tokens");
         // A pool without MFA any more signs in with the password alone.
-        id.set_pool_mfa_config(pool, Some("OFF".into()), Some(false))
-            .await
-            .expect("off");
+        id.set_pool_mfa_config(
+            pool,
+            PoolMfaChange {
+                mfa_configuration: Some("OFF".into()),
+                software_token_enabled: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("off");
         tokens(
             id.initiate_user_password(client, "setup@example.com", "N3w-Passw0rd", None)
                 .await
                 .expect("sign in"),
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn codes_by_sms_and_email_and_a_choice_between_factors() {
+        let (id, info, _engines) = crate::test_support::identity();
+        let (pool, client) = (info.pool_id.as_str(), info.client_id.as_str());
+        id.create_user(pool, "codes@example.com", "Passw0rd!", false)
+            .expect("create");
+        id.admin_update_attributes(
+            pool,
+            "codes@example.com",
+            std::collections::BTreeMap::from([
+                ("phone_number".to_string(), "+15550123".to_string()),
+                ("phone_number_verified".to_string(), "true".to_string()),
+            ]),
+        )
+        .await
+        .expect("phone");
+        let config = id
+            .set_pool_mfa_config(
+                pool,
+                PoolMfaChange {
+                    mfa_configuration: Some("OPTIONAL".into()),
+                    sms: Some(serde_json::json!({"SmsAuthenticationMessage": "{####}"})),
+                    email: Some(serde_json::json!({})),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("sms and email");
+        assert!(!config.software_token_enabled, "only the factors named");
+        let both = FactorSettings {
+            sms: Some(FactorSetting {
+                enabled: Some(true),
+                preferred: None,
+            }),
+            email: Some(FactorSetting {
+                enabled: Some(true),
+                preferred: None,
+            }),
+            ..FactorSettings::default()
+        };
+        id.admin_set_mfa_preference(pool, "codes@example.com", both)
+            .await
+            .expect("enable both");
+        let sign_in = || id.initiate_user_password(client, "codes@example.com", "Passw0rd!", None);
+        let latest = || id.outbox(pool, 1).expect("outbox").remove(0);
+
+        let (ch, session) = challenge(sign_in().await.expect("select"));
+        assert_eq!(
+            ch,
+            MfaChallenge::Select {
+                options: vec![SMS_MFA.to_owned(), EMAIL_OTP.to_owned()]
+            }
+        );
+        let crate::AuthOutcome::Mfa {
+            challenge: picked,
+            session,
+            ..
+        } = id
+            .respond_select_mfa(None, client, &session, "codes@example.com", EMAIL_OTP)
+            .await
+            .expect("picked")
+        else {
+            panic!("expected the email challenge");
+        };
+        assert_eq!(
+            picked,
+            MfaChallenge::Email {
+                destination: "c***@e***".into()
+            }
+        );
+        let sent = latest();
+        assert_eq!(
+            (sent.kind.as_str(), sent.to.as_str()),
+            ("mfa", "codes@example.com")
+        );
+        let wrong = if sent.code == "000000" {
+            "111111"
+        } else {
+            "000000"
+        };
+        assert!(matches!(
+            id.respond_code(
+                None,
+                client,
+                &session,
+                "codes@example.com",
+                EMAIL_OTP,
+                wrong,
+                None
+            )
+            .await,
+            Err(IdentityError::CodeMismatch(_))
+        ));
+        assert!(
+            matches!(
+                id.respond_code(
+                    None,
+                    client,
+                    &session,
+                    "codes@example.com",
+                    SMS_MFA,
+                    &sent.code,
+                    None
+                )
+                .await,
+                Err(IdentityError::NotAuthorized(_))
+            ),
+            "a code answers its own factor only"
+        );
+        id.respond_code(
+            None,
+            client,
+            &session,
+            "codes@example.com",
+            EMAIL_OTP,
+            &sent.code,
+            None,
+        )
+        .await
+        .expect("tokens");
+
+        // Preferring SMS skips the choice.
+        id.admin_set_mfa_preference(
+            pool,
+            "codes@example.com",
+            FactorSettings {
+                sms: Some(FactorSetting {
+                    enabled: Some(true),
+                    preferred: Some(true),
+                }),
+                ..FactorSettings::default()
+            },
+        )
+        .await
+        .expect("prefer sms");
+        let me = id
+            .admin_get_user(pool, "codes@example.com")
+            .await
+            .expect("user");
+        assert_eq!(
+            me.mfa_factors,
+            vec![SMS_MFA.to_owned(), EMAIL_OTP.to_owned()]
+        );
+        assert_eq!(me.preferred_mfa.as_deref(), Some(SMS_MFA));
+        let (ch, session) = challenge(sign_in().await.expect("sms"));
+        assert!(matches!(ch, MfaChallenge::Sms { .. }));
+        let sent = latest();
+        assert_eq!(sent.to, "+15550123");
+        id.respond_code(
+            None,
+            client,
+            &session,
+            "codes@example.com",
+            SMS_MFA,
+            &sent.code,
+            None,
+        )
+        .await
+        .expect("tokens");
     }
 }

@@ -71,6 +71,13 @@ pub struct PoolSettings {
     /// `mfa_configuration` is not `OFF` (see [`PoolSettings::software_token_mfa_enabled`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub software_token_mfa_configuration: Option<SoftwareTokenMfaConfiguration>,
+    /// `SmsMfaConfiguration` of SetUserPoolMfaConfig: present, the SMS factor is on (codes
+    /// go to the outbox; sluice sends no SMS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sms_mfa_configuration: Option<serde_json::Value>,
+    /// `EmailMfaConfiguration`: present, the email factor is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_mfa_configuration: Option<serde_json::Value>,
     pub deletion_protection: String,
     pub user_pool_tags: BTreeMap<String, String>,
     /// The declared attributes (`Schema`); `None` in pools created before sluice enforced
@@ -164,6 +171,8 @@ impl Default for PoolSettings {
             admin_create_user_config: AdminCreateUserConfig::default(),
             mfa_configuration: "OFF".into(),
             software_token_mfa_configuration: None,
+            sms_mfa_configuration: None,
+            email_mfa_configuration: None,
             deletion_protection: "INACTIVE".into(),
             user_pool_tags: BTreeMap::new(),
             schema: None,
@@ -262,6 +271,24 @@ impl PoolSettings {
             schema: self.schema.as_deref(),
             sign_in: &self.username_attributes,
         }
+    }
+
+    /// Whether the SMS factor is on (SetUserPoolMfaConfig gave `SmsMfaConfiguration`).
+    pub fn sms_mfa_enabled(&self) -> bool {
+        self.mfa_configuration != "OFF"
+            && self
+                .sms_mfa_configuration
+                .as_ref()
+                .is_some_and(|v| !v.is_null())
+    }
+
+    /// Whether the email factor is on.
+    pub fn email_mfa_enabled(&self) -> bool {
+        self.mfa_configuration != "OFF"
+            && self
+                .email_mfa_configuration
+                .as_ref()
+                .is_some_and(|v| !v.is_null())
     }
 
     /// Whether users sign in with their email (as username attribute or alias).

@@ -216,7 +216,7 @@ fn valid_username(u: &str) -> bool {
     (1..=128).contains(&n) && !u.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-fn mask(value: &str) -> String {
+pub(crate) fn mask(value: &str) -> String {
     match value.split_once('@') {
         Some((local, domain)) => format!(
             "{}***@{}***",
@@ -264,7 +264,7 @@ fn destination(u: &UserRow, verified: bool) -> Option<(String, &'static str, &'s
 /// Puts a message for the user `sub` in the outbox. In a pool with a CustomMessage trigger
 /// the message is held (`delivery = 'composing'`: neither emailed nor final) until
 /// [`Identity::compose_messages`] has the trigger write it.
-fn outbox_insert(
+pub(crate) fn outbox_insert(
     c: &Tx<'_>,
     pool: &str,
     sub: &str,
@@ -590,8 +590,10 @@ fn read_user(
     Ok((settings, u))
 }
 
-/// The name of the one second factor sluice offers (see `mfa.rs`).
+/// The second factors (see `mfa.rs`): a software token, a code by SMS, a code by email.
 pub const SOFTWARE_TOKEN_MFA: &str = "SOFTWARE_TOKEN_MFA";
+pub const SMS_MFA: &str = "SMS_MFA";
+pub const EMAIL_OTP: &str = "EMAIL_OTP";
 
 /// A user's software token as stored (secrets still sealed).
 #[derive(Debug, Clone, Default)]
@@ -602,11 +604,17 @@ pub(crate) struct MfaRow {
     pub(crate) enabled: bool,
     pub(crate) preferred: bool,
     pub(crate) last_step: i64,
+    pub(crate) sms_enabled: bool,
+    pub(crate) email_enabled: bool,
+    /// The preferred factor by name (`preferred` is the software token's, from before
+    /// other factors existed).
+    pub(crate) preferred_factor: Option<String>,
 }
 
 pub(crate) fn mfa_row(c: &Tx<'_>, pool: &str, sub: &str) -> Result<MfaRow, IdentityError> {
     Ok(c.query_opt(
-        "SELECT pending_secret, secret, friendly_name, enabled, preferred, last_step
+        "SELECT pending_secret, secret, friendly_name, enabled, preferred, last_step,
+             sms_enabled, email_enabled, preferred_factor
              FROM user_mfa WHERE pool_id = ?1 AND sub = ?2",
         params![pool, sub],
         |r| {
@@ -617,25 +625,45 @@ pub(crate) fn mfa_row(c: &Tx<'_>, pool: &str, sub: &str) -> Result<MfaRow, Ident
                 enabled: r.get(3)?,
                 preferred: r.get(4)?,
                 last_step: r.get(5)?,
+                sms_enabled: r.get(6)?,
+                email_enabled: r.get(7)?,
+                preferred_factor: r.get(8)?,
             })
         },
     )?
     .unwrap_or_default())
 }
 
-/// The factors a user has on (`UserMFASettingList`) and the preferred one, in a pool with
-/// these settings: a verified token counts when the user enabled it, or when the pool
-/// requires MFA.
-pub(crate) fn user_factors(settings: &PoolSettings, m: &MfaRow) -> (Vec<String>, Option<String>) {
-    let on = m.secret.is_some()
-        && settings.software_token_mfa_enabled()
-        && (m.enabled || settings.mfa_configuration == "ON");
-    if !on {
-        return (Vec::new(), None);
+/// The factors a user has on (`UserMFASettingList`, in this order: software token, SMS,
+/// email) and the preferred one, in a pool with these settings. A factor counts when the
+/// pool offers it, the user can receive it (a verified token, a phone number, an email) and
+/// the user enabled it — or the pool requires MFA.
+pub(crate) fn user_factors(
+    settings: &PoolSettings,
+    m: &MfaRow,
+    attrs: &BTreeMap<String, String>,
+) -> (Vec<String>, Option<String>) {
+    let required = settings.mfa_configuration == "ON";
+    let has = |k: &str| attrs.get(k).is_some_and(|v| !v.is_empty());
+    let mut on = Vec::new();
+    if m.secret.is_some() && settings.software_token_mfa_enabled() && (m.enabled || required) {
+        on.push(SOFTWARE_TOKEN_MFA.to_owned());
     }
-    let preferred =
-        (m.preferred || settings.mfa_configuration == "ON").then(|| SOFTWARE_TOKEN_MFA.to_owned());
-    (vec![SOFTWARE_TOKEN_MFA.to_owned()], preferred)
+    if settings.sms_mfa_enabled() && has("phone_number") && (m.sms_enabled || required) {
+        on.push(SMS_MFA.to_owned());
+    }
+    if settings.email_mfa_enabled() && has("email") && (m.email_enabled || required) {
+        on.push(EMAIL_OTP.to_owned());
+    }
+    let preferred = match &m.preferred_factor {
+        Some(f) if on.contains(f) => Some(f.clone()),
+        _ if m.preferred && on.iter().any(|f| f == SOFTWARE_TOKEN_MFA) => {
+            Some(SOFTWARE_TOKEN_MFA.to_owned())
+        }
+        _ if required && on.len() == 1 => on.first().cloned(),
+        _ => None,
+    };
+    (on, preferred)
 }
 
 impl Identity {
@@ -644,9 +672,13 @@ impl Identity {
         c: &Tx<'_>,
         pool: &str,
         settings: &PoolSettings,
-        sub: &str,
+        user: &UserRow,
     ) -> Result<(Vec<String>, Option<String>), IdentityError> {
-        Ok(user_factors(settings, &mfa_row(c, pool, sub)?))
+        Ok(user_factors(
+            settings,
+            &mfa_row(c, pool, &user.sub)?,
+            &user.attributes,
+        ))
     }
 
     /// The user of `pool` with this email address, if any.
@@ -1031,7 +1063,7 @@ impl Identity {
             .db
             .read(move |c| {
                 let (settings, u) = read_user(c, &p, &n)?;
-                let factors = Identity::factors_in(c, &p, &settings, &u.sub)?;
+                let factors = Identity::factors_in(c, &p, &settings, &u)?;
                 Ok::<_, IdentityError>((u, factors))
             })
             .await?;

@@ -191,3 +191,50 @@ def test_required_mfa_sets_up_a_token_during_admin_sign_in(idp, mfa_pool):
             Session="not-a-session-" + "x" * 40,
             ChallengeResponses={"USERNAME": "bob", "SOFTWARE_TOKEN_MFA_CODE": totp(secret, 1)})
     assert error_code(e) == "NotAuthorizedException"
+
+
+def test_sms_and_email_factors_and_the_choice_between_them(idp, anonymous_idp, mfa_pool):
+    pool, client = mfa_pool
+    set_ = idp.set_user_pool_mfa_config(
+        UserPoolId=pool, MfaConfiguration="OPTIONAL",
+        SmsMfaConfiguration={"SmsAuthenticationMessage": "Your code is {####}",
+                             "SmsConfiguration": {"SnsCallerArn":
+                                                  "arn:aws:iam::000000000000:role/sns"}},
+        EmailMfaConfiguration={"Message": "Your code is {####}", "Subject": "Your code"})
+    assert set_["SmsMfaConfiguration"]["SmsAuthenticationMessage"] == "Your code is {####}"
+    assert set_["EmailMfaConfiguration"]["Subject"] == "Your code"
+    assert set_["SoftwareTokenMfaConfiguration"] == {"Enabled": False}
+
+    idp.admin_create_user(UserPoolId=pool, Username="cara", MessageAction="SUPPRESS",
+                          UserAttributes=[
+                              {"Name": "phone_number", "Value": "+15550100123"},
+                              {"Name": "phone_number_verified", "Value": "true"},
+                              {"Name": "email", "Value": "cara@example.com"},
+                              {"Name": "email_verified", "Value": "true"}])
+    idp.admin_set_user_password(UserPoolId=pool, Username="cara", Password=PASSWORD,
+                                Permanent=True)
+    idp.admin_set_user_mfa_preference(UserPoolId=pool, Username="cara",
+                                      SMSMfaSettings={"Enabled": True},
+                                      EmailMfaSettings={"Enabled": True})
+    user = idp.admin_get_user(UserPoolId=pool, Username="cara")
+    assert user["UserMFASettingList"] == ["SMS_MFA", "EMAIL_OTP"]
+
+    out = sign_in(anonymous_idp, client, "cara")
+    assert out["ChallengeName"] == "SELECT_MFA_TYPE"
+    assert out["ChallengeParameters"]["MFAS_CAN_CHOOSE"] == '["SMS_MFA","EMAIL_OTP"]'
+    picked = anonymous_idp.respond_to_auth_challenge(
+        ClientId=client, ChallengeName="SELECT_MFA_TYPE", Session=out["Session"],
+        ChallengeResponses={"USERNAME": "cara", "ANSWER": "SMS_MFA"})
+    assert picked["ChallengeName"] == "SMS_MFA"
+    assert picked["ChallengeParameters"]["CODE_DELIVERY_DELIVERY_MEDIUM"] == "SMS"
+    assert picked["ChallengeParameters"]["CODE_DELIVERY_DESTINATION"].endswith("0123")
+    with pytest.raises(anonymous_idp.exceptions.CodeMismatchException):
+        anonymous_idp.respond_to_auth_challenge(
+            ClientId=client, ChallengeName="SMS_MFA", Session=picked["Session"],
+            ChallengeResponses={"USERNAME": "cara", "SMS_MFA_CODE": "12345x"})
+
+    idp.admin_set_user_mfa_preference(UserPoolId=pool, Username="cara",
+                                      EmailMfaSettings={"Enabled": True, "PreferredMfa": True})
+    out = sign_in(anonymous_idp, client, "cara")
+    assert out["ChallengeName"] == "EMAIL_OTP"
+    assert out["ChallengeParameters"]["CODE_DELIVERY_DESTINATION"] == "c***@e***"

@@ -27,6 +27,8 @@ fn pool_json(p: &Pool, account_id: &str) -> serde_json::Value {
     // Not a field of Cognito's pool: GetUserPoolMfaConfig shows it.
     if let Some(o) = v.as_object_mut() {
         o.remove("SoftwareTokenMfaConfiguration");
+        o.remove("SmsMfaConfiguration");
+        o.remove("EmailMfaConfiguration");
         o.remove("Schema");
     }
     v["SchemaAttributes"] = json!(sluice_identity::schema::described(
@@ -631,10 +633,17 @@ struct MfaConfigRequest {
 }
 
 fn mfa_config_json(c: &sluice_identity::mfa::PoolMfaConfig) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "MfaConfiguration": c.mfa_configuration,
         "SoftwareTokenMfaConfiguration": {"Enabled": c.software_token_enabled},
-    })
+    });
+    if let Some(sms) = &c.sms {
+        v["SmsMfaConfiguration"] = sms.clone();
+    }
+    if let Some(email) = &c.email {
+        v["EmailMfaConfiguration"] = email.clone();
+    }
+    v
 }
 
 pub(super) async fn get_user_pool_mfa_config(identity: &Identity, body: &[u8]) -> OpResult {
@@ -645,27 +654,33 @@ pub(super) async fn get_user_pool_mfa_config(identity: &Identity, body: &[u8]) -
     Ok(mfa_config_json(&c))
 }
 
-/// SetUserPoolMfaConfig. SMS, email and WebAuthn configurations are refused: sluice offers
-/// the software token factor only.
+/// SetUserPoolMfaConfig. A WebAuthn configuration is refused (no passkeys yet); SMS and
+/// email codes go to the outbox.
 pub(super) async fn set_user_pool_mfa_config(identity: &Identity, body: &[u8]) -> OpResult {
     let req: MfaConfigRequest = parse(body)?;
     let pool = required(&req.user_pool_id, "userPoolId")?;
-    for (name, v) in [
-        ("SmsMfaConfiguration", &req.sms_mfa_configuration),
-        ("EmailMfaConfiguration", &req.email_mfa_configuration),
-        ("WebAuthnConfiguration", &req.web_authn_configuration),
-    ] {
-        if v.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(invalid(&format!(
-                "{name} is not supported by sluice: SOFTWARE_TOKEN_MFA is the one factor it offers"
-            )));
-        }
+    if req
+        .web_authn_configuration
+        .as_ref()
+        .is_some_and(|v| !v.is_null())
+    {
+        return Err(invalid(
+            "WebAuthnConfiguration is not supported by sluice: passkeys are not offered",
+        ));
     }
+    let object = |v: &Option<serde_json::Value>, name: &str| match v {
+        Some(v) if !v.is_object() => Err(invalid(&format!("{name} must be an object"))),
+        v => Ok(v.clone()),
+    };
     let c = identity
         .set_pool_mfa_config(
             pool,
-            req.mfa_configuration.clone(),
-            req.software_token_mfa_configuration.map(|c| c.enabled),
+            sluice_identity::mfa::PoolMfaChange {
+                mfa_configuration: req.mfa_configuration.clone(),
+                software_token_enabled: req.software_token_mfa_configuration.map(|c| c.enabled),
+                sms: object(&req.sms_mfa_configuration, "SmsMfaConfiguration")?,
+                email: object(&req.email_mfa_configuration, "EmailMfaConfiguration")?,
+            },
         )
         .await?;
     Ok(mfa_config_json(&c))

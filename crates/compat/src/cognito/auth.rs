@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 use serde_json::json;
-use sluice_identity::mfa::{FactorSetting, MfaChallenge, SOFTWARE_TOKEN_MFA, TokenOwner};
+use sluice_identity::mfa::{
+    EMAIL_OTP, FactorSetting, FactorSettings, MfaChallenge, SMS_MFA, SOFTWARE_TOKEN_MFA, TokenOwner,
+};
 use sluice_identity::{AuthOutcome, AuthTokens, Identity, SrpChallenge};
 
 use super::common::{
@@ -71,6 +73,17 @@ fn outcome_json(o: AuthOutcome) -> serde_json::Value {
                 }
                 MfaChallenge::Setup => {
                     parameters["MFAS_CAN_SETUP"] = json!(json!([SOFTWARE_TOKEN_MFA]).to_string());
+                }
+                MfaChallenge::Sms { destination } => {
+                    parameters["CODE_DELIVERY_DELIVERY_MEDIUM"] = json!("SMS");
+                    parameters["CODE_DELIVERY_DESTINATION"] = json!(destination);
+                }
+                MfaChallenge::Email { destination } => {
+                    parameters["CODE_DELIVERY_DELIVERY_MEDIUM"] = json!("EMAIL");
+                    parameters["CODE_DELIVERY_DESTINATION"] = json!(destination);
+                }
+                MfaChallenge::Select { options } => {
+                    parameters["MFAS_CAN_CHOOSE"] = json!(json!(options).to_string());
                 }
             }
             json!({
@@ -359,10 +372,40 @@ async fn respond(identity: &Identity, req: &RespondRequest, admin_pool: Option<&
                 .await?;
             Ok(outcome_json(o))
         }
-        "SMS_MFA"
-        | "EMAIL_OTP"
-        | "SELECT_MFA_TYPE"
-        | "DEVICE_SRP_AUTH"
+        "SMS_MFA" | "EMAIL_OTP" => {
+            let session = required(&req.session, "session")?;
+            let (factor, field) = if challenge == "SMS_MFA" {
+                (SMS_MFA, "SMS_MFA_CODE")
+            } else {
+                (EMAIL_OTP, "EMAIL_OTP_CODE")
+            };
+            let t = identity
+                .respond_code(
+                    admin_pool,
+                    client_id,
+                    session,
+                    param(r, "USERNAME")?,
+                    factor,
+                    param(r, field)?,
+                    secret_hash,
+                )
+                .await?;
+            Ok(tokens_json(t))
+        }
+        "SELECT_MFA_TYPE" => {
+            let session = required(&req.session, "session")?;
+            let o = identity
+                .respond_select_mfa(
+                    admin_pool,
+                    client_id,
+                    session,
+                    param(r, "USERNAME")?,
+                    param(r, "ANSWER")?,
+                )
+                .await?;
+            Ok(outcome_json(o))
+        }
+        "DEVICE_SRP_AUTH"
         | "DEVICE_PASSWORD_VERIFIER"
         | "ADMIN_NO_SRP_AUTH"
         | "PASSWORD_VERIFIER"
@@ -440,48 +483,36 @@ pub(super) struct MfaPreferenceRequest {
 }
 
 impl MfaPreferenceRequest {
-    /// The software token setting; SMS and email factors turned on are refused (sluice
-    /// does not deliver SMS or email one-time codes yet).
-    fn software(&self) -> Result<Option<FactorSetting>, CognitoError> {
-        for (name, f) in [
-            ("SMS_MFA", &self.sms_mfa_settings),
-            ("EMAIL_OTP", &self.email_mfa_settings),
-        ] {
-            if f.as_ref()
-                .is_some_and(|f| f.enabled == Some(true) || f.preferred_mfa == Some(true))
-            {
-                return Err(invalid(&format!(
-                    "{name} is not supported by sluice: SOFTWARE_TOKEN_MFA is the one factor it offers"
-                )));
-            }
-        }
-        Ok(self
-            .software_token_mfa_settings
-            .as_ref()
-            .map(|f| FactorSetting {
+    fn settings(&self) -> FactorSettings {
+        let one = |f: &Option<FactorSettingsType>| {
+            f.as_ref().map(|f| FactorSetting {
                 enabled: f.enabled,
                 preferred: f.preferred_mfa,
-            }))
+            })
+        };
+        FactorSettings {
+            software: one(&self.software_token_mfa_settings),
+            sms: one(&self.sms_mfa_settings),
+            email: one(&self.email_mfa_settings),
+        }
     }
 }
 
 pub(super) async fn set_user_mfa_preference(identity: &Identity, body: &[u8]) -> OpResult {
     let req: MfaPreferenceRequest = parse(body)?;
-    let software = req.software()?;
     identity
-        .set_mfa_preference(required(&req.access_token, "accessToken")?, software)
+        .set_mfa_preference(required(&req.access_token, "accessToken")?, req.settings())
         .await?;
     Ok(json!({}))
 }
 
 pub(super) async fn admin_set_user_mfa_preference(identity: &Identity, body: &[u8]) -> OpResult {
     let req: MfaPreferenceRequest = parse(body)?;
-    let software = req.software()?;
     identity
         .admin_set_mfa_preference(
             required(&req.user_pool_id, "userPoolId")?,
             required(&req.username, "username")?,
-            software,
+            req.settings(),
         )
         .await?;
     Ok(json!({}))
