@@ -69,6 +69,7 @@ fn id_token() -> String {
         auth_time: crate::now_secs(),
         origin_jti: "fuzz",
         groups: &Default::default(),
+        overrides: None,
     };
     let ten_years = 10 * 365 * 24 * 3600;
     sluice_identity::tokens::issue_pair(
