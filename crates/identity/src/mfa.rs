@@ -326,6 +326,27 @@ fn load_session(c: &Tx<'_>, hash: &str) -> Result<Option<MfaSession>, IdentityEr
     }))
 }
 
+/// The live session `hash` of `challenge` made for `client` (`(client id, pool id)`), and
+/// its user, whom `given` must name; `None` for anything else.
+fn session_and_user(
+    c: &Tx<'_>,
+    hash: &str,
+    (cid, pool): (&str, &str),
+    challenge: &str,
+    given: &str,
+) -> Result<Option<(MfaSession, UserRow)>, IdentityError> {
+    let Some(s) = load_session(c, hash)? else {
+        return Ok(None);
+    };
+    if s.client != cid || s.pool != pool || s.challenge != challenge {
+        return Ok(None);
+    }
+    let settings = pool_settings(c, pool)?;
+    Ok(find_user(c, pool, &settings, given)?
+        .filter(|u| u.sub == s.sub)
+        .map(|u| (s, u)))
+}
+
 /// Counts a wrong code on a session; the fifth ends it.
 fn count_failure(c: &Tx<'_>, hash: &str, s: &MfaSession) -> Result<(), IdentityError> {
     let failures = s.data["failures"].as_i64().unwrap_or(0) + 1;
@@ -510,16 +531,10 @@ impl Identity {
         let outcome: Result<UserRow, IdentityError> = self
             .db
             .write(move |c| {
-                let Some(s) = load_session(c, &h)? else {
+                let Some((s, user)) = session_and_user(c, &h, (&cid, &pool), factor, &given)?
+                else {
                     return Ok::<_, IdentityError>(Err(invalid_session()));
                 };
-                if s.client != cid || s.pool != pool || s.challenge != factor {
-                    return Ok(Err(invalid_session()));
-                }
-                let settings = pool_settings(c, &pool)?;
-                let user = find_user(c, &pool, &settings, &given)?
-                    .filter(|u| u.sub == s.sub)
-                    .ok_or_else(invalid_session)?;
                 if s.data["code"].as_str() == Some(otp_hash(&h, code.trim()).as_str()) {
                     c.execute("DELETE FROM auth_sessions WHERE hash = ?1", params![&h])?;
                     return Ok(Ok(user));
@@ -548,13 +563,7 @@ impl Identity {
         let (user, m) = self
             .db
             .write(move |c| {
-                let s = load_session(c, &h)?.ok_or_else(invalid_session)?;
-                if s.client != cid || s.pool != pool || s.challenge != "SELECT_MFA_TYPE" {
-                    return Err(invalid_session());
-                }
-                let settings = pool_settings(c, &pool)?;
-                let user = find_user(c, &pool, &settings, &given)?
-                    .filter(|u| u.sub == s.sub)
+                let (s, user) = session_and_user(c, &h, (&cid, &pool), "SELECT_MFA_TYPE", &given)?
                     .ok_or_else(invalid_session)?;
                 c.execute("DELETE FROM auth_sessions WHERE hash = ?1", params![&h])?;
                 let options: Vec<String> = s.data["options"]
@@ -565,7 +574,7 @@ impl Identity {
                             .collect()
                     })
                     .unwrap_or_default();
-                Ok((user.clone(), (mfa_row(c, &pool, &user.sub)?, options)))
+                Ok::<_, IdentityError>((user.clone(), (mfa_row(c, &pool, &user.sub)?, options)))
             })
             .await?;
         let (m, options) = m;
@@ -600,16 +609,11 @@ impl Identity {
         let outcome: Result<UserRow, IdentityError> = self
             .db
             .write(move |c| {
-                let Some(s) = load_session(c, &h)? else {
+                let Some((s, user)) =
+                    session_and_user(c, &h, (&cid, &pool), SOFTWARE_TOKEN_MFA, &given)?
+                else {
                     return Ok::<_, IdentityError>(Err(invalid_session()));
                 };
-                if s.client != cid || s.pool != pool || s.challenge != SOFTWARE_TOKEN_MFA {
-                    return Ok(Err(invalid_session()));
-                }
-                let settings = pool_settings(c, &pool)?;
-                let user = find_user(c, &pool, &settings, &given)?
-                    .filter(|u| u.sub == s.sub)
-                    .ok_or_else(invalid_session)?;
                 let mut m = mfa_row(c, &pool, &s.sub)?;
                 let Some(sealed) = &m.secret else {
                     return Ok(Err(IdentityError::SoftwareTokenMfaNotFound(
@@ -653,19 +657,13 @@ impl Identity {
         );
         self.db
             .write(move |c| {
-                let s = load_session(c, &h)?.ok_or_else(invalid_session)?;
-                if s.client != cid || s.pool != pool || s.challenge != "MFA_SETUP" {
-                    return Err(invalid_session());
-                }
+                let (s, user) = session_and_user(c, &h, (&cid, &pool), "MFA_SETUP", &given)?
+                    .ok_or_else(invalid_session)?;
                 if s.data["verified"] != serde_json::Value::Bool(true) {
                     return Err(IdentityError::InvalidParameter(
                         "Software token MFA has not been verified for this session: call AssociateSoftwareToken and VerifySoftwareToken with it first".into(),
                     ));
                 }
-                let settings = pool_settings(c, &pool)?;
-                let user = find_user(c, &pool, &settings, &given)?
-                    .filter(|u| u.sub == s.sub)
-                    .ok_or_else(invalid_session)?;
                 c.execute("DELETE FROM auth_sessions WHERE hash = ?1", params![&h])?;
                 Ok(user)
             })
