@@ -158,7 +158,7 @@ async function idToken() {
 // ---------------------------------------------------------------- views
 
 function show(view) {
-  for (const id of ["sign-in", "new-password", "app", "operations"]) $(id).hidden = id !== view;
+  for (const id of ["sign-in", "new-password", "mfa-code", "app", "operations"]) $(id).hidden = id !== view;
   const signedIn = view === "app" || view === "operations";
   $("who").hidden = !signedIn;
   $("sign-out").hidden = !signedIn;
@@ -169,11 +169,17 @@ function show(view) {
   if (view === "app") $("nav-uploads").setAttribute("aria-current", "page");
   $("nav-operations").toggleAttribute("aria-current", view === "operations");
   if (view === "operations") $("nav-operations").setAttribute("aria-current", "page");
-  const focus = { "sign-in": "email", "new-password": "new-password-1", app: "main", operations: "main" }[view];
+  const focus = {
+    "sign-in": "email",
+    "new-password": "new-password-1",
+    "mfa-code": "mfa-code-input",
+    app: "main",
+    operations: "main",
+  }[view];
   $(focus).focus();
 }
 
-let challenge = null; // { email, session } of NEW_PASSWORD_REQUIRED
+let challenge = null; // { email, session, name } of the sign-in step under way
 
 async function onSignIn(event) {
   event.preventDefault();
@@ -193,17 +199,70 @@ async function onSignIn(event) {
       AuthParameters: { USERNAME: email, PASSWORD: password },
     });
     $("password").value = "";
-    if (r.ChallengeName === "NEW_PASSWORD_REQUIRED") {
-      challenge = { email, session: r.Session };
-      show("new-password");
-    } else if (r.AuthenticationResult) {
-      keep(r.AuthenticationResult, email);
-      enterApp();
-    } else {
-      $("sign-in-error").textContent = `Sign-in needs a step this console does not offer (${r.ChallengeName}).`;
-    }
+    next(r, email, $("sign-in-error"));
   } catch (e) {
     $("sign-in-error").textContent = e.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// The second factors whose code the console asks for, and where the code goes.
+const CODE_CHALLENGES = {
+  SOFTWARE_TOKEN_MFA: { field: "SOFTWARE_TOKEN_MFA_CODE", hint: () => "Enter the code your authenticator app shows." },
+  SMS_MFA: { field: "SMS_MFA_CODE", hint: (p) => `Enter the code sent to ${p.CODE_DELIVERY_DESTINATION}.` },
+  EMAIL_OTP: { field: "EMAIL_OTP_CODE", hint: (p) => `Enter the code sent to ${p.CODE_DELIVERY_DESTINATION}.` },
+};
+
+/// What follows an answer of InitiateAuth / RespondToAuthChallenge: the app, the next
+/// step the console offers, or an error in `errorBox`.
+function next(r, email, errorBox) {
+  if (r.AuthenticationResult) {
+    challenge = null;
+    keep(r.AuthenticationResult, email);
+    enterApp();
+  } else if (r.ChallengeName === "NEW_PASSWORD_REQUIRED") {
+    challenge = { email, session: r.Session };
+    show("new-password");
+  } else if (CODE_CHALLENGES[r.ChallengeName]) {
+    challenge = { email, session: r.Session, name: r.ChallengeName };
+    $("mfa-code-hint").textContent = CODE_CHALLENGES[r.ChallengeName].hint(r.ChallengeParameters || {});
+    $("mfa-code-input").value = "";
+    $("mfa-code-error").textContent = "";
+    show("mfa-code");
+  } else {
+    challenge = null;
+    show("sign-in");
+    (errorBox || $("sign-in-error")).textContent =
+      `Sign-in needs a step this console does not offer (${r.ChallengeName}).`;
+  }
+}
+
+async function onMfaCode(event) {
+  event.preventDefault();
+  const code = $("mfa-code-input").value.trim();
+  $("mfa-code-error").textContent = "";
+  if (!code) {
+    $("mfa-code-error").textContent = "Enter the code.";
+    return;
+  }
+  const button = event.submitter || $("mfa-code-form").querySelector("button");
+  button.disabled = true;
+  try {
+    const r = await cognito("RespondToAuthChallenge", {
+      ChallengeName: challenge.name,
+      ClientId: config.clientId,
+      Session: challenge.session,
+      ChallengeResponses: { USERNAME: challenge.email, [CODE_CHALLENGES[challenge.name].field]: code },
+    });
+    next(r, challenge.email, $("sign-in-error"));
+  } catch (e) {
+    $("mfa-code-error").textContent = e.message;
+    if (e.type === "NotAuthorizedException") {
+      // The challenge session expired or took too many wrong codes: start again.
+      show("sign-in");
+      $("sign-in-error").textContent = e.message;
+    }
   } finally {
     button.disabled = false;
   }
@@ -233,9 +292,7 @@ async function onNewPassword(event) {
     });
     $("new-password-1").value = "";
     $("new-password-2").value = "";
-    keep(r.AuthenticationResult, challenge.email);
-    challenge = null;
-    enterApp();
+    next(r, challenge.email, $("sign-in-error"));
   } catch (e) {
     $("new-password-error").textContent = e.message;
     if (e.type === "NotAuthorizedException" || e.type === "CodeMismatchException") {
@@ -962,6 +1019,7 @@ async function main() {
   config = await r.json();
   $("sign-in-form").addEventListener("submit", onSignIn);
   $("new-password-form").addEventListener("submit", onNewPassword);
+  $("mfa-code-form").addEventListener("submit", onMfaCode);
   $("sign-out").addEventListener("click", onSignOut);
   $("more").addEventListener("click", () => loadPage().catch((e) => notice(e.message)));
   $("log-close").addEventListener("click", closeLogs);

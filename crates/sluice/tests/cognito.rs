@@ -7,71 +7,8 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{DataDir, Server, bin};
+use common::{DataDir, Server, access_key, bin, signed};
 use serde_json::{Value, json};
-
-/// An access key of the server (created once per server through the CLI).
-fn access_key(server: &Server) -> (String, String) {
-    let path = server.data_dir.join("test-key.json");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(_) => {
-            let t = server.cli(&["keys", "create", "--description", "cognito tests"]);
-            std::fs::write(&path, &t).expect("remember key");
-            t
-        }
-    };
-    let v: Value = serde_json::from_str(&text).expect("key json");
-    (
-        v["accessKeyId"].as_str().expect("id").to_owned(),
-        v["secretAccessKey"].as_str().expect("secret").to_owned(),
-    )
-}
-
-/// A SigV4-signed Cognito request.
-fn signed(server: &Server, op: &str, body: Value) -> (u16, Value) {
-    let (id, secret) = access_key(server);
-    let body = body.to_string();
-    let host = server.edge.trim_start_matches("http://").to_owned();
-    let date = chrono_like_now();
-    let target = format!("AWSCognitoIdentityProviderService.{op}");
-    let headers = vec![
-        (
-            "content-type".to_owned(),
-            "application/x-amz-json-1.1".to_owned(),
-        ),
-        ("host".to_owned(), host),
-        ("x-amz-date".to_owned(), date.clone()),
-        ("x-amz-target".to_owned(), target.clone()),
-    ];
-    let payload_hash = sha256_hex(body.as_bytes());
-    let auth = sluice_compat::sigv4::authorization_header(
-        &sluice_compat::sigv4::SignedRequest {
-            method: "POST",
-            path: "/",
-            query: "",
-            headers: &headers,
-            payload_hash: &payload_hash,
-        },
-        &id,
-        &secret,
-        "us-east-2",
-        "cognito-idp",
-    )
-    .expect("sign");
-    let resp = server
-        .http
-        .post(format!("{}/", server.edge))
-        .header("X-Amz-Target", target)
-        .header("Content-Type", "application/x-amz-json-1.1")
-        .header("X-Amz-Date", date)
-        .header("Authorization", auth)
-        .body(body)
-        .send()
-        .expect("cognito request");
-    let status = resp.status().as_u16();
-    (status, resp.json().expect("cognito json"))
-}
 
 #[test]
 fn admin_operations_need_a_signature_and_default_pool_keeps_working() {
@@ -441,16 +378,6 @@ fn boto3_and_pycognito_drive_pools_users_and_srp() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
-}
-
-/// `YYYYMMDD'T'HHMMSS'Z'`, now, in UTC.
-fn chrono_like_now() -> String {
-    chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// The claims of a JWT's payload (no verification: the server's own token).

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{DataDir, Server, wait_for};
-use serde_json::Value;
+use common::{DataDir, Server, signed, wait_for};
+use serde_json::{Value, json};
 
 /// One server-sent event: its name, data and id.
 #[derive(Debug)]
@@ -376,6 +376,26 @@ fn the_console_works_in_a_real_browser() {
     ]);
     // An operator: the operations page is shown too.
     server.cli(&["user", "add-to-group", "--email", email, "--group", "admin"]);
+    // A second user who signs in with a software token (TOTP): the pool's MFA is optional,
+    // the user associates a token here; the browser test verifies and enables it, then
+    // signs in through the console's code step.
+    let pool = server.info()["poolId"].as_str().expect("pool").to_owned();
+    let (code, v) = signed(
+        &server,
+        "SetUserPoolMfaConfig",
+        json!({"UserPoolId": pool, "MfaConfiguration": "OPTIONAL",
+               "SoftwareTokenMfaConfiguration": {"Enabled": true}}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let mfa_email = "totp@example.com";
+    server.create_user(mfa_email);
+    let access = server.sign_in(mfa_email, common::PASSWORD)["AuthenticationResult"]["AccessToken"]
+        .as_str()
+        .expect("access token")
+        .to_owned();
+    let (code, v) = server.cognito("AssociateSoftwareToken", json!({"AccessToken": access}));
+    assert_eq!(code, 200, "{v}");
+    let secret = v["SecretCode"].as_str().expect("secret").to_owned();
     let out =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("console-{}", std::process::id()));
     let run = Command::new("node")
@@ -384,6 +404,11 @@ fn the_console_works_in_a_real_browser() {
         .env("SLUICE_EMAIL", email)
         .env("SLUICE_TEMP_PASSWORD", "Temp0rary!")
         .env("SLUICE_NEW_PASSWORD", "Chosen0ne!")
+        .env("SLUICE_EDGE", &server.edge)
+        .env("SLUICE_MFA_EMAIL", mfa_email)
+        .env("SLUICE_MFA_PASSWORD", common::PASSWORD)
+        .env("SLUICE_MFA_ACCESS_TOKEN", &access)
+        .env("SLUICE_MFA_SECRET", &secret)
         .env("SLUICE_OUT", &out)
         .env("CHROMIUM", &chromium)
         .current_dir(&suite)
@@ -406,6 +431,7 @@ fn the_console_works_in_a_real_browser() {
         "04-phone.png",
         "05-signed-out.png",
         "06-operations.png",
+        "07-mfa-code.png",
     ] {
         let meta = std::fs::metadata(out.join(shot)).expect("screenshot");
         assert!(meta.len() > 1000, "{shot} is empty");
