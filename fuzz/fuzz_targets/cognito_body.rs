@@ -53,6 +53,14 @@ const DESTRUCTIVE: &[&str] = &[
     "DeleteUserPoolClient",
     "UpdateUserPool",
     "UpdateUserPoolClient",
+    "SetUserPoolMfaConfig",
+    "SetUserMFAPreference",
+    "AdminSetUserMFAPreference",
+    "VerifySoftwareToken",
+    "AdminResetUserPassword",
+    "DeleteUser",
+    "DeleteUserAttributes",
+    "AdminDeleteUserAttributes",
 ];
 
 fn fixture() -> &'static Fixture {
@@ -105,6 +113,16 @@ fn renew(f: &Fixture, user: &mut User) {
         .identity
         .bootstrap(REGION, sluice_identity::Lifetimes::default())
         .unwrap_or_else(|_| user.pool.clone());
+    // The fuzzer may have turned on MFA or Lambda triggers, which the fixture's plain
+    // password sign-in cannot pass: back to the pool's defaults first.
+    let reset = runtime().block_on(
+        f.parts
+            .identity
+            .update_pool(&pool.pool_id, sluice_identity::PoolUpdate::default()),
+    );
+    if let Err(e) = reset {
+        panic!("cannot reset the fixture pool's settings: {e}");
+    }
     for n in user.n + 1..user.n + 100 {
         if let Ok(u) = sign_in(&f.parts, pool.clone(), n) {
             *user = u;
@@ -146,16 +164,15 @@ fuzz_target!(|data: &[u8]| {
         "{resource}"
     );
     let (status, answer) = runtime().block_on(async {
-        let resp =
-            sluice_compat::cognito::handle(
-                &f.parts.identity,
-                op,
-                &body,
-                caller,
-                "000000000000",
-                None,
-            )
-                .await;
+        let resp = sluice_compat::cognito::handle(
+            &f.parts.identity,
+            op,
+            &body,
+            caller,
+            "000000000000",
+            None,
+        )
+        .await;
         let status = resp.status();
         let answer = axum::body::to_bytes(resp.into_body(), 16 << 20)
             .await
