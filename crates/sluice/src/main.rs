@@ -525,14 +525,19 @@ fn run(cli: Cli) -> Result<()> {
             };
             for m in identity.outbox(&pool, limit)? {
                 if json {
-                    outln!(
-                        "{}",
-                        serde_json::json!({
-                            "to": m.to, "kind": m.kind, "code": m.code,
-                            "createdMs": m.created_ms, "delivery": m.delivery,
-                            "deliveryError": m.delivery_error,
-                        })
-                    );
+                    let mut line = serde_json::json!({
+                        "to": m.to, "kind": m.kind, "code": m.code,
+                        "createdMs": m.created_ms, "delivery": m.delivery,
+                        "deliveryError": m.delivery_error,
+                    });
+                    // The text a CustomMessage trigger wrote, when it wrote one.
+                    if let Some(subject) = &m.subject {
+                        line["subject"] = serde_json::json!(subject);
+                    }
+                    if let Some(body) = &m.body {
+                        line["body"] = serde_json::json!(body);
+                    }
+                    outln!("{line}");
                 } else {
                     let delivery = match (&m.delivery, &m.delivery_error) {
                         (Some(d), Some(e)) => format!("{d}: {e}"),
