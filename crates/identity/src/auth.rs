@@ -112,6 +112,19 @@ impl Identity {
             .await
     }
 
+    /// The app client of a public operation, or of an `Admin*` one (`admin_pool`: the pool
+    /// the client must belong to).
+    async fn client_for(
+        &self,
+        admin_pool: Option<&str>,
+        client_id: &str,
+    ) -> Result<ClientRow, IdentityError> {
+        match admin_pool {
+            Some(pool) => self.client_of_pool(pool, client_id).await,
+            None => self.client(client_id).await,
+        }
+    }
+
     pub(crate) async fn client_of_pool(
         &self,
         pool_id: &str,
@@ -246,8 +259,7 @@ impl Identity {
                     client.id.clone(),
                     user.sub.clone(),
                 );
-                let ttl = client.settings.auth_session_validity * 60_000;
-                let ttl = if ttl > 0 { ttl } else { SESSION_TTL_MS };
+                let ttl = client.session_ttl_ms();
                 self.db
                     .write(move |c| {
                         c.execute(
@@ -295,10 +307,7 @@ impl Identity {
         secret_hash: Option<&str>,
         data: &TriggerData,
     ) -> Result<AuthOutcome, IdentityError> {
-        let client = match admin_pool {
-            Some(pool) => self.client_of_pool(pool, client_id).await?,
-            None => self.client(client_id).await?,
-        };
+        let client = self.client_for(admin_pool, client_id).await?;
         let step = self
             .start_custom_auth(&client, username, secret_hash, data)
             .await?;
@@ -317,10 +326,7 @@ impl Identity {
         secret_hash: Option<&str>,
         data: &TriggerData,
     ) -> Result<AuthOutcome, IdentityError> {
-        let client = match admin_pool {
-            Some(pool) => self.client_of_pool(pool, client_id).await?,
-            None => self.client(client_id).await?,
-        };
+        let client = self.client_for(admin_pool, client_id).await?;
         let step = self
             .answer_custom_challenge(&client, session, username, answer, secret_hash, data)
             .await?;
@@ -357,10 +363,7 @@ impl Identity {
         code: &str,
         secret_hash: Option<&str>,
     ) -> Result<AuthTokens, IdentityError> {
-        let client = match admin_pool {
-            Some(pool) => self.client_of_pool(pool, client_id).await?,
-            None => self.client(client_id).await?,
-        };
+        let client = self.client_for(admin_pool, client_id).await?;
         let user = self
             .answer_software_token(&client, session, username, code)
             .await?;
@@ -380,10 +383,7 @@ impl Identity {
         code: &str,
         secret_hash: Option<&str>,
     ) -> Result<AuthTokens, IdentityError> {
-        let client = match admin_pool {
-            Some(pool) => self.client_of_pool(pool, client_id).await?,
-            None => self.client(client_id).await?,
-        };
+        let client = self.client_for(admin_pool, client_id).await?;
         let user = self
             .answer_code(&client, session, username, factor, code)
             .await?;
@@ -400,10 +400,7 @@ impl Identity {
         username: &str,
         answer: &str,
     ) -> Result<AuthOutcome, IdentityError> {
-        let client = match admin_pool {
-            Some(pool) => self.client_of_pool(pool, client_id).await?,
-            None => self.client(client_id).await?,
-        };
+        let client = self.client_for(admin_pool, client_id).await?;
         let (challenge, session) = self
             .answer_select(&client, session, username, answer)
             .await?;
@@ -423,10 +420,7 @@ impl Identity {
         username: &str,
         secret_hash: Option<&str>,
     ) -> Result<AuthTokens, IdentityError> {
-        let client = match admin_pool {
-            Some(pool) => self.client_of_pool(pool, client_id).await?,
-            None => self.client(client_id).await?,
-        };
+        let client = self.client_for(admin_pool, client_id).await?;
         check_secret_hash(&client, &[username], secret_hash)?;
         let user = self.answer_mfa_setup(&client, session, username).await?;
         self.issue(&client, &user, true, None).await

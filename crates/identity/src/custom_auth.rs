@@ -26,8 +26,7 @@ use crate::pools::pool_settings;
 use crate::triggers::{Call, LambdaConfig, TriggerData, event_attributes};
 use crate::users::{find_user, user_where};
 use crate::{
-    ClientRow, Identity, IdentityError, SESSION_TTL_MS, UserRow, random_token, token_hash,
-    user_not_found,
+    ClientRow, Identity, IdentityError, UserRow, random_token, token_hash, user_not_found,
 };
 
 /// How many custom challenges one sign-in may go through.
@@ -316,8 +315,7 @@ impl Identity {
         })
         .to_string();
         let session = random_token();
-        let ttl = client.settings.auth_session_validity * 60_000;
-        let ttl = if ttl > 0 { ttl } else { SESSION_TTL_MS };
+        let ttl = client.session_ttl_ms();
         let (h, pool, cid, sub) = (
             token_hash(&session),
             client.pool_id.clone(),

@@ -376,6 +376,15 @@ pub(crate) struct ClientRow {
     pub(crate) settings: ClientSettings,
 }
 
+impl ClientRow {
+    /// How long a challenge's session lives: the client's `AuthSessionValidity` (minutes),
+    /// else Cognito's 3 minutes.
+    pub(crate) fn session_ttl_ms(&self) -> i64 {
+        let ttl = self.settings.auth_session_validity * 60_000;
+        if ttl > 0 { ttl } else { SESSION_TTL_MS }
+    }
+}
+
 /// A user row. Invariant: `email` is the lower-cased `email` attribute (or `None`), and
 /// `username_key` is `username` as the pool compares it (lower-cased unless the pool is
 /// case sensitive).

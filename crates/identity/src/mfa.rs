@@ -450,11 +450,6 @@ impl PoolMfaConfig {
     }
 }
 
-fn session_ttl(client: &ClientRow) -> i64 {
-    let ttl = client.settings.auth_session_validity * 60_000;
-    if ttl > 0 { ttl } else { SESSION_TTL_MS }
-}
-
 impl Identity {
     /// After a correct password (and every other check): the MFA challenge the user must
     /// answer, with its session, or `None` to issue tokens.
@@ -490,7 +485,7 @@ impl Identity {
             client.id.clone(),
             user.clone(),
             challenge.clone(),
-            session_ttl(client),
+            client.session_ttl_ms(),
         );
         let session = self
             .db
