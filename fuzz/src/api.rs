@@ -70,6 +70,7 @@ fn id_token() -> String {
         origin_jti: "fuzz",
         groups: &Default::default(),
         overrides: None,
+        oauth: None,
     };
     let ten_years = 10 * 365 * 24 * 3600;
     sluice_identity::tokens::issue_pair(

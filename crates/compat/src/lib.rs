@@ -26,6 +26,7 @@ pub mod cognito;
 pub mod eventstream;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hosted;
 pub mod iam;
 mod json11;
 pub mod kinesis;
@@ -169,6 +170,12 @@ pub fn router(edge: Edge) -> Result<Router, String> {
             edge.clone(),
             by_service,
         ))
+        // The pools' hosted UI and OAuth 2.0 endpoints (`hosted`): paths under a pool id,
+        // which no bucket can have.
+        .layer(axum::middleware::from_fn_with_state(
+            edge.clone(),
+            hosted::layer,
+        ))
         // HeadObject with a Range answers 206 (see `s3::partial_content`).
         .layer(axum::middleware::map_response(s3::partial_content))
         .layer(axum::middleware::map_response(retry_after))
@@ -258,38 +265,54 @@ const KINESIS_LABELS: &[&str] = &[
 ];
 
 const COGNITO_LABELS: &[&str] = &[
+    "cognito-idp:AddCustomAttributes",
     "cognito-idp:AdminAddUserToGroup",
     "cognito-idp:AdminConfirmSignUp",
     "cognito-idp:AdminCreateUser",
     "cognito-idp:AdminDeleteUser",
+    "cognito-idp:AdminDeleteUserAttributes",
     "cognito-idp:AdminDisableUser",
     "cognito-idp:AdminEnableUser",
     "cognito-idp:AdminGetUser",
     "cognito-idp:AdminInitiateAuth",
     "cognito-idp:AdminListGroupsForUser",
     "cognito-idp:AdminRemoveUserFromGroup",
+    "cognito-idp:AdminResetUserPassword",
     "cognito-idp:AdminRespondToAuthChallenge",
+    "cognito-idp:AdminSetUserMFAPreference",
     "cognito-idp:AdminSetUserPassword",
     "cognito-idp:AdminUpdateUserAttributes",
     "cognito-idp:AdminUserGlobalSignOut",
+    "cognito-idp:AssociateSoftwareToken",
     "cognito-idp:ChangePassword",
     "cognito-idp:ConfirmForgotPassword",
     "cognito-idp:ConfirmSignUp",
     "cognito-idp:CreateGroup",
+    "cognito-idp:CreateResourceServer",
     "cognito-idp:CreateUserPool",
     "cognito-idp:CreateUserPoolClient",
+    "cognito-idp:CreateUserPoolDomain",
     "cognito-idp:DeleteGroup",
+    "cognito-idp:DeleteResourceServer",
+    "cognito-idp:DeleteUser",
+    "cognito-idp:DeleteUserAttributes",
     "cognito-idp:DeleteUserPool",
     "cognito-idp:DeleteUserPoolClient",
+    "cognito-idp:DeleteUserPoolDomain",
+    "cognito-idp:DescribeResourceServer",
     "cognito-idp:DescribeUserPool",
     "cognito-idp:DescribeUserPoolClient",
+    "cognito-idp:DescribeUserPoolDomain",
     "cognito-idp:ForgotPassword",
     "cognito-idp:GetGroup",
     "cognito-idp:GetUser",
     "cognito-idp:GetUserAttributeVerificationCode",
+    "cognito-idp:GetUserPoolMfaConfig",
     "cognito-idp:GlobalSignOut",
     "cognito-idp:InitiateAuth",
     "cognito-idp:ListGroups",
+    "cognito-idp:ListResourceServers",
+    "cognito-idp:ListTagsForResource",
     "cognito-idp:ListUserPoolClients",
     "cognito-idp:ListUserPools",
     "cognito-idp:ListUsers",
@@ -297,11 +320,18 @@ const COGNITO_LABELS: &[&str] = &[
     "cognito-idp:ResendConfirmationCode",
     "cognito-idp:RespondToAuthChallenge",
     "cognito-idp:RevokeToken",
+    "cognito-idp:SetUserMFAPreference",
+    "cognito-idp:SetUserPoolMfaConfig",
     "cognito-idp:SignUp",
+    "cognito-idp:TagResource",
+    "cognito-idp:UntagResource",
     "cognito-idp:UpdateGroup",
+    "cognito-idp:UpdateResourceServer",
     "cognito-idp:UpdateUserAttributes",
     "cognito-idp:UpdateUserPool",
     "cognito-idp:UpdateUserPoolClient",
+    "cognito-idp:UpdateUserPoolDomain",
+    "cognito-idp:VerifySoftwareToken",
     "cognito-idp:VerifyUserAttribute",
 ];
 
@@ -715,7 +745,7 @@ async fn discovery(State(edge): State<Edge>, Path(pool): Path<String>) -> Respon
         );
     }
     let issuer = edge.identity.issuer(&pool);
-    axum::Json(json!({
+    let mut doc = json!({
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "response_types_supported": ["code", "token"],
@@ -724,9 +754,29 @@ async fn discovery(State(edge): State<Edge>, Path(pool): Path<String>) -> Respon
         "scopes_supported": ["openid", "email", "phone", "profile"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "claims_supported": ["sub", "email", "email_verified", "cognito:username", "iss", "aud",
-            "token_use", "auth_time", "iat", "exp", "jti"],
-    }))
-    .into_response()
+            "token_use", "auth_time", "iat", "exp", "jti", "nonce", "at_hash"],
+    });
+    // The endpoints exist once the pool has a domain (`hosted`), as in Cognito.
+    match edge.identity.hosted_enabled(&pool).await {
+        Ok(true) => {
+            doc["authorization_endpoint"] = json!(format!("{issuer}/oauth2/authorize"));
+            doc["token_endpoint"] = json!(format!("{issuer}/oauth2/token"));
+            doc["userinfo_endpoint"] = json!(format!("{issuer}/oauth2/userInfo"));
+            doc["revocation_endpoint"] = json!(format!("{issuer}/oauth2/revoke"));
+            doc["end_session_endpoint"] = json!(format!("{issuer}/logout"));
+            doc["grant_types_supported"] = json!([
+                "authorization_code",
+                "implicit",
+                "refresh_token",
+                "client_credentials"
+            ]);
+            doc["code_challenge_methods_supported"] = json!(["S256", "plain"]);
+            doc["response_modes_supported"] = json!(["query", "fragment"]);
+        }
+        Ok(false) => {}
+        Err(e) => return cognito::error_response(e),
+    }
+    axum::Json(doc).into_response()
 }
 
 #[cfg(test)]

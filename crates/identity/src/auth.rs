@@ -41,6 +41,27 @@ pub struct AccessSession {
     pub client_id: String,
 }
 
+/// What [`Identity::issue`] is asked for.
+pub(crate) enum Issuance<'a> {
+    /// A sign-in through the API (or, for a hosted client, the hosted UI's): the
+    /// PostAuthentication trigger, then tokens and a refresh token (or a login session).
+    SignIn,
+    /// New ID and access tokens for a refresh token of the sign-in `origin_jti`, with the
+    /// scopes of its grant (`None`: an API sign-in's).
+    Refresh {
+        origin_jti: String,
+        auth_time: i64,
+        grant: Option<&'a crate::oauth::Grant>,
+    },
+    /// Tokens for an authorization code or an implicit grant, after a hosted sign-in at
+    /// `auth_time`.
+    OAuth {
+        grant: &'a crate::oauth::Grant,
+        auth_time: i64,
+        with_refresh: bool,
+    },
+}
+
 fn flow_not_enabled(flow: &str) -> IdentityError {
     IdentityError::InvalidParameter(format!("{flow} flow not enabled for this client"))
 }
@@ -140,7 +161,7 @@ impl Identity {
         Ok(client)
     }
 
-    async fn password_sign_in(
+    pub(crate) async fn password_sign_in(
         &self,
         client: &ClientRow,
         username: &str,
@@ -294,7 +315,7 @@ impl Identity {
                 username: user.username,
             });
         }
-        let tokens = self.issue(client, &user, true, None).await?;
+        let tokens = self.issue(client, &user, Issuance::SignIn).await?;
         Ok(AuthOutcome::Tokens(tokens))
     }
 
@@ -368,7 +389,7 @@ impl Identity {
             .answer_software_token(&client, session, username, code)
             .await?;
         check_secret_hash(&client, &[username, &user.username], secret_hash)?;
-        self.issue(&client, &user, true, None).await
+        self.issue(&client, &user, Issuance::SignIn).await
     }
 
     /// RespondToAuthChallenge for SMS_MFA / EMAIL_OTP (`factor`).
@@ -388,7 +409,7 @@ impl Identity {
             .answer_code(&client, session, username, factor, code)
             .await?;
         check_secret_hash(&client, &[username, &user.username], secret_hash)?;
-        self.issue(&client, &user, true, None).await
+        self.issue(&client, &user, Issuance::SignIn).await
     }
 
     /// RespondToAuthChallenge for SELECT_MFA_TYPE: the chosen factor's challenge.
@@ -423,7 +444,7 @@ impl Identity {
         let client = self.client_for(admin_pool, client_id).await?;
         check_secret_hash(&client, &[username], secret_hash)?;
         let user = self.answer_mfa_setup(&client, session, username).await?;
-        self.issue(&client, &user, true, None).await
+        self.issue(&client, &user, Issuance::SignIn).await
     }
 
     /// RespondToAuthChallenge for NEW_PASSWORD_REQUIRED; `attributes` are the
@@ -473,7 +494,7 @@ impl Identity {
         .await
     }
 
-    async fn new_password(
+    pub(crate) async fn new_password(
         &self,
         client: &ClientRow,
         session: &str,
@@ -543,7 +564,8 @@ impl Identity {
         if !client.settings.allows("ALLOW_REFRESH_TOKEN_AUTH") {
             return Err(flow_not_enabled("REFRESH_TOKEN"));
         }
-        self.refresh(&client, refresh_token, secret_hash).await
+        self.refresh(&client, refresh_token, Some(secret_hash))
+            .await
     }
 
     /// AdminInitiateAuth with REFRESH_TOKEN_AUTH.
@@ -558,21 +580,25 @@ impl Identity {
         if !client.settings.allows("ALLOW_REFRESH_TOKEN_AUTH") {
             return Err(flow_not_enabled("REFRESH_TOKEN"));
         }
-        self.refresh(&client, refresh_token, secret_hash).await
+        self.refresh(&client, refresh_token, Some(secret_hash))
+            .await
     }
 
-    async fn refresh(
+    /// REFRESH_TOKEN_AUTH's refresh, with the client's SECRET_HASH (`Some`), or for a
+    /// client the token endpoint authenticated with its secret already (`None`).
+    pub(crate) async fn refresh(
         &self,
         client: &ClientRow,
         refresh_token: &str,
-        secret_hash: Option<&str>,
+        secret_hash: Option<Option<&str>>,
     ) -> Result<AuthTokens, IdentityError> {
         let h = token_hash(refresh_token);
-        let row: Option<(String, String, String, i64, i64, bool)> = self
+        type RefreshRow = (String, String, String, i64, i64, bool, Option<String>);
+        let row: Option<RefreshRow> = self
             .db
             .read(move |c| {
                 Ok::<_, IdentityError>(c.query_opt(
-                    "SELECT client_id, sub, origin_jti, auth_time, expires_ms, revoked
+                    "SELECT client_id, sub, origin_jti, auth_time, expires_ms, revoked, scopes
                          FROM refresh_tokens WHERE hash = ?1",
                     params![&h],
                     |r| {
@@ -583,13 +609,15 @@ impl Identity {
                             r.get(3)?,
                             r.get(4)?,
                             r.get(5)?,
+                            r.get(6)?,
                         ))
                     },
                 )?)
             })
             .await?;
         let invalid = || IdentityError::NotAuthorized("Invalid Refresh Token".into());
-        let (rt_client, sub, origin_jti, auth_time, expires, revoked) = row.ok_or_else(invalid)?;
+        let (rt_client, sub, origin_jti, auth_time, expires, revoked, scopes) =
+            row.ok_or_else(invalid)?;
         if rt_client != client.id || expires < now_ms() {
             return Err(invalid());
         }
@@ -605,12 +633,26 @@ impl Identity {
             .await?
             .ok_or_else(invalid)?;
         let email = user.attributes.get("email").cloned().unwrap_or_default();
-        check_secret_hash(client, &[&user.username, &user.sub, &email], secret_hash)?;
+        if let Some(secret_hash) = secret_hash {
+            check_secret_hash(client, &[&user.username, &user.sub, &email], secret_hash)?;
+        }
         if !user.enabled {
             return Err(IdentityError::NotAuthorized("User is disabled.".into()));
         }
-        self.issue(client, &user, false, Some((origin_jti, auth_time)))
-            .await
+        let grant = scopes.map(|s| crate::oauth::Grant {
+            scopes: crate::oauth::split_scopes(&s),
+            nonce: None,
+        });
+        self.issue(
+            client,
+            &user,
+            Issuance::Refresh {
+                origin_jti,
+                auth_time,
+                grant: grant.as_ref(),
+            },
+        )
+        .await
     }
 
     /// USER_SRP_AUTH: the PASSWORD_VERIFIER challenge for a client's `A`.
@@ -772,25 +814,15 @@ impl Identity {
         self.after_password(&client, user).await
     }
 
-    async fn issue(
+    /// Tokens (or, for the hosted UI's sign-in, a login session) for `user`, as `how` says.
+    pub(crate) async fn issue(
         &self,
         client: &ClientRow,
         user: &UserRow,
-        with_refresh: bool,
-        origin: Option<(String, i64)>,
+        how: Issuance<'_>,
     ) -> Result<AuthTokens, IdentityError> {
-        let key = self.signing_key(&client.pool_id)?;
-        let now = now_ms() / 1000;
-        let (origin_jti, auth_time) =
-            origin.unwrap_or_else(|| (uuid::Uuid::new_v4().to_string(), now));
-        let issuer = self.issuer(&client.pool_id);
-        let (pool, sub) = (client.pool_id.clone(), user.sub.clone());
-        let groups = self
-            .db
-            .read(move |c| crate::groups::user_groups(c, &pool, &sub))
-            .await?;
-        let mut groups = crate::groups::claims_of(&groups);
-        if with_refresh {
+        let signed_in = matches!(how, Issuance::SignIn);
+        if signed_in {
             self.notify_trigger(
                 &client.pool_id,
                 &client.id,
@@ -805,7 +837,60 @@ impl Identity {
                 }),
             )
             .await?;
+            if client.hosted {
+                // The hosted UI signs the user in once; tokens come from its token
+                // endpoint, for the scopes each authorization asks.
+                let login = self.start_login_session(&client.pool_id, &user.sub).await?;
+                return Ok(AuthTokens {
+                    id_token: String::new(),
+                    access_token: String::new(),
+                    refresh_token: Some(login),
+                    expires_in: 0,
+                });
+            }
         }
+        let key = self.signing_key(&client.pool_id)?;
+        let now = now_ms() / 1000;
+        let (origin_jti, auth_time, grant, with_refresh, source) = match how {
+            Issuance::SignIn => (
+                uuid::Uuid::new_v4().to_string(),
+                now,
+                None,
+                true,
+                "TokenGeneration_Authentication",
+            ),
+            Issuance::Refresh {
+                origin_jti,
+                auth_time,
+                grant,
+            } => (
+                origin_jti,
+                auth_time,
+                grant,
+                false,
+                "TokenGeneration_RefreshTokens",
+            ),
+            Issuance::OAuth {
+                grant,
+                auth_time,
+                with_refresh,
+            } => (
+                uuid::Uuid::new_v4().to_string(),
+                auth_time,
+                Some(grant),
+                with_refresh,
+                "TokenGeneration_HostedAuth",
+            ),
+        };
+        let issuer = self.issuer(&client.pool_id);
+        let (pool, sub) = (client.pool_id.clone(), user.sub.clone());
+        let groups = self
+            .db
+            .read(move |c| crate::groups::user_groups(c, &pool, &sub))
+            .await?;
+        let mut groups = crate::groups::claims_of(&groups);
+        let admin_scope = [ADMIN_SCOPE.to_owned()];
+        let scopes: &[String] = grant.map_or(&admin_scope, |g| &g.scopes);
         let overrides = self
             .pre_token_generation(
                 &client.pool_id,
@@ -814,7 +899,8 @@ impl Identity {
                 &user.sub,
                 &user.attributes,
                 &groups,
-                !with_refresh,
+                source,
+                scopes,
             )
             .await?;
         if let Some(g) = &overrides.groups {
@@ -838,6 +924,10 @@ impl Identity {
                 origin_jti: &origin_jti,
                 groups: &groups,
                 overrides: Some(&overrides),
+                oauth: grant.map(|g| tokens::OAuthClaims {
+                    scopes: &g.scopes,
+                    nonce: g.nonce.as_deref(),
+                }),
             },
             now,
             client.lifetimes.id_secs,
@@ -853,13 +943,14 @@ impl Identity {
                 user.sub.clone(),
                 origin_jti.clone(),
             );
+            let granted = grant.map(|g| g.scopes.join(" "));
             let expires = now_ms() + client.lifetimes.refresh_secs * 1000;
             self.db
                 .write(move |c| {
                     c.execute(
                         "INSERT INTO refresh_tokens (hash, pool_id, client_id, sub, origin_jti,
-                             auth_time, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![h, pool, cid, sub, oj, auth_time, expires],
+                             auth_time, expires_ms, scopes) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![h, pool, cid, sub, oj, auth_time, expires, granted],
                     )?;
                     Ok::<_, IdentityError>(())
                 })
@@ -879,6 +970,23 @@ impl Identity {
     /// Verifies an access token with its pool's keys and checks that its sign-in was not
     /// revoked and its user still exists and is enabled.
     pub async fn access_session(&self, token: &str) -> Result<AccessSession, IdentityError> {
+        let scopes = tokens::unverified_payload(token)
+            .and_then(|p| p.get("scope")?.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let session = self.access_session_any_scope(token).await?;
+        if !scopes.split(' ').any(|s| s == ADMIN_SCOPE) {
+            return Err(IdentityError::NotAuthorized(
+                "Access Token does not have required scopes".into(),
+            ));
+        }
+        Ok(session)
+    }
+
+    /// [`Identity::access_session`] whatever the token's scopes (userInfo's check).
+    pub(crate) async fn access_session_any_scope(
+        &self,
+        token: &str,
+    ) -> Result<AccessSession, IdentityError> {
         let invalid = || IdentityError::NotAuthorized("Invalid Access Token".into());
         let payload = tokens::unverified_payload(token).ok_or_else(invalid)?;
         let iss = payload.get("iss").and_then(|v| v.as_str()).unwrap_or("");
@@ -907,7 +1015,7 @@ impl Identity {
                 }
                 _ => invalid(),
             })?;
-        if claims.token_use != "access" || !claims.scopes.iter().any(|s| s == ADMIN_SCOPE) {
+        if claims.token_use != "access" {
             return Err(invalid());
         }
         let origin = payload
@@ -1109,7 +1217,7 @@ impl Identity {
     ) -> Result<(), IdentityError> {
         let client = self.client(client_id).await?;
         if let Some(secret) = &client.secret
-            && client_secret != Some(secret.as_str())
+            && !client_secret.is_some_and(|g| crate::client_secret::same(secret, g))
         {
             return Err(IdentityError::Unauthorized("invalid_client".into()));
         }

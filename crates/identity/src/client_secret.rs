@@ -24,6 +24,21 @@ pub fn secret_hash(secret: &str, username: &str, client_id: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Whether a client secret given to an OAuth endpoint is the client's, in time that does
+/// not depend on where they differ.
+pub(crate) fn same(secret: &str, given: &str) -> bool {
+    use sha2::Digest as _;
+    // Comparing digests makes the comparison's length fixed.
+    let (a, b) = (
+        Sha256::digest(secret.as_bytes()),
+        Sha256::digest(given.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 /// A client with a secret requires SECRET_HASH computed over one of `usernames`.
 pub(crate) fn check_secret_hash(
     client: &ClientRow,

@@ -26,6 +26,7 @@ pub mod hashing;
 pub mod keys;
 mod mail;
 pub mod mfa;
+pub mod oauth;
 pub mod password;
 mod pool_verifier;
 mod pools;
@@ -140,6 +141,10 @@ CREATE TABLE auth_sessions (
     Migration {
         name: "identity-0009",
         sql: mfa::MIGRATION_CODES,
+    },
+    Migration {
+        name: "identity-0010",
+        sql: oauth::MIGRATION,
     },
 ];
 
@@ -276,6 +281,13 @@ pub enum IdentityError {
     /// A Lambda trigger could not be run.
     #[error("{0}")]
     UnexpectedLambda(String),
+    /// An OAuth 2.0 endpoint's refusal (RFC 6749 §5.2, RFC 6750 §3.1): its error code
+    /// (`invalid_grant`, …) and a description.
+    #[error("{error}: {description}")]
+    OAuth {
+        error: &'static str,
+        description: String,
+    },
     #[error("identity backend failure: {0}")]
     Backend(String),
     /// The metadata engine failed (full, unavailable, …: see [`sluice_meta::MetaError`]).
@@ -374,6 +386,9 @@ pub(crate) struct ClientRow {
     pub(crate) prevent_user_existence_errors: bool,
     pub(crate) secret: Option<String>,
     pub(crate) settings: ClientSettings,
+    /// A sign-in through the hosted UI: it ends in a login session (carried in
+    /// `AuthTokens::refresh_token`, see `Issuance::SignIn`), not in tokens.
+    pub(crate) hosted: bool,
 }
 
 impl ClientRow {

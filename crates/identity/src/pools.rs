@@ -357,6 +357,34 @@ pub struct ClientSettings {
     pub read_attributes: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub write_attributes: Vec<String>,
+    /// The hosted UI and OAuth 2.0 endpoints' settings (see [`crate::oauth`]).
+    #[serde(flatten)]
+    pub oauth: OAuthSettings,
+}
+
+/// An app client's OAuth 2.0 settings, as Cognito names them. Invariant (checked by
+/// [`OAuthSettings::check`] on every write): every callback and logout URL is absolute,
+/// without a fragment, and `https` unless its host is the local machine;
+/// `default_redirect_uri` is one of `callback_urls`; `client_credentials` is never
+/// combined with `code` or `implicit` and needs a client secret; every scope is a standard
+/// one or `<resource server>/<scope>` of the pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct OAuthSettings {
+    #[serde(rename = "CallbackURLs", skip_serializing_if = "Vec::is_empty")]
+    pub callback_urls: Vec<String>,
+    #[serde(rename = "LogoutURLs", skip_serializing_if = "Vec::is_empty")]
+    pub logout_urls: Vec<String>,
+    #[serde(rename = "DefaultRedirectURI", skip_serializing_if = "Option::is_none")]
+    pub default_redirect_uri: Option<String>,
+    #[serde(rename = "AllowedOAuthFlows", skip_serializing_if = "Vec::is_empty")]
+    pub allowed_oauth_flows: Vec<String>,
+    #[serde(rename = "AllowedOAuthScopes", skip_serializing_if = "Vec::is_empty")]
+    pub allowed_oauth_scopes: Vec<String>,
+    #[serde(rename = "AllowedOAuthFlowsUserPoolClient")]
+    pub allowed_oauth_flows_user_pool_client: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub supported_identity_providers: Vec<String>,
 }
 
 impl Default for ClientSettings {
@@ -368,6 +396,7 @@ impl Default for ClientSettings {
             auth_session_validity: 3,
             read_attributes: Vec::new(),
             write_attributes: Vec::new(),
+            oauth: OAuthSettings::default(),
         }
     }
 }
@@ -424,6 +453,8 @@ pub struct ClientSpec {
     pub auth_session_validity: Option<i64>,
     pub read_attributes: Vec<String>,
     pub write_attributes: Vec<String>,
+    #[serde(flatten)]
+    pub oauth: OAuthSettings,
 }
 
 /// An app client as `DescribeUserPoolClient` shows it.
@@ -690,6 +721,7 @@ fn settings_of(spec: &ClientSpec) -> Result<(Lifetimes, ClientSettings, bool), I
         auth_session_validity: session,
         read_attributes: spec.read_attributes.clone(),
         write_attributes: spec.write_attributes.clone(),
+        oauth: spec.oauth.clone(),
     };
     Ok((lifetimes, settings, prevent))
 }
@@ -958,7 +990,7 @@ impl Identity {
                 if s.deletion_protection == "ACTIVE" {
                     return Err(invalid("The user pool cannot be deleted because deletion protection is activated. Deletion protection must be inactivated first.".into()));
                 }
-                for t in ["refresh_tokens", "auth_sessions", "codes", "outbox", "user_pool_group_members", "user_pool_groups", "user_mfa", "users", "clients"] {
+                for t in ["refresh_tokens", "auth_sessions", "codes", "outbox", "oauth_codes", "login_sessions", "resource_servers", "pool_domains", "user_pool_group_members", "user_pool_groups", "user_mfa", "users", "clients"] {
                     c.execute(&format!("DELETE FROM {t} WHERE pool_id = ?1"), params![&p])?;
                 }
                 c.execute("DELETE FROM pools WHERE id = ?1", params![&p])?;
@@ -985,9 +1017,11 @@ impl Identity {
         let id = random_lower_alnum(26);
         let json = serde_json::to_string(&settings)?;
         let (p, cid) = (pool_id.to_owned(), id.clone());
+        let has_secret = secret.is_some();
         self.db
             .write(move |c| {
                 pool_settings(c, &p)?;
+                crate::oauth::check_client(c, &p, &settings.oauth, has_secret)?;
                 let now = now_ms();
                 c.execute(
                     "INSERT INTO clients (id, pool_id, name, id_validity_secs, access_validity_secs,
@@ -1090,6 +1124,7 @@ impl Identity {
                 let existing = read_client(c, &cid)?
                     .filter(|cl| cl.pool_id == p)
                     .ok_or_else(|| client_not_found(&cid))?;
+                crate::oauth::check_client(c, &p, &settings.oauth, existing.secret.is_some())?;
                 c.execute(
                     "UPDATE clients SET name = ?2, id_validity_secs = ?3, access_validity_secs = ?4,
                          refresh_validity_secs = ?5, prevent_user_existence_errors = ?6,
@@ -1128,6 +1163,10 @@ impl Identity {
                     "DELETE FROM auth_sessions WHERE client_id = ?1",
                     params![&cid],
                 )?;
+                c.execute(
+                    "DELETE FROM oauth_codes WHERE client_id = ?1",
+                    params![&cid],
+                )?;
                 c.execute("DELETE FROM clients WHERE id = ?1", params![&cid])?;
                 Ok(())
             })
@@ -1146,6 +1185,7 @@ impl Identity {
             prevent_user_existence_errors: cl.prevent_user_existence_errors == "ENABLED",
             secret: cl.secret,
             settings: cl.settings,
+            hosted: false,
         })
     }
 }

@@ -96,6 +96,24 @@ pub struct Subject<'a> {
     /// Claims and scopes a PreTokenGeneration trigger added or suppressed (its group
     /// overrides are in `groups` already).
     pub overrides: Option<&'a crate::triggers::TokenOverrides>,
+    /// For tokens of the OAuth 2.0 endpoints: the granted scopes (the access token's
+    /// `scope`, in place of `aws.cognito.signin.user.admin`), the authorization's `nonce`
+    /// (in the ID token), and an `at_hash` in the ID token.
+    pub oauth: Option<OAuthClaims<'a>>,
+}
+
+/// What an OAuth 2.0 grant puts in tokens (see [`Subject::oauth`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OAuthClaims<'a> {
+    pub scopes: &'a [String],
+    pub nonce: Option<&'a str>,
+}
+
+/// OpenID Connect's `at_hash`: the left half of the access token's SHA-256, base64url.
+pub fn at_hash(access_token: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(access_token.as_bytes());
+    URL_SAFE_NO_PAD.encode(&digest[..16])
 }
 
 fn json_error(e: serde_json::Error) -> jsonwebtoken::errors::Error {
@@ -177,28 +195,66 @@ pub fn issue_pair(
         username: s.username.into(),
         groups: s.groups.groups.clone(),
     };
-    let Some(o) = s.overrides else {
+    let mut access = access;
+    if let Some(g) = &s.oauth {
+        access.scope = g.scopes.join(" ");
+    }
+    if s.overrides.is_none() && s.oauth.is_none() {
         return Ok((
             jsonwebtoken::encode(&header, &id, &key.encoding)?,
             jsonwebtoken::encode(&header, &access, &key.encoding)?,
         ));
-    };
+    }
     let mut id = serde_json::to_value(&id).map_err(json_error)?;
-    apply(&mut id, &o.id_add, &o.id_suppress);
     let mut scopes: Vec<String> = access.scope.split(' ').map(str::to_owned).collect();
-    scopes.retain(|s| !o.scopes_suppress.contains(s));
-    for s in &o.scopes_add {
-        if !scopes.contains(s) {
-            scopes.push(s.clone());
+    let mut access = serde_json::to_value(&access).map_err(json_error)?;
+    if let Some(o) = s.overrides {
+        apply(&mut id, &o.id_add, &o.id_suppress);
+        scopes.retain(|s| !o.scopes_suppress.contains(s));
+        for s in &o.scopes_add {
+            if !scopes.contains(s) {
+                scopes.push(s.clone());
+            }
+        }
+        apply(&mut access, &o.access_add, &o.access_suppress);
+    }
+    scopes.retain(|s| !s.is_empty());
+    access["scope"] = serde_json::Value::String(scopes.join(" "));
+    let access = jsonwebtoken::encode(&header, &access, &key.encoding)?;
+    if let Some(g) = &s.oauth {
+        id["at_hash"] = serde_json::Value::String(at_hash(&access));
+        if let Some(n) = g.nonce {
+            id["nonce"] = serde_json::Value::String(n.to_owned());
         }
     }
-    let mut access = serde_json::to_value(&access).map_err(json_error)?;
-    apply(&mut access, &o.access_add, &o.access_suppress);
-    access["scope"] = serde_json::Value::String(scopes.join(" "));
-    Ok((
-        jsonwebtoken::encode(&header, &id, &key.encoding)?,
-        jsonwebtoken::encode(&header, &access, &key.encoding)?,
-    ))
+    Ok((jsonwebtoken::encode(&header, &id, &key.encoding)?, access))
+}
+
+/// The access token of a `client_credentials` grant: the client speaks for itself (`sub`
+/// and `client_id` are the client's id), with the granted resource-server scopes.
+pub fn issue_client_access(
+    key: &SigningKey,
+    issuer: &str,
+    client_id: &str,
+    scopes: &[String],
+    now: i64,
+    access_secs: i64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(key.kid.clone());
+    let claims = serde_json::json!({
+        "sub": client_id,
+        "token_use": "access",
+        "scope": scopes.join(" "),
+        "auth_time": now,
+        "iss": issuer,
+        "exp": now + access_secs,
+        "iat": now,
+        "version": 2,
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "client_id": client_id,
+    });
+    jsonwebtoken::encode(&header, &claims, &key.encoding)
 }
 
 /// The claims of a token's payload, read without any verification: only for tokens that
@@ -477,6 +533,7 @@ mod tests {
             origin_jti: "o",
             groups: NO_GROUPS.get_or_init(Default::default),
             overrides: None,
+            oauth: None,
         }
     }
 

@@ -518,7 +518,8 @@ impl Identity {
         sub: &str,
         attributes: &BTreeMap<String, String>,
         groups: &crate::groups::GroupClaims,
-        refresh: bool,
+        source: &'static str,
+        scopes: &[String],
     ) -> Result<TokenOverrides, IdentityError> {
         let Some((arn, version)) = self
             .trigger_of(pool_id, |l| {
@@ -538,7 +539,7 @@ impl Identity {
             "clientMetadata": {},
         });
         if version == "2" {
-            request["scopes"] = json!([crate::tokens::ADMIN_SCOPE]);
+            request["scopes"] = json!(scopes);
         }
         let response = if version == "1" {
             json!({"claimsOverrideDetails": null})
@@ -550,11 +551,7 @@ impl Identity {
                 &arn,
                 Call {
                     trigger: "PreTokenGeneration",
-                    source: if refresh {
-                        "TokenGeneration_RefreshTokens"
-                    } else {
-                        "TokenGeneration_Authentication"
-                    },
+                    source,
                     version,
                     pool_id,
                     client_id,

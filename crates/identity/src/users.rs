@@ -577,6 +577,13 @@ pub(crate) fn sign_out_everywhere(c: &Tx<'_>, pool: &str, sub: &str) -> Result<(
         "UPDATE refresh_tokens SET revoked = 1 WHERE pool_id = ?1 AND sub = ?2",
         params![pool, sub],
     )?;
+    // And the hosted UI's sign-ins, with the codes not yet redeemed.
+    for t in ["login_sessions", "oauth_codes"] {
+        c.execute(
+            &format!("DELETE FROM {t} WHERE pool_id = ?1 AND sub = ?2"),
+            params![pool, sub],
+        )?;
+    }
     Ok(())
 }
 
@@ -1106,7 +1113,14 @@ impl Identity {
         self.db
             .write(move |c| {
                 let (_, u) = read_user(c, &p, &n)?;
-                for t in ["refresh_tokens", "auth_sessions", "codes", "user_mfa"] {
+                for t in [
+                    "refresh_tokens",
+                    "auth_sessions",
+                    "codes",
+                    "user_mfa",
+                    "login_sessions",
+                    "oauth_codes",
+                ] {
                     c.execute(
                         &format!("DELETE FROM {t} WHERE pool_id = ?1 AND sub = ?2"),
                         params![p, u.sub],

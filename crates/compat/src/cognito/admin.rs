@@ -72,8 +72,12 @@ fn client_json(c: &Client) -> serde_json::Value {
         "PreventUserExistenceErrors": c.prevent_user_existence_errors,
         "EnableTokenRevocation": c.settings.enable_token_revocation,
         "AuthSessionValidity": c.settings.auth_session_validity,
-        "AllowedOAuthFlowsUserPoolClient": false,
     });
+    if let (Some(o), Ok(serde_json::Value::Object(fields))) =
+        (v.as_object_mut(), serde_json::to_value(&c.settings.oauth))
+    {
+        o.extend(fields);
+    }
     if let Some(s) = &c.secret {
         v["ClientSecret"] = json!(s);
     }
@@ -142,7 +146,11 @@ pub(super) async fn describe_user_pool(
     let pool = identity
         .describe_pool(required(&req.user_pool_id, "userPoolId")?)
         .await?;
-    Ok(json!({"UserPool": pool_json(&pool, account_id)}))
+    let mut v = pool_json(&pool, account_id);
+    if let Some(d) = identity.pool_domain(&pool.id).await? {
+        v["Domain"] = json!(d);
+    }
+    Ok(json!({"UserPool": v}))
 }
 
 /// The pools of the request's region (all of them for an unsigned caller, which has

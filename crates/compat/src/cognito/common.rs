@@ -95,6 +95,8 @@ pub(super) fn cognito_error(e: IdentityError) -> CognitoError {
                 message: "internal error".into(),
             };
         }
+        // Only the OAuth endpoints make these; a JSON operation never does.
+        IdentityError::OAuth { .. } => "InvalidParameterException",
         IdentityError::Backend(detail) => {
             tracing::error!(error = %detail, "cognito request failed");
             return CognitoError {

@@ -17,6 +17,7 @@ use crate::json11::{json_error, json_ok};
 mod admin;
 mod auth;
 mod common;
+mod domains;
 
 pub use common::{CognitoError, error_response};
 
@@ -73,6 +74,15 @@ const SIGNED_ONLY: &[&str] = &[
     "TagResource",
     "UntagResource",
     "ListTagsForResource",
+    "CreateUserPoolDomain",
+    "DescribeUserPoolDomain",
+    "UpdateUserPoolDomain",
+    "DeleteUserPoolDomain",
+    "CreateResourceServer",
+    "DescribeResourceServer",
+    "ListResourceServers",
+    "UpdateResourceServer",
+    "DeleteResourceServer",
 ];
 
 /// Whether AWS authorizes `op` with IAM (and so sluice with the signing key's policy).
@@ -174,6 +184,17 @@ pub async fn handle(
         "TagResource" => admin::tag_resource(identity, body).await,
         "UntagResource" => admin::untag_resource(identity, body).await,
         "ListTagsForResource" => admin::list_tags_for_resource(identity, body).await,
+        "CreateUserPoolDomain" => domains::create_user_pool_domain(identity, body).await,
+        "DescribeUserPoolDomain" => {
+            domains::describe_user_pool_domain(identity, body, account_id).await
+        }
+        "UpdateUserPoolDomain" => domains::update_user_pool_domain(identity, body).await,
+        "DeleteUserPoolDomain" => domains::delete_user_pool_domain(identity, body).await,
+        "CreateResourceServer" => domains::create_resource_server(identity, body).await,
+        "DescribeResourceServer" => domains::describe_resource_server(identity, body).await,
+        "ListResourceServers" => domains::list_resource_servers(identity, body).await,
+        "UpdateResourceServer" => domains::update_resource_server(identity, body).await,
+        "DeleteResourceServer" => domains::delete_resource_server(identity, body).await,
         _ => {
             return json_error(
                 StatusCode::BAD_REQUEST,

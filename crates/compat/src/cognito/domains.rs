@@ -1,0 +1,195 @@
+//! User pool domains and resource servers: what the hosted UI and the OAuth 2.0 endpoints
+//! (`crate::hosted`) serve under, and the custom scopes they grant.
+
+use serde::Deserialize;
+use serde_json::json;
+use sluice_identity::Identity;
+use sluice_identity::oauth::{ResourceScope, ResourceServer};
+
+use super::common::{OpResult, invalid, parse, required};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DomainRequest {
+    domain: Option<String>,
+    user_pool_id: Option<String>,
+    custom_domain_config: Option<serde_json::Value>,
+    managed_login_version: Option<i64>,
+}
+
+/// The hosted UI is served by the edge itself (`<edge>/<pool id>/…`), not by a
+/// CloudFront distribution: the "CloudFront domain" Cognito answers is the edge's host.
+fn served_at(identity: &Identity, pool_id: &str) -> String {
+    let issuer = identity.issuer(pool_id);
+    let host = issuer
+        .split_once("://")
+        .map_or(issuer.as_str(), |(_, rest)| rest);
+    host.split('/').next().unwrap_or(host).to_owned()
+}
+
+fn check_version(v: Option<i64>) -> Result<i64, super::CognitoError> {
+    match v.unwrap_or(1) {
+        v @ (1 | 2) => Ok(v),
+        v => Err(invalid(&format!(
+            "1 validation error detected: Value '{v}' at 'managedLoginVersion' failed to satisfy constraint: Member must have value between 1 and 2"
+        ))),
+    }
+}
+
+pub(super) async fn create_user_pool_domain(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: DomainRequest = parse(body)?;
+    let domain = required(&req.domain, "domain")?;
+    let pool = required(&req.user_pool_id, "userPoolId")?;
+    if req.custom_domain_config.is_some() {
+        return Err(invalid(
+            "Custom domains are not supported by sluice: use a prefix domain; the hosted UI is served at the edge's address under the pool's path",
+        ));
+    }
+    let version = check_version(req.managed_login_version)?;
+    identity.create_domain(pool, domain).await?;
+    Ok(json!({
+        "CloudFrontDomain": served_at(identity, pool),
+        "ManagedLoginVersion": version,
+    }))
+}
+
+pub(super) async fn describe_user_pool_domain(
+    identity: &Identity,
+    body: &[u8],
+    account_id: &str,
+) -> OpResult {
+    let req: DomainRequest = parse(body)?;
+    let domain = required(&req.domain, "domain")?;
+    // Cognito answers an empty description for a domain nobody has.
+    let Some(d) = identity.describe_domain(domain).await? else {
+        return Ok(json!({"DomainDescription": {}}));
+    };
+    Ok(json!({"DomainDescription": {
+        "UserPoolId": d.pool_id,
+        "AWSAccountId": account_id,
+        "Domain": d.domain,
+        "CloudFrontDistribution": served_at(identity, &d.pool_id),
+        "Version": d.created_ms.to_string(),
+        "Status": "ACTIVE",
+        "ManagedLoginVersion": 1,
+    }}))
+}
+
+pub(super) async fn update_user_pool_domain(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: DomainRequest = parse(body)?;
+    let domain = required(&req.domain, "domain")?;
+    let pool = required(&req.user_pool_id, "userPoolId")?;
+    if req.custom_domain_config.is_some() {
+        return Err(invalid(
+            "Custom domains are not supported by sluice: use a prefix domain",
+        ));
+    }
+    let version = check_version(req.managed_login_version)?;
+    match identity.describe_domain(domain).await? {
+        Some(d) if d.pool_id == pool => {}
+        _ => return Err(invalid("No such domain or user pool exists.")),
+    }
+    Ok(json!({
+        "CloudFrontDomain": served_at(identity, pool),
+        "ManagedLoginVersion": version,
+    }))
+}
+
+pub(super) async fn delete_user_pool_domain(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: DomainRequest = parse(body)?;
+    identity
+        .delete_domain(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.domain, "domain")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ResourceServerRequest {
+    user_pool_id: Option<String>,
+    identifier: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    scopes: Vec<ResourceScope>,
+    max_results: Option<i64>,
+    next_token: Option<String>,
+}
+
+fn server_json(r: &ResourceServer) -> serde_json::Value {
+    json!({
+        "UserPoolId": r.pool_id,
+        "Identifier": r.identifier,
+        "Name": r.name,
+        "Scopes": r.scopes,
+    })
+}
+
+pub(super) async fn create_resource_server(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ResourceServerRequest = parse(body)?;
+    let r = identity
+        .create_resource_server(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.identifier, "identifier")?,
+            required(&req.name, "name")?,
+            req.scopes,
+        )
+        .await?;
+    Ok(json!({"ResourceServer": server_json(&r)}))
+}
+
+pub(super) async fn describe_resource_server(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ResourceServerRequest = parse(body)?;
+    let r = identity
+        .describe_resource_server(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.identifier, "identifier")?,
+        )
+        .await?;
+    Ok(json!({"ResourceServer": server_json(&r)}))
+}
+
+pub(super) async fn list_resource_servers(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ResourceServerRequest = parse(body)?;
+    let max = req.max_results.ok_or_else(|| {
+        invalid("1 validation error detected: Value null at 'maxResults' failed to satisfy constraint: Member must not be null")
+    })?;
+    let (servers, next) = identity
+        .list_resource_servers(
+            required(&req.user_pool_id, "userPoolId")?,
+            max,
+            req.next_token.as_deref(),
+        )
+        .await?;
+    let mut out = json!({"ResourceServers": servers.iter().map(server_json).collect::<Vec<_>>()});
+    if let Some(n) = next {
+        out["NextToken"] = json!(n);
+    }
+    Ok(out)
+}
+
+pub(super) async fn update_resource_server(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ResourceServerRequest = parse(body)?;
+    let r = identity
+        .update_resource_server(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.identifier, "identifier")?,
+            required(&req.name, "name")?,
+            req.scopes,
+        )
+        .await?;
+    Ok(json!({"ResourceServer": server_json(&r)}))
+}
+
+pub(super) async fn delete_resource_server(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ResourceServerRequest = parse(body)?;
+    identity
+        .delete_resource_server(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.identifier, "identifier")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
