@@ -84,6 +84,7 @@ fn node() -> PathBuf {
         "@aws-sdk/client-kinesis",
         "@aws-sdk/client-s3",
         "@aws-sdk/client-cognito-identity-provider",
+        "openid-client",
     ] {
         assert!(
             modules.join(pkg).join("package.json").is_file(),
@@ -238,6 +239,10 @@ fn aws_sdk_js_v3_suite() {
     let mut cmd = Command::new(node);
     cmd.args(["--test", "--test-reporter=spec"])
         .current_dir(repo_root().join("tests/clients/js"));
+    // While working on one file: `SLUICE_TEST_JS_FILE=cognito-oauth.test.mjs cargo test …`.
+    if let Ok(f) = std::env::var("SLUICE_TEST_JS_FILE") {
+        cmd.arg(f);
+    }
     let (ok, output) = run_suite(cmd, &target, &dir, "node");
     assert!(
         ok,
