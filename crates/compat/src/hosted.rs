@@ -237,12 +237,16 @@ button{{margin-top:1rem;padding:.5rem 1rem}}.error{{color:#a00}}.note{{color:#55
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    // Nothing on these pages may be framed (click-jacking) or load anything else.
+    // Nothing on these pages may be framed (click-jacking) or load anything else. No
+    // `form-action`: a sign-in's post redirects to the app's callback, whose scheme may be
+    // an app's own (`myapp://`), which no source list can name.
     r.headers_mut()
         .insert("x-frame-options", HeaderValue::from_static("DENY"));
     r.headers_mut().insert(
         "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https: http:; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
     );
     r
 }

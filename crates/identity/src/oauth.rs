@@ -1875,6 +1875,59 @@ mod tests {
         ));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_hourly_sweep_forgets_expired_sign_ins() {
+        let (id, info, _engines) = crate::test_support::identity();
+        let pool = info.pool_id.clone();
+        let live = id.start_login_session(&pool, "sub-1").await.expect("live");
+        let p = pool.clone();
+        id.db
+            .write(move |c| {
+                c.execute(
+                    "INSERT INTO login_sessions (hash, pool_id, sub, auth_time, expires_ms)
+                     VALUES ('old', ?1, 'sub-2', 0, 1)",
+                    params![p],
+                )?;
+                c.execute(
+                    "INSERT INTO oauth_codes (hash, pool_id, client_id, sub, redirect_uri, scopes,
+                         auth_time, expires_ms) VALUES ('old', ?1, 'c', 's', 'r', '', 0, 1)",
+                    params![p],
+                )?;
+                Ok::<_, IdentityError>(())
+            })
+            .await
+            .expect("old rows");
+        crate::revocations::Revocations::new(id.db.clone())
+            .sweep()
+            .await
+            .expect("sweep");
+        let left: (i64, i64) = id
+            .db
+            .read(|c| {
+                Ok::<_, IdentityError>((
+                    c.query_row("SELECT COUNT(*) FROM login_sessions", params![], |r| {
+                        r.get(0)
+                    })?,
+                    c.query_row("SELECT COUNT(*) FROM oauth_codes", params![], |r| r.get(0))?,
+                ))
+            })
+            .await
+            .expect("count");
+        assert_eq!(left, (1, 0));
+        let (h, p) = (token_hash(&live), pool);
+        let kept = id
+            .db
+            .read(move |c| {
+                Ok::<_, IdentityError>(c.exists(
+                    "SELECT 1 FROM login_sessions WHERE hash = ?1 AND pool_id = ?2",
+                    params![h, p],
+                )?)
+            })
+            .await
+            .expect("kept");
+        assert!(kept, "a live session stays");
+    }
+
     #[test]
     fn at_hash_is_half_a_sha256() {
         // OpenID Connect Core 3.1.3.6: base64url of the left-most 128 bits.

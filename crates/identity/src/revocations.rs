@@ -143,12 +143,21 @@ impl Revocations {
         Ok(())
     }
 
-    /// Deletes rows older than [`KEEP_MS`].
+    /// Deletes rows older than [`KEEP_MS`], and the expired rows of sign-ins in progress
+    /// (challenge sessions, authorization codes, hosted-UI login sessions), which nothing
+    /// else would delete when their users never come back.
     pub async fn sweep(&self) -> Result<(), IdentityError> {
-        let before = now_ms() - KEEP_MS;
+        let now = now_ms();
+        let before = now - KEEP_MS;
         self.db
             .write(move |c| {
                 c.execute("DELETE FROM revocations WHERE at_ms < ?1", params![before])?;
+                for t in ["auth_sessions", "oauth_codes", "login_sessions"] {
+                    c.execute(
+                        &format!("DELETE FROM {t} WHERE expires_ms < ?1"),
+                        params![now],
+                    )?;
+                }
                 Ok::<_, IdentityError>(())
             })
             .await

@@ -452,3 +452,81 @@ fn the_console_works_in_a_real_browser() {
     assert_eq!(page["uploads"].as_array().map(Vec::len), Some(2), "{page}");
     server.stop();
 }
+
+/// A pool's hosted sign-in page in a real browser: the authorization request shows it, a
+/// wrong password is refused on it, the right one goes back to the app with a code (which
+/// the app redeems with its PKCE verifier), the browser's sign-in cookie answers the next
+/// authorization at once, and logout ends it — with no script or Content-Security-Policy
+/// error. Screenshots under `$CARGO_TARGET_TMPDIR/hosted-<pid>/`.
+#[test]
+fn the_hosted_ui_works_in_a_real_browser() {
+    let suite = console_suite();
+    assert!(
+        suite.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run scripts/test (it runs `npm ci --prefix tests/console`)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: run scripts/test (it installs Debian's chromium)"
+    );
+    let dir = DataDir::new("hosted");
+    let server = Server::start(&dir.0);
+    let pool = server.info()["poolId"].as_str().expect("pool").to_owned();
+    let (code, v) = signed(
+        &server,
+        "CreateUserPoolDomain",
+        json!({"UserPoolId": pool, "Domain": format!("browser-{}", std::process::id())}),
+    );
+    assert_eq!(code, 200, "{v}");
+    // The app's pages: served by the browser script on a free port of this machine.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let callback = format!("http://127.0.0.1:{port}/app/callback");
+    let logout = format!("http://127.0.0.1:{port}/app/signed-out");
+    let (code, v) = signed(
+        &server,
+        "CreateUserPoolClient",
+        json!({"UserPoolId": pool, "ClientName": "spa",
+               "AllowedOAuthFlowsUserPoolClient": true, "AllowedOAuthFlows": ["code"],
+               "AllowedOAuthScopes": ["openid", "email"],
+               "CallbackURLs": [callback], "LogoutURLs": [logout]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let client = v["UserPoolClient"]["ClientId"]
+        .as_str()
+        .expect("client")
+        .to_owned();
+    let email = "hosted@example.com";
+    server.create_user(email);
+    let out =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("hosted-{}", std::process::id()));
+    let run = Command::new("node")
+        .arg(suite.join("hosted.mjs"))
+        .env("SLUICE_ISSUER", format!("{}/{pool}", server.edge))
+        .env("SLUICE_CLIENT_ID", &client)
+        .env("SLUICE_CALLBACK", &callback)
+        .env("SLUICE_LOGOUT", &logout)
+        .env("SLUICE_EMAIL", email)
+        .env("SLUICE_PASSWORD", common::PASSWORD)
+        .env("SLUICE_OUT", &out)
+        .env("CHROMIUM", &chromium)
+        .current_dir(&suite)
+        .output()
+        .expect("run node");
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        run.status.success(),
+        "the hosted UI test failed (screenshots in {}):\n{report}",
+        out.display()
+    );
+    let meta = std::fs::metadata(out.join("hosted-01-sign-in.png")).expect("screenshot");
+    assert!(meta.len() > 1000, "the screenshot is empty");
+    server.stop();
+}
