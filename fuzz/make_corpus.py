@@ -446,9 +446,57 @@ def uploads():
         write(t, name, value)
 
 
+# --- hosted_request ---------------------------------------------------------------------
+
+def hosted():
+    t = "hosted_request"
+    p = "/@pool@"
+    form = "Content-Type: application/x-www-form-urlencoded\n"
+    authorize = ("response_type=code&client_id=@client@&redirect_uri=https%3A%2F%2Fapp.example%2Fcb"
+                 "&scope=openid+email&state=xyz&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+                 "&code_challenge_method=S256&nonce=n1")
+    reqs = [
+        ("authorize", f"GET {p}/oauth2/authorize?{authorize}\n\n"),
+        ("authorize-signed-in", f"GET {p}/oauth2/authorize?{authorize}\nCookie: sluice-login=@login@\n\n"),
+        ("authorize-implicit", f"GET {p}/oauth2/authorize?response_type=token&client_id=@client@"
+                               "&redirect_uri=https%3A%2F%2Fapp.example%2Fcb&state=s\nCookie: sluice-login=@login@\n\n"),
+        ("authorize-bad-redirect", f"GET {p}/oauth2/authorize?response_type=code&client_id=@client@"
+                                   "&redirect_uri=https%3A%2F%2Fevil.example%2F\n\n"),
+        ("login-page", f"GET {p}/login?{authorize}\n\n"),
+        ("login-post", f"POST {p}/login\n{form}Cookie: XSRF-TOKEN=0123456789abcdef0123456789abcdef\n\n"
+                       f"_csrf=0123456789abcdef0123456789abcdef&{authorize}&username=@user@&password=Passw0rd%21"),
+        ("login-wrong", f"POST {p}/login\n{form}Cookie: XSRF-TOKEN=0123456789abcdef0123456789abcdef\n\n"
+                        f"_csrf=0123456789abcdef0123456789abcdef&{authorize}&username=@user@&password=nope"),
+        ("challenge", f"POST {p}/login/challenge\n{form}Cookie: XSRF-TOKEN=0123456789abcdef0123456789abcdef\n\n"
+                      f"_csrf=0123456789abcdef0123456789abcdef&{authorize}&session=AYAB&username=@user@"
+                      "&challenge=NEW_PASSWORD_REQUIRED&new_password=N3w-Passw0rd&confirm_password=N3w-Passw0rd"),
+        ("signup", f"POST {p}/signup\n{form}Cookie: XSRF-TOKEN=0123456789abcdef0123456789abcdef\n\n"
+                   f"_csrf=0123456789abcdef0123456789abcdef&{authorize}&username=new&email=new%40example.com&password=Passw0rd%21"),
+        ("forgot", f"POST {p}/forgotPassword\n{form}Cookie: XSRF-TOKEN=0123456789abcdef0123456789abcdef\n\n"
+                   f"_csrf=0123456789abcdef0123456789abcdef&{authorize}&username=@user@"),
+        ("token-code", f"POST {p}/oauth2/token\n{form}Authorization: Basic @basic@\n\n"
+                       "grant_type=authorization_code&code=@code@&redirect_uri=https%3A%2F%2Fapp.example%2Fcb"
+                       "&code_verifier=@verifier@"),
+        ("token-code-post", f"POST {p}/oauth2/token\n{form}\n"
+                            "grant_type=authorization_code&code=@code@&redirect_uri=https%3A%2F%2Fapp.example%2Fcb"
+                            "&code_verifier=@verifier@&client_id=@client@&client_secret=@secret@"),
+        ("token-machine", f"POST {p}/oauth2/token\n{form}\n"
+                          "grant_type=client_credentials&scope=api%2Fread&client_id=@machine@&client_secret=@machine_secret@"),
+        ("token-refresh", f"POST {p}/oauth2/token\n{form}Authorization: Basic @basic@\n\n"
+                          "grant_type=refresh_token&refresh_token=abc"),
+        ("userinfo", f"GET {p}/oauth2/userInfo\nAuthorization: Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln\n\n"),
+        ("revoke", f"POST {p}/oauth2/revoke\n{form}Authorization: Basic @basic@\n\ntoken=abc"),
+        ("logout", f"GET {p}/logout?client_id=@client@&logout_uri=https%3A%2F%2Fapp.example%2Fbye\n"
+                   "Cookie: sluice-login=@login@\n\n"),
+        ("preflight", f"OPTIONS {p}/oauth2/token\nOrigin: https://app.example\n\n"),
+    ]
+    for name, req in reqs:
+        write(t, name, req)
+
+
 def main():
     for target in ["sigv4_authorization", "kinesis_json", "kinesis_cbor", "cognito_body", "jwt",
-                   "s3_request", "s3_values", "upload_body", "upload_filename"]:
+                   "s3_request", "s3_values", "upload_body", "upload_filename", "hosted_request"]:
         shutil.rmtree(os.path.join(ROOT, target), ignore_errors=True)
     sigv4()
     kinesis()
@@ -457,6 +505,7 @@ def main():
     s3_request()
     s3_values()
     uploads()
+    hosted()
 
 
 if __name__ == "__main__":

@@ -47,9 +47,9 @@ pub use mail::SmtpSettings;
 pub use password::PasswordPolicy;
 pub use pool_verifier::PoolVerifier;
 pub use pools::{
-    AccountRecoverySetting, AdminCreateUserConfig, Client, ClientSettings, ClientSpec, Policies,
-    Pool, PoolSettings, PoolUpdate, RecoveryOption, SoftwareTokenMfaConfiguration,
-    TokenValidityUnits, UsernameConfiguration,
+    AccountRecoverySetting, AdminCreateUserConfig, Client, ClientSettings, ClientSpec,
+    OAuthSettings, Policies, Pool, PoolSettings, PoolUpdate, RecoveryOption,
+    SoftwareTokenMfaConfiguration, TokenValidityUnits, UsernameConfiguration,
 };
 pub use tokens::{TokenError, VerifiedClaims, Verifier};
 pub use triggers::TriggerData;
