@@ -12,6 +12,7 @@
 //! | `GET/POST oauth2/userInfo` | the attributes an access token's scopes show |
 //! | `POST oauth2/revoke` | revokes a refresh token |
 //! | `GET logout` | ends the browser's sign-in, then to a registered logout URL or the sign-in page |
+//! | `GET oauth2/idpresponse` | an external OIDC provider's answer (`Identity::federation_finish`) |
 //!
 //! A pool id (`<region>_<id>`) is never a valid bucket name, so these paths never shadow an
 //! S3 object: this layer passes every other request on.
@@ -50,6 +51,7 @@ const PATHS: &[&str] = &[
     "oauth2/token",
     "oauth2/userInfo",
     "oauth2/revoke",
+    "oauth2/idpresponse",
     "login",
     "login/challenge",
     "signup",
@@ -162,6 +164,7 @@ pub async fn layer(
         (Method::POST, "forgotPassword") => h.forgot(&form, &headers).await,
         (Method::POST, "confirmForgotPassword") => h.confirm_forgot(&form, &headers).await,
         (Method::GET, "logout") => h.logout(&query, &headers).await,
+        (Method::GET, "oauth2/idpresponse") => h.idp_response(&query).await,
         (Method::POST, "oauth2/token") => cors(h.token(&form, &headers).await),
         (Method::GET | Method::POST, "oauth2/userInfo") => cors(h.user_info(&headers).await),
         (Method::POST, "oauth2/revoke") => cors(h.revoke(&form, &headers).await),
@@ -501,6 +504,9 @@ impl Hosted {
                 Err(r) => return r,
             }
         }
+        if a.provider.is_some() {
+            return self.to_provider(&a, query).await;
+        }
         if a.no_prompt {
             return refused(AuthorizeRefusal::Redirect {
                 redirect_uri: a.redirect_uri.clone(),
@@ -511,6 +517,72 @@ impl Hosted {
             });
         }
         redirect(&self.link("login", &carried(query)))
+    }
+
+    /// Where this pool's providers send their answers.
+    fn idp_callback(&self) -> String {
+        format!(
+            "{}/oauth2/idpresponse",
+            self.edge.identity.issuer(&self.pool)
+        )
+    }
+
+    /// On to the external provider the authorization names.
+    async fn to_provider(&self, a: &Authorized, from: &HashMap<String, String>) -> Response {
+        let request: BTreeMap<String, String> = carried(from)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let provider = a.provider.as_deref().unwrap_or_default();
+        match self
+            .edge
+            .identity
+            .federation_start(&self.pool, provider, &request, &self.idp_callback())
+            .await
+        {
+            Ok(start) => redirect(&start.url),
+            Err(IdentityError::OAuth { error, description }) => {
+                refused(AuthorizeRefusal::Redirect {
+                    redirect_uri: a.redirect_uri.clone(),
+                    fragment: a.response_type == "token",
+                    error,
+                    description,
+                    state: a.state.clone(),
+                })
+            }
+            Err(e) => failure(e, false),
+        }
+    }
+
+    /// GET /oauth2/idpresponse: a provider's answer; then the authorization it started
+    /// is answered as after a sign-in on the page.
+    async fn idp_response(&self, query: &HashMap<String, String>) -> Response {
+        let state = query.get("state").map(String::as_str).unwrap_or("");
+        if let Some(error) = query.get("error") {
+            // The provider refused (the user cancelled, …): the state names the app to tell.
+            let description = query
+                .get("error_description")
+                .cloned()
+                .unwrap_or_else(|| format!("the identity provider answered {error}"));
+            return bad_page(&description);
+        }
+        let code = query.get("code").map(String::as_str).unwrap_or("");
+        if state.is_empty() || code.is_empty() {
+            return bad_page("The identity provider's answer lacks its code or state.");
+        }
+        match self
+            .edge
+            .identity
+            .federation_finish(&self.pool, state, code, &self.idp_callback())
+            .await
+        {
+            Ok(done) => {
+                let request: HashMap<String, String> = done.request.into_iter().collect();
+                self.signed_in(done.login, &request).await
+            }
+            Err(IdentityError::OAuth { description, .. }) => bad_page(&description),
+            Err(e) => failure(e, false),
+        }
     }
 
     /// The redirect that answers a signed-in authorization: a code, or implicit tokens.
@@ -587,9 +659,35 @@ impl Hosted {
         let signup = self.link("signup", &carried);
         let forgot = self.link("forgotPassword", &carried);
         let fields = hidden(&carried);
+        let (own, providers) = match query.get("client_id") {
+            Some(c) => self
+                .edge
+                .identity
+                .sign_in_options(&self.pool, c)
+                .await
+                .unwrap_or((true, Vec::new())),
+            None => (true, Vec::new()),
+        };
+        let buttons: String = providers
+            .iter()
+            .map(|p| {
+                let mut params = carried.clone();
+                params.push(("identity_provider", p.clone()));
+                format!(
+                    "<p><a class=\"provider\" href=\"{}\">Sign in with {}</a></p>",
+                    esc(&self.link("oauth2/authorize", &params)),
+                    esc(p)
+                )
+            })
+            .collect();
+        if !own {
+            return self.form_page(headers, status, "Sign in", |_| {
+                format!("{error_html}{buttons}")
+            });
+        }
         self.form_page(headers, status, "Sign in", |csrf| {
             format!(
-                "{error_html}<form method=\"post\" action=\"/{pool}/login\">{csrf}{fields}\
+                "{error_html}{buttons}<form method=\"post\" action=\"/{pool}/login\">{csrf}{fields}\
 <label for=\"username\">Username</label><input type=\"text\" id=\"username\" name=\"username\" value=\"{u}\" autocomplete=\"username\" required autofocus>\
 <label for=\"password\">Password</label><input type=\"password\" id=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
 <button type=\"submit\" name=\"signin\">Sign in</button></form>\

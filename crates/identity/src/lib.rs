@@ -21,6 +21,7 @@ pub mod access_keys;
 mod auth;
 mod client_secret;
 pub mod custom_auth;
+pub mod federation;
 pub mod groups;
 pub mod hashing;
 pub mod keys;
@@ -146,6 +147,10 @@ CREATE TABLE auth_sessions (
         name: "identity-0010",
         sql: oauth::MIGRATION,
     },
+    Migration {
+        name: "identity-0011",
+        sql: federation::MIGRATION,
+    },
 ];
 
 /// Outbox messages know their user (`sub`), and may carry the subject and body a
@@ -240,6 +245,9 @@ pub enum IdentityError {
     UsernameExists(String),
     #[error("{0}")]
     GroupExists(String),
+    /// An identity provider (or one of its identifiers) of that name exists already.
+    #[error("{0}")]
+    DuplicateProvider(String),
     #[error("{0}")]
     InvalidPassword(String),
     #[error("{0}")]
@@ -443,6 +451,8 @@ pub struct Identity {
     mail_wake: Option<Arc<tokio::sync::Notify>>,
     /// Runs the pools' Lambda triggers (`None` until the binary gives one).
     triggers: Arc<RwLock<Option<Arc<dyn triggers::TriggerRunner>>>>,
+    /// The HTTP client of federation (`federation`), given by the binary.
+    federation: Arc<RwLock<Option<Arc<dyn federation::FederationHttp>>>>,
 }
 
 impl Identity {
@@ -459,6 +469,7 @@ impl Identity {
             limits: rates::RateLimits::default(),
             mail_wake: None,
             triggers: Arc::default(),
+            federation: Arc::default(),
         }
     }
 

@@ -83,8 +83,7 @@ pub const STANDARD_SCOPES: &[&str] = &[
     crate::tokens::ADMIN_SCOPE,
 ];
 
-/// The identity provider of the pool's own users.
-pub const COGNITO_PROVIDER: &str = "COGNITO";
+pub use crate::federation::COGNITO_PROVIDER;
 
 /// What an OAuth 2.0 grant gives the tokens it makes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,8 +233,9 @@ pub(crate) fn check_client(
             )));
         }
     }
+    let providers = crate::federation::provider_names(c, pool_id)?;
     for p in &o.supported_identity_providers {
-        if p != COGNITO_PROVIDER {
+        if p != COGNITO_PROVIDER && !providers.contains(p) {
             return Err(invalid(format!(
                 "The provider {p} does not exist for User Pool {pool_id}"
             )));
@@ -424,6 +424,9 @@ pub struct Authorized {
     pub force_login: bool,
     /// `prompt=none`: never show a page.
     pub no_prompt: bool,
+    /// The external identity provider to sign in with (`identity_provider` or
+    /// `idp_identifier`); `None`: the pool's own users (the hosted sign-in page).
+    pub provider: Option<String>,
 }
 
 /// Why an authorization request was refused. RFC 6749 §4.1.2.1: with no trustworthy
@@ -869,24 +872,43 @@ impl Identity {
                 &format!("the client is not allowed the {flow} flow"),
             );
         }
-        if let Some(idp) = req.identity_provider.as_deref().filter(|i| !i.is_empty())
-            && idp != COGNITO_PROVIDER
-        {
-            return refuse(
-                "invalid_request",
-                &format!("identity provider {idp} is not configured for this client"),
-            );
-        }
-        if !o.supported_identity_providers.is_empty()
-            && !o
-                .supported_identity_providers
-                .iter()
-                .any(|p| p == COGNITO_PROVIDER)
-        {
-            return refuse(
-                "unauthorized_client",
-                "the client does not allow sign-in with the user pool (COGNITO)",
-            );
+        let supported = |p: &str| {
+            o.supported_identity_providers.iter().any(|s| s == p)
+                || (p == COGNITO_PROVIDER && o.supported_identity_providers.is_empty())
+        };
+        let named = req.identity_provider.as_deref().filter(|i| !i.is_empty());
+        let provider = match named {
+            Some(COGNITO_PROVIDER) => None,
+            _ => match self
+                .provider_for(pool_id, named, req.idp_identifier.as_deref())
+                .await?
+            {
+                Some(ip) => Some(ip.name),
+                None if named.is_some()
+                    || req.idp_identifier.as_deref().is_some_and(|i| !i.is_empty()) =>
+                {
+                    return refuse(
+                        "invalid_request",
+                        "the identity provider is not one of this user pool's",
+                    );
+                }
+                None => None,
+            },
+        };
+        match &provider {
+            Some(p) if !supported(p) => {
+                return refuse(
+                    "unauthorized_client",
+                    &format!("the client does not allow sign-in with {p}"),
+                );
+            }
+            None if named == Some(COGNITO_PROVIDER) && !supported(COGNITO_PROVIDER) => {
+                return refuse(
+                    "unauthorized_client",
+                    "the client does not allow sign-in with the user pool (COGNITO)",
+                );
+            }
+            _ => {}
         }
         let grantable = self.grantable(&client).await?;
         let scopes = match req.scope.as_deref().map(split_scopes) {
@@ -950,6 +972,7 @@ impl Identity {
             state: req.state.clone(),
             force_login: prompt.split(' ').any(|p| p == "login"),
             no_prompt: prompt.split(' ').any(|p| p == "none"),
+            provider,
         }))
     }
 
@@ -1001,8 +1024,9 @@ impl Identity {
                 if expires < now_ms() {
                     return Ok(None);
                 }
-                let user = users::user_where(c, "sub", &p, &sub)?
-                    .filter(|u| u.enabled && u.status == "CONFIRMED");
+                let user = users::user_where(c, "sub", &p, &sub)?.filter(|u| {
+                    u.enabled && (u.status == "CONFIRMED" || u.status == "EXTERNAL_PROVIDER")
+                });
                 Ok(user.map(|u| (u, auth_time)))
             })
             .await
@@ -1051,6 +1075,29 @@ impl Identity {
         }
     }
 
+    /// How a client's users may sign in on the hosted page: with the pool's own users
+    /// (`COGNITO`), and through which of the pool's external providers.
+    pub async fn sign_in_options(
+        &self,
+        pool_id: &str,
+        client_id: &str,
+    ) -> Result<(bool, Vec<String>), IdentityError> {
+        let client = self.client_of_pool(pool_id, client_id).await?;
+        let listed = &client.settings.oauth.supported_identity_providers;
+        let p = pool_id.to_owned();
+        let providers = self
+            .db
+            .read(move |c| crate::federation::provider_names(c, &p))
+            .await?;
+        Ok((
+            listed.is_empty() || listed.iter().any(|l| l == COGNITO_PROVIDER),
+            providers
+                .into_iter()
+                .filter(|n| listed.contains(n))
+                .collect(),
+        ))
+    }
+
     /// The hosted UI's sign-in with a username (or alias) and password. The client's
     /// `ExplicitAuthFlows` do not apply (they are the API's), its secret is known here.
     pub async fn hosted_sign_in(
@@ -1061,6 +1108,12 @@ impl Identity {
         password: &str,
     ) -> Result<HostedStep, IdentityError> {
         let client = self.hosted_client(pool_id, client_id).await?;
+        let listed = &client.settings.oauth.supported_identity_providers;
+        if !listed.is_empty() && !listed.iter().any(|l| l == COGNITO_PROVIDER) {
+            return Err(IdentityError::NotAuthorized(
+                "This app signs users in through its identity providers only.".into(),
+            ));
+        }
         let hash = client
             .secret
             .as_deref()

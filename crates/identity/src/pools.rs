@@ -990,7 +990,7 @@ impl Identity {
                 if s.deletion_protection == "ACTIVE" {
                     return Err(invalid("The user pool cannot be deleted because deletion protection is activated. Deletion protection must be inactivated first.".into()));
                 }
-                for t in ["refresh_tokens", "auth_sessions", "codes", "outbox", "oauth_codes", "login_sessions", "resource_servers", "pool_domains", "user_pool_group_members", "user_pool_groups", "user_mfa", "users", "clients"] {
+                for t in ["refresh_tokens", "auth_sessions", "codes", "outbox", "oauth_codes", "login_sessions", "resource_servers", "pool_domains", "identity_providers", "federation_states", "user_pool_group_members", "user_pool_groups", "user_mfa", "users", "clients"] {
                     c.execute(&format!("DELETE FROM {t} WHERE pool_id = ?1"), params![&p])?;
                 }
                 c.execute("DELETE FROM pools WHERE id = ?1", params![&p])?;

@@ -152,7 +152,12 @@ impl Revocations {
         self.db
             .write(move |c| {
                 c.execute("DELETE FROM revocations WHERE at_ms < ?1", params![before])?;
-                for t in ["auth_sessions", "oauth_codes", "login_sessions"] {
+                for t in [
+                    "auth_sessions",
+                    "oauth_codes",
+                    "login_sessions",
+                    "federation_states",
+                ] {
                     c.execute(
                         &format!("DELETE FROM {t} WHERE expires_ms < ?1"),
                         params![now],

@@ -156,6 +156,11 @@ pub fn issue_pair(
             "phone_number_verified" => {
                 attributes.insert(k.clone(), serde_json::Value::Bool(v == "true"));
             }
+            // A federated user's providers: a JSON array in the ID token, as Cognito's.
+            "identities" => {
+                let v = serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()));
+                attributes.insert(k.clone(), v);
+            }
             _ => {
                 attributes.insert(k.clone(), serde_json::Value::String(v.clone()));
             }

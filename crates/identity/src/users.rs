@@ -947,6 +947,41 @@ impl Identity {
         Ok(Some(user))
     }
 
+    /// A user of an external identity provider, at its first federated sign-in: status
+    /// `EXTERNAL_PROVIDER`, a random password nobody knows (it signs in through its
+    /// provider only), the provider's mapped attributes as given (the pool's schema
+    /// checks what it can: the provider's claims are not the user's input).
+    pub(crate) async fn insert_external_user(
+        &self,
+        pool_id: &str,
+        username: &str,
+        mut attributes: BTreeMap<String, String>,
+    ) -> Result<UserRecord, IdentityError> {
+        let settings = {
+            let p = pool_id.to_owned();
+            self.db.read(move |c| pool_settings(c, &p)).await?
+        };
+        if let Some(e) = attributes.get_mut("email") {
+            *e = e.to_lowercase();
+        }
+        attributes.retain(|_, v| !v.is_empty());
+        let password = crate::random_token();
+        let prepared = PreparedUser {
+            pool_id: pool_id.to_owned(),
+            sub: uuid::Uuid::new_v4().to_string(),
+            username: username.to_owned(),
+            username_key: username_key(&settings, username),
+            attributes,
+            status: "EXTERNAL_PROVIDER".into(),
+            temp_expires_ms: None,
+            settings,
+        };
+        let secrets = password_secrets(pool_id, username, &password).await?;
+        self.db
+            .write(move |c| insert_prepared(c, &prepared, &secrets))
+            .await
+    }
+
     /// AdminCreateUser. Without a password a temporary one is generated; unless
     /// `suppress`, an invitation with the temporary password goes to the outbox. With
     /// `resend`, an existing FORCE_CHANGE_PASSWORD user gets a new temporary password and

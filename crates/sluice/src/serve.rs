@@ -276,6 +276,8 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     identity.set_trigger_runner(Arc::new(crate::functions_server::FunctionTriggers(
         functions.invoker.clone(),
     )));
+    // Federation with external OpenID Connect providers makes its requests through this.
+    identity.set_federation_http(Arc::new(wiring::FederationClient::new()?));
     let observer = Arc::new(LedgerObserver(ledger.clone()));
     // On engines several processes can share, processors share the mappings' shards
     // through leases in the metadata engine (one holder per shard at a time).

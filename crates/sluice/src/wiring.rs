@@ -387,3 +387,72 @@ mod tests {
         assert_eq!(shown_url("/plain/path"), "/plain/path");
     }
 }
+
+/// Federation's HTTP (identity makes no request itself): discovery documents and key sets
+/// of external identity providers, and their token endpoints. Bodies are bounded; requests
+/// time out after 10 s.
+pub(crate) struct FederationClient {
+    http: http_client::Client,
+}
+
+impl FederationClient {
+    /// Largest answer read from a provider.
+    const MAX_BODY: usize = 1 << 20;
+
+    pub(crate) fn new() -> anyhow::Result<FederationClient> {
+        Ok(FederationClient {
+            http: http_client::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()?,
+        })
+    }
+
+    async fn body(mut resp: http_client::Response, what: &str) -> Result<Vec<u8>, String> {
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{what}: {e}"))? {
+            if body.len() + chunk.len() > Self::MAX_BODY {
+                return Err(format!("{what}: more than {} bytes", Self::MAX_BODY));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+#[async_trait::async_trait]
+impl sluice_identity::federation::FederationHttp for FederationClient {
+    async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+        let what = format!("GET {url}");
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("{what}: {}", resp.status()));
+        }
+        Self::body(resp, &what).await
+    }
+
+    async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Result<(u16, Vec<u8>), String> {
+        use sluice_identity::federation::form_encode;
+        let what = format!("POST {url}");
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let resp = self
+            .http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        let status = resp.status().as_u16();
+        Ok((status, Self::body(resp, &what).await?))
+    }
+}

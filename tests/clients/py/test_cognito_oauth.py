@@ -422,3 +422,103 @@ def test_no_domain_no_endpoints(idp, edge):
         assert r.status_code == 404 and r.json()["error"] == "invalid_request"
     finally:
         idp.delete_user_pool(UserPoolId=pool)
+
+
+def test_identity_providers_and_oidc_federation_with_a_second_pool(idp, edge):
+    """Pool B federates with pool A (another sluice pool, as its OpenID Connect issuer):
+    B's authorization goes on to A's hosted sign-in page, A's answer comes back to B's
+    /oauth2/idpresponse, and B signs the user in as Upstream_<A's sub>."""
+    down = idp.create_user_pool(PoolName=unique("down"))["UserPool"]["Id"]
+    up = idp.create_user_pool(PoolName=unique("up"))["UserPool"]["Id"]
+    try:
+        for pool in (down, up):
+            idp.create_user_pool_domain(UserPoolId=pool, Domain=unique("fed"))
+        up_issuer, down_issuer = f"{edge}/{up}", f"{edge}/{down}"
+        upstream = idp.create_user_pool_client(
+            UserPoolId=up, ClientName="for-down", GenerateSecret=True,
+            AllowedOAuthFlowsUserPoolClient=True, AllowedOAuthFlows=["code"],
+            AllowedOAuthScopes=["openid", "email"],
+            CallbackURLs=[f"{down_issuer}/oauth2/idpresponse"],
+        )["UserPoolClient"]
+        idp.admin_create_user(UserPoolId=up, Username="erin", MessageAction="SUPPRESS",
+                              UserAttributes=[{"Name": "email", "Value": "erin@example.com"},
+                                              {"Name": "email_verified", "Value": "true"}])
+        idp.admin_set_user_password(UserPoolId=up, Username="erin", Password=PASSWORD,
+                                    Permanent=True)
+        erin_sub = next(a["Value"] for a in idp.admin_get_user(UserPoolId=up, Username="erin")
+                        ["UserAttributes"] if a["Name"] == "sub")
+
+        details = {"client_id": upstream["ClientId"], "client_secret": upstream["ClientSecret"],
+                   "authorize_scopes": "openid email", "oidc_issuer": up_issuer,
+                   "attributes_request_method": "GET"}
+        created = idp.create_identity_provider(
+            UserPoolId=down, ProviderName="Upstream", ProviderType="OIDC",
+            ProviderDetails=details, AttributeMapping={"email": "email"},
+            IdpIdentifiers=["upstream.example"])["IdentityProvider"]
+        # The provider's endpoints come from its discovery document.
+        assert created["ProviderDetails"]["authorize_url"] == f"{up_issuer}/oauth2/authorize"
+        assert created["ProviderDetails"]["jwks_uri"] == f"{up_issuer}/.well-known/jwks.json"
+        fails("DuplicateProviderException", idp.create_identity_provider, UserPoolId=down,
+              ProviderName="Upstream", ProviderType="OIDC", ProviderDetails=details)
+        fails("InvalidParameterException", idp.create_identity_provider, UserPoolId=down,
+              ProviderName="NoOpenid", ProviderType="OIDC",
+              ProviderDetails={**details, "authorize_scopes": "email"})
+        idp.create_identity_provider(UserPoolId=down, ProviderName="Corp", ProviderType="SAML",
+                                     ProviderDetails={"MetadataURL": "https://corp.example/md"})
+        names = [p["ProviderName"] for p in
+                 idp.list_identity_providers(UserPoolId=down, MaxResults=10)["Providers"]]
+        assert names == ["Corp", "Upstream"]
+        by_id = idp.get_identity_provider_by_identifier(UserPoolId=down,
+                                                        IdpIdentifier="upstream.example")
+        assert by_id["IdentityProvider"]["ProviderName"] == "Upstream"
+        idp.delete_identity_provider(UserPoolId=down, ProviderName="Corp")
+        fails("ResourceNotFoundException", idp.describe_identity_provider, UserPoolId=down,
+              ProviderName="Corp")
+        fails("InvalidParameterException", idp.create_user_pool_client, UserPoolId=down,
+              ClientName="x", SupportedIdentityProviders=["Nobody"])
+
+        app = idp.create_user_pool_client(
+            UserPoolId=down, ClientName="app", GenerateSecret=True,
+            AllowedOAuthFlowsUserPoolClient=True, AllowedOAuthFlows=["code"],
+            AllowedOAuthScopes=["openid", "email"], CallbackURLs=[CALLBACK],
+            SupportedIdentityProviders=["COGNITO", "Upstream"],
+        )["UserPoolClient"]
+        p = {"client": app, "issuer": down_issuer,
+             "discovery": requests.get(f"{down_issuer}/.well-known/openid-configuration",
+                                       timeout=10).json()}
+        browser = requests.Session()
+        session = oidc(p)
+        verifier = secrets.token_urlsafe(48)
+        url, state = session.create_authorization_url(
+            p["discovery"]["authorization_endpoint"], code_verifier=verifier, nonce="fed-1",
+            scope="openid email")
+        # B's sign-in page offers the provider.
+        r = browser.get(url, allow_redirects=False)
+        login = browser.get(urllib.parse.urljoin(down_issuer, r.headers["Location"]))
+        assert "Sign in with Upstream" in login.text
+        # With identity_provider, B sends the browser to A.
+        r = browser.get(url + "&identity_provider=Upstream", allow_redirects=False)
+        assert r.status_code == 302 and r.headers["Location"].startswith(f"{up_issuer}/oauth2/authorize")
+        r = browser.get(r.headers["Location"], allow_redirects=False)
+        a_login = browser.get(urllib.parse.urljoin(up_issuer, r.headers["Location"]))
+        r = submit(browser, up_issuer, a_login, username="erin", password=PASSWORD)
+        assert r.status_code == 302 and "/oauth2/idpresponse?" in r.headers["Location"]
+        r = browser.get(r.headers["Location"], allow_redirects=False)
+        callback = follow_to_callback(browser, down_issuer, r)
+        assert query_of(callback)["state"] == state
+        token = session.fetch_token(p["discovery"]["token_endpoint"],
+                                    authorization_response=callback, code_verifier=verifier)
+        claims = verify_id_token(p, token["id_token"], "fed-1")
+        assert claims["cognito:username"] == f"Upstream_{erin_sub}"
+        assert claims["email"] == "erin@example.com"
+        assert claims["identities"][0]["providerName"] == "Upstream"
+        assert claims["identities"][0]["userId"] == erin_sub
+        user = idp.admin_get_user(UserPoolId=down, Username=f"Upstream_{erin_sub}")
+        assert user["UserStatus"] == "EXTERNAL_PROVIDER"
+        # A provider's answer is used once.
+        r = browser.get(f"{down_issuer}/oauth2/idpresponse", params={"code": "x", "state": "y"},
+                        allow_redirects=False)
+        assert r.status_code == 400
+    finally:
+        idp.delete_user_pool(UserPoolId=down)
+        idp.delete_user_pool(UserPoolId=up)

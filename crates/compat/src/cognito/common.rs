@@ -63,6 +63,7 @@ pub(super) fn cognito_error(e: IdentityError) -> CognitoError {
         IdentityError::UserNotFound(_) => "UserNotFoundException",
         IdentityError::UsernameExists(_) => "UsernameExistsException",
         IdentityError::GroupExists(_) => "GroupExistsException",
+        IdentityError::DuplicateProvider(_) => "DuplicateProviderException",
         IdentityError::InvalidPassword(_) => "InvalidPasswordException",
         IdentityError::InvalidParameter(_) => "InvalidParameterException",
         IdentityError::ResourceNotFound(_) => "ResourceNotFoundException",

@@ -1,12 +1,15 @@
-//! User pool domains and resource servers: what the hosted UI and the OAuth 2.0 endpoints
-//! (`crate::hosted`) serve under, and the custom scopes they grant.
+//! User pool domains, resource servers and identity providers: what the hosted UI and the
+//! OAuth 2.0 endpoints (`crate::hosted`) serve under, the custom scopes they grant, and the
+//! providers they federate with.
 
 use serde::Deserialize;
 use serde_json::json;
 use sluice_identity::Identity;
+use sluice_identity::federation::IdentityProvider;
 use sluice_identity::oauth::{ResourceScope, ResourceServer};
+use std::collections::BTreeMap;
 
-use super::common::{OpResult, invalid, parse, required};
+use super::common::{OpResult, epoch, invalid, parse, required};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -189,6 +192,125 @@ pub(super) async fn delete_resource_server(identity: &Identity, body: &[u8]) -> 
         .delete_resource_server(
             required(&req.user_pool_id, "userPoolId")?,
             required(&req.identifier, "identifier")?,
+        )
+        .await?;
+    Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProviderRequest {
+    user_pool_id: Option<String>,
+    provider_name: Option<String>,
+    provider_type: Option<String>,
+    provider_details: Option<BTreeMap<String, String>>,
+    attribute_mapping: Option<BTreeMap<String, String>>,
+    idp_identifiers: Option<Vec<String>>,
+    idp_identifier: Option<String>,
+    max_results: Option<i64>,
+    next_token: Option<String>,
+}
+
+fn provider_json(p: &IdentityProvider) -> serde_json::Value {
+    json!({
+        "UserPoolId": p.pool_id,
+        "ProviderName": p.name,
+        "ProviderType": p.kind,
+        "ProviderDetails": p.details,
+        "AttributeMapping": p.mapping,
+        "IdpIdentifiers": p.identifiers,
+        "LastModifiedDate": epoch(p.updated_ms),
+        "CreationDate": epoch(p.created_ms),
+    })
+}
+
+pub(super) async fn create_identity_provider(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ProviderRequest = parse(body)?;
+    let p = identity
+        .create_identity_provider(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.provider_name, "providerName")?,
+            required(&req.provider_type, "providerType")?,
+            req.provider_details.unwrap_or_default(),
+            req.attribute_mapping.unwrap_or_default(),
+            req.idp_identifiers.unwrap_or_default(),
+        )
+        .await?;
+    Ok(json!({"IdentityProvider": provider_json(&p)}))
+}
+
+pub(super) async fn describe_identity_provider(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ProviderRequest = parse(body)?;
+    let p = identity
+        .describe_identity_provider(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.provider_name, "providerName")?,
+        )
+        .await?;
+    Ok(json!({"IdentityProvider": provider_json(&p)}))
+}
+
+pub(super) async fn get_identity_provider_by_identifier(
+    identity: &Identity,
+    body: &[u8],
+) -> OpResult {
+    let req: ProviderRequest = parse(body)?;
+    let p = identity
+        .identity_provider_by_identifier(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.idp_identifier, "idpIdentifier")?,
+        )
+        .await?;
+    Ok(json!({"IdentityProvider": provider_json(&p)}))
+}
+
+pub(super) async fn list_identity_providers(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ProviderRequest = parse(body)?;
+    let (providers, next) = identity
+        .list_identity_providers(
+            required(&req.user_pool_id, "userPoolId")?,
+            req.max_results.unwrap_or(60),
+            req.next_token.as_deref(),
+        )
+        .await?;
+    let list: Vec<_> = providers
+        .iter()
+        .map(|p| {
+            json!({
+                "ProviderName": p.name,
+                "ProviderType": p.kind,
+                "LastModifiedDate": epoch(p.updated_ms),
+                "CreationDate": epoch(p.created_ms),
+            })
+        })
+        .collect();
+    let mut out = json!({"Providers": list});
+    if let Some(n) = next {
+        out["NextToken"] = json!(n);
+    }
+    Ok(out)
+}
+
+pub(super) async fn update_identity_provider(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ProviderRequest = parse(body)?;
+    let p = identity
+        .update_identity_provider(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.provider_name, "providerName")?,
+            req.provider_details,
+            req.attribute_mapping,
+            req.idp_identifiers,
+        )
+        .await?;
+    Ok(json!({"IdentityProvider": provider_json(&p)}))
+}
+
+pub(super) async fn delete_identity_provider(identity: &Identity, body: &[u8]) -> OpResult {
+    let req: ProviderRequest = parse(body)?;
+    identity
+        .delete_identity_provider(
+            required(&req.user_pool_id, "userPoolId")?,
+            required(&req.provider_name, "providerName")?,
         )
         .await?;
     Ok(json!({}))

@@ -83,6 +83,12 @@ const SIGNED_ONLY: &[&str] = &[
     "ListResourceServers",
     "UpdateResourceServer",
     "DeleteResourceServer",
+    "CreateIdentityProvider",
+    "DescribeIdentityProvider",
+    "UpdateIdentityProvider",
+    "DeleteIdentityProvider",
+    "ListIdentityProviders",
+    "GetIdentityProviderByIdentifier",
 ];
 
 /// Whether AWS authorizes `op` with IAM (and so sluice with the signing key's policy).
@@ -195,6 +201,14 @@ pub async fn handle(
         "ListResourceServers" => domains::list_resource_servers(identity, body).await,
         "UpdateResourceServer" => domains::update_resource_server(identity, body).await,
         "DeleteResourceServer" => domains::delete_resource_server(identity, body).await,
+        "CreateIdentityProvider" => domains::create_identity_provider(identity, body).await,
+        "DescribeIdentityProvider" => domains::describe_identity_provider(identity, body).await,
+        "UpdateIdentityProvider" => domains::update_identity_provider(identity, body).await,
+        "DeleteIdentityProvider" => domains::delete_identity_provider(identity, body).await,
+        "ListIdentityProviders" => domains::list_identity_providers(identity, body).await,
+        "GetIdentityProviderByIdentifier" => {
+            domains::get_identity_provider_by_identifier(identity, body).await
+        }
         _ => {
             return json_error(
                 StatusCode::BAD_REQUEST,
