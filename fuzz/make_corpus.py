@@ -217,6 +217,48 @@ def kinesis():
 
 # --- cognito_body -----------------------------------------------------------------------
 
+
+# Seeds written as raw files: MFA, triggers, custom attributes, CUSTOM_AUTH, tags (session
+# 19), domains, resource servers, OAuth client settings and identity providers.
+COGNITO_RAW = [
+    ('add-custom-attributes', 'AddCustomAttributes',
+     '{"UserPoolId":"@pool@","CustomAttributes":[{"Name":"tier","AttributeDataType":"Number","NumberAttributeConstraints":{"MinValue":"1","MaxValue":"3"}},{"Name":"secret","AttributeDataType":"String","DeveloperOnlyAttribute":true,"Mutable":false}]}'),
+    ('associate-software-token', 'AssociateSoftwareToken anonymous',
+     '{"AccessToken":"@access@"}'),
+    ('create-identity-provider-oidc', 'CreateIdentityProvider',
+     '{"UserPoolId":"@pool@","ProviderName":"Upstream","ProviderType":"OIDC","ProviderDetails":{"client_id":"c","client_secret":"s","authorize_scopes":"openid email","oidc_issuer":"https://idp.example.com","attributes_request_method":"GET","authorize_url":"https://idp.example.com/authorize","token_url":"https://idp.example.com/token","attributes_url":"https://idp.example.com/userinfo","jwks_uri":"https://idp.example.com/jwks"},"AttributeMapping":{"email":"email"},"IdpIdentifiers":["example.com"]}'),
+    ('create-identity-provider-saml', 'CreateIdentityProvider',
+     '{"UserPoolId":"@pool@","ProviderName":"Corp","ProviderType":"SAML","ProviderDetails":{"MetadataURL":"https://corp.example/metadata"}}'),
+    ('create-oauth-client', 'CreateUserPoolClient',
+     '{"UserPoolId":"@pool@","ClientName":"web","GenerateSecret":true,"AllowedOAuthFlowsUserPoolClient":true,"AllowedOAuthFlows":["code","implicit"],"AllowedOAuthScopes":["openid","email","https://api.example.com/read"],"CallbackURLs":["https://app.example/cb","http://localhost:3000/cb","myapp://cb"],"LogoutURLs":["https://app.example/bye"],"DefaultRedirectURI":"https://app.example/cb","SupportedIdentityProviders":["COGNITO"]}'),
+    ('create-resource-server', 'CreateResourceServer',
+     '{"UserPoolId":"@pool@","Identifier":"https://api.example.com","Name":"api","Scopes":[{"ScopeName":"read","ScopeDescription":"read"}]}'),
+    ('create-user-pool-domain', 'CreateUserPoolDomain',
+     '{"UserPoolId":"@pool@","Domain":"fuzz-domain"}'),
+    ('describe-user-pool-domain', 'DescribeUserPoolDomain',
+     '{"Domain":"fuzz-domain"}'),
+    ('get-identity-provider-by-identifier', 'GetIdentityProviderByIdentifier',
+     '{"UserPoolId":"@pool@","IdpIdentifier":"example.com"}'),
+    ('initiate-custom-auth', 'InitiateAuth anonymous',
+     '{"ClientId":"@client@","AuthFlow":"CUSTOM_AUTH","AuthParameters":{"USERNAME":"@user@"},"ClientMetadata":{"k":"v"}}'),
+    ('list-identity-providers', 'ListIdentityProviders',
+     '{"UserPoolId":"@pool@","MaxResults":5}'),
+    ('list-resource-servers', 'ListResourceServers',
+     '{"UserPoolId":"@pool@","MaxResults":2}'),
+    ('respond-select-mfa-type', 'RespondToAuthChallenge anonymous',
+     '{"ClientId":"@client@","ChallengeName":"SELECT_MFA_TYPE","Session":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","ChallengeResponses":{"USERNAME":"@user@","ANSWER":"EMAIL_OTP"}}'),
+    ('set-user-mfa-preference', 'SetUserMFAPreference anonymous',
+     '{"AccessToken":"@access@","SoftwareTokenMfaSettings":{"Enabled":true,"PreferredMfa":true},"SMSMfaSettings":{"Enabled":false},"EmailMfaSettings":{"Enabled":true}}'),
+    ('set-user-pool-mfa-config', 'SetUserPoolMfaConfig',
+     '{"UserPoolId":"@pool@","MfaConfiguration":"OPTIONAL","SoftwareTokenMfaConfiguration":{"Enabled":true},"SmsMfaConfiguration":{"SmsAuthenticationMessage":"{####}"},"EmailMfaConfiguration":{"Message":"{####}","Subject":"Code"}}'),
+    ('tag-resource', 'TagResource',
+     '{"ResourceArn":"arn:aws:cognito-idp:us-east-2:000000000000:userpool/@pool@","Tags":{"team":"data"}}'),
+    ('update-user-pool-triggers', 'UpdateUserPool',
+     '{"UserPoolId":"@pool@","LambdaConfig":{"PreSignUp":"arn:aws:lambda:us-east-2:000000000000:function:f","PreTokenGenerationConfig":{"LambdaVersion":"V2_0","LambdaArn":"arn:aws:lambda:us-east-2:000000000000:function:f"}},"AccountRecoverySetting":{"RecoveryMechanisms":[{"Priority":1,"Name":"verified_email"}]}}'),
+    ('verify-software-token', 'VerifySoftwareToken anonymous',
+     '{"AccessToken":"@access@","UserCode":"123456","FriendlyDeviceName":"phone"}'),
+]
+
 def cognito():
     t = "cognito_body"
     reqs = [
@@ -278,6 +320,9 @@ def cognito():
 
 
 # --- jwt --------------------------------------------------------------------------------
+    for name, line, raw in COGNITO_RAW:
+        write(t, name, line + "\n" + raw)
+
 
 def b64u(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
@@ -489,6 +534,9 @@ def hosted():
         ("logout", f"GET {p}/logout?client_id=@client@&logout_uri=https%3A%2F%2Fapp.example%2Fbye\n"
                    "Cookie: sluice-login=@login@\n\n"),
         ("preflight", f"OPTIONS {p}/oauth2/token\nOrigin: https://app.example\n\n"),
+        ("idp-response", f"GET {p}/oauth2/idpresponse?code=abc&state=def\n\n"),
+        ("idp-response-error", f"GET {p}/oauth2/idpresponse?error=access_denied&state=def\n\n"),
+        ("authorize-provider", f"GET {p}/oauth2/authorize?{authorize}&identity_provider=Nobody\n\n"),
     ]
     for name, req in reqs:
         write(t, name, req)

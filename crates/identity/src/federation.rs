@@ -296,7 +296,9 @@ impl Identity {
             .read()
             .ok()
             .and_then(|f| f.clone())
-            .ok_or_else(|| IdentityError::Backend("federation has no HTTP client".into()))
+            .ok_or_else(|| {
+                invalid("Federation is not available in this deployment (no HTTP client).")
+            })
     }
 
     /// An OIDC provider's endpoints, from its discovery document when its details do not
