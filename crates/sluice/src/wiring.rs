@@ -370,24 +370,6 @@ pub(crate) fn instance_id(settings: &Settings) -> Result<String> {
     Ok(id)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::shown_url;
-
-    #[test]
-    fn shown_urls_hide_secrets() {
-        assert_eq!(
-            shown_url("postgres://sluice:pw@db:5432/sluice?pool_size=4"),
-            "postgres://sluice@db:5432/sluice?pool_size=4"
-        );
-        assert_eq!(
-            shown_url("s3://b/p?endpoint=http://h:3900&access_key_id=GK&secret_access_key=s%2F"),
-            "s3://b/p?endpoint=http://h:3900&access_key_id=GK&secret_access_key=***"
-        );
-        assert_eq!(shown_url("/plain/path"), "/plain/path");
-    }
-}
-
 /// Federation's HTTP (identity makes no request itself): discovery documents and key sets
 /// of external identity providers, and their token endpoints. Bodies are bounded; requests
 /// time out after 10 s.
@@ -454,5 +436,23 @@ impl sluice_identity::federation::FederationHttp for FederationClient {
             .map_err(|e| format!("{what}: {e}"))?;
         let status = resp.status().as_u16();
         Ok((status, Self::body(resp, &what).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_url;
+
+    #[test]
+    fn shown_urls_hide_secrets() {
+        assert_eq!(
+            shown_url("postgres://sluice:pw@db:5432/sluice?pool_size=4"),
+            "postgres://sluice@db:5432/sluice?pool_size=4"
+        );
+        assert_eq!(
+            shown_url("s3://b/p?endpoint=http://h:3900&access_key_id=GK&secret_access_key=s%2F"),
+            "s3://b/p?endpoint=http://h:3900&access_key_id=GK&secret_access_key=***"
+        );
+        assert_eq!(shown_url("/plain/path"), "/plain/path");
     }
 }
