@@ -367,6 +367,29 @@ fn carried(from: &HashMap<String, String>) -> Vec<(&'static str, String)> {
         .collect()
 }
 
+/// The authorization parameters of a form, with the username to show again.
+fn again(form: &HashMap<String, String>, username: Option<String>) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = carried(form)
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    if let Some(u) = username {
+        out.insert("username".into(), u);
+    }
+    out
+}
+
+/// A page's error line (empty without one) and the status it is answered with.
+fn alert(error: Option<&str>) -> (String, StatusCode) {
+    match error {
+        Some(e) if !e.is_empty() => (
+            format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)),
+            StatusCode::BAD_REQUEST,
+        ),
+        _ => (String::new(), StatusCode::OK),
+    }
+}
+
 fn authorize_request(from: &HashMap<String, String>) -> AuthorizeRequest {
     let get = |k: &str| from.get(k).cloned();
     AuthorizeRequest {
@@ -651,11 +674,7 @@ impl Hosted {
         let carried = carried(query);
         let username = query.get("username").cloned().unwrap_or_default();
         let (status, error) = error.unwrap_or((StatusCode::OK, ""));
-        let error_html = if error.is_empty() {
-            String::new()
-        } else {
-            format!("<p class=\"error\" role=\"alert\">{}</p>", esc(error))
-        };
+        let (error_html, _) = alert(Some(error));
         let signup = self.link("signup", &carried);
         let forgot = self.link("forgotPassword", &carried);
         let fields = hidden(&carried);
@@ -731,8 +750,7 @@ impl Hosted {
         };
         let username = form.get("username").cloned().unwrap_or_default();
         let password = form.get("password").cloned().unwrap_or_default();
-        let mut again = form.clone();
-        again.insert("username".into(), username.clone());
+        let again = again(form, Some(username.clone()));
         if username.is_empty() || password.is_empty() {
             return self
                 .login_page(
@@ -814,9 +832,7 @@ impl Hosted {
         fields.push(("username", username.to_owned()));
         fields.push(("challenge", challenge.to_owned()));
         let fields = hidden(&fields);
-        let error_html = error
-            .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
-            .unwrap_or_default();
+        let (error_html, _) = alert(error);
         let (title, inputs) = match challenge {
             "NEW_PASSWORD_REQUIRED" => (
                 "Change your password",
@@ -848,11 +864,7 @@ impl Hosted {
         username: &str,
         error: Option<&str>,
     ) -> Response {
-        let status = if error.is_some() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        };
+        let (_, status) = alert(error);
         match challenge {
             MfaChallenge::Select { options } => {
                 let mut fields = carried(form);
@@ -971,11 +983,7 @@ The hosted UI does not set up authenticator apps: set one up through the API \
                 )
             }
             other => {
-                let mut again = carried(form)
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect::<HashMap<_, _>>();
-                again.insert("username".into(), username);
+                let again = again(form, Some(username));
                 self.after_step(other, form, headers, &again).await
             }
         }
@@ -983,13 +991,7 @@ The hosted UI does not set up authenticator apps: set one up through the API \
 
     /// A form posted without its anti-forgery token (or from another site): the page again.
     async fn expired(&self, form: &HashMap<String, String>, headers: &HeaderMap) -> Response {
-        let mut again: HashMap<String, String> = carried(form)
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        if let Some(u) = form.get("username") {
-            again.insert("username".into(), u.clone());
-        }
+        let again = again(form, form.get("username").cloned());
         self.login_page(
             &again,
             headers,
@@ -1021,11 +1023,7 @@ The hosted UI does not set up authenticator apps: set one up through the API \
         let carried = carried(query);
         let fields = hidden(&carried);
         let (status, error) = error.unwrap_or((StatusCode::OK, ""));
-        let error_html = if error.is_empty() {
-            String::new()
-        } else {
-            format!("<p class=\"error\" role=\"alert\">{}</p>", esc(error))
-        };
+        let (error_html, _) = alert(Some(error));
         let get = |k: &str| esc(query.get(k).map(String::as_str).unwrap_or(""));
         let login = self.link("login", &carried);
         self.form_page(headers, status, "Sign up", |csrf| {
@@ -1072,11 +1070,7 @@ The hosted UI does not set up authenticator apps: set one up through the API \
             Ok((user, delivery)) => {
                 if user.status == "CONFIRMED" {
                     // A PreSignUp trigger confirmed the user: sign in.
-                    let mut again = carried(form)
-                        .into_iter()
-                        .map(|(k, v)| (k.to_owned(), v))
-                        .collect::<HashMap<_, _>>();
-                    again.insert("username".into(), username);
+                    let again = again(form, Some(username));
                     return self
                         .login_page(
                             &again,
@@ -1111,14 +1105,7 @@ The hosted UI does not set up authenticator apps: set one up through the API \
         let note = delivery
             .map(|d| format!("We sent a code to {}.", d.destination))
             .unwrap_or_else(|| "Enter the code we sent you.".to_owned());
-        let error_html = error
-            .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
-            .unwrap_or_default();
-        let status = if error.is_some() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        };
+        let (error_html, status) = alert(error);
         self.form_page(headers, status, "Confirm your account", |csrf| {
             format!(
                 "{error_html}<p class=\"note\">{note}</p><form method=\"post\" action=\"/{pool}/confirm\">{csrf}{fields}\
@@ -1151,11 +1138,7 @@ The hosted UI does not set up authenticator apps: set one up through the API \
             .await
         {
             Ok(()) => {
-                let mut again = carried(form)
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect::<HashMap<_, _>>();
-                again.insert("username".into(), username);
+                let again = again(form, Some(username));
                 self.login_page(
                     &again,
                     headers,
@@ -1180,14 +1163,7 @@ The hosted UI does not set up authenticator apps: set one up through the API \
             return r;
         }
         let fields = hidden(&carried(query));
-        let error_html = error
-            .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
-            .unwrap_or_default();
-        let status = if error.is_some() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        };
+        let (error_html, status) = alert(error);
         self.form_page(headers, status, "Reset your password", |csrf| {
             format!(
                 "{error_html}<form method=\"post\" action=\"/{pool}/forgotPassword\">{csrf}{fields}\
@@ -1239,14 +1215,7 @@ The hosted UI does not set up authenticator apps: set one up through the API \
         let note = delivery
             .map(|d| format!("We sent a code to {}.", d.destination))
             .unwrap_or_else(|| "Enter the code we sent you.".to_owned());
-        let error_html = error
-            .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
-            .unwrap_or_default();
-        let status = if error.is_some() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        };
+        let (error_html, status) = alert(error);
         self.form_page(headers, status, "Reset your password", |csrf| {
             format!(
                 "{error_html}<p class=\"note\">{note}</p><form method=\"post\" action=\"/{pool}/confirmForgotPassword\">{csrf}{fields}\
@@ -1287,11 +1256,7 @@ The hosted UI does not set up authenticator apps: set one up through the API \
             .await
         {
             Ok(()) => {
-                let mut again = carried(form)
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect::<HashMap<_, _>>();
-                again.insert("username".into(), username);
+                let again = again(form, Some(username));
                 self.login_page(
                     &again,
                     headers,

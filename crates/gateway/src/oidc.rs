@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
-use sluice_identity::{Jwk, Jwks, TokenError, VerifiedClaims, Verifier};
+use sluice_identity::{Jwks, TokenError, VerifiedClaims, Verifier};
 use tokio::sync::Notify;
 
 use crate::Authorizer;
@@ -72,22 +72,6 @@ struct Discovery {
 }
 
 /// A JWK as issuers publish it (`alg` and `use` are optional).
-#[derive(Deserialize)]
-struct RawJwk {
-    kid: Option<String>,
-    kty: String,
-    alg: Option<String>,
-    #[serde(rename = "use")]
-    use_: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawJwks {
-    keys: Vec<RawJwk>,
-}
-
 impl ExternalIssuers {
     pub fn new(configs: Vec<IssuerConfig>, fetch: Fetch, leeway_secs: i64) -> Arc<Self> {
         Arc::new(ExternalIssuers {
@@ -176,28 +160,7 @@ impl ExternalIssuers {
             ));
         }
         let body = (self.fetch)(d.jwks_uri.clone()).await?;
-        let raw: RawJwks = serde_json::from_slice(&body)
-            .map_err(|e| format!("{} is not a JWK set: {e}", d.jwks_uri))?;
-        let keys = raw
-            .keys
-            .into_iter()
-            .filter(|k| {
-                k.kty == "RSA"
-                    && k.alg.as_deref().is_none_or(|a| a == "RS256")
-                    && k.use_.as_deref().is_none_or(|u| u == "sig")
-            })
-            .filter_map(|k| {
-                Some(Jwk {
-                    kid: k.kid.unwrap_or_default(),
-                    alg: "RS256".into(),
-                    kty: k.kty,
-                    use_: "sig".into(),
-                    n: k.n?,
-                    e: k.e?,
-                })
-            })
-            .collect();
-        Ok(Jwks { keys })
+        Jwks::from_published(&body).map_err(|e| format!("{}: {e}", d.jwks_uri))
     }
 
     /// The issuer a token names in its `iss` claim, if it is one of ours.

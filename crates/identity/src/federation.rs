@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_meta::{Tx, now_ms, params};
 
-use crate::keys::{Jwk, Jwks};
+use crate::keys::Jwks;
 use crate::pools::{encode_token, page_token, pool_settings};
 use crate::{Identity, IdentityError, random_token, token_hash};
 
@@ -251,22 +251,6 @@ struct Discovery {
     token_endpoint: Option<String>,
     userinfo_endpoint: Option<String>,
     jwks_uri: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawJwk {
-    kty: String,
-    kid: Option<String>,
-    alg: Option<String>,
-    #[serde(rename = "use")]
-    use_: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct RawJwks {
-    keys: Vec<RawJwk>,
 }
 
 /// Where a redirect to a provider goes, and the state that brings its answer back.
@@ -738,29 +722,8 @@ impl Identity {
             .get(get("jwks_uri"))
             .await
             .map_err(|e| denied(format!("the provider's keys could not be read: {e}")))?;
-        let raw: RawJwks = serde_json::from_slice(&keys_body)
-            .map_err(|e| denied(format!("the provider's keys are not a JWK set: {e}")))?;
-        let jwks = Jwks {
-            keys: raw
-                .keys
-                .into_iter()
-                .filter(|k| {
-                    k.kty == "RSA"
-                        && k.alg.as_deref().is_none_or(|a| a == "RS256")
-                        && k.use_.as_deref().is_none_or(|u| u == "sig")
-                })
-                .filter_map(|k| {
-                    Some(Jwk {
-                        kid: k.kid.unwrap_or_default(),
-                        alg: "RS256".into(),
-                        kty: k.kty,
-                        use_: "sig".into(),
-                        n: k.n?,
-                        e: k.e?,
-                    })
-                })
-                .collect(),
-        };
+        let jwks = Jwks::from_published(&keys_body)
+            .map_err(|e| denied(format!("the provider's keys are unusable: {e}")))?;
         let verifier = crate::tokens::Verifier::new(
             get("oidc_issuer"),
             &jwks,

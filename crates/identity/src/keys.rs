@@ -41,6 +41,54 @@ pub struct Jwks {
     pub keys: Vec<Jwk>,
 }
 
+/// A key of someone else's published JWK set, as given (any field may be missing).
+#[derive(serde::Deserialize)]
+struct PublishedJwk {
+    kty: String,
+    kid: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "use")]
+    use_: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct PublishedJwks {
+    keys: Vec<PublishedJwk>,
+}
+
+impl Jwks {
+    /// The RS256 signing keys of a JWK set another issuer publishes (an external OIDC
+    /// issuer's, a federated provider's): keys of other types, algorithms or uses, and
+    /// keys missing their modulus or exponent, are left out.
+    pub fn from_published(body: &[u8]) -> Result<Jwks, String> {
+        let raw: PublishedJwks =
+            serde_json::from_slice(body).map_err(|e| format!("not a JWK set: {e}"))?;
+        Ok(Jwks {
+            keys: raw
+                .keys
+                .into_iter()
+                .filter(|k| {
+                    k.kty == "RSA"
+                        && k.alg.as_deref().is_none_or(|a| a == "RS256")
+                        && k.use_.as_deref().is_none_or(|u| u == "sig")
+                })
+                .filter_map(|k| {
+                    Some(Jwk {
+                        kid: k.kid.unwrap_or_default(),
+                        alg: "RS256".into(),
+                        kty: k.kty,
+                        use_: "sig".into(),
+                        n: k.n?,
+                        e: k.e?,
+                    })
+                })
+                .collect(),
+        })
+    }
+}
+
 impl SigningKey {
     pub fn from_pem(pem: &str) -> Result<SigningKey, IdentityError> {
         let private = RsaPrivateKey::from_pkcs8_pem(pem)
