@@ -379,6 +379,21 @@ fn again(form: &HashMap<String, String>, username: Option<String>) -> HashMap<St
     out
 }
 
+/// The hidden fields and the note of a page asking for a code sent to the user (sign-up
+/// confirmation, password reset).
+fn code_step(
+    form: &HashMap<String, String>,
+    username: &str,
+    delivery: Option<&CodeDelivery>,
+) -> (String, String) {
+    let mut fields = carried(form);
+    fields.push(("username", username.to_owned()));
+    let note = delivery
+        .map(|d| format!("We sent a code to {}.", d.destination))
+        .unwrap_or_else(|| "Enter the code we sent you.".to_owned());
+    (hidden(&fields), note)
+}
+
 /// A page's error line (empty without one) and the status it is answered with.
 fn alert(error: Option<&str>) -> (String, StatusCode) {
     match error {
@@ -1099,12 +1114,7 @@ The hosted UI does not set up authenticator apps: set one up through the API \
         delivery: Option<&CodeDelivery>,
         error: Option<&str>,
     ) -> Response {
-        let mut fields = carried(form);
-        fields.push(("username", username.to_owned()));
-        let fields = hidden(&fields);
-        let note = delivery
-            .map(|d| format!("We sent a code to {}.", d.destination))
-            .unwrap_or_else(|| "Enter the code we sent you.".to_owned());
+        let (fields, note) = code_step(form, username, delivery);
         let (error_html, status) = alert(error);
         self.form_page(headers, status, "Confirm your account", |csrf| {
             format!(
@@ -1209,12 +1219,7 @@ The hosted UI does not set up authenticator apps: set one up through the API \
         delivery: Option<&CodeDelivery>,
         error: Option<&str>,
     ) -> Response {
-        let mut fields = carried(form);
-        fields.push(("username", username.to_owned()));
-        let fields = hidden(&fields);
-        let note = delivery
-            .map(|d| format!("We sent a code to {}.", d.destination))
-            .unwrap_or_else(|| "Enter the code we sent you.".to_owned());
+        let (fields, note) = code_step(form, username, delivery);
         let (error_html, status) = alert(error);
         self.form_page(headers, status, "Reset your password", |csrf| {
             format!(

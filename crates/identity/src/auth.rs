@@ -564,8 +564,10 @@ impl Identity {
         if !client.settings.allows("ALLOW_REFRESH_TOKEN_AUTH") {
             return Err(flow_not_enabled("REFRESH_TOKEN"));
         }
-        self.refresh(&client, refresh_token, Some(secret_hash))
-            .await
+        let (tokens, _) = self
+            .refresh(&client, refresh_token, Some(secret_hash))
+            .await?;
+        Ok(tokens)
     }
 
     /// AdminInitiateAuth with REFRESH_TOKEN_AUTH.
@@ -580,18 +582,21 @@ impl Identity {
         if !client.settings.allows("ALLOW_REFRESH_TOKEN_AUTH") {
             return Err(flow_not_enabled("REFRESH_TOKEN"));
         }
-        self.refresh(&client, refresh_token, Some(secret_hash))
-            .await
+        let (tokens, _) = self
+            .refresh(&client, refresh_token, Some(secret_hash))
+            .await?;
+        Ok(tokens)
     }
 
     /// REFRESH_TOKEN_AUTH's refresh, with the client's SECRET_HASH (`Some`), or for a
-    /// client the token endpoint authenticated with its secret already (`None`).
+    /// client the token endpoint authenticated with its secret already (`None`); with the
+    /// grant the refresh token remembers (`None`: an API sign-in's).
     pub(crate) async fn refresh(
         &self,
         client: &ClientRow,
         refresh_token: &str,
         secret_hash: Option<Option<&str>>,
-    ) -> Result<AuthTokens, IdentityError> {
+    ) -> Result<(AuthTokens, Option<crate::oauth::Grant>), IdentityError> {
         let h = token_hash(refresh_token);
         type RefreshRow = (String, String, String, i64, i64, bool, Option<String>);
         let row: Option<RefreshRow> = self
@@ -643,16 +648,18 @@ impl Identity {
             scopes: crate::oauth::split_scopes(&s),
             nonce: None,
         });
-        self.issue(
-            client,
-            &user,
-            Issuance::Refresh {
-                origin_jti,
-                auth_time,
-                grant: grant.as_ref(),
-            },
-        )
-        .await
+        let tokens = self
+            .issue(
+                client,
+                &user,
+                Issuance::Refresh {
+                    origin_jti,
+                    auth_time,
+                    grant: grant.as_ref(),
+                },
+            )
+            .await?;
+        Ok((tokens, grant))
     }
 
     /// USER_SRP_AUTH: the PASSWORD_VERIFIER challenge for a client's `A`.

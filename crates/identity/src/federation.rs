@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use sluice_meta::{Tx, now_ms, params};
 
 use crate::keys::Jwks;
-use crate::pools::{encode_token, page_token, pool_settings};
+use crate::pools::{check_max_results, encode_token, page_token, pool_settings};
 use crate::{Identity, IdentityError, random_token, token_hash};
 
 pub(crate) const MIGRATION: &str = "
@@ -180,39 +180,64 @@ fn check_details(kind: &str, d: &BTreeMap<String, String>) -> Result<(), Identit
     }
 }
 
+const PROVIDER_COLUMNS: &str = "name, kind, details, mapping, identifiers, created_ms, updated_ms";
+
+fn provider_from_row(
+    pool: &str,
+    r: &sluice_meta::Row<'_>,
+) -> sluice_meta::MetaResult<(IdentityProvider, [String; 3])> {
+    Ok((
+        IdentityProvider {
+            pool_id: pool.to_owned(),
+            name: r.get(0)?,
+            kind: r.get(1)?,
+            details: BTreeMap::new(),
+            mapping: BTreeMap::new(),
+            identifiers: Vec::new(),
+            created_ms: r.get(5)?,
+            updated_ms: r.get(6)?,
+        },
+        [r.get(2)?, r.get(3)?, r.get(4)?],
+    ))
+}
+
+fn decoded(
+    (mut ip, [details, mapping, identifiers]): (IdentityProvider, [String; 3]),
+) -> Result<IdentityProvider, IdentityError> {
+    ip.details = serde_json::from_str(&details)?;
+    ip.mapping = serde_json::from_str(&mapping)?;
+    ip.identifiers = serde_json::from_str(&identifiers)?;
+    Ok(ip)
+}
+
 fn read_provider(
     c: &Tx<'_>,
     pool: &str,
     name: &str,
 ) -> Result<Option<IdentityProvider>, IdentityError> {
-    let row: Option<(String, String, String, String, i64, i64)> = c.query_opt(
-        "SELECT kind, details, mapping, identifiers, created_ms, updated_ms
-         FROM identity_providers WHERE pool_id = ?1 AND name = ?2",
+    c.query_opt(
+        &format!(
+            "SELECT {PROVIDER_COLUMNS} FROM identity_providers WHERE pool_id = ?1 AND name = ?2"
+        ),
         params![pool, name],
-        |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        },
-    )?;
-    let Some((kind, details, mapping, identifiers, created_ms, updated_ms)) = row else {
-        return Ok(None);
-    };
-    Ok(Some(IdentityProvider {
-        pool_id: pool.to_owned(),
-        name: name.to_owned(),
-        kind,
-        details: serde_json::from_str(&details)?,
-        mapping: serde_json::from_str(&mapping)?,
-        identifiers: serde_json::from_str(&identifiers)?,
-        created_ms,
-        updated_ms,
-    }))
+        |r| provider_from_row(pool, r),
+    )?
+    .map(decoded)
+    .transpose()
+}
+
+/// Every provider of the pool, by name, in one read.
+fn read_providers(c: &Tx<'_>, pool: &str) -> Result<Vec<IdentityProvider>, IdentityError> {
+    c.query_vec(
+        &format!(
+            "SELECT {PROVIDER_COLUMNS} FROM identity_providers WHERE pool_id = ?1 ORDER BY name"
+        ),
+        params![pool],
+        |r| provider_from_row(pool, r),
+    )?
+    .into_iter()
+    .map(decoded)
+    .collect()
 }
 
 /// The names of the pool's providers.
@@ -231,17 +256,10 @@ fn identifiers_taken(
     name: &str,
     ids: &[String],
 ) -> Result<Option<String>, IdentityError> {
-    for other in provider_names(c, pool)? {
-        if other == name {
-            continue;
-        }
-        if let Some(p) = read_provider(c, pool, &other)?
-            && let Some(i) = ids.iter().find(|i| p.identifiers.contains(i))
-        {
-            return Ok(Some(i.clone()));
-        }
-    }
-    Ok(None)
+    Ok(read_providers(c, pool)?
+        .into_iter()
+        .filter(|p| p.name != name)
+        .find_map(|p| ids.iter().find(|i| p.identifiers.contains(i)).cloned()))
 }
 
 #[derive(Deserialize)]
@@ -428,16 +446,14 @@ impl Identity {
         self.db
             .read(move |c| {
                 pool_settings(c, &p)?;
-                for n in provider_names(c, &p)? {
-                    if let Some(ip) = read_provider(c, &p, &n)?
-                        && ip.identifiers.contains(&i)
-                    {
-                        return Ok(ip);
-                    }
-                }
-                Err(IdentityError::ResourceNotFound(format!(
-                    "Identity provider with identifier {i} does not exist."
-                )))
+                read_providers(c, &p)?
+                    .into_iter()
+                    .find(|ip| ip.identifiers.contains(&i))
+                    .ok_or_else(|| {
+                        IdentityError::ResourceNotFound(format!(
+                            "Identity provider with identifier {i} does not exist."
+                        ))
+                    })
             })
             .await
     }
@@ -449,27 +465,18 @@ impl Identity {
         max_results: i64,
         next_token: Option<&str>,
     ) -> Result<(Vec<IdentityProvider>, Option<String>), IdentityError> {
-        if !(1..=60).contains(&max_results) {
-            return Err(invalid(format!(
-                "1 validation error detected: Value '{max_results}' at 'maxResults' failed to satisfy constraint: Member must have value between 1 and 60"
-            )));
-        }
+        let max_results = check_max_results(max_results, 60)?;
         let after = page_token(next_token)?;
         let p = pool_id.to_owned();
         self.db
             .read(move |c| {
                 pool_settings(c, &p)?;
-                let names: Vec<String> = provider_names(c, &p)?
+                let mut out: Vec<IdentityProvider> = read_providers(c, &p)?
                     .into_iter()
-                    .filter(|n| n.as_str() > after.as_str())
+                    .filter(|ip| ip.name.as_str() > after.as_str())
                     .collect();
-                let more = names.len() as i64 > max_results;
-                let mut out = Vec::new();
-                for n in names.iter().take(max_results as usize) {
-                    if let Some(ip) = read_provider(c, &p, n)? {
-                        out.push(ip);
-                    }
-                }
+                let more = out.len() as i64 > max_results;
+                out.truncate(max_results as usize);
                 let next = if more {
                     out.last().map(|ip| encode_token(&ip.name))
                 } else {

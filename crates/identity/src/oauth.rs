@@ -27,7 +27,7 @@ use sluice_meta::{Tx, now_ms, params};
 
 use crate::auth::Issuance;
 use crate::mfa::MfaChallenge;
-use crate::pools::{OAuthSettings, encode_token, page_token, pool_settings};
+use crate::pools::{OAuthSettings, check_max_results, encode_token, page_token, pool_settings};
 use crate::{
     AuthOutcome, AuthTokens, ClientRow, Identity, IdentityError, random_token, token_hash, users,
 };
@@ -704,11 +704,7 @@ impl Identity {
         max_results: i64,
         next_token: Option<&str>,
     ) -> Result<(Vec<ResourceServer>, Option<String>), IdentityError> {
-        if !(1..=50).contains(&max_results) {
-            return Err(invalid(format!(
-                "1 validation error detected: Value '{max_results}' at 'maxResults' failed to satisfy constraint: Member must have value between 1 and 50"
-            )));
-        }
+        let max_results = check_max_results(max_results, 50)?;
         let after = page_token(next_token)?;
         let p = pool_id.to_owned();
         self.db
@@ -1347,15 +1343,8 @@ impl Identity {
                     .as_deref()
                     .filter(|r| !r.is_empty())
                     .ok_or_else(|| oauth("invalid_request", "refresh_token is missing"))?;
-                let scopes = self.refresh_scopes(rt).await?;
                 match self.refresh(&client, rt, None).await {
-                    Ok(t) => {
-                        let grant = scopes.map(|s| Grant {
-                            scopes: split_scopes(&s),
-                            nonce: None,
-                        });
-                        Ok(OAuthTokens::of(t, grant.as_ref()))
-                    }
+                    Ok((t, grant)) => Ok(OAuthTokens::of(t, grant.as_ref())),
                     Err(IdentityError::NotAuthorized(m)) => Err(oauth("invalid_grant", m)),
                     Err(e) => Err(e),
                 }
@@ -1406,20 +1395,6 @@ impl Identity {
                 })
             }
         }
-    }
-
-    async fn refresh_scopes(&self, refresh_token: &str) -> Result<Option<String>, IdentityError> {
-        let h = token_hash(refresh_token);
-        self.db
-            .read(move |c| {
-                Ok(c.query_opt(
-                    "SELECT scopes FROM refresh_tokens WHERE hash = ?1",
-                    params![&h],
-                    |r| r.get::<Option<String>>(0),
-                )?
-                .flatten())
-            })
-            .await
     }
 
     async fn redeem_code(

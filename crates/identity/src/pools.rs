@@ -564,12 +564,13 @@ pub(crate) fn page_token(token: Option<&str>) -> Result<String, IdentityError> {
     decode_token(token)
 }
 
-fn check_max_results(max: i64) -> Result<i64, IdentityError> {
-    if (1..=60).contains(&max) {
+/// A `MaxResults` between 1 and `limit` (60 for most lists, 50 for resource servers).
+pub(crate) fn check_max_results(max: i64, limit: i64) -> Result<i64, IdentityError> {
+    if (1..=limit).contains(&max) {
         Ok(max)
     } else {
         Err(invalid(format!(
-            "1 validation error detected: Value '{max}' at 'maxResults' failed to satisfy constraint: Member must have value between 1 and 60"
+            "1 validation error detected: Value '{max}' at 'maxResults' failed to satisfy constraint: Member must have value between 1 and {limit}"
         )))
     }
 }
@@ -852,7 +853,7 @@ impl Identity {
         max_results: i64,
         next_token: Option<&str>,
     ) -> Result<(Vec<Pool>, Option<String>), IdentityError> {
-        let max = check_max_results(max_results)?;
+        let max = check_max_results(max_results, 60)?;
         let after = decode_token(next_token)?;
         self.db
             .read(move |c| {
@@ -1077,7 +1078,7 @@ impl Identity {
         max_results: i64,
         next_token: Option<&str>,
     ) -> Result<(Vec<Client>, Option<String>), IdentityError> {
-        let max = check_max_results(max_results)?;
+        let max = check_max_results(max_results, 60)?;
         let after = decode_token(next_token)?;
         let p = pool_id.to_owned();
         self.db
