@@ -30,9 +30,14 @@ fn served_at(identity: &Identity, pool_id: &str) -> String {
     host.split('/').next().unwrap_or(host).to_owned()
 }
 
+/// sluice's hosted pages are the classic hosted UI's (version 1); managed login
+/// (version 2, with its branding) is refused rather than accepted and not honoured.
 fn check_version(v: Option<i64>) -> Result<i64, super::CognitoError> {
     match v.unwrap_or(1) {
-        v @ (1 | 2) => Ok(v),
+        1 => Ok(1),
+        2 => Err(invalid(
+            "ManagedLoginVersion 2 (managed login with branding) is not supported by sluice; its hosted UI is version 1's",
+        )),
         v => Err(invalid(&format!(
             "1 validation error detected: Value '{v}' at 'managedLoginVersion' failed to satisfy constraint: Member must have value between 1 and 2"
         ))),
