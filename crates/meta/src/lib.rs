@@ -155,7 +155,9 @@ pub struct MetaStats {
     pub syncs: u64,
     /// Time spent in those fsyncs.
     pub sync_nanos: u64,
-    /// Transactions run again after a serialization failure or deadlock.
+    /// Transactions run again: after a serialization failure or deadlock (PostgreSQL), or
+    /// a group run without savepoints in which a write failed, run again with them
+    /// (SQLite).
     pub retries: u64,
 }
 
@@ -380,6 +382,23 @@ pub(crate) trait WriteJob: Send {
     fn finish(self: Box<Self>, commit: Option<MetaError>);
 }
 
+/// The job of a write running `f` and telling `reply` its outcome.
+pub(crate) fn write_job<T, E, F>(
+    f: F,
+    reply: impl FnOnce(Result<T, E>) + Send + 'static,
+) -> Box<dyn WriteJob>
+where
+    F: FnMut(&Tx<'_>) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<MetaError> + Send + 'static,
+{
+    Box::new(TypedJob {
+        f,
+        out: None,
+        reply,
+    })
+}
+
 struct TypedJob<F, T, E, R> {
     f: F,
     out: Option<Result<T, E>>,
@@ -597,11 +616,7 @@ impl Meta {
         T: Send + 'static,
         E: From<MetaError> + Send + 'static,
     {
-        self.inner.engine.write(Box::new(TypedJob {
-            f,
-            out: None,
-            reply: done,
-        }));
+        self.inner.engine.write(write_job(f, done));
     }
 
     /// [`Meta::write`] for callers outside an async runtime (the command-line tools).

@@ -3,8 +3,10 @@
 //! **pipelined** on a second thread.
 //!
 //! A write is a closure run inside a transaction. The writer takes every write that is
-//! waiting, runs each inside its own savepoint (so one failing write does not undo its
-//! neighbours), then commits them together. The commit writes the group's WAL frames but
+//! waiting, runs them one after the other in one transaction, then commits them together.
+//! One failing write must not undo its neighbours: the group first runs without savepoints
+//! and commits if every write was kept; if one failed, the transaction is rolled back and
+//! the group runs again with each write in its own savepoint (see [`Isolation`]). The commit writes the group's WAL frames but
 //! does not fsync them (`synchronous = NORMAL`); the group is handed to the **syncer**
 //! thread, which `fdatasync`s the WAL file once for every group committed since its last
 //! sync and only then resolves their futures. So `Ok` still means durable, and meanwhile the
@@ -121,6 +123,8 @@ struct Counters {
     commit_nanos: AtomicU64,
     syncs: AtomicU64,
     sync_nanos: AtomicU64,
+    /// Optimistic groups run again with savepoints (a write of theirs failed).
+    redone: AtomicU64,
 }
 
 /// Lets tests hold the syncer between a commit and its fsync ([`Sqlite::hold_syncs`]).
@@ -261,6 +265,7 @@ impl Sqlite {
             checkpointer: checkpointer.clone(),
             last_signal: 0,
             next_restart: 0,
+            careful: 0,
             syncer: Some((synced_tx, syncer)),
             failed,
             stats: stats.clone(),
@@ -358,7 +363,7 @@ impl Engine for Sqlite {
             commit_nanos: get(&c.commit_nanos),
             syncs: get(&c.syncs),
             sync_nanos: get(&c.sync_nanos),
-            retries: 0,
+            retries: get(&c.redone),
         }
     }
 
@@ -571,9 +576,74 @@ fn fail_group(group: &mut Vec<Box<dyn WriteJob>>, err: &MetaError) {
     }
 }
 
+/// How a group's writes are kept apart from each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// Every write runs in its own savepoint: one that fails is undone alone.
+    Savepoints,
+    /// The writes run one after the other in the bare transaction, and the group commits
+    /// only if every one of them was kept; otherwise the whole transaction is rolled back
+    /// and the group runs again with [`Isolation::Savepoints`]. Saves a savepoint's
+    /// statements and its sub-journal (every page a write touches first, copied) per
+    /// write, which is most of what bookkeeping costs when writes are small.
+    Optimistic,
+}
+
+/// After a group had to run again with savepoints, this many groups run with savepoints
+/// straight away: writes that fail tend to come in runs, and each failure in an optimistic
+/// group costs the group's work twice.
+const CAREFUL_GROUPS: u32 = 8;
+
 /// Runs a group in one transaction and commits it (without fsync). Returns the committed
-/// group for the syncer, or `None` when the group failed (its writes are resolved here).
-fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> Option<Committed> {
+/// group for the syncer, or `None` when the group failed (its writes are resolved here),
+/// and whether an optimistic run had to be redone with savepoints.
+///
+/// Invariant: whatever the isolation, the outcome is the one of running each write in its
+/// own savepoint: a write that fails (or panics) leaves nothing behind, its neighbours
+/// commit. Writes are runnable more than once ([`WriteJob`]); an optimistic run that is
+/// rolled back resolves nothing.
+fn commit_group(
+    conn: &Connection,
+    group: &mut Vec<Box<dyn WriteJob>>,
+    isolation: Isolation,
+) -> (Option<Committed>, bool) {
+    if isolation == Isolation::Optimistic {
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            fail_group(group, &classify_commit(e, "cannot begin"));
+            return (None, false);
+        }
+        let mut callbacks = Vec::new();
+        let mut all_kept = true;
+        for job in group.iter_mut() {
+            let sconn = SqliteConn(conn);
+            let tx = Tx::new(&sconn);
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_job(&mut **job, &tx)
+            })) {
+                Ok(Verdict::Commit(cbs)) => callbacks.extend(cbs),
+                _ => {
+                    all_kept = false;
+                    break;
+                }
+            }
+        }
+        if all_kept {
+            let jobs = group.drain(..).map(|j| (j, None)).collect();
+            return (commit(conn, jobs, callbacks), false);
+        }
+        drop(callbacks);
+        // Nothing of the optimistic run stays; the savepoint run below decides each write.
+        let _ = conn.execute_batch("ROLLBACK");
+        return (commit_group_in_savepoints(conn, group), true);
+    }
+    (commit_group_in_savepoints(conn, group), false)
+}
+
+/// [`commit_group`] with every write in its own savepoint.
+fn commit_group_in_savepoints(
+    conn: &Connection,
+    group: &mut Vec<Box<dyn WriteJob>>,
+) -> Option<Committed> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         fail_group(group, &classify_commit(e, "cannot begin"));
         return None;
@@ -597,6 +667,15 @@ fn commit_group(conn: &Connection, group: &mut Vec<Box<dyn WriteJob>>) -> Option
             }
         }
     }
+    commit(conn, jobs, callbacks)
+}
+
+/// Commits the open transaction holding `jobs` (without fsync).
+fn commit(
+    conn: &Connection,
+    jobs: Vec<(Box<dyn WriteJob>, Option<MetaError>)>,
+    callbacks: Vec<Callback>,
+) -> Option<Committed> {
     match conn.execute_batch("COMMIT") {
         Ok(()) => Some(Committed { jobs, callbacks }),
         Err(e) => {
@@ -782,6 +861,8 @@ struct Writer {
     last_signal: u32,
     /// WAL size (pages) from which the writer tries a RESTART again after one gave up.
     next_restart: u32,
+    /// Groups still to run with savepoints after an optimistic one was redone.
+    careful: u32,
     /// Where committed groups go to be fsynced, and the syncer thread (joined at the end, so
     /// the connection outlives every pending fsync).
     syncer: Option<(mpsc::Sender<Committed>, thread::JoinHandle<()>)>,
@@ -814,7 +895,20 @@ impl Writer {
                 fail_group(&mut group, &fsync_failed());
                 None
             } else {
-                commit_group(&self.conn, &mut group)
+                let isolation = if self.careful == 0 {
+                    Isolation::Optimistic
+                } else {
+                    self.careful -= 1;
+                    Isolation::Savepoints
+                };
+                let (committed, redone) = commit_group(&self.conn, &mut group, isolation);
+                if redone {
+                    self.careful = CAREFUL_GROUPS;
+                    self.stats.redone.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("sluice_meta_retries_total", "engine" => "sqlite")
+                        .increment(1);
+                }
+                committed
             };
             add_elapsed(&self.stats.commit_nanos, started);
             if let Some(committed) = committed {
@@ -1181,6 +1275,89 @@ mod tests {
             "a missing file is not created"
         );
         db.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A group run without savepoints commits as one when every write is kept, and is run
+    /// again with savepoints when one fails or panics: the outcome is each write's own
+    /// either way, and no callback of a write that did not stay runs.
+    #[test]
+    fn optimistic_groups_fall_back_to_savepoints() {
+        use std::sync::mpsc::channel;
+        let dir = tempfile_dir();
+        let conn = Connection::open(dir.join("o.db")).expect("open");
+        conn.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+            .expect("schema");
+        let (said, heard) = channel::<(i64, Result<(), MetaError>)>();
+        let durable = Arc::new(AtomicU64::new(0));
+        let insert = |k: i64, fail: bool, panic: bool| {
+            let said = said.clone();
+            let durable = durable.clone();
+            crate::write_job(
+                move |tx: &Tx<'_>| {
+                    tx.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", params![k])?;
+                    let durable = durable.clone();
+                    tx.on_durable(move || {
+                        durable.fetch_add(1, Ordering::SeqCst);
+                    });
+                    assert!(!panic, "this write panics");
+                    if fail {
+                        return Err(MetaError::Engine("this write fails".into()));
+                    }
+                    Ok(())
+                },
+                move |r| {
+                    let _ = said.send((k, r));
+                },
+            )
+        };
+        let rows = |conn: &Connection| -> Vec<i64> {
+            let mut st = conn.prepare("SELECT k FROM t ORDER BY k").expect("prepare");
+            st.query_map([], |r| r.get(0))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+        };
+
+        // Every write kept: one transaction, no second run.
+        let mut group = vec![insert(1, false, false), insert(2, false, false)];
+        let (committed, redone) = commit_group(&conn, &mut group, Isolation::Optimistic);
+        assert!(!redone);
+        committed.expect("committed").finish(None);
+        assert_eq!(rows(&conn), vec![1, 2]);
+
+        // A failing write, a duplicate key and a panicking one among kept ones.
+        let mut group = vec![
+            insert(3, false, false),
+            insert(4, true, false),
+            insert(1, false, false),
+            insert(5, false, true),
+            insert(6, false, false),
+        ];
+        let (committed, redone) = commit_group(&conn, &mut group, Isolation::Optimistic);
+        assert!(redone, "a failed write sends the group to savepoints");
+        committed.expect("committed").finish(None);
+        assert_eq!(rows(&conn), vec![1, 2, 3, 6]);
+        drop(said);
+        let mut outcomes: Vec<(i64, bool)> = heard.iter().map(|(k, r)| (k, r.is_ok())).collect();
+        outcomes.sort();
+        // The panicking write is dropped unresolved (its caller sees the writer gone).
+        assert_eq!(
+            outcomes,
+            vec![
+                (1, false),
+                (1, true),
+                (2, true),
+                (3, true),
+                (4, false),
+                (6, true)
+            ]
+        );
+        assert_eq!(
+            durable.load(Ordering::SeqCst),
+            4,
+            "callbacks of kept writes only"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
