@@ -1473,16 +1473,32 @@ pub fn put_in_tx(
 ) -> Result<(ObjectInfo, Option<String>), StoreError> {
     let event = opts.created_event.unwrap_or("ObjectCreated:Put");
     validate_key(key)?;
-    // The bucket's existence and versioning state, in one read (a round trip per write on
-    // a networked engine).
-    let state = crate::versions::bucket_versioning_in_tx(conn, bucket)?;
+    // The bucket's existence, versioning state and notification configuration, and the
+    // object it holds under `key` now: one statement (every put runs it, on the upload path
+    // twice per upload; a round trip per write on a networked engine).
     type Existing = (Option<String>, Option<String>, String, String, i64);
-    let existing: Option<Existing> = conn.query_opt(
-        "SELECT owner, blob, etag, version_id, modified_ms FROM objects
-         WHERE bucket = ?1 AND key = ?2",
-        params![bucket, key],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    type Found = (Option<String>, Option<String>, Option<Existing>);
+    let found: Option<Found> = conn.query_opt(
+        "SELECT (SELECT config FROM bucket_configs WHERE bucket = ?1 AND kind = ?3),
+                (SELECT config FROM bucket_notifications WHERE bucket = ?1),
+                o.owner, o.blob, o.etag, o.version_id, o.modified_ms
+         FROM buckets b LEFT JOIN objects o ON o.bucket = b.name AND o.key = ?2
+         WHERE b.name = ?1",
+        params![bucket, key, crate::versions::VERSIONING_CONFIG],
+        |r| {
+            // A joined object always has its version id (NOT NULL in `objects`).
+            let existing = match r.get::<Option<String>>(5)? {
+                Some(version_id) => Some((r.get(2)?, r.get(3)?, r.get(4)?, version_id, r.get(6)?)),
+                None => None,
+            };
+            Ok((r.get(0)?, r.get(1)?, existing))
+        },
     )?;
+    let Some((versioning, notifications, existing)) = found else {
+        return Err(StoreError::NoSuchBucket(bucket.to_owned()));
+    };
+    let state = crate::versions::Versioning::from_config(versioning.as_deref());
+    let notifications = crate::notifications::parse(notifications.as_deref());
     // A condition failing on an object written while this write was in flight is a race.
     let raced = |modified: i64| {
         opts.started_ms
@@ -1569,8 +1585,16 @@ pub fn put_in_tx(
         ],
     )?;
     let versioned = (state != crate::versions::Versioning::Off).then_some(version_id.as_str());
-    crate::notifications::record_in_tx(
-        conn, bucket, key, event, obj.size, &obj.etag, versioned, now,
+    crate::notifications::record_with(
+        conn,
+        notifications.as_ref(),
+        bucket,
+        key,
+        event,
+        obj.size,
+        &obj.etag,
+        versioned,
+        now,
     )?;
     Ok((
         ObjectInfo {

@@ -63,7 +63,12 @@ pub(crate) fn load(tx: &Tx<'_>, bucket: &str) -> Result<Option<NotificationConfi
         params![bucket],
         |r| r.get(0),
     )?;
-    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    Ok(parse(text.as_deref()))
+}
+
+/// A bucket's notification configuration as stored (`None`: none, or unreadable).
+pub(crate) fn parse(text: Option<&str>) -> Option<NotificationConfig> {
+    text.and_then(|t| serde_json::from_str(t).ok())
 }
 
 pub(crate) fn store(
@@ -115,7 +120,35 @@ pub(crate) fn record_in_tx(
     version_id: Option<&str>,
     now: i64,
 ) -> Result<(), MetaError> {
-    let Some(config) = load(tx, bucket)? else {
+    let config = load(tx, bucket)?;
+    record_with(
+        tx,
+        config.as_ref(),
+        bucket,
+        key,
+        name,
+        size,
+        etag,
+        version_id,
+        now,
+    )
+}
+
+/// [`record_in_tx`] with the bucket's configuration already read (by a write that reads
+/// it together with the bucket's other state, in one statement).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_with(
+    tx: &Tx<'_>,
+    config: Option<&NotificationConfig>,
+    bucket: &str,
+    key: &str,
+    name: &str,
+    size: u64,
+    etag: &str,
+    version_id: Option<&str>,
+    now: i64,
+) -> Result<(), MetaError> {
+    let Some(config) = config else {
         return Ok(());
     };
     let time = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(now)

@@ -128,20 +128,6 @@ pub(crate) fn versioning_in_tx(tx: &Tx<'_>, bucket: &str) -> Result<Versioning, 
     Ok(Versioning::from_config(config.as_deref()))
 }
 
-/// The bucket's versioning state, and `NoSuchBucket` when it does not exist: one read.
-pub(crate) fn bucket_versioning_in_tx(tx: &Tx<'_>, bucket: &str) -> Result<Versioning, StoreError> {
-    let row: Option<Option<String>> = tx.query_opt(
-        "SELECT (SELECT config FROM bucket_configs WHERE bucket = ?1 AND kind = ?2)
-         FROM buckets WHERE name = ?1",
-        params![bucket, VERSIONING_CONFIG],
-        |r| r.get(0),
-    )?;
-    match row {
-        Some(config) => Ok(Versioning::from_config(config.as_deref())),
-        None => Err(StoreError::NoSuchBucket(bucket.to_owned())),
-    }
-}
-
 /// The `seq` a version added to the key now gets: below every other (newest).
 fn next_seq(tx: &Tx<'_>, bucket: &str, key: &str) -> Result<i64, MetaError> {
     tx.query_row(
