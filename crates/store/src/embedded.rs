@@ -1585,7 +1585,7 @@ pub fn put_in_tx(
         ],
     )?;
     let versioned = (state != crate::versions::Versioning::Off).then_some(version_id.as_str());
-    crate::notifications::record_with(
+    crate::notifications::record_in_tx(
         conn,
         notifications.as_ref(),
         bucket,
@@ -2545,8 +2545,10 @@ impl ObjectStore for EmbeddedStore {
                 let (deleted, event, garbage) =
                     crate::versions::delete_in_tx(c, &b, &k, v.as_deref(), bypass_governance, now)?;
                 if let Some(event) = event {
+                    let config = crate::notifications::load(c, &b)?;
                     crate::notifications::record_in_tx(
                         c,
+                        config.as_ref(),
                         &b,
                         &k,
                         event,

@@ -107,37 +107,12 @@ fn event_key(key: &str) -> String {
     out
 }
 
-/// Records the events of an object write or deletion, in its transaction. `version_id`:
-/// the version written or deleted, in a bucket with versioning (S3's `versionId`).
+/// Records the events of an object write or deletion, in its transaction, by the bucket's
+/// notification configuration `config` (read in the same transaction: with [`load`], or
+/// together with the bucket's other state). `version_id`: the version written or deleted,
+/// in a bucket with versioning (S3's `versionId`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_in_tx(
-    tx: &Tx<'_>,
-    bucket: &str,
-    key: &str,
-    name: &str,
-    size: u64,
-    etag: &str,
-    version_id: Option<&str>,
-    now: i64,
-) -> Result<(), MetaError> {
-    let config = load(tx, bucket)?;
-    record_with(
-        tx,
-        config.as_ref(),
-        bucket,
-        key,
-        name,
-        size,
-        etag,
-        version_id,
-        now,
-    )
-}
-
-/// [`record_in_tx`] with the bucket's configuration already read (by a write that reads
-/// it together with the bucket's other state, in one statement).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_with(
     tx: &Tx<'_>,
     config: Option<&NotificationConfig>,
     bucket: &str,
