@@ -444,6 +444,13 @@ fn upload_err(e: UploadError) -> S3Error {
         UploadError::Store(e) => s3_err(e),
         UploadError::Meta(m) => s3_err(StoreError::Meta(m)),
         UploadError::Stream(sluice_stream::StreamError::Meta(m)) => s3_err(StoreError::Meta(m)),
+        UploadError::Stream(e @ sluice_stream::StreamError::Unavailable(_)) => {
+            tracing::warn!(error = %e, "s3 upload refused");
+            S3Error::with_message(
+                S3ErrorCode::ServiceUnavailable,
+                "the service is unavailable; try again later",
+            )
+        }
         other => {
             tracing::error!(error = %other, "s3 upload failed");
             s3_error!(InternalError)

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use sluice_gateway::Gateway;
+use sluice_gateway::GatewayConfig;
 use sluice_identity::Identity;
 use sluice_processor::Processor;
 use sluice_processor::embedded::EmbeddedCheckpoints;
@@ -26,6 +26,9 @@ const TOKEN_LEEWAY_SECS: i64 = 60;
 
 /// An unfinished upload whose record the status mapping passed this long ago is requeued.
 const LOST_AFTER: Duration = Duration::from_secs(60);
+/// How often a gateway delivers the stream records of uploads whose delivery failed (and
+/// how old such an entry must be: younger ones are still on their way).
+const REDELIVER_EVERY: Duration = Duration::from_secs(5);
 
 pub(crate) async fn serve(settings: Settings) -> Result<()> {
     // Created 0700, or checked: refused if others could write it, made private if they
@@ -199,9 +202,13 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     let uploads = EmbeddedUploads::new(db.clone(), store.clone(), stream.unthrottled());
     // Uploads committed before a crash cut their delivery short get their records now
     // (by any process that takes uploads; with several, an entry another process is
-    // delivering at this moment is delivered once: the record engine knows its ticket).
+    // delivering at this moment is delivered once: the record engine knows its ticket),
+    // and, while serving, those whose delivery failed (an engine down, a crashed gateway
+    // of the same deployment) every few seconds.
     let delivered = if roles.gateway || roles.edge {
-        uploads.deliver_pending().await?
+        let n = uploads.deliver_pending(None).await?;
+        uploads.redeliver_every(REDELIVER_EVERY);
+        n
     } else {
         0
     };
@@ -385,23 +392,26 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         &settings.account_id,
         TOKEN_LEEWAY_SECS,
     ));
-    let gateway = sluice_gateway::router(Gateway {
-        authorizer,
-        sink: Arc::new(crate::builtin_roles::GuardedSink {
-            inner: Arc::new(uploads.clone()),
-            guard: route_guard,
-            region: settings.region.clone(),
-            account_id: settings.account_id.clone(),
-        }),
-        ledger,
-        store: Arc::new(store.clone()),
-        bucket: settings.bucket.clone(),
-        stream: settings.stream.clone(),
-        max_body_bytes: settings.max_body_bytes,
-        max_upload_bytes: settings.max_upload_bytes,
-        quota: sluice_gateway::quota::Quota::new(settings.user_limits),
-        shutdown: shutdown_rx.clone(),
-    })
+    let gateway = sluice_gateway::router(
+        GatewayConfig {
+            authorizer,
+            sink: Arc::new(crate::builtin_roles::GuardedSink {
+                inner: Arc::new(uploads.clone()),
+                guard: route_guard,
+                region: settings.region.clone(),
+                account_id: settings.account_id.clone(),
+            }),
+            ledger,
+            store: Arc::new(store.clone()),
+            bucket: settings.bucket.clone(),
+            stream: settings.stream.clone(),
+            max_body_bytes: settings.max_body_bytes,
+            max_upload_bytes: settings.max_upload_bytes,
+            quota: sluice_gateway::quota::Quota::new(settings.user_limits),
+            shutdown: shutdown_rx.clone(),
+        }
+        .into(),
+    )
     .merge(sluice_console::router(console_config))
     .merge(sluice_apis::serve::router(serving))
     .merge(admin);
@@ -584,6 +594,13 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
             Ok(_) => {}
             Err(e) => tracing::error!(listener = name, error = %e, "listener task failed"),
         }
+    }
+    // The records of uploads answered just before the stop reach their stream before the
+    // database closes (if not, the next start delivers them).
+    if !uploads.flush_deliveries(limits.shutdown_timeout).await {
+        tracing::warn!(
+            "stopped before every answered upload's record reached its stream; the next start delivers the rest"
+        );
     }
     for w in workers {
         let _ = w.await;

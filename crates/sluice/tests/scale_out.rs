@@ -263,8 +263,8 @@ fn fault_two_gateways_and_three_processors_share_one_deployment() {
     // There may be more uploads than acknowledged ones: an attempt answered with an error
     // may still have committed (PostgreSQL crashed after its COMMIT and before the answer),
     // and the client's retry is a second upload of the same file; there can be at most one
-    // per refused attempt. Its record waits in the outbox until its gateway's next start
-    // delivers it (`deliver_pending`; no periodic delivery yet): it may still be queued.
+    // per refused attempt. Its record is delivered by a gateway's next redelivery pass
+    // (`redeliver_every`, every 5 s): it may still be queued.
     let acked_ids: std::collections::HashSet<&str> =
         acked.iter().map(|(id, _)| id.as_str()).collect();
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -2,10 +2,21 @@
 //! with every other write waiting at the same moment.
 //!
 //! The upload's stream record is committed in that transaction as an outbox entry
-//! ([`enqueue_in_tx`]); once the transaction is durable the record is delivered to the
-//! stream log and a second transaction stores its sequence number and settles the entry.
-//! After a crash between the two, [`EmbeddedUploads::deliver_pending`] finishes the job;
-//! the stream delivers each entry exactly once.
+//! ([`enqueue_in_tx`]). Once the transaction is durable the upload is answered, and the
+//! record is delivered to the stream's record engine meanwhile; a second transaction,
+//! shared with other deliveries, stores its sequence number and settles the entry. An entry
+//! whose delivery was cut short (a crash, an engine that was down, a deleted stream) is
+//! delivered by [`EmbeddedUploads::deliver_pending`], at start and every few seconds while
+//! serving ([`EmbeddedUploads::redeliver_every`]); the stream appends each entry exactly
+//! once, whoever delivers it and however often.
+//!
+//! Why the answer does not wait for the delivery: the outbox entry *is* the stream record,
+//! on disk, in the same commit as the object (DESIGN.md: one meta write per upload), so the
+//! 200 promises nothing that a crash could take back. Waiting for the record engine's own
+//! fsync as well put a second durable write, one after the other, on every upload's path.
+//! What a reader sees: the upload's row and object at once; its record in the stream a few
+//! milliseconds later (Kinesis, too, documents a delay before a put record is returned by
+//! GetRecords); its `shardId` and `sequenceNumber` empty until then.
 
 use std::sync::Arc;
 
@@ -66,7 +77,27 @@ CREATE INDEX uploads_user ON uploads (user_sub, created_ms);
         sql: "CREATE INDEX uploads_user_updated ON uploads (user_sub, updated_ms);
 CREATE INDEX uploads_status ON uploads (status, updated_ms);",
     },
+    // Uploads whose record is not delivered yet, oldest ticket first: the periodic
+    // delivery reads the oldest few without scanning the table.
+    Migration {
+        name: "uploads-0004",
+        sql: "CREATE INDEX uploads_pending ON uploads (outbox_ticket) WHERE outbox_ticket IS NOT NULL;",
+    },
 ];
+
+/// How many uploads' records may be on their way to the stream after their answer. An
+/// upload beyond it waits for a place before its commit: the record engine's pace, not
+/// memory, bounds how far acknowledged uploads run ahead of their delivery.
+pub const MAX_UNDELIVERED: usize = 1024;
+
+/// How long an upload waits for a place among the undelivered before it is refused as
+/// unavailable (503 with `Retry-After`).
+const WAIT_FOR_PLACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How many pending entries one round of [`EmbeddedUploads::deliver_pending`] delivers at
+/// once (concurrently, so that the record engine groups their appends), and settles in one
+/// write.
+const REDELIVERY_CHUNK: usize = 256;
 
 #[derive(Clone)]
 pub struct EmbeddedUploads {
@@ -74,6 +105,8 @@ pub struct EmbeddedUploads {
     store: EmbeddedStore,
     stream: EmbeddedStream,
     settles: Arc<Settles>,
+    /// Places for uploads whose record is on its way ([`MAX_UNDELIVERED`]).
+    undelivered: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where delivered records landed, waiting to be written into their status rows (and their
@@ -101,7 +134,18 @@ impl EmbeddedUploads {
             store,
             stream,
             settles: Arc::default(),
+            undelivered: Arc::new(tokio::sync::Semaphore::new(MAX_UNDELIVERED)),
         }
+    }
+
+    /// Waits (at most `timeout`) until the records of every upload answered so far have
+    /// been handed to their stream (delivered, or left in the outbox after a failure); for
+    /// a clean stop.
+    pub async fn flush_deliveries(&self, timeout: std::time::Duration) -> bool {
+        let all = MAX_UNDELIVERED as u32;
+        tokio::time::timeout(timeout, self.undelivered.acquire_many(all))
+            .await
+            .is_ok_and(|p| p.is_ok())
     }
 
     /// Queues `s` for the next settling write, and starts one unless one is on its way.
@@ -120,8 +164,8 @@ impl EmbeddedUploads {
 
     /// One write that settles every upload waiting when it runs; when it is done, another
     /// starts if more arrived meanwhile. A failed write leaves its uploads unsettled in the
-    /// database: reads ask the log meanwhile, and `deliver_pending` settles them at the
-    /// next start.
+    /// database: reads ask the log meanwhile, and `deliver_pending` settles them (at the
+    /// next start, or on its next round while serving).
     fn start_settling(&self) {
         let settles = self.settles.clone();
         let mut batch: Option<Vec<Settle>> = None;
@@ -167,37 +211,110 @@ impl EmbeddedUploads {
         );
     }
 
-    /// Delivers the records of uploads committed before a crash that stopped their
-    /// delivery (run at start, before serving). Returns how many were delivered. An upload
-    /// whose record cannot be delivered (its stream was deleted meanwhile) is logged and
-    /// stays pending; it does not keep the server from starting.
-    pub async fn deliver_pending(&self) -> Result<usize, UploadError> {
-        let pending: Vec<(String, i64)> = self
-            .db
-            .read(|c| {
-                c.query_vec(
-                    "SELECT id, outbox_ticket FROM uploads WHERE outbox_ticket IS NOT NULL",
-                    params![],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(UploadError::from)
-            })
-            .await?;
+    /// Delivers the records of uploads whose delivery was cut short (a crash, an engine that
+    /// was down, a stream deleted meanwhile), and stores where they landed: at start, before
+    /// serving, every entry (`older_than_ms` = `None`); while serving
+    /// ([`Self::redeliver_every`]) those whose row last changed more than `older_than_ms`
+    /// ago, so that the deliveries still on their way are left to their uploads. Returns how
+    /// many were delivered. An entry that cannot be delivered is logged and stays pending;
+    /// it does not keep the server from starting. Several processes may run this at once:
+    /// the record engine appends each ticket once and answers a repeat with its first
+    /// result.
+    pub async fn deliver_pending(&self, older_than_ms: Option<i64>) -> Result<usize, UploadError> {
+        let mut after = 0i64;
         let mut delivered = 0;
-        for (id, ticket) in pending {
-            let put = match self.stream.deliver(ticket).await {
-                Ok(put) => put,
-                Err(e) => {
-                    tracing::warn!(upload = %id, error = %e, "cannot deliver the stream record of an earlier upload; it stays pending");
+        loop {
+            let from = after;
+            let pending: Vec<(String, i64, i64)> = self
+                .db
+                .read(move |c| {
+                    c.query_vec(
+                        "SELECT id, outbox_ticket, updated_ms FROM uploads
+                         WHERE outbox_ticket IS NOT NULL AND outbox_ticket > ?1
+                         ORDER BY outbox_ticket LIMIT ?2",
+                        params![from, REDELIVERY_CHUNK as i64],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .map_err(UploadError::from)
+                })
+                .await?;
+            let Some(last) = pending.last() else {
+                return Ok(delivered);
+            };
+            after = last.1;
+            let full = pending.len() == REDELIVERY_CHUNK;
+            let cutoff = older_than_ms.map(|age| now_ms().saturating_sub(age));
+            let mut round = tokio::task::JoinSet::new();
+            for (id, ticket, updated_ms) in pending {
+                if cutoff.is_some_and(|c| updated_ms > c) {
                     continue;
                 }
-            };
-            self.db
-                .write(settle(id, ticket, put.shard_id, put.sequence_number))
-                .await?;
-            delivered += 1;
+                let stream = self.stream.clone();
+                round.spawn(async move {
+                    match stream.deliver(ticket).await {
+                        Ok(put) => Ok((id, ticket, put.shard_id, put.sequence_number)),
+                        Err(e) => Err((id, e)),
+                    }
+                });
+            }
+            let mut settles = Vec::new();
+            let (mut failed, mut first_failure) = (0usize, None);
+            while let Some(done) = round.join_next().await {
+                match done {
+                    Ok(Ok(s)) => settles.push(s),
+                    Ok(Err(f)) => {
+                        failed += 1;
+                        first_failure.get_or_insert(f);
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        tracing::warn!(error = %e, "a delivery task failed");
+                    }
+                }
+            }
+            // One line per round, not one per entry: a deleted stream's entries fail on
+            // every round.
+            if let Some((id, e)) = first_failure {
+                tracing::warn!(uploads = failed, first = %id, error = %e, "cannot deliver the stream records of earlier uploads; they stay pending");
+            }
+            if !settles.is_empty() {
+                delivered += settles.len();
+                self.db
+                    .write(move |c| {
+                        for (id, ticket, shard, seq) in &settles {
+                            settle_in(c, id, *ticket, shard, seq)?;
+                        }
+                        Ok::<_, UploadError>(())
+                    })
+                    .await?;
+            }
+            if !full {
+                return Ok(delivered);
+            }
         }
-        Ok(delivered)
+    }
+
+    /// Runs [`Self::deliver_pending`] every `every` for the entries older than `every`,
+    /// for as long as the runtime runs: an upload answered although its delivery failed is
+    /// delivered once its stream engine is back, without waiting for a restart.
+    pub fn redeliver_every(&self, every: std::time::Duration) {
+        let this = self.clone();
+        let age = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match this.deliver_pending(Some(age)).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        uploads = n,
+                        "delivered the stream records of earlier uploads"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot deliver pending stream records now; trying again later")
+                    }
+                }
+            }
+        });
     }
 
     /// Puts an unfinished upload's record into its stream again (a new record, the same
@@ -305,10 +422,6 @@ impl EmbeddedUploads {
         Ok(requeued)
     }
 
-    /// Delivers an upload's record and returns where it landed once that is durable. The
-    /// status row learns it in a transaction nobody waits for: until that commits, or if
-    /// it is lost in a crash, the log still knows the result ([`UploadLedger::get`] asks
-    /// it) and [`EmbeddedUploads::deliver_pending`] stores it at the next start.
     /// Every user's uploads in `status`, most recently changed first (at most `limit`): what
     /// an operator looks at.
     pub async fn by_status(
@@ -366,6 +479,10 @@ impl EmbeddedUploads {
         Ok(out)
     }
 
+    /// Delivers an upload's record and returns where it landed once that is durable. The
+    /// status row learns it in a transaction nobody waits for: until that commits, or if
+    /// it is lost in a crash, the record engine still knows the result
+    /// ([`UploadLedger::get`] asks it) and [`EmbeddedUploads::deliver_pending`] stores it.
     async fn deliver(&self, id: &str, outbox: Outboxed) -> Result<(String, String), UploadError> {
         let put = self
             .stream
@@ -379,17 +496,6 @@ impl EmbeddedUploads {
         ));
         Ok((put.shard_id, put.sequence_number))
     }
-}
-
-/// The transaction that stores where an upload's record landed and settles its outbox
-/// ticket.
-fn settle(
-    id: String,
-    ticket: i64,
-    shard: String,
-    seq: String,
-) -> impl FnMut(&Tx<'_>) -> Result<(), UploadError> + Send + 'static {
-    move |c| settle_in(c, &id, ticket, &shard, &seq)
 }
 
 /// Stores where an upload's record landed and settles its outbox ticket, inside the
@@ -507,22 +613,44 @@ impl EmbeddedUploads {
     }
 
     /// Runs `job`, one upload's transaction, which returns its result and the blob files it
-    /// made garbage. Committed: tailing readers of `stream` are told and the garbage is
-    /// deleted. Failed: nothing was committed, so `blob` (the new object's file, if any) is
+    /// made garbage. Committed: the upload's record is delivered in the background (see the
+    /// module docs) and the garbage is deleted. Failed: nothing was committed, so `blob` (the new object's file, if any) is
     /// referenced by no row and is deleted now rather than at the next start.
     async fn commit_upload<T: HasUpload + Send + 'static>(
         &self,
         blob: Option<String>,
         job: impl FnMut(&Tx<'_>) -> Result<(T, Vec<String>, Outboxed), UploadError> + Send + 'static,
     ) -> Result<T, UploadError> {
+        // A place among the undelivered first: a full queue holds the upload back before
+        // anything is committed.
+        let place = match tokio::time::timeout(
+            WAIT_FOR_PLACE,
+            self.undelivered.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(place)) => place,
+            Ok(Err(_)) => return Err(UploadError::Backend("uploads are shutting down".into())),
+            // The record engine is down or far behind: refused, nothing stored.
+            Err(_) => {
+                return Err(UploadError::Stream(
+                    sluice_stream::StreamError::Unavailable(format!(
+                        "{MAX_UNDELIVERED} uploads' records are waiting for the stream; try again later"
+                    )),
+                ));
+            }
+        };
         match self.db.write(job).await {
             Ok((mut done, garbage, outbox)) => {
-                self.store.discard_blobs(garbage).await;
                 let id = done.upload_mut().id.clone();
-                let (shard, seq) = self.deliver(&id, outbox).await?;
-                let u = done.upload_mut();
-                u.shard_id = shard;
-                u.sequence_number = seq;
+                let this = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.deliver(&id, outbox).await {
+                        tracing::warn!(upload = %id, error = %e, "cannot deliver an upload's stream record now; it stays in the outbox and is delivered later");
+                    }
+                    drop(place);
+                });
+                self.store.discard_blobs(garbage).await;
                 Ok(done)
             }
             Err(e) => {
@@ -1091,7 +1219,7 @@ mod tests {
             .get_shard_iterator("u", &sluice_stream::shard_id(0), IteratorSpec::TrimHorizon)
             .await
             .expect("iterator");
-        stream.get_records(&it, 100).await.expect("read").records
+        stream.get_records(&it, 10_000).await.expect("read").records
     }
 
     #[tokio::test]
@@ -1117,8 +1245,17 @@ mod tests {
 
         // The restart: pending uploads are delivered, each once.
         let (_store, stream, uploads) = open(&engines);
-        assert_eq!(uploads.deliver_pending().await.expect("deliver pending"), 2);
-        assert_eq!(uploads.deliver_pending().await.expect("nothing left"), 0);
+        assert_eq!(
+            uploads
+                .deliver_pending(None)
+                .await
+                .expect("deliver pending"),
+            2
+        );
+        assert_eq!(
+            uploads.deliver_pending(None).await.expect("nothing left"),
+            0
+        );
         let got = records(&stream).await;
         assert_eq!(got.len(), 2, "one record per upload");
         let ua = uploads.get(&a).await.expect("get a");
@@ -1140,8 +1277,77 @@ mod tests {
         // goes on, the upload stays pending.
         let (c, _) = commit_without_delivery(&uploads, &_store, "c").await;
         stream.delete_stream("u").await.expect("delete");
-        assert_eq!(uploads.deliver_pending().await.expect("start goes on"), 0);
+        assert_eq!(
+            uploads.deliver_pending(None).await.expect("start goes on"),
+            0
+        );
         assert_eq!(uploads.get(&c).await.expect("get c").sequence_number, "");
+        stream.db().close();
+    }
+
+    /// An upload is answered once its commit is durable and its record follows: the answer
+    /// has no position yet, the stream gets the record once, and the row learns where.
+    /// Entries whose delivery never ran are left to their uploads while young, and the
+    /// periodic pass delivers them (more than one chunk of them) once old, each once.
+    #[tokio::test]
+    async fn answered_uploads_are_delivered_after_the_answer_or_by_the_periodic_pass() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let (store, stream, uploads) = ready(&engines).await;
+        let answered = uploads
+            .commit(meta("now").with_body(bytes::Bytes::from("x")))
+            .await
+            .expect("commit");
+        assert!(
+            uploads
+                .flush_deliveries(std::time::Duration::from_secs(10))
+                .await
+        );
+        // Released: the places are all free again.
+        assert_eq!(uploads.undelivered.available_permits(), MAX_UNDELIVERED);
+        let got = records(&stream).await;
+        assert_eq!(got.len(), 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let row = uploads.get(&answered.id).await.expect("get");
+            assert_eq!(
+                row.sequence_number, got[0].sequence_number,
+                "from the log or the row"
+            );
+            let settled = uploads
+                .db
+                .read({
+                    let id = answered.id.clone();
+                    move |c| {
+                        c.query_opt(
+                            "SELECT 1 FROM uploads WHERE id = ?1 AND outbox_ticket IS NULL",
+                            params![id],
+                            |_| Ok(()),
+                        )
+                    }
+                })
+                .await
+                .expect("read");
+            if settled.is_some() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never settled");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+
+        let n = REDELIVERY_CHUNK + 20;
+        for i in 0..n {
+            commit_without_delivery(&uploads, &store, &format!("late-{i}")).await;
+        }
+        assert_eq!(
+            uploads.deliver_pending(Some(60_000)).await.expect("young"),
+            0,
+            "young entries are left to their uploads"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert_eq!(uploads.deliver_pending(Some(1)).await.expect("old"), n);
+        assert_eq!(uploads.deliver_pending(Some(1)).await.expect("again"), 0);
+        assert_eq!(records(&stream).await.len(), n + 1, "each record once");
+        assert!(stream.pending_tickets().await.expect("tickets").is_empty());
         stream.db().close();
     }
 
