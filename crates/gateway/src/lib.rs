@@ -60,9 +60,26 @@ pub(crate) fn now_secs() -> i64 {
     sluice_meta::now_ms() / 1000
 }
 
-/// Everything the API needs.
+/// Everything the API needs, shared by every request: cloned once or twice per request (by
+/// axum's `State` and the middleware), so one reference count, not a copy of each part.
 #[derive(Clone)]
-pub struct Gateway {
+pub struct Gateway(Arc<GatewayConfig>);
+
+impl From<GatewayConfig> for Gateway {
+    fn from(config: GatewayConfig) -> Self {
+        Gateway(Arc::new(config))
+    }
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = GatewayConfig;
+    fn deref(&self) -> &GatewayConfig {
+        &self.0
+    }
+}
+
+/// The parts of a [`Gateway`].
+pub struct GatewayConfig {
     pub authorizer: Arc<dyn Authorizer>,
     pub sink: Arc<dyn UploadSink>,
     pub ledger: Arc<dyn UploadLedger>,

@@ -14,6 +14,12 @@ macro_rules! outln {
     }};
 }
 
+/// mimalloc rather than glibc's malloc: an upload allocates and frees many small buffers
+/// across the runtime's threads, and glibc's arenas spent a seventh of the server's CPU on
+/// that (docs/BENCHMARKS.md, session 22).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin_api;
 mod builtin_roles;
 mod client;
