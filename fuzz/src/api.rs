@@ -35,7 +35,7 @@ pub fn api() -> &'static Api {
         )
         .expect("metadata");
         let store = EmbeddedStore::open(db, &dir.join("blobs")).expect("store");
-        let gw = sluice_gateway::Gateway {
+        let gw: sluice_gateway::Gateway = sluice_gateway::GatewayConfig {
             authorizer: crate::authorizer().chain.clone(),
             sink: Arc::new(CheckingSink {
                 store: store.clone(),
@@ -48,7 +48,8 @@ pub fn api() -> &'static Api {
             max_upload_bytes: MAX_BODY as u64,
             quota: sluice_gateway::quota::Quota::new(Default::default()),
             shutdown: tokio::sync::watch::channel(false).1,
-        };
+        }
+        .into();
         Api {
             router: sluice_gateway::router(gw),
             bearer: format!("Bearer {}", id_token()),
