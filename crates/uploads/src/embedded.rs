@@ -107,6 +107,36 @@ pub struct EmbeddedUploads {
     settles: Arc<Settles>,
     /// Places for uploads whose record is on its way ([`MAX_UNDELIVERED`]).
     undelivered: Arc<tokio::sync::Semaphore>,
+    failed_deliveries: Arc<FailureLog>,
+}
+
+/// Failed deliveries after the answer, logged as one line per [`FailureLog::EVERY_MS`] with
+/// their count, not one per upload: while a record engine is down every upload fails its
+/// delivery, thousands a second.
+#[derive(Default)]
+struct FailureLog {
+    since_last: std::sync::atomic::AtomicU64,
+    last_ms: std::sync::atomic::AtomicI64,
+}
+
+impl FailureLog {
+    const EVERY_MS: i64 = 5_000;
+
+    /// Counts one failure at `now_ms`; returns how many to report when a line is due.
+    fn count(&self, now_ms: i64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.since_last.fetch_add(1, Relaxed);
+        let last = self.last_ms.load(Relaxed);
+        if now_ms.saturating_sub(last) < Self::EVERY_MS
+            || self
+                .last_ms
+                .compare_exchange(last, now_ms, Relaxed, Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        Some(self.since_last.swap(0, Relaxed))
+    }
 }
 
 /// Where delivered records landed, waiting to be written into their status rows (and their
@@ -135,6 +165,7 @@ impl EmbeddedUploads {
             stream,
             settles: Arc::default(),
             undelivered: Arc::new(tokio::sync::Semaphore::new(MAX_UNDELIVERED)),
+            failed_deliveries: Arc::default(),
         }
     }
 
@@ -645,8 +676,10 @@ impl EmbeddedUploads {
                 let id = done.upload_mut().id.clone();
                 let this = self.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = this.deliver(&id, outbox).await {
-                        tracing::warn!(upload = %id, error = %e, "cannot deliver an upload's stream record now; it stays in the outbox and is delivered later");
+                    if let Err(e) = this.deliver(&id, outbox).await
+                        && let Some(n) = this.failed_deliveries.count(now_ms())
+                    {
+                        tracing::warn!(uploads = n, last = %id, error = %e, "cannot deliver uploads' stream records now; they stay in the outbox and are delivered once the stream takes them again");
                     }
                     drop(place);
                 });
@@ -1349,6 +1382,18 @@ mod tests {
         assert_eq!(records(&stream).await.len(), n + 1, "each record once");
         assert!(stream.pending_tickets().await.expect("tickets").is_empty());
         stream.db().close();
+    }
+
+    /// Failed deliveries are reported once per interval with how many there were.
+    #[test]
+    fn failed_deliveries_are_logged_once_per_interval_with_their_count() {
+        let log = FailureLog::default();
+        assert_eq!(log.count(10_000), Some(1), "the first failure is reported");
+        assert_eq!(log.count(10_001), None);
+        assert_eq!(log.count(14_999), None);
+        assert_eq!(log.count(15_000), Some(3), "the two held back and this one");
+        assert_eq!(log.count(15_001), None);
+        assert_eq!(log.count(30_000), Some(2));
     }
 
     /// A user's uploads page newest first without gaps or repeats (several uploads in the
