@@ -152,19 +152,15 @@ fn seed_walkthrough_survives_restart() {
             .to_owned();
         // The record reaches its shard just after the answer (the outbox entry is the
         // durable record; its delivery follows).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let shard = loop {
-            let (_, st) = server.status(&token, &id2);
-            let shard = st["shardId"].as_str().expect("shardId").to_owned();
-            if !shard.is_empty() {
-                break shard;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never delivered: {st}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        };
+        let shard = common::wait_for(
+            "the upload's record in its shard",
+            std::time::Duration::from_secs(10),
+            || {
+                let (_, st) = server.status(&token, &id2);
+                let shard = st["shardId"].as_str().expect("shardId").to_owned();
+                (!shard.is_empty()).then_some(shard)
+            },
+        );
         if covered.insert(shard.clone()) {
             fresh.insert(shard, id2);
         }

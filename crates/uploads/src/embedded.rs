@@ -211,9 +211,7 @@ impl EmbeddedUploads {
                         .map(|mut st| std::mem::take(&mut st.waiting))
                         .unwrap_or_default()
                 });
-                for (id, ticket, shard, seq) in rows.iter() {
-                    settle_in(c, id, *ticket, shard, seq)?;
-                }
+                settle_all_in(c, rows)?;
                 Ok::<_, UploadError>(rows.len())
             },
             move |r: Result<usize, UploadError>| {
@@ -310,14 +308,7 @@ impl EmbeddedUploads {
             }
             if !settles.is_empty() {
                 delivered += settles.len();
-                self.db
-                    .write(move |c| {
-                        for (id, ticket, shard, seq) in &settles {
-                            settle_in(c, id, *ticket, shard, seq)?;
-                        }
-                        Ok::<_, UploadError>(())
-                    })
-                    .await?;
+                self.db.write(move |c| settle_all_in(c, &settles)).await?;
             }
             if !full {
                 return Ok(delivered);
@@ -527,6 +518,14 @@ impl EmbeddedUploads {
         ));
         Ok((put.shard_id, put.sequence_number))
     }
+}
+
+/// [`settle_in`] for each of `rows`.
+fn settle_all_in(c: &Tx<'_>, rows: &[Settle]) -> Result<(), UploadError> {
+    for (id, ticket, shard, seq) in rows {
+        settle_in(c, id, *ticket, shard, seq)?;
+    }
+    Ok(())
 }
 
 /// Stores where an upload's record landed and settles its outbox ticket, inside the
