@@ -429,7 +429,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         sluice_compat::close_after_refused_expect,
     ))
     .layer(axum::middleware::from_fn_with_state(
-        "api",
+        crate::telemetry::Tracked::new("api"),
         crate::telemetry::track,
     ));
     if let Some(k) = &new_key {
@@ -498,7 +498,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
     })
     .map_err(anyhow::Error::msg)?
     .layer(axum::middleware::from_fn_with_state(
-        "edge",
+        crate::telemetry::Tracked::new("edge"),
         crate::telemetry::track,
     ));
 

@@ -45,6 +45,9 @@ pub(crate) struct StreamMeta {
     /// The record engine's epoch, read before the rows were: older than a change of this
     /// stream means stale.
     pub(crate) epoch: u64,
+    /// Each open shard's `sluice_stream_appended_{records,bytes}_total` handles, by shard
+    /// index: looked up in the recorder once per load of this metadata, not per append.
+    pub(crate) appended: Vec<(u64, metrics::Counter, metrics::Counter)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,9 +99,23 @@ impl EmbeddedStream {
                     max_record_bytes: row.max_record_bytes,
                     shards,
                     epoch,
+                    appended: Vec::new(),
                 })
             })
             .await?;
+        let mut meta = meta;
+        meta.appended = meta
+            .shards
+            .iter()
+            .map(|s| {
+                let (stream, shard) = (meta.name.clone(), shard_id(s.idx));
+                (
+                    s.idx,
+                    metrics::counter!("sluice_stream_appended_records_total", "stream" => stream.clone(), "shard" => shard.clone()),
+                    metrics::counter!("sluice_stream_appended_bytes_total", "stream" => stream, "shard" => shard),
+                )
+            })
+            .collect();
         let meta = Arc::new(meta);
         // Tailing readers of this stream hear of its appends from the engine.
         self.watch_stream(&meta.name, meta.id, true);
@@ -226,11 +243,12 @@ impl EmbeddedStream {
             match outcome {
                 AppendOutcome::Done(done) => {
                     for (idx, (count, bytes)) in per_shard {
-                        let shard = shard_id(idx);
-                        metrics::counter!("sluice_stream_appended_records_total", "stream" => stream.to_owned(), "shard" => shard.clone())
-                            .increment(count);
-                        metrics::counter!("sluice_stream_appended_bytes_total", "stream" => stream.to_owned(), "shard" => shard)
-                            .increment(bytes);
+                        if let Some((_, records, size)) =
+                            meta.appended.iter().find(|(i, _, _)| *i == idx)
+                        {
+                            records.increment(count);
+                            size.increment(bytes);
+                        }
                     }
                     return Ok(merge(done, refused, records.len()));
                 }
