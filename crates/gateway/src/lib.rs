@@ -694,8 +694,12 @@ async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, GatewayE
 /// zero-width spaces and joiners, the BOM), a leading or trailing space, a trailing dot, and
 /// the names Windows reserves for devices (`CON`, `NUL`, `COM1`, … with any extension).
 pub fn validate_filename(name: &str) -> Result<String, GatewayError> {
-    use unicode_normalization::UnicodeNormalization;
-    let name: String = name.nfc().collect();
+    use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+    // Most names are NFC already (every ASCII one is): the quick check spares rebuilding them.
+    let name: String = match is_nfc_quick(name.chars()) {
+        IsNormalized::Yes => name.to_owned(),
+        _ => name.nfc().collect(),
+    };
     let bad = |r: &str| Err(GatewayError::BadRequest(format!("filename {r}")));
     if name.is_empty() {
         return bad("must not be empty");

@@ -416,7 +416,7 @@ pub enum StatusChange {
 /// `uploadedAt`).
 pub fn iso8601_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
-        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }
 
@@ -449,5 +449,7 @@ mod tests {
             assert!(v.get(f).is_some(), "{f}");
         }
         assert_eq!(v["uploadedAt"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601_ms(1_733_436_665_123), "2024-12-05T22:11:05.123Z");
+        assert_eq!(iso8601_ms(1_733_436_665_000), "2024-12-05T22:11:05.000Z");
     }
 }
