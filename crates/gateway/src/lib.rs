@@ -139,22 +139,17 @@ impl FromRequestParts<Gateway> for Authenticated {
 
     async fn from_request_parts(parts: &mut Parts, gw: &Gateway) -> Result<Self, Self::Rejection> {
         let verdict = Self::check(parts, gw);
-        let reason = match &verdict {
-            Ok(_) => "ok",
-            Err(GatewayError::InvalidToken(e)) => e.reason(),
-            Err(GatewayError::Unauthorized(_)) => "no_bearer_token",
-            Err(_) => "bad_request",
-        };
-        let result = if verdict.is_ok() {
-            "success"
-        } else {
-            "failure"
-        };
-        if verdict.is_ok() {
-            AUTH_OK.increment(1);
-        } else {
-            metrics::counter!("sluice_auth_total", "edge" => "api", "result" => result, "reason" => reason)
-                .increment(1);
+        match &verdict {
+            Ok(_) => AUTH_OK.increment(1),
+            Err(e) => {
+                let reason = match e {
+                    GatewayError::InvalidToken(e) => e.reason(),
+                    GatewayError::Unauthorized(_) => "no_bearer_token",
+                    _ => "bad_request",
+                };
+                metrics::counter!("sluice_auth_total", "edge" => "api", "result" => "failure", "reason" => reason)
+                    .increment(1);
+            }
         }
         verdict
     }

@@ -219,30 +219,38 @@ impl Tracked {
     }
 
     fn record(&self, route: &str, status: StatusCode, elapsed: Duration) {
-        let listener = self.listener;
         let Ok(mut routes) = self.routes.lock() else {
             return;
         };
-        if !routes.contains_key(route) {
-            let duration = metrics::histogram!(
-                "sluice_http_request_duration_seconds",
-                "listener" => listener,
-                "route" => route.to_owned()
-            );
-            routes.insert(
-                route.to_owned(),
-                RouteHandles {
-                    duration,
-                    by_status: Vec::new(),
-                },
-            );
-        }
-        let Some(handles) = routes.get_mut(route) else {
+        // One lookup per request once the route has been seen.
+        if let Some(handles) = routes.get_mut(route) {
+            handles.record(self.listener, route, status, elapsed);
             return;
+        }
+        let mut handles = RouteHandles {
+            duration: metrics::histogram!(
+                "sluice_http_request_duration_seconds",
+                "listener" => self.listener,
+                "route" => route.to_owned()
+            ),
+            by_status: Vec::new(),
         };
-        handles.duration.record(elapsed.as_secs_f64());
+        handles.record(self.listener, route, status, elapsed);
+        routes.insert(route.to_owned(), handles);
+    }
+}
+
+impl RouteHandles {
+    fn record(
+        &mut self,
+        listener: &'static str,
+        route: &str,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        self.duration.record(elapsed.as_secs_f64());
         let code = status.as_u16();
-        match handles.by_status.iter().find(|(c, _)| *c == code) {
+        match self.by_status.iter().find(|(c, _)| *c == code) {
             Some((_, counter)) => counter.increment(1),
             None => {
                 let counter = metrics::counter!(
@@ -252,7 +260,7 @@ impl Tracked {
                     "status" => status.as_str().to_owned()
                 );
                 counter.increment(1);
-                handles.by_status.push((code, counter));
+                self.by_status.push((code, counter));
             }
         }
     }
