@@ -44,7 +44,7 @@ mod throttle;
 
 pub use crate::records::LogStats;
 pub use crate::records::embedded::SEGMENT_BYTES;
-pub use append::{enqueue_in_tx, settle_in_tx};
+pub use append::{OWN_TICKETS_FROM, enqueue_in_tx, settle_in_tx};
 pub use schema::MIGRATIONS;
 pub use throttle::{
     READ_BYTES_PER_SEC, READ_CALLS_PER_SEC, WRITE_BYTES_PER_SEC, WRITE_RECORDS_PER_SEC,

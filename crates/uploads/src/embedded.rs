@@ -1,10 +1,13 @@
 //! Uploads over the embedded store and stream: one transaction per upload, group-committed
 //! with every other write waiting at the same moment.
 //!
-//! The upload's stream record is committed in that transaction as an outbox entry
-//! ([`enqueue_in_tx`]). Once the transaction is durable the upload is answered, and the
-//! record is delivered to the stream's record engine meanwhile; a second transaction,
-//! shared with other deliveries, stores its sequence number and settles the entry. An entry
+//! The upload's stream record is committed in that transaction: the upload's row is its
+//! outbox entry (the record is [`upload_record`] of the row's columns, delivered with the
+//! ticket [`OWN_TICKETS_FROM`] + the row's number; a requeued upload's new record is a
+//! `stream_outbox` entry, [`enqueue_in_tx`]). Once the transaction is durable the upload is
+//! answered, and the record is delivered to the stream's record engine meanwhile; a second
+//! transaction, shared with other deliveries, stores its sequence number and settles the
+//! entry. An entry
 //! whose delivery was cut short (a crash, an engine that was down, a deleted stream) is
 //! delivered by [`EmbeddedUploads::deliver_pending`], at start and every few seconds while
 //! serving ([`EmbeddedUploads::redeliver_every`]); the stream appends each entry exactly
@@ -27,7 +30,7 @@ use sluice_meta::{Meta, Migration, now_ms};
 use sluice_store::embedded::{EmbeddedStore, Prepared, complete_multipart_in_tx, put_in_tx};
 use sluice_store::{ObjectInfo, PutOptions};
 use sluice_stream::PutRecord;
-use sluice_stream::embedded::{EmbeddedStream, enqueue_in_tx, settle_in_tx};
+use sluice_stream::embedded::{EmbeddedStream, OWN_TICKETS_FROM, enqueue_in_tx, settle_in_tx};
 
 use crate::{
     ByteStream, CompletedMultipart, MultipartCompletion, NewUpload, Staged, StatusChange, Upload,
@@ -83,7 +86,69 @@ CREATE INDEX uploads_status ON uploads (status, updated_ms);",
         name: "uploads-0004",
         sql: "CREATE INDEX uploads_pending ON uploads (outbox_ticket) WHERE outbox_ticket IS NOT NULL;",
     },
+    // Each row is its upload's own outbox entry (see `OwnTicket`): rebuilt with a row number
+    // (`seq`, the `INTEGER PRIMARY KEY`: SQLite's rowid, an identity column on PostgreSQL;
+    // never reused, as uploads rows are never deleted) and the record's partition key, so
+    // that an upload's record is committed without an outbox row of its own. Existing rows
+    // are numbered in the order they were created; the rebuild copies the table once, at
+    // the first start of this version. Pending rows are found by row number.
+    Migration {
+        name: "uploads-0005",
+        sql: "CREATE TABLE uploads_v5 (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    user_sub TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    shard_id TEXT NOT NULL,
+    sequence_number TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    processed_bucket TEXT,
+    processed_key TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    processed_ms INTEGER,
+    outbox_ticket INTEGER,
+    partition_key TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO uploads_v5 (id, user_sub, bucket, key, filename, size, sha256, content_type,
+    request_id, stream, shard_id, sequence_number, status, attempts, error, processed_bucket,
+    processed_key, created_ms, updated_ms, processed_ms, outbox_ticket)
+SELECT id, user_sub, bucket, key, filename, size, sha256, content_type,
+    request_id, stream, shard_id, sequence_number, status, attempts, error, processed_bucket,
+    processed_key, created_ms, updated_ms, processed_ms, outbox_ticket
+FROM uploads ORDER BY created_ms, id;
+DROP TABLE uploads;
+ALTER TABLE uploads_v5 RENAME TO uploads;
+CREATE INDEX uploads_user ON uploads (user_sub, created_ms);
+CREATE INDEX uploads_user_updated ON uploads (user_sub, updated_ms);
+CREATE INDEX uploads_status ON uploads (status, updated_ms);
+CREATE INDEX uploads_pending ON uploads (seq) WHERE outbox_ticket IS NOT NULL;",
+    },
 ];
+
+/// `outbox_ticket` of an upload whose record is pending in its own row: its ticket is
+/// [`OWN_TICKETS_FROM`] + `seq`, and the record is rebuilt from the row
+/// ([`upload_record`] of its columns: the same bytes as at the commit). Any other value
+/// not NULL is a `stream_outbox` ticket (a requeued or redriven upload's new record);
+/// NULL means delivered and settled.
+const OWN_TICKET: i64 = 0;
+
+/// The ticket an upload row's record is delivered with, if it is pending.
+fn pending_ticket(outbox_ticket: Option<i64>, seq: i64) -> Option<i64> {
+    match outbox_ticket {
+        Some(OWN_TICKET) => Some(OWN_TICKETS_FROM + seq),
+        other => other,
+    }
+}
 
 /// How many uploads' records may be on their way to the stream after their answer. An
 /// upload beyond it waits for a place before its commit: the record engine's pace, not
@@ -153,8 +218,9 @@ struct SettleState {
     in_flight: bool,
 }
 
-/// One delivered upload: its id, outbox ticket, shard and sequence number.
-type Settle = (String, i64, String, String);
+/// One delivered upload: its row number, the ticket it was delivered with, shard and
+/// sequence number.
+type Settle = (i64, i64, String, String);
 
 impl EmbeddedUploads {
     /// `store` and `stream` must live in the same database as `db`.
@@ -254,15 +320,17 @@ impl EmbeddedUploads {
         let mut delivered = 0;
         loop {
             let from = after;
-            let pending: Vec<(String, i64, i64)> = self
+            let pending: Vec<Pending> = self
                 .db
                 .read(move |c| {
                     c.query_vec(
-                        "SELECT id, outbox_ticket, updated_ms FROM uploads
-                         WHERE outbox_ticket IS NOT NULL AND outbox_ticket > ?1
-                         ORDER BY outbox_ticket LIMIT ?2",
+                        "SELECT seq, outbox_ticket, updated_ms, id, user_sub, bucket, key, size,
+                             sha256, content_type, request_id, stream, created_ms, partition_key
+                         FROM uploads
+                         WHERE outbox_ticket IS NOT NULL AND seq > ?1
+                         ORDER BY seq LIMIT ?2",
                         params![from, REDELIVERY_CHUNK as i64],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                        Pending::row,
                     )
                     .map_err(UploadError::from)
                 })
@@ -270,19 +338,28 @@ impl EmbeddedUploads {
             let Some(last) = pending.last() else {
                 return Ok(delivered);
             };
-            after = last.1;
+            after = last.seq;
             let full = pending.len() == REDELIVERY_CHUNK;
             let cutoff = older_than_ms.map(|age| now_ms().saturating_sub(age));
             let mut round = tokio::task::JoinSet::new();
-            for (id, ticket, updated_ms) in pending {
-                if cutoff.is_some_and(|c| updated_ms > c) {
+            for p in pending {
+                if cutoff.is_some_and(|c| p.updated_ms > c) {
                     continue;
                 }
                 let stream = self.stream.clone();
                 round.spawn(async move {
-                    match stream.deliver(ticket).await {
-                        Ok(put) => Ok((id, ticket, put.shard_id, put.sequence_number)),
-                        Err(e) => Err((id, e)),
+                    let ticket = pending_ticket(Some(p.outbox_ticket), p.seq).unwrap_or_default();
+                    let put = match p.own_record() {
+                        // The row is the outbox entry: its record is rebuilt from it.
+                        Some(record) => match record {
+                            Ok(record) => stream.deliver_record(ticket, &p.stream, record).await,
+                            Err(e) => return Err((p.id, e)),
+                        },
+                        None => stream.deliver(ticket).await,
+                    };
+                    match put {
+                        Ok(put) => Ok((p.seq, ticket, put.shard_id, put.sequence_number)),
+                        Err(e) => Err((p.id, UploadError::from(e))),
                     }
                 });
             }
@@ -365,13 +442,13 @@ impl EmbeddedUploads {
         let outbox = self
             .db
             .write(move |c| {
-                let Some((u, _)) = c.query_opt(
+                let Some((u, _, row)) = c.query_opt(
                     &format!(
                         "SELECT {UPLOAD_COLUMNS} FROM uploads
                          WHERE id = ?1 AND status IN {statuses}"
                     ),
                     params![&id_owned],
-                    upload_row,
+                    upload_row_numbered,
                 )?
                 else {
                     return Ok(None);
@@ -394,13 +471,18 @@ impl EmbeddedUploads {
                     &u.content_type,
                     u.created_ms,
                 )?;
+                // A new record with a new ticket: the old ticket's record is in the log
+                // already, and delivering it again would answer its first result.
                 let ticket = enqueue_in_tx(c, &u.stream, &record)?;
                 c.execute(
                     "UPDATE uploads SET status = 'queued', error = NULL, shard_id = '',
-                         sequence_number = '', outbox_ticket = ?2, updated_ms = ?3 WHERE id = ?1",
-                    params![&u.id, ticket, now_ms()],
+                         sequence_number = '', outbox_ticket = ?2, updated_ms = ?3,
+                         partition_key = ?4
+                     WHERE seq = ?1",
+                    params![row, ticket, now_ms(), &partition_key],
                 )?;
                 Ok::<_, UploadError>(Some(Outboxed {
+                    row,
                     ticket,
                     stream: u.stream.clone(),
                     record,
@@ -408,7 +490,7 @@ impl EmbeddedUploads {
             })
             .await?;
         match outbox {
-            Some(o) => Ok(Some(self.deliver(id, o).await?)),
+            Some(o) => Ok(Some(self.deliver(o).await?)),
             None => Ok(None),
         }
     }
@@ -505,13 +587,13 @@ impl EmbeddedUploads {
     /// status row learns it in a transaction nobody waits for: until that commits, or if
     /// it is lost in a crash, the record engine still knows the result
     /// ([`UploadLedger::get`] asks it) and [`EmbeddedUploads::deliver_pending`] stores it.
-    async fn deliver(&self, id: &str, outbox: Outboxed) -> Result<(String, String), UploadError> {
+    async fn deliver(&self, outbox: Outboxed) -> Result<(String, String), UploadError> {
         let put = self
             .stream
             .deliver_record(outbox.ticket, &outbox.stream, outbox.record)
             .await?;
         self.settle_later((
-            id.to_owned(),
+            outbox.row,
             outbox.ticket,
             put.shard_id.clone(),
             put.sequence_number.clone(),
@@ -522,22 +604,91 @@ impl EmbeddedUploads {
 
 /// [`settle_in`] for each of `rows`.
 fn settle_all_in(c: &Tx<'_>, rows: &[Settle]) -> Result<(), UploadError> {
-    for (id, ticket, shard, seq) in rows {
-        settle_in(c, id, *ticket, shard, seq)?;
+    for (row, ticket, shard, seq) in rows {
+        settle_in(c, *row, *ticket, shard, seq)?;
     }
     Ok(())
 }
 
-/// Stores where an upload's record landed and settles its outbox ticket, inside the
-/// caller's transaction.
-fn settle_in(c: &Tx<'_>, id: &str, ticket: i64, shard: &str, seq: &str) -> Result<(), UploadError> {
+/// Stores where an upload's record landed and settles its ticket, inside the caller's
+/// transaction. The row is changed only while it still waits for that very ticket: a
+/// requeue committed meanwhile gave it a new record to wait for.
+fn settle_in(c: &Tx<'_>, row: i64, ticket: i64, shard: &str, seq: &str) -> Result<(), UploadError> {
+    let own = ticket >= OWN_TICKETS_FROM;
+    let stored = if own { OWN_TICKET } else { ticket };
     c.execute(
         "UPDATE uploads SET shard_id = ?2, sequence_number = ?3, outbox_ticket = NULL
-         WHERE id = ?1",
-        params![id, shard, seq],
+         WHERE seq = ?1 AND outbox_ticket = ?4",
+        params![row, shard, seq, stored],
     )?;
-    settle_in_tx(c, ticket)?;
+    if !own {
+        settle_in_tx(c, ticket)?;
+    }
     Ok(())
+}
+
+/// A pending upload row as [`EmbeddedUploads::deliver_pending`] reads it: enough to
+/// rebuild its record when the row is its own outbox entry.
+struct Pending {
+    seq: i64,
+    outbox_ticket: i64,
+    updated_ms: i64,
+    id: String,
+    user_sub: String,
+    bucket: String,
+    key: String,
+    size: u64,
+    sha256: String,
+    content_type: String,
+    request_id: String,
+    stream: String,
+    created_ms: i64,
+    partition_key: String,
+}
+
+impl Pending {
+    fn row(r: &sluice_meta::Row<'_>) -> Result<Self, sluice_meta::MetaError> {
+        Ok(Pending {
+            seq: r.get(0)?,
+            outbox_ticket: r.get(1)?,
+            updated_ms: r.get(2)?,
+            id: r.get(3)?,
+            user_sub: r.get(4)?,
+            bucket: r.get(5)?,
+            key: r.get(6)?,
+            size: r.get::<i64>(7)?.max(0) as u64,
+            sha256: r.get(8)?,
+            content_type: r.get(9)?,
+            request_id: r.get(10)?,
+            stream: r.get(11)?,
+            created_ms: r.get(12)?,
+            partition_key: r.get(13)?,
+        })
+    }
+
+    /// The record committed in this row, when the row is its own outbox entry (`None`:
+    /// the record waits in `stream_outbox`).
+    fn own_record(&self) -> Option<Result<PutRecord, UploadError>> {
+        (self.outbox_ticket == OWN_TICKET).then(|| {
+            let e = Enqueue {
+                user_sub: &self.user_sub,
+                filename: "",
+                request_id: &self.request_id,
+                stream: &self.stream,
+                partition_key: &self.partition_key,
+            };
+            upload_record(
+                &e,
+                &self.id,
+                &self.bucket,
+                &self.key,
+                self.size,
+                &self.sha256,
+                &self.content_type,
+                self.created_ms,
+            )
+        })
+    }
 }
 
 #[async_trait]
@@ -578,6 +729,13 @@ impl UploadSink for EmbeddedUploads {
             .await?;
         let blob = assembled.prepared().blob_name().map(str::to_owned);
         let id = crate::new_upload_id();
+        let max_record_bytes = match self.stream.max_record_bytes(&m.stream).await {
+            Ok(max) => max,
+            Err(e) => {
+                self.store.discard_blobs(blob.into_iter().collect()).await;
+                return Err(e.into());
+            }
+        };
         self.commit_upload(blob, move |c| {
             let now = now_ms();
             let (info, garbage) = complete_multipart_in_tx(c, &assembled, Some(&m.user_sub), now)
@@ -591,6 +749,7 @@ impl UploadSink for EmbeddedUploads {
                 partition_key: &m.partition_key,
             };
             let record = object_record(&e, &id, &info, now)?;
+            sluice_stream::validate_record(&record, max_record_bytes)?;
             let (upload, outbox) = enqueue_upload_in_tx(c, &e, id.clone(), info, now, record)?;
             Ok((CompletedMultipart { upload, etag }, garbage, outbox))
         })
@@ -619,6 +778,17 @@ impl EmbeddedUploads {
             &u.content_type,
             now,
         )?;
+        // Checked before the transaction, against the stream's cached metadata: the
+        // writer only inserts rows. (A stream deleted between this check and the delivery
+        // leaves the upload pending, as a stream deleted after its commit always did.)
+        let checked = match self.stream.max_record_bytes(&u.stream).await {
+            Ok(max) => sluice_stream::validate_record(&record, max).map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
+            self.store.discard_blobs(blob.into_iter().collect()).await;
+            return Err(e.into());
+        }
         let opts = PutOptions {
             content_type: Some(u.content_type.clone()),
             owner: Some(u.user_sub.clone()),
@@ -675,7 +845,7 @@ impl EmbeddedUploads {
                 let id = done.upload_mut().id.clone();
                 let this = self.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = this.deliver(&id, outbox).await
+                    if let Err(e) = this.deliver(outbox).await
                         && let Some(n) = this.failed_deliveries.count(now_ms())
                     {
                         tracing::warn!(uploads = n, last = %id, error = %e, "cannot deliver uploads' stream records now; they stay in the outbox and are delivered once the stream takes them again");
@@ -693,8 +863,11 @@ impl EmbeddedUploads {
     }
 }
 
-/// An upload's stream record, committed to the outbox and not delivered yet.
+/// An upload's stream record, committed (in its row or in the stream's outbox) and not
+/// delivered yet.
 struct Outboxed {
+    /// The upload's row number (`seq`).
+    row: i64,
     ticket: i64,
     stream: String,
     record: PutRecord,
@@ -800,9 +973,11 @@ fn object_record(
     )
 }
 
-/// Puts the stream record of an upload whose object `info` was written in the same
-/// transaction into the stream's outbox, and inserts its status row. Returns the upload
-/// (its shard and sequence number empty until delivered) and the outbox entry.
+/// Inserts the status row of an upload whose object `info` was written in the same
+/// transaction; the row is the upload's outbox entry (its record, already checked with
+/// [`sluice_stream::validate_record`], is `record`: what [`upload_record`] makes of the
+/// row's columns). Returns the upload (its shard and sequence number empty until
+/// delivered) and the record to deliver.
 fn enqueue_upload_in_tx(
     c: &Tx<'_>,
     e: &Enqueue<'_>,
@@ -811,12 +986,11 @@ fn enqueue_upload_in_tx(
     now: i64,
     record: PutRecord,
 ) -> Result<(Upload, Outboxed), UploadError> {
-    let ticket = enqueue_in_tx(c, e.stream, &record)?;
-    c.execute(
+    let row = c.insert_id(
         "INSERT INTO uploads (id, user_sub, bucket, key, filename, size, sha256,
              content_type, request_id, stream, shard_id, sequence_number, status,
-             created_ms, updated_ms, outbox_ticket)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '', '', 'queued', ?11, ?11, ?12)",
+             created_ms, updated_ms, outbox_ticket, partition_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '', '', 'queued', ?11, ?11, ?12, ?13)",
         params![
             id,
             e.user_sub,
@@ -829,8 +1003,10 @@ fn enqueue_upload_in_tx(
             e.request_id,
             e.stream,
             now,
-            ticket
+            OWN_TICKET,
+            e.partition_key
         ],
+        "seq",
     )?;
     let upload = Upload {
         id,
@@ -855,7 +1031,8 @@ fn enqueue_upload_in_tx(
         processed_ms: None,
     };
     let outbox = Outboxed {
-        ticket,
+        row,
+        ticket: OWN_TICKETS_FROM + row,
         stream: e.stream.to_owned(),
         record,
     };
@@ -865,10 +1042,17 @@ fn enqueue_upload_in_tx(
 /// The columns [`upload_row`] reads, in its order.
 const UPLOAD_COLUMNS: &str = "id, user_sub, bucket, key, filename, size, sha256, content_type,
     request_id, stream, shard_id, sequence_number, status, attempts, error, processed_bucket,
-    processed_key, created_ms, updated_ms, processed_ms, outbox_ticket";
+    processed_key, created_ms, updated_ms, processed_ms, outbox_ticket, seq";
 
-/// An upload row of [`UPLOAD_COLUMNS`] and its undelivered outbox ticket.
+/// An upload row of [`UPLOAD_COLUMNS`] and the ticket of its undelivered record.
 fn upload_row(r: &sluice_meta::Row<'_>) -> Result<(Upload, Option<i64>), sluice_meta::MetaError> {
+    upload_row_numbered(r).map(|(u, ticket, _)| (u, ticket))
+}
+
+/// [`upload_row`] and the row's number.
+fn upload_row_numbered(
+    r: &sluice_meta::Row<'_>,
+) -> Result<(Upload, Option<i64>, i64), sluice_meta::MetaError> {
     let upload = Upload {
         id: r.get(0)?,
         user_sub: r.get(1)?,
@@ -891,7 +1075,8 @@ fn upload_row(r: &sluice_meta::Row<'_>) -> Result<(Upload, Option<i64>), sluice_
         updated_ms: r.get(18)?,
         processed_ms: r.get(19)?,
     };
-    Ok((upload, r.get::<Option<i64>>(20)?))
+    let seq = r.get::<i64>(21)?;
+    Ok((upload, pending_ticket(r.get::<Option<i64>>(20)?, seq), seq))
 }
 
 /// Acknowledged uploads that are not finished (queued or processing) and were created
@@ -1259,8 +1444,9 @@ mod tests {
         let engines = sluice_meta::conformance::TestEngines::new();
         let (store, stream, uploads) = ready(&engines).await;
         // A: committed, never delivered. B: delivered, but its row never learned it.
-        let (a, _) = commit_without_delivery(&uploads, &store, "a").await;
+        let (a, a_outbox) = commit_without_delivery(&uploads, &store, "a").await;
         let (b, outbox) = commit_without_delivery(&uploads, &store, "b").await;
+        assert!(a_outbox.ticket >= OWN_TICKETS_FROM && outbox.ticket > a_outbox.ticket);
         let b_put = stream
             .deliver_record(outbox.ticket, &outbox.stream, outbox.record)
             .await
@@ -1298,6 +1484,11 @@ mod tests {
         );
         assert_eq!(got[0].sequence_number, ub.sequence_number);
         assert_eq!(got[1].sequence_number, ua.sequence_number);
+        assert_eq!(
+            got[1].data, a_outbox.record.data,
+            "the record rebuilt from a's row is the one committed"
+        );
+        assert_eq!(got[1].partition_key, a_outbox.record.partition_key);
         let rec: UploadRecord = serde_json::from_slice(&got[1].data).expect("json");
         assert_eq!(
             (rec.upload_id.as_str(), rec.key.as_str()),
@@ -1383,6 +1574,172 @@ mod tests {
         stream.db().close();
     }
 
+    /// A requeued upload waits for its new record: the settling of its first delivery,
+    /// arriving after the requeue, leaves the row alone; the new record is a
+    /// `stream_outbox` entry and settles both.
+    #[tokio::test]
+    async fn a_late_settle_does_not_undo_a_requeue() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let (store, stream, uploads) = ready(&engines).await;
+        let (id, first) = commit_without_delivery(&uploads, &store, "r").await;
+        let row = first.row;
+        let put = stream
+            .deliver_record(first.ticket, &first.stream, first.record)
+            .await
+            .expect("first delivery");
+        let (_, seq) = uploads
+            .requeue(&id)
+            .await
+            .expect("requeue")
+            .expect("queued");
+        assert_ne!(seq, put.sequence_number, "a new record");
+        let first_seq = put.sequence_number.clone();
+        let stale = (row, first.ticket, put.shard_id, put.sequence_number);
+        uploads
+            .db
+            .write(move |c| settle_all_in(c, std::slice::from_ref(&stale)))
+            .await
+            .expect("late settle");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (seq_now, pending): (String, Option<i64>) = uploads
+                .db
+                .read({
+                    let id = id.clone();
+                    move |c| {
+                        c.query_row(
+                            "SELECT sequence_number, outbox_ticket FROM uploads WHERE id = ?1",
+                            params![id],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                    }
+                })
+                .await
+                .expect("row");
+            assert_ne!(seq_now, first_seq, "the late settle changed nothing");
+            if pending.is_none() {
+                assert_eq!(seq_now, seq, "the row holds the new record's number");
+                break;
+            }
+            assert!(
+                pending.is_some_and(|t| t > 0),
+                "still waits for the new record"
+            );
+            assert!(std::time::Instant::now() < deadline, "never settled");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(stream.pending_tickets().await.expect("tickets").is_empty());
+        assert_eq!(records(&stream).await.len(), 2);
+        stream.db().close();
+    }
+
+    /// A database written before uploads were their own outbox entries: the upgrade
+    /// numbers the rows in creation order, keeps a pending `stream_outbox` entry pending
+    /// (delivered once, then settled with its outbox row), and new uploads go on from the
+    /// highest number.
+    #[tokio::test]
+    async fn rows_of_the_outbox_era_survive_the_upgrade() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let dir = engines.dir();
+        let older: Vec<Migration> = [
+            sluice_store::embedded::MIGRATIONS,
+            sluice_stream::embedded::MIGRATIONS,
+            &MIGRATIONS[..4],
+        ]
+        .iter()
+        .flat_map(|part| part.iter())
+        .copied()
+        .collect();
+        let db = engines.meta("uploads", &older);
+        let stream = EmbeddedStream::open(db.clone(), &dir.join("log")).expect("stream");
+        stream.create_stream("u", 1).await.expect("create");
+        // Two uploads as the earlier version wrote them: `old-1` settled, `old-2` pending.
+        for (i, name) in ["old-1", "old-2"].into_iter().enumerate() {
+            let record = PutRecord {
+                partition_key: name.into(),
+                explicit_hash_key: None,
+                data: bytes::Bytes::from(format!("{{\"upload\":\"{name}\"}}")),
+            };
+            db.write(move |c| {
+                let ticket = enqueue_in_tx(c, "u", &record)?;
+                let settled = i == 0;
+                if settled {
+                    settle_in_tx(c, ticket)?;
+                }
+                c.execute(
+                    "INSERT INTO uploads (id, user_sub, bucket, key, filename, size, sha256,
+                         content_type, request_id, stream, shard_id, sequence_number, status,
+                         created_ms, updated_ms, outbox_ticket)
+                     VALUES (?1, 'user', 'bkt', ?2, ?1, 4, 'h', 'text/plain', 'req', 'u',
+                         ?3, ?4, 'queued', ?5, ?5, ?6)",
+                    params![
+                        name,
+                        format!("uploads/{name}"),
+                        if settled { "shardId-000000000000" } else { "" },
+                        if settled { "1" } else { "" },
+                        1_000 + i as i64,
+                        if settled { None } else { Some(ticket) }
+                    ],
+                )?;
+                Ok::<_, UploadError>(())
+            })
+            .await
+            .expect("old row");
+        }
+        db.close();
+        drop(stream);
+
+        let (store, stream, uploads) = open(&engines);
+        sluice_store::ObjectStore::ensure_bucket(&store, "bkt")
+            .await
+            .expect("bucket");
+        let numbered: Vec<(String, i64, Option<i64>)> = uploads
+            .db
+            .read(|c| {
+                c.query_vec(
+                    "SELECT id, seq, outbox_ticket FROM uploads ORDER BY seq",
+                    params![],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+            })
+            .await
+            .expect("rows");
+        assert_eq!(numbered.len(), 2);
+        assert_eq!(numbered[0].0, "old-1");
+        assert_eq!(numbered[1].0, "old-2");
+        assert!(numbered[0].1 < numbered[1].1);
+        assert_eq!(numbered[0].2, None);
+        let old_ticket = numbered[1].2.expect("old-2 still pending");
+        assert!(old_ticket < OWN_TICKETS_FROM);
+
+        let (new, outbox) = commit_without_delivery(&uploads, &store, "new").await;
+        assert!(outbox.row > numbered[1].1, "numbers go on from the highest");
+        assert_eq!(uploads.deliver_pending(None).await.expect("deliver"), 2);
+        let got = records(&stream).await;
+        assert_eq!(got.len(), 2, "old-2 and new, once each");
+        // Delivered concurrently: in either order.
+        let (old_rec, new_rec) = match got
+            .iter()
+            .position(|r| &r.data[..] == br#"{"upload":"old-2"}"#)
+        {
+            Some(0) => (&got[0], &got[1]),
+            Some(_) => (&got[1], &got[0]),
+            None => panic!("old-2's record was not delivered"),
+        };
+        assert_eq!(new_rec.data, outbox.record.data);
+        assert_eq!(
+            uploads.get("old-2").await.expect("get").sequence_number,
+            old_rec.sequence_number
+        );
+        assert_eq!(
+            uploads.get(&new).await.expect("get").sequence_number,
+            new_rec.sequence_number
+        );
+        assert!(stream.pending_tickets().await.expect("tickets").is_empty());
+        assert_eq!(uploads.deliver_pending(None).await.expect("again"), 0);
+        stream.db().close();
+    }
+
     /// Failed deliveries are reported once per interval with how many there were.
     #[test]
     fn failed_deliveries_are_logged_once_per_interval_with_their_count() {
@@ -1395,9 +1752,6 @@ mod tests {
         assert_eq!(log.count(30_000), Some(2));
     }
 
-    /// A user's uploads page newest first without gaps or repeats (several uploads in the
-    /// same millisecond included), other users' never appear, and a status change shows in
-    /// `changed_since`.
     /// A stopped writer fails each write at once, inside the call: settling must not start
     /// write after write in its callback (that recursed until the stack overflowed at
     /// shutdown under load).
@@ -1408,8 +1762,8 @@ mod tests {
         uploads.db.close();
         for i in 0..1000 {
             uploads.settle_later((
-                format!("id-{i}"),
                 i,
+                OWN_TICKETS_FROM + i,
                 "shardId-000000000000".into(),
                 "1".into(),
             ));
@@ -1423,6 +1777,9 @@ mod tests {
         );
     }
 
+    /// A user's uploads page newest first without gaps or repeats (several uploads in the
+    /// same millisecond included), other users' never appear, and a status change shows in
+    /// `changed_since`.
     #[tokio::test]
     async fn users_uploads_list_in_pages_and_changes_show() {
         let engines = sluice_meta::conformance::TestEngines::new();

@@ -30,6 +30,13 @@ use super::throttle::Throttle;
 use crate::records::{Append, AppendOutcome, Appended, NewRecord, ShardKey};
 use crate::{PutRecord, PutResult, StreamError, parse_sequence_number, sequence_number, shard_id};
 
+/// The first ticket of the producers that number their records themselves: a ticket at or
+/// above it is never an outbox entry's ([`enqueue_in_tx`] numbers those from 1, and no
+/// outbox will ever hold 2^62 entries). The uploads ledger's rows are their own outbox
+/// entries, ticket `OWN_TICKETS_FROM + row number`: the two kinds share the record engines'
+/// one ticket space without meeting.
+pub const OWN_TICKETS_FROM: i64 = 1 << 62;
+
 /// How often an append is resubmitted after its stream's metadata changed under it.
 const STALE_RETRIES: usize = 8;
 
@@ -273,6 +280,15 @@ impl EmbeddedStream {
         Err(StreamError::Backend(format!(
             "stream {stream} kept changing while appending; try again"
         )))
+    }
+
+    /// The largest record `stream` takes (partition key and data bytes), from the
+    /// append path's cached metadata; [`crate::StreamError::ResourceNotFound`] when the stream does
+    /// not exist. For a producer that keeps its records in its own rows: it checks each
+    /// record with [`crate::validate_record`] before committing it and delivers it with
+    /// [`EmbeddedStream::deliver_record`] and a ticket of its own ([`OWN_TICKETS_FROM`]).
+    pub async fn max_record_bytes(&self, stream: &str) -> Result<usize, StreamError> {
+        Ok(self.meta(stream).await?.max_record_bytes)
     }
 
     /// Appends the record of outbox ticket `ticket` ([`enqueue_in_tx`]) once: if the
