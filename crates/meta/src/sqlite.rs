@@ -175,6 +175,12 @@ pub(crate) struct Sqlite {
     path: PathBuf,
     jobs: Mutex<Option<mpsc::Sender<Box<dyn WriteJob>>>>,
     readers: Readers,
+    /// Reads from async callers running at once: at most [`MAX_READERS`], the pool's size.
+    /// Beyond it a read waits here (a task, not a thread) instead of taking a blocking
+    /// thread of the runtime and opening a connection of its own: a flood of requests
+    /// that each read once (1,000 concurrent sign-ups) otherwise held a hundred threads,
+    /// each with a fresh connection (schema parsed, page cache filled).
+    read_slots: Arc<tokio::sync::Semaphore>,
     /// Lets tests hold the syncer ([`Sqlite::hold_syncs`]).
     #[cfg_attr(not(test), allow(dead_code))]
     hold: Arc<SyncHold>,
@@ -293,6 +299,7 @@ impl Sqlite {
             path: path.to_owned(),
             jobs: Mutex::new(Some(tx)),
             readers: Readers::new(path, options, readers),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             hold,
             stats,
         })
@@ -308,6 +315,7 @@ impl Sqlite {
             path: path.to_owned(),
             jobs: Mutex::new(None),
             readers: Readers::new(path, options, vec![reader]),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             hold: Arc::default(),
             stats: Arc::default(),
         })
@@ -353,7 +361,33 @@ impl Engine for Sqlite {
         match (caller, tokio::runtime::Handle::try_current()) {
             (Caller::Async, Ok(rt)) => {
                 let readers = self.readers.clone();
-                rt.spawn_blocking(move || readers.run(job));
+                match self.read_slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        rt.spawn_blocking(move || {
+                            readers.run(job);
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        // Every slot taken: wait for one without holding a thread.
+                        let slots = self.read_slots.clone();
+                        let blocking = rt.clone();
+                        rt.spawn(async move {
+                            match slots.acquire_owned().await {
+                                Ok(slot) => {
+                                    blocking.spawn_blocking(move || {
+                                        readers.run(job);
+                                        drop(slot);
+                                    });
+                                }
+                                // Never closed; answered rather than dropped all the same.
+                                Err(_) => job(Err(MetaError::Unavailable(
+                                    "the database's readers are closed".into(),
+                                ))),
+                            }
+                        });
+                    }
+                }
             }
             _ => self.readers.run(job),
         }
@@ -1140,6 +1174,45 @@ mod tests {
             })
             .expect("names");
         assert_eq!(names, vec!["a".to_owned(), "b".to_owned()]);
+        db.close();
+    }
+
+    /// Many reads at once from async callers: at most `MAX_READERS` run at a time (the
+    /// rest wait without a thread), no connection is opened beyond the pool's, and every
+    /// read is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_async_reads_are_bounded_by_the_pool() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile_dir();
+        let engine = Sqlite::open(&dir.join("r.db"), M, SqliteOptions::default()).expect("open");
+        let readers = engine.readers.clone();
+        let db = Meta::from_engine(Box::new(engine));
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..(MAX_READERS * 6) {
+            let (db, running, most) = (db.clone(), running.clone(), most.clone());
+            reads.spawn(async move {
+                db.read(move |c| {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    let n: i64 = c.query_row("SELECT COUNT(*) FROM t", params![], |r| r.get(0))?;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, MetaError>(n)
+                })
+                .await
+            });
+        }
+        let mut answered = 0;
+        while let Some(r) = reads.join_next().await {
+            assert_eq!(r.expect("task").expect("read"), 0);
+            answered += 1;
+        }
+        assert_eq!(answered, MAX_READERS * 6);
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= MAX_READERS, "{most} reads ran at once");
+        let pooled = readers.0.pool.lock().expect("pool").len();
+        assert!(pooled <= MAX_READERS, "{pooled} connections kept");
         db.close();
     }
 
