@@ -299,6 +299,19 @@ pub trait RecordLog: Send + Sync + 'static {
     /// and writes nothing. Engines batch concurrent appends (one durable write for many).
     async fn append(&self, append: Append) -> Result<AppendOutcome, RecordError>;
 
+    /// Several appends at once, each exactly as [`RecordLog::append`] would take it, answered
+    /// in order: for a producer holding many independent appends (an outbox delivering one
+    /// ticket per record), which an engine can then make durable together instead of
+    /// batching only those that happen to arrive together. This default runs them one
+    /// after another; both engines override it.
+    async fn append_all(&self, appends: Vec<Append>) -> Vec<Result<AppendOutcome, RecordError>> {
+        let mut out = Vec::with_capacity(appends.len());
+        for a in appends {
+            out.push(self.append(a).await);
+        }
+        out
+    }
+
     /// Where the record that delivered `ticket` is, if the engine still holds it.
     async fn delivered(&self, ticket: i64) -> Result<Option<Appended>, RecordError>;
 

@@ -164,12 +164,16 @@ const WAIT_FOR_PLACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// write.
 const REDELIVERY_CHUNK: usize = 256;
 
+/// How many uploads' records one delivery hands to the record engine at most.
+const DELIVERY_BATCH: usize = 512;
+
 #[derive(Clone)]
 pub struct EmbeddedUploads {
     db: Meta,
     store: EmbeddedStore,
     stream: EmbeddedStream,
     settles: Arc<Settles>,
+    deliveries: Arc<Deliveries>,
     /// Places for uploads whose record is on its way ([`MAX_UNDELIVERED`]).
     undelivered: Arc<tokio::sync::Semaphore>,
     failed_deliveries: Arc<FailureLog>,
@@ -222,6 +226,32 @@ struct SettleState {
 /// sequence number.
 type Settle = (i64, i64, String, String);
 
+/// Committed uploads whose records wait to be handed to the stream: many at a time, as
+/// one [`EmbeddedStream::deliver_records`]. Uploads are committed in groups (one per
+/// metadata write), and their records delivered one by one reached the stream log a few
+/// at a time, each few with a write and an fsync of its own (1.7 records per fsync,
+/// measured at 256 connections); delivered together, every record committed while one
+/// delivery was on its way goes with the next.
+#[derive(Default)]
+struct Deliveries {
+    state: std::sync::Mutex<DeliveryState>,
+}
+
+#[derive(Default)]
+struct DeliveryState {
+    waiting: Vec<Undelivered>,
+    /// A delivery is on its way: it takes whatever waits when it is done.
+    in_flight: bool,
+}
+
+/// A committed upload's record on its way, and its place among the undelivered (given
+/// back once the delivery was tried).
+struct Undelivered {
+    upload: String,
+    outbox: Outboxed,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
 impl EmbeddedUploads {
     /// `store` and `stream` must live in the same database as `db`.
     pub fn new(db: Meta, store: EmbeddedStore, stream: EmbeddedStream) -> Self {
@@ -230,6 +260,7 @@ impl EmbeddedUploads {
             store,
             stream,
             settles: Arc::default(),
+            deliveries: Arc::default(),
             undelivered: Arc::new(tokio::sync::Semaphore::new(MAX_UNDELIVERED)),
             failed_deliveries: Arc::default(),
         }
@@ -243,6 +274,68 @@ impl EmbeddedUploads {
         tokio::time::timeout(timeout, self.undelivered.acquire_many(all))
             .await
             .is_ok_and(|p| p.is_ok())
+    }
+
+    /// Queues a committed upload's record for delivery, and starts a delivery unless one
+    /// is on its way (which takes it when it is done).
+    fn deliver_later(&self, u: Undelivered) {
+        let start = match self.deliveries.state.lock() {
+            Ok(mut st) => {
+                st.waiting.push(u);
+                !std::mem::replace(&mut st.in_flight, true)
+            }
+            // Poisoned: nothing can be queued; the record stays pending in its row and the
+            // next redelivery round delivers it.
+            Err(_) => false,
+        };
+        if start {
+            let this = self.clone();
+            tokio::spawn(async move { this.run_deliveries().await });
+        }
+    }
+
+    /// Delivers what waits, [`DELIVERY_BATCH`] records at a time, until nothing does.
+    async fn run_deliveries(&self) {
+        loop {
+            let batch: Vec<Undelivered> = match self.deliveries.state.lock() {
+                Ok(mut st) => {
+                    if st.waiting.is_empty() {
+                        st.in_flight = false;
+                        return;
+                    }
+                    let n = st.waiting.len().min(DELIVERY_BATCH);
+                    st.waiting.drain(..n).collect()
+                }
+                Err(_) => return,
+            };
+            let items = batch
+                .iter()
+                .map(|u| {
+                    (
+                        u.outbox.ticket,
+                        u.outbox.stream.clone(),
+                        u.outbox.record.clone(),
+                    )
+                })
+                .collect();
+            let results = self.stream.deliver_records(items).await;
+            for (u, result) in batch.into_iter().zip(results) {
+                match result {
+                    Ok(put) => self.settle_later((
+                        u.outbox.row,
+                        u.outbox.ticket,
+                        put.shard_id,
+                        put.sequence_number,
+                    )),
+                    Err(e) => {
+                        if let Some(n) = self.failed_deliveries.count(now_ms()) {
+                            tracing::warn!(uploads = n, last = %u.upload, error = %e, "cannot deliver uploads' stream records now; they stay in the outbox and are delivered once the stream takes them again");
+                        }
+                    }
+                }
+                // `u` (its place among the undelivered) goes here.
+            }
+        }
     }
 
     /// Queues `s` for the next settling write, and starts one unless one is on its way.
@@ -842,15 +935,10 @@ impl EmbeddedUploads {
         };
         match self.db.write(job).await {
             Ok((mut done, garbage, outbox)) => {
-                let id = done.upload_mut().id.clone();
-                let this = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = this.deliver(outbox).await
-                        && let Some(n) = this.failed_deliveries.count(now_ms())
-                    {
-                        tracing::warn!(uploads = n, last = %id, error = %e, "cannot deliver uploads' stream records now; they stay in the outbox and are delivered once the stream takes them again");
-                    }
-                    drop(place);
+                self.deliver_later(Undelivered {
+                    upload: done.upload_mut().id.clone(),
+                    outbox,
+                    _place: place,
                 });
                 self.store.discard_blobs(garbage).await;
                 Ok(done)
@@ -1571,6 +1659,84 @@ mod tests {
         assert_eq!(uploads.deliver_pending(Some(1)).await.expect("again"), 0);
         assert_eq!(records(&stream).await.len(), n + 1, "each record once");
         assert!(stream.pending_tickets().await.expect("tickets").is_empty());
+        stream.db().close();
+    }
+
+    /// Uploads committed together are delivered together: every record once, in far
+    /// fewer stream log writes than uploads, and every row learns where its record landed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_uploads_are_delivered_in_batches_each_once() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let (_store, stream, uploads) = ready(&engines).await;
+        let before = stream.log_stats();
+        let n = 400;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let uploads = uploads.clone();
+            tasks.spawn(async move {
+                uploads
+                    .commit(meta(&format!("c-{i}")).with_body(bytes::Bytes::from("x")))
+                    .await
+                    .expect("commit")
+                    .id
+            });
+        }
+        let mut ids = Vec::new();
+        while let Some(id) = tasks.join_next().await {
+            ids.push(id.expect("task"));
+        }
+        assert!(
+            uploads
+                .flush_deliveries(std::time::Duration::from_secs(30))
+                .await
+        );
+        let got = records(&stream).await;
+        let mut delivered: Vec<String> = got
+            .iter()
+            .map(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.data).expect("json");
+                v["uploadId"].as_str().expect("uploadId").to_owned()
+            })
+            .collect();
+        delivered.sort();
+        ids.sort();
+        assert_eq!(delivered, ids, "each upload's record, once");
+        let batches = stream.log_stats().batches - before.batches;
+        assert!(
+            batches <= (n / 4) as u64,
+            "{n} records in {batches} stream log writes"
+        );
+        // Every row settles (its shard and sequence number stored, its ticket cleared).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let pending: i64 = uploads
+                .db
+                .read(|c| {
+                    c.query_row(
+                        "SELECT COUNT(*) FROM uploads WHERE outbox_ticket IS NOT NULL",
+                        params![],
+                        |r| r.get(0),
+                    )
+                })
+                .await
+                .expect("count");
+            if pending == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pending} never settled"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        for r in got.iter().take(20) {
+            let v: serde_json::Value = serde_json::from_slice(&r.data).expect("json");
+            let row = uploads
+                .get(v["uploadId"].as_str().expect("uploadId"))
+                .await
+                .expect("get");
+            assert_eq!(row.sequence_number, r.sequence_number);
+        }
         stream.db().close();
     }
 

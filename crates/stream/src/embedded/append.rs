@@ -343,6 +343,84 @@ impl EmbeddedStream {
             .unwrap_or_else(|| Err(StreamError::Backend("the append returned no result".into())))
     }
 
+    /// [`EmbeddedStream::deliver_record`] for many tickets at once (`(ticket, stream,
+    /// record)`), answered in order. The record engine takes them as one
+    /// [`crate::records::RecordLog::append_all`]: on the embedded log one write and one
+    /// fsync for all of them, where tickets delivered one by one would each take whatever
+    /// batch they happened to meet. A ticket whose append comes back stale (its stream
+    /// changed meanwhile) is delivered again on its own with fresh metadata.
+    pub async fn deliver_records(
+        &self,
+        items: Vec<(i64, String, PutRecord)>,
+    ) -> Vec<Result<PutResult, StreamError>> {
+        let mut out: Vec<Option<Result<PutResult, StreamError>>> =
+            items.iter().map(|_| None).collect();
+        let mut appends = Vec::with_capacity(items.len());
+        // Per append: the item it carries, the metadata it was routed with, its shard and
+        // its size (for the appended counters).
+        let mut sent: Vec<(usize, Arc<StreamMeta>, u64, u64)> = Vec::with_capacity(items.len());
+        for (i, (ticket, stream, record)) in items.iter().enumerate() {
+            let routed = async {
+                let meta = self.meta(stream).await?;
+                let hash = crate::validate_record(record, meta.max_record_bytes)?;
+                let shard = self.route(&meta, hash, record, None, None).await?;
+                Ok::<_, StreamError>((meta, shard))
+            }
+            .await;
+            let (meta, shard) = match routed {
+                Ok(r) => r,
+                Err(e) => {
+                    out[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            let size = (record.partition_key.len() + record.data.len()) as u64;
+            appends.push(Append {
+                stream: meta.id,
+                epoch: meta.epoch,
+                ticket: Some(*ticket),
+                now_ms: self.clock.now_ms(),
+                records: vec![NewRecord {
+                    shard: shard.idx,
+                    min_position: shard.next_counter,
+                    min_arrival_ms: shard.last_arrival_ms,
+                    partition_key: record.partition_key.clone(),
+                    data: record.data.clone(),
+                }],
+            });
+            sent.push((i, meta, shard.idx, size));
+        }
+        let outcomes = self.records.append_all(appends).await;
+        for ((i, meta, shard, size), outcome) in sent.into_iter().zip(outcomes) {
+            out[i] = Some(match outcome {
+                Ok(AppendOutcome::Done(done)) => {
+                    if let Some((_, records, bytes)) =
+                        meta.appended.iter().find(|(idx, _, _)| *idx == shard)
+                    {
+                        records.increment(1);
+                        bytes.increment(size);
+                    }
+                    done.first()
+                        .map(put_result)
+                        .ok_or_else(|| StreamError::Backend("the append returned no result".into()))
+                }
+                Ok(AppendOutcome::Stale(_)) => {
+                    self.shared.uncache_meta(&meta);
+                    let (ticket, stream, record) = &items[i];
+                    self.deliver_record(*ticket, stream, record.clone()).await
+                }
+                Err(e) => Err(e.into()),
+            });
+        }
+        out.into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(StreamError::Backend("the append returned no result".into()))
+                })
+            })
+            .collect()
+    }
+
     /// Where the record of outbox ticket `ticket` landed, if it was delivered and the
     /// record engine still holds it (an engine failure is logged and answers `None`).
     pub async fn delivered(&self, ticket: i64) -> Option<PutResult> {

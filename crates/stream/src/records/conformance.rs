@@ -27,6 +27,7 @@ pub async fn run_all(open: Open<'_>) {
     positions_are_dense_and_ordered(open("dense")).await;
     arrival_times_never_decrease(open("arrival")).await;
     dedup_by_ticket(open("dedup")).await;
+    appends_handed_over_together(open("append-all")).await;
     tail_reads_are_empty_and_watchers_wake(open("watch")).await;
     timestamp_lookup(open("time")).await;
     read_limits(open("limits")).await;
@@ -293,6 +294,51 @@ async fn dedup_by_ticket(e: Arc<dyn RecordLog>) {
     };
     assert!(matches!(e.append(two).await, Err(RecordError::Invalid(_))));
     assert_eq!(e.delivered(10).await.expect("delivered"), None);
+}
+
+/// `append_all` answers each append as `append` would, answers in the order given: tickets
+/// delivered before (or twice in the same call) answer their first result, a ticket on two
+/// records is refused alone, and the others land, each ticket once.
+async fn appends_handed_over_together(e: Arc<dyn RecordLog>) {
+    let before = put(e.as_ref(), ticketed(e.as_ref(), 20, rec(0, "earlier"))).await;
+    let two = Append {
+        ticket: Some(25),
+        ..append(e.as_ref(), STREAM, vec![rec(1, "a"), rec(1, "b")], 10)
+    };
+    let out = e
+        .append_all(vec![
+            ticketed(e.as_ref(), 21, rec(1, "one")),
+            ticketed(e.as_ref(), 20, rec(1, "again")),
+            ticketed(e.as_ref(), 22, rec(1, "two")),
+            two,
+            ticketed(e.as_ref(), 21, rec(1, "twice in one call")),
+            append(e.as_ref(), STREAM, vec![rec(0, "plain")], 10),
+        ])
+        .await;
+    assert_eq!(out.len(), 6, "one answer per append");
+    let done = |i: usize| match &out[i] {
+        Ok(AppendOutcome::Done(d)) => d.clone(),
+        other => panic!("append {i}: {other:?}"),
+    };
+    assert_eq!(
+        done(1),
+        before,
+        "a ticket delivered before answers its first result"
+    );
+    assert_eq!(done(4), done(0), "a ticket twice in one call lands once");
+    assert_ne!(done(0)[0].position, done(2)[0].position);
+    assert!(matches!(out[3], Err(RecordError::Invalid(_))));
+    assert_eq!(done(5).len(), 1);
+    // Which of two appends to one shard lands first is the engine's choice.
+    let mut shard1: Vec<Bytes> = read_all(e.as_ref(), key(1))
+        .await
+        .into_iter()
+        .map(|r| r.data)
+        .collect();
+    shard1.sort();
+    assert_eq!(shard1, vec![Bytes::from("one"), Bytes::from("two")]);
+    assert_eq!(e.delivered(25).await.expect("delivered"), None);
+    assert_eq!(e.append_all(Vec::new()).await.len(), 0);
 }
 
 /// A read at the tail returns nothing and stays put; a subscribed sender is bumped by the

@@ -260,6 +260,8 @@ type ControlFn = Box<dyn FnOnce(&mut Writer) + Send>;
 
 enum Job {
     Append(AppendJob),
+    /// Appends handed over together ([`RecordLog::append_all`]): always one batch.
+    Appends(Vec<AppendJob>),
     Control(ControlFn),
 }
 
@@ -927,14 +929,40 @@ impl RecordLog for EmbeddedLog {
 
     async fn append(&self, append: Append) -> Result<AppendOutcome, RecordError> {
         if append.ticket.is_some() && append.records.len() > 1 {
-            return Err(RecordError::Invalid(format!(
-                "an append delivering an outbox ticket holds one record, not {}",
-                append.records.len()
-            )));
+            return Err(one_record_per_ticket(append.records.len()));
         }
         let (reply, answer) = oneshot::channel();
         self.send(Job::Append(AppendJob { append, reply }))?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    async fn append_all(&self, appends: Vec<Append>) -> Vec<Result<AppendOutcome, RecordError>> {
+        let mut jobs = Vec::with_capacity(appends.len());
+        let mut answers = Vec::with_capacity(appends.len());
+        for append in appends {
+            let (reply, answer) = oneshot::channel();
+            if append.ticket.is_some() && append.records.len() > 1 {
+                let _ = reply.send(Err(one_record_per_ticket(append.records.len())));
+            } else {
+                jobs.push(AppendJob { append, reply });
+            }
+            answers.push(answer);
+        }
+        let sent = if jobs.is_empty() {
+            Ok(())
+        } else {
+            self.send(Job::Appends(jobs))
+        };
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(match (&sent, answer.await) {
+                (_, Ok(r)) => r,
+                // Not sent: the log is closed or its writer stopped (both `Unavailable`).
+                (Err(e), Err(_)) => Err(RecordError::Unavailable(e.to_string())),
+                (Ok(()), Err(_)) => Err(stopped()),
+            });
+        }
+        out
     }
 
     async fn delivered(&self, ticket: i64) -> Result<Option<Appended>, RecordError> {
@@ -1148,32 +1176,39 @@ impl Writer {
                     Err(_) => return,
                 },
             };
-            match job {
-                Job::Control(f) => f(&mut self),
-                Job::Append(first) => {
-                    let data = |a: &AppendJob| -> usize {
-                        a.append.records.iter().map(|r| r.data.len()).sum()
-                    };
-                    let mut n = first.append.records.len();
-                    let mut bytes = data(&first);
-                    let mut batch = vec![first];
-                    while n < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
-                        match rx.try_recv() {
-                            Ok(Job::Append(a)) => {
-                                n += a.append.records.len();
-                                bytes += data(&a);
-                                batch.push(a);
-                            }
-                            Ok(other) => {
-                                held = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
+            let first = match job {
+                Job::Control(f) => {
+                    f(&mut self);
+                    continue;
+                }
+                Job::Append(first) => vec![first],
+                Job::Appends(first) => first,
+            };
+            let data =
+                |a: &AppendJob| -> usize { a.append.records.iter().map(|r| r.data.len()).sum() };
+            let mut n: usize = first.iter().map(|a| a.append.records.len()).sum();
+            let mut bytes: usize = first.iter().map(data).sum();
+            let mut batch = first;
+            while n < MAX_BATCH_RECORDS && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(Job::Append(a)) => {
+                        n += a.append.records.len();
+                        bytes += data(&a);
+                        batch.push(a);
                     }
-                    self.commit(batch);
+                    Ok(Job::Appends(more)) => {
+                        n += more.iter().map(|a| a.append.records.len()).sum::<usize>();
+                        bytes += more.iter().map(&data).sum::<usize>();
+                        batch.extend(more);
+                    }
+                    Ok(other) => {
+                        held = Some(other);
+                        break;
+                    }
+                    Err(_) => break,
                 }
             }
+            self.commit(batch);
         }
     }
 
@@ -1591,6 +1626,13 @@ impl Writer {
         self.current = Some((seg, size + len, allocated));
         Ok((seg, size))
     }
+}
+
+/// An append delivering an outbox ticket with more than one record.
+fn one_record_per_ticket(n: usize) -> RecordError {
+    RecordError::Invalid(format!(
+        "an append delivering an outbox ticket holds one record, not {n}"
+    ))
 }
 
 /// Why an append is refused after a failed write.

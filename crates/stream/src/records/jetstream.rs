@@ -1025,6 +1025,12 @@ impl RecordLog for JetStreamLog {
         self.epoch.load(Ordering::SeqCst)
     }
 
+    /// Concurrently: each append waits for its own acknowledgements, and the shards'
+    /// cursors order the ones that meet.
+    async fn append_all(&self, appends: Vec<Append>) -> Vec<Result<AppendOutcome, RecordError>> {
+        futures_util::future::join_all(appends.into_iter().map(|a| self.append(a))).await
+    }
+
     async fn append(&self, append: Append) -> Result<AppendOutcome, RecordError> {
         if append.ticket.is_some() && append.records.len() != 1 {
             return Err(RecordError::Invalid(
