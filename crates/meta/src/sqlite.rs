@@ -108,7 +108,15 @@ impl Default for SqliteOptions {
             // 8 MiB and 64 MiB with the default 4 KiB pages.
             checkpoint_pages: 2048,
             wal_limit_pages: 16384,
-            writer_cache_kib: 32 * 1024,
+            // 8 MiB (2,048 pages of 4 KiB): enough for the B-trees' upper levels and the
+            // pages a group writes, and small on purpose. Each group's COMMIT truncates
+            // the writer's page cache to the database's size, and whenever a B-tree page
+            // split ran in the group (`balance_nonroot` keys a page by the lock-byte page
+            // number, 262,145 with 4 KiB pages, while it reorders the split's pages) that
+            // means scanning every slot of the cache's hash table, which is as large as the
+            // cache: with 32 MiB this was 2-3 % of the server's CPU at 64 and 256
+            // connections, with 8 MiB 1 % (docs/BENCHMARKS.md, session 25).
+            writer_cache_kib: 8 * 1024,
             reader_cache_kib: 16 * 1024,
             reader_mmap_bytes: 1 << 30,
             // 4 KiB rather than 8: a commit writes each page it changed whole into the WAL
