@@ -1465,6 +1465,9 @@ impl Writer {
         for (job, answer) in jobs.into_iter().zip(answers) {
             let a = match (&written, answer) {
                 (_, None) => Ok(AppendOutcome::Stale(job.append)),
+                (Err(RecordError::Unavailable(m)), Some(rs)) if !rs.is_empty() => {
+                    Err(RecordError::Unavailable(m.clone()))
+                }
                 (Err(e), Some(rs)) if !rs.is_empty() => Err(RecordError::Backend(e.to_string())),
                 (_, Some(rs)) => Ok(AppendOutcome::Done(rs)),
             };
@@ -1492,7 +1495,8 @@ impl Writer {
     }
 
     /// Writes `placed` (sorted here by stream, shard and counter) as one batch, fsyncs, and
-    /// indexes it. A failed write or fsync stops the log (see [`Shared::failed`]).
+    /// indexes it. A failed write or fsync stops the log (see [`Shared::failed`]), except a
+    /// write refused for want of space: that batch fails alone (`Unavailable`).
     fn write_placed<'a>(
         &mut self,
         placed: &[Placed],
@@ -1529,6 +1533,11 @@ impl Writer {
         let result = self.write_buf(batch_lsn);
         let (seg, base) = match result {
             Ok(v) => v,
+            // A full disk: this batch is refused, the log stays open.
+            Err(e @ RecordError::Unavailable(_)) => {
+                tracing::warn!(error = %e, "stream log write refused");
+                return Err(e);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "stream log write failed: no more appends until restart");
                 *lock(&self.shared.failed) = Some(e.to_string());
@@ -1604,17 +1613,35 @@ impl Writer {
         let path = segment_path(&self.shared.dir, seg);
         let stats = &self.shared.stats;
         let t = std::time::Instant::now();
-        file.write_all_at(&self.buf, size)
-            .map_err(|e| io("write", &path, e))?;
+        if let Err(e) = file.write_all_at(&self.buf, size) {
+            if e.kind() != std::io::ErrorKind::StorageFull {
+                return Err(io("write", &path, e));
+            }
+            // No room past the zeros written ahead. Nothing of this batch counts: whatever
+            // part of it reached the file is cut off (so that no frame of it can be read
+            // back after a restart), and the log stays open for when space comes back.
+            file.set_len(size).map_err(|e| io("truncate", &path, e))?;
+            self.current = Some((seg, size, size));
+            return Err(RecordError::Unavailable(format!(
+                "stream log: the disk holding {} is full",
+                path.display()
+            )));
+        }
         let mut allocated = allocated.max(size + len);
         let prealloc = PREALLOC_BYTES.min(self.segment_bytes);
         if allocated < size + len + prealloc / 2 && allocated < self.segment_bytes {
-            // Running out of zeros ahead: write more, fsynced with this batch.
+            // Running out of zeros ahead: write more, fsynced with this batch. Without room
+            // for them the batch stands (its frames are written) and the next one tries
+            // again; zeros that did get written are what the log expects past its end.
             let upto = (size + len + prealloc).min(self.segment_bytes.max(size + len));
             self.zeros.resize((upto - allocated) as usize, 0);
-            file.write_all_at(&self.zeros, allocated)
-                .map_err(|e| io("preallocate", &path, e))?;
-            allocated = upto;
+            match file.write_all_at(&self.zeros, allocated) {
+                Ok(()) => allocated = upto,
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                    tracing::debug!(path = %path.display(), "no room to write zeros ahead in the stream log");
+                }
+                Err(e) => return Err(io("preallocate", &path, e)),
+            }
         }
         add_elapsed(&stats.write_nanos, t);
         let t = std::time::Instant::now();
