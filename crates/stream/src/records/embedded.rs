@@ -39,6 +39,10 @@
 //!   a torn tail and cut even if that batch had been acknowledged: damage to the newest
 //!   records, before any append followed them.) After a failed write or
 //!   fsync the log refuses appends until restart: what reached the disk is then unknown.
+//!   Except a write refused for want of space (`StorageFull`): the batch is cut off the
+//!   file (truncated back to the last frame before it) and refused as `Unavailable`, and
+//!   the log stays open for when space comes back; zeros ahead that find no room are
+//!   simply tried again with the next batch.
 //! - Metadata changes that the append path depends on (resharding, deletion, record size)
 //!   run as jobs on the writer thread ([`RecordLog::fence`]), between batches: the epoch
 //!   check of an append (is its metadata older than a change of its stream?) is done by
