@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::{HeaderMap, HeaderValue, header, request::Parts};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -29,6 +28,7 @@ pub mod live;
 pub mod oidc;
 mod openapi;
 pub mod quota;
+mod request_id;
 pub use cache::{CachingAuthorizer, RevokingAuthorizer};
 pub use error::GatewayError;
 
@@ -249,28 +249,7 @@ pub fn router(gw: Gateway) -> Router {
         .fallback(|| async { GatewayError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gw)
-        .layer(middleware::from_fn(request_id))
-}
-
-/// Gives every request an id, returns it in `x-request-id`, and logs the request.
-async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = uuid::Uuid::new_v4().to_string();
-    req.extensions_mut().insert(RequestId(id.clone()));
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let started = std::time::Instant::now();
-    let mut resp = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    let status = resp.status();
-    let micros = started.elapsed().as_micros() as u64;
-    if status.is_server_error() {
-        tracing::warn!(request_id = %id, %method, %path, status = status.as_u16(), micros, "request failed");
-    } else {
-        tracing::debug!(request_id = %id, %method, %path, status = status.as_u16(), micros, "request");
-    }
-    resp
+        .layer(request_id::RequestIds)
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -423,15 +423,10 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         sluice_gateway::health_router()
     }
     .merge(crate::telemetry::routes(metrics, readiness))
-    // An error answer to a request that announced its body with `Expect: 100-continue`
-    // closes the connection, as on the edge (`sluice_compat::close_after_refused_expect`).
-    .layer(axum::middleware::from_fn(
-        sluice_compat::close_after_refused_expect,
-    ))
-    .layer(axum::middleware::from_fn_with_state(
-        crate::telemetry::Tracked::new("api"),
-        crate::telemetry::track,
-    ));
+    // Accounted for; and an error answer to a request that announced its body with
+    // `Expect: 100-continue` closes the connection, as on the edge
+    // (`sluice_compat::close_after_refused_expect`).
+    .layer(crate::telemetry::Tracked::new("api").closing_after_refused_expect());
     if let Some(k) = &new_key {
         // Its secret is kept where it can be found again, never in a log.
         wiring::write_credentials(&settings, k, &edge_url).with_context(|| {
@@ -497,10 +492,7 @@ pub(crate) async fn serve(settings: Settings) -> Result<()> {
         iam: Some(sluice_compat::iam::IamApi { iam }),
     })
     .map_err(anyhow::Error::msg)?
-    .layer(axum::middleware::from_fn_with_state(
-        crate::telemetry::Tracked::new("edge"),
-        crate::telemetry::track,
-    ));
+    .layer(crate::telemetry::Tracked::new("edge"));
 
     // User mappings (`sluice mapping …`, `[[mapping]]`); after the first-start key above.
     let mappings = if roles.processor {

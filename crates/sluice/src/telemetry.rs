@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -162,34 +161,109 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 /// Counts and times every request of a listener (`sluice_http_requests_total`,
 /// `sluice_http_request_duration_seconds`, by listener, route and status). On the edge it
 /// also writes the request log line (the API's gateway writes its own, with its request id).
-pub(crate) async fn track(State(tracked): State<Tracked>, req: Request, next: Next) -> Response {
-    let listener = tracked.listener;
-    let started = Instant::now();
-    let method = req.method().clone();
-    let matched = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let resp = next.run(req).await;
-    let elapsed = started.elapsed();
-    let route = route_label(listener, &method, matched, &resp);
-    let status = resp.status();
-    tracked.record(&route, status, elapsed);
-    if listener == "edge" {
-        let request_id = resp
-            .headers()
-            .get("x-amzn-requestid")
-            .or_else(|| resp.headers().get("x-amz-request-id"))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let micros = elapsed.as_micros() as u64;
-        if status.is_server_error() {
-            tracing::warn!(%request_id, %method, %route, status = status.as_u16(), micros, "request failed");
-        } else {
-            tracing::debug!(%request_id, %method, %route, status = status.as_u16(), micros, "request");
+/// With [`Tracked::closing_after_refused_expect`] it also closes the connection after an
+/// error answer to a request that announced its body with `Expect: 100-continue`
+/// (`sluice_compat::close_after_refused_expect` says why).
+///
+/// A tower layer written by hand rather than two `axum::middleware::from_fn`: those clone
+/// and box the inner service and box a future per request, for every request of the
+/// listener (together with the gateway's request-id layer, a few per cent of the server's
+/// CPU at 15k uploads/s; docs/BENCHMARKS.md, session 26).
+impl<S> tower::Layer<S> for Tracked {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Track<S> {
+        Track {
+            inner,
+            tracked: self.clone(),
         }
     }
-    resp
+}
+
+/// The service of the [`Tracked`] layer.
+#[derive(Clone)]
+pub(crate) struct Track<S> {
+    inner: S,
+    tracked: Tracked,
+}
+
+impl<S> tower::Service<Request> for Track<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let expects_continue = self.tracked.close_after_refused_expect
+            && req.version() == axum::http::Version::HTTP_11
+            && req
+                .headers()
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let method = req.method().clone();
+        let matched = req.extensions().get::<MatchedPath>().cloned();
+        TrackFuture {
+            inner: self.inner.call(req),
+            tracked: self.tracked.clone(),
+            started: Instant::now(),
+            method,
+            matched,
+            expects_continue,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a [`Track`]ed request: accounted for when it is ready.
+    pub(crate) struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        tracked: Tracked,
+        started: Instant,
+        method: Method,
+        matched: Option<MatchedPath>,
+        expects_continue: bool,
+    }
+}
+
+impl<F, E> std::future::Future for TrackFuture<F>
+where
+    F: std::future::Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = match this.inner.poll(cx) {
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Ready(Ok(resp)) => resp,
+        };
+        let status = resp.status();
+        if *this.expects_continue && (status.is_client_error() || status.is_server_error()) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        this.tracked.finished(
+            this.method,
+            this.matched.as_ref().map(MatchedPath::as_str),
+            &resp,
+            this.started.elapsed(),
+        );
+        std::task::Poll::Ready(Ok(resp))
+    }
 }
 
 /// One listener's request accounting for [`track`]: the listener's label and the metric
@@ -200,6 +274,7 @@ pub(crate) async fn track(State(tracked): State<Tracked>, req: Request, next: Ne
 #[derive(Clone)]
 pub(crate) struct Tracked {
     listener: &'static str,
+    close_after_refused_expect: bool,
     routes: Arc<std::sync::Mutex<std::collections::HashMap<String, RouteHandles>>>,
 }
 
@@ -214,7 +289,38 @@ impl Tracked {
     pub(crate) fn new(listener: &'static str) -> Self {
         Tracked {
             listener,
+            close_after_refused_expect: false,
             routes: Arc::default(),
+        }
+    }
+
+    /// Also closes the connection after an error answer to a request that announced its
+    /// body with `Expect: 100-continue` ([`Track`]).
+    pub(crate) fn closing_after_refused_expect(mut self) -> Self {
+        self.close_after_refused_expect = true;
+        self
+    }
+
+    /// Accounts for one answered request (and logs it, on the edge).
+    fn finished(&self, method: &Method, matched: Option<&str>, resp: &Response, elapsed: Duration) {
+        let listener = self.listener;
+        let status = resp.status();
+        let label = route_label(listener, method, matched, resp);
+        self.record(&label, status, elapsed);
+        if listener == "edge" {
+            let request_id = resp
+                .headers()
+                .get("x-amzn-requestid")
+                .or_else(|| resp.headers().get("x-amz-request-id"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            let micros = elapsed.as_micros() as u64;
+            let route = &*label;
+            if status.is_server_error() {
+                tracing::warn!(%request_id, %method, %route, status = status.as_u16(), micros, "request failed");
+            } else {
+                tracing::debug!(%request_id, %method, %route, status = status.as_u16(), micros, "request");
+            }
         }
     }
 
@@ -267,18 +373,18 @@ impl RouteHandles {
 }
 
 /// The route label (module documentation: never raw request input).
-fn route_label(
+fn route_label<'a>(
     listener: &str,
     method: &Method,
-    matched: Option<String>,
+    matched: Option<&'a str>,
     resp: &Response,
-) -> String {
+) -> std::borrow::Cow<'a, str> {
     if let Some(op) = resp.extensions().get::<sluice_compat::OperationLabel>() {
-        return op.0.to_owned();
+        return op.0.into();
     }
     match matched {
         // The edge's `/` is also S3's ListBuckets (and S3 requests fall back past it).
-        Some(path) if !(listener == "edge" && path == "/") => path,
+        Some(path) if !(listener == "edge" && path == "/") => path.into(),
         _ if listener == "edge" => {
             let m = match *method {
                 Method::GET => "GET",
@@ -289,9 +395,9 @@ fn route_label(
                 Method::OPTIONS => "OPTIONS",
                 _ => "other",
             };
-            format!("s3:{m}")
+            format!("s3:{m}").into()
         }
-        _ => "unmatched".to_owned(),
+        _ => "unmatched".into(),
     }
 }
 
@@ -308,7 +414,7 @@ mod tests {
     #[test]
     fn labels_are_patterns_and_known_operations_never_raw_input() {
         assert_eq!(
-            route_label("api", &Method::GET, Some("/uploads/{id}".into()), &plain()),
+            route_label("api", &Method::GET, Some("/uploads/{id}"), &plain()),
             "/uploads/{id}"
         );
         assert_eq!(
@@ -316,7 +422,7 @@ mod tests {
             "unmatched"
         );
         assert_eq!(
-            route_label("edge", &Method::GET, Some("/".into()), &plain()),
+            route_label("edge", &Method::GET, Some("/"), &plain()),
             "s3:GET"
         );
         let odd = Method::from_bytes(b"MADEUP").expect("a valid token");
@@ -326,7 +432,7 @@ mod tests {
             .extensions_mut()
             .insert(sluice_compat::OperationLabel("kinesis:PutRecord"));
         assert_eq!(
-            route_label("edge", &Method::POST, Some("/".into()), &labelled),
+            route_label("edge", &Method::POST, Some("/"), &labelled),
             "kinesis:PutRecord"
         );
     }
