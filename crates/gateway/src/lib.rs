@@ -894,6 +894,20 @@ async fn get_content(
     .await
 }
 
+/// Whether `o` is the processed output of upload `u`. An output names the upload it was
+/// computed from ([`sluice_uploads::UPLOAD_ID_METADATA`]): any run of `u` wrote it (a
+/// record delivered again after a takeover writes it again, before its status row says so
+/// a second time), and another upload's run to the same key did not. An output without
+/// that name (written before outputs carried it, or by hand through S3) counts by its
+/// time: `u`'s output was durable before `u` was marked processed, so one modified after
+/// that is not `u`'s.
+fn is_output_of(o: &sluice_store::ObjectInfo, u: &Upload) -> bool {
+    match o.metadata.get(sluice_uploads::UPLOAD_ID_METADATA) {
+        Some(id) => *id == u.id,
+        None => o.last_modified_ms <= u.processed_ms.unwrap_or(i64::MAX),
+    }
+}
+
 async fn get_processed(
     State(gw): State<Gateway>,
     auth: Authenticated,
@@ -902,10 +916,7 @@ async fn get_processed(
     let u = owned_upload(&gw, &auth, &id).await?;
     match (&u.processed_bucket, &u.processed_key, u.status) {
         (Some(b), Some(k), UploadStatus::Processed) => {
-            // The output was durable before the upload was marked processed: a version
-            // written after that is someone else's (or a later run's), not this upload's.
-            let done = u.processed_ms.unwrap_or(i64::MAX);
-            object_response(&gw, &u, b, k, |o| o.last_modified_ms <= done).await
+            object_response(&gw, &u, b, k, |o| is_output_of(o, &u)).await
         }
         _ => Err(GatewayError::NotFound(format!(
             "upload {id} has no processed output (status: {})",

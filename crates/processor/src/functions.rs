@@ -366,13 +366,36 @@ impl RecordFailure {
 /// the store on its own instead. Bounds what a batch holds: [`OBJECT_CONCURRENCY`] × 1 MiB.
 pub const BATCHED_OUTPUT_MAX: usize = 1024 * 1024;
 
+/// User metadata naming the upload an output was computed from (`x-amz-meta-sluice-upload-id`
+/// through S3), on the output of every record that carries an upload id. The gateway
+/// serves `GET /uploads/{id}/processed` only from an output naming that upload, so an
+/// output written again by a later run of the same upload (a record delivered again after
+/// a takeover or a restart) stays served, and one another upload wrote to the same key is
+/// not.
+pub const UPLOAD_ID_METADATA: &str = "sluice-upload-id";
+
+/// How an output is stored: its content type, and the upload it came from when the record
+/// names one ([`UPLOAD_ID_METADATA`]).
+fn output_options(content_type: String, upload_id: Option<&str>) -> PutOptions {
+    let mut opts = PutOptions {
+        content_type: Some(content_type),
+        ..Default::default()
+    };
+    if let Some(id) = upload_id {
+        opts.metadata
+            .insert(UPLOAD_ID_METADATA.to_owned(), id.to_owned());
+    }
+    opts
+}
+
 /// A record's output: small and not stored yet, or large and already stored.
 enum Computed {
     Small {
         bucket: String,
         key: String,
         body: Bytes,
-        content_type: String,
+        /// Boxed: the options are most of the size of a [`Computed`].
+        opts: Box<PutOptions>,
     },
     Stored(OutputRef),
 }
@@ -436,7 +459,10 @@ impl ObjectInner {
         obj: ObjectStream,
         ctx: &CallContext,
     ) -> Result<Computed, RecordFailure> {
-        let content_type = self.function.output_content_type(&obj.info);
+        let opts = output_options(
+            self.function.output_content_type(&obj.info),
+            rec.upload_id.as_deref(),
+        );
         let mut out = self
             .function
             .run(obj.body, &obj.info, ctx)
@@ -457,7 +483,7 @@ impl ObjectInner {
                         bucket,
                         key,
                         body: head.freeze(),
-                        content_type,
+                        opts: Box::new(opts),
                     });
                 }
                 Some(Err(e)) => return Err(function_failure(output_error(&e))),
@@ -467,10 +493,6 @@ impl ObjectInner {
         };
         let whole: ByteStream =
             Box::pin(futures_util::stream::iter([Ok(head.freeze()), Ok(overflow)]).chain(out));
-        let opts = PutOptions {
-            content_type: Some(content_type),
-            ..Default::default()
-        };
         match self.store.put_stream(&bucket, &key, whole, opts).await {
             Ok(_) => Ok(Computed::Stored(OutputRef { bucket, key })),
             // The output stream failed: the function's failure (or the input's), not the
@@ -494,15 +516,12 @@ impl ObjectInner {
                     bucket,
                     key,
                     body,
-                    content_type,
+                    opts,
                 } => Some(NewObject {
                     bucket: bucket.clone(),
                     key: key.clone(),
                     body: body.clone(),
-                    opts: PutOptions {
-                        content_type: Some(content_type.clone()),
-                        ..Default::default()
-                    },
+                    opts: (**opts).clone(),
                 }),
                 Computed::Stored(_) => None,
             })
@@ -527,7 +546,7 @@ impl ObjectInner {
             Err(_) => {
                 let mut out = Vec::with_capacity(computed.len());
                 for c in computed {
-                    let (bucket, key, body, content_type) = match c {
+                    let (bucket, key, body, opts) = match c {
                         Computed::Stored(r) => {
                             out.push(Ok(r));
                             continue;
@@ -536,21 +555,10 @@ impl ObjectInner {
                             bucket,
                             key,
                             body,
-                            content_type,
-                        } => (bucket, key, body, content_type),
+                            opts,
+                        } => (bucket, key, body, opts),
                     };
-                    let put = self
-                        .store
-                        .put(
-                            &bucket,
-                            &key,
-                            body,
-                            PutOptions {
-                                content_type: Some(content_type),
-                                ..Default::default()
-                            },
-                        )
-                        .await;
+                    let put = self.store.put(&bucket, &key, body, *opts).await;
                     out.push(match put {
                         Ok(_) => Ok(OutputRef { bucket, key }),
                         Err(e) => Err(RecordFailure::store("cannot write output", e)),

@@ -861,6 +861,16 @@ async fn object_functions_write_outputs_and_report_upload_status() {
         .await
         .unwrap_or_else(|err| panic!("output: {err}; reported: {log:?}"));
     assert_eq!(out.body, Bytes::from("HELLO"));
+    // The output names the upload it came from (the gateway serves it by that name).
+    assert_eq!(
+        out.info
+            .metadata
+            .get(sluice_processor::functions::UPLOAD_ID_METADATA)
+            .map(String::as_str),
+        Some("u1"),
+        "{:?}",
+        out.info
+    );
     assert!(
         log.contains(&"succeeded u1 sluice/processed/a.txt".to_owned()),
         "{log:?}"

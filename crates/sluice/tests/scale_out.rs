@@ -244,17 +244,17 @@ fn fault_two_gateways_and_three_processors_share_one_deployment() {
     let all_secs = started.elapsed().as_secs_f64();
 
     // With the right content, read back through either gateway. A record processed again
-    // after a takeover (at least once) rewrites its output before its status row, and in
-    // between the gateway answers 410 (an output newer than `processed_ms` is not taken
-    // for the upload's): such a window closes once the run's status is written, so a 410
-    // is asked again for a while; one that stays is a failure. (Session 24's note: the
-    // product should serve an output rewritten by a run of the same upload.)
+    // after a takeover (at least once) rewrites its output before its status row: the
+    // output names its upload, so it is never taken for another's (410; it was before
+    // outputs named their upload, session 26). A run slower than a moment shows the upload
+    // `processing` meanwhile (404, no processed output yet): that is asked again for a
+    // while.
     for (n, (id, body)) in acked.iter().enumerate() {
         let path = format!("/uploads/{id}/processed");
         let rerun_deadline = Instant::now() + Duration::from_secs(60);
         let (status, bytes) = loop {
             let (status, bytes) = gateways[n % 2].get_bytes(&token, &path);
-            if status != 410 || Instant::now() >= rerun_deadline {
+            if status != 404 || Instant::now() >= rerun_deadline {
                 break (status, bytes);
             }
             std::thread::sleep(Duration::from_millis(250));

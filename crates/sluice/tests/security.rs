@@ -91,6 +91,81 @@ fn an_upload_id_never_resolves_to_another_users_bytes() {
     assert_eq!((code, bytes.as_slice()), (200, &b"BOB'S BYTES"[..]));
 }
 
+/// A processed output names the upload it came from (`x-amz-meta-sluice-upload-id`): an
+/// output written again for the same upload (as a record delivered again after a takeover
+/// or a restart writes it, before its status row says so a second time) is still that
+/// upload's; one naming another upload, or none and newer than the upload's processing, is
+/// not (410).
+#[test]
+fn a_processed_output_is_known_by_the_upload_it_names() {
+    let dir = DataDir::new("sec-output-id");
+    let server = Server::start(&dir.0);
+    server.create_user("a@example.com");
+    let t = server.id_token("a@example.com");
+    let up = server.upload(&t, "named.txt", "first run");
+    assert_eq!(up.status(), 200);
+    let id = up.json::<Value>().expect("json")["uploadId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(server.wait_final(&t, &id)["status"], "processed");
+    let k = server.new_key();
+    let s3 = |args: &[&str]| {
+        let mut all = vec!["--endpoint-url", server.edge.as_str(), "s3api"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = common::aws_as((&k.0, &k.1), &all);
+        assert!(ok, "aws s3api {args:?}: {err}");
+        out
+    };
+    let head: Value = serde_json::from_str(&s3(&[
+        "head-object",
+        "--bucket",
+        "sluice",
+        "--key",
+        "processed/named.txt",
+    ]))
+    .expect("head-object json");
+    assert_eq!(head["Metadata"]["sluice-upload-id"], id.as_str(), "{head}");
+
+    let body = dir.0.join("rerun.txt");
+    std::fs::write(&body, "SECOND RUN").expect("write");
+    let body = body.display().to_string();
+    // Written again after the upload was marked processed, naming the same upload.
+    std::thread::sleep(Duration::from_millis(5));
+    s3(&[
+        "put-object",
+        "--bucket",
+        "sluice",
+        "--key",
+        "processed/named.txt",
+        "--body",
+        &body,
+        "--metadata",
+        &format!("sluice-upload-id={id}"),
+    ]);
+    let path = format!("/uploads/{id}/processed");
+    let (code, bytes) = server.get_bytes(&t, &path);
+    assert_eq!((code, bytes.as_slice()), (200, &b"SECOND RUN"[..]));
+    // Naming another upload, or nothing (and newer than the processing): not this one's.
+    for metadata in [Some("sluice-upload-id=someone-else"), None] {
+        let mut args = vec![
+            "put-object",
+            "--bucket",
+            "sluice",
+            "--key",
+            "processed/named.txt",
+            "--body",
+            &body,
+        ];
+        if let Some(m) = metadata {
+            args.extend(["--metadata", m]);
+        }
+        s3(&args);
+        let (code, _) = server.get_bytes(&t, &path);
+        assert_eq!(code, 410, "an output with metadata {metadata:?}");
+    }
+}
+
 #[test]
 fn user_content_is_served_as_a_download() {
     let dir = DataDir::new("sec-download");

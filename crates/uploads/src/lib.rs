@@ -14,6 +14,8 @@ pub mod embedded;
 pub mod observer;
 
 pub use observer::LedgerObserver;
+/// The metadata naming the upload a processed output came from (see its documentation).
+pub use sluice_processor::functions::UPLOAD_ID_METADATA;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
