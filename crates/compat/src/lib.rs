@@ -687,25 +687,39 @@ pub(crate) fn peer_of(extensions: &axum::http::Extensions) -> Option<std::net::I
 /// after which the body's bytes and the next request on the connection can no longer be
 /// told apart (seen as a spurious `SignatureDoesNotMatch` on the next request under load).
 /// A fresh connection for the next request removes the ambiguity, at the cost of one
-/// handshake after an error. The edge's router has it; the binary puts it on the upload
-/// API's router too.
+/// handshake after an error. The edge's router has it; the binary's request accounting
+/// layer does the same on the upload API ([`expects_continue`], [`close_if_refused`]).
 pub async fn close_after_refused_expect(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let expects = req.version() == axum::http::Version::HTTP_11
+    let expects = expects_continue(&req);
+    let mut resp = next.run(req).await;
+    if expects {
+        close_if_refused(&mut resp);
+    }
+    resp
+}
+
+/// Whether `req` is an HTTP/1.1 request that announced its body with
+/// `Expect: 100-continue` ([`close_after_refused_expect`]).
+pub fn expects_continue<B>(req: &axum::http::Request<B>) -> bool {
+    req.version() == axum::http::Version::HTTP_11
         && req
             .headers()
             .get(axum::http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let mut resp = next.run(req).await;
-    if expects && (resp.status().is_client_error() || resp.status().is_server_error()) {
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Closes the connection after `resp` if it refuses the request (a 4xx or 5xx), for a
+/// request that [`expects_continue`].
+pub fn close_if_refused(resp: &mut Response) {
+    if resp.status().is_client_error() || resp.status().is_server_error() {
         resp.headers_mut().insert(
             axum::http::header::CONNECTION,
             HeaderValue::from_static("close"),
         );
     }
-    resp
 }
 
 /// Every 503 and every TooManyRequestsException says when to try again (AWS SDKs retry both

@@ -84,11 +84,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut resp = match this.inner.poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(resp)) => resp,
-        };
+        let mut resp = std::task::ready!(this.inner.poll(cx))?;
         let id = this.header.take();
         let request_id = id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-");
         let status = resp.status();

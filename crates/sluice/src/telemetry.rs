@@ -203,12 +203,8 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let expects_continue = self.tracked.close_after_refused_expect
-            && req.version() == axum::http::Version::HTTP_11
-            && req
-                .headers()
-                .get(header::EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let expects_continue =
+            self.tracked.close_after_refused_expect && sluice_compat::expects_continue(&req);
         let method = req.method().clone();
         let matched = req.extensions().get::<MatchedPath>().cloned();
         TrackFuture {
@@ -246,15 +242,9 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
-        let mut resp = match this.inner.poll(cx) {
-            std::task::Poll::Pending => return std::task::Poll::Pending,
-            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
-            std::task::Poll::Ready(Ok(resp)) => resp,
-        };
-        let status = resp.status();
-        if *this.expects_continue && (status.is_client_error() || status.is_server_error()) {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        let mut resp = std::task::ready!(this.inner.poll(cx))?;
+        if *this.expects_continue {
+            sluice_compat::close_if_refused(&mut resp);
         }
         this.tracked.finished(
             this.method,
@@ -266,7 +256,7 @@ where
     }
 }
 
-/// One listener's request accounting for [`track`]: the listener's label and the metric
+/// One listener's request accounting for [`Track`]: the listener's label and the metric
 /// handles of each route and status seen so far. Looking a handle up in the recorder's
 /// registry builds and hashes its whole key (2 % of the server's CPU at 20k requests/s);
 /// a route's handles are looked up there once and kept here. The map stays small: routes

@@ -16,6 +16,16 @@ fn client_id(server: &Server) -> String {
         .to_owned()
 }
 
+/// Uploads `content` as `name` (200 expected) and returns the upload's id.
+fn uploaded(server: &Server, token: &str, name: &str, content: &str) -> String {
+    let up = server.upload(token, name, content);
+    assert_eq!(up.status(), 200);
+    up.json::<Value>().expect("json")["uploadId"]
+        .as_str()
+        .expect("id")
+        .to_owned()
+}
+
 /// A field of `/proc/<pid>/status` in KiB (VmRSS, VmHWM).
 fn proc_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
@@ -102,12 +112,7 @@ fn a_processed_output_is_known_by_the_upload_it_names() {
     let server = Server::start(&dir.0);
     server.create_user("a@example.com");
     let t = server.id_token("a@example.com");
-    let up = server.upload(&t, "named.txt", "first run");
-    assert_eq!(up.status(), 200);
-    let id = up.json::<Value>().expect("json")["uploadId"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = uploaded(&server, &t, "named.txt", "first run");
     assert_eq!(server.wait_final(&t, &id)["status"], "processed");
     let k = server.new_key();
     let s3 = |args: &[&str]| {
@@ -172,12 +177,7 @@ fn user_content_is_served_as_a_download() {
     let server = Server::start(&dir.0);
     server.create_user("a@example.com");
     let t = server.id_token("a@example.com");
-    let up = server.upload(&t, "page \"1\".html", "<script>alert(1)</script>");
-    assert_eq!(up.status(), 200);
-    let id = up.json::<Value>().expect("json")["uploadId"]
-        .as_str()
-        .expect("id")
-        .to_owned();
+    let id = uploaded(&server, &t, "page \"1\".html", "<script>alert(1)</script>");
     server.wait_final(&t, &id);
     for path in ["content", "processed"] {
         let resp = server
