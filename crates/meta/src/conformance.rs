@@ -36,6 +36,7 @@ pub async fn run_all(open: Open<'_>) {
     types_round_trip(open("types")).await;
     text_orders_by_bytes(open("order")).await;
     failing_writes_are_isolated(open("isolated")).await;
+    mixed_groups_commit_exactly_their_kept_writes(open("mixed")).await;
     read_modify_write_is_serializable(open("serial")).await;
     writers_of_two_handles_do_not_lose_updates(open).await;
     durability_callbacks_run_only_for_committed_writes(open("callbacks")).await;
@@ -203,6 +204,91 @@ async fn failing_writes_are_isolated(m: Meta) {
         .await
         .expect("count");
     assert_eq!(n, 150);
+    m.close();
+}
+
+/// Many writes at once, so that engines which group writes into one transaction mix
+/// kept ones with ones that fail (an error of their own after a statement, a duplicate
+/// key, a swallowed engine error, a panic): exactly the kept writes commit, and only their
+/// durability callbacks run. Engines that first run a group without savepoints and redo it
+/// with them when a write is not kept go through both paths here.
+async fn mixed_groups_commit_exactly_their_kept_writes(m: Meta) {
+    m.write(|tx| {
+        tx.execute("INSERT INTO kv (k, v) VALUES ('taken', 'x')", params![])?;
+        Ok::<_, MetaError>(())
+    })
+    .await
+    .expect("seed");
+    let callbacks = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..400usize {
+        let m = m.clone();
+        let callbacks = callbacks.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = m
+                .write(move |tx| {
+                    tx.execute(
+                        "INSERT INTO kv (k, v) VALUES (?1, 'x')",
+                        params![format!("m{i}")],
+                    )?;
+                    let callbacks = callbacks.clone();
+                    tx.on_durable(move || {
+                        callbacks.fetch_add(1, Ordering::SeqCst);
+                    });
+                    match i % 10 {
+                        1 => Err(MetaError::Engine("this write fails".into())),
+                        3 => {
+                            tx.execute("INSERT INTO kv (k, v) VALUES ('taken', 'y')", params![])?;
+                            Ok(())
+                        }
+                        5 => {
+                            let _ = tx
+                                .execute("INSERT INTO kv (k, v) VALUES ('taken', 'y')", params![]);
+                            Ok(())
+                        }
+                        7 if i % 20 == 7 => panic!("this write panics (a test)"),
+                        _ => Ok(()),
+                    }
+                })
+                .await;
+            (i, r.is_ok())
+        }));
+    }
+    let mut kept = Vec::new();
+    for t in tasks {
+        // A panicking write's task may see its write dropped; the others answer.
+        if let Ok((i, ok)) = t.await {
+            assert_eq!(
+                ok,
+                !matches!(i % 10, 1 | 3 | 5) && i % 20 != 7,
+                "write {i} answered {ok}"
+            );
+            if ok {
+                kept.push(i);
+            }
+        }
+    }
+    assert_eq!(kept.len(), 400 - 40 * 3 - 20);
+    let rows: i64 = m
+        .read(|tx| {
+            tx.query_row(
+                "SELECT COUNT(*) FROM kv WHERE k LIKE 'm%'",
+                params![],
+                |r| r.get(0),
+            )
+        })
+        .await
+        .expect("count");
+    assert_eq!(
+        rows,
+        kept.len() as i64,
+        "exactly the kept writes' rows are there"
+    );
+    assert_eq!(
+        callbacks.load(Ordering::SeqCst),
+        kept.len(),
+        "callbacks of kept writes only"
+    );
     m.close();
 }
 

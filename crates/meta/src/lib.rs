@@ -156,8 +156,8 @@ pub struct MetaStats {
     /// Time spent in those fsyncs.
     pub sync_nanos: u64,
     /// Transactions run again: after a serialization failure or deadlock (PostgreSQL), or
-    /// a group run without savepoints in which a write failed, run again with them
-    /// (SQLite).
+    /// a group run without savepoints in which a write was not kept, run again with them
+    /// (both engines).
     pub retries: u64,
 }
 

@@ -2,10 +2,13 @@
 //! with its own connection.
 //!
 //! - **Writes** go to the writer, which takes every write that is waiting (up to
-//!   [`MAX_GROUP`]), runs each inside its own savepoint of one transaction (so one failing
-//!   write does not undo its neighbours) and commits them together, as the SQLite writer
-//!   does. So the writes of one process never race each other, and one WAL flush makes a
-//!   whole group durable.
+//!   [`MAX_GROUP`]), runs them in one transaction and commits them together, as the SQLite
+//!   writer does. So the writes of one process never race each other, and one WAL flush
+//!   makes a whole group durable. One failing write must not undo its neighbours: as on
+//!   SQLite, a group first runs without savepoints and commits if every write was kept; if
+//!   one was not, the transaction is rolled back and the group runs again with each write
+//!   in its own savepoint (and so do the next [`CAREFUL_GROUPS`] groups). A savepoint costs
+//!   a round trip to the server per write (measured in docs/BENCHMARKS.md, session 27).
 //! - The transaction runs at `SERIALIZABLE` isolation, so a closure written for the
 //!   embedded engine (where one writer runs everything in turn) keeps its meaning when
 //!   other processes write to the same database. A group that loses a race with another
@@ -197,6 +200,7 @@ impl Pg {
             rx: write_rx,
             link: link(Some(first)),
             stats: stats.clone(),
+            careful: 0,
         };
         spawn("sluice-pg-writer".into(), Box::new(move || writer.run()))?;
         let (reads, read_rx) = mpsc::channel::<ReadJob>();
@@ -401,14 +405,22 @@ impl Reader {
 }
 
 /// The writing thread: it takes every write that is waiting (up to [`MAX_GROUP`]), runs
-/// each in its own savepoint of one `SERIALIZABLE` transaction, and commits them together.
+/// them in one `SERIALIZABLE` transaction (without savepoints first, see
+/// [`Writer::attempt`]), and commits them together.
 /// The writes of one process never race each other (they run in turn, as on SQLite), and
 /// one WAL flush makes a whole group durable.
 struct Writer {
     rx: mpsc::Receiver<Box<dyn WriteJob>>,
     link: Link,
     stats: Arc<Counters>,
+    /// Groups still to run with savepoints after an optimistic one was redone.
+    careful: u32,
 }
+
+/// After a group had to run again with savepoints, this many groups run with savepoints
+/// straight away: writes that fail tend to come in runs, and each failure in an optimistic
+/// group costs the group's work twice (as on SQLite).
+const CAREFUL_GROUPS: u32 = 8;
 
 /// What became of one attempt at a group.
 enum Group {
@@ -419,6 +431,9 @@ enum Group {
     Retry,
     /// The connection broke before `COMMIT` was sent: nothing committed.
     Broken,
+    /// An optimistic attempt met a write that was not kept: nothing committed; run the
+    /// group again with a savepoint per write.
+    Redo,
     /// Every job of the group fails with this error (nothing committed, or, for
     /// [`MetaError::Unknown`], perhaps everything did).
     Failed(MetaError),
@@ -446,12 +461,22 @@ impl Writer {
         stats.jobs.fetch_add(group.len() as u64, Ordering::Relaxed);
         let started = Instant::now();
         let (mut attempt, mut reconnected) = (0, false);
+        let mut optimistic = self.careful == 0;
+        self.careful = self.careful.saturating_sub(1);
         let outcome = loop {
             attempt += 1;
             if let Err(e) = self.link.connect_if_needed() {
                 break Err(e);
             }
-            match self.attempt(&mut group) {
+            match self.attempt(&mut group, optimistic) {
+                Group::Redo => {
+                    attempt -= 1;
+                    optimistic = false;
+                    self.careful = CAREFUL_GROUPS;
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("sluice_meta_retries_total", "engine" => "postgres")
+                        .increment(1);
+                }
                 Group::Retry if attempt < MAX_ATTEMPTS => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("sluice_meta_retries_total", "engine" => "postgres")
@@ -502,11 +527,21 @@ impl Writer {
     /// The bookkeeping costs one round trip per job: the savepoint is set with `BEGIN`, a
     /// kept job's is released together with setting the next one's, an undone job's
     /// (`ROLLBACK TO`) stays set for the next job, and `COMMIT` releases the last.
-    fn attempt(&mut self, group: &mut Vec<Box<dyn WriteJob>>) -> Group {
+    ///
+    /// `optimistic`: the jobs run one after the other in the bare transaction, without
+    /// that round trip, and the group commits only if every job was kept; a job that is
+    /// not (it failed, rolled back, or panicked; a statement error inside it makes it
+    /// fail, see [`run_job`]) rolls the whole transaction back and the group is redone with
+    /// savepoints ([`Group::Redo`]). The outcome is the same as with savepoints from the
+    /// start: what a job that is not kept did never commits, its neighbours do.
+    fn attempt(&mut self, group: &mut Vec<Box<dyn WriteJob>>, optimistic: bool) -> Group {
         let link = &mut self.link;
         let Some(client) = link.client.as_mut() else {
             return Group::Broken;
         };
+        if optimistic {
+            return attempt_optimistic(client, &mut link.statements, group);
+        }
         if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE; SAVEPOINT job") {
             return abandon(client, &e);
         }
@@ -556,15 +591,58 @@ impl Writer {
             own.push(undone);
             i += 1;
         }
-        match timed_commit(client, group.len()) {
-            Ok(()) => Group::Committed(own, callbacks),
-            Err(e) if retryable(&e) => Group::Retry,
-            Err(e) if client.is_closed() => Group::Failed(MetaError::Unknown(format!(
-                "the connection broke during COMMIT: {}",
-                describe_err(&e)
-            ))),
-            Err(e) => Group::Failed(pg_err(&e)),
+        commit_group(client, own, callbacks)
+    }
+}
+
+/// [`Writer::attempt`] without savepoints.
+fn attempt_optimistic(
+    client: &mut Client,
+    statements: &mut HashMap<String, Statement>,
+    group: &mut [Box<dyn WriteJob>],
+) -> Group {
+    if let Err(e) = client.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE") {
+        return abandon(client, &e);
+    }
+    let mut callbacks = Vec::new();
+    for job in group.iter_mut() {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let conn = PgConn::new(client, statements);
+            let tx = Tx::new(&conn);
+            run_job(&mut **job, &tx)
+        }));
+        if client.is_closed() {
+            return Group::Broken;
         }
+        match ran {
+            Ok(Verdict::Commit(cbs)) => callbacks.extend(cbs),
+            Ok(Verdict::Retry) => {
+                rollback(client);
+                return Group::Retry;
+            }
+            Ok(Verdict::RollBack | Verdict::Fail(_)) | Err(_) => {
+                rollback(client);
+                return Group::Redo;
+            }
+        }
+    }
+    commit_group(client, group.iter().map(|_| None).collect(), callbacks)
+}
+
+/// `COMMIT` of an attempt whose jobs ran: `own` is each job's own error.
+fn commit_group(
+    client: &mut Client,
+    own: Vec<Option<MetaError>>,
+    callbacks: Vec<crate::Callback>,
+) -> Group {
+    match timed_commit(client, own.len()) {
+        Ok(()) => Group::Committed(own, callbacks),
+        Err(e) if retryable(&e) => Group::Retry,
+        Err(e) if client.is_closed() => Group::Failed(MetaError::Unknown(format!(
+            "the connection broke during COMMIT: {}",
+            describe_err(&e)
+        ))),
+        Err(e) => Group::Failed(pg_err(&e)),
     }
 }
 
