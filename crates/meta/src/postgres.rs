@@ -550,13 +550,7 @@ impl Writer {
         let mut i = 0;
         while i < group.len() {
             let last = i + 1 == group.len();
-            let job = &mut group[i];
-            let statements = &mut link.statements;
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let conn = PgConn::new(client, statements);
-                let tx = Tx::new(&conn);
-                run_job(&mut **job, &tx)
-            }));
+            let ran = run_one(client, &mut link.statements, &mut *group[i]);
             if client.is_closed() {
                 return Group::Broken;
             }
@@ -606,11 +600,7 @@ fn attempt_optimistic(
     }
     let mut callbacks = Vec::new();
     for job in group.iter_mut() {
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let conn = PgConn::new(client, statements);
-            let tx = Tx::new(&conn);
-            run_job(&mut **job, &tx)
-        }));
+        let ran = run_one(client, statements, &mut **job);
         if client.is_closed() {
             return Group::Broken;
         }
@@ -627,6 +617,19 @@ fn attempt_optimistic(
         }
     }
     commit_group(client, group.iter().map(|_| None).collect(), callbacks)
+}
+
+/// Runs one job of a group on the writer's connection; `Err` if it panicked.
+fn run_one(
+    client: &mut Client,
+    statements: &mut HashMap<String, Statement>,
+    job: &mut dyn WriteJob,
+) -> std::thread::Result<Verdict> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let conn = PgConn::new(client, statements);
+        let tx = Tx::new(&conn);
+        run_job(job, &tx)
+    }))
 }
 
 /// `COMMIT` of an attempt whose jobs ran: `own` is each job's own error.
