@@ -699,6 +699,33 @@ pub(crate) enum Verdict {
     Retry,
 }
 
+/// Whether a write group may run without a savepoint per write, on either engine: it may,
+/// unless a group was redone with savepoints lately. Writes that fail tend to come in
+/// runs, and each failure in an optimistic group costs the group's work twice, so after a
+/// redo the next [`Careful::GROUPS`] groups run with savepoints straight away.
+#[derive(Debug, Default)]
+pub(crate) struct Careful {
+    left: u32,
+}
+
+impl Careful {
+    const GROUPS: u32 = 8;
+
+    /// Whether the next group may run optimistically (counts off a careful group if not).
+    pub(crate) fn optimistic(&mut self) -> bool {
+        if self.left == 0 {
+            return true;
+        }
+        self.left -= 1;
+        false
+    }
+
+    /// An optimistic group had to run again with savepoints.
+    pub(crate) fn redone(&mut self) {
+        self.left = Self::GROUPS;
+    }
+}
+
 pub(crate) fn run_job(job: &mut dyn WriteJob, tx: &Tx<'_>) -> Verdict {
     let ok = job.run(tx);
     if tx.is_retryable() {

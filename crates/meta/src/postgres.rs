@@ -7,7 +7,7 @@
 //!   makes a whole group durable. One failing write must not undo its neighbours: as on
 //!   SQLite, a group first runs without savepoints and commits if every write was kept; if
 //!   one was not, the transaction is rolled back and the group runs again with each write
-//!   in its own savepoint (and so do the next [`CAREFUL_GROUPS`] groups). A savepoint costs
+//!   in its own savepoint (and so do the next few groups: [`crate::Careful`]). A savepoint costs
 //!   a round trip to the server per write (measured in docs/BENCHMARKS.md, session 27).
 //! - The transaction runs at `SERIALIZABLE` isolation, so a closure written for the
 //!   embedded engine (where one writer runs everything in turn) keeps its meaning when
@@ -52,8 +52,8 @@ use postgres::{Client, Config, NoTls, Statement};
 
 use crate::value::RowSource;
 use crate::{
-    Caller, Conn, Engine, EngineKind, MetaError, MetaStats, Migration, ReadJob, Tx, ValueRef,
-    Verdict, WriteJob, run_job,
+    Caller, Careful, Conn, Engine, EngineKind, MetaError, MetaStats, Migration, ReadJob, Tx,
+    ValueRef, Verdict, WriteJob, run_job,
 };
 
 /// Connections (and worker threads) when the URL does not say (`pool_size`): one writes,
@@ -200,7 +200,7 @@ impl Pg {
             rx: write_rx,
             link: link(Some(first)),
             stats: stats.clone(),
-            careful: 0,
+            careful: Careful::default(),
         };
         spawn("sluice-pg-writer".into(), Box::new(move || writer.run()))?;
         let (reads, read_rx) = mpsc::channel::<ReadJob>();
@@ -413,14 +413,9 @@ struct Writer {
     rx: mpsc::Receiver<Box<dyn WriteJob>>,
     link: Link,
     stats: Arc<Counters>,
-    /// Groups still to run with savepoints after an optimistic one was redone.
-    careful: u32,
+    /// Whether the next group may run without savepoints.
+    careful: Careful,
 }
-
-/// After a group had to run again with savepoints, this many groups run with savepoints
-/// straight away: writes that fail tend to come in runs, and each failure in an optimistic
-/// group costs the group's work twice (as on SQLite).
-const CAREFUL_GROUPS: u32 = 8;
 
 /// What became of one attempt at a group.
 enum Group {
@@ -461,8 +456,7 @@ impl Writer {
         stats.jobs.fetch_add(group.len() as u64, Ordering::Relaxed);
         let started = Instant::now();
         let (mut attempt, mut reconnected) = (0, false);
-        let mut optimistic = self.careful == 0;
-        self.careful = self.careful.saturating_sub(1);
+        let mut optimistic = self.careful.optimistic();
         let outcome = loop {
             attempt += 1;
             if let Err(e) = self.link.connect_if_needed() {
@@ -472,7 +466,7 @@ impl Writer {
                 Group::Redo => {
                     attempt -= 1;
                     optimistic = false;
-                    self.careful = CAREFUL_GROUPS;
+                    self.careful.redone();
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("sluice_meta_retries_total", "engine" => "postgres")
                         .increment(1);
@@ -616,7 +610,7 @@ fn attempt_optimistic(
             }
         }
     }
-    commit_group(client, group.iter().map(|_| None).collect(), callbacks)
+    commit_group(client, vec![None; group.len()], callbacks)
 }
 
 /// Runs one job of a group on the writer's connection; `Err` if it panicked.

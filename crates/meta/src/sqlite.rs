@@ -54,8 +54,8 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::value::RowSource;
 use crate::{
-    Caller, Conn, Engine, EngineKind, MetaError, MetaStats, Migration, ReadJob, Tx, ValueRef,
-    Verdict, WriteJob, add_elapsed, run_job, sync_dir,
+    Caller, Careful, Conn, Engine, EngineKind, MetaError, MetaStats, Migration, ReadJob, Tx,
+    ValueRef, Verdict, WriteJob, add_elapsed, run_job, sync_dir,
 };
 
 /// The most writes committed together. Large enough that a commit's fsync is shared widely,
@@ -284,7 +284,7 @@ impl Sqlite {
             checkpointer: checkpointer.clone(),
             last_signal: 0,
             next_restart: 0,
-            careful: 0,
+            careful: Careful::default(),
             syncer: Some((synced_tx, syncer)),
             failed,
             stats: stats.clone(),
@@ -636,11 +636,6 @@ enum Isolation {
     Optimistic,
 }
 
-/// After a group had to run again with savepoints, this many groups run with savepoints
-/// straight away: writes that fail tend to come in runs, and each failure in an optimistic
-/// group costs the group's work twice.
-const CAREFUL_GROUPS: u32 = 8;
-
 /// Runs a group in one transaction and commits it (without fsync). Returns the committed
 /// group for the syncer, or `None` when the group failed (its writes are resolved here),
 /// and whether an optimistic run had to be redone with savepoints.
@@ -908,8 +903,8 @@ struct Writer {
     last_signal: u32,
     /// WAL size (pages) from which the writer tries a RESTART again after one gave up.
     next_restart: u32,
-    /// Groups still to run with savepoints after an optimistic one was redone.
-    careful: u32,
+    /// Whether the next group may run without savepoints.
+    careful: Careful,
     /// Where committed groups go to be fsynced, and the syncer thread (joined at the end, so
     /// the connection outlives every pending fsync).
     syncer: Option<(mpsc::Sender<Committed>, thread::JoinHandle<()>)>,
@@ -942,15 +937,14 @@ impl Writer {
                 fail_group(&mut group, &fsync_failed());
                 None
             } else {
-                let isolation = if self.careful == 0 {
+                let isolation = if self.careful.optimistic() {
                     Isolation::Optimistic
                 } else {
-                    self.careful -= 1;
                     Isolation::Savepoints
                 };
                 let (committed, redone) = commit_group(&self.conn, &mut group, isolation);
                 if redone {
-                    self.careful = CAREFUL_GROUPS;
+                    self.careful.redone();
                     self.stats.redone.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("sluice_meta_retries_total", "engine" => "sqlite")
                         .increment(1);
