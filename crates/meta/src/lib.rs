@@ -181,6 +181,10 @@ pub(crate) trait Conn {
         params: &[ValueRef<'_>],
         each: &mut dyn FnMut(&dyn value::RowSource) -> Result<bool, MetaError>,
     ) -> Result<(), MetaError>;
+    /// [`Tx::execute_once`].
+    fn execute_once(&self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64, MetaError>;
+    /// [`Tx::is_remote`].
+    fn is_remote(&self) -> bool;
 }
 
 /// A transaction (or, for [`Meta::read`], a read-only connection) handed to a closure.
@@ -235,6 +239,27 @@ impl<'c> Tx<'c> {
     pub fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<u64, MetaError> {
         let values = to_values(params);
         self.note(self.conn.execute(sql, &values))
+    }
+
+    /// Runs a statement planned for these very parameters and not kept for another run:
+    /// for a statement whose text is made for the rows at hand (one `UPDATE` for many
+    /// keys, `WHERE key IN (?1, ?2, …)`), whose best plan depends on its values. On
+    /// PostgreSQL a cached statement would, after a few runs, be given a generic plan
+    /// chosen for no values in particular, and keep it as the table grows (a sequential
+    /// scan planned while the table was small: docs/BENCHMARKS.md, session 27); a statement
+    /// prepared for one run is planned for its values, at the price of a second round
+    /// trip. SQLite prepares it without putting it in the connection's statement cache.
+    pub fn execute_once(&self, sql: &str, params: &[&dyn ToValue]) -> Result<u64, MetaError> {
+        let values = to_values(params);
+        self.note(self.conn.execute_once(sql, &values))
+    }
+
+    /// Whether each statement is a round trip to a server (PostgreSQL), rather than a call
+    /// into the process (SQLite): where it is, one statement for many rows saves a round
+    /// trip per row; where it is not, a cached one-row statement per row costs less than
+    /// preparing a many-row one.
+    pub fn is_remote(&self) -> bool {
+        self.conn.is_remote()
     }
 
     /// Runs an `INSERT` of one row (written without `RETURNING`) and returns its

@@ -806,6 +806,24 @@ impl Conn for PgConn<'_> {
         }
         Ok(())
     }
+
+    fn execute_once(&self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64, MetaError> {
+        // Prepared for this run only: PostgreSQL plans a statement's first runs for their
+        // values (a custom plan), and the statement is closed when `st` is dropped (the
+        // close goes out with the next request).
+        let mut client = self.client.borrow_mut();
+        let st = client
+            .prepare(&translate_params(sql))
+            .map_err(|e| pg_err(&e))?;
+        let params: Vec<PgParam<'_>> = params.iter().map(|v| PgParam(*v)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        client.execute(&st, &refs).map_err(|e| pg_err(&e))
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
 }
 
 struct PgRow<'a>(&'a postgres::Row);

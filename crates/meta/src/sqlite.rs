@@ -550,6 +550,18 @@ impl Conn for SqliteConn<'_> {
         }
         Ok(())
     }
+
+    fn execute_once(&self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64, MetaError> {
+        let mut st = self.0.prepare(sql).map_err(sqlite_err)?;
+        let n = st
+            .execute(rusqlite::params_from_iter(params.iter().map(|v| Param(*v))))
+            .map_err(sqlite_err)?;
+        Ok(n as u64)
+    }
+
+    fn is_remote(&self) -> bool {
+        false
+    }
 }
 
 /// What became of one job of a group.

@@ -695,11 +695,65 @@ impl EmbeddedUploads {
     }
 }
 
-/// [`settle_in`] for each of `rows`.
+/// [`settle_in`] for each of `rows`; where statements are round trips
+/// ([`Tx::is_remote`]), rows that are their own outbox entries are settled
+/// [`SETTLE_MANY`] at a time, each group by one statement ([`settle_many_in`]).
 fn settle_all_in(c: &Tx<'_>, rows: &[Settle]) -> Result<(), UploadError> {
-    for (row, ticket, shard, seq) in rows {
+    let (own, other): (Vec<&Settle>, Vec<&Settle>) = if c.is_remote() {
+        rows.iter().partition(|s| s.1 >= OWN_TICKETS_FROM)
+    } else {
+        (Vec::new(), rows.iter().collect())
+    };
+    for chunk in own.chunks(SETTLE_MANY) {
+        if chunk.len() >= SETTLE_MANY_FROM {
+            settle_many_in(c, chunk)?;
+        } else {
+            for (row, ticket, shard, seq) in chunk.iter().copied() {
+                settle_in(c, *row, *ticket, shard, seq)?;
+            }
+        }
+    }
+    for (row, ticket, shard, seq) in other {
         settle_in(c, *row, *ticket, shard, seq)?;
     }
+    Ok(())
+}
+
+/// Rows settled by one statement at most ([`settle_many_in`]).
+const SETTLE_MANY: usize = 64;
+/// Fewer rows than this are settled one statement each: a statement for many rows costs
+/// two round trips ([`Tx::execute_once`]).
+const SETTLE_MANY_FROM: usize = 3;
+
+/// [`settle_in`] of uploads whose rows are their own outbox entries, by one statement:
+/// each row is changed only while it still waits for its own record (`outbox_ticket` =
+/// [`OWN_TICKET`]), as `settle_in` does. Run with [`Tx::execute_once`]: a plan cached for
+/// one list of keys and reused for the next may scan the table (docs/BENCHMARKS.md,
+/// session 27). A row listed twice takes its first settle, as two `settle_in`s in a row
+/// would leave it.
+fn settle_many_in(c: &Tx<'_>, rows: &[&Settle]) -> Result<(), UploadError> {
+    use std::fmt::Write as _;
+    // ?1: the own ticket; then per row: ?k its seq, ?k+1 its shard, ?k+2 its sequence number.
+    let (mut shards, mut seqs, mut keys) = (String::new(), String::new(), String::new());
+    for i in 0..rows.len() {
+        let k = 2 + 3 * i;
+        let _ = write!(shards, " WHEN ?{k} THEN ?{}", k + 1);
+        let _ = write!(seqs, " WHEN ?{k} THEN ?{}", k + 2);
+        let _ = write!(keys, "{}?{k}", if i == 0 { "" } else { ", " });
+    }
+    let sql = format!(
+        "UPDATE uploads SET shard_id = CASE seq{shards} END,
+             sequence_number = CASE seq{seqs} END, outbox_ticket = NULL
+         WHERE outbox_ticket = ?1 AND seq IN ({keys})"
+    );
+    let mut params: Vec<&dyn sluice_meta::ToValue> = Vec::with_capacity(1 + 3 * rows.len());
+    params.push(&OWN_TICKET);
+    for (row, _, shard, seq) in rows.iter().copied() {
+        params.push(row);
+        params.push(shard);
+        params.push(seq);
+    }
+    c.execute_once(&sql, &params)?;
     Ok(())
 }
 
@@ -1796,6 +1850,72 @@ mod tests {
         }
         assert!(stream.pending_tickets().await.expect("tickets").is_empty());
         assert_eq!(records(&stream).await.len(), 2);
+        stream.db().close();
+    }
+
+    /// One statement settling many rows (as on PostgreSQL) changes exactly what a
+    /// `settle_in` per row would: rows waiting for their own record take their shard and
+    /// number, a row listed twice its first, a requeued row and an unlisted one nothing.
+    #[tokio::test]
+    async fn many_settles_in_one_statement_change_exactly_the_rows_waiting_for_them() {
+        let engines = sluice_meta::conformance::TestEngines::new();
+        let (store, stream, uploads) = ready(&engines).await;
+        let mut rows = Vec::new();
+        for i in 0..5 {
+            let (_, outbox) = commit_without_delivery(&uploads, &store, &format!("m{i}")).await;
+            rows.push((outbox.row, outbox.ticket));
+        }
+        // The last row was requeued meanwhile: it waits for another ticket.
+        let requeued = rows[4].0;
+        uploads
+            .db
+            .write(move |c| {
+                c.execute(
+                    "UPDATE uploads SET outbox_ticket = 7 WHERE seq = ?1",
+                    params![requeued],
+                )
+            })
+            .await
+            .expect("requeue");
+        let settle = |i: usize, tag: &str| -> Settle {
+            (
+                rows[i].0,
+                rows[i].1,
+                format!("shard-{tag}"),
+                format!("seq-{tag}"),
+            )
+        };
+        let batch = [
+            settle(0, "0"),
+            settle(1, "1"),
+            settle(0, "0-again"),
+            settle(2, "2"),
+            settle(4, "4"),
+        ];
+        uploads
+            .db
+            .write(move |c| settle_many_in(c, &batch.iter().collect::<Vec<_>>()))
+            .await
+            .expect("settle");
+        let got: Vec<(i64, String, String, Option<i64>)> = uploads
+            .db
+            .read(|c| {
+                c.query_vec(
+                    "SELECT seq, shard_id, sequence_number, outbox_ticket FROM uploads ORDER BY seq",
+                    params![],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+            })
+            .await
+            .expect("rows");
+        let want: Vec<(i64, String, String, Option<i64>)> = vec![
+            (rows[0].0, "shard-0".into(), "seq-0".into(), None),
+            (rows[1].0, "shard-1".into(), "seq-1".into(), None),
+            (rows[2].0, "shard-2".into(), "seq-2".into(), None),
+            (rows[3].0, String::new(), String::new(), Some(OWN_TICKET)),
+            (rows[4].0, String::new(), String::new(), Some(7)),
+        ];
+        assert_eq!(got, want);
         stream.db().close();
     }
 
