@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::{Meta, MetaError, Migration, params};
+use crate::{Meta, MetaError, Migration, ToValue, params};
 
 /// The tables the rules use.
 pub const MIGRATIONS: &[Migration] = &[
@@ -42,9 +42,87 @@ pub async fn run_all(open: Open<'_>) {
     durability_callbacks_run_only_for_committed_writes(open("callbacks")).await;
     a_swallowed_engine_error_fails_the_write(open("swallowed")).await;
     upserts_and_returning(open("upsert")).await;
+    statements_run_once_act_as_cached_ones(open("once")).await;
     missing_rows_and_existence(open("rows")).await;
     blocking_calls_work_inside_a_runtime(open("blocking")).await;
     migrations_apply_once(open);
+}
+
+/// [`Tx::execute_once`] changes what [`Tx::execute`] would, statement after statement of
+/// new texts (each prepared for its run and let go), and an engine error it meets fails the
+/// write even when the closure swallows it.
+async fn statements_run_once_act_as_cached_ones(m: Meta) {
+    m.write(|tx| {
+        for i in 0..40 {
+            tx.execute(
+                "INSERT INTO kv (k, v) VALUES (?1, 'old')",
+                params![format!("k{i}")],
+            )?;
+        }
+        Ok::<_, MetaError>(())
+    })
+    .await
+    .expect("seed");
+    // Lists of 1 to 20 keys, one of them missing each time: a new statement text each run.
+    let changed = m
+        .write(|tx| {
+            let mut changed = Vec::new();
+            for n in 1..=20usize {
+                let keys: Vec<String> = (0..n)
+                    .map(|j| format!("k{}", n + j))
+                    .chain(["missing".to_owned()])
+                    .collect();
+                let marks: Vec<String> = (0..keys.len()).map(|j| format!("?{}", j + 2)).collect();
+                let sql = format!("UPDATE kv SET v = ?1 WHERE k IN ({})", marks.join(", "));
+                let value = format!("run{n}");
+                let mut params: Vec<&dyn ToValue> = vec![&value];
+                params.extend(keys.iter().map(|k| k as &dyn ToValue));
+                changed.push(tx.execute_once(&sql, &params)?);
+            }
+            Ok::<_, MetaError>(changed)
+        })
+        .await
+        .expect("updates");
+    assert_eq!(
+        changed,
+        (1..=20u64).collect::<Vec<_>>(),
+        "rows changed per run"
+    );
+    let got: Vec<(String, String)> = m
+        .read(|tx| {
+            tx.query_vec(
+                "SELECT k, v FROM kv WHERE k IN ('k1', 'k2', 'k20', 'k39', 'k0') ORDER BY k",
+                params![],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .await
+        .expect("read");
+    // k_i was last written by the run n = max{n : n <= i <= 2n-1}, i.e. n = i.
+    let want: Vec<(String, String)> = [
+        ("k0", "old"),
+        ("k1", "run1"),
+        ("k2", "run2"),
+        ("k20", "run20"),
+        ("k39", "run20"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    assert_eq!(got, want);
+    let swallowed = m
+        .write(|tx| {
+            let _ = tx.execute_once("INSERT INTO kv (k, v) VALUES ('k0', 'dup')", params![]);
+            tx.execute_once("UPDATE kv SET v = 'lost' WHERE k = 'k1'", params![])?;
+            Ok::<_, MetaError>(())
+        })
+        .await;
+    assert!(swallowed.is_err(), "a swallowed error fails the write");
+    let k1: String = m
+        .read(|tx| tx.query_row("SELECT v FROM kv WHERE k = 'k1'", params![], |r| r.get(0)))
+        .await
+        .expect("k1");
+    assert_eq!(k1, "run1", "nothing of the failed write stays");
 }
 
 async fn types_round_trip(m: Meta) {

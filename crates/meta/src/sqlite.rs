@@ -513,13 +513,18 @@ impl RowSource for SqliteRow<'_, '_> {
     }
 }
 
+/// Runs a prepared statement with `params`; returns the number of rows it changed.
+fn run(st: &mut rusqlite::Statement<'_>, params: &[ValueRef<'_>]) -> Result<u64, MetaError> {
+    let n = st
+        .execute(rusqlite::params_from_iter(params.iter().map(|v| Param(*v))))
+        .map_err(sqlite_err)?;
+    Ok(n as u64)
+}
+
 impl Conn for SqliteConn<'_> {
     fn execute(&self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64, MetaError> {
         let mut st = self.0.prepare_cached(sql).map_err(sqlite_err)?;
-        let n = st
-            .execute(rusqlite::params_from_iter(params.iter().map(|v| Param(*v))))
-            .map_err(sqlite_err)?;
-        Ok(n as u64)
+        run(&mut st, params)
     }
 
     fn insert_id(
@@ -552,11 +557,7 @@ impl Conn for SqliteConn<'_> {
     }
 
     fn execute_once(&self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64, MetaError> {
-        let mut st = self.0.prepare(sql).map_err(sqlite_err)?;
-        let n = st
-            .execute(rusqlite::params_from_iter(params.iter().map(|v| Param(*v))))
-            .map_err(sqlite_err)?;
-        Ok(n as u64)
+        run(&mut self.0.prepare(sql).map_err(sqlite_err)?, params)
     }
 
     fn is_remote(&self) -> bool {
