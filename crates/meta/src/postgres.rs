@@ -760,16 +760,17 @@ impl<'a> PgConn<'a> {
     }
 }
 
+/// Runs a prepared statement with `params`; returns the number of rows it changed.
+fn run(client: &mut Client, st: &Statement, params: &[ValueRef<'_>]) -> Result<u64, MetaError> {
+    let params: Vec<PgParam<'_>> = params.iter().map(|v| PgParam(*v)).collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    client.execute(st, &refs).map_err(|e| pg_err(&e))
+}
+
 impl Conn for PgConn<'_> {
     fn execute(&self, sql: &str, params: &[ValueRef<'_>]) -> Result<u64, MetaError> {
         let st = self.statement(sql)?;
-        let params: Vec<PgParam<'_>> = params.iter().map(|v| PgParam(*v)).collect();
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        self.client
-            .borrow_mut()
-            .execute(&st, &refs)
-            .map_err(|e| pg_err(&e))
+        run(&mut self.client.borrow_mut(), &st, params)
     }
 
     fn insert_id(
@@ -815,10 +816,7 @@ impl Conn for PgConn<'_> {
         let st = client
             .prepare(&translate_params(sql))
             .map_err(|e| pg_err(&e))?;
-        let params: Vec<PgParam<'_>> = params.iter().map(|v| PgParam(*v)).collect();
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        client.execute(&st, &refs).map_err(|e| pg_err(&e))
+        run(&mut client, &st, params)
     }
 
     fn is_remote(&self) -> bool {

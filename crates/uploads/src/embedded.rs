@@ -699,24 +699,20 @@ impl EmbeddedUploads {
 /// ([`Tx::is_remote`]), rows that are their own outbox entries are settled
 /// [`SETTLE_MANY`] at a time, each group by one statement ([`settle_many_in`]).
 fn settle_all_in(c: &Tx<'_>, rows: &[Settle]) -> Result<(), UploadError> {
-    let (own, other): (Vec<&Settle>, Vec<&Settle>) = if c.is_remote() {
-        rows.iter().partition(|s| s.1 >= OWN_TICKETS_FROM)
-    } else {
-        (Vec::new(), rows.iter().collect())
-    };
+    let one = |s: &Settle| settle_in(c, s.0, s.1, &s.2, &s.3);
+    if !c.is_remote() {
+        return rows.iter().try_for_each(one);
+    }
+    let (own, other): (Vec<&Settle>, Vec<&Settle>) =
+        rows.iter().partition(|s| s.1 >= OWN_TICKETS_FROM);
     for chunk in own.chunks(SETTLE_MANY) {
         if chunk.len() >= SETTLE_MANY_FROM {
             settle_many_in(c, chunk)?;
         } else {
-            for (row, ticket, shard, seq) in chunk.iter().copied() {
-                settle_in(c, *row, *ticket, shard, seq)?;
-            }
+            chunk.iter().try_for_each(|s| one(s))?;
         }
     }
-    for (row, ticket, shard, seq) in other {
-        settle_in(c, *row, *ticket, shard, seq)?;
-    }
-    Ok(())
+    other.into_iter().try_for_each(one)
 }
 
 /// Rows settled by one statement at most ([`settle_many_in`]).
