@@ -709,7 +709,7 @@ fn settle_all_in(c: &Tx<'_>, rows: &[Settle]) -> Result<(), UploadError> {
         if chunk.len() >= SETTLE_MANY_FROM {
             settle_many_in(c, chunk)?;
         } else {
-            chunk.iter().try_for_each(|s| one(s))?;
+            chunk.iter().copied().try_for_each(one)?;
         }
     }
     other.into_iter().try_for_each(one)
